@@ -1,0 +1,13 @@
+// Umbrella header: everything fastinfer offers, in layer order.
+#pragma once
+
+#include "fastinfer/version.hpp"
+
+#include "fastinfer/core/dtype.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/core/tensor.hpp"
+
+#include "fastinfer/backend/cpu/kernels.hpp"
+
+#include "fastinfer/model/config.hpp"
+#include "fastinfer/model/weights.hpp"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs fastinfer's build dependencies from Debian's packages. Idempotent:
+# does nothing when every package is already there.
+set -euo pipefail
+packages=(build-essential cmake ninja-build libeigen3-dev libxsimd-dev catch2 libbenchmark-dev
+          libomp-dev nlohmann-json3-dev libcli11-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
