@@ -5,6 +5,7 @@
 
 #include "fastinfer/core/dtype.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/philox.hpp"
 #include "fastinfer/core/tensor.hpp"
 
 #include "fastinfer/backend/cpu/kernels.hpp"
