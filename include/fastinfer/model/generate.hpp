@@ -1,0 +1,146 @@
+// The generation loop: prefill the prompt in one batched pass, then pick and
+// feed one token at a time until a stop rule fires. The stop rules are
+// llama2.c's (run.c):
+//   - the next token would be BOS (id config.bos_id): it ends a story and is
+//     not emitted;
+//   - max_new_tokens tokens have been emitted;
+//   - prompt + emitted tokens fill max_seq_len positions;
+// plus, when config.eos_id >= 0 (Hugging Face models), the next token would be
+// EOS (not emitted either).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/model/config.hpp"
+
+namespace fastinfer {
+
+struct GenerationParams {
+  int max_new_tokens = 256;
+  float temperature = 0.0f;  // 0: greedy (first maximum wins)
+  int top_k = 0;             // 0: off
+  float top_p = 1.0f;        // 1: off
+  std::uint64_t seed = 0;
+};
+
+enum class StopReason { MaxNewTokens, SeqLen, Bos, Eos };
+
+inline std::string_view stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::MaxNewTokens: return "max_new_tokens";
+    case StopReason::SeqLen: return "seq_len";
+    case StopReason::Bos: return "bos";
+    case StopReason::Eos: return "eos";
+  }
+  return "?";
+}
+
+struct GenerationResult {
+  std::vector<std::int32_t> tokens;  // emitted tokens, prompt excluded
+  StopReason stopped_by = StopReason::MaxNewTokens;
+  int prompt_tokens = 0;
+  double prefill_seconds = 0;  // the batched prompt pass
+  double ttft_seconds = 0;     // start to first emitted token (prefill + pick)
+  double decode_seconds = 0;   // after the first token: every further forward + pick
+  // Tokens per second; 0 when there is nothing to divide.
+  double prefill_tok_s() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0.0; }
+  double decode_tok_s() const {
+    return tokens.size() > 1 && decode_seconds > 0 ? double(tokens.size() - 1) / decode_seconds : 0.0;
+  }
+};
+
+// InvalidArgument unless `prompt` is non-empty, every id is in the vocabulary,
+// it leaves room for at least one new token, and the params make sense.
+inline void validate_generation(const LlamaConfig& config, const std::vector<std::int32_t>& prompt,
+                                const GenerationParams& params) {
+  FASTINFER_CHECK(!prompt.empty(), InvalidArgument, "the prompt is empty (it needs at least BOS)");
+  for (std::size_t i = 0; i < prompt.size(); ++i)
+    FASTINFER_CHECK(prompt[i] >= 0 && prompt[i] < config.vocab_size, InvalidArgument, "prompt token id ", prompt[i],
+                    " at index ", i, " is outside the vocabulary [0, ", config.vocab_size, ")");
+  FASTINFER_CHECK(std::int64_t(prompt.size()) < config.max_seq_len, InvalidArgument, "the prompt has ",
+                  prompt.size(), " tokens: at or beyond the maximum sequence length ", config.max_seq_len);
+  FASTINFER_CHECK(params.max_new_tokens >= 0, InvalidArgument, "max_new_tokens must not be negative, got ",
+                  params.max_new_tokens);
+  FASTINFER_CHECK(params.temperature >= 0.0f, InvalidArgument, "temperature must not be negative, got ",
+                  params.temperature);
+  FASTINFER_CHECK(params.top_k >= 0, InvalidArgument, "top_k must not be negative, got ", params.top_k);
+  FASTINFER_CHECK(params.top_p > 0.0f && params.top_p <= 1.0f, InvalidArgument, "top_p must be in (0, 1], got ",
+                  params.top_p);
+}
+
+// Picks the next token from logits[vocab]: greedy when temperature is 0.
+// `index` is the emitted token's index in the request (the random stream's
+// counter, so that a seed gives the same tokens whatever the batch/threads).
+inline std::int32_t pick_token(const float* logits, int vocab, const GenerationParams& params, std::int64_t index) {
+  (void)index;
+  FASTINFER_CHECK(params.temperature == 0.0f, InvalidArgument,
+                  "sampling (temperature > 0) is not available yet: use temperature 0");
+  return std::int32_t(cpu::argmax(logits, vocab));
+}
+
+// Generates from `prompt` with `model` (a LlamaModel or anything with
+// reset/config/forward_prefill/forward_decode), calling on_token(id) for each
+// emitted token as soon as it is picked. The model's cache is reset first.
+template <typename Model, typename OnToken>
+GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt, const GenerationParams& params,
+                          OnToken&& on_token) {
+  const LlamaConfig& c = model.config();
+  validate_generation(c, prompt, params);
+  using Clock = std::chrono::steady_clock;
+  auto seconds = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+
+  GenerationResult r;
+  r.prompt_tokens = int(prompt.size());
+  model.reset();
+  const auto t0 = Clock::now();
+  const float* logits = model.forward_prefill(prompt, 0);
+  const auto t1 = Clock::now();
+  r.prefill_seconds = seconds(t0, t1);
+  Clock::time_point first = t1;
+
+  int length = int(prompt.size());  // tokens in the sequence so far
+  while (true) {
+    if (int(r.tokens.size()) >= params.max_new_tokens) {
+      r.stopped_by = StopReason::MaxNewTokens;
+      break;
+    }
+    if (length >= c.max_seq_len) {
+      r.stopped_by = StopReason::SeqLen;
+      break;
+    }
+    const std::int32_t next = pick_token(logits, c.vocab_size, params, std::int64_t(r.tokens.size()));
+    if (next == c.bos_id) {
+      r.stopped_by = StopReason::Bos;
+      break;
+    }
+    if (c.eos_id >= 0 && next == c.eos_id) {
+      r.stopped_by = StopReason::Eos;
+      break;
+    }
+    r.tokens.push_back(next);
+    ++length;
+    if (r.tokens.size() == 1) {
+      first = Clock::now();
+      r.ttft_seconds = seconds(t0, first);
+    }
+    on_token(next);
+    // Feed it only when another token may follow it.
+    if (int(r.tokens.size()) < params.max_new_tokens && length < c.max_seq_len)
+      logits = model.forward_decode(next, length - 1);
+  }
+  if (!r.tokens.empty()) r.decode_seconds = seconds(first, Clock::now());
+  return r;
+}
+
+template <typename Model>
+GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt, const GenerationParams& params) {
+  return generate(model, prompt, params, [](std::int32_t) {});
+}
+
+}  // namespace fastinfer

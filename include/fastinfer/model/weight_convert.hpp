@@ -1,0 +1,116 @@
+// Load-time conversion of a model's matrices to another storage type (f32 ->
+// bf16 halves the bytes a decoded token streams), and the options every loader
+// accepts. Norm vectors stay f32: they are tiny and sit on the precision-
+// critical path of RMSNorm.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "fastinfer/core/dtype.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/core/tensor.hpp"
+#include "fastinfer/model/weights.hpp"
+
+namespace fastinfer {
+
+// What every loader accepts (llama2.c, synthetic, GGUF, Hugging Face).
+struct LoadOptions {
+  std::optional<DType> weight_dtype;  // convert matrices to this at load; empty: keep the file's
+  std::uint64_t seed = 0;             // synthetic models only
+  int threads = 1;                    // threads that conversion / generation at load may use
+};
+
+// "f32" | "bf16" | "f16" -> DType, or InvalidArgument naming the text.
+inline DType parse_weight_dtype(std::string_view name) {
+  if (name == "f32") return DType::F32;
+  if (name == "bf16") return DType::BF16;
+  if (name == "f16") return DType::F16;
+  throw_error<InvalidArgument>("unknown weight type '", name, "' (expected f32, bf16 or f16)");
+}
+
+namespace detail {
+
+// A 64-byte aligned heap buffer that a KeepAlive can own.
+inline std::shared_ptr<std::uint8_t> aligned_buffer(std::size_t bytes) {
+  const std::size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  if (p == nullptr) throw std::bad_alloc();
+  return std::shared_ptr<std::uint8_t>(static_cast<std::uint8_t*>(p), [](std::uint8_t* q) { std::free(q); });
+}
+
+inline float load_scalar(DType dtype, const void* data, std::size_t i) {
+  switch (dtype) {
+    case DType::F32: return static_cast<const float*>(data)[i];
+    case DType::F16: return f16_to_f32(static_cast<const std::uint16_t*>(data)[i]);
+    case DType::BF16: return bf16_to_f32(static_cast<const std::uint16_t*>(data)[i]);
+    case DType::Q8_0: break;
+  }
+  throw_error<InvalidArgument>("cannot convert from ", dtype_name(dtype), " element-wise");
+}
+
+// Converts one matrix into a new buffer appended to `storage`.
+inline MatrixView convert_matrix(const MatrixView& src, DType target, std::vector<KeepAlive>& storage,
+                                 int threads) {
+  if (src.dtype == target) return src;
+  FASTINFER_CHECK(src.dtype != DType::Q8_0, InvalidArgument,
+                  "cannot convert q8_0 weights to ", dtype_name(target));
+  FASTINFER_CHECK(target == DType::F32 || target == DType::F16 || target == DType::BF16,
+                  InvalidArgument, "cannot convert weights to ", dtype_name(target), " at load");
+  MatrixView dst = src;
+  dst.dtype = target;
+  auto buffer = aligned_buffer(dst.bytes());
+  const std::int64_t n = src.rows * src.cols;
+  const void* in = src.data;
+  std::uint8_t* out = buffer.get();
+  const DType from = src.dtype;
+  (void)threads;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n > (1 << 16))
+#endif
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float v = load_scalar(from, in, std::size_t(i));
+    switch (target) {
+      case DType::F32: reinterpret_cast<float*>(out)[i] = v; break;
+      case DType::F16: reinterpret_cast<std::uint16_t*>(out)[i] = f32_to_f16(v); break;
+      case DType::BF16: reinterpret_cast<std::uint16_t*>(out)[i] = f32_to_bf16(v); break;
+      case DType::Q8_0: break;  // rejected above
+    }
+  }
+  dst.data = buffer.get();
+  storage.push_back(std::move(buffer));
+  return dst;
+}
+
+}  // namespace detail
+
+// Returns `weights` with every matrix (embedding, projections, classifier)
+// stored as `target`. A shared classifier stays shared. `weights` itself is
+// left untouched, so a failure leaves nothing half converted.
+inline LlamaWeights convert_weights(const LlamaWeights& weights, DType target, int threads = 1) {
+  LlamaWeights out = weights;
+  const bool shared = weights.classifier.data == weights.token_embedding.data;
+  out.token_embedding = detail::convert_matrix(weights.token_embedding, target, out.storage, threads);
+  out.classifier = shared ? out.token_embedding
+                          : detail::convert_matrix(weights.classifier, target, out.storage, threads);
+  for (std::size_t l = 0; l < out.layers.size(); ++l) {
+    LlamaLayerWeights& dst = out.layers[l];
+    for (MatrixView* m : {&dst.wq, &dst.wk, &dst.wv, &dst.wo, &dst.w_gate, &dst.w_down, &dst.w_up})
+      *m = detail::convert_matrix(*m, target, out.storage, threads);
+  }
+  return out;
+}
+
+// Applies `options.weight_dtype` when it is set.
+inline LlamaWeights apply_load_options(LlamaWeights weights, const LoadOptions& options) {
+  if (!options.weight_dtype) return weights;
+  return convert_weights(weights, *options.weight_dtype, options.threads);
+}
+
+}  // namespace fastinfer
