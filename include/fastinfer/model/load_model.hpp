@@ -1,0 +1,28 @@
+// One entry point for every model source: `load_model(spec, options)`.
+//
+//   "synthetic:NAME"   seeded random weights (model/synthetic.hpp)
+//   PATH.bin / other   a llama2.c legacy checkpoint (model/llama2c_loader.hpp)
+//
+// Each further format adds one branch here (GGUF by extension, a Hugging Face
+// checkpoint by directory).
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "fastinfer/model/llama2c_loader.hpp"
+#include "fastinfer/model/synthetic.hpp"
+#include "fastinfer/model/weight_convert.hpp"
+#include "fastinfer/model/weights.hpp"
+
+namespace fastinfer {
+
+inline LlamaWeights load_model(const std::string& spec, const LoadOptions& options = {}) {
+  constexpr std::string_view synthetic_prefix = "synthetic:";
+  if (std::string_view(spec).substr(0, synthetic_prefix.size()) == synthetic_prefix)
+    return make_synthetic(std::string_view(spec).substr(synthetic_prefix.size()),
+                          options.weight_dtype.value_or(DType::F32), options.seed, options.threads);
+  return load_llama2c(spec, options);
+}
+
+}  // namespace fastinfer
