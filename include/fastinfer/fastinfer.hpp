@@ -8,6 +8,7 @@
 #include "fastinfer/core/philox.hpp"
 #include "fastinfer/core/tensor.hpp"
 
+#include "fastinfer/backend/cpu/convert.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
 
 #include "fastinfer/model/config.hpp"

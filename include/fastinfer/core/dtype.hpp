@@ -47,7 +47,11 @@ inline float f16_to_f32(std::uint16_t h) {
   const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
   const std::uint32_t exp = (h >> 10) & 0x1fu;
   std::uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1f) return f32_from_bits(sign | 0x7f800000u | (mant << 13));  // inf / NaN
+  if (exp == 0x1f) {
+    // inf, or NaN made quiet with its payload kept: what F16C's vcvtph2ps
+    // does, so the vectorised conversions agree bit for bit.
+    return f32_from_bits(sign | 0x7f800000u | (mant << 13) | (mant != 0 ? 0x00400000u : 0u));
+  }
   if (exp != 0) return f32_from_bits(sign | ((exp + 112u) << 23) | (mant << 13));
   if (mant == 0) return f32_from_bits(sign);  // signed zero
   // Subnormal: value = mant * 2^-24, exact in f32.
