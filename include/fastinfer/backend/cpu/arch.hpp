@@ -1,0 +1,130 @@
+// Compile-time choice of the CPU instruction set: whatever the consumer's
+// compiler flags allow (xsimd::default_arch), so the library stays header-only
+// and never needs a per-ISA translation unit. With -march=native on Zen 3 that
+// is fma3<avx2> (8 floats); with AVX-512 enabled it is avx512bw/avx512f (16).
+// Where xsimd knows no instruction set (non-x86/ARM targets) the kernels fall
+// back to plain loops (FASTINFER_CPU_SIMD == 0).
+//
+// load_f32<DType>(p) widens one register's worth of stored weights to f32.
+// bf16 -> f32 is a 16-bit shift; f16 -> f32 uses the F16C / AVX-512
+// conversion instruction where the compiler allows it, the scalar conversion
+// of core/dtype.hpp otherwise. xsimd 8.1 has neither, hence the intrinsics.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include <xsimd/xsimd.hpp>
+
+#include "fastinfer/core/dtype.hpp"
+
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#if defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+#define FASTINFER_CPU_SIMD 0
+#else
+#define FASTINFER_CPU_SIMD 1
+#endif
+
+// Floats per register of the instruction set xsimd picks (checked below):
+// decides which widening intrinsics apply.
+#if defined(__AVX512F__)
+#define FASTINFER_CPU_LANES 16
+#elif defined(__AVX__)
+#define FASTINFER_CPU_LANES 8
+#elif defined(__SSE2__)
+#define FASTINFER_CPU_LANES 4
+#else
+#define FASTINFER_CPU_LANES 0
+#endif
+
+namespace fastinfer::cpu {
+
+#if FASTINFER_CPU_SIMD
+using Arch = xsimd::default_arch;
+using FloatBatch = xsimd::batch<float, Arch>;
+inline constexpr std::size_t kLanes = FloatBatch::size;
+static_assert(FASTINFER_CPU_LANES == 0 || kLanes == FASTINFER_CPU_LANES,
+              "xsimd::default_arch disagrees with the compiler's ISA macros about the register width");
+#else
+inline constexpr std::size_t kLanes = 1;
+#endif
+
+// The instruction set the kernels were compiled for, for logs and benchmarks.
+inline const char* isa_name() {
+#if FASTINFER_CPU_SIMD
+  return Arch::name();
+#else
+  return "scalar";
+#endif
+}
+
+// True when the f16 weights are widened by a hardware instruction.
+inline constexpr bool kHardwareF16 =
+#if FASTINFER_CPU_SIMD && ((FASTINFER_CPU_LANES == 16) || (defined(__F16C__) && FASTINFER_CPU_LANES == 8))
+    true;
+#else
+    false;
+#endif
+
+#if FASTINFER_CPU_SIMD
+namespace detail {
+
+// One register of f32 from `kLanes` stored elements at p (unaligned).
+template <DType D>
+inline FloatBatch load_f32(const void* p) {
+  static_assert(D == DType::F32 || D == DType::BF16 || D == DType::F16,
+                "load_f32 widens f32, bf16 and f16 only; Q8_0 has its own block kernel");
+  if constexpr (D == DType::F32) {
+    return FloatBatch::load_unaligned(static_cast<const float*>(p));
+  } else if constexpr (D == DType::BF16) {
+#if defined(__AVX512F__) && FASTINFER_CPU_LANES == 16
+    const __m256i h = _mm256_loadu_si256(static_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif defined(__AVX2__) && FASTINFER_CPU_LANES == 8
+    const __m128i h = _mm_loadu_si128(static_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#elif defined(__SSE2__) && FASTINFER_CPU_LANES == 4
+    // Interleaving zeros below each bf16 is the shift, in one instruction.
+    const __m128i h = _mm_loadl_epi64(static_cast<const __m128i*>(p));
+    return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h));
+#else
+    alignas(64) float tmp[kLanes];
+    auto* s = static_cast<const std::uint16_t*>(p);
+    for (std::size_t i = 0; i < kLanes; ++i) tmp[i] = bf16_to_f32(s[i]);
+    return FloatBatch::load_aligned(tmp);
+#endif
+  } else {
+#if defined(__AVX512F__) && FASTINFER_CPU_LANES == 16
+    return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
+#elif defined(__F16C__) && FASTINFER_CPU_LANES == 8
+    return _mm256_cvtph_ps(_mm_loadu_si128(static_cast<const __m128i*>(p)));
+#else
+    alignas(64) float tmp[kLanes];
+    auto* s = static_cast<const std::uint16_t*>(p);
+    for (std::size_t i = 0; i < kLanes; ++i) tmp[i] = f16_to_f32(s[i]);
+    return FloatBatch::load_aligned(tmp);
+#endif
+  }
+}
+
+}  // namespace detail
+#endif
+
+// Element i of a stored row as f32: the scalar twin of load_f32, for tails.
+template <DType D>
+inline float load_scalar(const void* p, std::int64_t i) {
+  if constexpr (D == DType::F32) {
+    return static_cast<const float*>(p)[i];
+  } else if constexpr (D == DType::BF16) {
+    return bf16_to_f32(static_cast<const std::uint16_t*>(p)[i]);
+  } else {
+    static_assert(D == DType::F16, "load_scalar widens f32, bf16 and f16 only");
+    return f16_to_f32(static_cast<const std::uint16_t*>(p)[i]);
+  }
+}
+
+}  // namespace fastinfer::cpu

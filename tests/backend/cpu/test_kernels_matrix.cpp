@@ -1,0 +1,129 @@
+// Vectorised matvec / matmul against the scalar references, over odd shapes
+// and tails, every float weight dtype, 1 and 2 threads.
+//
+// Tolerance: both sides sum `cols` products of the same (widened) values in
+// f32, in different orders, so each is within cols * eps * sum|w x| of the
+// exact sum; the test allows twice that.
+#include <catch2/catch.hpp>
+
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+
+#include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/backend/cpu/reference.hpp"
+#include "test_kernels_support.hpp"
+
+using namespace fastinfer;
+using fastinfer::testing::random_floats;
+using fastinfer::testing::random_matrix;
+
+namespace {
+
+const std::int64_t kOddSizes[] = {1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 255, 257};
+const DType kFloatTypes[] = {DType::F32, DType::BF16, DType::F16};
+
+// |y[t][r] - ref| <= 2 * cols * eps * sum_c |W[r][c] x[t][c]|
+void check_close(const MatrixView& w, const float* x, std::int64_t n, const std::vector<float>& y,
+                 const std::vector<float>& ref) {
+  std::vector<float> row(static_cast<std::size_t>(w.cols));
+  for (std::int64_t r = 0; r < w.rows; ++r) {
+    cpu::reference::load_row(w.dtype, w.row_ptr(r), row.data(), w.cols);
+    for (std::int64_t t = 0; t < n; ++t) {
+      double abs_sum = 0.0;
+      for (std::int64_t c = 0; c < w.cols; ++c)
+        abs_sum += std::fabs(double(row[std::size_t(c)]) * x[t * w.cols + c]);
+      const double tol = 2.0 * double(w.cols) * FLT_EPSILON * abs_sum;
+      const std::size_t i = std::size_t(t * w.rows + r);
+      if (!(std::fabs(double(y[i]) - double(ref[i])) <= tol)) {
+        INFO(dtype_name(w.dtype) << " " << w.rows << "x" << w.cols << " n " << n << " row " << r << " token "
+                                 << t << ": y " << y[i] << " ref " << ref[i] << " tol " << tol);
+        REQUIRE(false);
+      }
+    }
+  }
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("matvec matches the reference over odd shapes, every dtype, 1 and 2 threads") {
+  std::uint32_t seed = 1;
+  for (DType dt : kFloatTypes)
+    for (std::int64_t rows : {1, 3, 4, 5, 7, 9, 33})
+      for (std::int64_t cols : kOddSizes) {
+        auto w = random_matrix(dt, rows, cols, seed++);
+        const auto x = random_floats(static_cast<std::size_t>(cols), seed++);
+        std::vector<float> ref(static_cast<std::size_t>(rows)), y1(static_cast<std::size_t>(rows), NAN), y2(static_cast<std::size_t>(rows), NAN);
+        cpu::reference::matvec(w.view, x.data(), ref.data());
+        cpu::matvec(w.view, x.data(), y1.data(), 1);
+        cpu::matvec(w.view, x.data(), y2.data(), 2);
+        check_close(w.view, x.data(), 1, y1, ref);
+        CHECK(same_bits(y1, y2));
+      }
+}
+
+TEST_CASE("matvec large enough to split over 2 threads gives the 1-thread bits") {
+  // 1031 rows (not a multiple of the 4-row step) x 300 columns: above the
+  // 2-thread threshold in every dtype, so the split really happens.
+  std::uint32_t seed = 100;
+  for (DType dt : kFloatTypes) {
+    auto w = random_matrix(dt, 1031, 300, seed++);
+    REQUIRE(cpu::threads_for(std::int64_t(w.view.bytes()), cpu::ParallelThresholds::kMatvecBytesPerThread, 2) == 2);
+    const auto x = random_floats(300, seed++);
+    std::vector<float> ref(1031), y1(1031, NAN), y2(1031, NAN);
+    cpu::reference::matvec(w.view, x.data(), ref.data());
+    cpu::matvec(w.view, x.data(), y1.data(), 1);
+    cpu::matvec(w.view, x.data(), y2.data(), 2);
+    check_close(w.view, x.data(), 1, y1, ref);
+    CHECK(same_bits(y1, y2));
+  }
+}
+
+TEST_CASE("matmul matches the reference over odd shapes, every dtype, 1 and 2 threads") {
+  std::uint32_t seed = 1000;
+  for (DType dt : kFloatTypes)
+    for (std::int64_t rows : {1, 7, 96, 97, 200})
+      for (std::int64_t cols : {1, 8, 9, 33, 100})
+        for (std::int64_t n : {1, 2, 3, 5, 17}) {
+          auto w = random_matrix(dt, rows, cols, seed++);
+          const auto x = random_floats(static_cast<std::size_t>(n * cols), seed++);
+          const std::size_t out = std::size_t(n * rows);
+          std::vector<float> ref(out), y1(out, NAN), y2(out, NAN);
+          cpu::reference::matmul(w.view, x.data(), n, ref.data());
+          cpu::matmul(w.view, x.data(), n, y1.data(), 1);
+          cpu::matmul(w.view, x.data(), n, y2.data(), 2);
+          check_close(w.view, x.data(), n, y1, ref);
+          CHECK(same_bits(y1, y2));
+        }
+}
+
+TEST_CASE("matmul large enough to split over 2 threads gives the 1-thread bits") {
+  std::uint32_t seed = 2000;
+  for (DType dt : kFloatTypes) {
+    const std::int64_t rows = 301, cols = 203, n = 70;
+    REQUIRE(cpu::threads_for(rows * cols * n, cpu::ParallelThresholds::kMatmulMacsPerThread, 2) == 2);
+    auto w = random_matrix(dt, rows, cols, seed++);
+    const auto x = random_floats(static_cast<std::size_t>(n * cols), seed++);
+    std::vector<float> ref(static_cast<std::size_t>(n * rows)), y1(ref.size(), NAN), y2(ref.size(), NAN);
+    cpu::reference::matmul(w.view, x.data(), n, ref.data());
+    cpu::matmul(w.view, x.data(), n, y1.data(), 1);
+    cpu::matmul(w.view, x.data(), n, y2.data(), 2);
+    check_close(w.view, x.data(), n, y1, ref);
+    CHECK(same_bits(y1, y2));
+  }
+}
+
+TEST_CASE("matmul row t equals matvec of token t within the summation bound") {
+  // The prefill path and the decode path must agree about the same token.
+  auto w = random_matrix(DType::BF16, 130, 77, 7);
+  const std::int64_t n = 6;
+  const auto x = random_floats(static_cast<std::size_t>(n * 77), 8);
+  std::vector<float> y(static_cast<std::size_t>(n * 130)), v(static_cast<std::size_t>(n * 130));
+  cpu::matmul(w.view, x.data(), n, y.data(), 2);
+  for (std::int64_t t = 0; t < n; ++t) cpu::matvec(w.view, x.data() + t * 77, v.data() + t * 130, 1);
+  check_close(w.view, x.data(), n, y, v);
+}
