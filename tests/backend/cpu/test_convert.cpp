@@ -187,9 +187,11 @@ TEMPLATE_TEST_CASE("register helpers move exactly one batch", "[convert]", FASTI
 }
 
 TEST_CASE("bulk conversions reject a negative length and name it", "[convert]") {
-  float f = 0;
-  std::uint16_t h = 0;
+  std::vector<float> f(64, 1.0f);
+  std::vector<std::uint16_t> h(64, 0x5a5a);
   volatile std::int64_t negative = -3;  // not a constant: no dead-loop warning
-  REQUIRE_THROWS_AS(cpu::convert_f32_to_bf16(&f, &h, negative), fastinfer::InvalidArgument);
-  REQUIRE_THROWS_WITH(cpu::convert_f16_to_f32(&h, &f, negative), Catch::Contains("-3"));
+  REQUIRE_THROWS_AS(cpu::convert_f32_to_bf16(f.data(), h.data(), negative), fastinfer::InvalidArgument);
+  REQUIRE_THROWS_WITH(cpu::convert_f16_to_f32(h.data(), f.data(), negative), Catch::Contains("-3"));
+  REQUIRE(h[0] == 0x5a5a);  // nothing written
+  REQUIRE(f[0] == 1.0f);
 }

@@ -258,9 +258,9 @@ template <class Arch, class Src, class Dst, class VecOp, class ScalarOp>
 void convert_array(const Src* src, Dst* dst, std::int64_t n, VecOp vec, ScalarOp scalar) {
   FASTINFER_CHECK(n >= 0, InvalidArgument, "conversion length must be >= 0, got ", n);
   constexpr std::int64_t kWidth = std::int64_t(xsimd::batch<float, Arch>::size);
-  std::int64_t i = 0;
-  for (; i + kWidth <= n; i += kWidth) vec(src + i, dst + i);
-  for (; i < n; ++i) dst[i] = scalar(src[i]);
+  const std::int64_t n_main = n - n % kWidth;
+  for (std::int64_t i = 0; i < n_main; i += kWidth) vec(src + i, dst + i);
+  for (std::int64_t i = n_main; i < n; ++i) dst[i] = scalar(src[i]);
 }
 }  // namespace detail
 
