@@ -1,0 +1,166 @@
+// Q8_0: the reference quantizer against ggml's definition, the AVX2 dot
+// product against the scalar reference over odd block counts, and the matvec
+// against an f32 matvec of the dequantized weights within the error bound of
+// activation quantization.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "fastinfer/backend/cpu/q8_0.hpp"
+#include "fastinfer/backend/cpu/reference.hpp"
+
+using namespace fastinfer;
+namespace q8 = fastinfer::cpu::q8_0;
+
+namespace {
+
+std::vector<float> random_vector(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<std::uint8_t> quantize_matrix(const std::vector<float>& w, std::int64_t rows, std::int64_t cols) {
+  std::vector<std::uint8_t> q(row_bytes(DType::Q8_0, cols) * std::size_t(rows));
+  for (std::int64_t r = 0; r < rows; ++r)
+    q8::quantize_row_reference(w.data() + r * cols, q.data() + r * row_bytes(DType::Q8_0, cols), cols);
+  return q;
+}
+
+}  // namespace
+
+TEST_CASE("quantize_row_reference follows ggml's Q8_0 definition") {
+  std::vector<float> x(32);
+  for (int j = 0; j < 32; ++j) x[j] = float(j - 16) * 0.25f;  // amax 4.0 at j = 0
+  std::vector<std::uint8_t> q(34);
+  q8::quantize_row_reference(x.data(), q.data(), 32);
+  std::uint16_t dh;
+  std::memcpy(&dh, q.data(), 2);
+  const float d = 4.0f / 127.0f;
+  CHECK(dh == f32_to_f16(d));
+  for (int j = 0; j < 32; ++j) CHECK(int(std::int8_t(q[2 + j])) == int(std::lround(x[j] / d)));
+  CHECK(std::int8_t(q[2]) == -127);
+
+  // An all-zero block has scale 0 and zero quants (no division by zero).
+  std::vector<float> zeros(64, 0.0f);
+  std::vector<std::uint8_t> qz(68, 0xff);
+  q8::quantize_row_reference(zeros.data(), qz.data(), 64);
+  for (auto b : qz) CHECK(b == 0);
+
+  CHECK_THROWS_AS(q8::quantize_row_reference(x.data(), q.data(), 31), InvalidArgument);
+}
+
+TEST_CASE("dequantize(quantize(x)) is within half a quantization step") {
+  const auto x = random_vector(32 * 9, 1);
+  std::vector<std::uint8_t> q(34 * 9);
+  q8::quantize_row_reference(x.data(), q.data(), std::int64_t(x.size()));
+  std::vector<float> y(x.size()), z(x.size());
+  q8::dequantize_row_reference(q.data(), y.data(), std::int64_t(x.size()));
+  cpu::reference::load_row(DType::Q8_0, q.data(), z.data(), std::int64_t(x.size()));
+  for (std::size_t b = 0; b < 9; ++b) {
+    float amax = 0;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b * 32 + j]));
+    const float step = amax / 127.0f;
+    for (int j = 0; j < 32; ++j) {
+      const std::size_t i = b * 32 + j;
+      // half a step, plus the f16 rounding of the scale (2^-11 relative) times 127
+      CHECK(std::fabs(y[i] - x[i]) <= 0.5f * step + amax * 1e-3f);
+      CHECK(y[i] == z[i]);
+    }
+  }
+}
+
+TEST_CASE("SIMD dot equals the scalar reference over odd block counts") {
+  for (std::int64_t nb : {1, 2, 3, 5, 7, 8, 24, 33, 64, 72}) {
+    const auto w = random_vector(std::size_t(nb * 32), std::uint32_t(nb), 0.05f);
+    const auto x = random_vector(std::size_t(nb * 32), std::uint32_t(nb + 100), 2.0f);
+    const auto wq = quantize_matrix(w, 1, nb * 32);
+    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nb));
+    q8::quantize_activation(x.data(), xq.data(), nb * 32);
+    const float ref = q8::dot_reference(wq.data(), xq.data(), nb);
+    const float simd = q8::dot(wq.data(), xq.data(), nb);
+    // Same exact int32 block sums; only the f32 order of adding blocks differs.
+    double mag = 0;
+    for (std::int64_t b = 0; b < nb; ++b) {
+      std::uint16_t dh;
+      std::memcpy(&dh, wq.data() + b * 34, 2);
+      mag += std::fabs(f16_to_f32(dh) * xq[std::size_t(b)].d) * 32 * 127 * 127;
+    }
+    INFO("blocks " << nb << " ref " << ref << " simd " << simd);
+    CHECK(std::fabs(ref - simd) <= 1e-6 * mag + 1e-7);
+  }
+  INFO("AVX2 kernel compiled: " << q8::kHasSimdDot);
+}
+
+TEST_CASE("the sign trick handles -128 weight quants (foreign quantizers)") {
+  std::vector<std::uint8_t> w(34 * 2);
+  const std::uint16_t one = f32_to_f16(1.0f);
+  std::vector<q8::ActivationBlock> x(2);
+  for (int b = 0; b < 2; ++b) {
+    std::memcpy(w.data() + b * 34, &one, 2);
+    x[std::size_t(b)].d = 1.0f;
+    for (int j = 0; j < 32; ++j) {
+      w[std::size_t(b * 34 + 2 + j)] = std::uint8_t(std::int8_t(j % 2 ? -128 : 127));
+      x[std::size_t(b)].qs[j] = std::int8_t(j % 3 ? -127 : 127);
+    }
+  }
+  CHECK(q8::dot(w.data(), x.data(), 2) == q8::dot_reference(w.data(), x.data(), 2));
+}
+
+TEST_CASE("q8_0 matvec matches the reference and the f32 matvec of dequantized weights") {
+  for (auto [rows, cols] : {std::pair<std::int64_t, std::int64_t>{1, 32}, {7, 96}, {33, 160}, {64, 768}, {515, 256}}) {
+    const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(rows), 0.02f);
+    const auto x = random_vector(std::size_t(cols), std::uint32_t(cols), 1.0f);
+    const auto wq = quantize_matrix(w, rows, cols);
+    const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
+
+    std::vector<float> y_ref(static_cast<std::size_t>(rows)), y1(static_cast<std::size_t>(rows)), y2(static_cast<std::size_t>(rows)), y_f32(static_cast<std::size_t>(rows));
+    q8::matvec_reference(view, x.data(), y_ref.data());
+    q8::matvec(view, x.data(), y1.data(), 1);
+    q8::matvec(view, x.data(), y2.data(), 2);
+    cpu::reference::matvec(view, x.data(), y_f32.data());  // dequantized weights, f32 x
+
+    // Activation error bound: |x_j - xq_j| <= d_x/2 per element, so a row's
+    // error is at most sum_b (d_x_b / 2) * sum_j |w_bj|, plus f32 rounding.
+    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(cols / 32));
+    q8::quantize_activation(x.data(), xq.data(), cols);
+    std::vector<float> wrow(static_cast<std::size_t>(cols));
+    for (std::int64_t r = 0; r < rows; ++r) {
+      q8::dequantize_row_reference(view.row_ptr(r), wrow.data(), cols);
+      double bound = 0, mag = 0;
+      for (std::int64_t c = 0; c < cols; ++c) {
+        bound += 0.5 * xq[std::size_t(c / 32)].d * std::fabs(wrow[std::size_t(c)]);
+        mag += std::fabs(wrow[std::size_t(c)] * x[std::size_t(c)]);
+      }
+      INFO("rows " << rows << " cols " << cols << " row " << r);
+      CHECK(std::fabs(y1[std::size_t(r)] - y_ref[std::size_t(r)]) <= 1e-5 * mag + 1e-6);
+      CHECK(y2[std::size_t(r)] == y1[std::size_t(r)]);  // threads split rows, never a row's sum
+      CHECK(std::fabs(y_ref[std::size_t(r)] - y_f32[std::size_t(r)]) <= bound + 1e-5 * mag + 1e-6);
+    }
+  }
+}
+
+TEST_CASE("q8_0 matmul equals one matvec per token") {
+  const std::int64_t rows = 40, cols = 128, n = 5;
+  const auto w = random_vector(std::size_t(rows * cols), 7, 0.1f);
+  const auto x = random_vector(std::size_t(n * cols), 8, 1.0f);
+  const auto wq = quantize_matrix(w, rows, cols);
+  const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
+  std::vector<float> y(static_cast<std::size_t>(n * rows)), yt(static_cast<std::size_t>(rows));
+  q8::matmul(view, x.data(), n, y.data(), 2);
+  for (std::int64_t t = 0; t < n; ++t) {
+    q8::matvec(view, x.data() + t * cols, yt.data(), 1);
+    for (std::int64_t r = 0; r < rows; ++r) CHECK(y[std::size_t(t * rows + r)] == yt[std::size_t(r)]);
+  }
+}
+
+TEST_CASE("q8_0 matvec rejects non-Q8_0 matrices and ragged rows") {
+  std::vector<float> w(64), x(64), y(2);
+  CHECK_THROWS_AS(q8::matvec(MatrixView{DType::F32, w.data(), 2, 32}, x.data(), y.data()), InvalidArgument);
+  CHECK_THROWS_AS(q8::matvec(MatrixView{DType::Q8_0, w.data(), 1, 48}, x.data(), y.data()), InvalidArgument);
+}
