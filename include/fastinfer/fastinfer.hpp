@@ -13,3 +13,9 @@
 
 #include "fastinfer/model/config.hpp"
 #include "fastinfer/model/weights.hpp"
+#include "fastinfer/model/weight_convert.hpp"
+#include "fastinfer/model/llama2c_loader.hpp"
+#include "fastinfer/model/synthetic.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/generate.hpp"

@@ -9,8 +9,10 @@
 // EOS (not emitted either).
 #pragma once
 
+#include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -55,6 +57,25 @@ struct GenerationResult {
   }
 };
 
+// "1,2,3" -> {1, 2, 3}; InvalidArgument naming the first piece that is not a
+// decimal integer (empty pieces included).
+inline std::vector<std::int32_t> parse_token_ids(std::string_view text) {
+  std::vector<std::int32_t> ids;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t comma = text.find(',', start);
+    const std::string_view piece = text.substr(start, comma == std::string_view::npos ? text.npos : comma - start);
+    std::int32_t id = 0;
+    const auto [end, ec] = std::from_chars(piece.data(), piece.data() + piece.size(), id);
+    FASTINFER_CHECK(!piece.empty() && ec == std::errc() && end == piece.data() + piece.size(), InvalidArgument,
+                    "'", piece, "' in token ids '", text, "' is not an integer token id");
+    ids.push_back(id);
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  return ids;
+}
+
 // InvalidArgument unless `prompt` is non-empty, every id is in the vocabulary,
 // it leaves room for at least one new token, and the params make sense.
 inline void validate_generation(const LlamaConfig& config, const std::vector<std::int32_t>& prompt,
@@ -70,6 +91,8 @@ inline void validate_generation(const LlamaConfig& config, const std::vector<std
   FASTINFER_CHECK(params.temperature >= 0.0f, InvalidArgument, "temperature must not be negative, got ",
                   params.temperature);
   FASTINFER_CHECK(params.top_k >= 0, InvalidArgument, "top_k must not be negative, got ", params.top_k);
+  FASTINFER_CHECK(params.temperature == 0.0f, InvalidArgument,
+                  "sampling (temperature ", params.temperature, ") is not available yet: use temperature 0");
   FASTINFER_CHECK(params.top_p > 0.0f && params.top_p <= 1.0f, InvalidArgument, "top_p must be in (0, 1], got ",
                   params.top_p);
 }

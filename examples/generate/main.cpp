@@ -1,0 +1,102 @@
+// fastinfer-generate: greedy or sampled generation from a llama2.c checkpoint
+// or a synthetic model, in token ids. Exit codes: 0 ok; 2 bad usage (unknown
+// flag, malformed value, token id outside the vocabulary, prompt too long);
+// 1 any other failure (a bad model file). Errors are one line on stderr.
+#include <cstdio>
+#include <exception>
+#include <limits>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/load_model.hpp"
+
+namespace {
+
+int fail(int code, const std::string& message) {
+  std::string line = message;
+  for (char& ch : line)
+    if (ch == '\n' || ch == '\r') ch = ' ';
+  std::fprintf(stderr, "fastinfer-generate: error: %s\n", line.c_str());
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Generate tokens with a Llama-family model (token ids in, token ids out)."};
+  std::string model_spec = "synthetic:tiny", prompt_ids = "1", weights;
+  fastinfer::GenerationParams params;
+  int threads = 1;
+  bool print_ids = false, stats_json = false;
+  app.add_option("--model", model_spec, "llama2.c .bin checkpoint or synthetic:tiny|15M|110M|1B")
+      ->capture_default_str();
+  app.add_option("--prompt-ids", prompt_ids, "comma-separated prompt token ids (1 is BOS)")->capture_default_str();
+  app.add_option("--max-new-tokens", params.max_new_tokens, "most tokens to generate")
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()))
+      ->capture_default_str();
+  app.add_option("--temperature", params.temperature, "0 = greedy")->check(CLI::Range(0.0f, 1e6f))->capture_default_str();
+  app.add_option("--top-k", params.top_k, "keep the k most likely tokens (0 = off)")
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()))
+      ->capture_default_str();
+  app.add_option("--top-p", params.top_p, "nucleus mass (1 = off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
+  app.add_option("--seed", params.seed, "sampling seed")->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
+  app.add_option("--weights", weights, "convert matrices at load")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  app.add_flag("--print-ids", print_ids, "print only the generated ids, space separated, on one line");
+  app.add_flag("--stats-json", stats_json, "print one JSON object of statistics on stderr");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    return fail(2, e.what());
+  }
+
+  try {
+    const std::vector<std::int32_t> prompt = fastinfer::parse_token_ids(prompt_ids);
+    fastinfer::LoadOptions load;
+    if (!weights.empty()) load.weight_dtype = fastinfer::parse_weight_dtype(weights);
+    load.threads = threads;
+    fastinfer::LlamaModel<> model(fastinfer::load_model(model_spec, load), {threads});
+    fastinfer::validate_generation(model.config(), prompt, params);
+
+    if (!print_ids) {
+      std::printf("prompt:");
+      for (auto id : prompt) std::printf(" %d", int(id));
+      std::printf("\ngenerated:");
+    }
+    bool first = true;
+    const auto result = fastinfer::generate(model, prompt, params, [&](std::int32_t id) {
+      std::printf(print_ids && first ? "%d" : " %d", int(id));
+      first = false;
+      if (!print_ids) std::fflush(stdout);
+    });
+    std::printf("\n");
+    std::fflush(stdout);
+
+    if (stats_json) {
+      const nlohmann::json stats = {{"prompt_tokens", result.prompt_tokens},
+                                    {"new_tokens", result.tokens.size()},
+                                    {"prefill_tok_s", result.prefill_tok_s()},
+                                    {"decode_tok_s", result.decode_tok_s()},
+                                    {"ttft_ms", result.ttft_seconds * 1e3},
+                                    {"weights_bytes", model.weights_bytes()},
+                                    {"kv_bytes", model.kv_bytes()},
+                                    {"stopped_by", std::string(fastinfer::stop_reason_name(result.stopped_by))}};
+      std::fprintf(stderr, "%s\n", stats.dump().c_str());
+    } else if (!print_ids) {
+      std::fprintf(stderr, "%zu new tokens (stopped by %s); prefill %.1f tok/s, decode %.1f tok/s\n",
+                   result.tokens.size(), std::string(fastinfer::stop_reason_name(result.stopped_by)).c_str(),
+                   result.prefill_tok_s(), result.decode_tok_s());
+    }
+    return 0;
+  } catch (const fastinfer::InvalidArgument& e) {
+    return fail(2, e.what());
+  } catch (const std::exception& e) {
+    return fail(1, e.what());
+  }
+}

@@ -1,0 +1,149 @@
+// fastinfer-generate's contract as a program: exit codes, one-line errors,
+// --print-ids and --stats-json output. Runs the built binary; skips visibly
+// when it has not been built (FASTINFER_BUILD_EXAMPLES=OFF).
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "shared_dir.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Run {
+  bool exited = false;  // false: killed by a signal
+  int code = -1;
+  std::string out, err;
+};
+
+struct Scratch {
+  fs::path dir;
+  Scratch() {
+    dir = fs::temp_directory_path() / ("fastinfer_cli_" + std::to_string(std::random_device{}()));
+    fs::create_directories(dir);
+  }
+  ~Scratch() { fs::remove_all(dir); }
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+Run run(const fs::path& binary, const std::string& args) {
+  Scratch scratch;
+  const fs::path out = scratch.dir / "out", err = scratch.dir / "err";
+  const std::string cmd = "'" + binary.string() + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
+  const int status = std::system(cmd.c_str());
+  Run r;
+  // std::system runs /bin/sh; a child killed by a signal shows as 128+N from the shell.
+  r.exited = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) < 128;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+std::size_t lines(const std::string& s) {
+  std::size_t n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+}  // namespace
+
+#define FASTINFER_REQUIRE_GENERATE(var)                                                            \
+  const fs::path var = fs::path(FASTINFER_BINARY_DIR) / "examples" / "fastinfer-generate";       \
+  if (!fs::exists(var)) {                                                                          \
+    std::printf("FASTINFER_SKIP: %s not built\n", var.c_str());                                   \
+    WARN("FASTINFER_SKIP: " << var << " not built");                                              \
+    return;                                                                                        \
+  }
+
+TEST_CASE("fastinfer-generate: bad usage exits 2 with a one-line error", "[examples][cli]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  std::string long_prompt = "1";
+  for (int i = 1; i < 512; ++i) long_prompt += ",5";  // 512 ids: at synthetic:tiny's maximum length
+  for (const std::string& args : std::vector<std::string>{"--no-such-flag", "--max-new-tokens abc", "--max-new-tokens -3", "--threads 0",
+                                 "--top-p 1.5", "--weights q4", "--prompt-ids 1,x", "--prompt-ids 1,,2",
+                                 "--prompt-ids ''", "--prompt-ids 1,512", "--prompt-ids -1",
+                                 "--model synthetic:nope", "--prompt-ids " + long_prompt, "extra positional"}) {
+    INFO("args: " << args);
+    const Run r = run(gen, args);
+    CHECK(r.exited);
+    CHECK(r.code == 2);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.rfind("fastinfer-generate: error: ", 0) == 0);
+  }
+}
+
+TEST_CASE("fastinfer-generate: a bad model file is a one-line error, never a signal", "[examples][cli]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  Scratch scratch;
+  const fs::path garbage = scratch.dir / "garbage.bin", empty = scratch.dir / "empty.bin";
+  {
+    std::ofstream g(garbage, std::ios::binary);
+    for (int i = 0; i < 1000; ++i) g.put(char(i * 7));
+    std::ofstream e(empty, std::ios::binary);
+  }
+  for (const fs::path& model : {scratch.dir / "missing.bin", garbage, empty, scratch.dir}) {
+    INFO("model: " << model);
+    const Run r = run(gen, "--model '" + model.string() + "'");
+    CHECK(r.exited);
+    CHECK(r.code != 0);
+    CHECK(lines(r.err) == 1);
+  }
+}
+
+TEST_CASE("fastinfer-generate: --print-ids reproduces the golden, --stats-json is one JSON object", "[examples][cli]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  FASTINFER_REQUIRE_SHARED(model, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(golden, "golden/cases/short_2.txt");
+  std::string expected;
+  {
+    std::ifstream in(golden);
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("continuation: ", 0) == 0) expected = line.substr(14);
+  }
+  REQUIRE_FALSE(expected.empty());
+  const Run r = run(gen, "--model '" + model.string() +
+                             "' --prompt-ids 1,400 --max-new-tokens 200 --threads 2 --print-ids --stats-json");
+  REQUIRE(r.code == 0);
+  CHECK(r.out == expected + "\n");
+  REQUIRE(lines(r.err) == 1);
+  const auto stats = nlohmann::json::parse(r.err);
+  CHECK(stats.at("prompt_tokens") == 2);
+  CHECK(stats.at("new_tokens") == 200);
+  CHECK(stats.at("prefill_tok_s").get<double>() > 0);
+  CHECK(stats.at("decode_tok_s").get<double>() > 0);
+  CHECK(stats.at("ttft_ms").get<double>() > 0);
+  CHECK(stats.at("weights_bytes") == 1040128);  // 260K f32 values: 4 bytes each (shared classifier once)
+  CHECK(stats.at("kv_bytes") == 2 * 5 * 4 * 512 * 8 * 4);
+}
+
+TEST_CASE("fastinfer-generate: synthetic default model with converted weights runs", "[examples][cli]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  for (const char* w : {"f32", "bf16", "f16"}) {
+    const Run r = run(gen, std::string("--weights ") + w + " --max-new-tokens 5 --print-ids");
+    INFO("weights " << w << ": " << r.err);
+    CHECK(r.code == 0);
+    std::istringstream ids(r.out);
+    int count = 0;
+    for (int id; ids >> id; ++count) CHECK((id >= 0 && id < 512));
+    CHECK(count <= 5);
+    CHECK(lines(r.out) == 1);
+  }
+}
