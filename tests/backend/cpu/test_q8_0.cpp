@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
 
@@ -119,10 +120,12 @@ TEST_CASE("q8_0 matvec matches the reference and the f32 matvec of dequantized w
     const auto wq = quantize_matrix(w, rows, cols);
     const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
 
-    std::vector<float> y_ref(static_cast<std::size_t>(rows)), y1(static_cast<std::size_t>(rows)), y2(static_cast<std::size_t>(rows)), y_f32(static_cast<std::size_t>(rows));
+    std::vector<float> y_ref(static_cast<std::size_t>(rows)), y1(static_cast<std::size_t>(rows)), y2(static_cast<std::size_t>(rows)), y_f32(static_cast<std::size_t>(rows)),
+        y_kern(static_cast<std::size_t>(rows));
     q8::matvec_reference(view, x.data(), y_ref.data());
     q8::matvec(view, x.data(), y1.data(), 1);
     q8::matvec(view, x.data(), y2.data(), 2);
+    cpu::matvec(view, x.data(), y_kern.data(), 2);  // the backend's dispatch
     cpu::reference::matvec(view, x.data(), y_f32.data());  // dequantized weights, f32 x
 
     // Activation error bound: |x_j - xq_j| <= d_x/2 per element, so a row's
@@ -140,6 +143,7 @@ TEST_CASE("q8_0 matvec matches the reference and the f32 matvec of dequantized w
       INFO("rows " << rows << " cols " << cols << " row " << r);
       CHECK(std::fabs(y1[std::size_t(r)] - y_ref[std::size_t(r)]) <= 1e-5 * mag + 1e-6);
       CHECK(y2[std::size_t(r)] == y1[std::size_t(r)]);  // threads split rows, never a row's sum
+      CHECK(y_kern[std::size_t(r)] == y1[std::size_t(r)]);
       CHECK(std::fabs(y_ref[std::size_t(r)] - y_f32[std::size_t(r)]) <= bound + 1e-5 * mag + 1e-6);
     }
   }
@@ -151,8 +155,11 @@ TEST_CASE("q8_0 matmul equals one matvec per token") {
   const auto x = random_vector(std::size_t(n * cols), 8, 1.0f);
   const auto wq = quantize_matrix(w, rows, cols);
   const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
-  std::vector<float> y(static_cast<std::size_t>(n * rows)), yt(static_cast<std::size_t>(rows));
+  std::vector<float> y(static_cast<std::size_t>(n * rows)), yk(static_cast<std::size_t>(n * rows)),
+      yt(static_cast<std::size_t>(rows));
   q8::matmul(view, x.data(), n, y.data(), 2);
+  cpu::matmul(view, x.data(), n, yk.data(), 2);
+  CHECK(yk == y);
   for (std::int64_t t = 0; t < n; ++t) {
     q8::matvec(view, x.data() + t * cols, yt.data(), 1);
     for (std::int64_t r = 0; r < rows; ++r) CHECK(y[std::size_t(t * rows + r)] == yt[std::size_t(r)]);

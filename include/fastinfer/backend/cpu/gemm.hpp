@@ -84,7 +84,7 @@ inline void matmul_tiles(const MatrixView& w, const float* x, std::int64_t n, fl
 inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y, int threads = 1) {
   if (n <= 0 || w.rows <= 0) return;
   if (n == 1) return matvec(w, x, y, threads);
-  if (w.dtype == DType::Q8_0) return reference::matmul(w, x, n, y);
+  if (w.dtype == DType::Q8_0) return q8_0::matmul(w, x, n, y, threads);
   using namespace gemm_detail;
   const std::int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
   const int nt = threads_for(w.rows * w.cols * n, ParallelThresholds::kMatmulMacsPerThread,

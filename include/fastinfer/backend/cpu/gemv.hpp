@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "fastinfer/backend/cpu/arch.hpp"
+#include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
 #include "fastinfer/core/tensor.hpp"
@@ -43,12 +44,12 @@ inline void dot_rows(const std::uint8_t* w, std::size_t stride, const float* x, 
     for (int a = 0; a < kAccumulators; ++a) {
       const FloatBatch xv = FloatBatch::load_unaligned(x + c + a * L);
       for (int r = 0; r < R; ++r)
-        acc[r][a] = xsimd::fma(detail::load_f32<D>(w + r * stride + (c + a * L) * elem), xv, acc[r][a]);
+        acc[r][a] = xsimd::fma(arch_detail::load_f32<D>(w + r * stride + (c + a * L) * elem), xv, acc[r][a]);
     }
   }
   for (; c + L <= cols; c += L) {
     const FloatBatch xv = FloatBatch::load_unaligned(x + c);
-    for (int r = 0; r < R; ++r) acc[r][0] = xsimd::fma(detail::load_f32<D>(w + r * stride + c * elem), xv, acc[r][0]);
+    for (int r = 0; r < R; ++r) acc[r][0] = xsimd::fma(arch_detail::load_f32<D>(w + r * stride + c * elem), xv, acc[r][0]);
   }
   for (int r = 0; r < R; ++r) {
     FloatBatch total = acc[r][0];
@@ -97,9 +98,7 @@ inline void matvec(const MatrixView& w, const float* x, float* y, int threads = 
                       [&](std::int64_t b, std::int64_t e) { matvec_rows<DType::F16>(w, x, y, b, e); });
       return;
     case DType::Q8_0:
-      // Q8_0 has its own block kernel (q8_0.hpp); until it is wired in here,
-      // the scalar reference keeps the model correct.
-      reference::matvec(w, x, y);
+      q8_0::matvec(w, x, y, nt);  // int8 block kernel (q8_0.hpp)
       return;
   }
 }
