@@ -8,8 +8,18 @@
 #include "fastinfer/core/philox.hpp"
 #include "fastinfer/core/tensor.hpp"
 
+#include "fastinfer/memory/paged_allocator.hpp"
+#include "fastinfer/kv/kv_quant.hpp"
+#include "fastinfer/kv/kv_layout.hpp"
+#include "fastinfer/kv/paged_kv_view.hpp"
+#include "fastinfer/kv/kv_cache.hpp"
+
 #include "fastinfer/backend/cpu/convert.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/backend/cpu/attention_plan.hpp"
+#include "fastinfer/backend/cpu/attention_reference.hpp"
+#include "fastinfer/backend/cpu/attention.hpp"
 
 #include "fastinfer/model/config.hpp"
 #include "fastinfer/model/weights.hpp"
