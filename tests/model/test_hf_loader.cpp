@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "fastinfer/backend/cpu/reference.hpp"
+#include "fastinfer/model/load_model.hpp"
 #include "shared_dir.hpp"
 
 using fastinfer::DType;
@@ -376,4 +377,16 @@ TEST_CASE("hf loader: checkpoint shapes and names must match the config") {
   patch.write("\"I32\"", 5);
   patch.close();
   CHECK_THAT(load_error(i32), Catch::Contains("I32") && Catch::Contains("model.norm.weight"));
+}
+
+TEST_CASE("hf loader: load_model takes a directory as a Hugging Face checkpoint") {
+  const fs::path dir = tiny_model("via_load_model", tiny_config(), "BF16");
+  const LlamaWeights w = fastinfer::load_model(dir.string());
+  CHECK(w.config.rope_style == fastinfer::RopeStyle::HalfSplit);
+  CHECK(w.config.eos_id == 2);
+  CHECK(w.layers[1].w_up.dtype == DType::BF16);
+  check_values(w);
+  fastinfer::LoadOptions f32;
+  f32.weight_dtype = DType::F32;
+  CHECK(fastinfer::load_model(dir.string(), f32).layers[1].w_up.dtype == DType::F32);
 }

@@ -1,15 +1,18 @@
 // One entry point for every model source: `load_model(spec, options)`.
 //
 //   "synthetic:NAME"   seeded random weights (model/synthetic.hpp)
+//   DIR                a Hugging Face Llama directory (model/hf_loader.hpp)
 //   PATH.bin / other   a llama2.c legacy checkpoint (model/llama2c_loader.hpp)
 //
 // Each further format adds one branch here (GGUF by extension, a Hugging Face
 // checkpoint by directory).
 #pragma once
 
+#include <filesystem>
 #include <string>
 #include <string_view>
 
+#include "fastinfer/model/hf_loader.hpp"
 #include "fastinfer/model/llama2c_loader.hpp"
 #include "fastinfer/model/synthetic.hpp"
 #include "fastinfer/model/weight_convert.hpp"
@@ -22,6 +25,7 @@ inline LlamaWeights load_model(const std::string& spec, const LoadOptions& optio
   if (std::string_view(spec).substr(0, synthetic_prefix.size()) == synthetic_prefix)
     return make_synthetic(std::string_view(spec).substr(synthetic_prefix.size()),
                           options.weight_dtype.value_or(DType::F32), options.seed, options.threads);
+  if (std::filesystem::is_directory(spec)) return load_hf_weights(spec, options);
   return load_llama2c(spec, options);
 }
 
