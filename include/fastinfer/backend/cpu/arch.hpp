@@ -71,7 +71,7 @@ inline constexpr bool kHardwareF16 =
 #endif
 
 #if FASTINFER_CPU_SIMD
-namespace detail {
+namespace arch_detail {
 
 // One register of f32 from `kLanes` stored elements at p (unaligned).
 template <DType D>
@@ -111,7 +111,7 @@ inline FloatBatch load_f32(const void* p) {
   }
 }
 
-}  // namespace detail
+}  // namespace arch_detail
 #endif
 
 // Element i of a stored row as f32: the scalar twin of load_f32, for tails.

@@ -28,7 +28,7 @@ inline void widen(const void* src, float* dst, std::int64_t n) {
   constexpr std::int64_t elem = D == DType::F32 ? 4 : 2;
   auto* s = static_cast<const std::uint8_t*>(src);
   std::int64_t i = 0;
-  for (; i + L <= n; i += L) detail::load_f32<D>(s + i * elem).store_unaligned(dst + i);
+  for (; i + L <= n; i += L) arch_detail::load_f32<D>(s + i * elem).store_unaligned(dst + i);
   for (; i < n; ++i) dst[i] = load_scalar<D>(src, i);
 }
 #endif
@@ -201,8 +201,8 @@ inline std::int64_t argmax(const float* x, std::int64_t n) {
     FloatBatch best_v = FloatBatch(-INFINITY), best_i = FloatBatch(float(n));
     FloatBatch idx = FloatBatch::load_aligned(iota);
     const FloatBatch stepv = FloatBatch(float(L));
-    std::int64_t i = 0;
-    for (; i + L <= n; i += L, idx += stepv) {
+    const std::int64_t vec_end = n - n % L;
+    for (std::int64_t i = 0; i < vec_end; i += L, idx += stepv) {
       const FloatBatch v = FloatBatch::load_unaligned(x + i);
       const auto better = v > best_v;
       best_v = xsimd::select(better, v, best_v);
@@ -218,7 +218,7 @@ inline std::int64_t argmax(const float* x, std::int64_t n) {
       if (li == n) continue;
       if (bv[l] > v || (bv[l] == v && li < b)) v = bv[l], b = li;
     }
-    for (; i < n; ++i)
+    for (std::int64_t i = vec_end; i < n; ++i)
       if (x[i] > v) v = x[i], b = i;
     // Every value is -inf or NaN: the reference keeps index 0 (x[0] is -inf).
     return b == n ? 0 : b;

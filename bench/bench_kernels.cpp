@@ -1,0 +1,227 @@
+// CPU kernel throughput, to compare with the machine's ceilings.
+//
+//   bench_kernels --benchmark_format=json
+//
+// * BM_ReadSum: streamed read of 1 GiB (as bench_bandwidth), so that the
+//   matvec figures can be divided by the ceiling measured in the same run.
+// * BM_DecodeMatvec/<dtype>/threads: one token's matrix-vector products over
+//   the 110M shape (dim 768, hidden 2048, 12 layers, vocab 32000: 438 MB of
+//   f32 weights); bytes_per_second = weight bytes streamed, comparable to the
+//   read bandwidth; tokens/s is items_per_second.
+// * BM_Matmul/<dtype>/rows/cols/n/threads: prefill products; the FLOPS counter
+//   is 2 * rows * cols * n per second (Zen 3 peak: 32 flop/cycle/core).
+// * BM_SmallDecode/threads: the matvecs and vector kernels of one stories260K
+//   token (dim 64, hidden 172, 5 layers, vocab 512): 2 threads must not be
+//   slower than 1.
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include <xsimd/xsimd.hpp>
+
+#include "fastinfer/backend/cpu/kernels.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+using namespace fastinfer;
+
+namespace {
+
+// ---- read ceiling -----------------------------------------------------------
+constexpr std::size_t kReadBytes = std::size_t(1) << 30;
+
+float* read_buffer() {
+  static float* data = [] {
+    auto* p = static_cast<float*>(std::aligned_alloc(64, kReadBytes));
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < std::int64_t(kReadBytes / 4); ++i) p[i] = float(i & 1023) * 1e-3f;
+    return p;
+  }();
+  return data;
+}
+
+float read_sum(const float* p, std::size_t n) {
+  using B = xsimd::batch<float>;
+  constexpr std::size_t L = B::size;
+  B a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f);
+  for (std::size_t i = 0; i + 4 * L <= n; i += 4 * L) {
+    a0 += B::load_aligned(p + i);
+    a1 += B::load_aligned(p + i + L);
+    a2 += B::load_aligned(p + i + 2 * L);
+    a3 += B::load_aligned(p + i + 3 * L);
+  }
+  return xsimd::hadd((a0 + a1) + (a2 + a3));
+}
+
+void BM_ReadSum(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  float* data = read_buffer();
+  const std::size_t count = kReadBytes / 4;
+  for (auto _ : state) {
+    float total = 0.0f;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+      int t = 0, nt = 1;
+#if defined(_OPENMP)
+      t = omp_get_thread_num();
+      nt = omp_get_num_threads();
+#endif
+      const std::size_t lines = count / 16;
+      const std::size_t b = lines * std::size_t(t) / std::size_t(nt) * 16;
+      const std::size_t e = lines * std::size_t(t + 1) / std::size_t(nt) * 16;
+      total += read_sum(data + b, e - b);
+    }
+    benchmark::DoNotOptimize(total);
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(kReadBytes));
+}
+BENCHMARK(BM_ReadSum)->Arg(1)->Arg(2)->ArgName("threads")->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- weights ----------------------------------------------------------------
+struct Shape {
+  int dim, hidden, layers, vocab;
+};
+constexpr Shape k110M{768, 2048, 12, 32000};
+constexpr Shape k260K{64, 172, 5, 512};
+
+// Every matrix of one token, in the order a forward pass uses them.
+struct ModelWeights {
+  std::vector<std::vector<std::uint8_t>> storage;
+  std::vector<MatrixView> mats;
+  std::size_t bytes = 0;
+};
+
+ModelWeights make_weights(const Shape& s, DType dt) {
+  ModelWeights m;
+  auto add = [&](std::int64_t rows, std::int64_t cols) {
+    std::vector<std::uint8_t> buf(row_bytes(dt, cols) * std::size_t(rows));
+    // Small finite values in every dtype: a repeating pattern of +-0.01..0.1.
+    if (dt == DType::F32) {
+      auto* f = reinterpret_cast<float*>(buf.data());
+      for (std::size_t i = 0; i < buf.size() / 4; ++i) f[i] = float(int(i % 19) - 9) * 0.01f;
+    } else {
+      auto* h = reinterpret_cast<std::uint16_t*>(buf.data());
+      for (std::size_t i = 0; i < buf.size() / 2; ++i) {
+        const float v = float(int(i % 19) - 9) * 0.01f;
+        h[i] = dt == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+      }
+    }
+    m.mats.push_back(MatrixView{dt, buf.data(), rows, cols});
+    m.bytes += buf.size();
+    m.storage.push_back(std::move(buf));
+  };
+  for (int l = 0; l < s.layers; ++l) {
+    for (int q = 0; q < 4; ++q) add(s.dim, s.dim);  // wq wk wv wo
+    add(s.hidden, s.dim);                            // w1
+    add(s.hidden, s.dim);                            // w3
+    add(s.dim, s.hidden);                            // w2
+  }
+  add(s.vocab, s.dim);  // classifier
+  return m;
+}
+
+// One resident weight set at a time: the 110M set is 438 MB in f32.
+const ModelWeights& weights(const Shape& s, DType dt) {
+  static std::unique_ptr<ModelWeights> cached;
+  static const Shape* cached_shape = nullptr;
+  static DType cached_dtype = DType::F32;
+  if (!cached || cached_shape != &s || cached_dtype != dt) {
+    cached.reset();
+    cached = std::make_unique<ModelWeights>(make_weights(s, dt));
+    cached_shape = &s;
+    cached_dtype = dt;
+  }
+  return *cached;
+}
+
+const DType kTypes[] = {DType::F32, DType::BF16, DType::F16};
+
+void BM_DecodeMatvec(benchmark::State& state) {
+  const DType dt = kTypes[state.range(0)];
+  const int threads = int(state.range(1));
+  const ModelWeights& w = weights(k110M, dt);
+  std::vector<float> x(std::size_t(k110M.hidden), 0.5f), y(std::size_t(k110M.vocab));
+  std::int64_t rows = 0;
+  for (const auto& m : w.mats) rows += m.rows;
+  for (auto _ : state) {
+    for (const auto& m : w.mats) cpu::matvec(m, x.data(), y.data(), threads);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(w.bytes));
+  state.SetItemsProcessed(std::int64_t(state.iterations()));
+  state.counters["rows_per_second"] =
+      benchmark::Counter(double(rows) * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(dtype_name(dt)) + " " + cpu::isa_name());
+}
+BENCHMARK(BM_DecodeMatvec)
+    ->ArgsProduct({{0, 1, 2}, {1, 2}})
+    ->ArgNames({"dtype", "threads"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+void BM_Matmul(benchmark::State& state) {
+  const DType dt = kTypes[state.range(0)];
+  const std::int64_t rows = state.range(1), cols = state.range(2), n = state.range(3);
+  const int threads = int(state.range(4));
+  std::vector<std::uint8_t> buf(row_bytes(dt, cols) * std::size_t(rows), 0);
+  auto* h = reinterpret_cast<std::uint16_t*>(buf.data());
+  for (std::size_t i = 0; i < buf.size() / 2; ++i) h[i] = std::uint16_t(0x3c00 + (i % 7));  // finite in all
+  const MatrixView w{dt, buf.data(), rows, cols};
+  std::vector<float> x(std::size_t(n * cols), 0.25f), y(std::size_t(n * rows));
+  for (auto _ : state) {
+    cpu::matmul(w, x.data(), n, y.data(), threads);
+    benchmark::ClobberMemory();
+  }
+  state.counters["FLOPS"] =
+      benchmark::Counter(2.0 * double(rows * cols * n) * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.SetItemsProcessed(std::int64_t(state.iterations()) * n);
+  state.SetLabel(std::string(dtype_name(dt)));
+}
+BENCHMARK(BM_Matmul)
+    ->ArgsProduct({{0, 1, 2}, {768, 2048}, {768}, {512}, {1, 2}})
+    ->ArgsProduct({{0}, {768}, {2048}, {512}, {1, 2}})
+    ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+void BM_SmallDecode(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  const ModelWeights& w = weights(k260K, DType::F32);
+  const Shape& s = k260K;
+  std::vector<float> x(std::size_t(s.dim), 0.1f), xb(std::size_t(s.dim)), norm(std::size_t(s.dim), 1.0f);
+  std::vector<float> q(std::size_t(s.dim)), h1(std::size_t(s.hidden)), h3(std::size_t(s.hidden));
+  std::vector<float> logits(std::size_t(s.vocab));
+  int pos = 0;
+  for (auto _ : state) {
+    std::size_t m = 0;
+    for (int l = 0; l < s.layers; ++l) {
+      cpu::rmsnorm(xb.data(), x.data(), norm.data(), s.dim, 1e-5f);
+      for (int j = 0; j < 3; ++j) cpu::matvec(w.mats[m++], xb.data(), q.data(), threads);
+      cpu::rope(q.data(), 8, 8, pos, 10000.0f, RopeStyle::Interleaved);
+      cpu::matvec(w.mats[m++], q.data(), xb.data(), threads);
+      cpu::add(x.data(), xb.data(), s.dim);
+      cpu::rmsnorm(xb.data(), x.data(), norm.data(), s.dim, 1e-5f);
+      cpu::matvec(w.mats[m++], xb.data(), h1.data(), threads);
+      cpu::matvec(w.mats[m++], xb.data(), h3.data(), threads);
+      cpu::swiglu(h1.data(), h3.data(), s.hidden);
+      cpu::matvec(w.mats[m++], h1.data(), xb.data(), threads);
+      cpu::add(x.data(), xb.data(), s.dim);
+    }
+    cpu::rmsnorm(xb.data(), x.data(), norm.data(), s.dim, 1e-5f);
+    cpu::matvec(w.mats[m], xb.data(), logits.data(), threads);
+    benchmark::DoNotOptimize(cpu::argmax(logits.data(), s.vocab));
+    pos = (pos + 1) % 256;
+  }
+  state.SetItemsProcessed(std::int64_t(state.iterations()));
+}
+BENCHMARK(BM_SmallDecode)->Arg(1)->Arg(2)->ArgName("threads")->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();
