@@ -26,6 +26,10 @@
 #include "fastinfer/model/weight_convert.hpp"
 #include "fastinfer/model/llama2c_loader.hpp"
 #include "fastinfer/model/synthetic.hpp"
+#include "fastinfer/model/safetensors.hpp"
+#include "fastinfer/model/hf_loader.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/generate.hpp"
+
+#include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
