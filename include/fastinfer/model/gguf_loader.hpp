@@ -189,6 +189,11 @@ inline LlamaWeights load_gguf_llama(std::shared_ptr<const gguf::GgufFile> file,
     return gguf_detail::norm_vector(t, w.storage);
   };
 
+  // Every layer has 9 tensors: a block_count beyond what the file holds is
+  // rejected before it sizes any allocation.
+  FASTINFER_CHECK(std::uint64_t(c.n_layers) * 9 <= f.tensors().size(), FormatError, p, ": llama.block_count ",
+                  c.n_layers, " needs ", std::uint64_t(c.n_layers) * 9, " tensors, the file has ",
+                  f.tensors().size());
   w.token_embedding = matrix("token_embd.weight", dim, vocab);
   w.layers.resize(std::size_t(c.n_layers));
   for (int i = 0; i < c.n_layers; ++i) {
