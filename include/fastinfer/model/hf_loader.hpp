@@ -32,7 +32,7 @@ namespace fastinfer {
 
 namespace detail {
 
-inline nlohmann::json read_json_file(const std::filesystem::path& path) {
+inline nlohmann::json hf_read_json_file(const std::filesystem::path& path) {
   auto map = MappedFile::open(path.string());
   const char* b = reinterpret_cast<const char*>(map->data());
   return parse_json_limited(b, b + map->size(), path.string(), 64);
@@ -166,10 +166,10 @@ inline LlamaConfig load_hf_config(const std::filesystem::path& dir) {
   const auto cfg_path = dir / "config.json";
   FASTINFER_CHECK(std::filesystem::exists(cfg_path), FormatError, dir.string(),
                   ": no config.json (not a Hugging Face model directory)");
-  const nlohmann::json cfg = detail::read_json_file(cfg_path);
+  const nlohmann::json cfg = detail::hf_read_json_file(cfg_path);
   nlohmann::json gen;
   if (std::filesystem::exists(dir / "generation_config.json"))
-    gen = detail::read_json_file(dir / "generation_config.json");
+    gen = detail::hf_read_json_file(dir / "generation_config.json");
   return parse_hf_config(cfg, cfg_path.string(), gen);
 }
 

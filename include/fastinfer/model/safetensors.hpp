@@ -90,7 +90,7 @@ inline nlohmann::json parse_json_limited(const char* begin, const char* end, con
 }
 
 // Reads a non-negative JSON integer, or throws naming the field.
-inline std::uint64_t json_u64(const nlohmann::json& v, const std::string& where) {
+inline std::uint64_t safetensors_json_u64(const nlohmann::json& v, const std::string& where) {
   FASTINFER_CHECK(v.is_number_unsigned() || (v.is_number_integer() && v.get<std::int64_t>() >= 0),
                   FormatError, where, " must be a non-negative integer, got ", v.dump());
   return v.get<std::uint64_t>();
@@ -191,7 +191,7 @@ class SafetensorsFile {
       std::uint64_t count = 1;
       bool overflow = false, empty = false;
       for (const auto& d : *sh) {
-        const std::uint64_t dim = detail::json_u64(d, where + " shape entry");
+        const std::uint64_t dim = detail::safetensors_json_u64(d, where + " shape entry");
         FASTINFER_CHECK(dim <= std::uint64_t(std::numeric_limits<std::int64_t>::max()), FormatError,
                         where, " has dimension ", dim, " beyond int64");
         t.shape.push_back(std::int64_t(dim));
@@ -204,8 +204,8 @@ class SafetensorsFile {
       }
       if (empty) count = 0, overflow = false;
       overflow = overflow || count > std::numeric_limits<std::uint64_t>::max() / elem;
-      const std::uint64_t begin = detail::json_u64((*off)[0], where + " data_offsets[0]");
-      const std::uint64_t end = detail::json_u64((*off)[1], where + " data_offsets[1]");
+      const std::uint64_t begin = detail::safetensors_json_u64((*off)[0], where + " data_offsets[0]");
+      const std::uint64_t end = detail::safetensors_json_u64((*off)[1], where + " data_offsets[1]");
       FASTINFER_CHECK(begin <= end, FormatError, where, " has data_offsets [", begin, ", ", end,
                       "] that run backwards");
       FASTINFER_CHECK(end <= data_size, FormatError, where, " has data_offsets [", begin, ", ", end,
