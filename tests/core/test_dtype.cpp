@@ -27,8 +27,8 @@ using fastinfer::f32_from_bits;
 struct Format {
   const char* name;
   int exp_bits, man_bits, bias;
-  bool ieee_inf;      // top exponent = inf/NaN (f16, bf16, e5m2); else only S.1111.111 is NaN (e4m3)
-  bool saturating;    // finite out-of-range values clamp to max (fp8) rather than go to inf
+  bool ieee_inf;    // top exponent = inf/NaN (f16, bf16, e5m2); else only S.1111.111 is NaN (e4m3)
+  bool saturating;  // finite out-of-range values clamp to max (fp8) rather than go to inf
   std::uint32_t (*encode)(float);
   float (*decode)(std::uint32_t);
 
@@ -43,16 +43,36 @@ struct Format {
   }
 };
 
-const Format kF16{"f16", 5, 10, 15, true, false,
+const Format kF16{"f16",
+                  5,
+                  10,
+                  15,
+                  true,
+                  false,
                   [](float f) { return std::uint32_t(fastinfer::f32_to_f16(f)); },
                   [](std::uint32_t c) { return fastinfer::f16_to_f32(std::uint16_t(c)); }};
-const Format kBF16{"bf16", 8, 7, 127, true, false,
+const Format kBF16{"bf16",
+                   8,
+                   7,
+                   127,
+                   true,
+                   false,
                    [](float f) { return std::uint32_t(fastinfer::f32_to_bf16(f)); },
                    [](std::uint32_t c) { return fastinfer::bf16_to_f32(std::uint16_t(c)); }};
-const Format kE4M3{"fp8e4m3", 4, 3, 7, false, true,
+const Format kE4M3{"fp8e4m3",
+                   4,
+                   3,
+                   7,
+                   false,
+                   true,
                    [](float f) { return std::uint32_t(fastinfer::f32_to_fp8e4m3(f)); },
                    [](std::uint32_t c) { return fastinfer::fp8e4m3_to_f32(std::uint8_t(c)); }};
-const Format kE5M2{"fp8e5m2", 5, 2, 15, true, true,
+const Format kE5M2{"fp8e5m2",
+                   5,
+                   2,
+                   15,
+                   true,
+                   true,
                    [](float f) { return std::uint32_t(fastinfer::f32_to_fp8e5m2(f)); },
                    [](std::uint32_t c) { return fastinfer::fp8e5m2_to_f32(std::uint8_t(c)); }};
 
@@ -88,7 +108,7 @@ std::uint32_t reference_encode(const Format& fmt, float f) {
     for (std::uint32_t c = 0; c <= fmt.max_code(); ++c) table.push_back(formula_value(fmt, c));
     if (!fmt.saturating) {
       const double next = 2 * table.back() - table[table.size() - 2];  // one more ulp: 2^(emax+1)
-      table.push_back(next);  // index == inf_code
+      table.push_back(next);                                           // index == inf_code
     }
   }
   if (std::isinf(a)) return sign | (fmt.ieee_inf ? fmt.inf_code() : fmt.max_code());
@@ -116,9 +136,21 @@ std::vector<float> probe_values(const Format& fmt, std::size_t n_random) {
   }
   std::mt19937 rng(12345);
   for (std::size_t i = 0; i < n_random; ++i) out.push_back(f32_from_bits(std::uint32_t(rng())));
-  const float specials[] = {0.f, -0.f, INFINITY, -INFINITY, std::numeric_limits<float>::max(),
-                            std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::min(),
-                            65504.f, 65520.f, 448.f, 464.f, 480.f, 57344.f, 61440.f, 65536.f};
+  const float specials[] = {0.f,
+                            -0.f,
+                            INFINITY,
+                            -INFINITY,
+                            std::numeric_limits<float>::max(),
+                            std::numeric_limits<float>::denorm_min(),
+                            std::numeric_limits<float>::min(),
+                            65504.f,
+                            65520.f,
+                            448.f,
+                            464.f,
+                            480.f,
+                            57344.f,
+                            61440.f,
+                            65536.f};
   for (float s : specials) {
     out.push_back(s);
     out.push_back(-s);
@@ -143,17 +175,16 @@ void check_format(const Format& fmt) {
   SECTION("every code round-trips; NaN stays NaN with its sign") {
     for (std::uint32_t c = 0; c < fmt.codes(); ++c) {
       const std::uint32_t back = fmt.encode(fmt.decode(c));
-      const bool ok = fmt.is_nan_code(c) ? fmt.is_nan_code(back) &&
-                                               (back & fmt.sign_bit()) == (c & fmt.sign_bit())
-                                         : back == c;
+      const bool ok = fmt.is_nan_code(c)
+                          ? fmt.is_nan_code(back) && (back & fmt.sign_bit()) == (c & fmt.sign_bit())
+                          : back == c;
       if (!ok) FAIL("code " << c << " round-trips to " << back);
     }
   }
   SECTION("encoding matches the nearest-even reference at every boundary") {
     for (float f : probe_values(fmt, 200000)) {
       const std::uint32_t got = fmt.encode(f);
-      const bool ok = std::isnan(f) ? fmt.is_nan_code(got) &&
-                                          ((got & fmt.sign_bit()) != 0) == std::signbit(f)
+      const bool ok = std::isnan(f) ? fmt.is_nan_code(got) && ((got & fmt.sign_bit()) != 0) == std::signbit(f)
                                     : got == reference_encode(fmt, f);
       if (!ok) {
         FAIL("f = " << f << " (bits " << f32_bits(f) << ") encodes to " << got << ", reference "
@@ -187,13 +218,13 @@ TEST_CASE("fp8 saturation, infinities, signed zero and subnormals", "[dtype]") {
   REQUIRE(f32_to_fp8e4m3(464.f) == 0x7e);
   REQUIRE(f32_to_fp8e4m3(1e30f) == 0x7e);
   REQUIRE(f32_to_fp8e4m3(-1e30f) == 0xfe);
-  REQUIRE(f32_to_fp8e4m3(INFINITY) == 0x7e);   // E4M3 has no inf: saturating mode
+  REQUIRE(f32_to_fp8e4m3(INFINITY) == 0x7e);  // E4M3 has no inf: saturating mode
   REQUIRE(f32_to_fp8e4m3(-INFINITY) == 0xfe);
   REQUIRE(f32_to_fp8e4m3(NAN) == 0x7f);
-  REQUIRE(f32_to_fp8e5m2(61440.f) == 0x7b);    // would round to inf in IEEE mode
+  REQUIRE(f32_to_fp8e5m2(61440.f) == 0x7b);  // would round to inf in IEEE mode
   REQUIRE(f32_to_fp8e5m2(3e38f) == 0x7b);
   REQUIRE(f32_to_fp8e5m2(-3e38f) == 0xfb);
-  REQUIRE(f32_to_fp8e5m2(INFINITY) == 0x7c);   // inf stays inf
+  REQUIRE(f32_to_fp8e5m2(INFINITY) == 0x7c);  // inf stays inf
   REQUIRE(f32_to_fp8e5m2(-INFINITY) == 0xfc);
   REQUIRE(std::isnan(fp8e5m2_to_f32(f32_to_fp8e5m2(NAN))));
   REQUIRE(f32_to_fp8e4m3(-0.f) == 0x80);
@@ -201,12 +232,12 @@ TEST_CASE("fp8 saturation, infinities, signed zero and subnormals", "[dtype]") {
   REQUIRE(std::signbit(fp8e4m3_to_f32(0x80)));
   // Smallest subnormals and the ties just below them.
   REQUIRE(f32_to_fp8e4m3(std::ldexp(1.f, -9)) == 0x01);
-  REQUIRE(f32_to_fp8e4m3(std::ldexp(1.f, -10)) == 0x00);          // tie -> even (zero)
-  REQUIRE(f32_to_fp8e4m3(std::ldexp(1.5f, -9)) == 0x02);          // tie 1.5 -> 2
+  REQUIRE(f32_to_fp8e4m3(std::ldexp(1.f, -10)) == 0x00);  // tie -> even (zero)
+  REQUIRE(f32_to_fp8e4m3(std::ldexp(1.5f, -9)) == 0x02);  // tie 1.5 -> 2
   REQUIRE(f32_to_fp8e4m3(std::nextafter(std::ldexp(1.f, -10), 1.f)) == 0x01);
   REQUIRE(f32_to_fp8e5m2(std::ldexp(1.f, -16)) == 0x01);
   REQUIRE(f32_to_fp8e5m2(std::ldexp(1.f, -17)) == 0x00);
-  REQUIRE(f32_to_fp8e5m2(-std::ldexp(3.f, -17)) == 0x82);         // tie 1.5 -> 2, sign kept
+  REQUIRE(f32_to_fp8e5m2(-std::ldexp(3.f, -17)) == 0x82);  // tie 1.5 -> 2, sign kept
   REQUIRE(f32_to_fp8e4m3(std::numeric_limits<float>::denorm_min()) == 0x00);
   // Largest subnormal rounds up into the first normal binade.
   REQUIRE(f32_to_fp8e4m3(std::ldexp(7.5f, -9)) == 0x08);

@@ -38,8 +38,7 @@ TEST_CASE("the engine walks consecutive counter blocks of its stream", "[philox]
   const std::uint64_t seed = 0x0123456789abcdefull, stream = 0xfedcba9876543210ull;
   Philox4x32 engine(seed, stream, 0xfffffffeull);  // crosses the 32-bit counter word boundary
   for (std::uint64_t index = 0xfffffffeull; index < 0x100000002ull; ++index) {
-    const auto block = Philox4x32::block(Philox4x32::make_counter(stream, index),
-                                         Philox4x32::make_key(seed));
+    const auto block = Philox4x32::block(Philox4x32::make_counter(stream, index), Philox4x32::make_key(seed));
     for (int w = 0; w < 4; ++w) REQUIRE(engine() == block[w]);
   }
 }

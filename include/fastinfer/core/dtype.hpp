@@ -13,10 +13,14 @@ enum class DType : std::uint8_t { F32, F16, BF16, Q8_0 };
 
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "f32";
-    case DType::F16: return "f16";
-    case DType::BF16: return "bf16";
-    case DType::Q8_0: return "q8_0";
+    case DType::F32:
+      return "f32";
+    case DType::F16:
+      return "f16";
+    case DType::BF16:
+      return "bf16";
+    case DType::Q8_0:
+      return "q8_0";
   }
   return "?";
 }
@@ -65,7 +69,7 @@ inline std::uint16_t f32_to_f16(float f) {
   const std::uint32_t abs = u & 0x7fffffffu;
   if (abs > 0x7f800000u) return std::uint16_t(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));  // NaN
   if (abs >= 0x477ff000u) return std::uint16_t(sign | 0x7c00u);  // rounds to >= 65520: inf
-  if (abs >= 0x38800000u) {  // normal f16 range (>= 2^-14)
+  if (abs >= 0x38800000u) {                                      // normal f16 range (>= 2^-14)
     std::uint32_t r = abs - (112u << 23);
     r += 0xfffu + ((r >> 13) & 1u);
     return std::uint16_t(sign | (r >> 13));
@@ -73,7 +77,7 @@ inline std::uint16_t f32_to_f16(float f) {
   // Subnormal or zero: in units of 2^-24 the value is below 1024; adding
   // 2^23 makes the f32 adder round it to an integer, nearest even.
   const float scaled = f32_from_bits(abs) * f32_from_bits(0x4b800000u);  // exact: * 2^24
-  const float rounded = scaled + 8388608.0f;                               // + 2^23
+  const float rounded = scaled + 8388608.0f;                             // + 2^23
   return std::uint16_t(sign | std::uint16_t(f32_bits(rounded) - 0x4b000000u));
 }
 
@@ -142,7 +146,7 @@ inline std::uint8_t f32_to_fp8e5m2(float f) {
   const std::uint8_t sign = std::uint8_t((u >> 24) & 0x80u);
   const std::uint32_t abs = u & 0x7fffffffu;
   if (abs > 0x7f800000u) return std::uint8_t(sign | 0x7eu | ((abs >> 21) & 1u));  // quiet NaN
-  if (abs == 0x7f800000u) return std::uint8_t(sign | 0x7cu);                     // inf stays inf
+  if (abs == 0x7f800000u) return std::uint8_t(sign | 0x7cu);                      // inf stays inf
   return std::uint8_t(sign | detail::small_float_magnitude<2, 15>(abs, 0x7bu));   // 57344
 }
 

@@ -46,9 +46,10 @@ std::vector<float> probe_values(std::uint32_t n_codes, Decode decode, std::size_
   }
   std::mt19937 rng(99);
   for (std::size_t i = 0; i < n_random; ++i) out.push_back(f32_from_bits(std::uint32_t(rng())));
-  for (float s : {0.f, INFINITY, std::numeric_limits<float>::max(), std::numeric_limits<float>::denorm_min(),
-                  std::numeric_limits<float>::min(), 65520.f, 464.f, 61440.f,
-                  std::numeric_limits<float>::quiet_NaN(), f32_from_bits(0x7f800001u), f32_from_bits(0x7fa00000u)}) {
+  for (float s :
+       {0.f, INFINITY, std::numeric_limits<float>::max(), std::numeric_limits<float>::denorm_min(),
+        std::numeric_limits<float>::min(), 65520.f, 464.f, 61440.f, std::numeric_limits<float>::quiet_NaN(),
+        f32_from_bits(0x7f800001u), f32_from_bits(0x7fa00000u)}) {
     out.push_back(s);
     out.push_back(-s);
   }
@@ -113,18 +114,21 @@ TEMPLATE_TEST_CASE("bf16 bulk conversions match the scalar ones bit for bit", "[
   INFO("arch " << A::name());
   const auto codes = all_codes<std::uint16_t>();
   check_bulk<std::uint16_t, float>(codes, cpu::convert_bf16_to_f32<A>, fastinfer::bf16_to_f32);
-  const auto values = probe_values(1u << 16, [](std::uint32_t c) { return fastinfer::bf16_to_f32(std::uint16_t(c)); }, 1 << 18);
+  const auto values = probe_values(
+      1u << 16, [](std::uint32_t c) { return fastinfer::bf16_to_f32(std::uint16_t(c)); }, 1 << 18);
   check_bulk<float, std::uint16_t>(values, cpu::convert_f32_to_bf16<A>, fastinfer::f32_to_bf16);
   check_lengths<std::uint16_t, float>(codes, cpu::convert_bf16_to_f32<A>, fastinfer::bf16_to_f32);
   check_lengths<float, std::uint16_t>(values, cpu::convert_f32_to_bf16<A>, fastinfer::f32_to_bf16);
 }
 
-TEMPLATE_TEST_CASE("f16 bulk conversions match the scalar ones bit for bit", "[convert]", FASTINFER_TEST_ARCHS) {
+TEMPLATE_TEST_CASE("f16 bulk conversions match the scalar ones bit for bit", "[convert]",
+                   FASTINFER_TEST_ARCHS) {
   using A = TestType;
   INFO("arch " << A::name());
   const auto codes = all_codes<std::uint16_t>();
   check_bulk<std::uint16_t, float>(codes, cpu::convert_f16_to_f32<A>, fastinfer::f16_to_f32);
-  const auto values = probe_values(1u << 16, [](std::uint32_t c) { return fastinfer::f16_to_f32(std::uint16_t(c)); }, 1 << 18);
+  const auto values = probe_values(
+      1u << 16, [](std::uint32_t c) { return fastinfer::f16_to_f32(std::uint16_t(c)); }, 1 << 18);
   check_bulk<float, std::uint16_t>(values, cpu::convert_f32_to_f16<A>, fastinfer::f32_to_f16);
   check_lengths<std::uint16_t, float>(codes, cpu::convert_f16_to_f32<A>, fastinfer::f16_to_f32);
   check_lengths<float, std::uint16_t>(values, cpu::convert_f32_to_f16<A>, fastinfer::f32_to_f16);
@@ -136,7 +140,8 @@ TEMPLATE_TEST_CASE("fp8 e4m3 bulk conversions match the scalar ones bit for bit"
   INFO("arch " << A::name());
   const auto codes = all_codes<std::uint8_t>();
   check_bulk<std::uint8_t, float>(codes, cpu::convert_fp8e4m3_to_f32<A>, fastinfer::fp8e4m3_to_f32);
-  const auto values = probe_values(256, [](std::uint32_t c) { return fastinfer::fp8e4m3_to_f32(std::uint8_t(c)); }, 1 << 18);
+  const auto values = probe_values(
+      256, [](std::uint32_t c) { return fastinfer::fp8e4m3_to_f32(std::uint8_t(c)); }, 1 << 18);
   check_bulk<float, std::uint8_t>(values, cpu::convert_f32_to_fp8e4m3<A>, fastinfer::f32_to_fp8e4m3);
   check_lengths<std::uint8_t, float>(codes, cpu::convert_fp8e4m3_to_f32<A>, fastinfer::fp8e4m3_to_f32);
   check_lengths<float, std::uint8_t>(values, cpu::convert_f32_to_fp8e4m3<A>, fastinfer::f32_to_fp8e4m3);
@@ -148,7 +153,8 @@ TEMPLATE_TEST_CASE("fp8 e5m2 bulk conversions match the scalar ones bit for bit"
   INFO("arch " << A::name());
   const auto codes = all_codes<std::uint8_t>();
   check_bulk<std::uint8_t, float>(codes, cpu::convert_fp8e5m2_to_f32<A>, fastinfer::fp8e5m2_to_f32);
-  const auto values = probe_values(256, [](std::uint32_t c) { return fastinfer::fp8e5m2_to_f32(std::uint8_t(c)); }, 1 << 18);
+  const auto values = probe_values(
+      256, [](std::uint32_t c) { return fastinfer::fp8e5m2_to_f32(std::uint8_t(c)); }, 1 << 18);
   check_bulk<float, std::uint8_t>(values, cpu::convert_f32_to_fp8e5m2<A>, fastinfer::f32_to_fp8e5m2);
   check_lengths<std::uint8_t, float>(codes, cpu::convert_fp8e5m2_to_f32<A>, fastinfer::fp8e5m2_to_f32);
   check_lengths<float, std::uint8_t>(values, cpu::convert_f32_to_fp8e5m2<A>, fastinfer::f32_to_fp8e5m2);
@@ -168,7 +174,8 @@ TEMPLATE_TEST_CASE("register helpers move exactly one batch", "[convert]", FASTI
   cpu::store_f32_as_bf16<A>(h.data(), v);
   REQUIRE(h[W] == 0x5a5a);
   cpu::load_bf16_as_f32<A>(h.data()).store_aligned(back);
-  for (std::size_t i = 0; i < W; ++i) REQUIRE(back[i] == fastinfer::bf16_to_f32(fastinfer::f32_to_bf16(f[i])));
+  for (std::size_t i = 0; i < W; ++i)
+    REQUIRE(back[i] == fastinfer::bf16_to_f32(fastinfer::f32_to_bf16(f[i])));
 
   cpu::store_f32_as_f16<A>(h.data(), v);
   REQUIRE(h[W] == 0x5a5a);
@@ -178,12 +185,14 @@ TEMPLATE_TEST_CASE("register helpers move exactly one batch", "[convert]", FASTI
   cpu::store_f32_as_fp8e4m3<A>(b.data(), v);
   REQUIRE(b[W] == 0x5a);
   cpu::load_fp8e4m3_as_f32<A>(b.data()).store_aligned(back);
-  for (std::size_t i = 0; i < W; ++i) REQUIRE(back[i] == fastinfer::fp8e4m3_to_f32(fastinfer::f32_to_fp8e4m3(f[i])));
+  for (std::size_t i = 0; i < W; ++i)
+    REQUIRE(back[i] == fastinfer::fp8e4m3_to_f32(fastinfer::f32_to_fp8e4m3(f[i])));
 
   cpu::store_f32_as_fp8e5m2<A>(b.data(), v);
   REQUIRE(b[W] == 0x5a);
   cpu::load_fp8e5m2_as_f32<A>(b.data()).store_aligned(back);
-  for (std::size_t i = 0; i < W; ++i) REQUIRE(back[i] == fastinfer::fp8e5m2_to_f32(fastinfer::f32_to_fp8e5m2(f[i])));
+  for (std::size_t i = 0; i < W; ++i)
+    REQUIRE(back[i] == fastinfer::fp8e5m2_to_f32(fastinfer::f32_to_fp8e5m2(f[i])));
 }
 
 TEST_CASE("bulk conversions reject a negative length and name it", "[convert]") {

@@ -108,31 +108,37 @@ TEST_CASE("top_k = 1 and a tiny top_p both reduce to greedy", "[sampling]") {
 
 TEST_CASE("the filtered distribution matches the scalar reference", "[sampling]") {
   cpu::SamplerWorkspace ws;
-  for (std::int64_t n : {1, 2, 7, 33, 257, 1000, 32000}) {
-    const std::vector<float> l = random_logits(n, std::uint32_t(n), 2.0f);
-    std::vector<float> probs(static_cast<std::size_t>(n));
-    for (float t : {0.0f, 0.5f, 1.0f, 2.0f}) {
-      if (n > 5000 && t != 1.0f) continue;  // the reference's full sort is slow under sanitizers
-      for (int k : {0, 1, 5, 40, int(n) - 1, int(n), int(n) + 5}) {
-        for (float p : {1.0f, 0.95f, 0.5f, 1e-3f}) {
-          if (k < 0) continue;
-          const SamplingParams params = make_params(t, k, p);
-          cpu::sampling_distribution(l.data(), n, params, probs.data(), ws);
-          const std::vector<double> want = cpu::reference::sampling_distribution(l.data(), n, params);
-          double sum = 0;
-          for (std::int64_t i = 0; i < n; ++i) {
-            const double got = probs[std::size_t(i)], ref = want[std::size_t(i)];
-            sum += got;
-            if ((got > 0) != (ref > 0) || std::fabs(got - ref) > 1e-6 + 1e-4 * ref) {
-              FAIL("n=" << n << " t=" << t << " k=" << k << " p=" << p << ": token " << i << " has "
-                        << got << ", reference " << ref);
+  for (std::int64_t n : {1, 2, 7, 33, 257, 1000, 32000})
+    for (bool coarse : {false, true}) {
+      // Coarse logits (a 0.5 grid) tie often: top-k must break ties by id.
+      std::vector<float> l = random_logits(n, std::uint32_t(n), 2.0f);
+      if (coarse) {
+        if (n > 5000) continue;
+        for (float& x : l) x = std::round(x * 2.0f) / 2.0f;
+      }
+      std::vector<float> probs(static_cast<std::size_t>(n));
+      for (float t : {0.0f, 0.5f, 1.0f, 2.0f}) {
+        if (n > 5000 && t != 1.0f) continue;  // the reference's full sort is slow under sanitizers
+        for (int k : {0, 1, 5, 40, int(n) - 1, int(n), int(n) + 5}) {
+          for (float p : {1.0f, 0.95f, 0.5f, 1e-3f}) {
+            if (k < 0) continue;
+            const SamplingParams params = make_params(t, k, p);
+            cpu::sampling_distribution(l.data(), n, params, probs.data(), ws);
+            const std::vector<double> want = cpu::reference::sampling_distribution(l.data(), n, params);
+            double sum = 0;
+            for (std::int64_t i = 0; i < n; ++i) {
+              const double got = probs[std::size_t(i)], ref = want[std::size_t(i)];
+              sum += got;
+              if ((got > 0) != (ref > 0) || std::fabs(got - ref) > 1e-6 + 1e-4 * ref) {
+                FAIL("n=" << n << " coarse=" << coarse << " t=" << t << " k=" << k << " p=" << p << ": token "
+                          << i << " has " << got << ", reference " << ref);
+              }
             }
+            REQUIRE(sum == Approx(1.0).epsilon(1e-5));
           }
-          REQUIRE(sum == Approx(1.0).epsilon(1e-5));
         }
       }
     }
-  }
 }
 
 TEST_CASE("sample agrees with the reference except at a cdf boundary", "[sampling]") {
@@ -142,9 +148,8 @@ TEST_CASE("sample agrees with the reference except at a cdf boundary", "[samplin
   int compared = 0;
   for (std::int64_t n : {5, 33, 300, 2001}) {
     const std::vector<float> l = random_logits(n, std::uint32_t(n * 3), 1.5f);
-    for (const SamplingParams& params :
-         {make_params(1.0f, 0, 1.0f), make_params(0.7f, 20, 1.0f), make_params(1.3f, 0, 0.8f),
-          make_params(0.9f, 50, 0.9f)}) {
+    for (const SamplingParams& params : {make_params(1.0f, 0, 1.0f), make_params(0.7f, 20, 1.0f),
+                                         make_params(1.3f, 0, 0.8f), make_params(0.9f, 50, 0.9f)}) {
       const std::vector<double> dist = cpu::reference::sampling_distribution(l.data(), n, params);
       for (int draw = 0; draw < 200; ++draw) {
         const float c = std::min(coin(rng), 0.99999f);
@@ -180,7 +185,8 @@ void check_frequencies(const std::vector<float>& l, const SamplingParams& params
   const std::vector<double> dist = cpu::reference::sampling_distribution(l.data(), n, params);
   cpu::SamplerWorkspace ws(n);
   std::vector<double> count(static_cast<std::size_t>(n), 0.0);
-  for (int t = 0; t < draws; ++t) count[std::size_t(cpu::sample_at_index(l.data(), n, params, std::uint64_t(t), ws))] += 1;
+  for (int t = 0; t < draws; ++t)
+    count[std::size_t(cpu::sample_at_index(l.data(), n, params, std::uint64_t(t), ws))] += 1;
   double chi2 = 0;
   int kept = 0;
   for (std::int64_t i = 0; i < n; ++i) {
@@ -212,7 +218,8 @@ TEST_CASE("the same seed gives the same tokens whatever the threads or interleav
   constexpr int kTokens = 400;
   std::vector<std::int32_t> sequential(kTokens);
   cpu::SamplerWorkspace ws(n);
-  for (int t = 0; t < kTokens; ++t) sequential[t] = cpu::sample_at_index(l.data(), n, params, std::uint64_t(t), ws);
+  for (int t = 0; t < kTokens; ++t)
+    sequential[t] = cpu::sample_at_index(l.data(), n, params, std::uint64_t(t), ws);
 
   // Two threads, each with its own workspace, take tokens in reverse
   // interleaved order, with another request's draws mixed in.
@@ -246,9 +253,11 @@ TEST_CASE("bad parameters and logits are rejected with the value named", "[sampl
   REQUIRE_THROWS_WITH(cpu::sample(l.data(), 4, make_params(-1.0f, 0, 1.0f), 0.5f, ws), Catch::Contains("-1"));
   REQUIRE_THROWS_AS(cpu::sample(l.data(), 4, make_params(NAN, 0, 1.0f), 0.5f, ws), InvalidArgument);
   REQUIRE_THROWS_WITH(cpu::sample(l.data(), 4, make_params(1.0f, -3, 1.0f), 0.5f, ws), Catch::Contains("-3"));
-  REQUIRE_THROWS_WITH(cpu::sample(l.data(), 4, make_params(1.0f, 0, 0.0f), 0.5f, ws), Catch::Contains("top_p"));
+  REQUIRE_THROWS_WITH(cpu::sample(l.data(), 4, make_params(1.0f, 0, 0.0f), 0.5f, ws),
+                      Catch::Contains("top_p"));
   REQUIRE_THROWS_WITH(cpu::sample(l.data(), 4, make_params(1.0f, 0, 1.5f), 0.5f, ws), Catch::Contains("1.5"));
-  REQUIRE_THROWS_WITH(cpu::sample(l.data(), 4, make_params(1.0f, 0, 1.0f), 1.0f, ws), Catch::Contains("coin"));
+  REQUIRE_THROWS_WITH(cpu::sample(l.data(), 4, make_params(1.0f, 0, 1.0f), 1.0f, ws),
+                      Catch::Contains("coin"));
   REQUIRE_THROWS_AS(cpu::sample(l.data(), 4, make_params(1.0f, 0, 1.0f), -0.25f, ws), InvalidArgument);
   REQUIRE_THROWS_WITH(cpu::sample(l.data(), 0, make_params(1.0f, 0, 1.0f), 0.5f, ws), Catch::Contains("0"));
   REQUIRE_THROWS_WITH(cpu::sampling_distribution(l.data(), 4, make_params(1.0f, 0, 2.0f), probs.data(), ws),
@@ -256,15 +265,18 @@ TEST_CASE("bad parameters and logits are rejected with the value named", "[sampl
   REQUIRE(probs == std::vector<float>(4, 7.0f));  // nothing written on error
   std::vector<float> bad = l;
   bad[2] = NAN;
-  REQUIRE_THROWS_WITH(cpu::sample(bad.data(), 4, make_params(1.0f, 0, 1.0f), 0.5f, ws), Catch::Contains("NaN"));
+  REQUIRE_THROWS_WITH(cpu::sample(bad.data(), 4, make_params(1.0f, 0, 1.0f), 0.5f, ws),
+                      Catch::Contains("NaN"));
   REQUIRE_THROWS_WITH(cpu::argmax_token(bad.data(), 4), Catch::Contains("NaN"));
   std::vector<float> long_bad(37, 0.0f);
   long_bad[5] = NAN;  // in the vector body, not the tail
   REQUIRE_THROWS_WITH(cpu::argmax_token(long_bad.data(), 37), Catch::Contains("NaN"));
   bad[2] = INFINITY;
-  REQUIRE_THROWS_WITH(cpu::sample(bad.data(), 4, make_params(0.0f, 0, 1.0f), 0.5f, ws), Catch::Contains("+inf"));
+  REQUIRE_THROWS_WITH(cpu::sample(bad.data(), 4, make_params(0.0f, 0, 1.0f), 0.5f, ws),
+                      Catch::Contains("+inf"));
   std::vector<float> masked(4, -INFINITY);
-  REQUIRE_THROWS_WITH(cpu::sample(masked.data(), 4, make_params(1.0f, 0, 1.0f), 0.5f, ws), Catch::Contains("-inf"));
+  REQUIRE_THROWS_WITH(cpu::sample(masked.data(), 4, make_params(1.0f, 0, 1.0f), 0.5f, ws),
+                      Catch::Contains("-inf"));
 }
 
 TEST_CASE("masked (-inf) tokens are never sampled", "[sampling]") {
@@ -272,10 +284,12 @@ TEST_CASE("masked (-inf) tokens are never sampled", "[sampling]") {
   for (std::size_t i = 0; i < l.size(); i += 3) l[i] = -INFINITY;
   cpu::SamplerWorkspace ws(40);
   for (int t = 0; t < 2000; ++t) {
-    const std::int32_t id = cpu::sample_at_index(l.data(), 40, make_params(5.0f, 0, 1.0f, 4), std::uint64_t(t), ws);
+    const std::int32_t id =
+        cpu::sample_at_index(l.data(), 40, make_params(5.0f, 0, 1.0f, 4), std::uint64_t(t), ws);
     REQUIRE(id % 3 != 0);
   }
-  REQUIRE(cpu::sample(l.data(), 40, make_params(5.0f, 0, 1.0f), 0.0f, ws) == 1);  // coin 0: first positive weight
+  REQUIRE(cpu::sample(l.data(), 40, make_params(5.0f, 0, 1.0f), 0.0f, ws) ==
+          1);  // coin 0: first positive weight
 }
 
 TEST_CASE("a sized workspace makes sampling allocation-free", "[sampling]") {

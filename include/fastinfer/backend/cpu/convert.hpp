@@ -154,7 +154,8 @@ IntBatch<Arch> small_float_magnitude(IntBatch<Arch> abs, std::int32_t max_code) 
   const IntBatch<Arch> normal = xsimd::min(r >> kShift, splat<Arch>(max_code));
   // Subnormal range: let the f32 adder round to an integer count of the
   // smallest subnormal (see the scalar version).
-  const FloatBatch<Arch> scaled = as_float<Arch>(abs) * FloatBatch<Arch>(f32_from_bits(std::uint32_t(127 + kBias - 1 + kMan) << 23));
+  const FloatBatch<Arch> scaled =
+      as_float<Arch>(abs) * FloatBatch<Arch>(f32_from_bits(std::uint32_t(127 + kBias - 1 + kMan) << 23));
   const IntBatch<Arch> sub = as_int<Arch>(scaled + FloatBatch<Arch>(8388608.0f)) - splat<Arch>(0x4b000000);
   return xsimd::select(abs >= splat<Arch>((127 + 1 - kBias) << 23), normal, sub);
 }
@@ -175,7 +176,8 @@ void store_f32_as_bf16(std::uint16_t* p, xsimd::batch<float, Arch> v) {
   using namespace detail;
   const IntBatch<Arch> u = as_int<Arch>(v);
   const IntBatch<Arch> top = (u >> 16) & splat<Arch>(0xffff);
-  const IntBatch<Arch> rounded = ((u + splat<Arch>(0x7fff) + (top & splat<Arch>(1))) >> 16) & splat<Arch>(0xffff);
+  const IntBatch<Arch> rounded =
+      ((u + splat<Arch>(0x7fff) + (top & splat<Arch>(1))) >> 16) & splat<Arch>(0xffff);
   const auto is_nan = (u & splat<Arch>(0x7fffffff)) > splat<Arch>(0x7f800000);
   narrow<Arch>(p, xsimd::select(is_nan, top | splat<Arch>(0x0040), rounded), Arch{});
 }
@@ -226,11 +228,13 @@ xsimd::batch<float, Arch> load_fp8e5m2_as_f32(const std::uint8_t* p) {
   const IntBatch<Arch> mag = c & splat<Arch>(0x7f);
   const IntBatch<Arch> fields = mag << 21;
   const FloatBatch<Arch> normal = as_float<Arch>(fields + splat<Arch>(112 << 23));
-  const FloatBatch<Arch> sub = as_float<Arch>(fields + splat<Arch>(113 << 23)) - FloatBatch<Arch>(6.103515625e-05f);  // 2^-14
+  const FloatBatch<Arch> sub =
+      as_float<Arch>(fields + splat<Arch>(113 << 23)) - FloatBatch<Arch>(6.103515625e-05f);  // 2^-14
   // Top exponent: inf, or NaN made quiet with its payload (as f16_to_f32).
   const IntBatch<Arch> man = fields & splat<Arch>(0x00600000);
-  const IntBatch<Arch> special = splat<Arch>(0x7f800000) | man |
-                                 xsimd::select(man != splat<Arch>(0), splat<Arch>(0x00400000), splat<Arch>(0));
+  const IntBatch<Arch> special =
+      splat<Arch>(0x7f800000) | man |
+      xsimd::select(man != splat<Arch>(0), splat<Arch>(0x00400000), splat<Arch>(0));
   IntBatch<Arch> bits = xsimd::select(mag < splat<Arch>(4), as_int<Arch>(sub), as_int<Arch>(normal));
   bits = xsimd::select(mag >= splat<Arch>(0x7c), special, bits);
   return as_float<Arch>(bits | sign);
@@ -274,7 +278,9 @@ template <class Arch = xsimd::default_arch>
 void convert_f32_to_bf16(const float* src, std::uint16_t* dst, std::int64_t n) {
   detail::convert_array<Arch>(
       src, dst, n,
-      [](const float* s, std::uint16_t* d) { store_f32_as_bf16<Arch>(d, xsimd::batch<float, Arch>::load_unaligned(s)); },
+      [](const float* s, std::uint16_t* d) {
+        store_f32_as_bf16<Arch>(d, xsimd::batch<float, Arch>::load_unaligned(s));
+      },
       f32_to_bf16);
 }
 template <class Arch = xsimd::default_arch>
@@ -287,7 +293,9 @@ template <class Arch = xsimd::default_arch>
 void convert_f32_to_f16(const float* src, std::uint16_t* dst, std::int64_t n) {
   detail::convert_array<Arch>(
       src, dst, n,
-      [](const float* s, std::uint16_t* d) { store_f32_as_f16<Arch>(d, xsimd::batch<float, Arch>::load_unaligned(s)); },
+      [](const float* s, std::uint16_t* d) {
+        store_f32_as_f16<Arch>(d, xsimd::batch<float, Arch>::load_unaligned(s));
+      },
       f32_to_f16);
 }
 template <class Arch = xsimd::default_arch>
@@ -300,7 +308,9 @@ template <class Arch = xsimd::default_arch>
 void convert_f32_to_fp8e4m3(const float* src, std::uint8_t* dst, std::int64_t n) {
   detail::convert_array<Arch>(
       src, dst, n,
-      [](const float* s, std::uint8_t* d) { store_f32_as_fp8e4m3<Arch>(d, xsimd::batch<float, Arch>::load_unaligned(s)); },
+      [](const float* s, std::uint8_t* d) {
+        store_f32_as_fp8e4m3<Arch>(d, xsimd::batch<float, Arch>::load_unaligned(s));
+      },
       f32_to_fp8e4m3);
 }
 template <class Arch = xsimd::default_arch>
@@ -313,7 +323,9 @@ template <class Arch = xsimd::default_arch>
 void convert_f32_to_fp8e5m2(const float* src, std::uint8_t* dst, std::int64_t n) {
   detail::convert_array<Arch>(
       src, dst, n,
-      [](const float* s, std::uint8_t* d) { store_f32_as_fp8e5m2<Arch>(d, xsimd::batch<float, Arch>::load_unaligned(s)); },
+      [](const float* s, std::uint8_t* d) {
+        store_f32_as_fp8e5m2<Arch>(d, xsimd::batch<float, Arch>::load_unaligned(s));
+      },
       f32_to_fp8e5m2);
 }
 
