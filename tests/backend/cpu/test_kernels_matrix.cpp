@@ -102,19 +102,24 @@ TEST_CASE("matmul matches the reference over odd shapes, every dtype, 1 and 2 th
 }
 
 TEST_CASE("matmul large enough to split over 2 threads gives the 1-thread bits") {
+  // Row counts that split mid-way through nothing in particular (301, 770:
+  // ranges cut on a 24/48-row panel edge, the last panel partial) and depths
+  // beyond Eigen's depth block (700), in every dtype.
   std::uint32_t seed = 2000;
-  for (DType dt : kFloatTypes) {
-    const std::int64_t rows = 301, cols = 203, n = 70;
-    REQUIRE(cpu::threads_for(rows * cols * n, cpu::ParallelThresholds::kMatmulMacsPerThread, 2) == 2);
-    auto w = random_matrix(dt, rows, cols, seed++);
-    const auto x = random_floats(static_cast<std::size_t>(n * cols), seed++);
-    std::vector<float> ref(static_cast<std::size_t>(n * rows)), y1(ref.size(), NAN), y2(ref.size(), NAN);
-    cpu::reference::matmul(w.view, x.data(), n, ref.data());
-    cpu::matmul(w.view, x.data(), n, y1.data(), 1);
-    cpu::matmul(w.view, x.data(), n, y2.data(), 2);
-    check_close(w.view, x.data(), n, y1, ref);
-    CHECK(same_bits(y1, y2));
-  }
+  for (DType dt : kFloatTypes)
+    for (std::int64_t rows : {301, 770})
+      for (std::int64_t cols : {203, 700}) {
+        const std::int64_t n = 70;
+        REQUIRE(cpu::threads_for(rows * cols * n, cpu::ParallelThresholds::kMatmulMacsPerThread, 2) == 2);
+        auto w = random_matrix(dt, rows, cols, seed++);
+        const auto x = random_floats(static_cast<std::size_t>(n * cols), seed++);
+        std::vector<float> ref(static_cast<std::size_t>(n * rows)), y1(ref.size(), NAN), y2(ref.size(), NAN);
+        cpu::reference::matmul(w.view, x.data(), n, ref.data());
+        cpu::matmul(w.view, x.data(), n, y1.data(), 1);
+        cpu::matmul(w.view, x.data(), n, y2.data(), 2);
+        check_close(w.view, x.data(), n, y1, ref);
+        CHECK(same_bits(y1, y2));
+      }
 }
 
 TEST_CASE("matmul row t equals matvec of token t within the summation bound") {

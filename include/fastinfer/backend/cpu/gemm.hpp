@@ -1,12 +1,13 @@
 // Matrix-matrix product for prefill: Y[t][r] = sum_c W[r][c] X[t][c] for n
-// tokens, on Eigen's GEMM (packed, register-blocked, ~85 % of FMA peak).
+// tokens, on Eigen's GEMM (packed, register-blocked; ~80 % of FMA peak here).
 //
-// Work is cut into fixed tiles of kTileRows output features, whatever the
-// thread count, and each tile is one sequential Eigen product. Threads take
-// whole tiles, so every output is computed by the same code path with the same
-// blocking for 1 or 2 threads: results do not depend on the thread count.
-// bf16/f16 tiles are first widened to f32 in a per-thread scratch that is kept
-// between calls.
+// Threads own contiguous row ranges that start on a multiple of Eigen's
+// register panel height (gebp_traits::mr: 24 rows with AVX2, 48 with AVX-512).
+// A row's sum then runs through the same micro-kernel path, with the same
+// depth blocking (which depends on `cols` only), whichever range it is in:
+// results do not depend on the thread count (the tests check the bits).
+// f32 ranges are one Eigen call each; bf16/f16 ranges are widened to f32 in
+// panel-aligned tiles, in a per-thread scratch that is kept between calls.
 //
 // Eigen is called through general_matrix_matrix_product::run, the sequential
 // kernel its own product evaluator calls per thread. The public product API
@@ -32,10 +33,12 @@ static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0),
 namespace fastinfer::cpu {
 namespace gemm_detail {
 
-// A multiple of Eigen's AVX/AVX-512 register panel (24 / 48 rows) so that tile
-// edges fall on panel edges; 96 rows of a 2048-wide bf16 matrix widen to
-// 768 KiB, about what one Zen 3 core's L2 holds.
-inline constexpr std::int64_t kTileRows = 96;
+// Rows of Eigen's widest register panel: every range and tile edge is a
+// multiple of it, so every row takes the same micro-kernel path.
+inline constexpr std::int64_t kPanelRows = Eigen::internal::gebp_traits<float, float>::mr;
+// bf16/f16 rows widened per Eigen call: 8 panels (192 rows with AVX2; a
+// 768-wide tile is 576 KiB of f32, about one Zen 3 core's L2).
+inline constexpr std::int64_t kWidenTileRows = 8 * kPanelRows;
 
 // Y[:, r0:r0+m] += W_tile (m x k, row-major, leading dim ldw) * X^T.
 inline void gemm_tile(const float* w, std::int64_t ldw, std::int64_t m, const float* x, std::int64_t k,
@@ -56,24 +59,22 @@ inline std::vector<float>& widen_scratch() {
   return scratch;
 }
 
-inline void matmul_tiles(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t t0,
-                         std::int64_t t1) {
+// Rows [r0, r1) of Y = X W^T; r0 is a multiple of kPanelRows.
+inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
+                        std::int64_t r1) {
   const std::int64_t k = w.cols;
-  for (std::int64_t t = t0; t < t1; ++t) {
-    const std::int64_t r0 = t * kTileRows;
-    const std::int64_t m = std::min(kTileRows, w.rows - r0);
-    const float* tile;
-    if (w.dtype == DType::F32) {
-      tile = reinterpret_cast<const float*>(w.row_ptr(r0));
-    } else {
-      std::vector<float>& s = widen_scratch();
-      if (s.size() < std::size_t(m * k)) s.resize(std::size_t(m * k));
-      for (std::int64_t r = 0; r < m; ++r) load_row(w.dtype, w.row_ptr(r0 + r), s.data() + r * k, k);
-      tile = s.data();
-    }
-    // Eigen accumulates into Y: clear this tile's outputs first.
-    for (std::int64_t j = 0; j < n; ++j) std::fill(y + j * w.rows + r0, y + j * w.rows + r0 + m, 0.0f);
-    gemm_tile(tile, k, m, x, k, n, y + r0, w.rows);
+  // Eigen accumulates into Y: clear this range's outputs first.
+  for (std::int64_t j = 0; j < n; ++j) std::fill(y + j * w.rows + r0, y + j * w.rows + r1, 0.0f);
+  if (w.dtype == DType::F32) {
+    gemm_tile(reinterpret_cast<const float*>(w.row_ptr(r0)), k, r1 - r0, x, k, n, y + r0, w.rows);
+    return;
+  }
+  std::vector<float>& s = widen_scratch();
+  if (s.size() < std::size_t(kWidenTileRows * k)) s.resize(std::size_t(kWidenTileRows * k));
+  for (std::int64_t t = r0; t < r1; t += kWidenTileRows) {
+    const std::int64_t m = std::min(kWidenTileRows, r1 - t);
+    for (std::int64_t r = 0; r < m; ++r) load_row(w.dtype, w.row_ptr(t + r), s.data() + r * k, k);
+    gemm_tile(s.data(), k, m, x, k, n, y + t, w.rows);
   }
 }
 
@@ -86,10 +87,11 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
   if (n == 1) return matvec(w, x, y, threads);
   if (w.dtype == DType::Q8_0) return q8_0::matmul(w, x, n, y, threads);
   using namespace gemm_detail;
-  const std::int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
+  const std::int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;
   const int nt = threads_for(w.rows * w.cols * n, ParallelThresholds::kMatmulMacsPerThread,
-                             int(std::min<std::int64_t>(threads, tiles)));
-  parallel_ranges(tiles, 1, nt, [&](std::int64_t t0, std::int64_t t1) { matmul_tiles(w, x, n, y, t0, t1); });
+                             int(std::min<std::int64_t>(threads, panels)));
+  parallel_ranges(w.rows, kPanelRows, nt,
+                  [&](std::int64_t r0, std::int64_t r1) { matmul_rows(w, x, n, y, r0, r1); });
 }
 
 }  // namespace fastinfer::cpu
