@@ -147,3 +147,13 @@ TEST_CASE("fastinfer-generate: synthetic default model with converted weights ru
     CHECK(lines(r.out) == 1);
   }
 }
+
+TEST_CASE("fastinfer-generate: sampling is reproducible per seed, whatever the threads", "[examples][cli]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  const std::string args = "--max-new-tokens 20 --temperature 1.0 --top-k 50 --top-p 0.9 --print-ids --seed ";
+  const Run a = run(gen, args + "7"), b = run(gen, args + "7 --threads 2"), c = run(gen, args + "8");
+  REQUIRE(a.code == 0);
+  CHECK(a.out == b.out);
+  CHECK(a.out != c.out);
+  CHECK(run(gen, "--temperature -1").code == 2);
+}

@@ -362,3 +362,39 @@ TEST_CASE("generation stops on max_new_tokens, seq_len, BOS and EOS", "[model][g
   CHECK_THROWS_WITH(generate(model, {1, 512}, params), Catch::Contains("512"));
   CHECK_THROWS_AS(generate(model, {}, params), InvalidArgument);
 }
+
+TEST_CASE("sampled generation is reproducible per seed and uses the token index as the coin counter", "[model][generate]") {
+  const LlamaWeights w = scaled_synthetic(synthetic_config("tiny"), DType::F32, 4);
+  LlamaModel<> one(w, {1}), two(w, {2});
+  const std::vector<std::int32_t> prompt = {1, 42};
+  GenerationParams params;
+  params.max_new_tokens = 30;
+  params.temperature = 0.9f;
+  params.top_p = 0.95f;
+  params.seed = 1234;
+  const auto a = generate(one, prompt, params);
+  CHECK(a.tokens.size() + (a.stopped_by != StopReason::MaxNewTokens) >= 1);
+  CHECK(generate(one, prompt, params).tokens == a.tokens);  // same seed, same tokens
+  CHECK(generate(two, prompt, params).tokens == a.tokens);  // whatever the thread count
+
+  // Token i is drawn with coin Philox(seed, Sampling, i) from the logits after
+  // prompt + tokens[0..i): replay it by hand.
+  cpu::SamplerWorkspace ws(512);
+  std::vector<std::int32_t> seq = prompt;
+  for (std::size_t i = 0; i < a.tokens.size(); ++i) {
+    one.reset();
+    const float* logits = one.forward_prefill(seq, 0);
+    REQUIRE(cpu::sample_at_index(logits, 512, sampling_params(params), i, ws) == a.tokens[i]);
+    seq.push_back(a.tokens[i]);
+  }
+
+  params.seed = 99;
+  CHECK(generate(one, prompt, params).tokens != a.tokens);
+  // top_k = 1 keeps only the maximum: greedy whatever the temperature.
+  params.top_k = 1;
+  GenerationParams greedy;
+  greedy.max_new_tokens = 30;
+  CHECK(generate(one, prompt, params).tokens == generate(one, prompt, greedy).tokens);
+  params.top_p = 0.0f;
+  CHECK_THROWS_AS(generate(one, prompt, params), InvalidArgument);
+}

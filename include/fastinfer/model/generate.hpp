@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/model/config.hpp"
 
@@ -76,6 +77,10 @@ inline std::vector<std::int32_t> parse_token_ids(std::string_view text) {
   return ids;
 }
 
+inline cpu::SamplingParams sampling_params(const GenerationParams& p) {
+  return cpu::SamplingParams{p.temperature, p.top_k, p.top_p, p.seed};
+}
+
 // InvalidArgument unless `prompt` is non-empty, every id is in the vocabulary,
 // it leaves room for at least one new token, and the params make sense.
 inline void validate_generation(const LlamaConfig& config, const std::vector<std::int32_t>& prompt,
@@ -88,23 +93,17 @@ inline void validate_generation(const LlamaConfig& config, const std::vector<std
                   prompt.size(), " tokens: at or beyond the maximum sequence length ", config.max_seq_len);
   FASTINFER_CHECK(params.max_new_tokens >= 0, InvalidArgument, "max_new_tokens must not be negative, got ",
                   params.max_new_tokens);
-  FASTINFER_CHECK(params.temperature >= 0.0f, InvalidArgument, "temperature must not be negative, got ",
-                  params.temperature);
-  FASTINFER_CHECK(params.top_k >= 0, InvalidArgument, "top_k must not be negative, got ", params.top_k);
-  FASTINFER_CHECK(params.temperature == 0.0f, InvalidArgument,
-                  "sampling (temperature ", params.temperature, ") is not available yet: use temperature 0");
-  FASTINFER_CHECK(params.top_p > 0.0f && params.top_p <= 1.0f, InvalidArgument, "top_p must be in (0, 1], got ",
-                  params.top_p);
+  cpu::validate(sampling_params(params));
 }
 
-// Picks the next token from logits[vocab]: greedy when temperature is 0.
-// `index` is the emitted token's index in the request (the random stream's
-// counter, so that a seed gives the same tokens whatever the batch/threads).
-inline std::int32_t pick_token(const float* logits, int vocab, const GenerationParams& params, std::int64_t index) {
-  (void)index;
-  FASTINFER_CHECK(params.temperature == 0.0f, InvalidArgument,
-                  "sampling (temperature > 0) is not available yet: use temperature 0");
-  return std::int32_t(cpu::argmax(logits, vocab));
+// Picks the next token from logits[vocab]: greedy (first maximum) when the
+// temperature is 0, else temperature / top-k / top-p sampling with the coin
+// Philox(seed, Sampling stream, index), where `index` is the token's index in
+// the request: a seed gives the same tokens whatever the batch or threads.
+inline std::int32_t pick_token(const float* logits, int vocab, const GenerationParams& params, std::int64_t index,
+                               cpu::SamplerWorkspace& workspace) {
+  if (params.temperature == 0.0f) return std::int32_t(cpu::argmax(logits, vocab));
+  return cpu::sample_at_index(logits, vocab, sampling_params(params), std::uint64_t(index), workspace);
 }
 
 // Generates from `prompt` with `model` (a LlamaModel or anything with
@@ -120,6 +119,7 @@ GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt,
 
   GenerationResult r;
   r.prompt_tokens = int(prompt.size());
+  cpu::SamplerWorkspace workspace(c.vocab_size);  // once per request, never per token
   model.reset();
   const auto t0 = Clock::now();
   const float* logits = model.forward_prefill(prompt, 0);
@@ -137,7 +137,7 @@ GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt,
       r.stopped_by = StopReason::SeqLen;
       break;
     }
-    const std::int32_t next = pick_token(logits, c.vocab_size, params, std::int64_t(r.tokens.size()));
+    const std::int32_t next = pick_token(logits, c.vocab_size, params, std::int64_t(r.tokens.size()), workspace);
     if (next == c.bos_id) {
       r.stopped_by = StopReason::Bos;
       break;
