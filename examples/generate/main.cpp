@@ -13,6 +13,7 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 
 namespace {
 
@@ -28,13 +29,17 @@ int fail(int code, const std::string& message) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Generate tokens with a Llama-family model (token ids in, token ids out)."};
-  std::string model_spec = "synthetic:tiny", prompt_ids = "1", weights;
+  std::string model_spec = "synthetic:tiny", prompt_ids = "1", weights, prompt_text, tokenizer_path;
   fastinfer::GenerationParams params;
   int threads = 1;
   bool print_ids = false, stats_json = false;
   app.add_option("--model", model_spec, "llama2.c .bin checkpoint or synthetic:tiny|15M|110M|1B")
       ->capture_default_str();
-  app.add_option("--prompt-ids", prompt_ids, "comma-separated prompt token ids (1 is BOS)")->capture_default_str();
+  auto* ids_option =
+      app.add_option("--prompt-ids", prompt_ids, "comma-separated prompt token ids (1 is BOS)")->capture_default_str();
+  app.add_option("--prompt", prompt_text, "prompt text (BOS is added); needs a vocabulary")->excludes(ids_option);
+  app.add_option("--tokenizer", tokenizer_path,
+                 "llama2.c tokenizer.bin or .gguf vocabulary (default: a .gguf model's own); prints text");
   app.add_option("--max-new-tokens", params.max_new_tokens, "most tokens to generate")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()))
       ->capture_default_str();
@@ -45,7 +50,7 @@ int main(int argc, char** argv) {
   app.add_option("--top-p", params.top_p, "nucleus mass (1 = off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
   app.add_option("--seed", params.seed, "sampling seed")->capture_default_str();
   app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
-  app.add_option("--weights", weights, "convert matrices at load")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  app.add_option("--weights", weights, "convert matrices at load")->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0"}));
   app.add_flag("--print-ids", print_ids, "print only the generated ids, space separated, on one line");
   app.add_flag("--stats-json", stats_json, "print one JSON object of statistics on stderr");
   try {
@@ -57,21 +62,38 @@ int main(int argc, char** argv) {
   }
 
   try {
-    const std::vector<std::int32_t> prompt = fastinfer::parse_token_ids(prompt_ids);
+    // Text in and out when a vocabulary is at hand: --tokenizer, else a .gguf model's own.
+    const bool gguf_model = model_spec.size() > 5 && model_spec.compare(model_spec.size() - 5, 5, ".gguf") == 0;
+    std::shared_ptr<fastinfer::SentencePieceTokenizer> tok;
+    const std::string vocab = !tokenizer_path.empty() ? tokenizer_path : gguf_model ? model_spec : "";
+    if (!vocab.empty() && (vocab != model_spec || fastinfer::gguf::GgufFile::open(vocab)->has("tokenizer.ggml.tokens")))
+      tok = vocab.size() > 5 && vocab.compare(vocab.size() - 5, 5, ".gguf") == 0
+                ? fastinfer::SentencePieceTokenizer::from_gguf(*fastinfer::gguf::GgufFile::open(vocab))
+                : fastinfer::SentencePieceTokenizer::from_llama2c(vocab);
+    FASTINFER_CHECK(prompt_text.empty() || tok, fastinfer::InvalidArgument,
+                    "--prompt needs a vocabulary: pass --tokenizer PATH (the model has none of its own)");
+    const std::vector<std::int32_t> prompt =
+        prompt_text.empty() ? fastinfer::parse_token_ids(prompt_ids) : tok->encode(prompt_text);
     fastinfer::LoadOptions load;
-    if (!weights.empty()) load.weight_dtype = fastinfer::parse_weight_dtype(weights);
+    if (!weights.empty())
+      load.weight_dtype = weights == "q8_0" ? fastinfer::DType::Q8_0 : fastinfer::parse_weight_dtype(weights);
     load.threads = threads;
     fastinfer::LlamaModel<> model(fastinfer::load_model(model_spec, load), {threads});
     fastinfer::validate_generation(model.config(), prompt, params);
 
-    if (!print_ids) {
+    std::int32_t previous = prompt.back();
+    if (tok && !print_ids) {
+      std::printf("%s", tok->decode(prompt).c_str());
+    } else if (!print_ids) {
       std::printf("prompt:");
       for (auto id : prompt) std::printf(" %d", int(id));
       std::printf("\ngenerated:");
     }
     bool first = true;
     const auto result = fastinfer::generate(model, prompt, params, [&](std::int32_t id) {
-      std::printf(print_ids && first ? "%d" : " %d", int(id));
+      if (tok && !print_ids) std::printf("%s", tok->decode_token(previous, id).c_str());
+      else std::printf(print_ids && first ? "%d" : " %d", int(id));
+      previous = id;
       first = false;
       if (!print_ids) std::fflush(stdout);
     });

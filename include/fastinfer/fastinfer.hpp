@@ -16,6 +16,7 @@
 
 #include "fastinfer/backend/cpu/convert.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/backend/cpu/attention_plan.hpp"
 #include "fastinfer/backend/cpu/attention_reference.hpp"
@@ -28,8 +29,11 @@
 #include "fastinfer/model/synthetic.hpp"
 #include "fastinfer/model/safetensors.hpp"
 #include "fastinfer/model/hf_loader.hpp"
+#include "fastinfer/model/gguf.hpp"
+#include "fastinfer/model/gguf_loader.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/generate.hpp"
 
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
+#include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"

@@ -125,6 +125,13 @@ inline LlamaWeights convert_weights(const LlamaWeights& w, DType target) {
 
 }  // namespace gguf_detail
 
+// Every matrix quantized to Q8_0 by the reference quantizer (what
+// `--weights q8_0` does at load). Throws InvalidArgument when a matrix's row
+// length is not a multiple of 32.
+inline LlamaWeights quantize_weights_q8_0(const LlamaWeights& w) {
+  return gguf_detail::convert_weights(w, DType::Q8_0);
+}
+
 // Reads the llama.* hyper-parameters. Throws FormatError naming the key.
 inline LlamaConfig llama_config_from_gguf(const gguf::GgufFile& f, int max_seq_len = 0) {
   const std::string& p = f.path();

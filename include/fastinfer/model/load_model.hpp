@@ -2,6 +2,7 @@
 //
 //   "synthetic:NAME"   seeded random weights (model/synthetic.hpp)
 //   DIR                a Hugging Face Llama directory (model/hf_loader.hpp)
+//   PATH.gguf          a GGUF "llama" file (model/gguf_loader.hpp)
 //   PATH.bin / other   a llama2.c legacy checkpoint (model/llama2c_loader.hpp)
 //
 // Each further format adds one branch here (GGUF by extension, a Hugging Face
@@ -12,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "fastinfer/model/gguf_loader.hpp"
 #include "fastinfer/model/hf_loader.hpp"
 #include "fastinfer/model/llama2c_loader.hpp"
 #include "fastinfer/model/synthetic.hpp"
@@ -21,11 +23,23 @@
 namespace fastinfer {
 
 inline LlamaWeights load_model(const std::string& spec, const LoadOptions& options = {}) {
+  // q8_0 for any source: load as stored, then quantize with the reference
+  // quantizer (weight_convert.hpp converts between f32/f16/bf16 only).
+  if (options.weight_dtype == DType::Q8_0) {
+    LoadOptions as_stored = options;
+    as_stored.weight_dtype.reset();
+    return quantize_weights_q8_0(load_model(spec, as_stored));
+  }
   constexpr std::string_view synthetic_prefix = "synthetic:";
   if (std::string_view(spec).substr(0, synthetic_prefix.size()) == synthetic_prefix)
     return make_synthetic(std::string_view(spec).substr(synthetic_prefix.size()),
                           options.weight_dtype.value_or(DType::F32), options.seed, options.threads);
   if (std::filesystem::is_directory(spec)) return load_hf_weights(spec, options);
+  if (spec.size() > 5 && spec.compare(spec.size() - 5, 5, ".gguf") == 0) {
+    GgufLoadOptions gguf_options;
+    gguf_options.weights = options.weight_dtype;
+    return load_gguf_llama(spec, gguf_options);
+  }
   return load_llama2c(spec, options);
 }
 
