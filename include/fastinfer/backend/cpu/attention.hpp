@@ -71,6 +71,7 @@ struct Widen<kv::F32> {
   static B8 load(const std::uint8_t* row, const float*, int e, int) {
     return B8::load_unaligned(reinterpret_cast<const float*>(row) + e);
   }
+  static constexpr bool kRowScale = false;
   static float scale(const float*) { return 1.0f; }
 };
 template <>
@@ -78,6 +79,7 @@ struct Widen<kv::F16> {
   static B8 load(const std::uint8_t* row, const float*, int e, int) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * e)));
   }
+  static constexpr bool kRowScale = false;
   static float scale(const float*) { return 1.0f; }
 };
 template <>
@@ -86,6 +88,7 @@ struct Widen<kv::BF16> {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * e)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
+  static constexpr bool kRowScale = false;
   static float scale(const float*) { return 1.0f; }
 };
 template <>
@@ -93,6 +96,7 @@ struct Widen<kv::Int8> {
   static B8 load(const std::uint8_t* row, const float*, int e, int) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + e))));
   }
+  static constexpr bool kRowScale = true;
   static float scale(const float* p) { return p[0]; }
 };
 template <>
@@ -105,6 +109,7 @@ struct Widen<kv::FP8E4M3> {
     const __m256i mag = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7f)), 20);
     return B8(_mm256_castsi256_ps(_mm256_or_si256(sign, mag))) * B8(0x1p120f);
   }
+  static constexpr bool kRowScale = true;
   static float scale(const float* p) { return p[0]; }
 };
 template <>
@@ -114,6 +119,7 @@ struct Widen<kv::FP8E5M2> {
     const __m128i h = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + e)));
     return _mm256_cvtph_ps(_mm_slli_epi16(h, 8));
   }
+  static constexpr bool kRowScale = true;
   static float scale(const float* p) { return p[0]; }
 };
 template <>
@@ -129,6 +135,7 @@ struct Widen<kv::Int4> {
     const float* g = p + 2 * (e / group);
     return xsimd::fma(q, B8(g[0]), B8(g[1]));
   }
+  static constexpr bool kRowScale = false;
   static float scale(const float*) { return 1.0f; }
 };
 
@@ -172,16 +179,16 @@ inline void dot_heads(const std::uint8_t* row, const float* params, const float*
 }
 
 // o[g] = o[g] * alpha[g] + sum_t p[g][t] * v_t for G heads, 8 columns at a
-// time so that the G accumulators stay in registers across the tile.
+// time so that the G accumulators stay in registers across the tile. Rows
+// come as pointers: a tile may span blocks.
 template <typename Quant, int G>
-inline void accumulate_group(const std::uint8_t* v0, const float* vp0, std::int64_t row_bytes, int ppr, int n,
-                             const float* p, std::int64_t p_stride, const float* alpha, float* o, int d,
-                             int group) {
+inline void accumulate_group(const std::uint8_t* const* rows, const float* const* params, int n, const float* p,
+                             std::int64_t p_stride, const float* alpha, float* o, int d, int group) {
   for (int e = 0; e < d; e += 8) {
     B8 acc[G];
     for (int g = 0; g < G; ++g) acc[g] = B8::load_unaligned(o + g * d + e) * B8(alpha[g]);
     for (int t = 0; t < n; ++t) {
-      const B8 v = Widen<Quant>::load(v0 + t * row_bytes, vp0 + t * ppr, e, group);
+      const B8 v = Widen<Quant>::load(rows[t], params[t], e, group);
       for (int g = 0; g < G; ++g) acc[g] = xsimd::fma(v, B8(p[g * p_stride + t]), acc[g]);
     }
     for (int g = 0; g < G; ++g) acc[g].store_unaligned(o + g * d + e);
@@ -189,19 +196,17 @@ inline void accumulate_group(const std::uint8_t* v0, const float* vp0, std::int6
 }
 
 template <typename Quant>
-inline void accumulate_heads(const std::uint8_t* v0, const float* vp0, std::int64_t row_bytes, int ppr, int n,
-                             const float* p, std::int64_t p_stride, const float* alpha, float* o, int n_heads,
-                             int d, int group) {
+inline void accumulate_heads(const std::uint8_t* const* rows, const float* const* params, int n, const float* p,
+                             std::int64_t p_stride, const float* alpha, float* o, int n_heads, int d, int group) {
   int g = 0;
   for (; g + 4 <= n_heads; g += 4)
-    accumulate_group<Quant, 4>(v0, vp0, row_bytes, ppr, n, p + g * p_stride, p_stride, alpha + g, o + g * d, d,
-                               group);
+    accumulate_group<Quant, 4>(rows, params, n, p + g * p_stride, p_stride, alpha + g, o + g * d, d, group);
   const float* pg = p + g * p_stride;
   float* og = o + g * d;
   switch (n_heads - g) {
-    case 3: accumulate_group<Quant, 3>(v0, vp0, row_bytes, ppr, n, pg, p_stride, alpha + g, og, d, group); break;
-    case 2: accumulate_group<Quant, 2>(v0, vp0, row_bytes, ppr, n, pg, p_stride, alpha + g, og, d, group); break;
-    case 1: accumulate_group<Quant, 1>(v0, vp0, row_bytes, ppr, n, pg, p_stride, alpha + g, og, d, group); break;
+    case 3: accumulate_group<Quant, 3>(rows, params, n, pg, p_stride, alpha + g, og, d, group); break;
+    case 2: accumulate_group<Quant, 2>(rows, params, n, pg, p_stride, alpha + g, og, d, group); break;
+    case 1: accumulate_group<Quant, 1>(rows, params, n, pg, p_stride, alpha + g, og, d, group); break;
     default: break;
   }
 }
@@ -240,14 +245,30 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
     big_alpha.resize(std::size_t(n_heads));
     alpha_p = big_alpha.data();
   }
+  // Row pointers of one tile, which may span several blocks: small blocks
+  // (16 tokens) then cost no more per-tile work than one long run.
+  const std::uint8_t* krow[kTile];
+  const std::uint8_t* vrow[kTile];
+  const float* kpar[kTile];
+  const float* vpar[kTile];
   for (std::int64_t pos = begin; pos < end;) {
-    const std::int64_t lb = pos / kv.block_size, off = pos % kv.block_size;
-    const int n = int(std::min<std::int64_t>({end - pos, kv.block_size - off, kTile}));
-    const BlockId blk = kv.block(b, lb);
-    const std::uint8_t* k0 = kv.k_row(blk, h, off);
-    const float* kp0 = kv.k_param(blk, h, off);
-    for (int t = 0; t < n; ++t)
-      dot_heads<Quant>(k0 + t * kv.row_bytes, kp0 + t * ppr, q, n_heads, d, group, sc + t, kTile);
+    const int n = int(std::min<std::int64_t>(end - pos, kTile));
+    for (int t = 0; t < n;) {
+      const std::int64_t p = pos + t, off = p % kv.block_size;
+      const BlockId blk = kv.block(b, p / kv.block_size);
+      const int run = int(std::min<std::int64_t>(n - t, kv.block_size - off));
+      const std::uint8_t* k0 = kv.k_row(blk, h, off);
+      const std::uint8_t* v0 = kv.v_row(blk, h, off);
+      const float* kp0 = kv.k_param(blk, h, off);
+      const float* vp0 = kv.v_param(blk, h, off);
+      for (int r = 0; r < run; ++r, ++t) {
+        krow[t] = k0 + r * kv.row_bytes;
+        vrow[t] = v0 + r * kv.row_bytes;
+        kpar[t] = kp0 + r * ppr;
+        vpar[t] = vp0 + r * ppr;
+      }
+    }
+    for (int t = 0; t < n; ++t) dot_heads<Quant>(krow[t], kpar[t], q, n_heads, d, group, sc + t, kTile);
     if constexpr (!Visible::kAll) {
       for (int t = 0; t < n; ++t)
         if (!visible(pos + t))
@@ -281,17 +302,13 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
       st.l[std::size_t(g)] = st.l[std::size_t(g)] * alpha_p[g] + sum;
     }
     if (any) {
-      const float* vp0 = kv.v_param(blk, h, off);
-      bool scaled = false;
-      for (int t = 0; t < n; ++t) {
-        vs[t] = Widen<Quant>::scale(vp0 + t * ppr);
-        scaled |= vs[t] != 1.0f;
-      }
-      if (scaled)
+      if constexpr (Widen<Quant>::kRowScale) {
+        // Int8 / FP8: the row scale of V multiplies the softmax weight.
+        for (int t = 0; t < n; ++t) vs[t] = Widen<Quant>::scale(vpar[t]);
         for (int g = 0; g < n_heads; ++g)
           for (int t = 0; t < n; ++t) sc[g * kTile + t] *= vs[t];
-      accumulate_heads<Quant>(kv.v_row(blk, h, off), vp0, kv.row_bytes, ppr, n, sc, kTile, alpha_p,
-                              st.o.data(), n_heads, d, group);
+      }
+      accumulate_heads<Quant>(vrow, vpar, n, sc, kTile, alpha_p, st.o.data(), n_heads, d, group);
     }
     pos += n;
   }

@@ -1,0 +1,175 @@
+// Decode attention over a long paged KV cache, per quantization type:
+// 8 sequences x 4096 tokens, 32 query heads, 8 KV heads, head size 128,
+// 2 threads (the shape). bytes_per_second counts the KV bytes read
+// (codes and scales, K and V); `of_stream` divides it by the streamed-read
+// bandwidth measured at start-up in the same run (2 threads, 512 MiB), so
+// the ratio survives a noisy machine better than either figure.
+//
+//   bench_attention --benchmark_format=json
+//   BM_Decode<F16, Paged16> vs BM_Decode<F16, Contiguous>: the cost of the
+//   block indirection at equal length.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <vector>
+
+#include <xsimd/xsimd.hpp>
+
+#include "fastinfer/backend/cpu/attention.hpp"
+#include "fastinfer/kv/kv_cache.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+using namespace fastinfer;
+
+namespace {
+
+constexpr int kBatch = 8, kLen = 4096, kQHeads = 32, kKVHeads = 8, kHeadDim = 128, kThreads = 2;
+
+// ---- streamed-read bandwidth (same approach as bench_bandwidth) -------------
+
+constexpr std::size_t kStreamBytes = std::size_t(512) << 20;
+
+float read_sum(const float* p, std::size_t n) {
+  using B = xsimd::batch<float>;
+  constexpr std::size_t L = B::size;
+  B a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f);
+  std::size_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    a0 += B::load_aligned(p + i);
+    a1 += B::load_aligned(p + i + L);
+    a2 += B::load_aligned(p + i + 2 * L);
+    a3 += B::load_aligned(p + i + 3 * L);
+  }
+  float s = xsimd::hadd((a0 + a1) + (a2 + a3));
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+double stream_pass(const float* data, std::size_t count, int threads) {
+  float total = 0.0f;
+  const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+  {
+    int t = 0, nt = 1;
+#if defined(_OPENMP)
+    t = omp_get_thread_num();
+    nt = omp_get_num_threads();
+#endif
+    const std::size_t lines = count / 16;
+    const std::size_t begin = lines * std::size_t(t) / std::size_t(nt) * 16;
+    const std::size_t end = lines * std::size_t(t + 1) / std::size_t(nt) * 16;
+    total += read_sum(data + begin, end - begin);
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  benchmark::DoNotOptimize(total);
+  return double(count * sizeof(float)) / s;
+}
+
+struct StreamBuffer {
+  float* data;
+  std::size_t count = kStreamBytes / sizeof(float);
+  StreamBuffer() : data(static_cast<float*>(std::aligned_alloc(64, kStreamBytes))) {
+#pragma omp parallel for schedule(static) num_threads(kThreads)
+    for (std::int64_t i = 0; i < std::int64_t(count); ++i) data[i] = float(i & 1023) * 1e-3f;
+  }
+  ~StreamBuffer() { std::free(data); }
+};
+
+// Best of 5 passes, 2 threads, measured once.
+double stream_bandwidth() {
+  static const double bw = [] {
+    StreamBuffer b;
+    double best = 0.0;
+    for (int i = 0; i < 5; ++i) best = std::max(best, stream_pass(b.data, b.count, kThreads));
+    return best;
+  }();
+  return bw;
+}
+
+void BM_StreamRead(benchmark::State& state) {
+  StreamBuffer b;
+  const int threads = int(state.range(0));
+  for (auto _ : state) benchmark::DoNotOptimize(stream_pass(b.data, b.count, threads));
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(kStreamBytes));
+}
+BENCHMARK(BM_StreamRead)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- decode attention --------------------------------------------------------
+
+// Cheap deterministic fill: the values do not matter for speed.
+struct Lcg {
+  std::uint32_t s = 12345u;
+  float operator()() {
+    s = s * 1664525u + 1013904223u;
+    return float(std::int32_t(s >> 8) - (1 << 23)) * (1.0f / float(1 << 23));
+  }
+};
+
+template <typename Layout, typename Quant>
+void BM_Decode(benchmark::State& state) {
+  kv::KVCacheConfig c;
+  c.n_layers = 1;
+  c.n_kv_heads = kKVHeads;
+  c.head_dim = kHeadDim;
+  c.block_size = 16;
+  if constexpr (std::is_same_v<Layout, kv::Contiguous>) {
+    c.max_seq_len = kLen;
+    c.num_blocks = kBatch;
+  } else {
+    c.num_blocks = kBatch * kLen / 16;
+  }
+  kv::KVCache<Layout, Quant> cache(c);
+  Lcg rng;
+  std::vector<float> k(std::size_t(kLen) * kKVHeads * kHeadDim), v(k.size());
+  std::vector<SeqId> seqs;
+  // Interleave the sequences' blocks, as a server's pool would be.
+  for (int b = 0; b < kBatch; ++b) {
+    cache.add_sequence(b);
+    seqs.push_back(b);
+  }
+  for (int step = 0; step < kLen; step += 256)
+    for (int b = 0; b < kBatch; ++b) {
+      if (!cache.extend(b, 256)) state.SkipWithError("pool too small");
+      for (auto& x : k) x = rng();
+      for (auto& x : v) x = rng();
+      cache.append(0, b, k.data(), v.data(), 256);
+    }
+  const auto tables = cache.tables(seqs);
+  const auto view = cache.view(tables, 0);
+  std::vector<float> q(std::size_t(kBatch) * kQHeads * kHeadDim), out(q.size());
+  for (auto& x : q) x = rng();
+  const auto plan = cpu::plan_decode(view, kThreads);
+  for (auto _ : state) {
+    cpu::decode_attention(view, q.data(), out.data(), kQHeads, plan, kThreads);
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double kv_bytes =
+      2.0 * kBatch * kLen * kKVHeads * double(kv::bytes_per_token_head<Quant>(kHeadDim));
+  state.SetBytesProcessed(std::int64_t(double(state.iterations()) * kv_bytes));
+  // (KV bytes / s) / (stream bytes / s): the share of the read ceiling.
+  state.counters["of_stream"] =
+      benchmark::Counter(kv_bytes / stream_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["stream_GBps"] = stream_bandwidth() * 1e-9;
+  state.counters["items"] = double(plan.items.size());
+}
+
+using Paged16 = kv::Paged<16>;
+BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::F32)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::F16)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::BF16)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::Int8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::Int4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::FP8E4M3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::FP8E5M2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Decode, kv::Contiguous, kv::F16)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Decode, kv::Contiguous, kv::Int8)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();
