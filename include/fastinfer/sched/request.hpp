@@ -1,0 +1,94 @@
+// What a client asks the scheduler for: a prompt, how to sample, when to
+// stop, how urgent it is, and which prefix-cache tenant it belongs to.
+//
+// This header is backend-free. SamplingConfig mirrors the fields of
+// cpu::SamplingParams (backend/cpu/sampling.hpp) on purpose instead of
+// including it: the scheduler only carries the values to the engine, which
+// converts them field by field.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "fastinfer/core/error.hpp"
+
+namespace fastinfer::sched {
+
+using RequestId = std::int64_t;
+using TokenId = std::int32_t;
+
+struct SamplingConfig {
+  float temperature = 0.0f;  // 0 = greedy
+  int top_k = 0;             // 0 = off
+  float top_p = 1.0f;        // 1 = off; in (0, 1]
+  std::uint64_t seed = 0;    // key of the request's own random stream
+};
+
+struct Request {
+  RequestId id = 0;
+  std::vector<TokenId> prompt;
+  SamplingConfig sampling;
+  std::int32_t max_new_tokens = 256;
+  // Sampling one of these ends the request; like generate(), the stop token
+  // itself is not part of the output.
+  std::vector<TokenId> stop_ids;
+  // Larger runs first under the Priority ordering, and is preempted last.
+  std::int32_t priority = 0;
+  // Seconds on the batcher's clock; negative means "now" at submit(). FCFS
+  // orders by it, and time to first token is measured from it.
+  double arrival_time = -1.0;
+  // Prefix-cache tenant (adapter, salt): requests of different namespaces
+  // never share cached blocks.
+  std::uint64_t prefix_namespace = 0;
+};
+
+enum class RequestStatus {
+  Waiting,   // queued: never admitted, or preempted by recompute
+  Running,   // holds KV blocks on the device
+  Swapped,   // preempted by swap: its blocks live in host swap space
+  Finished,  // done (stopped, length limit, context full or cancelled)
+};
+
+enum class FinishReason {
+  None,          // not finished
+  Stop,          // sampled one of stop_ids
+  MaxNewTokens,  // produced max_new_tokens tokens
+  ContextFull,   // prompt + output filled the context
+  Cancelled,     // cancel() was called
+};
+
+inline std::string_view finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::None: return "none";
+    case FinishReason::Stop: return "stop";
+    case FinishReason::MaxNewTokens: return "max_new_tokens";
+    case FinishReason::ContextFull: return "context_full";
+    case FinishReason::Cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+// Throws InvalidArgument naming the offending value. max_context is the
+// model's context length; vocab_size 0 skips the token-range check. A prompt
+// must leave room for at least one new token.
+inline void validate_request(const Request& r, std::int64_t max_context, std::int64_t vocab_size = 0) {
+  FASTINFER_CHECK(!r.prompt.empty(), InvalidArgument, "request ", r.id, ": empty prompt");
+  FASTINFER_CHECK(std::int64_t(r.prompt.size()) < max_context, InvalidArgument, "request ", r.id, ": prompt of ",
+                  r.prompt.size(), " tokens does not fit the context of ", max_context,
+                  " tokens with room for one new token");
+  FASTINFER_CHECK(r.max_new_tokens > 0, InvalidArgument, "request ", r.id, ": max_new_tokens must be positive, got ",
+                  r.max_new_tokens);
+  for (TokenId t : r.prompt)
+    FASTINFER_CHECK(t >= 0 && (vocab_size == 0 || t < vocab_size), InvalidArgument, "request ", r.id,
+                    ": prompt token ", t, " is outside the vocabulary [0, ", vocab_size, ")");
+  const SamplingConfig& s = r.sampling;
+  FASTINFER_CHECK(s.temperature >= 0.0f && std::isfinite(s.temperature), InvalidArgument, "request ", r.id,
+                  ": temperature must be finite and >= 0, got ", s.temperature);
+  FASTINFER_CHECK(s.top_k >= 0, InvalidArgument, "request ", r.id, ": top_k must be >= 0, got ", s.top_k);
+  FASTINFER_CHECK(s.top_p > 0.0f && s.top_p <= 1.0f, InvalidArgument, "request ", r.id,
+                  ": top_p must be in (0, 1], got ", s.top_p);
+}
+
+}  // namespace fastinfer::sched
