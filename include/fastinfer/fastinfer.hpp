@@ -13,6 +13,7 @@
 #include "fastinfer/kv/kv_layout.hpp"
 #include "fastinfer/kv/paged_kv_view.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
+#include "fastinfer/prefix/radix_prefix_cache.hpp"
 
 #include "fastinfer/backend/cpu/convert.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
