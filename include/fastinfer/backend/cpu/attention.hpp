@@ -334,8 +334,14 @@ inline void finish(const State& st, int n_heads, int d, float* out) {
   }
 }
 
-inline int team_size(std::int64_t items, int threads) {
-  return int(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, items)));
+// Threads worth waking for `items` work items holding `macs` multiply-adds
+// in all: an OpenMP hand-off costs a few microseconds, more than a whole
+// decode step of a tiny model (stories260K: 8 heads of 8 values), so below
+// ~64k multiply-adds per thread the caller's thread works alone.
+inline int team_size(std::int64_t items, int threads, std::int64_t macs) {
+  constexpr std::int64_t kMacsPerThread = 64 * 1024;
+  const std::int64_t by_work = std::max<std::int64_t>(1, macs / kMacsPerThread);
+  return int(std::max<std::int64_t>(1, std::min<std::int64_t>({threads, items, by_work})));
 }
 
 }  // namespace attention_detail
@@ -364,7 +370,10 @@ void decode_attention(const kv::PagedKVView<Quant>& kv, const float* q, float* o
   // Partial states of every item: m[G], l[G], o[G][d].
   const std::int64_t stride = std::int64_t(G) * (d + 2);
   std::vector<float> part(std::size_t(n_items * stride));
-#pragma omp parallel num_threads(ad::team_size(n_items, threads))
+  std::int64_t keys = 0;
+  for (const auto& it : plan.items) keys += it.end - it.begin;
+  const std::int64_t macs = keys * 2 * G * d;
+#pragma omp parallel num_threads(ad::team_size(n_items, threads, macs))
   {
     ad::State st;
     std::vector<float> qs(std::size_t(G) * std::size_t(d));
@@ -384,7 +393,9 @@ void decode_attention(const kv::PagedKVView<Quant>& kv, const float* q, float* o
   }
   // Merge the ranges of each (sequence, query head) in plan order.
   const std::int64_t n_out = std::int64_t(kv.batch) * n_q_heads;
-#pragma omp parallel for num_threads(ad::team_size(n_out / 64, threads))
+  const std::int64_t merge_macs =
+      n_out * d * std::int64_t(plan.items.size()) / std::max<std::int64_t>(1, std::int64_t(kv.batch) * kv.n_kv_heads);
+#pragma omp parallel for num_threads(ad::team_size(n_out, threads, merge_macs))
   for (std::int64_t k = 0; k < n_out; ++k) {
     const std::int32_t b = std::int32_t(k / n_q_heads);
     const int hq = int(k % n_q_heads), h = hq / G, g = hq % G;
@@ -449,7 +460,10 @@ void extend_attention(const kv::PagedKVView<Quant>& kv, const float* q, const st
         items.push_back({b, h, i, std::min<std::int64_t>(i + kRun, qo_indptr[b + 1])});
   const auto moff = mask ? mask_offsets(qo_indptr, kv.batch) : std::vector<std::int64_t>{};
   const std::int64_t n_items = std::int64_t(items.size());
-#pragma omp parallel num_threads(ad::team_size(n_items, threads))
+  std::int64_t macs = 0;  // causal: about half of length x new tokens
+  for (std::int32_t b = 0; b < kv.batch; ++b)
+    macs += (qo_indptr[b + 1] - qo_indptr[b]) * kv.length(b) * n_q_heads * d;
+#pragma omp parallel num_threads(ad::team_size(n_items, threads, macs))
   {
     ad::State st;
     std::vector<float> qs(std::size_t(G) * std::size_t(d));
