@@ -2,14 +2,18 @@
 // accumulation): the whole of decode's time on a model that does not fit in
 // cache, so it is written to stream the weights at memory speed.
 //
-// Shape of the inner loop: kRowsPerStep rows at once share each load of x,
-// and each row keeps kAccumulators independent accumulators so that the FMA
-// latency (4 cycles on Zen 3) hides behind the loads. Every row is summed in
-// the same fixed order whether it is computed in a group or alone (the group
-// size only changes which rows share a loop), so y does not depend on how the
-// rows were split among threads.
+// One summation order for every (row, token) dot product, wherever it is
+// computed: kLanes-wide chunks in column order into one vector accumulator,
+// then xsimd::hadd, then the scalar tail in column order (one FMA each). The
+// tile kernel below holds R rows x T tokens of such accumulators; matvec uses
+// R = 4 rows sharing each load of x (4 independent FMA chains: ample for a
+// memory-bound stream), the small-batch matmul uses 6 x 2. Because the order
+// never depends on R, T, the row split among threads or the batch size, y is
+// bit-identical for 1 or 2 threads, and matmul of n <= 16 tokens gives each
+// token exactly matvec's bits (speculative verification == plain decode).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "fastinfer/backend/cpu/arch.hpp"
@@ -22,49 +26,57 @@ namespace fastinfer::cpu {
 namespace gemv_detail {
 
 inline constexpr int kRowsPerStep = 4;
-inline constexpr int kAccumulators = 2;
 
-// y[0..R) = rows w (stride `stride` bytes) dotted with x[0..cols).
-// Summation order per row: chunk j of kLanes columns goes to accumulator
-// j % kAccumulators (j < the last whole step), a leftover whole chunk to
-// accumulator 0, then the lanes are summed (xsimd::hadd of acc0 + acc1), then
-// the scalar tail in column order.
-template <DType D, int R>
-inline void dot_rows(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t cols,
-                     float* y) {
-  constexpr std::int64_t elem = D == DType::F32 ? 4 : 2;
-#if FASTINFER_CPU_SIMD
-  constexpr std::int64_t L = std::int64_t(kLanes);
-  constexpr std::int64_t step = L * kAccumulators;
-  FloatBatch acc[R][kAccumulators];
-  for (int r = 0; r < R; ++r)
-    for (int a = 0; a < kAccumulators; ++a) acc[r][a] = FloatBatch(0.0f);
+// The scalar tail's multiply-add, written out so that every kernel rounds it
+// the same way whatever the compiler's contraction choices.
+inline float fma_scalar(float a, float b, float c) {
+#if defined(FP_FAST_FMAF)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// y[t * ldy + r] = dot(row r of W, row t of X) for r < R, t < T. W rows are
+// `stride` bytes apart, stored as D; X rows are ldx floats apart.
+// Kept out of line: inlined into a large caller, GCC 12 left the accumulator
+// arrays on the stack, and the store-to-load round trip on every FMA ran bf16
+// at 40-70 % speed.
+#if defined(__GNUC__)
+#define FASTINFER_CPU_NOINLINE __attribute__((noinline))
+#else
+#define FASTINFER_CPU_NOINLINE
+#endif
+template <DType D, int R, int T>
+FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,
+                     std::int64_t cols, float* y, std::int64_t ldy) {
   std::int64_t c = 0;
-  for (; c + step <= cols; c += step) {
-    for (int a = 0; a < kAccumulators; ++a) {
-      const FloatBatch xv = FloatBatch::load_unaligned(x + c + a * L);
-      for (int r = 0; r < R; ++r)
-        acc[r][a] = xsimd::fma(arch_detail::load_f32<D>(w + r * stride + (c + a * L) * elem), xv, acc[r][a]);
+#if FASTINFER_CPU_SIMD
+  constexpr std::int64_t elem = D == DType::F32 ? 4 : 2;
+  constexpr std::int64_t L = std::int64_t(kLanes);
+  FloatBatch acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = FloatBatch(0.0f);
+  for (; c + L <= cols; c += L) {
+    FloatBatch xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = FloatBatch::load_unaligned(x + t * ldx + c);
+    for (int r = 0; r < R; ++r) {
+      const FloatBatch wv = arch_detail::load_f32<D>(w + r * stride + c * elem);
+      for (int t = 0; t < T; ++t) acc[r][t] = xsimd::fma(wv, xv[t], acc[r][t]);
     }
   }
-  for (; c + L <= cols; c += L) {
-    const FloatBatch xv = FloatBatch::load_unaligned(x + c);
-    for (int r = 0; r < R; ++r) acc[r][0] = xsimd::fma(arch_detail::load_f32<D>(w + r * stride + c * elem), xv, acc[r][0]);
-  }
-  for (int r = 0; r < R; ++r) {
-    FloatBatch total = acc[r][0];
-    for (int a = 1; a < kAccumulators; ++a) total += acc[r][a];
-    float sum = xsimd::hadd(total);
-    for (std::int64_t t = c; t < cols; ++t) sum += load_scalar<D>(w + r * stride, t) * x[t];
-    y[r] = sum;
-  }
-#else
-  for (int r = 0; r < R; ++r) {
-    float sum = 0.0f;
-    for (std::int64_t t = 0; t < cols; ++t) sum += load_scalar<D>(w + r * stride, t) * x[t];
-    y[r] = sum;
-  }
 #endif
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+#if FASTINFER_CPU_SIMD
+      float sum = xsimd::hadd(acc[r][t]);
+#else
+      float sum = 0.0f;
+#endif
+      for (std::int64_t k = c; k < cols; ++k)
+        sum = fma_scalar(load_scalar<D>(w + r * stride, k), x[t * ldx + k], sum);
+      y[t * ldy + r] = sum;
+    }
 }
 
 // Rows [begin, end) of y = W x.
@@ -73,8 +85,8 @@ inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int6
   const std::size_t stride = row_bytes(w.dtype, w.cols);
   std::int64_t r = begin;
   for (; r + kRowsPerStep <= end; r += kRowsPerStep)
-    dot_rows<D, kRowsPerStep>(w.row_ptr(r), stride, x, w.cols, y + r);
-  for (; r < end; ++r) dot_rows<D, 1>(w.row_ptr(r), stride, x, w.cols, y + r);
+    dot_tile<D, kRowsPerStep, 1>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
+  for (; r < end; ++r) dot_tile<D, 1, 1>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
 }
 
 }  // namespace gemv_detail
