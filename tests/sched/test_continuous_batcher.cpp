@@ -732,3 +732,109 @@ TEST_CASE("ContinuousBatcher: soak with forced preemption completes everything w
     CHECK(b.swap_space().num_free_blocks() == c.swap_blocks);
   }
 }
+
+namespace {
+
+// Runs one step with the simulated model and returns the ids in the plan.
+std::vector<RequestId> step_ids(ContinuousBatcher& b, SimulatedModel& model, const PagedAllocator& alloc,
+                                std::mt19937_64& rng) {
+  const StepPlan& p = b.schedule();
+  std::vector<RequestId> ids;
+  for (const PlanEntry& e : p.entries) ids.push_back(e.id);
+  b.commit(model.run(p, alloc, rng));
+  return ids;
+}
+
+Request simple_request(RequestId id, std::vector<TokenId> prompt, std::int32_t max_new, std::int32_t priority = 0,
+                       double arrival = -1.0) {
+  Request r;
+  r.id = id;
+  r.prompt = std::move(prompt);
+  r.max_new_tokens = max_new;
+  r.priority = priority;
+  r.arrival_time = arrival;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("ContinuousBatcher: orderings pick FCFS, priority, or the longest cached prefix") {
+  const std::int32_t bs = 4;
+  std::mt19937_64 rng(9);
+  const std::vector<TokenId> shared{1, 2, 3, 4, 5, 6, 7, 8};
+  auto with_tail = [&](TokenId t) {
+    std::vector<TokenId> p = shared;
+    p.push_back(t);
+    return p;
+  };
+  for (int ord = 0; ord < 3; ++ord) {
+    PagedAllocator alloc(64, bs);
+    FakePrefixCache cache(alloc);
+    SchedulerConfig c;
+    c.max_context = 64;
+    c.max_seqs = 1;
+    c.ordering = ord == 0 ? OrderingPolicy{Fcfs{}} : ord == 1 ? OrderingPolicy{Priority{}} : OrderingPolicy{PrefixAware{}};
+    INFO(policy_name(c.ordering));
+    double clock = 0;
+    ContinuousBatcher b(alloc, c, cache.provider(), [&] { return clock; });
+    SimulatedModel model(64, 0, bs, kVocab);
+    // Warm the cache with the shared prefix.
+    b.submit(simple_request(1, with_tail(9), 1));
+    while (b.has_work()) step_ids(b, model, alloc, rng);
+    REQUIRE(cache.size() == 2);
+    // Three arrive together: 10 (oldest, uncached, low priority),
+    // 11 (high priority, uncached), 12 (youngest, cached prefix).
+    b.submit(simple_request(10, {40, 41, 42, 43, 44, 45, 46, 47, 48}, 2, 0, 1.0));
+    b.submit(simple_request(11, {50, 51, 52}, 2, 5, 2.0));
+    b.submit(simple_request(12, with_tail(33), 2, 0, 3.0));
+    std::vector<RequestId> first_served;
+    while (b.has_work()) {
+      const auto ids = step_ids(b, model, alloc, rng);
+      for (RequestId id : ids)
+        if (std::find(first_served.begin(), first_served.end(), id) == first_served.end()) first_served.push_back(id);
+    }
+    const std::vector<RequestId> expect = ord == 0 ? std::vector<RequestId>{10, 11, 12}
+                                          : ord == 1 ? std::vector<RequestId>{11, 10, 12}
+                                                     : std::vector<RequestId>{12, 10, 11};
+    CHECK(first_served == expect);
+    cache.evict(100);
+    CHECK(alloc.num_free_blocks() == 64);
+  }
+}
+
+TEST_CASE("ContinuousBatcher: a higher priority arrival preempts; aging bounds the wait of low priority") {
+  const std::int32_t bs = 4;
+  std::mt19937_64 rng(11);
+  PagedAllocator alloc(64, bs);
+  SchedulerConfig c;
+  c.max_context = 64;
+  c.max_seqs = 1;
+  c.ordering = Priority{};
+  c.starvation_steps = 20;
+  double clock = 0;
+  ContinuousBatcher b(alloc, c, {}, [&] { return clock; });
+  SimulatedModel model(64, 0, bs, kVocab);
+  b.submit(simple_request(1, {3, 4, 5}, 40, 0));
+  CHECK(step_ids(b, model, alloc, rng) == std::vector<RequestId>{1});
+  // A high-priority request takes the only slot: the running one is preempted.
+  b.submit(simple_request(2, {6, 7}, 3, 9));
+  const StepPlan& p = b.schedule();
+  CHECK(p.preempted == std::vector<RequestId>{1});
+  REQUIRE(p.entries.size() == 1);
+  CHECK(p.entries[0].id == 2);
+  b.commit(model.run(p, alloc, rng));
+  CHECK(b.status(1) == RequestStatus::Waiting);
+  CHECK(b.computed_tokens(1) == 0);  // recompute: its KV is gone
+  // A stream of high-priority requests, one arriving every step: request 1
+  // is served again once it has waited starvation_steps steps.
+  RequestId next = 100;
+  std::int64_t served_at = -1;
+  for (int s = 0; s < 60 && served_at < 0; ++s) {
+    b.submit(simple_request(next++, {8, 9}, 4, 9));
+    const auto ids = step_ids(b, model, alloc, rng);
+    if (std::find(ids.begin(), ids.end(), 1) != ids.end()) served_at = b.step();
+  }
+  CHECK(served_at > 0);
+  CHECK(served_at <= 1 + c.starvation_steps + 1);
+  CHECK(b.preemptions(1) == 1);
+}
