@@ -14,6 +14,7 @@
 #include "fastinfer/kv/paged_kv_view.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "fastinfer/prefix/radix_prefix_cache.hpp"
+#include "fastinfer/sched/continuous_batcher.hpp"
 
 #include "fastinfer/backend/cpu/convert.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
