@@ -19,10 +19,12 @@ using fastinfer::f32_bits;
 using fastinfer::f32_from_bits;
 namespace cpu = fastinfer::cpu;
 
-#if XSIMD_WITH_SSE2 && !XSIMD_WITH_AVX512F
-// sse2 has no intrinsics overload here: it exercises the generic paths.
-// (With AVX-512 enabled xsimd 8.1's sse2 batches fail to build on some
-// compilers, so the list is the default arch alone there.)
+// The default ISA, plus the narrower paths the same machine can run: on an
+// AVX-512 build the AVX2 intrinsics too, and sse2, which has no intrinsics
+// overload here and so exercises the generic stack-buffer paths.
+#if XSIMD_WITH_AVX512F && XSIMD_WITH_FMA3_AVX2
+#define FASTINFER_TEST_ARCHS xsimd::default_arch, xsimd::fma3<xsimd::avx2>, xsimd::sse2
+#elif XSIMD_WITH_SSE2
 #define FASTINFER_TEST_ARCHS xsimd::default_arch, xsimd::sse2
 #else
 #define FASTINFER_TEST_ARCHS xsimd::default_arch
