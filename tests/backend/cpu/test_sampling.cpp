@@ -330,3 +330,53 @@ TEST_CASE("a sized workspace makes sampling allocation-free", "[sampling]") {
   REQUIRE(checksum >= 0);
   REQUIRE(after == before);
 }
+
+TEST_CASE("sample_from_weights walks the cdf of unnormalised weights", "[sampling]") {
+  const std::vector<float> w = {0.0f, 1.0f, 0.0f, 3.0f};
+  REQUIRE(cpu::sample_from_weights(w.data(), 4, 0.0f) == 1);
+  REQUIRE(cpu::sample_from_weights(w.data(), 4, 0.2499f) == 1);
+  REQUIRE(cpu::sample_from_weights(w.data(), 4, 0.25f) == 3);  // the running sum must exceed the target
+  REQUIRE(cpu::sample_from_weights(w.data(), 4, 0.9999f) == 3);
+
+  // Against the reference over odd sizes, with runs of zeros (a residual
+  // max(0, p - q) is zero wherever the draft was over-confident).
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (std::int64_t n : {1, 5, 8, 9, 255, 256, 257, 1000, 3001}) {
+    std::vector<float> weights(static_cast<std::size_t>(n));
+    for (float& x : weights) x = u(rng) < 0.4f ? 0.0f : u(rng);
+    weights[std::size_t(n - 1)] = 0.5f;  // at least one positive
+    const std::vector<double> dist = [&] {
+      std::vector<double> d(weights.begin(), weights.end());
+      double t = 0;
+      for (double x : d) t += x;
+      for (double& x : d) x /= t;
+      return d;
+    }();
+    for (int draw = 0; draw < 200; ++draw) {
+      const float c = std::min(u(rng), 0.99999f);
+      const std::int32_t got = cpu::sample_from_weights(weights.data(), n, c);
+      const std::int32_t ref = cpu::reference::sample_from_weights(weights.data(), n, c);
+      REQUIRE(weights[std::size_t(got)] > 0.0f);
+      if (got != ref) {
+        double cdf = 0;
+        for (std::int32_t i = 0; i < std::min(got, ref) + 1; ++i) cdf += dist[std::size_t(i)];
+        INFO("n=" << n << " coin=" << c << " got " << got << " reference " << ref);
+        REQUIRE(std::fabs(cdf - double(c)) < 1e-5);
+      }
+    }
+  }
+
+  std::vector<float> bad(20, 1.0f);
+  bad[13] = -0.5f;  // in the vector body
+  REQUIRE_THROWS_WITH(cpu::sample_from_weights(bad.data(), 20, 0.5f), Catch::Contains(">= 0"));
+  bad[13] = NAN;
+  REQUIRE_THROWS_AS(cpu::sample_from_weights(bad.data(), 20, 0.5f), fastinfer::InvalidArgument);
+  bad[13] = INFINITY;
+  REQUIRE_THROWS_AS(cpu::sample_from_weights(bad.data(), 20, 0.5f), fastinfer::InvalidArgument);
+  bad[13] = 1.0f;
+  bad[19] = -1.0f;  // in the scalar tail
+  REQUIRE_THROWS_AS(cpu::sample_from_weights(bad.data(), 20, 0.5f), fastinfer::InvalidArgument);
+  const std::vector<float> zeros(9, 0.0f);
+  REQUIRE_THROWS_WITH(cpu::sample_from_weights(zeros.data(), 9, 0.5f), Catch::Contains("nothing to sample"));
+}

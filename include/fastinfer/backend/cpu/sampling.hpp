@@ -361,7 +361,56 @@ void sampling_distribution(const float* logits, std::int64_t n, const SamplingPa
   }
 }
 
+// Draws from non-negative, unnormalised weights[0..n) with `coin` in
+// [0, 1): the first id at which the running sum exceeds coin * total. This
+// is the step speculative decoding needs after a rejection, drawing from
+// the residual max(0, p_target - p_draft). Rejects negative, NaN or
+// infinite weights and an all-zero row.
+template <class Arch = xsimd::default_arch>
+std::int32_t sample_from_weights(const float* weights, std::int64_t n, float coin) {
+  detail::check_logits_size(n);
+  detail::check_coin(coin);
+  using B = xsimd::batch<float, Arch>;
+  constexpr std::int64_t W = std::int64_t(B::size);
+  const std::int64_t n_main = n - n % W;
+  bool bad = false;
+  if (n_main > 0) {
+    auto vbad = xsimd::isnan(B(0.0f));
+    for (std::int64_t i = 0; i < n_main; i += W) {
+      const B v = B::load_unaligned(weights + i);
+      vbad = vbad | xsimd::isnan(v) | (v < B(0.0f)) | (v == B(std::numeric_limits<float>::infinity()));
+    }
+    bad = xsimd::any(vbad);
+  }
+  for (std::int64_t i = n_main; i < n; ++i) bad = bad || !(weights[i] >= 0.0f) || std::isinf(weights[i]);
+  FASTINFER_CHECK(!bad, InvalidArgument, "sampling weights must be finite and >= 0");
+  const double total = detail::block_sum<Arch>(weights, n);
+  FASTINFER_CHECK(total > 0.0, InvalidArgument, "sampling weights sum to ", total, ": nothing to sample");
+  return detail::walk<Arch>(detail::KeptSet{true, n, total}, weights, nullptr, coin);
+}
+
 namespace reference {
+
+inline std::int32_t sample_from_weights(const float* weights, std::int64_t n, float coin) {
+  detail::check_logits_size(n);
+  detail::check_coin(coin);
+  double total = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    FASTINFER_CHECK(weights[i] >= 0.0f && !std::isinf(weights[i]), InvalidArgument,
+                    "sampling weights must be finite and >= 0");
+    total += weights[i];
+  }
+  FASTINFER_CHECK(total > 0.0, InvalidArgument, "sampling weights sum to ", total, ": nothing to sample");
+  const double target = double(coin) * total;
+  double cum = 0;
+  std::int32_t last = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (weights[i] > 0.0f) last = std::int32_t(i);
+    cum += weights[i];
+    if (cum > target) return std::int32_t(i);
+  }
+  return last;
+}
 
 // The same semantics written plainly: full sort, scalar exp, a kept mask.
 // Allocates; for tests only.
