@@ -520,8 +520,11 @@ class RadixPrefixCache {
       const Node& ch = nodes_[std::size_t(c)];
       const std::int64_t edge = std::int64_t(ch.blocks.size());
       const std::int64_t avail = std::min(edge, n_blocks - pos);
-      std::int64_t k = 1;  // find_child compared the first block
-      while (k < avail && equal_block(ch.tokens.data() + k * bs_, q + k * bs_)) ++k;
+      // find_child compared the first block. One memcmp over the rest is the
+      // common case (a hit runs to the edge's end); block by block otherwise.
+      std::int64_t k = avail;
+      if (avail > 1 && std::memcmp(ch.tokens.data() + bs_, q + bs_, std::size_t((avail - 1) * bs_) * sizeof(Token)))
+        for (k = 1; k < avail && equal_block(ch.tokens.data() + k * bs_, q + k * bs_);) ++k;
       if (blocks) blocks->insert(blocks->end(), ch.blocks.begin(), ch.blocks.begin() + k);
       pos += k;
       if (k < edge) {
