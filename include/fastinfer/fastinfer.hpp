@@ -15,6 +15,7 @@
 #include "fastinfer/kv/kv_cache.hpp"
 #include "fastinfer/prefix/radix_prefix_cache.hpp"
 #include "fastinfer/sched/continuous_batcher.hpp"
+#include "fastinfer/sched/radix_prefix_provider.hpp"
 
 #include "fastinfer/backend/cpu/convert.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
