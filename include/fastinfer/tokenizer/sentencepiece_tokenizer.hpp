@@ -207,6 +207,10 @@ class SentencePieceTokenizer : public Tokenizer {
 
   const std::string& piece(std::int32_t id) const { return pieces_.at(std::size_t(id)); }
   float score(std::int32_t id) const { return scores_.at(std::size_t(id)); }
+  // The whole vocabulary (pieces with ' ' for spaces), e.g. to embed it in a GGUF.
+  const std::vector<std::string>& pieces() const { return pieces_; }
+  const std::vector<float>& scores() const { return scores_; }
+  const std::vector<std::int32_t>& token_types() const { return types_; }
   // Id of the piece with exactly this text, or -1.
   std::int32_t find(const std::string& piece) const {
     auto it = lookup_.find(piece);

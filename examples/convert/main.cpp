@@ -1,0 +1,105 @@
+// fastinfer-convert: any model fastinfer loads (llama2.c .bin, GGUF, a Hugging
+// Face directory, synthetic:NAME) -> a GGUF "llama" file, optionally with its
+// matrices stored as f16, bf16 or q8_0 and a SentencePiece vocabulary
+// embedded (llama2.c tokenizer.bin, or the input GGUF's own).
+// Exit codes: 0 ok; 2 bad usage; 1 any other failure. Errors are one line.
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "fastinfer/model/gguf_loader.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
+
+namespace {
+
+int fail(int code, const std::string& message) {
+  std::string line = message;
+  for (char& ch : line)
+    if (ch == '\n' || ch == '\r') ch = ' ';
+  std::fprintf(stderr, "fastinfer-convert: error: %s\n", line.c_str());
+  return code;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// GGUF spells spaces U+2581 and names the special pieces plainly (llama2.c
+// stores BOS/EOS as "\n<s>\n" / "\n</s>\n").
+void add_vocabulary(const fastinfer::SentencePieceTokenizer& tok, fastinfer::GgufSaveOptions& out) {
+  using T = fastinfer::SentencePieceTokenizer;
+  for (std::int32_t id = 0; id < tok.vocab_size(); ++id) {
+    std::string piece;
+    for (char c : tok.piece(id)) piece += c == ' ' ? std::string("\xE2\x96\x81") : std::string(1, c);
+    std::int32_t type = tok.token_types()[std::size_t(id)];
+    if (id == tok.bos_id()) piece = "<s>", type = T::Control;
+    else if (id == tok.eos_id()) piece = "</s>", type = T::Control;
+    else if (id == tok.unk_id()) type = T::Unknown;
+    out.tokens.push_back(piece);
+    out.scores.push_back(tok.score(id));
+    out.token_types.push_back(type);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Convert a model to GGUF (llama architecture)."};
+  std::string input, output, type, tokenizer, name = "fastinfer";
+  int threads = 1;
+  app.add_option("input", input, "llama2.c .bin, .gguf, Hugging Face directory or synthetic:NAME")->required();
+  app.add_option("output", output, "GGUF file to write")->required();
+  app.add_option("--type", type, "matrix storage type (default: as loaded)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}));
+  app.add_option("--tokenizer", tokenizer, "llama2.c tokenizer.bin (or .gguf) vocabulary to embed");
+  app.add_option("--name", name, "general.name")->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads for loading")->check(CLI::Range(1, 1024))->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    return fail(2, e.what());
+  }
+
+  try {
+    const auto t0 = std::chrono::steady_clock::now();
+    fastinfer::LoadOptions load;
+    load.threads = threads;
+    const fastinfer::LlamaWeights weights = fastinfer::load_model(input, load);
+
+    fastinfer::GgufSaveOptions save;
+    save.name = name;
+    if (!type.empty())
+      save.type = type == "f16" ? fastinfer::DType::F16
+                  : type == "bf16" ? fastinfer::DType::BF16
+                  : type == "q8_0" ? fastinfer::DType::Q8_0
+                                   : fastinfer::DType::F32;
+    const std::string vocab = !tokenizer.empty() ? tokenizer : ends_with(input, ".gguf") ? input : "";
+    if (!vocab.empty()) {
+      if (ends_with(vocab, ".gguf")) {
+        auto f = fastinfer::gguf::GgufFile::open(vocab);
+        if (f->has("tokenizer.ggml.tokens")) add_vocabulary(*fastinfer::SentencePieceTokenizer::from_gguf(*f), save);
+      } else {
+        add_vocabulary(*fastinfer::SentencePieceTokenizer::from_llama2c(vocab), save);
+      }
+      FASTINFER_CHECK(save.tokens.empty() || std::int64_t(save.tokens.size()) >= weights.config.vocab_size,
+                      fastinfer::InvalidArgument, "the vocabulary has ", save.tokens.size(),
+                      " tokens but the model has ", weights.config.vocab_size);
+    }
+    fastinfer::save_gguf_llama(weights, output, save);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "wrote %s (%s matrices, %d layers, vocab %d%s) in %.2f s\n", output.c_str(), type.empty() ? "unconverted" : type.c_str(),
+                 weights.config.n_layers, weights.config.vocab_size,
+                 save.tokens.empty() ? ", no tokenizer" : ", with tokenizer", seconds);
+    return 0;
+  } catch (const fastinfer::InvalidArgument& e) {
+    return fail(2, e.what());
+  } catch (const std::exception& e) {
+    return fail(1, e.what());
+  }
+}
