@@ -8,7 +8,8 @@
 //   the 110M shape (dim 768, hidden 2048, 12 layers, vocab 32000: 438 MB of
 //   f32 weights); bytes_per_second = weight bytes streamed, comparable to the
 //   read bandwidth; tokens/s is items_per_second.
-// * BM_Matmul/<dtype>/rows/cols/n/threads: prefill products; the FLOPS counter
+// * BM_Matmul/<dtype>/rows/cols/n/threads: prefill products (n = 512) and
+//   small batches (n = 4, 16: dot-product tiles; 32: Eigen); the FLOPS counter
 //   is 2 * rows * cols * n per second (Zen 3 peak: 32 flop/cycle/core).
 // * BM_FmaPeak/threads: the FMA throughput of the cores (10 independent
 //   256-bit FMA chains per thread), the ceiling the matmul FLOPS compare with.
@@ -188,6 +189,7 @@ void BM_Matmul(benchmark::State& state) {
 BENCHMARK(BM_Matmul)
     ->ArgsProduct({{0, 1, 2}, {768, 2048}, {768}, {512}, {1, 2}})
     ->ArgsProduct({{0}, {768}, {2048}, {512}, {1, 2}})
+    ->ArgsProduct({{0, 1}, {2048}, {768}, {4, 16, 32}, {1, 2}})
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

@@ -2,8 +2,9 @@
 // compiler flags allow (xsimd::default_arch), so the library stays header-only
 // and never needs a per-ISA translation unit. With -march=native on Zen 3 that
 // is fma3<avx2> (8 floats); with AVX-512 enabled it is avx512bw/avx512f (16).
-// Where xsimd knows no instruction set (non-x86/ARM targets) the kernels fall
-// back to plain loops (FASTINFER_CPU_SIMD == 0).
+// Where xsimd knows no instruction set (non-x86/ARM targets), or when
+// FASTINFER_CPU_FORCE_SCALAR is defined (to test that path anywhere), the
+// kernels fall back to plain loops (FASTINFER_CPU_SIMD == 0).
 //
 // load_f32<DType>(p) widens one register's worth of stored weights to f32.
 // bf16 -> f32 is a 16-bit shift; f16 -> f32 uses the F16C / AVX-512
@@ -23,7 +24,7 @@
 #include <immintrin.h>
 #endif
 
-#if defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+#if defined(XSIMD_NO_SUPPORTED_ARCHITECTURE) || defined(FASTINFER_CPU_FORCE_SCALAR)
 #define FASTINFER_CPU_SIMD 0
 #else
 #define FASTINFER_CPU_SIMD 1
