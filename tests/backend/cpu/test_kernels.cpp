@@ -177,3 +177,13 @@ TEST_CASE("the compiled instruction set is named") {
   CHECK(cpu::kLanes >= 8);
 #endif
 }
+
+TEST_CASE("kernels reject shapes they cannot serve, naming the value") {
+  std::vector<float> v(8, 1.0f);
+  CHECK_THROWS_WITH(cpu::rope(v.data(), 1, 7, 0, 10000.0f, RopeStyle::Interleaved),
+                    Catch::Contains("head_dim") && Catch::Contains("7"));
+  CHECK_THROWS_AS(cpu::rope(v.data(), 1, 0, 0, 10000.0f, RopeStyle::HalfSplit), InvalidArgument);
+  CHECK_THROWS_WITH(cpu::softmax(v.data(), 0), Catch::Contains("softmax") && Catch::Contains("0"));
+  CHECK_THROWS_AS(cpu::argmax(v.data(), 0), InvalidArgument);
+  CHECK(v == std::vector<float>(8, 1.0f));  // left unchanged
+}

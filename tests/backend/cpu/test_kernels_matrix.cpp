@@ -146,3 +146,15 @@ TEST_CASE("matmul of up to 16 tokens gives each token matvec's bits; larger batc
           }
         }
 }
+
+TEST_CASE("matvec and matmul reject negative shapes, naming them, and write nothing") {
+  std::vector<float> w(16, 1.0f), x(16, 1.0f), y(16, -7.0f);
+  const MatrixView bad{DType::F32, w.data(), -3, 4};
+  CHECK_THROWS_WITH(cpu::matvec(bad, x.data(), y.data(), 1), Catch::Contains("-3"));
+  const MatrixView ok{DType::F32, w.data(), 4, 4};
+  CHECK_THROWS_WITH(cpu::matmul(ok, x.data(), -2, y.data(), 1), Catch::Contains("-2"));
+  CHECK(y == std::vector<float>(16, -7.0f));
+  // Zero tokens or zero rows: nothing to do, nothing written.
+  cpu::matmul(ok, x.data(), 0, y.data(), 2);
+  CHECK(y == std::vector<float>(16, -7.0f));
+}

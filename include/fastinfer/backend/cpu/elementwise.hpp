@@ -15,6 +15,7 @@
 
 #include "fastinfer/backend/cpu/arch.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
+#include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
 #include "fastinfer/model/config.hpp"
 
@@ -79,6 +80,8 @@ inline void rmsnorm(float* out, const float* x, const float* weight, std::int64_
 // sin) but once per position rather than once per head: q and k of every
 // layer share one table, cached per thread.
 inline void rope(float* vec, int n_heads, int head_dim, int pos, float theta, RopeStyle style) {
+  FASTINFER_CHECK(head_dim > 0 && head_dim % 2 == 0, InvalidArgument,
+                  "rope: head_dim must be positive and even, got ", head_dim);
   struct Table {
     int head_dim = -1, pos = -1;
     float theta = 0.0f;
@@ -148,8 +151,9 @@ inline void swiglu(float* gate, const float* up, std::int64_t n) {
   }
 }
 
-// x = exp(x - max) / sum, in place. n >= 1.
+// x = exp(x - max) / sum, in place. Throws InvalidArgument if n < 1.
 inline void softmax(float* x, std::int64_t n) {
+  FASTINFER_CHECK(n >= 1, InvalidArgument, "softmax: length must be at least 1, got ", n);
   std::int64_t i = 0;
   float mx = x[0];
 #if FASTINFER_CPU_SIMD
@@ -191,8 +195,10 @@ inline void softmax(float* x, std::int64_t n) {
 // Index of the first maximum, exactly as reference::argmax (NaNs never win;
 // if x[0] is NaN the answer is 0). Each lane keeps the first maximum of its
 // own columns by a strict comparison, and ties between lanes go to the
-// smaller index. Indices ride in float lanes, exact below 2^24.
+// smaller index. Indices ride in float lanes, exact below 2^24. Throws
+// InvalidArgument if n < 1 (there is no index to return).
 inline std::int64_t argmax(const float* x, std::int64_t n) {
+  FASTINFER_CHECK(n >= 1, InvalidArgument, "argmax: length must be at least 1, got ", n);
 #if FASTINFER_CPU_SIMD
   constexpr std::int64_t L = std::int64_t(kLanes);
   if (n >= 2 * L && n < (std::int64_t(1) << 24) && !std::isnan(x[0])) {

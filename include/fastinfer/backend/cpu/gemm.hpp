@@ -32,6 +32,7 @@
 #include "fastinfer/backend/cpu/elementwise.hpp"
 #include "fastinfer/backend/cpu/gemv.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
+#include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
 
 static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0),
@@ -135,7 +136,9 @@ inline void dot_matmul_rows(const MatrixView& w, const float* x, std::int64_t n,
 // Y[t][r] = sum_c W[r][c] X[t][c] for t < n: n tokens (rows of X, [n][cols])
 // through one linear layer into Y ([n][rows]). Y must not alias X.
 inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y, int threads = 1) {
-  if (n <= 0 || w.rows <= 0) return;
+  FASTINFER_CHECK(n >= 0 && w.rows >= 0 && w.cols >= 0, InvalidArgument, "matmul: negative shape: ", n,
+                  " tokens through ", w.rows, " x ", w.cols);
+  if (n == 0 || w.rows == 0) return;
   if (n == 1) return matvec(w, x, y, threads);
   if (w.dtype == DType::Q8_0) return q8_0::matmul(w, x, n, y, threads);
   using namespace gemm_detail;

@@ -20,6 +20,7 @@
 #include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
+#include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
 
 namespace fastinfer::cpu {
@@ -94,6 +95,7 @@ inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int6
 // y[r] = sum_c W[r][c] x[c] for r < W.rows, on up to `threads` threads (fewer
 // when W is small: see threading.hpp). y must not alias x.
 inline void matvec(const MatrixView& w, const float* x, float* y, int threads = 1) {
+  FASTINFER_CHECK(w.rows >= 0 && w.cols >= 0, InvalidArgument, "matvec: negative shape ", w.rows, " x ", w.cols);
   using namespace gemv_detail;
   const int nt = threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads);
   switch (w.dtype) {
