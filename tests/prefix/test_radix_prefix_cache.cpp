@@ -284,7 +284,11 @@ TEST_CASE("RadixPrefixCache: evict takes least recently used leaves first, with 
   CHECK(dropped == std::vector<BlockId>{tl[2]});  // the tail of the 7-8-9 path
   CHECK(c.match_prefix({7, 7, 8, 8, 9, 9}).blocks == head(tl, 2));
   balanced(c, a);
-  CHECK(c.evict(c.evictable_blocks()) == 2);
+  const std::string before = c.dump();
+  CHECK_THROWS_AS(c.evict(3), UsageError);
+  CHECK(c.dump() == before);
+  CHECK(c.evict_up_to(3) == 2);
+  CHECK(c.evict_up_to(3) == 0);
   CHECK(c.cached_blocks() == 0);
   CHECK(c.num_nodes() == 0);
   CHECK(a.num_free_blocks() == a.num_blocks());
@@ -570,11 +574,18 @@ struct RandomRun {
     return s;
   }
 
-  void evict(std::int64_t n) {
+  // evict(n), or evict_up_to(n) which may be asked for more than there is.
+  void evict(std::int64_t n, bool up_to = false) {
     const auto locked = locked_blocks();
     const auto free_before = alloc.num_free_blocks();
+    const auto can = cache.evictable_blocks();
     std::vector<BlockId> dropped;
-    REQUIRE(cache.evict(n, &dropped) == n);
+    if (up_to) {
+      REQUIRE(cache.evict_up_to(n, &dropped) == std::min(n, can));
+      n = std::min(n, can);
+    } else {
+      REQUIRE(cache.evict(n, &dropped) == n);
+    }
     REQUIRE(alloc.num_free_blocks() == free_before + n);
     for (BlockId b : dropped) {
       REQUIRE(locked.count(b) == 0);
@@ -728,8 +739,10 @@ struct RandomRun {
       decode(reqs[pick(reqs.size())]);
     } else if (op < 62 && !reqs.empty()) {
       finish(pick(reqs.size()));
-    } else if (op < 72) {
+    } else if (op < 68) {
       evict(std::int64_t(pick(std::size_t(cache.evictable_blocks()) + 1)));
+    } else if (op < 72) {
+      evict(std::int64_t(pick(std::size_t(cache.evictable_blocks()) + 8)), /*up_to=*/true);
     } else if (op < 85) {
       const auto p = random_prompt();
       check_match(Namespace(pick(3)), p, p.size());
@@ -789,4 +802,27 @@ TEST_CASE("RadixPrefixCache: the destructor gives the tree's references back") {
   }
   CHECK(a.num_free_blocks() == 8);
   a.check_invariants();
+}
+
+TEST_CASE("RadixPrefixCache: a handle to a node that eviction shortened is stale") {
+  // The handle promised blocks that are gone: locking it must not pretend
+  // to protect them.
+  PagedAllocator a(8, 2);
+  RadixPrefixCache c(a);
+  const auto t = prefill(a, 1, 6);
+  const auto toks = iota_tokens(6, 0);
+  c.insert(toks, t);
+  a.free_sequence(1);
+  auto m = c.match_prefix(toks);
+  REQUIRE(m.blocks == t);
+  CHECK(c.evict(1) == 1);
+  CHECK(!c.is_valid(m.node));
+  CHECK_THROWS_AS(c.lock(m.node), UsageError);
+  auto again = c.match_prefix(toks);
+  CHECK(again.length == 4);
+  CHECK(again.node.index == m.node.index);  // the same node, shorter, under a new generation
+  c.lock(again.node);
+  CHECK(c.locked_blocks() == 2);
+  c.unlock(again.node);
+  balanced(c, a);
 }

@@ -45,7 +45,6 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <queue>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -285,52 +284,29 @@ class RadixPrefixCache {
   // block that a live sequence still holds is dropped from the tree on the
   // way without counting (it frees nothing). Evicted block ids, freed or
   // not, go to `dropped` if given. Throws UsageError, tree unchanged, if n
-  // exceeds evictable_blocks(). Cost: O(nodes + n log nodes).
+  // exceeds evictable_blocks(). Cost: O(nodes) to find the leaves plus
+  // O(k log nodes) for the k blocks dropped; the allocator is asked about
+  // the dropped blocks only.
   std::int64_t evict(std::int64_t n, std::vector<BlockId>* dropped = nullptr) {
     FASTINFER_CHECK(n >= 0, InvalidArgument, "RadixPrefixCache::evict: cannot evict ", n, " blocks");
     if (n == 0) return 0;
-    const std::int64_t avail = evictable_blocks();
-    FASTINFER_CHECK(n <= avail, UsageError, "RadixPrefixCache::evict: asked for ", n, " blocks but only ", avail,
-                    " are evictable (", locked_blocks_, " cached blocks are locked, ",
-                    alloc_.num_free_blocks(), " blocks are free)");
-    using Entry = std::pair<std::uint64_t, std::int32_t>;  // (last access, node): oldest first
-    std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> leaves;
-    for (std::size_t x = 0; x < nodes_.size(); ++x)
-      if (is_evictable_leaf(std::int32_t(x))) leaves.emplace(nodes_[x].last_access, std::int32_t(x));
-    std::int64_t freed = 0;
-    while (freed < n) {
-      // Cannot run dry: every unlocked node lies below locked ones only, so
-      // trimming leaves reaches every evictable block.
-      FASTINFER_CHECK(!leaves.empty(), Error, "RadixPrefixCache::evict: internal error, ", n - freed,
-                      " blocks left to evict and no leaf");
-      const std::int32_t x = leaves.top().second;
-      leaves.pop();
-      Node& leaf = nodes_[std::size_t(x)];
-      while (!leaf.blocks.empty() && freed < n) {
-        const BlockId b = leaf.blocks.back();
-        if (alloc_.ref_count(b) == 1) ++freed;
-        alloc_.decref(b);
-        leaf.blocks.pop_back();
-        leaf.tokens.resize(leaf.tokens.size() - std::size_t(bs_));
-        block_node_[std::size_t(b)] = -1;
-        --cached_blocks_;
-        if (dropped) dropped->push_back(b);
-      }
-      ++leaf.generation;  // shorter now: old handles must not lock it
-      if (!leaf.blocks.empty()) break;
-      const std::int32_t parent = leaf.parent;
-      remove_child(parent, x);
-      free_node(x);
-      Node& p = nodes_[std::size_t(parent)];
-      if (p.parent < 0) {
-        if (p.children.empty()) {
-          roots_.erase(p.ns);
-          free_node(parent);
-        }
-      } else if (is_evictable_leaf(parent)) {
-        leaves.emplace(p.last_access, parent);
-      }
-    }
+    const std::int64_t can = plan_eviction(n);
+    // A plan that falls short visited every unlocked node: `can` is all
+    // there is to evict.
+    FASTINFER_CHECK(can == n, UsageError, "RadixPrefixCache::evict: asked for ", n, " blocks but only ", can,
+                    " are evictable (", locked_blocks_, " cached blocks are locked, ", alloc_.num_free_blocks(),
+                    " blocks are free)");
+    commit_eviction(dropped);
+    return n;
+  }
+
+  // As evict(), but gives back what it can when fewer than n blocks are
+  // evictable (a scheduler short of blocks); returns how many it freed.
+  std::int64_t evict_up_to(std::int64_t n, std::vector<BlockId>* dropped = nullptr) {
+    FASTINFER_CHECK(n >= 0, InvalidArgument, "RadixPrefixCache::evict_up_to: cannot evict ", n, " blocks");
+    if (n == 0) return 0;
+    const std::int64_t freed = plan_eviction(n);
+    commit_eviction(dropped);
     return freed;
   }
 
@@ -565,6 +541,74 @@ class RadixPrefixCache {
     return u;
   }
 
+  // Eviction in two passes so that a refused evict() changes nothing: the
+  // plan pops unlocked leaves oldest first and records how many tail blocks
+  // of each to drop (a leaf emptied by the plan may make its parent a leaf),
+  // until n blocks would be freed or no leaf is left; the commit carries it
+  // out in the same order. Returns the blocks the plan frees.
+  std::int64_t plan_eviction(std::int64_t n) {
+    plan_.clear();
+    heap_.clear();
+    for (std::size_t x = 0; x < nodes_.size(); ++x)
+      if (is_evictable_leaf(std::int32_t(x))) heap_.emplace_back(nodes_[x].last_access, std::int32_t(x));
+    const auto older = std::greater<std::pair<std::uint64_t, std::int32_t>>();
+    std::make_heap(heap_.begin(), heap_.end(), older);
+    pending_children_.resize(nodes_.size(), -1);
+    std::int64_t freed = 0;
+    while (freed < n && !heap_.empty()) {
+      std::pop_heap(heap_.begin(), heap_.end(), older);
+      const std::int32_t x = heap_.back().second;
+      heap_.pop_back();
+      const Node& leaf = nodes_[std::size_t(x)];
+      std::size_t k = 0;
+      for (; k < leaf.blocks.size() && freed < n; ++k)
+        freed += alloc_.ref_count(leaf.blocks[leaf.blocks.size() - 1 - k]) == 1;
+      plan_.push_back({x, k});
+      if (k < leaf.blocks.size()) break;
+      const std::int32_t p = leaf.parent;
+      const Node& parent = nodes_[std::size_t(p)];
+      if (parent.parent < 0) continue;  // a root is never evicted
+      std::int32_t& left = pending_children_[std::size_t(p)];
+      if (left < 0) {
+        left = std::int32_t(parent.children.size());
+        touched_.push_back(p);
+      }
+      if (--left == 0 && parent.lock == 0) {
+        heap_.emplace_back(parent.last_access, p);
+        std::push_heap(heap_.begin(), heap_.end(), older);
+      }
+    }
+    for (std::int32_t p : touched_) pending_children_[std::size_t(p)] = -1;
+    touched_.clear();
+    return freed;
+  }
+
+  void commit_eviction(std::vector<BlockId>* dropped) {
+    for (const Trim& t : plan_) {
+      Node& leaf = nodes_[std::size_t(t.node)];
+      for (std::size_t i = 0; i < t.blocks; ++i) {
+        const BlockId b = leaf.blocks.back();
+        alloc_.decref(b);
+        leaf.blocks.pop_back();
+        block_node_[std::size_t(b)] = -1;
+        if (dropped) dropped->push_back(b);
+      }
+      leaf.tokens.resize(leaf.blocks.size() * std::size_t(bs_));
+      cached_blocks_ -= std::int64_t(t.blocks);
+      ++leaf.generation;  // shorter now: old handles must not lock it
+      if (!leaf.blocks.empty()) continue;
+      const std::int32_t parent = leaf.parent;
+      remove_child(parent, t.node);
+      free_node(t.node);
+      Node& p = nodes_[std::size_t(parent)];
+      if (p.parent < 0 && p.children.empty()) {
+        roots_.erase(p.ns);
+        free_node(parent);
+      }
+    }
+    plan_.clear();
+  }
+
   void add_child(std::int32_t parent, std::int32_t x) {
     std::vector<Child>& ch = nodes_[std::size_t(parent)].children;
     const std::uint64_t key = nodes_[std::size_t(x)].key;
@@ -660,6 +704,15 @@ class RadixPrefixCache {
   std::int64_t cached_blocks_ = 0;
   std::int64_t locked_blocks_ = 0;
   std::vector<BlockId> scratch_, sorted_;  // insert's dry run, kept for their capacity
+  // Eviction scratch, kept for its capacity.
+  struct Trim {
+    std::int32_t node;
+    std::size_t blocks;  // tail blocks to drop; all of them removes the node
+  };
+  std::vector<Trim> plan_;
+  std::vector<std::pair<std::uint64_t, std::int32_t>> heap_;  // (last access, node), oldest on top
+  std::vector<std::int32_t> pending_children_;                // per node: children the plan has not emptied, -1 unset
+  std::vector<std::int32_t> touched_;
 };
 
 }  // namespace fastinfer::prefix
