@@ -416,3 +416,15 @@ TEST_CASE("quantized KV stays within its per-format tolerance of f32 attention")
   CHECK(quantization_error<Int8>(4) < quantization_error<Int4>(4));
   CHECK(quantization_error<FP8E4M3>(4) < quantization_error<FP8E5M2>(4));
 }
+
+TEST_CASE("decode attention refuses a plan made for other lengths") {
+  const Shape s{4, 2, 16, 4};
+  Filled<Paged<0>, F32> f(config(s, 64), {30, 5}, 2);
+  const auto t = f.cache.tables(ids(2));
+  const auto view = f.cache.view(t, 0);
+  const auto stale = cpu::plan_decode({30, 9}, 2, 0, 0, 1);
+  std::vector<float> q(2 * 4 * 16), out(q.size());
+  CHECK_THROWS_AS(cpu::decode_attention(view, q.data(), out.data(), 4, stale, 1), InvalidArgument);
+  const auto other_heads = cpu::plan_decode({30, 5}, 1, 0, 0, 1);
+  CHECK_THROWS_AS(cpu::decode_attention(view, q.data(), out.data(), 4, other_heads, 1), InvalidArgument);
+}

@@ -371,7 +371,13 @@ void decode_attention(const kv::PagedKVView<Quant>& kv, const float* q, float* o
   const std::int64_t stride = std::int64_t(G) * (d + 2);
   std::vector<float> part(std::size_t(n_items * stride));
   std::int64_t keys = 0;
-  for (const auto& it : plan.items) keys += it.end - it.begin;
+  for (const auto& it : plan.items) {
+    // A plan made for other lengths would read past a sequence.
+    FASTINFER_CHECK(it.seq >= 0 && it.seq < kv.batch && it.end <= kv.length(it.seq), InvalidArgument,
+                    "decode_attention: the plan reads keys up to ", it.end, " of sequence ", it.seq,
+                    ", which the view does not have");
+    keys += it.end - it.begin;
+  }
   const std::int64_t macs = keys * 2 * G * d;
 #pragma omp parallel num_threads(ad::team_size(n_items, threads, macs))
   {
