@@ -83,6 +83,12 @@ void BM_ReadSum(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_ReadSum)->Arg(1)->Arg(2)->ArgName("threads")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_ReadSum)
+    ->Arg(1)
+    ->Arg(2)
+    ->ArgName("threads")
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(1.0);
 
 BENCHMARK_MAIN();

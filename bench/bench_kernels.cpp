@@ -121,9 +121,9 @@ ModelWeights make_weights(const Shape& s, DType dt) {
   };
   for (int l = 0; l < s.layers; ++l) {
     for (int q = 0; q < 4; ++q) add(s.dim, s.dim);  // wq wk wv wo
-    add(s.hidden, s.dim);                            // w1
-    add(s.hidden, s.dim);                            // w3
-    add(s.dim, s.hidden);                            // w2
+    add(s.hidden, s.dim);                           // w1
+    add(s.hidden, s.dim);                           // w3
+    add(s.dim, s.hidden);                           // w2
   }
   add(s.vocab, s.dim);  // classifier
   return m;
@@ -181,8 +181,8 @@ void BM_Matmul(benchmark::State& state) {
     cpu::matmul(w, x.data(), n, y.data(), threads);
     benchmark::ClobberMemory();
   }
-  state.counters["FLOPS"] =
-      benchmark::Counter(2.0 * double(rows * cols * n) * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["FLOPS"] = benchmark::Counter(2.0 * double(rows * cols * n) * double(state.iterations()),
+                                               benchmark::Counter::kIsRate);
   state.SetItemsProcessed(std::int64_t(state.iterations()) * n);
   state.SetLabel(std::string(dtype_name(dt)));
 }
@@ -224,8 +224,8 @@ void BM_FmaPeak(benchmark::State& state) {
 #pragma omp parallel num_threads(threads)
     fma_burst(kIterations);
   }
-  state.counters["FLOPS"] = benchmark::Counter(double(threads) * kIterations * 10 * 16 * double(state.iterations()),
-                                               benchmark::Counter::kIsRate);
+  state.counters["FLOPS"] = benchmark::Counter(
+      double(threads) * kIterations * 10 * 16 * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_FmaPeak)->Arg(1)->Arg(2)->ArgName("threads")->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif

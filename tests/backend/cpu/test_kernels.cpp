@@ -73,7 +73,8 @@ TEST_CASE("rope matches the reference in both styles within 1e-6 absolute") {
     for (int head_dim : {2, 4, 8, 16, 18, 34, 64, 128})
       for (int n_heads : {1, 3, 8})
         for (int pos : {0, 1, 7, 100, 1023}) {
-          const auto v = random_floats(static_cast<std::size_t>(n_heads * head_dim), std::uint32_t(head_dim * 1000 + pos));
+          const auto v = random_floats(static_cast<std::size_t>(n_heads * head_dim),
+                                       std::uint32_t(head_dim * 1000 + pos));
           std::vector<float> got = v, want = v;
           cpu::rope(got.data(), n_heads, head_dim, pos, 10000.0f, style);
           cpu::reference::rope(want.data(), n_heads, head_dim, pos, 10000.0f, style);

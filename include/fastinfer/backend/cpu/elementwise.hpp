@@ -41,10 +41,17 @@ inline void widen(const void* src, float* dst, std::int64_t n) {
 inline void load_row(DType dtype, const void* src, float* dst, std::int64_t n) {
 #if FASTINFER_CPU_SIMD
   switch (dtype) {
-    case DType::F32: std::memcpy(dst, src, std::size_t(n) * 4); return;
-    case DType::BF16: elementwise_detail::widen<DType::BF16>(src, dst, n); return;
-    case DType::F16: elementwise_detail::widen<DType::F16>(src, dst, n); return;
-    case DType::Q8_0: break;
+    case DType::F32:
+      std::memcpy(dst, src, std::size_t(n) * 4);
+      return;
+    case DType::BF16:
+      elementwise_detail::widen<DType::BF16>(src, dst, n);
+      return;
+    case DType::F16:
+      elementwise_detail::widen<DType::F16>(src, dst, n);
+      return;
+    case DType::Q8_0:
+      break;
   }
 #endif
   reference::load_row(dtype, src, dst, n);
@@ -70,7 +77,8 @@ inline void rmsnorm(float* out, const float* x, const float* weight, std::int64_
 #if FASTINFER_CPU_SIMD
   const FloatBatch sv(scale);
   for (; j + L <= n; j += L)
-    (FloatBatch::load_unaligned(weight + j) * (sv * FloatBatch::load_unaligned(x + j))).store_unaligned(out + j);
+    (FloatBatch::load_unaligned(weight + j) * (sv * FloatBatch::load_unaligned(x + j)))
+        .store_unaligned(out + j);
 #endif
   for (; j < n; ++j) out[j] = weight[j] * (scale * x[j]);
 }

@@ -118,7 +118,8 @@ inline void dot_matmul_rows(const MatrixView& w, const float* x, std::int64_t n,
       std::int64_t r = 0;
       for (; r + kDotRows <= m; r += kDotRows)
         dot_tile<DType::F32, kDotRows, kDotTokens>(base + r * stride, stride, xt, k, k, yt + r, w.rows);
-      for (; r < m; ++r) dot_tile<DType::F32, 1, kDotTokens>(base + r * stride, stride, xt, k, k, yt + r, w.rows);
+      for (; r < m; ++r)
+        dot_tile<DType::F32, 1, kDotTokens>(base + r * stride, stride, xt, k, k, yt + r, w.rows);
     }
     for (; t < n; ++t) {
       const float* xt = x + t * k;
@@ -146,8 +147,9 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
   if (n <= kDotMaxTokens) {
     // Weight-streaming regime: split when either the bytes or the arithmetic
     // pay for a second thread.
-    const int nt = std::max(threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads),
-                            threads_for(macs, ParallelThresholds::kMatmulMacsPerThread, threads));
+    const int nt =
+        std::max(threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads),
+                 threads_for(macs, ParallelThresholds::kMatmulMacsPerThread, threads));
     parallel_ranges(w.rows, kDotBlockRows, nt,
                     [&](std::int64_t r0, std::int64_t r1) { dot_matmul_rows(w, x, n, y, r0, r1); });
     return;

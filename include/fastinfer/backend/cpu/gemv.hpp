@@ -49,8 +49,8 @@ inline float fma_scalar(float a, float b, float c) {
 #define FASTINFER_CPU_NOINLINE
 #endif
 template <DType D, int R, int T>
-FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,
-                     std::int64_t cols, float* y, std::int64_t ldy) {
+FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t stride, const float* x,
+                                            std::int64_t ldx, std::int64_t cols, float* y, std::int64_t ldy) {
   std::int64_t c = 0;
 #if FASTINFER_CPU_SIMD
   constexpr std::int64_t elem = D == DType::F32 ? 4 : 2;
@@ -95,7 +95,8 @@ inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int6
 // y[r] = sum_c W[r][c] x[c] for r < W.rows, on up to `threads` threads (fewer
 // when W is small: see threading.hpp). y must not alias x.
 inline void matvec(const MatrixView& w, const float* x, float* y, int threads = 1) {
-  FASTINFER_CHECK(w.rows >= 0 && w.cols >= 0, InvalidArgument, "matvec: negative shape ", w.rows, " x ", w.cols);
+  FASTINFER_CHECK(w.rows >= 0 && w.cols >= 0, InvalidArgument, "matvec: negative shape ", w.rows, " x ",
+                  w.cols);
   using namespace gemv_detail;
   const int nt = threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads);
   switch (w.dtype) {
