@@ -19,7 +19,7 @@
 //   the root has 6250 children: the sorted child keys take the fan-out.
 // * BM_InsertEvict: one request's life at the end of its prompt: insert
 //   a new 256-token prompt (16 new blocks) into the full tree, then evict
-//   16 blocks (LRU: a whole scan of the tree's leaves). items = requests/s.
+//   16 blocks (finding the LRU leaves scans every node). items = requests/s.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
