@@ -229,7 +229,7 @@ class RadixPrefixCache {
   InsertResult insert(const std::vector<Token>& tokens, const std::vector<BlockId>& blocks, Namespace ns = 0) {
     FASTINFER_CHECK(tokens.size() == blocks.size() * std::size_t(bs_), InvalidArgument, "RadixPrefixCache::insert: ",
                     tokens.size(), " tokens do not fill ", blocks.size(), " blocks of ", bs_,
-                    " tokens (cache full blocks only: pass the first ", tokens.size() / std::size_t(bs_) * bs_,
+                    " tokens (cache full blocks only: pass the first ", tokens.size() / std::size_t(bs_) * std::size_t(bs_),
                     " tokens and their blocks)");
     return insert(tokens.data(), blocks.data(), blocks.size(), ns);
   }
