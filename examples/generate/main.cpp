@@ -4,6 +4,7 @@
 // 1 any other failure (a bad model file). Errors are one line on stderr.
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <limits>
 #include <string>
 
@@ -13,6 +14,7 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 
 namespace {
@@ -33,13 +35,14 @@ int main(int argc, char** argv) {
   fastinfer::GenerationParams params;
   int threads = 1;
   bool print_ids = false, stats_json = false;
-  app.add_option("--model", model_spec, "llama2.c .bin checkpoint or synthetic:tiny|15M|110M|1B")
+  app.add_option("--model", model_spec,
+                 "llama2.c .bin checkpoint, .gguf, Hugging Face directory or synthetic:tiny|15M|110M|1B")
       ->capture_default_str();
   auto* ids_option =
       app.add_option("--prompt-ids", prompt_ids, "comma-separated prompt token ids (1 is BOS)")->capture_default_str();
   app.add_option("--prompt", prompt_text, "prompt text (BOS is added); needs a vocabulary")->excludes(ids_option);
   app.add_option("--tokenizer", tokenizer_path,
-                 "llama2.c tokenizer.bin or .gguf vocabulary (default: a .gguf model's own); prints text");
+                 "llama2.c tokenizer.bin, .gguf vocabulary or tokenizer.json (default: the model's own); prints text");
   app.add_option("--max-new-tokens", params.max_new_tokens, "most tokens to generate")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()))
       ->capture_default_str();
@@ -62,11 +65,18 @@ int main(int argc, char** argv) {
   }
 
   try {
-    // Text in and out when a vocabulary is at hand: --tokenizer, else a .gguf model's own.
+    // Text in and out when a vocabulary is at hand: --tokenizer, else a .gguf
+    // model's own or a Hugging Face directory's tokenizer.json.
     const bool gguf_model = model_spec.size() > 5 && model_spec.compare(model_spec.size() - 5, 5, ".gguf") == 0;
-    std::shared_ptr<fastinfer::SentencePieceTokenizer> tok;
-    const std::string vocab = !tokenizer_path.empty() ? tokenizer_path : gguf_model ? model_spec : "";
-    if (!vocab.empty() && (vocab != model_spec || fastinfer::gguf::GgufFile::open(vocab)->has("tokenizer.ggml.tokens")))
+    const bool hf_model = std::filesystem::exists(std::filesystem::path(model_spec) / "tokenizer.json");
+    std::shared_ptr<const fastinfer::Tokenizer> tok;
+    const std::string vocab = !tokenizer_path.empty() ? tokenizer_path
+                              : gguf_model            ? model_spec
+                              : hf_model              ? (std::filesystem::path(model_spec) / "tokenizer.json").string()
+                                                      : "";
+    if (vocab.size() > 5 && vocab.compare(vocab.size() - 5, 5, ".json") == 0)
+      tok = std::make_shared<fastinfer::HfBpeTokenizer>(fastinfer::HfBpeTokenizer::from_file(vocab));
+    else if (!vocab.empty() && (vocab != model_spec || fastinfer::gguf::GgufFile::open(vocab)->has("tokenizer.ggml.tokens")))
       tok = vocab.size() > 5 && vocab.compare(vocab.size() - 5, 5, ".gguf") == 0
                 ? fastinfer::SentencePieceTokenizer::from_gguf(*fastinfer::gguf::GgufFile::open(vocab))
                 : fastinfer::SentencePieceTokenizer::from_llama2c(vocab);

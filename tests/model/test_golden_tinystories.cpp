@@ -5,6 +5,9 @@
 // and 5 of "Once upon a time" match the PyTorch reference within 1e-4.
 #include <catch2/catch.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -184,4 +187,37 @@ TEST_CASE("tinystories-656k logits at positions 0 and 5 match the reference with
     if (p == 0) CHECK(max_diff(logits, golden.at(0)) < 1e-4);
   }
   CHECK(max_diff(logits, golden.at(5)) < 1e-4);
+}
+
+TEST_CASE("fastinfer-generate --model DIR --prompt TEXT tells the golden story", "[model][golden][cli]") {
+  FASTINFER_REQUIRE_SHARED(model_dir, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(case_path, "golden/tinystories-656k/cases/once_upon_a_time.txt");
+  const std::filesystem::path binary = std::filesystem::path(FASTINFER_BINARY_DIR) / "examples" / "fastinfer-generate";
+  if (!std::filesystem::exists(binary)) {
+    std::printf("FASTINFER_SKIP: %s not built\n", binary.c_str());
+    WARN("FASTINFER_SKIP: fastinfer-generate not built");
+    return;
+  }
+  Case golden;
+  for (const auto& c : read_cases(case_path.parent_path()))
+    if (c.name == "once_upon_a_time") golden = c;
+  REQUIRE(!golden.continuation.empty());
+  const auto out = std::filesystem::temp_directory_path() / ("fastinfer_hf_cli_" + std::to_string(::getpid()));
+  auto run = [&](const std::string& extra) {
+    const std::string cmd = "'" + binary.string() + "' --model '" + model_dir.string() +
+                            "' --prompt 'Once upon a time' --max-new-tokens " + std::to_string(golden.max_new_tokens) +
+                            " " + extra + " >'" + out.string() + "' 2>/dev/null";
+    const int status = std::system(cmd.c_str());
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
+    std::ifstream in(out);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+  };
+  std::ostringstream ids;
+  for (std::size_t i = 0; i < golden.continuation.size(); ++i) ids << (i ? " " : "") << golden.continuation[i];
+  CHECK(run("--print-ids") == ids.str() + "\n");
+  CHECK(run("") == golden.text + golden.continuation_text + "\n");
+  std::filesystem::remove(out);
 }
