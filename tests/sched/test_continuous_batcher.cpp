@@ -668,7 +668,7 @@ TEST_CASE("ContinuousBatcher: soak with forced preemption completes everything w
     s.count = cs.count;
     s.max_prompt = 100;
     s.max_new = 40;
-    s.spread_steps = cs.count * 3 / 2;
+    s.spread_steps = cs.count * 3;
     s.shared_prefix = cs.prefix ? 0.5 : 0.0;
     s.shared_len = 40;
     s.priorities = 4;

@@ -40,7 +40,6 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
-#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <variant>
@@ -176,6 +175,7 @@ class ContinuousBatcher {
                     " was not committed yet");
     ++step_;
     plan_.clear();
+    planned_.clear();
     plan_.step = step_;
     plan_.finished.swap(left_);
     left_.clear();
@@ -227,9 +227,7 @@ class ContinuousBatcher {
                    now);
       if (e->status == RequestStatus::Finished) committed_.push_back(e->req.id);
     }
-    for (const PlanEntry& pe : plan_.entries) {
-      Entry* e = find(pe.id);
-      if (e == nullptr) continue;
+    for (Entry* e : planned_) {
       e->plan_row = -1;
       if (e->cancel_pending) {
         e->cancel_pending = false;
@@ -327,9 +325,19 @@ class ContinuousBatcher {
     std::int64_t k_rank = 0;
   };
 
-  static bool before(const Entry* a, const Entry* b) {
-    return std::tie(a->k_group, a->k_rank, a->timing.arrival, a->order) <
-           std::tie(b->k_group, b->k_rank, b->timing.arrival, b->order);
+  struct Before {
+    bool operator()(const Entry* a, const Entry* b) const {
+      if (a->k_group != b->k_group) return a->k_group < b->k_group;
+      if (a->k_rank != b->k_rank) return a->k_rank < b->k_rank;
+      if (a->timing.arrival != b->timing.arrival) return a->timing.arrival < b->timing.arrival;
+      return a->order < b->order;
+    }
+  };
+
+  // Sorts by service order; a queue that is already in order (FCFS, mostly)
+  // costs one pass.
+  static void sort_by_service(std::vector<Entry*>& v) {
+    if (!std::is_sorted(v.begin(), v.end(), Before{})) std::sort(v.begin(), v.end(), Before{});
   }
 
   static std::int64_t unfed(const Entry& e) { return std::int64_t(e.tokens.size()) - e.computed; }
@@ -363,7 +371,6 @@ class ContinuousBatcher {
         const bool first = !use_priority_ || aged(e);
         e->k_group = first ? 0 : 1;
         e->k_rank = first ? 0 : -std::int64_t(e->req.priority);
-        order_.push_back(e);
       }
     } else {
       // Probe the cache for the oldest non-aged waiting requests only: a
@@ -372,7 +379,7 @@ class ContinuousBatcher {
         e->k_group = aged(e) ? 0 : 3;
         e->k_rank = 0;
       }
-      std::sort(waiting_.begin(), waiting_.end(), before);
+      sort_by_service(waiting_);
       std::int32_t probed = 0;
       for (Entry* e : waiting_) {
         if (e->k_group != 3 || probed == cfg_.prefix_lookahead) continue;
@@ -380,9 +387,14 @@ class ContinuousBatcher {
         e->k_group = 2;
         e->k_rank = -cached_hint(*e);
       }
-      order_.insert(order_.end(), waiting_.begin(), waiting_.end());
     }
-    std::sort(order_.begin(), order_.end(), before);
+    // Running and waiting sorted apart and merged: the waiting queue may be
+    // long, and between steps it rarely changes order.
+    sort_by_service(order_);
+    sort_by_service(waiting_);
+    const std::size_t running = order_.size();
+    order_.insert(order_.end(), waiting_.begin(), waiting_.end());
+    std::inplace_merge(order_.begin(), order_.begin() + std::ptrdiff_t(running), order_.end(), Before{});
   }
 
   std::int64_t cached_hint(const Entry& e) const {
@@ -577,6 +589,7 @@ class ContinuousBatcher {
     e->plan_row = std::int32_t(plan_.entries.size());
     e->row_seen = false;
     plan_.entries.push_back(pe);
+    planned_.push_back(e);
     const auto first = e->tokens.begin() + std::ptrdiff_t(e->computed);
     plan_.tokens.insert(plan_.tokens.end(), first, first + std::ptrdiff_t(n));
     plan_.token_indptr.push_back(std::int32_t(plan_.tokens.size()));
@@ -615,11 +628,11 @@ class ContinuousBatcher {
       e->row_seen = true;
       seen.push_back(e);
     }
-    for (const PlanEntry& pe : plan_.entries) {
-      const Entry* e = find(pe.id);
-      if (pe.samples && e != nullptr && !e->cancel_pending && !e->row_seen) {
+    for (std::size_t k = 0; k < planned_.size(); ++k) {
+      const Entry* e = planned_[k];
+      if (plan_.entries[k].samples && !e->cancel_pending && !e->row_seen) {
         unmark();
-        throw_error<UsageError>("StepResult: no row for request ", pe.id, ", which sampled in step ", step_);
+        throw_error<UsageError>("StepResult: no row for request ", e->req.id, ", which sampled in step ", step_);
       }
     }
     unmark();
@@ -700,6 +713,7 @@ class ContinuousBatcher {
   std::size_t victim_cursor_ = 0;
 
   StepPlan plan_;
+  std::vector<Entry*> planned_;  // parallel to plan_.entries
   std::vector<RequestId> left_;       // finished or cancelled since the last plan
   std::vector<RequestId> committed_;  // finished in the last commit
   std::vector<std::int32_t> host_to_release_;  // swapped in by the plan in flight
