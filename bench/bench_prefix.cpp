@@ -11,7 +11,10 @@
 //   touch different parts of the tree. items_per_second = lookups/s (target
 //   >= 1 million/s). The MatchResult is reused: no allocation per lookup.
 //   10.3k distinct 1 KiB queries do not stay in cache: this is the cold case.
-// * BM_MatchPrefix/hit_hot_query: the same with 64 queries in rotation.
+// * BM_MatchPrefix/hit_warm_query: the same, the next query prefetched during
+//   the current lookup (a fresh prompt is in cache; the tree is not).
+// * BM_MatchPrefix/hit_hot_query: the same with 64 queries in rotation
+//   (query and tree path in cache).
 // * BM_MatchPrefix/system_prompt: a system prompt followed by new tokens
 //   (the match stops at the end of the shared part).
 // * BM_MatchPrefix/miss: random tokens (the first block matches nothing).
@@ -116,6 +119,28 @@ void BM_MatchPrefix_Hit(benchmark::State& state) {
   report(state, t, matched);
 }
 BENCHMARK(BM_MatchPrefix_Hit)->Name("BM_MatchPrefix/hit");
+
+// Cold tree, warm query: as hit, but the next query is prefetched during the
+// current lookup, as a prompt the tokenizer just wrote would be in cache.
+void BM_MatchPrefix_HitWarmQuery(benchmark::State& state) {
+  Tree& t = shared_tree();
+  MatchResult m;
+  m.blocks.reserve(kPromptTokens / kBlockSize);
+  std::size_t i = 0;
+  std::int64_t matched = 0;
+  for (auto _ : state) {
+    const auto& p = t.prompts[i];
+    if (++i == t.prompts.size()) i = 0;
+#if defined(__GNUC__)
+    const Token* next = t.prompts[i].data();
+    for (int line = 0; line < kPromptTokens; line += 16) __builtin_prefetch(next + line);
+#endif
+    matched += t.cache->match_prefix(p.data(), p.size(), m);
+    benchmark::DoNotOptimize(m.blocks.data());
+  }
+  report(state, t, matched);
+}
+BENCHMARK(BM_MatchPrefix_HitWarmQuery)->Name("BM_MatchPrefix/hit_warm_query");
 
 // The same lookups with the queries in cache, as a prompt just tokenized is:
 // 64 prompts in rotation. The tree's nodes are still spread over 100k blocks.
