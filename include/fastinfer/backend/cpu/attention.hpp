@@ -165,6 +165,43 @@ inline void dot_group(const std::uint8_t* row, const float* params, const float*
   for (int g = 0; g < G; ++g) s[g * s_stride] = xsimd::hadd(acc[g]) * sc;
 }
 
+// The same for two key rows at once: each query chunk is loaded once for
+// both, halving the loads that compete with the FMAs.
+template <typename Quant, int G>
+inline void dot_group2(const std::uint8_t* r0, const float* p0, const std::uint8_t* r1, const float* p1,
+                       const float* q, int d, int group, float* s, std::int64_t s_stride) {
+  B8 a0[G], a1[G];
+  for (int g = 0; g < G; ++g) a0[g] = a1[g] = B8(0.0f);
+  for (int e = 0; e < d; e += 8) {
+    const B8 k0 = Widen<Quant>::load(r0, p0, e, group);
+    const B8 k1 = Widen<Quant>::load(r1, p1, e, group);
+    for (int g = 0; g < G; ++g) {
+      const B8 qv = B8::load_unaligned(q + g * d + e);
+      a0[g] = xsimd::fma(k0, qv, a0[g]);
+      a1[g] = xsimd::fma(k1, qv, a1[g]);
+    }
+  }
+  const float c0 = Widen<Quant>::scale(p0), c1 = Widen<Quant>::scale(p1);
+  for (int g = 0; g < G; ++g) {
+    s[g * s_stride] = xsimd::hadd(a0[g]) * c0;
+    s[g * s_stride + 1] = xsimd::hadd(a1[g]) * c1;
+  }
+}
+
+template <typename Quant>
+inline void dot_heads2(const std::uint8_t* r0, const float* p0, const std::uint8_t* r1, const float* p1,
+                       const float* q, int n_heads, int d, int group, float* s, std::int64_t s_stride) {
+  int g = 0;
+  for (; g + 4 <= n_heads; g += 4)
+    dot_group2<Quant, 4>(r0, p0, r1, p1, q + g * d, d, group, s + g * s_stride, s_stride);
+  switch (n_heads - g) {
+    case 3: dot_group2<Quant, 3>(r0, p0, r1, p1, q + g * d, d, group, s + g * s_stride, s_stride); break;
+    case 2: dot_group2<Quant, 2>(r0, p0, r1, p1, q + g * d, d, group, s + g * s_stride, s_stride); break;
+    case 1: dot_group2<Quant, 1>(r0, p0, r1, p1, q + g * d, d, group, s + g * s_stride, s_stride); break;
+    default: break;
+  }
+}
+
 template <typename Quant>
 inline void dot_heads(const std::uint8_t* row, const float* params, const float* q, int n_heads, int d, int group,
                       float* s, std::int64_t s_stride) {
@@ -184,7 +221,29 @@ inline void dot_heads(const std::uint8_t* row, const float* params, const float*
 template <typename Quant, int G>
 inline void accumulate_group(const std::uint8_t* const* rows, const float* const* params, int n, const float* p,
                              std::int64_t p_stride, const float* alpha, float* o, int d, int group) {
-  for (int e = 0; e < d; e += 8) {
+  int e = 0;
+  // 16 columns per pass: each broadcast softmax weight serves two FMAs.
+  for (; e + 16 <= d; e += 16) {
+    B8 lo[G], hi[G];
+    for (int g = 0; g < G; ++g) {
+      lo[g] = B8::load_unaligned(o + g * d + e) * B8(alpha[g]);
+      hi[g] = B8::load_unaligned(o + g * d + e + 8) * B8(alpha[g]);
+    }
+    for (int t = 0; t < n; ++t) {
+      const B8 v0 = Widen<Quant>::load(rows[t], params[t], e, group);
+      const B8 v1 = Widen<Quant>::load(rows[t], params[t], e + 8, group);
+      for (int g = 0; g < G; ++g) {
+        const B8 w(p[g * p_stride + t]);
+        lo[g] = xsimd::fma(v0, w, lo[g]);
+        hi[g] = xsimd::fma(v1, w, hi[g]);
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      lo[g].store_unaligned(o + g * d + e);
+      hi[g].store_unaligned(o + g * d + e + 8);
+    }
+  }
+  for (; e < d; e += 8) {
     B8 acc[G];
     for (int g = 0; g < G; ++g) acc[g] = B8::load_unaligned(o + g * d + e) * B8(alpha[g]);
     for (int t = 0; t < n; ++t) {
@@ -268,7 +327,10 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
         vpar[t] = vp0 + r * ppr;
       }
     }
-    for (int t = 0; t < n; ++t) dot_heads<Quant>(krow[t], kpar[t], q, n_heads, d, group, sc + t, kTile);
+    int t2 = 0;
+    for (; t2 + 2 <= n; t2 += 2)
+      dot_heads2<Quant>(krow[t2], kpar[t2], krow[t2 + 1], kpar[t2 + 1], q, n_heads, d, group, sc + t2, kTile);
+    if (t2 < n) dot_heads<Quant>(krow[t2], kpar[t2], q, n_heads, d, group, sc + t2, kTile);
     if constexpr (!Visible::kAll) {
       for (int t = 0; t < n; ++t)
         if (!visible(pos + t))
