@@ -154,6 +154,24 @@ inline float dot_avx2(const void* w_row, const ActivationBlock* x, std::int64_t 
   }
   return detail::hsum(_mm256_add_ps(acc0, acc1));
 }
+// Four rows at once: each activation block is loaded once for four weight
+// rows, and four independent accumulator chains keep the FMA unit busy.
+inline void dot4_avx2(const std::uint8_t* w, std::size_t row_stride, const ActivationBlock* x,
+                      std::int64_t n_blocks, float* out) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (std::int64_t b = 0; b < n_blocks; ++b) {
+    const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].qs));
+    const float dx = x[b].d;
+    for (int r = 0; r < 4; ++r) {
+      const std::uint8_t* wb = w + r * row_stride + std::size_t(b) * sizeof(Block);
+      const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2));
+      const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+      const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(detail::scale_of(wb) * dx), acc[r]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) out[r] = detail::hsum(acc[r]);
+}
 inline constexpr bool kHasSimdDot = true;
 #else
 inline constexpr bool kHasSimdDot = false;
@@ -208,14 +226,27 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
   const int nt = int(std::max<std::size_t>(1, std::min<std::size_t>(std::size_t(std::max(threads, 1)),
                                                                     work / detail::kMinBytesPerThread)));
   const std::int64_t rows = w.rows;
+  const std::int64_t groups = (rows + 3) / 4;  // threads split groups of 4 rows, never a row's sum
+  const std::size_t stride = row_bytes(DType::Q8_0, w.cols);
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
 #endif
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const std::uint8_t* row = w.row_ptr(r);
-    for (std::int64_t t = 0; t < n; ++t) y[t * rows + r] = dot(row, xq + t * nb, nb);
+  for (std::int64_t g = 0; g < groups; ++g) {
+    const std::int64_t r0 = g * 4;
+    for (std::int64_t t = 0; t < n; ++t) {
+#if defined(__AVX2__) && defined(__FMA__)
+      if (r0 + 4 <= rows) {
+        float out[4];
+        dot4_avx2(w.row_ptr(r0), stride, xq + t * nb, nb, out);
+        for (int i = 0; i < 4; ++i) y[t * rows + r0 + i] = out[i];
+        continue;
+      }
+#endif
+      for (std::int64_t r = r0; r < std::min(rows, r0 + 4); ++r) y[t * rows + r] = dot(w.row_ptr(r), xq + t * nb, nb);
+    }
   }
   (void)nt;
+  (void)stride;
 }
 
 inline void matvec(const MatrixView& w, const float* x, float* y, int threads = 1) {
