@@ -38,6 +38,35 @@ inline float fma_scalar(float a, float b, float c) {
 #endif
 }
 
+#if FASTINFER_CPU_SIMD
+// out[i] = xsimd::hadd(v[i]) for i < N, bit for bit. With AVX (8 lanes) four
+// vectors are reduced together: the same additions in the same tree as
+// xsimd's (x_i + x_{i+4}, then pairs, then the two pair sums), in 6
+// instructions instead of 20; with 64-column rows the reductions were a
+// third of a matvec.
+template <int N>
+inline void reduce_lanes(const FloatBatch* v, float* out) {
+  int i = 0;
+#if defined(__AVX__) && FASTINFER_CPU_LANES == 8
+  for (; i + 4 <= N; i += 4) {
+    const __m256 a = v[i], b = v[i + 1], c = v[i + 2], d = v[i + 3];
+    // [a_lo + a_hi | b_lo + b_hi] and [c_lo + c_hi | d_lo + d_hi]
+    const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    const __m256 h1 = _mm256_hadd_ps(ab, cd);  // [a01 a23 c01 c23 | b01 b23 d01 d23]
+    const __m256 h2 = _mm256_hadd_ps(h1, h1);  // [a c a c | b d b d]
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, h2);
+    out[i] = lanes[0];
+    out[i + 1] = lanes[4];
+    out[i + 2] = lanes[1];
+    out[i + 3] = lanes[5];
+  }
+#endif
+  for (; i < N; ++i) out[i] = xsimd::hadd(v[i]);
+}
+#endif
+
 // y[t * ldy + r] = dot(row r of W, row t of X) for r < R, t < T. W rows are
 // `stride` bytes apart, stored as D; X rows are ldx floats apart.
 // Kept out of line: inlined into a large caller, GCC 12 left the accumulator
@@ -66,11 +95,14 @@ FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t s
       for (int t = 0; t < T; ++t) acc[r][t] = xsimd::fma(wv, xv[t], acc[r][t]);
     }
   }
+  // Lane sums of every accumulator, in xsimd::hadd's order.
+  float sums[R * T];
+  reduce_lanes<R * T>(&acc[0][0], sums);
 #endif
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) {
 #if FASTINFER_CPU_SIMD
-      float sum = xsimd::hadd(acc[r][t]);
+      float sum = sums[r * T + t];
 #else
       float sum = 0.0f;
 #endif
