@@ -302,3 +302,19 @@ TEST_CASE("unsupported tokenizer components are refused by name") {
   dup["x"] = 4;
   refused(tiny_tokenizer(dup, json::array(), false, true), "used twice");
 }
+
+TEST_CASE("a broken tokenizer.json file is a FormatError naming it") {
+  const auto dir = std::filesystem::temp_directory_path() / ("fastinfer_hf_tok_" + std::to_string(std::random_device{}()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "tokenizer.json") << "{\"model\": {\"type\": \"BPE\", ";
+  CHECK_THROWS_WITH(HfBpeTokenizer::from_directory(dir), Catch::Contains("tokenizer.json") && Catch::Contains("invalid JSON"));
+  std::ofstream(dir / "tokenizer.json") << std::string(100, '[') + std::string(100, ']');
+  CHECK_THROWS_WITH(HfBpeTokenizer::from_directory(dir), Catch::Contains("nested deeper"));
+  std::ofstream(dir / "tokenizer.json") << tiny_tokenizer(base_vocab(), json::array(), false, true).dump();
+  std::ofstream(dir / "tokenizer_config.json") << R"({"eos_token": {"content": "<s>"}, "bos_token": "</s>"})";
+  const auto tok = HfBpeTokenizer::from_directory(dir);
+  CHECK(tok.eos_id() == 1);  // from tokenizer_config.json
+  CHECK(tok.bos_id() == 1);  // the template's leading special token wins
+  std::filesystem::remove_all(dir);
+  CHECK_THROWS_WITH(HfBpeTokenizer::from_directory(dir), Catch::Contains("no tokenizer.json"));
+}

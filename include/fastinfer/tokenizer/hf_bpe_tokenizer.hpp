@@ -36,7 +36,6 @@
 
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/mapped_file.hpp"
-#include "fastinfer/model/safetensors.hpp"  // detail::parse_json_limited
 #include "fastinfer/tokenizer/tokenizer.hpp"
 
 namespace fastinfer {
@@ -53,13 +52,13 @@ class HfBpeTokenizer final : public Tokenizer {
     const std::string where = tokenizer_json.string();
     auto map = MappedFile::open(where);
     const char* b = reinterpret_cast<const char*>(map->data());
-    const nlohmann::json j = detail::parse_json_limited(b, b + map->size(), where, 64);
+    const nlohmann::json j = parse_json(b, b + map->size(), where);
     nlohmann::json config;
     const auto cfg_path = tokenizer_json.parent_path() / "tokenizer_config.json";
     if (std::filesystem::exists(cfg_path)) {
       auto cmap = MappedFile::open(cfg_path.string());
       const char* c = reinterpret_cast<const char*>(cmap->data());
-      config = detail::parse_json_limited(c, c + cmap->size(), cfg_path.string(), 64);
+      config = parse_json(c, c + cmap->size(), cfg_path.string());
     }
     return HfBpeTokenizer(j, config, where);
   }
@@ -478,6 +477,18 @@ class HfBpeTokenizer final : public Tokenizer {
         throw_error<FormatError>(where, ": template item ", item.dump(), " is not understood");
       }
       template_.push_back(std::move(t));
+    }
+  }
+
+  // JSON errors and absurd nesting become FormatErrors naming the file.
+  static nlohmann::json parse_json(const char* begin, const char* end, const std::string& where) {
+    try {
+      return nlohmann::json::parse(begin, end, [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+        if (depth > 64) throw_error<FormatError>(where, ": JSON nested deeper than 64 levels");
+        return true;
+      });
+    } catch (const nlohmann::json::exception& e) {
+      throw_error<FormatError>(where, ": invalid JSON: ", e.what());
     }
   }
 
