@@ -1,0 +1,95 @@
+// A second model as the drafter: a smaller checkpoint with the target's
+// vocabulary, or the target itself loaded more cheaply (bf16 weights: a
+// "self-draft"). It keeps its own KV cache in sync with the accepted text by
+// remembering which tokens its cache holds: each proposal first re-feeds the
+// context from the first position where that record and the context differ
+// (the rejected drafts' positions are simply overwritten, as LlamaModel
+// allows), then decodes k tokens one by one.
+//
+// Greedy requests draft the draft model's argmax (deterministic, no
+// distribution needed). Sampling requests draw from the draft's filtered
+// distribution q (same temperature / top-k / top-p as the target) with the
+// coin Philox(seed, Speculative, index * kCoinSlots + kDraftSlot), and hand q
+// to the verifier for exact rejection sampling.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/spec/drafter.hpp"
+#include "fastinfer/spec/speculative_verifier.hpp"
+
+namespace fastinfer::spec {
+
+// Model: LlamaModel or anything with config(), reset(), cached_length(),
+// forward_prefill(tokens, n, start_pos) and forward_decode(token, pos).
+template <typename Model>
+class DraftModel final : public Drafter {
+ public:
+  DraftModel(Model model, cpu::SamplingParams params)
+      : model_(std::move(model)), params_(params), ws_(model_.config().vocab_size) {
+    cpu::validate(params);
+  }
+
+  Model& model() { return model_; }
+  // Draft tokens fed through the draft model so far (its cost).
+  std::int64_t draft_forwards() const { return forwards_; }
+
+  void begin(const std::vector<std::int32_t>&) override {
+    model_.reset();
+    cached_.clear();
+  }
+
+  void propose(const std::vector<std::int32_t>& context, int k, std::uint64_t token_index,
+               DraftProposal& out) override {
+    out.clear();
+    const int vocab = model_.config().vocab_size;
+    const int max_len = model_.config().max_seq_len;
+    const int len = int(context.size());
+    // Feeding d1..d_{k-1} needs positions len .. len + k - 2.
+    k = std::min(k, max_len - len + 1);
+    if (k <= 0 || len < 1) return;
+    for (std::int32_t t : context)
+      FASTINFER_CHECK(t >= 0 && t < vocab, InvalidArgument, "context token ", t,
+                      " is outside the draft model's vocabulary [0, ", vocab, ")");
+    // Keep what the cache holds for the common prefix; always re-feed at least the last token.
+    int common = 0;
+    const int limit = std::min<int>(int(cached_.size()), len - 1);
+    while (common < limit && cached_[std::size_t(common)] == context[std::size_t(common)]) ++common;
+    common = std::min(common, model_.cached_length());
+    cached_.assign(context.begin(), context.end());
+    const float* logits = model_.forward_prefill(context.data() + common, len - common, common);
+    ++forwards_;
+    const bool greedy = params_.temperature == 0.0f;
+    if (!greedy) out.probs.resize(std::size_t(k) * std::size_t(vocab));
+    for (int j = 0; j < k; ++j) {
+      std::int32_t d;
+      if (greedy) {
+        d = cpu::argmax_token(logits, vocab);
+      } else {
+        float* q = out.probs.data() + std::size_t(j) * std::size_t(vocab);
+        cpu::sampling_distribution(logits, vocab, params_, q, ws_);
+        d = cpu::sample_from_weights(q, vocab, spec_coin(params_.seed, token_index + std::uint64_t(j), kDraftSlot));
+      }
+      out.tokens.push_back(d);
+      if (j + 1 < k) {
+        logits = model_.forward_decode(d, int(cached_.size()));
+        cached_.push_back(d);
+        ++forwards_;
+      }
+    }
+  }
+
+ private:
+  Model model_;
+  cpu::SamplingParams params_;
+  cpu::SamplerWorkspace ws_;
+  std::vector<std::int32_t> cached_;  // the tokens whose KV the draft model holds, in position order
+  std::int64_t forwards_ = 0;
+};
+
+}  // namespace fastinfer::spec

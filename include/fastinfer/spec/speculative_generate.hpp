@@ -1,0 +1,185 @@
+// Speculative generation at batch 1: draft, verify with one target forward
+// pass, emit the accepted run plus one target token, repeat.
+//
+// The target is reached through a narrow adapter (ModelTarget below) with
+// four verbs: config(), reset(), prefill(prompt) -> last logits,
+// verify(tokens, n, start_pos, rows_out) -> every row's logits, and
+// truncate(length) after a step. LlamaModel's contiguous cache needs nothing
+// for truncate (a forward at start_pos overwrites from there); a paged,
+// quantized KVCache adapter frees the rejected tail's blocks there (never a
+// block shared with the prefix cache: only positions >= length, which this
+// request wrote itself during the step).
+//
+// Stop rules are generate.hpp's, applied token by token inside an accepted
+// run: a BOS (or EOS when config.eos_id >= 0) ends the request without being
+// emitted, max_new_tokens and max_seq_len cap the output, so the result stops
+// exactly where plain generation stops. Greedy output equals plain greedy
+// output token for token (the verification rows are the same arithmetic as
+// forward_decode's: LlamaModel's matmul gives matvec's bits for up to 16
+// tokens, so keep 1 + k + lookahead window <= 16 for bit-identity). The first
+// token is picked from the prompt's prefill exactly as generate() does.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/model/generate.hpp"
+#include "fastinfer/spec/drafter.hpp"
+#include "fastinfer/spec/speculative_verifier.hpp"
+
+namespace fastinfer::spec {
+
+// LlamaModel (or any model with its forward_prefill / forward_prefill_all
+// verbs) as a verification target.
+template <typename Model>
+class ModelTarget {
+ public:
+  explicit ModelTarget(Model& model) : m_(model) {}
+  const LlamaConfig& config() const { return m_.config(); }
+  void reset() { m_.reset(); }
+  const float* prefill(const std::vector<std::int32_t>& prompt) { return m_.forward_prefill(prompt, 0); }
+  void verify(const std::int32_t* tokens, int n, int start_pos, float* rows) {
+    m_.forward_prefill_all(tokens, n, start_pos, rows);
+  }
+  // The sequence is `length` tokens long; positions beyond hold rejected work.
+  void truncate(int length) { (void)length; }
+
+ private:
+  Model& m_;
+};
+
+struct SpeculativeOptions {
+  int k = 4;  // most drafts per step
+  AcceptanceRule rule = AcceptanceRule::Exact;
+  TypicalAcceptanceLossy typical{};  // used only with AcceptanceRule::TypicalLossy
+};
+
+struct SpeculativeStats {
+  std::int64_t target_forwards = 0;  // verification passes (the prompt's prefill not counted)
+  std::int64_t drafted = 0;          // draft tokens offered to the verifier
+  std::int64_t accepted = 0;         // drafts kept
+  std::int64_t step_tokens = 0;      // tokens emitted by verification passes
+  // Tokens emitted per target forward pass: 1.0 is plain decoding.
+  double mean_accepted_per_step() const {
+    return target_forwards > 0 ? double(step_tokens) / double(target_forwards) : 0.0;
+  }
+  double acceptance_rate() const { return drafted > 0 ? double(accepted) / double(drafted) : 0.0; }
+};
+
+struct SpeculativeResult {
+  GenerationResult generation;
+  SpeculativeStats stats;
+};
+
+template <typename Target, typename OnToken>
+SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const std::vector<std::int32_t>& prompt,
+                                       const GenerationParams& params, const SpeculativeOptions& options,
+                                       OnToken&& on_token) {
+  const LlamaConfig& c = target.config();
+  validate_generation(c, prompt, params);
+  FASTINFER_CHECK(options.k >= 0, InvalidArgument, "speculation length k must not be negative, got ", options.k);
+  using Clock = std::chrono::steady_clock;
+  auto seconds = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+
+  SpeculativeResult out;
+  GenerationResult& r = out.generation;
+  SpeculativeStats& st = out.stats;
+  r.prompt_tokens = int(prompt.size());
+  const int vocab = c.vocab_size;
+  cpu::SamplerWorkspace workspace(vocab);
+  SpeculativeVerifier verifier(vocab, sampling_params(params), options.rule, options.typical);
+  DraftProposal proposal;
+  std::vector<std::int32_t> batch;
+  std::vector<float> rows;
+  std::vector<std::int32_t> seq = prompt;
+
+  target.reset();
+  drafter.begin(prompt);
+  const auto t0 = Clock::now();
+  const float* logits = target.prefill(prompt);
+  const auto t1 = Clock::now();
+  r.prefill_seconds = seconds(t0, t1);
+  Clock::time_point first = t1;
+
+  // Emits `t` unless a stop rule fires first; false when generation is over.
+  auto emit = [&](std::int32_t t) {
+    if (t == c.bos_id) {
+      r.stopped_by = StopReason::Bos;
+      return false;
+    }
+    if (c.eos_id >= 0 && t == c.eos_id) {
+      r.stopped_by = StopReason::Eos;
+      return false;
+    }
+    r.tokens.push_back(t);
+    seq.push_back(t);
+    if (r.tokens.size() == 1) {
+      first = Clock::now();
+      r.ttft_seconds = seconds(t0, first);
+    }
+    on_token(t);
+    return true;
+  };
+  auto room_left = [&]() {
+    if (int(r.tokens.size()) >= params.max_new_tokens) {
+      r.stopped_by = StopReason::MaxNewTokens;
+      return false;
+    }
+    if (int(seq.size()) >= c.max_seq_len) {
+      r.stopped_by = StopReason::SeqLen;
+      return false;
+    }
+    return true;
+  };
+
+  bool going = room_left() && emit(pick_token(logits, vocab, params, 0, workspace));
+  while (going && room_left()) {
+    const int len = int(seq.size());
+    const int remaining = std::min(params.max_new_tokens - int(r.tokens.size()), c.max_seq_len - len);
+    const int k = std::min(options.k, remaining - 1);
+    drafter.propose(seq, k, std::uint64_t(r.tokens.size()), proposal);
+    const int m = std::min(k, int(proposal.tokens.size()));
+    // Extra (lookahead) tokens sit at positions len + m ..; all must be < max_seq_len.
+    const int n_extra = std::max(0, std::min(int(proposal.extra.size()), c.max_seq_len - (len + m)));
+    batch.assign(1, seq.back());
+    batch.insert(batch.end(), proposal.tokens.begin(), proposal.tokens.begin() + m);
+    batch.insert(batch.end(), proposal.extra.begin(), proposal.extra.begin() + n_extra);
+    rows.resize(batch.size() * std::size_t(vocab));
+    target.verify(batch.data(), int(batch.size()), len - 1, rows.data());
+    const float* q = proposal.probs.empty() ? nullptr : proposal.probs.data();
+    const VerifyOutcome v = verifier.verify(rows.data(), batch.data() + 1, m, q, std::uint64_t(r.tokens.size()));
+    ++st.target_forwards;
+    st.drafted += m;
+    for (std::size_t i = 0; i < v.tokens.size(); ++i) {
+      if (!emit(v.tokens[i])) {
+        going = false;
+        break;
+      }
+      ++st.step_tokens;
+      if (int(i) < v.accepted) ++st.accepted;
+      if (!room_left()) {
+        going = false;
+        break;
+      }
+    }
+    target.truncate(int(seq.size()) - 1);
+    if (going)
+      drafter.observe(seq, v.accepted, n_extra > 0 ? rows.data() + std::size_t(1 + m) * std::size_t(vocab) : nullptr,
+                      n_extra);
+  }
+  if (!r.tokens.empty()) r.decode_seconds = seconds(first, Clock::now());
+  return out;
+}
+
+template <typename Target>
+SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const std::vector<std::int32_t>& prompt,
+                                       const GenerationParams& params, const SpeculativeOptions& options = {}) {
+  return speculative_generate(target, drafter, prompt, params, options, [](std::int32_t) {});
+}
+
+}  // namespace fastinfer::spec

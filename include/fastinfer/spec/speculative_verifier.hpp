@@ -1,0 +1,338 @@
+// Speculative verification: which drafted tokens the target model keeps.
+//
+// One target forward pass over [last accepted token, d1 .. dm] gives m + 1
+// rows of logits: row i is the target's next-token distribution after d1..di.
+// The verifier turns them into the tokens to emit: the accepted prefix of the
+// drafts followed by exactly one token of the target's own (the correction at
+// the first rejection, or the bonus token after the last draft).
+//
+//   greedy (temperature 0): accept while the draft equals the target's argmax
+//     (first maximum, as cpu::argmax_token), then emit the argmax. The output
+//     is plain greedy decoding's, token for token.
+//   sampling: exact rejection sampling (Leviathan et al. 2023, Chen et al.
+//     2023): accept d_i with probability min(1, p_i(d_i) / q_i(d_i)); at the
+//     first rejection draw from normalise(max(0, p_i - q_i)); when all m are
+//     accepted draw the bonus from p_{m+1}. p and q are the filtered
+//     distributions cpu::sampling_distribution gives (temperature, top-k,
+//     top-p applied to both), so the output is distributed exactly as plain
+//     sampling with the same parameters. A drafter without a distribution
+//     (prompt lookup, lookahead) passes q = nullptr: q is then one-hot at the
+//     drafted token, acceptance is p(d) and the residual is p without d.
+//   token trees: the same over a tree of candidates (parent links); greedy
+//     follows the longest path the target agrees with; sampling uses
+//     SpecInfer's multi-round ("recursive") rejection sampling: at a node, try
+//     its children in order, accepting child j with min(1, p(c_j) / q_j(c_j))
+//     and replacing p by normalise(max(0, p - q_j)) after each rejection; when
+//     every child is rejected draw from what p has become. Exact when each
+//     child was drawn independently from its q_j (i.i.d. from one draft
+//     distribution, or deterministic candidates with q_j one-hot).
+//   typical acceptance (Medusa, Cai et al. 2024): TypicalAcceptanceLossy.
+//     Accepts d_i when p_i(d_i) > min(threshold, alpha * exp(-H(p_i))). It
+//     does NOT preserve the target distribution; the name says so.
+//
+// Coins: every random number is Philox(seed, RandomStream::Speculative,
+// token_index * kCoinSlots + slot) where token_index is the index in the
+// request of the token being decided, so a seeded run repeats exactly
+// whatever the drafter's timing. Slots: 0 the residual / bonus draw, 1 the
+// drafter's own sample, 2 + j the acceptance test of candidate j.
+//
+// Backend-free apart from cpu::sampling (pure host arithmetic on rows).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/core/philox.hpp"
+
+namespace fastinfer::spec {
+
+inline constexpr std::uint64_t kCoinSlots = 64;
+inline constexpr int kResidualSlot = 0;
+inline constexpr int kDraftSlot = 1;
+inline constexpr int kMaxTreeChildren = int(kCoinSlots) - 2;
+
+inline float spec_coin(std::uint64_t seed, std::uint64_t token_index, int slot) {
+  return uniform_float(seed, RandomStream::Speculative, token_index * kCoinSlots + std::uint64_t(slot));
+}
+inline float accept_coin(std::uint64_t seed, std::uint64_t token_index, int candidate = 0) {
+  return spec_coin(seed, token_index, 2 + candidate);
+}
+
+// The emitted tokens of one verification: `accepted` drafts, then one token
+// of the target's (tokens.size() == accepted + 1). For trees, `path` lists the
+// accepted nodes.
+struct VerifyOutcome {
+  int accepted = 0;
+  std::vector<std::int32_t> tokens;
+  std::vector<int> path;
+};
+
+// Medusa's typical acceptance. Lossy: the output is no longer distributed as
+// the target's. Defaults are Medusa's (posterior_threshold 0.09, alpha 0.3).
+struct TypicalAcceptanceLossy {
+  float threshold = 0.09f;
+  float alpha = 0.3f;
+};
+
+// A tree of candidate tokens. Node i holds tokens[i]; parent[i] is -1 for a
+// child of the root (the last accepted token) or an earlier node (< i).
+struct TokenTree {
+  std::vector<std::int32_t> tokens;
+  std::vector<int> parent;
+
+  int size() const { return int(tokens.size()); }
+  void validate(int vocab) const {
+    FASTINFER_CHECK(parent.size() == tokens.size(), InvalidArgument, "token tree has ", tokens.size(),
+                    " tokens but ", parent.size(), " parent links");
+    for (int i = 0; i < size(); ++i) {
+      FASTINFER_CHECK(parent[std::size_t(i)] >= -1 && parent[std::size_t(i)] < i, InvalidArgument, "tree node ", i,
+                      " has parent ", parent[std::size_t(i)], " (must be -1 or an earlier node)");
+      FASTINFER_CHECK(tokens[std::size_t(i)] >= 0 && tokens[std::size_t(i)] < vocab, InvalidArgument, "tree node ",
+                      i, " holds token ", tokens[std::size_t(i)], " outside the vocabulary [0, ", vocab, ")");
+    }
+  }
+  // Children of `node` (-1: the root) in node order.
+  std::vector<int> children(int node) const {
+    std::vector<int> out;
+    for (int i = 0; i < size(); ++i)
+      if (parent[std::size_t(i)] == node) out.push_back(i);
+    return out;
+  }
+};
+
+namespace detail {
+
+inline void check_drafts(const std::int32_t* drafts, int m, int vocab) {
+  FASTINFER_CHECK(vocab >= 1, InvalidArgument, "vocabulary size must be positive, got ", vocab);
+  FASTINFER_CHECK(m >= 0, InvalidArgument, "draft count must not be negative, got ", m);
+  for (int i = 0; i < m; ++i)
+    FASTINFER_CHECK(drafts[i] >= 0 && drafts[i] < vocab, InvalidArgument, "draft token ", drafts[i], " at index ",
+                    i, " is outside the vocabulary [0, ", vocab, ")");
+}
+
+// Acceptance of token d drawn from q (nullptr: one-hot at d) under p.
+inline bool accept_test(const float* p, const float* q, std::int32_t d, float coin) {
+  const double pd = p[d];
+  const double qd = q ? double(q[d]) : 1.0;
+  if (qd <= 0.0) return pd > 0.0;  // q could not have drawn it; keep it only if p allows it
+  return double(coin) * qd < pd;
+}
+
+// p <- max(0, p - q) (unnormalised; sample_from_weights normalises). Returns
+// false when nothing is left (p == q up to rounding): then p is kept as it was.
+inline bool subtract_residual(float* p, const float* q, std::int32_t d, int vocab, std::vector<float>& scratch) {
+  scratch.assign(p, p + vocab);
+  double total = 0;
+  if (q) {
+    for (int x = 0; x < vocab; ++x) {
+      scratch[std::size_t(x)] = std::max(0.0f, p[x] - q[x]);
+      total += scratch[std::size_t(x)];
+    }
+  } else {
+    scratch[std::size_t(d)] = 0.0f;
+    for (int x = 0; x < vocab; ++x) total += scratch[std::size_t(x)];
+  }
+  if (!(total > 0.0)) return false;
+  std::copy(scratch.begin(), scratch.end(), p);
+  return true;
+}
+
+}  // namespace detail
+
+// --- The math on given distributions (tests drive these directly) ---------
+
+// Greedy chain: logits rows [m + 1][vocab].
+inline VerifyOutcome verify_greedy(const float* target_logits, int vocab, const std::int32_t* drafts, int m) {
+  detail::check_drafts(drafts, m, vocab);
+  VerifyOutcome out;
+  for (int i = 0; i <= m; ++i) {
+    const std::int32_t best = cpu::argmax_token(target_logits + std::size_t(i) * std::size_t(vocab), vocab);
+    out.tokens.push_back(best);
+    if (i == m || best != drafts[i]) break;
+    ++out.accepted;
+  }
+  return out;
+}
+
+// Rejection-sampling chain on distributions: p [m + 1][vocab] (modified in
+// place: a rejected row becomes its unnormalised residual), q [m][vocab] or
+// nullptr (deterministic drafts). The token decided at row i has request
+// index first_index + i.
+inline VerifyOutcome verify_rejection(float* p, const float* q, const std::int32_t* drafts, int m, int vocab,
+                                      std::uint64_t seed, std::uint64_t first_index) {
+  detail::check_drafts(drafts, m, vocab);
+  VerifyOutcome out;
+  std::vector<float> scratch;
+  for (int i = 0; i <= m; ++i) {
+    float* pi = p + std::size_t(i) * std::size_t(vocab);
+    const std::uint64_t index = first_index + std::uint64_t(i);
+    if (i < m) {
+      const float* qi = q ? q + std::size_t(i) * std::size_t(vocab) : nullptr;
+      if (detail::accept_test(pi, qi, drafts[i], accept_coin(seed, index))) {
+        out.tokens.push_back(drafts[i]);
+        ++out.accepted;
+        continue;
+      }
+      detail::subtract_residual(pi, qi, drafts[i], vocab, scratch);
+    }
+    out.tokens.push_back(cpu::sample_from_weights(pi, vocab, spec_coin(seed, index, kResidualSlot)));
+    break;
+  }
+  return out;
+}
+
+// Typical acceptance (lossy) on distributions p [m + 1][vocab]; the token
+// after the accepted run is drawn from p (argmax when `greedy`).
+inline VerifyOutcome verify_typical_lossy(const float* p, const std::int32_t* drafts, int m, int vocab,
+                                          const TypicalAcceptanceLossy& rule, bool greedy, std::uint64_t seed,
+                                          std::uint64_t first_index) {
+  detail::check_drafts(drafts, m, vocab);
+  FASTINFER_CHECK(rule.threshold >= 0.0f && rule.alpha >= 0.0f, InvalidArgument,
+                  "typical acceptance needs threshold >= 0 and alpha >= 0, got ", rule.threshold, " and ", rule.alpha);
+  VerifyOutcome out;
+  for (int i = 0; i <= m; ++i) {
+    const float* pi = p + std::size_t(i) * std::size_t(vocab);
+    if (i < m) {
+      double entropy = 0;
+      for (int x = 0; x < vocab; ++x)
+        if (pi[x] > 0.0f) entropy -= double(pi[x]) * std::log(double(pi[x]));
+      if (double(pi[drafts[i]]) > std::min(double(rule.threshold), double(rule.alpha) * std::exp(-entropy))) {
+        out.tokens.push_back(drafts[i]);
+        ++out.accepted;
+        continue;
+      }
+    }
+    out.tokens.push_back(greedy ? std::int32_t(std::max_element(pi, pi + vocab) - pi)
+                                : cpu::sample_from_weights(pi, vocab,
+                                                           spec_coin(seed, first_index + std::uint64_t(i),
+                                                                     kResidualSlot)));
+    break;
+  }
+  return out;
+}
+
+// Greedy tree: logits rows [tree.size() + 1][vocab], row 0 after the root,
+// row 1 + i after node i. Follows the children that equal the target's argmax.
+inline VerifyOutcome verify_tree_greedy(const float* target_logits, int vocab, const TokenTree& tree) {
+  tree.validate(vocab);
+  VerifyOutcome out;
+  int node = -1;
+  while (true) {
+    const std::int32_t best =
+        cpu::argmax_token(target_logits + std::size_t(node + 1) * std::size_t(vocab), vocab);
+    out.tokens.push_back(best);
+    int next = -1;
+    for (int c : tree.children(node))
+      if (tree.tokens[std::size_t(c)] == best) {
+        next = c;
+        break;
+      }
+    if (next < 0) break;
+    out.path.push_back(next);
+    ++out.accepted;
+    node = next;
+  }
+  return out;
+}
+
+// Sampling tree (SpecInfer's multi-round rejection sampling): p rows
+// [tree.size() + 1][vocab] laid out as for verify_tree_greedy (modified in
+// place), q rows [tree.size()][vocab] with q row i the distribution node i was
+// drawn from (nullptr: every node deterministic, one-hot q).
+inline VerifyOutcome verify_tree_rejection(float* p, const float* q, int vocab, const TokenTree& tree,
+                                           std::uint64_t seed, std::uint64_t first_index) {
+  tree.validate(vocab);
+  VerifyOutcome out;
+  std::vector<float> scratch;
+  int node = -1;
+  while (true) {
+    float* pn = p + std::size_t(node + 1) * std::size_t(vocab);
+    const std::uint64_t index = first_index + std::uint64_t(out.accepted);
+    const std::vector<int> kids = tree.children(node);
+    FASTINFER_CHECK(int(kids.size()) <= kMaxTreeChildren, InvalidArgument, "tree node ", node, " has ",
+                    kids.size(), " children; at most ", kMaxTreeChildren, " are supported");
+    int next = -1;
+    for (std::size_t j = 0; j < kids.size(); ++j) {
+      const int c = kids[j];
+      const float* qc = q ? q + std::size_t(c) * std::size_t(vocab) : nullptr;
+      const std::int32_t d = tree.tokens[std::size_t(c)];
+      if (detail::accept_test(pn, qc, d, accept_coin(seed, index, int(j)))) {
+        next = c;
+        break;
+      }
+      detail::subtract_residual(pn, qc, d, vocab, scratch);
+    }
+    if (next < 0) {
+      out.tokens.push_back(cpu::sample_from_weights(pn, vocab, spec_coin(seed, index, kResidualSlot)));
+      break;
+    }
+    out.tokens.push_back(tree.tokens[std::size_t(next)]);
+    out.path.push_back(next);
+    ++out.accepted;
+    node = next;
+  }
+  return out;
+}
+
+// --- From logits: what the generation loop calls ------------------------------
+
+enum class AcceptanceRule { Exact, TypicalLossy };
+
+// Holds the sampling parameters and the scratch rows of one request.
+class SpeculativeVerifier {
+ public:
+  SpeculativeVerifier(int vocab, cpu::SamplingParams params, AcceptanceRule rule = AcceptanceRule::Exact,
+                      TypicalAcceptanceLossy typical = {})
+      : vocab_(vocab), params_(params), rule_(rule), typical_(typical), ws_(vocab) {
+    FASTINFER_CHECK(vocab >= 1, InvalidArgument, "vocabulary size must be positive, got ", vocab);
+    cpu::validate(params);
+  }
+
+  int vocab() const { return vocab_; }
+  const cpu::SamplingParams& params() const { return params_; }
+  bool greedy() const { return params_.temperature == 0.0f; }
+
+  // target_logits [m + 1][vocab] from one forward over [last, d1..dm];
+  // draft_probs [m][vocab] (the drafter's filtered distributions) or nullptr
+  // for a deterministic drafter; first_index: request index of the first new
+  // token.
+  VerifyOutcome verify(const float* target_logits, const std::int32_t* drafts, int m, const float* draft_probs,
+                       std::uint64_t first_index) {
+    if (greedy() && rule_ == AcceptanceRule::Exact) return verify_greedy(target_logits, vocab_, drafts, m);
+    detail::check_drafts(drafts, m, vocab_);
+    probs_.resize(std::size_t(m + 1) * std::size_t(vocab_));
+    for (int i = 0; i <= m; ++i)
+      cpu::sampling_distribution(target_logits + std::size_t(i) * std::size_t(vocab_), vocab_, params_,
+                                 probs_.data() + std::size_t(i) * std::size_t(vocab_), ws_);
+    if (rule_ == AcceptanceRule::TypicalLossy)
+      return verify_typical_lossy(probs_.data(), drafts, m, vocab_, typical_, greedy(), params_.seed, first_index);
+    return verify_rejection(probs_.data(), draft_probs, drafts, m, vocab_, params_.seed, first_index);
+  }
+
+  // The tree form: target_logits [tree.size() + 1][vocab].
+  VerifyOutcome verify_tree(const float* target_logits, const TokenTree& tree, const float* draft_probs,
+                            std::uint64_t first_index) {
+    if (greedy()) return verify_tree_greedy(target_logits, vocab_, tree);
+    tree.validate(vocab_);
+    const int rows = tree.size() + 1;
+    probs_.resize(std::size_t(rows) * std::size_t(vocab_));
+    for (int i = 0; i < rows; ++i)
+      cpu::sampling_distribution(target_logits + std::size_t(i) * std::size_t(vocab_), vocab_, params_,
+                                 probs_.data() + std::size_t(i) * std::size_t(vocab_), ws_);
+    return verify_tree_rejection(probs_.data(), draft_probs, vocab_, tree, params_.seed, first_index);
+  }
+
+ private:
+  int vocab_;
+  cpu::SamplingParams params_;
+  AcceptanceRule rule_;
+  TypicalAcceptanceLossy typical_;
+  cpu::SamplerWorkspace ws_;
+  std::vector<float> probs_;
+};
+
+}  // namespace fastinfer::spec
