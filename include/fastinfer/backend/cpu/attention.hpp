@@ -125,6 +125,7 @@ struct Widen<kv::FP8E5M2> {
 template <>
 struct Widen<kv::Int4> {
   // Byte i of a run of 8 holds value i (low nibble) and value i + 4 (high).
+  // `group` is log2 of the group size, or 30 for one group per head.
   static B8 load(const std::uint8_t* row, const float* p, int e, int group) {
     std::int32_t packed;
     std::memcpy(&packed, row + e / 2, 4);
@@ -132,7 +133,7 @@ struct Widen<kv::Int4> {
     const __m128i lo = _mm_and_si128(x, _mm_set1_epi32(0xf));
     const __m128i hi = _mm_srli_epi32(x, 4);
     const B8 q = _mm256_cvtepi32_ps(_mm256_set_m128i(hi, lo));
-    const float* g = p + 2 * (e / group);
+    const float* g = p + 2 * (e >> group);
     return xsimd::fma(q, B8(g[0]), B8(g[1]));
   }
   static constexpr bool kRowScale = false;
@@ -287,7 +288,9 @@ template <typename Quant, typename Visible>
 void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t h, const float* q, int n_heads,
                   std::int64_t begin, std::int64_t end, const Visible& visible, State& st) {
   const int d = kv.head_dim;
-  const int group = kv::QuantTraits<Quant>::group_size(d);
+  // Groups are 32 values or the whole head (kv_quant.hpp): a shift, not a
+  // division, finds a value's group in the inner loop.
+  const int group = kv::QuantTraits<Quant>::group_size(d) == 32 && d > 32 ? 5 : 30;
   const int ppr = kv.params_per_row;
   alignas(32) float s[8 * kTile];  // [g][t], rows padded to kTile
   alignas(32) float vs[kTile];
