@@ -633,20 +633,20 @@ TEST_CASE("ContinuousBatcher: latency metrics follow the injected clock") {
 // in every step, so under FCFS a request finishes within the sum of W(q) =
 // prompt + 2 * max_new + 1 steps over itself and the requests still live
 // ahead of it when it arrived.
-TEST_CASE("ContinuousBatcher: soak with forced preemption completes everything within the stated bound") {
-  struct Case {
-    PreemptionPolicy pre;
-    OrderingPolicy ord;
-    bool prefix;
-    int accept;
-    int count;
-  };
-  const Case cases[] = {{Recompute{}, Fcfs{}, true, 1, 3000},
-                        {Swap{}, Fcfs{}, false, 2, 2000},
-                        {Swap{}, Priority{}, true, 1, 2000},
-                        {Recompute{}, PrefixAware{}, true, 1, 1500}};
-  std::uint64_t seed = 100;
-  for (const Case& cs : cases) {
+namespace {
+
+struct SoakCase {
+  PreemptionPolicy pre;
+  OrderingPolicy ord;
+  bool prefix;
+  int accept;
+  int count;
+  std::uint64_t seed;
+};
+
+void soak(const SoakCase& cs) {
+  const std::uint64_t seed = cs.seed;
+  {
     const std::int32_t bs = 8, blocks = 48;
     PagedAllocator alloc(blocks, bs);
     SchedulerConfig c;
@@ -663,7 +663,7 @@ TEST_CASE("ContinuousBatcher: soak with forced preemption completes everything w
     double clock = 0;
     ContinuousBatcher b(alloc, c, cs.prefix ? cache.provider() : PrefixProvider{}, [&] { return clock; });
     SimulatedModel model(blocks, c.swap_blocks, bs, kVocab);
-    std::mt19937_64 rng(seed++);
+    std::mt19937_64 rng(seed);
     WorkloadShape s;
     s.count = cs.count;
     s.max_prompt = 100;
@@ -733,6 +733,21 @@ TEST_CASE("ContinuousBatcher: soak with forced preemption completes everything w
     CHECK(alloc.num_sequences() == 0);
     CHECK(b.swap_space().num_free_blocks() == c.swap_blocks);
   }
+}
+
+}  // namespace
+
+TEST_CASE("ContinuousBatcher: soak, recompute / fcfs / prefix cache, 3000 requests") {
+  soak({Recompute{}, Fcfs{}, true, 1, 3000, 100});
+}
+TEST_CASE("ContinuousBatcher: soak, swap / fcfs / ragged acceptance, 2000 requests") {
+  soak({Swap{}, Fcfs{}, false, 2, 2000, 101});
+}
+TEST_CASE("ContinuousBatcher: soak, swap / priority / prefix cache, 2000 requests") {
+  soak({Swap{}, Priority{}, true, 1, 2000, 102});
+}
+TEST_CASE("ContinuousBatcher: soak, recompute / prefix-aware / prefix cache, 1500 requests") {
+  soak({Recompute{}, PrefixAware{}, true, 1, 1500, 103});
 }
 
 namespace {

@@ -32,7 +32,8 @@
 //
 // Sequence ids in the PagedAllocator are the request ids. The allocator is
 // shared with the KV storage (kv::KVCache::allocator()); the batcher is the
-// only one creating and freeing sequences in it.
+// only one creating and freeing sequences in it. Not thread-safe: one
+// scheduler thread owns the batcher, the allocator and the prefix cache.
 #pragma once
 
 #include <algorithm>

@@ -37,6 +37,7 @@ class HostSwapSpace {
   // Gives the blocks back; checked as a whole first, so a bad id or double
   // free changes nothing.
   void release(const std::vector<std::int32_t>& blocks) {
+    if (blocks.empty()) return;
     std::vector<char> seen(used_.size(), 0);
     for (std::int32_t b : blocks) {
       FASTINFER_CHECK(b >= 0 && b < num_blocks(), InvalidArgument, "HostSwapSpace::release: block ", b,
