@@ -3,9 +3,18 @@
 // model's own invariants: batched prefill == token-by-token decode, chunking
 // and thread count do not change results, bad input changes nothing.
 // Also synthetic models and the generation loop's stop rules.
+// This file replaces the global operator new (to count allocations, below);
+// GCC then flags the library's inlined new/delete pairs as mismatched.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -397,4 +406,45 @@ TEST_CASE("sampled generation is reproducible per seed and uses the token index 
   CHECK(generate(one, prompt, params).tokens == generate(one, prompt, greedy).tokens);
   params.top_p = 0.0f;
   CHECK_THROWS_AS(generate(one, prompt, params), InvalidArgument);
+}
+
+// ---- allocation counting: decode must not allocate per token ---------------
+namespace {
+std::atomic<long> g_allocations{0};
+}  // namespace
+
+void* operator new(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+TEST_CASE("decoding allocates nothing per token", "[model][generate]") {
+  for (const char* name : {"tiny", "15M"}) {
+    for (int threads : {1, 2}) {
+      INFO(name << ", " << threads << " thread(s)");
+      LlamaModel<> model(make_synthetic(name, DType::F32, 1, 2), {threads});
+      const std::vector<std::int32_t> prompt = {1, 5, 6, 7};
+      model.forward_prefill(prompt, 0);
+      model.forward_decode(9, 4);  // warm-up: first parallel regions, thread-local scratch
+      const long before = g_allocations.load();
+      for (int pos = 5; pos < 24; ++pos) model.forward_decode(std::int32_t(pos), pos);
+      CHECK(g_allocations.load() - before == 0);
+
+      // generate(): the same count of allocations for 3 or 20 new tokens.
+      GenerationParams params;
+      auto count = [&](int n, float temperature) {
+        params.max_new_tokens = n;
+        params.temperature = temperature;
+        const long start = g_allocations.load();
+        const auto r = generate(model, prompt, params);
+        REQUIRE(int(r.tokens.size()) == n);
+        return g_allocations.load() - start;
+      };
+      CHECK(count(3, 0.0f) == count(20, 0.0f));
+      CHECK(count(3, 0.8f) == count(20, 0.8f));
+    }
+  }
 }

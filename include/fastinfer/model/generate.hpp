@@ -9,6 +9,7 @@
 // EOS (not emitted either).
 #pragma once
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cstdint>
@@ -119,7 +120,9 @@ GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt,
 
   GenerationResult r;
   r.prompt_tokens = int(prompt.size());
-  cpu::SamplerWorkspace workspace(c.vocab_size);  // once per request, never per token
+  // Allocations once per request, never per token.
+  cpu::SamplerWorkspace workspace(c.vocab_size);
+  r.tokens.reserve(std::size_t(std::min<std::int64_t>(params.max_new_tokens, c.max_seq_len - std::int64_t(prompt.size()))));
   model.reset();
   const auto t0 = Clock::now();
   const float* logits = model.forward_prefill(prompt, 0);
