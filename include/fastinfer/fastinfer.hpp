@@ -34,6 +34,8 @@
 #include "fastinfer/model/hf_loader.hpp"
 #include "fastinfer/model/gguf.hpp"
 #include "fastinfer/model/gguf_loader.hpp"
+#include "fastinfer/model/inflate.hpp"
+#include "fastinfer/model/safetensors_writer.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/generate.hpp"

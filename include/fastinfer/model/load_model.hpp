@@ -1,6 +1,7 @@
 // One entry point for every model source: `load_model(spec, options)`.
 //
 //   "synthetic:NAME"   seeded random weights (model/synthetic.hpp)
+//   "inflate:PATH:SIZE" PATH (any spec here) inflated to SIZE (model/inflate.hpp)
 //   DIR                a Hugging Face Llama directory (model/hf_loader.hpp)
 //   PATH.gguf          a GGUF "llama" file (model/gguf_loader.hpp)
 //   PATH.bin / other   a llama2.c legacy checkpoint (model/llama2c_loader.hpp)
@@ -15,6 +16,7 @@
 
 #include "fastinfer/model/gguf_loader.hpp"
 #include "fastinfer/model/hf_loader.hpp"
+#include "fastinfer/model/inflate.hpp"
 #include "fastinfer/model/llama2c_loader.hpp"
 #include "fastinfer/model/synthetic.hpp"
 #include "fastinfer/model/weight_convert.hpp"
@@ -34,6 +36,15 @@ inline LlamaWeights load_model(const std::string& spec, const LoadOptions& optio
   if (std::string_view(spec).substr(0, synthetic_prefix.size()) == synthetic_prefix)
     return make_synthetic(std::string_view(spec).substr(synthetic_prefix.size()),
                           options.weight_dtype.value_or(DType::F32), options.seed, options.threads);
+  constexpr std::string_view inflate_prefix = "inflate:";
+  if (std::string_view(spec).substr(0, inflate_prefix.size()) == inflate_prefix) {
+    // The original as stored: inflation writes every matrix in the target type itself.
+    const auto [path, size] = split_inflate_spec(std::string_view(spec).substr(inflate_prefix.size()));
+    LoadOptions as_stored = options;
+    as_stored.weight_dtype.reset();
+    const LlamaWeights original = load_model(path, as_stored);
+    return inflate_weights(original, parse_inflate_shape(original.config, size), options);
+  }
   if (std::filesystem::is_directory(spec)) return load_hf_weights(spec, options);
   if (spec.size() > 5 && spec.compare(spec.size() - 5, 5, ".gguf") == 0) {
     GgufLoadOptions gguf_options;
