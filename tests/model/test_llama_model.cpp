@@ -425,7 +425,9 @@ TEST_CASE("decoding allocates nothing per token", "[model][generate]") {
   for (const char* name : {"tiny", "15M"}) {
     for (int threads : {1, 2}) {
       INFO(name << ", " << threads << " thread(s)");
-      LlamaModel<> model(make_synthetic(name, DType::F32, 1, 2), {threads});
+      LlamaWeights w = make_synthetic(name, DType::F32, 1, 2);
+      w.config.bos_id = -1;  // no early stop: every request emits exactly n tokens
+      LlamaModel<> model(std::move(w), {threads});
       const std::vector<std::int32_t> prompt = {1, 5, 6, 7};
       model.forward_prefill(prompt, 0);
       model.forward_decode(9, 4);  // warm-up: first parallel regions, thread-local scratch
