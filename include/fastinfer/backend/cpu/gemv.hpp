@@ -26,7 +26,17 @@
 namespace fastinfer::cpu {
 namespace gemv_detail {
 
-inline constexpr int kRowsPerStep = 4;
+// Rows per matvec tile, per weight type (measured streaming 438 MB of f32 /
+// 219 MB of bf16 on one Zen 3 core): f32 8 rows 19.3 GB/s against 16.2 with
+// 4; bf16/f16 4 rows plus a prefetch of the next tile 12.2-13.1 GB/s against
+// 10.6-11.0 without (8 rows: 11.5). Prefetching within the row, 256 B to
+// 2 KiB ahead, never helped: the hardware prefetcher already covers it.
+template <DType D>
+inline constexpr int kMatvecRows = D == DType::F32 ? 8 : 4;
+template <DType D>
+inline constexpr bool kMatvecPrefetch = D != DType::F32;
+// Row grain of a thread's share: a multiple of every tile height.
+inline constexpr int kRowsPerStep = 8;
 
 // The scalar tail's multiply-add, written out so that every kernel rounds it
 // the same way whatever the compiler's contraction choices.
@@ -77,7 +87,10 @@ inline void reduce_lanes(const FloatBatch* v, float* out) {
 #else
 #define FASTINFER_CPU_NOINLINE
 #endif
-template <DType D, int R, int T>
+// With PrefetchNext, each cache line of the tile's rows also prefetches the
+// same column of the next R rows: 16-bit weights need so many instructions per
+// line that the out-of-order window alone keeps too few misses in flight.
+template <DType D, int R, int T, bool PrefetchNext = false>
 FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t stride, const float* x,
                                             std::int64_t ldx, std::int64_t cols, float* y, std::int64_t ldy) {
   std::int64_t c = 0;
@@ -88,6 +101,18 @@ FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t s
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = FloatBatch(0.0f);
   for (; c + L <= cols; c += L) {
+#if defined(__GNUC__)
+    if constexpr (PrefetchNext) {
+      // Integer arithmetic: past the last tile the address lies beyond the
+      // matrix, which a prefetch may touch but a pointer may not point to.
+      if (((c * elem) & 63) == 0)
+        for (int r = 0; r < R; ++r)
+          __builtin_prefetch(
+              reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(w) +
+                                            std::size_t(r + R) * stride + std::size_t(c * elem)),
+              0, 3);
+    }
+#endif
     FloatBatch xv[T];
     for (int t = 0; t < T; ++t) xv[t] = FloatBatch::load_unaligned(x + t * ldx + c);
     for (int r = 0; r < R; ++r) {
@@ -117,8 +142,9 @@ template <DType D>
 inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int64_t begin, std::int64_t end) {
   const std::size_t stride = row_bytes(w.dtype, w.cols);
   std::int64_t r = begin;
-  for (; r + kRowsPerStep <= end; r += kRowsPerStep)
-    dot_tile<D, kRowsPerStep, 1>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
+  constexpr int R = kMatvecRows<D>;
+  for (; r + R <= end; r += R)
+    dot_tile<D, R, 1, kMatvecPrefetch<D>>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
   for (; r < end; ++r) dot_tile<D, 1, 1>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
 }
 
