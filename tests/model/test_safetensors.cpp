@@ -158,6 +158,7 @@ TEST_CASE("safetensors: synthetic F32/F16/BF16 tensors are read zero-copy with t
   CHECK_FALSE(step.has_supported_dtype());
   CHECK_THROWS_WITH(step.dtype(), Catch::Contains("I64") && Catch::Contains("step"));
   CHECK(f.tensor("empty").nbytes == 0);
+  CHECK(f.tensor("empty").numel() == 0);
   CHECK_THROWS_WITH(f.tensor("nope"), Catch::Contains("nope"));
   // Views stay valid after the file object is gone while a keep-alive lives.
   fastinfer::KeepAlive keep = f.keep_alive();

@@ -40,7 +40,11 @@ struct SafetensorsTensor {
   std::uint64_t file_offset = 0;     // absolute offset of the first byte in its file
   const std::string* path = nullptr; // the file it lives in (owned by its SafetensorsFile)
 
+  // Validated to fit: the bytes it needs lie in the file (a zero dimension
+  // short-circuits, so huge neighbours of it cannot overflow the product).
   std::int64_t numel() const {
+    for (auto d : shape)
+      if (d == 0) return 0;
     std::int64_t n = 1;
     for (auto d : shape) n *= d;
     return n;
