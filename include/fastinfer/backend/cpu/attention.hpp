@@ -101,16 +101,17 @@ struct Widen<kv::Int8> {
 };
 template <>
 struct Widen<kv::FP8E4M3> {
-  // Sign to bit 31, exponent and mantissa to bits 26..20: an f32 equal to
-  // the e4m3 value times 2^-120 (subnormals land on f32 subnormals, exactly).
+  // Sign to bit 15, exponent and mantissa to bits 14..7: an f16 equal to the
+  // e4m3 value times 2^-8, exactly (e4m3 subnormals land on f16 subnormals),
+  // widened by F16C; the 2^8 rides on the row scale.
   static B8 load(const std::uint8_t* row, const float*, int e, int) {
-    const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + e)));
-    const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(x, 24), _mm256_set1_epi32(int(0x80000000u)));
-    const __m256i mag = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7f)), 20);
-    return B8(_mm256_castsi256_ps(_mm256_or_si256(sign, mag))) * B8(0x1p120f);
+    const __m128i x = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + e)));
+    const __m128i sign = _mm_and_si128(_mm_slli_epi16(x, 8), _mm_set1_epi16(std::int16_t(0x8000)));
+    const __m128i mag = _mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x7f)), 7);
+    return _mm256_cvtph_ps(_mm_or_si128(sign, mag));
   }
   static constexpr bool kRowScale = true;
-  static float scale(const float* p) { return p[0]; }
+  static float scale(const float* p) { return p[0] * 256.0f; }
 };
 template <>
 struct Widen<kv::FP8E5M2> {
