@@ -1,0 +1,208 @@
+// Speculative decoding at batch 1, greedy: per drafter, tokens emitted per
+// target forward pass and wall-clock throughput, next to plain decoding on the
+// same prompts (speed-up = tok_s / tok_s of the "none" row of the same set).
+//
+//   bench_speculative --benchmark_format=json [--benchmark_filter=...]
+//
+// Sets (each iteration generates every prompt of the set once):
+//   stories260K   the golden prompts of ../shared/golden/cases, their max_new_tokens
+//   ts656k        ../shared/golden/tinystories-656k/cases, max_new_tokens 200
+//   110M-repeat   synthetic:110M (f32), a 16-token phrase repeated 4 times after
+//                 BOS, 48 new tokens (the prompt-lookup case)
+// Drafters: none (plain generate()), prompt-lookup (n 3..1), lookahead
+// (W, N, G = 5, k + 1, 5), self-bf16 (the target in bf16 weights as the
+// draft model). Counters: tok_s (emitted tokens per second),
+// accepted_per_forward (emitted tokens per verification pass, 1.0 for plain
+// decoding), acceptance (kept drafts / drafted), target_forwards per iteration.
+// One thread: the numbers are about the algorithm, not the kernels' scaling.
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/spec/draft_model.hpp"
+#include "fastinfer/spec/lookahead_pool.hpp"
+#include "fastinfer/spec/prompt_lookup.hpp"
+#include "fastinfer/spec/speculative_generate.hpp"
+
+using namespace fastinfer;
+using Model = LlamaModel<>;
+
+namespace {
+
+struct Prompt {
+  std::vector<std::int32_t> ids;
+  int max_new = 0;
+};
+struct Set {
+  std::string model;  // load_model spec
+  std::vector<Prompt> prompts;
+};
+
+std::string shared(const std::string& rel) { return std::string(FASTINFER_SHARED_DIR) + "/" + rel; }
+
+std::vector<Prompt> golden_prompts(const std::string& dir) {
+  std::vector<Prompt> out;
+  if (!std::filesystem::exists(dir)) return out;
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().extension() == ".txt") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) {
+    Prompt p;
+    std::ifstream in(f);
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("prompt:", 0) == 0) {
+        std::istringstream s(line.substr(7));
+        for (long v; s >> v;) p.ids.push_back(std::int32_t(v));
+      }
+      if (line.rfind("max_new_tokens:", 0) == 0) p.max_new = std::stoi(line.substr(15));
+    }
+    out.push_back(p);
+  }
+  return out;
+}
+
+const Set& set(const std::string& name) {
+  static std::map<std::string, Set> sets;
+  auto it = sets.find(name);
+  if (it != sets.end()) return it->second;
+  Set s;
+  if (name == "stories260K") {
+    s.model = shared("models/stories260K.bin");
+    s.prompts = golden_prompts(shared("golden/cases"));
+  } else if (name == "ts656k") {
+    s.model = shared("models/tinystories-656k");
+    s.prompts = golden_prompts(shared("golden/tinystories-656k/cases"));
+  } else {
+    s.model = "synthetic:110M";
+    Prompt p;
+    p.ids.push_back(1);
+    for (int r = 0; r < 4; ++r)
+      for (int i = 0; i < 16; ++i) p.ids.push_back(std::int32_t(100 + 37 * i));
+    p.max_new = 48;
+    s.prompts.push_back(p);
+  }
+  return sets.emplace(name, std::move(s)).first->second;
+}
+
+Model& model(const std::string& spec, bool bf16) {
+  static std::map<std::pair<std::string, bool>, std::unique_ptr<Model>> cache;
+  auto& slot = cache[{spec, bf16}];
+  if (!slot) {
+    LoadOptions o;
+    if (bf16) o.weight_dtype = DType::BF16;
+    o.threads = 2;
+    slot = std::make_unique<Model>(load_model(spec, o), ModelOptions{1, 64});
+  }
+  return *slot;
+}
+
+void BM_Speculative(benchmark::State& state, const std::string& set_name, const std::string& drafter_name) {
+  const int k = int(state.range(0));
+  const Set& s = set(set_name);
+  if (s.prompts.empty() || (s.model.rfind("synthetic:", 0) != 0 && !std::filesystem::exists(s.model))) {
+    state.SkipWithError(("missing " + s.model).c_str());
+    return;
+  }
+  Model& target = model(s.model, false);
+  spec::ModelTarget<Model> adapter(target);
+  std::unique_ptr<spec::Drafter> drafter;
+  if (drafter_name == "prompt-lookup") drafter = std::make_unique<spec::PromptLookup>();
+  if (drafter_name == "lookahead")
+    drafter = std::make_unique<spec::LookaheadPool>(spec::LookaheadConfig{5, k + 1, 5}, target.config().vocab_size);
+  if (drafter_name == "self-bf16") {
+    // A private copy: the draft keeps its own KV cache.
+    LoadOptions o;
+    o.weight_dtype = DType::BF16;
+    o.threads = 2;
+    drafter = std::make_unique<spec::DraftModel<Model>>(Model(load_model(s.model, o), ModelOptions{1, 64}),
+                                                         cpu::SamplingParams{});
+  }
+  std::int64_t tokens = 0, forwards = 0, step_tokens = 0, drafted = 0, accepted = 0;
+  for (auto _ : state) {
+    for (const Prompt& p : s.prompts) {
+      GenerationParams g;
+      g.max_new_tokens = p.max_new;
+      if (!drafter) {
+        const auto r = generate(target, p.ids, g);
+        tokens += std::int64_t(r.tokens.size());
+        forwards += std::int64_t(r.tokens.size());
+        step_tokens += std::int64_t(r.tokens.size());
+      } else {
+        const auto r = spec::speculative_generate(adapter, *drafter, p.ids, g, spec::SpeculativeOptions{k});
+        tokens += std::int64_t(r.generation.tokens.size());
+        forwards += r.stats.target_forwards;
+        step_tokens += r.stats.step_tokens;
+        drafted += r.stats.drafted;
+        accepted += r.stats.accepted;
+      }
+    }
+  }
+  state.counters["tok_s"] = benchmark::Counter(double(tokens), benchmark::Counter::kIsRate);
+  state.counters["accepted_per_forward"] = forwards ? double(step_tokens) / double(forwards) : 0.0;
+  state.counters["acceptance"] = drafted ? double(accepted) / double(drafted) : 0.0;
+  state.counters["target_forwards"] =
+      benchmark::Counter(double(forwards), benchmark::Counter::kAvgIterations);
+}
+
+// The price of verification: one forward pass over n tokens at positions
+// 100.. (after a 100-token context), per model. Speculation can only pay when
+// cost(1 + k) is well below (accepted tokens per pass) x cost(1).
+void BM_ForwardTokens(benchmark::State& state, const std::string& set_name) {
+  const int n = int(state.range(0));
+  const Set& s = set(set_name);
+  if (s.model.rfind("synthetic:", 0) != 0 && !std::filesystem::exists(s.model)) {
+    state.SkipWithError(("missing " + s.model).c_str());
+    return;
+  }
+  Model& m = model(s.model, false);
+  const int vocab = m.config().vocab_size;
+  std::vector<std::int32_t> ctx(100), batch(static_cast<std::size_t>(n));
+  for (int i = 0; i < 100; ++i) ctx[std::size_t(i)] = std::int32_t((i * 7919 + 1) % vocab);
+  for (int i = 0; i < n; ++i) batch[std::size_t(i)] = std::int32_t((i * 31 + 5) % vocab);
+  std::vector<float> rows(std::size_t(n) * std::size_t(vocab));
+  m.reset();
+  m.forward_prefill(ctx, 0);
+  for (auto _ : state) {
+    m.forward_prefill_all(batch.data(), n, 100, rows.data());
+    benchmark::DoNotOptimize(rows.data());
+  }
+  state.counters["tokens"] = n;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (const std::string set_name : {"stories260K", "ts656k", "110M-repeat"}) {
+    const bool big = set_name == "110M-repeat";
+    auto* none = benchmark::RegisterBenchmark(("BM_Speculative/" + set_name + "/none").c_str(), BM_Speculative,
+                                              set_name, std::string("none"));
+    none->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(big ? 0.1 : 0.5);
+    for (const std::string d : {"prompt-lookup", "lookahead", "self-bf16"}) {
+      if (big && d == "self-bf16") continue;  // 110M: a bf16 self-draft streams half the target's bytes per draft token
+      auto* b = benchmark::RegisterBenchmark(("BM_Speculative/" + set_name + "/" + d).c_str(), BM_Speculative,
+                                             set_name, d);
+      for (int k : {2, 4, 8}) b->Arg(k);
+      b->Unit(benchmark::kMillisecond)->MinTime(big ? 0.1 : 0.5);
+    }
+  }
+  for (const std::string set_name : {"stories260K", "ts656k", "110M-repeat"}) {
+    auto* b = benchmark::RegisterBenchmark(("BM_ForwardTokens/" + set_name).c_str(), BM_ForwardTokens, set_name);
+    for (int n : {1, 2, 3, 5, 9, 14}) b->Arg(n);
+    b->Unit(benchmark::kMicrosecond);
+  }
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
