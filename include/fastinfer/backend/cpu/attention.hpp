@@ -12,19 +12,22 @@
 // scales multiply the finished dot product (K) or the softmax weight (V), Int4
 // applies scale and minimum per group of 8 values. The query heads that share
 // a KV head are processed together so each key row is read once per group.
-// Softmax is online, per tile of keys inside one block.
+// Softmax is online, per tile of up to 64 keys (a tile may span blocks).
 //
 // OpenMP over work items: (sequence, KV head, key range) for decode,
 // (sequence, KV head, run of queries) for extend; `threads` is the most the
 // caller grants. Every output element is the work of one item with a fixed
 // order of summation, so results do not depend on the thread count.
 //
-// The vectorised path needs AVX2 + FMA (+F16C for f16/e5m2); without it these
+// The vectorised path needs AVX2 + FMA + F16C (fixed 8-float registers, as
+// head sizes are multiples of 8, not of 16); without them these
 // functions run the scalar reference of attention_reference.hpp.
 //
 // Tolerances against the scalar reference (tests/backend/cpu/test_attention.cpp):
 // the stored values are identical, so the difference is f32 vs double
-// summation only: 2e-5 relative to max |v| for every quantization type.
+// summation only: 2e-5 absolute (values of order 1) for every quantization
+// type. What each format costs against unquantized attention is stated per
+// format in the same test file and in docs/kv_cache.md.
 #pragma once
 
 #include <algorithm>
