@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -41,6 +42,14 @@ std::vector<std::uint8_t> valid_file() {
   return file;
 }
 
+// Element sizes, written out independently of the reader's table.
+std::uint64_t elem_size(const std::string& d) {
+  static const std::map<std::string, std::uint64_t> sizes = {
+      {"F64", 8}, {"I64", 8}, {"U64", 8}, {"F32", 4}, {"I32", 4}, {"U32", 4}, {"F16", 2}, {"BF16", 2},
+      {"I16", 2}, {"U16", 2}, {"U8", 1}, {"I8", 1}, {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
+  return sizes.at(d);
+}
+
 struct Outcome {
   int opened = 0;
   int rejected = 0;
@@ -63,6 +72,7 @@ void probe(const std::vector<std::uint8_t>& bytes, const fs::path& path, Outcome
       REQUIRE(t.nbytes <= bytes.size() - t.file_offset);
       if (t.nbytes > 0) REQUIRE(std::memcmp(t.data, bytes.data() + t.file_offset, t.nbytes) == 0);
       if (t.has_supported_dtype()) (void)t.dtype();
+      REQUIRE(std::uint64_t(t.numel()) * elem_size(t.dtype_name) == t.nbytes);
     }
     ++outcome.opened;
   } catch (const fastinfer::Error&) {
