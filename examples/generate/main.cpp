@@ -14,6 +14,8 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "fastinfer/spec/drafter_factory.hpp"
+#include "fastinfer/spec/speculative_generate.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 
@@ -56,6 +58,18 @@ int main(int argc, char** argv) {
   app.add_option("--weights", weights, "convert matrices at load")->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0"}));
   app.add_flag("--print-ids", print_ids, "print only the generated ids, space separated, on one line");
   app.add_flag("--stats-json", stats_json, "print one JSON object of statistics on stderr");
+  fastinfer::spec::DrafterSpec spec;
+  int spec_k = 4;
+  app.add_option("--spec", spec.kind, "speculative decoding drafter")
+      ->check(CLI::IsMember({"none", "draft", "prompt-lookup", "lookahead"}))
+      ->capture_default_str();
+  app.add_option("--draft-model", spec.draft_model, "draft model for --spec draft (default: the target itself)");
+  app.add_option("--draft-weights", spec.draft_weights, "draft model weights")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}))
+      ->capture_default_str();
+  app.add_option("--draft-kv", spec.draft_kv, "draft model KV cache type")->capture_default_str();
+  app.add_option("--spec-k", spec_k, "most drafted tokens per step")->check(CLI::Range(0, 64))->capture_default_str();
+  app.add_option("--lookahead", spec.lookahead, "lookahead W,N,G")->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -90,6 +104,8 @@ int main(int argc, char** argv) {
     load.threads = threads;
     fastinfer::LlamaModel<> model(fastinfer::load_model(model_spec, load), {threads});
     fastinfer::validate_generation(model.config(), prompt, params);
+    const auto drafter = fastinfer::spec::make_drafter(spec, model_spec, model.config(),
+                                                       fastinfer::sampling_params(params), threads);
 
     std::int32_t previous = prompt.back();
     if (tok && !print_ids) {
@@ -100,13 +116,19 @@ int main(int argc, char** argv) {
       std::printf("\ngenerated:");
     }
     bool first = true;
-    const auto result = fastinfer::generate(model, prompt, params, [&](std::int32_t id) {
+    auto on_token = [&](std::int32_t id) {
       if (tok && !print_ids) std::printf("%s", tok->decode_token(previous, id).c_str());
       else std::printf(print_ids && first ? "%d" : " %d", int(id));
       previous = id;
       first = false;
       if (!print_ids) std::fflush(stdout);
-    });
+    };
+    fastinfer::spec::ModelTarget<fastinfer::LlamaModel<>> target(model);
+    const auto spec_result =
+        drafter ? fastinfer::spec::speculative_generate(target, *drafter, prompt, params,
+                                                        fastinfer::spec::SpeculativeOptions{spec_k}, on_token)
+                : fastinfer::spec::plain_as_speculative(fastinfer::generate(model, prompt, params, on_token));
+    const auto& result = spec_result.generation;
     std::printf("\n");
     std::fflush(stdout);
 
@@ -118,7 +140,9 @@ int main(int argc, char** argv) {
                                     {"ttft_ms", result.ttft_seconds * 1e3},
                                     {"weights_bytes", model.weights_bytes()},
                                     {"kv_bytes", model.kv_bytes()},
-                                    {"stopped_by", std::string(fastinfer::stop_reason_name(result.stopped_by))}};
+                                    {"stopped_by", std::string(fastinfer::stop_reason_name(result.stopped_by))},
+                                    {"mean_accepted_per_step", spec_result.stats.mean_accepted_per_step()},
+                                    {"target_forwards", spec_result.stats.target_forwards}};
       std::fprintf(stderr, "%s\n", stats.dump().c_str());
     } else if (!print_ids) {
       std::fprintf(stderr, "%zu new tokens (stopped by %s); prefill %.1f tok/s, decode %.1f tok/s\n",

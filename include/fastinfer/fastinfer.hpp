@@ -39,6 +39,13 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/generate.hpp"
+#include "fastinfer/spec/speculative_verifier.hpp"
+#include "fastinfer/spec/drafter.hpp"
+#include "fastinfer/spec/prompt_lookup.hpp"
+#include "fastinfer/spec/draft_model.hpp"
+#include "fastinfer/spec/lookahead_pool.hpp"
+#include "fastinfer/spec/speculative_generate.hpp"
+#include "fastinfer/spec/drafter_factory.hpp"
 
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"

@@ -176,6 +176,18 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
   return out;
 }
 
+// A plain generate() result in the same shape: every token after the first
+// came from one target forward pass (plus the pass that picked BOS / EOS).
+inline SpeculativeResult plain_as_speculative(GenerationResult r) {
+  SpeculativeResult out;
+  const std::int64_t n = std::int64_t(r.tokens.size());
+  out.stats.step_tokens = n > 0 ? n - 1 : 0;
+  out.stats.target_forwards =
+      out.stats.step_tokens + (n > 0 && (r.stopped_by == StopReason::Bos || r.stopped_by == StopReason::Eos) ? 1 : 0);
+  out.generation = std::move(r);
+  return out;
+}
+
 template <typename Target>
 SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const std::vector<std::int32_t>& prompt,
                                        const GenerationParams& params, const SpeculativeOptions& options = {}) {

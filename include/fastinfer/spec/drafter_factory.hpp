@@ -1,0 +1,69 @@
+// Building a drafter from command-line words (fastinfer-generate --spec ...),
+// so that the example's main stays a thin caller.
+//
+//   kind "none" | "draft" | "prompt-lookup" | "lookahead"
+//   draft:          draft_model (a load_model spec; empty: the target's own
+//                   spec, i.e. a self-draft), draft_weights "f32"|"bf16"|"f16"
+//                   (default bf16), draft_kv "f32" only until the model runs
+//                   on the quantized KVCache
+//   lookahead:      "W,N,G"
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/spec/draft_model.hpp"
+#include "fastinfer/spec/drafter.hpp"
+#include "fastinfer/spec/lookahead_pool.hpp"
+#include "fastinfer/spec/prompt_lookup.hpp"
+
+namespace fastinfer::spec {
+
+struct DrafterSpec {
+  std::string kind = "none";
+  std::string draft_model;             // empty: the target's spec
+  std::string draft_weights = "bf16";  // f32 | bf16 | f16
+  std::string draft_kv = "f32";
+  std::string lookahead = "5,4,5";     // W,N,G
+};
+
+// "W,N,G" -> LookaheadConfig; InvalidArgument naming the text otherwise.
+inline LookaheadConfig parse_lookahead(std::string_view text) {
+  std::vector<std::int32_t> v;
+  try {
+    v = parse_token_ids(text);
+  } catch (const InvalidArgument&) {
+    v.clear();
+  }
+  FASTINFER_CHECK(v.size() == 3, InvalidArgument, "--lookahead '", text, "' is not W,N,G (three integers)");
+  return LookaheadConfig{v[0], v[1], v[2]};
+}
+
+// nullptr for kind "none".
+inline std::unique_ptr<Drafter> make_drafter(const DrafterSpec& s, const std::string& target_spec,
+                                             const LlamaConfig& target, const cpu::SamplingParams& params,
+                                             int threads) {
+  if (s.kind == "none") return nullptr;
+  if (s.kind == "prompt-lookup") return std::make_unique<PromptLookup>();
+  if (s.kind == "lookahead") return std::make_unique<LookaheadPool>(parse_lookahead(s.lookahead), target.vocab_size);
+  FASTINFER_CHECK(s.kind == "draft", InvalidArgument, "unknown --spec '", s.kind,
+                  "' (expected none, draft, prompt-lookup or lookahead)");
+  FASTINFER_CHECK(s.draft_kv == "f32", InvalidArgument, "--draft-kv '", s.draft_kv,
+                  "': only f32 until the model runs on the quantized KV cache");
+  LoadOptions load;
+  load.weight_dtype = parse_weight_dtype(s.draft_weights);
+  load.threads = threads;
+  LlamaModel<> draft(load_model(s.draft_model.empty() ? target_spec : s.draft_model, load), ModelOptions{threads});
+  FASTINFER_CHECK(draft.config().vocab_size == target.vocab_size, InvalidArgument, "the draft model's vocabulary (",
+                  draft.config().vocab_size, " tokens) differs from the target's (", target.vocab_size, ")");
+  return std::make_unique<DraftModel<LlamaModel<>>>(std::move(draft), params);
+}
+
+}  // namespace fastinfer::spec
