@@ -1,21 +1,29 @@
 // The reference Llama-family transformer: RMSNorm, RoPE (interleaved or half
 // split), grouped-query attention, SwiGLU, shared or separate classifier.
 //
-// One code path serves prefill and decode: `forward_batch_` pushes n tokens
-// through every layer at once, so a prompt is one matrix-matrix product per
-// weight (cpu::matmul) and a decoded token is one matrix-vector product
-// (cpu::matvec). Every buffer is sized at construction for `max_batch` tokens;
-// nothing is allocated per token. Longer prompts are cut into batches of
-// `max_batch` tokens.
+// One code path, `forward(ForwardBatch)`, serves prefill, decode and ragged
+// batches of many sequences: the linear layers run over every row of the
+// step as one matrix product (one weight read for the whole step: what makes
+// batching pay), RoPE rotates each row at its own position, each sequence
+// appends its K/V to the KV cache and attends over it through the cpu
+// attention kernels (decode kernel when every sequence brings one token,
+// extend kernel otherwise, custom-mask kernel for token trees), and logits
+// are computed only for the rows asked for. Every buffer is sized at
+// construction for `max_batch` rows; nothing is allocated per step by the
+// model itself.
 //
-// KV cache (a plain contiguous one until KVCache<Layout, Quant> replaces it):
-// two f32 arrays, keys and values, each [layer][kv_head][pos][head_dim], with
-// room for max_seq_len positions. Keys are stored after RoPE. Head-major, so
-// that one query head's attention streams one contiguous run of keys. Only
-// `attend_` reads the cache, and only `store_kv_` writes it.
+// KV cache: a kv::KVCache<Layout, Quant> behind KVStore (kv_store.hpp), the
+// layout and quantization chosen at run time through ModelOptions::kv. Keys
+// are stored after RoPE. A head size that is not a multiple of 8 (the
+// kernels' register width) is stored zero-padded to one: zeros change no dot
+// product, and the padded output columns are dropped.
 //
-// Positions are the caller's, as in llama2.c: forward at start_pos overwrites
-// whatever the cache held from start_pos on (rollback is free), and may not
+// The single-sequence verbs (forward_prefill, forward_prefill_all,
+// forward_decode, reset, cached_length) drive sequence kSoloSequence, created
+// on first use. Positions are the caller's, as in llama2.c: a forward at
+// start_pos below the cached length first truncates the sequence to
+// start_pos (KVCache::truncate: blocks shared with another sequence or a
+// prefix cache are never written, copy-on-write copies them), and may not
 // skip ahead of what has been computed.
 #pragma once
 
@@ -24,6 +32,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -32,6 +42,8 @@
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
 #include "fastinfer/model/config.hpp"
+#include "fastinfer/model/forward_batch.hpp"
+#include "fastinfer/model/kv_store.hpp"
 #include "fastinfer/model/weights.hpp"
 
 namespace fastinfer {
@@ -42,6 +54,7 @@ struct CpuBackend {};
 struct ModelOptions {
   int threads = 1;    // most threads any kernel may use
   int max_batch = 0;  // most tokens in one forward pass; 0: min(max_seq_len, 512)
+  KVOptions kv{};     // KV cache layout, quantization and pool size
 };
 
 template <typename Backend = CpuBackend>
@@ -50,6 +63,9 @@ class LlamaModel {
                 "LlamaModel<Backend>: only CpuBackend is implemented; a new backend adds its kernels here");
 
  public:
+  // The sequence the single-sequence verbs drive.
+  static constexpr SeqId kSoloSequence = 0;
+
   explicit LlamaModel(LlamaWeights weights, ModelOptions options = {})
       : w_(std::move(weights)), c_(w_.config) {
     c_.validate();
@@ -62,6 +78,13 @@ class LlamaModel {
     threads_ = options.threads;
     max_batch_ = options.max_batch > 0 ? std::min(options.max_batch, c_.max_seq_len)
                                        : std::min(c_.max_seq_len, 512);
+    hdp_ = (c_.head_dim + 7) / 8 * 8;
+    FASTINFER_CHECK(hdp_ == c_.head_dim || options.kv.layout != KVLayoutKind::Window || options.kv.sinks == 0,
+                    InvalidArgument, "attention sinks need a head size that is a multiple of 8, got ", c_.head_dim);
+    LlamaConfig kvc = c_;
+    kvc.head_dim = hdp_;
+    kv_ = make_kv_store(options.kv, kvc, max_batch_);
+
     const std::size_t B = std::size_t(max_batch_);
     const std::size_t wide = std::size_t(std::max(c_.dim, c_.q_dim()));
     x_.assign(B * std::size_t(c_.dim), 0.0f);
@@ -72,12 +95,21 @@ class LlamaModel {
     att_out_.assign(B * std::size_t(c_.q_dim()), 0.0f);
     hb_.assign(B * std::size_t(c_.hidden_dim), 0.0f);
     hb2_.assign(B * std::size_t(c_.hidden_dim), 0.0f);
-    scores_.assign(std::size_t(c_.n_heads) * std::size_t(c_.max_seq_len), 0.0f);
+    if (hdp_ != c_.head_dim) {
+      qpad_.assign(B * std::size_t(c_.n_heads * hdp_), 0.0f);
+      kpad_.assign(B * std::size_t(c_.n_kv_heads * hdp_), 0.0f);
+      vpad_.assign(B * std::size_t(c_.n_kv_heads * hdp_), 0.0f);
+      opad_.assign(B * std::size_t(c_.n_heads * hdp_), 0.0f);
+    }
     logits_.assign(std::size_t(c_.vocab_size), 0.0f);
-    const std::size_t cache = std::size_t(c_.n_layers) * std::size_t(c_.n_kv_heads) *
-                              std::size_t(c_.max_seq_len) * std::size_t(c_.head_dim);
-    key_cache_.assign(cache, 0.0f);
-    value_cache_.assign(cache, 0.0f);
+    row_pos_.assign(B, 0);
+    logit_rows_.reserve(B);
+    seqs_.reserve(std::size_t(options.kv.max_sequences) + 1);
+    reqs_.reserve(std::size_t(options.kv.max_sequences) + 1);
+    solo_.tokens.reserve(B);
+    solo_.qo_indptr.reserve(2);
+    solo_.seq_ids.reserve(1);
+    solo_.start_pos.reserve(1);
   }
 
   const LlamaConfig& config() const { return c_; }
@@ -88,8 +120,16 @@ class LlamaModel {
     threads_ = threads;
   }
   int max_batch() const { return max_batch_; }
-  // Positions whose keys and values the cache holds (the next position to feed).
-  int cached_length() const { return length_; }
+
+  // The KV cache: sequence verbs for an Engine (add, fork, free, adopt,
+  // truncate), the allocator for a prefix cache, typed access via
+  // kv().cache<Layout, Quant>().
+  KVStore& kv() { return *kv_; }
+  const KVStore& kv() const { return *kv_; }
+
+  // Positions whose keys and values the cache holds for the solo sequence
+  // (the next position to feed).
+  int cached_length() const { return kv_->contains(kSoloSequence) ? int(kv_->length(kSoloSequence)) : 0; }
 
   // Bytes of distinct weight storage (a shared classifier counted once): what
   // one decoded token streams from memory, give or take one embedding row.
@@ -102,10 +142,64 @@ class LlamaModel {
     bytes += (2 * std::size_t(c_.n_layers) + 1) * std::size_t(c_.dim) * sizeof(float);
     return bytes;
   }
-  std::size_t kv_bytes() const { return (key_cache_.size() + value_cache_.size()) * sizeof(float); }
+  // Bytes of the KV pool (all sequences, all layers, parameters included).
+  std::size_t kv_bytes() const { return kv_->memory_bytes(); }
 
-  // Forgets every cached position.
-  void reset() { length_ = 0; }
+  // Forgets every cached position of the solo sequence.
+  void reset() {
+    if (kv_->contains(kSoloSequence)) kv_->free_sequence(kSoloSequence);
+  }
+
+  // ---- ragged batch ---------------------------------------------------------
+
+  // One step over a ragged batch (forward_batch.hpp); every sequence must
+  // exist in kv(). Returns the requested logits rows, [logits_rows][vocab] in
+  // batch order, valid until the next forward call (nullptr for None).
+  // Throws InvalidArgument on bad input before changing anything, UsageError
+  // when the KV pool has no room for the step (the scheduler reserves first).
+  const float* forward(const ForwardBatch& batch) {
+    const std::int64_t n = batch.logits_rows();
+    if (n > 0 && std::size_t(n) * std::size_t(c_.vocab_size) > batch_logits_.size())
+      batch_logits_.resize(std::size_t(n) * std::size_t(c_.vocab_size));  // grows once to the largest step
+    forward(batch, n > 0 ? batch_logits_.data() : nullptr);
+    return n > 0 ? batch_logits_.data() : nullptr;
+  }
+
+  // As above, writing the logits rows to out[logits_rows][vocab].
+  void forward(const ForwardBatch& batch, float* out) {
+    check_batch_(batch);
+    const std::int32_t b_count = batch.batch();
+    // Rollback, then room for the new tokens of every sequence at once.
+    reqs_.clear();
+    for (std::int32_t b = 0; b < b_count; ++b) {
+      const SeqId s = batch.seq_ids[std::size_t(b)];
+      const std::int64_t start = batch.start_pos[std::size_t(b)];
+      if (start != ForwardBatch::kAppend && start < kv_->length(s)) kv_->truncate(s, start);
+      reqs_.push_back(ReserveRequest{s, batch.count(b)});
+    }
+    FASTINFER_CHECK(kv_->extend_all(reqs_), UsageError, "forward: the KV pool has no room for the ",
+                    batch.rows(), " tokens of this step (reserve before forwarding)");
+    // The RoPE position of every row.
+    for (std::int32_t b = 0; b < b_count; ++b) {
+      const std::int64_t first = kv_->length(batch.seq_ids[std::size_t(b)]) - batch.count(b);
+      for (std::int32_t r = batch.qo_indptr[std::size_t(b)]; r < batch.qo_indptr[std::size_t(b) + 1]; ++r)
+        row_pos_[std::size_t(r)] =
+            batch.positions.empty() ? first + (r - batch.qo_indptr[std::size_t(b)]) : batch.positions[std::size_t(r)];
+    }
+    bool decode = batch.mask.empty();
+    for (std::int32_t b = 0; b < b_count && decode; ++b) decode = batch.count(b) == 1;
+    seqs_.assign(batch.seq_ids.begin(), batch.seq_ids.end());
+    kv_->prepare(seqs_, decode, threads_);
+
+    logit_rows_.clear();
+    if (batch.logits == LogitsRows::Last)
+      for (std::int32_t b = 0; b < b_count; ++b) logit_rows_.push_back(batch.qo_indptr[std::size_t(b) + 1] - 1);
+    else if (batch.logits == LogitsRows::All)
+      for (std::int32_t r = 0; r < std::int32_t(batch.rows()); ++r) logit_rows_.push_back(r);
+    run_(batch, out);
+  }
+
+  // ---- one sequence ---------------------------------------------------------
 
   // Feeds tokens[0..n) at positions start_pos.. and returns the logits after
   // the last one ([vocab], valid until the next forward call).
@@ -113,8 +207,8 @@ class LlamaModel {
     check_input_(tokens, n, start_pos);
     for (std::int64_t done = 0; done < n;) {
       const int chunk = int(std::min<std::int64_t>(max_batch_, n - done));
-      forward_batch_(tokens + done, chunk, start_pos + int(done), done + chunk == n ? Logits::Last : Logits::None,
-                     nullptr);
+      solo_step_(tokens + done, chunk, start_pos + int(done), done + chunk == n ? LogitsRows::Last : LogitsRows::None,
+                 logits_.data());
       done += chunk;
     }
     return logits_.data();
@@ -129,8 +223,8 @@ class LlamaModel {
     check_input_(tokens, n, start_pos);
     for (std::int64_t done = 0; done < n;) {
       const int chunk = int(std::min<std::int64_t>(max_batch_, n - done));
-      forward_batch_(tokens + done, chunk, start_pos + int(done), Logits::All,
-                     out + std::size_t(done) * std::size_t(c_.vocab_size));
+      solo_step_(tokens + done, chunk, start_pos + int(done), LogitsRows::All,
+                 out + std::size_t(done) * std::size_t(c_.vocab_size));
       done += chunk;
     }
   }
@@ -139,8 +233,6 @@ class LlamaModel {
   const float* forward_decode(std::int32_t token, int pos) { return forward_prefill(&token, 1, pos); }
 
  private:
-  enum class Logits { None, Last, All };
-
   void check_weights_() const {
     auto shape = [&](const MatrixView& m, std::int64_t rows, std::int64_t cols, const char* name, int layer) {
       FASTINFER_CHECK(m.data != nullptr && m.rows == rows && m.cols == cols, InvalidArgument, "weight ", name,
@@ -167,13 +259,66 @@ class LlamaModel {
   // All checks before any state changes: a rejected call leaves the model as it was.
   void check_input_(const std::int32_t* tokens, std::int64_t n, int start_pos) const {
     FASTINFER_CHECK(n >= 1, InvalidArgument, "a forward pass needs at least one token, got ", n);
-    FASTINFER_CHECK(start_pos >= 0 && start_pos <= length_, InvalidArgument, "start position ", start_pos,
-                    " is outside the cached range [0, ", length_, "]");
+    const int length = cached_length();
+    FASTINFER_CHECK(start_pos >= 0 && start_pos <= length, InvalidArgument, "start position ", start_pos,
+                    " is outside the cached range [0, ", length, "]");
     FASTINFER_CHECK(std::int64_t(start_pos) + n <= c_.max_seq_len, InvalidArgument, "positions ", start_pos,
                     "..", std::int64_t(start_pos) + n - 1, " exceed the maximum sequence length ", c_.max_seq_len);
+    check_tokens_(tokens, n);
+  }
+
+  void check_tokens_(const std::int32_t* tokens, std::int64_t n) const {
     for (std::int64_t i = 0; i < n; ++i)
       FASTINFER_CHECK(tokens[i] >= 0 && tokens[i] < c_.vocab_size, InvalidArgument, "token id ", tokens[i],
                       " at index ", i, " is outside the vocabulary [0, ", c_.vocab_size, ")");
+  }
+
+  void check_batch_(const ForwardBatch& bt) const {
+    const std::int32_t nb = bt.batch();
+    FASTINFER_CHECK(nb >= 1, InvalidArgument, "forward: the batch has no sequence");
+    FASTINFER_CHECK(bt.qo_indptr.size() == std::size_t(nb) + 1 && bt.start_pos.size() == std::size_t(nb),
+                    InvalidArgument, "forward: ", nb, " sequences need ", nb + 1, " qo_indptr entries and ", nb,
+                    " start positions, got ", bt.qo_indptr.size(), " and ", bt.start_pos.size());
+    FASTINFER_CHECK(bt.qo_indptr[0] == 0 && bt.qo_indptr.back() == bt.rows(), InvalidArgument,
+                    "forward: qo_indptr must run from 0 to the ", bt.rows(), " tokens, got ", bt.qo_indptr[0],
+                    "..", bt.qo_indptr.back());
+    FASTINFER_CHECK(bt.rows() <= max_batch_, InvalidArgument, "forward: ", bt.rows(),
+                    " tokens exceed the model's max_batch ", max_batch_);
+    std::int64_t mask_bytes = 0;
+    for (std::int32_t b = 0; b < nb; ++b) {
+      const SeqId s = bt.seq_ids[std::size_t(b)];
+      const std::int32_t n = bt.count(b);
+      FASTINFER_CHECK(n >= 1, InvalidArgument, "forward: sequence ", s, " brings ", n, " tokens (at least 1)");
+      FASTINFER_CHECK(kv_->contains(s), InvalidArgument, "forward: sequence ", s, " is not in the KV cache");
+      for (std::int32_t a = 0; a < b; ++a)
+        FASTINFER_CHECK(bt.seq_ids[std::size_t(a)] != s, InvalidArgument, "forward: sequence ", s,
+                        " appears twice in one batch");
+      const std::int64_t len = kv_->length(s);
+      const std::int64_t start = bt.start_pos[std::size_t(b)] == ForwardBatch::kAppend ? len : bt.start_pos[std::size_t(b)];
+      FASTINFER_CHECK(start >= 0 && start <= len, InvalidArgument, "forward: start position ", start,
+                      " of sequence ", s, " is outside the cached range [0, ", len, "]");
+      FASTINFER_CHECK(start + n <= c_.max_seq_len, InvalidArgument, "forward: positions ", start, "..",
+                      start + n - 1, " of sequence ", s, " exceed the maximum sequence length ", c_.max_seq_len);
+      mask_bytes += std::int64_t(n) * n;
+    }
+    FASTINFER_CHECK(bt.mask.empty() || std::int64_t(bt.mask.size()) == mask_bytes, InvalidArgument,
+                    "forward: the custom mask holds ", bt.mask.size(), " bytes, the batch needs ", mask_bytes);
+    FASTINFER_CHECK(bt.positions.empty() || std::int64_t(bt.positions.size()) == bt.rows(), InvalidArgument,
+                    "forward: ", bt.positions.size(), " positions for ", bt.rows(), " tokens");
+    for (std::size_t r = 0; r < bt.positions.size(); ++r)
+      FASTINFER_CHECK(bt.positions[r] >= 0 && bt.positions[r] < c_.max_seq_len, InvalidArgument,
+                      "forward: position ", bt.positions[r], " of row ", r, " is outside [0, ", c_.max_seq_len, ")");
+    check_tokens_(bt.tokens.data(), bt.rows());
+  }
+
+  // One chunk of the solo sequence, through the batch path.
+  void solo_step_(const std::int32_t* tokens, int n, int start_pos, LogitsRows mode, float* out) {
+    if (!kv_->contains(kSoloSequence))
+      FASTINFER_CHECK(kv_->add_sequence(kSoloSequence), UsageError, "the KV pool has no room for a sequence");
+    solo_.clear();
+    solo_.add(kSoloSequence, tokens, n, start_pos);
+    solo_.logits = mode;
+    forward(solo_, out);
   }
 
   // y[n][w.rows] = x[n][w.cols] W^T: one matrix-vector product for a single
@@ -185,68 +330,24 @@ class LlamaModel {
       cpu::matmul(w, x, n, y, threads_);
   }
 
-  float* key_cache_at_(int layer, int kv_head) {
-    return key_cache_.data() +
-           ((std::size_t(layer) * std::size_t(c_.n_kv_heads) + std::size_t(kv_head)) * std::size_t(c_.max_seq_len)) *
-               std::size_t(c_.head_dim);
-  }
-  float* value_cache_at_(int layer, int kv_head) {
-    return value_cache_.data() + (key_cache_at_(layer, kv_head) - key_cache_.data());
-  }
-
-  void store_kv_(int layer, int n, int pos0) {
-    const std::size_t hd = std::size_t(c_.head_dim);
-    for (int t = 0; t < n; ++t)
-      for (int h = 0; h < c_.n_kv_heads; ++h) {
-        const std::size_t src = std::size_t(t) * std::size_t(c_.kv_dim()) + std::size_t(h) * hd;
-        const std::size_t dst = std::size_t(pos0 + t) * hd;
-        std::memcpy(key_cache_at_(layer, h) + dst, k_.data() + src, hd * sizeof(float));
-        std::memcpy(value_cache_at_(layer, h) + dst, v_.data() + src, hd * sizeof(float));
-      }
-  }
-
-  // Causal grouped-query attention of the n queries in q_ (positions pos0..)
-  // over the cache, into att_out_. Query head h reads KV head h / group. Each
-  // head is one work item, so a thread owns its row of scores_.
-  void attend_(int layer, int n, int pos0) {
+  // Rows of `heads` heads of head_dim values -> rows of heads of hdp_ values.
+  void pad_(const float* src, int n, int heads, float* dst) const {
     const int hd = c_.head_dim;
-    const int group = c_.n_heads / c_.n_kv_heads;
-    const float scale = 1.0f / std::sqrt(float(hd));
-    const std::int64_t work = std::int64_t(c_.n_heads) * n * (pos0 + n) * hd;
-    const int threads = work >= (1 << 15) ? std::min(threads_, c_.n_heads) : 1;
-    (void)threads;
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-#endif
-    for (int h = 0; h < c_.n_heads; ++h) {
-      const float* keys = key_cache_at_(layer, h / group);
-      const float* values = value_cache_at_(layer, h / group);
-      float* scores = scores_.data() + std::size_t(h) * std::size_t(c_.max_seq_len);
-      for (int t = 0; t < n; ++t) {
-        const int len = pos0 + t + 1;
-        const float* q = q_.data() + std::size_t(t) * std::size_t(c_.q_dim()) + std::size_t(h) * std::size_t(hd);
-        cpu::matvec(MatrixView{DType::F32, keys, len, hd}, q, scores, 1);
-        for (int p = 0; p < len; ++p) scores[p] *= scale;
-        cpu::softmax(scores, len);
-        float* out = att_out_.data() + std::size_t(t) * std::size_t(c_.q_dim()) + std::size_t(h) * std::size_t(hd);
-        std::fill(out, out + hd, 0.0f);
-        for (int p = 0; p < len; ++p) {
-          const float a = scores[p];
-          const float* v = values + std::size_t(p) * std::size_t(hd);
-          for (int d = 0; d < hd; ++d) out[d] += a * v[d];
-        }
-      }
-    }
+    for (int r = 0; r < n; ++r)
+      for (int h = 0; h < heads; ++h)
+        std::memcpy(dst + (std::size_t(r) * heads + h) * hdp_, src + (std::size_t(r) * heads + h) * hd,
+                    sizeof(float) * std::size_t(hd));
   }
 
-  void forward_batch_(const std::int32_t* tokens, int n, int pos0, Logits mode, float* all_out) {
+  void run_(const ForwardBatch& bt, float* out) {
+    const int n = int(bt.rows());
     const std::size_t dim = std::size_t(c_.dim);
     const std::size_t qd = std::size_t(c_.q_dim()), kvd = std::size_t(c_.kv_dim());
-    const std::size_t hid = std::size_t(c_.hidden_dim);
+    const bool padded = hdp_ != c_.head_dim;
     float* x = x_.data();
     for (int t = 0; t < n; ++t)
-      cpu::load_row(w_.token_embedding.dtype, w_.token_embedding.row_ptr(tokens[t]), x + std::size_t(t) * dim,
-                    c_.dim);
+      cpu::load_row(w_.token_embedding.dtype, w_.token_embedding.row_ptr(bt.tokens[std::size_t(t)]),
+                    x + std::size_t(t) * dim, c_.dim);
 
     for (int l = 0; l < c_.n_layers; ++l) {
       const LlamaLayerWeights& lw = w_.layers[std::size_t(l)];
@@ -256,12 +357,32 @@ class LlamaModel {
       linear_(lw.wk, xb_.data(), n, k_.data());
       linear_(lw.wv, xb_.data(), n, v_.data());
       for (int t = 0; t < n; ++t) {
-        cpu::rope(q_.data() + std::size_t(t) * qd, c_.n_heads, c_.head_dim, pos0 + t, c_.rope_theta, c_.rope_style);
-        cpu::rope(k_.data() + std::size_t(t) * kvd, c_.n_kv_heads, c_.head_dim, pos0 + t, c_.rope_theta,
-                  c_.rope_style);
+        const int pos = int(row_pos_[std::size_t(t)]);
+        cpu::rope(q_.data() + std::size_t(t) * qd, c_.n_heads, c_.head_dim, pos, c_.rope_theta, c_.rope_style);
+        cpu::rope(k_.data() + std::size_t(t) * kvd, c_.n_kv_heads, c_.head_dim, pos, c_.rope_theta, c_.rope_style);
       }
-      store_kv_(l, n, pos0);
-      attend_(l, n, pos0);
+      const float* kk = k_.data();
+      const float* vv = v_.data();
+      const float* qq = q_.data();
+      float* att = att_out_.data();
+      if (padded) {
+        pad_(k_.data(), n, c_.n_kv_heads, kpad_.data());
+        pad_(v_.data(), n, c_.n_kv_heads, vpad_.data());
+        pad_(q_.data(), n, c_.n_heads, qpad_.data());
+        kk = kpad_.data(), vv = vpad_.data(), qq = qpad_.data(), att = opad_.data();
+      }
+      const std::size_t kv_row = std::size_t(c_.n_kv_heads) * std::size_t(hdp_);
+      for (std::int32_t b = 0; b < bt.batch(); ++b) {
+        const std::size_t r0 = std::size_t(bt.qo_indptr[std::size_t(b)]);
+        kv_->append(l, bt.seq_ids[std::size_t(b)], kk + r0 * kv_row, vv + r0 * kv_row, bt.count(b));
+      }
+      kv_->attend(l, qq, bt.qo_indptr.data(), bt.mask.empty() ? nullptr : bt.mask.data(), att, c_.n_heads, threads_);
+      if (padded)
+        for (int r = 0; r < n; ++r)
+          for (int h = 0; h < c_.n_heads; ++h)
+            std::memcpy(att_out_.data() + std::size_t(r) * qd + std::size_t(h) * std::size_t(c_.head_dim),
+                        opad_.data() + (std::size_t(r) * std::size_t(c_.n_heads) + std::size_t(h)) * std::size_t(hdp_),
+                        sizeof(float) * std::size_t(c_.head_dim));
       linear_(lw.wo, att_out_.data(), n, xb_.data());
       cpu::add(x, xb_.data(), std::int64_t(n) * c_.dim);
 
@@ -270,32 +391,34 @@ class LlamaModel {
       linear_(lw.w_gate, xb_.data(), n, hb_.data());
       linear_(lw.w_up, xb_.data(), n, hb2_.data());
       cpu::swiglu(hb_.data(), hb2_.data(), std::int64_t(n) * c_.hidden_dim);
-      (void)hid;
       linear_(lw.w_down, hb_.data(), n, xb_.data());
       cpu::add(x, xb_.data(), std::int64_t(n) * c_.dim);
     }
-    length_ = pos0 + n;
 
-    if (mode == Logits::Last) {
-      cpu::rmsnorm(xb_.data(), x + std::size_t(n - 1) * dim, w_.final_norm, c_.dim, c_.norm_eps);
-      cpu::matvec(w_.classifier, xb_.data(), logits_.data(), threads_);
-    } else if (mode == Logits::All) {
-      for (int t = 0; t < n; ++t)
-        cpu::rmsnorm(xb_.data() + std::size_t(t) * dim, x + std::size_t(t) * dim, w_.final_norm, c_.dim, c_.norm_eps);
-      linear_(w_.classifier, xb_.data(), n, all_out);
-    }
+    const int m = int(logit_rows_.size());
+    if (m == 0) return;
+    for (int i = 0; i < m; ++i)
+      cpu::rmsnorm(xb_.data() + std::size_t(i) * dim, x + std::size_t(logit_rows_[std::size_t(i)]) * dim,
+                   w_.final_norm, c_.dim, c_.norm_eps);
+    linear_(w_.classifier, xb_.data(), m, out);
   }
 
   LlamaWeights w_;
   LlamaConfig c_;
   int threads_ = 1;
   int max_batch_ = 1;
-  int length_ = 0;
+  int hdp_ = 0;  // head size as stored in the KV cache (a multiple of 8)
+  std::unique_ptr<KVStore> kv_;
   // Activations for up to max_batch_ tokens, row-major [token][feature].
   std::vector<float> x_, xb_, q_, k_, v_, att_out_, hb_, hb2_;
-  std::vector<float> scores_;  // [n_heads][max_seq_len]
-  std::vector<float> logits_;  // [vocab]
-  std::vector<float> key_cache_, value_cache_;  // [layer][kv_head][pos][head_dim]
+  std::vector<float> qpad_, kpad_, vpad_, opad_;  // head size padded to hdp_ (only when it differs)
+  std::vector<float> logits_;        // [vocab]: the solo sequence's last row
+  std::vector<float> batch_logits_;  // forward(batch)'s rows
+  std::vector<std::int64_t> row_pos_;
+  std::vector<std::int32_t> logit_rows_;
+  std::vector<SeqId> seqs_;
+  std::vector<ReserveRequest> reqs_;
+  ForwardBatch solo_;
 };
 
 }  // namespace fastinfer

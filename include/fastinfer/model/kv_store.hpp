@@ -1,0 +1,222 @@
+// KVStore: the model's KV cache behind a small virtual interface, so that the
+// layout and the quantization are chosen at run time (--kv, --kv-layout)
+// without templating the whole model on them.
+//
+// Why type erasure and not LlamaModel<Layout, Quant>: the model's matmuls,
+// norms and loaders do not depend on the KV format, so instantiating them per
+// format would multiply compile time for nothing. Only the cache and the
+// attention kernels do; they sit behind one virtual call per layer and step
+// (attend), a few nanoseconds against microseconds of attention. The
+// instantiated set is small and fixed: 3 layouts with run-time sizes
+// (Contiguous, Paged<0>, SlidingWindow<0, 0, 0>) x 7 quantizations of
+// KVCache, and the attention kernels once per quantization.
+//
+// The sequence verbs forward to kv::KVCache; typed access (for a prefix cache
+// adopting blocks, or tests reading the cache) through cache<Layout, Quant>().
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fastinfer/backend/cpu/attention.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/kv/kv_cache.hpp"
+#include "fastinfer/kv/kv_layout.hpp"
+#include "fastinfer/kv/kv_quant.hpp"
+#include "fastinfer/model/config.hpp"
+
+namespace fastinfer {
+
+enum class KVLayoutKind { Contiguous, Paged, Window };
+
+inline std::string_view kv_layout_name(KVLayoutKind k) {
+  switch (k) {
+    case KVLayoutKind::Contiguous: return "contiguous";
+    case KVLayoutKind::Paged: return "paged";
+    case KVLayoutKind::Window: return "window";
+  }
+  return "?";
+}
+
+// "paged" -> KVLayoutKind::Paged (the spelling of --kv-layout).
+inline KVLayoutKind parse_kv_layout(std::string_view name) {
+  for (KVLayoutKind k : {KVLayoutKind::Contiguous, KVLayoutKind::Paged, KVLayoutKind::Window})
+    if (kv_layout_name(k) == name) return k;
+  throw_error<InvalidArgument>("unknown KV layout '", name, "': expected contiguous, paged or window");
+}
+
+struct KVOptions {
+  kv::QuantKind quant = kv::QuantKind::F32;
+  KVLayoutKind layout = KVLayoutKind::Contiguous;
+  std::int32_t block_size = 16;  // paged and window; a power of two
+  std::int32_t window = 0;       // window layout: tokens of the window (> 0)
+  std::int32_t sinks = 0;        // window layout: first tokens always kept
+  int max_sequences = 1;         // sequences the pool is sized for
+  // Blocks in the pool; 0: enough for max_sequences sequences of max_seq_len
+  // tokens (paged), or of a window plus one step (window), plus one spare
+  // block per sequence for copy-on-write.
+  std::int32_t num_blocks = 0;
+};
+
+class KVStore {
+ public:
+  virtual ~KVStore() = default;
+
+  virtual std::string_view layout_name() const = 0;
+  virtual std::string_view quant_name() const = 0;
+  virtual std::size_t bytes_per_token() const = 0;
+  virtual std::size_t memory_bytes() const = 0;
+  virtual std::int32_t block_size() const = 0;
+
+  // Sequence verbs (kv::KVCache's).
+  virtual PagedAllocator& allocator() = 0;
+  virtual const PagedAllocator& allocator() const = 0;
+  virtual bool contains(SeqId seq) const = 0;
+  virtual std::int64_t length(SeqId seq) const = 0;
+  virtual bool add_sequence(SeqId seq) = 0;
+  virtual void adopt(SeqId seq, const std::vector<BlockId>& blocks, std::int64_t length) = 0;
+  virtual void fork(SeqId src, SeqId dst) = 0;
+  virtual void free_sequence(SeqId seq) = 0;
+  virtual void truncate(SeqId seq, std::int64_t new_length) = 0;
+  virtual bool extend_all(const std::vector<ReserveRequest>& reqs) = 0;
+  virtual void append(int layer, SeqId seq, const float* k, const float* v, std::int64_t n) = 0;
+  virtual void read(int layer, SeqId seq, std::int64_t pos, float* k, float* v) const = 0;
+
+  // One step: the tables of `seqs` (after extend_all), then per layer the
+  // attention of q ([rows][n_q_heads][head_dim]) into out. `decode`: one
+  // query per sequence (flash-decoding kernel, planned once per step).
+  virtual void prepare(const std::vector<SeqId>& seqs, bool decode, int threads) = 0;
+  virtual void attend(int layer, const float* q, const std::int32_t* qo_indptr, const std::uint8_t* mask,
+                      float* out, int n_q_heads, int threads) = 0;
+
+  template <typename Layout, typename Quant>
+  kv::KVCache<Layout, Quant>* cache();
+};
+
+template <typename Layout, typename Quant>
+class KVStoreImpl final : public KVStore {
+ public:
+  explicit KVStoreImpl(const kv::KVCacheConfig& cfg) : cache_(cfg) {}
+
+  kv::KVCache<Layout, Quant>& cache() { return cache_; }
+
+  std::string_view layout_name() const override { return cache_.layout_name(); }
+  std::string_view quant_name() const override { return cache_.quant_name(); }
+  std::size_t bytes_per_token() const override { return cache_.bytes_per_token(); }
+  std::size_t memory_bytes() const override { return cache_.memory_bytes(); }
+  std::int32_t block_size() const override { return cache_.block_size(); }
+
+  PagedAllocator& allocator() override { return cache_.allocator(); }
+  const PagedAllocator& allocator() const override { return cache_.allocator(); }
+  bool contains(SeqId seq) const override { return cache_.contains(seq); }
+  std::int64_t length(SeqId seq) const override { return cache_.length(seq); }
+  bool add_sequence(SeqId seq) override { return cache_.add_sequence(seq); }
+  void adopt(SeqId seq, const std::vector<BlockId>& blocks, std::int64_t length) override {
+    cache_.adopt(seq, blocks, length);
+  }
+  void fork(SeqId src, SeqId dst) override { cache_.fork(src, dst); }
+  void free_sequence(SeqId seq) override { cache_.free_sequence(seq); }
+  void truncate(SeqId seq, std::int64_t new_length) override { cache_.truncate(seq, new_length); }
+  bool extend_all(const std::vector<ReserveRequest>& reqs) override { return cache_.extend_all(reqs); }
+  void append(int layer, SeqId seq, const float* k, const float* v, std::int64_t n) override {
+    cache_.append(layer, seq, k, v, n);
+  }
+  void read(int layer, SeqId seq, std::int64_t pos, float* k, float* v) const override {
+    cache_.read(layer, seq, pos, k, v);
+  }
+
+  void prepare(const std::vector<SeqId>& seqs, bool decode, int threads) override {
+    cache_.build_tables(seqs, tables_);
+    decode_ = decode;
+    // Every layer has the same lengths: one plan per step.
+    if (decode) plan_ = cpu::plan_decode(cache_.view(tables_, 0), threads);
+  }
+
+  void attend(int layer, const float* q, const std::int32_t* qo_indptr, const std::uint8_t* mask, float* out,
+              int n_q_heads, int threads) override {
+    const auto view = cache_.view(tables_, layer);
+    if (decode_ && mask == nullptr) {
+      cpu::decode_attention(view, q, out, n_q_heads, plan_, threads);
+    } else {
+      const cpu::CustomMask m{mask};
+      cpu::extend_attention(view, q, qo_indptr, out, n_q_heads, threads, mask ? &m : nullptr);
+    }
+  }
+
+ private:
+  kv::KVCache<Layout, Quant> cache_;
+  kv::PagedKVTables tables_;
+  cpu::DecodePlan plan_;
+  bool decode_ = false;
+};
+
+template <typename Layout, typename Quant>
+kv::KVCache<Layout, Quant>* KVStore::cache() {
+  auto* impl = dynamic_cast<KVStoreImpl<Layout, Quant>*>(this);
+  return impl ? &impl->cache() : nullptr;
+}
+
+// The cache configuration KVOptions asks for, for a model of config `c` that
+// feeds at most `max_tokens` tokens per step.
+inline kv::KVCacheConfig kv_cache_config(const KVOptions& o, const LlamaConfig& c, int max_tokens) {
+  FASTINFER_CHECK(o.max_sequences >= 1, InvalidArgument, "KVOptions: max_sequences must be at least 1, got ",
+                  o.max_sequences);
+  FASTINFER_CHECK(o.num_blocks >= 0, InvalidArgument, "KVOptions: num_blocks cannot be negative, got ",
+                  o.num_blocks);
+  kv::KVCacheConfig k;
+  k.n_layers = c.n_layers;
+  k.n_kv_heads = c.n_kv_heads;
+  k.head_dim = c.head_dim;
+  k.max_seq_len = c.max_seq_len;
+  k.block_size = o.block_size;
+  k.rope = kv::RopeSpec{c.rope_theta, c.rope_style == RopeStyle::HalfSplit};
+  auto blocks = [&](std::int64_t tokens) { return (tokens + o.block_size - 1) / o.block_size; };
+  switch (o.layout) {
+    case KVLayoutKind::Contiguous:
+      k.num_blocks = o.num_blocks > 0 ? o.num_blocks : o.max_sequences;
+      break;
+    case KVLayoutKind::Paged:
+      FASTINFER_CHECK(kv::is_power_of_two(o.block_size), InvalidArgument,
+                      "KVOptions: block_size must be a power of two, got ", o.block_size);
+      k.num_blocks = o.num_blocks > 0 ? o.num_blocks
+                                      : std::int32_t(o.max_sequences * (blocks(c.max_seq_len) + 1));
+      break;
+    case KVLayoutKind::Window:
+      FASTINFER_CHECK(kv::is_power_of_two(o.block_size), InvalidArgument,
+                      "KVOptions: block_size must be a power of two, got ", o.block_size);
+      FASTINFER_CHECK(o.window > 0, InvalidArgument, "KVOptions: the window layout needs window > 0, got ",
+                      o.window);
+      FASTINFER_CHECK(o.sinks >= 0, InvalidArgument, "KVOptions: sinks cannot be negative, got ", o.sinks);
+      k.window = o.window;
+      k.sinks = o.sinks;
+      // Sinks, the window and one step's tokens, each rounded up to blocks.
+      k.num_blocks = o.num_blocks > 0
+                         ? o.num_blocks
+                         : std::int32_t(o.max_sequences *
+                                        (std::min(blocks(c.max_seq_len),
+                                                  blocks(o.sinks) + blocks(o.window) + blocks(max_tokens) + 1) +
+                                         1));
+      break;
+  }
+  return k;
+}
+
+inline std::unique_ptr<KVStore> make_kv_store(const KVOptions& o, const LlamaConfig& c, int max_tokens) {
+  const kv::KVCacheConfig k = kv_cache_config(o, c, max_tokens);
+  return kv::visit_quant(o.quant, [&](auto quant) -> std::unique_ptr<KVStore> {
+    using Q = decltype(quant);
+    switch (o.layout) {
+      case KVLayoutKind::Contiguous: return std::make_unique<KVStoreImpl<kv::Contiguous, Q>>(k);
+      case KVLayoutKind::Paged: return std::make_unique<KVStoreImpl<kv::Paged<0>, Q>>(k);
+      case KVLayoutKind::Window: return std::make_unique<KVStoreImpl<kv::SlidingWindow<0, 0, 0>, Q>>(k);
+    }
+    throw_error<InvalidArgument>("bad KVLayoutKind ", int(o.layout));
+  });
+}
+
+}  // namespace fastinfer
