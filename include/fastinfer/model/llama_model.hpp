@@ -232,6 +232,12 @@ class LlamaModel {
   // Feeds one token at `pos` and returns the logits after it.
   const float* forward_decode(std::int32_t token, int pos) { return forward_prefill(&token, 1, pos); }
 
+  // The hidden state after the final RMSNorm of the last forward's logits
+  // rows ([logits_rows][dim], same order as the logits; for the chunked solo
+  // verbs, the last chunk's rows): what Medusa heads read. Valid until the
+  // next forward call.
+  const float* last_hidden() const { return xb_.data(); }
+
  private:
   void check_weights_() const {
     auto shape = [&](const MatrixView& m, std::int64_t rows, std::int64_t cols, const char* name, int layer) {
