@@ -1,0 +1,244 @@
+// MedusaHeads (Cai et al. 2024, Medusa-1): K small heads on the target's
+// last hidden state that guess the tokens after the next one.
+//
+// Head k (0-based) reads h_t, the hidden state of position t AFTER the final
+// RMSNorm (the row LlamaModel::last_hidden() gives, the same vector the
+// classifier reads; tools/train_medusa.py trains on exactly that), and
+// predicts token t + 2 + k (the model itself predicts t + 1):
+//
+//   r      = h + SiLU(W_k h + b_k)        residual block, W_k [dim][dim]
+//   logits = C_k r                         C_k [vocab][dim], or the model's
+//                                          own classifier when shared
+//
+// Weights are f32 on the host: a head is dim^2 + dim (+ vocab * dim) floats,
+// small next to the model, and the heads run once per verification step.
+//
+// File format (little-endian), version 1:
+//   offset  0  char[8]  magic "FIMEDUSA"
+//           8  u32      version (1)
+//          12  u32      K, number of heads (1 .. 64)
+//          16  u32      dim (hidden size of the target)
+//          20  u32      vocab (vocabulary size of the target)
+//          24  u32      dtype of the weights: 0 = f32 (the only one so far)
+//          28  u32      flags: bit 0 = heads share the model's classifier
+//                       (no C_k stored); other bits must be 0
+//          32  per head k = 0 .. K-1, f32 row-major:
+//                W_k [dim][dim] (output row, input column), b_k [dim],
+//                C_k [vocab][dim] unless shared
+// The file must end right after the last head: anything else is a
+// FormatError naming the file, the field and the value.
+//
+// "random:SEED" (MedusaHeads::from_spec) builds random heads of the model's
+// shape with a shared classifier and small residual weights, so that a head
+// guesses roughly what the model itself would say next: useless as a
+// predictor, but exactly what the exactness tests need (the output must not
+// depend on head quality).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/core/mapped_file.hpp"
+#include "fastinfer/core/philox.hpp"
+#include "fastinfer/core/tensor.hpp"
+#include "fastinfer/model/config.hpp"
+
+namespace fastinfer::spec {
+
+class MedusaHeads {
+ public:
+  static constexpr char kMagic[8] = {'F', 'I', 'M', 'E', 'D', 'U', 'S', 'A'};
+  static constexpr std::uint32_t kVersion = 1;
+  static constexpr std::uint32_t kFlagSharedClassifier = 1;
+  static constexpr std::uint32_t kDTypeF32 = 0;
+  static constexpr int kMaxHeads = 64;
+  static constexpr std::size_t kHeaderBytes = 32;
+
+  MedusaHeads() = default;
+  // Zero heads of the given shape.
+  MedusaHeads(int num_heads, int dim, int vocab, bool shared_classifier)
+      : k_(num_heads), dim_(dim), vocab_(vocab), shared_(shared_classifier) {
+    FASTINFER_CHECK(num_heads >= 1 && num_heads <= kMaxHeads, InvalidArgument, "Medusa head count ", num_heads,
+                    " is outside [1, ", kMaxHeads, "]");
+    FASTINFER_CHECK(dim >= 1 && vocab >= 1, InvalidArgument, "Medusa heads need dim >= 1 and vocab >= 1, got ", dim,
+                    " and ", vocab);
+    w_.assign(std::size_t(k_) * std::size_t(dim_) * std::size_t(dim_), 0.0f);
+    b_.assign(std::size_t(k_) * std::size_t(dim_), 0.0f);
+    if (!shared_) c_.assign(std::size_t(k_) * std::size_t(vocab_) * std::size_t(dim_), 0.0f);
+    h1_.assign(std::size_t(dim_), 0.0f);
+    r_.assign(std::size_t(dim_), 0.0f);
+  }
+
+  int num_heads() const { return k_; }
+  int dim() const { return dim_; }
+  int vocab() const { return vocab_; }
+  bool shared_classifier() const { return shared_; }
+
+  // Mutable weights of head k (the trainer's layout): W [dim][dim], b [dim],
+  // C [vocab][dim] (nullptr when shared).
+  float* residual_weight(int k) { return w_.data() + std::size_t(check_head_(k)) * std::size_t(dim_) * std::size_t(dim_); }
+  float* residual_bias(int k) { return b_.data() + std::size_t(check_head_(k)) * std::size_t(dim_); }
+  float* classifier(int k) {
+    return shared_ ? nullptr : c_.data() + std::size_t(check_head_(k)) * std::size_t(vocab_) * std::size_t(dim_);
+  }
+  const float* residual_weight(int k) const { return const_cast<MedusaHeads*>(this)->residual_weight(k); }
+  const float* residual_bias(int k) const { return const_cast<MedusaHeads*>(this)->residual_bias(k); }
+  const float* classifier(int k) const { return const_cast<MedusaHeads*>(this)->classifier(k); }
+
+  // The heads must read this model's hidden state and speak its vocabulary.
+  void check_compatible(const LlamaConfig& c) const {
+    FASTINFER_CHECK(dim_ == c.dim, InvalidArgument, "Medusa heads have dim ", dim_, ", the model's hidden size is ",
+                    c.dim);
+    FASTINFER_CHECK(vocab_ == c.vocab_size, InvalidArgument, "Medusa heads have vocabulary ", vocab_,
+                    ", the model's is ", c.vocab_size);
+  }
+
+  // Logits of head k for one hidden row: out[vocab]. `shared` is the model's
+  // classifier (weights().classifier), read only when the heads share it.
+  // Uses member scratch: one caller at a time.
+  void head_logits(int k, const float* hidden, const MatrixView& shared, float* out, int threads = 1) {
+    check_head_(k);
+    const MatrixView w{DType::F32, residual_weight(k), dim_, dim_};
+    cpu::matvec(w, hidden, h1_.data(), threads);
+    const float* b = residual_bias(k);
+    for (int i = 0; i < dim_; ++i) {
+      const float a = h1_[std::size_t(i)] + b[i];
+      r_[std::size_t(i)] = hidden[i] + a / (1.0f + std::exp(-a));
+    }
+    if (shared_) {
+      FASTINFER_CHECK(shared.data != nullptr && shared.rows == vocab_ && shared.cols == dim_, InvalidArgument,
+                      "Medusa heads share the model's classifier: expected [", vocab_, "][", dim_, "], got [",
+                      shared.rows, "][", shared.cols, "]");
+      cpu::matvec(shared, r_.data(), out, threads);
+    } else {
+      cpu::matvec(MatrixView{DType::F32, classifier(k), vocab_, dim_}, r_.data(), out, threads);
+    }
+  }
+
+  // ---- files ------------------------------------------------------------------
+
+  static MedusaHeads load(const std::string& path) {
+    const auto file = MappedFile::open(path);
+    const std::uint8_t* h = file->at(0, kHeaderBytes, "Medusa heads header");
+    FASTINFER_CHECK(std::memcmp(h, kMagic, 8) == 0, FormatError, path, ": not a Medusa heads file (bad magic '",
+                    printable_(h, 8), "', expected 'FIMEDUSA')");
+    const std::uint32_t version = u32_(h + 8), k = u32_(h + 12), dim = u32_(h + 16), vocab = u32_(h + 20),
+                        dtype = u32_(h + 24), flags = u32_(h + 28);
+    FASTINFER_CHECK(version == kVersion, FormatError, path, ": Medusa heads version ", version,
+                    " is not supported (expected ", kVersion, ")");
+    FASTINFER_CHECK(k >= 1 && k <= std::uint32_t(kMaxHeads), FormatError, path, ": head count ", k,
+                    " is outside [1, ", kMaxHeads, "]");
+    FASTINFER_CHECK(dim >= 1 && dim <= (1u << 16), FormatError, path, ": dim ", dim, " is outside [1, 65536]");
+    FASTINFER_CHECK(vocab >= 1 && vocab <= (1u << 24), FormatError, path, ": vocab ", vocab,
+                    " is outside [1, 16777216]");
+    FASTINFER_CHECK(dtype == kDTypeF32, FormatError, path, ": weight dtype ", dtype, " is not supported (0 = f32)");
+    FASTINFER_CHECK((flags & ~kFlagSharedClassifier) == 0, FormatError, path, ": unknown flags 0x", std::hex, flags);
+    MedusaHeads heads(int(k), int(dim), int(vocab), (flags & kFlagSharedClassifier) != 0);
+    const std::uint64_t expected = kHeaderBytes + heads.payload_bytes_();
+    FASTINFER_CHECK(file->size() >= expected, FormatError, path, ": truncated: ", file->size(), " bytes, the header (K ",
+                    k, ", dim ", dim, ", vocab ", vocab, ") needs ", expected);
+    FASTINFER_CHECK(file->size() == expected, FormatError, path, ": ", file->size() - expected,
+                    " bytes after the last head (file has ", file->size(), ", expected ", expected, ")");
+    std::uint64_t off = kHeaderBytes;
+    auto read = [&](float* dst, std::size_t n, const char* what) {
+      std::memcpy(dst, file->at(off, n * sizeof(float), what), n * sizeof(float));
+      off += n * sizeof(float);
+    };
+    const std::size_t d = dim;
+    for (int i = 0; i < int(k); ++i) {
+      read(heads.residual_weight(i), d * d, "Medusa residual weight");
+      read(heads.residual_bias(i), d, "Medusa residual bias");
+      if (!heads.shared_) read(heads.classifier(i), std::size_t(vocab) * d, "Medusa classifier");
+    }
+    for (float v : heads.w_) FASTINFER_CHECK(std::isfinite(v), FormatError, path, ": non-finite residual weight ", v);
+    return heads;
+  }
+
+  void save(const std::string& path) const {
+    FASTINFER_CHECK(k_ >= 1, InvalidArgument, "cannot save empty Medusa heads to ", path);
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    FASTINFER_CHECK(bool(f), InvalidArgument, "cannot open ", path, " for writing");
+    char h[kHeaderBytes];
+    std::memcpy(h, kMagic, 8);
+    const std::uint32_t fields[6] = {kVersion, std::uint32_t(k_), std::uint32_t(dim_), std::uint32_t(vocab_),
+                                     kDTypeF32, shared_ ? kFlagSharedClassifier : 0u};
+    for (int i = 0; i < 6; ++i) put_u32_(h + 8 + 4 * i, fields[i]);
+    f.write(h, kHeaderBytes);
+    auto write = [&](const float* p, std::size_t n) {
+      f.write(reinterpret_cast<const char*>(p), std::streamsize(n * sizeof(float)));
+    };
+    const std::size_t d = std::size_t(dim_);
+    for (int i = 0; i < k_; ++i) {
+      write(residual_weight(i), d * d);
+      write(residual_bias(i), d);
+      if (!shared_) write(classifier(i), std::size_t(vocab_) * d);
+    }
+    FASTINFER_CHECK(bool(f.flush()), InvalidArgument, "writing Medusa heads to ", path, " failed");
+  }
+
+  // Random heads: W, b ~ U(-scale, scale)/sqrt(dim), own classifiers (when
+  // not shared) ~ U(-1, 1)/sqrt(dim). Philox(seed), so a seed names one set.
+  static MedusaHeads random(std::uint64_t seed, int num_heads, int dim, int vocab, bool shared_classifier = true,
+                            float scale = 0.5f) {
+    MedusaHeads heads(num_heads, dim, vocab, shared_classifier);
+    std::uint64_t index = 0;
+    const float s = scale / std::sqrt(float(dim));
+    auto fill = [&](std::vector<float>& v, float amp) {
+      for (float& x : v) x = amp * (2.0f * uniform_float(seed, std::uint64_t(7), index++) - 1.0f);
+    };
+    fill(heads.w_, s);
+    fill(heads.b_, s);
+    fill(heads.c_, 1.0f / std::sqrt(float(dim)));
+    return heads;
+  }
+
+  // "random:SEED" (random heads of the model's shape, num_heads of them,
+  // shared classifier) or a path to a heads file (checked against the model).
+  static MedusaHeads from_spec(const std::string& spec, const LlamaConfig& c, int num_heads = 4) {
+    const std::string prefix = "random:";
+    if (spec.compare(0, prefix.size(), prefix) == 0) {
+      const std::string s = spec.substr(prefix.size());
+      FASTINFER_CHECK(!s.empty() && s.find_first_not_of("0123456789") == std::string::npos && s.size() <= 19,
+                      InvalidArgument, "Medusa heads '", spec, "': the seed must be a decimal number");
+      return random(std::stoull(s), num_heads, c.dim, c.vocab_size, true);
+    }
+    MedusaHeads heads = load(spec);
+    heads.check_compatible(c);
+    return heads;
+  }
+
+ private:
+  int check_head_(int k) const {
+    FASTINFER_CHECK(k >= 0 && k < k_, InvalidArgument, "Medusa head ", k, " is outside [0, ", k_, ")");
+    return k;
+  }
+  std::uint64_t payload_bytes_() const {
+    const std::uint64_t d = std::uint64_t(dim_);
+    return std::uint64_t(k_) * (d * d + d + (shared_ ? 0 : std::uint64_t(vocab_) * d)) * sizeof(float);
+  }
+  static std::uint32_t u32_(const std::uint8_t* p) {
+    return std::uint32_t(p[0]) | std::uint32_t(p[1]) << 8 | std::uint32_t(p[2]) << 16 | std::uint32_t(p[3]) << 24;
+  }
+  static void put_u32_(char* p, std::uint32_t v) {
+    for (int i = 0; i < 4; ++i) p[i] = char((v >> (8 * i)) & 0xffu);
+  }
+  static std::string printable_(const std::uint8_t* p, int n) {
+    std::string s;
+    for (int i = 0; i < n; ++i) s += (p[i] >= 32 && p[i] < 127) ? char(p[i]) : '?';
+    return s;
+  }
+
+  int k_ = 0, dim_ = 0, vocab_ = 0;
+  bool shared_ = true;
+  std::vector<float> w_, b_, c_;
+  std::vector<float> h1_, r_;  // scratch of head_logits
+};
+
+}  // namespace fastinfer::spec
