@@ -16,12 +16,17 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "fastinfer/backend/cpu/attention.hpp"
 #include "fastinfer/core/error.hpp"
@@ -133,15 +138,37 @@ class KVStoreImpl final : public KVStore {
   void prepare(const std::vector<SeqId>& seqs, bool decode, int threads) override {
     cache_.build_tables(seqs, tables_);
     decode_ = decode;
-    // Every layer has the same lengths: one plan per step.
-    if (decode) plan_ = cpu::plan_decode(cache_.view(tables_, 0), threads);
+    planned_ = false;
+    if (!decode) return;
+    // Flash-decoding cuts only ranges longer than min_split_tokens; below
+    // that the plan is one range per (sequence, KV head), which the
+    // allocation-free loop below runs without making a plan at all.
+    const auto view = cache_.view(tables_, 0);
+    std::int64_t longest = 0;
+    for (std::int32_t b = 0; b < view.batch; ++b) {
+      const std::int64_t len = view.length(b);
+      longest = std::max(longest, view.window > 0 ? std::min<std::int64_t>(len, view.window) : len);
+    }
+    if (longest > cpu::DecodePlanOptions{}.min_split_tokens) {
+      // Every layer has the same lengths: one plan per step.
+      plan_ = cpu::plan_decode(view, threads);
+      planned_ = true;
+    }
+#if FASTINFER_ATTENTION_AVX2 && defined(_OPENMP)
+    if (int(work_.size()) < threads) work_.resize(std::size_t(threads));
+#else
+    if (work_.empty()) work_.resize(1);
+#endif
   }
 
   void attend(int layer, const float* q, const std::int32_t* qo_indptr, const std::uint8_t* mask, float* out,
               int n_q_heads, int threads) override {
     const auto view = cache_.view(tables_, layer);
     if (decode_ && mask == nullptr) {
-      cpu::decode_attention(view, q, out, n_q_heads, plan_, threads);
+      if (planned_)
+        cpu::decode_attention(view, q, out, n_q_heads, plan_, threads);
+      else
+        decode_short_(view, q, out, n_q_heads, threads);
     } else {
       const cpu::CustomMask m{mask};
       cpu::extend_attention(view, q, qo_indptr, out, n_q_heads, threads, mask ? &m : nullptr);
@@ -149,10 +176,68 @@ class KVStoreImpl final : public KVStore {
   }
 
  private:
+  // Decode attention when no range needs splitting: cpu::decode_attention's
+  // arithmetic (one online-softmax state per (sequence, KV head), sinks then
+  // window, the same bits as its single-range merge) with per-thread scratch
+  // kept across steps, so a decode step allocates nothing. Without the AVX2
+  // kernels, the library kernel.
+  void decode_short_(const kv::PagedKVView<Quant>& view, const float* q, float* out, int n_q_heads, int threads) {
+#if FASTINFER_ATTENTION_AVX2
+    namespace ad = cpu::attention_detail;
+    cpu::check_heads(n_q_heads, view.n_kv_heads);
+    const int d = view.head_dim, G = n_q_heads / view.n_kv_heads;
+    const float scale = 1.0f / std::sqrt(float(d));
+    const std::int64_t items = std::int64_t(view.batch) * view.n_kv_heads;
+    std::int64_t keys = 0;
+    for (std::int32_t b = 0; b < view.batch; ++b) keys += view.length(b);
+    const int team = ad::team_size(items, std::min<int>(threads, int(work_.size())), keys * 2 * n_q_heads * d);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(team) if (team > 1)
+#endif
+    {
+#if defined(_OPENMP)
+      Work& w = work_[std::size_t(omp_get_thread_num())];
+#else
+      Work& w = work_[0];
+#endif
+      w.qs.resize(std::size_t(G) * std::size_t(d));
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+      for (std::int64_t i = 0; i < items; ++i) {
+        const std::int32_t b = std::int32_t(i / view.n_kv_heads), h = std::int32_t(i % view.n_kv_heads);
+        const std::int64_t pos = view.length(b) - 1;
+        const float* qh = q + (std::int64_t(b) * n_q_heads + std::int64_t(h) * G) * d;
+        w.st.reset(G, d);
+        const std::int64_t sink_end = view.sink_end(pos);
+        if (sink_end > 0) {
+          ad::load_query(qh, G, d, scale, view.sink_shift(pos), view.rope, w.qs.data());
+          ad::attend_range(view, b, h, w.qs.data(), G, 0, sink_end, ad::AllVisible{}, w.st);
+        }
+        ad::load_query(qh, G, d, scale, 0, view.rope, w.qs.data());
+        ad::attend_range(view, b, h, w.qs.data(), G, view.window_begin(pos), pos + 1, ad::AllVisible{}, w.st);
+        ad::finish(w.st, G, d, out + (std::int64_t(b) * n_q_heads + std::int64_t(h) * G) * d);
+      }
+    }
+#else
+    cpu::decode_attention(view, q, out, n_q_heads, threads);
+#endif
+  }
+
+#if FASTINFER_ATTENTION_AVX2
+  struct Work {
+    cpu::attention_detail::State st;
+    std::vector<float> qs;
+  };
+#else
+  struct Work {};
+#endif
+
   kv::KVCache<Layout, Quant> cache_;
   kv::PagedKVTables tables_;
   cpu::DecodePlan plan_;
-  bool decode_ = false;
+  bool decode_ = false, planned_ = false;
+  std::vector<Work> work_;  // per thread, kept across steps
 };
 
 template <typename Layout, typename Quant>
