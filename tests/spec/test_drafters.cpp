@@ -20,7 +20,9 @@ TEST_CASE("prompt lookup: longest n-gram first, most recent occurrence, up to k 
   // "5 6 7" occurred at 0 (followed by 8 9) and the 1-gram "7" later at 6 (followed by 2).
   const Tokens ctx = {5, 6, 7, 8, 9, 1, 7, 2, 5, 6, 7};
   CHECK(lookup.lookup(ctx, 2) == Tokens{8, 9});
-  CHECK(lookup.lookup(ctx, 10) == Tokens{8, 9, 1, 7, 2, 5, 6, 7});  // runs to the end of the text
+  // Past the end of the text it copies its own drafts: 8 9 1 7 2 5 6 7, then 8 9 again.
+  CHECK(lookup.lookup(ctx, 10) == Tokens{8, 9, 1, 7, 2, 5, 6, 7, 8, 9});
+  CHECK(lookup.lookup({4, 4, 4}, 5) == Tokens{4, 4, 4, 4, 4});  // a period-1 loop drafts all k
   // Only a 1-gram matches: the most recent earlier 7 (index 6).
   const Tokens ctx2 = {3, 7, 4, 0, 7, 2, 9, 7};
   CHECK(lookup.lookup(ctx2, 3) == Tokens{2, 9, 7});

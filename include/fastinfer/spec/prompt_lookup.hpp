@@ -1,6 +1,9 @@
 // Prompt lookup decoding (Saxena 2023; vLLM's "ngram" speculator): the
 // drafts are what followed the most recent earlier occurrence of the
 // context's last n tokens, trying n = max_ngram first, down to min_ngram. No
+// model at all. When the copied run reaches the end of the text it goes on
+// copying from its own drafts (the match and the suffix are equal, so the
+// text is read as periodic): a loop of period 1 still drafts k tokens. No
 // model at all: it pays off where the output repeats the input (summaries,
 // code edits, quoting) and costs almost nothing where it does not.
 #pragma once
@@ -37,8 +40,10 @@ class PromptLookup final : public Drafter {
       for (int s = len - n - 1; s >= 0; --s) {
         if (!std::equal(suffix, suffix + n, context.data() + s)) continue;
         const int from = s + n;
-        const int take = std::min(k, len - from);
-        out.assign(context.begin() + from, context.begin() + from + take);
+        for (int j = 0; j < k; ++j) {
+          const int at = from + j;
+          out.push_back(at < len ? context[std::size_t(at)] : out[std::size_t(at - len)]);
+        }
         return out;
       }
     }
