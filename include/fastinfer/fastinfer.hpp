@@ -46,6 +46,7 @@
 #include "fastinfer/spec/lookahead_pool.hpp"
 #include "fastinfer/spec/speculative_generate.hpp"
 #include "fastinfer/spec/drafter_factory.hpp"
+#include "fastinfer/engine/engine.hpp"
 
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"

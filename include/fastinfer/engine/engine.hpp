@@ -1,0 +1,427 @@
+// Engine: serves many requests at once on one model. Each step it asks the
+// ContinuousBatcher for a plan, executes it (swaps, copy-on-write copies, then
+// ONE forward pass over the ragged batch of every scheduled sequence),
+// samples each sampling row with its request's own parameters and random
+// stream, streams the tokens to per-request callbacks and commits them.
+//
+// How the books line up. The batcher, the KV cache and the prefix cache share
+// one PagedAllocator (model.kv().allocator()): the batcher creates, grows,
+// preempts and frees sequences (sequence id = request id), the prefix cache
+// holds its own references, and the KV cache only stores bytes. When a plan
+// arrives the batcher has already reserved and appended the step's tokens,
+// so the engine feeds every entry at its explicit start position
+// (ForwardBatch start_pos = entry.position): the model rolls the sequence
+// back to that position and extends it again by the same count, writing K/V
+// into blocks of the same sequence. Under NoEviction the batcher had
+// reserved a request's whole life; the rollback returns that reservation, so
+// the engine takes it back right after the forward (the pool cannot have
+// lost those blocks in between: nothing else allocates).
+//
+// Block bytes (swap and copy-on-write) are moved through the paged arena:
+// one block id covers every layer, block-major (kv/kv_cache.hpp), so a block
+// is one run of codes and one run of f32 parameters.
+//
+// Prefix caching: with EngineConfig::prefix_cache, a RadixPrefixCache over
+// the same allocator is plugged into the batcher (make_prefix_provider). A
+// request that shares a cached prefix adopts those blocks and computes only
+// the rest (a full-prompt hit still computes the last prompt token, for its
+// logits). The engine inserts a request's full blocks when its prefill ends
+// (so requests running beside it share the prompt at once), and the batcher
+// inserts again when the request ends.
+//
+// Determinism: the token sampled at a request's generated index i uses the
+// coin uniform(seed, i) (cpu::sample_at_index); greedy rows take the first
+// maximum. Neither depends on the batch, so, up to the summation order of the
+// batched matmul (same for every row), a request's output does not depend on
+// what rides with it.
+//
+// Not thread-safe: one thread calls submit/cancel/step; callbacks run on it.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/kv/kv_cache.hpp"
+#include "fastinfer/model/forward_batch.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/prefix/radix_prefix_cache.hpp"
+#include "fastinfer/sched/continuous_batcher.hpp"
+#include "fastinfer/sched/radix_prefix_provider.hpp"
+
+namespace fastinfer::engine {
+
+using sched::FinishReason;
+using sched::Request;
+using sched::RequestId;
+using sched::TokenId;
+
+struct EngineConfig {
+  // max_context 0 / vocab_size 0: the model's. max_tokens_per_step is capped
+  // at the model's max_batch (rows of one forward pass).
+  sched::SchedulerConfig scheduler{};
+  bool prefix_cache = false;        // reuse the KV of shared prefixes
+  bool cache_at_prefill_end = true; // also insert a prompt's blocks when its prefill ends
+};
+
+// Called once per generated token (stop tokens excluded), in order.
+using TokenCallback = std::function<void(RequestId id, TokenId token)>;
+// Called once when a request ends (finished, stopped, cancelled).
+using FinishCallback = std::function<void(RequestId id, FinishReason reason)>;
+
+// One request's latency, in seconds of the engine clock.
+struct RequestMetrics {
+  double ttft = 0;          // first token - arrival
+  double e2e = 0;           // finish - arrival
+  double itl_p50 = 0, itl_p99 = 0;
+  std::int64_t prompt_tokens = 0;
+  std::int64_t generated_tokens = 0;
+  std::int64_t cached_prompt_tokens = 0;  // prompt tokens adopted from the prefix cache at admission
+  std::int32_t preemptions = 0;
+};
+
+// Aggregate: the scheduler's summary plus where the engine's time went.
+struct EngineMetrics : sched::MetricsSummary {
+  double schedule_seconds = 0;  // schedule() + commit()
+  double execute_seconds = 0;   // swaps, copies, forward
+  double sample_seconds = 0;
+  std::int64_t forward_tokens = 0;  // query tokens fed (recompute included)
+  std::int64_t prefix_cached_blocks = 0;
+};
+
+template <typename Backend = CpuBackend>
+class Engine {
+ public:
+  // The model's KV cache must use the paged layout. The engine keeps a
+  // reference to the model; nothing else may drive the model's KV while the
+  // engine has live requests.
+  explicit Engine(LlamaModel<Backend>& model, EngineConfig config = {}, sched::SchedulerClock clock = {})
+      : model_(model),
+        cfg_(config),
+        clock_(clock ? std::move(clock) : sched::steady_seconds_clock()),
+        vocab_(model.config().vocab_size),
+        ws_(model.config().vocab_size) {
+    FASTINFER_CHECK(model_.kv().layout_name() == std::string_view("paged"), InvalidArgument,
+                    "Engine: the model's KV cache must use the paged layout, got '", model_.kv().layout_name(), "'");
+    sched::SchedulerConfig& sc = cfg_.scheduler;
+    if (sc.max_context == 0 || sc.max_context > model.config().max_seq_len) sc.max_context = model.config().max_seq_len;
+    if (sc.vocab_size == 0) sc.vocab_size = vocab_;
+    sc.max_tokens_per_step = std::min(sc.max_tokens_per_step, model.max_batch());
+    storage_ = find_storage_(model_.kv());
+    PagedAllocator& alloc = model_.kv().allocator();
+    FASTINFER_CHECK(alloc.num_sequences() == 0, UsageError, "Engine: the model's KV cache already holds ",
+                    alloc.num_sequences(), " sequences (reset() the model first)");
+    sched::PrefixProvider provider;
+    if (cfg_.prefix_cache) {
+      cache_ = std::make_unique<prefix::RadixPrefixCache>(alloc);
+      provider = sched::make_prefix_provider(*cache_);
+    }
+    batcher_ = std::make_unique<sched::ContinuousBatcher>(alloc, sc, std::move(provider), clock_);
+    if (sc.swap_blocks > 0) {
+      host_codes_.assign(std::size_t(sc.swap_blocks) * std::size_t(storage_.block_bytes), 0);
+      host_params_.assign(std::size_t(sc.swap_blocks) * std::size_t(storage_.block_params), 0.0f);
+    }
+  }
+
+  ~Engine() {
+    // Pins in the batcher unlock nodes of the cache: the batcher goes first.
+    batcher_.reset();
+    cache_.reset();
+  }
+
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // ---- requests --------------------------------------------------------------
+
+  // Queues a request under a fresh id (r.id is ignored) and returns the id.
+  // Bad input (empty prompt, prompt that leaves no room in the context,
+  // max_new_tokens <= 0, token outside the vocabulary, bad sampling values)
+  // throws InvalidArgument naming the value; nothing changes and every other
+  // request is unaffected. arrival_time < 0 means now.
+  RequestId submit(Request r, TokenCallback on_token = {}, FinishCallback on_finish = {}) {
+    const RequestId id = next_id_;
+    r.id = id;
+    if (r.arrival_time < 0.0) r.arrival_time = clock_();
+    batcher_->submit(std::move(r));
+    ++next_id_;
+    Live& l = live_[id];
+    l.on_token = std::move(on_token);
+    l.on_finish = std::move(on_finish);
+    return id;
+  }
+
+  // Ends a request and frees its blocks; true if it was still live. Unknown
+  // ids throw UsageError. A request in the step being executed ends at its
+  // commit (cancel from a callback is fine: callbacks run after commit).
+  bool cancel(RequestId id) {
+    const bool live = batcher_->cancel(id);
+    if (live && batcher_->status(id) == sched::RequestStatus::Finished) notify_finish_(id);
+    return live;
+  }
+
+  // Forgets a finished request's output and timing.
+  void retire(RequestId id) {
+    batcher_->retire(id);
+    live_.erase(id);
+  }
+
+  // ---- running ---------------------------------------------------------------
+
+  bool has_work() const { return batcher_->has_work(); }
+
+  // One scheduler step. Returns false when there was nothing to do.
+  bool step() {
+    if (!batcher_->has_work()) return false;
+    const double t0 = now_();
+    const sched::StepPlan& plan = batcher_->schedule();
+    const double t1 = now_();
+    execute_(plan);
+    const double t2 = now_();
+    sample_(plan);
+    const double t3 = now_();
+    if (cache_ && cfg_.cache_at_prefill_end) cache_prefills_(plan);
+    const std::vector<RequestId>& done = batcher_->commit(result_);
+    const double t4 = now_();
+    stats_.schedule_seconds += (t1 - t0) + (t4 - t3);
+    stats_.execute_seconds += t2 - t1;
+    stats_.sample_seconds += t3 - t2;
+    stream_(plan);
+    for (RequestId id : done) notify_finish_(id);
+    return true;
+  }
+
+  // Steps until every submitted request has ended.
+  void run() {
+    while (step()) {
+    }
+  }
+
+  // ---- results ---------------------------------------------------------------
+
+  const std::vector<TokenId>& output(RequestId id) const { return batcher_->output(id); }
+  FinishReason finish_reason(RequestId id) const { return batcher_->finish_reason(id); }
+  sched::RequestStatus status(RequestId id) const { return batcher_->status(id); }
+  const sched::RequestTiming& timing(RequestId id) const { return batcher_->timing(id); }
+
+  RequestMetrics request_metrics(RequestId id) const {
+    const sched::RequestTiming& t = batcher_->timing(id);
+    RequestMetrics m;
+    if (t.first_token >= 0) m.ttft = t.first_token - t.arrival;
+    if (t.finish >= 0) m.e2e = t.finish - t.arrival;
+    std::vector<double> gaps;
+    for (std::size_t i = 1; i < t.token_times.size(); ++i) gaps.push_back(t.token_times[i] - t.token_times[i - 1]);
+    m.itl_p50 = sched::percentile(gaps, 0.5);
+    m.itl_p99 = sched::percentile(gaps, 0.99);
+    m.prompt_tokens = std::int64_t(batcher_->request(id).prompt.size());
+    m.generated_tokens = std::int64_t(batcher_->output(id).size());
+    auto it = live_.find(id);
+    if (it != live_.end()) m.cached_prompt_tokens = std::max<std::int64_t>(it->second.first_position, 0);
+    m.preemptions = batcher_->preemptions(id);
+    return m;
+  }
+
+  EngineMetrics metrics() const {
+    EngineMetrics m = stats_;
+    static_cast<sched::MetricsSummary&>(m) = batcher_->metrics();
+    if (cache_) m.prefix_cached_blocks = cache_->cached_blocks();
+    return m;
+  }
+
+  double now() const { return clock_(); }
+  sched::ContinuousBatcher& batcher() { return *batcher_; }
+  const sched::ContinuousBatcher& batcher() const { return *batcher_; }
+  prefix::RadixPrefixCache* prefix_cache() { return cache_.get(); }
+  LlamaModel<Backend>& model() { return model_; }
+  const EngineConfig& config() const { return cfg_; }
+
+  // Drops every cached prefix block (e.g. to check that the pool is whole).
+  void clear_prefix_cache() {
+    if (cache_) cache_->evict(cache_->evictable_blocks());
+  }
+
+ private:
+  // Where the bytes of block b live: codes + b * block_bytes and
+  // params + b * block_params, every layer, K and V.
+  struct BlockStorage {
+    std::uint8_t* codes = nullptr;
+    std::int64_t block_bytes = 0;
+    float* params = nullptr;
+    std::int64_t block_params = 0;
+  };
+
+  struct Live {
+    TokenCallback on_token;
+    FinishCallback on_finish;
+    std::int64_t first_position = -1;  // position of its first plan entry (cached prompt tokens)
+    bool notified = false;
+  };
+
+  static BlockStorage find_storage_(KVStore& kv) {
+    std::optional<BlockStorage> found;
+    for (kv::QuantKind k : {kv::QuantKind::F32, kv::QuantKind::F16, kv::QuantKind::BF16, kv::QuantKind::Int8,
+                            kv::QuantKind::Int4, kv::QuantKind::FP8E4M3, kv::QuantKind::FP8E5M2}) {
+      kv::visit_quant(k, [&](auto quant) {
+        using Q = decltype(quant);
+        auto* cache = kv.template cache<kv::Paged<0>, Q>();
+        if (cache == nullptr || found) return;
+        kv::PagedKVTables none;
+        none.indptr.assign(1, 0);
+        const auto view = cache->view(none, 0);
+        // The arena is the cache's own mutable storage; the view only hands
+        // out const pointers because kernels read it.
+        BlockStorage s;
+        s.codes = const_cast<std::uint8_t*>(view.k_codes);
+        s.block_bytes = view.block_stride;
+        s.params = const_cast<float*>(view.k_params);
+        s.block_params = view.param_block_stride;
+        found = s;
+      });
+    }
+    FASTINFER_CHECK(found.has_value(), InvalidArgument, "Engine: unsupported KV cache '", kv.layout_name(), "/",
+                    kv.quant_name(), "'");
+    return *found;
+  }
+
+  double now_() const { return clock_(); }
+
+  void copy_block_(const std::uint8_t* codes_src, const float* params_src, std::uint8_t* codes_dst,
+                   float* params_dst) const {
+    std::memcpy(codes_dst, codes_src, std::size_t(storage_.block_bytes));
+    if (storage_.block_params > 0)
+      std::memcpy(params_dst, params_src, sizeof(float) * std::size_t(storage_.block_params));
+  }
+  std::uint8_t* dev_codes_(BlockId b) const { return storage_.codes + std::int64_t(b) * storage_.block_bytes; }
+  float* dev_params_(BlockId b) const { return storage_.params + std::int64_t(b) * storage_.block_params; }
+  std::uint8_t* host_codes_at_(std::int32_t h) { return host_codes_.data() + std::int64_t(h) * storage_.block_bytes; }
+  float* host_params_at_(std::int32_t h) { return host_params_.data() + std::int64_t(h) * storage_.block_params; }
+
+  void execute_(const sched::StepPlan& plan) {
+    for (const sched::BlockSwap& s : plan.swap_out)
+      copy_block_(dev_codes_(s.device), dev_params_(s.device), host_codes_at_(s.host), host_params_at_(s.host));
+    for (const sched::BlockSwap& s : plan.swap_in)
+      copy_block_(host_codes_at_(s.host), host_params_at_(s.host), dev_codes_(s.device), dev_params_(s.device));
+    for (const BlockCopy& c : plan.copies)
+      copy_block_(dev_codes_(c.src), dev_params_(c.src), dev_codes_(c.dst), dev_params_(c.dst));
+    if (plan.entries.empty()) {
+      logits_ = nullptr;
+      return;
+    }
+    PagedAllocator& alloc = model_.kv().allocator();
+    batch_.clear();
+    capacity_.clear();
+    for (std::size_t i = 0; i < plan.entries.size(); ++i) {
+      const sched::PlanEntry& e = plan.entries[i];
+      batch_.add(e.id, plan.tokens.data() + plan.token_indptr[i], e.num_tokens, e.position);
+      capacity_.push_back(alloc.capacity(e.id));
+      auto it = live_.find(e.id);
+      if (it != live_.end() && it->second.first_position < 0) it->second.first_position = e.position;
+      stats_.forward_tokens += e.num_tokens;
+    }
+    batch_.logits = LogitsRows::Last;
+    logits_ = model_.forward(batch_);
+    // Take back reservations beyond the step (NoEviction reserves a
+    // request's whole life at admission) that the rollback returned.
+    for (std::size_t i = 0; i < plan.entries.size(); ++i) {
+      const SeqId s = plan.entries[i].id;
+      const std::int64_t missing = capacity_[i] - alloc.capacity(s);
+      if (missing > 0) {
+        const bool ok = alloc.reserve(s, capacity_[i] - alloc.length(s));
+        FASTINFER_CHECK(ok, Error, "Engine: could not restore the reservation of request ", s, " (bug)");
+      }
+    }
+  }
+
+  void sample_(const sched::StepPlan& plan) {
+    result_.clear();
+    for (std::size_t i = 0; i < plan.entries.size(); ++i) {
+      const sched::PlanEntry& e = plan.entries[i];
+      if (!e.samples) continue;
+      const sched::SamplingConfig& sc = batcher_->request(e.id).sampling;
+      cpu::SamplingParams p;
+      p.temperature = sc.temperature;
+      p.top_k = sc.top_k;
+      p.top_p = sc.top_p;
+      p.seed = sc.seed;
+      const float* row = logits_ + i * std::size_t(vocab_);
+      const TokenId t = cpu::sample_at_index(row, vocab_, p, std::uint64_t(e.sample_index), ws_);
+      result_.add(e.id, t);
+    }
+  }
+
+  // Inserts the full blocks of every prompt (or recompute) whose prefill
+  // ended in this step, so that requests admitted next share them now.
+  void cache_prefills_(const sched::StepPlan& plan) {
+    const PagedAllocator& alloc = model_.kv().allocator();
+    const std::int64_t bs = alloc.block_size();
+    for (const sched::PlanEntry& e : plan.entries) {
+      if (!e.samples || e.num_tokens <= 1) continue;
+      const std::int64_t full = (e.position + e.num_tokens) / bs;
+      if (full == 0) continue;
+      const Request& r = batcher_->request(e.id);
+      const std::vector<TokenId>& out = batcher_->output(e.id);
+      tokens_.assign(r.prompt.begin(), r.prompt.end());
+      tokens_.insert(tokens_.end(), out.begin(), out.end());
+      tokens_.resize(std::size_t(full * bs));
+      const std::vector<BlockId>& table = alloc.block_table(e.id);
+      blocks_.assign(table.begin(), table.begin() + std::ptrdiff_t(full));
+      cache_->insert(tokens_, blocks_, r.prefix_namespace);
+    }
+  }
+
+  // Hands the committed tokens to their callbacks (a stop token is not part
+  // of the output and is not streamed).
+  void stream_(const sched::StepPlan& plan) {
+    for (std::size_t r = 0; r < result_.rows(); ++r) {
+      const RequestId id = result_.ids[r];
+      auto it = live_.find(id);
+      if (it == live_.end() || !it->second.on_token) continue;
+      const std::vector<TokenId>& out = batcher_->output(id);
+      std::int32_t index = 0;
+      for (const sched::PlanEntry& e : plan.entries)
+        if (e.id == id) index = e.sample_index;
+      if (std::int64_t(out.size()) > index) it->second.on_token(id, out[std::size_t(index)]);
+    }
+  }
+
+  void notify_finish_(RequestId id) {
+    auto it = live_.find(id);
+    if (it == live_.end() || it->second.notified) return;
+    it->second.notified = true;
+    if (it->second.on_finish) it->second.on_finish(id, batcher_->finish_reason(id));
+  }
+
+  LlamaModel<Backend>& model_;
+  EngineConfig cfg_;
+  sched::SchedulerClock clock_;
+  std::int32_t vocab_;
+  cpu::SamplerWorkspace ws_;
+  BlockStorage storage_;
+  std::unique_ptr<prefix::RadixPrefixCache> cache_;
+  std::unique_ptr<sched::ContinuousBatcher> batcher_;
+  std::vector<std::uint8_t> host_codes_;
+  std::vector<float> host_params_;
+  std::unordered_map<RequestId, Live> live_;
+  RequestId next_id_ = 1;  // 0 is the model's solo sequence
+
+  ForwardBatch batch_;
+  std::vector<std::int64_t> capacity_;
+  const float* logits_ = nullptr;
+  sched::StepResult result_;
+  std::vector<TokenId> tokens_;
+  std::vector<BlockId> blocks_;
+  EngineMetrics stats_;
+};
+
+}  // namespace fastinfer::engine
