@@ -299,7 +299,7 @@ TEST_CASE("with_rope_style permutes Q/K rows without changing the function", "[m
 // row tail that lands on other SIMD lanes). Where the widths grow by a power
 // of 4 and rows stay lane-aligned, the decode path is bit-exact, which the
 // second half of each case checks.
-TEST_CASE("tinystories-656k inflated 128->256 wide, 8->16 heads, +2 layers: golden tokens, logits within 1e-5",
+TEST_CASE("tinystories-656k inflated 128->256 wide, 8->16 heads, +2 layers: golden tokens, logits within 2e-5",
           "[model][inflate][golden]") {
   FASTINFER_REQUIRE_SHARED(model_dir, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
@@ -344,6 +344,7 @@ TEST_CASE("stories260K inflated 64->128 wide, 8->16 heads, +2 layers: golden tok
   for (const auto& gc : cases) check_teacher_forced(original, x4, gc, 0, Path::Decode);
 }
 
+// CI budget: two of the four cases here (the opt-in case below runs them all).
 TEST_CASE("inflate:tinystories-656k:110M: logits within 1e-4 at every golden position, greedy on one case",
           "[model][inflate][golden]") {
   FASTINFER_REQUIRE_SHARED(model_dir, "models/tinystories-656k");
@@ -355,8 +356,8 @@ TEST_CASE("inflate:tinystories-656k:110M: logits within 1e-4 at every golden pos
   fi::LlamaModel<> inflated(fi::load_model("inflate:" + model_dir.string() + ":110M", opt), {2});
   CHECK(inflated.config().dim == 768);
   CHECK(inflated.config().n_layers == 12);
-  for (const auto& gc : cases) check_teacher_forced(original, inflated, gc, 1e-4);
-  // The full greedy set is the opt-in case below; this one is the cheapest.
+  for (const auto& gc : cases)
+    if (gc.name == "lily" || gc.name == "once_upon_a_time") check_teacher_forced(original, inflated, gc, 1e-4);
   for (const auto& gc : cases)
     if (gc.name == "lily") check_greedy(inflated, gc);
 }
@@ -450,10 +451,10 @@ TEST_CASE("fastinfer-inflate writes a directory and a GGUF that tell the golden 
   std::filesystem::remove(gguf);
 }
 
-// Opt-in (hidden from the default run; `model_inflate "[opt-in]"`): every
+// Opt-in (hidden from the default run; `model_test_inflate "[opt-in]"`): every
 // golden case decoded greedily by the 110M stand-ins, and the 1B one (4+ GiB
 // in f32, about a minute per case on 2 cores).
-TEST_CASE("inflate:tinystories-656k:110M and stories260K:110M reproduce every golden case greedily",
+TEST_CASE("inflate:tinystories-656k:110M and stories260K:110M reproduce every golden case, logits within 1e-4",
           "[.][opt-in][model][inflate][golden]") {
   FASTINFER_REQUIRE_SHARED(model_dir, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
@@ -462,8 +463,12 @@ TEST_CASE("inflate:tinystories-656k:110M and stories260K:110M reproduce every go
   fi::LoadOptions opt;
   opt.threads = 2;
   {
+    fi::LlamaModel<> original(fi::load_hf_weights(model_dir), {2});
     fi::LlamaModel<> inflated(fi::load_model("inflate:" + model_dir.string() + ":110M", opt), {2});
-    for (const auto& gc : fi::testing::read_golden_cases(cases_dir)) check_greedy(inflated, gc);
+    for (const auto& gc : fi::testing::read_golden_cases(cases_dir)) {
+      check_teacher_forced(original, inflated, gc, 1e-4);
+      check_greedy(inflated, gc);
+    }
   }
   fi::LlamaModel<> original(fi::load_llama2c(bin_path.string()), {2});
   fi::LlamaModel<> inflated(fi::load_model("inflate:" + bin_path.string() + ":110M", opt), {2});
