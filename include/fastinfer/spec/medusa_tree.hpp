@@ -1,0 +1,459 @@
+// Medusa candidate trees and the Medusa generation loop (batch 1).
+//
+// Each step the heads (medusa_heads.hpp) give, for depth d = 1..K, a ranked
+// list of guesses for the token d places after the root (the last emitted
+// token). A tree policy picks which combinations to verify, as paths of
+// ranks ({0, 1}: head 1's best guess, then head 2's second best):
+//
+//   FixedChoicesTree  a fixed list of paths, as Medusa's medusa_choices.
+//   DynamicTree       EAGLE-2-style: grow best-first by cumulative
+//                     probability (product of the head probabilities along
+//                     the path) until a node budget is spent. Every prefix
+//                     of a chosen path is chosen first (its score is higher).
+//
+// build_candidate_tree turns the paths into a TokenTree whose nodes are in an
+// order that makes KV rollback cheap: the top-1 chain ({0}, {0,0}, ...) comes
+// first, then the rest by depth. One verification forward feeds
+//   [pending tokens (causal) | tree nodes (each sees the pending tokens and
+//    its own ancestors)]
+// with the tree node at depth d placed at position len - 1 + d (siblings share
+// a position) and KV slot len + node index. The rows from the root (the last
+// pending token) onwards are SpeculativeVerifier::verify_tree's layout.
+//
+// KV compaction: the accepted path must end up at contiguous positions. A
+// node's K/V depend only on its token, its position and what it attended to
+// (the prefix and its ancestors), so a path node already in the right slot
+// (path[j] == j: a prefix of the top-1 chain) is kept as is; from the first
+// node that is not, the accepted tokens are RECOMPUTED as pending tokens at
+// the front of the next step's forward (no extra pass: they ride along with
+// the next tree). Moving entries instead would need a KV-cache verb that
+// copies slots within a sequence for every cache layout and quantization;
+// recomputation is exact, and cheap next to a verification pass.
+//
+// Exactness: greedy takes the longest path the target's argmax agrees with
+// (verify_tree_greedy), so the output is plain greedy's for ANY heads. With
+// temperature > 0, AcceptanceRule::Exact uses SpecInfer's multi-round
+// rejection with one-hot q (siblings are distinct deterministic candidates):
+// exact in distribution. AcceptanceRule::TypicalLossy uses Medusa's typical
+// acceptance on the tree (verify_tree_typical_lossy): the longest path whose
+// every node passes p(x) > min(threshold, alpha * exp(-H(p))); lossy.
+//
+// Bit-identity with plain decoding holds while a step's forward is at most
+// cpu::gemm_detail::kDotMaxTokens (16) rows (matmul then gives matvec's
+// bits): the default trees keep pending + nodes <= 16.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <queue>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/model/forward_batch.hpp"
+#include "fastinfer/model/generate.hpp"
+#include "fastinfer/spec/medusa_heads.hpp"
+#include "fastinfer/spec/speculative_generate.hpp"
+#include "fastinfer/spec/speculative_verifier.hpp"
+
+namespace fastinfer::spec {
+
+using TreePath = std::vector<int>;  // ranks per depth, root excluded
+
+// Guesses of every head: tokens[d][r] is head d's r-th best token, probs its
+// softmax probability.
+struct HeadGuesses {
+  std::vector<std::vector<std::int32_t>> tokens;
+  std::vector<std::vector<float>> probs;
+  int depth() const { return int(tokens.size()); }
+};
+
+// --- policies -----------------------------------------------------------------
+
+struct FixedChoicesTree {
+  std::vector<TreePath> choices;
+  // The default for K heads: the top-1 chain to depth K plus five
+  // alternatives near the root (9 nodes for K = 4; with up to K + 1 pending
+  // rows a step stays within 16 rows).
+  static FixedChoicesTree default_for(int num_heads) {
+    FixedChoicesTree t;
+    for (int d = 1; d <= num_heads; ++d) t.choices.push_back(TreePath(std::size_t(d), 0));
+    for (TreePath p : {TreePath{1}, TreePath{2}, TreePath{0, 1}, TreePath{1, 0}, TreePath{0, 0, 1}})
+      if (int(p.size()) <= num_heads) t.choices.push_back(p);
+    return t;
+  }
+};
+
+struct DynamicTree {
+  int budget = 10;    // nodes in the tree
+  int top_k = 3;      // children considered per node
+  int max_depth = 0;  // 0: as many as there are heads
+};
+
+template <typename Policy>
+struct is_tree_policy : std::false_type {};
+template <>
+struct is_tree_policy<FixedChoicesTree> : std::true_type {};
+template <>
+struct is_tree_policy<DynamicTree> : std::true_type {};
+
+using TreePolicy = std::variant<FixedChoicesTree, DynamicTree>;
+
+// Ranks any policy needs per head.
+inline int guesses_needed(const FixedChoicesTree& t) {
+  int r = 1;
+  for (const auto& p : t.choices)
+    for (int x : p) r = std::max(r, x + 1);
+  return r;
+}
+inline int guesses_needed(const DynamicTree& t) { return std::max(1, t.top_k); }
+
+template <typename Policy>
+std::vector<TreePath> select_paths(const Policy&, const HeadGuesses&) {
+  static_assert(is_tree_policy<Policy>::value,
+                "select_paths<Policy>: Policy must be FixedChoicesTree or DynamicTree (spec/medusa_tree.hpp)");
+  return {};
+}
+
+// The choices that fit the guesses at hand (depth and ranks), prefixes implied.
+template <>
+inline std::vector<TreePath> select_paths<FixedChoicesTree>(const FixedChoicesTree& t, const HeadGuesses& g) {
+  std::vector<TreePath> out;
+  for (const TreePath& p : t.choices) {
+    FASTINFER_CHECK(!p.empty(), InvalidArgument, "a Medusa tree choice is empty");
+    bool fits = int(p.size()) <= g.depth();
+    for (std::size_t d = 0; fits && d < p.size(); ++d) {
+      FASTINFER_CHECK(p[d] >= 0, InvalidArgument, "a Medusa tree choice holds rank ", p[d], " (must be >= 0)");
+      fits = p[d] < int(g.tokens[d].size());
+    }
+    if (fits) out.push_back(p);
+  }
+  return out;
+}
+
+template <>
+inline std::vector<TreePath> select_paths<DynamicTree>(const DynamicTree& t, const HeadGuesses& g) {
+  FASTINFER_CHECK(t.budget >= 0 && t.top_k >= 1 && t.max_depth >= 0, InvalidArgument,
+                  "dynamic Medusa tree needs budget >= 0, top_k >= 1, max_depth >= 0; got ", t.budget, ", ", t.top_k,
+                  ", ", t.max_depth);
+  const int depth = t.max_depth > 0 ? std::min(t.max_depth, g.depth()) : g.depth();
+  struct Cand {
+    double score;
+    std::int64_t order;  // first pushed wins a tie: deterministic
+    TreePath path;
+    bool operator<(const Cand& o) const { return score != o.score ? score < o.score : order > o.order; }
+  };
+  std::priority_queue<Cand> frontier;
+  std::int64_t pushed = 0;
+  auto push_children = [&](const TreePath& parent, double score) {
+    const int d = int(parent.size());
+    if (d >= depth) return;
+    const int kids = std::min(t.top_k, int(g.tokens[std::size_t(d)].size()));
+    for (int r = 0; r < kids; ++r) {
+      TreePath p = parent;
+      p.push_back(r);
+      frontier.push(Cand{score * double(g.probs[std::size_t(d)][std::size_t(r)]), pushed++, std::move(p)});
+    }
+  };
+  push_children({}, 1.0);
+  std::vector<TreePath> out;
+  while (int(out.size()) < t.budget && !frontier.empty()) {
+    Cand c = frontier.top();
+    frontier.pop();
+    push_children(c.path, c.score);
+    out.push_back(std::move(c.path));
+  }
+  return out;
+}
+
+inline std::vector<TreePath> select_paths(const TreePolicy& policy, const HeadGuesses& g) {
+  return std::visit([&](const auto& p) { return select_paths(p, g); }, policy);
+}
+inline int guesses_needed(const TreePolicy& policy) {
+  return std::visit([](const auto& p) { return guesses_needed(p); }, policy);
+}
+
+// --- tree ---------------------------------------------------------------------
+
+struct CandidateTree {
+  TokenTree tree;
+  std::vector<int> depth;  // 1-based depth of each node
+};
+
+// Paths -> TokenTree (duplicates dropped, missing prefixes added), top-1
+// chain first, then by depth, then lexicographically; parents before children.
+inline CandidateTree build_candidate_tree(std::vector<TreePath> paths, const HeadGuesses& g, int max_depth) {
+  std::vector<TreePath> all;
+  for (const TreePath& p : paths)
+    for (std::size_t n = 1; n <= p.size() && int(n) <= max_depth; ++n) all.emplace_back(p.begin(), p.begin() + long(n));
+  auto chain = [](const TreePath& p) { return std::all_of(p.begin(), p.end(), [](int x) { return x == 0; }); };
+  std::sort(all.begin(), all.end(), [&](const TreePath& a, const TreePath& b) {
+    const bool ca = chain(a), cb = chain(b);
+    if (ca != cb) return ca;
+    if (a.size() != b.size()) return a.size() < b.size();
+    return a < b;
+  });
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  CandidateTree out;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const TreePath& p = all[i];
+    const std::size_t d = p.size();
+    FASTINFER_CHECK(int(d) <= g.depth() && p[d - 1] < int(g.tokens[d - 1].size()), InvalidArgument,
+                    "a Medusa tree path of depth ", d, " asks for rank ", p[d - 1], " beyond the heads' guesses");
+    int parent = -1;
+    if (d > 1) {
+      const TreePath up(p.begin(), p.end() - 1);
+      parent = int(std::find(all.begin(), all.begin() + long(i), up) - all.begin());
+    }
+    out.tree.tokens.push_back(g.tokens[d - 1][std::size_t(p[d - 1])]);
+    out.tree.parent.push_back(parent);
+    out.depth.push_back(int(d));
+  }
+  return out;
+}
+
+// The verification batch of one step: `pending` tokens at positions
+// start..start+pending-1 (causal), then the tree. Fills tokens, positions and
+// the (pending + nodes)^2 mask of one sequence.
+inline void tree_verify_batch(const std::int32_t* pending, int n_pending, std::int64_t start, const CandidateTree& ct,
+                              SeqId seq, ForwardBatch& batch) {
+  FASTINFER_CHECK(n_pending >= 1, InvalidArgument, "a Medusa step needs at least the root token pending");
+  const int t = ct.tree.size(), n = n_pending + t;
+  batch.clear();
+  batch.add(seq, pending, n_pending, start);
+  batch.tokens.insert(batch.tokens.end(), ct.tree.tokens.begin(), ct.tree.tokens.end());
+  batch.qo_indptr.back() = std::int32_t(batch.tokens.size());
+  batch.logits = LogitsRows::All;
+  const std::int64_t root_pos = start + n_pending - 1;
+  for (int i = 0; i < n_pending; ++i) batch.positions.push_back(start + i);
+  for (int i = 0; i < t; ++i) batch.positions.push_back(root_pos + ct.depth[std::size_t(i)]);
+  batch.mask.assign(std::size_t(n) * std::size_t(n), 0);
+  auto m = [&](int r, int c) -> std::uint8_t& { return batch.mask[std::size_t(r) * std::size_t(n) + std::size_t(c)]; };
+  for (int r = 0; r < n_pending; ++r)
+    for (int c = 0; c <= r; ++c) m(r, c) = 1;
+  for (int i = 0; i < t; ++i) {
+    const int r = n_pending + i;
+    for (int c = 0; c < n_pending; ++c) m(r, c) = 1;
+    for (int a = i; a >= 0; a = ct.tree.parent[std::size_t(a)]) m(r, n_pending + a) = 1;
+  }
+}
+
+// Medusa's typical acceptance over a tree (lossy). p rows [tree.size() + 1]
+// [vocab] as verify_tree_greedy's (probabilities, not logits). Takes the
+// longest path of accepted nodes (first in node order on a tie), then one
+// token drawn from p at its end (argmax when `greedy`).
+inline VerifyOutcome verify_tree_typical_lossy(const float* p, int vocab, const TokenTree& tree,
+                                               const TypicalAcceptanceLossy& rule, bool greedy, std::uint64_t seed,
+                                               std::uint64_t first_index) {
+  tree.validate(vocab);
+  FASTINFER_CHECK(rule.threshold >= 0.0f && rule.alpha >= 0.0f, InvalidArgument,
+                  "typical acceptance needs threshold >= 0 and alpha >= 0, got ", rule.threshold, " and ", rule.alpha);
+  const int n = tree.size();
+  std::vector<double> bar(std::size_t(n) + 1);  // acceptance bar of each row
+  for (int r = 0; r <= n; ++r) {
+    const float* pr = p + std::size_t(r) * std::size_t(vocab);
+    double h = 0;
+    for (int x = 0; x < vocab; ++x)
+      if (pr[x] > 0.0f) h -= double(pr[x]) * std::log(double(pr[x]));
+    bar[std::size_t(r)] = std::min(double(rule.threshold), double(rule.alpha) * std::exp(-h));
+  }
+  std::vector<int> len(std::size_t(n), 0);  // accepted path length ending at node, 0: not accepted
+  int best = -1;
+  for (int i = 0; i < n; ++i) {
+    const int par = tree.parent[std::size_t(i)];
+    if (par >= 0 && len[std::size_t(par)] == 0) continue;
+    const float* pr = p + std::size_t(par + 1) * std::size_t(vocab);
+    if (double(pr[tree.tokens[std::size_t(i)]]) > bar[std::size_t(par + 1)]) {
+      len[std::size_t(i)] = (par >= 0 ? len[std::size_t(par)] : 0) + 1;
+      if (best < 0 || len[std::size_t(i)] > len[std::size_t(best)]) best = i;
+    }
+  }
+  VerifyOutcome out;
+  for (int a = best; a >= 0; a = tree.parent[std::size_t(a)]) out.path.push_back(a);
+  std::reverse(out.path.begin(), out.path.end());
+  for (int a : out.path) out.tokens.push_back(tree.tokens[std::size_t(a)]);
+  out.accepted = int(out.path.size());
+  const float* pe = p + std::size_t(best + 1) * std::size_t(vocab);
+  out.tokens.push_back(greedy ? std::int32_t(std::max_element(pe, pe + vocab) - pe)
+                              : cpu::sample_from_weights(pe, vocab,
+                                                         spec_coin(seed, first_index + std::uint64_t(out.accepted),
+                                                                   kResidualSlot)));
+  return out;
+}
+
+// Top-n guesses of every head for one hidden row.
+inline void medusa_guesses(MedusaHeads& heads, const float* hidden, const MatrixView& shared, int n, int depth,
+                           HeadGuesses& g, std::vector<float>& scratch, int threads = 1) {
+  const int vocab = heads.vocab();
+  n = std::min(n, vocab);
+  g.tokens.resize(std::size_t(depth));
+  g.probs.resize(std::size_t(depth));
+  scratch.resize(std::size_t(vocab));
+  std::vector<std::int32_t> idx(static_cast<std::size_t>(vocab));
+  for (int k = 0; k < depth; ++k) {
+    heads.head_logits(k, hidden, shared, scratch.data(), threads);
+    const float mx = *std::max_element(scratch.begin(), scratch.end());
+    double total = 0;
+    for (float& x : scratch) total += double(x = std::exp(x - mx));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](std::int32_t a, std::int32_t b) {
+      return scratch[std::size_t(a)] != scratch[std::size_t(b)] ? scratch[std::size_t(a)] > scratch[std::size_t(b)]
+                                                                : a < b;
+    });
+    g.tokens[std::size_t(k)].assign(idx.begin(), idx.begin() + n);
+    g.probs[std::size_t(k)].resize(std::size_t(n));
+    for (int r = 0; r < n; ++r) g.probs[std::size_t(k)][std::size_t(r)] = float(scratch[std::size_t(idx[std::size_t(r)])] / total);
+  }
+}
+
+struct MedusaOptions {
+  TreePolicy tree = DynamicTree{};
+  int max_depth = 0;  // 0: every head
+  AcceptanceRule rule = AcceptanceRule::Exact;
+  TypicalAcceptanceLossy typical{};
+};
+
+// Medusa generation on a LlamaModel (its solo sequence; needs forward with a
+// custom mask and last_hidden()). Same stop rules and first token as
+// generate(); stats as speculative_generate's (drafted = tree nodes offered).
+template <typename Model, typename OnToken>
+SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::vector<std::int32_t>& prompt,
+                                  const GenerationParams& params, const MedusaOptions& options, OnToken&& on_token) {
+  const LlamaConfig& c = model.config();
+  validate_generation(c, prompt, params);
+  heads.check_compatible(c);
+  FASTINFER_CHECK(options.max_depth >= 0, InvalidArgument, "Medusa max_depth must not be negative, got ",
+                  options.max_depth);
+  using Clock = std::chrono::steady_clock;
+  auto seconds = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  constexpr SeqId seq_id = Model::kSoloSequence;
+
+  SpeculativeResult out;
+  GenerationResult& r = out.generation;
+  SpeculativeStats& st = out.stats;
+  r.prompt_tokens = int(prompt.size());
+  const int vocab = c.vocab_size, dim = c.dim;
+  const int head_depth = options.max_depth > 0 ? std::min(options.max_depth, heads.num_heads()) : heads.num_heads();
+  const int n_guess = guesses_needed(options.tree);
+  cpu::SamplerWorkspace workspace(vocab);
+  const cpu::SamplingParams sp = sampling_params(params);
+  SpeculativeVerifier verifier(vocab, sp, options.rule, options.typical);
+  std::vector<float> hidden(static_cast<std::size_t>(dim)), scratch, probs;
+  HeadGuesses guesses;
+  ForwardBatch batch;
+  std::vector<std::int32_t> seq = prompt;
+
+  model.reset();
+  const auto t0 = Clock::now();
+  const float* logits = model.forward_prefill(prompt, 0);
+  std::copy(model.last_hidden(), model.last_hidden() + dim, hidden.begin());
+  int valid = int(prompt.size());  // positions whose KV is right
+  const auto t1 = Clock::now();
+  r.prefill_seconds = seconds(t0, t1);
+  Clock::time_point first = t1;
+
+  auto emit = [&](std::int32_t t) {
+    if (t == c.bos_id) {
+      r.stopped_by = StopReason::Bos;
+      return false;
+    }
+    if (c.eos_id >= 0 && t == c.eos_id) {
+      r.stopped_by = StopReason::Eos;
+      return false;
+    }
+    r.tokens.push_back(t);
+    seq.push_back(t);
+    if (r.tokens.size() == 1) {
+      first = Clock::now();
+      r.ttft_seconds = seconds(t0, first);
+    }
+    on_token(t);
+    return true;
+  };
+  auto room_left = [&]() {
+    if (int(r.tokens.size()) >= params.max_new_tokens) {
+      r.stopped_by = StopReason::MaxNewTokens;
+      return false;
+    }
+    if (int(seq.size()) >= c.max_seq_len) {
+      r.stopped_by = StopReason::SeqLen;
+      return false;
+    }
+    return true;
+  };
+
+  bool going = room_left() && emit(pick_token(logits, vocab, params, 0, workspace));
+  while (going && room_left()) {
+    const int len = int(seq.size());
+    const int remaining = std::min(params.max_new_tokens - int(r.tokens.size()), c.max_seq_len - len);
+    // Depth d sits at position len - 1 + d < max_seq_len; deeper than
+    // remaining - 1 can never be emitted.
+    const int depth = std::max(0, std::min({head_depth, remaining - 1, c.max_seq_len - len}));
+    CandidateTree ct;
+    if (depth > 0) {
+      medusa_guesses(heads, hidden.data(), model.weights().classifier, n_guess, depth, guesses, scratch,
+                     model.threads());
+      ct = build_candidate_tree(select_paths(options.tree, guesses), guesses, depth);
+    }
+    const int n_pending = len - valid;
+    // The forward holds at most max_batch rows, and node i takes KV slot
+    // len + i < max_seq_len: drop the tree's tail nodes (children come after
+    // parents, so what stays is still a tree).
+    const int room = std::min(model.max_batch() - n_pending, c.max_seq_len - len);
+    if (ct.tree.size() > room) {
+      ct.tree.tokens.resize(std::size_t(std::max(0, room)));
+      ct.tree.parent.resize(std::size_t(std::max(0, room)));
+      ct.depth.resize(std::size_t(std::max(0, room)));
+    }
+    tree_verify_batch(seq.data() + valid, n_pending, valid, ct, seq_id, batch);
+    const float* rows = model.forward(batch) + std::size_t(n_pending - 1) * std::size_t(vocab);
+    const std::uint64_t first_index = std::uint64_t(r.tokens.size());
+    VerifyOutcome v;
+    if (options.rule == AcceptanceRule::TypicalLossy) {
+      const int nr = ct.tree.size() + 1;
+      probs.resize(std::size_t(nr) * std::size_t(vocab));
+      for (int i = 0; i < nr; ++i)
+        cpu::sampling_distribution(rows + std::size_t(i) * std::size_t(vocab), vocab, sp,
+                                   probs.data() + std::size_t(i) * std::size_t(vocab), workspace);
+      v = verify_tree_typical_lossy(probs.data(), vocab, ct.tree, options.typical, verifier.greedy(), sp.seed,
+                                    first_index);
+    } else {
+      v = verifier.verify_tree(rows, ct.tree, nullptr, first_index);
+    }
+    const int last_row = n_pending - 1 + (v.path.empty() ? 0 : 1 + v.path.back());
+    std::copy(model.last_hidden() + std::size_t(last_row) * std::size_t(dim),
+              model.last_hidden() + std::size_t(last_row + 1) * std::size_t(dim), hidden.begin());
+    int in_place = 0;
+    while (in_place < int(v.path.size()) && v.path[std::size_t(in_place)] == in_place) ++in_place;
+    valid = len + in_place;
+    ++st.target_forwards;
+    st.drafted += ct.tree.size();
+    for (std::size_t i = 0; i < v.tokens.size(); ++i) {
+      if (!emit(v.tokens[i])) {
+        going = false;
+        break;
+      }
+      ++st.step_tokens;
+      if (int(i) < v.accepted) ++st.accepted;
+      if (!room_left()) {
+        going = false;
+        break;
+      }
+    }
+  }
+  if (!r.tokens.empty()) r.decode_seconds = seconds(first, Clock::now());
+  return out;
+}
+
+template <typename Model>
+SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::vector<std::int32_t>& prompt,
+                                  const GenerationParams& params, const MedusaOptions& options = {}) {
+  return medusa_generate(model, heads, prompt, params, options, [](std::int32_t) {});
+}
+
+}  // namespace fastinfer::spec

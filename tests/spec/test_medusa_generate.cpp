@@ -1,0 +1,215 @@
+// Medusa generation: greedy output equals plain greedy output (the golden
+// cases of stories260K and tinystories-656k) for random heads of several
+// seeds, both tree policies, and trained heads when FASTINFER_MEDUSA_HEADS
+// names a heads file for stories260K (tools/train_medusa.py); the verification
+// forward with the tree mask gives a node the logits of a plain causal
+// forward over its path; seeded sampling repeats exactly.
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/spec/medusa_heads.hpp"
+#include "fastinfer/spec/medusa_tree.hpp"
+#include "shared_dir.hpp"
+
+namespace {
+
+using fastinfer::GenerationParams;
+using Model = fastinfer::LlamaModel<>;
+namespace spec = fastinfer::spec;
+
+struct Case {
+  std::string name, stopped_by;
+  std::vector<std::int32_t> prompt, continuation;
+  int max_new_tokens = 0;
+};
+
+std::vector<std::int32_t> ids(const std::string& s) {
+  std::vector<std::int32_t> out;
+  std::istringstream in(s);
+  for (long v; in >> v;) out.push_back(std::int32_t(v));
+  return out;
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\r')) s.pop_back();
+  const auto b = s.find_first_not_of(' ');
+  return b == std::string::npos ? std::string() : s.substr(b);
+}
+
+std::vector<Case> read_cases(const std::filesystem::path& dir) {
+  std::vector<Case> cases;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() != ".txt") continue;
+    Case c;
+    c.name = e.path().stem().string();
+    std::ifstream in(e.path());
+    for (std::string line; std::getline(in, line);) {
+      const auto colon = line.find(':');
+      if (line.empty() || line[0] == '#' || colon == std::string::npos) continue;
+      const std::string key = line.substr(0, colon), value = line.substr(colon + 1);
+      if (key == "prompt") c.prompt = ids(value);
+      if (key == "continuation") c.continuation = ids(value);
+      if (key == "max_new_tokens") c.max_new_tokens = std::stoi(value);
+      if (key == "stopped_by") c.stopped_by = trim(value);
+    }
+    cases.push_back(c);
+  }
+  REQUIRE(!cases.empty());
+  return cases;
+}
+
+Model load(const std::string& path) { return Model(fastinfer::load_model(path), fastinfer::ModelOptions{1, 32}); }
+
+void check_golden(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
+                  const std::vector<std::string>& head_specs) {
+  Model model = load(model_path.string());
+  const auto cases = read_cases(cases_dir);
+  const std::vector<std::pair<std::string, spec::TreePolicy>> policies = {
+      {"choices", spec::FixedChoicesTree::default_for(4)},
+      {"dynamic", spec::DynamicTree{}},
+      {"dynamic-wide", spec::DynamicTree{24, 4, 0}}};  // beyond 16 rows: matmul's Eigen path
+  std::int64_t off_chain = 0;
+  for (const std::string& hs : head_specs) {
+    spec::MedusaHeads heads = spec::MedusaHeads::from_spec(hs, model.config(), 4);
+    for (const auto& [pname, policy] : policies)
+      for (const Case& c : cases) {
+        INFO("heads " << hs << ", tree " << pname << ", case " << c.name);
+        GenerationParams p;
+        p.max_new_tokens = c.max_new_tokens;
+        spec::MedusaOptions o;
+        o.tree = policy;
+        const auto r = spec::medusa_generate(model, heads, c.prompt, p, o);
+        CHECK(r.generation.tokens == c.continuation);
+        CHECK(fastinfer::stop_reason_name(r.generation.stopped_by) == c.stopped_by);
+        CHECK(r.stats.step_tokens + 1 == std::int64_t(r.generation.tokens.size()));
+        CHECK(r.stats.accepted <= r.stats.drafted);
+        off_chain += r.stats.accepted;
+      }
+  }
+  CHECK(off_chain > 0);  // some drafts were accepted: the KV bookkeeping was exercised
+}
+
+}  // namespace
+
+TEST_CASE("greedy Medusa reproduces the stories260K golden cases (random heads, both trees)") {
+  FASTINFER_REQUIRE_SHARED(model, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/cases");
+  check_golden(model, cases, {"random:1", "random:2"});
+}
+
+TEST_CASE("greedy Medusa reproduces the tinystories-656k golden cases (random heads, both trees)") {
+  FASTINFER_REQUIRE_SHARED(model, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
+  check_golden(model, cases, {"random:1"});
+}
+
+TEST_CASE("greedy Medusa with trained heads (FASTINFER_MEDUSA_HEADS) reproduces the stories260K golden cases") {
+  FASTINFER_REQUIRE_SHARED(model, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/cases");
+  const char* heads = std::getenv("FASTINFER_MEDUSA_HEADS");
+  if (heads == nullptr || *heads == '\0') {
+    std::printf("FASTINFER_SKIP: FASTINFER_MEDUSA_HEADS is not set (run tools/train_medusa.py)\n");
+    return;
+  }
+  check_golden(model, cases, {heads});
+}
+
+TEST_CASE("Medusa output equals plain generation at the sequence-length limit and with tiny budgets") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  Model model = load(model_path.string());
+  spec::MedusaHeads heads = spec::MedusaHeads::from_spec("random:5", model.config(), 5);
+  const std::vector<std::int32_t> near_end(505, 0);
+  std::vector<std::int32_t> looped = {1};
+  for (int i = 0; i < 30; ++i) looped.push_back(std::int32_t(100 + i % 5));
+  for (const auto& pr : {near_end, looped})
+    for (int budget : {0, 1, 2, 3, 7, 300}) {
+      GenerationParams p;
+      p.max_new_tokens = budget;
+      const auto plain = fastinfer::generate(model, pr, p);
+      for (const spec::TreePolicy& t : {spec::TreePolicy(spec::FixedChoicesTree::default_for(5)),
+                                        spec::TreePolicy(spec::DynamicTree{})}) {
+        spec::MedusaOptions o;
+        o.tree = t;
+        const auto r = spec::medusa_generate(model, heads, pr, p, o);
+        INFO("budget " << budget << " prompt length " << pr.size());
+        CHECK(r.generation.tokens == plain.tokens);
+        CHECK(r.generation.stopped_by == plain.stopped_by);
+      }
+    }
+}
+
+TEST_CASE("the tree-masked verification forward gives each node the logits of a causal forward over its path") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  Model model = load(model_path.string());
+  const int vocab = model.config().vocab_size;
+  const std::vector<std::int32_t> prompt = {1, 400, 50, 73, 900};
+  spec::HeadGuesses g;
+  g.tokens = {{10, 11, 12}, {20, 21, 22}, {30, 31, 32}};
+  g.probs = {{0.5f, 0.3f, 0.2f}, {0.6f, 0.3f, 0.1f}, {0.4f, 0.4f, 0.2f}};
+  const spec::CandidateTree ct = spec::build_candidate_tree(spec::select_paths(spec::DynamicTree{9, 3, 0}, g), g, 3);
+  REQUIRE(ct.tree.size() == 9);
+  // Prompt minus its last two tokens cached; the last two pending (a recompute step).
+  model.reset();
+  model.forward_prefill(prompt.data(), 3, 0);
+  fastinfer::ForwardBatch batch;
+  spec::tree_verify_batch(prompt.data() + 3, 2, 3, ct, Model::kSoloSequence, batch);
+  const float* rows = model.forward(batch);
+  const std::vector<float> got(rows, rows + std::size_t(batch.rows()) * std::size_t(vocab));
+  for (int i = 0; i < ct.tree.size(); ++i) {
+    std::vector<std::int32_t> path;
+    for (int a = i; a >= 0; a = ct.tree.parent[std::size_t(a)]) path.insert(path.begin(), ct.tree.tokens[std::size_t(a)]);
+    std::vector<std::int32_t> full = prompt;
+    full.insert(full.end(), path.begin(), path.end());
+    model.reset();
+    const float* ref = model.forward_prefill(full, 0);
+    const float* row = got.data() + std::size_t(2 + i) * std::size_t(vocab);
+    float worst = 0;
+    for (int t = 0; t < vocab; ++t) worst = std::max(worst, std::abs(row[t] - ref[t]));
+    INFO("node " << i);
+    CHECK(worst < 1e-4f);
+  }
+}
+
+TEST_CASE("seeded Medusa sampling repeats exactly and differs across seeds; typical acceptance runs") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  Model model = load(model_path.string());
+  spec::MedusaHeads heads = spec::MedusaHeads::from_spec("random:3", model.config(), 4);
+  GenerationParams p;
+  p.max_new_tokens = 100;
+  p.temperature = 0.9f;
+  p.top_k = 40;
+  for (auto rule : {spec::AcceptanceRule::Exact, spec::AcceptanceRule::TypicalLossy}) {
+    spec::MedusaOptions o;
+    o.rule = rule;
+    auto run = [&](std::uint64_t seed) {
+      p.seed = seed;
+      return spec::medusa_generate(model, heads, {1}, p, o);
+    };
+    const auto a = run(7), b = run(7), c = run(8);
+    CHECK(a.generation.tokens == b.generation.tokens);
+    CHECK(a.stats.accepted == b.stats.accepted);
+    CHECK(a.generation.tokens != c.generation.tokens);
+    CHECK(a.generation.tokens.size() > 10);
+  }
+}
+
+TEST_CASE("medusa_generate rejects bad arguments") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  Model model = load(model_path.string());
+  spec::MedusaHeads wrong = spec::MedusaHeads::random(1, 2, model.config().dim + 1, model.config().vocab_size);
+  CHECK_THROWS_AS(spec::medusa_generate(model, wrong, {1}, GenerationParams{}), fastinfer::InvalidArgument);
+  spec::MedusaHeads heads = spec::MedusaHeads::from_spec("random:1", model.config());
+  CHECK_THROWS_AS(spec::medusa_generate(model, heads, {}, GenerationParams{}), fastinfer::InvalidArgument);
+  spec::MedusaOptions o;
+  o.tree = spec::DynamicTree{-1, 3, 0};
+  CHECK_THROWS_AS(spec::medusa_generate(model, heads, {1}, GenerationParams{}, o), fastinfer::InvalidArgument);
+}
