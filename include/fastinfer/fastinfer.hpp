@@ -47,6 +47,8 @@
 #include "fastinfer/spec/speculative_generate.hpp"
 #include "fastinfer/spec/drafter_factory.hpp"
 #include "fastinfer/engine/engine.hpp"
+#include "fastinfer/engine/static_batcher.hpp"
+#include "fastinfer/engine/workload.hpp"
 
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"

@@ -1,0 +1,184 @@
+// fastinfer-serve-bench: a synthetic serving workload through the Engine
+// (continuous batching) and through the static-batching baseline, on the
+// same model. Prints a table, or with --json one object
+// {"continuous": {...}, "static": {...}}.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "fastinfer/engine/engine.hpp"
+#include "fastinfer/engine/static_batcher.hpp"
+#include "fastinfer/engine/workload.hpp"
+#include "fastinfer/model/load_model.hpp"
+
+namespace {
+
+nlohmann::json to_json(const fastinfer::sched::MetricsSummary& m, double wall, std::int64_t forward_tokens) {
+  nlohmann::json j;
+  j["requests"] = m.finished;
+  j["prompt_tokens"] = m.prompt_tokens;
+  j["generated_tokens"] = m.generated_tokens;
+  j["wall_s"] = wall;
+  j["throughput_tok_s"] = m.throughput_tok_s;
+  j["output_tok_s"] = m.output_tok_s;
+  j["ttft_ms_p50"] = m.ttft_p50 * 1e3;
+  j["ttft_ms_p99"] = m.ttft_p99 * 1e3;
+  j["itl_ms_p50"] = m.itl_p50 * 1e3;
+  j["itl_ms_p99"] = m.itl_p99 * 1e3;
+  j["e2e_ms_p50"] = m.e2e_p50 * 1e3;
+  j["e2e_ms_p99"] = m.e2e_p99 * 1e3;
+  j["preemptions"] = m.preemptions;
+  j["kv_utilisation_mean"] = m.kv_utilisation_mean;
+  j["kv_utilisation_peak"] = m.kv_utilisation_peak;
+  j["prefix_hit_rate"] = m.prefix_hit_rate;
+  j["steps"] = m.steps;
+  j["forward_tokens"] = forward_tokens;
+  return j;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace fe = fastinfer::engine;
+  CLI::App app{"Serve a synthetic workload with continuous batching and with static batching"};
+  std::string model_spec = "synthetic:15M", weights = "f32", prompt_len = "32:128", output_len = "32:128";
+  int threads = 2, max_seqs = 64, budget = 512, chunk = 0, static_batch = 16, block_size = 16, kv_blocks = 0,
+      swap_blocks = 0;
+  std::string preemption = "recompute";
+  bool json = false, prefix_cache = false, no_static = false;
+  fe::WorkloadConfig w;
+  w.num_requests = 64;
+  app.add_option("--model", model_spec, "model: synthetic:NAME, a llama2.c .bin, a .gguf or an HF directory")
+      ->capture_default_str();
+  app.add_option("--weights", weights, "weight type")->check(CLI::IsMember({"f32", "bf16", "f16"}))->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
+  app.add_option("--requests", w.num_requests, "number of requests")->check(CLI::Range(1, 1000000))->capture_default_str();
+  app.add_option("--rate", w.rate, "Poisson arrival rate in requests/s (0: all at once)")
+      ->check(CLI::Range(0.0, 1e9))->capture_default_str();
+  app.add_option("--prompt-len", prompt_len, "prompt length N or MIN:MAX (uniform)")->capture_default_str();
+  app.add_option("--output-len", output_len, "output length N or MIN:MAX (uniform)")->capture_default_str();
+  app.add_option("--shared-prefix-fraction", w.shared_prefix_fraction, "fraction of prompts starting with one shared prefix")
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--shared-prefix-len", w.shared_prefix_tokens, "tokens of the shared prefix")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  app.add_option("--temperature", w.temperature, "sampling temperature (0: greedy)")->capture_default_str();
+  app.add_option("--seed", w.seed, "workload and sampling seed")->capture_default_str();
+  app.add_option("--max-seqs", max_seqs, "continuous: most running sequences")->check(CLI::Range(1, 4096))->capture_default_str();
+  app.add_option("--max-tokens-per-step", budget, "continuous: token budget of one step")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  app.add_option("--prefill-chunk", chunk, "continuous: longest prefill chunk (0: the budget)")->capture_default_str();
+  app.add_option("--preemption", preemption, "continuous: preemption policy")
+      ->check(CLI::IsMember({"recompute", "swap", "none"}))->capture_default_str();
+  app.add_option("--swap-blocks", swap_blocks, "host swap space in KV blocks (--preemption swap)")->capture_default_str();
+  app.add_flag("--prefix-cache", prefix_cache, "continuous: reuse the KV of shared prefixes");
+  app.add_option("--block-size", block_size, "KV block size in tokens")->capture_default_str();
+  app.add_option("--kv-blocks", kv_blocks, "KV pool in blocks (0: room for every sequence of both runs)")
+      ->capture_default_str();
+  app.add_option("--static-batch", static_batch, "static baseline: batch size")->check(CLI::Range(1, 4096))->capture_default_str();
+  app.add_flag("--no-static", no_static, "skip the static baseline");
+  app.add_flag("--json", json, "print one JSON object");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    w.prompt = fe::LengthRange::parse(prompt_len);
+    w.output = fe::LengthRange::parse(output_len);
+    fastinfer::LoadOptions load;
+    load.weight_dtype = fastinfer::parse_weight_dtype(weights);
+    load.threads = threads;
+    fastinfer::LlamaWeights lw = fastinfer::load_model(model_spec, load);
+    const auto& cfg = lw.config;
+    w.vocab_size = cfg.vocab_size;
+    w.bos_id = cfg.bos_id;
+    if (w.prompt.max + w.output.max > cfg.max_seq_len)
+      fastinfer::throw_error<fastinfer::InvalidArgument>("prompt + output lengths (", w.prompt.max + w.output.max,
+                                                         ") exceed the model's context of ", cfg.max_seq_len);
+    const std::vector<fastinfer::sched::Request> requests = fe::make_workload(w);
+
+    fastinfer::ModelOptions mo;
+    mo.threads = threads;
+    mo.max_batch = std::min(budget, cfg.max_seq_len);
+    mo.kv.layout = fastinfer::KVLayoutKind::Paged;
+    mo.kv.block_size = block_size;
+    mo.kv.max_sequences = std::max(max_seqs, static_batch);
+    const std::int32_t per_seq = (w.prompt.max + w.output.max + block_size - 1) / block_size + 1;
+    const std::int32_t ctx_blocks = (cfg.max_seq_len + block_size - 1) / block_size + 1;
+    mo.kv.num_blocks = kv_blocks > 0 ? kv_blocks
+                                     : std::max(std::max(max_seqs, static_batch) * per_seq, ctx_blocks + 1);
+    fastinfer::LlamaModel<> model(std::move(lw), mo);
+
+    fe::EngineConfig ec;
+    ec.scheduler.max_seqs = max_seqs;
+    ec.scheduler.max_tokens_per_step = budget;
+    ec.scheduler.max_prefill_chunk = chunk;
+    ec.scheduler.swap_blocks = swap_blocks;
+    if (preemption == "swap") ec.scheduler.preemption = fastinfer::sched::Swap{};
+    if (preemption == "none") ec.scheduler.preemption = fastinfer::sched::NoEviction{};
+    ec.prefix_cache = prefix_cache;
+
+    nlohmann::json out;
+    double wall_c = 0;
+    fe::EngineMetrics mc;
+    {
+      fe::Engine<> engine(model, ec);
+      const double t0 = engine.now();
+      fe::drive(engine, requests);
+      wall_c = engine.now() - t0;
+      mc = engine.metrics();
+      out["continuous"] = to_json(mc, wall_c, mc.forward_tokens);
+      out["continuous"]["schedule_share"] =
+          wall_c > 0 ? mc.schedule_seconds / (mc.schedule_seconds + mc.execute_seconds + mc.sample_seconds) : 0.0;
+    }
+    fastinfer::sched::MetricsSummary ms;
+    if (!no_static) {
+      fe::StaticBatcher<> sb(model, {static_batch});
+      const auto t0 = std::chrono::steady_clock::now();
+      sb.run(requests);
+      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ms = sb.metrics();
+      out["static"] = to_json(ms, wall, sb.forward_tokens());
+      out["speedup"] = ms.throughput_tok_s > 0 ? mc.throughput_tok_s / ms.throughput_tok_s : 0.0;
+    }
+    out["config"] = {{"model", model_spec},          {"weights", weights},
+                     {"threads", threads},           {"requests", w.num_requests},
+                     {"rate", w.rate},               {"prompt_len", prompt_len},
+                     {"output_len", output_len},     {"shared_prefix_fraction", w.shared_prefix_fraction},
+                     {"max_seqs", max_seqs},         {"max_tokens_per_step", budget},
+                     {"static_batch", static_batch}, {"kv_blocks", mo.kv.num_blocks},
+                     {"preemption", preemption},     {"prefix_cache", prefix_cache}};
+    if (json) {
+      std::cout << out.dump(2) << "\n";
+      return 0;
+    }
+    std::printf("%s (%s), %d requests, prompt %s, output %s, %s arrivals, %d thread(s)\n", model_spec.c_str(),
+                weights.c_str(), w.num_requests, prompt_len.c_str(), output_len.c_str(),
+                w.rate > 0 ? (std::to_string(w.rate) + "/s Poisson").c_str() : "all-at-once", threads);
+    std::printf("%-24s %14s %14s\n", "", "continuous", no_static ? "" : "static");
+    auto row = [&](const char* name, const char* key, const char* fmt) {
+      std::printf("%-24s ", name);
+      std::printf(fmt, out["continuous"][key].get<double>());
+      if (!no_static) std::printf(fmt, out["static"][key].get<double>());
+      std::printf("\n");
+    };
+    row("throughput (tok/s)", "throughput_tok_s", "%14.1f ");
+    row("output (tok/s)", "output_tok_s", "%14.1f ");
+    row("TTFT p50 (ms)", "ttft_ms_p50", "%14.1f ");
+    row("TTFT p99 (ms)", "ttft_ms_p99", "%14.1f ");
+    row("ITL p50 (ms)", "itl_ms_p50", "%14.2f ");
+    row("ITL p99 (ms)", "itl_ms_p99", "%14.2f ");
+    row("e2e p50 (ms)", "e2e_ms_p50", "%14.1f ");
+    row("e2e p99 (ms)", "e2e_ms_p99", "%14.1f ");
+    row("preemptions", "preemptions", "%14.0f ");
+    row("KV utilisation (mean)", "kv_utilisation_mean", "%14.3f ");
+    row("prefix hit rate", "prefix_hit_rate", "%14.3f ");
+    row("wall (s)", "wall_s", "%14.2f ");
+    if (!no_static) std::printf("continuous / static throughput: %.2fx\n", out["speedup"].get<double>());
+    return 0;
+  } catch (const fastinfer::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+}
