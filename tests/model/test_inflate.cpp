@@ -399,7 +399,7 @@ TEST_CASE("inflated models written as a Hugging Face directory and as GGUF read 
   fi::LlamaModel<> from_gguf(fi::load_gguf_llama(gguf.string()));
   CHECK(from_gguf.config().rope_style == fi::RopeStyle::Interleaved);
   // Permuted rows sum q.k in another order: not bit-identical.
-  CHECK(max_abs_diff(all_logits(from_gguf, gc.sequence()), want) < 3e-5);
+  CHECK(max_abs_diff(all_logits(from_gguf, gc.sequence()), want) < 1e-4);
   std::filesystem::remove(gguf);
 
   // A llama2.c model (interleaved) as a Hugging Face directory: permuted to half split.
@@ -412,7 +412,7 @@ TEST_CASE("inflated models written as a Hugging Face directory and as GGUF read 
   CHECK(s_back.config.rope_style == fi::RopeStyle::HalfSplit);
   CHECK(s_back.config.eos_id == -1);
   fi::LlamaModel<> s_back_model(s_back);
-  CHECK(max_abs_diff(all_logits(s_back_model, seq), all_logits(s_model, seq)) < 3e-5);
+  CHECK(max_abs_diff(all_logits(s_back_model, seq), all_logits(s_model, seq)) < 1e-4);
   std::filesystem::remove_all(dir2);
 }
 
@@ -473,7 +473,10 @@ TEST_CASE("inflate:tinystories-656k:110M and stories260K:110M reproduce every go
   fi::LlamaModel<> original(fi::load_llama2c(bin_path.string()), {2});
   fi::LlamaModel<> inflated(fi::load_model("inflate:" + bin_path.string() + ":110M", opt), {2});
   for (const auto& gc : fi::testing::read_golden_cases(bin_cases)) {
-    check_teacher_forced(original, inflated, gc, 1e-4);
+    // Measured on long_300 (512 positions): 5.2e-5 decode, 1.15e-4 prefill
+    // (the K-blocked batched matmul over 2048 instead of 172 columns).
+    check_teacher_forced(original, inflated, gc, 1e-4, Path::Decode);
+    check_teacher_forced(original, inflated, gc, 2e-4, Path::Prefill);
     check_greedy(inflated, gc);
   }
 }
