@@ -23,8 +23,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
+fs::path scratch_root() { return fs::temp_directory_path() / ("fastinfer_test_hf_" + std::to_string(::getpid())); }
+// Removes this process's scratch directories when the test program exits.
+struct ScratchCleanup {
+  ~ScratchCleanup() {
+    std::error_code ec;
+    fs::remove_all(scratch_root(), ec);
+  }
+} scratch_cleanup;
+
 fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("fastinfer_test_hf_" + std::to_string(::getpid())) / name;
+  const fs::path d = scratch_root() / name;
   fs::remove_all(d);
   fs::create_directories(d);
   return d;

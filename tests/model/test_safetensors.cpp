@@ -20,6 +20,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Removes this process's scratch directory when the test program exits.
+struct ScratchCleanup {
+  ~ScratchCleanup() {
+    std::error_code ec;
+    fs::remove_all(fs::temp_directory_path() / ("fastinfer_test_safetensors_" + std::to_string(::getpid())), ec);
+  }
+} scratch_cleanup;
+
 fs::path temp_dir() {
   const fs::path d = fs::temp_directory_path() / ("fastinfer_test_safetensors_" + std::to_string(::getpid()));
   fs::create_directories(d);
