@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "fastinfer/engine/prompt_series.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
@@ -40,8 +41,14 @@ int main(int argc, char** argv) {
   app.add_option("--model", model_spec,
                  "llama2.c .bin checkpoint, .gguf, Hugging Face directory or synthetic:tiny|15M|110M|1B")
       ->capture_default_str();
-  auto* ids_option =
-      app.add_option("--prompt-ids", prompt_ids, "comma-separated prompt token ids (1 is BOS)")->capture_default_str();
+  std::vector<std::string> prompt_id_list{prompt_ids};
+  std::string prompts_file;
+  auto* ids_option = app.add_option("--prompt-ids", prompt_id_list,
+                                    "comma-separated prompt token ids (1 is BOS); repeat for several prompts "
+                                    "sharing one prefix cache")
+                         ->capture_default_str();
+  app.add_option("--prompts-file", prompts_file, "one prompt of token ids per line, run with one prefix cache")
+      ->excludes(ids_option);
   app.add_option("--prompt", prompt_text, "prompt text (BOS is added); needs a vocabulary")->excludes(ids_option);
   app.add_option("--tokenizer", tokenizer_path,
                  "llama2.c tokenizer.bin, .gguf vocabulary or tokenizer.json (default: the model's own); prints text");
@@ -56,6 +63,19 @@ int main(int argc, char** argv) {
   app.add_option("--seed", params.seed, "sampling seed")->capture_default_str();
   app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_option("--weights", weights, "convert matrices at load")->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0"}));
+  std::string kv_quant = "f32", kv_layout = "contiguous";
+  fastinfer::KVOptions kv;
+  app.add_option("--kv", kv_quant, "KV cache storage")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "int8", "int4", "fp8-e4m3", "fp8-e5m2"}))
+      ->capture_default_str();
+  app.add_option("--kv-layout", kv_layout, "KV cache layout")
+      ->check(CLI::IsMember({"contiguous", "paged", "window"}))
+      ->capture_default_str();
+  app.add_option("--block-size", kv.block_size, "KV block size (paged, window), a power of two")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--window", kv.window, "sliding window in tokens (--kv-layout window)")->check(CLI::Range(0, 1 << 30));
+  app.add_option("--sinks", kv.sinks, "attention sinks kept before the window")->check(CLI::Range(0, 1 << 30));
   app.add_flag("--print-ids", print_ids, "print only the generated ids, space separated, on one line");
   app.add_flag("--stats-json", stats_json, "print one JSON object of statistics on stderr");
   fastinfer::spec::DrafterSpec spec;
@@ -79,6 +99,29 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (prompt_id_list.size() > 1 || !prompts_file.empty()) {
+      // Several prompts: one Engine with a prefix cache across them.
+      fastinfer::LoadOptions load;
+      if (!weights.empty()) load.weight_dtype = fastinfer::parse_weight_dtype(weights);
+      load.threads = threads;
+      fastinfer::KVOptions paged;
+      paged.layout = fastinfer::KVLayoutKind::Paged;
+      fastinfer::LlamaModel<> model(fastinfer::load_model(model_spec, load), {threads, 0, paged});
+      std::vector<std::vector<std::int32_t>> prompts;
+      if (!prompts_file.empty()) prompts = fastinfer::engine::read_prompts_file(prompts_file);
+      for (const auto& p : prompts_file.empty() ? prompt_id_list : std::vector<std::string>{})
+        prompts.push_back(fastinfer::parse_token_ids(p));
+      const auto results = fastinfer::engine::run_prompt_series(model, prompts, params);
+      for (std::size_t i = 0; i < results.size(); ++i) {
+        std::printf("prompt %zu: %lld tokens, %lld cached, %lld computed\ngenerated:", i,
+                    (long long)results[i].prompt_tokens, (long long)results[i].cached_tokens,
+                    (long long)results[i].computed_tokens);
+        for (auto id : results[i].tokens) std::printf(" %d", int(id));
+        std::printf("\n");
+      }
+      return 0;
+    }
+    prompt_ids = prompt_id_list.front();
     // Text in and out when a vocabulary is at hand: --tokenizer, else a .gguf
     // model's own or a Hugging Face directory's tokenizer.json.
     const bool gguf_model = model_spec.size() > 5 && model_spec.compare(model_spec.size() - 5, 5, ".gguf") == 0;
@@ -102,7 +145,9 @@ int main(int argc, char** argv) {
     if (!weights.empty())
       load.weight_dtype = weights == "q8_0" ? fastinfer::DType::Q8_0 : fastinfer::parse_weight_dtype(weights);
     load.threads = threads;
-    fastinfer::LlamaModel<> model(fastinfer::load_model(model_spec, load), {threads});
+    kv.quant = fastinfer::kv::parse_quant(kv_quant);
+    kv.layout = fastinfer::parse_kv_layout(kv_layout);
+    fastinfer::LlamaModel<> model(fastinfer::load_model(model_spec, load), {threads, 0, kv});
     fastinfer::validate_generation(model.config(), prompt, params);
     const auto drafter = fastinfer::spec::make_drafter(spec, model_spec, model.config(),
                                                        fastinfer::sampling_params(params), threads);
