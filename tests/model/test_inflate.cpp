@@ -306,12 +306,15 @@ TEST_CASE("tinystories-656k inflated 128->256 wide, 8->16 heads, +2 layers: gold
   const auto cases = fi::testing::read_golden_cases(cases_dir);
   REQUIRE(cases.size() >= 4);
   fi::LlamaModel<> original(fi::load_hf_weights(model_dir));
-  for (const char* size : {"dim=256,hidden=768,layers=4,heads=16,kv_heads=8",  // group 2 kept
-                           "dim=256,hidden=512,layers=3,heads=16,kv_heads=4"}) {  // group 2 -> 4
+  // Every case for the first shape, two for the second (CI time).
+  const std::pair<const char*, bool> shapes[] = {{"dim=256,hidden=768,layers=4,heads=16,kv_heads=8", true},  // group 2 kept
+                                                 {"dim=256,hidden=512,layers=3,heads=16,kv_heads=4", false}};  // 2 -> 4
+  for (const auto& [size, all] : shapes) {
     INFO(size);
     fi::LlamaModel<> inflated(fi::load_model("inflate:" + model_dir.string() + ":" + size));
     CHECK(inflated.config().dim == 256);
     for (const auto& gc : cases) {
+      if (!all && gc.name != "lily" && gc.name != "once_upon_a_time") continue;
       // Measured at most 1.05e-5 (decode) and 1.4e-5 (prefill) over the four cases.
       check_teacher_forced(original, inflated, gc, 2e-5, Path::Decode);
       check_teacher_forced(original, inflated, gc, 2e-5, Path::Prefill);
@@ -320,7 +323,8 @@ TEST_CASE("tinystories-656k inflated 128->256 wide, 8->16 heads, +2 layers: gold
   }
   // 4x wide, 4x the heads, 4x the intermediate size, 2 more layers: every decoded logit is bit-identical.
   fi::LlamaModel<> x4(fi::load_model("inflate:" + model_dir.string() + ":dim=512,hidden=1536,layers=4,heads=32,kv_heads=16"));
-  for (const auto& gc : cases) check_teacher_forced(original, x4, gc, 0, Path::Decode);
+  for (const auto& gc : cases)
+    if (gc.name == "lily" || gc.name == "once_upon_a_time") check_teacher_forced(original, x4, gc, 0, Path::Decode);
 }
 
 TEST_CASE("stories260K inflated 64->128 wide, 8->16 heads, +2 layers: golden tokens, logits within 1e-4",
