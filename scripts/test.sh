@@ -6,4 +6,6 @@ preset="${1:-release}"
 scripts/install-deps.sh
 cmake --preset "$preset" >/dev/null
 cmake --build --preset "$preset"
+# Tests run side by side (-j): OpenMP workers must sleep, not spin, while they wait.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 ctest --preset "$preset" -j "$(nproc)" --label-exclude opt-in
