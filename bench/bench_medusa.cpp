@@ -1,0 +1,152 @@
+// Medusa at batch 1, greedy, on stories260K's golden prompts: tokens emitted
+// per target forward pass and wall-clock throughput, next to plain decoding
+// on the same prompts in the same run (speed-up = tok_s / tok_s of
+// BM_Medusa/stories260K/plain).
+//
+//   FASTINFER_MEDUSA_HEADS=build-medusa/stories260K.medusa bench_medusa
+//
+// The trained heads come from tools/train_medusa.py (a build artefact): the
+// path is taken from FASTINFER_MEDUSA_HEADS or --medusa-heads=PATH; without
+// it the trained rows are skipped with an error message saying so (the
+// random-head rows still run: they show what the tree costs when almost
+// nothing is accepted). Trees: choices (FixedChoicesTree::default_for(4), 9
+// nodes) and dynamic (DynamicTree{budget}, budget = the benchmark argument).
+// Counters: tok_s, accepted_per_forward (emitted tokens per verification
+// pass; 1.0 for plain decoding), acceptance (accepted / tree nodes offered).
+// One thread, as bench_speculative.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/spec/medusa_heads.hpp"
+#include "fastinfer/spec/medusa_tree.hpp"
+
+using namespace fastinfer;
+using Model = LlamaModel<>;
+
+namespace {
+
+std::string g_heads_path;  // trained heads for stories260K
+
+struct Prompt {
+  std::vector<std::int32_t> ids;
+  int max_new = 0;
+};
+
+std::string shared(const std::string& rel) { return std::string(FASTINFER_SHARED_DIR) + "/" + rel; }
+
+std::vector<Prompt> golden_prompts(const std::string& dir) {
+  std::vector<Prompt> out;
+  if (!std::filesystem::exists(dir)) return out;
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().extension() == ".txt") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) {
+    Prompt p;
+    std::ifstream in(f);
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("prompt:", 0) == 0) {
+        std::istringstream s(line.substr(7));
+        for (long v; s >> v;) p.ids.push_back(std::int32_t(v));
+      }
+      if (line.rfind("max_new_tokens:", 0) == 0) p.max_new = std::stoi(line.substr(15));
+    }
+    out.push_back(p);
+  }
+  return out;
+}
+
+Model* model() {
+  static std::unique_ptr<Model> m;
+  const std::string path = shared("models/stories260K.bin");
+  if (!m && std::filesystem::exists(path)) m = std::make_unique<Model>(load_model(path), ModelOptions{1, 64});
+  return m.get();
+}
+
+// heads: "plain", "trained" or "random:SEED"; tree: "choices" or "dynamic".
+void BM_Medusa(benchmark::State& state, const std::string& heads_spec, const std::string& tree) {
+  Model* target = model();
+  const auto prompts = golden_prompts(shared("golden/cases"));
+  if (!target || prompts.empty()) {
+    state.SkipWithError("missing ../shared/models/stories260K.bin or golden/cases");
+    return;
+  }
+  std::unique_ptr<spec::MedusaHeads> heads;
+  if (heads_spec == "trained") {
+    if (g_heads_path.empty()) {
+      state.SkipWithError("no trained heads: set FASTINFER_MEDUSA_HEADS or pass --medusa-heads=PATH "
+                          "(tools/train_medusa.py writes them)");
+      return;
+    }
+    heads = std::make_unique<spec::MedusaHeads>(spec::MedusaHeads::from_spec(g_heads_path, target->config()));
+  } else if (heads_spec != "plain") {
+    heads = std::make_unique<spec::MedusaHeads>(spec::MedusaHeads::from_spec(heads_spec, target->config()));
+  }
+  spec::MedusaOptions o;
+  if (tree == "choices") o.tree = spec::FixedChoicesTree::default_for(heads ? heads->num_heads() : 4);
+  else o.tree = spec::DynamicTree{int(state.range(0)), 3, 0};
+  std::int64_t tokens = 0, forwards = 0, step_tokens = 0, drafted = 0, accepted = 0;
+  for (auto _ : state) {
+    for (const Prompt& p : prompts) {
+      GenerationParams g;
+      g.max_new_tokens = p.max_new;
+      if (!heads) {
+        const auto r = generate(*target, p.ids, g);
+        tokens += std::int64_t(r.tokens.size());
+        forwards += std::int64_t(r.tokens.size());
+        step_tokens += std::int64_t(r.tokens.size());
+      } else {
+        const auto r = spec::medusa_generate(*target, *heads, p.ids, g, o);
+        tokens += std::int64_t(r.generation.tokens.size());
+        forwards += r.stats.target_forwards;
+        step_tokens += r.stats.step_tokens;
+        drafted += r.stats.drafted;
+        accepted += r.stats.accepted;
+      }
+    }
+  }
+  state.counters["tok_s"] = benchmark::Counter(double(tokens), benchmark::Counter::kIsRate);
+  state.counters["accepted_per_forward"] = forwards ? double(step_tokens) / double(forwards) : 0.0;
+  state.counters["acceptance"] = drafted ? double(accepted) / double(drafted) : 0.0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (const char* e = std::getenv("FASTINFER_MEDUSA_HEADS")) g_heads_path = e;
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    const char* flag = "--medusa-heads=";
+    if (std::strncmp(argv[i], flag, std::strlen(flag)) == 0) g_heads_path = argv[i] + std::strlen(flag);
+    else args.push_back(argv[i]);
+  }
+  int n = int(args.size());
+  benchmark::RegisterBenchmark("BM_Medusa/stories260K/plain", BM_Medusa, std::string("plain"), std::string("-"))
+      ->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(0.5);
+  for (const std::string h : {"trained", "random:1"}) {
+    benchmark::RegisterBenchmark(("BM_Medusa/stories260K/" + h + "/choices").c_str(), BM_Medusa, h,
+                                 std::string("choices"))
+        ->Arg(9)->Unit(benchmark::kMillisecond)->MinTime(0.5);
+    auto* b = benchmark::RegisterBenchmark(("BM_Medusa/stories260K/" + h + "/dynamic").c_str(), BM_Medusa, h,
+                                           std::string("dynamic"));
+    for (int budget : {4, 10, 15}) b->Arg(budget);
+    b->Unit(benchmark::kMillisecond)->MinTime(0.5);
+  }
+  benchmark::Initialize(&n, args.data());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
