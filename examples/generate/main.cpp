@@ -16,6 +16,7 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/spec/drafter_factory.hpp"
+#include "fastinfer/spec/medusa_tree.hpp"
 #include "fastinfer/spec/speculative_generate.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
@@ -81,7 +82,7 @@ int main(int argc, char** argv) {
   fastinfer::spec::DrafterSpec spec;
   int spec_k = 4;
   app.add_option("--spec", spec.kind, "speculative decoding drafter")
-      ->check(CLI::IsMember({"none", "draft", "prompt-lookup", "lookahead"}))
+      ->check(CLI::IsMember({"none", "draft", "prompt-lookup", "lookahead", "medusa"}))
       ->capture_default_str();
   app.add_option("--draft-model", spec.draft_model, "draft model for --spec draft (default: the target itself)");
   app.add_option("--draft-weights", spec.draft_weights, "draft model weights")
@@ -90,6 +91,12 @@ int main(int argc, char** argv) {
   app.add_option("--draft-kv", spec.draft_kv, "draft model KV cache type")->capture_default_str();
   app.add_option("--spec-k", spec_k, "most drafted tokens per step")->check(CLI::Range(0, 64))->capture_default_str();
   app.add_option("--lookahead", spec.lookahead, "lookahead W,N,G")->capture_default_str();
+  std::string medusa_heads = "random:1", medusa_tree = "dynamic";
+  app.add_option("--medusa-heads", medusa_heads, "Medusa heads file (tools/train_medusa.py) or random:SEED")
+      ->capture_default_str();
+  app.add_option("--medusa-tree", medusa_tree, "Medusa candidate tree")
+      ->check(CLI::IsMember({"choices", "dynamic"}))
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -149,8 +156,12 @@ int main(int argc, char** argv) {
     kv.layout = fastinfer::parse_kv_layout(kv_layout);
     fastinfer::LlamaModel<> model(fastinfer::load_model(model_spec, load), {threads, 0, kv});
     fastinfer::validate_generation(model.config(), prompt, params);
-    const auto drafter = fastinfer::spec::make_drafter(spec, model_spec, model.config(),
-                                                       fastinfer::sampling_params(params), threads);
+    const bool medusa = spec.kind == "medusa";
+    const auto drafter = medusa ? nullptr
+                                : fastinfer::spec::make_drafter(spec, model_spec, model.config(),
+                                                                fastinfer::sampling_params(params), threads);
+    auto heads = medusa ? fastinfer::spec::MedusaHeads::from_spec(medusa_heads, model.config())
+                        : fastinfer::spec::MedusaHeads();
 
     std::int32_t previous = prompt.back();
     if (tok && !print_ids) {
@@ -170,7 +181,10 @@ int main(int argc, char** argv) {
     };
     fastinfer::spec::ModelTarget<fastinfer::LlamaModel<>> target(model);
     const auto spec_result =
-        drafter ? fastinfer::spec::speculative_generate(target, *drafter, prompt, params,
+        medusa ? fastinfer::spec::medusa_generate(model, heads, prompt, params,
+                                                  fastinfer::spec::medusa_options(medusa_tree, heads.num_heads()),
+                                                  on_token)
+        : drafter ? fastinfer::spec::speculative_generate(target, *drafter, prompt, params,
                                                         fastinfer::spec::SpeculativeOptions{spec_k}, on_token)
                 : fastinfer::spec::plain_as_speculative(fastinfer::generate(model, prompt, params, on_token));
     const auto& result = spec_result.generation;

@@ -18,6 +18,7 @@
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/engine/engine.hpp"
+#include "fastinfer/engine/prompt_series.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "shared_dir.hpp"
 
@@ -436,4 +437,35 @@ TEST_CASE("engine: tinystories-656k goldens with and without the prefix cache", 
     }
     if (cached) CHECK(e.metrics().prefix_hit_rate > 0.2);
   }
+}
+
+TEST_CASE("prompt series: one prefix cache across prompts, goldens kept, cached tokens counted",
+          "[engine][prefix][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
+  const auto golden = read_cases(cases_dir);
+  const GoldenCase& bos = golden.at("bos_256");
+  const GoldenCase& pre = golden.at("prefix_20");
+  // prefix_20's prompt is the start of bos_256's output sequence.
+  std::vector<std::int32_t> bos_seq = bos.prompt;
+  bos_seq.insert(bos_seq.end(), bos.continuation.begin(), bos.continuation.end());
+  REQUIRE(std::equal(pre.prompt.begin(), pre.prompt.end(), bos_seq.begin()));
+  LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 1));
+  fastinfer::GenerationParams params;
+  params.max_new_tokens = pre.max_new_tokens;
+  const auto first_n = [&](const std::vector<std::int32_t>& v) {
+    return std::vector<std::int32_t>(v.begin(), v.begin() + std::ptrdiff_t(std::min<std::size_t>(v.size(), std::size_t(params.max_new_tokens))));
+  };
+  const auto res = fe::run_prompt_series(model, {bos.prompt, pre.prompt, pre.prompt}, params);
+  REQUIRE(res.size() == 3);
+  CHECK(res[0].tokens == first_n(bos.continuation));
+  CHECK(res[0].cached_tokens == 0);
+  CHECK(res[1].tokens == pre.continuation);
+  CHECK(res[1].cached_tokens == 16);  // one whole block of bos_256's sequence
+  CHECK(res[1].computed_tokens == 4);
+  CHECK(res[2].tokens == res[1].tokens);
+  CHECK(res[2].cached_tokens == 16);  // a 20-token prompt: the last partial block is always computed
+  CHECK(model.kv().allocator().num_sequences() == 0);
+  // Misuse: a file that does not exist.
+  CHECK_THROWS_AS(fe::read_prompts_file("/nonexistent/prompts.txt"), fastinfer::InvalidArgument);
 }
