@@ -49,6 +49,7 @@
 #include <cstdint>
 #include <numeric>
 #include <queue>
+#include <string>
 #include <type_traits>
 #include <variant>
 #include <vector>
@@ -365,6 +366,16 @@ struct MedusaOptions {
   AcceptanceRule rule = AcceptanceRule::Exact;
   TypicalAcceptanceLossy typical{};
 };
+
+// The options fastinfer-generate's --medusa-tree names: "choices"
+// (FixedChoicesTree::default_for(num_heads)) or "dynamic" (DynamicTree{}).
+inline MedusaOptions medusa_options(const std::string& tree, int num_heads) {
+  MedusaOptions o;
+  if (tree == "choices") o.tree = FixedChoicesTree::default_for(num_heads);
+  else if (tree == "dynamic") o.tree = DynamicTree{};
+  else throw_error<InvalidArgument>("unknown Medusa tree '", tree, "' (choices or dynamic)");
+  return o;
+}
 
 // Medusa generation on a LlamaModel (its solo sequence; needs forward with a
 // custom mask and last_hidden()). Same stop rules and first token as
