@@ -48,6 +48,8 @@
 #include "fastinfer/spec/lookahead_pool.hpp"
 #include "fastinfer/spec/speculative_generate.hpp"
 #include "fastinfer/spec/drafter_factory.hpp"
+#include "fastinfer/spec/medusa_heads.hpp"
+#include "fastinfer/spec/medusa_tree.hpp"
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/static_batcher.hpp"
 #include "fastinfer/engine/workload.hpp"
