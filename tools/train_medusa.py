@@ -15,7 +15,9 @@ it does:
    more than 1e-3: the heads must be trained on the hidden states our C++
    forward computes.
 2. Generates training sequences with the model itself: --sequences stories
-   from BOS, each token sampled at --temperature (a KV-cached batched decode).
+   from BOS, the first --greedy-after tokens sampled at --temperature (for
+   diversity), the rest greedy, so that the heads learn what greedy decoding
+   will say next (a KV-cached batched decode).
 3. Runs the frozen model over them and keeps, for every position t, the
    hidden state AFTER the final RMSNorm (the vector the classifier reads;
    fastinfer's LlamaModel::last_hidden()).
@@ -151,7 +153,7 @@ def check_logits(model, path):
 # ---- data --------------------------------------------------------------------
 
 @torch.no_grad()
-def generate(model, n, length, temperature, seed, batch=512):
+def generate(model, n, length, temperature, seed, greedy_after=-1, batch=512):
     g = torch.Generator().manual_seed(seed)
     out = []
     for b0 in range(0, n, batch):
@@ -162,8 +164,11 @@ def generate(model, n, length, temperature, seed, batch=512):
         cur = toks
         for t in range(length - 1):
             _, logits, cache = model.forward(cur, t, cache)
-            p = torch.softmax(logits[:, -1] / temperature, -1)
-            cur = torch.multinomial(p, 1, generator=g)
+            if 0 <= greedy_after <= t:
+                cur = logits[:, -1].argmax(-1, keepdim=True)  # first maximum, as fastinfer's greedy
+            else:
+                p = torch.softmax(logits[:, -1] / temperature, -1)
+                cur = torch.multinomial(p, 1, generator=g)
             seq.append(cur)
         out.append(torch.cat(seq, 1))
     return torch.cat(out, 0)
@@ -203,6 +208,9 @@ def main():
     ap.add_argument("--sequences", type=int, default=512)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--greedy-after", type=int, default=16,
+                    help="sample only the first N tokens of a sequence, then decode greedily: heads trained on "
+                         "greedy continuations guess what greedy decoding will emit (-1: sample throughout)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2048, help="positions per optimiser step")
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -219,7 +227,7 @@ def main():
     if a.check_logits:
         check_logits(model, a.check_logits)
 
-    seqs = generate(model, a.sequences, a.length, a.temperature, a.seed)
+    seqs = generate(model, a.sequences, a.length, a.temperature, a.seed, a.greedy_after)
     print(f"generated {seqs.shape[0]} x {seqs.shape[1]} tokens in {time.time() - t0:.1f} s")
     # A sampled BOS ends a story in llama2.c: positions after it are another story; keep them
     # (the heads learn the start of a story too) but never predict across a BOS boundary below.
