@@ -53,6 +53,7 @@
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/static_batcher.hpp"
 #include "fastinfer/engine/workload.hpp"
+#include "fastinfer/engine/prompt_series.hpp"
 
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"

@@ -370,6 +370,17 @@ TEST_CASE("engine: cancellation frees a request and streams nothing more", "[eng
   CHECK(rm.generated_tokens == 20);
   CHECK(rm.ttft > 0);
   CHECK(rm.e2e >= rm.ttft);
+  // An engine destroyed with live requests gives their blocks back.
+  {
+    fe::Engine<> e2(model);
+    e2.submit(make_request({1, 5, 6, 7}, 50, {}));
+    e2.submit(make_request({1, 8}, 50, {}));
+    e2.step();
+    e2.step();
+    CHECK(model.kv().allocator().num_sequences() == 2);
+  }
+  CHECK(model.kv().allocator().num_sequences() == 0);
+  CHECK(model.kv().allocator().num_free_blocks() == model.kv().allocator().num_blocks());
 }
 
 TEST_CASE("engine: greedy output with the prefix cache equals output without it", "[engine][prefix][golden]") {

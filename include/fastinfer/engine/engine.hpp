@@ -135,7 +135,19 @@ class Engine {
   }
 
   ~Engine() {
-    // Pins in the batcher unlock nodes of the cache: the batcher goes first.
+    // Live requests give their blocks back, so that the model's pool is whole
+    // for the next user (a batcher left mid-step cannot cancel: skipped).
+    if (batcher_ && !batcher_->in_flight()) {
+      for (const auto& kv : live_) {
+        try {
+          if (batcher_->status(kv.first) != sched::RequestStatus::Finished) batcher_->cancel(kv.first);
+        } catch (const Error&) {
+          // retired or unknown: nothing held
+        }
+      }
+    }
+    // Pins in the batcher unlock nodes of the cache: the batcher goes first;
+    // the cache then drops its own references.
     batcher_.reset();
     cache_.reset();
   }
