@@ -159,3 +159,31 @@ TEST_CASE("Medusa heads from a spec: random:SEED, shape checks, bad input") {
   CHECK_THROWS_AS(h.head_logits(2, x.data(), {}, out.data()), fastinfer::InvalidArgument);
   CHECK_THROWS_AS(h.head_logits(0, x.data(), {}, out.data()), fastinfer::InvalidArgument);  // shared, none given
 }
+
+TEST_CASE("Medusa heads zero-padded to a wider hidden state give the same logits on zero-extended input") {
+  for (bool shared : {false, true}) {
+    MedusaHeads h = MedusaHeads::random(9, 2, 6, 11, shared, 2.0f);
+    MedusaHeads wide = h.padded_to(10);
+    CHECK(wide.dim() == 10);
+    std::vector<float> x(6), xw(10, 0.0f), cls(11 * 6), clsw(11 * 10, 0.0f);
+    for (int i = 0; i < 6; ++i) xw[std::size_t(i)] = x[std::size_t(i)] = 0.3f * float(i) - 0.7f;
+    for (int t = 0; t < 11; ++t)
+      for (int i = 0; i < 6; ++i) clsw[std::size_t(t * 10 + i)] = cls[std::size_t(t * 6 + i)] = std::cos(float(t * 6 + i));
+    for (int k = 0; k < 2; ++k) {
+      std::vector<float> a(11), b(11);
+      h.head_logits(k, x.data(), {fastinfer::DType::F32, cls.data(), 11, 6}, a.data());
+      wide.head_logits(k, xw.data(), {fastinfer::DType::F32, clsw.data(), 11, 10}, b.data());
+      for (int t = 0; t < 11; ++t) CHECK(b[std::size_t(t)] == Approx(a[std::size_t(t)]).margin(1e-5));
+    }
+  }
+  CHECK_THROWS_AS(MedusaHeads::random(1, 1, 8, 4).padded_to(7), fastinfer::InvalidArgument);
+  const std::string path = temp_path("pad.bin");
+  MedusaHeads::random(2, 2, 8, 40, false).save(path);
+  fastinfer::LlamaConfig c;
+  c.dim = 24;
+  c.vocab_size = 40;
+  CHECK(MedusaHeads::from_spec("pad:" + path, c).dim() == 24);
+  c.dim = 4;
+  CHECK_THROWS_AS(MedusaHeads::from_spec("pad:" + path, c), fastinfer::InvalidArgument);
+  std::filesystem::remove(path);
+}

@@ -32,7 +32,9 @@
 // shape with a shared classifier and small residual weights, so that a head
 // guesses roughly what the model itself would say next: useless as a
 // predictor, but exactly what the exactness tests need (the output must not
-// depend on head quality).
+// depend on head quality). "pad:FILE" zero-pads a file's heads to the
+// model's hidden size (padded_to): heads trained on a model work unchanged on
+// its inflated stand-in (issue 10), whose extra hidden coordinates are zero.
 #pragma once
 
 #include <algorithm>
@@ -199,9 +201,39 @@ class MedusaHeads {
     return heads;
   }
 
+  // The same heads on a wider hidden state whose extra coordinates are zero
+  // (an inflated model, model/inflate.hpp: after the final RMSNorm the new
+  // coordinates are exactly 0 and the old ones unchanged): W, b and the own
+  // classifiers gain zero rows/columns, so every logit is what it was.
+  MedusaHeads padded_to(int dim) const {
+    FASTINFER_CHECK(dim >= dim_, InvalidArgument, "cannot pad Medusa heads of dim ", dim_, " down to ", dim);
+    MedusaHeads out(k_, dim, vocab_, shared_);
+    const std::size_t d0 = std::size_t(dim_), d1 = std::size_t(dim);
+    for (int k = 0; k < k_; ++k) {
+      for (std::size_t o = 0; o < d0; ++o) {
+        std::copy(residual_weight(k) + o * d0, residual_weight(k) + (o + 1) * d0, out.residual_weight(k) + o * d1);
+        out.residual_bias(k)[o] = residual_bias(k)[o];
+      }
+      if (!shared_)
+        for (std::size_t t = 0; t < std::size_t(vocab_); ++t)
+          std::copy(classifier(k) + t * d0, classifier(k) + (t + 1) * d0, out.classifier(k) + t * d1);
+    }
+    return out;
+  }
+
   // "random:SEED" (random heads of the model's shape, num_heads of them,
-  // shared classifier) or a path to a heads file (checked against the model).
+  // shared classifier), "pad:FILE" (a heads file zero-padded to the model's
+  // hidden size: heads trained on a model, used on its inflate: version) or a
+  // path to a heads file (checked against the model).
   static MedusaHeads from_spec(const std::string& spec, const LlamaConfig& c, int num_heads = 4) {
+    if (spec.compare(0, 4, "pad:") == 0) {
+      MedusaHeads heads = load(spec.substr(4));
+      FASTINFER_CHECK(heads.dim_ <= c.dim, InvalidArgument, "Medusa heads '", spec, "' have dim ", heads.dim_,
+                      ", wider than the model's ", c.dim);
+      MedusaHeads padded = heads.padded_to(c.dim);
+      padded.check_compatible(c);
+      return padded;
+    }
     const std::string prefix = "random:";
     if (spec.compare(0, prefix.size(), prefix) == 0) {
       const std::string s = spec.substr(prefix.size());
