@@ -141,6 +141,14 @@ inline bool subtract_residual(float* p, const float* q, std::int32_t d, int voca
   return true;
 }
 
+// p <- p / sum(p) (no-op on an all-zero row).
+inline void normalise(float* p, int vocab) {
+  double total = 0;
+  for (int x = 0; x < vocab; ++x) total += double(p[x]);
+  if (!(total > 0.0)) return;
+  for (int x = 0; x < vocab; ++x) p[x] = float(double(p[x]) / total);
+}
+
 }  // namespace detail
 
 // --- The math on given distributions (tests drive these directly) ---------
@@ -241,8 +249,9 @@ inline VerifyOutcome verify_tree_greedy(const float* target_logits, int vocab, c
 
 // Sampling tree (SpecInfer's multi-round rejection sampling): p rows
 // [tree.size() + 1][vocab] laid out as for verify_tree_greedy (modified in
-// place), q rows [tree.size()][vocab] with q row i the distribution node i was
-// drawn from (nullptr: every node deterministic, one-hot q).
+// place: after each rejected child a row becomes its normalised residual),
+// q rows [tree.size()][vocab] with q row i the distribution node i was drawn
+// from (nullptr: every node deterministic, one-hot q).
 inline VerifyOutcome verify_tree_rejection(float* p, const float* q, int vocab, const TokenTree& tree,
                                            std::uint64_t seed, std::uint64_t first_index) {
   tree.validate(vocab);
@@ -264,7 +273,10 @@ inline VerifyOutcome verify_tree_rejection(float* p, const float* q, int vocab, 
         next = c;
         break;
       }
-      detail::subtract_residual(pn, qc, d, vocab, scratch);
+      // The next sibling is tested against the NORMALISED residual: the
+      // acceptance ratio of the next round is p'(x) / q(x) with p' a
+      // distribution, not max(0, p - q) whose mass is below 1.
+      if (detail::subtract_residual(pn, qc, d, vocab, scratch)) detail::normalise(pn, vocab);
     }
     if (next < 0) {
       out.tokens.push_back(cpu::sample_from_weights(pn, vocab, spec_coin(seed, index, kResidualSlot)));
