@@ -20,6 +20,7 @@
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/prompt_series.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "golden.hpp"
 #include "shared_dir.hpp"
 
 namespace fe = fastinfer::engine;
@@ -28,39 +29,12 @@ using fastinfer::LlamaModel;
 
 namespace {
 
-struct GoldenCase {
-  std::string name;
-  std::vector<std::int32_t> prompt, continuation;
-  int max_new_tokens = 0;
-  std::string stopped_by;
-};
+using fastinfer::testing::GoldenCase;
 
-std::vector<std::int32_t> parse_ids(const std::string& text) {
-  std::istringstream in(text);
-  std::vector<std::int32_t> ids;
-  for (long v; in >> v;) ids.push_back(std::int32_t(v));
-  return ids;
-}
-
+// The golden cases of `dir` by name.
 std::map<std::string, GoldenCase> read_cases(const std::filesystem::path& dir) {
   std::map<std::string, GoldenCase> out;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    if (entry.path().extension() != ".txt") continue;
-    GoldenCase gc;
-    gc.name = entry.path().stem().string();
-    std::ifstream in(entry.path());
-    for (std::string line; std::getline(in, line);) {
-      if (line.empty() || line[0] == '#') continue;
-      const auto colon = line.find(':');
-      if (colon == std::string::npos) continue;
-      const std::string key = line.substr(0, colon), value = line.substr(colon + 1);
-      if (key == "prompt") gc.prompt = parse_ids(value);
-      else if (key == "continuation") gc.continuation = parse_ids(value);
-      else if (key == "max_new_tokens") gc.max_new_tokens = std::stoi(value);
-      else if (key == "stopped_by") gc.stopped_by = value.substr(value.find_first_not_of(' '));
-    }
-    out[gc.name] = gc;
-  }
+  for (auto& gc : fastinfer::testing::read_golden_cases(dir)) out[gc.name] = std::move(gc);
   return out;
 }
 

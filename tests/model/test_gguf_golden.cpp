@@ -18,6 +18,7 @@
 #include "fastinfer/model/gguf_loader.hpp"
 #include "fastinfer/model/llama2c_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
+#include "golden.hpp"
 #include "shared_dir.hpp"
 
 using namespace fastinfer;
@@ -25,41 +26,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct GoldenCase {
-  std::string name;
-  std::vector<std::int32_t> prompt, continuation;
-  int max_new_tokens = 0;
-  std::string stopped_by;
-};
-
-std::vector<std::int32_t> parse_ids(const std::string& text) {
-  std::istringstream in(text);
-  std::vector<std::int32_t> ids;
-  for (long v; in >> v;) ids.push_back(std::int32_t(v));
-  return ids;
-}
-
-std::vector<GoldenCase> read_cases(const fs::path& dir) {
-  std::vector<GoldenCase> cases;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    if (entry.path().extension() != ".txt") continue;
-    GoldenCase gc;
-    gc.name = entry.path().stem().string();
-    std::ifstream in(entry.path());
-    for (std::string line; std::getline(in, line);) {
-      if (line.empty() || line[0] == '#') continue;
-      const auto colon = line.find(':');
-      const std::string key = line.substr(0, colon), value = line.substr(colon + 1);
-      if (key == "prompt") gc.prompt = parse_ids(value);
-      else if (key == "continuation") gc.continuation = parse_ids(value);
-      else if (key == "max_new_tokens") gc.max_new_tokens = std::stoi(value);
-      else if (key == "stopped_by") gc.stopped_by = value.substr(value.find_first_not_of(' '));
-    }
-    cases.push_back(gc);
-  }
-  std::sort(cases.begin(), cases.end(), [](auto& a, auto& b) { return a.name < b.name; });
-  return cases;
-}
+using fastinfer::testing::GoldenCase;
+using fastinfer::testing::read_golden_cases;
 
 void check_goldens(LlamaWeights weights, const std::vector<GoldenCase>& cases, int threads) {
   LlamaModel<> model(std::move(weights), {threads});
@@ -91,7 +59,7 @@ fs::path temp_path(const std::string& name) {
 TEST_CASE("stories260K.gguf reproduces every golden case", "[model][golden][gguf]") {
   FASTINFER_REQUIRE_SHARED(gguf_path, "models/stories260K.gguf");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
-  const auto cases = read_cases(cases_dir);
+  const auto cases = read_golden_cases(cases_dir);
   REQUIRE(cases.size() >= 4);
   // The converter wrote context_length 128; the checkpoint (and run.c) use 512.
   GgufLoadOptions o;
@@ -107,7 +75,7 @@ TEST_CASE("our llama2.c -> GGUF conversion reproduces every golden case", "[mode
   const LlamaWeights w = load_gguf_llama(p.string());
   CHECK(w.config.max_seq_len == 512);
   CHECK(w.config.shared_classifier);
-  check_goldens(w, read_cases(cases_dir), 1);
+  check_goldens(w, read_golden_cases(cases_dir), 1);
   fs::remove(p);
 }
 
@@ -125,7 +93,7 @@ TEST_CASE("stories260K-f16.gguf agrees with the goldens up to the first near-tie
   // logits by ~1e-3 here, so choices with a larger margin must not change.
   constexpr float kNearTie = 0.01f;
   int agreed_total = 0;
-  for (const auto& gc : read_cases(cases_dir)) {
+  for (const auto& gc : read_golden_cases(cases_dir)) {
     std::vector<std::int32_t> seq = gc.prompt;
     seq.insert(seq.end(), gc.continuation.begin(), gc.continuation.end());
     const auto logits = all_logits(f32, seq);
@@ -185,7 +153,7 @@ TEST_CASE("Q8_0 weights: the int8 kernel tracks dequantized f32 weights; top-1 m
   const int vocab = ref.config().vocab_size;
   std::size_t same_f32 = 0, same_deq = 0, total = 0;
   double err_f32 = 0, err_deq = 0, err_weights = 0;
-  for (const auto& gc : read_cases(cases_dir)) {
+  for (const auto& gc : read_golden_cases(cases_dir)) {
     std::vector<std::int32_t> seq = gc.prompt;
     seq.insert(seq.end(), gc.continuation.begin(), gc.continuation.end());
     const auto a = all_logits(ref, seq), b = all_logits(q8, seq), d = all_logits(dq, seq);

@@ -15,41 +15,13 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama2c_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
+#include "golden.hpp"
 #include "shared_dir.hpp"
 
 namespace {
 
-struct GoldenCase {
-  std::string name;
-  std::vector<std::int32_t> prompt, continuation;
-  int max_new_tokens = 0;
-  std::string stopped_by;
-};
-
-std::vector<std::int32_t> parse_ids(const std::string& text) {
-  std::istringstream in(text);
-  std::vector<std::int32_t> ids;
-  for (long v; in >> v;) ids.push_back(std::int32_t(v));
-  return ids;
-}
-
-GoldenCase read_case(const std::filesystem::path& path) {
-  GoldenCase gc;
-  gc.name = path.stem().string();
-  std::ifstream in(path);
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty() || line[0] == '#') continue;
-    const auto colon = line.find(':');
-    REQUIRE(colon != std::string::npos);
-    const std::string key = line.substr(0, colon), value = line.substr(colon + 1);
-    if (key == "prompt") gc.prompt = parse_ids(value);
-    else if (key == "continuation") gc.continuation = parse_ids(value);
-    else if (key == "max_new_tokens") gc.max_new_tokens = std::stoi(value);
-    else if (key == "stopped_by") gc.stopped_by = value.substr(value.find_first_not_of(' '));
-  }
-  REQUIRE_FALSE(gc.prompt.empty());
-  return gc;
-}
+using fastinfer::testing::GoldenCase;
+using fastinfer::testing::read_golden_case;
 
 // "pos=N hexfloat v0 v1 ..." lines -> position -> logits.
 std::map<int, std::vector<float>> read_hex_logits(const std::filesystem::path& path) {
@@ -74,7 +46,7 @@ TEST_CASE("stories260K greedy generation reproduces every golden case", "[model]
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
   std::vector<GoldenCase> cases;
   for (const auto& entry : std::filesystem::directory_iterator(cases_dir))
-    if (entry.path().extension() == ".txt") cases.push_back(read_case(entry.path()));
+    if (entry.path().extension() == ".txt") cases.push_back(read_golden_case(entry.path()));
   REQUIRE(cases.size() >= 4);
 
   for (int threads : {1, 2}) {
@@ -101,7 +73,7 @@ TEST_CASE("stories260K logits at positions 0 and 10 match the golden hex floats"
   REQUIRE(golden.at(10).size() == 512);
 
   // Tokens at positions 0..10: BOS and the first ten greedy tokens.
-  const GoldenCase gc = read_case(bos_case);
+  const GoldenCase gc = read_golden_case(bos_case);
   std::vector<std::int32_t> seq = gc.prompt;
   seq.insert(seq.end(), gc.continuation.begin(), gc.continuation.begin() + 10);
   REQUIRE(seq.size() == 11);

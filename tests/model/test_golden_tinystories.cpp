@@ -22,59 +22,13 @@
 #include "fastinfer/model/hf_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
+#include "golden.hpp"
 #include "shared_dir.hpp"
 
 namespace {
 
-struct Case {
-  std::string name, text, continuation_text, stopped_by;
-  std::vector<std::int32_t> prompt, continuation;
-  int max_new_tokens = 0;
-};
-
-std::string unescape(const std::string& s) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 1 < s.size()) {
-      const char c = s[++i];
-      out += c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : c;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
-std::vector<std::int32_t> parse_ids(const std::string& s) {
-  std::vector<std::int32_t> ids;
-  std::istringstream in(s);
-  for (std::int32_t v; in >> v;) ids.push_back(v);
-  return ids;
-}
-
-std::vector<Case> read_cases(const std::filesystem::path& dir) {
-  std::vector<Case> cases;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    if (entry.path().extension() != ".txt") continue;
-    Case c;
-    c.name = entry.path().stem().string();
-    std::ifstream in(entry.path());
-    for (std::string line; std::getline(in, line);) {
-      const auto colon = line.find(':');
-      if (colon == std::string::npos) continue;
-      const std::string key = line.substr(0, colon);
-      const std::string value = colon + 2 <= line.size() ? line.substr(colon + 2) : "";
-      if (key == "text") c.text = unescape(value);
-      else if (key == "prompt") c.prompt = parse_ids(value);
-      else if (key == "continuation") c.continuation = parse_ids(value);
-      else if (key == "continuation_text") c.continuation_text = unescape(value);
-      else if (key == "max_new_tokens") c.max_new_tokens = std::stoi(value);
-      else if (key == "stopped_by") c.stopped_by = value;
-    }
-    cases.push_back(std::move(c));
-  }
-  return cases;
-}
+using Case = fastinfer::testing::GoldenCase;
+using fastinfer::testing::read_golden_cases;
 
 // pos -> 2048 logits, read from the C99 hex floats (exact f32 values).
 std::map<int, std::vector<float>> read_logits(const std::filesystem::path& path) {
@@ -100,7 +54,7 @@ std::map<int, std::vector<float>> read_logits(const std::filesystem::path& path)
 TEST_CASE("tinystories-656k greedy generation reproduces every golden case", "[model][golden]") {
   FASTINFER_REQUIRE_SHARED(model_dir, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
-  const auto cases = read_cases(cases_dir);
+  const auto cases = read_golden_cases(cases_dir);
   REQUIRE(cases.size() >= 4);
   const auto tok = fastinfer::HfBpeTokenizer::from_directory(model_dir);
 
@@ -136,7 +90,7 @@ TEST_CASE("tinystories-656k greedy generation reproduces every golden case", "[m
 TEST_CASE("tinystories-656k stops at the 512-position context", "[model][golden]") {
   FASTINFER_REQUIRE_SHARED(model_dir, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(case_path, "golden/tinystories-656k/cases/cat_mat.txt");
-  const auto cases = read_cases(case_path.parent_path());
+  const auto cases = read_golden_cases(case_path.parent_path());
   const Case* cat = nullptr;
   for (const auto& c : cases)
     if (c.name == "cat_mat") cat = &c;
@@ -199,7 +153,7 @@ TEST_CASE("fastinfer-generate --model DIR --prompt TEXT tells the golden story",
     return;
   }
   Case golden;
-  for (const auto& c : read_cases(case_path.parent_path()))
+  for (const auto& c : read_golden_cases(case_path.parent_path()))
     if (c.name == "once_upon_a_time") golden = c;
   REQUIRE(!golden.continuation.empty());
   const auto out = std::filesystem::temp_directory_path() / ("fastinfer_hf_cli_" + std::to_string(::getpid()));

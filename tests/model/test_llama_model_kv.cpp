@@ -21,6 +21,7 @@
 #include "fastinfer/model/llama2c_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/synthetic.hpp"
+#include "golden.hpp"
 #include "shared_dir.hpp"
 
 using namespace fastinfer;
@@ -28,38 +29,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Case {
-  std::string name;
-  std::vector<std::int32_t> prompt, continuation;
-  int max_new_tokens = 0;
-};
-
-std::vector<Case> read_cases(const fs::path& dir) {
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().extension() == ".txt") files.push_back(e.path());
-  std::sort(files.begin(), files.end());
-  std::vector<Case> out;
-  for (const auto& f : files) {
-    Case c;
-    c.name = f.stem().string();
-    std::ifstream in(f);
-    for (std::string line; std::getline(in, line);) {
-      const auto colon = line.find(':');
-      if (colon == std::string::npos) continue;
-      const std::string key = line.substr(0, colon);
-      std::istringstream words(line.substr(colon + 1));
-      if (key == "prompt")
-        for (long v; words >> v;) c.prompt.push_back(std::int32_t(v));
-      else if (key == "continuation")
-        for (long v; words >> v;) c.continuation.push_back(std::int32_t(v));
-      else if (key == "max_new_tokens")
-        words >> c.max_new_tokens;
-    }
-    out.push_back(std::move(c));
-  }
-  return out;
-}
+using Case = fastinfer::testing::GoldenCase;
+using fastinfer::testing::read_golden_cases;
 
 ModelOptions kv_options(KVLayoutKind layout, int block_size, kv::QuantKind q = kv::QuantKind::F32) {
   ModelOptions o;
@@ -89,7 +60,7 @@ const LayoutCase kLayouts[] = {{"contiguous", KVLayoutKind::Contiguous, 16}, {"p
 TEST_CASE("f32 KV in every layout and block size reproduces the stories260K goldens", "[model][kv][golden]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
-  const auto cases = read_cases(cases_dir);
+  const auto cases = read_golden_cases(cases_dir);
   REQUIRE(cases.size() >= 4);
   const LlamaWeights w = load_llama2c(model_path.string());
   for (const auto& lc : kLayouts) {
@@ -107,7 +78,7 @@ TEST_CASE("f32 KV in every layout and block size reproduces the stories260K gold
 TEST_CASE("f32 KV in every layout reproduces the tinystories-656k goldens", "[model][kv][golden]") {
   FASTINFER_REQUIRE_SHARED(model_dir, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
-  const auto cases = read_cases(cases_dir);
+  const auto cases = read_golden_cases(cases_dir);
   REQUIRE(cases.size() >= 4);
   const LlamaWeights w = load_hf_weights(model_dir);
   for (const auto& lc : {kLayouts[0], kLayouts[1], kLayouts[2], kLayouts[3]}) {
@@ -124,7 +95,7 @@ TEST_CASE("f32 KV in every layout reproduces the tinystories-656k goldens", "[mo
 TEST_CASE("a ragged batch of golden prompts gives each its tokens alone", "[model][kv][batch]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
-  const auto cases = read_cases(cases_dir);
+  const auto cases = read_golden_cases(cases_dir);
   const LlamaWeights w = load_llama2c(model_path.string());
   for (int block_size : {1, 16}) {
     INFO("block size " << block_size);
@@ -328,7 +299,7 @@ TEST_CASE("quantized KV stays within its measured KL bound of f32 KV", "[model][
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
   const LlamaWeights w = load_llama2c(model_path.string());
-  const auto cases = read_cases(cases_dir);
+  const auto cases = read_golden_cases(cases_dir);
   std::vector<std::int32_t> seq = cases[0].prompt;
   seq.insert(seq.end(), cases[0].continuation.begin(), cases[0].continuation.end());
   seq.resize(std::min<std::size_t>(seq.size(), 200));

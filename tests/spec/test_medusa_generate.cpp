@@ -18,6 +18,7 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/spec/medusa_heads.hpp"
 #include "fastinfer/spec/medusa_tree.hpp"
+#include "golden.hpp"
 #include "shared_dir.hpp"
 
 namespace {
@@ -26,46 +27,7 @@ using fastinfer::GenerationParams;
 using Model = fastinfer::LlamaModel<>;
 namespace spec = fastinfer::spec;
 
-struct Case {
-  std::string name, stopped_by;
-  std::vector<std::int32_t> prompt, continuation;
-  int max_new_tokens = 0;
-};
-
-std::vector<std::int32_t> ids(const std::string& s) {
-  std::vector<std::int32_t> out;
-  std::istringstream in(s);
-  for (long v; in >> v;) out.push_back(std::int32_t(v));
-  return out;
-}
-
-std::string trim(std::string s) {
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\r')) s.pop_back();
-  const auto b = s.find_first_not_of(' ');
-  return b == std::string::npos ? std::string() : s.substr(b);
-}
-
-std::vector<Case> read_cases(const std::filesystem::path& dir) {
-  std::vector<Case> cases;
-  for (const auto& e : std::filesystem::directory_iterator(dir)) {
-    if (e.path().extension() != ".txt") continue;
-    Case c;
-    c.name = e.path().stem().string();
-    std::ifstream in(e.path());
-    for (std::string line; std::getline(in, line);) {
-      const auto colon = line.find(':');
-      if (line.empty() || line[0] == '#' || colon == std::string::npos) continue;
-      const std::string key = line.substr(0, colon), value = line.substr(colon + 1);
-      if (key == "prompt") c.prompt = ids(value);
-      if (key == "continuation") c.continuation = ids(value);
-      if (key == "max_new_tokens") c.max_new_tokens = std::stoi(value);
-      if (key == "stopped_by") c.stopped_by = trim(value);
-    }
-    cases.push_back(c);
-  }
-  REQUIRE(!cases.empty());
-  return cases;
-}
+using Case = fastinfer::testing::GoldenCase;
 
 Model load(const std::string& path) { return Model(fastinfer::load_model(path), fastinfer::ModelOptions{1, 32}); }
 
@@ -79,7 +41,8 @@ void check_golden(const std::filesystem::path& model_path, const std::filesystem
                   const std::vector<std::string>& head_specs,
                   const std::vector<std::string>& tree_names = {"choices", "dynamic", "dynamic-wide"}) {
   Model model = load(model_path.string());
-  const auto cases = read_cases(cases_dir);
+  const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
+  REQUIRE(!cases.empty());
   std::vector<std::pair<std::string, spec::TreePolicy>> policies;
   for (const auto& n : tree_names) policies.emplace_back(n, policy(n));
   std::int64_t off_chain = 0;

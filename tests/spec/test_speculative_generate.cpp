@@ -20,6 +20,7 @@
 #include "fastinfer/spec/lookahead_pool.hpp"
 #include "fastinfer/spec/prompt_lookup.hpp"
 #include "fastinfer/spec/speculative_generate.hpp"
+#include "golden.hpp"
 #include "shared_dir.hpp"
 
 namespace {
@@ -29,42 +30,7 @@ using fastinfer::LlamaModel;
 using Model = LlamaModel<>;
 namespace spec = fastinfer::spec;
 
-struct Case {
-  std::string name, stopped_by;
-  std::vector<std::int32_t> prompt, continuation;
-  int max_new_tokens = 0;
-};
-
-std::vector<std::int32_t> ids(const std::string& s) {
-  std::vector<std::int32_t> out;
-  std::istringstream in(s);
-  for (long v; in >> v;) out.push_back(std::int32_t(v));
-  return out;
-}
-
-std::vector<Case> read_cases(const std::filesystem::path& dir) {
-  std::vector<Case> cases;
-  for (const auto& e : std::filesystem::directory_iterator(dir)) {
-    if (e.path().extension() != ".txt") continue;
-    Case c;
-    c.name = e.path().stem().string();
-    std::ifstream in(e.path());
-    for (std::string line; std::getline(in, line);) {
-      const auto colon = line.find(':');
-      if (line.empty() || line[0] == '#' || colon == std::string::npos) continue;
-      const std::string key = line.substr(0, colon), value = line.substr(colon + 1);
-      if (key == "prompt") c.prompt = ids(value);
-      if (key == "continuation") c.continuation = ids(value);
-      if (key == "max_new_tokens") c.max_new_tokens = std::stoi(value);
-      if (key == "stopped_by") c.stopped_by = ids(value).empty() ? value.substr(value.find_first_not_of(' ')) : value;
-    }
-    while (!c.stopped_by.empty() && (c.stopped_by.back() == ' ' || c.stopped_by.back() == '\r'))
-      c.stopped_by.pop_back();
-    cases.push_back(c);
-  }
-  REQUIRE(!cases.empty());
-  return cases;
-}
+using Case = fastinfer::testing::GoldenCase;
 
 Model load(const std::string& path, std::optional<fastinfer::DType> dtype = std::nullopt) {
   fastinfer::LoadOptions o;
@@ -92,7 +58,8 @@ void check_golden(const std::filesystem::path& model_path, const std::filesystem
                   const std::vector<std::string>& draft_models) {
   Model target = load(model_path.string());
   spec::ModelTarget<Model> adapter(target);
-  const auto cases = read_cases(cases_dir);
+  const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
+  REQUIRE(!cases.empty());
   {
     auto ds = drafters(k, target.config().vocab_size, draft_models);
     for (auto& [name, drafter] : ds)

@@ -2,6 +2,8 @@
 // (stories260K) and tinystories-656k/cases/*.txt. Both are "key: value" lines
 // ('#' starts a comment): prompt and continuation are token ids, text fields
 // are escaped (\n, \t, \r, \\), stopped_by is eos | max_new_tokens | seq_len.
+// Also the ordered "key: value" fields of the tokenizer goldens
+// (tinystories-656k/tokenizer.txt, tokenizer_decode.txt).
 #pragma once
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fastinfer::testing {
@@ -57,7 +60,8 @@ inline GoldenCase read_golden_case(const std::filesystem::path& path) {
   for (std::string line; std::getline(in, line);) {
     if (line.empty() || line[0] == '#') continue;
     const auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
+    if (colon == std::string::npos)
+      throw std::runtime_error("golden case " + path.string() + ": line without a key: " + line);
     const std::string key = line.substr(0, colon);
     std::string value = line.substr(colon + 1);
     if (!value.empty() && value[0] == ' ') value.erase(0, 1);
@@ -79,6 +83,24 @@ inline std::vector<GoldenCase> read_golden_cases(const std::filesystem::path& di
     if (entry.path().extension() == ".txt") cases.push_back(read_golden_case(entry.path()));
   std::sort(cases.begin(), cases.end(), [](const GoldenCase& a, const GoldenCase& b) { return a.name < b.name; });
   return cases;
+}
+
+// The "key: value" lines of `path`, in order; the value keeps trailing spaces
+// (and is not unescaped), a bare "key:" line gives an empty value, lines
+// without ": " are skipped.
+inline std::vector<std::pair<std::string, std::string>> read_golden_fields(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read golden file " + path.string());
+  std::vector<std::pair<std::string, std::string>> out;
+  for (std::string line; std::getline(in, line);) {
+    const auto colon = line.find(": ");
+    if (colon == std::string::npos) {
+      if (!line.empty() && line.back() == ':') out.emplace_back(line.substr(0, line.size() - 1), "");
+      continue;
+    }
+    out.emplace_back(line.substr(0, colon), line.substr(colon + 2));
+  }
+  return out;
 }
 
 }  // namespace fastinfer::testing

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "golden.hpp"
 #include "shared_dir.hpp"
 
 using fastinfer::HfBpeTokenizer;
@@ -18,41 +19,9 @@ using nlohmann::json;
 
 namespace {
 
-// Golden text fields escape \n \t \r and \\ (golden/tinystories-656k/README.txt).
-std::string unescape(const std::string& s) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 1 < s.size()) {
-      const char c = s[++i];
-      out += c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : c;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
-std::vector<std::int32_t> parse_ids(const std::string& s) {
-  std::vector<std::int32_t> ids;
-  std::istringstream in(s);
-  for (std::int32_t v; in >> v;) ids.push_back(v);
-  return ids;
-}
-
-// "key: value" lines, in order (the value keeps trailing spaces).
-std::vector<std::pair<std::string, std::string>> read_fields(const std::filesystem::path& p) {
-  std::ifstream in(p);
-  std::vector<std::pair<std::string, std::string>> out;
-  for (std::string line; std::getline(in, line);) {
-    const auto colon = line.find(": ");
-    if (colon == std::string::npos) {
-      if (!line.empty() && line.back() == ':') out.emplace_back(line.substr(0, line.size() - 1), "");
-      continue;
-    }
-    out.emplace_back(line.substr(0, colon), line.substr(colon + 2));
-  }
-  return out;
-}
+using fastinfer::testing::golden_ids;
+using fastinfer::testing::golden_unescape;
+using fastinfer::testing::read_golden_fields;
 
 // An independent, deliberately naive BPE: rescan every adjacent pair, merge
 // the lowest-rank one (leftmost on ties), repeat. Characters are known here.
@@ -131,15 +100,15 @@ TEST_CASE("tinystories tokenizer reproduces every golden encoding") {
   CHECK(tok.bos_id() == 1);
   CHECK(tok.eos_id() == 2);
   CHECK(tok.unk_id() == 0);
-  const auto fields = read_fields(golden);
+  const auto fields = read_golden_fields(golden);
   int checked = 0;
   for (std::size_t i = 0; i + 1 < fields.size(); ++i) {
     if (fields[i].first != "text") continue;
     REQUIRE(fields[i + 1].first == "ids");
-    const std::string text = unescape(fields[i].second);
+    const std::string text = golden_unescape(fields[i].second);
     INFO("text: " << fields[i].second);
-    CHECK(tok.encode(text) == parse_ids(fields[i + 1].second));
-    auto no_bos = parse_ids(fields[i + 1].second);
+    CHECK(tok.encode(text) == golden_ids(fields[i + 1].second));
+    auto no_bos = golden_ids(fields[i + 1].second);
     no_bos.erase(no_bos.begin());
     CHECK(tok.encode(text, false) == no_bos);
     ++checked;
@@ -152,14 +121,14 @@ TEST_CASE("tinystories tokenizer reproduces every golden decoding, and streams t
   FASTINFER_REQUIRE_SHARED(dir, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(golden, "golden/tinystories-656k/tokenizer_decode.txt");
   const auto tok = HfBpeTokenizer::from_directory(dir);
-  const auto fields = read_fields(golden);
+  const auto fields = read_golden_fields(golden);
   int checked = 0;
   for (std::size_t i = 0; i + 2 < fields.size(); ++i) {
     if (fields[i].first != "ids") continue;
     REQUIRE(fields[i + 1].first == "decoded");
     REQUIRE(fields[i + 2].first == "roundtrip");
-    const auto ids = parse_ids(fields[i].second);
-    const std::string want = unescape(fields[i + 1].second);
+    const auto ids = golden_ids(fields[i].second);
+    const std::string want = golden_unescape(fields[i + 1].second);
     INFO("ids: " << fields[i].second);
     CHECK(tok.decode(ids) == want);
     // Streaming token by token gives the same text.
