@@ -414,40 +414,12 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
   int valid = int(prompt.size());  // positions whose KV is right
   const auto t1 = Clock::now();
   r.prefill_seconds = seconds(t0, t1);
-  Clock::time_point first = t1;
 
-  auto emit = [&](std::int32_t t) {
-    if (t == c.bos_id) {
-      r.stopped_by = StopReason::Bos;
-      return false;
-    }
-    if (c.eos_id >= 0 && t == c.eos_id) {
-      r.stopped_by = StopReason::Eos;
-      return false;
-    }
-    r.tokens.push_back(t);
-    seq.push_back(t);
-    if (r.tokens.size() == 1) {
-      first = Clock::now();
-      r.ttft_seconds = seconds(t0, first);
-    }
-    on_token(t);
-    return true;
-  };
-  auto room_left = [&]() {
-    if (int(r.tokens.size()) >= params.max_new_tokens) {
-      r.stopped_by = StopReason::MaxNewTokens;
-      return false;
-    }
-    if (int(seq.size()) >= c.max_seq_len) {
-      r.stopped_by = StopReason::SeqLen;
-      return false;
-    }
-    return true;
-  };
+  // Emits `t` unless a stop rule fires first; false when generation is over.
+  detail::SpecTokenEmitter<std::remove_reference_t<OnToken>> out_tokens{c, params, r, seq, on_token, t0, t1};
 
-  bool going = room_left() && emit(pick_token(logits, vocab, params, 0, workspace));
-  while (going && room_left()) {
+  bool going = out_tokens.room_left() && out_tokens.emit(pick_token(logits, vocab, params, 0, workspace));
+  while (going && out_tokens.room_left()) {
     const int len = int(seq.size());
     const int remaining = std::min(params.max_new_tokens - int(r.tokens.size()), c.max_seq_len - len);
     // Depth d sits at position len - 1 + d < max_seq_len; deeper than
@@ -495,19 +467,19 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
     ++st.target_forwards;
     st.drafted += ct.tree.size();
     for (std::size_t i = 0; i < v.tokens.size(); ++i) {
-      if (!emit(v.tokens[i])) {
+      if (!out_tokens.emit(v.tokens[i])) {
         going = false;
         break;
       }
       ++st.step_tokens;
       if (int(i) < v.accepted) ++st.accepted;
-      if (!room_left()) {
+      if (!out_tokens.room_left()) {
         going = false;
         break;
       }
     }
   }
-  if (!r.tokens.empty()) r.decode_seconds = seconds(first, Clock::now());
+  if (!r.tokens.empty()) r.decode_seconds = seconds(out_tokens.first, Clock::now());
   return out;
 }
 

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -76,6 +77,58 @@ struct SpeculativeResult {
   SpeculativeStats stats;
 };
 
+namespace detail {
+
+// The stop rules and token emission shared by speculative_generate and
+// medusa_generate (medusa_tree.hpp). emit(t) appends `t` to the result and to
+// `seq` and passes it to `on_token`, unless it is BOS or EOS (not emitted);
+// room_left() is false once max_new_tokens or max_seq_len is reached. Both
+// record the stop reason when they end generation (return false).
+template <typename OnToken>
+struct SpecTokenEmitter {
+  using Clock = std::chrono::steady_clock;
+  const LlamaConfig& c;
+  const GenerationParams& params;
+  GenerationResult& r;
+  std::vector<std::int32_t>& seq;
+  OnToken& on_token;
+  Clock::time_point t0;     // start of the prefill: ttft counts from here
+  Clock::time_point first;  // when the first token was emitted (end of prefill before)
+
+  bool emit(std::int32_t t) {
+    if (t == c.bos_id) {
+      r.stopped_by = StopReason::Bos;
+      return false;
+    }
+    if (c.eos_id >= 0 && t == c.eos_id) {
+      r.stopped_by = StopReason::Eos;
+      return false;
+    }
+    r.tokens.push_back(t);
+    seq.push_back(t);
+    if (r.tokens.size() == 1) {
+      first = Clock::now();
+      r.ttft_seconds = std::chrono::duration<double>(first - t0).count();
+    }
+    on_token(t);
+    return true;
+  }
+
+  bool room_left() {
+    if (int(r.tokens.size()) >= params.max_new_tokens) {
+      r.stopped_by = StopReason::MaxNewTokens;
+      return false;
+    }
+    if (int(seq.size()) >= c.max_seq_len) {
+      r.stopped_by = StopReason::SeqLen;
+      return false;
+    }
+    return true;
+  }
+};
+
+}  // namespace detail
+
 template <typename Target, typename OnToken>
 SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const std::vector<std::int32_t>& prompt,
                                        const GenerationParams& params, const SpeculativeOptions& options,
@@ -104,41 +157,12 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
   const float* logits = target.prefill(prompt);
   const auto t1 = Clock::now();
   r.prefill_seconds = seconds(t0, t1);
-  Clock::time_point first = t1;
 
   // Emits `t` unless a stop rule fires first; false when generation is over.
-  auto emit = [&](std::int32_t t) {
-    if (t == c.bos_id) {
-      r.stopped_by = StopReason::Bos;
-      return false;
-    }
-    if (c.eos_id >= 0 && t == c.eos_id) {
-      r.stopped_by = StopReason::Eos;
-      return false;
-    }
-    r.tokens.push_back(t);
-    seq.push_back(t);
-    if (r.tokens.size() == 1) {
-      first = Clock::now();
-      r.ttft_seconds = seconds(t0, first);
-    }
-    on_token(t);
-    return true;
-  };
-  auto room_left = [&]() {
-    if (int(r.tokens.size()) >= params.max_new_tokens) {
-      r.stopped_by = StopReason::MaxNewTokens;
-      return false;
-    }
-    if (int(seq.size()) >= c.max_seq_len) {
-      r.stopped_by = StopReason::SeqLen;
-      return false;
-    }
-    return true;
-  };
+  detail::SpecTokenEmitter<std::remove_reference_t<OnToken>> out_tokens{c, params, r, seq, on_token, t0, t1};
 
-  bool going = room_left() && emit(pick_token(logits, vocab, params, 0, workspace));
-  while (going && room_left()) {
+  bool going = out_tokens.room_left() && out_tokens.emit(pick_token(logits, vocab, params, 0, workspace));
+  while (going && out_tokens.room_left()) {
     const int len = int(seq.size());
     const int remaining = std::min(params.max_new_tokens - int(r.tokens.size()), c.max_seq_len - len);
     const int k = std::min(options.k, remaining - 1);
@@ -156,13 +180,13 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
     ++st.target_forwards;
     st.drafted += m;
     for (std::size_t i = 0; i < v.tokens.size(); ++i) {
-      if (!emit(v.tokens[i])) {
+      if (!out_tokens.emit(v.tokens[i])) {
         going = false;
         break;
       }
       ++st.step_tokens;
       if (int(i) < v.accepted) ++st.accepted;
-      if (!room_left()) {
+      if (!out_tokens.room_left()) {
         going = false;
         break;
       }
@@ -172,7 +196,7 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
       drafter.observe(seq, v.accepted, n_extra > 0 ? rows.data() + std::size_t(1 + m) * std::size_t(vocab) : nullptr,
                       n_extra);
   }
-  if (!r.tokens.empty()) r.decode_seconds = seconds(first, Clock::now());
+  if (!r.tokens.empty()) r.decode_seconds = seconds(out_tokens.first, Clock::now());
   return out;
 }
 
