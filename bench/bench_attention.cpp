@@ -11,15 +11,13 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
-
 #include "fastinfer/backend/cpu/attention.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
+#include "read_bandwidth.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -35,50 +33,16 @@ constexpr int kBatch = 8, kLen = 4096, kQHeads = 32, kKVHeads = 8, kHeadDim = 12
 
 constexpr std::size_t kStreamBytes = std::size_t(512) << 20;
 
-float read_sum(const float* p, std::size_t n) {
-  using B = xsimd::batch<float>;
-  constexpr std::size_t L = B::size;
-  B a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f);
-  std::size_t i = 0;
-  for (; i + 4 * L <= n; i += 4 * L) {
-    a0 += B::load_aligned(p + i);
-    a1 += B::load_aligned(p + i + L);
-    a2 += B::load_aligned(p + i + 2 * L);
-    a3 += B::load_aligned(p + i + 3 * L);
-  }
-  float s = xsimd::hadd((a0 + a1) + (a2 + a3));
-  for (; i < n; ++i) s += p[i];
-  return s;
-}
-
+// One timed pass: bytes read per second.
 double stream_pass(const float* data, std::size_t count, int threads) {
   float total = 0.0f;
-  const auto t0 = std::chrono::steady_clock::now();
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-  {
-    int t = 0, nt = 1;
-#if defined(_OPENMP)
-    t = omp_get_thread_num();
-    nt = omp_get_num_threads();
-#endif
-    const std::size_t lines = count / 16;
-    const std::size_t begin = lines * std::size_t(t) / std::size_t(nt) * 16;
-    const std::size_t end = lines * std::size_t(t + 1) / std::size_t(nt) * 16;
-    total += read_sum(data + begin, end - begin);
-  }
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double bw = bench::timed_read_pass(data, count, threads, &total);
   benchmark::DoNotOptimize(total);
-  return double(count * sizeof(float)) / s;
+  return bw;
 }
 
-struct StreamBuffer {
-  float* data;
-  std::size_t count = kStreamBytes / sizeof(float);
-  StreamBuffer() : data(static_cast<float*>(std::aligned_alloc(64, kStreamBytes))) {
-#pragma omp parallel for schedule(static) num_threads(kThreads)
-    for (std::int64_t i = 0; i < std::int64_t(count); ++i) data[i] = float(i & 1023) * 1e-3f;
-  }
-  ~StreamBuffer() { std::free(data); }
+struct StreamBuffer : bench::ReadBuffer {
+  StreamBuffer() : bench::ReadBuffer(kStreamBytes, kThreads) {}
 };
 
 // Best of 5 passes, 2 threads, measured once.

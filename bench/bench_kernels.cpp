@@ -24,9 +24,8 @@
 #include <memory>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
-
 #include "fastinfer/backend/cpu/kernels.hpp"
+#include "read_bandwidth.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -39,47 +38,11 @@ namespace {
 // ---- read ceiling -----------------------------------------------------------
 constexpr std::size_t kReadBytes = std::size_t(1) << 30;
 
-float* read_buffer() {
-  static float* data = [] {
-    auto* p = static_cast<float*>(std::aligned_alloc(64, kReadBytes));
-#pragma omp parallel for schedule(static)
-    for (std::int64_t i = 0; i < std::int64_t(kReadBytes / 4); ++i) p[i] = float(i & 1023) * 1e-3f;
-    return p;
-  }();
-  return data;
-}
-
-float read_sum(const float* p, std::size_t n) {
-  using B = xsimd::batch<float>;
-  constexpr std::size_t L = B::size;
-  B a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f);
-  for (std::size_t i = 0; i + 4 * L <= n; i += 4 * L) {
-    a0 += B::load_aligned(p + i);
-    a1 += B::load_aligned(p + i + L);
-    a2 += B::load_aligned(p + i + 2 * L);
-    a3 += B::load_aligned(p + i + 3 * L);
-  }
-  return xsimd::hadd((a0 + a1) + (a2 + a3));
-}
-
 void BM_ReadSum(benchmark::State& state) {
   const int threads = int(state.range(0));
-  float* data = read_buffer();
-  const std::size_t count = kReadBytes / 4;
+  static const bench::ReadBuffer buffer(kReadBytes);
   for (auto _ : state) {
-    float total = 0.0f;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    {
-      int t = 0, nt = 1;
-#if defined(_OPENMP)
-      t = omp_get_thread_num();
-      nt = omp_get_num_threads();
-#endif
-      const std::size_t lines = count / 16;
-      const std::size_t b = lines * std::size_t(t) / std::size_t(nt) * 16;
-      const std::size_t e = lines * std::size_t(t + 1) / std::size_t(nt) * 16;
-      total += read_sum(data + b, e - b);
-    }
+    float total = bench::read_pass(buffer.data, buffer.count, threads);
     benchmark::DoNotOptimize(total);
   }
   state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(kReadBytes));
