@@ -28,22 +28,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// GGUF spells spaces U+2581 and names the special pieces plainly (llama2.c
-// stores BOS/EOS as "\n<s>\n" / "\n</s>\n").
-void add_vocabulary(const fastinfer::SentencePieceTokenizer& tok, fastinfer::GgufSaveOptions& out) {
-  using T = fastinfer::SentencePieceTokenizer;
-  for (std::int32_t id = 0; id < tok.vocab_size(); ++id) {
-    std::string piece;
-    for (char c : tok.piece(id)) piece += c == ' ' ? std::string("\xE2\x96\x81") : std::string(1, c);
-    std::int32_t type = tok.token_types()[std::size_t(id)];
-    if (id == tok.bos_id()) piece = "<s>", type = T::Control;
-    else if (id == tok.eos_id()) piece = "</s>", type = T::Control;
-    else if (id == tok.unk_id()) type = T::Unknown;
-    out.tokens.push_back(piece);
-    out.scores.push_back(tok.score(id));
-    out.token_types.push_back(type);
-  }
-}
 
 }  // namespace
 
@@ -81,12 +65,7 @@ int main(int argc, char** argv) {
                                    : fastinfer::DType::F32;
     const std::string vocab = !tokenizer.empty() ? tokenizer : ends_with(input, ".gguf") ? input : "";
     if (!vocab.empty()) {
-      if (ends_with(vocab, ".gguf")) {
-        auto f = fastinfer::gguf::GgufFile::open(vocab);
-        if (f->has("tokenizer.ggml.tokens")) add_vocabulary(*fastinfer::SentencePieceTokenizer::from_gguf(*f), save);
-      } else {
-        add_vocabulary(*fastinfer::SentencePieceTokenizer::from_llama2c(vocab), save);
-      }
+      fastinfer::set_gguf_vocabulary(vocab, save);
       FASTINFER_CHECK(save.tokens.empty() || std::int64_t(save.tokens.size()) >= weights.config.vocab_size,
                       fastinfer::InvalidArgument, "the vocabulary has ", save.tokens.size(),
                       " tokens but the model has ", weights.config.vocab_size);

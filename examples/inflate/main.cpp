@@ -34,21 +34,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// GGUF spells spaces U+2581 and names the special pieces plainly.
-void add_vocabulary(const fastinfer::SentencePieceTokenizer& tok, fastinfer::GgufSaveOptions& out) {
-  using T = fastinfer::SentencePieceTokenizer;
-  for (std::int32_t id = 0; id < tok.vocab_size(); ++id) {
-    std::string piece;
-    for (char c : tok.piece(id)) piece += c == ' ' ? std::string("\xE2\x96\x81") : std::string(1, c);
-    std::int32_t type = tok.token_types()[std::size_t(id)];
-    if (id == tok.bos_id()) piece = "<s>", type = T::Control;
-    else if (id == tok.eos_id()) piece = "</s>", type = T::Control;
-    else if (id == tok.unk_id()) type = T::Unknown;
-    out.tokens.push_back(piece);
-    out.scores.push_back(tok.score(id));
-    out.token_types.push_back(type);
-  }
-}
 
 }  // namespace
 
@@ -81,12 +66,7 @@ int main(int argc, char** argv) {
       fastinfer::GgufSaveOptions save;
       save.name = "inflated " + std::filesystem::path(model).filename().string() + " " + size;
       const std::string vocab = !tokenizer.empty() ? tokenizer : ends_with(model, ".gguf") ? model : "";
-      if (ends_with(vocab, ".gguf")) {
-        auto f = fastinfer::gguf::GgufFile::open(vocab);
-        if (f->has("tokenizer.ggml.tokens")) add_vocabulary(*fastinfer::SentencePieceTokenizer::from_gguf(*f), save);
-      } else if (!vocab.empty()) {
-        add_vocabulary(*fastinfer::SentencePieceTokenizer::from_llama2c(vocab), save);
-      }
+      if (!vocab.empty()) fastinfer::set_gguf_vocabulary(vocab, save);
       fastinfer::save_gguf_llama(fastinfer::with_rope_style(w, fastinfer::RopeStyle::Interleaved), out, save);
     } else {
       const bool hf_input = std::filesystem::is_directory(model);

@@ -27,6 +27,7 @@
 #include "fastinfer/model/config.hpp"
 #include "fastinfer/model/gguf.hpp"
 #include "fastinfer/model/weights.hpp"
+#include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 
 namespace fastinfer {
 
@@ -235,6 +236,38 @@ struct GgufSaveOptions {
   std::vector<float> scores;
   std::vector<std::int32_t> token_types;  // 1 normal, 2 unknown, 3 control, 6 byte
 };
+
+// Fills options' vocabulary from a SentencePiece tokenizer. GGUF spells spaces
+// U+2581 and names the special pieces plainly (llama2.c stores BOS/EOS as
+// "\n<s>\n" / "\n</s>\n").
+inline void set_gguf_vocabulary(const SentencePieceTokenizer& tok, GgufSaveOptions& out) {
+  using T = SentencePieceTokenizer;
+  out.tokens.clear();
+  out.scores.clear();
+  out.token_types.clear();
+  for (std::int32_t id = 0; id < tok.vocab_size(); ++id) {
+    std::string piece;
+    for (char c : tok.piece(id)) piece += c == ' ' ? std::string("\xE2\x96\x81") : std::string(1, c);
+    std::int32_t type = tok.token_types()[std::size_t(id)];
+    if (id == tok.bos_id()) piece = "<s>", type = T::Control;
+    else if (id == tok.eos_id()) piece = "</s>", type = T::Control;
+    else if (id == tok.unk_id()) type = T::Unknown;
+    out.tokens.push_back(piece);
+    out.scores.push_back(tok.score(id));
+    out.token_types.push_back(type);
+  }
+}
+
+// The vocabulary of `path` (a llama2.c tokenizer.bin, or a .gguf holding
+// tokenizer.ggml.* arrays; a .gguf without them leaves `out` as it is).
+inline void set_gguf_vocabulary(const std::string& path, GgufSaveOptions& out) {
+  if (path.size() >= 5 && path.compare(path.size() - 5, 5, ".gguf") == 0) {
+    auto f = gguf::GgufFile::open(path);
+    if (f->has("tokenizer.ggml.tokens")) set_gguf_vocabulary(*SentencePieceTokenizer::from_gguf(*f), out);
+  } else {
+    set_gguf_vocabulary(*SentencePieceTokenizer::from_llama2c(path), out);
+  }
+}
 
 // Writes `w` as a GGUF "llama" file that load_gguf_llama reads back.
 inline void save_gguf_llama(const LlamaWeights& weights, const std::string& path,
