@@ -1,8 +1,12 @@
-// The drafters on their own: prompt lookup's n-gram matching, the lookahead
-// pool's n-gram bookkeeping and Jacobi update, and the draft model's KV
-// bookkeeping after rejections (its drafts equal a fresh model's).
+// The drafters on their own: prompt lookup's n-gram matching (one candidate
+// or a trie of all), the lookahead pool's n-gram bookkeeping, its 2-D window
+// mask (against the paper's description as a set) and Jacobi update, the
+// tree verification batch, and the draft model's KV bookkeeping after
+// rejections (its drafts equal a fresh model's).
 #include <catch2/catch.hpp>
 
+#include <set>
+#include <utility>
 #include <vector>
 
 #include "fastinfer/core/error.hpp"
@@ -11,6 +15,7 @@
 #include "fastinfer/spec/draft_model.hpp"
 #include "fastinfer/spec/lookahead_pool.hpp"
 #include "fastinfer/spec/prompt_lookup.hpp"
+#include "fastinfer/spec/tree_batch.hpp"
 
 namespace spec = fastinfer::spec;
 using Tokens = std::vector<std::int32_t>;
@@ -50,33 +55,160 @@ TEST_CASE("lookahead pool: G newest distinct continuations per first token") {
   CHECK_THROWS_AS(spec::LookaheadPool({3, 1, 2}, 16), fastinfer::InvalidArgument);
 }
 
-TEST_CASE("lookahead pool: Jacobi levels give diagonal n-grams, outputs become the next guesses") {
-  spec::LookaheadPool pool({3, 3, 5}, 64);
-  // Iteration 1 fed 10 11 12 at positions 20..22 and predicted 30 31 32 for 21..23.
-  pool.jacobi_update(20, {10, 11, 12}, {30, 31, 32});
-  CHECK(pool.pool_keys() == 0);  // N = 3 needs two levels
-  const Tokens ctx(20, 0);
-  CHECK(pool.window(21, ctx) == Tokens{30, 31, 32});
-  // Iteration 2 fed the guesses 30 31 32 at 21..23 and predicted 40 41 42 for 22..24.
-  pool.jacobi_update(21, {30, 31, 32}, {40, 41, 42});
-  // Diagonals by position: (level1 at p, level2 at p+1, output for p+2); the
-  // 30 at 21 was predicted from the 10 at 20, the 40 for 22 from the 30.
-  CHECK(pool.continuations(10) == std::deque<Tokens>{{30, 40}});
-  CHECK(pool.continuations(11) == std::deque<Tokens>{{31, 41}});
-  CHECK(pool.continuations(12) == std::deque<Tokens>{{32, 42}});
-  CHECK(pool.continuations(30).empty());  // first tokens come from the oldest level only
-  CHECK(pool.window(22, ctx) == Tokens{40, 41, 42});
+TEST_CASE("lookahead window mask: each token sees level 0 up to its column, then its own column") {
+  // The paper's Figure, written as a set: token (level j, column i) sees
+  // {(0, c) : c <= i} and {(l, i) : 1 <= l <= j}; nothing else of the window.
+  for (int w = 1; w <= 6; ++w)
+    for (int levels = 1; levels <= 5; ++levels) {
+      std::vector<int> depth;
+      std::vector<std::uint8_t> mask;
+      spec::LookaheadPool::window_layout(w, levels, depth, mask);
+      const int n = w * levels;
+      REQUIRE(int(depth.size()) == n);
+      REQUIRE(int(mask.size()) == n * n);
+      for (int j = 0; j < levels; ++j)
+        for (int i = 0; i < w; ++i) {
+          const int e = j * w + i;  // fed level-major
+          INFO("W " << w << " levels " << levels << " level " << j << " column " << i);
+          CHECK(depth[std::size_t(e)] == i + j + 1);
+          std::set<std::pair<int, int>> expected, seen;
+          for (int c = 0; c <= i; ++c) expected.insert({0, c});
+          for (int l = 1; l <= j; ++l) expected.insert({l, i});
+          std::set<int> depths_seen;
+          for (int f = 0; f < n; ++f)
+            if (mask[std::size_t(e) * std::size_t(n) + std::size_t(f)]) {
+              seen.insert({f / w, f % w});
+              CHECK(depths_seen.insert(depth[std::size_t(f)]).second);  // one token per position
+            }
+          CHECK(seen == expected);
+          // ... and those positions are exactly root + 1 .. its own: a sequence.
+          CHECK(int(depths_seen.size()) == depth[std::size_t(e)]);
+          CHECK(*depths_seen.rbegin() == depth[std::size_t(e)]);
+        }
+    }
 }
 
-TEST_CASE("lookahead drafter proposes the pool's continuation of the last token and a window after it") {
+TEST_CASE("tree batch: pending causal, nodes see ancestors, extras see their mask, nobody sees across") {
+  spec::TokenTree tree;
+  const std::int32_t a[] = {10, 11, 12}, b[] = {10, 13}, c[] = {14};
+  spec::add_tree_path(tree, a, 3);
+  spec::add_tree_path(tree, b, 2);  // shares node 10
+  spec::add_tree_path(tree, c, 1);
+  spec::add_tree_path(tree, a, 2);  // already there
+  CHECK(tree.tokens == Tokens{10, 11, 12, 13, 14});
+  CHECK(tree.parent == std::vector<int>{-1, 0, 1, 0, -1});
+  CHECK(spec::tree_depths(tree) == std::vector<int>{1, 2, 3, 2, 1});
+  const Tokens pending = {7, 8};
+  const Tokens extra = {20, 21, 22};
+  const std::vector<int> extra_depth = {1, 2, 2};
+  const std::vector<std::uint8_t> extra_mask = {1, 0, 0, 1, 1, 0, 1, 0, 1};
+  fastinfer::ForwardBatch batch;
+  spec::build_tree_batch(batch, 3, pending.data(), 2, 40, tree, extra.data(), extra_depth.data(), extra_mask.data(), 3,
+                         3);
+  const int n = 2 + 5 + 3;
+  REQUIRE(batch.rows() == n);
+  CHECK(batch.tokens == Tokens{7, 8, 10, 11, 12, 13, 14, 20, 21, 22});
+  CHECK(batch.start_pos == std::vector<std::int64_t>{40});
+  CHECK(batch.positions == std::vector<std::int64_t>{40, 41, 42, 43, 44, 43, 42, 42, 43, 43});
+  auto ancestor = [&](int x, int y) {  // node y is x or an ancestor of x
+    for (int p = x; p >= 0; p = tree.parent[std::size_t(p)])
+      if (p == y) return true;
+    return false;
+  };
+  for (int r = 0; r < n; ++r)
+    for (int col = 0; col < n; ++col) {
+      bool want;
+      if (col < 2) want = r >= col;  // pending: causal, seen by everyone after
+      else if (r < 2) want = false;
+      else if (r < 7) want = col < 7 && ancestor(r - 2, col - 2);
+      else want = col >= 7 && extra_mask[std::size_t(r - 7) * 3 + std::size_t(col - 7)];
+      INFO("row " << r << " column " << col);
+      CHECK(bool(batch.mask[std::size_t(r) * n + std::size_t(col)]) == want);
+    }
+  // A prefix of the extras uses the top-left block of their mask.
+  spec::build_tree_batch(batch, 3, pending.data(), 2, 40, tree, extra.data(), extra_depth.data(), extra_mask.data(), 2,
+                         3);
+  CHECK(batch.rows() == n - 1);
+  CHECK(batch.mask.size() == std::size_t(n - 1) * std::size_t(n - 1));
+  // trim_tree: depth and node budget, still a tree.
+  spec::TokenTree t2 = tree;
+  spec::trim_tree(t2, 2, 10);
+  CHECK(t2.tokens == Tokens{10, 11, 13, 14});
+  CHECK(t2.parent == std::vector<int>{-1, 0, 0, -1});
+  spec::trim_tree(t2, 2, 2);
+  CHECK(t2.tokens == Tokens{10, 11});
+  CHECK(spec::kept_in_place({0, 1, 3}) == 2);
+  CHECK(spec::kept_in_place({3, 4}) == 0);
+  CHECK_THROWS_AS(spec::build_tree_batch(batch, 3, pending.data(), 0, 40, tree, nullptr, nullptr, nullptr, 0, 0),
+                  fastinfer::InvalidArgument);
+  const std::vector<std::uint8_t> looks_ahead = {1, 1, 0, 1};
+  CHECK_THROWS_AS(spec::build_tree_batch(batch, 3, pending.data(), 2, 40, tree, extra.data(), extra_depth.data(),
+                                         looks_ahead.data(), 2, 2),
+                  fastinfer::InvalidArgument);
+}
+
+TEST_CASE("lookahead pool: columns of a full window plus the last level's outputs are the n-grams") {
+  spec::LookaheadPool pool({3, 4, 5}, 64);  // W 3, N 4: three levels
+  pool.set_levels({{10, 11, 12}});
+  pool.jacobi_step({20, 21, 22});  // warm-up: appended, nothing collected
+  CHECK(pool.pool_keys() == 0);
+  pool.jacobi_step({30, 31, 32});
+  CHECK(pool.levels().size() == 3);
+  CHECK(pool.pool_keys() == 0);
+  pool.jacobi_step({40, 41, 42});  // full: column i gives (10+i, 20+i, 30+i, 40+i)
+  CHECK(pool.continuations(10) == std::deque<Tokens>{{20, 30, 40}});
+  CHECK(pool.continuations(12) == std::deque<Tokens>{{22, 32, 42}});
+  CHECK(pool.levels() == std::vector<Tokens>{{20, 21, 22}, {30, 31, 32}, {40, 41, 42}});
+  pool.jacobi_step({50, 51, 52});
+  CHECK(pool.continuations(20) == std::deque<Tokens>{{30, 40, 50}});
+  CHECK_THROWS_AS(pool.jacobi_step({1, 2}), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(pool.set_levels({{1, 2, 3}, {1, 2, 3}, {1, 2, 3}, {1, 2, 3}}), fastinfer::InvalidArgument);
+}
+
+TEST_CASE("lookahead drafter proposes a trie of the pool's n-grams and the 2-D window") {
   spec::LookaheadPool pool({4, 3, 5}, 64);
-  pool.begin({1, 5, 6, 7, 5});
+  pool.begin({1, 5, 6, 7, 5, 6, 8, 5});
   spec::DraftProposal out;
-  pool.propose({1, 5, 6, 7, 5}, 8, 0, out);
-  CHECK(out.tokens == Tokens{6, 7});  // the prompt's 3-gram 5 6 7
-  CHECK(out.extra.size() == 4);
-  pool.propose({1, 5, 6, 7, 5}, 1, 0, out);
-  CHECK(out.tokens == Tokens{6});
+  pool.propose({1, 5, 6, 7, 5, 6, 8, 5}, 8, 0, out);
+  // The prompt's 3-grams after 5: "6 8" (newest) and "6 7" share their 6.
+  CHECK(out.tokens == Tokens{6, 8, 7});
+  CHECK(out.parent == std::vector<int>{-1, 0, 0});
+  CHECK(out.extra.size() == 4);  // one level until warm-up grows it
+  CHECK(out.extra_depth == std::vector<int>{1, 2, 3, 4});
+  pool.propose({1, 5, 6, 7, 5, 6, 8, 5}, 1, 0, out);
+  CHECK(out.tokens == Tokens{6});  // depth capped at k
+  CHECK(out.first_chain() == Tokens{6});
+  // observe() with the window's rows: the last level's argmax becomes a new level.
+  std::vector<float> rows(4 * 64, 0.0f);
+  for (int i = 0; i < 4; ++i) rows[std::size_t(i) * 64 + std::size_t(30 + i)] = 1.0f;
+  pool.observe({1, 5, 6, 7, 5, 6, 8, 5, 6}, 0, rows.data(), 4);
+  REQUIRE(pool.levels().size() == 2);
+  CHECK(pool.levels()[1] == Tokens{30, 31, 32, 33});
+  pool.propose({1, 5, 6, 7, 5, 6, 8, 5, 6}, 4, 0, out);
+  CHECK(out.extra.size() == 8);
+  CHECK(out.extra_depth == std::vector<int>{1, 2, 3, 4, 2, 3, 4, 5});
+  // A window cut short (no room in the pass) leaves the levels alone.
+  pool.observe({1, 5, 6, 7, 5, 6, 8, 5, 6, 7}, 0, rows.data(), 4);
+  CHECK(pool.levels().size() == 2);
+}
+
+TEST_CASE("prompt lookup with several candidates: every match, distinct, as a trie") {
+  spec::PromptLookup lookup({2, 1, 4});
+  // Matches of "7": at 6 (-> 2 5 6) and at 2 (-> 8 9 1); the 2-gram "6 7" at 1 (-> 8 9 1) comes first.
+  const Tokens ctx = {5, 6, 7, 8, 9, 1, 7, 2, 5, 6, 7};
+  const auto all = lookup.lookup_all(ctx, 3);
+  REQUIRE(all.size() == 2);
+  CHECK(all[0] == Tokens{8, 9, 1});
+  CHECK(all[1] == Tokens{2, 5, 6});
+  CHECK(all[0] == lookup.lookup(ctx, 3));
+  spec::DraftProposal out;
+  lookup.propose(ctx, 3, 0, out);
+  CHECK(out.tokens == Tokens{8, 9, 1, 2, 5, 6});
+  CHECK(out.parent == std::vector<int>{-1, 0, 1, -1, 3, 4});
+  spec::PromptLookup one({2, 1, 1});
+  one.propose(ctx, 3, 0, out);
+  CHECK(out.parent.empty());  // one candidate: a plain chain
+  CHECK_THROWS_AS(spec::PromptLookup({2, 1, 0}), fastinfer::InvalidArgument);
 }
 
 TEST_CASE("draft model keeps its cache in sync after rejections") {

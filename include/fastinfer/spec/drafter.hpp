@@ -25,11 +25,43 @@ struct DraftProposal {
   // Tokens the loop appends after the drafts in the same target forward pass
   // (lookahead's Jacobi window); their logits rows come back in observe().
   std::vector<std::int32_t> extra;
+  // Optional token tree over `tokens` (several candidate continuations
+  // sharing prefixes, verified in one pass with a tree mask): parent[i] is
+  // the index of token i's parent, -1 when it follows the context directly;
+  // parents come before children. Empty: `tokens` is a chain. A tree needs a
+  // target that takes a custom mask (ModelTarget does); callers that verify
+  // chains only can use first_chain().
+  std::vector<int> parent;
+  // Optional layout of `extra` (lookahead's 2-D window): extra_depth[i] >= 1
+  // is extra i's position after the last context token, extra_mask
+  // [extra.size()]^2 row-major says which extras extra i attends to (itself
+  // included; only earlier ones). Each extra always sees the context and
+  // never the drafts. Empty: the extras follow the drafts causally.
+  std::vector<int> extra_depth;
+  std::vector<std::uint8_t> extra_mask;
+
+  bool is_tree() const { return !parent.empty(); }
+  bool has_extra_layout() const { return !extra_depth.empty(); }
+  // The path through every node's first child: the tree read as one chain.
+  std::vector<std::int32_t> first_chain() const {
+    if (parent.empty()) return tokens;
+    std::vector<std::int32_t> out;
+    int node = -1;
+    for (std::size_t i = 0; i < tokens.size(); ++i)
+      if (parent[i] == node) {
+        out.push_back(tokens[i]);
+        node = int(i);
+      }
+    return out;
+  }
 
   void clear() {
     tokens.clear();
     probs.clear();
     extra.clear();
+    parent.clear();
+    extra_depth.clear();
+    extra_mask.clear();
   }
 };
 
@@ -43,7 +75,7 @@ class Drafter {
   virtual void propose(const std::vector<std::int32_t>& context, int k, std::uint64_t token_index,
                        DraftProposal& out) = 0;
   // After verification: `context` now holds the emitted tokens, `accepted` of
-  // the proposal's drafts were kept; extra_logits holds the rows [n_extra][vocab]
+  // the proposal's drafts were kept (for a tree: the accepted path's length); extra_logits holds the rows [n_extra][vocab]
   // of the first n_extra extra tokens (nullptr when none were fed).
   virtual void observe(const std::vector<std::int32_t>& context, int accepted, const float* extra_logits,
                        int n_extra) {

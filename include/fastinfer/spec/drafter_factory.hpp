@@ -3,9 +3,12 @@
 //
 //   kind "none" | "draft" | "prompt-lookup" | "lookahead"
 //   draft:          draft_model (a load_model spec; empty: the target's own
-//                   spec, i.e. a self-draft), draft_weights "f32"|"bf16"|"f16"
-//                   (default bf16), draft_kv "f32" only until the model runs
-//                   on the quantized KVCache
+//                   spec, i.e. a self-draft), draft_weights
+//                   "f32"|"bf16"|"f16"|"q8_0" (default bf16), draft_kv any KV
+//                   quantization of kv_quant.hpp (f32, f16, bf16, int8, int4,
+//                   fp8-e4m3, fp8-e5m2): the draft model's own cache; the
+//                   target is untouched, so greedy output never changes
+//   prompt-lookup:  lookup_candidates (1: a chain; more: a token tree)
 //   lookahead:      "W,N,G"
 #pragma once
 
@@ -16,9 +19,11 @@
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/kv/kv_quant.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "fastinfer/model/weight_convert.hpp"
 #include "fastinfer/spec/draft_model.hpp"
 #include "fastinfer/spec/drafter.hpp"
 #include "fastinfer/spec/lookahead_pool.hpp"
@@ -32,7 +37,13 @@ struct DrafterSpec {
   std::string draft_weights = "bf16";  // f32 | bf16 | f16
   std::string draft_kv = "f32";
   std::string lookahead = "5,4,5";     // W,N,G
+  int lookup_candidates = 1;           // prompt lookup: candidates per step (> 1: a tree)
 };
+
+// Draft weights: parse_weight_dtype's names plus q8_0.
+inline DType parse_draft_weights(std::string_view name) {
+  return name == "q8_0" ? DType::Q8_0 : parse_weight_dtype(name);
+}
 
 // "W,N,G" -> LookaheadConfig; InvalidArgument naming the text otherwise.
 inline LookaheadConfig parse_lookahead(std::string_view text) {
@@ -51,16 +62,21 @@ inline std::unique_ptr<Drafter> make_drafter(const DrafterSpec& s, const std::st
                                              const LlamaConfig& target, const cpu::SamplingParams& params,
                                              int threads) {
   if (s.kind == "none") return nullptr;
-  if (s.kind == "prompt-lookup") return std::make_unique<PromptLookup>();
+  if (s.kind == "prompt-lookup") {
+    PromptLookupConfig pl;
+    pl.max_candidates = s.lookup_candidates;
+    return std::make_unique<PromptLookup>(pl);
+  }
   if (s.kind == "lookahead") return std::make_unique<LookaheadPool>(parse_lookahead(s.lookahead), target.vocab_size);
   FASTINFER_CHECK(s.kind == "draft", InvalidArgument, "unknown --spec '", s.kind,
                   "' (expected none, draft, prompt-lookup or lookahead)");
-  FASTINFER_CHECK(s.draft_kv == "f32", InvalidArgument, "--draft-kv '", s.draft_kv,
-                  "': only f32 until the model runs on the quantized KV cache");
+  KVOptions kv;
+  kv.quant = kv::parse_quant(s.draft_kv);  // InvalidArgument naming the text
   LoadOptions load;
-  load.weight_dtype = parse_weight_dtype(s.draft_weights);
+  load.weight_dtype = parse_draft_weights(s.draft_weights);
   load.threads = threads;
-  LlamaModel<> draft(load_model(s.draft_model.empty() ? target_spec : s.draft_model, load), ModelOptions{threads});
+  LlamaModel<> draft(load_model(s.draft_model.empty() ? target_spec : s.draft_model, load),
+                     ModelOptions{threads, 0, kv});
   FASTINFER_CHECK(draft.config().vocab_size == target.vocab_size, InvalidArgument, "the draft model's vocabulary (",
                   draft.config().vocab_size, " tokens) differs from the target's (", target.vocab_size, ")");
   return std::make_unique<DraftModel<LlamaModel<>>>(std::move(draft), params);

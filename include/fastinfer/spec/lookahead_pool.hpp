@@ -1,44 +1,58 @@
 // Lookahead decoding (Fu et al. 2024, "Break the Sequential Dependency of LLM
-// Inference Using Lookahead Decoding") as a drafter.
+// Inference Using Lookahead Decoding") as a drafter, with the paper's two
+// branches in ONE target forward pass.
 //
-// Jacobi iteration: feed a window of W guessed tokens after the text and take
-// the model's argmax at each of them as the new guesses, one step closer to
-// the fixed point (the greedy continuation). Each guess that the model
-// produced from the previous level's guess one column to the left forms, read
-// along the diagonal over the last N - 1 levels, an n-gram the model itself
-// has "seen": (level_{t-N+2}[p], level_{t-N+3}[p+1], .., level_t[p+N-2],
-// output_t[p+N-1]). The n-grams go into a pool keyed by their first token
-// (at most G continuations per key, most recent first, duplicates dropped);
-// the drafts of a step are the pool's newest continuation of the last
-// emitted token. The pool is also fed with the n-grams of the prompt and of
-// the accepted text (as the reference implementation's prompt pool).
+// Lookahead branch: a 2-D window of W columns x L levels (L grows to N - 1
+// during warm-up). Level j, column i is a guess for the token at root + i +
+// j + 1 (root: the last emitted token). Fed level-major after the
+// verification branch, it attends through a custom mask to
+//   - the context (every accepted token, root included),
+//   - level 0's columns 0..i (positions root + 1 .. root + i + 1), and
+//   - its own column's levels 1..j (positions root + i + 2 .. root + i + j + 1),
+// so each token sees exactly one token at every earlier position: a
+// sequence, as the paper's Figure draws it (level 0 is causal among
+// itself; a later level sees the earlier columns through level 0, not
+// through its own level). window_layout() builds that mask; the test checks
+// it against this sentence.
+// After the pass, the argmax after the last level's column i is a guess for
+// root + i + L + 1: once L = N - 1, column i with that output is an n-gram
+// (level 0 .. level N-2, output) the model produced, added to the pool; the
+// oldest level is dropped and the outputs become the newest level (during
+// warm-up they are appended without dropping).
 //
-// Where this implementation differs from the paper, plainly:
-//  - One candidate per step, verified as a chain. The paper verifies up to G
-//    candidates at once through a custom attention mask; that needs the
-//    masked forward pass (coming with the paged-KV model) and TokenTree
-//    verification (speculative_verifier.hpp already has the math).
-//  - The lookahead branch is one level (the current window) appended after
-//    the drafts in the SAME causal forward pass: [last, d1..dm, w1..wW]. The
-//    window is thus conditioned on the drafts being right (when they are
-//    not, its outputs are poorer guesses, nothing worse). The older levels
-//    are kept host-side, indexed by absolute position, only to read off the
-//    diagonal n-grams. The paper's 2D window attends each level through the
-//    mask instead.
-// Exactness does not depend on any of this: only the verification rows
-// decide what is emitted, and the causal mask keeps them blind to the window.
+// Verification branch: up to G pool n-grams starting with the root token
+// (newest first), merged into a trie (shared prefixes verified once) and
+// proposed as a token tree (DraftProposal::parent): each node sees the
+// context and its own ancestors only, so verification is the ordinary tree
+// verification (greedy: longest path the argmax agrees with; sampling:
+// SpecInfer's multi-round rejection with one-hot q). The pool is also fed
+// with the prompt's and the accepted text's n-grams (as the reference
+// implementation's prompt pool).
+//
+// Exactness never depends on the window: verification rows do not see it.
+//
+// Deviations from the paper, plainly:
+//  - The window is not shifted by the number of tokens a step accepted: it
+//    stays anchored to the new root (each level keeps its columns), so after
+//    a long accepted run its guesses are for positions already passed.
+//    Guesses stay guesses; only the pool's hit rate suffers.
+//  - Level 0 starts as W tokens picked from the prompt by a fixed hash (the
+//    paper: random prompt tokens); warm-up grows the window one level per
+//    step from the last level's outputs.
+//  - When a pass has no room for the whole window (max_rows, max_seq_len)
+//    its tail is dropped and the window is not updated that step.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <deque>
-#include <map>
 #include <unordered_map>
 #include <vector>
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/spec/drafter.hpp"
+#include "fastinfer/spec/tree_batch.hpp"
 
 namespace fastinfer::spec {
 
@@ -60,7 +74,7 @@ class LookaheadPool final : public Drafter {
   const LookaheadConfig& config() const { return c_; }
 
   // --- the pool -------------------------------------------------------------
-  // Adds the n-gram gram[0..N) (shorter ones are ignored).
+  // Adds the n-gram gram[0..N) (other lengths are ignored).
   void add_ngram(const std::int32_t* gram, int n) {
     if (n != c_.ngram) return;
     std::vector<std::int32_t> cont(gram + 1, gram + n);
@@ -78,54 +92,57 @@ class LookaheadPool final : public Drafter {
   }
   std::size_t pool_keys() const { return pool_.size(); }
 
-  // --- the Jacobi bookkeeping --------------------------------------------------
-  // Records one lookahead step: `inputs` were fed at positions start.., and
-  // outputs[i] is the model's argmax after inputs[i] (a guess for position
-  // start + i + 1). Collects the diagonal n-grams and keeps the guesses.
-  void jacobi_update(int start, const std::vector<std::int32_t>& inputs, const std::vector<std::int32_t>& outputs) {
-    FASTINFER_CHECK(inputs.size() == outputs.size(), InvalidArgument, "Jacobi update with ", inputs.size(),
-                    " inputs but ", outputs.size(), " outputs");
-    levels_.push_back(Level{start, inputs});
-    while (int(levels_.size()) > c_.ngram - 1) levels_.pop_front();
-    // Diagonal n-grams ending at output position q = start + i + 1: level
-    // L-1-j supplies position q - 1 - j (the newest level supplies q - 1).
-    const int n = c_.ngram;
-    std::vector<std::int32_t> gram(std::size_t(n), 0);
-    if (int(levels_.size()) == n - 1) {
-      for (std::size_t i = 0; i < outputs.size(); ++i) {
-        const int q = start + int(i) + 1;
-        gram[std::size_t(n - 1)] = outputs[i];
-        bool ok = true;
-        for (int j = 0; j < n - 1 && ok; ++j) {
-          const Level& lv = levels_[levels_.size() - 1 - std::size_t(j)];
-          const int pos = q - 1 - j;
-          ok = pos >= lv.start && pos < lv.start + int(lv.tokens.size());
-          if (ok) gram[std::size_t(n - 2 - j)] = lv.tokens[std::size_t(pos - lv.start)];
-        }
-        if (ok) add_ngram(gram.data(), n);
+  // --- the 2-D window ---------------------------------------------------------
+  // Depths (position after the root) and mask [W*L]^2 of a window of W
+  // columns and L levels fed level-major (row e = level e / W, column e % W).
+  static void window_layout(int w, int levels, std::vector<int>& depth, std::vector<std::uint8_t>& mask) {
+    const int n = w * levels;
+    depth.resize(std::size_t(n));
+    mask.assign(std::size_t(n) * std::size_t(n), 0);
+    for (int e = 0; e < n; ++e) {
+      const int j = e / w, i = e % w;
+      depth[std::size_t(e)] = i + j + 1;
+      for (int f = 0; f <= e; ++f) {
+        const int jf = f / w, i_f = f % w;
+        if ((jf == 0 && i_f <= i) || (i_f == i && jf <= j)) mask[std::size_t(e) * std::size_t(n) + std::size_t(f)] = 1;
       }
     }
-    for (std::size_t i = 0; i < outputs.size(); ++i) guess_[start + int(i) + 1] = outputs[i];
   }
-  // The window of W guesses for positions start..: the last Jacobi outputs
-  // where known, else tokens of the text so far (the paper starts from
-  // random prompt tokens).
-  std::vector<std::int32_t> window(int start, const std::vector<std::int32_t>& context) const {
-    std::vector<std::int32_t> w(std::size_t(c_.window));
-    for (int i = 0; i < c_.window; ++i) {
-      const auto it = guess_.find(start + i);
-      w[std::size_t(i)] = it != guess_.end() ? it->second
-                                             : context[std::size_t(std::uint64_t(start + i) * 2654435761u %
-                                                                   context.size())];
+  // Levels of the window, oldest first, W tokens each.
+  const std::vector<std::vector<std::int32_t>>& levels() const { return levels_; }
+  void set_levels(std::vector<std::vector<std::int32_t>> levels) {
+    FASTINFER_CHECK(!levels.empty() && int(levels.size()) <= c_.ngram - 1, InvalidArgument, "a lookahead window has ",
+                    levels.size(), " levels; 1 to N - 1 = ", c_.ngram - 1, " allowed");
+    for (const auto& l : levels)
+      FASTINFER_CHECK(int(l.size()) == c_.window, InvalidArgument, "a lookahead level holds ", l.size(),
+                      " tokens, the window is W = ", c_.window);
+    levels_ = std::move(levels);
+  }
+  // One Jacobi step: `outputs[i]` is the argmax after the last level's
+  // column i. Collects the column n-grams once the window is full, then
+  // makes the outputs the newest level.
+  void jacobi_step(const std::vector<std::int32_t>& outputs) {
+    FASTINFER_CHECK(int(outputs.size()) == c_.window, InvalidArgument, "a Jacobi step needs W = ", c_.window,
+                    " outputs, got ", outputs.size());
+    if (int(levels_.size()) == c_.ngram - 1) {
+      std::vector<std::int32_t> gram(std::size_t(c_.ngram));
+      for (int i = 0; i < c_.window; ++i) {
+        for (std::size_t j = 0; j < levels_.size(); ++j) gram[j] = levels_[j][std::size_t(i)];
+        gram.back() = outputs[std::size_t(i)];
+        add_ngram(gram.data(), c_.ngram);
+      }
+      levels_.erase(levels_.begin());
     }
-    return w;
+    levels_.push_back(outputs);
   }
 
   // --- Drafter -------------------------------------------------------------
   void begin(const std::vector<std::int32_t>& prompt) override {
     pool_.clear();
-    levels_.clear();
-    guess_.clear();
+    levels_.assign(1, std::vector<std::int32_t>(std::size_t(c_.window)));
+    for (int i = 0; i < c_.window; ++i)
+      levels_[0][std::size_t(i)] = prompt.empty() ? 0
+                                                  : prompt[std::size_t(std::uint64_t(i + 1) * 2654435761u % prompt.size())];
     for (std::size_t s = 0; s + std::size_t(c_.ngram) <= prompt.size(); ++s) add_ngram(prompt.data() + s, c_.ngram);
     fed_text_ = int(prompt.size());
   }
@@ -133,16 +150,16 @@ class LookaheadPool final : public Drafter {
   void propose(const std::vector<std::int32_t>& context, int k, std::uint64_t, DraftProposal& out) override {
     out.clear();
     if (context.empty()) return;
-    const auto& cands = continuations(context.back());
-    if (k > 0 && !cands.empty()) {
-      const auto& best = cands.front();
-      out.tokens.assign(best.begin(), best.begin() + std::min<std::ptrdiff_t>(k, std::ptrdiff_t(best.size())));
+    if (k > 0) {
+      TokenTree tree;
+      for (const auto& cand : continuations(context.back()))
+        add_tree_path(tree, cand.data(), std::min(k, int(cand.size())));
+      out.tokens = std::move(tree.tokens);
+      out.parent = std::move(tree.parent);
+      // A one-node "tree" that is a chain still goes through the masked pass.
     }
-    window_start_ = int(context.size() + out.tokens.size());
-    // Guesses before the window start are settled text or drafts: drop them.
-    guess_.erase(guess_.begin(), guess_.lower_bound(int(context.size())));
-    out.extra = window(window_start_, context);
-    fed_window_ = out.extra;
+    for (const auto& l : levels_) out.extra.insert(out.extra.end(), l.begin(), l.end());
+    window_layout(c_.window, int(levels_.size()), out.extra_depth, out.extra_mask);
   }
 
   void observe(const std::vector<std::int32_t>& context, int, const float* extra_logits, int n_extra) override {
@@ -151,28 +168,20 @@ class LookaheadPool final : public Drafter {
     for (int s = std::max(0, fed_text_ - c_.ngram + 1); s + c_.ngram <= len; ++s)
       add_ngram(context.data() + s, c_.ngram);
     fed_text_ = len;
-    if (!extra_logits || n_extra <= 0) return;
-    std::vector<std::int32_t> inputs = fed_window_;
-    n_extra = std::min(n_extra, int(inputs.size()));
-    inputs.resize(std::size_t(n_extra));
-    std::vector<std::int32_t> outputs(static_cast<std::size_t>(n_extra));
-    for (int i = 0; i < n_extra; ++i)
-      outputs[std::size_t(i)] = cpu::argmax_token(extra_logits + std::size_t(i) * std::size_t(vocab_), vocab_);
-    jacobi_update(window_start_, inputs, outputs);
+    const int fed = c_.window * int(levels_.size());
+    if (!extra_logits || n_extra < fed) return;  // the window did not fit this pass
+    std::vector<std::int32_t> outputs(std::size_t(c_.window));
+    const float* last = extra_logits + std::size_t(fed - c_.window) * std::size_t(vocab_);
+    for (int i = 0; i < c_.window; ++i)
+      outputs[std::size_t(i)] = cpu::argmax_token(last + std::size_t(i) * std::size_t(vocab_), vocab_);
+    jacobi_step(outputs);
   }
 
  private:
-  struct Level {
-    int start;
-    std::vector<std::int32_t> tokens;
-  };
   LookaheadConfig c_;
   int vocab_;
   std::unordered_map<std::int32_t, std::deque<std::vector<std::int32_t>>> pool_;
-  std::deque<Level> levels_;       // the last N - 1 Jacobi inputs, by absolute position
-  std::map<int, std::int32_t> guess_;  // position -> latest Jacobi output
-  std::vector<std::int32_t> fed_window_;  // the window of the last proposal
-  int window_start_ = 0;
+  std::vector<std::vector<std::int32_t>> levels_;  // the window, oldest level first
   int fed_text_ = 0;
 };
 

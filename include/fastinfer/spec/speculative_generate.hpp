@@ -30,8 +30,10 @@
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/forward_batch.hpp"
 #include "fastinfer/spec/drafter.hpp"
 #include "fastinfer/spec/speculative_verifier.hpp"
+#include "fastinfer/spec/tree_batch.hpp"
 
 namespace fastinfer::spec {
 
@@ -49,6 +51,11 @@ class ModelTarget {
   }
   // The sequence is `length` tokens long; positions beyond hold rejected work.
   void truncate(int length) { (void)length; }
+  // Token trees and lookahead windows: one pass with positions and a custom
+  // mask (tree_batch.hpp); every row's logits, valid until the next call.
+  const float* verify_batch(const ForwardBatch& batch) { return m_.forward(batch); }
+  int max_rows() const { return m_.max_batch(); }
+  static constexpr SeqId kSequence = Model::kSoloSequence;
 
  private:
   Model& m_;
@@ -78,6 +85,15 @@ struct SpeculativeResult {
 };
 
 namespace detail {
+
+// Whether Target has verify_batch(ForwardBatch) / max_rows() for trees.
+template <typename Target, typename = void>
+struct takes_custom_mask : std::false_type {};
+template <typename Target>
+struct takes_custom_mask<Target, std::void_t<decltype(std::declval<Target&>().verify_batch(
+                                                 std::declval<const ForwardBatch&>())),
+                                             decltype(std::declval<const Target&>().max_rows())>>
+    : std::true_type {};
 
 // The stop rules and token emission shared by speculative_generate and
 // medusa_generate (medusa_tree.hpp). emit(t) appends `t` to the result and to
@@ -161,24 +177,79 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
   // Emits `t` unless a stop rule fires first; false when generation is over.
   detail::SpecTokenEmitter<std::remove_reference_t<OnToken>> out_tokens{c, params, r, seq, on_token, t0, t1};
 
+  // Positions below `valid` hold the right KV. After a chain step that is
+  // everything but the last emitted token; after a tree step whose accepted
+  // path left node order, the path's tokens are fed again ("pending") in
+  // front of the next pass (tree_batch.hpp).
+  int valid = int(prompt.size());
+  ForwardBatch tree_batch;
+  TokenTree tree;
   bool going = out_tokens.room_left() && out_tokens.emit(pick_token(logits, vocab, params, 0, workspace));
   while (going && out_tokens.room_left()) {
     const int len = int(seq.size());
     const int remaining = std::min(params.max_new_tokens - int(r.tokens.size()), c.max_seq_len - len);
     const int k = std::min(options.k, remaining - 1);
     drafter.propose(seq, k, std::uint64_t(r.tokens.size()), proposal);
-    const int m = std::min(k, int(proposal.tokens.size()));
-    // Extra (lookahead) tokens sit at positions len + m ..; all must be < max_seq_len.
-    const int n_extra = std::max(0, std::min(int(proposal.extra.size()), c.max_seq_len - (len + m)));
-    batch.assign(1, seq.back());
-    batch.insert(batch.end(), proposal.tokens.begin(), proposal.tokens.begin() + m);
-    batch.insert(batch.end(), proposal.extra.begin(), proposal.extra.begin() + n_extra);
-    rows.resize(batch.size() * std::size_t(vocab));
-    target.verify(batch.data(), int(batch.size()), len - 1, rows.data());
-    const float* q = proposal.probs.empty() ? nullptr : proposal.probs.data();
-    const VerifyOutcome v = verifier.verify(rows.data(), batch.data() + 1, m, q, std::uint64_t(r.tokens.size()));
+    const int n_pending = len - valid;
+    const std::uint64_t first_index = std::uint64_t(r.tokens.size());
+    VerifyOutcome v;
+    const float* extra_rows = nullptr;
+    int n_extra = 0;
+    bool masked = proposal.is_tree() || proposal.has_extra_layout();
+    if (masked && options.rule == AcceptanceRule::TypicalLossy && !proposal.has_extra_layout()) {
+      // Typical acceptance is defined here on chains: read the tree as one.
+      proposal.tokens = proposal.first_chain();
+      proposal.parent.clear();
+      masked = false;
+    }
+    if (masked) {
+      if constexpr (detail::takes_custom_mask<Target>::value) {
+        tree.tokens = proposal.tokens;
+        tree.parent = proposal.parent;
+        if (tree.parent.empty())
+          for (int i = 0; i < tree.size(); ++i) tree.parent.push_back(i - 1);
+        // Row r's KV slot is valid + r < max_seq_len, and a pass holds at
+        // most max_rows() rows: drop the tree's tail, then the window's.
+        const int room = std::min(target.max_rows(), c.max_seq_len - valid) - n_pending;
+        trim_tree(tree, std::max(0, k), std::max(0, room));
+        n_extra = std::max(0, std::min(int(proposal.extra.size()), room - tree.size()));
+        if (n_extra > 0 && !proposal.has_extra_layout()) {
+          // Causal extras after a chain-shaped tree keep their old meaning.
+          proposal.extra_depth.clear();
+          for (int e = 0; e < int(proposal.extra.size()); ++e) proposal.extra_depth.push_back(tree.size() + 1 + e);
+          proposal.extra_mask.assign(proposal.extra.size() * proposal.extra.size(), 0);
+          for (std::size_t e = 0; e < proposal.extra.size(); ++e)
+            for (std::size_t f = 0; f <= e; ++f) proposal.extra_mask[e * proposal.extra.size() + f] = 1;
+        }
+        build_tree_batch(tree_batch, Target::kSequence, seq.data() + valid, n_pending, valid, tree,
+                         proposal.extra.data(), proposal.extra_depth.data(), proposal.extra_mask.data(), n_extra,
+                         int(proposal.extra.size()));
+        const float* all = target.verify_batch(tree_batch) + std::size_t(n_pending - 1) * std::size_t(vocab);
+        v = verifier.verify_tree(all, tree, nullptr, first_index);
+        extra_rows = all + std::size_t(1 + tree.size()) * std::size_t(vocab);
+        valid = len + kept_in_place(v.path);
+        st.drafted += tree.size();
+      } else {
+        throw_error<UsageError>("the drafter proposed a token tree or a lookahead window, but this target takes no "
+                                "custom mask (needs verify_batch(ForwardBatch) and max_rows())");
+      }
+    } else {
+      const int m = std::min(k, int(proposal.tokens.size()));
+      // Extra (lookahead) tokens sit at positions len + m ..; all must be < max_seq_len.
+      n_extra = std::max(0, std::min(int(proposal.extra.size()), c.max_seq_len - (len + m)));
+      batch.assign(seq.begin() + valid, seq.end());
+      batch.insert(batch.end(), proposal.tokens.begin(), proposal.tokens.begin() + m);
+      batch.insert(batch.end(), proposal.extra.begin(), proposal.extra.begin() + n_extra);
+      rows.resize(batch.size() * std::size_t(vocab));
+      target.verify(batch.data(), int(batch.size()), valid, rows.data());
+      const float* q = proposal.probs.empty() ? nullptr : proposal.probs.data();
+      const float* own = rows.data() + std::size_t(n_pending - 1) * std::size_t(vocab);
+      v = verifier.verify(own, batch.data() + n_pending, m, q, first_index);
+      extra_rows = own + std::size_t(1 + m) * std::size_t(vocab);
+      valid = len + v.accepted;
+      st.drafted += m;
+    }
     ++st.target_forwards;
-    st.drafted += m;
     for (std::size_t i = 0; i < v.tokens.size(); ++i) {
       if (!out_tokens.emit(v.tokens[i])) {
         going = false;
@@ -191,10 +262,8 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
         break;
       }
     }
-    target.truncate(int(seq.size()) - 1);
-    if (going)
-      drafter.observe(seq, v.accepted, n_extra > 0 ? rows.data() + std::size_t(1 + m) * std::size_t(vocab) : nullptr,
-                      n_extra);
+    target.truncate(std::min(valid, int(seq.size()) - 1));
+    if (going) drafter.observe(seq, v.accepted, n_extra > 0 ? extra_rows : nullptr, n_extra);
   }
   if (!r.tokens.empty()) r.decode_seconds = seconds(out_tokens.first, Clock::now());
   return out;
