@@ -42,6 +42,7 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/spec/speculative_verifier.hpp"
+#include "fastinfer/spec/tree_batch.hpp"
 #include "fastinfer/spec/drafter.hpp"
 #include "fastinfer/spec/prompt_lookup.hpp"
 #include "fastinfer/spec/draft_model.hpp"
