@@ -9,6 +9,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
@@ -159,4 +160,56 @@ TEST_CASE("matvec and matmul reject negative shapes, naming them, and write noth
   // Zero tokens or zero rows: nothing to do, nothing written.
   cpu::matmul(ok, x.data(), 0, y.data(), 2);
   CHECK(y == std::vector<float>(16, -7.0f));
+}
+
+namespace {
+
+// The documented summation order of one (row, token) dot product, in scalar
+// code: 8-lane chunks in column order into 8 lane sums (one FMA each), the
+// lanes added as xsimd::hadd adds them on AVX ((l_i + l_{i+4}), adjacent
+// pairs, the two pair sums), then the tail columns in order, one FMA each.
+float ordered_dot8(const MatrixView& w, std::int64_t r, const float* x) {
+  std::vector<float> row(static_cast<std::size_t>(w.cols));
+  cpu::reference::load_row(w.dtype, w.row_ptr(r), row.data(), w.cols);
+  float lane[8] = {};
+  const std::int64_t cend = w.cols / 8 * 8;
+  for (std::int64_t c = 0; c < cend; c += 8)
+    for (int i = 0; i < 8; ++i) lane[i] = std::fma(row[std::size_t(c + i)], x[c + i], lane[i]);
+  const float f[4] = {lane[0] + lane[4], lane[1] + lane[5], lane[2] + lane[6], lane[3] + lane[7]};
+  float sum = (f[0] + f[1]) + (f[2] + f[3]);
+  for (std::int64_t c = cend; c < w.cols; ++c) sum = std::fma(row[std::size_t(c)], x[c], sum);
+  return sum;
+}
+
+}  // namespace
+
+TEST_CASE("with 8-float registers, matvec and matmul of up to 16 tokens follow the documented order bit for bit") {
+  // The register tiles (8 rows x 1 token, 4 rows x 2 tokens, 4 x 1, with a
+  // transposing reduction and gathered tail columns) must round exactly as
+  // the scalar statement of the order: greedy decode and verification agree
+  // only because every path computes these bits.
+  if (cpu::kLanes != 8 || std::string(cpu::isa_name()).find("fma") == std::string::npos) {
+    WARN("needs an 8-float FMA instruction set; this build has " << cpu::isa_name());
+    return;
+  }
+  std::uint32_t seed = 7000;
+  for (DType dt : kFloatTypes)
+    for (std::int64_t rows : {1, 3, 4, 5, 8, 12, 13, 32, 33, 36, 172})
+      for (std::int64_t cols : {1, 5, 8, 9, 12, 15, 16, 23, 64, 172, 173})
+        for (std::int64_t n : {1, 2, 3, 5, 16}) {
+          auto w = random_matrix(dt, rows, cols, seed++);
+          const auto x = random_floats(static_cast<std::size_t>(n * cols), seed++);
+          std::vector<float> y(static_cast<std::size_t>(n * rows), NAN);
+          cpu::matmul(w.view, x.data(), n, y.data(), 1);
+          for (std::int64_t t = 0; t < n; ++t)
+            for (std::int64_t r = 0; r < rows; ++r) {
+              const float want = ordered_dot8(w.view, r, x.data() + t * cols);
+              const float got = y[std::size_t(t * rows + r)];
+              if (std::memcmp(&want, &got, sizeof(float)) != 0) {
+                INFO(dtype_name(dt) << " " << rows << "x" << cols << " n " << n << " row " << r << " token " << t
+                                    << ": got " << got << " want " << want);
+                REQUIRE(false);
+              }
+            }
+        }
 }

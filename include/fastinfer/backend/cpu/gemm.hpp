@@ -99,12 +99,68 @@ inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, flo
 // 16-bit weights are widened in registers, as in matvec: at n = 2..16 that ran
 // 1.3-2.1x faster than widening each block into a scratch first, and the
 // widening is exact, so the bits are the same either way.
+#if FASTINFER_CPU_AVX2_TILES
+// dot_matmul_rows with AVX2 register tiles of 4 rows x 2 tokens (8 sums
+// reduced at once into two 4-float stores) and 4 rows x 1 token for an odd
+// last token. The tail columns (cols % 8) of a block's rows are gathered
+// once per block into vectors laid out like the sums, then applied to every
+// token pair with one FMA per column: the same FMAs, in the same order, as
+// dot_tile's scalar tail.
+template <DType D>
+inline void dot_matmul_rows_avx2(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
+                                 std::int64_t r1) {
+  using namespace gemv_detail::tile_detail;
+  using gemv_detail::dot_tile;
+  const std::int64_t k = w.cols, cend = k & ~std::int64_t(7), tail = k - cend;
+  const std::size_t stride = row_bytes(w.dtype, k);
+  const std::int64_t ldy = w.rows;
+  const __m256i off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3), _mm256_set1_epi32(int(stride)));
+  alignas(32) __m256 tails[kDotBlockRows / 4][7];  // [4-row tile][tail column]
+  for (std::int64_t b0 = r0; b0 < r1; b0 += kDotBlockRows) {
+    const std::int64_t m = std::min(kDotBlockRows, r1 - b0), m4 = m & ~std::int64_t(3);
+    const std::uint8_t* base = w.row_ptr(b0);
+    for (std::int64_t r = 0; r < m4; r += 4)
+      for (std::int64_t c = 0; c < tail; ++c) tails[r / 4][c] = gather_column<D>(base + r * stride, off, cend + c);
+    std::int64_t t = 0;
+    for (; t + 2 <= n; t += 2) {
+      const float* x0 = x + t * k;
+      const float* x1 = x0 + k;
+      float* y0 = y + t * ldy + b0;
+      for (std::int64_t r = 0; r < m4; r += 4) {
+        __m256 s = dot_4x2<D>(base + r * stride, stride, x0, x1, cend);
+        for (std::int64_t c = 0; c < tail; ++c)
+          s = _mm256_fmadd_ps(tails[r / 4][c],
+                              _mm256_blend_ps(_mm256_broadcast_ss(x0 + cend + c), _mm256_broadcast_ss(x1 + cend + c), 0xf0),
+                              s);
+        _mm_storeu_ps(y0 + r, _mm256_castps256_ps128(s));
+        _mm_storeu_ps(y0 + ldy + r, _mm256_extractf128_ps(s, 1));
+      }
+      for (std::int64_t r = m4; r < m; ++r) dot_tile<D, 1, 2>(base + r * stride, stride, x0, k, k, y0 + r, ldy);
+    }
+    if (t < n) {
+      const float* x0 = x + t * k;
+      float* y0 = y + t * ldy + b0;
+      for (std::int64_t r = 0; r < m4; r += 4) {
+        __m128 s = dot_4x1<D>(base + r * stride, stride, x0, cend);
+        for (std::int64_t c = 0; c < tail; ++c)
+          s = _mm_fmadd_ps(_mm256_castps256_ps128(tails[r / 4][c]), _mm_broadcast_ss(x0 + cend + c), s);
+        _mm_storeu_ps(y0 + r, s);
+      }
+      for (std::int64_t r = m4; r < m; ++r) dot_tile<D, 1, 1>(base + r * stride, stride, x0, k, k, y0 + r, ldy);
+    }
+  }
+}
+#endif
+
 template <DType D>
 inline void dot_matmul_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
                             std::int64_t r1) {
   using gemv_detail::dot_tile;
   const std::int64_t k = w.cols;
   const std::size_t stride = row_bytes(w.dtype, k);
+#if FASTINFER_CPU_AVX2_TILES
+  if (gemv_detail::tile_detail::usable(k, stride)) return dot_matmul_rows_avx2<D>(w, x, n, y, r0, r1);
+#endif
   for (std::int64_t b0 = r0; b0 < r1; b0 += kDotBlockRows) {
     const std::int64_t m = std::min(kDotBlockRows, r1 - b0);
     const std::uint8_t* base = w.row_ptr(b0);
