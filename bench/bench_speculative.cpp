@@ -15,8 +15,21 @@
 // accepted_per_forward (emitted tokens per verification pass, 1.0 for plain
 // decoding), acceptance (kept drafts / drafted), target_forwards per iteration.
 // One thread: the numbers are about the algorithm, not the kernels' scaling.
+//
+// Issue 10's figures, the memory-bound stand-in (BM_Spec110M/<weights>/<drafter>):
+// inflate:<shared>/models/tinystories-656k:110M with f32 or bf16 weights,
+// 2 threads, the tinystories-656k golden prompts and their max_new_tokens,
+// batch 1, greedy; WALL-CLOCK tok/s (steady_clock around the generation,
+// one iteration) and speed_up over the same set's "none" row (run first).
+// Drafters: none, pl (prompt lookup, k 4), pl-tree (4 candidates as a
+// trie), la-W,N,G (lookahead, 2-D window + trie in one masked pass),
+// self-q8-int8 / self-q8-int4 (the inflated target itself with q8_0 weights
+// and an int8 / int4 KV cache as the draft model, k 4). BM_Forward110M/<n>:
+// the wall time of one pass over n tokens after 100 (the verify cost).
+//   bench_speculative --benchmark_filter='BM_(Spec|Forward)110M' --benchmark_format=json   (< 10 min)
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -30,6 +43,7 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/spec/draft_model.hpp"
+#include "fastinfer/spec/drafter_factory.hpp"
 #include "fastinfer/spec/lookahead_pool.hpp"
 #include "fastinfer/spec/prompt_lookup.hpp"
 #include "fastinfer/spec/speculative_generate.hpp"
@@ -180,6 +194,105 @@ void BM_ForwardTokens(benchmark::State& state, const std::string& set_name) {
   state.counters["tokens"] = n;
 }
 
+// --- issue 10: the inflated 110M stand-in -------------------------------------
+
+std::string inflated_spec() { return "inflate:" + shared("models/tinystories-656k") + ":110M"; }
+
+Model& inflated(const std::string& weights, const std::string& kv = "f32") {
+  static std::map<std::string, std::unique_ptr<Model>> cache;
+  auto& slot = cache[weights + "/" + kv];
+  if (!slot) {
+    LoadOptions o;
+    o.weight_dtype = spec::parse_draft_weights(weights);
+    o.threads = 2;
+    KVOptions kvo;
+    kvo.quant = kv::parse_quant(kv);
+    slot = std::make_unique<Model>(load_model(inflated_spec(), o), ModelOptions{2, 64, kvo});
+  }
+  return *slot;
+}
+
+std::map<std::string, double>& plain_tok_s() {
+  static std::map<std::string, double> m;
+  return m;
+}
+
+void BM_Spec110M(benchmark::State& state, const std::string& weights, const std::string& drafter_name) {
+  const auto prompts = golden_prompts(shared("golden/tinystories-656k/cases"));
+  if (prompts.empty() || !std::filesystem::exists(shared("models/tinystories-656k"))) {
+    state.SkipWithError("missing ../shared/models/tinystories-656k or its golden cases");
+    return;
+  }
+  Model& target = inflated(weights);
+  spec::ModelTarget<Model> adapter(target);
+  const int vocab = target.config().vocab_size;
+  std::unique_ptr<spec::Drafter> drafter;
+  int k = 4;
+  if (drafter_name == "pl") drafter = std::make_unique<spec::PromptLookup>();
+  if (drafter_name == "pl-tree") drafter = std::make_unique<spec::PromptLookup>(spec::PromptLookupConfig{3, 1, 4});
+  if (drafter_name.rfind("la-", 0) == 0) {
+    const auto c = spec::parse_lookahead(drafter_name.substr(3));
+    drafter = std::make_unique<spec::LookaheadPool>(c, vocab);
+    k = c.ngram - 1;
+  }
+  if (drafter_name.rfind("self-q8-", 0) == 0) {
+    LoadOptions o;
+    o.weight_dtype = DType::Q8_0;
+    o.threads = 2;
+    KVOptions kvo;
+    kvo.quant = kv::parse_quant(drafter_name.substr(8));
+    drafter = std::make_unique<spec::DraftModel<Model>>(
+        Model(load_model(inflated_spec(), o), ModelOptions{2, 64, kvo}), cpu::SamplingParams{});
+  }
+  std::int64_t tokens = 0, forwards = 0, step_tokens = 0, drafted = 0, accepted = 0;
+  double wall = 0;
+  for (auto _ : state) {
+    for (const Prompt& p : prompts) {
+      GenerationParams g;
+      g.max_new_tokens = p.max_new;
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto r = drafter ? spec::speculative_generate(adapter, *drafter, p.ids, g, spec::SpeculativeOptions{k})
+                             : spec::plain_as_speculative(generate(target, p.ids, g));
+      wall += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      tokens += std::int64_t(r.generation.tokens.size());
+      forwards += r.stats.target_forwards;
+      step_tokens += r.stats.step_tokens;
+      drafted += r.stats.drafted;
+      accepted += r.stats.accepted;
+    }
+  }
+  const double tok_s = wall > 0 ? double(tokens) / wall : 0.0;
+  if (!drafter) plain_tok_s()[weights] = tok_s;
+  const auto base = plain_tok_s().find(weights);
+  state.counters["wall_tok_s"] = tok_s;
+  state.counters["speed_up"] = base != plain_tok_s().end() && base->second > 0 ? tok_s / base->second : 0.0;
+  state.counters["accepted_per_forward"] = forwards ? double(step_tokens) / double(forwards) : 0.0;
+  state.counters["acceptance"] = drafted ? double(accepted) / double(drafted) : 0.0;
+  state.counters["drafted_per_forward"] = forwards ? double(drafted) / double(forwards) : 0.0;
+  state.counters["tokens"] = double(tokens) / double(state.iterations());
+}
+
+void BM_Forward110M(benchmark::State& state, const std::string& weights) {
+  if (!std::filesystem::exists(shared("models/tinystories-656k"))) {
+    state.SkipWithError("missing ../shared/models/tinystories-656k");
+    return;
+  }
+  const int n = int(state.range(0));
+  Model& m = inflated(weights);
+  const int vocab = m.config().vocab_size;
+  std::vector<std::int32_t> ctx(100), batch(static_cast<std::size_t>(n));
+  for (int i = 0; i < 100; ++i) ctx[std::size_t(i)] = std::int32_t((i * 7919 + 1) % vocab);
+  for (int i = 0; i < n; ++i) batch[std::size_t(i)] = std::int32_t((i * 31 + 5) % vocab);
+  std::vector<float> rows(std::size_t(n) * std::size_t(vocab));
+  m.reset();
+  m.forward_prefill(ctx, 0);
+  for (auto _ : state) {
+    m.forward_prefill_all(batch.data(), n, 100, rows.data());
+    benchmark::DoNotOptimize(rows.data());
+  }
+  state.counters["tokens"] = n;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -195,6 +308,17 @@ int main(int argc, char** argv) {
       for (int k : {2, 4, 8}) b->Arg(k);
       b->Unit(benchmark::kMillisecond)->MinTime(big ? 0.1 : 0.5);
     }
+  }
+  for (const std::string w : {"f32", "bf16"}) {
+    for (const std::string d : {"none", "pl", "pl-tree", "la-3,3,2", "la-5,3,3", "la-4,4,3", "la-7,4,5", "self-q8-int8",
+                                "self-q8-int4"})
+      benchmark::RegisterBenchmark(("BM_Spec110M/" + w + "/" + d).c_str(), BM_Spec110M, w, d)
+          ->Iterations(1)
+          ->UseRealTime()
+          ->Unit(benchmark::kSecond);
+    auto* f = benchmark::RegisterBenchmark(("BM_Forward110M/" + w).c_str(), BM_Forward110M, w);
+    for (int n : {1, 2, 4, 8, 12, 16, 24, 32}) f->Arg(n);
+    f->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);
   }
   for (const std::string set_name : {"stories260K", "ts656k", "110M-repeat"}) {
     auto* b = benchmark::RegisterBenchmark(("BM_ForwardTokens/" + set_name).c_str(), BM_ForwardTokens, set_name);
