@@ -1,41 +1,60 @@
 #!/usr/bin/env python3
-"""Train Medusa-1 heads for a llama2.c checkpoint by self-distillation.
+"""Train Medusa-1 heads for a llama2.c checkpoint or a Hugging Face Llama directory by self-distillation.
 
     python3 tools/train_medusa.py --model ../shared/models/stories260K.bin \
         --out build-medusa/stories260K.medusa [--check-logits ../shared/golden/logits_bos_pos0_pos10.txt]
+    python3 tools/train_medusa.py --model ../shared/models/tinystories-656k \
+        --out build-medusa/ts656k.medusa \
+        [--check-logits ../shared/golden/tinystories-656k/logits_once_upon_a_time_pos0_pos5.txt]
 
 CPU only; needs Debian's python3-torch and python3-numpy (nothing else). What
 it does:
 
-1. Loads the llama2.c checkpoint into a small torch implementation of the
-   same forward pass (RMSNorm eps 1e-5, interleaved RoPE, grouped-query
-   attention, SwiGLU, shared or separate classifier). With --check-logits it
-   first compares its logits with the golden file (llama2.c run.c logits,
-   which fastinfer's forward reproduces to ~1e-5) and stops if they differ by
-   more than 1e-3: the heads must be trained on the hidden states our C++
-   forward computes.
-2. Generates training sequences with the model itself: --sequences stories
-   from BOS, the first --greedy-after tokens sampled at --temperature (for
-   diversity), the rest greedy, so that the heads learn what greedy decoding
-   will say next (a KV-cached batched decode).
+1. Loads the model into a small torch implementation of fastinfer's forward
+   pass: llama2.c (interleaved RoPE, eps 1e-5) or a Hugging Face
+   LlamaForCausalLM directory (config.json + model.safetensors, read here
+   without the safetensors package; RoPE in rotate_half form, eps and theta
+   from the config). With --check-logits it compares its logits with a golden
+   file (fastinfer's forward reproduces those to ~1e-5) and stops above 1e-3:
+   the heads must be trained on the hidden states our C++ forward computes.
+2. Generates training sequences with the model itself: a --sampled-fraction
+   of them sampled throughout at --temperature, the rest sampled for the first
+   g ~ U[1, --greedy-after] tokens and greedy afterwards (what greedy Medusa
+   will have to guess). Positions after a story's end (BOS for llama2.c, EOS
+   for Hugging Face models) are not trained on.
 3. Runs the frozen model over them and keeps, for every position t, the
-   hidden state AFTER the final RMSNorm (the vector the classifier reads;
-   fastinfer's LlamaModel::last_hidden()).
-4. Trains K heads (residual block Linear(dim, dim) + SiLU + residual, then
-   an own classifier initialised from the model's) so that head k predicts
-   token t + 2 + k from h_t: cross-entropy against the model's own sampled
-   continuation (Medusa-1: the model stays frozen; its own text is the data).
-5. Writes the heads in fastinfer's FIMEDUSA v1 format
+   hidden state AFTER the final RMSNorm (fastinfer's LlamaModel::last_hidden())
+   and the model's top --distill-k next-token probabilities.
+4. Trains K heads (residual block Linear(dim, dim) + SiLU + residual, then an
+   own classifier initialised from the model's) so that head k predicts token
+   t + 2 + k from h_t. Loss per head: (1 - --hard-weight) x cross-entropy
+   against the frozen model's own top-k distribution at t + 2 + k (the
+   distribution of row t + 1 + k: self-distillation, soft labels), plus
+   --hard-weight x cross-entropy against the token actually there; heads
+   weighted --head-decay^k (Medusa). AdamW, linear warm-up then cosine decay.
+5. Measures each head's top-r accuracy on held-out greedy continuations and
+   builds the candidate tree greedily from them (the Medusa paper's
+   construction: add the node whose path has the highest product of per-depth
+   accuracies until --tree-nodes nodes), reports the expected tokens per
+   target forward of that tree and of the top-1 chain on the held-out data
+   (simulated exactly: the longest tree path whose tokens are the greedy
+   continuation), and writes the tree next to the heads (OUT.choices, one
+   path of ranks per line; fastinfer-generate --medusa-tree choices:FILE).
+6. Writes the heads in fastinfer's FIMEDUSA v1 format
    (include/fastinfer/spec/medusa_heads.hpp).
 
-Everything it writes is a build artefact (do not commit it). On stories260K
-with the defaults it takes a few minutes on 2 cores.
+Everything it writes is a build artefact (do not commit it).
 """
 import argparse
+import json
 import math
+import os
 import struct
 import sys
 import time
+
+# One BLAS thread: the matrices are small, and on a busy machine extra BLAS threads only wait.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import torch
@@ -44,69 +63,49 @@ import torch.nn.functional as F
 
 # ---- the model ---------------------------------------------------------------
 
-class Llama2c:
-    def __init__(self, path):
-        with open(path, "rb") as f:
-            raw = f.read()
-        dim, hidden, layers, heads, kv_heads, vocab, seq_len = struct.unpack("7i", raw[:28])
-        self.shared = vocab > 0
-        vocab = abs(vocab)
+class TorchLlama:
+    """The Llama forward fastinfer computes, batched, with a KV cache for generation."""
+
+    def __init__(self, w, dim, hidden, layers, heads, kv_heads, vocab, seq_len, eps, theta, rope_half, bos, stop):
+        self.__dict__.update(w)
         self.dim, self.hidden, self.layers, self.heads, self.kv_heads, self.vocab, self.seq_len = (
             dim, hidden, layers, heads, kv_heads, vocab, seq_len)
         self.head_dim = dim // heads
-        kv_dim = kv_heads * self.head_dim
-        data = np.frombuffer(raw, dtype=np.float32, offset=28)
-        off = 0
-
-        def take(*shape):
-            nonlocal off
-            n = int(np.prod(shape))
-            if off + n > data.size:
-                sys.exit(f"{path}: truncated llama2.c checkpoint")
-            t = torch.from_numpy(data[off:off + n].copy()).reshape(*shape)
-            off += n
-            return t
-
-        self.emb = take(vocab, dim)
-        self.rms_att = take(layers, dim)
-        self.wq = take(layers, dim, dim)
-        self.wk = take(layers, kv_dim, dim)
-        self.wv = take(layers, kv_dim, dim)
-        self.wo = take(layers, dim, dim)
-        self.rms_ffn = take(layers, dim)
-        self.w1 = take(layers, hidden, dim)
-        self.w2 = take(layers, dim, hidden)
-        self.w3 = take(layers, hidden, dim)
-        self.rms_final = take(dim)
-        off += seq_len * self.head_dim // 2 * 2  # freq_cis_real / imag (unused)
-        self.cls = self.emb if self.shared else take(vocab, dim)
-        self.eps = 1e-5
-        freqs = 1.0 / (10000.0 ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
-        ang = torch.outer(torch.arange(seq_len, dtype=torch.float32), freqs)
-        self.cos, self.sin = torch.cos(ang), torch.sin(ang)
+        self.eps, self.rope_half, self.bos, self.stop = eps, rope_half, bos, stop
+        freqs = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
+        ang = torch.outer(torch.arange(seq_len, dtype=torch.float64), freqs)
+        self.cos, self.sin = torch.cos(ang).float(), torch.sin(ang).float()
 
     def rmsnorm(self, x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
 
-    def rope(self, x, pos):  # x [B, T, H, hd], interleaved pairs
+    def rope(self, x, pos):  # x [B, T, H, hd]
         c = self.cos[pos][None, :, None, :]
         s = self.sin[pos][None, :, None, :]
-        x0, x1 = x[..., 0::2], x[..., 1::2]
+        if self.rope_half:  # Hugging Face rotate_half: pairs (i, i + hd/2)
+            h = self.head_dim // 2
+            x0, x1 = x[..., :h], x[..., h:]
+            return torch.cat([x0 * c - x1 * s, x0 * s + x1 * c], -1)
+        x0, x1 = x[..., 0::2], x[..., 1::2]  # llama2.c: pairs (2i, 2i + 1)
         out = torch.empty_like(x)
         out[..., 0::2] = x0 * c - x1 * s
         out[..., 1::2] = x0 * s + x1 * c
         return out
 
+    def new_cache(self, batch, length):
+        """Preallocated K/V per layer [B, kv_heads, length, hd]: generation writes in place."""
+        z = lambda: torch.zeros(batch, self.kv_heads, length, self.head_dim)
+        return [(z(), z()) for _ in range(self.layers)]
+
     @torch.no_grad()
     def forward(self, tokens, start=0, cache=None):
-        """tokens [B, T] at positions start..; cache: list of (k, v) per layer
-        ([B, kv_heads, start, hd]) or None. Returns (hidden after the final
-        norm [B, T, dim], logits [B, T, vocab], new cache)."""
+        """tokens [B, T] at positions start..; cache: new_cache() buffers holding positions < start
+        (filled with these on return) or None. Returns (hidden after the final norm [B, T, dim],
+        logits [B, T, vocab])."""
         B, T = tokens.shape
         pos = torch.arange(start, start + T)
         x = self.emb[tokens]
         rep = self.heads // self.kv_heads
-        new_cache = []
         for l in range(self.layers):
             xb = self.rmsnorm(x, self.rms_att[l])
             q = (xb @ self.wq[l].T).view(B, T, self.heads, self.head_dim)
@@ -115,63 +114,219 @@ class Llama2c:
             q, k = self.rope(q, pos), self.rope(k, pos)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             if cache is not None:
-                k = torch.cat([cache[l][0], k], dim=2)
-                v = torch.cat([cache[l][1], v], dim=2)
-            new_cache.append((k, v))
+                cache[l][0][:, :, start:start + T] = k
+                cache[l][1][:, :, start:start + T] = v
+                k, v = cache[l][0][:, :, :start + T], cache[l][1][:, :, :start + T]
             kk = k.repeat_interleave(rep, dim=1)
             vv = v.repeat_interleave(rep, dim=1)
             att = (q @ kk.transpose(-1, -2)) / math.sqrt(self.head_dim)
             S = kk.shape[2]
-            mask = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
-            att = att.masked_fill(~mask, float("-inf")).softmax(-1)
-            o = (att @ vv).transpose(1, 2).reshape(B, T, self.dim)
+            if T > 1:
+                mask = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
+                att = att.masked_fill(~mask, float("-inf"))
+            o = (att.softmax(-1) @ vv).transpose(1, 2).reshape(B, T, self.dim)
             x = x + o @ self.wo[l].T
             xb = self.rmsnorm(x, self.rms_ffn[l])
             x = x + (F.silu(xb @ self.w1[l].T) * (xb @ self.w3[l].T)) @ self.w2[l].T
         h = self.rmsnorm(x, self.rms_final)
-        return h, h @ self.cls.T, new_cache
+        return h, h @ self.cls.T
+
+
+def load_llama2c(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    dim, hidden, layers, heads, kv_heads, vocab, seq_len = struct.unpack("7i", raw[:28])
+    shared = vocab > 0
+    vocab = abs(vocab)
+    head_dim = dim // heads
+    kv_dim = kv_heads * head_dim
+    data = np.frombuffer(raw, dtype=np.float32, offset=28)
+    off = 0
+
+    def take(*shape):
+        nonlocal off
+        n = int(np.prod(shape))
+        if off + n > data.size:
+            sys.exit(f"{path}: truncated llama2.c checkpoint")
+        t = torch.from_numpy(data[off:off + n].copy()).reshape(*shape)
+        off += n
+        return t
+
+    w = {}
+    w["emb"] = take(vocab, dim)
+    w["rms_att"] = take(layers, dim)
+    w["wq"] = take(layers, dim, dim)
+    w["wk"] = take(layers, kv_dim, dim)
+    w["wv"] = take(layers, kv_dim, dim)
+    w["wo"] = take(layers, dim, dim)
+    w["rms_ffn"] = take(layers, dim)
+    w["w1"] = take(layers, hidden, dim)
+    w["w2"] = take(layers, dim, hidden)
+    w["w3"] = take(layers, hidden, dim)
+    w["rms_final"] = take(dim)
+    off += seq_len * head_dim // 2 * 2  # freq_cis_real / imag (unused)
+    w["cls"] = w["emb"] if shared else take(vocab, dim)
+    # llama2.c stories end when the model emits BOS again.
+    return TorchLlama(w, dim, hidden, layers, heads, kv_heads, vocab, seq_len, 1e-5, 10000.0, False, 1, 1)
+
+
+def read_safetensors(path):
+    """name -> float32 tensor, for F32 / F16 / BF16 entries (the format: u64 header size, JSON header, data)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = e["data_offsets"]
+        buf = raw[base + a:base + b]
+        if e["dtype"] == "F32":
+            arr = np.frombuffer(buf, dtype="<f4").astype(np.float32)
+        elif e["dtype"] == "F16":
+            arr = np.frombuffer(buf, dtype="<f2").astype(np.float32)
+        elif e["dtype"] == "BF16":
+            arr = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            sys.exit(f"{path}: tensor {name} has dtype {e['dtype']} (F32, F16 or BF16 expected)")
+        out[name] = torch.from_numpy(arr.copy()).reshape(e["shape"])
+    return out
+
+
+def load_hf(directory):
+    cfg = json.load(open(os.path.join(directory, "config.json")))
+    st = os.path.join(directory, "model.safetensors")
+    if not os.path.exists(st):
+        sys.exit(f"{directory}: no model.safetensors (sharded checkpoints are not supported by this tool)")
+    t = read_safetensors(st)
+    # Tied checkpoints may store only one of the embedding and lm_head (the metadata names the other).
+    if "model.embed_tokens.weight" not in t and "lm_head.weight" in t:
+        t["model.embed_tokens.weight"] = t["lm_head.weight"]
+    dim, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    heads = cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads", heads)
+    p = "model.layers.{}."
+
+    def stack(suffix):
+        return torch.stack([t[p.format(i) + suffix] for i in range(layers)])
+
+    w = {
+        "emb": t["model.embed_tokens.weight"],
+        "rms_att": stack("input_layernorm.weight"),
+        "wq": stack("self_attn.q_proj.weight"),
+        "wk": stack("self_attn.k_proj.weight"),
+        "wv": stack("self_attn.v_proj.weight"),
+        "wo": stack("self_attn.o_proj.weight"),
+        "rms_ffn": stack("post_attention_layernorm.weight"),
+        "w1": stack("mlp.gate_proj.weight"),
+        "w2": stack("mlp.down_proj.weight"),
+        "w3": stack("mlp.up_proj.weight"),
+        "rms_final": t["model.norm.weight"],
+    }
+    w["cls"] = t.get("lm_head.weight", w["emb"])
+    eos = cfg.get("eos_token_id", 2)
+    if isinstance(eos, list):
+        eos = eos[0]
+    return TorchLlama(w, dim, cfg["intermediate_size"], layers, heads, kv_heads, cfg["vocab_size"],
+                      cfg.get("max_position_embeddings", 2048), cfg.get("rms_norm_eps", 1e-6),
+                      cfg.get("rope_theta", 10000.0), True, cfg.get("bos_token_id", 1), eos)
+
+
+def load_model(path):
+    return load_hf(path) if os.path.isdir(path) else load_llama2c(path)
 
 
 def check_logits(model, path):
-    """Golden lines 'pos=P input_token=T argmax=A v0 v1 ...' (decimal form)."""
-    want = {}
+    """Golden logits: llama2.c form 'pos=P input_token=T argmax=A v0 v1 ...' (one line), or the
+    tinystories form: a '# ... ids 1 80 ...,' comment, 'pos=P input_token=T argmax=A', then
+    one line per id 'id value hexfloat'."""
+    rows, prompt, cur = {}, None, None
     for line in open(path):
         parts = line.split()
-        if len(parts) < 4 or parts[1] == "hexfloat" or not parts[0].startswith("pos="):
+        if not parts:
             continue
-        want[int(parts[0][4:])] = (int(parts[1].split("=")[1]), np.array([float(v) for v in parts[3:]], np.float32))
-    # The golden positions follow the bos_256 case from BOS; rebuild the inputs we know.
+        if parts[0] == "#" and " ids " in line and prompt is None:
+            ids = line.split(" ids ", 1)[1].split(",")[0].split()
+            prompt = [int(x) for x in ids if x.isdigit()]
+            continue
+        if parts[0].startswith("pos="):
+            if len(parts) > 1 and parts[1] == "hexfloat":
+                cur = None
+                continue
+            pos = int(parts[0][4:])
+            if len(parts) > 3:  # llama2.c: values on the same line
+                rows[pos] = np.array([float(v) for v in parts[3:]], np.float32)
+                cur = None
+            else:
+                rows[pos], cur = [], pos
+            continue
+        if cur is not None and len(parts) >= 2 and parts[0].isdigit():
+            rows[cur].append(float(parts[1]))
+    rows = {p: np.asarray(v, np.float32) for p, v in rows.items()}
+    if prompt is None:  # llama2.c golden: only position 0 (BOS) is rebuilt here
+        prompt, rows = [model.bos], {p: v for p, v in rows.items() if p == 0}
+    _, logits = model.forward(torch.tensor([prompt]))
     worst = 0.0
-    if 0 in want:
-        _, logits, _ = model.forward(torch.tensor([[want[0][0]]]))
-        worst = max(worst, float(np.abs(logits[0, -1].numpy() - want[0][1]).max()))
-    print(f"torch forward vs golden logits (pos 0): max |diff| = {worst:.2e}")
-    if worst > 1e-3:
+    for p, v in rows.items():
+        if p < len(prompt) and v.size == model.vocab:
+            worst = max(worst, float(np.abs(logits[0, p].numpy() - v).max()))
+    print(f"torch forward vs golden logits (positions {sorted(rows)}): max |diff| = {worst:.2e}")
+    if not rows or worst > 1e-3:
         sys.exit("the torch forward does not reproduce the golden logits; refusing to train")
 
 
 # ---- data --------------------------------------------------------------------
 
 @torch.no_grad()
-def generate(model, n, length, temperature, seed, greedy_after=-1, batch=512):
-    g = torch.Generator().manual_seed(seed)
-    out = []
+def generate(model, n, length, temperature, gen, sampled_fraction, greedy_after, batch=512):
+    """Returns tokens [n, length] (BOS first) and greedy [n, length] bool: token t was the argmax
+    of row t - 1 (a greedy continuation position)."""
+    toks_all, greedy_all = [], []
     for b0 in range(0, n, batch):
         bs = min(batch, n - b0)
-        toks = torch.full((bs, 1), 1, dtype=torch.long)  # BOS
-        cache = None
-        seq = [toks]
-        cur = toks
+        sampled = torch.rand(bs, generator=gen) < sampled_fraction
+        g = torch.randint(1, max(2, greedy_after + 1), (bs,), generator=gen)
+        g[sampled] = length  # never greedy
+        cur = torch.full((bs, 1), model.bos, dtype=torch.long)
+        seq, flags, cache = [cur], [torch.zeros(bs, 1, dtype=torch.bool)], model.new_cache(bs, length)
         for t in range(length - 1):
-            _, logits, cache = model.forward(cur, t, cache)
-            if 0 <= greedy_after <= t:
-                cur = logits[:, -1].argmax(-1, keepdim=True)  # first maximum, as fastinfer's greedy
-            else:
-                p = torch.softmax(logits[:, -1] / temperature, -1)
-                cur = torch.multinomial(p, 1, generator=g)
+            _, logits = model.forward(cur, t, cache)
+            row = logits[:, -1]
+            am = row.argmax(-1, keepdim=True)  # first maximum, as fastinfer's greedy
+            smp = torch.multinomial(torch.softmax(row / temperature, -1), 1, generator=gen)
+            use_greedy = (t + 1 > g)[:, None]
+            cur = torch.where(use_greedy, am, smp)
             seq.append(cur)
-        out.append(torch.cat(seq, 1))
-    return torch.cat(out, 0)
+            flags.append(use_greedy | (cur == am))
+        toks_all.append(torch.cat(seq, 1))
+        greedy_all.append(torch.cat(flags, 1))
+    return torch.cat(toks_all, 0), torch.cat(greedy_all, 0)
+
+
+@torch.no_grad()
+def features(model, seqs, distill_k, batch=64):
+    """Hidden states after the final norm [S, L, dim] and the model's top-k next-token
+    probabilities of every row (renormalised over the k): values [S, L, k], ids [S, L, k]."""
+    hs, pv, pi = [], [], []
+    for b0 in range(0, seqs.shape[0], batch):
+        h, logits = model.forward(seqs[b0:b0 + batch])
+        hs.append(h)
+        v, i = logits.topk(distill_k, -1)
+        pv.append(torch.softmax(v, -1))
+        pi.append(i)
+    return torch.cat(hs, 0), torch.cat(pv, 0), torch.cat(pi, 0)
+
+
+def valid_mask(model, seqs):
+    """valid[s, t]: token t still belongs to the first story (no stop token before it)."""
+    stop = seqs == model.stop
+    stop[:, 0] = False  # the BOS that starts every sequence
+    ended = torch.cumsum(stop.long(), 1) > 0
+    ended_before = torch.zeros_like(ended)
+    ended_before[:, 1:] = ended[:, :-1]
+    return ~ended_before
 
 
 # ---- heads -------------------------------------------------------------------
@@ -200,75 +355,181 @@ def write_heads(path, heads, dim, vocab):
             f.write(heads.c[i].detach().numpy().astype("<f4").tobytes())
 
 
+# ---- trees -------------------------------------------------------------------
+
+def path_hits(guess_ids, future, ok, max_rank):
+    """hit(path) -> bool [N]: every guess along the path of ranks is the continuation's token."""
+    cache = {}
+
+    def hit(p):
+        if p not in cache:
+            d = len(p) - 1
+            m = (guess_ids[d, :, p[-1]] == future[d]) & ok[d]
+            cache[p] = m & hit(p[:-1]) if d > 0 else m
+        return cache[p]
+    return hit
+
+
+def build_tree(hit, depth, ranks, nodes):
+    """Medusa's greedy tree construction, on measured data: a node's contribution to the expected
+    tokens per forward is the chance that its whole path is right (at most one node per depth can
+    be), so keep adding the child of the tree so far whose path is right most often on held-out
+    positions (the paper multiplies per-head accuracies instead; the joint frequency also sees that
+    heads fail together, e.g. outside repetitive stretches). Parents come before children."""
+    chosen = []
+    frontier = {(r,): float(hit((r,)).float().mean()) for r in range(ranks)}
+    while len(chosen) < nodes and frontier:
+        p = max(frontier, key=lambda q: (frontier[q], [-x for x in q]))
+        frontier.pop(p)
+        chosen.append(p)
+        if len(p) < depth:
+            for r in range(ranks):
+                frontier[p + (r,)] = float(hit(p + (r,)).float().mean())
+    return chosen
+
+
+def simulate(tree, hit, n_seq, n_pos, greedy_pos):
+    """Tokens per target forward of greedy Medusa with this tree, decoding the held-out
+    sequences from their first greedy position: each step emits 1 + the depth of the deepest
+    node whose path is the continuation, and the next step starts after them (so a repetitive
+    stretch, accepted in long runs, counts once per step, as in real decoding)."""
+    deepest = torch.zeros(n_seq * n_pos, dtype=torch.long)
+    for p in tree:
+        deepest = torch.maximum(deepest, hit(p).long() * len(p))
+    deepest = deepest.view(n_seq, n_pos).tolist()
+    # The greedy tail of each sequence: from the last non-greedy position on (sequences sampled
+    # throughout have none worth decoding).
+    g = greedy_pos.view(n_seq, n_pos)
+    not_greedy = (~g).long() * torch.arange(1, n_pos + 1)
+    start = not_greedy.max(1).values.tolist()
+    tokens = steps = 0
+    for s in range(n_seq):
+        t = start[s]
+        if t > n_pos // 2:
+            continue
+        while t < n_pos:
+            tokens += 1 + deepest[s][t]
+            steps += 1
+            t += 1 + deepest[s][t]
+    return tokens / max(1, steps)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="llama2.c checkpoint (.bin)")
-    ap.add_argument("--out", required=True, help="heads file to write (FIMEDUSA v1)")
+    ap.add_argument("--model", required=True, help="llama2.c checkpoint (.bin) or Hugging Face Llama directory")
+    ap.add_argument("--out", required=True, help="heads file to write (FIMEDUSA v1); the tree goes to OUT.choices")
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--sequences", type=int, default=512)
+    ap.add_argument("--sequences", type=int, default=1024)
     ap.add_argument("--length", type=int, default=256)
-    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--sampled-fraction", type=float, default=0.25,
+                    help="share of sequences sampled throughout; the rest turn greedy after a short sampled start")
     ap.add_argument("--greedy-after", type=int, default=16,
-                    help="sample only the first N tokens of a sequence, then decode greedily: heads trained on "
-                         "greedy continuations guess what greedy decoding will emit (-1: sample throughout)")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=2048, help="positions per optimiser step")
+                    help="greedy sequences sample their first g ~ U[1, N] tokens, then decode greedily")
+    ap.add_argument("--distill-k", type=int, default=32, help="top-k of the frozen model's distribution kept as soft labels")
+    ap.add_argument("--hard-weight", type=float, default=0.5, help="weight of the hard-label loss (1 - it: soft)")
+    ap.add_argument("--head-decay", type=float, default=0.8, help="loss weight of head k: decay^k")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=1024, help="positions per optimiser step")
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tree-nodes", type=int, default=12, help="nodes of the tree written to OUT.choices")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; the work is many small operations, and on a busy machine a second "
+                         "OpenMP thread spin-waits (12x slower measured at load average 8)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--check-logits", help="golden logits file to check the torch forward against")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    gen = torch.Generator().manual_seed(a.seed)
     t0 = time.time()
 
-    model = Llama2c(a.model)
-    print(f"model: dim {model.dim}, {model.layers} layers, vocab {model.vocab}, shared classifier {model.shared}")
+    model = load_model(a.model)
+    print(f"model: dim {model.dim}, {model.layers} layers, vocab {model.vocab}, "
+          f"RoPE {'rotate_half' if model.rope_half else 'interleaved'}, stop token {model.stop}")
     if a.check_logits:
         check_logits(model, a.check_logits)
+    K, L = a.heads, min(a.length, model.seq_len)
 
-    seqs = generate(model, a.sequences, a.length, a.temperature, a.seed, a.greedy_after)
-    print(f"generated {seqs.shape[0]} x {seqs.shape[1]} tokens in {time.time() - t0:.1f} s")
-    # A sampled BOS ends a story in llama2.c: positions after it are another story; keep them
-    # (the heads learn the start of a story too) but never predict across a BOS boundary below.
-    hs = []
-    with torch.no_grad():
-        for b0 in range(0, seqs.shape[0], 128):
-            h, _, _ = model.forward(seqs[b0:b0 + 128])
-            hs.append(h)
-    hidden = torch.cat(hs, 0)  # [S, L, dim]
-    K, L = a.heads, a.length
-    # Inputs: h_t for t < L - 1 - K; targets: token t + 2 + k for head k.
+    seqs, greedy = generate(model, a.sequences, L, a.temperature, gen, a.sampled_fraction, a.greedy_after)
+    valid = valid_mask(model, seqs)
+    print(f"generated {seqs.shape[0]} x {seqs.shape[1]} tokens ({a.sampled_fraction:.0%} sampled at T "
+          f"{a.temperature}, the rest greedy after <= {a.greedy_after}) in {time.time() - t0:.1f} s")
+    hidden, pv, pi = features(model, seqs, a.distill_k)
+
+    # Position t: input h_t; head k's targets: token t + 2 + k and the model's row t + 1 + k.
     n_pos = L - 1 - K
     X = hidden[:, :n_pos].reshape(-1, model.dim)
     Y = torch.stack([seqs[:, 2 + k:2 + k + n_pos].reshape(-1) for k in range(K)], 0)  # [K, N]
-    print(f"training on {X.shape[0]} positions, {K} heads ({time.time() - t0:.1f} s so far)")
+    SV = torch.stack([pv[:, 1 + k:1 + k + n_pos].reshape(-1, a.distill_k) for k in range(K)], 0)
+    SI = torch.stack([pi[:, 1 + k:1 + k + n_pos].reshape(-1, a.distill_k) for k in range(K)], 0)
+    OK = torch.stack([valid[:, 2 + k:2 + k + n_pos].reshape(-1) for k in range(K)], 0)
+    # Greedy continuation: t + 1 .. t + 2 + k all argmax (what greedy Medusa is scored on).
+    G = torch.stack([greedy[:, 1:1 + n_pos]] + [greedy[:, 2 + k:2 + k + n_pos] for k in range(K)], 0)
+    GOK = torch.stack([G[:k + 2].all(0).reshape(-1) for k in range(K)], 0) & OK
+    # Hold out whole sequences (the last tenth).
+    n_hold_seq = max(1, seqs.shape[0] // 10)
+    cut = (seqs.shape[0] - n_hold_seq) * n_pos
+    train = OK[0, :cut].nonzero().squeeze(1)
+    print(f"training on {train.numel()} positions, {K} heads ({time.time() - t0:.1f} s so far)")
 
     heads = Heads(K, model.dim, model.vocab, model.cls)
     opt = torch.optim.AdamW(heads.parameters(), lr=a.lr, weight_decay=0.0)
-    steps = a.epochs * ((X.shape[0] + a.batch - 1) // a.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps, pct_start=0.1)
-    n_hold = min(20000, X.shape[0] // 10)
-    Xh, Yh = X[-n_hold:], Y[:, -n_hold:]
-    Xt, Yt = X[:-n_hold], Y[:, :-n_hold]
+    steps = a.epochs * ((train.numel() + a.batch - 1) // a.batch)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    hw = torch.tensor([a.head_decay ** k for k in range(K)])
     for ep in range(a.epochs):
-        perm = torch.randperm(Xt.shape[0])
+        perm = train[torch.randperm(train.numel(), generator=gen)]
         total = 0.0
-        for i in range(0, Xt.shape[0], a.batch):
+        for i in range(0, perm.numel(), a.batch):
             idx = perm[i:i + a.batch]
-            logits = heads(Xt[idx])
-            loss = F.cross_entropy(logits.reshape(-1, model.vocab), Yt[:, idx].reshape(-1))
+            logp = torch.log_softmax(heads(X[idx]), -1)  # [K, B, V]
+            ok = OK[:, idx].float()
+            hard = -logp.gather(2, Y[:, idx, None]).squeeze(2)
+            soft = -(logp.gather(2, SI[:, idx]) * SV[:, idx]).sum(2)
+            per = (a.hard_weight * hard + (1 - a.hard_weight) * soft) * ok
+            loss = (per.sum(1) / ok.sum(1).clamp(min=1) * hw).sum() / hw.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss) * idx.numel()
-        with torch.no_grad():
-            acc = (heads(Xh).argmax(-1) == Yh).float().mean(1)
-        print(f"epoch {ep + 1}/{a.epochs}: loss {total / Xt.shape[0]:.3f}, held-out top-1 per head "
-              + " ".join(f"{v:.3f}" for v in acc.tolist()) + f" ({time.time() - t0:.1f} s)")
+        print(f"epoch {ep + 1}/{a.epochs}: loss {total / train.numel():.3f} ({time.time() - t0:.1f} s)")
+
+    # Held-out sequences: per-depth top-r accuracy on greedy positions, the tree, its simulated
+    # tokens per forward.
+    R = 8
+    hold = torch.arange(cut, X.shape[0])
+    with torch.no_grad():
+        gids = torch.cat([heads(X[hold[i:i + 4096]]).topk(R, -1).indices for i in range(0, hold.numel(), 4096)], 1)
+    fut, gok = Y[:, hold], GOK[:, hold]
+    acc = np.zeros((K, R))
+    for k in range(K):
+        m = gok[k]
+        for r in range(R):
+            acc[k, r] = float((gids[k, m, r] == fut[k, m]).float().mean()) if m.any() else 0.0
+    print(f"held-out greedy positions: {int(gok[0].sum())}; per-head accuracy of rank 0..{R - 1} guesses:")
+    for k in range(K):
+        print(f"  head {k + 1} (token t+{k + 2}): " + " ".join(f"{v:.3f}" for v in acc[k])
+              + f"   top-1 {acc[k, 0]:.3f} top-3 {acc[k, :3].sum():.3f} top-{R} {acc[k].sum():.3f}")
+    hit = path_hits(gids, fut, gok, R)
+    sim = lambda t: simulate(t, hit, n_hold_seq, n_pos, gok[0])
+    chain = [tuple([0] * d) for d in range(1, K + 1)]
+    print(f"simulated greedy decoding of the held-out sequences, tokens per target forward: top-1 chain "
+          f"{sim(chain):.3f}")
+    tree = build_tree(hit, K, R, a.tree_nodes)
+    for n in sorted({4, 8, a.tree_nodes, 16, 24, 32}):
+        print(f"  greedy tree of {n:2d} nodes: {sim(build_tree(hit, K, R, n)):.3f}")
+    with open(a.out + ".choices", "w") as f:
+        f.write(f"# Medusa tree for {a.out}: {len(tree)} paths of ranks (greedy construction from held-out "
+                f"per-head accuracies)\n")
+        for p in tree:
+            f.write(" ".join(str(x) for x in p) + "\n")
     write_heads(a.out, heads, model.dim, model.vocab)
-    print(f"wrote {a.out} ({K} heads, dim {model.dim}, vocab {model.vocab}) in {time.time() - t0:.1f} s")
+    print(f"wrote {a.out} ({K} heads, dim {model.dim}, vocab {model.vocab}) and {a.out}.choices "
+          f"({len(tree)} nodes) in {time.time() - t0:.1f} s")
 
 
 if __name__ == "__main__":
