@@ -291,6 +291,36 @@ inline kv::KVCacheConfig kv_cache_config(const KVOptions& o, const LlamaConfig& 
   return k;
 }
 
+// Opt-in shared instantiations (build time only; behaviour is the same).
+// make_kv_store names all 21 KVStoreImpl variants, so every translation unit
+// that builds a model compiles 21 vtables, each pulling in its format's
+// attention kernels: most of the compile time of a model-using program.
+// Define FASTINFER_EXTERN_TEMPLATES in every translation unit and, in exactly
+// one of them, instantiate the set once:
+//   namespace fastinfer { FASTINFER_KV_STORE_INSTANCES() }
+// Without the macro nothing changes: the library stays header-only.
+// fastinfer's own tests, examples and benchmarks build this way
+// (tests/support/instances.cpp).
+#define FASTINFER_KV_STORE_INSTANCES_OF_(EXTERN, LAYOUT)     \
+  EXTERN template class KVStoreImpl<LAYOUT, kv::F32>;        \
+  EXTERN template class KVStoreImpl<LAYOUT, kv::F16>;        \
+  EXTERN template class KVStoreImpl<LAYOUT, kv::BF16>;       \
+  EXTERN template class KVStoreImpl<LAYOUT, kv::Int8>;       \
+  EXTERN template class KVStoreImpl<LAYOUT, kv::Int4>;       \
+  EXTERN template class KVStoreImpl<LAYOUT, kv::FP8E4M3>;    \
+  EXTERN template class KVStoreImpl<LAYOUT, kv::FP8E5M2>;
+// The layouts are those make_kv_store creates (run-time sizes); EXTERN is
+// `extern` for the declarations and empty for the one definition.
+// (The window layout's commas would split a macro argument: hence the alias.)
+#define FASTINFER_KV_WINDOW_RUNTIME_ kv::SlidingWindow<0, 0, 0>
+#define FASTINFER_KV_STORE_INSTANCES(EXTERN)                       \
+  FASTINFER_KV_STORE_INSTANCES_OF_(EXTERN, kv::Contiguous)         \
+  FASTINFER_KV_STORE_INSTANCES_OF_(EXTERN, kv::Paged<0>)           \
+  FASTINFER_KV_STORE_INSTANCES_OF_(EXTERN, FASTINFER_KV_WINDOW_RUNTIME_)
+#if defined(FASTINFER_EXTERN_TEMPLATES)
+FASTINFER_KV_STORE_INSTANCES(extern)
+#endif
+
 inline std::unique_ptr<KVStore> make_kv_store(const KVOptions& o, const LlamaConfig& c, int max_tokens) {
   const kv::KVCacheConfig k = kv_cache_config(o, c, max_tokens);
   return kv::visit_quant(o.quant, [&](auto quant) -> std::unique_ptr<KVStore> {

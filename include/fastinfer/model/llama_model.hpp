@@ -427,4 +427,14 @@ class LlamaModel {
   ForwardBatch solo_;
 };
 
+// Opt-in (build time only): with FASTINFER_EXTERN_TEMPLATES, translation
+// units call one compiled LlamaModel<CpuBackend> instead of each compiling
+// forward() and its kernels again; exactly one of them must instantiate it:
+//   namespace fastinfer { FASTINFER_LLAMA_MODEL_INSTANCES() }
+// (see kv_store.hpp's FASTINFER_KV_STORE_INSTANCES, which goes with it).
+#define FASTINFER_LLAMA_MODEL_INSTANCES(EXTERN) EXTERN template class LlamaModel<CpuBackend>;
+#if defined(FASTINFER_EXTERN_TEMPLATES)
+FASTINFER_LLAMA_MODEL_INSTANCES(extern)
+#endif
+
 }  // namespace fastinfer
