@@ -86,16 +86,24 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--draft-model", spec.draft_model, "draft model for --spec draft (default: the target itself)");
   app.add_option("--draft-weights", spec.draft_weights, "draft model weights")
-      ->check(CLI::IsMember({"f32", "bf16", "f16"}))
+      ->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0"}))
       ->capture_default_str();
-  app.add_option("--draft-kv", spec.draft_kv, "draft model KV cache type")->capture_default_str();
+  app.add_option("--draft-kv", spec.draft_kv, "draft model KV cache storage (the target's is --kv)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "int8", "int4", "fp8-e4m3", "fp8-e5m2"}))
+      ->capture_default_str();
+  app.add_option("--lookup-candidates", spec.lookup_candidates,
+                 "prompt lookup: matches verified per step (> 1: as a token tree)")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   app.add_option("--spec-k", spec_k, "most drafted tokens per step")->check(CLI::Range(0, 64))->capture_default_str();
   app.add_option("--lookahead", spec.lookahead, "lookahead W,N,G")->capture_default_str();
   std::string medusa_heads = "random:1", medusa_tree = "dynamic";
-  app.add_option("--medusa-heads", medusa_heads, "Medusa heads file (tools/train_medusa.py) or random:SEED")
+  app.add_option("--medusa-heads", medusa_heads,
+                 "Medusa heads file (tools/train_medusa.py), pad:FILE (zero-padded to an inflated model) or random:SEED")
       ->capture_default_str();
-  app.add_option("--medusa-tree", medusa_tree, "Medusa candidate tree")
-      ->check(CLI::IsMember({"choices", "dynamic"}))
+  app.add_option("--medusa-tree", medusa_tree,
+                 "Medusa candidate tree: choices, choices:FILE (the trainer's HEADS.choices), dynamic, "
+                 "dynamic:BUDGET[:TOP_K]")
       ->capture_default_str();
   try {
     app.parse(argc, argv);
