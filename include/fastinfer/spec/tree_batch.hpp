@@ -23,7 +23,9 @@
 // extras).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "fastinfer/core/error.hpp"
