@@ -20,6 +20,16 @@
 //    latest arrival) is preempted, by recompute or swap (never the request
 //    itself while a later victim exists). NoEviction reserves a request's
 //    whole life at admission and never preempts.
+//  - Speculation: set_draft_tokens(id, k) asks for k draft slots after each
+//    of the request's decodes. A decode then takes 1 + d budget tokens and
+//    KV positions, d <= k, as many as fit while leaving one budget token and
+//    one free block for every later running decode (and the watermark), and
+//    room for the target's token after the drafts in max_new_tokens and the
+//    context. Drafts never evict or preempt anything. At commit() the
+//    accepted drafts' KV is kept (StepResult::kv_kept) and the rest of the
+//    slots, with the blocks they took, go back to the pool (truncate: a block
+//    shared with the prefix cache is never among them, since reserve() made
+//    the sequence's partial last block its own before the step wrote it).
 //  - Starvation-freedom: the first live request in service order is
 //    scheduled in every step and never preempted, so it finishes within
 //    prompt + 2 * max_new_tokens steps (its re-prefill after recompute plus
@@ -159,6 +169,18 @@ class ContinuousBatcher {
     return true;
   }
 
+  // Asks for up to k draft slots after each of the request's decodes from
+  // the next schedule() on (0: none). UsageError for an unknown id,
+  // InvalidArgument for k < 0.
+  void set_draft_tokens(RequestId id, std::int32_t k) {
+    Entry* e = find(id);
+    FASTINFER_CHECK(e != nullptr, UsageError, "ContinuousBatcher::set_draft_tokens: unknown request ", id);
+    FASTINFER_CHECK(k >= 0, InvalidArgument, "ContinuousBatcher::set_draft_tokens: request ", id,
+                    ": draft count must be >= 0, got ", k);
+    e->draft_want = k;
+  }
+  std::int32_t draft_tokens(RequestId id) const { return get(id, "draft_tokens").draft_want; }
+
   // Forgets a finished request (its output and timing); its id may be reused.
   void retire(RequestId id) {
     const Entry& e = get(id, "retire");
@@ -224,11 +246,29 @@ class ContinuousBatcher {
     for (std::size_t r = 0; r < result.rows(); ++r) {
       Entry* e = find(result.ids[r]);
       if (e->cancel_pending) continue;
+      const std::size_t before = e->output.size();
       apply_tokens(e, result.tokens.data() + result.indptr[r], std::size_t(result.indptr[r + 1] - result.indptr[r]),
                    now);
+      // Accepted drafts already have KV (only those that became output).
+      if (e->status == RequestStatus::Running)
+        e->computed += std::min<std::int64_t>(result.kept(r), std::int64_t(e->output.size() - before));
       if (e->status == RequestStatus::Finished) committed_.push_back(e->req.id);
     }
-    for (Entry* e : planned_) {
+    for (std::size_t k = 0; k < planned_.size(); ++k) {
+      Entry* e = planned_[k];
+      // Draft slots past what was kept go back (with their blocks); under
+      // NoEviction the request keeps its whole-life reservation.
+      if (plan_.entries[k].num_drafts > 0 && e->status == RequestStatus::Running && !e->cancel_pending &&
+          alloc_.length(e->req.id) > e->computed) {
+        const RequestId id = e->req.id;
+        const std::int64_t cap = alloc_.capacity(id);
+        alloc_.truncate(id, e->computed);
+        if (reserve_all_) {
+          const bool ok = alloc_.reserve(id, cap - e->computed);
+          FASTINFER_CHECK(ok, Error, "ContinuousBatcher: could not restore the reservation of request ", id,
+                          " (bug)");
+        }
+      }
       e->plan_row = -1;
       if (e->cancel_pending) {
         e->cancel_pending = false;
@@ -320,6 +360,7 @@ class ContinuousBatcher {
     std::int32_t plan_row = -1;   // index in plan_.entries while in flight
     bool row_seen = false;
     bool cancel_pending = false;
+    std::int32_t draft_want = 0;  // draft slots asked for after each decode
     RequestTiming timing;
     // Service-order key, refreshed every step.
     int k_group = 0;
@@ -424,10 +465,25 @@ class ContinuousBatcher {
     if (n <= 0) return;
     const RequestId id = e->req.id;
     if (!make_room(e, i, [&] { return alloc_.blocks_to_append(id, n); })) return;
-    const bool ok = alloc_.reserve(id, n, &plan_.copies);
+    const std::int64_t d = want == 1 ? drafts_for(*e) : 0;
+    const bool ok = alloc_.reserve(id, n + d, &plan_.copies);
     FASTINFER_CHECK(ok, Error, "ContinuousBatcher: reservation failed after making room (bug)");
-    alloc_.append(id, n);
-    add_entry(e, n);
+    alloc_.append(id, n + d);
+    add_entry(e, n, d);
+  }
+
+  // Draft slots for a decode of `e` (its one token already has room): as
+  // many of the asked ones as leave a budget token and a free block for every
+  // later running decode plus the watermark, and room in max_new_tokens and
+  // the context for the target's token after the last draft.
+  std::int64_t drafts_for(const Entry& e) const {
+    if (e.draft_want <= 0) return 0;
+    std::int64_t d = std::min<std::int64_t>(
+        {std::int64_t(e.draft_want), std::int64_t(e.req.max_new_tokens) - std::int64_t(e.output.size()) - 1,
+         cfg_.max_context - std::int64_t(e.tokens.size()) - 1, budget_ - 1 - decodes_left_});
+    const std::int64_t spare = alloc_.num_free_blocks() - cfg_.watermark_blocks - decodes_left_;
+    while (d > 0 && alloc_.blocks_to_append(e.req.id, 1 + d) > spare) --d;
+    return std::max<std::int64_t>(d, 0);
   }
 
   // Frees blocks until need() fits: the prefix cache first, then victims
@@ -580,13 +636,14 @@ class ContinuousBatcher {
     return true;
   }
 
-  void add_entry(Entry* e, std::int64_t n) {
+  void add_entry(Entry* e, std::int64_t n, std::int64_t drafts = 0) {
     PlanEntry pe;
     pe.id = e->req.id;
     pe.position = e->computed;
     pe.num_tokens = std::int32_t(n);
     pe.samples = e->computed + n == std::int64_t(e->tokens.size());
     pe.sample_index = std::int32_t(e->output.size());
+    pe.num_drafts = std::int32_t(drafts);
     e->plan_row = std::int32_t(plan_.entries.size());
     e->row_seen = false;
     plan_.entries.push_back(pe);
@@ -595,7 +652,7 @@ class ContinuousBatcher {
     plan_.tokens.insert(plan_.tokens.end(), first, first + std::ptrdiff_t(n));
     plan_.token_indptr.push_back(std::int32_t(plan_.tokens.size()));
     e->computed += n;
-    budget_ -= n;
+    budget_ -= n + drafts;
   }
 
   void validate_result(const StepResult& res) {
@@ -603,6 +660,8 @@ class ContinuousBatcher {
                         std::size_t(res.indptr.back()) == res.tokens.size(),
                     UsageError, "StepResult: indptr does not describe ", res.ids.size(), " rows over ",
                     res.tokens.size(), " tokens");
+    FASTINFER_CHECK(res.kv_kept.empty() || res.kv_kept.size() == res.ids.size(), UsageError, "StepResult: ",
+                    res.kv_kept.size(), " kv_kept counts for ", res.ids.size(), " rows");
     std::vector<Entry*> seen;
     seen.reserve(res.rows());
     auto unmark = [&] {
@@ -617,6 +676,14 @@ class ContinuousBatcher {
         FASTINFER_CHECK(sampled, UsageError, "StepResult: request ", res.ids[r], " did not sample in step ", step_);
         FASTINFER_CHECK(!twice, UsageError, "StepResult: two rows for request ", res.ids[r]);
         throw_error<UsageError>("StepResult: the row of request ", res.ids[r], " holds no token");
+      }
+      const std::int32_t kept = res.kept(r);
+      const std::int32_t slots = plan_.entries[std::size_t(e->plan_row)].num_drafts;
+      if (kept < 0 || kept > slots || kept >= res.indptr[r + 1] - res.indptr[r]) {
+        unmark();
+        throw_error<UsageError>("StepResult: request ", res.ids[r], " keeps the KV of ", kept,
+                                " tokens, but had ", slots, " draft slots and ", res.indptr[r + 1] - res.indptr[r],
+                                " tokens in its row");
       }
       for (std::int32_t k = res.indptr[r]; k < res.indptr[r + 1]; ++k) {
         const TokenId t = res.tokens[std::size_t(k)];
