@@ -35,6 +35,22 @@
 // batched matmul (same for every row), a request's output does not depend on
 // what rides with it.
 //
+// Speculation (spec_policy.hpp; docs/speculative.md "Speculation inside
+// continuous batching"): a request may carry a drafter (RequestSpec: prompt
+// lookup or a draft model, and k). Before each schedule() the engine's policy
+// decides how many draft slots each running speculating request asks for
+// (ContinuousBatcher::set_draft_tokens); the batcher budgets them (tokens and
+// KV blocks). A decode entry with slots feeds [its token, d1..dm] (m <= the
+// slots, as many as the drafter proposed) as one ragged entry of the SAME
+// forward pass as every other row; its m + 1 logits rows go through the
+// request's SpeculativeVerifier (greedy: the argmax chain; temperature > 0:
+// exact rejection sampling with coins Philox(seed, Speculative, token index),
+// as spec::speculative_generate), and the row emits 1..m+1 tokens. The
+// accepted drafts' KV is kept (StepResult::kv_kept), the rejected slots and
+// their blocks go back at commit(). A row with no drafts samples exactly as
+// a plain row. Stop ids, max_new_tokens and the context limit cut an accepted
+// run token by token in commit(), where plain decoding would stop.
+//
 // Not thread-safe: one thread calls submit/cancel/step; callbacks run on it.
 #pragma once
 
@@ -47,18 +63,24 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/engine/spec_policy.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "fastinfer/model/forward_batch.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/prefix/radix_prefix_cache.hpp"
 #include "fastinfer/sched/continuous_batcher.hpp"
 #include "fastinfer/sched/radix_prefix_provider.hpp"
+#include "fastinfer/spec/draft_model.hpp"
+#include "fastinfer/spec/prompt_lookup.hpp"
+#include "fastinfer/spec/speculative_verifier.hpp"
 
 namespace fastinfer::engine {
 
@@ -67,12 +89,26 @@ using sched::Request;
 using sched::RequestId;
 using sched::TokenId;
 
+// Speculation settings of an engine.
+struct SpecConfig {
+  SpecPolicy policy = SpecAdaptive{};
+  // What submit(request) without a RequestSpec uses.
+  RequestSpec defaults{};
+  // Weights of the draft model (SpecDrafter::DraftModel): e.g. the target
+  // loaded with bf16 weights. Views with keep-alives: every request's
+  // DraftModel shares them. Must have the target's vocabulary.
+  std::optional<LlamaWeights> draft_weights;
+  int draft_threads = 1;
+  int draft_max_batch = 64;  // rows of one draft pass (a longer re-feed is chunked)
+};
+
 struct EngineConfig {
   // max_context 0 / vocab_size 0: the model's. max_tokens_per_step is capped
   // at the model's max_batch (rows of one forward pass).
   sched::SchedulerConfig scheduler{};
   bool prefix_cache = false;        // reuse the KV of shared prefixes
   bool cache_at_prefill_end = true; // also insert a prompt's blocks when its prefill ends
+  SpecConfig spec{};
 };
 
 // Called once per generated token (stop tokens excluded), in order.
@@ -89,6 +125,10 @@ struct RequestMetrics {
   std::int64_t generated_tokens = 0;
   std::int64_t cached_prompt_tokens = 0;  // prompt tokens adopted from the prefix cache at admission
   std::int32_t preemptions = 0;
+  std::int64_t spec_rows = 0;      // decode rows that fed drafts
+  std::int64_t drafted = 0;        // drafts fed
+  std::int64_t accepted = 0;       // drafts kept
+  double acceptance_estimate = 0;  // the adaptive switch's per-draft estimate (speculating requests)
 };
 
 // Aggregate: the scheduler's summary plus where the engine's time went.
@@ -98,6 +138,18 @@ struct EngineMetrics : sched::MetricsSummary {
   double sample_seconds = 0;
   std::int64_t forward_tokens = 0;  // query tokens fed (recompute included)
   std::int64_t prefix_cached_blocks = 0;
+  // Speculation: the switch's decisions and what they gave.
+  double draft_seconds = 0;          // drafters' time (inside execute_seconds)
+  std::int64_t spec_steps = 0;       // steps with at least one speculating row
+  std::int64_t spec_candidates = 0;  // decode rows of speculating requests the policy was asked about
+  std::int64_t spec_switched_off = 0;  // of those, rows the policy gave no drafts
+  std::int64_t spec_rows = 0;        // rows that fed drafts
+  std::int64_t spec_drafted = 0;     // drafts fed
+  std::int64_t spec_accepted = 0;    // drafts kept
+  std::int64_t spec_emitted = 0;     // tokens emitted by speculating rows
+  StepCostModel cost_model{};        // the adaptive switch's last fit
+  double mean_accepted_per_spec_row() const { return spec_rows > 0 ? double(spec_accepted) / double(spec_rows) : 0; }
+  double acceptance_rate() const { return spec_drafted > 0 ? double(spec_accepted) / double(spec_drafted) : 0; }
 };
 
 template <typename Backend = CpuBackend>
@@ -111,7 +163,13 @@ class Engine {
         cfg_(config),
         clock_(clock ? std::move(clock) : sched::steady_seconds_clock()),
         vocab_(model.config().vocab_size),
-        ws_(model.config().vocab_size) {
+        ws_(model.config().vocab_size),
+        fit_(std::holds_alternative<SpecAdaptive>(config.spec.policy)
+                 ? std::get<SpecAdaptive>(config.spec.policy).forget
+                 : 0.95,
+             std::holds_alternative<SpecAdaptive>(config.spec.policy)
+                 ? std::max(std::get<SpecAdaptive>(config.spec.policy).warmup_steps, 2)
+                 : 8) {
     FASTINFER_CHECK(model_.kv().layout_name() == std::string_view("paged"), InvalidArgument,
                     "Engine: the model's KV cache must use the paged layout, got '", model_.kv().layout_name(), "'");
     sched::SchedulerConfig& sc = cfg_.scheduler;
@@ -128,6 +186,12 @@ class Engine {
       provider = sched::make_prefix_provider(*cache_);
     }
     batcher_ = std::make_unique<sched::ContinuousBatcher>(alloc, sc, std::move(provider), clock_);
+    if (cfg_.spec.draft_weights) {
+      const LlamaConfig& dc = cfg_.spec.draft_weights->config;
+      FASTINFER_CHECK(dc.vocab_size == vocab_, InvalidArgument, "Engine: the draft model's vocabulary (",
+                      dc.vocab_size, " tokens) differs from the target's (", vocab_, ")");
+    }
+    validate_spec_(cfg_.spec.defaults);
     if (sc.swap_blocks > 0) {
       host_codes_.assign(std::size_t(sc.swap_blocks) * std::size_t(storage_.block_bytes), 0);
       host_params_.assign(std::size_t(sc.swap_blocks) * std::size_t(storage_.block_params), 0.0f);
@@ -163,14 +227,26 @@ class Engine {
   // throws InvalidArgument naming the value; nothing changes and every other
   // request is unaffected. arrival_time < 0 means now.
   RequestId submit(Request r, TokenCallback on_token = {}, FinishCallback on_finish = {}) {
+    return submit(std::move(r), cfg_.spec.defaults, std::move(on_token), std::move(on_finish));
+  }
+
+  // As above, with the request's own speculation settings. A bad RequestSpec
+  // (k < 1 or k + 1 above the step budget, a draft model without
+  // EngineConfig::spec.draft_weights, bad n-gram sizes) throws
+  // InvalidArgument and nothing changes.
+  RequestId submit(Request r, const RequestSpec& spec, TokenCallback on_token = {}, FinishCallback on_finish = {}) {
+    validate_spec_(spec);
     const RequestId id = next_id_;
     r.id = id;
     if (r.arrival_time < 0.0) r.arrival_time = clock_();
+    std::unique_ptr<Spec> sp;
+    if (spec.drafter != SpecDrafter::None) sp = make_spec_(spec, r.sampling);
     batcher_->submit(std::move(r));
     ++next_id_;
     Live& l = live_[id];
     l.on_token = std::move(on_token);
     l.on_finish = std::move(on_finish);
+    l.spec = std::move(sp);
     return id;
   }
 
@@ -197,12 +273,18 @@ class Engine {
   bool step() {
     if (!batcher_->has_work()) return false;
     const double t0 = now_();
+    plan_drafts_();
     const sched::StepPlan& plan = batcher_->schedule();
     const double t1 = now_();
     execute_(plan);
     const double t2 = now_();
     sample_(plan);
     const double t3 = now_();
+    if (!plan.entries.empty()) {
+      // The step's cost as the adaptive switch models it: drafting, forward, verification.
+      fit_.add(double(batch_.rows()), double(step_model_drafts_), t3 - t1);
+      last_plain_tokens_ = plan.num_tokens();
+    }
     if (cache_ && cfg_.cache_at_prefill_end) cache_prefills_(plan);
     const std::vector<RequestId>& done = batcher_->commit(result_);
     const double t4 = now_();
@@ -241,6 +323,13 @@ class Engine {
     auto it = live_.find(id);
     if (it != live_.end()) m.cached_prompt_tokens = std::max<std::int64_t>(it->second.first_position, 0);
     m.preemptions = batcher_->preemptions(id);
+    if (it != live_.end() && it->second.spec) {
+      const Spec& sp = *it->second.spec;
+      m.spec_rows = sp.rows;
+      m.drafted = sp.drafted;
+      m.accepted = sp.accepted;
+      m.acceptance_estimate = sp.acceptance.value();
+    }
     return m;
   }
 
@@ -248,8 +337,12 @@ class Engine {
     EngineMetrics m = stats_;
     static_cast<sched::MetricsSummary&>(m) = batcher_->metrics();
     if (cache_) m.prefix_cached_blocks = cache_->cached_blocks();
+    m.cost_model = fit_.model();
     return m;
   }
+
+  // The adaptive switch's current step-cost fit.
+  StepCostModel cost_model() const { return fit_.model(); }
 
   double now() const { return clock_(); }
   sched::ContinuousBatcher& batcher() { return *batcher_; }
@@ -273,12 +366,115 @@ class Engine {
     std::int64_t block_params = 0;
   };
 
+  // A speculating request's drafter, verifier and history.
+  struct Spec {
+    RequestSpec cfg;
+    std::unique_ptr<spec::Drafter> drafter;
+    std::unique_ptr<spec::SpeculativeVerifier> verifier;
+    AcceptanceEstimate acceptance;
+    std::int64_t rows = 0, drafted = 0, accepted = 0;
+  };
+
   struct Live {
     TokenCallback on_token;
     FinishCallback on_finish;
     std::int64_t first_position = -1;  // position of its first plan entry (cached prompt tokens)
     bool notified = false;
+    std::unique_ptr<Spec> spec;  // null: plain decoding
   };
+
+  void validate_spec_(const RequestSpec& s) const {
+    if (s.drafter == SpecDrafter::None) return;
+    FASTINFER_CHECK(s.k >= 1 && s.k < cfg_.scheduler.max_tokens_per_step, InvalidArgument,
+                    "speculation k must be in [1, ", cfg_.scheduler.max_tokens_per_step - 1,
+                    "] (one step feeds 1 + k tokens), got ", s.k);
+    if (s.drafter == SpecDrafter::DraftModel)
+      FASTINFER_CHECK(cfg_.spec.draft_weights.has_value(), InvalidArgument,
+                      "a request asks for a draft model but EngineConfig::spec.draft_weights is empty");
+    if (s.drafter == SpecDrafter::PromptLookup)
+      FASTINFER_CHECK(s.lookup_min_ngram >= 1 && s.lookup_max_ngram >= s.lookup_min_ngram, InvalidArgument,
+                      "prompt lookup needs 1 <= min_ngram <= max_ngram, got ", s.lookup_min_ngram, " and ",
+                      s.lookup_max_ngram);
+  }
+
+  std::unique_ptr<Spec> make_spec_(const RequestSpec& s, const sched::SamplingConfig& sc) const {
+    auto sp = std::make_unique<Spec>();
+    sp->cfg = s;
+    const cpu::SamplingParams p = to_params_(sc);
+    if (s.drafter == SpecDrafter::PromptLookup) {
+      sp->drafter = std::make_unique<spec::PromptLookup>(spec::PromptLookupConfig{s.lookup_max_ngram, s.lookup_min_ngram});
+    } else {
+      ModelOptions mo;
+      mo.threads = cfg_.spec.draft_threads;
+      mo.max_batch = cfg_.spec.draft_max_batch;
+      sp->drafter = std::make_unique<spec::DraftModel<LlamaModel<Backend>>>(
+          LlamaModel<Backend>(*cfg_.spec.draft_weights, mo), p);
+    }
+    sp->verifier = std::make_unique<spec::SpeculativeVerifier>(vocab_, p);
+    return sp;
+  }
+
+  static cpu::SamplingParams to_params_(const sched::SamplingConfig& sc) {
+    cpu::SamplingParams p;
+    p.temperature = sc.temperature;
+    p.top_k = sc.top_k;
+    p.top_p = sc.top_p;
+    p.seed = sc.seed;
+    return p;
+  }
+
+  // Asks the batcher for each speculating request's draft slots in the
+  // coming step, as the policy decides.
+  void plan_drafts_() {
+    if (!any_spec_) {
+      for (const auto& kv : live_)
+        if (kv.second.spec) any_spec_ = true;
+      if (!any_spec_) return;
+    }
+    cand_ids_.clear();
+    cands_.clear();
+    for (auto& kv : live_) {
+      if (!kv.second.spec || batcher_->status(kv.first) != sched::RequestStatus::Running) continue;
+      const RequestId id = kv.first;
+      const std::int64_t unfed = std::int64_t(batcher_->request(id).prompt.size() + batcher_->output(id).size()) -
+                                 batcher_->computed_tokens(id);
+      if (unfed != 1) {
+        batcher_->set_draft_tokens(id, 0);
+        continue;
+      }
+      const Spec& sp = *kv.second.spec;
+      cand_ids_.push_back(id);
+      cands_.push_back(SpecCandidate{sp.acceptance.value(), sp.cfg.k, sp.cfg.drafter == SpecDrafter::DraftModel});
+    }
+    // Deterministic order (the map's is not).
+    order_.resize(cand_ids_.size());
+    for (std::size_t i = 0; i < order_.size(); ++i) order_[i] = i;
+    std::sort(order_.begin(), order_.end(), [&](std::size_t a, std::size_t b) { return cand_ids_[a] < cand_ids_[b]; });
+    sorted_.clear();
+    for (std::size_t i : order_) sorted_.push_back(cands_[i]);
+    const std::int64_t running = std::int64_t(batcher_->num_running());
+    std::vector<std::int32_t> k = std::visit(
+        [&](const auto& pol) -> std::vector<std::int32_t> {
+          using P = std::decay_t<decltype(pol)>;
+          std::vector<std::int32_t> out(sorted_.size(), 0);
+          if constexpr (std::is_same_v<P, SpecAlways>) {
+            for (std::size_t i = 0; i < out.size(); ++i) out[i] = sorted_[i].max_k;
+          } else if constexpr (std::is_same_v<P, SpecMaxBatch>) {
+            if (running <= pol.max_rows)
+              for (std::size_t i = 0; i < out.size(); ++i) out[i] = sorted_[i].max_k;
+          } else if constexpr (std::is_same_v<P, SpecAdaptive>) {
+            const double plain = std::max<double>(double(last_plain_tokens_), double(running));
+            out = choose_drafts(fit_.model(), plain, double(running), sorted_);
+          }
+          return out;
+        },
+        cfg_.spec.policy);
+    for (std::size_t j = 0; j < order_.size(); ++j) {
+      batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j]);
+      ++stats_.spec_candidates;
+      if (k[j] == 0) ++stats_.spec_switched_off;
+    }
+  }
 
   static BlockStorage find_storage_(KVStore& kv) {
     std::optional<BlockStorage> found;
@@ -333,15 +529,41 @@ class Engine {
     PagedAllocator& alloc = model_.kv().allocator();
     batch_.clear();
     capacity_.clear();
+    drafts_.resize(plan.entries.size());
+    step_model_drafts_ = 0;
+    bool speculating = false;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
-      batch_.add(e.id, plan.tokens.data() + plan.token_indptr[i], e.num_tokens, e.position);
-      capacity_.push_back(alloc.capacity(e.id));
       auto it = live_.find(e.id);
+      spec::DraftProposal& prop = drafts_[i];
+      prop.clear();
+      if (e.num_drafts > 0 && it != live_.end() && it->second.spec) {
+        const double d0 = now_();
+        Spec& sp = *it->second.spec;
+        const Request& r = batcher_->request(e.id);
+        const std::vector<TokenId>& out = batcher_->output(e.id);
+        context_.assign(r.prompt.begin(), r.prompt.end());
+        context_.insert(context_.end(), out.begin(), out.end());
+        sp.drafter->propose(context_, e.num_drafts, std::uint64_t(out.size()), prop);
+        if (int(prop.tokens.size()) > e.num_drafts) prop.tokens.resize(std::size_t(e.num_drafts));
+        for (std::int32_t t : prop.tokens)
+          FASTINFER_CHECK(t >= 0 && t < vocab_, Error, "Engine: the drafter of request ", e.id, " proposed token ", t,
+                          " outside the vocabulary");
+        if (sp.cfg.drafter == SpecDrafter::DraftModel) step_model_drafts_ += std::int64_t(prop.tokens.size());
+        stats_.draft_seconds += now_() - d0;
+      }
+      feed_.assign(plan.tokens.begin() + plan.token_indptr[i], plan.tokens.begin() + plan.token_indptr[i + 1]);
+      feed_.insert(feed_.end(), prop.tokens.begin(), prop.tokens.end());
+      speculating = speculating || !prop.tokens.empty();
+      batch_.add(e.id, feed_.data(), std::int32_t(feed_.size()), e.position);
+      capacity_.push_back(alloc.capacity(e.id));
       if (it != live_.end() && it->second.first_position < 0) it->second.first_position = e.position;
-      stats_.forward_tokens += e.num_tokens;
+      stats_.forward_tokens += std::int64_t(feed_.size());
     }
-    batch_.logits = LogitsRows::Last;
+    // Speculating rows need every row of their entry; a step without them
+    // takes only the last row of each entry.
+    batch_.logits = speculating ? LogitsRows::All : LogitsRows::Last;
+    if (speculating) ++stats_.spec_steps;
     logits_ = model_.forward(batch_);
     // Take back reservations beyond the step (NoEviction reserves a
     // request's whole life at admission) that the rollback returned.
@@ -357,16 +579,33 @@ class Engine {
 
   void sample_(const sched::StepPlan& plan) {
     result_.clear();
+    result_index_.clear();
+    const bool all_rows = batch_.logits == LogitsRows::All;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
       if (!e.samples) continue;
-      const sched::SamplingConfig& sc = batcher_->request(e.id).sampling;
-      cpu::SamplingParams p;
-      p.temperature = sc.temperature;
-      p.top_k = sc.top_k;
-      p.top_p = sc.top_p;
-      p.seed = sc.seed;
-      const float* row = logits_ + i * std::size_t(vocab_);
+      result_index_.push_back(e.sample_index);
+      // The logits row of the entry's last real token; its drafts' rows follow.
+      const std::size_t row0 = all_rows ? std::size_t(batch_.qo_indptr[i]) + std::size_t(e.num_tokens) - 1 : i;
+      const float* row = logits_ + row0 * std::size_t(vocab_);
+      const spec::DraftProposal& prop = i < drafts_.size() ? drafts_[i] : empty_proposal_;
+      if (!prop.tokens.empty()) {
+        Spec& sp = *live_.at(e.id).spec;
+        const int m = int(prop.tokens.size());
+        const float* q = prop.probs.empty() ? nullptr : prop.probs.data();
+        const spec::VerifyOutcome v = sp.verifier->verify(row, prop.tokens.data(), m, q, std::uint64_t(e.sample_index));
+        result_.add(e.id, v.tokens.data(), v.tokens.size(), v.accepted);
+        sp.acceptance.update(m, v.accepted);
+        ++sp.rows;
+        sp.drafted += m;
+        sp.accepted += v.accepted;
+        ++stats_.spec_rows;
+        stats_.spec_drafted += m;
+        stats_.spec_accepted += v.accepted;
+        stats_.spec_emitted += std::int64_t(v.tokens.size());
+        continue;
+      }
+      const cpu::SamplingParams p = to_params_(batcher_->request(e.id).sampling);
       const TokenId t = cpu::sample_at_index(row, vocab_, p, std::uint64_t(e.sample_index), ws_);
       result_.add(e.id, t);
     }
@@ -394,16 +633,14 @@ class Engine {
 
   // Hands the committed tokens to their callbacks (a stop token is not part
   // of the output and is not streamed).
-  void stream_(const sched::StepPlan& plan) {
+  void stream_(const sched::StepPlan&) {
     for (std::size_t r = 0; r < result_.rows(); ++r) {
       const RequestId id = result_.ids[r];
       auto it = live_.find(id);
       if (it == live_.end() || !it->second.on_token) continue;
       const std::vector<TokenId>& out = batcher_->output(id);
-      std::int32_t index = 0;
-      for (const sched::PlanEntry& e : plan.entries)
-        if (e.id == id) index = e.sample_index;
-      if (std::int64_t(out.size()) > index) it->second.on_token(id, out[std::size_t(index)]);
+      // Every token this row added (several when drafts were accepted).
+      for (std::size_t k = std::size_t(result_index_[r]); k < out.size(); ++k) it->second.on_token(id, out[k]);
     }
   }
 
@@ -431,9 +668,22 @@ class Engine {
   std::vector<std::int64_t> capacity_;
   const float* logits_ = nullptr;
   sched::StepResult result_;
+  std::vector<std::int32_t> result_index_;  // per result row: the request's output size before it
   std::vector<TokenId> tokens_;
   std::vector<BlockId> blocks_;
   EngineMetrics stats_;
+
+  // Speculation.
+  StepCostFit fit_;
+  bool any_spec_ = false;
+  std::int64_t last_plain_tokens_ = 0;
+  std::int64_t step_model_drafts_ = 0;
+  std::vector<spec::DraftProposal> drafts_;  // per plan entry
+  spec::DraftProposal empty_proposal_;
+  std::vector<TokenId> context_, feed_;
+  std::vector<RequestId> cand_ids_;
+  std::vector<SpecCandidate> cands_, sorted_;
+  std::vector<std::size_t> order_;
 };
 
 }  // namespace fastinfer::engine

@@ -1,0 +1,257 @@
+// When speculation pays inside continuous batching: the per-request drafter
+// choice (RequestSpec), the policies that switch it on and off per step
+// (SpecPolicy), and the adaptive switch's model of the world.
+//
+// Why a switch at all: a speculating decode row feeds 1 + k tokens and emits
+// 1 + (accepted drafts) tokens. At batch 1 on a memory-bound model the pass
+// costs about the same for 1 or 1 + k tokens, so every accepted draft is
+// nearly free. In a large batch the step is already compute-bound: k more
+// rows cost k rows' worth of time, and since a row can never emit more than
+// it feeds, speculation then lowers throughput.
+//
+// The adaptive switch measures rather than guesses:
+//  - StepCostFit: every step is timed and the engine fits, online, by least
+//    squares with exponential forgetting, seconds = base + per_token * tokens
+//    + per_model_draft * tokens drafted by a draft model (a draft model's own
+//    passes are part of the step's cost; prompt lookup costs nothing).
+//  - AcceptanceEstimate: per request, the probability that a draft is
+//    accepted, from its own verification history (accepted drafts are
+//    successes, a rejection is a failure), with forgetting and a prior.
+//  - choose_drafts: given the plain step (tokens, rows), it adds speculating
+//    rows, best acceptance first, each with the k that maximises expected
+//    emitted tokens per second, only while that beats the step without it.
+//    With acceptance a, a row drafting k emits E(a, k) = 1 + a + ... + a^k
+//    tokens in expectation (drafts accepted in order until the first miss).
+// Backend-free: standard library only.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <variant>
+#include <vector>
+
+#include "fastinfer/core/error.hpp"
+
+namespace fastinfer::engine {
+
+// ---- per request -------------------------------------------------------------
+
+enum class SpecDrafter {
+  None,          // plain decoding
+  PromptLookup,  // n-gram match in the prompt and output (spec/prompt_lookup.hpp)
+  DraftModel,    // EngineConfig::spec.draft_weights, one DraftModel per request
+};
+
+struct RequestSpec {
+  SpecDrafter drafter = SpecDrafter::None;
+  std::int32_t k = 4;                        // most drafts per step
+  std::int32_t lookup_max_ngram = 3;         // PromptLookup
+  std::int32_t lookup_min_ngram = 1;
+};
+
+// ---- policies (a closed set of tags) -------------------------------------------
+
+// Speculate where the fitted cost model says it raises tokens per second.
+struct SpecAdaptive {
+  double forget = 0.95;           // weight of the past per step, cost fit and acceptance
+  std::int32_t warmup_steps = 8;  // speculate freely until the fit has this many steps
+};
+struct SpecAlways {};  // every speculating request drafts its k each decode (as room allows)
+struct SpecNever {};   // drafters are kept but never asked
+// Speculate only while at most max_rows requests are running.
+struct SpecMaxBatch {
+  std::int32_t max_rows = 8;
+};
+
+using SpecPolicy = std::variant<SpecAdaptive, SpecAlways, SpecNever, SpecMaxBatch>;
+
+template <typename P>
+struct SpecPolicyTraits {
+  static_assert(sizeof(P) == 0,
+                "not a speculation policy: use SpecAdaptive, SpecAlways, SpecNever or SpecMaxBatch");
+};
+template <>
+struct SpecPolicyTraits<SpecAdaptive> {
+  static constexpr const char* name = "adaptive";
+};
+template <>
+struct SpecPolicyTraits<SpecAlways> {
+  static constexpr const char* name = "always";
+};
+template <>
+struct SpecPolicyTraits<SpecNever> {
+  static constexpr const char* name = "never";
+};
+template <>
+struct SpecPolicyTraits<SpecMaxBatch> {
+  static constexpr const char* name = "max_batch";
+};
+
+inline const char* spec_policy_name(const SpecPolicy& p) {
+  return std::visit([](auto t) { return SpecPolicyTraits<decltype(t)>::name; }, p);
+}
+
+// ---- the model ---------------------------------------------------------------
+
+// Expected tokens emitted by a row that drafts k tokens, each accepted with
+// probability a given the ones before it: 1 + a + a^2 + ... + a^k.
+inline double expected_emitted(double a, std::int32_t k) {
+  a = std::clamp(a, 0.0, 1.0);
+  double sum = 1.0, term = 1.0;
+  for (std::int32_t i = 0; i < k; ++i) sum += (term *= a);
+  return sum;
+}
+
+// seconds(step) = base + per_token * tokens + per_model_draft * model_drafts.
+struct StepCostModel {
+  double base = 0;
+  double per_token = 0;
+  double per_model_draft = 0;
+  bool valid = false;  // false: not enough evidence yet
+
+  double seconds(double tokens, double model_drafts) const {
+    return base + per_token * tokens + per_model_draft * model_drafts;
+  }
+};
+
+// Weighted least squares over (1, tokens, model_drafts) -> seconds, every
+// older step's weight multiplied by `forget` per new step, so the fit follows
+// a machine whose load changes. A tiny ridge keeps it solvable when a column
+// never varies (no draft model); the coefficients are kept >= 0.
+class StepCostFit {
+ public:
+  explicit StepCostFit(double forget = 0.95, std::int32_t min_steps = 8) : forget_(forget), min_steps_(min_steps) {
+    FASTINFER_CHECK(forget > 0.0 && forget <= 1.0, InvalidArgument, "StepCostFit: forget must be in (0, 1], got ",
+                    forget);
+    FASTINFER_CHECK(min_steps >= 2, InvalidArgument, "StepCostFit: min_steps must be >= 2, got ", min_steps);
+  }
+
+  void add(double tokens, double model_drafts, double seconds) {
+    const double x[3] = {1.0, tokens, model_drafts};
+    for (int i = 0; i < 3; ++i) {
+      for (int j = 0; j < 3; ++j) a_[i][j] = forget_ * a_[i][j] + x[i] * x[j];
+      b_[i] = forget_ * b_[i] + x[i] * seconds;
+    }
+    ++steps_;
+  }
+
+  std::int64_t steps() const { return steps_; }
+
+  StepCostModel model() const {
+    StepCostModel m;
+    if (steps_ < min_steps_) return m;
+    double a[3][3];
+    double b[3] = {b_[0], b_[1], b_[2]};
+    const double ridge = 1e-9 * (a_[0][0] + a_[1][1] + a_[2][2]) + 1e-12;
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) a[i][j] = a_[i][j] + (i == j && i > 0 ? ridge : 0.0);
+    // Tokens never varied: no slope to read; wait for evidence.
+    const double mean = a_[0][1] / a_[0][0];
+    if (a_[1][1] / a_[0][0] - mean * mean < 0.25) return m;
+    double c[3];
+    if (!solve3(a, b, c)) return m;
+    m.base = std::max(c[0], 0.0);
+    m.per_token = std::max(c[1], 0.0);
+    m.per_model_draft = std::max(c[2], 0.0);
+    m.valid = m.per_token > 0.0 || m.base > 0.0;
+    return m;
+  }
+
+ private:
+  // Gaussian elimination with partial pivoting.
+  static bool solve3(double a[3][3], double b[3], double x[3]) {
+    for (int col = 0; col < 3; ++col) {
+      int piv = col;
+      for (int r = col + 1; r < 3; ++r)
+        if (std::fabs(a[r][col]) > std::fabs(a[piv][col])) piv = r;
+      if (!(std::fabs(a[piv][col]) > 1e-300)) return false;
+      std::swap(a[piv], a[col]);
+      std::swap(b[piv], b[col]);
+      for (int r = col + 1; r < 3; ++r) {
+        const double f = a[r][col] / a[col][col];
+        for (int k = col; k < 3; ++k) a[r][k] -= f * a[col][k];
+        b[r] -= f * b[col];
+      }
+    }
+    for (int r = 2; r >= 0; --r) {
+      double s = b[r];
+      for (int k = r + 1; k < 3; ++k) s -= a[r][k] * x[k];
+      x[r] = s / a[r][r];
+    }
+    return std::isfinite(x[0]) && std::isfinite(x[1]) && std::isfinite(x[2]);
+  }
+
+  double forget_;
+  std::int32_t min_steps_;
+  double a_[3][3] = {};
+  double b_[3] = {};
+  std::int64_t steps_ = 0;
+};
+
+// Per-draft acceptance probability of one request: successes (accepted
+// drafts) over trials (accepted drafts + rejections), with forgetting and a
+// prior of `prior_trials` trials at `prior` (so a new request starts at the
+// prior and its own history takes over within a few steps).
+class AcceptanceEstimate {
+ public:
+  explicit AcceptanceEstimate(double prior = 0.5, double prior_trials = 2.0, double forget = 0.95)
+      : prior_(prior), prior_trials_(prior_trials), forget_(forget) {}
+
+  // One verification: `drafted` drafts offered, `accepted` kept in order.
+  void update(std::int32_t drafted, std::int32_t accepted) {
+    if (drafted <= 0) return;
+    successes_ = forget_ * successes_ + accepted;
+    trials_ = forget_ * trials_ + accepted + (accepted < drafted ? 1 : 0);
+  }
+  double value() const { return (successes_ + prior_ * prior_trials_) / (trials_ + prior_trials_); }
+
+ private:
+  double prior_, prior_trials_, forget_;
+  double successes_ = 0, trials_ = 0;
+};
+
+// One request that could speculate in the coming step.
+struct SpecCandidate {
+  double acceptance = 0.5;   // per-draft acceptance probability
+  std::int32_t max_k = 4;    // most drafts it may feed
+  bool model_drafter = false;  // its drafts cost draft-model passes
+};
+
+// Drafts per candidate (0 = plain decode this step) that maximise expected
+// emitted tokens per second of the step, given the plain step's tokens and
+// emitted rows. Greedy over candidates, best acceptance first (ties: input
+// order): each takes the k that raises the step's ratio most, or 0. With an
+// invalid cost model, every candidate gets max_k (explore until measured).
+inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double plain_tokens, double plain_rows,
+                                               const std::vector<SpecCandidate>& cands) {
+  std::vector<std::int32_t> k(cands.size(), 0);
+  if (!cost.valid) {
+    for (std::size_t i = 0; i < cands.size(); ++i) k[i] = std::max(cands[i].max_k, 0);
+    return k;
+  }
+  std::vector<std::size_t> order(cands.size());
+  std::iota(order.begin(), order.end(), std::size_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return cands[a].acceptance > cands[b].acceptance; });
+  double emitted = std::max(plain_rows, 1.0), tokens = std::max(plain_tokens, 1.0), drafts = 0.0;
+  for (std::size_t i : order) {
+    const SpecCandidate& c = cands[i];
+    double best = emitted / cost.seconds(tokens, drafts);
+    for (std::int32_t kk = 1; kk <= c.max_k; ++kk) {
+      const double e = emitted + expected_emitted(c.acceptance, kk) - 1.0;
+      const double r = e / cost.seconds(tokens + kk, drafts + (c.model_drafter ? kk : 0));
+      if (r > best * (1.0 + 1e-9)) {
+        best = r;
+        k[i] = kk;
+      }
+    }
+    emitted += expected_emitted(c.acceptance, k[i]) - 1.0;
+    tokens += k[i];
+    if (c.model_drafter) drafts += k[i];
+  }
+  return k;
+}
+
+}  // namespace fastinfer::engine

@@ -1,0 +1,448 @@
+// Speculation inside continuous batching (engine.hpp, spec_policy.hpp).
+//
+// Greedy: with prompt lookup or a self-draft (stories260K in bf16 weights) at
+// k in {1, 2, 4}, every request's output in random mixed workloads (golden
+// prompts, repetitive prompts, chunked prefill, prefix hits, pools small
+// enough to preempt) equals its greedy output through the model's own
+// single-sequence verbs, token for token; the pool ends whole.
+// Sampled: a request's tokens with speculation on are the same alone and in
+// a batch. The adaptive switch: its decision function, its cost fit and its
+// acceptance estimate against independent computations.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/engine/engine.hpp"
+#include "fastinfer/engine/spec_policy.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "golden.hpp"
+#include "shared_dir.hpp"
+
+namespace fe = fastinfer::engine;
+namespace fs = fastinfer::sched;
+using fastinfer::LlamaModel;
+
+namespace {
+
+fastinfer::ModelOptions paged_options(int num_blocks, int max_seqs = 64) {
+  fastinfer::ModelOptions o;
+  o.threads = 1;
+  o.kv.layout = fastinfer::KVLayoutKind::Paged;
+  o.kv.block_size = 16;
+  o.kv.max_sequences = max_seqs;
+  o.kv.num_blocks = num_blocks;
+  return o;
+}
+
+std::vector<std::int32_t> solo_greedy(LlamaModel<>& m, const std::vector<std::int32_t>& prompt, int max_new,
+                                      const std::vector<std::int32_t>& stops) {
+  m.reset();
+  const int vocab = m.config().vocab_size;
+  const float* logits = m.forward_prefill(prompt, 0);
+  std::vector<std::int32_t> out;
+  std::int64_t len = std::int64_t(prompt.size());
+  for (;;) {
+    const std::int32_t t = fastinfer::cpu::argmax_token(logits, vocab);
+    if (std::find(stops.begin(), stops.end(), t) != stops.end()) break;
+    out.push_back(t);
+    ++len;
+    if (int(out.size()) >= max_new || len >= m.config().max_seq_len) break;
+    logits = m.forward_decode(t, int(len - 1));
+  }
+  return out;
+}
+
+fs::Request make_request(std::vector<std::int32_t> prompt, int max_new, std::vector<std::int32_t> stops) {
+  fs::Request r;
+  r.prompt = std::move(prompt);
+  r.max_new_tokens = max_new;
+  r.stop_ids = std::move(stops);
+  return r;
+}
+
+// Golden prompts, repetitive prompts (prompt lookup finds matches, accepted
+// runs get cut by stops and max_new_tokens) and random ones sharing prefixes.
+std::vector<fs::Request> mixed_workload(const std::filesystem::path& cases_dir, int n_random, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<fs::Request> all;
+  for (const auto& gc : fastinfer::testing::read_golden_cases(cases_dir))
+    all.push_back(make_request(gc.prompt, std::min(gc.max_new_tokens, 60), {1}));
+  std::vector<std::vector<std::int32_t>> prefixes;
+  for (int p = 0; p < 3; ++p) {
+    std::vector<std::int32_t> pre{1};
+    const int len = std::uniform_int_distribution<int>(16, 36)(rng);
+    for (int i = 0; i < len; ++i) pre.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
+    prefixes.push_back(pre);
+  }
+  for (int i = 0; i < n_random; ++i) {
+    std::vector<std::int32_t> prompt{1};
+    if (i % 3 == 0) {
+      // A short pattern repeated: the text so far predicts the next tokens.
+      std::vector<std::int32_t> pat;
+      const int plen = std::uniform_int_distribution<int>(2, 6)(rng);
+      for (int k = 0; k < plen; ++k) pat.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
+      for (int rep = 0; rep < 5; ++rep) prompt.insert(prompt.end(), pat.begin(), pat.end());
+    } else {
+      if (rng() % 2 == 0) prompt = prefixes[rng() % prefixes.size()];
+      const int extra = std::uniform_int_distribution<int>(1, 30)(rng);
+      for (int k = 0; k < extra; ++k) prompt.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
+    }
+    all.push_back(make_request(prompt, std::uniform_int_distribution<int>(1, 40)(rng), {1}));
+  }
+  std::shuffle(all.begin(), all.end(), rng);
+  return all;
+}
+
+struct RunOut {
+  std::vector<std::vector<std::int32_t>> outputs;
+  fe::EngineMetrics metrics;
+};
+
+RunOut run_engine(LlamaModel<>& model, const fe::EngineConfig& cfg, const std::vector<fs::Request>& reqs,
+                  const std::vector<fe::RequestSpec>& specs) {
+  fe::Engine<> engine(model, cfg);
+  std::vector<fs::RequestId> ids;
+  std::map<fs::RequestId, std::vector<std::int32_t>> streamed;
+  for (std::size_t i = 0; i < reqs.size(); ++i)
+    ids.push_back(engine.submit(reqs[i], specs[i % specs.size()],
+                                [&](fs::RequestId id, std::int32_t t) { streamed[id].push_back(t); }));
+  std::int64_t steps = 0;
+  while (engine.step()) {
+    ++steps;
+    engine.batcher().check_invariants();
+    model.kv().allocator().check_invariants();
+    if (engine.prefix_cache()) engine.prefix_cache()->check_invariants();
+  }
+  RunOut out;
+  for (fs::RequestId id : ids) {
+    REQUIRE(engine.status(id) == fs::RequestStatus::Finished);
+    CHECK(streamed[id] == engine.output(id));
+    out.outputs.push_back(engine.output(id));
+  }
+  out.metrics = engine.metrics();
+  engine.clear_prefix_cache();
+  CHECK(model.kv().allocator().num_free_blocks() == model.kv().allocator().num_blocks());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("engine speculation: greedy outputs equal plain greedy decoding (prompt lookup, self-draft; k 1, 2, 4)",
+          "[engine][spec][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
+  LlamaModel<> solo(fastinfer::load_model(model_path.string()), paged_options(0, 1));
+  const std::vector<fs::Request> reqs = mixed_workload(cases_dir, 24, 5);
+  std::vector<std::vector<std::int32_t>> expected;
+  for (const auto& r : reqs) expected.push_back(solo_greedy(solo, r.prompt, r.max_new_tokens, r.stop_ids));
+  fastinfer::LoadOptions bf16;
+  bf16.weight_dtype = fastinfer::DType::BF16;
+  const fastinfer::LlamaWeights draft = fastinfer::load_model(model_path.string(), bf16);
+
+  struct Variant {
+    const char* name;
+    int pool;
+    fe::EngineConfig cfg;
+  };
+  std::vector<Variant> variants;
+  {
+    Variant v{"roomy pool", 0, {}};
+    variants.push_back(v);
+  }
+  {
+    Variant v{"chunked prefill, small budget", 0, {}};
+    v.cfg.scheduler.max_tokens_per_step = 24;
+    v.cfg.scheduler.max_prefill_chunk = 7;
+    variants.push_back(v);
+  }
+  {
+    Variant v{"small pool: preemption by recompute, prefix cache", 40, {}};
+    v.cfg.scheduler.max_tokens_per_step = 48;
+    v.cfg.prefix_cache = true;
+    variants.push_back(v);
+  }
+  {
+    Variant v{"small pool: preemption by swap", 40, {}};
+    v.cfg.scheduler.max_tokens_per_step = 48;
+    v.cfg.scheduler.preemption = fs::Swap{};
+    v.cfg.scheduler.swap_blocks = 128;
+    variants.push_back(v);
+  }
+  std::int64_t preempted_speculating = 0;
+  for (fe::SpecDrafter drafter : {fe::SpecDrafter::PromptLookup, fe::SpecDrafter::DraftModel}) {
+    for (int k : {1, 2, 4}) {
+      // Every (drafter, k) meets every variant over the whole set: 2 x 3 x 4 runs.
+      for (std::size_t vi = 0; vi < variants.size(); ++vi) {
+        Variant v = variants[vi];
+        INFO((drafter == fe::SpecDrafter::PromptLookup ? "prompt lookup" : "self-draft (bf16)") << ", k " << k
+                                                                                                  << ", " << v.name);
+        v.cfg.spec.policy = fe::SpecAlways{};
+        v.cfg.spec.draft_weights = draft;
+        fe::RequestSpec rs;
+        rs.drafter = drafter;
+        rs.k = k;
+        // Every third request plain: plain and speculating rows share steps.
+        std::vector<fe::RequestSpec> specs{rs, rs, fe::RequestSpec{}};
+        LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(v.pool));
+        const RunOut got = run_engine(model, v.cfg, reqs, specs);
+        std::size_t mismatches = 0;
+        for (std::size_t i = 0; i < reqs.size(); ++i) {
+          if (got.outputs[i] != expected[i]) {
+            if (mismatches == 0) {
+              INFO("first mismatch: request " << i);
+              CHECK(got.outputs[i] == expected[i]);
+            }
+            ++mismatches;
+          }
+        }
+        CHECK(mismatches == 0);
+        const fe::EngineMetrics& m = got.metrics;
+        CHECK(m.finished == std::int64_t(reqs.size()));
+        CHECK(m.spec_rows > 0);
+        CHECK(m.spec_accepted > 0);
+        CHECK(m.spec_accepted <= m.spec_drafted);
+        CHECK(m.spec_emitted == m.spec_rows + m.spec_accepted);
+        if (v.pool == 40) {
+          CHECK(m.preemptions > 0);
+          preempted_speculating += m.preemptions;
+        }
+        if (drafter == fe::SpecDrafter::DraftModel) CHECK(m.acceptance_rate() > 0.5);
+      }
+    }
+  }
+  CHECK(preempted_speculating > 0);
+}
+
+TEST_CASE("engine speculation: a sampled request's tokens do not depend on its batch", "[engine][spec]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  fastinfer::LoadOptions bf16;
+  bf16.weight_dtype = fastinfer::DType::BF16;
+  std::mt19937 rng(17);
+  std::vector<fs::Request> reqs;
+  std::vector<fe::RequestSpec> specs;
+  for (int i = 0; i < 16; ++i) {
+    std::vector<std::int32_t> prompt{1};
+    const int n = std::uniform_int_distribution<int>(1, 30)(rng);
+    for (int k = 0; k < n; ++k) prompt.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
+    if (i % 4 == 0) prompt.insert(prompt.end(), prompt.begin() + 1, prompt.end());  // repeats itself
+    fs::Request r = make_request(prompt, 24, {});
+    r.sampling.temperature = 0.5f + 0.1f * float(i % 5);
+    r.sampling.top_k = i % 3 == 0 ? 40 : 0;
+    r.sampling.top_p = i % 4 == 1 ? 0.9f : 1.0f;
+    r.sampling.seed = 500 + std::uint64_t(i);
+    reqs.push_back(r);
+    fe::RequestSpec s;
+    s.drafter = i % 2 == 0 ? fe::SpecDrafter::PromptLookup : fe::SpecDrafter::DraftModel;
+    s.k = 1 + i % 4;
+    specs.push_back(s);
+  }
+  fe::EngineConfig cfg;
+  cfg.spec.policy = fe::SpecAlways{};
+  cfg.spec.draft_weights = fastinfer::load_model(model_path.string(), bf16);
+  LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 16));
+  std::vector<std::vector<std::int32_t>> alone;
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    fe::Engine<> e(model, cfg);
+    const auto id = e.submit(reqs[i], specs[i]);
+    e.run();
+    alone.push_back(e.output(id));
+  }
+  fe::Engine<> e(model, cfg);
+  std::vector<fs::RequestId> ids;
+  for (std::size_t i = 0; i < reqs.size(); ++i) ids.push_back(e.submit(reqs[i], specs[i]));
+  e.run();
+  const fe::EngineMetrics m = e.metrics();
+  CHECK(m.spec_rows > 0);
+  CHECK(m.spec_accepted > 0);
+  CHECK(m.spec_accepted < m.spec_drafted);  // sampled: some drafts rejected
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    INFO("request " << i);
+    CHECK(e.output(ids[i]) == alone[i]);
+    CHECK(e.output(ids[i]).size() == 24);
+    differ += alone[i] != alone[(i + 1) % alone.size()];
+  }
+  CHECK(differ > 0);
+  // Another seed, other tokens: the seed is used.
+  fs::Request r = reqs[1];
+  r.sampling.seed += 1;
+  fe::Engine<> e2(model, cfg);
+  const auto id = e2.submit(r, specs[1]);
+  e2.run();
+  CHECK(e2.output(id) != alone[1]);
+  CHECK(model.kv().allocator().num_free_blocks() == model.kv().allocator().num_blocks());
+}
+
+TEST_CASE("engine speculation: policies never and max-batch; bad speculation settings", "[engine][spec]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  LlamaModel<> solo(fastinfer::load_model(model_path.string()), paged_options(0, 1));
+  std::vector<fs::Request> reqs;
+  std::mt19937 rng(3);
+  for (int i = 0; i < 12; ++i) {
+    std::vector<std::int32_t> prompt{1};
+    for (int k = 0; k < 6; ++k) prompt.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
+    prompt.insert(prompt.end(), prompt.begin() + 1, prompt.end());
+    // Different lengths: the batch shrinks as requests finish.
+    reqs.push_back(make_request(prompt, 4 + 4 * i, {1}));
+  }
+  fe::RequestSpec rs;
+  rs.drafter = fe::SpecDrafter::PromptLookup;
+  rs.k = 3;
+  for (int policy = 0; policy < 2; ++policy) {
+    LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 16));
+    fe::EngineConfig cfg;
+    if (policy == 0) cfg.spec.policy = fe::SpecNever{};
+    else cfg.spec.policy = fe::SpecMaxBatch{3};
+    INFO(fe::spec_policy_name(cfg.spec.policy));
+    const RunOut got = run_engine(model, cfg, reqs, {rs});
+    for (std::size_t i = 0; i < reqs.size(); ++i)
+      CHECK(got.outputs[i] == solo_greedy(solo, reqs[i].prompt, reqs[i].max_new_tokens, reqs[i].stop_ids));
+    const fe::EngineMetrics& m = got.metrics;
+    CHECK(m.spec_candidates > 0);
+    if (policy == 0) {
+      CHECK(m.spec_rows == 0);
+      CHECK(m.spec_switched_off == m.spec_candidates);
+    } else {
+      // Off while more than 3 run, on in the tail.
+      CHECK(m.spec_switched_off > 0);
+      CHECK(m.spec_rows > 0);
+    }
+  }
+  // Misuse: nothing submitted, the engine still works.
+  LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 4));
+  fe::Engine<> e(model);
+  fe::RequestSpec bad = rs;
+  bad.k = 0;
+  CHECK_THROWS_AS(e.submit(reqs[0], bad), fastinfer::InvalidArgument);
+  bad.k = 100000;
+  CHECK_THROWS_WITH(e.submit(reqs[0], bad), Catch::Contains("100000"));
+  bad = rs;
+  bad.drafter = fe::SpecDrafter::DraftModel;
+  CHECK_THROWS_WITH(e.submit(reqs[0], bad), Catch::Contains("draft_weights"));
+  bad = rs;
+  bad.lookup_min_ngram = 0;
+  CHECK_THROWS_AS(e.submit(reqs[0], bad), fastinfer::InvalidArgument);
+  fe::EngineConfig wrong_vocab;
+  fastinfer::LoadOptions lo;
+  wrong_vocab.spec.draft_weights = fastinfer::load_model("synthetic:tiny", lo);
+  if (wrong_vocab.spec.draft_weights->config.vocab_size != model.config().vocab_size)
+    CHECK_THROWS_WITH(fe::Engine<>(model, wrong_vocab), Catch::Contains("vocabulary"));
+  const auto id = e.submit(reqs[0], rs);
+  e.run();
+  CHECK(e.output(id) == solo_greedy(solo, reqs[0].prompt, reqs[0].max_new_tokens, reqs[0].stop_ids));
+}
+
+// ---- the adaptive switch, without a model -------------------------------------
+
+TEST_CASE("spec policy: expected emitted tokens", "[engine][spec]") {
+  CHECK(fe::expected_emitted(0.0, 4) == Approx(1.0));
+  CHECK(fe::expected_emitted(1.0, 4) == Approx(5.0));
+  CHECK(fe::expected_emitted(0.5, 2) == Approx(1.75));
+  // Against a simulation of in-order acceptance.
+  std::mt19937_64 rng(1);
+  std::uniform_real_distribution<double> u(0, 1);
+  double total = 0;
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) {
+    int emitted = 1;
+    for (int j = 0; j < 3 && u(rng) < 0.7; ++j) ++emitted;
+    total += emitted;
+  }
+  CHECK(fe::expected_emitted(0.7, 3) == Approx(total / n).epsilon(0.01));
+}
+
+TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a large batch", "[engine][spec]") {
+  // A memory-bound model: a pass costs 10 ms plus 0.1 ms per token.
+  fe::StepCostModel cost;
+  cost.base = 10e-3;
+  cost.per_token = 0.1e-3;
+  cost.valid = true;
+  const fe::SpecCandidate good{0.8, 4, false};
+  // Batch 1: the pass barely grows with 4 drafts, so speculate with all 4.
+  CHECK(fe::choose_drafts(cost, 1, 1, {good}) == std::vector<std::int32_t>{4});
+  // An independent brute force over k for one candidate at several batch sizes.
+  for (int batch : {1, 4, 16, 64, 128, 256, 512}) {
+    int best_k = 0;
+    double best = double(batch) / cost.seconds(batch, 0);
+    for (int k = 1; k <= 4; ++k) {
+      const double emitted = batch - 1 + (1 - std::pow(0.8, k + 1)) / (1 - 0.8);
+      const double r = emitted / cost.seconds(batch + k, 0);
+      if (r > best * (1 + 1e-9)) best = r, best_k = k;
+    }
+    INFO("batch " << batch);
+    CHECK(fe::choose_drafts(cost, batch, batch, {good}) == std::vector<std::int32_t>{best_k});
+  }
+  // With one draft, a row pays while a * (base + per_token * n) > per_token * n,
+  // i.e. below n* = a * base / (per_token * (1 - a)) = 400 rows here.
+  const fe::SpecCandidate one{0.8, 1, false};
+  CHECK(fe::choose_drafts(cost, 390, 390, {one}) == std::vector<std::int32_t>{1});
+  CHECK(fe::choose_drafts(cost, 410, 410, {one}) == std::vector<std::int32_t>{0});
+  // 512 decoding rows, all speculating candidates: throughput says no.
+  std::vector<fe::SpecCandidate> many(512, good);
+  const auto k512 = fe::choose_drafts(cost, 512, 512, many);
+  CHECK(std::count(k512.begin(), k512.end(), 0) == 512);
+  // 4 rows: all speculate.
+  const auto k4 = fe::choose_drafts(cost, 4, 4, std::vector<fe::SpecCandidate>(4, good));
+  CHECK(std::count(k4.begin(), k4.end(), 0) == 0);
+  // Nothing is ever accepted: never speculate, whatever the batch.
+  CHECK(fe::choose_drafts(cost, 1, 1, {fe::SpecCandidate{0.0, 4, false}}) == std::vector<std::int32_t>{0});
+  // A compute-bound model (cost proportional to tokens): speculation cannot pay
+  // (a row never emits more than it feeds), not even at batch 1 with a = 0.9.
+  fe::StepCostModel linear;
+  linear.per_token = 1e-3;
+  linear.base = 1e-6;
+  linear.valid = true;
+  CHECK(fe::choose_drafts(linear, 1, 1, {fe::SpecCandidate{0.9, 4, false}}) == std::vector<std::int32_t>{0});
+  // A costly draft model: the same acceptance no longer pays at batch 1.
+  fe::StepCostModel drafty = cost;
+  drafty.per_model_draft = 10e-3;
+  CHECK(fe::choose_drafts(drafty, 1, 1, {fe::SpecCandidate{0.8, 4, true}}) == std::vector<std::int32_t>{0});
+  CHECK(fe::choose_drafts(drafty, 1, 1, {fe::SpecCandidate{0.8, 4, false}}) == std::vector<std::int32_t>{4});
+  // Mixed acceptances at a middle batch: the best candidates go first.
+  std::vector<fe::SpecCandidate> mixed{{0.1, 4, false}, {0.95, 4, false}, {0.5, 4, false}};
+  const auto km = fe::choose_drafts(cost, 3, 3, mixed);
+  CHECK(km[1] >= km[2]);
+  CHECK(km[2] >= km[0]);
+  // No measurements yet: explore with max_k.
+  CHECK(fe::choose_drafts(fe::StepCostModel{}, 300, 300, {good}) == std::vector<std::int32_t>{4});
+}
+
+TEST_CASE("spec policy: the step-cost fit and the acceptance estimate", "[engine][spec]") {
+  fe::StepCostFit fit(0.99, 8);
+  CHECK_FALSE(fit.model().valid);
+  std::mt19937_64 rng(2);
+  std::uniform_int_distribution<int> tok(1, 300), dr(0, 20);
+  std::normal_distribution<double> noise(0, 1e-6);
+  for (int i = 0; i < 400; ++i) {
+    const int n = tok(rng), d = dr(rng);
+    fit.add(n, d, 2e-3 + 1e-4 * n + 5e-4 * d + noise(rng));
+  }
+  const fe::StepCostModel m = fit.model();
+  REQUIRE(m.valid);
+  CHECK(m.base == Approx(2e-3).epsilon(0.02));
+  CHECK(m.per_token == Approx(1e-4).epsilon(0.02));
+  CHECK(m.per_model_draft == Approx(5e-4).epsilon(0.02));
+  // The same token count every step: no slope to read.
+  fe::StepCostFit flat(0.95, 4);
+  for (int i = 0; i < 20; ++i) flat.add(64, 0, 5e-3);
+  CHECK_FALSE(flat.model().valid);
+  CHECK_THROWS_AS(fe::StepCostFit(0.0, 8), fastinfer::InvalidArgument);
+
+  // Acceptance: each draft accepted with probability 0.7 in order.
+  fe::AcceptanceEstimate est(0.5, 2.0, 0.999);
+  CHECK(est.value() == Approx(0.5));
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int i = 0; i < 5000; ++i) {
+    int acc = 0;
+    while (acc < 4 && u(rng) < 0.7) ++acc;
+    est.update(4, acc);
+  }
+  CHECK(est.value() == Approx(0.7).epsilon(0.05));
+}
