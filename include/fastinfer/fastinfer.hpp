@@ -55,6 +55,7 @@
 #include "fastinfer/engine/static_batcher.hpp"
 #include "fastinfer/engine/workload.hpp"
 #include "fastinfer/engine/prompt_series.hpp"
+#include "fastinfer/engine/spec_policy.hpp"
 
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
