@@ -1,19 +1,30 @@
-// Medusa at batch 1, greedy, on stories260K's golden prompts: tokens emitted
-// per target forward pass and wall-clock throughput, next to plain decoding
-// on the same prompts in the same run (speed-up = tok_s / tok_s of
-// BM_Medusa/stories260K/plain).
+// Medusa at batch 1, greedy, on a model's golden prompts: tokens emitted per
+// target forward pass and wall-clock throughput, next to plain decoding on
+// the same prompts in the same run (speed-up = tok_s / tok_s of
+// BM_Medusa/<model>/plain).
 //
 //   FASTINFER_MEDUSA_HEADS=build-medusa/stories260K.medusa bench_medusa
+//   FASTINFER_MEDUSA_MODEL=tinystories-656k FASTINFER_MEDUSA_HEADS=build-medusa/ts656k.medusa bench_medusa
 //
+// The model is stories260K (golden/cases) or, with FASTINFER_MEDUSA_MODEL=
+// tinystories-656k, models/tinystories-656k (golden/tinystories-656k/cases);
+// inflate:NAME:SIZE inflates either (model/inflate.hpp; issue 10's
+// memory-bound stand-in), and trained heads are then zero-padded (pad:FILE).
+// FASTINFER_MEDUSA_WEIGHTS (f32, bf16, f16) and FASTINFER_MEDUSA_THREADS set
+// the weight type and threads (default f32, 1). Issue 10's measurement:
+//   FASTINFER_MEDUSA_MODEL=inflate:tinystories-656k:110M FASTINFER_MEDUSA_THREADS=2 \
+//   FASTINFER_MEDUSA_HEADS=build-medusa/ts656k.medusa bench_medusa --benchmark_filter="plain|trained"
 // The trained heads come from tools/train_medusa.py (a build artefact): the
 // path is taken from FASTINFER_MEDUSA_HEADS or --medusa-heads=PATH; without
 // it the trained rows are skipped with an error message saying so (the
 // random-head rows still run: they show what the tree costs when almost
 // nothing is accepted). Trees: choices (FixedChoicesTree::default_for(4), 9
-// nodes) and dynamic (DynamicTree{budget}, budget = the benchmark argument).
+// nodes), file (the trainer's tree, HEADS.choices, built from the heads'
+// measured accuracies) and dynamic (DynamicTree{budget}, budget = the
+// benchmark argument).
 // Counters: tok_s, accepted_per_forward (emitted tokens per verification
 // pass; 1.0 for plain decoding), acceptance (accepted / tree nodes offered).
-// One thread, as bench_speculative.
+// Each iteration runs every golden prompt once.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -38,14 +49,32 @@ using Model = LlamaModel<>;
 
 namespace {
 
-std::string g_heads_path;  // trained heads for stories260K
+std::string shared(const std::string& rel) { return std::string(FASTINFER_SHARED_DIR) + "/" + rel; }
+
+std::string g_heads_path;                 // trained heads
+std::string g_model_name = "stories260K";  // or tinystories-656k, inflate:tinystories-656k:110M, ...
+std::string g_weights = "f32";             // FASTINFER_MEDUSA_WEIGHTS: f32, bf16, f16
+int g_threads = 1;                         // FASTINFER_MEDUSA_THREADS
+
+// "stories260K" / "tinystories-656k", optionally as "inflate:NAME:SIZE".
+std::string model_path_of(const std::string& name) {
+  if (name.compare(0, 8, "inflate:") == 0) {
+    const std::string rest = name.substr(8);
+    const auto colon = rest.find(':');
+    return "inflate:" + model_path_of(rest.substr(0, colon)) + rest.substr(colon);
+  }
+  return shared(name == "tinystories-656k" ? "models/tinystories-656k" : "models/stories260K.bin");
+}
+std::string cases_dir_of(const std::string& name) {
+  return shared(name.find("tinystories-656k") != std::string::npos ? "golden/tinystories-656k/cases"
+                                                                   : "golden/cases");
+}
 
 struct Prompt {
   std::vector<std::int32_t> ids;
   int max_new = 0;
 };
 
-std::string shared(const std::string& rel) { return std::string(FASTINFER_SHARED_DIR) + "/" + rel; }
 
 std::vector<Prompt> golden_prompts(const std::string& dir) {
   std::vector<Prompt> out;
@@ -71,17 +100,23 @@ std::vector<Prompt> golden_prompts(const std::string& dir) {
 
 Model* model() {
   static std::unique_ptr<Model> m;
-  const std::string path = shared("models/stories260K.bin");
-  if (!m && std::filesystem::exists(path)) m = std::make_unique<Model>(load_model(path), ModelOptions{1, 64});
+  const std::string path = model_path_of(g_model_name);
+  const std::string file = path.compare(0, 8, "inflate:") == 0 ? path.substr(8, path.rfind(':') - 8) : path;
+  if (!m && std::filesystem::exists(file)) {
+    LoadOptions load;
+    load.weight_dtype = parse_weight_dtype(g_weights);
+    load.threads = g_threads;
+    m = std::make_unique<Model>(load_model(path, load), ModelOptions{g_threads, 64});
+  }
   return m.get();
 }
 
 // heads: "plain", "trained" or "random:SEED"; tree: "choices" or "dynamic".
 void BM_Medusa(benchmark::State& state, const std::string& heads_spec, const std::string& tree) {
   Model* target = model();
-  const auto prompts = golden_prompts(shared("golden/cases"));
+  const auto prompts = golden_prompts(cases_dir_of(g_model_name));
   if (!target || prompts.empty()) {
-    state.SkipWithError("missing ../shared/models/stories260K.bin or golden/cases");
+    state.SkipWithError("missing the model or its golden cases under ../shared");
     return;
   }
   std::unique_ptr<spec::MedusaHeads> heads;
@@ -91,13 +126,25 @@ void BM_Medusa(benchmark::State& state, const std::string& heads_spec, const std
                           "(tools/train_medusa.py writes them)");
       return;
     }
-    heads = std::make_unique<spec::MedusaHeads>(spec::MedusaHeads::from_spec(g_heads_path, target->config()));
+    // Heads trained on the original of an inflated model: zero-padded (pad:FILE).
+    const bool pad = g_model_name.compare(0, 8, "inflate:") == 0;
+    heads = std::make_unique<spec::MedusaHeads>(
+        spec::MedusaHeads::from_spec((pad ? "pad:" : "") + g_heads_path, target->config()));
   } else if (heads_spec != "plain") {
     heads = std::make_unique<spec::MedusaHeads>(spec::MedusaHeads::from_spec(heads_spec, target->config()));
   }
   spec::MedusaOptions o;
-  if (tree == "choices") o.tree = spec::FixedChoicesTree::default_for(heads ? heads->num_heads() : 4);
-  else o.tree = spec::DynamicTree{int(state.range(0)), 3, 0};
+  if (tree == "choices") {
+    o.tree = spec::FixedChoicesTree::default_for(heads ? heads->num_heads() : 4);
+  } else if (tree == "file") {
+    if (!std::filesystem::exists(g_heads_path + ".choices")) {
+      state.SkipWithError("no tree file next to the heads (HEADS.choices, written by tools/train_medusa.py)");
+      return;
+    }
+    o.tree = spec::read_choices_file(g_heads_path + ".choices");
+  } else {
+    o.tree = spec::DynamicTree{int(state.range(0)), 3, 0};
+  }
   std::int64_t tokens = 0, forwards = 0, step_tokens = 0, drafted = 0, accepted = 0;
   for (auto _ : state) {
     for (const Prompt& p : prompts) {
@@ -127,6 +174,9 @@ void BM_Medusa(benchmark::State& state, const std::string& heads_spec, const std
 
 int main(int argc, char** argv) {
   if (const char* e = std::getenv("FASTINFER_MEDUSA_HEADS")) g_heads_path = e;
+  if (const char* e = std::getenv("FASTINFER_MEDUSA_MODEL")) g_model_name = e;
+  if (const char* e = std::getenv("FASTINFER_MEDUSA_WEIGHTS")) g_weights = e;
+  if (const char* e = std::getenv("FASTINFER_MEDUSA_THREADS")) g_threads = std::max(1, std::atoi(e));
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
     const char* flag = "--medusa-heads=";
@@ -134,15 +184,17 @@ int main(int argc, char** argv) {
     else args.push_back(argv[i]);
   }
   int n = int(args.size());
-  benchmark::RegisterBenchmark("BM_Medusa/stories260K/plain", BM_Medusa, std::string("plain"), std::string("-"))
+  const std::string base = "BM_Medusa/" + g_model_name + "/" + g_weights + "/t" + std::to_string(g_threads) + "/";
+  benchmark::RegisterBenchmark((base + "plain").c_str(), BM_Medusa, std::string("plain"), std::string("-"))
       ->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(0.5);
   for (const std::string h : {"trained", "random:1"}) {
-    benchmark::RegisterBenchmark(("BM_Medusa/stories260K/" + h + "/choices").c_str(), BM_Medusa, h,
-                                 std::string("choices"))
+    benchmark::RegisterBenchmark((base + h + "/choices").c_str(), BM_Medusa, h, std::string("choices"))
         ->Arg(9)->Unit(benchmark::kMillisecond)->MinTime(0.5);
-    auto* b = benchmark::RegisterBenchmark(("BM_Medusa/stories260K/" + h + "/dynamic").c_str(), BM_Medusa, h,
-                                           std::string("dynamic"));
-    for (int budget : {4, 10, 15}) b->Arg(budget);
+    if (h == "trained")
+      benchmark::RegisterBenchmark((base + h + "/file").c_str(), BM_Medusa, h, std::string("file"))
+          ->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(0.5);
+    auto* b = benchmark::RegisterBenchmark((base + h + "/dynamic").c_str(), BM_Medusa, h, std::string("dynamic"));
+    for (int budget : {4, 10, 15, 24}) b->Arg(budget);
     b->Unit(benchmark::kMillisecond)->MinTime(0.5);
   }
   benchmark::Initialize(&n, args.data());

@@ -6,8 +6,12 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
+#include <string>
+#include <unistd.h>
 #include <vector>
 
 #include "fastinfer/spec/medusa_tree.hpp"
@@ -180,4 +184,39 @@ TEST_CASE("exact tree sampling with Medusa's deterministic candidates emits the 
   double tv_uniform = 0;
   for (int x = 0; x < vocab; ++x) tv_uniform += std::abs(p0[std::size_t(x)] - 1.0 / vocab) / 2;
   CHECK(tv_uniform > 10 * big);
+}
+
+TEST_CASE("tree names: choices, choices:FILE (the trainer's tree file), dynamic:BUDGET[:TOP_K]; bad ones throw") {
+  using namespace fastinfer::spec;
+  const std::string file =
+      (std::filesystem::temp_directory_path() / ("fastinfer_medusa_tree_" + std::to_string(::getpid()) + ".choices"))
+          .string();
+  {
+    std::ofstream f(file);
+    f << "# a comment line\n0\n0 0\n\n1   # rank 1 at depth 1\n0 1\n0 0 0\n";
+  }
+  const auto t = std::get<FixedChoicesTree>(medusa_options("choices:" + file, 4).tree);
+  CHECK(t.choices == std::vector<TreePath>{{0}, {0, 0}, {1}, {0, 1}, {0, 0, 0}});
+  CHECK(guesses_needed(t) == 2);
+  CHECK(std::get<FixedChoicesTree>(medusa_options("choices", 4).tree).choices ==
+        FixedChoicesTree::default_for(4).choices);
+  const auto d = std::get<DynamicTree>(medusa_options("dynamic:24", 4).tree);
+  CHECK((d.budget == 24 && d.top_k == DynamicTree{}.top_k));
+  const auto d2 = std::get<DynamicTree>(medusa_options("dynamic:6:2", 4).tree);
+  CHECK((d2.budget == 6 && d2.top_k == 2));
+  CHECK_THROWS_AS(medusa_options("dynamic:x", 4), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(medusa_options("dynamic:4:0", 4), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(medusa_options("bushy", 4), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(medusa_options("choices:" + file + ".missing", 4), fastinfer::InvalidArgument);
+  {
+    std::ofstream f(file);
+    f << "0\n0 -1\n";
+  }
+  CHECK_THROWS_WITH(medusa_options("choices:" + file, 4), Catch::Contains(":2: '-1' is not a rank"));
+  {
+    std::ofstream f(file);
+    f << "# only a comment\n";
+  }
+  CHECK_THROWS_WITH(medusa_options("choices:" + file, 4), Catch::Contains("holds no path"));
+  std::filesystem::remove(file);
 }

@@ -47,8 +47,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <fstream>
 #include <numeric>
 #include <queue>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <variant>
@@ -367,13 +369,58 @@ struct MedusaOptions {
   TypicalAcceptanceLossy typical{};
 };
 
+// A tree written by tools/train_medusa.py (OUT.choices): one path of ranks
+// per line ("0 0 1"), '#' starts a comment. Bad lines name the file and line.
+inline FixedChoicesTree read_choices_file(const std::string& path) {
+  std::ifstream in(path);
+  FASTINFER_CHECK(bool(in), InvalidArgument, "cannot open Medusa tree file '", path, "'");
+  FixedChoicesTree t;
+  int line_no = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_no;
+    line = line.substr(0, line.find('#'));
+    std::istringstream s(line);
+    TreePath p;
+    for (std::string w; s >> w;) {
+      FASTINFER_CHECK(w.size() <= 6 && w.find_first_not_of("0123456789") == std::string::npos, InvalidArgument,
+                      path, ":", line_no, ": '", w, "' is not a rank (a small non-negative integer)");
+      p.push_back(std::stoi(w));
+    }
+    if (!p.empty()) t.choices.push_back(std::move(p));
+  }
+  FASTINFER_CHECK(!t.choices.empty(), InvalidArgument, "Medusa tree file '", path, "' holds no path");
+  return t;
+}
+
 // The options fastinfer-generate's --medusa-tree names: "choices"
-// (FixedChoicesTree::default_for(num_heads)) or "dynamic" (DynamicTree{}).
+// (FixedChoicesTree::default_for(num_heads)), "choices:FILE" (a tree file,
+// read_choices_file), "dynamic" (DynamicTree{}) or "dynamic:BUDGET" /
+// "dynamic:BUDGET:TOP_K".
 inline MedusaOptions medusa_options(const std::string& tree, int num_heads) {
   MedusaOptions o;
-  if (tree == "choices") o.tree = FixedChoicesTree::default_for(num_heads);
-  else if (tree == "dynamic") o.tree = DynamicTree{};
-  else throw_error<InvalidArgument>("unknown Medusa tree '", tree, "' (choices or dynamic)");
+  auto number = [&](const std::string& s) {
+    FASTINFER_CHECK(!s.empty() && s.size() <= 6 && s.find_first_not_of("0123456789") == std::string::npos,
+                    InvalidArgument, "Medusa tree '", tree, "': '", s, "' is not a number");
+    return std::stoi(s);
+  };
+  if (tree == "choices") {
+    o.tree = FixedChoicesTree::default_for(num_heads);
+  } else if (tree.compare(0, 8, "choices:") == 0) {
+    o.tree = read_choices_file(tree.substr(8));
+  } else if (tree == "dynamic") {
+    o.tree = DynamicTree{};
+  } else if (tree.compare(0, 8, "dynamic:") == 0) {
+    const std::string rest = tree.substr(8);
+    const auto colon = rest.find(':');
+    DynamicTree d;
+    d.budget = number(rest.substr(0, colon));
+    if (colon != std::string::npos) d.top_k = number(rest.substr(colon + 1));
+    FASTINFER_CHECK(d.top_k >= 1, InvalidArgument, "Medusa tree '", tree, "': top_k must be >= 1");
+    o.tree = d;
+  } else {
+    throw_error<InvalidArgument>("unknown Medusa tree '", tree,
+                                 "' (choices, choices:FILE, dynamic, dynamic:BUDGET or dynamic:BUDGET:TOP_K)");
+  }
   return o;
 }
 
