@@ -484,16 +484,11 @@ class Engine {
         using Q = decltype(quant);
         auto* cache = kv.template cache<kv::Paged<0>, Q>();
         if (cache == nullptr || found) return;
-        kv::PagedKVTables none;
-        none.indptr.assign(1, 0);
-        const auto view = cache->view(none, 0);
-        // The arena is the cache's own mutable storage; the view only hands
-        // out const pointers because kernels read it.
         BlockStorage s;
-        s.codes = const_cast<std::uint8_t*>(view.k_codes);
-        s.block_bytes = view.block_stride;
-        s.params = const_cast<float*>(view.k_params);
-        s.block_params = view.param_block_stride;
+        s.codes = cache->block_codes(0);
+        s.block_bytes = cache->block_bytes();
+        s.params = cache->block_params(0);
+        s.block_params = cache->block_param_count();
         found = s;
       });
     }

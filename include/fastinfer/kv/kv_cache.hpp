@@ -276,7 +276,21 @@ class KVCache {
     return v;
   }
 
+  // One block's bytes, every layer, K and V, are one run of block_bytes()
+  // codes and one of block_param_count() floats (the arena is block-major):
+  // what an engine copies to swap a block to host memory and back.
+  std::int64_t block_bytes() const { return block_stride_; }
+  std::int64_t block_param_count() const { return param_block_stride_; }
+  std::uint8_t* block_codes(BlockId b) { return codes_base_ + std::int64_t(checked_block(b)) * block_stride_; }
+  float* block_params(BlockId b) { return params_.data() + std::int64_t(checked_block(b)) * param_block_stride_; }
+
  private:
+  BlockId checked_block(BlockId b) const {
+    FASTINFER_CHECK(b >= 0 && b < cfg_.num_blocks, InvalidArgument, "KVCache: block ", b, " outside [0, ",
+                    cfg_.num_blocks, ")");
+    return b;
+  }
+
   static std::uint8_t* align64(std::uint8_t* p) {
     return p + ((64 - reinterpret_cast<std::uintptr_t>(p) % 64) % 64);
   }
