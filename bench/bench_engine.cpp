@@ -14,6 +14,14 @@
 //   are cached (a warm-up request left them) vs cold. Counters ttft_ms_cold,
 //   ttft_ms_cached, speedup. Target (issue 4): synthetic:110M, T 1024, C 960:
 //   speedup >= 8.
+// BM_EngineSpeculation/B/M: B requests (1, 4, 16) of a repetitive 64-token
+//   prompt (a 4-token pattern) and 64 output tokens, greedy, all at once,
+//   through the Engine with speculation mode M: 0 none, 1 prompt lookup
+//   (always), 2 prompt lookup (adaptive switch), 3 self-draft with the
+//   target's own weights (always), k = FASTINFER_ENGINE_SPEC_K (4).
+//   Counters: output_tok_s, speedup_vs_none (the mode-0 run of the same B in
+//   this process), accepted_per_row, acceptance, spec_row_share (speculating
+//   rows / candidate rows: what the switch let through).
 //
 // These are heavy at full size; the defaults run in a minute or two on two
 // cores. Sizes come from the environment:
@@ -30,6 +38,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -184,6 +193,58 @@ void BM_PrefixTTFT(benchmark::State& state) {
   state.counters["prompt"] = t;
 }
 BENCHMARK(BM_PrefixTTFT)->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+void BM_EngineSpeculation(benchmark::State& state) {
+  static std::map<int, double> none_tok_s;  // batch -> mode-0 output tok/s of this process
+  const int batch = int(state.range(0)), mode = int(state.range(1));
+  fastinfer::LlamaWeights w = load(env_str("FASTINFER_ENGINE_MODEL", "synthetic:15M"));
+  const auto cfg = w.config;
+  const int prompt = 64, output = 64;
+  fastinfer::LlamaModel<> model(w, paged(batch, prompt + output, 512, cfg.max_seq_len));
+  std::vector<fastinfer::sched::Request> reqs;
+  for (int i = 0; i < batch; ++i) {
+    fastinfer::sched::Request r;
+    r.prompt.push_back(cfg.bos_id);
+    const std::int32_t pat[4] = {std::int32_t(100 + 7 * i), std::int32_t(200 + 3 * i), 300, std::int32_t(400 + i)};
+    while (int(r.prompt.size()) < prompt) r.prompt.push_back(pat[r.prompt.size() % 4] % cfg.vocab_size);
+    r.max_new_tokens = output;
+    reqs.push_back(r);
+  }
+  fe::EngineConfig ec;
+  ec.scheduler.max_seqs = batch;
+  ec.scheduler.max_tokens_per_step = 512;
+  if (mode > 0) {
+    ec.spec.defaults.drafter = mode == 3 ? fe::SpecDrafter::DraftModel : fe::SpecDrafter::PromptLookup;
+    ec.spec.defaults.k = env_int("FASTINFER_ENGINE_SPEC_K", 4);
+    ec.spec.policy = mode == 2 ? fe::SpecPolicy{fe::SpecAdaptive{}} : fe::SpecPolicy{fe::SpecAlways{}};
+    if (mode == 3) {
+      ec.spec.draft_weights = w;
+      ec.spec.draft_threads = env_int("FASTINFER_ENGINE_THREADS", 2);
+    }
+  }
+  fe::EngineMetrics m;
+  for (auto _ : state) {
+    fe::Engine<> engine(model, ec);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (const auto& r : reqs) engine.submit(r);
+    engine.run();
+    state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    m = engine.metrics();
+  }
+  const double tok_s = m.output_tok_s;
+  if (mode == 0) none_tok_s[batch] = tok_s;
+  state.counters["output_tok_s"] = tok_s;
+  if (none_tok_s.count(batch)) state.counters["speedup_vs_none"] = tok_s / none_tok_s[batch];
+  state.counters["accepted_per_row"] = m.mean_accepted_per_spec_row();
+  state.counters["acceptance"] = m.acceptance_rate();
+  state.counters["spec_row_share"] =
+      m.spec_candidates > 0 ? double(m.spec_rows) / double(m.spec_candidates) : 0.0;
+}
+BENCHMARK(BM_EngineSpeculation)
+    ->ArgsProduct({{1, 4, 16}, {0, 1, 2, 3}})
+    ->Iterations(1)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -2,6 +2,12 @@
 // (continuous batching) and through the static-batching baseline, on the
 // same model. Prints a table, or with --json one object
 // {"continuous": {...}, "static": {...}}.
+//
+// --spec prompt-lookup|draft makes every request speculate inside the
+// continuous batch (--spec-k drafts; --draft-model, default the target
+// itself, loaded with --draft-weights), switched per step by --spec-policy
+// (adaptive: the engine's cost model; always; never; max-batch:N). The
+// static baseline never speculates.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -49,6 +55,8 @@ int main(int argc, char** argv) {
   int threads = 2, max_seqs = 64, budget = 512, chunk = 0, static_batch = 16, block_size = 16, kv_blocks = 0,
       swap_blocks = 0;
   std::string preemption = "recompute";
+  std::string spec_kind = "none", spec_policy = "adaptive", draft_model, draft_weights = "bf16";
+  int spec_k = 4;
   bool json = false, prefix_cache = false, no_static = false;
   fe::WorkloadConfig w;
   w.num_requests = 64;
@@ -80,6 +88,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--static-batch", static_batch, "static baseline: batch size")->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_flag("--no-static", no_static, "skip the static baseline");
+  app.add_option("--spec", spec_kind, "continuous: speculation per request")
+      ->check(CLI::IsMember({"none", "prompt-lookup", "draft"}))->capture_default_str();
+  app.add_option("--spec-k", spec_k, "drafts per speculating decode")->check(CLI::Range(1, 62))->capture_default_str();
+  app.add_option("--draft-model", draft_model, "draft model spec (default: the target's)");
+  app.add_option("--draft-weights", draft_weights, "draft model weight type")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}))->capture_default_str();
+  app.add_option("--spec-policy", spec_policy, "when rows speculate: adaptive, always, never, max-batch:N")
+      ->capture_default_str();
   app.add_flag("--json", json, "print one JSON object");
   CLI11_PARSE(app, argc, argv);
 
@@ -118,6 +134,27 @@ int main(int argc, char** argv) {
     if (preemption == "swap") ec.scheduler.preemption = fastinfer::sched::Swap{};
     if (preemption == "none") ec.scheduler.preemption = fastinfer::sched::NoEviction{};
     ec.prefix_cache = prefix_cache;
+    if (spec_kind != "none") {
+      ec.spec.defaults.drafter =
+          spec_kind == "draft" ? fe::SpecDrafter::DraftModel : fe::SpecDrafter::PromptLookup;
+      ec.spec.defaults.k = spec_k;
+      if (spec_kind == "draft") {
+        fastinfer::LoadOptions dl;
+        dl.weight_dtype = fastinfer::parse_weight_dtype(draft_weights);
+        dl.threads = threads;
+        ec.spec.draft_weights = fastinfer::load_model(draft_model.empty() ? model_spec : draft_model, dl);
+        ec.spec.draft_threads = threads;
+      }
+    }
+    if (spec_policy == "adaptive") ec.spec.policy = fe::SpecAdaptive{};
+    else if (spec_policy == "always") ec.spec.policy = fe::SpecAlways{};
+    else if (spec_policy == "never") ec.spec.policy = fe::SpecNever{};
+    else if (spec_policy.rfind("max-batch:", 0) == 0 && spec_policy.size() > 10 &&
+             spec_policy.find_first_not_of("0123456789", 10) == std::string::npos && spec_policy.size() < 19)
+      ec.spec.policy = fe::SpecMaxBatch{std::int32_t(std::stoll(spec_policy.substr(10)))};
+    else
+      fastinfer::throw_error<fastinfer::InvalidArgument>("--spec-policy '", spec_policy,
+                                                         "' (expected adaptive, always, never or max-batch:N)");
 
     nlohmann::json out;
     double wall_c = 0;
@@ -131,6 +168,24 @@ int main(int argc, char** argv) {
       out["continuous"] = to_json(mc, wall_c, mc.forward_tokens);
       out["continuous"]["schedule_share"] =
           wall_c > 0 ? mc.schedule_seconds / (mc.schedule_seconds + mc.execute_seconds + mc.sample_seconds) : 0.0;
+      nlohmann::json sj;
+      sj["drafter"] = spec_kind;
+      sj["k"] = spec_k;
+      sj["policy"] = fe::spec_policy_name(ec.spec.policy);
+      sj["candidates"] = mc.spec_candidates;
+      sj["switched_off"] = mc.spec_switched_off;
+      sj["rows"] = mc.spec_rows;
+      sj["drafted"] = mc.spec_drafted;
+      sj["accepted"] = mc.spec_accepted;
+      sj["acceptance"] = mc.acceptance_rate();
+      sj["mean_accepted_per_spec_row"] = mc.mean_accepted_per_spec_row();
+      sj["spec_steps"] = mc.spec_steps;
+      sj["draft_s"] = mc.draft_seconds;
+      sj["cost_model"] = {{"valid", mc.cost_model.valid},
+                          {"base_ms", mc.cost_model.base * 1e3},
+                          {"per_token_ms", mc.cost_model.per_token * 1e3},
+                          {"per_model_draft_ms", mc.cost_model.per_model_draft * 1e3}};
+      out["continuous"]["spec"] = sj;
     }
     fastinfer::sched::MetricsSummary ms;
     if (!no_static) {
@@ -148,7 +203,9 @@ int main(int argc, char** argv) {
                      {"output_len", output_len},     {"shared_prefix_fraction", w.shared_prefix_fraction},
                      {"max_seqs", max_seqs},         {"max_tokens_per_step", budget},
                      {"static_batch", static_batch}, {"kv_blocks", mo.kv.num_blocks},
-                     {"preemption", preemption},     {"prefix_cache", prefix_cache}};
+                     {"preemption", preemption},     {"prefix_cache", prefix_cache},
+                     {"spec", spec_kind},            {"spec_k", spec_k},
+                     {"spec_policy", spec_policy}};
     if (json) {
       std::cout << out.dump(2) << "\n";
       return 0;
@@ -176,6 +233,12 @@ int main(int argc, char** argv) {
     row("prefix hit rate", "prefix_hit_rate", "%14.3f ");
     row("wall (s)", "wall_s", "%14.2f ");
     if (!no_static) std::printf("continuous / static throughput: %.2fx\n", out["speedup"].get<double>());
+    if (spec_kind != "none")
+      std::printf("speculation (%s, k %d, policy %s): %lld of %lld decode rows speculated, %lld drafted, %lld accepted "
+                  "(%.1f %%), %.2f accepted per speculating row\n",
+                  spec_kind.c_str(), spec_k, fe::spec_policy_name(ec.spec.policy), (long long)mc.spec_rows,
+                  (long long)mc.spec_candidates, (long long)mc.spec_drafted, (long long)mc.spec_accepted,
+                  100.0 * mc.acceptance_rate(), mc.mean_accepted_per_spec_row());
     return 0;
   } catch (const fastinfer::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
