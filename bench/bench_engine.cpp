@@ -18,7 +18,8 @@
 //   prompt (a 4-token pattern) and 64 output tokens, greedy, all at once,
 //   through the Engine with speculation mode M: 0 none, 1 prompt lookup
 //   (always), 2 prompt lookup (adaptive switch), 3 self-draft with the
-//   target's own weights (always), k = FASTINFER_ENGINE_SPEC_K (4).
+//   target's own weights (always), 4 self-draft (adaptive switch),
+//   k = FASTINFER_ENGINE_SPEC_K (4).
 //   Counters: output_tok_s, speedup_vs_none (the mode-0 run of the same B in
 //   this process), accepted_per_row, acceptance, spec_row_share (speculating
 //   rows / candidate rows: what the switch let through).
@@ -214,10 +215,11 @@ void BM_EngineSpeculation(benchmark::State& state) {
   ec.scheduler.max_seqs = batch;
   ec.scheduler.max_tokens_per_step = 512;
   if (mode > 0) {
-    ec.spec.defaults.drafter = mode == 3 ? fe::SpecDrafter::DraftModel : fe::SpecDrafter::PromptLookup;
+    const bool model_draft = mode == 3 || mode == 4;
+    ec.spec.defaults.drafter = model_draft ? fe::SpecDrafter::DraftModel : fe::SpecDrafter::PromptLookup;
     ec.spec.defaults.k = env_int("FASTINFER_ENGINE_SPEC_K", 4);
-    ec.spec.policy = mode == 2 ? fe::SpecPolicy{fe::SpecAdaptive{}} : fe::SpecPolicy{fe::SpecAlways{}};
-    if (mode == 3) {
+    ec.spec.policy = mode == 2 || mode == 4 ? fe::SpecPolicy{fe::SpecAdaptive{}} : fe::SpecPolicy{fe::SpecAlways{}};
+    if (model_draft) {
       ec.spec.draft_weights = w;
       ec.spec.draft_threads = env_int("FASTINFER_ENGINE_THREADS", 2);
     }
@@ -241,7 +243,7 @@ void BM_EngineSpeculation(benchmark::State& state) {
       m.spec_candidates > 0 ? double(m.spec_rows) / double(m.spec_candidates) : 0.0;
 }
 BENCHMARK(BM_EngineSpeculation)
-    ->ArgsProduct({{1, 4, 16}, {0, 1, 2, 3}})
+    ->ArgsProduct({{1, 4, 16}, {0, 1, 2, 3, 4}})
     ->Iterations(1)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
