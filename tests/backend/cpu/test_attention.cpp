@@ -82,6 +82,8 @@ const Shape kShapes[] = {
     {4, 4, 8, 1},     // MHA, head size 8 (stories260K), one token per block
     {6, 1, 24, 4},    // MQA, 6 heads on one KV head, head size 24
     {10, 2, 128, 8},  // 5 query heads per KV head (4 + 1 in the kernel)
+    {8, 4, 8, 16},    // stories260K: 2 query heads per KV head of 8 (scores 4 keys x 2 heads at a time)
+    {8, 4, 16, 16},   // tinystories-656k: head size 16
 };
 
 }  // namespace

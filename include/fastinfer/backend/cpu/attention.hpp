@@ -39,6 +39,7 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "fastinfer/backend/cpu/arch.hpp"
 #include "fastinfer/backend/cpu/attention_plan.hpp"
 #include "fastinfer/backend/cpu/attention_reference.hpp"
 #include "fastinfer/core/error.hpp"
@@ -220,6 +221,84 @@ inline void dot_heads(const std::uint8_t* row, const float* params, const float*
   }
 }
 
+// Scores of every query head against keys t0..t0+3 (4 x 2 heads) or
+// t0..t0+7 (8 x 1 head): vectorised across keys, so a head of 8 or 16 values
+// costs one or two FMAs per key and the horizontal sums of 8 (head, key)
+// pairs are one transposing tree (arch_detail::reduce8), bit-equal to the
+// xsimd::hadd of dot_group. The row scales multiply as a vector, as
+// dot_group multiplies them one by one: the same bits.
+template <typename Quant>
+inline B8 key_scales(const float* const* params, int t0) {
+  if constexpr (Widen<Quant>::kRowScale) {
+    const __m128 c = _mm_setr_ps(Widen<Quant>::scale(params[t0]), Widen<Quant>::scale(params[t0 + 1]),
+                                 Widen<Quant>::scale(params[t0 + 2]), Widen<Quant>::scale(params[t0 + 3]));
+    return _mm256_set_m128(c, c);
+  }
+  else
+    return B8(1.0f);
+}
+
+template <typename Quant>
+inline void scores_4keys(const std::uint8_t* const* rows, const float* const* params, int t0, const float* q,
+                         int n_heads, int d, int group, float* s, std::int64_t s_stride) {
+  const std::uint8_t* r0 = rows[t0];
+  const std::uint8_t* r1 = rows[t0 + 1];
+  const std::uint8_t* r2 = rows[t0 + 2];
+  const std::uint8_t* r3 = rows[t0 + 3];
+  const float* p0 = params[t0];
+  const float* p1 = params[t0 + 1];
+  const float* p2 = params[t0 + 2];
+  const float* p3 = params[t0 + 3];
+  const B8 sc = key_scales<Quant>(params, t0);
+  int g = 0;
+  for (; g + 2 <= n_heads; g += 2) {
+    // a_j: head g with key j, b_j: head g + 1 with key j.
+    B8 a0(0.0f), b0(0.0f), a1(0.0f), b1(0.0f), a2(0.0f), b2(0.0f), a3(0.0f), b3(0.0f);
+    for (int e = 0; e < d; e += 8) {
+      const B8 qa = B8::load_unaligned(q + g * d + e), qb = B8::load_unaligned(q + (g + 1) * d + e);
+      B8 k = Widen<Quant>::load(r0, p0, e, group);
+      a0 = xsimd::fma(k, qa, a0);
+      b0 = xsimd::fma(k, qb, b0);
+      k = Widen<Quant>::load(r1, p1, e, group);
+      a1 = xsimd::fma(k, qa, a1);
+      b1 = xsimd::fma(k, qb, b1);
+      k = Widen<Quant>::load(r2, p2, e, group);
+      a2 = xsimd::fma(k, qa, a2);
+      b2 = xsimd::fma(k, qb, b2);
+      k = Widen<Quant>::load(r3, p3, e, group);
+      a3 = xsimd::fma(k, qa, a3);
+      b3 = xsimd::fma(k, qb, b3);
+    }
+    // [head g: keys 0..3 | head g + 1: keys 0..3]
+    const __m256 r = _mm256_mul_ps(arch_detail::reduce8(a0, b0, a1, b1, a2, b2, a3, b3), sc);
+    _mm_storeu_ps(s + g * s_stride + t0, _mm256_castps256_ps128(r));
+    _mm_storeu_ps(s + (g + 1) * s_stride + t0, _mm256_extractf128_ps(r, 1));
+  }
+  if (g < n_heads) {
+    B8 a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f);
+    for (int e = 0; e < d; e += 8) {
+      const B8 qa = B8::load_unaligned(q + g * d + e);
+      a0 = xsimd::fma(Widen<Quant>::load(r0, p0, e, group), qa, a0);
+      a1 = xsimd::fma(Widen<Quant>::load(r1, p1, e, group), qa, a1);
+      a2 = xsimd::fma(Widen<Quant>::load(r2, p2, e, group), qa, a2);
+      a3 = xsimd::fma(Widen<Quant>::load(r3, p3, e, group), qa, a3);
+    }
+    _mm_storeu_ps(s + g * s_stride + t0,
+                  _mm_mul_ps(arch_detail::reduce4(a0, a1, a2, a3), _mm256_castps256_ps128(sc)));
+  }
+}
+
+// Scores of n keys (rows, params) for every query head into s[g][t].
+template <typename Quant>
+inline void scores_tile(const std::uint8_t* const* rows, const float* const* params, int n, const float* q,
+                        int n_heads, int d, int group, float* s, std::int64_t s_stride) {
+  int t = 0;
+  for (; t + 4 <= n; t += 4) scores_4keys<Quant>(rows, params, t, q, n_heads, d, group, s, s_stride);
+  for (; t + 2 <= n; t += 2)
+    dot_heads2<Quant>(rows[t], params[t], rows[t + 1], params[t + 1], q, n_heads, d, group, s + t, s_stride);
+  if (t < n) dot_heads<Quant>(rows[t], params[t], q, n_heads, d, group, s + t, s_stride);
+}
+
 // o[g] = o[g] * alpha[g] + sum_t p[g][t] * v_t for G heads, 8 columns at a
 // time so that the G accumulators stay in registers across the tile. Rows
 // come as pointers: a tile may span blocks.
@@ -334,10 +413,7 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
         vpar[t] = vp0 + r * ppr;
       }
     }
-    int t2 = 0;
-    for (; t2 + 2 <= n; t2 += 2)
-      dot_heads2<Quant>(krow[t2], kpar[t2], krow[t2 + 1], kpar[t2 + 1], q, n_heads, d, group, sc + t2, kTile);
-    if (t2 < n) dot_heads<Quant>(krow[t2], kpar[t2], q, n_heads, d, group, sc + t2, kTile);
+    scores_tile<Quant>(krow, kpar, n, q, n_heads, d, group, sc, kTile);
     if constexpr (!Visible::kAll) {
       for (int t = 0; t < n; ++t)
         if (!visible(pos + t))
@@ -346,8 +422,19 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
     bool any = false;
     for (int g = 0; g < n_heads; ++g) {
       float* row = sc + g * kTile;
+      // The maximum is exact in any order: vectorised, it changes no bit.
       float mx = st.m[std::size_t(g)];
-      for (int t = 0; t < n; ++t) mx = std::max(mx, row[t]);
+      {
+        int t = 0;
+        if (n >= 8) {
+          B8 vm = B8::load_unaligned(row);
+          for (t = 8; t + 8 <= n; t += 8) vm = xsimd::max(vm, B8::load_unaligned(row + t));
+          alignas(32) float lanes[8];
+          vm.store_aligned(lanes);
+          for (float v : lanes) mx = std::max(mx, v);
+        }
+        for (; t < n; ++t) mx = std::max(mx, row[t]);
+      }
       if (mx == -std::numeric_limits<float>::infinity()) {
         alpha_p[g] = 1.0f;
         for (int t = 0; t < n; ++t) row[t] = 0.0f;

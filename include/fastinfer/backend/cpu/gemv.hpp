@@ -156,22 +156,8 @@ FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t s
 // (x_i + x_{i+4}), then adjacent pairs, then the two pair sums.
 namespace tile_detail {
 
-// [a_lo + a_hi | b_lo + b_hi]: the first level of hadd for two vectors.
-inline __m256 fold_halves(__m256 a, __m256 b) {
-  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
-}
-// [h(v0) h(v2) h(v4) h(v6) | h(v1) h(v3) h(v5) h(v7)], h = xsimd::hadd.
-inline __m256 reduce8(__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 v4, __m256 v5, __m256 v6, __m256 v7) {
-  const __m256 h1 = _mm256_hadd_ps(fold_halves(v0, v1), fold_halves(v2, v3));
-  const __m256 h2 = _mm256_hadd_ps(fold_halves(v4, v5), fold_halves(v6, v7));
-  return _mm256_hadd_ps(h1, h2);
-}
-// [h(a) h(b) h(c) h(d)].
-inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 h1 = _mm256_hadd_ps(fold_halves(a, b), fold_halves(c, d));  // [a01 a23 c01 c23 | b01 b23 d01 d23]
-  const __m256 h2 = _mm256_hadd_ps(h1, h1);                                // [a c a c | b d b d]
-  return _mm_unpacklo_ps(_mm256_castps256_ps128(h2), _mm256_extractf128_ps(h2, 1));
-}
+using arch_detail::reduce4;
+using arch_detail::reduce8;
 
 template <DType D>
 inline constexpr std::int64_t kElem = D == DType::F32 ? 4 : 2;
