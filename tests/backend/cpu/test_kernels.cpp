@@ -89,6 +89,32 @@ TEST_CASE("rope matches the reference in both styles within 1e-6 absolute") {
   for (int i = 0; i < 16; ++i) REQUIRE(std::fabs(a[i] - b[i]) <= 1e-6f);
 }
 
+TEST_CASE("rope gives the same bits at a position whatever positions came before") {
+  // The per-thread table holds every position seen so far and grows on
+  // demand: rows of one pass at scattered positions, a jump far ahead, then
+  // going back, must each rotate exactly as a first call at that position.
+  const int head_dim = 8, n_heads = 3;
+  const auto v = random_floats(std::size_t(n_heads * head_dim), 99);
+  auto rotate = [&](int pos, float theta) {
+    std::vector<float> r = v;
+    cpu::rope(r.data(), n_heads, head_dim, pos, theta, RopeStyle::Interleaved);
+    return r;
+  };
+  const float theta = 12345.0f;  // a theta no other test uses: the first call builds the table
+  const std::vector<float> first_at_9 = rotate(9, theta);
+  for (int pos : {0, 3, 40, 9, 5000, 2, 9, 4999}) {
+    const std::vector<float> got = rotate(pos, theta);
+    std::vector<float> want = v;
+    cpu::reference::rope(want.data(), n_heads, head_dim, pos, theta, RopeStyle::Interleaved);
+    for (std::size_t i = 0; i < v.size(); ++i) REQUIRE(std::fabs(got[i] - want[i]) <= 1e-6f);
+    if (pos == 9) CHECK(std::memcmp(got.data(), first_at_9.data(), got.size() * sizeof(float)) == 0);
+  }
+  std::vector<float> r = v;
+  CHECK_THROWS_WITH(cpu::rope(r.data(), n_heads, head_dim, -4, theta, RopeStyle::Interleaved),
+                    Catch::Contains("-4"));
+  CHECK(std::memcmp(r.data(), v.data(), v.size() * sizeof(float)) == 0);
+}
+
 TEST_CASE("swiglu matches the reference within 4e-6 relative") {
   // xsimd::exp is within a couple of ulp of std::exp.
   for (std::int64_t n : kLengths) {

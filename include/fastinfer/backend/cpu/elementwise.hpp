@@ -8,6 +8,7 @@
 // the reference, first maximum wins.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -85,33 +86,44 @@ inline void rmsnorm(float* out, const float* x, const float* weight, std::int64_
 
 // Rotates each of n_heads heads of `vec` ([n_heads][head_dim]) to position
 // pos. The angles are computed exactly as the reference does (f32 pow, cos,
-// sin) but once per position rather than once per head: q and k of every
-// layer share one table, cached per thread.
+// sin) but once per position and thread, not once per head and call: a
+// per-thread table of every position seen so far (grown on demand, kept
+// while head_dim and theta stay the same) serves q and k of every layer and
+// every row of a multi-token pass, whose rows sit at different positions
+// (recomputing 2 x head_dim/2 sines per row and layer cost ~1 us a row).
 inline void rope(float* vec, int n_heads, int head_dim, int pos, float theta, RopeStyle style) {
   FASTINFER_CHECK(head_dim > 0 && head_dim % 2 == 0, InvalidArgument,
                   "rope: head_dim must be positive and even, got ", head_dim);
+  FASTINFER_CHECK(pos >= 0, InvalidArgument, "rope: position must not be negative, got ", pos);
   struct Table {
-    int head_dim = -1, pos = -1;
+    int head_dim = -1, positions = 0;
     float theta = 0.0f;
-    std::vector<float> cos, sin;
+    std::vector<float> cos, sin;  // [position][head_dim / 2]
   };
   thread_local Table t;
   const int half = head_dim / 2;
-  if (t.head_dim != head_dim || t.pos != pos || t.theta != theta) {
-    t.cos.resize(std::size_t(half));
-    t.sin.resize(std::size_t(half));
-    for (int i = 0; i < half; ++i) {
-      const float freq = 1.0f / std::pow(theta, float(2 * i) / float(head_dim));
-      const float angle = float(pos) * freq;
-      t.cos[std::size_t(i)] = std::cos(angle);
-      t.sin[std::size_t(i)] = std::sin(angle);
-    }
+  if (t.head_dim != head_dim || t.theta != theta) {
     t.head_dim = head_dim;
-    t.pos = pos;
     t.theta = theta;
+    t.positions = 0;
   }
-  const float* c = t.cos.data();
-  const float* s = t.sin.data();
+  if (pos >= t.positions) {
+    // Grow to at least twice the old size: a long prefill extends it a few
+    // times, not once per position.
+    const int grown = std::max(pos + 1, std::min(2 * t.positions, pos + 4096));
+    t.cos.resize(std::size_t(grown) * std::size_t(half));
+    t.sin.resize(std::size_t(grown) * std::size_t(half));
+    for (int p = t.positions; p < grown; ++p)
+      for (int i = 0; i < half; ++i) {
+        const float freq = 1.0f / std::pow(theta, float(2 * i) / float(head_dim));
+        const float angle = float(p) * freq;
+        t.cos[std::size_t(p) * std::size_t(half) + std::size_t(i)] = std::cos(angle);
+        t.sin[std::size_t(p) * std::size_t(half) + std::size_t(i)] = std::sin(angle);
+      }
+    t.positions = grown;
+  }
+  const float* c = t.cos.data() + std::size_t(pos) * std::size_t(half);
+  const float* s = t.sin.data() + std::size_t(pos) * std::size_t(half);
   for (int h = 0; h < n_heads; ++h) {
     float* v = vec + std::int64_t(h) * head_dim;
     if (style == RopeStyle::Interleaved) {
