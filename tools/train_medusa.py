@@ -344,6 +344,23 @@ class Heads(torch.nn.Module):
         return torch.einsum("knd,kvd->knv", r, self.c)
 
 
+def read_heads(path, heads):
+    """Loads a FIMEDUSA v1 file with own classifiers into `heads` (--init)."""
+    raw = open(path, "rb").read()
+    if raw[:8] != b"FIMEDUSA":
+        sys.exit(f"{path}: not a Medusa heads file")
+    ver, k, dim, vocab, dtype, flags = struct.unpack("<6I", raw[8:32])
+    if (ver, k, dim, vocab, dtype, flags) != (1, heads.w.shape[0], heads.w.shape[1], heads.c.shape[1], 0, 0):
+        sys.exit(f"{path}: heads of shape K {k}, dim {dim}, vocab {vocab} (flags {flags}) do not fit")
+    a = np.frombuffer(raw, "<f4", offset=32)
+    off = 0
+    with torch.no_grad():
+        for i in range(k):
+            for t, n in ((heads.w[i], dim * dim), (heads.b[i], dim), (heads.c[i], vocab * dim)):
+                t.copy_(torch.from_numpy(a[off:off + n].copy()).view_as(t))
+                off += n
+
+
 def write_heads(path, heads, dim, vocab):
     k = heads.w.shape[0]
     with open(path, "wb") as f:
@@ -432,7 +449,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch", type=int, default=1024, help="positions per optimiser step")
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--tree-nodes", type=int, default=12, help="nodes of the tree written to OUT.choices")
+    ap.add_argument("--tree-nodes", type=int, default=20, help="nodes of the tree written to OUT.choices")
+    ap.add_argument("--init", help="start from this heads file (with --epochs 0: only measure and build the tree)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; the work is many small operations, and on a busy machine a second "
                          "OpenMP thread spin-waits (12x slower measured at load average 8)")
@@ -474,8 +492,10 @@ def main():
     print(f"training on {train.numel()} positions, {K} heads ({time.time() - t0:.1f} s so far)")
 
     heads = Heads(K, model.dim, model.vocab, model.cls)
+    if a.init:
+        read_heads(a.init, heads)
     opt = torch.optim.AdamW(heads.parameters(), lr=a.lr, weight_decay=0.0)
-    steps = a.epochs * ((train.numel() + a.batch - 1) // a.batch)
+    steps = max(1, a.epochs * ((train.numel() + a.batch - 1) // a.batch))
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
@@ -500,7 +520,7 @@ def main():
 
     # Held-out sequences: per-depth top-r accuracy on greedy positions, the tree, its simulated
     # tokens per forward.
-    R = 8
+    R = 12
     hold = torch.arange(cut, X.shape[0])
     with torch.no_grad():
         gids = torch.cat([heads(X[hold[i:i + 4096]]).topk(R, -1).indices for i in range(0, hold.numel(), 4096)], 1)
@@ -520,7 +540,7 @@ def main():
     print(f"simulated greedy decoding of the held-out sequences, tokens per target forward: top-1 chain "
           f"{sim(chain):.3f}")
     tree = build_tree(hit, K, R, a.tree_nodes)
-    for n in sorted({4, 8, a.tree_nodes, 16, 24, 32}):
+    for n in sorted({4, 6, 8, 12, a.tree_nodes, 16, 24, 32}):
         print(f"  greedy tree of {n:2d} nodes: {sim(build_tree(hit, K, R, n)):.3f}")
     with open(a.out + ".choices", "w") as f:
         f.write(f"# Medusa tree for {a.out}: {len(tree)} paths of ranks (greedy construction from held-out "
