@@ -22,7 +22,8 @@
 // nodes), file (the trainer's tree, HEADS.choices, built from the heads'
 // measured accuracies) and dynamic (DynamicTree{budget}, budget = the
 // benchmark argument).
-// Counters: tok_s, accepted_per_forward (emitted tokens per verification
+// Rates are per wall-clock second (UseRealTime: the model may run on several
+// threads). Counters: tok_s, accepted_per_forward (emitted tokens per verification
 // pass; 1.0 for plain decoding), acceptance (accepted / tree nodes offered).
 // Each iteration runs every golden prompt once.
 #include <benchmark/benchmark.h>
@@ -186,16 +187,16 @@ int main(int argc, char** argv) {
   int n = int(args.size());
   const std::string base = "BM_Medusa/" + g_model_name + "/" + g_weights + "/t" + std::to_string(g_threads) + "/";
   benchmark::RegisterBenchmark((base + "plain").c_str(), BM_Medusa, std::string("plain"), std::string("-"))
-      ->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(0.5);
+      ->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
   for (const std::string h : {"trained", "random:1"}) {
     benchmark::RegisterBenchmark((base + h + "/choices").c_str(), BM_Medusa, h, std::string("choices"))
-        ->Arg(9)->Unit(benchmark::kMillisecond)->MinTime(0.5);
+        ->Arg(9)->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
     if (h == "trained")
       benchmark::RegisterBenchmark((base + h + "/file").c_str(), BM_Medusa, h, std::string("file"))
-          ->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(0.5);
+          ->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
     auto* b = benchmark::RegisterBenchmark((base + h + "/dynamic").c_str(), BM_Medusa, h, std::string("dynamic"));
     for (int budget : {4, 10, 15, 24}) b->Arg(budget);
-    b->Unit(benchmark::kMillisecond)->MinTime(0.5);
+    b->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
   }
   benchmark::Initialize(&n, args.data());
   benchmark::RunSpecifiedBenchmarks();
