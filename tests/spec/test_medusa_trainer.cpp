@@ -1,7 +1,8 @@
 // Opt-in (FASTINFER_RUN_TRAINER=1; needs python3-torch and python3-numpy):
-// runs tools/train_medusa.py on stories260K with a small budget, then checks
-// that the heads file it wrote loads, has the model's shape, reproduces a
-// golden case exactly under greedy Medusa and gets drafts accepted. CI does
+// runs tools/train_medusa.py on stories260K and on the Hugging Face
+// directory of tinystories-656k with a small budget, then checks that the
+// heads file and tree file it wrote load, have the model's shape, reproduce
+// the golden cases exactly under greedy Medusa and get drafts accepted. CI does
 // not set the variable (it must never need torch): the case prints
 // FASTINFER_SKIP and CTest reports it as skipped.
 //   FASTINFER_RUN_TRAINER=1 [FASTINFER_PYTHON=/usr/bin/python3] ctest -R medusa_trainer
@@ -15,6 +16,7 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/spec/medusa_heads.hpp"
 #include "fastinfer/spec/medusa_tree.hpp"
+#include "golden.hpp"
 #include "shared_dir.hpp"
 
 TEST_CASE("tools/train_medusa.py writes heads that load and keep greedy Medusa exact") {
@@ -48,10 +50,44 @@ TEST_CASE("tools/train_medusa.py writes heads that load and keep greedy Medusa e
   fastinfer::GenerationParams p;
   p.max_new_tokens = 256;
   const auto plain = fastinfer::generate(model, {1}, p);
-  for (const char* tree : {"choices", "dynamic"}) {
+  for (const std::string tree : {std::string("choices"), std::string("dynamic"), "choices:" + out + ".choices"}) {
     const auto r = fastinfer::spec::medusa_generate(model, heads, {1}, p,
                                                     fastinfer::spec::medusa_options(tree, heads.num_heads()));
     CHECK(r.generation.tokens == plain.tokens);
     CHECK(r.stats.mean_accepted_per_step() > 1.2);
+  }
+}
+
+TEST_CASE("tools/train_medusa.py trains heads for a Hugging Face directory (tinystories-656k)") {
+  const char* run = std::getenv("FASTINFER_RUN_TRAINER");
+  if (run == nullptr || std::string(run) != "1") {
+    std::printf("FASTINFER_SKIP: set FASTINFER_RUN_TRAINER=1 to run the Medusa trainer (needs python3-torch)\n");
+    return;
+  }
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(golden_logits, "golden/tinystories-656k/logits_once_upon_a_time_pos0_pos5.txt");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
+  const std::filesystem::path script =
+      std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "tools" / "train_medusa.py";
+  const char* py = std::getenv("FASTINFER_PYTHON");
+  const std::string python = py ? py : std::filesystem::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+  const std::string out = std::string(FASTINFER_BINARY_DIR) + "/medusa_trainer_test_hf.medusa";
+  std::filesystem::remove(out);
+  const std::string cmd = python + " " + script.string() + " --model " + model_path.string() + " --out " + out +
+                          " --check-logits " + golden_logits.string() +
+                          " --sequences 48 --length 96 --epochs 1 --batch 1024";
+  INFO(cmd);
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  fastinfer::LlamaModel<> model(fastinfer::load_model(model_path.string()), fastinfer::ModelOptions{1, 32});
+  fastinfer::spec::MedusaHeads heads = fastinfer::spec::MedusaHeads::from_spec(out, model.config());
+  CHECK(heads.dim() == 128);
+  CHECK(heads.vocab() == 2048);
+  for (const auto& c : fastinfer::testing::read_golden_cases(cases_dir)) {
+    fastinfer::GenerationParams p;
+    p.max_new_tokens = c.max_new_tokens;
+    const auto r = fastinfer::spec::medusa_generate(
+        model, heads, c.prompt, p, fastinfer::spec::medusa_options("choices:" + out + ".choices", heads.num_heads()));
+    INFO("case " << c.name);
+    CHECK(r.generation.tokens == c.continuation);
   }
 }
