@@ -109,6 +109,16 @@ TEST_CASE("rope gives the same bits at a position whatever positions came before
     for (std::size_t i = 0; i < v.size(); ++i) REQUIRE(std::fabs(got[i] - want[i]) <= 1e-6f);
     if (pos == 9) CHECK(std::memcmp(got.data(), first_at_9.data(), got.size() * sizeof(float)) == 0);
   }
+  // Two models decoding in turn on one thread (a drafter and its target):
+  // each keeps its own table, and both stay exact.
+  for (int pos = 100; pos < 110; ++pos)
+    for (int hd : {8, 16}) {
+      const auto u = random_floats(std::size_t(hd), std::uint32_t(pos * 31 + hd));
+      std::vector<float> got = u, want = u;
+      cpu::rope(got.data(), 1, hd, pos, hd == 8 ? theta : 10000.0f, RopeStyle::HalfSplit);
+      cpu::reference::rope(want.data(), 1, hd, pos, hd == 8 ? theta : 10000.0f, RopeStyle::HalfSplit);
+      for (std::size_t i = 0; i < u.size(); ++i) REQUIRE(std::fabs(got[i] - want[i]) <= 1e-6f);
+    }
   std::vector<float> r = v;
   CHECK_THROWS_WITH(cpu::rope(r.data(), n_heads, head_dim, -4, theta, RopeStyle::Interleaved),
                     Catch::Contains("-4"));

@@ -87,7 +87,7 @@ inline void rmsnorm(float* out, const float* x, const float* weight, std::int64_
 // Rotates each of n_heads heads of `vec` ([n_heads][head_dim]) to position
 // pos. The angles are computed exactly as the reference does (f32 pow, cos,
 // sin) but once per position and thread, not once per head and call: a
-// per-thread table of every position seen so far (grown on demand, kept
+// per-thread table of every position up to the highest seen (grown on demand, kept
 // while head_dim and theta stay the same) serves q and k of every layer and
 // every row of a multi-token pass, whose rows sit at different positions
 // (recomputing 2 x head_dim/2 sines per row and layer cost ~1 us a row).
@@ -100,17 +100,34 @@ inline void rope(float* vec, int n_heads, int head_dim, int pos, float theta, Ro
     float theta = 0.0f;
     std::vector<float> cos, sin;  // [position][head_dim / 2]
   };
-  thread_local Table t;
+  // A few tables per thread, one per (head_dim, theta): a draft model and
+  // its target, decoding in turn on one thread, must not rebuild each
+  // other's table on every call.
+  constexpr int kTables = 4;
+  thread_local Table tables[kTables];
+  thread_local int next_victim = 0;
+  Table* found = nullptr;
+  for (Table& c : tables)
+    if (c.head_dim == head_dim && c.theta == theta) found = &c;
+  if (found == nullptr) {
+    found = &tables[next_victim];
+    next_victim = (next_victim + 1) % kTables;
+    found->head_dim = -1;
+  }
+  Table& t = *found;
   const int half = head_dim / 2;
   if (t.head_dim != head_dim || t.theta != theta) {
     t.head_dim = head_dim;
     t.theta = theta;
     t.positions = 0;
+    // Room for 1024 positions up front (computed only when reached), so that
+    // decoding allocates nothing per token; past that the vectors double.
+    const std::size_t room = std::size_t(std::max(pos + 1, 1024)) * std::size_t(half);
+    t.cos.reserve(room);
+    t.sin.reserve(room);
   }
   if (pos >= t.positions) {
-    // Grow to at least twice the old size: a long prefill extends it a few
-    // times, not once per position.
-    const int grown = std::max(pos + 1, std::min(2 * t.positions, pos + 4096));
+    const int grown = pos + 1;
     t.cos.resize(std::size_t(grown) * std::size_t(half));
     t.sin.resize(std::size_t(grown) * std::size_t(half));
     for (int p = t.positions; p < grown; ++p)
