@@ -3,7 +3,7 @@
 // Greedy: with prompt lookup or a self-draft (stories260K in bf16 weights) at
 // k in {1, 2, 4}, every request's output in random mixed workloads (golden
 // prompts, repetitive prompts, chunked prefill, prefix hits, pools small
-// enough to preempt) equals its greedy output through the model's own
+// enough to preempt by recompute and by swap) equals its greedy output through the model's own
 // single-sequence verbs, token for token; the pool ends whole.
 // Sampled: a request's tokens with speculation on are the same alone and in
 // a batch. The adaptive switch: its decision function, its cost fit and its
@@ -181,8 +181,11 @@ void check_greedy_speculation(const std::filesystem::path& model_path, const std
   std::int64_t preempted_speculating = 0;
   {
     for (int k : {1, 2, 4}) {
-      // Every (drafter, k) meets every variant over the whole set: 2 x 3 x 4 runs.
+      // k 4 meets every variant; k 1 the roomy pool and recompute with the
+      // prefix cache, k 2 chunked prefill and swap (8 runs per drafter, to
+      // keep the test short under ASan).
       for (std::size_t vi = 0; vi < variants.size(); ++vi) {
+        if ((k == 1 && vi % 2 != 0) || (k == 2 && vi % 2 != 1)) continue;
         Variant v = variants[vi];
         INFO((drafter == fe::SpecDrafter::PromptLookup ? "prompt lookup" : "self-draft (bf16)") << ", k " << k
                                                                                                   << ", " << v.name);
