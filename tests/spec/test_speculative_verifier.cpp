@@ -328,3 +328,149 @@ TEST_CASE("typical acceptance is lossy, as its name says") {
   CHECK(out.accepted == 0);
   CHECK(out.tokens == std::vector<std::int32_t>{2});
 }
+
+// ---- coupled acceptance (sample-and-match) ------------------------------------
+
+namespace {
+
+// Random logits rows [n][vocab].
+std::vector<float> random_logits(std::mt19937& rng, int n, int vocab) {
+  std::normal_distribution<float> g(0.0f, 2.0f);
+  std::vector<float> out(std::size_t(n) * std::size_t(vocab));
+  for (float& x : out) x = g(rng);
+  return out;
+}
+
+// Plain sampling's token at request index `index`, through the scalar reference sampler.
+std::int32_t plain_token(const float* row, int vocab, const cpu::SamplingParams& p, std::uint64_t index) {
+  return cpu::reference::sample(row, vocab, p,
+                                fastinfer::uniform_float(p.seed, fastinfer::RandomStream::Sampling, index));
+}
+
+}  // namespace
+
+TEST_CASE("coupled chain: the emitted tokens are plain sampling's, whatever the drafts") {
+  std::mt19937 rng(77);
+  for (int vocab : {8, 37, 512}) {
+    for (int variant = 0; variant < 3; ++variant) {
+      cpu::SamplingParams p;
+      p.temperature = 0.8f;
+      p.top_k = variant == 1 ? 5 : 0;
+      p.top_p = variant == 2 ? 0.9f : 1.0f;
+      cpu::SamplerWorkspace ws(vocab);
+      for (int trial = 0; trial < 60; ++trial) {
+        p.seed = 1000 + std::uint64_t(trial);
+        const int m = trial % 6;
+        const std::uint64_t first = std::uint64_t(trial * 3);
+        const std::vector<float> logits = random_logits(rng, m + 1, vocab);
+        std::vector<std::int32_t> plain;
+        for (int i = 0; i <= m; ++i)
+          plain.push_back(plain_token(logits.data() + std::size_t(i) * std::size_t(vocab), vocab, p,
+                                      first + std::uint64_t(i)));
+        // Drafts that agree with plain sampling for a random prefix, then differ.
+        const int agree = std::uniform_int_distribution<int>(0, m)(rng);
+        std::vector<std::int32_t> drafts(plain.begin(), plain.begin() + m);
+        if (agree < m) drafts[std::size_t(agree)] = (plain[std::size_t(agree)] + 1) % vocab;
+        for (int i = agree + 1; i < m; ++i) drafts[std::size_t(i)] = std::int32_t(rng() % std::uint32_t(vocab));
+        INFO("vocab " << vocab << ", variant " << variant << ", m " << m << ", agree " << agree);
+        const spec::VerifyOutcome v = spec::verify_coupled(logits.data(), vocab, drafts.data(), m, p, first, ws);
+        CHECK(v.accepted == agree);
+        CHECK(v.tokens == std::vector<std::int32_t>(plain.begin(), plain.begin() + agree + 1));
+        // The verifier object routes to the same rule (q is ignored).
+        spec::SpeculativeVerifier ver(vocab, p, spec::AcceptanceRule::Coupled);
+        const spec::VerifyOutcome w = ver.verify(logits.data(), drafts.data(), m, nullptr, first);
+        CHECK(w.accepted == v.accepted);
+        CHECK(w.tokens == v.tokens);
+      }
+    }
+  }
+  // Greedy parameters: the argmax chain.
+  cpu::SamplingParams g;
+  std::vector<float> logits{0, 3, 1, 3, /**/ 5, 0, 0, 0, /**/ 0, 0, 1, 0};
+  cpu::SamplerWorkspace ws(4);
+  const std::vector<std::int32_t> d{1, 0};
+  const spec::VerifyOutcome v = spec::verify_coupled(logits.data(), 4, d.data(), 2, g, 0, ws);
+  CHECK(v.accepted == 2);
+  CHECK(v.tokens == std::vector<std::int32_t>{1, 0, 2});
+  CHECK_THROWS_AS(spec::verify_coupled(logits.data(), 4, std::vector<std::int32_t>{7}.data(), 1, g, 0, ws),
+                  fastinfer::InvalidArgument);
+}
+
+TEST_CASE("coupled acceptance: p(d) for a fixed draft; common coins keep a drafter's close guesses") {
+  constexpr int vocab = 16;
+  std::mt19937 rng(5);
+  const std::vector<float> target = random_logits(rng, 1, vocab);
+  cpu::SamplingParams p;
+  p.temperature = 0.8f;
+  cpu::SamplerWorkspace ws(vocab);
+  const std::vector<double> pd = cpu::reference::sampling_distribution(target.data(), vocab, p);
+  // A drafter whose logits are the target's plus small noise, and one far away.
+  std::vector<float> near = target, far = random_logits(rng, 1, vocab);
+  std::normal_distribution<float> small(0.0f, 0.1f);
+  for (float& x : near) x += small(rng);
+  const std::vector<double> q_near = cpu::reference::sampling_distribution(near.data(), vocab, p);
+  const std::vector<double> q_far = cpu::reference::sampling_distribution(far.data(), vocab, p);
+  double overlap_near = 0, overlap_far = 0;
+  for (int x = 0; x < vocab; ++x) {
+    overlap_near += std::min(pd[std::size_t(x)], q_near[std::size_t(x)]);
+    overlap_far += std::min(pd[std::size_t(x)], q_far[std::size_t(x)]);
+  }
+  const std::int32_t fixed = std::int32_t(std::max_element(pd.begin(), pd.end()) - pd.begin());
+  const int n = 100000;
+  double acc_fixed = 0, acc_self = 0, acc_near = 0, acc_far = 0;
+  for (int t = 0; t < n; ++t) {
+    p.seed = std::uint64_t(t);
+    auto accepted = [&](std::int32_t d) { return spec::verify_coupled(target.data(), vocab, &d, 1, p, 9, ws).accepted; };
+    acc_fixed += accepted(fixed);
+    // The coupled drafter draws with plain sampling's coin at the same index.
+    acc_self += accepted(cpu::sample_at_index(target.data(), vocab, p, 9, ws));
+    acc_near += accepted(cpu::sample_at_index(near.data(), vocab, p, 9, ws));
+    acc_far += accepted(cpu::sample_at_index(far.data(), vocab, p, 9, ws));
+  }
+  const double sd = 4.0 * std::sqrt(0.25 / n);
+  // Deterministic draft: kept with probability p(d), as under rejection sampling.
+  CHECK(std::abs(acc_fixed / n - pd[std::size_t(fixed)]) < sd);
+  // Same distribution, same coin: always kept.
+  CHECK(acc_self == n);
+  // Sampling drafter: P(x == d) never exceeds sum min(p, q) (rejection
+  // sampling's rate); with common coins a close q comes near it.
+  CHECK(acc_near / n <= overlap_near + sd);
+  CHECK(acc_near / n > overlap_near - 0.1);
+  CHECK(acc_far / n <= overlap_far + sd);
+}
+
+TEST_CASE("coupled tree: follows the child equal to plain sampling's token") {
+  constexpr int vocab = 12;
+  std::mt19937 rng(9);
+  cpu::SamplingParams p;
+  p.temperature = 1.0f;
+  cpu::SamplerWorkspace ws(vocab);
+  for (int trial = 0; trial < 200; ++trial) {
+    p.seed = std::uint64_t(trial);
+    // Root with 3 children; child 0 with 2 children.
+    spec::TokenTree tree;
+    tree.parent = {-1, -1, -1, 0, 0};
+    const std::vector<float> logits = random_logits(rng, tree.size() + 1, vocab);
+    const std::int32_t x0 = plain_token(logits.data(), vocab, p, 4);
+    // The root's children are distinct; child 0 holds x0 half the time.
+    tree.tokens = {trial % 2 ? x0 : (x0 + 1) % vocab, (x0 + 2) % vocab, (x0 + 3) % vocab, 0, 0};
+    const std::int32_t x1 = plain_token(logits.data() + std::size_t(1) * vocab, vocab, p, 5);
+    tree.tokens[3] = (x1 + 1) % vocab;
+    tree.tokens[4] = trial % 4 == 1 ? x1 : (x1 + 2) % vocab;
+    const spec::VerifyOutcome v = spec::verify_tree_coupled(logits.data(), vocab, tree, p, 4, ws);
+    INFO("trial " << trial);
+    if (trial % 2 == 0) {
+      CHECK(v.tokens == std::vector<std::int32_t>{x0});
+      CHECK(v.path.empty());
+    } else if (trial % 4 == 1) {
+      const std::int32_t x2 = plain_token(logits.data() + std::size_t(5) * vocab, vocab, p, 6);
+      CHECK(v.tokens == std::vector<std::int32_t>{x0, x1, x2});
+      CHECK(v.path == std::vector<int>{0, 4});
+    } else {
+      CHECK(v.tokens == std::vector<std::int32_t>{x0, x1});
+      CHECK(v.path == std::vector<int>{0});
+    }
+    spec::SpeculativeVerifier ver(vocab, p, spec::AcceptanceRule::Coupled);
+    CHECK(ver.verify_tree(logits.data(), tree, nullptr, 4).tokens == v.tokens);
+  }
+}

@@ -10,7 +10,12 @@
 // distribution needed). Sampling requests draw from the draft's filtered
 // distribution q (same temperature / top-k / top-p as the target) with the
 // coin Philox(seed, Speculative, index * kCoinSlots + kDraftSlot), and hand q
-// to the verifier for exact rejection sampling.
+// to the verifier for exact rejection sampling. With AcceptanceRule::Coupled
+// (sample-and-match) they instead draw draft j with the coin plain sampling
+// uses at that request index, cpu::sample_at_index(draft logits, index + j):
+// common random numbers through the same inverse CDF (kept tokens in id
+// order), so whenever q is close to p the draft equals the token the target
+// will sample there and is kept. No q is needed then (probs stay empty).
 #pragma once
 
 #include <algorithm>
@@ -30,10 +35,15 @@ namespace fastinfer::spec {
 template <typename Model>
 class DraftModel final : public Drafter {
  public:
-  DraftModel(Model model, cpu::SamplingParams params)
-      : model_(std::move(model)), params_(params), ws_(model_.config().vocab_size) {
+  // `rule`: the verifier's rule, which decides how sampled drafts are drawn
+  // (above). Exact and TypicalLossy draw from q with the Speculative coin.
+  DraftModel(Model model, cpu::SamplingParams params, AcceptanceRule rule = AcceptanceRule::Exact)
+      : model_(std::move(model)), params_(params), rule_(rule), ws_(model_.config().vocab_size) {
     cpu::validate(params);
   }
+
+  AcceptanceRule rule() const { return rule_; }
+  void set_rule(AcceptanceRule rule) { rule_ = rule; }
 
   Model& model() { return model_; }
   // Draft tokens fed through the draft model so far (its cost).
@@ -65,11 +75,14 @@ class DraftModel final : public Drafter {
     const float* logits = model_.forward_prefill(context.data() + common, len - common, common);
     ++forwards_;
     const bool greedy = params_.temperature == 0.0f;
-    if (!greedy) out.probs.resize(std::size_t(k) * std::size_t(vocab));
+    const bool coupled = !greedy && rule_ == AcceptanceRule::Coupled;
+    if (!greedy && !coupled) out.probs.resize(std::size_t(k) * std::size_t(vocab));
     for (int j = 0; j < k; ++j) {
       std::int32_t d;
       if (greedy) {
         d = cpu::argmax_token(logits, vocab);
+      } else if (coupled) {
+        d = cpu::sample_at_index(logits, vocab, params_, token_index + std::uint64_t(j), ws_);
       } else {
         float* q = out.probs.data() + std::size_t(j) * std::size_t(vocab);
         cpu::sampling_distribution(logits, vocab, params_, q, ws_);
@@ -87,6 +100,7 @@ class DraftModel final : public Drafter {
  private:
   Model model_;
   cpu::SamplingParams params_;
+  AcceptanceRule rule_;
   cpu::SamplerWorkspace ws_;
   std::vector<std::int32_t> cached_;  // the tokens whose KV the draft model holds, in position order
   std::int64_t forwards_ = 0;

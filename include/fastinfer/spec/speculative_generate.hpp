@@ -18,6 +18,10 @@
 // forward_decode's: LlamaModel's matmul gives matvec's bits for up to 16
 // tokens, so keep 1 + k + lookahead window <= 16 for bit-identity). The first
 // token is picked from the prompt's prefill exactly as generate() does.
+// With SpeculativeOptions::rule = AcceptanceRule::Coupled the same holds at
+// temperature > 0: every emitted token is the one generate() samples at that
+// index with the same seed (speculative_verifier.hpp); make a DraftModel
+// with the same rule so that its drafts share the target's coins.
 #pragma once
 
 #include <algorithm>
@@ -63,6 +67,8 @@ class ModelTarget {
 
 struct SpeculativeOptions {
   int k = 4;  // most drafts per step
+  // Temperature > 0: Exact (rejection sampling), Coupled (generate()'s tokens,
+  // bit for bit) or TypicalLossy. Temperature 0: greedy unless TypicalLossy.
   AcceptanceRule rule = AcceptanceRule::Exact;
   TypicalAcceptanceLossy typical{};  // used only with AcceptanceRule::TypicalLossy
 };

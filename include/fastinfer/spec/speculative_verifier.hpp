@@ -26,15 +26,28 @@
 //     every child is rejected draw from what p has become. Exact when each
 //     child was drawn independently from its q_j (i.i.d. from one draft
 //     distribution, or deterministic candidates with q_j one-hot).
+//   coupled ("sample-and-match", AcceptanceRule::Coupled): for i = 0..m draw
+//     x_i = cpu::sample_at_index(target row i, params, first_index + i), the
+//     very token plain sampling emits at that request index; keep d_i while
+//     x_i == d_i, else emit x_i and stop (all kept: x_m is the bonus). The
+//     output IS plain sampling's output with the same seed, bit for bit, so it
+//     is exact in distribution and does not depend on how many drafts a step
+//     got (the engine's batch-independence rests on this). For a
+//     deterministic drafter a draft is kept with probability p(d), as under
+//     rejection sampling; a sampling drafter must draw with the same coin
+//     (DraftModel does: common random numbers through the inverse CDF), so
+//     that x and d coincide whenever q is close to p. Trees: follow the child
+//     equal to x at each node.
 //   typical acceptance (Medusa, Cai et al. 2024): TypicalAcceptanceLossy.
 //     Accepts d_i when p_i(d_i) > min(threshold, alpha * exp(-H(p_i))). It
 //     does NOT preserve the target distribution; the name says so.
 //
-// Coins: every random number is Philox(seed, RandomStream::Speculative,
+// Coins (Exact, TypicalLossy): every random number is Philox(seed, RandomStream::Speculative,
 // token_index * kCoinSlots + slot) where token_index is the index in the
 // request of the token being decided, so a seeded run repeats exactly
 // whatever the drafter's timing. Slots: 0 the residual / bonus draw, 1 the
-// drafter's own sample, 2 + j the acceptance test of candidate j.
+// drafter's own sample, 2 + j the acceptance test of candidate j. Coupled
+// uses plain sampling's coin, Philox(seed, RandomStream::Sampling, index).
 //
 // Backend-free apart from cpu::sampling (pure host arithmetic on rows).
 #pragma once
@@ -193,6 +206,25 @@ inline VerifyOutcome verify_rejection(float* p, const float* q, const std::int32
   return out;
 }
 
+// Coupled chain ("sample-and-match") on logits rows [m + 1][vocab]: row i is
+// sampled exactly as plain sampling samples request index first_index + i;
+// drafts are kept while they equal those samples. Greedy params: the argmax
+// chain (sample_at_index is the first maximum then).
+inline VerifyOutcome verify_coupled(const float* target_logits, int vocab, const std::int32_t* drafts, int m,
+                                    const cpu::SamplingParams& params, std::uint64_t first_index,
+                                    cpu::SamplerWorkspace& ws) {
+  detail::check_drafts(drafts, m, vocab);
+  VerifyOutcome out;
+  for (int i = 0; i <= m; ++i) {
+    const std::int32_t x = cpu::sample_at_index(target_logits + std::size_t(i) * std::size_t(vocab), vocab, params,
+                                                first_index + std::uint64_t(i), ws);
+    out.tokens.push_back(x);
+    if (i == m || x != drafts[i]) break;
+    ++out.accepted;
+  }
+  return out;
+}
+
 // Typical acceptance (lossy) on distributions p [m + 1][vocab]; the token
 // after the accepted run is drawn from p (argmax when `greedy`).
 inline VerifyOutcome verify_typical_lossy(const float* p, const std::int32_t* drafts, int m, int vocab,
@@ -236,6 +268,32 @@ inline VerifyOutcome verify_tree_greedy(const float* target_logits, int vocab, c
     int next = -1;
     for (int c : tree.children(node))
       if (tree.tokens[std::size_t(c)] == best) {
+        next = c;
+        break;
+      }
+    if (next < 0) break;
+    out.path.push_back(next);
+    ++out.accepted;
+    node = next;
+  }
+  return out;
+}
+
+// Coupled tree: logits rows laid out as for verify_tree_greedy; at each node
+// the plain sample of the next request index picks the child to follow.
+inline VerifyOutcome verify_tree_coupled(const float* target_logits, int vocab, const TokenTree& tree,
+                                         const cpu::SamplingParams& params, std::uint64_t first_index,
+                                         cpu::SamplerWorkspace& ws) {
+  tree.validate(vocab);
+  VerifyOutcome out;
+  int node = -1;
+  while (true) {
+    const std::int32_t x = cpu::sample_at_index(target_logits + std::size_t(node + 1) * std::size_t(vocab), vocab,
+                                                params, first_index + std::uint64_t(out.accepted), ws);
+    out.tokens.push_back(x);
+    int next = -1;
+    for (int c : tree.children(node))
+      if (tree.tokens[std::size_t(c)] == x) {
         next = c;
         break;
       }
@@ -292,7 +350,19 @@ inline VerifyOutcome verify_tree_rejection(float* p, const float* q, int vocab, 
 
 // --- From logits: what the generation loop calls ------------------------------
 
-enum class AcceptanceRule { Exact, TypicalLossy };
+// Exact: rejection sampling (Leviathan / SpecInfer); Coupled: sample-and-match,
+// plain sampling's tokens whatever the drafts; TypicalLossy: Medusa's, lossy.
+// At temperature 0 Exact and Coupled both give the argmax chain.
+enum class AcceptanceRule { Exact, Coupled, TypicalLossy };
+
+inline const char* acceptance_rule_name(AcceptanceRule r) {
+  switch (r) {
+    case AcceptanceRule::Exact: return "exact";
+    case AcceptanceRule::Coupled: return "coupled";
+    case AcceptanceRule::TypicalLossy: return "typical-lossy";
+  }
+  return "?";
+}
 
 // Holds the sampling parameters and the scratch rows of one request.
 class SpeculativeVerifier {
@@ -307,6 +377,7 @@ class SpeculativeVerifier {
   int vocab() const { return vocab_; }
   const cpu::SamplingParams& params() const { return params_; }
   bool greedy() const { return params_.temperature == 0.0f; }
+  AcceptanceRule rule() const { return rule_; }
 
   // target_logits [m + 1][vocab] from one forward over [last, d1..dm];
   // draft_probs [m][vocab] (the drafter's filtered distributions) or nullptr
@@ -314,7 +385,9 @@ class SpeculativeVerifier {
   // token.
   VerifyOutcome verify(const float* target_logits, const std::int32_t* drafts, int m, const float* draft_probs,
                        std::uint64_t first_index) {
-    if (greedy() && rule_ == AcceptanceRule::Exact) return verify_greedy(target_logits, vocab_, drafts, m);
+    if (greedy() && rule_ != AcceptanceRule::TypicalLossy) return verify_greedy(target_logits, vocab_, drafts, m);
+    if (rule_ == AcceptanceRule::Coupled)
+      return verify_coupled(target_logits, vocab_, drafts, m, params_, first_index, ws_);
     detail::check_drafts(drafts, m, vocab_);
     probs_.resize(std::size_t(m + 1) * std::size_t(vocab_));
     for (int i = 0; i <= m; ++i)
@@ -329,6 +402,8 @@ class SpeculativeVerifier {
   VerifyOutcome verify_tree(const float* target_logits, const TokenTree& tree, const float* draft_probs,
                             std::uint64_t first_index) {
     if (greedy()) return verify_tree_greedy(target_logits, vocab_, tree);
+    if (rule_ == AcceptanceRule::Coupled)
+      return verify_tree_coupled(target_logits, vocab_, tree, params_, first_index, ws_);
     tree.validate(vocab_);
     const int rows = tree.size() + 1;
     probs_.resize(std::size_t(rows) * std::size_t(vocab_));
