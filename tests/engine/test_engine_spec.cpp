@@ -5,14 +5,18 @@
 // prompts, repetitive prompts, chunked prefill, prefix hits, pools small
 // enough to preempt by recompute and by swap) equals its greedy output through the model's own
 // single-sequence verbs, token for token; the pool ends whole.
-// Sampled: a request's tokens with speculation on are the same alone and in
-// a batch. The adaptive switch: its decision function, its cost fit and its
+// Sampled (the coupled rule): a request's tokens with speculation on are the
+// same alone and in a batch, and equal to its tokens without speculation,
+// also when the adaptive switch, the step budget or preemption cut its
+// drafts; rejection sampling (the Exact rule) stays selectable. Per-entry
+// logits rows equal the All-mode rows bit for bit. The adaptive switch: its decision function, its cost fit and its
 // acceptance estimate against independent computations.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -467,4 +471,184 @@ TEST_CASE("spec policy: the step-cost fit and the acceptance estimate", "[engine
     est.update(4, acc);
   }
   CHECK(est.value() == Approx(0.7).epsilon(0.05));
+}
+
+// ---- sampled speculation under the adaptive switch -----------------------------
+
+TEST_CASE("engine speculation: sampled requests emit their plain tokens when the switch and the budget cut drafts",
+          "[engine][spec]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  fastinfer::LoadOptions bf16;
+  bf16.weight_dtype = fastinfer::DType::BF16;
+  std::mt19937 rng(29);
+  std::vector<fs::Request> reqs;
+  std::vector<fe::RequestSpec> specs;
+  for (int i = 0; i < 14; ++i) {
+    std::vector<std::int32_t> prompt{1};
+    const int n = std::uniform_int_distribution<int>(2, 24)(rng);
+    for (int k = 0; k < n; ++k) prompt.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
+    if (i % 3 == 0) prompt.insert(prompt.end(), prompt.begin() + 1, prompt.end());  // repeats itself
+    fs::Request r = make_request(prompt, 16 + 2 * (i % 5), {});
+    r.sampling.temperature = 0.8f;
+    r.sampling.top_k = i % 3 == 1 ? 40 : 0;
+    r.sampling.top_p = i % 4 == 2 ? 0.9f : 1.0f;
+    r.sampling.seed = 900 + std::uint64_t(i);
+    reqs.push_back(r);
+    fe::RequestSpec s;
+    s.drafter = i % 2 == 0 ? fe::SpecDrafter::PromptLookup : fe::SpecDrafter::DraftModel;
+    s.k = 2 + i % 3;
+    specs.push_back(s);
+  }
+  const fastinfer::LlamaWeights draft = fastinfer::load_model(model_path.string(), bf16);
+  // Each request alone, without speculation.
+  std::vector<std::vector<std::int32_t>> alone;
+  {
+    LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 4));
+    for (const auto& r : reqs) {
+      fe::Engine<> e(model);
+      const auto id = e.submit(r, fe::RequestSpec{});
+      e.run();
+      alone.push_back(e.output(id));
+      REQUIRE(alone.back().size() == std::size_t(r.max_new_tokens));
+    }
+  }
+  std::int64_t switched_off = 0;
+  for (int variant = 0; variant < 3; ++variant) {
+    fe::EngineConfig cfg;
+    cfg.spec.draft_weights = draft;
+    // A small step budget: drafts compete with prefill chunks and each other.
+    cfg.scheduler.max_tokens_per_step = 20;
+    cfg.scheduler.max_prefill_chunk = 6;
+    cfg.scheduler.max_context = 96;  // at most 6 blocks a request: a 16-block pool preempts
+    int pool = 0;
+    if (variant == 0) {
+      cfg.spec.policy = fe::SpecAdaptive{};
+    } else if (variant == 1) {
+      // A small pool: preemption by recompute in the middle of runs (every
+      // slot asked for, so that the run does not depend on timing).
+      cfg.spec.policy = fe::SpecAlways{};
+      pool = 16;
+    } else {
+      // Speculation only while at most 4 requests run: rows switch on and off.
+      cfg.spec.policy = fe::SpecMaxBatch{4};
+    }
+    INFO("variant " << variant);
+    LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(pool, 16));
+    const RunOut got = run_engine(model, cfg, reqs, specs);
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+      INFO("request " << i);
+      CHECK(got.outputs[i] == alone[i]);
+    }
+    const fe::EngineMetrics& m = got.metrics;
+    CHECK(m.spec_rows > 0);
+    CHECK(m.spec_accepted > 0);
+    if (pool > 0) CHECK(m.preemptions > 0);
+    switched_off += m.spec_switched_off;
+  }
+  CHECK(switched_off > 0);
+}
+
+TEST_CASE("engine speculation: Leviathan rejection sampling stays available (SpecConfig::sampled_rule)",
+          "[engine][spec]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  fastinfer::LoadOptions bf16;
+  bf16.weight_dtype = fastinfer::DType::BF16;
+  std::vector<fs::Request> reqs;
+  for (int i = 0; i < 6; ++i) {
+    fs::Request r = make_request({1, std::int32_t(300 + i), 17, 42, std::int32_t(300 + i), 17, 42}, 24, {});
+    r.sampling.temperature = 0.9f;
+    r.sampling.seed = 40 + std::uint64_t(i);
+    reqs.push_back(r);
+  }
+  fe::RequestSpec rs;
+  rs.drafter = fe::SpecDrafter::DraftModel;
+  rs.k = 4;
+  std::vector<std::vector<std::int32_t>> plain, coupled, exact;
+  for (int mode = 0; mode < 3; ++mode) {
+    fe::EngineConfig cfg;
+    cfg.spec.policy = fe::SpecAlways{};
+    cfg.spec.draft_weights = fastinfer::load_model(model_path.string(), bf16);
+    if (mode == 2) cfg.spec.sampled_rule = fastinfer::spec::AcceptanceRule::Exact;
+    LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 8));
+    const RunOut got = run_engine(model, cfg, reqs, {mode == 0 ? fe::RequestSpec{} : rs});
+    (mode == 0 ? plain : mode == 1 ? coupled : exact) = got.outputs;
+    if (mode > 0) {
+      CHECK(got.metrics.spec_rows > 0);
+      CHECK(got.metrics.spec_accepted > 0);
+      CHECK(got.metrics.spec_accepted < got.metrics.spec_drafted);
+    }
+  }
+  CHECK(coupled == plain);
+  // Rejection sampling draws other coins: same distribution, other tokens.
+  CHECK(exact != plain);
+  for (const auto& o : exact) CHECK(o.size() == 24);
+}
+
+// ---- per-entry logits rows ------------------------------------------------------
+
+TEST_CASE("forward: per-entry logits rows equal the All-mode rows bit for bit; bad counts are rejected",
+          "[engine][model]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 8));
+  const std::size_t V = std::size_t(model.config().vocab_size);
+  for (fastinfer::SeqId s : {1, 2, 3, 4}) REQUIRE(model.kv().add_sequence(s));
+  std::mt19937 rng(8);
+  auto tokens = [&](int n) {
+    std::vector<std::int32_t> t;
+    for (int i = 0; i < n; ++i) t.push_back(std::uniform_int_distribution<std::int32_t>(3, 511)(rng));
+    return t;
+  };
+  // Step 1: four prompts of odd lengths; step 2: a mix of a decode row, a
+  // speculating row (1 + 3), a prefill chunk and a one-token row; step 3:
+  // 30 rows, 18 selected. The classifier is a matmul over the selected rows,
+  // which takes matvec's dot-product tiles up to 16 rows and the gemm tiles
+  // beyond (cpu/gemm.hpp): bit-identity holds when both sides are on the
+  // same side of 16, as here; across it the rows differ by rounding, as Last
+  // and All always did.
+  const std::vector<std::vector<std::vector<std::int32_t>>> steps = {
+      {tokens(5), tokens(3), tokens(6), tokens(1)},
+      {tokens(1), tokens(4), tokens(7), tokens(1)},
+      {tokens(9), tokens(8), tokens(7), tokens(6)}};
+  const std::vector<std::vector<std::int32_t>> tails = {{1, 0, 3, 1}, {1, 4, 0, 1}, {9, 0, 7, 2}};
+  std::vector<std::int64_t> start(4, 0);
+  for (std::size_t st = 0; st < steps.size(); ++st) {
+    fastinfer::ForwardBatch b;
+    for (std::size_t e = 0; e < 4; ++e) b.add(fastinfer::SeqId(e + 1), steps[st][e], start[e]);
+    b.logits = fastinfer::LogitsRows::All;
+    const float* all_ptr = model.forward(b);
+    const std::vector<float> all(all_ptr, all_ptr + std::size_t(b.rows()) * V);
+    // The same step again from the same starts (the model rolls back first).
+    b.logits = fastinfer::LogitsRows::PerEntry;
+    b.logits_tail = tails[st];
+    REQUIRE(b.logits_rows() == std::int64_t(tails[st][0] + tails[st][1] + tails[st][2] + tails[st][3]));
+    const float* sel = model.forward(b);
+    std::size_t got_row = 0;
+    for (std::int32_t e = 0; e < 4; ++e) {
+      for (std::int32_t r = b.qo_indptr[std::size_t(e) + 1] - tails[st][std::size_t(e)]; r < b.qo_indptr[std::size_t(e) + 1];
+           ++r, ++got_row) {
+        INFO("step " << st << ", entry " << e << ", row " << r);
+        CHECK(std::memcmp(sel + got_row * V, all.data() + std::size_t(r) * V, V * sizeof(float)) == 0);
+      }
+    }
+    // Bad counts: rejected by name, the KV left as it was.
+    std::vector<std::int64_t> lengths;
+    for (fastinfer::SeqId s : {1, 2, 3, 4}) lengths.push_back(model.kv().length(s));
+    fastinfer::ForwardBatch bad = b;
+    bad.logits_tail.pop_back();
+    CHECK_THROWS_AS(model.forward(bad), fastinfer::InvalidArgument);
+    bad = b;
+    bad.logits_tail[2] = bad.count(2) + 1;
+    CHECK_THROWS_WITH(model.forward(bad), Catch::Contains(std::to_string(bad.count(2) + 1)));
+    bad.logits_tail[2] = -1;
+    CHECK_THROWS_AS(model.forward(bad), fastinfer::InvalidArgument);
+    for (fastinfer::SeqId s : {1, 2, 3, 4}) CHECK(model.kv().length(s) == lengths[std::size_t(s - 1)]);
+    for (std::size_t e = 0; e < 4; ++e) start[e] += std::int64_t(steps[st][e].size());
+  }
+  // None selected at all: nothing comes back.
+  fastinfer::ForwardBatch none;
+  none.add(1, std::vector<std::int32_t>{5, 6});
+  none.logits = fastinfer::LogitsRows::PerEntry;
+  none.logits_tail = {0};
+  CHECK(none.logits_rows() == 0);
+  CHECK(model.forward(none) == nullptr);
 }

@@ -44,12 +44,23 @@
 // slots, as many as the drafter proposed) as one ragged entry of the SAME
 // forward pass as every other row; its m + 1 logits rows go through the
 // request's SpeculativeVerifier (greedy: the argmax chain; temperature > 0:
-// exact rejection sampling with coins Philox(seed, Speculative, token index),
-// as spec::speculative_generate), and the row emits 1..m+1 tokens. The
+// by default the coupled rule, spec::AcceptanceRule::Coupled: row i is
+// sampled exactly as a plain row samples that token index, and drafts are
+// kept while they match, so a sampled request emits plain sampling's tokens
+// whatever drafts the switch or the budget gave it in each step, which keeps
+// its tokens independent of its batch-mates; SpecConfig::sampled_rule =
+// Exact selects Leviathan rejection sampling with coins Philox(seed,
+// Speculative, token index), exact in distribution but with tokens that
+// depend on the draft counts), and the row emits 1..m+1 tokens. The
 // accepted drafts' KV is kept (StepResult::kv_kept), the rejected slots and
 // their blocks go back at commit(). A row with no drafts samples exactly as
 // a plain row. Stop ids, max_new_tokens and the context limit cut an accepted
 // run token by token in commit(), where plain decoding would stop.
+//
+// Logits: the forward pass returns only the rows someone reads
+// (LogitsRows::PerEntry): 1 + drafts for a speculating row, 1 for a row that
+// samples, none for a prefill chunk that does not end its prompt; the
+// classifier runs over those rows alone.
 //
 // Not thread-safe: one thread calls submit/cancel/step; callbacks run on it.
 #pragma once
@@ -100,6 +111,12 @@ struct SpecConfig {
   std::optional<LlamaWeights> draft_weights;
   int draft_threads = 1;
   int draft_max_batch = 64;  // rows of one draft pass (a longer re-feed is chunked)
+  // How a sampled (temperature > 0) speculating row verifies its drafts.
+  // Coupled: the tokens are plain sampling's, whatever the drafts (a
+  // request's tokens do not depend on its batch). Exact: Leviathan rejection
+  // sampling, exact in distribution, but the tokens depend on how many drafts
+  // each step got. TypicalLossy: Medusa's, not exact. Greedy rows ignore it.
+  spec::AcceptanceRule sampled_rule = spec::AcceptanceRule::Coupled;
 };
 
 struct EngineConfig {
@@ -408,9 +425,9 @@ class Engine {
       mo.threads = cfg_.spec.draft_threads;
       mo.max_batch = cfg_.spec.draft_max_batch;
       sp->drafter = std::make_unique<spec::DraftModel<LlamaModel<Backend>>>(
-          LlamaModel<Backend>(*cfg_.spec.draft_weights, mo), p);
+          LlamaModel<Backend>(*cfg_.spec.draft_weights, mo), p, cfg_.spec.sampled_rule);
     }
-    sp->verifier = std::make_unique<spec::SpeculativeVerifier>(vocab_, p);
+    sp->verifier = std::make_unique<spec::SpeculativeVerifier>(vocab_, p, cfg_.spec.sampled_rule);
     return sp;
   }
 
@@ -551,13 +568,14 @@ class Engine {
       feed_.insert(feed_.end(), prop.tokens.begin(), prop.tokens.end());
       speculating = speculating || !prop.tokens.empty();
       batch_.add(e.id, feed_.data(), std::int32_t(feed_.size()), e.position);
+      batch_.logits_tail.push_back(e.samples ? 1 + std::int32_t(prop.tokens.size()) : 0);
       capacity_.push_back(alloc.capacity(e.id));
       if (it != live_.end() && it->second.first_position < 0) it->second.first_position = e.position;
       stats_.forward_tokens += std::int64_t(feed_.size());
     }
-    // Speculating rows need every row of their entry; a step without them
-    // takes only the last row of each entry.
-    batch_.logits = speculating ? LogitsRows::All : LogitsRows::Last;
+    // Only the rows that are read: a sampling entry's last real token and
+    // its drafts; nothing for a prefill chunk that does not end its prompt.
+    batch_.logits = LogitsRows::PerEntry;
     if (speculating) ++stats_.spec_steps;
     logits_ = model_.forward(batch_);
     // Take back reservations beyond the step (NoEviction reserves a
@@ -575,13 +593,14 @@ class Engine {
   void sample_(const sched::StepPlan& plan) {
     result_.clear();
     result_index_.clear();
-    const bool all_rows = batch_.logits == LogitsRows::All;
+    std::size_t next_row = 0;  // per-entry rows come back in entry order
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
+      const std::size_t row0 = next_row;
+      next_row += std::size_t(batch_.logits_tail[i]);
       if (!e.samples) continue;
       result_index_.push_back(e.sample_index);
       // The logits row of the entry's last real token; its drafts' rows follow.
-      const std::size_t row0 = all_rows ? std::size_t(batch_.qo_indptr[i]) + std::size_t(e.num_tokens) - 1 : i;
       const float* row = logits_ + row0 * std::size_t(vocab_);
       const spec::DraftProposal& prop = i < drafts_.size() ? drafts_[i] : empty_proposal_;
       if (!prop.tokens.empty()) {

@@ -14,7 +14,11 @@
 //              (nonzero: new token i sees new token j), blocks concatenated in
 //              batch order; the cached prefix is always visible. Empty: causal.
 //   logits     which rows come back: the last token of each sequence, every
-//              token, or none (a prefill chunk that does not end the prompt).
+//              token, none (a prefill chunk that does not end the prompt), or
+//              PerEntry: logits_tail[b] trailing rows of entry b (0 .. its
+//              count; 1 for a sampling row, 1 + drafts for a speculating
+//              row, 0 for a mid-prompt chunk), so that the classifier runs
+//              only over rows someone reads.
 //
 // Plain data; clear() keeps capacity, so an Engine that reuses one batch
 // allocates nothing per step once the vectors have grown.
@@ -27,7 +31,7 @@
 
 namespace fastinfer {
 
-enum class LogitsRows { Last, All, None };
+enum class LogitsRows { Last, All, None, PerEntry };
 
 struct ForwardBatch {
   static constexpr std::int64_t kAppend = -1;
@@ -39,13 +43,25 @@ struct ForwardBatch {
   std::vector<std::int64_t> positions;
   std::vector<std::uint8_t> mask;
   LogitsRows logits = LogitsRows::Last;
+  std::vector<std::int32_t> logits_tail;  // LogitsRows::PerEntry: one count per entry
 
   std::int32_t batch() const { return std::int32_t(seq_ids.size()); }
   std::int64_t rows() const { return std::int64_t(tokens.size()); }
   std::int32_t count(std::int32_t b) const { return qo_indptr[std::size_t(b) + 1] - qo_indptr[std::size_t(b)]; }
-  // Rows of logits a forward pass returns for this batch.
+  // Rows of logits a forward pass returns for this batch (PerEntry: the sum
+  // of logits_tail, whose shape the model checks).
   std::int64_t logits_rows() const {
-    return logits == LogitsRows::All ? rows() : logits == LogitsRows::Last ? std::int64_t(batch()) : 0;
+    switch (logits) {
+      case LogitsRows::All: return rows();
+      case LogitsRows::Last: return std::int64_t(batch());
+      case LogitsRows::None: return 0;
+      case LogitsRows::PerEntry: {
+        std::int64_t n = 0;
+        for (std::int32_t t : logits_tail) n += t;
+        return n;
+      }
+    }
+    return 0;
   }
 
   void clear() {
@@ -56,6 +72,7 @@ struct ForwardBatch {
     positions.clear();
     mask.clear();
     logits = LogitsRows::Last;
+    logits_tail.clear();
   }
 
   // Appends one sequence's n tokens, fed from `start` (kAppend: its length).

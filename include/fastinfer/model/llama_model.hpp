@@ -196,6 +196,11 @@ class LlamaModel {
       for (std::int32_t b = 0; b < b_count; ++b) logit_rows_.push_back(batch.qo_indptr[std::size_t(b) + 1] - 1);
     else if (batch.logits == LogitsRows::All)
       for (std::int32_t r = 0; r < std::int32_t(batch.rows()); ++r) logit_rows_.push_back(r);
+    else if (batch.logits == LogitsRows::PerEntry)
+      for (std::int32_t b = 0; b < b_count; ++b)
+        for (std::int32_t r = batch.qo_indptr[std::size_t(b) + 1] - batch.logits_tail[std::size_t(b)];
+             r < batch.qo_indptr[std::size_t(b) + 1]; ++r)
+          logit_rows_.push_back(r);
     run_(batch, out);
   }
 
@@ -306,6 +311,14 @@ class LlamaModel {
       FASTINFER_CHECK(start + n <= c_.max_seq_len, InvalidArgument, "forward: positions ", start, "..",
                       start + n - 1, " of sequence ", s, " exceed the maximum sequence length ", c_.max_seq_len);
       mask_bytes += std::int64_t(n) * n;
+    }
+    if (bt.logits == LogitsRows::PerEntry) {
+      FASTINFER_CHECK(bt.logits_tail.size() == std::size_t(nb), InvalidArgument, "forward: per-entry logits need ",
+                      nb, " counts (one per sequence), got ", bt.logits_tail.size());
+      for (std::int32_t b = 0; b < nb; ++b)
+        FASTINFER_CHECK(bt.logits_tail[std::size_t(b)] >= 0 && bt.logits_tail[std::size_t(b)] <= bt.count(b),
+                        InvalidArgument, "forward: sequence ", bt.seq_ids[std::size_t(b)], " asks for ",
+                        bt.logits_tail[std::size_t(b)], " logits rows of its ", bt.count(b), " tokens");
     }
     FASTINFER_CHECK(bt.mask.empty() || std::int64_t(bt.mask.size()) == mask_bytes, InvalidArgument,
                     "forward: the custom mask holds ", bt.mask.size(), " bytes, the batch needs ", mask_bytes);
