@@ -97,6 +97,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--spec-k", spec_k, "most drafted tokens per step")->check(CLI::Range(0, 64))->capture_default_str();
   app.add_option("--lookahead", spec.lookahead, "lookahead W,N,G")->capture_default_str();
+  std::string spec_rule = "exact";
+  app.add_option("--spec-rule", spec_rule,
+                 "sampled verification: exact (rejection sampling) or coupled (plain sampling's tokens, bit for bit)")
+      ->check(CLI::IsMember({"exact", "coupled"}))
+      ->capture_default_str();
   std::string medusa_heads = "random:1", medusa_tree = "dynamic";
   app.add_option("--medusa-heads", medusa_heads,
                  "Medusa heads file (tools/train_medusa.py), pad:FILE (zero-padded to an inflated model) or random:SEED")
@@ -168,6 +173,13 @@ int main(int argc, char** argv) {
     const auto drafter = medusa ? nullptr
                                 : fastinfer::spec::make_drafter(spec, model_spec, model.config(),
                                                                 fastinfer::sampling_params(params), threads);
+    fastinfer::spec::SpeculativeOptions spec_options{spec_k};
+    if (spec_rule == "coupled") {
+      spec_options.rule = fastinfer::spec::AcceptanceRule::Coupled;
+      // A draft model then draws with the target's coins (draft_model.hpp).
+      if (auto* dm = dynamic_cast<fastinfer::spec::DraftModel<fastinfer::LlamaModel<>>*>(drafter.get()))
+        dm->set_rule(spec_options.rule);
+    }
     auto heads = medusa ? fastinfer::spec::MedusaHeads::from_spec(medusa_heads, model.config())
                         : fastinfer::spec::MedusaHeads();
 
@@ -193,7 +205,7 @@ int main(int argc, char** argv) {
                                                   fastinfer::spec::medusa_options(medusa_tree, heads.num_heads()),
                                                   on_token)
         : drafter ? fastinfer::spec::speculative_generate(target, *drafter, prompt, params,
-                                                        fastinfer::spec::SpeculativeOptions{spec_k}, on_token)
+                                                        spec_options, on_token)
                 : fastinfer::spec::plain_as_speculative(fastinfer::generate(model, prompt, params, on_token));
     const auto& result = spec_result.generation;
     std::printf("\n");
