@@ -306,7 +306,7 @@ TEST_CASE("engine speculation: a sampled request's tokens do not depend on its b
   CHECK(model.kv().allocator().num_free_blocks() == model.kv().allocator().num_blocks());
 }
 
-TEST_CASE("engine speculation: policies never and max-batch; bad speculation settings", "[engine][spec]") {
+TEST_CASE("engine speculation: policies never and max-batch, bad speculation settings", "[engine][spec]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   LlamaModel<> solo(fastinfer::load_model(model_path.string()), paged_options(0, 1));
   std::vector<fs::Request> reqs;
@@ -586,7 +586,7 @@ TEST_CASE("engine speculation: Leviathan rejection sampling stays available (Spe
 
 // ---- per-entry logits rows ------------------------------------------------------
 
-TEST_CASE("forward: per-entry logits rows equal the All-mode rows bit for bit; bad counts are rejected",
+TEST_CASE("forward: per-entry logits rows equal the All-mode rows bit for bit, bad counts are rejected",
           "[engine][model]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 8));

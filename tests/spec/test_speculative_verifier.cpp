@@ -288,7 +288,7 @@ TEST_CASE("tree rejection tests later siblings against the normalised residual")
   }
 }
 
-TEST_CASE("seeded verification repeats exactly; the coins depend on seed and token index only") {
+TEST_CASE("seeded verification repeats exactly, the coins depend on seed and token index only") {
   std::mt19937 rng(3);
   const auto p = rows(rng, 5), q = rows(rng, 4);
   const std::int32_t drafts[] = {1, 2, 3, 4};
@@ -396,7 +396,7 @@ TEST_CASE("coupled chain: the emitted tokens are plain sampling's, whatever the 
                   fastinfer::InvalidArgument);
 }
 
-TEST_CASE("coupled acceptance: p(d) for a fixed draft; common coins keep a drafter's close guesses") {
+TEST_CASE("coupled acceptance: p(d) for a fixed draft, common coins keep a drafter's close guesses") {
   constexpr int vocab = 16;
   std::mt19937 rng(5);
   const std::vector<float> target = random_logits(rng, 1, vocab);
