@@ -416,11 +416,15 @@ TEST_CASE("coupled acceptance: p(d) for a fixed draft, common coins keep a draft
     overlap_far += std::min(pd[std::size_t(x)], q_far[std::size_t(x)]);
   }
   const std::int32_t fixed = std::int32_t(std::max_element(pd.begin(), pd.end()) - pd.begin());
+  // One draft needs two target rows (the second gives the bonus token).
+  std::vector<float> rows2 = target;
+  const std::vector<float> bonus = random_logits(rng, 1, vocab);
+  rows2.insert(rows2.end(), bonus.begin(), bonus.end());
   const int n = 100000;
   double acc_fixed = 0, acc_self = 0, acc_near = 0, acc_far = 0;
   for (int t = 0; t < n; ++t) {
     p.seed = std::uint64_t(t);
-    auto accepted = [&](std::int32_t d) { return spec::verify_coupled(target.data(), vocab, &d, 1, p, 9, ws).accepted; };
+    auto accepted = [&](std::int32_t d) { return spec::verify_coupled(rows2.data(), vocab, &d, 1, p, 9, ws).accepted; };
     acc_fixed += accepted(fixed);
     // The coupled drafter draws with plain sampling's coin at the same index.
     acc_self += accepted(cpu::sample_at_index(target.data(), vocab, p, 9, ws));
