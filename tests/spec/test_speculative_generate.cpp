@@ -195,9 +195,10 @@ TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same 
   spec::PromptLookup lookup_tree(spec::PromptLookupConfig{3, 1, 4});
   spec::LookaheadPool lookahead(spec::LookaheadConfig{3, 3, 3}, vocab);
   std::int64_t drafted = 0, accepted = 0;
-  for (int k : {2, 4}) {
+  {
     for (std::size_t ci = 0; ci < cases.size(); ++ci) {
       const Case& c = cases[ci];
+      const int k = ci % 2 == 0 ? 4 : 2;  // both k, half the time of every k on every case
       p.max_new_tokens = c.max_new_tokens;
       p.seed = 11 + ci;
       p.top_k = ci % 3 == 1 ? 40 : 0;
