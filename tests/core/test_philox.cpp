@@ -58,7 +58,7 @@ TEST_CASE("uniform_float depends on (seed, stream, index) alone", "[philox]") {
   REQUIRE(uniform_float(42 + (1ull << 32), 0, 7) != a);
 }
 
-TEST_CASE("uniform floats are in [0,1), carry 24 bits and are uniform", "[philox]") {
+TEST_CASE("uniform floats lie in 0 <= u < 1, carry 24 bits and are uniform", "[philox]") {
   // Chi-square over 64 equal bins with 640k draws: under uniformity the
   // statistic has 63 degrees of freedom (mean 63, sd ~11.2); 130 is beyond
   // p = 1e-6, and the seed is fixed so the test is deterministic.

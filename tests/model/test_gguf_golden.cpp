@@ -122,7 +122,7 @@ TEST_CASE("stories260K-f16.gguf agrees with the goldens up to the first near-tie
   CHECK(agreed_total > 0);
 }
 
-TEST_CASE("Q8_0 weights: the int8 kernel tracks dequantized f32 weights; top-1 mostly kept", "[model][golden][gguf][q8_0]") {
+TEST_CASE("Q8_0 weights: the int8 kernel tracks dequantized f32 weights, and top-1 mostly kept", "[model][golden][gguf][q8_0]") {
   FASTINFER_REQUIRE_SHARED(bin_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
   const LlamaWeights f32w = load_llama2c(bin_path.string());

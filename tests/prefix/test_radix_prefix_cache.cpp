@@ -295,7 +295,7 @@ TEST_CASE("RadixPrefixCache: evict takes least recently used leaves first, with 
   balanced(c, a);
 }
 
-TEST_CASE("RadixPrefixCache: locks protect paths from eviction; sequences protect their blocks") {
+TEST_CASE("RadixPrefixCache: locks protect paths from eviction, and sequences protect their blocks") {
   PagedAllocator a(32, 4);
   RadixPrefixCache c(a);
   const auto p = iota_tokens(16, 0);

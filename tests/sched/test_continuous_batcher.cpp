@@ -127,7 +127,7 @@ TEST_CASE("ContinuousBatcher: configuration is checked") {
   CHECK(!ok.has_work());
 }
 
-TEST_CASE("ContinuousBatcher: bad requests are rejected alone; the others finish as if alone") {
+TEST_CASE("ContinuousBatcher: bad requests are rejected alone, and the others finish as if alone") {
   PagedAllocator alloc(64, 4);
   SchedulerConfig c;
   c.max_context = 48;
@@ -183,7 +183,7 @@ TEST_CASE("ContinuousBatcher: bad requests are rejected alone; the others finish
   CHECK(alloc.num_free_blocks() == alloc.num_blocks());
 }
 
-TEST_CASE("ContinuousBatcher: plans respect the budget; chunked prefill feeds each prompt once, in order") {
+TEST_CASE("ContinuousBatcher: plans respect the budget, and chunked prefill feeds each prompt once, in order") {
   PagedAllocator alloc(256, 4);
   SchedulerConfig c;
   c.max_context = 96;
@@ -819,7 +819,7 @@ TEST_CASE("ContinuousBatcher: orderings pick FCFS, priority, or the longest cach
   }
 }
 
-TEST_CASE("ContinuousBatcher: a higher priority arrival preempts; aging bounds the wait of low priority") {
+TEST_CASE("ContinuousBatcher: a higher priority arrival preempts, and aging bounds the wait of low priority") {
   const std::int32_t bs = 4;
   std::mt19937_64 rng(11);
   PagedAllocator alloc(64, bs);

@@ -166,7 +166,7 @@ TEST_CASE("the tree-masked verification forward gives each node the logits of a 
   }
 }
 
-TEST_CASE("seeded Medusa sampling repeats exactly and differs across seeds; typical acceptance runs") {
+TEST_CASE("seeded Medusa sampling repeats exactly and differs across seeds, and typical acceptance runs") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model model = load(model_path.string());
   spec::MedusaHeads heads = spec::MedusaHeads::from_spec("random:3", model.config(), 4);

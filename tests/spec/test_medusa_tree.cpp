@@ -186,7 +186,7 @@ TEST_CASE("exact tree sampling with Medusa's deterministic candidates emits the 
   CHECK(tv_uniform > 10 * big);
 }
 
-TEST_CASE("tree names: choices, choices:FILE (the trainer's tree file), dynamic:BUDGET[:TOP_K]; bad ones throw") {
+TEST_CASE("tree names: choices, choices:FILE (the trainer's tree file), dynamic:BUDGET[:TOP_K], and bad ones throw") {
   using namespace fastinfer::spec;
   const std::string file =
       (std::filesystem::temp_directory_path() / ("fastinfer_medusa_tree_" + std::to_string(::getpid()) + ".choices"))

@@ -227,7 +227,7 @@ TEMPLATE_TEST_CASE("extend attention (causal) matches the reference and agrees w
   CHECK_THROWS_AS(cpu::extend_attention(f.cache.view(t, 0), q.data(), qo, out.data(), 7), InvalidArgument);
 }
 
-TEMPLATE_TEST_CASE("custom-mask attention matches the reference; a causal mask equals causal", "[attention]", F32,
+TEMPLATE_TEST_CASE("custom-mask attention matches the reference, and a causal mask equals causal", "[attention]", F32,
                    BF16, Int8, FP8E5M2) {
   const Shape s{8, 2, 32, 4};
   const std::vector<std::int64_t> lengths = {9, 30, 5};

@@ -125,7 +125,7 @@ TEST_CASE("matmul large enough to split over 2 threads gives the 1-thread bits")
     }
 }
 
-TEST_CASE("matmul of up to 16 tokens gives each token matvec's bits; larger batches stay within the bound") {
+TEST_CASE("matmul of up to 16 tokens gives each token matvec's bits, and larger batches stay within the bound") {
   // Speculative verification (a few tokens through matmul) must reach the
   // same greedy decisions as plain decode (one token through matvec).
   std::uint32_t seed = 3000;
