@@ -454,7 +454,8 @@ TEST_CASE("coupled tree: follows the child equal to plain sampling's token") {
     // Root with 3 children; child 0 with 2 children.
     spec::TokenTree tree;
     tree.parent = {-1, -1, -1, 0, 0};
-    const std::vector<float> logits = random_logits(rng, tree.size() + 1, vocab);
+    // One row per node plus the root's (tree.size() counts tokens, set below).
+    const std::vector<float> logits = random_logits(rng, int(tree.parent.size()) + 1, vocab);
     const std::int32_t x0 = plain_token(logits.data(), vocab, p, 4);
     // The root's children are distinct; child 0 holds x0 half the time.
     tree.tokens = {trial % 2 ? x0 : (x0 + 1) % vocab, (x0 + 2) % vocab, (x0 + 3) % vocab, 0, 0};
