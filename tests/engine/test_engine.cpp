@@ -20,6 +20,7 @@
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/prompt_series.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "engine_harness.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 
@@ -29,6 +30,10 @@ using fastinfer::LlamaModel;
 
 namespace {
 
+using fastinfer::testing::make_request;
+using fastinfer::testing::paged_options;
+using fastinfer::testing::solo_greedy;
+
 using fastinfer::testing::GoldenCase;
 
 // The golden cases of `dir` by name.
@@ -36,45 +41,6 @@ std::map<std::string, GoldenCase> read_cases(const std::filesystem::path& dir) {
   std::map<std::string, GoldenCase> out;
   for (auto& gc : fastinfer::testing::read_golden_cases(dir)) out[gc.name] = std::move(gc);
   return out;
-}
-
-fastinfer::ModelOptions paged_options(int num_blocks, int max_seqs = 64) {
-  fastinfer::ModelOptions o;
-  o.threads = 1;
-  o.kv.layout = fastinfer::KVLayoutKind::Paged;
-  o.kv.block_size = 16;
-  o.kv.max_sequences = max_seqs;
-  o.kv.num_blocks = num_blocks;
-  return o;
-}
-
-// Greedy generation through the model's single-sequence verbs, with the
-// engine's stop rules: a stop id ends it (not emitted), as does
-// max_new_tokens or a full context.
-std::vector<std::int32_t> solo_greedy(LlamaModel<>& m, const std::vector<std::int32_t>& prompt, int max_new,
-                                      const std::vector<std::int32_t>& stops) {
-  m.reset();
-  const int vocab = m.config().vocab_size;
-  const float* logits = m.forward_prefill(prompt, 0);
-  std::vector<std::int32_t> out;
-  std::int64_t len = std::int64_t(prompt.size());
-  for (;;) {
-    const std::int32_t t = fastinfer::cpu::argmax_token(logits, vocab);
-    if (std::find(stops.begin(), stops.end(), t) != stops.end()) break;
-    out.push_back(t);
-    ++len;
-    if (int(out.size()) >= max_new || len >= m.config().max_seq_len) break;
-    logits = m.forward_decode(t, int(len - 1));
-  }
-  return out;
-}
-
-fs::Request make_request(std::vector<std::int32_t> prompt, int max_new, std::vector<std::int32_t> stops) {
-  fs::Request r;
-  r.prompt = std::move(prompt);
-  r.max_new_tokens = max_new;
-  r.stop_ids = std::move(stops);
-  return r;
 }
 
 struct Workload {

@@ -27,6 +27,7 @@
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/spec_policy.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "engine_harness.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 
@@ -36,41 +37,9 @@ using fastinfer::LlamaModel;
 
 namespace {
 
-fastinfer::ModelOptions paged_options(int num_blocks, int max_seqs = 64) {
-  fastinfer::ModelOptions o;
-  o.threads = 1;
-  o.kv.layout = fastinfer::KVLayoutKind::Paged;
-  o.kv.block_size = 16;
-  o.kv.max_sequences = max_seqs;
-  o.kv.num_blocks = num_blocks;
-  return o;
-}
-
-std::vector<std::int32_t> solo_greedy(LlamaModel<>& m, const std::vector<std::int32_t>& prompt, int max_new,
-                                      const std::vector<std::int32_t>& stops) {
-  m.reset();
-  const int vocab = m.config().vocab_size;
-  const float* logits = m.forward_prefill(prompt, 0);
-  std::vector<std::int32_t> out;
-  std::int64_t len = std::int64_t(prompt.size());
-  for (;;) {
-    const std::int32_t t = fastinfer::cpu::argmax_token(logits, vocab);
-    if (std::find(stops.begin(), stops.end(), t) != stops.end()) break;
-    out.push_back(t);
-    ++len;
-    if (int(out.size()) >= max_new || len >= m.config().max_seq_len) break;
-    logits = m.forward_decode(t, int(len - 1));
-  }
-  return out;
-}
-
-fs::Request make_request(std::vector<std::int32_t> prompt, int max_new, std::vector<std::int32_t> stops) {
-  fs::Request r;
-  r.prompt = std::move(prompt);
-  r.max_new_tokens = max_new;
-  r.stop_ids = std::move(stops);
-  return r;
-}
+using fastinfer::testing::make_request;
+using fastinfer::testing::paged_options;
+using fastinfer::testing::solo_greedy;
 
 // Golden prompts, repetitive prompts (prompt lookup finds matches, accepted
 // runs get cut by stops and max_new_tokens) and random ones sharing prefixes.
