@@ -50,7 +50,7 @@ TEST_CASE("tools/train_medusa.py writes heads that load and keep greedy Medusa e
   fastinfer::GenerationParams p;
   p.max_new_tokens = 256;
   const auto plain = fastinfer::generate(model, {1}, p);
-  for (const std::string tree : {std::string("choices"), std::string("dynamic"), "choices:" + out + ".choices"}) {
+  for (const std::string& tree : {std::string("choices"), std::string("dynamic"), "choices:" + out + ".choices"}) {
     const auto r = fastinfer::spec::medusa_generate(model, heads, {1}, p,
                                                     fastinfer::spec::medusa_options(tree, heads.num_heads()));
     CHECK(r.generation.tokens == plain.tokens);
