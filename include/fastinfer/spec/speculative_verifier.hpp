@@ -166,6 +166,33 @@ inline void normalise(float* p, int vocab) {
 
 // --- The math on given distributions (tests drive these directly) ---------
 
+namespace detail {
+// Walks a token tree from the root: at each node `pick(row, depth)` chooses
+// the target's token from the node's logits row (row node + 1); the walk
+// follows the child holding that token and stops where none does. Greedy
+// and coupled tree verification differ only in `pick`.
+template <typename Pick>
+VerifyOutcome follow_tree(const float* target_logits, int vocab, const TokenTree& tree, Pick pick) {
+  VerifyOutcome out;
+  int node = -1;
+  while (true) {
+    const std::int32_t x = pick(target_logits + std::size_t(node + 1) * std::size_t(vocab), out.accepted);
+    out.tokens.push_back(x);
+    int next = -1;
+    for (int c : tree.children(node))
+      if (tree.tokens[std::size_t(c)] == x) {
+        next = c;
+        break;
+      }
+    if (next < 0) break;
+    out.path.push_back(next);
+    ++out.accepted;
+    node = next;
+  }
+  return out;
+}
+}  // namespace detail
+
 // Greedy chain: logits rows [m + 1][vocab].
 inline VerifyOutcome verify_greedy(const float* target_logits, int vocab, const std::int32_t* drafts, int m) {
   detail::check_drafts(drafts, m, vocab);
@@ -259,24 +286,9 @@ inline VerifyOutcome verify_typical_lossy(const float* p, const std::int32_t* dr
 // row 1 + i after node i. Follows the children that equal the target's argmax.
 inline VerifyOutcome verify_tree_greedy(const float* target_logits, int vocab, const TokenTree& tree) {
   tree.validate(vocab);
-  VerifyOutcome out;
-  int node = -1;
-  while (true) {
-    const std::int32_t best =
-        cpu::argmax_token(target_logits + std::size_t(node + 1) * std::size_t(vocab), vocab);
-    out.tokens.push_back(best);
-    int next = -1;
-    for (int c : tree.children(node))
-      if (tree.tokens[std::size_t(c)] == best) {
-        next = c;
-        break;
-      }
-    if (next < 0) break;
-    out.path.push_back(next);
-    ++out.accepted;
-    node = next;
-  }
-  return out;
+  return detail::follow_tree(target_logits, vocab, tree, [&](const float* row, int) {
+    return cpu::argmax_token(row, vocab);
+  });
 }
 
 // Coupled tree: logits rows laid out as for verify_tree_greedy; at each node
@@ -285,24 +297,9 @@ inline VerifyOutcome verify_tree_coupled(const float* target_logits, int vocab, 
                                          const cpu::SamplingParams& params, std::uint64_t first_index,
                                          cpu::SamplerWorkspace& ws) {
   tree.validate(vocab);
-  VerifyOutcome out;
-  int node = -1;
-  while (true) {
-    const std::int32_t x = cpu::sample_at_index(target_logits + std::size_t(node + 1) * std::size_t(vocab), vocab,
-                                                params, first_index + std::uint64_t(out.accepted), ws);
-    out.tokens.push_back(x);
-    int next = -1;
-    for (int c : tree.children(node))
-      if (tree.tokens[std::size_t(c)] == x) {
-        next = c;
-        break;
-      }
-    if (next < 0) break;
-    out.path.push_back(next);
-    ++out.accepted;
-    node = next;
-  }
-  return out;
+  return detail::follow_tree(target_logits, vocab, tree, [&](const float* row, int depth) {
+    return cpu::sample_at_index(row, vocab, params, first_index + std::uint64_t(depth), ws);
+  });
 }
 
 // Sampling tree (SpecInfer's multi-round rejection sampling): p rows
