@@ -90,6 +90,23 @@ inline void quantize_activation(const float* x, ActivationBlock* out, std::int64
   }
 }
 
+// Exact int32 dot product of two int8 vectors: the one scalar int8 dot loop
+// of the library (every reference calls it).
+//
+// Both operands are read as int8 on purpose. g++ 12 with -march on a CPU with
+// AVX-VNNI / AVX512-VNNI vectorises the same loop written over a uint8
+// pointer with a per-element int8 cast (`int8_t(w[j]) * x[j]`) into vpdpbusd,
+// which multiplies *unsigned* by signed bytes: every negative weight comes out
+// 256 too large. Reading through int8 pointers gives the vectoriser no
+// unsigned operand to misread (checked with g++ 12.2 -O2/-O3, -march=native on a
+// Zen 5, sapphirerapids and alderlake; the test_q8_0 cases with negative quants
+// catch a relapse).
+inline std::int32_t dot_int8_reference(const std::int8_t* a, const std::int8_t* b, int n) {
+  std::int32_t s = 0;
+  for (int j = 0; j < n; ++j) s += std::int32_t(a[j]) * std::int32_t(b[j]);
+  return s;
+}
+
 // sum over blocks of (sum_j qw_j * qx_j) * d_w * d_x, block sums exact in int32.
 inline float dot_reference(const void* w_row, const ActivationBlock* x, std::int64_t n_blocks) {
   auto* w = static_cast<const std::uint8_t*>(w_row);
@@ -97,8 +114,7 @@ inline float dot_reference(const void* w_row, const ActivationBlock* x, std::int
   for (std::int64_t b = 0; b < n_blocks; ++b, w += sizeof(Block)) {
     std::uint16_t dh;
     std::memcpy(&dh, w, 2);
-    std::int32_t s = 0;
-    for (int j = 0; j < kBlockSize; ++j) s += std::int32_t(std::int8_t(w[2 + j])) * x[b].qs[j];
+    const std::int32_t s = dot_int8_reference(reinterpret_cast<const std::int8_t*>(w + 2), x[b].qs, kBlockSize);
     acc += float(s) * (f16_to_f32(dh) * x[b].d);
   }
   return acc;
