@@ -5,6 +5,7 @@
 //   BM_TokenMatvecs110M/<type> every matvec of one decoded token (7 per layer + classifier)
 //   BM_Decode110M/<type>       LlamaModel::forward_decode on 2 threads (tok/s);
 //                              llama.cpp Q8_0 decode on this machine class: 178-214 tok/s
+//   BM_Prefill110M/<type>      a 512-token prompt (llama-bench's pp512), tokens/s
 // Types: 0 = f32, 1 = f16, 2 = q8_0. The files are written once to the temp
 // directory by save_gguf_llama (what fastinfer-convert does) from synthetic:110M.
 #include <benchmark/benchmark.h>
@@ -128,9 +129,25 @@ void BM_Decode110M(benchmark::State& state) {
     ++pos;
   }
   state.SetItemsProcessed(state.iterations());  // tokens
-  state.SetLabel(std::string(fastinfer::dtype_name(type_of(state.range(0)))));
+  state.SetLabel(std::string(fastinfer::dtype_name(type_of(state.range(0)))) + " q8_0 kernels " +
+                 fastinfer::cpu::q8_0::kernel_isa());
 }
 BENCHMARK(BM_Decode110M)->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+
+void BM_Prefill110M(benchmark::State& state) {
+  fastinfer::LlamaModel<> model(weights(type_of(state.range(0))), {kThreads});
+  constexpr int kTokens = 512;
+  std::vector<std::int32_t> prompt(kTokens);
+  for (int i = 0; i < kTokens; ++i) prompt[std::size_t(i)] = std::int32_t((i * 7919 + 1) % 32000);
+  for (auto _ : state) {
+    model.reset();
+    benchmark::DoNotOptimize(model.forward_prefill(prompt, 0));
+  }
+  state.counters["tok_s"] = benchmark::Counter(double(state.iterations()) * kTokens, benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(fastinfer::dtype_name(type_of(state.range(0)))) + " q8_0 kernels " +
+                 fastinfer::cpu::q8_0::kernel_isa());
+}
+BENCHMARK(BM_Prefill110M)->DenseRange(0, 2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -1,7 +1,8 @@
-// Q8_0: the reference quantizer against ggml's definition, the AVX2 dot
-// product against the scalar reference over odd block counts, and the matvec
-// against an f32 matvec of the dequantized weights within the error bound of
-// activation quantization.
+// Q8_0: the reference quantizer against ggml's definition, the SIMD dot
+// products (AVX2; AVX-512 VNNI tiles) against the scalar reference over odd
+// block counts, the AVX-512 tiles against the AVX2 kernel bit for bit, and the
+// matvec against an f32 matvec of the dequantized weights within the error
+// bound of activation quantization.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -95,7 +96,7 @@ TEST_CASE("SIMD dot equals the scalar reference over odd block counts") {
     INFO("blocks " << nb << " ref " << ref << " simd " << simd);
     CHECK(std::fabs(ref - simd) <= 1e-6 * mag + 1e-7);
   }
-  INFO("AVX2 kernel compiled: " << q8::kHasSimdDot);
+  WARN("Q8_0 kernels of this build: " << q8::kernel_isa());
 }
 
 TEST_CASE("the sign trick handles -128 weight quants (foreign quantizers)") {
@@ -171,3 +172,54 @@ TEST_CASE("q8_0 matvec rejects non-Q8_0 matrices and ragged rows") {
   CHECK_THROWS_AS(q8::matvec(MatrixView{DType::F32, w.data(), 2, 32}, x.data(), y.data()), InvalidArgument);
   CHECK_THROWS_AS(q8::matvec(MatrixView{DType::Q8_0, w.data(), 1, 48}, x.data(), y.data()), InvalidArgument);
 }
+
+TEST_CASE("q8_0 matmul tiles are batch invariant over token counts and row tails") {
+  // Token counts cross the 4-token tiles and the L1 chunks of the AVX-512
+  // kernel (28 tokens at 24 blocks); rows cross the 4-row groups.
+  for (auto [rows, nb] : {std::pair<std::int64_t, std::int64_t>{13, 24}, {6, 1}, {9, 3}, {4, 33}}) {
+    const std::int64_t cols = nb * 32, n = 70;
+    const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(rows + nb), 0.05f);
+    const auto x = random_vector(std::size_t(n * cols), std::uint32_t(nb), 1.0f);
+    const auto wq = quantize_matrix(w, rows, cols);
+    const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
+    std::vector<float> y(static_cast<std::size_t>(n * rows)), yt(static_cast<std::size_t>(rows));
+    q8::matmul(view, x.data(), n, y.data(), 2);
+    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nb));
+    for (std::int64_t t = 0; t < n; ++t) {
+      q8::matvec(view, x.data() + t * cols, yt.data(), 1);
+      q8::quantize_activation(x.data() + t * cols, xq.data(), cols);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        INFO("rows " << rows << " blocks " << nb << " token " << t << " row " << r);
+        REQUIRE(y[std::size_t(t * rows + r)] == yt[std::size_t(r)]);
+        const float ref = q8::dot_reference(view.row_ptr(r), xq.data(), nb);
+        REQUIRE(std::fabs(y[std::size_t(t * rows + r)] - ref) <= 1e-5f * (1.0f + std::fabs(ref)));
+      }
+    }
+  }
+}
+
+#if FASTINFER_CPU_Q8_0_AVX512
+TEST_CASE("AVX-512 VNNI tiles equal the AVX2 kernel bit for bit, -128 quants included") {
+  // Same exact int32 lane sums and the same float order (even/odd block
+  // accumulators): an AVX2 and an AVX-512 build agree on every Q8_0 result.
+  for (std::int64_t nb : {1, 2, 3, 5, 24, 33, 64}) {
+    const std::int64_t rows = 7, cols = nb * 32, n = 6;
+    const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(nb + 300), 0.05f);
+    const auto x = random_vector(std::size_t(n * cols), std::uint32_t(nb + 400), 1.5f);
+    auto wq = quantize_matrix(w, rows, cols);
+    for (std::size_t i = 5; i < wq.size(); i += 97) wq[i] = 0x80;  // -128 quants (a foreign quantizer's)
+    const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
+    std::vector<float> y(static_cast<std::size_t>(n * rows));
+    q8::matmul(view, x.data(), n, y.data(), 1);
+    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nb));
+    for (std::int64_t t = 0; t < n; ++t) {
+      q8::quantize_activation(x.data() + t * cols, xq.data(), cols);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        INFO("blocks " << nb << " token " << t << " row " << r);
+        CHECK(y[std::size_t(t * rows + r)] == q8::dot_avx2(view.row_ptr(r), xq.data(), nb));
+        CHECK(q8::avx512::dot(view.row_ptr(r), xq.data(), nb) == q8::dot_avx2(view.row_ptr(r), xq.data(), nb));
+      }
+    }
+  }
+}
+#endif

@@ -1,0 +1,85 @@
+// Q8_0 kernels for AVX2 + FMA (+ F16C): one row, or four rows sharing each
+// activation load. Tested against q8_0_reference.hpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "fastinfer/backend/cpu/q8_0_reference.hpp"
+
+namespace fastinfer::cpu::q8_0 {
+
+#if defined(__AVX2__) && defined(__FMA__)
+namespace detail {
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline float scale_of(const std::uint8_t* block) {
+  std::uint16_t dh;
+  std::memcpy(&dh, block, 2);
+#if defined(__F16C__)
+  return _cvtsh_ss(dh);
+#else
+  return f16_to_f32(dh);
+#endif
+}
+// 8 int32 partial sums of qw . qx for one block. maddubs multiplies unsigned
+// by signed bytes, so move w's sign onto x: |w| * (x * sign(w)). |w| <= 128
+// and |x| <= 127 keep the pairwise int16 sums below 32767.
+inline __m256i block_dot(const std::uint8_t* wq, const std::int8_t* xq) {
+  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq));
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+  const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+  return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+}  // namespace detail
+
+inline float dot_avx2(const void* w_row, const ActivationBlock* x, std::int64_t n_blocks) {
+  auto* w = static_cast<const std::uint8_t*>(w_row);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  std::int64_t b = 0;
+  // Two independent accumulators hide the FMA latency.
+  for (; b + 1 < n_blocks; b += 2) {
+    const std::uint8_t* w0 = w + b * sizeof(Block);
+    const std::uint8_t* w1 = w0 + sizeof(Block);
+    const __m256i s0 = detail::block_dot(w0 + 2, x[b].qs);
+    const __m256i s1 = detail::block_dot(w1 + 2, x[b + 1].qs);
+    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(detail::scale_of(w0) * x[b].d), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(detail::scale_of(w1) * x[b + 1].d), acc1);
+  }
+  if (b < n_blocks) {
+    const std::uint8_t* w0 = w + b * sizeof(Block);
+    const __m256i s0 = detail::block_dot(w0 + 2, x[b].qs);
+    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(detail::scale_of(w0) * x[b].d), acc0);
+  }
+  return detail::hsum(_mm256_add_ps(acc0, acc1));
+}
+// Four rows at once: each activation block is loaded once for four weight
+// rows, and four independent accumulator chains keep the FMA unit busy.
+inline void dot4_avx2(const std::uint8_t* w, std::size_t row_stride, const ActivationBlock* x,
+                      std::int64_t n_blocks, float* out) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (std::int64_t b = 0; b < n_blocks; ++b) {
+    const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].qs));
+    const float dx = x[b].d;
+    for (int r = 0; r < 4; ++r) {
+      const std::uint8_t* wb = w + r * row_stride + std::size_t(b) * sizeof(Block);
+      const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2));
+      const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+      const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(detail::scale_of(wb) * dx), acc[r]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) out[r] = detail::hsum(acc[r]);
+}
+#endif
+
+}  // namespace fastinfer::cpu::q8_0
