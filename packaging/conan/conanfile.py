@@ -50,7 +50,7 @@ class FastinferConan(ConanFile):
     def requirements(self):
         # Ranges a Conan Center user resolves (eigen 3.4/5.x, xsimd 13-14,
         # nlohmann_json 3.x) and Debian 12's versions the offline test uses.
-        self.requires("eigen/[>=3.3 <6]")
+        self.requires("eigen/[>=3.4 <6]")  # 3.4: the GEMM signature gemm.hpp calls
         self.requires("xsimd/[>=8.1 <15]")
         self.requires("nlohmann_json/[>=3 <4]")
 
