@@ -10,7 +10,7 @@
 #include <cstdlib>
 #include <new>
 
-#include <xsimd/xsimd.hpp>
+#include "fastinfer/backend/cpu/xsimd_compat.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -57,7 +57,7 @@ inline float read_sum(const float* p, std::size_t n) {
     a2 += B::load_aligned(p + i + 2 * L);
     a3 += B::load_aligned(p + i + 3 * L);
   }
-  float s = xsimd::hadd((a0 + a1) + (a2 + a3));
+  float s = cpu::xsimd_compat::reduce_add((a0 + a1) + (a2 + a3));
   for (; i < n; ++i) s += p[i];
   return s;
 }

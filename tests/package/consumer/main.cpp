@@ -9,6 +9,14 @@ int main() {
   float y[4];
   fastinfer::cpu::rmsnorm(y, x, w, 4, 1e-5f);
   const auto best = fastinfer::cpu::argmax(y, 4);
-  std::printf("fastinfer %s: argmax %lld\n", fastinfer::kVersionString, static_cast<long long>(best));
+  // The packaging tests read "openmp on|off" to check that the package's
+  // OpenMP option reached the consumer's compile flags.
+#if defined(_OPENMP)
+  const char* openmp = "on";
+#else
+  const char* openmp = "off";
+#endif
+  std::printf("fastinfer %s: argmax %lld, openmp %s\n", fastinfer::kVersionString, static_cast<long long>(best),
+              openmp);
   return best == 2 ? 0 : 1;
 }

@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include <xsimd/xsimd.hpp>
+#include "fastinfer/backend/cpu/xsimd_compat.hpp"
 
 #include "fastinfer/core/dtype.hpp"
 

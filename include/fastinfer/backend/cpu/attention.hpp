@@ -37,7 +37,7 @@
 #include <limits>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
+#include "fastinfer/backend/cpu/xsimd_compat.hpp"
 
 #include "fastinfer/backend/cpu/arch.hpp"
 #include "fastinfer/backend/cpu/attention_plan.hpp"
@@ -168,7 +168,7 @@ inline void dot_group(const std::uint8_t* row, const float* params, const float*
     for (int g = 0; g < G; ++g) acc[g] = xsimd::fma(k, B8::load_unaligned(q + g * d + e), acc[g]);
   }
   const float sc = Widen<Quant>::scale(params);
-  for (int g = 0; g < G; ++g) s[g * s_stride] = xsimd::hadd(acc[g]) * sc;
+  for (int g = 0; g < G; ++g) s[g * s_stride] = xsimd_compat::reduce_add(acc[g]) * sc;
 }
 
 // The same for two key rows at once: each query chunk is loaded once for
@@ -189,8 +189,8 @@ inline void dot_group2(const std::uint8_t* r0, const float* p0, const std::uint8
   }
   const float c0 = Widen<Quant>::scale(p0), c1 = Widen<Quant>::scale(p1);
   for (int g = 0; g < G; ++g) {
-    s[g * s_stride] = xsimd::hadd(a0[g]) * c0;
-    s[g * s_stride + 1] = xsimd::hadd(a1[g]) * c1;
+    s[g * s_stride] = xsimd_compat::reduce_add(a0[g]) * c0;
+    s[g * s_stride + 1] = xsimd_compat::reduce_add(a1[g]) * c1;
   }
 }
 
@@ -449,7 +449,7 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
       for (; t + 8 <= n; t += 8) {
         const B8 p = xsimd::exp(B8::load_unaligned(row + t) - vmx);
         p.store_unaligned(row + t);
-        sum += xsimd::hadd(p);
+        sum += xsimd_compat::reduce_add(p);
       }
       for (; t < n; ++t) {
         row[t] = std::exp(row[t] - mx);

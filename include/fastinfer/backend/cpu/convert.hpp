@@ -15,7 +15,7 @@
 
 #include <cstdint>
 
-#include <xsimd/xsimd.hpp>
+#include "fastinfer/backend/cpu/xsimd_compat.hpp"
 
 #if defined(__AVX2__) || defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
@@ -38,14 +38,14 @@ using IntBatch = xsimd::batch<std::int32_t, Arch>;
 // nearest base with an overload, everything else lands on `generic`.
 
 template <class Arch, class T>
-IntBatch<Arch> widen(const T* p, xsimd::generic) {
+IntBatch<Arch> widen(const T* p, xsimd_compat::common) {
   alignas(64) std::int32_t tmp[IntBatch<Arch>::size];
   for (std::size_t i = 0; i < IntBatch<Arch>::size; ++i) tmp[i] = std::int32_t(p[i]);
   return IntBatch<Arch>::load_aligned(tmp);
 }
 // Values are already in [0, 2^bits): narrowing is truncation.
 template <class Arch, class T>
-void narrow(T* p, IntBatch<Arch> v, xsimd::generic) {
+void narrow(T* p, IntBatch<Arch> v, xsimd_compat::common) {
   alignas(64) std::int32_t tmp[IntBatch<Arch>::size];
   v.store_aligned(tmp);
   for (std::size_t i = 0; i < IntBatch<Arch>::size; ++i) p[i] = T(tmp[i]);
@@ -95,13 +95,13 @@ void narrow(std::uint8_t* p, IntBatch<Arch> v, xsimd::avx512f) {
 
 // ---- f16: F16C where the register width allows, scalar otherwise ----------
 template <class Arch>
-FloatBatch<Arch> load_f16(const std::uint16_t* p, xsimd::generic) {
+FloatBatch<Arch> load_f16(const std::uint16_t* p, xsimd_compat::common) {
   alignas(64) float tmp[FloatBatch<Arch>::size];
   for (std::size_t i = 0; i < FloatBatch<Arch>::size; ++i) tmp[i] = f16_to_f32(p[i]);
   return FloatBatch<Arch>::load_aligned(tmp);
 }
 template <class Arch>
-void store_f16(std::uint16_t* p, FloatBatch<Arch> v, xsimd::generic) {
+void store_f16(std::uint16_t* p, FloatBatch<Arch> v, xsimd_compat::common) {
   alignas(64) float tmp[FloatBatch<Arch>::size];
   v.store_aligned(tmp);
   for (std::size_t i = 0; i < FloatBatch<Arch>::size; ++i) p[i] = f32_to_f16(tmp[i]);
@@ -136,11 +136,11 @@ IntBatch<Arch> splat(std::int32_t x) {
 }
 template <class Arch>
 FloatBatch<Arch> as_float(IntBatch<Arch> x) {
-  return xsimd::bitwise_cast<FloatBatch<Arch>>(x);
+  return xsimd_compat::bitwise_cast<float>(x);
 }
 template <class Arch>
 IntBatch<Arch> as_int(FloatBatch<Arch> x) {
-  return xsimd::bitwise_cast<IntBatch<Arch>>(x);
+  return xsimd_compat::bitwise_cast<std::int32_t>(x);
 }
 
 // Mirrors detail::small_float_magnitude in core/dtype.hpp: magnitude code of
@@ -194,7 +194,7 @@ void store_f32_as_f16(std::uint16_t* p, xsimd::batch<float, Arch> v) {
 
 namespace detail {
 template <class Arch>
-FloatBatch<Arch> load_e4m3(const std::uint8_t* p, xsimd::generic) {
+FloatBatch<Arch> load_e4m3(const std::uint8_t* p, xsimd_compat::common) {
   const IntBatch<Arch> c = widen<Arch>(p, Arch{});
   const IntBatch<Arch> sign = (c & splat<Arch>(0x80)) << 24;
   const IntBatch<Arch> mag = c & splat<Arch>(0x7f);
@@ -258,7 +258,7 @@ void store_f32_as_fp8e4m3(std::uint8_t* p, xsimd::batch<float, Arch> v) {
 namespace detail {
 // E5M2 is the top byte of an f16: where F16C exists, widen it as one.
 template <class Arch>
-FloatBatch<Arch> load_e5m2(const std::uint8_t* p, xsimd::generic) {
+FloatBatch<Arch> load_e5m2(const std::uint8_t* p, xsimd_compat::common) {
   const IntBatch<Arch> c = widen<Arch>(p, Arch{});
   const IntBatch<Arch> sign = (c & splat<Arch>(0x80)) << 24;
   const IntBatch<Arch> mag = c & splat<Arch>(0x7f);

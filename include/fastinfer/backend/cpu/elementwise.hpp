@@ -70,7 +70,7 @@ inline void rmsnorm(float* out, const float* x, const float* weight, std::int64_
     a0 = xsimd::fma(v0, v0, a0);
     a1 = xsimd::fma(v1, v1, a1);
   }
-  ss = xsimd::hadd(a0 + a1);
+  ss = xsimd_compat::reduce_add(a0 + a1);
 #endif
   for (; i < n; ++i) ss += x[i] * x[i];
   const float scale = 1.0f / std::sqrt(ss / float(n) + eps);
@@ -214,7 +214,7 @@ inline void softmax(float* x, std::int64_t n) {
     e.store_unaligned(x + i);
     acc += e;
   }
-  sum = xsimd::hadd(acc);
+  sum = xsimd_compat::reduce_add(acc);
 #endif
   for (; i < n; ++i) {
     x[i] = std::exp(x[i] - mx);

@@ -81,7 +81,7 @@ inline void reduce_lanes(const FloatBatch* v, float* out) {
     out[i + 3] = lanes[5];
   }
 #endif
-  for (; i < N; ++i) out[i] = xsimd::hadd(v[i]);
+  for (; i < N; ++i) out[i] = xsimd_compat::reduce_add(v[i]);
 }
 #endif
 

@@ -27,7 +27,7 @@
 #include <numeric>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
+#include "fastinfer/backend/cpu/xsimd_compat.hpp"
 
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/philox.hpp"
@@ -150,7 +150,7 @@ double block_sum(const float* w, std::int64_t n) {
     const std::int64_t end = std::min(n_main, b + kSumBlock);
     B vsum(0.0f);
     for (std::int64_t i = b; i < end; i += W) vsum += B::load_unaligned(w + i);
-    total += double(xsimd::hadd(vsum));
+    total += double(xsimd_compat::reduce_add(vsum));
   }
   for (std::int64_t i = n_main; i < n; ++i) total += double(w[i]);
   return total;
