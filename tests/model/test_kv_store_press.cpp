@@ -247,3 +247,31 @@ TEST_CASE("CLA: identity layers that read their neighbour's KV reproduce the mod
   base_cla.forward_prefill_all(prompt.data(), std::int64_t(prompt.size()), 0, e.data());
   REQUIRE(max_diff(c.data(), e.data(), c.size()) > 1e-4);
 }
+
+TEST_CASE("press: at ratio 0 every press leaves a multi-layer model's function as it was", "[model][press]") {
+  LlamaConfig c = small_config(3);
+  c.n_kv_heads = 2;
+  const LlamaWeights w = make_synthetic(c, DType::F32, 6);
+  const auto prompt = tokens(33, 96, 12);
+  const std::size_t V = 96;
+  LlamaModel<> plain(w, paged());
+  plain.forward_prefill(prompt, 0);
+  std::vector<std::vector<float>> want;
+  for (int i = 0; i < 3; ++i) {
+    const float* l = plain.forward_decode(std::int32_t(5 + i), 33 + i);
+    want.emplace_back(l, l + V);
+  }
+  for (const kv::Press& press : {kv::Press{kv::StreamingLLM{}}, kv::Press{kv::SnapKV{}}, kv::Press{kv::H2O{}},
+                                 kv::Press{kv::PyramidKV{}}}) {
+    INFO(kv::press_name(press));
+    LlamaModel<> model(w, paged());
+    REQUIRE(model.kv().add_sequence(LlamaModel<>::kSoloSequence));
+    model.kv().observe_queries(LlamaModel<>::kSoloSequence);
+    model.forward_prefill(prompt, 0);
+    const CompressionStats st = model.kv().compress(LlamaModel<>::kSoloSequence, press, 0.0);
+    REQUIRE(st.length == 33);
+    REQUIRE(st.kept_entries == st.total_entries);
+    for (int i = 0; i < 3; ++i)
+      REQUIRE(max_diff(want[std::size_t(i)].data(), model.forward_decode(std::int32_t(5 + i), 33 + i), V) == 0.0);
+  }
+}
