@@ -93,6 +93,20 @@ void log_softmax(const float* logits, int n, std::vector<double>& out) {
   for (int i = 0; i < n; ++i) out[std::size_t(i)] = double(logits[i]) - lse;
 }
 
+// Teacher-forced logits of every position of every sequence, uncompressed.
+std::vector<std::vector<float>> all_logits(fastinfer::LlamaModel<>& model,
+                                           const std::vector<std::vector<std::int32_t>>& seqs) {
+  const std::size_t V = std::size_t(model.config().vocab_size);
+  std::vector<std::vector<float>> out;
+  for (const auto& s : seqs) {
+    std::vector<float> rows(s.size() * V);
+    model.reset();
+    model.forward_prefill_all(s.data(), std::int64_t(s.size()), 0, rows.data());
+    out.push_back(std::move(rows));
+  }
+  return out;
+}
+
 // KL(p || q) of two logits rows, and whether their argmax agrees.
 std::pair<double, bool> compare_rows(const float* a, const float* b, int V, std::vector<double>& lp,
                                      std::vector<double>& lq) {
@@ -281,13 +295,7 @@ int main(int argc, char** argv) {
         o.kv.layout = fastinfer::KVLayoutKind::Paged;
         o.kv.block_size = 16;
         fastinfer::LlamaModel<> model(weights, o);
-        std::vector<std::vector<float>> reference;
-        for (const auto& s : seqs) {
-          std::vector<float> rows(s.size() * V);
-          model.reset();
-          model.forward_prefill_all(s.data(), std::int64_t(s.size()), 0, rows.data());
-          reference.push_back(std::move(rows));
-        }
+        const std::vector<std::vector<float>> reference = all_logits(model, seqs);
         const auto needle_set = needle_prompts(filler, needles, std::min(length, c.max_seq_len) - 8, c.vocab_size);
         const PressScore base = score_press(model, seqs, reference, needle_set, nullptr, 0.0);
         for (const std::string& pname : presses) {
@@ -320,14 +328,7 @@ int main(int argc, char** argv) {
         o.threads = threads;
         o.kv.quant = q;
         fastinfer::LlamaModel<> model(weights, o);
-        std::vector<std::vector<float>> out;
-        for (const auto& s : seqs) {
-          std::vector<float> rows(s.size() * V);
-          model.reset();
-          model.forward_prefill_all(s.data(), std::int64_t(s.size()), 0, rows.data());
-          out.push_back(std::move(rows));
-        }
-        return std::make_pair(std::move(out), model.kv().bytes_per_token());
+        return std::make_pair(all_logits(model, seqs), model.kv().bytes_per_token());
       };
       const auto ref = run(fastinfer::kv::QuantKind::F32);
       std::vector<double> lp, lq;
@@ -337,14 +338,9 @@ int main(int argc, char** argv) {
         std::int64_t agree = 0, positions = 0;
         for (std::size_t s = 0; s < seqs.size(); ++s)
           for (std::size_t p = 0; p < seqs[s].size(); ++p) {
-            const float* a = ref.first[s].data() + p * V;
-            const float* b = got.first[s].data() + p * V;
-            log_softmax(a, int(V), lp);
-            log_softmax(b, int(V), lq);
-            double k = 0;
-            for (std::size_t i = 0; i < V; ++i) k += std::exp(lp[i]) * (lp[i] - lq[i]);
-            kld += std::max(0.0, k);
-            agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
+            const auto [k, same] = compare_rows(ref.first[s].data() + p * V, got.first[s].data() + p * V, int(V), lp, lq);
+            kld += k;
+            agree += same;
             ++positions;
           }
         rows.push_back({{"quant", qname},
