@@ -169,11 +169,7 @@ TEST_CASE("press: PyramidKV budgets fall from the first layer to the last", "[kv
 // the token it came from, and refused compressions change nothing.
 TEMPLATE_TEST_CASE("press: compaction keeps rows exact and the allocator balanced", "[kv][press]", F32, Int8) {
   KVCacheConfig c;
-  c.n_layers = 3;
-  c.n_kv_heads = 2;
-  c.head_dim = 8;
-  c.num_blocks = 96;
-  c.block_size = 4;
+  c.n_layers = 3, c.n_kv_heads = 2, c.head_dim = 8, c.num_blocks = 96, c.block_size = 4;
   KVCache<Paged<4>, TestType> cache(c);
   std::mt19937 rng(1234);
   const std::size_t row = std::size_t(c.n_kv_heads * c.head_dim);
