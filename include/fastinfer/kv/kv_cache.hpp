@@ -8,6 +8,10 @@
 //              attention over cache.view(tables, layer)
 // and afterwards cache.truncate(seq, len) to drop rejected draft tokens,
 // cache.fork(seq, child) to share a prefix, cache.free_sequence(seq).
+// cache.compact(seq, plan) applies a press (kv_press.hpp): the kept tokens
+// move down to the first slots, the blocks past them go back to the pool,
+// and position_offset(seq) says how far the next token's RoPE position lies
+// past length(seq) (keys are stored rotated at their original positions).
 //
 // The byte arena is laid out block-major: block, layer, K|V, kv_head, token,
 // head_dim (see paged_kv_view.hpp), with the f32 quantization parameters in a
@@ -26,6 +30,7 @@
 
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/kv/kv_layout.hpp"
+#include "fastinfer/kv/kv_press.hpp"
 #include "fastinfer/kv/kv_quant.hpp"
 #include "fastinfer/kv/paged_kv_view.hpp"
 #include "fastinfer/memory/paged_allocator.hpp"
@@ -123,11 +128,14 @@ class KVCache {
     alloc_.fork(src, dst);
     auto it = released_to_.find(src);
     if (it != released_to_.end()) released_to_[dst] = it->second;
+    auto c = compressed_.find(src);
+    if (c != compressed_.end()) compressed_[dst] = c->second;
   }
 
   void free_sequence(SeqId seq) {
     alloc_.free_sequence(seq);
     released_to_.erase(seq);
+    compressed_.erase(seq);
   }
 
   // Room for n more tokens in every layer, counted in the length at once;
@@ -168,7 +176,74 @@ class KVCache {
                       " already released the window of position ", new_length, " (keep at least ", floor,
                       " tokens)");
     }
+    auto c = compressed_.find(seq);
+    FASTINFER_CHECK(c == compressed_.end() || new_length >= c->second.floor, UsageError, "KVCache::truncate: sequence ",
+                    seq, " was compressed to ", c == compressed_.end() ? 0 : c->second.floor,
+                    " slots; cannot roll back to ", new_length, " (the original tokens are gone)");
     alloc_.truncate(seq, new_length);
+  }
+
+  // ---- compression (kv_press.hpp) --------------------------------------------
+
+  // The next token's RoPE position minus length(seq): the tokens presses removed.
+  std::int64_t position_offset(SeqId seq) const {
+    auto c = compressed_.find(seq);
+    return c == compressed_.end() ? 0 : c->second.offset;
+  }
+  // Slots of `layer` below this are dead (a per-layer budget left them
+  // unused); attention must start here.
+  std::int64_t first_live(SeqId seq, int layer) const {
+    auto c = compressed_.find(seq);
+    return c == compressed_.end() || c->second.first_live.empty() ? 0 : c->second.first_live[std::size_t(layer)];
+  }
+  bool has_dead_slots(SeqId seq) const {
+    auto c = compressed_.find(seq);
+    return c != compressed_.end() && !c->second.first_live.empty();
+  }
+
+  // Applies a press's plan: slot s of layer l, head h receives the token of
+  // slot plan.src(l, h, s) (codes and parameters copied, never re-encoded),
+  // dead slots are zeroed, and the blocks past plan.length go back to the
+  // pool. Refused (nothing changed) on a window layout (it compresses
+  // itself), a plan for another shape, a sequence already holding dead
+  // slots, or a block shared with another owner (a prefix cache or a fork:
+  // compaction would rewrite tokens they read).
+  void compact(SeqId seq, const CompressionPlan& plan) {
+    check_plan(seq, plan);
+    const std::int64_t n = plan.length;
+    std::vector<std::uint8_t> codes(std::size_t(n * row_bytes_));
+    std::vector<float> params(std::size_t(n * params_per_row_));
+    const auto& table = alloc_.block_table(seq);
+    auto at = [&](std::int64_t p) { return table[std::size_t(p / cfg_.block_size)]; };
+    for (int l = 0; l < cfg_.n_layers; ++l)
+      for (int kv = 0; kv < 2; ++kv)
+        for (int h = 0; h < cfg_.n_kv_heads; ++h) {
+          // Gather then scatter: a slot may receive a token from above or below it.
+          for (std::int64_t s = 0; s < n; ++s) {
+            const std::int64_t p = plan.src(l, h, s);
+            std::uint8_t* c = codes.data() + s * row_bytes_;
+            float* q = params.data() + s * params_per_row_;
+            if (p < 0) {
+              std::memset(c, 0, std::size_t(row_bytes_));
+              std::fill(q, q + params_per_row_, 0.0f);
+              continue;
+            }
+            std::memcpy(c, code_ptr(at(p), l, kv, h, p % cfg_.block_size), std::size_t(row_bytes_));
+            std::copy_n(param_ptr(at(p), l, kv, h, p % cfg_.block_size), params_per_row_, q);
+          }
+          for (std::int64_t s = 0; s < n; ++s) {
+            std::memcpy(code_ptr(at(s), l, kv, h, s % cfg_.block_size), codes.data() + s * row_bytes_,
+                        std::size_t(row_bytes_));
+            std::copy_n(params.data() + s * params_per_row_, params_per_row_,
+                        param_ptr(at(s), l, kv, h, s % cfg_.block_size));
+          }
+        }
+    Compressed& c = compressed_[seq];
+    c.offset += plan.original_length - plan.length;
+    c.floor = plan.length;
+    const bool dead = std::any_of(plan.first_live.begin(), plan.first_live.end(), [](std::int64_t f) { return f > 0; });
+    if (dead) c.first_live = plan.first_live;
+    alloc_.truncate(seq, plan.length);
   }
 
   // Writes K and V ([n][n_kv_heads][head_dim] f32 each) of the sequence's
@@ -343,6 +418,37 @@ class KVCache {
            (std::int64_t(kv) * cfg_.n_kv_heads + head) * param_head_stride_ + t * params_per_row_;
   }
 
+  void check_plan(SeqId seq, const CompressionPlan& plan) const {
+    FASTINFER_CHECK(LT::kName != std::string_view("window"), UsageError, "KVCache::compact: the window layout ",
+                    "already compresses (StreamingLLM); presses need the paged or contiguous layout");
+    const std::int64_t len = alloc_.length(seq);
+    FASTINFER_CHECK(plan.original_length == len && plan.n_layers == cfg_.n_layers &&
+                        plan.n_kv_heads == cfg_.n_kv_heads && plan.length >= 1 && plan.length <= len &&
+                        plan.first_live.size() == std::size_t(cfg_.n_layers) &&
+                        plan.source.size() == std::size_t(plan.length * cfg_.n_layers * cfg_.n_kv_heads),
+                    InvalidArgument, "KVCache::compact: the plan is for ", plan.original_length, " tokens, ",
+                    plan.n_layers, " layers, ", plan.n_kv_heads, " KV heads; sequence ", seq, " holds ", len,
+                    " tokens of ", cfg_.n_layers, " layers, ", cfg_.n_kv_heads, " KV heads");
+    FASTINFER_CHECK(!has_dead_slots(seq), UsageError, "KVCache::compact: sequence ", seq,
+                    " already holds dead slots from a per-layer budget; it cannot be compressed again");
+    for (int l = 0; l < cfg_.n_layers; ++l)
+      for (int h = 0; h < cfg_.n_kv_heads; ++h) {
+        const std::int64_t f = plan.first_live[std::size_t(l)];
+        FASTINFER_CHECK(f >= 0 && f < plan.length, InvalidArgument, "KVCache::compact: layer ", l,
+                        " keeps no token (first live slot ", f, " of ", plan.length, ")");
+        for (std::int64_t s = 0; s < plan.length; ++s) {
+          const std::int64_t p = plan.src(l, h, s), prev = s > f ? plan.src(l, h, s - 1) : -1;
+          FASTINFER_CHECK(s < f ? p == -1 : (p > prev && p < len), InvalidArgument, "KVCache::compact: slot ", s,
+                          " of layer ", l, " head ", h, " takes token ", p,
+                          " (live slots take ascending tokens of the sequence, dead ones -1)");
+        }
+      }
+    for (BlockId b : alloc_.block_table(seq))
+      FASTINFER_CHECK(b == kNoBlock || alloc_.ref_count(b) == 1, UsageError, "KVCache::compact: sequence ", seq,
+                      " shares block ", b, " with another owner (prefix cache or fork); compressing would rewrite ",
+                      "tokens they read: free the sharing first or compress before sharing");
+  }
+
   // Copy-on-write: the first c.tokens tokens of every layer, K and V.
   void apply(const std::vector<BlockCopy>& copies) {
     for (const auto& c : copies)
@@ -384,6 +490,13 @@ class KVCache {
   std::vector<float> params_;
   // Sliding window: blocks below this table index (past the sinks) are released.
   std::unordered_map<SeqId, std::int64_t> released_to_;
+  // Compressed sequences: RoPE offset, the shortest length rollback may
+  // reach, and per-layer dead slots (empty: none).
+  struct Compressed {
+    std::int64_t offset = 0, floor = 0;
+    std::vector<std::int64_t> first_live;
+  };
+  std::unordered_map<SeqId, Compressed> compressed_;
 };
 
 }  // namespace fastinfer::kv

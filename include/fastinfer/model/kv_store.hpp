@@ -13,6 +13,16 @@
 //
 // The sequence verbs forward to kv::KVCache; typed access (for a prefix cache
 // adopting blocks, or tests reading the cache) through cache<Layout, Quant>().
+//
+// Compression (kv/kv_press.hpp): observe_queries(seq) before a prompt's
+// prefill keeps the queries a press votes with, compress(seq, press, ratio)
+// after it scores, plans and compacts; position_offset(seq) is what the
+// model adds to length(seq) for the next RoPE position.
+//
+// Cross-layer KV sharing (KVOptions::share_layers = g, CLA): layers
+// g*i .. g*i+g-1 share one KV layer, written by layer g*i and read by all of
+// them; the others' append() is ignored. Exact only for a model trained (or
+// built) that way; on any other model it changes the function.
 #pragma once
 
 #include <algorithm>
@@ -22,6 +32,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -32,6 +43,7 @@
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "fastinfer/kv/kv_layout.hpp"
+#include "fastinfer/kv/kv_press.hpp"
 #include "fastinfer/kv/kv_quant.hpp"
 #include "fastinfer/model/config.hpp"
 
@@ -66,6 +78,15 @@ struct KVOptions {
   // tokens (paged), or of a window plus one step (window), plus one spare
   // block per sequence for copy-on-write.
   std::int32_t num_blocks = 0;
+  // Cross-layer KV sharing: adjacent layers per KV layer (1: none).
+  int share_layers = 1;
+};
+
+// What one compress() did.
+struct CompressionStats {
+  std::int64_t original_length = 0, length = 0;  // slots before and after
+  std::int64_t kept_entries = 0, total_entries = 0;  // (layer, KV head, token) entries, live
+  std::int32_t blocks_freed = 0;
 };
 
 class KVStore {
@@ -92,6 +113,11 @@ class KVStore {
   virtual void append(int layer, SeqId seq, const float* k, const float* v, std::int64_t n) = 0;
   virtual void read(int layer, SeqId seq, std::int64_t pos, float* k, float* v) const = 0;
 
+  // Compression verbs (see the top of this file).
+  virtual std::int64_t position_offset(SeqId seq) const = 0;
+  virtual void observe_queries(SeqId seq) = 0;
+  virtual CompressionStats compress(SeqId seq, const kv::Press& press, double ratio) = 0;
+
   // One step: the tables of `seqs` (after extend_all), then per layer the
   // attention of q ([rows][n_q_heads][head_dim]) into out. `decode`: one
   // query per sequence (flash-decoding kernel, planned once per step).
@@ -106,7 +132,10 @@ class KVStore {
 template <typename Layout, typename Quant>
 class KVStoreImpl final : public KVStore {
  public:
-  explicit KVStoreImpl(const kv::KVCacheConfig& cfg) : cache_(cfg) {}
+  explicit KVStoreImpl(const kv::KVCacheConfig& cfg, int share_layers = 1) : cache_(cfg), group_(share_layers) {
+    FASTINFER_CHECK(share_layers >= 1, InvalidArgument, "KVOptions: share_layers must be at least 1, got ",
+                    share_layers);
+  }
 
   kv::KVCache<Layout, Quant>& cache() { return cache_; }
 
@@ -125,18 +154,33 @@ class KVStoreImpl final : public KVStore {
     cache_.adopt(seq, blocks, length);
   }
   void fork(SeqId src, SeqId dst) override { cache_.fork(src, dst); }
-  void free_sequence(SeqId seq) override { cache_.free_sequence(seq); }
+  void free_sequence(SeqId seq) override {
+    cache_.free_sequence(seq);
+    observed_.erase(seq);
+  }
   void truncate(SeqId seq, std::int64_t new_length) override { cache_.truncate(seq, new_length); }
   bool extend_all(const std::vector<ReserveRequest>& reqs) override { return cache_.extend_all(reqs); }
   void append(int layer, SeqId seq, const float* k, const float* v, std::int64_t n) override {
-    cache_.append(layer, seq, k, v, n);
+    if (layer % group_ == 0) cache_.append(layer / group_, seq, k, v, n);
   }
   void read(int layer, SeqId seq, std::int64_t pos, float* k, float* v) const override {
-    cache_.read(layer, seq, pos, k, v);
+    cache_.read(layer / group_, seq, pos, k, v);
+  }
+
+  std::int64_t position_offset(SeqId seq) const override { return cache_.position_offset(seq); }
+  void observe_queries(SeqId seq) override {
+    FASTINFER_CHECK(cache_.contains(seq), InvalidArgument, "observe_queries: sequence ", seq, " is not in the cache");
+    observed_[seq] = Observed{};
+  }
+  CompressionStats compress(SeqId seq, const kv::Press& press, double ratio) override {
+    return compress_(seq, press, ratio);
   }
 
   void prepare(const std::vector<SeqId>& seqs, bool decode, int threads) override {
     cache_.build_tables(seqs, tables_);
+    batch_seqs_ = seqs;
+    dead_ = false;
+    for (SeqId s : seqs) dead_ = dead_ || cache_.has_dead_slots(s);
     decode_ = decode;
     planned_ = false;
     if (!decode) return;
@@ -163,8 +207,13 @@ class KVStoreImpl final : public KVStore {
 
   void attend(int layer, const float* q, const std::int32_t* qo_indptr, const std::uint8_t* mask, float* out,
               int n_q_heads, int threads) override {
-    const auto view = cache_.view(tables_, layer);
-    if (decode_ && mask == nullptr) {
+    const auto view = cache_.view(tables_, layer / group_);
+    if (!observed_.empty() && layer % group_ == 0) observe_(layer / group_, view, q, qo_indptr, n_q_heads);
+    if (dead_) {
+      FASTINFER_CHECK(mask == nullptr, UsageError, "attend: a sequence with dead slots (PyramidKV) cannot take a ",
+                      "custom mask (token trees)");
+      attend_live_(layer / group_, view, q, qo_indptr, out, n_q_heads);
+    } else if (decode_ && mask == nullptr) {
       if (planned_)
         cpu::decode_attention(view, q, out, n_q_heads, plan_, threads);
       else
@@ -224,6 +273,123 @@ class KVStoreImpl final : public KVStore {
 #endif
   }
 
+  // The queries a press votes with, per KV layer: rows [first, first + rows)
+  // of the sequence, [rows][n_q_heads][head_dim] each.
+  struct Observed {
+    std::vector<std::vector<float>> q;
+    std::vector<std::int64_t> first;
+    int n_q_heads = 0;
+  };
+
+  void observe_(int kl, const kv::PagedKVView<Quant>& view, const float* q, const std::int32_t* qo_indptr,
+                int n_q_heads) {
+    const std::size_t row = std::size_t(n_q_heads) * std::size_t(view.head_dim);
+    for (std::int32_t b = 0; b < view.batch; ++b) {
+      auto it = observed_.find(batch_seqs_[std::size_t(b)]);
+      if (it == observed_.end()) continue;
+      Observed& o = it->second;
+      if (o.q.empty()) {
+        o.q.resize(std::size_t(cache_.config().n_layers));
+        o.first.assign(o.q.size(), -1);
+        o.n_q_heads = n_q_heads;
+      }
+      const std::int64_t n = qo_indptr[b + 1] - qo_indptr[b];
+      const std::int64_t first = view.length(b) - n;
+      auto& rows = o.q[std::size_t(kl)];
+      // Chunks arrive in order; a rollback (first below what is held) restarts.
+      if (o.first[std::size_t(kl)] < 0 || first != o.first[std::size_t(kl)] + std::int64_t(rows.size() / row)) {
+        rows.clear();
+        o.first[std::size_t(kl)] = first;
+      }
+      rows.insert(rows.end(), q + std::size_t(qo_indptr[b]) * row, q + std::size_t(qo_indptr[b + 1]) * row);
+    }
+  }
+
+  CompressionStats compress_(SeqId seq, const kv::Press& press, double ratio) {
+    FASTINFER_CHECK(cache_.contains(seq), InvalidArgument, "compress: sequence ", seq, " is not in the cache");
+    const auto& cfg = cache_.config();
+    const std::int64_t n = cache_.length(seq);
+    const std::int64_t rows = kv::press_query_rows(press, n);
+    std::vector<std::vector<double>> scores;
+    if (rows > 0) {
+      auto it = observed_.find(seq);
+      FASTINFER_CHECK(it != observed_.end() && !it->second.q.empty(), UsageError, "compress: press ",
+                      kv::press_name(press), " votes with the queries of the last ", rows,
+                      " prompt tokens: call observe_queries(", seq, ") before the prefill");
+      const Observed& o = it->second;
+      const std::size_t row = std::size_t(o.n_q_heads) * std::size_t(cfg.head_dim);
+      const std::size_t kv_row = std::size_t(cfg.n_kv_heads) * std::size_t(cfg.head_dim);
+      std::vector<float> keys(std::size_t(n) * kv_row), vals(kv_row);
+      scores.resize(std::size_t(cfg.n_layers));
+      for (int l = 0; l < cfg.n_layers; ++l) {
+        const std::int64_t held = std::int64_t(o.q[std::size_t(l)].size() / row);
+        const std::int64_t first = o.first[std::size_t(l)];
+        FASTINFER_CHECK(first >= 0 && first + held == n && held >= rows, UsageError, "compress: the observed queries ",
+                        "of sequence ", seq, " do not end at its ", n, " tokens (", held, " rows from ", first,
+                        "); observe the prefill that ends the prompt");
+        for (std::int64_t p = 0; p < n; ++p) cache_.read(l, seq, p, keys.data() + std::size_t(p) * kv_row, vals.data());
+        kv::accumulate_attention(o.q[std::size_t(l)].data() + std::size_t(held - rows) * row, rows, n - rows,
+                                 o.n_q_heads, keys.data(), n, cfg.n_kv_heads, cfg.head_dim, scores[std::size_t(l)]);
+      }
+    }
+    const kv::CompressionPlan plan = kv::plan_compression(press, ratio, n, cfg.n_layers, cfg.n_kv_heads, scores);
+    const std::int32_t free_before = cache_.allocator().num_free_blocks();
+    cache_.compact(seq, plan);
+    observed_.erase(seq);
+    CompressionStats st;
+    st.original_length = n;
+    st.length = plan.length;
+    st.kept_entries = plan.kept_entries();
+    st.total_entries = n * cfg.n_layers * cfg.n_kv_heads;
+    st.blocks_freed = cache_.allocator().num_free_blocks() - free_before;
+    return st;
+  }
+
+  // Attention when a sequence of the batch has dead slots: every query
+  // attends from its layer's first live slot (scalar, in the order and
+  // precision of cpu::reference::paged_attention; only PyramidKV needs it).
+  void attend_live_(int kl, const kv::PagedKVView<Quant>& view, const float* q, const std::int32_t* qo_indptr,
+                    float* out, int n_q_heads) {
+    cpu::check_heads(n_q_heads, view.n_kv_heads);
+    const int d = view.head_dim, G = n_q_heads / view.n_kv_heads;
+    const double scale = 1.0 / std::sqrt(double(d));
+    std::vector<float> k(static_cast<std::size_t>(d)), v(k);
+    std::vector<double> w, acc(static_cast<std::size_t>(d));
+    for (std::int32_t b = 0; b < view.batch; ++b) {
+      const std::int64_t len = view.length(b), n = qo_indptr[b + 1] - qo_indptr[b];
+      const std::int64_t begin = cache_.first_live(batch_seqs_[std::size_t(b)], kl);
+      for (std::int64_t i = 0; i < n; ++i) {
+        const std::int64_t pos = len - n + i;
+        for (int hq = 0; hq < n_q_heads; ++hq) {
+          const int h = hq / G;
+          const float* qv = q + ((qo_indptr[b] + i) * n_q_heads + hq) * d;
+          w.assign(std::size_t(pos + 1 - begin), 0.0);
+          double mx = -1e300, sum = 0.0;
+          for (std::int64_t p = begin; p <= pos; ++p) {
+            const BlockId blk = view.block(b, p / view.block_size);
+            kv::decode_row<Quant>(view.k_row(blk, h, p % view.block_size), view.k_param(blk, h, p % view.block_size),
+                                  d, k.data());
+            double s = 0.0;
+            for (int j = 0; j < d; ++j) s += double(qv[j]) * double(k[std::size_t(j)]);
+            w[std::size_t(p - begin)] = s * scale;
+            mx = std::max(mx, s * scale);
+          }
+          std::fill(acc.begin(), acc.end(), 0.0);
+          for (std::int64_t p = begin; p <= pos; ++p) {
+            const double e = std::exp(w[std::size_t(p - begin)] - mx);
+            sum += e;
+            const BlockId blk = view.block(b, p / view.block_size);
+            kv::decode_row<Quant>(view.v_row(blk, h, p % view.block_size), view.v_param(blk, h, p % view.block_size),
+                                  d, v.data());
+            for (int j = 0; j < d; ++j) acc[std::size_t(j)] += e * double(v[std::size_t(j)]);
+          }
+          float* o = out + ((qo_indptr[b] + i) * n_q_heads + hq) * d;
+          for (int j = 0; j < d; ++j) o[j] = float(acc[std::size_t(j)] / sum);
+        }
+      }
+    }
+  }
+
 #if FASTINFER_ATTENTION_AVX2
   struct Work {
     cpu::attention_detail::State st;
@@ -234,6 +400,10 @@ class KVStoreImpl final : public KVStore {
 #endif
 
   kv::KVCache<Layout, Quant> cache_;
+  int group_ = 1;  // model layers per KV layer (CLA)
+  std::vector<SeqId> batch_seqs_;
+  bool dead_ = false;  // some sequence of this step has dead slots
+  std::unordered_map<SeqId, Observed> observed_;
   kv::PagedKVTables tables_;
   cpu::DecodePlan plan_;
   bool decode_ = false, planned_ = false;
@@ -254,7 +424,9 @@ inline kv::KVCacheConfig kv_cache_config(const KVOptions& o, const LlamaConfig& 
   FASTINFER_CHECK(o.num_blocks >= 0, InvalidArgument, "KVOptions: num_blocks cannot be negative, got ",
                   o.num_blocks);
   kv::KVCacheConfig k;
-  k.n_layers = c.n_layers;
+  FASTINFER_CHECK(o.share_layers >= 1, InvalidArgument, "KVOptions: share_layers must be at least 1, got ",
+                  o.share_layers);
+  k.n_layers = (c.n_layers + o.share_layers - 1) / o.share_layers;
   k.n_kv_heads = c.n_kv_heads;
   k.head_dim = c.head_dim;
   k.max_seq_len = c.max_seq_len;
@@ -326,9 +498,9 @@ inline std::unique_ptr<KVStore> make_kv_store(const KVOptions& o, const LlamaCon
   return kv::visit_quant(o.quant, [&](auto quant) -> std::unique_ptr<KVStore> {
     using Q = decltype(quant);
     switch (o.layout) {
-      case KVLayoutKind::Contiguous: return std::make_unique<KVStoreImpl<kv::Contiguous, Q>>(k);
-      case KVLayoutKind::Paged: return std::make_unique<KVStoreImpl<kv::Paged<0>, Q>>(k);
-      case KVLayoutKind::Window: return std::make_unique<KVStoreImpl<kv::SlidingWindow<0, 0, 0>, Q>>(k);
+      case KVLayoutKind::Contiguous: return std::make_unique<KVStoreImpl<kv::Contiguous, Q>>(k, o.share_layers);
+      case KVLayoutKind::Paged: return std::make_unique<KVStoreImpl<kv::Paged<0>, Q>>(k, o.share_layers);
+      case KVLayoutKind::Window: return std::make_unique<KVStoreImpl<kv::SlidingWindow<0, 0, 0>, Q>>(k, o.share_layers);
     }
     throw_error<InvalidArgument>("bad KVLayoutKind ", int(o.layout));
   });

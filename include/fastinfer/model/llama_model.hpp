@@ -181,7 +181,9 @@ class LlamaModel {
                     batch.rows(), " tokens of this step (reserve before forwarding)");
     // The RoPE position of every row.
     for (std::int32_t b = 0; b < b_count; ++b) {
-      const std::int64_t first = kv_->length(batch.seq_ids[std::size_t(b)]) - batch.count(b);
+      // A compressed sequence's next position lies past its slots (kv_press.hpp).
+      const SeqId s = batch.seq_ids[std::size_t(b)];
+      const std::int64_t first = kv_->length(s) - batch.count(b) + kv_->position_offset(s);
       for (std::int32_t r = batch.qo_indptr[std::size_t(b)]; r < batch.qo_indptr[std::size_t(b) + 1]; ++r)
         row_pos_[std::size_t(r)] =
             batch.positions.empty() ? first + (r - batch.qo_indptr[std::size_t(b)]) : batch.positions[std::size_t(r)];
