@@ -1,0 +1,119 @@
+"""Load test: 64 concurrent streaming clients (asyncio, the official
+AsyncOpenAI client, loopback only), every fourth one disconnecting after a
+few chunks. Checks: every completed stream is exactly its prompt's greedy
+reference (taken first, one request at a time), no request lost or
+duplicated (64 distinct response ids; the server's request counters add
+up), the disconnected ones were cancelled, the KV pool is whole at the
+end. Reports p99 TTFT as the clients saw it and as the server measured it.
+Stops by itself: every client has a deadline.
+
+Usage: test_load.py SERVER_BIN GENERATE_BIN SHARED_DIR
+"""
+import asyncio
+import time
+
+import openai
+
+from server_harness import Checks, Server, golden_cases, require_shared
+
+CLIENTS = 64
+MAX_TOKENS = 48
+DISCONNECT_EVERY = 4  # clients 0, 4, 8, ... leave after DISCONNECT_AFTER chunks
+DISCONNECT_AFTER = 3
+LEAVER_TOKENS = 480  # what a leaving client asks for: it is surely still running when it leaves
+
+require_shared()
+checks = Checks()
+# 4 ms per step: a leaver's 480 tokens take 2 s, far longer than its client
+# needs to read 3 chunks and leave (the tiny model alone would finish first).
+server = Server("--max-seqs", "32", "--max-queue", "64", "--debug-step-delay-ms", "4")
+prompts = [case["prompt"] for case in golden_cases()]
+prompts += [p[: max(2, len(p) // 2)] for p in prompts]  # shared prefixes, for the prefix cache
+
+
+def references():
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    out = []
+    for p in prompts:
+        r = c.completions.create(model="m", prompt=p, max_tokens=MAX_TOKENS, temperature=0,
+                                 extra_body={"return_token_ids": True})
+        out.append((r.choices[0].text, r.choices[0].model_extra["token_ids"], r.choices[0].finish_reason))
+    return out
+
+
+async def one_client(client, i, result):
+    leaver = i % DISCONNECT_EVERY == 0
+    p = [1, 80, 247] if leaver else prompts[i % len(prompts)]
+    t0 = time.perf_counter()
+    stream = await client.completions.create(model="m", prompt=p, max_tokens=LEAVER_TOKENS if leaver else MAX_TOKENS,
+                                             temperature=0, stream=True,
+                                             extra_body={"return_token_ids": True, "ignore_eos": leaver})
+    text, ids, chunks, ids_seen, finish, ttft = "", [], 0, set(), None, None
+    async for chunk in stream:
+        ids_seen.add(chunk.id)
+        for c in chunk.choices:
+            got = c.model_extra.get("token_ids") or []
+            if got and ttft is None:
+                ttft = time.perf_counter() - t0
+            text += c.text
+            ids += got
+            finish = c.finish_reason or finish
+        chunks += 1
+        if leaver and chunks == DISCONNECT_AFTER:
+            await stream.response.aclose()  # the client goes away mid-stream
+            result[i] = {"disconnected": True, "ids": ids_seen, "ttft": ttft}
+            return
+    result[i] = {"disconnected": False, "text": text, "tokens": ids, "finish": finish, "ids": ids_seen, "ttft": ttft}
+
+
+async def load():
+    result = {}
+    async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:
+        await asyncio.wait_for(asyncio.gather(*(one_client(client, i, result) for i in range(CLIENTS))), timeout=150)
+    return result
+
+
+def p99(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(0.99 * len(xs)))] if xs else float("nan")
+
+
+def check_load():
+    refs = references()
+    before = server.wait_idle()
+    t0 = time.time()
+    result = asyncio.run(load())
+    wall = time.time() - t0
+    assert sorted(result) == list(range(CLIENTS)), "every client got an answer"
+    response_ids = [r["ids"] for r in result.values()]
+    assert all(len(s) == 1 for s in response_ids), "one response id per stream"
+    assert len(set().union(*response_ids)) == CLIENTS, "no two clients got the same response"
+    done = {i: r for i, r in result.items() if not r["disconnected"]}
+    left = CLIENTS - len(done)
+    assert left == len(range(0, CLIENTS, DISCONNECT_EVERY))
+    for i, r in done.items():
+        text, tokens, finish = refs[i % len(prompts)]
+        assert r["tokens"] == tokens, f"client {i}: tokens differ from the greedy reference"
+        assert r["text"] == text and r["finish"] == finish, f"client {i}: text or finish differs"
+    after = server.wait_idle()
+    delta = lambda o: after[f'fastinfer_requests_total{{outcome="{o}"}}'] - before[f'fastinfer_requests_total{{outcome="{o}"}}']
+    assert delta("submitted") == CLIENTS, "the server saw each request once"
+    assert delta("finished") + delta("cancelled") == CLIENTS
+    # Every client that left was cancelled (its stream's next writes fail),
+    # long before its LEAVER_TOKENS.
+    assert delta("cancelled") == left, (delta("cancelled"), left)
+    completed_tokens = sum(len(r["tokens"]) for r in done.values())
+    leaver_tokens = after["fastinfer_generation_tokens_total"] - before["fastinfer_generation_tokens_total"] - completed_tokens
+    assert leaver_tokens < left * LEAVER_TOKENS / 2, f"leavers got {leaver_tokens} tokens: not cancelled early"
+    assert delta("rejected") == 0
+    kv = server.assert_pool_whole()
+    client_ttft = [r["ttft"] for r in result.values() if r["ttft"] is not None]
+    print(f"load: {CLIENTS} streaming clients ({left} disconnected, {delta('cancelled'):.0f} cancelled) "
+          f"in {wall:.2f} s, {leaver_tokens / left:.0f} tokens per leaver; client TTFT p50 {1e3 * sorted(client_ttft)[len(client_ttft) // 2]:.1f} ms, "
+          f"p99 {1e3 * p99(client_ttft):.1f} ms; server tokens {after['fastinfer_generation_tokens_total']:.0f}; "
+          f"prefix hit rate {after['fastinfer_prefix_cache_hit_rate']:.3f}; KV pool {kv['total_blocks']} blocks whole")
+
+
+checks.run("64 streaming clients, some leaving", check_load)
+checks.run("SIGTERM exits 0", server.stop)
+checks.finish()
