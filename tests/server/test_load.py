@@ -10,6 +10,8 @@ Stops by itself: every client has a deadline.
 Usage: test_load.py SERVER_BIN GENERATE_BIN SHARED_DIR
 """
 import asyncio
+import json
+import resource
 import time
 
 import openai
@@ -114,6 +116,51 @@ def check_load():
           f"prefix hit rate {after['fastinfer_prefix_cache_hit_rate']:.3f}; KV pool {kv['total_blocks']} blocks whole")
 
 
+async def raw_post(port, body):
+    """(status, JSON) of one POST on its own connection (Connection: close)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = json.dumps(body).encode()
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    head, _, payload = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+def check_overflow_burst():
+    # BURST connections at once, each a request of 64 tokens, against room
+    # for 32 running + 64 waiting: every one is answered 200 (64 tokens) or
+    # 429 (a JSON error), nothing is reset, and the server keeps serving.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    burst = min(2000, hard - 200)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, burst + 200) if soft < burst + 200 else soft, hard))
+    port = int(server.url.rsplit(":", 1)[1])
+    before = server.wait_idle()
+    body = {"prompt": [1, 80], "max_tokens": 64, "ignore_eos": True, "temperature": 0}
+
+    async def burst_all():
+        return await asyncio.wait_for(asyncio.gather(*(raw_post(port, body) for _ in range(burst))), timeout=150)
+
+    t0 = time.time()
+    answers = asyncio.run(burst_all())
+    wall = time.time() - t0
+    ok = [b for s, b in answers if s == 200]
+    refused = [b for s, b in answers if s == 429]
+    assert len(ok) + len(refused) == burst, sorted({s for s, _ in answers})
+    assert all(b["usage"]["completion_tokens"] == 64 for b in ok)
+    assert all(b["error"]["type"] == "rate_limit_error" for b in refused)
+    assert len(ok) >= 96, len(ok)
+    after = server.wait_idle()
+    assert after['fastinfer_requests_total{outcome="rejected"}'] - before['fastinfer_requests_total{outcome="rejected"}'] == len(refused)
+    status, r = server.http("POST", "/v1/completions", body={"prompt": "Hi", "max_tokens": 4})
+    assert status == 200, r
+    server.assert_pool_whole()
+    print(f"burst: {burst} connections at once in {wall:.2f} s: {len(ok)} served, {len(refused)} refused with 429")
+
+
 checks.run("64 streaming clients, some leaving", check_load)
+checks.run("a burst of connections overflows the queue cleanly", check_overflow_burst)
 checks.run("SIGTERM exits 0", server.stop)
 checks.finish()
