@@ -110,7 +110,7 @@ struct ServerInfo {
 };
 
 // The JSON of one streamed event (completions or chat chunk).
-Json chunk_json(const Job& job, const std::string& id, const ServerInfo& info, const Event& e) {
+Json chunk_json(const Job& job, const std::string& id, const ServerInfo& info, std::time_t created, const Event& e) {
   const bool chat = job.request.endpoint == Endpoint::Chat;
   Json choice = {{"index", e.choice}, {"logprobs", nullptr}};
   choice["finish_reason"] = e.finish_reason.empty() ? Json(nullptr) : Json(e.finish_reason);
@@ -122,7 +122,7 @@ Json chunk_json(const Job& job, const std::string& id, const ServerInfo& info, c
   if (job.request.return_token_ids) choice["token_ids"] = e.has_token ? Json::array({e.token}) : Json::array();
   return Json{{"id", id},
               {"object", chat ? "chat.completion.chunk" : "text_completion"},
-              {"created", info.started},
+              {"created", std::int64_t(created)},
               {"model", info.model_name},
               {"choices", Json::array({choice})}};
 }
@@ -186,14 +186,15 @@ void stream_job(httplib::Response& res, std::shared_ptr<Job> job, std::string id
   res.set_header("Cache-Control", "no-cache");
   auto cursor = std::make_shared<std::size_t>(0);
   auto opened = std::make_shared<bool>(false);
+  const std::time_t created = std::time(nullptr);
   res.set_chunked_content_provider(
       "text/event-stream",
-      [job, id, &info, cursor, opened](std::size_t, httplib::DataSink& sink) {
+      [job, id, &info, created, cursor, opened](std::size_t, httplib::DataSink& sink) {
         std::string out;
         if (!*opened && job->request.endpoint == Endpoint::Chat) {
           // OpenAI's first chat chunk of each choice carries the role.
           for (int i = 0; i < job->request.n; ++i) {
-            Json j = chunk_json(*job, id, info, Event{i, false, 0, "", ""});
+            Json j = chunk_json(*job, id, info, created, Event{i, false, 0, "", ""});
             j["choices"][0]["delta"] = {{"role", "assistant"}, {"content", ""}};
             out += sse(j);
           }
@@ -201,14 +202,14 @@ void stream_job(httplib::Response& res, std::shared_ptr<Job> job, std::string id
         *opened = true;
         std::vector<Event> events;
         const bool done = job->wait_events(*cursor, events, std::chrono::milliseconds(200));
-        for (const Event& e : events) out += sse(chunk_json(*job, id, info, e));
+        for (const Event& e : events) out += sse(chunk_json(*job, id, info, created, e));
         if (done) {
           std::lock_guard<std::mutex> lk(job->mu);
           if (!job->error.empty())
             out += sse(error_json(ApiError(500, "the engine refused the request: " + job->error, "", "server_error")));
         }
         if (done && job->request.include_usage) {
-          Json u = chunk_json(*job, id, info, Event{});
+          Json u = chunk_json(*job, id, info, created, Event{});
           u["choices"] = Json::array();
           {
             std::lock_guard<std::mutex> lk(job->mu);
@@ -440,7 +441,6 @@ int main(int argc, char** argv) {
       svr.stop();
     });
     const bool ok = svr.listen_after_bind();
-    if (!signals.joinable()) return 1;
     if (!shutting_down.load()) {
       // The listener failed on its own: wake the signal thread to end it.
       pthread_kill(signals.native_handle(), SIGTERM);

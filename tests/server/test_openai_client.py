@@ -238,6 +238,22 @@ def check_queue_overflow():
     small.stop()
 
 
+def check_speculation():
+    # Prompt-lookup speculation inside the batch: greedy tokens unchanged,
+    # drafts counted in /metrics.
+    s = Server("--spec", "prompt-lookup", "--spec-k", "4")
+    c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+    for case in CASES:
+        r = c.completions.create(model=MODEL, prompt=case["prompt"], max_tokens=case["max_new_tokens"], temperature=0,
+                                 extra_body={"return_token_ids": True})
+        assert r.choices[0].model_extra["token_ids"] == case["continuation"], case["name"]
+    m = s.metrics()
+    assert m["fastinfer_spec_drafted_tokens_total"] > 0 and m["fastinfer_spec_accepted_tokens_total"] > 0, m
+    assert 0 < m["fastinfer_spec_acceptance_rate"] <= 1
+    s.assert_pool_whole()
+    s.stop()
+
+
 def check_sigterm_finishes_in_flight():
     # SIGTERM during a stream: the stream still ends properly ([DONE]; the
     # grace period lets it finish) and the server exits 0.
@@ -266,6 +282,7 @@ checks.run("seed, top_k, top_p, n", check_sampling)
 checks.run("errors are clean 400s", check_errors)
 checks.run("metrics and KV pool", check_metrics)
 checks.run("queue overflow gives 429", check_queue_overflow)
+checks.run("speculation keeps greedy tokens", check_speculation)
 checks.run("SIGTERM finishes in-flight streams", check_sigterm_finishes_in_flight)
 checks.run("SIGTERM exits 0", server.stop)
 checks.finish()
