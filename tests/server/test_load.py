@@ -80,6 +80,18 @@ def p99(xs):
     return xs[min(len(xs) - 1, int(0.99 * len(xs)))] if xs else float("nan")
 
 
+def histogram_p99(before, after, name):
+    """Upper bound of the bucket holding the 99th percentile of what was
+    observed between two scrapes."""
+    buckets = sorted((float(k.split('le="')[1].rstrip('"}')), after[k] - before.get(k, 0))
+                     for k in after if k.startswith(name + "_bucket") and "+Inf" not in k)
+    total = after[name + "_count"] - before.get(name + "_count", 0)
+    for le, n in buckets:
+        if n >= 0.99 * total:
+            return le
+    return float("inf")
+
+
 def check_load():
     refs = references()
     before = server.wait_idle()
@@ -112,7 +124,8 @@ def check_load():
     client_ttft = [r["ttft"] for r in result.values() if r["ttft"] is not None]
     print(f"load: {CLIENTS} streaming clients ({left} disconnected, {delta('cancelled'):.0f} cancelled) "
           f"in {wall:.2f} s, {leaver_tokens / left:.0f} tokens per leaver; client TTFT p50 {1e3 * sorted(client_ttft)[len(client_ttft) // 2]:.1f} ms, "
-          f"p99 {1e3 * p99(client_ttft):.1f} ms; server tokens {after['fastinfer_generation_tokens_total']:.0f}; "
+          f"p99 {1e3 * p99(client_ttft):.1f} ms; server-side TTFT p99 <= "
+          f"{1e3 * histogram_p99(before, after, 'fastinfer_time_to_first_token_seconds'):.0f} ms; server tokens {after['fastinfer_generation_tokens_total']:.0f}; "
           f"prefix hit rate {after['fastinfer_prefix_cache_hit_rate']:.3f}; KV pool {kv['total_blocks']} blocks whole")
 
 
