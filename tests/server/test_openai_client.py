@@ -272,17 +272,20 @@ def check_sigterm_finishes_in_flight():
     assert first.choices[0].text is not None
 
 
-checks.run("models and health", check_models)
-checks.run("greedy = golden = fastinfer-generate", check_golden_greedy)
-checks.run("text prompt", check_text_prompt)
-checks.run("streaming = non-streaming", check_streaming_equals_plain)
-checks.run("chat = plain concatenation", check_chat_is_plain_concatenation)
-checks.run("stop strings", check_stop_strings)
-checks.run("seed, top_k, top_p, n", check_sampling)
-checks.run("errors are clean 400s", check_errors)
-checks.run("metrics and KV pool", check_metrics)
-checks.run("queue overflow gives 429", check_queue_overflow)
-checks.run("speculation keeps greedy tokens", check_speculation)
-checks.run("SIGTERM finishes in-flight streams", check_sigterm_finishes_in_flight)
-checks.run("SIGTERM exits 0", server.stop)
+for name, check in [
+    ("models and health", check_models),
+    ("greedy = golden = fastinfer-generate", check_golden_greedy),
+    ("text prompt", check_text_prompt),
+    ("streaming = non-streaming", check_streaming_equals_plain),
+    ("chat = plain concatenation", check_chat_is_plain_concatenation),
+    ("stop strings", check_stop_strings),
+    ("seed, top_k, top_p, n", check_sampling),
+    ("errors are clean 400s", check_errors),
+    ("metrics and KV pool", check_metrics),
+    ("queue overflow gives 429", check_queue_overflow),
+    ("speculation keeps greedy tokens", check_speculation),
+    ("SIGTERM finishes in-flight streams", check_sigterm_finishes_in_flight),
+    ("SIGTERM exits 0", server.stop),
+]:
+    checks.run(name, check)
 checks.finish()
