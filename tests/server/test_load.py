@@ -21,14 +21,14 @@ from server_harness import Checks, Server, golden_cases, require_shared
 CLIENTS = 64
 MAX_TOKENS = 48
 DISCONNECT_EVERY = 4  # clients 0, 4, 8, ... leave after DISCONNECT_AFTER chunks
-DISCONNECT_AFTER = 3
+DISCONNECT_AFTER = 2
 LEAVER_TOKENS = 480  # what a leaving client asks for: it is surely still running when it leaves
 
 require_shared()
 checks = Checks()
-# 4 ms per step: a leaver's 480 tokens take 2 s, far longer than its client
-# needs to read 3 chunks and leave (the tiny model alone would finish first).
-server = Server("--max-seqs", "32", "--max-queue", "64", "--debug-step-delay-ms", "4")
+# 6 ms per step: a leaver's 480 tokens take 3 s, far longer than its client
+# needs to read 2 chunks and leave (the tiny model alone would finish first).
+server = Server("--max-seqs", "32", "--max-queue", "64", "--debug-step-delay-ms", "6")
 prompts = [case["prompt"] for case in golden_cases()]
 prompts += [p[: max(2, len(p) // 2)] for p in prompts]  # shared prefixes, for the prefix cache
 
