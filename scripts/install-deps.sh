@@ -4,7 +4,8 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build libeigen3-dev libxsimd-dev catch2 libbenchmark-dev
           libomp-dev nlohmann-json3-dev libcli11-dev
-          pkgconf python3-venv python3-jsonschema)  # the last three: tests/package, scripts/test-packaging.sh
+          libcpp-httplib-dev                       # examples/server
+          pkgconf python3-venv python3-jsonschema) # tests/package, scripts/test-packaging.sh, server tests' venv
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
