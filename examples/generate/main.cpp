@@ -278,6 +278,7 @@ int main(int argc, char** argv) {
                                     {"kv_bytes", model.kv_bytes()},
                                     {"stopped_by", std::string(fastinfer::stop_reason_name(result.stopped_by))},
                                     {"mean_accepted_per_step", spec_result.stats.mean_accepted_per_step()},
+                                    {"acceptance_rate", spec_result.stats.acceptance_rate()},
                                     {"target_forwards", spec_result.stats.target_forwards}};
       std::fprintf(stderr, "%s\n", stats.dump().c_str());
     } else if (!print_ids) {

@@ -11,6 +11,8 @@ import json
 import os
 import platform
 import re
+import statistics
+import textwrap
 
 import matplotlib
 
@@ -60,7 +62,7 @@ class Report:
         self.machine = f"{self.cpu}, {args.threads} thread(s), kernels built for {self.isa}{note}"
 
     def caption(self, what):
-        return f"{what}\n{self.machine}"
+        return "\n".join(textwrap.wrap(what, 100) + textwrap.wrap(self.machine, 100))
 
     def save(self, fig, name):
         fig.tight_layout()
@@ -127,20 +129,24 @@ class Report:
 
     # ---- technique matrix ---------------------------------------------------
     def matrix(self):
-        cells = {}
+        samples = {}
         for path in glob.glob(os.path.join(self.raw, "matrix_*.json")):
-            m = re.match(r"matrix_(.+)_b(\d+)_p(\d+)\.json", os.path.basename(path))
+            m = re.match(r"matrix_(.+)_b(\d+)_p(\d+)_r\d+\.json", os.path.basename(path))
             tech, b, p = m.group(1), int(m.group(2)), int(m.group(3))
             j = load(path)
-            cells.setdefault(p, {}).setdefault(f"continuous, {tech}", {})[b] = j["continuous"]["output_tok_s"]
+            samples.setdefault((p, f"continuous, {tech}", b), []).append(j["continuous"]["output_tok_s"])
             if "static" in j:
-                cells[p].setdefault(f"static, {tech}", {})[b] = j["static"]["output_tok_s"]
-        plain = {}
+                samples.setdefault((p, f"static, {tech}", b), []).append(j["static"]["output_tok_s"])
+        cells = {}
+        for (p, tech, b), xs in samples.items():
+            cells.setdefault(p, {}).setdefault(tech, {})[b] = statistics.median(xs)
+        plain_samples = {}
         for path in glob.glob(os.path.join(self.raw, "plain_p*.json")):
             p = int(re.search(r"plain_p(\d+)", path).group(1))
             s = last_json_line(path)
             if s:
-                plain[p] = s["decode_tok_s"]
+                plain_samples.setdefault(p, []).append(s["decode_tok_s"])
+        plain = {p: statistics.median(xs) for p, xs in plain_samples.items()}
         prompts = sorted(cells)
         fig, axes = plt.subplots(1, len(prompts), figsize=(5 * len(prompts), 4.5), squeeze=False, sharey=True)
         for ax, p in zip(axes[0], prompts):
@@ -152,6 +158,9 @@ class Report:
                 ax.scatter([1], [plain[p]], marker="*", s=120, color="k", zorder=5,
                            label="plain loop, contiguous KV (decode only)")
             ax.set_xscale("log", base=2)
+            ticks = sorted({b for series in cells[p].values() for b in series})
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([str(b) for b in ticks])
             ax.set_xlabel("batch size (requests at once)")
             ax.set_title(f"prompt {p} tokens, {self.a.new_tokens} new", fontsize=9)
             ax.grid(True, alpha=0.3)
@@ -172,6 +181,11 @@ class Report:
                     v = cells[p].get(t, {}).get(b)
                     vals.append(f"{v:.0f}" if v else "-")
             lines.append(f"| {t} | " + " | ".join(vals) + " |")
+        spreads = [max(xs) / min(xs) for xs in samples.values() if len(xs) > 1 and min(xs) > 0]
+        if spreads:
+            lines.append(f"\nRepetitions of one cell differed by up to {max(spreads):.1f}x (max/min; median "
+                         f"{statistics.median(spreads):.2f}x): differences between techniques smaller than that "
+                         "are not resolved by this run.")
         if plain:
             lines.append("\nPlain single-sequence loop (fastinfer-generate, contiguous KV) decode tok/s: " +
                          ", ".join(f"prompt {p}: {plain[p]:.0f}" for p in sorted(plain)) + ".")
@@ -213,40 +227,64 @@ class Report:
 
     # ---- speculation --------------------------------------------------------
     def speculative(self):
+        runs = {}
+        for path in sorted(glob.glob(os.path.join(self.raw, "spec_*_r*.json"))):
+            name = re.sub(r"_r\d+$", "", os.path.basename(path)[5:-5])
+            s = last_json_line(path)
+            if s:
+                runs.setdefault(name, []).append(s)
         base = {}
         points = []
-        for path in sorted(glob.glob(os.path.join(self.raw, "spec_*.json"))):
-            name = os.path.basename(path)[5:-5]
+        for name, rs in sorted(runs.items()):
             which, method = name.split("_", 1)
-            s = last_json_line(path)
-            if not s:
-                continue
+            # The median run by speed stands for the method (acceptance does not vary with the load).
+            s = sorted(rs, key=lambda r: r["decode_tok_s"])[len(rs) // 2]
             if method == "plain":
                 base[which] = s["decode_tok_s"]
             else:
                 points.append((which, method, s))
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
-        rows = ["| prompt | method | accepted per target step | target forwards | decode tok/s | speed-up |",
-                "|---|---|---:|---:|---:|---:|"]
+        rows = ["| sampling | method | acceptance (accepted / drafted) | tokens per target forward | "
+                "target forwards | decode tok/s (min-max) | speed-up |", "|---|---|---:|---:|---:|---:|---:|"]
         for which, method, s in points:
             if not base.get(which):
                 continue
             speed = s["decode_tok_s"] / base[which]
-            acc = s["mean_accepted_per_step"]
-            ax.scatter(acc, speed, marker="o" if which == "rep" else "s",
+            acc = s.get("acceptance_rate", 0.0)
+            ax.scatter(acc, speed, marker="o" if which == "greedy" else "s",
                        color="C0" if "lookup" in method else "C2" if "draft" in method else "C3")
             ax.annotate(f"{method} ({which})", (acc, speed), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            rows.append(f"| {which} | {method} | {acc:.2f} | {s['target_forwards']} | {s['decode_tok_s']:.0f} | "
+            speeds = sorted(r["decode_tok_s"] for r in runs[f"{which}_{method}"])
+            rows.append(f"| {which} | {method} | {100 * acc:.0f} % | {s['mean_accepted_per_step']:.2f} | "
+                        f"{s['target_forwards']} | {s['decode_tok_s']:.0f} ({speeds[0]:.0f}-{speeds[-1]:.0f}) | "
                         f"{speed:.2f}x |")
-        ax.axhline(1.0, color="k", lw=0.8, ls="--", label="plain decoding")
-        ax.set_xlabel("mean drafted tokens accepted per target forward")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--", label="plain decoding (same sampling)")
+        ax.scatter([], [], marker="o", color="gray", label="greedy")
+        ax.scatter([], [], marker="s", color="gray", label="sampled, temperature 1")
+        ax.set_xlabel("acceptance rate (accepted drafts / drafted tokens)")
         ax.set_ylabel("decode speed-up over plain (x)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title(self.caption(f"Speculative decoding, batch 1: speed-up vs acceptance, {self.a.model} "
-                                  f"{self.a.weights} (rep: repetitive prompt, spread: varied prompt)"), fontsize=9)
+                                  f"{self.a.weights}"), fontsize=9)
         self.save(fig, "spec_speedup.png")
         return "\n".join(rows) + "\n\nPlain decode tok/s: " + ", ".join(f"{k}: {v:.0f}" for k, v in base.items())
+
+    # ---- ceilings -----------------------------------------------------------
+    def ceilings(self):
+        rows = ["| ceiling | threads | measured |", "|---|---:|---:|"]
+        for b in load(os.path.join(self.raw, "bandwidth.json"))["benchmarks"]:
+            rows.append(f"| streamed read (bench_bandwidth, 1 GiB) | {int(b.get('threads', 0))} | "
+                        f"{b['bytes_per_second'] / 1e9:.1f} GB/s |")
+        best = {}
+        for b in load(os.path.join(self.raw, "fma.json"))["benchmarks"]:
+            if "error_occurred" in b or b.get("run_type") != "iteration":
+                continue
+            key = (b["label"], int(b["threads"]))
+            best[key] = max(best.get(key, 0.0), b["gflops"])
+        for (level, threads), g in sorted(best.items(), key=lambda kv: (int(kv[0][1]), kv[1])):
+            rows.append(f"| FMA peak, {level} (bench_fma, best of 3) | {threads} | {g:.1f} GFLOP/s |")
+        return "\n".join(rows)
 
     # ---- llama.cpp (optional) -----------------------------------------------
     def llama_cpp(self):
@@ -277,6 +315,9 @@ class Report:
                                       "one run, not with other pages.\n",
               f"Reproduce: `scripts/report.sh {a.mode}` ({a.seconds} s for this run, build included). "
               "Raw JSON: `build/report/<mode>/`. Generated by `scripts/report/make_report.py`.", "",
+              "## Ceilings", "", self.ceilings(), "",
+              f"The roofline uses the {self.a.threads}-thread read figure and the best 1-thread {self.isa} FMA "
+              f"figure times {self.a.threads} threads.", "",
               "## Where the time of a forward pass goes", "",
               f"`fastinfer-generate --model {a.model} --weights {a.weights} --profile-json` "
               "(ForwardProfiler, `include/fastinfer/model/profiler.hpp`). Bytes and FLOPs per op are computed "
@@ -292,11 +333,14 @@ class Report:
         md += ["", "## Techniques x batch size x prompt length", "",
                "`fastinfer-serve-bench`, B requests arriving at once with at most B running, every technique on "
                "the paged KV cache through the Engine (continuous batching) unless named static. Output tokens "
-               "per second (generated tokens over the span from first arrival to last finish).", "",
+               "per second (generated tokens over the span from first arrival to last finish), median of the "
+               "repetitions.", "",
                "![throughput vs batch](throughput_vs_batch.png)", "", self.matrix(), "",
                "## Serving latency", "", "![serving latency](serving_latency.png)", "", self.serving(), "",
                "## Speculative decoding", "",
-               "`fastinfer-generate --spec ...` at batch 1, greedy; speed-up over plain decoding in the same run.",
+               "`fastinfer-generate --spec ...` at batch 1, greedy and sampled at temperature 1 (exact rejection "
+               "sampling), 64-token prompt; speed-up of the median of the repetitions over plain decoding with "
+               "the same sampling, in the same run. The draft model is the target itself with q8_0 weights.",
                "", "![speculative speed-up](spec_speedup.png)", "", self.speculative(), ""]
         lc = self.llama_cpp()
         md += ["## llama.cpp side by side", ""]

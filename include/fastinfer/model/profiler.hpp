@@ -210,20 +210,13 @@ class ForwardProfiler {
     phase_ = phase;
     for (std::size_t i = 0; i < kProfOps; ++i) costs_[i] = op_cost(model, pass, ProfOp(i));
     have_costs_ = true;
-    last_sampling_cost_ = costs_[std::size_t(ProfOp::Sampling)];
     stats_[std::size_t(phase_)].rows += pass.rows;
     lap(ProfOp::Setup);
   }
   // Charges the time since the previous lap (or the pass start) to `op`.
   void lap(ProfOp op) {
     const Clock::time_point now = Clock::now();
-    OpStats& s = stats_[std::size_t(phase_)].ops[std::size_t(op)];
-    s.seconds += std::chrono::duration<double>(now - last_).count();
-    ++s.calls;
-    if (have_costs_) {
-      s.bytes += costs_[std::size_t(op)].bytes;
-      s.flops += costs_[std::size_t(op)].flops;
-    }
+    add(op, std::chrono::duration<double>(now - last_).count(), have_costs_ ? costs_[std::size_t(op)] : OpCost{});
     last_ = now;
   }
   void end_pass() {
@@ -240,7 +233,7 @@ class ForwardProfiler {
     s.flops += cost.flops;
   }
   // The cost of one greedy pick from the last pass's model (0 before any pass).
-  OpCost sampling_cost() const { return last_sampling_cost_; }
+  OpCost sampling_cost() const { return costs_[std::size_t(ProfOp::Sampling)]; }
 
   // ---- results -------------------------------------------------------------
 
@@ -378,7 +371,6 @@ class ForwardProfiler {
 
   std::array<PhaseStats, kProfPhases> stats_{};
   std::array<OpCost, kProfOps> costs_{};
-  OpCost last_sampling_cost_{};
   bool have_costs_ = false;
   ProfPhase phase_ = ProfPhase::Decode;
   Clock::time_point pass_start_{}, last_{};
