@@ -9,8 +9,8 @@
 #
 # quick: synthetic:15M f32, batches 1/4/16, prompts 32/128: under 10 minutes
 #        from a clean build on 2 cores.
-# full:  synthetic:110M bf16, batches 1/2/4/8/16/32, prompts 32/128/512, every
-#        KV format and drafter: about an hour on 2 cores.
+# full:  synthetic:110M bf16, batches 1/2/4/8/16/32, prompts 32/128/512, four
+#        KV formats and a self-draft: well over an hour on 2 cores (not timed).
 # --note: a line for every caption (say "loaded" when other work shares the CPU).
 # --llama-bench FILE: JSON from `llama-bench -o json` on the same machine and
 #        the GGUF given with --gguf; the report runs fastinfer-generate on that
