@@ -96,7 +96,9 @@ struct ProfileModelShape {
 // What one pass is: rows fed, rows whose logits are computed, keys attended
 // summed over rows (causal: a row at position p attends p + 1 keys), KV
 // tokens read summed over sequences (each sequence's cache read once per
-// layer), and the sequences in the batch.
+// layer), and the sequences in the batch. LlamaModel counts p + 1 keys per
+// row whatever the mask: for a token tree (a row attends its ancestors only)
+// or a sliding window that is an upper bound on the attention's work.
 struct ProfilePassShape {
   std::int64_t rows = 0;
   std::int64_t logit_rows = 0;
