@@ -3,7 +3,7 @@
 //
 // Opt-in: LlamaModel::set_profiler(&p) turns it on; with no profiler attached
 // each hook is one predictable null-pointer test (bench_model's
-// BM_DecodeProfiler measures off, on and the difference). Timing is by laps:
+// BM_DecodeProfiler110M measures off and on side by side). Timing is by laps:
 // the model calls lap(op) after each op, and the op is charged the time since
 // the previous lap (or since the pass began). Laps therefore tile the pass
 // with no gap: whatever the model does between two hooks (a memcpy of padded
