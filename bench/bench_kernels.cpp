@@ -11,8 +11,9 @@
 // * BM_Matmul/<dtype>/rows/cols/n/threads: prefill products (n = 512) and
 //   small batches (n = 4, 16: dot-product tiles; 32: Eigen); the FLOPS counter
 //   is 2 * rows * cols * n per second (Zen 3 peak: 32 flop/cycle/core).
-// * BM_FmaPeak/threads: the FMA throughput of the cores (10 independent
-//   256-bit FMA chains per thread), the ceiling the matmul FLOPS compare with.
+// * BM_FmaPeak/threads: the FMA throughput of the cores (12 independent
+//   256-bit FMA chains per thread, fma_peak.hpp), the ceiling the matmul
+//   FLOPS compare with.
 // * BM_SmallDecode/threads: the matvecs and vector kernels of one stories260K
 //   token (dim 64, hidden 172, 5 layers, vocab 512): 2 threads must not be
 //   slower than 1.
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "fastinfer/backend/cpu/kernels.hpp"
+#include "fma_peak.hpp"
 #include "read_bandwidth.hpp"
 
 #if defined(_OPENMP)
@@ -157,43 +159,28 @@ BENCHMARK(BM_Matmul)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
-#if defined(__x86_64__) && defined(__FMA__) && defined(__AVX__)
-// 10 chains of 256-bit FMAs: enough in flight to cover the latency (4 cycles
-// x 2 pipes on Zen 3). Inline assembly, so the compiler cannot fold it.
-void fma_burst(long iterations) {
-  const float half = 0.5f;
-  __asm__ volatile(
-      "vxorps %%ymm0,%%ymm0,%%ymm0\n vxorps %%ymm1,%%ymm1,%%ymm1\n vxorps %%ymm2,%%ymm2,%%ymm2\n"
-      "vxorps %%ymm3,%%ymm3,%%ymm3\n vxorps %%ymm4,%%ymm4,%%ymm4\n vxorps %%ymm5,%%ymm5,%%ymm5\n"
-      "vxorps %%ymm6,%%ymm6,%%ymm6\n vxorps %%ymm7,%%ymm7,%%ymm7\n vxorps %%ymm8,%%ymm8,%%ymm8\n"
-      "vxorps %%ymm9,%%ymm9,%%ymm9\n vbroadcastss %1,%%ymm14\n vbroadcastss %1,%%ymm15\n"
-      "1:\n"
-      "vfmadd231ps %%ymm14,%%ymm15,%%ymm0\n vfmadd231ps %%ymm14,%%ymm15,%%ymm1\n"
-      "vfmadd231ps %%ymm14,%%ymm15,%%ymm2\n vfmadd231ps %%ymm14,%%ymm15,%%ymm3\n"
-      "vfmadd231ps %%ymm14,%%ymm15,%%ymm4\n vfmadd231ps %%ymm14,%%ymm15,%%ymm5\n"
-      "vfmadd231ps %%ymm14,%%ymm15,%%ymm6\n vfmadd231ps %%ymm14,%%ymm15,%%ymm7\n"
-      "vfmadd231ps %%ymm14,%%ymm15,%%ymm8\n vfmadd231ps %%ymm14,%%ymm15,%%ymm9\n"
-      "dec %0\n jnz 1b\n"
-      : "+r"(iterations)
-      : "m"(half)
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm14", "xmm15",
-        "cc");
-}
-
+// 256-bit FMA chains (fma_peak.hpp's avx2 level, the width the matmul
+// kernels use on an AVX2 build; bench_fma has every level).
 void BM_FmaPeak(benchmark::State& state) {
   const int threads = int(state.range(0));
-  constexpr long kIterations = 1000000;
+  constexpr std::int64_t kIterations = 1000000;
+  float sink = 0.0f;
+  if (bench::fma_run_gflops("avx2", 1, 16, &sink) <= 0) {
+    state.SkipWithError("skipped: this CPU has no AVX2 with FMA");
+    for (auto _ : state) {
+    }
+    return;
+  }
   for (auto _ : state) {
-#pragma omp parallel num_threads(threads)
-    fma_burst(kIterations);
+    bench::fma_run_gflops("avx2", threads, kIterations, &sink);
+    benchmark::DoNotOptimize(sink);
   }
   state.counters["FLOPS"] = benchmark::Counter(
-      double(threads) * kIterations * 10 * 16 * double(state.iterations()), benchmark::Counter::kIsRate);
+      double(threads) * bench::fma_flops("avx2", kIterations) * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 // CPU time, not wall time: on a shared machine a descheduled burst would
 // otherwise read as a slow FMA unit (FLOPS = threads x per-core rate).
 BENCHMARK(BM_FmaPeak)->Arg(1)->Arg(2)->ArgName("threads")->Unit(benchmark::kMillisecond);
-#endif
 
 void BM_SmallDecode(benchmark::State& state) {
   const int threads = int(state.range(0));

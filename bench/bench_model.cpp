@@ -12,8 +12,12 @@
 // * BM_DecodeStories260K/threads: stories260K.bin decode (overhead-bound;
 //   2 threads must not be slower than 1). Skipped with a message when
 //   ../shared/models/stories260K.bin is absent.
+// * BM_DecodeProfiler110M/profile/threads: BM_Decode110M (f32) with no
+//   profiler (0) and with a ForwardProfiler attached (1), side by side: the
+//   cost of the hooks when on; off is the same code path as BM_Decode110M.
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -71,6 +75,29 @@ void BM_Decode110M(benchmark::State& state) {
   decode_loop(state, m);
 }
 BENCHMARK(BM_Decode110M)->ArgNames({"bf16", "threads"})->Args({0, 2})->Args({1, 2})->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void BM_DecodeProfiler110M(benchmark::State& state) {
+  LlamaModel<>& m = model("synthetic:110M", DType::F32);
+  m.set_threads(int(state.range(1)));
+  ForwardProfiler profiler;
+  m.set_profiler(state.range(0) != 0 ? &profiler : nullptr);
+  state.SetLabel(state.range(0) != 0 ? "profiler on" : "profiler off");
+  const auto t0 = std::chrono::steady_clock::now();
+  decode_loop(state, m);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  m.set_profiler(nullptr);
+  // The per-op times against a clock outside the model (the whole loop,
+  // prefill included, as the profile is): the "within 5 %" figure.
+  if (state.range(0) != 0) state.counters["ops_over_wall"] = profiler.total_seconds() / wall;
+}
+BENCHMARK(BM_DecodeProfiler110M)
+    ->ArgNames({"profile", "threads"})
+    ->Args({0, 2})
+    ->Args({1, 2})
+    ->Args({0, 2})
+    ->Args({1, 2})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 void BM_Prefill110M(benchmark::State& state) {
   LlamaModel<>& m = model("synthetic:110M", DType::F32);

@@ -2,9 +2,11 @@
 // or a synthetic model, in token ids. Exit codes: 0 ok; 2 bad usage (unknown
 // flag, malformed value, token id outside the vocabulary, prompt too long);
 // 1 any other failure (a bad model file). Errors are one line on stderr.
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <string>
 
@@ -15,11 +17,16 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "fastinfer/model/profiler.hpp"
 #include "fastinfer/spec/drafter_factory.hpp"
 #include "fastinfer/spec/medusa_tree.hpp"
 #include "fastinfer/spec/speculative_generate.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
+
+// The roofline's ceilings, measured where the profile is taken.
+#include "../../bench/fma_peak.hpp"
+#include "../../bench/read_bandwidth.hpp"
 
 namespace {
 
@@ -29,6 +36,36 @@ int fail(int code, const std::string& message) {
     if (ch == '\n' || ch == '\r') ch = ' ';
   std::fprintf(stderr, "fastinfer-generate: error: %s\n", line.c_str());
   return code;
+}
+
+// The CPU's name as the kernel reports it ("model name" in /proc/cpuinfo).
+std::string cpu_name() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+      const std::string name = line.substr(line.find(':') + 1);
+      return name.substr(name.find_first_not_of(' '));
+    }
+  return "unknown CPU";
+}
+
+// Streamed-read GB/s (best of 3 passes over 512 MiB, beyond any L3 here) and
+// the FMA peak at the ISA level the kernels were compiled for, with the
+// model's threads; a ceiling given on the command line is not measured.
+fastinfer::Roofline measure_roofline(int threads, double gbs, double gflops) {
+  fastinfer::Roofline r;
+  r.threads = threads;
+  r.isa = fastinfer::bench::compiled_fma_level();
+  r.cpu = cpu_name();
+  if (gbs <= 0) {
+    fastinfer::bench::ReadBuffer buffer(std::size_t(512) << 20, threads);
+    float sink = 0;
+    for (int i = 0; i < 3; ++i)
+      gbs = std::max(gbs, 1e-9 * fastinfer::bench::timed_read_pass(buffer.data, buffer.count, threads, &sink));
+  }
+  r.read_gbs = gbs;
+  r.peak_gflops = gflops > 0 ? gflops : fastinfer::bench::fma_peak_gflops(r.isa, threads);
+  return r;
 }
 
 }  // namespace
@@ -79,6 +116,15 @@ int main(int argc, char** argv) {
   app.add_option("--sinks", kv.sinks, "attention sinks kept before the window")->check(CLI::Range(0, 1 << 30));
   app.add_flag("--print-ids", print_ids, "print only the generated ids, space separated, on one line");
   app.add_flag("--stats-json", stats_json, "print one JSON object of statistics on stderr");
+  bool profile = false;
+  std::string profile_json;
+  double roof_gbs = 0, roof_gflops = 0;
+  app.add_flag("--profile", profile, "time every op of every forward pass; print a roofline table on stderr");
+  app.add_option("--profile-json", profile_json, "write the op profile as JSON to this file (implies --profile)");
+  app.add_option("--roofline-gbs", roof_gbs, "profile: streamed-read ceiling in GB/s (0: measure it)")
+      ->check(CLI::Range(0.0, 1e6));
+  app.add_option("--roofline-gflops", roof_gflops, "profile: FMA peak in GFLOP/s (0: measure it)")
+      ->check(CLI::Range(0.0, 1e9));
   fastinfer::spec::DrafterSpec spec;
   int spec_k = 4;
   app.add_option("--spec", spec.kind, "speculative decoding drafter")
@@ -180,6 +226,14 @@ int main(int argc, char** argv) {
       if (auto* dm = dynamic_cast<fastinfer::spec::DraftModel<fastinfer::LlamaModel<>>*>(drafter.get()))
         dm->set_rule(spec_options.rule);
     }
+    fastinfer::ForwardProfiler profiler;
+    if (profile || !profile_json.empty()) model.set_profiler(&profiler);
+    std::ofstream profile_out;
+    if (!profile_json.empty()) {  // before generating: a bad path fails fast
+      profile_out.open(profile_json);
+      FASTINFER_CHECK(profile_out.is_open(), fastinfer::InvalidArgument, "cannot open --profile-json file '",
+                      profile_json, "' for writing");
+    }
     auto heads = medusa ? fastinfer::spec::MedusaHeads::from_spec(medusa_heads, model.config())
                         : fastinfer::spec::MedusaHeads();
 
@@ -200,6 +254,7 @@ int main(int argc, char** argv) {
       if (!print_ids) std::fflush(stdout);
     };
     fastinfer::spec::ModelTarget<fastinfer::LlamaModel<>> target(model);
+    const auto gen_start = std::chrono::steady_clock::now();
     const auto spec_result =
         medusa ? fastinfer::spec::medusa_generate(model, heads, prompt, params,
                                                   fastinfer::spec::medusa_options(medusa_tree, heads.num_heads()),
@@ -207,6 +262,8 @@ int main(int argc, char** argv) {
         : drafter ? fastinfer::spec::speculative_generate(target, *drafter, prompt, params,
                                                         spec_options, on_token)
                 : fastinfer::spec::plain_as_speculative(fastinfer::generate(model, prompt, params, on_token));
+    const double gen_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - gen_start).count();
     const auto& result = spec_result.generation;
     std::printf("\n");
     std::fflush(stdout);
@@ -221,12 +278,24 @@ int main(int argc, char** argv) {
                                     {"kv_bytes", model.kv_bytes()},
                                     {"stopped_by", std::string(fastinfer::stop_reason_name(result.stopped_by))},
                                     {"mean_accepted_per_step", spec_result.stats.mean_accepted_per_step()},
+                                    {"acceptance_rate", spec_result.stats.acceptance_rate()},
                                     {"target_forwards", spec_result.stats.target_forwards}};
       std::fprintf(stderr, "%s\n", stats.dump().c_str());
     } else if (!print_ids) {
       std::fprintf(stderr, "%zu new tokens (stopped by %s); prefill %.1f tok/s, decode %.1f tok/s\n",
                    result.tokens.size(), std::string(fastinfer::stop_reason_name(result.stopped_by)).c_str(),
                    result.prefill_tok_s(), result.decode_tok_s());
+    }
+    if (model.profiler()) {
+      model.set_profiler(nullptr);
+      // The caller's clock is the whole generation: the tokens' callbacks
+      // (printing) are in it and in no op.
+      const fastinfer::Roofline roof = measure_roofline(threads, roof_gbs, roof_gflops);
+      if (profile) std::fprintf(stderr, "%s", profiler.table(roof, gen_seconds).c_str());
+      if (!profile_json.empty()) {
+        profile_out << profiler.json(roof, gen_seconds) << "\n";
+        FASTINFER_CHECK(profile_out.good(), fastinfer::Error, "cannot write the profile to '", profile_json, "'");
+      }
     }
     return 0;
   } catch (const fastinfer::InvalidArgument& e) {

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -57,7 +58,8 @@ int main(int argc, char** argv) {
   std::string preemption = "recompute";
   std::string spec_kind = "none", spec_policy = "adaptive", draft_model, draft_weights = "bf16";
   int spec_k = 4;
-  bool json = false, prefix_cache = false, no_static = false;
+  bool json = false, prefix_cache = false, no_static = false, samples = false;
+  std::string kv_quant = "f32";
   fe::WorkloadConfig w;
   w.num_requests = 64;
   app.add_option("--model", model_spec, "model: synthetic:NAME, a llama2.c .bin, a .gguf or an HF directory")
@@ -96,7 +98,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))->capture_default_str();
   app.add_option("--spec-policy", spec_policy, "when rows speculate: adaptive, always, never, max-batch:N")
       ->capture_default_str();
+  app.add_option("--kv", kv_quant, "KV cache storage")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "int8", "int4", "fp8-e4m3", "fp8-e5m2"}))
+      ->capture_default_str();
   app.add_flag("--json", json, "print one JSON object");
+  app.add_flag("--samples", samples,
+               "with --json: every request's TTFT and every inter-token gap of the continuous run (ms), "
+               "for distributions");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -118,6 +126,7 @@ int main(int argc, char** argv) {
     mo.threads = threads;
     mo.max_batch = std::min(budget, cfg.max_seq_len);
     mo.kv.layout = fastinfer::KVLayoutKind::Paged;
+    mo.kv.quant = fastinfer::kv::parse_quant(kv_quant);
     mo.kv.block_size = block_size;
     mo.kv.max_sequences = std::max(max_seqs, static_batch);
     const std::int32_t per_seq = (w.prompt.max + w.output.max + block_size - 1) / block_size + 1;
@@ -162,7 +171,7 @@ int main(int argc, char** argv) {
     {
       fe::Engine<> engine(model, ec);
       const double t0 = engine.now();
-      fe::drive(engine, requests);
+      const std::vector<fastinfer::sched::RequestId> ids = fe::drive(engine, requests);
       wall_c = engine.now() - t0;
       mc = engine.metrics();
       out["continuous"] = to_json(mc, wall_c, mc.forward_tokens);
@@ -186,6 +195,17 @@ int main(int argc, char** argv) {
                           {"per_token_ms", mc.cost_model.per_token * 1e3},
                           {"per_model_draft_ms", mc.cost_model.per_model_draft * 1e3}};
       out["continuous"]["spec"] = sj;
+      if (samples) {
+        std::vector<double> ttft, itl;
+        for (const auto id : ids) {
+          const fastinfer::sched::RequestTiming& t = engine.timing(id);
+          if (t.first_token >= 0) ttft.push_back((t.first_token - t.arrival) * 1e3);
+          for (std::size_t i = 1; i < t.token_times.size(); ++i)
+            itl.push_back((t.token_times[i] - t.token_times[i - 1]) * 1e3);
+        }
+        out["continuous"]["ttft_ms"] = ttft;
+        out["continuous"]["itl_ms"] = itl;
+      }
     }
     fastinfer::sched::MetricsSummary ms;
     if (!no_static) {
@@ -203,6 +223,7 @@ int main(int argc, char** argv) {
                      {"output_len", output_len},     {"shared_prefix_fraction", w.shared_prefix_fraction},
                      {"max_seqs", max_seqs},         {"max_tokens_per_step", budget},
                      {"static_batch", static_batch}, {"kv_blocks", mo.kv.num_blocks},
+                     {"kv", kv_quant},
                      {"preemption", preemption},     {"prefix_cache", prefix_cache},
                      {"spec", spec_kind},            {"spec_k", spec_k},
                      {"spec_policy", spec_policy}};

@@ -39,6 +39,7 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/forward_batch.hpp"
 #include "fastinfer/model/kv_store.hpp"
+#include "fastinfer/model/profiler.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/spec/speculative_verifier.hpp"

@@ -157,3 +157,35 @@ TEST_CASE("fastinfer-generate: sampling is reproducible per seed, whatever the t
   CHECK(a.out != c.out);
   CHECK(run(gen, "--temperature -1").code == 2);
 }
+
+TEST_CASE("fastinfer-generate: --profile prints the op table, --profile-json writes it, output unchanged",
+          "[examples][cli][profiler]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  Scratch scratch;
+  const fs::path json_path = scratch.dir / "profile.json";
+  const std::string base = "--prompt-ids 1,20,30 --max-new-tokens 6 --print-ids";
+  const Run plain = run(gen, base);
+  // Ceilings given: nothing measured, the run stays fast.
+  const Run r = run(gen, base + " --profile --profile-json '" + json_path.string() +
+                             "' --roofline-gbs 10 --roofline-gflops 100");
+  REQUIRE(r.code == 0);
+  CHECK(r.out == plain.out);
+  CHECK(r.err.find("decode: ") != std::string::npos);
+  CHECK(r.err.find("ops sum") != std::string::npos);
+  const auto j = nlohmann::json::parse(slurp(json_path));
+  CHECK(j.at("roofline").at("read_gbs") == 10.0);
+  CHECK(j.at("roofline").at("peak_gflops") == 100.0);
+  std::istringstream ids(r.out);
+  int emitted = 0;
+  for (int id; ids >> id;) ++emitted;
+  CHECK(j.at("phases").at("prefill").at("passes") == 1);
+  CHECK(j.at("phases").at("prefill").at("rows") == 3);
+  // The last token is not fed back: one decode pass per emitted token but the last.
+  if (emitted > 1) CHECK(j.at("phases").at("decode").at("passes") == emitted - 1);
+  CHECK(j.at("ops_s").get<double>() <= j.at("measured_s").get<double>());
+
+  const Run bad = run(gen, base + " --profile-json '" + (scratch.dir / "no" / "such" / "dir.json").string() + "'");
+  CHECK(bad.code == 2);
+  CHECK(lines(bad.err) == 1);
+  CHECK(bad.err.find("--profile-json") != std::string::npos);
+}

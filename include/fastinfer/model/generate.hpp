@@ -22,6 +22,7 @@
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/model/config.hpp"
+#include "fastinfer/model/profiler.hpp"
 
 namespace fastinfer {
 
@@ -140,7 +141,9 @@ GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt,
       r.stopped_by = StopReason::SeqLen;
       break;
     }
-    const std::int32_t next = pick_token(logits, c.vocab_size, params, std::int64_t(r.tokens.size()), workspace);
+    const std::int32_t next = profile_sampling(model, [&] {
+      return pick_token(logits, c.vocab_size, params, std::int64_t(r.tokens.size()), workspace);
+    });
     if (next == c.bos_id) {
       r.stopped_by = StopReason::Bos;
       break;

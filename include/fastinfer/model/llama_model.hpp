@@ -44,6 +44,7 @@
 #include "fastinfer/model/config.hpp"
 #include "fastinfer/model/forward_batch.hpp"
 #include "fastinfer/model/kv_store.hpp"
+#include "fastinfer/model/profiler.hpp"
 #include "fastinfer/model/weights.hpp"
 
 namespace fastinfer {
@@ -121,6 +122,25 @@ class LlamaModel {
   }
   int max_batch() const { return max_batch_; }
 
+  // Per-op timing of every forward pass (profiler.hpp) until set to nullptr;
+  // the profiler must outlive its use. Off (nullptr) by default.
+  void set_profiler(ForwardProfiler* profiler) {
+    prof_ = profiler;
+    if (prof_) prof_shape_ = profile_shape();
+  }
+  ForwardProfiler* profiler() const { return prof_; }
+  // What the profiler's accounting needs to know about this model.
+  ProfileModelShape profile_shape() const {
+    ProfileModelShape m;
+    m.config = c_;
+    const LlamaLayerWeights& l0 = w_.layers.front();
+    m.embedding = w_.token_embedding.dtype, m.classifier = w_.classifier.dtype;
+    m.wq = l0.wq.dtype, m.wk = l0.wk.dtype, m.wv = l0.wv.dtype, m.wo = l0.wo.dtype;
+    m.w1 = l0.w_gate.dtype, m.w2 = l0.w_down.dtype, m.w3 = l0.w_up.dtype;
+    m.kv_bytes_per_token_layer = double(kv_->bytes_per_token()) / double(c_.n_layers);
+    return m;
+  }
+
   // The KV cache: sequence verbs for an Engine (add, fork, free, adopt,
   // truncate), the allocator for a prefix cache, typed access via
   // kv().cache<Layout, Quant>().
@@ -168,6 +188,7 @@ class LlamaModel {
   // As above, writing the logits rows to out[logits_rows][vocab].
   void forward(const ForwardBatch& batch, float* out) {
     check_batch_(batch);
+    if (prof_) prof_->begin_pass();
     const std::int32_t b_count = batch.batch();
     // Rollback, then room for the new tokens of every sequence at once.
     reqs_.clear();
@@ -203,7 +224,9 @@ class LlamaModel {
         for (std::int32_t r = batch.qo_indptr[std::size_t(b) + 1] - batch.logits_tail[std::size_t(b)];
              r < batch.qo_indptr[std::size_t(b) + 1]; ++r)
           logit_rows_.push_back(r);
+    if (prof_) profile_pass_(batch, decode);
     run_(batch, out);
+    if (prof_) prof_->end_pass();
   }
 
   // ---- one sequence ---------------------------------------------------------
@@ -360,6 +383,21 @@ class LlamaModel {
                     sizeof(float) * std::size_t(hd));
   }
 
+  void lap_(ProfOp op) {
+    if (prof_) prof_->lap(op);
+  }
+  // The pass's shape for the profiler's accounting (row_pos_ and the KV
+  // lengths already include this step's tokens).
+  void profile_pass_(const ForwardBatch& bt, bool decode) {
+    ProfilePassShape p;
+    p.rows = bt.rows();
+    p.logit_rows = std::int64_t(logit_rows_.size());
+    p.sequences = bt.batch();
+    for (std::int64_t r = 0; r < p.rows; ++r) p.attended_keys += row_pos_[std::size_t(r)] + 1;
+    for (SeqId s : seqs_) p.kv_tokens += kv_->length(s);
+    prof_->set_pass(prof_shape_, p, decode ? ProfPhase::Decode : ProfPhase::Prefill);
+  }
+
   void run_(const ForwardBatch& bt, float* out) {
     const int n = int(bt.rows());
     const std::size_t dim = std::size_t(c_.dim);
@@ -369,19 +407,25 @@ class LlamaModel {
     for (int t = 0; t < n; ++t)
       cpu::load_row(w_.token_embedding.dtype, w_.token_embedding.row_ptr(bt.tokens[std::size_t(t)]),
                     x + std::size_t(t) * dim, c_.dim);
+    lap_(ProfOp::Embed);
 
     for (int l = 0; l < c_.n_layers; ++l) {
       const LlamaLayerWeights& lw = w_.layers[std::size_t(l)];
       for (int t = 0; t < n; ++t)
         cpu::rmsnorm(xb_.data() + std::size_t(t) * dim, x + std::size_t(t) * dim, lw.attn_norm, c_.dim, c_.norm_eps);
+      lap_(ProfOp::AttnNorm);
       linear_(lw.wq, xb_.data(), n, q_.data());
+      lap_(ProfOp::Wq);
       linear_(lw.wk, xb_.data(), n, k_.data());
+      lap_(ProfOp::Wk);
       linear_(lw.wv, xb_.data(), n, v_.data());
+      lap_(ProfOp::Wv);
       for (int t = 0; t < n; ++t) {
         const int pos = int(row_pos_[std::size_t(t)]);
         cpu::rope(q_.data() + std::size_t(t) * qd, c_.n_heads, c_.head_dim, pos, c_.rope_theta, c_.rope_style);
         cpu::rope(k_.data() + std::size_t(t) * kvd, c_.n_kv_heads, c_.head_dim, pos, c_.rope_theta, c_.rope_style);
       }
+      lap_(ProfOp::Rope);
       const float* kk = k_.data();
       const float* vv = v_.data();
       const float* qq = q_.data();
@@ -397,6 +441,7 @@ class LlamaModel {
         const std::size_t r0 = std::size_t(bt.qo_indptr[std::size_t(b)]);
         kv_->append(l, bt.seq_ids[std::size_t(b)], kk + r0 * kv_row, vv + r0 * kv_row, bt.count(b));
       }
+      lap_(ProfOp::KvAppend);
       kv_->attend(l, qq, bt.qo_indptr.data(), bt.mask.empty() ? nullptr : bt.mask.data(), att, c_.n_heads, threads_);
       if (padded)
         for (int r = 0; r < n; ++r)
@@ -404,16 +449,25 @@ class LlamaModel {
             std::memcpy(att_out_.data() + std::size_t(r) * qd + std::size_t(h) * std::size_t(c_.head_dim),
                         opad_.data() + (std::size_t(r) * std::size_t(c_.n_heads) + std::size_t(h)) * std::size_t(hdp_),
                         sizeof(float) * std::size_t(c_.head_dim));
+      lap_(ProfOp::Attention);
       linear_(lw.wo, att_out_.data(), n, xb_.data());
+      lap_(ProfOp::Wo);
       cpu::add(x, xb_.data(), std::int64_t(n) * c_.dim);
+      lap_(ProfOp::Residual);
 
       for (int t = 0; t < n; ++t)
         cpu::rmsnorm(xb_.data() + std::size_t(t) * dim, x + std::size_t(t) * dim, lw.ffn_norm, c_.dim, c_.norm_eps);
+      lap_(ProfOp::FfnNorm);
       linear_(lw.w_gate, xb_.data(), n, hb_.data());
+      lap_(ProfOp::W1);
       linear_(lw.w_up, xb_.data(), n, hb2_.data());
+      lap_(ProfOp::W3);
       cpu::swiglu(hb_.data(), hb2_.data(), std::int64_t(n) * c_.hidden_dim);
+      lap_(ProfOp::Swiglu);
       linear_(lw.w_down, hb_.data(), n, xb_.data());
+      lap_(ProfOp::W2);
       cpu::add(x, xb_.data(), std::int64_t(n) * c_.dim);
+      lap_(ProfOp::Residual);
     }
 
     const int m = int(logit_rows_.size());
@@ -421,7 +475,9 @@ class LlamaModel {
     for (int i = 0; i < m; ++i)
       cpu::rmsnorm(xb_.data() + std::size_t(i) * dim, x + std::size_t(logit_rows_[std::size_t(i)]) * dim,
                    w_.final_norm, c_.dim, c_.norm_eps);
+    lap_(ProfOp::FinalNorm);
     linear_(w_.classifier, xb_.data(), m, out);
+    lap_(ProfOp::Classifier);
   }
 
   LlamaWeights w_;
@@ -440,6 +496,8 @@ class LlamaModel {
   std::vector<SeqId> seqs_;
   std::vector<ReserveRequest> reqs_;
   ForwardBatch solo_;
+  ForwardProfiler* prof_ = nullptr;  // not owned; nullptr: profiling off
+  ProfileModelShape prof_shape_;      // the accounting's view of this model, set with the profiler
 };
 
 // Opt-in (build time only): with FASTINFER_EXTERN_TEMPLATES, translation
