@@ -3,7 +3,9 @@
 // ('#' starts a comment): prompt and continuation are token ids, text fields
 // are escaped (\n, \t, \r, \\), stopped_by is eos | max_new_tokens | seq_len.
 // Also the ordered "key: value" fields of the tokenizer goldens
-// (tinystories-656k/tokenizer.txt, tokenizer_decode.txt).
+// (tinystories-656k/tokenizer.txt, tokenizer_decode.txt). The one reader
+// of these files, for the example programs (kv-eval) and the tests
+// (tests/support/golden.hpp re-exports it).
 #pragma once
 
 #include <algorithm>
@@ -16,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-namespace fastinfer::testing {
+namespace fastinfer::examples {
 
 struct GoldenCase {
   std::string name;  // file stem
@@ -103,4 +105,4 @@ inline std::vector<std::pair<std::string, std::string>> read_golden_fields(const
   return out;
 }
 
-}  // namespace fastinfer::testing
+}  // namespace fastinfer::examples
