@@ -31,6 +31,7 @@
 #include "fastinfer/model/resource_limits.hpp"
 #include "fastinfer/model/synthetic.hpp"
 #include "fastinfer/spec/lookahead_pool.hpp"
+#include "fastinfer/spec/medusa_heads.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 #include "fastinfer/tokenizer/utf8.hpp"
@@ -378,4 +379,15 @@ TEST_CASE("workload lengths and lookahead sizes out of range are usage errors", 
   const spec::LookaheadConfig huge{1000000, 1000000, 1000000}, paper{15, 8, 15};
   CHECK_THROWS_WITH(spec::LookaheadPool(huge, 512), Contains("exceeds the limits"));
   CHECK_NOTHROW(spec::LookaheadPool(paper, 512));
+}
+
+TEST_CASE("Medusa heads: a header asking for 8.6 GB is refused against the file size before allocating",
+          "[hostile]") {
+  // Found by fuzz/fuzz_readers.cpp: dim 32784 with two heads sized the heads
+  // before the file's 2 KB were compared with the header's claim.
+  TempDir dir;
+  std::string header = "FIMEDUSA";
+  for (std::uint32_t v : {1u, 2u, 32784u, 300u, 0u, 1u}) header.append(reinterpret_cast<const char*>(&v), 4);
+  write_bytes(dir.path / "h.bin", header + std::string(2048, '\0'));
+  CHECK_THROWS_WITH(spec::MedusaHeads::load((dir.path / "h.bin").string()), Contains("truncated"));
 }
