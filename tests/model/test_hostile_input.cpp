@@ -44,15 +44,7 @@ using Catch::Contains;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("fastinfer_hostile_" + std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
+using TempDir = testing::ScratchDir;
 using testing::read_bytes;
 using testing::write_bytes;
 template <typename T>
@@ -204,14 +196,14 @@ TEST_CASE("GGUF: an unknown_token_id of 0xFFFFFFFF is an error on encoding a cha
   {
     // As converted (llama.cpp's llama2.c converter writes placeholder pieces
     // "<3>".. and no byte pieces): every character becomes unk (0).
-    const auto tok = SentencePieceTokenizer::from_gguf(*open_gguf(dir.path, bytes));
+    const auto tok = SentencePieceTokenizer::from_gguf(*open_gguf(dir.dir, bytes));
     REQUIRE(tok->unk_id() == 0);
     const auto ids = tok->encode("a\xE2\x82\xAC");
     CHECK(ids.size() >= 5);
     CHECK(std::count(ids.begin(), ids.end(), 0) >= 4);
   }
   put<std::uint32_t>(bytes, gguf_value_at(bytes, "tokenizer.ggml.unknown_token_id") + 4, 0xFFFFFFFFu);
-  const auto tok = SentencePieceTokenizer::from_gguf(*open_gguf(dir.path, bytes));
+  const auto tok = SentencePieceTokenizer::from_gguf(*open_gguf(dir.dir, bytes));
   CHECK(tok->unk_id() == -1);
   CHECK_THROWS_WITH(tok->encode("a\xE2\x82\xAC"), Contains("no byte pieces or unknown token"));
   CHECK(tok->encode("") == std::vector<std::int32_t>{tok->bos_id()});
@@ -228,7 +220,7 @@ TEST_CASE("GGUF: a token_type array typed f32 holding 1e20 or NaN is a FormatErr
     for (std::uint64_t i = 0; i < count; ++i) put<float>(bytes, types + 16 + 4 * i, 1.0f);
     put<float>(bytes, types + 16 + 4 * 10, v);
     INFO("type value " << v);
-    CHECK_THROWS_WITH(SentencePieceTokenizer::from_gguf(*open_gguf(dir.path, bytes)),
+    CHECK_THROWS_WITH(SentencePieceTokenizer::from_gguf(*open_gguf(dir.dir, bytes)),
                       Contains("tokenizer.ggml.token_type[10]"));
   }
 }
@@ -238,7 +230,7 @@ TEST_CASE("GGUF: NaN eps, a context of 2^31-1, bos beyond the vocabulary, overla
   FASTINFER_REQUIRE_SHARED(path, "models/stories260K.gguf");
   TempDir dir;
   const std::string original = read_bytes(path);
-  auto load = [&](const std::string& bytes) { return load_gguf_llama(open_gguf(dir.path, bytes)); };
+  auto load = [&](const std::string& bytes) { return load_gguf_llama(open_gguf(dir.dir, bytes)); };
   {
     std::string b = original;
     const std::size_t eps = gguf_value_at(b, "llama.attention.layer_norm_rms_epsilon");
@@ -270,8 +262,8 @@ TEST_CASE("GGUF: NaN eps, a context of 2^31-1, bos beyond the vocabulary, overla
     std::string b = original;
     const auto info_offset = [&](const std::string& name) { return testing::gguf_tensor_offset_field(b, name); };
     put<std::uint64_t>(b, info_offset("output_norm.weight"), get<std::uint64_t>(b, info_offset("token_embd.weight")));
-    write_bytes(dir.path / "o.gguf", b);
-    CHECK_THROWS_WITH(gguf::GgufFile::open((dir.path / "o.gguf").string()), Contains("overlap"));
+    write_bytes(dir.dir / "o.gguf", b);
+    CHECK_THROWS_WITH(gguf::GgufFile::open((dir.dir / "o.gguf").string()), Contains("overlap"));
   }
 }
 
@@ -291,7 +283,7 @@ TEST_CASE("Hugging Face: 10^7 layers, a context of 2^30, bad eps or theta are re
           "[hostile][hf]") {
   FASTINFER_REQUIRE_SHARED(src, "models/tinystories-656k");
   TempDir dir;
-  const fs::path model = dir.path / "m";
+  const fs::path model = dir.dir / "m";
   fs::create_directories(model);
   fs::create_symlink(fs::absolute(src / "model.safetensors"), model / "model.safetensors");
   const nlohmann::json config = nlohmann::json::parse(read_bytes(src / "config.json"));
@@ -388,6 +380,6 @@ TEST_CASE("Medusa heads: a header asking for 8.6 GB is refused against the file 
   TempDir dir;
   std::string header = "FIMEDUSA";
   for (std::uint32_t v : {1u, 2u, 32784u, 300u, 0u, 1u}) header.append(reinterpret_cast<const char*>(&v), 4);
-  write_bytes(dir.path / "h.bin", header + std::string(2048, '\0'));
-  CHECK_THROWS_WITH(spec::MedusaHeads::load((dir.path / "h.bin").string()), Contains("truncated"));
+  write_bytes(dir.dir / "h.bin", header + std::string(2048, '\0'));
+  CHECK_THROWS_WITH(spec::MedusaHeads::load((dir.dir / "h.bin").string()), Contains("truncated"));
 }

@@ -1,6 +1,6 @@
-// Whole files as bytes, and where a GGUF key or tensor sits in them: for the
-// tests that corrupt one field of a real model file (tests/model and
-// tests/examples hostile-input tests).
+// Scratch directories, whole files as bytes, and where a GGUF key or tensor
+// sits in them: for the tests that corrupt one field of a real model file
+// and the tests that run programs.
 #pragma once
 
 #include <cstdint>
@@ -8,10 +8,23 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <stdexcept>
 #include <string>
 
 namespace fastinfer::testing {
+
+// A fresh directory under the system temp dir, removed with everything in it.
+struct ScratchDir {
+  std::filesystem::path dir;
+  ScratchDir() {
+    dir = std::filesystem::temp_directory_path() / ("fastinfer_test_" + std::to_string(std::random_device{}()));
+    std::filesystem::create_directories(dir);
+  }
+  ~ScratchDir() { std::filesystem::remove_all(dir); }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+};
 
 inline std::string read_bytes(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);

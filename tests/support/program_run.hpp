@@ -10,9 +10,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <sstream>
 #include <string>
+
+#include "file_bytes.hpp"
 
 namespace fastinfer::testing {
 
@@ -23,24 +24,6 @@ struct ProgramRun {
   long peak_rss_kb = -1;  // -1: not measured (no /usr/bin/time)
   double seconds = -1;
 };
-
-struct ScratchDir {
-  std::filesystem::path dir;
-  ScratchDir() {
-    dir = std::filesystem::temp_directory_path() / ("fastinfer_cli_" + std::to_string(std::random_device{}()));
-    std::filesystem::create_directories(dir);
-  }
-  ~ScratchDir() { std::filesystem::remove_all(dir); }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-};
-
-inline std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // Runs `binary args` through /bin/sh, killed after timeout_s seconds.
 inline ProgramRun run_program(const std::filesystem::path& binary, const std::string& args, int timeout_s = 120) {
@@ -55,10 +38,10 @@ inline ProgramRun run_program(const std::filesystem::path& binary, const std::st
   // /bin/sh, GNU time and timeout report a child killed by signal N as 128+N.
   r.exited = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) < 128;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
+  r.out = read_bytes(out);
+  r.err = read_bytes(err);
   if (timed) {
-    std::istringstream u(slurp(usage));
+    std::istringstream u(read_bytes(usage));
     std::string line;
     // "Command exited with non-zero status N" comes first when N != 0.
     while (std::getline(u, line))
