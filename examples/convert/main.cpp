@@ -14,22 +14,9 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 
-namespace {
+#include "common/cli.hpp"
 
-int fail(int code, const std::string& message) {
-  std::string line = message;
-  for (char& ch : line)
-    if (ch == '\n' || ch == '\r') ch = ' ';
-  std::fprintf(stderr, "fastinfer-convert: error: %s\n", line.c_str());
-  return code;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-
-}  // namespace
+namespace fe = fastinfer::examples;
 
 int main(int argc, char** argv) {
   CLI::App app{"Convert a model to GGUF (llama architecture)."};
@@ -38,32 +25,23 @@ int main(int argc, char** argv) {
   app.add_option("input", input, "llama2.c .bin, .gguf, Hugging Face directory or synthetic:NAME")->required();
   app.add_option("output", output, "GGUF file to write")->required();
   app.add_option("--type", type, "matrix storage type (default: as loaded)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}));
+      ->check(CLI::IsMember(fe::weight_choices()));
   app.add_option("--tokenizer", tokenizer, "llama2.c tokenizer.bin (or .gguf) vocabulary to embed");
   app.add_option("--name", name, "general.name")->capture_default_str();
   app.add_option("--threads", threads, "CPU threads for loading")->check(CLI::Range(1, 1024))->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    return fail(2, e.what());
-  }
+  fastinfer::LoadOptions load;
+  fe::add_ctx_size(app, load);  // written as llama.context_length
+  if (const int code = fe::parse_args(app, "fastinfer-convert", argc, argv); code >= 0) return code;
 
-  try {
+  return fe::run_main("fastinfer-convert", [&] {
     const auto t0 = std::chrono::steady_clock::now();
-    fastinfer::LoadOptions load;
     load.threads = threads;
     const fastinfer::LlamaWeights weights = fastinfer::load_model(input, load);
 
     fastinfer::GgufSaveOptions save;
     save.name = name;
-    if (!type.empty())
-      save.type = type == "f16" ? fastinfer::DType::F16
-                  : type == "bf16" ? fastinfer::DType::BF16
-                  : type == "q8_0" ? fastinfer::DType::Q8_0
-                                   : fastinfer::DType::F32;
-    const std::string vocab = !tokenizer.empty() ? tokenizer : ends_with(input, ".gguf") ? input : "";
+    if (!type.empty()) save.type = fe::parse_weights(type);
+    const std::string vocab = !tokenizer.empty() ? tokenizer : fe::ends_with(input, ".gguf") ? input : "";
     if (!vocab.empty()) {
       fastinfer::set_gguf_vocabulary(vocab, save);
       FASTINFER_CHECK(save.tokens.empty() || std::int64_t(save.tokens.size()) >= weights.config.vocab_size,
@@ -76,9 +54,5 @@ int main(int argc, char** argv) {
                  weights.config.n_layers, weights.config.vocab_size,
                  save.tokens.empty() ? ", no tokenizer" : ", with tokenizer", seconds);
     return 0;
-  } catch (const fastinfer::InvalidArgument& e) {
-    return fail(2, e.what());
-  } catch (const std::exception& e) {
-    return fail(1, e.what());
-  }
+  });
 }

@@ -1,7 +1,9 @@
 // fastinfer-generate: greedy or sampled generation from a llama2.c checkpoint
-// or a synthetic model, in token ids. Exit codes: 0 ok; 2 bad usage (unknown
-// flag, malformed value, token id outside the vocabulary, prompt too long);
-// 1 any other failure (a bad model file). Errors are one line on stderr.
+// or a synthetic model, in token ids. Exit codes (examples/common/cli.hpp):
+// 0 ok; 2 bad usage (unknown flag, malformed value, token id outside the
+// vocabulary, prompt too long, a flag the chosen mode ignores); 1 any other
+// failure (a bad model file, a size over a limit, non-finite logits). Errors
+// are one line on stderr.
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -23,6 +25,11 @@
 #include "fastinfer/spec/speculative_generate.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
+#include "fastinfer/tokenizer/utf8.hpp"
+
+#include "common/cli.hpp"
+
+namespace fe = fastinfer::examples;
 
 // The roofline's ceilings, measured where the profile is taken.
 #include "../../bench/fma_peak.hpp"
@@ -30,13 +37,11 @@
 
 namespace {
 
-int fail(int code, const std::string& message) {
-  std::string line = message;
-  for (char& ch : line)
-    if (ch == '\n' || ch == '\r') ch = ' ';
-  std::fprintf(stderr, "fastinfer-generate: error: %s\n", line.c_str());
-  return code;
-}
+constexpr const char* kProgram = "fastinfer-generate";
+
+// Positions a run may use past prompt + new tokens: drafts and tree nodes a
+// speculative step feeds before it is verified.
+constexpr std::int64_t kDraftRoom = 256;
 
 // The CPU's name as the kernel reports it ("model name" in /proc/cpuinfo).
 std::string cpu_name() {
@@ -98,22 +103,30 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, std::numeric_limits<int>::max()))
       ->capture_default_str();
   app.add_option("--top-p", params.top_p, "nucleus mass (1 = off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
-  app.add_option("--seed", params.seed, "sampling seed")->capture_default_str();
+  app.add_option("--seed", params.seed, "sampling seed")->check(fe::uint64_check())->capture_default_str();
   app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
-  app.add_option("--weights", weights, "convert matrices at load")->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0"}));
+  app.add_option("--weights", weights, "convert matrices at load")->check(CLI::IsMember(fe::weight_choices()));
+  fastinfer::LoadOptions load;
+  fe::add_ctx_size(app, load);
+  bool parse_special = false;
+  app.add_flag("--parse-special", parse_special,
+               "--prompt: the text of a special token (\"</s>\") becomes that token (default: plain text)");
   std::string kv_quant = "f32", kv_layout = "contiguous";
   fastinfer::KVOptions kv;
   app.add_option("--kv", kv_quant, "KV cache storage")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "int8", "int4", "fp8-e4m3", "fp8-e5m2"}))
+      ->check(CLI::IsMember(fe::kv_quant_choices()))
       ->capture_default_str();
   app.add_option("--kv-layout", kv_layout, "KV cache layout")
-      ->check(CLI::IsMember({"contiguous", "paged", "window"}))
+      ->check(CLI::IsMember(fe::kv_layout_choices()))
       ->capture_default_str();
-  app.add_option("--block-size", kv.block_size, "KV block size (paged, window), a power of two")
-      ->check(CLI::Range(1, 1 << 20))
-      ->capture_default_str();
-  app.add_option("--window", kv.window, "sliding window in tokens (--kv-layout window)")->check(CLI::Range(0, 1 << 30));
-  app.add_option("--sinks", kv.sinks, "attention sinks kept before the window")->check(CLI::Range(0, 1 << 30));
+  // Options a layout does not use are refused with it, never ignored.
+  auto* block_size_option = app.add_option("--block-size", kv.block_size, "KV block size (paged, window), a power of two")
+                                ->check(CLI::Range(1, fe::kMaxBlockSize))
+                                ->capture_default_str();
+  auto* window_option = app.add_option("--window", kv.window, "sliding window in tokens (--kv-layout window)")
+                            ->check(CLI::Range(0, fastinfer::kMaxContext));
+  auto* sinks_option = app.add_option("--sinks", kv.sinks, "attention sinks kept before the window")
+                           ->check(CLI::Range(0, fastinfer::kMaxContext));
   app.add_flag("--print-ids", print_ids, "print only the generated ids, space separated, on one line");
   app.add_flag("--stats-json", stats_json, "print one JSON object of statistics on stderr");
   bool profile = false;
@@ -132,51 +145,60 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--draft-model", spec.draft_model, "draft model for --spec draft (default: the target itself)");
   app.add_option("--draft-weights", spec.draft_weights, "draft model weights")
-      ->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0"}))
+      ->check(CLI::IsMember(fe::weight_choices()))
       ->capture_default_str();
   app.add_option("--draft-kv", spec.draft_kv, "draft model KV cache storage (the target's is --kv)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "int8", "int4", "fp8-e4m3", "fp8-e5m2"}))
+      ->check(CLI::IsMember(fe::kv_quant_choices()))
       ->capture_default_str();
   app.add_option("--lookup-candidates", spec.lookup_candidates,
                  "prompt lookup: matches verified per step (> 1: as a token tree)")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_option("--spec-k", spec_k, "most drafted tokens per step")->check(CLI::Range(0, 64))->capture_default_str();
-  app.add_option("--lookahead", spec.lookahead, "lookahead W,N,G")->capture_default_str();
+  auto* lookahead_option = app.add_option("--lookahead", spec.lookahead, "lookahead W,N,G")->capture_default_str();
   std::string spec_rule = "exact";
   app.add_option("--spec-rule", spec_rule,
                  "sampled verification: exact (rejection sampling) or coupled (plain sampling's tokens, bit for bit)")
       ->check(CLI::IsMember({"exact", "coupled"}))
       ->capture_default_str();
   std::string medusa_heads = "random:1", medusa_tree = "dynamic";
-  app.add_option("--medusa-heads", medusa_heads,
+  auto* heads_option = app.add_option("--medusa-heads", medusa_heads,
                  "Medusa heads file (tools/train_medusa.py), pad:FILE (zero-padded to an inflated model) or random:SEED")
       ->capture_default_str();
-  app.add_option("--medusa-tree", medusa_tree,
+  auto* tree_option = app.add_option("--medusa-tree", medusa_tree,
                  "Medusa candidate tree: choices, choices:FILE (the trainer's HEADS.choices), dynamic, "
                  "dynamic:BUDGET[:TOP_K]")
       ->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    return fail(2, e.what());
-  }
+  if (const int code = fe::parse_args(app, kProgram, argc, argv); code >= 0) return code;
 
-  try {
+  return fe::run_main(kProgram, [&]() -> int {
+    fe::refuse_unused(kv_layout == "contiguous", {block_size_option, window_option, sinks_option},
+                      "with --kv-layout contiguous");
+    fe::refuse_unused(kv_layout == "paged", {window_option, sinks_option}, "with --kv-layout paged");
+    fe::refuse_unused(spec.kind != "lookahead", {lookahead_option}, "without --spec lookahead");
+    fe::refuse_unused(spec.kind != "medusa", {heads_option, tree_option}, "without --spec medusa");
+    if (!weights.empty()) load.weight_dtype = fe::parse_weights(weights);
+    load.threads = threads;
     if (prompt_id_list.size() > 1 || !prompts_file.empty()) {
-      // Several prompts: one Engine with a prefix cache across them.
-      fastinfer::LoadOptions load;
-      if (!weights.empty()) load.weight_dtype = fastinfer::parse_weight_dtype(weights);
-      load.threads = threads;
-      fastinfer::KVOptions paged;
-      paged.layout = fastinfer::KVLayoutKind::Paged;
-      fastinfer::LlamaModel<> model(fastinfer::load_model(model_spec, load), {threads, 0, paged});
+      // Several prompts: one Engine with a prefix cache across them, greedy
+      // or sampled, no speculation and no text.
+      fe::refuse_unused(true, {app.get_option("--spec"), app.get_option("--tokenizer"), app.get_option("--kv"),
+                               app.get_option("--kv-layout"), block_size_option, window_option, sinks_option,
+                               heads_option, tree_option, lookahead_option, app.get_option("--spec-k"),
+                               app.get_option("--spec-rule"), app.get_option("--draft-model"),
+                               app.get_option("--print-ids"), app.get_option("--stats-json")},
+                        "with several prompts (--prompt-ids repeated or --prompts-file)");
       std::vector<std::vector<std::int32_t>> prompts;
       if (!prompts_file.empty()) prompts = fastinfer::engine::read_prompts_file(prompts_file);
       for (const auto& p : prompts_file.empty() ? prompt_id_list : std::vector<std::string>{})
         prompts.push_back(fastinfer::parse_token_ids(p));
+      fastinfer::LlamaWeights lw = fastinfer::load_model(model_spec, load);
+      std::int64_t longest = 0;
+      for (const auto& p : prompts) longest = std::max<std::int64_t>(longest, std::int64_t(p.size()));
+      if (load.max_context == 0) fe::fit_context(lw.config, longest + params.max_new_tokens + kDraftRoom);
+      fastinfer::KVOptions paged;
+      paged.layout = fastinfer::KVLayoutKind::Paged;
+      fastinfer::LlamaModel<> model(std::move(lw), {threads, 0, paged});
       const auto results = fastinfer::engine::run_prompt_series(model, prompts, params);
       for (std::size_t i = 0; i < results.size(); ++i) {
         std::printf("prompt %zu: %lld tokens, %lld cached, %lld computed\ngenerated:", i,
@@ -190,30 +212,34 @@ int main(int argc, char** argv) {
     prompt_ids = prompt_id_list.front();
     // Text in and out when a vocabulary is at hand: --tokenizer, else a .gguf
     // model's own or a Hugging Face directory's tokenizer.json.
-    const bool gguf_model = model_spec.size() > 5 && model_spec.compare(model_spec.size() - 5, 5, ".gguf") == 0;
+    const bool gguf_model = fe::ends_with(model_spec, ".gguf");
     const bool hf_model = std::filesystem::exists(std::filesystem::path(model_spec) / "tokenizer.json");
     std::shared_ptr<const fastinfer::Tokenizer> tok;
     const std::string vocab = !tokenizer_path.empty() ? tokenizer_path
                               : gguf_model            ? model_spec
                               : hf_model              ? (std::filesystem::path(model_spec) / "tokenizer.json").string()
                                                       : "";
-    if (vocab.size() > 5 && vocab.compare(vocab.size() - 5, 5, ".json") == 0)
+    if (fe::ends_with(vocab, ".json"))
       tok = std::make_shared<fastinfer::HfBpeTokenizer>(fastinfer::HfBpeTokenizer::from_file(vocab));
     else if (!vocab.empty() && (vocab != model_spec || fastinfer::gguf::GgufFile::open(vocab)->has("tokenizer.ggml.tokens")))
-      tok = vocab.size() > 5 && vocab.compare(vocab.size() - 5, 5, ".gguf") == 0
+      tok = fe::ends_with(vocab, ".gguf")
                 ? fastinfer::SentencePieceTokenizer::from_gguf(*fastinfer::gguf::GgufFile::open(vocab))
                 : fastinfer::SentencePieceTokenizer::from_llama2c(vocab);
     FASTINFER_CHECK(prompt_text.empty() || tok, fastinfer::InvalidArgument,
                     "--prompt needs a vocabulary: pass --tokenizer PATH (the model has none of its own)");
+    FASTINFER_CHECK(!parse_special || !prompt_text.empty(), fastinfer::InvalidArgument,
+                    "--parse-special applies to --prompt text only");
     const std::vector<std::int32_t> prompt =
-        prompt_text.empty() ? fastinfer::parse_token_ids(prompt_ids) : tok->encode(prompt_text);
-    fastinfer::LoadOptions load;
-    if (!weights.empty())
-      load.weight_dtype = weights == "q8_0" ? fastinfer::DType::Q8_0 : fastinfer::parse_weight_dtype(weights);
-    load.threads = threads;
+        prompt_text.empty() ? fastinfer::parse_token_ids(prompt_ids)
+                            : fastinfer::encode(*tok, prompt_text, {true, parse_special});
     kv.quant = fastinfer::kv::parse_quant(kv_quant);
     kv.layout = fastinfer::parse_kv_layout(kv_layout);
-    fastinfer::LlamaModel<> model(fastinfer::load_model(model_spec, load), {threads, 0, kv});
+    fastinfer::LlamaWeights lw = fastinfer::load_model(model_spec, load);
+    // The KV cache holds what this run asks for, at most the model's context
+    // (--ctx-size sets that context itself).
+    if (load.max_context == 0)
+      fe::fit_context(lw.config, std::int64_t(prompt.size()) + params.max_new_tokens + kDraftRoom);
+    fastinfer::LlamaModel<> model(std::move(lw), {threads, 0, kv});
     fastinfer::validate_generation(model.config(), prompt, params);
     const bool medusa = spec.kind == "medusa";
     const auto drafter = medusa ? nullptr
@@ -236,8 +262,14 @@ int main(int argc, char** argv) {
     }
     auto heads = medusa ? fastinfer::spec::MedusaHeads::from_spec(medusa_heads, model.config())
                         : fastinfer::spec::MedusaHeads();
+    // Read before any output: a bad tree file is one error line, not half a run.
+    const auto medusa_opts = medusa ? fastinfer::spec::medusa_options(medusa_tree, heads.num_heads())
+                                    : fastinfer::spec::MedusaOptions{};
 
     std::int32_t previous = prompt.back();
+    // Byte pieces arrive one token at a time: the stream holds back a
+    // character's first bytes and turns bytes that form none into U+FFFD.
+    fastinfer::utf8::Stream text_out;
     if (tok && !print_ids) {
       std::printf("%s", tok->decode(prompt).c_str());
     } else if (!print_ids) {
@@ -247,7 +279,7 @@ int main(int argc, char** argv) {
     }
     bool first = true;
     auto on_token = [&](std::int32_t id) {
-      if (tok && !print_ids) std::printf("%s", tok->decode_token(previous, id).c_str());
+      if (tok && !print_ids) std::printf("%s", text_out.push(tok->decode_token(previous, id)).c_str());
       else std::printf(print_ids && first ? "%d" : " %d", int(id));
       previous = id;
       first = false;
@@ -257,14 +289,14 @@ int main(int argc, char** argv) {
     const auto gen_start = std::chrono::steady_clock::now();
     const auto spec_result =
         medusa ? fastinfer::spec::medusa_generate(model, heads, prompt, params,
-                                                  fastinfer::spec::medusa_options(medusa_tree, heads.num_heads()),
-                                                  on_token)
+                                                  medusa_opts, on_token)
         : drafter ? fastinfer::spec::speculative_generate(target, *drafter, prompt, params,
                                                         spec_options, on_token)
                 : fastinfer::spec::plain_as_speculative(fastinfer::generate(model, prompt, params, on_token));
     const double gen_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - gen_start).count();
     const auto& result = spec_result.generation;
+    if (tok && !print_ids) std::printf("%s", text_out.finish().c_str());
     std::printf("\n");
     std::fflush(stdout);
 
@@ -282,6 +314,7 @@ int main(int argc, char** argv) {
                                     {"target_forwards", spec_result.stats.target_forwards}};
       std::fprintf(stderr, "%s\n", stats.dump().c_str());
     } else if (!print_ids) {
+      fe::print_kv_size(kProgram, model);
       std::fprintf(stderr, "%zu new tokens (stopped by %s); prefill %.1f tok/s, decode %.1f tok/s\n",
                    result.tokens.size(), std::string(fastinfer::stop_reason_name(result.stopped_by)).c_str(),
                    result.prefill_tok_s(), result.decode_tok_s());
@@ -298,9 +331,5 @@ int main(int argc, char** argv) {
       }
     }
     return 0;
-  } catch (const fastinfer::InvalidArgument& e) {
-    return fail(2, e.what());
-  } catch (const std::exception& e) {
-    return fail(1, e.what());
-  }
+  });
 }

@@ -20,22 +20,9 @@
 #include "fastinfer/model/safetensors_writer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 
-namespace {
+#include "common/cli.hpp"
 
-int fail(int code, const std::string& message) {
-  std::string line = message;
-  for (char& ch : line)
-    if (ch == '\n' || ch == '\r') ch = ' ';
-  std::fprintf(stderr, "fastinfer-inflate: error: %s\n", line.c_str());
-  return code;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-
-}  // namespace
+namespace fe = fastinfer::examples;
 
 int main(int argc, char** argv) {
   CLI::App app{"Inflate a Llama checkpoint to a larger shape that computes the same function."};
@@ -45,27 +32,22 @@ int main(int argc, char** argv) {
   app.add_option("--size", size, "110M, 1B or dim=D,hidden=H,layers=L,heads=N,kv_heads=K")->required();
   app.add_option("--out", out, "output directory (Hugging Face) or FILE.gguf")->required();
   app.add_option("--weights", weights, "matrix storage type (default: the input's)")
-      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+      ->check(CLI::IsMember(fe::weight_choices(false)));
   app.add_option("--tokenizer", tokenizer, "GGUF output: llama2.c tokenizer.bin (or .gguf) vocabulary to embed");
   app.add_option("--seed", load.seed, "seed of the inserted layers' random matrices")->capture_default_str();
   app.add_option("--threads", load.threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    return fail(2, e.what());
-  }
+  fe::add_ctx_size(app, load);
+  if (const int code = fe::parse_args(app, "fastinfer-inflate", argc, argv); code >= 0) return code;
 
-  try {
+  return fe::run_main("fastinfer-inflate", [&] {
     const auto t0 = std::chrono::steady_clock::now();
     if (!weights.empty()) load.weight_dtype = fastinfer::parse_weight_dtype(weights);
     const fastinfer::LlamaWeights w = fastinfer::load_model("inflate:" + model + ":" + size, load);
     const auto t1 = std::chrono::steady_clock::now();
-    if (ends_with(out, ".gguf")) {
+    if (fe::ends_with(out, ".gguf")) {
       fastinfer::GgufSaveOptions save;
       save.name = "inflated " + std::filesystem::path(model).filename().string() + " " + size;
-      const std::string vocab = !tokenizer.empty() ? tokenizer : ends_with(model, ".gguf") ? model : "";
+      const std::string vocab = !tokenizer.empty() ? tokenizer : fe::ends_with(model, ".gguf") ? model : "";
       if (!vocab.empty()) fastinfer::set_gguf_vocabulary(vocab, save);
       fastinfer::save_gguf_llama(fastinfer::with_rope_style(w, fastinfer::RopeStyle::Interleaved), out, save);
     } else {
@@ -81,9 +63,5 @@ int main(int argc, char** argv) {
                  std::string(fastinfer::dtype_name(w.token_embedding.dtype)).c_str(),
                  std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count());
     return 0;
-  } catch (const fastinfer::InvalidArgument& e) {
-    return fail(2, e.what());
-  } catch (const std::exception& e) {
-    return fail(1, e.what());
-  }
+  });
 }

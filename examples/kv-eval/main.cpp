@@ -41,30 +41,17 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 
+#include "common/cli.hpp"
+#include "common/golden.hpp"
+
 namespace fs = std::filesystem;
 
 namespace {
 
 // prompt + continuation of every golden case file in `dir`.
 std::vector<std::vector<std::int32_t>> golden_sequences(const fs::path& dir) {
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().extension() == ".txt") files.push_back(e.path());
-  std::sort(files.begin(), files.end());
   std::vector<std::vector<std::int32_t>> out;
-  for (const auto& f : files) {
-    std::ifstream in(f);
-    std::vector<std::int32_t> seq;
-    for (std::string line; std::getline(in, line);) {
-      const auto colon = line.find(':');
-      if (colon == std::string::npos) continue;
-      const std::string key = line.substr(0, colon);
-      if (key != "prompt" && key != "continuation") continue;
-      std::istringstream words(line.substr(colon + 1));
-      for (long v; words >> v;) seq.push_back(std::int32_t(v));
-    }
-    if (!seq.empty()) out.push_back(std::move(seq));
-  }
+  for (const auto& c : fastinfer::examples::read_golden_cases(dir)) out.push_back(c.sequence());
   return out;
 }
 
@@ -256,7 +243,8 @@ int main(int argc, char** argv) {
   int needles = 8;
   app.add_option("--shared", shared, "directory holding models/ and golden/");
   app.add_option("--model", models, "stories260K, tinystories-656k, or any load_model spec (synthetic:15M)");
-  app.add_option("--kv", quants, "quantization types to compare with f32");
+  app.add_option("--kv", quants, "quantization types to compare with f32")
+      ->check(CLI::IsMember(fastinfer::examples::kv_quant_choices()));
   app.add_option("--threads", threads, "threads")->check(CLI::PositiveNumber);
   app.add_option("--sequences", sequences, "random sequences per synthetic model")->check(CLI::PositiveNumber);
   app.add_option("--length", length, "tokens per random sequence")->check(CLI::PositiveNumber);
@@ -264,8 +252,10 @@ int main(int argc, char** argv) {
   app.add_option("--press", presses, "KV presses to measure instead of quantization: streamingllm snapkv h2o pyramidkv");
   app.add_option("--ratio", ratios, "compression ratios (share of KV entries removed), each in [0, 1)");
   app.add_option("--needles", needles, "needle prompts per model (press mode)")->check(CLI::NonNegativeNumber);
-  CLI11_PARSE(app, argc, argv);
-  try {
+  fastinfer::LoadOptions load;
+  fastinfer::examples::add_ctx_size(app, load);
+  if (const int code = fastinfer::examples::parse_args(app, "fastinfer-kv-eval", argc, argv); code >= 0) return code;
+  return fastinfer::examples::run_main("fastinfer-kv-eval", [&] {
     nlohmann::json rows = nlohmann::json::array();
     for (const std::string& name : models) {
       std::string spec = name;
@@ -273,7 +263,7 @@ int main(int argc, char** argv) {
       const bool s260 = name == "stories260K", ts = name == "tinystories-656k";
       if (s260) spec = shared + "/models/stories260K.bin";
       if (ts) spec = shared + "/models/tinystories-656k";
-      const fastinfer::LlamaWeights weights = fastinfer::load_model(spec);
+      const fastinfer::LlamaWeights weights = fastinfer::load_model(spec, load);
       const auto& c = weights.config;
       // A stand-in inflated from a shared model computes its function: its golden text fits it too.
       const bool from_s260 = s260 || (name.rfind("inflate:", 0) == 0 && name.find("stories260K") != std::string::npos);
@@ -356,9 +346,6 @@ int main(int argc, char** argv) {
       }
     }
     if (json) std::printf("%s\n", rows.dump(1).c_str());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "fastinfer-kv-eval: error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

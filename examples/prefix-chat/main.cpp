@@ -9,6 +9,8 @@
 //                 each with its own user turn.
 // Prints prefill tokens computed, time to first token and hit rate; --json
 // prints {"ttft_ms_cold", "ttft_ms_cached", "hit_rate", ...}.
+// Exit codes (examples/common/cli.hpp): 0 ok; 2 bad usage (lengths that do
+// not fit the context); 1 a bad model file or a runtime failure.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -22,7 +24,15 @@
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/model/load_model.hpp"
 
+#include "common/cli.hpp"
+
+namespace fx = fastinfer::examples;
+
 namespace {
+
+constexpr const char* kProgram = "fastinfer-prefix-chat";
+// The longest default system prompt (the context less a turn caps it).
+constexpr int kDefaultSystemTokens = 960;
 
 namespace fe = fastinfer::engine;
 using fastinfer::sched::Request;
@@ -47,38 +57,48 @@ std::vector<TokenId> random_tokens(std::mt19937_64& rng, int n, int vocab) {
 int main(int argc, char** argv) {
   CLI::App app{"Multi-turn chat and shared system prompts, with and without the prefix cache"};
   std::string model_spec = "synthetic:110M", weights = "bf16";
-  int threads = 2, system_tokens = 960, chat_system_tokens = 128, user_tokens = 64, reply_tokens = 16, turns = 4,
+  int threads = 2, system_tokens = 0, chat_system_tokens = 128, user_tokens = 64, reply_tokens = 16, turns = 4,
       batch = 4, block_size = 16;
   std::uint64_t seed = 1;
   bool json = false;
   app.add_option("--model", model_spec, "model spec")->capture_default_str();
-  app.add_option("--weights", weights, "weight type")->check(CLI::IsMember({"f32", "bf16", "f16"}))->capture_default_str();
+  app.add_option("--weights", weights, "weight type")->check(CLI::IsMember(fx::weight_choices()))->capture_default_str();
+  fastinfer::LoadOptions load;
+  fx::add_ctx_size(app, load);
   app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
-  app.add_option("--system-tokens", system_tokens, "shared system prompt length")->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  app.add_option("--system-tokens", system_tokens,
+                 "shared system prompt length (0: 960, or less so that a user turn and a reply fit the context)")
+      ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   app.add_option("--user-tokens", user_tokens, "tokens of each user turn")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   app.add_option("--reply-tokens", reply_tokens, "tokens generated per turn")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   app.add_option("--chat-system-tokens", chat_system_tokens, "system prompt of the conversation (its turns must fit)")
       ->check(CLI::Range(1, 1 << 20))->capture_default_str();
   app.add_option("--turns", turns, "conversation turns")->check(CLI::Range(1, 1000))->capture_default_str();
   app.add_option("--batch", batch, "requests sharing the system prompt")->check(CLI::Range(1, 4096))->capture_default_str();
-  app.add_option("--seed", seed, "token seed")->capture_default_str();
+  app.add_option("--seed", seed, "token seed")->check(fx::uint64_check())->capture_default_str();
   app.add_flag("--json", json, "print one JSON object");
-  CLI11_PARSE(app, argc, argv);
+  if (const int code = fx::parse_args(app, kProgram, argc, argv); code >= 0) return code;
 
-  try {
-    fastinfer::LoadOptions load;
-    load.weight_dtype = fastinfer::parse_weight_dtype(weights);
+  return fx::run_main(kProgram, [&]() -> int {
+    load.weight_dtype = fx::parse_weights(weights);
     load.threads = threads;
     fastinfer::LlamaWeights lw = fastinfer::load_model(model_spec, load);
-    const auto cfg = lw.config;
-    const int ctx = cfg.max_seq_len;
-    // The conversation must fit the context; shorten the turns if not.
+    const int ctx = lw.config.max_seq_len;
+    // A shared request is the system prompt (BOS first), a user turn and a
+    // reply: all three must fit the context, exactly filling it is fine.
+    if (system_tokens == 0) system_tokens = std::min(kDefaultSystemTokens, ctx - user_tokens - reply_tokens);
     const int per_turn = user_tokens + reply_tokens;
-    if (1 + system_tokens + user_tokens + reply_tokens > ctx)
-      fastinfer::throw_error<fastinfer::InvalidArgument>("system prompt ", system_tokens, " + user turn ", user_tokens,
-                                                         " + reply ", reply_tokens, " exceed the context of ", ctx);
+    FASTINFER_CHECK(system_tokens >= 1 && std::int64_t(system_tokens) + per_turn <= ctx, fastinfer::InvalidArgument,
+                    "system prompt ", system_tokens, " + user turn ", user_tokens, " + reply ", reply_tokens,
+                    " exceed the context of ", ctx);
+    // The conversation must fit the context too; shorten the turns if not.
     chat_system_tokens = std::min(chat_system_tokens, system_tokens);
     turns = std::min(turns, std::max(1, (ctx - 1 - chat_system_tokens) / per_turn));
+    // The pool holds what the scenarios use, never a file's huge context.
+    if (load.max_context == 0)
+      fx::fit_context(lw.config, std::max<std::int64_t>(std::int64_t(system_tokens) + per_turn,
+                                                        std::int64_t(chat_system_tokens) + std::int64_t(turns) * per_turn + 1));
+    const auto cfg = lw.config;
 
     fastinfer::ModelOptions mo;
     mo.threads = threads;
@@ -185,6 +205,7 @@ int main(int argc, char** argv) {
       std::cout << out.dump(2) << "\n";
       return 0;
     }
+    fx::print_kv_size(kProgram, model);
     std::printf("%s (%s), system prompt %d tokens, user turns %d tokens, replies %d tokens\n", model_spec.c_str(),
                 weights.c_str(), system_tokens, user_tokens, reply_tokens);
     std::printf("%-34s %12s %12s %14s %9s\n", "", "TTFT ms", "last TTFT", "prefill comp.", "hit rate");
@@ -200,8 +221,5 @@ int main(int argc, char** argv) {
     row("  with cache", sys_hot);
     std::printf("TTFT with the cache: %.1fx lower (shared system prompt)\n", out["ttft_speedup"].get<double>());
     return 0;
-  } catch (const fastinfer::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
-  }
+  });
 }

@@ -8,6 +8,10 @@
 // itself, loaded with --draft-weights), switched per step by --spec-policy
 // (adaptive: the engine's cost model; always; never; max-batch:N). The
 // static baseline never speculates.
+//
+// Exit codes (examples/common/cli.hpp): 0 ok; 2 bad usage (a flag out of its
+// range, a workload too large for the limits below); 1 a bad model file or a
+// runtime failure. Errors are one line on stderr.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -20,9 +24,22 @@
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/static_batcher.hpp"
 #include "fastinfer/engine/workload.hpp"
+#include "fastinfer/core/checked_math.hpp"
 #include "fastinfer/model/load_model.hpp"
 
+#include "common/cli.hpp"
+
+namespace fx = fastinfer::examples;
+
 namespace {
+
+constexpr const char* kProgram = "fastinfer-serve-bench";
+// Tokens a workload may hold in all (requests x (prompt + output)): its
+// prompts alone are then at most 64 MiB of ids.
+constexpr std::int64_t kMaxWorkloadTokens = std::int64_t(1) << 24;
+// Arrivals are slept in real time: a rate that spreads them over more than
+// this is refused rather than left to run for days.
+constexpr double kMaxArrivalSpanSeconds = 3600;
 
 nlohmann::json to_json(const fastinfer::sched::MetricsSummary& m, double wall, std::int64_t forward_tokens) {
   nlohmann::json j;
@@ -64,7 +81,9 @@ int main(int argc, char** argv) {
   w.num_requests = 64;
   app.add_option("--model", model_spec, "model: synthetic:NAME, a llama2.c .bin, a .gguf or an HF directory")
       ->capture_default_str();
-  app.add_option("--weights", weights, "weight type")->check(CLI::IsMember({"f32", "bf16", "f16"}))->capture_default_str();
+  app.add_option("--weights", weights, "weight type")->check(CLI::IsMember(fx::weight_choices()))->capture_default_str();
+  fastinfer::LoadOptions load;
+  fx::add_ctx_size(app, load);
   app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_option("--requests", w.num_requests, "number of requests")->check(CLI::Range(1, 1000000))->capture_default_str();
   app.add_option("--rate", w.rate, "Poisson arrival rate in requests/s (0: all at once)")
@@ -75,51 +94,66 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1.0))->capture_default_str();
   app.add_option("--shared-prefix-len", w.shared_prefix_tokens, "tokens of the shared prefix")
       ->check(CLI::Range(1, 1 << 20))->capture_default_str();
-  app.add_option("--temperature", w.temperature, "sampling temperature (0: greedy)")->capture_default_str();
-  app.add_option("--seed", w.seed, "workload and sampling seed")->capture_default_str();
+  app.add_option("--temperature", w.temperature, "sampling temperature (0: greedy)")
+      ->check(CLI::Range(0.0f, 1e6f))->capture_default_str();
+  app.add_option("--seed", w.seed, "workload and sampling seed")->check(fx::uint64_check())->capture_default_str();
   app.add_option("--max-seqs", max_seqs, "continuous: most running sequences")->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_option("--max-tokens-per-step", budget, "continuous: token budget of one step")
       ->check(CLI::Range(1, 1 << 20))->capture_default_str();
-  app.add_option("--prefill-chunk", chunk, "continuous: longest prefill chunk (0: the budget)")->capture_default_str();
+  app.add_option("--prefill-chunk", chunk, "continuous: longest prefill chunk (0: the budget)")
+      ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   app.add_option("--preemption", preemption, "continuous: preemption policy")
       ->check(CLI::IsMember({"recompute", "swap", "none"}))->capture_default_str();
-  app.add_option("--swap-blocks", swap_blocks, "host swap space in KV blocks (--preemption swap)")->capture_default_str();
+  auto* swap_option = app.add_option("--swap-blocks", swap_blocks, "host swap space in KV blocks (--preemption swap)")
+                          ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   app.add_flag("--prefix-cache", prefix_cache, "continuous: reuse the KV of shared prefixes");
-  app.add_option("--block-size", block_size, "KV block size in tokens")->capture_default_str();
+  app.add_option("--block-size", block_size, "KV block size in tokens, a power of two")
+      ->check(CLI::Range(1, fx::kMaxBlockSize))->capture_default_str();
   app.add_option("--kv-blocks", kv_blocks, "KV pool in blocks (0: room for every sequence of both runs)")
-      ->capture_default_str();
+      ->check(CLI::Range(0, 1 << 24))->capture_default_str();
   app.add_option("--static-batch", static_batch, "static baseline: batch size")->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_flag("--no-static", no_static, "skip the static baseline");
   app.add_option("--spec", spec_kind, "continuous: speculation per request")
       ->check(CLI::IsMember({"none", "prompt-lookup", "draft"}))->capture_default_str();
   app.add_option("--spec-k", spec_k, "drafts per speculating decode")->check(CLI::Range(1, 62))->capture_default_str();
-  app.add_option("--draft-model", draft_model, "draft model spec (default: the target's)");
-  app.add_option("--draft-weights", draft_weights, "draft model weight type")
-      ->check(CLI::IsMember({"f32", "bf16", "f16"}))->capture_default_str();
+  auto* draft_model_option = app.add_option("--draft-model", draft_model, "draft model spec (default: the target's)");
+  auto* draft_weights_option = app.add_option("--draft-weights", draft_weights, "draft model weight type")
+      ->check(CLI::IsMember(fx::weight_choices()))->capture_default_str();
   app.add_option("--spec-policy", spec_policy, "when rows speculate: adaptive, always, never, max-batch:N")
       ->capture_default_str();
   app.add_option("--kv", kv_quant, "KV cache storage")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "int8", "int4", "fp8-e4m3", "fp8-e5m2"}))
+      ->check(CLI::IsMember(fx::kv_quant_choices()))
       ->capture_default_str();
   app.add_flag("--json", json, "print one JSON object");
   app.add_flag("--samples", samples,
                "with --json: every request's TTFT and every inter-token gap of the continuous run (ms), "
                "for distributions");
-  CLI11_PARSE(app, argc, argv);
+  if (const int code = fx::parse_args(app, kProgram, argc, argv); code >= 0) return code;
 
-  try {
+  return fx::run_main(kProgram, [&]() -> int {
+    FASTINFER_CHECK(fastinfer::kv::is_power_of_two(block_size), fastinfer::InvalidArgument, "--block-size ",
+                    block_size, " is not a power of two");
+    fx::refuse_unused(preemption != "swap", {swap_option}, "without --preemption swap");
+    fx::refuse_unused(spec_kind != "draft", {draft_model_option, draft_weights_option}, "without --spec draft");
     w.prompt = fe::LengthRange::parse(prompt_len);
     w.output = fe::LengthRange::parse(output_len);
-    fastinfer::LoadOptions load;
-    load.weight_dtype = fastinfer::parse_weight_dtype(weights);
+    // 64-bit: each length may be up to 2^24, their sum times the requests more.
+    const std::int64_t seq_max = std::int64_t(w.prompt.max) + w.output.max;
+    const std::int64_t workload_tokens = fastinfer::checked_mul(w.num_requests, seq_max, "workload tokens");
+    FASTINFER_CHECK(workload_tokens <= kMaxWorkloadTokens, fastinfer::InvalidArgument, "--requests ",
+                    w.num_requests, " x (prompt + output) ", seq_max, " = ", workload_tokens,
+                    " tokens exceeds the limit of ", kMaxWorkloadTokens);
+    FASTINFER_CHECK(w.rate == 0 || w.num_requests / w.rate <= kMaxArrivalSpanSeconds, fastinfer::InvalidArgument,
+                    "--rate ", w.rate, " spreads ", w.num_requests, " arrivals over ", w.num_requests / w.rate,
+                    " s (at most ", kMaxArrivalSpanSeconds, " s)");
+    load.weight_dtype = fx::parse_weights(weights);
     load.threads = threads;
     fastinfer::LlamaWeights lw = fastinfer::load_model(model_spec, load);
     const auto& cfg = lw.config;
     w.vocab_size = cfg.vocab_size;
     w.bos_id = cfg.bos_id;
-    if (w.prompt.max + w.output.max > cfg.max_seq_len)
-      fastinfer::throw_error<fastinfer::InvalidArgument>("prompt + output lengths (", w.prompt.max + w.output.max,
-                                                         ") exceed the model's context of ", cfg.max_seq_len);
+    FASTINFER_CHECK(seq_max <= cfg.max_seq_len, fastinfer::InvalidArgument, "prompt + output lengths (", seq_max,
+                    ") exceed the model's context of ", cfg.max_seq_len);
     const std::vector<fastinfer::sched::Request> requests = fe::make_workload(w);
 
     fastinfer::ModelOptions mo;
@@ -129,10 +163,15 @@ int main(int argc, char** argv) {
     mo.kv.quant = fastinfer::kv::parse_quant(kv_quant);
     mo.kv.block_size = block_size;
     mo.kv.max_sequences = std::max(max_seqs, static_batch);
-    const std::int32_t per_seq = (w.prompt.max + w.output.max + block_size - 1) / block_size + 1;
-    const std::int32_t ctx_blocks = (cfg.max_seq_len + block_size - 1) / block_size + 1;
+    const std::int64_t per_seq = (seq_max + block_size - 1) / block_size + 1;
+    // The pool is sized from the workload, never from a file's huge context:
+    // room for one sequence of the workload's longest, drafts included.
+    const std::int64_t longest = std::min<std::int64_t>(cfg.max_seq_len, seq_max + spec_k + 1);
+    const std::int64_t ctx_blocks = (longest + block_size - 1) / block_size + 1;
     mo.kv.num_blocks = kv_blocks > 0 ? kv_blocks
-                                     : std::max(std::max(max_seqs, static_batch) * per_seq, ctx_blocks + 1);
+                                     : fastinfer::checked_int32(std::max(std::int64_t(std::max(max_seqs, static_batch)) * per_seq,
+                                                                         ctx_blocks + 1),
+                                                                "KV pool blocks");
     fastinfer::LlamaModel<> model(std::move(lw), mo);
 
     fe::EngineConfig ec;
@@ -231,6 +270,7 @@ int main(int argc, char** argv) {
       std::cout << out.dump(2) << "\n";
       return 0;
     }
+    fx::print_kv_size(kProgram, model);
     std::printf("%s (%s), %d requests, prompt %s, output %s, %s arrivals, %d thread(s)\n", model_spec.c_str(),
                 weights.c_str(), w.num_requests, prompt_len.c_str(), output_len.c_str(),
                 w.rate > 0 ? (std::to_string(w.rate) + "/s Poisson").c_str() : "all-at-once", threads);
@@ -261,8 +301,5 @@ int main(int argc, char** argv) {
                   (long long)mc.spec_candidates, (long long)mc.spec_drafted, (long long)mc.spec_accepted,
                   100.0 * mc.acceptance_rate(), mc.mean_accepted_per_spec_row());
     return 0;
-  } catch (const fastinfer::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
-  }
+  });
 }

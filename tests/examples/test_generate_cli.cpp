@@ -3,8 +3,6 @@
 // when it has not been built (FASTINFER_BUILD_EXAMPLES=OFF).
 #include <catch2/catch.hpp>
 
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,63 +13,22 @@
 
 #include <nlohmann/json.hpp>
 
+#include "program_run.hpp"
 #include "shared_dir.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Run {
-  bool exited = false;  // false: killed by a signal
-  int code = -1;
-  std::string out, err;
-};
+using Run = fastinfer::testing::ProgramRun;
+using Scratch = fastinfer::testing::ScratchDir;
 
-struct Scratch {
-  fs::path dir;
-  Scratch() {
-    dir = fs::temp_directory_path() / ("fastinfer_cli_" + std::to_string(std::random_device{}()));
-    fs::create_directories(dir);
-  }
-  ~Scratch() { fs::remove_all(dir); }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-Run run(const fs::path& binary, const std::string& args) {
-  Scratch scratch;
-  const fs::path out = scratch.dir / "out", err = scratch.dir / "err";
-  const std::string cmd = "'" + binary.string() + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
-  const int status = std::system(cmd.c_str());
-  Run r;
-  // std::system runs /bin/sh; a child killed by a signal shows as 128+N from the shell.
-  r.exited = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) < 128;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
-}
-
-std::size_t lines(const std::string& s) {
-  std::size_t n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
+Run run(const fs::path& binary, const std::string& args) { return fastinfer::testing::run_program(binary, args); }
+std::size_t lines(const std::string& s) { return fastinfer::testing::count_lines(s); }
 
 }  // namespace
 
-#define FASTINFER_REQUIRE_GENERATE(var)                                                            \
-  const fs::path var = fs::path(FASTINFER_BINARY_DIR) / "examples" / "fastinfer-generate";       \
-  if (!fs::exists(var)) {                                                                          \
-    std::printf("FASTINFER_SKIP: %s not built\n", var.c_str());                                   \
-    WARN("FASTINFER_SKIP: " << var << " not built");                                              \
-    return;                                                                                        \
-  }
+#define FASTINFER_REQUIRE_GENERATE(var) FASTINFER_REQUIRE_PROGRAM(var, "fastinfer-generate")
 
 TEST_CASE("fastinfer-generate: bad usage exits 2 with a one-line error", "[examples][cli]") {
   FASTINFER_REQUIRE_GENERATE(gen);

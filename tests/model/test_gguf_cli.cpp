@@ -4,7 +4,6 @@
 // Skips visibly when the programs were not built.
 #include <catch2/catch.hpp>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -13,39 +12,19 @@
 #include <sstream>
 #include <string>
 
+#include "program_run.hpp"
 #include "shared_dir.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Run {
-  int code = -1;
-  std::string out, err;
-};
+using Run = fastinfer::testing::ProgramRun;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+Run run(const fs::path& binary, const std::string& args) { return fastinfer::testing::run_program(binary, args); }
 
 fs::path scratch(const std::string& name) {
   return fs::temp_directory_path() / ("fastinfer_gguf_cli_" + std::to_string(::getpid()) + "_" + name);
-}
-
-Run run(const fs::path& binary, const std::string& args) {
-  const fs::path out = scratch("out"), err = scratch("err");
-  const std::string cmd = "'" + binary.string() + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
-  const int status = std::system(cmd.c_str());
-  Run r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  fs::remove(out);
-  fs::remove(err);
-  return r;
 }
 
 std::string golden_line(const fs::path& file, const std::string& key) {
@@ -57,13 +36,6 @@ std::string golden_line(const fs::path& file, const std::string& key) {
 
 }  // namespace
 
-#define FASTINFER_REQUIRE_PROGRAM(var, name)                                               \
-  const fs::path var = fs::path(FASTINFER_BINARY_DIR) / "examples" / name;                \
-  if (!fs::exists(var)) {                                                                  \
-    std::printf("FASTINFER_SKIP: %s not built\n", var.c_str());                           \
-    WARN("FASTINFER_SKIP: " << var << " not built");                                      \
-    return;                                                                                \
-  }
 
 TEST_CASE("fastinfer-convert output and stories260K.gguf generate the golden tokens", "[gguf][cli]") {
   FASTINFER_REQUIRE_PROGRAM(convert, "fastinfer-convert");

@@ -207,7 +207,7 @@ TEST_CASE("tree names: choices, choices:FILE (the trainer's tree file), dynamic:
   CHECK_THROWS_AS(medusa_options("dynamic:x", 4), fastinfer::InvalidArgument);
   CHECK_THROWS_AS(medusa_options("dynamic:4:0", 4), fastinfer::InvalidArgument);
   CHECK_THROWS_AS(medusa_options("bushy", 4), fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(medusa_options("choices:" + file + ".missing", 4), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(medusa_options("choices:" + file + ".missing", 4), fastinfer::FormatError);
   {
     std::ofstream f(file);
     f << "0\n0 -1\n";

@@ -32,6 +32,21 @@ class UsageError : public Error {
   using Error::Error;
 };
 
+// A size asked for (by a file field or a caller) exceeds a limit: a memory
+// budget, the longest context, a 64-bit size computation that would overflow.
+// Raised before anything of that size is allocated.
+class LimitError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A computation produced values it cannot go on from (NaN or infinite logits):
+// the model or its inputs are broken, the caller's request was fine.
+class NumericError : public Error {
+ public:
+  using Error::Error;
+};
+
 namespace detail {
 template <typename... Parts>
 std::string concat(Parts&&... parts) {

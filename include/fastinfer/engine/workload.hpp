@@ -21,23 +21,29 @@ namespace fastinfer::engine {
 
 // Lengths uniform in [min, max]; "128" or "64:256" on the command line.
 struct LengthRange {
+  // Longer than any context a model may have (kMaxContext): a length of 2^31
+  // would overflow the sums that size a KV pool.
+  static constexpr std::int64_t kMaxLength = std::int64_t(1) << 24;
   std::int32_t min = 128, max = 128;
 
   static LengthRange parse(const std::string& text) {
-    LengthRange r;
+    std::int64_t lo = 0, hi = 0;
     try {
       const auto colon = text.find(':');
-      if (colon == std::string::npos) {
-        r.min = r.max = std::int32_t(std::stol(text));
-      } else {
-        r.min = std::int32_t(std::stol(text.substr(0, colon)));
-        r.max = std::int32_t(std::stol(text.substr(colon + 1)));
-      }
+      std::size_t used = 0;
+      const std::string a = text.substr(0, colon), b = colon == std::string::npos ? a : text.substr(colon + 1);
+      lo = std::stoll(a, &used);
+      FASTINFER_CHECK(used == a.size(), InvalidArgument, "");
+      hi = std::stoll(b, &used);
+      FASTINFER_CHECK(used == b.size(), InvalidArgument, "");
     } catch (const std::exception&) {
       throw_error<InvalidArgument>("length range '", text, "': expected N or MIN:MAX");
     }
-    FASTINFER_CHECK(r.min >= 1 && r.max >= r.min, InvalidArgument, "length range '", text,
-                    "': need 1 <= MIN <= MAX");
+    FASTINFER_CHECK(lo >= 1 && hi >= lo && hi <= kMaxLength, InvalidArgument, "length range '", text,
+                    "': need 1 <= MIN <= MAX <= ", kMaxLength);
+    LengthRange r;
+    r.min = std::int32_t(lo);
+    r.max = std::int32_t(hi);
     return r;
   }
 };

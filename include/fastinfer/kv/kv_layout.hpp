@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "fastinfer/core/error.hpp"
 #include "fastinfer/kv/kv_quant.hpp"
 
 namespace fastinfer::kv {
@@ -53,6 +54,10 @@ struct SlidingWindow {};
 
 inline constexpr bool is_power_of_two(std::int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 inline std::int32_t next_power_of_two(std::int64_t v) {
+  // 2^30 is the largest power of two an int32 holds: past it the result
+  // would narrow to a negative "block size".
+  FASTINFER_CHECK(v <= (std::int64_t(1) << 30), InvalidArgument, "next_power_of_two: ", v,
+                  " exceeds the largest 32-bit power of two (2^30)");
   std::int64_t p = 1;
   while (p < v) p <<= 1;
   return std::int32_t(p);

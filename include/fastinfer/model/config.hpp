@@ -2,6 +2,7 @@
 // it came from.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -13,6 +14,11 @@ namespace fastinfer {
 //  Interleaved: (0,1), (2,3), ... — llama2.c, Meta's original, GGUF "llama".
 //  HalfSplit:   (i, i + head_dim/2) — Hugging Face rotate_half (GPT-NeoX).
 enum class RopeStyle : std::uint8_t { Interleaved, HalfSplit };
+
+// The longest context any loader accepts from a file or a caller (16M
+// tokens, past every released Llama): a larger field is corruption, and would
+// size a KV reservation or a power-of-two block past 32 bits.
+inline constexpr int kMaxContext = 1 << 24;
 
 struct LlamaConfig {
   int dim = 0;          // hidden size (residual stream width)
@@ -41,11 +47,22 @@ struct LlamaConfig {
     FASTINFER_CHECK(n_heads > 0, InvalidArgument, "n_heads must be positive, got ", n_heads);
     FASTINFER_CHECK(n_kv_heads > 0, InvalidArgument, "n_kv_heads must be positive, got ", n_kv_heads);
     FASTINFER_CHECK(vocab_size > 0, InvalidArgument, "vocab_size must be positive, got ", vocab_size);
-    FASTINFER_CHECK(max_seq_len > 0, InvalidArgument, "max_seq_len must be positive, got ", max_seq_len);
+    FASTINFER_CHECK(max_seq_len > 0 && max_seq_len <= kMaxContext, InvalidArgument, "max_seq_len ", max_seq_len,
+                    " is outside [1, ", kMaxContext, "]");
     FASTINFER_CHECK(head_dim > 0 && head_dim % 2 == 0, InvalidArgument,
                     "head_dim must be positive and even, got ", head_dim);
     FASTINFER_CHECK(n_heads % n_kv_heads == 0, InvalidArgument, "n_kv_heads (", n_kv_heads,
                     ") does not divide n_heads (", n_heads, ")");
+    // A NaN, infinite or non-positive value here makes every logit NaN or 0:
+    // refused by name instead of generating token 0 forever.
+    FASTINFER_CHECK(std::isfinite(norm_eps) && norm_eps > 0.0f, InvalidArgument,
+                    "norm_eps (rms_norm_eps) must be finite and positive, got ", norm_eps);
+    FASTINFER_CHECK(std::isfinite(rope_theta) && rope_theta > 0.0f, InvalidArgument,
+                    "rope_theta must be finite and positive, got ", rope_theta);
+    FASTINFER_CHECK(bos_id >= -1 && bos_id < vocab_size, InvalidArgument, "bos_id ", bos_id,
+                    " is outside the vocabulary of ", vocab_size);
+    FASTINFER_CHECK(eos_id >= -1 && eos_id < vocab_size, InvalidArgument, "eos_id ", eos_id,
+                    " is outside the vocabulary of ", vocab_size);
   }
 };
 

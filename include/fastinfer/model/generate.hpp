@@ -104,7 +104,9 @@ inline void validate_generation(const LlamaConfig& config, const std::vector<std
 // the request: a seed gives the same tokens whatever the batch or threads.
 inline std::int32_t pick_token(const float* logits, int vocab, const GenerationParams& params, std::int64_t index,
                                cpu::SamplerWorkspace& workspace) {
-  if (params.temperature == 0.0f) return std::int32_t(cpu::argmax(logits, vocab));
+  // argmax_token (first maximum, as cpu::argmax) also refuses NaN / +inf
+  // logits: greedy must not print token 0 forever from a broken model.
+  if (params.temperature == 0.0f) return cpu::argmax_token(logits, vocab);
   return cpu::sample_at_index(logits, vocab, sampling_params(params), std::uint64_t(index), workspace);
 }
 

@@ -465,6 +465,16 @@ class GgufFile {
                       ") lies outside the data section (", avail, " bytes; truncated file?)");
       t.data = file_->at(data_offset_ + t.offset, t.bytes, "tensor data");
     }
+    // No two tensors may share bytes (as safetensors.hpp): llama.cpp's writer
+    // never does it, and allowing it lets one corrupt entry alias another.
+    std::vector<const TensorInfo*> by_offset;
+    by_offset.reserve(tensors_.size());
+    for (const TensorInfo& t : tensors_)
+      if (t.bytes > 0) by_offset.push_back(&t);
+    std::sort(by_offset.begin(), by_offset.end(), [](auto* a, auto* b) { return a->offset < b->offset; });
+    for (std::size_t i = 1; i < by_offset.size(); ++i)
+      FASTINFER_CHECK(by_offset[i - 1]->offset + by_offset[i - 1]->bytes <= by_offset[i]->offset, FormatError, p,
+                      ": tensors '", by_offset[i - 1]->name, "' and '", by_offset[i]->name, "' overlap");
   }
 
   std::shared_ptr<const MappedFile> file_;

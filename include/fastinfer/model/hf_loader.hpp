@@ -266,6 +266,11 @@ inline LlamaWeights hf_weights_from_checkpoint(const LlamaConfig& config, const 
     w.classifier = bind.matrix(head, vocab, dim);
   }
   w.final_norm = bind.vector_f32("model.norm.weight", dim);
+  // num_hidden_layers sizes the layer table: its last layer must be stored
+  // before a corrupt 10^7 allocates gigabytes of empty layers.
+  const std::string last = "model.layers." + std::to_string(config.n_layers - 1) + ".input_layernorm.weight";
+  FASTINFER_CHECK(ckpt.contains(last), FormatError, ckpt.shards().front().path(), ": num_hidden_layers ",
+                  config.n_layers, " but the checkpoint has no '", last, "'");
   w.layers.resize(std::size_t(config.n_layers));
   for (int l = 0; l < config.n_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";

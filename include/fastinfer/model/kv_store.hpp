@@ -40,6 +40,7 @@
 #endif
 
 #include "fastinfer/backend/cpu/attention.hpp"
+#include "fastinfer/core/checked_math.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "fastinfer/kv/kv_layout.hpp"
@@ -441,7 +442,8 @@ inline kv::KVCacheConfig kv_cache_config(const KVOptions& o, const LlamaConfig& 
       FASTINFER_CHECK(kv::is_power_of_two(o.block_size), InvalidArgument,
                       "KVOptions: block_size must be a power of two, got ", o.block_size);
       k.num_blocks = o.num_blocks > 0 ? o.num_blocks
-                                      : std::int32_t(o.max_sequences * (blocks(c.max_seq_len) + 1));
+                                      : checked_int32(std::int64_t(o.max_sequences) * (blocks(c.max_seq_len) + 1),
+                                                      "KVOptions: paged pool blocks");
       break;
     case KVLayoutKind::Window:
       FASTINFER_CHECK(kv::is_power_of_two(o.block_size), InvalidArgument,
@@ -454,10 +456,11 @@ inline kv::KVCacheConfig kv_cache_config(const KVOptions& o, const LlamaConfig& 
       // Sinks, the window and one step's tokens, each rounded up to blocks.
       k.num_blocks = o.num_blocks > 0
                          ? o.num_blocks
-                         : std::int32_t(o.max_sequences *
-                                        (std::min(blocks(c.max_seq_len),
-                                                  blocks(o.sinks) + blocks(o.window) + blocks(max_tokens) + 1) +
-                                         1));
+                         : checked_int32(std::int64_t(o.max_sequences) *
+                                             (std::min(blocks(c.max_seq_len),
+                                                       blocks(o.sinks) + blocks(o.window) + blocks(max_tokens) + 1) +
+                                              1),
+                                         "KVOptions: window pool blocks");
       break;
   }
   return k;

@@ -45,6 +45,7 @@
 #include "fastinfer/model/forward_batch.hpp"
 #include "fastinfer/model/kv_store.hpp"
 #include "fastinfer/model/profiler.hpp"
+#include "fastinfer/model/resource_limits.hpp"
 #include "fastinfer/model/weights.hpp"
 
 namespace fastinfer {
@@ -56,6 +57,9 @@ struct ModelOptions {
   int threads = 1;    // most threads any kernel may use
   int max_batch = 0;  // most tokens in one forward pass; 0: min(max_seq_len, 512)
   KVOptions kv{};     // KV cache layout, quantization and pool size
+  // Most bytes the KV pool and activations may take, checked before either is
+  // allocated (LimitError naming both); 0: no limit (resource_limits.hpp).
+  std::int64_t memory_budget = kDefaultMemoryBudget;
 };
 
 template <typename Backend = CpuBackend>
@@ -84,6 +88,7 @@ class LlamaModel {
                     InvalidArgument, "attention sinks need a head size that is a multiple of 8, got ", c_.head_dim);
     LlamaConfig kvc = c_;
     kvc.head_dim = hdp_;
+    check_memory_budget(options.kv, kvc, max_batch_, options.memory_budget);
     kv_ = make_kv_store(options.kv, kvc, max_batch_);
 
     const std::size_t B = std::size_t(max_batch_);

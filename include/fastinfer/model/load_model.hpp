@@ -25,6 +25,15 @@
 namespace fastinfer {
 
 inline LlamaWeights load_model(const std::string& spec, const LoadOptions& options = {}) {
+  if (options.max_context != 0) {
+    FASTINFER_CHECK(options.max_context > 0 && options.max_context <= kMaxContext, InvalidArgument, "context ",
+                    options.max_context, " is outside [1, ", kMaxContext, "]");
+    LoadOptions as_file = options;
+    as_file.max_context = 0;
+    LlamaWeights w = load_model(spec, as_file);
+    w.config.max_seq_len = options.max_context;
+    return w;
+  }
   // q8_0 for any source: load as stored, then quantize with the reference
   // quantizer (weight_convert.hpp converts between f32/f16/bf16 only).
   if (options.weight_dtype == DType::Q8_0) {

@@ -25,6 +25,10 @@ struct LoadOptions {
   std::optional<DType> weight_dtype;  // convert matrices to this at load; empty: keep the file's
   std::uint64_t seed = 0;             // synthetic models only
   int threads = 1;                    // threads that conversion / generation at load may use
+  // > 0: the context (max_seq_len) to run with, replacing the file's (llama.cpp's
+  // --ctx-size): converters write small ones, hostile files huge ones.
+  // At most kMaxContext.
+  int max_context = 0;
 };
 
 // "f32" | "bf16" | "f16" -> DType, or InvalidArgument naming the text.

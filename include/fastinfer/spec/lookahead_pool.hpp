@@ -64,11 +64,19 @@ struct LookaheadConfig {
 
 class LookaheadPool final : public Drafter {
  public:
+  static constexpr int kMaxWindow = 256, kMaxNgram = 32, kMaxGuesses = 256;
+
   LookaheadPool(LookaheadConfig config, int vocab) : c_(config), vocab_(vocab) {
     FASTINFER_CHECK(c_.window >= 1, InvalidArgument, "lookahead window W must be >= 1, got ", c_.window);
     FASTINFER_CHECK(c_.ngram >= 2, InvalidArgument, "lookahead n-gram size N must be >= 2, got ", c_.ngram);
     FASTINFER_CHECK(c_.guesses >= 1, InvalidArgument, "lookahead guess set G must be >= 1, got ", c_.guesses);
     FASTINFER_CHECK(vocab >= 1, InvalidArgument, "vocabulary size must be positive, got ", vocab);
+    // One step feeds W x (N - 1) window tokens plus up to G x (N - 1) draft
+    // tokens; the pool keeps G n-grams per token. Bounds far past the
+    // paper's settings (W, G <= 15, N <= 8) keep a typo from sizing gigabytes.
+    FASTINFER_CHECK(c_.window <= kMaxWindow && c_.ngram <= kMaxNgram && c_.guesses <= kMaxGuesses, InvalidArgument,
+                    "lookahead W,N,G = ", c_.window, ",", c_.ngram, ",", c_.guesses, " exceeds the limits ", kMaxWindow,
+                    ",", kMaxNgram, ",", kMaxGuesses);
   }
 
   const LookaheadConfig& config() const { return c_; }

@@ -147,12 +147,16 @@ class MedusaHeads {
                     " is outside [1, 16777216]");
     FASTINFER_CHECK(dtype == kDTypeF32, FormatError, path, ": weight dtype ", dtype, " is not supported (0 = f32)");
     FASTINFER_CHECK((flags & ~kFlagSharedClassifier) == 0, FormatError, path, ": unknown flags 0x", std::hex, flags);
-    MedusaHeads heads(int(k), int(dim), int(vocab), (flags & kFlagSharedClassifier) != 0);
-    const std::uint64_t expected = kHeaderBytes + heads.payload_bytes_();
+    const bool shared = (flags & kFlagSharedClassifier) != 0;
+    // Sized from the header and checked against the file BEFORE the heads
+    // are allocated: a patched dim of 32784 must not allocate 8.6 GB
+    // (found by fuzz/fuzz_readers.cpp).
+    const std::uint64_t expected = kHeaderBytes + payload_bytes_for_(k, dim, vocab, shared);
     FASTINFER_CHECK(file->size() >= expected, FormatError, path, ": truncated: ", file->size(), " bytes, the header (K ",
                     k, ", dim ", dim, ", vocab ", vocab, ") needs ", expected);
     FASTINFER_CHECK(file->size() == expected, FormatError, path, ": ", file->size() - expected,
                     " bytes after the last head (file has ", file->size(), ", expected ", expected, ")");
+    MedusaHeads heads(int(k), int(dim), int(vocab), shared);
     std::uint64_t off = kHeaderBytes;
     auto read = [&](float* dst, std::size_t n, const char* what) {
       std::memcpy(dst, file->at(off, n * sizeof(float), what), n * sizeof(float));
@@ -269,9 +273,10 @@ class MedusaHeads {
     FASTINFER_CHECK(k >= 0 && k < k_, InvalidArgument, "Medusa head ", k, " is outside [0, ", k_, ")");
     return k;
   }
-  std::uint64_t payload_bytes_() const {
-    const std::uint64_t d = std::uint64_t(dim_);
-    return std::uint64_t(k_) * (d * d + d + (shared_ ? 0 : std::uint64_t(vocab_) * d)) * sizeof(float);
+  // Bytes of the heads after the header (k <= 64, dim <= 2^16, vocab <= 2^24:
+  // at most 2^62, no overflow).
+  static std::uint64_t payload_bytes_for_(std::uint64_t k, std::uint64_t dim, std::uint64_t vocab, bool shared) {
+    return k * (dim * dim + dim + (shared ? 0 : vocab * dim)) * sizeof(float);
   }
   static std::uint32_t u32_(const std::uint8_t* p) {
     return std::uint32_t(p[0]) | std::uint32_t(p[1]) << 8 | std::uint32_t(p[2]) << 16 | std::uint32_t(p[3]) << 24;

@@ -370,10 +370,12 @@ struct MedusaOptions {
 };
 
 // A tree written by tools/train_medusa.py (OUT.choices): one path of ranks
-// per line ("0 0 1"), '#' starts a comment. Bad lines name the file and line.
+// per line ("0 0 1"), '#' starts a comment. Bad lines name the file and line;
+// a missing or malformed file is a FormatError (a bad input file, as a
+// missing heads file), not a usage error.
 inline FixedChoicesTree read_choices_file(const std::string& path) {
   std::ifstream in(path);
-  FASTINFER_CHECK(bool(in), InvalidArgument, "cannot open Medusa tree file '", path, "'");
+  FASTINFER_CHECK(bool(in), FormatError, "cannot open Medusa tree file '", path, "'");
   FixedChoicesTree t;
   int line_no = 0;
   for (std::string line; std::getline(in, line);) {
@@ -382,13 +384,13 @@ inline FixedChoicesTree read_choices_file(const std::string& path) {
     std::istringstream s(line);
     TreePath p;
     for (std::string w; s >> w;) {
-      FASTINFER_CHECK(w.size() <= 6 && w.find_first_not_of("0123456789") == std::string::npos, InvalidArgument,
+      FASTINFER_CHECK(w.size() <= 6 && w.find_first_not_of("0123456789") == std::string::npos, FormatError,
                       path, ":", line_no, ": '", w, "' is not a rank (a small non-negative integer)");
       p.push_back(std::stoi(w));
     }
     if (!p.empty()) t.choices.push_back(std::move(p));
   }
-  FASTINFER_CHECK(!t.choices.empty(), InvalidArgument, "Medusa tree file '", path, "' holds no path");
+  FASTINFER_CHECK(!t.choices.empty(), FormatError, "Medusa tree file '", path, "' holds no path");
   return t;
 }
 

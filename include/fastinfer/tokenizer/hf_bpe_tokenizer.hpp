@@ -13,9 +13,9 @@
 // WordPiece/Unigram models, subword prefixes) is refused at load with a
 // FormatError naming the component, never silently approximated.
 //
-// Added tokens are NOT split out of input text: "<|end_story|>" typed in a
-// prompt is encoded as ordinary characters, so user text cannot inject
-// control tokens. Special added tokens are skipped when decoding.
+// Added tokens are NOT split out of input text by encode(): "<|end_story|>"
+// typed in a prompt is encoded as ordinary characters, so user text cannot
+// inject control tokens (fastinfer::encode with parse_special opts in). Special added tokens are skipped when decoding.
 #pragma once
 
 #include <algorithm>
@@ -37,6 +37,7 @@
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/mapped_file.hpp"
 #include "fastinfer/tokenizer/tokenizer.hpp"
+#include "fastinfer/tokenizer/utf8.hpp"
 
 namespace fastinfer {
 
@@ -45,6 +46,8 @@ class HfBpeTokenizer final : public Tokenizer {
   // Ids of a vocabulary above this are refused: a corrupt id must not size a
   // multi-gigabyte table.
   static constexpr std::int64_t kMaxTokenId = 1 << 24;
+  // Ids the vocabulary may leave unused below its largest id.
+  static constexpr std::int64_t kMaxIdHoles = 1 << 16;
 
   // Reads tokenizer.json; BOS/EOS names come from its post-processor and, when
   // present beside it, tokenizer_config.json ("bos_token", "eos_token").
@@ -141,6 +144,12 @@ class HfBpeTokenizer final : public Tokenizer {
   std::int32_t bos_id() const override { return bos_id_; }
   std::int32_t eos_id() const override { return eos_id_; }
   std::int32_t unk_id() const { return unk_id_; }
+  std::vector<std::pair<std::string, std::int32_t>> special_tokens() const override {
+    std::vector<std::pair<std::string, std::int32_t>> out;
+    for (std::size_t id = 0; id < pieces_.size(); ++id)
+      if (special_[id] && !pieces_[id].empty()) out.emplace_back(pieces_[id], std::int32_t(id));
+    return out;
+  }
 
   // The id of a vocabulary piece or added token, -1 when absent.
   std::int32_t token_id(const std::string& piece) const {
@@ -320,6 +329,12 @@ class HfBpeTokenizer final : public Tokenizer {
         if (t.value("special", false)) special_ids.push_back(id);
       }
     }
+    // Ids index a dense table: a few holes are tolerated, but one stray id
+    // of 2^24 must not size a 500 MB table for a 100-entry vocabulary.
+    const std::int64_t entries = std::int64_t(model_vocab_.size() + added.size());
+    FASTINFER_CHECK(max_id < entries + kMaxIdHoles, FormatError, where, ": id ", max_id, " leaves ",
+                    max_id + 1 - entries, " unused ids in a vocabulary of ", entries, " entries (at most ",
+                    kMaxIdHoles, ")");
     pieces_.assign(std::size_t(max_id + 1), std::string());
     std::vector<bool> filled(pieces_.size(), false);
     for (const auto& [piece, id] : model_vocab_) {
@@ -526,15 +541,6 @@ class HfBpeTokenizer final : public Tokenizer {
     return n;
   }
 
-  static bool valid_utf8(const std::string& s) {
-    for (std::size_t i = 0; i < s.size();) {
-      const std::size_t n = utf8_char_len(s, i);
-      if (n == 1 && static_cast<unsigned char>(s[i]) >= 0x80) return false;
-      i += n;
-    }
-    return true;
-  }
-
   // <0xNN> -> NN, else -1 (tokenizers accepts either hex case here).
   static int parse_byte_piece(const std::string& s) {
     if (s.size() != 6 || s.compare(0, 3, "<0x") != 0 || s[5] != '>') return -1;
@@ -582,27 +588,18 @@ class HfBpeTokenizer final : public Tokenizer {
         return;
       case Decoder::ByteFallback: {
         // Runs of <0xNN> pieces become their bytes when those form valid
-        // UTF-8, else one U+FFFD per byte.
+        // (strict) UTF-8, else one U+FFFD per byte.
         std::vector<std::string> out;
         std::string bytes;
-        std::size_t run = 0;
         auto flush = [&] {
-          if (run == 0) return;
-          if (valid_utf8(bytes)) {
-            out.push_back(bytes);
-          } else {
-            std::string r;
-            for (std::size_t k = 0; k < run; ++k) r += "\xEF\xBF\xBD";
-            out.push_back(r);
-          }
+          if (bytes.empty()) return;
+          out.push_back(utf8::decode_byte_run(bytes));
           bytes.clear();
-          run = 0;
         };
         for (auto& t : tokens) {
           const int b = parse_byte_piece(t);
           if (b >= 0) {
             bytes.push_back(char(b));
-            ++run;
           } else {
             flush();
             out.push_back(std::move(t));

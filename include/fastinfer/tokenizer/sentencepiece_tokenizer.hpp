@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <ios>
 #include <memory>
 #include <queue>
 #include <string>
@@ -27,6 +28,7 @@
 #include "fastinfer/core/mapped_file.hpp"
 #include "fastinfer/model/gguf.hpp"
 #include "fastinfer/tokenizer/tokenizer.hpp"
+#include "fastinfer/tokenizer/utf8.hpp"
 
 namespace fastinfer {
 
@@ -124,7 +126,14 @@ class SentencePieceTokenizer : public Tokenizer {
       const auto t = f.get_number_array("tokenizer.ggml.token_type");
       FASTINFER_CHECK(t.size() == pieces.size(), FormatError, f.path(),
                       ": tokenizer.ggml.token_type has ", t.size(), " entries for ", pieces.size(), " tokens");
-      for (double v : t) types.push_back(std::int32_t(v));
+      for (std::size_t i = 0; i < t.size(); ++i) {
+        // Any array type reads as double: a type of 1e20 or NaN must not
+        // reach the (undefined) float-to-int conversion.
+        FASTINFER_CHECK(t[i] >= 0.0 && t[i] <= double(Byte) && t[i] == double(std::int32_t(t[i])), FormatError,
+                        f.path(), ": tokenizer.ggml.token_type[", i, "] is ", t[i], " (expected an integer in [0, ",
+                        int(Byte), "])");
+        types.push_back(std::int32_t(t[i]));
+      }
     }
     const auto n = std::uint64_t(pieces.size());
     auto id_of = [&](const char* key, std::int64_t fallback) -> std::int32_t {
@@ -165,6 +174,11 @@ class SentencePieceTokenizer : public Tokenizer {
       } else {
         for (char b : buf) {
           const std::int32_t id = byte_ids_[static_cast<unsigned char>(b)];
+          // No piece, no byte piece and no unknown token (GGUF's "none"):
+          // as tokenizers' BPE without unk, an error, never id -1.
+          FASTINFER_CHECK(id >= 0 || unk_id_ >= 0, InvalidArgument, "byte 0x", std::hex,
+                          int(static_cast<unsigned char>(b)), std::dec,
+                          " of the text has no piece and the vocabulary has no byte pieces or unknown token");
           ids.push_back(id >= 0 ? id : unk_id_);
         }
       }
@@ -176,14 +190,23 @@ class SentencePieceTokenizer : public Tokenizer {
     return out;
   }
 
+  // Runs of byte pieces that are not valid UTF-8 come out as one U+FFFD per
+  // byte, as tokenizers' ByteFallback decoder (run.c prints the raw bytes).
   std::string decode(const std::vector<std::int32_t>& ids) const override {
-    std::string out;
+    std::string out, run;
     std::int32_t prev = bos_id_;  // the first piece loses its dummy-prefix space
     for (std::int32_t id : ids) {
-      out += decode_token(prev, id);
+      std::string piece = decode_token(prev, id);
+      if (types_[std::size_t(id)] == Byte && piece.size() == 1) {
+        run += piece;
+      } else {
+        out += utf8::decode_byte_run(run);
+        run.clear();
+        out += piece;
+      }
       prev = id;
     }
-    return out;
+    return out + utf8::decode_byte_run(run);
   }
 
   std::string decode_token(std::int32_t previous, std::int32_t token) const override {
@@ -204,6 +227,12 @@ class SentencePieceTokenizer : public Tokenizer {
   std::int32_t bos_id() const override { return bos_id_; }
   std::int32_t eos_id() const override { return eos_id_; }
   std::int32_t unk_id() const { return unk_id_; }
+  std::vector<std::pair<std::string, std::int32_t>> special_tokens() const override {
+    std::vector<std::pair<std::string, std::int32_t>> out;
+    for (std::size_t id = 0; id < pieces_.size(); ++id)
+      if (types_[id] == Control && !pieces_[id].empty()) out.emplace_back(pieces_[id], std::int32_t(id));
+    return out;
+  }
 
   const std::string& piece(std::int32_t id) const { return pieces_.at(std::size_t(id)); }
   float score(std::int32_t id) const { return scores_.at(std::size_t(id)); }

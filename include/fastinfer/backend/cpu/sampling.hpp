@@ -85,9 +85,11 @@ inline void check_coin(float coin) {
                   coin);
 }
 inline void check_max(float mx) {
-  FASTINFER_CHECK(!std::isnan(mx), InvalidArgument, "logits contain NaN");
-  FASTINFER_CHECK(mx != std::numeric_limits<float>::infinity(), InvalidArgument, "logits contain +inf");
-  FASTINFER_CHECK(mx != -std::numeric_limits<float>::infinity(), InvalidArgument,
+  // NumericError, not InvalidArgument: broken weights produce these, not a
+  // caller's bad request.
+  FASTINFER_CHECK(!std::isnan(mx), NumericError, "logits contain NaN");
+  FASTINFER_CHECK(mx != std::numeric_limits<float>::infinity(), NumericError, "logits contain +inf");
+  FASTINFER_CHECK(mx != -std::numeric_limits<float>::infinity(), NumericError,
                   "every logit is -inf: nothing to sample");
 }
 
@@ -419,7 +421,7 @@ inline std::vector<double> sampling_weights(const float* logits, std::int64_t n,
   detail::check_logits_size(n);
   float mx = -std::numeric_limits<float>::infinity();
   for (std::int64_t i = 0; i < n; ++i) {
-    FASTINFER_CHECK(!std::isnan(logits[i]), InvalidArgument, "logits contain NaN");
+    FASTINFER_CHECK(!std::isnan(logits[i]), NumericError, "logits contain NaN");
     mx = std::max(mx, logits[i]);
   }
   detail::check_max(mx);
