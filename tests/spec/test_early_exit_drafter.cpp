@@ -1,7 +1,7 @@
 // Self-speculative early exit: the target drafts with its first layers and
 // verifies with all of them, sharing one KV cache. Greedy output equals the
-// golden continuations of stories260K and tinystories-656k for every exit
-// layer and k in {1, 3, 4}; coupled sampling emits generate()'s tokens; the
+// golden continuations of stories260K and tinystories-656k at the first,
+// middle and last exit layers and k in {1, 4}; coupled sampling emits generate()'s tokens; the
 // drafts equal an independent reference (a model built from the target's
 // first L layers and its norm and classifier); the shared cache never feeds
 // the verifier a draft-only position (a drafter that corrupts it would change
@@ -47,8 +47,11 @@ void check_golden(const std::filesystem::path& model_path, const std::filesystem
   REQUIRE(!cases.empty());
   const int layers = target.config().n_layers;
   std::int64_t drafted = 0, accepted = 0;
-  for (int exit = 1; exit <= layers; ++exit)
-    for (int k : {1, 3, 4}) {
+  // The first, middle and last exit layers (every layer's drafts are checked against an
+  // independent model below); k 1 and 4. Kept small: this runs under ASan in CI.
+  for (int exit : {1, (layers + 1) / 2, layers}) {
+    if (exit == (layers + 1) / 2 && (exit == 1 || exit == layers)) continue;  // 1- and 2-layer models
+    for (int k : {1, 4}) {
       spec::EarlyExitDrafter<Model> drafter(target, exit, {});
       for (const auto& c : cases) {
         INFO("exit layer " << exit << " of " << layers << ", k " << k << ", case " << c.name);
@@ -67,6 +70,7 @@ void check_golden(const std::filesystem::path& model_path, const std::filesystem
         }
       }
     }
+  }
   // Both accepted and rejected drafts happened: rollback over the shared cache was exercised.
   CHECK(accepted > 0);
   CHECK(accepted < drafted);
@@ -74,13 +78,13 @@ void check_golden(const std::filesystem::path& model_path, const std::filesystem
 
 }  // namespace
 
-TEST_CASE("early-exit self-speculation reproduces the stories260K golden cases at every exit layer") {
+TEST_CASE("early-exit self-speculation reproduces the stories260K golden cases at the first, middle and last exit layer") {
   FASTINFER_REQUIRE_SHARED(model, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases, "golden/cases");
   check_golden(model, cases);
 }
 
-TEST_CASE("early-exit self-speculation reproduces the tinystories-656k golden cases at every exit layer") {
+TEST_CASE("early-exit self-speculation reproduces the tinystories-656k golden cases at every exit layer (two)") {
   FASTINFER_REQUIRE_SHARED(model, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
   check_golden(model, cases);
