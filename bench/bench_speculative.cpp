@@ -24,7 +24,11 @@
 // Drafters: none, pl (prompt lookup, k 4), pl-tree (4 candidates as a
 // trie), la-W,N,G (lookahead, 2-D window + trie in one masked pass),
 // self-q8-int8 / self-q8-int4 (the inflated target itself with q8_0 weights
-// and an int8 / int4 KV cache as the draft model, k 4). BM_Forward110M/<n>:
+// and an int8 / int4 KV cache as the draft model, k 4), ee-N (issue 20:
+// self-speculative early exit, the target's first N of 12 layers with its
+// norm and classifier, sharing its KV cache, k 4, or K with ee-N-kK; on this
+// stand-in the real layers sit at 0 and 6, so ee-1..6 draft with the first
+// real layer and ee-7 drafts the full function). BM_Forward110M/<n>:
 // the wall time of one pass over n tokens after 100 (the verify cost).
 //   bench_speculative --benchmark_filter='BM_(Spec|Forward)110M' --benchmark_format=json   (< 10 min)
 #include <benchmark/benchmark.h>
@@ -44,6 +48,7 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/spec/draft_model.hpp"
 #include "fastinfer/spec/drafter_factory.hpp"
+#include "fastinfer/spec/early_exit_drafter.hpp"
 #include "fastinfer/spec/lookahead_pool.hpp"
 #include "fastinfer/spec/prompt_lookup.hpp"
 #include "fastinfer/spec/speculative_generate.hpp"
@@ -244,6 +249,12 @@ void BM_Spec110M(benchmark::State& state, const std::string& weights, const std:
     drafter = std::make_unique<spec::DraftModel<Model>>(
         Model(load_model(inflated_spec(), o), ModelOptions{2, 64, kvo}), cpu::SamplingParams{});
   }
+  if (drafter_name.rfind("ee-", 0) == 0) {  // ee-N[-kK]: self-speculative early exit, the first N layers, shared KV
+    drafter = std::make_unique<spec::EarlyExitDrafter<Model>>(target, std::stoi(drafter_name.substr(3)),
+                                                              cpu::SamplingParams{});
+    const auto at = drafter_name.find("-k");
+    if (at != std::string::npos) k = std::stoi(drafter_name.substr(at + 2));
+  }
   std::int64_t tokens = 0, forwards = 0, step_tokens = 0, drafted = 0, accepted = 0;
   double wall = 0;
   for (auto _ : state) {
@@ -311,7 +322,7 @@ int main(int argc, char** argv) {
   }
   for (const std::string w : {"f32", "bf16"}) {
     for (const std::string d : {"none", "pl", "pl-tree", "la-3,3,2", "la-5,3,3", "la-4,4,3", "la-7,4,5", "self-q8-int8",
-                                "self-q8-int4"})
+                                "self-q8-int4", "ee-1", "ee-7", "ee-7-k8"})
       benchmark::RegisterBenchmark(("BM_Spec110M/" + w + "/" + d).c_str(), BM_Spec110M, w, d)
           ->Iterations(1)
           ->UseRealTime()

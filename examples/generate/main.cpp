@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fastinfer/engine/prompt_series.hpp"
+#include "fastinfer/model/confident_exit.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
@@ -141,7 +142,7 @@ int main(int argc, char** argv) {
   fastinfer::spec::DrafterSpec spec;
   int spec_k = 4;
   app.add_option("--spec", spec.kind, "speculative decoding drafter")
-      ->check(CLI::IsMember({"none", "draft", "prompt-lookup", "lookahead", "medusa"}))
+      ->check(CLI::IsMember({"none", "draft", "prompt-lookup", "lookahead", "medusa", "early-exit"}))
       ->capture_default_str();
   app.add_option("--draft-model", spec.draft_model, "draft model for --spec draft (default: the target itself)");
   app.add_option("--draft-weights", spec.draft_weights, "draft model weights")
@@ -153,6 +154,23 @@ int main(int argc, char** argv) {
   app.add_option("--lookup-candidates", spec.lookup_candidates,
                  "prompt lookup: matches verified per step (> 1: as a token tree)")
       ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--exit-layer", spec.exit_layer,
+                 "--spec early-exit: draft with the first N layers (0: half the layers)")
+      ->check(CLI::Range(0, 1 << 16))
+      ->capture_default_str();
+  fastinfer::ConfidentExitOptions calm;
+  app.add_option("--early-exit-threshold", calm.threshold,
+                 "lossy early exit (CALM): a decoded token leaves after the layer where its top-1 probability "
+                 "reaches P (0 = off)")
+      ->check(CLI::Range(0.0f, 1.0f))
+      ->capture_default_str();
+  app.add_option("--early-exit-patience", calm.patience,
+                 "lossy early exit: leave once the top-1 token is the same after K consecutive layers (0 = off)")
+      ->check(CLI::Range(0, 1 << 16))
+      ->capture_default_str();
+  app.add_option("--early-exit-min-layer", calm.min_layer, "lossy early exit: the first layer a token may leave at")
+      ->check(CLI::Range(1, 1 << 16))
       ->capture_default_str();
   app.add_option("--spec-k", spec_k, "most drafted tokens per step")->check(CLI::Range(0, 64))->capture_default_str();
   auto* lookahead_option = app.add_option("--lookahead", spec.lookahead, "lookahead W,N,G")->capture_default_str();
@@ -244,13 +262,18 @@ int main(int argc, char** argv) {
     const bool medusa = spec.kind == "medusa";
     const auto drafter = medusa ? nullptr
                                 : fastinfer::spec::make_drafter(spec, model_spec, model.config(),
-                                                                fastinfer::sampling_params(params), threads);
+                                                                fastinfer::sampling_params(params), threads, &model);
+    FASTINFER_CHECK(!calm.enabled() || (!drafter && !medusa), fastinfer::InvalidArgument,
+                    "--early-exit-threshold / --early-exit-patience (lossy) do not combine with --spec");
+    fastinfer::ConfidentExit<fastinfer::LlamaModel<>> calm_model(model, calm);  // InvalidArgument on bad options
     fastinfer::spec::SpeculativeOptions spec_options{spec_k};
     if (spec_rule == "coupled") {
       spec_options.rule = fastinfer::spec::AcceptanceRule::Coupled;
-      // A draft model then draws with the target's coins (draft_model.hpp).
+      // A model drafter then draws with the target's coins (draft_model.hpp).
       if (auto* dm = dynamic_cast<fastinfer::spec::DraftModel<fastinfer::LlamaModel<>>*>(drafter.get()))
         dm->set_rule(spec_options.rule);
+      if (auto* ee = dynamic_cast<fastinfer::spec::EarlyExitDrafter<fastinfer::LlamaModel<>>*>(drafter.get()))
+        ee->set_rule(spec_options.rule);
     }
     fastinfer::ForwardProfiler profiler;
     if (profile || !profile_json.empty()) model.set_profiler(&profiler);
@@ -263,8 +286,11 @@ int main(int argc, char** argv) {
     auto heads = medusa ? fastinfer::spec::MedusaHeads::from_spec(medusa_heads, model.config())
                         : fastinfer::spec::MedusaHeads();
     // Read before any output: a bad tree file is one error line, not half a run.
-    const auto medusa_opts = medusa ? fastinfer::spec::medusa_options(medusa_tree, heads.num_heads())
-                                    : fastinfer::spec::MedusaOptions{};
+    fastinfer::spec::MedusaOptions medusa_opts;
+    if (medusa) {
+      medusa_opts = fastinfer::spec::medusa_options(medusa_tree, heads.num_heads());
+      medusa_opts.rule = spec_options.rule;
+    }
 
     std::int32_t previous = prompt.back();
     // Byte pieces arrive one token at a time: the stream holds back a
@@ -288,11 +314,11 @@ int main(int argc, char** argv) {
     fastinfer::spec::ModelTarget<fastinfer::LlamaModel<>> target(model);
     const auto gen_start = std::chrono::steady_clock::now();
     const auto spec_result =
-        medusa ? fastinfer::spec::medusa_generate(model, heads, prompt, params,
-                                                  medusa_opts, on_token)
-        : drafter ? fastinfer::spec::speculative_generate(target, *drafter, prompt, params,
-                                                        spec_options, on_token)
-                : fastinfer::spec::plain_as_speculative(fastinfer::generate(model, prompt, params, on_token));
+        medusa    ? fastinfer::spec::medusa_generate(model, heads, prompt, params, medusa_opts, on_token)
+        : drafter ? fastinfer::spec::speculative_generate(target, *drafter, prompt, params, spec_options, on_token)
+        : calm.enabled()
+            ? fastinfer::spec::plain_as_speculative(fastinfer::generate(calm_model, prompt, params, on_token))
+            : fastinfer::spec::plain_as_speculative(fastinfer::generate(model, prompt, params, on_token));
     const double gen_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - gen_start).count();
     const auto& result = spec_result.generation;
@@ -301,7 +327,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
 
     if (stats_json) {
-      const nlohmann::json stats = {{"prompt_tokens", result.prompt_tokens},
+      nlohmann::json stats = {{"prompt_tokens", result.prompt_tokens},
                                     {"new_tokens", result.tokens.size()},
                                     {"prefill_tok_s", result.prefill_tok_s()},
                                     {"decode_tok_s", result.decode_tok_s()},
@@ -310,8 +336,9 @@ int main(int argc, char** argv) {
                                     {"kv_bytes", model.kv_bytes()},
                                     {"stopped_by", std::string(fastinfer::stop_reason_name(result.stopped_by))},
                                     {"mean_accepted_per_step", spec_result.stats.mean_accepted_per_step()},
-                                    {"acceptance_rate", spec_result.stats.acceptance_rate()},
-                                    {"target_forwards", spec_result.stats.target_forwards}};
+                                    {"target_forwards", spec_result.stats.target_forwards},
+                                    {"acceptance_rate", spec_result.stats.acceptance_rate()}};
+      if (calm.enabled()) stats["mean_layers"] = calm_model.mean_layers();
       std::fprintf(stderr, "%s\n", stats.dump().c_str());
     } else if (!print_ids) {
       fe::print_kv_size(kProgram, model);

@@ -160,8 +160,10 @@ void check_greedy_speculation(const std::filesystem::path& model_path, const std
       for (std::size_t vi = 0; vi < variants.size(); ++vi) {
         if ((k == 1 && vi % 2 != 0) || (k == 2 && vi % 2 != 1)) continue;
         Variant v = variants[vi];
-        INFO((drafter == fe::SpecDrafter::PromptLookup ? "prompt lookup" : "self-draft (bf16)") << ", k " << k
-                                                                                                  << ", " << v.name);
+        INFO((drafter == fe::SpecDrafter::PromptLookup ? "prompt lookup"
+              : drafter == fe::SpecDrafter::EarlyExit  ? "early exit (half the layers)"
+                                                       : "self-draft (bf16)")
+             << ", k " << k << ", " << v.name);
         v.cfg.spec.policy = fe::SpecAlways{};
         v.cfg.spec.draft_weights = draft;
         fe::RequestSpec rs;
@@ -215,6 +217,13 @@ TEST_CASE("engine speculation: greedy outputs with a bf16 self-draft (k 1, 2, 4)
   check_greedy_speculation(model_path, cases_dir, fe::SpecDrafter::DraftModel);
 }
 
+TEST_CASE("engine speculation: greedy outputs with early-exit self-speculation (k 1, 2, 4) equal plain greedy decoding",
+          "[engine][spec][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
+  check_greedy_speculation(model_path, cases_dir, fe::SpecDrafter::EarlyExit);
+}
+
 TEST_CASE("engine speculation: a sampled request's tokens do not depend on its batch", "[engine][spec]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   fastinfer::LoadOptions bf16;
@@ -234,7 +243,9 @@ TEST_CASE("engine speculation: a sampled request's tokens do not depend on its b
     r.sampling.seed = 500 + std::uint64_t(i);
     reqs.push_back(r);
     fe::RequestSpec s;
-    s.drafter = i % 2 == 0 ? fe::SpecDrafter::PromptLookup : fe::SpecDrafter::DraftModel;
+    s.drafter = i % 3 == 0   ? fe::SpecDrafter::PromptLookup
+                : i % 3 == 1 ? fe::SpecDrafter::DraftModel
+                             : fe::SpecDrafter::EarlyExit;
     s.k = 1 + i % 4;
     specs.push_back(s);
   }
@@ -324,6 +335,10 @@ TEST_CASE("engine speculation: policies never and max-batch, bad speculation set
   bad = rs;
   bad.lookup_min_ngram = 0;
   CHECK_THROWS_AS(e.submit(reqs[0], bad), fastinfer::InvalidArgument);
+  bad = rs;
+  bad.drafter = fe::SpecDrafter::EarlyExit;
+  bad.exit_layer = model.config().n_layers + 1;
+  CHECK_THROWS_WITH(e.submit(reqs[0], bad), Catch::Contains("early-exit layer"));
   fe::EngineConfig wrong_vocab;
   fastinfer::LoadOptions lo;
   wrong_vocab.spec.draft_weights = fastinfer::load_model("synthetic:tiny", lo);

@@ -26,6 +26,15 @@ using Scratch = fastinfer::testing::ScratchDir;
 Run run(const fs::path& binary, const std::string& args) { return fastinfer::testing::run_program(binary, args); }
 std::size_t lines(const std::string& s) { return fastinfer::testing::count_lines(s); }
 
+// The "continuation: " ids of a golden case file, as --print-ids prints them.
+std::string golden_continuation(const fs::path& golden) {
+  std::ifstream in(golden);
+  std::string expected;
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("continuation: ", 0) == 0) expected = line.substr(14);
+  return expected;
+}
+
 }  // namespace
 
 #define FASTINFER_REQUIRE_GENERATE(var) FASTINFER_REQUIRE_PROGRAM(var, "fastinfer-generate")
@@ -69,12 +78,7 @@ TEST_CASE("fastinfer-generate: --print-ids reproduces the golden, --stats-json i
   FASTINFER_REQUIRE_GENERATE(gen);
   FASTINFER_REQUIRE_SHARED(model, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(golden, "golden/cases/short_2.txt");
-  std::string expected;
-  {
-    std::ifstream in(golden);
-    for (std::string line; std::getline(in, line);)
-      if (line.rfind("continuation: ", 0) == 0) expected = line.substr(14);
-  }
+  const std::string expected = golden_continuation(golden);
   REQUIRE_FALSE(expected.empty());
   const Run r = run(gen, "--model '" + model.string() +
                              "' --prompt-ids 1,400 --max-new-tokens 200 --threads 2 --print-ids --stats-json");
@@ -129,7 +133,7 @@ TEST_CASE("fastinfer-generate: --profile prints the op table, --profile-json wri
   CHECK(r.out == plain.out);
   CHECK(r.err.find("decode: ") != std::string::npos);
   CHECK(r.err.find("ops sum") != std::string::npos);
-  const auto j = nlohmann::json::parse(slurp(json_path));
+  const auto j = nlohmann::json::parse(fastinfer::testing::read_bytes(json_path));
   CHECK(j.at("roofline").at("read_gbs") == 10.0);
   CHECK(j.at("roofline").at("peak_gflops") == 100.0);
   std::istringstream ids(r.out);
@@ -145,4 +149,36 @@ TEST_CASE("fastinfer-generate: --profile prints the op table, --profile-json wri
   CHECK(bad.code == 2);
   CHECK(lines(bad.err) == 1);
   CHECK(bad.err.find("--profile-json") != std::string::npos);
+}
+
+TEST_CASE("fastinfer-generate: early exit and Medusa under --spec-rule coupled print plain's tokens", "[examples][cli]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  FASTINFER_REQUIRE_SHARED(model, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(golden, "golden/cases/short_2.txt");
+  const std::string expected = golden_continuation(golden);
+  const std::string m = "--model '" + model.string() + "' --print-ids ";
+  const Run greedy = run(gen, m + "--prompt-ids 1,400 --max-new-tokens 200 --spec early-exit --exit-layer 2");
+  REQUIRE(greedy.code == 0);
+  CHECK(greedy.out == expected + "\n");
+  // Sampled: the coupled rule emits exactly plain sampling's tokens (issue 17: Medusa used to ignore the rule).
+  const std::string sampled = m + "--max-new-tokens 80 --temperature 0.8 --seed 5 ";
+  const Run plain = run(gen, sampled);
+  REQUIRE(plain.code == 0);
+  for (const char* spec : {"--spec medusa --spec-rule coupled", "--spec medusa --spec-rule coupled --medusa-tree choices",
+                           "--spec early-exit --spec-rule coupled"}) {
+    const Run r = run(gen, sampled + spec);
+    INFO(spec << ": " << r.err);
+    CHECK(r.code == 0);
+    CHECK(r.out == plain.out);
+  }
+  // Lossy confidence-gated exit: runs, reports the mean depth; bad or conflicting options exit 2.
+  const Run calm = run(gen, "--model '" + model.string() + "' --max-new-tokens 40 --print-ids --stats-json "
+                            "--early-exit-threshold 0.5 --early-exit-min-layer 2");
+  REQUIRE(calm.code == 0);
+  const auto stats = nlohmann::json::parse(calm.err);
+  CHECK(stats.at("mean_layers").get<double>() >= 2.0);
+  CHECK(stats.at("mean_layers").get<double>() <= 5.0);
+  CHECK(run(gen, "--early-exit-threshold 1.5").code == 2);
+  CHECK(run(gen, "--early-exit-threshold 0.5 --spec prompt-lookup").code == 2);
+  CHECK(run(gen, "--spec early-exit --exit-layer 99").code == 2);
 }

@@ -189,6 +189,31 @@ TEST_CASE("seeded Medusa sampling repeats exactly and differs across seeds, and 
   }
 }
 
+TEST_CASE("Medusa under the coupled rule emits plain sampling's tokens with the same seed") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  Model model = load(model_path.string());
+  GenerationParams p;
+  p.max_new_tokens = 120;
+  p.temperature = 0.8f;
+  std::int64_t drafted = 0;
+  for (const std::string tree : {"choices", "dynamic"})
+    for (std::uint64_t seed : {1, 2, 5}) {
+      p.seed = seed;
+      p.top_k = seed == 2 ? 40 : 0;
+      p.top_p = seed == 5 ? 0.9f : 1.0f;
+      const auto plain = fastinfer::generate(model, {1}, p);
+      spec::MedusaHeads heads = spec::MedusaHeads::from_spec("random:" + std::to_string(seed), model.config(), 4);
+      spec::MedusaOptions o = spec::medusa_options(tree, heads.num_heads());
+      o.rule = spec::AcceptanceRule::Coupled;
+      const auto r = spec::medusa_generate(model, heads, {1}, p, o);
+      INFO("tree " << tree << ", seed " << seed);
+      CHECK(r.generation.tokens == plain.tokens);
+      CHECK(r.generation.stopped_by == plain.stopped_by);
+      drafted += r.stats.drafted;
+    }
+  CHECK(drafted > 0);
+}
+
 TEST_CASE("medusa_generate rejects bad arguments") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model model = load(model_path.string());

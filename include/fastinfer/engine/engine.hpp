@@ -37,7 +37,9 @@
 //
 // Speculation (spec_policy.hpp; docs/speculative.md "Speculation inside
 // continuous batching"): a request may carry a drafter (RequestSpec: prompt
-// lookup or a draft model, and k). Before each schedule() the engine's policy
+// lookup, a draft model or the target's own first layers (early exit: its
+// draft pass writes the request's reserved draft slots, which the verifying
+// pass rewrites), and k). Before each schedule() the engine's policy
 // decides how many draft slots each running speculating request asks for
 // (ContinuousBatcher::set_draft_tokens); the batcher budgets them (tokens and
 // KV blocks). A decode entry with slots feeds [its token, d1..dm] (m <= the
@@ -90,6 +92,7 @@
 #include "fastinfer/sched/continuous_batcher.hpp"
 #include "fastinfer/sched/radix_prefix_provider.hpp"
 #include "fastinfer/spec/draft_model.hpp"
+#include "fastinfer/spec/early_exit_drafter.hpp"
 #include "fastinfer/spec/prompt_lookup.hpp"
 #include "fastinfer/spec/speculative_verifier.hpp"
 
@@ -257,7 +260,7 @@ class Engine {
     r.id = id;
     if (r.arrival_time < 0.0) r.arrival_time = clock_();
     std::unique_ptr<Spec> sp;
-    if (spec.drafter != SpecDrafter::None) sp = make_spec_(spec, r.sampling);
+    if (spec.drafter != SpecDrafter::None) sp = make_spec_(spec, r.sampling, id);
     batcher_->submit(std::move(r));
     ++next_id_;
     Live& l = live_[id];
@@ -408,18 +411,26 @@ class Engine {
     if (s.drafter == SpecDrafter::DraftModel)
       FASTINFER_CHECK(cfg_.spec.draft_weights.has_value(), InvalidArgument,
                       "a request asks for a draft model but EngineConfig::spec.draft_weights is empty");
+    if (s.drafter == SpecDrafter::EarlyExit)
+      FASTINFER_CHECK(s.exit_layer >= 0 && s.exit_layer <= model_.config().n_layers, InvalidArgument,
+                      "early-exit layer ", s.exit_layer, " is outside [0, ", model_.config().n_layers,
+                      "] (0: half the layers)");
     if (s.drafter == SpecDrafter::PromptLookup)
       FASTINFER_CHECK(s.lookup_min_ngram >= 1 && s.lookup_max_ngram >= s.lookup_min_ngram, InvalidArgument,
                       "prompt lookup needs 1 <= min_ngram <= max_ngram, got ", s.lookup_min_ngram, " and ",
                       s.lookup_max_ngram);
   }
 
-  std::unique_ptr<Spec> make_spec_(const RequestSpec& s, const sched::SamplingConfig& sc) const {
+  std::unique_ptr<Spec> make_spec_(const RequestSpec& s, const sched::SamplingConfig& sc, RequestId id) const {
     auto sp = std::make_unique<Spec>();
     sp->cfg = s;
     const cpu::SamplingParams p = to_params_(sc);
     if (s.drafter == SpecDrafter::PromptLookup) {
       sp->drafter = std::make_unique<spec::PromptLookup>(spec::PromptLookupConfig{s.lookup_max_ngram, s.lookup_min_ngram});
+    } else if (s.drafter == SpecDrafter::EarlyExit) {
+      // The request's KV sequence is its id.
+      sp->drafter = std::make_unique<spec::EarlyExitDrafter<LlamaModel<Backend>>>(model_, s.exit_layer, p,
+                                                                                 cfg_.spec.sampled_rule, SeqId(id));
     } else {
       ModelOptions mo;
       mo.threads = cfg_.spec.draft_threads;
@@ -430,6 +441,12 @@ class Engine {
     sp->verifier = std::make_unique<spec::SpeculativeVerifier>(vocab_, p, cfg_.spec.sampled_rule);
     return sp;
   }
+
+  // Drafters whose drafts cost forward passes (the cost fit's per_model_draft;
+  // an early-exit draft costs exit_layer / n_layers of a token, a draft
+  // model's its own share: the fit learns one price for whichever the
+  // engine runs).
+  static bool model_drafter_(SpecDrafter d) { return d == SpecDrafter::DraftModel || d == SpecDrafter::EarlyExit; }
 
   static cpu::SamplingParams to_params_(const sched::SamplingConfig& sc) {
     cpu::SamplingParams p;
@@ -461,7 +478,7 @@ class Engine {
       }
       const Spec& sp = *kv.second.spec;
       cand_ids_.push_back(id);
-      cands_.push_back(SpecCandidate{sp.acceptance.value(), sp.cfg.k, sp.cfg.drafter == SpecDrafter::DraftModel});
+      cands_.push_back(SpecCandidate{sp.acceptance.value(), sp.cfg.k, model_drafter_(sp.cfg.drafter)});
     }
     // Deterministic order (the map's is not).
     order_.resize(cand_ids_.size());
@@ -561,7 +578,7 @@ class Engine {
         for (std::int32_t t : prop.tokens)
           FASTINFER_CHECK(t >= 0 && t < vocab_, Error, "Engine: the drafter of request ", e.id, " proposed token ", t,
                           " outside the vocabulary");
-        if (sp.cfg.drafter == SpecDrafter::DraftModel) step_model_drafts_ += std::int64_t(prop.tokens.size());
+        if (model_drafter_(sp.cfg.drafter)) step_model_drafts_ += std::int64_t(prop.tokens.size());
         stats_.draft_seconds += now_() - d0;
       }
       feed_.assign(plan.tokens.begin() + plan.token_indptr[i], plan.tokens.begin() + plan.token_indptr[i + 1]);

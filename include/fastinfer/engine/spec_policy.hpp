@@ -42,6 +42,7 @@ enum class SpecDrafter {
   None,          // plain decoding
   PromptLookup,  // n-gram match in the prompt and output (spec/prompt_lookup.hpp)
   DraftModel,    // EngineConfig::spec.draft_weights, one DraftModel per request
+  EarlyExit,     // the target's first exit_layer layers (spec/early_exit_drafter.hpp), sharing the request's KV
 };
 
 struct RequestSpec {
@@ -49,6 +50,7 @@ struct RequestSpec {
   std::int32_t k = 4;                        // most drafts per step
   std::int32_t lookup_max_ngram = 3;         // PromptLookup
   std::int32_t lookup_min_ngram = 1;
+  std::int32_t exit_layer = 0;               // EarlyExit: draft layers; 0: half the model's
 };
 
 // ---- policies (a closed set of tags) -------------------------------------------

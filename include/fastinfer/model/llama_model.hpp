@@ -172,6 +172,7 @@ class LlamaModel {
 
   // Forgets every cached position of the solo sequence.
   void reset() {
+    open_ = nullptr;
     if (kv_->contains(kSoloSequence)) kv_->free_sequence(kSoloSequence);
   }
 
@@ -192,6 +193,29 @@ class LlamaModel {
 
   // As above, writing the logits rows to out[logits_rows][vocab].
   void forward(const ForwardBatch& batch, float* out) {
+    begin_layers(batch);
+    run_layers(0, c_.n_layers);
+    head_(out);
+    if (prof_) prof_->end_pass();  // staged (early-exit) passes are timed per op, not counted as passes
+  }
+
+  // ---- early exit: one forward pass taken a few layers at a time -------------
+  //
+  // begin_layers(batch) does what forward(batch) does before the first layer
+  // (checks, rollback, KV room, embeddings); run_layers(first, last) runs
+  // layers [first, last), in order, first = the depth reached so far;
+  // exit_logits() applies the final norm and classifier to the current hidden
+  // state of the batch's logits rows ([logits_rows][vocab], valid until the
+  // next forward or exit_logits call): forward(batch) is begin_layers +
+  // run_layers(0, n_layers) + exit_logits. fill_kv(first, last) stores, for
+  // layers [first, last), the K and V projected from the current hidden state
+  // instead of running those layers (CALM's propagation: a token that exited
+  // early leaves keys and values that later tokens can attend to).
+  // Layers a pass skips without fill_kv hold nothing valid at its positions;
+  // a later forward starting at or below them rewrites them (self-speculative
+  // verification does). The batch must outlive the staged calls.
+  void begin_layers(const ForwardBatch& batch) {
+    open_ = nullptr;  // a rejected batch leaves no pass open
     check_batch_(batch);
     if (prof_) prof_->begin_pass();
     const std::int32_t b_count = batch.batch();
@@ -230,8 +254,74 @@ class LlamaModel {
              r < batch.qo_indptr[std::size_t(b) + 1]; ++r)
           logit_rows_.push_back(r);
     if (prof_) profile_pass_(batch, decode);
-    run_(batch, out);
-    if (prof_) prof_->end_pass();
+    open_ = &batch;
+    depth_ = 0;
+    const std::size_t dim = std::size_t(c_.dim);
+    for (std::int64_t t = 0; t < batch.rows(); ++t)
+      cpu::load_row(w_.token_embedding.dtype, w_.token_embedding.row_ptr(batch.tokens[std::size_t(t)]),
+                    x_.data() + std::size_t(t) * dim, c_.dim);
+    lap_(ProfOp::Embed);
+  }
+
+  // One sequence's tokens[0..n) at positions start_pos.. as one staged pass
+  // (n <= max_batch()), `rows` of logits. The solo sequence is created on
+  // first use; any other must exist in kv() (an Engine's request).
+  void begin_layers(const std::int32_t* tokens, std::int64_t n, int start_pos, LogitsRows rows = LogitsRows::Last,
+                    SeqId seq = kSoloSequence) {
+    open_ = nullptr;  // a rejected call leaves no pass open
+    if (seq == kSoloSequence) check_input_(tokens, n, start_pos);
+    FASTINFER_CHECK(n >= 1 && n <= max_batch_, InvalidArgument, "begin_layers: ", n,
+                    " tokens are outside [1, max_batch ", max_batch_, "]");
+    if (seq == kSoloSequence && !kv_->contains(kSoloSequence))
+      FASTINFER_CHECK(kv_->add_sequence(kSoloSequence), UsageError, "the KV pool has no room for a sequence");
+    solo_.clear();
+    solo_.add(seq, tokens, std::int32_t(n), start_pos);
+    solo_.logits = rows;
+    begin_layers(solo_);
+  }
+
+  void run_layers(int first, int last) {
+    check_stage_(first, last, "run_layers");
+    for (int l = first; l < last; ++l) layer_(*open_, l);
+    depth_ = last;
+  }
+
+  void fill_kv(int first, int last) {
+    check_stage_(first, last, "fill_kv");
+    for (int l = first; l < last; ++l) project_kv_(*open_, l);
+    depth_ = last;
+  }
+
+  // Layers run (or filled) so far in the open staged pass.
+  int depth() const { return depth_; }
+
+  const float* exit_logits() {
+    FASTINFER_CHECK(open_ != nullptr, UsageError, "exit_logits: no staged pass is open (call begin_layers first)");
+    const std::size_t n = logit_rows_.size() * std::size_t(c_.vocab_size);
+    if (n > batch_logits_.size()) batch_logits_.resize(n);
+    head_(batch_logits_.data());
+    return batch_logits_.data();
+  }
+
+  // LayerSkip's draft: tokens through the first `layers` layers, then the
+  // final norm and classifier; the logits after the last token. Chunked like
+  // forward_prefill. Deeper layers' KV at these positions is left unwritten
+  // (see begin_layers). `seq`: as for begin_layers.
+  const float* forward_prefill_exit(const std::int32_t* tokens, std::int64_t n, int start_pos, int layers,
+                                    SeqId seq = kSoloSequence) {
+    FASTINFER_CHECK(layers >= 1 && layers <= c_.n_layers, InvalidArgument, "exit layer ", layers,
+                    " is outside [1, ", c_.n_layers, "]");
+    if (seq == kSoloSequence) check_input_(tokens, n, start_pos);
+    const float* out = nullptr;
+    for (std::int64_t done = 0; done < n;) {
+      const int chunk = int(std::min<std::int64_t>(max_batch_, n - done));
+      const bool last = done + chunk == n;
+      begin_layers(tokens + done, chunk, start_pos + int(done), last ? LogitsRows::Last : LogitsRows::None, seq);
+      run_layers(0, layers);
+      if (last) out = exit_logits();
+      done += chunk;
+    }
+    return out;
   }
 
   // ---- one sequence ---------------------------------------------------------
@@ -370,6 +460,12 @@ class LlamaModel {
     forward(solo_, out);
   }
 
+  void check_stage_(int first, int last, const char* verb) const {
+    FASTINFER_CHECK(open_ != nullptr, UsageError, verb, ": no staged pass is open (call begin_layers first)");
+    FASTINFER_CHECK(first == depth_ && last >= first && last <= c_.n_layers, InvalidArgument, verb, ": layers [",
+                    first, ", ", last, ") do not continue the pass at depth ", depth_, " of ", c_.n_layers);
+  }
+
   // y[n][w.rows] = x[n][w.cols] W^T: one matrix-vector product for a single
   // token, one matrix-matrix product for a batch.
   void linear_(const MatrixView& w, const float* x, int n, float* y) const {
@@ -403,82 +499,100 @@ class LlamaModel {
     prof_->set_pass(prof_shape_, p, decode ? ProfPhase::Decode : ProfPhase::Prefill);
   }
 
-  void run_(const ForwardBatch& bt, float* out) {
+  // q, k, v of layer l for the open pass's rows from x_ (RoPE applied, head
+  // size padded to hdp_), K and V appended to the cache; returns the rows'
+  // padded (or plain) q, k, v pointers.
+  struct Qkv {
+    const float *q, *k, *v;
+  };
+  Qkv qkv_(const ForwardBatch& bt, int l, bool with_q) {
     const int n = int(bt.rows());
     const std::size_t dim = std::size_t(c_.dim);
     const std::size_t qd = std::size_t(c_.q_dim()), kvd = std::size_t(c_.kv_dim());
     const bool padded = hdp_ != c_.head_dim;
-    float* x = x_.data();
+    const LlamaLayerWeights& lw = w_.layers[std::size_t(l)];
+    const float* x = x_.data();
     for (int t = 0; t < n; ++t)
-      cpu::load_row(w_.token_embedding.dtype, w_.token_embedding.row_ptr(bt.tokens[std::size_t(t)]),
-                    x + std::size_t(t) * dim, c_.dim);
-    lap_(ProfOp::Embed);
-
-    for (int l = 0; l < c_.n_layers; ++l) {
-      const LlamaLayerWeights& lw = w_.layers[std::size_t(l)];
-      for (int t = 0; t < n; ++t)
-        cpu::rmsnorm(xb_.data() + std::size_t(t) * dim, x + std::size_t(t) * dim, lw.attn_norm, c_.dim, c_.norm_eps);
-      lap_(ProfOp::AttnNorm);
+      cpu::rmsnorm(xb_.data() + std::size_t(t) * dim, x + std::size_t(t) * dim, lw.attn_norm, c_.dim, c_.norm_eps);
+    lap_(ProfOp::AttnNorm);
+    if (with_q) {
       linear_(lw.wq, xb_.data(), n, q_.data());
       lap_(ProfOp::Wq);
-      linear_(lw.wk, xb_.data(), n, k_.data());
-      lap_(ProfOp::Wk);
-      linear_(lw.wv, xb_.data(), n, v_.data());
-      lap_(ProfOp::Wv);
-      for (int t = 0; t < n; ++t) {
-        const int pos = int(row_pos_[std::size_t(t)]);
-        cpu::rope(q_.data() + std::size_t(t) * qd, c_.n_heads, c_.head_dim, pos, c_.rope_theta, c_.rope_style);
-        cpu::rope(k_.data() + std::size_t(t) * kvd, c_.n_kv_heads, c_.head_dim, pos, c_.rope_theta, c_.rope_style);
-      }
-      lap_(ProfOp::Rope);
-      const float* kk = k_.data();
-      const float* vv = v_.data();
-      const float* qq = q_.data();
-      float* att = att_out_.data();
-      if (padded) {
-        pad_(k_.data(), n, c_.n_kv_heads, kpad_.data());
-        pad_(v_.data(), n, c_.n_kv_heads, vpad_.data());
-        pad_(q_.data(), n, c_.n_heads, qpad_.data());
-        kk = kpad_.data(), vv = vpad_.data(), qq = qpad_.data(), att = opad_.data();
-      }
-      const std::size_t kv_row = std::size_t(c_.n_kv_heads) * std::size_t(hdp_);
-      for (std::int32_t b = 0; b < bt.batch(); ++b) {
-        const std::size_t r0 = std::size_t(bt.qo_indptr[std::size_t(b)]);
-        kv_->append(l, bt.seq_ids[std::size_t(b)], kk + r0 * kv_row, vv + r0 * kv_row, bt.count(b));
-      }
-      lap_(ProfOp::KvAppend);
-      kv_->attend(l, qq, bt.qo_indptr.data(), bt.mask.empty() ? nullptr : bt.mask.data(), att, c_.n_heads, threads_);
-      if (padded)
-        for (int r = 0; r < n; ++r)
-          for (int h = 0; h < c_.n_heads; ++h)
-            std::memcpy(att_out_.data() + std::size_t(r) * qd + std::size_t(h) * std::size_t(c_.head_dim),
-                        opad_.data() + (std::size_t(r) * std::size_t(c_.n_heads) + std::size_t(h)) * std::size_t(hdp_),
-                        sizeof(float) * std::size_t(c_.head_dim));
-      lap_(ProfOp::Attention);
-      linear_(lw.wo, att_out_.data(), n, xb_.data());
-      lap_(ProfOp::Wo);
-      cpu::add(x, xb_.data(), std::int64_t(n) * c_.dim);
-      lap_(ProfOp::Residual);
-
-      for (int t = 0; t < n; ++t)
-        cpu::rmsnorm(xb_.data() + std::size_t(t) * dim, x + std::size_t(t) * dim, lw.ffn_norm, c_.dim, c_.norm_eps);
-      lap_(ProfOp::FfnNorm);
-      linear_(lw.w_gate, xb_.data(), n, hb_.data());
-      lap_(ProfOp::W1);
-      linear_(lw.w_up, xb_.data(), n, hb2_.data());
-      lap_(ProfOp::W3);
-      cpu::swiglu(hb_.data(), hb2_.data(), std::int64_t(n) * c_.hidden_dim);
-      lap_(ProfOp::Swiglu);
-      linear_(lw.w_down, hb_.data(), n, xb_.data());
-      lap_(ProfOp::W2);
-      cpu::add(x, xb_.data(), std::int64_t(n) * c_.dim);
-      lap_(ProfOp::Residual);
     }
+    linear_(lw.wk, xb_.data(), n, k_.data());
+    lap_(ProfOp::Wk);
+    linear_(lw.wv, xb_.data(), n, v_.data());
+    lap_(ProfOp::Wv);
+    for (int t = 0; t < n; ++t) {
+      const int pos = int(row_pos_[std::size_t(t)]);
+      if (with_q)
+        cpu::rope(q_.data() + std::size_t(t) * qd, c_.n_heads, c_.head_dim, pos, c_.rope_theta, c_.rope_style);
+      cpu::rope(k_.data() + std::size_t(t) * kvd, c_.n_kv_heads, c_.head_dim, pos, c_.rope_theta, c_.rope_style);
+    }
+    lap_(ProfOp::Rope);
+    Qkv out{q_.data(), k_.data(), v_.data()};
+    if (padded) {
+      pad_(k_.data(), n, c_.n_kv_heads, kpad_.data());
+      pad_(v_.data(), n, c_.n_kv_heads, vpad_.data());
+      if (with_q) pad_(q_.data(), n, c_.n_heads, qpad_.data());
+      out = Qkv{qpad_.data(), kpad_.data(), vpad_.data()};
+    }
+    const std::size_t kv_row = std::size_t(c_.n_kv_heads) * std::size_t(hdp_);
+    for (std::int32_t b = 0; b < bt.batch(); ++b) {
+      const std::size_t r0 = std::size_t(bt.qo_indptr[std::size_t(b)]);
+      kv_->append(l, bt.seq_ids[std::size_t(b)], out.k + r0 * kv_row, out.v + r0 * kv_row, bt.count(b));
+    }
+    lap_(ProfOp::KvAppend);
+    return out;
+  }
 
+  // CALM: layer l's K and V from the current hidden state, the layer not run.
+  void project_kv_(const ForwardBatch& bt, int l) { qkv_(bt, l, false); }
+
+  void layer_(const ForwardBatch& bt, int l) {
+    const int n = int(bt.rows());
+    const std::size_t dim = std::size_t(c_.dim);
+    const std::size_t qd = std::size_t(c_.q_dim());
+    const bool padded = hdp_ != c_.head_dim;
+    const LlamaLayerWeights& lw = w_.layers[std::size_t(l)];
+    float* x = x_.data();
+    const Qkv qkv = qkv_(bt, l, true);
+    float* att = padded ? opad_.data() : att_out_.data();
+    kv_->attend(l, qkv.q, bt.qo_indptr.data(), bt.mask.empty() ? nullptr : bt.mask.data(), att, c_.n_heads, threads_);
+    if (padded)
+      for (int r = 0; r < n; ++r)
+        for (int h = 0; h < c_.n_heads; ++h)
+          std::memcpy(att_out_.data() + std::size_t(r) * qd + std::size_t(h) * std::size_t(c_.head_dim),
+                      opad_.data() + (std::size_t(r) * std::size_t(c_.n_heads) + std::size_t(h)) * std::size_t(hdp_),
+                      sizeof(float) * std::size_t(c_.head_dim));
+    lap_(ProfOp::Attention);
+    linear_(lw.wo, att_out_.data(), n, xb_.data());
+    lap_(ProfOp::Wo);
+    cpu::add(x, xb_.data(), std::int64_t(n) * c_.dim);
+    lap_(ProfOp::Residual);
+
+    for (int t = 0; t < n; ++t)
+      cpu::rmsnorm(xb_.data() + std::size_t(t) * dim, x + std::size_t(t) * dim, lw.ffn_norm, c_.dim, c_.norm_eps);
+    lap_(ProfOp::FfnNorm);
+    linear_(lw.w_gate, xb_.data(), n, hb_.data());
+    lap_(ProfOp::W1);
+    linear_(lw.w_up, xb_.data(), n, hb2_.data());
+    lap_(ProfOp::W3);
+    cpu::swiglu(hb_.data(), hb2_.data(), std::int64_t(n) * c_.hidden_dim);
+    lap_(ProfOp::Swiglu);
+    linear_(lw.w_down, hb_.data(), n, xb_.data());
+    lap_(ProfOp::W2);
+    cpu::add(x, xb_.data(), std::int64_t(n) * c_.dim);
+    lap_(ProfOp::Residual);
+  }
+
+  // Final norm and classifier over the logits rows at the current depth.
+  void head_(float* out) {
     const int m = int(logit_rows_.size());
     if (m == 0) return;
+    const std::size_t dim = std::size_t(c_.dim);
     for (int i = 0; i < m; ++i)
-      cpu::rmsnorm(xb_.data() + std::size_t(i) * dim, x + std::size_t(logit_rows_[std::size_t(i)]) * dim,
+      cpu::rmsnorm(xb_.data() + std::size_t(i) * dim, x_.data() + std::size_t(logit_rows_[std::size_t(i)]) * dim,
                    w_.final_norm, c_.dim, c_.norm_eps);
     lap_(ProfOp::FinalNorm);
     linear_(w_.classifier, xb_.data(), m, out);
@@ -503,6 +617,8 @@ class LlamaModel {
   ForwardBatch solo_;
   ForwardProfiler* prof_ = nullptr;  // not owned; nullptr: profiling off
   ProfileModelShape prof_shape_;      // the accounting's view of this model, set with the profiler
+  const ForwardBatch* open_ = nullptr;  // the staged pass (begin_layers) in progress
+  int depth_ = 0;                       // its layers run or filled so far
 };
 
 // Opt-in (build time only): with FASTINFER_EXTERN_TEMPLATES, translation

@@ -30,6 +30,20 @@
 
 namespace fastinfer::spec {
 
+// Draft j of a chain proposal from the drafter's logits, as the header
+// comment says: greedy argmax, the coupled rule's plain-sampling coin, or a
+// draw from q (written to out.probs row j, sized for k rows at j = 0).
+inline std::int32_t pick_draft(const float* logits, int vocab, const cpu::SamplingParams& params, AcceptanceRule rule,
+                               std::uint64_t token_index, int j, int k, DraftProposal& out,
+                               cpu::SamplerWorkspace& ws) {
+  if (params.temperature == 0.0f) return cpu::argmax_token(logits, vocab);
+  if (rule == AcceptanceRule::Coupled) return cpu::sample_at_index(logits, vocab, params, token_index + std::uint64_t(j), ws);
+  if (j == 0) out.probs.resize(std::size_t(k) * std::size_t(vocab));
+  float* q = out.probs.data() + std::size_t(j) * std::size_t(vocab);
+  cpu::sampling_distribution(logits, vocab, params, q, ws);
+  return cpu::sample_from_weights(q, vocab, spec_coin(params.seed, token_index + std::uint64_t(j), kDraftSlot));
+}
+
 // Model: LlamaModel or anything with config(), reset(), cached_length(),
 // forward_prefill(tokens, n, start_pos) and forward_decode(token, pos).
 template <typename Model>
@@ -74,20 +88,8 @@ class DraftModel final : public Drafter {
     cached_.assign(context.begin(), context.end());
     const float* logits = model_.forward_prefill(context.data() + common, len - common, common);
     ++forwards_;
-    const bool greedy = params_.temperature == 0.0f;
-    const bool coupled = !greedy && rule_ == AcceptanceRule::Coupled;
-    if (!greedy && !coupled) out.probs.resize(std::size_t(k) * std::size_t(vocab));
     for (int j = 0; j < k; ++j) {
-      std::int32_t d;
-      if (greedy) {
-        d = cpu::argmax_token(logits, vocab);
-      } else if (coupled) {
-        d = cpu::sample_at_index(logits, vocab, params_, token_index + std::uint64_t(j), ws_);
-      } else {
-        float* q = out.probs.data() + std::size_t(j) * std::size_t(vocab);
-        cpu::sampling_distribution(logits, vocab, params_, q, ws_);
-        d = cpu::sample_from_weights(q, vocab, spec_coin(params_.seed, token_index + std::uint64_t(j), kDraftSlot));
-      }
+      const std::int32_t d = pick_draft(logits, vocab, params_, rule_, token_index, j, k, out, ws_);
       out.tokens.push_back(d);
       if (j + 1 < k) {
         logits = model_.forward_decode(d, int(cached_.size()));

@@ -1,7 +1,7 @@
 // Building a drafter from command-line words (fastinfer-generate --spec ...),
 // so that the example's main stays a thin caller.
 //
-//   kind "none" | "draft" | "prompt-lookup" | "lookahead"
+//   kind "none" | "draft" | "prompt-lookup" | "lookahead" | "early-exit"
 //   draft:          draft_model (a load_model spec; empty: the target's own
 //                   spec, i.e. a self-draft), draft_weights
 //                   "f32"|"bf16"|"f16"|"q8_0" (default bf16), draft_kv any KV
@@ -10,6 +10,8 @@
 //                   target is untouched, so greedy output never changes
 //   prompt-lookup:  lookup_candidates (1: a chain; more: a token tree)
 //   lookahead:      "W,N,G"
+//   early-exit:     exit_layer (0: half the layers); drafts with the target
+//                   model itself (passed to make_drafter), sharing its KV
 #pragma once
 
 #include <memory>
@@ -26,6 +28,7 @@
 #include "fastinfer/model/weight_convert.hpp"
 #include "fastinfer/spec/draft_model.hpp"
 #include "fastinfer/spec/drafter.hpp"
+#include "fastinfer/spec/early_exit_drafter.hpp"
 #include "fastinfer/spec/lookahead_pool.hpp"
 #include "fastinfer/spec/prompt_lookup.hpp"
 
@@ -38,6 +41,7 @@ struct DrafterSpec {
   std::string draft_kv = "f32";
   std::string lookahead = "5,4,5";     // W,N,G
   int lookup_candidates = 1;           // prompt lookup: candidates per step (> 1: a tree)
+  int exit_layer = 0;                  // early-exit: draft layers; 0: half the target's
 };
 
 // Draft weights: parse_weight_dtype's names plus q8_0.
@@ -57,11 +61,16 @@ inline LookaheadConfig parse_lookahead(std::string_view text) {
   return LookaheadConfig{v[0], v[1], v[2]};
 }
 
-// nullptr for kind "none".
+// nullptr for kind "none". `target_model`: the verification target, needed
+// by "early-exit" (the drafter runs its first layers and shares its KV).
 inline std::unique_ptr<Drafter> make_drafter(const DrafterSpec& s, const std::string& target_spec,
                                              const LlamaConfig& target, const cpu::SamplingParams& params,
-                                             int threads) {
+                                             int threads, LlamaModel<>* target_model = nullptr) {
   if (s.kind == "none") return nullptr;
+  if (s.kind == "early-exit") {
+    FASTINFER_CHECK(target_model != nullptr, InvalidArgument, "--spec early-exit needs the target model itself");
+    return std::make_unique<EarlyExitDrafter<LlamaModel<>>>(*target_model, s.exit_layer, params);
+  }
   if (s.kind == "prompt-lookup") {
     PromptLookupConfig pl;
     pl.max_candidates = s.lookup_candidates;
@@ -69,7 +78,7 @@ inline std::unique_ptr<Drafter> make_drafter(const DrafterSpec& s, const std::st
   }
   if (s.kind == "lookahead") return std::make_unique<LookaheadPool>(parse_lookahead(s.lookahead), target.vocab_size);
   FASTINFER_CHECK(s.kind == "draft", InvalidArgument, "unknown --spec '", s.kind,
-                  "' (expected none, draft, prompt-lookup or lookahead)");
+                  "' (expected none, draft, prompt-lookup, lookahead or early-exit)");
   KVOptions kv;
   kv.quant = kv::parse_quant(s.draft_kv);  // InvalidArgument naming the text
   LoadOptions load;

@@ -494,7 +494,9 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
     const float* rows = model.forward(batch) + std::size_t(n_pending - 1) * std::size_t(vocab);
     const std::uint64_t first_index = std::uint64_t(r.tokens.size());
     VerifyOutcome v;
-    if (options.rule == AcceptanceRule::Exact && verifier.greedy()) {
+    if ((options.rule == AcceptanceRule::Exact && verifier.greedy()) || options.rule == AcceptanceRule::Coupled) {
+      // Coupled: each node's row sampled with plain sampling's coin picks the
+      // child to follow, so the tokens are generate()'s for the same seed.
       v = verifier.verify_tree(rows, ct.tree, nullptr, first_index);
     } else {
       const int nr = ct.tree.size() + 1;
