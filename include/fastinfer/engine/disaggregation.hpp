@@ -21,7 +21,8 @@
 // a short back-off. A peer silent past DisaggConfig::timeout_seconds fails
 // the request (status Failed) and frees its blocks on the side that waits:
 // the prefill side's export, the decode side's import. So a killed decode
-// rank never hangs the prefill rank, and both pools end whole.
+// rank never hangs the prefill rank, and both pools end whole. A rank that
+// timed out gets no more offers until it answers something.
 //
 // Identity with a single engine: the KV bytes are copied exactly, the decode
 // engine feeds the first token at position prompt.size() like the single
@@ -39,6 +40,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -226,7 +228,15 @@ class PrefillServer {
 
   void offer_(Pending& p) {
     p.retry_at = -1;
-    p.rank = decode_ranks_[next_rank_++ % decode_ranks_.size()];
+    // Round robin over the ranks not known to be down.
+    std::size_t tries = 0;
+    do {
+      p.rank = decode_ranks_[next_rank_++ % decode_ranks_.size()];
+    } while (down_.count(p.rank) != 0 && ++tries < decode_ranks_.size());
+    if (down_.count(p.rank) != 0) {
+      fail_(p, "no decode rank is answering");
+      return;
+    }
     p.result.status = HandoffStatus::Offered;
     p.result.offered = now_();
     p.deadline = now_() + cfg_.timeout_seconds;
@@ -244,6 +254,7 @@ class PrefillServer {
   }
 
   void on_message_(const transfer::Message& m) {
+    down_.erase(m.peer);  // it answers again
     if (m.words.empty()) return;
     auto it = pending_.find(m.words[0]);
     // Late answers about requests already failed (or never ours): ignored;
@@ -314,10 +325,13 @@ class PrefillServer {
       const HandoffStatus s = p.result.status;
       const bool waiting = s == HandoffStatus::Offered || s == HandoffStatus::Sending ||
                            (s == HandoffStatus::Decoding && p.deadline >= 0);
-      if (waiting && p.retry_at < 0 && t > p.deadline)
+      if (waiting && p.retry_at < 0 && t > p.deadline) {
+        // Offer no more to it until it answers something.
+        down_.insert(p.rank);
         fail_(p, "decode rank " + std::to_string(p.rank) + " did not answer within " +
                      std::to_string(s == HandoffStatus::Decoding ? cfg_.result_timeout_seconds : cfg_.timeout_seconds) +
                      " s");
+      }
     }
   }
 
@@ -327,6 +341,7 @@ class PrefillServer {
   DisaggConfig cfg_;
   std::map<std::uint64_t, Pending> pending_;
   std::vector<std::uint64_t> first_token_;  // keys whose first token came in the last step
+  std::set<int> down_;                      // decode ranks that timed out and have not answered since
   std::uint64_t next_key_ = 1;
   std::size_t next_rank_ = 0;
   std::size_t live_ = 0;
@@ -391,11 +406,17 @@ class DecodeServer {
         transport_.send(m.peer, K::Busy, {key});
         return;
       }
-      // Leave a block for each running request's next token.
+      const transfer::KVPoolView pool = engine_.kv_pool();
+      transfer::validate_manifest(man, pool);  // before anything is evicted
+      // Leave a block for each running request's next token; make room by
+      // evicting cached prefixes first, as the batcher does for a new request.
+      const std::int64_t reserve =
+          std::int64_t(engine_.batcher().num_running()) + engine_.config().scheduler.watermark_blocks;
+      const std::int64_t short_by = man.num_blocks() + reserve - pool.allocator->num_free_blocks();
+      if (short_by > 0 && engine_.prefix_cache() != nullptr)
+        engine_.prefix_cache()->evict(std::min(short_by, engine_.prefix_cache()->evictable_blocks()));
       Import im;
-      im.in = transfer::KVImport(engine_.kv_pool(), std::move(man),
-                                 std::int64_t(engine_.batcher().num_running()) +
-                                     engine_.config().scheduler.watermark_blocks);
+      im.in = transfer::KVImport(pool, std::move(man), reserve);
       if (!im.in.ok()) {
         transport_.send(m.peer, K::Busy, {key});
         return;
