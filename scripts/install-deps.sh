@@ -3,7 +3,8 @@
 # does nothing when every package is already there.
 set -euo pipefail
 packages=(build-essential cmake ninja-build libeigen3-dev libxsimd-dev catch2 libbenchmark-dev
-          libomp-dev nlohmann-json3-dev libcli11-dev)
+          libomp-dev nlohmann-json3-dev libcli11-dev
+          mpi-default-dev mpi-default-bin)  # MPI: the disaggregated-serving transport's tests and example
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
