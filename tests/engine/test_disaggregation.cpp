@@ -27,6 +27,7 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/transfer/in_process_transport.hpp"
 #include "engine_harness.hpp"
+#include "disagg_harness.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 
@@ -37,28 +38,11 @@ using fastinfer::LlamaModel;
 using fastinfer::LlamaWeights;
 using fastinfer::kv::QuantKind;
 using fastinfer::testing::make_request;
-using fastinfer::testing::paged_options;
+using fastinfer::testing::kv_options;
+using fastinfer::testing::random_requests;
+using fastinfer::testing::run_single;
 
 namespace {
-
-fastinfer::ModelOptions options(QuantKind q, int num_blocks, int max_seqs = 16) {
-  fastinfer::ModelOptions o = paged_options(num_blocks, max_seqs);
-  o.kv.quant = q;
-  return o;
-}
-
-std::vector<std::vector<std::int32_t>> run_single(const LlamaWeights& w, QuantKind q,
-                                                  const std::vector<fs::Request>& reqs,
-                                                  const fe::EngineConfig* cfg = nullptr) {
-  LlamaModel<> model(w, options(q, 0));
-  fe::Engine<> e(model, cfg ? *cfg : fe::EngineConfig{});
-  std::vector<fs::RequestId> ids;
-  for (const auto& r : reqs) ids.push_back(e.submit(r));
-  e.run();
-  std::vector<std::vector<std::int32_t>> out;
-  for (auto id : ids) out.push_back(e.output(id));
-  return out;
-}
 
 // A prefill rank (0) and two decode ranks (1, 2) in one process.
 struct Cluster {
@@ -71,9 +55,9 @@ struct Cluster {
 
   Cluster(const LlamaWeights& w, QuantKind q, int prefill_blocks, int decode_blocks, fe::DisaggConfig cfg,
           fe::EngineConfig ecfg = {}) {
-    m0 = std::make_unique<LlamaModel<>>(w, options(q, prefill_blocks));
-    m1 = std::make_unique<LlamaModel<>>(w, options(q, decode_blocks));
-    m2 = std::make_unique<LlamaModel<>>(w, options(q, decode_blocks));
+    m0 = std::make_unique<LlamaModel<>>(w, kv_options(q, prefill_blocks));
+    m1 = std::make_unique<LlamaModel<>>(w, kv_options(q, decode_blocks));
+    m2 = std::make_unique<LlamaModel<>>(w, kv_options(q, decode_blocks));
     e0 = std::make_unique<fe::Engine<>>(*m0, ecfg);
     e1 = std::make_unique<fe::Engine<>>(*m1, ecfg);
     e2 = std::make_unique<fe::Engine<>>(*m2, ecfg);
@@ -202,8 +186,8 @@ TEST_CASE("disaggregation: tinystories-656k goldens through prefill and decode e
 TEST_CASE("disaggregation: a malformed manifest is rejected before the pool is touched", "[engine][disagg]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   const LlamaWeights w = fastinfer::load_model(model_path.string());
-  LlamaModel<> src(w, options(QuantKind::Int8, 0)), dst(w, options(QuantKind::Int8, 0));
-  LlamaModel<> other(w, options(QuantKind::F16, 0));
+  LlamaModel<> src(w, kv_options(QuantKind::Int8, 0)), dst(w, kv_options(QuantKind::Int8, 0));
+  LlamaModel<> other(w, kv_options(QuantKind::F16, 0));
   fe::Engine<> es(src), ed(dst), eo(other);
   // A real export: a request stopped right after its first token.
   fs::Request r = make_request({1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57}, 8, {});
@@ -335,18 +319,7 @@ TEST_CASE("disaggregation: soak of 1000 requests with killed decode ranks, pools
   std::mt19937 rng(2026);
   int failed = 0, finished = 0, same = 0;
   for (int round = 0; round < 10; ++round) {
-    std::vector<fs::Request> reqs;
-    for (int i = 0; i < 100; ++i) {
-      std::vector<std::int32_t> prompt{1};
-      const int n = std::uniform_int_distribution<int>(0, 70)(rng);
-      for (int k = 0; k < n; ++k) prompt.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
-      fs::Request r = make_request(prompt, std::uniform_int_distribution<int>(1, 24)(rng), {1});
-      if (rng() % 2) {
-        r.sampling.temperature = 0.8f;
-        r.sampling.seed = rng();
-      }
-      reqs.push_back(r);
-    }
+    const std::vector<fs::Request> reqs = random_requests(rng, 100, 70, 24);
     const QuantKind q = round % 3 == 0 ? QuantKind::Int8 : QuantKind::F32;
     const bool kill = round % 2 == 1;
     fe::DisaggConfig cfg;

@@ -18,7 +18,7 @@
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/transfer/mpi_kv_transport.hpp"
-#include "../engine/engine_harness.hpp"
+#include "../engine/disagg_harness.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 
@@ -29,7 +29,9 @@ using fastinfer::LlamaModel;
 using fastinfer::LlamaWeights;
 using fastinfer::kv::QuantKind;
 using fastinfer::testing::make_request;
-using fastinfer::testing::paged_options;
+using fastinfer::testing::kv_options;
+using fastinfer::testing::random_requests;
+using fastinfer::testing::run_single;
 
 namespace {
 
@@ -44,24 +46,6 @@ int world_size() {
   return n;
 }
 
-fastinfer::ModelOptions options(QuantKind q, int num_blocks, int max_seqs = 16) {
-  fastinfer::ModelOptions o = paged_options(num_blocks, max_seqs);
-  o.kv.quant = q;
-  return o;
-}
-
-std::vector<std::vector<std::int32_t>> run_single(const LlamaWeights& w, QuantKind q,
-                                                  const std::vector<fs::Request>& reqs) {
-  LlamaModel<> model(w, options(q, 0));
-  fe::Engine<> e(model);
-  std::vector<fs::RequestId> ids;
-  for (const auto& r : reqs) ids.push_back(e.submit(r));
-  e.run();
-  std::vector<std::vector<std::int32_t>> out;
-  for (auto id : ids) out.push_back(e.output(id));
-  return out;
-}
-
 bool whole(LlamaModel<>& m) { return m.kv().allocator().num_free_blocks() == m.kv().allocator().num_blocks(); }
 
 std::vector<int> decode_ranks() {
@@ -73,7 +57,7 @@ std::vector<int> decode_ranks() {
 // Serves one round as a decode rank until rank 0 says Shutdown.
 void serve_decode(const LlamaWeights& w, QuantKind q, ft::KVTransport& t, int blocks, fe::DisaggConfig cfg,
                   int kill_after_offers = -1) {
-  LlamaModel<> model(w, options(q, blocks));
+  LlamaModel<> model(w, kv_options(q, blocks));
   fe::EngineConfig ecfg;
   ecfg.scheduler.max_seqs = 12;
   if (blocks > 0) ecfg.scheduler.max_context = 128;  // small pools: short contexts
@@ -121,7 +105,7 @@ TEST_CASE("mpi: golden cases through a prefill rank and a decode rank equal one 
         // One request at a time: the reference is then unique (one engine's
         // tokens can depend on the batch; tests/engine/test_disaggregation.cpp),
         // and here the decode rank's batches also depend on arrival timing.
-        LlamaModel<> model(w, options(q, 0));
+        LlamaModel<> model(w, kv_options(q, 0));
         fe::Engine<> e(model);
         fe::PrefillServer<> prefill(e, t, decode_ranks());
         for (std::size_t i = 0; i < reqs.size(); ++i) {
@@ -161,20 +145,9 @@ TEST_CASE("mpi: soak with a decode rank killed mid-transfer leaves the pools who
     return;
   }
   std::mt19937 rng(31);
-  std::vector<fs::Request> reqs;
-  for (int i = 0; i < 200; ++i) {
-    std::vector<std::int32_t> prompt{1};
-    const int n = std::uniform_int_distribution<int>(0, 60)(rng);
-    for (int k = 0; k < n; ++k) prompt.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
-    fs::Request r = make_request(prompt, std::uniform_int_distribution<int>(1, 16)(rng), {1});
-    if (rng() % 2) {
-      r.sampling.temperature = 0.8f;
-      r.sampling.seed = rng();
-    }
-    reqs.push_back(r);
-  }
+  const std::vector<fs::Request> reqs = random_requests(rng, 200, 60, 16);
   const auto single = run_single(w, QuantKind::Int8, reqs);
-  LlamaModel<> model(w, options(QuantKind::Int8, 32));
+  LlamaModel<> model(w, kv_options(QuantKind::Int8, 32));
   fe::EngineConfig ecfg;
   ecfg.scheduler.max_seqs = 12;
   ecfg.scheduler.max_context = 128;  // prompts <= 61 and outputs <= 16 tokens
