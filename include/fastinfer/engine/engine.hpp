@@ -275,8 +275,10 @@ class Engine {
   // last of `generated` (transfer::KVImport::commit). The request then
   // decodes exactly as it would have here after its prefill: same positions,
   // same sampling stream (its next coin is token index generated.size()).
-  // nullopt, load_kv not called, when the running set is full. Bad input
-  // throws and leaves no sequence behind.
+  // nullopt, load_kv not called, when the running set is full; nullopt after
+  // load_kv, with the loaded sequence freed, when NoEviction cannot reserve
+  // the rest of the request's life. Bad input throws and leaves no sequence
+  // behind.
   std::optional<RequestId> submit_prefilled(Request r, std::vector<TokenId> generated,
                                             const std::function<void(SeqId)>& load_kv, TokenCallback on_token = {},
                                             FinishCallback on_finish = {}) {
