@@ -6,7 +6,8 @@ packages=(build-essential cmake ninja-build libeigen3-dev libxsimd-dev catch2 li
           libomp-dev nlohmann-json3-dev libcli11-dev
           libcpp-httplib-dev                       # examples/server
           pkgconf python3-venv python3-jsonschema  # tests/package, scripts/test-packaging.sh, server tests' venv
-          time clang-14 libclang-rt-14-dev)        # time: peak-RSS checks of the CLI tests; clang: scripts/fuzz.sh
+          time clang-14 libclang-rt-14-dev         # time: peak-RSS checks of the CLI tests; clang: scripts/fuzz.sh
+          mpi-default-dev mpi-default-bin)         # MPI: the disaggregated-serving transport's tests and example
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,7 +1,7 @@
-# cmake -P script: the backend-free layers (core, memory, prefix, sched) may
+# cmake -P script: the backend-free layers (core, memory, prefix, sched, transfer) may
 # include standard and POSIX headers and fastinfer headers of those same
 # layers: never xsimd, Eigen, OpenMP, CUDA, nlohmann-json or a backend.
-set(_free_layers core memory prefix sched)
+set(_free_layers core memory prefix sched transfer)
 set(_bad "")
 foreach(_layer IN LISTS _free_layers)
   file(GLOB_RECURSE _headers ${INCLUDE_DIR}/fastinfer/${_layer}/*.hpp)

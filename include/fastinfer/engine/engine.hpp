@@ -75,6 +75,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <unordered_map>
@@ -95,6 +96,7 @@
 #include "fastinfer/spec/early_exit_drafter.hpp"
 #include "fastinfer/spec/prompt_lookup.hpp"
 #include "fastinfer/spec/speculative_verifier.hpp"
+#include "fastinfer/transfer/kv_descriptor.hpp"
 
 namespace fastinfer::engine {
 
@@ -268,6 +270,56 @@ class Engine {
     l.on_finish = std::move(on_finish);
     l.spec = std::move(sp);
     return id;
+  }
+
+  // Takes over a request prefilled by another engine (disaggregated serving,
+  // engine/disaggregation.hpp): load_kv(seq) must create sequence `seq` in
+  // the model's allocator holding the KV of the prompt and of all but the
+  // last of `generated` (transfer::KVImport::commit). The request then
+  // decodes exactly as it would have here after its prefill: same positions,
+  // same sampling stream (its next coin is token index generated.size()).
+  // nullopt, load_kv not called, when the running set is full; nullopt after
+  // load_kv, with the loaded sequence freed, when NoEviction cannot reserve
+  // the rest of the request's life. Bad input throws and leaves no sequence
+  // behind.
+  std::optional<RequestId> submit_prefilled(Request r, std::vector<TokenId> generated,
+                                            const std::function<void(SeqId)>& load_kv, TokenCallback on_token = {},
+                                            FinishCallback on_finish = {}) {
+    if (batcher_->num_running() >= std::size_t(cfg_.scheduler.max_seqs)) return std::nullopt;
+    const RequestId id = next_id_;
+    r.id = id;
+    if (r.arrival_time < 0.0) r.arrival_time = clock_();
+    PagedAllocator& alloc = model_.kv().allocator();
+    bool ok = false;
+    try {
+      load_kv(id);
+      ok = batcher_->adopt_running(std::move(r), std::move(generated));
+    } catch (...) {
+      if (alloc.contains(id)) alloc.free_sequence(id);
+      throw;
+    }
+    if (!ok) {
+      alloc.free_sequence(id);
+      return std::nullopt;
+    }
+    ++next_id_;
+    Live& l = live_[id];
+    l.on_token = std::move(on_token);
+    l.on_finish = std::move(on_finish);
+    return id;
+  }
+
+  // The model's KV pool as the transfer layer sees it (transfer/kv_transfer.hpp).
+  transfer::KVPoolView kv_pool() {
+    transfer::KVPoolView v;
+    v.allocator = &model_.kv().allocator();
+    v.codes = storage_.codes;
+    v.params = storage_.params;
+    v.n_layers = model_.config().n_layers;
+    v.block_bytes = storage_.block_bytes;
+    v.block_params = storage_.block_params;
+    v.quant = std::string(model_.kv().quant_name());
+    return v;
   }
 
   // Ends a request and frees its blocks; true if it was still live. Unknown

@@ -151,6 +151,57 @@ class ContinuousBatcher {
     waiting_.push_back(p);
   }
 
+  // Takes over a request prefilled elsewhere (disaggregated serving): the
+  // allocator already holds sequence r.id with the KV of its prompt and of
+  // all but the last of `generated` (the tokens it produced there, at least
+  // one). It joins the running set as if admitted and decoded here: its next
+  // entry feeds the last generated token, and its output (and so the sample
+  // index of its next token) continues from `generated`. Under NoEviction
+  // the rest of its life is reserved now. False, nothing changed, when the
+  // running set is full or that reservation does not fit; bad input throws
+  // (InvalidArgument, UsageError) and changes nothing. Not while a plan is
+  // in flight.
+  bool adopt_running(Request r, std::vector<TokenId> generated) {
+    FASTINFER_CHECK(!in_flight_, UsageError, "ContinuousBatcher::adopt_running: a plan is in flight");
+    validate_request(r, cfg_.max_context, cfg_.vocab_size);
+    FASTINFER_CHECK(all_.count(r.id) == 0, UsageError, "ContinuousBatcher::adopt_running: request id ", r.id,
+                    " is already in use");
+    const std::int64_t total = std::int64_t(r.prompt.size() + generated.size());
+    FASTINFER_CHECK(!generated.empty() && std::int64_t(generated.size()) < r.max_new_tokens && total < cfg_.max_context,
+                    InvalidArgument, "ContinuousBatcher::adopt_running: request ", r.id, " with ", generated.size(),
+                    " generated tokens (max_new_tokens ", r.max_new_tokens, ", ", total,
+                    " tokens in a context of ", cfg_.max_context, ") has nothing left to decode");
+    for (TokenId t : generated)
+      FASTINFER_CHECK(t >= 0 && (cfg_.vocab_size == 0 || t < cfg_.vocab_size), InvalidArgument, "request ", r.id,
+                      ": generated token ", t, " is outside the vocabulary");
+    FASTINFER_CHECK(alloc_.contains(r.id) && alloc_.length(r.id) == total - 1, UsageError,
+                    "ContinuousBatcher::adopt_running: sequence ", r.id, " must hold the KV of ", total - 1,
+                    " tokens");
+    if (running_.size() >= std::size_t(cfg_.max_seqs)) return false;
+    if (reserve_all_) {
+      const std::int64_t last =
+          std::min<std::int64_t>(std::int64_t(r.prompt.size()) + r.max_new_tokens, cfg_.max_context);
+      if (!alloc_.reserve(r.id, std::max<std::int64_t>(last - 1 - (total - 1), 0))) return false;
+    }
+    auto e = std::make_unique<Entry>();
+    const double now = clock_();
+    e->timing.arrival = r.arrival_time >= 0.0 ? r.arrival_time : now;
+    e->timing.first_token = now;
+    e->timing.token_times.assign(generated.size(), now);
+    e->tokens = r.prompt;
+    e->tokens.insert(e->tokens.end(), generated.begin(), generated.end());
+    e->output = std::move(generated);
+    e->computed = total - 1;
+    e->status = RequestStatus::Running;
+    e->order = next_order_++;
+    e->submit_step = step_;
+    e->req = std::move(r);
+    Entry* p = e.get();
+    all_.emplace(p->req.id, std::move(e));
+    running_.push_back(p);
+    return true;
+  }
+
   // Ends a waiting, swapped or running request and frees its blocks. False
   // if it had already finished; UsageError for an id never submitted (or
   // retired). A request in the plan being executed is ended at commit().
