@@ -30,7 +30,8 @@
 #include "fastinfer/model/weight_convert.hpp"
 #include "fastinfer/spec/early_exit_drafter.hpp"
 #include "fastinfer/spec/speculative_generate.hpp"
-#include "../../tests/support/golden.hpp"
+
+#include "common/golden.hpp"
 
 namespace {
 
@@ -82,7 +83,7 @@ int main(int argc, char** argv) {
     Model model(fastinfer::load_model(model_spec, load), fastinfer::ModelOptions{threads, 32});
     const int layers = model.config().n_layers, vocab = model.config().vocab_size;
     std::vector<Tokens> prompts;
-    for (const auto& c : fastinfer::testing::read_golden_cases(cases_dir)) prompts.push_back(c.prompt);
+    for (const auto& c : fastinfer::examples::read_golden_cases(cases_dir)) prompts.push_back(c.prompt);
     FASTINFER_CHECK(!prompts.empty(), fastinfer::InvalidArgument, "no golden cases in ", cases_dir);
     fastinfer::GenerationParams params;
     params.max_new_tokens = tokens;
