@@ -167,6 +167,13 @@ TEST_CASE("q8_0 matmul equals one matvec per token") {
   }
 }
 
+TEST_CASE("q8_0 matmul of a matrix with no columns gives zeros") {
+  const std::vector<std::uint8_t> none(1);
+  std::vector<float> x(1, 1.0f), y(6, -1.0f);
+  q8::matmul(MatrixView{DType::Q8_0, none.data(), 3, 0}, x.data(), 2, y.data(), 1);
+  for (float v : y) CHECK(v == 0.0f);
+}
+
 TEST_CASE("q8_0 matvec rejects non-Q8_0 matrices and ragged rows") {
   std::vector<float> w(64), x(64), y(2);
   CHECK_THROWS_AS(q8::matvec(MatrixView{DType::F32, w.data(), 2, 32}, x.data(), y.data()), InvalidArgument);

@@ -132,7 +132,8 @@ inline void matmul_rows(const MatrixView& w, const ActivationBlock* xq, std::int
   const std::int64_t nb = w.cols / kBlockSize;
   const std::size_t stride = row_bytes(DType::Q8_0, w.cols);
   constexpr std::int64_t kMaxChunk = 64;
-  const std::int64_t fit = (24 * 1024) / std::int64_t(nb * std::int64_t(sizeof(ActivationBlock))) / 4 * 4;
+  const std::int64_t token_bytes = std::max<std::int64_t>(nb, 1) * std::int64_t(sizeof(ActivationBlock));
+  const std::int64_t fit = (24 * 1024) / token_bytes / 4 * 4;
   const std::int64_t chunk = std::clamp<std::int64_t>(fit, 4, kMaxChunk);
   const ActivationBlock* tokens[kMaxChunk];
   for (std::int64_t t0 = 0; t0 < n; t0 += chunk) {
