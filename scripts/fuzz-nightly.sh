@@ -4,4 +4,4 @@
 # Usage: scripts/fuzz-nightly.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec scripts/fuzz.sh "${1:-3600}"
+FASTINFER_FUZZ_SEED="${FASTINFER_FUZZ_SEED:-0}" exec scripts/fuzz.sh "${1:-3600}"

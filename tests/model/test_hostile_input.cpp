@@ -119,6 +119,13 @@ TEST_CASE("config: non-finite or non-positive eps and rope theta, bos beyond the
   CHECK_THROWS_WITH(c.validate(), Contains("max_seq_len 2147483647"));
   c.max_seq_len = kMaxContext;
   CHECK_NOTHROW(c.validate());
+  // The fuzzer's find: 268435458 heads x head_dim 8 overflowed q_dim()'s int.
+  c = tiny();
+  c.n_heads = c.n_kv_heads = 268435458;
+  c.head_dim = 8;
+  CHECK_THROWS_WITH(c.validate(), Contains("exceeds the width limit"));
+  c.n_heads = c.n_kv_heads = int(kMaxWidth / 8);
+  CHECK_NOTHROW(c.validate());
 }
 
 TEST_CASE("next_power_of_two refuses what an int32 cannot hold instead of narrowing", "[hostile]") {

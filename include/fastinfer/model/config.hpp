@@ -20,6 +20,10 @@ enum class RopeStyle : std::uint8_t { Interleaved, HalfSplit };
 // size a KV reservation or a power-of-two block past 32 bits.
 inline constexpr int kMaxContext = 1 << 24;
 
+// The widest projection (n_heads x head_dim) any loader accepts: 2^24, far
+// past every released model, so row x width products stay well inside 64 bits.
+inline constexpr std::int64_t kMaxWidth = std::int64_t(1) << 24;
+
 struct LlamaConfig {
   int dim = 0;          // hidden size (residual stream width)
   int hidden_dim = 0;   // SwiGLU intermediate size
@@ -53,6 +57,10 @@ struct LlamaConfig {
                     "head_dim must be positive and even, got ", head_dim);
     FASTINFER_CHECK(n_heads % n_kv_heads == 0, InvalidArgument, "n_kv_heads (", n_kv_heads,
                     ") does not divide n_heads (", n_heads, ")");
+    // q_dim() and kv_dim() are ints that size activations and weight views:
+    // a head count times head_dim past 2^31 is corruption, not a model.
+    FASTINFER_CHECK(std::int64_t(n_heads) * head_dim <= kMaxWidth, InvalidArgument, "n_heads (", n_heads,
+                    ") x head_dim (", head_dim, ") exceeds the width limit ", kMaxWidth);
     // A NaN, infinite or non-positive value here makes every logit NaN or 0:
     // refused by name instead of generating token 0 forever.
     FASTINFER_CHECK(std::isfinite(norm_eps) && norm_eps > 0.0f, InvalidArgument,
