@@ -42,8 +42,8 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
-#include "fastinfer/spec/medusa_heads.hpp"
-#include "fastinfer/spec/medusa_tree.hpp"
+#include "fastinfer/speculative/medusa_heads.hpp"
+#include "fastinfer/speculative/medusa_tree.hpp"
 
 using namespace fastinfer;
 using Model = LlamaModel<>;
@@ -120,7 +120,7 @@ void BM_Medusa(benchmark::State& state, const std::string& heads_spec, const std
     state.SkipWithError("missing the model or its golden cases under ../shared");
     return;
   }
-  std::unique_ptr<spec::MedusaHeads> heads;
+  std::unique_ptr<speculative::MedusaHeads> heads;
   if (heads_spec == "trained") {
     if (g_heads_path.empty()) {
       state.SkipWithError("no trained heads: set FASTINFER_MEDUSA_HEADS or pass --medusa-heads=PATH "
@@ -129,22 +129,22 @@ void BM_Medusa(benchmark::State& state, const std::string& heads_spec, const std
     }
     // Heads trained on the original of an inflated model: zero-padded (pad:FILE).
     const bool pad = g_model_name.compare(0, 8, "inflate:") == 0;
-    heads = std::make_unique<spec::MedusaHeads>(
-        spec::MedusaHeads::from_spec((pad ? "pad:" : "") + g_heads_path, target->config()));
+    heads = std::make_unique<speculative::MedusaHeads>(
+        speculative::MedusaHeads::from_spec((pad ? "pad:" : "") + g_heads_path, target->config()));
   } else if (heads_spec != "plain") {
-    heads = std::make_unique<spec::MedusaHeads>(spec::MedusaHeads::from_spec(heads_spec, target->config()));
+    heads = std::make_unique<speculative::MedusaHeads>(speculative::MedusaHeads::from_spec(heads_spec, target->config()));
   }
-  spec::MedusaOptions o;
+  speculative::MedusaOptions o;
   if (tree == "choices") {
-    o.tree = spec::FixedChoicesTree::default_for(heads ? heads->num_heads() : 4);
+    o.tree = speculative::FixedChoicesTree::default_for(heads ? heads->num_heads() : 4);
   } else if (tree == "file") {
     if (!std::filesystem::exists(g_heads_path + ".choices")) {
       state.SkipWithError("no tree file next to the heads (HEADS.choices, written by tools/train_medusa.py)");
       return;
     }
-    o.tree = spec::read_choices_file(g_heads_path + ".choices");
+    o.tree = speculative::read_choices_file(g_heads_path + ".choices");
   } else {
-    o.tree = spec::DynamicTree{int(state.range(0)), 3, 0};
+    o.tree = speculative::DynamicTree{int(state.range(0)), 3, 0};
   }
   std::int64_t tokens = 0, forwards = 0, step_tokens = 0, drafted = 0, accepted = 0;
   for (auto _ : state) {
@@ -157,7 +157,7 @@ void BM_Medusa(benchmark::State& state, const std::string& heads_spec, const std
         forwards += std::int64_t(r.tokens.size());
         step_tokens += std::int64_t(r.tokens.size());
       } else {
-        const auto r = spec::medusa_generate(*target, *heads, p.ids, g, o);
+        const auto r = speculative::medusa_generate(*target, *heads, p.ids, g, o);
         tokens += std::int64_t(r.generation.tokens.size());
         forwards += r.stats.target_forwards;
         step_tokens += r.stats.step_tokens;

@@ -46,12 +46,12 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
-#include "fastinfer/spec/draft_model.hpp"
-#include "fastinfer/spec/drafter_factory.hpp"
-#include "fastinfer/spec/early_exit_drafter.hpp"
-#include "fastinfer/spec/lookahead_pool.hpp"
-#include "fastinfer/spec/prompt_lookup.hpp"
-#include "fastinfer/spec/speculative_generate.hpp"
+#include "fastinfer/speculative/draft_model.hpp"
+#include "fastinfer/speculative/drafter_factory.hpp"
+#include "fastinfer/speculative/early_exit_drafter.hpp"
+#include "fastinfer/speculative/lookahead_pool.hpp"
+#include "fastinfer/speculative/prompt_lookup.hpp"
+#include "fastinfer/speculative/speculative_generate.hpp"
 
 using namespace fastinfer;
 using Model = LlamaModel<>;
@@ -134,17 +134,17 @@ void BM_Speculative(benchmark::State& state, const std::string& set_name, const 
     return;
   }
   Model& target = model(s.model, false);
-  spec::ModelTarget<Model> adapter(target);
-  std::unique_ptr<spec::Drafter> drafter;
-  if (drafter_name == "prompt-lookup") drafter = std::make_unique<spec::PromptLookup>();
+  speculative::ModelTarget<Model> adapter(target);
+  std::unique_ptr<speculative::Drafter> drafter;
+  if (drafter_name == "prompt-lookup") drafter = std::make_unique<speculative::PromptLookup>();
   if (drafter_name == "lookahead")
-    drafter = std::make_unique<spec::LookaheadPool>(spec::LookaheadConfig{5, k + 1, 5}, target.config().vocab_size);
+    drafter = std::make_unique<speculative::LookaheadPool>(speculative::LookaheadConfig{5, k + 1, 5}, target.config().vocab_size);
   if (drafter_name == "self-bf16") {
     // A private copy: the draft keeps its own KV cache.
     LoadOptions o;
     o.weight_dtype = DType::BF16;
     o.threads = 2;
-    drafter = std::make_unique<spec::DraftModel<Model>>(Model(load_model(s.model, o), ModelOptions{1, 64}),
+    drafter = std::make_unique<speculative::DraftModel<Model>>(Model(load_model(s.model, o), ModelOptions{1, 64}),
                                                          cpu::SamplingParams{});
   }
   std::int64_t tokens = 0, forwards = 0, step_tokens = 0, drafted = 0, accepted = 0;
@@ -158,7 +158,7 @@ void BM_Speculative(benchmark::State& state, const std::string& set_name, const 
         forwards += std::int64_t(r.tokens.size());
         step_tokens += std::int64_t(r.tokens.size());
       } else {
-        const auto r = spec::speculative_generate(adapter, *drafter, p.ids, g, spec::SpeculativeOptions{k});
+        const auto r = speculative::speculative_generate(adapter, *drafter, p.ids, g, speculative::SpeculativeOptions{k});
         tokens += std::int64_t(r.generation.tokens.size());
         forwards += r.stats.target_forwards;
         step_tokens += r.stats.step_tokens;
@@ -208,7 +208,7 @@ Model& inflated(const std::string& weights, const std::string& kv = "f32") {
   auto& slot = cache[weights + "/" + kv];
   if (!slot) {
     LoadOptions o;
-    o.weight_dtype = spec::parse_draft_weights(weights);
+    o.weight_dtype = speculative::parse_draft_weights(weights);
     o.threads = 2;
     KVOptions kvo;
     kvo.quant = kv::parse_quant(kv);
@@ -229,15 +229,15 @@ void BM_Spec110M(benchmark::State& state, const std::string& weights, const std:
     return;
   }
   Model& target = inflated(weights);
-  spec::ModelTarget<Model> adapter(target);
+  speculative::ModelTarget<Model> adapter(target);
   const int vocab = target.config().vocab_size;
-  std::unique_ptr<spec::Drafter> drafter;
+  std::unique_ptr<speculative::Drafter> drafter;
   int k = 4;
-  if (drafter_name == "pl") drafter = std::make_unique<spec::PromptLookup>();
-  if (drafter_name == "pl-tree") drafter = std::make_unique<spec::PromptLookup>(spec::PromptLookupConfig{3, 1, 4});
+  if (drafter_name == "pl") drafter = std::make_unique<speculative::PromptLookup>();
+  if (drafter_name == "pl-tree") drafter = std::make_unique<speculative::PromptLookup>(speculative::PromptLookupConfig{3, 1, 4});
   if (drafter_name.rfind("la-", 0) == 0) {
-    const auto c = spec::parse_lookahead(drafter_name.substr(3));
-    drafter = std::make_unique<spec::LookaheadPool>(c, vocab);
+    const auto c = speculative::parse_lookahead(drafter_name.substr(3));
+    drafter = std::make_unique<speculative::LookaheadPool>(c, vocab);
     k = c.ngram - 1;
   }
   if (drafter_name.rfind("self-q8-", 0) == 0) {
@@ -246,11 +246,11 @@ void BM_Spec110M(benchmark::State& state, const std::string& weights, const std:
     o.threads = 2;
     KVOptions kvo;
     kvo.quant = kv::parse_quant(drafter_name.substr(8));
-    drafter = std::make_unique<spec::DraftModel<Model>>(
+    drafter = std::make_unique<speculative::DraftModel<Model>>(
         Model(load_model(inflated_spec(), o), ModelOptions{2, 64, kvo}), cpu::SamplingParams{});
   }
   if (drafter_name.rfind("ee-", 0) == 0) {  // ee-N[-kK]: self-speculative early exit, the first N layers, shared KV
-    drafter = std::make_unique<spec::EarlyExitDrafter<Model>>(target, std::stoi(drafter_name.substr(3)),
+    drafter = std::make_unique<speculative::EarlyExitDrafter<Model>>(target, std::stoi(drafter_name.substr(3)),
                                                               cpu::SamplingParams{});
     const auto at = drafter_name.find("-k");
     if (at != std::string::npos) k = std::stoi(drafter_name.substr(at + 2));
@@ -262,8 +262,8 @@ void BM_Spec110M(benchmark::State& state, const std::string& weights, const std:
       GenerationParams g;
       g.max_new_tokens = p.max_new;
       const auto t0 = std::chrono::steady_clock::now();
-      const auto r = drafter ? spec::speculative_generate(adapter, *drafter, p.ids, g, spec::SpeculativeOptions{k})
-                             : spec::plain_as_speculative(generate(target, p.ids, g));
+      const auto r = drafter ? speculative::speculative_generate(adapter, *drafter, p.ids, g, speculative::SpeculativeOptions{k})
+                             : speculative::plain_as_speculative(generate(target, p.ids, g));
       wall += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       tokens += std::int64_t(r.generation.tokens.size());
       forwards += r.stats.target_forwards;

@@ -30,7 +30,7 @@
 #include "fastinfer/model/resource_limits.hpp"
 #include "fastinfer/model/safetensors_writer.hpp"
 #include "fastinfer/model/synthetic.hpp"
-#include "fastinfer/spec/medusa_heads.hpp"
+#include "fastinfer/speculative/medusa_heads.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 #include "fastinfer/tokenizer/tokenizer.hpp"
@@ -119,7 +119,7 @@ void run_one(const std::uint8_t* data, std::size_t size) {
     }
     case Target::MedusaHeads: {
       write_file(g_dir / "heads.bin", data, size);
-      const auto heads = spec::MedusaHeads::from_spec((g_dir / "heads.bin").string(), tiny_config());
+      const auto heads = speculative::MedusaHeads::from_spec((g_dir / "heads.bin").string(), tiny_config());
       (void)heads.num_heads();
       return;
     }
@@ -197,7 +197,7 @@ void make_seeds(const fs::path& out) {
       << R"("<0x41>":3,"<0xC3>":4,"<0xA9>":5,"\u2581":6,"h":7,"e":8,"l":9,"o":10,"he":11,"ll":12,"\u2581he":13},)"
       << R"("merges":["h e","l l","\u2581 he"]}})";
   }
-  spec::MedusaHeads::random(3, 2, c.dim, c.vocab_size, true).save((out / "medusa_heads" / "tiny.heads").string());
+  speculative::MedusaHeads::random(3, 2, c.dim, c.vocab_size, true).save((out / "medusa_heads" / "tiny.heads").string());
   // The shared models (when present) as seeds too: real files reach paths
   // the tiny ones do not (f16 tensors, a 512-piece vocabulary, GGUF arrays).
   const char* shared_env = std::getenv("FASTINFER_SHARED_DIR");

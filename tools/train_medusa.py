@@ -41,7 +41,7 @@ it does:
    continuation), and writes the tree next to the heads (OUT.choices, one
    path of ranks per line; fastinfer-generate --medusa-tree choices:FILE).
 6. Writes the heads in fastinfer's FIMEDUSA v1 format
-   (include/fastinfer/spec/medusa_heads.hpp).
+   (include/fastinfer/speculative/medusa_heads.hpp).
 
 Everything it writes is a build artefact (do not commit it).
 """

@@ -28,8 +28,8 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/logits_agreement.hpp"
 #include "fastinfer/model/weight_convert.hpp"
-#include "fastinfer/spec/early_exit_drafter.hpp"
-#include "fastinfer/spec/speculative_generate.hpp"
+#include "fastinfer/speculative/early_exit_drafter.hpp"
+#include "fastinfer/speculative/speculative_generate.hpp"
 
 #include "common/golden.hpp"
 
@@ -96,17 +96,17 @@ int main(int argc, char** argv) {
       for (int l = 1; l <= layers; ++l) exit_layers.push_back(l);
     std::printf("\nself-speculative early exit, greedy, k = %d\n", spec_k);
     std::printf("| exit layer | acceptance | tokens / pass | decode tok/s | plain tok/s | ratio |\n|---|---|---|---|---|---|\n");
-    fastinfer::spec::ModelTarget<Model> target(model);
+    fastinfer::speculative::ModelTarget<Model> target(model);
     for (int l : exit_layers) {
-      fastinfer::spec::EarlyExitDrafter<Model> drafter(model, l, {});
-      fastinfer::spec::SpeculativeStats st;
+      fastinfer::speculative::EarlyExitDrafter<Model> drafter(model, l, {});
+      fastinfer::speculative::SpeculativeStats st;
       std::vector<double> spec_rate, plain_rate;
       for (int rep = 0; rep < repeats; ++rep) {
         plain_rate.push_back(decode_rate(prompts, plain));
         st = {};
         spec_rate.push_back(decode_rate(prompts, [&](const Tokens& p) {
-          auto r = fastinfer::spec::speculative_generate(target, drafter, p, params,
-                                                         fastinfer::spec::SpeculativeOptions{spec_k});
+          auto r = fastinfer::speculative::speculative_generate(target, drafter, p, params,
+                                                         fastinfer::speculative::SpeculativeOptions{spec_k});
           st.drafted += r.stats.drafted, st.accepted += r.stats.accepted;
           st.step_tokens += r.stats.step_tokens, st.target_forwards += r.stats.target_forwards;
           return r.generation;

@@ -21,9 +21,9 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/profiler.hpp"
-#include "fastinfer/spec/drafter_factory.hpp"
-#include "fastinfer/spec/medusa_tree.hpp"
-#include "fastinfer/spec/speculative_generate.hpp"
+#include "fastinfer/speculative/drafter_factory.hpp"
+#include "fastinfer/speculative/medusa_tree.hpp"
+#include "fastinfer/speculative/speculative_generate.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 #include "fastinfer/tokenizer/utf8.hpp"
@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1e6));
   app.add_option("--roofline-gflops", roof_gflops, "profile: FMA peak in GFLOP/s (0: measure it)")
       ->check(CLI::Range(0.0, 1e9));
-  fastinfer::spec::DrafterSpec spec;
+  fastinfer::speculative::DrafterSpec spec;
   int spec_k = 4;
   app.add_option("--spec", spec.kind, "speculative decoding drafter")
       ->check(CLI::IsMember({"none", "draft", "prompt-lookup", "lookahead", "medusa", "early-exit"}))
@@ -261,18 +261,18 @@ int main(int argc, char** argv) {
     fastinfer::validate_generation(model.config(), prompt, params);
     const bool medusa = spec.kind == "medusa";
     const auto drafter = medusa ? nullptr
-                                : fastinfer::spec::make_drafter(spec, model_spec, model.config(),
+                                : fastinfer::speculative::make_drafter(spec, model_spec, model.config(),
                                                                 fastinfer::sampling_params(params), threads, &model);
     FASTINFER_CHECK(!calm.enabled() || (!drafter && !medusa), fastinfer::InvalidArgument,
                     "--early-exit-threshold / --early-exit-patience (lossy) do not combine with --spec");
     fastinfer::ConfidentExit<fastinfer::LlamaModel<>> calm_model(model, calm);  // InvalidArgument on bad options
-    fastinfer::spec::SpeculativeOptions spec_options{spec_k};
+    fastinfer::speculative::SpeculativeOptions spec_options{spec_k};
     if (spec_rule == "coupled") {
-      spec_options.rule = fastinfer::spec::AcceptanceRule::Coupled;
+      spec_options.rule = fastinfer::speculative::AcceptanceRule::Coupled;
       // A model drafter then draws with the target's coins (draft_model.hpp).
-      if (auto* dm = dynamic_cast<fastinfer::spec::DraftModel<fastinfer::LlamaModel<>>*>(drafter.get()))
+      if (auto* dm = dynamic_cast<fastinfer::speculative::DraftModel<fastinfer::LlamaModel<>>*>(drafter.get()))
         dm->set_rule(spec_options.rule);
-      if (auto* ee = dynamic_cast<fastinfer::spec::EarlyExitDrafter<fastinfer::LlamaModel<>>*>(drafter.get()))
+      if (auto* ee = dynamic_cast<fastinfer::speculative::EarlyExitDrafter<fastinfer::LlamaModel<>>*>(drafter.get()))
         ee->set_rule(spec_options.rule);
     }
     fastinfer::ForwardProfiler profiler;
@@ -283,12 +283,12 @@ int main(int argc, char** argv) {
       FASTINFER_CHECK(profile_out.is_open(), fastinfer::InvalidArgument, "cannot open --profile-json file '",
                       profile_json, "' for writing");
     }
-    auto heads = medusa ? fastinfer::spec::MedusaHeads::from_spec(medusa_heads, model.config())
-                        : fastinfer::spec::MedusaHeads();
+    auto heads = medusa ? fastinfer::speculative::MedusaHeads::from_spec(medusa_heads, model.config())
+                        : fastinfer::speculative::MedusaHeads();
     // Read before any output: a bad tree file is one error line, not half a run.
-    fastinfer::spec::MedusaOptions medusa_opts;
+    fastinfer::speculative::MedusaOptions medusa_opts;
     if (medusa) {
-      medusa_opts = fastinfer::spec::medusa_options(medusa_tree, heads.num_heads());
+      medusa_opts = fastinfer::speculative::medusa_options(medusa_tree, heads.num_heads());
       medusa_opts.rule = spec_options.rule;
     }
 
@@ -311,14 +311,14 @@ int main(int argc, char** argv) {
       first = false;
       if (!print_ids) std::fflush(stdout);
     };
-    fastinfer::spec::ModelTarget<fastinfer::LlamaModel<>> target(model);
+    fastinfer::speculative::ModelTarget<fastinfer::LlamaModel<>> target(model);
     const auto gen_start = std::chrono::steady_clock::now();
     const auto spec_result =
-        medusa    ? fastinfer::spec::medusa_generate(model, heads, prompt, params, medusa_opts, on_token)
-        : drafter ? fastinfer::spec::speculative_generate(target, *drafter, prompt, params, spec_options, on_token)
+        medusa    ? fastinfer::speculative::medusa_generate(model, heads, prompt, params, medusa_opts, on_token)
+        : drafter ? fastinfer::speculative::speculative_generate(target, *drafter, prompt, params, spec_options, on_token)
         : calm.enabled()
-            ? fastinfer::spec::plain_as_speculative(fastinfer::generate(calm_model, prompt, params, on_token))
-            : fastinfer::spec::plain_as_speculative(fastinfer::generate(model, prompt, params, on_token));
+            ? fastinfer::speculative::plain_as_speculative(fastinfer::generate(calm_model, prompt, params, on_token))
+            : fastinfer::speculative::plain_as_speculative(fastinfer::generate(model, prompt, params, on_token));
     const double gen_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - gen_start).count();
     const auto& result = spec_result.generation;

@@ -552,7 +552,7 @@ TEST_CASE("engine speculation: Leviathan rejection sampling stays available (Spe
     fe::EngineConfig cfg;
     cfg.spec.policy = fe::SpecAlways{};
     cfg.spec.draft_weights = fastinfer::load_model(model_path.string(), bf16);
-    if (mode == 2) cfg.spec.sampled_rule = fastinfer::spec::AcceptanceRule::Exact;
+    if (mode == 2) cfg.spec.sampled_rule = fastinfer::speculative::AcceptanceRule::Exact;
     LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 8));
     const RunOut got = run_engine(model, cfg, reqs, {mode == 0 ? fe::RequestSpec{} : rs});
     (mode == 0 ? plain : mode == 1 ? coupled : exact) = got.outputs;

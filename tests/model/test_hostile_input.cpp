@@ -30,8 +30,8 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/resource_limits.hpp"
 #include "fastinfer/model/synthetic.hpp"
-#include "fastinfer/spec/lookahead_pool.hpp"
-#include "fastinfer/spec/medusa_heads.hpp"
+#include "fastinfer/speculative/lookahead_pool.hpp"
+#include "fastinfer/speculative/medusa_heads.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 #include "fastinfer/tokenizer/utf8.hpp"
@@ -375,9 +375,9 @@ TEST_CASE("workload lengths and lookahead sizes out of range are usage errors", 
     CHECK_THROWS_AS(LengthRange::parse(bad), InvalidArgument);
   CHECK(LengthRange::parse("16777216").max == 16777216);
   CHECK(LengthRange::parse("32:128").min == 32);
-  const spec::LookaheadConfig huge{1000000, 1000000, 1000000}, paper{15, 8, 15};
-  CHECK_THROWS_WITH(spec::LookaheadPool(huge, 512), Contains("exceeds the limits"));
-  CHECK_NOTHROW(spec::LookaheadPool(paper, 512));
+  const speculative::LookaheadConfig huge{1000000, 1000000, 1000000}, paper{15, 8, 15};
+  CHECK_THROWS_WITH(speculative::LookaheadPool(huge, 512), Contains("exceeds the limits"));
+  CHECK_NOTHROW(speculative::LookaheadPool(paper, 512));
 }
 
 TEST_CASE("Medusa heads: a header asking for 8.6 GB is refused against the file size before allocating",
@@ -388,5 +388,5 @@ TEST_CASE("Medusa heads: a header asking for 8.6 GB is refused against the file 
   std::string header = "FIMEDUSA";
   for (std::uint32_t v : {1u, 2u, 32784u, 300u, 0u, 1u}) header.append(reinterpret_cast<const char*>(&v), 4);
   write_bytes(dir.dir / "h.bin", header + std::string(2048, '\0'));
-  CHECK_THROWS_WITH(spec::MedusaHeads::load((dir.dir / "h.bin").string()), Contains("truncated"));
+  CHECK_THROWS_WITH(speculative::MedusaHeads::load((dir.dir / "h.bin").string()), Contains("truncated"));
 }

@@ -46,7 +46,7 @@
 // slots, as many as the drafter proposed) as one ragged entry of the SAME
 // forward pass as every other row; its m + 1 logits rows go through the
 // request's SpeculativeVerifier (greedy: the argmax chain; temperature > 0:
-// by default the coupled rule, spec::AcceptanceRule::Coupled: row i is
+// by default the coupled rule, speculative::AcceptanceRule::Coupled: row i is
 // sampled exactly as a plain row samples that token index, and drafts are
 // kept while they match, so a sampled request emits plain sampling's tokens
 // whatever drafts the switch or the budget gave it in each step, which keeps
@@ -92,10 +92,10 @@
 #include "fastinfer/prefix/radix_prefix_cache.hpp"
 #include "fastinfer/sched/continuous_batcher.hpp"
 #include "fastinfer/sched/radix_prefix_provider.hpp"
-#include "fastinfer/spec/draft_model.hpp"
-#include "fastinfer/spec/early_exit_drafter.hpp"
-#include "fastinfer/spec/prompt_lookup.hpp"
-#include "fastinfer/spec/speculative_verifier.hpp"
+#include "fastinfer/speculative/draft_model.hpp"
+#include "fastinfer/speculative/early_exit_drafter.hpp"
+#include "fastinfer/speculative/prompt_lookup.hpp"
+#include "fastinfer/speculative/speculative_verifier.hpp"
 #include "fastinfer/transfer/kv_descriptor.hpp"
 
 namespace fastinfer::engine {
@@ -121,7 +121,7 @@ struct SpecConfig {
   // request's tokens do not depend on its batch). Exact: Leviathan rejection
   // sampling, exact in distribution, but the tokens depend on how many drafts
   // each step got. TypicalLossy: Medusa's, not exact. Greedy rows ignore it.
-  spec::AcceptanceRule sampled_rule = spec::AcceptanceRule::Coupled;
+  speculative::AcceptanceRule sampled_rule = speculative::AcceptanceRule::Coupled;
 };
 
 struct EngineConfig {
@@ -441,8 +441,8 @@ class Engine {
   // A speculating request's drafter, verifier and history.
   struct Spec {
     RequestSpec cfg;
-    std::unique_ptr<spec::Drafter> drafter;
-    std::unique_ptr<spec::SpeculativeVerifier> verifier;
+    std::unique_ptr<speculative::Drafter> drafter;
+    std::unique_ptr<speculative::SpeculativeVerifier> verifier;
     AcceptanceEstimate acceptance;
     std::int64_t rows = 0, drafted = 0, accepted = 0;
   };
@@ -478,19 +478,19 @@ class Engine {
     sp->cfg = s;
     const cpu::SamplingParams p = to_params_(sc);
     if (s.drafter == SpecDrafter::PromptLookup) {
-      sp->drafter = std::make_unique<spec::PromptLookup>(spec::PromptLookupConfig{s.lookup_max_ngram, s.lookup_min_ngram});
+      sp->drafter = std::make_unique<speculative::PromptLookup>(speculative::PromptLookupConfig{s.lookup_max_ngram, s.lookup_min_ngram});
     } else if (s.drafter == SpecDrafter::EarlyExit) {
       // The request's KV sequence is its id.
-      sp->drafter = std::make_unique<spec::EarlyExitDrafter<LlamaModel<Backend>>>(model_, s.exit_layer, p,
+      sp->drafter = std::make_unique<speculative::EarlyExitDrafter<LlamaModel<Backend>>>(model_, s.exit_layer, p,
                                                                                  cfg_.spec.sampled_rule, SeqId(id));
     } else {
       ModelOptions mo;
       mo.threads = cfg_.spec.draft_threads;
       mo.max_batch = cfg_.spec.draft_max_batch;
-      sp->drafter = std::make_unique<spec::DraftModel<LlamaModel<Backend>>>(
+      sp->drafter = std::make_unique<speculative::DraftModel<LlamaModel<Backend>>>(
           LlamaModel<Backend>(*cfg_.spec.draft_weights, mo), p, cfg_.spec.sampled_rule);
     }
-    sp->verifier = std::make_unique<spec::SpeculativeVerifier>(vocab_, p, cfg_.spec.sampled_rule);
+    sp->verifier = std::make_unique<speculative::SpeculativeVerifier>(vocab_, p, cfg_.spec.sampled_rule);
     return sp;
   }
 
@@ -616,7 +616,7 @@ class Engine {
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
       auto it = live_.find(e.id);
-      spec::DraftProposal& prop = drafts_[i];
+      speculative::DraftProposal& prop = drafts_[i];
       prop.clear();
       if (e.num_drafts > 0 && it != live_.end() && it->second.spec) {
         const double d0 = now_();
@@ -671,12 +671,12 @@ class Engine {
       result_index_.push_back(e.sample_index);
       // The logits row of the entry's last real token; its drafts' rows follow.
       const float* row = logits_ + row0 * std::size_t(vocab_);
-      const spec::DraftProposal& prop = i < drafts_.size() ? drafts_[i] : empty_proposal_;
+      const speculative::DraftProposal& prop = i < drafts_.size() ? drafts_[i] : empty_proposal_;
       if (!prop.tokens.empty()) {
         Spec& sp = *live_.at(e.id).spec;
         const int m = int(prop.tokens.size());
         const float* q = prop.probs.empty() ? nullptr : prop.probs.data();
-        const spec::VerifyOutcome v = sp.verifier->verify(row, prop.tokens.data(), m, q, std::uint64_t(e.sample_index));
+        const speculative::VerifyOutcome v = sp.verifier->verify(row, prop.tokens.data(), m, q, std::uint64_t(e.sample_index));
         result_.add(e.id, v.tokens.data(), v.tokens.size(), v.accepted);
         sp.acceptance.update(m, v.accepted);
         ++sp.rows;
@@ -761,8 +761,8 @@ class Engine {
   bool any_spec_ = false;
   std::int64_t last_plain_tokens_ = 0;
   std::int64_t step_model_drafts_ = 0;
-  std::vector<spec::DraftProposal> drafts_;  // per plan entry
-  spec::DraftProposal empty_proposal_;
+  std::vector<speculative::DraftProposal> drafts_;  // per plan entry
+  speculative::DraftProposal empty_proposal_;
   std::vector<TokenId> context_, feed_;
   std::vector<RequestId> cand_ids_;
   std::vector<SpecCandidate> cands_, sorted_;

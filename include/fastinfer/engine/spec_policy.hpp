@@ -40,9 +40,9 @@ namespace fastinfer::engine {
 
 enum class SpecDrafter {
   None,          // plain decoding
-  PromptLookup,  // n-gram match in the prompt and output (spec/prompt_lookup.hpp)
+  PromptLookup,  // n-gram match in the prompt and output (speculative/prompt_lookup.hpp)
   DraftModel,    // EngineConfig::spec.draft_weights, one DraftModel per request
-  EarlyExit,     // the target's first exit_layer layers (spec/early_exit_drafter.hpp), sharing the request's KV
+  EarlyExit,     // the target's first exit_layer layers (speculative/early_exit_drafter.hpp), sharing the request's KV
 };
 
 struct RequestSpec {

@@ -60,11 +60,11 @@
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/model/forward_batch.hpp"
 #include "fastinfer/model/generate.hpp"
-#include "fastinfer/spec/medusa_heads.hpp"
-#include "fastinfer/spec/speculative_generate.hpp"
-#include "fastinfer/spec/speculative_verifier.hpp"
+#include "fastinfer/speculative/medusa_heads.hpp"
+#include "fastinfer/speculative/speculative_generate.hpp"
+#include "fastinfer/speculative/speculative_verifier.hpp"
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 using TreePath = std::vector<int>;  // ranks per depth, root excluded
 
@@ -119,7 +119,7 @@ inline int guesses_needed(const DynamicTree& t) { return std::max(1, t.top_k); }
 template <typename Policy>
 std::vector<TreePath> select_paths(const Policy&, const HeadGuesses&) {
   static_assert(is_tree_policy<Policy>::value,
-                "select_paths<Policy>: Policy must be FixedChoicesTree or DynamicTree (spec/medusa_tree.hpp)");
+                "select_paths<Policy>: Policy must be FixedChoicesTree or DynamicTree (speculative/medusa_tree.hpp)");
   return {};
 }
 
@@ -540,4 +540,4 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
   return medusa_generate(model, heads, prompt, params, options, [](std::int32_t) {});
 }
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative

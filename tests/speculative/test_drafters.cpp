@@ -12,16 +12,16 @@
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
-#include "fastinfer/spec/draft_model.hpp"
-#include "fastinfer/spec/lookahead_pool.hpp"
-#include "fastinfer/spec/prompt_lookup.hpp"
-#include "fastinfer/spec/tree_batch.hpp"
+#include "fastinfer/speculative/draft_model.hpp"
+#include "fastinfer/speculative/lookahead_pool.hpp"
+#include "fastinfer/speculative/prompt_lookup.hpp"
+#include "fastinfer/speculative/tree_batch.hpp"
 
-namespace spec = fastinfer::spec;
+namespace spec = fastinfer::speculative;
 using Tokens = std::vector<std::int32_t>;
 
 TEST_CASE("prompt lookup: longest n-gram first, most recent occurrence, up to k tokens") {
-  spec::PromptLookup lookup({3, 1});
+  speculative::PromptLookup lookup({3, 1});
   // "5 6 7" occurred at 0 (followed by 8 9) and the 1-gram "7" later at 6 (followed by 2).
   const Tokens ctx = {5, 6, 7, 8, 9, 1, 7, 2, 5, 6, 7};
   CHECK(lookup.lookup(ctx, 2) == Tokens{8, 9});
@@ -33,13 +33,13 @@ TEST_CASE("prompt lookup: longest n-gram first, most recent occurrence, up to k 
   CHECK(lookup.lookup(ctx2, 3) == Tokens{2, 9, 7});
   CHECK(lookup.lookup({1, 2, 3}, 4).empty());  // no repeat, nothing proposed
   CHECK(lookup.lookup(ctx, 0).empty());
-  spec::PromptLookup only_bigrams({2, 2});
+  speculative::PromptLookup only_bigrams({2, 2});
   CHECK(only_bigrams.lookup(ctx2, 3).empty());
-  CHECK_THROWS_AS(spec::PromptLookup({1, 2}), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::PromptLookup({1, 2}), fastinfer::InvalidArgument);
 }
 
 TEST_CASE("lookahead pool: G newest distinct continuations per first token") {
-  spec::LookaheadPool pool({3, 3, 2}, 16);
+  speculative::LookaheadPool pool({3, 3, 2}, 16);
   const std::int32_t a[] = {1, 2, 3}, b[] = {1, 4, 5}, c[] = {1, 6, 7};
   pool.add_ngram(a, 3);
   pool.add_ngram(b, 3);
@@ -51,8 +51,8 @@ TEST_CASE("lookahead pool: G newest distinct continuations per first token") {
   CHECK(pool.continuations(1)[0] == Tokens{6, 7});
   CHECK(pool.continuations(1)[1] == Tokens{2, 3});
   CHECK(pool.continuations(9).empty());
-  CHECK_THROWS_AS(spec::LookaheadPool({0, 3, 2}, 16), fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(spec::LookaheadPool({3, 1, 2}, 16), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::LookaheadPool({0, 3, 2}, 16), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::LookaheadPool({3, 1, 2}, 16), fastinfer::InvalidArgument);
 }
 
 TEST_CASE("lookahead window mask: each token sees level 0 up to its column, then its own column") {
@@ -62,7 +62,7 @@ TEST_CASE("lookahead window mask: each token sees level 0 up to its column, then
     for (int levels = 1; levels <= 5; ++levels) {
       std::vector<int> depth;
       std::vector<std::uint8_t> mask;
-      spec::LookaheadPool::window_layout(w, levels, depth, mask);
+      speculative::LookaheadPool::window_layout(w, levels, depth, mask);
       const int n = w * levels;
       REQUIRE(int(depth.size()) == n);
       REQUIRE(int(mask.size()) == n * n);
@@ -89,21 +89,21 @@ TEST_CASE("lookahead window mask: each token sees level 0 up to its column, then
 }
 
 TEST_CASE("tree batch: pending causal, nodes see ancestors, extras see their mask, nobody sees across") {
-  spec::TokenTree tree;
+  speculative::TokenTree tree;
   const std::int32_t a[] = {10, 11, 12}, b[] = {10, 13}, c[] = {14};
-  spec::add_tree_path(tree, a, 3);
-  spec::add_tree_path(tree, b, 2);  // shares node 10
-  spec::add_tree_path(tree, c, 1);
-  spec::add_tree_path(tree, a, 2);  // already there
+  speculative::add_tree_path(tree, a, 3);
+  speculative::add_tree_path(tree, b, 2);  // shares node 10
+  speculative::add_tree_path(tree, c, 1);
+  speculative::add_tree_path(tree, a, 2);  // already there
   CHECK(tree.tokens == Tokens{10, 11, 12, 13, 14});
   CHECK(tree.parent == std::vector<int>{-1, 0, 1, 0, -1});
-  CHECK(spec::tree_depths(tree) == std::vector<int>{1, 2, 3, 2, 1});
+  CHECK(speculative::tree_depths(tree) == std::vector<int>{1, 2, 3, 2, 1});
   const Tokens pending = {7, 8};
   const Tokens extra = {20, 21, 22};
   const std::vector<int> extra_depth = {1, 2, 2};
   const std::vector<std::uint8_t> extra_mask = {1, 0, 0, 1, 1, 0, 1, 0, 1};
   fastinfer::ForwardBatch batch;
-  spec::build_tree_batch(batch, 3, pending.data(), 2, 40, tree, extra.data(), extra_depth.data(), extra_mask.data(), 3,
+  speculative::build_tree_batch(batch, 3, pending.data(), 2, 40, tree, extra.data(), extra_depth.data(), extra_mask.data(), 3,
                          3);
   const int n = 2 + 5 + 3;
   REQUIRE(batch.rows() == n);
@@ -126,29 +126,29 @@ TEST_CASE("tree batch: pending causal, nodes see ancestors, extras see their mas
       CHECK(bool(batch.mask[std::size_t(r) * n + std::size_t(col)]) == want);
     }
   // A prefix of the extras uses the top-left block of their mask.
-  spec::build_tree_batch(batch, 3, pending.data(), 2, 40, tree, extra.data(), extra_depth.data(), extra_mask.data(), 2,
+  speculative::build_tree_batch(batch, 3, pending.data(), 2, 40, tree, extra.data(), extra_depth.data(), extra_mask.data(), 2,
                          3);
   CHECK(batch.rows() == n - 1);
   CHECK(batch.mask.size() == std::size_t(n - 1) * std::size_t(n - 1));
   // trim_tree: depth and node budget, still a tree.
-  spec::TokenTree t2 = tree;
-  spec::trim_tree(t2, 2, 10);
+  speculative::TokenTree t2 = tree;
+  speculative::trim_tree(t2, 2, 10);
   CHECK(t2.tokens == Tokens{10, 11, 13, 14});
   CHECK(t2.parent == std::vector<int>{-1, 0, 0, -1});
-  spec::trim_tree(t2, 2, 2);
+  speculative::trim_tree(t2, 2, 2);
   CHECK(t2.tokens == Tokens{10, 11});
-  CHECK(spec::kept_in_place({0, 1, 3}) == 2);
-  CHECK(spec::kept_in_place({3, 4}) == 0);
-  CHECK_THROWS_AS(spec::build_tree_batch(batch, 3, pending.data(), 0, 40, tree, nullptr, nullptr, nullptr, 0, 0),
+  CHECK(speculative::kept_in_place({0, 1, 3}) == 2);
+  CHECK(speculative::kept_in_place({3, 4}) == 0);
+  CHECK_THROWS_AS(speculative::build_tree_batch(batch, 3, pending.data(), 0, 40, tree, nullptr, nullptr, nullptr, 0, 0),
                   fastinfer::InvalidArgument);
   const std::vector<std::uint8_t> looks_ahead = {1, 1, 0, 1};
-  CHECK_THROWS_AS(spec::build_tree_batch(batch, 3, pending.data(), 2, 40, tree, extra.data(), extra_depth.data(),
+  CHECK_THROWS_AS(speculative::build_tree_batch(batch, 3, pending.data(), 2, 40, tree, extra.data(), extra_depth.data(),
                                          looks_ahead.data(), 2, 2),
                   fastinfer::InvalidArgument);
 }
 
 TEST_CASE("lookahead pool: columns of a full window plus the last level's outputs are the n-grams") {
-  spec::LookaheadPool pool({3, 4, 5}, 64);  // W 3, N 4: three levels
+  speculative::LookaheadPool pool({3, 4, 5}, 64);  // W 3, N 4: three levels
   pool.set_levels({{10, 11, 12}});
   pool.jacobi_step({20, 21, 22});  // warm-up: appended, nothing collected
   CHECK(pool.pool_keys() == 0);
@@ -166,9 +166,9 @@ TEST_CASE("lookahead pool: columns of a full window plus the last level's output
 }
 
 TEST_CASE("lookahead drafter proposes a trie of the pool's n-grams and the 2-D window") {
-  spec::LookaheadPool pool({4, 3, 5}, 64);
+  speculative::LookaheadPool pool({4, 3, 5}, 64);
   pool.begin({1, 5, 6, 7, 5, 6, 8, 5});
-  spec::DraftProposal out;
+  speculative::DraftProposal out;
   pool.propose({1, 5, 6, 7, 5, 6, 8, 5}, 8, 0, out);
   // The prompt's 3-grams after 5: "6 8" (newest) and "6 7" share their 6.
   CHECK(out.tokens == Tokens{6, 8, 7});
@@ -193,7 +193,7 @@ TEST_CASE("lookahead drafter proposes a trie of the pool's n-grams and the 2-D w
 }
 
 TEST_CASE("prompt lookup with several candidates: every match, distinct, as a trie") {
-  spec::PromptLookup lookup({2, 1, 4});
+  speculative::PromptLookup lookup({2, 1, 4});
   // Matches of "7": at 6 (-> 2 5 6) and at 2 (-> 8 9 1); the 2-gram "6 7" at 1 (-> 8 9 1) comes first.
   const Tokens ctx = {5, 6, 7, 8, 9, 1, 7, 2, 5, 6, 7};
   const auto all = lookup.lookup_all(ctx, 3);
@@ -201,23 +201,23 @@ TEST_CASE("prompt lookup with several candidates: every match, distinct, as a tr
   CHECK(all[0] == Tokens{8, 9, 1});
   CHECK(all[1] == Tokens{2, 5, 6});
   CHECK(all[0] == lookup.lookup(ctx, 3));
-  spec::DraftProposal out;
+  speculative::DraftProposal out;
   lookup.propose(ctx, 3, 0, out);
   CHECK(out.tokens == Tokens{8, 9, 1, 2, 5, 6});
   CHECK(out.parent == std::vector<int>{-1, 0, 1, -1, 3, 4});
-  spec::PromptLookup one({2, 1, 1});
+  speculative::PromptLookup one({2, 1, 1});
   one.propose(ctx, 3, 0, out);
   CHECK(out.parent.empty());  // one candidate: a plain chain
-  CHECK_THROWS_AS(spec::PromptLookup({2, 1, 0}), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::PromptLookup({2, 1, 0}), fastinfer::InvalidArgument);
 }
 
 TEST_CASE("draft model keeps its cache in sync after rejections") {
   auto make = [] {
     return fastinfer::LlamaModel<>(fastinfer::load_model("synthetic:tiny"), fastinfer::ModelOptions{1, 16});
   };
-  spec::DraftModel<fastinfer::LlamaModel<>> drafter(make(), {});
-  spec::DraftModel<fastinfer::LlamaModel<>> fresh(make(), {});
-  spec::DraftProposal a, b;
+  speculative::DraftModel<fastinfer::LlamaModel<>> drafter(make(), {});
+  speculative::DraftModel<fastinfer::LlamaModel<>> fresh(make(), {});
+  speculative::DraftProposal a, b;
   Tokens ctx = {1, 20, 30};
   drafter.begin(ctx);
   drafter.propose(ctx, 4, 0, a);

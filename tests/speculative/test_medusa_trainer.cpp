@@ -14,8 +14,8 @@
 
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
-#include "fastinfer/spec/medusa_heads.hpp"
-#include "fastinfer/spec/medusa_tree.hpp"
+#include "fastinfer/speculative/medusa_heads.hpp"
+#include "fastinfer/speculative/medusa_tree.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 
@@ -43,7 +43,7 @@ TEST_CASE("tools/train_medusa.py writes heads that load and keep greedy Medusa e
   REQUIRE(std::filesystem::exists(out));
 
   fastinfer::LlamaModel<> model(fastinfer::load_model(model_path.string()), fastinfer::ModelOptions{1, 32});
-  fastinfer::spec::MedusaHeads heads = fastinfer::spec::MedusaHeads::from_spec(out, model.config());
+  fastinfer::speculative::MedusaHeads heads = fastinfer::speculative::MedusaHeads::from_spec(out, model.config());
   CHECK(heads.num_heads() == 4);
   CHECK_FALSE(heads.shared_classifier());
   // bos_256: greedy from BOS, 256 tokens.
@@ -51,8 +51,8 @@ TEST_CASE("tools/train_medusa.py writes heads that load and keep greedy Medusa e
   p.max_new_tokens = 256;
   const auto plain = fastinfer::generate(model, {1}, p);
   for (const std::string& tree : {std::string("choices"), std::string("dynamic"), "choices:" + out + ".choices"}) {
-    const auto r = fastinfer::spec::medusa_generate(model, heads, {1}, p,
-                                                    fastinfer::spec::medusa_options(tree, heads.num_heads()));
+    const auto r = fastinfer::speculative::medusa_generate(model, heads, {1}, p,
+                                                    fastinfer::speculative::medusa_options(tree, heads.num_heads()));
     CHECK(r.generation.tokens == plain.tokens);
     CHECK(r.stats.mean_accepted_per_step() > 1.2);
   }
@@ -79,14 +79,14 @@ TEST_CASE("tools/train_medusa.py trains heads for a Hugging Face directory (tiny
   INFO(cmd);
   REQUIRE(std::system(cmd.c_str()) == 0);
   fastinfer::LlamaModel<> model(fastinfer::load_model(model_path.string()), fastinfer::ModelOptions{1, 32});
-  fastinfer::spec::MedusaHeads heads = fastinfer::spec::MedusaHeads::from_spec(out, model.config());
+  fastinfer::speculative::MedusaHeads heads = fastinfer::speculative::MedusaHeads::from_spec(out, model.config());
   CHECK(heads.dim() == 128);
   CHECK(heads.vocab() == 2048);
   for (const auto& c : fastinfer::testing::read_golden_cases(cases_dir)) {
     fastinfer::GenerationParams p;
     p.max_new_tokens = c.max_new_tokens;
-    const auto r = fastinfer::spec::medusa_generate(
-        model, heads, c.prompt, p, fastinfer::spec::medusa_options("choices:" + out + ".choices", heads.num_heads()));
+    const auto r = fastinfer::speculative::medusa_generate(
+        model, heads, c.prompt, p, fastinfer::speculative::medusa_options("choices:" + out + ".choices", heads.num_heads()));
     INFO("case " << c.name);
     CHECK(r.generation.tokens == c.continuation);
   }

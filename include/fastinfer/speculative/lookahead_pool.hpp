@@ -51,10 +51,10 @@
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
-#include "fastinfer/spec/drafter.hpp"
-#include "fastinfer/spec/tree_batch.hpp"
+#include "fastinfer/speculative/drafter.hpp"
+#include "fastinfer/speculative/tree_batch.hpp"
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 struct LookaheadConfig {
   int window = 5;  // W: Jacobi window (guessed tokens fed per step)
@@ -193,4 +193,4 @@ class LookaheadPool final : public Drafter {
   int fed_text_ = 0;
 };
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative

@@ -35,11 +35,11 @@
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/forward_batch.hpp"
-#include "fastinfer/spec/drafter.hpp"
-#include "fastinfer/spec/speculative_verifier.hpp"
-#include "fastinfer/spec/tree_batch.hpp"
+#include "fastinfer/speculative/drafter.hpp"
+#include "fastinfer/speculative/speculative_verifier.hpp"
+#include "fastinfer/speculative/tree_batch.hpp"
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 // LlamaModel (or any model with its forward_prefill / forward_prefill_all
 // verbs) as a verification target.
@@ -293,4 +293,4 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
   return speculative_generate(target, drafter, prompt, params, options, [](std::int32_t) {});
 }
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative

@@ -14,20 +14,20 @@
 #include <unistd.h>
 #include <vector>
 
-#include "fastinfer/spec/medusa_tree.hpp"
+#include "fastinfer/speculative/medusa_tree.hpp"
 
 namespace {
 
-namespace spec = fastinfer::spec;
+namespace spec = fastinfer::speculative;
 
-spec::HeadGuesses guesses() {
-  spec::HeadGuesses g;
+speculative::HeadGuesses guesses() {
+  speculative::HeadGuesses g;
   g.tokens = {{10, 11, 12}, {20, 21, 22}, {30, 31, 32}};
   g.probs = {{0.6f, 0.3f, 0.1f}, {0.5f, 0.45f, 0.05f}, {0.9f, 0.05f, 0.05f}};
   return g;
 }
 
-std::vector<int> ranks_of(const spec::CandidateTree& ct, int node) {
+std::vector<int> ranks_of(const speculative::CandidateTree& ct, int node) {
   std::vector<int> r;
   for (int a = node; a >= 0; a = ct.tree.parent[std::size_t(a)]) r.insert(r.begin(), ct.tree.tokens[std::size_t(a)] % 10);
   return r;
@@ -37,9 +37,9 @@ std::vector<int> ranks_of(const spec::CandidateTree& ct, int node) {
 
 TEST_CASE("fixed choices: default tree, chain first, parents before children, prefixes implied") {
   const auto g = guesses();
-  const spec::FixedChoicesTree t = spec::FixedChoicesTree::default_for(3);
-  CHECK(spec::guesses_needed(t) == 3);
-  const spec::CandidateTree ct = spec::build_candidate_tree(spec::select_paths(t, g), g, 3);
+  const speculative::FixedChoicesTree t = speculative::FixedChoicesTree::default_for(3);
+  CHECK(speculative::guesses_needed(t) == 3);
+  const speculative::CandidateTree ct = speculative::build_candidate_tree(speculative::select_paths(t, g), g, 3);
   ct.tree.validate(100);
   REQUIRE(ct.tree.size() == 8);  // chain of 3 + {1} {2} {0,1} {1,0} {0,0,1}
   CHECK(ct.tree.tokens[0] == 10);
@@ -48,44 +48,44 @@ TEST_CASE("fixed choices: default tree, chain first, parents before children, pr
   CHECK(ct.tree.parent == std::vector<int>{-1, 0, 1, -1, -1, 0, 3, 1});
   CHECK(ct.depth == std::vector<int>{1, 2, 3, 1, 1, 2, 2, 3});
   // A choice whose prefix is missing gets it; duplicates collapse; too-deep choices are cut at max depth.
-  spec::FixedChoicesTree odd{{{2, 1}, {2, 1}, {0, 0, 0}}};
-  const auto ct2 = spec::build_candidate_tree(spec::select_paths(odd, g), g, 2);
+  speculative::FixedChoicesTree odd{{{2, 1}, {2, 1}, {0, 0, 0}}};
+  const auto ct2 = speculative::build_candidate_tree(speculative::select_paths(odd, g), g, 2);
   CHECK(ct2.tree.tokens == std::vector<std::int32_t>{10, 20, 12, 21});
   CHECK(ct2.tree.parent == std::vector<int>{-1, 0, -1, 2});
-  CHECK_THROWS_AS(spec::select_paths(spec::FixedChoicesTree{{{}}}, g), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::select_paths(speculative::FixedChoicesTree{{{}}}, g), fastinfer::InvalidArgument);
 }
 
 TEST_CASE("dynamic tree grows by cumulative probability within its budget") {
   const auto g = guesses();
   // Scores: {0} .6, {1} .3, {0,0} .3, {0,1} .27, {0,0,0} .27, {1,0} .15, {1,1} .135, {2} .1, ...
-  const auto paths = spec::select_paths(spec::DynamicTree{5, 3, 0}, g);
+  const auto paths = speculative::select_paths(speculative::DynamicTree{5, 3, 0}, g);
   std::set<std::vector<int>> got(paths.begin(), paths.end());
   CHECK(got == std::set<std::vector<int>>{{0}, {1}, {0, 0}, {0, 1}, {0, 0, 0}});
-  const auto ct = spec::build_candidate_tree(paths, g, 3);
+  const auto ct = speculative::build_candidate_tree(paths, g, 3);
   CHECK(ct.tree.size() == 5);
   CHECK(ranks_of(ct, 0) == std::vector<int>{0});
   CHECK(ranks_of(ct, 1) == std::vector<int>{0, 0});
   CHECK(ranks_of(ct, 2) == std::vector<int>{0, 0, 0});
   // Every chosen path's prefixes are in the tree (ancestor-closed), at any budget.
   for (int budget : {0, 1, 2, 7, 20, 39}) {
-    const auto p = spec::select_paths(spec::DynamicTree{budget, 3, 0}, g);
+    const auto p = speculative::select_paths(speculative::DynamicTree{budget, 3, 0}, g);
     CHECK(int(p.size()) == std::min(budget, 3 + 9 + 27));
     std::set<std::vector<int>> s(p.begin(), p.end());
     for (const auto& x : p)
       if (x.size() > 1) CHECK(s.count(std::vector<int>(x.begin(), x.end() - 1)) == 1);
   }
-  CHECK(spec::select_paths(spec::DynamicTree{10, 1, 2}, g).size() == 2);  // top_k 1, depth 2: the chain
-  CHECK_THROWS_AS(spec::select_paths(spec::DynamicTree{3, 0, 0}, g), fastinfer::InvalidArgument);
+  CHECK(speculative::select_paths(speculative::DynamicTree{10, 1, 2}, g).size() == 2);  // top_k 1, depth 2: the chain
+  CHECK_THROWS_AS(speculative::select_paths(speculative::DynamicTree{3, 0, 0}, g), fastinfer::InvalidArgument);
 }
 
 TEST_CASE("tree verification batch: causal pending tokens, ancestor mask, positions by depth") {
   const auto g = guesses();
-  const auto ct = spec::build_candidate_tree(spec::select_paths(spec::FixedChoicesTree::default_for(2), g), g, 2);
+  const auto ct = speculative::build_candidate_tree(speculative::select_paths(speculative::FixedChoicesTree::default_for(2), g), g, 2);
   // nodes: 0 {0}, 1 {0,0}, 2 {1}, 3 {2}, 4 {0,1}, 5 {1,0}
   REQUIRE(ct.tree.parent == std::vector<int>{-1, 0, -1, -1, 0, 2});
   const std::int32_t pending[3] = {5, 6, 7};
   fastinfer::ForwardBatch b;
-  spec::tree_verify_batch(pending, 3, 40, ct, 0, b);
+  speculative::tree_verify_batch(pending, 3, 40, ct, 0, b);
   CHECK(b.rows() == 9);
   CHECK(b.start_pos == std::vector<std::int64_t>{40});
   CHECK(b.positions == std::vector<std::int64_t>{40, 41, 42, 43, 44, 43, 43, 44, 44});
@@ -109,7 +109,7 @@ TEST_CASE("tree verification batch: causal pending tokens, ancestor mask, positi
 TEST_CASE("typical acceptance over a tree takes the longest accepted path") {
   // vocab 4; root children tokens 1 and 2; node 0 (1) has child 3 (token 3); node 1 (2) has child 2 (token 0)
   // whose row accepts again.
-  spec::TokenTree t{{1, 2, 0, 3}, {-1, -1, 1, 0}};
+  speculative::TokenTree t{{1, 2, 0, 3}, {-1, -1, 1, 0}};
   std::vector<float> p = {
       0.05f, 0.45f, 0.45f, 0.05f,  // root: accepts 1 and 2
       0.1f,  0.1f,  0.1f,  0.7f,   // after node 0 (token 1): token 3 accepted
@@ -117,14 +117,14 @@ TEST_CASE("typical acceptance over a tree takes the longest accepted path") {
       0.01f, 0.01f, 0.97f, 0.01f,  // after node 2
       0.25f, 0.25f, 0.25f, 0.25f,  // after node 3 (uniform: its children would be rejected)
   };
-  const auto out = spec::verify_tree_typical_lossy(p.data(), 4, t, {}, true, 0, 0);
+  const auto out = speculative::verify_tree_typical_lossy(p.data(), 4, t, {}, true, 0, 0);
   CHECK(out.accepted == 2);
   CHECK(out.path == std::vector<int>{1, 2});  // two paths of length 2: the one ending first in node order
   CHECK(out.tokens == std::vector<std::int32_t>{2, 0, 2});
   // The root row is confident about a token outside the tree: nothing passes, its argmax follows.
   std::vector<float> q = p;
   q[0] = 0.01f, q[1] = 0.01f, q[2] = 0.01f, q[3] = 0.97f;
-  const auto none = spec::verify_tree_typical_lossy(q.data(), 4, t, {}, true, 0, 0);
+  const auto none = speculative::verify_tree_typical_lossy(q.data(), 4, t, {}, true, 0, 0);
   CHECK(none.accepted == 0);
   CHECK(none.tokens == std::vector<std::int32_t>{3});
 }
@@ -132,10 +132,10 @@ TEST_CASE("typical acceptance over a tree takes the longest accepted path") {
 TEST_CASE("exact tree sampling with Medusa's deterministic candidates emits the target's distribution") {
   // Small vocabulary, three-level tree from fixed choices; target rows differ per node.
   const int vocab = 6;
-  spec::HeadGuesses g;
+  speculative::HeadGuesses g;
   g.tokens = {{2, 0, 5}, {1, 3, 4}};
   g.probs = {{0.5f, 0.3f, 0.2f}, {0.5f, 0.3f, 0.2f}};
-  const auto ct = spec::build_candidate_tree(spec::select_paths(spec::FixedChoicesTree::default_for(2), g), g, 2);
+  const auto ct = speculative::build_candidate_tree(speculative::select_paths(speculative::FixedChoicesTree::default_for(2), g), g, 2);
   const int rows = ct.tree.size() + 1;
   std::vector<float> logits(std::size_t(rows * vocab));
   for (int i = 0; i < rows * vocab; ++i) logits[std::size_t(i)] = std::sin(1.7f * float(i) + 0.4f) * 1.5f;
@@ -159,7 +159,7 @@ TEST_CASE("exact tree sampling with Medusa's deterministic candidates emits the 
       std::vector<float> probs(logits.size());
       for (int r = 0; r < rows; ++r)
         fastinfer::cpu::sampling_distribution(logits.data() + r * vocab, vocab, sp, probs.data() + r * vocab, ws);
-      const auto out = spec::verify_tree_sampling_deterministic(probs.data(), vocab, ct.tree, sp.seed, 0);
+      const auto out = speculative::verify_tree_sampling_deterministic(probs.data(), vocab, ct.tree, sp.seed, 0);
       first[std::size_t(out.tokens[0])] += 1;
       if (out.tokens[0] == ct.tree.tokens[0] && out.tokens.size() >= 2) {
         second[std::size_t(out.tokens[1])] += 1;
@@ -187,7 +187,7 @@ TEST_CASE("exact tree sampling with Medusa's deterministic candidates emits the 
 }
 
 TEST_CASE("tree names: choices, choices:FILE (the trainer's tree file), dynamic:BUDGET[:TOP_K], and bad ones throw") {
-  using namespace fastinfer::spec;
+  using namespace fastinfer::speculative;
   const std::string file =
       (std::filesystem::temp_directory_path() / ("fastinfer_medusa_tree_" + std::to_string(::getpid()) + ".choices"))
           .string();

@@ -11,12 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "fastinfer/spec/medusa_heads.hpp"
+#include "fastinfer/speculative/medusa_heads.hpp"
 
 namespace {
 
-namespace spec = fastinfer::spec;
-using spec::MedusaHeads;
+namespace spec = fastinfer::speculative;
+using speculative::MedusaHeads;
 
 std::string temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() / ("fastinfer_medusa_" + name)).string();

@@ -25,10 +25,10 @@
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
-#include "fastinfer/spec/drafter.hpp"
-#include "fastinfer/spec/speculative_verifier.hpp"
+#include "fastinfer/speculative/drafter.hpp"
+#include "fastinfer/speculative/speculative_verifier.hpp"
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 // Draft j of a chain proposal from the drafter's logits, as the header
 // comment says: greedy argmax, the coupled rule's plain-sampling coin, or a
@@ -108,4 +108,4 @@ class DraftModel final : public Drafter {
   std::int64_t forwards_ = 0;
 };
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative

@@ -61,7 +61,7 @@
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/philox.hpp"
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 inline constexpr std::uint64_t kCoinSlots = 64;
 inline constexpr int kResidualSlot = 0;
@@ -419,4 +419,4 @@ class SpeculativeVerifier {
   std::vector<float> probs_;
 };
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative

@@ -17,8 +17,8 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
-#include "fastinfer/spec/medusa_heads.hpp"
-#include "fastinfer/spec/medusa_tree.hpp"
+#include "fastinfer/speculative/medusa_heads.hpp"
+#include "fastinfer/speculative/medusa_tree.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 
@@ -26,16 +26,16 @@ namespace {
 
 using fastinfer::GenerationParams;
 using Model = fastinfer::LlamaModel<>;
-namespace spec = fastinfer::spec;
+namespace spec = fastinfer::speculative;
 
 using Case = fastinfer::testing::GoldenCase;
 
 Model load(const std::string& path) { return Model(fastinfer::load_model(path), fastinfer::ModelOptions{1, 32}); }
 
-spec::TreePolicy policy(const std::string& name) {
-  if (name == "choices") return spec::FixedChoicesTree::default_for(4);
-  if (name == "dynamic") return spec::DynamicTree{};
-  return spec::DynamicTree{24, 4, 0};  // "dynamic-wide": beyond 16 rows, matmul's Eigen path
+speculative::TreePolicy policy(const std::string& name) {
+  if (name == "choices") return speculative::FixedChoicesTree::default_for(4);
+  if (name == "dynamic") return speculative::DynamicTree{};
+  return speculative::DynamicTree{24, 4, 0};  // "dynamic-wide": beyond 16 rows, matmul's Eigen path
 }
 
 void check_golden(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
@@ -44,19 +44,19 @@ void check_golden(const std::filesystem::path& model_path, const std::filesystem
   Model model = load(model_path.string());
   const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
   REQUIRE(!cases.empty());
-  std::vector<std::pair<std::string, spec::TreePolicy>> policies;
+  std::vector<std::pair<std::string, speculative::TreePolicy>> policies;
   for (const auto& n : tree_names) policies.emplace_back(n, policy(n));
   std::int64_t off_chain = 0;
   for (const std::string& hs : head_specs) {
-    spec::MedusaHeads heads = spec::MedusaHeads::from_spec(hs, model.config(), 4);
+    speculative::MedusaHeads heads = speculative::MedusaHeads::from_spec(hs, model.config(), 4);
     for (const auto& [pname, policy] : policies)
       for (const Case& c : cases) {
         INFO("heads " << hs << ", tree " << pname << ", case " << c.name);
         GenerationParams p;
         p.max_new_tokens = c.max_new_tokens;
-        spec::MedusaOptions o;
+        speculative::MedusaOptions o;
         o.tree = policy;
-        const auto r = spec::medusa_generate(model, heads, c.prompt, p, o);
+        const auto r = speculative::medusa_generate(model, heads, c.prompt, p, o);
         CHECK(r.generation.tokens == c.continuation);
         CHECK(fastinfer::stop_reason_name(r.generation.stopped_by) == c.stopped_by);
         CHECK(r.stats.step_tokens + 1 == std::int64_t(r.generation.tokens.size()));
@@ -113,7 +113,7 @@ TEST_CASE("greedy Medusa with trained heads (FASTINFER_MEDUSA_HEADS_TS) reproduc
 TEST_CASE("Medusa output equals plain generation at the sequence-length limit and with tiny budgets") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model model = load(model_path.string());
-  spec::MedusaHeads heads = spec::MedusaHeads::from_spec("random:5", model.config(), 5);
+  speculative::MedusaHeads heads = speculative::MedusaHeads::from_spec("random:5", model.config(), 5);
   const std::vector<std::int32_t> near_end(505, 0);
   std::vector<std::int32_t> looped = {1};
   for (int i = 0; i < 30; ++i) looped.push_back(std::int32_t(100 + i % 5));
@@ -122,11 +122,11 @@ TEST_CASE("Medusa output equals plain generation at the sequence-length limit an
       GenerationParams p;
       p.max_new_tokens = budget;
       const auto plain = fastinfer::generate(model, pr, p);
-      for (const spec::TreePolicy& t : {spec::TreePolicy(spec::FixedChoicesTree::default_for(5)),
-                                        spec::TreePolicy(spec::DynamicTree{})}) {
-        spec::MedusaOptions o;
+      for (const speculative::TreePolicy& t : {speculative::TreePolicy(speculative::FixedChoicesTree::default_for(5)),
+                                        speculative::TreePolicy(speculative::DynamicTree{})}) {
+        speculative::MedusaOptions o;
         o.tree = t;
-        const auto r = spec::medusa_generate(model, heads, pr, p, o);
+        const auto r = speculative::medusa_generate(model, heads, pr, p, o);
         INFO("budget " << budget << " prompt length " << pr.size());
         CHECK(r.generation.tokens == plain.tokens);
         CHECK(r.generation.stopped_by == plain.stopped_by);
@@ -139,16 +139,16 @@ TEST_CASE("the tree-masked verification forward gives each node the logits of a 
   Model model = load(model_path.string());
   const int vocab = model.config().vocab_size;
   const std::vector<std::int32_t> prompt = {1, 400, 50, 73, 900};
-  spec::HeadGuesses g;
+  speculative::HeadGuesses g;
   g.tokens = {{10, 11, 12}, {20, 21, 22}, {30, 31, 32}};
   g.probs = {{0.5f, 0.3f, 0.2f}, {0.6f, 0.3f, 0.1f}, {0.4f, 0.4f, 0.2f}};
-  const spec::CandidateTree ct = spec::build_candidate_tree(spec::select_paths(spec::DynamicTree{9, 3, 0}, g), g, 3);
+  const speculative::CandidateTree ct = speculative::build_candidate_tree(speculative::select_paths(speculative::DynamicTree{9, 3, 0}, g), g, 3);
   REQUIRE(ct.tree.size() == 9);
   // Prompt minus its last two tokens cached; the last two pending (a recompute step).
   model.reset();
   model.forward_prefill(prompt.data(), 3, 0);
   fastinfer::ForwardBatch batch;
-  spec::tree_verify_batch(prompt.data() + 3, 2, 3, ct, Model::kSoloSequence, batch);
+  speculative::tree_verify_batch(prompt.data() + 3, 2, 3, ct, Model::kSoloSequence, batch);
   const float* rows = model.forward(batch);
   const std::vector<float> got(rows, rows + std::size_t(batch.rows()) * std::size_t(vocab));
   for (int i = 0; i < ct.tree.size(); ++i) {
@@ -169,17 +169,17 @@ TEST_CASE("the tree-masked verification forward gives each node the logits of a 
 TEST_CASE("seeded Medusa sampling repeats exactly and differs across seeds, and typical acceptance runs") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model model = load(model_path.string());
-  spec::MedusaHeads heads = spec::MedusaHeads::from_spec("random:3", model.config(), 4);
+  speculative::MedusaHeads heads = speculative::MedusaHeads::from_spec("random:3", model.config(), 4);
   GenerationParams p;
   p.max_new_tokens = 100;
   p.temperature = 0.9f;
   p.top_k = 40;
-  for (auto rule : {spec::AcceptanceRule::Exact, spec::AcceptanceRule::TypicalLossy}) {
-    spec::MedusaOptions o;
+  for (auto rule : {speculative::AcceptanceRule::Exact, speculative::AcceptanceRule::TypicalLossy}) {
+    speculative::MedusaOptions o;
     o.rule = rule;
     auto run = [&](std::uint64_t seed) {
       p.seed = seed;
-      return spec::medusa_generate(model, heads, {1}, p, o);
+      return speculative::medusa_generate(model, heads, {1}, p, o);
     };
     const auto a = run(7), b = run(7), c = run(8);
     CHECK(a.generation.tokens == b.generation.tokens);
@@ -202,10 +202,10 @@ TEST_CASE("Medusa under the coupled rule emits plain sampling's tokens with the 
       p.top_k = seed == 2 ? 40 : 0;
       p.top_p = seed == 5 ? 0.9f : 1.0f;
       const auto plain = fastinfer::generate(model, {1}, p);
-      spec::MedusaHeads heads = spec::MedusaHeads::from_spec("random:" + std::to_string(seed), model.config(), 4);
-      spec::MedusaOptions o = spec::medusa_options(tree, heads.num_heads());
-      o.rule = spec::AcceptanceRule::Coupled;
-      const auto r = spec::medusa_generate(model, heads, {1}, p, o);
+      speculative::MedusaHeads heads = speculative::MedusaHeads::from_spec("random:" + std::to_string(seed), model.config(), 4);
+      speculative::MedusaOptions o = speculative::medusa_options(tree, heads.num_heads());
+      o.rule = speculative::AcceptanceRule::Coupled;
+      const auto r = speculative::medusa_generate(model, heads, {1}, p, o);
       INFO("tree " << tree << ", seed " << seed);
       CHECK(r.generation.tokens == plain.tokens);
       CHECK(r.generation.stopped_by == plain.stopped_by);
@@ -217,11 +217,11 @@ TEST_CASE("Medusa under the coupled rule emits plain sampling's tokens with the 
 TEST_CASE("medusa_generate rejects bad arguments") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model model = load(model_path.string());
-  spec::MedusaHeads wrong = spec::MedusaHeads::random(1, 2, model.config().dim + 1, model.config().vocab_size);
-  CHECK_THROWS_AS(spec::medusa_generate(model, wrong, {1}, GenerationParams{}), fastinfer::InvalidArgument);
-  spec::MedusaHeads heads = spec::MedusaHeads::from_spec("random:1", model.config());
-  CHECK_THROWS_AS(spec::medusa_generate(model, heads, {}, GenerationParams{}), fastinfer::InvalidArgument);
-  spec::MedusaOptions o;
-  o.tree = spec::DynamicTree{-1, 3, 0};
-  CHECK_THROWS_AS(spec::medusa_generate(model, heads, {1}, GenerationParams{}, o), fastinfer::InvalidArgument);
+  speculative::MedusaHeads wrong = speculative::MedusaHeads::random(1, 2, model.config().dim + 1, model.config().vocab_size);
+  CHECK_THROWS_AS(speculative::medusa_generate(model, wrong, {1}, GenerationParams{}), fastinfer::InvalidArgument);
+  speculative::MedusaHeads heads = speculative::MedusaHeads::from_spec("random:1", model.config());
+  CHECK_THROWS_AS(speculative::medusa_generate(model, heads, {}, GenerationParams{}), fastinfer::InvalidArgument);
+  speculative::MedusaOptions o;
+  o.tree = speculative::DynamicTree{-1, 3, 0};
+  CHECK_THROWS_AS(speculative::medusa_generate(model, heads, {1}, GenerationParams{}, o), fastinfer::InvalidArgument);
 }

@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "fastinfer/core/error.hpp"
-#include "fastinfer/spec/drafter.hpp"
-#include "fastinfer/spec/tree_batch.hpp"
+#include "fastinfer/speculative/drafter.hpp"
+#include "fastinfer/speculative/tree_batch.hpp"
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 struct PromptLookupConfig {
   int max_ngram = 3;
@@ -101,4 +101,4 @@ class PromptLookup final : public Drafter {
   PromptLookupConfig c_;
 };
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative

@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 struct DraftProposal {
   // Guesses for the positions right after the context, in order.
@@ -86,4 +86,4 @@ class Drafter {
   }
 };
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative

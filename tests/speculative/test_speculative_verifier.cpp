@@ -14,11 +14,11 @@
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
-#include "fastinfer/spec/speculative_verifier.hpp"
+#include "fastinfer/speculative/speculative_verifier.hpp"
 
 namespace {
 
-namespace spec = fastinfer::spec;
+namespace spec = fastinfer::speculative;
 namespace cpu = fastinfer::cpu;
 constexpr int V = 8;
 
@@ -78,7 +78,7 @@ ChainStats run_chain(const std::vector<float>& p, const std::vector<float>* q, i
     for (int i = 0; i < k; ++i)
       drafts[std::size_t(i)] = q ? draw(q->data() + std::size_t(i) * V, rng) : fixed_drafts[std::size_t(i)];
     work = p;
-    const auto out = spec::verify_rejection(work.data(), q ? q->data() : nullptr, drafts.data(), k, V,
+    const auto out = speculative::verify_rejection(work.data(), q ? q->data() : nullptr, drafts.data(), k, V,
                                             /*seed=*/std::uint64_t(t), /*first_index=*/0);
     counts[std::size_t(out.tokens[0])] += 1;
     s.accepted_hist[std::size_t(out.accepted)] += 1;
@@ -108,31 +108,31 @@ TEST_CASE("greedy chain: accept while the target's argmax agrees, then take the 
   const std::vector<float> logits = {0, 1, 5, 9, 1, 1, 0, 3, 2, 0, 7, 1};
   const int vocab = 3;
   const std::int32_t all_right[] = {2, 0, 1};
-  auto r = spec::verify_greedy(logits.data(), vocab, all_right, 3);
+  auto r = speculative::verify_greedy(logits.data(), vocab, all_right, 3);
   CHECK(r.accepted == 3);
   CHECK(r.tokens == std::vector<std::int32_t>{2, 0, 1, 1});  // bonus from the last row
   const std::int32_t second_wrong[] = {2, 1, 1};
-  r = spec::verify_greedy(logits.data(), vocab, second_wrong, 3);
+  r = speculative::verify_greedy(logits.data(), vocab, second_wrong, 3);
   CHECK(r.accepted == 1);
   CHECK(r.tokens == std::vector<std::int32_t>{2, 0});
-  r = spec::verify_greedy(logits.data(), vocab, nullptr, 0);
+  r = speculative::verify_greedy(logits.data(), vocab, nullptr, 0);
   CHECK(r.tokens == std::vector<std::int32_t>{2});
   const std::int32_t bad[] = {2, 3};
-  CHECK_THROWS_AS(spec::verify_greedy(logits.data(), vocab, bad, 2), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::verify_greedy(logits.data(), vocab, bad, 2), fastinfer::InvalidArgument);
 }
 
 TEST_CASE("greedy tree: the longest path the target agrees with") {
   // Root's children: node0 = 1, node1 = 2; node1's children: node2 = 0, node3 = 1; node3's child: node4 = 2.
-  spec::TokenTree tree{{1, 2, 0, 1, 2}, {-1, -1, 1, 1, 3}};
+  speculative::TokenTree tree{{1, 2, 0, 1, 2}, {-1, -1, 1, 1, 3}};
   const int vocab = 3;
   // Rows: root -> 2, node0 -> 0, node1 -> 1, node2 -> 0, node3 -> 0, node4 -> 1.
   const std::vector<float> logits = {0, 0, 1, 1, 0, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0};
-  const auto r = spec::verify_tree_greedy(logits.data(), vocab, tree);
+  const auto r = speculative::verify_tree_greedy(logits.data(), vocab, tree);
   CHECK(r.accepted == 2);
   CHECK(r.path == std::vector<int>{1, 3});
   CHECK(r.tokens == std::vector<std::int32_t>{2, 1, 0});  // node4 (2) disagrees with node3's argmax 0
-  spec::TokenTree bad{{1, 2}, {-1, 1}};
-  CHECK_THROWS_AS(spec::verify_tree_greedy(logits.data(), vocab, bad), fastinfer::InvalidArgument);
+  speculative::TokenTree bad{{1, 2}, {-1, 1}};
+  CHECK_THROWS_AS(speculative::verify_tree_greedy(logits.data(), vocab, bad), fastinfer::InvalidArgument);
 }
 
 TEST_CASE("rejection sampling emits the target distribution and accepts as theory says") {
@@ -193,7 +193,7 @@ TEST_CASE("the verifier honours temperature, top-k and top-p on both distributio
   for (int t = 0; t < samples; ++t) {
     cpu::SamplingParams seeded = params;
     seeded.seed = std::uint64_t(t);
-    spec::SpeculativeVerifier verifier(V, seeded);
+    speculative::SpeculativeVerifier verifier(V, seeded);
     for (int i = 0; i < k; ++i) drafts[i] = draw(q.data() + i * V, rng);
     const auto out = verifier.verify(target_logits.data(), drafts, k, q.data(), 0);
     counts[std::size_t(out.tokens[0])] += 1;
@@ -214,21 +214,21 @@ TEST_CASE("tree rejection sampling (SpecInfer multi-round) keeps the target dist
     for (int i = 0; i < 4; ++i) q.insert(q.end(), q0.begin(), q0.end());
     std::vector<float> work;
     for (int t = 0; t < samples; ++t) {
-      spec::TokenTree tree{{draw(q0.data(), rng), draw(q0.data(), rng), draw(q0.data(), rng), draw(q0.data(), rng)},
+      speculative::TokenTree tree{{draw(q0.data(), rng), draw(q0.data(), rng), draw(q0.data(), rng), draw(q0.data(), rng)},
                            {-1, -1, -1, 0}};
       work = p;
-      const auto out = spec::verify_tree_rejection(work.data(), q.data(), V, tree, std::uint64_t(t), 0);
+      const auto out = speculative::verify_tree_rejection(work.data(), q.data(), V, tree, std::uint64_t(t), 0);
       counts[std::size_t(out.tokens[0])] += 1;
     }
     CHECK(tv(counts, samples, p.data()) < 0.01);
   }
   SECTION("distinct deterministic candidates") {
     std::vector<double> counts(V, 0.0);
-    spec::TokenTree tree{{0, 3, 5}, {-1, -1, -1}};
+    speculative::TokenTree tree{{0, 3, 5}, {-1, -1, -1}};
     std::vector<float> work;
     for (int t = 0; t < samples; ++t) {
       work = p;
-      const auto out = spec::verify_tree_rejection(work.data(), nullptr, V, tree, std::uint64_t(t), 0);
+      const auto out = speculative::verify_tree_rejection(work.data(), nullptr, V, tree, std::uint64_t(t), 0);
       counts[std::size_t(out.tokens[0])] += 1;
     }
     CHECK(tv(counts, samples, p.data()) < 0.01);
@@ -247,24 +247,24 @@ TEST_CASE("tree rejection tests later siblings against the normalised residual")
   std::vector<double> counts(V, 0.0);
   std::vector<float> work;
   SECTION("three distinct deterministic siblings (one-hot q)") {
-    const spec::TokenTree tree{{0, 1, 2}, {-1, -1, -1}};
+    const speculative::TokenTree tree{{0, 1, 2}, {-1, -1, -1}};
     std::vector<float> p = p0;
     for (int i = 0; i < 3; ++i) p.insert(p.end(), p0.begin(), p0.end());
     for (int t = 0; t < samples; ++t) {
       work = p;
-      counts[std::size_t(spec::verify_tree_rejection(work.data(), nullptr, V, tree, std::uint64_t(t), 0).tokens[0])] += 1;
+      counts[std::size_t(speculative::verify_tree_rejection(work.data(), nullptr, V, tree, std::uint64_t(t), 0).tokens[0])] += 1;
     }
     const double d = tv(counts, samples, p0.data());
     INFO("TV " << d);
     CHECK(d < 0.01);
   }
   SECTION("two distinct deterministic siblings, the likelier one second") {
-    const spec::TokenTree tree{{3, 0}, {-1, -1}};
+    const speculative::TokenTree tree{{3, 0}, {-1, -1}};
     std::vector<float> p = p0;
     for (int i = 0; i < 2; ++i) p.insert(p.end(), p0.begin(), p0.end());
     for (int t = 0; t < samples; ++t) {
       work = p;
-      counts[std::size_t(spec::verify_tree_rejection(work.data(), nullptr, V, tree, std::uint64_t(t), 0).tokens[0])] += 1;
+      counts[std::size_t(speculative::verify_tree_rejection(work.data(), nullptr, V, tree, std::uint64_t(t), 0).tokens[0])] += 1;
     }
     const double d = tv(counts, samples, p0.data());
     INFO("TV " << d);
@@ -278,9 +278,9 @@ TEST_CASE("tree rejection tests later siblings against the normalised residual")
     for (int i = 0; i < 3; ++i) p.insert(p.end(), p0.begin(), p0.end());
     std::mt19937 rng(99);
     for (int t = 0; t < samples; ++t) {
-      const spec::TokenTree tree{{draw(q0.data(), rng), draw(q0.data(), rng), draw(q0.data(), rng)}, {-1, -1, -1}};
+      const speculative::TokenTree tree{{draw(q0.data(), rng), draw(q0.data(), rng), draw(q0.data(), rng)}, {-1, -1, -1}};
       work = p;
-      counts[std::size_t(spec::verify_tree_rejection(work.data(), q.data(), V, tree, std::uint64_t(t), 0).tokens[0])] += 1;
+      counts[std::size_t(speculative::verify_tree_rejection(work.data(), q.data(), V, tree, std::uint64_t(t), 0).tokens[0])] += 1;
     }
     const double d = tv(counts, samples, p0.data());
     INFO("TV " << d);
@@ -294,7 +294,7 @@ TEST_CASE("seeded verification repeats exactly, the coins depend on seed and tok
   const std::int32_t drafts[] = {1, 2, 3, 4};
   auto once = [&](std::uint64_t seed, std::uint64_t index) {
     auto work = p;
-    return spec::verify_rejection(work.data(), q.data(), drafts, 4, V, seed, index).tokens;
+    return speculative::verify_rejection(work.data(), q.data(), drafts, 4, V, seed, index).tokens;
   };
   int differ = 0;
   for (std::uint64_t s = 0; s < 50; ++s) {
@@ -302,7 +302,7 @@ TEST_CASE("seeded verification repeats exactly, the coins depend on seed and tok
     differ += once(s, 10) != once(s + 1000, 10);
   }
   CHECK(differ > 5);
-  CHECK(spec::accept_coin(1, 2) == fastinfer::uniform_float(1, fastinfer::RandomStream::Speculative, 2 * 64 + 2));
+  CHECK(speculative::accept_coin(1, 2) == fastinfer::uniform_float(1, fastinfer::RandomStream::Speculative, 2 * 64 + 2));
 }
 
 TEST_CASE("typical acceptance is lossy, as its name says") {
@@ -314,7 +314,7 @@ TEST_CASE("typical acceptance is lossy, as its name says") {
   const std::int32_t d[] = {0};
   int zeros = 0;
   for (int t = 0; t < 1000; ++t) {
-    const auto out = spec::verify_typical_lossy(p.data(), d, 1, V, {}, false, std::uint64_t(t), 0);
+    const auto out = speculative::verify_typical_lossy(p.data(), d, 1, V, {}, false, std::uint64_t(t), 0);
     zeros += out.tokens[0] == 0;
   }
   CHECK(zeros == 1000);
@@ -324,7 +324,7 @@ TEST_CASE("typical acceptance is lossy, as its name says") {
   peaked[3] = 0.01f;
   peaked[V] = 1.0f;
   const std::int32_t weak[] = {3};
-  const auto out = spec::verify_typical_lossy(peaked.data(), weak, 1, V, {}, true, 0, 0);
+  const auto out = speculative::verify_typical_lossy(peaked.data(), weak, 1, V, {}, true, 0, 0);
   CHECK(out.accepted == 0);
   CHECK(out.tokens == std::vector<std::int32_t>{2});
 }
@@ -373,12 +373,12 @@ TEST_CASE("coupled chain: the emitted tokens are plain sampling's, whatever the 
         if (agree < m) drafts[std::size_t(agree)] = (plain[std::size_t(agree)] + 1) % vocab;
         for (int i = agree + 1; i < m; ++i) drafts[std::size_t(i)] = std::int32_t(rng() % std::uint32_t(vocab));
         INFO("vocab " << vocab << ", variant " << variant << ", m " << m << ", agree " << agree);
-        const spec::VerifyOutcome v = spec::verify_coupled(logits.data(), vocab, drafts.data(), m, p, first, ws);
+        const speculative::VerifyOutcome v = speculative::verify_coupled(logits.data(), vocab, drafts.data(), m, p, first, ws);
         CHECK(v.accepted == agree);
         CHECK(v.tokens == std::vector<std::int32_t>(plain.begin(), plain.begin() + agree + 1));
         // The verifier object routes to the same rule (q is ignored).
-        spec::SpeculativeVerifier ver(vocab, p, spec::AcceptanceRule::Coupled);
-        const spec::VerifyOutcome w = ver.verify(logits.data(), drafts.data(), m, nullptr, first);
+        speculative::SpeculativeVerifier ver(vocab, p, speculative::AcceptanceRule::Coupled);
+        const speculative::VerifyOutcome w = ver.verify(logits.data(), drafts.data(), m, nullptr, first);
         CHECK(w.accepted == v.accepted);
         CHECK(w.tokens == v.tokens);
       }
@@ -389,10 +389,10 @@ TEST_CASE("coupled chain: the emitted tokens are plain sampling's, whatever the 
   std::vector<float> logits{0, 3, 1, 3, /**/ 5, 0, 0, 0, /**/ 0, 0, 1, 0};
   cpu::SamplerWorkspace ws(4);
   const std::vector<std::int32_t> d{1, 0};
-  const spec::VerifyOutcome v = spec::verify_coupled(logits.data(), 4, d.data(), 2, g, 0, ws);
+  const speculative::VerifyOutcome v = speculative::verify_coupled(logits.data(), 4, d.data(), 2, g, 0, ws);
   CHECK(v.accepted == 2);
   CHECK(v.tokens == std::vector<std::int32_t>{1, 0, 2});
-  CHECK_THROWS_AS(spec::verify_coupled(logits.data(), 4, std::vector<std::int32_t>{7}.data(), 1, g, 0, ws),
+  CHECK_THROWS_AS(speculative::verify_coupled(logits.data(), 4, std::vector<std::int32_t>{7}.data(), 1, g, 0, ws),
                   fastinfer::InvalidArgument);
 }
 
@@ -424,7 +424,7 @@ TEST_CASE("coupled acceptance: p(d) for a fixed draft, common coins keep a draft
   double acc_fixed = 0, acc_self = 0, acc_near = 0, acc_far = 0;
   for (int t = 0; t < n; ++t) {
     p.seed = std::uint64_t(t);
-    auto accepted = [&](std::int32_t d) { return spec::verify_coupled(rows2.data(), vocab, &d, 1, p, 9, ws).accepted; };
+    auto accepted = [&](std::int32_t d) { return speculative::verify_coupled(rows2.data(), vocab, &d, 1, p, 9, ws).accepted; };
     acc_fixed += accepted(fixed);
     // The coupled drafter draws with plain sampling's coin at the same index.
     acc_self += accepted(cpu::sample_at_index(target.data(), vocab, p, 9, ws));
@@ -452,7 +452,7 @@ TEST_CASE("coupled tree: follows the child equal to plain sampling's token") {
   for (int trial = 0; trial < 200; ++trial) {
     p.seed = std::uint64_t(trial);
     // Root with 3 children; child 0 with 2 children.
-    spec::TokenTree tree;
+    speculative::TokenTree tree;
     tree.parent = {-1, -1, -1, 0, 0};
     // One row per node plus the root's (tree.size() counts tokens, set below).
     const std::vector<float> logits = random_logits(rng, int(tree.parent.size()) + 1, vocab);
@@ -462,7 +462,7 @@ TEST_CASE("coupled tree: follows the child equal to plain sampling's token") {
     const std::int32_t x1 = plain_token(logits.data() + std::size_t(1) * vocab, vocab, p, 5);
     tree.tokens[3] = (x1 + 1) % vocab;
     tree.tokens[4] = trial % 4 == 1 ? x1 : (x1 + 2) % vocab;
-    const spec::VerifyOutcome v = spec::verify_tree_coupled(logits.data(), vocab, tree, p, 4, ws);
+    const speculative::VerifyOutcome v = speculative::verify_tree_coupled(logits.data(), vocab, tree, p, 4, ws);
     INFO("trial " << trial);
     if (trial % 2 == 0) {
       CHECK(v.tokens == std::vector<std::int32_t>{x0});
@@ -475,7 +475,7 @@ TEST_CASE("coupled tree: follows the child equal to plain sampling's token") {
       CHECK(v.tokens == std::vector<std::int32_t>{x0, x1});
       CHECK(v.path == std::vector<int>{0});
     }
-    spec::SpeculativeVerifier ver(vocab, p, spec::AcceptanceRule::Coupled);
+    speculative::SpeculativeVerifier ver(vocab, p, speculative::AcceptanceRule::Coupled);
     CHECK(ver.verify_tree(logits.data(), tree, nullptr, 4).tokens == v.tokens);
   }
 }

@@ -30,9 +30,9 @@
 
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/model/forward_batch.hpp"
-#include "fastinfer/spec/speculative_verifier.hpp"
+#include "fastinfer/speculative/speculative_verifier.hpp"
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 // 1-based depth of every node (parents come before children).
 inline std::vector<int> tree_depths(const TokenTree& tree) {
@@ -128,4 +128,4 @@ inline void build_tree_batch(ForwardBatch& batch, SeqId seq, const std::int32_t*
       }
 }
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative

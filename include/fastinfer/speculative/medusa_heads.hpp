@@ -52,7 +52,7 @@
 #include "fastinfer/core/tensor.hpp"
 #include "fastinfer/model/config.hpp"
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 class MedusaHeads {
  public:
@@ -300,4 +300,4 @@ class MedusaHeads {
   std::vector<MedusaHeads> compact_;
 };
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative

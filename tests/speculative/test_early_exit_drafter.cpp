@@ -15,16 +15,16 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
-#include "fastinfer/spec/drafter_factory.hpp"
-#include "fastinfer/spec/early_exit_drafter.hpp"
-#include "fastinfer/spec/speculative_generate.hpp"
+#include "fastinfer/speculative/drafter_factory.hpp"
+#include "fastinfer/speculative/early_exit_drafter.hpp"
+#include "fastinfer/speculative/speculative_generate.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 
 namespace {
 
 using Model = fastinfer::LlamaModel<>;
-namespace spec = fastinfer::spec;
+namespace spec = fastinfer::speculative;
 using Tokens = std::vector<std::int32_t>;
 
 Model load(const std::string& spec_text, int max_batch = 32) {
@@ -42,7 +42,7 @@ Model truncated(const std::string& spec_text, int layers) {
 
 void check_golden(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir) {
   Model target = load(model_path.string());
-  spec::ModelTarget<Model> adapter(target);
+  speculative::ModelTarget<Model> adapter(target);
   const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
   REQUIRE(!cases.empty());
   const int layers = target.config().n_layers;
@@ -52,12 +52,12 @@ void check_golden(const std::filesystem::path& model_path, const std::filesystem
   for (int exit : {1, (layers + 1) / 2, layers}) {
     if (exit == (layers + 1) / 2 && (exit == 1 || exit == layers)) continue;  // 1- and 2-layer models
     for (int k : {1, 4}) {
-      spec::EarlyExitDrafter<Model> drafter(target, exit, {});
+      speculative::EarlyExitDrafter<Model> drafter(target, exit, {});
       for (const auto& c : cases) {
         INFO("exit layer " << exit << " of " << layers << ", k " << k << ", case " << c.name);
         fastinfer::GenerationParams p;
         p.max_new_tokens = c.max_new_tokens;
-        const auto r = spec::speculative_generate(adapter, drafter, c.prompt, p, spec::SpeculativeOptions{k});
+        const auto r = speculative::speculative_generate(adapter, drafter, c.prompt, p, speculative::SpeculativeOptions{k});
         CHECK(r.generation.tokens == c.continuation);
         CHECK(fastinfer::stop_reason_name(r.generation.stopped_by) == c.stopped_by);
         CHECK(r.stats.step_tokens + 1 == std::int64_t(r.generation.tokens.size()));
@@ -104,11 +104,11 @@ TEST_CASE("early-exit drafts are the argmax chain of the target's first layers, 
     // The target first holds the prompt at full depth, as after speculative_generate's prefill.
     target.reset();
     target.forward_prefill(prompt, 0);
-    spec::EarlyExitDrafter<Model> drafter(target, exit, {});
+    speculative::EarlyExitDrafter<Model> drafter(target, exit, {});
     drafter.begin(prompt);
     Tokens ctx = prompt;
     ctx.push_back(expected[0]);
-    spec::DraftProposal out;
+    speculative::DraftProposal out;
     drafter.propose(ctx, 4, 1, out);
     CHECK(out.tokens == Tokens(expected.begin() + 1, expected.end()));
     CHECK(out.probs.empty());
@@ -126,7 +126,7 @@ TEST_CASE("early-exit drafts are the argmax chain of the target's first layers, 
 TEST_CASE("early-exit self-speculation under the coupled rule emits generate()'s sampled tokens") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model target = load(model_path.string());
-  spec::ModelTarget<Model> adapter(target);
+  speculative::ModelTarget<Model> adapter(target);
   fastinfer::GenerationParams p;
   p.temperature = 0.8f;
   p.max_new_tokens = 120;
@@ -135,19 +135,19 @@ TEST_CASE("early-exit self-speculation under the coupled rule emits generate()'s
     p.seed = seed;
     p.top_k = seed == 2 ? 40 : 0;
     const Tokens plain = fastinfer::generate(target, {1}, p).tokens;
-    for (auto rule : {spec::AcceptanceRule::Coupled, spec::AcceptanceRule::Exact}) {
-      spec::EarlyExitDrafter<Model> drafter(target, 3, fastinfer::sampling_params(p), rule);
-      spec::SpeculativeOptions o{4};
-      o.rule = spec::AcceptanceRule::Coupled;
-      const auto r = spec::speculative_generate(adapter, drafter, {1}, p, o);
-      INFO("seed " << seed << ", draws " << spec::acceptance_rule_name(rule));
+    for (auto rule : {speculative::AcceptanceRule::Coupled, speculative::AcceptanceRule::Exact}) {
+      speculative::EarlyExitDrafter<Model> drafter(target, 3, fastinfer::sampling_params(p), rule);
+      speculative::SpeculativeOptions o{4};
+      o.rule = speculative::AcceptanceRule::Coupled;
+      const auto r = speculative::speculative_generate(adapter, drafter, {1}, p, o);
+      INFO("seed " << seed << ", draws " << speculative::acceptance_rule_name(rule));
       CHECK(r.generation.tokens == plain);
-      if (rule == spec::AcceptanceRule::Coupled) drafted += r.stats.drafted, accepted += r.stats.accepted;
+      if (rule == speculative::AcceptanceRule::Coupled) drafted += r.stats.drafted, accepted += r.stats.accepted;
     }
     // Exact rejection sampling with q handed over runs and repeats with a seed.
-    spec::EarlyExitDrafter<Model> exact(target, 3, fastinfer::sampling_params(p));
-    const auto a = spec::speculative_generate(adapter, exact, {1}, p, spec::SpeculativeOptions{4});
-    const auto b = spec::speculative_generate(adapter, exact, {1}, p, spec::SpeculativeOptions{4});
+    speculative::EarlyExitDrafter<Model> exact(target, 3, fastinfer::sampling_params(p));
+    const auto a = speculative::speculative_generate(adapter, exact, {1}, p, speculative::SpeculativeOptions{4});
+    const auto b = speculative::speculative_generate(adapter, exact, {1}, p, speculative::SpeculativeOptions{4});
     CHECK(a.generation.tokens == b.generation.tokens);
     CHECK(a.stats.drafted > 0);
   }
@@ -159,18 +159,18 @@ TEST_CASE("early-exit drafter: exit layer defaults to half, bad layers are rejec
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model target = load(model_path.string());
   const int layers = target.config().n_layers;
-  CHECK(spec::EarlyExitDrafter<Model>(target, 0, {}).exit_layer() == (layers + 1) / 2);
-  CHECK_THROWS_AS(spec::EarlyExitDrafter<Model>(target, layers + 1, {}), fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(spec::EarlyExitDrafter<Model>(target, -1, {}), fastinfer::InvalidArgument);
+  CHECK(speculative::EarlyExitDrafter<Model>(target, 0, {}).exit_layer() == (layers + 1) / 2);
+  CHECK_THROWS_AS(speculative::EarlyExitDrafter<Model>(target, layers + 1, {}), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::EarlyExitDrafter<Model>(target, -1, {}), fastinfer::InvalidArgument);
   CHECK_THROWS_AS(target.forward_prefill_exit(Tokens{1}.data(), 1, 0, 0), fastinfer::InvalidArgument);
-  spec::DrafterSpec s;
+  speculative::DrafterSpec s;
   s.kind = "early-exit";
   s.exit_layer = 2;
-  CHECK_THROWS_AS(spec::make_drafter(s, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
-  auto d = spec::make_drafter(s, model_path.string(), target.config(), {}, 1, &target);
-  auto* ee = dynamic_cast<spec::EarlyExitDrafter<Model>*>(d.get());
+  CHECK_THROWS_AS(speculative::make_drafter(s, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
+  auto d = speculative::make_drafter(s, model_path.string(), target.config(), {}, 1, &target);
+  auto* ee = dynamic_cast<speculative::EarlyExitDrafter<Model>*>(d.get());
   REQUIRE(ee != nullptr);
   CHECK(ee->exit_layer() == 2);
-  spec::DraftProposal out;
+  speculative::DraftProposal out;
   CHECK_THROWS_AS(ee->propose({1, 100000}, 2, 0, out), fastinfer::InvalidArgument);
 }

@@ -19,15 +19,15 @@
 
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
-#include "fastinfer/spec/medusa_heads.hpp"
-#include "fastinfer/spec/medusa_tree.hpp"
+#include "fastinfer/speculative/medusa_heads.hpp"
+#include "fastinfer/speculative/medusa_tree.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 
 namespace {
 
 using Model = fastinfer::LlamaModel<>;
-namespace spec = fastinfer::spec;
+namespace spec = fastinfer::speculative;
 
 void check_padded_heads_draft_alike(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
                                     const std::string& heads_file) {
@@ -35,8 +35,8 @@ void check_padded_heads_draft_alike(const std::filesystem::path& model_path, con
   Model inflated(fastinfer::load_model("inflate:" + model_path.string() + ":dim=256,layers=4,heads=16,kv_heads=8"),
                  fastinfer::ModelOptions{1, 32});
   REQUIRE(inflated.config().dim == 256);
-  spec::MedusaHeads small = spec::MedusaHeads::from_spec(heads_file, original.config());
-  spec::MedusaHeads wide = spec::MedusaHeads::from_spec("pad:" + heads_file, inflated.config());
+  speculative::MedusaHeads small = speculative::MedusaHeads::from_spec(heads_file, original.config());
+  speculative::MedusaHeads wide = speculative::MedusaHeads::from_spec("pad:" + heads_file, inflated.config());
   REQUIRE(wide.dim() == 256);
   const int dim0 = original.config().dim, dim1 = inflated.config().dim;
   const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
@@ -46,7 +46,7 @@ void check_padded_heads_draft_alike(const std::filesystem::path& model_path, con
   const fastinfer::testing::GoldenCase& gc = cases.front();
   std::vector<std::int32_t> seq = gc.prompt;
   seq.insert(seq.end(), gc.continuation.begin(), gc.continuation.begin() + std::min<long>(40, long(gc.continuation.size())));
-  spec::HeadGuesses g0, g1;
+  speculative::HeadGuesses g0, g1;
   std::vector<float> s0, s1;
   std::vector<float> h0(static_cast<std::size_t>(dim0)), h1(static_cast<std::size_t>(dim1));
   original.reset();
@@ -59,8 +59,8 @@ void check_padded_heads_draft_alike(const std::filesystem::path& model_path, con
     std::copy(original.last_hidden(), original.last_hidden() + dim0, h0.begin());
     std::copy(inflated.last_hidden(), inflated.last_hidden() + dim1, h1.begin());
     for (int i = dim0; i < dim1; ++i) pad_abs = std::max(pad_abs, std::abs(h1[std::size_t(i)]));
-    spec::medusa_guesses(small, h0.data(), original.weights().classifier, 4, small.num_heads(), g0, s0);
-    spec::medusa_guesses(wide, h1.data(), inflated.weights().classifier, 4, wide.num_heads(), g1, s1);
+    speculative::medusa_guesses(small, h0.data(), original.weights().classifier, 4, small.num_heads(), g0, s0);
+    speculative::medusa_guesses(wide, h1.data(), inflated.weights().classifier, 4, wide.num_heads(), g1, s1);
     for (int k = 0; k < small.num_heads(); ++k)
       for (int r = 0; r < 4; ++r) {
         differing_tokens += g0.tokens[std::size_t(k)][std::size_t(r)] != g1.tokens[std::size_t(k)][std::size_t(r)];
@@ -78,9 +78,9 @@ void check_padded_heads_draft_alike(const std::filesystem::path& model_path, con
       INFO("case " << c.name << ", tree " << tree);
       fastinfer::GenerationParams p;
       p.max_new_tokens = std::min(c.max_new_tokens, 64);
-      const auto o = spec::medusa_options(tree, small.num_heads());
-      const auto a = spec::medusa_generate(original, small, c.prompt, p, o);
-      const auto b = spec::medusa_generate(inflated, wide, c.prompt, p, o);
+      const auto o = speculative::medusa_options(tree, small.num_heads());
+      const auto a = speculative::medusa_generate(original, small, c.prompt, p, o);
+      const auto b = speculative::medusa_generate(inflated, wide, c.prompt, p, o);
       CHECK(a.generation.tokens ==
             std::vector<std::int32_t>(c.continuation.begin(),
                                       c.continuation.begin() + std::min<long>(long(c.continuation.size()),
@@ -102,7 +102,7 @@ TEST_CASE("zero-padded random heads draft the same tokens on inflated tinystorie
       (std::filesystem::temp_directory_path() / ("fastinfer_medusa_pad_" + std::to_string(::getpid()) + ".medusa"))
           .string();
   // Own classifiers (not shared): their padding is exercised too.
-  spec::MedusaHeads::random(11, 4, 128, 2048, /*shared_classifier=*/false, 2.0f).save(file);
+  speculative::MedusaHeads::random(11, 4, 128, 2048, /*shared_classifier=*/false, 2.0f).save(file);
   check_padded_heads_draft_alike(model_path, cases, file);
   std::filesystem::remove(file);
 }

@@ -19,12 +19,12 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
-#include "fastinfer/spec/draft_model.hpp"
-#include "fastinfer/spec/drafter_factory.hpp"
-#include "fastinfer/spec/lookahead_pool.hpp"
-#include "fastinfer/spec/prompt_lookup.hpp"
-#include "fastinfer/spec/speculative_generate.hpp"
-#include "fastinfer/spec/tree_batch.hpp"
+#include "fastinfer/speculative/draft_model.hpp"
+#include "fastinfer/speculative/drafter_factory.hpp"
+#include "fastinfer/speculative/lookahead_pool.hpp"
+#include "fastinfer/speculative/prompt_lookup.hpp"
+#include "fastinfer/speculative/speculative_generate.hpp"
+#include "fastinfer/speculative/tree_batch.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 
@@ -33,7 +33,7 @@ namespace {
 using fastinfer::GenerationParams;
 using fastinfer::LlamaModel;
 using Model = LlamaModel<>;
-namespace spec = fastinfer::spec;
+namespace spec = fastinfer::speculative;
 
 using Case = fastinfer::testing::GoldenCase;
 
@@ -47,17 +47,17 @@ Model load(const std::string& path, std::optional<fastinfer::DType> dtype = std:
 }
 
 // Every drafter for one k; `draft_paths` are models with the target's vocabulary.
-std::vector<std::pair<std::string, std::unique_ptr<spec::Drafter>>> drafters(int k, int vocab,
+std::vector<std::pair<std::string, std::unique_ptr<speculative::Drafter>>> drafters(int k, int vocab,
                                                                                const std::vector<std::string>& models) {
-  std::vector<std::pair<std::string, std::unique_ptr<spec::Drafter>>> out;
-  out.emplace_back("prompt-lookup", std::make_unique<spec::PromptLookup>());
+  std::vector<std::pair<std::string, std::unique_ptr<speculative::Drafter>>> out;
+  out.emplace_back("prompt-lookup", std::make_unique<speculative::PromptLookup>());
   // Several matches as a token tree, verified through the tree mask.
-  out.emplace_back("prompt-lookup tree", std::make_unique<spec::PromptLookup>(spec::PromptLookupConfig{3, 1, 4}));
+  out.emplace_back("prompt-lookup tree", std::make_unique<speculative::PromptLookup>(speculative::PromptLookupConfig{3, 1, 4}));
   // Lookahead with its 2-D window: N = k + 1 (the window fits a 32-row pass
   // only for small k: then the pass carries the trie alone, still exact), and
   // a small window whose levels always fit.
-  out.emplace_back("lookahead 5,k+1,5", std::make_unique<spec::LookaheadPool>(spec::LookaheadConfig{5, k + 1, 5}, vocab));
-  out.emplace_back("lookahead 3,3,3", std::make_unique<spec::LookaheadPool>(spec::LookaheadConfig{3, 3, 3}, vocab));
+  out.emplace_back("lookahead 5,k+1,5", std::make_unique<speculative::LookaheadPool>(speculative::LookaheadConfig{5, k + 1, 5}, vocab));
+  out.emplace_back("lookahead 3,3,3", std::make_unique<speculative::LookaheadPool>(speculative::LookaheadConfig{3, 3, 3}, vocab));
   for (const auto& m : models) {
     // "bf16:PATH" (bf16 weights), "kv-int8:PATH" / "kv-int4:PATH" (quantized draft KV cache).
     const auto colon = m.find(':');
@@ -67,7 +67,7 @@ std::vector<std::pair<std::string, std::unique_ptr<spec::Drafter>>> drafters(int
     const auto kv = tag == "kv-int8"   ? fastinfer::kv::QuantKind::Int8
                     : tag == "kv-int4" ? fastinfer::kv::QuantKind::Int4
                                        : fastinfer::kv::QuantKind::F32;
-    out.emplace_back("draft " + m, std::make_unique<spec::DraftModel<Model>>(
+    out.emplace_back("draft " + m, std::make_unique<speculative::DraftModel<Model>>(
                                        load(path, tag == "bf16" ? std::optional(fastinfer::DType::BF16) : std::nullopt,
                                             kv),
                                        fastinfer::cpu::SamplingParams{}));
@@ -78,7 +78,7 @@ std::vector<std::pair<std::string, std::unique_ptr<spec::Drafter>>> drafters(int
 void check_golden(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir, int k,
                   const std::vector<std::string>& draft_models) {
   Model target = load(model_path.string());
-  spec::ModelTarget<Model> adapter(target);
+  speculative::ModelTarget<Model> adapter(target);
   const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
   REQUIRE(!cases.empty());
   {
@@ -88,7 +88,7 @@ void check_golden(const std::filesystem::path& model_path, const std::filesystem
         INFO("drafter " << name << ", k " << k << ", case " << c.name);
         GenerationParams p;
         p.max_new_tokens = c.max_new_tokens;
-        const auto r = spec::speculative_generate(adapter, *drafter, c.prompt, p, spec::SpeculativeOptions{k});
+        const auto r = speculative::speculative_generate(adapter, *drafter, c.prompt, p, speculative::SpeculativeOptions{k});
         CHECK(r.generation.tokens == c.continuation);
         CHECK(fastinfer::stop_reason_name(r.generation.stopped_by) == c.stopped_by);
         // Every token but the first (picked from the prefill) comes from a verification pass.
@@ -127,8 +127,8 @@ FASTINFER_SPEC_GOLDEN(8, false)
 TEST_CASE("speculative output equals plain generation at the sequence-length limit and with tiny budgets") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model target = load(model_path.string());
-  spec::ModelTarget<Model> adapter(target);
-  spec::PromptLookup lookup;
+  speculative::ModelTarget<Model> adapter(target);
+  speculative::PromptLookup lookup;
   const std::vector<std::int32_t> prompt(500, 0);  // leaves 12 positions: stops on seq_len inside a run
   std::vector<std::int32_t> looped = {1};
   for (int i = 0; i < 30; ++i) looped.push_back(std::int32_t(100 + i % 5));
@@ -138,7 +138,7 @@ TEST_CASE("speculative output equals plain generation at the sequence-length lim
       p.max_new_tokens = budget;
       const auto plain = fastinfer::generate(target, pr, p);
       for (int k : {1, 3, 8}) {
-        const auto r = spec::speculative_generate(adapter, lookup, pr, p, spec::SpeculativeOptions{k});
+        const auto r = speculative::speculative_generate(adapter, lookup, pr, p, speculative::SpeculativeOptions{k});
         INFO("budget " << budget << " k " << k << " prompt length " << pr.size());
         CHECK(r.generation.tokens == plain.tokens);
         CHECK(r.generation.stopped_by == plain.stopped_by);
@@ -149,20 +149,20 @@ TEST_CASE("speculative output equals plain generation at the sequence-length lim
 TEST_CASE("seeded speculative sampling repeats exactly and differs across seeds") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model target = load(model_path.string());
-  spec::ModelTarget<Model> adapter(target);
+  speculative::ModelTarget<Model> adapter(target);
   GenerationParams p;
   p.max_new_tokens = 120;
   p.temperature = 0.9f;
   p.top_k = 40;
   p.top_p = 0.95f;
   const std::vector<std::int32_t> prompt = {1};
-  auto run = [&](std::uint64_t seed, spec::Drafter& d) {
+  auto run = [&](std::uint64_t seed, speculative::Drafter& d) {
     p.seed = seed;
-    return spec::speculative_generate(adapter, d, prompt, p, spec::SpeculativeOptions{4});
+    return speculative::speculative_generate(adapter, d, prompt, p, speculative::SpeculativeOptions{4});
   };
-  spec::DraftModel<Model> self(load(model_path.string(), fastinfer::DType::BF16), fastinfer::sampling_params(p));
-  spec::PromptLookup lookup;
-  for (spec::Drafter* d : {static_cast<spec::Drafter*>(&self), static_cast<spec::Drafter*>(&lookup)}) {
+  speculative::DraftModel<Model> self(load(model_path.string(), fastinfer::DType::BF16), fastinfer::sampling_params(p));
+  speculative::PromptLookup lookup;
+  for (speculative::Drafter* d : {static_cast<speculative::Drafter*>(&self), static_cast<speculative::Drafter*>(&lookup)}) {
     const auto a = run(7, *d), b = run(7, *d), c = run(8, *d);
     CHECK(a.generation.tokens == b.generation.tokens);
     CHECK(a.stats.accepted == b.stats.accepted);
@@ -170,8 +170,8 @@ TEST_CASE("seeded speculative sampling repeats exactly and differs across seeds"
   }
   // The self-draft proposes from (nearly) the target's own distribution: most drafts are kept.
   p.seed = 3;
-  spec::DraftModel<Model> self3(load(model_path.string(), fastinfer::DType::BF16), fastinfer::sampling_params(p));
-  const auto s = spec::speculative_generate(adapter, self3, prompt, p, spec::SpeculativeOptions{4});
+  speculative::DraftModel<Model> self3(load(model_path.string(), fastinfer::DType::BF16), fastinfer::sampling_params(p));
+  const auto s = speculative::speculative_generate(adapter, self3, prompt, p, speculative::SpeculativeOptions{4});
   CHECK(s.stats.acceptance_rate() > 0.8);
 }
 
@@ -179,7 +179,7 @@ TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same 
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
   Model target = load(model_path.string());
-  spec::ModelTarget<Model> adapter(target);
+  speculative::ModelTarget<Model> adapter(target);
   const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
   REQUIRE(!cases.empty());
   GenerationParams p;
@@ -187,13 +187,13 @@ TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same 
   const int vocab = target.config().vocab_size;
   // The self-draft draws with the target's coins (Coupled); its Exact twin
   // draws with its own, for the acceptance comparison below.
-  auto self_draft = [&](spec::AcceptanceRule rule) {
-    return std::make_unique<spec::DraftModel<Model>>(load(model_path.string(), fastinfer::DType::BF16),
+  auto self_draft = [&](speculative::AcceptanceRule rule) {
+    return std::make_unique<speculative::DraftModel<Model>>(load(model_path.string(), fastinfer::DType::BF16),
                                                      fastinfer::sampling_params(p), rule);
   };
-  spec::PromptLookup lookup;
-  spec::PromptLookup lookup_tree(spec::PromptLookupConfig{3, 1, 4});
-  spec::LookaheadPool lookahead(spec::LookaheadConfig{3, 3, 3}, vocab);
+  speculative::PromptLookup lookup;
+  speculative::PromptLookup lookup_tree(speculative::PromptLookupConfig{3, 1, 4});
+  speculative::LookaheadPool lookahead(speculative::LookaheadConfig{3, 3, 3}, vocab);
   std::int64_t drafted = 0, accepted = 0;
   {
     for (std::size_t ci = 0; ci < cases.size(); ++ci) {
@@ -205,13 +205,13 @@ TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same 
       p.top_p = ci % 3 == 2 ? 0.9f : 1.0f;
       const auto plain = fastinfer::generate(target, c.prompt, p);
       // The drafters read the request's sampling parameters.
-      const auto coupled_owner = self_draft(spec::AcceptanceRule::Coupled);
-      spec::Drafter* coupled = coupled_owner.get();
-      for (spec::Drafter* d : {coupled, static_cast<spec::Drafter*>(&lookup),
-                               static_cast<spec::Drafter*>(&lookup_tree), static_cast<spec::Drafter*>(&lookahead)}) {
-        spec::SpeculativeOptions o{k};
-        o.rule = spec::AcceptanceRule::Coupled;
-        const auto r = spec::speculative_generate(adapter, *d, c.prompt, p, o);
+      const auto coupled_owner = self_draft(speculative::AcceptanceRule::Coupled);
+      speculative::Drafter* coupled = coupled_owner.get();
+      for (speculative::Drafter* d : {coupled, static_cast<speculative::Drafter*>(&lookup),
+                               static_cast<speculative::Drafter*>(&lookup_tree), static_cast<speculative::Drafter*>(&lookahead)}) {
+        speculative::SpeculativeOptions o{k};
+        o.rule = speculative::AcceptanceRule::Coupled;
+        const auto r = speculative::speculative_generate(adapter, *d, c.prompt, p, o);
         INFO("case " << c.name << ", k " << k << ", drafter " << (d == coupled ? "self-draft" : d == &lookup ? "prompt lookup" : d == &lookup_tree ? "prompt-lookup tree" : "lookahead"));
         CHECK(r.generation.tokens == plain.tokens);
         CHECK(r.generation.stopped_by == plain.stopped_by);
@@ -233,12 +233,12 @@ TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same 
   p.top_k = 0;
   p.top_p = 1.0f;
   p.seed = 3;
-  const auto independent = self_draft(spec::AcceptanceRule::Exact);
-  const auto coupled = self_draft(spec::AcceptanceRule::Coupled);
-  spec::SpeculativeOptions co{4};
-  co.rule = spec::AcceptanceRule::Coupled;
-  const auto ri = spec::speculative_generate(adapter, *independent, {1}, p, co);
-  const auto rc = spec::speculative_generate(adapter, *coupled, {1}, p, co);
+  const auto independent = self_draft(speculative::AcceptanceRule::Exact);
+  const auto coupled = self_draft(speculative::AcceptanceRule::Coupled);
+  speculative::SpeculativeOptions co{4};
+  co.rule = speculative::AcceptanceRule::Coupled;
+  const auto ri = speculative::speculative_generate(adapter, *independent, {1}, p, co);
+  const auto rc = speculative::speculative_generate(adapter, *coupled, {1}, p, co);
   const auto plain = fastinfer::generate(target, {1}, p).tokens;
   CHECK(rc.generation.tokens == plain);
   CHECK(ri.generation.tokens == plain);
@@ -251,20 +251,20 @@ TEST_CASE("one masked pass: tree rows and lookahead window rows equal causal for
   const int vocab = m.config().vocab_size;
   const std::vector<std::int32_t> ctx = {1, 403, 407, 261, 378, 434, 7, 366, 31, 290};
   // Tree: two candidates sharing a first token; window: W 3 x 3 levels.
-  spec::TokenTree tree;
+  speculative::TokenTree tree;
   const std::int32_t a[] = {300, 301, 302}, b[] = {300, 310};
-  spec::add_tree_path(tree, a, 3);
-  spec::add_tree_path(tree, b, 2);
+  speculative::add_tree_path(tree, a, 3);
+  speculative::add_tree_path(tree, b, 2);
   const int w = 3, levels = 3;
   std::vector<int> depth;
   std::vector<std::uint8_t> mask;
-  spec::LookaheadPool::window_layout(w, levels, depth, mask);
+  speculative::LookaheadPool::window_layout(w, levels, depth, mask);
   std::vector<std::int32_t> window;
   for (int e = 0; e < w * levels; ++e) window.push_back(std::int32_t(350 + 13 * e));
   m.reset();
   m.forward_prefill(ctx.data(), int(ctx.size()) - 1, 0);
   fastinfer::ForwardBatch batch;
-  spec::build_tree_batch(batch, Model::kSoloSequence, &ctx.back(), 1, std::int64_t(ctx.size()) - 1, tree,
+  speculative::build_tree_batch(batch, Model::kSoloSequence, &ctx.back(), 1, std::int64_t(ctx.size()) - 1, tree,
                          window.data(), depth.data(), mask.data(), w * levels, w * levels);
   const float* rows = m.forward(batch);
   const std::vector<float> got(rows, rows + std::size_t(batch.rows()) * std::size_t(vocab));
@@ -281,7 +281,7 @@ TEST_CASE("one masked pass: tree rows and lookahead window rows equal causal for
     CHECK(worst < 1e-4);
   };
   check_row(0, {});
-  const std::vector<int> d = spec::tree_depths(tree);
+  const std::vector<int> d = speculative::tree_depths(tree);
   for (int i = 0; i < tree.size(); ++i) {
     std::vector<std::int32_t> path;
     for (int p = i; p >= 0; p = tree.parent[std::size_t(p)]) path.insert(path.begin(), tree.tokens[std::size_t(p)]);
@@ -302,49 +302,49 @@ TEST_CASE("one masked pass: tree rows and lookahead window rows equal causal for
 TEST_CASE("make_drafter: the draft model's KV in any format, prompt-lookup trees") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model target = load(model_path.string());
-  spec::ModelTarget<Model> adapter(target);
+  speculative::ModelTarget<Model> adapter(target);
   const auto golden = fastinfer::testing::read_golden_cases(model_path.parent_path().parent_path() / "golden/cases");
   REQUIRE(!golden.empty());
   const auto& c = golden.front();
   GenerationParams p;
   p.max_new_tokens = c.max_new_tokens;
   for (const std::string kv : {"f16", "bf16", "int8", "int4", "fp8-e4m3", "fp8-e5m2"}) {
-    spec::DrafterSpec s;
+    speculative::DrafterSpec s;
     s.kind = "draft";
     s.draft_kv = kv;
     s.draft_weights = kv == "int4" ? "f16" : "bf16";
-    auto d = spec::make_drafter(s, model_path.string(), target.config(), fastinfer::sampling_params(p), 1);
+    auto d = speculative::make_drafter(s, model_path.string(), target.config(), fastinfer::sampling_params(p), 1);
     REQUIRE(d);
-    const auto r = spec::speculative_generate(adapter, *d, c.prompt, p, spec::SpeculativeOptions{4});
+    const auto r = speculative::speculative_generate(adapter, *d, c.prompt, p, speculative::SpeculativeOptions{4});
     INFO("draft kv " << kv);
     CHECK(r.generation.tokens == c.continuation);
     // Still a copy of the target: far above a random model's few per cent
     // (measured: int4 0.44, fp8-e5m2 0.49 on this 8-wide head; the others higher).
     CHECK(r.stats.acceptance_rate() > 0.3);
   }
-  spec::DrafterSpec bad;
+  speculative::DrafterSpec bad;
   bad.kind = "draft";
   bad.draft_kv = "int3";
-  CHECK_THROWS_AS(spec::make_drafter(bad, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::make_drafter(bad, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
   bad.draft_kv = "f32";
   bad.draft_weights = "q4";
-  CHECK_THROWS_AS(spec::make_drafter(bad, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
-  spec::DrafterSpec tree;
+  CHECK_THROWS_AS(speculative::make_drafter(bad, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
+  speculative::DrafterSpec tree;
   tree.kind = "prompt-lookup";
   tree.lookup_candidates = 3;
-  auto pl = spec::make_drafter(tree, model_path.string(), target.config(), {}, 1);
-  const auto r = spec::speculative_generate(adapter, *pl, c.prompt, p, spec::SpeculativeOptions{4});
+  auto pl = speculative::make_drafter(tree, model_path.string(), target.config(), {}, 1);
+  const auto r = speculative::speculative_generate(adapter, *pl, c.prompt, p, speculative::SpeculativeOptions{4});
   CHECK(r.generation.tokens == c.continuation);
 }
 
 TEST_CASE("speculative_generate rejects bad arguments before touching the model") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model target = load(model_path.string());
-  spec::ModelTarget<Model> adapter(target);
-  spec::PromptLookup lookup;
+  speculative::ModelTarget<Model> adapter(target);
+  speculative::PromptLookup lookup;
   GenerationParams p;
-  CHECK_THROWS_AS(spec::speculative_generate(adapter, lookup, {1}, p, spec::SpeculativeOptions{-1}),
+  CHECK_THROWS_AS(speculative::speculative_generate(adapter, lookup, {1}, p, speculative::SpeculativeOptions{-1}),
                   fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(spec::speculative_generate(adapter, lookup, {1, 9999}, p), fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(spec::speculative_generate(adapter, lookup, {}, p), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::speculative_generate(adapter, lookup, {1, 9999}, p), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::speculative_generate(adapter, lookup, {}, p), fastinfer::InvalidArgument);
 }

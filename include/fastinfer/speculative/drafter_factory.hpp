@@ -26,13 +26,13 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/weight_convert.hpp"
-#include "fastinfer/spec/draft_model.hpp"
-#include "fastinfer/spec/drafter.hpp"
-#include "fastinfer/spec/early_exit_drafter.hpp"
-#include "fastinfer/spec/lookahead_pool.hpp"
-#include "fastinfer/spec/prompt_lookup.hpp"
+#include "fastinfer/speculative/draft_model.hpp"
+#include "fastinfer/speculative/drafter.hpp"
+#include "fastinfer/speculative/early_exit_drafter.hpp"
+#include "fastinfer/speculative/lookahead_pool.hpp"
+#include "fastinfer/speculative/prompt_lookup.hpp"
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 struct DrafterSpec {
   std::string kind = "none";
@@ -91,4 +91,4 @@ inline std::unique_ptr<Drafter> make_drafter(const DrafterSpec& s, const std::st
   return std::make_unique<DraftModel<LlamaModel<>>>(std::move(draft), params);
 }
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative

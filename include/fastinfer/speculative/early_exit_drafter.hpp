@@ -38,11 +38,11 @@
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/memory/paged_allocator.hpp"
-#include "fastinfer/spec/draft_model.hpp"
-#include "fastinfer/spec/drafter.hpp"
-#include "fastinfer/spec/speculative_verifier.hpp"
+#include "fastinfer/speculative/draft_model.hpp"
+#include "fastinfer/speculative/drafter.hpp"
+#include "fastinfer/speculative/speculative_verifier.hpp"
 
-namespace fastinfer::spec {
+namespace fastinfer::speculative {
 
 // Model: LlamaModel or anything with config(), kv() (contains, length) and
 // forward_prefill_exit(tokens, n, start_pos, layers, seq).
@@ -102,4 +102,4 @@ class EarlyExitDrafter final : public Drafter {
   std::int64_t fed_ = 0;
 };
 
-}  // namespace fastinfer::spec
+}  // namespace fastinfer::speculative
