@@ -161,7 +161,7 @@ TEST_CASE("press: PyramidKV's dead slots are never attended", "[model][press]") 
   KVOptions o;
   o.layout = KVLayoutKind::Paged;
   o.block_size = 4;
-  auto store = make_kv_store(o, c, 64);
+  auto store = cpu::make_kv_store(o, kv_cache_config(o, c, 64));
   std::mt19937 rng(9);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   auto randn = [&](std::size_t n) {

@@ -33,7 +33,7 @@ namespace {
 using fastinfer::GenerationParams;
 using fastinfer::LlamaModel;
 using Model = LlamaModel<>;
-namespace spec = fastinfer::speculative;
+namespace speculative = fastinfer::speculative;
 
 using Case = fastinfer::testing::GoldenCase;
 

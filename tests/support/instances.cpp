@@ -1,16 +1,18 @@
 // The one compiled copy of the KV store variants and the model that every
 // test, example and benchmark program links (they compile with
 // FASTINFER_EXTERN_TEMPLATES, which declares these instantiations extern).
-// Without it, each model-using program compiled all 21 KVStoreImpl variants
+// Without it, each model-using program compiled all 21 cpu::CpuKVStore variants
 // with their attention kernels and LlamaModel<> again: most of CI's build.
-#include "fastinfer/model/kv_store.hpp"
+#include "fastinfer/backend/cpu/kv_store.hpp"
 #include "fastinfer/model/llama_model.hpp"
 
 #if !defined(FASTINFER_EXTERN_TEMPLATES)
 #error "instances.cpp defines the instantiations that FASTINFER_EXTERN_TEMPLATES declares extern: compile it with the macro"
 #endif
 
-namespace fastinfer {
+namespace fastinfer::cpu {
 FASTINFER_KV_STORE_INSTANCES()
+}  // namespace fastinfer::cpu
+namespace fastinfer {
 FASTINFER_LLAMA_MODEL_INSTANCES()
 }  // namespace fastinfer

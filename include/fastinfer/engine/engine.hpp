@@ -17,9 +17,9 @@
 // the engine takes it back right after the forward (the pool cannot have
 // lost those blocks in between: nothing else allocates).
 //
-// Block bytes (swap and copy-on-write) are moved through the paged arena:
-// one block id covers every layer, block-major (kv/kv_cache.hpp), so a block
-// is one run of codes and one run of f32 parameters.
+// Block bytes (swap and copy-on-write) are moved by the model's KV store
+// (KVStore::copy_blocks, swap_out, swap_in: the backend's), one block id
+// covering every layer; the engine holds only the host swap pool.
 //
 // Prefix caching: with EngineConfig::prefix_cache, a RadixPrefixCache over
 // the same allocator is plugged into the batcher (make_prefix_provider). A
@@ -192,13 +192,12 @@ class Engine {
              std::holds_alternative<SpecAdaptive>(config.spec.policy)
                  ? std::max(std::get<SpecAdaptive>(config.spec.policy).warmup_steps, 2)
                  : 8) {
-    FASTINFER_CHECK(model_.kv().layout_name() == std::string_view("paged"), InvalidArgument,
+    FASTINFER_CHECK(model_.kv().layout() == KVLayoutKind::Paged, InvalidArgument,
                     "Engine: the model's KV cache must use the paged layout, got '", model_.kv().layout_name(), "'");
     sched::SchedulerConfig& sc = cfg_.scheduler;
     if (sc.max_context == 0 || sc.max_context > model.config().max_seq_len) sc.max_context = model.config().max_seq_len;
     if (sc.vocab_size == 0) sc.vocab_size = vocab_;
     sc.max_tokens_per_step = std::min(sc.max_tokens_per_step, model.max_batch());
-    storage_ = find_storage_(model_.kv());
     PagedAllocator& alloc = model_.kv().allocator();
     FASTINFER_CHECK(alloc.num_sequences() == 0, UsageError, "Engine: the model's KV cache already holds ",
                     alloc.num_sequences(), " sequences (reset() the model first)");
@@ -214,10 +213,7 @@ class Engine {
                       dc.vocab_size, " tokens) differs from the target's (", vocab_, ")");
     }
     validate_spec_(cfg_.spec.defaults);
-    if (sc.swap_blocks > 0) {
-      host_codes_.assign(std::size_t(sc.swap_blocks) * std::size_t(storage_.block_bytes), 0);
-      host_params_.assign(std::size_t(sc.swap_blocks) * std::size_t(storage_.block_params), 0.0f);
-    }
+    if (sc.swap_blocks > 0) host_pool_.assign(std::size_t(sc.swap_blocks) * model_.kv().host_block_bytes(), 0);
   }
 
   ~Engine() {
@@ -312,12 +308,13 @@ class Engine {
   // The model's KV pool as the transfer layer sees it (transfer/kv_transfer.hpp).
   transfer::KVPoolView kv_pool() {
     transfer::KVPoolView v;
+    const KVBlockStorage storage = model_.kv().block_storage();
     v.allocator = &model_.kv().allocator();
-    v.codes = storage_.codes;
-    v.params = storage_.params;
+    v.codes = storage.codes;
+    v.params = storage.params;
     v.n_layers = model_.config().n_layers;
-    v.block_bytes = storage_.block_bytes;
-    v.block_params = storage_.block_params;
+    v.block_bytes = storage.block_bytes;
+    v.block_params = storage.block_params;
     v.quant = std::string(model_.kv().quant_name());
     return v;
   }
@@ -429,15 +426,6 @@ class Engine {
   }
 
  private:
-  // Where the bytes of block b live: codes + b * block_bytes and
-  // params + b * block_params, every layer, K and V.
-  struct BlockStorage {
-    std::uint8_t* codes = nullptr;
-    std::int64_t block_bytes = 0;
-    float* params = nullptr;
-    std::int64_t block_params = 0;
-  };
-
   // A speculating request's drafter, verifier and history.
   struct Spec {
     RequestSpec cfg;
@@ -488,7 +476,7 @@ class Engine {
       mo.threads = cfg_.spec.draft_threads;
       mo.max_batch = cfg_.spec.draft_max_batch;
       sp->drafter = std::make_unique<speculative::DraftModel<LlamaModel<Backend>>>(
-          LlamaModel<Backend>(*cfg_.spec.draft_weights, mo), p, cfg_.spec.sampled_rule);
+          LlamaModel<Backend>(*cfg_.spec.draft_weights, mo, model_.backend()), p, cfg_.spec.sampled_rule);
     }
     sp->verifier = std::make_unique<speculative::SpeculativeVerifier>(vocab_, p, cfg_.spec.sampled_rule);
     return sp;
@@ -562,47 +550,17 @@ class Engine {
     }
   }
 
-  static BlockStorage find_storage_(KVStore& kv) {
-    std::optional<BlockStorage> found;
-    for (kv::QuantKind k : {kv::QuantKind::F32, kv::QuantKind::F16, kv::QuantKind::BF16, kv::QuantKind::Int8,
-                            kv::QuantKind::Int4, kv::QuantKind::FP8E4M3, kv::QuantKind::FP8E5M2}) {
-      kv::visit_quant(k, [&](auto quant) {
-        using Q = decltype(quant);
-        auto* cache = kv.template cache<kv::Paged<0>, Q>();
-        if (cache == nullptr || found) return;
-        BlockStorage s;
-        s.codes = cache->block_codes(0);
-        s.block_bytes = cache->block_bytes();
-        s.params = cache->block_params(0);
-        s.block_params = cache->block_param_count();
-        found = s;
-      });
-    }
-    FASTINFER_CHECK(found.has_value(), InvalidArgument, "Engine: unsupported KV cache '", kv.layout_name(), "/",
-                    kv.quant_name(), "'");
-    return *found;
-  }
-
   double now_() const { return clock_(); }
 
-  void copy_block_(const std::uint8_t* codes_src, const float* params_src, std::uint8_t* codes_dst,
-                   float* params_dst) const {
-    std::memcpy(codes_dst, codes_src, std::size_t(storage_.block_bytes));
-    if (storage_.block_params > 0)
-      std::memcpy(params_dst, params_src, sizeof(float) * std::size_t(storage_.block_params));
+  std::uint8_t* host_slot_(std::int32_t h) {
+    return host_pool_.data() + std::size_t(h) * model_.kv().host_block_bytes();
   }
-  std::uint8_t* dev_codes_(BlockId b) const { return storage_.codes + std::int64_t(b) * storage_.block_bytes; }
-  float* dev_params_(BlockId b) const { return storage_.params + std::int64_t(b) * storage_.block_params; }
-  std::uint8_t* host_codes_at_(std::int32_t h) { return host_codes_.data() + std::int64_t(h) * storage_.block_bytes; }
-  float* host_params_at_(std::int32_t h) { return host_params_.data() + std::int64_t(h) * storage_.block_params; }
 
   void execute_(const sched::StepPlan& plan) {
-    for (const sched::BlockSwap& s : plan.swap_out)
-      copy_block_(dev_codes_(s.device), dev_params_(s.device), host_codes_at_(s.host), host_params_at_(s.host));
-    for (const sched::BlockSwap& s : plan.swap_in)
-      copy_block_(host_codes_at_(s.host), host_params_at_(s.host), dev_codes_(s.device), dev_params_(s.device));
-    for (const BlockCopy& c : plan.copies)
-      copy_block_(dev_codes_(c.src), dev_params_(c.src), dev_codes_(c.dst), dev_params_(c.dst));
+    KVStore& kv = model_.kv();
+    for (const sched::BlockSwap& s : plan.swap_out) kv.swap_out(s.device, host_slot_(s.host));
+    for (const sched::BlockSwap& s : plan.swap_in) kv.swap_in(host_slot_(s.host), s.device);
+    if (!plan.copies.empty()) kv.copy_blocks(plan.copies);
     if (plan.entries.empty()) {
       logits_ = nullptr;
       return;
@@ -739,11 +697,9 @@ class Engine {
   sched::SchedulerClock clock_;
   std::int32_t vocab_;
   cpu::SamplerWorkspace ws_;
-  BlockStorage storage_;
   std::unique_ptr<prefix::RadixPrefixCache> cache_;
   std::unique_ptr<sched::ContinuousBatcher> batcher_;
-  std::vector<std::uint8_t> host_codes_;
-  std::vector<float> host_params_;
+  std::vector<std::uint8_t> host_pool_;  // swap_blocks slots of kv().host_block_bytes()
   std::unordered_map<RequestId, Live> live_;
   RequestId next_id_ = 1;  // 0 is the model's solo sequence
 

@@ -24,8 +24,10 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <memory_resource>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "fastinfer/core/error.hpp"
@@ -63,7 +65,10 @@ class KVCache {
   using LayoutType = Layout;
   using QuantType = Quant;
 
-  explicit KVCache(const KVCacheConfig& cfg) : cfg_(validated(cfg)), alloc_(cfg_.num_blocks, cfg_.block_size) {
+  // `arena`: where the K/V bytes live (a backend's memory; must outlive the
+  // cache); the bookkeeping stays on the host either way.
+  explicit KVCache(const KVCacheConfig& cfg, std::pmr::memory_resource* arena = std::pmr::new_delete_resource())
+      : cfg_(validated(cfg)), alloc_(cfg_.num_blocks, cfg_.block_size) {
     window_ = cfg_.window;
     sinks_ = cfg_.sinks;
     row_bytes_ = std::int64_t(QT::code_bytes(cfg_.head_dim));
@@ -75,9 +80,10 @@ class KVCache {
     param_layer_stride_ = 2 * std::int64_t(cfg_.n_kv_heads) * param_head_stride_;
     param_block_stride_ = std::int64_t(cfg_.n_layers) * param_layer_stride_;
     // 64-byte aligned arenas; zeroed so that never-written rows decode to 0.
-    codes_.reset(new std::uint8_t[std::size_t(block_stride_ * cfg_.num_blocks) + 64]());
-    codes_base_ = align64(codes_.get());
-    params_.assign(std::size_t(param_block_stride_ * cfg_.num_blocks), 0.0f);
+    codes_ = Arena(arena, std::size_t(block_stride_ * cfg_.num_blocks));
+    codes_base_ = static_cast<std::uint8_t*>(codes_.data());
+    params_ = Arena(arena, sizeof(float) * std::size_t(param_block_stride_ * cfg_.num_blocks));
+    params_base_ = static_cast<float*>(params_.data());
   }
 
   const KVCacheConfig& config() const { return cfg_; }
@@ -340,7 +346,7 @@ class KVCache {
     v.block_stride = block_stride_;
     v.head_stride = head_stride_;
     v.row_bytes = row_bytes_;
-    v.k_params = params_.data() + layer * param_layer_stride_;
+    v.k_params = params_base_ + layer * param_layer_stride_;
     v.v_params = v.k_params + cfg_.n_kv_heads * param_head_stride_;
     v.param_block_stride = param_block_stride_;
     v.param_head_stride = param_head_stride_;
@@ -357,17 +363,13 @@ class KVCache {
   std::int64_t block_bytes() const { return block_stride_; }
   std::int64_t block_param_count() const { return param_block_stride_; }
   std::uint8_t* block_codes(BlockId b) { return codes_base_ + std::int64_t(checked_block(b)) * block_stride_; }
-  float* block_params(BlockId b) { return params_.data() + std::int64_t(checked_block(b)) * param_block_stride_; }
+  float* block_params(BlockId b) { return params_base_ + std::int64_t(checked_block(b)) * param_block_stride_; }
 
  private:
   BlockId checked_block(BlockId b) const {
     FASTINFER_CHECK(b >= 0 && b < cfg_.num_blocks, InvalidArgument, "KVCache: block ", b, " outside [0, ",
                     cfg_.num_blocks, ")");
     return b;
-  }
-
-  static std::uint8_t* align64(std::uint8_t* p) {
-    return p + ((64 - reinterpret_cast<std::uintptr_t>(p) % 64) % 64);
   }
 
   KVCacheConfig validated(KVCacheConfig c) {
@@ -389,7 +391,7 @@ class KVCache {
     }
     FASTINFER_CHECK(is_power_of_two(c.block_size), InvalidArgument,
                     "KVCacheConfig: block_size must be a power of two, got ", c.block_size);
-    if constexpr (LT::kName == std::string_view("window")) {
+    if constexpr (LT::kSliding) {
       if constexpr (LT::kWindow != 0) {
         c.window = LT::kWindow;
         c.sinks = LT::kSinks;
@@ -414,12 +416,12 @@ class KVCache {
            (std::int64_t(kv) * cfg_.n_kv_heads + head) * head_stride_ + t * row_bytes_;
   }
   float* param_ptr(BlockId b, int layer, int kv, int head, std::int64_t t) const {
-    return const_cast<float*>(params_.data()) + b * param_block_stride_ + layer * param_layer_stride_ +
+    return const_cast<float*>(params_base_) + b * param_block_stride_ + layer * param_layer_stride_ +
            (std::int64_t(kv) * cfg_.n_kv_heads + head) * param_head_stride_ + t * params_per_row_;
   }
 
   void check_plan(SeqId seq, const CompressionPlan& plan) const {
-    FASTINFER_CHECK(LT::kName != std::string_view("window"), UsageError, "KVCache::compact: the window layout ",
+    FASTINFER_CHECK(!LT::kSliding, UsageError, "KVCache::compact: the window layout ",
                     "already compresses (StreamingLLM); presses need the paged or contiguous layout");
     const std::int64_t len = alloc_.length(seq);
     FASTINFER_CHECK(plan.original_length == len && plan.n_layers == cfg_.n_layers &&
@@ -485,9 +487,38 @@ class KVCache {
   std::int64_t row_bytes_ = 0, head_stride_ = 0, layer_stride_ = 0, block_stride_ = 0;
   std::int32_t params_per_row_ = 0;
   std::int64_t param_head_stride_ = 0, param_layer_stride_ = 0, param_block_stride_ = 0;
-  std::unique_ptr<std::uint8_t[]> codes_;
+  // One zeroed, 64-byte aligned run of bytes from a memory resource.
+  class Arena {
+   public:
+    Arena() = default;
+    Arena(std::pmr::memory_resource* r, std::size_t bytes) : r_(r), bytes_(bytes) {
+      if (bytes_ == 0) return;
+      p_ = r_->allocate(bytes_, 64);
+      std::memset(p_, 0, bytes_);
+    }
+    Arena(Arena&& o) noexcept { *this = std::move(o); }
+    Arena& operator=(Arena&& o) noexcept {
+      if (this != &o) {
+        release();
+        r_ = o.r_, p_ = std::exchange(o.p_, nullptr), bytes_ = std::exchange(o.bytes_, 0);
+      }
+      return *this;
+    }
+    ~Arena() { release(); }
+    void* data() const { return p_; }
+
+   private:
+    void release() {
+      if (p_) r_->deallocate(p_, bytes_, 64);
+      p_ = nullptr;
+    }
+    std::pmr::memory_resource* r_ = nullptr;
+    void* p_ = nullptr;
+    std::size_t bytes_ = 0;
+  };
+  Arena codes_, params_;
   std::uint8_t* codes_base_ = nullptr;
-  std::vector<float> params_;
+  float* params_base_ = nullptr;
   // Sliding window: blocks below this table index (past the sinks) are released.
   std::unordered_map<SeqId, std::int64_t> released_to_;
   // Compressed sequences: RoPE offset, the shortest length rollback may

@@ -73,6 +73,7 @@ template <>
 struct LayoutTraits<Contiguous> {
   static constexpr std::string_view kName = "contiguous";
   static constexpr bool kOneBlockPerSequence = true;
+  static constexpr bool kSliding = false;  // evicts tokens that leave a window
   static constexpr int kBlockSize = 0;
   static constexpr int kWindow = 0;
   static constexpr int kSinks = 0;
@@ -83,6 +84,7 @@ struct LayoutTraits<Paged<BlockSize>> {
   static_assert(BlockSize == 0 || is_power_of_two(BlockSize), "Paged<BlockSize>: the block size must be a power of two");
   static constexpr std::string_view kName = "paged";
   static constexpr bool kOneBlockPerSequence = false;
+  static constexpr bool kSliding = false;
   static constexpr int kBlockSize = BlockSize;
   static constexpr int kWindow = 0;
   static constexpr int kSinks = 0;
@@ -95,6 +97,7 @@ struct LayoutTraits<SlidingWindow<Window, Sinks, BlockSize>> {
   static_assert(Window >= 0 && Sinks >= 0, "SlidingWindow<Window, Sinks>: sizes cannot be negative");
   static constexpr std::string_view kName = "window";
   static constexpr bool kOneBlockPerSequence = false;
+  static constexpr bool kSliding = true;
   static constexpr int kBlockSize = BlockSize;
   static constexpr int kWindow = Window;  // 0: KVCacheConfig::window
   static constexpr int kSinks = Sinks;    // 0 with Window 0: KVCacheConfig::sinks

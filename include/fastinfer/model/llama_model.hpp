@@ -5,15 +5,22 @@
 // batches of many sequences: the linear layers run over every row of the
 // step as one matrix product (one weight read for the whole step: what makes
 // batching pay), RoPE rotates each row at its own position, each sequence
-// appends its K/V to the KV cache and attends over it through the cpu
-// attention kernels (decode kernel when every sequence brings one token,
-// extend kernel otherwise, custom-mask kernel for token trees), and logits
-// are computed only for the rows asked for. Every buffer is sized at
+// appends its K/V to the KV cache and attends over it through the backend's
+// KV store (decode kernel when every sequence brings one token, extend
+// kernel otherwise, custom-mask kernel for token trees), and logits are
+// computed only for the rows asked for. Every buffer is sized at
 // construction for `max_batch` rows; nothing is allocated per step by the
 // model itself.
 //
-// KV cache: a kv::KVCache<Layout, Quant> behind KVStore (kv_store.hpp), the
-// layout and quantization chosen at run time through ModelOptions::kv. Keys
+// Backend (backend/backend.hpp): every activation lives in the backend's
+// buffers and every kernel is the backend's; the model only orders the calls
+// and keeps the host-side description of a step (token ids, positions,
+// which rows give logits). Logits and last_hidden() reach the host through
+// the backend (read in place when its buffers are host memory).
+//
+// KV cache: a kv::KVCache<Layout, Quant> behind KVStore (kv/kv_store.hpp),
+// made by the backend, the layout and quantization chosen at run time
+// through ModelOptions::kv. Keys
 // are stored after RoPE. A head size that is not a multiple of 8 (the
 // kernels' register width) is stored zero-padded to one: zeros change no dot
 // product, and the padded output columns are dropped.
@@ -38,7 +45,8 @@
 #include <utility>
 #include <vector>
 
-#include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/backend/backend.hpp"
+#include "fastinfer/backend/cpu/cpu_backend.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
 #include "fastinfer/model/config.hpp"
@@ -49,9 +57,6 @@
 #include "fastinfer/model/weights.hpp"
 
 namespace fastinfer {
-
-// Backend tag: which kernel set the model calls. Only the CPU exists so far.
-struct CpuBackend {};
 
 struct ModelOptions {
   int threads = 1;    // most threads any kernel may use
@@ -64,15 +69,16 @@ struct ModelOptions {
 
 template <typename Backend = CpuBackend>
 class LlamaModel {
-  static_assert(std::is_same_v<Backend, CpuBackend>,
-                "LlamaModel<Backend>: only CpuBackend is implemented; a new backend adds its kernels here");
+  static_assert(check_backend<Backend>());
+  template <typename T>
+  using Buffer = typename Backend::template Buffer<T>;
 
  public:
   // The sequence the single-sequence verbs drive.
   static constexpr SeqId kSoloSequence = 0;
 
-  explicit LlamaModel(LlamaWeights weights, ModelOptions options = {})
-      : w_(std::move(weights)), c_(w_.config) {
+  explicit LlamaModel(LlamaWeights weights, ModelOptions options = {}, Backend backend = Backend{})
+      : w_(std::move(weights)), c_(w_.config), backend_(std::move(backend)) {
     c_.validate();
     FASTINFER_CHECK(options.threads >= 1, InvalidArgument, "threads must be at least 1, got ", options.threads);
     FASTINFER_CHECK(options.max_batch >= 0, InvalidArgument, "max_batch must not be negative, got ",
@@ -80,7 +86,9 @@ class LlamaModel {
     FASTINFER_CHECK(int(w_.layers.size()) == c_.n_layers, InvalidArgument, "weights hold ", w_.layers.size(),
                     " layers, config says ", c_.n_layers);
     check_weights_();
+    upload_weights_();
     threads_ = options.threads;
+    backend_.set_threads(threads_);
     max_batch_ = options.max_batch > 0 ? std::min(options.max_batch, c_.max_seq_len)
                                        : std::min(c_.max_seq_len, 512);
     hdp_ = (c_.head_dim + 7) / 8 * 8;
@@ -89,24 +97,28 @@ class LlamaModel {
     LlamaConfig kvc = c_;
     kvc.head_dim = hdp_;
     check_memory_budget(options.kv, kvc, max_batch_, options.memory_budget);
-    kv_ = make_kv_store(options.kv, kvc, max_batch_);
+    kv_ = backend_.make_kv_store(options.kv, kv_cache_config(options.kv, kvc, max_batch_));
 
     const std::size_t B = std::size_t(max_batch_);
     const std::size_t wide = std::size_t(std::max(c_.dim, c_.q_dim()));
-    x_.assign(B * std::size_t(c_.dim), 0.0f);
-    xb_.assign(B * wide, 0.0f);
-    q_.assign(B * std::size_t(c_.q_dim()), 0.0f);
-    k_.assign(B * std::size_t(c_.kv_dim()), 0.0f);
-    v_.assign(B * std::size_t(c_.kv_dim()), 0.0f);
-    att_out_.assign(B * std::size_t(c_.q_dim()), 0.0f);
-    hb_.assign(B * std::size_t(c_.hidden_dim), 0.0f);
-    hb2_.assign(B * std::size_t(c_.hidden_dim), 0.0f);
+    auto alloc = [&](std::size_t n) { return backend_.template allocate<float>(n); };
+    x_ = alloc(B * std::size_t(c_.dim));
+    xb_ = alloc(B * wide);
+    q_ = alloc(B * std::size_t(c_.q_dim()));
+    k_ = alloc(B * std::size_t(c_.kv_dim()));
+    v_ = alloc(B * std::size_t(c_.kv_dim()));
+    att_out_ = alloc(B * std::size_t(c_.q_dim()));
+    hb_ = alloc(B * std::size_t(c_.hidden_dim));
+    hb2_ = alloc(B * std::size_t(c_.hidden_dim));
     if (hdp_ != c_.head_dim) {
-      qpad_.assign(B * std::size_t(c_.n_heads * hdp_), 0.0f);
-      kpad_.assign(B * std::size_t(c_.n_kv_heads * hdp_), 0.0f);
-      vpad_.assign(B * std::size_t(c_.n_kv_heads * hdp_), 0.0f);
-      opad_.assign(B * std::size_t(c_.n_heads * hdp_), 0.0f);
+      qpad_ = alloc(B * std::size_t(c_.n_heads * hdp_));
+      kpad_ = alloc(B * std::size_t(c_.n_kv_heads * hdp_));
+      vpad_ = alloc(B * std::size_t(c_.n_kv_heads * hdp_));
+      opad_ = alloc(B * std::size_t(c_.n_heads * hdp_));
     }
+    // Logits are computed into the caller's host memory when the backend's
+    // buffers are host memory, else here and copied out.
+    if constexpr (!Backend::kHostVisible) logits_dev_ = alloc(B * std::size_t(c_.vocab_size));
     logits_.assign(std::size_t(c_.vocab_size), 0.0f);
     row_pos_.assign(B, 0);
     logit_rows_.reserve(B);
@@ -119,12 +131,17 @@ class LlamaModel {
   }
 
   const LlamaConfig& config() const { return c_; }
+  // The weights as the backend holds them (views into its memory: for the
+  // CPU, the loader's own views).
   const LlamaWeights& weights() const { return w_; }
   int threads() const { return threads_; }
   void set_threads(int threads) {
     FASTINFER_CHECK(threads >= 1, InvalidArgument, "threads must be at least 1, got ", threads);
+    backend_.set_threads(threads);
     threads_ = threads;
   }
+  // The compute backend the model runs on.
+  Backend& backend() { return backend_; }
   int max_batch() const { return max_batch_; }
 
   // Per-op timing of every forward pass (profiler.hpp) until set to nullptr;
@@ -256,10 +273,7 @@ class LlamaModel {
     if (prof_) profile_pass_(batch, decode);
     open_ = &batch;
     depth_ = 0;
-    const std::size_t dim = std::size_t(c_.dim);
-    for (std::int64_t t = 0; t < batch.rows(); ++t)
-      cpu::load_row(w_.token_embedding.dtype, w_.token_embedding.row_ptr(batch.tokens[std::size_t(t)]),
-                    x_.data() + std::size_t(t) * dim, c_.dim);
+    backend_.embed(w_.token_embedding, batch.tokens.data(), batch.rows(), x_.data());
     lap_(ProfOp::Embed);
   }
 
@@ -361,7 +375,16 @@ class LlamaModel {
   // rows ([logits_rows][dim], same order as the logits; for the chunked solo
   // verbs, the last chunk's rows): what Medusa heads read. Valid until the
   // next forward call.
-  const float* last_hidden() const { return xb_.data(); }
+  const float* last_hidden() {
+    if constexpr (Backend::kHostVisible) {
+      return xb_.data();
+    } else {
+      const std::size_t n = logit_rows_.size() * std::size_t(c_.dim);
+      hidden_host_.resize(n);
+      backend_.to_host(xb_.data(), n, hidden_host_.data());
+      return hidden_host_.data();
+    }
+  }
 
  private:
   void check_weights_() const {
@@ -385,6 +408,29 @@ class LlamaModel {
       FASTINFER_CHECK(lw.attn_norm != nullptr && lw.ffn_norm != nullptr, InvalidArgument,
                       "a norm of layer ", l, " is missing");
     }
+  }
+
+  // Every weight tensor where the backend's kernels read it (in place on the
+  // CPU); a classifier shared with the embedding stays shared.
+  void upload_weights_() {
+    std::vector<KeepAlive> owners;
+    auto matrix = [&](MatrixView& m) { m = backend_.upload(m, owners); };
+    auto vector = [&](const float*& v) {
+      v = static_cast<const float*>(backend_.upload(MatrixView{DType::F32, v, 1, c_.dim}, owners).data);
+    };
+    const bool shared = w_.classifier.data == w_.token_embedding.data;
+    matrix(w_.token_embedding);
+    if (shared)
+      w_.classifier = w_.token_embedding;
+    else
+      matrix(w_.classifier);
+    vector(w_.final_norm);
+    for (LlamaLayerWeights& l : w_.layers) {
+      for (MatrixView* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_down, &l.w_up}) matrix(*m);
+      vector(l.attn_norm);
+      vector(l.ffn_norm);
+    }
+    w_.storage.insert(w_.storage.end(), owners.begin(), owners.end());
   }
 
   // All checks before any state changes: a rejected call leaves the model as it was.
@@ -466,22 +512,12 @@ class LlamaModel {
                     first, ", ", last, ") do not continue the pass at depth ", depth_, " of ", c_.n_layers);
   }
 
-  // y[n][w.rows] = x[n][w.cols] W^T: one matrix-vector product for a single
-  // token, one matrix-matrix product for a batch.
-  void linear_(const MatrixView& w, const float* x, int n, float* y) const {
-    if (n == 1)
-      cpu::matvec(w, x, y, threads_);
-    else
-      cpu::matmul(w, x, n, y, threads_);
-  }
+  // y[n][w.rows] = x[n][w.cols] W^T.
+  void linear_(const MatrixView& w, const float* x, int n, float* y) { backend_.linear(w, x, n, y); }
 
   // Rows of `heads` heads of head_dim values -> rows of heads of hdp_ values.
-  void pad_(const float* src, int n, int heads, float* dst) const {
-    const int hd = c_.head_dim;
-    for (int r = 0; r < n; ++r)
-      for (int h = 0; h < heads; ++h)
-        std::memcpy(dst + (std::size_t(r) * heads + h) * hdp_, src + (std::size_t(r) * heads + h) * hd,
-                    sizeof(float) * std::size_t(hd));
+  void pad_(const float* src, int n, int heads, float* dst) {
+    backend_.copy_rows(dst, hdp_, src, c_.head_dim, std::int64_t(n) * heads, c_.head_dim);
   }
 
   void lap_(ProfOp op) {
@@ -507,13 +543,9 @@ class LlamaModel {
   };
   Qkv qkv_(const ForwardBatch& bt, int l, bool with_q) {
     const int n = int(bt.rows());
-    const std::size_t dim = std::size_t(c_.dim);
-    const std::size_t qd = std::size_t(c_.q_dim()), kvd = std::size_t(c_.kv_dim());
     const bool padded = hdp_ != c_.head_dim;
     const LlamaLayerWeights& lw = w_.layers[std::size_t(l)];
-    const float* x = x_.data();
-    for (int t = 0; t < n; ++t)
-      cpu::rmsnorm(xb_.data() + std::size_t(t) * dim, x + std::size_t(t) * dim, lw.attn_norm, c_.dim, c_.norm_eps);
+    backend_.rmsnorm(xb_.data(), x_.data(), nullptr, n, lw.attn_norm, c_.dim, c_.norm_eps);
     lap_(ProfOp::AttnNorm);
     if (with_q) {
       linear_(lw.wq, xb_.data(), n, q_.data());
@@ -523,12 +555,8 @@ class LlamaModel {
     lap_(ProfOp::Wk);
     linear_(lw.wv, xb_.data(), n, v_.data());
     lap_(ProfOp::Wv);
-    for (int t = 0; t < n; ++t) {
-      const int pos = int(row_pos_[std::size_t(t)]);
-      if (with_q)
-        cpu::rope(q_.data() + std::size_t(t) * qd, c_.n_heads, c_.head_dim, pos, c_.rope_theta, c_.rope_style);
-      cpu::rope(k_.data() + std::size_t(t) * kvd, c_.n_kv_heads, c_.head_dim, pos, c_.rope_theta, c_.rope_style);
-    }
+    if (with_q) backend_.rope(q_.data(), n, c_.n_heads, c_.head_dim, row_pos_.data(), c_.rope_theta, c_.rope_style);
+    backend_.rope(k_.data(), n, c_.n_kv_heads, c_.head_dim, row_pos_.data(), c_.rope_theta, c_.rope_style);
     lap_(ProfOp::Rope);
     Qkv out{q_.data(), k_.data(), v_.data()};
     if (padded) {
@@ -551,38 +579,31 @@ class LlamaModel {
 
   void layer_(const ForwardBatch& bt, int l) {
     const int n = int(bt.rows());
-    const std::size_t dim = std::size_t(c_.dim);
-    const std::size_t qd = std::size_t(c_.q_dim());
     const bool padded = hdp_ != c_.head_dim;
     const LlamaLayerWeights& lw = w_.layers[std::size_t(l)];
     float* x = x_.data();
     const Qkv qkv = qkv_(bt, l, true);
     float* att = padded ? opad_.data() : att_out_.data();
     kv_->attend(l, qkv.q, bt.qo_indptr.data(), bt.mask.empty() ? nullptr : bt.mask.data(), att, c_.n_heads, threads_);
-    if (padded)
-      for (int r = 0; r < n; ++r)
-        for (int h = 0; h < c_.n_heads; ++h)
-          std::memcpy(att_out_.data() + std::size_t(r) * qd + std::size_t(h) * std::size_t(c_.head_dim),
-                      opad_.data() + (std::size_t(r) * std::size_t(c_.n_heads) + std::size_t(h)) * std::size_t(hdp_),
-                      sizeof(float) * std::size_t(c_.head_dim));
+    if (padded)  // padded heads -> plain heads
+      backend_.copy_rows(att_out_.data(), c_.head_dim, opad_.data(), hdp_, std::int64_t(n) * c_.n_heads, c_.head_dim);
     lap_(ProfOp::Attention);
     linear_(lw.wo, att_out_.data(), n, xb_.data());
     lap_(ProfOp::Wo);
-    cpu::add(x, xb_.data(), std::int64_t(n) * c_.dim);
+    backend_.add(x, xb_.data(), std::int64_t(n) * c_.dim);
     lap_(ProfOp::Residual);
 
-    for (int t = 0; t < n; ++t)
-      cpu::rmsnorm(xb_.data() + std::size_t(t) * dim, x + std::size_t(t) * dim, lw.ffn_norm, c_.dim, c_.norm_eps);
+    backend_.rmsnorm(xb_.data(), x, nullptr, n, lw.ffn_norm, c_.dim, c_.norm_eps);
     lap_(ProfOp::FfnNorm);
     linear_(lw.w_gate, xb_.data(), n, hb_.data());
     lap_(ProfOp::W1);
     linear_(lw.w_up, xb_.data(), n, hb2_.data());
     lap_(ProfOp::W3);
-    cpu::swiglu(hb_.data(), hb2_.data(), std::int64_t(n) * c_.hidden_dim);
+    backend_.swiglu(hb_.data(), hb2_.data(), std::int64_t(n) * c_.hidden_dim);
     lap_(ProfOp::Swiglu);
     linear_(lw.w_down, hb_.data(), n, xb_.data());
     lap_(ProfOp::W2);
-    cpu::add(x, xb_.data(), std::int64_t(n) * c_.dim);
+    backend_.add(x, xb_.data(), std::int64_t(n) * c_.dim);
     lap_(ProfOp::Residual);
   }
 
@@ -590,12 +611,14 @@ class LlamaModel {
   void head_(float* out) {
     const int m = int(logit_rows_.size());
     if (m == 0) return;
-    const std::size_t dim = std::size_t(c_.dim);
-    for (int i = 0; i < m; ++i)
-      cpu::rmsnorm(xb_.data() + std::size_t(i) * dim, x_.data() + std::size_t(logit_rows_[std::size_t(i)]) * dim,
-                   w_.final_norm, c_.dim, c_.norm_eps);
+    backend_.rmsnorm(xb_.data(), x_.data(), logit_rows_.data(), m, w_.final_norm, c_.dim, c_.norm_eps);
     lap_(ProfOp::FinalNorm);
-    linear_(w_.classifier, xb_.data(), m, out);
+    if constexpr (Backend::kHostVisible) {
+      linear_(w_.classifier, xb_.data(), m, out);
+    } else {
+      linear_(w_.classifier, xb_.data(), m, logits_dev_.data());
+      backend_.to_host(logits_dev_.data(), std::size_t(m) * std::size_t(c_.vocab_size), out);
+    }
     lap_(ProfOp::Classifier);
   }
 
@@ -604,10 +627,14 @@ class LlamaModel {
   int threads_ = 1;
   int max_batch_ = 1;
   int hdp_ = 0;  // head size as stored in the KV cache (a multiple of 8)
+  Backend backend_;
   std::unique_ptr<KVStore> kv_;
-  // Activations for up to max_batch_ tokens, row-major [token][feature].
-  std::vector<float> x_, xb_, q_, k_, v_, att_out_, hb_, hb2_;
-  std::vector<float> qpad_, kpad_, vpad_, opad_;  // head size padded to hdp_ (only when it differs)
+  // Activations for up to max_batch_ tokens, row-major [token][feature], in
+  // the backend's memory.
+  Buffer<float> x_, xb_, q_, k_, v_, att_out_, hb_, hb2_;
+  Buffer<float> qpad_, kpad_, vpad_, opad_;  // head size padded to hdp_ (only when it differs)
+  Buffer<float> logits_dev_;                 // [max_batch][vocab], only when !Backend::kHostVisible
+  std::vector<float> hidden_host_;           // last_hidden()'s host copy, only when !Backend::kHostVisible
   std::vector<float> logits_;        // [vocab]: the solo sequence's last row
   std::vector<float> batch_logits_;  // forward(batch)'s rows
   std::vector<std::int64_t> row_pos_;
@@ -625,7 +652,8 @@ class LlamaModel {
 // units call one compiled LlamaModel<CpuBackend> instead of each compiling
 // forward() and its kernels again; exactly one of them must instantiate it:
 //   namespace fastinfer { FASTINFER_LLAMA_MODEL_INSTANCES() }
-// (see kv_store.hpp's FASTINFER_KV_STORE_INSTANCES, which goes with it).
+// (see backend/cpu/kv_store.hpp's FASTINFER_KV_STORE_INSTANCES, which goes
+// with it).
 #define FASTINFER_LLAMA_MODEL_INSTANCES(EXTERN) EXTERN template class LlamaModel<CpuBackend>;
 #if defined(FASTINFER_EXTERN_TEMPLATES)
 FASTINFER_LLAMA_MODEL_INSTANCES(extern)

@@ -1,0 +1,102 @@
+// CpuBackend: the Backend (backend/backend.hpp) over this directory's
+// kernels. Buffers are host vectors; every kernel is today's cpu:: function,
+// called exactly as the model called it before the seam existed, so results
+// are bit-for-bit those of the kernels' own tests.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "fastinfer/backend/backend.hpp"
+#include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/backend/cpu/kv_store.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/core/tensor.hpp"
+
+namespace fastinfer {
+
+class CpuBackend {
+ public:
+  static constexpr std::string_view kName = "cpu";
+  static constexpr bool kHostVisible = true;
+
+  // n elements of host memory, zero-filled.
+  template <typename T>
+  class Buffer {
+   public:
+    Buffer() = default;
+    explicit Buffer(std::size_t n) : v_(n, T{}) {}
+    T* data() { return v_.data(); }
+    const T* data() const { return v_.data(); }
+    std::size_t size() const { return v_.size(); }
+
+   private:
+    std::vector<T> v_;
+  };
+
+  template <typename T>
+  Buffer<T> allocate(std::size_t n) {
+    return Buffer<T>(n);
+  }
+  void to_host(const float* src, std::size_t n, float* host) {
+    if (src != host) std::memcpy(host, src, sizeof(float) * n);
+  }
+
+  // Weights are read in place (a memory map or the loader's heap buffers).
+  MatrixView upload(const MatrixView& w, std::vector<KeepAlive>&) { return w; }
+
+  void set_threads(int threads) {
+    FASTINFER_CHECK(threads >= 1, InvalidArgument, "threads must be at least 1, got ", threads);
+    threads_ = threads;
+  }
+  int threads() const { return threads_; }
+
+  void embed(const MatrixView& table, const std::int32_t* tokens, std::int64_t n, float* out) {
+    for (std::int64_t t = 0; t < n; ++t)
+      cpu::load_row(table.dtype, table.row_ptr(tokens[t]), out + t * table.cols, table.cols);
+  }
+
+  // One matrix-vector product for a single row, a matrix product for more.
+  void linear(const MatrixView& w, const float* x, std::int64_t n, float* y) {
+    if (n == 1)
+      cpu::matvec(w, x, y, threads_);
+    else
+      cpu::matmul(w, x, n, y, threads_);
+  }
+
+  void rmsnorm(float* out, const float* x, const std::int32_t* rows, std::int64_t n, const float* weight, int dim,
+               float eps) {
+    for (std::int64_t i = 0; i < n; ++i)
+      cpu::rmsnorm(out + i * dim, x + (rows ? std::int64_t(rows[i]) : i) * dim, weight, dim, eps);
+  }
+
+  void rope(float* x, std::int64_t n, int heads, int head_dim, const std::int64_t* positions, float theta,
+            RopeStyle style) {
+    const std::int64_t row = std::int64_t(heads) * head_dim;
+    for (std::int64_t t = 0; t < n; ++t) cpu::rope(x + t * row, heads, head_dim, int(positions[t]), theta, style);
+  }
+
+  void swiglu(float* gate, const float* up, std::int64_t n) { cpu::swiglu(gate, up, n); }
+  void add(float* y, const float* x, std::int64_t n) { cpu::add(y, x, n); }
+
+  void copy_rows(float* dst, std::int64_t dst_stride, const float* src, std::int64_t src_stride, std::int64_t rows,
+                 int width) {
+    for (std::int64_t r = 0; r < rows; ++r)
+      std::memcpy(dst + r * dst_stride, src + r * src_stride, sizeof(float) * std::size_t(width));
+  }
+
+  std::unique_ptr<KVStore> make_kv_store(const KVOptions& options, const kv::KVCacheConfig& config) {
+    return cpu::make_kv_store(options, config);
+  }
+
+ private:
+  int threads_ = 1;
+};
+
+static_assert(check_backend<CpuBackend>());
+
+}  // namespace fastinfer

@@ -1,0 +1,461 @@
+// The compute-backend seam (backend/backend.hpp), proven with a guarded
+// backend: every byte it holds (weights, activations and the KV arena) is
+// mprotect'ed PROT_NONE except while one of its own calls runs, so a model,
+// KV store user or engine that reads or writes those bytes behind the
+// backend's back dies with SIGSEGV instead of passing. Its kernels are the
+// CPU backend's, so its results must be the CpuBackend's, bit for bit.
+#include <catch2/catch.hpp>
+
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <memory_resource>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "fastinfer/backend/backend.hpp"
+#include "fastinfer/backend/cpu/cpu_backend.hpp"
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/engine/engine.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/synthetic.hpp"
+
+using namespace fastinfer;
+
+namespace {
+
+// The guarded memory and the call counts of one GuardedBackend (shared by
+// its buffers and its KV store, which may outlive a copy of the backend).
+class Guard final : public std::pmr::memory_resource {
+ public:
+  ~Guard() override = default;
+
+  // Opens every region for the duration of one backend call (calls nest).
+  void open(const char* what) {
+    ++calls[what];
+    if (depth_++ == 0) protect_all_(PROT_READ | PROT_WRITE);
+  }
+  void close() {
+    if (--depth_ == 0) protect_all_(PROT_NONE);
+  }
+  bool is_open() const { return depth_ > 0; }
+  std::size_t guarded_bytes() const {
+    std::size_t n = 0;
+    for (const auto& [p, bytes] : regions_) n += bytes;
+    return n;
+  }
+  const void* any_region() const { return regions_.empty() ? nullptr : regions_.begin()->first; }
+
+  std::map<std::string, long> calls;
+
+ private:
+  void* do_allocate(std::size_t bytes, std::size_t align) override {
+    REQUIRE(align <= std::size_t(::sysconf(_SC_PAGESIZE)));
+    const std::size_t len = round_(bytes);
+    void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    regions_[p] = len;
+    if (depth_ == 0) ::mprotect(p, len, PROT_NONE);
+    return p;
+  }
+  void do_deallocate(void* p, std::size_t bytes, std::size_t) override {
+    regions_.erase(p);
+    ::munmap(p, round_(bytes));
+  }
+  bool do_is_equal(const std::pmr::memory_resource& o) const noexcept override { return this == &o; }
+
+  static std::size_t round_(std::size_t bytes) {
+    const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
+    return std::max<std::size_t>(page, (bytes + page - 1) / page * page);
+  }
+  void protect_all_(int prot) {
+    for (const auto& [p, len] : regions_) REQUIRE(::mprotect(p, len, prot) == 0);
+  }
+
+  std::map<void*, std::size_t> regions_;
+  int depth_ = 0;
+};
+
+// RAII: one backend call.
+struct Call {
+  Call(Guard& g, const char* what) : g_(g) { g_.open(what); }
+  ~Call() { g_.close(); }
+  Guard& g_;
+};
+
+// The CPU backend's KV store, each verb one guarded call.
+class GuardedKVStore final : public KVStore {
+ public:
+  GuardedKVStore(std::shared_ptr<Guard> g, std::unique_ptr<KVStore> inner) : g_(std::move(g)), in_(std::move(inner)) {}
+
+  std::string_view layout_name() const override { return in_->layout_name(); }
+  KVLayoutKind layout() const override { return in_->layout(); }
+  std::string_view quant_name() const override { return in_->quant_name(); }
+  std::size_t bytes_per_token() const override { return in_->bytes_per_token(); }
+  std::size_t memory_bytes() const override { return in_->memory_bytes(); }
+  std::int32_t block_size() const override { return in_->block_size(); }
+  PagedAllocator& allocator() override { return in_->allocator(); }
+  const PagedAllocator& allocator() const override { return in_->allocator(); }
+  bool contains(SeqId s) const override { return in_->contains(s); }
+  std::int64_t length(SeqId s) const override { return in_->length(s); }
+  bool add_sequence(SeqId s) override { return in_->add_sequence(s); }
+  void adopt(SeqId s, const std::vector<BlockId>& b, std::int64_t n) override { in_->adopt(s, b, n); }
+  // Forks, truncation and extension may copy a shared block (copy-on-write).
+  void fork(SeqId a, SeqId b) override {
+    Call c(*g_, "kv.fork");
+    in_->fork(a, b);
+  }
+  void free_sequence(SeqId s) override { in_->free_sequence(s); }
+  void truncate(SeqId s, std::int64_t n) override {
+    Call c(*g_, "kv.truncate");
+    in_->truncate(s, n);
+  }
+  bool extend_all(const std::vector<ReserveRequest>& r) override {
+    Call c(*g_, "kv.extend_all");
+    return in_->extend_all(r);
+  }
+  void append(int l, SeqId s, const float* k, const float* v, std::int64_t n) override {
+    Call c(*g_, "kv.append");
+    in_->append(l, s, k, v, n);
+  }
+  void read(int l, SeqId s, std::int64_t p, float* k, float* v) const override {
+    Call c(*g_, "kv.read");
+    in_->read(l, s, p, k, v);
+  }
+  void copy_blocks(const std::vector<BlockCopy>& copies) override {
+    Call c(*g_, "kv.copy_blocks");
+    in_->copy_blocks(copies);
+  }
+  std::size_t host_block_bytes() const override { return in_->host_block_bytes(); }
+  void swap_out(BlockId b, std::uint8_t* host) override {
+    Call c(*g_, "kv.swap_out");
+    in_->swap_out(b, host);
+  }
+  void swap_in(const std::uint8_t* host, BlockId b) override {
+    Call c(*g_, "kv.swap_in");
+    in_->swap_in(host, b);
+  }
+  KVBlockStorage block_storage() override { return in_->block_storage(); }
+  std::int64_t position_offset(SeqId s) const override { return in_->position_offset(s); }
+  void observe_queries(SeqId s) override { in_->observe_queries(s); }
+  CompressionStats compress(SeqId s, const kv::Press& p, double r) override {
+    Call c(*g_, "kv.compress");
+    return in_->compress(s, p, r);
+  }
+  void prepare(const std::vector<SeqId>& seqs, bool decode, int threads) override {
+    Call c(*g_, "kv.prepare");
+    in_->prepare(seqs, decode, threads);
+  }
+  void attend(int l, const float* q, const std::int32_t* qo, const std::uint8_t* mask, float* out, int heads,
+              int threads) override {
+    Call c(*g_, "kv.attend");
+    in_->attend(l, q, qo, mask, out, heads, threads);
+  }
+
+ private:
+  std::shared_ptr<Guard> g_;
+  std::unique_ptr<KVStore> in_;
+};
+
+// A Backend whose memory is guarded and whose kernels are CpuBackend's.
+class GuardedBackend {
+ public:
+  static constexpr std::string_view kName = "guarded-cpu";
+  static constexpr bool kHostVisible = false;  // the model must copy logits out through to_host
+
+  template <typename T>
+  class Buffer {
+   public:
+    Buffer() = default;
+    Buffer(std::shared_ptr<Guard> g, std::size_t n) : g_(std::move(g)), n_(n) {
+      p_ = static_cast<T*>(g_->allocate(std::max<std::size_t>(1, n) * sizeof(T), alignof(T)));
+    }
+    Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+    Buffer& operator=(Buffer&& o) noexcept {
+      if (this != &o) {
+        release_();
+        g_ = std::move(o.g_), p_ = std::exchange(o.p_, nullptr), n_ = std::exchange(o.n_, 0);
+      }
+      return *this;
+    }
+    ~Buffer() { release_(); }
+    T* data() { return p_; }
+    const T* data() const { return p_; }
+    std::size_t size() const { return n_; }
+
+   private:
+    void release_() {
+      if (p_) g_->deallocate(p_, std::max<std::size_t>(1, n_) * sizeof(T), alignof(T));
+      p_ = nullptr;
+    }
+    std::shared_ptr<Guard> g_;
+    T* p_ = nullptr;
+    std::size_t n_ = 0;
+  };
+
+  explicit GuardedBackend(std::shared_ptr<Guard> g) : g_(std::move(g)) {}
+
+  template <typename T>
+  Buffer<T> allocate(std::size_t n) {
+    Call c(*g_, "allocate");
+    Buffer<T> b(g_, n);
+    std::fill(b.data(), b.data() + n, T{});
+    return b;
+  }
+  void to_host(const float* src, std::size_t n, float* host) {
+    Call c(*g_, "to_host");
+    cpu_.to_host(src, n, host);
+  }
+  // Weights move into guarded memory too: the model may not read them either.
+  MatrixView upload(const MatrixView& w, std::vector<KeepAlive>& storage) {
+    Call c(*g_, "upload");
+    auto copy = std::make_shared<Buffer<std::uint8_t>>(g_, w.bytes());
+    std::memcpy(copy->data(), w.data, w.bytes());
+    storage.push_back(copy);
+    MatrixView out = w;
+    out.data = copy->data();
+    return out;
+  }
+  void set_threads(int t) { cpu_.set_threads(t); }
+  void embed(const MatrixView& table, const std::int32_t* tokens, std::int64_t n, float* out) {
+    Call c(*g_, "embed");
+    cpu_.embed(table, tokens, n, out);
+  }
+  void linear(const MatrixView& w, const float* x, std::int64_t n, float* y) {
+    Call c(*g_, "linear");
+    cpu_.linear(w, x, n, y);
+  }
+  void rmsnorm(float* out, const float* x, const std::int32_t* rows, std::int64_t n, const float* w, int dim,
+               float eps) {
+    Call c(*g_, "rmsnorm");
+    cpu_.rmsnorm(out, x, rows, n, w, dim, eps);
+  }
+  void rope(float* x, std::int64_t n, int heads, int hd, const std::int64_t* pos, float theta, RopeStyle style) {
+    Call c(*g_, "rope");
+    cpu_.rope(x, n, heads, hd, pos, theta, style);
+  }
+  void swiglu(float* gate, const float* up, std::int64_t n) {
+    Call c(*g_, "swiglu");
+    cpu_.swiglu(gate, up, n);
+  }
+  void add(float* y, const float* x, std::int64_t n) {
+    Call c(*g_, "add");
+    cpu_.add(y, x, n);
+  }
+  void copy_rows(float* dst, std::int64_t ds, const float* src, std::int64_t ss, std::int64_t rows, int width) {
+    Call c(*g_, "copy_rows");
+    cpu_.copy_rows(dst, ds, src, ss, rows, width);
+  }
+  std::unique_ptr<KVStore> make_kv_store(const KVOptions& o, const kv::KVCacheConfig& cfg) {
+    Call c(*g_, "make_kv_store");
+    return std::make_unique<GuardedKVStore>(g_, cpu::make_kv_store(o, cfg, g_.get()));
+  }
+
+ private:
+  std::shared_ptr<Guard> g_;
+  CpuBackend cpu_;
+};
+
+// A backend that lacks one member.
+struct NoLinear {
+  static constexpr std::string_view kName = "broken";
+  static constexpr bool kHostVisible = true;
+  template <typename T>
+  using Buffer = CpuBackend::Buffer<T>;
+  template <typename T>
+  Buffer<T> allocate(std::size_t n) {
+    return Buffer<T>(n);
+  }
+  void to_host(const float*, std::size_t, float*) {}
+  MatrixView upload(const MatrixView& w, std::vector<KeepAlive>&) { return w; }
+  void set_threads(int) {}
+  void embed(const MatrixView&, const std::int32_t*, std::int64_t, float*) {}
+  void rmsnorm(float*, const float*, const std::int32_t*, std::int64_t, const float*, int, float) {}
+  void rope(float*, std::int64_t, int, int, const std::int64_t*, float, RopeStyle) {}
+  void swiglu(float*, const float*, std::int64_t) {}
+  void add(float*, const float*, std::int64_t) {}
+  void copy_rows(float*, std::int64_t, const float*, std::int64_t, std::int64_t, int) {}
+  std::unique_ptr<KVStore> make_kv_store(const KVOptions&, const kv::KVCacheConfig&) { return nullptr; }
+};
+
+bool same_bits(const float* a, const float* b, std::size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+
+// Reading `p` kills a forked child with SIGSEGV: the guard is really on.
+bool read_faults(const void* p) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::signal(SIGSEGV, SIG_DFL);  // not a sanitizer's handler: die of the signal
+    volatile const unsigned char* q = static_cast<const unsigned char*>(p);
+    (void)*q;
+    ::_exit(0);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV;
+}
+
+}  // namespace
+
+TEST_CASE("backend concept: CpuBackend satisfies it, a backend missing a member does not", "[backend]") {
+  STATIC_REQUIRE(is_backend_v<CpuBackend>);
+  STATIC_REQUIRE(is_backend_v<GuardedBackend>);
+  STATIC_REQUIRE_FALSE(is_backend_v<NoLinear>);
+  STATIC_REQUIRE_FALSE(backend_detail::has_linear<NoLinear>::value);
+  STATIC_REQUIRE(backend_detail::has_rope<NoLinear>::value);
+  STATIC_REQUIRE_FALSE(is_backend_v<int>);
+}
+
+TEST_CASE("guarded backend: the model touches no activation or KV byte outside the backend, bit for bit the CPU's",
+          "[backend]") {
+  struct Shape {
+    const char* name;
+    int dim, heads, kv_heads;  // head_dim 8: stored as is; 6: padded to 8 in the KV cache
+  };
+  struct Kv {
+    const char* name;
+    KVLayoutKind layout;
+    kv::QuantKind quant;
+  };
+  for (const Shape& shape : {Shape{"head_dim 8", 64, 8, 4}, Shape{"head_dim 6 (padded)", 48, 8, 4}}) {
+    for (const Kv& kvk : {Kv{"contiguous f32", KVLayoutKind::Contiguous, kv::QuantKind::F32},
+                          Kv{"paged int8", KVLayoutKind::Paged, kv::QuantKind::Int8},
+                          Kv{"window f16", KVLayoutKind::Window, kv::QuantKind::F16}}) {
+      INFO(shape.name << ", " << kvk.name);
+      LlamaConfig c = synthetic_config("tiny");
+      c.dim = shape.dim, c.n_heads = shape.heads, c.n_kv_heads = shape.kv_heads, c.head_dim = shape.dim / shape.heads;
+      c.n_layers = 3;
+      const LlamaWeights w = make_synthetic(c, DType::BF16, 11);
+      ModelOptions o;
+      o.threads = 2;
+      o.max_batch = 32;
+      o.kv.layout = kvk.layout;
+      o.kv.quant = kvk.quant;
+      o.kv.max_sequences = 4;
+      o.kv.window = 24;
+      auto guard = std::make_shared<Guard>();
+      LlamaModel<> ref(w, o);
+      LlamaModel<GuardedBackend> guarded(w, o, GuardedBackend(guard));
+      REQUIRE_FALSE(guard->is_open());
+      REQUIRE(guard->guarded_bytes() > 0);
+      REQUIRE(read_faults(guard->any_region()));
+      const std::size_t V = std::size_t(c.vocab_size);
+
+      // Prefill in two chunks, every row's logits; the last hidden rows.
+      std::mt19937 rng(5);
+      std::vector<std::int32_t> prompt(40);
+      for (auto& t : prompt) t = std::int32_t(rng() % std::uint32_t(c.vocab_size));
+      std::vector<float> a(prompt.size() * V), b(a.size());
+      ref.forward_prefill_all(prompt.data(), std::int64_t(prompt.size()), 0, a.data());
+      guarded.forward_prefill_all(prompt.data(), std::int64_t(prompt.size()), 0, b.data());
+      CHECK(same_bits(a.data(), b.data(), a.size()));
+      CHECK(same_bits(ref.last_hidden(), guarded.last_hidden(), std::size_t(c.dim)));
+
+      // Greedy decode, then a rollback (truncate) and a different path.
+      int pos = int(prompt.size());
+      std::int32_t t = cpu::argmax_token(a.data() + a.size() - V, c.vocab_size);
+      for (int i = 0; i < 12; ++i, ++pos) {
+        const float* la = ref.forward_decode(t, pos);
+        const float* lb = guarded.forward_decode(t, pos);
+        REQUIRE(same_bits(la, lb, V));
+        t = cpu::argmax_token(la, c.vocab_size);
+      }
+      CHECK(same_bits(ref.forward_decode(7, pos - 6), guarded.forward_decode(7, pos - 6), V));
+
+      // A ragged batch of two more sequences, one with a token-tree mask.
+      auto batch_logits = [&](auto& model) {
+        for (SeqId s : {SeqId(1), SeqId(2)}) REQUIRE(model.kv().add_sequence(s));
+        ForwardBatch bt;
+        bt.add(1, std::vector<std::int32_t>(prompt.begin(), prompt.begin() + 9));
+        bt.add(2, std::vector<std::int32_t>(prompt.begin() + 3, prompt.begin() + 6));
+        bt.logits = LogitsRows::All;
+        // Sequence 1: causal; sequence 2: a tree (rows 1 and 2 both children of row 0).
+        for (int i = 0; i < 9; ++i)
+          for (int j = 0; j < 9; ++j) bt.mask.push_back(j <= i ? 1 : 0);
+        const std::uint8_t tree[9] = {1, 0, 0, 1, 1, 0, 1, 0, 1};
+        bt.mask.insert(bt.mask.end(), tree, tree + 9);
+        const float* l = model.forward(bt);
+        std::vector<float> out(l, l + 12 * V);
+        model.kv().fork(1, 3);  // shares blocks: the next append copies on write
+        ForwardBatch next;
+        next.add(3, std::vector<std::int32_t>{5, 6});
+        next.logits = LogitsRows::All;
+        const float* l2 = model.forward(next);
+        out.insert(out.end(), l2, l2 + 2 * V);
+        return out;
+      };
+      const auto ba = batch_logits(ref), bb = batch_logits(guarded);
+      CHECK(same_bits(ba.data(), bb.data(), ba.size()));
+      REQUIRE_FALSE(guard->is_open());
+
+      // Every kernel the model needs was the backend's.
+      for (const char* k : {"upload", "embed", "linear", "rmsnorm", "rope", "swiglu", "add", "to_host", "kv.append",
+                            "kv.attend", "kv.prepare"})
+        CHECK(guard->calls[k] > 0);
+      if (c.head_dim % 8 != 0) CHECK(guard->calls["copy_rows"] > 0);
+    }
+  }
+}
+
+TEST_CASE("guarded backend: an engine's swaps and copy-on-write go through the KV store verbs", "[backend][engine]") {
+  LlamaConfig c = synthetic_config("tiny");
+  c.n_layers = 2;
+  c.max_seq_len = 80;
+  const LlamaWeights w = make_synthetic(c, DType::BF16, 3);
+  ModelOptions o;
+  o.threads = 1;
+  o.kv.layout = KVLayoutKind::Paged;
+  o.kv.block_size = 16;
+  o.kv.max_sequences = 16;
+  o.kv.num_blocks = 14;  // small: forces preemption
+  engine::EngineConfig cfg;
+  cfg.scheduler.max_tokens_per_step = 64;
+  cfg.scheduler.max_seqs = 16;
+  cfg.scheduler.preemption = sched::PreemptionPolicy{sched::Swap{}};
+  cfg.scheduler.swap_blocks = 32;
+  cfg.prefix_cache = true;
+  std::mt19937 rng(9);
+  std::vector<sched::Request> reqs;
+  // Two full blocks shared by every prompt; a prompt that is exactly those
+  // hits the prefix cache whole and recomputes its last token into a shared
+  // block: a copy-on-write copy.
+  std::vector<std::int32_t> shared_prefix{1};
+  for (int k = 1; k < 32; ++k) shared_prefix.push_back(std::int32_t(100 + k));
+  for (int i = 0; i < 24; ++i) {
+    sched::Request r;
+    r.prompt = shared_prefix;
+    const int extra = i % 3 == 0 ? 0 : int(rng() % 10);
+    for (int k = 0; k < extra; ++k) r.prompt.push_back(std::int32_t(3 + rng() % 500));
+    r.max_new_tokens = 8 + int(rng() % 24);
+    reqs.push_back(r);
+  }
+  auto run = [&](auto& model) {
+    engine::Engine<std::remove_reference_t<decltype(model.backend())>> e(model, cfg);
+    std::vector<sched::RequestId> ids;
+    for (const auto& r : reqs) ids.push_back(e.submit(r));
+    while (e.step()) {
+    }
+    std::vector<std::vector<std::int32_t>> out;
+    for (auto id : ids) out.push_back(e.output(id));
+    CHECK(e.metrics().preemptions_swap > 0);
+    return out;
+  };
+  auto guard = std::make_shared<Guard>();
+  LlamaModel<> ref(w, o);
+  LlamaModel<GuardedBackend> guarded(w, o, GuardedBackend(guard));
+  const auto expected = run(ref);
+  const auto got = run(guarded);
+  CHECK(got == expected);
+  CHECK(guard->calls["kv.swap_out"] > 0);
+  CHECK(guard->calls["kv.swap_in"] > 0);
+  CHECK(guard->calls["kv.copy_blocks"] > 0);
+  REQUIRE_FALSE(guard->is_open());
+}
