@@ -17,7 +17,7 @@
 #include "fastinfer/speculative/prompt_lookup.hpp"
 #include "fastinfer/speculative/tree_batch.hpp"
 
-namespace spec = fastinfer::speculative;
+namespace speculative = fastinfer::speculative;
 using Tokens = std::vector<std::int32_t>;
 
 TEST_CASE("prompt lookup: longest n-gram first, most recent occurrence, up to k tokens") {
