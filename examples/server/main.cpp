@@ -53,10 +53,7 @@ using namespace fastinfer_server;
 
 namespace {
 
-bool ends_with(const std::string& s, const char* suffix) {
-  const std::string t(suffix);
-  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
-}
+using fastinfer::examples::ends_with;
 
 // The model's vocabulary: --tokenizer, else a Hugging Face directory's
 // tokenizer.json or a .gguf's own; null when there is none (token ids only).
