@@ -58,7 +58,7 @@ TEST_CASE("parse_weight_dtype reads every kLoadWeightTypes name and lists them w
                     Catch::Contains("'q4_0'") && Catch::Contains("f32, bf16, f16, q8_0"));
 }
 
-TEST_CASE("--weights and --draft-weights offer exactly the library's weight types", "[examples][cli]") {
+TEST_CASE("the --weights, --draft-weights, --spec-rule and --preemption lists are the library's names", "[examples][cli]") {
   FASTINFER_REQUIRE_PROGRAM(gen, "fastinfer-generate");
   FASTINFER_REQUIRE_PROGRAM(serve, "fastinfer-serve-bench");
   const ProgramRun g = run_program(gen, "--help");
