@@ -95,7 +95,7 @@ FASTINFER_BENCH_FORMAT("fp8e5m2", U8, f32_to_fp8e5m2, fp8e5m2_to_f32);
 void BM_sample(benchmark::State& state) {
   const std::int64_t n = 32000;
   const std::vector<float> logits = random_floats(std::size_t(n));
-  cpu::SamplingParams params;
+  fastinfer::SamplingParams params;
   params.temperature = state.range(0) == 0 ? 0.0f : 0.8f;
   params.top_k = int(state.range(1));
   params.top_p = float(state.range(2)) / 100.0f;

@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "common/medusa_flags.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
@@ -130,9 +131,9 @@ void BM_Medusa(benchmark::State& state, const std::string& heads_spec, const std
     // Heads trained on the original of an inflated model: zero-padded (pad:FILE).
     const bool pad = g_model_name.compare(0, 8, "inflate:") == 0;
     heads = std::make_unique<speculative::MedusaHeads>(
-        speculative::MedusaHeads::from_spec((pad ? "pad:" : "") + g_heads_path, target->config()));
+        fastinfer::examples::medusa_heads_from_flag((pad ? "pad:" : "") + g_heads_path, target->config()));
   } else if (heads_spec != "plain") {
-    heads = std::make_unique<speculative::MedusaHeads>(speculative::MedusaHeads::from_spec(heads_spec, target->config()));
+    heads = std::make_unique<speculative::MedusaHeads>(fastinfer::examples::medusa_heads_from_flag(heads_spec, target->config()));
   }
   speculative::MedusaOptions o;
   if (tree == "choices") {

@@ -47,7 +47,7 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/speculative/draft_model.hpp"
-#include "fastinfer/speculative/drafter_factory.hpp"
+#include "common/drafter_flags.hpp"
 #include "fastinfer/speculative/early_exit_drafter.hpp"
 #include "fastinfer/speculative/lookahead_pool.hpp"
 #include "fastinfer/speculative/prompt_lookup.hpp"
@@ -138,14 +138,15 @@ void BM_Speculative(benchmark::State& state, const std::string& set_name, const 
   std::unique_ptr<speculative::Drafter> drafter;
   if (drafter_name == "prompt-lookup") drafter = std::make_unique<speculative::PromptLookup>();
   if (drafter_name == "lookahead")
-    drafter = std::make_unique<speculative::LookaheadPool>(speculative::LookaheadConfig{5, k + 1, 5}, target.config().vocab_size);
+    drafter = std::make_unique<speculative::LookaheadPool>(speculative::LookaheadConfig{5, k + 1, 5},
+                                                           target.config().vocab_size, &cpu::argmax_token<>);
   if (drafter_name == "self-bf16") {
     // A private copy: the draft keeps its own KV cache.
     LoadOptions o;
     o.weight_dtype = DType::BF16;
     o.threads = 2;
     drafter = std::make_unique<speculative::DraftModel<Model>>(Model(load_model(s.model, o), ModelOptions{1, 64}),
-                                                         cpu::SamplingParams{});
+                                                         fastinfer::SamplingParams{});
   }
   std::int64_t tokens = 0, forwards = 0, step_tokens = 0, drafted = 0, accepted = 0;
   for (auto _ : state) {
@@ -208,7 +209,7 @@ Model& inflated(const std::string& weights, const std::string& kv = "f32") {
   auto& slot = cache[weights + "/" + kv];
   if (!slot) {
     LoadOptions o;
-    o.weight_dtype = speculative::parse_draft_weights(weights);
+    o.weight_dtype = parse_weight_dtype(weights);
     o.threads = 2;
     KVOptions kvo;
     kvo.quant = kv::parse_quant(kv);
@@ -236,8 +237,8 @@ void BM_Spec110M(benchmark::State& state, const std::string& weights, const std:
   if (drafter_name == "pl") drafter = std::make_unique<speculative::PromptLookup>();
   if (drafter_name == "pl-tree") drafter = std::make_unique<speculative::PromptLookup>(speculative::PromptLookupConfig{3, 1, 4});
   if (drafter_name.rfind("la-", 0) == 0) {
-    const auto c = speculative::parse_lookahead(drafter_name.substr(3));
-    drafter = std::make_unique<speculative::LookaheadPool>(c, vocab);
+    const auto c = fastinfer::examples::parse_lookahead(drafter_name.substr(3));
+    drafter = std::make_unique<speculative::LookaheadPool>(c, vocab, &cpu::argmax_token<>);
     k = c.ngram - 1;
   }
   if (drafter_name.rfind("self-q8-", 0) == 0) {
@@ -247,11 +248,11 @@ void BM_Spec110M(benchmark::State& state, const std::string& weights, const std:
     KVOptions kvo;
     kvo.quant = kv::parse_quant(drafter_name.substr(8));
     drafter = std::make_unique<speculative::DraftModel<Model>>(
-        Model(load_model(inflated_spec(), o), ModelOptions{2, 64, kvo}), cpu::SamplingParams{});
+        Model(load_model(inflated_spec(), o), ModelOptions{2, 64, kvo}), fastinfer::SamplingParams{});
   }
   if (drafter_name.rfind("ee-", 0) == 0) {  // ee-N[-kK]: self-speculative early exit, the first N layers, shared KV
     drafter = std::make_unique<speculative::EarlyExitDrafter<Model>>(target, std::stoi(drafter_name.substr(3)),
-                                                              cpu::SamplingParams{});
+                                                              fastinfer::SamplingParams{});
     const auto at = drafter_name.find("-k");
     if (at != std::string::npos) k = std::stoi(drafter_name.substr(at + 2));
   }

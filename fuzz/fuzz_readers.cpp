@@ -119,8 +119,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
     }
     case Target::MedusaHeads: {
       write_file(g_dir / "heads.bin", data, size);
-      const auto heads = speculative::MedusaHeads::from_spec((g_dir / "heads.bin").string(), tiny_config());
-      (void)heads.num_heads();
+      const auto heads = speculative::MedusaHeads::load((g_dir / "heads.bin").string());
+      heads.check_compatible(tiny_config());
       return;
     }
   }

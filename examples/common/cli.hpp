@@ -121,22 +121,14 @@ inline std::vector<std::string> kv_layout_choices() {
   return out;
 }
 
-// --weights choices, from dtype_name: every weight type the loaders can
-// convert to (with_q8_0: q8_0 too, which load_model quantizes itself).
+// --weights choices: kLoadWeightTypes' names (parse_weight_dtype reads
+// them). with_q8_0 false: the element-wise conversions only, for a program
+// that converts one file without load_model (fastinfer-inflate).
 inline std::vector<std::string> weight_choices(bool with_q8_0 = true) {
   std::vector<std::string> out;
-  for (int k = 0; dtype_name(DType(k)) != "?"; ++k)
-    if (with_q8_0 || DType(k) != DType::Q8_0) out.emplace_back(dtype_name(DType(k)));
+  for (DType t : kLoadWeightTypes)
+    if (with_q8_0 || t != DType::Q8_0) out.emplace_back(dtype_name(t));
   return out;
-}
-
-// A --weights name -> DType, every weight_choices() name included: the one
-// parser every program uses (the multi-prompt path of fastinfer-generate once
-// refused q8_0 because it called parse_weight_dtype, which knows three).
-inline DType parse_weights(std::string_view name) {
-  for (int k = 0; dtype_name(DType(k)) != "?"; ++k)
-    if (dtype_name(DType(k)) == name) return DType(k);
-  return parse_weight_dtype(name);  // throws InvalidArgument naming the text
 }
 
 // --ctx-size N (llama.cpp's name): the context to run with, replacing the

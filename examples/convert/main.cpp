@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
 
     fastinfer::GgufSaveOptions save;
     save.name = name;
-    if (!type.empty()) save.type = fe::parse_weights(type);
+    if (!type.empty()) save.type = fastinfer::parse_weight_dtype(type);
     const std::string vocab = !tokenizer.empty() ? tokenizer : fe::ends_with(input, ".gguf") ? input : "";
     if (!vocab.empty()) {
       fastinfer::set_gguf_vocabulary(vocab, save);

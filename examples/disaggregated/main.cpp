@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "common/workload_flags.hpp"
 #include "fastinfer/engine/disaggregation.hpp"
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/workload.hpp"
@@ -160,8 +161,8 @@ int main(int argc, char** argv) {
     fe::WorkloadConfig wc;
     wc.num_requests = o.requests;
     wc.rate = o.rate;
-    wc.prompt = fe::LengthRange::parse(o.prompt);
-    wc.output = fe::LengthRange::parse(o.output);
+    wc.prompt = fastinfer::examples::parse_length_range(o.prompt);
+    wc.output = fastinfer::examples::parse_length_range(o.output);
     wc.vocab_size = w.config.vocab_size;
     wc.prompt.max = std::min<std::int32_t>(wc.prompt.max, w.config.max_seq_len - wc.output.max - 1);
     wc.prompt.min = std::min(wc.prompt.min, wc.prompt.max);

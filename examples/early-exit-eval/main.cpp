@@ -31,6 +31,7 @@
 #include "fastinfer/speculative/early_exit_drafter.hpp"
 #include "fastinfer/speculative/speculative_generate.hpp"
 
+#include "common/cli.hpp"
 #include "common/golden.hpp"
 
 namespace {
@@ -65,7 +66,7 @@ int main(int argc, char** argv) {
   std::vector<int> exit_layers, patiences = {2, 3};
   std::vector<float> thresholds = {0.5f, 0.7f, 0.8f, 0.9f, 0.95f, 0.99f};
   app.add_option("--model", model_spec, "load_model spec")->capture_default_str();
-  app.add_option("--weights", weights, "weights dtype")->check(CLI::IsMember({"f32", "bf16", "f16"}))->capture_default_str();
+  app.add_option("--weights", weights, "weights dtype")->check(CLI::IsMember(fastinfer::examples::weight_choices()))->capture_default_str();
   app.add_option("--cases", cases_dir, "golden cases whose prompts are used")->capture_default_str();
   app.add_option("--threads", threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_option("--tokens", tokens, "new tokens per prompt")->check(CLI::Range(2, 1 << 20))->capture_default_str();

@@ -21,7 +21,6 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/profiler.hpp"
-#include "fastinfer/speculative/drafter_factory.hpp"
 #include "fastinfer/speculative/medusa_tree.hpp"
 #include "fastinfer/speculative/speculative_generate.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
@@ -29,6 +28,8 @@
 #include "fastinfer/tokenizer/utf8.hpp"
 
 #include "common/cli.hpp"
+#include "common/drafter_flags.hpp"
+#include "common/medusa_flags.hpp"
 
 namespace fe = fastinfer::examples;
 
@@ -139,10 +140,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1e6));
   app.add_option("--roofline-gflops", roof_gflops, "profile: FMA peak in GFLOP/s (0: measure it)")
       ->check(CLI::Range(0.0, 1e9));
-  fastinfer::speculative::DrafterSpec spec;
+  fe::DrafterSpec spec;
   int spec_k = 4;
   app.add_option("--spec", spec.kind, "speculative decoding drafter")
-      ->check(CLI::IsMember({"none", "draft", "prompt-lookup", "lookahead", "medusa", "early-exit"}))
+      ->check(CLI::IsMember(fe::drafter_kinds()))
       ->capture_default_str();
   app.add_option("--draft-model", spec.draft_model, "draft model for --spec draft (default: the target itself)");
   app.add_option("--draft-weights", spec.draft_weights, "draft model weights")
@@ -177,7 +178,7 @@ int main(int argc, char** argv) {
   std::string spec_rule = "exact";
   app.add_option("--spec-rule", spec_rule,
                  "sampled verification: exact (rejection sampling) or coupled (plain sampling's tokens, bit for bit)")
-      ->check(CLI::IsMember({"exact", "coupled"}))
+      ->check(CLI::IsMember(fe::acceptance_rule_choices()))
       ->capture_default_str();
   std::string medusa_heads = "random:1", medusa_tree = "dynamic";
   auto* heads_option = app.add_option("--medusa-heads", medusa_heads,
@@ -195,7 +196,7 @@ int main(int argc, char** argv) {
     fe::refuse_unused(kv_layout == "paged", {window_option, sinks_option}, "with --kv-layout paged");
     fe::refuse_unused(spec.kind != "lookahead", {lookahead_option}, "without --spec lookahead");
     fe::refuse_unused(spec.kind != "medusa", {heads_option, tree_option}, "without --spec medusa");
-    if (!weights.empty()) load.weight_dtype = fe::parse_weights(weights);
+    if (!weights.empty()) load.weight_dtype = fastinfer::parse_weight_dtype(weights);
     load.threads = threads;
     if (prompt_id_list.size() > 1 || !prompts_file.empty()) {
       // Several prompts: one Engine with a prefix cache across them, greedy
@@ -261,14 +262,14 @@ int main(int argc, char** argv) {
     fastinfer::validate_generation(model.config(), prompt, params);
     const bool medusa = spec.kind == "medusa";
     const auto drafter = medusa ? nullptr
-                                : fastinfer::speculative::make_drafter(spec, model_spec, model.config(),
-                                                                fastinfer::sampling_params(params), threads, &model);
+                                : fe::make_drafter(spec, model_spec, model.config(), fastinfer::sampling_params(params),
+                                                   threads, &model);
     FASTINFER_CHECK(!calm.enabled() || (!drafter && !medusa), fastinfer::InvalidArgument,
                     "--early-exit-threshold / --early-exit-patience (lossy) do not combine with --spec");
     fastinfer::ConfidentExit<fastinfer::LlamaModel<>> calm_model(model, calm);  // InvalidArgument on bad options
     fastinfer::speculative::SpeculativeOptions spec_options{spec_k};
-    if (spec_rule == "coupled") {
-      spec_options.rule = fastinfer::speculative::AcceptanceRule::Coupled;
+    spec_options.rule = fe::parse_acceptance_rule(spec_rule);
+    if (spec_options.rule == fastinfer::speculative::AcceptanceRule::Coupled) {
       // A model drafter then draws with the target's coins (draft_model.hpp).
       if (auto* dm = dynamic_cast<fastinfer::speculative::DraftModel<fastinfer::LlamaModel<>>*>(drafter.get()))
         dm->set_rule(spec_options.rule);
@@ -283,12 +284,12 @@ int main(int argc, char** argv) {
       FASTINFER_CHECK(profile_out.is_open(), fastinfer::InvalidArgument, "cannot open --profile-json file '",
                       profile_json, "' for writing");
     }
-    auto heads = medusa ? fastinfer::speculative::MedusaHeads::from_spec(medusa_heads, model.config())
+    auto heads = medusa ? fe::medusa_heads_from_flag(medusa_heads, model.config())
                         : fastinfer::speculative::MedusaHeads();
     // Read before any output: a bad tree file is one error line, not half a run.
     fastinfer::speculative::MedusaOptions medusa_opts;
     if (medusa) {
-      medusa_opts = fastinfer::speculative::medusa_options(medusa_tree, heads.num_heads());
+      medusa_opts = fe::medusa_options_from_flag(medusa_tree, heads.num_heads());
       medusa_opts.rule = spec_options.rule;
     }
 

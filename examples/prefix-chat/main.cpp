@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
   if (const int code = fx::parse_args(app, kProgram, argc, argv); code >= 0) return code;
 
   return fx::run_main(kProgram, [&]() -> int {
-    load.weight_dtype = fx::parse_weights(weights);
+    load.weight_dtype = fastinfer::parse_weight_dtype(weights);
     load.threads = threads;
     fastinfer::LlamaWeights lw = fastinfer::load_model(model_spec, load);
     const int ctx = lw.config.max_seq_len;

@@ -28,6 +28,8 @@
 #include "fastinfer/model/load_model.hpp"
 
 #include "common/cli.hpp"
+#include "common/scheduler_flags.hpp"
+#include "common/workload_flags.hpp"
 
 namespace fx = fastinfer::examples;
 
@@ -103,7 +105,7 @@ int main(int argc, char** argv) {
   app.add_option("--prefill-chunk", chunk, "continuous: longest prefill chunk (0: the budget)")
       ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   app.add_option("--preemption", preemption, "continuous: preemption policy")
-      ->check(CLI::IsMember({"recompute", "swap", "none"}))->capture_default_str();
+      ->check(CLI::IsMember(fx::preemption_choices()))->capture_default_str();
   auto* swap_option = app.add_option("--swap-blocks", swap_blocks, "host swap space in KV blocks (--preemption swap)")
                           ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   app.add_flag("--prefix-cache", prefix_cache, "continuous: reuse the KV of shared prefixes");
@@ -135,8 +137,8 @@ int main(int argc, char** argv) {
                     block_size, " is not a power of two");
     fx::refuse_unused(preemption != "swap", {swap_option}, "without --preemption swap");
     fx::refuse_unused(spec_kind != "draft", {draft_model_option, draft_weights_option}, "without --spec draft");
-    w.prompt = fe::LengthRange::parse(prompt_len);
-    w.output = fe::LengthRange::parse(output_len);
+    w.prompt = fx::parse_length_range(prompt_len);
+    w.output = fx::parse_length_range(output_len);
     // 64-bit: each length may be up to 2^24, their sum times the requests more.
     const std::int64_t seq_max = std::int64_t(w.prompt.max) + w.output.max;
     const std::int64_t workload_tokens = fastinfer::checked_mul(w.num_requests, seq_max, "workload tokens");
@@ -146,7 +148,7 @@ int main(int argc, char** argv) {
     FASTINFER_CHECK(w.rate == 0 || w.num_requests / w.rate <= kMaxArrivalSpanSeconds, fastinfer::InvalidArgument,
                     "--rate ", w.rate, " spreads ", w.num_requests, " arrivals over ", w.num_requests / w.rate,
                     " s (at most ", kMaxArrivalSpanSeconds, " s)");
-    load.weight_dtype = fx::parse_weights(weights);
+    load.weight_dtype = fastinfer::parse_weight_dtype(weights);
     load.threads = threads;
     fastinfer::LlamaWeights lw = fastinfer::load_model(model_spec, load);
     const auto& cfg = lw.config;
@@ -179,8 +181,7 @@ int main(int argc, char** argv) {
     ec.scheduler.max_tokens_per_step = budget;
     ec.scheduler.max_prefill_chunk = chunk;
     ec.scheduler.swap_blocks = swap_blocks;
-    if (preemption == "swap") ec.scheduler.preemption = fastinfer::sched::Swap{};
-    if (preemption == "none") ec.scheduler.preemption = fastinfer::sched::NoEviction{};
+    ec.scheduler.preemption = fx::parse_preemption(preemption);
     ec.prefix_cache = prefix_cache;
     if (spec_kind != "none") {
       ec.spec.defaults.drafter =

@@ -40,6 +40,7 @@
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 
+#include "common/cli.hpp"
 #include "engine_loop.hpp"
 #include "openai_protocol.hpp"
 
@@ -52,10 +53,7 @@ using namespace fastinfer_server;
 
 namespace {
 
-bool ends_with(const std::string& s, const char* suffix) {
-  const std::string t(suffix);
-  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
-}
+using fastinfer::examples::ends_with;
 
 // The model's vocabulary: --tokenizer, else a Hugging Face directory's
 // tokenizer.json or a .gguf's own; null when there is none (token ids only).
@@ -246,7 +244,7 @@ int main(int argc, char** argv) {
   app.add_option("--served-model-name", served_name, "model id in responses (default: the model file's name)");
   app.add_option("--chat-template", chat_template, "auto (the model's, if recognised), plain, chatml, llama2")
       ->check(CLI::IsMember({"auto", "plain", "chatml", "llama2"}))->capture_default_str();
-  app.add_option("--weights", weights, "convert weights at load")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  app.add_option("--weights", weights, "convert weights at load")->check(CLI::IsMember(fastinfer::examples::weight_choices()));
   app.add_option("--threads", threads, "CPU threads of the forward pass")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_option("--http-threads", http_threads, "HTTP worker threads (each open connection holds one)")
       ->check(CLI::Range(2, 100000))->capture_default_str();

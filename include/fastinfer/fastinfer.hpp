@@ -56,7 +56,6 @@
 #include "fastinfer/speculative/early_exit_drafter.hpp"
 #include "fastinfer/speculative/lookahead_pool.hpp"
 #include "fastinfer/speculative/speculative_generate.hpp"
-#include "fastinfer/speculative/drafter_factory.hpp"
 #include "fastinfer/speculative/medusa_heads.hpp"
 #include "fastinfer/speculative/medusa_tree.hpp"
 #include "fastinfer/engine/engine.hpp"

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/workload_flags.hpp"
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/static_batcher.hpp"
@@ -30,8 +31,8 @@ fastinfer::ModelOptions paged(int num_blocks, int seqs) {
 TEST_CASE("workload: lengths, shared prefixes and arrivals follow the configuration", "[engine][workload]") {
   fe::WorkloadConfig c;
   c.num_requests = 400;
-  c.prompt = fe::LengthRange::parse("20:40");
-  c.output = fe::LengthRange::parse("5");
+  c.prompt = fastinfer::examples::parse_length_range("20:40");
+  c.output = fastinfer::examples::parse_length_range("5");
   c.shared_prefix_fraction = 0.5;
   c.shared_prefix_tokens = 16;
   c.vocab_size = 512;
@@ -56,8 +57,8 @@ TEST_CASE("workload: lengths, shared prefixes and arrivals follow the configurat
   CHECK(shared < 262);
   CHECK(last / 399 == Approx(0.01).epsilon(0.25));
   CHECK(fe::make_workload(c)[7].prompt == reqs[7].prompt);  // deterministic for a seed
-  CHECK_THROWS_AS(fe::LengthRange::parse("9:3"), fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(fe::LengthRange::parse("x"), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(fastinfer::examples::parse_length_range("9:3"), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(fastinfer::examples::parse_length_range("x"), fastinfer::InvalidArgument);
 }
 
 TEST_CASE("static batcher: outputs equal the engine's, the batch is padded to its longest request",
@@ -65,8 +66,8 @@ TEST_CASE("static batcher: outputs equal the engine's, the batch is padded to it
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   fe::WorkloadConfig c;
   c.num_requests = 20;
-  c.prompt = fe::LengthRange::parse("2:60");
-  c.output = fe::LengthRange::parse("1:40");
+  c.prompt = fastinfer::examples::parse_length_range("2:60");
+  c.output = fastinfer::examples::parse_length_range("1:40");
   c.vocab_size = 512;
   c.temperature = 0.7f;
   auto reqs = fe::make_workload(c);

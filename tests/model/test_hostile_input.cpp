@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/workload_flags.hpp"
 #include "fastinfer/core/checked_math.hpp"
 #include "fastinfer/engine/workload.hpp"
 #include "fastinfer/model/generate.hpp"
@@ -372,9 +373,9 @@ TEST_CASE("parse_special is an explicit choice: special-token text is plain text
 TEST_CASE("workload lengths and lookahead sizes out of range are usage errors", "[hostile]") {
   using engine::LengthRange;
   for (const char* bad : {"2147483647", "4294967297", "1:99999999999", "0", "5:3", "12abc", "-1"})
-    CHECK_THROWS_AS(LengthRange::parse(bad), InvalidArgument);
-  CHECK(LengthRange::parse("16777216").max == 16777216);
-  CHECK(LengthRange::parse("32:128").min == 32);
+    CHECK_THROWS_AS(fastinfer::examples::parse_length_range(bad), InvalidArgument);
+  CHECK(fastinfer::examples::parse_length_range("16777216").max == 16777216);
+  CHECK(fastinfer::examples::parse_length_range("32:128").min == 32);
   const speculative::LookaheadConfig huge{1000000, 1000000, 1000000}, paper{15, 8, 15};
   CHECK_THROWS_WITH(speculative::LookaheadPool(huge, 512), Contains("exceeds the limits"));
   CHECK_NOTHROW(speculative::LookaheadPool(paper, 512));

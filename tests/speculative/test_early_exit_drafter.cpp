@@ -15,7 +15,7 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
-#include "fastinfer/speculative/drafter_factory.hpp"
+#include "common/drafter_flags.hpp"
 #include "fastinfer/speculative/early_exit_drafter.hpp"
 #include "fastinfer/speculative/speculative_generate.hpp"
 #include "golden.hpp"
@@ -99,7 +99,11 @@ TEST_CASE("early-exit drafts are the argmax chain of the target's first layers, 
   for (int exit = 1; exit <= layers; ++exit) {
     INFO("exit layer " << exit);
     Model ref = truncated(path, exit);
-    const Tokens expected = fastinfer::generate(ref, prompt, fastinfer::GenerationParams{5}).tokens;
+    const Tokens expected = fastinfer::generate(ref, prompt, [] {
+      fastinfer::GenerationParams g;
+      g.max_new_tokens = 5;
+      return g;
+    }()).tokens;
     REQUIRE(expected.size() == 5);
     // The target first holds the prompt at full depth, as after speculative_generate's prefill.
     target.reset();
@@ -163,11 +167,11 @@ TEST_CASE("early-exit drafter: exit layer defaults to half, bad layers are rejec
   CHECK_THROWS_AS(speculative::EarlyExitDrafter<Model>(target, layers + 1, {}), fastinfer::InvalidArgument);
   CHECK_THROWS_AS(speculative::EarlyExitDrafter<Model>(target, -1, {}), fastinfer::InvalidArgument);
   CHECK_THROWS_AS(target.forward_prefill_exit(Tokens{1}.data(), 1, 0, 0), fastinfer::InvalidArgument);
-  speculative::DrafterSpec s;
+  fastinfer::examples::DrafterSpec s;
   s.kind = "early-exit";
   s.exit_layer = 2;
-  CHECK_THROWS_AS(speculative::make_drafter(s, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
-  auto d = speculative::make_drafter(s, model_path.string(), target.config(), {}, 1, &target);
+  CHECK_THROWS_AS(fastinfer::examples::make_drafter(s, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
+  auto d = fastinfer::examples::make_drafter(s, model_path.string(), target.config(), {}, 1, &target);
   auto* ee = dynamic_cast<speculative::EarlyExitDrafter<Model>*>(d.get());
   REQUIRE(ee != nullptr);
   CHECK(ee->exit_layer() == 2);

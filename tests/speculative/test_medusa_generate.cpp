@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/medusa_flags.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
@@ -48,7 +49,7 @@ void check_golden(const std::filesystem::path& model_path, const std::filesystem
   for (const auto& n : tree_names) policies.emplace_back(n, policy(n));
   std::int64_t off_chain = 0;
   for (const std::string& hs : head_specs) {
-    speculative::MedusaHeads heads = speculative::MedusaHeads::from_spec(hs, model.config(), 4);
+    speculative::MedusaHeads heads = fastinfer::examples::medusa_heads_from_flag(hs, model.config(), 4);
     for (const auto& [pname, policy] : policies)
       for (const Case& c : cases) {
         INFO("heads " << hs << ", tree " << pname << ", case " << c.name);
@@ -113,7 +114,7 @@ TEST_CASE("greedy Medusa with trained heads (FASTINFER_MEDUSA_HEADS_TS) reproduc
 TEST_CASE("Medusa output equals plain generation at the sequence-length limit and with tiny budgets") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model model = load(model_path.string());
-  speculative::MedusaHeads heads = speculative::MedusaHeads::from_spec("random:5", model.config(), 5);
+  speculative::MedusaHeads heads = fastinfer::examples::medusa_heads_from_flag("random:5", model.config(), 5);
   const std::vector<std::int32_t> near_end(505, 0);
   std::vector<std::int32_t> looped = {1};
   for (int i = 0; i < 30; ++i) looped.push_back(std::int32_t(100 + i % 5));
@@ -169,7 +170,7 @@ TEST_CASE("the tree-masked verification forward gives each node the logits of a 
 TEST_CASE("seeded Medusa sampling repeats exactly and differs across seeds, and typical acceptance runs") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model model = load(model_path.string());
-  speculative::MedusaHeads heads = speculative::MedusaHeads::from_spec("random:3", model.config(), 4);
+  speculative::MedusaHeads heads = fastinfer::examples::medusa_heads_from_flag("random:3", model.config(), 4);
   GenerationParams p;
   p.max_new_tokens = 100;
   p.temperature = 0.9f;
@@ -202,8 +203,8 @@ TEST_CASE("Medusa under the coupled rule emits plain sampling's tokens with the 
       p.top_k = seed == 2 ? 40 : 0;
       p.top_p = seed == 5 ? 0.9f : 1.0f;
       const auto plain = fastinfer::generate(model, {1}, p);
-      speculative::MedusaHeads heads = speculative::MedusaHeads::from_spec("random:" + std::to_string(seed), model.config(), 4);
-      speculative::MedusaOptions o = speculative::medusa_options(tree, heads.num_heads());
+      speculative::MedusaHeads heads = fastinfer::examples::medusa_heads_from_flag("random:" + std::to_string(seed), model.config(), 4);
+      speculative::MedusaOptions o = fastinfer::examples::medusa_options_from_flag(tree, heads.num_heads());
       o.rule = speculative::AcceptanceRule::Coupled;
       const auto r = speculative::medusa_generate(model, heads, {1}, p, o);
       INFO("tree " << tree << ", seed " << seed);
@@ -219,7 +220,7 @@ TEST_CASE("medusa_generate rejects bad arguments") {
   Model model = load(model_path.string());
   speculative::MedusaHeads wrong = speculative::MedusaHeads::random(1, 2, model.config().dim + 1, model.config().vocab_size);
   CHECK_THROWS_AS(speculative::medusa_generate(model, wrong, {1}, GenerationParams{}), fastinfer::InvalidArgument);
-  speculative::MedusaHeads heads = speculative::MedusaHeads::from_spec("random:1", model.config());
+  speculative::MedusaHeads heads = fastinfer::examples::medusa_heads_from_flag("random:1", model.config());
   CHECK_THROWS_AS(speculative::medusa_generate(model, heads, {}, GenerationParams{}), fastinfer::InvalidArgument);
   speculative::MedusaOptions o;
   o.tree = speculative::DynamicTree{-1, 3, 0};

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/medusa_flags.hpp"
 #include "fastinfer/speculative/medusa_heads.hpp"
 
 namespace {
@@ -138,21 +139,21 @@ TEST_CASE("Medusa heads from a spec: random:SEED, shape checks, bad input") {
   fastinfer::LlamaConfig c;
   c.dim = 16;
   c.vocab_size = 40;
-  const MedusaHeads a = MedusaHeads::from_spec("random:42", c, 3), b = MedusaHeads::from_spec("random:42", c, 3),
-                    d = MedusaHeads::from_spec("random:43", c, 3);
+  const MedusaHeads a = fastinfer::examples::medusa_heads_from_flag("random:42", c, 3), b = fastinfer::examples::medusa_heads_from_flag("random:42", c, 3),
+                    d = fastinfer::examples::medusa_heads_from_flag("random:43", c, 3);
   CHECK(a.num_heads() == 3);
   CHECK(a.shared_classifier());
   CHECK(std::memcmp(a.residual_weight(2), b.residual_weight(2), 16 * 16 * 4) == 0);
   CHECK(std::memcmp(a.residual_weight(2), d.residual_weight(2), 16 * 16 * 4) != 0);
-  CHECK_THROWS_AS(MedusaHeads::from_spec("random:", c), fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(MedusaHeads::from_spec("random:x1", c), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(fastinfer::examples::medusa_heads_from_flag("random:", c), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(fastinfer::examples::medusa_heads_from_flag("random:x1", c), fastinfer::InvalidArgument);
   CHECK_THROWS_AS(MedusaHeads(0, 4, 4, true), fastinfer::InvalidArgument);
   const std::string path = temp_path("shape.bin");
   MedusaHeads::random(1, 2, 8, 40).save(path);
-  CHECK_THROWS_WITH(MedusaHeads::from_spec(path, c), Catch::Contains("dim 8"));
+  CHECK_THROWS_WITH(fastinfer::examples::medusa_heads_from_flag(path, c), Catch::Contains("dim 8"));
   c.dim = 8;
   c.vocab_size = 41;
-  CHECK_THROWS_WITH(MedusaHeads::from_spec(path, c), Catch::Contains("vocabulary 40"));
+  CHECK_THROWS_WITH(fastinfer::examples::medusa_heads_from_flag(path, c), Catch::Contains("vocabulary 40"));
   std::filesystem::remove(path);
   MedusaHeads h = MedusaHeads::random(1, 2, 8, 40);
   std::vector<float> x(8, 0.1f), out(40);
@@ -182,8 +183,8 @@ TEST_CASE("Medusa heads zero-padded to a wider hidden state give the same logits
   fastinfer::LlamaConfig c;
   c.dim = 24;
   c.vocab_size = 40;
-  CHECK(MedusaHeads::from_spec("pad:" + path, c).dim() == 24);
+  CHECK(fastinfer::examples::medusa_heads_from_flag("pad:" + path, c).dim() == 24);
   c.dim = 4;
-  CHECK_THROWS_AS(MedusaHeads::from_spec("pad:" + path, c), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(fastinfer::examples::medusa_heads_from_flag("pad:" + path, c), fastinfer::InvalidArgument);
   std::filesystem::remove(path);
 }

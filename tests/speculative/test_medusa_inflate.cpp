@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "common/medusa_flags.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/speculative/medusa_heads.hpp"
@@ -35,8 +36,8 @@ void check_padded_heads_draft_alike(const std::filesystem::path& model_path, con
   Model inflated(fastinfer::load_model("inflate:" + model_path.string() + ":dim=256,layers=4,heads=16,kv_heads=8"),
                  fastinfer::ModelOptions{1, 32});
   REQUIRE(inflated.config().dim == 256);
-  speculative::MedusaHeads small = speculative::MedusaHeads::from_spec(heads_file, original.config());
-  speculative::MedusaHeads wide = speculative::MedusaHeads::from_spec("pad:" + heads_file, inflated.config());
+  speculative::MedusaHeads small = fastinfer::examples::medusa_heads_from_flag(heads_file, original.config());
+  speculative::MedusaHeads wide = fastinfer::examples::medusa_heads_from_flag("pad:" + heads_file, inflated.config());
   REQUIRE(wide.dim() == 256);
   const int dim0 = original.config().dim, dim1 = inflated.config().dim;
   const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
@@ -78,7 +79,7 @@ void check_padded_heads_draft_alike(const std::filesystem::path& model_path, con
       INFO("case " << c.name << ", tree " << tree);
       fastinfer::GenerationParams p;
       p.max_new_tokens = std::min(c.max_new_tokens, 64);
-      const auto o = speculative::medusa_options(tree, small.num_heads());
+      const auto o = fastinfer::examples::medusa_options_from_flag(tree, small.num_heads());
       const auto a = speculative::medusa_generate(original, small, c.prompt, p, o);
       const auto b = speculative::medusa_generate(inflated, wide, c.prompt, p, o);
       CHECK(a.generation.tokens ==

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <string>
 
+#include "common/medusa_flags.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/speculative/medusa_heads.hpp"
@@ -43,7 +44,7 @@ TEST_CASE("tools/train_medusa.py writes heads that load and keep greedy Medusa e
   REQUIRE(std::filesystem::exists(out));
 
   fastinfer::LlamaModel<> model(fastinfer::load_model(model_path.string()), fastinfer::ModelOptions{1, 32});
-  fastinfer::speculative::MedusaHeads heads = fastinfer::speculative::MedusaHeads::from_spec(out, model.config());
+  fastinfer::speculative::MedusaHeads heads = fastinfer::examples::medusa_heads_from_flag(out, model.config());
   CHECK(heads.num_heads() == 4);
   CHECK_FALSE(heads.shared_classifier());
   // bos_256: greedy from BOS, 256 tokens.
@@ -52,7 +53,7 @@ TEST_CASE("tools/train_medusa.py writes heads that load and keep greedy Medusa e
   const auto plain = fastinfer::generate(model, {1}, p);
   for (const std::string& tree : {std::string("choices"), std::string("dynamic"), "choices:" + out + ".choices"}) {
     const auto r = fastinfer::speculative::medusa_generate(model, heads, {1}, p,
-                                                    fastinfer::speculative::medusa_options(tree, heads.num_heads()));
+                                                    fastinfer::examples::medusa_options_from_flag(tree, heads.num_heads()));
     CHECK(r.generation.tokens == plain.tokens);
     CHECK(r.stats.mean_accepted_per_step() > 1.2);
   }
@@ -79,14 +80,14 @@ TEST_CASE("tools/train_medusa.py trains heads for a Hugging Face directory (tiny
   INFO(cmd);
   REQUIRE(std::system(cmd.c_str()) == 0);
   fastinfer::LlamaModel<> model(fastinfer::load_model(model_path.string()), fastinfer::ModelOptions{1, 32});
-  fastinfer::speculative::MedusaHeads heads = fastinfer::speculative::MedusaHeads::from_spec(out, model.config());
+  fastinfer::speculative::MedusaHeads heads = fastinfer::examples::medusa_heads_from_flag(out, model.config());
   CHECK(heads.dim() == 128);
   CHECK(heads.vocab() == 2048);
   for (const auto& c : fastinfer::testing::read_golden_cases(cases_dir)) {
     fastinfer::GenerationParams p;
     p.max_new_tokens = c.max_new_tokens;
     const auto r = fastinfer::speculative::medusa_generate(
-        model, heads, c.prompt, p, fastinfer::speculative::medusa_options("choices:" + out + ".choices", heads.num_heads()));
+        model, heads, c.prompt, p, fastinfer::examples::medusa_options_from_flag("choices:" + out + ".choices", heads.num_heads()));
     INFO("case " << c.name);
     CHECK(r.generation.tokens == c.continuation);
   }

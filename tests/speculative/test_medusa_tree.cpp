@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "common/medusa_flags.hpp"
 #include "fastinfer/speculative/medusa_tree.hpp"
 
 namespace {
@@ -139,7 +140,7 @@ TEST_CASE("exact tree sampling with Medusa's deterministic candidates emits the 
   const int rows = ct.tree.size() + 1;
   std::vector<float> logits(std::size_t(rows * vocab));
   for (int i = 0; i < rows * vocab; ++i) logits[std::size_t(i)] = std::sin(1.7f * float(i) + 0.4f) * 1.5f;
-  fastinfer::cpu::SamplingParams sp;
+  fastinfer::SamplingParams sp;
   sp.temperature = 1.0f;
   fastinfer::cpu::SamplerWorkspace ws(vocab);
   // Target distributions of the first token and of the second given the first = node 0's token.
@@ -195,28 +196,28 @@ TEST_CASE("tree names: choices, choices:FILE (the trainer's tree file), dynamic:
     std::ofstream f(file);
     f << "# a comment line\n0\n0 0\n\n1   # rank 1 at depth 1\n0 1\n0 0 0\n";
   }
-  const auto t = std::get<FixedChoicesTree>(medusa_options("choices:" + file, 4).tree);
+  const auto t = std::get<FixedChoicesTree>(fastinfer::examples::medusa_options_from_flag("choices:" + file, 4).tree);
   CHECK(t.choices == std::vector<TreePath>{{0}, {0, 0}, {1}, {0, 1}, {0, 0, 0}});
   CHECK(guesses_needed(t) == 2);
-  CHECK(std::get<FixedChoicesTree>(medusa_options("choices", 4).tree).choices ==
+  CHECK(std::get<FixedChoicesTree>(fastinfer::examples::medusa_options_from_flag("choices", 4).tree).choices ==
         FixedChoicesTree::default_for(4).choices);
-  const auto d = std::get<DynamicTree>(medusa_options("dynamic:24", 4).tree);
+  const auto d = std::get<DynamicTree>(fastinfer::examples::medusa_options_from_flag("dynamic:24", 4).tree);
   CHECK((d.budget == 24 && d.top_k == DynamicTree{}.top_k));
-  const auto d2 = std::get<DynamicTree>(medusa_options("dynamic:6:2", 4).tree);
+  const auto d2 = std::get<DynamicTree>(fastinfer::examples::medusa_options_from_flag("dynamic:6:2", 4).tree);
   CHECK((d2.budget == 6 && d2.top_k == 2));
-  CHECK_THROWS_AS(medusa_options("dynamic:x", 4), fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(medusa_options("dynamic:4:0", 4), fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(medusa_options("bushy", 4), fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(medusa_options("choices:" + file + ".missing", 4), fastinfer::FormatError);
+  CHECK_THROWS_AS(fastinfer::examples::medusa_options_from_flag("dynamic:x", 4), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(fastinfer::examples::medusa_options_from_flag("dynamic:4:0", 4), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(fastinfer::examples::medusa_options_from_flag("bushy", 4), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(fastinfer::examples::medusa_options_from_flag("choices:" + file + ".missing", 4), fastinfer::FormatError);
   {
     std::ofstream f(file);
     f << "0\n0 -1\n";
   }
-  CHECK_THROWS_WITH(medusa_options("choices:" + file, 4), Catch::Contains(":2: '-1' is not a rank"));
+  CHECK_THROWS_WITH(fastinfer::examples::medusa_options_from_flag("choices:" + file, 4), Catch::Contains(":2: '-1' is not a rank"));
   {
     std::ofstream f(file);
     f << "# only a comment\n";
   }
-  CHECK_THROWS_WITH(medusa_options("choices:" + file, 4), Catch::Contains("holds no path"));
+  CHECK_THROWS_WITH(fastinfer::examples::medusa_options_from_flag("choices:" + file, 4), Catch::Contains("holds no path"));
   std::filesystem::remove(file);
 }

@@ -20,7 +20,7 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/speculative/draft_model.hpp"
-#include "fastinfer/speculative/drafter_factory.hpp"
+#include "common/drafter_flags.hpp"
 #include "fastinfer/speculative/lookahead_pool.hpp"
 #include "fastinfer/speculative/prompt_lookup.hpp"
 #include "fastinfer/speculative/speculative_generate.hpp"
@@ -70,7 +70,7 @@ std::vector<std::pair<std::string, std::unique_ptr<speculative::Drafter>>> draft
     out.emplace_back("draft " + m, std::make_unique<speculative::DraftModel<Model>>(
                                        load(path, tag == "bf16" ? std::optional(fastinfer::DType::BF16) : std::nullopt,
                                             kv),
-                                       fastinfer::cpu::SamplingParams{}));
+                                       fastinfer::SamplingParams{}));
   }
   return out;
 }
@@ -309,11 +309,11 @@ TEST_CASE("make_drafter: the draft model's KV in any format, prompt-lookup trees
   GenerationParams p;
   p.max_new_tokens = c.max_new_tokens;
   for (const std::string kv : {"f16", "bf16", "int8", "int4", "fp8-e4m3", "fp8-e5m2"}) {
-    speculative::DrafterSpec s;
+    fastinfer::examples::DrafterSpec s;
     s.kind = "draft";
     s.draft_kv = kv;
     s.draft_weights = kv == "int4" ? "f16" : "bf16";
-    auto d = speculative::make_drafter(s, model_path.string(), target.config(), fastinfer::sampling_params(p), 1);
+    auto d = fastinfer::examples::make_drafter(s, model_path.string(), target.config(), fastinfer::sampling_params(p), 1);
     REQUIRE(d);
     const auto r = speculative::speculative_generate(adapter, *d, c.prompt, p, speculative::SpeculativeOptions{4});
     INFO("draft kv " << kv);
@@ -322,17 +322,17 @@ TEST_CASE("make_drafter: the draft model's KV in any format, prompt-lookup trees
     // (measured: int4 0.44, fp8-e5m2 0.49 on this 8-wide head; the others higher).
     CHECK(r.stats.acceptance_rate() > 0.3);
   }
-  speculative::DrafterSpec bad;
+  fastinfer::examples::DrafterSpec bad;
   bad.kind = "draft";
   bad.draft_kv = "int3";
-  CHECK_THROWS_AS(speculative::make_drafter(bad, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(fastinfer::examples::make_drafter(bad, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
   bad.draft_kv = "f32";
   bad.draft_weights = "q4";
-  CHECK_THROWS_AS(speculative::make_drafter(bad, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
-  speculative::DrafterSpec tree;
+  CHECK_THROWS_AS(fastinfer::examples::make_drafter(bad, model_path.string(), target.config(), {}, 1), fastinfer::InvalidArgument);
+  fastinfer::examples::DrafterSpec tree;
   tree.kind = "prompt-lookup";
   tree.lookup_candidates = 3;
-  auto pl = speculative::make_drafter(tree, model_path.string(), target.config(), {}, 1);
+  auto pl = fastinfer::examples::make_drafter(tree, model_path.string(), target.config(), {}, 1);
   const auto r = speculative::speculative_generate(adapter, *pl, c.prompt, p, speculative::SpeculativeOptions{4});
   CHECK(r.generation.tokens == c.continuation);
 }

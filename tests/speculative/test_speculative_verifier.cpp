@@ -182,7 +182,7 @@ TEST_CASE("the verifier honours temperature, top-k and top-p on both distributio
   std::vector<float> target_logits(std::size_t((k + 1) * V)), draft_logits(std::size_t(k * V));
   for (float& x : target_logits) x = n01(rng);
   for (float& x : draft_logits) x = n01(rng);
-  const cpu::SamplingParams params{0.8f, 5, 0.9f, 0};
+  const fastinfer::SamplingParams params{0.8f, 5, 0.9f, 0};
   cpu::SamplerWorkspace ws(V);
   std::vector<float> p0(V), q(std::size_t(k * V));
   cpu::sampling_distribution(target_logits.data(), V, params, p0.data(), ws);
@@ -191,7 +191,7 @@ TEST_CASE("the verifier honours temperature, top-k and top-p on both distributio
   std::vector<double> counts(V, 0.0);
   std::int32_t drafts[k];
   for (int t = 0; t < samples; ++t) {
-    cpu::SamplingParams seeded = params;
+    fastinfer::SamplingParams seeded = params;
     seeded.seed = std::uint64_t(t);
     speculative::SpeculativeVerifier verifier(V, seeded);
     for (int i = 0; i < k; ++i) drafts[i] = draw(q.data() + i * V, rng);
@@ -342,7 +342,7 @@ std::vector<float> random_logits(std::mt19937& rng, int n, int vocab) {
 }
 
 // Plain sampling's token at request index `index`, through the scalar reference sampler.
-std::int32_t plain_token(const float* row, int vocab, const cpu::SamplingParams& p, std::uint64_t index) {
+std::int32_t plain_token(const float* row, int vocab, const fastinfer::SamplingParams& p, std::uint64_t index) {
   return cpu::reference::sample(row, vocab, p,
                                 fastinfer::uniform_float(p.seed, fastinfer::RandomStream::Sampling, index));
 }
@@ -353,11 +353,11 @@ TEST_CASE("coupled chain: the emitted tokens are plain sampling's, whatever the 
   std::mt19937 rng(77);
   for (int vocab : {8, 37, 512}) {
     for (int variant = 0; variant < 3; ++variant) {
-      cpu::SamplingParams p;
+      fastinfer::SamplingParams p;
       p.temperature = 0.8f;
       p.top_k = variant == 1 ? 5 : 0;
       p.top_p = variant == 2 ? 0.9f : 1.0f;
-      cpu::SamplerWorkspace ws(vocab);
+      cpu::HostSampler sampler(vocab);
       for (int trial = 0; trial < 60; ++trial) {
         p.seed = 1000 + std::uint64_t(trial);
         const int m = trial % 6;
@@ -373,7 +373,7 @@ TEST_CASE("coupled chain: the emitted tokens are plain sampling's, whatever the 
         if (agree < m) drafts[std::size_t(agree)] = (plain[std::size_t(agree)] + 1) % vocab;
         for (int i = agree + 1; i < m; ++i) drafts[std::size_t(i)] = std::int32_t(rng() % std::uint32_t(vocab));
         INFO("vocab " << vocab << ", variant " << variant << ", m " << m << ", agree " << agree);
-        const speculative::VerifyOutcome v = speculative::verify_coupled(logits.data(), vocab, drafts.data(), m, p, first, ws);
+        const speculative::VerifyOutcome v = speculative::verify_coupled(logits.data(), vocab, drafts.data(), m, p, first, sampler);
         CHECK(v.accepted == agree);
         CHECK(v.tokens == std::vector<std::int32_t>(plain.begin(), plain.begin() + agree + 1));
         // The verifier object routes to the same rule (q is ignored).
@@ -385,14 +385,14 @@ TEST_CASE("coupled chain: the emitted tokens are plain sampling's, whatever the 
     }
   }
   // Greedy parameters: the argmax chain.
-  cpu::SamplingParams g;
+  fastinfer::SamplingParams g;
   std::vector<float> logits{0, 3, 1, 3, /**/ 5, 0, 0, 0, /**/ 0, 0, 1, 0};
-  cpu::SamplerWorkspace ws(4);
+  cpu::HostSampler sampler(4);
   const std::vector<std::int32_t> d{1, 0};
-  const speculative::VerifyOutcome v = speculative::verify_coupled(logits.data(), 4, d.data(), 2, g, 0, ws);
+  const speculative::VerifyOutcome v = speculative::verify_coupled(logits.data(), 4, d.data(), 2, g, 0, sampler);
   CHECK(v.accepted == 2);
   CHECK(v.tokens == std::vector<std::int32_t>{1, 0, 2});
-  CHECK_THROWS_AS(speculative::verify_coupled(logits.data(), 4, std::vector<std::int32_t>{7}.data(), 1, g, 0, ws),
+  CHECK_THROWS_AS(speculative::verify_coupled(logits.data(), 4, std::vector<std::int32_t>{7}.data(), 1, g, 0, sampler),
                   fastinfer::InvalidArgument);
 }
 
@@ -400,9 +400,10 @@ TEST_CASE("coupled acceptance: p(d) for a fixed draft, common coins keep a draft
   constexpr int vocab = 16;
   std::mt19937 rng(5);
   const std::vector<float> target = random_logits(rng, 1, vocab);
-  cpu::SamplingParams p;
+  fastinfer::SamplingParams p;
   p.temperature = 0.8f;
   cpu::SamplerWorkspace ws(vocab);
+  cpu::HostSampler sampler(vocab);
   const std::vector<double> pd = cpu::reference::sampling_distribution(target.data(), vocab, p);
   // A drafter whose logits are the target's plus small noise, and one far away.
   std::vector<float> near = target, far = random_logits(rng, 1, vocab);
@@ -424,7 +425,7 @@ TEST_CASE("coupled acceptance: p(d) for a fixed draft, common coins keep a draft
   double acc_fixed = 0, acc_self = 0, acc_near = 0, acc_far = 0;
   for (int t = 0; t < n; ++t) {
     p.seed = std::uint64_t(t);
-    auto accepted = [&](std::int32_t d) { return speculative::verify_coupled(rows2.data(), vocab, &d, 1, p, 9, ws).accepted; };
+    auto accepted = [&](std::int32_t d) { return speculative::verify_coupled(rows2.data(), vocab, &d, 1, p, 9, sampler).accepted; };
     acc_fixed += accepted(fixed);
     // The coupled drafter draws with plain sampling's coin at the same index.
     acc_self += accepted(cpu::sample_at_index(target.data(), vocab, p, 9, ws));
@@ -446,9 +447,9 @@ TEST_CASE("coupled acceptance: p(d) for a fixed draft, common coins keep a draft
 TEST_CASE("coupled tree: follows the child equal to plain sampling's token") {
   constexpr int vocab = 12;
   std::mt19937 rng(9);
-  cpu::SamplingParams p;
+  fastinfer::SamplingParams p;
   p.temperature = 1.0f;
-  cpu::SamplerWorkspace ws(vocab);
+  cpu::HostSampler sampler(vocab);
   for (int trial = 0; trial < 200; ++trial) {
     p.seed = std::uint64_t(trial);
     // Root with 3 children; child 0 with 2 children.
@@ -462,7 +463,7 @@ TEST_CASE("coupled tree: follows the child equal to plain sampling's token") {
     const std::int32_t x1 = plain_token(logits.data() + std::size_t(1) * vocab, vocab, p, 5);
     tree.tokens[3] = (x1 + 1) % vocab;
     tree.tokens[4] = trial % 4 == 1 ? x1 : (x1 + 2) % vocab;
-    const speculative::VerifyOutcome v = speculative::verify_tree_coupled(logits.data(), vocab, tree, p, 4, ws);
+    const speculative::VerifyOutcome v = speculative::verify_tree_coupled(logits.data(), vocab, tree, p, 4, sampler);
     INFO("trial " << trial);
     if (trial % 2 == 0) {
       CHECK(v.tokens == std::vector<std::int32_t>{x0});

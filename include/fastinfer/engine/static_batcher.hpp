@@ -99,8 +99,7 @@ class StaticBatcher {
     auto sample_row = [&](Row& row, const float* logits, double now) {
       const sched::Request& r = requests[row.req];
       auto& out = outputs[row.req];
-      cpu::SamplingParams p{r.sampling.temperature, r.sampling.top_k, r.sampling.top_p, r.sampling.seed};
-      const sched::TokenId t = cpu::sample_at_index(logits, vocab, p, std::uint64_t(out.size()), ws_);
+      const sched::TokenId t = cpu::sample_at_index(logits, vocab, r.sampling, std::uint64_t(out.size()), ws_);
       row.last = t;
       if (row.done) return;
       if (std::find(r.stop_ids.begin(), r.stop_ids.end(), t) != r.stop_ids.end()) {

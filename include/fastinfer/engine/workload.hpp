@@ -19,32 +19,18 @@
 
 namespace fastinfer::engine {
 
-// Lengths uniform in [min, max]; "128" or "64:256" on the command line.
+// Lengths uniform in [min, max] (examples/common/workload_flags.hpp reads
+// "128" or "64:256" from a command line).
 struct LengthRange {
   // Longer than any context a model may have (kMaxContext): a length of 2^31
   // would overflow the sums that size a KV pool.
   static constexpr std::int64_t kMaxLength = std::int64_t(1) << 24;
   std::int32_t min = 128, max = 128;
 
-  static LengthRange parse(const std::string& text) {
-    std::int64_t lo = 0, hi = 0;
-    try {
-      const auto colon = text.find(':');
-      std::size_t used = 0;
-      const std::string a = text.substr(0, colon), b = colon == std::string::npos ? a : text.substr(colon + 1);
-      lo = std::stoll(a, &used);
-      FASTINFER_CHECK(used == a.size(), InvalidArgument, "");
-      hi = std::stoll(b, &used);
-      FASTINFER_CHECK(used == b.size(), InvalidArgument, "");
-    } catch (const std::exception&) {
-      throw_error<InvalidArgument>("length range '", text, "': expected N or MIN:MAX");
-    }
-    FASTINFER_CHECK(lo >= 1 && hi >= lo && hi <= kMaxLength, InvalidArgument, "length range '", text,
-                    "': need 1 <= MIN <= MAX <= ", kMaxLength);
-    LengthRange r;
-    r.min = std::int32_t(lo);
-    r.max = std::int32_t(hi);
-    return r;
+  // InvalidArgument unless 1 <= min <= max <= kMaxLength (`what` names it).
+  void validate(const char* what) const {
+    FASTINFER_CHECK(min >= 1 && max >= min && max <= kMaxLength, InvalidArgument, "workload: ", what,
+                    " length range ", min, ":", max, " needs 1 <= MIN <= MAX <= ", kMaxLength);
   }
 };
 
@@ -69,6 +55,8 @@ inline std::vector<sched::Request> make_workload(const WorkloadConfig& c) {
   FASTINFER_CHECK(c.shared_prefix_fraction >= 0 && c.shared_prefix_fraction <= 1, InvalidArgument,
                   "workload: shared_prefix_fraction must lie in [0, 1], got ", c.shared_prefix_fraction);
   FASTINFER_CHECK(c.vocab_size > 3, InvalidArgument, "workload: vocab_size too small: ", c.vocab_size);
+  c.prompt.validate("prompt");
+  c.output.validate("output");
   std::mt19937_64 rng(c.seed);
   std::uniform_int_distribution<std::int32_t> tok(3, c.vocab_size - 1);
   std::vector<std::int32_t> shared{c.bos_id};

@@ -7,13 +7,9 @@
 #include <string>
 
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/rope_style.hpp"  // RopeStyle, re-exported: LlamaConfig::rope_style
 
 namespace fastinfer {
-
-// How RoPE pairs the dimensions of a head.
-//  Interleaved: (0,1), (2,3), ... — llama2.c, Meta's original, GGUF "llama".
-//  HalfSplit:   (i, i + head_dim/2) — Hugging Face rotate_half (GPT-NeoX).
-enum class RopeStyle : std::uint8_t { Interleaved, HalfSplit };
 
 // The longest context any loader accepts from a file or a caller (16M
 // tokens, past every released Llama): a larger field is corruption, and would

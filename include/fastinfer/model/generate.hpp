@@ -21,17 +21,15 @@
 #include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/model/config.hpp"
 #include "fastinfer/model/profiler.hpp"
 
 namespace fastinfer {
 
-struct GenerationParams {
+// How to sample (the library's one SamplingParams) plus when to stop.
+struct GenerationParams : SamplingParams {
   int max_new_tokens = 256;
-  float temperature = 0.0f;  // 0: greedy (first maximum wins)
-  int top_k = 0;             // 0: off
-  float top_p = 1.0f;        // 1: off
-  std::uint64_t seed = 0;
 };
 
 enum class StopReason { MaxNewTokens, SeqLen, Bos, Eos };
@@ -79,9 +77,8 @@ inline std::vector<std::int32_t> parse_token_ids(std::string_view text) {
   return ids;
 }
 
-inline cpu::SamplingParams sampling_params(const GenerationParams& p) {
-  return cpu::SamplingParams{p.temperature, p.top_k, p.top_p, p.seed};
-}
+// The sampling part of `p` (a copy: the verifiers and drafters keep their own).
+inline SamplingParams sampling_params(const GenerationParams& p) { return p; }
 
 // InvalidArgument unless `prompt` is non-empty, every id is in the vocabulary,
 // it leaves room for at least one new token, and the params make sense.
@@ -95,7 +92,7 @@ inline void validate_generation(const LlamaConfig& config, const std::vector<std
                   prompt.size(), " tokens: at or beyond the maximum sequence length ", config.max_seq_len);
   FASTINFER_CHECK(params.max_new_tokens >= 0, InvalidArgument, "max_new_tokens must not be negative, got ",
                   params.max_new_tokens);
-  cpu::validate(sampling_params(params));
+  validate(sampling_params(params));
 }
 
 // Picks the next token from logits[vocab]: greedy (first maximum) when the

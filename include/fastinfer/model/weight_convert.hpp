@@ -31,12 +31,21 @@ struct LoadOptions {
   int max_context = 0;
 };
 
-// "f32" | "bf16" | "f16" -> DType, or InvalidArgument naming the text.
+// Every type LoadOptions::weight_dtype may name, in the order programs list
+// them: f32, bf16 and f16 convert element-wise in any loader; q8_0 is
+// quantized by load_model. The one table behind parse_weight_dtype and the
+// example programs' --weights choices, so neither can drift from the other.
+inline constexpr DType kLoadWeightTypes[] = {DType::F32, DType::BF16, DType::F16, DType::Q8_0};
+
+// A kLoadWeightTypes name (dtype_name) -> DType, or InvalidArgument naming
+// the text and the names it could have been.
 inline DType parse_weight_dtype(std::string_view name) {
-  if (name == "f32") return DType::F32;
-  if (name == "bf16") return DType::BF16;
-  if (name == "f16") return DType::F16;
-  throw_error<InvalidArgument>("unknown weight type '", name, "' (expected f32, bf16 or f16)");
+  std::string expected;
+  for (DType t : kLoadWeightTypes) {
+    if (dtype_name(t) == name) return t;
+    expected += (expected.empty() ? "" : ", ") + std::string(dtype_name(t));
+  }
+  throw_error<InvalidArgument>("unknown weight type '", name, "' (expected one of ", expected, ")");
 }
 
 namespace detail {

@@ -1,10 +1,8 @@
 // What a client asks the scheduler for: a prompt, how to sample, when to
 // stop, how urgent it is, and which prefix-cache tenant it belongs to.
 //
-// This header is backend-free. SamplingConfig mirrors the fields of
-// cpu::SamplingParams (backend/cpu/sampling.hpp) on purpose instead of
-// including it: the scheduler only carries the values to the engine, which
-// converts them field by field.
+// This header is backend-free: how to sample is the library's one std-only
+// SamplingParams (core/sampling_params.hpp), carried to the engine as is.
 #pragma once
 
 #include <cmath>
@@ -13,18 +11,15 @@
 #include <vector>
 
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 
 namespace fastinfer::sched {
 
 using RequestId = std::int64_t;
 using TokenId = std::int32_t;
 
-struct SamplingConfig {
-  float temperature = 0.0f;  // 0 = greedy
-  int top_k = 0;             // 0 = off
-  float top_p = 1.0f;        // 1 = off; in (0, 1]
-  std::uint64_t seed = 0;    // key of the request's own random stream
-};
+// The scheduler's name for the library's one sampling struct.
+using SamplingConfig = SamplingParams;
 
 struct Request {
   RequestId id = 0;

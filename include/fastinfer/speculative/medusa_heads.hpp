@@ -28,7 +28,7 @@
 // The file must end right after the last head: anything else is a
 // FormatError naming the file, the field and the value.
 //
-// "random:SEED" (MedusaHeads::from_spec) builds random heads of the model's
+// "random:SEED" (examples/common/medusa_flags.hpp) builds random heads of the model's
 // shape with a shared classifier and small residual weights, so that a head
 // guesses roughly what the model itself would say next: useless as a
 // predictor, but exactly what the exactness tests need (the output must not
@@ -230,31 +230,6 @@ class MedusaHeads {
           std::copy(classifier(k) + t * d0, classifier(k) + (t + 1) * d0, out.classifier(k) + t * d1);
     }
     return out;
-  }
-
-  // "random:SEED" (random heads of the model's shape, num_heads of them,
-  // shared classifier), "pad:FILE" (a heads file zero-padded to the model's
-  // hidden size: heads trained on a model, used on its inflate: version) or a
-  // path to a heads file (checked against the model).
-  static MedusaHeads from_spec(const std::string& spec, const LlamaConfig& c, int num_heads = 4) {
-    if (spec.compare(0, 4, "pad:") == 0) {
-      MedusaHeads heads = load(spec.substr(4));
-      FASTINFER_CHECK(heads.dim_ <= c.dim, InvalidArgument, "Medusa heads '", spec, "' have dim ", heads.dim_,
-                      ", wider than the model's ", c.dim);
-      MedusaHeads padded = heads.padded_to(c.dim);
-      padded.check_compatible(c);
-      return padded;
-    }
-    const std::string prefix = "random:";
-    if (spec.compare(0, prefix.size(), prefix) == 0) {
-      const std::string s = spec.substr(prefix.size());
-      FASTINFER_CHECK(!s.empty() && s.find_first_not_of("0123456789") == std::string::npos && s.size() <= 19,
-                      InvalidArgument, "Medusa heads '", spec, "': the seed must be a decimal number");
-      return random(std::stoull(s), num_heads, c.dim, c.vocab_size, true);
-    }
-    MedusaHeads heads = load(spec);
-    heads.check_compatible(c);
-    return heads;
   }
 
  private:

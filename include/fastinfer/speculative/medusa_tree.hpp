@@ -394,38 +394,6 @@ inline FixedChoicesTree read_choices_file(const std::string& path) {
   return t;
 }
 
-// The options fastinfer-generate's --medusa-tree names: "choices"
-// (FixedChoicesTree::default_for(num_heads)), "choices:FILE" (a tree file,
-// read_choices_file), "dynamic" (DynamicTree{}) or "dynamic:BUDGET" /
-// "dynamic:BUDGET:TOP_K".
-inline MedusaOptions medusa_options(const std::string& tree, int num_heads) {
-  MedusaOptions o;
-  auto number = [&](const std::string& s) {
-    FASTINFER_CHECK(!s.empty() && s.size() <= 6 && s.find_first_not_of("0123456789") == std::string::npos,
-                    InvalidArgument, "Medusa tree '", tree, "': '", s, "' is not a number");
-    return std::stoi(s);
-  };
-  if (tree == "choices") {
-    o.tree = FixedChoicesTree::default_for(num_heads);
-  } else if (tree.compare(0, 8, "choices:") == 0) {
-    o.tree = read_choices_file(tree.substr(8));
-  } else if (tree == "dynamic") {
-    o.tree = DynamicTree{};
-  } else if (tree.compare(0, 8, "dynamic:") == 0) {
-    const std::string rest = tree.substr(8);
-    const auto colon = rest.find(':');
-    DynamicTree d;
-    d.budget = number(rest.substr(0, colon));
-    if (colon != std::string::npos) d.top_k = number(rest.substr(colon + 1));
-    FASTINFER_CHECK(d.top_k >= 1, InvalidArgument, "Medusa tree '", tree, "': top_k must be >= 1");
-    o.tree = d;
-  } else {
-    throw_error<InvalidArgument>("unknown Medusa tree '", tree,
-                                 "' (choices, choices:FILE, dynamic, dynamic:BUDGET or dynamic:BUDGET:TOP_K)");
-  }
-  return o;
-}
-
 // Medusa generation on a LlamaModel (its solo sequence; needs forward with a
 // custom mask and last_hidden()). Same stop rules and first token as
 // generate(); stats as speculative_generate's (drafted = tree nodes offered).
@@ -449,7 +417,7 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
   const int head_depth = options.max_depth > 0 ? std::min(options.max_depth, heads.num_heads()) : heads.num_heads();
   const int n_guess = guesses_needed(options.tree);
   cpu::SamplerWorkspace workspace(vocab);
-  const cpu::SamplingParams sp = sampling_params(params);
+  const SamplingParams sp = sampling_params(params);
   SpeculativeVerifier verifier(vocab, sp, options.rule, options.typical);
   std::vector<float> hidden(static_cast<std::size_t>(dim)), scratch, probs;
   HeadGuesses guesses;

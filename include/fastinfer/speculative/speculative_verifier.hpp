@@ -7,13 +7,13 @@
 // the first rejection, or the bonus token after the last draft).
 //
 //   greedy (temperature 0): accept while the draft equals the target's argmax
-//     (first maximum, as cpu::argmax_token), then emit the argmax. The output
+//     (first maximum, as the Sampler's argmax), then emit the argmax. The output
 //     is plain greedy decoding's, token for token.
 //   sampling: exact rejection sampling (Leviathan et al. 2023, Chen et al.
 //     2023): accept d_i with probability min(1, p_i(d_i) / q_i(d_i)); at the
 //     first rejection draw from normalise(max(0, p_i - q_i)); when all m are
 //     accepted draw the bonus from p_{m+1}. p and q are the filtered
-//     distributions cpu::sampling_distribution gives (temperature, top-k,
+//     distributions the Sampler gives (temperature, top-k,
 //     top-p applied to both), so the output is distributed exactly as plain
 //     sampling with the same parameters. A drafter without a distribution
 //     (prompt lookup, lookahead) passes q = nullptr: q is then one-hot at the
@@ -27,7 +27,7 @@
 //     child was drawn independently from its q_j (i.i.d. from one draft
 //     distribution, or deterministic candidates with q_j one-hot).
 //   coupled ("sample-and-match", AcceptanceRule::Coupled): for i = 0..m draw
-//     x_i = cpu::sample_at_index(target row i, params, first_index + i), the
+//     x_i = Sampler::sample_at_index(target row i, params, first_index + i), the
 //     very token plain sampling emits at that request index; keep d_i while
 //     x_i == d_i, else emit x_i and stop (all kept: x_m is the bonus). The
 //     output IS plain sampling's output with the same seed, bit for bit, so it
@@ -49,7 +49,18 @@
 // drafter's own sample, 2 + j the acceptance test of candidate j. Coupled
 // uses plain sampling's coin, Philox(seed, RandomStream::Sampling, index).
 //
-// Backend-free apart from cpu::sampling (pure host arithmetic on rows).
+// Backend-free: the rows' softmax / top-k / top-p, argmax and draws come from
+// a Sampler the caller provides (a backend's, over its own rows), so this
+// bookkeeping includes no backend. A Sampler has
+//   std::int32_t argmax(const float* row, std::int64_t n);   // first maximum
+//   std::int32_t sample_at_index(const float* row, std::int64_t n,
+//                                const SamplingParams&, std::uint64_t index);
+//   void distribution(const float* row, std::int64_t n, const SamplingParams&,
+//                     float* probs_out);                     // filtered, sums to 1
+//   std::int32_t sample_from_weights(const float* w, std::int64_t n, float coin);
+// with plain sampling's semantics (backend/cpu/sampling.hpp). The default,
+// cpu::HostSampler, is only named here: it is defined (and must be included)
+// where a verifier is instantiated, as the generation loops do.
 #pragma once
 
 #include <algorithm>
@@ -57,9 +68,13 @@
 #include <cstdint>
 #include <vector>
 
-#include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/philox.hpp"
+#include "fastinfer/core/sampling_params.hpp"
+
+namespace fastinfer::cpu {
+class HostSampler;  // backend/cpu/sampling.hpp
+}  // namespace fastinfer::cpu
 
 namespace fastinfer::speculative {
 
@@ -194,11 +209,13 @@ VerifyOutcome follow_tree(const float* target_logits, int vocab, const TokenTree
 }  // namespace detail
 
 // Greedy chain: logits rows [m + 1][vocab].
-inline VerifyOutcome verify_greedy(const float* target_logits, int vocab, const std::int32_t* drafts, int m) {
+template <class Sampler = cpu::HostSampler>
+VerifyOutcome verify_greedy(const float* target_logits, int vocab, const std::int32_t* drafts, int m,
+                            Sampler&& sampler = Sampler()) {
   detail::check_drafts(drafts, m, vocab);
   VerifyOutcome out;
   for (int i = 0; i <= m; ++i) {
-    const std::int32_t best = cpu::argmax_token(target_logits + std::size_t(i) * std::size_t(vocab), vocab);
+    const std::int32_t best = sampler.argmax(target_logits + std::size_t(i) * std::size_t(vocab), vocab);
     out.tokens.push_back(best);
     if (i == m || best != drafts[i]) break;
     ++out.accepted;
@@ -210,8 +227,9 @@ inline VerifyOutcome verify_greedy(const float* target_logits, int vocab, const 
 // place: a rejected row becomes its unnormalised residual), q [m][vocab] or
 // nullptr (deterministic drafts). The token decided at row i has request
 // index first_index + i.
-inline VerifyOutcome verify_rejection(float* p, const float* q, const std::int32_t* drafts, int m, int vocab,
-                                      std::uint64_t seed, std::uint64_t first_index) {
+template <class Sampler = cpu::HostSampler>
+VerifyOutcome verify_rejection(float* p, const float* q, const std::int32_t* drafts, int m, int vocab,
+                               std::uint64_t seed, std::uint64_t first_index, Sampler&& sampler = Sampler()) {
   detail::check_drafts(drafts, m, vocab);
   VerifyOutcome out;
   std::vector<float> scratch;
@@ -227,7 +245,7 @@ inline VerifyOutcome verify_rejection(float* p, const float* q, const std::int32
       }
       detail::subtract_residual(pi, qi, drafts[i], vocab, scratch);
     }
-    out.tokens.push_back(cpu::sample_from_weights(pi, vocab, spec_coin(seed, index, kResidualSlot)));
+    out.tokens.push_back(sampler.sample_from_weights(pi, vocab, spec_coin(seed, index, kResidualSlot)));
     break;
   }
   return out;
@@ -237,14 +255,14 @@ inline VerifyOutcome verify_rejection(float* p, const float* q, const std::int32
 // sampled exactly as plain sampling samples request index first_index + i;
 // drafts are kept while they equal those samples. Greedy params: the argmax
 // chain (sample_at_index is the first maximum then).
-inline VerifyOutcome verify_coupled(const float* target_logits, int vocab, const std::int32_t* drafts, int m,
-                                    const cpu::SamplingParams& params, std::uint64_t first_index,
-                                    cpu::SamplerWorkspace& ws) {
+template <class Sampler>
+VerifyOutcome verify_coupled(const float* target_logits, int vocab, const std::int32_t* drafts, int m,
+                             const SamplingParams& params, std::uint64_t first_index, Sampler& sampler) {
   detail::check_drafts(drafts, m, vocab);
   VerifyOutcome out;
   for (int i = 0; i <= m; ++i) {
-    const std::int32_t x = cpu::sample_at_index(target_logits + std::size_t(i) * std::size_t(vocab), vocab, params,
-                                                first_index + std::uint64_t(i), ws);
+    const std::int32_t x = sampler.sample_at_index(target_logits + std::size_t(i) * std::size_t(vocab), vocab,
+                                                   params, first_index + std::uint64_t(i));
     out.tokens.push_back(x);
     if (i == m || x != drafts[i]) break;
     ++out.accepted;
@@ -254,9 +272,10 @@ inline VerifyOutcome verify_coupled(const float* target_logits, int vocab, const
 
 // Typical acceptance (lossy) on distributions p [m + 1][vocab]; the token
 // after the accepted run is drawn from p (argmax when `greedy`).
-inline VerifyOutcome verify_typical_lossy(const float* p, const std::int32_t* drafts, int m, int vocab,
-                                          const TypicalAcceptanceLossy& rule, bool greedy, std::uint64_t seed,
-                                          std::uint64_t first_index) {
+template <class Sampler = cpu::HostSampler>
+VerifyOutcome verify_typical_lossy(const float* p, const std::int32_t* drafts, int m, int vocab,
+                                   const TypicalAcceptanceLossy& rule, bool greedy, std::uint64_t seed,
+                                   std::uint64_t first_index, Sampler&& sampler = Sampler()) {
   detail::check_drafts(drafts, m, vocab);
   FASTINFER_CHECK(rule.threshold >= 0.0f && rule.alpha >= 0.0f, InvalidArgument,
                   "typical acceptance needs threshold >= 0 and alpha >= 0, got ", rule.threshold, " and ", rule.alpha);
@@ -274,9 +293,9 @@ inline VerifyOutcome verify_typical_lossy(const float* p, const std::int32_t* dr
       }
     }
     out.tokens.push_back(greedy ? std::int32_t(std::max_element(pi, pi + vocab) - pi)
-                                : cpu::sample_from_weights(pi, vocab,
-                                                           spec_coin(seed, first_index + std::uint64_t(i),
-                                                                     kResidualSlot)));
+                                : sampler.sample_from_weights(pi, vocab,
+                                                              spec_coin(seed, first_index + std::uint64_t(i),
+                                                                        kResidualSlot)));
     break;
   }
   return out;
@@ -284,21 +303,22 @@ inline VerifyOutcome verify_typical_lossy(const float* p, const std::int32_t* dr
 
 // Greedy tree: logits rows [tree.size() + 1][vocab], row 0 after the root,
 // row 1 + i after node i. Follows the children that equal the target's argmax.
-inline VerifyOutcome verify_tree_greedy(const float* target_logits, int vocab, const TokenTree& tree) {
+template <class Sampler = cpu::HostSampler>
+VerifyOutcome verify_tree_greedy(const float* target_logits, int vocab, const TokenTree& tree,
+                                 Sampler&& sampler = Sampler()) {
   tree.validate(vocab);
-  return detail::follow_tree(target_logits, vocab, tree, [&](const float* row, int) {
-    return cpu::argmax_token(row, vocab);
-  });
+  return detail::follow_tree(target_logits, vocab, tree,
+                             [&](const float* row, int) { return sampler.argmax(row, vocab); });
 }
 
 // Coupled tree: logits rows laid out as for verify_tree_greedy; at each node
 // the plain sample of the next request index picks the child to follow.
-inline VerifyOutcome verify_tree_coupled(const float* target_logits, int vocab, const TokenTree& tree,
-                                         const cpu::SamplingParams& params, std::uint64_t first_index,
-                                         cpu::SamplerWorkspace& ws) {
+template <class Sampler>
+VerifyOutcome verify_tree_coupled(const float* target_logits, int vocab, const TokenTree& tree,
+                                  const SamplingParams& params, std::uint64_t first_index, Sampler& sampler) {
   tree.validate(vocab);
   return detail::follow_tree(target_logits, vocab, tree, [&](const float* row, int depth) {
-    return cpu::sample_at_index(row, vocab, params, first_index + std::uint64_t(depth), ws);
+    return sampler.sample_at_index(row, vocab, params, first_index + std::uint64_t(depth));
   });
 }
 
@@ -307,8 +327,9 @@ inline VerifyOutcome verify_tree_coupled(const float* target_logits, int vocab, 
 // place: after each rejected child a row becomes its normalised residual),
 // q rows [tree.size()][vocab] with q row i the distribution node i was drawn
 // from (nullptr: every node deterministic, one-hot q).
-inline VerifyOutcome verify_tree_rejection(float* p, const float* q, int vocab, const TokenTree& tree,
-                                           std::uint64_t seed, std::uint64_t first_index) {
+template <class Sampler = cpu::HostSampler>
+VerifyOutcome verify_tree_rejection(float* p, const float* q, int vocab, const TokenTree& tree, std::uint64_t seed,
+                                    std::uint64_t first_index, Sampler&& sampler = Sampler()) {
   tree.validate(vocab);
   VerifyOutcome out;
   std::vector<float> scratch;
@@ -334,7 +355,7 @@ inline VerifyOutcome verify_tree_rejection(float* p, const float* q, int vocab, 
       if (detail::subtract_residual(pn, qc, d, vocab, scratch)) detail::normalise(pn, vocab);
     }
     if (next < 0) {
-      out.tokens.push_back(cpu::sample_from_weights(pn, vocab, spec_coin(seed, index, kResidualSlot)));
+      out.tokens.push_back(sampler.sample_from_weights(pn, vocab, spec_coin(seed, index, kResidualSlot)));
       break;
     }
     out.tokens.push_back(tree.tokens[std::size_t(next)]);
@@ -361,18 +382,20 @@ inline const char* acceptance_rule_name(AcceptanceRule r) {
   return "?";
 }
 
-// Holds the sampling parameters and the scratch rows of one request.
-class SpeculativeVerifier {
+// Holds the sampling parameters, the sampler and the scratch rows of one
+// request.
+template <class Sampler>
+class BasicSpeculativeVerifier {
  public:
-  SpeculativeVerifier(int vocab, cpu::SamplingParams params, AcceptanceRule rule = AcceptanceRule::Exact,
-                      TypicalAcceptanceLossy typical = {})
-      : vocab_(vocab), params_(params), rule_(rule), typical_(typical), ws_(vocab) {
+  BasicSpeculativeVerifier(int vocab, SamplingParams params, AcceptanceRule rule = AcceptanceRule::Exact,
+                           TypicalAcceptanceLossy typical = {})
+      : vocab_(vocab), params_(params), rule_(rule), typical_(typical), sampler_(vocab) {
     FASTINFER_CHECK(vocab >= 1, InvalidArgument, "vocabulary size must be positive, got ", vocab);
-    cpu::validate(params);
+    validate(params);
   }
 
   int vocab() const { return vocab_; }
-  const cpu::SamplingParams& params() const { return params_; }
+  const SamplingParams& params() const { return params_; }
   bool greedy() const { return params_.temperature == 0.0f; }
   AcceptanceRule rule() const { return rule_; }
 
@@ -382,41 +405,48 @@ class SpeculativeVerifier {
   // token.
   VerifyOutcome verify(const float* target_logits, const std::int32_t* drafts, int m, const float* draft_probs,
                        std::uint64_t first_index) {
-    if (greedy() && rule_ != AcceptanceRule::TypicalLossy) return verify_greedy(target_logits, vocab_, drafts, m);
+    if (greedy() && rule_ != AcceptanceRule::TypicalLossy)
+      return verify_greedy(target_logits, vocab_, drafts, m, sampler_);
     if (rule_ == AcceptanceRule::Coupled)
-      return verify_coupled(target_logits, vocab_, drafts, m, params_, first_index, ws_);
+      return verify_coupled(target_logits, vocab_, drafts, m, params_, first_index, sampler_);
     detail::check_drafts(drafts, m, vocab_);
-    probs_.resize(std::size_t(m + 1) * std::size_t(vocab_));
-    for (int i = 0; i <= m; ++i)
-      cpu::sampling_distribution(target_logits + std::size_t(i) * std::size_t(vocab_), vocab_, params_,
-                                 probs_.data() + std::size_t(i) * std::size_t(vocab_), ws_);
+    distributions_(target_logits, m + 1);
     if (rule_ == AcceptanceRule::TypicalLossy)
-      return verify_typical_lossy(probs_.data(), drafts, m, vocab_, typical_, greedy(), params_.seed, first_index);
-    return verify_rejection(probs_.data(), draft_probs, drafts, m, vocab_, params_.seed, first_index);
+      return verify_typical_lossy(probs_.data(), drafts, m, vocab_, typical_, greedy(), params_.seed, first_index,
+                                  sampler_);
+    return verify_rejection(probs_.data(), draft_probs, drafts, m, vocab_, params_.seed, first_index, sampler_);
   }
 
   // The tree form: target_logits [tree.size() + 1][vocab].
   VerifyOutcome verify_tree(const float* target_logits, const TokenTree& tree, const float* draft_probs,
                             std::uint64_t first_index) {
-    if (greedy()) return verify_tree_greedy(target_logits, vocab_, tree);
+    if (greedy()) return verify_tree_greedy(target_logits, vocab_, tree, sampler_);
     if (rule_ == AcceptanceRule::Coupled)
-      return verify_tree_coupled(target_logits, vocab_, tree, params_, first_index, ws_);
+      return verify_tree_coupled(target_logits, vocab_, tree, params_, first_index, sampler_);
     tree.validate(vocab_);
-    const int rows = tree.size() + 1;
-    probs_.resize(std::size_t(rows) * std::size_t(vocab_));
-    for (int i = 0; i < rows; ++i)
-      cpu::sampling_distribution(target_logits + std::size_t(i) * std::size_t(vocab_), vocab_, params_,
-                                 probs_.data() + std::size_t(i) * std::size_t(vocab_), ws_);
-    return verify_tree_rejection(probs_.data(), draft_probs, vocab_, tree, params_.seed, first_index);
+    distributions_(target_logits, tree.size() + 1);
+    return verify_tree_rejection(probs_.data(), draft_probs, vocab_, tree, params_.seed, first_index, sampler_);
   }
 
  private:
+  // probs_ rows [rows][vocab]: the filtered distributions of the logits rows.
+  void distributions_(const float* target_logits, int rows) {
+    probs_.resize(std::size_t(rows) * std::size_t(vocab_));
+    for (int i = 0; i < rows; ++i)
+      sampler_.distribution(target_logits + std::size_t(i) * std::size_t(vocab_), vocab_, params_,
+                            probs_.data() + std::size_t(i) * std::size_t(vocab_));
+  }
+
   int vocab_;
-  cpu::SamplingParams params_;
+  SamplingParams params_;
   AcceptanceRule rule_;
   TypicalAcceptanceLossy typical_;
-  cpu::SamplerWorkspace ws_;
+  Sampler sampler_;
   std::vector<float> probs_;
 };
+
+// The verifier over host rows, with the CPU backend's sampler (include
+// backend/cpu/sampling.hpp where it is constructed).
+using SpeculativeVerifier = BasicSpeculativeVerifier<cpu::HostSampler>;
 
 }  // namespace fastinfer::speculative

@@ -48,7 +48,7 @@ void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); 
 namespace {
 
 namespace cpu = fastinfer::cpu;
-using cpu::SamplingParams;
+using fastinfer::SamplingParams;
 
 std::vector<float> random_logits(std::int64_t n, std::uint32_t seed, float scale = 3.0f) {
   std::mt19937 rng(seed);

@@ -18,7 +18,7 @@
 #include "fastinfer/backend/cpu/reference.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
-#include "fastinfer/model/config.hpp"
+#include "fastinfer/core/rope_style.hpp"
 
 namespace fastinfer::cpu {
 namespace elementwise_detail {

@@ -10,7 +10,7 @@
 
 #include "fastinfer/core/dtype.hpp"
 #include "fastinfer/core/tensor.hpp"
-#include "fastinfer/model/config.hpp"
+#include "fastinfer/core/rope_style.hpp"
 
 namespace fastinfer::cpu::reference {
 

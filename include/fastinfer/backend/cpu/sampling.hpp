@@ -29,25 +29,17 @@
 
 #include "fastinfer/backend/cpu/xsimd_compat.hpp"
 
+#include "fastinfer/core/argmax.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/philox.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 
 namespace fastinfer::cpu {
 
-struct SamplingParams {
-  float temperature = 0.0f;  // 0 = greedy
-  int top_k = 0;             // 0 = off
-  float top_p = 1.0f;        // 1 = off; in (0, 1]
-  std::uint64_t seed = 0;    // Philox key of the request's coins
-};
-
-inline void validate(const SamplingParams& p) {
-  FASTINFER_CHECK(p.temperature >= 0.0f && std::isfinite(p.temperature), InvalidArgument,
-                  "sampling temperature must be finite and >= 0, got ", p.temperature);
-  FASTINFER_CHECK(p.top_k >= 0, InvalidArgument, "sampling top_k must be >= 0 (0 = off), got ", p.top_k);
-  FASTINFER_CHECK(p.top_p > 0.0f && p.top_p <= 1.0f, InvalidArgument,
-                  "sampling top_p must be in (0, 1], got ", p.top_p);
-}
+// The library's one sampling struct (core/sampling_params.hpp), under the
+// name this header has always used.
+using SamplingParams = fastinfer::SamplingParams;
+using fastinfer::validate;
 
 // Scratch space for sample() and sampling_distribution(): one weight and one
 // candidate id per vocabulary entry.
@@ -76,21 +68,12 @@ class SamplerWorkspace {
 
 namespace detail {
 
-inline void check_logits_size(std::int64_t n) {
-  FASTINFER_CHECK(n >= 1 && n <= std::numeric_limits<std::int32_t>::max(), InvalidArgument,
-                  "sampling needs 1 to 2^31-1 logits, got ", n);
-}
+// The refusals every argmax and sampler shares (core/argmax.hpp).
+using fastinfer::detail::check_logits_size;
+using fastinfer::detail::check_max;
 inline void check_coin(float coin) {
   FASTINFER_CHECK(coin >= 0.0f && coin < 1.0f, InvalidArgument, "sampling coin must be in [0, 1), got ",
                   coin);
-}
-inline void check_max(float mx) {
-  // NumericError, not InvalidArgument: broken weights produce these, not a
-  // caller's bad request.
-  FASTINFER_CHECK(!std::isnan(mx), NumericError, "logits contain NaN");
-  FASTINFER_CHECK(mx != std::numeric_limits<float>::infinity(), NumericError, "logits contain +inf");
-  FASTINFER_CHECK(mx != -std::numeric_limits<float>::infinity(), NumericError,
-                  "every logit is -inf: nothing to sample");
 }
 
 // Largest logit, or NaN when any logit is NaN.
@@ -390,6 +373,29 @@ std::int32_t sample_from_weights(const float* weights, std::int64_t n, float coi
   FASTINFER_CHECK(total > 0.0, InvalidArgument, "sampling weights sum to ", total, ": nothing to sample");
   return detail::walk<Arch>(detail::KeptSet{true, n, total}, weights, nullptr, coin);
 }
+
+// The CPU backend's Sampler for the speculative verifier (the interface is
+// written out in speculative/speculative_verifier.hpp): the functions above
+// over host rows, with one workspace of its own.
+class HostSampler {
+ public:
+  explicit HostSampler(std::int64_t vocab_size = 0) : ws_(vocab_size) {}
+
+  std::int32_t argmax(const float* row, std::int64_t n) const { return argmax_token(row, n); }
+  std::int32_t sample_at_index(const float* row, std::int64_t n, const SamplingParams& params,
+                               std::uint64_t token_index) {
+    return cpu::sample_at_index(row, n, params, token_index, ws_);
+  }
+  void distribution(const float* row, std::int64_t n, const SamplingParams& params, float* probs_out) {
+    sampling_distribution(row, n, params, probs_out, ws_);
+  }
+  std::int32_t sample_from_weights(const float* weights, std::int64_t n, float coin) const {
+    return cpu::sample_from_weights(weights, n, coin);
+  }
+
+ private:
+  SamplerWorkspace ws_;
+};
 
 namespace reference {
 
