@@ -53,10 +53,10 @@
 #include <utility>
 #include <vector>
 
+#include "fastinfer/core/rope_style.hpp"
 #include "fastinfer/core/tensor.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "fastinfer/kv/kv_store.hpp"
-#include "fastinfer/model/config.hpp"
 
 namespace fastinfer {
 namespace backend_detail {
