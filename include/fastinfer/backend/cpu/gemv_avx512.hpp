@@ -44,18 +44,21 @@ template <DType D>
 inline constexpr std::int64_t kElem = D == DType::F32 ? 4 : 2;
 
 // Weight rows per tile for T activation rows: R x T accumulators + T
-// activation vectors + 1 weight vector within 32 registers, and R dividing
-// kBlockRows.
+// activation vectors + 1 weight vector within the 32 registers, and R
+// dividing kBlockRows.
 template <int T>
-inline constexpr int kTileRows = T >= 4 ? 6 : 8;
-// Most activation rows per tile.
-inline constexpr int kMaxTileTokens = 4;
-// Rows per block, re-read for every group of kMaxTileTokens activation rows:
-// 24 rows of a 768-wide bf16 matrix are 36 KiB (L1 holds them), of a
-// 2048-wide f32 one 192 KiB (a fifth of a Zen 5 L2).
+inline constexpr int kTileRows = T == 1 ? 8 : T == 2 ? 12 : T == 3 ? 8 : T == 4 ? 6 : T <= 6 ? 4 : T == 7 ? 3 : 2;
+// Most activation rows per tile: up to 8 rows a pass reads each weight once
+// (from memory); 9..32 rows go in groups of 8 over each block.
+inline constexpr int kMaxTileTokens = 6;
+// Rows per block, re-read for every group of kMaxTileTokens activation rows
+// (a multiple of every tile height): 24 rows of a 768-wide bf16 matrix are
+// 36 KiB (L1 holds them), of a 2048-wide f32 one 192 KiB (a fifth of a Zen 5
+// L2).
 inline constexpr std::int64_t kBlockRows = 24;
-static_assert(kBlockRows % kTileRows<4> == 0 && kBlockRows % kTileRows<1> == 0,
-              "a block of weight rows is a whole number of tiles");
+static_assert(kBlockRows % 8 == 0 && kBlockRows % 12 == 0 && kBlockRows % 6 == 0 && kBlockRows % 4 == 0 &&
+                  kBlockRows % 3 == 0 && kBlockRows % 2 == 0,
+              "a block of weight rows is a whole number of tiles of every height");
 
 // [v_lo + v_hi]: xsimd's first fold of a 16-float register.
 inline __m256 fold(__m512 v) { return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)); }
@@ -101,7 +104,15 @@ FASTINFER_CPU_NOINLINE inline void tile(const std::uint8_t* w, std::size_t strid
                        _MM_HINT_T0);
     }
     __m512 xv[T];
-    for (int t = 0; t < T; ++t) xv[t] = _mm512_loadu_ps(x + t * ldx + c);
+    for (int t = 0; t < T; ++t) {
+      xv[t] = _mm512_loadu_ps(x + t * ldx + c);
+#if defined(__GNUC__)
+      // Keeps each activation vector in a register: GCC 12 otherwise folds
+      // the load into every FMA that uses it, R loads instead of one, and a
+      // tile of 2 rows x 8 ran at half speed, bound by loads.
+      __asm__("" : "+v"(xv[t]));
+#endif
+    }
     for (int r = 0; r < R; ++r) {
       const __m512 wv = load16_f32<D>(w + r * stride + c * E);
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
@@ -118,13 +129,32 @@ FASTINFER_CPU_NOINLINE inline void tile(const std::uint8_t* w, std::size_t strid
 }
 
 // Rows [0, m) of one block (weight rows from `base`) for T activation rows.
-template <DType D, int T>
+// The first group over a block streams its rows from memory, Prefetch
+// tiles ahead: a tile of 2 rows alone kept too few misses in flight (2-row x
+// 8 tiles ran at half the speed of two passes of 6 x 4 without it).
+template <DType D, int T, bool Prefetch>
 inline void block_rows(const std::uint8_t* base, std::size_t stride, std::int64_t m, const float* x,
                        std::int64_t k, float* y, std::int64_t ldy) {
   constexpr int R = kTileRows<T>;
   std::int64_t r = 0;
-  for (; r + R <= m; r += R) tile<D, R, T>(base + r * stride, stride, x, k, k, y + r, ldy);
+  for (; r + R <= m; r += R) tile<D, R, T, Prefetch>(base + r * stride, stride, x, k, k, y + r, ldy);
   for (; r < m; ++r) tile<D, 1, T>(base + r * stride, stride, x, k, k, y + r, ldy);
+}
+
+// The rows of one block for the T = n activation rows left (1..7).
+template <DType D, bool Prefetch>
+inline void block_rows_left(std::int64_t n, const std::uint8_t* base, std::size_t stride, std::int64_t m,
+                            const float* x, std::int64_t k, float* y, std::int64_t ldy) {
+  switch (n) {
+    case 7: return block_rows<D, 7, Prefetch>(base, stride, m, x, k, y, ldy);
+    case 6: return block_rows<D, 6, Prefetch>(base, stride, m, x, k, y, ldy);
+    case 5: return block_rows<D, 5, Prefetch>(base, stride, m, x, k, y, ldy);
+    case 4: return block_rows<D, 4, Prefetch>(base, stride, m, x, k, y, ldy);
+    case 3: return block_rows<D, 3, Prefetch>(base, stride, m, x, k, y, ldy);
+    case 2: return block_rows<D, 2, Prefetch>(base, stride, m, x, k, y, ldy);
+    case 1: return block_rows<D, 1, Prefetch>(base, stride, m, x, k, y, ldy);
+    default: return;
+  }
 }
 
 // Rows [r0, r1) of Y = X W^T for n activation rows (X [n][w.cols], Y
@@ -139,13 +169,13 @@ inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, flo
     const std::int64_t m = std::min(kBlockRows, r1 - b0);
     const std::uint8_t* base = w.row_ptr(b0);
     std::int64_t t = 0;
-    for (; t + kMaxTileTokens <= n; t += kMaxTileTokens)
-      block_rows<D, kMaxTileTokens>(base, stride, m, x + t * k, k, y + t * ldy + b0, ldy);
-    switch (n - t) {
-      case 3: block_rows<D, 3>(base, stride, m, x + t * k, k, y + t * ldy + b0, ldy); break;
-      case 2: block_rows<D, 2>(base, stride, m, x + t * k, k, y + t * ldy + b0, ldy); break;
-      case 1: block_rows<D, 1>(base, stride, m, x + t * k, k, y + t * ldy + b0, ldy); break;
-      default: break;
+    if (n >= kMaxTileTokens) {
+      block_rows<D, kMaxTileTokens, true>(base, stride, m, x, k, y + b0, ldy);
+      for (t = kMaxTileTokens; t + kMaxTileTokens <= n; t += kMaxTileTokens)
+        block_rows<D, kMaxTileTokens, false>(base, stride, m, x + t * k, k, y + t * ldy + b0, ldy);
+      block_rows_left<D, false>(n - t, base, stride, m, x + t * k, k, y + t * ldy + b0, ldy);
+    } else {
+      block_rows_left<D, true>(n, base, stride, m, x, k, y + b0, ldy);
     }
   }
 }
