@@ -40,12 +40,17 @@ MatmulRows for_dtype(DType dt) {
   }
 }
 
-template <DType D>
-struct Scalar {
-  static void run(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0, std::int64_t r1) {
-    cpu::scalar::matmul_rows<D>(w, x, n, y, r0, r1);
-  }
-};
+// Name<D>::run(w, x, n, y, r0, r1) runs `body` (one kernel set's matmul_rows<D>).
+#define FASTINFER_TEST_KERNEL_SET(Name, body)                                                                   \
+  template <DType D>                                                                                          \
+  struct Name {                                                                                               \
+    static void run(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,           \
+                    std::int64_t r1) {                                                                        \
+      body;                                                                                                   \
+    }                                                                                                         \
+  };
+
+FASTINFER_TEST_KERNEL_SET(Scalar, cpu::scalar::matmul_rows<D>(w, x, n, y, r0, r1))
 
 // Every row of y (n activation rows) equals the documented L-lane order's bits.
 template <int L>
@@ -126,19 +131,10 @@ TEST_CASE("the scalar small-row matmul matches reference::matmul within the roun
 
 #if FASTINFER_CPU_AVX512_TILES
 namespace {
-template <DType D>
-struct Avx512 {
-  static void run(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0, std::int64_t r1) {
-    if (n == 1) return cpu::avx512::matvec_rows<D>(w, x, y, r0, r1);  // the decode path
-    cpu::avx512::matmul_rows<D>(w, x, n, y, r0, r1);
-  }
-};
-template <DType D>
-struct Avx512Matmul {
-  static void run(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0, std::int64_t r1) {
-    cpu::avx512::matmul_rows<D>(w, x, n, y, r0, r1);
-  }
-};
+// n = 1 through matvec_rows: the decode path.
+FASTINFER_TEST_KERNEL_SET(Avx512, n == 1 ? cpu::avx512::matvec_rows<D>(w, x, y, r0, r1)
+                                         : cpu::avx512::matmul_rows<D>(w, x, n, y, r0, r1))
+FASTINFER_TEST_KERNEL_SET(Avx512Matmul, cpu::avx512::matmul_rows<D>(w, x, n, y, r0, r1))
 }  // namespace
 #endif
 
@@ -154,12 +150,7 @@ TEST_CASE("AVX-512 tiles follow the documented 16-lane order, a pass of up to 32
 
 #if FASTINFER_CPU_AVX2_TILES
 namespace {
-template <DType D>
-struct Avx2 {
-  static void run(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0, std::int64_t r1) {
-    cpu::avx2::matmul_rows<D>(w, x, n, y, r0, r1);
-  }
-};
+FASTINFER_TEST_KERNEL_SET(Avx2, cpu::avx2::matmul_rows<D>(w, x, n, y, r0, r1))
 }  // namespace
 #endif
 
