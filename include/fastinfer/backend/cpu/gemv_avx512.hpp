@@ -60,8 +60,11 @@ static_assert(kBlockRows % 8 == 0 && kBlockRows % 12 == 0 && kBlockRows % 6 == 0
                   kBlockRows % 3 == 0 && kBlockRows % 2 == 0,
               "a block of weight rows is a whole number of tiles of every height");
 
-// [v_lo + v_hi]: xsimd's first fold of a 16-float register.
-inline __m256 fold(__m512 v) { return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)); }
+// [v_lo + v_hi]: xsimd's first fold of a 16-float register. The high half
+// moves as 4 doubles (AVX-512 F; extractf32x8 would need DQ).
+inline __m256 fold(__m512 v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
 
 // out[i] = the documented lane sum of v[i], for i < N: 8 at a time through
 // one transposing tree (arch_detail::reduce8), then 4, then one by one.
