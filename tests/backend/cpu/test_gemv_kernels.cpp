@@ -84,7 +84,7 @@ void check_set(MatmulRows (*rows)(DType), const char* what, std::int64_t min_col
         std::vector<float> alone(static_cast<std::size_t>(nmax * nrows), NAN);
         for (std::int64_t t = 0; t < nmax; ++t) rows(dt)(w.view, x.data() + t * cols, 1, alone.data() + t * nrows, 0, nrows);
         require_documented_order<L>(w.view, x.data(), nmax, alone, what);
-        for (std::int64_t n : {2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32}) {
+        for (std::int64_t n : {2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 17, 31, 32}) {
           std::vector<float> y(static_cast<std::size_t>(n * nrows), NAN), ref(y.size(), NAN);
           rows(dt)(w.view, x.data(), n, y.data(), 0, nrows);
           // Batch invariance: each row of the pass has its 1-row bits.
