@@ -8,6 +8,9 @@
 //   the 110M shape (dim 768, hidden 2048, 12 layers, vocab 32000: 438 MB of
 //   f32 weights); bytes_per_second = weight bytes streamed, comparable to the
 //   read bandwidth; tokens/s is items_per_second.
+// * BM_PassMatmul/<dtype>/n/threads: the matrix products of a verify pass
+//   over n rows (every 110M matrix, n activation rows), CPU time: the
+//   kernels' cost(n)/cost(1).
 // * BM_Matmul/<dtype>/rows/cols/n/threads: prefill products (n = 512) and
 //   small batches (n = 4, 16: dot-product tiles; 32: Eigen); the FLOPS counter
 //   is 2 * rows * cols * n per second (Zen 3 peak: 32 flop/cycle/core).
@@ -132,6 +135,31 @@ BENCHMARK(BM_DecodeMatvec)
     ->ArgNames({"dtype", "threads"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+// The matrix products of one verify pass over n rows (issue 15): every matrix
+// of the 110M shape through cpu::matmul with n activation rows (n = 1 is
+// matvec, decode). cost(n)/cost(1) is the kernels' share of the forward-pass
+// cost ratio bench_speculative's BM_Forward110M measures. CPU time (the
+// default here): on a shared machine a descheduled slice would otherwise read
+// as a slow pass; with 1 thread it is the whole pass's.
+void BM_PassMatmul(benchmark::State& state) {
+  const DType dt = kTypes[state.range(0)];
+  const std::int64_t n = state.range(1);
+  const int threads = int(state.range(2));
+  const ModelWeights& w = weights(k110M, dt);
+  std::vector<float> x(std::size_t(n * k110M.hidden), 0.5f), y(std::size_t(n * k110M.vocab));
+  for (auto _ : state) {
+    for (const auto& m : w.mats) cpu::matmul(m, x.data(), n, y.data(), threads);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(w.bytes));
+  state.SetItemsProcessed(std::int64_t(state.iterations()) * n);
+  state.SetLabel(std::string(dtype_name(dt)) + " " + cpu::isa_name());
+}
+BENCHMARK(BM_PassMatmul)
+    ->ArgsProduct({{0, 1}, {1, 2, 4, 8, 16, 32}, {1}})
+    ->ArgNames({"dtype", "n", "threads"})
+    ->Unit(benchmark::kMillisecond);
 
 void BM_Matmul(benchmark::State& state) {
   const DType dt = kTypes[state.range(0)];

@@ -18,37 +18,13 @@
 using namespace fastinfer;
 using fastinfer::testing::random_floats;
 using fastinfer::testing::random_matrix;
+using fastinfer::testing::check_close;
+using fastinfer::testing::kFloatTypes;
+using fastinfer::testing::same_bits;
 
 namespace {
 
 const std::int64_t kOddSizes[] = {1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 255, 257};
-const DType kFloatTypes[] = {DType::F32, DType::BF16, DType::F16};
-
-// |y[t][r] - ref| <= 2 * cols * eps * sum_c |W[r][c] x[t][c]|
-void check_close(const MatrixView& w, const float* x, std::int64_t n, const std::vector<float>& y,
-                 const std::vector<float>& ref) {
-  std::vector<float> row(static_cast<std::size_t>(w.cols));
-  for (std::int64_t r = 0; r < w.rows; ++r) {
-    cpu::reference::load_row(w.dtype, w.row_ptr(r), row.data(), w.cols);
-    for (std::int64_t t = 0; t < n; ++t) {
-      double abs_sum = 0.0;
-      for (std::int64_t c = 0; c < w.cols; ++c)
-        abs_sum += std::fabs(double(row[std::size_t(c)]) * x[t * w.cols + c]);
-      const double tol = 2.0 * double(w.cols) * FLT_EPSILON * abs_sum;
-      const std::size_t i = std::size_t(t * w.rows + r);
-      if (!(std::fabs(double(y[i]) - double(ref[i])) <= tol)) {
-        INFO(dtype_name(w.dtype) << " " << w.rows << "x" << w.cols << " n " << n << " row " << r << " token "
-                                 << t << ": y " << y[i] << " ref " << ref[i] << " tol " << tol);
-        REQUIRE(false);
-      }
-    }
-  }
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
 }  // namespace
 
 TEST_CASE("matvec matches the reference over odd shapes, every dtype, 1 and 2 threads") {
@@ -125,14 +101,14 @@ TEST_CASE("matmul large enough to split over 2 threads gives the 1-thread bits")
     }
 }
 
-TEST_CASE("matmul of up to 16 tokens gives each token matvec's bits, and larger batches stay within the bound") {
+TEST_CASE("matmul of up to 32 tokens gives each token matvec's bits, and larger batches stay within the bound") {
   // Speculative verification (a few tokens through matmul) must reach the
   // same greedy decisions as plain decode (one token through matvec).
   std::uint32_t seed = 3000;
   for (DType dt : kFloatTypes)
     for (std::int64_t rows : {1, 7, 130, 1031})
       for (std::int64_t cols : {9, 77, 300})
-        for (std::int64_t n : {2, 3, 16, 17}) {
+        for (std::int64_t n : {2, 3, 16, 17, 32, 33}) {
           auto w = random_matrix(dt, rows, cols, seed++);
           const auto x = random_floats(static_cast<std::size_t>(n * cols), seed++);
           std::vector<float> y(static_cast<std::size_t>(n * rows)), v(y.size());
@@ -140,7 +116,7 @@ TEST_CASE("matmul of up to 16 tokens gives each token matvec's bits, and larger 
             cpu::matmul(w.view, x.data(), n, y.data(), threads);
             for (std::int64_t t = 0; t < n; ++t)
               cpu::matvec(w.view, x.data() + t * cols, v.data() + t * rows, 1);
-            if (n <= 16) {
+            if (n <= 32) {
               INFO(dtype_name(dt) << " " << rows << "x" << cols << " n " << n << " threads " << threads);
               REQUIRE(same_bits(y, v));
             } else {
@@ -162,27 +138,6 @@ TEST_CASE("matvec and matmul reject negative shapes, naming them, and write noth
   CHECK(y == std::vector<float>(16, -7.0f));
 }
 
-namespace {
-
-// The documented summation order of one (row, token) dot product, in scalar
-// code: 8-lane chunks in column order into 8 lane sums (one FMA each), the
-// lanes added as xsimd::hadd adds them on AVX ((l_i + l_{i+4}), adjacent
-// pairs, the two pair sums), then the tail columns in order, one FMA each.
-float ordered_dot8(const MatrixView& w, std::int64_t r, const float* x) {
-  std::vector<float> row(static_cast<std::size_t>(w.cols));
-  cpu::reference::load_row(w.dtype, w.row_ptr(r), row.data(), w.cols);
-  float lane[8] = {};
-  const std::int64_t cend = w.cols / 8 * 8;
-  for (std::int64_t c = 0; c < cend; c += 8)
-    for (int i = 0; i < 8; ++i) lane[i] = std::fma(row[std::size_t(c + i)], x[c + i], lane[i]);
-  const float f[4] = {lane[0] + lane[4], lane[1] + lane[5], lane[2] + lane[6], lane[3] + lane[7]};
-  float sum = (f[0] + f[1]) + (f[2] + f[3]);
-  for (std::int64_t c = cend; c < w.cols; ++c) sum = std::fma(row[std::size_t(c)], x[c], sum);
-  return sum;
-}
-
-}  // namespace
-
 TEST_CASE("with 8-float registers, matvec and matmul of up to 16 tokens follow the documented order bit for bit") {
   // The register tiles (8 rows x 1 token, 4 rows x 2 tokens, 4 x 1, with a
   // transposing reduction and gathered tail columns) must round exactly as
@@ -203,7 +158,7 @@ TEST_CASE("with 8-float registers, matvec and matmul of up to 16 tokens follow t
           cpu::matmul(w.view, x.data(), n, y.data(), 1);
           for (std::int64_t t = 0; t < n; ++t)
             for (std::int64_t r = 0; r < rows; ++r) {
-              const float want = ordered_dot8(w.view, r, x.data() + t * cols);
+              const float want = fastinfer::testing::ordered_dot<8>(w.view, r, x.data() + t * cols);
               const float got = y[std::size_t(t * rows + r)];
               if (std::memcmp(&want, &got, sizeof(float)) != 0) {
                 INFO(dtype_name(dt) << " " << rows << "x" << cols << " n " << n << " row " << r << " token " << t

@@ -71,21 +71,55 @@ inline constexpr bool kHardwareF16 =
     false;
 #endif
 
-#if FASTINFER_CPU_SIMD
 namespace arch_detail {
 
+// The widening of one register, per register width, for the per-ISA kernels
+// (gemv_avx2.hpp, gemv_avx512.hpp) that fix their width whatever xsimd picks:
+// an AVX-512 build still compiles, and tests, the 8-float kernels.
+#if defined(__AVX2__) && defined(__F16C__)
+// 8 floats from 8 stored elements at p (unaligned).
+template <DType D>
+inline __m256 load8_f32(const void* p) {
+  if constexpr (D == DType::F32) {
+    return _mm256_loadu_ps(static_cast<const float*>(p));
+  } else if constexpr (D == DType::BF16) {
+    const __m128i h = _mm_loadu_si128(static_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_cvtph_ps(_mm_loadu_si128(static_cast<const __m128i*>(p)));
+  }
+}
+#endif
+#if defined(__AVX512F__)
+// 16 floats from 16 stored elements at p (unaligned).
+template <DType D>
+inline __m512 load16_f32(const void* p) {
+  if constexpr (D == DType::F32) {
+    return _mm512_loadu_ps(static_cast<const float*>(p));
+  } else if constexpr (D == DType::BF16) {
+    const __m256i h = _mm256_loadu_si256(static_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
+  }
+}
+#endif
+
+#if FASTINFER_CPU_SIMD
 // One register of f32 from `kLanes` stored elements at p (unaligned).
 template <DType D>
 inline FloatBatch load_f32(const void* p) {
   static_assert(D == DType::F32 || D == DType::BF16 || D == DType::F16,
                 "load_f32 widens f32, bf16 and f16 only; Q8_0 has its own block kernel");
+#if defined(__AVX512F__) && FASTINFER_CPU_LANES == 16
+  return load16_f32<D>(p);
+#elif defined(__AVX2__) && defined(__F16C__) && FASTINFER_CPU_LANES == 8
+  return load8_f32<D>(p);
+#else
   if constexpr (D == DType::F32) {
     return FloatBatch::load_unaligned(static_cast<const float*>(p));
   } else if constexpr (D == DType::BF16) {
-#if defined(__AVX512F__) && FASTINFER_CPU_LANES == 16
-    const __m256i h = _mm256_loadu_si256(static_cast<const __m256i*>(p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-#elif defined(__AVX2__) && FASTINFER_CPU_LANES == 8
+#if defined(__AVX2__) && FASTINFER_CPU_LANES == 8
     const __m128i h = _mm_loadu_si128(static_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 #elif defined(__SSE2__) && FASTINFER_CPU_LANES == 4
@@ -99,9 +133,7 @@ inline FloatBatch load_f32(const void* p) {
     return FloatBatch::load_aligned(tmp);
 #endif
   } else {
-#if defined(__AVX512F__) && FASTINFER_CPU_LANES == 16
-    return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
-#elif defined(__F16C__) && FASTINFER_CPU_LANES == 8
+#if defined(__F16C__) && FASTINFER_CPU_LANES == 8
     return _mm256_cvtph_ps(_mm_loadu_si128(static_cast<const __m128i*>(p)));
 #else
     alignas(64) float tmp[kLanes];
@@ -110,10 +142,11 @@ inline FloatBatch load_f32(const void* p) {
     return FloatBatch::load_aligned(tmp);
 #endif
   }
+#endif
 }
+#endif
 
 }  // namespace arch_detail
-#endif
 
 #if defined(__AVX__)
 namespace arch_detail {

@@ -1,11 +1,12 @@
 // Matrix-matrix product: Y[t][r] = sum_c W[r][c] X[t][c] for n tokens.
 //
 // Two regimes:
-// * n <= kDotMaxTokens (speculative verification, small batches): the
-//   dot-product tile kernel of gemv.hpp, 6 rows x 2 tokens per tile, over
-//   blocks of rows kept in L2 (bf16/f16 widened in registers). Weights are
+// * n <= kDotMaxTokens (32: speculative verification, batched decode, the
+//   engine's mixed steps): the small-row tiles of the build's instruction set
+//   (gemv_avx512.hpp, gemv_avx2.hpp, else gemv.hpp's dot_tile) over blocks of
+//   weight rows kept in L1/L2, bf16/f16 widened in registers. Weights are
 //   read from memory once, and every token gets exactly the bits matvec
-//   would give it.
+//   would give it, whatever the pass size up to 32 (batch invariance).
 // * larger n (prefill): Eigen's GEMM (packed, register-blocked; ~80 % of the
 //   FMA peak here, against ~60 % for the dot-product tiles). Threads own
 //   contiguous row ranges that start on a multiple of Eigen's register panel
@@ -13,6 +14,7 @@
 //   sum runs through the same micro-kernel path, with the same depth blocking
 //   (which depends on `cols` only), whichever range it is in. f32 ranges are
 //   one Eigen call each; bf16/f16 ranges are widened in panel-aligned tiles.
+//   Its bits differ from matvec's (another summation order).
 // Either way results do not depend on the thread count (the tests check the
 // bits).
 //
@@ -48,14 +50,22 @@ inline constexpr std::int64_t kPanelRows = Eigen::internal::gebp_traits<float, f
 // 768-wide tile is 576 KiB of f32, about one Zen 3 core's L2).
 inline constexpr std::int64_t kWidenTileRows = 8 * kPanelRows;
 
-// Up to this many tokens the dot-product tiles beat Eigen (1 thread, 2048 x
-// 768 f32 on Zen 3: 3.4x at n = 2, 1.3x at 8, 1.05x at 16, 0.9x at 32) and
-// they match matvec bit for bit.
-inline constexpr std::int64_t kDotMaxTokens = 16;
-inline constexpr int kDotRows = 6, kDotTokens = 2;  // 12 accumulators + 2 x + 1 w: 15 AVX2 registers
-// Rows per block, re-read from L2 for every token pair: 32 rows of a
-// 2048-wide f32 matrix are 256 KiB, half of a Zen 3 core's L2.
+// Up to this many tokens the small-row tiles serve, so that a token's bits
+// do not depend on the pass size up to it. Against Eigen, 1 thread, 2048 x
+// 768 f32 on Zen 3 (AVX2 tiles): 3.4x at n = 2, 1.3x at 8, 1.05x at 16, 0.9x
+// at 32 (a 10 % loss at 17..32 rows, the price of invariance there); the
+// AVX-512 tiles' figures are in docs/benchmarks.md.
+inline constexpr std::int64_t kDotMaxTokens = 32;
+inline constexpr int kDotRows = 6, kDotTokens = 2;  // generic dot_tile: 12 accumulators + 2 x + 1 w
+// Rows per block (and the row grain of a thread's share): the build's tiles'.
+#if FASTINFER_CPU_FLOAT_AVX512
+inline constexpr std::int64_t kDotBlockRows = avx512::kBlockRows;
+#elif FASTINFER_CPU_FLOAT_AVX2
+inline constexpr std::int64_t kDotBlockRows = avx2::kBlockRows;
+#else
+// 32 rows of a 2048-wide f32 matrix are 256 KiB, half of a Zen 3 core's L2.
 inline constexpr std::int64_t kDotBlockRows = 32;
+#endif
 
 // Y[:, r0:r0+m] += W_tile (m x k, row-major, leading dim ldw) * X^T.
 inline void gemm_tile(const float* w, std::int64_t ldw, std::int64_t m, const float* x, std::int64_t k,
@@ -95,71 +105,18 @@ inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, flo
   }
 }
 
-// Rows [r0, r1) of Y = X W^T with the dot-product tiles (n <= kDotMaxTokens).
-// 16-bit weights are widened in registers, as in matvec: at n = 2..16 that ran
-// 1.3-2.1x faster than widening each block into a scratch first, and the
-// widening is exact, so the bits are the same either way.
-#if FASTINFER_CPU_AVX2_TILES
-// dot_matmul_rows with AVX2 register tiles of 4 rows x 2 tokens (8 sums
-// reduced at once into two 4-float stores) and 4 rows x 1 token for an odd
-// last token. The tail columns (cols % 8) of a block's rows are gathered
-// once per block into vectors laid out like the sums, then applied to every
-// token pair with one FMA per column: the same FMAs, in the same order, as
-// dot_tile's scalar tail.
-template <DType D>
-inline void dot_matmul_rows_avx2(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
-                                 std::int64_t r1) {
-  using namespace gemv_detail::tile_detail;
-  using gemv_detail::dot_tile;
-  const std::int64_t k = w.cols, cend = k & ~std::int64_t(7), tail = k - cend;
-  const std::size_t stride = row_bytes(w.dtype, k);
-  const std::int64_t ldy = w.rows;
-  const __m256i off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3), _mm256_set1_epi32(int(stride)));
-  alignas(32) __m256 tails[kDotBlockRows / 4][7];  // [4-row tile][tail column]
-  for (std::int64_t b0 = r0; b0 < r1; b0 += kDotBlockRows) {
-    const std::int64_t m = std::min(kDotBlockRows, r1 - b0), m4 = m & ~std::int64_t(3);
-    const std::uint8_t* base = w.row_ptr(b0);
-    for (std::int64_t r = 0; r < m4; r += 4)
-      for (std::int64_t c = 0; c < tail; ++c) tails[r / 4][c] = gather_column<D>(base + r * stride, off, cend + c);
-    std::int64_t t = 0;
-    for (; t + 2 <= n; t += 2) {
-      const float* x0 = x + t * k;
-      const float* x1 = x0 + k;
-      float* y0 = y + t * ldy + b0;
-      for (std::int64_t r = 0; r < m4; r += 4) {
-        __m256 s = dot_4x2<D>(base + r * stride, stride, x0, x1, cend);
-        for (std::int64_t c = 0; c < tail; ++c)
-          s = _mm256_fmadd_ps(tails[r / 4][c],
-                              _mm256_blend_ps(_mm256_broadcast_ss(x0 + cend + c), _mm256_broadcast_ss(x1 + cend + c), 0xf0),
-                              s);
-        _mm_storeu_ps(y0 + r, _mm256_castps256_ps128(s));
-        _mm_storeu_ps(y0 + ldy + r, _mm256_extractf128_ps(s, 1));
-      }
-      for (std::int64_t r = m4; r < m; ++r) dot_tile<D, 1, 2>(base + r * stride, stride, x0, k, k, y0 + r, ldy);
-    }
-    if (t < n) {
-      const float* x0 = x + t * k;
-      float* y0 = y + t * ldy + b0;
-      for (std::int64_t r = 0; r < m4; r += 4) {
-        __m128 s = dot_4x1<D>(base + r * stride, stride, x0, cend);
-        for (std::int64_t c = 0; c < tail; ++c)
-          s = _mm_fmadd_ps(_mm256_castps256_ps128(tails[r / 4][c]), _mm_broadcast_ss(x0 + cend + c), s);
-        _mm_storeu_ps(y0 + r, s);
-      }
-      for (std::int64_t r = m4; r < m; ++r) dot_tile<D, 1, 1>(base + r * stride, stride, x0, k, k, y0 + r, ldy);
-    }
-  }
-}
-#endif
-
+// Rows [r0, r1) of Y = X W^T with the small-row tiles (n <= kDotMaxTokens).
 template <DType D>
 inline void dot_matmul_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
                             std::int64_t r1) {
+#if FASTINFER_CPU_FLOAT_AVX512
+  avx512::matmul_rows<D>(w, x, n, y, r0, r1);
+#else
   using gemv_detail::dot_tile;
   const std::int64_t k = w.cols;
   const std::size_t stride = row_bytes(w.dtype, k);
-#if FASTINFER_CPU_AVX2_TILES
-  if (gemv_detail::tile_detail::usable(k, stride)) return dot_matmul_rows_avx2<D>(w, x, n, y, r0, r1);
+#if FASTINFER_CPU_FLOAT_AVX2
+  if (avx2::usable(k, stride)) return avx2::matmul_rows<D>(w, x, n, y, r0, r1);
 #endif
   for (std::int64_t b0 = r0; b0 < r1; b0 += kDotBlockRows) {
     const std::int64_t m = std::min(kDotBlockRows, r1 - b0);
@@ -182,6 +139,7 @@ inline void dot_matmul_rows(const MatrixView& w, const float* x, std::int64_t n,
       for (; r < m; ++r) dot_tile<D, 1, 1>(base + r * stride, stride, xt, k, k, yt + r, w.rows);
     }
   }
+#endif
 }
 
 inline void dot_matmul_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
