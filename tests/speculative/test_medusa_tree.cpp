@@ -160,7 +160,7 @@ TEST_CASE("exact tree sampling with Medusa's deterministic candidates emits the 
       std::vector<float> probs(logits.size());
       for (int r = 0; r < rows; ++r)
         fastinfer::cpu::sampling_distribution(logits.data() + r * vocab, vocab, sp, probs.data() + r * vocab, ws);
-      const auto out = speculative::verify_tree_sampling_deterministic(probs.data(), vocab, ct.tree, sp.seed, 0);
+      const auto out = speculative::verify_tree_rejection(probs.data(), nullptr, vocab, ct.tree, sp.seed, 0);
       first[std::size_t(out.tokens[0])] += 1;
       if (out.tokens[0] == ct.tree.tokens[0] && out.tokens.size() >= 2) {
         second[std::size_t(out.tokens[1])] += 1;

@@ -33,13 +33,14 @@
 // Exactness: greedy takes the longest path the target's argmax agrees with
 // (verify_tree_greedy), so the output is plain greedy's for ANY heads. With
 // temperature > 0, AcceptanceRule::Exact uses SpecInfer's multi-round
-// rejection with one-hot q (siblings are distinct deterministic candidates;
-// verify_tree_sampling_deterministic): exact in distribution. AcceptanceRule::TypicalLossy uses Medusa's typical
-// acceptance on the tree (verify_tree_typical_lossy): the longest path whose
+// rejection with one-hot q (siblings are distinct deterministic candidates:
+// the verifier's verify_tree_rejection with q = nullptr): exact in
+// distribution. AcceptanceRule::TypicalLossy uses Medusa's typical acceptance
+// on the tree (the verifier's verify_tree_typical_lossy): the longest path whose
 // every node passes p(x) > min(threshold, alpha * exp(-H(p))); lossy.
 //
 // Bit-identity with plain decoding holds while a step's forward is at most
-// cpu::gemm_detail::kDotMaxTokens (16) rows (matmul then gives matvec's
+// cpu::gemm_detail::kDotMaxTokens (32) rows (matmul then gives matvec's
 // bits): the default trees keep pending + nodes <= 16.
 #pragma once
 
@@ -82,7 +83,7 @@ struct FixedChoicesTree {
   std::vector<TreePath> choices;
   // The default for K heads: the top-1 chain to depth K plus five
   // alternatives near the root (9 nodes for K = 4; with up to K + 1 pending
-  // rows a step stays within 16 rows).
+  // rows a step stays within kDotMaxTokens rows).
   static FixedChoicesTree default_for(int num_heads) {
     FixedChoicesTree t;
     for (int d = 1; d <= num_heads; ++d) t.choices.push_back(TreePath(std::size_t(d), 0));
@@ -246,97 +247,6 @@ inline void tree_verify_batch(const std::int32_t* pending, int n_pending, std::i
   }
 }
 
-// Medusa's typical acceptance over a tree (lossy). p rows [tree.size() + 1]
-// [vocab] as verify_tree_greedy's (probabilities, not logits). Takes the
-// longest path of accepted nodes (first in node order on a tie), then one
-// token drawn from p at its end (argmax when `greedy`).
-inline VerifyOutcome verify_tree_typical_lossy(const float* p, int vocab, const TokenTree& tree,
-                                               const TypicalAcceptanceLossy& rule, bool greedy, std::uint64_t seed,
-                                               std::uint64_t first_index) {
-  tree.validate(vocab);
-  FASTINFER_CHECK(rule.threshold >= 0.0f && rule.alpha >= 0.0f, InvalidArgument,
-                  "typical acceptance needs threshold >= 0 and alpha >= 0, got ", rule.threshold, " and ", rule.alpha);
-  const int n = tree.size();
-  std::vector<double> bar(std::size_t(n) + 1);  // acceptance bar of each row
-  for (int r = 0; r <= n; ++r) {
-    const float* pr = p + std::size_t(r) * std::size_t(vocab);
-    double h = 0;
-    for (int x = 0; x < vocab; ++x)
-      if (pr[x] > 0.0f) h -= double(pr[x]) * std::log(double(pr[x]));
-    bar[std::size_t(r)] = std::min(double(rule.threshold), double(rule.alpha) * std::exp(-h));
-  }
-  std::vector<int> len(std::size_t(n), 0);  // accepted path length ending at node, 0: not accepted
-  int best = -1;
-  for (int i = 0; i < n; ++i) {
-    const int par = tree.parent[std::size_t(i)];
-    if (par >= 0 && len[std::size_t(par)] == 0) continue;
-    const float* pr = p + std::size_t(par + 1) * std::size_t(vocab);
-    if (double(pr[tree.tokens[std::size_t(i)]]) > bar[std::size_t(par + 1)]) {
-      len[std::size_t(i)] = (par >= 0 ? len[std::size_t(par)] : 0) + 1;
-      if (best < 0 || len[std::size_t(i)] > len[std::size_t(best)]) best = i;
-    }
-  }
-  VerifyOutcome out;
-  for (int a = best; a >= 0; a = tree.parent[std::size_t(a)]) out.path.push_back(a);
-  std::reverse(out.path.begin(), out.path.end());
-  for (int a : out.path) out.tokens.push_back(tree.tokens[std::size_t(a)]);
-  out.accepted = int(out.path.size());
-  const float* pe = p + std::size_t(best + 1) * std::size_t(vocab);
-  out.tokens.push_back(greedy ? std::int32_t(std::max_element(pe, pe + vocab) - pe)
-                              : cpu::sample_from_weights(pe, vocab,
-                                                         spec_coin(seed, first_index + std::uint64_t(out.accepted),
-                                                                   kResidualSlot)));
-  return out;
-}
-
-// Exact sampling over a tree of deterministic candidates (SpecInfer's
-// multi-round rejection with one-hot q): at a node, child j is accepted with
-// probability r(c_j) / sum(r), where r is the node's target distribution with
-// the rejected siblings removed; when every child is rejected the token is
-// drawn from r. Equivalent to drawing from p and following the child that
-// matches, so the emitted tokens are distributed exactly as plain sampling.
-// p rows [tree.size() + 1][vocab] (probabilities; modified in place). Coins
-// as SpeculativeVerifier's: accept_coin(seed, index, j), residual slot.
-//
-// Why not SpeculativeVerifier::verify_tree: its acceptance test compares the
-// coin with the UNnormalised residual after a rejection, which under-accepts
-// later siblings (measured: total variation 0.04 at 100k samples on the test
-// below); reported to the verifier's owner.
-inline VerifyOutcome verify_tree_sampling_deterministic(float* p, int vocab, const TokenTree& tree,
-                                                        std::uint64_t seed, std::uint64_t first_index) {
-  tree.validate(vocab);
-  VerifyOutcome out;
-  int node = -1;
-  while (true) {
-    float* pn = p + std::size_t(node + 1) * std::size_t(vocab);
-    const std::uint64_t index = first_index + std::uint64_t(out.accepted);
-    const std::vector<int> kids = tree.children(node);
-    FASTINFER_CHECK(int(kids.size()) <= kMaxTreeChildren, InvalidArgument, "tree node ", node, " has ",
-                    kids.size(), " children; at most ", kMaxTreeChildren, " are supported");
-    double mass = 0;
-    for (int x = 0; x < vocab; ++x) mass += double(pn[x]);
-    int next = -1;
-    for (std::size_t j = 0; j < kids.size(); ++j) {
-      const std::int32_t d = tree.tokens[std::size_t(kids[j])];
-      if (double(accept_coin(seed, index, int(j))) * mass < double(pn[d])) {
-        next = kids[j];
-        break;
-      }
-      mass -= double(pn[d]);
-      pn[d] = 0.0f;
-    }
-    if (next < 0) {
-      out.tokens.push_back(cpu::sample_from_weights(pn, vocab, spec_coin(seed, index, kResidualSlot)));
-      break;
-    }
-    out.tokens.push_back(tree.tokens[std::size_t(next)]);
-    out.path.push_back(next);
-    ++out.accepted;
-    node = next;
-  }
-  return out;
-}
-
 // Top-n guesses of every head for one hidden row.
 inline void medusa_guesses(MedusaHeads& heads, const float* hidden, const MatrixView& shared, int n, int depth,
                            HeadGuesses& g, std::vector<float>& scratch, int threads = 1) {
@@ -475,7 +385,7 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
       v = options.rule == AcceptanceRule::TypicalLossy
               ? verify_tree_typical_lossy(probs.data(), vocab, ct.tree, options.typical, verifier.greedy(), sp.seed,
                                           first_index)
-              : verify_tree_sampling_deterministic(probs.data(), vocab, ct.tree, sp.seed, first_index);
+              : verify_tree_rejection(probs.data(), nullptr, vocab, ct.tree, sp.seed, first_index);
     }
     const int last_row = n_pending - 1 + (v.path.empty() ? 0 : 1 + v.path.back());
     std::copy(model.last_hidden() + std::size_t(last_row) * std::size_t(dim),

@@ -366,6 +366,49 @@ VerifyOutcome verify_tree_rejection(float* p, const float* q, int vocab, const T
   return out;
 }
 
+// Medusa's typical acceptance over a tree (lossy). p rows [tree.size() + 1]
+// [vocab] as verify_tree_greedy's (probabilities, not logits). Takes the
+// longest path of accepted nodes (first in node order on a tie), then one
+// token drawn from p at its end (argmax when `greedy`).
+template <class Sampler = cpu::HostSampler>
+VerifyOutcome verify_tree_typical_lossy(const float* p, int vocab, const TokenTree& tree,
+                                        const TypicalAcceptanceLossy& rule, bool greedy, std::uint64_t seed,
+                                        std::uint64_t first_index, Sampler&& sampler = Sampler()) {
+  tree.validate(vocab);
+  FASTINFER_CHECK(rule.threshold >= 0.0f && rule.alpha >= 0.0f, InvalidArgument,
+                  "typical acceptance needs threshold >= 0 and alpha >= 0, got ", rule.threshold, " and ", rule.alpha);
+  const int n = tree.size();
+  std::vector<double> bar(std::size_t(n) + 1);  // acceptance bar of each row
+  for (int r = 0; r <= n; ++r) {
+    const float* pr = p + std::size_t(r) * std::size_t(vocab);
+    double h = 0;
+    for (int x = 0; x < vocab; ++x)
+      if (pr[x] > 0.0f) h -= double(pr[x]) * std::log(double(pr[x]));
+    bar[std::size_t(r)] = std::min(double(rule.threshold), double(rule.alpha) * std::exp(-h));
+  }
+  std::vector<int> len(std::size_t(n), 0);  // accepted path length ending at node, 0: not accepted
+  int best = -1;
+  for (int i = 0; i < n; ++i) {
+    const int par = tree.parent[std::size_t(i)];
+    if (par >= 0 && len[std::size_t(par)] == 0) continue;
+    const float* pr = p + std::size_t(par + 1) * std::size_t(vocab);
+    if (double(pr[tree.tokens[std::size_t(i)]]) > bar[std::size_t(par + 1)]) {
+      len[std::size_t(i)] = (par >= 0 ? len[std::size_t(par)] : 0) + 1;
+      if (best < 0 || len[std::size_t(i)] > len[std::size_t(best)]) best = i;
+    }
+  }
+  VerifyOutcome out;
+  for (int a = best; a >= 0; a = tree.parent[std::size_t(a)]) out.path.push_back(a);
+  std::reverse(out.path.begin(), out.path.end());
+  for (int a : out.path) out.tokens.push_back(tree.tokens[std::size_t(a)]);
+  out.accepted = int(out.path.size());
+  const float* pe = p + std::size_t(best + 1) * std::size_t(vocab);
+  out.tokens.push_back(greedy ? std::int32_t(std::max_element(pe, pe + vocab) - pe)
+                              : sampler.sample_from_weights(
+                                    pe, vocab, spec_coin(seed, first_index + std::uint64_t(out.accepted), kResidualSlot)));
+  return out;
+}
+
 // --- From logits: what the generation loop calls ------------------------------
 
 // Exact: rejection sampling (Leviathan / SpecInfer); Coupled: sample-and-match,
