@@ -24,7 +24,7 @@
 namespace {
 
 using Model = fastinfer::LlamaModel<>;
-namespace spec = fastinfer::speculative;
+namespace speculative = fastinfer::speculative;
 using Tokens = std::vector<std::int32_t>;
 
 Model load(const std::string& spec_text, int max_batch = 32) {

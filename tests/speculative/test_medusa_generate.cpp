@@ -26,7 +26,7 @@ namespace {
 
 using fastinfer::GenerationParams;
 using Model = fastinfer::LlamaModel<>;
-namespace spec = fastinfer::speculative;
+namespace speculative = fastinfer::speculative;
 
 using Case = fastinfer::testing::GoldenCase;
 

@@ -15,7 +15,7 @@
 
 namespace {
 
-namespace spec = fastinfer::speculative;
+namespace speculative = fastinfer::speculative;
 using speculative::MedusaHeads;
 
 std::string temp_path(const std::string& name) {

@@ -27,7 +27,7 @@
 namespace {
 
 using Model = fastinfer::LlamaModel<>;
-namespace spec = fastinfer::speculative;
+namespace speculative = fastinfer::speculative;
 
 void check_padded_heads_draft_alike(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
                                     const std::string& heads_file) {

@@ -18,7 +18,7 @@
 
 namespace {
 
-namespace spec = fastinfer::speculative;
+namespace speculative = fastinfer::speculative;
 
 speculative::HeadGuesses guesses() {
   speculative::HeadGuesses g;

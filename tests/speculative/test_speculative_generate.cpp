@@ -19,6 +19,7 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "fastinfer/speculative/adaptive_draft_length.hpp"
 #include "fastinfer/speculative/draft_model.hpp"
 #include "fastinfer/speculative/drafter_factory.hpp"
 #include "fastinfer/speculative/lookahead_pool.hpp"
@@ -33,7 +34,7 @@ namespace {
 using fastinfer::GenerationParams;
 using fastinfer::LlamaModel;
 using Model = LlamaModel<>;
-namespace spec = fastinfer::speculative;
+namespace speculative = fastinfer::speculative;
 
 using Case = fastinfer::testing::GoldenCase;
 
@@ -123,6 +124,112 @@ FASTINFER_SPEC_GOLDEN(1, false)
 FASTINFER_SPEC_GOLDEN(2, false)
 FASTINFER_SPEC_GOLDEN(4, true)
 FASTINFER_SPEC_GOLDEN(8, false)
+
+// Dynamic speculation: the k of each step comes from wall-clock timings, so
+// the sequence of k differs run to run; the output must not. A "restless"
+// controller (every plain step may probe, every other speculative step is
+// plain) makes sure both kinds of step, and switches between them, happen.
+namespace {
+
+speculative::AdaptiveDraftConfig restless_config() {
+  speculative::AdaptiveDraftConfig c;
+  c.probe_budget = 1.0;
+  c.refresh_every = 2;
+  return c;
+}
+
+void check_golden_adaptive(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
+                           const std::vector<std::string>& draft_models) {
+  Model target = load(model_path.string());
+  speculative::ModelTarget<Model> adapter(target);
+  const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
+  REQUIRE(!cases.empty());
+  const int k = 4;
+  auto ds = drafters(k, target.config().vocab_size, draft_models);
+  for (bool restless : {false, true}) {
+    std::int64_t plain_steps = 0, k_sum = 0;
+    for (auto& [name, drafter] : ds) {
+      // One controller per drafter, carried across the cases as a server would.
+      speculative::AdaptiveDraftLength ctl(k, restless ? restless_config() : speculative::AdaptiveDraftConfig{});
+      for (const Case& c : cases) {
+        INFO("drafter " << name << ", restless " << restless << ", case " << c.name);
+        GenerationParams p;
+        p.max_new_tokens = c.max_new_tokens;
+        speculative::SpeculativeOptions o{k};
+        o.adaptive = &ctl;
+        const auto r = speculative::speculative_generate(adapter, *drafter, c.prompt, p, o);
+        CHECK(r.generation.tokens == c.continuation);
+        CHECK(fastinfer::stop_reason_name(r.generation.stopped_by) == c.stopped_by);
+        CHECK(r.stats.step_tokens + 1 == std::int64_t(r.generation.tokens.size()));
+        CHECK(r.stats.plain_steps <= r.stats.target_forwards);
+        CHECK(r.stats.k_sum <= std::int64_t(k) * r.stats.target_forwards);
+        plain_steps += r.stats.plain_steps;
+        k_sum += r.stats.k_sum;
+      }
+      CHECK(ctl.stats().steps > 0);
+      WARN(name << " restless " << restless << ": steps " << ctl.stats().steps << ", at k 0 " << ctl.stats().steps_at_zero
+                << ", probes " << ctl.stats().probes << ", mean k " << ctl.stats().mean_draft_length() << ", p1 "
+                << ctl.acceptance(1));
+      // A random model's drafts are (nearly) never the target's argmax (few
+      // probes in the default setting leave the prior some weight).
+      if (name == "draft synthetic:tiny") CHECK(ctl.acceptance(1) < (restless ? 0.2 : 0.4));
+    }
+    if (restless) {
+      CHECK(plain_steps > 0);
+      CHECK(k_sum > 0);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("dynamic speculation reproduces the stories260K golden cases, every drafter") {
+  FASTINFER_REQUIRE_SHARED(model, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/cases");
+  check_golden_adaptive(model, cases, {"bf16:" + model.string(), "synthetic:tiny"});
+}
+
+TEST_CASE("dynamic speculation reproduces the tinystories-656k golden cases, every drafter") {
+  FASTINFER_REQUIRE_SHARED(model, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
+  check_golden_adaptive(model, cases, {"bf16:" + model.string()});
+}
+
+TEST_CASE("dynamic speculation with the coupled rule emits generate()'s sampled tokens, every drafter") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
+  Model target = load(model_path.string());
+  speculative::ModelTarget<Model> adapter(target);
+  const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
+  REQUIRE(!cases.empty());
+  const int vocab = target.config().vocab_size;
+  GenerationParams p;
+  p.temperature = 0.8f;
+  for (std::size_t ci = 0; ci < cases.size(); ++ci) {
+    const Case& c = cases[ci];
+    p.max_new_tokens = c.max_new_tokens;
+    p.seed = 21 + ci;
+    p.top_k = ci % 2 == 1 ? 40 : 0;
+    const auto plain = fastinfer::generate(target, c.prompt, p);
+    speculative::DraftModel<Model> self(load(model_path.string(), fastinfer::DType::BF16), fastinfer::sampling_params(p),
+                                        speculative::AcceptanceRule::Coupled);
+    speculative::PromptLookup lookup;
+    speculative::PromptLookup lookup_tree(speculative::PromptLookupConfig{3, 1, 4});
+    speculative::LookaheadPool lookahead(speculative::LookaheadConfig{3, 3, 3}, vocab);
+    for (speculative::Drafter* d : {static_cast<speculative::Drafter*>(&self), static_cast<speculative::Drafter*>(&lookup),
+                                    static_cast<speculative::Drafter*>(&lookup_tree),
+                                    static_cast<speculative::Drafter*>(&lookahead)}) {
+      speculative::AdaptiveDraftLength ctl(4, restless_config());
+      speculative::SpeculativeOptions o{4};
+      o.rule = speculative::AcceptanceRule::Coupled;
+      o.adaptive = &ctl;
+      const auto r = speculative::speculative_generate(adapter, *d, c.prompt, p, o);
+      INFO("case " << c.name << ", drafter " << (d == &self ? "self-draft" : d == &lookup ? "prompt lookup" : d == &lookup_tree ? "prompt-lookup tree" : "lookahead"));
+      CHECK(r.generation.tokens == plain.tokens);
+      CHECK(r.generation.stopped_by == plain.stopped_by);
+    }
+  }
+}
 
 TEST_CASE("speculative output equals plain generation at the sequence-length limit and with tiny budgets") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
@@ -347,4 +454,9 @@ TEST_CASE("speculative_generate rejects bad arguments before touching the model"
                   fastinfer::InvalidArgument);
   CHECK_THROWS_AS(speculative::speculative_generate(adapter, lookup, {1, 9999}, p), fastinfer::InvalidArgument);
   CHECK_THROWS_AS(speculative::speculative_generate(adapter, lookup, {}, p), fastinfer::InvalidArgument);
+  // A controller that cannot hold the asked k.
+  speculative::AdaptiveDraftLength small(2);
+  speculative::SpeculativeOptions o{4};
+  o.adaptive = &small;
+  CHECK_THROWS_WITH(speculative::speculative_generate(adapter, lookup, {1}, p, o), Catch::Contains("max_k"));
 }

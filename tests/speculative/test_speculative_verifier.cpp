@@ -18,7 +18,7 @@
 
 namespace {
 
-namespace spec = fastinfer::speculative;
+namespace speculative = fastinfer::speculative;
 namespace cpu = fastinfer::cpu;
 constexpr int V = 8;
 
