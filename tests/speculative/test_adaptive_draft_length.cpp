@@ -191,20 +191,32 @@ TEST_CASE("adaptive draft length: the first steps measure a plain pass, then pro
   CHECK(never.choose(1) == 0);
 }
 
-TEST_CASE("adaptive draft length: pass prices interpolate between and extrapolate beyond measured row counts",
+TEST_CASE("adaptive draft length: pass prices pool the per-row cost, seeded counts are kept, spikes are clipped",
           "[speculative][adaptive]") {
   speculative::AdaptiveDraftLength ctl(8);
   CHECK(ctl.pass_seconds(3) == 0.0);
   ctl.set_pass_seconds(1, 1.0);
-  CHECK(ctl.pass_seconds(4) == Approx(4.0));  // one point: proportional
+  CHECK(ctl.pass_seconds(4) == Approx(4.0));  // no drafting step yet: proportional
   ctl.set_pass_seconds(5, 2.0);
-  CHECK(ctl.pass_seconds(3) == Approx(1.5));
-  CHECK(ctl.pass_seconds(9) == Approx(3.0));  // the secant beyond
+  CHECK(ctl.pass_seconds(5) == Approx(2.0));  // seeded: its own
+  // One drafting step over 3 rows at 1.5 s: 0.25 s per extra row, pooled.
+  speculative::DraftStepReport r;
+  r.k = 2;
+  r.depths = 2;
+  r.rows = 3;
+  r.pass_seconds = 1.5;
+  ctl.report(r);
+  CHECK(ctl.pass_seconds(9) == Approx(3.0));
+  CHECK(ctl.pass_seconds(5) == Approx(2.0));
   CHECK(ctl.pass_seconds(2.5) == Approx(1.375));
-  ctl.set_pass_seconds(9, 2.5);
-  CHECK(ctl.pass_seconds(7) == Approx(2.25));
+  // A plain pass descheduled for 20x its time moves the plain price by at
+  // most cost_weight (0.1) of twice it.
+  speculative::DraftStepReport spike;
+  spike.pass_seconds = 20.0;
+  ctl.report(spike);
+  CHECK(ctl.pass_seconds(1) <= 1.1 + 1e-12);
   // A seeded table decides before any step: cheap passes and the prior
-  // acceptance 0.5 make drafting worth it once a plain pass is known.
+  // acceptance 0.5 make drafting worth a try once a plain pass is known.
   speculative::AdaptiveDraftLength seeded(4);
   for (int n = 1; n <= 5; ++n) seeded.set_pass_seconds(n, 1.0 + 0.01 * (n - 1));
   CHECK(seeded.choose(1) == 4);  // first drafting step: the probe at max_k

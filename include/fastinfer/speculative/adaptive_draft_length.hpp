@@ -13,8 +13,8 @@
 // drafting when the draft's confidence drops) and vLLM/SGLang's acceptance-
 // driven draft lengths adapt acceptance only. Here both sides are measured:
 //
-//  - Acceptance per depth: p_i = P(draft i kept | drafts 1..i-1 kept, i asked),
-//    exponentially forgotten counts, each depth's prior being the estimate of
+//  - Acceptance per depth (DraftAcceptance): p_i = P(draft i kept | drafts
+//    1..i-1 kept, i asked), exponentially forgotten counts, each depth's prior being the estimate of
 //    the depth before (so one observed depth speaks for unobserved deeper
 //    ones). A draft the drafter did not offer (no prompt-lookup match) counts
 //    as not kept: E(k) below is what asking for k returns, offered or not.
@@ -22,12 +22,18 @@
 //  - Rows a step feeds: the pending rows (known) + the drafts' nodes per depth
 //    (EWMA, a tree has several per depth, a chain 0 or 1) + rows that come
 //    with any drafting step (lookahead's window; EWMA).
-//  - Seconds of a target pass over n rows: EWMA per row count (wall time,
-//    including the step's host work), linear between measured counts and
-//    beyond them along the secant through the smallest and largest measured
-//    (a caller may seed the table from a benchmark: set_pass_seconds).
-//  - Seconds of drafting k tokens: EWMA per k; an unmeasured k scales the
-//    nearest measured one by k / k'.
+//  - Seconds of a target pass over n rows (wall time, including the step's
+//    host work): c(1) + b (n - 1), c(1) from the plain steps, b (one more
+//    row) pooled over every drafting step, because each step feeds its own
+//    row count and a table per count would be read from one or two noisy
+//    samples. Row counts seen often enough (kTrusted samples) use their own
+//    average, which catches the curve's bends (a caller may seed such a
+//    table from a benchmark: set_pass_seconds).
+//  - Seconds of drafting k tokens: d k, d pooled per drafted token.
+//  Every average is robust to the spikes of a shared machine (a pass
+//  descheduled for 20x its time): a sample is clipped to twice the current
+//  estimate (or half) before it enters, so one spike moves it by at most
+//  cost_weight.
 //
 // choose() takes the k in [0, max_k] maximising E(k) / T(k). k = 0 is a plain
 // decode step. While k = 0 wins, a probe (drafting at the best k >= 1) is made
@@ -51,7 +57,7 @@
 namespace fastinfer::speculative {
 
 struct AdaptiveDraftConfig {
-  double cost_weight = 0.25;     // EWMA weight of a new timing (pass and draft seconds)
+  double cost_weight = 0.1;      // EWMA weight of a new timing (pass and draft seconds)
   double accept_forget = 0.95;   // weight of the past per acceptance observation
   double prior_acceptance = 0.5; // depth 1's prior; deeper depths take the depth above's estimate
   double prior_weight = 2.0;     // trials the prior counts for
@@ -82,6 +88,63 @@ struct AdaptiveDraftStats {
   double mean_draft_length() const { return steps > 0 ? double(k_sum) / double(steps) : 0.0; }
 };
 
+// Per-depth acceptance of one drafter (or one request's drafter): p_d =
+// P(draft d kept | drafts 1..d-1 kept, d asked for), from counts forgotten by
+// `forget` per observation; depth 1's prior is `prior` with `prior_weight`
+// trials, each deeper depth's prior is the estimate of the depth above. Also
+// the Engine's per-request history (engine/spec_policy.hpp).
+class DraftAcceptance {
+ public:
+  explicit DraftAcceptance(std::int32_t max_depth = 16, double prior = 0.5, double prior_weight = 2.0,
+                           double forget = 0.95)
+      : prior_(prior), prior_weight_(prior_weight), forget_(forget) {
+    FASTINFER_CHECK(max_depth >= 0 && max_depth <= 1024, InvalidArgument,
+                    "draft acceptance: max_depth must be in [0, 1024], got ", max_depth);
+    FASTINFER_CHECK(prior >= 0.0 && prior <= 1.0 && prior_weight > 0.0, InvalidArgument,
+                    "draft acceptance: prior must be in [0, 1] and prior_weight > 0, got ", prior, " and ",
+                    prior_weight);
+    FASTINFER_CHECK(forget > 0.0 && forget <= 1.0, InvalidArgument, "draft acceptance: forget must be in (0, 1], got ",
+                    forget);
+    succ_.assign(std::size_t(max_depth) + 1, 0.0);
+    trials_.assign(std::size_t(max_depth) + 1, 0.0);
+  }
+
+  std::int32_t max_depth() const { return std::int32_t(succ_.size()) - 1; }
+
+  // One verification that asked for k drafts, was offered `offered` depths and
+  // kept `accepted` (<= offered <= k; a draft not offered counts as not kept).
+  void update(std::int32_t k, std::int32_t offered, std::int32_t accepted) {
+    FASTINFER_CHECK(k >= 0 && offered >= 0 && offered <= k && accepted >= 0 && accepted <= offered, InvalidArgument,
+                    "draft acceptance: ", accepted, " kept of ", offered, " offered at k ", k);
+    for (std::int32_t d = 1; d <= std::min(k, max_depth()) && accepted >= d - 1; ++d) {
+      succ_[std::size_t(d)] = forget_ * succ_[std::size_t(d)] + (accepted >= d ? 1.0 : 0.0);
+      trials_[std::size_t(d)] = forget_ * trials_[std::size_t(d)] + 1.0;
+    }
+  }
+  double acceptance(std::int32_t d) const {
+    double p = prior_;
+    for (std::int32_t i = 1; i <= std::min(d, max_depth()); ++i) p = estimate(i, p);
+    return p;
+  }
+  // Expected tokens a step asking for k emits: 1 + sum_d prod_{j<=d} p_j.
+  double expected_tokens(std::int32_t k) const {
+    double e = 1.0, run = 1.0, p = prior_;
+    for (std::int32_t i = 1; i <= std::min(k, max_depth()); ++i) {
+      p = estimate(i, p);
+      e += (run *= p);
+    }
+    return e;
+  }
+
+ private:
+  double estimate(std::int32_t d, double prior) const {
+    return (succ_[std::size_t(d)] + prior * prior_weight_) / (trials_[std::size_t(d)] + prior_weight_);
+  }
+
+  double prior_, prior_weight_, forget_;
+  std::vector<double> succ_, trials_;  // index 1..max_depth
+};
+
 class AdaptiveDraftLength {
  public:
   explicit AdaptiveDraftLength(std::int32_t max_k, AdaptiveDraftConfig config = {}) : c_(config), max_k_(max_k) {
@@ -100,10 +163,8 @@ class AdaptiveDraftLength {
                     c_.refresh_every);
     FASTINFER_CHECK(c_.max_rows >= 1 + max_k, InvalidArgument, "adaptive draft length: max_rows ", c_.max_rows,
                     " cannot hold a pass of 1 + max_k = ", 1 + max_k, " rows");
-    succ_.assign(std::size_t(max_k) + 1, 0.0);
-    trials_.assign(std::size_t(max_k) + 1, 0.0);
+    accept_ = DraftAcceptance(max_k, c_.prior_acceptance, c_.prior_weight, c_.accept_forget);
     nodes_.assign(std::size_t(max_k) + 1, -1.0);
-    draft_.assign(std::size_t(max_k) + 1, -1.0);
   }
 
   std::int32_t max_k() const { return max_k_; }
@@ -116,15 +177,16 @@ class AdaptiveDraftLength {
                     " rows is outside [1, ", c_.max_rows, "]");
     FASTINFER_CHECK(std::isfinite(seconds) && seconds > 0.0, InvalidArgument,
                     "adaptive draft length: pass seconds must be finite and > 0, got ", seconds);
-    if (pass_.size() <= std::size_t(rows)) pass_.resize(std::size_t(rows) + 1, -1.0);
+    grow(rows);
     pass_[std::size_t(rows)] = seconds;
+    samples_[std::size_t(rows)] = std::max(samples_[std::size_t(rows)], kTrusted);
   }
 
   // The k for the next step, at most min(max_k, cap); `base_rows` as in the report.
   std::int32_t choose(std::int32_t base_rows = 1, std::int32_t cap = 1 << 30) {
     FASTINFER_CHECK(base_rows >= 1, InvalidArgument, "adaptive draft length: base_rows must be >= 1, got ", base_rows);
     const std::int32_t kmax = std::max(0, std::min(max_k_, cap));
-    if (kmax == 0 || !measured(base_rows)) return 0;  // first: the plain price
+    if (kmax == 0 || !(one_row() > 0.0)) return 0;  // first: the plain price
     if (!probed_) return kmax;                          // then: what drafting costs and returns
     const std::int32_t best = best_k(base_rows, 0, kmax);
     if (best == 0) {
@@ -146,6 +208,12 @@ class AdaptiveDraftLength {
     validate(r);
     ++stats_.steps;
     stats_.k_sum += r.k;
+    // The extra rows' price, against the plain price before this step enters.
+    if (r.rows > 1 && one_row() > 0.0) {
+      const double per_row = std::max(0.0, (r.pass_seconds - one_row()) / double(r.rows - 1));
+      if (per_row_ < 0.0) per_row_ = per_row;
+      else per_row_ += c_.cost_weight * (std::min(per_row, 2.0 * per_row_ + 0.05 * one_row()) - per_row_);
+    }
     add_pass(r.rows, r.pass_seconds);
     if (r.k == 0) {
       ++stats_.steps_at_zero;
@@ -156,36 +224,21 @@ class AdaptiveDraftLength {
     probed_ = true;
     ++spec_steps_since_plain_;
     plain_seconds_since_probe_ = 0.0;
-    ewma(draft_[std::size_t(r.k)], r.draft_seconds);
+    robust_ewma(draft_per_token_, r.draft_seconds / double(r.k));
     std::int32_t nodes = 0;
     for (std::int32_t d = 1; d <= r.k; ++d) {
       const std::int32_t at = d <= r.depths ? (r.nodes_at_depth ? r.nodes_at_depth[d - 1] : 1) : 0;
       nodes += at;
       ewma(nodes_[std::size_t(d)], double(at));
-      if (r.accepted >= d - 1) {  // depth d was tried
-        succ_[std::size_t(d)] = c_.accept_forget * succ_[std::size_t(d)] + (r.accepted >= d ? 1.0 : 0.0);
-        trials_[std::size_t(d)] = c_.accept_forget * trials_[std::size_t(d)] + 1.0;
-      }
     }
+    accept_.update(r.k, r.depths, r.accepted);
     ewma(extra_rows_, double(std::max(0, r.rows - r.base_rows - nodes)));
   }
 
   // ---- the model, public for tests and reports ----
   // p_d: probability that draft d is kept given drafts 1..d-1 were.
-  double acceptance(std::int32_t d) const {
-    double p = c_.prior_acceptance;
-    for (std::int32_t i = 1; i <= std::min(d, max_k_); ++i)
-      p = (succ_[std::size_t(i)] + p * c_.prior_weight) / (trials_[std::size_t(i)] + c_.prior_weight);
-    return p;
-  }
-  double expected_tokens(std::int32_t k) const {
-    double e = 1.0, run = 1.0, p = c_.prior_acceptance;
-    for (std::int32_t i = 1; i <= std::min(k, max_k_); ++i) {
-      p = (succ_[std::size_t(i)] + p * c_.prior_weight) / (trials_[std::size_t(i)] + c_.prior_weight);
-      e += (run *= p);
-    }
-    return e;
-  }
+  double acceptance(std::int32_t d) const { return accept_.acceptance(d); }
+  double expected_tokens(std::int32_t k) const { return accept_.expected_tokens(k); }
   double expected_rows(std::int32_t base_rows, std::int32_t k) const {
     if (k == 0) return double(base_rows);
     double rows = double(base_rows) + std::max(extra_rows_, 0.0);
@@ -200,14 +253,7 @@ class AdaptiveDraftLength {
     const double a = pass_at(lo);
     return f > 0.0 ? a + f * (pass_at(lo + 1) - a) : a;
   }
-  double draft_seconds(std::int32_t k) const {
-    if (k <= 0) return 0.0;
-    if (draft_[std::size_t(k)] >= 0.0) return draft_[std::size_t(k)];
-    for (std::int32_t dist = 1; dist <= max_k_; ++dist)
-      for (std::int32_t kk : {k - dist, k + dist})
-        if (kk >= 1 && kk <= max_k_ && draft_[std::size_t(kk)] >= 0.0) return draft_[std::size_t(kk)] * double(k) / double(kk);
-    return 0.0;
-  }
+  double draft_seconds(std::int32_t k) const { return k > 0 && draft_per_token_ > 0.0 ? draft_per_token_ * k : 0.0; }
   double expected_seconds(std::int32_t base_rows, std::int32_t k) const {
     return draft_seconds(k) + pass_seconds(expected_rows(base_rows, k));
   }
@@ -238,35 +284,37 @@ class AdaptiveDraftLength {
                         " of an offered tree has ", r.nodes_at_depth[d], " nodes");
   }
 
+  // Samples of one row count after which its own average is trusted.
+  static constexpr int kTrusted = 4;
+
   void ewma(double& v, double x) const { v = v < 0.0 ? x : (1.0 - c_.cost_weight) * v + c_.cost_weight * x; }
-
-  void add_pass(std::int32_t rows, double seconds) {
-    if (pass_.size() <= std::size_t(rows)) pass_.resize(std::size_t(rows) + 1, -1.0);
-    ewma(pass_[std::size_t(rows)], seconds);
+  // As ewma, the sample first clipped to [v / 2, 2 v] (see the top).
+  void robust_ewma(double& v, double x) const {
+    if (v > 0.0) x = std::clamp(x, 0.5 * v, 2.0 * v);
+    ewma(v, x);
   }
-  bool measured(std::int32_t rows) const { return std::size_t(rows) < pass_.size() && pass_[std::size_t(rows)] >= 0.0; }
 
-  // A measured row count gives its EWMA; between two measured counts, the
-  // line through them; outside, the secant through the smallest and largest
-  // measured (or, with one, proportional to it).
-  double pass_at(std::int32_t n) const {
-    if (measured(n)) return pass_[std::size_t(n)];
-    std::int32_t below = 0, above = 0, lo = 0, hi = 0;
-    for (std::int32_t i = 1; i < std::int32_t(pass_.size()); ++i) {
-      if (!measured(i)) continue;
-      if (lo == 0) lo = i;
-      hi = i;
-      if (i < n) below = i;
-      if (i > n && above == 0) above = i;
+  void grow(std::int32_t rows) {
+    if (pass_.size() <= std::size_t(rows)) {
+      pass_.resize(std::size_t(rows) + 1, -1.0);
+      samples_.resize(std::size_t(rows) + 1, 0);
     }
-    if (lo == 0) return 0.0;
-    auto line = [&](std::int32_t a, std::int32_t b) {
-      const double slope = (pass_[std::size_t(b)] - pass_[std::size_t(a)]) / double(b - a);
-      return std::max(0.0, pass_[std::size_t(a)] + slope * double(n - a));
-    };
-    if (below && above) return line(below, above);
-    if (lo != hi) return line(lo, hi);
-    return pass_[std::size_t(lo)] * double(n) / double(lo);
+  }
+  void add_pass(std::int32_t rows, double seconds) {
+    grow(rows);
+    robust_ewma(pass_[std::size_t(rows)], seconds);
+    ++samples_[std::size_t(rows)];
+  }
+  double one_row() const { return pass_.size() > 1 ? pass_[1] : -1.0; }
+
+  // A row count with kTrusted samples (or seeded) gives its own average;
+  // any other, the plain price plus the pooled price per extra row (with no
+  // drafting step measured yet: proportional to the plain price).
+  double pass_at(std::int32_t n) const {
+    if (std::size_t(n) < pass_.size() && samples_[std::size_t(n)] >= kTrusted) return pass_[std::size_t(n)];
+    const double c1 = one_row();
+    if (!(c1 > 0.0)) return 0.0;
+    return per_row_ >= 0.0 ? c1 + per_row_ * double(n - 1) : c1 * double(n);
   }
 
   std::int32_t best_k(std::int32_t base_rows, std::int32_t from, std::int32_t to) const {
@@ -284,10 +332,12 @@ class AdaptiveDraftLength {
 
   AdaptiveDraftConfig c_;
   std::int32_t max_k_;
-  std::vector<double> succ_, trials_;  // per depth (index 1..max_k), forgotten counts
+  DraftAcceptance accept_;
   std::vector<double> nodes_;          // per depth: EWMA draft nodes (-1: never asked)
-  std::vector<double> draft_;          // per k: EWMA propose seconds (-1: never measured)
+  double draft_per_token_ = -1.0;      // EWMA propose seconds per drafted token (-1: never measured)
   std::vector<double> pass_;           // per row count: EWMA pass seconds (-1: never measured)
+  std::vector<int> samples_;           // per row count: samples in pass_ (kTrusted: seeded)
+  double per_row_ = -1.0;              // EWMA seconds of one more row (-1: never measured)
   double extra_rows_ = -1.0;           // EWMA rows of a drafting step beyond pending and drafts
   double plain_seconds_since_probe_ = 0.0;
   std::int32_t spec_steps_since_plain_ = 0;
