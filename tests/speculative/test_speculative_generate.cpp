@@ -11,6 +11,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -148,6 +149,7 @@ void check_golden_adaptive(const std::filesystem::path& model_path, const std::f
   auto ds = drafters(k, target.config().vocab_size, draft_models);
   for (bool restless : {false, true}) {
     std::int64_t plain_steps = 0, k_sum = 0;
+    std::map<std::string, double> p1;  // per drafter: the controller's depth-1 acceptance
     for (auto& [name, drafter] : ds) {
       // One controller per drafter, carried across the cases as a server would.
       speculative::AdaptiveDraftLength ctl(k, restless ? restless_config() : speculative::AdaptiveDraftConfig{});
@@ -170,10 +172,12 @@ void check_golden_adaptive(const std::filesystem::path& model_path, const std::f
       WARN(name << " restless " << restless << ": steps " << ctl.stats().steps << ", at k 0 " << ctl.stats().steps_at_zero
                 << ", probes " << ctl.stats().probes << ", mean k " << ctl.stats().mean_draft_length() << ", p1 "
                 << ctl.acceptance(1));
-      // A random model's drafts are (nearly) never the target's argmax (few
-      // probes in the default setting leave the prior some weight).
-      if (name == "draft synthetic:tiny") CHECK(ctl.acceptance(1) < (restless ? 0.2 : 0.4));
+      p1[name] = ctl.acceptance(1);
     }
+    // The controller's acceptance tells drafters apart: a random model's
+    // drafts are kept far less often than the bf16 self-draft's.
+    const auto random = p1.find("draft synthetic:tiny"), self = p1.find("draft bf16:" + model_path.string());
+    if (random != p1.end() && self != p1.end()) CHECK(random->second < self->second - 0.3);
     if (restless) {
       CHECK(plain_steps > 0);
       CHECK(k_sum > 0);
@@ -193,42 +197,6 @@ TEST_CASE("dynamic speculation reproduces the tinystories-656k golden cases, eve
   FASTINFER_REQUIRE_SHARED(model, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
   check_golden_adaptive(model, cases, {"bf16:" + model.string()});
-}
-
-TEST_CASE("dynamic speculation with the coupled rule emits generate()'s sampled tokens, every drafter") {
-  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
-  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
-  Model target = load(model_path.string());
-  speculative::ModelTarget<Model> adapter(target);
-  const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
-  REQUIRE(!cases.empty());
-  const int vocab = target.config().vocab_size;
-  GenerationParams p;
-  p.temperature = 0.8f;
-  for (std::size_t ci = 0; ci < cases.size(); ++ci) {
-    const Case& c = cases[ci];
-    p.max_new_tokens = c.max_new_tokens;
-    p.seed = 21 + ci;
-    p.top_k = ci % 2 == 1 ? 40 : 0;
-    const auto plain = fastinfer::generate(target, c.prompt, p);
-    speculative::DraftModel<Model> self(load(model_path.string(), fastinfer::DType::BF16), fastinfer::sampling_params(p),
-                                        speculative::AcceptanceRule::Coupled);
-    speculative::PromptLookup lookup;
-    speculative::PromptLookup lookup_tree(speculative::PromptLookupConfig{3, 1, 4});
-    speculative::LookaheadPool lookahead(speculative::LookaheadConfig{3, 3, 3}, vocab);
-    for (speculative::Drafter* d : {static_cast<speculative::Drafter*>(&self), static_cast<speculative::Drafter*>(&lookup),
-                                    static_cast<speculative::Drafter*>(&lookup_tree),
-                                    static_cast<speculative::Drafter*>(&lookahead)}) {
-      speculative::AdaptiveDraftLength ctl(4, restless_config());
-      speculative::SpeculativeOptions o{4};
-      o.rule = speculative::AcceptanceRule::Coupled;
-      o.adaptive = &ctl;
-      const auto r = speculative::speculative_generate(adapter, *d, c.prompt, p, o);
-      INFO("case " << c.name << ", drafter " << (d == &self ? "self-draft" : d == &lookup ? "prompt lookup" : d == &lookup_tree ? "prompt-lookup tree" : "lookahead"));
-      CHECK(r.generation.tokens == plain.tokens);
-      CHECK(r.generation.stopped_by == plain.stopped_by);
-    }
-  }
 }
 
 TEST_CASE("speculative output equals plain generation at the sequence-length limit and with tiny budgets") {
@@ -282,7 +250,7 @@ TEST_CASE("seeded speculative sampling repeats exactly and differs across seeds"
   CHECK(s.stats.acceptance_rate() > 0.8);
 }
 
-TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same seed, every drafter") {
+TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same seed, every drafter, fixed and dynamic k") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
   Model target = load(model_path.string());
@@ -324,6 +292,13 @@ TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same 
         CHECK(r.generation.stopped_by == plain.stopped_by);
         CHECK(r.stats.accepted <= r.stats.drafted);
         if (d == coupled) drafted += r.stats.drafted, accepted += r.stats.accepted;
+        // Dynamic speculation, switching between plain and drafting steps all the time.
+        speculative::AdaptiveDraftLength ctl(k, restless_config());
+        o.adaptive = &ctl;
+        const auto ra = speculative::speculative_generate(adapter, *d, c.prompt, p, o);
+        CHECK(ra.generation.tokens == plain.tokens);
+        CHECK(ra.generation.stopped_by == plain.stopped_by);
+        CHECK(ra.stats.plain_steps > 0);
       }
     }
   }
