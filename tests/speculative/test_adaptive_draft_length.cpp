@@ -177,6 +177,32 @@ TEST_CASE("adaptive draft length: probes bring drafting back when it starts to p
   CHECK(mode_of_tail(ctl, useless, 500, rng) == 0);
 }
 
+TEST_CASE("adaptive draft length: probes that cost more than the model says are spaced by what they cost",
+          "[speculative][adaptive]") {
+  // A draft model that sat out the plain steps re-reads the whole gap when
+  // asked again: every drafting step after a plain one costs 50 plain passes.
+  World useless{0.0, 0.010, 0.1, 0.0};
+  speculative::AdaptiveDraftLength ctl(4);
+  double seconds = 0;
+  std::int64_t tokens = 0;
+  int previous_k = 0;
+  for (int s = 0; s < 5000; ++s) {
+    const int k = ctl.choose(1);
+    speculative::DraftStepReport r;
+    r.k = k;
+    r.rows = 1 + k;
+    r.depths = k;
+    r.draft_seconds = k > 0 ? (previous_k == 0 ? 50 * useless.c1 : 0.0) : 0.0;
+    r.pass_seconds = useless.pass(1 + k);
+    ctl.report(r);
+    seconds += r.draft_seconds + r.pass_seconds;
+    ++tokens;
+    previous_k = k;
+  }
+  CHECK(double(tokens) / seconds >= 0.97 / useless.pass(1));
+  CHECK(ctl.stats().probes <= 3);
+}
+
 TEST_CASE("adaptive draft length: the first steps measure a plain pass, then probe at max_k",
           "[speculative][adaptive]") {
   speculative::AdaptiveDraftLength ctl(4);

@@ -38,7 +38,8 @@
 // choose() takes the k in [0, max_k] maximising E(k) / T(k). k = 0 is a plain
 // decode step. While k = 0 wins, a probe (drafting at the best k >= 1) is made
 // once the plain steps since the last probe add up to enough time that the
-// probe's extra cost is at most `probe_budget` of it; probes are how it comes
+// probe's extra cost (the model's, or the last probe's measured one if more)
+// is at most `probe_budget` of it; probes are how it comes
 // back when drafting starts to pay. While some k >= 1 wins, every
 // `refresh_every`-th step is plain, keeping the one-row price current (the
 // machine's load changes it). The very first steps measure a plain pass, then
@@ -187,13 +188,22 @@ class AdaptiveDraftLength {
     FASTINFER_CHECK(base_rows >= 1, InvalidArgument, "adaptive draft length: base_rows must be >= 1, got ", base_rows);
     const std::int32_t kmax = std::max(0, std::min(max_k_, cap));
     if (kmax == 0 || !(one_row() > 0.0)) return 0;  // first: the plain price
-    if (!probed_) return kmax;                          // then: what drafting costs and returns
+    if (!probed_) {  // then: what drafting costs and returns
+      probing_ = true;
+      return kmax;
+    }
     const std::int32_t best = best_k(base_rows, 0, kmax);
     if (best == 0) {
       const std::int32_t probe = best_k(base_rows, 1, kmax);
-      const double extra = expected_seconds(base_rows, probe) - expected_seconds(base_rows, 0);
+      // Priced at the larger of the model's extra cost and what the last
+      // probe really cost over a plain step: a draft model that sat out the
+      // plain steps first re-reads the whole gap, which no per-token price
+      // foresees.
+      const double extra = std::max(expected_seconds(base_rows, probe) - expected_seconds(base_rows, 0),
+                                    last_probe_extra_);
       if (plain_seconds_since_probe_ * c_.probe_budget >= extra) {
         ++stats_.probes;
+        probing_ = true;
         return probe;
       }
       return 0;
@@ -216,11 +226,14 @@ class AdaptiveDraftLength {
     }
     add_pass(r.rows, r.pass_seconds);
     if (r.k == 0) {
+      probing_ = false;
       ++stats_.steps_at_zero;
       plain_seconds_since_probe_ += r.pass_seconds;
       spec_steps_since_plain_ = 0;
       return;
     }
+    if (probing_) last_probe_extra_ = std::max(0.0, r.draft_seconds + r.pass_seconds - pass_at(r.base_rows));
+    probing_ = false;
     probed_ = true;
     ++spec_steps_since_plain_;
     plain_seconds_since_probe_ = 0.0;
@@ -342,6 +355,8 @@ class AdaptiveDraftLength {
   double plain_seconds_since_probe_ = 0.0;
   std::int32_t spec_steps_since_plain_ = 0;
   bool probed_ = false;
+  bool probing_ = false;            // the step choose() just gave is a probe
+  double last_probe_extra_ = 0.0;   // seconds the last probe took beyond a plain step
   AdaptiveDraftStats stats_;
 };
 
