@@ -31,6 +31,15 @@
 // real layer and ee-7 drafts the full function). BM_Forward110M/<n>:
 // the wall time of one pass over n tokens after 100 (the verify cost).
 //   bench_speculative --benchmark_filter='BM_(Spec|Forward)110M' --benchmark_format=json   (< 10 min)
+//
+// Dynamic speculation (issue 17, adaptive_draft_length.hpp), side by side:
+// BM_Auto/<set>/<drafter>/k and BM_Auto110M/<weights>/<drafter> generate
+// every prompt plainly, with the drafter at its fixed k and with dynamic
+// speculation (up to k), alternating, outputs checked equal. Counters:
+// plain_tok_s, fixed_tok_s, auto_tok_s (wall clock), fixed_vs_plain,
+// auto_vs_plain, *_tokens_per_pass, auto_mean_k (drafts asked per pass),
+// auto_plain_share (passes at k = 0), auto_probes.
+//   bench_speculative --benchmark_filter='BM_Auto' --benchmark_format=json
 #include <benchmark/benchmark.h>
 
 #include <chrono>
@@ -46,6 +55,7 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "fastinfer/speculative/adaptive_draft_length.hpp"
 #include "fastinfer/speculative/draft_model.hpp"
 #include "common/drafter_flags.hpp"
 #include "fastinfer/speculative/early_exit_drafter.hpp"
@@ -126,15 +136,16 @@ Model& model(const std::string& spec, bool bf16) {
   return *slot;
 }
 
-void BM_Speculative(benchmark::State& state, const std::string& set_name, const std::string& drafter_name) {
-  const int k = int(state.range(0));
-  const Set& s = set(set_name);
-  if (s.prompts.empty() || (s.model.rfind("synthetic:", 0) != 0 && !std::filesystem::exists(s.model))) {
-    state.SkipWithError(("missing " + s.model).c_str());
-    return;
-  }
-  Model& target = model(s.model, false);
-  speculative::ModelTarget<Model> adapter(target);
+// True (and the benchmark skipped) when the set's model or prompts are absent.
+bool missing(benchmark::State& state, const Set& s) {
+  if (!s.prompts.empty() && (s.model.rfind("synthetic:", 0) == 0 || std::filesystem::exists(s.model))) return false;
+  state.SkipWithError(("missing " + s.model).c_str());
+  return true;
+}
+
+// The drafters of BM_Speculative (nullptr for "none").
+std::unique_ptr<speculative::Drafter> small_drafter(const Set& s, const std::string& drafter_name, const Model& target,
+                                                    int k) {
   std::unique_ptr<speculative::Drafter> drafter;
   if (drafter_name == "prompt-lookup") drafter = std::make_unique<speculative::PromptLookup>();
   if (drafter_name == "lookahead")
@@ -148,6 +159,16 @@ void BM_Speculative(benchmark::State& state, const std::string& set_name, const 
     drafter = std::make_unique<speculative::DraftModel<Model>>(Model(load_model(s.model, o), ModelOptions{1, 64}),
                                                          fastinfer::SamplingParams{});
   }
+  return drafter;
+}
+
+void BM_Speculative(benchmark::State& state, const std::string& set_name, const std::string& drafter_name) {
+  const int k = int(state.range(0));
+  const Set& s = set(set_name);
+  if (missing(state, s)) return;
+  Model& target = model(s.model, false);
+  speculative::ModelTarget<Model> adapter(target);
+  std::unique_ptr<speculative::Drafter> drafter = small_drafter(s, drafter_name, target, k);
   std::int64_t tokens = 0, forwards = 0, step_tokens = 0, drafted = 0, accepted = 0;
   for (auto _ : state) {
     for (const Prompt& p : s.prompts) {
@@ -223,17 +244,21 @@ std::map<std::string, double>& plain_tok_s() {
   return m;
 }
 
-void BM_Spec110M(benchmark::State& state, const std::string& weights, const std::string& drafter_name) {
-  const auto prompts = golden_prompts(shared("golden/tinystories-656k/cases"));
+// The stand-in's prompts (the tinystories-656k golden cases); empty, and the
+// benchmark skipped, when they or the model are absent.
+std::vector<Prompt> prompts_110m(benchmark::State& state) {
+  auto prompts = golden_prompts(shared("golden/tinystories-656k/cases"));
   if (prompts.empty() || !std::filesystem::exists(shared("models/tinystories-656k"))) {
     state.SkipWithError("missing ../shared/models/tinystories-656k or its golden cases");
-    return;
+    prompts.clear();
   }
-  Model& target = inflated(weights);
-  speculative::ModelTarget<Model> adapter(target);
+  return prompts;
+}
+
+// The drafters of BM_Spec110M (nullptr for "none"); sets `k` (4 unless the name says).
+std::unique_ptr<speculative::Drafter> drafter_110m(const std::string& drafter_name, Model& target, int& k) {
   const int vocab = target.config().vocab_size;
   std::unique_ptr<speculative::Drafter> drafter;
-  int k = 4;
   if (drafter_name == "pl") drafter = std::make_unique<speculative::PromptLookup>();
   if (drafter_name == "pl-tree") drafter = std::make_unique<speculative::PromptLookup>(speculative::PromptLookupConfig{3, 1, 4});
   if (drafter_name.rfind("la-", 0) == 0) {
@@ -256,6 +281,16 @@ void BM_Spec110M(benchmark::State& state, const std::string& weights, const std:
     const auto at = drafter_name.find("-k");
     if (at != std::string::npos) k = std::stoi(drafter_name.substr(at + 2));
   }
+  return drafter;
+}
+
+void BM_Spec110M(benchmark::State& state, const std::string& weights, const std::string& drafter_name) {
+  const auto prompts = prompts_110m(state);
+  if (prompts.empty()) return;
+  Model& target = inflated(weights);
+  speculative::ModelTarget<Model> adapter(target);
+  int k = 4;
+  std::unique_ptr<speculative::Drafter> drafter = drafter_110m(drafter_name, target, k);
   std::int64_t tokens = 0, forwards = 0, step_tokens = 0, drafted = 0, accepted = 0;
   double wall = 0;
   for (auto _ : state) {
@@ -282,6 +317,82 @@ void BM_Spec110M(benchmark::State& state, const std::string& weights, const std:
   state.counters["acceptance"] = drafted ? double(accepted) / double(drafted) : 0.0;
   state.counters["drafted_per_forward"] = forwards ? double(drafted) / double(forwards) : 0.0;
   state.counters["tokens"] = double(tokens) / double(state.iterations());
+}
+
+// Dynamic speculation next to plain decoding and the same drafter at its
+// fixed k, side by side: every prompt is generated by all three, in an order
+// that rotates from prompt to prompt (so a load that drifts during the run
+// is shared out), and the three outputs must be equal. One controller per
+// benchmark, carried across prompts and iterations as a server would carry
+// it; its warm-up (a plain pass, then a probe at k) is inside the timings.
+void side_by_side(benchmark::State& state, Model& target, speculative::Drafter& drafter, int k,
+                  const std::vector<Prompt>& prompts) {
+  speculative::ModelTarget<Model> adapter(target);
+  speculative::AdaptiveDraftLength ctl(k);
+  double wall[3] = {0, 0, 0};  // plain, fixed k, adaptive
+  std::int64_t tokens[3] = {0, 0, 0}, forwards[3] = {0, 0, 0}, steps[3] = {0, 0, 0};
+  std::int64_t auto_k_sum = 0, auto_plain_steps = 0;
+  std::size_t turn = 0;
+  for (auto _ : state) {
+    for (const Prompt& p : prompts) {
+      GenerationParams g;
+      g.max_new_tokens = p.max_new;
+      std::vector<std::int32_t> out[3];
+      for (int j = 0; j < 3; ++j) {
+        const int mode = int((turn + std::size_t(j)) % 3);
+        speculative::SpeculativeOptions o{k};
+        if (mode == 2) o.adaptive = &ctl;
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto r = mode == 0 ? speculative::plain_as_speculative(generate(target, p.ids, g))
+                                 : speculative::speculative_generate(adapter, drafter, p.ids, g, o);
+        wall[mode] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        tokens[mode] += std::int64_t(r.generation.tokens.size());
+        forwards[mode] += r.stats.target_forwards;
+        steps[mode] += r.stats.step_tokens;
+        if (mode == 2) {
+          auto_k_sum += r.stats.k_sum;
+          auto_plain_steps += r.stats.plain_steps;
+        }
+        out[mode] = r.generation.tokens;
+      }
+      ++turn;
+      if (out[1] != out[0] || out[2] != out[0]) {
+        state.SkipWithError("speculative output differs from plain greedy output");
+        return;
+      }
+    }
+  }
+  const char* names[3] = {"plain", "fixed", "auto"};
+  double rate[3];
+  for (int m = 0; m < 3; ++m) {
+    rate[m] = wall[m] > 0 ? double(tokens[m]) / wall[m] : 0.0;
+    state.counters[std::string(names[m]) + "_tok_s"] = rate[m];
+    state.counters[std::string(names[m]) + "_tokens_per_pass"] =
+        forwards[m] ? double(steps[m]) / double(forwards[m]) : 0.0;
+  }
+  state.counters["fixed_vs_plain"] = rate[0] > 0 ? rate[1] / rate[0] : 0.0;
+  state.counters["auto_vs_plain"] = rate[0] > 0 ? rate[2] / rate[0] : 0.0;
+  state.counters["auto_mean_k"] = forwards[2] ? double(auto_k_sum) / double(forwards[2]) : 0.0;
+  state.counters["auto_plain_share"] = forwards[2] ? double(auto_plain_steps) / double(forwards[2]) : 0.0;
+  state.counters["auto_probes"] = double(ctl.stats().probes);
+}
+
+void BM_Auto(benchmark::State& state, const std::string& set_name, const std::string& drafter_name) {
+  const int k = int(state.range(0));
+  const Set& s = set(set_name);
+  if (missing(state, s)) return;
+  Model& target = model(s.model, false);
+  const auto drafter = small_drafter(s, drafter_name, target, k);
+  side_by_side(state, target, *drafter, k, s.prompts);
+}
+
+void BM_Auto110M(benchmark::State& state, const std::string& weights, const std::string& drafter_name) {
+  const auto prompts = prompts_110m(state);
+  if (prompts.empty()) return;
+  Model& target = inflated(weights);
+  int k = 4;
+  const auto drafter = drafter_110m(drafter_name, target, k);
+  side_by_side(state, target, *drafter, k, prompts);
 }
 
 void BM_Forward110M(benchmark::State& state, const std::string& weights) {
@@ -332,6 +443,24 @@ int main(int argc, char** argv) {
     for (int n : {1, 2, 4, 8, 12, 16, 24, 32}) f->Arg(n);
     f->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);
   }
+  // Dynamic speculation side by side with plain and fixed k (BM_Auto*: one
+  // iteration = every prompt of the set by all three).
+  for (const std::string set_name : {"stories260K", "ts656k", "110M-repeat"}) {
+    const bool big = set_name == "110M-repeat";
+    for (const std::string d : {"prompt-lookup", "lookahead", "self-bf16"}) {
+      if (big && d == "self-bf16") continue;
+      auto* b = benchmark::RegisterBenchmark(("BM_Auto/" + set_name + "/" + d).c_str(), BM_Auto, set_name, d);
+      for (int k : {2, 4, 8}) b->Arg(k);
+      b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(big ? 0.1 : 0.5);
+    }
+  }
+  for (const std::string w : {"f32", "bf16"})
+    for (const std::string d : {"pl", "pl-tree", "la-3,3,2", "la-5,3,3", "la-4,4,3", "la-7,4,5", "self-q8-int8",
+                                "self-q8-int4", "ee-1", "ee-7", "ee-7-k8"})
+      benchmark::RegisterBenchmark(("BM_Auto110M/" + w + "/" + d).c_str(), BM_Auto110M, w, d)
+          ->Iterations(1)
+          ->UseRealTime()
+          ->Unit(benchmark::kSecond);
   for (const std::string set_name : {"stories260K", "ts656k", "110M-repeat"}) {
     auto* b = benchmark::RegisterBenchmark(("BM_ForwardTokens/" + set_name).c_str(), BM_ForwardTokens, set_name);
     for (int n : {1, 2, 3, 5, 9, 14}) b->Arg(n);

@@ -4,6 +4,7 @@
 // vocabulary, prompt too long, a flag the chosen mode ignores); 1 any other
 // failure (a bad model file, a size over a limit, non-finite logits). Errors
 // are one line on stderr.
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -173,7 +174,11 @@ int main(int argc, char** argv) {
   app.add_option("--early-exit-min-layer", calm.min_layer, "lossy early exit: the first layer a token may leave at")
       ->check(CLI::Range(1, 1 << 16))
       ->capture_default_str();
-  app.add_option("--spec-k", spec_k, "most drafted tokens per step")->check(CLI::Range(0, 64))->capture_default_str();
+  std::string spec_k_arg = "4";
+  app.add_option("--spec-k", spec_k_arg,
+                 "most drafted tokens per step: N (0-64), or auto[:N] for dynamic speculation (each step drafts the "
+                 "0..N tokens that measured acceptance and pass cost say pay best; N defaults to 8)")
+      ->capture_default_str();
   auto* lookahead_option = app.add_option("--lookahead", spec.lookahead, "lookahead W,N,G")->capture_default_str();
   std::string spec_rule = "exact";
   app.add_option("--spec-rule", spec_rule,
@@ -191,6 +196,18 @@ int main(int argc, char** argv) {
   if (const int code = fe::parse_args(app, kProgram, argc, argv); code >= 0) return code;
 
   return fe::run_main(kProgram, [&]() -> int {
+    const bool spec_auto = spec_k_arg.rfind("auto", 0) == 0;
+    {
+      const std::string n = spec_auto ? (spec_k_arg.size() > 4 && spec_k_arg[4] == ':' ? spec_k_arg.substr(5) : "8")
+                                      : spec_k_arg;
+      const auto parsed = std::from_chars(n.data(), n.data() + n.size(), spec_k);
+      FASTINFER_CHECK(parsed.ec == std::errc() && parsed.ptr == n.data() + n.size() && spec_k >= 0 && spec_k <= 64 &&
+                          (spec_k_arg.size() == 4 || !spec_auto || spec_k_arg[4] == ':'),
+                      fastinfer::InvalidArgument, "--spec-k: expected N in [0, 64], auto or auto:N, got '",
+                      spec_k_arg, "'");
+    }
+    FASTINFER_CHECK(!spec_auto || spec.kind != "medusa", fastinfer::InvalidArgument,
+                    "--spec-k auto is not offered with --spec medusa (its tree has its own budget: --medusa-tree)");
     fe::refuse_unused(kv_layout == "contiguous", {block_size_option, window_option, sinks_option},
                       "with --kv-layout contiguous");
     fe::refuse_unused(kv_layout == "paged", {window_option, sinks_option}, "with --kv-layout paged");
@@ -268,6 +285,8 @@ int main(int argc, char** argv) {
                     "--early-exit-threshold / --early-exit-patience (lossy) do not combine with --spec");
     fastinfer::ConfidentExit<fastinfer::LlamaModel<>> calm_model(model, calm);  // InvalidArgument on bad options
     fastinfer::speculative::SpeculativeOptions spec_options{spec_k};
+    fastinfer::speculative::AdaptiveDraftLength adaptive(spec_k);
+    if (spec_auto) spec_options.adaptive = &adaptive;
     spec_options.rule = fe::parse_acceptance_rule(spec_rule);
     if (spec_options.rule == fastinfer::speculative::AcceptanceRule::Coupled) {
       // A model drafter then draws with the target's coins (draft_model.hpp).
@@ -338,7 +357,10 @@ int main(int argc, char** argv) {
                                     {"stopped_by", std::string(fastinfer::stop_reason_name(result.stopped_by))},
                                     {"mean_accepted_per_step", spec_result.stats.mean_accepted_per_step()},
                                     {"target_forwards", spec_result.stats.target_forwards},
-                                    {"acceptance_rate", spec_result.stats.acceptance_rate()}};
+                                    {"acceptance_rate", spec_result.stats.acceptance_rate()},
+                                    {"mean_draft_length", spec_result.stats.mean_draft_length()},
+                                    {"plain_steps", spec_result.stats.plain_steps}};
+      if (drafter) stats["spec_k"] = spec_auto ? "auto:" + std::to_string(spec_k) : std::to_string(spec_k);
       if (calm.enabled()) stats["mean_layers"] = calm_model.mean_layers();
       std::fprintf(stderr, "%s\n", stats.dump().c_str());
     } else if (!print_ids) {

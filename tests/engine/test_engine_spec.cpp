@@ -455,6 +455,35 @@ TEST_CASE("spec policy: the step-cost fit and the acceptance estimate", "[engine
     est.update(4, acc);
   }
   CHECK(est.value() == Approx(0.7).epsilon(0.05));
+  // Per depth the same history gives the same expected tokens (geometric here).
+  CHECK(est.depths().expected_tokens(4) == Approx(fe::expected_emitted(0.7, 4)).epsilon(0.03));
+}
+
+TEST_CASE("spec policy: a per-depth history decides with its own expected tokens", "[engine][spec]") {
+  // A prompt-lookup-like request: no match 70 % of the time (nothing kept),
+  // else the whole 4-token match kept. Expected tokens of k drafts: 1 + 0.3 k,
+  // far from any geometric curve (depth 1 is 0.3, deeper depths 1.0).
+  fe::AcceptanceEstimate est(0.5, 2.0, 0.999);
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int i = 0; i < 5000; ++i) est.update(4, u(rng) < 0.3 ? 4 : 0);
+  for (int k = 0; k <= 4; ++k) CHECK(est.depths().expected_tokens(k) == Approx(1.0 + 0.3 * k).epsilon(0.05));
+  // The switch reads it: brute force over k with the true 1 + 0.3 k.
+  fe::StepCostModel cost;
+  cost.base = 10e-3;
+  cost.per_token = 1.5e-3;
+  cost.valid = true;
+  fe::SpecCandidate c{est.value(), 4, false, &est.depths()};
+  for (int batch : {1, 2, 8, 32}) {
+    int best_k = 0;
+    double best = double(batch) / cost.seconds(batch, 0);
+    for (int k = 1; k <= 4; ++k) {
+      const double r = (batch + 0.3 * k) / cost.seconds(batch + k, 0);
+      if (r > best * (1 + 1e-9)) best = r, best_k = k;
+    }
+    INFO("batch " << batch);
+    CHECK(fe::choose_drafts(cost, batch, batch, {c}) == std::vector<std::int32_t>{best_k});
+  }
 }
 
 // ---- sampled speculation under the adaptive switch -----------------------------

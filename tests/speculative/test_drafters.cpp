@@ -5,6 +5,8 @@
 // rejections (its drafts equal a fresh model's).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <deque>
 #include <set>
 #include <utility>
 #include <vector>
@@ -187,9 +189,46 @@ TEST_CASE("lookahead drafter proposes a trie of the pool's n-grams and the 2-D w
   pool.propose({1, 5, 6, 7, 5, 6, 8, 5, 6}, 4, 0, out);
   CHECK(out.extra.size() == 8);
   CHECK(out.extra_depth == std::vector<int>{1, 2, 3, 4, 2, 3, 4, 5});
-  // A window cut short (no room in the pass) leaves the levels alone.
+  // A window cut short (no room in the pass): no Jacobi step, no new level.
   pool.observe({1, 5, 6, 7, 5, 6, 8, 5, 6, 7}, 0, rows.data(), 4);
   CHECK(pool.levels().size() == 2);
+}
+
+TEST_CASE("lookahead window shifts by the accepted count after its Jacobi step") {
+  // W 4, N 3: two levels. Level j, column i guesses root + i + j + 1; a step
+  // that keeps a drafts moves the root a + 1 positions, the Jacobi step
+  // accounts for one of them, the shift for the other a.
+  speculative::LookaheadPool pool({4, 3, 5}, 64);
+  const Tokens ctx = {1, 5, 6, 7, 5, 6, 8, 5};
+  pool.begin(ctx);
+  pool.set_levels({{10, 11, 12, 13}, {20, 21, 22, 23}});
+  std::vector<float> rows(8 * 64, 0.0f);
+  for (int i = 0; i < 4; ++i) rows[std::size_t(4 + i) * 64 + std::size_t(30 + i)] = 1.0f;  // last level's outputs
+  Tokens after = ctx;
+  after.insert(after.end(), {6, 8, 5});  // two drafts kept + the bonus token
+  pool.observe(after, 2, rows.data(), 8);
+  // n-grams from the unshifted columns (10+i, 20+i, 30+i)...
+  CHECK(pool.continuations(10) == std::deque<Tokens>{{20, 30}});
+  CHECK(pool.continuations(13) == std::deque<Tokens>{{23, 33}});
+  // ...then levels {20..23}, {30..33} drop their first two columns; the two
+  // freed columns hold context tokens.
+  REQUIRE(pool.levels().size() == 2);
+  CHECK(Tokens(pool.levels()[0].begin(), pool.levels()[0].begin() + 2) == Tokens{22, 23});
+  CHECK(Tokens(pool.levels()[1].begin(), pool.levels()[1].begin() + 2) == Tokens{32, 33});
+  for (const Tokens& level : pool.levels())
+    for (int i = 2; i < 4; ++i) CHECK(std::find(after.begin(), after.end(), level[std::size_t(i)]) != after.end());
+  // A step without the window's rows (a plain step, or no room) moves the
+  // root by accepted + 1 with no Jacobi step: shift by that.
+  const Tokens before_plain = pool.levels()[1];
+  after.push_back(7);
+  pool.observe(after, 0, nullptr, 0);
+  CHECK(pool.levels()[1][0] == before_plain[1]);
+  CHECK(pool.levels()[1][1] == before_plain[2]);
+  // Shifting by W or more refills every column; a negative shift is refused.
+  pool.shift_window(9, after);
+  for (const Tokens& level : pool.levels())
+    for (std::int32_t t : level) CHECK(std::find(after.begin(), after.end(), t) != after.end());
+  CHECK_THROWS_AS(pool.shift_window(-1, after), fastinfer::InvalidArgument);
 }
 
 TEST_CASE("prompt lookup with several candidates: every match, distinct, as a trie") {

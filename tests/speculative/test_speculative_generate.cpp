@@ -11,6 +11,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -19,6 +20,7 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "fastinfer/speculative/adaptive_draft_length.hpp"
 #include "fastinfer/speculative/draft_model.hpp"
 #include "common/drafter_flags.hpp"
 #include "fastinfer/speculative/lookahead_pool.hpp"
@@ -124,6 +126,79 @@ FASTINFER_SPEC_GOLDEN(2, false)
 FASTINFER_SPEC_GOLDEN(4, true)
 FASTINFER_SPEC_GOLDEN(8, false)
 
+// Dynamic speculation: the k of each step comes from wall-clock timings, so
+// the sequence of k differs run to run; the output must not. A "restless"
+// controller (every plain step may probe, every other speculative step is
+// plain) makes sure both kinds of step, and switches between them, happen.
+namespace {
+
+speculative::AdaptiveDraftConfig restless_config() {
+  speculative::AdaptiveDraftConfig c;
+  c.probe_budget = 1.0;
+  c.refresh_every = 2;
+  return c;
+}
+
+void check_golden_adaptive(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
+                           const std::vector<std::string>& draft_models) {
+  Model target = load(model_path.string());
+  speculative::ModelTarget<Model> adapter(target);
+  const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
+  REQUIRE(!cases.empty());
+  const int k = 4;
+  auto ds = drafters(k, target.config().vocab_size, draft_models);
+  for (bool restless : {false, true}) {
+    std::int64_t plain_steps = 0, k_sum = 0;
+    std::map<std::string, double> p1;  // per drafter: the controller's depth-1 acceptance
+    for (auto& [name, drafter] : ds) {
+      // One controller per drafter, carried across the cases as a server would.
+      speculative::AdaptiveDraftLength ctl(k, restless ? restless_config() : speculative::AdaptiveDraftConfig{});
+      for (const Case& c : cases) {
+        INFO("drafter " << name << ", restless " << restless << ", case " << c.name);
+        GenerationParams p;
+        p.max_new_tokens = c.max_new_tokens;
+        speculative::SpeculativeOptions o{k};
+        o.adaptive = &ctl;
+        const auto r = speculative::speculative_generate(adapter, *drafter, c.prompt, p, o);
+        CHECK(r.generation.tokens == c.continuation);
+        CHECK(fastinfer::stop_reason_name(r.generation.stopped_by) == c.stopped_by);
+        CHECK(r.stats.step_tokens + 1 == std::int64_t(r.generation.tokens.size()));
+        CHECK(r.stats.plain_steps <= r.stats.target_forwards);
+        CHECK(r.stats.k_sum <= std::int64_t(k) * r.stats.target_forwards);
+        plain_steps += r.stats.plain_steps;
+        k_sum += r.stats.k_sum;
+      }
+      CHECK(ctl.stats().steps > 0);
+      WARN(name << " restless " << restless << ": steps " << ctl.stats().steps << ", at k 0 " << ctl.stats().steps_at_zero
+                << ", probes " << ctl.stats().probes << ", mean k " << ctl.stats().mean_draft_length() << ", p1 "
+                << ctl.acceptance(1));
+      p1[name] = ctl.acceptance(1);
+    }
+    // The controller's acceptance tells drafters apart: a random model's
+    // drafts are kept far less often than the bf16 self-draft's.
+    const auto random = p1.find("draft synthetic:tiny"), self = p1.find("draft bf16:" + model_path.string());
+    if (random != p1.end() && self != p1.end()) CHECK(random->second < self->second - 0.3);
+    if (restless) {
+      CHECK(plain_steps > 0);
+      CHECK(k_sum > 0);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("dynamic speculation reproduces the stories260K golden cases, every drafter") {
+  FASTINFER_REQUIRE_SHARED(model, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/cases");
+  check_golden_adaptive(model, cases, {"bf16:" + model.string(), "synthetic:tiny"});
+}
+
+TEST_CASE("dynamic speculation reproduces the tinystories-656k golden cases, every drafter") {
+  FASTINFER_REQUIRE_SHARED(model, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
+  check_golden_adaptive(model, cases, {"bf16:" + model.string()});
+}
+
 TEST_CASE("speculative output equals plain generation at the sequence-length limit and with tiny budgets") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model target = load(model_path.string());
@@ -175,7 +250,7 @@ TEST_CASE("seeded speculative sampling repeats exactly and differs across seeds"
   CHECK(s.stats.acceptance_rate() > 0.8);
 }
 
-TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same seed, every drafter") {
+TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same seed, every drafter, fixed and dynamic k") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
   Model target = load(model_path.string());
@@ -217,6 +292,13 @@ TEST_CASE("coupled speculative sampling emits generate()'s tokens with the same 
         CHECK(r.generation.stopped_by == plain.stopped_by);
         CHECK(r.stats.accepted <= r.stats.drafted);
         if (d == coupled) drafted += r.stats.drafted, accepted += r.stats.accepted;
+        // Dynamic speculation, switching between plain and drafting steps all the time.
+        speculative::AdaptiveDraftLength ctl(k, restless_config());
+        o.adaptive = &ctl;
+        const auto ra = speculative::speculative_generate(adapter, *d, c.prompt, p, o);
+        CHECK(ra.generation.tokens == plain.tokens);
+        CHECK(ra.generation.stopped_by == plain.stopped_by);
+        CHECK(ra.stats.plain_steps > 0);
       }
     }
   }
@@ -347,4 +429,9 @@ TEST_CASE("speculative_generate rejects bad arguments before touching the model"
                   fastinfer::InvalidArgument);
   CHECK_THROWS_AS(speculative::speculative_generate(adapter, lookup, {1, 9999}, p), fastinfer::InvalidArgument);
   CHECK_THROWS_AS(speculative::speculative_generate(adapter, lookup, {}, p), fastinfer::InvalidArgument);
+  // A controller that cannot hold the asked k.
+  speculative::AdaptiveDraftLength small(2);
+  speculative::SpeculativeOptions o{4};
+  o.adaptive = &small;
+  CHECK_THROWS_WITH(speculative::speculative_generate(adapter, lookup, {1}, p, o), Catch::Contains("max_k"));
 }

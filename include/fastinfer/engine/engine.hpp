@@ -518,7 +518,7 @@ class Engine {
       }
       const Spec& sp = *kv.second.spec;
       cand_ids_.push_back(id);
-      cands_.push_back(SpecCandidate{sp.acceptance.value(), sp.cfg.k, model_drafter_(sp.cfg.drafter)});
+      cands_.push_back(SpecCandidate{sp.acceptance.value(), sp.cfg.k, model_drafter_(sp.cfg.drafter), &sp.acceptance.depths()});
     }
     // Deterministic order (the map's is not).
     order_.resize(cand_ids_.size());

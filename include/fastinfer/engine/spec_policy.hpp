@@ -16,12 +16,16 @@
 //    passes are part of the step's cost; prompt lookup costs nothing).
 //  - AcceptanceEstimate: per request, the probability that a draft is
 //    accepted, from its own verification history (accepted drafts are
-//    successes, a rejection is a failure), with forgetting and a prior.
+//    successes, a rejection is a failure), with forgetting and a prior; and
+//    the same history per depth (speculative::DraftAcceptance, the one batch-1
+//    dynamic speculation uses), whose expected tokens for k drafts need not
+//    be geometric (a prompt-lookup match is mostly all right or all wrong).
 //  - choose_drafts: given the plain step (tokens, rows), it adds speculating
 //    rows, best acceptance first, each with the k that maximises expected
 //    emitted tokens per second, only while that beats the step without it.
 //    With acceptance a, a row drafting k emits E(a, k) = 1 + a + ... + a^k
-//    tokens in expectation (drafts accepted in order until the first miss).
+//    tokens in expectation (drafts accepted in order until the first miss);
+//    with a per-depth history, 1 + sum_d prod_{j<=d} p_j.
 // Backend-free: standard library only.
 #pragma once
 
@@ -33,6 +37,7 @@
 #include <vector>
 
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/speculative/adaptive_draft_length.hpp"
 
 namespace fastinfer::engine {
 
@@ -206,12 +211,16 @@ class AcceptanceEstimate {
     if (drafted <= 0) return;
     successes_ = forget_ * successes_ + accepted;
     trials_ = forget_ * trials_ + accepted + (accepted < drafted ? 1 : 0);
+    depths_.update(std::min(drafted, depths_.max_depth()), std::min(drafted, depths_.max_depth()),
+                   std::min(accepted, depths_.max_depth()));
   }
   double value() const { return (successes_ + prior_ * prior_trials_) / (trials_ + prior_trials_); }
+  const speculative::DraftAcceptance& depths() const { return depths_; }
 
  private:
   double prior_, prior_trials_, forget_;
   double successes_ = 0, trials_ = 0;
+  speculative::DraftAcceptance depths_{64, prior_, prior_trials_, forget_};
 };
 
 // One request that could speculate in the coming step.
@@ -219,6 +228,10 @@ struct SpecCandidate {
   double acceptance = 0.5;   // per-draft acceptance probability
   std::int32_t max_k = 4;    // most drafts it may feed
   bool model_drafter = false;  // its drafts cost draft-model passes
+  // Its per-depth history (AcceptanceEstimate::depths()); null: geometric in `acceptance`.
+  const speculative::DraftAcceptance* depths = nullptr;
+
+  double expected(std::int32_t k) const { return depths ? depths->expected_tokens(k) : expected_emitted(acceptance, k); }
 };
 
 // Drafts per candidate (0 = plain decode this step) that maximise expected
@@ -242,14 +255,14 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
     const SpecCandidate& c = cands[i];
     double best = emitted / cost.seconds(tokens, drafts);
     for (std::int32_t kk = 1; kk <= c.max_k; ++kk) {
-      const double e = emitted + expected_emitted(c.acceptance, kk) - 1.0;
+      const double e = emitted + c.expected(kk) - 1.0;
       const double r = e / cost.seconds(tokens + kk, drafts + (c.model_drafter ? kk : 0));
       if (r > best * (1.0 + 1e-9)) {
         best = r;
         k[i] = kk;
       }
     }
-    emitted += expected_emitted(c.acceptance, k[i]) - 1.0;
+    emitted += c.expected(k[i]) - 1.0;
     tokens += k[i];
     if (c.model_drafter) drafts += k[i];
   }

@@ -31,11 +31,18 @@
 //
 // Exactness never depends on the window: verification rows do not see it.
 //
+// Window shift: the window is anchored to the root, and a step that keeps a
+// drafts moves the root by a + 1 positions, one more than the Jacobi step
+// itself moves it. So after the step (n-grams collected, the outputs made
+// the newest level), every level drops its first a columns: column i + a's
+// guess, for old root + i + a + j + 1, is the guess for new root + i + j + 1
+// at column i. The a columns freed on the right are refilled as level 0 was
+// at the start (context tokens picked by a fixed hash; the paper's reference
+// code fills with random tokens). A step without a Jacobi update (the window
+// did not fit, or dynamic speculation made it a plain decode step) shifts
+// by a + 1.
+//
 // Deviations from the paper, plainly:
-//  - The window is not shifted by the number of tokens a step accepted: it
-//    stays anchored to the new root (each level keeps its columns), so after
-//    a long accepted run its guesses are for positions already passed.
-//    Guesses stay guesses; only the pool's hit rate suffers.
 //  - Level 0 starts as W tokens picked from the prompt by a fixed hash (the
 //    paper: random prompt tokens); warm-up grows the window one level per
 //    step from the last level's outputs.
@@ -151,12 +158,22 @@ class LookaheadPool final : public Drafter {
   }
 
   // --- Drafter -------------------------------------------------------------
+  // Moves every level `a` columns to the left (the root moved a positions
+  // further than one Jacobi step) and refills the freed columns from `context`.
+  void shift_window(int a, const std::vector<std::int32_t>& context) {
+    FASTINFER_CHECK(a >= 0, InvalidArgument, "a lookahead window shift must not be negative, got ", a);
+    if (a == 0) return;
+    for (auto& level : levels_) {
+      const int keep = std::max(0, c_.window - a);
+      std::copy(level.begin() + (c_.window - keep), level.end(), level.begin());
+      for (int i = keep; i < c_.window; ++i) level[std::size_t(i)] = filler(context, i + a);
+    }
+  }
+
   void begin(const std::vector<std::int32_t>& prompt) override {
     pool_.clear();
     levels_.assign(1, std::vector<std::int32_t>(std::size_t(c_.window)));
-    for (int i = 0; i < c_.window; ++i)
-      levels_[0][std::size_t(i)] = prompt.empty() ? 0
-                                                  : prompt[std::size_t(std::uint64_t(i + 1) * 2654435761u % prompt.size())];
+    for (int i = 0; i < c_.window; ++i) levels_[0][std::size_t(i)] = filler(prompt, i);
     for (std::size_t s = 0; s + std::size_t(c_.ngram) <= prompt.size(); ++s) add_ngram(prompt.data() + s, c_.ngram);
     fed_text_ = int(prompt.size());
   }
@@ -176,22 +193,35 @@ class LookaheadPool final : public Drafter {
     window_layout(c_.window, int(levels_.size()), out.extra_depth, out.extra_mask);
   }
 
-  void observe(const std::vector<std::int32_t>& context, int, const float* extra_logits, int n_extra) override {
+  void observe(const std::vector<std::int32_t>& context, int accepted, const float* extra_logits,
+               int n_extra) override {
     // Accepted text n-grams.
     const int len = int(context.size());
     for (int s = std::max(0, fed_text_ - c_.ngram + 1); s + c_.ngram <= len; ++s)
       add_ngram(context.data() + s, c_.ngram);
     fed_text_ = len;
     const int fed = c_.window * int(levels_.size());
-    if (!extra_logits || n_extra < fed) return;  // the window did not fit this pass
+    if (!extra_logits || n_extra < fed) {
+      // The window did not fit this pass (or the step was a plain decode):
+      // no Jacobi step, but the root still moved accepted + 1 positions.
+      shift_window(accepted + 1, context);
+      return;
+    }
     std::vector<std::int32_t> outputs(std::size_t(c_.window));
     const float* last = extra_logits + std::size_t(fed - c_.window) * std::size_t(vocab_);
     for (int i = 0; i < c_.window; ++i)
       outputs[std::size_t(i)] = argmax_(last + std::size_t(i) * std::size_t(vocab_), vocab_);
     jacobi_step(outputs);
+    shift_window(accepted, context);
   }
 
  private:
+  // A stand-in guess for window column `i`: a context token picked by a
+  // fixed hash (deterministic, so runs repeat).
+  static std::int32_t filler(const std::vector<std::int32_t>& context, int i) {
+    return context.empty() ? 0 : context[std::size_t(std::uint64_t(i + 1) * 2654435761u % context.size())];
+  }
+
   LookaheadConfig c_;
   int vocab_;
   Argmax argmax_;

@@ -35,6 +35,7 @@
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/forward_batch.hpp"
+#include "fastinfer/speculative/adaptive_draft_length.hpp"
 #include "fastinfer/speculative/drafter.hpp"
 #include "fastinfer/speculative/speculative_verifier.hpp"
 #include "fastinfer/speculative/tree_batch.hpp"
@@ -71,6 +72,12 @@ struct SpeculativeOptions {
   // bit for bit) or TypicalLossy. Temperature 0: greedy unless TypicalLossy.
   AcceptanceRule rule = AcceptanceRule::Exact;
   TypicalAcceptanceLossy typical{};  // used only with AcceptanceRule::TypicalLossy
+  // Dynamic speculation (adaptive_draft_length.hpp): when set, each step
+  // drafts the k (<= this k) it chooses, 0 being a plain decode step, and
+  // reports the step's timings back. Owned by the caller, so what it learnt
+  // (pass prices, acceptance) carries over to the next request; its max_k
+  // must be >= k.
+  AdaptiveDraftLength* adaptive = nullptr;
 };
 
 struct SpeculativeStats {
@@ -78,11 +85,15 @@ struct SpeculativeStats {
   std::int64_t drafted = 0;          // draft tokens offered to the verifier
   std::int64_t accepted = 0;         // drafts kept
   std::int64_t step_tokens = 0;      // tokens emitted by verification passes
+  std::int64_t k_sum = 0;            // drafts asked for, summed over passes
+  std::int64_t plain_steps = 0;      // passes that asked for no drafts (k = 0)
   // Tokens emitted per target forward pass: 1.0 is plain decoding.
   double mean_accepted_per_step() const {
     return target_forwards > 0 ? double(step_tokens) / double(target_forwards) : 0.0;
   }
   double acceptance_rate() const { return drafted > 0 ? double(accepted) / double(drafted) : 0.0; }
+  // Drafts asked for per pass (with dynamic speculation: its mean choice).
+  double mean_draft_length() const { return target_forwards > 0 ? double(k_sum) / double(target_forwards) : 0.0; }
 };
 
 struct SpeculativeResult {
@@ -158,6 +169,9 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
   const LlamaConfig& c = target.config();
   validate_generation(c, prompt, params);
   FASTINFER_CHECK(options.k >= 0, InvalidArgument, "speculation length k must not be negative, got ", options.k);
+  FASTINFER_CHECK(!options.adaptive || options.adaptive->max_k() >= options.k, InvalidArgument,
+                  "speculation length k = ", options.k, " exceeds the adaptive controller's max_k = ",
+                  options.adaptive ? options.adaptive->max_k() : 0);
   using Clock = std::chrono::steady_clock;
   auto seconds = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
 
@@ -190,13 +204,21 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
   int valid = int(prompt.size());
   ForwardBatch tree_batch;
   TokenTree tree;
+  DraftStepReport step;                  // for options.adaptive
+  std::vector<std::int32_t> depth_nodes;  // a tree's nodes per depth, for `step`
   bool going = out_tokens.room_left() && out_tokens.emit(pick_token(logits, vocab, params, 0, workspace));
   while (going && out_tokens.room_left()) {
     const int len = int(seq.size());
     const int remaining = std::min(params.max_new_tokens - int(r.tokens.size()), c.max_seq_len - len);
-    const int k = std::min(options.k, remaining - 1);
-    drafter.propose(seq, k, std::uint64_t(r.tokens.size()), proposal);
     const int n_pending = len - valid;
+    const int k_cap = std::min(options.k, remaining - 1);
+    const int k = options.adaptive ? options.adaptive->choose(std::max(n_pending, 1), k_cap) : k_cap;
+    const auto d0 = Clock::now();
+    if (k > 0 || !options.adaptive)
+      drafter.propose(seq, k, std::uint64_t(r.tokens.size()), proposal);
+    else
+      proposal.clear();  // a plain decode step: no drafts, no lookahead window
+    const auto d1 = Clock::now();
     const std::uint64_t first_index = std::uint64_t(r.tokens.size());
     VerifyOutcome v;
     const float* extra_rows = nullptr;
@@ -235,6 +257,9 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
         extra_rows = all + std::size_t(1 + tree.size()) * std::size_t(vocab);
         valid = len + kept_in_place(v.path);
         st.drafted += tree.size();
+        step.rows = int(tree_batch.rows());
+        step.depths = tree_depth_counts(tree, depth_nodes);
+        step.nodes_at_depth = depth_nodes.data();
       } else {
         throw_error<UsageError>("the drafter proposed a token tree or a lookahead window, but this target takes no "
                                 "custom mask (needs verify_batch(ForwardBatch) and max_rows())");
@@ -254,8 +279,15 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
       extra_rows = own + std::size_t(1 + m) * std::size_t(vocab);
       valid = len + v.accepted;
       st.drafted += m;
+      step.rows = int(batch.size());
+      step.depths = m;
     }
     ++st.target_forwards;
+    st.k_sum += k;
+    if (k == 0) ++st.plain_steps;
+    step.k = k;
+    step.base_rows = std::max(n_pending, 1);
+    step.accepted = std::min(v.accepted, step.depths);
     for (std::size_t i = 0; i < v.tokens.size(); ++i) {
       if (!out_tokens.emit(v.tokens[i])) {
         going = false;
@@ -270,6 +302,12 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
     }
     target.truncate(std::min(valid, int(seq.size()) - 1));
     if (going) drafter.observe(seq, v.accepted, n_extra > 0 ? extra_rows : nullptr, n_extra);
+    if (options.adaptive) {
+      const auto d2 = Clock::now();
+      step.draft_seconds = seconds(d0, d1);
+      step.pass_seconds = seconds(d1, d2);
+      options.adaptive->report(step);
+    }
   }
   if (!r.tokens.empty()) r.decode_seconds = seconds(out_tokens.first, Clock::now());
   return out;

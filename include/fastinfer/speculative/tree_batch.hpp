@@ -46,6 +46,16 @@ inline std::vector<int> tree_depths(const TokenTree& tree) {
   return d;
 }
 
+// Nodes per depth: out[d] = nodes at depth d + 1; returns the tree's depth.
+inline int tree_depth_counts(const TokenTree& tree, std::vector<std::int32_t>& out) {
+  out.clear();
+  for (int d : tree_depths(tree)) {
+    if (int(out.size()) < d) out.resize(std::size_t(d), 0);
+    ++out[std::size_t(d - 1)];
+  }
+  return int(out.size());
+}
+
 // Adds the path tokens[0..n) below the root, sharing existing prefixes (a
 // trie): candidates that agree on their first tokens cost one node there.
 inline void add_tree_path(TokenTree& tree, const std::int32_t* tokens, int n) {
