@@ -175,9 +175,12 @@ void check_golden_adaptive(const std::filesystem::path& model_path, const std::f
       p1[name] = ctl.acceptance(1);
     }
     // The controller's acceptance tells drafters apart: a random model's
-    // drafts are kept far less often than the bf16 self-draft's.
+    // drafts are kept far less often than the bf16 self-draft's. Only the
+    // restless controller drafts often enough for that to be measured: the
+    // default one may sit at k = 0 after a few timed steps, its estimates
+    // then mostly the prior (a timing-dependent check would be flaky).
     const auto random = p1.find("draft synthetic:tiny"), self = p1.find("draft bf16:" + model_path.string());
-    if (random != p1.end() && self != p1.end()) CHECK(random->second < self->second - 0.3);
+    if (restless && random != p1.end() && self != p1.end()) CHECK(random->second < self->second - 0.3);
     if (restless) {
       CHECK(plain_steps > 0);
       CHECK(k_sum > 0);
