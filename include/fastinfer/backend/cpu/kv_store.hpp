@@ -76,18 +76,18 @@ class CpuKVStore final : public KVStore {
 
   void copy_blocks(const std::vector<BlockCopy>& copies) override {
     for (const BlockCopy& c : copies) {
-      std::memcpy(cache_.block_codes(c.dst), cache_.block_codes(c.src), cache_.block_bytes());
-      std::memcpy(cache_.block_params(c.dst), cache_.block_params(c.src), param_bytes_());
+      copy_bytes_(cache_.block_codes(c.dst), cache_.block_codes(c.src), cache_.block_bytes());
+      copy_bytes_(cache_.block_params(c.dst), cache_.block_params(c.src), param_bytes_());
     }
   }
   std::size_t host_block_bytes() const override { return cache_.block_bytes() + param_bytes_(); }
   void swap_out(BlockId block, std::uint8_t* host) override {
-    std::memcpy(host, cache_.block_codes(block), cache_.block_bytes());
-    std::memcpy(host + cache_.block_bytes(), cache_.block_params(block), param_bytes_());
+    copy_bytes_(host, cache_.block_codes(block), cache_.block_bytes());
+    copy_bytes_(host + cache_.block_bytes(), cache_.block_params(block), param_bytes_());
   }
   void swap_in(const std::uint8_t* host, BlockId block) override {
-    std::memcpy(cache_.block_codes(block), host, cache_.block_bytes());
-    std::memcpy(cache_.block_params(block), host + cache_.block_bytes(), param_bytes_());
+    copy_bytes_(cache_.block_codes(block), host, cache_.block_bytes());
+    copy_bytes_(cache_.block_params(block), host + cache_.block_bytes(), param_bytes_());
   }
   KVBlockStorage block_storage() override {
     KVBlockStorage s;
@@ -162,6 +162,11 @@ class CpuKVStore final : public KVStore {
 
  private:
   std::size_t param_bytes_() const { return sizeof(float) * std::size_t(cache_.block_param_count()); }
+  // A format without parameters (f32, f16, bf16, fp8) has no parameter
+  // arena: its pointer is null, and memcpy may not be given one even for 0 bytes.
+  static void copy_bytes_(void* dst, const void* src, std::size_t n) {
+    if (n > 0) std::memcpy(dst, src, n);
+  }
 
   // Decode attention when no range needs splitting: decode_attention's
   // arithmetic (one online-softmax state per (sequence, KV head), sinks then
