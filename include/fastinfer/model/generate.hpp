@@ -82,6 +82,11 @@ inline SamplingParams sampling_params(const GenerationParams& p) { return p; }
 
 // InvalidArgument unless `prompt` is non-empty, every id is in the vocabulary,
 // it leaves room for at least one new token, and the params make sense.
+// Wall-clock seconds from a to b (the timings every generation loop reports).
+inline double seconds_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
 inline void validate_generation(const LlamaConfig& config, const std::vector<std::int32_t>& prompt,
                                 const GenerationParams& params) {
   FASTINFER_CHECK(!prompt.empty(), InvalidArgument, "the prompt is empty (it needs at least BOS)");
@@ -116,7 +121,6 @@ GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt,
   const LlamaConfig& c = model.config();
   validate_generation(c, prompt, params);
   using Clock = std::chrono::steady_clock;
-  auto seconds = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
 
   GenerationResult r;
   r.prompt_tokens = int(prompt.size());
@@ -127,7 +131,7 @@ GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt,
   const auto t0 = Clock::now();
   const float* logits = model.forward_prefill(prompt, 0);
   const auto t1 = Clock::now();
-  r.prefill_seconds = seconds(t0, t1);
+  r.prefill_seconds = seconds_between(t0, t1);
   Clock::time_point first = t1;
 
   int length = int(prompt.size());  // tokens in the sequence so far
@@ -155,14 +159,14 @@ GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt,
     ++length;
     if (r.tokens.size() == 1) {
       first = Clock::now();
-      r.ttft_seconds = seconds(t0, first);
+      r.ttft_seconds = seconds_between(t0, first);
     }
     on_token(next);
     // Feed it only when another token may follow it.
     if (int(r.tokens.size()) < params.max_new_tokens && length < c.max_seq_len)
       logits = model.forward_decode(next, length - 1);
   }
-  if (!r.tokens.empty()) r.decode_seconds = seconds(first, Clock::now());
+  if (!r.tokens.empty()) r.decode_seconds = seconds_between(first, Clock::now());
   return r;
 }
 

@@ -64,6 +64,7 @@
 #include "fastinfer/speculative/medusa_heads.hpp"
 #include "fastinfer/speculative/speculative_generate.hpp"
 #include "fastinfer/speculative/speculative_verifier.hpp"
+#include "fastinfer/speculative/tree_batch.hpp"
 
 namespace fastinfer::speculative {
 
@@ -316,7 +317,6 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
   FASTINFER_CHECK(options.max_depth >= 0, InvalidArgument, "Medusa max_depth must not be negative, got ",
                   options.max_depth);
   using Clock = std::chrono::steady_clock;
-  auto seconds = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
   constexpr SeqId seq_id = Model::kSoloSequence;
 
   SpeculativeResult out;
@@ -340,7 +340,7 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
   std::copy(model.last_hidden(), model.last_hidden() + dim, hidden.begin());
   int valid = int(prompt.size());  // positions whose KV is right
   const auto t1 = Clock::now();
-  r.prefill_seconds = seconds(t0, t1);
+  r.prefill_seconds = seconds_between(t0, t1);
 
   // Emits `t` unless a stop rule fires first; false when generation is over.
   detail::SpecTokenEmitter<std::remove_reference_t<OnToken>> out_tokens{c, params, r, seq, on_token, t0, t1};
@@ -390,25 +390,12 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
     const int last_row = n_pending - 1 + (v.path.empty() ? 0 : 1 + v.path.back());
     std::copy(model.last_hidden() + std::size_t(last_row) * std::size_t(dim),
               model.last_hidden() + std::size_t(last_row + 1) * std::size_t(dim), hidden.begin());
-    int in_place = 0;
-    while (in_place < int(v.path.size()) && v.path[std::size_t(in_place)] == in_place) ++in_place;
-    valid = len + in_place;
+    valid = len + kept_in_place(v.path);
     ++st.target_forwards;
     st.drafted += ct.tree.size();
-    for (std::size_t i = 0; i < v.tokens.size(); ++i) {
-      if (!out_tokens.emit(v.tokens[i])) {
-        going = false;
-        break;
-      }
-      ++st.step_tokens;
-      if (int(i) < v.accepted) ++st.accepted;
-      if (!out_tokens.room_left()) {
-        going = false;
-        break;
-      }
-    }
+    going = out_tokens.emit_step(v.tokens, v.accepted, st);
   }
-  if (!r.tokens.empty()) r.decode_seconds = seconds(out_tokens.first, Clock::now());
+  if (!r.tokens.empty()) r.decode_seconds = seconds_between(out_tokens.first, Clock::now());
   return out;
 }
 

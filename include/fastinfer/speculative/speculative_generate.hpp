@@ -141,9 +141,21 @@ struct SpecTokenEmitter {
     seq.push_back(t);
     if (r.tokens.size() == 1) {
       first = Clock::now();
-      r.ttft_seconds = std::chrono::duration<double>(first - t0).count();
+      r.ttft_seconds = seconds_between(t0, first);
     }
     on_token(t);
+    return true;
+  }
+
+  // Emits a verified step's tokens (the first `accepted` of them drafts the
+  // target agreed with) and counts them in st; false when generation is over.
+  bool emit_step(const std::vector<std::int32_t>& tokens, int accepted, SpeculativeStats& st) {
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      if (!emit(tokens[i])) return false;
+      ++st.step_tokens;
+      if (int(i) < accepted) ++st.accepted;
+      if (!room_left()) return false;
+    }
     return true;
   }
 
@@ -173,7 +185,6 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
                   "speculation length k = ", options.k, " exceeds the adaptive controller's max_k = ",
                   options.adaptive ? options.adaptive->max_k() : 0);
   using Clock = std::chrono::steady_clock;
-  auto seconds = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
 
   SpeculativeResult out;
   GenerationResult& r = out.generation;
@@ -192,7 +203,7 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
   const auto t0 = Clock::now();
   const float* logits = target.prefill(prompt);
   const auto t1 = Clock::now();
-  r.prefill_seconds = seconds(t0, t1);
+  r.prefill_seconds = seconds_between(t0, t1);
 
   // Emits `t` unless a stop rule fires first; false when generation is over.
   detail::SpecTokenEmitter<std::remove_reference_t<OnToken>> out_tokens{c, params, r, seq, on_token, t0, t1};
@@ -288,28 +299,17 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
     step.k = k;
     step.base_rows = std::max(n_pending, 1);
     step.accepted = std::min(v.accepted, step.depths);
-    for (std::size_t i = 0; i < v.tokens.size(); ++i) {
-      if (!out_tokens.emit(v.tokens[i])) {
-        going = false;
-        break;
-      }
-      ++st.step_tokens;
-      if (int(i) < v.accepted) ++st.accepted;
-      if (!out_tokens.room_left()) {
-        going = false;
-        break;
-      }
-    }
+    going = out_tokens.emit_step(v.tokens, v.accepted, st);
     target.truncate(std::min(valid, int(seq.size()) - 1));
     if (going) drafter.observe(seq, v.accepted, n_extra > 0 ? extra_rows : nullptr, n_extra);
     if (options.adaptive) {
       const auto d2 = Clock::now();
-      step.draft_seconds = seconds(d0, d1);
-      step.pass_seconds = seconds(d1, d2);
+      step.draft_seconds = seconds_between(d0, d1);
+      step.pass_seconds = seconds_between(d1, d2);
       options.adaptive->report(step);
     }
   }
-  if (!r.tokens.empty()) r.decode_seconds = seconds(out_tokens.first, Clock::now());
+  if (!r.tokens.empty()) r.decode_seconds = seconds_between(out_tokens.first, Clock::now());
   return out;
 }
 
