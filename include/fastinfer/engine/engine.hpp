@@ -85,6 +85,7 @@
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/engine/request_speculation.hpp"
 #include "fastinfer/engine/spec_policy.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "fastinfer/model/forward_batch.hpp"
@@ -92,10 +93,6 @@
 #include "fastinfer/prefix/radix_prefix_cache.hpp"
 #include "fastinfer/sched/continuous_batcher.hpp"
 #include "fastinfer/sched/radix_prefix_provider.hpp"
-#include "fastinfer/speculative/draft_model.hpp"
-#include "fastinfer/speculative/early_exit_drafter.hpp"
-#include "fastinfer/speculative/prompt_lookup.hpp"
-#include "fastinfer/speculative/speculative_verifier.hpp"
 #include "fastinfer/transfer/kv_descriptor.hpp"
 
 namespace fastinfer::engine {
@@ -104,25 +101,6 @@ using sched::FinishReason;
 using sched::Request;
 using sched::RequestId;
 using sched::TokenId;
-
-// Speculation settings of an engine.
-struct SpecConfig {
-  SpecPolicy policy = SpecAdaptive{};
-  // What submit(request) without a RequestSpec uses.
-  RequestSpec defaults{};
-  // Weights of the draft model (SpecDrafter::DraftModel): e.g. the target
-  // loaded with bf16 weights. Views with keep-alives: every request's
-  // DraftModel shares them. Must have the target's vocabulary.
-  std::optional<LlamaWeights> draft_weights;
-  int draft_threads = 1;
-  int draft_max_batch = 64;  // rows of one draft pass (a longer re-feed is chunked)
-  // How a sampled (temperature > 0) speculating row verifies its drafts.
-  // Coupled: the tokens are plain sampling's, whatever the drafts (a
-  // request's tokens do not depend on its batch). Exact: Leviathan rejection
-  // sampling, exact in distribution, but the tokens depend on how many drafts
-  // each step got. TypicalLossy: Medusa's, not exact. Greedy rows ignore it.
-  speculative::AcceptanceRule sampled_rule = speculative::AcceptanceRule::Coupled;
-};
 
 struct EngineConfig {
   // max_context 0 / vocab_size 0: the model's. max_tokens_per_step is capped
@@ -212,7 +190,7 @@ class Engine {
       FASTINFER_CHECK(dc.vocab_size == vocab_, InvalidArgument, "Engine: the draft model's vocabulary (",
                       dc.vocab_size, " tokens) differs from the target's (", vocab_, ")");
     }
-    validate_spec_(cfg_.spec.defaults);
+    validate_spec_(cfg_.spec.defaults);  // after max_tokens_per_step is capped
     if (sc.swap_blocks > 0) host_pool_.assign(std::size_t(sc.swap_blocks) * model_.kv().host_block_bytes(), 0);
   }
 
@@ -257,8 +235,9 @@ class Engine {
     const RequestId id = next_id_;
     r.id = id;
     if (r.arrival_time < 0.0) r.arrival_time = clock_();
-    std::unique_ptr<Spec> sp;
-    if (spec.drafter != SpecDrafter::None) sp = make_spec_(spec, r.sampling, id);
+    std::unique_ptr<RequestSpeculation> sp;
+    if (spec.drafter != SpecDrafter::None)
+      sp = std::make_unique<RequestSpeculation>(spec, r.sampling, SeqId(id), model_, cfg_.spec);
     batcher_->submit(std::move(r));
     ++next_id_;
     Live& l = live_[id];
@@ -393,11 +372,11 @@ class Engine {
     if (it != live_.end()) m.cached_prompt_tokens = std::max<std::int64_t>(it->second.first_position, 0);
     m.preemptions = batcher_->preemptions(id);
     if (it != live_.end() && it->second.spec) {
-      const Spec& sp = *it->second.spec;
-      m.spec_rows = sp.rows;
-      m.drafted = sp.drafted;
-      m.accepted = sp.accepted;
-      m.acceptance_estimate = sp.acceptance.value();
+      const RequestSpeculation& sp = *it->second.spec;
+      m.spec_rows = sp.rows();
+      m.drafted = sp.drafted();
+      m.accepted = sp.accepted();
+      m.acceptance_estimate = sp.acceptance_estimate();
     }
     return m;
   }
@@ -426,75 +405,16 @@ class Engine {
   }
 
  private:
-  // A speculating request's drafter, verifier and history.
-  struct Spec {
-    RequestSpec cfg;
-    std::unique_ptr<speculative::Drafter> drafter;
-    std::unique_ptr<speculative::SpeculativeVerifier> verifier;
-    AcceptanceEstimate acceptance;
-    std::int64_t rows = 0, drafted = 0, accepted = 0;
-  };
-
   struct Live {
     TokenCallback on_token;
     FinishCallback on_finish;
     std::int64_t first_position = -1;  // position of its first plan entry (cached prompt tokens)
     bool notified = false;
-    std::unique_ptr<Spec> spec;  // null: plain decoding
+    std::unique_ptr<RequestSpeculation> spec;  // null: plain decoding
   };
 
   void validate_spec_(const RequestSpec& s) const {
-    if (s.drafter == SpecDrafter::None) return;
-    FASTINFER_CHECK(s.k >= 1 && s.k < cfg_.scheduler.max_tokens_per_step, InvalidArgument,
-                    "speculation k must be in [1, ", cfg_.scheduler.max_tokens_per_step - 1,
-                    "] (one step feeds 1 + k tokens), got ", s.k);
-    if (s.drafter == SpecDrafter::DraftModel)
-      FASTINFER_CHECK(cfg_.spec.draft_weights.has_value(), InvalidArgument,
-                      "a request asks for a draft model but EngineConfig::spec.draft_weights is empty");
-    if (s.drafter == SpecDrafter::EarlyExit)
-      FASTINFER_CHECK(s.exit_layer >= 0 && s.exit_layer <= model_.config().n_layers, InvalidArgument,
-                      "early-exit layer ", s.exit_layer, " is outside [0, ", model_.config().n_layers,
-                      "] (0: half the layers)");
-    if (s.drafter == SpecDrafter::PromptLookup)
-      FASTINFER_CHECK(s.lookup_min_ngram >= 1 && s.lookup_max_ngram >= s.lookup_min_ngram, InvalidArgument,
-                      "prompt lookup needs 1 <= min_ngram <= max_ngram, got ", s.lookup_min_ngram, " and ",
-                      s.lookup_max_ngram);
-  }
-
-  std::unique_ptr<Spec> make_spec_(const RequestSpec& s, const sched::SamplingConfig& sc, RequestId id) const {
-    auto sp = std::make_unique<Spec>();
-    sp->cfg = s;
-    const cpu::SamplingParams p = to_params_(sc);
-    if (s.drafter == SpecDrafter::PromptLookup) {
-      sp->drafter = std::make_unique<speculative::PromptLookup>(speculative::PromptLookupConfig{s.lookup_max_ngram, s.lookup_min_ngram});
-    } else if (s.drafter == SpecDrafter::EarlyExit) {
-      // The request's KV sequence is its id.
-      sp->drafter = std::make_unique<speculative::EarlyExitDrafter<LlamaModel<Backend>>>(model_, s.exit_layer, p,
-                                                                                 cfg_.spec.sampled_rule, SeqId(id));
-    } else {
-      ModelOptions mo;
-      mo.threads = cfg_.spec.draft_threads;
-      mo.max_batch = cfg_.spec.draft_max_batch;
-      sp->drafter = std::make_unique<speculative::DraftModel<LlamaModel<Backend>>>(
-          LlamaModel<Backend>(*cfg_.spec.draft_weights, mo, model_.backend()), p, cfg_.spec.sampled_rule);
-    }
-    sp->verifier = std::make_unique<speculative::SpeculativeVerifier>(vocab_, p, cfg_.spec.sampled_rule);
-    return sp;
-  }
-
-  // Drafters whose drafts cost forward passes (the cost fit's per_model_draft;
-  // an early-exit draft costs exit_layer / n_layers of a token, a draft
-  // model's its own share: the fit learns one price for whichever the
-  // engine runs).
-  static bool model_drafter_(SpecDrafter d) { return d == SpecDrafter::DraftModel || d == SpecDrafter::EarlyExit; }
-
-  static cpu::SamplingParams to_params_(const sched::SamplingConfig& sc) {
-    cpu::SamplingParams p;
-    p.temperature = sc.temperature;
-    p.top_k = sc.top_k;
-    p.top_p = sc.top_p;
-    p.seed = sc.seed;
-    return p;
+    validate_request_spec(s, cfg_.spec, cfg_.scheduler.max_tokens_per_step, model_.config().n_layers);
   }
 
   // Asks the batcher for each speculating request's draft slots in the
@@ -516,9 +436,8 @@ class Engine {
         batcher_->set_draft_tokens(id, 0);
         continue;
       }
-      const Spec& sp = *kv.second.spec;
       cand_ids_.push_back(id);
-      cands_.push_back(SpecCandidate{sp.acceptance.value(), sp.cfg.k, model_drafter_(sp.cfg.drafter), &sp.acceptance.depths()});
+      cands_.push_back(kv.second.spec->candidate());
     }
     // Deterministic order (the map's is not).
     order_.resize(cand_ids_.size());
@@ -526,23 +445,8 @@ class Engine {
     std::sort(order_.begin(), order_.end(), [&](std::size_t a, std::size_t b) { return cand_ids_[a] < cand_ids_[b]; });
     sorted_.clear();
     for (std::size_t i : order_) sorted_.push_back(cands_[i]);
-    const std::int64_t running = std::int64_t(batcher_->num_running());
-    std::vector<std::int32_t> k = std::visit(
-        [&](const auto& pol) -> std::vector<std::int32_t> {
-          using P = std::decay_t<decltype(pol)>;
-          std::vector<std::int32_t> out(sorted_.size(), 0);
-          if constexpr (std::is_same_v<P, SpecAlways>) {
-            for (std::size_t i = 0; i < out.size(); ++i) out[i] = sorted_[i].max_k;
-          } else if constexpr (std::is_same_v<P, SpecMaxBatch>) {
-            if (running <= pol.max_rows)
-              for (std::size_t i = 0; i < out.size(); ++i) out[i] = sorted_[i].max_k;
-          } else if constexpr (std::is_same_v<P, SpecAdaptive>) {
-            const double plain = std::max<double>(double(last_plain_tokens_), double(running));
-            out = choose_drafts(fit_.model(), plain, double(running), sorted_);
-          }
-          return out;
-        },
-        cfg_.spec.policy);
+    const std::vector<std::int32_t> k = drafts_under_policy(cfg_.spec.policy, fit_.model(), double(last_plain_tokens_),
+                                                            std::int64_t(batcher_->num_running()), sorted_);
     for (std::size_t j = 0; j < order_.size(); ++j) {
       batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j]);
       ++stats_.spec_candidates;
@@ -578,17 +482,13 @@ class Engine {
       prop.clear();
       if (e.num_drafts > 0 && it != live_.end() && it->second.spec) {
         const double d0 = now_();
-        Spec& sp = *it->second.spec;
+        RequestSpeculation& sp = *it->second.spec;
         const Request& r = batcher_->request(e.id);
         const std::vector<TokenId>& out = batcher_->output(e.id);
         context_.assign(r.prompt.begin(), r.prompt.end());
         context_.insert(context_.end(), out.begin(), out.end());
-        sp.drafter->propose(context_, e.num_drafts, std::uint64_t(out.size()), prop);
-        if (int(prop.tokens.size()) > e.num_drafts) prop.tokens.resize(std::size_t(e.num_drafts));
-        for (std::int32_t t : prop.tokens)
-          FASTINFER_CHECK(t >= 0 && t < vocab_, Error, "Engine: the drafter of request ", e.id, " proposed token ", t,
-                          " outside the vocabulary");
-        if (model_drafter_(sp.cfg.drafter)) step_model_drafts_ += std::int64_t(prop.tokens.size());
+        sp.propose(context_, e.num_drafts, std::uint64_t(out.size()), prop, e.id);
+        if (sp.drafts_cost_passes()) step_model_drafts_ += std::int64_t(prop.tokens.size());
         stats_.draft_seconds += now_() - d0;
       }
       feed_.assign(plan.tokens.begin() + plan.token_indptr[i], plan.tokens.begin() + plan.token_indptr[i + 1]);
@@ -631,23 +531,18 @@ class Engine {
       const float* row = logits_ + row0 * std::size_t(vocab_);
       const speculative::DraftProposal& prop = i < drafts_.size() ? drafts_[i] : empty_proposal_;
       if (!prop.tokens.empty()) {
-        Spec& sp = *live_.at(e.id).spec;
         const int m = int(prop.tokens.size());
-        const float* q = prop.probs.empty() ? nullptr : prop.probs.data();
-        const speculative::VerifyOutcome v = sp.verifier->verify(row, prop.tokens.data(), m, q, std::uint64_t(e.sample_index));
+        const speculative::VerifyOutcome v =
+            live_.at(e.id).spec->verify(row, prop, std::uint64_t(e.sample_index));
         result_.add(e.id, v.tokens.data(), v.tokens.size(), v.accepted);
-        sp.acceptance.update(m, v.accepted);
-        ++sp.rows;
-        sp.drafted += m;
-        sp.accepted += v.accepted;
         ++stats_.spec_rows;
         stats_.spec_drafted += m;
         stats_.spec_accepted += v.accepted;
         stats_.spec_emitted += std::int64_t(v.tokens.size());
         continue;
       }
-      const cpu::SamplingParams p = to_params_(batcher_->request(e.id).sampling);
-      const TokenId t = cpu::sample_at_index(row, vocab_, p, std::uint64_t(e.sample_index), ws_);
+      const TokenId t =
+          cpu::sample_at_index(row, vocab_, batcher_->request(e.id).sampling, std::uint64_t(e.sample_index), ws_);
       result_.add(e.id, t);
     }
   }

@@ -33,6 +33,7 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -267,6 +268,30 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
     if (c.model_drafter) drafts += k[i];
   }
   return k;
+}
+
+// Drafts per candidate this step as `policy` decides: SpecAlways every
+// max_k, SpecNever none, SpecMaxBatch every max_k while at most max_rows
+// requests run, SpecAdaptive choose_drafts over the fitted cost (the plain
+// step's tokens: the last step's, at least one per running request).
+inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, const StepCostModel& cost,
+                                                     double last_plain_tokens, std::int64_t running,
+                                                     const std::vector<SpecCandidate>& cands) {
+  return std::visit(
+      [&](const auto& pol) -> std::vector<std::int32_t> {
+        using P = std::decay_t<decltype(pol)>;
+        std::vector<std::int32_t> out(cands.size(), 0);
+        if constexpr (std::is_same_v<P, SpecAlways>) {
+          for (std::size_t i = 0; i < out.size(); ++i) out[i] = cands[i].max_k;
+        } else if constexpr (std::is_same_v<P, SpecMaxBatch>) {
+          if (running <= pol.max_rows)
+            for (std::size_t i = 0; i < out.size(); ++i) out[i] = cands[i].max_k;
+        } else if constexpr (std::is_same_v<P, SpecAdaptive>) {
+          out = choose_drafts(cost, std::max(last_plain_tokens, double(running)), double(running), cands);
+        }
+        return out;
+      },
+      policy);
 }
 
 }  // namespace fastinfer::engine

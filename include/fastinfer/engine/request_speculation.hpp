@@ -1,0 +1,158 @@
+// Per-request speculation inside the Engine (engine.hpp): the engine's
+// speculation settings (SpecConfig), one speculating request's drafter,
+// verifier and acceptance history (RequestSpeculation), and the step's
+// drafting and verification of one row. The Engine keeps the batch: which
+// requests draft how many tokens this step (spec_policy.hpp's choose_drafts),
+// the one forward pass, the commit.
+//
+// Why a class of its own: drafting needs the request's context and token
+// index, verification its sampling stream, and both feed the per-request
+// history the adaptive policy reads; none of that is the engine's business
+// beyond "propose" and "verify".
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/core/sampling_params.hpp"
+#include "fastinfer/engine/spec_policy.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/sched/request.hpp"
+#include "fastinfer/speculative/draft_model.hpp"
+#include "fastinfer/speculative/drafter.hpp"
+#include "fastinfer/speculative/early_exit_drafter.hpp"
+#include "fastinfer/speculative/prompt_lookup.hpp"
+#include "fastinfer/speculative/speculative_verifier.hpp"
+
+namespace fastinfer::engine {
+
+// Speculation settings of an engine.
+struct SpecConfig {
+  SpecPolicy policy = SpecAdaptive{};
+  // What submit(request) without a RequestSpec uses.
+  RequestSpec defaults{};
+  // Weights of the draft model (SpecDrafter::DraftModel): e.g. the target
+  // loaded with bf16 weights. Views with keep-alives: every request's
+  // DraftModel shares them. Must have the target's vocabulary.
+  std::optional<LlamaWeights> draft_weights;
+  int draft_threads = 1;
+  int draft_max_batch = 64;  // rows of one draft pass (a longer re-feed is chunked)
+  // How a sampled (temperature > 0) speculating row verifies its drafts.
+  // Coupled: the tokens are plain sampling's, whatever the drafts (a
+  // request's tokens do not depend on its batch). Exact: Leviathan rejection
+  // sampling, exact in distribution, but the tokens depend on how many drafts
+  // each step got. TypicalLossy: Medusa's, not exact. Greedy rows ignore it.
+  speculative::AcceptanceRule sampled_rule = speculative::AcceptanceRule::Coupled;
+};
+
+// Refuses a RequestSpec the engine cannot serve, naming the bad value: k
+// outside [1, max_tokens_per_step - 1] (one step feeds 1 + k tokens), a draft
+// model without SpecConfig::draft_weights, an exit layer outside the model,
+// bad n-gram sizes. A plain (SpecDrafter::None) spec is always fine.
+inline void validate_request_spec(const RequestSpec& s, const SpecConfig& cfg, int max_tokens_per_step,
+                                  int n_layers) {
+  if (s.drafter == SpecDrafter::None) return;
+  FASTINFER_CHECK(s.k >= 1 && s.k < max_tokens_per_step, InvalidArgument, "speculation k must be in [1, ",
+                  max_tokens_per_step - 1, "] (one step feeds 1 + k tokens), got ", s.k);
+  if (s.drafter == SpecDrafter::DraftModel)
+    FASTINFER_CHECK(cfg.draft_weights.has_value(), InvalidArgument,
+                    "a request asks for a draft model but EngineConfig::spec.draft_weights is empty");
+  if (s.drafter == SpecDrafter::EarlyExit)
+    FASTINFER_CHECK(s.exit_layer >= 0 && s.exit_layer <= n_layers, InvalidArgument, "early-exit layer ",
+                    s.exit_layer, " is outside [0, ", n_layers, "] (0: half the layers)");
+  if (s.drafter == SpecDrafter::PromptLookup)
+    FASTINFER_CHECK(s.lookup_min_ngram >= 1 && s.lookup_max_ngram >= s.lookup_min_ngram, InvalidArgument,
+                    "prompt lookup needs 1 <= min_ngram <= max_ngram, got ", s.lookup_min_ngram, " and ",
+                    s.lookup_max_ngram);
+}
+
+// One speculating request: its drafter, its verifier (its own sampling
+// stream) and what its drafts have earned so far.
+class RequestSpeculation {
+ public:
+  // `target` is the engine's model; the request's KV sequence is `seq`
+  // (an early-exit drafter shares it). Throws as validate_request_spec.
+  template <typename Backend>
+  RequestSpeculation(const RequestSpec& spec, const SamplingParams& sampling, SeqId seq,
+                     LlamaModel<Backend>& target, const SpecConfig& cfg)
+      : spec_(spec), vocab_(target.config().vocab_size) {
+    FASTINFER_CHECK(spec.drafter != SpecDrafter::None, InvalidArgument,
+                    "RequestSpeculation: the request asks for no drafter");
+    if (spec.drafter == SpecDrafter::PromptLookup) {
+      drafter_ = std::make_unique<speculative::PromptLookup>(
+          speculative::PromptLookupConfig{spec.lookup_max_ngram, spec.lookup_min_ngram});
+    } else if (spec.drafter == SpecDrafter::EarlyExit) {
+      drafter_ = std::make_unique<speculative::EarlyExitDrafter<LlamaModel<Backend>>>(
+          target, spec.exit_layer, sampling, cfg.sampled_rule, seq);
+    } else {
+      FASTINFER_CHECK(cfg.draft_weights.has_value(), InvalidArgument,
+                      "a request asks for a draft model but EngineConfig::spec.draft_weights is empty");
+      ModelOptions mo;
+      mo.threads = cfg.draft_threads;
+      mo.max_batch = cfg.draft_max_batch;
+      drafter_ = std::make_unique<speculative::DraftModel<LlamaModel<Backend>>>(
+          LlamaModel<Backend>(*cfg.draft_weights, mo, target.backend()), sampling, cfg.sampled_rule);
+    }
+    verifier_ = std::make_unique<speculative::SpeculativeVerifier>(vocab_, sampling, cfg.sampled_rule);
+  }
+
+  const RequestSpec& spec() const { return spec_; }
+  // Whether its drafts cost forward passes (the step-cost fit's per-draft
+  // price: an early-exit draft costs exit_layer / n_layers of a token, a
+  // draft model's its own share; the fit learns one price for whichever runs).
+  bool drafts_cost_passes() const {
+    return spec_.drafter == SpecDrafter::DraftModel || spec_.drafter == SpecDrafter::EarlyExit;
+  }
+
+  // What the policy weighs for it this step: at most max_k drafts.
+  SpecCandidate candidate() const {
+    return SpecCandidate{acceptance_.value(), spec_.k, drafts_cost_passes(), &acceptance_.depths()};
+  }
+
+  // At most max_drafts drafts after `context` (prompt and output so far),
+  // the next token being the request's token `index`. A drafter that
+  // proposes a token outside the vocabulary is a bug: Error naming it.
+  void propose(const std::vector<sched::TokenId>& context, int max_drafts, std::uint64_t index,
+               speculative::DraftProposal& out, sched::RequestId id) {
+    drafter_->propose(context, max_drafts, index, out);
+    if (int(out.tokens.size()) > max_drafts) out.tokens.resize(std::size_t(max_drafts));
+    for (std::int32_t t : out.tokens)
+      FASTINFER_CHECK(t >= 0 && t < vocab_, Error, "Engine: the drafter of request ", id, " proposed token ", t,
+                      " outside the vocabulary");
+  }
+
+  // Verifies `drafts` against the target's rows (rows[0] the row of the
+  // last committed token, then one per draft) and records the outcome.
+  speculative::VerifyOutcome verify(const float* rows, const speculative::DraftProposal& drafts,
+                                    std::uint64_t index) {
+    const int m = int(drafts.tokens.size());
+    const float* q = drafts.probs.empty() ? nullptr : drafts.probs.data();
+    speculative::VerifyOutcome v = verifier_->verify(rows, drafts.tokens.data(), m, q, index);
+    acceptance_.update(m, v.accepted);
+    ++rows_;
+    drafted_ += m;
+    accepted_ += v.accepted;
+    return v;
+  }
+
+  // Decode rows that fed drafts, drafts fed, drafts kept; the policy's
+  // per-draft acceptance estimate.
+  std::int64_t rows() const { return rows_; }
+  std::int64_t drafted() const { return drafted_; }
+  std::int64_t accepted() const { return accepted_; }
+  double acceptance_estimate() const { return acceptance_.value(); }
+
+ private:
+  RequestSpec spec_;
+  int vocab_;
+  std::unique_ptr<speculative::Drafter> drafter_;
+  std::unique_ptr<speculative::SpeculativeVerifier> verifier_;
+  AcceptanceEstimate acceptance_;
+  std::int64_t rows_ = 0, drafted_ = 0, accepted_ = 0;
+};
+
+}  // namespace fastinfer::engine
