@@ -274,3 +274,95 @@ TEST_CASE("KVCache: compile-time window and block size override the config") {
   CHECK(cache.layout_name() == "window");
   CHECK(KVCache<Contiguous, Int4>::quant_name() == "int4");
 }
+
+namespace {
+
+// Drives two caches through the same verbs (add, extend + append, fork,
+// truncate, free) and checks after each step that both hold the same block
+// tables, lengths and contents: the run-time layout must be the compile-time
+// tag's code, not an approximation of it.
+template <typename Static, typename Runtime>
+void same_as_static_layout(Static& a, Runtime& b) {
+  Content ca1, cb1, ca2, cb2;
+  auto same = [&](SeqId s, const Content& content_a, const Content& content_b) {
+    REQUIRE(a.length(s) == b.length(s));
+    REQUIRE(a.allocator().block_table(s) == b.allocator().block_table(s));
+    REQUIRE(content_a == content_b);
+    // A window keeps (and check_content reads) only what the next query sees.
+    const int w = a.config().window;
+    const std::int64_t from = w > 0 ? std::max<std::int64_t>(0, a.length(s) + 1 - w) : 0;
+    check_content(a, s, content_a, from);
+    check_content(b, s, content_b, from);
+  };
+  REQUIRE(a.add_sequence(1) == b.add_sequence(1));
+  for (int step = 0; step < 20; ++step) {  // 39 tokens: room for the fork's 20 under max_seq_len
+    append_tokens(a, 1, 1 + step % 3, 40u + unsigned(step), ca1);
+    append_tokens(b, 1, 1 + step % 3, 40u + unsigned(step), cb1);
+    same(1, ca1, cb1);
+  }
+  a.fork(1, 2);
+  b.fork(1, 2);
+  ca2 = ca1;
+  cb2 = cb1;
+  for (int step = 0; step < 10; ++step) {
+    append_tokens(a, 2, 2, 700u + unsigned(step), ca2);
+    append_tokens(b, 2, 2, 700u + unsigned(step), cb2);
+    same(2, ca2, cb2);
+  }
+  // Two back: as far as a window lets a draft be rolled back here.
+  a.truncate(2, a.length(2) - 2);
+  b.truncate(2, b.length(2) - 2);
+  for (auto* c : {&ca2, &cb2})
+    for (auto& layer : *c) layer.resize(layer.size() - 2);
+  same(2, ca2, cb2);
+  a.free_sequence(2);
+  b.free_sequence(2);
+  REQUIRE(a.stats().used == b.stats().used);
+  a.allocator().check_invariants();
+  b.allocator().check_invariants();
+}
+
+}  // namespace
+
+TEST_CASE("KVCache: the run-time layout holds exactly what each compile-time layout holds") {
+  SECTION("paged") {
+    KVCacheConfig c = small_config(4);
+    KVCache<Paged<0>, Int8> a(c);
+    c.layout = KVLayoutKind::Paged;
+    KVCache<RuntimeLayout, Int8> b(c);
+    CHECK(b.layout_name() == "paged");
+    same_as_static_layout(a, b);
+  }
+  SECTION("contiguous") {
+    KVCacheConfig c = small_config(4);
+    c.num_blocks = 4;
+    KVCache<Contiguous, F16> a(c);
+    c.layout = KVLayoutKind::Contiguous;
+    KVCache<RuntimeLayout, F16> b(c);
+    CHECK(b.block_size() == 64);  // the whole max_seq_len, as Contiguous
+    CHECK(b.layout() == KVLayoutKind::Contiguous);
+    same_as_static_layout(a, b);
+  }
+  SECTION("window") {
+    KVCacheConfig c = small_config(4);
+    c.window = 10;
+    c.sinks = 3;
+    c.max_seq_len = 0;
+    KVCache<SlidingWindow<0, 0, 0>, F32> a(c);
+    c.layout = KVLayoutKind::Window;
+    KVCache<RuntimeLayout, F32> b(c);
+    CHECK(b.layout_name() == "window");
+    same_as_static_layout(a, b);
+  }
+}
+
+TEST_CASE("KVCache: a compile-time layout overrides the config's, a bad run-time one is refused by value") {
+  KVCacheConfig c = small_config(4);
+  c.layout = KVLayoutKind::Window;  // ignored by a compile-time tag
+  CHECK(KVCache<Paged<0>, F32>(c).layout() == KVLayoutKind::Paged);
+  c.layout = KVLayoutKind(7);
+  CHECK_THROWS_WITH((KVCache<RuntimeLayout, F32>(c)), Catch::Contains("unknown layout 7"));
+  c.layout = KVLayoutKind::Window;
+  c.window = 0;
+  CHECK_THROWS_WITH((KVCache<RuntimeLayout, F32>(c)), Catch::Contains("window > 0"));
+}

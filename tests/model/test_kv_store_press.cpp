@@ -182,7 +182,7 @@ TEST_CASE("press: PyramidKV's dead slots are never attended", "[model][press]") 
     store->attend(l, q.data(), qo, nullptr, out.data(), heads, 1);
   }
   const CompressionStats st = store->compress(0, kv::PyramidKV{4, 3, 20.0f}, 0.5);
-  auto* cache = store->cache<kv::Paged<0>, kv::F32>();
+  auto* cache = store->cache<kv::RuntimeLayout, kv::F32>();
   REQUIRE(cache != nullptr);
   REQUIRE(cache->first_live(0, 0) == 0);
   REQUIRE(cache->first_live(0, 1) > 0);
@@ -274,4 +274,27 @@ TEST_CASE("press: at ratio 0 every press leaves a multi-layer model's function a
     for (int i = 0; i < 3; ++i)
       REQUIRE(max_diff(want[std::size_t(i)].data(), model.forward_decode(std::int32_t(5 + i), 33 + i), V) == 0.0);
   }
+}
+
+TEST_CASE("make_kv_store: one store class per format, the layout from the config; a config for another layout is refused",
+          "[model][kv]") {
+  const LlamaConfig c = small_config(2);
+  for (KVLayoutKind layout : {KVLayoutKind::Contiguous, KVLayoutKind::Paged, KVLayoutKind::Window}) {
+    KVOptions o;
+    o.layout = layout;
+    o.window = 8;
+    o.quant = kv::QuantKind::Int4;
+    auto store = cpu::make_kv_store(o, kv_cache_config(o, c, 16));
+    CHECK(store->layout() == layout);
+    CHECK(store->layout_name() == kv_layout_name(layout));
+    CHECK(store->quant_name() == "int4");
+    CHECK(store->cache<kv::RuntimeLayout, kv::Int4>() != nullptr);
+    CHECK(store->cache<kv::Paged<0>, kv::Int4>() == nullptr);
+  }
+  KVOptions o;
+  o.layout = KVLayoutKind::Window;
+  o.window = 8;
+  kv::KVCacheConfig cfg = kv_cache_config(o, c, 16);
+  cfg.layout = KVLayoutKind::Paged;
+  CHECK_THROWS_WITH(cpu::make_kv_store(o, cfg), Catch::Contains("differs from the options' 'window'"));
 }

@@ -201,7 +201,7 @@ TEST_CASE("sliding window with sinks: decode equals the reference attention over
   model.forward_prefill(seq.data(), 10, 0);
   full.forward_prefill(seq.data(), 10, 0);
   const auto& c = model.config();
-  auto* cache = model.kv().cache<kv::SlidingWindow<0, 0, 0>, kv::F32>();
+  auto* cache = model.kv().cache<kv::RuntimeLayout, kv::F32>();
   REQUIRE(cache != nullptr);
   const SeqId s = LlamaModel<>::kSoloSequence;
   std::vector<float> q(std::size_t(c.q_dim())), ours(q.size()), ref(q.size());

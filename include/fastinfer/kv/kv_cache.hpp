@@ -54,6 +54,8 @@ struct KVCacheConfig {
   std::int32_t window = 0;
   std::int32_t sinks = 0;
   RopeSpec rope;  // how the model rotates keys (SlidingWindow sinks only)
+  // RuntimeLayout: the layout. A compile-time layout sets its own here.
+  KVLayoutKind layout = KVLayoutKind::Paged;
 };
 
 template <typename Layout = Paged<16>, typename Quant = F32>
@@ -88,7 +90,8 @@ class KVCache {
 
   const KVCacheConfig& config() const { return cfg_; }
   std::int32_t block_size() const { return cfg_.block_size; }
-  static constexpr std::string_view layout_name() { return LT::kName; }
+  KVLayoutKind layout() const { return cfg_.layout; }
+  std::string_view layout_name() const { return kv_layout_name(cfg_.layout); }
   static constexpr std::string_view quant_name() { return QT::kName; }
 
   // K and V of one token in every layer, parameters included.
@@ -114,7 +117,7 @@ class KVCache {
   // no block is left; the paged layouts always succeed.
   bool add_sequence(SeqId seq) {
     alloc_.add_sequence(seq);
-    if constexpr (LT::kOneBlockPerSequence) {
+    if (one_block_per_sequence()) {
       if (!alloc_.reserve(seq, 1)) {
         alloc_.free_sequence(seq);
         return false;
@@ -372,6 +375,9 @@ class KVCache {
     return b;
   }
 
+  bool one_block_per_sequence() const { return cfg_.layout == KVLayoutKind::Contiguous; }
+  bool sliding() const { return cfg_.layout == KVLayoutKind::Window; }
+
   KVCacheConfig validated(KVCacheConfig c) {
     FASTINFER_CHECK(c.n_layers > 0, InvalidArgument, "KVCacheConfig: n_layers must be positive, got ", c.n_layers);
     FASTINFER_CHECK(c.n_kv_heads > 0, InvalidArgument, "KVCacheConfig: n_kv_heads must be positive, got ",
@@ -382,7 +388,11 @@ class KVCache {
                     c.num_blocks);
     FASTINFER_CHECK(c.max_seq_len >= 0, InvalidArgument, "KVCacheConfig: max_seq_len cannot be negative, got ",
                     c.max_seq_len);
-    if constexpr (LT::kOneBlockPerSequence) {
+    if constexpr (!LT::kRuntime) c.layout = LT::kKind;
+    FASTINFER_CHECK(c.layout == KVLayoutKind::Contiguous || c.layout == KVLayoutKind::Paged ||
+                        c.layout == KVLayoutKind::Window,
+                    InvalidArgument, "KVCacheConfig: unknown layout ", int(c.layout));
+    if (c.layout == KVLayoutKind::Contiguous) {
       FASTINFER_CHECK(c.max_seq_len > 0, InvalidArgument,
                       "KVCacheConfig: the contiguous layout needs max_seq_len (the per-sequence reservation)");
       c.block_size = next_power_of_two(c.max_seq_len);
@@ -391,7 +401,7 @@ class KVCache {
     }
     FASTINFER_CHECK(is_power_of_two(c.block_size), InvalidArgument,
                     "KVCacheConfig: block_size must be a power of two, got ", c.block_size);
-    if constexpr (LT::kSliding) {
+    if (c.layout == KVLayoutKind::Window) {
       if constexpr (LT::kWindow != 0) {
         c.window = LT::kWindow;
         c.sinks = LT::kSinks;
@@ -421,7 +431,7 @@ class KVCache {
   }
 
   void check_plan(SeqId seq, const CompressionPlan& plan) const {
-    FASTINFER_CHECK(!LT::kSliding, UsageError, "KVCache::compact: the window layout ",
+    FASTINFER_CHECK(!sliding(), UsageError, "KVCache::compact: the window layout ",
                     "already compresses (StreamingLLM); presses need the paged or contiguous layout");
     const std::int64_t len = alloc_.length(seq);
     FASTINFER_CHECK(plan.original_length == len && plan.n_layers == cfg_.n_layers &&

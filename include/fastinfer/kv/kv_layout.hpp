@@ -32,12 +32,35 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string_view>
 
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/kv/kv_quant.hpp"
 
-namespace fastinfer::kv {
+namespace fastinfer {
+
+// The layouts by name, for what chooses one at run time (--kv-layout,
+// KVOptions, kv::RuntimeLayout).
+enum class KVLayoutKind { Contiguous, Paged, Window };
+
+constexpr std::string_view kv_layout_name(KVLayoutKind k) {
+  switch (k) {
+    case KVLayoutKind::Contiguous: return "contiguous";
+    case KVLayoutKind::Paged: return "paged";
+    case KVLayoutKind::Window: return "window";
+  }
+  return "?";
+}
+
+// "paged" -> KVLayoutKind::Paged (the spelling of --kv-layout).
+inline KVLayoutKind parse_kv_layout(std::string_view name) {
+  for (KVLayoutKind k : {KVLayoutKind::Contiguous, KVLayoutKind::Paged, KVLayoutKind::Window})
+    if (kv_layout_name(k) == name) return k;
+  throw_error<InvalidArgument>("unknown KV layout '", name, "': expected contiguous, paged or window");
+}
+
+namespace kv {
 
 // How the model applies RoPE (mirrors model::RopeStyle without depending on
 // the model layer): pairs (2i, 2i+1) or, with half_split, (i, i + d/2).
@@ -51,6 +74,11 @@ template <int BlockSize = 16>
 struct Paged {};
 template <int Window = 0, int Sinks = 0, int BlockSize = 16>
 struct SlidingWindow {};
+// The layout KVCacheConfig::layout names at run time, with the block size,
+// window and sinks from the config: what a program whose layout is a flag
+// compiles (one KVCache per quantization instead of one per layout and
+// quantization). The same code as the tags above, chosen by a branch.
+struct RuntimeLayout {};
 
 inline constexpr bool is_power_of_two(std::int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 inline std::int32_t next_power_of_two(std::int64_t v) {
@@ -71,7 +99,8 @@ struct LayoutTraits {
 
 template <>
 struct LayoutTraits<Contiguous> {
-  static constexpr std::string_view kName = "contiguous";
+  static constexpr bool kRuntime = false;
+  static constexpr KVLayoutKind kKind = KVLayoutKind::Contiguous;
   static constexpr bool kOneBlockPerSequence = true;
   static constexpr bool kSliding = false;  // evicts tokens that leave a window
   static constexpr int kBlockSize = 0;
@@ -82,7 +111,8 @@ struct LayoutTraits<Contiguous> {
 template <int BlockSize>
 struct LayoutTraits<Paged<BlockSize>> {
   static_assert(BlockSize == 0 || is_power_of_two(BlockSize), "Paged<BlockSize>: the block size must be a power of two");
-  static constexpr std::string_view kName = "paged";
+  static constexpr bool kRuntime = false;
+  static constexpr KVLayoutKind kKind = KVLayoutKind::Paged;
   static constexpr bool kOneBlockPerSequence = false;
   static constexpr bool kSliding = false;
   static constexpr int kBlockSize = BlockSize;
@@ -95,7 +125,8 @@ struct LayoutTraits<SlidingWindow<Window, Sinks, BlockSize>> {
   static_assert(BlockSize == 0 || is_power_of_two(BlockSize),
                 "SlidingWindow<Window, Sinks, BlockSize>: the block size must be a power of two");
   static_assert(Window >= 0 && Sinks >= 0, "SlidingWindow<Window, Sinks>: sizes cannot be negative");
-  static constexpr std::string_view kName = "window";
+  static constexpr bool kRuntime = false;
+  static constexpr KVLayoutKind kKind = KVLayoutKind::Window;
   static constexpr bool kOneBlockPerSequence = false;
   static constexpr bool kSliding = true;
   static constexpr int kBlockSize = BlockSize;
@@ -103,4 +134,14 @@ struct LayoutTraits<SlidingWindow<Window, Sinks, BlockSize>> {
   static constexpr int kSinks = Sinks;    // 0 with Window 0: KVCacheConfig::sinks
 };
 
-}  // namespace fastinfer::kv
+// Everything from KVCacheConfig (layout, block_size, window, sinks).
+template <>
+struct LayoutTraits<RuntimeLayout> {
+  static constexpr bool kRuntime = true;
+  static constexpr int kBlockSize = 0;
+  static constexpr int kWindow = 0;
+  static constexpr int kSinks = 0;
+};
+
+}  // namespace kv
+}  // namespace fastinfer

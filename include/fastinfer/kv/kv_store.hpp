@@ -38,24 +38,6 @@
 
 namespace fastinfer {
 
-enum class KVLayoutKind { Contiguous, Paged, Window };
-
-inline std::string_view kv_layout_name(KVLayoutKind k) {
-  switch (k) {
-    case KVLayoutKind::Contiguous: return "contiguous";
-    case KVLayoutKind::Paged: return "paged";
-    case KVLayoutKind::Window: return "window";
-  }
-  return "?";
-}
-
-// "paged" -> KVLayoutKind::Paged (the spelling of --kv-layout).
-inline KVLayoutKind parse_kv_layout(std::string_view name) {
-  for (KVLayoutKind k : {KVLayoutKind::Contiguous, KVLayoutKind::Paged, KVLayoutKind::Window})
-    if (kv_layout_name(k) == name) return k;
-  throw_error<InvalidArgument>("unknown KV layout '", name, "': expected contiguous, paged or window");
-}
-
 struct KVOptions {
   kv::QuantKind quant = kv::QuantKind::F32;
   KVLayoutKind layout = KVLayoutKind::Contiguous;

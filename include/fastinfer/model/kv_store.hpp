@@ -30,6 +30,7 @@ inline kv::KVCacheConfig kv_cache_config(const KVOptions& o, const LlamaConfig& 
   k.head_dim = c.head_dim;
   k.max_seq_len = c.max_seq_len;
   k.block_size = o.block_size;
+  k.layout = o.layout;
   k.rope = kv::RopeSpec{c.rope_theta, c.rope_style == RopeStyle::HalfSplit};
   auto blocks = [&](std::int64_t tokens) { return (tokens + o.block_size - 1) / o.block_size; };
   switch (o.layout) {

@@ -3,8 +3,8 @@
 // copies and swaps as memcpy. LlamaModel reaches it only through the
 // KVStore interface (kv/kv_store.hpp), created by CpuBackend::make_kv_store.
 //
-// The instantiated set is small and fixed: 3 layouts with run-time sizes
-// (Contiguous, Paged<0>, SlidingWindow<0, 0, 0>) x 7 quantizations.
+// One class per quantization (7 in all): the layout, block size, window and
+// sinks are the cache config's, chosen at run time (kv::RuntimeLayout).
 #pragma once
 
 #include <algorithm>
@@ -33,20 +33,23 @@
 
 namespace fastinfer::cpu {
 
-template <typename Layout, typename Quant>
+template <typename Quant>
 class CpuKVStore final : public KVStore {
  public:
-  CpuKVStore(const kv::KVCacheConfig& cfg, KVLayoutKind layout, int share_layers = 1,
+  using Cache = kv::KVCache<kv::RuntimeLayout, Quant>;
+
+  // cfg.layout names the layout.
+  CpuKVStore(const kv::KVCacheConfig& cfg, int share_layers = 1,
              std::pmr::memory_resource* arena = std::pmr::new_delete_resource())
-      : cache_(cfg, arena), layout_(layout), group_(share_layers) {
+      : cache_(cfg, arena), group_(share_layers) {
     FASTINFER_CHECK(share_layers >= 1, InvalidArgument, "KVOptions: share_layers must be at least 1, got ",
                     share_layers);
   }
 
-  kv::KVCache<Layout, Quant>& cache() { return cache_; }
+  Cache& cache() { return cache_; }
 
   std::string_view layout_name() const override { return cache_.layout_name(); }
-  KVLayoutKind layout() const override { return layout_; }
+  KVLayoutKind layout() const override { return cache_.layout(); }
   std::string_view quant_name() const override { return cache_.quant_name(); }
   std::size_t bytes_per_token() const override { return cache_.bytes_per_token(); }
   std::size_t memory_bytes() const override { return cache_.memory_bytes(); }
@@ -157,7 +160,7 @@ class CpuKVStore final : public KVStore {
 
  protected:
   void* typed_cache(const std::type_info& type) override {
-    return type == typeid(kv::KVCache<Layout, Quant>) ? &cache_ : nullptr;
+    return type == typeid(Cache) ? &cache_ : nullptr;
   }
 
  private:
@@ -342,8 +345,7 @@ class CpuKVStore final : public KVStore {
   struct Work {};
 #endif
 
-  kv::KVCache<Layout, Quant> cache_;
-  KVLayoutKind layout_;
+  Cache cache_;
   int group_ = 1;  // model layers per KV layer (CLA)
   std::vector<SeqId> batch_seqs_;
   bool dead_ = false;  // some sequence of this step has dead slots
@@ -355,51 +357,38 @@ class CpuKVStore final : public KVStore {
 };
 
 // Opt-in shared instantiations (build time only; behaviour is the same).
-// make_kv_store names all 21 CpuKVStore variants, so every translation unit
-// that builds a model compiles 21 vtables, each pulling in its format's
+// make_kv_store names all 7 CpuKVStore variants, so every translation unit
+// that builds a model compiles 7 vtables, each pulling in its format's
 // attention kernels: most of the compile time of a model-using program.
 // Define FASTINFER_EXTERN_TEMPLATES in every translation unit and, in exactly
 // one of them, instantiate the set once:
 //   namespace fastinfer::cpu { FASTINFER_KV_STORE_INSTANCES() }
 // Without the macro nothing changes: the library stays header-only.
 // fastinfer's own tests, examples and benchmarks build this way
-// (tests/support/instances.cpp).
-#define FASTINFER_KV_STORE_INSTANCES_OF_(EXTERN, LAYOUT)     \
-  EXTERN template class CpuKVStore<LAYOUT, kv::F32>;        \
-  EXTERN template class CpuKVStore<LAYOUT, kv::F16>;        \
-  EXTERN template class CpuKVStore<LAYOUT, kv::BF16>;       \
-  EXTERN template class CpuKVStore<LAYOUT, kv::Int8>;       \
-  EXTERN template class CpuKVStore<LAYOUT, kv::Int4>;       \
-  EXTERN template class CpuKVStore<LAYOUT, kv::FP8E4M3>;    \
-  EXTERN template class CpuKVStore<LAYOUT, kv::FP8E5M2>;
-// The layouts are those make_kv_store creates (run-time sizes); EXTERN is
-// `extern` for the declarations and empty for the one definition.
-// (The window layout's commas would split a macro argument: hence the alias.)
-#define FASTINFER_KV_WINDOW_RUNTIME_ kv::SlidingWindow<0, 0, 0>
-#define FASTINFER_KV_STORE_INSTANCES(EXTERN)                       \
-  FASTINFER_KV_STORE_INSTANCES_OF_(EXTERN, kv::Contiguous)         \
-  FASTINFER_KV_STORE_INSTANCES_OF_(EXTERN, kv::Paged<0>)           \
-  FASTINFER_KV_STORE_INSTANCES_OF_(EXTERN, FASTINFER_KV_WINDOW_RUNTIME_)
+// (tests/support/instances.cpp). EXTERN is `extern` for the declarations and
+// empty for the one definition.
+#define FASTINFER_KV_STORE_INSTANCES(EXTERN)     \
+  EXTERN template class CpuKVStore<kv::F32>;     \
+  EXTERN template class CpuKVStore<kv::F16>;     \
+  EXTERN template class CpuKVStore<kv::BF16>;    \
+  EXTERN template class CpuKVStore<kv::Int8>;    \
+  EXTERN template class CpuKVStore<kv::Int4>;    \
+  EXTERN template class CpuKVStore<kv::FP8E4M3>; \
+  EXTERN template class CpuKVStore<kv::FP8E5M2>;
 #if defined(FASTINFER_EXTERN_TEMPLATES)
 FASTINFER_KV_STORE_INSTANCES(extern)
 #endif
 
-// The CPU store for options.layout and options.quant over the cache
-// `config`, its bytes from `arena` (which must outlive the store).
+// The CPU store for options.quant over the cache `config` (whose layout
+// field names the layout: kv_cache_config sets it from options.layout), its
+// bytes from `arena` (which must outlive the store).
 inline std::unique_ptr<KVStore> make_kv_store(const KVOptions& options, const kv::KVCacheConfig& config,
                                               std::pmr::memory_resource* arena = std::pmr::new_delete_resource()) {
+  FASTINFER_CHECK(config.layout == options.layout, InvalidArgument, "make_kv_store: the cache config's layout '",
+                  kv_layout_name(config.layout), "' differs from the options' '", kv_layout_name(options.layout),
+                  "'");
   return kv::visit_quant(options.quant, [&](auto quant) -> std::unique_ptr<KVStore> {
-    using Q = decltype(quant);
-    switch (options.layout) {
-      case KVLayoutKind::Contiguous:
-        return std::make_unique<CpuKVStore<kv::Contiguous, Q>>(config, options.layout, options.share_layers, arena);
-      case KVLayoutKind::Paged:
-        return std::make_unique<CpuKVStore<kv::Paged<0>, Q>>(config, options.layout, options.share_layers, arena);
-      case KVLayoutKind::Window:
-        return std::make_unique<CpuKVStore<kv::SlidingWindow<0, 0, 0>, Q>>(config, options.layout,
-                                                                           options.share_layers, arena);
-    }
-    throw_error<InvalidArgument>("bad KVLayoutKind ", int(options.layout));
+    return std::make_unique<CpuKVStore<decltype(quant)>>(config, options.share_layers, arena);
   });
 }
 
