@@ -206,8 +206,6 @@ int main(int argc, char** argv) {
                       fastinfer::InvalidArgument, "--spec-k: expected N in [0, 64], auto or auto:N, got '",
                       spec_k_arg, "'");
     }
-    FASTINFER_CHECK(!spec_auto || spec.kind != "medusa", fastinfer::InvalidArgument,
-                    "--spec-k auto is not offered with --spec medusa (its tree has its own budget: --medusa-tree)");
     fe::refuse_unused(kv_layout == "contiguous", {block_size_option, window_option, sinks_option},
                       "with --kv-layout contiguous");
     fe::refuse_unused(kv_layout == "paged", {window_option, sinks_option}, "with --kv-layout paged");
@@ -310,6 +308,9 @@ int main(int argc, char** argv) {
     if (medusa) {
       medusa_opts = fe::medusa_options_from_flag(medusa_tree, heads.num_heads());
       medusa_opts.rule = spec_options.rule;
+      // auto[:N]: each step's tree depth (0..N, at most the heads) as dynamic
+      // speculation chooses; without auto the full depth every step.
+      if (spec_auto) medusa_opts.adaptive = &adaptive;
     }
 
     std::int32_t previous = prompt.back();

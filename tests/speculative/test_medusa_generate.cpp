@@ -215,6 +215,47 @@ TEST_CASE("Medusa under the coupled rule emits plain sampling's tokens with the 
   CHECK(drafted > 0);
 }
 
+// Dynamic speculation picks each step's tree depth (0: a plain step) from
+// wall-clock timings, so the depths differ run to run; the output must not.
+// The "restless" controller (every plain step may probe, every other
+// drafting step is plain) makes both kinds of step and the switches happen.
+TEST_CASE("Medusa with dynamic tree depth reproduces the golden cases and under the coupled rule plain sampling") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
+  Model model = load(model_path.string());
+  const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
+  speculative::MedusaHeads heads = fastinfer::examples::medusa_heads_from_flag("random:1", model.config(), 4);
+  speculative::AdaptiveDraftConfig restless;
+  restless.probe_budget = 1.0;
+  restless.refresh_every = 2;
+  std::int64_t plain_steps = 0, drafting_steps = 0;
+  for (bool is_restless : {false, true})
+    for (const std::string tree : {"choices", "dynamic"}) {
+      speculative::AdaptiveDraftLength ctl(4, is_restless ? restless : speculative::AdaptiveDraftConfig{});
+      speculative::MedusaOptions o = fastinfer::examples::medusa_options_from_flag(tree, heads.num_heads());
+      o.adaptive = &ctl;
+      for (const Case& c : cases) {
+        INFO("tree " << tree << ", restless " << is_restless << ", case " << c.name);
+        GenerationParams p;
+        p.max_new_tokens = c.max_new_tokens;
+        const auto r = speculative::medusa_generate(model, heads, c.prompt, p, o);
+        CHECK(r.generation.tokens == c.continuation);
+        CHECK(r.stats.k_sum <= 4 * r.stats.target_forwards);
+        plain_steps += r.stats.plain_steps;
+        drafting_steps += r.stats.target_forwards - r.stats.plain_steps;
+      }
+      GenerationParams p;
+      p.max_new_tokens = 100;
+      p.temperature = 0.8f;
+      p.seed = 3;
+      o.rule = speculative::AcceptanceRule::Coupled;
+      CHECK(speculative::medusa_generate(model, heads, {1}, p, o).generation.tokens ==
+            fastinfer::generate(model, {1}, p).tokens);
+    }
+  CHECK(plain_steps > 0);
+  CHECK(drafting_steps > 0);
+}
+
 TEST_CASE("medusa_generate rejects bad arguments") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model model = load(model_path.string());

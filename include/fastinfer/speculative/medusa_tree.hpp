@@ -278,6 +278,11 @@ struct MedusaOptions {
   int max_depth = 0;  // 0: every head
   AcceptanceRule rule = AcceptanceRule::Exact;
   TypicalAcceptanceLossy typical{};
+  // Dynamic speculation (adaptive_draft_length.hpp): each step's tree depth
+  // (0: a plain step) chosen from measured pass costs and per-depth
+  // acceptance, at most max_depth; its max_k caps it too. Not owned; null:
+  // the full depth every step.
+  AdaptiveDraftLength* adaptive = nullptr;
 };
 
 // A tree written by tools/train_medusa.py (OUT.choices): one path of ranks
@@ -332,6 +337,7 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
   std::vector<float> hidden(static_cast<std::size_t>(dim)), scratch, probs;
   HeadGuesses guesses;
   ForwardBatch batch;
+  std::vector<std::int32_t> depth_nodes;  // the tree's nodes per depth, for options.adaptive
   std::vector<std::int32_t> seq = prompt;
 
   model.reset();
@@ -351,14 +357,17 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
     const int remaining = std::min(params.max_new_tokens - int(r.tokens.size()), c.max_seq_len - len);
     // Depth d sits at position len - 1 + d < max_seq_len; deeper than
     // remaining - 1 can never be emitted.
-    const int depth = std::max(0, std::min({head_depth, remaining - 1, c.max_seq_len - len}));
+    const int depth_cap = std::max(0, std::min({head_depth, remaining - 1, c.max_seq_len - len}));
+    const int n_pending = len - valid;
+    const int depth = options.adaptive ? options.adaptive->choose(std::max(n_pending, 1), depth_cap) : depth_cap;
+    const auto d0 = Clock::now();
     CandidateTree ct;
     if (depth > 0) {
       medusa_guesses(heads, hidden.data(), model.weights().classifier, n_guess, depth, guesses, scratch,
                      model.threads());
       ct = build_candidate_tree(select_paths(options.tree, guesses), guesses, depth);
     }
-    const int n_pending = len - valid;
+    const auto d1 = Clock::now();
     // The forward holds at most max_batch rows, and node i takes KV slot
     // len + i < max_seq_len: drop the tree's tail nodes (children come after
     // parents, so what stays is still a tree).
@@ -393,7 +402,21 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
     valid = len + kept_in_place(v.path);
     ++st.target_forwards;
     st.drafted += ct.tree.size();
+    st.k_sum += depth;
+    if (depth == 0) ++st.plain_steps;
     going = out_tokens.emit_step(v.tokens, v.accepted, st);
+    if (options.adaptive) {
+      DraftStepReport step;
+      step.k = depth;
+      step.base_rows = std::max(n_pending, 1);
+      step.rows = int(batch.rows());
+      step.depths = tree_depth_counts(ct.tree, depth_nodes);
+      step.nodes_at_depth = depth_nodes.data();
+      step.accepted = std::min(v.accepted, step.depths);
+      step.draft_seconds = seconds_between(d0, d1);
+      step.pass_seconds = seconds_between(d1, Clock::now());
+      options.adaptive->report(step);
+    }
   }
   if (!r.tokens.empty()) r.decode_seconds = seconds_between(out_tokens.first, Clock::now());
   return out;
