@@ -324,36 +324,28 @@ void same_as_static_layout(Static& a, Runtime& b) {
 
 }  // namespace
 
+// The compile-time layout Static against RuntimeLayout with c.layout = kind.
+template <typename Static, typename Q>
+void check_runtime_layout(KVCacheConfig c, KVLayoutKind kind) {
+  KVCache<Static, Q> a(c);
+  c.layout = kind;
+  KVCache<RuntimeLayout, Q> b(c);
+  CHECK(b.layout() == kind);
+  CHECK(b.layout_name() == a.layout_name());
+  CHECK(b.block_size() == a.block_size());  // contiguous: the whole max_seq_len
+  same_as_static_layout(a, b);
+}
+
 TEST_CASE("KVCache: the run-time layout holds exactly what each compile-time layout holds") {
-  SECTION("paged") {
-    KVCacheConfig c = small_config(4);
-    KVCache<Paged<0>, Int8> a(c);
-    c.layout = KVLayoutKind::Paged;
-    KVCache<RuntimeLayout, Int8> b(c);
-    CHECK(b.layout_name() == "paged");
-    same_as_static_layout(a, b);
-  }
-  SECTION("contiguous") {
-    KVCacheConfig c = small_config(4);
-    c.num_blocks = 4;
-    KVCache<Contiguous, F16> a(c);
-    c.layout = KVLayoutKind::Contiguous;
-    KVCache<RuntimeLayout, F16> b(c);
-    CHECK(b.block_size() == 64);  // the whole max_seq_len, as Contiguous
-    CHECK(b.layout() == KVLayoutKind::Contiguous);
-    same_as_static_layout(a, b);
-  }
-  SECTION("window") {
-    KVCacheConfig c = small_config(4);
-    c.window = 10;
-    c.sinks = 3;
-    c.max_seq_len = 0;
-    KVCache<SlidingWindow<0, 0, 0>, F32> a(c);
-    c.layout = KVLayoutKind::Window;
-    KVCache<RuntimeLayout, F32> b(c);
-    CHECK(b.layout_name() == "window");
-    same_as_static_layout(a, b);
-  }
+  KVCacheConfig contiguous = small_config(4);
+  contiguous.num_blocks = 4;
+  KVCacheConfig window = small_config(4);
+  window.window = 10;
+  window.sinks = 3;
+  window.max_seq_len = 0;
+  check_runtime_layout<Paged<0>, Int8>(small_config(4), KVLayoutKind::Paged);
+  check_runtime_layout<Contiguous, F16>(contiguous, KVLayoutKind::Contiguous);
+  check_runtime_layout<SlidingWindow<0, 0, 0>, F32>(window, KVLayoutKind::Window);
 }
 
 TEST_CASE("KVCache: a compile-time layout overrides the config's, a bad run-time one is refused by value") {
