@@ -86,7 +86,7 @@ TEST_CASE("set_cpu_level refuses amx, a level above the CPU's and a non-level, l
   CHECK(cpu::cpu_level() == before);
 }
 
-TEST_CASE("the current CPU level is the detected one, lowered by FASTINFER_CPU_LEVEL, a bad value throws naming it") {
+TEST_CASE("the current CPU level is the detected one lowered by FASTINFER_CPU_LEVEL and a bad value throws naming it") {
   const char* env = std::getenv("FASTINFER_CPU_LEVEL");
   const std::string value = env != nullptr ? env : "";
   const bool known = value == "scalar" || value == "avx2" || value == "avx512";
