@@ -6,9 +6,10 @@
 //   q8_0_avx512.hpp     AVX-512 + VNNI: vpdpbusd, 4-row x 4-token register tiles
 //
 // Results never depend on the thread count: threads split whole rows, and a
-// row's sum has one fixed order. The avx2 and avx512 kernels give the same
-// bits (q8_0_avx512.hpp), so the avx512 level without AVX512-VNNI runs the
-// AVX2 kernel; level scalar runs the reference.
+// row's sum has one fixed order (per level: the AVX-512 tiles equal
+// dot_avx2, not the 4-row dot4_avx2 the avx2 level runs; q8_0_avx512.hpp).
+// The avx512 level on a CPU without AVX512-VNNI runs the AVX2 kernels; level
+// scalar runs the reference.
 #pragma once
 
 #include <algorithm>

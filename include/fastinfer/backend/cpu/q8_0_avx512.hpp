@@ -13,8 +13,10 @@
 // float(int32 lane) * (d_w * d_x) with one FMA, and the two halves are added
 // and reduced in the same order. So a row's result is bit-identical to
 // dot_avx2's, whatever the tile shape: a token's logits do not depend on how
-// many tokens share its pass (batch invariance), and the AVX2 and AVX-512
-// builds agree bit for bit on Q8_0 matmuls.
+// many tokens share its pass (batch invariance). The AVX2 matmul's 4-row
+// kernel (dot4_avx2) keeps one accumulator per row, another order: the avx2
+// and avx512 CPU levels agree with dot_avx2, not with each other, on rows
+// that go through it (checked in the dispatch work: issue 15).
 #pragma once
 
 #include <algorithm>
