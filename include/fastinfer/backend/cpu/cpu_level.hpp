@@ -33,10 +33,6 @@
 #include "fastinfer/backend/cpu/cpu_target.hpp"
 #include "fastinfer/core/error.hpp"
 
-#if FASTINFER_CPU_DISPATCH
-#include <cpuid.h>
-#endif
-
 namespace fastinfer::cpu {
 
 enum class CpuLevel : int { scalar = 0, avx2 = 1, avx512 = 2, amx = 3 };
@@ -64,6 +60,16 @@ struct CpuFeatures {
 namespace level_detail {
 #if FASTINFER_CPU_DISPATCH
 inline bool bit(unsigned reg, int i) { return ((reg >> i) & 1u) != 0; }
+// CPUID leaf / sub-leaf into {eax, ebx, ecx, edx}: the instruction itself,
+// not <cpuid.h>, whose bit_* macros would land in every consumer's TU.
+struct CpuidRegs {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+};
+inline CpuidRegs cpuid(unsigned leaf, unsigned sub_leaf = 0) {
+  CpuidRegs r;
+  __asm__ volatile("cpuid" : "=a"(r.a), "=b"(r.b), "=c"(r.c), "=d"(r.d) : "a"(leaf), "c"(sub_leaf));
+  return r;
+}
 // XCR0 without the xsave target: the instruction's bytes (0f 01 d0).
 inline std::uint64_t xgetbv0() {
   unsigned lo = 0, hi = 0;
@@ -72,35 +78,33 @@ inline std::uint64_t xgetbv0() {
 }
 inline CpuFeatures detect() {
   CpuFeatures f;
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
-  const bool osxsave = bit(c, 27);
-  f.avx = bit(c, 28);
-  f.fma = bit(c, 12);
-  f.f16c = bit(c, 29);
+  const unsigned max_leaf = cpuid(0).a;
+  if (max_leaf < 1) return f;
+  const CpuidRegs l1 = cpuid(1);
+  const bool osxsave = bit(l1.c, 27);
+  f.avx = bit(l1.c, 28);
+  f.fma = bit(l1.c, 12);
+  f.f16c = bit(l1.c, 29);
   const std::uint64_t xcr0 = osxsave ? xgetbv0() : 0;
-  f.os_avx = (xcr0 & 0x6) == 0x6;       // SSE and AVX state
-  f.os_avx512 = (xcr0 & 0xe6) == 0xe6;  // plus opmask, ZMM0-15 high halves, ZMM16-31
+  f.os_avx = (xcr0 & 0x6) == 0x6;          // SSE and AVX state
+  f.os_avx512 = (xcr0 & 0xe6) == 0xe6;     // plus opmask, ZMM0-15 high halves, ZMM16-31
   f.os_amx = (xcr0 & 0x60000) == 0x60000;  // XTILECFG, XTILEDATA (Linux also wants arch_prctl)
-  unsigned max_leaf = 0;
-  __get_cpuid(0, &max_leaf, &b, &c, &d);
   if (max_leaf < 7) return f;
-  __cpuid_count(7, 0, a, b, c, d);
-  f.avx2 = bit(b, 5);
-  f.avx512f = bit(b, 16);
-  f.avx512dq = bit(b, 17);
-  f.avx512cd = bit(b, 28);
-  f.avx512bw = bit(b, 30);
-  f.avx512vl = bit(b, 31);
-  f.avx512vnni = bit(c, 11);
-  f.amx_bf16 = bit(d, 22);
-  f.amx_tile = bit(d, 24);
-  f.amx_int8 = bit(d, 25);
-  const unsigned sub_leaves = a;
-  if (sub_leaves >= 1) {
-    __cpuid_count(7, 1, a, b, c, d);
-    f.avx_vnni = bit(a, 4);
-    f.avx512bf16 = bit(a, 5);
+  const CpuidRegs l7 = cpuid(7, 0);
+  f.avx2 = bit(l7.b, 5);
+  f.avx512f = bit(l7.b, 16);
+  f.avx512dq = bit(l7.b, 17);
+  f.avx512cd = bit(l7.b, 28);
+  f.avx512bw = bit(l7.b, 30);
+  f.avx512vl = bit(l7.b, 31);
+  f.avx512vnni = bit(l7.c, 11);
+  f.amx_bf16 = bit(l7.d, 22);
+  f.amx_tile = bit(l7.d, 24);
+  f.amx_int8 = bit(l7.d, 25);
+  if (l7.a >= 1) {  // the highest sub-leaf of leaf 7
+    const CpuidRegs l71 = cpuid(7, 1);
+    f.avx_vnni = bit(l71.a, 4);
+    f.avx512bf16 = bit(l71.a, 5);
   }
   return f;
 }
