@@ -10,7 +10,9 @@
 //   read bandwidth; tokens/s is items_per_second.
 // * BM_PassMatmul/<dtype>/n/threads: the matrix products of a verify pass
 //   over n rows (every 110M matrix, n activation rows), CPU time: the
-//   kernels' cost(n)/cost(1).
+//   kernels' cost(n)/cost(1), at the CPU level chosen at run time (the
+//   label names the float kernels; FASTINFER_CPU_LEVEL=avx2 measures the
+//   AVX2 tiles on an AVX-512 machine).
 // * BM_Matmul/<dtype>/rows/cols/n/threads: prefill products (n = 512) and
 //   small batches (n = 4, 16: dot-product tiles; 32: Eigen); the FLOPS counter
 //   is 2 * rows * cols * n per second (Zen 3 peak: 32 flop/cycle/core).
@@ -128,7 +130,7 @@ void BM_DecodeMatvec(benchmark::State& state) {
   state.SetItemsProcessed(std::int64_t(state.iterations()));
   state.counters["rows_per_second"] =
       benchmark::Counter(double(rows) * double(state.iterations()), benchmark::Counter::kIsRate);
-  state.SetLabel(std::string(dtype_name(dt)) + " " + cpu::isa_name());
+  state.SetLabel(std::string(dtype_name(dt)) + " " + cpu::float_kernel_isa());
 }
 BENCHMARK(BM_DecodeMatvec)
     ->ArgsProduct({{0, 1, 2}, {1, 2}})
@@ -154,7 +156,7 @@ void BM_PassMatmul(benchmark::State& state) {
   }
   state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(w.bytes));
   state.SetItemsProcessed(std::int64_t(state.iterations()) * n);
-  state.SetLabel(std::string(dtype_name(dt)) + " " + cpu::isa_name());
+  state.SetLabel(std::string(dtype_name(dt)) + " " + cpu::float_kernel_isa());
 }
 BENCHMARK(BM_PassMatmul)
     ->ArgsProduct({{0, 1}, {1, 2, 4, 8, 16, 32}, {1}})

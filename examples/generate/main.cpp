@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/engine/prompt_series.hpp"
 #include "fastinfer/model/confident_exit.hpp"
 #include "fastinfer/model/generate.hpp"
@@ -27,6 +28,7 @@
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 #include "fastinfer/tokenizer/utf8.hpp"
+#include "fastinfer/version.hpp"
 
 #include "common/cli.hpp"
 #include "common/drafter_flags.hpp"
@@ -132,6 +134,8 @@ int main(int argc, char** argv) {
                            ->check(CLI::Range(0, fastinfer::kMaxContext));
   app.add_flag("--print-ids", print_ids, "print only the generated ids, space separated, on one line");
   app.add_flag("--stats-json", stats_json, "print one JSON object of statistics on stderr");
+  bool version = false;
+  app.add_flag("--version", version, "print the version and the CPU kernel levels in use, then exit");
   bool profile = false;
   std::string profile_json;
   double roof_gbs = 0, roof_gflops = 0;
@@ -196,6 +200,10 @@ int main(int argc, char** argv) {
   if (const int code = fe::parse_args(app, kProgram, argc, argv); code >= 0) return code;
 
   return fe::run_main(kProgram, [&]() -> int {
+    if (version) {
+      std::printf("%s %s; %s\n", kProgram, fastinfer::kVersionString, fastinfer::cpu::kernel_isa_summary().c_str());
+      return 0;
+    }
     const bool spec_auto = spec_k_arg.rfind("auto", 0) == 0;
     {
       const std::string n = spec_auto ? (spec_k_arg.size() > 4 && spec_k_arg[4] == ':' ? spec_k_arg.substr(5) : "8")
@@ -360,7 +368,11 @@ int main(int argc, char** argv) {
                                     {"target_forwards", spec_result.stats.target_forwards},
                                     {"acceptance_rate", spec_result.stats.acceptance_rate()},
                                     {"mean_draft_length", spec_result.stats.mean_draft_length()},
-                                    {"plain_steps", spec_result.stats.plain_steps}};
+                                    {"plain_steps", spec_result.stats.plain_steps},
+                                    {"cpu_level", fastinfer::cpu::cpu_level_name(fastinfer::cpu::cpu_level())},
+                                    {"float_kernels", fastinfer::cpu::float_kernel_isa()},
+                                    {"q8_0_kernels", fastinfer::cpu::q8_0::kernel_isa()},
+                                    {"elementwise_isa", fastinfer::cpu::isa_name()}};
       if (drafter) stats["spec_k"] = spec_auto ? "auto:" + std::to_string(spec_k) : std::to_string(spec_k);
       if (calm.enabled()) stats["mean_layers"] = calm_model.mean_layers();
       std::fprintf(stderr, "%s\n", stats.dump().c_str());

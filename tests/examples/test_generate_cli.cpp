@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/version.hpp"
 #include "program_run.hpp"
 #include "shared_dir.hpp"
 
@@ -93,6 +95,35 @@ TEST_CASE("fastinfer-generate: --print-ids reproduces the golden, --stats-json i
   CHECK(stats.at("ttft_ms").get<double>() > 0);
   CHECK(stats.at("weights_bytes") == 1040128);  // 260K f32 values: 4 bytes each (shared classifier once)
   CHECK(stats.at("kv_bytes") == 2 * 5 * 4 * 512 * 8 * 4);
+  CHECK(stats.at("cpu_level") == fastinfer::cpu::cpu_level_name(fastinfer::cpu::cpu_level()));
+  CHECK(stats.at("float_kernels") == fastinfer::cpu::float_kernel_isa());
+  CHECK(stats.at("q8_0_kernels") == fastinfer::cpu::q8_0::kernel_isa());
+}
+
+TEST_CASE("fastinfer-generate: --version names the CPU level, FASTINFER_CPU_LEVEL lowers it, a bad one is a usage error",
+          "[examples][cli]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  // The child reads the variable at its first kernel call; this process read its own long ago.
+  const char* saved = std::getenv("FASTINFER_CPU_LEVEL");
+  const std::string restore = saved != nullptr ? saved : "";
+  unsetenv("FASTINFER_CPU_LEVEL");
+  const Run plain = run(gen, "--version");
+  setenv("FASTINFER_CPU_LEVEL", "scalar", 1);
+  const Run scalar = run(gen, "--version");
+  setenv("FASTINFER_CPU_LEVEL", "avx9", 1);
+  const Run bad = run(gen, "--version");
+  if (saved != nullptr) setenv("FASTINFER_CPU_LEVEL", restore.c_str(), 1); else unsetenv("FASTINFER_CPU_LEVEL");
+  CHECK(plain.code == 0);
+  CHECK(plain.out == std::string("fastinfer-generate ") + fastinfer::kVersionString + "; cpu level " +
+                         fastinfer::cpu::cpu_level_name(fastinfer::cpu::detected_cpu_level()) + " (detected " +
+                         fastinfer::cpu::cpu_level_name(fastinfer::cpu::detected_cpu_level()) + "; float kernels " +
+                         fastinfer::cpu::float_kernel_isa(fastinfer::cpu::detected_cpu_level()) + ", q8_0 " +
+                         fastinfer::cpu::q8_0::kernel_isa(fastinfer::cpu::detected_cpu_level()) +
+                         ", elementwise/attention " + fastinfer::cpu::isa_name() + ")\n");
+  CHECK(scalar.code == 0);
+  CHECK(scalar.out.rfind("fastinfer-generate " + std::string(fastinfer::kVersionString) + "; cpu level scalar (detected ", 0) == 0);
+  CHECK(bad.code == 2);
+  CHECK(bad.err == "fastinfer-generate: error: FASTINFER_CPU_LEVEL=avx9: unknown CPU level (choose scalar, avx2 or avx512)\n");
 }
 
 TEST_CASE("fastinfer-generate: synthetic default model with converted weights runs", "[examples][cli]") {

@@ -14,6 +14,7 @@
 
 #include <unistd.h>
 
+#include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/gguf_loader.hpp"
 #include "fastinfer/model/llama2c_loader.hpp"
@@ -61,6 +62,8 @@ TEST_CASE("stories260K.gguf reproduces every golden case", "[model][golden][gguf
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
   const auto cases = read_golden_cases(cases_dir);
   REQUIRE(cases.size() >= 4);
+  // Which kernels produce the tokens (FASTINFER_CPU_LEVEL runs: tests/CMakeLists.txt).
+  WARN("cpu: " << fastinfer::cpu::kernel_isa_summary());
   // The converter wrote context_length 128; the checkpoint (and run.c) use 512.
   GgufLoadOptions o;
   o.max_seq_len = 512;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama2c_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
@@ -48,6 +49,8 @@ TEST_CASE("stories260K greedy generation reproduces every golden case", "[model]
   for (const auto& entry : std::filesystem::directory_iterator(cases_dir))
     if (entry.path().extension() == ".txt") cases.push_back(read_golden_case(entry.path()));
   REQUIRE(cases.size() >= 4);
+  // Which kernels produce the tokens (FASTINFER_CPU_LEVEL runs: tests/CMakeLists.txt).
+  WARN("cpu: " << fastinfer::cpu::kernel_isa_summary());
 
   for (int threads : {1, 2}) {
     fastinfer::LlamaModel<> model(fastinfer::load_llama2c(model_path.string()), {threads});

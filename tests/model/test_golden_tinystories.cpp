@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/hf_loader.hpp"
@@ -56,6 +57,8 @@ TEST_CASE("tinystories-656k greedy generation reproduces every golden case", "[m
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
   const auto cases = read_golden_cases(cases_dir);
   REQUIRE(cases.size() >= 4);
+  // Which kernels produce the tokens (FASTINFER_CPU_LEVEL runs: tests/CMakeLists.txt).
+  WARN("cpu: " << fastinfer::cpu::kernel_isa_summary());
   const auto tok = fastinfer::HfBpeTokenizer::from_directory(model_dir);
 
   for (int threads : {1, 2}) {

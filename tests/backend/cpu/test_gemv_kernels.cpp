@@ -1,19 +1,27 @@
 // The per-ISA float small-row matmul kernels (gemv_reference.hpp,
 // gemv_avx2.hpp, gemv_avx512.hpp), each called directly, so every set the
-// host can run is tested whichever one the build dispatches to:
+// host can run is tested whatever the build's flags (the sets are compiled in
+// target regions) and whichever one the current level dispatches to:
 // * the scalar kernel against reference::matmul within the rounding bound;
 // * each vector set bit for bit against the scalar statement of its
 //   documented summation order (testing::ordered_dot), for 1..32 rows in a
 //   pass and through matvec: a row's bits do not depend on the pass size
 //   (batch invariance), and are within the bound of the scalar kernel.
-// The log says which sets ran.
+// * cpu::matvec / cpu::matmul at every level the host supports: the set the
+//   level names, in its order, batch invariant.
+// The log says which sets and levels ran.
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "fastinfer/backend/cpu/cpu_level.hpp"
+#include "fastinfer/backend/cpu/gemm.hpp"
+#include "fastinfer/backend/cpu/gemv.hpp"
 #include "fastinfer/backend/cpu/gemv_avx2.hpp"
 #include "fastinfer/backend/cpu/gemv_avx512.hpp"
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
@@ -140,26 +148,65 @@ FASTINFER_TEST_KERNEL_SET(Avx512Matmul, cpu::avx512::matmul_rows<D>(w, x, n, y, 
 
 TEST_CASE("AVX-512 tiles follow the documented 16-lane order, a pass of up to 32 rows gives each its 1-row bits") {
 #if FASTINFER_CPU_AVX512_TILES
+  if (cpu::detected_cpu_level() < cpu::CpuLevel::avx512) {
+    WARN("float kernel set avx512: this CPU lacks AVX-512 (" << cpu::cpu_features_summary() << "), not run");
+    return;
+  }
   WARN("float kernel set avx512: ran");
   check_set<16>(for_dtype<Avx512>, "avx512 (matvec for 1 row)", 1);
   check_set<16>(for_dtype<Avx512Matmul>, "avx512 matmul", 1);
 #else
-  WARN("float kernel set avx512: not compiled in this build (needs -mavx512f), not run");
+  WARN("float kernel set avx512: not compiled in this build (no x86 target regions), not run");
 #endif
 }
 
 #if FASTINFER_CPU_AVX2_TILES
 namespace {
-FASTINFER_TEST_KERNEL_SET(Avx2, cpu::avx2::matmul_rows<D>(w, x, n, y, r0, r1))
+// n = 1 through matvec_rows: the decode path.
+FASTINFER_TEST_KERNEL_SET(Avx2, n == 1 ? cpu::avx2::matvec_rows<D>(w, x, y, r0, r1)
+                                       : cpu::avx2::matmul_rows<D>(w, x, n, y, r0, r1))
+FASTINFER_TEST_KERNEL_SET(Avx2Matmul, cpu::avx2::matmul_rows<D>(w, x, n, y, r0, r1))
 }  // namespace
 #endif
 
 TEST_CASE("AVX2 tiles follow the documented 8-lane order, a pass of up to 32 rows gives each its 1-row bits") {
 #if FASTINFER_CPU_AVX2_TILES
+  if (cpu::detected_cpu_level() < cpu::CpuLevel::avx2) {
+    WARN("float kernel set avx2: this CPU lacks AVX2 + FMA + F16C, not run");
+    return;
+  }
   WARN("float kernel set avx2: ran");
-  // The tiles serve matrices of 8 columns or more (avx2::usable).
-  check_set<8>(for_dtype<Avx2>, "avx2", 8);
+  check_set<8>(for_dtype<Avx2>, "avx2 (matvec for 1 row)", 1);
+  check_set<8>(for_dtype<Avx2Matmul>, "avx2 matmul", 1);
 #else
-  WARN("float kernel set avx2: not compiled in this build (needs -mavx2 -mfma -mf16c), not run");
+  WARN("float kernel set avx2: not compiled in this build (no x86 target regions), not run");
 #endif
+}
+
+TEST_CASE("cpu::matvec and cpu::matmul at every CPU level run that level's tiles, batch invariant") {
+  std::uint32_t seed = 12000;
+  const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel level) {
+    const std::string isa = cpu::float_kernel_isa();
+    CHECK(isa == cpu::float_kernel_isa(level));
+    for (DType dt : kFloatTypes)
+      for (auto [rows, cols] : {std::pair<std::int64_t, std::int64_t>{1, 7}, {37, 100}, {64, 259}}) {
+        auto w = random_matrix(dt, rows, cols, seed++);
+        const std::int64_t nmax = 32;
+        const auto x = random_floats(static_cast<std::size_t>(nmax * cols), seed++);
+        std::vector<float> alone(static_cast<std::size_t>(nmax * rows), NAN);
+        for (std::int64_t t = 0; t < nmax; ++t) cpu::matvec(w.view, x.data() + t * cols, alone.data() + t * rows, 2);
+        // The level's tiles ran: their documented order, bit for bit.
+        if (isa == "avx512") require_documented_order<16>(w.view, x.data(), nmax, alone, "matvec at avx512");
+        if (isa == "avx2") require_documented_order<8>(w.view, x.data(), nmax, alone, "matvec at avx2");
+        for (std::int64_t n : {2, 5, 6, 13, 32}) {
+          std::vector<float> y(static_cast<std::size_t>(n * rows), NAN), ref(y.size(), NAN);
+          cpu::matmul(w.view, x.data(), n, y.data(), 2);
+          INFO(dtype_name(dt) << " " << rows << "x" << cols << " n " << n);
+          REQUIRE(std::memcmp(y.data(), alone.data(), y.size() * sizeof(float)) == 0);
+          for_dtype<Scalar>(dt)(w.view, x.data(), n, ref.data(), 0, rows);
+          check_close(w.view, x.data(), n, y, ref);
+        }
+      }
+  });
+  WARN("cpu::matvec / cpu::matmul ran at cpu levels: " << ran);
 }

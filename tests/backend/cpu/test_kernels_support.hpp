@@ -11,8 +11,10 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "fastinfer/backend/cpu/cpu_level.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
 
 #include "fastinfer/core/dtype.hpp"
@@ -101,6 +103,21 @@ float ordered_dot(const MatrixView& w, std::int64_t r, const float* x) {
   float sum = (f[0] + f[1]) + (f[2] + f[3]);
   for (std::int64_t c = cend; c < w.cols; ++c) sum = std::fma(row[std::size_t(c)], x[c], sum);
   return sum;
+}
+
+// Runs body(level) at every CPU level the host supports (cpu_level.hpp),
+// lowest first, the level set for the call and named in any failure; returns
+// the names of the levels run, for the log.
+template <class Body>
+std::string at_every_cpu_level(Body&& body) {
+  std::string ran;
+  for (cpu::CpuLevel level : cpu::supported_cpu_levels()) {
+    cpu::CpuLevelScope scope(level);
+    INFO("cpu level " << cpu::cpu_level_name(level));
+    body(level);
+    ran += (ran.empty() ? "" : " ") + std::string(cpu::cpu_level_name(level));
+  }
+  return ran;
 }
 
 }  // namespace fastinfer::testing

@@ -2,17 +2,20 @@
 // products (AVX2; AVX-512 VNNI tiles) against the scalar reference over odd
 // block counts, the AVX-512 tiles against the AVX2 kernel bit for bit, and the
 // matvec against an f32 matvec of the dequantized weights within the error
-// bound of activation quantization.
+// bound of activation quantization. The kernel cases run at every CPU level
+// the host supports (the log names them).
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
+#include "test_kernels_support.hpp"
 
 using namespace fastinfer;
 namespace q8 = fastinfer::cpu::q8_0;
@@ -78,93 +81,104 @@ TEST_CASE("dequantize(quantize(x)) is within half a quantization step") {
 }
 
 TEST_CASE("SIMD dot equals the scalar reference over odd block counts") {
-  for (std::int64_t nb : {1, 2, 3, 5, 7, 8, 24, 33, 64, 72}) {
-    const auto w = random_vector(std::size_t(nb * 32), std::uint32_t(nb), 0.05f);
-    const auto x = random_vector(std::size_t(nb * 32), std::uint32_t(nb + 100), 2.0f);
-    const auto wq = quantize_matrix(w, 1, nb * 32);
-    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nb));
-    q8::quantize_activation(x.data(), xq.data(), nb * 32);
-    const float ref = q8::dot_reference(wq.data(), xq.data(), nb);
-    const float simd = q8::dot(wq.data(), xq.data(), nb);
-    // Same exact int32 block sums; only the f32 order of adding blocks differs.
-    double mag = 0;
-    for (std::int64_t b = 0; b < nb; ++b) {
-      std::uint16_t dh;
-      std::memcpy(&dh, wq.data() + b * 34, 2);
-      mag += std::fabs(f16_to_f32(dh) * xq[std::size_t(b)].d) * 32 * 127 * 127;
+  const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel) {
+    for (std::int64_t nb : {1, 2, 3, 5, 7, 8, 24, 33, 64, 72}) {
+      const auto w = random_vector(std::size_t(nb * 32), std::uint32_t(nb), 0.05f);
+      const auto x = random_vector(std::size_t(nb * 32), std::uint32_t(nb + 100), 2.0f);
+      const auto wq = quantize_matrix(w, 1, nb * 32);
+      std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nb));
+      q8::quantize_activation(x.data(), xq.data(), nb * 32);
+      const float ref = q8::dot_reference(wq.data(), xq.data(), nb);
+      const float simd = q8::dot(wq.data(), xq.data(), nb);
+      // Same exact int32 block sums; only the f32 order of adding blocks differs.
+      double mag = 0;
+      for (std::int64_t b = 0; b < nb; ++b) {
+        std::uint16_t dh;
+        std::memcpy(&dh, wq.data() + b * 34, 2);
+        mag += std::fabs(f16_to_f32(dh) * xq[std::size_t(b)].d) * 32 * 127 * 127;
+      }
+      INFO("blocks " << nb << " ref " << ref << " simd " << simd);
+      CHECK(std::fabs(ref - simd) <= 1e-6 * mag + 1e-7);
     }
-    INFO("blocks " << nb << " ref " << ref << " simd " << simd);
-    CHECK(std::fabs(ref - simd) <= 1e-6 * mag + 1e-7);
-  }
-  WARN("Q8_0 kernels of this build: " << q8::kernel_isa());
+  });
+  WARN("Q8_0 kernels ran at cpu levels: " << ran);
 }
 
 TEST_CASE("the sign trick handles -128 weight quants (foreign quantizers)") {
-  std::vector<std::uint8_t> w(34 * 2);
-  const std::uint16_t one = f32_to_f16(1.0f);
-  std::vector<q8::ActivationBlock> x(2);
-  for (int b = 0; b < 2; ++b) {
-    std::memcpy(w.data() + b * 34, &one, 2);
-    x[std::size_t(b)].d = 1.0f;
-    for (int j = 0; j < 32; ++j) {
-      w[std::size_t(b * 34 + 2 + j)] = std::uint8_t(std::int8_t(j % 2 ? -128 : 127));
-      x[std::size_t(b)].qs[j] = std::int8_t(j % 3 ? -127 : 127);
+  const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel) {
+    std::vector<std::uint8_t> w(34 * 2);
+    const std::uint16_t one = f32_to_f16(1.0f);
+    std::vector<q8::ActivationBlock> x(2);
+    for (int b = 0; b < 2; ++b) {
+      std::memcpy(w.data() + b * 34, &one, 2);
+      x[std::size_t(b)].d = 1.0f;
+      for (int j = 0; j < 32; ++j) {
+        w[std::size_t(b * 34 + 2 + j)] = std::uint8_t(std::int8_t(j % 2 ? -128 : 127));
+        x[std::size_t(b)].qs[j] = std::int8_t(j % 3 ? -127 : 127);
+      }
     }
-  }
-  CHECK(q8::dot(w.data(), x.data(), 2) == q8::dot_reference(w.data(), x.data(), 2));
+    CHECK(q8::dot(w.data(), x.data(), 2) == q8::dot_reference(w.data(), x.data(), 2));
+  });
+  WARN("Q8_0 kernels ran at cpu levels: " << ran);
 }
 
 TEST_CASE("q8_0 matvec matches the reference and the f32 matvec of dequantized weights") {
-  for (auto [rows, cols] : {std::pair<std::int64_t, std::int64_t>{1, 32}, {7, 96}, {33, 160}, {64, 768}, {515, 256}}) {
-    const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(rows), 0.02f);
-    const auto x = random_vector(std::size_t(cols), std::uint32_t(cols), 1.0f);
-    const auto wq = quantize_matrix(w, rows, cols);
-    const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
+  const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel) {
+    for (auto [rows, cols] : {std::pair<std::int64_t, std::int64_t>{1, 32}, {7, 96}, {33, 160}, {64, 768}, {515, 256}}) {
+      const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(rows), 0.02f);
+      const auto x = random_vector(std::size_t(cols), std::uint32_t(cols), 1.0f);
+      const auto wq = quantize_matrix(w, rows, cols);
+      const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
 
-    std::vector<float> y_ref(static_cast<std::size_t>(rows)), y1(static_cast<std::size_t>(rows)), y2(static_cast<std::size_t>(rows)), y_f32(static_cast<std::size_t>(rows)),
-        y_kern(static_cast<std::size_t>(rows));
-    q8::matvec_reference(view, x.data(), y_ref.data());
-    q8::matvec(view, x.data(), y1.data(), 1);
-    q8::matvec(view, x.data(), y2.data(), 2);
-    cpu::matvec(view, x.data(), y_kern.data(), 2);  // the backend's dispatch
-    cpu::reference::matvec(view, x.data(), y_f32.data());  // dequantized weights, f32 x
+      std::vector<float> y_ref(static_cast<std::size_t>(rows)), y1(static_cast<std::size_t>(rows)), y2(static_cast<std::size_t>(rows)), y_f32(static_cast<std::size_t>(rows)),
+          y_kern(static_cast<std::size_t>(rows));
+      q8::matvec_reference(view, x.data(), y_ref.data());
+      q8::matvec(view, x.data(), y1.data(), 1);
+      q8::matvec(view, x.data(), y2.data(), 2);
+      cpu::matvec(view, x.data(), y_kern.data(), 2);  // the backend's dispatch
+      cpu::reference::matvec(view, x.data(), y_f32.data());  // dequantized weights, f32 x
 
-    // Activation error bound: |x_j - xq_j| <= d_x/2 per element, so a row's
-    // error is at most sum_b (d_x_b / 2) * sum_j |w_bj|, plus f32 rounding.
-    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(cols / 32));
-    q8::quantize_activation(x.data(), xq.data(), cols);
-    std::vector<float> wrow(static_cast<std::size_t>(cols));
-    for (std::int64_t r = 0; r < rows; ++r) {
-      q8::dequantize_row_reference(view.row_ptr(r), wrow.data(), cols);
-      double bound = 0, mag = 0;
-      for (std::int64_t c = 0; c < cols; ++c) {
-        bound += 0.5 * xq[std::size_t(c / 32)].d * std::fabs(wrow[std::size_t(c)]);
-        mag += std::fabs(wrow[std::size_t(c)] * x[std::size_t(c)]);
+      // Activation error bound: |x_j - xq_j| <= d_x/2 per element, so a row's
+      // error is at most sum_b (d_x_b / 2) * sum_j |w_bj|, plus f32 rounding.
+      std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(cols / 32));
+      q8::quantize_activation(x.data(), xq.data(), cols);
+      std::vector<float> wrow(static_cast<std::size_t>(cols));
+      for (std::int64_t r = 0; r < rows; ++r) {
+        q8::dequantize_row_reference(view.row_ptr(r), wrow.data(), cols);
+        double bound = 0, mag = 0;
+        for (std::int64_t c = 0; c < cols; ++c) {
+          bound += 0.5 * xq[std::size_t(c / 32)].d * std::fabs(wrow[std::size_t(c)]);
+          mag += std::fabs(wrow[std::size_t(c)] * x[std::size_t(c)]);
+        }
+        INFO("rows " << rows << " cols " << cols << " row " << r);
+        CHECK(std::fabs(y1[std::size_t(r)] - y_ref[std::size_t(r)]) <= 1e-5 * mag + 1e-6);
+        CHECK(y2[std::size_t(r)] == y1[std::size_t(r)]);  // threads split rows, never a row's sum
+        CHECK(y_kern[std::size_t(r)] == y1[std::size_t(r)]);
+        CHECK(std::fabs(y_ref[std::size_t(r)] - y_f32[std::size_t(r)]) <= bound + 1e-5 * mag + 1e-6);
       }
-      INFO("rows " << rows << " cols " << cols << " row " << r);
-      CHECK(std::fabs(y1[std::size_t(r)] - y_ref[std::size_t(r)]) <= 1e-5 * mag + 1e-6);
-      CHECK(y2[std::size_t(r)] == y1[std::size_t(r)]);  // threads split rows, never a row's sum
-      CHECK(y_kern[std::size_t(r)] == y1[std::size_t(r)]);
-      CHECK(std::fabs(y_ref[std::size_t(r)] - y_f32[std::size_t(r)]) <= bound + 1e-5 * mag + 1e-6);
     }
-  }
+  });
+  WARN("Q8_0 kernels ran at cpu levels: " << ran);
 }
 
 TEST_CASE("q8_0 matmul equals one matvec per token") {
-  const std::int64_t rows = 40, cols = 128, n = 5;
-  const auto w = random_vector(std::size_t(rows * cols), 7, 0.1f);
-  const auto x = random_vector(std::size_t(n * cols), 8, 1.0f);
-  const auto wq = quantize_matrix(w, rows, cols);
-  const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
-  std::vector<float> y(static_cast<std::size_t>(n * rows)), yk(static_cast<std::size_t>(n * rows)),
-      yt(static_cast<std::size_t>(rows));
-  q8::matmul(view, x.data(), n, y.data(), 2);
-  cpu::matmul(view, x.data(), n, yk.data(), 2);
-  CHECK(yk == y);
-  for (std::int64_t t = 0; t < n; ++t) {
-    q8::matvec(view, x.data() + t * cols, yt.data(), 1);
-    for (std::int64_t r = 0; r < rows; ++r) CHECK(y[std::size_t(t * rows + r)] == yt[std::size_t(r)]);
-  }
+  const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel) {
+    const std::int64_t rows = 40, cols = 128, n = 5;
+    const auto w = random_vector(std::size_t(rows * cols), 7, 0.1f);
+    const auto x = random_vector(std::size_t(n * cols), 8, 1.0f);
+    const auto wq = quantize_matrix(w, rows, cols);
+    const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
+    std::vector<float> y(static_cast<std::size_t>(n * rows)), yk(static_cast<std::size_t>(n * rows)),
+        yt(static_cast<std::size_t>(rows));
+    q8::matmul(view, x.data(), n, y.data(), 2);
+    cpu::matmul(view, x.data(), n, yk.data(), 2);
+    CHECK(yk == y);
+    for (std::int64_t t = 0; t < n; ++t) {
+      q8::matvec(view, x.data() + t * cols, yt.data(), 1);
+      for (std::int64_t r = 0; r < rows; ++r) CHECK(y[std::size_t(t * rows + r)] == yt[std::size_t(r)]);
+    }
+  });
+  WARN("Q8_0 kernels ran at cpu levels: " << ran);
 }
 
 TEST_CASE("q8_0 matmul of a matrix with no columns gives zeros") {
@@ -181,32 +195,41 @@ TEST_CASE("q8_0 matvec rejects non-Q8_0 matrices and ragged rows") {
 }
 
 TEST_CASE("q8_0 matmul tiles are batch invariant over token counts and row tails") {
-  // Token counts cross the 4-token tiles and the L1 chunks of the AVX-512
-  // kernel (28 tokens at 24 blocks); rows cross the 4-row groups.
-  for (auto [rows, nb] : {std::pair<std::int64_t, std::int64_t>{13, 24}, {6, 1}, {9, 3}, {4, 33}}) {
-    const std::int64_t cols = nb * 32, n = 70;
-    const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(rows + nb), 0.05f);
-    const auto x = random_vector(std::size_t(n * cols), std::uint32_t(nb), 1.0f);
-    const auto wq = quantize_matrix(w, rows, cols);
-    const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
-    std::vector<float> y(static_cast<std::size_t>(n * rows)), yt(static_cast<std::size_t>(rows));
-    q8::matmul(view, x.data(), n, y.data(), 2);
-    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nb));
-    for (std::int64_t t = 0; t < n; ++t) {
-      q8::matvec(view, x.data() + t * cols, yt.data(), 1);
-      q8::quantize_activation(x.data() + t * cols, xq.data(), cols);
-      for (std::int64_t r = 0; r < rows; ++r) {
-        INFO("rows " << rows << " blocks " << nb << " token " << t << " row " << r);
-        REQUIRE(y[std::size_t(t * rows + r)] == yt[std::size_t(r)]);
-        const float ref = q8::dot_reference(view.row_ptr(r), xq.data(), nb);
-        REQUIRE(std::fabs(y[std::size_t(t * rows + r)] - ref) <= 1e-5f * (1.0f + std::fabs(ref)));
+  const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel) {
+    // Token counts cross the 4-token tiles and the L1 chunks of the AVX-512
+    // kernel (28 tokens at 24 blocks); rows cross the 4-row groups.
+    for (auto [rows, nb] : {std::pair<std::int64_t, std::int64_t>{13, 24}, {6, 1}, {9, 3}, {4, 33}}) {
+      const std::int64_t cols = nb * 32, n = 70;
+      const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(rows + nb), 0.05f);
+      const auto x = random_vector(std::size_t(n * cols), std::uint32_t(nb), 1.0f);
+      const auto wq = quantize_matrix(w, rows, cols);
+      const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
+      std::vector<float> y(static_cast<std::size_t>(n * rows)), yt(static_cast<std::size_t>(rows));
+      q8::matmul(view, x.data(), n, y.data(), 2);
+      std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nb));
+      for (std::int64_t t = 0; t < n; ++t) {
+        q8::matvec(view, x.data() + t * cols, yt.data(), 1);
+        q8::quantize_activation(x.data() + t * cols, xq.data(), cols);
+        for (std::int64_t r = 0; r < rows; ++r) {
+          INFO("rows " << rows << " blocks " << nb << " token " << t << " row " << r);
+          REQUIRE(y[std::size_t(t * rows + r)] == yt[std::size_t(r)]);
+          const float ref = q8::dot_reference(view.row_ptr(r), xq.data(), nb);
+          REQUIRE(std::fabs(y[std::size_t(t * rows + r)] - ref) <= 1e-5f * (1.0f + std::fabs(ref)));
+        }
       }
     }
-  }
+  });
+  WARN("Q8_0 kernels ran at cpu levels: " << ran);
 }
 
 #if FASTINFER_CPU_Q8_0_AVX512
 TEST_CASE("AVX-512 VNNI tiles equal the AVX2 kernel bit for bit, -128 quants included") {
+  if (q8::kernel_set(cpu::detected_cpu_level()) != q8::KernelSet::avx512_vnni) {
+    WARN("Q8_0 AVX-512 VNNI tiles: this CPU lacks AVX-512 or VNNI (" << cpu::cpu_features_summary() << "), not run");
+    return;
+  }
+  WARN("Q8_0 AVX-512 VNNI tiles: ran");
+  cpu::CpuLevelScope at_avx512(cpu::CpuLevel::avx512);
   // Same exact int32 lane sums and the same float order (even/odd block
   // accumulators): an AVX2 and an AVX-512 build agree on every Q8_0 result.
   for (std::int64_t nb : {1, 2, 3, 5, 24, 33, 64}) {

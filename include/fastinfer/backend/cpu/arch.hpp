@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "fastinfer/backend/cpu/cpu_target.hpp"
 #include "fastinfer/backend/cpu/xsimd_compat.hpp"
 
 #include "fastinfer/core/dtype.hpp"
@@ -72,11 +73,15 @@ inline constexpr bool kHardwareF16 =
 #endif
 
 namespace arch_detail {
-
-// The widening of one register, per register width, for the per-ISA kernels
-// (gemv_avx2.hpp, gemv_avx512.hpp) that fix their width whatever xsimd picks:
-// an AVX-512 build still compiles, and tests, the 8-float kernels.
-#if defined(__AVX2__) && defined(__F16C__)
+// The stored row widened, per register width, and the fused multiply-add of
+// the tails, for the per-ISA kernels (gemv_avx2.hpp, gemv_avx512.hpp): each
+// fixes its width whatever xsimd picks, compiled in its level's target region
+// (cpu_target.hpp), so every build carries every level.
+#if FASTINFER_CPU_DISPATCH
+}  // namespace arch_detail
+}  // namespace fastinfer::cpu
+FASTINFER_CPU_TARGET_BEGIN(FASTINFER_CPU_ISA_AVX2)
+namespace fastinfer::cpu::arch_detail {
 // 8 floats from 8 stored elements at p (unaligned).
 template <DType D>
 inline __m256 load8_f32(const void* p) {
@@ -89,8 +94,15 @@ inline __m256 load8_f32(const void* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(static_cast<const __m128i*>(p)));
   }
 }
-#endif
-#if defined(__AVX512F__)
+// a * b + c rounded once, whatever the build's FP_FAST_FMAF and contraction
+// flags: the tail columns of the vector levels (their documented order).
+inline float fma_fused(float a, float b, float c) {
+  return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+}
+}  // namespace fastinfer::cpu::arch_detail
+FASTINFER_CPU_TARGET_END
+FASTINFER_CPU_TARGET_BEGIN(FASTINFER_CPU_ISA_AVX512)
+namespace fastinfer::cpu::arch_detail {
 // 16 floats from 16 stored elements at p (unaligned).
 template <DType D>
 inline __m512 load16_f32(const void* p) {
@@ -103,6 +115,10 @@ inline __m512 load16_f32(const void* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
   }
 }
+}  // namespace fastinfer::cpu::arch_detail
+FASTINFER_CPU_TARGET_END
+namespace fastinfer::cpu {
+namespace arch_detail {
 #endif
 
 #if FASTINFER_CPU_SIMD
@@ -111,9 +127,9 @@ template <DType D>
 inline FloatBatch load_f32(const void* p) {
   static_assert(D == DType::F32 || D == DType::BF16 || D == DType::F16,
                 "load_f32 widens f32, bf16 and f16 only; Q8_0 has its own block kernel");
-#if defined(__AVX512F__) && FASTINFER_CPU_LANES == 16
+#if FASTINFER_CPU_DISPATCH && defined(__AVX512F__) && FASTINFER_CPU_LANES == 16
   return load16_f32<D>(p);
-#elif defined(__AVX2__) && defined(__F16C__) && FASTINFER_CPU_LANES == 8
+#elif FASTINFER_CPU_DISPATCH && defined(__AVX2__) && defined(__F16C__) && FASTINFER_CPU_LANES == 8
   return load8_f32<D>(p);
 #else
   if constexpr (D == DType::F32) {
@@ -148,14 +164,17 @@ inline FloatBatch load_f32(const void* p) {
 
 }  // namespace arch_detail
 
-#if defined(__AVX__)
-namespace arch_detail {
+#if FASTINFER_CPU_DISPATCH
+}  // namespace fastinfer::cpu
+FASTINFER_CPU_TARGET_BEGIN(FASTINFER_CPU_ISA_AVX)
+namespace fastinfer::cpu::arch_detail {
 
 // Horizontal sums of several 8-float registers at once, each bit-equal to
 // xsimd::hadd's on AVX (the same additions in the same tree: x_i + x_{i+4},
 // then adjacent pairs, then the two pair sums), transposed into one
 // register: a dozen instructions for 8 sums instead of ~5 per sum plus the
-// scalar stores. The matmul tiles and the attention scores use them.
+// scalar stores. The matmul tiles and the attention scores use them (AVX
+// only, so an attention kernel compiled for plain AVX2 flags inlines them).
 
 // [a_lo + a_hi | b_lo + b_hi]: the first level of the tree for two registers.
 inline __m256 fold_halves(__m256 a, __m256 b) {
@@ -174,7 +193,9 @@ inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
   return _mm_unpacklo_ps(_mm256_castps256_ps128(h2), _mm256_extractf128_ps(h2, 1));
 }
 
-}  // namespace arch_detail
+}  // namespace fastinfer::cpu::arch_detail
+FASTINFER_CPU_TARGET_END
+namespace fastinfer::cpu {
 #endif
 
 // Element i of a stored row as f32: the scalar twin of load_f32, for tails.

@@ -46,7 +46,7 @@
 #include "fastinfer/kv/kv_quant.hpp"
 #include "fastinfer/kv/paged_kv_view.hpp"
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#if FASTINFER_CPU_DISPATCH && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define FASTINFER_ATTENTION_AVX2 1
 #else

@@ -2,7 +2,7 @@
 //
 // Two regimes:
 // * n <= kDotMaxTokens (32: speculative verification, batched decode, the
-//   engine's mixed steps): the small-row tiles of the build's instruction set
+//   engine's mixed steps): the small-row tiles of the current CPU level
 //   (gemv_avx512.hpp, gemv_avx2.hpp, else gemv.hpp's dot_tile) over blocks of
 //   weight rows kept in L1/L2, bf16/f16 widened in registers. Weights are
 //   read from memory once, and every token gets exactly the bits matvec
@@ -57,15 +57,17 @@ inline constexpr std::int64_t kWidenTileRows = 8 * kPanelRows;
 // AVX-512 tiles' figures are in docs/benchmarks.md.
 inline constexpr std::int64_t kDotMaxTokens = 32;
 inline constexpr int kDotRows = 6, kDotTokens = 2;  // generic dot_tile: 12 accumulators + 2 x + 1 w
-// Rows per block (and the row grain of a thread's share): the build's tiles'.
-#if FASTINFER_CPU_FLOAT_AVX512
-inline constexpr std::int64_t kDotBlockRows = avx512::kBlockRows;
-#elif FASTINFER_CPU_FLOAT_AVX2
-inline constexpr std::int64_t kDotBlockRows = avx2::kBlockRows;
-#else
-// 32 rows of a 2048-wide f32 matrix are 256 KiB, half of a Zen 3 core's L2.
+// Rows per block of the generic tiles: 32 rows of a 2048-wide f32 matrix are
+// 256 KiB, half of a Zen 3 core's L2.
 inline constexpr std::int64_t kDotBlockRows = 32;
+// Rows per block (and the row grain of a thread's share) of a level's tiles.
+inline std::int64_t dot_block_rows(CpuLevel level) {
+#if FASTINFER_CPU_DISPATCH
+  if (level >= CpuLevel::avx512) return avx512::kBlockRows;
+  if (level == CpuLevel::avx2) return avx2::kBlockRows;
 #endif
+  return kDotBlockRows;
+}
 
 // Y[:, r0:r0+m] += W_tile (m x k, row-major, leading dim ldw) * X^T.
 inline void gemm_tile(const float* w, std::int64_t ldw, std::int64_t m, const float* x, std::int64_t k,
@@ -105,19 +107,13 @@ inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, flo
   }
 }
 
-// Rows [r0, r1) of Y = X W^T with the small-row tiles (n <= kDotMaxTokens).
+// Rows [r0, r1) of Y = X W^T with the generic small-row tiles (level scalar).
 template <DType D>
-inline void dot_matmul_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
-                            std::int64_t r1) {
-#if FASTINFER_CPU_FLOAT_AVX512
-  avx512::matmul_rows<D>(w, x, n, y, r0, r1);
-#else
+inline void dot_matmul_rows_generic(const MatrixView& w, const float* x, std::int64_t n, float* y,
+                                    std::int64_t r0, std::int64_t r1) {
   using gemv_detail::dot_tile;
   const std::int64_t k = w.cols;
   const std::size_t stride = row_bytes(w.dtype, k);
-#if FASTINFER_CPU_FLOAT_AVX2
-  if (avx2::usable(k, stride)) return avx2::matmul_rows<D>(w, x, n, y, r0, r1);
-#endif
   for (std::int64_t b0 = r0; b0 < r1; b0 += kDotBlockRows) {
     const std::int64_t m = std::min(kDotBlockRows, r1 - b0);
     const std::uint8_t* base = w.row_ptr(b0);
@@ -139,18 +135,28 @@ inline void dot_matmul_rows(const MatrixView& w, const float* x, std::int64_t n,
       for (; r < m; ++r) dot_tile<D, 1, 1>(base + r * stride, stride, xt, k, k, yt + r, w.rows);
     }
   }
-#endif
 }
 
-inline void dot_matmul_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
-                            std::int64_t r1) {
+// Rows [r0, r1) of Y = X W^T with the small-row tiles of `level` (n <= kDotMaxTokens).
+template <DType D>
+inline void dot_matmul_rows(CpuLevel level, const MatrixView& w, const float* x, std::int64_t n, float* y,
+                            std::int64_t r0, std::int64_t r1) {
+#if FASTINFER_CPU_DISPATCH
+  if (level >= CpuLevel::avx512) return avx512::matmul_rows<D>(w, x, n, y, r0, r1);
+  if (level == CpuLevel::avx2) return avx2::matmul_rows<D>(w, x, n, y, r0, r1);
+#endif
+  dot_matmul_rows_generic<D>(w, x, n, y, r0, r1);
+}
+
+inline void dot_matmul_rows(CpuLevel level, const MatrixView& w, const float* x, std::int64_t n, float* y,
+                            std::int64_t r0, std::int64_t r1) {
   switch (w.dtype) {
     case DType::F32:
-      return dot_matmul_rows<DType::F32>(w, x, n, y, r0, r1);
+      return dot_matmul_rows<DType::F32>(level, w, x, n, y, r0, r1);
     case DType::BF16:
-      return dot_matmul_rows<DType::BF16>(w, x, n, y, r0, r1);
+      return dot_matmul_rows<DType::BF16>(level, w, x, n, y, r0, r1);
     case DType::F16:
-      return dot_matmul_rows<DType::F16>(w, x, n, y, r0, r1);
+      return dot_matmul_rows<DType::F16>(level, w, x, n, y, r0, r1);
     case DType::Q8_0:
       break;  // routed to q8_0::matmul before this point
   }
@@ -174,8 +180,9 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
     const int nt =
         std::max(threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads),
                  threads_for(macs, ParallelThresholds::kMatmulMacsPerThread, threads));
-    parallel_ranges(w.rows, kDotBlockRows, nt,
-                    [&](std::int64_t r0, std::int64_t r1) { dot_matmul_rows(w, x, n, y, r0, r1); });
+    const CpuLevel level = cpu_level();  // once, before the threads start
+    parallel_ranges(w.rows, dot_block_rows(level), nt,
+                    [&](std::int64_t r0, std::int64_t r1) { dot_matmul_rows(level, w, x, n, y, r0, r1); });
     return;
   }
   const std::int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;

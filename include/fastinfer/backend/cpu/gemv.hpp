@@ -2,13 +2,15 @@
 // accumulation): the whole of decode's time on a model that does not fit in
 // cache, so it is written to stream the weights at memory speed.
 //
-// The kernels, per instruction set (each in its own namespace, so that a
-// run-time dispatcher can later pick among them):
+// The kernels, per instruction set (each in its own namespace):
 //   gemv_reference.hpp  cpu::scalar   plain loops: the tests' oracle
 //   gemv_avx2.hpp       cpu::avx2     8-float register tiles (AVX2 + FMA + F16C)
 //   gemv_avx512.hpp     cpu::avx512   16-float register tiles (AVX-512)
 //   dot_tile below      generic       xsimd at whatever width the build has
-// The widest the compiler flags allow serves (float_kernel_isa() names it).
+// The per-ISA sets are compiled in target regions, so every x86 build carries
+// them; each call runs the set of the current CPU level (cpu_level.hpp: the
+// widest the CPU has, or a lower one forced), the generic one at level
+// scalar. float_kernel_isa() names the set.
 //
 // One summation order for every (row, token) dot product at a given
 // instruction set, wherever it is computed: kLanes-wide chunks in column
@@ -23,6 +25,7 @@
 #include <cstdint>
 
 #include "fastinfer/backend/cpu/arch.hpp"
+#include "fastinfer/backend/cpu/cpu_level.hpp"
 #include "fastinfer/backend/cpu/gemv_avx2.hpp"
 #include "fastinfer/backend/cpu/gemv_avx512.hpp"
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
@@ -31,19 +34,6 @@
 #include "fastinfer/backend/cpu/threading.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
-
-// Which float kernel set serves this build: AVX-512 tiles where the compiler
-// allows them, the AVX2 tiles where registers hold 8 floats, else dot_tile.
-#if FASTINFER_CPU_SIMD && FASTINFER_CPU_AVX512_TILES && FASTINFER_CPU_LANES == 16
-#define FASTINFER_CPU_FLOAT_AVX512 1
-#else
-#define FASTINFER_CPU_FLOAT_AVX512 0
-#endif
-#if FASTINFER_CPU_SIMD && FASTINFER_CPU_AVX2_TILES && FASTINFER_CPU_LANES == 8
-#define FASTINFER_CPU_FLOAT_AVX2 1
-#else
-#define FASTINFER_CPU_FLOAT_AVX2 0
-#endif
 
 namespace fastinfer::cpu {
 namespace gemv_detail {
@@ -134,36 +124,40 @@ FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t s
 }
 
 
-// Rows [begin, end) of y = W x.
+// Rows [begin, end) of y = W x with the generic dot_tile (level scalar).
 template <DType D>
-inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int64_t begin, std::int64_t end) {
-#if FASTINFER_CPU_FLOAT_AVX512
-  avx512::matvec_rows<D>(w, x, y, begin, end);
-#else
+inline void matvec_rows_generic(const MatrixView& w, const float* x, float* y, std::int64_t begin,
+                                std::int64_t end) {
   const std::size_t stride = row_bytes(w.dtype, w.cols);
-  std::int64_t r = begin;
-#if FASTINFER_CPU_FLOAT_AVX2
-  // f32 only: bf16/f16 matvec streams large models with a prefetching tile
-  // (below), and gives the same bits either way.
-  if constexpr (D == DType::F32)
-    if (avx2::usable(w.cols, stride)) r = avx2::matvec_8rows<D>(w, x, y, r, end);
-#endif
   constexpr int R = kMatvecRows<D>;
+  std::int64_t r = begin;
   for (; r + R <= end; r += R)
     dot_tile<D, R, 1, kMatvecPrefetch<D>>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
   for (; r < end; ++r) dot_tile<D, 1, 1>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
+}
+
+// Rows [begin, end) of y = W x with the kernel set of `level`.
+template <DType D>
+inline void matvec_rows(CpuLevel level, const MatrixView& w, const float* x, float* y, std::int64_t begin,
+                        std::int64_t end) {
+#if FASTINFER_CPU_DISPATCH
+  if (level >= CpuLevel::avx512) return avx512::matvec_rows<D>(w, x, y, begin, end);
+  if (level == CpuLevel::avx2) return avx2::matvec_rows<D>(w, x, y, begin, end);
 #endif
+  matvec_rows_generic<D>(w, x, y, begin, end);
 }
 
 }  // namespace gemv_detail
 
-// The float kernel set of this build, for logs and benchmarks.
-inline const char* float_kernel_isa() {
-#if FASTINFER_CPU_FLOAT_AVX512
-  return "avx512";
-#elif FASTINFER_CPU_FLOAT_AVX2
-  return "avx2";
-#elif FASTINFER_CPU_SIMD
+// The float kernel set of a level (the current one by default), for logs
+// and benchmarks: "avx512", "avx2", else "generic" (xsimd at the build's
+// flags, see isa_name()) or "scalar" (a build without SIMD).
+inline const char* float_kernel_isa(CpuLevel level = cpu_level()) {
+#if FASTINFER_CPU_DISPATCH
+  if (level >= CpuLevel::avx512) return "avx512";
+  if (level == CpuLevel::avx2) return "avx2";
+#endif
+#if FASTINFER_CPU_SIMD
   return "generic";
 #else
   return "scalar";
@@ -177,18 +171,19 @@ inline void matvec(const MatrixView& w, const float* x, float* y, int threads = 
                   w.cols);
   using namespace gemv_detail;
   const int nt = threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads);
+  const CpuLevel level = cpu_level();  // once, before the threads start
   switch (w.dtype) {
     case DType::F32:
       parallel_ranges(w.rows, kRowsPerStep, nt,
-                      [&](std::int64_t b, std::int64_t e) { matvec_rows<DType::F32>(w, x, y, b, e); });
+                      [&](std::int64_t b, std::int64_t e) { matvec_rows<DType::F32>(level, w, x, y, b, e); });
       return;
     case DType::BF16:
       parallel_ranges(w.rows, kRowsPerStep, nt,
-                      [&](std::int64_t b, std::int64_t e) { matvec_rows<DType::BF16>(w, x, y, b, e); });
+                      [&](std::int64_t b, std::int64_t e) { matvec_rows<DType::BF16>(level, w, x, y, b, e); });
       return;
     case DType::F16:
       parallel_ranges(w.rows, kRowsPerStep, nt,
-                      [&](std::int64_t b, std::int64_t e) { matvec_rows<DType::F16>(w, x, y, b, e); });
+                      [&](std::int64_t b, std::int64_t e) { matvec_rows<DType::F16>(level, w, x, y, b, e); });
       return;
     case DType::Q8_0:
       q8_0::matvec(w, x, y, nt);  // int8 block kernel (q8_0.hpp)

@@ -13,8 +13,9 @@
 // block loop GCC 12 spilled two of the eight accumulators; either way a
 // store-to-load round trip on every FMA chain, 2-3x slower.
 //
-// The kernels fix their own width (arch_detail::load8_f32), so an AVX-512
-// build compiles them too and the tests run them beside the AVX-512 ones.
+// The kernels fix their own width (arch_detail::load8_f32) and are compiled
+// in an AVX2 target region (cpu_target.hpp): every x86 build carries them,
+// whatever its flags, and the avx2 level (cpu_level.hpp) runs them.
 #pragma once
 
 #include <algorithm>
@@ -25,11 +26,8 @@
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
 #include "fastinfer/core/tensor.hpp"
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define FASTINFER_CPU_AVX2_TILES 1
-#else
-#define FASTINFER_CPU_AVX2_TILES 0
-#endif
+// 1: this build carries the AVX2 tiles (every x86 build with g++ or clang).
+#define FASTINFER_CPU_AVX2_TILES FASTINFER_CPU_DISPATCH
 
 // Kept out of line: inlined into a large caller, GCC 12 left accumulator
 // arrays on the stack (see above).
@@ -53,8 +51,10 @@ inline constexpr bool kMatvecPrefetch = D != DType::F32;
 }  // namespace fastinfer::cpu::gemv_detail
 
 #if FASTINFER_CPU_AVX2_TILES
+FASTINFER_CPU_TARGET_BEGIN(FASTINFER_CPU_ISA_AVX2)
 namespace fastinfer::cpu::avx2 {
 
+using arch_detail::fma_fused;
 using arch_detail::load8_f32;
 using arch_detail::reduce4;
 using arch_detail::reduce8;
@@ -133,12 +133,24 @@ FASTINFER_CPU_NOINLINE inline __m256 dot_8x1(const std::uint8_t* w, std::size_t 
   return reduce8(a0, a4, a1, a5, a2, a6, a3, a7);
 }
 
-// Sums of 4 rows with x over [0, cend).
-template <DType D>
+// Sums of 4 rows with x over [0, cend). With PrefetchNext, each cache line
+// of the 4 rows also prefetches the same column of the next 4 rows: 16-bit
+// weights need so many instructions per line that the out-of-order window
+// alone keeps too few misses in flight (the bf16/f16 matvec).
+template <DType D, bool PrefetchNext = false>
 FASTINFER_CPU_NOINLINE inline __m128 dot_4x1(const std::uint8_t* w, std::size_t stride, const float* x,
                                              std::int64_t cend) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   for (std::int64_t c = 0; c < cend; c += 8) {
+    if constexpr (PrefetchNext) {
+      // Integer arithmetic: past the last tile the address lies beyond the
+      // matrix, which a prefetch may touch but a pointer may not point to.
+      if (((c * kElem<D>) & 63) == 0)
+        for (std::size_t r = 4; r < 8; ++r)
+          _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(w) + r * stride +
+                                                     std::size_t(c * kElem<D>)),
+                       _MM_HINT_T0);
+    }
     const __m256 xv = _mm256_loadu_ps(x + c);
     const std::int64_t o = c * kElem<D>;
     a0 = _mm256_fmadd_ps(load8_f32<D>(w + o), xv, a0);
@@ -166,7 +178,7 @@ FASTINFER_CPU_NOINLINE inline void dot_1xT(const std::uint8_t* w, const float* x
   _mm_store_ps(sums, reduce4(a0, a1, a0, a1));
   for (int t = 0; t < T; ++t) {
     float sum = sums[t];
-    for (std::int64_t k = cend; k < cols; ++k) sum = fma_scalar(load_scalar<D>(w, k), x[t * ldx + k], sum);
+    for (std::int64_t k = cend; k < cols; ++k) sum = fma_fused(load_scalar<D>(w, k), x[t * ldx + k], sum);
     y[t * ldy] = sum;
   }
 }
@@ -194,7 +206,16 @@ inline std::int64_t matvec_8rows(const MatrixView& w, const float* x, float* y, 
   return r;
 }
 
-// Rows [r0, r1) of Y = X W^T for n tokens (needs usable()): tiles of 4 rows x
+// Rows [r0, r1) of Y = X W^T for n tokens, one row and token at a time: the
+// matrices usable() refuses (under 8 columns, or rows over 256 MiB).
+template <DType D>
+inline void matmul_rows_1x1(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
+                            std::int64_t r1) {
+  for (std::int64_t t = 0; t < n; ++t)
+    for (std::int64_t r = r0; r < r1; ++r) dot_1xT<D, 1>(w.row_ptr(r), x + t * w.cols, 0, w.cols, y + t * w.rows + r, 0);
+}
+
+// Rows [r0, r1) of Y = X W^T for n tokens: tiles of 4 rows x
 // 2 tokens (8 sums reduced at once into two 4-float stores) and 4 rows x 1
 // token for an odd last token, over blocks of kBlockRows rows kept in L2.
 // 16-bit weights are widened in registers: at n = 2..16 that ran 1.3-2.1x
@@ -207,6 +228,7 @@ inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, flo
                         std::int64_t r1) {
   const std::int64_t k = w.cols, cend = k & ~std::int64_t(7), tail = k - cend;
   const std::size_t stride = row_bytes(w.dtype, k);
+  if (!usable(k, stride)) return matmul_rows_1x1<D>(w, x, n, y, r0, r1);
   const std::int64_t ldy = w.rows;
   const __m256i off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3), _mm256_set1_epi32(int(stride)));
   alignas(32) __m256 tails[kBlockRows / 4][7];  // [4-row tile][tail column]
@@ -245,5 +267,32 @@ inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, flo
   }
 }
 
+// Rows [begin, end) of y = W x: the one-row pass. f32 streams 8 rows at a
+// time (matvec_8rows); bf16/f16 4 rows with the next 4 prefetched (measured
+// on Zen 3, see kMatvecRows). The same bits as matmul_rows gives a token.
+template <DType D>
+inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int64_t begin, std::int64_t end) {
+  const std::int64_t cols = w.cols, cend = cols & ~std::int64_t(7);
+  const std::size_t stride = row_bytes(w.dtype, cols);
+  if (!usable(cols, stride)) return matmul_rows_1x1<D>(w, x, 1, y, begin, end);
+  std::int64_t r = begin;
+  if constexpr (D == DType::F32) {
+    r = matvec_8rows<D>(w, x, y, r, end);
+  } else {
+    for (; r + 4 <= end; r += 4) {
+      const std::uint8_t* wr = w.row_ptr(r);
+      alignas(16) float sums[4];
+      _mm_store_ps(sums, dot_4x1<D, true>(wr, stride, x, cend));
+      for (int i = 0; i < 4; ++i) {
+        float sum = sums[i];
+        for (std::int64_t k = cend; k < cols; ++k) sum = fma_fused(load_scalar<D>(wr + i * stride, k), x[k], sum);
+        y[r + i] = sum;
+      }
+    }
+  }
+  for (; r < end; ++r) dot_1xT<D, 1>(w.row_ptr(r), x, 0, cols, y + r, 0);
+}
+
 }  // namespace fastinfer::cpu::avx2
+FASTINFER_CPU_TARGET_END
 #endif  // FASTINFER_CPU_AVX2_TILES

@@ -29,15 +29,16 @@
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
 #include "fastinfer/core/tensor.hpp"
 
-#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-#define FASTINFER_CPU_AVX512_TILES 1
-#else
-#define FASTINFER_CPU_AVX512_TILES 0
-#endif
+// 1: this build carries the AVX-512 tiles, compiled in an AVX-512 target
+// region (cpu_target.hpp) whatever the build's flags; the avx512 level
+// (cpu_level.hpp) runs them.
+#define FASTINFER_CPU_AVX512_TILES FASTINFER_CPU_DISPATCH
 
 #if FASTINFER_CPU_AVX512_TILES
+FASTINFER_CPU_TARGET_BEGIN(FASTINFER_CPU_ISA_AVX512)
 namespace fastinfer::cpu::avx512 {
 
+using arch_detail::fma_fused;
 using arch_detail::load16_f32;
 
 template <DType D>
@@ -112,7 +113,7 @@ FASTINFER_CPU_NOINLINE inline void tile(const std::uint8_t* w, std::size_t strid
     __m512 xv[T];
     for (int t = 0; t < T; ++t) {
       xv[t] = _mm512_loadu_ps(x + t * ldx + c);
-#if defined(__GNUC__)
+#if defined(__GNUC__) || defined(__clang__)
       // Keeps each activation vector in a register: GCC 12 otherwise folds
       // the load into every FMA that uses it, R loads instead of one, and a
       // tile of 2 rows x 8 ran at half speed, bound by loads.
@@ -129,7 +130,7 @@ FASTINFER_CPU_NOINLINE inline void tile(const std::uint8_t* w, std::size_t strid
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) {
       float sum = sums[r * T + t];
-      for (std::int64_t k = cend; k < cols; ++k) sum = fma_scalar(load_scalar<D>(w + r * stride, k), x[t * ldx + k], sum);
+      for (std::int64_t k = cend; k < cols; ++k) sum = fma_fused(load_scalar<D>(w + r * stride, k), x[t * ldx + k], sum);
       y[t * ldy + r] = sum;
     }
 }
@@ -196,4 +197,5 @@ inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int6
 }
 
 }  // namespace fastinfer::cpu::avx512
+FASTINFER_CPU_TARGET_END
 #endif  // FASTINFER_CPU_AVX512_TILES

@@ -8,12 +8,28 @@
 //
 // `threads` is the most threads the caller grants; a kernel uses fewer when
 // its work is too small to pay for an OpenMP hand-off (threading.hpp), and
-// its results never depend on how many it used. The instruction set is the
-// one the compiler flags allow (arch.hpp).
+// its results never depend on how many it used. matvec and matmul run the
+// kernels of the CPU level chosen at run time (cpu_level.hpp); the
+// elementwise and attention kernels those of the compiler's flags (arch.hpp).
 #pragma once
+
+#include <string>
 
 #include "fastinfer/backend/cpu/arch.hpp"
 #include "fastinfer/backend/cpu/elementwise.hpp"
 #include "fastinfer/backend/cpu/gemm.hpp"
 #include "fastinfer/backend/cpu/gemv.hpp"
+#include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
+
+namespace fastinfer::cpu {
+
+// "cpu level avx512 (detected avx512; float kernels avx512, q8_0 avx512-vnni,
+// elementwise/attention avx512bw)": which kernels run, for logs and --version.
+inline std::string kernel_isa_summary() {
+  return std::string("cpu level ") + cpu_level_name(cpu_level()) + " (detected " +
+         cpu_level_name(detected_cpu_level()) + "; float kernels " + float_kernel_isa() + ", q8_0 " +
+         q8_0::kernel_isa() + ", elementwise/attention " + isa_name() + ")";
+}
+
+}  // namespace fastinfer::cpu

@@ -1,18 +1,22 @@
 // Q8_0 weights (GGUF's 8-bit block format): the matrix kernels the backend
-// calls, on the widest instruction set the build allows.
+// calls, on the current CPU level (cpu_level.hpp).
 //
 //   q8_0_reference.hpp  block layouts and the scalar oracle
 //   q8_0_avx2.hpp       AVX2 + FMA: maddubs with the sign trick, 4-row groups
 //   q8_0_avx512.hpp     AVX-512 + VNNI: vpdpbusd, 4-row x 4-token register tiles
 //
 // Results never depend on the thread count: threads split whole rows, and a
-// row's sum has one fixed order.
+// row's sum has one fixed order (per level: the AVX-512 tiles equal
+// dot_avx2, not the 4-row dot4_avx2 the avx2 level runs; q8_0_avx512.hpp).
+// The avx512 level on a CPU without AVX512-VNNI runs the AVX2 kernels; level
+// scalar runs the reference.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
+#include "fastinfer/backend/cpu/cpu_level.hpp"
 #include "fastinfer/backend/cpu/q8_0_avx2.hpp"
 #include "fastinfer/backend/cpu/q8_0_avx512.hpp"
 #include "fastinfer/backend/cpu/q8_0_reference.hpp"
@@ -20,26 +24,39 @@
 
 namespace fastinfer::cpu::q8_0 {
 
-// The instruction set of the Q8_0 kernels in this build, for logs and benchmarks.
-inline const char* kernel_isa() {
-#if FASTINFER_CPU_Q8_0_AVX512
-  return "avx512-vnni";
-#elif defined(__AVX2__) && defined(__FMA__)
-  return "avx2";
-#else
-  return "scalar";
+// The Q8_0 kernel set a level runs.
+enum class KernelSet { reference, avx2, avx512_vnni };
+inline KernelSet kernel_set(CpuLevel level) {
+#if FASTINFER_CPU_DISPATCH
+  if (level >= CpuLevel::avx512 && cpu_features().avx512vnni) return KernelSet::avx512_vnni;
+  if (level >= CpuLevel::avx2) return KernelSet::avx2;
 #endif
+  return KernelSet::reference;
 }
 
-// The dot product of one row: the widest kernel compiled, else the reference.
-inline float dot(const void* w_row, const ActivationBlock* x, std::int64_t n_blocks) {
-#if FASTINFER_CPU_Q8_0_AVX512
-  return avx512::dot(w_row, x, n_blocks);
-#elif defined(__AVX2__) && defined(__FMA__)
-  return dot_avx2(w_row, x, n_blocks);
-#else
-  return dot_reference(w_row, x, n_blocks);
+// The Q8_0 kernels of a level (the current one by default), for logs and benchmarks.
+inline const char* kernel_isa(CpuLevel level = cpu_level()) {
+  switch (kernel_set(level)) {
+    case KernelSet::avx512_vnni: return "avx512-vnni";
+    case KernelSet::avx2: return "avx2";
+    case KernelSet::reference: break;
+  }
+  return "scalar";
+}
+
+// The dot product of one row with the kernels of `set`.
+inline float dot(KernelSet set, const void* w_row, const ActivationBlock* x, std::int64_t n_blocks) {
+  switch (set) {
+#if FASTINFER_CPU_DISPATCH
+    case KernelSet::avx512_vnni: return avx512::dot(w_row, x, n_blocks);
+    case KernelSet::avx2: return dot_avx2(w_row, x, n_blocks);
 #endif
+    default: return dot_reference(w_row, x, n_blocks);
+  }
+}
+// ... with the kernels of the current level.
+inline float dot(const void* w_row, const ActivationBlock* x, std::int64_t n_blocks) {
+  return dot(kernel_set(cpu_level()), w_row, x, n_blocks);
 }
 
 namespace detail {
@@ -53,17 +70,18 @@ inline ActivationBlock* activation_scratch(std::size_t blocks) {
 // Below this many weight bytes an OpenMP hand-off costs more than it saves.
 inline constexpr std::int64_t kMinBytesPerThread = 64 * 1024;
 
-// Rows [begin, end) of Y for n tokens whose activations are already quantized.
-inline void matmul_rows(const MatrixView& w, const ActivationBlock* xq, std::int64_t n, float* y,
+// Rows [begin, end) of Y for n tokens whose activations are already
+// quantized, with the kernels of `set`.
+inline void matmul_rows(KernelSet set, const MatrixView& w, const ActivationBlock* xq, std::int64_t n, float* y,
                         std::int64_t begin, std::int64_t end) {
-#if FASTINFER_CPU_Q8_0_AVX512
-  avx512::matmul_rows(w, xq, n, y, begin, end);
-#else
+#if FASTINFER_CPU_DISPATCH
+  if (set == KernelSet::avx512_vnni) return avx512::matmul_rows(w, xq, n, y, begin, end);
+#endif
   const std::int64_t nb = w.cols / kBlockSize, rows = w.rows;
   for (std::int64_t r0 = begin; r0 < end; r0 += 4) {
     for (std::int64_t t = 0; t < n; ++t) {
-#if defined(__AVX2__) && defined(__FMA__)
-      if (r0 + 4 <= end) {
+#if FASTINFER_CPU_DISPATCH
+      if (set == KernelSet::avx2 && r0 + 4 <= end) {
         float out[4];
         dot4_avx2(static_cast<const std::uint8_t*>(w.row_ptr(r0)), row_bytes(DType::Q8_0, w.cols), xq + t * nb, nb,
                   out);
@@ -71,10 +89,9 @@ inline void matmul_rows(const MatrixView& w, const ActivationBlock* xq, std::int
         continue;
       }
 #endif
-      for (std::int64_t r = r0; r < std::min(end, r0 + 4); ++r) y[t * rows + r] = dot(w.row_ptr(r), xq + t * nb, nb);
+      for (std::int64_t r = r0; r < std::min(end, r0 + 4); ++r) y[t * rows + r] = dot(set, w.row_ptr(r), xq + t * nb, nb);
     }
   }
-#endif
 }
 }  // namespace detail
 
@@ -86,8 +103,9 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
   ActivationBlock* xq = detail::activation_scratch(std::size_t(nb * n));
   for (std::int64_t t = 0; t < n; ++t) quantize_activation(x + t * w.cols, xq + t * nb, w.cols);
   const int nt = threads_for(std::int64_t(w.bytes()) * n, detail::kMinBytesPerThread, threads);
+  const KernelSet set = kernel_set(cpu_level());  // once, before the threads start
   parallel_ranges(w.rows, 4, nt, [&](std::int64_t begin, std::int64_t end) {
-    detail::matmul_rows(w, xq, n, y, begin, end);
+    detail::matmul_rows(set, w, xq, n, y, begin, end);
   });
 }
 

@@ -1,20 +1,19 @@
-// Q8_0 kernels for AVX2 + FMA (+ F16C): one row, or four rows sharing each
-// activation load. Tested against q8_0_reference.hpp.
+// Q8_0 kernels for AVX2 + FMA + F16C: one row, or four rows sharing each
+// activation load. Tested against q8_0_reference.hpp. Compiled in an AVX2
+// target region (cpu_target.hpp), so every x86 build carries them; q8_0.hpp
+// runs them at the avx2 level.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
+#include "fastinfer/backend/cpu/cpu_target.hpp"
 #include "fastinfer/backend/cpu/q8_0_reference.hpp"
 
+#if FASTINFER_CPU_DISPATCH
+FASTINFER_CPU_TARGET_BEGIN(FASTINFER_CPU_ISA_AVX2)
 namespace fastinfer::cpu::q8_0 {
-
-#if defined(__AVX2__) && defined(__FMA__)
 namespace detail {
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -25,11 +24,7 @@ inline float hsum(__m256 v) {
 inline float scale_of(const std::uint8_t* block) {
   std::uint16_t dh;
   std::memcpy(&dh, block, 2);
-#if defined(__F16C__)
   return _cvtsh_ss(dh);
-#else
-  return f16_to_f32(dh);
-#endif
 }
 // 8 int32 partial sums of qw . qx for one block. maddubs multiplies unsigned
 // by signed bytes, so move w's sign onto x: |w| * (x * sign(w)). |w| <= 128
@@ -80,6 +75,6 @@ inline void dot4_avx2(const std::uint8_t* w, std::size_t row_stride, const Activ
   }
   for (int r = 0; r < 4; ++r) out[r] = detail::hsum(acc[r]);
 }
-#endif
-
 }  // namespace fastinfer::cpu::q8_0
+FASTINFER_CPU_TARGET_END
+#endif  // FASTINFER_CPU_DISPATCH

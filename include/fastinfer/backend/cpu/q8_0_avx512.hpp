@@ -13,21 +13,26 @@
 // float(int32 lane) * (d_w * d_x) with one FMA, and the two halves are added
 // and reduced in the same order. So a row's result is bit-identical to
 // dot_avx2's, whatever the tile shape: a token's logits do not depend on how
-// many tokens share its pass (batch invariance), and the AVX2 and AVX-512
-// builds agree bit for bit on Q8_0 matmuls.
+// many tokens share its pass (batch invariance). The AVX2 matmul's 4-row
+// kernel (dot4_avx2) keeps one accumulator per row, another order: the avx2
+// and avx512 CPU levels agree with dot_avx2, not with each other, on rows
+// that go through it (checked in the dispatch work: issue 15).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
 #include "fastinfer/backend/cpu/q8_0_avx2.hpp"
 #include "fastinfer/backend/cpu/q8_0_reference.hpp"
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__) && \
-    defined(__AVX2__) && defined(__FMA__)
-#define FASTINFER_CPU_Q8_0_AVX512 1
-#include <immintrin.h>
+// 1: this build carries the tiles, compiled in an AVX-512 + VNNI target
+// region (cpu_target.hpp) whatever its flags; q8_0.hpp runs them at the
+// avx512 level on a CPU with AVX512-VNNI.
+#define FASTINFER_CPU_Q8_0_AVX512 FASTINFER_CPU_DISPATCH
 
+#if FASTINFER_CPU_Q8_0_AVX512
+FASTINFER_CPU_TARGET_BEGIN(FASTINFER_CPU_ISA_AVX512_VNNI)
 namespace fastinfer::cpu::q8_0::avx512 {
 
 // Quants of blocks b and b + 1 (b + 1 only when `pair`; zero bytes otherwise).
@@ -148,6 +153,5 @@ inline void matmul_rows(const MatrixView& w, const ActivationBlock* xq, std::int
 }
 
 }  // namespace fastinfer::cpu::q8_0::avx512
-#else
-#define FASTINFER_CPU_Q8_0_AVX512 0
-#endif
+FASTINFER_CPU_TARGET_END
+#endif  // FASTINFER_CPU_Q8_0_AVX512
