@@ -22,7 +22,10 @@ class CudaContext {
     FASTINFER_CHECK(device >= 0 && device < n, InvalidArgument, "cuda: device ", device, " outside [0, ", n, ")");
     FASTINFER_CUDA_CHECK(cudaSetDevice(device_));
     FASTINFER_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_));
-    FASTINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // A blocking stream: it waits for work on the legacy default stream, where
+    // DeviceBuffer's zero-fill (cudaMemset) runs, so a kernel never races
+    // the fill of a buffer it was just given.
+    FASTINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamDefault));
     const cublasStatus_t s = cublasCreate(&blas_);
     if (s != CUBLAS_STATUS_SUCCESS) {
       (void)cudaStreamDestroy(stream_);
