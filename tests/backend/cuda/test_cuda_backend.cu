@@ -31,6 +31,7 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/synthetic.hpp"
 #include "golden.hpp"
+#include "model_scenarios.hpp"
 #include "shared_dir.hpp"
 
 using namespace fastinfer;
@@ -400,25 +401,7 @@ TEST_CASE("cuda: LlamaModel logits match the CPU's on a padded head, a ragged ba
     const float* lb = dev.forward_decode(t, pos);
     CHECK(max_abs_diff(std::vector<float>(la, la + V), std::vector<float>(lb, lb + V)) <= 2e-4);
   }
-  auto batch_logits = [&](auto& model) {
-    for (SeqId s : {SeqId(1), SeqId(2)}) REQUIRE(model.kv().add_sequence(s));
-    ForwardBatch bt;
-    bt.add(1, std::vector<std::int32_t>(prompt.begin(), prompt.begin() + 9));
-    bt.add(2, std::vector<std::int32_t>(prompt.begin() + 3, prompt.begin() + 6));
-    bt.logits = LogitsRows::All;
-    for (int i = 0; i < 9; ++i)
-      for (int j = 0; j < 9; ++j) bt.mask.push_back(j <= i ? 1 : 0);
-    const std::uint8_t tree[9] = {1, 0, 0, 1, 1, 0, 1, 0, 1};
-    bt.mask.insert(bt.mask.end(), tree, tree + 9);
-    const float* l = model.forward(bt);
-    std::vector<float> out(l, l + 12 * V);
-    model.kv().fork(1, 3);
-    ForwardBatch next;
-    next.add(3, std::vector<std::int32_t>{5, 6});
-    next.logits = LogitsRows::All;
-    const float* l2 = model.forward(next);
-    out.insert(out.end(), l2, l2 + 2 * V);
-    return out;
-  };
-  CHECK(max_abs_diff(batch_logits(ref), batch_logits(dev)) <= 2e-4);
+  auto require = [](bool ok) { REQUIRE(ok); };
+  CHECK(max_abs_diff(testing::ragged_tree_fork_logits(ref, prompt, require),
+                     testing::ragged_tree_fork_logits(dev, prompt, require)) <= 2e-4);
 }

@@ -27,6 +27,7 @@
 #include "fastinfer/backend/cuda/kv_store.cuh"
 #include "fastinfer/backend/cuda/linear.cuh"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/rope_style.hpp"
 #include "fastinfer/core/tensor.hpp"
 
 namespace fastinfer {
@@ -118,9 +119,9 @@ class CudaBackend {
   }
 
  private:
-  // RoPE angles for positions 0..highest, computed on the host exactly as
-  // cpu::rope's table (f32 std::pow, std::cos, std::sin) so both backends
-  // rotate by the same bits; rebuilt when the shape changes, doubled when
+  // RoPE angles for positions 0..highest, computed on the host as cpu::rope's
+  // table is (core's rope_angle, then f32 std::cos and std::sin) so both
+  // backends rotate by the same bits; rebuilt when the shape changes, doubled when
   // a position passes the end.
   void rope_table_(int head_dim, float theta, std::int64_t highest) {
     Scratch& s = *s_;
@@ -133,8 +134,7 @@ class CudaBackend {
     std::vector<float> c(std::size_t(positions) * std::size_t(half)), sn(c.size());
     for (std::int64_t p = 0; p < positions; ++p)
       for (int i = 0; i < half; ++i) {
-        const float freq = 1.0f / std::pow(theta, float(2 * i) / float(head_dim));
-        const float angle = float(p) * freq;
+        const float angle = rope_angle(int(p), i, head_dim, theta);
         c[std::size_t(p) * std::size_t(half) + std::size_t(i)] = std::cos(angle);
         sn[std::size_t(p) * std::size_t(half) + std::size_t(i)] = std::sin(angle);
       }
