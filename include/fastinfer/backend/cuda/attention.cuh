@@ -13,7 +13,8 @@
 // split the block writes the normalised row; with more (flash-decoding) each
 // writes its unnormalised partial (acc, max, sum) and merge_kernel combines
 // them exactly: M = max m_s, O = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-// The split count is planned on the host (plan_splits: plain data).
+// The split count is planned on the host (attention_plan.hpp: plain data,
+// tested without a GPU).
 //
 // A simple, correct first kernel: K is read one row per thread (not
 // coalesced) and Q·K runs on CUDA cores; a tensor-core, cp.async version is
@@ -27,6 +28,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "fastinfer/backend/cuda/attention_plan.hpp"
 #include "fastinfer/backend/cuda/cuda_check.cuh"
 #include "fastinfer/backend/cuda/elementwise.cuh"
 #include "fastinfer/kv/kv_quant.hpp"
@@ -53,25 +55,6 @@ struct DeviceQueryRows {
   const std::uint8_t* mask = nullptr;       // nullptr: causal
   const std::int64_t* mask_offset = nullptr;  // [batch]: where sequence b's n_b x n_b mask starts
 };
-
-// How many key splits per (row, head): enough blocks to fill the device
-// about kWaves times over, each split at least kMinSplitKeys keys.
-struct SplitPlan {
-  int splits = 1;
-  std::int64_t chunk = 0;  // keys per split, a multiple of the tile
-};
-inline SplitPlan plan_splits(std::int64_t rows, int n_q_heads, std::int64_t longest, int sm_count, int tile) {
-  constexpr int kWaves = 4, kMaxSplits = 64;
-  constexpr std::int64_t kMinSplitKeys = 256;
-  SplitPlan p;
-  const std::int64_t items = std::max<std::int64_t>(1, rows * n_q_heads);
-  const std::int64_t want = std::max<std::int64_t>(1, std::int64_t(kWaves) * sm_count / items);
-  const std::int64_t most = std::max<std::int64_t>(1, longest / kMinSplitKeys);
-  p.splits = int(std::min<std::int64_t>({want, most, kMaxSplits}));
-  const std::int64_t per = (longest + p.splits - 1) / p.splits;
-  p.chunk = std::max<std::int64_t>(tile, (per + tile - 1) / tile * tile);
-  return p;
-}
 
 namespace attention_detail {
 
