@@ -274,6 +274,7 @@ class CudaKVStore final : public KVStore {
   // Copy-on-write: the first c.tokens rows of every (layer, K|V, head) run,
   // one strided copy (the runs are head_stride apart in a block).
   void copy_prefix_(const BlockCopy& c) {
+    if (c.tokens <= 0) return;
     const std::size_t runs = std::size_t(cfg_.n_layers) * 2 * std::size_t(cfg_.n_kv_heads);
     FASTINFER_CUDA_CHECK(cudaMemcpy2DAsync(block_(c.dst), std::size_t(head_stride_), block_(c.src),
                                            std::size_t(head_stride_), std::size_t(c.tokens * row_bytes_), runs,
