@@ -4,7 +4,10 @@
 //   n <= kGemvRows   gemv: one warp per output row, f32 activations times
 //                    widened weights, f32 accumulation; the weights are
 //                    streamed once for all n rows (decode and short
-//                    verification passes are weight-bandwidth bound).
+//                    verification passes are weight-bandwidth bound). A
+//                    row's sum runs in the same order whatever n is, so its
+//                    bits do not depend on the pass size (batch invariance,
+//                    as cpu::matmul keeps up to 32 rows).
 //                    cpu: cpu::matvec / cpu::matmul (same products, another
 //                    summation order).
 //   n >  kGemvRows   cuBLAS GemmEx, f32 accumulation (CUBLAS_COMPUTE_32F:
@@ -28,7 +31,7 @@
 
 namespace fastinfer::cuda {
 
-constexpr int kGemvRows = 8;
+constexpr int kGemvRows = 32;
 
 namespace linear_detail {
 
@@ -59,11 +62,12 @@ struct Vec16<DType::F16> : Vec16Half<DType::F16> {};
 template <>
 struct Vec16<DType::BF16> : Vec16Half<DType::BF16> {};
 
-// One warp per output row r: y[i][r] for the N rows of x. `vec`: rows are
-// 16-byte aligned and cols a multiple of the vector width (16-byte loads),
-// else one element per lane per step.
+// One warp per output row r: y[i][r] for the n <= N rows of x. `vec`: rows
+// are 16-byte aligned and cols a multiple of the vector width (16-byte
+// loads), else one element per lane per step.
 template <DType D, int N>
-__global__ void gemv_kernel(const void* w, const float* x, float* y, std::int64_t rows, std::int64_t cols, int vec) {
+__global__ void gemv_kernel(const void* w, const float* x, float* y, std::int64_t rows, std::int64_t cols, int n,
+                            int vec) {
   using S = typename DeviceDType<D>::Storage;
   const std::int64_t r = std::int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = int(threadIdx.x % 32);
@@ -76,16 +80,22 @@ __global__ void gemv_kernel(const void* w, const float* x, float* y, std::int64_
     float wv[V];
     for (std::int64_t c = std::int64_t(lane) * V; c < cols; c += 32 * V) {
       Vec16<D>::load(wr + c, wv);
+#pragma unroll
       for (int i = 0; i < N; ++i)
-        for (int e = 0; e < V; ++e) acc[i] = fmaf(wv[e], x[i * cols + c + e], acc[i]);
+        if (i < n)
+          for (int e = 0; e < V; ++e) acc[i] = fmaf(wv[e], x[i * cols + c + e], acc[i]);
     }
   } else {
     for (std::int64_t c = lane; c < cols; c += 32) {
       const float wv = DeviceDType<D>::load(wr, c);
-      for (int i = 0; i < N; ++i) acc[i] = fmaf(wv, x[i * cols + c], acc[i]);
+#pragma unroll
+      for (int i = 0; i < N; ++i)
+        if (i < n) acc[i] = fmaf(wv, x[i * cols + c], acc[i]);
     }
   }
+#pragma unroll
   for (int i = 0; i < N; ++i) {
+    if (i >= n) break;
     float v = acc[i];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     if (lane == 0) y[i * rows + r] = v;
@@ -93,19 +103,21 @@ __global__ void gemv_kernel(const void* w, const float* x, float* y, std::int64_
 }
 
 template <DType D, int N>
-void launch_gemv(const MatrixView& w, const float* x, float* y, cudaStream_t stream) {
+void launch_gemv(const MatrixView& w, const float* x, std::int64_t n, float* y, cudaStream_t stream) {
   constexpr int V = Vec16<D>::kValues;
   const int vec = w.cols % V == 0 && reinterpret_cast<std::uintptr_t>(w.data) % 16 == 0 ? 1 : 0;
   const unsigned blocks = unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  gemv_kernel<D, N><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(w.data, x, y, w.rows, w.cols, vec);
+  gemv_kernel<D, N><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(w.data, x, y, w.rows, w.cols, int(n), vec);
 }
 
+// The smallest of N = 1, 2, 4, 8, 16, 32 that holds n rows: six kernels per
+// weight type, not 32.
 template <DType D, int N = 1>
 void gemv_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, cudaStream_t stream) {
   if constexpr (N < kGemvRows) {
-    if (n > N) return gemv_rows<D, N + 1>(w, x, n, y, stream);
+    if (n > N) return gemv_rows<D, 2 * N>(w, x, n, y, stream);
   }
-  launch_gemv<D, N>(w, x, y, stream);
+  launch_gemv<D, N>(w, x, n, y, stream);
 }
 
 template <DType D>
