@@ -29,7 +29,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTINFER_WITH_CUDA
   -DCMAKE_CUDA_ARCHITECTURES="$arch" -DFASTINFER_SHARED_DIR="$shared" \
   -DFASTINFER_BUILD_EXAMPLES=OFF -DFASTINFER_HEADER_CHECK=OFF >"$build.configure.log" 2>&1 ||
   { tail -30 "$build.configure.log"; fail "configure (log: $build.configure.log)"; }
-cmake --build "$build" -j "$(nproc)" --target backend_cuda_test_cuda_backend bench_cuda ||
+cmake --build "$build" -j "$(nproc)" --target backend_cuda_test_cuda_backend backend_cuda_test_attention_plan bench_cuda ||
   fail "build of the cuda tests and bench_cuda"
 
 log="$build/ctest-cuda.log"
