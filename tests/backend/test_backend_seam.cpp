@@ -28,6 +28,7 @@
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/synthetic.hpp"
+#include "model_scenarios.hpp"
 
 using namespace fastinfer;
 
@@ -370,29 +371,10 @@ TEST_CASE("guarded backend: the model touches no activation or KV byte outside t
       }
       CHECK(same_bits(ref.forward_decode(7, pos - 6), guarded.forward_decode(7, pos - 6), V));
 
-      // A ragged batch of two more sequences, one with a token-tree mask.
-      auto batch_logits = [&](auto& model) {
-        for (SeqId s : {SeqId(1), SeqId(2)}) REQUIRE(model.kv().add_sequence(s));
-        ForwardBatch bt;
-        bt.add(1, std::vector<std::int32_t>(prompt.begin(), prompt.begin() + 9));
-        bt.add(2, std::vector<std::int32_t>(prompt.begin() + 3, prompt.begin() + 6));
-        bt.logits = LogitsRows::All;
-        // Sequence 1: causal; sequence 2: a tree (rows 1 and 2 both children of row 0).
-        for (int i = 0; i < 9; ++i)
-          for (int j = 0; j < 9; ++j) bt.mask.push_back(j <= i ? 1 : 0);
-        const std::uint8_t tree[9] = {1, 0, 0, 1, 1, 0, 1, 0, 1};
-        bt.mask.insert(bt.mask.end(), tree, tree + 9);
-        const float* l = model.forward(bt);
-        std::vector<float> out(l, l + 12 * V);
-        model.kv().fork(1, 3);  // shares blocks: the next append copies on write
-        ForwardBatch next;
-        next.add(3, std::vector<std::int32_t>{5, 6});
-        next.logits = LogitsRows::All;
-        const float* l2 = model.forward(next);
-        out.insert(out.end(), l2, l2 + 2 * V);
-        return out;
-      };
-      const auto ba = batch_logits(ref), bb = batch_logits(guarded);
+      // A ragged batch of two more sequences, one with a token-tree mask, then a fork.
+      auto require = [](bool ok) { REQUIRE(ok); };
+      const auto ba = testing::ragged_tree_fork_logits(ref, prompt, require);
+      const auto bb = testing::ragged_tree_fork_logits(guarded, prompt, require);
       CHECK(same_bits(ba.data(), bb.data(), ba.size()));
       REQUIRE_FALSE(guard->is_open());
 

@@ -4,6 +4,7 @@
 // model layer above it.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace fastinfer {
@@ -11,5 +12,13 @@ namespace fastinfer {
 //  Interleaved: (0,1), (2,3), ... — llama2.c, Meta's original, GGUF "llama".
 //  HalfSplit:   (i, i + head_dim/2) — Hugging Face rotate_half (GPT-NeoX).
 enum class RopeStyle : std::uint8_t { Interleaved, HalfSplit };
+
+// The rotation angle of pair i of a head at position pos, in f32 exactly as
+// llama2.c computes it: every backend's angle table uses this one
+// expression, so their rotations agree bit for bit.
+inline float rope_angle(int pos, int i, int head_dim, float theta) {
+  const float freq = 1.0f / std::pow(theta, float(2 * i) / float(head_dim));
+  return float(pos) * freq;
+}
 
 }  // namespace fastinfer

@@ -132,8 +132,7 @@ inline void rope(float* vec, int n_heads, int head_dim, int pos, float theta, Ro
     t.sin.resize(std::size_t(grown) * std::size_t(half));
     for (int p = t.positions; p < grown; ++p)
       for (int i = 0; i < half; ++i) {
-        const float freq = 1.0f / std::pow(theta, float(2 * i) / float(head_dim));
-        const float angle = float(p) * freq;
+        const float angle = rope_angle(p, i, head_dim, theta);
         t.cos[std::size_t(p) * std::size_t(half) + std::size_t(i)] = std::cos(angle);
         t.sin[std::size_t(p) * std::size_t(half) + std::size_t(i)] = std::sin(angle);
       }

@@ -23,6 +23,7 @@ vcpkg_cmake_configure(
         -DFASTINFER_BUILD_TESTS=OFF
         -DFASTINFER_BUILD_BENCHMARKS=OFF
         -DFASTINFER_BUILD_EXAMPLES=OFF
+        -DFASTINFER_WITH_CUDA=OFF  # the CUDA backend is not a port feature yet
         ${FEATURE_OPTIONS}
 )
 

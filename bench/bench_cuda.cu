@@ -1,0 +1,179 @@
+// The CUDA backend's speed on one GPU, against the GPU's own ceilings
+// (scripts/gpu-check.sh runs it; issue 16's bars):
+//   BM_CudaDecode1B              decode tok/s of the 1B bf16 stand-in; weights
+//                                GB/s and the fraction of HBM peak (bar: 0.70)
+//   BM_CudaPrefill1B             a 512-token prefill, TFLOP/s (2 x params x tokens)
+//   BM_CudaPagedDecodeAttention  64 sequences x 4096 tokens, f16 KV, 32 query /
+//                                8 KV heads of 128: KV GB/s and fraction of HBM
+//                                peak (bar: 0.80)
+// HBM peak is the device's memory clock x bus width x 2; the measured
+// device-to-device copy rate is printed beside it as the practical ceiling.
+// Times are CUDA events around the work (manual time), one stream.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "fastinfer/backend/cuda/cuda_backend.cuh"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/synthetic.hpp"
+
+using namespace fastinfer;
+
+namespace {
+
+double hbm_peak_gbs() {
+  int khz = 0, bits = 0;
+  FASTINFER_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, 0));
+  FASTINFER_CUDA_CHECK(cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, 0));
+  return 2.0 * double(khz) * 1e3 * double(bits) / 8.0 / 1e9;
+}
+
+// Reads plus writes of a 1 GiB device-to-device copy, best of 5.
+double copy_gbs() {
+  const std::size_t bytes = std::size_t(1) << 30;
+  cuda::DeviceBuffer<std::uint8_t> a(bytes), b(bytes);
+  cudaEvent_t t0, t1;
+  FASTINFER_CUDA_CHECK(cudaEventCreate(&t0));
+  FASTINFER_CUDA_CHECK(cudaEventCreate(&t1));
+  float best = 1e30f;
+  for (int i = 0; i < 5; ++i) {
+    FASTINFER_CUDA_CHECK(cudaEventRecord(t0));
+    FASTINFER_CUDA_CHECK(cudaMemcpy(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
+    FASTINFER_CUDA_CHECK(cudaEventRecord(t1));
+    FASTINFER_CUDA_CHECK(cudaEventSynchronize(t1));
+    float ms = 0;
+    FASTINFER_CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+    best = std::min(best, ms);
+  }
+  (void)cudaEventDestroy(t0);
+  (void)cudaEventDestroy(t1);
+  return 2.0 * double(bytes) / (double(best) * 1e-3) / 1e9;
+}
+
+struct Ceilings {
+  double peak = hbm_peak_gbs(), copy = copy_gbs();
+};
+const Ceilings& ceilings() {
+  static const Ceilings c = [] {
+    Ceilings k;
+    std::printf("HBM peak %.0f GB/s, measured device copy %.0f GB/s\n", k.peak, k.copy);
+    return k;
+  }();
+  return c;
+}
+
+LlamaModel<CudaBackend>& model_1b() {
+  static std::unique_ptr<LlamaModel<CudaBackend>> m = [] {
+    ModelOptions o;
+    o.kv.layout = KVLayoutKind::Paged;
+    o.kv.quant = kv::QuantKind::F16;
+    o.max_batch = 512;
+    const int threads = int(std::max(1u, std::thread::hardware_concurrency()));
+    return std::make_unique<LlamaModel<CudaBackend>>(make_synthetic("1B", DType::BF16, 1, threads), o);
+  }();
+  return *m;
+}
+
+// Wall time of f() with the stream drained before and after.
+template <typename F>
+double timed(CudaBackend& b, F&& f) {
+  b.context().synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  b.context().synchronize();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void BM_CudaDecode1B(benchmark::State& state) {
+  auto& m = model_1b();
+  std::vector<std::int32_t> prompt(16, 5);
+  m.forward_prefill(prompt, 0);
+  int pos = 16;
+  for (auto _ : state) {
+    if (pos >= m.config().max_seq_len) pos = 16;
+    state.SetIterationTime(timed(m.backend(), [&] { benchmark::DoNotOptimize(m.forward_decode(7, pos)); }));
+    ++pos;
+  }
+  const double bytes = double(m.weights_bytes());
+  state.counters["tok/s"] = benchmark::Counter(double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["weights_GB/s"] =
+      benchmark::Counter(bytes * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["hbm_peak_GB/s"] = ceilings().peak;
+  state.counters["copy_GB/s"] = ceilings().copy;
+}
+BENCHMARK(BM_CudaDecode1B)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(256);
+
+void BM_CudaPrefill1B(benchmark::State& state) {
+  auto& m = model_1b();
+  std::vector<std::int32_t> prompt(512);
+  for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = std::int32_t(i * 7 % 32000);
+  for (auto _ : state)
+    state.SetIterationTime(timed(m.backend(), [&] { benchmark::DoNotOptimize(m.forward_prefill(prompt, 0)); }));
+  // Weight bytes / 2 = parameters (bf16), give or take the norms.
+  const double flops = 2.0 * double(m.weights_bytes()) / 2.0 * double(prompt.size());
+  state.counters["TFLOP/s"] = benchmark::Counter(flops * double(state.iterations()) / 1e12, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_CudaPrefill1B)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
+
+void BM_CudaPagedDecodeAttention(benchmark::State& state) {
+  constexpr int kSeqs = 64, kLen = 4096, kKv = 8, kQ = 32, kD = 128, kBlock = 16;
+  CudaBackend b;
+  kv::KVCacheConfig cfg;
+  cfg.n_layers = 1, cfg.n_kv_heads = kKv, cfg.head_dim = kD, cfg.block_size = kBlock;
+  cfg.num_blocks = kSeqs * kLen / kBlock + kSeqs;
+  KVOptions o;
+  o.layout = KVLayoutKind::Paged;
+  o.quant = kv::QuantKind::F16;
+  o.block_size = kBlock;
+  auto store = b.make_kv_store(o, cfg);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> host(std::size_t(kLen) * kKv * kD);
+  for (float& x : host) x = u(rng);
+  auto kvdev = b.allocate<float>(host.size());
+  cuda::copy_to_device(kvdev.data(), host.data(), host.size(), b.stream());
+  std::vector<SeqId> seqs;
+  for (SeqId s = 0; s < kSeqs; ++s) {
+    store->add_sequence(s);
+    seqs.push_back(s);
+    if (!store->extend_all({ReserveRequest{s, kLen}})) state.SkipWithError("KV pool too small");
+    store->append(0, s, kvdev.data(), kvdev.data(), kLen);
+  }
+  auto q = b.allocate<float>(std::size_t(kSeqs) * kQ * kD), out = b.allocate<float>(q.size());
+  std::vector<std::int32_t> qo(kSeqs + 1);
+  for (int i = 0; i <= kSeqs; ++i) qo[std::size_t(i)] = i;
+  store->prepare(seqs, true, 1);
+  for (auto _ : state)
+    state.SetIterationTime(
+        timed(b, [&] { store->attend(0, q.data(), qo.data(), nullptr, out.data(), kQ, 1); }));
+  const double bytes = double(kSeqs) * kLen * kKv * kD * 2 /* K, V */ * 2 /* f16 */;
+  state.counters["KV_GB/s"] = benchmark::Counter(bytes * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["hbm_peak_GB/s"] = ceilings().peak;
+}
+BENCHMARK(BM_CudaPagedDecodeAttention)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(50);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (cuda::device_count() == 0) {
+    std::fprintf(stderr, "bench_cuda: no CUDA device\n");
+    return 1;
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  try {
+    benchmark::RunSpecifiedBenchmarks();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_cuda: %s\n", e.what());
+    return 1;
+  }
+  benchmark::Shutdown();
+  return 0;
+}

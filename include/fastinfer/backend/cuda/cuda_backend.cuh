@@ -1,0 +1,165 @@
+// CudaBackend: the Backend (backend/backend.hpp) on an NVIDIA GPU.
+// Activations live in device buffers (kHostVisible = false: the model reads
+// logits and hidden rows back through to_host), weights are copied to the
+// device once by upload(), every kernel runs on one stream of a CudaContext
+// shared with the KV stores the backend makes (cuda/kv_store.cuh). Small
+// host arrays that describe a step (token ids, positions, row indices) are
+// staged into device scratch buffers, grown on demand and kept.
+//
+// Status: compiled in CI (sm_80, sm_90), not yet run on a GPU
+// (docs/backend-cuda.md).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "fastinfer/backend/backend.hpp"
+#include "fastinfer/backend/cuda/cuda_check.cuh"
+#include "fastinfer/backend/cuda/cuda_context.cuh"
+#include "fastinfer/backend/cuda/device_buffer.cuh"
+#include "fastinfer/backend/cuda/elementwise.cuh"
+#include "fastinfer/backend/cuda/kv_store.cuh"
+#include "fastinfer/backend/cuda/linear.cuh"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/core/rope_style.hpp"
+#include "fastinfer/core/tensor.hpp"
+
+namespace fastinfer {
+
+class CudaBackend {
+ public:
+  static constexpr std::string_view kName = "cuda";
+  static constexpr bool kHostVisible = false;
+
+  template <typename T>
+  using Buffer = cuda::DeviceBuffer<T>;
+
+  // Throws Error when no CUDA device is present.
+  explicit CudaBackend(int device = 0) : ctx_(std::make_shared<cuda::CudaContext>(device)), s_(new Scratch) {}
+
+  cuda::CudaContext& context() { return *ctx_; }
+  cudaStream_t stream() const { return ctx_->stream(); }
+
+  template <typename T>
+  Buffer<T> allocate(std::size_t n) {
+    return Buffer<T>(n);
+  }
+  // Waits for the stream: the host sees every kernel queued before.
+  void to_host(const float* src, std::size_t n, float* host) { cuda::copy_to_host(host, src, n, stream()); }
+
+  // f32 / f16 / bf16 tensors are copied to the device once; the device copy's
+  // owner joins `storage` (freed with the weights).
+  MatrixView upload(const MatrixView& w, std::vector<KeepAlive>& storage) {
+    FASTINFER_CHECK(w.dtype != DType::Q8_0, InvalidArgument,
+                    "cuda: Q8_0 weights are not yet supported on cuda (convert to f32, f16 or bf16)");
+    const std::size_t bytes = w.bytes();
+    void* p = nullptr;
+    FASTINFER_CUDA_CHECK(cudaMalloc(&p, bytes));
+    KeepAlive owner(p, [](const void* q) { (void)cudaFree(const_cast<void*>(q)); });
+    FASTINFER_CUDA_CHECK(cudaMemcpy(p, w.data, bytes, cudaMemcpyHostToDevice));
+    storage.push_back(owner);
+    MatrixView d = w;
+    d.data = p;
+    return d;
+  }
+
+  // Kernels run on one stream in order; the thread count is the CPU's knob.
+  void set_threads(int threads) {
+    FASTINFER_CHECK(threads >= 1, InvalidArgument, "threads must be at least 1, got ", threads);
+  }
+
+  void embed(const MatrixView& table, const std::int32_t* tokens, std::int64_t n, float* out) {
+    const std::int32_t* d = cuda::stage(s_->tokens, tokens, std::size_t(n), stream());
+    cuda::embed(table.dtype, table.data, table.cols, d, n, out, stream());
+  }
+
+  void linear(const MatrixView& w, const float* x, std::int64_t n, float* y) {
+    cuda::linear(w, x, n, y, ctx_->blas(), s_->act16, stream());
+  }
+
+  void rmsnorm(float* out, const float* x, const std::int32_t* rows, std::int64_t n, const float* weight, int dim,
+               float eps) {
+    const std::int32_t* d = rows ? cuda::stage(s_->rows, rows, std::size_t(n), stream()) : nullptr;
+    cuda::rmsnorm(out, x, d, n, weight, dim, eps, stream());
+  }
+
+  void rope(float* x, std::int64_t n, int heads, int head_dim, const std::int64_t* positions, float theta,
+            RopeStyle style) {
+    FASTINFER_CHECK(head_dim > 0 && head_dim % 2 == 0, InvalidArgument,
+                    "rope: head_dim must be positive and even, got ", head_dim);
+    if (n <= 0) return;
+    s_->pos_host.resize(std::size_t(n));
+    std::int64_t highest = 0;
+    for (std::int64_t t = 0; t < n; ++t) {
+      FASTINFER_CHECK(positions[t] >= 0 && positions[t] < (std::int64_t(1) << 30), InvalidArgument,
+                      "rope: position ", positions[t], " outside [0, 2^30)");
+      s_->pos_host[std::size_t(t)] = std::int32_t(positions[t]);
+      highest = std::max(highest, positions[t]);
+    }
+    rope_table_(head_dim, theta, highest);
+    const std::int32_t* d = cuda::stage(s_->positions, s_->pos_host.data(), std::size_t(n), stream());
+    cuda::rope(x, n, heads, head_dim, d, s_->cos.data(), s_->sin.data(), style, stream());
+  }
+
+  void swiglu(float* gate, const float* up, std::int64_t n) { cuda::swiglu(gate, up, n, stream()); }
+  void add(float* y, const float* x, std::int64_t n) { cuda::add(y, x, n, stream()); }
+  void copy_rows(float* dst, std::int64_t dst_stride, const float* src, std::int64_t src_stride, std::int64_t rows,
+                 int width) {
+    cuda::copy_rows(dst, dst_stride, src, src_stride, rows, width, stream());
+  }
+
+  std::unique_ptr<KVStore> make_kv_store(const KVOptions& options, const kv::KVCacheConfig& config) {
+    return cuda::make_kv_store(ctx_, options, config);
+  }
+
+ private:
+  // RoPE angles for positions 0..highest, computed on the host as cpu::rope's
+  // table is (core's rope_angle, then f32 std::cos and std::sin) so both
+  // backends rotate by the same bits; rebuilt when the shape changes, doubled when
+  // a position passes the end.
+  void rope_table_(int head_dim, float theta, std::int64_t highest) {
+    Scratch& s = *s_;
+    if (s.rope_dim == head_dim && s.rope_theta == theta && highest < s.rope_positions) return;
+    const int half = head_dim / 2;
+    const std::int64_t positions = std::max<std::int64_t>({highest + 1, 1024, s.rope_dim == head_dim &&
+                                                                                   s.rope_theta == theta
+                                                                               ? 2 * s.rope_positions
+                                                                               : 0});
+    std::vector<float> c(std::size_t(positions) * std::size_t(half)), sn(c.size());
+    for (std::int64_t p = 0; p < positions; ++p)
+      for (int i = 0; i < half; ++i) {
+        const float angle = rope_angle(int(p), i, head_dim, theta);
+        c[std::size_t(p) * std::size_t(half) + std::size_t(i)] = std::cos(angle);
+        sn[std::size_t(p) * std::size_t(half) + std::size_t(i)] = std::sin(angle);
+      }
+    s.cos = Buffer<float>(c.size());
+    s.sin = Buffer<float>(sn.size());
+    cuda::copy_to_device(s.cos.data(), c.data(), c.size(), stream());
+    cuda::copy_to_device(s.sin.data(), sn.data(), sn.size(), stream());
+    s.rope_dim = head_dim, s.rope_theta = theta, s.rope_positions = positions;
+  }
+
+  // Device scratch kept across calls (behind a pointer: the backend moves).
+  struct Scratch {
+    Buffer<std::int32_t> tokens, rows, positions;
+    Buffer<std::uint16_t> act16;  // activations rounded for a 16-bit GemmEx
+    Buffer<float> cos, sin;       // [position][head_dim / 2]
+    int rope_dim = 0;
+    float rope_theta = 0.0f;
+    std::int64_t rope_positions = 0;
+    std::vector<std::int32_t> pos_host;
+  };
+
+  std::shared_ptr<cuda::CudaContext> ctx_;
+  std::unique_ptr<Scratch> s_;
+};
+
+static_assert(check_backend<CudaBackend>());
+
+}  // namespace fastinfer

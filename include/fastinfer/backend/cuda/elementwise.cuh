@@ -1,0 +1,177 @@
+// The CUDA backend's row kernels: embedding rows, RMSNorm, RoPE, SwiGLU,
+// residual add, strided row copies and the f32 -> f16/bf16 activation
+// rounding that feeds cuBLAS. Each names its CPU counterpart; the tests
+// (tests/backend/cuda/test_cuda_backend.cu) compare them on the same inputs.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include <cuda_runtime.h>
+
+#include "fastinfer/backend/cuda/cuda_check.cuh"
+#include "fastinfer/backend/cuda/dtype.cuh"
+#include "fastinfer/core/rope_style.hpp"
+
+namespace fastinfer::cuda {
+
+namespace elementwise_detail {
+
+constexpr int kThreads = 256;
+
+inline unsigned blocks_for(std::int64_t n, int threads = kThreads) {
+  return unsigned((n + threads - 1) / threads);
+}
+
+// Sum over the block; every thread gets the total. `red` holds 32 floats.
+__device__ inline float block_sum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  const int warps = int(blockDim.x + 31) / 32;
+  v = lane < warps ? red[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <DType D>
+__global__ void embed_kernel(const typename DeviceDType<D>::Storage* table, std::int64_t cols,
+                             const std::int32_t* tokens, std::int64_t n, float* out) {
+  const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * cols) return;
+  const std::int64_t t = i / cols, c = i % cols;
+  out[i] = DeviceDType<D>::load(table, std::int64_t(tokens[t]) * cols + c);
+}
+
+__global__ void rmsnorm_kernel(float* out, const float* x, const std::int32_t* rows, const float* weight, int dim,
+                               float eps) {
+  __shared__ float red[32];
+  const std::int64_t r = blockIdx.x;
+  const float* xr = x + (rows ? std::int64_t(rows[r]) : r) * dim;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = block_sum(ss, red);
+  const float scale = 1.0f / sqrtf(ss / float(dim) + eps);
+  float* o = out + r * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = weight[i] * (scale * xr[i]);
+}
+
+// cos/sin come from a table the host computed with the CPU's own f32
+// std::pow/cos/sin (cpu::rope's table), so angles are the same bits; the
+// products are kept unfused (__fmul_rn) so that contraction into an FMA
+// does not move the result.
+__global__ void rope_kernel(float* x, std::int64_t n, int heads, int head_dim, const std::int32_t* positions,
+                            const float* cos_t, const float* sin_t, int interleaved) {
+  const int half = head_dim / 2;
+  const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * heads * half) return;
+  const std::int64_t t = i / (std::int64_t(heads) * half);
+  const int h = int((i / half) % heads), j = int(i % half);
+  float* v = x + (t * heads + h) * head_dim;
+  const std::int64_t at = std::int64_t(positions[t]) * half + j;
+  const float c = cos_t[at], s = sin_t[at];
+  const int a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + half;
+  const float x0 = v[a], x1 = v[b];
+  v[a] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+  v[b] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+}
+
+__global__ void swiglu_kernel(float* gate, const float* up, std::int64_t n) {
+  const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float g = gate[i];
+  gate[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+__global__ void add_kernel(float* y, const float* x, std::int64_t n) {
+  const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) y[i] += x[i];
+}
+
+__global__ void copy_rows_kernel(float* dst, std::int64_t dst_stride, const float* src, std::int64_t src_stride,
+                                 std::int64_t rows, int width) {
+  const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * width) return;
+  const std::int64_t r = i / width, c = i % width;
+  dst[r * dst_stride + c] = src[r * src_stride + c];
+}
+
+template <DType D>
+__global__ void round_kernel(typename DeviceDType<D>::Storage* dst, const float* src, std::int64_t n) {
+  const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) dst[i] = DeviceDType<D>::store(src[i]);
+}
+
+}  // namespace elementwise_detail
+
+// cpu: CpuBackend::embed (cpu::load_row per token).
+inline void embed(DType dtype, const void* table, std::int64_t cols, const std::int32_t* tokens, std::int64_t n,
+                  float* out, cudaStream_t stream) {
+  namespace ed = elementwise_detail;
+  if (n <= 0) return;
+  visit_device_dtype(dtype, [&](auto d) {
+    constexpr DType D = decltype(d)::value;
+    ed::embed_kernel<D><<<ed::blocks_for(n * cols), ed::kThreads, 0, stream>>>(
+        static_cast<const typename DeviceDType<D>::Storage*>(table), cols, tokens, n, out);
+  });
+  FASTINFER_CUDA_CHECK_LAUNCH(embed_kernel);
+}
+
+// cpu: cpu::rmsnorm, one block per row.
+inline void rmsnorm(float* out, const float* x, const std::int32_t* rows, std::int64_t n, const float* weight,
+                    int dim, float eps, cudaStream_t stream) {
+  if (n <= 0) return;
+  elementwise_detail::rmsnorm_kernel<<<unsigned(n), 256, 0, stream>>>(out, x, rows, weight, dim, eps);
+  FASTINFER_CUDA_CHECK_LAUNCH(rmsnorm_kernel);
+}
+
+// cpu: cpu::rope; positions on the device (int32), tables [position][head_dim / 2].
+inline void rope(float* x, std::int64_t n, int heads, int head_dim, const std::int32_t* positions,
+                 const float* cos_t, const float* sin_t, RopeStyle style, cudaStream_t stream) {
+  namespace ed = elementwise_detail;
+  if (n <= 0) return;
+  ed::rope_kernel<<<ed::blocks_for(n * heads * (head_dim / 2)), ed::kThreads, 0, stream>>>(
+      x, n, heads, head_dim, positions, cos_t, sin_t, style == RopeStyle::Interleaved ? 1 : 0);
+  FASTINFER_CUDA_CHECK_LAUNCH(rope_kernel);
+}
+
+// cpu: cpu::swiglu.
+inline void swiglu(float* gate, const float* up, std::int64_t n, cudaStream_t stream) {
+  namespace ed = elementwise_detail;
+  if (n <= 0) return;
+  ed::swiglu_kernel<<<ed::blocks_for(n), ed::kThreads, 0, stream>>>(gate, up, n);
+  FASTINFER_CUDA_CHECK_LAUNCH(swiglu_kernel);
+}
+
+// cpu: cpu::add.
+inline void add(float* y, const float* x, std::int64_t n, cudaStream_t stream) {
+  namespace ed = elementwise_detail;
+  if (n <= 0) return;
+  ed::add_kernel<<<ed::blocks_for(n), ed::kThreads, 0, stream>>>(y, x, n);
+  FASTINFER_CUDA_CHECK_LAUNCH(add_kernel);
+}
+
+// cpu: CpuBackend::copy_rows (memcpy per row).
+inline void copy_rows(float* dst, std::int64_t dst_stride, const float* src, std::int64_t src_stride,
+                      std::int64_t rows, int width, cudaStream_t stream) {
+  namespace ed = elementwise_detail;
+  if (rows <= 0 || width <= 0) return;
+  ed::copy_rows_kernel<<<ed::blocks_for(rows * width), ed::kThreads, 0, stream>>>(dst, dst_stride, src, src_stride,
+                                                                                   rows, width);
+  FASTINFER_CUDA_CHECK_LAUNCH(copy_rows_kernel);
+}
+
+// f32 activations rounded to the weights' 16-bit type (cuBLAS's GemmEx
+// takes A and B of one type). cpu: f32_to_f16 / f32_to_bf16.
+template <DType D>
+void round_to(typename DeviceDType<D>::Storage* dst, const float* src, std::int64_t n, cudaStream_t stream) {
+  namespace ed = elementwise_detail;
+  if (n <= 0) return;
+  ed::round_kernel<D><<<ed::blocks_for(n), ed::kThreads, 0, stream>>>(dst, src, n);
+  FASTINFER_CUDA_CHECK_LAUNCH(round_kernel);
+}
+
+}  // namespace fastinfer::cuda
