@@ -1,14 +1,16 @@
-// The CUDA backend's KV store: paged layout, f32 or f16 codes, in one
-// device arena laid out as kv::KVCache's (block, layer, K|V, KV head, token,
-// head_dim), so KVBlockStorage and host swap slots mean the same bytes as on
-// the CPU. The books are host-side and backend-free: a PagedAllocator (block
-// tables, reference counts, copy-on-write decisions) and the table arrays of
-// kv::PagedKVTables; the host never reads or writes the arena except in
+// The CUDA backend's KV store: paged (or contiguous: paged with one block
+// per sequence) layout, f32 or f16 codes, in one device arena laid out as
+// kv::KVCache's (block, layer, K|V, KV head, token, head_dim), so
+// KVBlockStorage and host swap slots mean the same bytes as on the CPU. The
+// books are kv::KVBook's, the very rules the CPU's KVCache follows (block
+// tables, copy-on-write copies, length limits, batch tables): this store
+// only moves bytes. The host never reads or writes the arena except in
 // read() and swap_out()/swap_in(), which are the host's way in and out.
 //
 // Not yet supported on cuda (each refused with a one-line error at
-// construction or at the verb): the contiguous and window layouts, the
-// int8/int4/bf16/fp8 formats, KV presses (observe_queries/compress).
+// construction or at the verb): the window layout (the kernel has no
+// window/sink masking yet), the int8/int4/bf16/fp8 formats, KV presses
+// (observe_queries/compress).
 // Cross-layer sharing works as on the CPU (KV layer = layer / group).
 #pragma once
 
@@ -28,7 +30,7 @@
 #include "fastinfer/backend/cuda/device_buffer.cuh"
 #include "fastinfer/core/dtype.hpp"
 #include "fastinfer/core/error.hpp"
-#include "fastinfer/kv/kv_cache.hpp"
+#include "fastinfer/kv/kv_book.hpp"
 #include "fastinfer/kv/kv_quant.hpp"
 #include "fastinfer/kv/kv_store.hpp"
 #include "fastinfer/memory/paged_allocator.hpp"
@@ -69,7 +71,9 @@ class CudaKVStore final : public KVStore {
 
  public:
   CudaKVStore(std::shared_ptr<CudaContext> ctx, const kv::KVCacheConfig& cfg, int share_layers)
-      : ctx_(std::move(ctx)), cfg_(validated_(cfg)), alloc_(cfg_.num_blocks, cfg_.block_size), group_(share_layers) {
+      : ctx_(std::move(ctx)), book_(cfg), cfg_(book_.config()), group_(share_layers) {
+    FASTINFER_CHECK(cfg_.layout != KVLayoutKind::Window, InvalidArgument,
+                    "KV layout 'window' is not yet supported on cuda (use paged or contiguous)");
     FASTINFER_CHECK(share_layers >= 1, InvalidArgument, "KVOptions: share_layers must be at least 1, got ",
                     share_layers);
     row_bytes_ = std::int64_t(QT::code_bytes(cfg_.head_dim));
@@ -79,8 +83,8 @@ class CudaKVStore final : public KVStore {
     arena_ = DeviceBuffer<std::uint8_t>(std::size_t(block_stride_) * std::size_t(cfg_.num_blocks));
   }
 
-  std::string_view layout_name() const override { return kv_layout_name(KVLayoutKind::Paged); }
-  KVLayoutKind layout() const override { return KVLayoutKind::Paged; }
+  std::string_view layout_name() const override { return book_.layout_name(); }
+  KVLayoutKind layout() const override { return book_.layout(); }
   std::string_view quant_name() const override { return QT::kName; }
   std::size_t bytes_per_token() const override {
     return 2 * std::size_t(cfg_.n_layers) * std::size_t(cfg_.n_kv_heads) * std::size_t(row_bytes_);
@@ -88,52 +92,40 @@ class CudaKVStore final : public KVStore {
   std::size_t memory_bytes() const override { return std::size_t(block_stride_) * std::size_t(cfg_.num_blocks); }
   std::int32_t block_size() const override { return cfg_.block_size; }
 
-  PagedAllocator& allocator() override { return alloc_; }
-  const PagedAllocator& allocator() const override { return alloc_; }
-  bool contains(SeqId seq) const override { return alloc_.contains(seq); }
-  std::int64_t length(SeqId seq) const override { return alloc_.length(seq); }
-  bool add_sequence(SeqId seq) override {
-    alloc_.add_sequence(seq);
-    return true;
-  }
+  PagedAllocator& allocator() override { return book_.allocator(); }
+  const PagedAllocator& allocator() const override { return book_.allocator(); }
+  bool contains(SeqId seq) const override { return book_.contains(seq); }
+  std::int64_t length(SeqId seq) const override { return book_.length(seq); }
+  bool add_sequence(SeqId seq) override { return book_.add_sequence(seq); }
   void adopt(SeqId seq, const std::vector<BlockId>& blocks, std::int64_t length) override {
-    check_length_(seq, length);
-    alloc_.adopt(seq, blocks, length);
+    book_.adopt(seq, blocks, length);
   }
-  void fork(SeqId src, SeqId dst) override { alloc_.fork(src, dst); }
-  void free_sequence(SeqId seq) override { alloc_.free_sequence(seq); }
-  void truncate(SeqId seq, std::int64_t new_length) override { alloc_.truncate(seq, new_length); }
-  // kv::KVCache::extend_all without the window: copy-on-write copies are
-  // made on the device, in stream order before any append of this step.
+  void fork(SeqId src, SeqId dst) override { book_.fork(src, dst); }
+  void free_sequence(SeqId seq) override { book_.free_sequence(seq); }
+  void truncate(SeqId seq, std::int64_t new_length) override { book_.truncate(seq, new_length); }
+  // KVBook's rules; its copy-on-write copies are made on the device, in
+  // stream order before any append of this step.
   bool extend_all(const std::vector<ReserveRequest>& reqs) override {
-    for (const auto& r : reqs) {
-      FASTINFER_CHECK(r.tokens >= 0, InvalidArgument, "KVStore::extend_all: cannot add ", r.tokens, " tokens");
-      check_length_(r.seq, alloc_.length(r.seq) + r.tokens);
-    }
-    copies_.clear();
-    if (!alloc_.reserve_all(reqs, &copies_)) return false;
+    if (!book_.extend_all(reqs, copies_)) return false;
     for (const BlockCopy& c : copies_) copy_prefix_(c);
-    for (const auto& r : reqs) alloc_.append(r.seq, r.tokens);
     return true;
   }
 
   void append(int layer, SeqId seq, const float* k, const float* v, std::int64_t n) override {
     if (layer % group_ != 0) return;
     const int kl = layer / group_;
-    check_layer_(kl);
-    const std::int64_t len = alloc_.length(seq);
+    book_.check_layer(kl);
+    const std::int64_t len = book_.length(seq);
     FASTINFER_CHECK(n >= 0 && n <= len, InvalidArgument, "KVStore::append: sequence ", seq, " has ", len,
                     " tokens, cannot write the last ", n, " (extend_all first)");
     if (n == 0) return;
-    const auto& table = alloc_.block_table(seq);
+    book_.check_writable(seq, len - n, n);  // not released, not shared: a failed append changes nothing
+    const auto& table = book_.allocator().block_table(seq);
     slot_block_.resize(std::size_t(n));
     slot_token_.resize(std::size_t(n));
     for (std::int64_t i = 0; i < n; ++i) {
       const std::int64_t p = len - n + i;
-      const BlockId b = table[std::size_t(p / cfg_.block_size)];
-      FASTINFER_CHECK(b != kNoBlock && alloc_.ref_count(b) == 1, UsageError, "KVStore::append: position ", p,
-                      " of sequence ", seq, " lies in block ", b, " that is released or shared");
-      slot_block_[std::size_t(i)] = b;
+      slot_block_[std::size_t(i)] = table[std::size_t(p / cfg_.block_size)];
       slot_token_[std::size_t(i)] = std::int32_t(p % cfg_.block_size);
     }
     cudaStream_t s = ctx_->stream();
@@ -148,12 +140,8 @@ class CudaKVStore final : public KVStore {
 
   void read(int layer, SeqId seq, std::int64_t pos, float* k, float* v) const override {
     const int kl = layer / group_;
-    check_layer_(kl);
-    const std::int64_t len = alloc_.length(seq);
-    FASTINFER_CHECK(pos >= 0 && pos < len, InvalidArgument, "KVStore::read: position ", pos, " outside sequence ",
-                    seq, " of length ", len);
-    const BlockId b = alloc_.block_table(seq)[std::size_t(pos / cfg_.block_size)];
-    FASTINFER_CHECK(b != kNoBlock, UsageError, "KVStore::read: position ", pos, " was released");
+    book_.check_layer(kl);
+    const BlockId b = book_.block_of(seq, pos);
     std::vector<std::uint8_t> row(static_cast<std::size_t>(row_bytes_));
     const int d = cfg_.head_dim;
     for (int kvsel = 0; kvsel < 2; ++kvsel)
@@ -168,19 +156,19 @@ class CudaKVStore final : public KVStore {
 
   void copy_blocks(const std::vector<BlockCopy>& copies) override {
     for (const BlockCopy& c : copies) {
-      check_block_(c.src);
-      check_block_(c.dst);
+      book_.checked_block(c.src);
+      book_.checked_block(c.dst);
       FASTINFER_CUDA_CHECK(cudaMemcpyAsync(block_(c.dst), block_(c.src), std::size_t(block_stride_),
                                            cudaMemcpyDeviceToDevice, ctx_->stream()));
     }
   }
   std::size_t host_block_bytes() const override { return std::size_t(block_stride_); }
   void swap_out(BlockId block, std::uint8_t* host) override {
-    check_block_(block);
+    book_.checked_block(block);
     copy_to_host(host, block_(block), std::size_t(block_stride_), ctx_->stream());
   }
   void swap_in(const std::uint8_t* host, BlockId block) override {
-    check_block_(block);
+    book_.checked_block(block);
     copy_to_device(block_(block), host, std::size_t(block_stride_), ctx_->stream());
     ctx_->synchronize();  // the host slot may be reused when this returns
   }
@@ -191,7 +179,7 @@ class CudaKVStore final : public KVStore {
     return s;
   }
 
-  std::int64_t position_offset(SeqId) const override { return 0; }
+  std::int64_t position_offset(SeqId seq) const override { return book_.position_offset(seq); }
   void observe_queries(SeqId) override {
     throw_error<UsageError>("KVStore: KV presses (observe_queries, compress) are not yet supported on cuda");
   }
@@ -205,9 +193,10 @@ class CudaKVStore final : public KVStore {
     lens_.clear();
     longest_ = 0;
     for (SeqId s : seqs) {
-      const std::int64_t len = alloc_.length(s);
-      const auto& table = alloc_.block_table(s);
-      blocks_.insert(blocks_.end(), table.begin(), table.begin() + alloc_.blocks_for(len));
+      const PagedAllocator& alloc = book_.allocator();
+      const std::int64_t len = alloc.length(s);
+      const auto& table = alloc.block_table(s);
+      blocks_.insert(blocks_.end(), table.begin(), table.begin() + alloc.blocks_for(len));
       indptr_.push_back(std::int32_t(blocks_.size()));
       lens_.push_back(std::int32_t(len));
       longest_ = std::max(longest_, len);
@@ -223,7 +212,7 @@ class CudaKVStore final : public KVStore {
   void attend(int layer, const float* q, const std::int32_t* qo_indptr, const std::uint8_t* mask, float* out,
               int n_q_heads, int) override {
     const int kl = layer / group_;
-    check_layer_(kl);
+    book_.check_layer(kl);
     const std::int32_t batch = std::int32_t(lens_.size());
     const std::int64_t rows = qo_indptr[batch];
     // The step's query rows are the same for every layer: staged once.
@@ -249,26 +238,6 @@ class CudaKVStore final : public KVStore {
   }
 
  private:
-  static kv::KVCacheConfig validated_(kv::KVCacheConfig c) {
-    FASTINFER_CHECK(c.n_layers > 0 && c.n_kv_heads > 0 && c.head_dim > 0 && c.head_dim % 8 == 0 &&
-                        c.num_blocks > 0 && kv::is_power_of_two(c.block_size),
-                    InvalidArgument, "CudaKVStore: bad config (n_layers ", c.n_layers, ", n_kv_heads ", c.n_kv_heads,
-                    ", head_dim ", c.head_dim, " (a multiple of 8), num_blocks ", c.num_blocks, ", block_size ",
-                    c.block_size, " (a power of two))");
-    return c;
-  }
-  void check_length_(SeqId seq, std::int64_t len) const {
-    FASTINFER_CHECK(cfg_.max_seq_len == 0 || len <= cfg_.max_seq_len, UsageError, "KVStore: sequence ", seq,
-                    " would hold ", len, " tokens, beyond max_seq_len ", cfg_.max_seq_len);
-  }
-  void check_layer_(int kl) const {
-    FASTINFER_CHECK(kl >= 0 && kl < cfg_.n_layers, InvalidArgument, "KVStore: layer ", kl, " outside [0, ",
-                    cfg_.n_layers, ")");
-  }
-  void check_block_(BlockId b) const {
-    FASTINFER_CHECK(b >= 0 && b < cfg_.num_blocks, InvalidArgument, "KVStore: block ", b, " outside [0, ",
-                    cfg_.num_blocks, ")");
-  }
   std::uint8_t* block_(BlockId b) { return arena_.data() + std::int64_t(b) * block_stride_; }
 
   // Copy-on-write: the first c.tokens rows of every (layer, K|V, head) run,
@@ -304,8 +273,8 @@ class CudaKVStore final : public KVStore {
   }
 
   std::shared_ptr<CudaContext> ctx_;
-  kv::KVCacheConfig cfg_;
-  PagedAllocator alloc_;
+  kv::KVBook book_;
+  kv::KVCacheConfig cfg_;  // book_'s (validated), kept at hand for the byte arithmetic
   int group_ = 1;  // model layers per KV layer (CLA)
   std::int64_t row_bytes_ = 0, head_stride_ = 0, layer_stride_ = 0, block_stride_ = 0;
   DeviceBuffer<std::uint8_t> arena_;
@@ -330,8 +299,11 @@ class CudaKVStore final : public KVStore {
 // not have yet is refused with a one-line error.
 inline std::unique_ptr<KVStore> make_kv_store(std::shared_ptr<CudaContext> ctx, const KVOptions& options,
                                               const kv::KVCacheConfig& config) {
-  FASTINFER_CHECK(options.layout == KVLayoutKind::Paged, InvalidArgument, "KV layout '",
-                  kv_layout_name(options.layout), "' is not yet supported on cuda (use paged)");
+  FASTINFER_CHECK(options.layout != KVLayoutKind::Window, InvalidArgument,
+                  "KV layout 'window' is not yet supported on cuda (use paged or contiguous)");
+  FASTINFER_CHECK(config.layout == options.layout, InvalidArgument, "make_kv_store: the cache config's layout '",
+                  kv_layout_name(config.layout), "' differs from the options' '", kv_layout_name(options.layout),
+                  "'");
   switch (options.quant) {
     case kv::QuantKind::F32: return std::make_unique<CudaKVStore<kv::F32>>(std::move(ctx), config, options.share_layers);
     case kv::QuantKind::F16: return std::make_unique<CudaKVStore<kv::F16>>(std::move(ctx), config, options.share_layers);
