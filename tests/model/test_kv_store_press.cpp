@@ -276,7 +276,7 @@ TEST_CASE("press: at ratio 0 every press leaves a multi-layer model's function a
   }
 }
 
-TEST_CASE("make_kv_store: one store class per format, the layout from the config; a config for another layout is refused",
+TEST_CASE("make_kv_store: one store class per format with the layout from the config, and a config for another layout is refused",
           "[model][kv]") {
   const LlamaConfig c = small_config(2);
   for (KVLayoutKind layout : {KVLayoutKind::Contiguous, KVLayoutKind::Paged, KVLayoutKind::Window}) {
