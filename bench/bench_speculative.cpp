@@ -28,8 +28,9 @@
 // self-speculative early exit, the target's first N of 12 layers with its
 // norm and classifier, sharing its KV cache, k 4, or K with ee-N-kK; on this
 // stand-in the real layers sit at 0 and 6, so ee-1..6 draft with the first
-// real layer and ee-7 drafts the full function). BM_Forward110M/<n>:
-// the wall time of one pass over n tokens after 100 (the verify cost).
+// real layer and ee-7 drafts the full function). BM_Forward110M/<n> and
+// BM_Forward1B/bf16/<n>: the wall time of one pass over n tokens after 100
+// (the verify cost).
 //   bench_speculative --benchmark_filter='BM_(Spec|Forward)110M' --benchmark_format=json   (< 10 min)
 //
 // Dynamic speculation (issue 17, adaptive_draft_length.hpp), side by side:
@@ -223,20 +224,25 @@ void BM_ForwardTokens(benchmark::State& state, const std::string& set_name) {
 
 // --- issue 10: the inflated 110M stand-in -------------------------------------
 
-std::string inflated_spec() { return "inflate:" + shared("models/tinystories-656k") + ":110M"; }
+std::string inflated_spec(const std::string& size = "110M") {
+  return "inflate:" + shared("models/tinystories-656k") + ":" + size;
+}
 
-Model& inflated(const std::string& weights, const std::string& kv = "f32") {
+// The stand-in of `size` (110M or 1B) with `weights`, built once per
+// process; building a 1B one drops every other (2-4 GB each).
+Model& inflated(const std::string& weights, const std::string& kv = "f32", const std::string& size = "110M") {
   static std::map<std::string, std::unique_ptr<Model>> cache;
-  auto& slot = cache[weights + "/" + kv];
-  if (!slot) {
+  const std::string key = size + "/" + weights + "/" + kv;
+  if (!cache.count(key)) {
+    if (size != "110M") cache.clear();
     LoadOptions o;
     o.weight_dtype = parse_weight_dtype(weights);
     o.threads = 2;
     KVOptions kvo;
     kvo.quant = kv::parse_quant(kv);
-    slot = std::make_unique<Model>(load_model(inflated_spec(), o), ModelOptions{2, 64, kvo});
+    cache[key] = std::make_unique<Model>(load_model(inflated_spec(size), o), ModelOptions{2, 64, kvo});
   }
-  return *slot;
+  return *cache[key];
 }
 
 std::map<std::string, double>& plain_tok_s() {
@@ -395,13 +401,13 @@ void BM_Auto110M(benchmark::State& state, const std::string& weights, const std:
   side_by_side(state, target, *drafter, k, prompts);
 }
 
-void BM_Forward110M(benchmark::State& state, const std::string& weights) {
+void BM_Forward(benchmark::State& state, const std::string& weights, const std::string& size) {
   if (!std::filesystem::exists(shared("models/tinystories-656k"))) {
     state.SkipWithError("missing ../shared/models/tinystories-656k");
     return;
   }
   const int n = int(state.range(0));
-  Model& m = inflated(weights);
+  Model& m = inflated(weights, "f32", size);
   const int vocab = m.config().vocab_size;
   std::vector<std::int32_t> ctx(100), batch(static_cast<std::size_t>(n));
   for (int i = 0; i < 100; ++i) ctx[std::size_t(i)] = std::int32_t((i * 7919 + 1) % vocab);
@@ -439,10 +445,14 @@ int main(int argc, char** argv) {
           ->Iterations(1)
           ->UseRealTime()
           ->Unit(benchmark::kSecond);
-    auto* f = benchmark::RegisterBenchmark(("BM_Forward110M/" + w).c_str(), BM_Forward110M, w);
+    auto* f = benchmark::RegisterBenchmark(("BM_Forward110M/" + w).c_str(), BM_Forward, w, std::string("110M"));
     for (int n : {1, 2, 4, 8, 12, 16, 24, 32}) f->Arg(n);
     f->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);
   }
+  // The 1B stand-in: memory-bound everywhere (2 GB of bf16 weights a pass).
+  auto* f1b = benchmark::RegisterBenchmark("BM_Forward1B/bf16", BM_Forward, std::string("bf16"), std::string("1B"));
+  for (int n : {1, 2, 4, 8, 16, 32}) f1b->Arg(n);
+  f1b->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.5);
   // Dynamic speculation side by side with plain and fixed k (BM_Auto*: one
   // iteration = every prompt of the set by all three).
   for (const std::string set_name : {"stories260K", "ts656k", "110M-repeat"}) {
