@@ -50,10 +50,10 @@ step_vcpkg() {
   cmake -DWORK="$work/vcpkg-openmp" -DFEATURES=openmp -P packaging/vcpkg/test_port.cmake | grep -E "port fastinfer|consumer:"
   cmake -DWORK="$work/vcpkg-core" -P packaging/vcpkg/test_port.cmake | grep -E "port fastinfer|consumer:"
   if cmake -DWORK="$work/vcpkg-cuda" -DFEATURES=cuda -P packaging/vcpkg/test_port.cmake >"$work/cuda.log" 2>&1 ||
-     ! grep -q "feature cuda needs backend/cuda/" "$work/cuda.log"; then
+     ! grep -q "feature cuda is refused: the CUDA backend" "$work/cuda.log"; then
     echo "vcpkg: the cuda feature was not refused with its message"; cat "$work/cuda.log"; return 1
   fi
-  echo "vcpkg: feature cuda refused (no CUDA backend yet)"
+  echo "vcpkg: feature cuda refused (the CUDA backend has not run on a GPU yet)"
   # Debian's python3-jsonschema (install-deps.sh), whatever python3 comes first on PATH.
   local py=python3
   python3 -c "import jsonschema" 2>/dev/null || py=/usr/bin/python3
@@ -77,10 +77,10 @@ step_conan() {
   done
   if "$conan" install --requires="fastinfer/$(sed -nE 's/.*FASTINFER_VERSION_STRING "([0-9.]+)".*/\1/p' include/fastinfer/version.hpp)" \
        -o "fastinfer/*:with_cuda=True" --output-folder "$work/conan-cuda" >"$work/conan-cuda.log" 2>&1 ||
-     ! grep -q "with_cuda=True needs backend/cuda/" "$work/conan-cuda.log"; then
+     ! grep -q "with_cuda=True is refused: the CUDA backend" "$work/conan-cuda.log"; then
     echo "conan: with_cuda=True was not refused with its message"; cat "$work/conan-cuda.log"; return 1
   fi
-  echo "conan: with_cuda=True refused (no CUDA backend yet)"
+  echo "conan: with_cuda=True refused (the CUDA backend has not run on a GPU yet)"
 }
 
 step_newest() {
