@@ -101,8 +101,6 @@ template <>
 struct LayoutTraits<Contiguous> {
   static constexpr bool kRuntime = false;
   static constexpr KVLayoutKind kKind = KVLayoutKind::Contiguous;
-  static constexpr bool kOneBlockPerSequence = true;
-  static constexpr bool kSliding = false;  // evicts tokens that leave a window
   static constexpr int kBlockSize = 0;
   static constexpr int kWindow = 0;
   static constexpr int kSinks = 0;
@@ -113,8 +111,6 @@ struct LayoutTraits<Paged<BlockSize>> {
   static_assert(BlockSize == 0 || is_power_of_two(BlockSize), "Paged<BlockSize>: the block size must be a power of two");
   static constexpr bool kRuntime = false;
   static constexpr KVLayoutKind kKind = KVLayoutKind::Paged;
-  static constexpr bool kOneBlockPerSequence = false;
-  static constexpr bool kSliding = false;
   static constexpr int kBlockSize = BlockSize;
   static constexpr int kWindow = 0;
   static constexpr int kSinks = 0;
@@ -127,8 +123,6 @@ struct LayoutTraits<SlidingWindow<Window, Sinks, BlockSize>> {
   static_assert(Window >= 0 && Sinks >= 0, "SlidingWindow<Window, Sinks>: sizes cannot be negative");
   static constexpr bool kRuntime = false;
   static constexpr KVLayoutKind kKind = KVLayoutKind::Window;
-  static constexpr bool kOneBlockPerSequence = false;
-  static constexpr bool kSliding = true;
   static constexpr int kBlockSize = BlockSize;
   static constexpr int kWindow = Window;  // 0: KVCacheConfig::window
   static constexpr int kSinks = Sinks;    // 0 with Window 0: KVCacheConfig::sinks
