@@ -26,6 +26,7 @@
 #include "fastinfer/backend/cpu/cpu_backend.hpp"
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/engine/engine.hpp"
+#include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/synthetic.hpp"
 #include "model_scenarios.hpp"
@@ -260,6 +261,16 @@ class GuardedBackend {
     Call c(*g_, "make_kv_store");
     return std::make_unique<GuardedKVStore>(g_, cpu::make_kv_store(o, cfg, g_.get()));
   }
+  void argmax_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
+                   std::int32_t* tokens) {
+    Call c(*g_, "argmax_rows");
+    cpu_.argmax_rows(logits, vocab, rows, n, tokens);
+  }
+  void sample_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
+                   const SamplingParams* params, const std::uint64_t* token_indices, std::int32_t* tokens) {
+    Call c(*g_, "sample_rows");
+    cpu_.sample_rows(logits, vocab, rows, n, params, token_indices, tokens);
+  }
 
  private:
   std::shared_ptr<Guard> g_;
@@ -286,6 +297,9 @@ struct NoLinear {
   void add(float*, const float*, std::int64_t) {}
   void copy_rows(float*, std::int64_t, const float*, std::int64_t, std::int64_t, int) {}
   std::unique_ptr<KVStore> make_kv_store(const KVOptions&, const kv::KVCacheConfig&) { return nullptr; }
+  void argmax_rows(const float*, std::int64_t, const std::int32_t*, std::int64_t, std::int32_t*) {}
+  void sample_rows(const float*, std::int64_t, const std::int32_t*, std::int64_t, const SamplingParams*,
+                   const std::uint64_t*, std::int32_t*) {}
 };
 
 bool same_bits(const float* a, const float* b, std::size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
@@ -439,5 +453,88 @@ TEST_CASE("guarded backend: an engine's swaps and copy-on-write go through the K
   CHECK(guard->calls["kv.swap_out"] > 0);
   CHECK(guard->calls["kv.swap_in"] > 0);
   CHECK(guard->calls["kv.copy_blocks"] > 0);
+  CHECK(guard->calls["sample_rows"] > 0);
+  REQUIRE_FALSE(guard->is_open());
+}
+
+TEST_CASE("sampling on the backend: generate, the engine and argmax_rows pick the host sampler's tokens",
+          "[backend][sampling]") {
+  LlamaConfig c = synthetic_config("tiny");
+  c.n_layers = 2;
+  c.max_seq_len = 96;
+  const LlamaWeights w = make_synthetic(c, DType::F32, 21);
+  ModelOptions o;
+  o.threads = 1;
+  o.kv.layout = KVLayoutKind::Paged;
+  o.kv.block_size = 16;
+  o.kv.max_sequences = 8;
+  auto guard = std::make_shared<Guard>();
+  GuardedBackend backend(guard);
+  LlamaModel<GuardedBackend> guarded(w, o, backend);
+  LlamaModel<> host(w, o);
+  const std::vector<std::int32_t> prompt{1, 40, 41, 42, 7};
+
+  // The independent reference: the host sampler over the rows forward_* returns.
+  auto host_loop = [&](const GenerationParams& p) {
+    std::vector<std::int32_t> out;
+    cpu::SamplerWorkspace ws(c.vocab_size);
+    const float* logits = host.forward_prefill(prompt, 0);
+    for (int pos = int(prompt.size()); int(out.size()) < p.max_new_tokens; ++pos) {
+      const std::int32_t t = cpu::sample_at_index(logits, c.vocab_size, p, std::uint64_t(out.size()), ws);
+      if (t == c.bos_id) break;
+      out.push_back(t);
+      logits = host.forward_decode(t, pos);
+    }
+    return out;
+  };
+  for (const float temperature : {0.0f, 0.9f}) {
+    INFO("temperature " << temperature);
+    GenerationParams p;
+    p.temperature = temperature;
+    p.top_k = 40;
+    p.top_p = 0.9f;
+    p.seed = 77;
+    p.max_new_tokens = 24;
+    const long before = guard->calls["sample_rows"];
+    const GenerationResult r = generate(guarded, prompt, p);
+    CHECK(r.tokens == host_loop(p));
+    // One backend pick per token, plus the one that hit a stop rule.
+    CHECK(guard->calls["sample_rows"] - before >= long(r.tokens.size()));
+  }
+
+  // argmax_rows and sample_rows over several rows of one ragged pass.
+  ForwardBatch fb;
+  REQUIRE(guarded.kv().add_sequence(3));
+  REQUIRE(host.kv().add_sequence(3));
+  fb.add(3, prompt.data(), std::int32_t(prompt.size()));
+  fb.logits = LogitsRows::All;
+  const float* last = guarded.forward(fb);  // the rows the backend reads (host memory for this backend)
+  const float* rows_host = host.forward(fb);
+  const std::vector<std::int32_t> rows{4, 0, 2, 2};
+  std::vector<std::int32_t> got(rows.size());
+  std::vector<SamplingParams> params(rows.size());
+  std::vector<std::uint64_t> index{0, 1, 2, 3};
+  params[1].temperature = 0.7f, params[2].temperature = 1.3f, params[3].temperature = 1.3f;
+  params[3].seed = 5;
+  guarded.sample_logits(rows.data(), std::int64_t(rows.size()), params.data(), index.data(), got.data());
+  cpu::SamplerWorkspace ws(c.vocab_size);
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    CHECK(got[i] == cpu::sample_at_index(rows_host + std::size_t(rows[i]) * std::size_t(c.vocab_size),
+                                         c.vocab_size, params[i], index[i], ws));
+  // argmax_rows: the first maximum of each row. The backend reads the rows
+  // where the last pass left them: forward(batch)'s own buffer here.
+  guarded.backend().argmax_rows(last, c.vocab_size, rows.data(), std::int64_t(rows.size()), got.data());
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    CHECK(got[i] == cpu::argmax_token(rows_host + std::size_t(rows[i]) * std::size_t(c.vocab_size), c.vocab_size));
+  CHECK(guard->calls["argmax_rows"] == 1);
+
+  // A row outside the pass is refused by name, before the backend is asked.
+  const long calls = guard->calls["sample_rows"];
+  const std::int32_t bad = std::int32_t(prompt.size());
+  std::int32_t tok = -1;
+  CHECK_THROWS_WITH(guarded.sample_logits(&bad, 1, params.data(), index.data(), &tok),
+                    Catch::Contains("outside the last pass's 5 logits rows"));
+  CHECK(guard->calls["sample_rows"] == calls);
+  CHECK(tok == -1);
   REQUIRE_FALSE(guard->is_open());
 }

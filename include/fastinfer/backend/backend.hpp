@@ -37,6 +37,22 @@
 //   void copy_rows(float* dst, std::int64_t dst_stride, const float* src,
 //                  std::int64_t src_stride, std::int64_t rows, int width)
 //   std::unique_ptr<KVStore> make_kv_store(const KVOptions&, const kv::KVCacheConfig&)
+//   void argmax_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows,
+//                    std::int64_t n, std::int32_t* tokens)
+//                                                 tokens[i] = first maximum of logits
+//                                                 row rows[i] (logits in the backend's
+//                                                 memory, rows and tokens host arrays);
+//                                                 NaN / +inf rows refused
+//   void sample_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows,
+//                    std::int64_t n, const SamplingParams* params,
+//                    const std::uint64_t* token_indices, std::int32_t* tokens)
+//                                                 tokens[i] drawn from row rows[i] under
+//                                                 params[i] with the coin Philox(seed,
+//                                                 token_indices[i]) (core/sampling_params.hpp
+//                                                 and backend/cpu/sampling.hpp give the
+//                                                 contract, bit for bit); temperature 0
+//                                                 is argmax. A device backend samples
+//                                                 where the logits are and returns ids.
 //
 // check_backend<B>() names the first missing member in a static_assert;
 // is_backend_v<B> says whether all are there. Adding a backend: implement
@@ -54,6 +70,7 @@
 #include <vector>
 
 #include "fastinfer/core/rope_style.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/core/tensor.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "fastinfer/kv/kv_store.hpp"
@@ -104,6 +121,16 @@ FASTINFER_BACKEND_MEMBER_(make_kv_store,
                           std::declval<std::unique_ptr<KVStore>&>() = std::declval<B&>().make_kv_store(
                               std::declval<const KVOptions&>(), std::declval<const kv::KVCacheConfig&>()))
 
+FASTINFER_BACKEND_MEMBER_(argmax_rows, std::declval<B&>().argmax_rows(std::declval<const float*>(), std::int64_t{},
+                                                                      std::declval<const std::int32_t*>(),
+                                                                      std::int64_t{}, std::declval<std::int32_t*>()))
+FASTINFER_BACKEND_MEMBER_(sample_rows,
+                          std::declval<B&>().sample_rows(std::declval<const float*>(), std::int64_t{},
+                                                         std::declval<const std::int32_t*>(), std::int64_t{},
+                                                         std::declval<const SamplingParams*>(),
+                                                         std::declval<const std::uint64_t*>(),
+                                                         std::declval<std::int32_t*>()))
+
 #undef FASTINFER_BACKEND_MEMBER_
 
 }  // namespace backend_detail
@@ -117,7 +144,8 @@ inline constexpr bool is_backend_v =
     backend_detail::has_embed<B>::value && backend_detail::has_linear<B>::value &&
     backend_detail::has_rmsnorm<B>::value && backend_detail::has_rope<B>::value &&
     backend_detail::has_swiglu<B>::value && backend_detail::has_add<B>::value &&
-    backend_detail::has_copy_rows<B>::value && backend_detail::has_make_kv_store<B>::value;
+    backend_detail::has_copy_rows<B>::value && backend_detail::has_make_kv_store<B>::value &&
+    backend_detail::has_argmax_rows<B>::value && backend_detail::has_sample_rows<B>::value;
 
 // Compile-time check with one message per missing member.
 template <typename B>
@@ -139,6 +167,9 @@ constexpr bool check_backend() {
   static_assert(has_copy_rows<B>::value,
                 "Backend: missing `copy_rows(dst, dst_stride, src, src_stride, rows, width)`");
   static_assert(has_make_kv_store<B>::value, "Backend: missing `make_kv_store(const KVOptions&, const kv::KVCacheConfig&)`");
+  static_assert(has_argmax_rows<B>::value, "Backend: missing `argmax_rows(logits, vocab, rows, n, tokens)`");
+  static_assert(has_sample_rows<B>::value,
+                "Backend: missing `sample_rows(logits, vocab, rows, n, params, token_indices, tokens)`");
   return true;
 }
 

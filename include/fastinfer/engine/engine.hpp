@@ -83,7 +83,7 @@
 #include <variant>
 #include <vector>
 
-#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/engine/request_speculation.hpp"
 #include "fastinfer/engine/spec_policy.hpp"
@@ -163,7 +163,6 @@ class Engine {
         cfg_(config),
         clock_(clock ? std::move(clock) : sched::steady_seconds_clock()),
         vocab_(model.config().vocab_size),
-        ws_(model.config().vocab_size),
         fit_(std::holds_alternative<SpecAdaptive>(config.spec.policy)
                  ? std::get<SpecAdaptive>(config.spec.policy).forget
                  : 0.95,
@@ -520,6 +519,8 @@ class Engine {
   void sample_(const sched::StepPlan& plan) {
     result_.clear();
     result_index_.clear();
+    pick_plain_rows_(plan);
+    std::size_t next_plain = 0;
     std::size_t next_row = 0;  // per-entry rows come back in entry order
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
@@ -541,10 +542,28 @@ class Engine {
         stats_.spec_emitted += std::int64_t(v.tokens.size());
         continue;
       }
-      const TokenId t =
-          cpu::sample_at_index(row, vocab_, batcher_->request(e.id).sampling, std::uint64_t(e.sample_index), ws_);
-      result_.add(e.id, t);
+      result_.add(e.id, plain_.tokens[next_plain++]);
     }
+  }
+
+  // The rows that sample without speculation, picked in one call on the
+  // backend (a device backend sends back ids, not rows); the speculating rows
+  // are verified on the host against their drafts' distributions.
+  void pick_plain_rows_(const sched::StepPlan& plan) {
+    plain_.rows.clear(), plain_.params.clear(), plain_.indices.clear();
+    std::size_t next_row = 0;
+    for (std::size_t i = 0; i < plan.entries.size(); ++i) {
+      const sched::PlanEntry& e = plan.entries[i];
+      const std::size_t row0 = next_row;
+      next_row += std::size_t(batch_.logits_tail[i]);
+      if (!e.samples || (i < drafts_.size() && !drafts_[i].tokens.empty())) continue;
+      plain_.rows.push_back(std::int32_t(row0));
+      plain_.params.push_back(batcher_->request(e.id).sampling);
+      plain_.indices.push_back(std::uint64_t(e.sample_index));
+    }
+    plain_.tokens.resize(plain_.rows.size());
+    model_.sample_logits(plain_.rows.data(), std::int64_t(plain_.rows.size()), plain_.params.data(),
+                         plain_.indices.data(), plain_.tokens.data());
   }
 
   // Inserts the full blocks of every prompt (or recompute) whose prefill
@@ -591,7 +610,12 @@ class Engine {
   EngineConfig cfg_;
   sched::SchedulerClock clock_;
   std::int32_t vocab_;
-  cpu::SamplerWorkspace ws_;
+  struct PlainRows {  // pick_plain_rows_'s arrays, kept to avoid per-step allocation
+    std::vector<std::int32_t> rows;
+    std::vector<SamplingParams> params;
+    std::vector<std::uint64_t> indices;
+    std::vector<TokenId> tokens;
+  } plain_;
   std::unique_ptr<prefix::RadixPrefixCache> cache_;
   std::unique_ptr<sched::ContinuousBatcher> batcher_;
   std::vector<std::uint8_t> host_pool_;  // swap_blocks slots of kv().host_block_bytes()

@@ -22,7 +22,6 @@
 #include <thread>
 #include <vector>
 
-#include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/model/forward_batch.hpp"
 #include "fastinfer/model/llama_model.hpp"
@@ -39,8 +38,7 @@ template <typename Backend = CpuBackend>
 class StaticBatcher {
  public:
   explicit StaticBatcher(LlamaModel<Backend>& model, StaticBatchConfig config = {}, sched::SchedulerClock clock = {})
-      : model_(model), cfg_(config), clock_(clock ? std::move(clock) : sched::steady_seconds_clock()),
-        ws_(model.config().vocab_size) {
+      : model_(model), cfg_(config), clock_(clock ? std::move(clock) : sched::steady_seconds_clock()) {
     FASTINFER_CHECK(cfg_.batch_size >= 1, InvalidArgument, "StaticBatcher: batch_size must be >= 1, got ",
                     cfg_.batch_size);
   }
@@ -85,7 +83,6 @@ class StaticBatcher {
   void run_batch_(const std::vector<sched::Request>& requests, const std::vector<std::size_t>& batch, double start,
                   std::vector<std::vector<sched::TokenId>>& outputs) {
     KVStore& kv = model_.kv();
-    const std::int32_t vocab = model_.config().vocab_size;
     const std::int64_t ctx = model_.config().max_seq_len;
     std::vector<Row> rows;
     for (std::size_t k = 0; k < batch.size(); ++k) {
@@ -96,10 +93,11 @@ class StaticBatcher {
       FASTINFER_CHECK(kv.add_sequence(row.seq), UsageError, "StaticBatcher: the KV pool has no room for a sequence");
       rows.push_back(row);
     }
-    auto sample_row = [&](Row& row, const float* logits, double now) {
+    // Row `logits_row` of the step's logits, picked on the backend.
+    auto sample_row = [&](Row& row, std::size_t logits_row, double now) {
       const sched::Request& r = requests[row.req];
       auto& out = outputs[row.req];
-      const sched::TokenId t = cpu::sample_at_index(logits, vocab, r.sampling, std::uint64_t(out.size()), ws_);
+      const sched::TokenId t = model_.sample_logits(std::int32_t(logits_row), r.sampling, std::uint64_t(out.size()));
       row.last = t;
       if (row.done) return;
       if (std::find(r.stop_ids.begin(), r.stop_ids.end(), t) != r.stop_ids.end()) {
@@ -133,11 +131,10 @@ class StaticBatcher {
       }
       if (fed.empty()) break;
       forward_tokens_ += fb_.rows();
-      const float* logits = model_.forward(fb_);
+      model_.forward(fb_);
       const double now = clock_();
       for (std::size_t b = 0; b < fed.size(); ++b)
-        if (fed[b]->fed == std::int64_t(requests[fed[b]->req].prompt.size()))
-          sample_row(*fed[b], logits + b * std::size_t(vocab), now);
+        if (fed[b]->fed == std::int64_t(requests[fed[b]->req].prompt.size())) sample_row(*fed[b], b, now);
     }
     // Decode, padded: every row steps until the last one is done.
     for (;;) {
@@ -152,9 +149,9 @@ class StaticBatcher {
         fed.push_back(&row);
       }
       forward_tokens_ += fb_.rows();
-      const float* logits = model_.forward(fb_);
+      model_.forward(fb_);
       const double now = clock_();
-      for (std::size_t b = 0; b < fed.size(); ++b) sample_row(*fed[b], logits + b * std::size_t(vocab), now);
+      for (std::size_t b = 0; b < fed.size(); ++b) sample_row(*fed[b], b, now);
     }
     for (Row& row : rows) kv.free_sequence(row.seq);
   }
@@ -162,7 +159,6 @@ class StaticBatcher {
   LlamaModel<Backend>& model_;
   StaticBatchConfig cfg_;
   sched::SchedulerClock clock_;
-  cpu::SamplerWorkspace ws_;
   ForwardBatch fb_;
   sched::SchedulerMetrics metrics_;
   std::int64_t forward_tokens_ = 0;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -112,6 +113,17 @@ inline std::int32_t pick_token(const float* logits, int vocab, const GenerationP
   return cpu::sample_at_index(logits, vocab, sampling_params(params), std::uint64_t(index), workspace);
 }
 
+namespace detail {
+// Whether a model picks tokens on its backend (LlamaModel::sample_logits);
+// wrappers that only forward passes (ConfidentExit) pick on the host.
+template <typename Model, typename = void>
+struct samples_on_backend : std::false_type {};
+template <typename Model>
+struct samples_on_backend<Model, std::void_t<decltype(std::declval<Model&>().sample_logits(
+                                     std::int32_t{}, std::declval<const SamplingParams&>(), std::uint64_t{}))>>
+    : std::true_type {};
+}  // namespace detail
+
 // Generates from `prompt` with `model` (a LlamaModel or anything with
 // reset/config/forward_prefill/forward_decode), calling on_token(id) for each
 // emitted token as soon as it is picked. The model's cache is reset first.
@@ -125,7 +137,8 @@ GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt,
   GenerationResult r;
   r.prompt_tokens = int(prompt.size());
   // Allocations once per request, never per token.
-  cpu::SamplerWorkspace workspace(c.vocab_size);
+  cpu::SamplerWorkspace workspace(detail::samples_on_backend<Model>::value ? 0 : c.vocab_size);
+  const SamplingParams sampling = sampling_params(params);
   r.tokens.reserve(std::size_t(std::min<std::int64_t>(params.max_new_tokens, c.max_seq_len - std::int64_t(prompt.size()))));
   model.reset();
   const auto t0 = Clock::now();
@@ -145,7 +158,11 @@ GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt,
       break;
     }
     const std::int32_t next = profile_sampling(model, [&] {
-      return pick_token(logits, c.vocab_size, params, std::int64_t(r.tokens.size()), workspace);
+      // The same token either way (sample_logits is the host sampler's bits).
+      if constexpr (detail::samples_on_backend<Model>::value)
+        return model.sample_logits(0, sampling, std::uint64_t(r.tokens.size()));
+      else
+        return pick_token(logits, c.vocab_size, params, std::int64_t(r.tokens.size()), workspace);
     });
     if (next == c.bos_id) {
       r.stopped_by = StopReason::Bos;

@@ -48,6 +48,7 @@
 #include "fastinfer/backend/backend.hpp"
 #include "fastinfer/backend/cpu/cpu_backend.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/core/tensor.hpp"
 #include "fastinfer/model/config.hpp"
 #include "fastinfer/model/forward_batch.hpp"
@@ -190,6 +191,7 @@ class LlamaModel {
   // Forgets every cached position of the solo sequence.
   void reset() {
     open_ = nullptr;
+    last_logits_ = nullptr, last_logits_rows_ = 0;
     if (kv_->contains(kSoloSequence)) kv_->free_sequence(kSoloSequence);
   }
 
@@ -233,6 +235,7 @@ class LlamaModel {
   // verification does). The batch must outlive the staged calls.
   void begin_layers(const ForwardBatch& batch) {
     open_ = nullptr;  // a rejected batch leaves no pass open
+    last_logits_ = nullptr, last_logits_rows_ = 0;  // nor rows to sample from
     check_batch_(batch);
     if (prof_) prof_->begin_pass();
     const std::int32_t b_count = batch.batch();
@@ -370,6 +373,26 @@ class LlamaModel {
 
   // Feeds one token at `pos` and returns the logits after it.
   const float* forward_decode(std::int32_t token, int pos) { return forward_prefill(&token, 1, pos); }
+
+  // Picks a token from each of the last pass's logits rows `rows[0..n)` on
+  // the backend: tokens[i] from row rows[i] under params[i] with the coin of
+  // token_indices[i] (temperature 0: the first maximum). The tokens are bit
+  // for bit what the host sampler (backend/cpu/sampling.hpp) picks from the
+  // rows forward() returned; a device backend picks where the logits are and
+  // sends back ids only. After forward(batch, out) the rows are read from
+  // `out`: the caller must not have changed it.
+  void sample_logits(const std::int32_t* rows, std::int64_t n, const SamplingParams* params,
+                     const std::uint64_t* token_indices, std::int32_t* tokens) {
+    for (std::int64_t i = 0; i < n; ++i)
+      FASTINFER_CHECK(rows[i] >= 0 && rows[i] < last_logits_rows_, InvalidArgument, "sample_logits: row ", rows[i],
+                      " is outside the last pass's ", last_logits_rows_, " logits rows");
+    if (n > 0) backend_.sample_rows(last_logits_, c_.vocab_size, rows, n, params, token_indices, tokens);
+  }
+  std::int32_t sample_logits(std::int32_t row, const SamplingParams& params, std::uint64_t token_index) {
+    std::int32_t token = 0;
+    sample_logits(&row, 1, &params, &token_index, &token);
+    return token;
+  }
 
   // The hidden state after the final RMSNorm of the last forward's logits
   // rows ([logits_rows][dim], same order as the logits; for the chunked solo
@@ -610,6 +633,7 @@ class LlamaModel {
   // Final norm and classifier over the logits rows at the current depth.
   void head_(float* out) {
     const int m = int(logit_rows_.size());
+    last_logits_ = nullptr, last_logits_rows_ = 0;
     if (m == 0) return;
     backend_.rmsnorm(xb_.data(), x_.data(), logit_rows_.data(), m, w_.final_norm, c_.dim, c_.norm_eps);
     lap_(ProfOp::FinalNorm);
@@ -619,6 +643,8 @@ class LlamaModel {
       linear_(w_.classifier, xb_.data(), m, logits_dev_.data());
       backend_.to_host(logits_dev_.data(), std::size_t(m) * std::size_t(c_.vocab_size), out);
     }
+    last_logits_ = Backend::kHostVisible ? out : logits_dev_.data();
+    last_logits_rows_ = m;
     lap_(ProfOp::Classifier);
   }
 
@@ -637,6 +663,9 @@ class LlamaModel {
   std::vector<float> hidden_host_;           // last_hidden()'s host copy, only when !Backend::kHostVisible
   std::vector<float> logits_;        // [vocab]: the solo sequence's last row
   std::vector<float> batch_logits_;  // forward(batch)'s rows
+  // The last pass's logits rows where the backend reads them (sample_logits).
+  const float* last_logits_ = nullptr;
+  std::int64_t last_logits_rows_ = 0;
   std::vector<std::int64_t> row_pos_;
   std::vector<std::int32_t> logit_rows_;
   std::vector<SeqId> seqs_;

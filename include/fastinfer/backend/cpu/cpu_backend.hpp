@@ -14,7 +14,9 @@
 #include "fastinfer/backend/backend.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/backend/cpu/kv_store.hpp"
+#include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/core/tensor.hpp"
 
 namespace fastinfer {
@@ -93,8 +95,22 @@ class CpuBackend {
     return cpu::make_kv_store(options, config);
   }
 
+  // The host sampler's functions (backend/cpu/sampling.hpp) row by row: the
+  // tokens are those a caller picking from the same host rows would get.
+  void argmax_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
+                   std::int32_t* tokens) {
+    for (std::int64_t i = 0; i < n; ++i) tokens[i] = cpu::argmax_token(logits + std::int64_t(rows[i]) * vocab, vocab);
+  }
+  void sample_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
+                   const SamplingParams* params, const std::uint64_t* token_indices, std::int32_t* tokens) {
+    for (std::int64_t i = 0; i < n; ++i)
+      tokens[i] = cpu::sample_at_index(logits + std::int64_t(rows[i]) * vocab, vocab, params[i], token_indices[i],
+                                       sampler_ws_);
+  }
+
  private:
   int threads_ = 1;
+  cpu::SamplerWorkspace sampler_ws_;  // grows once to the vocabulary
 };
 
 static_assert(check_backend<CpuBackend>());

@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include "fastinfer/backend/backend.hpp"
+#include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/backend/cuda/cuda_check.cuh"
 #include "fastinfer/backend/cuda/cuda_context.cuh"
 #include "fastinfer/backend/cuda/device_buffer.cuh"
@@ -28,6 +29,7 @@
 #include "fastinfer/backend/cuda/linear.cuh"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/rope_style.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/core/tensor.hpp"
 
 namespace fastinfer {
@@ -118,7 +120,28 @@ class CudaBackend {
     return cuda::make_kv_store(ctx_, options, config);
   }
 
+  // Not yet on the device: each selected row comes back (vocab floats) and
+  // the host sampler picks from it, so the tokens are the CPU backend's for
+  // the same logits. A device argmax / top-k / top-p is on the CUDA issue's
+  // list; the interface already lets it return ids only.
+  void argmax_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
+                   std::int32_t* tokens) {
+    for (std::int64_t i = 0; i < n; ++i) tokens[i] = cpu::argmax_token(host_row_(logits, vocab, rows[i]), vocab);
+  }
+  void sample_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
+                   const SamplingParams* params, const std::uint64_t* token_indices, std::int32_t* tokens) {
+    for (std::int64_t i = 0; i < n; ++i)
+      tokens[i] = cpu::sample_at_index(host_row_(logits, vocab, rows[i]), vocab, params[i], token_indices[i],
+                                       s_->sampler_ws);
+  }
+
  private:
+  const float* host_row_(const float* logits, std::int64_t vocab, std::int32_t row) {
+    s_->row_host.resize(std::size_t(vocab));
+    cuda::copy_to_host(s_->row_host.data(), logits + std::int64_t(row) * vocab, std::size_t(vocab), stream());
+    return s_->row_host.data();
+  }
+
   // RoPE angles for positions 0..highest, computed on the host as cpu::rope's
   // table is (core's rope_angle, then f32 std::cos and std::sin) so both
   // backends rotate by the same bits; rebuilt when the shape changes, doubled when
@@ -154,6 +177,8 @@ class CudaBackend {
     float rope_theta = 0.0f;
     std::int64_t rope_positions = 0;
     std::vector<std::int32_t> pos_host;
+    std::vector<float> row_host;        // argmax_rows / sample_rows: one logits row
+    cpu::SamplerWorkspace sampler_ws;
   };
 
   std::shared_ptr<cuda::CudaContext> ctx_;
