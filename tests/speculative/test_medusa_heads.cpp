@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/medusa_flags.hpp"
+#include "fastinfer/backend/cpu/cpu_backend.hpp"
 #include "fastinfer/speculative/medusa_heads.hpp"
 
 namespace {
@@ -118,6 +119,7 @@ TEST_CASE("Medusa heads loader rejects malformed files with a clear FormatError"
 }
 
 TEST_CASE("Medusa head logits match a scalar reference (odd sizes, own and shared classifier)") {
+  fastinfer::CpuBackend cpu;
   for (bool shared : {false, true})
     for (int dim : {1, 7, 33}) {
       const int vocab = 45;
@@ -128,7 +130,7 @@ TEST_CASE("Medusa head logits match a scalar reference (odd sizes, own and share
       const fastinfer::MatrixView sv{fastinfer::DType::F32, cls.data(), vocab, dim};
       for (int k = 0; k < 2; ++k) {
         std::vector<float> out(static_cast<std::size_t>(vocab));
-        h.head_logits(k, hidden.data(), sv, out.data());
+        h.head_logits(cpu, k, hidden.data(), sv, out.data());
         const auto ref = reference_logits(h, k, hidden, cls);
         for (int t = 0; t < vocab; ++t) CHECK(out[std::size_t(t)] == Approx(ref[std::size_t(t)]).margin(1e-4));
       }
@@ -156,12 +158,14 @@ TEST_CASE("Medusa heads from a spec: random:SEED, shape checks, bad input") {
   CHECK_THROWS_WITH(fastinfer::examples::medusa_heads_from_flag(path, c), Catch::Contains("vocabulary 40"));
   std::filesystem::remove(path);
   MedusaHeads h = MedusaHeads::random(1, 2, 8, 40);
+  fastinfer::CpuBackend cpu;
   std::vector<float> x(8, 0.1f), out(40);
-  CHECK_THROWS_AS(h.head_logits(2, x.data(), {}, out.data()), fastinfer::InvalidArgument);
-  CHECK_THROWS_AS(h.head_logits(0, x.data(), {}, out.data()), fastinfer::InvalidArgument);  // shared, none given
+  CHECK_THROWS_AS(h.head_logits(cpu, 2, x.data(), {}, out.data()), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(h.head_logits(cpu, 0, x.data(), {}, out.data()), fastinfer::InvalidArgument);  // shared, none given
 }
 
 TEST_CASE("Medusa heads zero-padded to a wider hidden state give the same logits on zero-extended input") {
+  fastinfer::CpuBackend cpu;
   for (bool shared : {false, true}) {
     MedusaHeads h = MedusaHeads::random(9, 2, 6, 11, shared, 2.0f);
     MedusaHeads wide = h.padded_to(10);
@@ -172,8 +176,8 @@ TEST_CASE("Medusa heads zero-padded to a wider hidden state give the same logits
       for (int i = 0; i < 6; ++i) clsw[std::size_t(t * 10 + i)] = cls[std::size_t(t * 6 + i)] = std::cos(float(t * 6 + i));
     for (int k = 0; k < 2; ++k) {
       std::vector<float> a(11), b(11);
-      h.head_logits(k, x.data(), {fastinfer::DType::F32, cls.data(), 11, 6}, a.data());
-      wide.head_logits(k, xw.data(), {fastinfer::DType::F32, clsw.data(), 11, 10}, b.data());
+      h.head_logits(cpu, k, x.data(), {fastinfer::DType::F32, cls.data(), 11, 6}, a.data());
+      wide.head_logits(cpu, k, xw.data(), {fastinfer::DType::F32, clsw.data(), 11, 10}, b.data());
       for (int t = 0; t < 11; ++t) CHECK(b[std::size_t(t)] == Approx(a[std::size_t(t)]).margin(1e-5));
     }
   }

@@ -60,8 +60,8 @@ void check_padded_heads_draft_alike(const std::filesystem::path& model_path, con
     std::copy(original.last_hidden(), original.last_hidden() + dim0, h0.begin());
     std::copy(inflated.last_hidden(), inflated.last_hidden() + dim1, h1.begin());
     for (int i = dim0; i < dim1; ++i) pad_abs = std::max(pad_abs, std::abs(h1[std::size_t(i)]));
-    speculative::medusa_guesses(small, h0.data(), original.weights().classifier, 4, small.num_heads(), g0, s0);
-    speculative::medusa_guesses(wide, h1.data(), inflated.weights().classifier, 4, wide.num_heads(), g1, s1);
+    speculative::medusa_guesses(original.backend(), small, h0.data(), original.weights().classifier, 4, small.num_heads(), g0, s0);
+    speculative::medusa_guesses(inflated.backend(), wide, h1.data(), inflated.weights().classifier, 4, wide.num_heads(), g1, s1);
     for (int k = 0; k < small.num_heads(); ++k)
       for (int r = 0; r < 4; ++r) {
         differing_tokens += g0.tokens[std::size_t(k)][std::size_t(r)] != g1.tokens[std::size_t(k)][std::size_t(r)];

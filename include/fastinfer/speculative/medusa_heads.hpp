@@ -45,7 +45,6 @@
 #include <string>
 #include <vector>
 
-#include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/mapped_file.hpp"
 #include "fastinfer/core/philox.hpp"
@@ -104,8 +103,16 @@ class MedusaHeads {
 
   // Logits of head k for one hidden row: out[vocab]. `shared` is the model's
   // classifier (weights().classifier), read only when the heads share it.
-  // Uses member scratch: one caller at a time.
-  void head_logits(int k, const float* hidden, const MatrixView& shared, float* out, int threads = 1) {
+  // The two products run as `backend`'s linear (the model's backend: the
+  // same kernels and threads as the model); the bias and SiLU are a few
+  // host floats. Uses member scratch: one caller at a time.
+  template <class Backend>
+  void head_logits(Backend& backend, int k, const float* hidden, const MatrixView& shared, float* out) {
+    // The heads' weights and scratch are host vectors and the hidden row is
+    // last_hidden()'s host copy: a device backend needs them uploaded first.
+    static_assert(Backend::kHostVisible,
+                  "MedusaHeads::head_logits: heads run on host-visible backends only (a device backend would need "
+                  "the heads and the hidden row in its memory)");
     check_head_(k);
     if (!compact_.empty()) {
       // Padded heads: the zero rows and columns contribute nothing, whatever
@@ -113,19 +120,19 @@ class MedusaHeads {
       // an own classifier's extra columns are zero), so compute at the
       // original width: on a 110M stand-in that reads 4 MB per step, not 34.
       MedusaHeads& c = compact_.front();
-      if (!shared_) return c.head_logits(k, hidden, shared, out, threads);
-      c.residual_(k, hidden, r_.data(), threads);
+      if (!shared_) return c.head_logits(backend, k, hidden, shared, out);
+      c.residual_(backend, k, hidden, r_.data());
       std::copy(hidden + c.dim_, hidden + dim_, r_.begin() + c.dim_);
     } else {
-      residual_(k, hidden, r_.data(), threads);
+      residual_(backend, k, hidden, r_.data());
     }
     if (shared_) {
       FASTINFER_CHECK(shared.data != nullptr && shared.rows == vocab_ && shared.cols == dim_, InvalidArgument,
                       "Medusa heads share the model's classifier: expected [", vocab_, "][", dim_, "], got [",
                       shared.rows, "][", shared.cols, "]");
-      cpu::matvec(shared, r_.data(), out, threads);
+      backend.linear(shared, r_.data(), 1, out);
     } else {
-      cpu::matvec(MatrixView{DType::F32, classifier(k), vocab_, dim_}, r_.data(), out, threads);
+      backend.linear(MatrixView{DType::F32, classifier(k), vocab_, dim_}, r_.data(), 1, out);
     }
   }
 
@@ -234,9 +241,10 @@ class MedusaHeads {
 
  private:
   // r = h + SiLU(W_k h + b_k) into r[0, dim).
-  void residual_(int k, const float* hidden, float* r, int threads) {
+  template <class Backend>
+  void residual_(Backend& backend, int k, const float* hidden, float* r) {
     const MatrixView w{DType::F32, residual_weight(k), dim_, dim_};
-    cpu::matvec(w, hidden, h1_.data(), threads);
+    backend.linear(w, hidden, 1, h1_.data());
     const float* b = residual_bias(k);
     for (int i = 0; i < dim_; ++i) {
       const float a = h1_[std::size_t(i)] + b[i];

@@ -249,8 +249,9 @@ inline void tree_verify_batch(const std::int32_t* pending, int n_pending, std::i
 }
 
 // Top-n guesses of every head for one hidden row.
-inline void medusa_guesses(MedusaHeads& heads, const float* hidden, const MatrixView& shared, int n, int depth,
-                           HeadGuesses& g, std::vector<float>& scratch, int threads = 1) {
+template <class Backend>
+void medusa_guesses(Backend& backend, MedusaHeads& heads, const float* hidden, const MatrixView& shared, int n,
+                    int depth, HeadGuesses& g, std::vector<float>& scratch) {
   const int vocab = heads.vocab();
   n = std::min(n, vocab);
   g.tokens.resize(std::size_t(depth));
@@ -258,7 +259,7 @@ inline void medusa_guesses(MedusaHeads& heads, const float* hidden, const Matrix
   scratch.resize(std::size_t(vocab));
   std::vector<std::int32_t> idx(static_cast<std::size_t>(vocab));
   for (int k = 0; k < depth; ++k) {
-    heads.head_logits(k, hidden, shared, scratch.data(), threads);
+    heads.head_logits(backend, k, hidden, shared, scratch.data());
     const float mx = *std::max_element(scratch.begin(), scratch.end());
     double total = 0;
     for (float& x : scratch) total += double(x = std::exp(x - mx));
@@ -363,8 +364,8 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
     const auto d0 = Clock::now();
     CandidateTree ct;
     if (depth > 0) {
-      medusa_guesses(heads, hidden.data(), model.weights().classifier, n_guess, depth, guesses, scratch,
-                     model.threads());
+      medusa_guesses(model.backend(), heads, hidden.data(), model.weights().classifier, n_guess, depth, guesses,
+                     scratch);
       ct = build_candidate_tree(select_paths(options.tree, guesses), guesses, depth);
     }
     const auto d1 = Clock::now();
