@@ -109,7 +109,7 @@ struct CompletionRequest {
   Endpoint endpoint = Endpoint::Completions;
   std::vector<std::int32_t> prompt;
   std::int32_t max_tokens = 16;
-  fastinfer::sched::SamplingConfig sampling;
+  fastinfer::SamplingParams sampling;
   bool seeded = false;
   std::vector<std::string> stop;
   int n = 1;

@@ -13,8 +13,13 @@
 #include "fastinfer/sched/request.hpp"
 
 TEST_CASE("SamplingParams is the one struct the scheduler, the sampler and generation hold", "[sampling]") {
+  STATIC_REQUIRE(std::is_same<decltype(fastinfer::sched::Request::sampling), fastinfer::SamplingParams>::value);
+  // The two old names still compile (deprecated) and name the same struct.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
   STATIC_REQUIRE(std::is_same<fastinfer::sched::SamplingConfig, fastinfer::SamplingParams>::value);
   STATIC_REQUIRE(std::is_same<fastinfer::cpu::SamplingParams, fastinfer::SamplingParams>::value);
+#pragma GCC diagnostic pop
   STATIC_REQUIRE(std::is_base_of<fastinfer::SamplingParams, fastinfer::GenerationParams>::value);
   fastinfer::GenerationParams g;
   g.temperature = 0.7f;

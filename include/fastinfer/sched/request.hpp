@@ -18,13 +18,15 @@ namespace fastinfer::sched {
 using RequestId = std::int64_t;
 using TokenId = std::int32_t;
 
-// The scheduler's name for the library's one sampling struct.
-using SamplingConfig = SamplingParams;
+// The name the scheduler used before the library had one sampling struct;
+// kept for code that still spells it so, deprecated.
+using SamplingConfig [[deprecated("use fastinfer::SamplingParams (fastinfer/core/sampling_params.hpp)")]] =
+    SamplingParams;
 
 struct Request {
   RequestId id = 0;
   std::vector<TokenId> prompt;
-  SamplingConfig sampling;
+  SamplingParams sampling;
   std::int32_t max_new_tokens = 256;
   // Sampling one of these ends the request; like generate(), the stop token
   // itself is not part of the output.
@@ -78,7 +80,7 @@ inline void validate_request(const Request& r, std::int64_t max_context, std::in
   for (TokenId t : r.prompt)
     FASTINFER_CHECK(t >= 0 && (vocab_size == 0 || t < vocab_size), InvalidArgument, "request ", r.id,
                     ": prompt token ", t, " is outside the vocabulary [0, ", vocab_size, ")");
-  const SamplingConfig& s = r.sampling;
+  const SamplingParams& s = r.sampling;
   FASTINFER_CHECK(s.temperature >= 0.0f && std::isfinite(s.temperature), InvalidArgument, "request ", r.id,
                   ": temperature must be finite and >= 0, got ", s.temperature);
   FASTINFER_CHECK(s.top_k >= 0, InvalidArgument, "request ", r.id, ": top_k must be >= 0, got ", s.top_k);

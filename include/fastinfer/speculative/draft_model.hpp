@@ -25,6 +25,7 @@
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/speculative/drafter.hpp"
 #include "fastinfer/speculative/speculative_verifier.hpp"
 
@@ -33,7 +34,7 @@ namespace fastinfer::speculative {
 // Draft j of a chain proposal from the drafter's logits, as the header
 // comment says: greedy argmax, the coupled rule's plain-sampling coin, or a
 // draw from q (written to out.probs row j, sized for k rows at j = 0).
-inline std::int32_t pick_draft(const float* logits, int vocab, const cpu::SamplingParams& params, AcceptanceRule rule,
+inline std::int32_t pick_draft(const float* logits, int vocab, const SamplingParams& params, AcceptanceRule rule,
                                std::uint64_t token_index, int j, int k, DraftProposal& out,
                                cpu::SamplerWorkspace& ws) {
   if (params.temperature == 0.0f) return cpu::argmax_token(logits, vocab);
@@ -51,7 +52,7 @@ class DraftModel final : public Drafter {
  public:
   // `rule`: the verifier's rule, which decides how sampled drafts are drawn
   // (above). Exact and TypicalLossy draw from q with the Speculative coin.
-  DraftModel(Model model, cpu::SamplingParams params, AcceptanceRule rule = AcceptanceRule::Exact)
+  DraftModel(Model model, SamplingParams params, AcceptanceRule rule = AcceptanceRule::Exact)
       : model_(std::move(model)), params_(params), rule_(rule), ws_(model_.config().vocab_size) {
     cpu::validate(params);
   }
@@ -101,7 +102,7 @@ class DraftModel final : public Drafter {
 
  private:
   Model model_;
-  cpu::SamplingParams params_;
+  SamplingParams params_;
   AcceptanceRule rule_;
   cpu::SamplerWorkspace ws_;
   std::vector<std::int32_t> cached_;  // the tokens whose KV the draft model holds, in position order

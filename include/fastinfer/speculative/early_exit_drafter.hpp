@@ -37,6 +37,7 @@
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/memory/paged_allocator.hpp"
 #include "fastinfer/speculative/draft_model.hpp"
 #include "fastinfer/speculative/drafter.hpp"
@@ -50,7 +51,7 @@ template <typename Model>
 class EarlyExitDrafter final : public Drafter {
  public:
   // exit_layer in [1, n_layers]; 0: half the layers (rounded up).
-  EarlyExitDrafter(Model& target, int exit_layer, cpu::SamplingParams params,
+  EarlyExitDrafter(Model& target, int exit_layer, SamplingParams params,
                    AcceptanceRule rule = AcceptanceRule::Exact, SeqId seq = Model::kSoloSequence)
       : m_(target),
         seq_(seq),
@@ -96,7 +97,7 @@ class EarlyExitDrafter final : public Drafter {
   Model& m_;
   SeqId seq_;
   int exit_;
-  cpu::SamplingParams params_;
+  SamplingParams params_;
   AcceptanceRule rule_;
   cpu::SamplerWorkspace ws_;
   std::int64_t fed_ = 0;

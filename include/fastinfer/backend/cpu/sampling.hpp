@@ -36,9 +36,10 @@
 
 namespace fastinfer::cpu {
 
-// The library's one sampling struct (core/sampling_params.hpp), under the
-// name this header has always used.
-using SamplingParams = fastinfer::SamplingParams;
+// The name this header used before the library had one sampling struct;
+// kept for code that still spells it so, deprecated.
+using SamplingParams [[deprecated("use fastinfer::SamplingParams (fastinfer/core/sampling_params.hpp)")]] =
+    fastinfer::SamplingParams;
 using fastinfer::validate;
 
 // Scratch space for sample() and sampling_distribution(): one weight and one
@@ -211,7 +212,7 @@ void select_top(const float* logits, std::int64_t n, std::int64_t k, std::int32_
 }
 
 template <class Arch = xsimd::default_arch>
-KeptSet filter(const float* logits, std::int64_t n, const SamplingParams& p, float mx, SamplerWorkspace& ws) {
+KeptSet filter(const float* logits, std::int64_t n, const fastinfer::SamplingParams& p, float mx, SamplerWorkspace& ws) {
   float* w = ws.weights();
   std::int32_t* ids = ws.ids();
   const float inv_t = 1.0f / p.temperature;
@@ -296,7 +297,7 @@ std::int32_t argmax_token(const float* logits, std::int64_t n) {
 // One token, drawn with `coin` in [0, 1) (e.g. uniform_float(seed,
 // RandomStream::Sampling, token_index)).
 template <class Arch = xsimd::default_arch>
-std::int32_t sample(const float* logits, std::int64_t n, const SamplingParams& params, float coin,
+std::int32_t sample(const float* logits, std::int64_t n, const fastinfer::SamplingParams& params, float coin,
                     SamplerWorkspace& ws) {
   validate(params);
   detail::check_coin(coin);
@@ -312,7 +313,7 @@ std::int32_t sample(const float* logits, std::int64_t n, const SamplingParams& p
 // Token `token_index` of a request: the coin is Philox(params.seed,
 // Sampling stream, token_index), so the result depends on nothing else.
 template <class Arch = xsimd::default_arch>
-std::int32_t sample_at_index(const float* logits, std::int64_t n, const SamplingParams& params,
+std::int32_t sample_at_index(const float* logits, std::int64_t n, const fastinfer::SamplingParams& params,
                              std::uint64_t token_index, SamplerWorkspace& ws) {
   return sample<Arch>(logits, n, params, uniform_float(params.seed, RandomStream::Sampling, token_index), ws);
 }
@@ -321,7 +322,7 @@ std::int32_t sample_at_index(const float* logits, std::int64_t n, const Sampling
 // filtered tokens; one-hot at the first maximum when greedy). Speculative
 // decoding compares draft and target through it.
 template <class Arch = xsimd::default_arch>
-void sampling_distribution(const float* logits, std::int64_t n, const SamplingParams& params,
+void sampling_distribution(const float* logits, std::int64_t n, const fastinfer::SamplingParams& params,
                            float* probs_out, SamplerWorkspace& ws) {
   validate(params);
   if (params.temperature == 0.0f) {
@@ -382,11 +383,11 @@ class HostSampler {
   explicit HostSampler(std::int64_t vocab_size = 0) : ws_(vocab_size) {}
 
   std::int32_t argmax(const float* row, std::int64_t n) const { return argmax_token(row, n); }
-  std::int32_t sample_at_index(const float* row, std::int64_t n, const SamplingParams& params,
+  std::int32_t sample_at_index(const float* row, std::int64_t n, const fastinfer::SamplingParams& params,
                                std::uint64_t token_index) {
     return cpu::sample_at_index(row, n, params, token_index, ws_);
   }
-  void distribution(const float* row, std::int64_t n, const SamplingParams& params, float* probs_out) {
+  void distribution(const float* row, std::int64_t n, const fastinfer::SamplingParams& params, float* probs_out) {
     sampling_distribution(row, n, params, probs_out, ws_);
   }
   std::int32_t sample_from_weights(const float* weights, std::int64_t n, float coin) const {
@@ -422,7 +423,7 @@ inline std::int32_t sample_from_weights(const float* weights, std::int64_t n, fl
 
 // The same semantics written plainly: full sort, scalar exp, a kept mask.
 // Allocates; for tests only.
-inline std::vector<double> sampling_weights(const float* logits, std::int64_t n, const SamplingParams& p) {
+inline std::vector<double> sampling_weights(const float* logits, std::int64_t n, const fastinfer::SamplingParams& p) {
   validate(p);
   detail::check_logits_size(n);
   float mx = -std::numeric_limits<float>::infinity();
@@ -462,7 +463,7 @@ inline std::vector<double> sampling_weights(const float* logits, std::int64_t n,
   return w;
 }
 
-inline std::int32_t sample(const float* logits, std::int64_t n, const SamplingParams& p, float coin) {
+inline std::int32_t sample(const float* logits, std::int64_t n, const fastinfer::SamplingParams& p, float coin) {
   detail::check_coin(coin);
   const std::vector<double> w = sampling_weights(logits, n, p);
   double total = 0;
@@ -479,7 +480,7 @@ inline std::int32_t sample(const float* logits, std::int64_t n, const SamplingPa
 }
 
 inline std::vector<double> sampling_distribution(const float* logits, std::int64_t n,
-                                                 const SamplingParams& p) {
+                                                 const fastinfer::SamplingParams& p) {
   std::vector<double> w = sampling_weights(logits, n, p);
   double total = 0;
   for (double x : w) total += x;
