@@ -49,6 +49,13 @@ struct SpecConfig {
   speculative::AcceptanceRule sampled_rule = speculative::AcceptanceRule::Coupled;
 };
 
+namespace detail {
+inline void require_draft_weights(const SpecConfig& cfg) {
+  FASTINFER_CHECK(cfg.draft_weights.has_value(), InvalidArgument,
+                  "a request asks for a draft model but EngineConfig::spec.draft_weights is empty");
+}
+}  // namespace detail
+
 // Refuses a RequestSpec the engine cannot serve, naming the bad value: k
 // outside [1, max_tokens_per_step - 1] (one step feeds 1 + k tokens), a draft
 // model without SpecConfig::draft_weights, an exit layer outside the model,
@@ -58,9 +65,7 @@ inline void validate_request_spec(const RequestSpec& s, const SpecConfig& cfg, i
   if (s.drafter == SpecDrafter::None) return;
   FASTINFER_CHECK(s.k >= 1 && s.k < max_tokens_per_step, InvalidArgument, "speculation k must be in [1, ",
                   max_tokens_per_step - 1, "] (one step feeds 1 + k tokens), got ", s.k);
-  if (s.drafter == SpecDrafter::DraftModel)
-    FASTINFER_CHECK(cfg.draft_weights.has_value(), InvalidArgument,
-                    "a request asks for a draft model but EngineConfig::spec.draft_weights is empty");
+  if (s.drafter == SpecDrafter::DraftModel) detail::require_draft_weights(cfg);
   if (s.drafter == SpecDrafter::EarlyExit)
     FASTINFER_CHECK(s.exit_layer >= 0 && s.exit_layer <= n_layers, InvalidArgument, "early-exit layer ",
                     s.exit_layer, " is outside [0, ", n_layers, "] (0: half the layers)");
@@ -89,8 +94,7 @@ class RequestSpeculation {
       drafter_ = std::make_unique<speculative::EarlyExitDrafter<LlamaModel<Backend>>>(
           target, spec.exit_layer, sampling, cfg.sampled_rule, seq);
     } else {
-      FASTINFER_CHECK(cfg.draft_weights.has_value(), InvalidArgument,
-                      "a request asks for a draft model but EngineConfig::spec.draft_weights is empty");
+      detail::require_draft_weights(cfg);
       ModelOptions mo;
       mo.threads = cfg.draft_threads;
       mo.max_batch = cfg.draft_max_batch;
