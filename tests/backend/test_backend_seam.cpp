@@ -302,6 +302,16 @@ struct NoLinear {
                    const std::uint64_t*, std::int32_t*) {}
 };
 
+// One thread, a paged KV cache of 16-token blocks for `sequences` sequences.
+ModelOptions one_thread_paged(int sequences) {
+  ModelOptions o;
+  o.threads = 1;
+  o.kv.layout = KVLayoutKind::Paged;
+  o.kv.block_size = 16;
+  o.kv.max_sequences = sequences;
+  return o;
+}
+
 bool same_bits(const float* a, const float* b, std::size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
 
 // Reading `p` kills a forked child with SIGSEGV: the guard is really on.
@@ -406,11 +416,7 @@ TEST_CASE("guarded backend: an engine's swaps and copy-on-write go through the K
   c.n_layers = 2;
   c.max_seq_len = 80;
   const LlamaWeights w = make_synthetic(c, DType::BF16, 3);
-  ModelOptions o;
-  o.threads = 1;
-  o.kv.layout = KVLayoutKind::Paged;
-  o.kv.block_size = 16;
-  o.kv.max_sequences = 16;
+  ModelOptions o = one_thread_paged(16);
   o.kv.num_blocks = 14;  // small: forces preemption
   engine::EngineConfig cfg;
   cfg.scheduler.max_tokens_per_step = 64;
@@ -463,11 +469,7 @@ TEST_CASE("sampling on the backend: generate, the engine and argmax_rows pick th
   c.n_layers = 2;
   c.max_seq_len = 96;
   const LlamaWeights w = make_synthetic(c, DType::F32, 21);
-  ModelOptions o;
-  o.threads = 1;
-  o.kv.layout = KVLayoutKind::Paged;
-  o.kv.block_size = 16;
-  o.kv.max_sequences = 8;
+  const ModelOptions o = one_thread_paged(8);
   auto guard = std::make_shared<Guard>();
   GuardedBackend backend(guard);
   LlamaModel<GuardedBackend> guarded(w, o, backend);
