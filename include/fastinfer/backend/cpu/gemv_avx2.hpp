@@ -8,10 +8,11 @@
 // columns in order, one FMA each. So a token's result does not depend on how
 // many tokens share its pass, and equals the generic dot_tile's at 8 lanes.
 //
-// The accumulators live in named variables, each tile a function of its own:
-// arrays indexed in loops stayed on the stack at -O2, and inlined into the
-// block loop GCC 12 spilled two of the eight accumulators; either way a
-// store-to-load round trip on every FMA chain, 2-3x slower.
+// Every tile is a function of its own, kept out of line: inlined into the
+// block loop, GCC 12 spilled accumulators (a store-to-load round trip on every
+// FMA chain, 2-3x slower). The matvec tiles keep named accumulators; the
+// small-row matmul's Tiles::tile indexes arrays whose bounds are template
+// arguments, which GCC 12 unrolls into registers (as gemv_avx512.hpp's).
 //
 // The kernels fix their own width (arch_detail::load8_f32) and are compiled
 // in an AVX2 target region (cpu_target.hpp): every x86 build carries them,
@@ -23,6 +24,7 @@
 #include <cstdint>
 
 #include "fastinfer/backend/cpu/arch.hpp"
+#include "fastinfer/backend/cpu/gemv_blocking.hpp"
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
 #include "fastinfer/core/tensor.hpp"
 
@@ -61,9 +63,6 @@ using arch_detail::reduce8;
 
 template <DType D>
 inline constexpr std::int64_t kElem = D == DType::F32 ? 4 : 2;
-// Rows per block of the small-row matmul, re-read from L2 for every token
-// pair: 32 rows of a 2048-wide f32 matrix are 256 KiB, half of a Zen 3 L2.
-inline constexpr std::int64_t kBlockRows = 32;
 
 // Element k (k >= 1) of the 8 rows at byte offsets `off` from w, widened to
 // f32: the tail columns of 8 sums at once. 16-bit elements are read as the
@@ -82,34 +81,6 @@ inline __m256 gather_column(const std::uint8_t* w, __m256i off, std::int64_t k) 
       return _mm256_cvtph_ps(_mm256_castsi256_si128(packed));
     }
   }
-}
-
-// Sums of row r (4 rows, `stride` bytes apart) with x0 (lanes 0..3) and x1
-// (lanes 4..7) over the vector part [0, cend) of the columns.
-template <DType D>
-FASTINFER_CPU_NOINLINE inline __m256 dot_4x2(const std::uint8_t* w, std::size_t stride, const float* x0,
-                                             const float* x1, std::int64_t cend) {
-  const std::uint8_t* w1 = w + stride;
-  const std::uint8_t* w2 = w1 + stride;
-  const std::uint8_t* w3 = w2 + stride;
-  __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
-  for (std::int64_t c = 0; c < cend; c += 8) {
-    const __m256 xa = _mm256_loadu_ps(x0 + c), xb = _mm256_loadu_ps(x1 + c);
-    const std::int64_t o = c * kElem<D>;
-    __m256 v = load8_f32<D>(w + o);
-    a0 = _mm256_fmadd_ps(v, xa, a0);
-    b0 = _mm256_fmadd_ps(v, xb, b0);
-    v = load8_f32<D>(w1 + o);
-    a1 = _mm256_fmadd_ps(v, xa, a1);
-    b1 = _mm256_fmadd_ps(v, xb, b1);
-    v = load8_f32<D>(w2 + o);
-    a2 = _mm256_fmadd_ps(v, xa, a2);
-    b2 = _mm256_fmadd_ps(v, xb, b2);
-    v = load8_f32<D>(w3 + o);
-    a3 = _mm256_fmadd_ps(v, xa, a3);
-    b3 = _mm256_fmadd_ps(v, xb, b3);
-  }
-  return reduce8(a0, b0, a1, b1, a2, b2, a3, b3);
 }
 
 // Sums of 8 rows with x over [0, cend), in row order.
@@ -161,28 +132,6 @@ FASTINFER_CPU_NOINLINE inline __m128 dot_4x1(const std::uint8_t* w, std::size_t 
   return reduce4(a0, a1, a2, a3);
 }
 
-// One row with T (1 or 2) tokens, ldx floats apart, over all `cols` columns:
-// the rows a block leaves over after its 4-row tiles.
-template <DType D, int T>
-FASTINFER_CPU_NOINLINE inline void dot_1xT(const std::uint8_t* w, const float* x, std::int64_t ldx,
-                                           std::int64_t cols, float* y, std::int64_t ldy) {
-  static_assert(T == 1 || T == 2, "dot_1xT serves one or two tokens");
-  const std::int64_t cend = cols & ~std::int64_t(7);
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-  for (std::int64_t c = 0; c < cend; c += 8) {
-    const __m256 v = load8_f32<D>(w + c * kElem<D>);
-    a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + c), a0);
-    if constexpr (T == 2) a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + ldx + c), a1);
-  }
-  alignas(16) float sums[4];
-  _mm_store_ps(sums, reduce4(a0, a1, a0, a1));
-  for (int t = 0; t < T; ++t) {
-    float sum = sums[t];
-    for (std::int64_t k = cend; k < cols; ++k) sum = fma_fused(load_scalar<D>(w, k), x[t * ldx + k], sum);
-    y[t * ldy] = sum;
-  }
-}
-
 // True when the tiles may serve a matrix: at least one full chunk (the 16-bit
 // tail gather reads the word before its element) and 8 row offsets that fit
 // the gather's 32-bit indices.
@@ -206,65 +155,97 @@ inline std::int64_t matvec_8rows(const MatrixView& w, const float* x, float* y, 
   return r;
 }
 
-// Rows [r0, r1) of Y = X W^T for n tokens, one row and token at a time: the
-// matrices usable() refuses (under 8 columns, or rows over 256 MiB).
-template <DType D>
-inline void matmul_rows_1x1(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
-                            std::int64_t r1) {
-  for (std::int64_t t = 0; t < n; ++t)
-    for (std::int64_t r = r0; r < r1; ++r) dot_1xT<D, 1>(w.row_ptr(r), x + t * w.cols, 0, w.cols, y + t * w.rows + r, 0);
+// out[i] = the documented lane sum of v[i], for i < N: 8 at a time through
+// one transposing tree (arch_detail::reduce8), then 4, then one by one.
+template <int N>
+inline void reduce(const __m256* v, float* out) {
+  int i = 0;
+  for (; i + 8 <= N; i += 8)
+    _mm256_storeu_ps(out + i, reduce8(v[i], v[i + 4], v[i + 1], v[i + 5], v[i + 2], v[i + 6], v[i + 3], v[i + 7]));
+  for (; i + 4 <= N; i += 4) _mm_storeu_ps(out + i, reduce4(v[i], v[i + 1], v[i + 2], v[i + 3]));
+  for (; i < N; ++i) out[i] = _mm_cvtss_f32(reduce4(v[i], v[i], v[i], v[i]));
 }
 
-// Rows [r0, r1) of Y = X W^T for n tokens: tiles of 4 rows x
-// 2 tokens (8 sums reduced at once into two 4-float stores) and 4 rows x 1
-// token for an odd last token, over blocks of kBlockRows rows kept in L2.
+// The tile set of the small-row matmul (gemv_blocking.hpp walks the matrix
+// with it). A tile holds R weight rows x T activation rows of accumulators,
+// with T activation vectors and one weight vector, in the 16 registers:
+// 4 x 1, 4 x 2 and 3 x 3 (13 registers). Activation rows go in groups of 3
+// over each block of weight rows: the first group streams the block from
+// memory, the others find it in L1/L2. Measured on Zen 5 at the avx2 level,
+// 2 threads, quiet, the 110M stand-in's pass cost against one row (the old
+// walk: 4 x 2 tiles, each token pair re-reading a 32-row block): bf16 8 rows
+// 2.24 -> 1.67, 16 rows 3.55 -> 2.57; f32 8 rows 1.69 -> 1.44, 16 rows 2.76
+// -> 2.21. Groups of 2 or 4 (2 x 4 tiles) were within 5 % of it either way.
+struct Tiles {
+  template <int T>
+  static constexpr int kTileRows = T == 1 ? 4 : T == 2 ? 4 : 3;
+  static constexpr int kMaxTileTokens = 3;
+  // Rows per block, re-read for every group of activation rows (a multiple of
+  // every tile height): 24 rows of a 2048-wide f32 matrix are 192 KiB, under
+  // half of a Zen 3 core's 512 KiB L2; of a 768-wide bf16 one, 36 KiB.
+  static constexpr std::int64_t kBlockRows = 24;
+
+  // y[t * ldy + r] = dot(weight row r, activation row t) for r < R, t < T,
+  // every sum in the order the header documents. Weight rows are `stride`
+  // bytes apart, stored as D; activation rows ldx floats apart. With
+  // PrefetchNext, each cache line of the tile's rows also prefetches the same
+  // column of the next R rows (see dot_4x1).
+  template <DType D, int R, int T, bool PrefetchNext>
+  FASTINFER_CPU_NOINLINE static void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,
+                                          std::int64_t cols, float* y, std::int64_t ldy) {
+    constexpr std::int64_t E = kElem<D>;
+    const std::int64_t cend = cols & ~std::int64_t(7);
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    for (std::int64_t c = 0; c < cend; c += 8) {
+      if constexpr (PrefetchNext) {
+        // Integer arithmetic: past the last tile the address lies beyond the
+        // matrix, which a prefetch may touch but a pointer may not point to.
+        if (((c * E) & 63) == 0)
+          for (int r = 0; r < R; ++r)
+            _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(w) +
+                                                       std::size_t(r + R) * stride + std::size_t(c * E)),
+                         _MM_HINT_T0);
+      }
+      __m256 xv[T];
+      for (int t = 0; t < T; ++t) {
+        xv[t] = _mm256_loadu_ps(x + t * ldx + c);
+#if defined(__GNUC__) || defined(__clang__)
+        // One load per activation vector, kept in a register (GCC 12 would
+        // fold it into every FMA that uses it: R loads instead of one).
+        __asm__("" : "+x"(xv[t]));
+#endif
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m256 wv = load8_f32<D>(w + r * stride + c * E);
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+      }
+    }
+    float sums[R * T];
+    reduce<R * T>(&acc[0][0], sums);
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) {
+        float sum = sums[r * T + t];
+        for (std::int64_t k = cend; k < cols; ++k) sum = fma_fused(load_scalar<D>(w + r * stride, k), x[t * ldx + k], sum);
+        y[t * ldy + r] = sum;
+      }
+  }
+};
+static_assert(Tiles::kMaxTileTokens >= 1 && Tiles::kMaxTileTokens <= 3,
+              "kTileRows is sized for up to 3 activation rows (3 x 3 accumulators)");
+static_assert(Tiles::kBlockRows % 4 == 0 && Tiles::kBlockRows % 3 == 0,
+              "a block of weight rows is a whole number of tiles of every height");
+inline constexpr std::int64_t kBlockRows = Tiles::kBlockRows;
+
+// Rows [r0, r1) of Y = X W^T for n tokens (X [n][w.cols], Y [n][w.rows]).
 // 16-bit weights are widened in registers: at n = 2..16 that ran 1.3-2.1x
 // faster than widening each block into a scratch first, and the widening is
-// exact. The tail columns (cols % 8) of a block's rows are gathered once per
-// block into vectors laid out like the sums, then applied to every token pair
-// with one FMA per column: the same FMAs, in the same order, as a scalar tail.
+// exact.
 template <DType D>
 inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
                         std::int64_t r1) {
-  const std::int64_t k = w.cols, cend = k & ~std::int64_t(7), tail = k - cend;
-  const std::size_t stride = row_bytes(w.dtype, k);
-  if (!usable(k, stride)) return matmul_rows_1x1<D>(w, x, n, y, r0, r1);
-  const std::int64_t ldy = w.rows;
-  const __m256i off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3), _mm256_set1_epi32(int(stride)));
-  alignas(32) __m256 tails[kBlockRows / 4][7];  // [4-row tile][tail column]
-  for (std::int64_t b0 = r0; b0 < r1; b0 += kBlockRows) {
-    const std::int64_t m = std::min(kBlockRows, r1 - b0), m4 = m & ~std::int64_t(3);
-    const std::uint8_t* base = w.row_ptr(b0);
-    for (std::int64_t r = 0; r < m4; r += 4)
-      for (std::int64_t c = 0; c < tail; ++c) tails[r / 4][c] = gather_column<D>(base + r * stride, off, cend + c);
-    std::int64_t t = 0;
-    for (; t + 2 <= n; t += 2) {
-      const float* x0 = x + t * k;
-      const float* x1 = x0 + k;
-      float* y0 = y + t * ldy + b0;
-      for (std::int64_t r = 0; r < m4; r += 4) {
-        __m256 s = dot_4x2<D>(base + r * stride, stride, x0, x1, cend);
-        for (std::int64_t c = 0; c < tail; ++c)
-          s = _mm256_fmadd_ps(tails[r / 4][c],
-                              _mm256_blend_ps(_mm256_broadcast_ss(x0 + cend + c), _mm256_broadcast_ss(x1 + cend + c), 0xf0),
-                              s);
-        _mm_storeu_ps(y0 + r, _mm256_castps256_ps128(s));
-        _mm_storeu_ps(y0 + ldy + r, _mm256_extractf128_ps(s, 1));
-      }
-      for (std::int64_t r = m4; r < m; ++r) dot_1xT<D, 2>(base + r * stride, x0, k, k, y0 + r, ldy);
-    }
-    if (t < n) {
-      const float* x0 = x + t * k;
-      float* y0 = y + t * ldy + b0;
-      for (std::int64_t r = 0; r < m4; r += 4) {
-        __m128 s = dot_4x1<D>(base + r * stride, stride, x0, cend);
-        for (std::int64_t c = 0; c < tail; ++c)
-          s = _mm_fmadd_ps(_mm256_castps256_ps128(tails[r / 4][c]), _mm_broadcast_ss(x0 + cend + c), s);
-        _mm_storeu_ps(y0 + r, s);
-      }
-      for (std::int64_t r = m4; r < m; ++r) dot_1xT<D, 1>(base + r * stride, x0, k, k, y0 + r, ldy);
-    }
-  }
+  gemv_detail::blocked_matmul_rows<Tiles, D>(w, x, n, y, r0, r1);
 }
 
 // Rows [begin, end) of y = W x: the one-row pass. f32 streams 8 rows at a
@@ -274,9 +255,10 @@ template <DType D>
 inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int64_t begin, std::int64_t end) {
   const std::int64_t cols = w.cols, cend = cols & ~std::int64_t(7);
   const std::size_t stride = row_bytes(w.dtype, cols);
-  if (!usable(cols, stride)) return matmul_rows_1x1<D>(w, x, 1, y, begin, end);
   std::int64_t r = begin;
-  if constexpr (D == DType::F32) {
+  if (!usable(cols, stride)) {
+    // Every row by the 1 x 1 tile below (the f32 tail gather needs usable()).
+  } else if constexpr (D == DType::F32) {
     r = matvec_8rows<D>(w, x, y, r, end);
   } else {
     for (; r + 4 <= end; r += 4) {
@@ -290,7 +272,7 @@ inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int6
       }
     }
   }
-  for (; r < end; ++r) dot_1xT<D, 1>(w.row_ptr(r), x, 0, cols, y + r, 0);
+  for (; r < end; ++r) Tiles::tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, cols, y + r, 0);
 }
 
 }  // namespace fastinfer::cpu::avx2

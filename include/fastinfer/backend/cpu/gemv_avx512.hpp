@@ -26,6 +26,7 @@
 
 #include "fastinfer/backend/cpu/arch.hpp"
 #include "fastinfer/backend/cpu/gemv_avx2.hpp"  // FASTINFER_CPU_NOINLINE, kMatvecRows
+#include "fastinfer/backend/cpu/gemv_blocking.hpp"
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
 #include "fastinfer/core/tensor.hpp"
 
@@ -43,26 +44,6 @@ using arch_detail::load16_f32;
 
 template <DType D>
 inline constexpr std::int64_t kElem = D == DType::F32 ? 4 : 2;
-
-// Weight rows per tile for T activation rows: R x T accumulators + T
-// activation vectors + 1 weight vector within the 32 registers, and R
-// dividing kBlockRows.
-template <int T>
-inline constexpr int kTileRows = T == 1 ? 8 : T == 2 ? 12 : T == 3 ? 8 : T == 4 ? 6 : 4;
-// Most activation rows per tile: more rows go in groups of 6 over each block,
-// the first from memory, the rest from L1/L2. Measured on Zen 5 (one thread,
-// the 110M bf16 matrices, cost against one row): groups of 6 gave 1.33x at 8
-// rows and 2.23x at 16; groups of 4, 1.52x / 2.64x; one group of 8 (2-row
-// tiles, 10 loads per 16 FMAs) 1.98x at 8 rows.
-inline constexpr int kMaxTileTokens = 6;
-static_assert(kMaxTileTokens <= 6, "kTileRows is sized for up to 6 activation rows (4 x 6 accumulators)");
-// Rows per block, re-read for every group of kMaxTileTokens activation rows
-// (a multiple of every tile height): 24 rows of a 768-wide bf16 matrix are
-// 36 KiB (L1 holds them), of a 2048-wide f32 one 192 KiB (a fifth of a Zen 5
-// L2).
-inline constexpr std::int64_t kBlockRows = 24;
-static_assert(kBlockRows % 8 == 0 && kBlockRows % 12 == 0 && kBlockRows % 6 == 0 && kBlockRows % 4 == 0,
-              "a block of weight rows is a whole number of tiles of every height");
 
 // [v_lo + v_hi]: xsimd's first fold of a 16-float register. The high half
 // moves as 4 doubles (AVX-512 F; extractf32x8 would need DQ).
@@ -86,103 +67,84 @@ inline void reduce(const __m512* v, float* out) {
   }
 }
 
-// y[t * ldy + r] = dot(weight row r, activation row t) for r < R, t < T.
-// Weight rows are `stride` bytes apart, stored as D; activation rows ldx
-// floats apart. With PrefetchNext, each cache line of the tile's rows also
-// prefetches the same column of the next R rows: 16-bit weights need so many
-// instructions per line that the out-of-order window alone keeps too few
-// misses in flight.
-template <DType D, int R, int T, bool PrefetchNext = false>
-FASTINFER_CPU_NOINLINE inline void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,
-                                        std::int64_t cols, float* y, std::int64_t ldy) {
-  constexpr std::int64_t E = kElem<D>;
-  const std::int64_t cend = cols & ~std::int64_t(15);
-  __m512 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (std::int64_t c = 0; c < cend; c += 16) {
-    if constexpr (PrefetchNext) {
-      // Integer arithmetic: past the last tile the address lies beyond the
-      // matrix, which a prefetch may touch but a pointer may not point to.
-      if (((c * E) & 63) == 0)
-        for (int r = 0; r < R; ++r)
-          _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(w) +
-                                                     std::size_t(r + R) * stride + std::size_t(c * E)),
-                       _MM_HINT_T0);
-    }
-    __m512 xv[T];
-    for (int t = 0; t < T; ++t) {
-      xv[t] = _mm512_loadu_ps(x + t * ldx + c);
+// The tile set (gemv_blocking.hpp walks the matrix with it). Weight rows per
+// tile for T activation rows: R x T accumulators + T activation vectors + 1
+// weight vector within the 32 registers, and R dividing kBlockRows. At most
+// kMaxTileTokens activation rows per tile: more rows go in groups of 6 over
+// each block, the first from memory, the rest from L1/L2. Measured on Zen 5
+// (one thread, the 110M bf16 matrices, cost against one row): groups of 6
+// gave 1.33x at 8 rows and 2.23x at 16; groups of 4, 1.52x / 2.64x; one group
+// of 8 (2-row tiles, 10 loads per 16 FMAs) 1.98x at 8 rows. Rows per block,
+// re-read for every group (a multiple of every tile height): 24 rows of a
+// 768-wide bf16 matrix are 36 KiB (L1 holds them), of a 2048-wide f32 one
+// 192 KiB (a fifth of a Zen 5 L2).
+struct Tiles {
+  template <int T>
+  static constexpr int kTileRows = T == 1 ? 8 : T == 2 ? 12 : T == 3 ? 8 : T == 4 ? 6 : 4;
+  static constexpr int kMaxTileTokens = 6;
+  static constexpr std::int64_t kBlockRows = 24;
+
+  // y[t * ldy + r] = dot(weight row r, activation row t) for r < R, t < T.
+  // Weight rows are `stride` bytes apart, stored as D; activation rows ldx
+  // floats apart. With PrefetchNext, each cache line of the tile's rows also
+  // prefetches the same column of the next R rows: 16-bit weights need so many
+  // instructions per line that the out-of-order window alone keeps too few
+  // misses in flight.
+  template <DType D, int R, int T, bool PrefetchNext>
+  FASTINFER_CPU_NOINLINE static void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,
+                                          std::int64_t cols, float* y, std::int64_t ldy) {
+    constexpr std::int64_t E = kElem<D>;
+    const std::int64_t cend = cols & ~std::int64_t(15);
+    __m512 acc[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (std::int64_t c = 0; c < cend; c += 16) {
+      if constexpr (PrefetchNext) {
+        // Integer arithmetic: past the last tile the address lies beyond the
+        // matrix, which a prefetch may touch but a pointer may not point to.
+        if (((c * E) & 63) == 0)
+          for (int r = 0; r < R; ++r)
+            _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(w) +
+                                                       std::size_t(r + R) * stride + std::size_t(c * E)),
+                         _MM_HINT_T0);
+      }
+      __m512 xv[T];
+      for (int t = 0; t < T; ++t) {
+        xv[t] = _mm512_loadu_ps(x + t * ldx + c);
 #if defined(__GNUC__) || defined(__clang__)
-      // Keeps each activation vector in a register: GCC 12 otherwise folds
-      // the load into every FMA that uses it, R loads instead of one, and a
-      // tile of 2 rows x 8 ran at half speed, bound by loads.
-      __asm__("" : "+v"(xv[t]));
+        // Keeps each activation vector in a register: GCC 12 otherwise folds
+        // the load into every FMA that uses it, R loads instead of one, and a
+        // tile of 2 rows x 8 ran at half speed, bound by loads.
+        __asm__("" : "+v"(xv[t]));
 #endif
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m512 wv = load16_f32<D>(w + r * stride + c * E);
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+      }
     }
-    for (int r = 0; r < R; ++r) {
-      const __m512 wv = load16_f32<D>(w + r * stride + c * E);
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
-    }
+    float sums[R * T];
+    reduce<R * T>(&acc[0][0], sums);
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) {
+        float sum = sums[r * T + t];
+        for (std::int64_t k = cend; k < cols; ++k) sum = fma_fused(load_scalar<D>(w + r * stride, k), x[t * ldx + k], sum);
+        y[t * ldy + r] = sum;
+      }
   }
-  float sums[R * T];
-  reduce<R * T>(&acc[0][0], sums);
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) {
-      float sum = sums[r * T + t];
-      for (std::int64_t k = cend; k < cols; ++k) sum = fma_fused(load_scalar<D>(w + r * stride, k), x[t * ldx + k], sum);
-      y[t * ldy + r] = sum;
-    }
-}
-
-// Rows [0, m) of one block (weight rows from `base`) for T activation rows.
-// The first group over a block streams its rows from memory, Prefetch
-// tiles ahead: a tile of 2 rows alone kept too few misses in flight (2-row x
-// 8 tiles ran at half the speed of two passes of 6 x 4 without it).
-template <DType D, int T, bool Prefetch>
-inline void block_rows(const std::uint8_t* base, std::size_t stride, std::int64_t m, const float* x,
-                       std::int64_t k, float* y, std::int64_t ldy) {
-  constexpr int R = kTileRows<T>;
-  std::int64_t r = 0;
-  for (; r + R <= m; r += R) tile<D, R, T, Prefetch>(base + r * stride, stride, x, k, k, y + r, ldy);
-  for (; r < m; ++r) tile<D, 1, T>(base + r * stride, stride, x, k, k, y + r, ldy);
-}
-
-// The rows of one block for the n < kMaxTileTokens activation rows left.
-template <DType D, bool Prefetch>
-inline void block_rows_left(std::int64_t n, const std::uint8_t* base, std::size_t stride, std::int64_t m,
-                            const float* x, std::int64_t k, float* y, std::int64_t ldy) {
-  switch (n) {
-    case 5: return block_rows<D, 5, Prefetch>(base, stride, m, x, k, y, ldy);
-    case 4: return block_rows<D, 4, Prefetch>(base, stride, m, x, k, y, ldy);
-    case 3: return block_rows<D, 3, Prefetch>(base, stride, m, x, k, y, ldy);
-    case 2: return block_rows<D, 2, Prefetch>(base, stride, m, x, k, y, ldy);
-    case 1: return block_rows<D, 1, Prefetch>(base, stride, m, x, k, y, ldy);
-    default: return;
-  }
-}
+};
+static_assert(Tiles::kMaxTileTokens <= 6, "kTileRows is sized for up to 6 activation rows (4 x 6 accumulators)");
+static_assert(Tiles::kBlockRows % 8 == 0 && Tiles::kBlockRows % 12 == 0 && Tiles::kBlockRows % 6 == 0 &&
+                  Tiles::kBlockRows % 4 == 0,
+              "a block of weight rows is a whole number of tiles of every height");
+inline constexpr std::int64_t kBlockRows = Tiles::kBlockRows;
 
 // Rows [r0, r1) of Y = X W^T for n activation rows (X [n][w.cols], Y
-// [n][w.rows]): blocks of kBlockRows weight rows, groups of up to
-// kMaxTileTokens activation rows over each block.
+// [n][w.rows]).
 template <DType D>
 inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
                         std::int64_t r1) {
-  const std::int64_t k = w.cols, ldy = w.rows;
-  const std::size_t stride = row_bytes(w.dtype, k);
-  for (std::int64_t b0 = r0; b0 < r1; b0 += kBlockRows) {
-    const std::int64_t m = std::min(kBlockRows, r1 - b0);
-    const std::uint8_t* base = w.row_ptr(b0);
-    std::int64_t t = 0;
-    if (n >= kMaxTileTokens) {
-      block_rows<D, kMaxTileTokens, true>(base, stride, m, x, k, y + b0, ldy);
-      for (t = kMaxTileTokens; t + kMaxTileTokens <= n; t += kMaxTileTokens)
-        block_rows<D, kMaxTileTokens, false>(base, stride, m, x + t * k, k, y + t * ldy + b0, ldy);
-      block_rows_left<D, false>(n - t, base, stride, m, x + t * k, k, y + t * ldy + b0, ldy);
-    } else {
-      block_rows_left<D, true>(n, base, stride, m, x, k, y + b0, ldy);
-    }
-  }
+  gemv_detail::blocked_matmul_rows<Tiles, D>(w, x, n, y, r0, r1);
 }
 
 // Rows [begin, end) of y = W x: the one-row pass, streamed
@@ -192,8 +154,8 @@ inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int6
   const std::size_t stride = row_bytes(w.dtype, w.cols);
   constexpr int R = gemv_detail::kMatvecRows<D>;
   std::int64_t r = begin;
-  for (; r + R <= end; r += R) tile<D, R, 1, gemv_detail::kMatvecPrefetch<D>>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
-  for (; r < end; ++r) tile<D, 1, 1>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
+  for (; r + R <= end; r += R) Tiles::tile<D, R, 1, gemv_detail::kMatvecPrefetch<D>>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
+  for (; r < end; ++r) Tiles::tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
 }
 
 }  // namespace fastinfer::cpu::avx512
