@@ -67,6 +67,28 @@ inline void reduce(const __m512* v, float* out) {
   }
 }
 
+// What gemv_tile_generic.hpp's tile needs, at 16 floats a register.
+using Lanes = __m512;
+inline constexpr int kLanes = 16;
+inline __m512 zero_lanes() { return _mm512_setzero_ps(); }
+inline __m512 load_x(const float* p) { return _mm512_loadu_ps(p); }
+template <DType D>
+inline __m512 load_w(const void* p) {
+  return load16_f32<D>(p);
+}
+inline __m512 fmadd(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+inline void keep_in_register(__m512& v) {
+#if defined(__GNUC__) || defined(__clang__)
+  __asm__("" : "+v"(v));
+#else
+  (void)v;
+#endif
+}
+
+#define FASTINFER_GEMV_TILE_ISA avx512
+#include "fastinfer/backend/cpu/gemv_tile_generic.hpp"
+#undef FASTINFER_GEMV_TILE_ISA
+
 // The tile set (gemv_blocking.hpp walks the matrix with it). Weight rows per
 // tile for T activation rows: R x T accumulators + T activation vectors + 1
 // weight vector within the 32 registers, and R dividing kBlockRows. At most
@@ -84,53 +106,10 @@ struct Tiles {
   static constexpr int kMaxTileTokens = 6;
   static constexpr std::int64_t kBlockRows = 24;
 
-  // y[t * ldy + r] = dot(weight row r, activation row t) for r < R, t < T.
-  // Weight rows are `stride` bytes apart, stored as D; activation rows ldx
-  // floats apart. With PrefetchNext, each cache line of the tile's rows also
-  // prefetches the same column of the next R rows: 16-bit weights need so many
-  // instructions per line that the out-of-order window alone keeps too few
-  // misses in flight.
   template <DType D, int R, int T, bool PrefetchNext>
-  FASTINFER_CPU_NOINLINE static void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,
-                                          std::int64_t cols, float* y, std::int64_t ldy) {
-    constexpr std::int64_t E = kElem<D>;
-    const std::int64_t cend = cols & ~std::int64_t(15);
-    __m512 acc[R][T];
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-    for (std::int64_t c = 0; c < cend; c += 16) {
-      if constexpr (PrefetchNext) {
-        // Integer arithmetic: past the last tile the address lies beyond the
-        // matrix, which a prefetch may touch but a pointer may not point to.
-        if (((c * E) & 63) == 0)
-          for (int r = 0; r < R; ++r)
-            _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(w) +
-                                                       std::size_t(r + R) * stride + std::size_t(c * E)),
-                         _MM_HINT_T0);
-      }
-      __m512 xv[T];
-      for (int t = 0; t < T; ++t) {
-        xv[t] = _mm512_loadu_ps(x + t * ldx + c);
-#if defined(__GNUC__) || defined(__clang__)
-        // Keeps each activation vector in a register: GCC 12 otherwise folds
-        // the load into every FMA that uses it, R loads instead of one, and a
-        // tile of 2 rows x 8 ran at half speed, bound by loads.
-        __asm__("" : "+v"(xv[t]));
-#endif
-      }
-      for (int r = 0; r < R; ++r) {
-        const __m512 wv = load16_f32<D>(w + r * stride + c * E);
-        for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
-      }
-    }
-    float sums[R * T];
-    reduce<R * T>(&acc[0][0], sums);
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) {
-        float sum = sums[r * T + t];
-        for (std::int64_t k = cend; k < cols; ++k) sum = fma_fused(load_scalar<D>(w + r * stride, k), x[t * ldx + k], sum);
-        y[t * ldy + r] = sum;
-      }
+  static void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx, std::int64_t cols,
+                   float* y, std::int64_t ldy) {
+    small_rows_tile<D, R, T, PrefetchNext>(w, stride, x, ldx, cols, y, ldy);
   }
 };
 static_assert(Tiles::kMaxTileTokens <= 6, "kTileRows is sized for up to 6 activation rows (4 x 6 accumulators)");
