@@ -14,8 +14,14 @@
 //   label names the float kernels; FASTINFER_CPU_LEVEL=avx2 measures the
 //   AVX2 tiles on an AVX-512 machine).
 // * BM_Matmul/<dtype>/rows/cols/n/threads: prefill products (n = 512) and
-//   small batches (n = 4, 16: dot-product tiles; 32: Eigen); the FLOPS counter
+//   small batches (n = 4, 16, 32: dot-product tiles); the FLOPS counter
 //   is 2 * rows * cols * n per second (Zen 3 peak: 32 flop/cycle/core).
+// * BM_Prefill/<ours|eigen>/<dtype>/rows/cols/n/threads: prefill products
+//   through our packed GEMM (cpu::matmul, n > 32) and through the Eigen GEMM
+//   it replaced (eigen_gemm.hpp), side by side; peak_frac = FLOPS over the
+//   FMA peak of the current level's width (fma_peak.hpp, measured once per
+//   thread count in the same run). Ours runs at the CPU level chosen at run
+//   time; Eigen at the build's flags.
 // * BM_FmaPeak/threads: the FMA throughput of the cores (12 independent
 //   256-bit FMA chains per thread, fma_peak.hpp), the ceiling the matmul
 //   FLOPS compare with.
@@ -27,10 +33,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <map>
+#include <string>
+#include <utility>
 #include <memory>
 #include <vector>
 
 #include "fastinfer/backend/cpu/kernels.hpp"
+#include "eigen_gemm.hpp"
 #include "fma_peak.hpp"
 #include "read_bandwidth.hpp"
 
@@ -186,6 +195,51 @@ BENCHMARK(BM_Matmul)
     ->ArgsProduct({{0}, {768}, {2048}, {512}, {1, 2}})
     ->ArgsProduct({{0, 1}, {2048}, {768}, {4, 16, 32}, {1, 2}})
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// The FMA peak of the level the packed GEMM runs at, per thread count,
+// measured once.
+double level_peak_gflops(int threads) {
+  static std::map<std::pair<int, int>, double> peaks;
+  const cpu::CpuLevel level = cpu::cpu_level();
+  const std::string name = level >= cpu::CpuLevel::avx512 ? "avx512" : level == cpu::CpuLevel::avx2 ? "avx2" : "sse2";
+  auto [it, fresh] = peaks.try_emplace({int(level), threads}, 0.0);
+  if (fresh) it->second = bench::fma_peak_gflops(name, threads);
+  return it->second;
+}
+
+void BM_Prefill(benchmark::State& state) {
+  const bool eigen = state.range(0) == 1;
+  const DType dt = state.range(1) == 0 ? DType::F32 : DType::BF16;
+  const std::int64_t rows = state.range(2), cols = state.range(3), n = state.range(4);
+  const int threads = int(state.range(5));
+  std::vector<std::uint8_t> buf(row_bytes(dt, cols) * std::size_t(rows), 0);
+  auto* h = reinterpret_cast<std::uint16_t*>(buf.data());
+  for (std::size_t i = 0; i < buf.size() / 2; ++i) h[i] = std::uint16_t(0x3c00 + (i % 7));  // finite in all
+  const MatrixView w{dt, buf.data(), rows, cols};
+  std::vector<float> x(std::size_t(n * cols), 0.25f), y(std::size_t(n * rows));
+  const double peak = level_peak_gflops(threads);
+  for (auto _ : state) {
+    if (eigen)
+      bench::eigen_matmul(w, x.data(), n, y.data(), threads);
+    else
+      cpu::matmul(w, x.data(), n, y.data(), threads);
+    benchmark::ClobberMemory();
+  }
+  const double flop = 2.0 * double(rows * cols * n);
+  state.counters["FLOPS"] = benchmark::Counter(flop * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["peak_frac"] = benchmark::Counter(flop * double(state.iterations()) * 1e-9 / (peak > 0 ? peak : 1),
+                                                   benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(eigen ? "eigen " : "ours ") + std::string(dtype_name(dt)) + " " +
+                 cpu::float_kernel_isa());
+}
+BENCHMARK(BM_Prefill)
+    ->ArgsProduct({{0, 1}, {0, 1}, {768}, {768}, {64, 512}, {1, 2}})
+    ->ArgsProduct({{0, 1}, {0, 1}, {2048}, {768}, {64, 512}, {1, 2}})
+    ->ArgsProduct({{0, 1}, {0, 1}, {768}, {2048}, {64, 512}, {1, 2}})
+    ->ArgsProduct({{0, 1}, {0, 1}, {32000}, {768}, {64, 512}, {1, 2}})
+    ->ArgNames({"eigen", "bf16", "rows", "cols", "n", "threads"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
