@@ -172,14 +172,23 @@ BENCHMARK(BM_PassMatmul)
     ->ArgNames({"dtype", "n", "threads"})
     ->Unit(benchmark::kMillisecond);
 
+// A rows x cols weight matrix of `dt` whose values are finite in every dtype.
+struct FilledMatrix {
+  std::vector<std::uint8_t> bytes;
+  MatrixView view;
+  FilledMatrix(DType dt, std::int64_t rows, std::int64_t cols) : bytes(row_bytes(dt, cols) * std::size_t(rows), 0) {
+    auto* h = reinterpret_cast<std::uint16_t*>(bytes.data());
+    for (std::size_t i = 0; i < bytes.size() / 2; ++i) h[i] = std::uint16_t(0x3c00 + (i % 7));
+    view = MatrixView{dt, bytes.data(), rows, cols};
+  }
+};
+
 void BM_Matmul(benchmark::State& state) {
   const DType dt = kTypes[state.range(0)];
   const std::int64_t rows = state.range(1), cols = state.range(2), n = state.range(3);
   const int threads = int(state.range(4));
-  std::vector<std::uint8_t> buf(row_bytes(dt, cols) * std::size_t(rows), 0);
-  auto* h = reinterpret_cast<std::uint16_t*>(buf.data());
-  for (std::size_t i = 0; i < buf.size() / 2; ++i) h[i] = std::uint16_t(0x3c00 + (i % 7));  // finite in all
-  const MatrixView w{dt, buf.data(), rows, cols};
+  const FilledMatrix filled(dt, rows, cols);
+  const MatrixView& w = filled.view;
   std::vector<float> x(std::size_t(n * cols), 0.25f), y(std::size_t(n * rows));
   for (auto _ : state) {
     cpu::matmul(w, x.data(), n, y.data(), threads);
@@ -214,10 +223,8 @@ void BM_Prefill(benchmark::State& state) {
   const DType dt = state.range(1) == 0 ? DType::F32 : DType::BF16;
   const std::int64_t rows = state.range(2), cols = state.range(3), n = state.range(4);
   const int threads = int(state.range(5));
-  std::vector<std::uint8_t> buf(row_bytes(dt, cols) * std::size_t(rows), 0);
-  auto* h = reinterpret_cast<std::uint16_t*>(buf.data());
-  for (std::size_t i = 0; i < buf.size() / 2; ++i) h[i] = std::uint16_t(0x3c00 + (i % 7));  // finite in all
-  const MatrixView w{dt, buf.data(), rows, cols};
+  const FilledMatrix filled(dt, rows, cols);
+  const MatrixView& w = filled.view;
   std::vector<float> x(std::size_t(n * cols), 0.25f), y(std::size_t(n * rows));
   const double peak = level_peak_gflops(threads);
   for (auto _ : state) {
