@@ -14,8 +14,14 @@
 //   label names the float kernels; FASTINFER_CPU_LEVEL=avx2 measures the
 //   AVX2 tiles on an AVX-512 machine).
 // * BM_Matmul/<dtype>/rows/cols/n/threads: prefill products (n = 512) and
-//   small batches (n = 4, 16: dot-product tiles; 32: Eigen); the FLOPS counter
+//   small batches (n = 4, 16, 32: dot-product tiles); the FLOPS counter
 //   is 2 * rows * cols * n per second (Zen 3 peak: 32 flop/cycle/core).
+// * BM_Prefill/<ours|eigen>/<dtype>/rows/cols/n/threads: prefill products
+//   through our packed GEMM (cpu::matmul, n > 32) and through the Eigen GEMM
+//   it replaced (eigen_gemm.hpp), side by side, in process CPU time (all
+//   threads): FLOPS is per core-second, peak_frac = FLOPS over one core's FMA
+//   peak at the current level's width (fma_peak.hpp, CPU time, same run).
+//   Ours runs at the CPU level chosen at run time; Eigen at the build's flags.
 // * BM_FmaPeak/threads: the FMA throughput of the cores (12 independent
 //   256-bit FMA chains per thread, fma_peak.hpp), the ceiling the matmul
 //   FLOPS compare with.
@@ -24,13 +30,18 @@
 //   slower than 1.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <ctime>
 #include <map>
+#include <string>
+#include <utility>
 #include <memory>
 #include <vector>
 
 #include "fastinfer/backend/cpu/kernels.hpp"
+#include "eigen_gemm.hpp"
 #include "fma_peak.hpp"
 #include "read_bandwidth.hpp"
 
@@ -163,14 +174,23 @@ BENCHMARK(BM_PassMatmul)
     ->ArgNames({"dtype", "n", "threads"})
     ->Unit(benchmark::kMillisecond);
 
+// A rows x cols weight matrix of `dt` whose values are finite in every dtype.
+struct FilledMatrix {
+  std::vector<std::uint8_t> bytes;
+  MatrixView view;
+  FilledMatrix(DType dt, std::int64_t rows, std::int64_t cols) : bytes(row_bytes(dt, cols) * std::size_t(rows), 0) {
+    auto* h = reinterpret_cast<std::uint16_t*>(bytes.data());
+    for (std::size_t i = 0; i < bytes.size() / 2; ++i) h[i] = std::uint16_t(0x3c00 + (i % 7));
+    view = MatrixView{dt, bytes.data(), rows, cols};
+  }
+};
+
 void BM_Matmul(benchmark::State& state) {
   const DType dt = kTypes[state.range(0)];
   const std::int64_t rows = state.range(1), cols = state.range(2), n = state.range(3);
   const int threads = int(state.range(4));
-  std::vector<std::uint8_t> buf(row_bytes(dt, cols) * std::size_t(rows), 0);
-  auto* h = reinterpret_cast<std::uint16_t*>(buf.data());
-  for (std::size_t i = 0; i < buf.size() / 2; ++i) h[i] = std::uint16_t(0x3c00 + (i % 7));  // finite in all
-  const MatrixView w{dt, buf.data(), rows, cols};
+  const FilledMatrix filled(dt, rows, cols);
+  const MatrixView& w = filled.view;
   std::vector<float> x(std::size_t(n * cols), 0.25f), y(std::size_t(n * rows));
   for (auto _ : state) {
     cpu::matmul(w, x.data(), n, y.data(), threads);
@@ -188,6 +208,60 @@ BENCHMARK(BM_Matmul)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+// The FMA peak of one core at the width of the level the packed GEMM runs
+// at, in CPU time (best of 5 runs of ~50 ms), measured once per level: on a
+// shared machine wall time would count the moments another process had the
+// core.
+double level_peak_gflops() {
+  static std::map<int, double> peaks;
+  const cpu::CpuLevel level = cpu::cpu_level();
+  const std::string name = level >= cpu::CpuLevel::avx512 ? "avx512" : level == cpu::CpuLevel::avx2 ? "avx2" : "sse2";
+  auto [it, fresh] = peaks.try_emplace(int(level), 0.0);
+  if (!fresh) return it->second;
+  float sink = 0.0f;
+  const auto iters = std::int64_t(12.5e9 / bench::fma_flops(name, 1));  // 12.5 GFLOP: ~50 ms at 250 GFLOP/s
+  for (int r = 0; r < 5; ++r) {
+    const std::clock_t c0 = std::clock();
+    bench::fma_run_gflops(name, 1, iters, &sink);
+    const double seconds = double(std::clock() - c0) / CLOCKS_PER_SEC;
+    if (seconds > 0) it->second = std::max(it->second, bench::fma_flops(name, iters) / seconds * 1e-9);
+  }
+  benchmark::DoNotOptimize(sink);
+  return it->second;
+}
+
+void BM_Prefill(benchmark::State& state) {
+  const bool eigen = state.range(0) == 1;
+  const DType dt = state.range(1) == 0 ? DType::F32 : DType::BF16;
+  const std::int64_t rows = state.range(2), cols = state.range(3), n = state.range(4);
+  const int threads = int(state.range(5));
+  const FilledMatrix filled(dt, rows, cols);
+  const MatrixView& w = filled.view;
+  std::vector<float> x(std::size_t(n * cols), 0.25f), y(std::size_t(n * rows));
+  const double peak = level_peak_gflops();
+  for (auto _ : state) {
+    if (eigen)
+      bench::eigen_matmul(w, x.data(), n, y.data(), threads);
+    else
+      cpu::matmul(w, x.data(), n, y.data(), threads);
+    benchmark::ClobberMemory();
+  }
+  const double flop = 2.0 * double(rows * cols * n);
+  state.counters["FLOPS"] = benchmark::Counter(flop * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["peak_frac"] = benchmark::Counter(flop * double(state.iterations()) * 1e-9 / (peak > 0 ? peak : 1),
+                                                   benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(eigen ? "eigen " : "ours ") + std::string(dtype_name(dt)) + " " +
+                 cpu::float_kernel_isa());
+}
+BENCHMARK(BM_Prefill)
+    ->ArgsProduct({{0, 1}, {0, 1}, {768}, {768}, {64, 512}, {1, 2}})
+    ->ArgsProduct({{0, 1}, {0, 1}, {2048}, {768}, {64, 512}, {1, 2}})
+    ->ArgsProduct({{0, 1}, {0, 1}, {768}, {2048}, {64, 512}, {1, 2}})
+    ->ArgsProduct({{0, 1}, {0, 1}, {32000}, {768}, {64, 512}, {1, 2}})
+    ->ArgNames({"eigen", "bf16", "rows", "cols", "n", "threads"})
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime();
 
 // 256-bit FMA chains (fma_peak.hpp's avx2 level, the width the matmul
 // kernels use on an AVX2 build; bench_fma has every level).

@@ -7,7 +7,7 @@
 // * BM_Decode110M/<f32|bf16>/threads: one token per iteration on
 //   synthetic:110M (positions 16..143, recycled). tok_s = tokens per second;
 //   bytes_per_second = tok_s x weights_bytes(), to divide by BM_ReadSum.
-// * BM_Prefill110M/512/threads: one 512-token prompt per iteration, batched;
+// * BM_Prefill110M/512/threads/<f32|bf16>: one 512-token prompt per iteration, batched;
 //   tok_s = prompt tokens per second.
 // * BM_DecodeStories260K/threads: stories260K.bin decode (overhead-bound;
 //   2 threads must not be slower than 1). Skipped with a message when
@@ -100,8 +100,10 @@ BENCHMARK(BM_DecodeProfiler110M)
     ->Unit(benchmark::kMillisecond);
 
 void BM_Prefill110M(benchmark::State& state) {
-  LlamaModel<>& m = model("synthetic:110M", DType::F32);
+  const DType dtype = state.range(2) == 0 ? DType::F32 : DType::BF16;
+  LlamaModel<>& m = model("synthetic:110M", dtype);
   m.set_threads(int(state.range(1)));
+  state.SetLabel(std::string(dtype_name(dtype)));
   const int n = int(state.range(0));
   std::vector<std::int32_t> prompt(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) prompt[std::size_t(i)] = std::int32_t((i * 7919 + 1) % 32000);
@@ -111,7 +113,12 @@ void BM_Prefill110M(benchmark::State& state) {
   }
   state.counters["tok_s"] = benchmark::Counter(double(state.iterations()) * n, benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_Prefill110M)->ArgNames({"tokens", "threads"})->Args({512, 2})->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Prefill110M)
+    ->ArgNames({"tokens", "threads", "bf16"})
+    ->Args({512, 2, 0})
+    ->Args({512, 2, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 void BM_DecodeStories260K(benchmark::State& state) {
   const std::filesystem::path path = std::filesystem::path(FASTINFER_SHARED_DIR) / "models/stories260K.bin";

@@ -68,7 +68,11 @@ __attribute__((target("avx512f"))) inline float fma_chains_avx512(std::int64_t i
   const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
   for (std::int64_t it = 0; it < iters; ++it)
     for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], m, c);
-  return _mm512_reduce_add_ps(a[0]) + _mm512_reduce_add_ps(a[11]);
+  // Every chain feeds the result: summing only a[0] and a[11] let GCC drop
+  // the other ten chains, and the level read 6x its real peak.
+  __m512 s = a[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
+  return _mm512_reduce_add_ps(s);
 }
 
 }  // namespace detail

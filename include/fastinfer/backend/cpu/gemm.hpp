@@ -7,48 +7,31 @@
 //   weight rows kept in L1/L2, bf16/f16 widened in registers. Weights are
 //   read from memory once, and every token gets exactly the bits matvec
 //   would give it, whatever the pass size up to 32 (batch invariance).
-// * larger n (prefill): Eigen's GEMM (packed, register-blocked; ~80 % of the
-//   FMA peak here, against ~60 % for the dot-product tiles). Threads own
-//   contiguous row ranges that start on a multiple of Eigen's register panel
-//   height (gebp_traits::mr: 24 rows with AVX2, 48 with AVX-512), so a row's
-//   sum runs through the same micro-kernel path, with the same depth blocking
-//   (which depends on `cols` only), whichever range it is in. f32 ranges are
-//   one Eigen call each; bf16/f16 ranges are widened in panel-aligned tiles.
-//   Its bits differ from matvec's (another summation order).
+// * larger n (prefill): our packed GEMM (gemm_packed.hpp: packed panels,
+//   cache blocking, the register-blocked micro-kernel of the CPU level,
+//   bf16/f16 widened once per packed panel). Threads own row ranges. Each
+//   output is the sequential FMA sum over its columns, so its bits depend on
+//   neither the thread count nor the pass size; they differ from matvec's
+//   (another summation order).
 // Either way results do not depend on the thread count (the tests check the
 // bits).
 //
-// Eigen is called through general_matrix_matrix_product::run, the sequential
-// kernel its own product evaluator calls per thread. The public product API
-// would open its own OpenMP team whenever it is not already inside one
-// (omp_get_max_threads(), not our `threads`), and Eigen::setNbThreads is
-// process-wide state a library must not touch.
+// The prefill path replaced Eigen's internal general_matrix_matrix_product
+// (an internal API that changes with Eigen 5): on Zen 5, one thread, it is
+// 1.1-1.6x Eigen's speed (docs/benchmarks.md), and gemm.hpp needs no Eigen.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
-#include <Eigen/Core>
-
-#include "fastinfer/backend/cpu/elementwise.hpp"
+#include "fastinfer/backend/cpu/gemm_packed.hpp"
 #include "fastinfer/backend/cpu/gemv.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
 
-static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0),
-              "fastinfer's GEMM calls Eigen 3.4's general_matrix_matrix_product::run signature");
-
 namespace fastinfer::cpu {
 namespace gemm_detail {
-
-// Rows of Eigen's widest register panel: every range and tile edge is a
-// multiple of it, so every row takes the same micro-kernel path.
-inline constexpr std::int64_t kPanelRows = Eigen::internal::gebp_traits<float, float>::mr;
-// bf16/f16 rows widened per Eigen call: 8 panels (192 rows with AVX2; a
-// 768-wide tile is 576 KiB of f32, about one Zen 3 core's L2).
-inline constexpr std::int64_t kWidenTileRows = 8 * kPanelRows;
 
 // Up to this many tokens the small-row tiles serve, so that a token's bits
 // do not depend on the pass size up to it. Against Eigen, 1 thread, 2048 x
@@ -67,44 +50,6 @@ inline std::int64_t dot_block_rows(CpuLevel level) {
   if (level == CpuLevel::avx2) return avx2::kBlockRows;
 #endif
   return kDotBlockRows;
-}
-
-// Y[:, r0:r0+m] += W_tile (m x k, row-major, leading dim ldw) * X^T.
-inline void gemm_tile(const float* w, std::int64_t ldw, std::int64_t m, const float* x, std::int64_t k,
-                      std::int64_t n, float* y, std::int64_t ldy) {
-  using Index = Eigen::Index;
-  using Gemm = Eigen::internal::general_matrix_matrix_product<Index, float, Eigen::RowMajor, false, float,
-                                                              Eigen::ColMajor, false, Eigen::ColMajor, 1>;
-  Eigen::internal::gemm_blocking_space<Eigen::ColMajor, float, float, Eigen::Dynamic, Eigen::Dynamic,
-                                       Eigen::Dynamic, 1, false>
-      blocking(m, n, k, 1, true);
-  Gemm::run(m, n, k, w, ldw, x, k, y, 1, ldy, 1.0f, blocking, nullptr);
-}
-
-// Per-thread f32 copy of a bf16/f16 tile for Eigen: grows to the largest tile
-// seen and is reused, so a long prefill does not allocate per layer.
-inline std::vector<float>& widen_scratch() {
-  thread_local std::vector<float> scratch;
-  return scratch;
-}
-
-// Rows [r0, r1) of Y = X W^T; r0 is a multiple of kPanelRows.
-inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
-                        std::int64_t r1) {
-  const std::int64_t k = w.cols;
-  // Eigen accumulates into Y: clear this range's outputs first.
-  for (std::int64_t j = 0; j < n; ++j) std::fill(y + j * w.rows + r0, y + j * w.rows + r1, 0.0f);
-  if (w.dtype == DType::F32) {
-    gemm_tile(reinterpret_cast<const float*>(w.row_ptr(r0)), k, r1 - r0, x, k, n, y + r0, w.rows);
-    return;
-  }
-  std::vector<float>& s = widen_scratch();
-  if (s.size() < std::size_t(kWidenTileRows * k)) s.resize(std::size_t(kWidenTileRows * k));
-  for (std::int64_t t = r0; t < r1; t += kWidenTileRows) {
-    const std::int64_t m = std::min(kWidenTileRows, r1 - t);
-    for (std::int64_t r = 0; r < m; ++r) load_row(w.dtype, w.row_ptr(t + r), s.data() + r * k, k);
-    gemm_tile(s.data(), k, m, x, k, n, y + t, w.rows);
-  }
 }
 
 // Rows [r0, r1) of Y = X W^T with the generic small-row tiles (level scalar).
@@ -185,11 +130,11 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
                     [&](std::int64_t r0, std::int64_t r1) { dot_matmul_rows(level, w, x, n, y, r0, r1); });
     return;
   }
-  const std::int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;
+  const CpuLevel level = cpu_level();
+  const std::int64_t tiles = (w.rows + packed_gemm_detail::tile_rows(level) - 1) / packed_gemm_detail::tile_rows(level);
   const int nt = threads_for(macs, ParallelThresholds::kMatmulMacsPerThread,
-                             int(std::min<std::int64_t>(threads, panels)));
-  parallel_ranges(w.rows, kPanelRows, nt,
-                  [&](std::int64_t r0, std::int64_t r1) { matmul_rows(w, x, n, y, r0, r1); });
+                             int(std::min<std::int64_t>(threads, tiles)));
+  packed_matmul(level, w, x, n, y, nt);
 }
 
 }  // namespace fastinfer::cpu
