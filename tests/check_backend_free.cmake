@@ -5,13 +5,14 @@
 #  - core, memory, prefix, sched, transfer: each other only.
 #  - kv: those and kv (the cache's bookkeeping, views and encodings).
 #  - the bookkeeping headers of speculative/ (listed by name: medusa_heads,
-#    draft_model and early_exit_drafter still run compute), those and one
+#    eagle_head, draft_model and early_exit_drafter still run compute), those and one
 #    another, plus model/forward_batch.hpp, plain data checked here too.
 #  - backend/cpu: core, memory, kv and backend/ only, never the model,
 #    engine or speculative layers above it.
 set(_free_layers core memory prefix sched transfer)
 set(_kv_layers ${_free_layers} kv)
-set(_spec_headers drafter.hpp lookahead_pool.hpp prompt_lookup.hpp speculative_verifier.hpp tree_batch.hpp)
+set(_spec_headers drafter.hpp eagle_tree.hpp head_file.hpp lookahead_pool.hpp prompt_lookup.hpp
+                  speculative_verifier.hpp tree_batch.hpp)
 set(_spec_allowed_files model/forward_batch.hpp)
 foreach(_h IN LISTS _spec_headers)
   list(APPEND _spec_allowed_files speculative/${_h})

@@ -38,12 +38,11 @@ import time
 # One BLAS thread: the matrices are small, and on a busy machine extra BLAS threads only wait.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fastinfer_torch import apply_rope, check_logits, features, generate, load_model, rope_tables, valid_mask  # noqa: E402
+from fastinfer_torch import apply_rope, data_arguments, features, rope_tables, start  # noqa: E402
 
 TENSORS = ["fc", "fc_bias", "attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down"]
 
@@ -51,10 +50,14 @@ TENSORS = ["fc", "fc_bias", "attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_
 class EagleHead(torch.nn.Module):
     """eagle_head.hpp's layer; rows at positions 0..T-1, causal over the head's own rows."""
 
-    def __init__(self, dim, heads, kv_heads, head_dim, hidden, eps, theta, positions):
+    def __init__(self, dim, heads, kv_heads, head_dim, hidden, eps, theta, positions, emb_scale=1.0, feat_scale=1.0):
         super().__init__()
         self.dim, self.heads, self.kv_heads, self.head_dim, self.hidden = dim, heads, kv_heads, head_dim, hidden
         self.eps, self.theta = eps, theta
+        # Trained in units where the embedding and the feature have RMS 1 (a small model's residual
+        # stream can be large: tinystories-656k's is ~35, its embedding ~0.5), so that Adam's steps fit
+        # both; tensors() folds the scales into fc, fc_bias, wo, w_down and eps: the same function.
+        self.emb_scale, self.feat_scale = emb_scale, feat_scale
         p = torch.nn.Parameter
         fc = torch.zeros(dim, 2 * dim)
         fc[:, dim:] = torch.eye(dim)  # the feature passes through at the start
@@ -74,7 +77,7 @@ class EagleHead(torch.nn.Module):
     def forward(self, emb_next, feats):
         """emb_next [B, T, dim] (embedding of token t + 1), feats [B, T, dim] (f_t) -> f'_{t+1}."""
         B, T, _ = feats.shape
-        x = torch.cat([emb_next, feats], -1) @ self.fc.T + self.fc_bias
+        x = torch.cat([emb_next / self.emb_scale, feats / self.feat_scale], -1) @ self.fc.T + self.fc_bias
         n = self.rmsnorm(x, self.attn_norm)
         q = (n @ self.wq.T).view(B, T, self.heads, self.head_dim)
         k = (n @ self.wk.T).view(B, T, self.kv_heads, self.head_dim)
@@ -88,11 +91,22 @@ class EagleHead(torch.nn.Module):
         o = att.softmax(-1) @ v
         x = x + o.transpose(1, 2).reshape(B, T, -1) @ self.wo.T
         m = self.rmsnorm(x, self.ffn_norm)
-        return x + (F.silu(m @ self.w_gate.T) * (m @ self.w_up.T)) @ self.w_down.T
+        return self.feat_scale * (x + (F.silu(m @ self.w_gate.T) * (m @ self.w_up.T)) @ self.w_down.T)
 
     def tensors(self):
-        """Every tensor in file order as [rows, cols] (norms and the bias are one row)."""
-        return [t.reshape(1, -1) if t.dim() == 1 else t for t in (getattr(self, n).detach() for n in TENSORS)]
+        """Every tensor in file order as [rows, cols] (norms and the bias are one row), in the
+        target's units: x = feat_scale * x~ inside, so fc, fc_bias, wo, w_down gain feat_scale (fc's
+        embedding half also 1 / emb_scale, its feature half 1 / feat_scale) and RMSNorm's eps
+        feat_scale^2 (see eps_in_file)."""
+        t = {n: getattr(self, n).detach().clone() for n in TENSORS}
+        t["fc"][:, :self.dim] *= self.feat_scale / self.emb_scale
+        t["fc_bias"] *= self.feat_scale
+        t["wo"] *= self.feat_scale
+        t["w_down"] *= self.feat_scale
+        return [t[n].reshape(1, -1) if t[n].dim() == 1 else t[n] for n in TENSORS]
+
+    def eps_in_file(self):
+        return self.eps * self.feat_scale ** 2
 
 
 def write_head(path, head, vocab, f16):
@@ -101,7 +115,7 @@ def write_head(path, head, vocab, f16):
     elem = 2 if f16 else 4
     out = bytearray(b"FIEAGLEH")
     out += struct.pack("<8I", 1, head.dim, vocab, head.heads, head.kv_heads, head.head_dim, head.hidden, 1 if f16 else 0)
-    out += struct.pack("<I2fI", 0, head.eps, head.theta, len(TENSORS))
+    out += struct.pack("<I2fI", 0, head.eps_in_file(), head.theta, len(TENSORS))
     off = 56 + 32 * len(TENSORS)
     for name, t in zip(TENSORS, ts):
         rows, cols = t.shape
@@ -116,47 +130,31 @@ def write_head(path, head, vocab, f16):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="llama2.c checkpoint (.bin) or Hugging Face Llama directory")
+    data_arguments(ap, sequences=480, length=192)
     ap.add_argument("--out", required=True, help="head file to write (FIEAGLEH v1)")
     ap.add_argument("--heads", type=int, default=4, help="the head's query heads")
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=0, help="0: the model's dim / --heads")
     ap.add_argument("--hidden", type=int, default=256, help="the head's MLP width")
-    ap.add_argument("--sequences", type=int, default=1200)
-    ap.add_argument("--length", type=int, default=256)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--sampled-fraction", type=float, default=0.25)
-    ap.add_argument("--greedy-after", type=int, default=16)
-    ap.add_argument("--distill-k", type=int, default=32)
-    ap.add_argument("--cls-weight", type=float, default=0.1, help="weight of the token loss (EAGLE: 0.1)")
+    ap.add_argument("--cls-weight", type=float, default=1.0,
+                    help="weight of the token loss against the feature loss on RMS-normalised features")
     ap.add_argument("--unroll", type=int, default=2, choices=(1, 2), help="2: also train on the head's own features")
     ap.add_argument("--unroll-weight", type=float, default=0.5)
     ap.add_argument("--noise", type=float, default=0.05, help="uniform noise on input features, x the feature RMS")
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=16, help="sequences per optimiser step")
+    ap.add_argument("--batch", type=int, default=4, help="sequences per optimiser step")
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--f32", action="store_true", help="write f32 weights (default f16: half the size)")
-    ap.add_argument("--check-logits", help="golden logits file to check the torch forward against")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    gen = torch.Generator().manual_seed(a.seed)
     t0 = time.time()
-
-    model = load_model(a.model)
-    if a.check_logits:
-        check_logits(model, a.check_logits)
-    L = min(a.length, model.seq_len)
-    seqs, greedy = generate(model, a.sequences, L, a.temperature, gen, a.sampled_fraction, a.greedy_after)
-    valid = valid_mask(model, seqs)
+    model, gen, seqs, greedy, valid, L = start(a, t0)
     feats, pv, pi = features(model, seqs, a.distill_k, prenorm=True)
-    print(f"generated and featurised {seqs.shape[0]} x {L} tokens in {time.time() - t0:.1f} s")
+    print(f"featurised in {time.time() - t0:.1f} s")
     scale = float(feats.pow(2).mean().sqrt())
 
     head_dim = a.head_dim or model.dim // a.heads
-    head = EagleHead(model.dim, a.heads, a.kv_heads, head_dim, a.hidden, model.eps, 10000.0, L)
+    head = EagleHead(model.dim, a.heads, a.kv_heads, head_dim, a.hidden, model.eps, 10000.0, L,
+                     float(model.emb.pow(2).mean().sqrt()), scale)
     emb, cls, rms_final = model.emb, model.cls, model.rms_final
     n_hold = max(1, seqs.shape[0] // 10)
     n_train = seqs.shape[0] - n_hold
@@ -173,7 +171,9 @@ def main():
         sv, si = pv[idx, 1:], pi[idx, 1:]  # row t + 1: the distribution of token t + 2
 
         def one(pred, w):
-            reg = (F.smooth_l1_loss(pred, target, reduction="none").mean(-1) * ok).sum() / ok.sum().clamp(min=1)
+            # On features divided by their RMS: a small model's residual stream can be large
+            # (tinystories-656k: RMS 37), and the raw error would drown the token loss.
+            reg = (F.smooth_l1_loss(pred / scale, target / scale, reduction="none").mean(-1) * ok).sum() / ok.sum().clamp(min=1)
             logp = torch.log_softmax(model.rmsnorm(pred, rms_final) @ cls.T, -1)
             ce = (-(logp.gather(-1, si) * sv).sum(-1) * ok).sum() / ok.sum().clamp(min=1)
             return w * (reg + a.cls_weight * ce), logp

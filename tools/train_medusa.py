@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fastinfer_torch import check_logits, features, generate, load_model, valid_mask  # noqa: E402
+from fastinfer_torch import data_arguments, features, start  # noqa: E402
 
 
 # ---- heads -------------------------------------------------------------------
@@ -167,17 +167,9 @@ def simulate(tree, hit, n_seq, n_pos, greedy_pos):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="llama2.c checkpoint (.bin) or Hugging Face Llama directory")
+    data_arguments(ap, sequences=1024, length=256)
     ap.add_argument("--out", required=True, help="heads file to write (FIMEDUSA v1); the tree goes to OUT.choices")
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--sequences", type=int, default=1024)
-    ap.add_argument("--length", type=int, default=256)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--sampled-fraction", type=float, default=0.25,
-                    help="share of sequences sampled throughout; the rest turn greedy after a short sampled start")
-    ap.add_argument("--greedy-after", type=int, default=16,
-                    help="greedy sequences sample their first g ~ U[1, N] tokens, then decode greedily")
-    ap.add_argument("--distill-k", type=int, default=32, help="top-k of the frozen model's distribution kept as soft labels")
     ap.add_argument("--hard-weight", type=float, default=0.5, help="weight of the hard-label loss (1 - it: soft)")
     ap.add_argument("--head-decay", type=float, default=0.8, help="loss weight of head k: decay^k")
     ap.add_argument("--epochs", type=int, default=6)
@@ -185,28 +177,10 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--tree-nodes", type=int, default=20, help="nodes of the tree written to OUT.choices")
     ap.add_argument("--init", help="start from this heads file (with --epochs 0: only measure and build the tree)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; the work is many small operations, and on a busy machine a second "
-                         "OpenMP thread spin-waits (12x slower measured at load average 8)")
-    ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--check-logits", help="golden logits file to check the torch forward against")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    gen = torch.Generator().manual_seed(a.seed)
     t0 = time.time()
-
-    model = load_model(a.model)
-    print(f"model: dim {model.dim}, {model.layers} layers, vocab {model.vocab}, "
-          f"RoPE {'rotate_half' if model.rope_half else 'interleaved'}, stop token {model.stop}")
-    if a.check_logits:
-        check_logits(model, a.check_logits)
-    K, L = a.heads, min(a.length, model.seq_len)
-
-    seqs, greedy = generate(model, a.sequences, L, a.temperature, gen, a.sampled_fraction, a.greedy_after)
-    valid = valid_mask(model, seqs)
-    print(f"generated {seqs.shape[0]} x {seqs.shape[1]} tokens ({a.sampled_fraction:.0%} sampled at T "
-          f"{a.temperature}, the rest greedy after <= {a.greedy_after}) in {time.time() - t0:.1f} s")
+    model, gen, seqs, greedy, valid, L = start(a, t0)
+    K = a.heads
     hidden, pv, pi = features(model, seqs, a.distill_k)
 
     # Position t: input h_t; head k's targets: token t + 2 + k and the model's row t + 1 + k.

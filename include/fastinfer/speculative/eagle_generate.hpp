@@ -191,23 +191,9 @@ SpeculativeResult eagle_generate(Model& model, EagleHead& head, const std::vecto
       std::copy(f + std::size_t(row) * d, f + std::size_t(row + 1) * d, feats.begin() + long(std::size_t(j) * d));
     }
     valid = len + kept_in_place(v.path);
-    ++st.target_forwards;
-    st.drafted += tree.size();
-    st.k_sum += depth;
-    if (depth == 0) ++st.plain_steps;
+    detail::record_tree_step(st, options.adaptive, tree, depth, n_pending, int(batch.rows()), v.accepted,
+                             seconds_between(d0, d1), seconds_between(d1, Clock::now()), depth_nodes);
     going = out_tokens.emit_step(v.tokens, v.accepted, st);
-    if (options.adaptive) {
-      DraftStepReport step;
-      step.k = depth;
-      step.base_rows = std::max(n_pending, 1);
-      step.rows = int(batch.rows());
-      step.depths = tree_depth_counts(tree, depth_nodes);
-      step.nodes_at_depth = depth_nodes.data();
-      step.accepted = std::min(v.accepted, step.depths);
-      step.draft_seconds = seconds_between(d0, d1);
-      step.pass_seconds = seconds_between(d1, Clock::now());
-      options.adaptive->report(step);
-    }
     // Every token of the step was emitted when generation goes on.
     if (going) head.commit(w, feats.data(), seq.data() + len, n_new, root.data(), threads);
   }
