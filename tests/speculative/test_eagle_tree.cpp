@@ -95,8 +95,7 @@ TEST_CASE("top_tokens: the most probable tokens, ties to the lower id, probabili
   const float logits[] = {0.0f, 2.0f, 1.0f, 2.0f, -1.0f};
   std::int32_t t[3];
   float p[3];
-  std::vector<std::int32_t> idx;
-  speculative::top_tokens(logits, 5, 3, t, p, idx);
+  speculative::top_tokens(logits, 5, 3, t, p);
   CHECK(t[0] == 1);
   CHECK(t[1] == 3);
   CHECK(t[2] == 2);
@@ -104,4 +103,19 @@ TEST_CASE("top_tokens: the most probable tokens, ties to the lower id, probabili
   for (float l : logits) z += std::exp(double(l));
   CHECK(p[0] == Approx(std::exp(2.0) / z));
   CHECK(p[2] == Approx(std::exp(1.0) / z));
+  // Against a full sort on random rows with many ties (values on a coarse grid).
+  std::uint64_t coin = 0;
+  for (int trial = 0; trial < 200; ++trial) {
+    const int vocab = 1 + trial % 37, n = 1 + trial % 7;
+    std::vector<float> row(static_cast<std::size_t>(vocab));
+    for (float& x : row) x = float(int(8 * fastinfer::uniform_float(5, 1, coin++))) - 3.0f;
+    std::vector<std::int32_t> ref(row.size());
+    for (int i = 0; i < vocab; ++i) ref[std::size_t(i)] = i;
+    std::stable_sort(ref.begin(), ref.end(), [&](std::int32_t a, std::int32_t b) { return row[std::size_t(a)] > row[std::size_t(b)]; });
+    std::vector<std::int32_t> got(static_cast<std::size_t>(n));
+    std::vector<float> probs(static_cast<std::size_t>(n));
+    speculative::top_tokens(row.data(), vocab, n, got.data(), probs.data());
+    INFO("trial " << trial);
+    for (int r = 0; r < std::min(n, vocab); ++r) CHECK(got[std::size_t(r)] == ref[std::size_t(r)]);
+  }
 }

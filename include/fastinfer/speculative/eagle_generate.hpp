@@ -58,7 +58,7 @@ struct EagleOptions {
 struct EagleDraftWorkspace {
   DraftTreeBuilder builder;
   std::vector<int> picked, parent_rows, cand_row;
-  std::vector<std::int32_t> tokens, top, idx;
+  std::vector<std::int32_t> tokens, top;
   std::vector<float> feats_in, feats_out, row_feats, logits, norm, probs;
 };
 
@@ -76,7 +76,7 @@ inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const 
   ws.probs.resize(std::size_t(top_k));
   ws.logits.resize(v);
   EagleHead::lm_logits(w, root_feature, 1, ws.logits.data(), ws.norm, threads);
-  top_tokens(ws.logits.data(), vocab, top_k, ws.top.data(), ws.probs.data(), ws.idx);
+  top_tokens(ws.logits.data(), vocab, top_k, ws.top.data(), ws.probs.data());
   ws.builder.add_children(-1, ws.top.data(), ws.probs.data(), std::min(top_k, vocab));
   ws.cand_row.assign(std::size_t(ws.builder.size()), -1);
   ws.row_feats.clear();
@@ -103,7 +103,7 @@ inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const 
     EagleHead::lm_logits(w, ws.feats_out.data(), n, ws.logits.data(), ws.norm, threads);
     for (int i = 0; i < n; ++i) {
       ws.cand_row[std::size_t(front[std::size_t(i)])] = r0 + i;
-      top_tokens(ws.logits.data() + std::size_t(i) * v, vocab, top_k, ws.top.data(), ws.probs.data(), ws.idx);
+      top_tokens(ws.logits.data() + std::size_t(i) * v, vocab, top_k, ws.top.data(), ws.probs.data());
       ws.builder.add_children(front[std::size_t(i)], ws.top.data(), ws.probs.data(), std::min(top_k, vocab));
     }
     ws.cand_row.resize(std::size_t(ws.builder.size()), -1);

@@ -141,23 +141,25 @@ class DraftTreeBuilder {
 };
 
 // The n most probable tokens of a distribution, best first (ties: the lower
-// id), with their probabilities: softmax of `logits` [vocab] in double.
-// idx is scratch.
-inline void top_tokens(const float* logits, int vocab, int n, std::int32_t* tokens, float* probs,
-                       std::vector<std::int32_t>& idx) {
+// id), with their softmax probabilities. One pass keeping a sorted top-n
+// (n is a tree's top_k, a few) and one pass of float exponentials for the
+// normaliser: the head drafts this for every expanded node, so it must not
+// sort or exponentiate in double the whole vocabulary.
+inline void top_tokens(const float* logits, int vocab, int n, std::int32_t* tokens, float* probs) {
   n = std::min(n, vocab);
-  const float mx = *std::max_element(logits, logits + vocab);
-  double total = 0;
-  for (int t = 0; t < vocab; ++t) total += std::exp(double(logits[t] - mx));
-  idx.resize(std::size_t(vocab));
-  std::iota(idx.begin(), idx.end(), 0);
-  std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](std::int32_t a, std::int32_t b) {
-    return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
-  });
-  for (int r = 0; r < n; ++r) {
-    tokens[r] = idx[std::size_t(r)];
-    probs[r] = float(std::exp(double(logits[idx[std::size_t(r)]] - mx)) / total);
+  if (n <= 0) return;
+  int have = 0;
+  for (int t = 0; t < vocab; ++t) {
+    const float x = logits[t];
+    if (have == n && !(x > logits[tokens[n - 1]])) continue;  // equal: the lower id stays ahead
+    int j = have < n ? have++ : n - 1;
+    for (; j > 0 && x > logits[tokens[j - 1]]; --j) tokens[j] = tokens[j - 1];
+    tokens[j] = std::int32_t(t);
   }
+  const float mx = logits[tokens[0]];
+  double total = 0;
+  for (int t = 0; t < vocab; ++t) total += double(std::exp(logits[t] - mx));
+  for (int r = 0; r < n; ++r) probs[r] = float(double(std::exp(logits[tokens[r]] - mx)) / total);
 }
 
 }  // namespace fastinfer::speculative
