@@ -4,17 +4,17 @@
 #
 #  - core, memory, prefix, sched, transfer: each other only.
 #  - kv: those and kv (the cache's bookkeeping, views and encodings).
-#  - the bookkeeping headers of speculative/ (listed by name: draft_model and
-#    early_exit_drafter pick draft tokens with the host sampler of
-#    backend/cpu; medusa_heads runs its products on the caller's backend),
-#    those and one another, plus model/forward_batch.hpp and
-#    model/config.hpp, plain data checked here too.
+#  - the bookkeeping headers of speculative/ (listed by name: draft_model,
+#    early_exit_drafter and eagle_head still run compute or pick draft tokens
+#    with the host sampler of backend/cpu; medusa_heads runs its products on
+#    the caller's backend), those and one another, plus model/forward_batch.hpp
+#    and model/config.hpp, plain data checked here too.
 #  - backend/cpu: core, memory, kv and backend/ only, never the model,
 #    engine or speculative layers above it.
 set(_free_layers core memory prefix sched transfer)
 set(_kv_layers ${_free_layers} kv)
-set(_spec_headers drafter.hpp lookahead_pool.hpp medusa_heads.hpp prompt_lookup.hpp speculative_verifier.hpp
-                  tree_batch.hpp)
+set(_spec_headers drafter.hpp eagle_tree.hpp head_file.hpp lookahead_pool.hpp medusa_heads.hpp prompt_lookup.hpp
+                  speculative_verifier.hpp tree_batch.hpp)
 set(_spec_allowed_files model/config.hpp model/forward_batch.hpp)
 foreach(_h IN LISTS _spec_headers)
   list(APPEND _spec_allowed_files speculative/${_h})

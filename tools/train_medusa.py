@@ -46,7 +46,6 @@ it does:
 Everything it writes is a build artefact (do not commit it).
 """
 import argparse
-import json
 import math
 import os
 import struct
@@ -60,273 +59,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-# ---- the model ---------------------------------------------------------------
-
-class TorchLlama:
-    """The Llama forward fastinfer computes, batched, with a KV cache for generation."""
-
-    def __init__(self, w, dim, hidden, layers, heads, kv_heads, vocab, seq_len, eps, theta, rope_half, bos, stop):
-        self.__dict__.update(w)
-        self.dim, self.hidden, self.layers, self.heads, self.kv_heads, self.vocab, self.seq_len = (
-            dim, hidden, layers, heads, kv_heads, vocab, seq_len)
-        self.head_dim = dim // heads
-        self.eps, self.rope_half, self.bos, self.stop = eps, rope_half, bos, stop
-        freqs = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
-        ang = torch.outer(torch.arange(seq_len, dtype=torch.float64), freqs)
-        self.cos, self.sin = torch.cos(ang).float(), torch.sin(ang).float()
-
-    def rmsnorm(self, x, w):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
-
-    def rope(self, x, pos):  # x [B, T, H, hd]
-        c = self.cos[pos][None, :, None, :]
-        s = self.sin[pos][None, :, None, :]
-        if self.rope_half:  # Hugging Face rotate_half: pairs (i, i + hd/2)
-            h = self.head_dim // 2
-            x0, x1 = x[..., :h], x[..., h:]
-            return torch.cat([x0 * c - x1 * s, x0 * s + x1 * c], -1)
-        x0, x1 = x[..., 0::2], x[..., 1::2]  # llama2.c: pairs (2i, 2i + 1)
-        out = torch.empty_like(x)
-        out[..., 0::2] = x0 * c - x1 * s
-        out[..., 1::2] = x0 * s + x1 * c
-        return out
-
-    def new_cache(self, batch, length):
-        """Preallocated K/V per layer [B, kv_heads, length, hd]: generation writes in place."""
-        z = lambda: torch.zeros(batch, self.kv_heads, length, self.head_dim)
-        return [(z(), z()) for _ in range(self.layers)]
-
-    @torch.no_grad()
-    def forward(self, tokens, start=0, cache=None):
-        """tokens [B, T] at positions start..; cache: new_cache() buffers holding positions < start
-        (filled with these on return) or None. Returns (hidden after the final norm [B, T, dim],
-        logits [B, T, vocab])."""
-        B, T = tokens.shape
-        pos = torch.arange(start, start + T)
-        x = self.emb[tokens]
-        rep = self.heads // self.kv_heads
-        for l in range(self.layers):
-            xb = self.rmsnorm(x, self.rms_att[l])
-            q = (xb @ self.wq[l].T).view(B, T, self.heads, self.head_dim)
-            k = (xb @ self.wk[l].T).view(B, T, self.kv_heads, self.head_dim)
-            v = (xb @ self.wv[l].T).view(B, T, self.kv_heads, self.head_dim)
-            q, k = self.rope(q, pos), self.rope(k, pos)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            if cache is not None:
-                cache[l][0][:, :, start:start + T] = k
-                cache[l][1][:, :, start:start + T] = v
-                k, v = cache[l][0][:, :, :start + T], cache[l][1][:, :, :start + T]
-            kk = k.repeat_interleave(rep, dim=1)
-            vv = v.repeat_interleave(rep, dim=1)
-            att = (q @ kk.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            S = kk.shape[2]
-            if T > 1:
-                mask = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
-                att = att.masked_fill(~mask, float("-inf"))
-            o = (att.softmax(-1) @ vv).transpose(1, 2).reshape(B, T, self.dim)
-            x = x + o @ self.wo[l].T
-            xb = self.rmsnorm(x, self.rms_ffn[l])
-            x = x + (F.silu(xb @ self.w1[l].T) * (xb @ self.w3[l].T)) @ self.w2[l].T
-        h = self.rmsnorm(x, self.rms_final)
-        return h, h @ self.cls.T
-
-
-def load_llama2c(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    dim, hidden, layers, heads, kv_heads, vocab, seq_len = struct.unpack("7i", raw[:28])
-    shared = vocab > 0
-    vocab = abs(vocab)
-    head_dim = dim // heads
-    kv_dim = kv_heads * head_dim
-    data = np.frombuffer(raw, dtype=np.float32, offset=28)
-    off = 0
-
-    def take(*shape):
-        nonlocal off
-        n = int(np.prod(shape))
-        if off + n > data.size:
-            sys.exit(f"{path}: truncated llama2.c checkpoint")
-        t = torch.from_numpy(data[off:off + n].copy()).reshape(*shape)
-        off += n
-        return t
-
-    w = {}
-    w["emb"] = take(vocab, dim)
-    w["rms_att"] = take(layers, dim)
-    w["wq"] = take(layers, dim, dim)
-    w["wk"] = take(layers, kv_dim, dim)
-    w["wv"] = take(layers, kv_dim, dim)
-    w["wo"] = take(layers, dim, dim)
-    w["rms_ffn"] = take(layers, dim)
-    w["w1"] = take(layers, hidden, dim)
-    w["w2"] = take(layers, dim, hidden)
-    w["w3"] = take(layers, hidden, dim)
-    w["rms_final"] = take(dim)
-    off += seq_len * head_dim // 2 * 2  # freq_cis_real / imag (unused)
-    w["cls"] = w["emb"] if shared else take(vocab, dim)
-    # llama2.c stories end when the model emits BOS again.
-    return TorchLlama(w, dim, hidden, layers, heads, kv_heads, vocab, seq_len, 1e-5, 10000.0, False, 1, 1)
-
-
-def read_safetensors(path):
-    """name -> float32 tensor, for F32 / F16 / BF16 entries (the format: u64 header size, JSON header, data)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    base = 8 + n
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = e["data_offsets"]
-        buf = raw[base + a:base + b]
-        if e["dtype"] == "F32":
-            arr = np.frombuffer(buf, dtype="<f4").astype(np.float32)
-        elif e["dtype"] == "F16":
-            arr = np.frombuffer(buf, dtype="<f2").astype(np.float32)
-        elif e["dtype"] == "BF16":
-            arr = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            sys.exit(f"{path}: tensor {name} has dtype {e['dtype']} (F32, F16 or BF16 expected)")
-        out[name] = torch.from_numpy(arr.copy()).reshape(e["shape"])
-    return out
-
-
-def load_hf(directory):
-    cfg = json.load(open(os.path.join(directory, "config.json")))
-    st = os.path.join(directory, "model.safetensors")
-    if not os.path.exists(st):
-        sys.exit(f"{directory}: no model.safetensors (sharded checkpoints are not supported by this tool)")
-    t = read_safetensors(st)
-    # Tied checkpoints may store only one of the embedding and lm_head (the metadata names the other).
-    if "model.embed_tokens.weight" not in t and "lm_head.weight" in t:
-        t["model.embed_tokens.weight"] = t["lm_head.weight"]
-    dim, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
-    heads = cfg["num_attention_heads"]
-    kv_heads = cfg.get("num_key_value_heads", heads)
-    p = "model.layers.{}."
-
-    def stack(suffix):
-        return torch.stack([t[p.format(i) + suffix] for i in range(layers)])
-
-    w = {
-        "emb": t["model.embed_tokens.weight"],
-        "rms_att": stack("input_layernorm.weight"),
-        "wq": stack("self_attn.q_proj.weight"),
-        "wk": stack("self_attn.k_proj.weight"),
-        "wv": stack("self_attn.v_proj.weight"),
-        "wo": stack("self_attn.o_proj.weight"),
-        "rms_ffn": stack("post_attention_layernorm.weight"),
-        "w1": stack("mlp.gate_proj.weight"),
-        "w2": stack("mlp.down_proj.weight"),
-        "w3": stack("mlp.up_proj.weight"),
-        "rms_final": t["model.norm.weight"],
-    }
-    w["cls"] = t.get("lm_head.weight", w["emb"])
-    eos = cfg.get("eos_token_id", 2)
-    if isinstance(eos, list):
-        eos = eos[0]
-    return TorchLlama(w, dim, cfg["intermediate_size"], layers, heads, kv_heads, cfg["vocab_size"],
-                      cfg.get("max_position_embeddings", 2048), cfg.get("rms_norm_eps", 1e-6),
-                      cfg.get("rope_theta", 10000.0), True, cfg.get("bos_token_id", 1), eos)
-
-
-def load_model(path):
-    return load_hf(path) if os.path.isdir(path) else load_llama2c(path)
-
-
-def check_logits(model, path):
-    """Golden logits: llama2.c form 'pos=P input_token=T argmax=A v0 v1 ...' (one line), or the
-    tinystories form: a '# ... ids 1 80 ...,' comment, 'pos=P input_token=T argmax=A', then
-    one line per id 'id value hexfloat'."""
-    rows, prompt, cur = {}, None, None
-    for line in open(path):
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "#" and " ids " in line and prompt is None:
-            ids = line.split(" ids ", 1)[1].split(",")[0].split()
-            prompt = [int(x) for x in ids if x.isdigit()]
-            continue
-        if parts[0].startswith("pos="):
-            if len(parts) > 1 and parts[1] == "hexfloat":
-                cur = None
-                continue
-            pos = int(parts[0][4:])
-            if len(parts) > 3:  # llama2.c: values on the same line
-                rows[pos] = np.array([float(v) for v in parts[3:]], np.float32)
-                cur = None
-            else:
-                rows[pos], cur = [], pos
-            continue
-        if cur is not None and len(parts) >= 2 and parts[0].isdigit():
-            rows[cur].append(float(parts[1]))
-    rows = {p: np.asarray(v, np.float32) for p, v in rows.items()}
-    if prompt is None:  # llama2.c golden: only position 0 (BOS) is rebuilt here
-        prompt, rows = [model.bos], {p: v for p, v in rows.items() if p == 0}
-    _, logits = model.forward(torch.tensor([prompt]))
-    worst = 0.0
-    for p, v in rows.items():
-        if p < len(prompt) and v.size == model.vocab:
-            worst = max(worst, float(np.abs(logits[0, p].numpy() - v).max()))
-    print(f"torch forward vs golden logits (positions {sorted(rows)}): max |diff| = {worst:.2e}")
-    if not rows or worst > 1e-3:
-        sys.exit("the torch forward does not reproduce the golden logits; refusing to train")
-
-
-# ---- data --------------------------------------------------------------------
-
-@torch.no_grad()
-def generate(model, n, length, temperature, gen, sampled_fraction, greedy_after, batch=512):
-    """Returns tokens [n, length] (BOS first) and greedy [n, length] bool: token t was the argmax
-    of row t - 1 (a greedy continuation position)."""
-    toks_all, greedy_all = [], []
-    for b0 in range(0, n, batch):
-        bs = min(batch, n - b0)
-        sampled = torch.rand(bs, generator=gen) < sampled_fraction
-        g = torch.randint(1, max(2, greedy_after + 1), (bs,), generator=gen)
-        g[sampled] = length  # never greedy
-        cur = torch.full((bs, 1), model.bos, dtype=torch.long)
-        seq, flags, cache = [cur], [torch.zeros(bs, 1, dtype=torch.bool)], model.new_cache(bs, length)
-        for t in range(length - 1):
-            _, logits = model.forward(cur, t, cache)
-            row = logits[:, -1]
-            am = row.argmax(-1, keepdim=True)  # first maximum, as fastinfer's greedy
-            smp = torch.multinomial(torch.softmax(row / temperature, -1), 1, generator=gen)
-            use_greedy = (t + 1 > g)[:, None]
-            cur = torch.where(use_greedy, am, smp)
-            seq.append(cur)
-            flags.append(use_greedy | (cur == am))
-        toks_all.append(torch.cat(seq, 1))
-        greedy_all.append(torch.cat(flags, 1))
-    return torch.cat(toks_all, 0), torch.cat(greedy_all, 0)
-
-
-@torch.no_grad()
-def features(model, seqs, distill_k, batch=64):
-    """Hidden states after the final norm [S, L, dim] and the model's top-k next-token
-    probabilities of every row (renormalised over the k): values [S, L, k], ids [S, L, k]."""
-    hs, pv, pi = [], [], []
-    for b0 in range(0, seqs.shape[0], batch):
-        h, logits = model.forward(seqs[b0:b0 + batch])
-        hs.append(h)
-        v, i = logits.topk(distill_k, -1)
-        pv.append(torch.softmax(v, -1))
-        pi.append(i)
-    return torch.cat(hs, 0), torch.cat(pv, 0), torch.cat(pi, 0)
-
-
-def valid_mask(model, seqs):
-    """valid[s, t]: token t still belongs to the first story (no stop token before it)."""
-    stop = seqs == model.stop
-    stop[:, 0] = False  # the BOS that starts every sequence
-    ended = torch.cumsum(stop.long(), 1) > 0
-    ended_before = torch.zeros_like(ended)
-    ended_before[:, 1:] = ended[:, :-1]
-    return ~ended_before
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fastinfer_torch import data_arguments, features, start  # noqa: E402
 
 
 # ---- heads -------------------------------------------------------------------
@@ -433,17 +167,9 @@ def simulate(tree, hit, n_seq, n_pos, greedy_pos):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="llama2.c checkpoint (.bin) or Hugging Face Llama directory")
+    data_arguments(ap, sequences=1024, length=256)
     ap.add_argument("--out", required=True, help="heads file to write (FIMEDUSA v1); the tree goes to OUT.choices")
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--sequences", type=int, default=1024)
-    ap.add_argument("--length", type=int, default=256)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--sampled-fraction", type=float, default=0.25,
-                    help="share of sequences sampled throughout; the rest turn greedy after a short sampled start")
-    ap.add_argument("--greedy-after", type=int, default=16,
-                    help="greedy sequences sample their first g ~ U[1, N] tokens, then decode greedily")
-    ap.add_argument("--distill-k", type=int, default=32, help="top-k of the frozen model's distribution kept as soft labels")
     ap.add_argument("--hard-weight", type=float, default=0.5, help="weight of the hard-label loss (1 - it: soft)")
     ap.add_argument("--head-decay", type=float, default=0.8, help="loss weight of head k: decay^k")
     ap.add_argument("--epochs", type=int, default=6)
@@ -451,28 +177,10 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--tree-nodes", type=int, default=20, help="nodes of the tree written to OUT.choices")
     ap.add_argument("--init", help="start from this heads file (with --epochs 0: only measure and build the tree)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; the work is many small operations, and on a busy machine a second "
-                         "OpenMP thread spin-waits (12x slower measured at load average 8)")
-    ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--check-logits", help="golden logits file to check the torch forward against")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    gen = torch.Generator().manual_seed(a.seed)
     t0 = time.time()
-
-    model = load_model(a.model)
-    print(f"model: dim {model.dim}, {model.layers} layers, vocab {model.vocab}, "
-          f"RoPE {'rotate_half' if model.rope_half else 'interleaved'}, stop token {model.stop}")
-    if a.check_logits:
-        check_logits(model, a.check_logits)
-    K, L = a.heads, min(a.length, model.seq_len)
-
-    seqs, greedy = generate(model, a.sequences, L, a.temperature, gen, a.sampled_fraction, a.greedy_after)
-    valid = valid_mask(model, seqs)
-    print(f"generated {seqs.shape[0]} x {seqs.shape[1]} tokens ({a.sampled_fraction:.0%} sampled at T "
-          f"{a.temperature}, the rest greedy after <= {a.greedy_after}) in {time.time() - t0:.1f} s")
+    model, gen, seqs, greedy, valid, L = start(a, t0)
+    K = a.heads
     hidden, pv, pi = features(model, seqs, a.distill_k)
 
     # Position t: input h_t; head k's targets: token t + 2 + k and the model's row t + 1 + k.

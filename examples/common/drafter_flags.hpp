@@ -48,9 +48,11 @@ struct DrafterSpec {
 };
 
 // --spec choices, in the order --help lists them. make_drafter builds all
-// but "medusa" (heads over the target, medusa_generate's own loop).
+// but "medusa" and "eagle" (heads over the target with their own loops,
+// medusa_generate and eagle_generate).
 inline const std::vector<std::string>& drafter_kinds() {
-  static const std::vector<std::string> kinds{"none", "draft", "prompt-lookup", "lookahead", "medusa", "early-exit"};
+  static const std::vector<std::string> kinds{"none",   "draft",      "prompt-lookup", "lookahead",
+                                              "medusa", "early-exit", "eagle"};
   return kinds;
 }
 

@@ -23,6 +23,7 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/profiler.hpp"
+#include "fastinfer/speculative/eagle_generate.hpp"
 #include "fastinfer/speculative/medusa_tree.hpp"
 #include "fastinfer/speculative/speculative_generate.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
@@ -32,6 +33,7 @@
 
 #include "common/cli.hpp"
 #include "common/drafter_flags.hpp"
+#include "common/eagle_flags.hpp"
 #include "common/medusa_flags.hpp"
 
 namespace fe = fastinfer::examples;
@@ -197,6 +199,22 @@ int main(int argc, char** argv) {
                  "Medusa candidate tree: choices, choices:FILE (the trainer's HEADS.choices), dynamic, "
                  "dynamic:BUDGET[:TOP_K]")
       ->capture_default_str();
+  std::string eagle_heads = "random:1";
+  fastinfer::speculative::EagleOptions eagle_opts;
+  auto* eagle_heads_option = app.add_option("--eagle-heads", eagle_heads,
+                 "EAGLE head file (tools/train_eagle.py), pad:FILE (zero-padded to an inflated model) or random:SEED")
+      ->capture_default_str();
+  auto* eagle_depth_option = app.add_option("--eagle-depth", eagle_opts.tree.depth, "EAGLE draft tree: most levels")
+      ->check(CLI::Range(0, 64))
+      ->capture_default_str();
+  auto* eagle_top_k_option = app.add_option("--eagle-top-k", eagle_opts.tree.top_k,
+                 "EAGLE draft tree: children per expanded node and nodes expanded per level")
+      ->check(CLI::Range(1, 62))
+      ->capture_default_str();
+  auto* eagle_budget_option = app.add_option("--eagle-budget", eagle_opts.tree.budget,
+                 "EAGLE draft tree: nodes verified per step (pending + nodes <= 32 keeps greedy bit-exact)")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str();
   if (const int code = fe::parse_args(app, kProgram, argc, argv); code >= 0) return code;
 
   return fe::run_main(kProgram, [&]() -> int {
@@ -219,6 +237,9 @@ int main(int argc, char** argv) {
     fe::refuse_unused(kv_layout == "paged", {window_option, sinks_option}, "with --kv-layout paged");
     fe::refuse_unused(spec.kind != "lookahead", {lookahead_option}, "without --spec lookahead");
     fe::refuse_unused(spec.kind != "medusa", {heads_option, tree_option}, "without --spec medusa");
+    fe::refuse_unused(spec.kind != "eagle",
+                      {eagle_heads_option, eagle_depth_option, eagle_top_k_option, eagle_budget_option},
+                      "without --spec eagle");
     if (!weights.empty()) load.weight_dtype = fastinfer::parse_weight_dtype(weights);
     load.threads = threads;
     if (prompt_id_list.size() > 1 || !prompts_file.empty()) {
@@ -283,11 +304,11 @@ int main(int argc, char** argv) {
       fe::fit_context(lw.config, std::int64_t(prompt.size()) + params.max_new_tokens + kDraftRoom);
     fastinfer::LlamaModel<> model(std::move(lw), {threads, 0, kv});
     fastinfer::validate_generation(model.config(), prompt, params);
-    const bool medusa = spec.kind == "medusa";
-    const auto drafter = medusa ? nullptr
+    const bool medusa = spec.kind == "medusa", eagle = spec.kind == "eagle";
+    const auto drafter = medusa || eagle ? nullptr
                                 : fe::make_drafter(spec, model_spec, model.config(), fastinfer::sampling_params(params),
                                                    threads, &model);
-    FASTINFER_CHECK(!calm.enabled() || (!drafter && !medusa), fastinfer::InvalidArgument,
+    FASTINFER_CHECK(!calm.enabled() || (!drafter && !medusa && !eagle), fastinfer::InvalidArgument,
                     "--early-exit-threshold / --early-exit-patience (lossy) do not combine with --spec");
     fastinfer::ConfidentExit<fastinfer::LlamaModel<>> calm_model(model, calm);  // InvalidArgument on bad options
     fastinfer::speculative::SpeculativeOptions spec_options{spec_k};
@@ -321,6 +342,11 @@ int main(int argc, char** argv) {
       if (spec_auto) medusa_opts.adaptive = &adaptive;
     }
 
+    auto eagle_head = eagle ? fe::eagle_head_from_flag(eagle_heads, model.config())
+                            : fastinfer::speculative::EagleHead();
+    eagle_opts.rule = spec_options.rule;
+    if (spec_auto) eagle_opts.adaptive = &adaptive;  // each step's tree depth, as for Medusa
+
     std::int32_t previous = prompt.back();
     // Byte pieces arrive one token at a time: the stream holds back a
     // character's first bytes and turns bytes that form none into U+FFFD.
@@ -344,6 +370,7 @@ int main(int argc, char** argv) {
     const auto gen_start = std::chrono::steady_clock::now();
     const auto spec_result =
         medusa    ? fastinfer::speculative::medusa_generate(model, heads, prompt, params, medusa_opts, on_token)
+        : eagle   ? fastinfer::speculative::eagle_generate(model, eagle_head, prompt, params, eagle_opts, on_token)
         : drafter ? fastinfer::speculative::speculative_generate(target, *drafter, prompt, params, spec_options, on_token)
         : calm.enabled()
             ? fastinfer::speculative::plain_as_speculative(fastinfer::generate(calm_model, prompt, params, on_token))

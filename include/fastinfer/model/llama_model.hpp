@@ -276,6 +276,7 @@ class LlamaModel {
     if (prof_) profile_pass_(batch, decode);
     open_ = &batch;
     depth_ = 0;
+    feature_rows_ = batch.rows();
     backend_.embed(w_.token_embedding, batch.tokens.data(), batch.rows(), x_.data());
     lap_(ProfOp::Embed);
   }
@@ -406,6 +407,21 @@ class LlamaModel {
       hidden_host_.resize(n);
       backend_.to_host(xb_.data(), n, hidden_host_.data());
       return hidden_host_.data();
+    }
+  }
+
+  // The residual stream BEFORE the final RMSNorm of every row of the last
+  // forward ([rows][dim], batch order; for the chunked solo verbs the last
+  // chunk's rows): the feature EAGLE's draft head reads and predicts
+  // (speculative/eagle_head.hpp). Valid until the next forward call.
+  const float* last_features() {
+    if constexpr (Backend::kHostVisible) {
+      return x_.data();
+    } else {
+      const std::size_t n = std::size_t(feature_rows_) * std::size_t(c_.dim);
+      features_host_.resize(n);
+      backend_.to_host(x_.data(), n, features_host_.data());
+      return features_host_.data();
     }
   }
 
@@ -661,6 +677,8 @@ class LlamaModel {
   Buffer<float> qpad_, kpad_, vpad_, opad_;  // head size padded to hdp_ (only when it differs)
   Buffer<float> logits_dev_;                 // [max_batch][vocab], only when !Backend::kHostVisible
   std::vector<float> hidden_host_;           // last_hidden()'s host copy, only when !Backend::kHostVisible
+  std::vector<float> features_host_;         // last_features()'s host copy, only when !Backend::kHostVisible
+  std::int64_t feature_rows_ = 0;            // rows of the last forward (last_features())
   std::vector<float> logits_;        // [vocab]: the solo sequence's last row
   std::vector<float> batch_logits_;  // forward(batch)'s rows
   // The last pass's logits rows where the backend reads them (sample_logits).

@@ -50,6 +50,7 @@
 #include "fastinfer/core/philox.hpp"
 #include "fastinfer/core/tensor.hpp"
 #include "fastinfer/model/config.hpp"
+#include "fastinfer/speculative/head_file.hpp"
 
 namespace fastinfer::speculative {
 
@@ -142,9 +143,10 @@ class MedusaHeads {
     const auto file = MappedFile::open(path);
     const std::uint8_t* h = file->at(0, kHeaderBytes, "Medusa heads header");
     FASTINFER_CHECK(std::memcmp(h, kMagic, 8) == 0, FormatError, path, ": not a Medusa heads file (bad magic '",
-                    printable_(h, 8), "', expected 'FIMEDUSA')");
-    const std::uint32_t version = u32_(h + 8), k = u32_(h + 12), dim = u32_(h + 16), vocab = u32_(h + 20),
-                        dtype = u32_(h + 24), flags = u32_(h + 28);
+                    head_file::printable(h, 8), "', expected 'FIMEDUSA')");
+    using head_file::load_u32;
+    const std::uint32_t version = load_u32(h + 8), k = load_u32(h + 12), dim = load_u32(h + 16),
+                        vocab = load_u32(h + 20), dtype = load_u32(h + 24), flags = load_u32(h + 28);
     FASTINFER_CHECK(version == kVersion, FormatError, path, ": Medusa heads version ", version,
                     " is not supported (expected ", kVersion, ")");
     FASTINFER_CHECK(k >= 1 && k <= std::uint32_t(kMaxHeads), FormatError, path, ": head count ", k,
@@ -187,7 +189,7 @@ class MedusaHeads {
     std::memcpy(h, kMagic, 8);
     const std::uint32_t fields[6] = {kVersion, std::uint32_t(k_), std::uint32_t(dim_), std::uint32_t(vocab_),
                                      kDTypeF32, shared_ ? kFlagSharedClassifier : 0u};
-    for (int i = 0; i < 6; ++i) put_u32_(h + 8 + 4 * i, fields[i]);
+    for (int i = 0; i < 6; ++i) head_file::store_u32(h + 8 + 4 * i, fields[i]);
     f.write(h, kHeaderBytes);
     auto write = [&](const float* p, std::size_t n) {
       f.write(reinterpret_cast<const char*>(p), std::streamsize(n * sizeof(float)));
@@ -260,17 +262,6 @@ class MedusaHeads {
   // at most 2^62, no overflow).
   static std::uint64_t payload_bytes_for_(std::uint64_t k, std::uint64_t dim, std::uint64_t vocab, bool shared) {
     return k * (dim * dim + dim + (shared ? 0 : vocab * dim)) * sizeof(float);
-  }
-  static std::uint32_t u32_(const std::uint8_t* p) {
-    return std::uint32_t(p[0]) | std::uint32_t(p[1]) << 8 | std::uint32_t(p[2]) << 16 | std::uint32_t(p[3]) << 24;
-  }
-  static void put_u32_(char* p, std::uint32_t v) {
-    for (int i = 0; i < 4; ++i) p[i] = char((v >> (8 * i)) & 0xffu);
-  }
-  static std::string printable_(const std::uint8_t* p, int n) {
-    std::string s;
-    for (int i = 0; i < n; ++i) s += (p[i] >= 32 && p[i] < 127) ? char(p[i]) : '?';
-    return s;
   }
 
   int k_ = 0, dim_ = 0, vocab_ = 0;

@@ -401,23 +401,9 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
     std::copy(model.last_hidden() + std::size_t(last_row) * std::size_t(dim),
               model.last_hidden() + std::size_t(last_row + 1) * std::size_t(dim), hidden.begin());
     valid = len + kept_in_place(v.path);
-    ++st.target_forwards;
-    st.drafted += ct.tree.size();
-    st.k_sum += depth;
-    if (depth == 0) ++st.plain_steps;
+    detail::record_tree_step(st, options.adaptive, ct.tree, depth, n_pending, int(batch.rows()), v.accepted,
+                             seconds_between(d0, d1), seconds_between(d1, Clock::now()), depth_nodes);
     going = out_tokens.emit_step(v.tokens, v.accepted, st);
-    if (options.adaptive) {
-      DraftStepReport step;
-      step.k = depth;
-      step.base_rows = std::max(n_pending, 1);
-      step.rows = int(batch.rows());
-      step.depths = tree_depth_counts(ct.tree, depth_nodes);
-      step.nodes_at_depth = depth_nodes.data();
-      step.accepted = std::min(v.accepted, step.depths);
-      step.draft_seconds = seconds_between(d0, d1);
-      step.pass_seconds = seconds_between(d1, Clock::now());
-      options.adaptive->report(step);
-    }
   }
   if (!r.tokens.empty()) r.decode_seconds = seconds_between(out_tokens.first, Clock::now());
   return out;

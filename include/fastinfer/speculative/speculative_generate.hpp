@@ -172,6 +172,29 @@ struct SpecTokenEmitter {
   }
 };
 
+// A verified tree step's statistics (drafted = the nodes offered, k_sum =
+// the depth asked for) and, with dynamic speculation on, its report: the
+// tree drafters' loops (medusa_generate, eagle_generate) share it.
+inline void record_tree_step(SpeculativeStats& st, AdaptiveDraftLength* adaptive, const TokenTree& tree, int depth,
+                             int n_pending, int rows, int accepted, double draft_seconds, double pass_seconds,
+                             std::vector<std::int32_t>& depth_nodes) {
+  ++st.target_forwards;
+  st.drafted += tree.size();
+  st.k_sum += depth;
+  if (depth == 0) ++st.plain_steps;
+  if (!adaptive) return;
+  DraftStepReport step;
+  step.k = depth;
+  step.base_rows = std::max(n_pending, 1);
+  step.rows = rows;
+  step.depths = tree_depth_counts(tree, depth_nodes);
+  step.nodes_at_depth = depth_nodes.data();
+  step.accepted = std::min(accepted, step.depths);
+  step.draft_seconds = draft_seconds;
+  step.pass_seconds = pass_seconds;
+  adaptive->report(step);
+}
+
 }  // namespace detail
 
 template <typename Target, typename OnToken>

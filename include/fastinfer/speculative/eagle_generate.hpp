@@ -1,0 +1,210 @@
+// EAGLE generation at batch 1 (EAGLE-1's feature drafter, EAGLE-2's dynamic
+// tree): each step
+//   1. drafts a tree with the head (eagle_head.hpp) from the predicted
+//      feature of the last emitted token, growing and reranking it as
+//      eagle_tree.hpp says;
+//   2. verifies it in ONE target pass through the shared tree machinery
+//      (tree_batch.hpp's layout, SpeculativeVerifier::verify_tree: greedy,
+//      exact multi-round rejection with deterministic candidates, or the
+//      coupled rule);
+//   3. reads the target's features of the accepted path (pending rows and
+//      accepted nodes of that same pass, LlamaModel::last_features()) into
+//      the head's committed rows, so the next step drafts from true features.
+//
+// Head positions: the head's committed row p holds (f_p, token p + 1). After
+// a step the sequence has `len` tokens and the head len - 1 rows; the last
+// row's output is the predicted feature of position len - 1 (the root),
+// whose LM head gives the depth-1 drafts.
+//
+// KV rollback of the target is tree_batch.hpp's: accepted nodes off the
+// top-1 chain are recomputed as pending tokens at the front of the next pass.
+// Exactness is the verifier's and does not depend on the head: greedy output
+// is plain greedy's, the coupled rule's output is plain sampling's bit for bit
+// (while a pass stays within cpu::gemm_detail::kDotMaxTokens rows, as for
+// Medusa: the default budget keeps pending + nodes <= 32).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/model/forward_batch.hpp"
+#include "fastinfer/model/generate.hpp"
+#include "fastinfer/speculative/adaptive_draft_length.hpp"
+#include "fastinfer/speculative/eagle_head.hpp"
+#include "fastinfer/speculative/eagle_tree.hpp"
+#include "fastinfer/speculative/speculative_generate.hpp"
+#include "fastinfer/speculative/speculative_verifier.hpp"
+#include "fastinfer/speculative/tree_batch.hpp"
+
+namespace fastinfer::speculative {
+
+struct EagleOptions {
+  EagleTreeConfig tree{};
+  // Exact (rejection sampling over the tree) or Coupled (plain sampling's
+  // tokens); greedy at temperature 0 either way. TypicalLossy is refused.
+  AcceptanceRule rule = AcceptanceRule::Exact;
+  // Dynamic speculation (adaptive_draft_length.hpp): each step's tree depth
+  // (0: a plain step), at most tree.depth. Not owned; null: full depth.
+  AdaptiveDraftLength* adaptive = nullptr;
+};
+
+// Scratch of eagle_draft_tree, kept across steps so that drafting allocates
+// nothing once warm.
+struct EagleDraftWorkspace {
+  DraftTreeBuilder builder;
+  std::vector<int> picked, parent_rows, cand_row;
+  std::vector<std::int32_t> tokens, top;
+  std::vector<float> feats_in, feats_out, row_feats, logits, norm, probs;
+};
+
+// One EAGLE-2 draft tree: depth-1 candidates from the root feature, then for
+// depth 2..depth the top_k candidates of the level above are expanded by one
+// batched head forward each level, and the `budget` best are kept.
+inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const float* root_feature, int depth,
+                                  int top_k, int budget, EagleDraftWorkspace& ws, int threads = 1) {
+  head.clear_tree();
+  ws.builder.clear();
+  if (depth <= 0 || budget <= 0) return {};
+  const int dim = w.config.dim, vocab = w.config.vocab_size;
+  const std::size_t d = std::size_t(dim), v = std::size_t(vocab);
+  ws.top.resize(std::size_t(top_k));
+  ws.probs.resize(std::size_t(top_k));
+  ws.logits.resize(v);
+  EagleHead::lm_logits(w, root_feature, 1, ws.logits.data(), ws.norm, threads);
+  top_tokens(ws.logits.data(), vocab, top_k, ws.top.data(), ws.probs.data());
+  ws.builder.add_children(-1, ws.top.data(), ws.probs.data(), std::min(top_k, vocab));
+  ws.cand_row.assign(std::size_t(ws.builder.size()), -1);
+  ws.row_feats.clear();
+  for (int level = 2; level <= depth; ++level) {
+    const std::vector<int> front = ws.builder.frontier(level - 1, top_k);
+    const int n = int(front.size());
+    if (n == 0) break;
+    ws.feats_in.resize(std::size_t(n) * d);
+    ws.tokens.resize(std::size_t(n));
+    ws.parent_rows.resize(std::size_t(n));
+    for (int i = 0; i < n; ++i) {
+      const DraftCandidate& cand = ws.builder.candidates()[std::size_t(front[std::size_t(i)])];
+      const int prow = cand.parent < 0 ? -1 : ws.cand_row[std::size_t(cand.parent)];
+      const float* f = prow < 0 ? root_feature : ws.row_feats.data() + std::size_t(prow) * d;
+      std::copy(f, f + d, ws.feats_in.begin() + long(std::size_t(i) * d));
+      ws.tokens[std::size_t(i)] = cand.token;
+      ws.parent_rows[std::size_t(i)] = prow;
+    }
+    const int r0 = head.tree_rows();
+    ws.feats_out.resize(std::size_t(n) * d);
+    head.expand(w, ws.feats_in.data(), ws.tokens.data(), ws.parent_rows.data(), n, ws.feats_out.data(), threads);
+    ws.row_feats.insert(ws.row_feats.end(), ws.feats_out.begin(), ws.feats_out.end());
+    ws.logits.resize(std::size_t(n) * v);
+    EagleHead::lm_logits(w, ws.feats_out.data(), n, ws.logits.data(), ws.norm, threads);
+    for (int i = 0; i < n; ++i) {
+      ws.cand_row[std::size_t(front[std::size_t(i)])] = r0 + i;
+      top_tokens(ws.logits.data() + std::size_t(i) * v, vocab, top_k, ws.top.data(), ws.probs.data());
+      ws.builder.add_children(front[std::size_t(i)], ws.top.data(), ws.probs.data(), std::min(top_k, vocab));
+    }
+    ws.cand_row.resize(std::size_t(ws.builder.size()), -1);
+  }
+  return ws.builder.rerank(budget, ws.picked);
+}
+
+// EAGLE generation on a LlamaModel (its solo sequence; needs forward with a
+// custom mask and last_features()). Same stop rules and first token as
+// generate(); stats as medusa_generate's (drafted = tree nodes offered,
+// k_sum = tree depths).
+template <typename Model, typename OnToken>
+SpeculativeResult eagle_generate(Model& model, EagleHead& head, const std::vector<std::int32_t>& prompt,
+                                 const GenerationParams& params, const EagleOptions& options, OnToken&& on_token) {
+  const LlamaConfig& c = model.config();
+  validate_generation(c, prompt, params);
+  head.check_compatible(c);
+  options.tree.validate();
+  FASTINFER_CHECK(options.rule != AcceptanceRule::TypicalLossy, InvalidArgument,
+                  "EAGLE verifies with the exact or coupled rule; typical acceptance (lossy) is Medusa's only");
+  using Clock = std::chrono::steady_clock;
+  constexpr SeqId seq_id = Model::kSoloSequence;
+  const LlamaWeights& w = model.weights();
+  const int vocab = c.vocab_size, dim = c.dim, threads = model.threads();
+  const std::size_t d = std::size_t(dim);
+
+  SpeculativeResult out;
+  GenerationResult& r = out.generation;
+  SpeculativeStats& st = out.stats;
+  r.prompt_tokens = int(prompt.size());
+  cpu::SamplerWorkspace workspace(vocab);
+  SpeculativeVerifier verifier(vocab, sampling_params(params), options.rule);
+  EagleDraftWorkspace ws;
+  ForwardBatch batch;
+  std::vector<float> feats, root(d);
+  std::vector<std::int32_t> depth_nodes;
+  std::vector<std::int32_t> seq = prompt;
+
+  model.reset();
+  head.reset();
+  const auto t0 = Clock::now();
+  // Prefill in forward_prefill's own chunks (so the last logits are
+  // generate()'s), keeping every position's feature for the head.
+  const int n_prompt = int(prompt.size());
+  feats.resize(std::size_t(n_prompt) * d);
+  const float* logits = nullptr;
+  for (int done = 0; done < n_prompt;) {
+    const int chunk = std::min(model.max_batch(), n_prompt - done);
+    logits = model.forward_prefill(prompt.data() + done, chunk, done);
+    const float* f = model.last_features();
+    std::copy(f, f + std::size_t(chunk) * d, feats.begin() + long(std::size_t(done) * d));
+    done += chunk;
+  }
+  const auto t1 = Clock::now();
+  r.prefill_seconds = seconds_between(t0, t1);
+
+  detail::SpecTokenEmitter<std::remove_reference_t<OnToken>> out_tokens{c, params, r, seq, on_token, t0, t1};
+  bool going = out_tokens.room_left() && out_tokens.emit(pick_token(logits, vocab, params, 0, workspace));
+  // The head reads (f_p, token p + 1) for every prompt position.
+  if (going && out_tokens.room_left()) head.commit(w, feats.data(), seq.data() + 1, n_prompt, root.data(), threads);
+  int valid = n_prompt;  // positions whose target KV is right
+  while (going && out_tokens.room_left()) {
+    const int len = int(seq.size());
+    const int remaining = std::min(params.max_new_tokens - int(r.tokens.size()), c.max_seq_len - len);
+    const int depth_cap = std::max(0, std::min({options.tree.depth, remaining - 1, c.max_seq_len - len}));
+    const int n_pending = len - valid;
+    const int depth = options.adaptive ? options.adaptive->choose(std::max(n_pending, 1), depth_cap) : depth_cap;
+    // A pass holds at most max_batch rows and node i takes KV slot len + i.
+    const int budget = std::max(0, std::min({options.tree.budget, model.max_batch() - n_pending, c.max_seq_len - len}));
+    const auto d0 = Clock::now();
+    const TokenTree tree =
+        eagle_draft_tree(head, w, root.data(), depth, options.tree.top_k, budget, ws, threads);
+    const auto d1 = Clock::now();
+    build_tree_batch(batch, seq_id, seq.data() + valid, n_pending, valid, tree, nullptr, nullptr, nullptr, 0, 0);
+    const float* rows = model.forward(batch) + std::size_t(n_pending - 1) * std::size_t(vocab);
+    const std::uint64_t first_index = std::uint64_t(r.tokens.size());
+    const VerifyOutcome v = verifier.verify_tree(rows, tree, nullptr, first_index);
+    // The target's features of positions len - 1 (the root's row) and of the
+    // accepted nodes: the head's next committed rows.
+    const int n_new = int(v.path.size()) + 1;
+    feats.resize(std::size_t(n_new) * d);
+    const float* f = model.last_features();
+    for (int j = 0; j < n_new; ++j) {
+      const int row = j == 0 ? n_pending - 1 : n_pending + v.path[std::size_t(j - 1)];
+      std::copy(f + std::size_t(row) * d, f + std::size_t(row + 1) * d, feats.begin() + long(std::size_t(j) * d));
+    }
+    valid = len + kept_in_place(v.path);
+    detail::record_tree_step(st, options.adaptive, tree, depth, n_pending, int(batch.rows()), v.accepted,
+                             seconds_between(d0, d1), seconds_between(d1, Clock::now()), depth_nodes);
+    going = out_tokens.emit_step(v.tokens, v.accepted, st);
+    // Every token of the step was emitted when generation goes on.
+    if (going) head.commit(w, feats.data(), seq.data() + len, n_new, root.data(), threads);
+  }
+  if (!r.tokens.empty()) r.decode_seconds = seconds_between(out_tokens.first, Clock::now());
+  return out;
+}
+
+template <typename Model>
+SpeculativeResult eagle_generate(Model& model, EagleHead& head, const std::vector<std::int32_t>& prompt,
+                                 const GenerationParams& params, const EagleOptions& options = {}) {
+  return eagle_generate(model, head, prompt, params, options, [](std::int32_t) {});
+}
+
+}  // namespace fastinfer::speculative

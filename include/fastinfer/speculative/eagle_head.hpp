@@ -1,0 +1,582 @@
+// EagleHead (Li et al. 2024, EAGLE-1/2): a one-layer decoder that drafts in
+// the target's FEATURE space. The feature f_t is the target's residual stream
+// after its last layer and BEFORE the final RMSNorm at position t
+// (LlamaModel::last_features()); the target turns it into the distribution of
+// token t + 1 with its own final norm and classifier, and so does the head
+// (EAGLE shares the LM head: the head stores no vocabulary-sized matrix).
+//
+// Row for position t, given f_t and the embedding e of token t + 1:
+//
+//   x  = W_fc [e ; f_t] + b_fc                      W_fc [dim][2 dim]
+//   x += W_o  Attn(RoPE(W_q n), RoPE(W_k n), W_v n)  n = RMSNorm(x, attn_norm)
+//   x += W_down (SiLU(W_gate m) * W_up m)            m = RMSNorm(x, ffn_norm)
+//   f'_{t+1} = x                                     the predicted next feature
+//
+// Attention runs over the head's OWN keys and values: one entry per position
+// it has read (committed rows: the target's true features of the accepted
+// text) plus, while a draft tree grows, one entry per expanded tree node that
+// only the node's descendants see. Draft tokens for position t + 2 are the
+// top of softmax(classifier(final_norm(f'_{t+1}))) (lm_logits below).
+// RoPE is interleaved (llama2.c's pairs), at the row's position, whatever the
+// target's style: it is the head's own attention.
+//
+// Compute: plain host code over the CPU kernels (cpu::matvec / matmul,
+// rmsnorm, rope, swiglu), as MedusaHeads. LlamaModel exposes its weights as
+// host views but not its backend, and the head is a few hundred rows of work
+// per step next to a target pass; a device backend would need the model to
+// hand out its backend (not done).
+//
+// File format (little-endian), version 1:
+//   offset  0  char[8]  magic "FIEAGLEH"
+//           8  u32      version (1)
+//          12  u32      dim          target hidden size        1 .. 65536
+//          16  u32      vocab        target vocabulary         1 .. 2^24
+//          20  u32      n_heads      the head's query heads    1 .. 1024
+//          24  u32      n_kv_heads   divides n_heads
+//          28  u32      head_dim     even, 2 .. 1024; n_heads * head_dim <= 65536
+//          32  u32      hidden_dim   the head's MLP width      1 .. 2^20
+//          36  u32      dtype        0 = f32, 1 = f16 (widened to f32 on load)
+//          40  u32      flags        0 (no flag defined)
+//          44  f32      norm_eps     the head's RMSNorm eps, finite, (0, 1)
+//          48  f32      rope_theta   finite, > 0
+//          52  u32      tensor count (11)
+//          56  tensor table, 11 entries of 32 bytes:
+//                char[16] name (NUL-padded), u32 rows, u32 cols, u64 offset
+//              in this order and shape:
+//                fc [dim][2 dim] (input: embedding first, then feature),
+//                fc_bias [1][dim], attn_norm [1][dim], wq [n_heads*head_dim][dim],
+//                wk [n_kv_heads*head_dim][dim], wv (as wk), wo [dim][n_heads*head_dim],
+//                ffn_norm [1][dim], w_gate [hidden][dim], w_up [hidden][dim],
+//                w_down [dim][hidden]
+//         408  the tensors, row-major, each at its table offset: contiguous in
+//              table order from 408, the file ending right after the last.
+// Every field is checked (a FormatError naming the file, the field and the
+// value), and the file's size against what the header implies BEFORE any
+// weight is allocated; non-finite weights are refused.
+//
+// "random:SEED" (examples/common/eagle_flags.hpp) builds a head of the
+// model's layer shape whose fc passes the feature through and whose layer adds
+// small random terms: a poor drafter (it guesses the token the model just
+// predicted), exactly what exactness tests need. "pad:FILE" zero-pads a head
+// trained on a model to its inflated stand-in (model/inflate.hpp): the
+// target's extra feature and embedding coordinates are exactly zero, so fc
+// gains zero rows and columns, every matrix zero columns (and wo / w_down zero
+// rows), and the two norms are rescaled as inflate.hpp rescales the model's
+// (weights x sqrt(d_old / d_new), eps x d_old / d_new) so that the original
+// coordinates normalise as before: the predicted feature is the original one
+// followed by zeros.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/core/dtype.hpp"
+#include "fastinfer/core/error.hpp"
+#include "fastinfer/core/mapped_file.hpp"
+#include "fastinfer/core/philox.hpp"
+#include "fastinfer/core/rope_style.hpp"
+#include "fastinfer/core/tensor.hpp"
+#include "fastinfer/model/config.hpp"
+#include "fastinfer/model/weights.hpp"
+#include "fastinfer/speculative/head_file.hpp"
+
+namespace fastinfer::speculative {
+
+struct EagleHeadShape {
+  int dim = 0;         // the target's hidden size
+  int vocab = 0;       // the target's vocabulary (only checked: the LM head is the target's)
+  int n_heads = 0;     // the head's attention
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int hidden_dim = 0;  // the head's MLP width
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+
+  int q_dim() const { return n_heads * head_dim; }
+  int kv_dim() const { return n_kv_heads * head_dim; }
+
+  // The target's own layer shape (random heads use it).
+  static EagleHeadShape like(const LlamaConfig& c) {
+    return EagleHeadShape{c.dim, c.vocab_size, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, c.norm_eps,
+                          c.rope_theta};
+  }
+  // The bounds the file format promises (see above); `what` prefixes errors.
+  template <typename Error = InvalidArgument>
+  void validate(const std::string& what) const {
+    FASTINFER_CHECK(dim >= 1 && dim <= (1 << 16), Error, what, "dim ", dim, " is outside [1, 65536]");
+    FASTINFER_CHECK(vocab >= 1 && vocab <= (1 << 24), Error, what, "vocab ", vocab, " is outside [1, 16777216]");
+    FASTINFER_CHECK(n_heads >= 1 && n_heads <= 1024, Error, what, "n_heads ", n_heads, " is outside [1, 1024]");
+    FASTINFER_CHECK(n_kv_heads >= 1 && n_kv_heads <= n_heads && n_heads % n_kv_heads == 0, Error, what,
+                    "n_kv_heads ", n_kv_heads, " does not divide n_heads ", n_heads);
+    FASTINFER_CHECK(head_dim >= 2 && head_dim <= 1024 && head_dim % 2 == 0, Error, what, "head_dim ", head_dim,
+                    " is not even in [2, 1024]");
+    FASTINFER_CHECK(q_dim() <= (1 << 16), Error, what, "n_heads * head_dim = ", q_dim(), " exceeds 65536");
+    FASTINFER_CHECK(hidden_dim >= 1 && hidden_dim <= (1 << 20), Error, what, "hidden_dim ", hidden_dim,
+                    " is outside [1, 1048576]");
+    FASTINFER_CHECK(std::isfinite(norm_eps) && norm_eps > 0.0f && norm_eps < 1.0f, Error, what, "norm_eps ",
+                    norm_eps, " is not in (0, 1)");
+    FASTINFER_CHECK(std::isfinite(rope_theta) && rope_theta > 0.0f, Error, what, "rope_theta ", rope_theta,
+                    " is not a positive number");
+  }
+};
+
+class EagleHead {
+ public:
+  static constexpr char kMagic[8] = {'F', 'I', 'E', 'A', 'G', 'L', 'E', 'H'};
+  static constexpr std::uint32_t kVersion = 1;
+  static constexpr std::uint32_t kDTypeF32 = 0, kDTypeF16 = 1;
+  static constexpr std::size_t kFixedBytes = 56, kEntryBytes = 32, kNameBytes = 16;
+  enum Tensor : int { kFc, kFcBias, kAttnNorm, kWq, kWk, kWv, kWo, kFfnNorm, kWGate, kWUp, kWDown, kTensorCount };
+  static constexpr std::size_t kHeaderBytes = kFixedBytes + kTensorCount * kEntryBytes;  // 408
+  static constexpr std::array<const char*, kTensorCount> kTensorNames = {
+      "fc", "fc_bias", "attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down"};
+
+  EagleHead() = default;
+  // A zero head of this shape.
+  explicit EagleHead(const EagleHeadShape& shape) : s_(shape) {
+    s_.validate("EAGLE head: ");
+    std::size_t off = 0;
+    for (int t = 0; t < kTensorCount; ++t) {
+      offset_[std::size_t(t)] = off;
+      off += std::size_t(rows(t)) * std::size_t(cols(t));
+    }
+    data_.assign(off, 0.0f);
+  }
+
+  const EagleHeadShape& shape() const { return s_; }
+  int dim() const { return s_.dim; }
+  bool empty() const { return data_.empty(); }
+
+  // Rows and columns of tensor t (norms and the bias are one row).
+  std::int64_t rows(int t) const {
+    switch (t) {
+      case kFc: case kWo: case kWDown: return s_.dim;
+      case kWq: return s_.q_dim();
+      case kWk: case kWv: return s_.kv_dim();
+      case kWGate: case kWUp: return s_.hidden_dim;
+      default: return 1;
+    }
+  }
+  std::int64_t cols(int t) const {
+    switch (t) {
+      case kFc: return 2 * std::int64_t(s_.dim);
+      case kWo: return s_.q_dim();
+      case kWDown: return s_.hidden_dim;
+      default: return s_.dim;
+    }
+  }
+  float* tensor(int t) { return data_.data() + offset_[std::size_t(check_tensor_(t))]; }
+  const float* tensor(int t) const { return data_.data() + offset_[std::size_t(check_tensor_(t))]; }
+  MatrixView matrix(int t) const { return MatrixView{DType::F32, tensor(t), rows(t), cols(t)}; }
+
+  // The head must read this model's features and embeddings.
+  void check_compatible(const LlamaConfig& c) const {
+    FASTINFER_CHECK(!empty(), InvalidArgument, "the EAGLE head is empty (load or build one first)");
+    FASTINFER_CHECK(s_.dim == c.dim, InvalidArgument, "the EAGLE head has dim ", s_.dim,
+                    ", the model's hidden size is ", c.dim);
+    FASTINFER_CHECK(s_.vocab == c.vocab_size, InvalidArgument, "the EAGLE head has vocabulary ", s_.vocab,
+                    ", the model's is ", c.vocab_size);
+  }
+
+  // ---- the head's own KV: committed rows, then tree rows -------------------
+
+  void reset() {
+    committed_ = 0;
+    clear_tree();
+  }
+  // Positions read from the target so far (the committed rows 0..committed()-1).
+  int committed() const { return committed_; }
+  void truncate(int n) {
+    FASTINFER_CHECK(n >= 0 && n <= committed_, InvalidArgument, "EAGLE head: cannot truncate ", committed_,
+                    " committed rows to ", n);
+    committed_ = n;
+    clear_tree();
+  }
+  void clear_tree() {
+    tree_parent_.clear();
+    tree_depth_.clear();
+  }
+  int tree_rows() const { return int(tree_parent_.size()); }
+
+  // Appends n committed rows at positions committed()..: row i reads
+  // features[i] (the target's feature at that position, [n][dim]) and the
+  // embedding of next_tokens[i] (the token after that position). Drops any
+  // tree rows. out_last, when not null, receives the predicted feature of the
+  // last row ([dim]); only that row runs the whole layer (the others need
+  // only their keys and values).
+  void commit(const LlamaWeights& target, const float* features, const std::int32_t* next_tokens, int n,
+              float* out_last, int threads = 1) {
+    FASTINFER_CHECK(n >= 0, InvalidArgument, "EAGLE head: cannot commit ", n, " rows");
+    clear_tree();
+    if (n == 0) return;
+    const int p0 = committed_;
+    grow_(kv_, std::size_t(p0 + n));
+    std::vector<std::int64_t>& pos = pos_;
+    pos.resize(std::size_t(n));
+    for (int i = 0; i < n; ++i) pos[std::size_t(i)] = p0 + i;
+    input_rows_(target, features, next_tokens, n, threads);
+    store_kv_(n, kv_k_.data() + std::size_t(p0) * kvd_(), kv_v_.data() + std::size_t(p0) * kvd_(), threads);
+    committed_ = p0 + n;
+    if (out_last == nullptr) return;
+    chain_.clear();
+    finish_rows_(n - 1, 1, /*tree=*/false, out_last, threads);
+  }
+
+  // Adds n tree rows and returns their predicted features (out [n][dim]).
+  // Row i reads features[i] and the embedding of tokens[i]; parent_rows[i] is
+  // -1 (a child of the last committed row: position committed()) or an
+  // earlier tree row (position one past it). A tree row attends to every
+  // committed row, its ancestors' rows and itself.
+  void expand(const LlamaWeights& target, const float* features, const std::int32_t* tokens, const int* parent_rows,
+              int n, float* out, int threads = 1) {
+    const int r0 = tree_rows();
+    pos_.resize(std::size_t(n));
+    for (int i = 0; i < n; ++i) {
+      const int p = parent_rows[i];
+      FASTINFER_CHECK(p >= -1 && p < r0, InvalidArgument, "EAGLE head: tree row ", r0 + i, " has parent ", p,
+                      " (must be -1 or an earlier row of a previous expand)");
+      tree_parent_.push_back(p);
+      tree_depth_.push_back(p < 0 ? 0 : tree_depth_[std::size_t(p)] + 1);
+      pos_[std::size_t(i)] = std::int64_t(committed_) + tree_depth_.back();
+    }
+    grow_(tree_, std::size_t(r0 + n));
+    input_rows_(target, features, tokens, n, threads);
+    store_kv_(n, tree_k_.data() + std::size_t(r0) * kvd_(), tree_v_.data() + std::size_t(r0) * kvd_(), threads);
+    tree_first_ = r0;
+    finish_rows_(0, n, /*tree=*/true, out, threads);
+  }
+
+  // The target's own LM head over predicted features: final RMSNorm and
+  // classifier, logits [n][vocab].
+  static void lm_logits(const LlamaWeights& target, const float* features, int n, float* out,
+                        std::vector<float>& scratch, int threads = 1) {
+    const LlamaConfig& c = target.config;
+    scratch.resize(std::size_t(n) * std::size_t(c.dim));
+    for (int i = 0; i < n; ++i)
+      cpu::rmsnorm(scratch.data() + std::size_t(i) * std::size_t(c.dim), features + std::size_t(i) * std::size_t(c.dim),
+                   target.final_norm, c.dim, c.norm_eps);
+    linear_(target.classifier, scratch.data(), n, out, threads);
+  }
+
+  // ---- files ------------------------------------------------------------------
+
+  static EagleHead load(const std::string& path) {
+    using head_file::load_u32;
+    const auto file = MappedFile::open(path);
+    const std::uint8_t* h = file->at(0, kFixedBytes, "EAGLE head header");
+    FASTINFER_CHECK(std::memcmp(h, kMagic, 8) == 0, FormatError, path, ": not an EAGLE head file (bad magic '",
+                    head_file::printable(h, 8), "', expected 'FIEAGLEH')");
+    const std::uint32_t version = load_u32(h + 8);
+    FASTINFER_CHECK(version == kVersion, FormatError, path, ": EAGLE head version ", version,
+                    " is not supported (expected ", kVersion, ")");
+    // Each u32 field is checked against its bound before it becomes an int.
+    const char* names[6] = {"dim", "vocab", "n_heads", "n_kv_heads", "head_dim", "hidden_dim"};
+    const std::uint32_t limits[6] = {1u << 16, 1u << 24, 1024, 1024, 1024, 1u << 20};
+    int v[6];
+    for (int i = 0; i < 6; ++i) {
+      const std::uint32_t x = load_u32(h + 12 + 4 * i);
+      FASTINFER_CHECK(x >= 1 && x <= limits[i], FormatError, path, ": ", names[i], " ", x, " is outside [1, ",
+                      limits[i], "]");
+      v[i] = int(x);
+    }
+    EagleHeadShape s{v[0], v[1], v[2], v[3], v[4], v[5], head_file::load_f32(h + 44), head_file::load_f32(h + 48)};
+    s.validate<FormatError>(path + ": ");
+    const std::uint32_t dtype = load_u32(h + 36), flags = load_u32(h + 40), count = load_u32(h + 52);
+    FASTINFER_CHECK(dtype == kDTypeF32 || dtype == kDTypeF16, FormatError, path, ": weight dtype ", dtype,
+                    " is not supported (0 = f32, 1 = f16)");
+    FASTINFER_CHECK(flags == 0, FormatError, path, ": unknown flags 0x", std::hex, flags);
+    FASTINFER_CHECK(count == std::uint32_t(kTensorCount), FormatError, path, ": tensor count ", count,
+                    " (expected ", int(kTensorCount), ")");
+    // The table against the shape, and the file's size against the table,
+    // before anything is allocated (bounded above: at most ~2^38 bytes, no
+    // u64 overflow).
+    const std::uint64_t elem = dtype == kDTypeF32 ? 4 : 2;
+    const std::uint8_t* table = file->at(kFixedBytes, kTensorCount * kEntryBytes, "EAGLE head tensor table");
+    EagleHead shape_only;
+    shape_only.s_ = s;
+    std::uint64_t expected = kHeaderBytes;
+    for (int t = 0; t < kTensorCount; ++t) {
+      const std::uint8_t* e = table + std::size_t(t) * kEntryBytes;
+      char name[kNameBytes + 1] = {};
+      std::memcpy(name, e, kNameBytes);
+      FASTINFER_CHECK(std::string(name) == kTensorNames[std::size_t(t)] &&
+                          std::all_of(e + std::strlen(name), e + kNameBytes, [](std::uint8_t b) { return b == 0; }),
+                      FormatError, path, ": tensor ", t, " is named '", head_file::printable(e, int(std::strlen(name))),
+                      "', expected '", kTensorNames[std::size_t(t)], "'");
+      const std::uint32_t r = load_u32(e + 16), c = load_u32(e + 20);
+      const std::uint64_t off = head_file::load_u64(e + 24);
+      FASTINFER_CHECK(r == shape_only.rows(t) && c == shape_only.cols(t), FormatError, path, ": tensor ",
+                      kTensorNames[std::size_t(t)], " is [", r, "][", c, "], the header's dims make it [",
+                      shape_only.rows(t), "][", shape_only.cols(t), "]");
+      FASTINFER_CHECK(off == expected, FormatError, path, ": tensor ", kTensorNames[std::size_t(t)],
+                      " at offset ", off, ", expected ", expected, " (tensors are contiguous in table order)");
+      expected += std::uint64_t(r) * c * elem;
+    }
+    FASTINFER_CHECK(file->size() >= expected, FormatError, path, ": truncated: ", file->size(),
+                    " bytes, the header and tensor table need ", expected);
+    FASTINFER_CHECK(file->size() == expected, FormatError, path, ": ", file->size() - expected,
+                    " bytes after the last tensor (file has ", file->size(), ", expected ", expected, ")");
+    EagleHead head(s);
+    const std::size_t n = head.data_.size();
+    const std::uint8_t* p = file->at(kHeaderBytes, n * elem, "EAGLE head weights");
+    if (dtype == kDTypeF32) {
+      for (std::size_t i = 0; i < n; ++i) head.data_[i] = head_file::load_f32(p + 4 * i);
+    } else {
+      for (std::size_t i = 0; i < n; ++i) head.data_[i] = f16_to_f32(std::uint16_t(p[2 * i] | p[2 * i + 1] << 8));
+    }
+    for (int t = 0; t < kTensorCount; ++t)
+      for (std::int64_t i = 0; i < head.rows(t) * head.cols(t); ++i)
+        FASTINFER_CHECK(std::isfinite(head.tensor(t)[i]), FormatError, path, ": non-finite value ",
+                        head.tensor(t)[i], " in tensor ", kTensorNames[std::size_t(t)], " at element ", i);
+    return head;
+  }
+
+  // Writes the head in the format above (f32, or f16 when `f16`).
+  void save(const std::string& path, bool f16 = false) const {
+    FASTINFER_CHECK(!empty(), InvalidArgument, "cannot save an empty EAGLE head to ", path);
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    FASTINFER_CHECK(bool(f), InvalidArgument, "cannot open ", path, " for writing");
+    std::vector<char> h(kHeaderBytes, 0);
+    std::memcpy(h.data(), kMagic, 8);
+    const std::uint32_t fields[8] = {kVersion,
+                                     std::uint32_t(s_.dim),
+                                     std::uint32_t(s_.vocab),
+                                     std::uint32_t(s_.n_heads),
+                                     std::uint32_t(s_.n_kv_heads),
+                                     std::uint32_t(s_.head_dim),
+                                     std::uint32_t(s_.hidden_dim),
+                                     f16 ? kDTypeF16 : kDTypeF32};
+    for (int i = 0; i < 8; ++i) head_file::store_u32(h.data() + 8 + 4 * i, fields[i]);
+    head_file::store_f32(h.data() + 44, s_.norm_eps);
+    head_file::store_f32(h.data() + 48, s_.rope_theta);
+    head_file::store_u32(h.data() + 52, kTensorCount);
+    std::uint64_t off = kHeaderBytes;
+    for (int t = 0; t < kTensorCount; ++t) {
+      char* e = h.data() + kFixedBytes + std::size_t(t) * kEntryBytes;
+      std::memcpy(e, kTensorNames[std::size_t(t)], std::strlen(kTensorNames[std::size_t(t)]));
+      head_file::store_u32(e + 16, std::uint32_t(rows(t)));
+      head_file::store_u32(e + 20, std::uint32_t(cols(t)));
+      head_file::store_u64(e + 24, off);
+      off += std::uint64_t(rows(t) * cols(t)) * (f16 ? 2 : 4);
+    }
+    f.write(h.data(), std::streamsize(h.size()));
+    std::vector<char> bytes(data_.size() * (f16 ? 2 : 4));
+    for (std::size_t i = 0; i < data_.size(); ++i) {
+      if (f16) {
+        const std::uint16_t x = f32_to_f16(data_[i]);
+        bytes[2 * i] = char(x & 0xff);
+        bytes[2 * i + 1] = char(x >> 8);
+      } else {
+        head_file::store_f32(bytes.data() + 4 * i, data_[i]);
+      }
+    }
+    f.write(bytes.data(), std::streamsize(bytes.size()));
+    FASTINFER_CHECK(bool(f.flush()), InvalidArgument, "writing the EAGLE head to ", path, " failed");
+  }
+
+  // A random head (Philox(seed)): fc = [0 | I] + noise (the feature passes
+  // through), norms 1, the layer's matrices ~ U(-a, a) / sqrt(fan_in) with
+  // a = 0.5 for wq/wk/wv/w_gate/w_up and `residual_scale` for wo / w_down.
+  static EagleHead random(std::uint64_t seed, const EagleHeadShape& shape, float residual_scale = 0.1f) {
+    EagleHead head(shape);
+    std::uint64_t index = 0;
+    auto fill = [&](int t, float amp) {
+      const float a = amp / std::sqrt(float(head.cols(t)));
+      float* w = head.tensor(t);
+      for (std::int64_t i = 0; i < head.rows(t) * head.cols(t); ++i)
+        w[i] = a * (2.0f * uniform_float(seed, std::uint64_t(11), index++) - 1.0f);
+    };
+    fill(kFc, 0.1f);
+    for (int i = 0; i < shape.dim; ++i) head.tensor(kFc)[std::size_t(i) * std::size_t(2 * shape.dim) + std::size_t(shape.dim + i)] += 1.0f;
+    for (int t : {kWq, kWk, kWv, kWGate, kWUp}) fill(t, 0.5f);
+    for (int t : {kWo, kWDown}) fill(t, residual_scale);
+    std::fill(head.tensor(kAttnNorm), head.tensor(kAttnNorm) + shape.dim, 1.0f);
+    std::fill(head.tensor(kFfnNorm), head.tensor(kFfnNorm) + shape.dim, 1.0f);
+    return head;
+  }
+
+  // The same head on a target widened to `dim` (its extra feature and
+  // embedding coordinates zero; see the file comment).
+  EagleHead padded_to(int dim) const {
+    FASTINFER_CHECK(!empty(), InvalidArgument, "cannot pad an empty EAGLE head");
+    FASTINFER_CHECK(dim >= s_.dim, InvalidArgument, "cannot pad an EAGLE head of dim ", s_.dim, " down to ", dim);
+    if (dim == s_.dim) return *this;
+    EagleHeadShape s = s_;
+    s.dim = dim;
+    s.norm_eps = float(double(s_.norm_eps) * double(s_.dim) / double(dim));
+    EagleHead out(s);
+    const float norm_scale = float(std::sqrt(double(s_.dim) / double(dim)));
+    for (int t = 0; t < kTensorCount; ++t) {
+      const std::int64_t r0 = rows(t), c0 = cols(t), c1 = out.cols(t);
+      for (std::int64_t r = 0; r < r0; ++r) {
+        const float* src = tensor(t) + r * c0;
+        float* dst = out.tensor(t) + r * c1;
+        if (t == kFc) {  // [embedding | feature] halves each move to their padded place
+          std::copy(src, src + s_.dim, dst);
+          std::copy(src + s_.dim, src + 2 * s_.dim, dst + dim);
+        } else {
+          std::copy(src, src + c0, dst);
+        }
+      }
+    }
+    for (int t : {kAttnNorm, kFfnNorm})
+      for (int i = 0; i < s_.dim; ++i) out.tensor(t)[i] *= norm_scale;
+    return out;
+  }
+
+ private:
+  static constexpr int kv_ = 0, tree_ = 1;
+
+  std::size_t kvd_() const { return std::size_t(s_.kv_dim()); }
+  int check_tensor_(int t) const {
+    FASTINFER_CHECK(t >= 0 && t < kTensorCount, InvalidArgument, "EAGLE head tensor ", t, " is outside [0, ",
+                    int(kTensorCount), ")");
+    return t;
+  }
+  static void linear_(const MatrixView& w, const float* x, int n, float* y, int threads) {
+    if (n == 1)
+      cpu::matvec(w, x, y, threads);
+    else
+      cpu::matmul(w, x, n, y, threads);
+  }
+  void grow_(int which, std::size_t rows) {
+    std::vector<float>& k = which == kv_ ? kv_k_ : tree_k_;
+    std::vector<float>& v = which == kv_ ? kv_v_ : tree_v_;
+    if (k.size() < rows * kvd_()) {
+      k.resize(std::max(rows, std::size_t(64)) * kvd_() * 2);
+      v.resize(k.size());
+    }
+  }
+
+  // x_ = fc([emb(tokens[i]) ; features[i]]) + b, xn_ = RMSNorm(x_, attn_norm)
+  // for n rows.
+  void input_rows_(const LlamaWeights& target, const float* features, const std::int32_t* tokens, int n,
+                   int threads) {
+    const std::size_t d = std::size_t(s_.dim);
+    const MatrixView& emb = target.token_embedding;
+    in2_.resize(std::size_t(n) * 2 * d);
+    for (int i = 0; i < n; ++i) {
+      FASTINFER_CHECK(tokens[i] >= 0 && tokens[i] < emb.rows, InvalidArgument, "EAGLE head: token ", tokens[i],
+                      " is outside the vocabulary [0, ", emb.rows, ")");
+      float* row = in2_.data() + std::size_t(i) * 2 * d;
+      cpu::load_row(emb.dtype, emb.row_ptr(tokens[i]), row, std::int64_t(d));
+      std::copy(features + std::size_t(i) * d, features + std::size_t(i + 1) * d, row + d);
+    }
+    x_.resize(std::size_t(n) * d);
+    xn_.resize(std::size_t(n) * d);
+    linear_(matrix(kFc), in2_.data(), n, x_.data(), threads);
+    const float* b = tensor(kFcBias);
+    for (int i = 0; i < n; ++i) {
+      float* x = x_.data() + std::size_t(i) * d;
+      for (std::size_t j = 0; j < d; ++j) x[j] += b[j];
+      cpu::rmsnorm(xn_.data() + std::size_t(i) * d, x, tensor(kAttnNorm), std::int64_t(d), s_.norm_eps);
+    }
+  }
+
+  // Keys (RoPE at pos_) and values of the n rows of xn_ into k / v [n][kv_dim].
+  void store_kv_(int n, float* k, float* v, int threads) {
+    linear_(matrix(kWk), xn_.data(), n, k, threads);
+    linear_(matrix(kWv), xn_.data(), n, v, threads);
+    for (int i = 0; i < n; ++i)
+      cpu::rope(k + std::size_t(i) * kvd_(), s_.n_kv_heads, s_.head_dim, int(pos_[std::size_t(i)]), s_.rope_theta,
+                RopeStyle::Interleaved);
+  }
+
+  // Rows [first, first + n) of x_ / xn_: attention, MLP, out [n][dim].
+  // Committed rows attend to committed keys up to their own position; tree
+  // rows (row index tree_first_ + i) to every committed key and their chain.
+  void finish_rows_(int first, int n, bool tree, float* out, int threads) {
+    const std::size_t d = std::size_t(s_.dim), qd = std::size_t(s_.q_dim());
+    q_.resize(std::size_t(n) * qd);
+    att_.resize(std::size_t(n) * qd);
+    linear_(matrix(kWq), xn_.data() + std::size_t(first) * d, n, q_.data(), threads);
+    for (int i = 0; i < n; ++i) {
+      float* q = q_.data() + std::size_t(i) * qd;
+      cpu::rope(q, s_.n_heads, s_.head_dim, int(pos_[std::size_t(first + i)]), s_.rope_theta, RopeStyle::Interleaved);
+      chain_.clear();
+      int visible = committed_;
+      if (tree) {
+        for (int a = tree_first_ + first + i; a >= 0; a = tree_parent_[std::size_t(a)]) chain_.push_back(a);
+      } else {
+        visible = int(pos_[std::size_t(first + i)]) + 1;
+      }
+      attend_(q, visible, att_.data() + std::size_t(i) * qd);
+    }
+    o_.resize(std::size_t(n) * d);
+    linear_(matrix(kWo), att_.data(), n, o_.data(), threads);
+    h1_.resize(std::size_t(n) * std::size_t(s_.hidden_dim));
+    h3_.resize(h1_.size());
+    for (int i = 0; i < n; ++i) {
+      float* x = out + std::size_t(i) * d;
+      const float* xi = x_.data() + std::size_t(first + i) * d;
+      for (std::size_t j = 0; j < d; ++j) x[j] = xi[j] + o_[std::size_t(i) * d + j];
+      cpu::rmsnorm(xn_.data() + std::size_t(first + i) * d, x, tensor(kFfnNorm), std::int64_t(d), s_.norm_eps);
+    }
+    linear_(matrix(kWGate), xn_.data() + std::size_t(first) * d, n, h1_.data(), threads);
+    linear_(matrix(kWUp), xn_.data() + std::size_t(first) * d, n, h3_.data(), threads);
+    cpu::swiglu(h1_.data(), h3_.data(), std::int64_t(h1_.size()));
+    linear_(matrix(kWDown), h1_.data(), n, o_.data(), threads);
+    cpu::add(out, o_.data(), std::int64_t(n) * std::int64_t(d));
+  }
+
+  // One query row over committed keys [0, visible) and the tree rows in
+  // chain_ (grouped-query: query head h reads KV head h / group).
+  void attend_(const float* q, int visible, float* out) {
+    const int hd = s_.head_dim, group = s_.n_heads / s_.n_kv_heads;
+    const std::size_t kvd = kvd_();
+    const int total = visible + int(chain_.size());
+    scores_.resize(std::size_t(total));
+    const float scale = 1.0f / std::sqrt(float(hd));
+    for (int h = 0; h < s_.n_heads; ++h) {
+      const float* qh = q + std::size_t(h) * std::size_t(hd);
+      const std::size_t kvo = std::size_t(h / group) * std::size_t(hd);
+      auto key = [&](int j) {
+        return j < visible ? kv_k_.data() + std::size_t(j) * kvd + kvo
+                           : tree_k_.data() + std::size_t(chain_[std::size_t(j - visible)]) * kvd + kvo;
+      };
+      auto value = [&](int j) {
+        return j < visible ? kv_v_.data() + std::size_t(j) * kvd + kvo
+                           : tree_v_.data() + std::size_t(chain_[std::size_t(j - visible)]) * kvd + kvo;
+      };
+      float mx = -INFINITY;
+      for (int j = 0; j < total; ++j) {
+        const float* k = key(j);
+        float s = 0.0f;
+        for (int e = 0; e < hd; ++e) s += qh[e] * k[e];
+        scores_[std::size_t(j)] = s * scale;
+        mx = std::max(mx, scores_[std::size_t(j)]);
+      }
+      float sum = 0.0f;
+      for (int j = 0; j < total; ++j) sum += (scores_[std::size_t(j)] = std::exp(scores_[std::size_t(j)] - mx));
+      float* o = out + std::size_t(h) * std::size_t(hd);
+      std::fill(o, o + hd, 0.0f);
+      for (int j = 0; j < total; ++j) {
+        const float w = scores_[std::size_t(j)] / sum;
+        const float* v = value(j);
+        for (int e = 0; e < hd; ++e) o[e] += w * v[e];
+      }
+    }
+  }
+
+  EagleHeadShape s_{};
+  std::array<std::size_t, kTensorCount> offset_{};
+  std::vector<float> data_;
+  // KV: committed rows by position, tree rows by row index.
+  int committed_ = 0;
+  std::vector<float> kv_k_, kv_v_, tree_k_, tree_v_;
+  std::vector<int> tree_parent_, tree_depth_;
+  int tree_first_ = 0;  // the first row of the expand in progress
+  // Scratch of the forward (one caller at a time).
+  std::vector<std::int64_t> pos_;
+  std::vector<int> chain_;
+  std::vector<float> in2_, x_, xn_, q_, att_, o_, h1_, h3_, scores_;
+};
+
+}  // namespace fastinfer::speculative

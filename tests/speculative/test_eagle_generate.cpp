@@ -1,0 +1,243 @@
+// EAGLE generation: greedy output equals plain greedy output on the golden
+// cases of stories260K and tinystories-656k (random heads, and the committed
+// trained head data/heads/tinystories-656k.eagle when present), under the
+// coupled rule it emits plain sampling's tokens bit for bit, under the exact
+// rule the first verified token is distributed as the target's, the tree a
+// step drafts stays within its budget, and bad arguments are refused.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/eagle_flags.hpp"
+#include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/speculative/eagle_generate.hpp"
+#include "golden.hpp"
+#include "shared_dir.hpp"
+
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;  // ~30x slower: the statistical test checks memory on few draws
+#else
+constexpr bool kSanitized = false;
+#endif
+
+using fastinfer::GenerationParams;
+using Model = fastinfer::LlamaModel<>;
+namespace speculative = fastinfer::speculative;
+
+Model load(const std::string& path) { return Model(fastinfer::load_model(path), fastinfer::ModelOptions{1, 32}); }
+
+// The trained head committed with the sources (tools/train_eagle.py).
+std::filesystem::path trained_head() {
+  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "data" / "heads" /
+         "tinystories-656k.eagle";
+}
+
+speculative::EagleOptions wide_tree() {
+  speculative::EagleOptions o;
+  o.tree = speculative::EagleTreeConfig{5, 6, 24};
+  return o;
+}
+
+std::int64_t check_golden(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
+                          const std::string& head_spec, const speculative::EagleOptions& o) {
+  Model model = load(model_path.string());
+  const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
+  REQUIRE(!cases.empty());
+  speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag(head_spec, model.config());
+  std::int64_t accepted = 0;
+  for (const auto& c : cases) {
+    INFO("head " << head_spec << ", case " << c.name);
+    GenerationParams p;
+    p.max_new_tokens = c.max_new_tokens;
+    const auto r = speculative::eagle_generate(model, head, c.prompt, p, o);
+    CHECK(r.generation.tokens == c.continuation);
+    CHECK(fastinfer::stop_reason_name(r.generation.stopped_by) == c.stopped_by);
+    CHECK(r.stats.accepted <= r.stats.drafted);
+    CHECK(r.stats.drafted <= std::int64_t(o.tree.budget) * r.stats.target_forwards);
+    accepted += r.stats.accepted;
+  }
+  return accepted;
+}
+
+}  // namespace
+
+TEST_CASE("greedy EAGLE reproduces the stories260K golden cases (random heads, default and wide trees)") {
+  FASTINFER_REQUIRE_SHARED(model, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/cases");
+  check_golden(model, cases, "random:1", {});
+  check_golden(model, cases, "random:2", wide_tree());
+}
+
+TEST_CASE("greedy EAGLE reproduces the tinystories-656k golden cases (random heads)") {
+  FASTINFER_REQUIRE_SHARED(model, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
+  check_golden(model, cases, "random:1", {});
+  check_golden(model, cases, "random:3", wide_tree());
+}
+
+TEST_CASE("greedy EAGLE with the committed trained head reproduces the tinystories-656k golden cases") {
+  FASTINFER_REQUIRE_SHARED(model, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
+  if (!std::filesystem::exists(trained_head())) {
+    std::printf("FASTINFER_SKIP: %s is not there\n", trained_head().c_str());
+    return;
+  }
+  // A trained head is accepted often: the KV bookkeeping off the chain runs.
+  CHECK(check_golden(model, cases, trained_head().string(), {}) > 50);
+  CHECK(check_golden(model, cases, trained_head().string(), wide_tree()) > 50);
+}
+
+TEST_CASE("EAGLE output equals plain generation at the sequence-length limit and with tiny budgets") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  Model model = load(model_path.string());
+  speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag("random:5", model.config());
+  const std::vector<std::int32_t> near_end(505, 0);
+  std::vector<std::int32_t> looped = {1};
+  for (int i = 0; i < 40; ++i) looped.push_back(std::int32_t(100 + i % 3));
+  std::int64_t accepted = 0;
+  for (const auto& pr : {near_end, looped})
+    for (int budget : {0, 1, 2, 3, 7, 300}) {
+      GenerationParams p;
+      p.max_new_tokens = budget;
+      const auto plain = fastinfer::generate(model, pr, p);
+      for (int nodes : {0, 1, 31}) {
+        speculative::EagleOptions o;
+        o.tree.budget = nodes;
+        const auto r = speculative::eagle_generate(model, head, pr, p, o);
+        INFO("max_new_tokens " << budget << ", prompt length " << pr.size() << ", nodes " << nodes);
+        CHECK(r.generation.tokens == plain.tokens);
+        CHECK(r.generation.stopped_by == plain.stopped_by);
+        accepted += r.stats.accepted;
+      }
+    }
+  CHECK(accepted > 0);  // the looped prompt is easy even for a random head
+}
+
+TEST_CASE("EAGLE under the coupled rule emits plain sampling's tokens with the same seed") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  Model model = load(model_path.string());
+  GenerationParams p;
+  p.max_new_tokens = 100;
+  p.temperature = 0.8f;
+  std::int64_t drafted = 0;
+  const std::vector<std::string> heads = {"random:1", std::filesystem::exists(trained_head()) ? trained_head().string() : "random:2"};
+  for (const std::string& hs : heads)
+    for (std::uint64_t seed : {1, 2, 5}) {
+      p.seed = seed;
+      p.top_k = seed == 2 ? 40 : 0;
+      p.top_p = seed == 5 ? 0.9f : 1.0f;
+      const auto plain = fastinfer::generate(model, {1}, p);
+      speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag(hs, model.config());
+      speculative::EagleOptions o;
+      o.rule = speculative::AcceptanceRule::Coupled;
+      const auto r = speculative::eagle_generate(model, head, {1}, p, o);
+      INFO("head " << hs << ", seed " << seed);
+      CHECK(r.generation.tokens == plain.tokens);
+      CHECK(r.generation.stopped_by == plain.stopped_by);
+      drafted += r.stats.drafted;
+    }
+  CHECK(drafted > 0);
+}
+
+TEST_CASE("EAGLE under the exact rule: the first verified token is distributed as the target's") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  Model model = load(model_path.string());
+  const int vocab = model.config().vocab_size;
+  speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag("random:4", model.config());
+  const std::vector<std::int32_t> prompt = {1, 365, 1009 % 512, 260};
+  GenerationParams p;
+  p.max_new_tokens = 3;  // token 1 from the prefill; 2 (and maybe 3) from one verified tree of depth 1
+  p.temperature = 1.0f;
+  p.top_k = 6;
+  speculative::EagleOptions o;
+  o.tree = speculative::EagleTreeConfig{1, 6, 6};  // all six candidates the filter allows, as siblings
+  // The exact marginal of token 2: sum over token 1 of p(t1) p(t2 | t1).
+  fastinfer::cpu::SamplerWorkspace ws(vocab);
+  const fastinfer::SamplingParams sp = fastinfer::sampling_params(p);
+  std::vector<float> p1(static_cast<std::size_t>(vocab)), p2(static_cast<std::size_t>(vocab));
+  model.reset();
+  fastinfer::cpu::sampling_distribution(model.forward_prefill(prompt, 0), vocab, sp, p1.data(), ws);
+  std::vector<double> marginal(std::size_t(vocab), 0.0);
+  for (int t1 = 0; t1 < vocab; ++t1) {
+    if (p1[std::size_t(t1)] <= 0.0f) continue;
+    std::vector<std::int32_t> ext = prompt;
+    ext.push_back(t1);
+    model.reset();
+    fastinfer::cpu::sampling_distribution(model.forward_prefill(ext, 0), vocab, sp, p2.data(), ws);
+    for (int t = 0; t < vocab; ++t) marginal[std::size_t(t)] += double(p1[std::size_t(t1)]) * double(p2[std::size_t(t)]);
+  }
+  const int n = kSanitized ? 200 : 3000;
+  std::vector<double> seen(std::size_t(vocab), 0.0);
+  std::int64_t accepted = 0;
+  for (int s = 0; s < n; ++s) {
+    p.seed = std::uint64_t(s) + 11;
+    const auto r = speculative::eagle_generate(model, head, prompt, p, o);
+    REQUIRE(r.generation.tokens.size() >= 2);
+    seen[std::size_t(r.generation.tokens[1])] += 1.0 / n;
+    accepted += r.stats.accepted;
+  }
+  double tv = 0, tv_uniform = 0;
+  int support = 0;
+  for (int t = 0; t < vocab; ++t) {
+    tv += std::abs(seen[std::size_t(t)] - marginal[std::size_t(t)]) / 2;
+    support += marginal[std::size_t(t)] > 0;
+  }
+  for (int t = 0; t < vocab; ++t)
+    if (marginal[std::size_t(t)] > 0) tv_uniform += std::abs(1.0 / support - marginal[std::size_t(t)]) / 2;
+  INFO("TV to the exact marginal " << tv << " over " << support << " tokens; accepted drafts " << accepted);
+  CHECK(accepted > n / 10);  // the candidates are the filter's tokens: accepted often
+  if (kSanitized) return;    // 200 draws say nothing about the distribution
+  // Sampling noise at n = 3000 over <= 36 tokens: expected TV ~0.03-0.05.
+  CHECK(tv < 0.07);
+  CHECK(tv_uniform > 3 * tv);  // a wrong distribution would be seen
+}
+
+TEST_CASE("an EAGLE step drafts within its budget and depth, and eagle_generate refuses bad arguments") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  Model model = load(model_path.string());
+  speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag("random:1", model.config());
+  const std::vector<std::int32_t> prompt = {1, 400, 50, 73, 900};
+  std::vector<float> root(std::size_t(model.config().dim));
+  const std::vector<std::int32_t> next = {400, 50, 73, 900, 7};
+  std::vector<float> all(std::size_t(5 * model.config().dim));
+  model.reset();
+  model.forward_prefill(prompt, 0);  // one chunk: every row's feature
+  std::copy(model.last_features(), model.last_features() + all.size(), all.begin());
+  head.reset();
+  head.commit(model.weights(), all.data(), next.data(), 5, root.data());
+  speculative::EagleDraftWorkspace ws;
+  for (int depth : {1, 3, 6})
+    for (int top_k : {1, 3, 5})
+      for (int budget : {0, 4, 17}) {
+        const auto tree = speculative::eagle_draft_tree(head, model.weights(), root.data(), depth, top_k, budget, ws);
+        INFO("depth " << depth << ", top_k " << top_k << ", budget " << budget);
+        CHECK(tree.size() <= budget);
+        CHECK(tree.size() == std::min(budget, ws.builder.size()));
+        CHECK(head.tree_rows() <= (depth - 1) * top_k);
+        CHECK_NOTHROW(tree.validate(model.config().vocab_size));
+        for (int d : speculative::tree_depths(tree)) CHECK(d <= depth);
+      }
+  // Bad arguments: wrong head shape, empty prompt, bad tree, lossy rule.
+  fastinfer::LlamaConfig other = model.config();
+  other.dim += 8;
+  speculative::EagleHead wrong = speculative::EagleHead::random(1, speculative::EagleHeadShape::like(other));
+  CHECK_THROWS_AS(speculative::eagle_generate(model, wrong, {1}, GenerationParams{}), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(speculative::eagle_generate(model, head, {}, GenerationParams{}), fastinfer::InvalidArgument);
+  speculative::EagleOptions o;
+  o.tree.top_k = 0;
+  CHECK_THROWS_AS(speculative::eagle_generate(model, head, {1}, GenerationParams{}, o), fastinfer::InvalidArgument);
+  o = {};
+  o.rule = speculative::AcceptanceRule::TypicalLossy;
+  CHECK_THROWS_WITH(speculative::eagle_generate(model, head, {1}, GenerationParams{}, o), Catch::Contains("lossy"));
+  speculative::EagleHead empty;
+  CHECK_THROWS_WITH(speculative::eagle_generate(model, empty, {1}, GenerationParams{}), Catch::Contains("empty"));
+}

@@ -1,0 +1,357 @@
+// EagleHead: the file format round-trips (f32 and f16), the loader refuses
+// every malformed file by name before allocating, the head's forward matches
+// a scalar double-precision reference, a tree row computes what a committed
+// row at the same place computes, and a zero-padded head drafts on a widened
+// target exactly what the original drafts.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/eagle_flags.hpp"
+#include "fastinfer/core/philox.hpp"
+#include "fastinfer/model/synthetic.hpp"
+#include "fastinfer/speculative/eagle_head.hpp"
+#include "file_bytes.hpp"
+
+namespace {
+
+namespace speculative = fastinfer::speculative;
+using speculative::EagleHead;
+using speculative::EagleHeadShape;
+using fastinfer::testing::put_at;
+using fastinfer::testing::read_bytes;
+using fastinfer::testing::ScratchDir;
+using fastinfer::testing::write_bytes;
+
+// A small odd-sized head (dim 20, 3 query heads of 6 sharing one KV head, MLP 13).
+EagleHeadShape small_shape() { return EagleHeadShape{20, 37, 3, 1, 6, 13, 1e-5f, 10000.0f}; }
+
+// Target weights a head can read: f32 embedding / classifier [vocab][dim] and a final norm.
+struct Target {
+  std::vector<float> emb, cls, norm;
+  fastinfer::LlamaWeights w;
+  Target(int dim, int vocab, std::uint64_t seed) {
+    emb.resize(std::size_t(vocab) * std::size_t(dim));
+    cls.resize(emb.size());
+    norm.resize(std::size_t(dim));
+    std::uint64_t i = 0;
+    for (float& x : emb) x = 2.0f * fastinfer::uniform_float(seed, 3, i++) - 1.0f;
+    for (float& x : cls) x = 2.0f * fastinfer::uniform_float(seed, 3, i++) - 1.0f;
+    for (float& x : norm) x = 0.5f + fastinfer::uniform_float(seed, 3, i++);
+    w.config.dim = dim;
+    w.config.vocab_size = vocab;
+    w.config.norm_eps = 1e-5f;
+    w.token_embedding = fastinfer::MatrixView{fastinfer::DType::F32, emb.data(), vocab, dim};
+    w.classifier = fastinfer::MatrixView{fastinfer::DType::F32, cls.data(), vocab, dim};
+    w.final_norm = norm.data();
+  }
+};
+
+std::vector<float> random_features(int n, int dim, std::uint64_t seed) {
+  std::vector<float> f(std::size_t(n) * std::size_t(dim));
+  for (std::size_t i = 0; i < f.size(); ++i) f[i] = 3.0f * (fastinfer::uniform_float(seed, 5, i) - 0.5f);
+  return f;
+}
+
+// The head's layer in double precision over a causal sequence of rows
+// (features[i], tokens[i]) at positions 0..n-1: the predicted feature of
+// every row.
+std::vector<double> reference(const EagleHead& h, const Target& t, const std::vector<float>& feats,
+                              const std::vector<std::int32_t>& tokens) {
+  const EagleHeadShape& s = h.shape();
+  const int d = s.dim, n = int(tokens.size()), hd = s.head_dim, qd = s.q_dim(), kvd = s.kv_dim();
+  auto mat = [&](int tensor, const std::vector<double>& x) {
+    std::vector<double> y(std::size_t(h.rows(tensor)), 0.0);
+    for (std::int64_t r = 0; r < h.rows(tensor); ++r)
+      for (std::int64_t c = 0; c < h.cols(tensor); ++c) y[std::size_t(r)] += double(h.tensor(tensor)[r * h.cols(tensor) + c]) * x[std::size_t(c)];
+    return y;
+  };
+  auto norm = [&](const std::vector<double>& x, const float* w) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double inv = 1.0 / std::sqrt(ss / double(x.size()) + double(s.norm_eps));
+    std::vector<double> y(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * double(w[i]);
+    return y;
+  };
+  auto rope = [&](std::vector<double>& v, int heads, int pos) {
+    for (int hh = 0; hh < heads; ++hh)
+      for (int i = 0; i < hd / 2; ++i) {
+        const double ang = double(pos) * std::pow(double(s.rope_theta), -2.0 * i / double(hd));
+        double& a = v[std::size_t(hh * hd + 2 * i)];
+        double& b = v[std::size_t(hh * hd + 2 * i + 1)];
+        const double a0 = a, b0 = b;
+        a = a0 * std::cos(ang) - b0 * std::sin(ang);
+        b = a0 * std::sin(ang) + b0 * std::cos(ang);
+      }
+  };
+  std::vector<std::vector<double>> xs, ks, vs, qs;
+  for (int i = 0; i < n; ++i) {
+    std::vector<double> in(std::size_t(2 * d));
+    for (int j = 0; j < d; ++j) {
+      in[std::size_t(j)] = t.emb[std::size_t(tokens[std::size_t(i)]) * std::size_t(d) + std::size_t(j)];
+      in[std::size_t(d + j)] = feats[std::size_t(i) * std::size_t(d) + std::size_t(j)];
+    }
+    std::vector<double> x = mat(EagleHead::kFc, in);
+    for (int j = 0; j < d; ++j) x[std::size_t(j)] += h.tensor(EagleHead::kFcBias)[j];
+    const auto nx = norm(x, h.tensor(EagleHead::kAttnNorm));
+    auto q = mat(EagleHead::kWq, nx), k = mat(EagleHead::kWk, nx);
+    rope(q, s.n_heads, i);
+    rope(k, s.n_kv_heads, i);
+    xs.push_back(x), qs.push_back(q), ks.push_back(k), vs.push_back(mat(EagleHead::kWv, nx));
+  }
+  std::vector<double> out;
+  for (int i = 0; i < n; ++i) {
+    std::vector<double> att(std::size_t(qd), 0.0);
+    for (int hh = 0; hh < s.n_heads; ++hh) {
+      const int kh = hh / (s.n_heads / s.n_kv_heads);
+      std::vector<double> sc(std::size_t(i + 1));
+      double mx = -1e300, z = 0;
+      for (int j = 0; j <= i; ++j) {
+        double dot = 0;
+        for (int e = 0; e < hd; ++e) dot += qs[std::size_t(i)][std::size_t(hh * hd + e)] * ks[std::size_t(j)][std::size_t(kh * hd + e)];
+        mx = std::max(mx, sc[std::size_t(j)] = dot / std::sqrt(double(hd)));
+      }
+      for (double& v : sc) z += v = std::exp(v - mx);
+      for (int j = 0; j <= i; ++j)
+        for (int e = 0; e < hd; ++e)
+          att[std::size_t(hh * hd + e)] += sc[std::size_t(j)] / z * vs[std::size_t(j)][std::size_t(kh * hd + e)];
+    }
+    (void)kvd;
+    std::vector<double> x = xs[std::size_t(i)];
+    const auto o = mat(EagleHead::kWo, att);
+    for (int j = 0; j < d; ++j) x[std::size_t(j)] += o[std::size_t(j)];
+    const auto m = norm(x, h.tensor(EagleHead::kFfnNorm));
+    const auto g = mat(EagleHead::kWGate, m), u = mat(EagleHead::kWUp, m);
+    std::vector<double> a(g.size());
+    for (std::size_t j = 0; j < g.size(); ++j) a[j] = g[j] / (1.0 + std::exp(-g[j])) * u[j];
+    const auto dn = mat(EagleHead::kWDown, a);
+    for (int j = 0; j < d; ++j) out.push_back(x[std::size_t(j)] + dn[std::size_t(j)]);
+  }
+  return out;
+}
+
+std::string error_of(const std::string& path) {
+  try {
+    EagleHead::load(path);
+  } catch (const fastinfer::FormatError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+}  // namespace
+
+TEST_CASE("EAGLE head forward matches a double-precision reference, committed rows one at a time or at once") {
+  const EagleHeadShape s = small_shape();
+  // Non-trivial norms and bias: random() leaves them at 1 and 0.
+  EagleHead h = EagleHead::random(9, s, 0.7f);
+  for (int j = 0; j < s.dim; ++j) {
+    h.tensor(EagleHead::kFcBias)[j] = 0.05f * float(j % 5) - 0.1f;
+    h.tensor(EagleHead::kAttnNorm)[j] = 0.8f + 0.02f * float(j);
+    h.tensor(EagleHead::kFfnNorm)[j] = 1.1f - 0.01f * float(j);
+  }
+  Target t(s.dim, s.vocab, 4);
+  const int n = 7;
+  const auto feats = random_features(n, s.dim, 2);
+  const std::vector<std::int32_t> tokens = {3, 0, 36, 17, 17, 5, 22};
+  const auto ref = reference(h, t, feats, tokens);
+  std::vector<float> out(std::size_t(s.dim));
+  // All seven at once: the last row's output.
+  h.reset();
+  h.commit(t.w, feats.data(), tokens.data(), n, out.data());
+  CHECK(h.committed() == n);
+  double worst = 0;
+  for (int j = 0; j < s.dim; ++j) worst = std::max(worst, std::abs(double(out[std::size_t(j)]) - ref[std::size_t((n - 1) * s.dim + j)]));
+  CHECK(worst < 1e-4);
+  // One at a time: every row's output.
+  h.reset();
+  worst = 0;
+  for (int i = 0; i < n; ++i) {
+    h.commit(t.w, feats.data() + std::size_t(i) * std::size_t(s.dim), tokens.data() + i, 1, out.data());
+    for (int j = 0; j < s.dim; ++j) worst = std::max(worst, std::abs(double(out[std::size_t(j)]) - ref[std::size_t(i * s.dim + j)]));
+  }
+  CHECK(worst < 1e-4);
+  // Truncating and committing again gives the same rows.
+  h.truncate(3);
+  h.commit(t.w, feats.data() + 3 * std::size_t(s.dim), tokens.data() + 3, 4, out.data());
+  worst = 0;
+  for (int j = 0; j < s.dim; ++j) worst = std::max(worst, std::abs(double(out[std::size_t(j)]) - ref[std::size_t((n - 1) * s.dim + j)]));
+  CHECK(worst < 1e-4);
+  CHECK_THROWS_AS(h.truncate(8), fastinfer::InvalidArgument);
+  const std::int32_t bad = 37;
+  CHECK_THROWS_AS(h.commit(t.w, feats.data(), &bad, 1, out.data()), fastinfer::InvalidArgument);
+}
+
+TEST_CASE("an EAGLE tree row sees its ancestors only, and computes what a committed row at its place computes") {
+  const EagleHeadShape s = small_shape();
+  EagleHead h = EagleHead::random(3, s, 0.7f);
+  Target t(s.dim, s.vocab, 8);
+  const int n = 6;
+  const auto feats = random_features(n, s.dim, 6);
+  const std::vector<std::int32_t> tokens = {1, 2, 3, 4, 5, 6};
+  const auto ref = reference(h, t, feats, tokens);  // rows 0..5 causal
+  std::vector<float> out(std::size_t(s.dim));
+  h.reset();
+  h.commit(t.w, feats.data(), tokens.data(), 3, out.data());
+  // Tree rows: A (parent -1, rows 3's input), a sibling S (other token) and
+  // then B under A (row 4's input), C under B (row 5's input), D under S.
+  const std::size_t d = std::size_t(s.dim);
+  std::vector<float> in(feats.begin() + long(3 * d), feats.begin() + long(4 * d));
+  const auto sib = random_features(1, s.dim, 99);
+  in.insert(in.end(), sib.begin(), sib.end());
+  std::vector<std::int32_t> tk = {tokens[3], 30};
+  std::vector<int> parents = {-1, -1};
+  std::vector<float> o1(2 * d);
+  h.expand(t.w, in.data(), tk.data(), parents.data(), 2, o1.data());
+  std::vector<float> in2(feats.begin() + long(4 * d), feats.begin() + long(5 * d));
+  in2.insert(in2.end(), sib.begin(), sib.end());
+  std::vector<std::int32_t> tk2 = {tokens[4], 31};
+  std::vector<int> parents2 = {0, 1};
+  std::vector<float> o2(2 * d);
+  h.expand(t.w, in2.data(), tk2.data(), parents2.data(), 2, o2.data());
+  std::vector<float> o3(d);
+  const int p3 = 2;
+  h.expand(t.w, feats.data() + 5 * d, tokens.data() + 5, &p3, 1, o3.data());
+  CHECK(h.tree_rows() == 5);
+  double worst = 0;
+  for (std::size_t j = 0; j < d; ++j) {
+    worst = std::max(worst, std::abs(double(o1[j]) - ref[3 * d + j]));
+    worst = std::max(worst, std::abs(double(o2[j]) - ref[4 * d + j]));
+    worst = std::max(worst, std::abs(double(o3[j]) - ref[5 * d + j]));
+  }
+  CHECK(worst < 1e-4);  // the sibling branch (rows 1 and 3) never leaked into the A-B-C chain
+  const int bad_parent = 5;
+  CHECK_THROWS_AS(h.expand(t.w, feats.data(), tokens.data(), &bad_parent, 1, o3.data()), fastinfer::InvalidArgument);
+  // Committing drops the tree.
+  h.commit(t.w, feats.data() + 3 * d, tokens.data() + 3, 1, out.data());
+  CHECK(h.tree_rows() == 0);
+  CHECK(h.committed() == 4);
+}
+
+TEST_CASE("EAGLE head files round-trip in f32 and f16") {
+  ScratchDir tmp;
+  const EagleHead h = EagleHead::random(5, small_shape());
+  for (bool f16 : {false, true}) {
+    const std::string path = (tmp.dir / (f16 ? "h16.eagle" : "h32.eagle")).string();
+    h.save(path, f16);
+    const EagleHead g = EagleHead::load(path);
+    REQUIRE(g.shape().dim == h.shape().dim);
+    CHECK(g.shape().n_heads == 3);
+    CHECK(g.shape().n_kv_heads == 1);
+    CHECK(g.shape().hidden_dim == 13);
+    CHECK(g.shape().norm_eps == h.shape().norm_eps);
+    double worst = 0;
+    for (int t = 0; t < EagleHead::kTensorCount; ++t)
+      for (std::int64_t i = 0; i < h.rows(t) * h.cols(t); ++i)
+        worst = std::max(worst, std::abs(double(g.tensor(t)[i]) - double(h.tensor(t)[i])));
+    CHECK(worst <= (f16 ? 1e-3 : 0.0));
+    const std::size_t bytes = read_bytes(path).size();
+    std::size_t n = 0;
+    for (int t = 0; t < EagleHead::kTensorCount; ++t) n += std::size_t(h.rows(t) * h.cols(t));
+    CHECK(bytes == EagleHead::kHeaderBytes + n * (f16 ? 2 : 4));
+  }
+}
+
+TEST_CASE("EAGLE head loader refuses malformed files by name, before allocating") {
+  ScratchDir tmp;
+  const std::string good = (tmp.dir / "good.eagle").string();
+  EagleHead::random(1, small_shape()).save(good);
+  const std::string bytes = read_bytes(good);
+  const std::string bad = (tmp.dir / "bad.eagle").string();
+  auto with = [&](auto edit) {
+    std::string b = bytes;
+    edit(b);
+    write_bytes(bad, b);
+    return error_of(bad);
+  };
+  CHECK(error_of(good) == "no error");
+  CHECK_THAT(with([](std::string& b) { b[0] = 'X'; }), Catch::Contains("bad magic 'XIEAGLEH'"));
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint32_t>(b, 8, 2); }), Catch::Contains("version 2"));
+  CHECK_THAT(with([](std::string& b) { b.resize(30); }), Catch::Contains("bad.eagle"));
+  CHECK_THAT(with([](std::string& b) { b.resize(b.size() - 3); }), Catch::Contains("truncated"));
+  CHECK_THAT(with([](std::string& b) { b += "xx"; }), Catch::Contains("2 bytes after the last tensor"));
+  // A huge field is refused by its bound, not by a failed allocation.
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint32_t>(b, 12, 0x7fffffffu); }),
+             Catch::Contains("dim 2147483647 is outside"));
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint32_t>(b, 32, 0u); }), Catch::Contains("hidden_dim 0"));
+  // Within bounds but not what the file holds: the table disagrees, or the size.
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint32_t>(b, 12, 21); }),
+             Catch::Contains("tensor fc is [20][40], the header's dims make it [21][42]"));
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint32_t>(b, 32, 1u << 20); }),
+             Catch::Contains("tensor w_gate is [13][20], the header's dims make it [1048576][20]"));
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint32_t>(b, 24, 2); }),
+             Catch::Contains("n_kv_heads 2 does not divide n_heads 3"));
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint32_t>(b, 28, 7); }), Catch::Contains("head_dim 7"));
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint32_t>(b, 36, 5); }), Catch::Contains("weight dtype 5"));
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint32_t>(b, 40, 4); }), Catch::Contains("unknown flags"));
+  CHECK_THAT(with([](std::string& b) { put_at<float>(b, 44, -1.0f); }), Catch::Contains("norm_eps -1"));
+  CHECK_THAT(with([](std::string& b) { put_at<float>(b, 48, NAN); }), Catch::Contains("rope_theta"));
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint32_t>(b, 52, 12); }), Catch::Contains("tensor count 12"));
+  CHECK_THAT(with([](std::string& b) { b[EagleHead::kFixedBytes + 32] = 'x'; }),
+             Catch::Contains("tensor 1 is named 'xc_bias', expected 'fc_bias'"));
+  CHECK_THAT(with([](std::string& b) { put_at<std::uint64_t>(b, EagleHead::kFixedBytes + 32 + 24, 0); }),
+             Catch::Contains("tensor fc_bias at offset 0"));
+  CHECK_THAT(with([&](std::string& b) { put_at<float>(b, EagleHead::kHeaderBytes + 8, INFINITY); }),
+             Catch::Contains("non-finite value inf in tensor fc"));
+  CHECK_THAT(error_of((tmp.dir / "missing.eagle").string()), Catch::Contains("missing.eagle"));
+}
+
+TEST_CASE("EAGLE heads from a spec: random:SEED, pad:FILE, a file, and shape checks") {
+  fastinfer::LlamaConfig c;
+  c.dim = 20, c.vocab_size = 37, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 5, c.hidden_dim = 11;
+  c.norm_eps = 1e-5f;
+  // head_dim 5 is odd: a random head of this layer shape is refused by name.
+  CHECK_THROWS_WITH(fastinfer::examples::eagle_head_from_flag("random:1", c), Catch::Contains("head_dim 5"));
+  c.head_dim = 6;
+  const EagleHead a = fastinfer::examples::eagle_head_from_flag("random:1", c);
+  const EagleHead b = fastinfer::examples::eagle_head_from_flag("random:1", c);
+  CHECK(a.shape().n_heads == 4);
+  CHECK(std::equal(a.tensor(EagleHead::kWq), a.tensor(EagleHead::kWq) + a.rows(EagleHead::kWq) * 20, b.tensor(EagleHead::kWq)));
+  CHECK_THROWS_AS(fastinfer::examples::eagle_head_from_flag("random:x", c), fastinfer::InvalidArgument);
+  ScratchDir tmp;
+  const std::string path = (tmp.dir / "h.eagle").string();
+  EagleHead::random(2, small_shape()).save(path);
+  CHECK(fastinfer::examples::eagle_head_from_flag(path, c).dim() == 20);
+  fastinfer::LlamaConfig wide = c;
+  wide.dim = 48;
+  CHECK_THROWS_WITH(fastinfer::examples::eagle_head_from_flag(path, wide), Catch::Contains("has dim 20"));
+  CHECK(fastinfer::examples::eagle_head_from_flag("pad:" + path, wide).dim() == 48);
+  fastinfer::LlamaConfig narrow = c;
+  narrow.dim = 16;
+  CHECK_THROWS_WITH(fastinfer::examples::eagle_head_from_flag("pad:" + path, narrow), Catch::Contains("wider"));
+  fastinfer::LlamaConfig other_vocab = c;
+  other_vocab.vocab_size = 38;
+  CHECK_THROWS_WITH(fastinfer::examples::eagle_head_from_flag(path, other_vocab), Catch::Contains("vocabulary 37"));
+}
+
+TEST_CASE("a zero-padded EAGLE head on zero-extended inputs predicts the original feature followed by zeros") {
+  const EagleHeadShape s = small_shape();
+  EagleHead h = EagleHead::random(12, s, 0.8f);
+  for (int j = 0; j < s.dim; ++j) h.tensor(EagleHead::kAttnNorm)[j] = 0.9f + 0.01f * float(j);
+  const int wide = 33;
+  const EagleHead p = h.padded_to(wide);
+  CHECK_THROWS_AS(h.padded_to(s.dim - 1), fastinfer::InvalidArgument);
+  Target t(s.dim, s.vocab, 1);
+  // The widened target: embedding rows and features zero beyond dim 20.
+  Target tw(wide, s.vocab, 1);
+  for (int v = 0; v < s.vocab; ++v)
+    for (int j = 0; j < wide; ++j)
+      tw.emb[std::size_t(v) * wide + std::size_t(j)] = j < s.dim ? t.emb[std::size_t(v) * std::size_t(s.dim) + std::size_t(j)] : 0.0f;
+  const int n = 5;
+  const auto f = random_features(n, s.dim, 4);
+  std::vector<float> fw(std::size_t(n) * wide, 0.0f);
+  for (int i = 0; i < n; ++i)
+    std::copy(f.begin() + i * s.dim, f.begin() + (i + 1) * s.dim, fw.begin() + i * wide);
+  const std::vector<std::int32_t> tokens = {4, 8, 15, 16, 23};
+  std::vector<float> o(static_cast<std::size_t>(s.dim)), ow(static_cast<std::size_t>(wide));
+  EagleHead hh = h, pp = p;
+  hh.commit(t.w, f.data(), tokens.data(), n, o.data());
+  pp.commit(tw.w, fw.data(), tokens.data(), n, ow.data());
+  double worst = 0;
+  for (int j = 0; j < wide; ++j) worst = std::max(worst, std::abs(double(ow[std::size_t(j)]) - (j < s.dim ? double(o[std::size_t(j)]) : 0.0)));
+  CHECK(worst < 1e-4);
+}
