@@ -104,8 +104,9 @@ inline void keep_in_register(__m256& v) {
 // memory, the others find it in L1/L2. Measured on Zen 5 at the avx2 level,
 // 2 threads, quiet, the 110M stand-in's pass cost against one row (the old
 // walk: 4 x 2 tiles, each token pair re-reading a 32-row block): bf16 8 rows
-// 2.24 -> 1.67, 16 rows 3.55 -> 2.57; f32 8 rows 1.69 -> 1.44, 16 rows 2.76
-// -> 2.21. Groups of 2 or 4 (2 x 4 tiles) were within 5 % of it either way.
+// 2.57 -> 1.98, 16 rows 4.27 -> 3.37; f32 8 rows 2.57 -> 1.73 (the 8-row pass
+// 1.39x faster; docs/benchmarks.md). Groups of 2 or 4 (2 x 4 tiles) were
+// within 5 % of it either way.
 struct Tiles {
   template <int T>
   static constexpr int kTileRows = T == 1 ? 4 : T == 2 ? 4 : 3;
