@@ -30,6 +30,7 @@
 #include "fastinfer/model/resource_limits.hpp"
 #include "fastinfer/model/safetensors_writer.hpp"
 #include "fastinfer/model/synthetic.hpp"
+#include "fastinfer/speculative/eagle_head.hpp"
 #include "fastinfer/speculative/medusa_heads.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
@@ -40,13 +41,14 @@ using namespace fastinfer;
 
 namespace {
 
-enum class Target { Llama2c, Gguf, Safetensors, TokenizerJson, TokenizerBin, MedusaHeads };
+enum class Target { Llama2c, Gguf, Safetensors, TokenizerJson, TokenizerBin, MedusaHeads, EagleHead };
 
 Target g_target = Target::Gguf;
 fs::path g_dir;  // per-process scratch directory (tmpfs when there is one)
 
-const char* const kTargetNames[] = {"llama2c", "gguf", "safetensors", "tokenizer_json", "tokenizer_bin",
-                                    "medusa_heads"};
+const char* const kTargetNames[] = {"llama2c", "gguf",         "safetensors", "tokenizer_json",
+                                    "tokenizer_bin", "medusa_heads", "eagle_head"};
+constexpr int kTargets = int(sizeof(kTargetNames) / sizeof(kTargetNames[0]));
 
 void write_file(const fs::path& p, const std::uint8_t* data, std::size_t size) {
   std::ofstream f(p, std::ios::binary | std::ios::trunc);
@@ -121,6 +123,12 @@ void run_one(const std::uint8_t* data, std::size_t size) {
       write_file(g_dir / "heads.bin", data, size);
       const auto heads = speculative::MedusaHeads::load((g_dir / "heads.bin").string());
       heads.check_compatible(tiny_config());
+      return;
+    }
+    case Target::EagleHead: {
+      write_file(g_dir / "head.eagle", data, size);
+      const auto head = speculative::EagleHead::load((g_dir / "head.eagle").string());
+      head.check_compatible(tiny_config());
       return;
     }
   }
@@ -198,6 +206,9 @@ void make_seeds(const fs::path& out) {
       << R"("merges":["h e","l l","\u2581 he"]}})";
   }
   speculative::MedusaHeads::random(3, 2, c.dim, c.vocab_size, true).save((out / "medusa_heads" / "tiny.heads").string());
+  const auto eagle = speculative::EagleHead::random(4, speculative::EagleHeadShape::like(c));
+  eagle.save((out / "eagle_head" / "tiny.eagle").string());
+  eagle.save((out / "eagle_head" / "tiny-f16.eagle").string(), true);
   // The shared models (when present) as seeds too: real files reach paths
   // the tiny ones do not (f16 tensors, a 512-piece vocabulary, GGUF arrays).
   const char* shared_env = std::getenv("FASTINFER_SHARED_DIR");
@@ -233,11 +244,11 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   }
   const char* name = std::getenv("FASTINFER_FUZZ_TARGET");
   bool found = false;
-  for (int i = 0; name && i < 6; ++i)
+  for (int i = 0; name && i < kTargets; ++i)
     if (std::strcmp(name, kTargetNames[i]) == 0) g_target = Target(i), found = true;
   if (!found) {
-    std::fprintf(stderr, "set FASTINFER_FUZZ_TARGET to llama2c, gguf, safetensors, tokenizer_json, tokenizer_bin "
-                         "or medusa_heads\n");
+    std::fprintf(stderr, "set FASTINFER_FUZZ_TARGET to llama2c, gguf, safetensors, tokenizer_json, tokenizer_bin, "
+                         "medusa_heads or eagle_head\n");
     std::exit(2);
   }
   std::atexit([] { fs::remove_all(g_dir); });
