@@ -519,13 +519,17 @@ class Engine {
   void sample_(const sched::StepPlan& plan) {
     result_.clear();
     result_index_.clear();
+    // Per-entry rows come back in entry order: entry i's first row.
+    first_row_.resize(plan.entries.size());
+    for (std::size_t i = 0, next = 0; i < plan.entries.size(); ++i) {
+      first_row_[i] = next;
+      next += std::size_t(batch_.logits_tail[i]);
+    }
     pick_plain_rows_(plan);
     std::size_t next_plain = 0;
-    std::size_t next_row = 0;  // per-entry rows come back in entry order
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
-      const std::size_t row0 = next_row;
-      next_row += std::size_t(batch_.logits_tail[i]);
+      const std::size_t row0 = first_row_[i];
       if (!e.samples) continue;
       result_index_.push_back(e.sample_index);
       // The logits row of the entry's last real token; its drafts' rows follow.
@@ -548,16 +552,14 @@ class Engine {
 
   // The rows that sample without speculation, picked in one call on the
   // backend (a device backend sends back ids, not rows); the speculating rows
-  // are verified on the host against their drafts' distributions.
+  // are verified on the host against their drafts' distributions. Reads
+  // first_row_, which sample_ fills.
   void pick_plain_rows_(const sched::StepPlan& plan) {
     plain_.rows.clear(), plain_.params.clear(), plain_.indices.clear();
-    std::size_t next_row = 0;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
-      const std::size_t row0 = next_row;
-      next_row += std::size_t(batch_.logits_tail[i]);
       if (!e.samples || (i < drafts_.size() && !drafts_[i].tokens.empty())) continue;
-      plain_.rows.push_back(std::int32_t(row0));
+      plain_.rows.push_back(std::int32_t(first_row_[i]));
       plain_.params.push_back(batcher_->request(e.id).sampling);
       plain_.indices.push_back(std::uint64_t(e.sample_index));
     }
@@ -616,6 +618,7 @@ class Engine {
     std::vector<std::uint64_t> indices;
     std::vector<TokenId> tokens;
   } plain_;
+  std::vector<std::size_t> first_row_;  // sample_: entry i's first logits row
   std::unique_ptr<prefix::RadixPrefixCache> cache_;
   std::unique_ptr<sched::ContinuousBatcher> batcher_;
   std::vector<std::uint8_t> host_pool_;  // swap_blocks slots of kv().host_block_bytes()
