@@ -18,7 +18,8 @@
 //   is 2 * rows * cols * n per second (Zen 3 peak: 32 flop/cycle/core).
 // * BM_Prefill/<ours|eigen>/<dtype>/rows/cols/n/threads: prefill products
 //   through our packed GEMM (cpu::matmul, n > 32) and through the Eigen GEMM
-//   it replaced (eigen_gemm.hpp), side by side, in process CPU time (all
+//   it replaced (eigen_gemm.hpp; only when Eigen is installed: the library
+//   itself needs none), side by side, in process CPU time (all
 //   threads): FLOPS is per core-second, peak_frac = FLOPS over one core's FMA
 //   peak at the current level's width (fma_peak.hpp, CPU time, same run).
 //   Ours runs at the CPU level chosen at run time; Eigen at the build's flags.
@@ -41,7 +42,9 @@
 #include <vector>
 
 #include "fastinfer/backend/cpu/kernels.hpp"
+#if FASTINFER_BENCH_WITH_EIGEN
 #include "eigen_gemm.hpp"
+#endif
 #include "fma_peak.hpp"
 #include "read_bandwidth.hpp"
 
@@ -233,6 +236,12 @@ double level_peak_gflops() {
 
 void BM_Prefill(benchmark::State& state) {
   const bool eigen = state.range(0) == 1;
+#if !FASTINFER_BENCH_WITH_EIGEN
+  if (eigen) {
+    state.SkipWithError("built without Eigen: no baseline to measure");
+    return;
+  }
+#endif
   const DType dt = state.range(1) == 0 ? DType::F32 : DType::BF16;
   const std::int64_t rows = state.range(2), cols = state.range(3), n = state.range(4);
   const int threads = int(state.range(5));
@@ -241,9 +250,11 @@ void BM_Prefill(benchmark::State& state) {
   std::vector<float> x(std::size_t(n * cols), 0.25f), y(std::size_t(n * rows));
   const double peak = level_peak_gflops();
   for (auto _ : state) {
+#if FASTINFER_BENCH_WITH_EIGEN
     if (eigen)
       bench::eigen_matmul(w, x.data(), n, y.data(), threads);
     else
+#endif
       cpu::matmul(w, x.data(), n, y.data(), threads);
     benchmark::ClobberMemory();
   }

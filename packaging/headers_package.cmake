@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-# cmake -P packaging/headers_package.cmake -DNAME=Eigen3 -DVERSION=5.0.1
-#   -DTARGET=Eigen3::Eigen -DINCLUDE_DIR=<headers> -DOUT=<dir>
+# cmake -P packaging/headers_package.cmake -DNAME=xsimd -DVERSION=14.0.0
+#   -DTARGET=xsimd -DINCLUDE_DIR=<headers> -DOUT=<dir>
 # Writes a CMake package (<NAME>Config.cmake + a SameMajorVersion version file,
-# as Eigen and xsimd install) for headers that came without one (the PyPI
+# as xsimd installs) for headers that came without one (the PyPI
 # wheels scripts/test-packaging.sh unpacks), so find_package(<NAME>) sees them.
 include(CMakePackageConfigHelpers)
 foreach(_v IN ITEMS NAME VERSION TARGET INCLUDE_DIR OUT)

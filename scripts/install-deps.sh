@@ -2,8 +2,9 @@
 # Installs fastinfer's build dependencies from Debian's packages. Idempotent:
 # does nothing when every package is already there.
 set -euo pipefail
-packages=(build-essential cmake ninja-build libeigen3-dev libxsimd-dev catch2 libbenchmark-dev
+packages=(build-essential cmake ninja-build libxsimd-dev catch2 libbenchmark-dev
           libomp-dev nlohmann-json3-dev libcli11-dev
+          libeigen3-dev                            # bench_kernels' baseline only (the library needs none)
           libcpp-httplib-dev                       # examples/server
           pkgconf python3-venv python3-jsonschema  # tests/package, scripts/test-packaging.sh, server tests' venv
           time clang-14 libclang-rt-14-dev         # time: peak-RSS checks of the CLI tests; clang: scripts/fuzz.sh

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The install routes and dependency versions that tests/package (run by
-# scripts/test.sh) does not cover. Needs PyPI once (Conan, two wheels, cached
+# scripts/test.sh) does not cover. Needs PyPI once (Conan, one wheel, cached
 # in build/cache or $FASTINFER_CACHE_DIR); everything after that is offline.
 #   1. vcpkg: the port's portfile run against this tree, post-build checks,
 #      a find_package consumer; vcpkg.json against its schema.
 #   2. Conan: `conan create` with and without OpenMP, dependencies from a
 #      local recipes index of Debian's headers (packaging/conan/index).
 #   3. Newest dependencies: the CPU kernel tests (tests/backend/cpu) built
-#      against xsimd 14 (pythran 0.19.0 wheel) and Eigen 5 (eigency 5.0.1.1).
+#      against xsimd 14 (pythran 0.19.0 wheel). The library needs no Eigen.
 # Usage: scripts/test-packaging.sh [vcpkg|conan|newest]...   (default: all three)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +21,13 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 jobs="$(nproc)"
 
-# A virtual environment with Conan, and the wheels, fetched once (idempotent).
+# A virtual environment with Conan, and the wheel, fetched once (idempotent).
 python_tools() {
   if [ ! -x "$cache/venv/bin/conan" ] || ! "$cache/venv/bin/conan" --version | grep -q "2.34.0"; then
     python3 -m venv "$cache/venv"
     "$cache/venv/bin/pip" install -q "conan==2.34.0"
   fi
-  for wheel in pythran==0.19.0 eigency==5.0.1.1; do
+  for wheel in pythran==0.19.0; do
     ls "$cache/wheels/${wheel%%==*}-${wheel##*==}-"*.whl >/dev/null 2>&1 ||
       "$cache/venv/bin/pip" download -q --no-deps --only-binary=:all: "$wheel" -d "$cache/wheels"
   done
@@ -87,20 +87,15 @@ step_newest() {
   python_tools
   local deps="$work/deps"
   unpack "$(ls "$cache"/wheels/pythran-0.19.0-*.whl)" pythran/xsimd/ "$deps"
-  unpack "$(ls "$cache"/wheels/eigency-5.0.1.1-*.whl)" eigency/eigen/ "$deps"
-  local xsimd_version eigen_version
+  local xsimd_version
   xsimd_version=$(sed -nE 's/#define XSIMD_VERSION_(MAJOR|MINOR|PATCH) ([0-9]+)/\2/p' \
                   "$deps/pythran/xsimd/config/xsimd_config.hpp" | paste -sd.)
-  eigen_version=$(sed -nE 's/#define EIGEN_VERSION_STRING "([0-9.]+)"/\1/p' "$deps/eigency/eigen/Eigen/Version")
   case "$xsimd_version" in 14.*) ;; *) echo "pythran 0.19.0 carries xsimd $xsimd_version, not 14.x"; return 1;; esac
-  case "$eigen_version" in 5.*) ;; *) echo "eigency 5.0.1.1 carries Eigen $eigen_version, not 5.x"; return 1;; esac
   cmake -DNAME=xsimd -DVERSION="$xsimd_version" -DTARGET=xsimd -DINCLUDE_DIR="$deps/pythran" \
         -DOUT="$deps/cmake/xsimd" -P packaging/headers_package.cmake
-  cmake -DNAME=Eigen3 -DVERSION="$eigen_version" -DTARGET=Eigen3::Eigen -DINCLUDE_DIR="$deps/eigency/eigen" \
-        -DOUT="$deps/cmake/eigen3" -P packaging/headers_package.cmake
   local build="$work/newest"
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-        -Dxsimd_DIR="$deps/cmake/xsimd" -DEigen3_DIR="$deps/cmake/eigen3" \
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release --no-warn-unused-cli \
+        -Dxsimd_DIR="$deps/cmake/xsimd" -DCMAKE_DISABLE_FIND_PACKAGE_Eigen3=ON \
         -DFASTINFER_BUILD_BENCHMARKS=OFF -DFASTINFER_BUILD_EXAMPLES=OFF \
         -DFASTINFER_SHARED_INSTANCES=OFF -DFASTINFER_HEADER_CHECK=OFF >"$work/newest-configure.log" ||
     { cat "$work/newest-configure.log"; return 1; }
@@ -108,7 +103,7 @@ step_newest() {
   for src in tests/backend/cpu/test_*.cpp; do
     targets+=("backend_cpu_$(basename "$src" .cpp)")
   done
-  echo "newest: xsimd $xsimd_version, Eigen $eigen_version; building ${targets[*]}"
+  echo "newest: xsimd $xsimd_version, no Eigen; building ${targets[*]}"
   cmake --build "$build" -j "$jobs" --target "${targets[@]}" >"$work/newest-build.log" 2>&1 ||
     { grep -v "^\[" "$work/newest-build.log" | head -100; return 1; }
   OMP_WAIT_POLICY=passive ctest --test-dir "$build" -L "^backend/cpu$" -j "$jobs" --output-on-failure | tail -3

@@ -45,7 +45,7 @@
 #include "openai_protocol.hpp"
 
 // Last: httplib.h pulls in <resolv.h>, whose `#define _res` would rewrite
-// Eigen's parameters of that name.
+// any later identifier of that name.
 #include <httplib.h>
 
 namespace fs = std::filesystem;

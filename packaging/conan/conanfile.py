@@ -48,9 +48,9 @@ class FastinferConan(ConanFile):
         basic_layout(self, src_folder=".")
 
     def requirements(self):
-        # Ranges a Conan Center user resolves (eigen 3.4/5.x, xsimd 13-14,
-        # nlohmann_json 3.x) and Debian 12's versions the offline test uses.
-        self.requires("eigen/[>=3.4 <6]")  # 3.4: the GEMM signature gemm.hpp calls
+        # Ranges a Conan Center user resolves (xsimd 13-14, nlohmann_json 3.x)
+        # and Debian 12's versions the offline test uses. No Eigen: the CPU
+        # backend's prefill GEMM is its own (backend/cpu/gemm_packed.hpp).
         self.requires("xsimd/[>=8.1 <15]")
         self.requires("nlohmann_json/[>=3 <4]")
 
@@ -81,7 +81,7 @@ class FastinferConan(ConanFile):
         self.cpp_info.set_property("pkg_config_name", "fastinfer")
         self.cpp_info.bindirs = []
         self.cpp_info.libdirs = []
-        self.cpp_info.requires = ["eigen::eigen", "xsimd::xsimd", "nlohmann_json::nlohmann_json"]
+        self.cpp_info.requires = ["xsimd::xsimd", "nlohmann_json::nlohmann_json"]
         if self.options.with_openmp:
             # What OpenMP::OpenMP_CXX carries for GCC and Clang (libgomp / libomp).
             self.cpp_info.cxxflags = ["-fopenmp"]

@@ -4,7 +4,7 @@
 // requests (itself checked against the llama2.c / HF goldens for greedy f32).
 //
 // One engine's own tokens can depend on what is batched with a request: a
-// step of more than 16 tokens runs Eigen's GEMM instead of the matvec tiles
+// step of more than 32 tokens runs the packed GEMM instead of the matvec tiles
 // (backend/cpu/gemm.hpp), and a decode row in a step with a prefill chunk
 // takes the extend-attention kernel instead of the decode kernel; the sums
 // differ in the last bits, which flips a sampled coin (or, rarely, a greedy

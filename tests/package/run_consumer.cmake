@@ -4,6 +4,10 @@
 #   fetch_content     FetchContent from a release-style archive of the tree
 #   pkg_config        install, then compile with `pkg-config --cflags --libs fastinfer`
 file(REMOVE_RECURSE ${WORK})
+# The library needs no Eigen (its own packed GEMM replaced Eigen's): every
+# CMake route configures with find_package(Eigen3) disabled, so a dependency
+# that crept back in fails here by name.
+set(no_eigen -DCMAKE_DISABLE_FIND_PACKAGE_Eigen3=ON)
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
   if(NOT rc EQUAL 0)
@@ -16,10 +20,10 @@ endfunction()
 if(MODE STREQUAL "find_package")
   run(${CMAKE_COMMAND} --install ${PROJECT_BINARY_DIR} --prefix ${WORK}/prefix)
   run(${CMAKE_COMMAND} -S ${CONSUMER} -B ${WORK}/build -DCMAKE_PREFIX_PATH=${WORK}/prefix
-      -DFASTINFER_CONSUMER_MODE=find_package)
+      -DFASTINFER_CONSUMER_MODE=find_package ${no_eigen})
 elseif(MODE STREQUAL "add_subdirectory")
   run(${CMAKE_COMMAND} -S ${CONSUMER} -B ${WORK}/build -DFASTINFER_CONSUMER_MODE=add_subdirectory
-      -DFASTINFER_SOURCE_DIR=${SOURCE_DIR})
+      -DFASTINFER_SOURCE_DIR=${SOURCE_DIR} ${no_eigen})
 elseif(MODE STREQUAL "fetch_content")
   # What a release archive holds for a CMake build (tests, docs and models are
   # not needed by a consumer, and the tree may hold build directories).
@@ -32,7 +36,7 @@ elseif(MODE STREQUAL "fetch_content")
   endif()
   file(SHA256 ${WORK}/fastinfer.tar.gz sha)
   run(${CMAKE_COMMAND} -S ${CONSUMER} -B ${WORK}/build -DFASTINFER_CONSUMER_MODE=fetch_content
-      -DFASTINFER_ARCHIVE=file://${WORK}/fastinfer.tar.gz -DFASTINFER_ARCHIVE_SHA256=${sha})
+      -DFASTINFER_ARCHIVE=file://${WORK}/fastinfer.tar.gz -DFASTINFER_ARCHIVE_SHA256=${sha} ${no_eigen})
 elseif(MODE STREQUAL "pkg_config")
   find_program(PKG_CONFIG_EXECUTABLE NAMES pkgconf pkg-config REQUIRED)
   run(${CMAKE_COMMAND} --install ${PROJECT_BINARY_DIR} --prefix ${WORK}/prefix)
@@ -43,6 +47,9 @@ elseif(MODE STREQUAL "pkg_config")
     message(FATAL_ERROR "fastinfer.pc says version '${version}', the project is ${VERSION}")
   endif()
   run(${PKG_CONFIG_EXECUTABLE} --cflags --libs fastinfer)
+  if(run_output MATCHES "[Ee]igen")
+    message(FATAL_ERROR "fastinfer.pc pulls in Eigen, which the library does not use: ${run_output}")
+  endif()
   separate_arguments(flags UNIX_COMMAND "${run_output}")
   # The relocatable prefix must resolve to where the tree was installed.
   set(found OFF)

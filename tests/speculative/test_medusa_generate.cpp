@@ -36,7 +36,7 @@ Model load(const std::string& path) { return Model(fastinfer::load_model(path), 
 speculative::TreePolicy policy(const std::string& name) {
   if (name == "choices") return speculative::FixedChoicesTree::default_for(4);
   if (name == "dynamic") return speculative::DynamicTree{};
-  return speculative::DynamicTree{24, 4, 0};  // "dynamic-wide": beyond 16 rows, matmul's Eigen path
+  return speculative::DynamicTree{24, 4, 0};  // "dynamic-wide": beyond 16 rows
 }
 
 void check_golden(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,

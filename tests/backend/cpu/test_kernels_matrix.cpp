@@ -82,8 +82,8 @@ TEST_CASE("matmul matches the reference over odd shapes, every dtype, 1 and 2 th
 
 TEST_CASE("matmul large enough to split over 2 threads gives the 1-thread bits") {
   // Row counts whose last panel is partial (301, 770; ranges are cut on a
-  // 24/48-row panel edge) and depths beyond Eigen's depth block (~288 with
-  // AVX2: 700), in every dtype, with more tokens than the dot-product path.
+  // 24/48-row panel edge) and depths beyond one packed depth block (256:
+  // 700), in every dtype, with more tokens than the dot-product path.
   std::uint32_t seed = 2000;
   const std::int64_t shapes[][2] = {{301, 700}, {770, 203}};
   for (DType dt : kFloatTypes)
