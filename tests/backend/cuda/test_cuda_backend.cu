@@ -1,4 +1,5 @@
-// The CUDA backend against the CPU backend on the same inputs: every kernel,
+// The CUDA backend against the CPU backend on the same inputs: every kernel
+// (argmax and sampling against the host's first_argmax / sampler),
 // the KV store (append, decode / extend / tree attention, copy-on-write,
 // swaps), and LlamaModel<CudaBackend> on the stories260K goldens. Without a
 // CUDA device every case prints "FASTINFER_SKIP: skipped: no CUDA device"
@@ -289,6 +290,65 @@ struct StorePair {
 };
 
 }  // namespace
+
+TEST_CASE("cuda: argmax_rows and sample_rows pick the CPU's tokens, greedy rows on the device", "[cuda]") {
+  FASTINFER_REQUIRE_CUDA();
+  CudaBackend gpu;
+  // Vocabularies below, at and across the block's 256 threads and a real
+  // one; each row's maximum is placed to test the first-index rule across
+  // threads and warps (ties at i and i + 256, at i and i + 1).
+  for (const std::int64_t vocab : {1, 7, 255, 256, 257, 1000, 32000, 50001}) {
+    CAPTURE(vocab);
+    const std::int64_t n_rows = 6;
+    std::vector<float> host = randoms(std::size_t(n_rows * vocab), std::uint32_t(vocab));
+    auto at = [&](std::int64_t r, std::int64_t i) -> float& { return host[std::size_t(r * vocab + i % vocab)]; };
+    at(1, vocab - 1) = 5.0f;                        // maximum at the last index
+    at(2, 3) = 4.0f, at(2, 3 + 256) = 4.0f;         // a tie across threads: the first wins
+    at(3, vocab / 2 + 1) = 3.0f, at(3, vocab / 2) = 3.0f;  // a tie in neighbouring threads
+    for (std::int64_t i = 1; i < vocab; i += 3) at(4, i) = -INFINITY;  // -inf among the values
+    at(5, 0) = 2.0f;                                // maximum at index 0
+    cuda::DeviceBuffer<float> d = to_device(gpu, host);
+    const std::vector<std::int32_t> rows = {5, 0, 2, 3, 4, 1, 2};  // any order, repeats allowed
+    std::vector<std::int32_t> tokens(rows.size(), -1);
+    gpu.argmax_rows(d.data(), vocab, rows.data(), std::int64_t(rows.size()), tokens.data());
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      CHECK(tokens[i] == first_argmax(host.data() + std::int64_t(rows[i]) * vocab, vocab));
+
+    // Mixed greedy and sampled rows: the sampled ones through the host
+    // sampler with the same coins, so every token equals the CPU's.
+    std::vector<SamplingParams> params(rows.size());
+    std::vector<std::uint64_t> indices(rows.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      params[i].temperature = i % 2 == 0 ? 0.0f : 0.8f;
+      params[i].top_k = i % 4 == 1 ? 40 : 0;
+      params[i].top_p = i % 4 == 3 ? 0.9f : 1.0f;
+      params[i].seed = 1234 + i;
+      indices[i] = 17 * i;
+    }
+    gpu.sample_rows(d.data(), vocab, rows.data(), std::int64_t(rows.size()), params.data(), indices.data(),
+                    tokens.data());
+    cpu::SamplerWorkspace ws;
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      CHECK(tokens[i] == cpu::sample_at_index(host.data() + std::int64_t(rows[i]) * vocab, vocab, params[i],
+                                              indices[i], ws));
+  }
+  // The CPU's refusals, by name, before any token is written.
+  const std::int64_t vocab = 300;
+  const std::int32_t rows[2] = {0, 1};
+  for (const float bad : {NAN, INFINITY}) {
+    std::vector<float> host = randoms(std::size_t(2 * vocab), 5);
+    host[std::size_t(vocab + 299)] = bad;
+    cuda::DeviceBuffer<float> d = to_device(gpu, host);
+    std::int32_t tokens[2] = {-1, -1};
+    CHECK_THROWS_WITH(gpu.argmax_rows(d.data(), vocab, rows, 2, tokens),
+                      Catch::Contains(std::isnan(bad) ? "logits contain NaN" : "logits contain +inf"));
+    CHECK((tokens[0] == -1 && tokens[1] == -1));
+  }
+  std::vector<float> host(std::size_t(vocab), -INFINITY);
+  cuda::DeviceBuffer<float> d = to_device(gpu, host);
+  std::int32_t token = -1;
+  CHECK_THROWS_WITH(gpu.argmax_rows(d.data(), vocab, rows, 1, &token), Catch::Contains("every logit is -inf"));
+}
 
 TEST_CASE("cuda: the paged KV store's attention, copies and swaps match the CPU store", "[cuda]") {
   FASTINFER_REQUIRE_CUDA();

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string_view>
 #include <vector>
@@ -20,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include "fastinfer/backend/backend.hpp"
+#include "fastinfer/backend/cuda/argmax.cuh"
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/backend/cuda/cuda_check.cuh"
 #include "fastinfer/backend/cuda/cuda_context.cuh"
@@ -27,6 +29,7 @@
 #include "fastinfer/backend/cuda/elementwise.cuh"
 #include "fastinfer/backend/cuda/kv_store.cuh"
 #include "fastinfer/backend/cuda/linear.cuh"
+#include "fastinfer/core/argmax.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/rope_style.hpp"
 #include "fastinfer/core/sampling_params.hpp"
@@ -120,19 +123,45 @@ class CudaBackend {
     return cuda::make_kv_store(ctx_, options, config);
   }
 
-  // Not yet on the device: each selected row comes back (vocab floats) and
-  // the host sampler picks from it, so the tokens are the CPU backend's for
-  // the same logits. A device argmax / top-k / top-p is on the CUDA issue's
-  // list; the interface already lets it return ids only.
+  // Greedy on the device (cuda/argmax.cuh): 12 bytes per row come back, not
+  // the row; the same token as the CPU's first maximum, and the same
+  // refusals (NaN, +inf, every logit -inf), checked for every row before any
+  // token is written.
   void argmax_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
                    std::int32_t* tokens) {
-    for (std::int64_t i = 0; i < n; ++i) tokens[i] = cpu::argmax_token(host_row_(logits, vocab, rows[i]), vocab);
+    if (n <= 0) return;
+    detail::check_logits_size(vocab);
+    const std::int32_t* d = cuda::stage(s_->rows, rows, std::size_t(n), stream());
+    s_->argmax.reserve_discard(std::size_t(n));
+    cuda::argmax_rows(logits, vocab, d, n, s_->argmax.data(), stream());
+    s_->argmax_host.resize(std::size_t(n));
+    cuda::copy_to_host(s_->argmax_host.data(), s_->argmax.data(), std::size_t(n), stream());
+    for (const cuda::RowArgmax& r : s_->argmax_host)
+      detail::check_max(r.has_nan ? std::numeric_limits<float>::quiet_NaN() : r.value);
+    for (std::int64_t i = 0; i < n; ++i) tokens[i] = s_->argmax_host[std::size_t(i)].index;
   }
+  // Greedy rows (temperature 0) go to argmax_rows in one launch; a sampled
+  // row still comes back whole (vocab floats) and the host sampler picks
+  // from it, so its token is the CPU backend's for the same logits (top-k /
+  // top-p with the Philox coin on the device is on the CUDA issue's list).
   void sample_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
                    const SamplingParams* params, const std::uint64_t* token_indices, std::int32_t* tokens) {
+    for (std::int64_t i = 0; i < n; ++i) validate(params[i]);
+    s_->greedy_rows.clear(), s_->greedy_at.clear();
     for (std::int64_t i = 0; i < n; ++i)
+      if (params[i].temperature == 0.0f) s_->greedy_rows.push_back(rows[i]), s_->greedy_at.push_back(i);
+    s_->greedy_tokens.resize(s_->greedy_rows.size());
+    argmax_rows(logits, vocab, s_->greedy_rows.data(), std::int64_t(s_->greedy_rows.size()),
+                s_->greedy_tokens.data());
+    std::size_t g = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (g < s_->greedy_at.size() && s_->greedy_at[g] == i) {
+        tokens[i] = s_->greedy_tokens[g++];
+        continue;
+      }
       tokens[i] = cpu::sample_at_index(host_row_(logits, vocab, rows[i]), vocab, params[i], token_indices[i],
                                        s_->sampler_ws);
+    }
   }
 
  private:
@@ -177,7 +206,11 @@ class CudaBackend {
     float rope_theta = 0.0f;
     std::int64_t rope_positions = 0;
     std::vector<std::int32_t> pos_host;
-    std::vector<float> row_host;        // argmax_rows / sample_rows: one logits row
+    Buffer<cuda::RowArgmax> argmax;     // argmax_rows: one result per row
+    std::vector<cuda::RowArgmax> argmax_host;
+    std::vector<std::int32_t> greedy_rows, greedy_tokens;  // sample_rows' greedy rows
+    std::vector<std::int64_t> greedy_at;                   // ... and where they sit in its call
+    std::vector<float> row_host;        // sample_rows: one sampled logits row
     cpu::SamplerWorkspace sampler_ws;
   };
 
