@@ -1,8 +1,8 @@
 // Medusa generation: greedy output equals plain greedy output (the golden
 // cases of stories260K and tinystories-656k) for random heads of several
-// seeds, both tree policies, and trained heads when FASTINFER_MEDUSA_HEADS
-// names a heads file for stories260K (FASTINFER_MEDUSA_HEADS_TS: for
-// tinystories-656k; tools/train_medusa.py); the verification
+// seeds, both tree policies, and the trained heads committed in data/heads/
+// (tools/train_medusa.py; FASTINFER_MEDUSA_HEADS / _TS name other files for
+// stories260K / tinystories-656k); the verification
 // forward with the tree mask gives a node the logits of a plain causal
 // forward over its path; seeded sampling repeats exactly.
 #include <catch2/catch.hpp>
@@ -89,26 +89,18 @@ TEST_CASE("greedy Medusa reproduces the tinystories-656k golden cases (random he
   check_golden(model, cases, {"random:1"});
 }
 
-TEST_CASE("greedy Medusa with trained heads (FASTINFER_MEDUSA_HEADS) reproduces the stories260K golden cases") {
+TEST_CASE("greedy Medusa with trained heads reproduces the stories260K golden cases") {
   FASTINFER_REQUIRE_SHARED(model, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases, "golden/cases");
-  const char* heads = std::getenv("FASTINFER_MEDUSA_HEADS");
-  if (heads == nullptr || *heads == '\0') {
-    std::printf("FASTINFER_SKIP: FASTINFER_MEDUSA_HEADS is not set (run tools/train_medusa.py)\n");
-    return;
-  }
-  check_golden(model, cases, {heads});
+  FASTINFER_REQUIRE_HEADS(heads, "FASTINFER_MEDUSA_HEADS", "stories260K.medusa");
+  check_golden(model, cases, {heads.string()});
 }
 
-TEST_CASE("greedy Medusa with trained heads (FASTINFER_MEDUSA_HEADS_TS) reproduces the tinystories-656k golden cases") {
+TEST_CASE("greedy Medusa with trained heads reproduces the tinystories-656k golden cases") {
   FASTINFER_REQUIRE_SHARED(model, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
-  const char* heads = std::getenv("FASTINFER_MEDUSA_HEADS_TS");
-  if (heads == nullptr || *heads == '\0') {
-    std::printf("FASTINFER_SKIP: FASTINFER_MEDUSA_HEADS_TS is not set (tools/train_medusa.py on tinystories-656k)\n");
-    return;
-  }
-  check_golden(model, cases, {heads});
+  FASTINFER_REQUIRE_HEADS(heads, "FASTINFER_MEDUSA_HEADS_TS", "tinystories-656k.medusa");
+  check_golden(model, cases, {heads.string()});
 }
 
 TEST_CASE("Medusa output equals plain generation at the sequence-length limit and with tiny budgets") {

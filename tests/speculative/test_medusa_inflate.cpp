@@ -6,8 +6,8 @@
 // the golden tokens. Checked on tinystories-656k inflated to hidden 256,
 // 16/8 heads and 4 layers (two identity layers): small enough for ASan.
 // Heads with their own classifiers, so that the classifier padding is
-// exercised too; trained heads when FASTINFER_MEDUSA_HEADS_TS names a heads
-// file for tinystories-656k (tools/train_medusa.py).
+// exercised too; and the trained heads committed as
+// data/heads/tinystories-656k.medusa (FASTINFER_MEDUSA_HEADS_TS names another).
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -108,13 +108,9 @@ TEST_CASE("zero-padded random heads draft the same tokens on inflated tinystorie
   std::filesystem::remove(file);
 }
 
-TEST_CASE("zero-padded trained heads (FASTINFER_MEDUSA_HEADS_TS) draft alike on inflated tinystories-656k") {
+TEST_CASE("zero-padded trained heads draft alike on inflated tinystories-656k") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
-  const char* heads = std::getenv("FASTINFER_MEDUSA_HEADS_TS");
-  if (heads == nullptr || *heads == '\0') {
-    std::printf("FASTINFER_SKIP: FASTINFER_MEDUSA_HEADS_TS is not set (tools/train_medusa.py on tinystories-656k)\n");
-    return;
-  }
-  check_padded_heads_draft_alike(model_path, cases, heads);
+  FASTINFER_REQUIRE_HEADS(heads, "FASTINFER_MEDUSA_HEADS_TS", "tinystories-656k.medusa");
+  check_padded_heads_draft_alike(model_path, cases, heads.string());
 }
