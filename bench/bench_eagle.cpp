@@ -233,16 +233,16 @@ void BM_TreePass110M(benchmark::State& state, const std::string& weights) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // The trees: the default first, then the sweep behind the choice of it
-  // (docs/speculative.md, "EAGLE in wall clock").
-  const std::vector<std::vector<std::int64_t>> trees = {{6, 4, 16}, {2, 1, 2}, {3, 1, 3}, {4, 1, 4}, {2, 2, 3}, {3, 2, 3}, {3, 2, 4}, {4, 2, 5}, {4, 2, 6}, {5, 2, 8}, {8, 6, 30}};
+  // The default tree (EagleTreeConfig), the default before it, and the tree
+  // that meets the acceptance bar on tinystories-656k.
+  const std::vector<std::vector<std::int64_t>> trees = {{3, 2, 4}, {6, 4, 16}, {8, 6, 30}};
   for (const std::string w : {"bf16", "f32"}) {
     auto* b = benchmark::RegisterBenchmark(("BM_Eagle110M/" + w).c_str(), BM_Eagle110M, w);
     for (const auto& tr : trees) b->Args(tr);
     b->ArgNames({"depth", "top_k", "budget"})->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
   }
-  const std::vector<speculative::EagleTreeConfig> sweep = {{3, 1, 3}, {4, 1, 4}, {2, 2, 3}, {3, 2, 4},
-                                                           {4, 2, 5}, {4, 2, 6}, {6, 4, 16}};
+  const std::vector<speculative::EagleTreeConfig> sweep = {{2, 2, 3}, {2, 2, 4}, {3, 2, 3}, {3, 2, 4},
+                                                           {4, 2, 5}, {3, 1, 3}, {6, 4, 16}};
   for (const std::string w : {"bf16", "f32"})
     benchmark::RegisterBenchmark(("BM_EagleTrees110M/" + w).c_str(), BM_EagleTrees110M, w, sweep)
         ->Iterations(1)
