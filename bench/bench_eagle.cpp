@@ -21,7 +21,7 @@
 // Needs ../shared/models/tinystories-656k (else skipped).
 #include <benchmark/benchmark.h>
 
-#include <chrono>
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -75,59 +75,81 @@ Model& stand_in(const std::string& weights) {
   return *slot;
 }
 
-void BM_Eagle110M(benchmark::State& state, const std::string& weights) {
+// Per mode of a rotated run: decode seconds and tokens (the first token
+// excluded, as --stats-json's decode_tok_s), and for EAGLE its passes.
+struct ModeTotals {
+  double seconds = 0;
+  std::int64_t tokens = 0, passes = 0, step_tokens = 0, drafted = 0;
+  double tok_s() const { return seconds > 0 ? double(tokens) / seconds : 0.0; }
+  double tokens_per_pass() const { return passes ? double(step_tokens) / double(passes) : 0.0; }
+};
+
+// Plain decoding (mode 0) and EAGLE with each tree of `trees` (mode 1 + i)
+// on every prompt, the order rotating from prompt to prompt so that all see
+// the same (shared, drifting) load; outputs checked equal. Empty, and the
+// benchmark skipped, when the model or head is absent or an output differs.
+std::vector<ModeTotals> rotated_runs(benchmark::State& state, const std::string& weights,
+                                     const std::vector<speculative::EagleTreeConfig>& trees,
+                                     speculative::EagleTimings* timings) {
   const std::string model_dir = shared("models/tinystories-656k");
   if (!std::filesystem::exists(model_dir) || !std::filesystem::exists(head_file())) {
     state.SkipWithError(("missing " + model_dir + " or " + head_file()).c_str());
-    return;
+    return {};
   }
   Model& target = stand_in(weights);
   const auto tok = HfBpeTokenizer::from_file(model_dir + "/tokenizer.json");
   speculative::EagleHead head = examples::eagle_head_from_flag("pad:" + head_file(), target.config());
-  speculative::EagleOptions opts;
-  opts.tree = {int(state.range(0)), int(state.range(1)), int(state.range(2))};
-  speculative::EagleTimings t;
-  opts.timings = &t;
-  double seconds[2] = {0, 0};
-  std::int64_t tokens[2] = {0, 0}, passes = 0, step_tokens = 0, drafted = 0;
+  const std::size_t modes = trees.size() + 1;
+  std::vector<ModeTotals> totals(modes);
   std::size_t turn = 0;
   for (auto _ : state) {
     for (const char* text : kPrompts) {
       const std::vector<std::int32_t> prompt = tok.encode(text, true);
       GenerationParams g;
       g.max_new_tokens = kNewTokens;
-      std::vector<std::int32_t> out[2];
-      for (int j = 0; j < 2; ++j) {
-        const int mode = int((turn + std::size_t(j)) % 2);  // 0 plain, 1 EAGLE
+      std::vector<std::vector<std::int32_t>> out(modes);
+      for (std::size_t j = 0; j < modes; ++j) {
+        const std::size_t mode = (turn + j) % modes;
+        ModeTotals& m = totals[mode];
+        GenerationResult r;
         if (mode == 0) {
-          const GenerationResult r = generate(target, prompt, g);
-          seconds[0] += r.decode_seconds;
-          tokens[0] += std::int64_t(r.tokens.size()) - 1;
-          out[0] = r.tokens;
+          r = generate(target, prompt, g);
         } else {
-          const auto r = speculative::eagle_generate(target, head, prompt, g, opts);
-          seconds[1] += r.generation.decode_seconds;
-          tokens[1] += std::int64_t(r.generation.tokens.size()) - 1;
-          passes += r.stats.target_forwards;
-          step_tokens += r.stats.step_tokens;
-          drafted += r.stats.drafted;
-          out[1] = r.generation.tokens;
+          speculative::EagleOptions o;
+          o.tree = trees[mode - 1];
+          o.timings = timings;
+          const auto e = speculative::eagle_generate(target, head, prompt, g, o);
+          m.passes += e.stats.target_forwards;
+          m.step_tokens += e.stats.step_tokens;
+          m.drafted += e.stats.drafted;
+          r = e.generation;
         }
+        m.seconds += r.decode_seconds;
+        m.tokens += std::int64_t(r.tokens.size()) - 1;
+        out[mode] = r.tokens;
       }
       ++turn;
-      if (out[0] != out[1]) {
-        state.SkipWithError("EAGLE's greedy output differs from plain greedy output");
-        return;
-      }
+      for (std::size_t m = 1; m < modes; ++m)
+        if (out[m] != out[0]) {
+          state.SkipWithError("EAGLE's greedy output differs from plain greedy output");
+          return {};
+        }
     }
   }
-  const double plain = seconds[0] > 0 ? double(tokens[0]) / seconds[0] : 0.0;
-  const double eagle = seconds[1] > 0 ? double(tokens[1]) / seconds[1] : 0.0;
+  return totals;
+}
+
+void BM_Eagle110M(benchmark::State& state, const std::string& weights) {
+  speculative::EagleTimings t;
+  const auto totals = rotated_runs(
+      state, weights, {{int(state.range(0)), int(state.range(1)), int(state.range(2))}}, &t);
+  if (totals.empty()) return;
+  const double plain = totals[0].tok_s(), eagle = totals[1].tok_s();
   state.counters["plain_tok_s"] = plain;
   state.counters["eagle_tok_s"] = eagle;
   state.counters["speed_up"] = plain > 0 ? eagle / plain : 0.0;
-  state.counters["tokens_per_pass"] = passes ? double(step_tokens) / double(passes) : 0.0;
-  state.counters["rows_per_pass"] = passes ? double(drafted) / double(passes) : 0.0;
+  state.counters["tokens_per_pass"] = totals[1].tokens_per_pass();
+  state.counters["rows_per_pass"] = totals[1].passes ? double(totals[1].drafted) / double(totals[1].passes) : 0.0;
   const double steps = double(std::max<std::int64_t>(t.steps, 1));
   state.counters["head_ms"] = 1e3 * t.head / steps;
   state.counters["lm_ms"] = 1e3 * t.lm_head / steps;
@@ -139,64 +161,20 @@ void BM_Eagle110M(benchmark::State& state, const std::string& weights) {
   state.counters["head_rows_per_step"] = double(t.head_rows) / steps;
 }
 
-// The choice of the default tree: plain decoding and EAGLE with each tree of
-// `trees` on every prompt, the order rotating from prompt to prompt so that
-// all of them see the same (shared, drifting) load; outputs checked equal.
-// Counters per tree "D,K,B": x_D,K,B (decode tok/s over plain's) and
-// tpp_D,K,B (tokens per target pass); plain_tok_s.
+// The choice of the default tree: every tree of `trees` side by side with
+// plain decoding (rotated_runs). Counters per tree "D,K,B": x_D,K,B (decode
+// tok/s over plain's) and tpp_D,K,B (tokens per target pass); plain_tok_s.
 void BM_EagleTrees110M(benchmark::State& state, const std::string& weights,
                        const std::vector<speculative::EagleTreeConfig>& trees) {
-  const std::string model_dir = shared("models/tinystories-656k");
-  if (!std::filesystem::exists(model_dir) || !std::filesystem::exists(head_file())) {
-    state.SkipWithError(("missing " + model_dir + " or " + head_file()).c_str());
-    return;
-  }
-  Model& target = stand_in(weights);
-  const auto tok = HfBpeTokenizer::from_file(model_dir + "/tokenizer.json");
-  speculative::EagleHead head = examples::eagle_head_from_flag("pad:" + head_file(), target.config());
-  const std::size_t modes = trees.size() + 1;  // 0: plain, 1 + i: trees[i]
-  std::vector<double> seconds(modes, 0.0);
-  std::vector<std::int64_t> tokens(modes, 0), passes(modes, 0), step_tokens(modes, 0);
-  std::size_t turn = 0;
-  for (auto _ : state) {
-    for (const char* text : kPrompts) {
-      const std::vector<std::int32_t> prompt = tok.encode(text, true);
-      GenerationParams g;
-      g.max_new_tokens = kNewTokens;
-      std::vector<std::vector<std::int32_t>> out(modes);
-      for (std::size_t j = 0; j < modes; ++j) {
-        const std::size_t mode = (turn + j) % modes;
-        GenerationResult r;
-        if (mode == 0) {
-          r = generate(target, prompt, g);
-        } else {
-          speculative::EagleOptions o;
-          o.tree = trees[mode - 1];
-          const auto e = speculative::eagle_generate(target, head, prompt, g, o);
-          passes[mode] += e.stats.target_forwards;
-          step_tokens[mode] += e.stats.step_tokens;
-          r = e.generation;
-        }
-        seconds[mode] += r.decode_seconds;
-        tokens[mode] += std::int64_t(r.tokens.size()) - 1;
-        out[mode] = r.tokens;
-      }
-      ++turn;
-      for (std::size_t m = 1; m < modes; ++m)
-        if (out[m] != out[0]) {
-          state.SkipWithError("EAGLE's greedy output differs from plain greedy output");
-          return;
-        }
-    }
-  }
-  const double plain = seconds[0] > 0 ? double(tokens[0]) / seconds[0] : 0.0;
+  const auto totals = rotated_runs(state, weights, trees, nullptr);
+  if (totals.empty()) return;
+  const double plain = totals[0].tok_s();
   state.counters["plain_tok_s"] = plain;
-  for (std::size_t m = 1; m < modes; ++m) {
+  for (std::size_t m = 1; m < totals.size(); ++m) {
     const auto& t = trees[m - 1];
     const std::string name = std::to_string(t.depth) + "," + std::to_string(t.top_k) + "," + std::to_string(t.budget);
-    const double rate = seconds[m] > 0 ? double(tokens[m]) / seconds[m] : 0.0;
-    state.counters["x_" + name] = plain > 0 ? rate / plain : 0.0;
-    state.counters["tpp_" + name] = passes[m] ? double(step_tokens[m]) / double(passes[m]) : 0.0;
+    state.counters["x_" + name] = plain > 0 ? totals[m].tok_s() / plain : 0.0;
+    state.counters["tpp_" + name] = totals[m].tokens_per_pass();
   }
 }
 
