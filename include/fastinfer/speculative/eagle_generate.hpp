@@ -43,6 +43,18 @@
 
 namespace fastinfer::speculative {
 
+// Seconds spent in each part of EAGLE's steps, summed over steps (a profile
+// of the loop: bench_eagle reports it per step). head = the head's layer on
+// tree rows, lm_head = final norm + classifier over drafted features,
+// tree = top-k, expansion and rerank bookkeeping, pass = building the tree
+// batch and the target's forward, verify = the verifier and the step's
+// bookkeeping (the accepted rows' features, emitting), commit = the head's
+// committed rows (its KV append and the next root feature).
+struct EagleTimings {
+  double head = 0, lm_head = 0, tree = 0, pass = 0, verify = 0, commit = 0;
+  std::int64_t steps = 0, head_rows = 0, lm_rows = 0;
+};
+
 struct EagleOptions {
   EagleTreeConfig tree{};
   // Exact (rejection sampling over the tree) or Coupled (plain sampling's
@@ -52,18 +64,7 @@ struct EagleOptions {
   // (0: a plain step), at most tree.depth. Not owned; null: full depth.
   AdaptiveDraftLength* adaptive = nullptr;
   // Where a step's time goes (not owned; null: not measured).
-  struct EagleTimings* timings = nullptr;
-};
-
-// Seconds spent in each part of EAGLE's steps, summed over steps (a profile
-// of the loop: bench_eagle reports it per step). head = the head's layer on
-// tree rows, lm_head = final norm + classifier over drafted features,
-// tree = top-k, expansion and rerank bookkeeping, pass = building the tree
-// batch and the target's forward, verify = the verifier, commit = the head's
-// committed rows (its KV append and the next root feature).
-struct EagleTimings {
-  double head = 0, lm_head = 0, tree = 0, pass = 0, verify = 0, commit = 0;
-  std::int64_t steps = 0, head_rows = 0, lm_rows = 0;
+  EagleTimings* timings = nullptr;
 };
 
 namespace detail {
