@@ -5,6 +5,10 @@
 #   scripts/measure-eagle.sh [HEAD] [MODEL] [EXTRA FLAGS for the EAGLE runs: --eagle-budget 30 ...]
 # HEAD defaults to data/heads/tinystories-656k.eagle, MODEL to
 # ../shared/models/tinystories-656k. Needs build/release/examples/fastinfer-generate.
+# MEASURE_FLAGS (environment) go to both runs, e.g. the 110M stand-in:
+#   MEASURE_FLAGS="--weights bf16 --threads 2 --tokenizer ../shared/models/tinystories-656k/tokenizer.json" \
+#   scripts/measure-eagle.sh pad:data/heads/tinystories-656k.eagle inflate:../shared/models/tinystories-656k:110M
+# (bench/bench_eagle.cpp measures the same prompts with JSON output.)
 # Prints, per prompt, tokens per target pass and decode tok/s of plain and
 # EAGLE, then the totals: tokens / passes over all prompts, and the ratio of
 # summed decode times (plain / EAGLE: > 1 means EAGLE is faster).
@@ -24,9 +28,10 @@ prompts=(
   "Mom said, let us bake a cake"
   "A small boat sailed on the lake"
 )
+read -r -a common <<< "${MEASURE_FLAGS:-}"
 for p in "${prompts[@]}"; do
-  plain=$("$gen" --model "$model" --prompt "$p" --max-new-tokens 200 --print-ids --stats-json 2>&1 >/dev/null | tail -1)
-  eagle=$("$gen" --model "$model" --prompt "$p" --max-new-tokens 200 --print-ids --stats-json \
+  plain=$("$gen" --model "$model" "${common[@]}" --prompt "$p" --max-new-tokens 200 --print-ids --stats-json 2>&1 >/dev/null | tail -1)
+  eagle=$("$gen" --model "$model" "${common[@]}" --prompt "$p" --max-new-tokens 200 --print-ids --stats-json \
           --spec eagle --eagle-heads "$head" "$@" 2>&1 >/dev/null | tail -1)
   printf '%s\t%s\t%s\n' "$p" "$plain" "$eagle"
 done | python3 -c '

@@ -241,3 +241,31 @@ TEST_CASE("an EAGLE step drafts within its budget and depth, and eagle_generate 
   speculative::EagleHead empty;
   CHECK_THROWS_WITH(speculative::eagle_generate(model, empty, {1}, GenerationParams{}), Catch::Contains("empty"));
 }
+
+TEST_CASE("EAGLE timings count every step and drafted row and change no token") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  Model model = load(model_path.string());
+  speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag("random:1", model.config());
+  const std::vector<std::int32_t> prompt = {1, 400, 50, 73, 900};
+  GenerationParams p;
+  p.max_new_tokens = 40;
+  speculative::EagleOptions o;
+  const auto plain = speculative::eagle_generate(model, head, prompt, p, o);
+  speculative::EagleTimings t;
+  o.timings = &t;
+  const auto timed = speculative::eagle_generate(model, head, prompt, p, o);
+  CHECK(timed.generation.tokens == plain.generation.tokens);
+  CHECK(t.steps == timed.stats.target_forwards);
+  // Per step: one root row through the classifier, then (depth - 1) levels of
+  // at most top_k rows each through the head and the classifier; a step with
+  // one token left drafts nothing (the last one may).
+  const std::int64_t roots = t.lm_rows - t.head_rows;
+  CHECK(roots <= t.steps);
+  CHECK(roots >= t.steps - 1);
+  CHECK(t.head_rows > 0);
+  CHECK(t.head_rows <= t.steps * std::int64_t((o.tree.depth - 1) * o.tree.top_k));
+  for (double s : {t.head, t.lm_head, t.tree, t.pass, t.verify, t.commit}) CHECK(s >= 0.0);
+  CHECK(t.pass > 0.0);
+  // The parts are disjoint laps inside the generation's own clock.
+  CHECK(t.head + t.lm_head + t.tree + t.pass + t.verify + t.commit <= timed.generation.decode_seconds + 1e-3);
+}

@@ -43,6 +43,18 @@
 
 namespace fastinfer::speculative {
 
+// Seconds spent in each part of EAGLE's steps, summed over steps (a profile
+// of the loop: bench_eagle reports it per step). head = the head's layer on
+// tree rows, lm_head = final norm + classifier over drafted features,
+// tree = top-k, expansion and rerank bookkeeping, pass = building the tree
+// batch and the target's forward, verify = the verifier and the step's
+// bookkeeping (the accepted rows' features, emitting), commit = the head's
+// committed rows (its KV append and the next root feature).
+struct EagleTimings {
+  double head = 0, lm_head = 0, tree = 0, pass = 0, verify = 0, commit = 0;
+  std::int64_t steps = 0, head_rows = 0, lm_rows = 0;
+};
+
 struct EagleOptions {
   EagleTreeConfig tree{};
   // Exact (rejection sampling over the tree) or Coupled (plain sampling's
@@ -51,7 +63,32 @@ struct EagleOptions {
   // Dynamic speculation (adaptive_draft_length.hpp): each step's tree depth
   // (0: a plain step), at most tree.depth. Not owned; null: full depth.
   AdaptiveDraftLength* adaptive = nullptr;
+  // Where a step's time goes (not owned; null: not measured).
+  EagleTimings* timings = nullptr;
 };
+
+namespace detail {
+// Adds the time since the last lap to one EagleTimings field (nothing when
+// timings is null: the clock is not even read).
+class Lap {
+ public:
+  explicit Lap(EagleTimings* t) : t_(t) {
+    if (t_) last_ = std::chrono::steady_clock::now();
+  }
+  void to(double EagleTimings::*field, int rows = 0) {
+    if (!t_) return;
+    const auto now = std::chrono::steady_clock::now();
+    t_->*field += std::chrono::duration<double>(now - last_).count();
+    if (field == &EagleTimings::head) t_->head_rows += rows;
+    if (field == &EagleTimings::lm_head) t_->lm_rows += rows;
+    last_ = now;
+  }
+
+ private:
+  EagleTimings* t_;
+  std::chrono::steady_clock::time_point last_{};
+};
+}  // namespace detail
 
 // Scratch of eagle_draft_tree, kept across steps so that drafting allocates
 // nothing once warm.
@@ -66,7 +103,9 @@ struct EagleDraftWorkspace {
 // depth 2..depth the top_k candidates of the level above are expanded by one
 // batched head forward each level, and the `budget` best are kept.
 inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const float* root_feature, int depth,
-                                  int top_k, int budget, EagleDraftWorkspace& ws, int threads = 1) {
+                                  int top_k, int budget, EagleDraftWorkspace& ws, int threads = 1,
+                                  EagleTimings* timings = nullptr) {
+  detail::Lap lap(timings);
   head.clear_tree();
   ws.builder.clear();
   if (depth <= 0 || budget <= 0) return {};
@@ -76,6 +115,7 @@ inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const 
   ws.probs.resize(std::size_t(top_k));
   ws.logits.resize(v);
   EagleHead::lm_logits(w, root_feature, 1, ws.logits.data(), ws.norm, threads);
+  lap.to(&EagleTimings::lm_head, 1);
   top_tokens(ws.logits.data(), vocab, top_k, ws.top.data(), ws.probs.data());
   ws.builder.add_children(-1, ws.top.data(), ws.probs.data(), std::min(top_k, vocab));
   ws.cand_row.assign(std::size_t(ws.builder.size()), -1);
@@ -97,10 +137,13 @@ inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const 
     }
     const int r0 = head.tree_rows();
     ws.feats_out.resize(std::size_t(n) * d);
+    lap.to(&EagleTimings::tree);
     head.expand(w, ws.feats_in.data(), ws.tokens.data(), ws.parent_rows.data(), n, ws.feats_out.data(), threads);
+    lap.to(&EagleTimings::head, n);
     ws.row_feats.insert(ws.row_feats.end(), ws.feats_out.begin(), ws.feats_out.end());
     ws.logits.resize(std::size_t(n) * v);
     EagleHead::lm_logits(w, ws.feats_out.data(), n, ws.logits.data(), ws.norm, threads);
+    lap.to(&EagleTimings::lm_head, n);
     for (int i = 0; i < n; ++i) {
       ws.cand_row[std::size_t(front[std::size_t(i)])] = r0 + i;
       top_tokens(ws.logits.data() + std::size_t(i) * v, vocab, top_k, ws.top.data(), ws.probs.data());
@@ -108,7 +151,9 @@ inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const 
     }
     ws.cand_row.resize(std::size_t(ws.builder.size()), -1);
   }
-  return ws.builder.rerank(budget, ws.picked);
+  TokenTree tree = ws.builder.rerank(budget, ws.picked);
+  lap.to(&EagleTimings::tree);
+  return tree;
 }
 
 // EAGLE generation on a LlamaModel (its solo sequence; needs forward with a
@@ -175,12 +220,16 @@ SpeculativeResult eagle_generate(Model& model, EagleHead& head, const std::vecto
     const int budget = std::max(0, std::min({options.tree.budget, model.max_batch() - n_pending, c.max_seq_len - len}));
     const auto d0 = Clock::now();
     const TokenTree tree =
-        eagle_draft_tree(head, w, root.data(), depth, options.tree.top_k, budget, ws, threads);
+        eagle_draft_tree(head, w, root.data(), depth, options.tree.top_k, budget, ws, threads, options.timings);
     const auto d1 = Clock::now();
+    detail::Lap lap(options.timings);
     build_tree_batch(batch, seq_id, seq.data() + valid, n_pending, valid, tree, nullptr, nullptr, nullptr, 0, 0);
     const float* rows = model.forward(batch) + std::size_t(n_pending - 1) * std::size_t(vocab);
+    lap.to(&EagleTimings::pass);
     const std::uint64_t first_index = std::uint64_t(r.tokens.size());
     const VerifyOutcome v = verifier.verify_tree(rows, tree, nullptr, first_index);
+    lap.to(&EagleTimings::verify);
+    if (options.timings) ++options.timings->steps;
     // The target's features of positions len - 1 (the root's row) and of the
     // accepted nodes: the head's next committed rows.
     const int n_new = int(v.path.size()) + 1;
@@ -195,7 +244,9 @@ SpeculativeResult eagle_generate(Model& model, EagleHead& head, const std::vecto
                              seconds_between(d0, d1), seconds_between(d1, Clock::now()), depth_nodes);
     going = out_tokens.emit_step(v.tokens, v.accepted, st);
     // Every token of the step was emitted when generation goes on.
+    lap.to(&EagleTimings::verify);
     if (going) head.commit(w, feats.data(), seq.data() + len, n_new, root.data(), threads);
+    lap.to(&EagleTimings::commit);
   }
   if (!r.tokens.empty()) r.decode_seconds = seconds_between(out_tokens.first, Clock::now());
   return out;

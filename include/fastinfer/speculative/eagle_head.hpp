@@ -21,10 +21,13 @@
 // target's style: it is the head's own attention.
 //
 // Compute: plain host code over the CPU kernels (cpu::matvec / matmul,
-// rmsnorm, rope, swiglu), as MedusaHeads. LlamaModel exposes its weights as
-// host views but not its backend, and the head is a few hundred rows of work
-// per step next to a target pass; a device backend would need the model to
-// hand out its backend (not done).
+// rmsnorm, rope, swiglu) with the model's threads: on the CPU these are the
+// calls CpuBackend::linear makes. All rows of a tree level go through one
+// product per matrix. A head read from an f16 file keeps its matrices in f16
+// for the products (weight_dtype()): every draft level streams the whole
+// layer, so on a 110M stand-in (the padded head is 8 MB in f32) half the
+// bytes is a visibly cheaper step, and the values are exactly the file's.
+// A device backend would need the head's weights uploaded (not done).
 //
 // File format (little-endian), version 1:
 //   offset  0  char[8]  magic "FIEAGLEH"
@@ -172,9 +175,31 @@ class EagleHead {
       default: return s_.dim;
     }
   }
+  // The f32 master copy of tensor t (what save() writes and tests read).
+  // Writes through tensor() reach the products only while weight_dtype() is
+  // F32: set the dtype after the last write.
   float* tensor(int t) { return data_.data() + offset_[std::size_t(check_tensor_(t))]; }
   const float* tensor(int t) const { return data_.data() + offset_[std::size_t(check_tensor_(t))]; }
-  MatrixView matrix(int t) const { return MatrixView{DType::F32, tensor(t), rows(t), cols(t)}; }
+  // Tensor t as the products read it: the f32 master, or its f16 copy.
+  MatrixView matrix(int t) const {
+    if (half_.empty()) return MatrixView{DType::F32, tensor(t), rows(t), cols(t)};
+    return MatrixView{DType::F16, half_.data() + offset_[std::size_t(check_tensor_(t))], rows(t), cols(t)};
+  }
+
+  // The dtype the head's matrices are read in: F32, or F16. A head loaded
+  // from an f16 file computes in f16 (load() sets it): its f16 values are
+  // exactly the file's, and every draft level streams the layer's weights,
+  // so half the bytes is a cheaper draft at no loss against the file.
+  // Products still accumulate in f32.
+  DType weight_dtype() const { return half_.empty() ? DType::F32 : DType::F16; }
+  void set_weight_dtype(DType dtype) {
+    FASTINFER_CHECK(dtype == DType::F32 || dtype == DType::F16, InvalidArgument,
+                    "an EAGLE head computes in f32 or f16, not ", dtype_name(dtype));
+    half_.clear();
+    if (dtype == DType::F32) return;
+    half_.resize(data_.size());
+    for (std::size_t i = 0; i < data_.size(); ++i) half_[i] = f32_to_f16(data_[i]);
+  }
 
   // The head must read this model's features and embeddings.
   void check_compatible(const LlamaConfig& c) const {
@@ -335,6 +360,7 @@ class EagleHead {
       for (std::int64_t i = 0; i < head.rows(t) * head.cols(t); ++i)
         FASTINFER_CHECK(std::isfinite(head.tensor(t)[i]), FormatError, path, ": non-finite value ",
                         head.tensor(t)[i], " in tensor ", kTensorNames[std::size_t(t)], " at element ", i);
+    if (dtype == kDTypeF16) head.set_weight_dtype(DType::F16);
     return head;
   }
 
@@ -428,6 +454,7 @@ class EagleHead {
     }
     for (int t : {kAttnNorm, kFfnNorm})
       for (int i = 0; i < s_.dim; ++i) out.tensor(t)[i] *= norm_scale;
+    out.set_weight_dtype(weight_dtype());
     return out;
   }
 
@@ -568,6 +595,7 @@ class EagleHead {
   EagleHeadShape s_{};
   std::array<std::size_t, kTensorCount> offset_{};
   std::vector<float> data_;
+  std::vector<std::uint16_t> half_;  // data_ in f16 when the head computes in f16 (same offsets)
   // KV: committed rows by position, tree rows by row index.
   int committed_ = 0;
   std::vector<float> kv_k_, kv_v_, tree_k_, tree_v_;

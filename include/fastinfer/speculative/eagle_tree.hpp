@@ -32,10 +32,15 @@
 
 namespace fastinfer::speculative {
 
+// The default tree is the one that decodes fastest on the memory-bound 110M
+// stand-in (bench_eagle BM_EagleTrees110M, docs/speculative.md): every draft
+// level streams the head's layer and the target's classifier, and a pass's
+// cost grows with its rows well before 16 on a CPU, so 4 nodes (1.8 tokens
+// per pass) beat 16 (2.2). Wider trees accept more where passes are cheap.
 struct EagleTreeConfig {
-  int depth = 6;    // most levels below the root
-  int top_k = 4;    // children per expanded node, and nodes expanded per depth
-  int budget = 16;  // nodes verified (rows of the target's pass beyond the pending ones)
+  int depth = 3;   // most levels below the root
+  int top_k = 2;   // children per expanded node, and nodes expanded per depth
+  int budget = 4;  // nodes verified (rows of the target's pass beyond the pending ones)
 
   void validate() const {
     FASTINFER_CHECK(depth >= 0 && depth <= 64 && top_k >= 1 && top_k <= kMaxTreeChildren && budget >= 0 &&

@@ -1,0 +1,238 @@
+// EAGLE (issue 17) in wall clock on the memory-bound stand-in, side by side
+// with plain decoding:
+//
+//   bench_eagle --benchmark_format=json [--benchmark_filter=BM_Eagle110M/bf16]
+//
+// BM_Eagle110M/<weights>/<depth>,<top_k>,<budget>: the stand-in
+// inflate:<shared>/models/tinystories-656k:110M with f32 or bf16 weights, 2
+// threads, batch 1, greedy; the committed head data/heads/tinystories-656k.eagle
+// zero-padded to the stand-in (pad:, computing at its full width 768); the
+// eight held-out prompts of scripts/measure-eagle.sh, 128 new tokens each.
+// Every prompt is generated plainly and with EAGLE, the order alternating
+// from prompt to prompt (a load that drifts is shared out), outputs checked
+// equal. Counters: plain_tok_s and eagle_tok_s (decode tokens per decode
+// second, the first token excluded as in --stats-json's decode_tok_s),
+// speed_up = eagle / plain, tokens_per_pass, rows_per_pass (tree nodes per
+// pass), and where an EAGLE step's time goes, in ms per step (EagleTimings):
+// head_ms (the head's layer over tree rows), lm_ms (final norm + classifier
+// of drafted features), tree_ms (top-k, expansion, rerank), pass_ms (the
+// target's forward over pending + tree rows), verify_ms, commit_ms (the head's
+// committed rows), and plain_ms (one plain decode step) to compare them with.
+// Needs ../shared/models/tinystories-656k (else skipped).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/eagle_flags.hpp"
+#include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/speculative/eagle_generate.hpp"
+#include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
+
+using namespace fastinfer;
+using Model = LlamaModel<>;
+
+namespace {
+
+std::string shared(const std::string& rel) { return std::string(FASTINFER_SHARED_DIR) + "/" + rel; }
+std::string head_file() {
+  return (std::filesystem::path(__FILE__).parent_path().parent_path() / "data" / "heads" / "tinystories-656k.eagle")
+      .string();
+}
+
+// scripts/measure-eagle.sh's held-out prompts (none is in the head's
+// training data, which is stories the model generates from BOS).
+const char* const kPrompts[] = {"Tom and Lily went to the park",
+                                "The little dog was sad because",
+                                "One day, a girl named Sue found a box",
+                                "There was a big red ball in the garden",
+                                "Ben wanted to fly like a bird",
+                                "The sun was hot and the cat was sleepy",
+                                "Mom said, let us bake a cake",
+                                "A small boat sailed on the lake"};
+constexpr int kNewTokens = 128;
+
+Model& stand_in(const std::string& weights) {
+  static std::map<std::string, std::unique_ptr<Model>> cache;
+  auto& slot = cache[weights];
+  if (!slot) {
+    cache.clear();  // one stand-in at a time (0.2-0.4 GB each)
+    LoadOptions o;
+    o.weight_dtype = parse_weight_dtype(weights);
+    o.threads = 2;
+    auto& fresh = cache[weights];
+    fresh = std::make_unique<Model>(load_model("inflate:" + shared("models/tinystories-656k") + ":110M", o),
+                                    ModelOptions{2, 64});
+    return *fresh;
+  }
+  return *slot;
+}
+
+// Per mode of a rotated run: decode seconds and tokens (the first token
+// excluded, as --stats-json's decode_tok_s), and for EAGLE its passes.
+struct ModeTotals {
+  double seconds = 0;
+  std::int64_t tokens = 0, passes = 0, step_tokens = 0, drafted = 0;
+  double tok_s() const { return seconds > 0 ? double(tokens) / seconds : 0.0; }
+  double tokens_per_pass() const { return passes ? double(step_tokens) / double(passes) : 0.0; }
+};
+
+// Plain decoding (mode 0) and EAGLE with each tree of `trees` (mode 1 + i)
+// on every prompt, the order rotating from prompt to prompt so that all see
+// the same (shared, drifting) load; outputs checked equal. Empty, and the
+// benchmark skipped, when the model or head is absent or an output differs.
+std::vector<ModeTotals> rotated_runs(benchmark::State& state, const std::string& weights,
+                                     const std::vector<speculative::EagleTreeConfig>& trees,
+                                     speculative::EagleTimings* timings) {
+  const std::string model_dir = shared("models/tinystories-656k");
+  if (!std::filesystem::exists(model_dir) || !std::filesystem::exists(head_file())) {
+    state.SkipWithError(("missing " + model_dir + " or " + head_file()).c_str());
+    return {};
+  }
+  Model& target = stand_in(weights);
+  const auto tok = HfBpeTokenizer::from_file(model_dir + "/tokenizer.json");
+  speculative::EagleHead head = examples::eagle_head_from_flag("pad:" + head_file(), target.config());
+  const std::size_t modes = trees.size() + 1;
+  std::vector<ModeTotals> totals(modes);
+  std::size_t turn = 0;
+  for (auto _ : state) {
+    for (const char* text : kPrompts) {
+      const std::vector<std::int32_t> prompt = tok.encode(text, true);
+      GenerationParams g;
+      g.max_new_tokens = kNewTokens;
+      std::vector<std::vector<std::int32_t>> out(modes);
+      for (std::size_t j = 0; j < modes; ++j) {
+        const std::size_t mode = (turn + j) % modes;
+        ModeTotals& m = totals[mode];
+        GenerationResult r;
+        if (mode == 0) {
+          r = generate(target, prompt, g);
+        } else {
+          speculative::EagleOptions o;
+          o.tree = trees[mode - 1];
+          o.timings = timings;
+          const auto e = speculative::eagle_generate(target, head, prompt, g, o);
+          m.passes += e.stats.target_forwards;
+          m.step_tokens += e.stats.step_tokens;
+          m.drafted += e.stats.drafted;
+          r = e.generation;
+        }
+        m.seconds += r.decode_seconds;
+        m.tokens += std::int64_t(r.tokens.size()) - 1;
+        out[mode] = r.tokens;
+      }
+      ++turn;
+      for (std::size_t m = 1; m < modes; ++m)
+        if (out[m] != out[0]) {
+          state.SkipWithError("EAGLE's greedy output differs from plain greedy output");
+          return {};
+        }
+    }
+  }
+  return totals;
+}
+
+void BM_Eagle110M(benchmark::State& state, const std::string& weights) {
+  speculative::EagleTimings t;
+  const auto totals = rotated_runs(
+      state, weights, {{int(state.range(0)), int(state.range(1)), int(state.range(2))}}, &t);
+  if (totals.empty()) return;
+  const double plain = totals[0].tok_s(), eagle = totals[1].tok_s();
+  state.counters["plain_tok_s"] = plain;
+  state.counters["eagle_tok_s"] = eagle;
+  state.counters["speed_up"] = plain > 0 ? eagle / plain : 0.0;
+  state.counters["tokens_per_pass"] = totals[1].tokens_per_pass();
+  state.counters["rows_per_pass"] = totals[1].passes ? double(totals[1].drafted) / double(totals[1].passes) : 0.0;
+  const double steps = double(std::max<std::int64_t>(t.steps, 1));
+  state.counters["head_ms"] = 1e3 * t.head / steps;
+  state.counters["lm_ms"] = 1e3 * t.lm_head / steps;
+  state.counters["tree_ms"] = 1e3 * t.tree / steps;
+  state.counters["pass_ms"] = 1e3 * t.pass / steps;
+  state.counters["verify_ms"] = 1e3 * t.verify / steps;
+  state.counters["commit_ms"] = 1e3 * t.commit / steps;
+  state.counters["plain_ms"] = plain > 0 ? 1e3 / plain : 0.0;
+  state.counters["head_rows_per_step"] = double(t.head_rows) / steps;
+}
+
+// The choice of the default tree: every tree of `trees` side by side with
+// plain decoding (rotated_runs). Counters per tree "D,K,B": x_D,K,B (decode
+// tok/s over plain's) and tpp_D,K,B (tokens per target pass); plain_tok_s.
+void BM_EagleTrees110M(benchmark::State& state, const std::string& weights,
+                       const std::vector<speculative::EagleTreeConfig>& trees) {
+  const auto totals = rotated_runs(state, weights, trees, nullptr);
+  if (totals.empty()) return;
+  const double plain = totals[0].tok_s();
+  state.counters["plain_tok_s"] = plain;
+  for (std::size_t m = 1; m < totals.size(); ++m) {
+    const auto& t = trees[m - 1];
+    const std::string name = std::to_string(t.depth) + "," + std::to_string(t.top_k) + "," + std::to_string(t.budget);
+    state.counters["x_" + name] = plain > 0 ? totals[m].tok_s() / plain : 0.0;
+    state.counters["tpp_" + name] = totals[m].tokens_per_pass();
+  }
+}
+
+// The price of a verification pass: 1 pending token + a tree of n - 1 nodes
+// (two children per node, breadth first: the shape of EAGLE's trees) after
+// 100 tokens of context, through forward(ForwardBatch) as eagle_generate
+// runs it; n = 1 is a plain decode step.
+void BM_TreePass110M(benchmark::State& state, const std::string& weights) {
+  if (!std::filesystem::exists(shared("models/tinystories-656k"))) {
+    state.SkipWithError("missing ../shared/models/tinystories-656k");
+    return;
+  }
+  const int n = int(state.range(0));
+  Model& m = stand_in(weights);
+  const int vocab = m.config().vocab_size;
+  std::vector<std::int32_t> ctx(101);
+  for (int i = 0; i < 101; ++i) ctx[std::size_t(i)] = std::int32_t((i * 7919 + 1) % vocab);
+  speculative::TokenTree tree;
+  for (int i = 0; i + 1 < n; ++i) {
+    tree.tokens.push_back(std::int32_t((i * 31 + 5) % vocab));
+    tree.parent.push_back(i < 2 ? -1 : (i - 2) / 2);
+  }
+  ForwardBatch batch;
+  m.reset();
+  m.forward_prefill(ctx.data(), 100, 0);
+  for (auto _ : state) {
+    speculative::build_tree_batch(batch, Model::kSoloSequence, ctx.data() + 100, 1, 100, tree, nullptr, nullptr,
+                                  nullptr, 0, 0);
+    benchmark::DoNotOptimize(m.forward(batch));
+  }
+  state.counters["rows"] = n;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // The default tree (EagleTreeConfig), the default before it, and the tree
+  // that meets the acceptance bar on tinystories-656k.
+  const std::vector<std::vector<std::int64_t>> trees = {{3, 2, 4}, {6, 4, 16}, {8, 6, 30}};
+  for (const std::string w : {"bf16", "f32"}) {
+    auto* b = benchmark::RegisterBenchmark(("BM_Eagle110M/" + w).c_str(), BM_Eagle110M, w);
+    for (const auto& tr : trees) b->Args(tr);
+    b->ArgNames({"depth", "top_k", "budget"})->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
+  }
+  const std::vector<speculative::EagleTreeConfig> sweep = {{2, 2, 3}, {2, 2, 4}, {3, 2, 3}, {3, 2, 4},
+                                                           {4, 2, 5}, {3, 1, 3}, {6, 4, 16}};
+  for (const std::string w : {"bf16", "f32"})
+    benchmark::RegisterBenchmark(("BM_EagleTrees110M/" + w).c_str(), BM_EagleTrees110M, w, sweep)
+        ->Iterations(1)
+        ->UseRealTime()
+        ->Unit(benchmark::kSecond);
+  for (const std::string w : {"bf16", "f32"}) {
+    auto* b = benchmark::RegisterBenchmark(("BM_TreePass110M/" + w).c_str(), BM_TreePass110M, w);
+    for (int n : {1, 2, 4, 6, 8, 10, 12, 16, 24}) b->Arg(n);
+    b->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.3);
+  }
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
