@@ -35,10 +35,10 @@ namespace speculative = fastinfer::speculative;
 
 Model load(const std::string& path) { return Model(fastinfer::load_model(path), fastinfer::ModelOptions{1, 32}); }
 
-// The trained head committed with the sources (tools/train_eagle.py).
+// The trained head committed with the sources (tools/train_eagle.py), or
+// the file FASTINFER_EAGLE_HEAD names.
 std::filesystem::path trained_head() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "data" / "heads" /
-         "tinystories-656k.eagle";
+  return fastinfer::testing::heads_path("FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
 }
 
 speculative::EagleOptions wide_tree() {
@@ -87,13 +87,10 @@ TEST_CASE("greedy EAGLE reproduces the tinystories-656k golden cases (random hea
 TEST_CASE("greedy EAGLE with the committed trained head reproduces the tinystories-656k golden cases") {
   FASTINFER_REQUIRE_SHARED(model, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
-  if (!std::filesystem::exists(trained_head())) {
-    std::printf("FASTINFER_SKIP: %s is not there\n", trained_head().c_str());
-    return;
-  }
+  FASTINFER_REQUIRE_HEADS(head, "FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
   // A trained head is accepted often: the KV bookkeeping off the chain runs.
-  CHECK(check_golden(model, cases, trained_head().string(), {}) > 50);
-  CHECK(check_golden(model, cases, trained_head().string(), wide_tree()) > 50);
+  CHECK(check_golden(model, cases, head.string(), {}) > 50);
+  CHECK(check_golden(model, cases, head.string(), wide_tree()) > 50);
 }
 
 TEST_CASE("EAGLE output equals plain generation at the sequence-length limit and with tiny budgets") {
