@@ -8,14 +8,23 @@
 //   bench_attention --benchmark_format=json
 //   BM_Decode<F16, Paged16> vs BM_Decode<F16, Contiguous>: the cost of the
 //   block indirection at equal length.
+//
+// BM_DecodeLevel: the same decode at each CPU level (cpu_level.hpp) side by
+// side, on the 110M shape (12 heads of 64, one KV head each), f16 and int8
+// KV, 1 or 4 sequences of 512 or 4096 keys, one thread (a ratio between
+// kernels, not a share of bandwidth): avx512 / avx2 / scalar (the reference)
+// is what the per-ISA kernels buy. A level the host lacks is skipped.
+//   bench_attention --benchmark_filter=BM_DecodeLevel
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "fastinfer/backend/cpu/attention.hpp"
+#include "fastinfer/backend/cpu/cpu_level.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "read_bandwidth.hpp"
 
@@ -133,6 +142,59 @@ BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::FP8E4M3)->Unit(benchmark::kMillisecon
 BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::FP8E5M2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Decode, kv::Contiguous, kv::F16)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Decode, kv::Contiguous, kv::Int8)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- decode attention per CPU level (the 110M shape) -------------------------
+
+template <typename Quant>
+void BM_DecodeLevel(benchmark::State& state) {
+  const auto level = cpu::CpuLevel(state.range(0));
+  const int batch = int(state.range(1));
+  const std::int64_t len = state.range(2);
+  constexpr int kHeads = 12, kDim = 64;
+  if (level > cpu::detected_cpu_level()) {
+    state.SkipWithError("this CPU lacks the level");
+    return;
+  }
+  cpu::CpuLevelScope scope(level);
+  kv::KVCacheConfig c;
+  c.n_layers = 1;
+  c.n_kv_heads = kHeads;
+  c.head_dim = kDim;
+  c.block_size = 16;
+  c.num_blocks = std::int32_t(batch * len / 16);
+  kv::KVCache<kv::Paged<16>, Quant> cache(c);
+  Lcg rng;
+  std::vector<float> k(std::size_t(len) * kHeads * kDim), v(k.size());
+  std::vector<SeqId> seqs;
+  for (int b = 0; b < batch; ++b) {
+    cache.add_sequence(b);
+    seqs.push_back(b);
+    if (!cache.extend(b, len)) state.SkipWithError("pool too small");
+    for (auto& x : k) x = rng();
+    for (auto& x : v) x = rng();
+    cache.append(0, b, k.data(), v.data(), len);
+  }
+  const auto tables = cache.tables(seqs);
+  const auto view = cache.view(tables, 0);
+  std::vector<float> q(std::size_t(batch) * kHeads * kDim), out(q.size());
+  for (auto& x : q) x = rng();
+  const auto plan = cpu::plan_decode(view, 1);
+  for (auto _ : state) {
+    cpu::decode_attention(view, q.data(), out.data(), kHeads, plan, 1);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel(std::string(cpu::cpu_level_name(level)) + " kernel " + cpu::attention_kernel_isa(level, kDim));
+  state.SetItemsProcessed(std::int64_t(state.iterations()) * batch * len);  // keys per second
+}
+
+void level_args(benchmark::internal::Benchmark* b) {
+  for (int batch : {1, 4})
+    for (int len : {512, 4096})
+      for (int level = 0; level <= int(cpu::CpuLevel::avx512); ++level) b->Args({level, batch, len});
+  b->ArgNames({"level", "seqs", "keys"})->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+BENCHMARK_TEMPLATE(BM_DecodeLevel, kv::F16)->Apply(level_args);
+BENCHMARK_TEMPLATE(BM_DecodeLevel, kv::Int8)->Apply(level_args);
 
 }  // namespace
 
