@@ -90,12 +90,16 @@ inline void score_keys(const std::uint8_t* const* rows, const float* const* para
 }
 
 // Scores of n keys for every query head into s[g][t]: 4 keys x 2 heads
-// (a head of kLanes values costs one FMA per key), then 2 keys x 4 heads,
-// then 1 key x 4 heads. A (head, key) score is the same sum in every block.
+// (a head of kLanes values costs one FMA per key), or 8 keys at a time when
+// one query head reads the KV head (MHA: the horizontal sums of 8 keys are
+// one transposing tree), then 2 keys x 4 heads, then 1 key x 4 heads. A
+// (head, key) score is the same sum in every block.
 template <typename Quant>
 inline void scores_tile(const std::uint8_t* const* rows, const float* const* params, int n, const float* q,
                         int n_heads, int d, int group, float* s, std::int64_t s_stride) {
   int t = 0;
+  if (n_heads == 1)
+    for (; t + 8 <= n; t += 8) score_block<Quant, 8, 1>(rows, params, t, q, d, group, s, s_stride);
   for (; t + 4 <= n; t += 4) score_keys<Quant, 4, 2>(rows, params, t, q, n_heads, d, group, s, s_stride);
   for (; t + 2 <= n; t += 2) score_keys<Quant, 2, 4>(rows, params, t, q, n_heads, d, group, s, s_stride);
   if (t < n) score_keys<Quant, 1, 4>(rows, params, t, q, n_heads, d, group, s, s_stride);
@@ -123,10 +127,16 @@ inline void accumulate_columns(const std::uint8_t* const* rows, const float* con
     for (int c = 0; c < C; ++c) store_x(o + g * d + e + c * kLanes, acc[g][c]);
 }
 
+// Up to 2 heads take 4 registers of columns per pass (a head of 64 is one
+// pass at 16 lanes), more heads 2 (G x C accumulators, C values and one
+// weight within 16 registers). Each column's sum is the same whatever C.
 template <typename Quant, int G>
 inline void accumulate_group(const std::uint8_t* const* rows, const float* const* params, int n, const float* p,
                              std::int64_t p_stride, const float* alpha, float* o, int d, int group) {
   int e = 0;
+  if constexpr (G <= 2)
+    for (; e + 4 * kLanes <= d; e += 4 * kLanes)
+      accumulate_columns<Quant, G, 4>(rows, params, n, p, p_stride, alpha, o, d, group, e);
   for (; e + 2 * kLanes <= d; e += 2 * kLanes)
     accumulate_columns<Quant, G, 2>(rows, params, n, p, p_stride, alpha, o, d, group, e);
   for (; e < d; e += kLanes) accumulate_columns<Quant, G, 1>(rows, params, n, p, p_stride, alpha, o, d, group, e);
