@@ -10,10 +10,11 @@
 //   block indirection at equal length.
 //
 // BM_DecodeLevel: the same decode at each CPU level (cpu_level.hpp) side by
-// side, on the 110M shape (12 heads of 64, one KV head each), f16 and int8
-// KV, 1 or 4 sequences of 512 or 4096 keys, one thread (a ratio between
-// kernels, not a share of bandwidth): avx512 / avx2 / scalar (the reference)
-// is what the per-ISA kernels buy. A level the host lacks is skipped.
+// side, on the 110M shape (12 KV heads of 64, one query head each; `group`
+// 4: 48 query heads on them, GQA), f16 and int8 KV, 1 or 4 sequences of 512
+// or 4096 keys, one thread (a ratio between kernels, not a share of
+// bandwidth): avx512 / avx2 / scalar (the reference) is what the per-ISA
+// kernels buy. A level the host lacks is skipped.
 //   bench_attention --benchmark_filter=BM_DecodeLevel
 #include <benchmark/benchmark.h>
 
@@ -150,7 +151,9 @@ void BM_DecodeLevel(benchmark::State& state) {
   const auto level = cpu::CpuLevel(state.range(0));
   const int batch = int(state.range(1));
   const std::int64_t len = state.range(2);
+  const int group = int(state.range(3));
   constexpr int kHeads = 12, kDim = 64;
+  const int q_heads = kHeads * group;
   if (level > cpu::detected_cpu_level()) {
     state.SkipWithError("this CPU lacks the level");
     return;
@@ -176,11 +179,11 @@ void BM_DecodeLevel(benchmark::State& state) {
   }
   const auto tables = cache.tables(seqs);
   const auto view = cache.view(tables, 0);
-  std::vector<float> q(std::size_t(batch) * kHeads * kDim), out(q.size());
+  std::vector<float> q(std::size_t(batch) * q_heads * kDim), out(q.size());
   for (auto& x : q) x = rng();
   const auto plan = cpu::plan_decode(view, 1);
   for (auto _ : state) {
-    cpu::decode_attention(view, q.data(), out.data(), kHeads, plan, 1);
+    cpu::decode_attention(view, q.data(), out.data(), q_heads, plan, 1);
     benchmark::DoNotOptimize(out.data());
   }
   state.SetLabel(std::string(cpu::cpu_level_name(level)) + " kernel " + cpu::attention_kernel_isa(level, kDim));
@@ -188,10 +191,10 @@ void BM_DecodeLevel(benchmark::State& state) {
 }
 
 void level_args(benchmark::internal::Benchmark* b) {
-  for (int batch : {1, 4})
-    for (int len : {512, 4096})
-      for (int level = 0; level <= int(cpu::CpuLevel::avx512); ++level) b->Args({level, batch, len});
-  b->ArgNames({"level", "seqs", "keys"})->Unit(benchmark::kMicrosecond)->UseRealTime();
+  const int shapes[][3] = {{1, 512, 1}, {1, 4096, 1}, {4, 512, 1}, {4, 4096, 1}, {1, 4096, 4}};  // seqs, keys, group
+  for (const auto& sh : shapes)
+    for (int level = 0; level <= int(cpu::CpuLevel::avx512); ++level) b->Args({level, sh[0], sh[1], sh[2]});
+  b->ArgNames({"level", "seqs", "keys", "group"})->Unit(benchmark::kMicrosecond)->UseRealTime();
 }
 BENCHMARK_TEMPLATE(BM_DecodeLevel, kv::F16)->Apply(level_args);
 BENCHMARK_TEMPLATE(BM_DecodeLevel, kv::Int8)->Apply(level_args);
