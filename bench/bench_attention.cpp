@@ -85,6 +85,33 @@ struct Lcg {
   }
 };
 
+// Adds sequences 0..batch-1 of `len` random tokens (token_floats values of
+// K and of V each), their blocks interleaved 256 tokens at a time, as a
+// server's pool would hold them; returns the block tables of all of them.
+template <typename Cache>
+kv::PagedKVTables fill_interleaved(Cache& cache, int batch, std::int64_t len, std::size_t token_floats, Lcg& rng,
+                                    benchmark::State& state) {
+  constexpr std::int64_t kStep = 256;
+  std::vector<float> k(std::size_t(kStep) * token_floats), v(k.size());
+  std::vector<SeqId> seqs;
+  for (int b = 0; b < batch; ++b) {
+    cache.add_sequence(b);
+    seqs.push_back(b);
+  }
+  for (std::int64_t step = 0; step < len; step += kStep)
+    for (int b = 0; b < batch; ++b) {
+      const std::int64_t n = std::min(kStep, len - step);
+      if (!cache.extend(b, n)) {
+        state.SkipWithError("pool too small");
+        return cache.tables(seqs);
+      }
+      for (auto& x : k) x = rng();
+      for (auto& x : v) x = rng();
+      cache.append(0, b, k.data(), v.data(), n);
+    }
+  return cache.tables(seqs);
+}
+
 template <typename Layout, typename Quant>
 void BM_Decode(benchmark::State& state) {
   kv::KVCacheConfig c;
@@ -100,21 +127,7 @@ void BM_Decode(benchmark::State& state) {
   }
   kv::KVCache<Layout, Quant> cache(c);
   Lcg rng;
-  std::vector<float> k(std::size_t(kLen) * kKVHeads * kHeadDim), v(k.size());
-  std::vector<SeqId> seqs;
-  // Interleave the sequences' blocks, as a server's pool would be.
-  for (int b = 0; b < kBatch; ++b) {
-    cache.add_sequence(b);
-    seqs.push_back(b);
-  }
-  for (int step = 0; step < kLen; step += 256)
-    for (int b = 0; b < kBatch; ++b) {
-      if (!cache.extend(b, 256)) state.SkipWithError("pool too small");
-      for (auto& x : k) x = rng();
-      for (auto& x : v) x = rng();
-      cache.append(0, b, k.data(), v.data(), 256);
-    }
-  const auto tables = cache.tables(seqs);
+  const auto tables = fill_interleaved(cache, kBatch, kLen, std::size_t(kKVHeads) * kHeadDim, rng, state);
   const auto view = cache.view(tables, 0);
   std::vector<float> q(std::size_t(kBatch) * kQHeads * kHeadDim), out(q.size());
   for (auto& x : q) x = rng();
@@ -167,17 +180,7 @@ void BM_DecodeLevel(benchmark::State& state) {
   c.num_blocks = std::int32_t(batch * len / 16);
   kv::KVCache<kv::Paged<16>, Quant> cache(c);
   Lcg rng;
-  std::vector<float> k(std::size_t(len) * kHeads * kDim), v(k.size());
-  std::vector<SeqId> seqs;
-  for (int b = 0; b < batch; ++b) {
-    cache.add_sequence(b);
-    seqs.push_back(b);
-    if (!cache.extend(b, len)) state.SkipWithError("pool too small");
-    for (auto& x : k) x = rng();
-    for (auto& x : v) x = rng();
-    cache.append(0, b, k.data(), v.data(), len);
-  }
-  const auto tables = cache.tables(seqs);
+  const auto tables = fill_interleaved(cache, batch, len, std::size_t(kHeads) * kDim, rng, state);
   const auto view = cache.view(tables, 0);
   std::vector<float> q(std::size_t(batch) * q_heads * kDim), out(q.size());
   for (auto& x : q) x = rng();

@@ -78,6 +78,21 @@ std::vector<SeqId> ids(std::size_t n) {
   return v;
 }
 
+// A filled paged cache as one ragged batch: every sequence, new_tokens[b]
+// new queries at the end of sequence b (rows qo[b] .. qo[b + 1] - 1).
+template <typename Q>
+struct Ragged {
+  Filled<Paged<0>, Q> f;
+  PagedKVTables t;
+  PagedKVView<Q> view;
+  std::vector<std::int32_t> qo;
+  Ragged(const KVCacheConfig& c, const std::vector<std::int64_t>& lengths, const std::vector<std::int32_t>& new_tokens,
+         unsigned seed)
+      : f(c, lengths, seed), t(f.cache.tables(ids(lengths.size()))), view(f.cache.view(t, 0)), qo(1, 0) {
+    for (auto n : new_tokens) qo.push_back(qo.back() + n);
+  }
+};
+
 // Kernel vs reference: the stored values are the same, only the order and
 // precision of summation differ, so one tolerance fits every format.
 constexpr float kKernelTol = 2e-5f;
@@ -210,11 +225,9 @@ TEMPLATE_TEST_CASE("extend attention (causal) matches the reference and agrees w
       const std::int64_t bs = s.block_size;
       const std::vector<std::int64_t> lengths = {1, bs + 1, 70, 23};
       const std::vector<std::int32_t> new_tokens = {1, std::int32_t(bs + 1), 17, 5};  // whole prompt or a chunk
-      Filled<Paged<0>, TestType> f(config(s, 300), lengths, 21);
-      const auto t = f.cache.tables(ids(lengths.size()));
-      const auto view = f.cache.view(t, 0);
-      std::vector<std::int32_t> qo = {0};
-      for (auto n : new_tokens) qo.push_back(qo.back() + n);
+      const Ragged<TestType> r(config(s, 300), lengths, new_tokens, 21);
+      const auto& view = r.view;
+      const auto& qo = r.qo;
       const auto q = random_q(std::size_t(qo.back() * s.n_q_heads * s.head_dim), 8);
       std::vector<float> want(q.size()), got(q.size());
       cpu::reference::paged_attention(view, q.data(), qo.data(), want.data(), s.n_q_heads);
@@ -247,12 +260,8 @@ TEMPLATE_TEST_CASE("custom-mask attention matches the reference, and a causal ma
   const Shape s{8, 2, 32, 4};
   const std::vector<std::int64_t> lengths = {9, 30, 5};
   const std::vector<std::int32_t> new_tokens = {4, 11, 5};
-  Filled<Paged<0>, TestType> f(config(s, 64), lengths, 4);
-  const auto t = f.cache.tables(ids(3));
-  const auto view = f.cache.view(t, 0);
-  std::vector<std::int32_t> qo = {0};
-  for (auto n : new_tokens) qo.push_back(qo.back() + n);
-  const auto q = random_q(std::size_t(qo.back() * s.n_q_heads * s.head_dim), 6);
+  const Ragged<TestType> r(config(s, 64), lengths, new_tokens, 4);
+  const auto q = random_q(std::size_t(r.qo.back() * s.n_q_heads * s.head_dim), 6);
   // A token tree: each new token sees itself and a random subset of earlier new tokens.
   std::mt19937 rng(3);
   std::vector<std::uint8_t> tree, causal;
@@ -264,12 +273,12 @@ TEMPLATE_TEST_CASE("custom-mask attention matches the reference, and a causal ma
       }
   std::vector<float> want(q.size()), got(q.size()), plain(q.size());
   const cpu::CustomMask tm{tree.data()}, cm{causal.data()};
-  cpu::reference::paged_attention(view, q.data(), qo.data(), want.data(), s.n_q_heads, &tm);
+  cpu::reference::paged_attention(r.view, q.data(), r.qo.data(), want.data(), s.n_q_heads, &tm);
   testing::at_every_cpu_level([&](cpu::CpuLevel) {
-    cpu::extend_attention(view, q.data(), qo.data(), got.data(), s.n_q_heads, 2, &tm);
+    cpu::extend_attention(r.view, q.data(), r.qo.data(), got.data(), s.n_q_heads, 2, &tm);
     CHECK(max_abs_diff(want, got) <= kKernelTol);
-    cpu::extend_attention(view, q.data(), qo.data(), got.data(), s.n_q_heads, 1, &cm);
-    cpu::extend_attention(view, q.data(), qo.data(), plain.data(), s.n_q_heads, 1);
+    cpu::extend_attention(r.view, q.data(), r.qo.data(), got.data(), s.n_q_heads, 1, &cm);
+    cpu::extend_attention(r.view, q.data(), r.qo.data(), plain.data(), s.n_q_heads, 1);
     CHECK(max_abs_diff(plain, got) <= 1e-6f);
     // The tree mask really matters: it differs from causal.
     CHECK(max_abs_diff(want, plain) > 1e-3f);
@@ -503,24 +512,20 @@ TEMPLATE_TEST_CASE("a query's attention is bit-identical alone or beside other s
   const Shape s{8, 2, 64, 16};
   const std::vector<std::int64_t> lengths = {40, 9, 130};
   const std::vector<std::int32_t> new_tokens = {5, 1, 7};
-  Filled<Paged<0>, TestType> f(config(s, 64), lengths, 31);
-  const auto t = f.cache.tables(ids(3));
-  const auto view = f.cache.view(t, 0);
-  std::vector<std::int32_t> qo = {0};
-  for (auto n : new_tokens) qo.push_back(qo.back() + n);
+  const Ragged<TestType> r(config(s, 64), lengths, new_tokens, 31);
   const std::size_t hd = std::size_t(s.n_q_heads * s.head_dim);
-  const auto q = random_q(std::size_t(qo.back()) * hd, 17);
+  const auto q = random_q(std::size_t(r.qo.back()) * hd, 17);
   const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel) {
     std::vector<float> all(q.size());
-    cpu::extend_attention(view, q.data(), qo.data(), all.data(), s.n_q_heads, 2);
+    cpu::extend_attention(r.view, q.data(), r.qo.data(), all.data(), s.n_q_heads, 2);
     std::vector<float> q_last, dec_all;
     cpu::DecodePlanOptions opt;
     opt.split_tokens = 48;
     for (std::size_t b = 0; b < 3; ++b) {
-      const auto tb = f.cache.tables({SeqId(b)});
-      const auto vb = f.cache.view(tb, 0);
-      const float* qb = q.data() + std::size_t(qo[b]) * hd;
-      const float* want = all.data() + std::size_t(qo[b]) * hd;
+      const auto tb = r.f.cache.tables({SeqId(b)});
+      const auto vb = r.f.cache.view(tb, 0);
+      const float* qb = q.data() + std::size_t(r.qo[b]) * hd;
+      const float* want = all.data() + std::size_t(r.qo[b]) * hd;
       // The sequence alone, all its new tokens.
       std::vector<float> alone(std::size_t(new_tokens[b]) * hd);
       const std::int32_t qo1[] = {0, new_tokens[b]};
@@ -539,7 +544,7 @@ TEMPLATE_TEST_CASE("a query's attention is bit-identical alone or beside other s
       q_last.insert(q_last.end(), qb + last, qb + last + hd);
     }
     std::vector<float> dec_batch(3 * hd);
-    cpu::decode_attention(view, q_last.data(), dec_batch.data(), s.n_q_heads, cpu::plan_decode(view, 2, opt), 2);
+    cpu::decode_attention(r.view, q_last.data(), dec_batch.data(), s.n_q_heads, cpu::plan_decode(r.view, 2, opt), 2);
     CHECK(std::memcmp(dec_batch.data(), dec_all.data(), sizeof(float) * dec_batch.size()) == 0);
   });
   WARN("batch invariance checked at cpu levels: " << ran);
