@@ -192,9 +192,19 @@ inline float softmax_row(float* row, int n, float& m, float& l, bool& any) {
     reduce<1>(&p, &s);
     sum += s;
   }
-  for (; t < n; ++t) {
-    row[t] = std::exp(row[t] - mx);
-    sum += row[t];
+  if (t < n) {
+    // The last chunk padded with -inf (weights exactly 0), never a scalar
+    // tail: a masked query whose invisible keys are -inf then gets the same
+    // bits as a causal one that never saw them (a pass with a token tree in
+    // it masks every sequence), and the extra zeros add nothing.
+    alignas(64) float pad[kLanes];
+    for (int i = 0; i < kLanes; ++i) pad[i] = t + i < n ? row[t + i] : kNegInf;
+    const Lanes p = exp_nonpositive(sub(load_x(pad), vmx));
+    store_x(pad, p);
+    for (int i = 0; t + i < n; ++i) row[t + i] = pad[i];
+    float s;
+    reduce<1>(&p, &s);
+    sum += s;
   }
   l = l * alpha + sum;
   return alpha;
