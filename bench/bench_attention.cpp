@@ -8,14 +8,24 @@
 //   bench_attention --benchmark_format=json
 //   BM_Decode<F16, Paged16> vs BM_Decode<F16, Contiguous>: the cost of the
 //   block indirection at equal length.
+//
+// BM_DecodeLevel: the same decode at each CPU level (cpu_level.hpp) side by
+// side, on the 110M shape (12 KV heads of 64, one query head each; `group`
+// 4: 48 query heads on them, GQA), f16 and int8 KV, 1 or 4 sequences of 512
+// or 4096 keys, one thread (a ratio between kernels, not a share of
+// bandwidth): avx512 / avx2 / scalar (the reference) is what the per-ISA
+// kernels buy. A level the host lacks is skipped.
+//   bench_attention --benchmark_filter=BM_DecodeLevel
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "fastinfer/backend/cpu/attention.hpp"
+#include "fastinfer/backend/cpu/cpu_level.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "read_bandwidth.hpp"
 
@@ -75,6 +85,33 @@ struct Lcg {
   }
 };
 
+// Adds sequences 0..batch-1 of `len` random tokens (token_floats values of
+// K and of V each), their blocks interleaved 256 tokens at a time, as a
+// server's pool would hold them; returns the block tables of all of them.
+template <typename Cache>
+kv::PagedKVTables fill_interleaved(Cache& cache, int batch, std::int64_t len, std::size_t token_floats, Lcg& rng,
+                                    benchmark::State& state) {
+  constexpr std::int64_t kStep = 256;
+  std::vector<float> k(std::size_t(kStep) * token_floats), v(k.size());
+  std::vector<SeqId> seqs;
+  for (int b = 0; b < batch; ++b) {
+    cache.add_sequence(b);
+    seqs.push_back(b);
+  }
+  for (std::int64_t step = 0; step < len; step += kStep)
+    for (int b = 0; b < batch; ++b) {
+      const std::int64_t n = std::min(kStep, len - step);
+      if (!cache.extend(b, n)) {
+        state.SkipWithError("pool too small");
+        return cache.tables(seqs);
+      }
+      for (auto& x : k) x = rng();
+      for (auto& x : v) x = rng();
+      cache.append(0, b, k.data(), v.data(), n);
+    }
+  return cache.tables(seqs);
+}
+
 template <typename Layout, typename Quant>
 void BM_Decode(benchmark::State& state) {
   kv::KVCacheConfig c;
@@ -90,21 +127,7 @@ void BM_Decode(benchmark::State& state) {
   }
   kv::KVCache<Layout, Quant> cache(c);
   Lcg rng;
-  std::vector<float> k(std::size_t(kLen) * kKVHeads * kHeadDim), v(k.size());
-  std::vector<SeqId> seqs;
-  // Interleave the sequences' blocks, as a server's pool would be.
-  for (int b = 0; b < kBatch; ++b) {
-    cache.add_sequence(b);
-    seqs.push_back(b);
-  }
-  for (int step = 0; step < kLen; step += 256)
-    for (int b = 0; b < kBatch; ++b) {
-      if (!cache.extend(b, 256)) state.SkipWithError("pool too small");
-      for (auto& x : k) x = rng();
-      for (auto& x : v) x = rng();
-      cache.append(0, b, k.data(), v.data(), 256);
-    }
-  const auto tables = cache.tables(seqs);
+  const auto tables = fill_interleaved(cache, kBatch, kLen, std::size_t(kKVHeads) * kHeadDim, rng, state);
   const auto view = cache.view(tables, 0);
   std::vector<float> q(std::size_t(kBatch) * kQHeads * kHeadDim), out(q.size());
   for (auto& x : q) x = rng();
@@ -133,6 +156,51 @@ BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::FP8E4M3)->Unit(benchmark::kMillisecon
 BENCHMARK_TEMPLATE(BM_Decode, Paged16, kv::FP8E5M2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Decode, kv::Contiguous, kv::F16)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Decode, kv::Contiguous, kv::Int8)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- decode attention per CPU level (the 110M shape) -------------------------
+
+template <typename Quant>
+void BM_DecodeLevel(benchmark::State& state) {
+  const auto level = cpu::CpuLevel(state.range(0));
+  const int batch = int(state.range(1));
+  const std::int64_t len = state.range(2);
+  const int group = int(state.range(3));
+  constexpr int kHeads = 12, kDim = 64;
+  const int q_heads = kHeads * group;
+  if (level > cpu::detected_cpu_level()) {
+    state.SkipWithError("this CPU lacks the level");
+    return;
+  }
+  cpu::CpuLevelScope scope(level);
+  kv::KVCacheConfig c;
+  c.n_layers = 1;
+  c.n_kv_heads = kHeads;
+  c.head_dim = kDim;
+  c.block_size = 16;
+  c.num_blocks = std::int32_t(batch * len / 16);
+  kv::KVCache<kv::Paged<16>, Quant> cache(c);
+  Lcg rng;
+  const auto tables = fill_interleaved(cache, batch, len, std::size_t(kHeads) * kDim, rng, state);
+  const auto view = cache.view(tables, 0);
+  std::vector<float> q(std::size_t(batch) * q_heads * kDim), out(q.size());
+  for (auto& x : q) x = rng();
+  const auto plan = cpu::plan_decode(view, 1);
+  for (auto _ : state) {
+    cpu::decode_attention(view, q.data(), out.data(), q_heads, plan, 1);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel(std::string(cpu::cpu_level_name(level)) + " kernel " + cpu::attention_kernel_isa(level, kDim));
+  state.SetItemsProcessed(std::int64_t(state.iterations()) * batch * len);  // keys per second
+}
+
+void level_args(benchmark::internal::Benchmark* b) {
+  const int shapes[][3] = {{1, 512, 1}, {1, 4096, 1}, {4, 512, 1}, {4, 4096, 1}, {1, 4096, 4}};  // seqs, keys, group
+  for (const auto& sh : shapes)
+    for (int level = 0; level <= int(cpu::CpuLevel::avx512); ++level) b->Args({level, sh[0], sh[1], sh[2]});
+  b->ArgNames({"level", "seqs", "keys", "group"})->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+BENCHMARK_TEMPLATE(BM_DecodeLevel, kv::F16)->Apply(level_args);
+BENCHMARK_TEMPLATE(BM_DecodeLevel, kv::Int8)->Apply(level_args);
 
 }  // namespace
 

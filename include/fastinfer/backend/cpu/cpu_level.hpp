@@ -14,8 +14,10 @@
 //   amx     reserved: detected and reported, no kernels yet
 // At a given level a result has the same bits whichever flags built the
 // program (avx2/avx512), so forcing a level reproduces another machine.
-// Attention and the elementwise kernels use xsimd, which fixes its ISA from
-// the compiler's flags: they are not dispatched (cpu::isa_name() names them).
+// Attention dispatches on the level too (attention.hpp: AVX-512 for head sizes
+// that are multiples of 16, else AVX2; the scalar reference at level scalar).
+// The elementwise kernels use xsimd, which fixes its ISA from the compiler's
+// flags: they are not dispatched (cpu::isa_name() names them).
 //
 // Reading the level is a function-local static plus a relaxed atomic load;
 // the matmul entry points read it once per call, before their threads start.
