@@ -30,6 +30,7 @@ using fastinfer::LlamaModel;
 
 namespace {
 
+using fastinfer::testing::first_divergence_gap;
 using fastinfer::testing::make_request;
 using fastinfer::testing::paged_options;
 using fastinfer::testing::solo_greedy;
@@ -254,9 +255,18 @@ TEST_CASE("engine: soak of many short requests into a small pool", "[engine][soa
     LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(40, 48));
     fe::EngineMetrics m;
     const auto got = run_engine(model, cfg, w, &m);
+    // Passes of up to 96 rows sum in another order than solo decoding (see
+    // first_divergence_gap): a request may part from it only at a near-tie,
+    // and rarely.
     std::size_t mismatches = 0;
-    for (std::size_t i = 0; i < got.size(); ++i) mismatches += got[i] != expected[i];
-    CHECK(mismatches == 0);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      if (got[i] == expected[i]) continue;
+      ++mismatches;
+      const float gap = first_divergence_gap(solo, w.requests[i].prompt, expected[i], got[i], 1);
+      INFO("request " << i << ": first divergence at a logit gap of " << gap);
+      CHECK(gap < 1e-3f);
+    }
+    CHECK(mismatches <= 2);
     CHECK(m.finished == 400);
     CHECK(m.preemptions > 0);
     if (swap) CHECK(m.preemptions_swap > 0);
