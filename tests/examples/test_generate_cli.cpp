@@ -118,8 +118,9 @@ TEST_CASE("fastinfer-generate: --version names the CPU level, FASTINFER_CPU_LEVE
                          fastinfer::cpu::cpu_level_name(fastinfer::cpu::detected_cpu_level()) + " (detected " +
                          fastinfer::cpu::cpu_level_name(fastinfer::cpu::detected_cpu_level()) + "; float kernels " +
                          fastinfer::cpu::float_kernel_isa(fastinfer::cpu::detected_cpu_level()) + ", q8_0 " +
-                         fastinfer::cpu::q8_0::kernel_isa(fastinfer::cpu::detected_cpu_level()) +
-                         ", elementwise/attention " + fastinfer::cpu::isa_name() + ")\n");
+                         fastinfer::cpu::q8_0::kernel_isa(fastinfer::cpu::detected_cpu_level()) + ", attention " +
+                         fastinfer::cpu::attention_kernel_isa(fastinfer::cpu::detected_cpu_level(), 16) +
+                         ", elementwise " + fastinfer::cpu::isa_name() + ")\n");
   CHECK(scalar.code == 0);
   CHECK(scalar.out.rfind("fastinfer-generate " + std::string(fastinfer::kVersionString) + "; cpu level scalar (detected ", 0) == 0);
   CHECK(bad.code == 2);

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "fastinfer/backend/cpu/arch.hpp"
+#include "fastinfer/backend/cpu/attention.hpp"
 #include "fastinfer/backend/cpu/elementwise.hpp"
 #include "fastinfer/backend/cpu/gemm.hpp"
 #include "fastinfer/backend/cpu/gemv.hpp"
@@ -25,11 +26,15 @@
 namespace fastinfer::cpu {
 
 // "cpu level avx512 (detected avx512; float kernels avx512, q8_0 avx512-vnni,
-// elementwise/attention avx512bw)": which kernels run, for logs and --version.
+// attention avx512, elementwise avx512bw)": which kernels run, for logs and
+// --version. Attention is named for head sizes that are multiples of 16 (at
+// the avx512 level the others take the avx2 kernel); the elementwise kernels
+// are xsimd's, chosen when the program was compiled, not at run time.
 inline std::string kernel_isa_summary() {
   return std::string("cpu level ") + cpu_level_name(cpu_level()) + " (detected " +
          cpu_level_name(detected_cpu_level()) + "; float kernels " + float_kernel_isa() + ", q8_0 " +
-         q8_0::kernel_isa() + ", elementwise/attention " + isa_name() + ")";
+         q8_0::kernel_isa() + ", attention " + attention_kernel_isa(cpu_level(), 16) + ", elementwise " +
+         isa_name() + ")";
 }
 
 }  // namespace fastinfer::cpu
