@@ -132,7 +132,7 @@ class CpuKVStore final : public KVStore {
       plan_ = plan_decode(view, threads);
       planned_ = true;
     }
-#if FASTINFER_ATTENTION_AVX2 && defined(_OPENMP)
+#if defined(_OPENMP)
     if (int(work_.size()) < threads) work_.resize(std::size_t(threads));
 #else
     if (work_.empty()) work_.resize(1);
@@ -174,11 +174,16 @@ class CpuKVStore final : public KVStore {
   // Decode attention when no range needs splitting: decode_attention's
   // arithmetic (one online-softmax state per (sequence, KV head), sinks then
   // window, the same bits as its single-range merge) with per-thread scratch
-  // kept across steps, so a decode step allocates nothing. Without the AVX2
-  // kernels, the library kernel.
+  // kept across steps, so a decode step allocates nothing. The vector
+  // kernel of the CPU level (attention_kernel); at the scalar level, the
+  // library's reference.
   void decode_short_(const kv::PagedKVView<Quant>& view, const float* q, float* out, int n_q_heads, int threads) {
-#if FASTINFER_ATTENTION_AVX2
     namespace ad = attention_detail;
+    const AttentionKernel kernel = attention_kernel(cpu_level(), view.head_dim);
+    if (kernel == AttentionKernel::reference) {
+      decode_attention(view, q, out, n_q_heads, threads);
+      return;
+    }
     check_heads(n_q_heads, view.n_kv_heads);
     const int d = view.head_dim, G = n_q_heads / view.n_kv_heads;
     const float scale = 1.0f / std::sqrt(float(d));
@@ -207,16 +212,14 @@ class CpuKVStore final : public KVStore {
         const std::int64_t sink_end = view.sink_end(pos);
         if (sink_end > 0) {
           ad::load_query(qh, G, d, scale, view.sink_shift(pos), view.rope, w.qs.data());
-          ad::attend_range(view, b, h, w.qs.data(), G, 0, sink_end, ad::AllVisible{}, w.st);
+          ad::attend_range(kernel, view, b, h, w.qs.data(), G, 0, sink_end, ad::AllVisible{}, w.st);
         }
         ad::load_query(qh, G, d, scale, 0, view.rope, w.qs.data());
-        ad::attend_range(view, b, h, w.qs.data(), G, view.window_begin(pos), pos + 1, ad::AllVisible{}, w.st);
+        ad::attend_range(kernel, view, b, h, w.qs.data(), G, view.window_begin(pos), pos + 1, ad::AllVisible{},
+                         w.st);
         ad::finish(w.st, G, d, out + (std::int64_t(b) * n_q_heads + std::int64_t(h) * G) * d);
       }
     }
-#else
-    decode_attention(view, q, out, n_q_heads, threads);
-#endif
   }
 
   // The queries a press votes with, per KV layer: rows [first, first + rows)
@@ -336,14 +339,10 @@ class CpuKVStore final : public KVStore {
     }
   }
 
-#if FASTINFER_ATTENTION_AVX2
   struct Work {
     attention_detail::State st;
     std::vector<float> qs;
   };
-#else
-  struct Work {};
-#endif
 
   Cache cache_;
   int group_ = 1;  // model layers per KV layer (CLA)
