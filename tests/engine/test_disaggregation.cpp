@@ -13,7 +13,8 @@
 // the reference is unique: each request alone (prefill -> decode against one
 // engine alone, every case, every format, greedy and sampled), and, for
 // greedy, in a batch wherever the single engine's batched tokens equal its
-// tokens alone.
+// tokens alone, up to a divergence at a near-tie (first_divergence_gap) in at
+// most one request per format.
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -38,6 +39,7 @@ namespace ft = fastinfer::transfer;
 using fastinfer::LlamaModel;
 using fastinfer::LlamaWeights;
 using fastinfer::kv::QuantKind;
+using fastinfer::testing::first_divergence_gap;
 using fastinfer::testing::make_request;
 using fastinfer::testing::kv_options;
 using fastinfer::testing::random_requests;
@@ -135,7 +137,7 @@ void check_goldens(const std::string& model_rel, const std::string& cases_rel, s
       std::vector<std::uint64_t> keys;
       for (const auto& r : reqs) keys.push_back(c.prefill->submit(r));
       c.run();
-      int decoded = 0, batch_dependent = 0, same_sampled = 0;
+      int decoded = 0, batch_dependent = 0, same_sampled = 0, near_ties = 0;
       for (std::size_t i = 0; i < reqs.size(); ++i) {
         INFO(golden[i].name << " kv " << int(q) << (sampled ? " sampled" : " greedy") << ", together");
         const fe::HandoffResult& res = c.prefill->result(keys[i]);
@@ -143,15 +145,27 @@ void check_goldens(const std::string& model_rel, const std::string& cases_rel, s
         // Sampled tokens in a batch follow the batch's kernel regime on any
         // engine (seen differing under ASan's code generation even where
         // alone == batched on one engine): asserted alone below.
-        if (alone[i] != single[i])
+        if (alone[i] != single[i]) {
           ++batch_dependent;
-        else if (!sampled)
-          CHECK(res.tokens == single[i]);
-        else
+        } else if (!sampled && res.tokens != single[i]) {
+          // The decode rank batches the request with others than the single
+          // engine did: greedy tokens may part only at a near-tie. A quantized
+          // KV format widens the tie: a last-bit change of a key can move its
+          // rounded code by one step (seen: gap 1.3e-3 with int8).
+          LlamaModel<> solo(w, kv_options(q, 0, 1));
+          const float gap = first_divergence_gap(solo, reqs[i].prompt, single[i], res.tokens, stop);
+          INFO("parted from the single engine at a logit gap of " << gap);
+          const bool rounded_kv = q == QuantKind::Int8 || q == QuantKind::Int4 || q == QuantKind::FP8E4M3 ||
+                                  q == QuantKind::FP8E5M2;
+          CHECK(gap < (rounded_kv ? 1e-2f : 1e-3f));
+          ++near_ties;
+        } else if (sampled) {
           same_sampled += res.tokens == single[i];
+        }
         decoded += res.decode_rank > 0;
       }
       CHECK(decoded == int(reqs.size()));  // every case really crossed over
+      CHECK(near_ties <= 1);
       if (sampled)
         std::printf("note: kv %s sampled, together: %d of %zu requests with the batched single engine's tokens\n",
                     std::string(fastinfer::kv::quant_name(q)).c_str(), same_sampled, reqs.size());
