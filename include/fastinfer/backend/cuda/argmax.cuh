@@ -35,6 +35,17 @@ __device__ inline void keep_better(float& best, std::int32_t& index, float v, st
   if (v > best || (v == best && i < index)) best = v, index = i;
 }
 
+// The best (value, index) of the warp and whether any lane saw a NaN, in
+// every lane.
+__device__ inline void warp_keep_best(float& best, std::int32_t& index, std::int32_t& nan) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const std::int32_t oi = __shfl_xor_sync(0xffffffffu, index, o);
+    nan |= __shfl_xor_sync(0xffffffffu, nan, o);
+    keep_better(best, index, ov, oi);
+  }
+}
+
 __global__ void argmax_rows_kernel(const float* logits, std::int64_t vocab, const std::int32_t* rows,
                                    RowArgmax* out) {
   __shared__ float warp_best[32];
@@ -53,12 +64,7 @@ __global__ void argmax_rows_kernel(const float* logits, std::int64_t vocab, cons
     }
     if (v > best) best = v, index = std::int32_t(i);
   }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const std::int32_t oi = __shfl_xor_sync(0xffffffffu, index, o);
-    nan |= __shfl_xor_sync(0xffffffffu, nan, o);
-    keep_better(best, index, ov, oi);
-  }
+  warp_keep_best(best, index, nan);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   if (lane == 0) warp_best[warp] = best, warp_index[warp] = index, warp_nan[warp] = nan;
   __syncthreads();
@@ -67,12 +73,7 @@ __global__ void argmax_rows_kernel(const float* logits, std::int64_t vocab, cons
   best = lane < warps ? warp_best[lane] : -INFINITY;
   index = lane < warps ? warp_index[lane] : kNoIndex;
   nan = lane < warps ? warp_nan[lane] : 0;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const std::int32_t oi = __shfl_xor_sync(0xffffffffu, index, o);
-    nan |= __shfl_xor_sync(0xffffffffu, nan, o);
-    keep_better(best, index, ov, oi);
-  }
+  warp_keep_best(best, index, nan);
   if (lane == 0) out[blockIdx.x] = RowArgmax{best, index, nan};
 }
 
