@@ -35,12 +35,23 @@
 //  estimate (or half) before it enters, so one spike moves it by at most
 //  cost_weight.
 //
+//  - Seconds of catching up, e c: a drafter with state of its own (a draft
+//    model's KV cache) sits out the plain steps and must first feed the c
+//    tokens it missed (Drafter::catch_up_tokens); e is learnt from the steps
+//    that did (c > k + 1), as what their drafting took beyond d k.
+//
 // choose() takes the k in [0, max_k] maximising E(k) / T(k). k = 0 is a plain
 // decode step. While k = 0 wins, a probe (drafting at the best k >= 1) is made
 // once the plain steps since the last probe add up to enough time that the
-// probe's extra cost (the model's, or the last probe's measured one if more)
-// is at most `probe_budget` of it; probes are how it comes
-// back when drafting starts to pay. While some k >= 1 wins, every
+// probe's extra cost (the model's, or the last probe's measured one if more,
+// plus its catch-up e c) is at most `probe_budget` of it; probes are how it
+// comes back when drafting starts to pay. Why the catch-up is priced on its
+// own: it grows with every plain step. Priced as a lump from the last probe,
+// each probe cost a fixed share of the plain time before it (a q8_0 self-draft
+// of the 110M stand-in: ~0.1 of a plain step per missed token, so ~10 % of
+// the time went to probes against a 2 % budget); priced per token, a drafter
+// whose catch-up grows faster than the budget is probed again only where its
+// gap is small (a new request: the prompt is fed to it anyway). While some k >= 1 wins, every
 // `refresh_every`-th step is plain, keeping the one-row price current (the
 // machine's load changes it). The very first steps measure a plain pass, then
 // probe at max_k.
@@ -79,6 +90,9 @@ struct DraftStepReport {
   std::int32_t depths = 0;
   double draft_seconds = 0;  // drafter's propose()
   double pass_seconds = 0;   // the target pass and the step's host work
+  // Tokens the drafter fed to catch up before drafting (what choose() was
+  // told: Drafter::catch_up_tokens), 0 for a plain step.
+  std::int64_t catch_up_tokens = 0;
 };
 
 struct AdaptiveDraftStats {
@@ -183,9 +197,13 @@ class AdaptiveDraftLength {
     samples_[std::size_t(rows)] = std::max(samples_[std::size_t(rows)], kTrusted);
   }
 
-  // The k for the next step, at most min(max_k, cap); `base_rows` as in the report.
-  std::int32_t choose(std::int32_t base_rows = 1, std::int32_t cap = 1 << 30) {
+  // The k for the next step, at most min(max_k, cap); `base_rows` as in the
+  // report; `catch_up_tokens` what a drafting step would first feed the
+  // drafter (Drafter::catch_up_tokens).
+  std::int32_t choose(std::int32_t base_rows = 1, std::int32_t cap = 1 << 30, std::int64_t catch_up_tokens = 0) {
     FASTINFER_CHECK(base_rows >= 1, InvalidArgument, "adaptive draft length: base_rows must be >= 1, got ", base_rows);
+    FASTINFER_CHECK(catch_up_tokens >= 0, InvalidArgument, "adaptive draft length: catch_up_tokens must be >= 0, got ",
+                    catch_up_tokens);
     const std::int32_t kmax = std::max(0, std::min(max_k_, cap));
     if (kmax == 0 || !(one_row() > 0.0)) return 0;  // first: the plain price
     if (!probed_) {  // then: what drafting costs and returns
@@ -196,11 +214,11 @@ class AdaptiveDraftLength {
     if (best == 0) {
       const std::int32_t probe = best_k(base_rows, 1, kmax);
       // Priced at the larger of the model's extra cost and what the last
-      // probe really cost over a plain step: a draft model that sat out the
-      // plain steps first re-reads the whole gap, which no per-token price
-      // foresees.
+      // probe really cost over a plain step beyond its catch-up, plus this
+      // one's catch-up (see the top).
       const double extra = std::max(expected_seconds(base_rows, probe) - expected_seconds(base_rows, 0),
-                                    last_probe_extra_);
+                                    last_probe_extra_) +
+                           catch_up_seconds(catch_up_tokens);
       if (plain_seconds_since_probe_ * c_.probe_budget >= extra) {
         ++stats_.probes;
         probing_ = true;
@@ -232,12 +250,25 @@ class AdaptiveDraftLength {
       spec_steps_since_plain_ = 0;
       return;
     }
-    if (probing_) last_probe_extra_ = std::max(0.0, r.draft_seconds + r.pass_seconds - pass_at(r.base_rows));
+    // Drafting seconds split into k drafts and the catch-up: a step that
+    // caught up more than a speculating step's usual re-feed (k + 1 tokens)
+    // prices the catch-up from the per-draft price; the others the drafts.
+    // With no per-draft price yet (the first probe of a draft model catches
+    // up the prompt) both start at the step's seconds per token fed.
+    double caught_up = 0.0;
+    if (r.catch_up_tokens > std::int64_t(r.k) + 1) {
+      if (!(draft_per_token_ > 0.0)) draft_per_token_ = r.draft_seconds / double(r.catch_up_tokens + r.k);
+      caught_up = std::max(0.0, r.draft_seconds - draft_per_token_ * double(r.k));
+      robust_ewma(catch_up_per_token_, caught_up / double(r.catch_up_tokens));
+    } else {
+      robust_ewma(draft_per_token_, r.draft_seconds / double(r.k));
+    }
+    if (probing_)
+      last_probe_extra_ = std::max(0.0, r.draft_seconds - caught_up + r.pass_seconds - pass_at(r.base_rows));
     probing_ = false;
     probed_ = true;
     ++spec_steps_since_plain_;
     plain_seconds_since_probe_ = 0.0;
-    robust_ewma(draft_per_token_, r.draft_seconds / double(r.k));
     std::int32_t nodes = 0;
     for (std::int32_t d = 1; d <= r.k; ++d) {
       const std::int32_t at = d <= r.depths ? (r.nodes_at_depth ? r.nodes_at_depth[d - 1] : 1) : 0;
@@ -267,6 +298,10 @@ class AdaptiveDraftLength {
     return f > 0.0 ? a + f * (pass_at(lo + 1) - a) : a;
   }
   double draft_seconds(std::int32_t k) const { return k > 0 && draft_per_token_ > 0.0 ? draft_per_token_ * k : 0.0; }
+  // Seconds of feeding the drafter `tokens` it missed (0 until a catch-up was measured).
+  double catch_up_seconds(std::int64_t tokens) const {
+    return tokens > 0 && catch_up_per_token_ > 0.0 ? catch_up_per_token_ * double(tokens) : 0.0;
+  }
   double expected_seconds(std::int32_t base_rows, std::int32_t k) const {
     return draft_seconds(k) + pass_seconds(expected_rows(base_rows, k));
   }
@@ -287,6 +322,8 @@ class AdaptiveDraftLength {
                     "adaptive draft length: ", r.accepted, " drafts kept of ", r.depths, " depths offered at k ", r.k);
     FASTINFER_CHECK(r.depths >= 0 && r.depths <= r.k, InvalidArgument, "adaptive draft length: ", r.depths,
                     " draft depths offered, k was ", r.k);
+    FASTINFER_CHECK(r.catch_up_tokens >= 0 && (r.k > 0 || r.catch_up_tokens == 0), InvalidArgument,
+                    "adaptive draft length: ", r.catch_up_tokens, " tokens caught up at k ", r.k);
     FASTINFER_CHECK(std::isfinite(r.pass_seconds) && r.pass_seconds >= 0.0 && std::isfinite(r.draft_seconds) &&
                         r.draft_seconds >= 0.0,
                     InvalidArgument, "adaptive draft length: seconds must be finite and >= 0, got pass ",
@@ -348,6 +385,7 @@ class AdaptiveDraftLength {
   DraftAcceptance accept_;
   std::vector<double> nodes_;          // per depth: EWMA draft nodes (-1: never asked)
   double draft_per_token_ = -1.0;      // EWMA propose seconds per drafted token (-1: never measured)
+  double catch_up_per_token_ = -1.0;   // EWMA seconds per token a drafter caught up (-1: never measured)
   std::vector<double> pass_;           // per row count: EWMA pass seconds (-1: never measured)
   std::vector<int> samples_;           // per row count: samples in pass_ (kTrusted: seeded)
   double per_row_ = -1.0;              // EWMA seconds of one more row (-1: never measured)

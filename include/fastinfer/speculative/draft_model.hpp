@@ -69,6 +69,10 @@ class DraftModel final : public Drafter {
     cached_.clear();
   }
 
+  std::int64_t catch_up_tokens(const std::vector<std::int32_t>& context) const override {
+    return std::int64_t(context.size()) - cached_prefix_(context);
+  }
+
   void propose(const std::vector<std::int32_t>& context, int k, std::uint64_t token_index,
                DraftProposal& out) override {
     out.clear();
@@ -81,11 +85,7 @@ class DraftModel final : public Drafter {
     for (std::int32_t t : context)
       FASTINFER_CHECK(t >= 0 && t < vocab, InvalidArgument, "context token ", t,
                       " is outside the draft model's vocabulary [0, ", vocab, ")");
-    // Keep what the cache holds for the common prefix; always re-feed at least the last token.
-    int common = 0;
-    const int limit = std::min<int>(int(cached_.size()), len - 1);
-    while (common < limit && cached_[std::size_t(common)] == context[std::size_t(common)]) ++common;
-    common = std::min(common, model_.cached_length());
+    const int common = cached_prefix_(context);
     cached_.assign(context.begin(), context.end());
     const float* logits = model_.forward_prefill(context.data() + common, len - common, common);
     ++forwards_;
@@ -101,6 +101,15 @@ class DraftModel final : public Drafter {
   }
 
  private:
+  // Positions of `context` whose KV the cache holds; the last token is
+  // always re-fed (its logits give the first draft).
+  int cached_prefix_(const std::vector<std::int32_t>& context) const {
+    int common = 0;
+    const int limit = std::min<int>(int(cached_.size()), int(context.size()) - 1);
+    while (common < limit && cached_[std::size_t(common)] == context[std::size_t(common)]) ++common;
+    return std::min(common, model_.cached_length());
+  }
+
   Model model_;
   SamplingParams params_;
   AcceptanceRule rule_;

@@ -74,6 +74,14 @@ class Drafter {
   // `token_index` is the request index of the first guess (for Philox coins).
   virtual void propose(const std::vector<std::int32_t>& context, int k, std::uint64_t token_index,
                        DraftProposal& out) = 0;
+  // Tokens propose() would feed before its first draft to catch up with
+  // `context`: a draft model's KV gap after the steps it sat out. Dynamic
+  // speculation prices a probe with it (adaptive_draft_length.hpp). 0 for a
+  // drafter whose price does not depend on what happened before.
+  virtual std::int64_t catch_up_tokens(const std::vector<std::int32_t>& context) const {
+    (void)context;
+    return 0;
+  }
   // After verification: `context` now holds the emitted tokens, `accepted` of
   // the proposal's drafts were kept (for a tree: the accepted path's length); extra_logits holds the rows [n_extra][vocab]
   // of the first n_extra extra tokens (nullptr when none were fed).

@@ -246,7 +246,8 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
     const int remaining = std::min(params.max_new_tokens - int(r.tokens.size()), c.max_seq_len - len);
     const int n_pending = len - valid;
     const int k_cap = std::min(options.k, remaining - 1);
-    const int k = options.adaptive ? options.adaptive->choose(std::max(n_pending, 1), k_cap) : k_cap;
+    const std::int64_t catch_up = options.adaptive ? drafter.catch_up_tokens(seq) : 0;
+    const int k = options.adaptive ? options.adaptive->choose(std::max(n_pending, 1), k_cap, catch_up) : k_cap;
     const auto d0 = Clock::now();
     if (k > 0 || !options.adaptive)
       drafter.propose(seq, k, std::uint64_t(r.tokens.size()), proposal);
@@ -320,6 +321,7 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
     st.k_sum += k;
     if (k == 0) ++st.plain_steps;
     step.k = k;
+    step.catch_up_tokens = k > 0 ? catch_up : 0;
     step.base_rows = std::max(n_pending, 1);
     step.accepted = std::min(v.accepted, step.depths);
     going = out_tokens.emit_step(v.tokens, v.accepted, st);
