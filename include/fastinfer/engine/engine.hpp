@@ -39,7 +39,8 @@
 // continuous batching"): a request may carry a drafter (RequestSpec: prompt
 // lookup, a draft model or the target's own first layers (early exit: its
 // draft pass writes the request's reserved draft slots, which the verifying
-// pass rewrites), and k). Before each schedule() the engine's policy
+// pass rewrites), and k). Requests that draft with the draft model share one
+// (batched_draft.hpp): a step drafts for all of them in a few batched passes. Before each schedule() the engine's policy
 // decides how many draft slots each running speculating request asks for
 // (ContinuousBatcher::set_draft_tokens); the batcher budgets them (tokens and
 // KV blocks). A decode entry with slots feeds [its token, d1..dm] (m <= the
@@ -85,6 +86,7 @@
 
 #include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/engine/batched_draft.hpp"
 #include "fastinfer/engine/request_speculation.hpp"
 #include "fastinfer/engine/spec_policy.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
@@ -309,6 +311,7 @@ class Engine {
   // Forgets a finished request's output and timing.
   void retire(RequestId id) {
     batcher_->retire(id);
+    if (draft_) draft_->release(id);
     live_.erase(id);
   }
 
@@ -471,25 +474,12 @@ class Engine {
     PagedAllocator& alloc = model_.kv().allocator();
     batch_.clear();
     capacity_.clear();
-    drafts_.resize(plan.entries.size());
-    step_model_drafts_ = 0;
+    propose_(plan);
     bool speculating = false;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
       auto it = live_.find(e.id);
-      speculative::DraftProposal& prop = drafts_[i];
-      prop.clear();
-      if (e.num_drafts > 0 && it != live_.end() && it->second.spec) {
-        const double d0 = now_();
-        RequestSpeculation& sp = *it->second.spec;
-        const Request& r = batcher_->request(e.id);
-        const std::vector<TokenId>& out = batcher_->output(e.id);
-        context_.assign(r.prompt.begin(), r.prompt.end());
-        context_.insert(context_.end(), out.begin(), out.end());
-        sp.propose(context_, e.num_drafts, std::uint64_t(out.size()), prop, e.id);
-        if (sp.drafts_cost_passes()) step_model_drafts_ += std::int64_t(prop.tokens.size());
-        stats_.draft_seconds += now_() - d0;
-      }
+      const speculative::DraftProposal& prop = drafts_[i];
       feed_.assign(plan.tokens.begin() + plan.token_indptr[i], plan.tokens.begin() + plan.token_indptr[i + 1]);
       feed_.insert(feed_.end(), prop.tokens.begin(), prop.tokens.end());
       speculating = speculating || !prop.tokens.empty();
@@ -514,6 +504,54 @@ class Engine {
         FASTINFER_CHECK(ok, Error, "Engine: could not restore the reservation of request ", s, " (bug)");
       }
     }
+  }
+
+  // Every entry's drafts for this step: each request's own drafter, and the
+  // engine's draft model for all that use it at once (batched_draft.hpp).
+  void propose_(const sched::StepPlan& plan) {
+    drafts_.resize(plan.entries.size());
+    contexts_.resize(plan.entries.size());
+    draft_jobs_.clear();
+    step_model_drafts_ = 0;
+    const double d0 = now_();
+    bool drafted = false;
+    for (std::size_t i = 0; i < plan.entries.size(); ++i) {
+      const sched::PlanEntry& e = plan.entries[i];
+      drafts_[i].clear();
+      auto it = live_.find(e.id);
+      if (e.num_drafts <= 0 || it == live_.end() || !it->second.spec) continue;
+      drafted = true;
+      RequestSpeculation& sp = *it->second.spec;
+      const Request& r = batcher_->request(e.id);
+      const std::vector<TokenId>& out = batcher_->output(e.id);
+      std::vector<TokenId>& context = contexts_[i];
+      context.assign(r.prompt.begin(), r.prompt.end());
+      context.insert(context.end(), out.begin(), out.end());
+      if (sp.uses_draft_model())
+        draft_jobs_.push_back(
+            {e.id, &context, e.num_drafts, std::uint64_t(out.size()), r.sampling, &drafts_[i]});
+      else
+        sp.propose(context, e.num_drafts, std::uint64_t(out.size()), drafts_[i], e.id);
+    }
+    if (!draft_jobs_.empty()) draft_model_().propose(draft_jobs_);
+    for (std::size_t i = 0; i < plan.entries.size(); ++i) {
+      auto it = live_.find(plan.entries[i].id);
+      if (it != live_.end() && it->second.spec && it->second.spec->drafts_cost_passes())
+        step_model_drafts_ += std::int64_t(drafts_[i].tokens.size());
+    }
+    if (drafted) stats_.draft_seconds += now_() - d0;
+  }
+
+  // The engine's draft model, built when a request first drafts with it.
+  BatchedDraftModel<Backend>& draft_model_() {
+    if (!draft_) {
+      detail::require_draft_weights(cfg_.spec);
+      const int seqs = cfg_.spec.draft_max_sequences > 0 ? cfg_.spec.draft_max_sequences : cfg_.scheduler.max_seqs;
+      draft_ = std::make_unique<BatchedDraftModel<Backend>>(*cfg_.spec.draft_weights, cfg_.spec.draft_threads,
+                                                            cfg_.spec.draft_max_batch, seqs, model_.backend(),
+                                                            cfg_.spec.sampled_rule);
+    }
+    return *draft_;
   }
 
   void sample_(const sched::StepPlan& plan) {
@@ -605,6 +643,7 @@ class Engine {
     auto it = live_.find(id);
     if (it == live_.end() || it->second.notified) return;
     it->second.notified = true;
+    if (draft_) draft_->release(id);
     if (it->second.on_finish) it->second.on_finish(id, batcher_->finish_reason(id));
   }
 
@@ -641,7 +680,10 @@ class Engine {
   std::int64_t step_model_drafts_ = 0;
   std::vector<speculative::DraftProposal> drafts_;  // per plan entry
   speculative::DraftProposal empty_proposal_;
-  std::vector<TokenId> context_, feed_;
+  std::vector<TokenId> feed_;
+  std::vector<std::vector<TokenId>> contexts_;  // per plan entry: prompt + output, for its drafter
+  std::vector<typename BatchedDraftModel<Backend>::Job> draft_jobs_;
+  std::unique_ptr<BatchedDraftModel<Backend>> draft_;  // SpecDrafter::DraftModel's, built on first use
   std::vector<RequestId> cand_ids_;
   std::vector<SpecCandidate> cands_, sorted_;
   std::vector<std::size_t> order_;

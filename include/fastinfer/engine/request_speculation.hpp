@@ -22,7 +22,6 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/sched/request.hpp"
-#include "fastinfer/speculative/draft_model.hpp"
 #include "fastinfer/speculative/drafter.hpp"
 #include "fastinfer/speculative/early_exit_drafter.hpp"
 #include "fastinfer/speculative/prompt_lookup.hpp"
@@ -36,11 +35,14 @@ struct SpecConfig {
   // What submit(request) without a RequestSpec uses.
   RequestSpec defaults{};
   // Weights of the draft model (SpecDrafter::DraftModel): e.g. the target
-  // loaded with bf16 weights. Views with keep-alives: every request's
-  // DraftModel shares them. Must have the target's vocabulary.
+  // loaded with bf16 weights. Views with keep-alives. Must have the target's
+  // vocabulary. One draft model drafts for every such request, in batched
+  // passes (batched_draft.hpp); its KV pool holds draft_max_sequences
+  // sequences of its whole context (0: the scheduler's max_seqs).
   std::optional<LlamaWeights> draft_weights;
   int draft_threads = 1;
-  int draft_max_batch = 64;  // rows of one draft pass (a longer re-feed is chunked)
+  int draft_max_batch = 64;  // rows of one draft pass (a longer catch-up is chunked)
+  int draft_max_sequences = 0;
   // How a sampled (temperature > 0) speculating row verifies its drafts.
   // Coupled: the tokens are plain sampling's, whatever the drafts (a
   // request's tokens do not depend on its batch). Exact: Leviathan rejection
@@ -94,17 +96,16 @@ class RequestSpeculation {
       drafter_ = std::make_unique<speculative::EarlyExitDrafter<LlamaModel<Backend>>>(
           target, spec.exit_layer, sampling, cfg.sampled_rule, seq);
     } else {
+      // The draft model is the engine's, shared by every request
+      // (batched_draft.hpp): no drafter of its own.
       detail::require_draft_weights(cfg);
-      ModelOptions mo;
-      mo.threads = cfg.draft_threads;
-      mo.max_batch = cfg.draft_max_batch;
-      drafter_ = std::make_unique<speculative::DraftModel<LlamaModel<Backend>>>(
-          LlamaModel<Backend>(*cfg.draft_weights, mo, target.backend()), sampling, cfg.sampled_rule);
     }
     verifier_ = std::make_unique<speculative::SpeculativeVerifier>(vocab_, sampling, cfg.sampled_rule);
   }
 
   const RequestSpec& spec() const { return spec_; }
+  // Whether the engine's batched draft model drafts for it (propose() does not).
+  bool uses_draft_model() const { return spec_.drafter == SpecDrafter::DraftModel; }
   // Whether its drafts cost forward passes (the step-cost fit's per-draft
   // price: an early-exit draft costs exit_layer / n_layers of a token, a
   // draft model's its own share; the fit learns one price for whichever runs).
@@ -122,6 +123,8 @@ class RequestSpeculation {
   // proposes a token outside the vocabulary is a bug: Error naming it.
   void propose(const std::vector<sched::TokenId>& context, int max_drafts, std::uint64_t index,
                speculative::DraftProposal& out, sched::RequestId id) {
+    FASTINFER_CHECK(drafter_ != nullptr, Error, "Engine: request ", id,
+                    " drafts with the engine's draft model, not a drafter of its own (bug)");
     drafter_->propose(context, max_drafts, index, out);
     if (int(out.tokens.size()) > max_drafts) out.tokens.resize(std::size_t(max_drafts));
     for (std::int32_t t : out.tokens)
