@@ -233,7 +233,8 @@ int main(int argc, char** argv) {
       sj["cost_model"] = {{"valid", mc.cost_model.valid},
                           {"base_ms", mc.cost_model.base * 1e3},
                           {"per_token_ms", mc.cost_model.per_token * 1e3},
-                          {"per_model_draft_ms", mc.cost_model.per_model_draft * 1e3}};
+                          {"per_model_draft_ms", mc.cost_model.per_model_draft * 1e3},
+                          {"per_draft_pass_ms", mc.cost_model.per_draft_pass * 1e3}};
       out["continuous"]["spec"] = sj;
       if (samples) {
         std::vector<double> ttft, itl;

@@ -437,24 +437,64 @@ TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a larg
   CHECK(fe::choose_drafts(fe::StepCostModel{}, 300, 300, {good}) == std::vector<std::int32_t>{4});
 }
 
+TEST_CASE("spec policy: requests drafting with the batched draft model share its passes", "[engine][spec]") {
+  // The draft model costs 4 ms a pass (its weights streamed once whatever
+  // the rows) and 0.05 ms a drafted row; 8 requests decode, each 80 %.
+  fe::StepCostModel cost;
+  cost.base = 10e-3;
+  cost.per_token = 0.1e-3;
+  cost.per_model_draft = 0.05e-3;
+  cost.per_draft_pass = 4e-3;
+  cost.valid = true;
+  fe::SpecCandidate batched{0.8, 4, true};
+  batched.batched_drafter = true;
+  const std::vector<fe::SpecCandidate> eight(8, batched);
+  const auto k = fe::choose_drafts(cost, 8, 8, eight);
+  // An independent brute force over one k for all eight: what the passes
+  // shared are worth.
+  double best_rate = 0;
+  int best_k = 0;
+  for (int kk = 0; kk <= 4; ++kk) {
+    const double emitted = 8 * (1 - std::pow(0.8, kk + 1)) / (1 - 0.8);
+    const double rate = emitted / cost.seconds(8 + 8 * kk, 8 * kk, kk);
+    if (rate > best_rate) best_rate = rate, best_k = kk;
+  }
+  REQUIRE(best_k > 0);
+  double emitted = 0, tokens = 8, drafts = 0, passes = 0;
+  for (int kk : k) {
+    emitted += (1 - std::pow(0.8, kk + 1)) / (1 - 0.8);
+    tokens += kk, drafts += kk, passes = std::max(passes, double(kk));
+  }
+  CHECK(emitted / cost.seconds(tokens, drafts, passes) >= 0.999 * best_rate);
+  CHECK(std::count(k.begin(), k.end(), 0) == 0);
+  // Charged per drafted token instead (a draft model per request: a pass
+  // each), the same prices make every one of them decode plainly.
+  fe::StepCostModel per_request = cost;
+  per_request.per_model_draft = cost.per_draft_pass;
+  per_request.per_draft_pass = 0;
+  const auto alone = fe::choose_drafts(per_request, 8, 8, std::vector<fe::SpecCandidate>(8, {0.8, 4, true}));
+  CHECK(std::count(alone.begin(), alone.end(), 0) == 8);
+}
+
 TEST_CASE("spec policy: the step-cost fit and the acceptance estimate", "[engine][spec]") {
   fe::StepCostFit fit(0.99, 8);
   CHECK_FALSE(fit.model().valid);
   std::mt19937_64 rng(2);
-  std::uniform_int_distribution<int> tok(1, 300), dr(0, 20);
+  std::uniform_int_distribution<int> tok(1, 300), dr(0, 20), passes(0, 8);
   std::normal_distribution<double> noise(0, 1e-6);
   for (int i = 0; i < 400; ++i) {
-    const int n = tok(rng), d = dr(rng);
-    fit.add(n, d, 2e-3 + 1e-4 * n + 5e-4 * d + noise(rng));
+    const int n = tok(rng), d = dr(rng), p = passes(rng);
+    fit.add(n, d, p, 2e-3 + 1e-4 * n + 5e-4 * d + 3e-3 * p + noise(rng));
   }
   const fe::StepCostModel m = fit.model();
   REQUIRE(m.valid);
   CHECK(m.base == Approx(2e-3).epsilon(0.02));
   CHECK(m.per_token == Approx(1e-4).epsilon(0.02));
   CHECK(m.per_model_draft == Approx(5e-4).epsilon(0.02));
+  CHECK(m.per_draft_pass == Approx(3e-3).epsilon(0.02));
   // The same token count every step: no slope to read.
   fe::StepCostFit flat(0.95, 4);
-  for (int i = 0; i < 20; ++i) flat.add(64, 0, 5e-3);
+  for (int i = 0; i < 20; ++i) flat.add(64, 0, 0, 5e-3);
   CHECK_FALSE(flat.model().valid);
   CHECK_THROWS_AS(fe::StepCostFit(0.0, 8), fastinfer::InvalidArgument);
 

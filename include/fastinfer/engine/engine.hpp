@@ -332,7 +332,7 @@ class Engine {
     const double t3 = now_();
     if (!plan.entries.empty()) {
       // The step's cost as the adaptive switch models it: drafting, forward, verification.
-      fit_.add(double(batch_.rows()), double(step_model_drafts_), t3 - t1);
+      fit_.add(double(batch_.rows()), double(step_model_drafts_), double(step_draft_passes_), t3 - t1);
       last_plain_tokens_ = plan.num_tokens();
     }
     if (cache_ && cfg_.cache_at_prefill_end) cache_prefills_(plan);
@@ -533,7 +533,12 @@ class Engine {
       else
         sp.propose(context, e.num_drafts, std::uint64_t(out.size()), drafts_[i], e.id);
     }
-    if (!draft_jobs_.empty()) draft_model_().propose(draft_jobs_);
+    step_draft_passes_ = 0;
+    if (!draft_jobs_.empty()) {
+      const std::int64_t before = draft_model_().forwards();
+      draft_->propose(draft_jobs_);
+      step_draft_passes_ = draft_->forwards() - before;
+    }
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       auto it = live_.find(plan.entries[i].id);
       if (it != live_.end() && it->second.spec && it->second.spec->drafts_cost_passes())
@@ -678,6 +683,7 @@ class Engine {
   bool any_spec_ = false;
   std::int64_t last_plain_tokens_ = 0;
   std::int64_t step_model_drafts_ = 0;
+  std::int64_t step_draft_passes_ = 0;  // the batched draft model's passes this step
   std::vector<speculative::DraftProposal> drafts_;  // per plan entry
   speculative::DraftProposal empty_proposal_;
   std::vector<TokenId> feed_;

@@ -115,7 +115,8 @@ class RequestSpeculation {
 
   // What the policy weighs for it this step: at most max_k drafts.
   SpecCandidate candidate() const {
-    return SpecCandidate{acceptance_.value(), spec_.k, drafts_cost_passes(), &acceptance_.depths()};
+    return SpecCandidate{acceptance_.value(), spec_.k, drafts_cost_passes(), &acceptance_.depths(),
+                         uses_draft_model()};
   }
 
   // At most max_drafts drafts after `context` (prompt and output so far),

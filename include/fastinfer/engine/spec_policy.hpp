@@ -112,22 +112,31 @@ inline double expected_emitted(double a, std::int32_t k) {
   return sum;
 }
 
-// seconds(step) = base + per_token * tokens + per_model_draft * model_drafts.
+// seconds(step) = base + per_token * tokens + per_model_draft * model_drafts
+//               + per_draft_pass * draft_passes.
+// model_drafts: tokens drafted by a model this step (each costs rows of a
+// draft pass); draft_passes: forward passes of the engine's batched draft
+// model (batched_draft.hpp), which every request drafting with it shares: a
+// pass streams the draft's weights once whatever its rows, so its price is
+// per pass, not per drafted token.
 struct StepCostModel {
   double base = 0;
   double per_token = 0;
   double per_model_draft = 0;
+  double per_draft_pass = 0;
   bool valid = false;  // false: not enough evidence yet
 
-  double seconds(double tokens, double model_drafts) const {
-    return base + per_token * tokens + per_model_draft * model_drafts;
+  double seconds(double tokens, double model_drafts, double draft_passes = 0) const {
+    return base + per_token * tokens + per_model_draft * model_drafts + per_draft_pass * draft_passes;
   }
 };
 
-// Weighted least squares over (1, tokens, model_drafts) -> seconds, every
-// older step's weight multiplied by `forget` per new step, so the fit follows
-// a machine whose load changes. A tiny ridge keeps it solvable when a column
-// never varies (no draft model); the coefficients are kept >= 0.
+// Weighted least squares over (1, tokens, model_drafts, draft_passes) ->
+// seconds, every older step's weight multiplied by `forget` per new step, so
+// the fit follows a machine whose load changes. A tiny ridge keeps it
+// solvable when a column never varies (no draft model), or two move together
+// (one drafting request: as many passes as drafts); the coefficients are
+// kept >= 0.
 class StepCostFit {
  public:
   explicit StepCostFit(double forget = 0.95, std::int32_t min_steps = 8) : forget_(forget), min_steps_(min_steps) {
@@ -136,10 +145,10 @@ class StepCostFit {
     FASTINFER_CHECK(min_steps >= 2, InvalidArgument, "StepCostFit: min_steps must be >= 2, got ", min_steps);
   }
 
-  void add(double tokens, double model_drafts, double seconds) {
-    const double x[3] = {1.0, tokens, model_drafts};
-    for (int i = 0; i < 3; ++i) {
-      for (int j = 0; j < 3; ++j) a_[i][j] = forget_ * a_[i][j] + x[i] * x[j];
+  void add(double tokens, double model_drafts, double draft_passes, double seconds) {
+    const double x[kTerms] = {1.0, tokens, model_drafts, draft_passes};
+    for (int i = 0; i < kTerms; ++i) {
+      for (int j = 0; j < kTerms; ++j) a_[i][j] = forget_ * a_[i][j] + x[i] * x[j];
       b_[i] = forget_ * b_[i] + x[i] * seconds;
     }
     ++steps_;
@@ -150,51 +159,60 @@ class StepCostFit {
   StepCostModel model() const {
     StepCostModel m;
     if (steps_ < min_steps_) return m;
-    double a[3][3];
-    double b[3] = {b_[0], b_[1], b_[2]};
-    const double ridge = 1e-9 * (a_[0][0] + a_[1][1] + a_[2][2]) + 1e-12;
-    for (int i = 0; i < 3; ++i)
-      for (int j = 0; j < 3; ++j) a[i][j] = a_[i][j] + (i == j && i > 0 ? ridge : 0.0);
+    double a[kTerms][kTerms];
+    double b[kTerms];
+    double trace = 0.0;
+    for (int i = 0; i < kTerms; ++i) trace += a_[i][i];
+    const double ridge = 1e-9 * trace + 1e-12;
+    for (int i = 0; i < kTerms; ++i) {
+      b[i] = b_[i];
+      for (int j = 0; j < kTerms; ++j) a[i][j] = a_[i][j] + (i == j && i > 0 ? ridge : 0.0);
+    }
     // Tokens never varied: no slope to read; wait for evidence.
     const double mean = a_[0][1] / a_[0][0];
     if (a_[1][1] / a_[0][0] - mean * mean < 0.25) return m;
-    double c[3];
-    if (!solve3(a, b, c)) return m;
+    double c[kTerms];
+    if (!solve(a, b, c)) return m;
     m.base = std::max(c[0], 0.0);
     m.per_token = std::max(c[1], 0.0);
     m.per_model_draft = std::max(c[2], 0.0);
+    m.per_draft_pass = std::max(c[3], 0.0);
     m.valid = m.per_token > 0.0 || m.base > 0.0;
     return m;
   }
 
  private:
+  static constexpr int kTerms = 4;
+
   // Gaussian elimination with partial pivoting.
-  static bool solve3(double a[3][3], double b[3], double x[3]) {
-    for (int col = 0; col < 3; ++col) {
+  static bool solve(double a[kTerms][kTerms], double b[kTerms], double x[kTerms]) {
+    for (int col = 0; col < kTerms; ++col) {
       int piv = col;
-      for (int r = col + 1; r < 3; ++r)
+      for (int r = col + 1; r < kTerms; ++r)
         if (std::fabs(a[r][col]) > std::fabs(a[piv][col])) piv = r;
       if (!(std::fabs(a[piv][col]) > 1e-300)) return false;
       std::swap(a[piv], a[col]);
       std::swap(b[piv], b[col]);
-      for (int r = col + 1; r < 3; ++r) {
+      for (int r = col + 1; r < kTerms; ++r) {
         const double f = a[r][col] / a[col][col];
-        for (int k = col; k < 3; ++k) a[r][k] -= f * a[col][k];
+        for (int k = col; k < kTerms; ++k) a[r][k] -= f * a[col][k];
         b[r] -= f * b[col];
       }
     }
-    for (int r = 2; r >= 0; --r) {
+    for (int r = kTerms - 1; r >= 0; --r) {
       double s = b[r];
-      for (int k = r + 1; k < 3; ++k) s -= a[r][k] * x[k];
+      for (int k = r + 1; k < kTerms; ++k) s -= a[r][k] * x[k];
       x[r] = s / a[r][r];
     }
-    return std::isfinite(x[0]) && std::isfinite(x[1]) && std::isfinite(x[2]);
+    for (int i = 0; i < kTerms; ++i)
+      if (!std::isfinite(x[i])) return false;
+    return true;
   }
 
   double forget_;
   std::int32_t min_steps_;
-  double a_[3][3] = {};
-  double b_[3] = {};
+  double a_[kTerms][kTerms] = {};
+  double b_[kTerms] = {};
   std::int64_t steps_ = 0;
 };
 
@@ -228,9 +246,12 @@ class AcceptanceEstimate {
 struct SpecCandidate {
   double acceptance = 0.5;   // per-draft acceptance probability
   std::int32_t max_k = 4;    // most drafts it may feed
-  bool model_drafter = false;  // its drafts cost draft-model passes
+  bool model_drafter = false;  // its drafts cost draft-model rows (per_model_draft)
   // Its per-depth history (AcceptanceEstimate::depths()); null: geometric in `acceptance`.
   const speculative::DraftAcceptance* depths = nullptr;
+  // Its drafts come from the engine's batched draft model: the step runs as
+  // many draft passes as the largest such k (per_draft_pass).
+  bool batched_drafter = false;
 
   double expected(std::int32_t k) const { return depths ? depths->expected_tokens(k) : expected_emitted(acceptance, k); }
 };
@@ -238,8 +259,12 @@ struct SpecCandidate {
 // Drafts per candidate (0 = plain decode this step) that maximise expected
 // emitted tokens per second of the step, given the plain step's tokens and
 // emitted rows. Greedy over candidates, best acceptance first (ties: input
-// order): each takes the k that raises the step's ratio most, or 0. With an
-// invalid cost model, every candidate gets max_k (explore until measured).
+// order): each takes the k that raises the step's ratio most, or 0. The
+// batched draft model's passes are shared, so no single request would pay
+// for them alone: the greedy runs once per pass count P (0 to the largest
+// such max_k), P passes paid up front and each batched drafter taking k <= P
+// at its rows' price, and the best P wins. With an invalid cost model, every
+// candidate gets max_k (explore until measured).
 inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double plain_tokens, double plain_rows,
                                                const std::vector<SpecCandidate>& cands) {
   std::vector<std::int32_t> k(cands.size(), 0);
@@ -251,21 +276,35 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
   std::iota(order.begin(), order.end(), std::size_t(0));
   std::stable_sort(order.begin(), order.end(),
                    [&](std::size_t a, std::size_t b) { return cands[a].acceptance > cands[b].acceptance; });
-  double emitted = std::max(plain_rows, 1.0), tokens = std::max(plain_tokens, 1.0), drafts = 0.0;
-  for (std::size_t i : order) {
-    const SpecCandidate& c = cands[i];
-    double best = emitted / cost.seconds(tokens, drafts);
-    for (std::int32_t kk = 1; kk <= c.max_k; ++kk) {
-      const double e = emitted + c.expected(kk) - 1.0;
-      const double r = e / cost.seconds(tokens + kk, drafts + (c.model_drafter ? kk : 0));
-      if (r > best * (1.0 + 1e-9)) {
-        best = r;
-        k[i] = kk;
+  std::int32_t max_passes = 0;
+  for (const SpecCandidate& c : cands)
+    if (c.batched_drafter) max_passes = std::max(max_passes, c.max_k);
+  std::vector<std::int32_t> trial(cands.size(), 0);
+  double best_rate = -1.0;
+  for (std::int32_t passes = 0; passes <= max_passes; ++passes) {
+    double emitted = std::max(plain_rows, 1.0), tokens = std::max(plain_tokens, 1.0), drafts = 0.0;
+    std::fill(trial.begin(), trial.end(), 0);
+    for (std::size_t i : order) {
+      const SpecCandidate& c = cands[i];
+      const std::int32_t cap = c.batched_drafter ? std::min(c.max_k, passes) : c.max_k;
+      double best = emitted / cost.seconds(tokens, drafts, passes);
+      for (std::int32_t kk = 1; kk <= cap; ++kk) {
+        const double e = emitted + c.expected(kk) - 1.0;
+        const double r = e / cost.seconds(tokens + kk, drafts + (c.model_drafter ? kk : 0), passes);
+        if (r > best * (1.0 + 1e-9)) {
+          best = r;
+          trial[i] = kk;
+        }
       }
+      emitted += c.expected(trial[i]) - 1.0;
+      tokens += trial[i];
+      if (c.model_drafter) drafts += trial[i];
     }
-    emitted += c.expected(k[i]) - 1.0;
-    tokens += k[i];
-    if (c.model_drafter) drafts += k[i];
+    const double rate = emitted / cost.seconds(tokens, drafts, passes);
+    if (rate > best_rate * (1.0 + 1e-9)) {
+      best_rate = rate;
+      k = trial;
+    }
   }
   return k;
 }
