@@ -41,7 +41,7 @@ struct SpecConfig {
   // sequences of its whole context (0: the scheduler's max_seqs).
   std::optional<LlamaWeights> draft_weights;
   int draft_threads = 1;
-  int draft_max_batch = 64;  // rows of one draft pass (a longer catch-up is chunked)
+  int draft_max_batch = 512;  // rows of one draft pass (a longer catch-up is chunked)
   int draft_max_sequences = 0;
   // How a sampled (temperature > 0) speculating row verifies its drafts.
   // Coupled: the tokens are plain sampling's, whatever the drafts (a
