@@ -20,6 +20,7 @@
 #include "fastinfer/speculative/eagle_generate.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
+#include "spec_checks.hpp"
 
 namespace {
 
@@ -50,22 +51,11 @@ speculative::EagleOptions wide_tree() {
 std::int64_t check_golden(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
                           const std::string& head_spec, const speculative::EagleOptions& o) {
   Model model = load(model_path.string());
-  const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
-  REQUIRE(!cases.empty());
   speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag(head_spec, model.config());
-  std::int64_t accepted = 0;
-  for (const auto& c : cases) {
-    INFO("head " << head_spec << ", case " << c.name);
-    GenerationParams p;
-    p.max_new_tokens = c.max_new_tokens;
-    const auto r = speculative::eagle_generate(model, head, c.prompt, p, o);
-    CHECK(r.generation.tokens == c.continuation);
-    CHECK(fastinfer::stop_reason_name(r.generation.stopped_by) == c.stopped_by);
-    CHECK(r.stats.accepted <= r.stats.drafted);
-    CHECK(r.stats.drafted <= std::int64_t(o.tree.budget) * r.stats.target_forwards);
-    accepted += r.stats.accepted;
-  }
-  return accepted;
+  INFO("head " << head_spec);
+  return fastinfer::testing::check_golden_speculation(model, cases_dir, o.tree.budget, [&](Model& m, const auto& prompt, const auto& p) {
+    return speculative::eagle_generate(m, head, prompt, p, o);
+  });
 }
 
 }  // namespace
@@ -148,7 +138,6 @@ TEST_CASE("EAGLE under the coupled rule emits plain sampling's tokens with the s
 TEST_CASE("EAGLE under the exact rule: the first verified token is distributed as the target's") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model model = load(model_path.string());
-  const int vocab = model.config().vocab_size;
   speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag("random:4", model.config());
   const std::vector<std::int32_t> prompt = {1, 365, 1009 % 512, 260};
   GenerationParams p;
@@ -157,40 +146,13 @@ TEST_CASE("EAGLE under the exact rule: the first verified token is distributed a
   p.top_k = 6;
   speculative::EagleOptions o;
   o.tree = speculative::EagleTreeConfig{1, 6, 6};  // all six candidates the filter allows, as siblings
-  // The exact marginal of token 2: sum over token 1 of p(t1) p(t2 | t1).
-  fastinfer::cpu::SamplerWorkspace ws(vocab);
-  const fastinfer::SamplingParams sp = fastinfer::sampling_params(p);
-  std::vector<float> p1(static_cast<std::size_t>(vocab)), p2(static_cast<std::size_t>(vocab));
-  model.reset();
-  fastinfer::cpu::sampling_distribution(model.forward_prefill(prompt, 0), vocab, sp, p1.data(), ws);
-  std::vector<double> marginal(std::size_t(vocab), 0.0);
-  for (int t1 = 0; t1 < vocab; ++t1) {
-    if (p1[std::size_t(t1)] <= 0.0f) continue;
-    std::vector<std::int32_t> ext = prompt;
-    ext.push_back(t1);
-    model.reset();
-    fastinfer::cpu::sampling_distribution(model.forward_prefill(ext, 0), vocab, sp, p2.data(), ws);
-    for (int t = 0; t < vocab; ++t) marginal[std::size_t(t)] += double(p1[std::size_t(t1)]) * double(p2[std::size_t(t)]);
-  }
   const int n = kSanitized ? 200 : 3000;
-  std::vector<double> seen(std::size_t(vocab), 0.0);
-  std::int64_t accepted = 0;
-  for (int s = 0; s < n; ++s) {
-    p.seed = std::uint64_t(s) + 11;
-    const auto r = speculative::eagle_generate(model, head, prompt, p, o);
-    REQUIRE(r.generation.tokens.size() >= 2);
-    seen[std::size_t(r.generation.tokens[1])] += 1.0 / n;
-    accepted += r.stats.accepted;
-  }
-  double tv = 0, tv_uniform = 0;
-  int support = 0;
-  for (int t = 0; t < vocab; ++t) {
-    tv += std::abs(seen[std::size_t(t)] - marginal[std::size_t(t)]) / 2;
-    support += marginal[std::size_t(t)] > 0;
-  }
-  for (int t = 0; t < vocab; ++t)
-    if (marginal[std::size_t(t)] > 0) tv_uniform += std::abs(1.0 / support - marginal[std::size_t(t)]) / 2;
-  INFO("TV to the exact marginal " << tv << " over " << support << " tokens; accepted drafts " << accepted);
+  const auto m = fastinfer::testing::second_token_marginal(model, prompt, p, n, [&](Model& mm, const auto& pr, const auto& pp) {
+    return speculative::eagle_generate(mm, head, pr, pp, o);
+  });
+  const double tv = m.tv, tv_uniform = m.tv_uniform;
+  const std::int64_t accepted = m.accepted;
+  INFO("TV to the exact marginal " << tv << " over " << m.support << " tokens; accepted drafts " << accepted);
   CHECK(accepted > n / 10);  // the candidates are the filter's tokens: accepted often
   if (kSanitized) return;    // 200 draws say nothing about the distribution
   // Sampling noise at n = 3000 over <= 36 tokens: expected TV ~0.03-0.05.
