@@ -74,8 +74,10 @@ class EagleHead(torch.nn.Module):
     def rmsnorm(self, x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
 
-    def forward(self, emb_next, feats):
-        """emb_next [B, T, dim] (embedding of token t + 1), feats [B, T, dim] (f_t) -> f'_{t+1}."""
+    def forward(self, emb_next, feats, gap=0):
+        """emb_next [B, T, dim] (embedding of token t + 1), feats [B, T, dim] (f_t) -> f'_{t+1}.
+        gap > 0: row t sees rows <= t - 1 - gap and itself (train_mtp.py: an MTP module's draft row
+        lacks the rows that would need drafted tokens)."""
         B, T, _ = feats.shape
         x = torch.cat([emb_next / self.emb_scale, feats / self.feat_scale], -1) @ self.fc.T + self.fc_bias
         n = self.rmsnorm(x, self.attn_norm)
@@ -87,7 +89,8 @@ class EagleHead(torch.nn.Module):
         rep = self.heads // self.kv_heads
         q, k, v = q.transpose(1, 2), k.repeat_interleave(rep, 2).transpose(1, 2), v.repeat_interleave(rep, 2).transpose(1, 2)
         att = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (Debian's torch has no SDPA)
-        att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+        seen = torch.ones(T, T, dtype=torch.bool).tril(-1 - gap) | torch.eye(T, dtype=torch.bool)
+        att = att.masked_fill(~seen, float("-inf"))
         o = att.softmax(-1) @ v
         x = x + o.transpose(1, 2).reshape(B, T, -1) @ self.wo.T
         m = self.rmsnorm(x, self.ffn_norm)
