@@ -29,7 +29,6 @@ Reports the held-out tenth's teacher-forced top-1 of every module on greedy rows
 FIMTPHDS v1 file (f16 unless --f32; format in mtp_heads.hpp).
 """
 import argparse
-import math
 import os
 import struct
 import sys
@@ -40,8 +39,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fastinfer_torch import data_arguments, features, start  # noqa: E402
-from train_eagle import TENSORS, EagleHead  # noqa: E402
+from fastinfer_torch import data_arguments, fit  # noqa: E402
+from train_eagle import TENSORS, EagleHead, layer_arguments, start_with_features  # noqa: E402
 
 
 class MtpModule(torch.nn.Module):
@@ -88,20 +87,10 @@ def main():
     data_arguments(ap, sequences=480, length=192)
     ap.add_argument("--out", required=True, help="file to write (FIMTPHDS v1)")
     ap.add_argument("--modules", type=int, default=4, help="MTP depth D: module k drafts token i + k + 1")
-    ap.add_argument("--heads", type=int, default=4, help="each module's query heads")
-    ap.add_argument("--kv-heads", type=int, default=2)
-    ap.add_argument("--head-dim", type=int, default=0, help="0: the model's dim / --heads")
-    ap.add_argument("--hidden", type=int, default=256, help="each module's MLP width")
-    ap.add_argument("--noise", type=float, default=0.05, help="uniform noise on the target's features, x their RMS")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=4, help="sequences per optimiser step")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--f32", action="store_true", help="write f32 weights (default f16: half the size)")
+    layer_arguments(ap)  # each module's layer
     a = ap.parse_args()
     t0 = time.time()
-    model, gen, seqs, greedy, valid, L = start(a, t0)
-    feats, pv, pi = features(model, seqs, a.distill_k, prenorm=True)
-    print(f"featurised in {time.time() - t0:.1f} s")
+    model, gen, seqs, greedy, valid, L, feats, pv, pi = start_with_features(a, t0)
     scale = float(feats.pow(2).mean().sqrt())
     D = a.modules
     assert 1 <= D < L - 1, "--modules must be in [1, length - 2]"
@@ -131,21 +120,7 @@ def main():
             stats.append((int(((logp[:, :-1].argmax(-1) == s[:, k + 1:]) & g).sum()), int(g.sum())))
         return loss, stats
 
-    opt = torch.optim.AdamW(modules.parameters(), lr=a.lr, weight_decay=0.0)
-    steps = max(1, a.epochs * ((n_train + a.batch - 1) // a.batch))
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
-    for ep in range(a.epochs):
-        perm = torch.randperm(n_train, generator=gen)
-        total = 0.0
-        for i in range(0, n_train, a.batch):
-            loss, _ = losses(perm[i:i + a.batch], a.noise)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss) * min(a.batch, n_train - i)
+    def report(ep, mean_loss):
         with torch.no_grad():
             hits = [[0, 0] for _ in range(D)]
             for i in range(n_train, seqs.shape[0], 64):
@@ -154,8 +129,10 @@ def main():
                     hits[k][0] += h_
                     hits[k][1] += c_
         acc = " ".join(f"{h_ / max(1, c_):.3f}" for h_, c_ in hits)
-        print(f"epoch {ep + 1}/{a.epochs}: loss {total / n_train:.4f}, held-out top-1 of modules 1..{D} on greedy "
+        print(f"epoch {ep + 1}/{a.epochs}: loss {mean_loss:.4f}, held-out top-1 of modules 1..{D} on greedy "
               f"rows {acc} ({time.time() - t0:.1f} s)", flush=True)
+
+    fit(modules.parameters(), n_train, a, gen, lambda idx: losses(idx, a.noise)[0], report)
     n = write_heads(a.out, list(modules), model.vocab, not a.f32)
     print(f"wrote {a.out} ({n} bytes: {D} modules of dim {model.dim}, {a.heads} heads of {head_dim}, "
           f"{a.kv_heads} KV heads, MLP {a.hidden}) in {time.time() - t0:.1f} s")

@@ -24,17 +24,11 @@
 
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;  // ~30x slower: the statistical test checks memory on few draws
-#else
-constexpr bool kSanitized = false;
-#endif
-
 using fastinfer::GenerationParams;
-using Model = fastinfer::LlamaModel<>;
+using fastinfer::testing::kSanitized;
+using Model = fastinfer::testing::SpecTestModel;
+using fastinfer::testing::load;
 namespace speculative = fastinfer::speculative;
-
-Model load(const std::string& path) { return Model(fastinfer::load_model(path), fastinfer::ModelOptions{1, 32}); }
 
 // The trained head committed with the sources (tools/train_eagle.py), or
 // the file FASTINFER_EAGLE_HEAD names.
@@ -112,26 +106,17 @@ TEST_CASE("EAGLE output equals plain generation at the sequence-length limit and
 TEST_CASE("EAGLE under the coupled rule emits plain sampling's tokens with the same seed") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   Model model = load(model_path.string());
-  GenerationParams p;
-  p.max_new_tokens = 100;
-  p.temperature = 0.8f;
   std::int64_t drafted = 0;
   const std::vector<std::string> heads = {"random:1", std::filesystem::exists(trained_head()) ? trained_head().string() : "random:2"};
-  for (const std::string& hs : heads)
-    for (std::uint64_t seed : {1, 2, 5}) {
-      p.seed = seed;
-      p.top_k = seed == 2 ? 40 : 0;
-      p.top_p = seed == 5 ? 0.9f : 1.0f;
-      const auto plain = fastinfer::generate(model, {1}, p);
-      speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag(hs, model.config());
-      speculative::EagleOptions o;
-      o.rule = speculative::AcceptanceRule::Coupled;
-      const auto r = speculative::eagle_generate(model, head, {1}, p, o);
-      INFO("head " << hs << ", seed " << seed);
-      CHECK(r.generation.tokens == plain.tokens);
-      CHECK(r.generation.stopped_by == plain.stopped_by);
-      drafted += r.stats.drafted;
-    }
+  for (const std::string& hs : heads) {
+    speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag(hs, model.config());
+    speculative::EagleOptions o;
+    o.rule = speculative::AcceptanceRule::Coupled;
+    INFO("head " << hs);
+    drafted += fastinfer::testing::check_coupled_is_plain(model, 100, [&](Model& m, const auto& pr, const auto& p) {
+      return speculative::eagle_generate(m, head, pr, p, o);
+    });
+  }
   CHECK(drafted > 0);
 }
 

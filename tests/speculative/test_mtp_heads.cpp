@@ -236,7 +236,7 @@ TEST_CASE("MTP heads loader refuses malformed files with one line, before alloca
   CHECK(refused > int(data));  // most such edits break the file
 }
 
-TEST_CASE("MTP heads from a spec: random:SEED, pad:FILE, a file, and shape checks") {
+TEST_CASE("MTP heads from a spec: random:SEED with its module count, pad:FILE, a file") {
   fastinfer::LlamaConfig c;
   c.dim = 20, c.vocab_size = 37, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 6, c.hidden_dim = 11;
   c.norm_eps = 1e-5f;
@@ -258,12 +258,8 @@ TEST_CASE("MTP heads from a spec: random:SEED, pad:FILE, a file, and shape check
   wide.dim = 28;
   CHECK_THROWS_WITH(fastinfer::examples::mtp_heads_from_flag(path, wide), Catch::Contains("has dim 20"));
   CHECK(fastinfer::examples::mtp_heads_from_flag("pad:" + path, wide).dim() == 28);
-  fastinfer::LlamaConfig narrow = c;
-  narrow.dim = 12;
-  CHECK_THROWS_WITH(fastinfer::examples::mtp_heads_from_flag("pad:" + path, narrow), Catch::Contains("wider"));
-  fastinfer::LlamaConfig other_vocab = c;
-  other_vocab.vocab_size = 40;
-  CHECK_THROWS_WITH(fastinfer::examples::mtp_heads_from_flag(path, other_vocab), Catch::Contains("vocabulary 37"));
+  // Narrower targets and other vocabularies: feature_head_from_flag's checks,
+  // shared with EAGLE's flags and tested there.
 }
 
 TEST_CASE("zero-padded MTP heads draft on a widened target what the originals draft") {

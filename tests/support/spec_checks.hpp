@@ -1,6 +1,7 @@
 // Checks every tree drafter's generation test makes (EAGLE, MTP): greedy
-// output against the golden cases, and the exact rule's first verified
-// token against the target's exact marginal. `run(model, prompt, params)`
+// output against the golden cases, the coupled rule against plain
+// sampling, and the exact rule's first verified token against the target's
+// exact marginal. `run(model, prompt, params)`
 // returns the drafter's SpeculativeResult.
 #pragma once
 
@@ -9,13 +10,26 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <vector>
 
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/load_model.hpp"
 #include "golden.hpp"
 
 namespace fastinfer::testing {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;  // ~30x slower: statistical tests check memory on few draws
+#else
+constexpr bool kSanitized = false;
+#endif
+
+// The drafters' tests run the model on one thread with 32-row passes.
+using SpecTestModel = LlamaModel<>;
+inline SpecTestModel load(const std::string& path) { return SpecTestModel(load_model(path), ModelOptions{1, 32}); }
 
 // Every golden case of cases_dir: tokens and stop reason equal the case's,
 // accepted <= drafted <= budget per pass. Returns the drafts accepted.
@@ -36,6 +50,29 @@ std::int64_t check_golden_speculation(Model& model, const std::filesystem::path&
     accepted += r.stats.accepted;
   }
   return accepted;
+}
+
+// The coupled rule at temperature 0.8 from prompt {1}, max_new tokens, with
+// seeds 1 (plain), 2 (top-k 40) and 5 (top-p 0.9): every run's tokens and
+// stop reason are plain sampling's. Returns the drafts offered.
+template <typename Model, typename Run>
+std::int64_t check_coupled_is_plain(Model& model, int max_new, Run&& run) {
+  GenerationParams p;
+  p.max_new_tokens = max_new;
+  p.temperature = 0.8f;
+  std::int64_t drafted = 0;
+  for (std::uint64_t seed : {1, 2, 5}) {
+    p.seed = seed;
+    p.top_k = seed == 2 ? 40 : 0;
+    p.top_p = seed == 5 ? 0.9f : 1.0f;
+    const auto plain = generate(model, {1}, p);
+    const auto r = run(model, std::vector<std::int32_t>{1}, p);
+    INFO("seed " << seed);
+    CHECK(r.generation.tokens == plain.tokens);
+    CHECK(r.generation.stopped_by == plain.stopped_by);
+    drafted += r.stats.drafted;
+  }
+  return drafted;
 }
 
 struct MarginalCheck {
