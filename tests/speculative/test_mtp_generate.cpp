@@ -4,12 +4,15 @@
 // the coupled rule emits plain sampling's tokens bit for bit, the exact
 // rule's first verified token is distributed as the target's, a draft tree
 // is at most one level per module deep and bad arguments are refused.
-// Kept small for CI: the EAGLE tests already cover the shared loop's edge
+// An opt-in case (FASTINFER_RUN_TRAINER=1, needs python3-torch; `ctest -L
+// opt-in -R mtp`) runs tools/train_mtp.py on a small budget and checks its
+// file loads and keeps greedy MTP exact. Kept small for CI: the EAGLE tests already cover the shared loop's edge
 // cases at length; these cover what MTP changes (a module per level, the
 // cascade of committed rows).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -21,6 +24,7 @@
 #include "fastinfer/speculative/mtp_generate.hpp"
 #include "shared_dir.hpp"
 #include "spec_checks.hpp"
+#include "trainer_run.hpp"
 
 namespace {
 
@@ -173,4 +177,23 @@ TEST_CASE("an MTP tree is at most one level per module, and mtp_generate refuses
   CHECK_THROWS_WITH(speculative::mtp_generate(model, heads, {1}, GenerationParams{}, o), Catch::Contains("lossy"));
   speculative::MtpHeads empty;
   CHECK_THROWS_WITH(speculative::mtp_generate(model, empty, {1}, GenerationParams{}), Catch::Contains("empty"));
+}
+
+TEST_CASE("tools/train_mtp.py writes modules that load and keep greedy MTP exact", "[.][opt-in]") {
+  if (!fastinfer::testing::trainer_requested("MTP")) return;
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(golden_logits, "golden/tinystories-656k/logits_once_upon_a_time_pos0_pos5.txt");
+  FASTINFER_REQUIRE_SHARED(cases, "golden/tinystories-656k/cases");
+  const std::string out = std::string(FASTINFER_BINARY_DIR) + "/mtp_trainer_test.mtp";
+  std::filesystem::remove(out);
+  const std::string cmd = fastinfer::testing::tool_command(
+      "train_mtp.py", "--model " + model_path.string() + " --out " + out + " --check-logits " +
+                          golden_logits.string() + " --sequences 48 --length 64 --epochs 1 --modules 3");
+  INFO(cmd);
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  Model model = load(model_path.string());
+  speculative::MtpHeads heads = fastinfer::examples::mtp_heads_from_flag(out, model.config());
+  CHECK(heads.module_count() == 3);
+  CHECK(heads.module(0).weight_dtype() == fastinfer::DType::F16);
+  CHECK(check_golden(model, cases, out, wide_tree()) > 0);  // one small epoch: some drafts accepted
 }
