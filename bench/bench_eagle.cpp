@@ -18,6 +18,10 @@
 // of drafted features), tree_ms (top-k, expansion, rerank), pass_ms (the
 // target's forward over pending + tree rows), verify_ms, commit_ms (the head's
 // committed rows), and plain_ms (one plain decode step) to compare them with.
+// BM_Mtp110M/<weights>: plain, EAGLE and the MTP modules
+// (data/heads/tinystories-656k.mtp, pad:) side by side on the same prompts,
+// alternated as above: per drafter and tree, x_<drafter>_D,K,B (decode tok/s
+// over plain's) and tpp_<drafter>_D,K,B (tokens per target pass).
 // Needs ../shared/models/tinystories-656k (else skipped).
 #include <benchmark/benchmark.h>
 
@@ -27,6 +31,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/eagle_flags.hpp"
@@ -34,6 +39,7 @@
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/speculative/eagle_generate.hpp"
+#include "fastinfer/speculative/mtp_generate.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 
 using namespace fastinfer;
@@ -42,10 +48,19 @@ using Model = LlamaModel<>;
 namespace {
 
 std::string shared(const std::string& rel) { return std::string(FASTINFER_SHARED_DIR) + "/" + rel; }
-std::string head_file() {
-  return (std::filesystem::path(__FILE__).parent_path().parent_path() / "data" / "heads" / "tinystories-656k.eagle")
+std::string head_file(const std::string& kind = "eagle") {
+  return (std::filesystem::path(__FILE__).parent_path().parent_path() / "data" / "heads" / ("tinystories-656k." + kind))
       .string();
 }
+
+// One speculative mode of a rotated run: a drafter ("eagle" or "mtp") and its tree.
+struct DraftMode {
+  std::string kind = "eagle";
+  speculative::EagleTreeConfig tree{};
+  std::string name() const {
+    return kind + "_" + std::to_string(tree.depth) + "," + std::to_string(tree.top_k) + "," + std::to_string(tree.budget);
+  }
+};
 
 // scripts/measure-eagle.sh's held-out prompts (none is in the head's
 // training data, which is stories the model generates from BOS).
@@ -84,22 +99,25 @@ struct ModeTotals {
   double tokens_per_pass() const { return passes ? double(step_tokens) / double(passes) : 0.0; }
 };
 
-// Plain decoding (mode 0) and EAGLE with each tree of `trees` (mode 1 + i)
+// Plain decoding (mode 0) and each drafter mode of `drafts` (mode 1 + i)
 // on every prompt, the order rotating from prompt to prompt so that all see
 // the same (shared, drifting) load; outputs checked equal. Empty, and the
-// benchmark skipped, when the model or head is absent or an output differs.
+// benchmark skipped, when the model or a head is absent or an output differs.
 std::vector<ModeTotals> rotated_runs(benchmark::State& state, const std::string& weights,
-                                     const std::vector<speculative::EagleTreeConfig>& trees,
-                                     speculative::EagleTimings* timings) {
+                                     const std::vector<DraftMode>& drafts, speculative::EagleTimings* timings) {
   const std::string model_dir = shared("models/tinystories-656k");
-  if (!std::filesystem::exists(model_dir) || !std::filesystem::exists(head_file())) {
-    state.SkipWithError(("missing " + model_dir + " or " + head_file()).c_str());
-    return {};
-  }
+  const bool mtp = std::any_of(drafts.begin(), drafts.end(), [](const DraftMode& m) { return m.kind == "mtp"; });
+  for (const std::string& f : {model_dir, head_file(), mtp ? head_file("mtp") : model_dir})
+    if (!std::filesystem::exists(f)) {
+      state.SkipWithError(("missing " + f).c_str());
+      return {};
+    }
   Model& target = stand_in(weights);
   const auto tok = HfBpeTokenizer::from_file(model_dir + "/tokenizer.json");
   speculative::EagleHead head = examples::eagle_head_from_flag("pad:" + head_file(), target.config());
-  const std::size_t modes = trees.size() + 1;
+  speculative::MtpHeads modules =
+      mtp ? examples::mtp_heads_from_flag("pad:" + head_file("mtp"), target.config()) : speculative::MtpHeads();
+  const std::size_t modes = drafts.size() + 1;
   std::vector<ModeTotals> totals(modes);
   std::size_t turn = 0;
   for (auto _ : state) {
@@ -116,9 +134,10 @@ std::vector<ModeTotals> rotated_runs(benchmark::State& state, const std::string&
           r = generate(target, prompt, g);
         } else {
           speculative::EagleOptions o;
-          o.tree = trees[mode - 1];
+          o.tree = drafts[mode - 1].tree;
           o.timings = timings;
-          const auto e = speculative::eagle_generate(target, head, prompt, g, o);
+          const auto e = drafts[mode - 1].kind == "mtp" ? speculative::mtp_generate(target, modules, prompt, g, o)
+                                                        : speculative::eagle_generate(target, head, prompt, g, o);
           m.passes += e.stats.target_forwards;
           m.step_tokens += e.stats.step_tokens;
           m.drafted += e.stats.drafted;
@@ -131,7 +150,7 @@ std::vector<ModeTotals> rotated_runs(benchmark::State& state, const std::string&
       ++turn;
       for (std::size_t m = 1; m < modes; ++m)
         if (out[m] != out[0]) {
-          state.SkipWithError("EAGLE's greedy output differs from plain greedy output");
+          state.SkipWithError("a drafter's greedy output differs from plain greedy output");
           return {};
         }
     }
@@ -142,7 +161,7 @@ std::vector<ModeTotals> rotated_runs(benchmark::State& state, const std::string&
 void BM_Eagle110M(benchmark::State& state, const std::string& weights) {
   speculative::EagleTimings t;
   const auto totals = rotated_runs(
-      state, weights, {{int(state.range(0)), int(state.range(1)), int(state.range(2))}}, &t);
+      state, weights, {{"eagle", {int(state.range(0)), int(state.range(1)), int(state.range(2))}}}, &t);
   if (totals.empty()) return;
   const double plain = totals[0].tok_s(), eagle = totals[1].tok_s();
   state.counters["plain_tok_s"] = plain;
@@ -161,18 +180,17 @@ void BM_Eagle110M(benchmark::State& state, const std::string& weights) {
   state.counters["head_rows_per_step"] = double(t.head_rows) / steps;
 }
 
-// The choice of the default tree: every tree of `trees` side by side with
-// plain decoding (rotated_runs). Counters per tree "D,K,B": x_D,K,B (decode
-// tok/s over plain's) and tpp_D,K,B (tokens per target pass); plain_tok_s.
-void BM_EagleTrees110M(benchmark::State& state, const std::string& weights,
-                       const std::vector<speculative::EagleTreeConfig>& trees) {
-  const auto totals = rotated_runs(state, weights, trees, nullptr);
+// Drafters and trees side by side with plain decoding (rotated_runs; the
+// choice of EAGLE's default tree, and MTP against EAGLE). Counters per mode
+// "<drafter>_D,K,B": x_<mode> (decode tok/s over plain's) and tpp_<mode>
+// (tokens per target pass); plain_tok_s.
+void BM_DraftModes110M(benchmark::State& state, const std::string& weights, const std::vector<DraftMode>& drafts) {
+  const auto totals = rotated_runs(state, weights, drafts, nullptr);
   if (totals.empty()) return;
   const double plain = totals[0].tok_s();
   state.counters["plain_tok_s"] = plain;
   for (std::size_t m = 1; m < totals.size(); ++m) {
-    const auto& t = trees[m - 1];
-    const std::string name = std::to_string(t.depth) + "," + std::to_string(t.top_k) + "," + std::to_string(t.budget);
+    const std::string name = drafts[m - 1].name();
     state.counters["x_" + name] = plain > 0 ? totals[m].tok_s() / plain : 0.0;
     state.counters["tpp_" + name] = totals[m].tokens_per_pass();
   }
@@ -219,13 +237,18 @@ int main(int argc, char** argv) {
     for (const auto& tr : trees) b->Args(tr);
     b->ArgNames({"depth", "top_k", "budget"})->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
   }
-  const std::vector<speculative::EagleTreeConfig> sweep = {{2, 2, 3}, {2, 2, 4}, {3, 2, 3}, {3, 2, 4},
-                                                           {4, 2, 5}, {3, 1, 3}, {6, 4, 16}};
+  std::vector<DraftMode> sweep;
+  for (const speculative::EagleTreeConfig& t : std::vector<speculative::EagleTreeConfig>{
+           {2, 2, 3}, {2, 2, 4}, {3, 2, 3}, {3, 2, 4}, {4, 2, 5}, {3, 1, 3}, {6, 4, 16}})
+    sweep.push_back({"eagle", t});
+  // MTP against EAGLE with the same default tree, and MTP's own deeper trees.
+  const std::vector<DraftMode> mtp = {{"eagle", {3, 2, 4}}, {"mtp", {3, 2, 4}}, {"mtp", {4, 2, 6}}, {"mtp", {4, 4, 12}}};
   for (const std::string w : {"bf16", "f32"})
-    benchmark::RegisterBenchmark(("BM_EagleTrees110M/" + w).c_str(), BM_EagleTrees110M, w, sweep)
-        ->Iterations(1)
-        ->UseRealTime()
-        ->Unit(benchmark::kSecond);
+    for (const auto& [name, modes] : {std::pair{"BM_EagleTrees110M/", sweep}, std::pair{"BM_Mtp110M/", mtp}})
+      benchmark::RegisterBenchmark((name + w).c_str(), BM_DraftModes110M, w, modes)
+          ->Iterations(1)
+          ->UseRealTime()
+          ->Unit(benchmark::kSecond);
   for (const std::string w : {"bf16", "f32"}) {
     auto* b = benchmark::RegisterBenchmark(("BM_TreePass110M/" + w).c_str(), BM_TreePass110M, w);
     for (int n : {1, 2, 4, 6, 8, 10, 12, 16, 24}) b->Arg(n);

@@ -8,13 +8,17 @@
 # MEASURE_FLAGS (environment) go to both runs, e.g. the 110M stand-in:
 #   MEASURE_FLAGS="--weights bf16 --threads 2 --tokenizer ../shared/models/tinystories-656k/tokenizer.json" \
 #   scripts/measure-eagle.sh pad:data/heads/tinystories-656k.eagle inflate:../shared/models/tinystories-656k:110M
+# DRAFTER=mtp (environment) measures MTP modules instead: HEAD is then an
+# MTP heads file (default data/heads/tinystories-656k.mtp), passed as
+# --spec mtp --mtp-heads HEAD; the EXTRA FLAGS (--eagle-depth ...) shape its tree.
 # (bench/bench_eagle.cpp measures the same prompts with JSON output.)
 # Prints, per prompt, tokens per target pass and decode tok/s of plain and
 # EAGLE, then the totals: tokens / passes over all prompts, and the ratio of
 # summed decode times (plain / EAGLE: > 1 means EAGLE is faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-head="${1:-data/heads/tinystories-656k.eagle}"
+drafter="${DRAFTER:-eagle}"
+head="${1:-data/heads/tinystories-656k.$drafter}"
 model="${2:-${FASTINFER_SHARED_DIR:-../shared}/models/tinystories-656k}"
 shift $(( $# > 2 ? 2 : $# ))
 gen=build/release/examples/fastinfer-generate
@@ -32,7 +36,7 @@ read -r -a common <<< "${MEASURE_FLAGS:-}"
 for p in "${prompts[@]}"; do
   plain=$("$gen" --model "$model" "${common[@]}" --prompt "$p" --max-new-tokens 200 --print-ids --stats-json 2>&1 >/dev/null | tail -1)
   eagle=$("$gen" --model "$model" "${common[@]}" --prompt "$p" --max-new-tokens 200 --print-ids --stats-json \
-          --spec eagle --eagle-heads "$head" "$@" 2>&1 >/dev/null | tail -1)
+          --spec "$drafter" --"$drafter"-heads "$head" "$@" 2>&1 >/dev/null | tail -1)
   printf '%s\t%s\t%s\n' "$p" "$plain" "$eagle"
 done | python3 -c '
 import json, sys

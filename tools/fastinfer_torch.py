@@ -317,7 +317,29 @@ def valid_mask(model, seqs):
     return ~ended_before
 
 
-# ---- the trainers' common start ----------------------------------------------
+# ---- the trainers' common start and optimiser loop ---------------------------
+
+def fit(params, n_train, a, gen, batch_loss, report):
+    """AdamW (a.lr, no weight decay), linear warm-up over the first 5 % of steps then cosine decay, for
+    a.epochs passes over the n_train training sequences in shuffled batches of a.batch:
+    batch_loss(indices) -> loss tensor; report(epoch, mean loss per sequence) after each epoch."""
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    steps = max(1, a.epochs * ((n_train + a.batch - 1) // a.batch))
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    for ep in range(a.epochs):
+        perm = torch.randperm(n_train, generator=gen)
+        total = 0.0
+        for i in range(0, n_train, a.batch):
+            loss = batch_loss(perm[i:i + a.batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * min(a.batch, n_train - i)
+        report(ep, total / n_train)
+
 
 def data_arguments(ap, sequences, length):
     """Adds the options every trainer takes: the model, the self-generated data, threads, seed and the

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fastinfer_torch import apply_rope, data_arguments, features, rope_tables, start  # noqa: E402
+from fastinfer_torch import apply_rope, data_arguments, features, fit, rope_tables, start  # noqa: E402
 
 TENSORS = ["fc", "fc_bias", "attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down"]
 
@@ -74,8 +74,10 @@ class EagleHead(torch.nn.Module):
     def rmsnorm(self, x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
 
-    def forward(self, emb_next, feats):
-        """emb_next [B, T, dim] (embedding of token t + 1), feats [B, T, dim] (f_t) -> f'_{t+1}."""
+    def forward(self, emb_next, feats, gap=0):
+        """emb_next [B, T, dim] (embedding of token t + 1), feats [B, T, dim] (f_t) -> f'_{t+1}.
+        gap > 0: row t sees rows <= t - 1 - gap and itself (train_mtp.py: an MTP module's draft row
+        lacks the rows that would need drafted tokens)."""
         B, T, _ = feats.shape
         x = torch.cat([emb_next / self.emb_scale, feats / self.feat_scale], -1) @ self.fc.T + self.fc_bias
         n = self.rmsnorm(x, self.attn_norm)
@@ -87,7 +89,8 @@ class EagleHead(torch.nn.Module):
         rep = self.heads // self.kv_heads
         q, k, v = q.transpose(1, 2), k.repeat_interleave(rep, 2).transpose(1, 2), v.repeat_interleave(rep, 2).transpose(1, 2)
         att = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (Debian's torch has no SDPA)
-        att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+        seen = torch.ones(T, T, dtype=torch.bool).tril(-1 - gap) | torch.eye(T, dtype=torch.bool)
+        att = att.masked_fill(~seen, float("-inf"))
         o = att.softmax(-1) @ v
         x = x + o.transpose(1, 2).reshape(B, T, -1) @ self.wo.T
         m = self.rmsnorm(x, self.ffn_norm)
@@ -128,28 +131,39 @@ def write_head(path, head, vocab, f16):
     return len(out)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    data_arguments(ap, sequences=480, length=192)
-    ap.add_argument("--out", required=True, help="head file to write (FIEAGLEH v1)")
-    ap.add_argument("--heads", type=int, default=4, help="the head's query heads")
+def layer_arguments(ap):
+    """The layer's shape and the training options train_mtp.py shares."""
+    ap.add_argument("--heads", type=int, default=4, help="the layer's query heads")
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=0, help="0: the model's dim / --heads")
-    ap.add_argument("--hidden", type=int, default=256, help="the head's MLP width")
-    ap.add_argument("--cls-weight", type=float, default=1.0,
-                    help="weight of the token loss against the feature loss on RMS-normalised features")
-    ap.add_argument("--unroll", type=int, default=2, choices=(1, 2), help="2: also train on the head's own features")
-    ap.add_argument("--unroll-weight", type=float, default=0.5)
-    ap.add_argument("--noise", type=float, default=0.05, help="uniform noise on input features, x the feature RMS")
+    ap.add_argument("--hidden", type=int, default=256, help="the layer's MLP width")
+    ap.add_argument("--noise", type=float, default=0.05, help="uniform noise on the target's features, x their RMS")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=4, help="sequences per optimiser step")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--f32", action="store_true", help="write f32 weights (default f16: half the size)")
-    a = ap.parse_args()
-    t0 = time.time()
+
+
+def start_with_features(a, t0):
+    """fastinfer_torch.start, then the frozen model's pre-norm features and top-k distributions."""
     model, gen, seqs, greedy, valid, L = start(a, t0)
     feats, pv, pi = features(model, seqs, a.distill_k, prenorm=True)
     print(f"featurised in {time.time() - t0:.1f} s")
+    return model, gen, seqs, greedy, valid, L, feats, pv, pi
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    data_arguments(ap, sequences=480, length=192)
+    ap.add_argument("--out", required=True, help="head file to write (FIEAGLEH v1)")
+    layer_arguments(ap)
+    ap.add_argument("--cls-weight", type=float, default=1.0,
+                    help="weight of the token loss against the feature loss on RMS-normalised features")
+    ap.add_argument("--unroll", type=int, default=2, choices=(1, 2), help="2: also train on the head's own features")
+    ap.add_argument("--unroll-weight", type=float, default=0.5)
+    a = ap.parse_args()
+    t0 = time.time()
+    model, gen, seqs, greedy, valid, L, feats, pv, pi = start_with_features(a, t0)
     scale = float(feats.pow(2).mean().sqrt())
 
     head_dim = a.head_dim or model.dim // a.heads
@@ -189,28 +203,16 @@ def main():
         hits = ((logp[:, :-1].argmax(-1) == s[:, 2:]) & g).sum()
         return loss, int(hits), int(g.sum())
 
-    opt = torch.optim.AdamW(head.parameters(), lr=a.lr, weight_decay=0.0)
-    steps = max(1, a.epochs * ((n_train + a.batch - 1) // a.batch))
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
-    for ep in range(a.epochs):
-        perm = torch.randperm(n_train, generator=gen)
-        total = 0.0
-        for i in range(0, n_train, a.batch):
-            loss, _, _ = losses(perm[i:i + a.batch], a.noise)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss) * min(a.batch, n_train - i)
+    def report(ep, mean_loss):
         with torch.no_grad():
             hits = count = 0
             for i in range(n_train, seqs.shape[0], 64):
                 _, h, c = losses(torch.arange(i, min(i + 64, seqs.shape[0])), 0.0)
                 hits, count = hits + h, count + c
-        print(f"epoch {ep + 1}/{a.epochs}: loss {total / n_train:.4f}, held-out depth-1 top-1 on greedy rows "
+        print(f"epoch {ep + 1}/{a.epochs}: loss {mean_loss:.4f}, held-out depth-1 top-1 on greedy rows "
               f"{hits / max(1, count):.3f} ({time.time() - t0:.1f} s)")
+
+    fit(head.parameters(), n_train, a, gen, lambda idx: losses(idx, a.noise)[0], report)
     n = write_head(a.out, head, model.vocab, not a.f32)
     print(f"wrote {a.out} ({n} bytes: dim {model.dim}, {a.heads} heads of {head_dim}, {a.kv_heads} KV heads, "
           f"MLP {a.hidden}) in {time.time() - t0:.1f} s")

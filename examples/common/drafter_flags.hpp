@@ -48,11 +48,11 @@ struct DrafterSpec {
 };
 
 // --spec choices, in the order --help lists them. make_drafter builds all
-// but "medusa" and "eagle" (heads over the target with their own loops,
-// medusa_generate and eagle_generate).
+// but "medusa", "eagle" and "mtp" (heads over the target with their own
+// loops, medusa_generate, eagle_generate and mtp_generate).
 inline const std::vector<std::string>& drafter_kinds() {
   static const std::vector<std::string> kinds{"none",   "draft",      "prompt-lookup", "lookahead",
-                                              "medusa", "early-exit", "eagle"};
+                                              "medusa", "early-exit", "eagle",    "mtp"};
   return kinds;
 }
 

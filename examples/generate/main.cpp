@@ -24,6 +24,7 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/profiler.hpp"
 #include "fastinfer/speculative/eagle_generate.hpp"
+#include "fastinfer/speculative/mtp_generate.hpp"
 #include "fastinfer/speculative/medusa_tree.hpp"
 #include "fastinfer/speculative/speculative_generate.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
@@ -204,6 +205,11 @@ int main(int argc, char** argv) {
   auto* eagle_heads_option = app.add_option("--eagle-heads", eagle_heads,
                  "EAGLE head file (tools/train_eagle.py), pad:FILE (zero-padded to an inflated model) or random:SEED")
       ->capture_default_str();
+  std::string mtp_heads = "random:1";
+  auto* mtp_heads_option = app.add_option("--mtp-heads", mtp_heads,
+                 "MTP modules file (tools/train_mtp.py), pad:FILE (zero-padded to an inflated model) or random:SEED "
+                 "(4 random modules); --eagle-depth/-top-k/-budget shape its draft tree, at most one level per module")
+      ->capture_default_str();
   auto* eagle_depth_option = app.add_option("--eagle-depth", eagle_opts.tree.depth, "EAGLE draft tree: most levels")
       ->check(CLI::Range(0, 64))
       ->capture_default_str();
@@ -237,9 +243,10 @@ int main(int argc, char** argv) {
     fe::refuse_unused(kv_layout == "paged", {window_option, sinks_option}, "with --kv-layout paged");
     fe::refuse_unused(spec.kind != "lookahead", {lookahead_option}, "without --spec lookahead");
     fe::refuse_unused(spec.kind != "medusa", {heads_option, tree_option}, "without --spec medusa");
-    fe::refuse_unused(spec.kind != "eagle",
-                      {eagle_heads_option, eagle_depth_option, eagle_top_k_option, eagle_budget_option},
-                      "without --spec eagle");
+    fe::refuse_unused(spec.kind != "eagle", {eagle_heads_option}, "without --spec eagle");
+    fe::refuse_unused(spec.kind != "mtp", {mtp_heads_option}, "without --spec mtp");
+    fe::refuse_unused(spec.kind != "eagle" && spec.kind != "mtp",
+                      {eagle_depth_option, eagle_top_k_option, eagle_budget_option}, "without --spec eagle or mtp");
     if (!weights.empty()) load.weight_dtype = fastinfer::parse_weight_dtype(weights);
     load.threads = threads;
     if (prompt_id_list.size() > 1 || !prompts_file.empty()) {
@@ -304,11 +311,11 @@ int main(int argc, char** argv) {
       fe::fit_context(lw.config, std::int64_t(prompt.size()) + params.max_new_tokens + kDraftRoom);
     fastinfer::LlamaModel<> model(std::move(lw), {threads, 0, kv});
     fastinfer::validate_generation(model.config(), prompt, params);
-    const bool medusa = spec.kind == "medusa", eagle = spec.kind == "eagle";
-    const auto drafter = medusa || eagle ? nullptr
+    const bool medusa = spec.kind == "medusa", eagle = spec.kind == "eagle", mtp = spec.kind == "mtp";
+    const auto drafter = medusa || eagle || mtp ? nullptr
                                 : fe::make_drafter(spec, model_spec, model.config(), fastinfer::sampling_params(params),
                                                    threads, &model);
-    FASTINFER_CHECK(!calm.enabled() || (!drafter && !medusa && !eagle), fastinfer::InvalidArgument,
+    FASTINFER_CHECK(!calm.enabled() || (!drafter && !medusa && !eagle && !mtp), fastinfer::InvalidArgument,
                     "--early-exit-threshold / --early-exit-patience (lossy) do not combine with --spec");
     fastinfer::ConfidentExit<fastinfer::LlamaModel<>> calm_model(model, calm);  // InvalidArgument on bad options
     fastinfer::speculative::SpeculativeOptions spec_options{spec_k};
@@ -344,6 +351,7 @@ int main(int argc, char** argv) {
 
     auto eagle_head = eagle ? fe::eagle_head_from_flag(eagle_heads, model.config())
                             : fastinfer::speculative::EagleHead();
+    auto mtp_modules = mtp ? fe::mtp_heads_from_flag(mtp_heads, model.config()) : fastinfer::speculative::MtpHeads();
     eagle_opts.rule = spec_options.rule;
     if (spec_auto) eagle_opts.adaptive = &adaptive;  // each step's tree depth, as for Medusa
 
@@ -371,6 +379,7 @@ int main(int argc, char** argv) {
     const auto spec_result =
         medusa    ? fastinfer::speculative::medusa_generate(model, heads, prompt, params, medusa_opts, on_token)
         : eagle   ? fastinfer::speculative::eagle_generate(model, eagle_head, prompt, params, eagle_opts, on_token)
+        : mtp     ? fastinfer::speculative::mtp_generate(model, mtp_modules, prompt, params, eagle_opts, on_token)
         : drafter ? fastinfer::speculative::speculative_generate(target, *drafter, prompt, params, spec_options, on_token)
         : calm.enabled()
             ? fastinfer::speculative::plain_as_speculative(fastinfer::generate(calm_model, prompt, params, on_token))

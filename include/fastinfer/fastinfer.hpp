@@ -61,6 +61,8 @@
 #include "fastinfer/speculative/eagle_head.hpp"
 #include "fastinfer/speculative/eagle_tree.hpp"
 #include "fastinfer/speculative/eagle_generate.hpp"
+#include "fastinfer/speculative/mtp_heads.hpp"
+#include "fastinfer/speculative/mtp_generate.hpp"
 #include "fastinfer/engine/batched_draft.hpp"
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/static_batcher.hpp"

@@ -20,20 +20,15 @@
 #include "fastinfer/speculative/eagle_generate.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
+#include "spec_checks.hpp"
 
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;  // ~30x slower: the statistical test checks memory on few draws
-#else
-constexpr bool kSanitized = false;
-#endif
-
 using fastinfer::GenerationParams;
-using Model = fastinfer::LlamaModel<>;
+using fastinfer::testing::kSanitized;
+using Model = fastinfer::testing::SpecTestModel;
+using fastinfer::testing::load;
 namespace speculative = fastinfer::speculative;
-
-Model load(const std::string& path) { return Model(fastinfer::load_model(path), fastinfer::ModelOptions{1, 32}); }
 
 // The trained head committed with the sources (tools/train_eagle.py), or
 // the file FASTINFER_EAGLE_HEAD names.
@@ -50,22 +45,11 @@ speculative::EagleOptions wide_tree() {
 std::int64_t check_golden(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
                           const std::string& head_spec, const speculative::EagleOptions& o) {
   Model model = load(model_path.string());
-  const auto cases = fastinfer::testing::read_golden_cases(cases_dir);
-  REQUIRE(!cases.empty());
   speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag(head_spec, model.config());
-  std::int64_t accepted = 0;
-  for (const auto& c : cases) {
-    INFO("head " << head_spec << ", case " << c.name);
-    GenerationParams p;
-    p.max_new_tokens = c.max_new_tokens;
-    const auto r = speculative::eagle_generate(model, head, c.prompt, p, o);
-    CHECK(r.generation.tokens == c.continuation);
-    CHECK(fastinfer::stop_reason_name(r.generation.stopped_by) == c.stopped_by);
-    CHECK(r.stats.accepted <= r.stats.drafted);
-    CHECK(r.stats.drafted <= std::int64_t(o.tree.budget) * r.stats.target_forwards);
-    accepted += r.stats.accepted;
-  }
-  return accepted;
+  INFO("head " << head_spec);
+  return fastinfer::testing::check_golden_speculation(model, cases_dir, o.tree.budget, [&](Model& m, const auto& prompt, const auto& p) {
+    return speculative::eagle_generate(m, head, prompt, p, o);
+  });
 }
 
 }  // namespace
@@ -122,33 +106,23 @@ TEST_CASE("EAGLE output equals plain generation at the sequence-length limit and
 TEST_CASE("EAGLE under the coupled rule emits plain sampling's tokens with the same seed") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   Model model = load(model_path.string());
-  GenerationParams p;
-  p.max_new_tokens = 100;
-  p.temperature = 0.8f;
   std::int64_t drafted = 0;
   const std::vector<std::string> heads = {"random:1", std::filesystem::exists(trained_head()) ? trained_head().string() : "random:2"};
-  for (const std::string& hs : heads)
-    for (std::uint64_t seed : {1, 2, 5}) {
-      p.seed = seed;
-      p.top_k = seed == 2 ? 40 : 0;
-      p.top_p = seed == 5 ? 0.9f : 1.0f;
-      const auto plain = fastinfer::generate(model, {1}, p);
-      speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag(hs, model.config());
-      speculative::EagleOptions o;
-      o.rule = speculative::AcceptanceRule::Coupled;
-      const auto r = speculative::eagle_generate(model, head, {1}, p, o);
-      INFO("head " << hs << ", seed " << seed);
-      CHECK(r.generation.tokens == plain.tokens);
-      CHECK(r.generation.stopped_by == plain.stopped_by);
-      drafted += r.stats.drafted;
-    }
+  for (const std::string& hs : heads) {
+    speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag(hs, model.config());
+    speculative::EagleOptions o;
+    o.rule = speculative::AcceptanceRule::Coupled;
+    INFO("head " << hs);
+    drafted += fastinfer::testing::check_coupled_is_plain(model, 100, [&](Model& m, const auto& pr, const auto& p) {
+      return speculative::eagle_generate(m, head, pr, p, o);
+    });
+  }
   CHECK(drafted > 0);
 }
 
 TEST_CASE("EAGLE under the exact rule: the first verified token is distributed as the target's") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   Model model = load(model_path.string());
-  const int vocab = model.config().vocab_size;
   speculative::EagleHead head = fastinfer::examples::eagle_head_from_flag("random:4", model.config());
   const std::vector<std::int32_t> prompt = {1, 365, 1009 % 512, 260};
   GenerationParams p;
@@ -157,40 +131,13 @@ TEST_CASE("EAGLE under the exact rule: the first verified token is distributed a
   p.top_k = 6;
   speculative::EagleOptions o;
   o.tree = speculative::EagleTreeConfig{1, 6, 6};  // all six candidates the filter allows, as siblings
-  // The exact marginal of token 2: sum over token 1 of p(t1) p(t2 | t1).
-  fastinfer::cpu::SamplerWorkspace ws(vocab);
-  const fastinfer::SamplingParams sp = fastinfer::sampling_params(p);
-  std::vector<float> p1(static_cast<std::size_t>(vocab)), p2(static_cast<std::size_t>(vocab));
-  model.reset();
-  fastinfer::cpu::sampling_distribution(model.forward_prefill(prompt, 0), vocab, sp, p1.data(), ws);
-  std::vector<double> marginal(std::size_t(vocab), 0.0);
-  for (int t1 = 0; t1 < vocab; ++t1) {
-    if (p1[std::size_t(t1)] <= 0.0f) continue;
-    std::vector<std::int32_t> ext = prompt;
-    ext.push_back(t1);
-    model.reset();
-    fastinfer::cpu::sampling_distribution(model.forward_prefill(ext, 0), vocab, sp, p2.data(), ws);
-    for (int t = 0; t < vocab; ++t) marginal[std::size_t(t)] += double(p1[std::size_t(t1)]) * double(p2[std::size_t(t)]);
-  }
   const int n = kSanitized ? 200 : 3000;
-  std::vector<double> seen(std::size_t(vocab), 0.0);
-  std::int64_t accepted = 0;
-  for (int s = 0; s < n; ++s) {
-    p.seed = std::uint64_t(s) + 11;
-    const auto r = speculative::eagle_generate(model, head, prompt, p, o);
-    REQUIRE(r.generation.tokens.size() >= 2);
-    seen[std::size_t(r.generation.tokens[1])] += 1.0 / n;
-    accepted += r.stats.accepted;
-  }
-  double tv = 0, tv_uniform = 0;
-  int support = 0;
-  for (int t = 0; t < vocab; ++t) {
-    tv += std::abs(seen[std::size_t(t)] - marginal[std::size_t(t)]) / 2;
-    support += marginal[std::size_t(t)] > 0;
-  }
-  for (int t = 0; t < vocab; ++t)
-    if (marginal[std::size_t(t)] > 0) tv_uniform += std::abs(1.0 / support - marginal[std::size_t(t)]) / 2;
-  INFO("TV to the exact marginal " << tv << " over " << support << " tokens; accepted drafts " << accepted);
+  const auto m = fastinfer::testing::second_token_marginal(model, prompt, p, n, [&](Model& mm, const auto& pr, const auto& pp) {
+    return speculative::eagle_generate(mm, head, pr, pp, o);
+  });
+  const double tv = m.tv, tv_uniform = m.tv_uniform;
+  const std::int64_t accepted = m.accepted;
+  INFO("TV to the exact marginal " << tv << " over " << m.support << " tokens; accepted drafts " << accepted);
   CHECK(accepted > n / 10);  // the candidates are the filter's tokens: accepted often
   if (kSanitized) return;    // 200 draws say nothing about the distribution
   // Sampling noise at n = 3000 over <= 36 tokens: expected TV ~0.03-0.05.

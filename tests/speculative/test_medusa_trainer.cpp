@@ -19,26 +19,18 @@
 #include "fastinfer/speculative/medusa_tree.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
+#include "trainer_run.hpp"
 
 TEST_CASE("tools/train_medusa.py writes heads that load and keep greedy Medusa exact") {
-  const char* run = std::getenv("FASTINFER_RUN_TRAINER");
-  if (run == nullptr || std::string(run) != "1") {
-    std::printf("FASTINFER_SKIP: set FASTINFER_RUN_TRAINER=1 to run the Medusa trainer (needs python3-torch)\n");
-    return;
-  }
+  if (!fastinfer::testing::trainer_requested("Medusa")) return;
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(golden_logits, "golden/logits_bos_pos0_pos10.txt");
   FASTINFER_REQUIRE_SHARED(bos_case, "golden/cases/bos_256.txt");
-  const std::filesystem::path script =
-      std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "tools" / "train_medusa.py";
-  REQUIRE(std::filesystem::exists(script));
-  const char* py = std::getenv("FASTINFER_PYTHON");
-  const std::string python = py ? py : std::filesystem::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
   const std::string out = std::string(FASTINFER_BINARY_DIR) + "/medusa_trainer_test.medusa";
   std::filesystem::remove(out);
-  const std::string cmd = python + " " + script.string() + " --model " + model_path.string() + " --out " + out +
-                          " --check-logits " + golden_logits.string() +
-                          " --sequences 64 --length 96 --epochs 1 --batch 1024";
+  const std::string cmd = fastinfer::testing::tool_command(
+      "train_medusa.py", "--model " + model_path.string() + " --out " + out + " --check-logits " +
+                             golden_logits.string() + " --sequences 64 --length 96 --epochs 1 --batch 1024");
   INFO(cmd);
   REQUIRE(std::system(cmd.c_str()) == 0);
   REQUIRE(std::filesystem::exists(out));
@@ -60,23 +52,15 @@ TEST_CASE("tools/train_medusa.py writes heads that load and keep greedy Medusa e
 }
 
 TEST_CASE("tools/train_medusa.py trains heads for a Hugging Face directory (tinystories-656k)") {
-  const char* run = std::getenv("FASTINFER_RUN_TRAINER");
-  if (run == nullptr || std::string(run) != "1") {
-    std::printf("FASTINFER_SKIP: set FASTINFER_RUN_TRAINER=1 to run the Medusa trainer (needs python3-torch)\n");
-    return;
-  }
+  if (!fastinfer::testing::trainer_requested("Medusa")) return;
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(golden_logits, "golden/tinystories-656k/logits_once_upon_a_time_pos0_pos5.txt");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
-  const std::filesystem::path script =
-      std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "tools" / "train_medusa.py";
-  const char* py = std::getenv("FASTINFER_PYTHON");
-  const std::string python = py ? py : std::filesystem::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
   const std::string out = std::string(FASTINFER_BINARY_DIR) + "/medusa_trainer_test_hf.medusa";
   std::filesystem::remove(out);
-  const std::string cmd = python + " " + script.string() + " --model " + model_path.string() + " --out " + out +
-                          " --check-logits " + golden_logits.string() +
-                          " --sequences 48 --length 96 --epochs 1 --batch 1024";
+  const std::string cmd = fastinfer::testing::tool_command(
+      "train_medusa.py", "--model " + model_path.string() + " --out " + out + " --check-logits " +
+                             golden_logits.string() + " --sequences 48 --length 96 --epochs 1 --batch 1024");
   INFO(cmd);
   REQUIRE(std::system(cmd.c_str()) == 0);
   fastinfer::LlamaModel<> model(fastinfer::load_model(model_path.string()), fastinfer::ModelOptions{1, 32});

@@ -22,12 +22,20 @@
 // is plain greedy's, the coupled rule's output is plain sampling's bit for bit
 // (while a pass stays within cpu::gemm_detail::kDotMaxTokens rows, as for
 // Medusa: the default budget keeps pending + nodes <= 32).
+//
+// The tree builder and the loop are templates on the drafting head, so that
+// MTP modules (mtp_heads.hpp, mtp_generate.hpp) reuse them: a head type
+// provides reset(), clear_tree(), check_compatible(config) and the two free
+// functions expand_level (level d >= 2 of the tree: EAGLE's one head every
+// level, MTP's module d) and commit_accepted (the target's features of the
+// accepted text into the head; the root feature out), found by ADL.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "fastinfer/backend/cpu/sampling.hpp"
@@ -90,6 +98,21 @@ class Lap {
 };
 }  // namespace detail
 
+// The EagleHead's side of the template: the same head at every level, and
+// its committed row p reads (f_p, token p + 1).
+inline void expand_level(EagleHead& head, int /*level*/, const LlamaWeights& w, const float* features,
+                         const std::int32_t* tokens, const int* parent_rows, int n, float* out, int threads) {
+  head.expand(w, features, tokens, parent_rows, n, out, threads);
+}
+// features [n][dim]: the target's features of positions head.committed()..;
+// seq: the whole text so far (it holds the token after each of them).
+inline void commit_accepted(EagleHead& head, const LlamaWeights& w, const float* features, int n,
+                            const std::vector<std::int32_t>& seq, float* root, int threads) {
+  FASTINFER_CHECK(head.committed() + n < int(seq.size()), InvalidArgument, "EAGLE head: ", n,
+                  " rows past position ", head.committed(), " need more than ", seq.size(), " tokens");
+  head.commit(w, features, seq.data() + head.committed() + 1, n, root, threads);
+}
+
 // Scratch of eagle_draft_tree, kept across steps so that drafting allocates
 // nothing once warm.
 struct EagleDraftWorkspace {
@@ -101,10 +124,11 @@ struct EagleDraftWorkspace {
 
 // One EAGLE-2 draft tree: depth-1 candidates from the root feature, then for
 // depth 2..depth the top_k candidates of the level above are expanded by one
-// batched head forward each level, and the `budget` best are kept.
-inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const float* root_feature, int depth,
-                                  int top_k, int budget, EagleDraftWorkspace& ws, int threads = 1,
-                                  EagleTimings* timings = nullptr) {
+// batched head forward each level (expand_level), and the `budget` best are
+// kept.
+template <typename Head>
+TokenTree draft_feature_tree(Head& head, const LlamaWeights& w, const float* root_feature, int depth, int top_k,
+                             int budget, EagleDraftWorkspace& ws, int threads = 1, EagleTimings* timings = nullptr) {
   detail::Lap lap(timings);
   head.clear_tree();
   ws.builder.clear();
@@ -135,10 +159,11 @@ inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const 
       ws.tokens[std::size_t(i)] = cand.token;
       ws.parent_rows[std::size_t(i)] = prow;
     }
-    const int r0 = head.tree_rows();
+    const int r0 = int(ws.row_feats.size() / d);  // rows drafted so far (the head's tree rows, for EAGLE)
     ws.feats_out.resize(std::size_t(n) * d);
     lap.to(&EagleTimings::tree);
-    head.expand(w, ws.feats_in.data(), ws.tokens.data(), ws.parent_rows.data(), n, ws.feats_out.data(), threads);
+    expand_level(head, level, w, ws.feats_in.data(), ws.tokens.data(), ws.parent_rows.data(), n, ws.feats_out.data(),
+                 threads);
     lap.to(&EagleTimings::head, n);
     ws.row_feats.insert(ws.row_feats.end(), ws.feats_out.begin(), ws.feats_out.end());
     ws.logits.resize(std::size_t(n) * v);
@@ -156,19 +181,26 @@ inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const 
   return tree;
 }
 
-// EAGLE generation on a LlamaModel (its solo sequence; needs forward with a
-// custom mask and last_features()). Same stop rules and first token as
-// generate(); stats as medusa_generate's (drafted = tree nodes offered,
-// k_sum = tree depths).
-template <typename Model, typename OnToken>
-SpeculativeResult eagle_generate(Model& model, EagleHead& head, const std::vector<std::int32_t>& prompt,
-                                 const GenerationParams& params, const EagleOptions& options, OnToken&& on_token) {
+inline TokenTree eagle_draft_tree(EagleHead& head, const LlamaWeights& w, const float* root_feature, int depth,
+                                  int top_k, int budget, EagleDraftWorkspace& ws, int threads = 1,
+                                  EagleTimings* timings = nullptr) {
+  return draft_feature_tree(head, w, root_feature, depth, top_k, budget, ws, threads, timings);
+}
+
+// Feature-drafted generation (EAGLE, MTP) on a LlamaModel (its solo
+// sequence; needs forward with a custom mask and last_features()). Same stop
+// rules and first token as generate(); stats as medusa_generate's (drafted =
+// tree nodes offered, k_sum = tree depths).
+template <typename Model, typename Head, typename OnToken>
+SpeculativeResult feature_draft_generate(Model& model, Head& head, const std::vector<std::int32_t>& prompt,
+                                         const GenerationParams& params, const EagleOptions& options,
+                                         OnToken&& on_token) {
   const LlamaConfig& c = model.config();
   validate_generation(c, prompt, params);
   head.check_compatible(c);
   options.tree.validate();
   FASTINFER_CHECK(options.rule != AcceptanceRule::TypicalLossy, InvalidArgument,
-                  "EAGLE verifies with the exact or coupled rule; typical acceptance (lossy) is Medusa's only");
+                  "EAGLE and MTP verify with the exact or coupled rule; typical acceptance (lossy) is Medusa's only");
   using Clock = std::chrono::steady_clock;
   constexpr SeqId seq_id = Model::kSoloSequence;
   const LlamaWeights& w = model.weights();
@@ -208,7 +240,7 @@ SpeculativeResult eagle_generate(Model& model, EagleHead& head, const std::vecto
   detail::SpecTokenEmitter<std::remove_reference_t<OnToken>> out_tokens{c, params, r, seq, on_token, t0, t1};
   bool going = out_tokens.room_left() && out_tokens.emit(pick_token(logits, vocab, params, 0, workspace));
   // The head reads (f_p, token p + 1) for every prompt position.
-  if (going && out_tokens.room_left()) head.commit(w, feats.data(), seq.data() + 1, n_prompt, root.data(), threads);
+  if (going && out_tokens.room_left()) commit_accepted(head, w, feats.data(), n_prompt, seq, root.data(), threads);
   int valid = n_prompt;  // positions whose target KV is right
   while (going && out_tokens.room_left()) {
     const int len = int(seq.size());
@@ -220,7 +252,7 @@ SpeculativeResult eagle_generate(Model& model, EagleHead& head, const std::vecto
     const int budget = std::max(0, std::min({options.tree.budget, model.max_batch() - n_pending, c.max_seq_len - len}));
     const auto d0 = Clock::now();
     const TokenTree tree =
-        eagle_draft_tree(head, w, root.data(), depth, options.tree.top_k, budget, ws, threads, options.timings);
+        draft_feature_tree(head, w, root.data(), depth, options.tree.top_k, budget, ws, threads, options.timings);
     const auto d1 = Clock::now();
     detail::Lap lap(options.timings);
     build_tree_batch(batch, seq_id, seq.data() + valid, n_pending, valid, tree, nullptr, nullptr, nullptr, 0, 0);
@@ -245,11 +277,17 @@ SpeculativeResult eagle_generate(Model& model, EagleHead& head, const std::vecto
     going = out_tokens.emit_step(v.tokens, v.accepted, st);
     // Every token of the step was emitted when generation goes on.
     lap.to(&EagleTimings::verify);
-    if (going) head.commit(w, feats.data(), seq.data() + len, n_new, root.data(), threads);
+    if (going) commit_accepted(head, w, feats.data(), n_new, seq, root.data(), threads);
     lap.to(&EagleTimings::commit);
   }
   if (!r.tokens.empty()) r.decode_seconds = seconds_between(out_tokens.first, Clock::now());
   return out;
+}
+
+template <typename Model, typename OnToken>
+SpeculativeResult eagle_generate(Model& model, EagleHead& head, const std::vector<std::int32_t>& prompt,
+                                 const GenerationParams& params, const EagleOptions& options, OnToken&& on_token) {
+  return feature_draft_generate(model, head, prompt, params, options, std::forward<OnToken>(on_token));
 }
 
 template <typename Model>

@@ -57,6 +57,11 @@
 // value), and the file's size against what the header implies BEFORE any
 // weight is allocated; non-finite weights are refused.
 //
+// Input norms (set_input_norms; MTP modules, mtp_heads.hpp): when set, the
+// two halves of fc's input are RMS-normalised first, [RMSNorm(e, enorm) ;
+// RMSNorm(f_t, hnorm)] (DeepSeek-V3's MTP module input), with the head's eps.
+// FIEAGLEH has no field for them: save() refuses such a head.
+//
 // "random:SEED" (examples/common/eagle_flags.hpp) builds a head of the
 // model's layer shape whose fc passes the feature through and whose layer adds
 // small random terms: a poor drafter (it guesses the token the model just
@@ -201,6 +206,19 @@ class EagleHead {
     for (std::size_t i = 0; i < data_.size(); ++i) half_[i] = f32_to_f16(data_[i]);
   }
 
+  // The input norms (see the file comment): enorm for the embedding half,
+  // hnorm for the feature half, [dim] each; has_input_norms() after.
+  void set_input_norms(const float* enorm, const float* hnorm) {
+    FASTINFER_CHECK(!empty(), InvalidArgument, "cannot give an empty EAGLE head input norms");
+    input_norms_.assign(enorm, enorm + s_.dim);
+    input_norms_.insert(input_norms_.end(), hnorm, hnorm + s_.dim);
+  }
+  bool has_input_norms() const { return !input_norms_.empty(); }
+  // 0: enorm, 1: hnorm (null without input norms).
+  const float* input_norm(int which) const {
+    return input_norms_.empty() ? nullptr : input_norms_.data() + std::size_t(which != 0) * std::size_t(s_.dim);
+  }
+
   // The head must read this model's features and embeddings.
   void check_compatible(const LlamaConfig& c) const {
     FASTINFER_CHECK(!empty(), InvalidArgument, "the EAGLE head is empty (load or build one first)");
@@ -238,29 +256,25 @@ class EagleHead {
   // only their keys and values).
   void commit(const LlamaWeights& target, const float* features, const std::int32_t* next_tokens, int n,
               float* out_last, int threads = 1) {
-    FASTINFER_CHECK(n >= 0, InvalidArgument, "EAGLE head: cannot commit ", n, " rows");
-    clear_tree();
-    if (n == 0) return;
-    const int p0 = committed_;
-    grow_(kv_, std::size_t(p0 + n));
-    std::vector<std::int64_t>& pos = pos_;
-    pos.resize(std::size_t(n));
-    for (int i = 0; i < n; ++i) pos[std::size_t(i)] = p0 + i;
-    input_rows_(target, features, next_tokens, n, threads);
-    store_kv_(n, kv_k_.data() + std::size_t(p0) * kvd_(), kv_v_.data() + std::size_t(p0) * kvd_(), threads);
-    committed_ = p0 + n;
-    if (out_last == nullptr) return;
-    chain_.clear();
-    finish_rows_(n - 1, 1, /*tree=*/false, out_last, threads);
+    commit_(target, features, next_tokens, n, out_last, false, threads);
   }
-
+  // As commit(), with every row's predicted feature in out [n][dim] (an MTP
+  // module's outputs are the next module's inputs).
+  void commit_all(const LlamaWeights& target, const float* features, const std::int32_t* next_tokens, int n,
+                  float* out, int threads = 1) {
+    commit_(target, features, next_tokens, n, out, true, threads);
+  }
+  
   // Adds n tree rows and returns their predicted features (out [n][dim]).
   // Row i reads features[i] and the embedding of tokens[i]; parent_rows[i] is
   // -1 (a child of the last committed row: position committed()) or an
   // earlier tree row (position one past it). A tree row attends to every
-  // committed row, its ancestors' rows and itself.
+  // committed row, its ancestors' rows and itself. root_offset > 0 puts the
+  // parentless rows that many positions past committed() (an MTP module
+  // drafts at the target's last position, past the rows it could commit).
   void expand(const LlamaWeights& target, const float* features, const std::int32_t* tokens, const int* parent_rows,
-              int n, float* out, int threads = 1) {
+              int n, float* out, int threads = 1, int root_offset = 0) {
+    FASTINFER_CHECK(root_offset >= 0, InvalidArgument, "EAGLE head: negative root offset ", root_offset);
     const int r0 = tree_rows();
     pos_.resize(std::size_t(n));
     for (int i = 0; i < n; ++i) {
@@ -269,7 +283,7 @@ class EagleHead {
                       " (must be -1 or an earlier row of a previous expand)");
       tree_parent_.push_back(p);
       tree_depth_.push_back(p < 0 ? 0 : tree_depth_[std::size_t(p)] + 1);
-      pos_[std::size_t(i)] = std::int64_t(committed_) + tree_depth_.back();
+      pos_[std::size_t(i)] = std::int64_t(committed_) + root_offset + tree_depth_.back();
     }
     grow_(tree_, std::size_t(r0 + n));
     input_rows_(target, features, tokens, n, threads);
@@ -293,15 +307,52 @@ class EagleHead {
   // ---- files ------------------------------------------------------------------
 
   static EagleHead load(const std::string& path) {
-    using head_file::load_u32;
     const auto file = MappedFile::open(path);
     const std::uint8_t* h = file->at(0, kFixedBytes, "EAGLE head header");
     FASTINFER_CHECK(std::memcmp(h, kMagic, 8) == 0, FormatError, path, ": not an EAGLE head file (bad magic '",
                     head_file::printable(h, 8), "', expected 'FIEAGLEH')");
+    std::uint32_t dtype = 0;
+    const EagleHeadShape s = read_header(path, h, "EAGLE head", dtype);
+    const std::uint32_t count = head_file::load_u32(h + 52);
+    FASTINFER_CHECK(count == std::uint32_t(kTensorCount), FormatError, path, ": tensor count ", count,
+                    " (expected ", int(kTensorCount), ")");
+    // The table against the shape, and the file's size against the table,
+    // before anything is allocated (bounded above: at most ~2^38 bytes, no
+    // u64 overflow).
+    const std::uint8_t* table = file->at(kFixedBytes, kTensorCount * kEntryBytes, "EAGLE head tensor table");
+    const EagleHead shape_only = shape_of(s);
+    std::uint64_t expected = kHeaderBytes;
+    for (int t = 0; t < kTensorCount; ++t)
+      expected = check_entry(path, t, table + std::size_t(t) * kEntryBytes, kTensorNames[std::size_t(t)],
+                             shape_only.rows(t), shape_only.cols(t), expected, dtype);
+    check_file_size(path, file->size(), expected);
+    EagleHead head(s);
+    head.read_weights(path, file->at(kHeaderBytes, head.data_.size() * (dtype == kDTypeF32 ? 4 : 2), "EAGLE head weights"),
+                      dtype);
+    return head;
+  }
+
+  // ---- pieces of the loader that FIMTPHDS (mtp_heads.hpp) shares -------------
+
+  // A head with this shape and no weights: rows() and cols() of a file's
+  // tensors before anything is allocated.
+  static EagleHead shape_of(const EagleHeadShape& s) {
+    EagleHead h;
+    h.s_ = s;
+    return h;
+  }
+  // Floats in the head's tensors (all 11, in table order).
+  std::size_t values() const { return data_.size(); }
+
+  // Header bytes 8..51, common to FIEAGLEH and FIMTPHDS: the version, the
+  // shape, the dtype (into `dtype`), the flags, eps and theta; each checked
+  // against its bound before it becomes an int. `what` names the format.
+  static EagleHeadShape read_header(const std::string& path, const std::uint8_t* h, const char* what,
+                                    std::uint32_t& dtype) {
+    using head_file::load_u32;
     const std::uint32_t version = load_u32(h + 8);
-    FASTINFER_CHECK(version == kVersion, FormatError, path, ": EAGLE head version ", version,
+    FASTINFER_CHECK(version == kVersion, FormatError, path, ": ", what, " version ", version,
                     " is not supported (expected ", kVersion, ")");
-    // Each u32 field is checked against its bound before it becomes an int.
     const char* names[6] = {"dim", "vocab", "n_heads", "n_kv_heads", "head_dim", "hidden_dim"};
     const std::uint32_t limits[6] = {1u << 16, 1u << 24, 1024, 1024, 1024, 1u << 20};
     int v[6];
@@ -313,64 +364,78 @@ class EagleHead {
     }
     EagleHeadShape s{v[0], v[1], v[2], v[3], v[4], v[5], head_file::load_f32(h + 44), head_file::load_f32(h + 48)};
     s.validate<FormatError>(path + ": ");
-    const std::uint32_t dtype = load_u32(h + 36), flags = load_u32(h + 40), count = load_u32(h + 52);
+    dtype = load_u32(h + 36);
+    const std::uint32_t flags = load_u32(h + 40);
     FASTINFER_CHECK(dtype == kDTypeF32 || dtype == kDTypeF16, FormatError, path, ": weight dtype ", dtype,
                     " is not supported (0 = f32, 1 = f16)");
     FASTINFER_CHECK(flags == 0, FormatError, path, ": unknown flags 0x", std::hex, flags);
-    FASTINFER_CHECK(count == std::uint32_t(kTensorCount), FormatError, path, ": tensor count ", count,
-                    " (expected ", int(kTensorCount), ")");
-    // The table against the shape, and the file's size against the table,
-    // before anything is allocated (bounded above: at most ~2^38 bytes, no
-    // u64 overflow).
-    const std::uint64_t elem = dtype == kDTypeF32 ? 4 : 2;
-    const std::uint8_t* table = file->at(kFixedBytes, kTensorCount * kEntryBytes, "EAGLE head tensor table");
-    EagleHead shape_only;
-    shape_only.s_ = s;
-    std::uint64_t expected = kHeaderBytes;
-    for (int t = 0; t < kTensorCount; ++t) {
-      const std::uint8_t* e = table + std::size_t(t) * kEntryBytes;
-      char name[kNameBytes + 1] = {};
-      std::memcpy(name, e, kNameBytes);
-      FASTINFER_CHECK(std::string(name) == kTensorNames[std::size_t(t)] &&
-                          std::all_of(e + std::strlen(name), e + kNameBytes, [](std::uint8_t b) { return b == 0; }),
-                      FormatError, path, ": tensor ", t, " is named '", head_file::printable(e, int(std::strlen(name))),
-                      "', expected '", kTensorNames[std::size_t(t)], "'");
-      const std::uint32_t r = load_u32(e + 16), c = load_u32(e + 20);
-      const std::uint64_t off = head_file::load_u64(e + 24);
-      FASTINFER_CHECK(r == shape_only.rows(t) && c == shape_only.cols(t), FormatError, path, ": tensor ",
-                      kTensorNames[std::size_t(t)], " is [", r, "][", c, "], the header's dims make it [",
-                      shape_only.rows(t), "][", shape_only.cols(t), "]");
-      FASTINFER_CHECK(off == expected, FormatError, path, ": tensor ", kTensorNames[std::size_t(t)],
-                      " at offset ", off, ", expected ", expected, " (tensors are contiguous in table order)");
-      expected += std::uint64_t(r) * c * elem;
-    }
-    FASTINFER_CHECK(file->size() >= expected, FormatError, path, ": truncated: ", file->size(),
+    return s;
+  }
+  // Table entry `index` (name, rows, cols, offset) checked against what the
+  // header implies; returns the offset of the next tensor.
+  static std::uint64_t check_entry(const std::string& path, int index, const std::uint8_t* e, const char* name,
+                                   std::int64_t rows, std::int64_t cols, std::uint64_t offset, std::uint32_t dtype) {
+    char got[kNameBytes + 1] = {};
+    std::memcpy(got, e, kNameBytes);
+    FASTINFER_CHECK(std::string(got) == name &&
+                        std::all_of(e + std::strlen(got), e + kNameBytes, [](std::uint8_t b) { return b == 0; }),
+                    FormatError, path, ": tensor ", index, " is named '",
+                    head_file::printable(e, int(std::strlen(got))), "', expected '", name, "'");
+    const std::uint32_t r = head_file::load_u32(e + 16), c = head_file::load_u32(e + 20);
+    const std::uint64_t off = head_file::load_u64(e + 24);
+    FASTINFER_CHECK(r == rows && c == cols, FormatError, path, ": tensor ", name, " is [", r, "][", c,
+                    "], the header's dims make it [", rows, "][", cols, "]");
+    FASTINFER_CHECK(off == offset, FormatError, path, ": tensor ", name, " at offset ", off, ", expected ", offset,
+                    " (tensors are contiguous in table order)");
+    return offset + std::uint64_t(r) * c * (dtype == kDTypeF32 ? 4 : 2);
+  }
+  static void check_file_size(const std::string& path, std::uint64_t size, std::uint64_t expected) {
+    FASTINFER_CHECK(size >= expected, FormatError, path, ": truncated: ", size,
                     " bytes, the header and tensor table need ", expected);
-    FASTINFER_CHECK(file->size() == expected, FormatError, path, ": ", file->size() - expected,
-                    " bytes after the last tensor (file has ", file->size(), ", expected ", expected, ")");
-    EagleHead head(s);
-    const std::size_t n = head.data_.size();
-    const std::uint8_t* p = file->at(kHeaderBytes, n * elem, "EAGLE head weights");
+    FASTINFER_CHECK(size == expected, FormatError, path, ": ", size - expected,
+                    " bytes after the last tensor (file has ", size, ", expected ", expected, ")");
+  }
+  // n values of a file's bytes p (f32 or f16 by dtype) into out.
+  static void read_values(const std::uint8_t* p, std::uint32_t dtype, std::size_t n, float* out) {
     if (dtype == kDTypeF32) {
-      for (std::size_t i = 0; i < n; ++i) head.data_[i] = head_file::load_f32(p + 4 * i);
+      for (std::size_t i = 0; i < n; ++i) out[i] = head_file::load_f32(p + 4 * i);
     } else {
-      for (std::size_t i = 0; i < n; ++i) head.data_[i] = f16_to_f32(std::uint16_t(p[2 * i] | p[2 * i + 1] << 8));
+      for (std::size_t i = 0; i < n; ++i) out[i] = f16_to_f32(std::uint16_t(p[2 * i] | p[2 * i + 1] << 8));
     }
+  }
+  // The head's tensors, in table order, from a file's bytes p (f32 or f16
+  // by dtype; size already checked); non-finite values are refused. An f16
+  // head then computes in f16.
+  void read_weights(const std::string& path, const std::uint8_t* p, std::uint32_t dtype) {
+    read_values(p, dtype, data_.size(), data_.data());
     for (int t = 0; t < kTensorCount; ++t)
-      for (std::int64_t i = 0; i < head.rows(t) * head.cols(t); ++i)
-        FASTINFER_CHECK(std::isfinite(head.tensor(t)[i]), FormatError, path, ": non-finite value ",
-                        head.tensor(t)[i], " in tensor ", kTensorNames[std::size_t(t)], " at element ", i);
-    if (dtype == kDTypeF16) head.set_weight_dtype(DType::F16);
-    return head;
+      for (std::int64_t i = 0; i < rows(t) * cols(t); ++i)
+        FASTINFER_CHECK(std::isfinite(tensor(t)[i]), FormatError, path, ": non-finite value ", tensor(t)[i],
+                        " in tensor ", kTensorNames[std::size_t(t)], " at element ", i);
+    set_weight_dtype(dtype == kDTypeF16 ? DType::F16 : DType::F32);
   }
 
   // Writes the head in the format above (f32, or f16 when `f16`).
   void save(const std::string& path, bool f16 = false) const {
     FASTINFER_CHECK(!empty(), InvalidArgument, "cannot save an empty EAGLE head to ", path);
-    std::ofstream f(path, std::ios::binary | std::ios::trunc);
-    FASTINFER_CHECK(bool(f), InvalidArgument, "cannot open ", path, " for writing");
+    FASTINFER_CHECK(!has_input_norms(), InvalidArgument, "cannot save ", path,
+                    ": FIEAGLEH has no input norms (an MTP module is saved by MtpHeads::save)");
     std::vector<char> h(kHeaderBytes, 0);
     std::memcpy(h.data(), kMagic, 8);
+    write_header(h.data(), f16);
+    head_file::store_u32(h.data() + 52, kTensorCount);
+    std::uint64_t off = kHeaderBytes;
+    for (int t = 0; t < kTensorCount; ++t)
+      off = write_entry(h.data() + kFixedBytes + std::size_t(t) * kEntryBytes, kTensorNames[std::size_t(t)], rows(t),
+                        cols(t), off, f16);
+    append_weights(h, f16);
+    write_file(path, h, "EAGLE head");
+  }
+
+  // ---- pieces of the writer that FIMTPHDS shares -------------------------------
+
+  // Header bytes 8..51 (read_header's fields) into h.
+  void write_header(char* h, bool f16) const {
     const std::uint32_t fields[8] = {kVersion,
                                      std::uint32_t(s_.dim),
                                      std::uint32_t(s_.vocab),
@@ -379,32 +444,40 @@ class EagleHead {
                                      std::uint32_t(s_.head_dim),
                                      std::uint32_t(s_.hidden_dim),
                                      f16 ? kDTypeF16 : kDTypeF32};
-    for (int i = 0; i < 8; ++i) head_file::store_u32(h.data() + 8 + 4 * i, fields[i]);
-    head_file::store_f32(h.data() + 44, s_.norm_eps);
-    head_file::store_f32(h.data() + 48, s_.rope_theta);
-    head_file::store_u32(h.data() + 52, kTensorCount);
-    std::uint64_t off = kHeaderBytes;
-    for (int t = 0; t < kTensorCount; ++t) {
-      char* e = h.data() + kFixedBytes + std::size_t(t) * kEntryBytes;
-      std::memcpy(e, kTensorNames[std::size_t(t)], std::strlen(kTensorNames[std::size_t(t)]));
-      head_file::store_u32(e + 16, std::uint32_t(rows(t)));
-      head_file::store_u32(e + 20, std::uint32_t(cols(t)));
-      head_file::store_u64(e + 24, off);
-      off += std::uint64_t(rows(t) * cols(t)) * (f16 ? 2 : 4);
-    }
-    f.write(h.data(), std::streamsize(h.size()));
-    std::vector<char> bytes(data_.size() * (f16 ? 2 : 4));
-    for (std::size_t i = 0; i < data_.size(); ++i) {
+    for (int i = 0; i < 8; ++i) head_file::store_u32(h + 8 + 4 * i, fields[i]);
+    head_file::store_f32(h + 44, s_.norm_eps);
+    head_file::store_f32(h + 48, s_.rope_theta);
+  }
+  // One table entry at e; returns the next tensor's offset.
+  static std::uint64_t write_entry(char* e, const char* name, std::int64_t rows, std::int64_t cols, std::uint64_t off,
+                                   bool f16) {
+    std::memcpy(e, name, std::strlen(name));
+    head_file::store_u32(e + 16, std::uint32_t(rows));
+    head_file::store_u32(e + 20, std::uint32_t(cols));
+    head_file::store_u64(e + 24, off);
+    return off + std::uint64_t(rows * cols) * (f16 ? 2 : 4);
+  }
+  // The tensors in table order, appended to out.
+  void append_weights(std::vector<char>& out, bool f16) const { append_values(out, data_.data(), data_.size(), f16); }
+  static void append_values(std::vector<char>& out, const float* x, std::size_t n, bool f16) {
+    std::size_t at = out.size();
+    out.resize(at + n * (f16 ? 2 : 4));
+    for (std::size_t i = 0; i < n; ++i) {
       if (f16) {
-        const std::uint16_t x = f32_to_f16(data_[i]);
-        bytes[2 * i] = char(x & 0xff);
-        bytes[2 * i + 1] = char(x >> 8);
+        const std::uint16_t h = f32_to_f16(x[i]);
+        out[at++] = char(h & 0xff);
+        out[at++] = char(h >> 8);
       } else {
-        head_file::store_f32(bytes.data() + 4 * i, data_[i]);
+        head_file::store_f32(out.data() + at, x[i]);
+        at += 4;
       }
     }
+  }
+  static void write_file(const std::string& path, const std::vector<char>& bytes, const char* what) {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    FASTINFER_CHECK(bool(f), InvalidArgument, "cannot open ", path, " for writing");
     f.write(bytes.data(), std::streamsize(bytes.size()));
-    FASTINFER_CHECK(bool(f.flush()), InvalidArgument, "writing the EAGLE head to ", path, " failed");
+    FASTINFER_CHECK(bool(f.flush()), InvalidArgument, "writing the ", what, " to ", path, " failed");
   }
 
   // A random head (Philox(seed)): fc = [0 | I] + noise (the feature passes
@@ -454,12 +527,39 @@ class EagleHead {
     }
     for (int t : {kAttnNorm, kFfnNorm})
       for (int i = 0; i < s_.dim; ++i) out.tensor(t)[i] *= norm_scale;
+    if (has_input_norms()) {  // rescaled alike: the padded halves normalise as the original ones
+      std::vector<float> norms(std::size_t(2) * std::size_t(dim), 0.0f);
+      for (int half = 0; half < 2; ++half)
+        for (int i = 0; i < s_.dim; ++i) norms[std::size_t(half * dim + i)] = input_norm(half)[i] * norm_scale;
+      out.set_input_norms(norms.data(), norms.data() + dim);
+    }
     out.set_weight_dtype(weight_dtype());
     return out;
   }
 
  private:
   static constexpr int kv_ = 0, tree_ = 1;
+
+  void commit_(const LlamaWeights& target, const float* features, const std::int32_t* next_tokens, int n,
+               float* out_last, bool all, int threads) {
+    FASTINFER_CHECK(n >= 0, InvalidArgument, "EAGLE head: cannot commit ", n, " rows");
+    clear_tree();
+    if (n == 0) return;
+    const int p0 = committed_;
+    grow_(kv_, std::size_t(p0 + n));
+    std::vector<std::int64_t>& pos = pos_;
+    pos.resize(std::size_t(n));
+    for (int i = 0; i < n; ++i) pos[std::size_t(i)] = p0 + i;
+    input_rows_(target, features, next_tokens, n, threads);
+    store_kv_(n, kv_k_.data() + std::size_t(p0) * kvd_(), kv_v_.data() + std::size_t(p0) * kvd_(), threads);
+    committed_ = p0 + n;
+    if (out_last == nullptr) return;
+    chain_.clear();
+    if (all)
+      finish_rows_(0, n, /*tree=*/false, out_last, threads);
+    else
+      finish_rows_(n - 1, 1, /*tree=*/false, out_last, threads);
+  }
 
   std::size_t kvd_() const { return std::size_t(s_.kv_dim()); }
   int check_tensor_(int t) const {
@@ -495,6 +595,10 @@ class EagleHead {
       float* row = in2_.data() + std::size_t(i) * 2 * d;
       cpu::load_row(emb.dtype, emb.row_ptr(tokens[i]), row, std::int64_t(d));
       std::copy(features + std::size_t(i) * d, features + std::size_t(i + 1) * d, row + d);
+      if (has_input_norms()) {  // in place: rmsnorm reads its row before it writes
+        cpu::rmsnorm(row, row, input_norm(0), std::int64_t(d), s_.norm_eps);
+        cpu::rmsnorm(row + d, row + d, input_norm(1), std::int64_t(d), s_.norm_eps);
+      }
     }
     x_.resize(std::size_t(n) * d);
     xn_.resize(std::size_t(n) * d);
@@ -596,6 +700,7 @@ class EagleHead {
   std::array<std::size_t, kTensorCount> offset_{};
   std::vector<float> data_;
   std::vector<std::uint16_t> half_;  // data_ in f16 when the head computes in f16 (same offsets)
+  std::vector<float> input_norms_;   // [2][dim] enorm, hnorm, or empty (no input norms)
   // KV: committed rows by position, tree rows by row index.
   int committed_ = 0;
   std::vector<float> kv_k_, kv_v_, tree_k_, tree_v_;
