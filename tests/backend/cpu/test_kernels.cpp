@@ -137,6 +137,25 @@ TEST_CASE("swiglu matches the reference within 4e-6 relative") {
   }
 }
 
+TEST_CASE("swiglu gives a value the same bits wherever it sits in the array") {
+  // The model calls it over rows x hidden_dim values: a row's bits must not
+  // depend on how many rows share the call (batch invariance), so the tail
+  // must compute as the body does.
+  const auto g = random_floats(64, 91, -12.0f, 12.0f);
+  const auto up = random_floats(64, 92, -2.0f, 2.0f);
+  std::vector<float> alone = g;
+  cpu::swiglu(alone.data(), up.data(), 64);
+  for (std::int64_t offset : {0, 1, 5, 13, 16}) {
+    for (std::int64_t n : {1, 7, 17, 33, 64}) {
+      if (offset + n > 64) continue;
+      CAPTURE(offset, n);
+      std::vector<float> part(g.begin() + offset, g.begin() + offset + n);
+      cpu::swiglu(part.data(), up.data() + offset, n);
+      REQUIRE(std::memcmp(part.data(), alone.data() + offset, std::size_t(n) * sizeof(float)) == 0);
+    }
+  }
+}
+
 TEST_CASE("softmax matches the reference within 1e-5 relative and sums to 1") {
   for (std::int64_t n : kLengths) {
     const auto x = random_floats(static_cast<std::size_t>(n), std::uint32_t(n * 5), -20.0f, 20.0f);

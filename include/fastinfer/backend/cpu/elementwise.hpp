@@ -176,9 +176,23 @@ inline void swiglu(float* gate, const float* up, std::int64_t n) {
 #if FASTINFER_CPU_SIMD
   constexpr std::int64_t L = std::int64_t(kLanes);
   const FloatBatch one(1.0f);
-  for (; i + L <= n; i += L) {
-    const FloatBatch g = FloatBatch::load_unaligned(gate + i);
-    (g / (one + xsimd::exp(-g)) * FloatBatch::load_unaligned(up + i)).store_unaligned(gate + i);
+  auto step = [&](const float* g_in, const float* u_in, float* out) {
+    const FloatBatch g = FloatBatch::load_unaligned(g_in);
+    (g / (one + xsimd::exp(-g)) * FloatBatch::load_unaligned(u_in)).store_unaligned(out);
+  };
+  for (; i + L <= n; i += L) step(gate + i, up + i, gate + i);
+  // The tail through the same vector exp, padded: an element's bits never
+  // depend on where it sits. The model calls this over rows x hidden_dim
+  // values at once; with a scalar tail, a row whose last values fell in the
+  // tail alone (hidden_dim 172, one row) took std::exp there and the vector
+  // exp beside another row: its logits changed with the batch.
+  if (i < n) {
+    alignas(64) float g[kLanes] = {}, u[kLanes] = {}, out[kLanes];
+    std::copy(gate + i, gate + n, g);
+    std::copy(up + i, up + n, u);
+    step(g, u, out);
+    std::copy(out, out + (n - i), gate + i);
+    i = n;
   }
 #endif
   for (; i < n; ++i) {
