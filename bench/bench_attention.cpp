@@ -16,6 +16,10 @@
 // bandwidth): avx512 / avx2 / scalar (the reference) is what the per-ISA
 // kernels buy. A level the host lacks is skipped.
 //   bench_attention --benchmark_filter=BM_DecodeLevel
+//
+// BM_ExtendLevel: the causal attention of a 512-token prompt (the prefill's
+// extend), 110M shape, f32 / bf16 / int8 KV, avx2 and avx512, one thread.
+//   bench_attention --benchmark_filter=BM_ExtendLevel
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -201,6 +205,51 @@ void level_args(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK_TEMPLATE(BM_DecodeLevel, kv::F16)->Apply(level_args);
 BENCHMARK_TEMPLATE(BM_DecodeLevel, kv::Int8)->Apply(level_args);
+
+// ---- extend attention per CPU level (a 110M prefill) --------------------------
+
+// The attention of a whole 512-token prompt: 512 causal queries over their
+// own keys, 12 heads of 64 (one query head per KV head), one thread: the
+// extend part of a 110M pp512 for one layer. Keys per second counts the
+// (query, key) pairs, n (n + 1) / 2 per head.
+template <typename Quant>
+void BM_ExtendLevel(benchmark::State& state) {
+  const auto level = cpu::CpuLevel(state.range(0));
+  const std::int64_t n = state.range(1);
+  constexpr int kHeads = 12, kDim = 64;
+  if (level > cpu::detected_cpu_level()) {
+    state.SkipWithError("this CPU lacks the level");
+    return;
+  }
+  cpu::CpuLevelScope scope(level);
+  kv::KVCacheConfig c;
+  c.n_layers = 1;
+  c.n_kv_heads = kHeads;
+  c.head_dim = kDim;
+  c.block_size = 16;
+  c.num_blocks = std::int32_t((n + 15) / 16);
+  kv::KVCache<kv::Paged<16>, Quant> cache(c);
+  Lcg rng;
+  const auto tables = fill_interleaved(cache, 1, n, std::size_t(kHeads) * kDim, rng, state);
+  const auto view = cache.view(tables, 0);
+  std::vector<float> q(std::size_t(n) * kHeads * kDim), out(q.size());
+  for (auto& x : q) x = rng();
+  const std::int32_t qo[2] = {0, std::int32_t(n)};
+  for (auto _ : state) {
+    cpu::extend_attention(view, q.data(), qo, out.data(), kHeads, 1);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel(std::string(cpu::cpu_level_name(level)) + " kernel " + cpu::attention_kernel_isa(level, kDim));
+  state.SetItemsProcessed(std::int64_t(state.iterations()) * n * (n + 1) / 2);
+}
+
+void extend_args(benchmark::internal::Benchmark* b) {
+  for (int level = int(cpu::CpuLevel::avx2); level <= int(cpu::CpuLevel::avx512); ++level) b->Args({level, 512});
+  b->ArgNames({"level", "queries"})->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+BENCHMARK_TEMPLATE(BM_ExtendLevel, kv::F32)->Apply(extend_args);
+BENCHMARK_TEMPLATE(BM_ExtendLevel, kv::BF16)->Apply(extend_args);
+BENCHMARK_TEMPLATE(BM_ExtendLevel, kv::Int8)->Apply(extend_args);
 
 }  // namespace
 
