@@ -135,7 +135,7 @@ void BM_Decode(benchmark::State& state) {
   const auto view = cache.view(tables, 0);
   std::vector<float> q(std::size_t(kBatch) * kQHeads * kHeadDim), out(q.size());
   for (auto& x : q) x = rng();
-  const auto plan = cpu::plan_decode(view, kThreads);
+  const auto plan = cpu::plan_decode(view);
   for (auto _ : state) {
     cpu::decode_attention(view, q.data(), out.data(), kQHeads, plan, kThreads);
     benchmark::DoNotOptimize(out.data());
@@ -188,7 +188,7 @@ void BM_DecodeLevel(benchmark::State& state) {
   const auto view = cache.view(tables, 0);
   std::vector<float> q(std::size_t(batch) * q_heads * kDim), out(q.size());
   for (auto& x : q) x = rng();
-  const auto plan = cpu::plan_decode(view, 1);
+  const auto plan = cpu::plan_decode(view);
   for (auto _ : state) {
     cpu::decode_attention(view, q.data(), out.data(), q_heads, plan, 1);
     benchmark::DoNotOptimize(out.data());

@@ -210,28 +210,30 @@ inline float softmax_row(float* row, int n, float& m, float& l, bool& any) {
   return alpha;
 }
 
-// Folds keys [begin, end) of sequence b, KV head h into the state of the
-// n_heads query heads q (scaled, rows of head_dim).
-template <typename Quant, typename Visible>
+// Folds keys [begin, end) of sequence b, KV head h into the state of
+// n_heads query rows q (scaled, rows of head_dim): `rows` queries of
+// n_heads / rows heads each, query r seeing what visible(r, p) allows. Each
+// key and value row is widened once per call, for every query of it.
+template <typename Quant>
 void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t h, const float* q, int n_heads,
-                  std::int64_t begin, std::int64_t end, const Visible& visible, attention_detail::State& st) {
+                  int rows, std::int64_t begin, std::int64_t end, const attention_detail::Visibility& visible,
+                  attention_detail::State& st) {
   using attention_detail::kTile;
+  constexpr int kStackHeads = 32;
   const int d = kv.head_dim;
   const int group = attention_detail::group_shift<Quant>(d);
   const int ppr = kv.params_per_row;
-  alignas(64) float s[8 * kTile];  // [g][t], rows padded to kTile
+  const int heads_per_row = n_heads / rows;
+  alignas(64) float s[kStackHeads * kTile];  // [g][t], rows padded to kTile
   float vs[kTile];
-  float alpha[64];
-  std::vector<float> big;  // more than 8 heads per KV head: spill the scores
+  float alpha[kStackHeads];
+  std::vector<float> big, big_alpha;  // more heads than that: spill
   float* sc = s;
-  if (n_heads > 8) {
-    big.resize(std::size_t(n_heads) * kTile);
-    sc = big.data();
-  }
   float* alpha_p = alpha;
-  std::vector<float> big_alpha;
-  if (n_heads > 64) {
+  if (n_heads > kStackHeads) {
+    big.resize(std::size_t(n_heads) * kTile);
     big_alpha.resize(std::size_t(n_heads));
+    sc = big.data();
     alpha_p = big_alpha.data();
   }
   // Row pointers of one tile, which may span several blocks: small blocks
@@ -258,11 +260,11 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
       }
     }
     scores_tile<Quant>(krow, kpar, n, q, n_heads, d, group, sc, kTile);
-    if constexpr (!Visible::kAll) {
+    for (int r = 0; r < rows; ++r)
       for (int t = 0; t < n; ++t)
-        if (!visible(pos + t))
-          for (int g = 0; g < n_heads; ++g) sc[g * kTile + t] = -std::numeric_limits<float>::infinity();
-    }
+        if (!visible(r, pos + t))
+          for (int g = r * heads_per_row; g < (r + 1) * heads_per_row; ++g)
+            sc[g * kTile + t] = -std::numeric_limits<float>::infinity();
     bool any = false;
     for (int g = 0; g < n_heads; ++g)
       alpha_p[g] = softmax_row(sc + g * kTile, n, st.m[std::size_t(g)], st.l[std::size_t(g)], any);
