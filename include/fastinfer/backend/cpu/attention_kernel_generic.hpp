@@ -260,11 +260,12 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
       }
     }
     scores_tile<Quant>(krow, kpar, n, q, n_heads, d, group, sc, kTile);
-    for (int r = 0; r < rows; ++r)
-      for (int t = 0; t < n; ++t)
-        if (!visible(r, pos + t))
-          for (int g = r * heads_per_row; g < (r + 1) * heads_per_row; ++g)
-            sc[g * kTile + t] = -std::numeric_limits<float>::infinity();
+    if (!visible.all(pos + n))
+      for (int r = 0; r < rows; ++r)
+        for (int t = 0; t < n; ++t)
+          if (!visible(r, pos + t))
+            for (int g = r * heads_per_row; g < (r + 1) * heads_per_row; ++g)
+              sc[g * kTile + t] = -std::numeric_limits<float>::infinity();
     bool any = false;
     for (int g = 0; g < n_heads; ++g)
       alpha_p[g] = softmax_row(sc + g * kTile, n, st.m[std::size_t(g)], st.l[std::size_t(g)], any);

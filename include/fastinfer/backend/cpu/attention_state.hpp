@@ -44,6 +44,9 @@ struct Visibility {
     if (mask) return p < first_new || mask[(i0 + r) * n + (p - first_new)] != 0;
     return p <= first + r;
   }
+  // Every row sees every key of [lo, hi): the kernel then skips the per-key
+  // test (a decode query's keys, all but a causal block's last tile).
+  bool all(std::int64_t hi) const { return mask ? hi <= first_new : hi - 1 <= first; }
 };
 
 inline Visibility causal_rows(std::int64_t first) { return Visibility{first, nullptr, 0, 0, 0}; }
