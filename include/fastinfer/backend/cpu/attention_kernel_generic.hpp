@@ -17,6 +17,8 @@
 //   store_x(p, v)                  kLanes floats to p
 //   round_nearest(v), pow2i(n)     round to an integer; 2^n for integral n
 //   zero_below(x, lo, y)           y where x >= lo, else 0
+//   kBlockHeads                    query rows a score block and a 4-register
+//                                  value pass hold (2 with 16 registers, 4 with 32)
 //   load_kv<Quant>(row, params, e, group)
 //                                  values e..e+kLanes-1 of a stored K/V row as
 //                                  f32, before the row scale (Int8, FP8) and
@@ -89,7 +91,7 @@ inline void score_keys(const std::uint8_t* const* rows, const float* const* para
   }
 }
 
-// Scores of n keys for every query head into s[g][t]: 4 keys x 2 heads
+// Scores of n keys for every query head into s[g][t]: 4 keys x kBlockHeads
 // (a head of kLanes values costs one FMA per key), or 8 keys at a time when
 // one query head reads the KV head (MHA: the horizontal sums of 8 keys are
 // one transposing tree), then 2 keys x 4 heads, then 1 key x 4 heads. A
@@ -100,7 +102,7 @@ inline void scores_tile(const std::uint8_t* const* rows, const float* const* par
   int t = 0;
   if (n_heads == 1)
     for (; t + 8 <= n; t += 8) score_block<Quant, 8, 1>(rows, params, t, q, d, group, s, s_stride);
-  for (; t + 4 <= n; t += 4) score_keys<Quant, 4, 2>(rows, params, t, q, n_heads, d, group, s, s_stride);
+  for (; t + 4 <= n; t += 4) score_keys<Quant, 4, kBlockHeads>(rows, params, t, q, n_heads, d, group, s, s_stride);
   for (; t + 2 <= n; t += 2) score_keys<Quant, 2, 4>(rows, params, t, q, n_heads, d, group, s, s_stride);
   if (t < n) score_keys<Quant, 1, 4>(rows, params, t, q, n_heads, d, group, s, s_stride);
 }
@@ -127,14 +129,15 @@ inline void accumulate_columns(const std::uint8_t* const* rows, const float* con
     for (int c = 0; c < C; ++c) store_x(o + g * d + e + c * kLanes, acc[g][c]);
 }
 
-// Up to 2 heads take 4 registers of columns per pass (a head of 64 is one
-// pass at 16 lanes), more heads 2 (G x C accumulators, C values and one
-// weight within 16 registers). Each column's sum is the same whatever C.
+// Up to kBlockHeads heads take 4 registers of columns per pass (a head of 64
+// is one pass at 16 lanes), more heads 2 (G x C accumulators, C values and
+// one weight within the register file). Each column's sum is the same
+// whatever C.
 template <typename Quant, int G>
 inline void accumulate_group(const std::uint8_t* const* rows, const float* const* params, int n, const float* p,
                              std::int64_t p_stride, const float* alpha, float* o, int d, int group) {
   int e = 0;
-  if constexpr (G <= 2)
+  if constexpr (G <= kBlockHeads)
     for (; e + 4 * kLanes <= d; e += 4 * kLanes)
       accumulate_columns<Quant, G, 4>(rows, params, n, p, p_stride, alpha, o, d, group, e);
   for (; e + 2 * kLanes <= d; e += 2 * kLanes)
