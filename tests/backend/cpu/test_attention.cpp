@@ -174,7 +174,7 @@ TEST_CASE("decode plan: ranges cover every visible key once, in order") {
   // big batch (a sequence's ranges depend on its length alone).
   const auto lone = cpu::plan_decode({4096}, 1, 0, 0);
   CHECK(lone.ranges[0] == 4096 / cpu::kKeyChunk);
-  const auto batch = cpu::plan_decode({4096, 300, 4096, 1}, 8, 0, 0);
+  const auto batch = cpu::plan_decode({4096, cpu::kKeyChunk + 44, 4096, 1}, 8, 0, 0);
   CHECK(batch.ranges == std::vector<std::int32_t>{lone.ranges[0], 2, lone.ranges[0], 1});
   CHECK(batch.items[std::size_t(batch.first[1])].end == cpu::kKeyChunk);
   // Window with sinks: the sinks are their own range, the gap is skipped.
@@ -617,10 +617,11 @@ void check_one_summation_order(const KVCacheConfig& c, int n_q_heads, const std:
 
 TEMPLATE_TEST_CASE("decode, a one-query extend and the last row of a causal extend give a query the same bits",
                    "[attention]", F32, F16, BF16, Int8, Int4, FP8E4M3, FP8E5M2) {
-  // Lengths around the split-K chunk (kKeyChunk = 256 keys) and past two of
+  // Lengths around the split-K chunk (kKeyChunk = 512 keys) and past two of
   // them; a whole prompt and chunks of new tokens, one across a chunk's end
-  // (positions 255 and 256).
-  const std::vector<std::int64_t> lengths = {1, 255, 256, 257, 600, 70};
+  // (positions 511 and 512).
+  static_assert(cpu::kKeyChunk == 512, "the lengths below straddle the chunk");
+  const std::vector<std::int64_t> lengths = {1, 511, 512, 513, 1100, 70};
   const std::vector<std::int32_t> new_tokens = {1, 20, 3, 2, 45, 70};
   const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel level) {
     // The scalar level is the reference for every path: two shapes suffice.
@@ -629,12 +630,12 @@ TEMPLATE_TEST_CASE("decode, a one-query extend and the last row of a causal exte
     for (std::size_t i = 0; i < (level == cpu::CpuLevel::scalar ? 2 : shapes.size()); ++i) {
       const Shape& s = shapes[i];
       INFO("heads " << s.n_q_heads << "/" << s.n_kv_heads << " d " << s.head_dim);
-      check_one_summation_order<TestType, Paged<0>>(config(s, 200), s.n_q_heads, lengths, new_tokens, 41);
+      check_one_summation_order<TestType, Paged<0>>(config(s, 400), s.n_q_heads, lengths, new_tokens, 41);
     }
     // A sliding window with sinks: the sinks are a chunk of their own, the
     // window is cut from its first key.
-    KVCacheConfig c = config({8, 2, 64, 16}, 100);
-    c.window = 300;
+    KVCacheConfig c = config({8, 2, 64, 16}, 120);
+    c.window = 600;
     c.sinks = 4;
     check_one_summation_order<TestType, SlidingWindow<0, 0, 0>>(c, 8, {700, 40}, {30, 40}, 43);
   });

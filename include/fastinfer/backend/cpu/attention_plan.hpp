@@ -30,7 +30,7 @@ namespace fastinfer::cpu {
 // alone: never on the batch beside it, the number of queries in the call,
 // the thread count, or which of the two kernels ran it. A multiple of the
 // kernels' softmax tile (64 keys).
-inline constexpr std::int64_t kKeyChunk = 256;
+inline constexpr std::int64_t kKeyChunk = 512;
 
 // Calls f(begin, end) for the chunks of [lo, hi), in order.
 template <typename F>
