@@ -163,26 +163,36 @@ BENCHMARK_TEMPLATE(BM_Decode, kv::Contiguous, kv::Int8)->Unit(benchmark::kMillis
 
 // ---- decode attention per CPU level (the 110M shape) -------------------------
 
+constexpr int kHeads = 12, kDim = 64;  // the 110M shape's KV heads
+
+// False, and the benchmark skipped, when this CPU lacks `level`.
+bool has_level(cpu::CpuLevel level, benchmark::State& state) {
+  if (level <= cpu::detected_cpu_level()) return true;
+  state.SkipWithError("this CPU lacks the level");
+  return false;
+}
+
+// One layer of 16-token blocks, room for `batch` sequences of `len` tokens.
+kv::KVCacheConfig level_config(int batch, std::int64_t len) {
+  kv::KVCacheConfig c;
+  c.n_layers = 1;
+  c.n_kv_heads = kHeads;
+  c.head_dim = kDim;
+  c.block_size = 16;
+  c.num_blocks = std::int32_t(batch * ((len + 15) / 16));
+  return c;
+}
+
 template <typename Quant>
 void BM_DecodeLevel(benchmark::State& state) {
   const auto level = cpu::CpuLevel(state.range(0));
   const int batch = int(state.range(1));
   const std::int64_t len = state.range(2);
   const int group = int(state.range(3));
-  constexpr int kHeads = 12, kDim = 64;
   const int q_heads = kHeads * group;
-  if (level > cpu::detected_cpu_level()) {
-    state.SkipWithError("this CPU lacks the level");
-    return;
-  }
+  if (!has_level(level, state)) return;
   cpu::CpuLevelScope scope(level);
-  kv::KVCacheConfig c;
-  c.n_layers = 1;
-  c.n_kv_heads = kHeads;
-  c.head_dim = kDim;
-  c.block_size = 16;
-  c.num_blocks = std::int32_t(batch * len / 16);
-  kv::KVCache<kv::Paged<16>, Quant> cache(c);
+  kv::KVCache<kv::Paged<16>, Quant> cache(level_config(batch, len));
   Lcg rng;
   const auto tables = fill_interleaved(cache, batch, len, std::size_t(kHeads) * kDim, rng, state);
   const auto view = cache.view(tables, 0);
@@ -216,19 +226,9 @@ template <typename Quant>
 void BM_ExtendLevel(benchmark::State& state) {
   const auto level = cpu::CpuLevel(state.range(0));
   const std::int64_t n = state.range(1);
-  constexpr int kHeads = 12, kDim = 64;
-  if (level > cpu::detected_cpu_level()) {
-    state.SkipWithError("this CPU lacks the level");
-    return;
-  }
+  if (!has_level(level, state)) return;
   cpu::CpuLevelScope scope(level);
-  kv::KVCacheConfig c;
-  c.n_layers = 1;
-  c.n_kv_heads = kHeads;
-  c.head_dim = kDim;
-  c.block_size = 16;
-  c.num_blocks = std::int32_t((n + 15) / 16);
-  kv::KVCache<kv::Paged<16>, Quant> cache(c);
+  kv::KVCache<kv::Paged<16>, Quant> cache(level_config(1, n));
   Lcg rng;
   const auto tables = fill_interleaved(cache, 1, n, std::size_t(kHeads) * kDim, rng, state);
   const auto view = cache.view(tables, 0);
