@@ -16,6 +16,10 @@
 // bandwidth): avx512 / avx2 / scalar (the reference) is what the per-ISA
 // kernels buy. A level the host lacks is skipped.
 //   bench_attention --benchmark_filter=BM_DecodeLevel
+//
+// BM_ExtendLevel: the causal attention of a 512-token prompt (the prefill's
+// extend), 110M shape, f32 / bf16 / int8 KV, avx2 and avx512, one thread.
+//   bench_attention --benchmark_filter=BM_ExtendLevel
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -131,7 +135,7 @@ void BM_Decode(benchmark::State& state) {
   const auto view = cache.view(tables, 0);
   std::vector<float> q(std::size_t(kBatch) * kQHeads * kHeadDim), out(q.size());
   for (auto& x : q) x = rng();
-  const auto plan = cpu::plan_decode(view, kThreads);
+  const auto plan = cpu::plan_decode(view);
   for (auto _ : state) {
     cpu::decode_attention(view, q.data(), out.data(), kQHeads, plan, kThreads);
     benchmark::DoNotOptimize(out.data());
@@ -159,32 +163,42 @@ BENCHMARK_TEMPLATE(BM_Decode, kv::Contiguous, kv::Int8)->Unit(benchmark::kMillis
 
 // ---- decode attention per CPU level (the 110M shape) -------------------------
 
+constexpr int kHeads = 12, kDim = 64;  // the 110M shape's KV heads
+
+// False, and the benchmark skipped, when this CPU lacks `level`.
+bool has_level(cpu::CpuLevel level, benchmark::State& state) {
+  if (level <= cpu::detected_cpu_level()) return true;
+  state.SkipWithError("this CPU lacks the level");
+  return false;
+}
+
+// One layer of 16-token blocks, room for `batch` sequences of `len` tokens.
+kv::KVCacheConfig level_config(int batch, std::int64_t len) {
+  kv::KVCacheConfig c;
+  c.n_layers = 1;
+  c.n_kv_heads = kHeads;
+  c.head_dim = kDim;
+  c.block_size = 16;
+  c.num_blocks = std::int32_t(batch * ((len + 15) / 16));
+  return c;
+}
+
 template <typename Quant>
 void BM_DecodeLevel(benchmark::State& state) {
   const auto level = cpu::CpuLevel(state.range(0));
   const int batch = int(state.range(1));
   const std::int64_t len = state.range(2);
   const int group = int(state.range(3));
-  constexpr int kHeads = 12, kDim = 64;
   const int q_heads = kHeads * group;
-  if (level > cpu::detected_cpu_level()) {
-    state.SkipWithError("this CPU lacks the level");
-    return;
-  }
+  if (!has_level(level, state)) return;
   cpu::CpuLevelScope scope(level);
-  kv::KVCacheConfig c;
-  c.n_layers = 1;
-  c.n_kv_heads = kHeads;
-  c.head_dim = kDim;
-  c.block_size = 16;
-  c.num_blocks = std::int32_t(batch * len / 16);
-  kv::KVCache<kv::Paged<16>, Quant> cache(c);
+  kv::KVCache<kv::Paged<16>, Quant> cache(level_config(batch, len));
   Lcg rng;
   const auto tables = fill_interleaved(cache, batch, len, std::size_t(kHeads) * kDim, rng, state);
   const auto view = cache.view(tables, 0);
   std::vector<float> q(std::size_t(batch) * q_heads * kDim), out(q.size());
   for (auto& x : q) x = rng();
-  const auto plan = cpu::plan_decode(view, 1);
+  const auto plan = cpu::plan_decode(view);
   for (auto _ : state) {
     cpu::decode_attention(view, q.data(), out.data(), q_heads, plan, 1);
     benchmark::DoNotOptimize(out.data());
@@ -201,6 +215,41 @@ void level_args(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK_TEMPLATE(BM_DecodeLevel, kv::F16)->Apply(level_args);
 BENCHMARK_TEMPLATE(BM_DecodeLevel, kv::Int8)->Apply(level_args);
+
+// ---- extend attention per CPU level (a 110M prefill) --------------------------
+
+// The attention of a whole 512-token prompt: 512 causal queries over their
+// own keys, 12 heads of 64 (one query head per KV head), one thread: the
+// extend part of a 110M pp512 for one layer. Keys per second counts the
+// (query, key) pairs, n (n + 1) / 2 per head.
+template <typename Quant>
+void BM_ExtendLevel(benchmark::State& state) {
+  const auto level = cpu::CpuLevel(state.range(0));
+  const std::int64_t n = state.range(1);
+  if (!has_level(level, state)) return;
+  cpu::CpuLevelScope scope(level);
+  kv::KVCache<kv::Paged<16>, Quant> cache(level_config(1, n));
+  Lcg rng;
+  const auto tables = fill_interleaved(cache, 1, n, std::size_t(kHeads) * kDim, rng, state);
+  const auto view = cache.view(tables, 0);
+  std::vector<float> q(std::size_t(n) * kHeads * kDim), out(q.size());
+  for (auto& x : q) x = rng();
+  const std::int32_t qo[2] = {0, std::int32_t(n)};
+  for (auto _ : state) {
+    cpu::extend_attention(view, q.data(), qo, out.data(), kHeads, 1);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel(std::string(cpu::cpu_level_name(level)) + " kernel " + cpu::attention_kernel_isa(level, kDim));
+  state.SetItemsProcessed(std::int64_t(state.iterations()) * n * (n + 1) / 2);
+}
+
+void extend_args(benchmark::internal::Benchmark* b) {
+  for (int level = int(cpu::CpuLevel::avx2); level <= int(cpu::CpuLevel::avx512); ++level) b->Args({level, 512});
+  b->ArgNames({"level", "queries"})->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+BENCHMARK_TEMPLATE(BM_ExtendLevel, kv::F32)->Apply(extend_args);
+BENCHMARK_TEMPLATE(BM_ExtendLevel, kv::BF16)->Apply(extend_args);
+BENCHMARK_TEMPLATE(BM_ExtendLevel, kv::Int8)->Apply(extend_args);
 
 }  // namespace
 

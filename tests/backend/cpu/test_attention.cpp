@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -130,7 +131,7 @@ TEMPLATE_TEST_CASE("decode attention matches the scalar reference", "[attention]
       for (std::int64_t split : {1, 7, 64}) {
         cpu::DecodePlanOptions opt;
         opt.split_tokens = split;
-        cpu::decode_attention(view, q.data(), got.data(), s.n_q_heads, cpu::plan_decode(view, 2, opt), 2);
+        cpu::decode_attention(view, q.data(), got.data(), s.n_q_heads, cpu::plan_decode(view, opt), 2);
         INFO("split " << split);
         CHECK(max_abs_diff(want, got) <= kKernelTol);
       }
@@ -148,7 +149,7 @@ TEST_CASE("decode attention: results do not depend on the thread count") {
   std::vector<float> one(q.size()), two(q.size());
   cpu::DecodePlanOptions opt;
   opt.split_tokens = 128;
-  const auto plan = cpu::plan_decode(view, 2, opt);
+  const auto plan = cpu::plan_decode(view, opt);
   testing::at_every_cpu_level([&](cpu::CpuLevel) {
     cpu::decode_attention(view, q.data(), one.data(), 8, plan, 1);
     cpu::decode_attention(view, q.data(), two.data(), 8, plan, 2);
@@ -159,7 +160,7 @@ TEST_CASE("decode attention: results do not depend on the thread count") {
 TEST_CASE("decode plan: ranges cover every visible key once, in order") {
   cpu::DecodePlanOptions opt;
   opt.split_tokens = 100;
-  const auto plan = cpu::plan_decode({250, 1, 100}, 3, 0, 0, 4, opt);
+  const auto plan = cpu::plan_decode({250, 1, 100}, 3, 0, 0, opt);
   REQUIRE(plan.ranges == std::vector<std::int32_t>{3, 1, 1});
   REQUIRE(plan.items.size() == 3u * (3 + 1 + 1));
   for (std::int32_t h = 0; h < 3; ++h) {
@@ -170,19 +171,22 @@ TEST_CASE("decode plan: ranges cover every visible key once, in order") {
     CHECK(it[2].end == 250);
     CHECK(it[2].kv_head == h);
   }
-  // Automatic: a lone long sequence is cut so that 2 threads get work...
-  const auto lone = cpu::plan_decode({4096}, 1, 0, 0, 2);
-  CHECK(lone.ranges[0] >= 4);
-  // ...a big batch is not cut at all.
-  const auto batch = cpu::plan_decode(std::vector<std::int64_t>(8, 4096), 8, 0, 0, 2);
-  CHECK(batch.ranges == std::vector<std::int32_t>(8, 1));
+  // By default: chunks of kKeyChunk, the same for a lone sequence as in a
+  // big batch (a sequence's ranges depend on its length alone).
+  const auto lone = cpu::plan_decode({4096}, 1, 0, 0);
+  CHECK(lone.ranges[0] == 4096 / cpu::kKeyChunk);
+  const auto batch = cpu::plan_decode({4096, cpu::kKeyChunk + 44, 4096, 1}, 8, 0, 0);
+  CHECK(batch.ranges == std::vector<std::int32_t>{lone.ranges[0], 2, lone.ranges[0], 1});
+  CHECK(batch.items[std::size_t(batch.first[1])].end == cpu::kKeyChunk);
   // Window with sinks: the sinks are their own range, the gap is skipped.
-  const auto win = cpu::plan_decode({1000}, 1, 64, 4, 1);
+  const auto win = cpu::plan_decode({1000}, 1, 64, 4);
   REQUIRE(win.items.size() == 2);
   CHECK(win.items[0].sink);
   CHECK(win.items[0].end == 4);
   CHECK(win.items[1].begin == 1000 - 64);
-  CHECK_THROWS_AS(cpu::plan_decode({0}, 1, 0, 0, 1), InvalidArgument);
+  CHECK_THROWS_AS(cpu::plan_decode({0}, 1, 0, 0), InvalidArgument);
+  opt.split_tokens = 0;
+  CHECK_THROWS_AS(cpu::plan_decode({10}, 1, 0, 0, opt), InvalidArgument);
 }
 
 TEST_CASE("merge_states equals one softmax over the union of the ranges") {
@@ -456,10 +460,10 @@ TEST_CASE("decode attention refuses a plan made for other lengths") {
   Filled<Paged<0>, F32> f(config(s, 64), {30, 5}, 2);
   const auto t = f.cache.tables(ids(2));
   const auto view = f.cache.view(t, 0);
-  const auto stale = cpu::plan_decode({30, 9}, 2, 0, 0, 1);
+  const auto stale = cpu::plan_decode({30, 9}, 2, 0, 0);
   std::vector<float> q(2 * 4 * 16), out(q.size());
   CHECK_THROWS_AS(cpu::decode_attention(view, q.data(), out.data(), 4, stale, 1), InvalidArgument);
-  const auto other_heads = cpu::plan_decode({30, 5}, 1, 0, 0, 1);
+  const auto other_heads = cpu::plan_decode({30, 5}, 1, 0, 0);
   CHECK_THROWS_AS(cpu::decode_attention(view, q.data(), out.data(), 4, other_heads, 1), InvalidArgument);
 }
 
@@ -471,9 +475,9 @@ TEST_CASE("attention at each CPU level runs the kernel set attention_kernel_isa 
   CHECK(std::string(cpu::attention_kernel_isa(CpuLevel::avx512, 64)) == "avx512");
   CHECK(std::string(cpu::attention_kernel_isa(CpuLevel::avx512, 72)) == "avx2");
   CHECK(std::string(cpu::attention_kernel_isa(CpuLevel::avx512, 8)) == "avx2");
-  // One query of extend_attention is load_query, attend_range, finish: the
-  // same steps through a named kernel set give the same bits, so the level
-  // really chose that set.
+  // One query of extend_attention (150 keys: one chunk) is load_query,
+  // attend_range, merge_states of that one partial: the same steps through a
+  // named kernel set give the same bits, so the level really chose that set.
   for (const Shape& s : {Shape{8, 2, 64, 16}, Shape{6, 2, 72, 8}, Shape{8, 4, 8, 16}}) {
     Filled<Paged<0>, F16> f(config(s, 64), {150}, 7);
     const auto t = f.cache.tables({0});
@@ -493,11 +497,14 @@ TEST_CASE("attention at each CPU level runs the kernel set attention_kernel_isa 
         cpu::attention_detail::State st;
         st.reset(G, d);
         cpu::attention_detail::load_query(q.data() + h * G * d, G, d, scale, 0, view.rope, qs.data());
+        const auto all = cpu::attention_detail::causal_rows(149);
         if (kernel == cpu::AttentionKernel::avx512)
-          cpu::avx512::attention::attend_range(view, 0, h, qs.data(), G, 0, 150, cpu::attention_detail::AllVisible{}, st);
+          cpu::avx512::attention::attend_range(view, 0, h, qs.data(), G, 1, 0, 150, all, st);
         else
-          cpu::avx2::attention::attend_range(view, 0, h, qs.data(), G, 0, 150, cpu::attention_detail::AllVisible{}, st);
-        cpu::attention_detail::finish(st, G, d, want.data() + h * G * d);
+          cpu::avx2::attention::attend_range(view, 0, h, qs.data(), G, 1, 0, 150, all, st);
+        for (int g = 0; g < G; ++g)
+          cpu::merge_states(1, &st.m[std::size_t(g)], &st.l[std::size_t(g)], st.o.data() + g * d, d, d,
+                            want.data() + (h * G + g) * d);
       }
       CHECK(std::memcmp(got.data(), want.data(), sizeof(float) * got.size()) == 0);
     }
@@ -541,13 +548,100 @@ TEMPLATE_TEST_CASE("a query's attention is bit-identical alone or beside other s
       CHECK(std::memcmp(one.data(), want + last, sizeof(float) * hd) == 0);
       // Decode of the sequence alone against the batch's decode, below.
       std::vector<float> dec(hd);
-      cpu::decode_attention(vb, qb + last, dec.data(), s.n_q_heads, cpu::plan_decode(vb, 1, opt), 1);
+      cpu::decode_attention(vb, qb + last, dec.data(), s.n_q_heads, cpu::plan_decode(vb, opt), 1);
       dec_all.insert(dec_all.end(), dec.begin(), dec.end());
       q_last.insert(q_last.end(), qb + last, qb + last + hd);
     }
     std::vector<float> dec_batch(3 * hd);
-    cpu::decode_attention(r.view, q_last.data(), dec_batch.data(), s.n_q_heads, cpu::plan_decode(r.view, 2, opt), 2);
+    cpu::decode_attention(r.view, q_last.data(), dec_batch.data(), s.n_q_heads, cpu::plan_decode(r.view, opt), 2);
     CHECK(std::memcmp(dec_batch.data(), dec_all.data(), sizeof(float) * dec_batch.size()) == 0);
   });
   WARN("batch invariance checked at cpu levels: " << ran);
+}
+
+namespace {
+
+// Bit-for-bit: a and b hold the same floats.
+bool same_bits(const float* a, const float* b, std::size_t n) { return std::memcmp(a, b, sizeof(float) * n) == 0; }
+
+// One query, every path: decode (the whole batch, 2 threads; the sequence
+// alone), a one-query extend, the last row of a causal extend over the last
+// new_tokens[b] tokens, the same under a lower-triangular tree mask, and
+// the causal extend in query blocks of 1, 3 and 7: all the same bits. The
+// causal extend's other rows must not depend on the block either.
+template <typename Q, typename Layout>
+void check_one_summation_order(Filled<Layout, Q>& f, int n_q_heads, const std::vector<std::int64_t>& lengths,
+                               const std::vector<std::int32_t>& new_tokens, unsigned seed) {
+  const auto t = f.cache.tables(ids(lengths.size()));
+  const auto view = f.cache.view(t, 0);
+  const std::size_t B = lengths.size(), hd = std::size_t(n_q_heads) * std::size_t(view.head_dim);
+  std::vector<std::int32_t> qo{0}, qo_one{0};
+  for (auto n : new_tokens) qo.push_back(qo.back() + n), qo_one.push_back(qo_one.back() + 1);
+  const auto q = random_q(std::size_t(qo.back()) * hd, seed + 1);
+  std::vector<float> causal(q.size()), tree(q.size()), blocked(q.size());
+  cpu::extend_attention(view, q.data(), qo.data(), causal.data(), n_q_heads, 2);
+  std::vector<std::uint8_t> mask;
+  for (auto n : new_tokens)
+    for (std::int32_t i = 0; i < n; ++i)
+      for (std::int32_t j = 0; j < n; ++j) mask.push_back(j <= i);
+  const cpu::CustomMask m{mask.data()};
+  cpu::extend_attention(view, q.data(), qo.data(), tree.data(), n_q_heads, 2, &m);
+  CHECK(same_bits(tree.data(), causal.data(), q.size()));
+  // (The scalar level's extend is the reference, which has no blocks.)
+  for (int block : cpu::cpu_level() == cpu::CpuLevel::scalar ? std::vector<int>{} : std::vector<int>{1, 3, 7}) {
+    INFO("query block " << block);
+    cpu::attention_detail::extend_blocked(view, q.data(), qo.data(), blocked.data(), n_q_heads, 1, nullptr, 0.0f,
+                                          block);
+    CHECK(same_bits(blocked.data(), causal.data(), q.size()));
+  }
+  std::vector<float> q_last;
+  for (std::size_t b = 0; b < B; ++b) {
+    const float* row = q.data() + std::size_t(qo[b + 1] - 1) * hd;
+    q_last.insert(q_last.end(), row, row + hd);
+  }
+  std::vector<float> dec(B * hd), one(B * hd);
+  cpu::decode_attention(view, q_last.data(), dec.data(), n_q_heads, 2);
+  cpu::extend_attention(view, q_last.data(), qo_one.data(), one.data(), n_q_heads, 1);
+  for (std::size_t b = 0; b < B; ++b) {
+    INFO("sequence " << b << " of length " << lengths[b]);
+    const float* last = causal.data() + std::size_t(qo[b + 1] - 1) * hd;
+    CHECK(same_bits(dec.data() + b * hd, last, hd));
+    CHECK(same_bits(one.data() + b * hd, last, hd));
+    const auto tb = f.cache.tables({SeqId(b)});
+    std::vector<float> alone(hd);
+    cpu::decode_attention(f.cache.view(tb, 0), q_last.data() + b * hd, alone.data(), n_q_heads, 1);
+    CHECK(same_bits(alone.data(), last, hd));
+  }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("decode, a one-query extend and the last row of a causal extend give a query the same bits",
+                   "[attention]", F32, F16, BF16, Int8, Int4, FP8E4M3, FP8E5M2) {
+  // Lengths around the split-K chunk (kKeyChunk = 512 keys) and past two of
+  // them; a whole prompt and chunks of new tokens, one across a chunk's end
+  // (positions 511 and 512).
+  static_assert(cpu::kKeyChunk == 512, "the lengths below straddle the chunk");
+  const std::vector<std::int64_t> lengths = {1, 511, 512, 513, 1030, 70};
+  const std::vector<std::int32_t> new_tokens = {1, 20, 3, 2, 24, 70};
+  // The scalar level is the reference for every path: two shapes suffice.
+  // Caches are filled once, outside the levels.
+  const Shape shapes[] = {{12, 12, 64, 16}, {8, 4, 8, 16}, {8, 2, 64, 16}, {6, 2, 72, 8}, {10, 2, 128, 8}};
+  std::string ran;
+  for (std::size_t i = 0; i < std::size(shapes); ++i) {
+    const Shape& s = shapes[i];
+    INFO("heads " << s.n_q_heads << "/" << s.n_kv_heads << " d " << s.head_dim);
+    Filled<Paged<0>, TestType> f(config(s, 400), lengths, 41);
+    ran = testing::at_every_cpu_level([&](cpu::CpuLevel level) {
+      if (level != cpu::CpuLevel::scalar || i < 2) check_one_summation_order(f, s.n_q_heads, lengths, new_tokens, 41);
+    });
+  }
+  // A sliding window with sinks: the sinks are a chunk of their own, the
+  // window is cut from its first key.
+  KVCacheConfig c = config({8, 2, 64, 16}, 120);
+  c.window = 600;
+  c.sinks = 4;
+  Filled<SlidingWindow<0, 0, 0>, TestType> w(c, {700, 40}, 43);
+  testing::at_every_cpu_level([&](cpu::CpuLevel) { check_one_summation_order(w, 8, {700, 40}, {30, 40}, 43); });
+  WARN("one summation order checked at cpu levels: " << ran);
 }

@@ -100,6 +100,9 @@ inline __m256 load_kv(const std::uint8_t* row, const float* params, int e, int g
   }
 }
 
+// 16 registers: scores of 4 keys x 2 query rows, 4 registers of value
+// columns for up to 2 rows.
+inline constexpr int kBlockHeads = 2;
 #define FASTINFER_ATTENTION_KERNEL_ISA avx2
 #include "fastinfer/backend/cpu/attention_kernel_generic.hpp"
 #undef FASTINFER_ATTENTION_KERNEL_ISA

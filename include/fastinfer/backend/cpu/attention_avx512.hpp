@@ -97,6 +97,9 @@ inline __m512 load_kv(const std::uint8_t* row, const float* params, int e, int g
   }
 }
 
+// 32 registers: scores of 4 keys x 4 query rows, and 4 registers of value
+// columns for up to 4 rows, keep their accumulators in registers.
+inline constexpr int kBlockHeads = 4;
 #define FASTINFER_ATTENTION_KERNEL_ISA avx512
 #include "fastinfer/backend/cpu/attention_kernel_generic.hpp"
 #undef FASTINFER_ATTENTION_KERNEL_ISA

@@ -17,6 +17,8 @@
 //   store_x(p, v)                  kLanes floats to p
 //   round_nearest(v), pow2i(n)     round to an integer; 2^n for integral n
 //   zero_below(x, lo, y)           y where x >= lo, else 0
+//   kBlockHeads                    query rows a score block and a 4-register
+//                                  value pass hold (2 with 16 registers, 4 with 32)
 //   load_kv<Quant>(row, params, e, group)
 //                                  values e..e+kLanes-1 of a stored K/V row as
 //                                  f32, before the row scale (Int8, FP8) and
@@ -89,7 +91,7 @@ inline void score_keys(const std::uint8_t* const* rows, const float* const* para
   }
 }
 
-// Scores of n keys for every query head into s[g][t]: 4 keys x 2 heads
+// Scores of n keys for every query head into s[g][t]: 4 keys x kBlockHeads
 // (a head of kLanes values costs one FMA per key), or 8 keys at a time when
 // one query head reads the KV head (MHA: the horizontal sums of 8 keys are
 // one transposing tree), then 2 keys x 4 heads, then 1 key x 4 heads. A
@@ -100,7 +102,7 @@ inline void scores_tile(const std::uint8_t* const* rows, const float* const* par
   int t = 0;
   if (n_heads == 1)
     for (; t + 8 <= n; t += 8) score_block<Quant, 8, 1>(rows, params, t, q, d, group, s, s_stride);
-  for (; t + 4 <= n; t += 4) score_keys<Quant, 4, 2>(rows, params, t, q, n_heads, d, group, s, s_stride);
+  for (; t + 4 <= n; t += 4) score_keys<Quant, 4, kBlockHeads>(rows, params, t, q, n_heads, d, group, s, s_stride);
   for (; t + 2 <= n; t += 2) score_keys<Quant, 2, 4>(rows, params, t, q, n_heads, d, group, s, s_stride);
   if (t < n) score_keys<Quant, 1, 4>(rows, params, t, q, n_heads, d, group, s, s_stride);
 }
@@ -127,14 +129,15 @@ inline void accumulate_columns(const std::uint8_t* const* rows, const float* con
     for (int c = 0; c < C; ++c) store_x(o + g * d + e + c * kLanes, acc[g][c]);
 }
 
-// Up to 2 heads take 4 registers of columns per pass (a head of 64 is one
-// pass at 16 lanes), more heads 2 (G x C accumulators, C values and one
-// weight within 16 registers). Each column's sum is the same whatever C.
+// Up to kBlockHeads heads take 4 registers of columns per pass (a head of 64
+// is one pass at 16 lanes), more heads 2 (G x C accumulators, C values and
+// one weight within the register file). Each column's sum is the same
+// whatever C.
 template <typename Quant, int G>
 inline void accumulate_group(const std::uint8_t* const* rows, const float* const* params, int n, const float* p,
                              std::int64_t p_stride, const float* alpha, float* o, int d, int group) {
   int e = 0;
-  if constexpr (G <= 2)
+  if constexpr (G <= kBlockHeads)
     for (; e + 4 * kLanes <= d; e += 4 * kLanes)
       accumulate_columns<Quant, G, 4>(rows, params, n, p, p_stride, alpha, o, d, group, e);
   for (; e + 2 * kLanes <= d; e += 2 * kLanes)
@@ -210,28 +213,30 @@ inline float softmax_row(float* row, int n, float& m, float& l, bool& any) {
   return alpha;
 }
 
-// Folds keys [begin, end) of sequence b, KV head h into the state of the
-// n_heads query heads q (scaled, rows of head_dim).
-template <typename Quant, typename Visible>
+// Folds keys [begin, end) of sequence b, KV head h into the state of
+// n_heads query rows q (scaled, rows of head_dim): `rows` queries of
+// n_heads / rows heads each, query r seeing what visible(r, p) allows. Each
+// key and value row is widened once per call, for every query of it.
+template <typename Quant>
 void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t h, const float* q, int n_heads,
-                  std::int64_t begin, std::int64_t end, const Visible& visible, attention_detail::State& st) {
+                  int rows, std::int64_t begin, std::int64_t end, const attention_detail::Visibility& visible,
+                  attention_detail::State& st) {
   using attention_detail::kTile;
+  constexpr int kStackHeads = 32;
   const int d = kv.head_dim;
   const int group = attention_detail::group_shift<Quant>(d);
   const int ppr = kv.params_per_row;
-  alignas(64) float s[8 * kTile];  // [g][t], rows padded to kTile
+  const int heads_per_row = n_heads / rows;
+  alignas(64) float s[kStackHeads * kTile];  // [g][t], rows padded to kTile
   float vs[kTile];
-  float alpha[64];
-  std::vector<float> big;  // more than 8 heads per KV head: spill the scores
+  float alpha[kStackHeads];
+  std::vector<float> big, big_alpha;  // more heads than that: spill
   float* sc = s;
-  if (n_heads > 8) {
-    big.resize(std::size_t(n_heads) * kTile);
-    sc = big.data();
-  }
   float* alpha_p = alpha;
-  std::vector<float> big_alpha;
-  if (n_heads > 64) {
+  if (n_heads > kStackHeads) {
+    big.resize(std::size_t(n_heads) * kTile);
     big_alpha.resize(std::size_t(n_heads));
+    sc = big.data();
     alpha_p = big_alpha.data();
   }
   // Row pointers of one tile, which may span several blocks: small blocks
@@ -258,11 +263,12 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
       }
     }
     scores_tile<Quant>(krow, kpar, n, q, n_heads, d, group, sc, kTile);
-    if constexpr (!Visible::kAll) {
-      for (int t = 0; t < n; ++t)
-        if (!visible(pos + t))
-          for (int g = 0; g < n_heads; ++g) sc[g * kTile + t] = -std::numeric_limits<float>::infinity();
-    }
+    if (!visible.all(pos + n))
+      for (int r = 0; r < rows; ++r)
+        for (int t = 0; t < n; ++t)
+          if (!visible(r, pos + t))
+            for (int g = r * heads_per_row; g < (r + 1) * heads_per_row; ++g)
+              sc[g * kTile + t] = -std::numeric_limits<float>::infinity();
     bool any = false;
     for (int g = 0; g < n_heads; ++g)
       alpha_p[g] = softmax_row(sc + g * kTile, n, st.m[std::size_t(g)], st.l[std::size_t(g)], any);

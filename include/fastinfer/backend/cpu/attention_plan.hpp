@@ -4,8 +4,9 @@
 //
 // Flash-decoding: one sequence of 32k tokens with 8 KV heads is 8 work items,
 // too few for the cores when the batch is small, so long sequences are cut
-// into ranges of keys. Each range yields a partial state (running max m, sum
-// of exponentials l, unnormalised output o); merge_states combines them
+// into ranges of keys (kKeyChunk each, whatever the batch or the threads).
+// Each range yields a partial state (running max m, sum of exponentials l,
+// unnormalised output o); merge_states combines them
 // exactly: M = max m_i, out = sum e^(m_i - M) o_i / sum e^(m_i - M) l_i.
 // A plan is plain data: computed once per step, testable without a kernel.
 #pragma once
@@ -21,13 +22,27 @@
 
 namespace fastinfer::cpu {
 
+// Keys per split-K chunk. A query's keys are cut into chunks of this many
+// from the start of each segment it sees (the sinks, then the window or the
+// whole sequence), each chunk is one online-softmax state, and the chunks
+// are merged in order by merge_states. Decode and extend both cut this way,
+// so the summation order of a query's attention depends on its key range
+// alone: never on the batch beside it, the number of queries in the call,
+// the thread count, or which of the two kernels ran it. A multiple of the
+// kernels' softmax tile (64 keys).
+inline constexpr std::int64_t kKeyChunk = 512;
+
+// Calls f(begin, end) for the chunks of [lo, hi), in order.
+template <typename F>
+inline void for_each_key_chunk(std::int64_t lo, std::int64_t hi, std::int64_t chunk, F&& f) {
+  for (std::int64_t x = lo; x < hi; x += chunk) f(x, std::min(hi, x + chunk));
+}
+
 struct DecodePlanOptions {
-  // Work items to aim for per thread, so uneven lengths still balance.
-  int items_per_thread = 4;
-  // Never cut a range shorter than this (each range costs a merge).
-  std::int64_t min_split_tokens = 256;
-  // > 0: cut every range at exactly this many tokens (tests, benchmarks).
-  std::int64_t split_tokens = 0;
+  // Cut every range at exactly this many tokens. Any value keeps decode
+  // independent of the batch and the threads; only kKeyChunk gives the bits
+  // of extend_attention (other values are for tests of the merge).
+  std::int64_t split_tokens = kKeyChunk;
 };
 
 struct DecodePlan {
@@ -47,45 +62,33 @@ struct DecodePlan {
   std::vector<std::int32_t> ranges;
 };
 
-// The plan for decoding one query at the last position of each sequence.
+// The plan for decoding one query at the last position of each sequence:
+// the key chunks of each (sequence, KV head), a function of the lengths
+// alone. A lone long sequence yields many items, which is what keeps the
+// threads busy (flash-decoding).
 inline DecodePlan plan_decode(const std::vector<std::int64_t>& lengths, std::int32_t n_kv_heads,
-                              std::int32_t window, std::int32_t sinks, int threads,
-                              const DecodePlanOptions& opt = {}) {
+                              std::int32_t window, std::int32_t sinks, const DecodePlanOptions& opt = {}) {
   FASTINFER_CHECK(n_kv_heads > 0, InvalidArgument, "plan_decode: n_kv_heads must be positive, got ", n_kv_heads);
-  // The key segments each query sees: [0, sink_end) and [window_begin, len).
-  struct Seg {
-    std::int64_t a0, a1, b0, b1;
-  };
-  std::vector<Seg> segs;
-  std::int64_t total = 0, longest = 0;
-  for (std::int64_t len : lengths) {
+  FASTINFER_CHECK(opt.split_tokens > 0, InvalidArgument, "plan_decode: split_tokens must be positive, got ",
+                  opt.split_tokens);
+  for (std::int64_t len : lengths)
     FASTINFER_CHECK(len >= 1, InvalidArgument, "plan_decode: a decoded sequence needs at least 1 token, got ", len);
-    Seg s{0, 0, 0, len};
-    if (window > 0) {
-      s.a1 = std::min<std::int64_t>(sinks, len);
-      s.b0 = std::max<std::int64_t>(s.a1, len - window);
-    }
-    segs.push_back(s);
-    total += (s.a1 - s.a0) + (s.b1 - s.b0);
-    longest = std::max(longest, (s.a1 - s.a0) + (s.b1 - s.b0));
-  }
-  std::int64_t chunk = opt.split_tokens;
-  if (chunk <= 0) {
-    const std::int64_t want = std::int64_t(std::max(threads, 1)) * std::max(opt.items_per_thread, 1);
-    const std::int64_t base_items = std::int64_t(lengths.size()) * n_kv_heads;
-    chunk = base_items >= want ? longest
-                               : std::max(opt.min_split_tokens, (total * n_kv_heads + want - 1) / want);
-    chunk = std::max<std::int64_t>(chunk, 1);
-  }
   DecodePlan plan;
   plan.n_kv_heads = n_kv_heads;
-  for (std::int32_t b = 0; b < std::int32_t(segs.size()); ++b) {
+  for (std::int32_t b = 0; b < std::int32_t(lengths.size()); ++b) {
+    // The key segments of the query at pos = len - 1: [0, sink_end) and
+    // [window_begin, len), as PagedKVView::sink_end / window_begin say.
+    const std::int64_t len = lengths[std::size_t(b)];
+    const std::int64_t sink_end = window > 0 ? std::min<std::int64_t>(sinks, len) : 0;
+    const std::int64_t win_begin = window > 0 ? std::max<std::int64_t>(sink_end, len - window) : 0;
     std::vector<DecodePlan::Item> one;
     auto cut = [&](std::int64_t lo, std::int64_t hi, bool sink) {
-      for (std::int64_t x = lo; x < hi; x += chunk) one.push_back({b, 0, x, std::min(hi, x + chunk), sink});
+      for_each_key_chunk(lo, hi, opt.split_tokens, [&](std::int64_t x0, std::int64_t x1) {
+        one.push_back({b, 0, x0, x1, sink});
+      });
     };
-    cut(segs[std::size_t(b)].a0, segs[std::size_t(b)].a1, true);
-    cut(segs[std::size_t(b)].b0, segs[std::size_t(b)].b1, false);
+    cut(0, sink_end, true);
+    cut(win_begin, len, false);
     plan.first.push_back(std::int64_t(plan.items.size()));
     plan.ranges.push_back(std::int32_t(one.size()));
     for (std::int32_t h = 0; h < n_kv_heads; ++h)
@@ -98,10 +101,10 @@ inline DecodePlan plan_decode(const std::vector<std::int64_t>& lengths, std::int
 }
 
 template <typename Quant>
-DecodePlan plan_decode(const kv::PagedKVView<Quant>& kv, int threads, const DecodePlanOptions& opt = {}) {
+DecodePlan plan_decode(const kv::PagedKVView<Quant>& kv, const DecodePlanOptions& opt = {}) {
   std::vector<std::int64_t> lengths;
   for (std::int32_t b = 0; b < kv.batch; ++b) lengths.push_back(kv.length(b));
-  return plan_decode(lengths, kv.n_kv_heads, kv.window, kv.sinks, threads, opt);
+  return plan_decode(lengths, kv.n_kv_heads, kv.window, kv.sinks, opt);
 }
 
 // Partial softmax states of `n` ranges (m[i], l[i], o[i * d ..]) merged into

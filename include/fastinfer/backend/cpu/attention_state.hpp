@@ -27,16 +27,32 @@ struct State {
 // Keys per softmax tile (a tile may span blocks).
 inline constexpr int kTile = 64;
 
-struct AllVisible {
-  static constexpr bool kAll = true;
-  bool operator()(std::int64_t) const { return true; }
+// Which keys each query row of a call sees within its key range. A call
+// holds `rows` queries of G heads each (a block of the extend kernel, or the
+// one query of decode); visible(r, p): row r sees the key at position p. A
+// key a row does not see scores -inf, which weighs exactly 0, so a row gets
+// the same bits as when it runs alone over its own range (the kernel's last
+// softmax chunk is padded with -inf for that reason). One type for decode,
+// causal and tree queries: every path runs the same compiled kernel, so an
+// optimiser cannot treat the arithmetic of one differently.
+struct Visibility {
+  std::int64_t first = 0;              // causal: row r sits at position first + r
+  const std::uint8_t* mask = nullptr;  // or a token tree: row r is new token i0 + r of n,
+  std::int64_t n = 0, i0 = 0;          // mask rows of n bytes over the new tokens,
+  std::int64_t first_new = 0;          // and keys before first_new always seen
+  bool operator()(int r, std::int64_t p) const {
+    if (mask) return p < first_new || mask[(i0 + r) * n + (p - first_new)] != 0;
+    return p <= first + r;
+  }
+  // Every row sees every key of [lo, hi): the kernel then skips the per-key
+  // test (a decode query's keys, all but a causal block's last tile).
+  bool all(std::int64_t hi) const { return mask ? hi <= first_new : hi - 1 <= first; }
 };
-struct MaskVisible {
-  static constexpr bool kAll = false;
-  const std::uint8_t* row;  // mask row of this query over the new tokens
-  std::int64_t first_new;
-  bool operator()(std::int64_t p) const { return p < first_new || row[p - first_new] != 0; }
-};
+
+inline Visibility causal_rows(std::int64_t first) { return Visibility{first, nullptr, 0, 0, 0}; }
+inline Visibility tree_rows(const std::uint8_t* mask, std::int64_t n, std::int64_t i0, std::int64_t first_new) {
+  return Visibility{0, mask, n, i0, first_new};
+}
 
 // The scale that multiplies a finished dot product (K) or a softmax weight
 // (V) of a row: Int8 and FP8 carry one per row; the widening of FP8 E4M3

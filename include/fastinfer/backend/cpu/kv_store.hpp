@@ -118,18 +118,19 @@ class CpuKVStore final : public KVStore {
     decode_ = decode;
     planned_ = false;
     if (!decode) return;
-    // Flash-decoding cuts only ranges longer than min_split_tokens; below
-    // that the plan is one range per (sequence, KV head), which the
-    // allocation-free loop below runs without making a plan at all.
+    // A query's keys come in chunks of kKeyChunk (attention_plan.hpp); while
+    // no sequence has more than one, the plan would be one item per
+    // (sequence, KV head), which the allocation-free loop below runs without
+    // making a plan at all. Either way a query gets the same bits.
     const auto view = cache_.view(tables_, 0);
     std::int64_t longest = 0;
     for (std::int32_t b = 0; b < view.batch; ++b) {
       const std::int64_t len = view.length(b);
       longest = std::max(longest, view.window > 0 ? std::min<std::int64_t>(len, view.window) : len);
     }
-    if (longest > DecodePlanOptions{}.min_split_tokens) {
+    if (longest > kKeyChunk) {
       // Every layer has the same lengths: one plan per step.
-      plan_ = plan_decode(view, threads);
+      plan_ = plan_decode(view);
       planned_ = true;
     }
 #if defined(_OPENMP)
@@ -171,12 +172,10 @@ class CpuKVStore final : public KVStore {
     if (n > 0) std::memcpy(dst, src, n);
   }
 
-  // Decode attention when no range needs splitting: decode_attention's
-  // arithmetic (one online-softmax state per (sequence, KV head), sinks then
-  // window, the same bits as its single-range merge) with per-thread scratch
-  // kept across steps, so a decode step allocates nothing. The vector
-  // kernel of the CPU level (attention_kernel); at the scalar level, the
-  // library's reference.
+  // Decode attention when no range needs splitting: the library's kernel
+  // for one query (attention_detail::attend_queries, what decode_attention
+  // and extend_attention run), with per-thread scratch kept across steps so
+  // a decode step allocates nothing. At the scalar level, the reference.
   void decode_short_(const kv::PagedKVView<Quant>& view, const float* q, float* out, int n_q_heads, int threads) {
     namespace ad = attention_detail;
     const AttentionKernel kernel = attention_kernel(cpu_level(), view.head_dim);
@@ -196,28 +195,19 @@ class CpuKVStore final : public KVStore {
 #endif
     {
 #if defined(_OPENMP)
-      Work& w = work_[std::size_t(omp_get_thread_num())];
+      ad::QueryScratch& w = work_[std::size_t(omp_get_thread_num())];
 #else
-      Work& w = work_[0];
+      ad::QueryScratch& w = work_[0];
 #endif
-      w.qs.resize(std::size_t(G) * std::size_t(d));
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
       for (std::int64_t i = 0; i < items; ++i) {
         const std::int32_t b = std::int32_t(i / view.n_kv_heads), h = std::int32_t(i % view.n_kv_heads);
         const std::int64_t pos = view.length(b) - 1;
-        const float* qh = q + (std::int64_t(b) * n_q_heads + std::int64_t(h) * G) * d;
-        w.st.reset(G, d);
-        const std::int64_t sink_end = view.sink_end(pos);
-        if (sink_end > 0) {
-          ad::load_query(qh, G, d, scale, view.sink_shift(pos), view.rope, w.qs.data());
-          ad::attend_range(kernel, view, b, h, w.qs.data(), G, 0, sink_end, ad::AllVisible{}, w.st);
-        }
-        ad::load_query(qh, G, d, scale, 0, view.rope, w.qs.data());
-        ad::attend_range(kernel, view, b, h, w.qs.data(), G, view.window_begin(pos), pos + 1, ad::AllVisible{},
-                         w.st);
-        ad::finish(w.st, G, d, out + (std::int64_t(b) * n_q_heads + std::int64_t(h) * G) * d);
+        const std::int64_t at = (std::int64_t(b) * n_q_heads + std::int64_t(h) * G) * d;
+        ad::attend_queries(kernel, view, b, h, q + at, 0, 1, G, scale, pos, pos + 1, ad::causal_rows(pos), w, out + at,
+                           0);
       }
     }
   }
@@ -339,11 +329,6 @@ class CpuKVStore final : public KVStore {
     }
   }
 
-  struct Work {
-    attention_detail::State st;
-    std::vector<float> qs;
-  };
-
   Cache cache_;
   int group_ = 1;  // model layers per KV layer (CLA)
   std::vector<SeqId> batch_seqs_;
@@ -352,7 +337,7 @@ class CpuKVStore final : public KVStore {
   kv::PagedKVTables tables_;
   DecodePlan plan_;
   bool decode_ = false, planned_ = false;
-  std::vector<Work> work_;  // per thread, kept across steps
+  std::vector<attention_detail::QueryScratch> work_;  // per thread, kept across steps
 };
 
 // Opt-in shared instantiations (build time only; behaviour is the same).
