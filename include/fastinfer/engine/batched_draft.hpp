@@ -47,7 +47,7 @@ class BatchedDraftModel {
   struct Job {
     sched::RequestId id = 0;
     const std::vector<sched::TokenId>* context = nullptr;  // prompt + output so far (not empty)
-    int k = 0;                                             // drafts wanted, >= 1
+    int k = 0;                                             // drafts wanted (>= 1; fewer near the draft's context end)
     std::uint64_t token_index = 0;                         // the request's index of the first draft
     SamplingParams params{};
     speculative::DraftProposal* out = nullptr;             // cleared, then filled
@@ -74,18 +74,28 @@ class BatchedDraftModel {
     return std::int64_t(context.size()) - cached_prefix_(id, context);
   }
 
-  // Every job's drafts, in a few passes over all of them. Throws
-  // InvalidArgument on a bad job (before any pass) and UsageError when the
-  // pool cannot hold the jobs' sequences even after dropping every other.
+  // Every job's drafts, in a few passes over all of them. A job gets fewer
+  // drafts where the draft model's context ends (drafts d1..d_{k-1} are fed
+  // at positions len .. len + k - 2), none when its context does not fit:
+  // the draft may be a checkpoint with a shorter context than the target's.
+  // Throws InvalidArgument on a bad job (before any pass) and UsageError
+  // when the pool cannot hold the jobs' sequences even after dropping every
+  // other.
   void propose(const std::vector<Job>& jobs) {
     const LlamaConfig& c = model_.config();
     for (const Job& j : jobs) check_job_(j, c);
+    k_.clear();
+    for (const Job& j : jobs) {
+      j.out->clear();
+      const std::int64_t room = std::int64_t(c.max_seq_len) - std::int64_t(j.context->size()) + 1;
+      k_.push_back(int(std::max<std::int64_t>(0, std::min<std::int64_t>(j.k, room))));
+    }
     make_room_(jobs);
     // Catch-up: every job's unseen tokens, chunked to the pass size; a job's
     // first draft comes from the row of its last context token.
     next_.assign(jobs.size(), 0);
     for (std::size_t i = 0; i < jobs.size(); ++i) {
-      jobs[i].out->clear();
+      if (k_[i] == 0) continue;
       next_[i] = cached_prefix_(jobs[i].id, *jobs[i].context);
       seqs_[jobs[i].id].assign(jobs[i].context->begin(), jobs[i].context->end());
     }
@@ -97,7 +107,7 @@ class BatchedDraftModel {
       std::int32_t room = model_.max_batch();
       for (std::size_t i = 0; i < jobs.size() && room > 0; ++i) {
         const int len = int(jobs[i].context->size());
-        if (next_[i] >= len) continue;
+        if (k_[i] == 0 || next_[i] >= len) continue;
         const int n = std::min(len - next_[i], room);
         batch_.add(SeqId(jobs[i].id), jobs[i].context->data() + next_[i], n, next_[i]);
         next_[i] += n;
@@ -106,7 +116,8 @@ class BatchedDraftModel {
         batch_.logits_tail.push_back(last ? 1 : 0);
         if (last) rows_of_.push_back(i);
       }
-      for (std::size_t i = 0; i < jobs.size(); ++i) pending = pending || next_[i] < int(jobs[i].context->size());
+      for (std::size_t i = 0; i < jobs.size(); ++i)
+        pending = pending || (k_[i] > 0 && next_[i] < int(jobs[i].context->size()));
       const float* logits = forward_();
       for (std::size_t r = 0; r < rows_of_.size(); ++r) pick_(jobs[rows_of_[r]], 0, logits + r * std::size_t(c.vocab_size));
     }
@@ -116,7 +127,7 @@ class BatchedDraftModel {
       batch_.logits = LogitsRows::Last;
       rows_of_.clear();
       for (std::size_t i = 0; i < jobs.size(); ++i) {
-        if (j >= jobs[i].k) continue;
+        if (j >= k_[i]) continue;
         const std::int32_t d = jobs[i].out->tokens.back();
         batch_.add(SeqId(jobs[i].id), &d, 1, ForwardBatch::kAppend);
         seqs_[jobs[i].id].push_back(d);
@@ -149,10 +160,6 @@ class BatchedDraftModel {
     FASTINFER_CHECK(j.context && !j.context->empty() && j.out, InvalidArgument, "batched draft model: request ", j.id,
                     " has no context or no proposal to fill");
     FASTINFER_CHECK(j.k >= 1, InvalidArgument, "batched draft model: request ", j.id, " asks for ", j.k, " drafts");
-    // Drafts d1..d_{k-1} are fed at positions len .. len + k - 2.
-    FASTINFER_CHECK(std::int64_t(j.context->size()) + j.k - 1 <= c.max_seq_len, InvalidArgument,
-                    "batched draft model: request ", j.id, "'s ", j.context->size(), " tokens and ", j.k,
-                    " drafts exceed the draft model's context of ", c.max_seq_len);
     for (std::int32_t t : *j.context)
       FASTINFER_CHECK(t >= 0 && t < c.vocab_size, InvalidArgument, "context token ", t,
                       " is outside the draft model's vocabulary [0, ", c.vocab_size, ")");
@@ -175,12 +182,15 @@ class BatchedDraftModel {
   void make_room_(const std::vector<Job>& jobs) {
     PagedAllocator& alloc = model_.kv().allocator();
     in_step_.clear();
-    for (const Job& j : jobs) in_step_.push_back(j.id);
+    for (std::size_t i = 0; i < jobs.size(); ++i)
+      if (k_[i] > 0) in_step_.push_back(jobs[i].id);
     std::sort(in_step_.begin(), in_step_.end());
     auto needed = [&] {
       std::int64_t blocks = 0;
-      for (const Job& j : jobs) {
-        const std::int64_t end = std::int64_t(j.context->size()) + j.k - 1;
+      for (std::size_t i = 0; i < jobs.size(); ++i) {
+        const Job& j = jobs[i];
+        if (k_[i] == 0) continue;
+        const std::int64_t end = std::int64_t(j.context->size()) + k_[i] - 1;
         const std::int64_t held = alloc.contains(SeqId(j.id)) ? std::int64_t(alloc.block_table(SeqId(j.id)).size()) : 0;
         blocks += std::max<std::int64_t>(0, alloc.blocks_for(end) - held);
       }
@@ -196,9 +206,10 @@ class BatchedDraftModel {
     };
     while (needed() > alloc.num_free_blocks())
       FASTINFER_CHECK(drop_one_other(), UsageError, "batched draft model: the draft KV pool (",
-                      alloc.num_blocks(), " blocks) cannot hold the ", jobs.size(), " drafting requests");
-    for (const Job& j : jobs) {
-      if (seqs_.count(j.id)) continue;
+                      alloc.num_blocks(), " blocks) cannot hold the ", in_step_.size(), " drafting requests");
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      const Job& j = jobs[i];
+      if (k_[i] == 0 || seqs_.count(j.id)) continue;
       while (!model_.kv().add_sequence(SeqId(j.id)))
         FASTINFER_CHECK(drop_one_other(), UsageError, "batched draft model: the draft KV pool has no room for request ",
                         j.id, "'s sequence");
@@ -224,7 +235,7 @@ class BatchedDraftModel {
   std::int64_t forwards_ = 0;
   // Per-call scratch, kept to avoid allocating per step.
   ForwardBatch batch_;
-  std::vector<int> next_;
+  std::vector<int> next_, k_;  // per job: the next token to feed, the drafts it gets
   std::vector<std::size_t> rows_of_;
   std::vector<sched::RequestId> in_step_;
 };

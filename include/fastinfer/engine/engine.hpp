@@ -40,8 +40,8 @@
 // lookup, a draft model or the target's own first layers (early exit: its
 // draft pass writes the request's reserved draft slots, which the verifying
 // pass rewrites), and k). Requests that draft with the draft model share one
-// (batched_draft.hpp): a step drafts for all of them in a few batched passes. Before each schedule() the engine's policy
-// decides how many draft slots each running speculating request asks for
+// (batched_draft.hpp): a step drafts for all of them in a few batched passes.
+// Before each schedule() the engine's policy decides how many draft slots each running speculating request asks for
 // (ContinuousBatcher::set_draft_tokens); the batcher budgets them (tokens and
 // KV blocks). A decode entry with slots feeds [its token, d1..dm] (m <= the
 // slots, as many as the drafter proposed) as one ragged entry of the SAME
