@@ -31,24 +31,34 @@ struct Run {
 };
 
 // Runs `steps` steps in `w`, every draft offered (a chain drafter).
-Run simulate(speculative::AdaptiveDraftLength& ctl, const World& w, int steps, std::mt19937_64& rng) {
+// One step of a chain drafter in `w` that asked for k drafts (every one
+// offered); a drafting step first catches up `missed` tokens at
+// `per_missed` seconds each (a draft model's gap).
+speculative::DraftStepReport step_in(const World& w, int k, std::mt19937_64& rng, std::int64_t missed = 0,
+                                     double per_missed = 0.0) {
   std::uniform_real_distribution<double> u(0.0, 1.0);
+  int kept = 0;
+  while (kept < k && u(rng) < w.accept) ++kept;
+  speculative::DraftStepReport r;
+  r.k = k;
+  r.rows = 1 + k;
+  r.depths = k;
+  r.accepted = kept;
+  r.catch_up_tokens = k > 0 ? missed : 0;
+  r.draft_seconds = k > 0 ? w.draft * k + per_missed * double(missed) : 0.0;
+  r.pass_seconds = w.pass(1 + k);
+  return r;
+}
+
+Run simulate(speculative::AdaptiveDraftLength& ctl, const World& w, int steps, std::mt19937_64& rng) {
   Run out;
   out.k_hist.assign(std::size_t(ctl.max_k()) + 1, 0);
   for (int s = 0; s < steps; ++s) {
     const int k = ctl.choose(1);
-    int kept = 0;
-    while (kept < k && u(rng) < w.accept) ++kept;
-    speculative::DraftStepReport r;
-    r.k = k;
-    r.rows = 1 + k;
-    r.depths = k;
-    r.accepted = kept;
-    r.draft_seconds = w.draft * k;
-    r.pass_seconds = w.pass(1 + k);
+    const speculative::DraftStepReport r = step_in(w, k, rng);
     ctl.report(r);
     out.seconds += r.draft_seconds + r.pass_seconds;
-    out.tokens += 1 + kept;
+    out.tokens += 1 + r.accepted;
     ++out.k_hist[std::size_t(k)];
   }
   return out;
@@ -218,7 +228,6 @@ TEST_CASE("adaptive draft length: a drafter that must catch up every token it sa
   REQUIRE(true_best_k(w, 4) == 0);
   const double per_missed_token = 0.1 * w.c1;
   std::mt19937_64 rng(6);
-  std::uniform_real_distribution<double> u(0.0, 1.0);
   speculative::AdaptiveDraftLength ctl(4);
   double seconds = 0;
   std::int64_t tokens = 0;
@@ -226,21 +235,12 @@ TEST_CASE("adaptive draft length: a drafter that must catch up every token it sa
     std::int64_t missed = 20;  // the draft model has not seen the prompt
     for (int new_tokens = 0; new_tokens < 200;) {
       const int k = ctl.choose(1, 1 << 30, missed);
-      int kept = 0;
-      while (kept < k && u(rng) < w.accept) ++kept;
-      speculative::DraftStepReport r;
-      r.k = k;
-      r.rows = 1 + k;
-      r.depths = k;
-      r.accepted = kept;
-      r.catch_up_tokens = k > 0 ? missed : 0;
-      r.draft_seconds = k > 0 ? w.draft * k + per_missed_token * double(missed) : 0.0;
-      r.pass_seconds = w.pass(1 + k);
+      const speculative::DraftStepReport r = step_in(w, k, rng, missed, per_missed_token);
       ctl.report(r);
-      missed = k > 0 ? 1 + kept : missed + 1;
+      missed = k > 0 ? 1 + r.accepted : missed + 1;
       seconds += r.draft_seconds + r.pass_seconds;
-      tokens += 1 + kept;
-      new_tokens += 1 + kept;
+      tokens += 1 + r.accepted;
+      new_tokens += 1 + r.accepted;
     }
   }
   CHECK(double(tokens) / seconds >= 0.97 / w.pass(1));
