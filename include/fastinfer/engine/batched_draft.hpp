@@ -165,16 +165,10 @@ class BatchedDraftModel {
                       " is outside the draft model's vocabulary [0, ", c.vocab_size, ")");
   }
 
-  // Positions of `context` whose KV request `id`'s sequence holds; the last
-  // token is always fed again (its row gives the first draft).
+  // Positions of `context` whose KV request `id`'s sequence holds.
   int cached_prefix_(sched::RequestId id, const std::vector<sched::TokenId>& context) const {
     auto it = seqs_.find(id);
-    if (it == seqs_.end()) return 0;
-    const std::vector<sched::TokenId>& cached = it->second;
-    int common = 0;
-    const int limit = std::min<int>(int(cached.size()), int(context.size()) - 1);
-    while (common < limit && cached[std::size_t(common)] == context[std::size_t(common)]) ++common;
-    return common;
+    return it == seqs_.end() ? 0 : speculative::reusable_prefix(it->second, context);
   }
 
   // Creates the jobs' sequences and makes sure the pool can take the step:

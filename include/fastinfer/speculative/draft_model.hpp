@@ -45,6 +45,17 @@ inline std::int32_t pick_draft(const float* logits, int vocab, const SamplingPar
   return cpu::sample_from_weights(q, vocab, spec_coin(params.seed, token_index + std::uint64_t(j), kDraftSlot));
 }
 
+// Positions of `context` whose KV a draft cache holding `cached` (its
+// tokens, in position order) keeps: the common prefix, short of the last
+// context token, which is always fed again (its row gives the first draft).
+// DraftModel and the Engine's batched draft model (engine/batched_draft.hpp).
+inline int reusable_prefix(const std::vector<std::int32_t>& cached, const std::vector<std::int32_t>& context) {
+  int common = 0;
+  const int limit = std::min<int>(int(cached.size()), int(context.size()) - 1);
+  while (common < limit && cached[std::size_t(common)] == context[std::size_t(common)]) ++common;
+  return common;
+}
+
 // Model: LlamaModel or anything with config(), reset(), cached_length(),
 // forward_prefill(tokens, n, start_pos) and forward_decode(token, pos).
 template <typename Model>
@@ -101,13 +112,9 @@ class DraftModel final : public Drafter {
   }
 
  private:
-  // Positions of `context` whose KV the cache holds; the last token is
-  // always re-fed (its logits give the first draft).
+  // Positions of `context` whose KV the cache holds.
   int cached_prefix_(const std::vector<std::int32_t>& context) const {
-    int common = 0;
-    const int limit = std::min<int>(int(cached_.size()), int(context.size()) - 1);
-    while (common < limit && cached_[std::size_t(common)] == context[std::size_t(common)]) ++common;
-    return std::min(common, model_.cached_length());
+    return std::min(reusable_prefix(cached_, context), model_.cached_length());
   }
 
   Model model_;
