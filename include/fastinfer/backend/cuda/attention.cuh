@@ -31,6 +31,7 @@
 #include "fastinfer/backend/cuda/attention_plan.hpp"
 #include "fastinfer/backend/cuda/cuda_check.cuh"
 #include "fastinfer/backend/cuda/elementwise.cuh"
+#include "fastinfer/backend/cuda/kv_format.cuh"
 #include "fastinfer/kv/kv_quant.hpp"
 #include "fastinfer/memory/paged_allocator.hpp"
 
@@ -42,6 +43,12 @@ struct DevicePagedKV {
   const std::uint8_t* k_codes = nullptr;  // this layer's K of block 0
   const std::uint8_t* v_codes = nullptr;
   std::int64_t block_stride = 0, head_stride = 0, row_bytes = 0;  // bytes
+  // The parameter arena's (kv::KVCache's): floats, same block / layer / K|V
+  // / head / token order; null with params_per_row 0 for the float formats.
+  const float* k_params = nullptr;
+  const float* v_params = nullptr;
+  std::int64_t param_block_stride = 0, param_head_stride = 0;  // floats
+  std::int32_t params_per_row = 0;
   std::int32_t n_kv_heads = 0, head_dim = 0, block_size = 0;
   const std::int32_t* indptr = nullptr;          // [batch + 1] into block_indices
   const BlockId* block_indices = nullptr;
@@ -61,13 +68,6 @@ namespace attention_detail {
 constexpr int kTile = 128;     // keys per tile = threads per block
 constexpr int kMaxCols = 4;    // head_dim <= kMaxCols * kTile (512)
 
-template <typename Quant>
-__device__ inline float kv_load(const std::uint8_t* row, int j) {
-  if constexpr (std::is_same_v<Quant, kv::F16>)
-    return __half2float(reinterpret_cast<const __half*>(row)[j]);
-  else
-    return reinterpret_cast<const float*>(row)[j];
-}
 
 __device__ inline float block_max(float v, float* red) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -119,7 +119,9 @@ __global__ void attention_kernel(DevicePagedKV kv, DeviceQueryRows qr, const flo
       const std::uint8_t* kr = kv.k_codes + std::int64_t(blk) * kv.block_stride + std::int64_t(h) * kv.head_stride +
                                (key % kv.block_size) * kv.row_bytes;
       float dot = 0.0f;
-      for (int j = 0; j < d; ++j) dot = fmaf(qs[j], kv_load<Quant>(kr, j), dot);
+      const float* kp = kv.k_params + std::int64_t(blk) * kv.param_block_stride + std::int64_t(h) * kv.param_head_stride +
+                        (key % kv.block_size) * kv.params_per_row;
+      for (int j = 0; j < d; ++j) dot = fmaf(qs[j], DeviceKVFormat<Quant>::load(kr, kp, j), dot);
       s = dot;
     }
     const float tile_max = block_max(s, red);
@@ -140,7 +142,9 @@ __global__ void attention_kernel(DevicePagedKV kv, DeviceQueryRows qr, const flo
         const BlockId blk = table[kk / kv.block_size];
         const std::uint8_t* vr = kv.v_codes + std::int64_t(blk) * kv.block_stride +
                                  std::int64_t(h) * kv.head_stride + (kk % kv.block_size) * kv.row_bytes;
-        a = fmaf(p[t], kv_load<Quant>(vr, j), a);
+        const float* vp = kv.v_params + std::int64_t(blk) * kv.param_block_stride +
+                          std::int64_t(h) * kv.param_head_stride + (kk % kv.block_size) * kv.params_per_row;
+        a = fmaf(p[t], DeviceKVFormat<Quant>::load(vr, vp, j), a);
       }
       acc[c] = a;
     }
