@@ -7,18 +7,22 @@
 // causal unless a mask is given, in which case row i sees every older key and
 // new token j where mask[moff_b + i * n_b + j] != 0.
 //
-// Work: one block per (query row, query head, key split). A block walks its
-// key range in tiles of kTile keys: one thread per key for the scores, an
-// online softmax per tile, one thread per output column for P V. With one
-// split the block writes the normalised row; with more (flash-decoding) each
-// writes its unnormalised partial (acc, max, sum) and merge_kernel combines
-// them exactly: M = max m_s, O = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-// The split count is planned on the host (attention_plan.hpp: plain data,
-// tested without a GPU).
-//
-// A simple, correct first kernel: K is read one row per thread (not
-// coalesced) and Q·K runs on CUDA cores; a tensor-core, cp.async version is
-// the next step (docs/backend-cuda.md).
+// Work: one block of 128 threads per (query row, KV head, group of H query
+// heads sharing it, key split), so a K or V row is read from memory once
+// for the H heads of its GQA group (H = 8, 4, 2 or 1, the largest dividing
+// n_q / n_kv). A key row is read by L lanes (L = head_dim / 8 rounded up to
+// a power of two), 16 bytes each (DeviceKVFormat::load8); the block's
+// 128 / L lane groups walk the keys in lockstep, U keys each per step, all
+// loads of a step issued before any arithmetic (bytes in flight are what
+// HBM bandwidth needs). Scores are reduced across a group's lanes with
+// shuffles; each group keeps an online softmax per head (one rescale per U
+// keys) and its slice of the H output rows; the groups' states are merged
+// exactly through shared memory at the end. With one split the block writes
+// the normalised rows; with more (flash-decoding) each writes its
+// unnormalised partial (acc, max, sum) and merge_kernel combines them:
+// M = max m_s, O = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s. The split
+// count is planned on the host (attention_plan.hpp: plain data, tested
+// without a GPU).
 #pragma once
 
 #include <algorithm>
@@ -30,6 +34,7 @@
 
 #include "fastinfer/backend/cuda/attention_plan.hpp"
 #include "fastinfer/backend/cuda/cuda_check.cuh"
+#include "fastinfer/backend/cuda/device_buffer.cuh"
 #include "fastinfer/backend/cuda/elementwise.cuh"
 #include "fastinfer/backend/cuda/kv_format.cuh"
 #include "fastinfer/kv/kv_quant.hpp"
@@ -65,108 +70,209 @@ struct DeviceQueryRows {
 
 namespace attention_detail {
 
-constexpr int kTile = 128;     // keys per tile = threads per block
-constexpr int kMaxCols = 4;    // head_dim <= kMaxCols * kTile (512)
+constexpr int kThreads = 128;
+constexpr int kLaneDims = 8;                      // values of a K/V row per lane
+constexpr int kMaxHeadDim = 32 * kLaneDims;       // a row within one warp
 
+// Launch geometry for a head_dim and a GQA group size (host and device).
+struct Geometry {
+  int lanes = 1;   // L: lanes per key row, a power of two, L * 8 >= head_dim
+  int heads = 1;   // H: query heads per block
+  int keys = 4;    // U: keys per lane group per step
+  __host__ __device__ int groups() const { return kThreads / lanes; }
+  __host__ __device__ int tile() const { return groups() * keys; }
+};
 
-__device__ inline float block_max(float v, float* red) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  const int warps = int(blockDim.x + 31) / 32;
-  v = lane < warps ? red[lane] : -INFINITY;
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
+inline Geometry geometry(int head_dim, int group_size) {
+  Geometry g;
+  while (g.lanes * kLaneDims < head_dim) g.lanes *= 2;
+  for (int h : {8, 4, 2, 1})
+    if (group_size % h == 0) {
+      g.heads = h;
+      break;
+    }
+  // Registers decide the speed: acc is H x 8 floats, a step's K and V rows
+  // U x 16. Measured on an H200 (f16 KV, head_dim 128, 4 heads per KV head):
+  // H 4 x U 2 (128 registers, 4 blocks per SM) read 1.47 TB/s, H 4 x U 4
+  // (165 registers) 0.85, H 1 x U 4 (K/V read once per query head) 0.53.
+  g.keys = g.heads == 8 ? 1 : g.heads == 1 ? 4 : 2;
+  return g;
 }
 
-// grid (rows, n_q_heads, splits), block kTile threads, dynamic shared memory
-// (head_dim + kTile) floats. partial: [rows][heads][splits][head_dim + 2]
-// (acc..., max, sum) when splits > 1.
+// Floats of shared memory: the H query rows (padded to L * 8), the merge
+// area (one (L * 8 + 2)-float state per (lane group, head)) and the H maxima.
+inline std::size_t shared_floats(const Geometry& g) {
+  const std::size_t width = std::size_t(g.lanes) * kLaneDims;
+  return std::size_t(g.heads) * width + std::size_t(g.groups()) * std::size_t(g.heads) * (width + 2) +
+         std::size_t(g.heads);
+}
+
 template <typename Quant>
-__global__ void attention_kernel(DevicePagedKV kv, DeviceQueryRows qr, const float* q, float* out, float* partial,
-                                 int n_q_heads, float scale, std::int64_t chunk) {
+__device__ inline void load_row8(const std::uint8_t* codes, const float* params, int j0, int d, bool vec,
+                                 float* out) {
+  if (vec) {
+    DeviceKVFormat<Quant>::load8(codes, params, j0, out);
+  } else {
+#pragma unroll
+    for (int e = 0; e < kLaneDims; ++e) out[e] = j0 + e < d ? DeviceKVFormat<Quant>::load(codes, params, j0 + e) : 0.0f;
+  }
+}
+
+// grid (rows, n_kv_heads * n_q / n_kv / H, splits), block kThreads, dynamic
+// shared memory shared_floats(geometry). partial: [rows][n_q_heads][splits]
+// [head_dim + 2] (acc..., max, sum) when splits > 1.
+template <typename Quant, int H, int U>
+__global__ void __launch_bounds__(kThreads) attention_kernel(DevicePagedKV kv, DeviceQueryRows qr, const float* q,
+                                                            float* out, float* partial, int n_q_heads, int lanes,
+                                                            float scale, std::int64_t chunk) {
   extern __shared__ float smem[];
-  __shared__ float red[32];
-  const int d = kv.head_dim;
-  float* qs = smem;       // [d]
-  float* p = smem + d;    // [kTile]
+  const int d = kv.head_dim, L = lanes, G = kThreads / L, width = L * kLaneDims;
+  const int group = int(threadIdx.x) / L, lane = int(threadIdx.x) % L, j0 = lane * kLaneDims;
+  const int per_kv = n_q_heads / kv.n_kv_heads, subsets = per_kv / H;
+  const int h = int(blockIdx.y) / subsets, hq0 = h * per_kv + (int(blockIdx.y) % subsets) * H;
   const std::int64_t row = blockIdx.x;
-  const int hq = int(blockIdx.y), split = int(blockIdx.z), splits = int(gridDim.z);
-  const int h = hq / (n_q_heads / kv.n_kv_heads);
+  const int split = int(blockIdx.z), splits = int(gridDim.z);
   const int b = qr.row_seq[row];
   const std::int64_t len = kv.seq_len[b];
   const std::int64_t n = qr.qo_indptr[b + 1] - qr.qo_indptr[b];
-  const std::int64_t i = row - qr.qo_indptr[b];
-  const std::int64_t first_new = len - n, pos = first_new + i;
+  const std::int64_t i_new = row - qr.qo_indptr[b];
+  const std::int64_t first_new = len - n, pos = first_new + i_new;
   const std::int64_t key_end = qr.mask ? len : pos + 1;
-  const std::uint8_t* mrow = qr.mask ? qr.mask + qr.mask_offset[b] + i * n : nullptr;
+  const std::uint8_t* mrow = qr.mask ? qr.mask + qr.mask_offset[b] + i_new * n : nullptr;
   const std::int64_t begin = std::int64_t(split) * chunk;
   const std::int64_t end = key_end < begin + chunk ? key_end : begin + chunk;
 
-  const float* qrow = q + (row * n_q_heads + hq) * d;
-  for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = qrow[j] * scale;
-  const BlockId* table = kv.block_indices + kv.indptr[b];
-  float m = -INFINITY, l = 0.0f, acc[kMaxCols];
-  for (int c = 0; c < kMaxCols; ++c) acc[c] = 0.0f;
-  __syncthreads();
-  for (std::int64_t t0 = begin; t0 < end; t0 += kTile) {
-    const std::int64_t key = t0 + threadIdx.x;
-    float s = -INFINITY;
-    if (key < end && (mrow == nullptr || key < first_new || mrow[key - first_new] != 0)) {
-      const BlockId blk = table[key / kv.block_size];
-      const std::uint8_t* kr = kv.k_codes + std::int64_t(blk) * kv.block_stride + std::int64_t(h) * kv.head_stride +
-                               (key % kv.block_size) * kv.row_bytes;
-      float dot = 0.0f;
-      const float* kp = kv.k_params + std::int64_t(blk) * kv.param_block_stride + std::int64_t(h) * kv.param_head_stride +
-                        (key % kv.block_size) * kv.params_per_row;
-      for (int j = 0; j < d; ++j) dot = fmaf(qs[j], DeviceKVFormat<Quant>::load(kr, kp, j), dot);
-      s = dot;
-    }
-    const float tile_max = block_max(s, red);
-    const float m_new = fmaxf(m, tile_max);
-    if (m_new == -INFINITY) continue;  // nothing visible yet: every thread agrees
-    const float alpha = m == -INFINITY ? 0.0f : expf(m - m_new);
-    const float w = s == -INFINITY ? 0.0f : expf(s - m_new);
-    p[threadIdx.x] = w;
-    l = l * alpha + elementwise_detail::block_sum(w, red);  // its syncs also publish p
-    m = m_new;
-    const int tn = end - t0 < kTile ? int(end - t0) : kTile;
-    for (int c = 0; c < kMaxCols; ++c) {
-      const int j = int(threadIdx.x) + c * kTile;
-      if (j >= d) break;
-      float a = acc[c] * alpha;
-      for (int t = 0; t < tn; ++t) {
-        const std::int64_t kk = t0 + t;
-        const BlockId blk = table[kk / kv.block_size];
-        const std::uint8_t* vr = kv.v_codes + std::int64_t(blk) * kv.block_stride +
-                                 std::int64_t(h) * kv.head_stride + (kk % kv.block_size) * kv.row_bytes;
-        const float* vp = kv.v_params + std::int64_t(blk) * kv.param_block_stride +
-                          std::int64_t(h) * kv.param_head_stride + (kk % kv.block_size) * kv.params_per_row;
-        a = fmaf(p[t], DeviceKVFormat<Quant>::load(vr, vp, j), a);
-      }
-      acc[c] = a;
-    }
-    __syncthreads();  // p is rewritten by the next tile
+  float* qs = smem;  // [H][width], scaled, zero past d
+  for (int idx = int(threadIdx.x); idx < H * width; idx += kThreads) {
+    const int i = idx / width, j = idx % width;
+    qs[idx] = j < d ? q[(row * n_q_heads + hq0 + i) * d + j] * scale : 0.0f;
   }
-  if (splits == 1) {
-    float* o = out + (row * n_q_heads + hq) * d;
-    for (int c = 0; c < kMaxCols; ++c) {
-      const int j = int(threadIdx.x) + c * kTile;
-      if (j < d) o[j] = l > 0.0f ? acc[c] / l : 0.0f;
+  __syncthreads();
+
+  const bool active = j0 < d, vec = d % kLaneDims == 0;
+  const BlockId* table = kv.block_indices + kv.indptr[b];
+  float acc[H][kLaneDims], m[H], l[H];
+#pragma unroll
+  for (int i = 0; i < H; ++i) {
+    m[i] = -INFINITY, l[i] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kLaneDims; ++e) acc[i][e] = 0.0f;
+  }
+  // Every lane runs the same number of steps (shuffles need the whole warp).
+  for (std::int64_t t0 = begin; t0 < end; t0 += std::int64_t(G) * U) {
+    float kf[U][kLaneDims], vf[U][kLaneDims];
+    bool visible[U];
+    // The group's U keys are consecutive: one 32-bit division finds the
+    // first one's block (a 64-bit division per key cost more than the loads).
+    const std::int32_t first = std::int32_t(t0) + group * U;
+    std::int32_t bi = first / kv.block_size, tok = first - bi * kv.block_size;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const std::int32_t key = first + u;
+      if (u > 0 && ++tok == kv.block_size) tok = 0, ++bi;
+      visible[u] = key < end && (mrow == nullptr || key < first_new || mrow[key - first_new] != 0);
+      if (visible[u] && active) {
+        const std::int64_t blk = table[bi];
+        const std::int64_t code_off = blk * kv.block_stride + std::int64_t(h) * kv.head_stride + tok * kv.row_bytes;
+        const std::int64_t param_off =
+            blk * kv.param_block_stride + std::int64_t(h) * kv.param_head_stride + tok * kv.params_per_row;
+        load_row8<Quant>(kv.k_codes + code_off, kv.k_params + param_off, j0, d, vec, kf[u]);
+        load_row8<Quant>(kv.v_codes + code_off, kv.v_params + param_off, j0, d, vec, vf[u]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kLaneDims; ++e) kf[u][e] = 0.0f, vf[u][e] = 0.0f;
+      }
     }
-  } else {
-    float* pr = partial + ((row * n_q_heads + hq) * splits + split) * (d + 2);
-    for (int c = 0; c < kMaxCols; ++c) {
-      const int j = int(threadIdx.x) + c * kTile;
-      if (j < d) pr[j] = acc[c];
+    float s[U][H];
+#pragma unroll
+    for (int i = 0; i < H; ++i) {
+      const float4 qa = *reinterpret_cast<const float4*>(qs + i * width + j0);
+      const float4 qb = *reinterpret_cast<const float4*>(qs + i * width + j0 + 4);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float dot = qa.x * kf[u][0];
+        dot = fmaf(qa.y, kf[u][1], dot), dot = fmaf(qa.z, kf[u][2], dot), dot = fmaf(qa.w, kf[u][3], dot);
+        dot = fmaf(qb.x, kf[u][4], dot), dot = fmaf(qb.y, kf[u][5], dot), dot = fmaf(qb.z, kf[u][6], dot);
+        s[u][i] = fmaf(qb.w, kf[u][7], dot);
+      }
     }
-    if (threadIdx.x == 0) pr[d] = m, pr[d + 1] = l;
+    // The L lanes of a group are aligned within the warp: xor offsets below L stay in it.
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+      if (o < L)
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int i = 0; i < H; ++i) s[u][i] += __shfl_xor_sync(0xffffffffu, s[u][i], o);
+#pragma unroll
+    for (int i = 0; i < H; ++i) {
+      float step_max = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (visible[u]) step_max = fmaxf(step_max, s[u][i]);
+      const float m_new = fmaxf(m[i], step_max);
+      if (m_new == -INFINITY) continue;  // nothing visible to this group yet
+      const float alpha = m[i] == -INFINITY ? 0.0f : __expf(m[i] - m_new);
+      float sum = l[i] * alpha;
+#pragma unroll
+      for (int e = 0; e < kLaneDims; ++e) acc[i][e] *= alpha;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float p = visible[u] ? __expf(s[u][i] - m_new) : 0.0f;
+        sum += p;
+#pragma unroll
+        for (int e = 0; e < kLaneDims; ++e) acc[i][e] = fmaf(p, vf[u][e], acc[i][e]);
+      }
+      l[i] = sum, m[i] = m_new;
+    }
+  }
+
+  // The lane groups' states, merged exactly.
+  float* state = smem + H * width;  // [G][H][width + 2]
+#pragma unroll
+  for (int i = 0; i < H; ++i) {
+    float* st = state + (std::int64_t(group) * H + i) * (width + 2);
+#pragma unroll
+    for (int e = 0; e < kLaneDims; ++e) st[j0 + e] = acc[i][e];
+    if (lane == 0) st[width] = m[i], st[width + 1] = l[i];
+  }
+  __syncthreads();
+  // Each head's maximum, then one weight e^(m_g - M) per (group, head), in
+  // place of the group's max: the output loop below is FMAs only.
+  float* head_max = state + G * H * (width + 2);  // [H]
+  if (int(threadIdx.x) < H) {
+    float mx = -INFINITY;
+    for (int gr = 0; gr < G; ++gr) mx = fmaxf(mx, state[(gr * H + int(threadIdx.x)) * (width + 2) + width]);
+    head_max[threadIdx.x] = mx;
+  }
+  __syncthreads();
+  for (int idx = int(threadIdx.x); idx < G * H; idx += kThreads) {
+    float* st = state + idx * (width + 2);
+    const float mx = head_max[idx % H];
+    st[width] = st[width] == -INFINITY ? 0.0f : __expf(st[width] - mx);
+  }
+  __syncthreads();
+  for (int idx = int(threadIdx.x); idx < H * d; idx += kThreads) {
+    const int i = idx / d, j = idx % d;
+    const float mx = head_max[i];
+    float a = 0.0f, sum = 0.0f;
+    for (int gr = 0; gr < G; ++gr) {
+      const float* st = state + (gr * H + i) * (width + 2);
+      a = fmaf(st[width], st[j], a);
+      sum = fmaf(st[width], st[width + 1], sum);
+    }
+    const std::int64_t hq = hq0 + i;
+    if (splits == 1) {
+      out[(row * n_q_heads + hq) * d + j] = sum > 0.0f ? a / sum : 0.0f;
+    } else {
+      float* pr = partial + ((row * n_q_heads + hq) * splits + split) * (d + 2);
+      pr[j] = a;
+      if (j == 0) pr[d] = mx, pr[d + 1] = sum;
+    }
   }
 }
 
-// grid (rows, n_q_heads), block kTile: the exact merge of the splits.
+// grid (rows, n_q_heads), block kThreads: the exact merge of the splits.
 __global__ void merge_kernel(const float* partial, float* out, int n_q_heads, int d, int splits) {
   const std::int64_t row = blockIdx.x;
   const int hq = int(blockIdx.y);
@@ -192,26 +298,47 @@ __global__ void merge_kernel(const float* partial, float* out, int n_q_heads, in
 }  // namespace attention_detail
 
 // cpu: cpu::decode_attention / cpu::extend_attention (oracle:
-// cpu::reference::paged_attention). `partial` holds rows * n_q_heads *
-// plan.splits * (head_dim + 2) floats when plan.splits > 1.
+// cpu::reference::paged_attention). `longest`: the longest sequence of the
+// step (plans the key splits); `partial` grows to what a split plan needs.
 template <typename Quant>
-void paged_attention(const DevicePagedKV& kv, const DeviceQueryRows& qr, const float* q, float* out, float* partial,
-                     std::int64_t rows, int n_q_heads, const SplitPlan& plan, cudaStream_t stream) {
+void paged_attention(const DevicePagedKV& kv, const DeviceQueryRows& qr, const float* q, float* out,
+                     DeviceBuffer<float>& partial, std::int64_t rows, int n_q_heads, std::int64_t longest,
+                     int sm_count, cudaStream_t stream) {
   namespace ad = attention_detail;
   if (rows <= 0) return;
-  FASTINFER_CHECK(kv.head_dim <= ad::kMaxCols * ad::kTile, InvalidArgument, "cuda attention: head_dim ",
-                  kv.head_dim, " exceeds ", ad::kMaxCols * ad::kTile);
+  FASTINFER_CHECK(kv.head_dim >= 1 && kv.head_dim <= ad::kMaxHeadDim, InvalidArgument, "cuda attention: head_dim ",
+                  kv.head_dim, " outside [1, ", ad::kMaxHeadDim, "]");
   FASTINFER_CHECK(n_q_heads % kv.n_kv_heads == 0, InvalidArgument, "attention: ", n_q_heads,
                   " query heads cannot share ", kv.n_kv_heads, " KV heads evenly");
+  const int per_kv = n_q_heads / kv.n_kv_heads;
+  const ad::Geometry g = ad::geometry(kv.head_dim, per_kv);
+  const int head_blocks = kv.n_kv_heads * (per_kv / g.heads);
+  // Ranges as short as two steps: with few blocks (decode of a small
+  // batch) a block's steps run one after another at memory latency, so more,
+  // shorter ranges finish sooner; the merge costs one small kernel.
+  SplitPlanOptions options;
+  options.min_split_keys = 2 * g.tile();
+  const SplitPlan plan = plan_splits(rows, head_blocks, longest, sm_count, g.tile(), options);
+  if (plan.splits > 1)
+    partial.reserve_discard(std::size_t(rows) * std::size_t(n_q_heads) * std::size_t(plan.splits) *
+                            std::size_t(kv.head_dim + 2));
   const float scale = 1.0f / std::sqrt(float(kv.head_dim));
-  const dim3 grid(unsigned(rows), unsigned(n_q_heads), unsigned(plan.splits));
-  const std::size_t smem = sizeof(float) * std::size_t(kv.head_dim + ad::kTile);
-  ad::attention_kernel<Quant><<<grid, ad::kTile, smem, stream>>>(kv, qr, q, out, partial, n_q_heads, scale,
-                                                                 plan.splits == 1 ? std::int64_t(1) << 40 : plan.chunk);
+  const dim3 grid(unsigned(rows), unsigned(head_blocks), unsigned(plan.splits));
+  const std::size_t smem = sizeof(float) * ad::shared_floats(g);
+  const std::int64_t chunk = plan.splits == 1 ? std::int64_t(1) << 40 : plan.chunk;
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, ad::kThreads, smem, stream>>>(kv, qr, q, out, partial.data(), n_q_heads, g.lanes, scale, chunk);
+  };
+  switch (g.heads) {
+    case 8: launch(ad::attention_kernel<Quant, 8, 1>); break;
+    case 4: launch(ad::attention_kernel<Quant, 4, 2>); break;
+    case 2: launch(ad::attention_kernel<Quant, 2, 2>); break;
+    default: launch(ad::attention_kernel<Quant, 1, 4>); break;
+  }
   FASTINFER_CUDA_CHECK_LAUNCH(attention_kernel);
   if (plan.splits > 1) {
-    ad::merge_kernel<<<dim3(unsigned(rows), unsigned(n_q_heads)), ad::kTile, 0, stream>>>(partial, out, n_q_heads,
-                                                                                        kv.head_dim, plan.splits);
+    ad::merge_kernel<<<dim3(unsigned(rows), unsigned(n_q_heads)), ad::kThreads, 0, stream>>>(
+        partial.data(), out, n_q_heads, kv.head_dim, plan.splits);
     FASTINFER_CUDA_CHECK_LAUNCH(merge_kernel);
   }
 }

@@ -229,12 +229,7 @@ class CudaKVStore final : public KVStore {
     qr.qo_indptr = dev_qo_.data();
     qr.mask = mask ? dev_mask_.data() : nullptr;
     qr.mask_offset = dev_mask_off_.data();
-    const SplitPlan plan =
-        plan_splits(rows, n_q_heads, longest_, ctx_->sm_count(), attention_detail::kTile);
-    if (plan.splits > 1)
-      partial_.reserve_discard(std::size_t(rows) * std::size_t(n_q_heads) * std::size_t(plan.splits) *
-                               std::size_t(cfg_.head_dim + 2));
-    paged_attention<Quant>(kv, qr, q, out, partial_.data(), rows, n_q_heads, plan, ctx_->stream());
+paged_attention<Quant>(kv, qr, q, out, partial_, rows, n_q_heads, longest_, ctx_->sm_count(), ctx_->stream());
   }
 
  private:
