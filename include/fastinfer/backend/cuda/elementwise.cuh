@@ -46,17 +46,42 @@ __global__ void embed_kernel(const typename DeviceDType<D>::Storage* table, std:
   out[i] = DeviceDType<D>::load(table, std::int64_t(tokens[t]) * cols + c);
 }
 
+// A row of up to kThreads * kRmsPerThread values is read once, into
+// registers, its weights loaded beside it so that both latencies overlap;
+// longer rows are read twice. The sum runs in the same order either way.
+constexpr int kRmsPerThread = 16;
 __global__ void rmsnorm_kernel(float* out, const float* x, const std::int32_t* rows, const float* weight, int dim,
                                float eps) {
   __shared__ float red[32];
   const std::int64_t r = blockIdx.x;
   const float* xr = x + (rows ? std::int64_t(rows[r]) : r) * dim;
+  float* o = out + r * dim;
+  const int step = int(blockDim.x);
+  if (dim <= step * kRmsPerThread) {
+    float xv[kRmsPerThread], wv[kRmsPerThread];
+#pragma unroll
+    for (int k = 0; k < kRmsPerThread; ++k) {
+      const int i = int(threadIdx.x) + k * step;
+      xv[k] = i < dim ? xr[i] : 0.0f;
+      wv[k] = i < dim ? weight[i] : 0.0f;
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kRmsPerThread; ++k) ss += xv[k] * xv[k];
+    ss = block_sum(ss, red);
+    const float scale = 1.0f / sqrtf(ss / float(dim) + eps);
+#pragma unroll
+    for (int k = 0; k < kRmsPerThread; ++k) {
+      const int i = int(threadIdx.x) + k * step;
+      if (i < dim) o[i] = wv[k] * (scale * xv[k]);
+    }
+    return;
+  }
   float ss = 0.0f;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  for (int i = threadIdx.x; i < dim; i += step) ss += xr[i] * xr[i];
   ss = block_sum(ss, red);
   const float scale = 1.0f / sqrtf(ss / float(dim) + eps);
-  float* o = out + r * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = weight[i] * (scale * xr[i]);
+  for (int i = threadIdx.x; i < dim; i += step) o[i] = weight[i] * (scale * xr[i]);
 }
 
 // cos/sin come from a table the host computed with the CPU's own f32

@@ -62,9 +62,19 @@ struct Vec16<DType::F16> : Vec16Half<DType::F16> {};
 template <>
 struct Vec16<DType::BF16> : Vec16Half<DType::BF16> {};
 
+// V activations x[0..V) as float4 loads (x 16-byte aligned: the vector path's condition).
+template <int V>
+__device__ inline void load_x(const float* x, float* out) {
+#pragma unroll
+  for (int e = 0; e < V; e += 4) {
+    const float4 v = *reinterpret_cast<const float4*>(x + e);
+    out[e] = v.x, out[e + 1] = v.y, out[e + 2] = v.z, out[e + 3] = v.w;
+  }
+}
+
 // One warp per output row r: y[i][r] for the n <= N rows of x. `vec`: rows
-// are 16-byte aligned and cols a multiple of the vector width (16-byte
-// loads), else one element per lane per step.
+// and x are 16-byte aligned and cols a multiple of the vector width
+// (16-byte loads), else one element per lane per step.
 template <DType D, int N>
 __global__ void gemv_kernel(const void* w, const float* x, float* y, std::int64_t rows, std::int64_t cols, int n,
                             int vec) {
@@ -76,14 +86,37 @@ __global__ void gemv_kernel(const void* w, const float* x, float* y, std::int64_
   float acc[N];
   for (int i = 0; i < N; ++i) acc[i] = 0.0f;
   if (vec) {
-    constexpr int V = Vec16<D>::kValues;
-    float wv[V];
-    for (std::int64_t c = std::int64_t(lane) * V; c < cols; c += 32 * V) {
+    // kUnroll 16-byte loads per lane in flight before their FMAs; the sum
+    // still runs over c in ascending order, whatever n is.
+    constexpr int V = Vec16<D>::kValues, kUnroll = 4;
+    constexpr std::int64_t kStep = 32 * V;
+    std::int64_t c = std::int64_t(lane) * V;
+    for (; c + (kUnroll - 1) * kStep < cols; c += kUnroll * kStep) {
+      float wv[kUnroll][V];
+#pragma unroll
+      for (int k = 0; k < kUnroll; ++k) Vec16<D>::load(wr + c + k * kStep, wv[k]);
+#pragma unroll
+      for (int k = 0; k < kUnroll; ++k)
+#pragma unroll
+        for (int i = 0; i < N; ++i)
+          if (i < n) {
+            float xv[V];
+            load_x<V>(x + i * cols + c + k * kStep, xv);
+#pragma unroll
+            for (int e = 0; e < V; ++e) acc[i] = fmaf(wv[k][e], xv[e], acc[i]);
+          }
+    }
+    for (; c < cols; c += kStep) {
+      float wv[V];
       Vec16<D>::load(wr + c, wv);
 #pragma unroll
       for (int i = 0; i < N; ++i)
-        if (i < n)
-          for (int e = 0; e < V; ++e) acc[i] = fmaf(wv[e], x[i * cols + c + e], acc[i]);
+        if (i < n) {
+          float xv[V];
+          load_x<V>(x + i * cols + c, xv);
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[i] = fmaf(wv[e], xv[e], acc[i]);
+        }
     }
   } else {
     for (std::int64_t c = lane; c < cols; c += 32) {
@@ -105,7 +138,10 @@ __global__ void gemv_kernel(const void* w, const float* x, float* y, std::int64_
 template <DType D, int N>
 void launch_gemv(const MatrixView& w, const float* x, std::int64_t n, float* y, cudaStream_t stream) {
   constexpr int V = Vec16<D>::kValues;
-  const int vec = w.cols % V == 0 && reinterpret_cast<std::uintptr_t>(w.data) % 16 == 0 ? 1 : 0;
+  const int vec = w.cols % V == 0 && reinterpret_cast<std::uintptr_t>(w.data) % 16 == 0 &&
+                          reinterpret_cast<std::uintptr_t>(x) % 16 == 0
+                      ? 1
+                      : 0;
   const unsigned blocks = unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
   gemv_kernel<D, N><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(w.data, x, y, w.rows, w.cols, int(n), vec);
 }
