@@ -3,6 +3,7 @@
 //   BM_CudaDecode1B              decode tok/s of the 1B bf16 stand-in; weights
 //                                GB/s and the fraction of HBM peak (bar: 0.70)
 //   BM_CudaPrefill1B             a 512-token prefill, TFLOP/s (2 x params x tokens)
+//   BM_CudaGemv                  the decode GEMV alone on the 1B's shapes: GB/s
 //   BM_CudaPagedDecodeAttention  64 sequences x 4096 tokens, f16 KV, 32 query /
 //                                8 KV heads of 128: KV GB/s and fraction of HBM
 //                                peak (bar: 0.80)
@@ -158,6 +159,33 @@ void BM_CudaPagedDecodeAttention(benchmark::State& state) {
   state.counters["hbm_peak_GB/s"] = ceilings().peak;
 }
 BENCHMARK(BM_CudaPagedDecodeAttention)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(50);
+
+// The decode GEMV alone on the 1B's shapes (bf16 weights, f32 activations):
+// weight GB/s for n rows, against the HBM peak. Args: rows, cols, n.
+void BM_CudaGemv(benchmark::State& state) {
+  const std::int64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
+  CudaBackend b;
+  std::vector<std::uint16_t> host(std::size_t(rows * cols));
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (auto& w : host) w = f32_to_bf16(u(rng));
+  std::vector<KeepAlive> keep;
+  const MatrixView w = b.upload(MatrixView{DType::BF16, host.data(), rows, cols}, keep);
+  auto x = b.allocate<float>(std::size_t(n * cols)), y = b.allocate<float>(std::size_t(n * rows));
+  for (auto _ : state) state.SetIterationTime(timed(b, [&] { b.linear(w, x.data(), n, y.data()); }));
+  state.counters["weights_GB/s"] =
+      benchmark::Counter(double(w.bytes()) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["hbm_peak_GB/s"] = ceilings().peak;
+}
+BENCHMARK(BM_CudaGemv)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->Iterations(200)
+    ->Args({5632, 2048, 1})
+    ->Args({2048, 5632, 1})
+    ->Args({32000, 2048, 1})
+    ->Args({5632, 2048, 8})
+    ->Args({5632, 2048, 32});
 
 }  // namespace
 
