@@ -4,7 +4,8 @@
 // parallel parameter arena (none for the float formats).
 //
 //   load(codes, params, j)         value j of the row, as QuantTraits::decode
-//                                  computes it (same float, bit for bit)
+//                                  computes it (same float, bit for bit; for
+//                                  Int4 see below)
 //   load8(codes, params, j0, out)  values j0..j0+7 (j0 a multiple of 8): one
 //                                  vector load of codes; the attention
 //                                  kernels read K and V this way when
@@ -16,9 +17,11 @@
 //                                  (the store's append kernel, kv_store.cuh)
 //
 // Byte for byte means the CPU's operations in the CPU's order: every
-// product, quotient and difference below is an explicit round-to-nearest
-// intrinsic (__fmul_rn, __fdiv_rn, __fsub_rn, __fadd_rn) so nvcc cannot
-// fuse it into an FMA or use an approximate division, and the
+// product, quotient and difference of the encoders is an explicit
+// round-to-nearest intrinsic (__fmul_rn, __fdiv_rn, __fsub_rn, __fadd_rn)
+// so nvcc cannot fuse it into an FMA or use an approximate division (the
+// CPU encoders hold no a * b + c whose fusion could change a bit: the fp8
+// and f16 subnormal paths scale by a power of two, exactly), and the
 // fp8 / bf16 encoders are core/dtype.hpp's integer recipes line by line
 // (the host functions are not callable on the device). Maxima and minima
 // are exact whatever the reduction order; where the CPU keeps the first
@@ -30,7 +33,11 @@
 // value's group as j / 32: right for every head_dim that is a multiple of 32
 // or at most 32. CudaKVStore<Int4> refuses the other head sizes (40, 72, 80,
 // ...) until the attention kernel passes head_dim (then group_of below takes
-// it).
+// it). Int4's value scale * q + min is one fused multiply-add here: what the
+// CPU's AVX2 / AVX-512 kernels compute (_mm512_fmadd_ps), and what g++
+// makes of QuantTraits<Int4>::decode when the target has FMA (it contracts
+// the expression, -march=native and -std=c++17 alike). A host build without
+// FMA rounds the product first: then the two differ by at most an ulp.
 #pragma once
 
 #include <cstdint>
@@ -241,9 +248,9 @@ template <>
 struct DeviceKVFormat<kv::FP8E5M2> : DeviceScaledByteFormat<kv_format_detail::fp8e5m2_to_f32,
                                                             kv_format_detail::f32_to_fp8e5m2, kv::FP8E5M2> {};
 
-// Int4: scale * q + min per group (the product rounded, then the sum, as
-// the reference computes it: no FMA). Byte i of a run of 8 values holds
-// value i (low nibble) and value i + 4 (high nibble).
+// Int4: scale * q + min per group, fused (see the top of this file). Byte i
+// of a run of 8 values holds value i (low nibble) and value i + 4 (high
+// nibble).
 template <>
 struct DeviceKVFormat<kv::Int4> {
   // QuantTraits<Int4>'s group_size and byte_of (host constexpr functions:
@@ -260,7 +267,7 @@ struct DeviceKVFormat<kv::Int4> {
     const std::uint32_t b = codes[byte_of(j)];
     const std::uint32_t q = (j % 8) >= 4 ? b >> 4 : b & 0xfu;
     const float* p = params + 2 * group_of(j);
-    return __fadd_rn(__fmul_rn(p[0], float(q)), p[1]);
+    return __fmaf_rn(p[0], float(q), p[1]);
   }
   __device__ static void load8(const std::uint8_t* codes, const float* params, int j0, float* out) {
     const std::uint32_t w = *reinterpret_cast<const std::uint32_t*>(codes + j0 / 2);
@@ -269,8 +276,8 @@ struct DeviceKVFormat<kv::Int4> {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const std::uint32_t b = (w >> (8 * i)) & 0xffu;
-      out[i] = __fadd_rn(__fmul_rn(s, float(b & 0xfu)), mn);
-      out[i + 4] = __fadd_rn(__fmul_rn(s, float(b >> 4)), mn);
+      out[i] = __fmaf_rn(s, float(b & 0xfu), mn);
+      out[i + 4] = __fmaf_rn(s, float(b >> 4), mn);
     }
   }
 
