@@ -27,6 +27,8 @@
 // are exact whatever the reduction order; where the CPU keeps the first
 // element attaining the minimum (Int4's stored minimum, whose sign may be
 // that of a -0.0), the warp looks up that first index too.
+// All of it assumes nvcc's default of keeping f32 subnormals (no -ftz=true,
+// which --use_fast_math implies): flushed, tiny rows would encode apart.
 //
 // Int4 groups: QuantTraits<Int4> groups 32 values when 32 divides head_dim,
 // else the whole head. load / load8 do not get head_dim, so they take a
