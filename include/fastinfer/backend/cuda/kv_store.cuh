@@ -1,16 +1,22 @@
 // The CUDA backend's KV store: paged (or contiguous: paged with one block
-// per sequence) layout, f32 or f16 codes, in one device arena laid out as
-// kv::KVCache's (block, layer, K|V, KV head, token, head_dim), so
-// KVBlockStorage and host swap slots mean the same bytes as on the CPU. The
-// books are kv::KVBook's, the very rules the CPU's KVCache follows (block
-// tables, copy-on-write copies, length limits, batch tables): this store
-// only moves bytes. The host never reads or writes the arena except in
-// read() and swap_out()/swap_in(), which are the host's way in and out.
+// per sequence) layout, every KV format (f32, f16, bf16, int8, int4,
+// fp8-e4m3, fp8-e5m2), in two device arenas laid out as kv::KVCache's: the
+// codes (block, layer, K|V, KV head, token, head_dim) and beside them the
+// f32 parameters (scales, minima) in the same order, params_per_row per row.
+// KVBlockStorage and host swap slots mean the same bytes as on the CPU (a
+// slot: the block's codes, then its parameters). The append kernel encodes
+// one row per warp with kv_format.cuh's encoders, which store the CPU
+// encoder's very codes and parameters. The books are kv::KVBook's, the very
+// rules the CPU's KVCache follows (block tables, copy-on-write copies,
+// length limits, batch tables): this store only moves bytes. The host never
+// reads or writes the arenas except in read() and swap_out()/swap_in(),
+// which are the host's way in and out.
 //
 // Not yet supported on cuda (each refused with a one-line error at
 // construction or at the verb): the window layout (the kernel has no
-// window/sink masking yet), the int8/int4/bf16/fp8 formats, KV presses
-// (observe_queries/compress).
+// window/sink masking yet), int4 at a head size above 32 that 32 does not
+// divide (the attention kernel's loads do not get head_dim; kv_format.cuh),
+// KV presses (observe_queries/compress).
 // Cross-layer sharing works as on the CPU (KV layer = layer / group).
 #pragma once
 
@@ -22,12 +28,13 @@
 #include <type_traits>
 #include <vector>
 
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "fastinfer/backend/cuda/attention.cuh"
 #include "fastinfer/backend/cuda/cuda_context.cuh"
 #include "fastinfer/backend/cuda/device_buffer.cuh"
+#include "fastinfer/backend/cuda/elementwise.cuh"
+#include "fastinfer/backend/cuda/kv_format.cuh"
 #include "fastinfer/core/dtype.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/kv/kv_book.hpp"
@@ -39,34 +46,40 @@ namespace fastinfer::cuda {
 
 namespace kv_store_detail {
 
-// cpu: kv::KVCache::write (QuantTraits::encode per row). One thread per
-// value of the n new tokens' K and V: slot[i] is token i's (block, offset).
+// Where one layer's rows go: the codes and parameter arenas' strides
+// (bytes and floats) and this layer's base in each.
+struct LayerRows {
+  std::uint8_t* codes = nullptr;
+  float* params = nullptr;
+  std::int64_t block_stride = 0, head_stride = 0, row_bytes = 0;           // bytes
+  std::int64_t param_block_stride = 0, param_head_stride = 0;              // floats
+  std::int32_t params_per_row = 0;
+};
+
+constexpr int kAppendWarps = 4;  // rows per block of the append kernel
+
+// cpu: kv::KVCache::write (QuantTraits::encode per row). One warp per row
+// (token i, K or V, KV head h) of the n new tokens: slot[i] is token i's
+// (block, offset).
 template <typename Quant>
-__global__ void append_kernel(std::uint8_t* layer_codes, std::int64_t block_stride, std::int64_t head_stride,
-                              std::int64_t row_bytes, int n_kv_heads, int d, const float* k, const float* v,
+__global__ void append_kernel(LayerRows dst, int n_kv_heads, int d, const float* k, const float* v,
                               const std::int32_t* slot_block, const std::int32_t* slot_token, std::int64_t n) {
-  const std::int64_t idx = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const std::int64_t per_token = std::int64_t(n_kv_heads) * d;
-  if (idx >= 2 * n * per_token) return;
-  const int kvsel = int(idx / (n * per_token));
-  const std::int64_t r = idx % (n * per_token);
-  const std::int64_t i = r / per_token;
-  const int h = int((r / d) % n_kv_heads), j = int(r % d);
-  const float x = (kvsel == 0 ? k : v)[r];
-  std::uint8_t* row = layer_codes + std::int64_t(slot_block[i]) * block_stride +
-                      (std::int64_t(kvsel) * n_kv_heads + h) * head_stride + std::int64_t(slot_token[i]) * row_bytes;
-  if constexpr (std::is_same_v<Quant, kv::F16>)
-    reinterpret_cast<__half*>(row)[j] = __float2half_rn(x);
-  else
-    reinterpret_cast<float*>(row)[j] = x;
+  const std::int64_t row = std::int64_t(blockIdx.x) * kAppendWarps + threadIdx.x / 32;
+  if (row >= 2 * n * n_kv_heads) return;  // the whole warp leaves together
+  const int kvsel = int(row / (n * n_kv_heads));
+  const std::int64_t r = row % (n * n_kv_heads);  // i * n_kv_heads + h
+  const std::int64_t i = r / n_kv_heads;
+  const int h = int(r % n_kv_heads);
+  const std::int64_t b = slot_block[i], t = slot_token[i], run = std::int64_t(kvsel) * n_kv_heads + h;
+  std::uint8_t* codes = dst.codes + b * dst.block_stride + run * dst.head_stride + t * dst.row_bytes;
+  float* params = dst.params + b * dst.param_block_stride + run * dst.param_head_stride + t * dst.params_per_row;
+  DeviceKVFormat<Quant>::encode_row((kvsel == 0 ? k : v) + r * d, d, codes, params);
 }
 
 }  // namespace kv_store_detail
 
 template <typename Quant>
 class CudaKVStore final : public KVStore {
-  static_assert(std::is_same_v<Quant, kv::F32> || std::is_same_v<Quant, kv::F16>,
-                "CudaKVStore: only kv::F32 and kv::F16 are implemented on cuda so far");
   using QT = kv::QuantTraits<Quant>;
 
  public:
@@ -76,20 +89,31 @@ class CudaKVStore final : public KVStore {
                     "KV layout 'window' is not yet supported on cuda (use paged or contiguous)");
     FASTINFER_CHECK(share_layers >= 1, InvalidArgument, "KVOptions: share_layers must be at least 1, got ",
                     share_layers);
+    FASTINFER_CHECK((!std::is_same_v<Quant, kv::Int4> || cfg_.head_dim <= 32 || cfg_.head_dim % 32 == 0),
+                    InvalidArgument, "KV format 'int4' with head_dim ", cfg_.head_dim,
+                    " is not yet supported on cuda (int4 needs head_dim <= 32 or a multiple of 32 there)");
     row_bytes_ = std::int64_t(QT::code_bytes(cfg_.head_dim));
     head_stride_ = std::int64_t(cfg_.block_size) * row_bytes_;
     layer_stride_ = 2 * std::int64_t(cfg_.n_kv_heads) * head_stride_;
     block_stride_ = std::int64_t(cfg_.n_layers) * layer_stride_;
+    // kv::KVCache's parameter arena: same order, params_per_row floats a row.
+    params_per_row_ = QT::params_per_row(cfg_.head_dim);
+    param_head_stride_ = std::int64_t(cfg_.block_size) * params_per_row_;
+    param_layer_stride_ = 2 * std::int64_t(cfg_.n_kv_heads) * param_head_stride_;
+    param_block_stride_ = std::int64_t(cfg_.n_layers) * param_layer_stride_;
     arena_ = DeviceBuffer<std::uint8_t>(std::size_t(block_stride_) * std::size_t(cfg_.num_blocks));
+    params_ = DeviceBuffer<float>(std::size_t(param_block_stride_) * std::size_t(cfg_.num_blocks));
   }
 
   std::string_view layout_name() const override { return book_.layout_name(); }
   KVLayoutKind layout() const override { return book_.layout(); }
   std::string_view quant_name() const override { return QT::kName; }
+  // Parameters included, as kv::KVCache counts them.
   std::size_t bytes_per_token() const override {
-    return 2 * std::size_t(cfg_.n_layers) * std::size_t(cfg_.n_kv_heads) * std::size_t(row_bytes_);
+    return 2 * std::size_t(cfg_.n_layers) * std::size_t(cfg_.n_kv_heads) *
+           kv::bytes_per_token_head<Quant>(cfg_.head_dim);
   }
-  std::size_t memory_bytes() const override { return std::size_t(block_stride_) * std::size_t(cfg_.num_blocks); }
+  std::size_t memory_bytes() const override { return host_block_bytes() * std::size_t(cfg_.num_blocks); }
   std::int32_t block_size() const override { return cfg_.block_size; }
 
   PagedAllocator& allocator() override { return book_.allocator(); }
@@ -131,10 +155,16 @@ class CudaKVStore final : public KVStore {
     cudaStream_t s = ctx_->stream();
     const std::int32_t* sb = stage(dev_slot_block_, slot_block_.data(), slot_block_.size(), s);
     const std::int32_t* st = stage(dev_slot_token_, slot_token_.data(), slot_token_.size(), s);
-    const std::int64_t total = 2 * n * cfg_.n_kv_heads * cfg_.head_dim;
-    kv_store_detail::append_kernel<Quant><<<elementwise_detail::blocks_for(total), elementwise_detail::kThreads, 0,
-                                            s>>>(arena_.data() + kl * layer_stride_, block_stride_, head_stride_,
-                                                 row_bytes_, cfg_.n_kv_heads, cfg_.head_dim, k, v, sb, st, n);
+    namespace kd = kv_store_detail;
+    kd::LayerRows dst;
+    dst.codes = arena_.data() + kl * layer_stride_;
+    dst.params = params_.data() + kl * param_layer_stride_;
+    dst.block_stride = block_stride_, dst.head_stride = head_stride_, dst.row_bytes = row_bytes_;
+    dst.param_block_stride = param_block_stride_, dst.param_head_stride = param_head_stride_;
+    dst.params_per_row = params_per_row_;
+    const std::int64_t rows = 2 * n * cfg_.n_kv_heads;
+    kd::append_kernel<Quant><<<elementwise_detail::blocks_for(rows, kd::kAppendWarps), 32 * kd::kAppendWarps, 0, s>>>(
+        dst, cfg_.n_kv_heads, cfg_.head_dim, k, v, sb, st, n);
     FASTINFER_CUDA_CHECK_LAUNCH(append_kernel);
   }
 
@@ -143,14 +173,19 @@ class CudaKVStore final : public KVStore {
     book_.check_layer(kl);
     const BlockId b = book_.block_of(seq, pos);
     std::vector<std::uint8_t> row(static_cast<std::size_t>(row_bytes_));
+    std::vector<float> params(static_cast<std::size_t>(params_per_row_));
     const int d = cfg_.head_dim;
+    const std::int64_t t = pos % cfg_.block_size;
     for (int kvsel = 0; kvsel < 2; ++kvsel)
       for (int h = 0; h < cfg_.n_kv_heads; ++h) {
-        const std::uint8_t* src = arena_.data() + std::int64_t(b) * block_stride_ + kl * layer_stride_ +
-                                  (std::int64_t(kvsel) * cfg_.n_kv_heads + h) * head_stride_ +
-                                  (pos % cfg_.block_size) * row_bytes_;
+        const std::int64_t run = std::int64_t(kvsel) * cfg_.n_kv_heads + h;
+        const std::uint8_t* src =
+            arena_.data() + std::int64_t(b) * block_stride_ + kl * layer_stride_ + run * head_stride_ + t * row_bytes_;
+        const float* psrc = params_.data() + std::int64_t(b) * param_block_stride_ + kl * param_layer_stride_ +
+                            run * param_head_stride_ + t * params_per_row_;
         copy_to_host(row.data(), src, row.size(), ctx_->stream());
-        kv::decode_row<Quant>(row.data(), nullptr, d, (kvsel == 0 ? k : v) + h * d);
+        copy_to_host(params.data(), psrc, params.size(), ctx_->stream());
+        kv::decode_row<Quant>(row.data(), params.data(), d, (kvsel == 0 ? k : v) + h * d);
       }
   }
 
@@ -160,22 +195,30 @@ class CudaKVStore final : public KVStore {
       book_.checked_block(c.dst);
       FASTINFER_CUDA_CHECK(cudaMemcpyAsync(block_(c.dst), block_(c.src), std::size_t(block_stride_),
                                            cudaMemcpyDeviceToDevice, ctx_->stream()));
+      copy_device_(block_params_(c.dst), block_params_(c.src), param_bytes_());
     }
   }
-  std::size_t host_block_bytes() const override { return std::size_t(block_stride_); }
+  // A slot is the CPU store's: the block's codes, then its parameters.
+  std::size_t host_block_bytes() const override { return std::size_t(block_stride_) + param_bytes_(); }
   void swap_out(BlockId block, std::uint8_t* host) override {
     book_.checked_block(block);
     copy_to_host(host, block_(block), std::size_t(block_stride_), ctx_->stream());
+    copy_to_host(host + block_stride_, reinterpret_cast<const std::uint8_t*>(block_params_(block)), param_bytes_(),
+                 ctx_->stream());
   }
   void swap_in(const std::uint8_t* host, BlockId block) override {
     book_.checked_block(block);
     copy_to_device(block_(block), host, std::size_t(block_stride_), ctx_->stream());
+    copy_to_device(reinterpret_cast<std::uint8_t*>(block_params_(block)), host + block_stride_, param_bytes_(),
+                   ctx_->stream());
     ctx_->synchronize();  // the host slot may be reused when this returns
   }
   KVBlockStorage block_storage() override {
     KVBlockStorage s;
     s.codes = arena_.data();  // device addresses
     s.block_bytes = block_stride_;
+    s.params = params_.data();  // null for the formats without parameters, as on the CPU
+    s.block_params = param_block_stride_;
     return s;
   }
 
@@ -222,6 +265,10 @@ class CudaKVStore final : public KVStore {
     kv.k_codes = arena_.data() + kl * layer_stride_;
     kv.v_codes = kv.k_codes + std::int64_t(cfg_.n_kv_heads) * head_stride_;
     kv.block_stride = block_stride_, kv.head_stride = head_stride_, kv.row_bytes = row_bytes_;
+    kv.k_params = params_.data() + kl * param_layer_stride_;
+    kv.v_params = kv.k_params + std::int64_t(cfg_.n_kv_heads) * param_head_stride_;
+    kv.param_block_stride = param_block_stride_, kv.param_head_stride = param_head_stride_;
+    kv.params_per_row = params_per_row_;
     kv.n_kv_heads = cfg_.n_kv_heads, kv.head_dim = cfg_.head_dim, kv.block_size = cfg_.block_size;
     kv.indptr = dev_indptr_ptr_, kv.block_indices = dev_blocks_ptr_, kv.seq_len = dev_lens_ptr_;
     DeviceQueryRows qr;
@@ -234,14 +281,27 @@ paged_attention<Quant>(kv, qr, q, out, partial_, rows, n_q_heads, longest_, ctx_
 
  private:
   std::uint8_t* block_(BlockId b) { return arena_.data() + std::int64_t(b) * block_stride_; }
+  float* block_params_(BlockId b) { return params_.data() + std::int64_t(b) * param_block_stride_; }
+  std::size_t param_bytes_() const { return sizeof(float) * std::size_t(param_block_stride_); }
+  // A format without parameters has no parameter arena (null): nothing to copy.
+  void copy_device_(void* dst, const void* src, std::size_t bytes) {
+    if (bytes > 0)
+      FASTINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx_->stream()));
+  }
 
   // Copy-on-write: the first c.tokens rows of every (layer, K|V, head) run,
-  // one strided copy (the runs are head_stride apart in a block).
+  // one strided copy of codes and one of parameters (the runs are a head
+  // stride apart in a block).
   void copy_prefix_(const BlockCopy& c) {
     if (c.tokens <= 0) return;
     const std::size_t runs = std::size_t(cfg_.n_layers) * 2 * std::size_t(cfg_.n_kv_heads);
     FASTINFER_CUDA_CHECK(cudaMemcpy2DAsync(block_(c.dst), std::size_t(head_stride_), block_(c.src),
                                            std::size_t(head_stride_), std::size_t(c.tokens * row_bytes_), runs,
+                                           cudaMemcpyDeviceToDevice, ctx_->stream()));
+    if (params_per_row_ == 0) return;
+    const std::size_t pitch = sizeof(float) * std::size_t(param_head_stride_);
+    FASTINFER_CUDA_CHECK(cudaMemcpy2DAsync(block_params_(c.dst), pitch, block_params_(c.src), pitch,
+                                           sizeof(float) * std::size_t(c.tokens * params_per_row_), runs,
                                            cudaMemcpyDeviceToDevice, ctx_->stream()));
   }
 
@@ -271,8 +331,11 @@ paged_attention<Quant>(kv, qr, q, out, partial_, rows, n_q_heads, longest_, ctx_
   kv::KVBook book_;
   kv::KVCacheConfig cfg_;  // book_'s (validated), kept at hand for the byte arithmetic
   int group_ = 1;  // model layers per KV layer (CLA)
-  std::int64_t row_bytes_ = 0, head_stride_ = 0, layer_stride_ = 0, block_stride_ = 0;
-  DeviceBuffer<std::uint8_t> arena_;
+  std::int64_t row_bytes_ = 0, head_stride_ = 0, layer_stride_ = 0, block_stride_ = 0;  // bytes
+  std::int32_t params_per_row_ = 0;
+  std::int64_t param_head_stride_ = 0, param_layer_stride_ = 0, param_block_stride_ = 0;  // floats
+  DeviceBuffer<std::uint8_t> arena_;  // codes
+  DeviceBuffer<float> params_;        // scales and minima (empty for f32, f16, bf16)
   std::vector<BlockCopy> copies_;
   // This step's tables (host, then device) and query rows.
   std::vector<std::int32_t> indptr_, lens_, row_seq_, slot_block_, slot_token_;
@@ -290,8 +353,8 @@ paged_attention<Quant>(kv, qr, q, out, partial_, rows, n_q_heads, longest_, ctx_
   const BlockId* dev_blocks_ptr_ = nullptr;
 };
 
-// The CUDA store for `options` over `config`; a layout or format cuda does
-// not have yet is refused with a one-line error.
+// The CUDA store for `options` over `config`, any KV format; a layout cuda
+// does not have yet is refused with a one-line error.
 inline std::unique_ptr<KVStore> make_kv_store(std::shared_ptr<CudaContext> ctx, const KVOptions& options,
                                               const kv::KVCacheConfig& config) {
   FASTINFER_CHECK(options.layout != KVLayoutKind::Window, InvalidArgument,
@@ -299,13 +362,9 @@ inline std::unique_ptr<KVStore> make_kv_store(std::shared_ptr<CudaContext> ctx, 
   FASTINFER_CHECK(config.layout == options.layout, InvalidArgument, "make_kv_store: the cache config's layout '",
                   kv_layout_name(config.layout), "' differs from the options' '", kv_layout_name(options.layout),
                   "'");
-  switch (options.quant) {
-    case kv::QuantKind::F32: return std::make_unique<CudaKVStore<kv::F32>>(std::move(ctx), config, options.share_layers);
-    case kv::QuantKind::F16: return std::make_unique<CudaKVStore<kv::F16>>(std::move(ctx), config, options.share_layers);
-    default: break;
-  }
-  throw_error<InvalidArgument>("KV format '", kv::quant_name(options.quant),
-                               "' is not yet supported on cuda (use f32 or f16)");
+  return kv::visit_quant(options.quant, [&](auto quant) -> std::unique_ptr<KVStore> {
+    return std::make_unique<CudaKVStore<decltype(quant)>>(std::move(ctx), config, options.share_layers);
+  });
 }
 
 }  // namespace fastinfer::cuda

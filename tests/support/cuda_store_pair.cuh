@@ -1,0 +1,106 @@
+// What the CUDA tests share (tests/backend/cuda/): the skip without a
+// device, host <-> device copies of test data, and StorePair, which drives
+// a CPU and a CUDA KV store through the same verbs with the same K, V and
+// queries and compares what attention returns.
+//
+// tests/backend/cuda/test_cuda_backend.cu still carries its own copies of
+// these (written before this header); they are the same code.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "fastinfer/backend/cuda/cuda_backend.cuh"
+#include "fastinfer/kv/kv_store.hpp"
+
+// Skips the case, visibly, when no CUDA device is present.
+#define FASTINFER_REQUIRE_CUDA()                              \
+  if (::fastinfer::cuda::device_count() == 0) {               \
+    std::printf("FASTINFER_SKIP: skipped: no CUDA device\n"); \
+    WARN("FASTINFER_SKIP: skipped: no CUDA device");          \
+    return;                                                   \
+  }
+
+namespace fastinfer::testing {
+
+// A host array on the device (the backend's own buffer type).
+template <typename T>
+cuda::DeviceBuffer<T> to_device(CudaBackend& gpu, const std::vector<T>& host) {
+  cuda::DeviceBuffer<T> d(host.size());
+  cuda::copy_to_device(d.data(), host.data(), host.size(), gpu.stream());
+  return d;
+}
+template <typename T>
+std::vector<T> to_host(CudaBackend& gpu, const cuda::DeviceBuffer<T>& d, std::size_t n) {
+  std::vector<T> h(n);
+  cuda::copy_to_host(h.data(), d.data(), n, gpu.stream());
+  return h;
+}
+
+inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double m = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
+  return m;
+}
+
+struct StorePair {
+  std::unique_ptr<KVStore> cpu, gpu;
+  CudaBackend* backend;
+  int n_layers, n_kv, n_q, d;
+  std::mt19937 rng{11};
+  // Reshapes each step's K or V ([tokens][n_kv][d], uniform in [-1, 1])
+  // before both stores get it; none by default.
+  std::function<void(std::vector<float>&)> shape{};
+
+  std::vector<float> rand(std::size_t n) {
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> v(n);
+    for (float& x : v) x = u(rng);
+    return v;
+  }
+  // Room for counts[i] new tokens of seqs[i], then their K and V in every layer.
+  void grow(const std::vector<SeqId>& seqs, const std::vector<std::int64_t>& counts) {
+    std::vector<ReserveRequest> reqs;
+    for (std::size_t i = 0; i < seqs.size(); ++i) reqs.push_back(ReserveRequest{seqs[i], counts[i]});
+    REQUIRE(cpu->extend_all(reqs));
+    REQUIRE(gpu->extend_all(reqs));
+    for (int l = 0; l < n_layers; ++l)
+      for (std::size_t i = 0; i < seqs.size(); ++i) {
+        auto k = rand(std::size_t(counts[i] * n_kv * d)), v = rand(k.size());
+        if (shape) shape(k), shape(v);
+        cpu->append(l, seqs[i], k.data(), v.data(), counts[i]);
+        auto dk = to_device(*backend, k), dv = to_device(*backend, v);
+        gpu->append(l, seqs[i], dk.data(), dv.data(), counts[i]);
+      }
+  }
+  // Attention of the last counts[i] tokens of every sequence, every layer.
+  void compare(const std::vector<SeqId>& seqs, const std::vector<std::int64_t>& counts,
+               const std::vector<std::uint8_t>& mask, bool decode) {
+    std::vector<std::int32_t> qo(1, 0);
+    for (std::int64_t c : counts) qo.push_back(qo.back() + std::int32_t(c));
+    cpu->prepare(seqs, decode, 1);
+    gpu->prepare(seqs, decode, 1);
+    for (int l = 0; l < n_layers; ++l) {
+      const auto q = rand(std::size_t(qo.back()) * std::size_t(n_q * d));
+      std::vector<float> ref(q.size());
+      const std::uint8_t* m = mask.empty() ? nullptr : mask.data();
+      cpu->attend(l, q.data(), qo.data(), m, ref.data(), n_q, 1);
+      auto dq = to_device(*backend, q);
+      auto dout = backend->allocate<float>(q.size());
+      gpu->attend(l, dq.data(), qo.data(), m, dout.data(), n_q, 1);
+      INFO("layer " << l);
+      CHECK(max_abs_diff(to_host(*backend, dout, q.size()), ref) <= 2e-5);
+    }
+  }
+};
+
+}  // namespace fastinfer::testing
