@@ -2,9 +2,6 @@
 // device, host <-> device copies of test data, and StorePair, which drives
 // a CPU and a CUDA KV store through the same verbs with the same K, V and
 // queries and compares what attention returns.
-//
-// tests/backend/cuda/test_cuda_backend.cu still carries its own copies of
-// these (written before this header); they are the same code.
 #pragma once
 
 #include <catch2/catch.hpp>
