@@ -47,6 +47,18 @@ class CudaBackend {
 
   // Throws Error when no CUDA device is present.
   explicit CudaBackend(int device = 0) : ctx_(std::make_shared<cuda::CudaContext>(device)), s_(new Scratch) {}
+  // A copy shares the device context (device, stream, cuBLAS handle), so
+  // its kernels run in order with the original's, and has scratch of its
+  // own: what a second model on the same device needs (the Engine's draft
+  // model takes a copy of the target's backend).
+  CudaBackend(const CudaBackend& other) : ctx_(other.ctx_), s_(new Scratch) {}
+  CudaBackend& operator=(const CudaBackend& other) {
+    if (this != &other) ctx_ = other.ctx_, s_ = std::make_unique<Scratch>();
+    return *this;
+  }
+  CudaBackend(CudaBackend&&) noexcept = default;
+  CudaBackend& operator=(CudaBackend&&) noexcept = default;
+  ~CudaBackend() = default;
 
   cuda::CudaContext& context() { return *ctx_; }
   cudaStream_t stream() const { return ctx_->stream(); }
