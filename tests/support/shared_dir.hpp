@@ -10,7 +10,12 @@
 
 namespace fastinfer::testing {
 
+// The environment's FASTINFER_SHARED_DIR when set (test programs moved to
+// another machine: scripts/gpu-check.sh --bundle), else the directory the
+// build was configured with.
 inline std::filesystem::path shared_path(const std::string& relative) {
+  const char* at_run = std::getenv("FASTINFER_SHARED_DIR");
+  if (at_run != nullptr && *at_run != '\0') return std::filesystem::path(at_run) / relative;
   return std::filesystem::path(FASTINFER_SHARED_DIR) / relative;
 }
 
