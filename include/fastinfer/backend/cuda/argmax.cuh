@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include "fastinfer/backend/cuda/cuda_check.cuh"
+#include "fastinfer/backend/cuda/launch.cuh"
 
 namespace fastinfer::cuda {
 
@@ -48,6 +49,7 @@ __device__ inline void warp_keep_best(float& best, std::int32_t& index, std::int
 
 __global__ void argmax_rows_kernel(const float* logits, std::int64_t vocab, const std::int32_t* rows,
                                    RowArgmax* out) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   __shared__ float warp_best[32];
   __shared__ std::int32_t warp_index[32];
   __shared__ std::int32_t warp_nan[32];
@@ -84,9 +86,8 @@ __global__ void argmax_rows_kernel(const float* logits, std::int64_t vocab, cons
 inline void argmax_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
                         RowArgmax* out, cudaStream_t stream) {
   if (n <= 0) return;
-  argmax_detail::argmax_rows_kernel<<<unsigned(n), argmax_detail::kThreads, 0, stream>>>(logits, vocab, rows,
-                                                                                        out);
-  FASTINFER_CUDA_CHECK_LAUNCH(argmax_rows_kernel);
+  launch("argmax_rows_kernel", argmax_detail::argmax_rows_kernel, dim3(unsigned(n)), dim3(argmax_detail::kThreads), 0,
+         stream, logits, vocab, rows, out);
 }
 
 }  // namespace fastinfer::cuda

@@ -37,6 +37,7 @@
 #include "fastinfer/backend/cuda/device_buffer.cuh"
 #include "fastinfer/backend/cuda/elementwise.cuh"
 #include "fastinfer/backend/cuda/kv_format.cuh"
+#include "fastinfer/backend/cuda/launch.cuh"
 #include "fastinfer/kv/kv_quant.hpp"
 #include "fastinfer/memory/paged_allocator.hpp"
 
@@ -125,6 +126,7 @@ template <typename Quant, int H, int U>
 __global__ void __launch_bounds__(kThreads) attention_kernel(DevicePagedKV kv, DeviceQueryRows qr, const float* q,
                                                             float* out, float* partial, int n_q_heads, int lanes,
                                                             float scale, std::int64_t chunk) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   extern __shared__ float smem[];
   const int d = kv.head_dim, L = lanes, G = kThreads / L, width = L * kLaneDims;
   const int group = int(threadIdx.x) / L, lane = int(threadIdx.x) % L, j0 = lane * kLaneDims;
@@ -274,6 +276,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(DevicePagedKV kv, D
 
 // grid (rows, n_q_heads), block kThreads: the exact merge of the splits.
 __global__ void merge_kernel(const float* partial, float* out, int n_q_heads, int d, int splits) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   const std::int64_t row = blockIdx.x;
   const int hq = int(blockIdx.y);
   const float* pr = partial + (row * n_q_heads + hq) * std::int64_t(splits) * (d + 2);
@@ -327,7 +330,8 @@ void paged_attention(const DevicePagedKV& kv, const DeviceQueryRows& qr, const f
   const std::size_t smem = sizeof(float) * ad::shared_floats(g);
   const std::int64_t chunk = plan.splits == 1 ? std::int64_t(1) << 40 : plan.chunk;
   auto launch = [&](auto kernel) {
-    kernel<<<grid, ad::kThreads, smem, stream>>>(kv, qr, q, out, partial.data(), n_q_heads, g.lanes, scale, chunk);
+    cuda::launch("attention_kernel", kernel, grid, dim3(ad::kThreads), smem, stream, kv, qr, q, out, partial.data(),
+                 n_q_heads, g.lanes, scale, chunk);
   };
   switch (g.heads) {
     case 8: launch(ad::attention_kernel<Quant, 8, 1>); break;
@@ -335,11 +339,9 @@ void paged_attention(const DevicePagedKV& kv, const DeviceQueryRows& qr, const f
     case 2: launch(ad::attention_kernel<Quant, 2, 2>); break;
     default: launch(ad::attention_kernel<Quant, 1, 4>); break;
   }
-  FASTINFER_CUDA_CHECK_LAUNCH(attention_kernel);
   if (plan.splits > 1) {
-    ad::merge_kernel<<<dim3(unsigned(rows), unsigned(n_q_heads)), ad::kThreads, 0, stream>>>(
-        partial.data(), out, n_q_heads, kv.head_dim, plan.splits);
-    FASTINFER_CUDA_CHECK_LAUNCH(merge_kernel);
+    cuda::launch("merge_kernel", ad::merge_kernel, dim3(unsigned(rows), unsigned(n_q_heads)), dim3(ad::kThreads), 0,
+                 stream, partial.data(), out, n_q_heads, kv.head_dim, plan.splits);
   }
 }
 

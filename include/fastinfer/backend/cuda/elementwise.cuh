@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include "fastinfer/backend/cuda/cuda_check.cuh"
+#include "fastinfer/backend/cuda/launch.cuh"
 #include "fastinfer/backend/cuda/dtype.cuh"
 #include "fastinfer/core/rope_style.hpp"
 
@@ -40,6 +41,7 @@ __device__ inline float block_sum(float v, float* red) {
 template <DType D>
 __global__ void embed_kernel(const typename DeviceDType<D>::Storage* table, std::int64_t cols,
                              const std::int32_t* tokens, std::int64_t n, float* out) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * cols) return;
   const std::int64_t t = i / cols, c = i % cols;
@@ -52,6 +54,7 @@ __global__ void embed_kernel(const typename DeviceDType<D>::Storage* table, std:
 constexpr int kRmsPerThread = 16;
 __global__ void rmsnorm_kernel(float* out, const float* x, const std::int32_t* rows, const float* weight, int dim,
                                float eps) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   __shared__ float red[32];
   const std::int64_t r = blockIdx.x;
   const float* xr = x + (rows ? std::int64_t(rows[r]) : r) * dim;
@@ -90,6 +93,7 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const std::int32_t* r
 // does not move the result.
 __global__ void rope_kernel(float* x, std::int64_t n, int heads, int head_dim, const std::int32_t* positions,
                             const float* cos_t, const float* sin_t, int interleaved) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   const int half = head_dim / 2;
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * heads * half) return;
@@ -105,6 +109,7 @@ __global__ void rope_kernel(float* x, std::int64_t n, int heads, int head_dim, c
 }
 
 __global__ void swiglu_kernel(float* gate, const float* up, std::int64_t n) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const float g = gate[i];
@@ -112,12 +117,14 @@ __global__ void swiglu_kernel(float* gate, const float* up, std::int64_t n) {
 }
 
 __global__ void add_kernel(float* y, const float* x, std::int64_t n) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) y[i] += x[i];
 }
 
 __global__ void copy_rows_kernel(float* dst, std::int64_t dst_stride, const float* src, std::int64_t src_stride,
                                  std::int64_t rows, int width) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * width) return;
   const std::int64_t r = i / width, c = i % width;
@@ -126,6 +133,7 @@ __global__ void copy_rows_kernel(float* dst, std::int64_t dst_stride, const floa
 
 template <DType D>
 __global__ void round_kernel(typename DeviceDType<D>::Storage* dst, const float* src, std::int64_t n) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) dst[i] = DeviceDType<D>::store(src[i]);
 }
@@ -139,18 +147,17 @@ inline void embed(DType dtype, const void* table, std::int64_t cols, const std::
   if (n <= 0) return;
   visit_device_dtype(dtype, [&](auto d) {
     constexpr DType D = decltype(d)::value;
-    ed::embed_kernel<D><<<ed::blocks_for(n * cols), ed::kThreads, 0, stream>>>(
-        static_cast<const typename DeviceDType<D>::Storage*>(table), cols, tokens, n, out);
+    launch("embed_kernel", ed::embed_kernel<D>, dim3(ed::blocks_for(n * cols)), dim3(ed::kThreads), 0, stream,
+           static_cast<const typename DeviceDType<D>::Storage*>(table), cols, tokens, n, out);
   });
-  FASTINFER_CUDA_CHECK_LAUNCH(embed_kernel);
 }
 
 // cpu: cpu::rmsnorm, one block per row.
 inline void rmsnorm(float* out, const float* x, const std::int32_t* rows, std::int64_t n, const float* weight,
                     int dim, float eps, cudaStream_t stream) {
   if (n <= 0) return;
-  elementwise_detail::rmsnorm_kernel<<<unsigned(n), 256, 0, stream>>>(out, x, rows, weight, dim, eps);
-  FASTINFER_CUDA_CHECK_LAUNCH(rmsnorm_kernel);
+  launch("rmsnorm_kernel", elementwise_detail::rmsnorm_kernel, dim3(unsigned(n)), dim3(256), 0, stream, out, x, rows,
+         weight, dim, eps);
 }
 
 // cpu: cpu::rope; positions on the device (int32), tables [position][head_dim / 2].
@@ -158,25 +165,22 @@ inline void rope(float* x, std::int64_t n, int heads, int head_dim, const std::i
                  const float* cos_t, const float* sin_t, RopeStyle style, cudaStream_t stream) {
   namespace ed = elementwise_detail;
   if (n <= 0) return;
-  ed::rope_kernel<<<ed::blocks_for(n * heads * (head_dim / 2)), ed::kThreads, 0, stream>>>(
-      x, n, heads, head_dim, positions, cos_t, sin_t, style == RopeStyle::Interleaved ? 1 : 0);
-  FASTINFER_CUDA_CHECK_LAUNCH(rope_kernel);
+  launch("rope_kernel", ed::rope_kernel, dim3(ed::blocks_for(n * heads * (head_dim / 2))), dim3(ed::kThreads), 0,
+         stream, x, n, heads, head_dim, positions, cos_t, sin_t, style == RopeStyle::Interleaved ? 1 : 0);
 }
 
 // cpu: cpu::swiglu.
 inline void swiglu(float* gate, const float* up, std::int64_t n, cudaStream_t stream) {
   namespace ed = elementwise_detail;
   if (n <= 0) return;
-  ed::swiglu_kernel<<<ed::blocks_for(n), ed::kThreads, 0, stream>>>(gate, up, n);
-  FASTINFER_CUDA_CHECK_LAUNCH(swiglu_kernel);
+  launch("swiglu_kernel", ed::swiglu_kernel, dim3(ed::blocks_for(n)), dim3(ed::kThreads), 0, stream, gate, up, n);
 }
 
 // cpu: cpu::add.
 inline void add(float* y, const float* x, std::int64_t n, cudaStream_t stream) {
   namespace ed = elementwise_detail;
   if (n <= 0) return;
-  ed::add_kernel<<<ed::blocks_for(n), ed::kThreads, 0, stream>>>(y, x, n);
-  FASTINFER_CUDA_CHECK_LAUNCH(add_kernel);
+  launch("add_kernel", ed::add_kernel, dim3(ed::blocks_for(n)), dim3(ed::kThreads), 0, stream, y, x, n);
 }
 
 // cpu: CpuBackend::copy_rows (memcpy per row).
@@ -184,9 +188,8 @@ inline void copy_rows(float* dst, std::int64_t dst_stride, const float* src, std
                       std::int64_t rows, int width, cudaStream_t stream) {
   namespace ed = elementwise_detail;
   if (rows <= 0 || width <= 0) return;
-  ed::copy_rows_kernel<<<ed::blocks_for(rows * width), ed::kThreads, 0, stream>>>(dst, dst_stride, src, src_stride,
-                                                                                   rows, width);
-  FASTINFER_CUDA_CHECK_LAUNCH(copy_rows_kernel);
+  launch("copy_rows_kernel", ed::copy_rows_kernel, dim3(ed::blocks_for(rows * width)), dim3(ed::kThreads), 0, stream,
+         dst, dst_stride, src, src_stride, rows, width);
 }
 
 // f32 activations rounded to the weights' 16-bit type (cuBLAS's GemmEx
@@ -195,8 +198,7 @@ template <DType D>
 void round_to(typename DeviceDType<D>::Storage* dst, const float* src, std::int64_t n, cudaStream_t stream) {
   namespace ed = elementwise_detail;
   if (n <= 0) return;
-  ed::round_kernel<D><<<ed::blocks_for(n), ed::kThreads, 0, stream>>>(dst, src, n);
-  FASTINFER_CUDA_CHECK_LAUNCH(round_kernel);
+  launch("round_kernel", ed::round_kernel<D>, dim3(ed::blocks_for(n)), dim3(ed::kThreads), 0, stream, dst, src, n);
 }
 
 }  // namespace fastinfer::cuda

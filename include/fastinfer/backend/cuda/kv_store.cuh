@@ -35,6 +35,7 @@
 #include "fastinfer/backend/cuda/device_buffer.cuh"
 #include "fastinfer/backend/cuda/elementwise.cuh"
 #include "fastinfer/backend/cuda/kv_format.cuh"
+#include "fastinfer/backend/cuda/launch.cuh"
 #include "fastinfer/core/dtype.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/kv/kv_book.hpp"
@@ -64,6 +65,7 @@ constexpr int kAppendWarps = 4;  // rows per block of the append kernel
 template <typename Quant>
 __global__ void append_kernel(LayerRows dst, int n_kv_heads, int d, const float* k, const float* v,
                               const std::int32_t* slot_block, const std::int32_t* slot_token, std::int64_t n) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   const std::int64_t row = std::int64_t(blockIdx.x) * kAppendWarps + threadIdx.x / 32;
   if (row >= 2 * n * n_kv_heads) return;  // the whole warp leaves together
   const int kvsel = int(row / (n * n_kv_heads));
@@ -163,9 +165,8 @@ class CudaKVStore final : public KVStore {
     dst.param_block_stride = param_block_stride_, dst.param_head_stride = param_head_stride_;
     dst.params_per_row = params_per_row_;
     const std::int64_t rows = 2 * n * cfg_.n_kv_heads;
-    kd::append_kernel<Quant><<<elementwise_detail::blocks_for(rows, kd::kAppendWarps), 32 * kd::kAppendWarps, 0, s>>>(
-        dst, cfg_.n_kv_heads, cfg_.head_dim, k, v, sb, st, n);
-    FASTINFER_CUDA_CHECK_LAUNCH(append_kernel);
+    launch("append_kernel", kd::append_kernel<Quant>, dim3(elementwise_detail::blocks_for(rows, kd::kAppendWarps)),
+           dim3(32 * kd::kAppendWarps), 0, s, dst, cfg_.n_kv_heads, cfg_.head_dim, k, v, sb, st, n);
   }
 
   void read(int layer, SeqId seq, std::int64_t pos, float* k, float* v) const override {

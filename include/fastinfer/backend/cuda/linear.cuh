@@ -27,6 +27,7 @@
 #include "fastinfer/backend/cuda/device_buffer.cuh"
 #include "fastinfer/backend/cuda/dtype.cuh"
 #include "fastinfer/backend/cuda/elementwise.cuh"
+#include "fastinfer/backend/cuda/launch.cuh"
 #include "fastinfer/core/tensor.hpp"
 
 namespace fastinfer::cuda {
@@ -78,6 +79,7 @@ __device__ inline void load_x(const float* x, float* out) {
 template <DType D, int N>
 __global__ void gemv_kernel(const void* w, const float* x, float* y, std::int64_t rows, std::int64_t cols, int n,
                             int vec) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
   using S = typename DeviceDType<D>::Storage;
   const std::int64_t r = std::int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = int(threadIdx.x % 32);
@@ -143,7 +145,8 @@ void launch_gemv(const MatrixView& w, const float* x, std::int64_t n, float* y, 
                       ? 1
                       : 0;
   const unsigned blocks = unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  gemv_kernel<D, N><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(w.data, x, y, w.rows, w.cols, int(n), vec);
+  launch("gemv_kernel", gemv_kernel<D, N>, dim3(blocks), dim3(kWarpsPerBlock * 32), 0, stream, w.data, x, y, w.rows,
+         w.cols, int(n), vec);
 }
 
 // The smallest of N = 1, 2, 4, 8, 16, 32 that holds n rows: six kernels per
@@ -174,7 +177,6 @@ inline void linear(const MatrixView& w, const float* x, std::int64_t n, float* y
     constexpr DType D = decltype(d)::value;
     if (n <= kGemvRows) {
       ld::gemv_rows<D>(w, x, n, y, stream);
-      FASTINFER_CUDA_CHECK_LAUNCH(gemv_kernel);
       return;
     }
     const void* b = x;

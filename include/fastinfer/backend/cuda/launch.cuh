@@ -1,0 +1,74 @@
+// Every kernel of the CUDA backend is launched here, with programmatic
+// dependent launch where the device has it (compute capability 9.0 and up):
+// a kernel's blocks are scheduled while the kernel before it on the stream
+// drains, and wait for it to finish (its writes visible) at their first
+// line, FASTINFER_CUDA_WAIT_PREVIOUS(). A decode step is some 15 small
+// kernels a layer, one after another, so the launch latency hidden at each
+// boundary adds up. Elsewhere the attribute is left off: a plain launch.
+//
+// Rule: FASTINFER_CUDA_WAIT_PREVIOUS() is the first statement of every
+// kernel launched through cuda::launch, before any read of global memory.
+#pragma once
+
+#include <cstddef>
+#include <cstdlib>
+#include <string_view>
+#include <utility>
+
+#include <cuda_runtime.h>
+
+#include "fastinfer/backend/cuda/cuda_check.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FASTINFER_CUDA_WAIT_PREVIOUS() asm volatile("griddepcontrol.wait;" ::: "memory")
+#else
+#define FASTINFER_CUDA_WAIT_PREVIOUS() \
+  do {                                  \
+  } while (0)
+#endif
+
+namespace fastinfer::cuda {
+
+// Whether launches on the current device are dependent: the device takes
+// them (read once per device) and FASTINFER_CUDA_DEPENDENT_LAUNCH is not
+// "0" (read once: the switch for measuring what they save, or for ruling
+// them out when chasing a fault).
+inline bool dependent_launch_supported() {
+  static const bool allowed = [] {
+    const char* e = std::getenv("FASTINFER_CUDA_DEPENDENT_LAUNCH");
+    return e == nullptr || std::string_view(e) != "0";
+  }();
+  if (!allowed) return false;
+  constexpr int kDevices = 64;
+  static int known[kDevices] = {};  // 0 unknown, 1 no, 2 yes
+  int device = 0;
+  FASTINFER_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 0 || device >= kDevices) return false;
+  if (known[device] == 0) {
+    int major = 0;
+    FASTINFER_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    known[device] = major >= 9 ? 2 : 1;
+  }
+  return known[device] == 2;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), dependent where supported;
+// a failed launch throws with the kernel's name.
+template <typename... Params, typename... Args>
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem,
+            cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute dependent[1];
+  dependent[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  dependent[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = dependent;
+  config.numAttrs = dependent_launch_supported() ? 1 : 0;
+  const cudaError_t e = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (e != cudaSuccess) throw_cuda(name, e, __FILE__, __LINE__);
+}
+
+}  // namespace fastinfer::cuda
