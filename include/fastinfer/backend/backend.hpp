@@ -54,6 +54,16 @@
 //                                                 is argmax. A device backend samples
 //                                                 where the logits are and returns ids.
 //
+// Optional (the model uses it where present, else calls linear once each):
+//
+//   void linear_group(const MatrixView* ws, float* const* ys, int count,
+//                     const float* x, std::int64_t n)
+//                                                 ys[m] = x ws[m]^T for the count
+//                                                 weights of one input (q, k, v;
+//                                                 gate, up), each ys[m] as linear()
+//                                                 gives it, bit for bit; CudaBackend:
+//                                                 one launch for the group
+//
 // check_backend<B>() names the first missing member in a static_assert;
 // is_backend_v<B> says whether all are there. Adding a backend: implement
 // these (backend/cpu/cpu_backend.hpp is the model), make a KVStore over
@@ -130,6 +140,10 @@ FASTINFER_BACKEND_MEMBER_(sample_rows,
                                                          std::declval<const SamplingParams*>(),
                                                          std::declval<const std::uint64_t*>(),
                                                          std::declval<std::int32_t*>()))
+
+FASTINFER_BACKEND_MEMBER_(linear_group, std::declval<B&>().linear_group(
+                                          std::declval<const MatrixView*>(), std::declval<float* const*>(), int{},
+                                          std::declval<const float*>(), std::int64_t{}))
 
 #undef FASTINFER_BACKEND_MEMBER_
 

@@ -553,6 +553,22 @@ class LlamaModel {
 
   // y[n][w.rows] = x[n][w.cols] W^T.
   void linear_(const MatrixView& w, const float* x, int n, float* y) { backend_.linear(w, x, n, y); }
+  // ys[m] = x ws[m]^T for weights of one input: one call where the backend
+  // takes a group (backend.hpp's optional linear_group, the same bits as one
+  // linear each), except under the profiler, which times each projection
+  // (ops[m]) on its own.
+  void linear_group_(const MatrixView* ws, float* const* ys, const ProfOp* ops, int count, const float* x, int n) {
+    if constexpr (backend_detail::has_linear_group<Backend>::value) {
+      if (prof_ == nullptr) {
+        backend_.linear_group(ws, ys, count, x, n);
+        return;
+      }
+    }
+    for (int m = 0; m < count; ++m) {
+      linear_(ws[m], x, n, ys[m]);
+      lap_(ops[m]);
+    }
+  }
 
   // Rows of `heads` heads of head_dim values -> rows of heads of hdp_ values.
   void pad_(const float* src, int n, int heads, float* dst) {
@@ -586,14 +602,13 @@ class LlamaModel {
     const LlamaLayerWeights& lw = w_.layers[std::size_t(l)];
     backend_.rmsnorm(xb_.data(), x_.data(), nullptr, n, lw.attn_norm, c_.dim, c_.norm_eps);
     lap_(ProfOp::AttnNorm);
-    if (with_q) {
-      linear_(lw.wq, xb_.data(), n, q_.data());
-      lap_(ProfOp::Wq);
+    {
+      const MatrixView ws[3] = {lw.wq, lw.wk, lw.wv};
+      float* const ys[3] = {q_.data(), k_.data(), v_.data()};
+      static constexpr ProfOp ops[3] = {ProfOp::Wq, ProfOp::Wk, ProfOp::Wv};
+      const int skip = with_q ? 0 : 1;
+      linear_group_(ws + skip, ys + skip, ops + skip, 3 - skip, xb_.data(), n);
     }
-    linear_(lw.wk, xb_.data(), n, k_.data());
-    lap_(ProfOp::Wk);
-    linear_(lw.wv, xb_.data(), n, v_.data());
-    lap_(ProfOp::Wv);
     if (with_q) backend_.rope(q_.data(), n, c_.n_heads, c_.head_dim, row_pos_.data(), c_.rope_theta, c_.rope_style);
     backend_.rope(k_.data(), n, c_.n_kv_heads, c_.head_dim, row_pos_.data(), c_.rope_theta, c_.rope_style);
     lap_(ProfOp::Rope);
@@ -634,10 +649,12 @@ class LlamaModel {
 
     backend_.rmsnorm(xb_.data(), x, nullptr, n, lw.ffn_norm, c_.dim, c_.norm_eps);
     lap_(ProfOp::FfnNorm);
-    linear_(lw.w_gate, xb_.data(), n, hb_.data());
-    lap_(ProfOp::W1);
-    linear_(lw.w_up, xb_.data(), n, hb2_.data());
-    lap_(ProfOp::W3);
+    {
+      const MatrixView ws[2] = {lw.w_gate, lw.w_up};
+      float* const ys[2] = {hb_.data(), hb2_.data()};
+      static constexpr ProfOp ops[2] = {ProfOp::W1, ProfOp::W3};
+      linear_group_(ws, ys, ops, 2, xb_.data(), n);
+    }
     backend_.swiglu(hb_.data(), hb2_.data(), std::int64_t(n) * c_.hidden_dim);
     lap_(ProfOp::Swiglu);
     linear_(lw.w_down, hb_.data(), n, xb_.data());

@@ -99,6 +99,10 @@ class CudaBackend {
   void linear(const MatrixView& w, const float* x, std::int64_t n, float* y) {
     cuda::linear(w, x, n, y, ctx_->blas(), s_->act16, stream());
   }
+  // One GEMV launch for weights that read the same x (backend.hpp's optional verb).
+  void linear_group(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n) {
+    cuda::linear_group(ws, ys, count, x, n, ctx_->blas(), s_->act16, stream());
+  }
 
   void rmsnorm(float* out, const float* x, const std::int32_t* rows, std::int64_t n, const float* weight, int dim,
                float eps) {
@@ -120,7 +124,13 @@ class CudaBackend {
       highest = std::max(highest, positions[t]);
     }
     rope_table_(head_dim, theta, highest);
-    const std::int32_t* d = cuda::stage(s_->positions, s_->pos_host.data(), std::size_t(n), stream());
+    // The same positions as the last call (q then k, layer after layer of
+    // one pass) are on the device already: no copy.
+    if (s_->pos_host != s_->pos_staged) {
+      cuda::stage(s_->positions, s_->pos_host.data(), std::size_t(n), stream());
+      s_->pos_staged = s_->pos_host;
+    }
+    const std::int32_t* d = s_->positions.data();
     cuda::rope(x, n, heads, head_dim, d, s_->cos.data(), s_->sin.data(), style, stream());
   }
 
@@ -218,6 +228,7 @@ class CudaBackend {
     float rope_theta = 0.0f;
     std::int64_t rope_positions = 0;
     std::vector<std::int32_t> pos_host;
+    std::vector<std::int32_t> pos_staged;  // what `positions` holds
     Buffer<cuda::RowArgmax> argmax;     // argmax_rows: one result per row
     std::vector<cuda::RowArgmax> argmax_host;
     std::vector<std::int32_t> greedy_rows, greedy_tokens;  // sample_rows' greedy rows

@@ -73,15 +73,37 @@ __device__ inline void load_x(const float* x, float* out) {
   }
 }
 
-// One warp per output row r: y[i][r] for the n <= N rows of x. `vec`: rows
-// and x are 16-byte aligned and cols a multiple of the vector width
-// (16-byte loads), else one element per lane per step.
+// The matrices of one GEMV launch: up to kMaxGroup weights of one type and
+// width that read the same x (q, k and v; gate and up), blocks
+// [first_block[m], first_block[m + 1]) serving matrix m. One launch instead
+// of three streams the weights back to back and pays one launch's latency.
+constexpr int kMaxGroup = 3;
+struct GemvGroup {
+  const void* w[kMaxGroup] = {};
+  float* y[kMaxGroup] = {};
+  std::int64_t rows[kMaxGroup] = {};
+  std::int32_t first_block[kMaxGroup + 1] = {};
+  int count = 0;
+};
+
+// One warp per output row r of its block's matrix: y[i][r] for the n <= N
+// rows of x. `vec`: the weights and x are 16-byte aligned and cols a
+// multiple of the vector width (16-byte loads), else one element per lane
+// per step.
 template <DType D, int N>
-__global__ void gemv_kernel(const void* w, const float* x, float* y, std::int64_t rows, std::int64_t cols, int n,
-                            int vec) {
+__global__ void gemv_kernel(GemvGroup g, const float* x, std::int64_t cols, int n, int vec) {
   FASTINFER_CUDA_WAIT_PREVIOUS();
   using S = typename DeviceDType<D>::Storage;
-  const std::int64_t r = std::int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  // This block's matrix (unrolled: the parameter arrays stay in registers).
+  const void* w = g.w[0];
+  float* y = g.y[0];
+  std::int64_t rows = g.rows[0];
+  std::int32_t first = 0;
+#pragma unroll
+  for (int m = 1; m < kMaxGroup; ++m)
+    if (m < g.count && std::int32_t(blockIdx.x) >= g.first_block[m])
+      w = g.w[m], y = g.y[m], rows = g.rows[m], first = g.first_block[m];
+  const std::int64_t r = std::int64_t(std::int32_t(blockIdx.x) - first) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = int(threadIdx.x % 32);
   if (r >= rows) return;
   const S* wr = static_cast<const S*>(w) + r * cols;
@@ -137,26 +159,35 @@ __global__ void gemv_kernel(const void* w, const float* x, float* y, std::int64_
   }
 }
 
+// ws[0..count) share x's width and dtype D.
 template <DType D, int N>
-void launch_gemv(const MatrixView& w, const float* x, std::int64_t n, float* y, cudaStream_t stream) {
+void launch_gemv(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n,
+                 cudaStream_t stream) {
   constexpr int V = Vec16<D>::kValues;
-  const int vec = w.cols % V == 0 && reinterpret_cast<std::uintptr_t>(w.data) % 16 == 0 &&
-                          reinterpret_cast<std::uintptr_t>(x) % 16 == 0
-                      ? 1
-                      : 0;
-  const unsigned blocks = unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  launch("gemv_kernel", gemv_kernel<D, N>, dim3(blocks), dim3(kWarpsPerBlock * 32), 0, stream, w.data, x, y, w.rows,
-         w.cols, int(n), vec);
+  GemvGroup g;
+  g.count = count;
+  int vec = ws[0].cols % V == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 ? 1 : 0;
+  std::int64_t blocks = 0;
+  for (int m = 0; m < count; ++m) {
+    g.w[m] = ws[m].data, g.y[m] = ys[m], g.rows[m] = ws[m].rows;
+    g.first_block[m] = std::int32_t(blocks);
+    blocks += (ws[m].rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    if (reinterpret_cast<std::uintptr_t>(ws[m].data) % 16 != 0) vec = 0;
+  }
+  g.first_block[count] = std::int32_t(blocks);
+  launch("gemv_kernel", gemv_kernel<D, N>, dim3(unsigned(blocks)), dim3(kWarpsPerBlock * 32), 0, stream, g, x,
+         ws[0].cols, int(n), vec);
 }
 
 // The smallest of N = 1, 2, 4, 8, 16, 32 that holds n rows: six kernels per
 // weight type, not 32.
 template <DType D, int N = 1>
-void gemv_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, cudaStream_t stream) {
+void gemv_rows(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n,
+               cudaStream_t stream) {
   if constexpr (N < kGemvRows) {
-    if (n > N) return gemv_rows<D, 2 * N>(w, x, n, y, stream);
+    if (n > N) return gemv_rows<D, 2 * N>(ws, ys, count, x, n, stream);
   }
-  launch_gemv<D, N>(w, x, n, y, stream);
+  launch_gemv<D, N>(ws, ys, count, x, n, stream);
 }
 
 template <DType D>
@@ -176,7 +207,8 @@ inline void linear(const MatrixView& w, const float* x, std::int64_t n, float* y
   visit_device_dtype(w.dtype, [&](auto d) {
     constexpr DType D = decltype(d)::value;
     if (n <= kGemvRows) {
-      ld::gemv_rows<D>(w, x, n, y, stream);
+      float* const ys[1] = {y};
+      ld::gemv_rows<D>(&w, ys, 1, x, n, stream);
       return;
     }
     const void* b = x;
@@ -192,6 +224,26 @@ inline void linear(const MatrixView& w, const float* x, std::int64_t n, float* y
     FASTINFER_CUBLAS_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(n), int(w.cols), &alpha,
                                         w.data, T, int(w.cols), b, T, int(w.cols), &beta, y, CUDA_R_32F,
                                         int(w.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  });
+}
+
+// y[m] = x ws[m]^T for count weights that read the same x (q, k, v; gate,
+// up). Up to 32 rows of x and weights of one dtype and width: one GEMV
+// launch over all of them, each row's sum exactly as linear() computes it
+// (same kernel, same order); otherwise one linear() each.
+inline void linear_group(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n,
+                         cublasHandle_t blas, DeviceBuffer<std::uint16_t>& scratch, cudaStream_t stream) {
+  namespace ld = linear_detail;
+  bool one_launch = n > 0 && n <= kGemvRows && count >= 1 && count <= ld::kMaxGroup;
+  for (int m = 1; one_launch && m < count; ++m)
+    one_launch = ws[m].dtype == ws[0].dtype && ws[m].cols == ws[0].cols;
+  if (!one_launch) {
+    for (int m = 0; m < count; ++m) linear(ws[m], x, n, ys[m], blas, scratch, stream);
+    return;
+  }
+  visit_device_dtype(ws[0].dtype, [&](auto d) {
+    constexpr DType D = decltype(d)::value;
+    ld::gemv_rows<D>(ws, ys, count, x, n, stream);
   });
 }
 
