@@ -53,7 +53,7 @@ step_vcpkg() {
      ! grep -q "feature cuda is refused: the CUDA backend" "$work/cuda.log"; then
     echo "vcpkg: the cuda feature was not refused with its message"; cat "$work/cuda.log"; return 1
   fi
-  echo "vcpkg: feature cuda refused (the CUDA backend has not run on a GPU yet)"
+  echo "vcpkg: feature cuda refused (the CUDA backend is not packaged yet)"
   # Debian's python3-jsonschema (install-deps.sh), whatever python3 comes first on PATH.
   local py=python3
   python3 -c "import jsonschema" 2>/dev/null || py=/usr/bin/python3
@@ -80,7 +80,7 @@ step_conan() {
      ! grep -q "with_cuda=True is refused: the CUDA backend" "$work/conan-cuda.log"; then
     echo "conan: with_cuda=True was not refused with its message"; cat "$work/conan-cuda.log"; return 1
   fi
-  echo "conan: with_cuda=True refused (the CUDA backend has not run on a GPU yet)"
+  echo "conan: with_cuda=True refused (the CUDA backend is not packaged yet)"
 }
 
 step_newest() {

@@ -7,7 +7,7 @@
 get_filename_component(SOURCE_PATH "${CMAKE_CURRENT_LIST_DIR}/../../../.." ABSOLUTE)
 
 if("cuda" IN_LIST FEATURES)
-  message(FATAL_ERROR "fastinfer: feature cuda is refused: the CUDA backend (backend/cuda/) of version ${VERSION} has not run on a GPU yet")
+  message(FATAL_ERROR "fastinfer: feature cuda is refused: the CUDA backend (backend/cuda/) of version ${VERSION} is not packaged yet (the port neither builds nor tests it; it runs from the source tree, docs/backend-cuda.md)")
 endif()
 
 vcpkg_check_features(OUT_FEATURE_OPTIONS FEATURE_OPTIONS
