@@ -23,6 +23,7 @@ shared="${FASTINFER_SHARED_DIR:-$(pwd)/../shared}"
 targets=(backend_cuda_test_cuda_backend backend_cuda_test_attention_plan bench_cuda)
 
 configure_and_build() {  # build-dir arch
+  mkdir -p "$(dirname "$1")"
   cmake -S . -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTINFER_WITH_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES="$2" -DFASTINFER_SHARED_DIR="$shared" \
     -DFASTINFER_BUILD_EXAMPLES=OFF -DFASTINFER_HEADER_CHECK=OFF >"$1.configure.log" 2>&1 ||
