@@ -54,7 +54,8 @@
 //                                                 is argmax. A device backend samples
 //                                                 where the logits are and returns ids.
 //
-// Optional (the model uses it where present, else calls linear once each):
+// Optional (the model uses each where present and no profiler runs, else the
+// calls it replaces):
 //
 //   void linear_group(const MatrixView* ws, float* const* ys, int count,
 //                     const float* x, std::int64_t n)
@@ -63,6 +64,21 @@
 //                                                 gate, up), each ys[m] as linear()
 //                                                 gives it, bit for bit; CudaBackend:
 //                                                 one launch for the group
+//
+//   void rope_pair(float* q, int q_heads, float* k, int k_heads, std::int64_t n,
+//                  int head_dim, const std::int64_t* positions, float theta, RopeStyle)
+//                                                 rope(q), rope(k) at the same positions
+//   void add_rmsnorm(float* x, const float* delta, float* out, std::int64_t n,
+//                    const float* weight, int dim, float eps)
+//                                                 add(x, delta), then rmsnorm(out, x)
+//                                                 (out may be delta)
+//   void linear_swiglu(const MatrixView& gate, const MatrixView& up,
+//                      const float* x, std::int64_t n, float* out)
+//                                                 linear(gate) to out, linear(up),
+//                                                 swiglu(out, up)
+//                                                 Each as the calls it replaces gives
+//                                                 it, bit for bit (the fusions that
+//                                                 save a device backend launches).
 //
 // check_backend<B>() names the first missing member in a static_assert;
 // is_backend_v<B> says whether all are there. Adding a backend: implement
@@ -144,6 +160,18 @@ FASTINFER_BACKEND_MEMBER_(sample_rows,
 FASTINFER_BACKEND_MEMBER_(linear_group, std::declval<B&>().linear_group(
                                           std::declval<const MatrixView*>(), std::declval<float* const*>(), int{},
                                           std::declval<const float*>(), std::int64_t{}))
+
+FASTINFER_BACKEND_MEMBER_(rope_pair, std::declval<B&>().rope_pair(std::declval<float*>(), int{},
+                                                                  std::declval<float*>(), int{}, std::int64_t{},
+                                                                  int{}, std::declval<const std::int64_t*>(),
+                                                                  float{}, RopeStyle{}))
+FASTINFER_BACKEND_MEMBER_(add_rmsnorm, std::declval<B&>().add_rmsnorm(std::declval<float*>(),
+                                                                      std::declval<const float*>(),
+                                                                      std::declval<float*>(), std::int64_t{},
+                                                                      std::declval<const float*>(), int{}, float{}))
+FASTINFER_BACKEND_MEMBER_(linear_swiglu, std::declval<B&>().linear_swiglu(
+                                             std::declval<const MatrixView&>(), std::declval<const MatrixView&>(),
+                                             std::declval<const float*>(), std::int64_t{}, std::declval<float*>()))
 
 #undef FASTINFER_BACKEND_MEMBER_
 

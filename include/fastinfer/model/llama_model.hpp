@@ -553,6 +553,49 @@ class LlamaModel {
 
   // y[n][w.rows] = x[n][w.cols] W^T.
   void linear_(const MatrixView& w, const float* x, int n, float* y) { backend_.linear(w, x, n, y); }
+  // The fusions a device backend offers (backend.hpp's optional verbs: the
+  // same bits as the calls they replace, fewer launches) are used where the
+  // backend has them and no profiler times the ops one by one.
+  // RoPE of q (skipped when null) and k at this pass's positions.
+  void rope_qk_(float* q, float* k, int n) {
+    if constexpr (backend_detail::has_rope_pair<Backend>::value) {
+      if (q != nullptr && prof_ == nullptr) {
+        backend_.rope_pair(q, c_.n_heads, k, c_.n_kv_heads, n, c_.head_dim, row_pos_.data(), c_.rope_theta,
+                           c_.rope_style);
+        return;
+      }
+    }
+    if (q != nullptr) backend_.rope(q, n, c_.n_heads, c_.head_dim, row_pos_.data(), c_.rope_theta, c_.rope_style);
+    backend_.rope(k, n, c_.n_kv_heads, c_.head_dim, row_pos_.data(), c_.rope_theta, c_.rope_style);
+  }
+  // x += the attention output (in xb_), then xb_ = ffn_norm(x).
+  void add_ffn_norm_(float* x, const LlamaLayerWeights& lw, int n) {
+    if constexpr (backend_detail::has_add_rmsnorm<Backend>::value) {
+      if (prof_ == nullptr) {
+        backend_.add_rmsnorm(x, xb_.data(), xb_.data(), n, lw.ffn_norm, c_.dim, c_.norm_eps);
+        return;
+      }
+    }
+    backend_.add(x, xb_.data(), std::int64_t(n) * c_.dim);
+    lap_(ProfOp::Residual);
+    backend_.rmsnorm(xb_.data(), x, nullptr, n, lw.ffn_norm, c_.dim, c_.norm_eps);
+    lap_(ProfOp::FfnNorm);
+  }
+  // hb_ = silu(xb_ W_gate^T) * (xb_ W_up^T).
+  void gate_up_swiglu_(const LlamaLayerWeights& lw, int n) {
+    if constexpr (backend_detail::has_linear_swiglu<Backend>::value) {
+      if (prof_ == nullptr) {
+        backend_.linear_swiglu(lw.w_gate, lw.w_up, xb_.data(), n, hb_.data());
+        return;
+      }
+    }
+    const MatrixView ws[2] = {lw.w_gate, lw.w_up};
+    float* const ys[2] = {hb_.data(), hb2_.data()};
+    static constexpr ProfOp ops[2] = {ProfOp::W1, ProfOp::W3};
+    linear_group_(ws, ys, ops, 2, xb_.data(), n);
+    backend_.swiglu(hb_.data(), hb2_.data(), std::int64_t(n) * c_.hidden_dim);
+    lap_(ProfOp::Swiglu);
+  }
   // ys[m] = x ws[m]^T for weights of one input: one call where the backend
   // takes a group (backend.hpp's optional linear_group, the same bits as one
   // linear each), except under the profiler, which times each projection
@@ -609,8 +652,7 @@ class LlamaModel {
       const int skip = with_q ? 0 : 1;
       linear_group_(ws + skip, ys + skip, ops + skip, 3 - skip, xb_.data(), n);
     }
-    if (with_q) backend_.rope(q_.data(), n, c_.n_heads, c_.head_dim, row_pos_.data(), c_.rope_theta, c_.rope_style);
-    backend_.rope(k_.data(), n, c_.n_kv_heads, c_.head_dim, row_pos_.data(), c_.rope_theta, c_.rope_style);
+    rope_qk_(with_q ? q_.data() : nullptr, k_.data(), n);
     lap_(ProfOp::Rope);
     Qkv out{q_.data(), k_.data(), v_.data()};
     if (padded) {
@@ -644,19 +686,8 @@ class LlamaModel {
     lap_(ProfOp::Attention);
     linear_(lw.wo, att_out_.data(), n, xb_.data());
     lap_(ProfOp::Wo);
-    backend_.add(x, xb_.data(), std::int64_t(n) * c_.dim);
-    lap_(ProfOp::Residual);
-
-    backend_.rmsnorm(xb_.data(), x, nullptr, n, lw.ffn_norm, c_.dim, c_.norm_eps);
-    lap_(ProfOp::FfnNorm);
-    {
-      const MatrixView ws[2] = {lw.w_gate, lw.w_up};
-      float* const ys[2] = {hb_.data(), hb2_.data()};
-      static constexpr ProfOp ops[2] = {ProfOp::W1, ProfOp::W3};
-      linear_group_(ws, ys, ops, 2, xb_.data(), n);
-    }
-    backend_.swiglu(hb_.data(), hb2_.data(), std::int64_t(n) * c_.hidden_dim);
-    lap_(ProfOp::Swiglu);
+    add_ffn_norm_(x, lw, n);
+    gate_up_swiglu_(lw, n);
     linear_(lw.w_down, hb_.data(), n, xb_.data());
     lap_(ProfOp::W2);
     backend_.add(x, xb_.data(), std::int64_t(n) * c_.dim);

@@ -218,6 +218,73 @@ TEST_CASE("cuda: linear matches the CPU backend for f32 f16 bf16 weights, gemv a
 }
 
 
+// The fused verbs (backend.hpp's optional linear_group, rope_pair,
+// add_rmsnorm, linear_swiglu) against the calls they replace on the same
+// device: the same bits, which is what lets the model use them without
+// moving a golden token.
+TEST_CASE("cuda: the fused verbs give the bits of the calls they replace", "[cuda]") {
+  FASTINFER_REQUIRE_CUDA();
+  CudaBackend gpu;
+  std::vector<KeepAlive> owners;
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (const std::int64_t cols : {64, 172, 2048}) {
+      const std::int64_t rows = 96;
+      std::vector<std::vector<std::uint16_t>> keep;
+      const MatrixView gate = gpu.upload(host_matrix(dt, randoms(std::size_t(rows * cols), 21), rows, cols, keep), owners);
+      const MatrixView up = gpu.upload(host_matrix(dt, randoms(std::size_t(rows * cols), 22), rows, cols, keep), owners);
+      const MatrixView third =
+          gpu.upload(host_matrix(dt, randoms(std::size_t(40 * cols), 23), 40, cols, keep), owners);
+      for (std::int64_t n : {1, 3, 17, 32, 33}) {
+        INFO(dtype_label(dt) << ", cols " << cols << ", " << n << " rows");
+        auto x = to_device(gpu, randoms(std::size_t(n * cols), 24, -2.0f, 2.0f));
+        const std::size_t out = std::size_t(n * rows);
+        auto g1 = gpu.allocate<float>(out), u1 = gpu.allocate<float>(out), t1 = gpu.allocate<float>(std::size_t(n * 40));
+        gpu.linear(gate, x.data(), n, g1.data());
+        gpu.linear(up, x.data(), n, u1.data());
+        gpu.linear(third, x.data(), n, t1.data());
+        // linear_group: three weights (one of another height), one launch.
+        auto g2 = gpu.allocate<float>(out), u2 = gpu.allocate<float>(out), t2 = gpu.allocate<float>(std::size_t(n * 40));
+        const MatrixView ws[3] = {gate, up, third};
+        float* const ys[3] = {g2.data(), u2.data(), t2.data()};
+        gpu.linear_group(ws, ys, 3, x.data(), n);
+        CHECK(to_host(gpu, g2, out) == to_host(gpu, g1, out));
+        CHECK(to_host(gpu, u2, out) == to_host(gpu, u1, out));
+        CHECK(to_host(gpu, t2, std::size_t(n * 40)) == to_host(gpu, t1, std::size_t(n * 40)));
+        // linear_swiglu = linear(gate), linear(up), swiglu.
+        gpu.swiglu(g1.data(), u1.data(), std::int64_t(out));
+        auto fused = gpu.allocate<float>(out);
+        gpu.linear_swiglu(gate, up, x.data(), n, fused.data());
+        CHECK(to_host(gpu, fused, out) == to_host(gpu, g1, out));
+      }
+    }
+  }
+  // rope_pair = rope(q), rope(k); add_rmsnorm = add, rmsnorm (out aliasing delta).
+  for (const RopeStyle style : {RopeStyle::Interleaved, RopeStyle::HalfSplit}) {
+    const std::int64_t n = 5;
+    const int qh = 6, kh = 2, hd = 24;
+    const std::vector<std::int64_t> pos{0, 3, 7, 100, 4095};
+    const auto q = randoms(std::size_t(n * qh * hd), 31), k = randoms(std::size_t(n * kh * hd), 32);
+    auto q1 = to_device(gpu, q), k1 = to_device(gpu, k), q2 = to_device(gpu, q), k2 = to_device(gpu, k);
+    gpu.rope(q1.data(), n, qh, hd, pos.data(), 10000.0f, style);
+    gpu.rope(k1.data(), n, kh, hd, pos.data(), 10000.0f, style);
+    gpu.rope_pair(q2.data(), qh, k2.data(), kh, n, hd, pos.data(), 10000.0f, style);
+    CHECK(to_host(gpu, q2, q.size()) == to_host(gpu, q1, q.size()));
+    CHECK(to_host(gpu, k2, k.size()) == to_host(gpu, k1, k.size()));
+  }
+  for (const int dim : {64, 2048, 5000}) {  // 5000: the two-pass long-row path
+    INFO("dim " << dim);
+    const std::int64_t n = 3;
+    const auto x = randoms(std::size_t(n * dim), 41), delta = randoms(std::size_t(n * dim), 42);
+    auto w = to_device(gpu, randoms(std::size_t(dim), 43));
+    auto x1 = to_device(gpu, x), d1 = to_device(gpu, delta), x2 = to_device(gpu, x), d2 = to_device(gpu, delta);
+    gpu.add(x1.data(), d1.data(), n * dim);
+    gpu.rmsnorm(d1.data(), x1.data(), nullptr, n, w.data(), dim, 1e-5f);
+    gpu.add_rmsnorm(x2.data(), d2.data(), d2.data(), n, w.data(), dim, 1e-5f);
+    CHECK(to_host(gpu, x2, x.size()) == to_host(gpu, x1, x.size()));
+    CHECK(to_host(gpu, d2, x.size()) == to_host(gpu, d1, x.size()));
+  }
+}
+
 TEST_CASE("cuda: argmax_rows and sample_rows pick the CPU's tokens, greedy rows on the device", "[cuda]") {
   FASTINFER_REQUIRE_CUDA();
   CudaBackend gpu;

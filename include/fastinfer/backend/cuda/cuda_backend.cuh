@@ -103,15 +103,29 @@ class CudaBackend {
   void linear_group(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n) {
     cuda::linear_group(ws, ys, count, x, n, ctx_->blas(), s_->act16, stream());
   }
+  // silu(x gate^T) * (x up^T) in one GEMV launch (backend.hpp's optional verb).
+  void linear_swiglu(const MatrixView& gate, const MatrixView& up, const float* x, std::int64_t n, float* out) {
+    cuda::linear_swiglu(gate, up, x, n, out, s_->up, ctx_->blas(), s_->act16, stream());
+  }
 
   void rmsnorm(float* out, const float* x, const std::int32_t* rows, std::int64_t n, const float* weight, int dim,
                float eps) {
     const std::int32_t* d = rows ? cuda::stage(s_->rows, rows, std::size_t(n), stream()) : nullptr;
     cuda::rmsnorm(out, x, d, n, weight, dim, eps, stream());
   }
+  // x += delta, then out = rmsnorm(x), one launch (backend.hpp's optional verb).
+  void add_rmsnorm(float* x, const float* delta, float* out, std::int64_t n, const float* weight, int dim,
+                   float eps) {
+    cuda::add_rmsnorm(x, delta, out, n, weight, dim, eps, stream());
+  }
 
   void rope(float* x, std::int64_t n, int heads, int head_dim, const std::int64_t* positions, float theta,
             RopeStyle style) {
+    rope_pair(x, heads, nullptr, 0, n, head_dim, positions, theta, style);
+  }
+  // q and k at the same positions in one launch (backend.hpp's optional verb).
+  void rope_pair(float* q, int q_heads, float* k, int k_heads, std::int64_t n, int head_dim,
+                 const std::int64_t* positions, float theta, RopeStyle style) {
     FASTINFER_CHECK(head_dim > 0 && head_dim % 2 == 0, InvalidArgument,
                     "rope: head_dim must be positive and even, got ", head_dim);
     if (n <= 0) return;
@@ -131,7 +145,7 @@ class CudaBackend {
       s_->pos_staged = s_->pos_host;
     }
     const std::int32_t* d = s_->positions.data();
-    cuda::rope(x, n, heads, head_dim, d, s_->cos.data(), s_->sin.data(), style, stream());
+    cuda::rope(q, n, q_heads, head_dim, d, s_->cos.data(), s_->sin.data(), style, stream(), k, k_heads);
   }
 
   void swiglu(float* gate, const float* up, std::int64_t n) { cuda::swiglu(gate, up, n, stream()); }
@@ -223,6 +237,7 @@ class CudaBackend {
   struct Scratch {
     Buffer<std::int32_t> tokens, rows, positions;
     Buffer<std::uint16_t> act16;  // activations rounded for a 16-bit GemmEx
+    Buffer<float> up;             // linear_swiglu's x up^T above 32 rows
     Buffer<float> cos, sin;       // [position][head_dim / 2]
     int rope_dim = 0;
     float rope_theta = 0.0f;

@@ -51,13 +51,17 @@ __global__ void embed_kernel(const typename DeviceDType<D>::Storage* table, std:
 // A row of up to kThreads * kRmsPerThread values is read once, into
 // registers, its weights loaded beside it so that both latencies overlap;
 // longer rows are read twice. The sum runs in the same order either way.
+// With `delta` (rows then nullptr) the row is first x += delta, written
+// back: the residual add and the norm after it in one launch, each value
+// as add_kernel and the plain norm compute it.
 constexpr int kRmsPerThread = 16;
-__global__ void rmsnorm_kernel(float* out, const float* x, const std::int32_t* rows, const float* weight, int dim,
-                               float eps) {
+__global__ void rmsnorm_kernel(float* out, float* x, const float* delta, const std::int32_t* rows,
+                               const float* weight, int dim, float eps) {
   FASTINFER_CUDA_WAIT_PREVIOUS();
   __shared__ float red[32];
   const std::int64_t r = blockIdx.x;
-  const float* xr = x + (rows ? std::int64_t(rows[r]) : r) * dim;
+  float* xr = x + (rows ? std::int64_t(rows[r]) : r) * dim;
+  const float* dr = delta ? delta + r * dim : nullptr;
   float* o = out + r * dim;
   const int step = int(blockDim.x);
   if (dim <= step * kRmsPerThread) {
@@ -67,6 +71,14 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const std::int32_t* r
       const int i = int(threadIdx.x) + k * step;
       xv[k] = i < dim ? xr[i] : 0.0f;
       wv[k] = i < dim ? weight[i] : 0.0f;
+      if (dr && i < dim) xv[k] += dr[i];
+    }
+    if (dr) {
+#pragma unroll
+      for (int k = 0; k < kRmsPerThread; ++k) {
+        const int i = int(threadIdx.x) + k * step;
+        if (i < dim) xr[i] = xv[k];
+      }
     }
     float ss = 0.0f;
 #pragma unroll
@@ -81,7 +93,10 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const std::int32_t* r
     return;
   }
   float ss = 0.0f;
-  for (int i = threadIdx.x; i < dim; i += step) ss += xr[i] * xr[i];
+  for (int i = threadIdx.x; i < dim; i += step) {
+    if (dr) xr[i] += dr[i];  // this thread reads xr[i] again below
+    ss += xr[i] * xr[i];
+  }
   ss = block_sum(ss, red);
   const float scale = 1.0f / sqrtf(ss / float(dim) + eps);
   for (int i = threadIdx.x; i < dim; i += step) o[i] = weight[i] * (scale * xr[i]);
@@ -91,12 +106,18 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const std::int32_t* r
 // std::pow/cos/sin (cpu::rope's table), so angles are the same bits; the
 // products are kept unfused (__fmul_rn) so that contraction into an FMA
 // does not move the result.
+// x: [n][heads][head_dim], then (x2 non-null) x2: [n][heads2][head_dim] at
+// the same positions (q and k in one launch).
 __global__ void rope_kernel(float* x, std::int64_t n, int heads, int head_dim, const std::int32_t* positions,
-                            const float* cos_t, const float* sin_t, int interleaved) {
+                            const float* cos_t, const float* sin_t, int interleaved, float* x2, int heads2) {
   FASTINFER_CUDA_WAIT_PREVIOUS();
   const int half = head_dim / 2;
-  const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n * heads * half) return;
+  std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * heads * half) {
+    i -= n * heads * half;
+    if (x2 == nullptr || i >= n * heads2 * half) return;
+    x = x2, heads = heads2;
+  }
   const std::int64_t t = i / (std::int64_t(heads) * half);
   const int h = int((i / half) % heads), j = int(i % half);
   float* v = x + (t * heads + h) * head_dim;
@@ -108,12 +129,19 @@ __global__ void rope_kernel(float* x, std::int64_t n, int heads, int head_dim, c
   v[b] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
 }
 
+}  // namespace elementwise_detail
+
+// silu(g) * u, the one expression of swiglu wherever it is computed (here
+// and in the GEMV's gate/up epilogue, linear.cuh), so both give the same bits.
+__device__ inline float swiglu_value(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+namespace elementwise_detail {
+
 __global__ void swiglu_kernel(float* gate, const float* up, std::int64_t n) {
   FASTINFER_CUDA_WAIT_PREVIOUS();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  const float g = gate[i];
-  gate[i] = g / (1.0f + expf(-g)) * up[i];
+  gate[i] = swiglu_value(gate[i], up[i]);
 }
 
 __global__ void add_kernel(float* y, const float* x, std::int64_t n) {
@@ -156,17 +184,29 @@ inline void embed(DType dtype, const void* table, std::int64_t cols, const std::
 inline void rmsnorm(float* out, const float* x, const std::int32_t* rows, std::int64_t n, const float* weight,
                     int dim, float eps, cudaStream_t stream) {
   if (n <= 0) return;
-  launch("rmsnorm_kernel", elementwise_detail::rmsnorm_kernel, dim3(unsigned(n)), dim3(256), 0, stream, out, x, rows,
-         weight, dim, eps);
+  // x is only written with a delta (add_rmsnorm).
+  launch("rmsnorm_kernel", elementwise_detail::rmsnorm_kernel, dim3(unsigned(n)), dim3(256), 0, stream, out,
+         const_cast<float*>(x), static_cast<const float*>(nullptr), rows, weight, dim, eps);
+}
+
+// cpu: cpu::add then cpu::rmsnorm: x[i] += delta[i], then out[i] = norm(x[i])
+// (out may be delta), one launch.
+inline void add_rmsnorm(float* x, const float* delta, float* out, std::int64_t n, const float* weight, int dim,
+                        float eps, cudaStream_t stream) {
+  if (n <= 0) return;
+  launch("rmsnorm_kernel", elementwise_detail::rmsnorm_kernel, dim3(unsigned(n)), dim3(256), 0, stream, out, x,
+         delta, static_cast<const std::int32_t*>(nullptr), weight, dim, eps);
 }
 
 // cpu: cpu::rope; positions on the device (int32), tables [position][head_dim / 2].
 inline void rope(float* x, std::int64_t n, int heads, int head_dim, const std::int32_t* positions,
-                 const float* cos_t, const float* sin_t, RopeStyle style, cudaStream_t stream) {
+                 const float* cos_t, const float* sin_t, RopeStyle style, cudaStream_t stream, float* x2 = nullptr,
+                 int heads2 = 0) {
   namespace ed = elementwise_detail;
   if (n <= 0) return;
-  launch("rope_kernel", ed::rope_kernel, dim3(ed::blocks_for(n * heads * (head_dim / 2))), dim3(ed::kThreads), 0,
-         stream, x, n, heads, head_dim, positions, cos_t, sin_t, style == RopeStyle::Interleaved ? 1 : 0);
+  const std::int64_t pairs = n * (std::int64_t(heads) + (x2 ? heads2 : 0)) * (head_dim / 2);
+  launch("rope_kernel", ed::rope_kernel, dim3(ed::blocks_for(pairs)), dim3(ed::kThreads), 0, stream, x, n, heads,
+         head_dim, positions, cos_t, sin_t, style == RopeStyle::Interleaved ? 1 : 0, x2, heads2);
 }
 
 // cpu: cpu::swiglu.

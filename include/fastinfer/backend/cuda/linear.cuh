@@ -86,32 +86,16 @@ struct GemvGroup {
   int count = 0;
 };
 
-// One warp per output row r of its block's matrix: y[i][r] for the n <= N
-// rows of x. `vec`: the weights and x are 16-byte aligned and cols a
-// multiple of the vector width (16-byte loads), else one element per lane
-// per step.
+// One lane's share of a warp's dot products of weight row wr with the n <= N
+// rows of x, added to acc[0..n). `vec`: the weights and x are 16-byte
+// aligned and cols a multiple of the vector width (16-byte loads), else one
+// element per lane per step. The sum runs over c in ascending order whatever
+// n is (a row's bits do not depend on the pass size).
 template <DType D, int N>
-__global__ void gemv_kernel(GemvGroup g, const float* x, std::int64_t cols, int n, int vec) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
-  using S = typename DeviceDType<D>::Storage;
-  // This block's matrix (unrolled: the parameter arrays stay in registers).
-  const void* w = g.w[0];
-  float* y = g.y[0];
-  std::int64_t rows = g.rows[0];
-  std::int32_t first = 0;
-#pragma unroll
-  for (int m = 1; m < kMaxGroup; ++m)
-    if (m < g.count && std::int32_t(blockIdx.x) >= g.first_block[m])
-      w = g.w[m], y = g.y[m], rows = g.rows[m], first = g.first_block[m];
-  const std::int64_t r = std::int64_t(std::int32_t(blockIdx.x) - first) * kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = int(threadIdx.x % 32);
-  if (r >= rows) return;
-  const S* wr = static_cast<const S*>(w) + r * cols;
-  float acc[N];
-  for (int i = 0; i < N; ++i) acc[i] = 0.0f;
+__device__ inline void row_dot(const typename DeviceDType<D>::Storage* wr, const float* x, std::int64_t cols, int n,
+                               int vec, int lane, float* acc) {
   if (vec) {
-    // kUnroll 16-byte loads per lane in flight before their FMAs; the sum
-    // still runs over c in ascending order, whatever n is.
+    // kUnroll 16-byte loads per lane in flight before their FMAs.
     constexpr int V = Vec16<D>::kValues, kUnroll = 4;
     constexpr std::int64_t kStep = 32 * V;
     std::int64_t c = std::int64_t(lane) * V;
@@ -151,17 +135,56 @@ __global__ void gemv_kernel(GemvGroup g, const float* x, std::int64_t cols, int 
     }
   }
 #pragma unroll
+  for (int i = 0; i < N; ++i)
+    if (i < n)
+      for (int o = 16; o > 0; o >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+}
+
+// One warp per output row r of its block's matrix: y[i][r] for the n <= N
+// rows of x. With `swiglu` the group is (gate, up), the grid covers the gate
+// rows, and a warp writes y_gate[i][r] = silu(gate) * up, the expression
+// elementwise.cuh's swiglu computes (same bits as linear, linear, swiglu).
+template <DType D, int N>
+__global__ void gemv_kernel(GemvGroup g, const float* x, std::int64_t cols, int n, int vec, int swiglu) {
+  FASTINFER_CUDA_WAIT_PREVIOUS();
+  using S = typename DeviceDType<D>::Storage;
+  // This block's matrix (unrolled: the parameter arrays stay in registers).
+  const void* w = g.w[0];
+  float* y = g.y[0];
+  std::int64_t rows = g.rows[0];
+  std::int32_t first = 0;
+  if (!swiglu) {
+#pragma unroll
+    for (int m = 1; m < kMaxGroup; ++m)
+      if (m < g.count && std::int32_t(blockIdx.x) >= g.first_block[m])
+        w = g.w[m], y = g.y[m], rows = g.rows[m], first = g.first_block[m];
+  }
+  const std::int64_t r = std::int64_t(std::int32_t(blockIdx.x) - first) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = int(threadIdx.x % 32);
+  if (r >= rows) return;
+  float acc[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) acc[i] = 0.0f;
+  row_dot<D, N>(static_cast<const S*>(w) + r * cols, x, cols, n, vec, lane, acc);
+  if (swiglu) {
+    float up[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) up[i] = 0.0f;
+    row_dot<D, N>(static_cast<const S*>(g.w[1]) + r * cols, x, cols, n, vec, lane, up);
+#pragma unroll
+    for (int i = 0; i < N; ++i) acc[i] = swiglu_value(acc[i], up[i]);
+  }
+#pragma unroll
   for (int i = 0; i < N; ++i) {
     if (i >= n) break;
-    float v = acc[i];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) y[i * rows + r] = v;
+    if (lane == 0) y[i * rows + r] = acc[i];
   }
 }
 
-// ws[0..count) share x's width and dtype D.
+// ws[0..count) share x's width and dtype D; `swiglu`: ws is (gate, up) of
+// one shape and ys[0] gets silu(gate) * up.
 template <DType D, int N>
-void launch_gemv(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n,
+void launch_gemv(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n, bool swiglu,
                  cudaStream_t stream) {
   constexpr int V = Vec16<D>::kValues;
   GemvGroup g;
@@ -171,23 +194,23 @@ void launch_gemv(const MatrixView* ws, float* const* ys, int count, const float*
   for (int m = 0; m < count; ++m) {
     g.w[m] = ws[m].data, g.y[m] = ys[m], g.rows[m] = ws[m].rows;
     g.first_block[m] = std::int32_t(blocks);
-    blocks += (ws[m].rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    if (!swiglu || m == 0) blocks += (ws[m].rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
     if (reinterpret_cast<std::uintptr_t>(ws[m].data) % 16 != 0) vec = 0;
   }
   g.first_block[count] = std::int32_t(blocks);
   launch("gemv_kernel", gemv_kernel<D, N>, dim3(unsigned(blocks)), dim3(kWarpsPerBlock * 32), 0, stream, g, x,
-         ws[0].cols, int(n), vec);
+         ws[0].cols, int(n), vec, swiglu ? 1 : 0);
 }
 
 // The smallest of N = 1, 2, 4, 8, 16, 32 that holds n rows: six kernels per
 // weight type, not 32.
 template <DType D, int N = 1>
-void gemv_rows(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n,
+void gemv_rows(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n, bool swiglu,
                cudaStream_t stream) {
   if constexpr (N < kGemvRows) {
-    if (n > N) return gemv_rows<D, 2 * N>(ws, ys, count, x, n, stream);
+    if (n > N) return gemv_rows<D, 2 * N>(ws, ys, count, x, n, swiglu, stream);
   }
-  launch_gemv<D, N>(ws, ys, count, x, n, stream);
+  launch_gemv<D, N>(ws, ys, count, x, n, swiglu, stream);
 }
 
 template <DType D>
@@ -208,7 +231,7 @@ inline void linear(const MatrixView& w, const float* x, std::int64_t n, float* y
     constexpr DType D = decltype(d)::value;
     if (n <= kGemvRows) {
       float* const ys[1] = {y};
-      ld::gemv_rows<D>(&w, ys, 1, x, n, stream);
+      ld::gemv_rows<D>(&w, ys, 1, x, n, false, stream);
       return;
     }
     const void* b = x;
@@ -243,7 +266,34 @@ inline void linear_group(const MatrixView* ws, float* const* ys, int count, cons
   }
   visit_device_dtype(ws[0].dtype, [&](auto d) {
     constexpr DType D = decltype(d)::value;
-    ld::gemv_rows<D>(ws, ys, count, x, n, stream);
+    ld::gemv_rows<D>(ws, ys, count, x, n, false, stream);
+  });
+}
+
+// out = silu(x gate^T) * (x up^T), bit for bit linear(gate), linear(up),
+// swiglu(): up to 32 rows of x in one GEMV launch (a warp computes a gate
+// row and its up row), more through those three calls (`up_scratch` holds
+// x up^T there).
+inline void linear_swiglu(const MatrixView& gate, const MatrixView& up, const float* x, std::int64_t n, float* out,
+                          DeviceBuffer<float>& up_scratch, cublasHandle_t blas, DeviceBuffer<std::uint16_t>& scratch,
+                          cudaStream_t stream) {
+  namespace ld = linear_detail;
+  FASTINFER_CHECK(gate.rows == up.rows && gate.cols == up.cols && gate.dtype == up.dtype, InvalidArgument,
+                  "linear_swiglu: gate [", gate.rows, " x ", gate.cols, "] and up [", up.rows, " x ", up.cols,
+                  "] differ in shape or type");
+  if (n <= 0) return;
+  if (n > kGemvRows) {
+    up_scratch.reserve_discard(std::size_t(n * up.rows));
+    linear(gate, x, n, out, blas, scratch, stream);
+    linear(up, x, n, up_scratch.data(), blas, scratch, stream);
+    swiglu(out, up_scratch.data(), n * up.rows, stream);
+    return;
+  }
+  const MatrixView ws[2] = {gate, up};
+  float* const ys[2] = {out, nullptr};
+  visit_device_dtype(gate.dtype, [&](auto d) {
+    constexpr DType D = decltype(d)::value;
+    ld::gemv_rows<D>(ws, ys, 2, x, n, true, stream);
   });
 }
 
