@@ -556,6 +556,7 @@ class LlamaModel {
   // The fusions a device backend offers (backend.hpp's optional verbs: the
   // same bits as the calls they replace, fewer launches) are used where the
   // backend has them and no profiler times the ops one by one.
+
   // RoPE of q (skipped when null) and k at this pass's positions.
   void rope_qk_(float* q, float* k, int n) {
     if constexpr (backend_detail::has_rope_pair<Backend>::value) {
