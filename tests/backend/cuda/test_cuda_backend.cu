@@ -178,7 +178,12 @@ TEST_CASE("cuda: linear matches the CPU backend for f32 f16 bf16 weights, gemv a
   struct Shape {
     std::int64_t rows, cols;
   };
-  for (const Shape s : {Shape{40, 64}, Shape{33, 172}, Shape{130, 256}}) {
+  // Rows of several slices (linear.cuh's gemv_shape: 1024 f16/bf16 or 512
+  // f32 columns a warp): 2600 columns are 3 slices, the last partial; 4616
+  // f32 columns 10 slices over kMaxRowWarps 8 warps (two take a second);
+  // 1030 is not a multiple of the vector width (one value per lane).
+  for (const Shape s : {Shape{40, 64}, Shape{33, 172}, Shape{130, 256}, Shape{24, 2600}, Shape{9, 4616},
+                        Shape{17, 1030}}) {
     const auto wv = randoms(std::size_t(s.rows * s.cols), 7);
     for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
       std::vector<std::vector<std::uint16_t>> keep;
@@ -227,7 +232,7 @@ TEST_CASE("cuda: the fused verbs give the bits of the calls they replace", "[cud
   CudaBackend gpu;
   std::vector<KeepAlive> owners;
   for (DType dt : {DType::F32, DType::BF16}) {
-    for (const std::int64_t cols : {64, 172, 2048}) {
+    for (const std::int64_t cols : {64, 172, 2048, 2600}) {
       const std::int64_t rows = 96;
       std::vector<std::vector<std::uint16_t>> keep;
       const MatrixView gate = gpu.upload(host_matrix(dt, randoms(std::size_t(rows * cols), 21), rows, cols, keep), owners);

@@ -49,7 +49,7 @@ __device__ inline void warp_keep_best(float& best, std::int32_t& index, std::int
 
 __global__ void argmax_rows_kernel(const float* logits, std::int64_t vocab, const std::int32_t* rows,
                                    RowArgmax* out) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
+  FASTINFER_CUDA_KERNEL_PROLOGUE();
   __shared__ float warp_best[32];
   __shared__ std::int32_t warp_index[32];
   __shared__ std::int32_t warp_nan[32];

@@ -41,7 +41,7 @@ __device__ inline float block_sum(float v, float* red) {
 template <DType D>
 __global__ void embed_kernel(const typename DeviceDType<D>::Storage* table, std::int64_t cols,
                              const std::int32_t* tokens, std::int64_t n, float* out) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
+  FASTINFER_CUDA_KERNEL_PROLOGUE();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * cols) return;
   const std::int64_t t = i / cols, c = i % cols;
@@ -57,7 +57,7 @@ __global__ void embed_kernel(const typename DeviceDType<D>::Storage* table, std:
 constexpr int kRmsPerThread = 16;
 __global__ void rmsnorm_kernel(float* out, float* x, const float* delta, const std::int32_t* rows,
                                const float* weight, int dim, float eps) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
+  FASTINFER_CUDA_KERNEL_PROLOGUE();
   __shared__ float red[32];
   const std::int64_t r = blockIdx.x;
   float* xr = x + (rows ? std::int64_t(rows[r]) : r) * dim;
@@ -110,7 +110,7 @@ __global__ void rmsnorm_kernel(float* out, float* x, const float* delta, const s
 // the same positions (q and k in one launch).
 __global__ void rope_kernel(float* x, std::int64_t n, int heads, int head_dim, const std::int32_t* positions,
                             const float* cos_t, const float* sin_t, int interleaved, float* x2, int heads2) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
+  FASTINFER_CUDA_KERNEL_PROLOGUE();
   const int half = head_dim / 2;
   std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * heads * half) {
@@ -138,21 +138,21 @@ __device__ inline float swiglu_value(float g, float u) { return g / (1.0f + expf
 namespace elementwise_detail {
 
 __global__ void swiglu_kernel(float* gate, const float* up, std::int64_t n) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
+  FASTINFER_CUDA_KERNEL_PROLOGUE();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   gate[i] = swiglu_value(gate[i], up[i]);
 }
 
 __global__ void add_kernel(float* y, const float* x, std::int64_t n) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
+  FASTINFER_CUDA_KERNEL_PROLOGUE();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) y[i] += x[i];
 }
 
 __global__ void copy_rows_kernel(float* dst, std::int64_t dst_stride, const float* src, std::int64_t src_stride,
                                  std::int64_t rows, int width) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
+  FASTINFER_CUDA_KERNEL_PROLOGUE();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * width) return;
   const std::int64_t r = i / width, c = i % width;
@@ -161,7 +161,7 @@ __global__ void copy_rows_kernel(float* dst, std::int64_t dst_stride, const floa
 
 template <DType D>
 __global__ void round_kernel(typename DeviceDType<D>::Storage* dst, const float* src, std::int64_t n) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
+  FASTINFER_CUDA_KERNEL_PROLOGUE();
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) dst[i] = DeviceDType<D>::store(src[i]);
 }

@@ -65,7 +65,7 @@ constexpr int kAppendWarps = 4;  // rows per block of the append kernel
 template <typename Quant>
 __global__ void append_kernel(LayerRows dst, int n_kv_heads, int d, const float* k, const float* v,
                               const std::int32_t* slot_block, const std::int32_t* slot_token, std::int64_t n) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
+  FASTINFER_CUDA_KERNEL_PROLOGUE();
   const std::int64_t row = std::int64_t(blockIdx.x) * kAppendWarps + threadIdx.x / 32;
   if (row >= 2 * n * n_kv_heads) return;  // the whole warp leaves together
   const int kvsel = int(row / (n * n_kv_heads));

@@ -1,13 +1,23 @@
 // Every kernel of the CUDA backend is launched here, with programmatic
-// dependent launch where the device has it (compute capability 9.0 and up):
-// a kernel's blocks are scheduled while the kernel before it on the stream
-// drains, and wait for it to finish (its writes visible) at their first
-// line, FASTINFER_CUDA_WAIT_PREVIOUS(). A decode step is some 15 small
-// kernels a layer, one after another, so the launch latency hidden at each
-// boundary adds up. Elsewhere the attribute is left off: a plain launch.
+// dependent launch where the device has it (compute capability 9.0 and up).
+// A decode step is some ten small kernels a layer, one after another; at
+// each boundary the next kernel's blocks are scheduled before this one ends:
+//   FASTINFER_CUDA_RELEASE_NEXT()    lets the next kernel on the stream start
+//                                    its blocks (they still wait, below);
+//   FASTINFER_CUDA_WAIT_PREVIOUS()   waits until the kernel before has
+//                                    finished and its writes are visible.
+// Every kernel releases at its first line, so the next one's blocks take
+// the SMs as this one's drain, and a GEMV streams its first weights (never
+// written by a kernel) before it waits: the weight stream runs on across the
+// boundary instead of restarting after it. Correctness does not depend on
+// where the release sits: a kernel's wait returns only when the kernel
+// before has finished, which itself waited for the one before it.
+// Elsewhere the attribute is left off: a plain launch, the macros no-ops.
 //
-// Rule: FASTINFER_CUDA_WAIT_PREVIOUS() is the first statement of every
-// kernel launched through cuda::launch, before any read of global memory.
+// Rule: a kernel launched through cuda::launch begins with
+// FASTINFER_CUDA_KERNEL_PROLOGUE() (release, then wait), or releases, reads
+// only weights, then waits; it reads nothing a kernel writes, and writes
+// nothing, before its wait.
 #pragma once
 
 #include <cstddef>
@@ -20,12 +30,21 @@
 #include "fastinfer/backend/cuda/cuda_check.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FASTINFER_CUDA_RELEASE_NEXT() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 #define FASTINFER_CUDA_WAIT_PREVIOUS() asm volatile("griddepcontrol.wait;" ::: "memory")
 #else
+#define FASTINFER_CUDA_RELEASE_NEXT() \
+  do {                                 \
+  } while (0)
 #define FASTINFER_CUDA_WAIT_PREVIOUS() \
   do {                                  \
   } while (0)
 #endif
+#define FASTINFER_CUDA_KERNEL_PROLOGUE() \
+  do {                                    \
+    FASTINFER_CUDA_RELEASE_NEXT();        \
+    FASTINFER_CUDA_WAIT_PREVIOUS();       \
+  } while (0)
 
 namespace fastinfer::cuda {
 

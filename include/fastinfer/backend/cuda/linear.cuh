@@ -1,8 +1,9 @@
 // y[n][rows] = x[n][cols] W^T on the device, W row-major [rows][cols] in f32,
 // f16 or bf16, x and y f32.
 //
-//   n <= kGemvRows   gemv: one warp per output row, f32 activations times
-//                    widened weights, f32 accumulation; the weights are
+//   n <= kGemvRows   gemv: a few warps per output row (gemv_shape below),
+//                    f32 activations times widened weights, f32
+//                    accumulation; the weights are
 //                    streamed once for all n rows (decode and short
 //                    verification passes are weight-bandwidth bound). A
 //                    row's sum runs in the same order whatever n is, so its
@@ -18,6 +19,7 @@
 //                    tolerance.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include <cublas_v2.h>
@@ -36,7 +38,7 @@ constexpr int kGemvRows = 32;
 
 namespace linear_detail {
 
-constexpr int kWarpsPerBlock = 8;
+constexpr int kLoads = 4;  // 16-byte weight loads per lane in flight at once (below)
 
 // 16 bytes of a weight row widened to f32: 4 values (f32) or 8 (f16, bf16).
 template <DType D>
@@ -44,17 +46,17 @@ struct Vec16;
 template <>
 struct Vec16<DType::F32> {
   static constexpr int kValues = 4;
-  __device__ static void load(const void* p, float* out) {
-    const float4 v = *static_cast<const float4*>(p);
-    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  __device__ static void widen(const uint4& v, float* out) {
+    out[0] = __uint_as_float(v.x), out[1] = __uint_as_float(v.y);
+    out[2] = __uint_as_float(v.z), out[3] = __uint_as_float(v.w);
   }
 };
 template <DType D>
 struct Vec16Half {
   static constexpr int kValues = 8;
-  __device__ static void load(const void* p, float* out) {
-    const uint4 v = *static_cast<const uint4*>(p);
+  __device__ static void widen(const uint4& v, float* out) {
     const auto* h = reinterpret_cast<const typename DeviceDType<D>::Storage*>(&v);
+#pragma unroll
     for (int i = 0; i < 8; ++i) out[i] = DeviceDType<D>::load(h, i);
   }
 };
@@ -62,6 +64,20 @@ template <>
 struct Vec16<DType::F16> : Vec16Half<DType::F16> {};
 template <>
 struct Vec16<DType::BF16> : Vec16Half<DType::BF16> {};
+
+// A lane's kLoads 16-byte weight loads of the slice starting at column
+// `base` (those inside the row), issued together: the read-only path, and
+// nothing waits on them until the first FMA.
+template <DType D>
+__device__ inline void load_slice(const typename DeviceDType<D>::Storage* wr, std::int64_t cols, std::int64_t base,
+                                  int lane, uint4 (&raw)[kLoads]) {
+  constexpr int V = Vec16<D>::kValues;
+#pragma unroll
+  for (int k = 0; k < kLoads; ++k) {
+    const std::int64_t c = base + (std::int64_t(k) * 32 + lane) * V;
+    if (c < cols) raw[k] = __ldg(reinterpret_cast<const uint4*>(wr + c));
+  }
+}
 
 // V activations x[0..V) as float4 loads (x 16-byte aligned: the vector path's condition).
 template <int V>
@@ -86,68 +102,96 @@ struct GemvGroup {
   int count = 0;
 };
 
-// One lane's share of a warp's dot products of weight row wr with the n <= N
-// rows of x, added to acc[0..n). `vec`: the weights and x are 16-byte
-// aligned and cols a multiple of the vector width (16-byte loads), else one
-// element per lane per step. The sum runs over c in ascending order whatever
-// n is (a row's bits do not depend on the pass size).
+// How a GEMV launch shares out a row (host and device). Its columns are
+// cut into slices of slice_cols<D>() values: kLoads 16-byte loads per lane,
+// one round of loads in flight per warp. `row_warps` (S) warps share a row,
+// warp s taking slices s, s + S, ...; with `parts` 2 (swiglu) a row is a
+// gate row and its up row, 2 S warps; `block_rows` rows per block, about
+// kBlockWarps warps. Short rows (the 1B's 2048 columns: two slices) thus
+// still give every SM dozens of warps with loads in flight, where one warp
+// per row left the wide-and-short matrices (wo, down) at a third of HBM
+// bandwidth. The shape depends on cols and the weight type only, never on
+// n or on the matrices launched beside it, so a row's bits do not either.
+constexpr int kMaxRowWarps = 8;
+constexpr int kBlockWarps = 8;
+constexpr int kMaxBlockWarps = 2 * kMaxRowWarps;
+
+template <DType D>
+__host__ __device__ constexpr std::int64_t slice_cols() {
+  return 32 * kLoads * Vec16<D>::kValues;
+}
+
+struct GemvShape {
+  int row_warps = 1, block_rows = 1, parts = 1;
+  __host__ __device__ int warps_per_row() const { return row_warps * parts; }
+  __host__ __device__ int warps() const { return warps_per_row() * block_rows; }
+};
+
+template <DType D>
+inline GemvShape gemv_shape(std::int64_t cols, bool swiglu) {
+  GemvShape s;
+  s.parts = swiglu ? 2 : 1;
+  const std::int64_t slices = (cols + slice_cols<D>() - 1) / slice_cols<D>();
+  s.row_warps = int(std::min<std::int64_t>(kMaxRowWarps, std::max<std::int64_t>(1, slices)));
+  s.block_rows = std::max(1, kBlockWarps / s.warps_per_row());
+  return s;
+}
+
+// One warp's part of a row: the n <= N rows of x dotted with the columns of
+// its slices, added to acc[0..n) (a lane's partial; the caller reduces the
+// warp). `vec`: weights and x 16-byte aligned and cols a multiple of the
+// vector width, else one element per lane per step. `raw` holds the first
+// slice's weights, loaded before the kernel's wait. A lane adds its
+// products in ascending column order whatever n is.
 template <DType D, int N>
-__device__ inline void row_dot(const typename DeviceDType<D>::Storage* wr, const float* x, std::int64_t cols, int n,
-                               int vec, int lane, float* acc) {
-  if (vec) {
-    // kUnroll 16-byte loads per lane in flight before their FMAs.
-    constexpr int V = Vec16<D>::kValues, kUnroll = 4;
-    constexpr std::int64_t kStep = 32 * V;
-    std::int64_t c = std::int64_t(lane) * V;
-    for (; c + (kUnroll - 1) * kStep < cols; c += kUnroll * kStep) {
-      float wv[kUnroll][V];
+__device__ inline void slices_dot(const typename DeviceDType<D>::Storage* wr, const float* x, std::int64_t cols, int n,
+                                  int vec, int lane, std::int64_t first_slice, int stride, uint4 (&raw)[kLoads],
+                                  float* acc) {
+  constexpr int V = Vec16<D>::kValues;
+  constexpr std::int64_t kSlice = slice_cols<D>();
+  for (std::int64_t s = first_slice; s * kSlice < cols; s += stride) {
+    const std::int64_t base = s * kSlice;
+    if (vec) {
+      if (s != first_slice) load_slice<D>(wr, cols, base, lane, raw);
 #pragma unroll
-      for (int k = 0; k < kUnroll; ++k) Vec16<D>::load(wr + c + k * kStep, wv[k]);
-#pragma unroll
-      for (int k = 0; k < kUnroll; ++k)
+      for (int k = 0; k < kLoads; ++k) {
+        const std::int64_t c = base + (std::int64_t(k) * 32 + lane) * V;
+        if (c >= cols) break;
+        float wv[V];
+        Vec16<D>::widen(raw[k], wv);
 #pragma unroll
         for (int i = 0; i < N; ++i)
           if (i < n) {
             float xv[V];
-            load_x<V>(x + i * cols + c + k * kStep, xv);
+            load_x<V>(x + i * cols + c, xv);
 #pragma unroll
-            for (int e = 0; e < V; ++e) acc[i] = fmaf(wv[k][e], xv[e], acc[i]);
+            for (int e = 0; e < V; ++e) acc[i] = fmaf(wv[e], xv[e], acc[i]);
           }
-    }
-    for (; c < cols; c += kStep) {
-      float wv[V];
-      Vec16<D>::load(wr + c, wv);
+      }
+    } else {
+      const std::int64_t end = base + kSlice < cols ? base + kSlice : cols;
+      for (std::int64_t c = base + lane; c < end; c += 32) {
+        const float wv = DeviceDType<D>::load(wr, c);
 #pragma unroll
-      for (int i = 0; i < N; ++i)
-        if (i < n) {
-          float xv[V];
-          load_x<V>(x + i * cols + c, xv);
-#pragma unroll
-          for (int e = 0; e < V; ++e) acc[i] = fmaf(wv[e], xv[e], acc[i]);
-        }
-    }
-  } else {
-    for (std::int64_t c = lane; c < cols; c += 32) {
-      const float wv = DeviceDType<D>::load(wr, c);
-#pragma unroll
-      for (int i = 0; i < N; ++i)
-        if (i < n) acc[i] = fmaf(wv, x[i * cols + c], acc[i]);
+        for (int i = 0; i < N; ++i)
+          if (i < n) acc[i] = fmaf(wv, x[i * cols + c], acc[i]);
+      }
     }
   }
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-    if (i < n)
-      for (int o = 16; o > 0; o >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
 }
 
-// One warp per output row r of its block's matrix: y[i][r] for the n <= N
-// rows of x. With `swiglu` the group is (gate, up), the grid covers the gate
-// rows, and a warp writes y_gate[i][r] = silu(gate) * up, the expression
-// elementwise.cuh's swiglu computes (same bits as linear, linear, swiglu).
+// grid: the blocks of every matrix of g (block_rows rows each), block
+// shape.warps() warps. y[i][r] for the n <= N rows of x; with swiglu the
+// group is (gate, up), the grid covers the gate rows and y_gate[i][r] =
+// silu(gate) * up, the expression elementwise.cuh's swiglu computes (same
+// bits as linear, linear, swiglu). A row's sum: each warp's lanes' partials
+// reduced by shuffles, then the S warps' sums added in slice order.
 template <DType D, int N>
-__global__ void gemv_kernel(GemvGroup g, const float* x, std::int64_t cols, int n, int vec, int swiglu) {
-  FASTINFER_CUDA_WAIT_PREVIOUS();
+__global__ void __launch_bounds__(kMaxBlockWarps * 32)
+    gemv_kernel(GemvGroup g, const float* x, std::int64_t cols, int n, int vec, GemvShape shape) {
+  FASTINFER_CUDA_RELEASE_NEXT();
   using S = typename DeviceDType<D>::Storage;
+  const bool swiglu = shape.parts == 2;
   // This block's matrix (unrolled: the parameter arrays stay in registers).
   const void* w = g.w[0];
   float* y = g.y[0];
@@ -159,25 +203,43 @@ __global__ void gemv_kernel(GemvGroup g, const float* x, std::int64_t cols, int 
       if (m < g.count && std::int32_t(blockIdx.x) >= g.first_block[m])
         w = g.w[m], y = g.y[m], rows = g.rows[m], first = g.first_block[m];
   }
-  const std::int64_t r = std::int64_t(std::int32_t(blockIdx.x) - first) * kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = int(threadIdx.x % 32);
-  if (r >= rows) return;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int per_row = shape.warps_per_row();
+  const int part = (warp % per_row) / shape.row_warps, slice = warp % shape.row_warps;
+  const std::int64_t row0 = std::int64_t(std::int32_t(blockIdx.x) - first) * shape.block_rows;
+  const std::int64_t r = row0 + warp / per_row;
+  const bool live = r < rows;
+  const S* wr = static_cast<const S*>(part == 0 ? w : g.w[1]) + (live ? r : 0) * cols;
+  // The first slice's weights stream in while the kernel before finishes.
+  uint4 raw[kLoads];
+  if (live && vec) load_slice<D>(wr, cols, slice * slice_cols<D>(), lane, raw);
+  FASTINFER_CUDA_WAIT_PREVIOUS();
+
   float acc[N];
 #pragma unroll
   for (int i = 0; i < N; ++i) acc[i] = 0.0f;
-  row_dot<D, N>(static_cast<const S*>(w) + r * cols, x, cols, n, vec, lane, acc);
-  if (swiglu) {
-    float up[N];
-#pragma unroll
-    for (int i = 0; i < N; ++i) up[i] = 0.0f;
-    row_dot<D, N>(static_cast<const S*>(g.w[1]) + r * cols, x, cols, n, vec, lane, up);
-#pragma unroll
-    for (int i = 0; i < N; ++i) acc[i] = swiglu_value(acc[i], up[i]);
-  }
+  if (live) slices_dot<D, N>(wr, x, cols, n, vec, lane, slice, shape.row_warps, raw, acc);
+  __shared__ float partial[kMaxBlockWarps][N];
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     if (i >= n) break;
-    if (lane == 0) y[i * rows + r] = acc[i];
+    for (int o = 16; o > 0; o >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    if (lane == 0) partial[warp][i] = acc[i];
+  }
+  __syncthreads();
+  for (int idx = int(threadIdx.x); idx < shape.block_rows * n; idx += int(blockDim.x)) {
+    const int rr = idx / n, i = idx % n;
+    if (row0 + rr >= rows) continue;
+    const float* p = &partial[rr * per_row][0];
+    float sum = p[i];
+    for (int s = 1; s < shape.row_warps; ++s) sum += p[s * N + i];
+    if (swiglu) {
+      const float* q = &partial[rr * per_row + shape.row_warps][0];
+      float up = q[i];
+      for (int s = 1; s < shape.row_warps; ++s) up += q[s * N + i];
+      sum = swiglu_value(sum, up);
+    }
+    y[i * rows + row0 + rr] = sum;
   }
 }
 
@@ -187,6 +249,7 @@ template <DType D, int N>
 void launch_gemv(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n, bool swiglu,
                  cudaStream_t stream) {
   constexpr int V = Vec16<D>::kValues;
+  const GemvShape shape = gemv_shape<D>(ws[0].cols, swiglu);
   GemvGroup g;
   g.count = count;
   int vec = ws[0].cols % V == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 ? 1 : 0;
@@ -194,12 +257,12 @@ void launch_gemv(const MatrixView* ws, float* const* ys, int count, const float*
   for (int m = 0; m < count; ++m) {
     g.w[m] = ws[m].data, g.y[m] = ys[m], g.rows[m] = ws[m].rows;
     g.first_block[m] = std::int32_t(blocks);
-    if (!swiglu || m == 0) blocks += (ws[m].rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    if (!swiglu || m == 0) blocks += (ws[m].rows + shape.block_rows - 1) / shape.block_rows;
     if (reinterpret_cast<std::uintptr_t>(ws[m].data) % 16 != 0) vec = 0;
   }
   g.first_block[count] = std::int32_t(blocks);
-  launch("gemv_kernel", gemv_kernel<D, N>, dim3(unsigned(blocks)), dim3(kWarpsPerBlock * 32), 0, stream, g, x,
-         ws[0].cols, int(n), vec, swiglu ? 1 : 0);
+  launch("gemv_kernel", gemv_kernel<D, N>, dim3(unsigned(blocks)), dim3(unsigned(shape.warps() * 32)), 0, stream, g,
+         x, ws[0].cols, int(n), vec, shape);
 }
 
 // The smallest of N = 1, 2, 4, 8, 16, 32 that holds n rows: six kernels per
