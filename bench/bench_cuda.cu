@@ -8,6 +8,8 @@
 //   BM_CudaPagedDecodeAttention  64 sequences x 4096 tokens, f16 KV, 32 query /
 //                                8 KV heads of 128: KV GB/s and fraction of HBM
 //                                peak (bar: 0.80)
+// Decode and attention run twice: /0 the f32 attention kernel, /1 f16 KV on
+// tensor cores (attention_mma.cuh).
 // HBM peak is the device's memory clock x bus width x 2; the measured
 // device-to-device copy rate is printed beside it as the practical ceiling.
 // Times are CUDA events around the work (manual time), one stream.
@@ -93,8 +95,10 @@ double timed(CudaBackend& b, F&& f) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Arg: 1 = f16 KV attention on tensor cores (attention_mma.cuh), 0 = the f32 kernel.
 void BM_CudaDecode1B(benchmark::State& state) {
   auto& m = model_1b();
+  m.backend().context().set_tensor_core_attention(state.range(0) != 0);
   std::vector<std::int32_t> prompt(16, 5);
   m.forward_prefill(prompt, 0);
   int pos = 16;
@@ -110,10 +114,11 @@ void BM_CudaDecode1B(benchmark::State& state) {
   state.counters["hbm_peak_GB/s"] = ceilings().peak;
   state.counters["copy_GB/s"] = ceilings().copy;
 }
-BENCHMARK(BM_CudaDecode1B)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(256);
+BENCHMARK(BM_CudaDecode1B)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(256)->Arg(0)->Arg(1);
 
 void BM_CudaPrefill1B(benchmark::State& state) {
   auto& m = model_1b();
+  m.backend().context().set_tensor_core_attention(false);  // whatever the decode runs left
   std::vector<std::int32_t> prompt(512);
   for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = std::int32_t(i * 7 % 32000);
   for (auto _ : state)
@@ -124,9 +129,11 @@ void BM_CudaPrefill1B(benchmark::State& state) {
 }
 BENCHMARK(BM_CudaPrefill1B)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
 
+// Arg: as BM_CudaDecode1B's.
 void BM_CudaPagedDecodeAttention(benchmark::State& state) {
   constexpr int kSeqs = 64, kLen = 4096, kKv = 8, kQ = 32, kD = 128, kBlock = 16;
   CudaBackend b;
+  b.context().set_tensor_core_attention(state.range(0) != 0);
   kv::KVCacheConfig cfg;
   cfg.n_layers = 1, cfg.n_kv_heads = kKv, cfg.head_dim = kD, cfg.block_size = kBlock;
   cfg.num_blocks = kSeqs * kLen / kBlock + kSeqs;
@@ -159,7 +166,12 @@ void BM_CudaPagedDecodeAttention(benchmark::State& state) {
   state.counters["KV_GB/s"] = benchmark::Counter(bytes * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
   state.counters["hbm_peak_GB/s"] = ceilings().peak;
 }
-BENCHMARK(BM_CudaPagedDecodeAttention)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(50);
+BENCHMARK(BM_CudaPagedDecodeAttention)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(50)
+    ->Arg(0)
+    ->Arg(1);
 
 // The decode GEMV alone on the 1B's shapes (bf16 weights, f32 activations):
 // weight GB/s for n rows, against the HBM peak. Args: rows, cols, n.

@@ -10,7 +10,9 @@
 //   swaps (whole arenas through block_storage, swap slots)    exact (same bytes)
 //   read() rows                                               exact (same bits)
 //   attention: decode (split keys), extend, a token tree      2e-5 abs (the stored
-//                                         values are identical; f32 sums in another order)
+//                                         values are identical; f32 sums in another order),
+//     f16 also on tensor cores (attention_mma.cuh)            the same 2e-5: q and the softmax
+//                                         weights enter the MMAs as two f16 parts each
 // Shapes: head_dim 8, 24 (int4: one group per head), 64, 128 (int4: groups
 // of 32), block sizes 1 and 16, GQA 6:2, 2 layers; the byte case adds rows
 // that reach the encoders' corners (all zero, constant, ties, signed zeros,
@@ -31,8 +33,8 @@ using testing::StorePair;
 
 namespace {
 
-constexpr kv::QuantKind kFormats[] = {kv::QuantKind::F32,  kv::QuantKind::F16,     kv::QuantKind::BF16,
-                                      kv::QuantKind::Int8, kv::QuantKind::Int4,    kv::QuantKind::FP8E4M3,
+constexpr kv::QuantKind kFormats[] = {kv::QuantKind::F32,    kv::QuantKind::F16,  kv::QuantKind::BF16,
+                                      kv::QuantKind::Int8,   kv::QuantKind::Int4, kv::QuantKind::FP8E4M3,
                                       kv::QuantKind::FP8E5M2};
 
 kv::KVCacheConfig store_config(int d, int bs, int num_blocks) {
@@ -47,11 +49,29 @@ KVOptions store_options(kv::QuantKind quant, int bs) {
   o.block_size = bs;
   return o;
 }
-// A CPU and a CUDA store of the same shape: 2 layers, 2 KV heads, 6 query heads.
-StorePair store_pair(CudaBackend& gpu, kv::QuantKind quant, const kv::KVCacheConfig& cfg) {
+// A CPU and a CUDA store of the same shape: 2 layers, 2 KV heads, 6 query
+// heads unless told.
+StorePair store_pair(CudaBackend& gpu, kv::QuantKind quant, const kv::KVCacheConfig& cfg, int n_q = 6) {
   const KVOptions o = store_options(quant, cfg.block_size);
-  return StorePair{cpu::make_kv_store(o, cfg), gpu.make_kv_store(o, cfg), &gpu, cfg.n_layers, cfg.n_kv_heads, 6,
+  return StorePair{cpu::make_kv_store(o, cfg),
+                   gpu.make_kv_store(o, cfg),
+                   &gpu,
+                   cfg.n_layers,
+                   cfg.n_kv_heads,
+                   n_q,
                    cfg.head_dim};
+}
+
+// The attention kernels a format's case runs: f16 KV of head size 64 or
+// 128 also through the tensor-core kernel (attention_mma.cuh), with 3 and
+// with 16 query heads per KV head (the MMA's 16 rows, padded and full).
+struct AttentionKernel {
+  bool tensor_cores;
+  int n_q;
+};
+std::vector<AttentionKernel> attention_kernels(kv::QuantKind quant, int d) {
+  if (quant == kv::QuantKind::F16 && (d == 64 || d == 128)) return {{false, 6}, {true, 6}, {true, 32}};
+  return {{false, 6}};
 }
 
 template <typename T>
@@ -131,9 +151,14 @@ struct CornerRows {
     for (std::size_t at = 0; at < x.size(); at += std::size_t(d), ++row) {
       float* r = x.data() + at;
       switch (row % 8) {
-        case 0: break;
-        case 1: std::fill(r, r + d, 0.0f); break;
-        case 2: std::fill(r, r + d, 0.3f); break;
+        case 0:
+          break;
+        case 1:
+          std::fill(r, r + d, 0.0f);
+          break;
+        case 2:
+          std::fill(r, r + d, 0.3f);
+          break;
         case 3:
           for (int j = 0; j < d; ++j) r[j] = std::round(r[j] * 4.0f) / 4.0f;
           break;
@@ -141,7 +166,9 @@ struct CornerRows {
           for (int j = 0; j < d; ++j) r[j] = j % 2 == 0 ? -0.0f : 0.0f;
           r[d - 1] = 0.5f;
           break;
-        case 5: r[row % d] *= 50.0f; break;
+        case 5:
+          r[row % d] *= 50.0f;
+          break;
         case 6:
           for (int j = 0; j < d; ++j) r[j] *= 1e-5f;
           break;
@@ -164,7 +191,8 @@ TEST_CASE("cuda kv formats: make_kv_store takes every format, with the CPU store
       const kv::KVCacheConfig cfg = store_config(d, 16, 8);
       const KVOptions o = store_options(quant, 16);
       if (quant == kv::QuantKind::Int4 && d == 40) {  // one group of 40: the kernel's loads lack head_dim
-        CHECK_THROWS_WITH(gpu.make_kv_store(o, cfg), Catch::Contains("'int4' with head_dim 40 is not yet supported"));
+        CHECK_THROWS_WITH(gpu.make_kv_store(o, cfg),
+                          Catch::Contains("'int4' with head_dim 40 is not yet supported"));
         continue;
       }
       const auto c = cpu::make_kv_store(o, cfg);
@@ -214,35 +242,39 @@ TEST_CASE("cuda kv formats: attention, copy-on-write, rollback and swaps match t
   CudaBackend gpu;
   for (kv::QuantKind quant : kFormats)
     for (int d : {8, 24, 64, 128})
-      for (int bs : {1, 16}) {
-        INFO(kv::quant_name(quant) << ", head_dim " << d << ", block size " << bs);
-        const int num_blocks = 1400 / bs + 64;
-        StorePair p = store_pair(gpu, quant, store_config(d, bs, num_blocks));
-        for (SeqId s : {1, 2, 3}) {
-          REQUIRE(p.cpu->add_sequence(s));
-          REQUIRE(p.gpu->add_sequence(s));
+      for (int bs : {1, 16})
+        for (const AttentionKernel kernel : attention_kernels(quant, d)) {
+          INFO(kv::quant_name(quant) << ", head_dim " << d << ", block size " << bs << ", "
+                                     << (kernel.tensor_cores ? "tensor cores, " : "f32 kernel, ")
+                                     << kernel.n_q << " query heads");
+          gpu.context().set_tensor_core_attention(kernel.tensor_cores);
+          const int num_blocks = 1400 / bs + 64;
+          StorePair p = store_pair(gpu, quant, store_config(d, bs, num_blocks), kernel.n_q);
+          for (SeqId s : {1, 2, 3}) {
+            REQUIRE(p.cpu->add_sequence(s));
+            REQUIRE(p.gpu->add_sequence(s));
+          }
+          // Prefill (causal extend); the long one makes decode split its keys.
+          p.grow({1, 2, 3}, {5, 40, 1100});
+          check_same_arenas(p, num_blocks);
+          p.compare({1, 2, 3}, {5, 40, 1100}, {}, false);
+          // Decode: one token each.
+          p.grow({1, 2, 3}, {1, 1, 1});
+          p.compare({1, 2, 3}, {1, 1, 1}, {}, true);
+          // A token tree on 1 (rows 1 and 2 children of row 0) and a causal run on 2.
+          p.grow({1, 2}, {3, 2});
+          const std::vector<std::uint8_t> mask = {1, 0, 0, 1, 1, 0, 1, 0, 1, /* seq 2 */ 1, 0, 1, 1};
+          p.compare({1, 2}, {3, 2}, mask, false);
+          // Rollback, fork (copy-on-write of the shared last block), decode both.
+          p.cpu->truncate(1, 7);
+          p.gpu->truncate(1, 7);
+          p.cpu->fork(1, 4);
+          p.gpu->fork(1, 4);
+          p.grow({1, 4}, {1, 2});
+          p.compare({1, 4}, {1, 2}, {}, false);
+          p.compare({1, 2, 3, 4}, {1, 1, 1, 1}, {}, true);
+          check_same_arenas(p, num_blocks);
+          for (SeqId s : {1, 4}) check_same_rows(p, s);
+          check_swaps(p, 3);
         }
-        // Prefill (causal extend); the long one makes decode split its keys.
-        p.grow({1, 2, 3}, {5, 40, 1100});
-        check_same_arenas(p, num_blocks);
-        p.compare({1, 2, 3}, {5, 40, 1100}, {}, false);
-        // Decode: one token each.
-        p.grow({1, 2, 3}, {1, 1, 1});
-        p.compare({1, 2, 3}, {1, 1, 1}, {}, true);
-        // A token tree on 1 (rows 1 and 2 children of row 0) and a causal run on 2.
-        p.grow({1, 2}, {3, 2});
-        const std::vector<std::uint8_t> mask = {1, 0, 0, 1, 1, 0, 1, 0, 1, /* seq 2 */ 1, 0, 1, 1};
-        p.compare({1, 2}, {3, 2}, mask, false);
-        // Rollback, fork (copy-on-write of the shared last block), decode both.
-        p.cpu->truncate(1, 7);
-        p.gpu->truncate(1, 7);
-        p.cpu->fork(1, 4);
-        p.gpu->fork(1, 4);
-        p.grow({1, 4}, {1, 2});
-        p.compare({1, 4}, {1, 2}, {}, false);
-        p.compare({1, 2, 3, 4}, {1, 1, 1, 1}, {}, true);
-        check_same_arenas(p, num_blocks);
-        for (SeqId s : {1, 4}) check_same_rows(p, s);
-        check_swaps(p, 3);
-      }
 }

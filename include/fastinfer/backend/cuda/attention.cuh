@@ -29,10 +29,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "fastinfer/backend/cuda/attention_mma.cuh"
 #include "fastinfer/backend/cuda/attention_plan.hpp"
 #include "fastinfer/backend/cuda/cuda_check.cuh"
 #include "fastinfer/backend/cuda/device_buffer.cuh"
@@ -106,7 +108,7 @@ inline Geometry geometry(int head_dim, int group_size) {
 // on an H200 (64 x 4096 keys, f16 KV, head_dim 128, 4 heads per KV head):
 // 0 steps 1.44 TB/s, 2 1.50, 4 1.47, 8 1.31, 16 1.26. The gain is small
 // because this kernel runs out of issue slots before it runs out of bytes
-// in flight.
+// in flight (what attention_mma.cuh addresses).
 inline int prefetch_steps() {
   static const int steps = [] {
     const char* e = std::getenv("FASTINFER_CUDA_ATTENTION_PREFETCH");
@@ -335,13 +337,50 @@ __global__ void merge_kernel(const float* partial, float* out, int n_q_heads, in
 
 }  // namespace attention_detail
 
+// attention_mma.cuh's kernel for f16 KV of head size D: the same plan and
+// partials as the kernel below, a block per (row, KV head) of 4 warps that
+// take 16 keys each a step.
+template <int D>
+void paged_attention_mma(const DevicePagedKV& kv, const DeviceQueryRows& qr, const float* q, float* out,
+                         DeviceBuffer<float>& partial, std::int64_t rows, int n_q_heads, std::int64_t longest,
+                         int sm_count, cudaStream_t stream) {
+  namespace am = attention_mma_detail;
+  constexpr int kTile = am::kWarps * am::kTileKeys;
+  SplitPlanOptions options;
+  options.min_split_keys = 2 * kTile;
+  const SplitPlan plan = plan_splits(rows, kv.n_kv_heads, longest, sm_count, kTile, options);
+  if (plan.splits > 1)
+    partial.reserve_discard(std::size_t(rows) * std::size_t(n_q_heads) * std::size_t(plan.splits) * std::size_t(D + 2));
+  const auto kernel = am::attention_mma_kernel<D, DevicePagedKV, DeviceQueryRows>;
+  constexpr std::size_t smem = am::shared_bytes<D>();
+  // Above the default 48 KiB: allowed once per kernel and device.
+  constexpr int kDevices = 64;
+  static bool sized[kDevices] = {};
+  int device = 0;
+  FASTINFER_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 0 || device >= kDevices || !sized[device]) {
+    FASTINFER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    if (device >= 0 && device < kDevices) sized[device] = true;
+  }
+  const std::int64_t chunk = plan.splits == 1 ? std::int64_t(1) << 40 : plan.chunk;
+  cuda::launch("attention_mma_kernel", kernel, dim3(unsigned(rows), unsigned(kv.n_kv_heads), unsigned(plan.splits)),
+               dim3(am::kThreads), smem, stream, kv, qr, q, out, partial.data(), n_q_heads,
+               1.0f / std::sqrt(float(D)), chunk);
+  if (plan.splits > 1) {
+    cuda::launch("merge_kernel", attention_detail::merge_kernel, dim3(unsigned(rows), unsigned(n_q_heads)),
+                 dim3(attention_detail::kThreads), 0, stream, partial.data(), out, n_q_heads, D, plan.splits);
+  }
+}
+
 // cpu: cpu::decode_attention / cpu::extend_attention (oracle:
 // cpu::reference::paged_attention). `longest`: the longest sequence of the
 // step (plans the key splits); `partial` grows to what a split plan needs.
+// `tensor_cores`: f16 KV of head size 64 or 128 with up to 16 query heads
+// per KV head takes attention_mma.cuh's kernel (CudaContext's choice).
 template <typename Quant>
 void paged_attention(const DevicePagedKV& kv, const DeviceQueryRows& qr, const float* q, float* out,
                      DeviceBuffer<float>& partial, std::int64_t rows, int n_q_heads, std::int64_t longest,
-                     int sm_count, cudaStream_t stream) {
+                     int sm_count, cudaStream_t stream, bool tensor_cores = false) {
   namespace ad = attention_detail;
   if (rows <= 0) return;
   FASTINFER_CHECK(kv.head_dim >= 1 && kv.head_dim <= ad::kMaxHeadDim, InvalidArgument, "cuda attention: head_dim ",
@@ -349,6 +388,13 @@ void paged_attention(const DevicePagedKV& kv, const DeviceQueryRows& qr, const f
   FASTINFER_CHECK(n_q_heads % kv.n_kv_heads == 0, InvalidArgument, "attention: ", n_q_heads,
                   " query heads cannot share ", kv.n_kv_heads, " KV heads evenly");
   const int per_kv = n_q_heads / kv.n_kv_heads;
+  if constexpr (std::is_same_v<Quant, kv::F16>) {
+    if (tensor_cores && (kv.head_dim == 64 || kv.head_dim == 128) && per_kv <= attention_mma_detail::kMaxHeads) {
+      if (kv.head_dim == 64) return paged_attention_mma<64>(kv, qr, q, out, partial, rows, n_q_heads, longest,
+                                                           sm_count, stream);
+      return paged_attention_mma<128>(kv, qr, q, out, partial, rows, n_q_heads, longest, sm_count, stream);
+    }
+  }
   const ad::Geometry g = ad::geometry(kv.head_dim, per_kv);
   const int head_blocks = kv.n_kv_heads * (per_kv / g.heads);
   // Ranges as short as two steps: with few blocks (decode of a small

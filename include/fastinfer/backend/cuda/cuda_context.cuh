@@ -1,11 +1,14 @@
 // CudaContext: what the CUDA backend's kernels and its KV store share: the
 // device, one stream (every kernel, copy and cuBLAS call of a model is
 // ordered on it, so no call needs a device-wide sync), a cuBLAS handle and
-// the device's size (SM count, for the attention plan). Shared by pointer
-// between a CudaBackend and the KV stores it makes.
+// the device's size (SM count, for the attention plan), and which attention
+// kernel f16 KV takes. Shared by pointer between a CudaBackend and the KV
+// stores it makes.
 #pragma once
 
+#include <cstdlib>
 #include <memory>
+#include <string_view>
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -46,11 +49,23 @@ class CudaContext {
   cublasHandle_t blas() const { return blas_; }
   void synchronize() const { FASTINFER_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+  // Whether f16 KV attention runs on tensor cores (attention_mma.cuh) where
+  // the shape allows it, else attention.cuh's f32 kernel. Off by default:
+  // that kernel is compiled, not yet run on a GPU (docs/backend-cuda.md).
+  // FASTINFER_CUDA_ATTENTION_MMA=1 turns it on for a process; tests and
+  // benchmarks set it per context to check and measure both kernels.
+  bool tensor_core_attention() const { return tensor_core_attention_; }
+  void set_tensor_core_attention(bool on) { tensor_core_attention_ = on; }
+
  private:
   int device_ = 0;
   int sms_ = 1;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
+  bool tensor_core_attention_ = [] {
+    const char* e = std::getenv("FASTINFER_CUDA_ATTENTION_MMA");
+    return e != nullptr && std::string_view(e) == "1";
+  }();
 };
 
 }  // namespace fastinfer::cuda

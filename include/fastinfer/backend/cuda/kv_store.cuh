@@ -277,7 +277,8 @@ class CudaKVStore final : public KVStore {
     qr.qo_indptr = dev_qo_.data();
     qr.mask = mask ? dev_mask_.data() : nullptr;
     qr.mask_offset = dev_mask_off_.data();
-paged_attention<Quant>(kv, qr, q, out, partial_, rows, n_q_heads, longest_, ctx_->sm_count(), ctx_->stream());
+paged_attention<Quant>(kv, qr, q, out, partial_, rows, n_q_heads, longest_, ctx_->sm_count(), ctx_->stream(),
+                           ctx_->tensor_core_attention());
   }
 
  private:

@@ -3,12 +3,12 @@
 //
 //   n <= kGemvRows   gemv: a few warps per output row (gemv_shape below),
 //                    f32 activations times widened weights, f32
-//                    accumulation; the weights are
-//                    streamed once for all n rows (decode and short
-//                    verification passes are weight-bandwidth bound). A
-//                    row's sum runs in the same order whatever n is, so its
-//                    bits do not depend on the pass size (batch invariance,
-//                    as cpu::matmul keeps up to 32 rows).
+//                    accumulation; the weights are streamed once for all n
+//                    rows (decode and short verification passes are
+//                    weight-bandwidth bound). A row's sum runs in the same
+//                    order whatever n is, so its bits do not depend on the
+//                    pass size (batch invariance, as cpu::matmul keeps up
+//                    to 32 rows).
 //                    cpu: cpu::matvec / cpu::matmul (same products, another
 //                    summation order).
 //   n >  kGemvRows   cuBLAS GemmEx, f32 accumulation (CUBLAS_COMPUTE_32F:
