@@ -41,7 +41,17 @@
 //    that did (c > k + 1), as what their drafting took beyond d k.
 //
 // choose() takes the k in [0, max_k] maximising E(k) / T(k). k = 0 is a plain
-// decode step. While k = 0 wins, a probe (drafting at the best k >= 1) is made
+// decode step. A step that must first catch the drafter up (c > k + 1 missed
+// tokens: a new request's prompt, or the plain steps since it last drafted)
+// adds that catch-up e c to T(k), spread over the drafting steps that pay it
+// back: the measured length of a drafting run (consecutive drafting steps;
+// a refresh step does not end one), at most the request's remaining tokens
+// / E(k) when the caller says how many remain. Unpriced, a draft model whose
+// drafting was about even with plain decoding caught up each new 300-token
+// prompt (0.4 s on the 110M stand-in) for a few steps of drafting, and came
+// out at 0.84-0.91x of plain where drafting never would have run at all;
+// spread over the rest of the request, it still paid each catch-up for runs
+// of two or three steps. While k = 0 wins, a probe (drafting at the best k >= 1) is made
 // once the plain steps since the last probe add up to enough time that the
 // probe's extra cost (the model's, or the last probe's measured one if more,
 // plus its catch-up e c) is at most `probe_budget` of it; probes are how it
@@ -199,18 +209,24 @@ class AdaptiveDraftLength {
 
   // The k for the next step, at most min(max_k, cap); `base_rows` as in the
   // report; `catch_up_tokens` what a drafting step would first feed the
-  // drafter (Drafter::catch_up_tokens).
-  std::int32_t choose(std::int32_t base_rows = 1, std::int32_t cap = 1 << 30, std::int64_t catch_up_tokens = 0) {
+  // drafter (Drafter::catch_up_tokens); `remaining_tokens` how many tokens
+  // the request may still emit (-1: not known), the horizon over which a
+  // catch-up is paid back (see the top).
+  std::int32_t choose(std::int32_t base_rows = 1, std::int32_t cap = 1 << 30, std::int64_t catch_up_tokens = 0,
+                      std::int64_t remaining_tokens = -1) {
     FASTINFER_CHECK(base_rows >= 1, InvalidArgument, "adaptive draft length: base_rows must be >= 1, got ", base_rows);
     FASTINFER_CHECK(catch_up_tokens >= 0, InvalidArgument, "adaptive draft length: catch_up_tokens must be >= 0, got ",
                     catch_up_tokens);
+    FASTINFER_CHECK(remaining_tokens >= -1, InvalidArgument,
+                    "adaptive draft length: remaining_tokens must be >= 0 (or -1: unknown), got ",
+                    remaining_tokens);
     const std::int32_t kmax = std::max(0, std::min(max_k_, cap));
     if (kmax == 0 || !(one_row() > 0.0)) return 0;  // first: the plain price
     if (!probed_) {  // then: what drafting costs and returns
       probing_ = true;
       return kmax;
     }
-    const std::int32_t best = best_k(base_rows, 0, kmax);
+    const std::int32_t best = best_k(base_rows, 0, kmax, catch_up_tokens, remaining_tokens);
     if (best == 0) {
       const std::int32_t probe = best_k(base_rows, 1, kmax);
       // Priced at the larger of the model's extra cost and what the last
@@ -226,7 +242,10 @@ class AdaptiveDraftLength {
       }
       return 0;
     }
-    if (spec_steps_since_plain_ + 1 >= c_.refresh_every) return 0;
+    if (spec_steps_since_plain_ + 1 >= c_.refresh_every) {
+      refreshing_ = true;
+      return 0;
+    }
     return best;
   }
 
@@ -245,6 +264,9 @@ class AdaptiveDraftLength {
     add_pass(r.rows, r.pass_seconds);
     if (r.k == 0) {
       probing_ = false;
+      if (!refreshing_ && run_ > 0) ewma(run_steps_, double(run_));  // a drafting run ended
+      if (!refreshing_) run_ = 0;
+      refreshing_ = false;
       ++stats_.steps_at_zero;
       plain_seconds_since_probe_ += r.pass_seconds;
       spec_steps_since_plain_ = 0;
@@ -267,6 +289,7 @@ class AdaptiveDraftLength {
       last_probe_extra_ = std::max(0.0, r.draft_seconds - caught_up + r.pass_seconds - pass_at(r.base_rows));
     probing_ = false;
     probed_ = true;
+    ++run_;
     ++spec_steps_since_plain_;
     plain_seconds_since_probe_ = 0.0;
     std::int32_t nodes = 0;
@@ -309,6 +332,16 @@ class AdaptiveDraftLength {
   double rate(std::int32_t base_rows, std::int32_t k) const {
     const double t = expected_seconds(base_rows, k);
     return t > 0.0 ? expected_tokens(k) / t : 0.0;
+  }
+  // Seconds a drafting step at k owes for catching the drafter up on
+  // `catch_up_tokens` missed tokens, spread over the steps that would pay
+  // it back (see the top): 0 for a step's usual re-feed (at most k + 1
+  // tokens, priced in the per-draft seconds) and for k = 0.
+  double catch_up_share(std::int32_t k, std::int64_t catch_up_tokens, std::int64_t remaining_tokens) const {
+    if (k == 0 || catch_up_tokens <= std::int64_t(k) + 1) return 0.0;
+    double steps = run_steps_ > 0.0 ? run_steps_ : double(c_.refresh_every);
+    if (remaining_tokens >= 0) steps = std::min(steps, double(remaining_tokens) / expected_tokens(k));
+    return catch_up_seconds(catch_up_tokens) / std::max(1.0, steps);
   }
 
  private:
@@ -367,11 +400,18 @@ class AdaptiveDraftLength {
     return per_row_ >= 0.0 ? c1 + per_row_ * double(n - 1) : c1 * double(n);
   }
 
-  std::int32_t best_k(std::int32_t base_rows, std::int32_t from, std::int32_t to) const {
+  // The k in [from, to] of the highest rate, each drafting k charged its
+  // share of the catch-up due (none by default).
+  std::int32_t best_k(std::int32_t base_rows, std::int32_t from, std::int32_t to, std::int64_t catch_up_tokens = 0,
+                      std::int64_t remaining_tokens = -1) const {
+    const auto rate_at = [&](std::int32_t k) {
+      const double t = expected_seconds(base_rows, k) + catch_up_share(k, catch_up_tokens, remaining_tokens);
+      return t > 0.0 ? expected_tokens(k) / t : 0.0;
+    };
     std::int32_t best = from;
-    double best_rate = rate(base_rows, from);
+    double best_rate = rate_at(from);
     for (std::int32_t k = from + 1; k <= to; ++k) {
-      const double r = rate(base_rows, k);
+      const double r = rate_at(k);
       if (r > best_rate) {
         best_rate = r;
         best = k;
@@ -394,6 +434,9 @@ class AdaptiveDraftLength {
   std::int32_t spec_steps_since_plain_ = 0;
   bool probed_ = false;
   bool probing_ = false;            // the step choose() just gave is a probe
+  bool refreshing_ = false;         // ... is a refresh (a plain step that does not end a drafting run)
+  std::int32_t run_ = 0;            // drafting steps since the last plain step that was not a refresh
+  double run_steps_ = -1.0;         // EWMA length of an ended drafting run (-1: none ended yet)
   double last_probe_extra_ = 0.0;   // seconds the last probe took beyond a plain step
   AdaptiveDraftStats stats_;
 };

@@ -247,7 +247,9 @@ SpeculativeResult speculative_generate(Target& target, Drafter& drafter, const s
     const int n_pending = len - valid;
     const int k_cap = std::min(options.k, remaining - 1);
     const std::int64_t catch_up = options.adaptive ? drafter.catch_up_tokens(seq) : 0;
-    const int k = options.adaptive ? options.adaptive->choose(std::max(n_pending, 1), k_cap, catch_up) : k_cap;
+    const int k = options.adaptive
+                      ? options.adaptive->choose(std::max(n_pending, 1), k_cap, catch_up, remaining)
+                      : k_cap;
     const auto d0 = Clock::now();
     if (k > 0 || !options.adaptive)
       drafter.propose(seq, k, std::uint64_t(r.tokens.size()), proposal);
