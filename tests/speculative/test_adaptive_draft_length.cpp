@@ -79,6 +79,31 @@ int true_best_k(const World& w, int max_k) {
   return best;
 }
 
+// `requests` requests of a `prompt`-token prompt and `new_tokens` new tokens
+// in `w`, one controller for all (as a server keeps it); a drafting step
+// first feeds the draft model every token it has not seen (the whole prompt
+// on a request's first drafting step) at `per_missed` seconds each. With
+// `tell_remaining`, choose() hears how many tokens the request has left.
+// Returns tokens per second.
+double serve_requests(speculative::AdaptiveDraftLength& ctl, const World& w, std::mt19937_64& rng, int requests,
+                      int prompt, int new_tokens, double per_missed, bool tell_remaining) {
+  double seconds = 0;
+  std::int64_t tokens = 0;
+  for (int request = 0; request < requests; ++request) {
+    std::int64_t missed = prompt;
+    for (int done = 0; done < new_tokens;) {
+      const int k = ctl.choose(1, 1 << 30, missed, tell_remaining ? new_tokens - done : -1);
+      const speculative::DraftStepReport r = step_in(w, k, rng, missed, per_missed);
+      ctl.report(r);
+      missed = k > 0 ? 1 + r.accepted : missed + 1;
+      seconds += r.draft_seconds + r.pass_seconds;
+      tokens += 1 + r.accepted;
+      done += 1 + r.accepted;
+    }
+  }
+  return double(tokens) / seconds;
+}
+
 int mode_of_tail(speculative::AdaptiveDraftLength& ctl, const World& w, int steps, std::mt19937_64& rng) {
   const Run tail = simulate(ctl, w, steps, rng);
   int mode = 0;
@@ -229,54 +254,17 @@ TEST_CASE("adaptive draft length: a drafter that must catch up every token it sa
   const double per_missed_token = 0.1 * w.c1;
   std::mt19937_64 rng(6);
   speculative::AdaptiveDraftLength ctl(4);
-  double seconds = 0;
-  std::int64_t tokens = 0;
-  for (int request = 0; request < 40; ++request) {
-    std::int64_t missed = 20;  // the draft model has not seen the prompt
-    for (int new_tokens = 0; new_tokens < 200;) {
-      const int k = ctl.choose(1, 1 << 30, missed);
-      const speculative::DraftStepReport r = step_in(w, k, rng, missed, per_missed_token);
-      ctl.report(r);
-      missed = k > 0 ? 1 + r.accepted : missed + 1;
-      seconds += r.draft_seconds + r.pass_seconds;
-      tokens += 1 + r.accepted;
-      new_tokens += 1 + r.accepted;
-    }
-  }
-  CHECK(double(tokens) / seconds >= 0.97 / w.pass(1));
+  CHECK(serve_requests(ctl, w, rng, 40, 20, 200, per_missed_token, false) >= 0.97 / w.pass(1));
   CHECK(ctl.catch_up_seconds(100) == Approx(100 * per_missed_token).epsilon(0.2));
-}
-
-// Requests of a 300-token prompt and 100 new tokens in `w`, one controller
-// for all; a drafting step first feeds the draft model every token it has
-// not seen (the whole prompt on a request's first drafting step) at 0.1 of
-// a plain pass each, so a prompt costs 30 plain passes. Returns tokens per
-// second.
-double long_prompt_requests(speculative::AdaptiveDraftLength& ctl, const World& w, std::mt19937_64& rng) {
-  constexpr int kPrompt = 300, kNew = 100;
-  const double per_missed_token = 0.1 * w.c1;
-  double seconds = 0;
-  std::int64_t tokens = 0;
-  for (int request = 0; request < 30; ++request) {
-    std::int64_t missed = kPrompt;
-    for (int new_tokens = 0; new_tokens < kNew;) {
-      const int k = ctl.choose(1, 1 << 30, missed, kNew - new_tokens);
-      const speculative::DraftStepReport r = step_in(w, k, rng, missed, per_missed_token);
-      ctl.report(r);
-      missed = k > 0 ? 1 + r.accepted : missed + 1;
-      seconds += r.draft_seconds + r.pass_seconds;
-      tokens += 1 + r.accepted;
-      new_tokens += 1 + r.accepted;
-    }
-  }
-  return double(tokens) / seconds;
 }
 
 TEST_CASE("adaptive draft length: a catch-up is paid only where the drafting after it pays it back",
           "[speculative][adaptive]") {
-  // Once caught up, drafting 3 runs at 1.38x plain; but over a request's
-  // 100 tokens that saves 0.27 s, less than feeding the draft model its
-  // 300-token prompt (0.3 s). Pricing the catch-up only in probes (before),
+  // Requests of a 300-token prompt and 100 new tokens, the draft model
+  // catching up at 0.1 of a plain pass a token, so a prompt costs 30 plain
+  // passes. Once caught up, drafting 3 runs at 1.38x plain; but over a
+  // request's 100 tokens that saves 0.27 s, less than feeding the draft
+  // model its 300-token prompt (0.3 s). Pricing the catch-up only in probes (before),
   // the controller drafted whenever k = 4 looked better and paid the prompt
   // on every request: 0.84x of plain in this world (a simulation of this
   // test's requests with the controller before this change).
@@ -284,12 +272,12 @@ TEST_CASE("adaptive draft length: a catch-up is paid only where the drafting aft
   REQUIRE(true_best_k(marginal, 4) == 3);
   std::mt19937_64 rng(8);
   speculative::AdaptiveDraftLength ctl(4);
-  CHECK(long_prompt_requests(ctl, marginal, rng) >= 0.97 / marginal.pass(1));
+  CHECK(serve_requests(ctl, marginal, rng, 30, 300, 100, 0.1 * marginal.c1, true) >= 0.97 / marginal.pass(1));
   // A cheaper draft (2.3x once caught up) saves 0.56 s a request: the
   // controller still catches up every prompt (1.2x).
   World good{0.9, 0.010, 0.1, 0.001};
   speculative::AdaptiveDraftLength fresh(4);
-  CHECK(long_prompt_requests(fresh, good, rng) >= 1.15 / good.pass(1));
+  CHECK(serve_requests(fresh, good, rng, 30, 300, 100, 0.1 * good.c1, true) >= 1.15 / good.pass(1));
   CHECK_THROWS_WITH(fresh.choose(1, 4, 0, -2), Catch::Contains("remaining_tokens"));
 }
 

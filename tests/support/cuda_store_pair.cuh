@@ -98,6 +98,32 @@ struct StorePair {
       CHECK(max_abs_diff(to_host(*backend, dout, q.size()), ref) <= 2e-5);
     }
   }
+  // The attention scenario of the CUDA store tests, attention compared after
+  // each step: sequences 1, 2, 3 through a causal prefill (the long one
+  // makes decode split its keys; `after_prefill` runs then), a decode step,
+  // a token tree on 1 with a causal run on 2, then rollback and a fork of 1
+  // into 4 (copy-on-write of the shared last block) and a step of both.
+  void attention_scenario(const std::function<void()>& after_prefill = {}) {
+    for (SeqId s : {1, 2, 3}) {
+      REQUIRE(cpu->add_sequence(s));
+      REQUIRE(gpu->add_sequence(s));
+    }
+    grow({1, 2, 3}, {5, 40, 1100});
+    compare({1, 2, 3}, {5, 40, 1100}, {}, false);
+    if (after_prefill) after_prefill();
+    grow({1, 2, 3}, {1, 1, 1});
+    compare({1, 2, 3}, {1, 1, 1}, {}, true);
+    // Rows 1 and 2 of sequence 1 are children of its row 0.
+    grow({1, 2}, {3, 2});
+    const std::vector<std::uint8_t> mask = {1, 0, 0, 1, 1, 0, 1, 0, 1, /* seq 2 */ 1, 0, 1, 1};
+    compare({1, 2}, {3, 2}, mask, false);
+    cpu->truncate(1, 7);
+    gpu->truncate(1, 7);
+    cpu->fork(1, 4);
+    gpu->fork(1, 4);
+    grow({1, 4}, {1, 2});
+    compare({1, 4}, {1, 2}, {}, false);
+  }
 };
 
 }  // namespace fastinfer::testing

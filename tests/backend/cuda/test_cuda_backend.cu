@@ -366,27 +366,7 @@ TEST_CASE("cuda: the paged KV store's attention, copies and swaps match the CPU 
         StorePair p{cpu::make_kv_store(o, cfg), gpu.make_kv_store(o, cfg), &gpu, 2, 2, 6, d};
         CHECK(p.gpu->bytes_per_token() == p.cpu->bytes_per_token());
         CHECK(p.gpu->host_block_bytes() == p.cpu->host_block_bytes());
-        for (SeqId s : {1, 2, 3}) {
-          REQUIRE(p.cpu->add_sequence(s));
-          REQUIRE(p.gpu->add_sequence(s));
-        }
-        // Prefill (causal extend); the long one makes decode split its keys.
-        p.grow({1, 2, 3}, {5, 40, 1100});
-        p.compare({1, 2, 3}, {5, 40, 1100}, {}, false);
-        // Decode: one token each.
-        p.grow({1, 2, 3}, {1, 1, 1});
-        p.compare({1, 2, 3}, {1, 1, 1}, {}, true);
-        // A token tree on 1 (rows 1 and 2 children of row 0) and a causal run on 2.
-        p.grow({1, 2}, {3, 2});
-        std::vector<std::uint8_t> mask = {1, 0, 0, 1, 1, 0, 1, 0, 1, /* seq 2 */ 1, 0, 1, 1};
-        p.compare({1, 2}, {3, 2}, mask, false);
-        // Rollback, fork (copy-on-write of the shared last block), decode both.
-        p.cpu->truncate(1, 7);
-        p.gpu->truncate(1, 7);
-        p.cpu->fork(1, 4);
-        p.gpu->fork(1, 4);
-        p.grow({1, 4}, {1, 2});
-        p.compare({1, 4}, {1, 2}, {}, false);
+        p.attention_scenario();
         // Stored rows decode to the same values.
         std::vector<float> ck(std::size_t(2 * d)), cv(ck.size()), gk(ck.size()), gv(ck.size());
         for (std::int64_t pos : {0, 6, 8}) {

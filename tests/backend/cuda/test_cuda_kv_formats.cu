@@ -250,28 +250,7 @@ TEST_CASE("cuda kv formats: attention, copy-on-write, rollback and swaps match t
           gpu.context().set_tensor_core_attention(kernel.tensor_cores);
           const int num_blocks = 1400 / bs + 64;
           StorePair p = store_pair(gpu, quant, store_config(d, bs, num_blocks), kernel.n_q);
-          for (SeqId s : {1, 2, 3}) {
-            REQUIRE(p.cpu->add_sequence(s));
-            REQUIRE(p.gpu->add_sequence(s));
-          }
-          // Prefill (causal extend); the long one makes decode split its keys.
-          p.grow({1, 2, 3}, {5, 40, 1100});
-          check_same_arenas(p, num_blocks);
-          p.compare({1, 2, 3}, {5, 40, 1100}, {}, false);
-          // Decode: one token each.
-          p.grow({1, 2, 3}, {1, 1, 1});
-          p.compare({1, 2, 3}, {1, 1, 1}, {}, true);
-          // A token tree on 1 (rows 1 and 2 children of row 0) and a causal run on 2.
-          p.grow({1, 2}, {3, 2});
-          const std::vector<std::uint8_t> mask = {1, 0, 0, 1, 1, 0, 1, 0, 1, /* seq 2 */ 1, 0, 1, 1};
-          p.compare({1, 2}, {3, 2}, mask, false);
-          // Rollback, fork (copy-on-write of the shared last block), decode both.
-          p.cpu->truncate(1, 7);
-          p.gpu->truncate(1, 7);
-          p.cpu->fork(1, 4);
-          p.gpu->fork(1, 4);
-          p.grow({1, 4}, {1, 2});
-          p.compare({1, 4}, {1, 2}, {}, false);
+          p.attention_scenario([&] { check_same_arenas(p, num_blocks); });
           p.compare({1, 2, 3, 4}, {1, 1, 1, 1}, {}, true);
           check_same_arenas(p, num_blocks);
           for (SeqId s : {1, 4}) check_same_rows(p, s);

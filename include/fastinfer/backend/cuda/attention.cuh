@@ -36,6 +36,7 @@
 
 #include "fastinfer/backend/cuda/attention_mma.cuh"
 #include "fastinfer/backend/cuda/attention_plan.hpp"
+#include "fastinfer/backend/cuda/attention_rows.cuh"
 #include "fastinfer/backend/cuda/cuda_check.cuh"
 #include "fastinfer/backend/cuda/device_buffer.cuh"
 #include "fastinfer/backend/cuda/elementwise.cuh"
@@ -45,32 +46,6 @@
 #include "fastinfer/memory/paged_allocator.hpp"
 
 namespace fastinfer::cuda {
-
-// One layer of the arena as the kernel sees it (device pointers), in
-// kv::PagedKVView's layout: block, layer, K|V, KV head, token, head_dim.
-struct DevicePagedKV {
-  const std::uint8_t* k_codes = nullptr;  // this layer's K of block 0
-  const std::uint8_t* v_codes = nullptr;
-  std::int64_t block_stride = 0, head_stride = 0, row_bytes = 0;  // bytes
-  // The parameter arena's (kv::KVCache's): floats, same block / layer / K|V
-  // / head / token order; null with params_per_row 0 for the float formats.
-  const float* k_params = nullptr;
-  const float* v_params = nullptr;
-  std::int64_t param_block_stride = 0, param_head_stride = 0;  // floats
-  std::int32_t params_per_row = 0;
-  std::int32_t n_kv_heads = 0, head_dim = 0, block_size = 0;
-  const std::int32_t* indptr = nullptr;          // [batch + 1] into block_indices
-  const BlockId* block_indices = nullptr;
-  const std::int32_t* seq_len = nullptr;         // [batch]
-};
-
-// The rows of one step (device pointers).
-struct DeviceQueryRows {
-  const std::int32_t* row_seq = nullptr;    // [rows]: the sequence of each query row
-  const std::int32_t* qo_indptr = nullptr;  // [batch + 1]
-  const std::uint8_t* mask = nullptr;       // nullptr: causal
-  const std::int64_t* mask_offset = nullptr;  // [batch]: where sequence b's n_b x n_b mask starts
-};
 
 namespace attention_detail {
 
@@ -153,15 +128,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(DevicePagedKV kv, D
   const int h = int(blockIdx.y) / subsets, hq0 = h * per_kv + (int(blockIdx.y) % subsets) * H;
   const std::int64_t row = blockIdx.x;
   const int split = int(blockIdx.z), splits = int(gridDim.z);
-  const int b = qr.row_seq[row];
-  const std::int64_t len = kv.seq_len[b];
-  const std::int64_t n = qr.qo_indptr[b + 1] - qr.qo_indptr[b];
-  const std::int64_t i_new = row - qr.qo_indptr[b];
-  const std::int64_t first_new = len - n, pos = first_new + i_new;
-  const std::int64_t key_end = qr.mask ? len : pos + 1;
-  const std::uint8_t* mrow = qr.mask ? qr.mask + qr.mask_offset[b] + i_new * n : nullptr;
-  const std::int64_t begin = std::int64_t(split) * chunk;
-  const std::int64_t end = key_end < begin + chunk ? key_end : begin + chunk;
+  const RowKeys rk = row_keys(kv, qr, row, split, chunk);
+  const std::int64_t begin = rk.begin, end = rk.end;
 
   float* qs = smem;  // [H][width], scaled, zero past d
   for (int idx = int(threadIdx.x); idx < H * width; idx += kThreads) {
@@ -171,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(DevicePagedKV kv, D
   __syncthreads();
 
   const bool active = j0 < d, vec = d % kLaneDims == 0;
-  const BlockId* table = kv.block_indices + kv.indptr[b];
+  const BlockId* table = rk.table;
   float acc[H][kLaneDims], m[H], l[H];
 #pragma unroll
   for (int i = 0; i < H; ++i) {
@@ -209,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(DevicePagedKV kv, D
     for (int u = 0; u < U; ++u) {
       const std::int32_t key = first + u;
       if (u > 0 && ++tok == kv.block_size) tok = 0, ++bi;
-      visible[u] = key < end && (mrow == nullptr || key < first_new || mrow[key - first_new] != 0);
+      visible[u] = rk.visible(key);
       if (visible[u] && active) {
         const std::int64_t blk = table[bi];
         const std::int64_t code_off = blk * kv.block_stride + std::int64_t(h) * kv.head_stride + tok * kv.row_bytes;
@@ -351,7 +319,7 @@ void paged_attention_mma(const DevicePagedKV& kv, const DeviceQueryRows& qr, con
   const SplitPlan plan = plan_splits(rows, kv.n_kv_heads, longest, sm_count, kTile, options);
   if (plan.splits > 1)
     partial.reserve_discard(std::size_t(rows) * std::size_t(n_q_heads) * std::size_t(plan.splits) * std::size_t(D + 2));
-  const auto kernel = am::attention_mma_kernel<D, DevicePagedKV, DeviceQueryRows>;
+  const auto kernel = am::attention_mma_kernel<D>;
   constexpr std::size_t smem = am::shared_bytes<D>();
   // Above the default 48 KiB: allowed once per kernel and device.
   constexpr int kDevices = 64;

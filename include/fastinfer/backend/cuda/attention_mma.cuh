@@ -31,6 +31,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "fastinfer/backend/cuda/attention_rows.cuh"
 #include "fastinfer/backend/cuda/launch.cuh"
 
 namespace fastinfer::cuda::attention_mma_detail {
@@ -95,10 +96,10 @@ __device__ inline void split_pair(float x, float y, unsigned& hi, unsigned& lo) 
 // grid (rows, n_kv_heads, splits), block kThreads, dynamic shared memory
 // shared_bytes<D>(). Scores are kept in log2 units (q scaled by scale x
 // log2 e); a partial's max goes out in natural units for merge_kernel.
-template <int D, typename KV, typename Rows>
+template <int D>
 __global__ void __launch_bounds__(kThreads)
-    attention_mma_kernel(KV kv, Rows qr, const float* q, float* out, float* partial, int n_q_heads,
-                         float scale, std::int64_t chunk) {
+    attention_mma_kernel(DevicePagedKV kv, DeviceQueryRows qr, const float* q, float* out, float* partial,
+                         int n_q_heads, float scale, std::int64_t chunk) {
   FASTINFER_CUDA_KERNEL_PROLOGUE();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -111,16 +112,9 @@ __global__ void __launch_bounds__(kThreads)
   const int h = int(blockIdx.y), hq0 = h * per_kv;
   const std::int64_t row = blockIdx.x;
   const int split = int(blockIdx.z), splits = int(gridDim.z);
-  const int b = qr.row_seq[row];
-  const std::int64_t len = kv.seq_len[b];
-  const std::int64_t n = qr.qo_indptr[b + 1] - qr.qo_indptr[b];
-  const std::int64_t i_new = row - qr.qo_indptr[b];
-  const std::int64_t first_new = len - n, pos = first_new + i_new;
-  const std::int64_t key_end = qr.mask ? len : pos + 1;
-  const std::uint8_t* mrow = qr.mask ? qr.mask + qr.mask_offset[b] + i_new * n : nullptr;
-  const std::int64_t begin = std::int64_t(split) * chunk;
-  const std::int64_t end = key_end < begin + chunk ? key_end : begin + chunk;
-  const auto* table = kv.block_indices + kv.indptr[b];
+  const RowKeys rk = row_keys(kv, qr, row, split, chunk);
+  const std::int64_t begin = rk.begin, end = rk.end;
+  const BlockId* table = rk.table;
 
   // q rows g and g + 8 of the group (zero past per_kv) as A fragments, hi and lo.
   constexpr float kLog2e = 1.4426950408889634f;
@@ -198,8 +192,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const std::int64_t key = k0 + nt * 8 + 2 * t + e;
-        const bool visible = key < end && (mrow == nullptr || key < first_new || mrow[key - first_new] != 0);
-        if (!visible) s[nt][e] = s[nt][e + 2] = -INFINITY;
+        if (!rk.visible(key)) s[nt][e] = s[nt][e + 2] = -INFINITY;
       }
     // Online softmax per row (the quad of lanes sharing a row agrees).
     float alpha[2];

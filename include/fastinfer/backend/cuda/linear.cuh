@@ -107,11 +107,11 @@ struct GemvGroup {
 // one round of loads in flight per warp. `row_warps` (S) warps share a row,
 // warp s taking slices s, s + S, ...; with `parts` 2 (swiglu) a row is a
 // gate row and its up row, 2 S warps; `block_rows` rows per block, about
-// kBlockWarps warps. Short rows (the 1B's 2048 columns: two slices) thus
-// still give every SM dozens of warps with loads in flight, where one warp
-// per row left the wide-and-short matrices (wo, down) at a third of HBM
-// bandwidth. The shape depends on cols and the weight type only, never on
-// n or on the matrices launched beside it, so a row's bits do not either.
+// kBlockWarps warps. A matrix of few rows (the 1B's o and down
+// projections: 2048) thus still gives every SM dozens of warps with loads
+// in flight, where one warp per row left the down projection at a third of
+// HBM bandwidth. The shape depends on cols and the weight type only, never
+// on n or on the matrices launched beside it, so a row's bits do not either.
 constexpr int kMaxRowWarps = 8;
 constexpr int kBlockWarps = 8;
 constexpr int kMaxBlockWarps = 2 * kMaxRowWarps;
