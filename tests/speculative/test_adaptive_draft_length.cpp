@@ -264,10 +264,10 @@ TEST_CASE("adaptive draft length: a catch-up is paid only where the drafting aft
   // catching up at 0.1 of a plain pass a token, so a prompt costs 30 plain
   // passes. Once caught up, drafting 3 runs at 1.38x plain; but over a
   // request's 100 tokens that saves 0.27 s, less than feeding the draft
-  // model its 300-token prompt (0.3 s). Pricing the catch-up only in probes (before),
-  // the controller drafted whenever k = 4 looked better and paid the prompt
-  // on every request: 0.84x of plain in this world (a simulation of this
-  // test's requests with the controller before this change).
+  // model its 300-token prompt (0.3 s). Pricing the catch-up only in probes
+  // (before), the controller drafted whenever drafting looked better and
+  // paid the prompt on every request: 0.85x of plain here (this test built
+  // against the controller before the change).
   World marginal{0.9, 0.010, 0.1, 0.004};
   REQUIRE(true_best_k(marginal, 4) == 3);
   std::mt19937_64 rng(8);

@@ -268,14 +268,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(DevicePagedKV kv, D
       a = fmaf(st[width], st[j], a);
       sum = fmaf(st[width], st[width + 1], sum);
     }
-    const std::int64_t hq = hq0 + i;
-    if (splits == 1) {
-      out[(row * n_q_heads + hq) * d + j] = sum > 0.0f ? a / sum : 0.0f;
-    } else {
-      float* pr = partial + ((row * n_q_heads + hq) * splits + split) * (d + 2);
-      pr[j] = a;
-      if (j == 0) pr[d] = mx, pr[d + 1] = sum;
-    }
+    store_output(out, partial, row, n_q_heads, hq0 + i, d, split, splits, j, a, mx, sum);
   }
 }
 

@@ -279,14 +279,7 @@ __global__ void __launch_bounds__(kThreads)
         sum = fmaf(e, st[w * kWarpFloats + kMaxHeads * D + kMaxHeads + r], sum);
       }
     }
-    const std::int64_t hq = hq0 + r;
-    if (splits == 1) {
-      out[(row * n_q_heads + hq) * D + j] = sum > 0.0f ? a / sum : 0.0f;
-    } else {
-      float* pr = partial + ((row * n_q_heads + hq) * splits + split) * (D + 2);
-      pr[j] = a;
-      if (j == 0) pr[D] = mx * kLn2, pr[D + 1] = sum;
-    }
+    store_output(out, partial, row, n_q_heads, hq0 + r, D, split, splits, j, a, mx * kLn2, sum);
   }
 #else
   __trap();  // built for a device before sm_80: attention.cuh never launches it there

@@ -72,4 +72,19 @@ __device__ inline RowKeys row_keys(const DevicePagedKV& kv, const DeviceQueryRow
   return r;
 }
 
+// Element j of query head hq's output for query row `row`: normalised when
+// the row has one split, else this split's unnormalised partial ([rows]
+// [n_q_heads][splits][d + 2]: acc..., then at j == 0 the max, in natural
+// log units, and the sum) for merge_kernel.
+__device__ inline void store_output(float* out, float* partial, std::int64_t row, int n_q_heads, std::int64_t hq,
+                                    int d, int split, int splits, int j, float acc, float max, float sum) {
+  if (splits == 1) {
+    out[(row * n_q_heads + hq) * d + j] = sum > 0.0f ? acc / sum : 0.0f;
+  } else {
+    float* pr = partial + ((row * n_q_heads + hq) * splits + split) * (d + 2);
+    pr[j] = acc;
+    if (j == 0) pr[d] = max, pr[d + 1] = sum;
+  }
+}
+
 }  // namespace fastinfer::cuda
