@@ -57,7 +57,8 @@ if [[ "${1:-}" == "--bundle" ]]; then
   cat >"$out/run.sh" <<'EOF'
 #!/usr/bin/env bash
 # Runs the bundled CUDA tests and bench_cuda on this machine's GPU (made by
-# scripts/gpu-check.sh --bundle). Fails on any failed or skipped case.
+# scripts/gpu-check.sh --bundle). Runs every program and the benchmark,
+# then fails if any case failed or skipped.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 fail() { echo "gpu-check: FAILED: $*" >&2; exit 1; }
@@ -66,15 +67,26 @@ lt="$(find /usr/local /opt /usr/lib -name 'libcublasLt.so.13*' 2>/dev/null | hea
 [[ -n "$lt" ]] || fail "libcublasLt.so.13 not found (install the CUDA 13 toolkit's cuBLAS)"
 export LD_LIBRARY_PATH="$here/lib:$(dirname "$lt")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export FASTINFER_SHARED_DIR="$here/shared"
+# Every program runs even after one fails, and the benchmark too: a GPU is
+# lent rarely and briefly, so one run should bring back everything it can.
+failed=()
 for t in "$here"/bin/backend_cuda_test_*; do
   echo "== $(basename "$t")"
   log="$here/$(basename "$t").log"
-  if ! "$t" --durations yes >"$log" 2>&1; then tail -60 "$log"; fail "$(basename "$t") (log: $log)"; fi
+  if ! "$t" --durations yes >"$log" 2>&1; then
+    tail -60 "$log"
+    failed+=("$(basename "$t") (log: $log)")
+    continue
+  fi
   grep -v "^[0-9.]* s: " "$log" | tail -3
-  if grep -q "FASTINFER_SKIP" "$log"; then fail "$(basename "$t") skipped cases on a GPU (log: $log)"; fi
+  if grep -q "FASTINFER_SKIP" "$log"; then failed+=("$(basename "$t") skipped cases on a GPU (log: $log)"); fi
 done
 "$here/bin/bench_cuda" --benchmark_counters_tabular=true --benchmark_out="$here/bench-cuda.json" \
-  --benchmark_out_format=json || fail "bench_cuda"
+  --benchmark_out_format=json || failed+=("bench_cuda")
+if ((${#failed[@]} > 0)); then
+  printf 'gpu-check: FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
 echo "gpu-check: ok ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
 EOF
   chmod +x "$out/run.sh"
