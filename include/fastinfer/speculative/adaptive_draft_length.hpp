@@ -51,7 +51,8 @@
 // prompt (0.4 s on the 110M stand-in) for a few steps of drafting, and came
 // out at 0.84-0.91x of plain where drafting never would have run at all;
 // spread over the rest of the request, it still paid each catch-up for runs
-// of two or three steps. While k = 0 wins, a probe (drafting at the best k >= 1) is made
+// of two or three steps.
+// While k = 0 wins, a probe (drafting at the best k >= 1) is made
 // once the plain steps since the last probe add up to enough time that the
 // probe's extra cost (the model's, or the last probe's measured one if more,
 // plus its catch-up e c) is at most `probe_budget` of it; probes are how it
@@ -220,6 +221,7 @@ class AdaptiveDraftLength {
     FASTINFER_CHECK(remaining_tokens >= -1, InvalidArgument,
                     "adaptive draft length: remaining_tokens must be >= 0 (or -1: unknown), got ",
                     remaining_tokens);
+    refreshing_ = false;  // set again below if this is a refresh step
     const std::int32_t kmax = std::max(0, std::min(max_k_, cap));
     if (kmax == 0 || !(one_row() > 0.0)) return 0;  // first: the plain price
     if (!probed_) {  // then: what drafting costs and returns
@@ -328,9 +330,11 @@ class AdaptiveDraftLength {
   double expected_seconds(std::int32_t base_rows, std::int32_t k) const {
     return draft_seconds(k) + pass_seconds(expected_rows(base_rows, k));
   }
-  // Expected tokens per second of a step asking for k.
-  double rate(std::int32_t base_rows, std::int32_t k) const {
-    const double t = expected_seconds(base_rows, k);
+  // Expected tokens per second of a step asking for k, charged its share of
+  // a catch-up of `catch_up_tokens` (catch_up_share; none by default).
+  double rate(std::int32_t base_rows, std::int32_t k, std::int64_t catch_up_tokens = 0,
+              std::int64_t remaining_tokens = -1) const {
+    const double t = expected_seconds(base_rows, k) + catch_up_share(k, catch_up_tokens, remaining_tokens);
     return t > 0.0 ? expected_tokens(k) / t : 0.0;
   }
   // Seconds a drafting step at k owes for catching the drafter up on
@@ -404,14 +408,10 @@ class AdaptiveDraftLength {
   // share of the catch-up due (none by default).
   std::int32_t best_k(std::int32_t base_rows, std::int32_t from, std::int32_t to, std::int64_t catch_up_tokens = 0,
                       std::int64_t remaining_tokens = -1) const {
-    const auto rate_at = [&](std::int32_t k) {
-      const double t = expected_seconds(base_rows, k) + catch_up_share(k, catch_up_tokens, remaining_tokens);
-      return t > 0.0 ? expected_tokens(k) / t : 0.0;
-    };
     std::int32_t best = from;
-    double best_rate = rate_at(from);
+    double best_rate = rate(base_rows, from, catch_up_tokens, remaining_tokens);
     for (std::int32_t k = from + 1; k <= to; ++k) {
-      const double r = rate_at(k);
+      const double r = rate(base_rows, k, catch_up_tokens, remaining_tokens);
       if (r > best_rate) {
         best_rate = r;
         best = k;
