@@ -296,6 +296,33 @@ __global__ void merge_kernel(const float* partial, float* out, int n_q_heads, in
   }
 }
 
+// The key splits of a launch with `head_blocks` blocks per query row and
+// `tile` keys a block step, `partial` grown to hold them; chunk is
+// effectively unbounded with one split. Ranges as short as two steps: with
+// few blocks (decode of a small batch) a block's steps run one after
+// another at memory latency, so more, shorter ranges finish sooner; the
+// merge costs one small kernel.
+inline SplitPlan plan_launch(std::int64_t rows, int head_blocks, std::int64_t longest, int sm_count, int tile,
+                             int n_q_heads, int d, DeviceBuffer<float>& partial) {
+  SplitPlanOptions options;
+  options.min_split_keys = 2 * tile;
+  SplitPlan plan = plan_splits(rows, head_blocks, longest, sm_count, tile, options);
+  if (plan.splits > 1)
+    partial.reserve_discard(std::size_t(rows) * std::size_t(n_q_heads) * std::size_t(plan.splits) *
+                            std::size_t(d + 2));
+  else
+    plan.chunk = std::int64_t(1) << 40;
+  return plan;
+}
+
+// merge_kernel over the splits' partials, when there are several.
+inline void merge_splits(const SplitPlan& plan, const DeviceBuffer<float>& partial, float* out, std::int64_t rows,
+                         int n_q_heads, int d, cudaStream_t stream) {
+  if (plan.splits <= 1) return;
+  cuda::launch("merge_kernel", merge_kernel, dim3(unsigned(rows), unsigned(n_q_heads)), dim3(kThreads), 0, stream,
+               partial.data(), out, n_q_heads, d, plan.splits);
+}
+
 }  // namespace attention_detail
 
 // attention_mma.cuh's kernel for f16 KV of head size D: the same plan and
@@ -306,12 +333,8 @@ void paged_attention_mma(const DevicePagedKV& kv, const DeviceQueryRows& qr, con
                          DeviceBuffer<float>& partial, std::int64_t rows, int n_q_heads, std::int64_t longest,
                          int sm_count, cudaStream_t stream) {
   namespace am = attention_mma_detail;
-  constexpr int kTile = am::kWarps * am::kTileKeys;
-  SplitPlanOptions options;
-  options.min_split_keys = 2 * kTile;
-  const SplitPlan plan = plan_splits(rows, kv.n_kv_heads, longest, sm_count, kTile, options);
-  if (plan.splits > 1)
-    partial.reserve_discard(std::size_t(rows) * std::size_t(n_q_heads) * std::size_t(plan.splits) * std::size_t(D + 2));
+  const SplitPlan plan = attention_detail::plan_launch(rows, kv.n_kv_heads, longest, sm_count,
+                                                       am::kWarps * am::kTileKeys, n_q_heads, D, partial);
   const auto kernel = am::attention_mma_kernel<D>;
   constexpr std::size_t smem = am::shared_bytes<D>();
   // Above the default 48 KiB: allowed once per kernel and device.
@@ -323,14 +346,10 @@ void paged_attention_mma(const DevicePagedKV& kv, const DeviceQueryRows& qr, con
     FASTINFER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     if (device >= 0 && device < kDevices) sized[device] = true;
   }
-  const std::int64_t chunk = plan.splits == 1 ? std::int64_t(1) << 40 : plan.chunk;
   cuda::launch("attention_mma_kernel", kernel, dim3(unsigned(rows), unsigned(kv.n_kv_heads), unsigned(plan.splits)),
                dim3(am::kThreads), smem, stream, kv, qr, q, out, partial.data(), n_q_heads,
-               1.0f / std::sqrt(float(D)), chunk);
-  if (plan.splits > 1) {
-    cuda::launch("merge_kernel", attention_detail::merge_kernel, dim3(unsigned(rows), unsigned(n_q_heads)),
-                 dim3(attention_detail::kThreads), 0, stream, partial.data(), out, n_q_heads, D, plan.splits);
-  }
+               1.0f / std::sqrt(float(D)), plan.chunk);
+  attention_detail::merge_splits(plan, partial, out, rows, n_q_heads, D, stream);
 }
 
 // cpu: cpu::decode_attention / cpu::extend_attention (oracle:
@@ -358,22 +377,14 @@ void paged_attention(const DevicePagedKV& kv, const DeviceQueryRows& qr, const f
   }
   const ad::Geometry g = ad::geometry(kv.head_dim, per_kv);
   const int head_blocks = kv.n_kv_heads * (per_kv / g.heads);
-  // Ranges as short as two steps: with few blocks (decode of a small
-  // batch) a block's steps run one after another at memory latency, so more,
-  // shorter ranges finish sooner; the merge costs one small kernel.
-  SplitPlanOptions options;
-  options.min_split_keys = 2 * g.tile();
-  const SplitPlan plan = plan_splits(rows, head_blocks, longest, sm_count, g.tile(), options);
-  if (plan.splits > 1)
-    partial.reserve_discard(std::size_t(rows) * std::size_t(n_q_heads) * std::size_t(plan.splits) *
-                            std::size_t(kv.head_dim + 2));
+  const SplitPlan plan =
+      ad::plan_launch(rows, head_blocks, longest, sm_count, g.tile(), n_q_heads, kv.head_dim, partial);
   const float scale = 1.0f / std::sqrt(float(kv.head_dim));
   const dim3 grid(unsigned(rows), unsigned(head_blocks), unsigned(plan.splits));
   const std::size_t smem = sizeof(float) * ad::shared_floats(g);
-  const std::int64_t chunk = plan.splits == 1 ? std::int64_t(1) << 40 : plan.chunk;
   auto launch = [&](auto kernel) {
     cuda::launch("attention_kernel", kernel, grid, dim3(ad::kThreads), smem, stream, kv, qr, q, out, partial.data(),
-                 n_q_heads, g.lanes, scale, chunk, ad::prefetch_steps());
+                 n_q_heads, g.lanes, scale, plan.chunk, ad::prefetch_steps());
   };
   switch (g.heads) {
     case 8: launch(ad::attention_kernel<Quant, 8, 1>); break;
@@ -381,10 +392,7 @@ void paged_attention(const DevicePagedKV& kv, const DeviceQueryRows& qr, const f
     case 2: launch(ad::attention_kernel<Quant, 2, 2>); break;
     default: launch(ad::attention_kernel<Quant, 1, 4>); break;
   }
-  if (plan.splits > 1) {
-    cuda::launch("merge_kernel", ad::merge_kernel, dim3(unsigned(rows), unsigned(n_q_heads)), dim3(ad::kThreads), 0,
-                 stream, partial.data(), out, n_q_heads, kv.head_dim, plan.splits);
-  }
+  ad::merge_splits(plan, partial, out, rows, n_q_heads, kv.head_dim, stream);
 }
 
 }  // namespace fastinfer::cuda
