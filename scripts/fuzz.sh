@@ -2,7 +2,7 @@
 # Builds the libFuzzer harness of every file reader (fuzz/, clang with
 # ASan + UBSan, its own build dir build/fuzz) and runs each target SECONDS
 # seconds, two at a time (ctest -L fuzz). Zero findings or it fails.
-# Usage: scripts/fuzz.sh [SECONDS]   (CI: 60 from seed 1; scripts/fuzz-nightly.sh: longer,
+# Usage: scripts/fuzz.sh [SECONDS]   (CI: 30 from seed 1; scripts/fuzz-nightly.sh: longer,
 #        random seed). FASTINFER_FUZZ_SEED=N picks the seed (0: random).
 # fuzz/regressions/TARGET/ holds every input that once failed: always replayed.
 # Findings are written as crash-*/leak-*/oom-*/timeout-* files in build/fuzz;
