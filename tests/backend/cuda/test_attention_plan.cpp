@@ -39,3 +39,20 @@ TEST_CASE("cuda attention plan: decode of a small batch splits long sequences, b
   // A prefill of 512 rows fills the device alone.
   CHECK(plan_splits(512, 32, 4096, 132, 128).splits == 1);
 }
+
+TEST_CASE("cuda attention plan: splits fill whole waves of the blocks an SM holds", "[cuda-plan]") {
+  using fastinfer::cuda::SplitPlanOptions;
+  SplitPlanOptions three;  // the tensor-core kernel at head_dim 128: 3 blocks an SM
+  three.resident_blocks_per_sm = 3;
+  three.min_split_keys = 128;
+  three.block_overhead_keys = 128;
+  // 64 sequences x 8 KV heads = 512 blocks on 132 x 3 = 396 slots: unsplit,
+  // a second wave of 116 blocks; three splits make 1536 blocks = 3.9 waves.
+  CHECK(plan_splits(64, 8, 4096, 132, 64, three).splits == 3);
+  // The same blocks with 4 an SM (528 slots) fit one wave: no split.
+  SplitPlanOptions four = three;
+  four.resident_blocks_per_sm = 4;
+  CHECK(plan_splits(64, 8, 4096, 132, 64, four).splits == 1);
+  // A batch-1 decode of 4096 keys: as many splits as the bounds allow in one wave.
+  CHECK(plan_splits(1, 8, 4096, 132, 64, three).splits == 32);
+}

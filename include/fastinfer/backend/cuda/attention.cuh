@@ -296,16 +296,19 @@ __global__ void merge_kernel(const float* partial, float* out, int n_q_heads, in
   }
 }
 
-// The key splits of a launch with `head_blocks` blocks per query row and
-// `tile` keys a block step, `partial` grown to hold them; chunk is
-// effectively unbounded with one split. Ranges as short as two steps: with
-// few blocks (decode of a small batch) a block's steps run one after
-// another at memory latency, so more, shorter ranges finish sooner; the
-// merge costs one small kernel.
-inline SplitPlan plan_launch(std::int64_t rows, int head_blocks, std::int64_t longest, int sm_count, int tile,
-                             int n_q_heads, int d, DeviceBuffer<float>& partial) {
+// The key splits of a launch with `head_blocks` blocks per query row,
+// `resident` of them per SM and `tile` keys a block step, `partial` grown
+// to hold them; chunk is effectively unbounded with one split. Ranges as
+// short as two steps: with few blocks (decode of a small batch) a block's
+// steps run one after another at memory latency, so more, shorter ranges
+// finish sooner; the merge costs one small kernel. A block's fixed cost
+// (query load, pipeline fill) is taken as two steps.
+inline SplitPlan plan_launch(std::int64_t rows, int head_blocks, std::int64_t longest, int sm_count, int resident,
+                             int tile, int n_q_heads, int d, DeviceBuffer<float>& partial) {
   SplitPlanOptions options;
+  options.resident_blocks_per_sm = resident;
   options.min_split_keys = 2 * tile;
+  options.block_overhead_keys = 2 * tile;
   SplitPlan plan = plan_splits(rows, head_blocks, longest, sm_count, tile, options);
   if (plan.splits > 1)
     partial.reserve_discard(std::size_t(rows) * std::size_t(n_q_heads) * std::size_t(plan.splits) *
@@ -333,19 +336,11 @@ void paged_attention_mma(const DevicePagedKV& kv, const DeviceQueryRows& qr, con
                          DeviceBuffer<float>& partial, std::int64_t rows, int n_q_heads, std::int64_t longest,
                          int sm_count, cudaStream_t stream) {
   namespace am = attention_mma_detail;
-  const SplitPlan plan = attention_detail::plan_launch(rows, kv.n_kv_heads, longest, sm_count,
-                                                       am::kWarps * am::kTileKeys, n_q_heads, D, partial);
   const auto kernel = am::attention_mma_kernel<D>;
   constexpr std::size_t smem = am::shared_bytes<D>();
-  // Above the default 48 KiB: allowed once per kernel and device.
-  constexpr int kDevices = 64;
-  static bool sized[kDevices] = {};
-  int device = 0;
-  FASTINFER_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < 0 || device >= kDevices || !sized[device]) {
-    FASTINFER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    if (device >= 0 && device < kDevices) sized[device] = true;
-  }
+  const int resident = cuda::resident_blocks_per_sm(kernel, am::kThreads, smem);
+  const SplitPlan plan = attention_detail::plan_launch(rows, kv.n_kv_heads, longest, sm_count, resident,
+                                                       am::kWarps * am::kTileKeys, n_q_heads, D, partial);
   cuda::launch("attention_mma_kernel", kernel, dim3(unsigned(rows), unsigned(kv.n_kv_heads), unsigned(plan.splits)),
                dim3(am::kThreads), smem, stream, kv, qr, q, out, partial.data(), n_q_heads,
                1.0f / std::sqrt(float(D)), plan.chunk);
@@ -377,21 +372,18 @@ void paged_attention(const DevicePagedKV& kv, const DeviceQueryRows& qr, const f
   }
   const ad::Geometry g = ad::geometry(kv.head_dim, per_kv);
   const int head_blocks = kv.n_kv_heads * (per_kv / g.heads);
+  const auto kernel = g.heads == 8   ? ad::attention_kernel<Quant, 8, 1>
+                     : g.heads == 4 ? ad::attention_kernel<Quant, 4, 2>
+                     : g.heads == 2 ? ad::attention_kernel<Quant, 2, 2>
+                                    : ad::attention_kernel<Quant, 1, 4>;
+  const std::size_t smem = sizeof(float) * ad::shared_floats(g);
+  const int resident = cuda::resident_blocks_per_sm(kernel, ad::kThreads, smem);
   const SplitPlan plan =
-      ad::plan_launch(rows, head_blocks, longest, sm_count, g.tile(), n_q_heads, kv.head_dim, partial);
+      ad::plan_launch(rows, head_blocks, longest, sm_count, resident, g.tile(), n_q_heads, kv.head_dim, partial);
   const float scale = 1.0f / std::sqrt(float(kv.head_dim));
   const dim3 grid(unsigned(rows), unsigned(head_blocks), unsigned(plan.splits));
-  const std::size_t smem = sizeof(float) * ad::shared_floats(g);
-  auto launch = [&](auto kernel) {
-    cuda::launch("attention_kernel", kernel, grid, dim3(ad::kThreads), smem, stream, kv, qr, q, out, partial.data(),
-                 n_q_heads, g.lanes, scale, plan.chunk, ad::prefetch_steps());
-  };
-  switch (g.heads) {
-    case 8: launch(ad::attention_kernel<Quant, 8, 1>); break;
-    case 4: launch(ad::attention_kernel<Quant, 4, 2>); break;
-    case 2: launch(ad::attention_kernel<Quant, 2, 2>); break;
-    default: launch(ad::attention_kernel<Quant, 1, 4>); break;
-  }
+  cuda::launch("attention_kernel", kernel, grid, dim3(ad::kThreads), smem, stream, kv, qr, q, out, partial.data(),
+               n_q_heads, g.lanes, scale, plan.chunk, ad::prefetch_steps());
   ad::merge_splits(plan, partial, out, rows, n_q_heads, kv.head_dim, stream);
 }
 

@@ -50,9 +50,9 @@ class CudaContext {
   void synchronize() const { FASTINFER_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
   // Whether f16 KV attention runs on tensor cores (attention_mma.cuh) where
-  // the shape allows it, else attention.cuh's f32 kernel. Off by default:
-  // that kernel is compiled, not yet run on a GPU (docs/backend-cuda.md).
-  // FASTINFER_CUDA_ATTENTION_MMA=1 turns it on for a process; tests and
+  // the shape allows it, else attention.cuh's f32 kernel. On by default
+  // (1.66x the f32 kernel's bandwidth on an H200, docs/backend-cuda.md);
+  // FASTINFER_CUDA_ATTENTION_MMA=0 turns it off for a process; tests and
   // benchmarks set it per context to check and measure both kernels.
   bool tensor_core_attention() const { return tensor_core_attention_; }
   void set_tensor_core_attention(bool on) { tensor_core_attention_ = on; }
@@ -64,7 +64,7 @@ class CudaContext {
   cublasHandle_t blas_ = nullptr;
   bool tensor_core_attention_ = [] {
     const char* e = std::getenv("FASTINFER_CUDA_ATTENTION_MMA");
-    return e != nullptr && std::string_view(e) == "1";
+    return e == nullptr || std::string_view(e) != "0";
   }();
 };
 

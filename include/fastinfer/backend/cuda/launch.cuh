@@ -20,10 +20,13 @@
 // nothing, before its wait.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdlib>
+#include <mutex>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include <cuda_runtime.h>
 
@@ -69,6 +72,49 @@ inline bool dependent_launch_supported() {
     known[device] = major >= 9 ? 2 : 1;
   }
   return known[device] == 2;
+}
+
+namespace launch_detail {
+struct ResidentBlocks {
+  int device;
+  const void* kernel;
+  int threads;
+  std::size_t smem;
+  int blocks;
+};
+// Every (device, kernel, shape) asked so far: a handful per process.
+inline std::vector<ResidentBlocks>& resident_table() {
+  static std::vector<ResidentBlocks> table;
+  return table;
+}
+inline std::mutex& resident_mutex() {
+  static std::mutex m;
+  return m;
+}
+}  // namespace launch_detail
+
+// How many blocks of `kernel` (at `threads` threads and `smem` bytes of
+// dynamic shared memory) one SM of the current device holds at once, at
+// least 1: what the split planners fill whole waves of. Asked of the runtime
+// once per device, kernel and shape. A kernel launched with more than the
+// default 48 KiB of dynamic shared memory is allowed it here, so call this
+// before its first launch (with the one size it is launched with).
+template <typename... Params>
+int resident_blocks_per_sm(void (*kernel)(Params...), int threads, std::size_t smem) {
+  namespace ld = launch_detail;
+  int device = 0;
+  FASTINFER_CUDA_CHECK(cudaGetDevice(&device));
+  const void* key = reinterpret_cast<const void*>(kernel);
+  const std::lock_guard<std::mutex> lock(ld::resident_mutex());
+  for (const ld::ResidentBlocks& r : ld::resident_table())
+    if (r.device == device && r.kernel == key && r.threads == threads && r.smem == smem) return r.blocks;
+  if (smem > 48 * 1024)
+    FASTINFER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  int blocks = 0;
+  FASTINFER_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
+  blocks = std::max(blocks, 1);
+  ld::resident_table().push_back({device, key, threads, smem, blocks});
+  return blocks;
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), dependent where supported;
