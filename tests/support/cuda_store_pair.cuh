@@ -70,14 +70,24 @@ struct StorePair {
     for (std::size_t i = 0; i < seqs.size(); ++i) reqs.push_back(ReserveRequest{seqs[i], counts[i]});
     REQUIRE(cpu->extend_all(reqs));
     REQUIRE(gpu->extend_all(reqs));
-    for (int l = 0; l < n_layers; ++l)
-      for (std::size_t i = 0; i < seqs.size(); ++i) {
-        auto k = rand(std::size_t(counts[i] * n_kv * d)), v = rand(k.size());
-        if (shape) shape(k), shape(v);
-        cpu->append(l, seqs[i], k.data(), v.data(), counts[i]);
-        auto dk = to_device(*backend, k), dv = to_device(*backend, v);
-        gpu->append(l, seqs[i], dk.data(), dv.data(), counts[i]);
+    std::vector<std::int32_t> qo(1, 0);
+    for (std::int64_t c : counts) qo.push_back(qo.back() + std::int32_t(c));
+    const std::int64_t row = std::int64_t(n_kv) * d;
+    for (int l = 0; l < n_layers; ++l) {
+      auto k = rand(std::size_t(qo.back() * row)), v = rand(k.size());
+      if (shape) shape(k), shape(v);
+      // The CPU store one sequence at a time (the reference); the GPU's
+      // batched append_rows on even layers, append per sequence on odd ones.
+      for (std::size_t i = 0; i < seqs.size(); ++i)
+        cpu->append(l, seqs[i], k.data() + qo[i] * row, v.data() + qo[i] * row, counts[i]);
+      auto dk = to_device(*backend, k), dv = to_device(*backend, v);
+      if (l % 2 == 0) {
+        gpu->append_rows(l, seqs, qo.data(), dk.data(), dv.data(), row);
+      } else {
+        for (std::size_t i = 0; i < seqs.size(); ++i)
+          gpu->append(l, seqs[i], dk.data() + qo[i] * row, dv.data() + qo[i] * row, counts[i]);
       }
+    }
   }
   // Attention of the last counts[i] tokens of every sequence, every layer.
   void compare(const std::vector<SeqId>& seqs, const std::vector<std::int64_t>& counts,

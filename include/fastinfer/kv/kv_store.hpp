@@ -95,6 +95,19 @@ class KVStore {
   virtual bool extend_all(const std::vector<ReserveRequest>& reqs) = 0;
   // k, v: [n][n_kv_heads][head_dim] in the backend's memory.
   virtual void append(int layer, SeqId seq, const float* k, const float* v, std::int64_t n) = 0;
+  // One step's new tokens of several sequences: rows qo_indptr[b] ..
+  // qo_indptr[b + 1] of k and v (row_floats = n_kv_heads x head_dim floats
+  // each, backend memory) are the last tokens of seqs[b]. The same as an
+  // append per sequence (the default); a device store writes them in one
+  // launch and reuses the slots it staged while they stay the same (every
+  // layer of one pass).
+  virtual void append_rows(int layer, const std::vector<SeqId>& seqs, const std::int32_t* qo_indptr, const float* k,
+                           const float* v, std::int64_t row_floats) {
+    for (std::size_t b = 0; b < seqs.size(); ++b) {
+      const std::int64_t r0 = qo_indptr[b];
+      append(layer, seqs[b], k + r0 * row_floats, v + r0 * row_floats, qo_indptr[b + 1] - r0);
+    }
+  }
   // One position decoded to the host: k, v [n_kv_heads][head_dim].
   virtual void read(int layer, SeqId seq, std::int64_t pos, float* k, float* v) const = 0;
 

@@ -300,7 +300,8 @@ class LlamaModel {
 
   void run_layers(int first, int last) {
     check_stage_(first, last, "run_layers");
-    for (int l = first; l < last; ++l) layer_(*open_, l);
+    bool normed = false;  // whether xb_ holds layer l's attention norm of x_ already
+    for (int l = first; l < last; ++l) normed = layer_(*open_, l, normed, l + 1 < last);
     depth_ = last;
   }
 
@@ -636,15 +637,16 @@ class LlamaModel {
 
   // q, k, v of layer l for the open pass's rows from x_ (RoPE applied, head
   // size padded to hdp_), K and V appended to the cache; returns the rows'
-  // padded (or plain) q, k, v pointers.
+  // padded (or plain) q, k, v pointers. `normed`: xb_ holds the layer's
+  // attention norm of x_ already (layer_'s fused add of the layer before).
   struct Qkv {
     const float *q, *k, *v;
   };
-  Qkv qkv_(const ForwardBatch& bt, int l, bool with_q) {
+  Qkv qkv_(const ForwardBatch& bt, int l, bool with_q, bool normed = false) {
     const int n = int(bt.rows());
     const bool padded = hdp_ != c_.head_dim;
     const LlamaLayerWeights& lw = w_.layers[std::size_t(l)];
-    backend_.rmsnorm(xb_.data(), x_.data(), nullptr, n, lw.attn_norm, c_.dim, c_.norm_eps);
+    if (!normed) backend_.rmsnorm(xb_.data(), x_.data(), nullptr, n, lw.attn_norm, c_.dim, c_.norm_eps);
     lap_(ProfOp::AttnNorm);
     {
       const MatrixView ws[3] = {lw.wq, lw.wk, lw.wv};
@@ -662,11 +664,7 @@ class LlamaModel {
       if (with_q) pad_(q_.data(), n, c_.n_heads, qpad_.data());
       out = Qkv{qpad_.data(), kpad_.data(), vpad_.data()};
     }
-    const std::size_t kv_row = std::size_t(c_.n_kv_heads) * std::size_t(hdp_);
-    for (std::int32_t b = 0; b < bt.batch(); ++b) {
-      const std::size_t r0 = std::size_t(bt.qo_indptr[std::size_t(b)]);
-      kv_->append(l, bt.seq_ids[std::size_t(b)], out.k + r0 * kv_row, out.v + r0 * kv_row, bt.count(b));
-    }
+    kv_->append_rows(l, bt.seq_ids, bt.qo_indptr.data(), out.k, out.v, std::int64_t(c_.n_kv_heads) * hdp_);
     lap_(ProfOp::KvAppend);
     return out;
   }
@@ -674,12 +672,16 @@ class LlamaModel {
   // CALM: layer l's K and V from the current hidden state, the layer not run.
   void project_kv_(const ForwardBatch& bt, int l) { qkv_(bt, l, false); }
 
-  void layer_(const ForwardBatch& bt, int l) {
+  // Layer l of the open pass. `normed`: xb_ holds its attention norm of x_
+  // already; `next`: layer l + 1 runs right after. Returns whether xb_ holds
+  // layer l + 1's attention norm (the layer's last add and that norm fused,
+  // one launch fewer, where the backend has add_rmsnorm).
+  bool layer_(const ForwardBatch& bt, int l, bool normed, bool next) {
     const int n = int(bt.rows());
     const bool padded = hdp_ != c_.head_dim;
     const LlamaLayerWeights& lw = w_.layers[std::size_t(l)];
     float* x = x_.data();
-    const Qkv qkv = qkv_(bt, l, true);
+    const Qkv qkv = qkv_(bt, l, true, normed);
     float* att = padded ? opad_.data() : att_out_.data();
     kv_->attend(l, qkv.q, bt.qo_indptr.data(), bt.mask.empty() ? nullptr : bt.mask.data(), att, c_.n_heads, threads_);
     if (padded)  // padded heads -> plain heads
@@ -691,8 +693,16 @@ class LlamaModel {
     gate_up_swiglu_(lw, n);
     linear_(lw.w_down, hb_.data(), n, xb_.data());
     lap_(ProfOp::W2);
+    if constexpr (backend_detail::has_add_rmsnorm<Backend>::value) {
+      if (next && prof_ == nullptr) {
+        const float* next_norm = w_.layers[std::size_t(l) + 1].attn_norm;
+        backend_.add_rmsnorm(x, xb_.data(), xb_.data(), n, next_norm, c_.dim, c_.norm_eps);
+        return true;
+      }
+    }
     backend_.add(x, xb_.data(), std::int64_t(n) * c_.dim);
     lap_(ProfOp::Residual);
+    return false;
   }
 
   // Final norm and classifier over the logits rows at the current depth.

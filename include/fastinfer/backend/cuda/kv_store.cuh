@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string_view>
 #include <type_traits>
@@ -138,25 +139,51 @@ class CudaKVStore final : public KVStore {
   }
 
   void append(int layer, SeqId seq, const float* k, const float* v, std::int64_t n) override {
+    FASTINFER_CHECK(n >= 0 && n <= std::numeric_limits<std::int32_t>::max(), InvalidArgument,
+                    "KVStore::append: sequence ", seq, ": cannot write ", n, " tokens");
+    one_seq_.assign(1, seq);
+    const std::int32_t qo[2] = {0, std::int32_t(n)};
+    append_rows(layer, one_seq_, qo, k, v, std::int64_t(cfg_.n_kv_heads) * cfg_.head_dim);
+  }
+
+  // Every sequence checked before anything is written (a refused step
+  // changes nothing), then one launch. The rows' slots are the same for
+  // every layer of a pass: staged on the first, reused while unchanged.
+  void append_rows(int layer, const std::vector<SeqId>& seqs, const std::int32_t* qo_indptr, const float* k,
+                   const float* v, std::int64_t row_floats) override {
     if (layer % group_ != 0) return;
     const int kl = layer / group_;
     book_.check_layer(kl);
-    const std::int64_t len = book_.length(seq);
-    FASTINFER_CHECK(n >= 0 && n <= len, InvalidArgument, "KVStore::append: sequence ", seq, " has ", len,
-                    " tokens, cannot write the last ", n, " (extend_all first)");
-    if (n == 0) return;
-    book_.check_writable(seq, len - n, n);  // not released, not shared: a failed append changes nothing
-    const auto& table = book_.allocator().block_table(seq);
-    slot_block_.resize(std::size_t(n));
-    slot_token_.resize(std::size_t(n));
-    for (std::int64_t i = 0; i < n; ++i) {
-      const std::int64_t p = len - n + i;
-      slot_block_[std::size_t(i)] = table[std::size_t(p / cfg_.block_size)];
-      slot_token_[std::size_t(i)] = std::int32_t(p % cfg_.block_size);
+    FASTINFER_CHECK(row_floats == std::int64_t(cfg_.n_kv_heads) * cfg_.head_dim, InvalidArgument,
+                    "KVStore::append_rows: rows of ", row_floats, " floats, the store's are ",
+                    std::int64_t(cfg_.n_kv_heads) * cfg_.head_dim);
+    const std::size_t batch = seqs.size();
+    const std::int64_t first = batch > 0 ? qo_indptr[0] : 0;
+    const std::int64_t n = batch > 0 ? qo_indptr[batch] - first : 0;
+    slots_.resize(2 * std::size_t(std::max<std::int64_t>(n, 0)));
+    for (std::size_t b = 0; b < batch; ++b) {
+      const SeqId seq = seqs[b];
+      const std::int64_t count = qo_indptr[b + 1] - qo_indptr[b];
+      const std::int64_t len = book_.length(seq);
+      FASTINFER_CHECK(count >= 0 && count <= len, InvalidArgument, "KVStore::append: sequence ", seq, " has ", len,
+                      " tokens, cannot write the last ", count, " (extend_all first)");
+      if (count == 0) continue;
+      book_.check_writable(seq, len - count, count);  // not released, not shared
+      const auto& table = book_.allocator().block_table(seq);
+      for (std::int64_t i = 0; i < count; ++i) {
+        const std::int64_t p = len - count + i, row = qo_indptr[b] - first + i;
+        slots_[std::size_t(row)] = table[std::size_t(p / cfg_.block_size)];
+        slots_[std::size_t(n + row)] = std::int32_t(p % cfg_.block_size);
+      }
     }
+    if (n <= 0) return;
     cudaStream_t s = ctx_->stream();
-    const std::int32_t* sb = stage(dev_slot_block_, slot_block_.data(), slot_block_.size(), s);
-    const std::int32_t* st = stage(dev_slot_token_, slot_token_.data(), slot_token_.size(), s);
+    // A copy between two kernels also ends their overlap (launch.cuh): one
+    // a pass, not one a layer.
+    if (slots_ != staged_slots_) {
+      stage(dev_slots_, slots_.data(), slots_.size(), s);
+      staged_slots_ = slots_;
+    }
     namespace kd = kv_store_detail;
     kd::LayerRows dst;
     dst.codes = arena_.data() + kl * layer_stride_;
@@ -166,7 +193,8 @@ class CudaKVStore final : public KVStore {
     dst.params_per_row = params_per_row_;
     const std::int64_t rows = 2 * n * cfg_.n_kv_heads;
     launch("append_kernel", kd::append_kernel<Quant>, dim3(elementwise_detail::blocks_for(rows, kd::kAppendWarps)),
-           dim3(32 * kd::kAppendWarps), 0, s, dst, cfg_.n_kv_heads, cfg_.head_dim, k, v, sb, st, n);
+           dim3(32 * kd::kAppendWarps), 0, s, dst, cfg_.n_kv_heads, cfg_.head_dim, k + first * row_floats,
+           v + first * row_floats, dev_slots_.data(), dev_slots_.data() + n, n);
   }
 
   void read(int layer, SeqId seq, std::int64_t pos, float* k, float* v) const override {
@@ -340,13 +368,16 @@ paged_attention<Quant>(kv, qr, q, out, partial_, rows, n_q_heads, longest_, ctx_
   DeviceBuffer<float> params_;        // scales and minima (empty for f32, f16, bf16)
   std::vector<BlockCopy> copies_;
   // This step's tables (host, then device) and query rows.
-  std::vector<std::int32_t> indptr_, lens_, row_seq_, slot_block_, slot_token_;
+  std::vector<std::int32_t> indptr_, lens_, row_seq_;
+  // append_rows' slots (n blocks, then n offsets) and the copy on the device.
+  std::vector<std::int32_t> slots_, staged_slots_;
+  std::vector<SeqId> one_seq_;
   std::vector<BlockId> blocks_;
   std::vector<std::int64_t> mask_off_;
   std::int64_t longest_ = 0;
   bool decode_ = false;
   int staged_layer_ = -1;
-  DeviceBuffer<std::int32_t> dev_indptr_, dev_lens_, dev_row_seq_, dev_qo_, dev_slot_block_, dev_slot_token_;
+  DeviceBuffer<std::int32_t> dev_indptr_, dev_lens_, dev_row_seq_, dev_qo_, dev_slots_;
   DeviceBuffer<BlockId> dev_blocks_;
   DeviceBuffer<std::uint8_t> dev_mask_;
   DeviceBuffer<std::int64_t> dev_mask_off_;
