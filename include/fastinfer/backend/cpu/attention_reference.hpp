@@ -1,7 +1,11 @@
 // Scalar reference attention over a paged KV view: the oracle the vectorised
-// kernels of attention.hpp are tested against. Plain two-pass softmax in
-// double, keys and values decoded one element at a time with the scalar
-// QuantTraits::decode; no blocking, no online softmax, no threads.
+// kernels of attention.hpp are tested against, and the scalar level's kernel.
+// Plain two-pass softmax in double, keys and values decoded one element at a
+// time with the scalar QuantTraits::decode; no blocking, no online softmax,
+// no threads. The first pass finds the largest score and the second computes
+// each score again (the same bits) rather than keeping them: with its
+// scratch kept per thread, a call allocates nothing once warm, so decoding at
+// the scalar level does not allocate per token either.
 //
 // Queries: q[qo_indptr[b] + i] ([n_q_heads][head_dim] each) is new token i
 // of sequence b, at position length(b) - n_b + i, where n_b is its count of
@@ -10,6 +14,7 @@
 // sinks in the view apply on top (see kv_layout.hpp for sink positions).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -30,8 +35,10 @@ void paged_attention(const kv::PagedKVView<Quant>& kv, const float* q, const std
                   " query heads cannot share ", kv.n_kv_heads, " KV heads evenly");
   const int group = n_q_heads / kv.n_kv_heads;
   if (sm_scale == 0.0f) sm_scale = 1.0f / std::sqrt(float(d));
-  const auto moff = mask_offsets(qo_indptr, kv.batch);
-  std::vector<float> kbuf(static_cast<std::size_t>(d)), vbuf(kbuf), qrot(kbuf);
+  thread_local std::vector<float> kbuf, vbuf, qrot;
+  thread_local std::vector<double> acc;
+  kbuf.resize(std::size_t(d)), vbuf.resize(std::size_t(d)), qrot.resize(std::size_t(d)), acc.resize(std::size_t(d));
+  std::int64_t mask_base = 0;  // sequence b's n x n mask starts here
   for (std::int32_t b = 0; b < kv.batch; ++b) {
     const std::int64_t len = kv.length(b);
     const std::int64_t n = qo_indptr[b + 1] - qo_indptr[b];
@@ -47,37 +54,42 @@ void paged_attention(const kv::PagedKVView<Quant>& kv, const float* q, const std
         const float* qv = q + ((qo_indptr[b] + i) * n_q_heads + hq) * d;
         qrot.assign(qv, qv + d);
         rope_rotate(qrot.data(), d, -shift, kv.rope);
-        std::vector<double> score;
-        std::vector<std::int64_t> keys;
-        for (std::int64_t p = 0; p < key_end; ++p) {
-          const bool in_sink = p < sink_end;
-          if (kv.window > 0 && !in_sink && p < win_begin) continue;
-          if (mask && p >= first_new && !mask->data[moff[std::size_t(b)] + i * n + (p - first_new)]) continue;
+        auto visible = [&](std::int64_t p) {
+          if (kv.window > 0 && p >= sink_end && p < win_begin) return false;
+          return !(mask && p >= first_new && !mask->data[mask_base + i * n + (p - first_new)]);
+        };
+        auto block_of = [&](std::int64_t p) {
           const BlockId blk = kv.block(b, p / kv.block_size);
           FASTINFER_CHECK(blk != kNoBlock, Error, "attention: position ", p, " of sequence ", b, " was released");
+          return blk;
+        };
+        auto score = [&](std::int64_t p) {
+          const BlockId blk = block_of(p);
           const std::int64_t t = p % kv.block_size;
           kv::decode_row<Quant>(kv.k_row(blk, h, t), kv.k_param(blk, h, t), d, kbuf.data());
-          const float* qq = in_sink ? qrot.data() : qv;
+          const float* qq = p < sink_end ? qrot.data() : qv;
           double s = 0.0;
           for (int j = 0; j < d; ++j) s += double(qq[j]) * double(kbuf[std::size_t(j)]);
-          score.push_back(s * sm_scale);
-          keys.push_back(p);
-        }
-        float* o = out + ((qo_indptr[b] + i) * n_q_heads + hq) * d;
-        std::vector<double> acc(std::size_t(d), 0.0);
+          return s * sm_scale;
+        };
         double mx = -std::numeric_limits<double>::infinity(), sum = 0.0;
-        for (double s : score) mx = std::max(mx, s);
-        for (std::size_t k = 0; k < keys.size(); ++k) {
-          const double w = std::exp(score[k] - mx);
+        for (std::int64_t p = 0; p < key_end; ++p)
+          if (visible(p)) mx = std::max(mx, score(p));
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (std::int64_t p = 0; p < key_end; ++p) {
+          if (!visible(p)) continue;
+          const double w = std::exp(score(p) - mx);
           sum += w;
-          const BlockId blk = kv.block(b, keys[k] / kv.block_size);
-          const std::int64_t t = keys[k] % kv.block_size;
+          const BlockId blk = block_of(p);
+          const std::int64_t t = p % kv.block_size;
           kv::decode_row<Quant>(kv.v_row(blk, h, t), kv.v_param(blk, h, t), d, vbuf.data());
           for (int j = 0; j < d; ++j) acc[std::size_t(j)] += w * double(vbuf[std::size_t(j)]);
         }
+        float* o = out + ((qo_indptr[b] + i) * n_q_heads + hq) * d;
         for (int j = 0; j < d; ++j) o[j] = sum > 0.0 ? float(acc[std::size_t(j)] / sum) : 0.0f;
       }
     }
+    mask_base += n * n;
   }
 }
 
@@ -85,7 +97,8 @@ void paged_attention(const kv::PagedKVView<Quant>& kv, const float* q, const std
 template <typename Quant>
 void decode_attention(const kv::PagedKVView<Quant>& kv, const float* q, float* out, int n_q_heads,
                       float sm_scale = 0.0f) {
-  std::vector<std::int32_t> qo(std::size_t(kv.batch) + 1);
+  thread_local std::vector<std::int32_t> qo;
+  qo.resize(std::size_t(kv.batch) + 1);
   for (std::int32_t b = 0; b <= kv.batch; ++b) qo[std::size_t(b)] = b;
   paged_attention(kv, q, qo.data(), out, n_q_heads, nullptr, sm_scale);
 }
