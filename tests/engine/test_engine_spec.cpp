@@ -437,8 +437,46 @@ TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a larg
   const auto km = fe::choose_drafts(cost, 3, 3, mixed);
   CHECK(km[1] >= km[2]);
   CHECK(km[2] >= km[0]);
-  // No measurements yet: explore with max_k.
+  // No measurements yet: a lone candidate explores with max_k; among
+  // several, the first drafts one token and the rest decode plainly.
   CHECK(fe::choose_drafts(fe::StepCostModel{}, 300, 300, {good}) == std::vector<std::int32_t>{4});
+  CHECK(fe::choose_drafts(fe::StepCostModel{}, 300, 300, {good, good, good}) == std::vector<std::int32_t>{1, 0, 0});
+  // The adaptive policy paces that: among several, every explore_every-th
+  // measured step only; alone, every step.
+  const fe::SpecPolicy adaptive = fe::SpecAdaptive{};
+  using K = std::vector<std::int32_t>;
+  CHECK(fe::drafts_under_policy(adaptive, fe::StepCostModel{}, 3, 3, {good, good, good}, 4) == K{1, 0, 0});
+  CHECK(fe::drafts_under_policy(adaptive, fe::StepCostModel{}, 3, 3, {good, good, good}, 5) == K{0, 0, 0});
+  CHECK(fe::drafts_under_policy(adaptive, fe::StepCostModel{}, 1, 1, {good}, 5) == K{4});
+  CHECK(fe::drafts_under_policy(adaptive, cost, 1, 1, {good}, 5) == K{4});
+}
+
+TEST_CASE("spec policy: a batched drafter's catch-up is charged over the steps it can still draft",
+          "[engine][spec]") {
+  // Memory-bound target (10 ms a pass), a draft model at 1 ms a pass and
+  // 0.02 ms a row: drafting 4 at 80 % pays at batch 1 when the draft model
+  // is caught up.
+  fe::StepCostModel cost;
+  cost.base = 10e-3;
+  cost.per_token = 0.1e-3;
+  cost.per_draft_pass = 1e-3;
+  cost.per_draft_row = 0.02e-3;
+  cost.valid = true;
+  fe::SpecCandidate c{0.8, 4, false};
+  c.batched_drafter = true;
+  c.remaining_tokens = 200;
+  CHECK(fe::choose_drafts(cost, 1, 1, {c}) == std::vector<std::int32_t>{4});
+  // 2000 prompt tokens to catch up: 40 ms once, against some 19 ms saved a
+  // step (3.36 tokens in 14.6 ms, not 34) over the ~60 steps left: worth it.
+  c.catch_up_rows = 2000;
+  CHECK(fe::choose_drafts(cost, 1, 1, {c}) == std::vector<std::int32_t>{4});
+  // The same catch-up with 3 tokens left to generate (one step): not worth it.
+  c.remaining_tokens = 3;
+  CHECK(fe::choose_drafts(cost, 1, 1, {c}) == std::vector<std::int32_t>{0});
+  // An independent check of the price: at k 4 the rate with the charge.
+  const double e4 = c.expected(4);
+  const double charged = cost.seconds(1 + 4, 0, 4, 4 + 2000 / std::max(1.0, 3 / e4));
+  CHECK((1 + e4 - 1) / charged < 1 / cost.seconds(1, 0));
 }
 
 TEST_CASE("spec policy: requests drafting with the batched draft model share its passes", "[engine][spec]") {
@@ -484,11 +522,13 @@ TEST_CASE("spec policy: the step-cost fit and the acceptance estimate", "[engine
   fe::StepCostFit fit(0.99, 8);
   CHECK_FALSE(fit.model().valid);
   std::mt19937_64 rng(2);
-  std::uniform_int_distribution<int> tok(1, 300), dr(0, 20), passes(0, 8);
+  std::uniform_int_distribution<int> tok(1, 300), dr(0, 20), passes(0, 8), catch_up(0, 300);
   std::normal_distribution<double> noise(0, 1e-6);
   for (int i = 0; i < 400; ++i) {
     const int n = tok(rng), d = dr(rng), p = passes(rng);
-    fit.add(n, d, p, 2e-3 + 1e-4 * n + 5e-4 * d + 3e-3 * p + noise(rng));
+    // A pass feeds at least a row per pass, and some steps a catch-up.
+    const int rows = p == 0 ? 0 : p + (i % 3 == 0 ? catch_up(rng) : 0);
+    fit.add(n, d, p, rows, 2e-3 + 1e-4 * n + 5e-4 * d + 3e-3 * p + 2e-5 * rows + noise(rng));
   }
   const fe::StepCostModel m = fit.model();
   REQUIRE(m.valid);
@@ -496,9 +536,10 @@ TEST_CASE("spec policy: the step-cost fit and the acceptance estimate", "[engine
   CHECK(m.per_token == Approx(1e-4).epsilon(0.02));
   CHECK(m.per_model_draft == Approx(5e-4).epsilon(0.02));
   CHECK(m.per_draft_pass == Approx(3e-3).epsilon(0.02));
+  CHECK(m.per_draft_row == Approx(2e-5).epsilon(0.02));
   // The same token count every step: no slope to read.
   fe::StepCostFit flat(0.95, 4);
-  for (int i = 0; i < 20; ++i) flat.add(64, 0, 0, 5e-3);
+  for (int i = 0; i < 20; ++i) flat.add(64, 0, 0, 0, 5e-3);
   CHECK_FALSE(flat.model().valid);
   CHECK_THROWS_AS(fe::StepCostFit(0.0, 8), fastinfer::InvalidArgument);
 

@@ -63,8 +63,9 @@ class BatchedDraftModel {
         ws_(weights.config.vocab_size) {}
 
   const LlamaModel<Backend>& model() const { return model_; }
-  // Forward passes run so far (the draft's cost).
+  // Forward passes run so far, and the rows they fed (the draft's cost).
   std::int64_t forwards() const { return forwards_; }
+  std::int64_t rows_fed() const { return rows_fed_; }
   // Requests whose sequence the pool holds.
   std::size_t sequences() const { return seqs_.size(); }
 
@@ -213,6 +214,7 @@ class BatchedDraftModel {
 
   const float* forward_() {
     ++forwards_;
+    rows_fed_ += batch_.rows();
     return model_.forward(batch_);
   }
 
@@ -227,6 +229,7 @@ class BatchedDraftModel {
   // Per request: the tokens whose KV its sequence holds, in position order.
   std::unordered_map<sched::RequestId, std::vector<sched::TokenId>> seqs_;
   std::int64_t forwards_ = 0;
+  std::int64_t rows_fed_ = 0;
   // Per-call scratch, kept to avoid allocating per step.
   ForwardBatch batch_;
   std::vector<int> next_, k_;  // per job: the next token to feed, the drafts it gets

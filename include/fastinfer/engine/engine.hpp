@@ -336,7 +336,8 @@ class Engine {
     const double t3 = now_();
     if (!plan.entries.empty()) {
       // The step's cost as the adaptive switch models it: drafting, forward, verification.
-      fit_.add(double(batch_.rows()), double(step_model_drafts_), double(step_draft_passes_), t3 - t1);
+      fit_.add(double(batch_.rows()), double(step_model_drafts_), double(step_draft_passes_),
+               double(step_draft_rows_), t3 - t1);
       last_plain_tokens_ = plan.num_tokens();
     }
     if (cache_ && cfg_.cache_at_prefill_end) cache_prefills_(plan);
@@ -444,6 +445,15 @@ class Engine {
       }
       cand_ids_.push_back(id);
       cands_.push_back(kv.second.spec->candidate());
+      const Request& r = batcher_->request(id);
+      const std::vector<TokenId>& out = batcher_->output(id);
+      cands_.back().remaining_tokens = double(r.max_new_tokens) - double(out.size());
+      if (cands_.back().batched_drafter && draft_) {
+        // Beyond the one row a drafting step always feeds (the last token).
+        catch_up_context_.assign(r.prompt.begin(), r.prompt.end());
+        catch_up_context_.insert(catch_up_context_.end(), out.begin(), out.end());
+        cands_.back().catch_up_rows = double(std::max<std::int64_t>(0, draft_->catch_up_tokens(id, catch_up_context_) - 1));
+      }
     }
     // Deterministic order (the map's is not).
     order_.resize(cand_ids_.size());
@@ -452,7 +462,8 @@ class Engine {
     sorted_.clear();
     for (std::size_t i : order_) sorted_.push_back(cands_[i]);
     const std::vector<std::int32_t> k = drafts_under_policy(cfg_.spec.policy, fit_.model(), double(last_plain_tokens_),
-                                                            std::int64_t(batcher_->num_running()), sorted_);
+                                                            std::int64_t(batcher_->num_running()), sorted_,
+                                                            fit_.steps());
     for (std::size_t j = 0; j < order_.size(); ++j) {
       batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j]);
       ++stats_.spec_candidates;
@@ -538,11 +549,13 @@ class Engine {
         sp.propose(context, e.num_drafts, std::uint64_t(out.size()), drafts_[i], e.id);
     }
     step_draft_passes_ = 0;
+    step_draft_rows_ = 0;
     if (!draft_jobs_.empty()) {
       BatchedDraftModel<Backend>& dm = draft_model_();
-      const std::int64_t before = dm.forwards();
+      const std::int64_t passes = dm.forwards(), rows = dm.rows_fed();
       dm.propose(draft_jobs_);
-      step_draft_passes_ = dm.forwards() - before;
+      step_draft_passes_ = dm.forwards() - passes;
+      step_draft_rows_ = dm.rows_fed() - rows;
     }
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       auto it = live_.find(plan.entries[i].id);
@@ -689,7 +702,9 @@ class Engine {
   bool any_spec_ = false;
   std::int64_t last_plain_tokens_ = 0;
   std::int64_t step_model_drafts_ = 0;
+  std::vector<TokenId> catch_up_context_;  // plan_drafts_' scratch
   std::int64_t step_draft_passes_ = 0;  // the batched draft model's passes this step
+  std::int64_t step_draft_rows_ = 0;    // and the rows they fed
   std::vector<speculative::DraftProposal> drafts_;  // per plan entry
   speculative::DraftProposal empty_proposal_;
   std::vector<TokenId> feed_;

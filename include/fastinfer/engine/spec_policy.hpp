@@ -12,8 +12,14 @@
 // The adaptive switch measures rather than guesses:
 //  - StepCostFit: every step is timed and the engine fits, online, by least
 //    squares with exponential forgetting, seconds = base + per_token * tokens
-//    + per_model_draft * tokens drafted by a draft model (a draft model's own
-//    passes are part of the step's cost; prompt lookup costs nothing).
+//    + per_model_draft * tokens drafted by a draft model of the request's own
+//    + per_draft_pass * passes of the engine's batched draft model
+//    + per_draft_row * rows those passes fed (a draft model's passes are part
+//    of the step's cost; prompt lookup costs nothing). Passes and rows are
+//    separate columns because a request that starts drafting first feeds the
+//    draft model what it has not seen (its prompt, at first): many rows in
+//    few passes, cheap per row, which priced per pass made drafting look
+//    ten times dearer than it is.
 //  - AcceptanceEstimate: per request, the probability that a draft is
 //    accepted, from its own verification history (accepted drafts are
 //    successes, a rejection is a failure), with forgetting and a prior; and
@@ -64,7 +70,10 @@ struct RequestSpec {
 // Speculate where the fitted cost model says it raises tokens per second.
 struct SpecAdaptive {
   double forget = 0.95;           // weight of the past per step, cost fit and acceptance
-  std::int32_t warmup_steps = 8;  // speculate freely until the fit has this many steps
+  std::int32_t warmup_steps = 8;  // the fit's steps before its model is used
+  // Before that, among several candidates one drafts one token every
+  // explore_every-th step (choose_drafts); a lone candidate every step.
+  std::int32_t explore_every = 4;
 };
 struct SpecAlways {};  // every speculating request drafts its k each decode (as room allows)
 struct SpecNever {};   // drafters are kept but never asked
@@ -113,26 +122,28 @@ inline double expected_emitted(double a, std::int32_t k) {
 }
 
 // seconds(step) = base + per_token * tokens + per_model_draft * model_drafts
-//               + per_draft_pass * draft_passes.
+//               + per_draft_pass * draft_passes + per_draft_row * draft_rows.
 // model_drafts: tokens drafted by a model this step (each costs rows of a
 // draft pass); draft_passes: forward passes of the engine's batched draft
 // model (batched_draft.hpp), which every request drafting with it shares: a
-// pass streams the draft's weights once whatever its rows, so its price is
-// per pass, not per drafted token.
+// pass streams the draft's weights once whatever its rows; draft_rows: the
+// rows those passes fed (catch-up and draft levels).
 struct StepCostModel {
   double base = 0;
   double per_token = 0;
   double per_model_draft = 0;
   double per_draft_pass = 0;
+  double per_draft_row = 0;
   bool valid = false;  // false: not enough evidence yet
 
-  double seconds(double tokens, double model_drafts, double draft_passes = 0) const {
-    return base + per_token * tokens + per_model_draft * model_drafts + per_draft_pass * draft_passes;
+  double seconds(double tokens, double model_drafts, double draft_passes = 0, double draft_rows = 0) const {
+    return base + per_token * tokens + per_model_draft * model_drafts + per_draft_pass * draft_passes +
+           per_draft_row * draft_rows;
   }
 };
 
-// Weighted least squares over (1, tokens, model_drafts, draft_passes) ->
-// seconds, every older step's weight multiplied by `forget` per new step, so
+// Weighted least squares over (1, tokens, model_drafts, draft_passes,
+// draft_rows) -> seconds, every older step's weight multiplied by `forget` per new step, so
 // the fit follows a machine whose load changes. A tiny ridge keeps it
 // solvable when a column never varies (no draft model), or two move together
 // (one drafting request: as many passes as drafts); the coefficients are
@@ -145,8 +156,8 @@ class StepCostFit {
     FASTINFER_CHECK(min_steps >= 2, InvalidArgument, "StepCostFit: min_steps must be >= 2, got ", min_steps);
   }
 
-  void add(double tokens, double model_drafts, double draft_passes, double seconds) {
-    const double x[kTerms] = {1.0, tokens, model_drafts, draft_passes};
+  void add(double tokens, double model_drafts, double draft_passes, double draft_rows, double seconds) {
+    const double x[kTerms] = {1.0, tokens, model_drafts, draft_passes, draft_rows};
     for (int i = 0; i < kTerms; ++i) {
       for (int j = 0; j < kTerms; ++j) a_[i][j] = forget_ * a_[i][j] + x[i] * x[j];
       b_[i] = forget_ * b_[i] + x[i] * seconds;
@@ -177,12 +188,13 @@ class StepCostFit {
     m.per_token = std::max(c[1], 0.0);
     m.per_model_draft = std::max(c[2], 0.0);
     m.per_draft_pass = std::max(c[3], 0.0);
+    m.per_draft_row = std::max(c[4], 0.0);
     m.valid = m.per_token > 0.0 || m.base > 0.0;
     return m;
   }
 
  private:
-  static constexpr int kTerms = 4;
+  static constexpr int kTerms = 5;
 
   // Gaussian elimination with partial pivoting.
   static bool solve(double a[kTerms][kTerms], double b[kTerms], double x[kTerms]) {
@@ -250,8 +262,18 @@ struct SpecCandidate {
   // Its per-depth history (AcceptanceEstimate::depths()); null: geometric in `acceptance`.
   const speculative::DraftAcceptance* depths = nullptr;
   // Its drafts come from the engine's batched draft model: the step runs as
-  // many draft passes as the largest such k (per_draft_pass).
+  // many draft passes as the largest such k (per_draft_pass), and k rows of
+  // it are this request's (per_draft_row).
   bool batched_drafter = false;
+  // Batched drafter: rows the draft model must feed before this request's
+  // first draft beyond the one a drafting step always feeds (the tokens it
+  // has not seen: its prompt when it first drafts, its output since it last
+  // drafted), and tokens the request may still generate (<= 0: unknown).
+  // Drafting now pays that catch-up once; it is charged spread over the
+  // steps the request can still draft in, remaining / E(k), as the batch-1
+  // controller charges it (adaptive_draft_length.hpp).
+  double catch_up_rows = 0;
+  double remaining_tokens = 0;
 
   double expected(std::int32_t k) const { return depths ? depths->expected_tokens(k) : expected_emitted(acceptance, k); }
 };
@@ -263,13 +285,18 @@ struct SpecCandidate {
 // batched draft model's passes are shared, so no single request would pay
 // for them alone: the greedy runs once per pass count P (0 to the largest
 // such max_k), P passes paid up front and each batched drafter taking k <= P
-// at its rows' price, and the best P wins. With an invalid cost model, every
-// candidate gets max_k (explore until measured).
+// at its rows' price (k rows and its catch-up's share), and the best P wins.
+// With an invalid cost model one candidate explores and the others decode
+// plainly: the fit learns what drafting costs from one request's steps, not
+// from a batch that all pays its catch-up at once. Alone it drafts its
+// max_k (at batch 1 drafting is what usually pays); among others it drafts
+// one token, the cheapest step that still shows the draft's columns (with a
+// same-size draft model, exploring at k 4 cost 16 requests 10 %).
 inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double plain_tokens, double plain_rows,
                                                const std::vector<SpecCandidate>& cands) {
   std::vector<std::int32_t> k(cands.size(), 0);
   if (!cost.valid) {
-    for (std::size_t i = 0; i < cands.size(); ++i) k[i] = std::max(cands[i].max_k, 0);
+    if (!cands.empty()) k[0] = std::max(std::min(cands[0].max_k, cands.size() == 1 ? cands[0].max_k : 1), 0);
     return k;
   }
   std::vector<std::size_t> order(cands.size());
@@ -279,18 +306,25 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
   std::int32_t max_passes = 0;
   for (const SpecCandidate& c : cands)
     if (c.batched_drafter) max_passes = std::max(max_passes, c.max_k);
+  // Rows of the batched draft model a candidate adds at k drafts.
+  auto draft_rows = [](const SpecCandidate& c, std::int32_t kk) {
+    if (!c.batched_drafter || kk <= 0) return 0.0;
+    const double steps = c.remaining_tokens > 0 ? std::max(1.0, c.remaining_tokens / c.expected(kk)) : 1.0;
+    return double(kk) + std::max(c.catch_up_rows, 0.0) / steps;
+  };
   std::vector<std::int32_t> trial(cands.size(), 0);
   double best_rate = -1.0;
   for (std::int32_t passes = 0; passes <= max_passes; ++passes) {
-    double emitted = std::max(plain_rows, 1.0), tokens = std::max(plain_tokens, 1.0), drafts = 0.0;
+    double emitted = std::max(plain_rows, 1.0), tokens = std::max(plain_tokens, 1.0), drafts = 0.0, rows = 0.0;
     std::fill(trial.begin(), trial.end(), 0);
     for (std::size_t i : order) {
       const SpecCandidate& c = cands[i];
       const std::int32_t cap = c.batched_drafter ? std::min(c.max_k, passes) : c.max_k;
-      double best = emitted / cost.seconds(tokens, drafts, passes);
+      double best = emitted / cost.seconds(tokens, drafts, passes, rows);
       for (std::int32_t kk = 1; kk <= cap; ++kk) {
         const double e = emitted + c.expected(kk) - 1.0;
-        const double r = e / cost.seconds(tokens + kk, drafts + (c.model_drafter ? kk : 0), passes);
+        const double r =
+            e / cost.seconds(tokens + kk, drafts + (c.model_drafter ? kk : 0), passes, rows + draft_rows(c, kk));
         if (r > best * (1.0 + 1e-9)) {
           best = r;
           trial[i] = kk;
@@ -298,9 +332,10 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
       }
       emitted += c.expected(trial[i]) - 1.0;
       tokens += trial[i];
+      rows += draft_rows(c, trial[i]);
       if (c.model_drafter) drafts += trial[i];
     }
-    const double rate = emitted / cost.seconds(tokens, drafts, passes);
+    const double rate = emitted / cost.seconds(tokens, drafts, passes, rows);
     if (rate > best_rate * (1.0 + 1e-9)) {
       best_rate = rate;
       k = trial;
@@ -312,10 +347,13 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
 // Drafts per candidate this step as `policy` decides: SpecAlways every
 // max_k, SpecNever none, SpecMaxBatch every max_k while at most max_rows
 // requests run, SpecAdaptive choose_drafts over the fitted cost (the plain
-// step's tokens: the last step's, at least one per running request).
+// step's tokens: the last step's, at least one per running request; `step`:
+// steps measured so far, which paces the exploration before the fit is
+// valid).
 inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, const StepCostModel& cost,
                                                      double last_plain_tokens, std::int64_t running,
-                                                     const std::vector<SpecCandidate>& cands) {
+                                                     const std::vector<SpecCandidate>& cands,
+                                                     std::int64_t step = 0) {
   return std::visit(
       [&](const auto& pol) -> std::vector<std::int32_t> {
         using P = std::decay_t<decltype(pol)>;
@@ -326,7 +364,8 @@ inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, c
           if (running <= pol.max_rows)
             for (std::size_t i = 0; i < out.size(); ++i) out[i] = cands[i].max_k;
         } else if constexpr (std::is_same_v<P, SpecAdaptive>) {
-          out = choose_drafts(cost, std::max(last_plain_tokens, double(running)), double(running), cands);
+          const bool rest = !cost.valid && cands.size() > 1 && step % std::max(pol.explore_every, 1) != 0;
+          if (!rest) out = choose_drafts(cost, std::max(last_plain_tokens, double(running)), double(running), cands);
         }
         return out;
       },
