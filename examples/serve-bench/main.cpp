@@ -191,6 +191,7 @@ int main(int argc, char** argv) {
         fastinfer::LoadOptions dl;
         dl.weight_dtype = fastinfer::parse_weight_dtype(draft_weights);
         dl.threads = threads;
+        dl.max_context = load.max_context;  // --ctx-size sizes the draft's KV pool too
         ec.spec.draft_weights = fastinfer::load_model(draft_model.empty() ? model_spec : draft_model, dl);
         ec.spec.draft_threads = threads;
       }
