@@ -385,12 +385,17 @@ TEST_CASE("spec policy: expected emitted tokens", "[engine][spec]") {
   CHECK(fe::expected_emitted(0.7, 3) == Approx(total / n).epsilon(0.01));
 }
 
-TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a large batch", "[engine][spec]") {
-  // A memory-bound model: a pass costs 10 ms plus 0.1 ms per token.
+// A memory-bound target: a pass costs 10 ms plus 0.1 ms per token.
+fe::StepCostModel memory_bound_cost() {
   fe::StepCostModel cost;
   cost.base = 10e-3;
   cost.per_token = 0.1e-3;
   cost.valid = true;
+  return cost;
+}
+
+TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a large batch", "[engine][spec]") {
+  fe::StepCostModel cost = memory_bound_cost();
   const fe::SpecCandidate good{0.8, 4, false};
   // Batch 1: the pass barely grows with 4 drafts, so speculate with all 4.
   CHECK(fe::choose_drafts(cost, 1, 1, {good}) == std::vector<std::int32_t>{4});
@@ -456,12 +461,9 @@ TEST_CASE("spec policy: a batched drafter's catch-up is charged over the steps i
   // Memory-bound target (10 ms a pass), a draft model at 1 ms a pass and
   // 0.02 ms a row: drafting 4 at 80 % pays at batch 1 when the draft model
   // is caught up.
-  fe::StepCostModel cost;
-  cost.base = 10e-3;
-  cost.per_token = 0.1e-3;
+  fe::StepCostModel cost = memory_bound_cost();
   cost.per_draft_pass = 1e-3;
   cost.per_draft_row = 0.02e-3;
-  cost.valid = true;
   fe::SpecCandidate c{0.8, 4, false};
   c.batched_drafter = true;
   c.remaining_tokens = 200;
@@ -482,12 +484,9 @@ TEST_CASE("spec policy: a batched drafter's catch-up is charged over the steps i
 TEST_CASE("spec policy: requests drafting with the batched draft model share its passes", "[engine][spec]") {
   // The draft model costs 4 ms a pass (its weights streamed once whatever
   // the rows) and 0.05 ms a drafted row; 8 requests decode, each 80 %.
-  fe::StepCostModel cost;
-  cost.base = 10e-3;
-  cost.per_token = 0.1e-3;
+  fe::StepCostModel cost = memory_bound_cost();
   cost.per_model_draft = 0.05e-3;
   cost.per_draft_pass = 4e-3;
-  cost.valid = true;
   fe::SpecCandidate batched{0.8, 4, true};
   batched.batched_drafter = true;
   const std::vector<fe::SpecCandidate> eight(8, batched);
