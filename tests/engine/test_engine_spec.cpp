@@ -445,7 +445,8 @@ TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a larg
   // No measurements yet: a lone candidate explores with max_k; among
   // several, the first drafts one token and the rest decode plainly.
   CHECK(fe::choose_drafts(fe::StepCostModel{}, 300, 300, {good}) == std::vector<std::int32_t>{4});
-  CHECK(fe::choose_drafts(fe::StepCostModel{}, 300, 300, {good, good, good}) == std::vector<std::int32_t>{1, 0, 0});
+  CHECK(fe::choose_drafts(fe::StepCostModel{}, 300, 300, {good, good, good}) ==
+        std::vector<std::int32_t>{1, 0, 0});
   // The adaptive policy paces that: among several, every explore_every-th
   // measured step only; alone, every step.
   const fe::SpecPolicy adaptive = fe::SpecAdaptive{};

@@ -452,7 +452,8 @@ class Engine {
         // Beyond the one row a drafting step always feeds (the last token).
         catch_up_context_.assign(r.prompt.begin(), r.prompt.end());
         catch_up_context_.insert(catch_up_context_.end(), out.begin(), out.end());
-        cands_.back().catch_up_rows = double(std::max<std::int64_t>(0, draft_->catch_up_tokens(id, catch_up_context_) - 1));
+        cands_.back().catch_up_rows =
+            double(std::max<std::int64_t>(0, draft_->catch_up_tokens(id, catch_up_context_) - 1));
       }
     }
     // Deterministic order (the map's is not).
@@ -461,9 +462,9 @@ class Engine {
     std::sort(order_.begin(), order_.end(), [&](std::size_t a, std::size_t b) { return cand_ids_[a] < cand_ids_[b]; });
     sorted_.clear();
     for (std::size_t i : order_) sorted_.push_back(cands_[i]);
-    const std::vector<std::int32_t> k = drafts_under_policy(cfg_.spec.policy, fit_.model(), double(last_plain_tokens_),
-                                                            std::int64_t(batcher_->num_running()), sorted_,
-                                                            fit_.steps());
+    const std::vector<std::int32_t> k =
+        drafts_under_policy(cfg_.spec.policy, fit_.model(), double(last_plain_tokens_),
+                            std::int64_t(batcher_->num_running()), sorted_, fit_.steps());
     for (std::size_t j = 0; j < order_.size(); ++j) {
       batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j]);
       ++stats_.spec_candidates;

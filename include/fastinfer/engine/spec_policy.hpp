@@ -315,7 +315,8 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
   std::vector<std::int32_t> trial(cands.size(), 0);
   double best_rate = -1.0;
   for (std::int32_t passes = 0; passes <= max_passes; ++passes) {
-    double emitted = std::max(plain_rows, 1.0), tokens = std::max(plain_tokens, 1.0), drafts = 0.0, rows = 0.0;
+    double emitted = std::max(plain_rows, 1.0), tokens = std::max(plain_tokens, 1.0);
+    double drafts = 0.0, rows = 0.0;
     std::fill(trial.begin(), trial.end(), 0);
     for (std::size_t i : order) {
       const SpecCandidate& c = cands[i];
@@ -323,8 +324,8 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
       double best = emitted / cost.seconds(tokens, drafts, passes, rows);
       for (std::int32_t kk = 1; kk <= cap; ++kk) {
         const double e = emitted + c.expected(kk) - 1.0;
-        const double r =
-            e / cost.seconds(tokens + kk, drafts + (c.model_drafter ? kk : 0), passes, rows + draft_rows(c, kk));
+        const double r = e / cost.seconds(tokens + kk, drafts + (c.model_drafter ? kk : 0), passes,
+                                          rows + draft_rows(c, kk));
         if (r > best * (1.0 + 1e-9)) {
           best = r;
           trial[i] = kk;
@@ -365,7 +366,8 @@ inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, c
             for (std::size_t i = 0; i < out.size(); ++i) out[i] = cands[i].max_k;
         } else if constexpr (std::is_same_v<P, SpecAdaptive>) {
           const bool rest = !cost.valid && cands.size() > 1 && step % std::max(pol.explore_every, 1) != 0;
-          if (!rest) out = choose_drafts(cost, std::max(last_plain_tokens, double(running)), double(running), cands);
+          if (!rest)
+            out = choose_drafts(cost, std::max(last_plain_tokens, double(running)), double(running), cands);
         }
         return out;
       },

@@ -101,8 +101,8 @@ class KVStore {
   // append per sequence (the default); a device store writes them in one
   // launch and reuses the slots it staged while they stay the same (every
   // layer of one pass).
-  virtual void append_rows(int layer, const std::vector<SeqId>& seqs, const std::int32_t* qo_indptr, const float* k,
-                           const float* v, std::int64_t row_floats) {
+  virtual void append_rows(int layer, const std::vector<SeqId>& seqs, const std::int32_t* qo_indptr,
+                           const float* k, const float* v, std::int64_t row_floats) {
     for (std::size_t b = 0; b < seqs.size(); ++b) {
       const std::int64_t r0 = qo_indptr[b];
       append(layer, seqs[b], k + r0 * row_floats, v + r0 * row_floats, qo_indptr[b + 1] - r0);

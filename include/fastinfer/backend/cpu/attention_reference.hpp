@@ -37,7 +37,8 @@ void paged_attention(const kv::PagedKVView<Quant>& kv, const float* q, const std
   if (sm_scale == 0.0f) sm_scale = 1.0f / std::sqrt(float(d));
   thread_local std::vector<float> kbuf, vbuf, qrot;
   thread_local std::vector<double> acc;
-  kbuf.resize(std::size_t(d)), vbuf.resize(std::size_t(d)), qrot.resize(std::size_t(d)), acc.resize(std::size_t(d));
+  for (std::vector<float>* buf : {&kbuf, &vbuf, &qrot}) buf->resize(std::size_t(d));
+  acc.resize(std::size_t(d));
   std::int64_t mask_base = 0;  // sequence b's n x n mask starts here
   for (std::int32_t b = 0; b < kv.batch; ++b) {
     const std::int64_t len = kv.length(b);

@@ -303,8 +303,8 @@ __global__ void merge_kernel(const float* partial, float* out, int n_q_heads, in
 // steps run one after another at memory latency, so more, shorter ranges
 // finish sooner; the merge costs one small kernel. A block's fixed cost
 // (query load, pipeline fill) is taken as two steps.
-inline SplitPlan plan_launch(std::int64_t rows, int head_blocks, std::int64_t longest, int sm_count, int resident,
-                             int tile, int n_q_heads, int d, DeviceBuffer<float>& partial) {
+inline SplitPlan plan_launch(std::int64_t rows, int head_blocks, std::int64_t longest, int sm_count,
+                             int resident, int tile, int n_q_heads, int d, DeviceBuffer<float>& partial) {
   SplitPlanOptions options;
   options.resident_blocks_per_sm = resident;
   options.min_split_keys = 2 * tile;
@@ -373,17 +373,17 @@ void paged_attention(const DevicePagedKV& kv, const DeviceQueryRows& qr, const f
   const ad::Geometry g = ad::geometry(kv.head_dim, per_kv);
   const int head_blocks = kv.n_kv_heads * (per_kv / g.heads);
   const auto kernel = g.heads == 8   ? ad::attention_kernel<Quant, 8, 1>
-                     : g.heads == 4 ? ad::attention_kernel<Quant, 4, 2>
-                     : g.heads == 2 ? ad::attention_kernel<Quant, 2, 2>
-                                    : ad::attention_kernel<Quant, 1, 4>;
+                      : g.heads == 4 ? ad::attention_kernel<Quant, 4, 2>
+                      : g.heads == 2 ? ad::attention_kernel<Quant, 2, 2>
+                                     : ad::attention_kernel<Quant, 1, 4>;
   const std::size_t smem = sizeof(float) * ad::shared_floats(g);
   const int resident = cuda::resident_blocks_per_sm(kernel, ad::kThreads, smem);
-  const SplitPlan plan =
-      ad::plan_launch(rows, head_blocks, longest, sm_count, resident, g.tile(), n_q_heads, kv.head_dim, partial);
+  const SplitPlan plan = ad::plan_launch(rows, head_blocks, longest, sm_count, resident, g.tile(), n_q_heads,
+                                         kv.head_dim, partial);
   const float scale = 1.0f / std::sqrt(float(kv.head_dim));
   const dim3 grid(unsigned(rows), unsigned(head_blocks), unsigned(plan.splits));
-  cuda::launch("attention_kernel", kernel, grid, dim3(ad::kThreads), smem, stream, kv, qr, q, out, partial.data(),
-               n_q_heads, g.lanes, scale, plan.chunk, ad::prefetch_steps());
+  cuda::launch("attention_kernel", kernel, grid, dim3(ad::kThreads), smem, stream, kv, qr, q, out,
+               partial.data(), n_q_heads, g.lanes, scale, plan.chunk, ad::prefetch_steps());
   ad::merge_splits(plan, partial, out, rows, n_q_heads, kv.head_dim, stream);
 }
 

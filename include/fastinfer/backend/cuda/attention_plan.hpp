@@ -20,9 +20,9 @@ struct SplitPlan {
 };
 
 struct SplitPlanOptions {
-  int resident_blocks_per_sm = 4;      // blocks an SM runs at once (a wave is sm_count of these)
+  int resident_blocks_per_sm = 4;          // blocks an SM runs at once (a wave is sm_count of these)
   int max_splits = 64;
-  std::int64_t min_split_keys = 256;   // no range shorter than this is made
+  std::int64_t min_split_keys = 256;       // no range shorter than this is made
   std::int64_t block_overhead_keys = 128;  // a block's fixed cost, in keys' worth of streaming
 };
 
@@ -39,10 +39,11 @@ struct SplitPlanOptions {
 inline SplitPlan plan_splits(std::int64_t rows, int n_q_heads, std::int64_t longest, int sm_count, int tile,
                              const SplitPlanOptions& o = {}) {
   const std::int64_t items = std::max<std::int64_t>(1, rows * n_q_heads);
-  const std::int64_t wave = std::max<std::int64_t>(1, std::int64_t(sm_count) * std::max(1, o.resident_blocks_per_sm));
+  const std::int64_t wave =
+      std::max<std::int64_t>(1, std::int64_t(sm_count) * std::max(1, o.resident_blocks_per_sm));
   const std::int64_t keys = std::max<std::int64_t>(longest, 1);
-  const std::int64_t most =
-      std::min<std::int64_t>(std::max<std::int64_t>(1, longest / o.min_split_keys), std::max(1, o.max_splits));
+  const std::int64_t most = std::min<std::int64_t>(std::max<std::int64_t>(1, longest / o.min_split_keys),
+                                                   std::max(1, o.max_splits));
   auto chunk_of = [&](std::int64_t splits) {
     const std::int64_t per = (keys + splits - 1) / splits;
     return (per + tile - 1) / tile * tile;

@@ -165,8 +165,8 @@ class CudaKVStore final : public KVStore {
       const SeqId seq = seqs[b];
       const std::int64_t count = qo_indptr[b + 1] - qo_indptr[b];
       const std::int64_t len = book_.length(seq);
-      FASTINFER_CHECK(count >= 0 && count <= len, InvalidArgument, "KVStore::append: sequence ", seq, " has ", len,
-                      " tokens, cannot write the last ", count, " (extend_all first)");
+      FASTINFER_CHECK(count >= 0 && count <= len, InvalidArgument, "KVStore::append: sequence ", seq, " has ",
+                      len, " tokens, cannot write the last ", count, " (extend_all first)");
       if (count == 0) continue;
       book_.check_writable(seq, len - count, count);  // not released, not shared
       const auto& table = book_.allocator().block_table(seq);
@@ -192,9 +192,10 @@ class CudaKVStore final : public KVStore {
     dst.param_block_stride = param_block_stride_, dst.param_head_stride = param_head_stride_;
     dst.params_per_row = params_per_row_;
     const std::int64_t rows = 2 * n * cfg_.n_kv_heads;
-    launch("append_kernel", kd::append_kernel<Quant>, dim3(elementwise_detail::blocks_for(rows, kd::kAppendWarps)),
-           dim3(32 * kd::kAppendWarps), 0, s, dst, cfg_.n_kv_heads, cfg_.head_dim, k + first * row_floats,
-           v + first * row_floats, dev_slots_.data(), dev_slots_.data() + n, n);
+    launch("append_kernel", kd::append_kernel<Quant>,
+           dim3(elementwise_detail::blocks_for(rows, kd::kAppendWarps)), dim3(32 * kd::kAppendWarps), 0, s,
+           dst, cfg_.n_kv_heads, cfg_.head_dim, k + first * row_floats, v + first * row_floats,
+           dev_slots_.data(), dev_slots_.data() + n, n);
   }
 
   void read(int layer, SeqId seq, std::int64_t pos, float* k, float* v) const override {

@@ -109,7 +109,8 @@ int resident_blocks_per_sm(void (*kernel)(Params...), int threads, std::size_t s
   for (const ld::ResidentBlocks& r : ld::resident_table())
     if (r.device == device && r.kernel == key && r.threads == threads && r.smem == smem) return r.blocks;
   if (smem > 48 * 1024)
-    FASTINFER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    FASTINFER_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   int blocks = 0;
   FASTINFER_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
   blocks = std::max(blocks, 1);
