@@ -143,8 +143,8 @@ struct StepCostModel {
 };
 
 // Weighted least squares over (1, tokens, model_drafts, draft_passes,
-// draft_rows) -> seconds, every older step's weight multiplied by `forget` per new step, so
-// the fit follows a machine whose load changes. A tiny ridge keeps it
+// draft_rows) -> seconds, every older step's weight multiplied by `forget`
+// per new step, so the fit follows a machine whose load changes. A tiny ridge keeps it
 // solvable when a column never varies (no draft model), or two move together
 // (one drafting request: as many passes as drafts); the coefficients are
 // kept >= 0.
@@ -296,7 +296,10 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
                                                const std::vector<SpecCandidate>& cands) {
   std::vector<std::int32_t> k(cands.size(), 0);
   if (!cost.valid) {
-    if (!cands.empty()) k[0] = std::max(std::min(cands[0].max_k, cands.size() == 1 ? cands[0].max_k : 1), 0);
+    if (!cands.empty()) {
+      const std::int32_t most = std::max(cands[0].max_k, 0);
+      k[0] = cands.size() == 1 ? most : std::min(most, 1);
+    }
     return k;
   }
   std::vector<std::size_t> order(cands.size());

@@ -277,10 +277,13 @@ void decode_attention(const kv::PagedKVView<Quant>& kv, const float* q, float* o
   }
 }
 
-// decode_attention with a plan made here.
+// decode_attention with a plan made here; at the scalar level no plan (the
+// reference reads every key in order, and a plan allocates).
 template <typename Quant>
 void decode_attention(const kv::PagedKVView<Quant>& kv, const float* q, float* out, int n_q_heads, int threads = 1,
                       float sm_scale = 0.0f) {
+  if (attention_kernel(cpu_level(), kv.head_dim) == AttentionKernel::reference)
+    return reference::decode_attention(kv, q, out, n_q_heads, sm_scale);
   decode_attention(kv, q, out, n_q_heads, plan_decode(kv), threads, sm_scale);
 }
 

@@ -179,8 +179,8 @@ class CpuKVStore final : public KVStore {
   void decode_short_(const kv::PagedKVView<Quant>& view, const float* q, float* out, int n_q_heads, int threads) {
     namespace ad = attention_detail;
     const AttentionKernel kernel = attention_kernel(cpu_level(), view.head_dim);
-    if (kernel == AttentionKernel::reference) {  // no plan: the reference reads every key in order
-      reference::decode_attention(view, q, out, n_q_heads);
+    if (kernel == AttentionKernel::reference) {
+      decode_attention(view, q, out, n_q_heads, threads);
       return;
     }
     check_heads(n_q_heads, view.n_kv_heads);
