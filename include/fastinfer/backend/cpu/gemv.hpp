@@ -73,10 +73,7 @@ inline void reduce_lanes(const FloatBatch* v, float* out) {
 // y[t * ldy + r] = dot(row r of W, row t of X) for r < R, t < T. W rows are
 // `stride` bytes apart, stored as D; X rows are ldx floats apart.
 // Kept out of line, as the per-ISA tiles (gemv_avx2.hpp).
-// With PrefetchNext, each cache line of the tile's rows also prefetches the
-// same column of the next R rows: 16-bit weights need so many instructions per
-// line that the out-of-order window alone keeps too few misses in flight.
-template <DType D, int R, int T, bool PrefetchNext = false>
+template <DType D, int R, int T>
 FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t stride, const float* x,
                                             std::int64_t ldx, std::int64_t cols, float* y, std::int64_t ldy) {
   std::int64_t c = 0;
@@ -87,18 +84,6 @@ FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t s
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = FloatBatch(0.0f);
   for (; c + L <= cols; c += L) {
-#if defined(__GNUC__)
-    if constexpr (PrefetchNext) {
-      // Integer arithmetic: past the last tile the address lies beyond the
-      // matrix, which a prefetch may touch but a pointer may not point to.
-      if (((c * elem) & 63) == 0)
-        for (int r = 0; r < R; ++r)
-          __builtin_prefetch(
-              reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(w) +
-                                            std::size_t(r + R) * stride + std::size_t(c * elem)),
-              0, 3);
-    }
-#endif
     FloatBatch xv[T];
     for (int t = 0; t < T; ++t) xv[t] = FloatBatch::load_unaligned(x + t * ldx + c);
     for (int r = 0; r < R; ++r) {
@@ -124,16 +109,13 @@ FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t s
 }
 
 
-// Rows [begin, end) of y = W x with the generic dot_tile (level scalar).
+// Rows [begin, end) of y = W x with the generic dot_tile (level scalar), a
+// weight row at a time: one sequential stream (gemv_blocking.hpp).
 template <DType D>
 inline void matvec_rows_generic(const MatrixView& w, const float* x, float* y, std::int64_t begin,
                                 std::int64_t end) {
   const std::size_t stride = row_bytes(w.dtype, w.cols);
-  constexpr int R = kMatvecRows<D>;
-  std::int64_t r = begin;
-  for (; r + R <= end; r += R)
-    dot_tile<D, R, 1, kMatvecPrefetch<D>>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
-  for (; r < end; ++r) dot_tile<D, 1, 1>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
+  for (std::int64_t r = begin; r < end; ++r) dot_tile<D, 1, 1>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
 }
 
 // Rows [begin, end) of y = W x with the kernel set of `level`.

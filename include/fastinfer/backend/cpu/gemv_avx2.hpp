@@ -38,19 +38,6 @@
 #define FASTINFER_CPU_NOINLINE
 #endif
 
-namespace fastinfer::cpu::gemv_detail {
-// Rows per matvec tile, per weight type, at every width (measured streaming
-// 438 MB of f32 / 219 MB of bf16 on one Zen 3 core): f32 8 rows 19.3 GB/s
-// against 16.2 with 4; bf16/f16 4 rows plus a prefetch of the next tile
-// 12.2-13.1 GB/s against 10.6-11.0 without (8 rows: 11.5). Prefetching within
-// the row, 256 B to 2 KiB ahead, never helped: the hardware prefetcher
-// already covers it.
-template <DType D>
-inline constexpr int kMatvecRows = D == DType::F32 ? 8 : 4;
-template <DType D>
-inline constexpr bool kMatvecPrefetch = D != DType::F32;
-}  // namespace fastinfer::cpu::gemv_detail
-
 #if FASTINFER_CPU_AVX2_TILES
 FASTINFER_CPU_TARGET_BEGIN(FASTINFER_CPU_ISA_AVX2)
 namespace fastinfer::cpu::avx2 {
@@ -138,18 +125,11 @@ inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, flo
   gemv_detail::blocked_matmul_rows<Tiles, D>(w, x, n, y, r0, r1);
 }
 
-// Rows [begin, end) of y = W x: the one-row pass, streamed
-// gemv_detail::kMatvecRows rows at a time (f32 8 rows; bf16/f16 4 rows with
-// the next 4 prefetched: measured on Zen 3, see kMatvecRows). The same sums,
-// in the same order, as matmul_rows gives a token.
+// Rows [begin, end) of y = W x: the one-row pass (gemv_blocking.hpp's
+// streamed_matvec_rows), the same sums as matmul_rows gives a token.
 template <DType D>
 inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int64_t begin, std::int64_t end) {
-  const std::size_t stride = row_bytes(w.dtype, w.cols);
-  constexpr int R = gemv_detail::kMatvecRows<D>;
-  std::int64_t r = begin;
-  for (; r + R <= end; r += R)
-    small_rows_tile<D, R, 1, gemv_detail::kMatvecPrefetch<D>>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
-  for (; r < end; ++r) small_rows_tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
+  gemv_detail::streamed_matvec_rows<Tiles, D>(w, x, y, begin, end);
 }
 
 }  // namespace fastinfer::cpu::avx2

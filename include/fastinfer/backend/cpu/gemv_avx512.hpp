@@ -25,7 +25,7 @@
 #include <cstdint>
 
 #include "fastinfer/backend/cpu/arch.hpp"
-#include "fastinfer/backend/cpu/gemv_avx2.hpp"  // FASTINFER_CPU_NOINLINE, kMatvecRows
+#include "fastinfer/backend/cpu/gemv_avx2.hpp"  // FASTINFER_CPU_NOINLINE
 #include "fastinfer/backend/cpu/gemv_blocking.hpp"
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
 #include "fastinfer/core/tensor.hpp"
@@ -126,15 +126,11 @@ inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, flo
   gemv_detail::blocked_matmul_rows<Tiles, D>(w, x, n, y, r0, r1);
 }
 
-// Rows [begin, end) of y = W x: the one-row pass, streamed
-// gemv_detail::kMatvecRows rows at a time (the same sums, in the same order, as matmul_rows gives).
+// Rows [begin, end) of y = W x: the one-row pass (gemv_blocking.hpp's
+// streamed_matvec_rows), the same sums as matmul_rows gives a token.
 template <DType D>
 inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int64_t begin, std::int64_t end) {
-  const std::size_t stride = row_bytes(w.dtype, w.cols);
-  constexpr int R = gemv_detail::kMatvecRows<D>;
-  std::int64_t r = begin;
-  for (; r + R <= end; r += R) Tiles::tile<D, R, 1, gemv_detail::kMatvecPrefetch<D>>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
-  for (; r < end; ++r) Tiles::tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
+  gemv_detail::streamed_matvec_rows<Tiles, D>(w, x, y, begin, end);
 }
 
 }  // namespace fastinfer::cpu::avx512
