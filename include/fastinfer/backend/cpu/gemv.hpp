@@ -108,7 +108,6 @@ FASTINFER_CPU_NOINLINE inline void dot_tile(const std::uint8_t* w, std::size_t s
     }
 }
 
-
 // Rows [begin, end) of y = W x with the generic dot_tile (level scalar), a
 // weight row at a time: one sequential stream (gemv_blocking.hpp).
 template <DType D>

@@ -7,7 +7,7 @@
 //
 // Results never depend on the thread count: threads split whole rows, and a
 // row's sum has one fixed order (per level: the AVX-512 tiles equal
-// dot_avx2, not the 4-row dot4_avx2 the avx2 level runs; q8_0_avx512.hpp).
+// dot_avx2, not dot_rows_avx2, which the avx2 level runs; q8_0_avx512.hpp).
 // The avx512 level on a CPU without AVX512-VNNI runs the AVX2 kernels; level
 // scalar runs the reference.
 #pragma once
@@ -82,9 +82,14 @@ inline void matmul_rows(KernelSet set, const MatrixView& w, const ActivationBloc
     for (std::int64_t t = 0; t < n; ++t) {
 #if FASTINFER_CPU_DISPATCH
       if (set == KernelSet::avx2 && r0 + 4 <= end) {
+        const std::size_t stride = row_bytes(DType::Q8_0, w.cols);
         float out[4];
-        dot4_avx2(static_cast<const std::uint8_t*>(w.row_ptr(r0)), row_bytes(DType::Q8_0, w.cols), xq + t * nb, nb,
-                  out);
+        if (n > 1) {
+          dot_rows_avx2<4>(static_cast<const std::uint8_t*>(w.row_ptr(r0)), stride, xq + t * nb, nb, out);
+        } else {
+          for (int i = 0; i < 4; ++i)
+            dot_rows_avx2<1>(static_cast<const std::uint8_t*>(w.row_ptr(r0 + i)), stride, xq, nb, out + i);
+        }
         for (int i = 0; i < 4; ++i) y[t * rows + r0 + i] = out[i];
         continue;
       }

@@ -57,28 +57,33 @@ inline float dot_avx2(const void* w_row, const ActivationBlock* x, std::int64_t 
   }
   return detail::hsum(_mm256_add_ps(acc0, acc1));
 }
-// Four rows at once: each activation block is loaded once for four weight
-// rows, and four independent accumulator chains keep the FMA unit busy.
-// Every other block it prefetches the next four rows at the same offset
-// (two lines each): the out-of-order window alone keeps too few misses in
-// flight for a weight-streaming matvec (q8_0_avx512.hpp's tile_step).
-inline void dot4_avx2(const std::uint8_t* w, std::size_t row_stride, const ActivationBlock* x,
-                      std::int64_t n_blocks, float* out) {
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+// R rows at once (R = 4 or 1), one accumulator chain a row: with four rows
+// each activation block is loaded once for four weight rows, and every other
+// block the next four rows are prefetched at the same offset (two lines
+// each); with one row (one token's matvec) the rows go one after the other,
+// a single sequential stream the hardware prefetchers follow (gemv_blocking.hpp:
+// faster than four interleaved rows with their prefetch). A row's sum is the
+// same in both.
+template <int R>
+inline void dot_rows_avx2(const std::uint8_t* w, std::size_t row_stride, const ActivationBlock* x,
+                          std::int64_t n_blocks, float* out) {
+  static_assert(R == 4 || R == 1, "dot_rows_avx2 takes four rows (tokens of a batch) or one (a matvec)");
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (std::int64_t b = 0; b < n_blocks; ++b) {
-    if ((b & 1) == 0) {
+    if (R > 1 && (b & 1) == 0) {
       // Integer arithmetic: past the last rows the address lies beyond the
       // matrix, which a prefetch may touch but a pointer may not point to.
       const std::uintptr_t next =
-          reinterpret_cast<std::uintptr_t>(w) + 4 * row_stride + std::size_t(b) * sizeof(Block);
-      for (std::size_t r = 0; r < 4; ++r) {
+          reinterpret_cast<std::uintptr_t>(w) + R * row_stride + std::size_t(b) * sizeof(Block);
+      for (std::size_t r = 0; r < R; ++r) {
         _mm_prefetch(reinterpret_cast<const char*>(next + r * row_stride), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(next + r * row_stride + 64), _MM_HINT_T0);
       }
     }
     const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].qs));
     const float dx = x[b].d;
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < R; ++r) {
       const std::uint8_t* wb = w + r * row_stride + std::size_t(b) * sizeof(Block);
       const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2));
       const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
@@ -86,7 +91,7 @@ inline void dot4_avx2(const std::uint8_t* w, std::size_t row_stride, const Activ
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(detail::scale_of(wb) * dx), acc[r]);
     }
   }
-  for (int r = 0; r < 4; ++r) out[r] = detail::hsum(acc[r]);
+  for (int r = 0; r < R; ++r) out[r] = detail::hsum(acc[r]);
 }
 }  // namespace fastinfer::cpu::q8_0
 FASTINFER_CPU_TARGET_END

@@ -14,7 +14,7 @@
 // and reduced in the same order. So a row's result is bit-identical to
 // dot_avx2's, whatever the tile shape: a token's logits do not depend on how
 // many tokens share its pass (batch invariance). The AVX2 matmul's 4-row
-// kernel (dot4_avx2) keeps one accumulator per row, another order: the avx2
+// kernel (dot_rows_avx2) keeps one accumulator per row, another order: the avx2
 // and avx512 CPU levels agree with dot_avx2, not with each other, on rows
 // that go through it (checked in the dispatch work: issue 15).
 #pragma once
@@ -114,7 +114,7 @@ inline void tile_step(__m512 (&acc)[R][T], const std::uint8_t* w, std::size_t ro
 template <int R, int T>
 inline void tile(const std::uint8_t* w, std::size_t row_stride, const ActivationBlock* const* x,
                  std::int64_t n_blocks, float* y, std::int64_t y_stride) {
-  constexpr bool kPrefetch = T == 1;
+  constexpr bool kPrefetch = T == 1 && R > 1;
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
@@ -148,6 +148,10 @@ inline void rows_by_tokens(const std::uint8_t* w, std::size_t row_stride, const 
 // Rows [row_begin, row_end) of Y = W X^T for n tokens. Tokens go in chunks
 // small enough that a chunk's activations stay in L1 while every 4-row group
 // of weights passes over them, so weights are read from L2 once per chunk.
+// One token (a decode matvec) takes the rows one after the other: a single
+// sequential stream, which the hardware prefetchers follow faster than four
+// interleaved rows with their prefetch (gemv_blocking.hpp; 110M decode on Zen
+// 4, 2 threads: 8.3-8.8 -> 4.8-5.1 ms a token).
 inline void matmul_rows(const MatrixView& w, const ActivationBlock* xq, std::int64_t n, float* y,
                         std::int64_t row_begin, std::int64_t row_end) {
   const std::int64_t nb = w.cols / kBlockSize;
@@ -161,6 +165,11 @@ inline void matmul_rows(const MatrixView& w, const ActivationBlock* xq, std::int
     const std::int64_t tn = std::min(n - t0, chunk);
     for (std::int64_t t = 0; t < tn; ++t) tokens[t] = xq + (t0 + t) * nb;
     std::int64_t r = row_begin;
+    if (tn == 1) {
+      for (; r < row_end; ++r)
+        rows_by_tokens<1>(static_cast<const std::uint8_t*>(w.row_ptr(r)), stride, tokens, tn, nb, y + t0 * w.rows + r, w.rows);
+      continue;
+    }
     for (; r + 4 <= row_end; r += 4)
       rows_by_tokens<4>(static_cast<const std::uint8_t*>(w.row_ptr(r)), stride, tokens, tn, nb, y + t0 * w.rows + r, w.rows);
     for (; r < row_end; ++r)
