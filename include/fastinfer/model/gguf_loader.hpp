@@ -21,6 +21,7 @@
 
 #include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
+#include "fastinfer/core/aligned_buffer.hpp"
 #include "fastinfer/core/dtype.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
@@ -77,11 +78,11 @@ inline const float* norm_vector(const gguf::TensorInfo& t, std::vector<KeepAlive
 inline std::pair<MatrixView, KeepAlive> convert_matrix(const MatrixView& m, DType target) {
   FASTINFER_CHECK(target != DType::Q8_0 || m.cols % 32 == 0, InvalidArgument,
                   "cannot convert a matrix with ", m.cols, " columns to q8_0 (needs a multiple of 32)");
-  auto buf = std::make_shared<std::vector<std::uint8_t>>(row_bytes(target, m.cols) * std::size_t(m.rows));
+  auto buf = detail::aligned_buffer(row_bytes(target, m.cols) * std::size_t(m.rows));
   std::vector<float> row(std::size_t(m.cols));
   for (std::int64_t r = 0; r < m.rows; ++r) {
     cpu::reference::load_row(m.dtype, m.row_ptr(r), row.data(), m.cols);
-    std::uint8_t* dst = buf->data() + row_bytes(target, m.cols) * std::size_t(r);
+    std::uint8_t* dst = buf.get() + row_bytes(target, m.cols) * std::size_t(r);
     switch (target) {
       case DType::F32: std::memcpy(dst, row.data(), row.size() * 4); break;
       case DType::F16:
@@ -99,7 +100,7 @@ inline std::pair<MatrixView, KeepAlive> convert_matrix(const MatrixView& m, DTyp
       case DType::Q8_0: cpu::q8_0::quantize_row_reference(row.data(), dst, m.cols); break;
     }
   }
-  MatrixView out{target, buf->data(), m.rows, m.cols};
+  MatrixView out{target, buf.get(), m.rows, m.cols};
   return {out, buf};
 }
 

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <utility>
 
+#include "fastinfer/core/aligned_buffer.hpp"
 #include "fastinfer/core/dtype.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
@@ -49,14 +50,6 @@ inline DType parse_weight_dtype(std::string_view name) {
 }
 
 namespace detail {
-
-// A 64-byte aligned heap buffer that a KeepAlive can own.
-inline std::shared_ptr<std::uint8_t> aligned_buffer(std::size_t bytes) {
-  const std::size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
-  if (p == nullptr) throw std::bad_alloc();
-  return std::shared_ptr<std::uint8_t>(static_cast<std::uint8_t*>(p), [](std::uint8_t* q) { std::free(q); });
-}
 
 inline float load_scalar(DType dtype, const void* data, std::size_t i) {
   switch (dtype) {
