@@ -167,7 +167,8 @@ inline void matmul_rows(const MatrixView& w, const ActivationBlock* xq, std::int
     std::int64_t r = row_begin;
     if (tn == 1) {
       for (; r < row_end; ++r)
-        rows_by_tokens<1>(static_cast<const std::uint8_t*>(w.row_ptr(r)), stride, tokens, tn, nb, y + t0 * w.rows + r, w.rows);
+        rows_by_tokens<1>(static_cast<const std::uint8_t*>(w.row_ptr(r)), stride, tokens, tn, nb,
+                          y + t0 * w.rows + r, w.rows);
       continue;
     }
     for (; r + 4 <= row_end; r += 4)
