@@ -22,19 +22,20 @@
 // No thread or tile shape changes a sum's order, so the bits of a row do not
 // depend on the pass.
 //
-// How the first group streams: with one or two activation rows, one weight
-// row at a time (kStreamRowByRow), so that memory sees one sequential stream,
-// which the hardware prefetchers follow at full speed; a tile of R rows reads
-// R short streams (one row each, 1.5-4 KiB) side by side, which they do not.
+// How the first group streams: with one activation row, one weight row at a
+// time (kStreamRowByRow), so that memory sees one sequential stream, which the
+// hardware prefetchers follow at full speed; a tile of R rows reads R short
+// streams (one row each, 1.5-4 KiB) side by side, which they do not.
 // Measured on Zen 4 (one thread, the 110M bf16 matrices): a one-row pass
 // 19.4 ms in 4-row tiles with the next tile prefetched, 10.5-12.8 ms a row at
-// a time; two rows 19.5 -> 13.1-13.7 ms. With three or more activation rows
-// the tiles are bound by their FMAs, not by memory, and the R-row tiles (with
-// the next tile prefetched) stay faster: one row at a time read 4 rows in
-// 23.1 ms against 22.6, 8 rows in 41.4 against 29.8. (On Zen 3, an earlier
-// session measured 8-row f32 tiles at 19.3 GB/s a core and 4-row bf16 tiles
-// with the next tile prefetched at 12.2-13.1; a row at a time has not run
-// there.)
+// a time. With more activation rows the R-row tiles (with the next tile
+// prefetched) stay: a row at a time read 4 rows in 23.1 ms against 22.6, 8
+// rows in 41.4 against 29.8 (one thread: the FMAs bind), and 2 rows, faster
+// on one thread (13.1-13.7 ms against 19.5), lost on two in the 110M forward
+// pass (7.4-7.8 ms against 7.1-7.6, also with a prefetch one row ahead). (On
+// Zen 3, an earlier session measured 8-row f32 tiles at 19.3 GB/s a core and
+// 4-row bf16 tiles with the next tile prefetched at 12.2-13.1; a row at a
+// time has not run there.)
 //
 // Std-only and free of intrinsics: the tiles are compiled in their ISA's
 // target region (cpu_target.hpp) and called out of line.
