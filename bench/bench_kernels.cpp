@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "fastinfer/backend/cpu/kernels.hpp"
+#include "fastinfer/core/aligned_buffer.hpp"
 #if FASTINFER_BENCH_WITH_EIGEN
 #include "eigen_gemm.hpp"
 #endif
@@ -79,7 +80,7 @@ constexpr Shape k260K{64, 172, 5, 512};
 
 // Every matrix of one token, in the order a forward pass uses them.
 struct ModelWeights {
-  std::vector<std::vector<std::uint8_t>> storage;
+  std::vector<std::shared_ptr<std::uint8_t>> storage;  // the loaders' allocator (huge pages asked for)
   std::vector<MatrixView> mats;
   std::size_t bytes = 0;
 };
@@ -87,20 +88,21 @@ struct ModelWeights {
 ModelWeights make_weights(const Shape& s, DType dt) {
   ModelWeights m;
   auto add = [&](std::int64_t rows, std::int64_t cols) {
-    std::vector<std::uint8_t> buf(row_bytes(dt, cols) * std::size_t(rows));
+    const std::size_t bytes = row_bytes(dt, cols) * std::size_t(rows);
+    auto buf = detail::aligned_buffer(bytes);
     // Small finite values in every dtype: a repeating pattern of +-0.01..0.1.
     if (dt == DType::F32) {
-      auto* f = reinterpret_cast<float*>(buf.data());
-      for (std::size_t i = 0; i < buf.size() / 4; ++i) f[i] = float(int(i % 19) - 9) * 0.01f;
+      auto* f = reinterpret_cast<float*>(buf.get());
+      for (std::size_t i = 0; i < bytes / 4; ++i) f[i] = float(int(i % 19) - 9) * 0.01f;
     } else {
-      auto* h = reinterpret_cast<std::uint16_t*>(buf.data());
-      for (std::size_t i = 0; i < buf.size() / 2; ++i) {
+      auto* h = reinterpret_cast<std::uint16_t*>(buf.get());
+      for (std::size_t i = 0; i < bytes / 2; ++i) {
         const float v = float(int(i % 19) - 9) * 0.01f;
         h[i] = dt == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
       }
     }
-    m.mats.push_back(MatrixView{dt, buf.data(), rows, cols});
-    m.bytes += buf.size();
+    m.mats.push_back(MatrixView{dt, buf.get(), rows, cols});
+    m.bytes += bytes;
     m.storage.push_back(std::move(buf));
   };
   for (int l = 0; l < s.layers; ++l) {

@@ -1,6 +1,10 @@
 // Streamed-read bandwidth, the ceiling for memory-bound work: sums a large
-// 64-byte aligned float buffer with several threads, each reading one
-// contiguous run of whole cache lines with 4 independent vector accumulators.
+// float buffer with several threads, each reading one contiguous run of whole
+// cache lines with 4 independent vector accumulators. The buffer comes from
+// the allocator of the model's weights (core/aligned_buffer.hpp: 2 MiB
+// aligned, huge pages asked for), so that the ceiling is measured on the same
+// kind of pages decode streams (with 4 KiB pages this machine read 24-31 GB/s
+// on two threads where huge-page weights streamed 45-48).
 // Shared by bench_bandwidth, bench_attention and bench_kernels.
 #pragma once
 
@@ -8,7 +12,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <new>
+
+#include "fastinfer/core/aligned_buffer.hpp"
 
 #include "fastinfer/backend/cpu/xsimd_compat.hpp"
 
@@ -18,16 +25,18 @@
 
 namespace fastinfer::bench {
 
-// `bytes` of floats, 64-byte aligned, every page touched (in parallel, like
+// `bytes` of floats, aligned as weights are, every page touched (in parallel, like
 // the reads, with `threads` threads; 0: OpenMP's default) so that the first
 // timed pass does not pay for page faults.
 struct ReadBuffer {
+  std::shared_ptr<std::uint8_t> owner;
   float* data = nullptr;
   std::size_t count = 0;
 
   explicit ReadBuffer(std::size_t bytes, int threads = 0)
-      : data(static_cast<float*>(std::aligned_alloc(64, bytes))), count(bytes / sizeof(float)) {
-    if (!data) throw std::bad_alloc();
+      : owner(fastinfer::detail::aligned_buffer(bytes)),
+        data(reinterpret_cast<float*>(owner.get())),
+        count(bytes / sizeof(float)) {
 #if defined(_OPENMP)
     const int nt = threads > 0 ? threads : omp_get_max_threads();
 #else
@@ -38,7 +47,6 @@ struct ReadBuffer {
     for (std::int64_t i = 0; i < std::int64_t(count); ++i) data[i] = float(i & 1023) * 1e-3f;
     (void)nt;
   }
-  ~ReadBuffer() { std::free(data); }
   ReadBuffer(const ReadBuffer&) = delete;
   ReadBuffer& operator=(const ReadBuffer&) = delete;
 
