@@ -62,6 +62,12 @@ class MappedFile {
         throw_error<FormatError>("cannot map ", path, ": ", std::strerror(err));
       }
       data_ = static_cast<const std::uint8_t*>(p);
+#if defined(MADV_HUGEPAGE)
+      // Weights are read in place from this map, all of them every decoded
+      // token: ask for huge pages as core/aligned_buffer.hpp does for heap
+      // weights (advice; where the kernel or file system refuses, pages stay small).
+      (void)::madvise(p, size_, MADV_HUGEPAGE);
+#endif
     }
     ::close(fd);
   }
