@@ -11,13 +11,10 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
-#include <new>
-
-#include "fastinfer/core/aligned_buffer.hpp"
 
 #include "fastinfer/backend/cpu/xsimd_compat.hpp"
+#include "fastinfer/core/aligned_buffer.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
