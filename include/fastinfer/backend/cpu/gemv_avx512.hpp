@@ -106,10 +106,10 @@ struct Tiles {
   static constexpr int kMaxTileTokens = 6;
   static constexpr std::int64_t kBlockRows = 24;
 
-  template <DType D, int R, int T, bool PrefetchNext>
-  static void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx, std::int64_t cols,
-                   float* y, std::int64_t ldy) {
-    small_rows_tile<D, R, T, PrefetchNext>(w, stride, x, ldx, cols, y, ldy);
+  template <DType D, int R, int T, bool Prefetch>
+  static void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,
+                   std::int64_t cols, float* y, std::int64_t ldy, gemv_detail::PrefetchSpan ahead) {
+    small_rows_tile<D, R, T, Prefetch>(w, stride, x, ldx, cols, y, ldy, ahead);
   }
 };
 static_assert(Tiles::kMaxTileTokens <= 6, "kTileRows is sized for up to 6 activation rows (4 x 6 accumulators)");

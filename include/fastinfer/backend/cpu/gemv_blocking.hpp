@@ -8,11 +8,13 @@
 //                                              weight rows per tile of T
 //                                              activation rows (divides
 //                                              kBlockRows)
-//   template <DType D, int R, int T, bool PrefetchNext>
-//   static void tile(w, stride, x, ldx, cols, y, ldy)
+//   template <DType D, int R, int T, bool Prefetch>
+//   static void tile(w, stride, x, ldx, cols, y, ldy, ahead)
 //                                              R weight rows x T activation
 //                                              rows of sums, every one in the
-//                                              set's one documented order
+//                                              set's one documented order;
+//                                              with Prefetch, `ahead`'s lines
+//                                              pulled into L2 on the way
 //
 // The walk: blocks of kBlockRows weight rows; over each block, groups of
 // kMaxTileTokens activation rows, then one group of the rows left. The first
@@ -22,20 +24,23 @@
 // No thread or tile shape changes a sum's order, so the bits of a row do not
 // depend on the pass.
 //
-// How the first group streams: with one activation row, one weight row at a
-// time (kStreamRowByRow), so that memory sees one sequential stream, which the
-// hardware prefetchers follow at full speed; a tile of R rows reads R short
-// streams (one row each, 1.5-4 KiB) side by side, which they do not.
-// Measured on Zen 4 (one thread, the 110M bf16 matrices): a one-row pass
-// 19.4 ms in 4-row tiles with the next tile prefetched, 10.5-12.8 ms a row at
-// a time. With more activation rows the R-row tiles (with the next tile
-// prefetched) stay: a row at a time read 4 rows in 23.1 ms against 22.6, 8
-// rows in 41.4 against 29.8 (one thread: the FMAs bind), and 2 rows, faster
-// on one thread (13.1-13.7 ms against 19.5), lost on two in the 110M forward
-// pass (7.4-7.8 ms against 7.1-7.6, also with a prefetch one row ahead). (On
-// Zen 3, an earlier session measured 8-row f32 tiles at 19.3 GB/s a core and
-// 4-row bf16 tiles with the next tile prefetched at 12.2-13.1; a row at a
-// time has not run there.)
+// How memory is read. With one activation row, one weight row at a time
+// (kStreamRowByRow): memory sees one sequential stream, which the hardware
+// prefetchers follow at full speed; a tile of R rows reads R short streams
+// (one row each, 1.5-4 KiB) side by side, which they do not (Zen 4, one
+// thread, the 110M bf16 matrices: a one-row pass 19.4 ms in 4-row tiles,
+// 10.5-12.8 ms a row at a time).
+// With more activation rows the tiles of the first group over a block also
+// prefetch the NEXT block into L2 (the block's rows are contiguous: one
+// sequential stream of kBlockRows rows), its lines spread evenly over their
+// column chunks, so the next block's reads overlap this block's FMAs, and
+// every tile finds its weights in L2. Before, each tile prefetched the next
+// tile's R rows into L1 and the reads did not overlap the FMAs: a pass cost
+// the stream plus the FMAs (110M bf16, 2 threads, 8 rows: 13 ms against
+// 5.2 ms for one row and 7.4 ms of FMAs at this kernel's in-cache rate).
+// Measured on Zen 4 (a 215 MB bf16 matrix, 8 rows, 2 threads): 12.8-13.9 ms
+// with the next tile prefetched, 9.4 with the next block (T1 and T2 hints
+// alike; into L1 (T0), 11-13.5).
 //
 // Std-only and free of intrinsics: the tiles are compiled in their ISA's
 // target region (cpu_target.hpp) and called out of line.
@@ -53,28 +58,41 @@ namespace fastinfer::cpu::gemv_detail {
 // at a time (see above).
 inline constexpr int kStreamRowByRow = 1;
 
+// Cache lines [begin, begin + 64 lines) for a tile to prefetch while it
+// computes. An integer, not a pointer: the span may run past the matrix.
+struct PrefetchSpan {
+  std::uintptr_t begin = 0;
+  std::int64_t lines = 0;
+};
+
 // Rows [0, m) of one block (weight rows from `base`) for T activation rows;
-// FromMemory: the block is not yet in cache (the first group over it).
+// FromMemory: the first group over the block, whose tiles prefetch `next`
+// (the next block's bytes, empty after the last), a share each.
 template <class Tiles, DType D, int T, bool FromMemory>
 inline void block_rows(const std::uint8_t* base, std::size_t stride, std::int64_t m, const float* x,
-                       std::int64_t k, float* y, std::int64_t ldy) {
+                       std::int64_t k, float* y, std::int64_t ldy, PrefetchSpan next = {}) {
   constexpr bool kRowByRow = FromMemory && T <= kStreamRowByRow;
   constexpr int R = kRowByRow ? 1 : Tiles::template kTileRows<T>;
-  constexpr bool kPrefetchNext = FromMemory && !kRowByRow;
+  constexpr bool kPrefetch = FromMemory && !kRowByRow;
+  const std::int64_t tiles = m / R;
+  const std::int64_t share = tiles > 0 ? (next.lines + tiles - 1) / tiles : 0;
   std::int64_t r = 0;
-  for (; r + R <= m; r += R)
-    Tiles::template tile<D, R, T, kPrefetchNext>(base + r * stride, stride, x, k, k, y + r, ldy);
-  for (; r < m; ++r) Tiles::template tile<D, 1, T, false>(base + r * stride, stride, x, k, k, y + r, ldy);
+  for (std::int64_t i = 0; r + R <= m; r += R, ++i) {
+    const std::int64_t from = std::min(next.lines, i * share);
+    const PrefetchSpan mine{next.begin + std::uintptr_t(from) * 64, std::min(share, next.lines - from)};
+    Tiles::template tile<D, R, T, kPrefetch>(base + r * stride, stride, x, k, k, y + r, ldy, mine);
+  }
+  for (; r < m; ++r) Tiles::template tile<D, 1, T, false>(base + r * stride, stride, x, k, k, y + r, ldy, {});
 }
 
 // The rows of one block for the n < kMaxTileTokens activation rows left
 // (T counts down to the n that is there).
 template <class Tiles, DType D, bool FromMemory, int T = Tiles::kMaxTileTokens - 1>
 inline void block_rows_left(std::int64_t n, const std::uint8_t* base, std::size_t stride, std::int64_t m,
-                            const float* x, std::int64_t k, float* y, std::int64_t ldy) {
+                            const float* x, std::int64_t k, float* y, std::int64_t ldy, PrefetchSpan next) {
   if constexpr (T >= 1) {
-    if (n == T) return block_rows<Tiles, D, T, FromMemory>(base, stride, m, x, k, y, ldy);
-    return block_rows_left<Tiles, D, FromMemory, T - 1>(n, base, stride, m, x, k, y, ldy);
+    if (n == T) return block_rows<Tiles, D, T, FromMemory>(base, stride, m, x, k, y, ldy, next);
+    return block_rows_left<Tiles, D, FromMemory, T - 1>(n, base, stride, m, x, k, y, ldy, next);
   }
 }
 
@@ -89,14 +107,19 @@ inline void blocked_matmul_rows(const MatrixView& w, const float* x, std::int64_
   for (std::int64_t b0 = r0; b0 < r1; b0 += Tiles::kBlockRows) {
     const std::int64_t m = std::min(Tiles::kBlockRows, r1 - b0);
     const std::uint8_t* base = w.row_ptr(b0);
+    // The next block of this range (rows are contiguous), for the first
+    // group's tiles to prefetch.
+    const std::int64_t next_rows = std::min(Tiles::kBlockRows, r1 - b0 - m);
+    const PrefetchSpan next{reinterpret_cast<std::uintptr_t>(base) + std::uintptr_t(m) * stride,
+                            std::int64_t((std::size_t(next_rows) * stride + 63) / 64)};
     std::int64_t t = 0;
     if (n >= G) {
-      block_rows<Tiles, D, G, true>(base, stride, m, x, k, y + b0, ldy);
+      block_rows<Tiles, D, G, true>(base, stride, m, x, k, y + b0, ldy, next);
       for (t = G; t + G <= n; t += G)
         block_rows<Tiles, D, G, false>(base, stride, m, x + t * k, k, y + t * ldy + b0, ldy);
-      block_rows_left<Tiles, D, false>(n - t, base, stride, m, x + t * k, k, y + t * ldy + b0, ldy);
+      block_rows_left<Tiles, D, false>(n - t, base, stride, m, x + t * k, k, y + t * ldy + b0, ldy, {});
     } else {
-      block_rows_left<Tiles, D, true>(n, base, stride, m, x, k, y + b0, ldy);
+      block_rows_left<Tiles, D, true>(n, base, stride, m, x, k, y + b0, ldy, next);
     }
   }
 }
@@ -109,7 +132,7 @@ inline void streamed_matvec_rows(const MatrixView& w, const float* x, float* y, 
                                  std::int64_t end) {
   const std::size_t stride = row_bytes(w.dtype, w.cols);
   for (std::int64_t r = begin; r < end; ++r)
-    Tiles::template tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0);
+    Tiles::template tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0, {});
 }
 
 }  // namespace fastinfer::cpu::gemv_detail
