@@ -53,12 +53,13 @@
 #include <string>
 #include <vector>
 
+#include "common/drafter_flags.hpp"
+#include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/speculative/adaptive_draft_length.hpp"
 #include "fastinfer/speculative/draft_model.hpp"
-#include "common/drafter_flags.hpp"
 #include "fastinfer/speculative/early_exit_drafter.hpp"
 #include "fastinfer/speculative/lookahead_pool.hpp"
 #include "fastinfer/speculative/prompt_lookup.hpp"
@@ -220,6 +221,7 @@ void BM_ForwardTokens(benchmark::State& state, const std::string& set_name) {
     benchmark::DoNotOptimize(rows.data());
   }
   state.counters["tokens"] = n;
+  state.SetLabel(std::string("bf16 dot ") + cpu::bf16_dot_running());  // FASTINFER_BF16_DOT picks it
 }
 
 // --- issue 10: the inflated 110M stand-in -------------------------------------
@@ -420,6 +422,7 @@ void BM_Forward(benchmark::State& state, const std::string& weights, const std::
     benchmark::DoNotOptimize(rows.data());
   }
   state.counters["tokens"] = n;
+  state.SetLabel(std::string("bf16 dot ") + cpu::bf16_dot_running());  // FASTINFER_BF16_DOT picks it
 }
 
 }  // namespace

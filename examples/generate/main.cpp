@@ -393,22 +393,23 @@ int main(int argc, char** argv) {
 
     if (stats_json) {
       nlohmann::json stats = {{"prompt_tokens", result.prompt_tokens},
-                                    {"new_tokens", result.tokens.size()},
-                                    {"prefill_tok_s", result.prefill_tok_s()},
-                                    {"decode_tok_s", result.decode_tok_s()},
-                                    {"ttft_ms", result.ttft_seconds * 1e3},
-                                    {"weights_bytes", model.weights_bytes()},
-                                    {"kv_bytes", model.kv_bytes()},
-                                    {"stopped_by", std::string(fastinfer::stop_reason_name(result.stopped_by))},
-                                    {"mean_accepted_per_step", spec_result.stats.mean_accepted_per_step()},
-                                    {"target_forwards", spec_result.stats.target_forwards},
-                                    {"acceptance_rate", spec_result.stats.acceptance_rate()},
-                                    {"mean_draft_length", spec_result.stats.mean_draft_length()},
-                                    {"plain_steps", spec_result.stats.plain_steps},
-                                    {"cpu_level", fastinfer::cpu::cpu_level_name(fastinfer::cpu::cpu_level())},
-                                    {"float_kernels", fastinfer::cpu::float_kernel_isa()},
-                                    {"q8_0_kernels", fastinfer::cpu::q8_0::kernel_isa()},
-                                    {"elementwise_isa", fastinfer::cpu::isa_name()}};
+                              {"new_tokens", result.tokens.size()},
+                              {"prefill_tok_s", result.prefill_tok_s()},
+                              {"decode_tok_s", result.decode_tok_s()},
+                              {"ttft_ms", result.ttft_seconds * 1e3},
+                              {"weights_bytes", model.weights_bytes()},
+                              {"kv_bytes", model.kv_bytes()},
+                              {"stopped_by", std::string(fastinfer::stop_reason_name(result.stopped_by))},
+                              {"mean_accepted_per_step", spec_result.stats.mean_accepted_per_step()},
+                              {"target_forwards", spec_result.stats.target_forwards},
+                              {"acceptance_rate", spec_result.stats.acceptance_rate()},
+                              {"mean_draft_length", spec_result.stats.mean_draft_length()},
+                              {"plain_steps", spec_result.stats.plain_steps},
+                              {"cpu_level", fastinfer::cpu::cpu_level_name(fastinfer::cpu::cpu_level())},
+                              {"float_kernels", fastinfer::cpu::float_kernel_isa()},
+                              {"q8_0_kernels", fastinfer::cpu::q8_0::kernel_isa()},
+                              {"elementwise_isa", fastinfer::cpu::isa_name()},
+                              {"bf16_dot", fastinfer::cpu::bf16_dot_running()}};
       if (drafter) stats["spec_k"] = spec_auto ? "auto:" + std::to_string(spec_k) : std::to_string(spec_k);
       if (calm.enabled()) stats["mean_layers"] = calm_model.mean_layers();
       std::fprintf(stderr, "%s\n", stats.dump().c_str());

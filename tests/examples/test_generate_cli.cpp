@@ -98,6 +98,7 @@ TEST_CASE("fastinfer-generate: --print-ids reproduces the golden, --stats-json i
   CHECK(stats.at("cpu_level") == fastinfer::cpu::cpu_level_name(fastinfer::cpu::cpu_level()));
   CHECK(stats.at("float_kernels") == fastinfer::cpu::float_kernel_isa());
   CHECK(stats.at("q8_0_kernels") == fastinfer::cpu::q8_0::kernel_isa());
+  CHECK(stats.at("bf16_dot") == fastinfer::cpu::bf16_dot_running());
 }
 
 TEST_CASE("fastinfer-generate: --version names the CPU level, FASTINFER_CPU_LEVEL lowers it, a bad one is a usage error",
@@ -114,17 +115,48 @@ TEST_CASE("fastinfer-generate: --version names the CPU level, FASTINFER_CPU_LEVE
   const Run bad = run(gen, "--version");
   if (saved != nullptr) setenv("FASTINFER_CPU_LEVEL", restore.c_str(), 1); else unsetenv("FASTINFER_CPU_LEVEL");
   CHECK(plain.code == 0);
-  CHECK(plain.out == std::string("fastinfer-generate ") + fastinfer::kVersionString + "; cpu level " +
-                         fastinfer::cpu::cpu_level_name(fastinfer::cpu::detected_cpu_level()) + " (detected " +
-                         fastinfer::cpu::cpu_level_name(fastinfer::cpu::detected_cpu_level()) + "; float kernels " +
-                         fastinfer::cpu::float_kernel_isa(fastinfer::cpu::detected_cpu_level()) + ", q8_0 " +
-                         fastinfer::cpu::q8_0::kernel_isa(fastinfer::cpu::detected_cpu_level()) + ", attention " +
-                         fastinfer::cpu::attention_kernel_isa(fastinfer::cpu::detected_cpu_level(), 16) +
-                         ", elementwise " + fastinfer::cpu::isa_name() + ")\n");
+  CHECK(plain.out ==
+        std::string("fastinfer-generate ") + fastinfer::kVersionString + "; cpu level " +
+            fastinfer::cpu::cpu_level_name(fastinfer::cpu::detected_cpu_level()) + " (detected " +
+            fastinfer::cpu::cpu_level_name(fastinfer::cpu::detected_cpu_level()) + "; float kernels " +
+            fastinfer::cpu::float_kernel_isa(fastinfer::cpu::detected_cpu_level()) + ", q8_0 " +
+            fastinfer::cpu::q8_0::kernel_isa(fastinfer::cpu::detected_cpu_level()) + ", attention " +
+            fastinfer::cpu::attention_kernel_isa(fastinfer::cpu::detected_cpu_level(), 16) +
+            ", elementwise " + fastinfer::cpu::isa_name() + ", bf16 dot widen)\n");
   CHECK(scalar.code == 0);
   CHECK(scalar.out.rfind("fastinfer-generate " + std::string(fastinfer::kVersionString) + "; cpu level scalar (detected ", 0) == 0);
   CHECK(bad.code == 2);
   CHECK(bad.err == "fastinfer-generate: error: FASTINFER_CPU_LEVEL=avx9: unknown CPU level (choose scalar, avx2 or avx512)\n");
+}
+
+TEST_CASE(
+    "fastinfer-generate: FASTINFER_BF16_DOT picks the bf16 kernels where the CPU has them, a bad one is a "
+    "usage error",
+    "[examples][cli]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  const char* saved = std::getenv("FASTINFER_BF16_DOT");
+  const std::string restore = saved != nullptr ? saved : "";
+  setenv("FASTINFER_BF16_DOT", "bf16", 1);
+  const Run pairs = run(gen, "--version");
+  const Run stats = run(gen, "--weights bf16 --max-new-tokens 3 --stats-json");
+  setenv("FASTINFER_BF16_DOT", "fast", 1);
+  const Run bad = run(gen, "--version");
+  if (saved != nullptr)
+    setenv("FASTINFER_BF16_DOT", restore.c_str(), 1);
+  else
+    unsetenv("FASTINFER_BF16_DOT");
+  // Where the CPU lacks AVX512-BF16 (or the level is forced below avx512) the widening kernels run.
+  const std::string running =
+      fastinfer::cpu::bf16_dot_supported() && fastinfer::cpu::cpu_level() >= fastinfer::cpu::CpuLevel::avx512
+          ? "bf16"
+          : "widen";
+  CHECK(pairs.code == 0);
+  CHECK(pairs.out.find(", bf16 dot " + running + ")\n") != std::string::npos);
+  REQUIRE(stats.code == 0);
+  CHECK(nlohmann::json::parse(stats.err).at("bf16_dot") == running);
+  CHECK(bad.code == 2);
+  CHECK(bad.err ==
+        "fastinfer-generate: error: FASTINFER_BF16_DOT=fast: unknown bf16 dot mode (choose widen or bf16)\n");
 }
 
 TEST_CASE("fastinfer-generate: synthetic default model with converted weights runs", "[examples][cli]") {

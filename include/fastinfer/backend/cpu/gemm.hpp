@@ -126,6 +126,15 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
         std::max(threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads),
                  threads_for(macs, ParallelThresholds::kMatmulMacsPerThread, threads));
     const CpuLevel level = cpu_level();  // once, before the threads start
+#if FASTINFER_CPU_AVX512_TILES
+    if (w.dtype == DType::BF16 && bf16_dot_active(level)) {  // bf16 activations (bf16_dot.hpp)
+      const std::uint16_t* xb = bf16_dot_detail::rounded_activations(x, n, w.cols);
+      parallel_ranges(w.rows, dot_block_rows(level), nt, [&](std::int64_t r0, std::int64_t r1) {
+        avx512_bf16::matmul_rows(w, xb, n, y, r0, r1);
+      });
+      return;
+    }
+#endif
     parallel_ranges(w.rows, dot_block_rows(level), nt,
                     [&](std::int64_t r0, std::int64_t r1) { dot_matmul_rows(level, w, x, n, y, r0, r1); });
     return;

@@ -6,6 +6,9 @@
 //   gemv_reference.hpp  cpu::scalar   plain loops: the tests' oracle
 //   gemv_avx2.hpp       cpu::avx2     8-float register tiles (AVX2 + FMA + F16C)
 //   gemv_avx512.hpp     cpu::avx512   16-float register tiles (AVX-512)
+//   gemv_avx512_bf16.hpp cpu::avx512_bf16  bf16 weights x bf16-rounded
+//                                     activations (vdpbf16ps), where asked
+//                                     (bf16_dot.hpp; not the default)
 //   dot_tile below      generic       xsimd at whatever width the build has
 // The per-ISA sets are compiled in target regions, so every x86 build carries
 // them; each call runs the set of the current CPU level (cpu_level.hpp: the
@@ -25,9 +28,11 @@
 #include <cstdint>
 
 #include "fastinfer/backend/cpu/arch.hpp"
+#include "fastinfer/backend/cpu/bf16_dot.hpp"
 #include "fastinfer/backend/cpu/cpu_level.hpp"
 #include "fastinfer/backend/cpu/gemv_avx2.hpp"
 #include "fastinfer/backend/cpu/gemv_avx512.hpp"
+#include "fastinfer/backend/cpu/gemv_avx512_bf16.hpp"
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
 #include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
@@ -159,6 +164,14 @@ inline void matvec(const MatrixView& w, const float* x, float* y, int threads = 
                       [&](std::int64_t b, std::int64_t e) { matvec_rows<DType::F32>(level, w, x, y, b, e); });
       return;
     case DType::BF16:
+#if FASTINFER_CPU_AVX512_TILES
+      if (bf16_dot_active(level)) {  // bf16 activations (bf16_dot.hpp)
+        const std::uint16_t* xb = bf16_dot_detail::rounded_activations(x, 1, w.cols);
+        parallel_ranges(w.rows, kRowsPerStep, nt,
+                        [&](std::int64_t b, std::int64_t e) { avx512_bf16::matvec_rows(w, xb, y, b, e); });
+        return;
+      }
+#endif
       parallel_ranges(w.rows, kRowsPerStep, nt,
                       [&](std::int64_t b, std::int64_t e) { matvec_rows<DType::BF16>(level, w, x, y, b, e); });
       return;

@@ -95,6 +95,7 @@ inline void keep_in_register(__m256& v) {
 // 1.39x faster; docs/benchmarks.md). Groups of 2 or 4 (2 x 4 tiles) were
 // within 5 % of it either way.
 struct Tiles {
+  using Activation = float;
   template <int T>
   static constexpr int kTileRows = T == 1 ? 4 : T == 2 ? 4 : 3;
   static constexpr int kMaxTileTokens = 3;

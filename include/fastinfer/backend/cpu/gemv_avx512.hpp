@@ -101,6 +101,7 @@ inline void keep_in_register(__m512& v) {
 // 768-wide bf16 matrix are 36 KiB (L1 holds them), of a 2048-wide f32 one
 // 192 KiB (a fifth of a Zen 5 L2).
 struct Tiles {
+  using Activation = float;
   template <int T>
   static constexpr int kTileRows = T == 1 ? 8 : T == 2 ? 12 : T == 3 ? 8 : T == 4 ? 6 : 4;
   static constexpr int kMaxTileTokens = 6;

@@ -1,7 +1,11 @@
 // How the small-row matmul (1..32 activation rows: the verify pass and
 // batched decode) walks a weight matrix, shared by the per-ISA tile sets
-// (gemv_avx2.hpp, gemv_avx512.hpp). A tile set is a struct with
+// (gemv_avx2.hpp, gemv_avx512.hpp, gemv_avx512_bf16.hpp). A tile set is a
+// struct with
 //
+//   using Activation                           an activation's element type
+//                                              (float; std::uint16_t for
+//                                              bf16 activations)
 //   static constexpr int kMaxTileTokens        most activation rows per tile
 //   static constexpr std::int64_t kBlockRows   weight rows per block
 //   template <int T> static constexpr int kTileRows
@@ -69,8 +73,9 @@ struct PrefetchSpan {
 // FromMemory: the first group over the block, whose tiles prefetch `next`
 // (the next block's bytes, empty after the last), a share each.
 template <class Tiles, DType D, int T, bool FromMemory>
-inline void block_rows(const std::uint8_t* base, std::size_t stride, std::int64_t m, const float* x,
-                       std::int64_t k, float* y, std::int64_t ldy, PrefetchSpan next = {}) {
+inline void block_rows(const std::uint8_t* base, std::size_t stride, std::int64_t m,
+                       const typename Tiles::Activation* x, std::int64_t k, float* y, std::int64_t ldy,
+                       PrefetchSpan next = {}) {
   constexpr bool kRowByRow = FromMemory && T <= kStreamRowByRow;
   constexpr int R = kRowByRow ? 1 : Tiles::template kTileRows<T>;
   constexpr bool kPrefetch = FromMemory && !kRowByRow;
@@ -89,7 +94,8 @@ inline void block_rows(const std::uint8_t* base, std::size_t stride, std::int64_
 // (T counts down to the n that is there).
 template <class Tiles, DType D, bool FromMemory, int T = Tiles::kMaxTileTokens - 1>
 inline void block_rows_left(std::int64_t n, const std::uint8_t* base, std::size_t stride, std::int64_t m,
-                            const float* x, std::int64_t k, float* y, std::int64_t ldy, PrefetchSpan next) {
+                            const typename Tiles::Activation* x, std::int64_t k, float* y, std::int64_t ldy,
+                            PrefetchSpan next) {
   if constexpr (T >= 1) {
     if (n == T) return block_rows<Tiles, D, T, FromMemory>(base, stride, m, x, k, y, ldy, next);
     return block_rows_left<Tiles, D, FromMemory, T - 1>(n, base, stride, m, x, k, y, ldy, next);
@@ -99,8 +105,8 @@ inline void block_rows_left(std::int64_t n, const std::uint8_t* base, std::size_
 // Rows [r0, r1) of Y = X W^T for n activation rows (X [n][w.cols], Y
 // [n][w.rows]).
 template <class Tiles, DType D>
-inline void blocked_matmul_rows(const MatrixView& w, const float* x, std::int64_t n, float* y, std::int64_t r0,
-                                std::int64_t r1) {
+inline void blocked_matmul_rows(const MatrixView& w, const typename Tiles::Activation* x, std::int64_t n,
+                                float* y, std::int64_t r0, std::int64_t r1) {
   constexpr int G = Tiles::kMaxTileTokens;
   const std::int64_t k = w.cols, ldy = w.rows;
   const std::size_t stride = row_bytes(w.dtype, k);
@@ -128,8 +134,8 @@ inline void blocked_matmul_rows(const MatrixView& w, const float* x, std::int64_
 // one sequential stream (see above), the same sums as blocked_matmul_rows
 // gives a row.
 template <class Tiles, DType D>
-inline void streamed_matvec_rows(const MatrixView& w, const float* x, float* y, std::int64_t begin,
-                                 std::int64_t end) {
+inline void streamed_matvec_rows(const MatrixView& w, const typename Tiles::Activation* x, float* y,
+                                 std::int64_t begin, std::int64_t end) {
   const std::size_t stride = row_bytes(w.dtype, w.cols);
   for (std::int64_t r = begin; r < end; ++r)
     Tiles::template tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0, {});

@@ -44,5 +44,34 @@ inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, flo
     }
 }
 
+// The bf16-activation mode (bf16_dot.hpp), gemv_avx512_bf16.hpp's oracle.
+// An activation as vcvtneps2bf16 rounds it: to nearest even, a denormal
+// input to a zero of its sign, a NaN quiet.
+inline std::uint16_t round_activation_bf16(float f) {
+  const std::uint32_t u = f32_bits(f);
+  if ((u & 0x7f800000u) == 0) return std::uint16_t((u >> 16) & 0x8000u);
+  return f32_to_bf16(f);
+}
+
+// One row's sum in vdpbf16ps's order: 16 f32 lanes over 32-column chunks,
+// lane j adding the product of column 2j + 1, then of column 2j (each
+// product of two bf16 is exact in f32), the last chunk zero-padded; then the
+// lanes in the avx512 set's tree (l_i + l_{i+8}; (l_i + l_{i+4}); adjacent
+// pairs; the two pair sums). Bit-exact for normal operands; with denormal
+// products or sums the hardware flushes some (how differs from this model).
+inline float bf16_pair_dot(const std::uint16_t* w, const std::uint16_t* x, std::int64_t cols) {
+  float lane[16] = {};
+  for (std::int64_t c = 0; c < cols; c += 32)
+    for (int j = 0; j < 16; ++j) {
+      const std::int64_t odd = c + 2 * j + 1, even = c + 2 * j;
+      const float p_odd = odd < cols ? bf16_to_f32(w[odd]) * bf16_to_f32(x[odd]) : 0.0f;
+      const float p_even = even < cols ? bf16_to_f32(w[even]) * bf16_to_f32(x[even]) : 0.0f;
+      lane[j] = (lane[j] + p_odd) + p_even;
+    }
+  for (int i = 0; i < 8; ++i) lane[i] = lane[i] + lane[i + 8];
+  const float f[4] = {lane[0] + lane[4], lane[1] + lane[5], lane[2] + lane[6], lane[3] + lane[7]};
+  return (f[0] + f[1]) + (f[2] + f[3]);
+}
+
 }  // namespace scalar
 }  // namespace fastinfer::cpu

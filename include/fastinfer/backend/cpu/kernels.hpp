@@ -17,6 +17,7 @@
 
 #include "fastinfer/backend/cpu/arch.hpp"
 #include "fastinfer/backend/cpu/attention.hpp"
+#include "fastinfer/backend/cpu/bf16_dot.hpp"
 #include "fastinfer/backend/cpu/elementwise.hpp"
 #include "fastinfer/backend/cpu/gemm.hpp"
 #include "fastinfer/backend/cpu/gemv.hpp"
@@ -25,16 +26,23 @@
 
 namespace fastinfer::cpu {
 
+// The bf16 dot mode that runs at `level` (bf16_dot.hpp): "bf16" where asked
+// and the level has the kernels, else "widen".
+inline const char* bf16_dot_running(CpuLevel level = cpu_level()) {
+  return bf16_dot_name(bf16_dot_active(level) ? Bf16Dot::bf16 : Bf16Dot::widen);
+}
+
 // "cpu level avx512 (detected avx512; float kernels avx512, q8_0 avx512-vnni,
-// attention avx512, elementwise avx512bw)": which kernels run, for logs and
-// --version. Attention is named for head sizes that are multiples of 16 (at
-// the avx512 level the others take the avx2 kernel); the elementwise kernels
-// are xsimd's, chosen when the program was compiled, not at run time.
+// attention avx512, elementwise avx512bw, bf16 dot widen)": which kernels
+// run, for logs and --version. Attention is named for head sizes that are
+// multiples of 16 (at the avx512 level the others take the avx2 kernel); the
+// elementwise kernels are xsimd's, chosen when the program was compiled, not
+// at run time.
 inline std::string kernel_isa_summary() {
   return std::string("cpu level ") + cpu_level_name(cpu_level()) + " (detected " +
          cpu_level_name(detected_cpu_level()) + "; float kernels " + float_kernel_isa() + ", q8_0 " +
          q8_0::kernel_isa() + ", attention " + attention_kernel_isa(cpu_level(), 16) + ", elementwise " +
-         isa_name() + ")";
+         isa_name() + ", bf16 dot " + bf16_dot_running() + ")";
 }
 
 }  // namespace fastinfer::cpu
