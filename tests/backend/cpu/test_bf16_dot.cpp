@@ -132,15 +132,7 @@ TEST_CASE(
       if (nrows >= 8) {  // a row range in the middle writes that range only
         std::vector<float> y(std::size_t(3 * nrows), -7.0f);
         cpu::avx512_bf16::matmul_rows(w.view, xb.data(), 3, y.data(), 5, nrows - 1);
-        for (std::int64_t t = 0; t < 3; ++t)
-          for (std::int64_t r = 0; r < nrows; ++r) {
-            const std::size_t i = std::size_t(t * nrows + r);
-            if (r < 5 || r == nrows - 1) {
-              REQUIRE(y[i] == -7.0f);
-            } else {
-              REQUIRE(same_bits(y[i], alone[i]));
-            }
-          }
+        testing::require_row_range_written(y, alone, 3, nrows, 5, nrows - 1, -7.0f);
       }
     }
 #endif

@@ -82,6 +82,23 @@ inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) 
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
+// After a call over weight rows [r0, r1) into y (n activation rows of
+// `rows` results, filled with `untouched` before): the range holds the bits
+// of `alone` (every row computed), nothing outside it was written.
+inline void require_row_range_written(const std::vector<float>& y, const std::vector<float>& alone, std::int64_t n,
+                                      std::int64_t rows, std::int64_t r0, std::int64_t r1, float untouched) {
+  for (std::int64_t t = 0; t < n; ++t)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::size_t i = std::size_t(t * rows + r);
+      INFO("row " << r << " token " << t << " of rows [" << r0 << ", " << r1 << ")");
+      if (r < r0 || r >= r1) {
+        REQUIRE(y[i] == untouched);
+      } else {
+        REQUIRE(std::memcmp(&y[i], &alone[i], sizeof(float)) == 0);
+      }
+    }
+}
+
 // The documented summation order of one (row, token) dot product at L (8 or
 // 16) floats a register, in scalar code: L-lane chunks in column order into L
 // lane sums (one FMA each); with 16 lanes the halves added first (l_i +

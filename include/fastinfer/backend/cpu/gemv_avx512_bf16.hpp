@@ -71,26 +71,20 @@ FASTINFER_CPU_NOINLINE inline void pair_tile(const std::uint8_t* w, std::size_t 
                                              const std::uint16_t* x, std::int64_t ldx, std::int64_t cols,
                                              float* y, std::int64_t ldy, gemv_detail::PrefetchSpan ahead) {
   const std::int64_t chunks = cols / 32;
-  std::int64_t issued = 0, owed = 0;
+  gemv_detail::PrefetchPacer pacer(ahead, chunks);
   __m512 acc[R][T];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 32
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   for (std::int64_t i = 0; i < chunks; ++i) {
-    if constexpr (Prefetch) {
-      for (owed += ahead.lines; owed >= chunks; owed -= chunks, ++issued)
-        _mm_prefetch(reinterpret_cast<const char*>(ahead.begin + std::uintptr_t(issued) * 64), _MM_HINT_T1);
-    }
+    if constexpr (Prefetch) pacer.step();
     pair_chunk<R, T, false>(acc, w, stride, x, ldx, i * 32, 0);
   }
   // The last chunk zero-padded: masked loads read nothing past the row.
   if (const std::int64_t c = chunks * 32; c < cols)
     pair_chunk<R, T, true>(acc, w, stride, x, ldx, c, __mmask32((1u << (cols - c)) - 1u));
-  if constexpr (Prefetch) {
-    for (; issued < ahead.lines; ++issued)
-      _mm_prefetch(reinterpret_cast<const char*>(ahead.begin + std::uintptr_t(issued) * 64), _MM_HINT_T1);
-  }
+  if constexpr (Prefetch) pacer.finish();
   float sums[R * T];
   avx512::reduce<R * T>(&acc[0][0], sums);
   for (int r = 0; r < R; ++r)

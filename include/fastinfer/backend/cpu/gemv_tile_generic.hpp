@@ -36,20 +36,14 @@ FASTINFER_CPU_NOINLINE inline void small_rows_tile(const std::uint8_t* w, std::s
                                                    std::int64_t ldy, gemv_detail::PrefetchSpan ahead) {
   constexpr std::int64_t E = kElem<D>;
   const std::int64_t cend = cols & ~std::int64_t(kLanes - 1);
-  const std::int64_t chunks = cend / kLanes;
-  std::int64_t issued = 0, owed = 0;  // lines prefetched; chunks x lines owed (Bresenham, no division)
+  gemv_detail::PrefetchPacer pacer(ahead, cend / kLanes);
   Lanes acc[R][T];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 32
     for (int t = 0; t < T; ++t) acc[r][t] = zero_lanes();
   for (std::int64_t c = 0; c < cend; c += kLanes) {
-    if constexpr (Prefetch) {
-      // Integer arithmetic: the span may end beyond the matrix, which a
-      // prefetch may touch but a pointer may not point to.
-      for (owed += ahead.lines; owed >= chunks; owed -= chunks, ++issued)
-        _mm_prefetch(reinterpret_cast<const char*>(ahead.begin + std::uintptr_t(issued) * 64), _MM_HINT_T1);
-    }
+    if constexpr (Prefetch) pacer.step();
     Lanes xv[T];
 #pragma GCC unroll 32
     for (int t = 0; t < T; ++t) {
@@ -66,10 +60,7 @@ FASTINFER_CPU_NOINLINE inline void small_rows_tile(const std::uint8_t* w, std::s
       for (int t = 0; t < T; ++t) acc[r][t] = fmadd(wv, xv[t], acc[r][t]);
     }
   }
-  if constexpr (Prefetch) {
-    for (; issued < ahead.lines; ++issued)  // rows shorter than a chunk
-      _mm_prefetch(reinterpret_cast<const char*>(ahead.begin + std::uintptr_t(issued) * 64), _MM_HINT_T1);
-  }
+  if constexpr (Prefetch) pacer.finish();
   float sums[R * T];
   reduce<R * T>(&acc[0][0], sums);
   for (int r = 0; r < R; ++r)
