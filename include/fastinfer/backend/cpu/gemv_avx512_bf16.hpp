@@ -50,16 +50,16 @@ template <int R, int T, bool Masked>
 inline void pair_chunk(__m512 (&acc)[R][T], const std::uint8_t* w, std::size_t stride, const std::uint16_t* x,
                        std::int64_t ldx, std::int64_t c, __mmask32 m) {
   __m512i xv[T];
-#pragma GCC unroll 32
+  FASTINFER_CPU_UNROLL
   for (int t = 0; t < T; ++t) {
     xv[t] = Masked ? _mm512_maskz_loadu_epi16(m, x + t * ldx + c) : _mm512_loadu_si512(x + t * ldx + c);
     __asm__("" : "+v"(xv[t]));
   }
-#pragma GCC unroll 32
+  FASTINFER_CPU_UNROLL
   for (int r = 0; r < R; ++r) {
     const std::uint8_t* p = w + r * stride + std::size_t(c) * 2;
     const __m512i wv = Masked ? _mm512_maskz_loadu_epi16(m, p) : _mm512_loadu_si512(p);
-#pragma GCC unroll 32
+    FASTINFER_CPU_UNROLL
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], (__m512bh)wv, (__m512bh)xv[t]);
   }
 }
@@ -73,10 +73,11 @@ FASTINFER_CPU_NOINLINE inline void pair_tile(const std::uint8_t* w, std::size_t 
   const std::int64_t chunks = cols / 32;
   gemv_detail::PrefetchPacer pacer(ahead, chunks);
   __m512 acc[R][T];
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 32
+  FASTINFER_CPU_UNROLL
+  for (int r = 0; r < R; ++r) {
+    FASTINFER_CPU_UNROLL
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  }
   for (std::int64_t i = 0; i < chunks; ++i) {
     if constexpr (Prefetch) pacer.step();
     pair_chunk<R, T, false>(acc, w, stride, x, ldx, i * 32, 0);

@@ -26,10 +26,10 @@
 // L2, spread evenly over its column chunks (gemv_blocking.hpp: the next block
 // of weight rows, one sequential stream, while this one computes).
 //
-// The loops over R and T are unrolled by pragma: at -O2 (RelWithDebInfo, and
-// the default of many packagers) g++ 12 leaves them rolled, every
-// accumulator in memory, and a 4 x 6 tile ran at a third of its -O3 speed
-// (36 against 97 GFLOP/s on one Zen 4 core, in L2).
+// The loops over R and T are unrolled (FASTINFER_CPU_UNROLL, a pragma): at
+// -O2 (RelWithDebInfo, and the default of many packagers) g++ 12 leaves them
+// rolled, every accumulator in memory, and a 4 x 6 tile ran at a third of
+// its -O3 speed (36 against 97 GFLOP/s on one Zen 4 core, in L2).
 template <DType D, int R, int T, bool Prefetch>
 FASTINFER_CPU_NOINLINE inline void small_rows_tile(const std::uint8_t* w, std::size_t stride, const float* x,
                                                    std::int64_t ldx, std::int64_t cols, float* y,
@@ -38,14 +38,15 @@ FASTINFER_CPU_NOINLINE inline void small_rows_tile(const std::uint8_t* w, std::s
   const std::int64_t cend = cols & ~std::int64_t(kLanes - 1);
   gemv_detail::PrefetchPacer pacer(ahead, cend / kLanes);
   Lanes acc[R][T];
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 32
+  FASTINFER_CPU_UNROLL
+  for (int r = 0; r < R; ++r) {
+    FASTINFER_CPU_UNROLL
     for (int t = 0; t < T; ++t) acc[r][t] = zero_lanes();
+  }
   for (std::int64_t c = 0; c < cend; c += kLanes) {
     if constexpr (Prefetch) pacer.step();
     Lanes xv[T];
-#pragma GCC unroll 32
+    FASTINFER_CPU_UNROLL
     for (int t = 0; t < T; ++t) {
       xv[t] = load_x(x + t * ldx + c);
       // One load per activation vector: GCC 12 otherwise folds the load into
@@ -53,10 +54,10 @@ FASTINFER_CPU_NOINLINE inline void small_rows_tile(const std::uint8_t* w, std::s
       // ran at half speed, bound by loads).
       keep_in_register(xv[t]);
     }
-#pragma GCC unroll 32
+    FASTINFER_CPU_UNROLL
     for (int r = 0; r < R; ++r) {
       const Lanes wv = load_w<D>(w + r * stride + c * E);
-#pragma GCC unroll 32
+      FASTINFER_CPU_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = fmadd(wv, xv[t], acc[r][t]);
     }
   }
