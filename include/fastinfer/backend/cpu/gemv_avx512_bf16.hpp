@@ -41,8 +41,6 @@ inline void round_activations(const float* x, std::int64_t count, std::uint16_t*
   }
 }
 
-// y[t * ldy + r] = the bf16 pair dot of weight row r and activation row t
-// (bf16, ldx apart), for r < R, t < T; Prefetch as gemv_tile_generic.hpp's.
 // One 32-column chunk of every (r, t) sum: activation vectors loaded once
 // (an empty asm keeps the compiler from folding them into every
 // vdpbf16ps), weight vectors once per row.
