@@ -122,20 +122,17 @@ inline void matvec_rows(const MatrixView& w, const std::uint16_t* xb, float* y, 
 
 }  // namespace fastinfer::cpu::avx512_bf16
 FASTINFER_CPU_TARGET_END
-#endif  // FASTINFER_CPU_AVX512_TILES
 
 namespace fastinfer::cpu::bf16_dot_detail {
 // The calling thread's rounded copy of n activation rows of `cols` (reused,
-// so decode allocates nothing after its first call).
+// so decode allocates nothing after its first call). Outside the target
+// region: only its caller's check (bf16_dot_active) makes the kernel legal.
 inline const std::uint16_t* rounded_activations(const float* x, std::int64_t n, std::int64_t cols) {
   thread_local std::vector<std::uint16_t> buffer;
   const std::size_t count = std::size_t(n) * std::size_t(cols);
   if (buffer.size() < count) buffer.resize(count);
-#if FASTINFER_CPU_AVX512_TILES
   avx512_bf16::round_activations(x, std::int64_t(count), buffer.data());
-#else
-  (void)x;
-#endif
   return buffer.data();
 }
 }  // namespace fastinfer::cpu::bf16_dot_detail
+#endif  // FASTINFER_CPU_AVX512_TILES
