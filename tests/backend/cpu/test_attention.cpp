@@ -99,15 +99,17 @@ struct Ragged {
 constexpr float kKernelTol = 2e-5f;
 
 const Shape kShapes[] = {
-    {8, 2, 16, 16},   // GQA 4:1
-    {4, 4, 8, 1},     // MHA, head size 8 (stories260K), one token per block
-    {6, 1, 24, 4},    // MQA, 6 heads on one KV head, head size 24
-    {10, 2, 128, 8},  // 5 query heads per KV head (4 + 1 in the kernel)
-    {8, 4, 8, 16},    // stories260K: 2 query heads per KV head of 8 (scores 4 keys x 2 heads at a time)
-    {8, 4, 16, 16},   // tinystories-656k: head size 16
-    {12, 12, 64, 16}, // the 110M shape: 16-wide registers, 4 per head
-    {8, 2, 64, 16},   // GQA 4:1 at head size 64
-    {6, 2, 72, 8},    // head size 72: a multiple of 8, not of 16 (the AVX2 kernel at avx512)
+    {8, 2, 16, 16},    // GQA 4:1
+    {4, 4, 8, 1},      // MHA, head size 8 (stories260K), one token per block
+    {6, 1, 24, 4},     // MQA, 6 heads on one KV head, head size 24
+    {10, 2, 128, 8},   // 5 query heads per KV head (4 + 1 in the kernel)
+    {8, 4, 8, 16},     // stories260K: 2 query heads per KV head of 8 (scores 4 keys x 2 heads at a time)
+    {8, 4, 16, 16},    // tinystories-656k: head size 16
+    {12, 12, 64, 16},  // the 110M shape: 16-wide registers, 4 per head
+    {8, 2, 64, 16},    // GQA 4:1 at head size 64
+    {6, 2, 72, 8},     // head size 72: a multiple of 8, not of 16 (the AVX2 kernel at avx512)
+    {48, 24, 16, 16},  // the inflated 110M stand-in: 2 query heads per KV head of 16 (keys across the lanes)
+    {6, 6, 32, 16},    // MHA, head size 32: two registers a head at avx512
 };
 
 }  // namespace
@@ -626,7 +628,11 @@ TEMPLATE_TEST_CASE("decode, a one-query extend and the last row of a causal exte
   const std::vector<std::int32_t> new_tokens = {1, 20, 3, 2, 24, 70};
   // The scalar level is the reference for every path: two shapes suffice.
   // Caches are filled once, outside the levels.
-  const Shape shapes[] = {{12, 12, 64, 16}, {8, 4, 8, 16}, {8, 2, 64, 16}, {6, 2, 72, 8}, {10, 2, 128, 8}};
+  // MHA at head sizes 16 and 32: decode scores one head with the lane
+  // reductions, a block of queries scores several with the keys across the
+  // lanes (score_keys_across), and both must give the same bits.
+  const Shape shapes[] = {{12, 12, 64, 16}, {8, 4, 8, 16},  {8, 2, 64, 16}, {6, 2, 72, 8},
+                          {10, 2, 128, 8},  {4, 4, 16, 16}, {6, 6, 32, 16}};
   std::string ran;
   for (std::size_t i = 0; i < std::size(shapes); ++i) {
     const Shape& s = shapes[i];

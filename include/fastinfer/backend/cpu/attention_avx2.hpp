@@ -100,6 +100,52 @@ inline __m256 load_kv(const std::uint8_t* row, const float* params, int e, int g
   }
 }
 
+// The first `count` (< 8) floats at p, -inf in the lanes past them (no byte
+// past them is read); v's first `count` lanes stored to p.
+inline __m256i first_lanes(int count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline __m256 load_padded(const float* p, int count) {
+  const __m256i mask = first_lanes(count);
+  return _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()),
+                          _mm256_maskload_ps(p, mask), _mm256_castsi256_ps(mask));
+}
+inline void store_first(float* p, __m256 v, int count) { _mm256_maskstore_ps(p, first_lanes(count), v); }
+
+// r[j][i] <- r[i][j]: 8 registers of 8 floats transposed (32-bit and
+// 64-bit interleaves within 128-bit lanes, then the lanes exchanged).
+inline void transpose_lanes(__m256 (&r)[8]) {
+  __m256 t[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  // u[4k + m], 128-bit lane L: column 4L + m of rows 4k .. 4k + 3.
+  __m256 u[8];
+  for (int k = 0; k < 8; k += 4) {
+    const __m256d a = _mm256_castps_pd(t[k]), b = _mm256_castps_pd(t[k + 1]);
+    const __m256d c = _mm256_castps_pd(t[k + 2]), d = _mm256_castps_pd(t[k + 3]);
+    u[k] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, c));
+    u[k + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, c));
+    u[k + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d));
+    u[k + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
+  }
+  for (int m = 0; m < 4; ++m) {
+    r[m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x20);
+    r[4 + m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x31);
+  }
+}
+
+// Lane j of the result: reduce<1>'s sum of the 8 values a[0..8)[j], in its
+// tree (xsimd::hadd's: lane i + lane i + 4, adjacent pairs, the two pair
+// sums), so a score computed with its keys across the lanes has the bits of
+// one computed by reduce.
+inline __m256 lane_tree(const __m256 (&a)[8]) {
+  const __m256 g0 = _mm256_add_ps(a[0], a[4]), g1 = _mm256_add_ps(a[1], a[5]);
+  const __m256 g2 = _mm256_add_ps(a[2], a[6]), g3 = _mm256_add_ps(a[3], a[7]);
+  return _mm256_add_ps(_mm256_add_ps(g0, g1), _mm256_add_ps(g2, g3));
+}
+
 // 16 registers: scores of 4 keys x 2 query rows, 4 registers of value
 // columns for up to 2 rows.
 inline constexpr int kBlockHeads = 2;

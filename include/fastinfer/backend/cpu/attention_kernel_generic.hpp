@@ -23,6 +23,10 @@
 //                                  values e..e+kLanes-1 of a stored K/V row as
 //                                  f32, before the row scale (Int8, FP8) and
 //                                  after the group scale and minimum (Int4)
+//   transpose_lanes(r)             kLanes registers transposed in place
+//   load_padded(p, count),         the first count (< kLanes) floats at p,
+//   store_first(p, v, count)       -inf past them; v's first count to p
+//   lane_tree(a)                   lane j: reduce<1>'s tree over a[0..kLanes)[j]
 // The head size must be a multiple of kLanes (the driver checks it).
 //
 // Every output element is a sum in one order fixed by the head size, the
@@ -57,12 +61,16 @@ template <typename Quant, int K, int G>
 inline void score_block(const std::uint8_t* const* rows, const float* const* params, int t0, const float* q, int d,
                         int group, float* s, std::int64_t s_stride) {
   Lanes acc[K * G];  // [key][head]
+  FASTINFER_CPU_UNROLL
   for (int i = 0; i < K * G; ++i) acc[i] = zero_lanes();
   for (int e = 0; e < d; e += kLanes) {
     Lanes qv[G];
+    FASTINFER_CPU_UNROLL
     for (int g = 0; g < G; ++g) qv[g] = load_x(q + g * d + e);
+    FASTINFER_CPU_UNROLL
     for (int k = 0; k < K; ++k) {
       const Lanes key = load_kv<Quant>(rows[t0 + k], params[t0 + k], e, group);
+      FASTINFER_CPU_UNROLL
       for (int g = 0; g < G; ++g) acc[k * G + g] = fmadd(key, qv[g], acc[k * G + g]);
     }
   }
@@ -91,7 +99,56 @@ inline void score_keys(const std::uint8_t* const* rows, const float* const* para
   }
 }
 
-// Scores of n keys for every query head into s[g][t]: 4 keys x kBlockHeads
+// Head sizes up to this many values score kLanes keys at a time with the
+// keys across the lanes (score_keys_across) when two or more query rows
+// read the KV head.
+inline constexpr int kAcrossMaxDim = 2 * kLanes;
+static_assert(attention_detail::kTile % kLanes == 0,
+              "a block of keys across the lanes must not cross a score row");
+
+// Scores of keys t0 .. t0+count (count <= kLanes) against every one of
+// n_heads query heads, the keys across the lanes: the key rows are widened
+// and transposed once (kt[dim][key]; lanes past count are zero keys), then
+// each head's kLanes accumulators hold the lanes of kLanes dot products at
+// once (acc[i] lane j: chunk sums of lane i of key j's dot product, the
+// FMAs score_block does) and lane_tree adds them in reduce's tree, so every
+// score has score_block's bits. What it saves: with a head of 16 or 32
+// values a dot product is one or two FMAs and a whole horizontal reduction;
+// here a reduction is 15 adds for kLanes scores. s rows hold kTile scores,
+// so a short block's kLanes stores stay inside its row.
+template <typename Quant>
+inline void score_keys_across(const std::uint8_t* const* rows, const float* const* params, int t0, int count,
+                              const float* q, int n_heads, int d, int group, float* s,
+                              std::int64_t s_stride) {
+  alignas(64) float kt[kAcrossMaxDim * kLanes];  // [dim][key]
+  for (int e = 0; e < d; e += kLanes) {
+    Lanes r[kLanes];
+    for (int k = 0; k < kLanes; ++k)
+      r[k] = k < count ? load_kv<Quant>(rows[t0 + k], params[t0 + k], e, group) : zero_lanes();
+    transpose_lanes(r);
+    for (int i = 0; i < kLanes; ++i) store_x(kt + (e + i) * kLanes, r[i]);
+  }
+  alignas(64) float scales[kLanes];
+  for (int k = 0; k < kLanes; ++k)
+    scales[k] = k < count ? attention_detail::RowScale<Quant>::scale(params[t0 + k]) : 1.0f;
+  const Lanes scale = load_x(scales);
+  for (int g = 0; g < n_heads; ++g) {
+    const float* qg = q + g * d;
+    Lanes acc[kLanes];
+    FASTINFER_CPU_UNROLL
+    for (int i = 0; i < kLanes; ++i) acc[i] = fmadd(load_x(kt + i * kLanes), set1(qg[i]), zero_lanes());
+    for (int e = kLanes; e < d; e += kLanes) {
+      FASTINFER_CPU_UNROLL
+      for (int i = 0; i < kLanes; ++i) acc[i] = fmadd(load_x(kt + (e + i) * kLanes), set1(qg[e + i]), acc[i]);
+    }
+    store_x(s + g * s_stride + t0, mul(lane_tree(acc), scale));
+  }
+}
+
+// Scores of n keys for every query head into s[g][t]. Short heads (up to
+// kAcrossMaxDim values) read by two or more query rows: kLanes keys at a
+// time across the lanes (score_keys_across; the last block zero-padded).
+// Otherwise 4 keys x kBlockHeads
 // (a head of kLanes values costs one FMA per key), or 8 keys at a time when
 // one query head reads the KV head (MHA: the horizontal sums of 8 keys are
 // one transposing tree), then 2 keys x 4 heads, then 1 key x 4 heads. A
@@ -100,6 +157,11 @@ template <typename Quant>
 inline void scores_tile(const std::uint8_t* const* rows, const float* const* params, int n, const float* q,
                         int n_heads, int d, int group, float* s, std::int64_t s_stride) {
   int t = 0;
+  if (n_heads >= 2 && d <= kAcrossMaxDim) {
+    for (; t < n; t += kLanes)
+      score_keys_across<Quant>(rows, params, t, std::min(kLanes, n - t), q, n_heads, d, group, s, s_stride);
+    return;
+  }
   if (n_heads == 1)
     for (; t + 8 <= n; t += 8) score_block<Quant, 8, 1>(rows, params, t, q, d, group, s, s_stride);
   for (; t + 4 <= n; t += 4) score_keys<Quant, 4, kBlockHeads>(rows, params, t, q, n_heads, d, group, s, s_stride);
@@ -114,19 +176,31 @@ inline void scores_tile(const std::uint8_t* const* rows, const float* const* par
 template <typename Quant, int G, int C>
 inline void accumulate_columns(const std::uint8_t* const* rows, const float* const* params, int n, const float* p,
                                std::int64_t p_stride, const float* alpha, float* o, int d, int group, int e) {
+  // Unrolled (FASTINFER_CPU_UNROLL): rolled, g++ 12 kept 8 heads'
+  // accumulators on the stack, a store and a load around every FMA (a verify
+  // pass's attention 1.3x slower at avx512, head size 16).
   Lanes acc[G][C];
-  for (int g = 0; g < G; ++g)
+  FASTINFER_CPU_UNROLL
+  for (int g = 0; g < G; ++g) {
+    FASTINFER_CPU_UNROLL
     for (int c = 0; c < C; ++c) acc[g][c] = mul(load_x(o + g * d + e + c * kLanes), set1(alpha[g]));
+  }
   for (int t = 0; t < n; ++t) {
     Lanes v[C];
+    FASTINFER_CPU_UNROLL
     for (int c = 0; c < C; ++c) v[c] = load_kv<Quant>(rows[t], params[t], e + c * kLanes, group);
+    FASTINFER_CPU_UNROLL
     for (int g = 0; g < G; ++g) {
       const Lanes w = set1(p[g * p_stride + t]);
+      FASTINFER_CPU_UNROLL
       for (int c = 0; c < C; ++c) acc[g][c] = fmadd(v[c], w, acc[g][c]);
     }
   }
-  for (int g = 0; g < G; ++g)
+  FASTINFER_CPU_UNROLL
+  for (int g = 0; g < G; ++g) {
+    FASTINFER_CPU_UNROLL
     for (int c = 0; c < C; ++c) store_x(o + g * d + e + c * kLanes, acc[g][c]);
+  }
 }
 
 // Up to kBlockHeads heads take 4 registers of columns per pass (a head of 64
@@ -145,10 +219,16 @@ inline void accumulate_group(const std::uint8_t* const* rows, const float* const
   for (; e < d; e += kLanes) accumulate_columns<Quant, G, 1>(rows, params, n, p, p_stride, alpha, o, d, group, e);
 }
 
+// A head of one register (C = 1) takes 8 heads a pass: 8 independent FMA
+// chains keep both FMA units busy (4 would leave half of their latency
+// idle).
 template <typename Quant>
 inline void accumulate_heads(const std::uint8_t* const* rows, const float* const* params, int n, const float* p,
                              std::int64_t p_stride, const float* alpha, float* o, int n_heads, int d, int group) {
   int g = 0;
+  if (d < 2 * kLanes)
+    for (; g + 8 <= n_heads; g += 8)
+      accumulate_group<Quant, 8>(rows, params, n, p + g * p_stride, p_stride, alpha + g, o + g * d, d, group);
   for (; g + 4 <= n_heads; g += 4)
     accumulate_group<Quant, 4>(rows, params, n, p + g * p_stride, p_stride, alpha + g, o + g * d, d, group);
   const float* pg = p + g * p_stride;
@@ -168,17 +248,16 @@ inline void accumulate_heads(const std::uint8_t* const* rows, const float* const
 // row that has some.
 inline float softmax_row(float* row, int n, float& m, float& l, bool& any) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  constexpr int kChunks = attention_detail::kTile / kLanes;  // n <= kTile
   // The maximum is exact in any order: vectorised, it changes no bit.
-  float mx = m;
+  Lanes vm = set1(kNegInf);
   int t = 0;
-  if (n >= kLanes) {
-    Lanes vm = load_x(row);
-    for (t = kLanes; t + kLanes <= n; t += kLanes) vm = max_lanes(vm, load_x(row + t));
-    alignas(64) float lanes[kLanes];
-    store_x(lanes, vm);
-    for (float v : lanes) mx = std::max(mx, v);
-  }
-  for (; t < n; ++t) mx = std::max(mx, row[t]);
+  for (; t + kLanes <= n; t += kLanes) vm = max_lanes(vm, load_x(row + t));
+  if (t < n) vm = max_lanes(vm, load_padded(row + t, n - t));
+  alignas(64) float lanes[kLanes];
+  store_x(lanes, vm);
+  float mx = m;
+  for (float v : lanes) mx = std::max(mx, v);
   if (mx == kNegInf) {
     for (t = 0; t < n; ++t) row[t] = 0.0f;
     return 1.0f;
@@ -187,28 +266,28 @@ inline float softmax_row(float* row, int n, float& m, float& l, bool& any) {
   const float alpha = std::exp(m - mx);
   m = mx;
   const Lanes vmx = set1(mx);
-  float sum = 0.0f;
-  for (t = 0; t + kLanes <= n; t += kLanes) {
-    const Lanes p = exp_nonpositive(sub(load_x(row + t), vmx));
-    store_x(row + t, p);
-    float s;
-    reduce<1>(&p, &s);
-    sum += s;
+  // The last chunk padded with -inf (weights exactly 0), never a scalar
+  // tail: a masked query whose invisible keys are -inf then gets the same
+  // bits as a causal one that never saw them (a pass with a token tree in
+  // it masks every sequence), and the extra zeros add nothing.
+  Lanes p[kChunks];
+  int c = 0;
+  for (t = 0; t + kLanes <= n; t += kLanes, ++c) {
+    p[c] = exp_nonpositive(sub(load_x(row + t), vmx));
+    store_x(row + t, p[c]);
   }
   if (t < n) {
-    // The last chunk padded with -inf (weights exactly 0), never a scalar
-    // tail: a masked query whose invisible keys are -inf then gets the same
-    // bits as a causal one that never saw them (a pass with a token tree in
-    // it masks every sequence), and the extra zeros add nothing.
-    alignas(64) float pad[kLanes];
-    for (int i = 0; i < kLanes; ++i) pad[i] = t + i < n ? row[t + i] : kNegInf;
-    const Lanes p = exp_nonpositive(sub(load_x(pad), vmx));
-    store_x(pad, p);
-    for (int i = 0; t + i < n; ++i) row[t + i] = pad[i];
-    float s;
-    reduce<1>(&p, &s);
-    sum += s;
+    p[c] = exp_nonpositive(sub(load_padded(row + t, n - t), vmx));
+    store_first(row + t, p[c], n - t);
+    ++c;
   }
+  for (int i = c; i < kChunks; ++i) p[i] = zero_lanes();
+  // Each chunk's lane sum in reduce's tree (all of them through one
+  // transposing reduction), added in key order.
+  float sums[kChunks];
+  reduce<kChunks>(p, sums);
+  float sum = 0.0f;
+  for (int i = 0; i < c; ++i) sum += sums[i];
   l = l * alpha + sum;
   return alpha;
 }
@@ -265,7 +344,10 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
     scores_tile<Quant>(krow, kpar, n, q, n_heads, d, group, sc, kTile);
     if (!visible.all(pos + n))
       for (int r = 0; r < rows; ++r)
-        for (int t = 0; t < n; ++t)
+        // A causal row sees every key before its own position: only the
+        // keys from there on need the test (a tree row tests every key).
+        for (int t = visible.mask ? 0 : int(std::clamp<std::int64_t>(visible.first + r + 1 - pos, 0, n));
+             t < n; ++t)
           if (!visible(r, pos + t))
             for (int g = r * heads_per_row; g < (r + 1) * heads_per_row; ++g)
               sc[g * kTile + t] = -std::numeric_limits<float>::infinity();

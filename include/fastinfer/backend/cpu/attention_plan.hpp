@@ -111,6 +111,14 @@ DecodePlan plan_decode(const kv::PagedKVView<Quant>& kv, const DecodePlanOptions
 // out[d]: exact up to rounding. A range that saw no key has m = -inf, l = 0.
 inline void merge_states(int n, const float* m, const float* l, const float* o, std::int64_t o_stride, int d,
                          float* out) {
+  if (n == 1 && l[0] != 0.0f && m[0] != -std::numeric_limits<float>::infinity()) {
+    // One range (a context within one chunk: most decode steps and verify
+    // passes): the loop below with w = e^0 = 1, written out; 0 + o keeps the
+    // sign of zero the loop's sum gives.
+    const float inv = 1.0f / (0.0f + l[0]);
+    for (int j = 0; j < d; ++j) out[j] = (0.0f + o[j]) * inv;
+    return;
+  }
   float mx = -std::numeric_limits<float>::infinity();
   for (int i = 0; i < n; ++i) mx = std::max(mx, m[i]);
   std::fill(out, out + d, 0.0f);
