@@ -20,6 +20,13 @@
 // BM_ExtendLevel: the causal attention of a 512-token prompt (the prefill's
 // extend), 110M shape, f32 / bf16 / int8 KV, avx2 and avx512, one thread.
 //   bench_attention --benchmark_filter=BM_ExtendLevel
+//
+// BM_VerifyLevel: one layer of a verify pass on the inflated stand-ins'
+// heads (tinystories-656k's: 24 KV heads of 16, 48 query heads), a context
+// of 100 tokens and 1 (decode), 8 or 16 new rows, f32 KV (the model's
+// default), avx2 and avx512, one thread: what the attention adds to the
+// cost of k rows (bench_speculative BM_Forward).
+//   bench_attention --benchmark_filter=BM_VerifyLevel
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -250,6 +257,42 @@ void extend_args(benchmark::internal::Benchmark* b) {
 BENCHMARK_TEMPLATE(BM_ExtendLevel, kv::F32)->Apply(extend_args);
 BENCHMARK_TEMPLATE(BM_ExtendLevel, kv::BF16)->Apply(extend_args);
 BENCHMARK_TEMPLATE(BM_ExtendLevel, kv::Int8)->Apply(extend_args);
+
+// One layer of a pass of `rows` new tokens after a 100-token context, the
+// inflated stand-ins' attention shape; rows 1 is the decode step.
+void BM_VerifyLevel(benchmark::State& state) {
+  constexpr int kVerifyKVHeads = 24, kVerifyQHeads = 48, kVerifyDim = 16, kContext = 100;
+  const auto level = cpu::CpuLevel(state.range(0));
+  const int rows = int(state.range(1));
+  if (!has_level(level, state)) return;
+  cpu::CpuLevelScope scope(level);
+  kv::KVCacheConfig c = level_config(1, kContext + rows);
+  c.n_kv_heads = kVerifyKVHeads;
+  c.head_dim = kVerifyDim;
+  kv::KVCache<kv::Paged<16>, kv::F32> cache(c);
+  Lcg rng;
+  const auto tables =
+      fill_interleaved(cache, 1, kContext + rows, std::size_t(kVerifyKVHeads) * kVerifyDim, rng, state);
+  const auto view = cache.view(tables, 0);
+  std::vector<float> q(std::size_t(rows) * kVerifyQHeads * kVerifyDim), out(q.size());
+  for (auto& x : q) x = rng();
+  const std::int32_t qo[2] = {0, rows};
+  for (auto _ : state) {
+    if (rows == 1)
+      cpu::decode_attention(view, q.data(), out.data(), kVerifyQHeads, 1);
+    else
+      cpu::extend_attention(view, q.data(), qo, out.data(), kVerifyQHeads, 1);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel(std::string(cpu::cpu_level_name(level)) + " kernel " +
+                 cpu::attention_kernel_isa(level, kVerifyDim));
+  state.SetItemsProcessed(std::int64_t(state.iterations()) * rows);  // query rows per second
+}
+BENCHMARK(BM_VerifyLevel)
+    ->ArgsProduct({{int(cpu::CpuLevel::avx2), int(cpu::CpuLevel::avx512)}, {1, 8, 16}})
+    ->ArgNames({"level", "rows"})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 }  // namespace
 
