@@ -111,7 +111,7 @@ DecodePlan plan_decode(const kv::PagedKVView<Quant>& kv, const DecodePlanOptions
 // out[d]: exact up to rounding. A range that saw no key has m = -inf, l = 0.
 inline void merge_states(int n, const float* m, const float* l, const float* o, std::int64_t o_stride, int d,
                          float* out) {
-  if (n == 1 && l[0] != 0.0f && m[0] != -std::numeric_limits<float>::infinity()) {
+  if (n == 1 && l[0] != 0.0f && m[0] > -std::numeric_limits<float>::infinity()) {
     // One range (a context within one chunk: most decode steps and verify
     // passes): the loop below with w = e^0 = 1, written out; 0 + o keeps the
     // sign of zero the loop's sum gives.
