@@ -344,10 +344,7 @@ void attend_range(const kv::PagedKVView<Quant>& kv, std::int32_t b, std::int32_t
     scores_tile<Quant>(krow, kpar, n, q, n_heads, d, group, sc, kTile);
     if (!visible.all(pos + n))
       for (int r = 0; r < rows; ++r)
-        // A causal row sees every key before its own position: only the
-        // keys from there on need the test (a tree row tests every key).
-        for (int t = visible.mask ? 0 : int(std::clamp<std::int64_t>(visible.first + r + 1 - pos, 0, n));
-             t < n; ++t)
+        for (int t = int(std::min<std::int64_t>(visible.first_unseen(r, pos) - pos, n)); t < n; ++t)
           if (!visible(r, pos + t))
             for (int g = r * heads_per_row; g < (r + 1) * heads_per_row; ++g)
               sc[g * kTile + t] = -std::numeric_limits<float>::infinity();

@@ -5,6 +5,7 @@
 // driver (attention.hpp) use one definition.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -47,6 +48,10 @@ struct Visibility {
   // Every row sees every key of [lo, hi): the kernel then skips the per-key
   // test (a decode query's keys, all but a causal block's last tile).
   bool all(std::int64_t hi) const { return mask ? hi <= first_new : hi - 1 <= first; }
+  // The first position from lo on that row r may not see, for the kernel's
+  // masking to start at: a causal row sees every key up to its own
+  // position; a tree row's keys are each tested from lo.
+  std::int64_t first_unseen(int r, std::int64_t lo) const { return mask ? lo : std::max(lo, first + r + 1); }
 };
 
 inline Visibility causal_rows(std::int64_t first) { return Visibility{first, nullptr, 0, 0, 0}; }
