@@ -22,6 +22,15 @@
 // (data/heads/tinystories-656k.mtp, pad:) side by side on the same prompts,
 // alternated as above: per drafter and tree, x_<drafter>_D,K,B (decode tok/s
 // over plain's) and tpp_<drafter>_D,K,B (tokens per target pass).
+// BM_EngineEagle110M/<weights>/<requests>: the same stand-in and prompts
+// served by the Engine (continuous batching, paged KV, 2 threads), B requests
+// at once (the eight prompts cycled), 128 greedy tokens each: no
+// speculation, EAGLE trees with SpecAlways and with SpecAdaptive (the
+// engine's tree: depth 3, top_k 2, 4 nodes), the three runs alternating
+// their order from iteration to iteration, outputs checked equal. Counters:
+// none_tok_s (output tokens per wall second), x_always, x_adaptive (over
+// none), tpr_always (tokens per tree row), refed_always (accepted nodes fed
+// again), rows_adaptive (share of candidate rows the switch let draft).
 // Needs ../shared/models/tinystories-656k (else skipped).
 #include <benchmark/benchmark.h>
 
@@ -35,6 +44,7 @@
 #include <vector>
 
 #include "common/eagle_flags.hpp"
+#include "fastinfer/engine/engine.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
@@ -226,6 +236,100 @@ void BM_TreePass110M(benchmark::State& state, const std::string& weights) {
   state.counters["rows"] = n;
 }
 
+// One Engine run over `prompts` (greedy, kNewTokens each): wall seconds,
+// outputs in request order, metrics.
+struct EngineRun {
+  double seconds = 0;
+  std::vector<std::vector<std::int32_t>> outputs;
+  engine::EngineMetrics metrics;
+};
+EngineRun serve(Model& model, const engine::EngineConfig& cfg, const engine::RequestSpec& spec,
+                const std::vector<std::vector<std::int32_t>>& prompts) {
+  model.reset();
+  engine::Engine<> eng(model, cfg);
+  std::vector<sched::RequestId> ids;
+  const double t0 = eng.now();
+  for (const auto& p : prompts) {
+    sched::Request r;
+    r.prompt = p;
+    r.max_new_tokens = kNewTokens;
+    ids.push_back(eng.submit(r, spec));
+  }
+  eng.run();
+  EngineRun out;
+  out.seconds = eng.now() - t0;
+  for (sched::RequestId id : ids) out.outputs.push_back(eng.output(id));
+  out.metrics = eng.metrics();
+  return out;
+}
+
+void BM_EngineEagle110M(benchmark::State& state, const std::string& weights) {
+  const std::string model_dir = shared("models/tinystories-656k");
+  for (const std::string& f : {model_dir, head_file()})
+    if (!std::filesystem::exists(f)) {
+      state.SkipWithError(("missing " + f).c_str());
+      return;
+    }
+  const int requests = int(state.range(0));
+  LoadOptions o;
+  o.weight_dtype = parse_weight_dtype(weights);
+  o.threads = 2;
+  ModelOptions mo;
+  mo.threads = 2;
+  mo.max_batch = 512;
+  mo.kv.layout = KVLayoutKind::Paged;
+  mo.kv.block_size = 16;
+  mo.kv.max_sequences = std::max(requests, 1);
+  mo.kv.num_blocks = requests * ((64 + kNewTokens + 16) / 16 + 2);
+  Model model(load_model("inflate:" + model_dir + ":110M", o), mo);
+  const auto tok = HfBpeTokenizer::from_file(model_dir + "/tokenizer.json");
+  std::vector<std::vector<std::int32_t>> prompts;
+  for (int i = 0; i < requests; ++i)
+    prompts.push_back(tok.encode(kPrompts[std::size_t(i) % (sizeof(kPrompts) / sizeof(kPrompts[0]))], true));
+  engine::EngineConfig base;
+  base.scheduler.max_seqs = requests;
+  base.scheduler.max_tokens_per_step = 512;
+  engine::EngineConfig always = base, adaptive = base;
+  always.spec.policy = engine::SpecAlways{};
+  always.spec.eagle_head = examples::eagle_head_from_flag("pad:" + head_file(), model.config());
+  adaptive.spec = always.spec;
+  adaptive.spec.policy = engine::SpecAdaptive{};
+  engine::RequestSpec eagle;
+  eagle.drafter = engine::SpecDrafter::Eagle;
+  eagle.k = always.spec.eagle_tree.budget;
+  const engine::EngineConfig* cfgs[3] = {&base, &always, &adaptive};
+  const engine::RequestSpec specs[3] = {engine::RequestSpec{}, eagle, eagle};
+  double seconds[3] = {0, 0, 0};
+  engine::EngineMetrics last[3];
+  std::int64_t tokens = 0;
+  std::size_t turn = 0;
+  for (auto _ : state) {
+    std::vector<std::vector<std::int32_t>> outs[3];
+    for (std::size_t j = 0; j < 3; ++j) {
+      const std::size_t mode = (turn + j) % 3;
+      EngineRun r = serve(model, *cfgs[mode], specs[mode], prompts);
+      seconds[mode] += r.seconds;
+      last[mode] = r.metrics;
+      outs[mode] = std::move(r.outputs);
+    }
+    ++turn;
+    if (outs[1] != outs[0] || outs[2] != outs[0]) {
+      state.SkipWithError("EAGLE's greedy output in the engine differs from plain greedy output");
+      return;
+    }
+    for (const auto& o : outs[0]) tokens += std::int64_t(o.size());
+  }
+  state.counters["none_tok_s"] = seconds[0] > 0 ? double(tokens) / seconds[0] : 0.0;
+  state.counters["x_always"] = seconds[1] > 0 ? seconds[0] / seconds[1] : 0.0;
+  state.counters["x_adaptive"] = seconds[2] > 0 ? seconds[0] / seconds[2] : 0.0;
+  const engine::EngineMetrics& a = last[1];
+  state.counters["tpr_always"] = a.spec_rows ? double(a.spec_emitted) / double(a.spec_rows) : 0.0;
+  state.counters["refed_always"] = double(a.spec_refed);
+  const engine::EngineMetrics& d = last[2];
+  state.counters["rows_adaptive"] =
+      d.spec_candidates ? double(d.spec_candidates - d.spec_switched_off) / double(d.spec_candidates) : 0.0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -253,6 +357,11 @@ int main(int argc, char** argv) {
     auto* b = benchmark::RegisterBenchmark(("BM_TreePass110M/" + w).c_str(), BM_TreePass110M, w);
     for (int n : {1, 2, 4, 6, 8, 10, 12, 16, 24}) b->Arg(n);
     b->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.3);
+  }
+  for (const std::string w : {"bf16", "f32"}) {
+    auto* b = benchmark::RegisterBenchmark(("BM_EngineEagle110M/" + w).c_str(), BM_EngineEagle110M, w);
+    for (int n : {1, 2, 4, 16}) b->Arg(n);
+    b->ArgNames({"requests"})->Iterations(2)->UseRealTime()->Unit(benchmark::kSecond);
   }
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();

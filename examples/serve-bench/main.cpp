@@ -3,9 +3,10 @@
 // same model. Prints a table, or with --json one object
 // {"continuous": {...}, "static": {...}}.
 //
-// --spec prompt-lookup|draft makes every request speculate inside the
-// continuous batch (--spec-k drafts; --draft-model, default the target
-// itself, loaded with --draft-weights), switched per step by --spec-policy
+// --spec prompt-lookup|draft|eagle makes every request speculate inside the
+// continuous batch (--spec-k drafts, or tree nodes for eagle; --draft-model,
+// default the target itself, loaded with --draft-weights; --eagle-head
+// FILE|pad:FILE|random:SEED with --eagle-depth and --eagle-top-k), switched per step by --spec-policy
 // (adaptive: the engine's cost model; always; never; max-batch:N). The
 // static baseline never speculates.
 //
@@ -28,6 +29,7 @@
 #include "fastinfer/model/load_model.hpp"
 
 #include "common/cli.hpp"
+#include "common/eagle_flags.hpp"
 #include "common/scheduler_flags.hpp"
 #include "common/workload_flags.hpp"
 
@@ -77,6 +79,8 @@ int main(int argc, char** argv) {
   std::string preemption = "recompute";
   std::string spec_kind = "none", spec_policy = "adaptive", draft_model, draft_weights = "bf16";
   int spec_k = 4;
+  std::string eagle_head;
+  fastinfer::speculative::EagleTreeConfig eagle_tree;
   bool json = false, prefix_cache = false, no_static = false, samples = false;
   std::string kv_quant = "f32";
   fe::WorkloadConfig w;
@@ -116,8 +120,15 @@ int main(int argc, char** argv) {
   app.add_option("--static-batch", static_batch, "static baseline: batch size")->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_flag("--no-static", no_static, "skip the static baseline");
   app.add_option("--spec", spec_kind, "continuous: speculation per request")
-      ->check(CLI::IsMember({"none", "prompt-lookup", "draft"}))->capture_default_str();
-  app.add_option("--spec-k", spec_k, "drafts per speculating decode")->check(CLI::Range(1, 62))->capture_default_str();
+      ->check(CLI::IsMember({"none", "prompt-lookup", "draft", "eagle"}))->capture_default_str();
+  app.add_option("--spec-k", spec_k, "drafts per speculating decode (eagle: tree nodes)")
+      ->check(CLI::Range(1, 62))->capture_default_str();
+  auto* eagle_head_option =
+      app.add_option("--eagle-head", eagle_head, "--spec eagle: the head, FILE, pad:FILE or random:SEED");
+  auto* eagle_depth_option = app.add_option("--eagle-depth", eagle_tree.depth, "--spec eagle: tree levels")
+                                 ->check(CLI::Range(1, 64))->capture_default_str();
+  auto* eagle_top_k_option = app.add_option("--eagle-top-k", eagle_tree.top_k, "--spec eagle: children per expanded node")
+                                 ->check(CLI::Range(1, fastinfer::speculative::kMaxTreeChildren))->capture_default_str();
   auto* draft_model_option = app.add_option("--draft-model", draft_model, "draft model spec (default: the target's)");
   auto* draft_weights_option = app.add_option("--draft-weights", draft_weights, "draft model weight type")
       ->check(CLI::IsMember(fx::weight_choices()))->capture_default_str();
@@ -137,6 +148,10 @@ int main(int argc, char** argv) {
                     block_size, " is not a power of two");
     fx::refuse_unused(preemption != "swap", {swap_option}, "without --preemption swap");
     fx::refuse_unused(spec_kind != "draft", {draft_model_option, draft_weights_option}, "without --spec draft");
+    fx::refuse_unused(spec_kind != "eagle", {eagle_head_option, eagle_depth_option, eagle_top_k_option},
+                      "without --spec eagle");
+    FASTINFER_CHECK(spec_kind != "eagle" || !eagle_head.empty(), fastinfer::InvalidArgument,
+                    "--spec eagle needs --eagle-head FILE|pad:FILE|random:SEED");
     w.prompt = fx::parse_length_range(prompt_len);
     w.output = fx::parse_length_range(output_len);
     // 64-bit: each length may be up to 2^24, their sum times the requests more.
@@ -184,8 +199,13 @@ int main(int argc, char** argv) {
     ec.scheduler.preemption = fx::parse_preemption(preemption);
     ec.prefix_cache = prefix_cache;
     if (spec_kind != "none") {
-      ec.spec.defaults.drafter =
-          spec_kind == "draft" ? fe::SpecDrafter::DraftModel : fe::SpecDrafter::PromptLookup;
+      ec.spec.defaults.drafter = spec_kind == "draft"   ? fe::SpecDrafter::DraftModel
+                                 : spec_kind == "eagle" ? fe::SpecDrafter::Eagle
+                                                        : fe::SpecDrafter::PromptLookup;
+      if (spec_kind == "eagle") {
+        ec.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(eagle_head, model.config());
+        ec.spec.eagle_tree = eagle_tree;
+      }
       ec.spec.defaults.k = spec_k;
       if (spec_kind == "draft") {
         fastinfer::LoadOptions dl;
@@ -229,6 +249,7 @@ int main(int argc, char** argv) {
       sj["accepted"] = mc.spec_accepted;
       sj["acceptance"] = mc.acceptance_rate();
       sj["mean_accepted_per_spec_row"] = mc.mean_accepted_per_spec_row();
+      sj["refed"] = mc.spec_refed;
       sj["spec_steps"] = mc.spec_steps;
       sj["draft_s"] = mc.draft_seconds;
       sj["cost_model"] = {{"valid", mc.cost_model.valid},

@@ -60,6 +60,17 @@
 // a plain row. Stop ids, max_new_tokens and the context limit cut an accepted
 // run token by token in commit(), where plain decoding would stop.
 //
+// Token trees (SpecDrafter::Eagle; docs/speculative.md "EAGLE trees in the
+// Engine"): an EAGLE request's entry feeds [its unfed tokens | the tree's
+// nodes] in the same pass, its mask and positions those of tree_batch.hpp
+// (every other entry of that pass gets its causal block spelled out); the
+// request's SpeculativeVerifier walks the tree, and only the accepted nodes
+// already at their final KV slots (the tree's first chain) are kept: the
+// others are fed again, before the next tree, as unfed tokens of the next
+// entry (ContinuousBatcher::set_draft_tokens' max_unfed). The request's
+// EagleStream gets the target's feature of every row the engine computes
+// for it (prefill chunks, decodes, accepted nodes) and drafts from them.
+//
 // Logits: the forward pass returns only the rows someone reads
 // (LogitsRows::PerEntry): 1 + drafts for a speculating row, 1 for a row that
 // samples, none for a prefill chunk that does not end its prompt; the
@@ -95,6 +106,7 @@
 #include "fastinfer/prefix/radix_prefix_cache.hpp"
 #include "fastinfer/sched/continuous_batcher.hpp"
 #include "fastinfer/sched/radix_prefix_provider.hpp"
+#include "fastinfer/speculative/tree_batch.hpp"
 #include "fastinfer/transfer/kv_descriptor.hpp"
 
 namespace fastinfer::engine {
@@ -149,6 +161,7 @@ struct EngineMetrics : sched::MetricsSummary {
   std::int64_t spec_drafted = 0;     // drafts fed
   std::int64_t spec_accepted = 0;    // drafts kept
   std::int64_t spec_emitted = 0;     // tokens emitted by speculating rows
+  std::int64_t spec_refed = 0;       // accepted tree nodes off the tree's first chain, fed again next step
   StepCostModel cost_model{};        // the adaptive switch's last fit
   double mean_accepted_per_spec_row() const { return spec_rows > 0 ? double(spec_accepted) / double(spec_rows) : 0; }
   double acceptance_rate() const { return spec_drafted > 0 ? double(spec_accepted) / double(spec_drafted) : 0; }
@@ -190,6 +203,10 @@ class Engine {
       const LlamaConfig& dc = cfg_.spec.draft_weights->config;
       FASTINFER_CHECK(dc.vocab_size == vocab_, InvalidArgument, "Engine: the draft model's vocabulary (",
                       dc.vocab_size, " tokens) differs from the target's (", vocab_, ")");
+    }
+    if (cfg_.spec.eagle_head) {
+      cfg_.spec.eagle_head->check_compatible(model.config());
+      cfg_.spec.eagle_tree.validate();
     }
     validate_spec_(cfg_.spec.defaults);  // after max_tokens_per_step is capped
     // The draft model is set up with the engine, as the target was: its
@@ -433,17 +450,25 @@ class Engine {
       if (!any_spec_) return;
     }
     cand_ids_.clear();
+    cand_unfed_.clear();
     cands_.clear();
     for (auto& kv : live_) {
       if (!kv.second.spec || batcher_->status(kv.first) != sched::RequestStatus::Running) continue;
       const RequestId id = kv.first;
-      const std::int64_t unfed = std::int64_t(batcher_->request(id).prompt.size() + batcher_->output(id).size()) -
-                                 batcher_->computed_tokens(id);
-      if (unfed != 1) {
+      const std::int64_t len = std::int64_t(batcher_->request(id).prompt.size() + batcher_->output(id).size());
+      const std::int64_t unfed = len - batcher_->computed_tokens(id);
+      // A chain drafts after a decode; a tree also after the accepted nodes
+      // its last pass could not keep, once its stream holds every feature
+      // its head must read.
+      const speculative::EagleStream* stream = kv.second.spec->eagle();
+      const bool can = stream ? unfed >= 1 && unfed < cfg_.scheduler.max_tokens_per_step && stream->ready(len)
+                              : unfed == 1;
+      if (!can) {
         batcher_->set_draft_tokens(id, 0);
         continue;
       }
       cand_ids_.push_back(id);
+      cand_unfed_.push_back(std::int32_t(unfed));
       cands_.push_back(kv.second.spec->candidate());
       const Request& r = batcher_->request(id);
       const std::vector<TokenId>& out = batcher_->output(id);
@@ -466,7 +491,7 @@ class Engine {
         drafts_under_policy(cfg_.spec.policy, fit_.model(), double(last_plain_tokens_),
                             std::int64_t(batcher_->num_running()), sorted_, fit_.steps());
     for (std::size_t j = 0; j < order_.size(); ++j) {
-      batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j]);
+      batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j], cand_unfed_[order_[j]]);
       ++stats_.spec_candidates;
       if (k[j] == 0) ++stats_.spec_switched_off;
     }
@@ -495,12 +520,12 @@ class Engine {
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
       auto it = live_.find(e.id);
-      const speculative::DraftProposal& prop = drafts_[i];
+      const std::vector<TokenId>& drafts = trees_[i] ? trees_[i]->tokens : drafts_[i].tokens;
       feed_.assign(plan.tokens.begin() + plan.token_indptr[i], plan.tokens.begin() + plan.token_indptr[i + 1]);
-      feed_.insert(feed_.end(), prop.tokens.begin(), prop.tokens.end());
-      speculating = speculating || !prop.tokens.empty();
+      feed_.insert(feed_.end(), drafts.begin(), drafts.end());
+      speculating = speculating || !drafts.empty();
       batch_.add(e.id, feed_.data(), std::int32_t(feed_.size()), e.position);
-      batch_.logits_tail.push_back(e.samples ? 1 + std::int32_t(prop.tokens.size()) : 0);
+      batch_.logits_tail.push_back(e.samples ? 1 + std::int32_t(drafts.size()) : 0);
       capacity_.push_back(alloc.capacity(e.id));
       if (it != live_.end() && it->second.first_position < 0) it->second.first_position = e.position;
       stats_.forward_tokens += std::int64_t(feed_.size());
@@ -508,8 +533,11 @@ class Engine {
     // Only the rows that are read: a sampling entry's last real token and
     // its drafts; nothing for a prefill chunk that does not end its prompt.
     batch_.logits = LogitsRows::PerEntry;
+    if (any_tree_) tree_layout_(plan);
     if (speculating) ++stats_.spec_steps;
     logits_ = model_.forward(batch_);
+    features_ = any_stream_ ? model_.last_features() : nullptr;
+    observe_fed_rows_(plan);
     // Take back reservations beyond the step (NoEviction reserves a
     // request's whole life at admission) that the rollback returned.
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
@@ -526,15 +554,19 @@ class Engine {
   // engine's draft model for all that use it at once (batched_draft.hpp).
   void propose_(const sched::StepPlan& plan) {
     drafts_.resize(plan.entries.size());
+    trees_.assign(plan.entries.size(), nullptr);
     contexts_.resize(plan.entries.size());
     draft_jobs_.clear();
     step_model_drafts_ = 0;
+    any_tree_ = false;
+    any_stream_ = false;
     const double d0 = now_();
     bool drafted = false;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
       drafts_[i].clear();
       auto it = live_.find(e.id);
+      if (it != live_.end() && it->second.spec && it->second.spec->eagle()) any_stream_ = true;
       if (e.num_drafts <= 0 || it == live_.end() || !it->second.spec) continue;
       drafted = true;
       RequestSpeculation& sp = *it->second.spec;
@@ -543,7 +575,14 @@ class Engine {
       std::vector<TokenId>& context = contexts_[i];
       context.assign(r.prompt.begin(), r.prompt.end());
       context.insert(context.end(), out.begin(), out.end());
-      if (sp.uses_draft_model())
+      if (speculative::EagleStream* stream = sp.eagle()) {
+        const speculative::TokenTree& tree = stream->draft(model_.weights(), context.data(),
+                                                           std::int64_t(context.size()), e.num_drafts, model_.threads());
+        if (!tree.tokens.empty()) {
+          trees_[i] = &tree;
+          any_tree_ = true;
+        }
+      } else if (sp.uses_draft_model())
         draft_jobs_.push_back(
             {e.id, &context, e.num_drafts, std::uint64_t(out.size()), r.sampling, &drafts_[i]});
       else
@@ -561,7 +600,7 @@ class Engine {
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       auto it = live_.find(plan.entries[i].id);
       if (it != live_.end() && it->second.spec && it->second.spec->drafts_cost_passes())
-        step_model_drafts_ += std::int64_t(drafts_[i].tokens.size());
+        step_model_drafts_ += std::int64_t(trees_[i] ? trees_[i]->tokens.size() : drafts_[i].tokens.size());
     }
     if (drafted) stats_.draft_seconds += now_() - d0;
   }
@@ -597,6 +636,10 @@ class Engine {
       result_index_.push_back(e.sample_index);
       // The logits row of the entry's last real token; its drafts' rows follow.
       const float* row = logits_ + row0 * std::size_t(vocab_);
+      if (trees_[i]) {
+        verify_tree_row_(plan, i, row);
+        continue;
+      }
       const speculative::DraftProposal& prop = i < drafts_.size() ? drafts_[i] : empty_proposal_;
       if (!prop.tokens.empty()) {
         const int m = int(prop.tokens.size());
@@ -621,7 +664,7 @@ class Engine {
     plain_.rows.clear(), plain_.params.clear(), plain_.indices.clear();
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
-      if (!e.samples || (i < drafts_.size() && !drafts_[i].tokens.empty())) continue;
+      if (!e.samples || (i < drafts_.size() && (!drafts_[i].tokens.empty() || trees_[i]))) continue;
       plain_.rows.push_back(std::int32_t(first_row_[i]));
       plain_.params.push_back(batcher_->request(e.id).sampling);
       plain_.indices.push_back(std::uint64_t(e.sample_index));
@@ -629,6 +672,65 @@ class Engine {
     plain_.tokens.resize(plain_.rows.size());
     model_.sample_logits(plain_.rows.data(), std::int64_t(plain_.rows.size()), plain_.params.data(),
                          plain_.indices.data(), plain_.tokens.data());
+  }
+
+  // A pass with a token tree spells out every entry's positions and mask:
+  // a tree entry's as tree_batch.hpp lays them out (its unfed tokens
+  // causal, then the nodes), every other entry's causal block (its chain
+  // drafts, if any, are causal rows too).
+  void tree_layout_(const sched::StepPlan& plan) {
+    batch_.positions.resize(std::size_t(batch_.rows()));
+    std::size_t mask_bytes = 0;
+    for (std::int32_t b = 0; b < batch_.batch(); ++b) mask_bytes += std::size_t(batch_.count(b)) * std::size_t(batch_.count(b));
+    batch_.mask.assign(mask_bytes, 0);
+    std::size_t at = 0;
+    for (std::size_t i = 0; i < plan.entries.size(); ++i) {
+      const std::int32_t n = batch_.count(std::int32_t(i));
+      const bool tree = trees_[i] != nullptr;
+      const speculative::TokenTree& t = tree ? *trees_[i] : no_tree_;
+      tree_depth_ = speculative::tree_depths(t);
+      speculative::tree_entry_layout(plan.entries[i].position, tree ? plan.entries[i].num_tokens : n, t, tree_depth_,
+                                     batch_.positions.data() + batch_.qo_indptr[i], batch_.mask.data() + at, n);
+      at += std::size_t(n) * std::size_t(n);
+    }
+  }
+
+  // Every EAGLE request's fed tokens were computed with their true context:
+  // their features go to its stream (prefill chunks, decodes, the unfed
+  // tokens before a tree; a tree's nodes are known only after verification).
+  void observe_fed_rows_(const sched::StepPlan& plan) {
+    if (!features_) return;
+    const std::size_t dim = std::size_t(model_.config().dim);
+    for (std::size_t i = 0; i < plan.entries.size(); ++i) {
+      const sched::PlanEntry& e = plan.entries[i];
+      auto it = live_.find(e.id);
+      if (it == live_.end() || !it->second.spec || !it->second.spec->eagle()) continue;
+      it->second.spec->eagle()->observe(e.position, features_ + std::size_t(batch_.qo_indptr[i]) * dim, e.num_tokens);
+    }
+  }
+
+  // Verifies entry i's tree against its rows (row: the root's, the last
+  // unfed token's), emits the accepted path and the target's token, keeps
+  // the KV of the nodes already at their final slots and hands the accepted
+  // nodes' features to the request's stream.
+  void verify_tree_row_(const sched::StepPlan& plan, std::size_t i, const float* row) {
+    const sched::PlanEntry& e = plan.entries[i];
+    RequestSpeculation& sp = *live_.at(e.id).spec;
+    const speculative::TokenTree& tree = *trees_[i];
+    const speculative::VerifyOutcome v = sp.verify_tree(row, tree, std::uint64_t(e.sample_index));
+    const int kept = speculative::kept_in_place(v.path);
+    result_.add(e.id, v.tokens.data(), v.tokens.size(), kept);
+    const std::size_t dim = std::size_t(model_.config().dim);
+    const std::int64_t first_node_row = std::int64_t(batch_.qo_indptr[i]) + e.num_tokens;
+    for (std::size_t j = 0; j < v.path.size(); ++j) {
+      const float* f = features_ + std::size_t(first_node_row + v.path[j]) * dim;
+      sp.eagle()->observe(e.position + e.num_tokens + std::int64_t(j), f, 1);
+    }
+    ++stats_.spec_rows;
+    stats_.spec_drafted += tree.size();
+    stats_.spec_accepted += v.accepted;
+    stats_.spec_emitted += std::int64_t(v.tokens.size());
+    stats_.spec_refed += v.accepted - kept;
   }
 
   // Inserts the full blocks of every prompt (or recompute) whose prefill
@@ -713,6 +815,14 @@ class Engine {
   std::vector<typename BatchedDraftModel<Backend>::Job> draft_jobs_;
   std::unique_ptr<BatchedDraftModel<Backend>> draft_;  // SpecDrafter::DraftModel's, built on first use
   std::vector<RequestId> cand_ids_;
+  std::vector<std::int32_t> cand_unfed_;  // per candidate: its unfed tokens (the batcher's max_unfed)
+  // Token trees: per plan entry the EAGLE tree it feeds (null: none; owned
+  // by the request's EagleStream until its next draft).
+  std::vector<const speculative::TokenTree*> trees_;
+  bool any_tree_ = false, any_stream_ = false;
+  const float* features_ = nullptr;  // the last pass's features (when an EAGLE request rode in it)
+  speculative::TokenTree no_tree_;
+  std::vector<int> tree_depth_;
   std::vector<SpecCandidate> cands_, sorted_;
   std::vector<std::size_t> order_;
 };

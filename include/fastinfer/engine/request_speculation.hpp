@@ -23,6 +23,9 @@
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/sched/request.hpp"
 #include "fastinfer/speculative/drafter.hpp"
+#include "fastinfer/speculative/eagle_head.hpp"
+#include "fastinfer/speculative/eagle_stream.hpp"
+#include "fastinfer/speculative/eagle_tree.hpp"
 #include "fastinfer/speculative/early_exit_drafter.hpp"
 #include "fastinfer/speculative/prompt_lookup.hpp"
 #include "fastinfer/speculative/speculative_verifier.hpp"
@@ -43,6 +46,12 @@ struct SpecConfig {
   int draft_threads = 1;
   int draft_max_batch = 512;  // rows of one draft pass (a longer catch-up is chunked)
   int draft_max_sequences = 0;
+  // EAGLE (SpecDrafter::Eagle): the feature head every such request drafts
+  // with (each request holds a copy: the weights are shared, the head's rows
+  // are its own) and the trees' depth and top_k; a request's k is its tree's
+  // node budget. The head must read the target's features (dim, vocabulary).
+  std::optional<speculative::EagleHead> eagle_head;
+  speculative::EagleTreeConfig eagle_tree{};
   // How a sampled (temperature > 0) speculating row verifies its drafts.
   // Coupled: the tokens are plain sampling's, whatever the drafts (a
   // request's tokens do not depend on its batch). Exact: Leviathan rejection
@@ -56,18 +65,24 @@ inline void require_draft_weights(const SpecConfig& cfg) {
   FASTINFER_CHECK(cfg.draft_weights.has_value(), InvalidArgument,
                   "a request asks for a draft model but EngineConfig::spec.draft_weights is empty");
 }
+inline void require_eagle_head(const SpecConfig& cfg) {
+  FASTINFER_CHECK(cfg.eagle_head.has_value() && !cfg.eagle_head->empty(), InvalidArgument,
+                  "a request asks for EAGLE but EngineConfig::spec.eagle_head is empty");
+}
 }  // namespace detail
 
 // Refuses a RequestSpec the engine cannot serve, naming the bad value: k
 // outside [1, max_tokens_per_step - 1] (one step feeds 1 + k tokens), a draft
-// model without SpecConfig::draft_weights, an exit layer outside the model,
-// bad n-gram sizes. A plain (SpecDrafter::None) spec is always fine.
+// model without SpecConfig::draft_weights, EAGLE without
+// SpecConfig::eagle_head, an exit layer outside the model, bad n-gram sizes.
+// A plain (SpecDrafter::None) spec is always fine.
 inline void validate_request_spec(const RequestSpec& s, const SpecConfig& cfg, int max_tokens_per_step,
                                   int n_layers) {
   if (s.drafter == SpecDrafter::None) return;
   FASTINFER_CHECK(s.k >= 1 && s.k < max_tokens_per_step, InvalidArgument, "speculation k must be in [1, ",
                   max_tokens_per_step - 1, "] (one step feeds 1 + k tokens), got ", s.k);
   if (s.drafter == SpecDrafter::DraftModel) detail::require_draft_weights(cfg);
+  if (s.drafter == SpecDrafter::Eagle) detail::require_eagle_head(cfg);
   if (s.drafter == SpecDrafter::EarlyExit)
     FASTINFER_CHECK(s.exit_layer >= 0 && s.exit_layer <= n_layers, InvalidArgument, "early-exit layer ",
                     s.exit_layer, " is outside [0, ", n_layers, "] (0: half the layers)");
@@ -95,6 +110,9 @@ class RequestSpeculation {
     } else if (spec.drafter == SpecDrafter::EarlyExit) {
       drafter_ = std::make_unique<speculative::EarlyExitDrafter<LlamaModel<Backend>>>(
           target, spec.exit_layer, sampling, cfg.sampled_rule, seq);
+    } else if (spec.drafter == SpecDrafter::Eagle) {
+      detail::require_eagle_head(cfg);
+      eagle_ = std::make_unique<speculative::EagleStream>(*cfg.eagle_head, cfg.eagle_tree);
     } else {
       // The draft model is the engine's, shared by every request
       // (batched_draft.hpp): no drafter of its own.
@@ -108,10 +126,13 @@ class RequestSpeculation {
   bool uses_draft_model() const { return spec_.drafter == SpecDrafter::DraftModel; }
   // Whether its drafts cost forward passes (the step-cost fit's per-draft
   // price: an early-exit draft costs exit_layer / n_layers of a token, a
-  // draft model's its own share; the fit learns one price for whichever runs).
-  bool drafts_cost_passes() const {
-    return spec_.drafter == SpecDrafter::DraftModel || spec_.drafter == SpecDrafter::EarlyExit;
-  }
+  // draft model's its own share, an EAGLE node its share of the head's
+  // levels; the fit learns one price for whichever runs).
+  bool drafts_cost_passes() const { return spec_.drafter != SpecDrafter::PromptLookup; }
+  // EAGLE: the request's feature stream (the engine feeds it every computed
+  // row's feature and asks it for trees); null for chain drafters.
+  speculative::EagleStream* eagle() { return eagle_.get(); }
+  const speculative::EagleStream* eagle() const { return eagle_.get(); }
 
   // What the policy weighs for it this step: at most max_k drafts.
   SpecCandidate candidate() const {
@@ -125,7 +146,7 @@ class RequestSpeculation {
   void propose(const std::vector<sched::TokenId>& context, int max_drafts, std::uint64_t index,
                speculative::DraftProposal& out, sched::RequestId id) {
     FASTINFER_CHECK(drafter_ != nullptr, Error, "Engine: request ", id,
-                    " drafts with the engine's draft model, not a drafter of its own (bug)");
+                    " drafts with the engine's draft model or a tree, not a chain drafter of its own (bug)");
     drafter_->propose(context, max_drafts, index, out);
     if (int(out.tokens.size()) > max_drafts) out.tokens.resize(std::size_t(max_drafts));
     for (std::int32_t t : out.tokens)
@@ -147,6 +168,18 @@ class RequestSpeculation {
     return v;
   }
 
+  // The tree form: rows[0] the root's row (the last unfed token), then one
+  // per node. The acceptance history is kept by node count (a request's k
+  // is its node budget): E(k) reads as tokens per step with k nodes.
+  speculative::VerifyOutcome verify_tree(const float* rows, const speculative::TokenTree& tree, std::uint64_t index) {
+    speculative::VerifyOutcome v = verifier_->verify_tree(rows, tree, nullptr, index);
+    acceptance_.update(tree.size(), v.accepted);
+    ++rows_;
+    drafted_ += tree.size();
+    accepted_ += v.accepted;
+    return v;
+  }
+
   // Decode rows that fed drafts, drafts fed, drafts kept; the policy's
   // per-draft acceptance estimate.
   std::int64_t rows() const { return rows_; }
@@ -158,6 +191,7 @@ class RequestSpeculation {
   RequestSpec spec_;
   int vocab_;
   std::unique_ptr<speculative::Drafter> drafter_;
+  std::unique_ptr<speculative::EagleStream> eagle_;
   std::unique_ptr<speculative::SpeculativeVerifier> verifier_;
   AcceptanceEstimate acceptance_;
   std::int64_t rows_ = 0, drafted_ = 0, accepted_ = 0;

@@ -30,6 +30,11 @@
 //    slots, with the blocks they took, go back to the pool (truncate: a block
 //    shared with the prefix cache is never among them, since reserve() made
 //    the sequence's partial last block its own before the step wrote it).
+//    A token-tree drafter keeps only the accepted nodes already at their
+//    final slots, so its next entry may feed several unfed tokens (accepted
+//    nodes off the tree's first chain, then the target's token): with
+//    set_draft_tokens(id, k, max_unfed) such an entry still gets draft slots
+//    when all of its at most max_unfed tokens are scheduled in the step.
 //  - Starvation-freedom: the first live request in service order is
 //    scheduled in every step and never preempted, so it finishes within
 //    prompt + 2 * max_new_tokens steps (its re-prefill after recompute plus
@@ -221,14 +226,16 @@ class ContinuousBatcher {
   }
 
   // Asks for up to k draft slots after each of the request's decodes from
-  // the next schedule() on (0: none). UsageError for an unknown id,
-  // InvalidArgument for k < 0.
-  void set_draft_tokens(RequestId id, std::int32_t k) {
+  // the next schedule() on (0: none): after an entry that feeds all of its
+  // unfed tokens when they are at most max_unfed (1: a plain decode).
+  // UsageError for an unknown id, InvalidArgument for k < 0 or max_unfed < 1.
+  void set_draft_tokens(RequestId id, std::int32_t k, std::int32_t max_unfed = 1) {
     Entry* e = find(id);
     FASTINFER_CHECK(e != nullptr, UsageError, "ContinuousBatcher::set_draft_tokens: unknown request ", id);
-    FASTINFER_CHECK(k >= 0, InvalidArgument, "ContinuousBatcher::set_draft_tokens: request ", id,
-                    ": draft count must be >= 0, got ", k);
+    FASTINFER_CHECK(k >= 0 && max_unfed >= 1, InvalidArgument, "ContinuousBatcher::set_draft_tokens: request ", id,
+                    ": draft count must be >= 0 and max_unfed >= 1, got ", k, " and ", max_unfed);
     e->draft_want = k;
+    e->draft_max_unfed = max_unfed;
   }
   std::int32_t draft_tokens(RequestId id) const { return get(id, "draft_tokens").draft_want; }
 
@@ -412,6 +419,7 @@ class ContinuousBatcher {
     bool row_seen = false;
     bool cancel_pending = false;
     std::int32_t draft_want = 0;  // draft slots asked for after each decode
+    std::int32_t draft_max_unfed = 1;  // ... after an entry feeding at most this many (all its unfed tokens)
     RequestTiming timing;
     // Service-order key, refreshed every step.
     int k_group = 0;
@@ -516,24 +524,25 @@ class ContinuousBatcher {
     if (n <= 0) return;
     const RequestId id = e->req.id;
     if (!make_room(e, i, [&] { return alloc_.blocks_to_append(id, n); })) return;
-    const std::int64_t d = want == 1 ? drafts_for(*e) : 0;
+    const std::int64_t d = n == want && want <= e->draft_max_unfed ? drafts_for(*e, n) : 0;
     const bool ok = alloc_.reserve(id, n + d, &plan_.copies);
     FASTINFER_CHECK(ok, Error, "ContinuousBatcher: reservation failed after making room (bug)");
     alloc_.append(id, n + d);
     add_entry(e, n, d);
   }
 
-  // Draft slots for a decode of `e` (its one token already has room): as
-  // many of the asked ones as leave a budget token and a free block for every
-  // later running decode plus the watermark, and room in max_new_tokens and
-  // the context for the target's token after the last draft.
-  std::int64_t drafts_for(const Entry& e) const {
+  // Draft slots after an entry of `e` feeding its n unfed tokens (they
+  // already have room): as many of the asked ones as leave a budget token
+  // and a free block for every later running decode plus the watermark, and
+  // room in max_new_tokens and the context for the target's token after the
+  // last draft.
+  std::int64_t drafts_for(const Entry& e, std::int64_t n) const {
     if (e.draft_want <= 0) return 0;
     std::int64_t d = std::min<std::int64_t>(
         {std::int64_t(e.draft_want), std::int64_t(e.req.max_new_tokens) - std::int64_t(e.output.size()) - 1,
-         cfg_.max_context - std::int64_t(e.tokens.size()) - 1, budget_ - 1 - decodes_left_});
+         cfg_.max_context - std::int64_t(e.tokens.size()) - 1, budget_ - n - decodes_left_});
     const std::int64_t spare = alloc_.num_free_blocks() - cfg_.watermark_blocks - decodes_left_;
-    while (d > 0 && alloc_.blocks_to_append(e.req.id, 1 + d) > spare) --d;
+    while (d > 0 && alloc_.blocks_to_append(e.req.id, n + d) > spare) --d;
     return std::max<std::int64_t>(d, 0);
   }
 

@@ -29,6 +29,10 @@
 // bytes is a visibly cheaper step, and the values are exactly the file's.
 // A device backend would need the head's weights uploaded (not done).
 //
+// Copies share the weights (copy-on-write: a write through tensor(),
+// set_weight_dtype() or set_input_norms() first clones them) and own their
+// KV rows: a head per sequence costs its rows, not another layer.
+//
 // File format (little-endian), version 1:
 //   offset  0  char[8]  magic "FIEAGLEH"
 //           8  u32      version (1)
@@ -81,6 +85,7 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -155,12 +160,15 @@ class EagleHead {
       offset_[std::size_t(t)] = off;
       off += std::size_t(rows(t)) * std::size_t(cols(t));
     }
-    data_.assign(off, 0.0f);
+    own_weights_().f32.assign(off, 0.0f);
   }
 
   const EagleHeadShape& shape() const { return s_; }
   int dim() const { return s_.dim; }
-  bool empty() const { return data_.empty(); }
+  bool empty() const { return !w_ || w_->f32.empty(); }
+  // Whether this head and `other` read the same weights (copies share them
+  // until one is written).
+  bool shares_weights_with(const EagleHead& other) const { return w_ == other.w_; }
 
   // Rows and columns of tensor t (norms and the bias are one row).
   std::int64_t rows(int t) const {
@@ -183,12 +191,15 @@ class EagleHead {
   // The f32 master copy of tensor t (what save() writes and tests read).
   // Writes through tensor() reach the products only while weight_dtype() is
   // F32: set the dtype after the last write.
-  float* tensor(int t) { return data_.data() + offset_[std::size_t(check_tensor_(t))]; }
-  const float* tensor(int t) const { return data_.data() + offset_[std::size_t(check_tensor_(t))]; }
+  float* tensor(int t) {
+    const std::size_t at = offset_[std::size_t(check_tensor_(t))];
+    return own_weights_().f32.data() + at;
+  }
+  const float* tensor(int t) const { return w_->f32.data() + offset_[std::size_t(check_tensor_(t))]; }
   // Tensor t as the products read it: the f32 master, or its f16 copy.
   MatrixView matrix(int t) const {
-    if (half_.empty()) return MatrixView{DType::F32, tensor(t), rows(t), cols(t)};
-    return MatrixView{DType::F16, half_.data() + offset_[std::size_t(check_tensor_(t))], rows(t), cols(t)};
+    if (w_->f16.empty()) return MatrixView{DType::F32, tensor(t), rows(t), cols(t)};
+    return MatrixView{DType::F16, w_->f16.data() + offset_[std::size_t(check_tensor_(t))], rows(t), cols(t)};
   }
 
   // The dtype the head's matrices are read in: F32, or F16. A head loaded
@@ -196,27 +207,30 @@ class EagleHead {
   // exactly the file's, and every draft level streams the layer's weights,
   // so half the bytes is a cheaper draft at no loss against the file.
   // Products still accumulate in f32.
-  DType weight_dtype() const { return half_.empty() ? DType::F32 : DType::F16; }
+  DType weight_dtype() const { return w_->f16.empty() ? DType::F32 : DType::F16; }
   void set_weight_dtype(DType dtype) {
     FASTINFER_CHECK(dtype == DType::F32 || dtype == DType::F16, InvalidArgument,
                     "an EAGLE head computes in f32 or f16, not ", dtype_name(dtype));
-    half_.clear();
+    Weights& w = own_weights_();
+    w.f16.clear();
     if (dtype == DType::F32) return;
-    half_.resize(data_.size());
-    for (std::size_t i = 0; i < data_.size(); ++i) half_[i] = f32_to_f16(data_[i]);
+    w.f16.resize(w.f32.size());
+    for (std::size_t i = 0; i < w.f32.size(); ++i) w.f16[i] = f32_to_f16(w.f32[i]);
   }
 
   // The input norms (see the file comment): enorm for the embedding half,
   // hnorm for the feature half, [dim] each; has_input_norms() after.
   void set_input_norms(const float* enorm, const float* hnorm) {
     FASTINFER_CHECK(!empty(), InvalidArgument, "cannot give an empty EAGLE head input norms");
-    input_norms_.assign(enorm, enorm + s_.dim);
-    input_norms_.insert(input_norms_.end(), hnorm, hnorm + s_.dim);
+    Weights& w = own_weights_();
+    w.input_norms.assign(enorm, enorm + s_.dim);
+    w.input_norms.insert(w.input_norms.end(), hnorm, hnorm + s_.dim);
   }
-  bool has_input_norms() const { return !input_norms_.empty(); }
+  bool has_input_norms() const { return !w_->input_norms.empty(); }
   // 0: enorm, 1: hnorm (null without input norms).
   const float* input_norm(int which) const {
-    return input_norms_.empty() ? nullptr : input_norms_.data() + std::size_t(which != 0) * std::size_t(s_.dim);
+    return w_->input_norms.empty() ? nullptr
+                                   : w_->input_norms.data() + std::size_t(which != 0) * std::size_t(s_.dim);
   }
 
   // The head must read this model's features and embeddings.
@@ -327,7 +341,7 @@ class EagleHead {
                              shape_only.rows(t), shape_only.cols(t), expected, dtype);
     check_file_size(path, file->size(), expected);
     EagleHead head(s);
-    head.read_weights(path, file->at(kHeaderBytes, head.data_.size() * (dtype == kDTypeF32 ? 4 : 2), "EAGLE head weights"),
+    head.read_weights(path, file->at(kHeaderBytes, head.values() * (dtype == kDTypeF32 ? 4 : 2), "EAGLE head weights"),
                       dtype);
     return head;
   }
@@ -342,7 +356,7 @@ class EagleHead {
     return h;
   }
   // Floats in the head's tensors (all 11, in table order).
-  std::size_t values() const { return data_.size(); }
+  std::size_t values() const { return w_->f32.size(); }
 
   // Header bytes 8..51, common to FIEAGLEH and FIMTPHDS: the version, the
   // shape, the dtype (into `dtype`), the flags, eps and theta; each checked
@@ -407,7 +421,7 @@ class EagleHead {
   // by dtype; size already checked); non-finite values are refused. An f16
   // head then computes in f16.
   void read_weights(const std::string& path, const std::uint8_t* p, std::uint32_t dtype) {
-    read_values(p, dtype, data_.size(), data_.data());
+    read_values(p, dtype, values(), own_weights_().f32.data());
     for (int t = 0; t < kTensorCount; ++t)
       for (std::int64_t i = 0; i < rows(t) * cols(t); ++i)
         FASTINFER_CHECK(std::isfinite(tensor(t)[i]), FormatError, path, ": non-finite value ", tensor(t)[i],
@@ -458,7 +472,7 @@ class EagleHead {
     return off + std::uint64_t(rows * cols) * (f16 ? 2 : 4);
   }
   // The tensors in table order, appended to out.
-  void append_weights(std::vector<char>& out, bool f16) const { append_values(out, data_.data(), data_.size(), f16); }
+  void append_weights(std::vector<char>& out, bool f16) const { append_values(out, w_->f32.data(), values(), f16); }
   static void append_values(std::vector<char>& out, const float* x, std::size_t n, bool f16) {
     std::size_t at = out.size();
     out.resize(at + n * (f16 ? 2 : 4));
@@ -698,9 +712,20 @@ class EagleHead {
 
   EagleHeadShape s_{};
   std::array<std::size_t, kTensorCount> offset_{};
-  std::vector<float> data_;
-  std::vector<std::uint16_t> half_;  // data_ in f16 when the head computes in f16 (same offsets)
-  std::vector<float> input_norms_;   // [2][dim] enorm, hnorm, or empty (no input norms)
+  // The weights, shared by copies of the head (an Engine gives every
+  // request a copy: its own KV rows, one set of weights); written only
+  // through own_weights_(), which first clones them if another head reads them.
+  struct Weights {
+    std::vector<float> f32;
+    std::vector<std::uint16_t> f16;  // f32 in f16 when the head computes in f16 (same offsets)
+    std::vector<float> input_norms;  // [2][dim] enorm, hnorm, or empty (no input norms)
+  };
+  Weights& own_weights_() {
+    if (!w_) w_ = std::make_shared<Weights>();
+    else if (w_.use_count() > 1) w_ = std::make_shared<Weights>(*w_);
+    return *w_;
+  }
+  std::shared_ptr<Weights> w_ = std::make_shared<Weights>();
   // KV: committed rows by position, tree rows by row index.
   int committed_ = 0;
   std::vector<float> kv_k_, kv_v_, tree_k_, tree_v_;

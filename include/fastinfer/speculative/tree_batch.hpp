@@ -96,6 +96,29 @@ inline int kept_in_place(const std::vector<int>& path) {
   return n;
 }
 
+// One entry's rows [pending tokens | tree nodes | later rows] as a
+// ForwardBatch describes them (a tree entry inside a ragged batch: the
+// Engine's): writes the RoPE positions of the pending tokens and the nodes
+// (positions[0 .. n_pending + tree.size())) and, in the entry's row-major
+// mask block of side `side` (>= n_pending + tree.size(), zeroed by the
+// caller), that every row sees the pending tokens up to its own and a node
+// its ancestors and itself. Later rows (extras) get only the pending
+// columns. An empty tree is a causal entry. depth: tree_depths(tree).
+inline void tree_entry_layout(std::int64_t start, int n_pending, const TokenTree& tree, const std::vector<int>& depth,
+                              std::int64_t* positions, std::uint8_t* mask, int side) {
+  const int t = tree.size();
+  FASTINFER_CHECK(n_pending >= 1 && side >= n_pending + t && int(depth.size()) == t, InvalidArgument,
+                  "tree layout: ", n_pending, " pending tokens and ", t, " nodes in a block of side ", side);
+  const std::int64_t root = start + n_pending - 1;
+  for (int i = 0; i < n_pending; ++i) positions[i] = start + i;
+  for (int i = 0; i < t; ++i) positions[n_pending + i] = root + depth[std::size_t(i)];
+  auto m = [&](int r, int c) -> std::uint8_t& { return mask[std::size_t(r) * std::size_t(side) + std::size_t(c)]; };
+  for (int r = 0; r < side; ++r)
+    for (int c = 0; c < std::min(r + 1, n_pending); ++c) m(r, c) = 1;
+  for (int i = 0; i < t; ++i)
+    for (int a = i; a >= 0; a = tree.parent[std::size_t(a)]) m(n_pending + i, n_pending + a) = 1;
+}
+
 // Fills `batch` for one sequence. extra_mask is [n_extra_full][n_extra_full]
 // row-major with n_extra_full = extra_stride; only its top-left
 // n_extra x n_extra block is used, so a prefix of the extras may be fed
@@ -116,19 +139,15 @@ inline void build_tree_batch(ForwardBatch& batch, SeqId seq, const std::int32_t*
   batch.qo_indptr.back() = std::int32_t(batch.tokens.size());
   batch.logits = LogitsRows::All;
   const std::int64_t root = start + n_pending - 1;
-  for (int i = 0; i < n_pending; ++i) batch.positions.push_back(start + i);
-  for (int i = 0; i < t; ++i) batch.positions.push_back(root + depth[std::size_t(i)]);
+  batch.positions.resize(std::size_t(n));
+  batch.mask.assign(std::size_t(n) * std::size_t(n), 0);
+  tree_entry_layout(start, n_pending, tree, depth, batch.positions.data(), batch.mask.data(), n);
   for (int e = 0; e < n_extra; ++e) {
     FASTINFER_CHECK(extra_depth[e] >= 1, InvalidArgument, "extra token ", e, " has depth ", extra_depth[e],
                     " (must be >= 1: it comes after the root)");
-    batch.positions.push_back(root + extra_depth[e]);
+    batch.positions[std::size_t(n_pending + t + e)] = root + extra_depth[e];
   }
-  batch.mask.assign(std::size_t(n) * std::size_t(n), 0);
   auto m = [&](int r, int c) -> std::uint8_t& { return batch.mask[std::size_t(r) * std::size_t(n) + std::size_t(c)]; };
-  for (int r = 0; r < n; ++r)
-    for (int c = 0; c < std::min(r + 1, n_pending); ++c) m(r, c) = 1;
-  for (int i = 0; i < t; ++i)
-    for (int a = i; a >= 0; a = tree.parent[std::size_t(a)]) m(n_pending + i, n_pending + a) = 1;
   const int x0 = n_pending + t;
   for (int e = 0; e < n_extra; ++e)
     for (int f = 0; f < n_extra; ++f)

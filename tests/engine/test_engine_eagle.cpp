@@ -1,0 +1,306 @@
+// EAGLE token trees inside continuous batching (engine.hpp,
+// request_speculation.hpp, speculative/eagle_stream.hpp).
+//
+// Greedy: every request's output, in mixed workloads beside plain rows
+// (golden prompts, repetitive and random prompts sharing prefixes; chunked
+// prefill with a small budget, a pool small enough to preempt by recompute
+// with the prefix cache, and by swap), equals its greedy output through the
+// model's single-sequence verbs, token for token, at node budgets 1, 4 and
+// 8; accepted nodes off the tree's first chain are fed again (spec_refed),
+// and the pool ends whole. With the committed trained head on
+// tinystories-656k, the engine's tokens per tree row match the batch-1 loop's
+// (eagle_generate) on the same prompts: the head reads the right features.
+// Sampled (coupled rule): a request's tokens equal its plain sampled tokens.
+// Bad settings are refused by name.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/eagle_flags.hpp"
+#include "engine_harness.hpp"
+#include "fastinfer/engine/engine.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/speculative/eagle_generate.hpp"
+#include "golden.hpp"
+#include "shared_dir.hpp"
+
+namespace fe = fastinfer::engine;
+namespace fs = fastinfer::sched;
+namespace sp = fastinfer::speculative;
+using fastinfer::LlamaModel;
+
+namespace {
+
+using fastinfer::testing::make_request;
+using fastinfer::testing::paged_options;
+using fastinfer::testing::solo_greedy;
+
+// Golden prompts, repetitive prompts and random ones sharing prefixes.
+std::vector<fs::Request> workload(const std::filesystem::path& cases_dir, int n_random, std::uint32_t seed,
+                                  int vocab) {
+  std::mt19937 rng(seed);
+  std::vector<fs::Request> all;
+  for (const auto& gc : fastinfer::testing::read_golden_cases(cases_dir))
+    all.push_back(make_request(gc.prompt, std::min(gc.max_new_tokens, 60), {}));
+  auto token = [&] { return std::uniform_int_distribution<int>(3, vocab - 1)(rng); };
+  std::vector<std::int32_t> shared{1};
+  for (int i = 0; i < 24; ++i) shared.push_back(token());
+  for (int i = 0; i < n_random; ++i) {
+    std::vector<std::int32_t> prompt{1};
+    if (i % 3 == 0) {
+      std::vector<std::int32_t> pat;
+      for (int k = 0; k < 4; ++k) pat.push_back(token());
+      for (int rep = 0; rep < 5; ++rep) prompt.insert(prompt.end(), pat.begin(), pat.end());
+    } else {
+      if (i % 3 == 1) prompt = shared;
+      const int extra = std::uniform_int_distribution<int>(1, 20)(rng);
+      for (int k = 0; k < extra; ++k) prompt.push_back(token());
+    }
+    all.push_back(make_request(prompt, std::uniform_int_distribution<int>(1, 40)(rng), {}));
+  }
+  std::shuffle(all.begin(), all.end(), rng);
+  return all;
+}
+
+struct RunOut {
+  std::vector<std::vector<std::int32_t>> outputs;
+  fe::EngineMetrics metrics;
+};
+
+RunOut run_engine(LlamaModel<>& model, const fe::EngineConfig& cfg, const std::vector<fs::Request>& reqs,
+                  const std::vector<fe::RequestSpec>& specs) {
+  fe::Engine<> engine(model, cfg);
+  std::vector<fs::RequestId> ids;
+  std::map<fs::RequestId, std::vector<std::int32_t>> streamed;
+  for (std::size_t i = 0; i < reqs.size(); ++i)
+    ids.push_back(engine.submit(reqs[i], specs[i % specs.size()],
+                                [&](fs::RequestId id, std::int32_t t) { streamed[id].push_back(t); }));
+  while (engine.step()) {
+    engine.batcher().check_invariants();
+    model.kv().allocator().check_invariants();
+    if (engine.prefix_cache()) engine.prefix_cache()->check_invariants();
+  }
+  RunOut out;
+  for (fs::RequestId id : ids) {
+    REQUIRE(engine.status(id) == fs::RequestStatus::Finished);
+    CHECK(streamed[id] == engine.output(id));
+    out.outputs.push_back(engine.output(id));
+  }
+  out.metrics = engine.metrics();
+  engine.clear_prefix_cache();
+  CHECK(model.kv().allocator().num_free_blocks() == model.kv().allocator().num_blocks());
+  return out;
+}
+
+struct Variant {
+  const char* name;
+  int pool;
+  fe::EngineConfig cfg;
+};
+
+std::vector<Variant> variants() {
+  std::vector<Variant> v;
+  v.push_back({"roomy pool", 0, {}});
+  {
+    Variant c{"chunked prefill, small budget", 0, {}};
+    c.cfg.scheduler.max_tokens_per_step = 24;
+    c.cfg.scheduler.max_prefill_chunk = 7;
+    v.push_back(c);
+  }
+  {
+    Variant c{"small pool: preemption by recompute, prefix cache", 40, {}};
+    c.cfg.scheduler.max_tokens_per_step = 48;
+    c.cfg.prefix_cache = true;
+    v.push_back(c);
+  }
+  {
+    Variant c{"small pool: preemption by swap", 40, {}};
+    c.cfg.scheduler.max_tokens_per_step = 48;
+    c.cfg.scheduler.preemption = fs::Swap{};
+    c.cfg.scheduler.swap_blocks = 128;
+    v.push_back(c);
+  }
+  return v;
+}
+
+// Greedy EAGLE at node budgets 1, 4, 8 over the four variants (budget 4 in
+// every one, 1 and 8 in two each); returns the accepted nodes re-fed.
+std::int64_t check_greedy(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
+                          const std::string& head_spec, int n_random) {
+  LlamaModel<> solo(fastinfer::load_model(model_path.string()), paged_options(0, 1));
+  const std::vector<fs::Request> reqs = workload(cases_dir, n_random, 11, solo.config().vocab_size);
+  std::vector<std::vector<std::int32_t>> expected;
+  for (const auto& r : reqs) expected.push_back(solo_greedy(solo, r.prompt, r.max_new_tokens, r.stop_ids));
+  const sp::EagleHead head = fastinfer::examples::eagle_head_from_flag(head_spec, solo.config());
+  std::int64_t refed = 0, preempted = 0;
+  const std::vector<Variant> vs = variants();
+  for (int k : {1, 4, 8}) {
+    for (std::size_t vi = 0; vi < vs.size(); ++vi) {
+      if ((k == 1 && vi % 2 != 0) || (k == 8 && vi % 2 != 1)) continue;
+      Variant v = vs[vi];
+      INFO("head " << head_spec << ", node budget " << k << ", " << v.name);
+      v.cfg.spec.policy = fe::SpecAlways{};
+      v.cfg.spec.eagle_head = head;
+      fe::RequestSpec rs;
+      rs.drafter = fe::SpecDrafter::Eagle;
+      rs.k = k;
+      // Every third request plain: plain rows and trees share passes.
+      const std::vector<fe::RequestSpec> specs{rs, rs, fe::RequestSpec{}};
+      LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(v.pool));
+      const RunOut got = run_engine(model, v.cfg, reqs, specs);
+      std::size_t mismatches = 0;
+      for (std::size_t i = 0; i < reqs.size(); ++i) {
+        if (got.outputs[i] == expected[i]) continue;
+        if (mismatches++ == 0) {
+          INFO("first mismatch: request " << i);
+          CHECK(got.outputs[i] == expected[i]);
+        }
+      }
+      CHECK(mismatches == 0);
+      const fe::EngineMetrics& m = got.metrics;
+      CHECK(m.finished == std::int64_t(reqs.size()));
+      CHECK(m.spec_rows > 0);
+      CHECK(m.spec_accepted <= m.spec_drafted);
+      CHECK(m.spec_emitted == m.spec_rows + m.spec_accepted);
+      CHECK(m.spec_refed <= m.spec_accepted);
+      if (k == 1) CHECK(m.spec_refed == 0);  // a one-node tree is a chain
+      if (v.pool == 40) preempted += m.preemptions;
+      refed += m.spec_refed;
+    }
+  }
+  CHECK(preempted > 0);
+  return refed;
+}
+
+}  // namespace
+
+TEST_CASE("engine EAGLE: greedy outputs with trees of 1, 4 and 8 nodes equal plain greedy decoding (stories260K)",
+          "[engine][spec][eagle][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
+  check_greedy(model_path, cases_dir, "random:1", 18);
+}
+
+TEST_CASE("engine EAGLE: greedy outputs with the trained head equal plain greedy decoding (tinystories-656k)",
+          "[engine][spec][eagle][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
+  FASTINFER_REQUIRE_HEADS(head, "FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
+  // A trained head is often right off the first chain: those nodes' KV is
+  // recomputed in front of the next tree, which this must exercise.
+  CHECK(check_greedy(model_path, cases_dir, head.string(), 9) > 0);
+}
+
+TEST_CASE("engine EAGLE: tokens per tree row match the batch-1 loop's with the trained head (tinystories-656k)",
+          "[engine][spec][eagle][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
+  FASTINFER_REQUIRE_HEADS(head_path, "FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
+  const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
+  LlamaModel<> solo(w, paged_options(0, 1));
+  sp::EagleHead head = sp::EagleHead::load(head_path.string());
+  std::vector<fs::Request> reqs;
+  for (const auto& gc : fastinfer::testing::read_golden_cases(cases_dir))
+    reqs.push_back(make_request(gc.prompt, 64, {}));
+  // Batch 1: eagle_generate with the engine's tree (depth 3, top_k 2, 4 nodes).
+  sp::EagleOptions o;
+  o.tree = sp::EagleTreeConfig{3, 2, 4};
+  std::int64_t solo_tokens = 0, solo_passes = 0;
+  for (const auto& r : reqs) {
+    fastinfer::GenerationParams p;
+    p.max_new_tokens = r.max_new_tokens;
+    p.temperature = 0.0f;
+    const sp::SpeculativeResult res = sp::eagle_generate(solo, head, r.prompt, p, o);
+    solo_tokens += res.stats.step_tokens;
+    solo_passes += res.stats.target_forwards;
+  }
+  // The engine: every request at once, trees of 4 nodes.
+  fe::EngineConfig cfg;
+  cfg.spec.policy = fe::SpecAlways{};
+  cfg.spec.eagle_head = head;
+  cfg.spec.eagle_tree = o.tree;
+  fe::RequestSpec rs;
+  rs.drafter = fe::SpecDrafter::Eagle;
+  rs.k = 4;
+  LlamaModel<> model(w, paged_options(0));
+  const RunOut got = run_engine(model, cfg, reqs, {rs});
+  const double solo_rate = double(solo_tokens) / double(solo_passes);
+  const double engine_rate = double(got.metrics.spec_emitted) / double(got.metrics.spec_rows);
+  INFO("tokens per verification: batch 1 " << solo_rate << ", engine " << engine_rate);
+  // A head reading misplaced features (off by a position, or stale) drafts
+  // near chance: its rate falls towards 1.
+  CHECK(solo_rate > 1.5);
+  CHECK(engine_rate > 0.9 * solo_rate);
+  CHECK(engine_rate < 1.1 * solo_rate);
+}
+
+TEST_CASE("engine EAGLE: a sampled request emits its plain sampled tokens (coupled rule)",
+          "[engine][spec][eagle][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
+  const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
+  const std::filesystem::path trained = fastinfer::testing::heads_path("FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
+  const std::string head_spec = std::filesystem::exists(trained) ? trained.string() : std::string("random:4");
+  std::vector<fs::Request> reqs;
+  std::uint64_t seed = 5;
+  for (const auto& gc : fastinfer::testing::read_golden_cases(cases_dir)) {
+    fs::Request r = make_request(gc.prompt, 48, {});
+    r.sampling.temperature = 0.8f;
+    r.sampling.top_p = 0.95f;
+    r.sampling.seed = seed++;
+    reqs.push_back(r);
+  }
+  fe::EngineConfig plain_cfg;
+  LlamaModel<> plain_model(w, paged_options(0));
+  const RunOut plain = run_engine(plain_model, plain_cfg, reqs, {fe::RequestSpec{}});
+  for (fe::SpecPolicy policy : {fe::SpecPolicy{fe::SpecAlways{}}, fe::SpecPolicy{fe::SpecAdaptive{}}}) {
+    fe::EngineConfig cfg;
+    cfg.spec.policy = policy;
+    cfg.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(head_spec, w.config);
+    cfg.scheduler.max_tokens_per_step = 40;  // the budget cuts some trees short
+    fe::RequestSpec rs;
+    rs.drafter = fe::SpecDrafter::Eagle;
+    rs.k = 6;
+    LlamaModel<> model(w, paged_options(0));
+    const RunOut got = run_engine(model, cfg, reqs, {rs, fe::RequestSpec{}});
+    INFO("policy " << policy.index());
+    CHECK(got.outputs == plain.outputs);
+    CHECK(got.metrics.spec_rows > 0);
+  }
+}
+
+TEST_CASE("engine EAGLE: bad settings are refused by name", "[engine][spec][eagle]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
+  LlamaModel<> model(w, paged_options(0));
+  fe::RequestSpec rs;
+  rs.drafter = fe::SpecDrafter::Eagle;
+  {
+    fe::Engine<> engine(model, {});
+    CHECK_THROWS_WITH(engine.submit(make_request({1, 5, 6}, 4, {}), rs),
+                      Catch::Contains("EngineConfig::spec.eagle_head is empty"));
+    CHECK(engine.batcher().num_running() == 0);
+  }
+  {
+    // A head of another model's width.
+    fe::EngineConfig cfg;
+    sp::EagleHeadShape shape = sp::EagleHeadShape::like(w.config);
+    shape.dim *= 2;
+    shape.n_heads *= 2;
+    cfg.spec.eagle_head = sp::EagleHead::random(1, shape);
+    CHECK_THROWS_WITH(fe::Engine<>(model, cfg), Catch::Contains("the EAGLE head has dim"));
+  }
+  {
+    fe::EngineConfig cfg;
+    cfg.spec.eagle_head = fastinfer::examples::eagle_head_from_flag("random:1", w.config);
+    cfg.spec.eagle_tree.top_k = 0;
+    CHECK_THROWS_WITH(fe::Engine<>(model, cfg), Catch::Contains("EAGLE tree needs"));
+  }
+  CHECK(model.kv().allocator().num_free_blocks() == model.kv().allocator().num_blocks());
+}

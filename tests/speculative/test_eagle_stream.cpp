@@ -1,0 +1,118 @@
+// EagleStream (speculative/eagle_stream.hpp): features observed in pieces,
+// overlapping and out of the passes' order, draft the tree that a head fed
+// the same features at once drafts (eagle_generate.hpp's commit and
+// draft_feature_tree), bit for bit; a gap restarts the stream; drafting
+// before the features are held is refused; head copies share their weights
+// until one is written.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common/eagle_flags.hpp"
+#include "fastinfer/model/llama_model.hpp"
+#include "fastinfer/model/load_model.hpp"
+#include "fastinfer/speculative/eagle_generate.hpp"
+#include "fastinfer/speculative/eagle_stream.hpp"
+#include "shared_dir.hpp"
+
+namespace sp = fastinfer::speculative;
+
+namespace {
+
+// The target's features of every position of `tokens` (one prefill pass).
+std::vector<float> features_of(fastinfer::LlamaModel<>& m, const std::vector<std::int32_t>& tokens) {
+  m.reset();
+  m.forward_prefill(tokens.data(), int(tokens.size()), 0);
+  const float* f = m.last_features();
+  return std::vector<float>(f, f + tokens.size() * std::size_t(m.config().dim));
+}
+
+// The batch-1 loop's tree after `tokens`: every row but the last committed
+// at once, the root from the last one.
+sp::TokenTree reference_tree(const sp::EagleHead& proto, const fastinfer::LlamaWeights& w,
+                             const std::vector<float>& feats, const std::vector<std::int32_t>& tokens, int first,
+                             const sp::EagleTreeConfig& tree, int nodes) {
+  sp::EagleHead head = proto;
+  head.reset();
+  const std::size_t d = std::size_t(w.config.dim);
+  std::vector<float> root(d);
+  const int n = int(tokens.size()) - 1 - first;
+  head.commit(w, feats.data() + std::size_t(first) * d, tokens.data() + first + 1, n, root.data());
+  sp::EagleDraftWorkspace ws;
+  return sp::draft_feature_tree(head, w, root.data(), std::min(tree.depth, nodes), tree.top_k, nodes, ws);
+}
+
+}  // namespace
+
+TEST_CASE("EagleStream: pieces of features draft the batch-1 loop's tree, gaps restart, early drafts are refused",
+          "[speculative][eagle]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
+  fastinfer::LlamaModel<> model(w);
+  const sp::EagleHead head = fastinfer::examples::eagle_head_from_flag("random:7", w.config);
+  const sp::EagleTreeConfig cfg{3, 3, 8};
+  std::vector<std::int32_t> tokens{1};
+  for (int i = 0; i < 30; ++i) tokens.push_back(3 + (i * 37) % 500);
+  const std::vector<float> feats = features_of(model, tokens);
+  const std::size_t d = std::size_t(w.config.dim);
+  const std::int64_t len = std::int64_t(tokens.size());
+
+  sp::EagleStream stream(head, cfg);
+  CHECK_FALSE(stream.ready(len));
+  CHECK_THROWS_WITH(stream.draft(w, tokens.data(), len, 4), Catch::Contains("no tree after"));
+  // Pieces: 0..9, 5..19 (overlapping), then 20..len-2 (the last token is the
+  // root, never fed before its tree).
+  stream.observe(0, feats.data(), 10);
+  CHECK_FALSE(stream.ready(len));
+  stream.observe(5, feats.data() + 5 * d, 15);
+  stream.observe(20, feats.data() + 20 * d, len - 1 - 20);
+  REQUIRE(stream.ready(len));
+  CHECK(stream.end() == len - 1);
+  for (int nodes : {1, 4, 8}) {
+    const sp::TokenTree& got = stream.draft(w, tokens.data(), len, nodes);
+    const sp::TokenTree want = reference_tree(head, w, feats, tokens, 0, cfg, nodes);
+    INFO("nodes " << nodes);
+    CHECK(got.tokens == want.tokens);
+    CHECK(got.parent == want.parent);
+    CHECK(got.size() <= nodes);
+    CHECK(got.size() > 0);
+  }
+  CHECK(stream.committed() == len - 1);
+
+  // A stream whose first features start at position 12 (a prefix cache held
+  // the rest) drafts as a head that never saw positions 0..11.
+  sp::EagleStream late(head, cfg);
+  late.observe(12, feats.data() + 12 * d, len - 1 - 12);
+  CHECK(late.base() == 12);
+  const sp::TokenTree& got = late.draft(w, tokens.data(), len, 8);
+  const sp::TokenTree want = reference_tree(head, w, feats, tokens, 12, cfg, 8);
+  CHECK(got.tokens == want.tokens);
+  CHECK(got.parent == want.parent);
+
+  // A gap (positions 0..4, then 9..) restarts at 9.
+  sp::EagleStream gap(head, cfg);
+  gap.observe(0, feats.data(), 5);
+  gap.observe(9, feats.data() + 9 * d, 3);
+  CHECK(gap.base() == 9);
+  CHECK(gap.end() == 12);
+  CHECK_FALSE(gap.ready(len));
+  CHECK(gap.ready(13));
+}
+
+TEST_CASE("EagleHead: copies share the weights until one is written", "[speculative][eagle]") {
+  sp::EagleHeadShape s{8, 16, 2, 1, 4, 12, 1e-5f, 10000.0f};
+  const sp::EagleHead a = sp::EagleHead::random(3, s);
+  sp::EagleHead b = a;
+  CHECK(b.shares_weights_with(a));
+  const float before = a.tensor(sp::EagleHead::kFc)[0];
+  b.tensor(sp::EagleHead::kFc)[0] = before + 1.0f;  // a write clones first
+  CHECK_FALSE(b.shares_weights_with(a));
+  CHECK(a.tensor(sp::EagleHead::kFc)[0] == before);
+  CHECK(b.tensor(sp::EagleHead::kFc)[0] == before + 1.0f);
+  sp::EagleHead c = a;
+  c.set_weight_dtype(fastinfer::DType::F16);
+  CHECK(a.weight_dtype() == fastinfer::DType::F32);
+  CHECK(c.weight_dtype() == fastinfer::DType::F16);
+}
