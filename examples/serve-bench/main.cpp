@@ -3,10 +3,11 @@
 // same model. Prints a table, or with --json one object
 // {"continuous": {...}, "static": {...}}.
 //
-// --spec prompt-lookup|draft|eagle makes every request speculate inside the
-// continuous batch (--spec-k drafts, or tree nodes for eagle; --draft-model,
-// default the target itself, loaded with --draft-weights; --eagle-head
-// FILE|pad:FILE|random:SEED with --eagle-depth and --eagle-top-k), switched per step by --spec-policy
+// --spec prompt-lookup|draft|eagle|mtp makes every request speculate inside
+// the continuous batch (--spec-k drafts, or tree nodes for eagle and mtp;
+// --draft-model, default the target itself, loaded with --draft-weights;
+// --eagle-head or --mtp-heads FILE|pad:FILE|random:SEED, with --eagle-depth
+// and --eagle-top-k for both trees), switched per step by --spec-policy
 // (adaptive: the engine's cost model; always; never; max-batch:N). The
 // static baseline never speculates.
 //
@@ -79,7 +80,7 @@ int main(int argc, char** argv) {
   std::string preemption = "recompute";
   std::string spec_kind = "none", spec_policy = "adaptive", draft_model, draft_weights = "bf16";
   int spec_k = 4;
-  std::string eagle_head;
+  std::string eagle_head, mtp_heads;
   fastinfer::speculative::EagleTreeConfig eagle_tree;
   bool json = false, prefix_cache = false, no_static = false, samples = false;
   std::string kv_quant = "f32";
@@ -120,14 +121,16 @@ int main(int argc, char** argv) {
   app.add_option("--static-batch", static_batch, "static baseline: batch size")->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_flag("--no-static", no_static, "skip the static baseline");
   app.add_option("--spec", spec_kind, "continuous: speculation per request")
-      ->check(CLI::IsMember({"none", "prompt-lookup", "draft", "eagle"}))->capture_default_str();
-  app.add_option("--spec-k", spec_k, "drafts per speculating decode (eagle: tree nodes)")
+      ->check(CLI::IsMember({"none", "prompt-lookup", "draft", "eagle", "mtp"}))->capture_default_str();
+  app.add_option("--spec-k", spec_k, "drafts per speculating decode (eagle, mtp: tree nodes)")
       ->check(CLI::Range(1, 62))->capture_default_str();
   auto* eagle_head_option =
       app.add_option("--eagle-head", eagle_head, "--spec eagle: the head, FILE, pad:FILE or random:SEED");
-  auto* eagle_depth_option = app.add_option("--eagle-depth", eagle_tree.depth, "--spec eagle: tree levels")
+  auto* mtp_heads_option =
+      app.add_option("--mtp-heads", mtp_heads, "--spec mtp: the modules, FILE, pad:FILE or random:SEED");
+  auto* eagle_depth_option = app.add_option("--eagle-depth", eagle_tree.depth, "--spec eagle|mtp: tree levels")
                                  ->check(CLI::Range(1, 64))->capture_default_str();
-  auto* eagle_top_k_option = app.add_option("--eagle-top-k", eagle_tree.top_k, "--spec eagle: children per expanded node")
+  auto* eagle_top_k_option = app.add_option("--eagle-top-k", eagle_tree.top_k, "--spec eagle|mtp: children per expanded node")
                                  ->check(CLI::Range(1, fastinfer::speculative::kMaxTreeChildren))->capture_default_str();
   auto* draft_model_option = app.add_option("--draft-model", draft_model, "draft model spec (default: the target's)");
   auto* draft_weights_option = app.add_option("--draft-weights", draft_weights, "draft model weight type")
@@ -148,10 +151,14 @@ int main(int argc, char** argv) {
                     block_size, " is not a power of two");
     fx::refuse_unused(preemption != "swap", {swap_option}, "without --preemption swap");
     fx::refuse_unused(spec_kind != "draft", {draft_model_option, draft_weights_option}, "without --spec draft");
-    fx::refuse_unused(spec_kind != "eagle", {eagle_head_option, eagle_depth_option, eagle_top_k_option},
-                      "without --spec eagle");
+    const bool tree = spec_kind == "eagle" || spec_kind == "mtp";
+    fx::refuse_unused(spec_kind != "eagle", {eagle_head_option}, "without --spec eagle");
+    fx::refuse_unused(spec_kind != "mtp", {mtp_heads_option}, "without --spec mtp");
+    fx::refuse_unused(!tree, {eagle_depth_option, eagle_top_k_option}, "without --spec eagle or mtp");
     FASTINFER_CHECK(spec_kind != "eagle" || !eagle_head.empty(), fastinfer::InvalidArgument,
                     "--spec eagle needs --eagle-head FILE|pad:FILE|random:SEED");
+    FASTINFER_CHECK(spec_kind != "mtp" || !mtp_heads.empty(), fastinfer::InvalidArgument,
+                    "--spec mtp needs --mtp-heads FILE|pad:FILE|random:SEED");
     w.prompt = fx::parse_length_range(prompt_len);
     w.output = fx::parse_length_range(output_len);
     // 64-bit: each length may be up to 2^24, their sum times the requests more.
@@ -201,11 +208,11 @@ int main(int argc, char** argv) {
     if (spec_kind != "none") {
       ec.spec.defaults.drafter = spec_kind == "draft"   ? fe::SpecDrafter::DraftModel
                                  : spec_kind == "eagle" ? fe::SpecDrafter::Eagle
+                                 : spec_kind == "mtp"   ? fe::SpecDrafter::Mtp
                                                         : fe::SpecDrafter::PromptLookup;
-      if (spec_kind == "eagle") {
-        ec.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(eagle_head, model.config());
-        ec.spec.eagle_tree = eagle_tree;
-      }
+      if (spec_kind == "eagle") ec.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(eagle_head, model.config());
+      if (spec_kind == "mtp") ec.spec.mtp_heads = fastinfer::examples::mtp_heads_from_flag(mtp_heads, model.config());
+      ec.spec.eagle_tree = eagle_tree;
       ec.spec.defaults.k = spec_k;
       if (spec_kind == "draft") {
         fastinfer::LoadOptions dl;

@@ -1,5 +1,5 @@
-// EAGLE token trees inside continuous batching (engine.hpp,
-// request_speculation.hpp, speculative/eagle_stream.hpp).
+// EAGLE and MTP token trees inside continuous batching (engine.hpp,
+// request_speculation.hpp, speculative/feature_draft_stream.hpp).
 //
 // Greedy: every request's output, in mixed workloads beside plain rows
 // (golden prompts, repetitive and random prompts sharing prefixes; chunked
@@ -7,9 +7,10 @@
 // with the prefix cache, and by swap), equals its greedy output through the
 // model's single-sequence verbs, token for token, at node budgets 1, 4 and
 // 8; accepted nodes off the tree's first chain are fed again (spec_refed),
-// and the pool ends whole. With the committed trained head on
-// tinystories-656k, the engine's tokens per tree row match the batch-1 loop's
-// (eagle_generate) on the same prompts: the head reads the right features.
+// and the pool ends whole; the same with MTP modules. With the committed
+// trained head and modules on tinystories-656k, the engine's tokens per tree
+// row match the batch-1 loop's (eagle_generate, mtp_generate) on the same
+// prompts: the drafters read the right features.
 // Sampled (coupled rule): a request's tokens equal its plain sampled tokens.
 // Bad settings are refused by name.
 #include <catch2/catch.hpp>
@@ -27,6 +28,7 @@
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/speculative/eagle_generate.hpp"
+#include "fastinfer/speculative/mtp_generate.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 
@@ -129,26 +131,39 @@ std::vector<Variant> variants() {
   return v;
 }
 
-// Greedy EAGLE at node budgets 1, 4, 8 over the four variants (budget 4 in
+// The engine's settings for a tree drafter: the head (Eagle) or modules
+// (Mtp) its flag names (eagle_flags.hpp's grammar).
+void set_tree_drafter(fe::EngineConfig& cfg, fe::SpecDrafter kind, const std::string& head_spec,
+                      const fastinfer::LlamaConfig& c) {
+  if (kind == fe::SpecDrafter::Eagle)
+    cfg.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(head_spec, c);
+  else
+    cfg.spec.mtp_heads = fastinfer::examples::mtp_heads_from_flag(head_spec, c);
+}
+
+// Greedy trees at node budgets 1, 4, 8 over the four variants (budget 4 in
 // every one, 1 and 8 in two each); returns the accepted nodes re-fed.
 std::int64_t check_greedy(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
-                          const std::string& head_spec, int n_random) {
+                          fe::SpecDrafter kind, const std::string& head_spec, int n_random) {
   LlamaModel<> solo(fastinfer::load_model(model_path.string()), paged_options(0, 1));
   const std::vector<fs::Request> reqs = workload(cases_dir, n_random, 11, solo.config().vocab_size);
   std::vector<std::vector<std::int32_t>> expected;
   for (const auto& r : reqs) expected.push_back(solo_greedy(solo, r.prompt, r.max_new_tokens, r.stop_ids));
-  const sp::EagleHead head = fastinfer::examples::eagle_head_from_flag(head_spec, solo.config());
+  fe::EngineConfig drafter;
+  set_tree_drafter(drafter, kind, head_spec, solo.config());
   std::int64_t refed = 0, preempted = 0;
   const std::vector<Variant> vs = variants();
   for (int k : {1, 4, 8}) {
     for (std::size_t vi = 0; vi < vs.size(); ++vi) {
       if ((k == 1 && vi % 2 != 0) || (k == 8 && vi % 2 != 1)) continue;
       Variant v = vs[vi];
-      INFO("head " << head_spec << ", node budget " << k << ", " << v.name);
+      INFO((kind == fe::SpecDrafter::Eagle ? "EAGLE " : "MTP ") << head_spec << ", node budget " << k << ", "
+                                                               << v.name);
       v.cfg.spec.policy = fe::SpecAlways{};
-      v.cfg.spec.eagle_head = head;
+      v.cfg.spec.eagle_head = drafter.spec.eagle_head;
+      v.cfg.spec.mtp_heads = drafter.spec.mtp_heads;
       fe::RequestSpec rs;
-      rs.drafter = fe::SpecDrafter::Eagle;
+      rs.drafter = kind;
       rs.k = k;
       // Every third request plain: plain rows and trees share passes.
       const std::vector<fe::RequestSpec> specs{rs, rs, fe::RequestSpec{}};
@@ -184,7 +199,14 @@ TEST_CASE("engine EAGLE: greedy outputs with trees of 1, 4 and 8 nodes equal pla
           "[engine][spec][eagle][golden]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
-  check_greedy(model_path, cases_dir, "random:1", 18);
+  check_greedy(model_path, cases_dir, fe::SpecDrafter::Eagle, "random:1", 18);
+}
+
+TEST_CASE("engine MTP: greedy outputs with trees of 1, 4 and 8 nodes equal plain greedy decoding (stories260K)",
+          "[engine][spec][mtp][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
+  check_greedy(model_path, cases_dir, fe::SpecDrafter::Mtp, "random:2", 12);
 }
 
 TEST_CASE("engine EAGLE: greedy outputs with the trained head equal plain greedy decoding (tinystories-656k)",
@@ -194,53 +216,80 @@ TEST_CASE("engine EAGLE: greedy outputs with the trained head equal plain greedy
   FASTINFER_REQUIRE_HEADS(head, "FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
   // A trained head is often right off the first chain: those nodes' KV is
   // recomputed in front of the next tree, which this must exercise.
-  CHECK(check_greedy(model_path, cases_dir, head.string(), 9) > 0);
+  CHECK(check_greedy(model_path, cases_dir, fe::SpecDrafter::Eagle, head.string(), 9) > 0);
 }
 
-TEST_CASE("engine EAGLE: tokens per tree row match the batch-1 loop's with the trained head (tinystories-656k)",
-          "[engine][spec][eagle][golden]") {
+TEST_CASE("engine MTP: greedy outputs with the trained modules equal plain greedy decoding (tinystories-656k)",
+          "[engine][spec][mtp][golden]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
-  FASTINFER_REQUIRE_HEADS(head_path, "FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
+  FASTINFER_REQUIRE_HEADS(heads, "FASTINFER_MTP_HEADS", "tinystories-656k.mtp");
+  CHECK(check_greedy(model_path, cases_dir, fe::SpecDrafter::Mtp, heads.string(), 9) > 0);
+}
+
+namespace {
+
+// Tokens per verification of the batch-1 loop and of the engine (every
+// request at once, trees of 4 nodes: depth 3, top_k 2) on the golden
+// prompts of tinystories-656k, 64 greedy tokens each.
+void check_rate_against_batch1(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
+                               fe::SpecDrafter kind, const std::string& head_spec) {
   const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
   LlamaModel<> solo(w, paged_options(0, 1));
-  sp::EagleHead head = sp::EagleHead::load(head_path.string());
   std::vector<fs::Request> reqs;
   for (const auto& gc : fastinfer::testing::read_golden_cases(cases_dir))
     reqs.push_back(make_request(gc.prompt, 64, {}));
-  // Batch 1: eagle_generate with the engine's tree (depth 3, top_k 2, 4 nodes).
+  fe::EngineConfig cfg;
+  set_tree_drafter(cfg, kind, head_spec, w.config);
+  cfg.spec.policy = fe::SpecAlways{};
   sp::EagleOptions o;
   o.tree = sp::EagleTreeConfig{3, 2, 4};
+  cfg.spec.eagle_tree = o.tree;
   std::int64_t solo_tokens = 0, solo_passes = 0;
   for (const auto& r : reqs) {
     fastinfer::GenerationParams p;
     p.max_new_tokens = r.max_new_tokens;
     p.temperature = 0.0f;
-    const sp::SpeculativeResult res = sp::eagle_generate(solo, head, r.prompt, p, o);
+    const sp::SpeculativeResult res = kind == fe::SpecDrafter::Eagle
+                                          ? sp::eagle_generate(solo, *cfg.spec.eagle_head, r.prompt, p, o)
+                                          : sp::mtp_generate(solo, *cfg.spec.mtp_heads, r.prompt, p, o);
     solo_tokens += res.stats.step_tokens;
     solo_passes += res.stats.target_forwards;
   }
-  // The engine: every request at once, trees of 4 nodes.
-  fe::EngineConfig cfg;
-  cfg.spec.policy = fe::SpecAlways{};
-  cfg.spec.eagle_head = head;
-  cfg.spec.eagle_tree = o.tree;
   fe::RequestSpec rs;
-  rs.drafter = fe::SpecDrafter::Eagle;
+  rs.drafter = kind;
   rs.k = 4;
   LlamaModel<> model(w, paged_options(0));
   const RunOut got = run_engine(model, cfg, reqs, {rs});
   const double solo_rate = double(solo_tokens) / double(solo_passes);
   const double engine_rate = double(got.metrics.spec_emitted) / double(got.metrics.spec_rows);
   INFO("tokens per verification: batch 1 " << solo_rate << ", engine " << engine_rate);
-  // A head reading misplaced features (off by a position, or stale) drafts
-  // near chance: its rate falls towards 1.
+  // A drafter reading misplaced features (off by a position, or stale)
+  // drafts near chance: its rate falls towards 1.
   CHECK(solo_rate > 1.5);
   CHECK(engine_rate > 0.9 * solo_rate);
   CHECK(engine_rate < 1.1 * solo_rate);
 }
 
-TEST_CASE("engine EAGLE: a sampled request emits its plain sampled tokens (coupled rule)",
+}  // namespace
+
+TEST_CASE("engine EAGLE: tokens per tree row match the batch-1 loop's with the trained head (tinystories-656k)",
+          "[engine][spec][eagle][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
+  FASTINFER_REQUIRE_HEADS(head, "FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
+  check_rate_against_batch1(model_path, cases_dir, fe::SpecDrafter::Eagle, head.string());
+}
+
+TEST_CASE("engine MTP: tokens per tree row match the batch-1 loop's with the trained modules (tinystories-656k)",
+          "[engine][spec][mtp][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
+  FASTINFER_REQUIRE_HEADS(heads, "FASTINFER_MTP_HEADS", "tinystories-656k.mtp");
+  check_rate_against_batch1(model_path, cases_dir, fe::SpecDrafter::Mtp, heads.string());
+}
+
+TEST_CASE("engine EAGLE and MTP: a sampled request emits its plain sampled tokens (coupled rule)",
           "[engine][spec][eagle][golden]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
@@ -263,12 +312,15 @@ TEST_CASE("engine EAGLE: a sampled request emits its plain sampled tokens (coupl
     fe::EngineConfig cfg;
     cfg.spec.policy = policy;
     cfg.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(head_spec, w.config);
+    cfg.spec.mtp_heads = fastinfer::examples::mtp_heads_from_flag("random:6", w.config);
     cfg.scheduler.max_tokens_per_step = 40;  // the budget cuts some trees short
-    fe::RequestSpec rs;
-    rs.drafter = fe::SpecDrafter::Eagle;
-    rs.k = 6;
+    fe::RequestSpec eagle, mtp;
+    eagle.drafter = fe::SpecDrafter::Eagle;
+    eagle.k = 6;
+    mtp.drafter = fe::SpecDrafter::Mtp;
+    mtp.k = 5;
     LlamaModel<> model(w, paged_options(0));
-    const RunOut got = run_engine(model, cfg, reqs, {rs, fe::RequestSpec{}});
+    const RunOut got = run_engine(model, cfg, reqs, {eagle, fe::RequestSpec{}, mtp});
     INFO("policy " << policy.index());
     CHECK(got.outputs == plain.outputs);
     CHECK(got.metrics.spec_rows > 0);
@@ -285,6 +337,10 @@ TEST_CASE("engine EAGLE: bad settings are refused by name", "[engine][spec][eagl
     fe::Engine<> engine(model, {});
     CHECK_THROWS_WITH(engine.submit(make_request({1, 5, 6}, 4, {}), rs),
                       Catch::Contains("EngineConfig::spec.eagle_head is empty"));
+    fe::RequestSpec mtp;
+    mtp.drafter = fe::SpecDrafter::Mtp;
+    CHECK_THROWS_WITH(engine.submit(make_request({1, 5, 6}, 4, {}), mtp),
+                      Catch::Contains("EngineConfig::spec.mtp_heads is empty"));
     CHECK(engine.batcher().num_running() == 0);
   }
   {

@@ -1,7 +1,9 @@
 // fastinfer-serve-bench's JSON as scripts/report.sh reads it: --samples gives
 // every request's TTFT and every inter-token gap, consistent with the counts
-// and percentiles of the same run; --kv selects the KV format. Runs the built
-// binary; skips visibly when it has not been built.
+// and percentiles of the same run; --kv selects the KV format; --spec eagle
+// and mtp draft trees in the engine (greedy, so the output equals --spec
+// none's), and their flags are refused without them. Runs the built binary;
+// skips visibly when it has not been built.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -68,5 +71,37 @@ TEST_CASE("fastinfer-serve-bench: --samples lists every TTFT and inter-token gap
   CHECK_FALSE(plain.at("continuous").contains("ttft_ms"));
   CHECK(plain.at("config").at("kv") == "f32");
   stdout_of("'" + serve.string() + "' --model synthetic:tiny --kv int3 --json", &status);
+  CHECK(status != 0);
+}
+
+TEST_CASE("fastinfer-serve-bench: --spec eagle and mtp draft token trees, their flags need them",
+          "[examples][cli][spec]") {
+  const fs::path serve = fs::path(FASTINFER_BINARY_DIR) / "examples" / "fastinfer-serve-bench";
+  if (!fs::exists(serve)) {
+    std::printf("FASTINFER_SKIP: %s not built\n", serve.c_str());
+    WARN("FASTINFER_SKIP: " << serve << " not built");
+    return;
+  }
+  const std::string base = "'" + serve.string() +
+                           "' --model synthetic:tiny --threads 1 --requests 4 --prompt-len 6:12 --output-len 8:16 "
+                           "--no-static --json --spec-policy always ";
+  int status = -1;
+  const std::pair<std::string, std::string> trees[] = {{"eagle", "--eagle-head random:3"},
+                                                       {"mtp", "--mtp-heads random:3 --eagle-depth 2"}};
+  for (const auto& [kind, flags] : trees) {
+    INFO(kind << " " << flags);
+    const auto j = nlohmann::json::parse(stdout_of(base + "--spec " + kind + " " + flags + " --spec-k 5", &status));
+    REQUIRE(status == 0);
+    const auto& s = j.at("continuous").at("spec");
+    CHECK(j.at("config").at("spec") == kind);
+    CHECK(s.at("rows").get<std::int64_t>() > 0);
+    CHECK(s.at("drafted").get<std::int64_t>() >= s.at("accepted").get<std::int64_t>());
+    CHECK(s.at("accepted").get<std::int64_t>() >= s.at("refed").get<std::int64_t>());
+  }
+  stdout_of(base + "--spec eagle", &status);  // no head
+  CHECK(status != 0);
+  stdout_of(base + "--spec draft --eagle-head random:1", &status);
+  CHECK(status != 0);
+  stdout_of(base + "--spec eagle --mtp-heads random:1 --eagle-head random:1", &status);
   CHECK(status != 0);
 }

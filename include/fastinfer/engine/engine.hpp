@@ -60,15 +60,15 @@
 // a plain row. Stop ids, max_new_tokens and the context limit cut an accepted
 // run token by token in commit(), where plain decoding would stop.
 //
-// Token trees (SpecDrafter::Eagle; docs/speculative.md "EAGLE trees in the
-// Engine"): an EAGLE request's entry feeds [its unfed tokens | the tree's
+// Token trees (SpecDrafter::Eagle, Mtp; docs/speculative.md "EAGLE and MTP
+// trees in the Engine"): such a request's entry feeds [its unfed tokens | the tree's
 // nodes] in the same pass, its mask and positions those of tree_batch.hpp
 // (every other entry of that pass gets its causal block spelled out); the
 // request's SpeculativeVerifier walks the tree, and only the accepted nodes
 // already at their final KV slots (the tree's first chain) are kept: the
 // others are fed again, before the next tree, as unfed tokens of the next
 // entry (ContinuousBatcher::set_draft_tokens' max_unfed). The request's
-// EagleStream gets the target's feature of every row the engine computes
+// FeatureStream gets the target's feature of every row the engine computes
 // for it (prefill chunks, decodes, accepted nodes) and drafts from them.
 //
 // Logits: the forward pass returns only the rows someone reads
@@ -204,10 +204,9 @@ class Engine {
       FASTINFER_CHECK(dc.vocab_size == vocab_, InvalidArgument, "Engine: the draft model's vocabulary (",
                       dc.vocab_size, " tokens) differs from the target's (", vocab_, ")");
     }
-    if (cfg_.spec.eagle_head) {
-      cfg_.spec.eagle_head->check_compatible(model.config());
-      cfg_.spec.eagle_tree.validate();
-    }
+    if (cfg_.spec.eagle_head) cfg_.spec.eagle_head->check_compatible(model.config());
+    if (cfg_.spec.mtp_heads) cfg_.spec.mtp_heads->check_compatible(model.config());
+    if (cfg_.spec.eagle_head || cfg_.spec.mtp_heads) cfg_.spec.eagle_tree.validate();
     validate_spec_(cfg_.spec.defaults);  // after max_tokens_per_step is capped
     // The draft model is set up with the engine, as the target was: its
     // weights' conversion and KV pool (0.13 s for the 15M stand-in in bf16)
@@ -460,7 +459,7 @@ class Engine {
       // A chain drafts after a decode; a tree also after the accepted nodes
       // its last pass could not keep, once its stream holds every feature
       // its head must read.
-      const speculative::EagleStream* stream = kv.second.spec->eagle();
+      const speculative::FeatureStream* stream = kv.second.spec->feature_stream();
       const bool can = stream ? unfed >= 1 && unfed < cfg_.scheduler.max_tokens_per_step && stream->ready(len)
                               : unfed == 1;
       if (!can) {
@@ -566,7 +565,7 @@ class Engine {
       const sched::PlanEntry& e = plan.entries[i];
       drafts_[i].clear();
       auto it = live_.find(e.id);
-      if (it != live_.end() && it->second.spec && it->second.spec->eagle()) any_stream_ = true;
+      if (it != live_.end() && it->second.spec && it->second.spec->feature_stream()) any_stream_ = true;
       if (e.num_drafts <= 0 || it == live_.end() || !it->second.spec) continue;
       drafted = true;
       RequestSpeculation& sp = *it->second.spec;
@@ -575,7 +574,7 @@ class Engine {
       std::vector<TokenId>& context = contexts_[i];
       context.assign(r.prompt.begin(), r.prompt.end());
       context.insert(context.end(), out.begin(), out.end());
-      if (speculative::EagleStream* stream = sp.eagle()) {
+      if (speculative::FeatureStream* stream = sp.feature_stream()) {
         const speculative::TokenTree& tree = stream->draft(model_.weights(), context.data(),
                                                            std::int64_t(context.size()), e.num_drafts, model_.threads());
         if (!tree.tokens.empty()) {
@@ -695,7 +694,7 @@ class Engine {
     }
   }
 
-  // Every EAGLE request's fed tokens were computed with their true context:
+  // Every EAGLE or MTP request's fed tokens were computed with their true context:
   // their features go to its stream (prefill chunks, decodes, the unfed
   // tokens before a tree; a tree's nodes are known only after verification).
   void observe_fed_rows_(const sched::StepPlan& plan) {
@@ -704,8 +703,8 @@ class Engine {
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
       auto it = live_.find(e.id);
-      if (it == live_.end() || !it->second.spec || !it->second.spec->eagle()) continue;
-      it->second.spec->eagle()->observe(e.position, features_ + std::size_t(batch_.qo_indptr[i]) * dim, e.num_tokens);
+      if (it == live_.end() || !it->second.spec || !it->second.spec->feature_stream()) continue;
+      it->second.spec->feature_stream()->observe(e.position, features_ + std::size_t(batch_.qo_indptr[i]) * dim, e.num_tokens);
     }
   }
 
@@ -724,7 +723,7 @@ class Engine {
     const std::int64_t first_node_row = std::int64_t(batch_.qo_indptr[i]) + e.num_tokens;
     for (std::size_t j = 0; j < v.path.size(); ++j) {
       const float* f = features_ + std::size_t(first_node_row + v.path[j]) * dim;
-      sp.eagle()->observe(e.position + e.num_tokens + std::int64_t(j), f, 1);
+      sp.feature_stream()->observe(e.position + e.num_tokens + std::int64_t(j), f, 1);
     }
     ++stats_.spec_rows;
     stats_.spec_drafted += tree.size();
@@ -816,11 +815,11 @@ class Engine {
   std::unique_ptr<BatchedDraftModel<Backend>> draft_;  // SpecDrafter::DraftModel's, built on first use
   std::vector<RequestId> cand_ids_;
   std::vector<std::int32_t> cand_unfed_;  // per candidate: its unfed tokens (the batcher's max_unfed)
-  // Token trees: per plan entry the EAGLE tree it feeds (null: none; owned
-  // by the request's EagleStream until its next draft).
+  // Token trees: per plan entry the EAGLE or MTP tree it feeds (null: none; owned
+  // by the request's FeatureStream until its next draft).
   std::vector<const speculative::TokenTree*> trees_;
   bool any_tree_ = false, any_stream_ = false;
-  const float* features_ = nullptr;  // the last pass's features (when an EAGLE request rode in it)
+  const float* features_ = nullptr;  // the last pass's features (when a feature-drafting request rode in it)
   speculative::TokenTree no_tree_;
   std::vector<int> tree_depth_;
   std::vector<SpecCandidate> cands_, sorted_;

@@ -24,8 +24,9 @@
 #include "fastinfer/sched/request.hpp"
 #include "fastinfer/speculative/drafter.hpp"
 #include "fastinfer/speculative/eagle_head.hpp"
-#include "fastinfer/speculative/eagle_stream.hpp"
+#include "fastinfer/speculative/feature_draft_stream.hpp"
 #include "fastinfer/speculative/eagle_tree.hpp"
+#include "fastinfer/speculative/mtp_heads.hpp"
 #include "fastinfer/speculative/early_exit_drafter.hpp"
 #include "fastinfer/speculative/prompt_lookup.hpp"
 #include "fastinfer/speculative/speculative_verifier.hpp"
@@ -46,11 +47,13 @@ struct SpecConfig {
   int draft_threads = 1;
   int draft_max_batch = 512;  // rows of one draft pass (a longer catch-up is chunked)
   int draft_max_sequences = 0;
-  // EAGLE (SpecDrafter::Eagle): the feature head every such request drafts
-  // with (each request holds a copy: the weights are shared, the head's rows
-  // are its own) and the trees' depth and top_k; a request's k is its tree's
-  // node budget. The head must read the target's features (dim, vocabulary).
+  // EAGLE (SpecDrafter::Eagle) and MTP (SpecDrafter::Mtp): the feature head
+  // or modules every such request drafts with (each request holds a copy:
+  // the weights are shared, the rows are its own) and the trees' depth and
+  // top_k (MTP's depth capped at its modules); a request's k is its tree's
+  // node budget. They must read the target's features (dim, vocabulary).
   std::optional<speculative::EagleHead> eagle_head;
+  std::optional<speculative::MtpHeads> mtp_heads;
   speculative::EagleTreeConfig eagle_tree{};
   // How a sampled (temperature > 0) speculating row verifies its drafts.
   // Coupled: the tokens are plain sampling's, whatever the drafts (a
@@ -69,12 +72,17 @@ inline void require_eagle_head(const SpecConfig& cfg) {
   FASTINFER_CHECK(cfg.eagle_head.has_value() && !cfg.eagle_head->empty(), InvalidArgument,
                   "a request asks for EAGLE but EngineConfig::spec.eagle_head is empty");
 }
+inline void require_mtp_heads(const SpecConfig& cfg) {
+  FASTINFER_CHECK(cfg.mtp_heads.has_value() && !cfg.mtp_heads->empty(), InvalidArgument,
+                  "a request asks for MTP but EngineConfig::spec.mtp_heads is empty");
+}
 }  // namespace detail
 
 // Refuses a RequestSpec the engine cannot serve, naming the bad value: k
 // outside [1, max_tokens_per_step - 1] (one step feeds 1 + k tokens), a draft
 // model without SpecConfig::draft_weights, EAGLE without
-// SpecConfig::eagle_head, an exit layer outside the model, bad n-gram sizes.
+// SpecConfig::eagle_head, MTP without SpecConfig::mtp_heads, an exit layer
+// outside the model, bad n-gram sizes.
 // A plain (SpecDrafter::None) spec is always fine.
 inline void validate_request_spec(const RequestSpec& s, const SpecConfig& cfg, int max_tokens_per_step,
                                   int n_layers) {
@@ -83,6 +91,7 @@ inline void validate_request_spec(const RequestSpec& s, const SpecConfig& cfg, i
                   max_tokens_per_step - 1, "] (one step feeds 1 + k tokens), got ", s.k);
   if (s.drafter == SpecDrafter::DraftModel) detail::require_draft_weights(cfg);
   if (s.drafter == SpecDrafter::Eagle) detail::require_eagle_head(cfg);
+  if (s.drafter == SpecDrafter::Mtp) detail::require_mtp_heads(cfg);
   if (s.drafter == SpecDrafter::EarlyExit)
     FASTINFER_CHECK(s.exit_layer >= 0 && s.exit_layer <= n_layers, InvalidArgument, "early-exit layer ",
                     s.exit_layer, " is outside [0, ", n_layers, "] (0: half the layers)");
@@ -112,7 +121,10 @@ class RequestSpeculation {
           target, spec.exit_layer, sampling, cfg.sampled_rule, seq);
     } else if (spec.drafter == SpecDrafter::Eagle) {
       detail::require_eagle_head(cfg);
-      eagle_ = std::make_unique<speculative::EagleStream>(*cfg.eagle_head, cfg.eagle_tree);
+      stream_ = std::make_unique<speculative::EagleStream>(*cfg.eagle_head, cfg.eagle_tree);
+    } else if (spec.drafter == SpecDrafter::Mtp) {
+      detail::require_mtp_heads(cfg);
+      stream_ = std::make_unique<speculative::MtpStream>(*cfg.mtp_heads, cfg.eagle_tree);
     } else {
       // The draft model is the engine's, shared by every request
       // (batched_draft.hpp): no drafter of its own.
@@ -126,13 +138,13 @@ class RequestSpeculation {
   bool uses_draft_model() const { return spec_.drafter == SpecDrafter::DraftModel; }
   // Whether its drafts cost forward passes (the step-cost fit's per-draft
   // price: an early-exit draft costs exit_layer / n_layers of a token, a
-  // draft model's its own share, an EAGLE node its share of the head's
+  // draft model's its own share, a tree node its share of the head's
   // levels; the fit learns one price for whichever runs).
   bool drafts_cost_passes() const { return spec_.drafter != SpecDrafter::PromptLookup; }
-  // EAGLE: the request's feature stream (the engine feeds it every computed
-  // row's feature and asks it for trees); null for chain drafters.
-  speculative::EagleStream* eagle() { return eagle_.get(); }
-  const speculative::EagleStream* eagle() const { return eagle_.get(); }
+  // EAGLE and MTP: the request's feature stream (the engine feeds it every
+  // computed row's feature and asks it for trees); null for chain drafters.
+  speculative::FeatureStream* feature_stream() { return stream_.get(); }
+  const speculative::FeatureStream* feature_stream() const { return stream_.get(); }
 
   // What the policy weighs for it this step: at most max_k drafts.
   SpecCandidate candidate() const {
@@ -191,7 +203,7 @@ class RequestSpeculation {
   RequestSpec spec_;
   int vocab_;
   std::unique_ptr<speculative::Drafter> drafter_;
-  std::unique_ptr<speculative::EagleStream> eagle_;
+  std::unique_ptr<speculative::FeatureStream> stream_;
   std::unique_ptr<speculative::SpeculativeVerifier> verifier_;
   AcceptanceEstimate acceptance_;
   std::int64_t rows_ = 0, drafted_ = 0, accepted_ = 0;

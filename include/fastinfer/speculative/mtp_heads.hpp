@@ -110,6 +110,8 @@ class MtpHeads {
   }
   // Committed rows of module k (1-based, as in the file comment).
   int committed(int k) const { return module(k - 1).committed(); }
+  // Positions whose target features the modules have read (module 1's rows).
+  int committed() const { return committed(1); }
 
   // New target features of positions committed(1) .. + n - 1 (features
   // [n][dim]); seq is the whole text so far. Module 1 commits those rows;

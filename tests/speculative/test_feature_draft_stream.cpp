@@ -1,20 +1,21 @@
-// EagleStream (speculative/eagle_stream.hpp): features observed in pieces,
-// overlapping and out of the passes' order, draft the tree that a head fed
-// the same features at once drafts (eagle_generate.hpp's commit and
-// draft_feature_tree), bit for bit; a gap restarts the stream; drafting
-// before the features are held is refused; head copies share their weights
-// until one is written.
+// FeatureDraftStream (speculative/feature_draft_stream.hpp): features
+// observed in pieces, overlapping, draft the tree that a head fed the same
+// features at once drafts (the batch-1 loop's commit and draft_feature_tree),
+// bit for bit, for an EAGLE head and for MTP modules, also from a late first
+// position; a gap restarts the stream; drafting before the features are held
+// is refused; head copies share their weights until one is written.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "common/eagle_flags.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/speculative/eagle_generate.hpp"
-#include "fastinfer/speculative/eagle_stream.hpp"
+#include "fastinfer/speculative/feature_draft_stream.hpp"
 #include "shared_dir.hpp"
 
 namespace sp = fastinfer::speculative;
@@ -29,41 +30,34 @@ std::vector<float> features_of(fastinfer::LlamaModel<>& m, const std::vector<std
   return std::vector<float>(f, f + tokens.size() * std::size_t(m.config().dim));
 }
 
-// The batch-1 loop's tree after `tokens`: every row but the last committed
-// at once, the root from the last one.
-sp::TokenTree reference_tree(const sp::EagleHead& proto, const fastinfer::LlamaWeights& w,
-                             const std::vector<float>& feats, const std::vector<std::int32_t>& tokens, int first,
-                             const sp::EagleTreeConfig& tree, int nodes) {
-  sp::EagleHead head = proto;
+// The batch-1 loop's tree after `tokens` (positions `first` on): every row
+// but the last committed at once (commit_accepted, as feature_draft_generate
+// calls it), the root from the last one.
+template <typename Head>
+sp::TokenTree reference_tree(const Head& proto, const fastinfer::LlamaWeights& w, const std::vector<float>& feats,
+                             const std::vector<std::int32_t>& tokens, int first, sp::EagleTreeConfig tree, int nodes) {
+  Head head = proto;
   head.reset();
   const std::size_t d = std::size_t(w.config.dim);
   std::vector<float> root(d);
   const int n = int(tokens.size()) - 1 - first;
-  head.commit(w, feats.data() + std::size_t(first) * d, tokens.data() + first + 1, n, root.data());
+  const std::vector<std::int32_t> text(tokens.begin() + first, tokens.end());
+  commit_accepted(head, w, feats.data() + std::size_t(first) * d, n, text, root.data(), 1);
+  if constexpr (std::is_same_v<Head, sp::MtpHeads>) tree.depth = std::min(tree.depth, head.max_depth());
   sp::EagleDraftWorkspace ws;
   return sp::draft_feature_tree(head, w, root.data(), std::min(tree.depth, nodes), tree.top_k, nodes, ws);
 }
 
-}  // namespace
-
-TEST_CASE("EagleStream: pieces of features draft the batch-1 loop's tree, gaps restart, early drafts are refused",
-          "[speculative][eagle]") {
-  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
-  const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
-  fastinfer::LlamaModel<> model(w);
-  const sp::EagleHead head = fastinfer::examples::eagle_head_from_flag("random:7", w.config);
-  const sp::EagleTreeConfig cfg{3, 3, 8};
-  std::vector<std::int32_t> tokens{1};
-  for (int i = 0; i < 30; ++i) tokens.push_back(3 + (i * 37) % 500);
-  const std::vector<float> feats = features_of(model, tokens);
+// Pieces 0..9, 5..19 (overlapping), 20..len-2 against one commit; a stream
+// starting at position 12 against a head that never saw 0..11.
+template <typename Head>
+void check_pieces(const Head& head, const fastinfer::LlamaWeights& w, const std::vector<float>& feats,
+                  const std::vector<std::int32_t>& tokens, const sp::EagleTreeConfig& cfg) {
   const std::size_t d = std::size_t(w.config.dim);
   const std::int64_t len = std::int64_t(tokens.size());
-
-  sp::EagleStream stream(head, cfg);
+  sp::FeatureDraftStream<Head> stream(head, cfg);
   CHECK_FALSE(stream.ready(len));
   CHECK_THROWS_WITH(stream.draft(w, tokens.data(), len, 4), Catch::Contains("no tree after"));
-  // Pieces: 0..9, 5..19 (overlapping), then 20..len-2 (the last token is the
-  // root, never fed before its tree).
   stream.observe(0, feats.data(), 10);
   CHECK_FALSE(stream.ready(len));
   stream.observe(5, feats.data() + 5 * d, 15);
@@ -80,16 +74,38 @@ TEST_CASE("EagleStream: pieces of features draft the batch-1 loop's tree, gaps r
     CHECK(got.size() > 0);
   }
   CHECK(stream.committed() == len - 1);
-
-  // A stream whose first features start at position 12 (a prefix cache held
-  // the rest) drafts as a head that never saw positions 0..11.
-  sp::EagleStream late(head, cfg);
+  sp::FeatureDraftStream<Head> late(head, cfg);
   late.observe(12, feats.data() + 12 * d, len - 1 - 12);
   CHECK(late.base() == 12);
   const sp::TokenTree& got = late.draft(w, tokens.data(), len, 8);
   const sp::TokenTree want = reference_tree(head, w, feats, tokens, 12, cfg, 8);
   CHECK(got.tokens == want.tokens);
   CHECK(got.parent == want.parent);
+}
+
+}  // namespace
+
+TEST_CASE("feature streams: pieces of features draft the batch-1 loop's tree, gaps restart, early drafts are refused",
+          "[speculative][eagle]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
+  fastinfer::LlamaModel<> model(w);
+  const sp::EagleHead head = fastinfer::examples::eagle_head_from_flag("random:7", w.config);
+  const sp::EagleTreeConfig cfg{3, 3, 8};
+  std::vector<std::int32_t> tokens{1};
+  for (int i = 0; i < 30; ++i) tokens.push_back(3 + (i * 37) % 500);
+  const std::vector<float> feats = features_of(model, tokens);
+  const std::size_t d = std::size_t(w.config.dim);
+  const std::int64_t len = std::int64_t(tokens.size());
+
+  {
+    INFO("EAGLE head");
+    check_pieces(head, w, feats, tokens, cfg);
+  }
+  {
+    INFO("MTP modules");
+    check_pieces(fastinfer::examples::mtp_heads_from_flag("random:5", w.config), w, feats, tokens, cfg);
+  }
 
   // A gap (positions 0..4, then 9..) restarts at 9.
   sp::EagleStream gap(head, cfg);
