@@ -126,6 +126,37 @@ TEST_CASE("matmul of up to 32 tokens gives each token matvec's bits, and larger 
         }
 }
 
+TEST_CASE("with batch invariance on, matmul of any number of tokens gives each token matvec's bits, at every level") {
+  // Past 32 tokens the packed GEMM sums in another order; the mode keeps the
+  // small-row tiles (32 tokens at a time), so a row's bits never depend on
+  // the pass (batch_invariance.hpp).
+  cpu::BatchInvariantScope invariant(true);
+  std::uint32_t seed = 7000;
+  const std::string ran = fastinfer::testing::at_every_cpu_level([&](cpu::CpuLevel) {
+    for (DType dt : kFloatTypes)
+      for (std::int64_t rows : {7, 130})
+        for (std::int64_t cols : {77, 300})
+          for (std::int64_t n : {33, 64, 100}) {
+            auto w = random_matrix(dt, rows, cols, seed++);
+            const auto x = random_floats(static_cast<std::size_t>(n * cols), seed++);
+            std::vector<float> y(static_cast<std::size_t>(n * rows)), v(y.size());
+            for (std::int64_t t = 0; t < n; ++t) cpu::matvec(w.view, x.data() + t * cols, v.data() + t * rows, 1);
+            for (int threads : {1, 2}) {
+              cpu::matmul(w.view, x.data(), n, y.data(), threads);
+              INFO(dtype_name(dt) << " " << rows << "x" << cols << " n " << n << " threads " << threads);
+              REQUIRE(same_bits(y, v));
+            }
+          }
+  });
+  WARN("batch invariance past 32 tokens checked at cpu levels: " << ran);
+  // A nested scope restores the outer one's setting.
+  {
+    cpu::BatchInvariantScope off(false);
+    CHECK_FALSE(cpu::batch_invariant());
+  }
+  CHECK(cpu::batch_invariant());
+}
+
 TEST_CASE("matvec and matmul reject negative shapes, naming them, and write nothing") {
   std::vector<float> w(16, 1.0f), x(16, 1.0f), y(16, -7.0f);
   const MatrixView bad{DType::F32, w.data(), -3, 4};

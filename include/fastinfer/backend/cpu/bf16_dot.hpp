@@ -17,8 +17,10 @@
 // bf16 runs where the CPU has AVX512-BF16 (Zen 4 and later, Intel Cooper
 // Lake / Sapphire Rapids and later) and the CPU level is avx512 or higher
 // (cpu_level.hpp); elsewhere the widening kernels run. Prefill's GEMM (over
-// 32 rows) always widens. Within one (level, mode) a row's bits do not
-// depend on the pass (batch invariance holds in both modes).
+// 32 rows) always widens, unless batch invariance is on (batch_invariance.hpp:
+// then every pass takes the small-row tiles of the mode). Within one (level,
+// mode) a row's bits do not depend on the pass up to 32 rows (batch
+// invariance holds in both modes), at any size with batch invariance on.
 //
 // FASTINFER_BF16_DOT=widen|bf16 sets the starting mode (bf16 on a CPU
 // without it falls back to widen, as FASTINFER_CPU_LEVEL never raises a
@@ -30,6 +32,7 @@
 #include <string_view>
 
 #include "fastinfer/backend/cpu/cpu_level.hpp"
+#include "fastinfer/backend/cpu/kernel_mode.hpp"
 #include "fastinfer/core/error.hpp"
 
 namespace fastinfer::cpu {
@@ -81,15 +84,9 @@ inline void set_bf16_dot(Bf16Dot mode) {
 }
 
 // Sets a mode for a scope (a test, a benchmark), then restores the previous one.
-class Bf16DotScope {
+class Bf16DotScope : public KernelModeScope<Bf16Dot> {
  public:
-  explicit Bf16DotScope(Bf16Dot mode) : saved_(bf16_dot()) { set_bf16_dot(mode); }
-  ~Bf16DotScope() { bf16_dot_detail::current().store(int(saved_), std::memory_order_relaxed); }
-  Bf16DotScope(const Bf16DotScope&) = delete;
-  Bf16DotScope& operator=(const Bf16DotScope&) = delete;
-
- private:
-  Bf16Dot saved_;
+  explicit Bf16DotScope(Bf16Dot mode) : KernelModeScope(bf16_dot_detail::current(), mode, set_bf16_dot) {}
 };
 
 }  // namespace fastinfer::cpu

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "fastinfer/backend/cpu/cpu_target.hpp"
+#include "fastinfer/backend/cpu/kernel_mode.hpp"
 #include "fastinfer/core/error.hpp"
 
 namespace fastinfer::cpu {
@@ -182,15 +183,9 @@ inline void set_cpu_level(CpuLevel level) {
 }
 
 // Sets a level for a scope (a test, a benchmark), then restores the previous one.
-class CpuLevelScope {
+class CpuLevelScope : public KernelModeScope<CpuLevel> {
  public:
-  explicit CpuLevelScope(CpuLevel level) : saved_(cpu_level()) { set_cpu_level(level); }
-  ~CpuLevelScope() { level_detail::current().store(int(saved_), std::memory_order_relaxed); }
-  CpuLevelScope(const CpuLevelScope&) = delete;
-  CpuLevelScope& operator=(const CpuLevelScope&) = delete;
-
- private:
-  CpuLevel saved_;
+  explicit CpuLevelScope(CpuLevel level) : KernelModeScope(level_detail::current(), level, set_cpu_level) {}
 };
 
 // "avx2 fma f16c avx512f ...": the detected features, for logs.

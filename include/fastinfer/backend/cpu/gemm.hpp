@@ -14,7 +14,9 @@
 //   neither the thread count nor the pass size; they differ from matvec's
 //   (another summation order).
 // Either way results do not depend on the thread count (the tests check the
-// bits).
+// bits). With batch invariance on (batch_invariance.hpp) every n takes the
+// small-row tiles, 32 tokens at a time over each thread's block of weight
+// rows: every token then has matvec's bits whatever n (prefill pays for it).
 //
 // The prefill path replaced Eigen's internal general_matrix_matrix_product
 // (an internal API that changes with Eigen 5): on Zen 5, one thread, it is
@@ -24,6 +26,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "fastinfer/backend/cpu/batch_invariance.hpp"
 #include "fastinfer/backend/cpu/gemm_packed.hpp"
 #include "fastinfer/backend/cpu/gemv.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
@@ -119,9 +122,10 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
   if (w.dtype == DType::Q8_0) return q8_0::matmul(w, x, n, y, threads);
   using namespace gemm_detail;
   const std::int64_t macs = w.rows * w.cols * n;
-  if (n <= kDotMaxTokens) {
+  if (n <= kDotMaxTokens || batch_invariant()) {
     // Weight-streaming regime: split when either the bytes or the arithmetic
-    // pay for a second thread.
+    // pay for a second thread. Past kDotMaxTokens (batch invariance on) a
+    // thread's rows meet the tokens 32 at a time.
     const int nt =
         std::max(threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads),
                  threads_for(macs, ParallelThresholds::kMatmulMacsPerThread, threads));
@@ -130,13 +134,16 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
     if (w.dtype == DType::BF16 && bf16_dot_active(level)) {  // bf16 activations (bf16_dot.hpp)
       const std::uint16_t* xb = bf16_dot_detail::rounded_activations(x, n, w.cols);
       parallel_ranges(w.rows, dot_block_rows(level), nt, [&](std::int64_t r0, std::int64_t r1) {
-        avx512_bf16::matmul_rows(w, xb, n, y, r0, r1);
+        for (std::int64_t t = 0; t < n; t += kDotMaxTokens)
+          avx512_bf16::matmul_rows(w, xb + t * w.cols, std::min(kDotMaxTokens, n - t), y + t * w.rows, r0, r1);
       });
       return;
     }
 #endif
-    parallel_ranges(w.rows, dot_block_rows(level), nt,
-                    [&](std::int64_t r0, std::int64_t r1) { dot_matmul_rows(level, w, x, n, y, r0, r1); });
+    parallel_ranges(w.rows, dot_block_rows(level), nt, [&](std::int64_t r0, std::int64_t r1) {
+      for (std::int64_t t = 0; t < n; t += kDotMaxTokens)
+        dot_matmul_rows(level, w, x + t * w.cols, std::min(kDotMaxTokens, n - t), y + t * w.rows, r0, r1);
+    });
     return;
   }
   const CpuLevel level = cpu_level();
