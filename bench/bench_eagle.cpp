@@ -336,8 +336,10 @@ void BM_EngineEagle110M(benchmark::State& state, const std::string& weights) {
   state.counters["refed_always"] = double(a.spec_refed);
   // Where an EAGLE step's time goes: per step, ms.
   const engine::EngineMetrics& n = last[0];
-  state.counters["step_ms_none"] = n.steps ? 1e3 * (n.execute_seconds + n.sample_seconds) / double(n.steps) : 0.0;
-  state.counters["step_ms_always"] = a.steps ? 1e3 * (a.execute_seconds + a.sample_seconds) / double(a.steps) : 0.0;
+  state.counters["step_ms_none"] =
+      n.steps ? 1e3 * (n.execute_seconds + n.sample_seconds) / double(n.steps) : 0.0;
+  state.counters["step_ms_always"] =
+      a.steps ? 1e3 * (a.execute_seconds + a.sample_seconds) / double(a.steps) : 0.0;
   state.counters["draft_ms_always"] = a.steps ? 1e3 * a.draft_seconds / double(a.steps) : 0.0;
   const engine::EngineMetrics& d = last[2];
   state.counters["rows_adaptive"] =

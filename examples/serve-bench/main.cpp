@@ -121,17 +121,23 @@ int main(int argc, char** argv) {
   app.add_option("--static-batch", static_batch, "static baseline: batch size")->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_flag("--no-static", no_static, "skip the static baseline");
   app.add_option("--spec", spec_kind, "continuous: speculation per request")
-      ->check(CLI::IsMember({"none", "prompt-lookup", "draft", "eagle", "mtp"}))->capture_default_str();
+      ->check(CLI::IsMember({"none", "prompt-lookup", "draft", "eagle", "mtp"}))
+      ->capture_default_str();
   app.add_option("--spec-k", spec_k, "drafts per speculating decode (eagle, mtp: tree nodes)")
-      ->check(CLI::Range(1, 62))->capture_default_str();
+      ->check(CLI::Range(1, 62))
+      ->capture_default_str();
   auto* eagle_head_option =
       app.add_option("--eagle-head", eagle_head, "--spec eagle: the head, FILE, pad:FILE or random:SEED");
   auto* mtp_heads_option =
       app.add_option("--mtp-heads", mtp_heads, "--spec mtp: the modules, FILE, pad:FILE or random:SEED");
-  auto* eagle_depth_option = app.add_option("--eagle-depth", eagle_tree.depth, "--spec eagle|mtp: tree levels")
-                                 ->check(CLI::Range(1, 64))->capture_default_str();
-  auto* eagle_top_k_option = app.add_option("--eagle-top-k", eagle_tree.top_k, "--spec eagle|mtp: children per expanded node")
-                                 ->check(CLI::Range(1, fastinfer::speculative::kMaxTreeChildren))->capture_default_str();
+  auto* eagle_depth_option =
+      app.add_option("--eagle-depth", eagle_tree.depth, "--spec eagle|mtp: tree levels")
+          ->check(CLI::Range(1, 64))
+          ->capture_default_str();
+  auto* eagle_top_k_option =
+      app.add_option("--eagle-top-k", eagle_tree.top_k, "--spec eagle|mtp: children per expanded node")
+          ->check(CLI::Range(1, fastinfer::speculative::kMaxTreeChildren))
+          ->capture_default_str();
   auto* draft_model_option = app.add_option("--draft-model", draft_model, "draft model spec (default: the target's)");
   auto* draft_weights_option = app.add_option("--draft-weights", draft_weights, "draft model weight type")
       ->check(CLI::IsMember(fx::weight_choices()))->capture_default_str();
@@ -210,8 +216,10 @@ int main(int argc, char** argv) {
                                  : spec_kind == "eagle" ? fe::SpecDrafter::Eagle
                                  : spec_kind == "mtp"   ? fe::SpecDrafter::Mtp
                                                         : fe::SpecDrafter::PromptLookup;
-      if (spec_kind == "eagle") ec.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(eagle_head, model.config());
-      if (spec_kind == "mtp") ec.spec.mtp_heads = fastinfer::examples::mtp_heads_from_flag(mtp_heads, model.config());
+      if (spec_kind == "eagle")
+        ec.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(eagle_head, model.config());
+      if (spec_kind == "mtp")
+        ec.spec.mtp_heads = fastinfer::examples::mtp_heads_from_flag(mtp_heads, model.config());
       ec.spec.eagle_tree = eagle_tree;
       ec.spec.defaults.k = spec_k;
       if (spec_kind == "draft") {

@@ -31,6 +31,7 @@
 #include "fastinfer/speculative/mtp_generate.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
+#include "spec_harness.hpp"
 
 namespace fe = fastinfer::engine;
 namespace fs = fastinfer::sched;
@@ -70,66 +71,8 @@ std::vector<fs::Request> workload(const std::filesystem::path& cases_dir, int n_
   return all;
 }
 
-struct RunOut {
-  std::vector<std::vector<std::int32_t>> outputs;
-  fe::EngineMetrics metrics;
-};
-
-RunOut run_engine(LlamaModel<>& model, const fe::EngineConfig& cfg, const std::vector<fs::Request>& reqs,
-                  const std::vector<fe::RequestSpec>& specs) {
-  fe::Engine<> engine(model, cfg);
-  std::vector<fs::RequestId> ids;
-  std::map<fs::RequestId, std::vector<std::int32_t>> streamed;
-  for (std::size_t i = 0; i < reqs.size(); ++i)
-    ids.push_back(engine.submit(reqs[i], specs[i % specs.size()],
-                                [&](fs::RequestId id, std::int32_t t) { streamed[id].push_back(t); }));
-  while (engine.step()) {
-    engine.batcher().check_invariants();
-    model.kv().allocator().check_invariants();
-    if (engine.prefix_cache()) engine.prefix_cache()->check_invariants();
-  }
-  RunOut out;
-  for (fs::RequestId id : ids) {
-    REQUIRE(engine.status(id) == fs::RequestStatus::Finished);
-    CHECK(streamed[id] == engine.output(id));
-    out.outputs.push_back(engine.output(id));
-  }
-  out.metrics = engine.metrics();
-  engine.clear_prefix_cache();
-  CHECK(model.kv().allocator().num_free_blocks() == model.kv().allocator().num_blocks());
-  return out;
-}
-
-struct Variant {
-  const char* name;
-  int pool;
-  fe::EngineConfig cfg;
-};
-
-std::vector<Variant> variants() {
-  std::vector<Variant> v;
-  v.push_back({"roomy pool", 0, {}});
-  {
-    Variant c{"chunked prefill, small budget", 0, {}};
-    c.cfg.scheduler.max_tokens_per_step = 24;
-    c.cfg.scheduler.max_prefill_chunk = 7;
-    v.push_back(c);
-  }
-  {
-    Variant c{"small pool: preemption by recompute, prefix cache", 40, {}};
-    c.cfg.scheduler.max_tokens_per_step = 48;
-    c.cfg.prefix_cache = true;
-    v.push_back(c);
-  }
-  {
-    Variant c{"small pool: preemption by swap", 40, {}};
-    c.cfg.scheduler.max_tokens_per_step = 48;
-    c.cfg.scheduler.preemption = fs::Swap{};
-    c.cfg.scheduler.swap_blocks = 128;
-    v.push_back(c);
-  }
-  return v;
-}
+using fastinfer::testing::run_spec_engine;
+using RunOut = fastinfer::testing::SpecRun;
 
 // The engine's settings for a tree drafter: the head (Eagle) or modules
 // (Mtp) its flag names (eagle_flags.hpp's grammar).
@@ -152,13 +95,13 @@ std::int64_t check_greedy(const std::filesystem::path& model_path, const std::fi
   fe::EngineConfig drafter;
   set_tree_drafter(drafter, kind, head_spec, solo.config());
   std::int64_t refed = 0, preempted = 0;
-  const std::vector<Variant> vs = variants();
+  const std::vector<fastinfer::testing::SpecVariant> vs = fastinfer::testing::spec_variants();
   for (int k : {1, 4, 8}) {
     for (std::size_t vi = 0; vi < vs.size(); ++vi) {
       if ((k == 1 && vi % 2 != 0) || (k == 8 && vi % 2 != 1)) continue;
-      Variant v = vs[vi];
-      INFO((kind == fe::SpecDrafter::Eagle ? "EAGLE " : "MTP ") << head_spec << ", node budget " << k << ", "
-                                                               << v.name);
+      fastinfer::testing::SpecVariant v = vs[vi];
+      INFO((kind == fe::SpecDrafter::Eagle ? "EAGLE " : "MTP ")
+           << head_spec << ", node budget " << k << ", " << v.name);
       v.cfg.spec.policy = fe::SpecAlways{};
       v.cfg.spec.eagle_head = drafter.spec.eagle_head;
       v.cfg.spec.mtp_heads = drafter.spec.mtp_heads;
@@ -168,7 +111,7 @@ std::int64_t check_greedy(const std::filesystem::path& model_path, const std::fi
       // Every third request plain: plain rows and trees share passes.
       const std::vector<fe::RequestSpec> specs{rs, rs, fe::RequestSpec{}};
       LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(v.pool));
-      const RunOut got = run_engine(model, v.cfg, reqs, specs);
+      const RunOut got = run_spec_engine(model, v.cfg, reqs, specs);
       std::size_t mismatches = 0;
       for (std::size_t i = 0; i < reqs.size(); ++i) {
         if (got.outputs[i] == expected[i]) continue;
@@ -195,15 +138,17 @@ std::int64_t check_greedy(const std::filesystem::path& model_path, const std::fi
 
 }  // namespace
 
-TEST_CASE("engine EAGLE: greedy outputs with trees of 1, 4 and 8 nodes equal plain greedy decoding (stories260K)",
-          "[engine][spec][eagle][golden]") {
+TEST_CASE(
+    "engine EAGLE: greedy outputs with trees of 1, 4 and 8 nodes equal plain greedy decoding (stories260K)",
+    "[engine][spec][eagle][golden]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
   check_greedy(model_path, cases_dir, fe::SpecDrafter::Eagle, "random:1", 18);
 }
 
-TEST_CASE("engine MTP: greedy outputs with trees of 1, 4 and 8 nodes equal plain greedy decoding (stories260K)",
-          "[engine][spec][mtp][golden]") {
+TEST_CASE(
+    "engine MTP: greedy outputs with trees of 1, 4 and 8 nodes equal plain greedy decoding (stories260K)",
+    "[engine][spec][mtp][golden]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
   check_greedy(model_path, cases_dir, fe::SpecDrafter::Mtp, "random:2", 12);
@@ -219,8 +164,9 @@ TEST_CASE("engine EAGLE: greedy outputs with the trained head equal plain greedy
   CHECK(check_greedy(model_path, cases_dir, fe::SpecDrafter::Eagle, head.string(), 9) > 0);
 }
 
-TEST_CASE("engine MTP: greedy outputs with the trained modules equal plain greedy decoding (tinystories-656k)",
-          "[engine][spec][mtp][golden]") {
+TEST_CASE(
+    "engine MTP: greedy outputs with the trained modules equal plain greedy decoding (tinystories-656k)",
+    "[engine][spec][mtp][golden]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
   FASTINFER_REQUIRE_HEADS(heads, "FASTINFER_MTP_HEADS", "tinystories-656k.mtp");
@@ -232,8 +178,9 @@ namespace {
 // Tokens per verification of the batch-1 loop and of the engine (every
 // request at once, trees of 4 nodes: depth 3, top_k 2) on the golden
 // prompts of tinystories-656k, 64 greedy tokens each.
-void check_rate_against_batch1(const std::filesystem::path& model_path, const std::filesystem::path& cases_dir,
-                               fe::SpecDrafter kind, const std::string& head_spec) {
+void check_rate_against_batch1(const std::filesystem::path& model_path,
+                               const std::filesystem::path& cases_dir, fe::SpecDrafter kind,
+                               const std::string& head_spec) {
   const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
   LlamaModel<> solo(w, paged_options(0, 1));
   std::vector<fs::Request> reqs;
@@ -260,7 +207,7 @@ void check_rate_against_batch1(const std::filesystem::path& model_path, const st
   rs.drafter = kind;
   rs.k = 4;
   LlamaModel<> model(w, paged_options(0));
-  const RunOut got = run_engine(model, cfg, reqs, {rs});
+  const RunOut got = run_spec_engine(model, cfg, reqs, {rs});
   const double solo_rate = double(solo_tokens) / double(solo_passes);
   const double engine_rate = double(got.metrics.spec_emitted) / double(got.metrics.spec_rows);
   INFO("tokens per verification: batch 1 " << solo_rate << ", engine " << engine_rate);
@@ -273,16 +220,18 @@ void check_rate_against_batch1(const std::filesystem::path& model_path, const st
 
 }  // namespace
 
-TEST_CASE("engine EAGLE: tokens per tree row match the batch-1 loop's with the trained head (tinystories-656k)",
-          "[engine][spec][eagle][golden]") {
+TEST_CASE(
+    "engine EAGLE: tokens per tree row match the batch-1 loop's with the trained head (tinystories-656k)",
+    "[engine][spec][eagle][golden]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
   FASTINFER_REQUIRE_HEADS(head, "FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
   check_rate_against_batch1(model_path, cases_dir, fe::SpecDrafter::Eagle, head.string());
 }
 
-TEST_CASE("engine MTP: tokens per tree row match the batch-1 loop's with the trained modules (tinystories-656k)",
-          "[engine][spec][mtp][golden]") {
+TEST_CASE(
+    "engine MTP: tokens per tree row match the batch-1 loop's with the trained modules (tinystories-656k)",
+    "[engine][spec][mtp][golden]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
   FASTINFER_REQUIRE_HEADS(heads, "FASTINFER_MTP_HEADS", "tinystories-656k.mtp");
@@ -294,7 +243,8 @@ TEST_CASE("engine EAGLE and MTP: a sampled request emits its plain sampled token
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
   const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
-  const std::filesystem::path trained = fastinfer::testing::heads_path("FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
+  const std::filesystem::path trained =
+      fastinfer::testing::heads_path("FASTINFER_EAGLE_HEAD", "tinystories-656k.eagle");
   const std::string head_spec = std::filesystem::exists(trained) ? trained.string() : std::string("random:4");
   std::vector<fs::Request> reqs;
   std::uint64_t seed = 5;
@@ -307,7 +257,7 @@ TEST_CASE("engine EAGLE and MTP: a sampled request emits its plain sampled token
   }
   fe::EngineConfig plain_cfg;
   LlamaModel<> plain_model(w, paged_options(0));
-  const RunOut plain = run_engine(plain_model, plain_cfg, reqs, {fe::RequestSpec{}});
+  const RunOut plain = run_spec_engine(plain_model, plain_cfg, reqs, {fe::RequestSpec{}});
   for (fe::SpecPolicy policy : {fe::SpecPolicy{fe::SpecAlways{}}, fe::SpecPolicy{fe::SpecAdaptive{}}}) {
     fe::EngineConfig cfg;
     cfg.spec.policy = policy;
@@ -320,7 +270,7 @@ TEST_CASE("engine EAGLE and MTP: a sampled request emits its plain sampled token
     mtp.drafter = fe::SpecDrafter::Mtp;
     mtp.k = 5;
     LlamaModel<> model(w, paged_options(0));
-    const RunOut got = run_engine(model, cfg, reqs, {eagle, fe::RequestSpec{}, mtp});
+    const RunOut got = run_spec_engine(model, cfg, reqs, {eagle, fe::RequestSpec{}, mtp});
     INFO("policy " << policy.index());
     CHECK(got.outputs == plain.outputs);
     CHECK(got.metrics.spec_rows > 0);

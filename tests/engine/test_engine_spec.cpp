@@ -23,13 +23,14 @@
 #include <string>
 #include <vector>
 
+#include "engine_harness.hpp"
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/spec_policy.hpp"
 #include "fastinfer/model/load_model.hpp"
-#include "engine_harness.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
+#include "spec_harness.hpp"
 
 namespace fe = fastinfer::engine;
 namespace fs = fastinfer::sched;
@@ -74,38 +75,6 @@ std::vector<fs::Request> mixed_workload(const std::filesystem::path& cases_dir, 
   return all;
 }
 
-struct RunOut {
-  std::vector<std::vector<std::int32_t>> outputs;
-  fe::EngineMetrics metrics;
-};
-
-RunOut run_engine(LlamaModel<>& model, const fe::EngineConfig& cfg, const std::vector<fs::Request>& reqs,
-                  const std::vector<fe::RequestSpec>& specs) {
-  fe::Engine<> engine(model, cfg);
-  std::vector<fs::RequestId> ids;
-  std::map<fs::RequestId, std::vector<std::int32_t>> streamed;
-  for (std::size_t i = 0; i < reqs.size(); ++i)
-    ids.push_back(engine.submit(reqs[i], specs[i % specs.size()],
-                                [&](fs::RequestId id, std::int32_t t) { streamed[id].push_back(t); }));
-  std::int64_t steps = 0;
-  while (engine.step()) {
-    ++steps;
-    engine.batcher().check_invariants();
-    model.kv().allocator().check_invariants();
-    if (engine.prefix_cache()) engine.prefix_cache()->check_invariants();
-  }
-  RunOut out;
-  for (fs::RequestId id : ids) {
-    REQUIRE(engine.status(id) == fs::RequestStatus::Finished);
-    CHECK(streamed[id] == engine.output(id));
-    out.outputs.push_back(engine.output(id));
-  }
-  out.metrics = engine.metrics();
-  engine.clear_prefix_cache();
-  CHECK(model.kv().allocator().num_free_blocks() == model.kv().allocator().num_blocks());
-  return out;
-}
-
 }  // namespace
 
 namespace {
@@ -122,35 +91,7 @@ void check_greedy_speculation(const std::filesystem::path& model_path, const std
   bf16.weight_dtype = fastinfer::DType::BF16;
   const fastinfer::LlamaWeights draft = fastinfer::load_model(model_path.string(), bf16);
 
-  struct Variant {
-    const char* name;
-    int pool;
-    fe::EngineConfig cfg;
-  };
-  std::vector<Variant> variants;
-  {
-    Variant v{"roomy pool", 0, {}};
-    variants.push_back(v);
-  }
-  {
-    Variant v{"chunked prefill, small budget", 0, {}};
-    v.cfg.scheduler.max_tokens_per_step = 24;
-    v.cfg.scheduler.max_prefill_chunk = 7;
-    variants.push_back(v);
-  }
-  {
-    Variant v{"small pool: preemption by recompute, prefix cache", 40, {}};
-    v.cfg.scheduler.max_tokens_per_step = 48;
-    v.cfg.prefix_cache = true;
-    variants.push_back(v);
-  }
-  {
-    Variant v{"small pool: preemption by swap", 40, {}};
-    v.cfg.scheduler.max_tokens_per_step = 48;
-    v.cfg.scheduler.preemption = fs::Swap{};
-    v.cfg.scheduler.swap_blocks = 128;
-    variants.push_back(v);
-  }
+  const std::vector<fastinfer::testing::SpecVariant> variants = fastinfer::testing::spec_variants();
   std::int64_t preempted_speculating = 0;
   {
     for (int k : {1, 2, 4}) {
@@ -159,7 +100,7 @@ void check_greedy_speculation(const std::filesystem::path& model_path, const std
       // keep the test short under ASan).
       for (std::size_t vi = 0; vi < variants.size(); ++vi) {
         if ((k == 1 && vi % 2 != 0) || (k == 2 && vi % 2 != 1)) continue;
-        Variant v = variants[vi];
+        fastinfer::testing::SpecVariant v = variants[vi];
         INFO((drafter == fe::SpecDrafter::PromptLookup ? "prompt lookup"
               : drafter == fe::SpecDrafter::EarlyExit  ? "early exit (half the layers)"
                                                        : "self-draft (bf16)")
@@ -172,7 +113,8 @@ void check_greedy_speculation(const std::filesystem::path& model_path, const std
         // Every third request plain: plain and speculating rows share steps.
         std::vector<fe::RequestSpec> specs{rs, rs, fe::RequestSpec{}};
         LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(v.pool));
-        const RunOut got = run_engine(model, v.cfg, reqs, specs);
+        const fastinfer::testing::SpecRun got =
+            fastinfer::testing::run_spec_engine(model, v.cfg, reqs, specs);
         std::size_t mismatches = 0;
         for (std::size_t i = 0; i < reqs.size(); ++i) {
           if (got.outputs[i] != expected[i]) {
@@ -324,7 +266,7 @@ TEST_CASE("engine speculation: policies never and max-batch, bad speculation set
     if (policy == 0) cfg.spec.policy = fe::SpecNever{};
     else cfg.spec.policy = fe::SpecMaxBatch{3};
     INFO(fe::spec_policy_name(cfg.spec.policy));
-    const RunOut got = run_engine(model, cfg, reqs, {rs});
+    const fastinfer::testing::SpecRun got = fastinfer::testing::run_spec_engine(model, cfg, reqs, {rs});
     for (std::size_t i = 0; i < reqs.size(); ++i)
       CHECK(got.outputs[i] == solo_greedy(solo, reqs[i].prompt, reqs[i].max_new_tokens, reqs[i].stop_ids));
     const fe::EngineMetrics& m = got.metrics;
@@ -645,7 +587,7 @@ TEST_CASE("engine speculation: sampled requests emit their plain tokens when the
     }
     INFO("variant " << variant);
     LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(pool, 16));
-    const RunOut got = run_engine(model, cfg, reqs, specs);
+    const fastinfer::testing::SpecRun got = fastinfer::testing::run_spec_engine(model, cfg, reqs, specs);
     for (std::size_t i = 0; i < reqs.size(); ++i) {
       INFO("request " << i);
       CHECK(got.outputs[i] == alone[i]);
@@ -681,7 +623,8 @@ TEST_CASE("engine speculation: Leviathan rejection sampling stays available (Spe
     cfg.spec.draft_weights = fastinfer::load_model(model_path.string(), bf16);
     if (mode == 2) cfg.spec.sampled_rule = fastinfer::speculative::AcceptanceRule::Exact;
     LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 8));
-    const RunOut got = run_engine(model, cfg, reqs, {mode == 0 ? fe::RequestSpec{} : rs});
+    const fastinfer::testing::SpecRun got =
+        fastinfer::testing::run_spec_engine(model, cfg, reqs, {mode == 0 ? fe::RequestSpec{} : rs});
     (mode == 0 ? plain : mode == 1 ? coupled : exact) = got.outputs;
     if (mode > 0) {
       CHECK(got.metrics.spec_rows > 0);

@@ -82,15 +82,17 @@ TEST_CASE("fastinfer-serve-bench: --spec eagle and mtp draft token trees, their 
     WARN("FASTINFER_SKIP: " << serve << " not built");
     return;
   }
-  const std::string base = "'" + serve.string() +
-                           "' --model synthetic:tiny --threads 1 --requests 4 --prompt-len 6:12 --output-len 8:16 "
-                           "--no-static --json --spec-policy always ";
+  const std::string base =
+      "'" + serve.string() +
+      "' --model synthetic:tiny --threads 1 --requests 4 --prompt-len 6:12 --output-len 8:16 "
+      "--no-static --json --spec-policy always ";
   int status = -1;
   const std::pair<std::string, std::string> trees[] = {{"eagle", "--eagle-head random:3"},
                                                        {"mtp", "--mtp-heads random:3 --eagle-depth 2"}};
   for (const auto& [kind, flags] : trees) {
     INFO(kind << " " << flags);
-    const auto j = nlohmann::json::parse(stdout_of(base + "--spec " + kind + " " + flags + " --spec-k 5", &status));
+    const auto j =
+        nlohmann::json::parse(stdout_of(base + "--spec " + kind + " " + flags + " --spec-k 5", &status));
     REQUIRE(status == 0);
     const auto& s = j.at("continuous").at("spec");
     CHECK(j.at("config").at("spec") == kind);

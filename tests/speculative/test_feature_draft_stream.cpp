@@ -34,8 +34,9 @@ std::vector<float> features_of(fastinfer::LlamaModel<>& m, const std::vector<std
 // but the last committed at once (commit_accepted, as feature_draft_generate
 // calls it), the root from the last one.
 template <typename Head>
-sp::TokenTree reference_tree(const Head& proto, const fastinfer::LlamaWeights& w, const std::vector<float>& feats,
-                             const std::vector<std::int32_t>& tokens, int first, sp::EagleTreeConfig tree, int nodes) {
+sp::TokenTree reference_tree(const Head& proto, const fastinfer::LlamaWeights& w,
+                             const std::vector<float>& feats, const std::vector<std::int32_t>& tokens,
+                             int first, sp::EagleTreeConfig tree, int nodes) {
   Head head = proto;
   head.reset();
   const std::size_t d = std::size_t(w.config.dim);
@@ -85,8 +86,10 @@ void check_pieces(const Head& head, const fastinfer::LlamaWeights& w, const std:
 
 }  // namespace
 
-TEST_CASE("feature streams: pieces of features draft the batch-1 loop's tree, gaps restart, early drafts are refused",
-          "[speculative][eagle]") {
+TEST_CASE(
+    "feature streams: pieces of features draft the batch-1 loop's tree, gaps restart, early drafts are "
+    "refused",
+    "[speculative][eagle]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
   fastinfer::LlamaModel<> model(w);

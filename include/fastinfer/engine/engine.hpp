@@ -41,24 +41,19 @@
 // draft pass writes the request's reserved draft slots, which the verifying
 // pass rewrites), and k). Requests that draft with the draft model share one
 // (batched_draft.hpp): a step drafts for all of them in a few batched passes.
-// Before each schedule() the engine's policy decides how many draft slots each running speculating request asks for
-// (ContinuousBatcher::set_draft_tokens); the batcher budgets them (tokens and
-// KV blocks). A decode entry with slots feeds [its token, d1..dm] (m <= the
-// slots, as many as the drafter proposed) as one ragged entry of the SAME
-// forward pass as every other row; its m + 1 logits rows go through the
-// request's SpeculativeVerifier (greedy: the argmax chain; temperature > 0:
-// by default the coupled rule, speculative::AcceptanceRule::Coupled: row i is
-// sampled exactly as a plain row samples that token index, and drafts are
-// kept while they match, so a sampled request emits plain sampling's tokens
-// whatever drafts the switch or the budget gave it in each step, which keeps
-// its tokens independent of its batch-mates; SpecConfig::sampled_rule =
-// Exact selects Leviathan rejection sampling with coins Philox(seed,
-// Speculative, token index), exact in distribution but with tokens that
-// depend on the draft counts), and the row emits 1..m+1 tokens. The
-// accepted drafts' KV is kept (StepResult::kv_kept), the rejected slots and
-// their blocks go back at commit(). A row with no drafts samples exactly as
-// a plain row. Stop ids, max_new_tokens and the context limit cut an accepted
-// run token by token in commit(), where plain decoding would stop.
+// Before each schedule() the engine's policy decides how many draft slots each running speculating request
+// asks for (ContinuousBatcher::set_draft_tokens); the batcher budgets them (tokens and KV blocks). A decode
+// entry with slots feeds [its token, d1..dm] (m <= the slots, as many as the drafter proposed) as one ragged
+// entry of the SAME forward pass as every other row; its m + 1 logits rows go through the request's
+// SpeculativeVerifier (greedy: the argmax chain; temperature > 0: by default the coupled rule,
+// speculative::AcceptanceRule::Coupled: row i is sampled exactly as a plain row samples that token index, and
+// drafts are kept while they match, so a sampled request emits plain sampling's tokens whatever drafts the
+// switch or the budget gave it in each step, which keeps its tokens independent of its batch-mates;
+// SpecConfig::sampled_rule = Exact selects Leviathan rejection sampling with coins Philox(seed, Speculative,
+// token index), exact in distribution but with tokens that depend on the draft counts), and the row
+// emits 1..m+1 tokens. The accepted drafts' KV is kept (StepResult::kv_kept), the rejected slots and their
+// blocks go back at commit(). A row with no drafts samples exactly as a plain row. Stop ids, max_new_tokens
+// and the context limit cut an accepted run token by token in commit(), where plain decoding would stop.
 //
 // Token trees (SpecDrafter::Eagle, Mtp; docs/speculative.md "EAGLE and MTP
 // trees in the Engine"): such a request's entry feeds [its unfed tokens | the tree's
@@ -95,8 +90,8 @@
 #include <variant>
 #include <vector>
 
-#include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/engine/batched_draft.hpp"
 #include "fastinfer/engine/request_speculation.hpp"
 #include "fastinfer/engine/spec_policy.hpp"
@@ -454,7 +449,8 @@ class Engine {
     for (auto& kv : live_) {
       if (!kv.second.spec || batcher_->status(kv.first) != sched::RequestStatus::Running) continue;
       const RequestId id = kv.first;
-      const std::int64_t len = std::int64_t(batcher_->request(id).prompt.size() + batcher_->output(id).size());
+      const std::int64_t len =
+          std::int64_t(batcher_->request(id).prompt.size() + batcher_->output(id).size());
       const std::int64_t unfed = len - batcher_->computed_tokens(id);
       // A chain drafts after a decode; a tree also after the accepted nodes
       // its last pass could not keep, once its stream holds every feature
@@ -575,8 +571,8 @@ class Engine {
       context.assign(r.prompt.begin(), r.prompt.end());
       context.insert(context.end(), out.begin(), out.end());
       if (speculative::FeatureStream* stream = sp.feature_stream()) {
-        const speculative::TokenTree& tree = stream->draft(model_.weights(), context.data(),
-                                                           std::int64_t(context.size()), e.num_drafts, model_.threads());
+        const speculative::TokenTree& tree = stream->draft(
+            model_.weights(), context.data(), std::int64_t(context.size()), e.num_drafts, model_.threads());
         if (!tree.tokens.empty()) {
           trees_[i] = &tree;
           any_tree_ = true;
@@ -680,7 +676,8 @@ class Engine {
   void tree_layout_(const sched::StepPlan& plan) {
     batch_.positions.resize(std::size_t(batch_.rows()));
     std::size_t mask_bytes = 0;
-    for (std::int32_t b = 0; b < batch_.batch(); ++b) mask_bytes += std::size_t(batch_.count(b)) * std::size_t(batch_.count(b));
+    for (std::int32_t b = 0; b < batch_.batch(); ++b)
+      mask_bytes += std::size_t(batch_.count(b)) * std::size_t(batch_.count(b));
     batch_.mask.assign(mask_bytes, 0);
     std::size_t at = 0;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
@@ -688,8 +685,9 @@ class Engine {
       const bool tree = trees_[i] != nullptr;
       const speculative::TokenTree& t = tree ? *trees_[i] : no_tree_;
       tree_depth_ = speculative::tree_depths(t);
-      speculative::tree_entry_layout(plan.entries[i].position, tree ? plan.entries[i].num_tokens : n, t, tree_depth_,
-                                     batch_.positions.data() + batch_.qo_indptr[i], batch_.mask.data() + at, n);
+      speculative::tree_entry_layout(plan.entries[i].position, tree ? plan.entries[i].num_tokens : n, t,
+                                     tree_depth_, batch_.positions.data() + batch_.qo_indptr[i],
+                                     batch_.mask.data() + at, n);
       at += std::size_t(n) * std::size_t(n);
     }
   }
@@ -704,7 +702,8 @@ class Engine {
       const sched::PlanEntry& e = plan.entries[i];
       auto it = live_.find(e.id);
       if (it == live_.end() || !it->second.spec || !it->second.spec->feature_stream()) continue;
-      it->second.spec->feature_stream()->observe(e.position, features_ + std::size_t(batch_.qo_indptr[i]) * dim, e.num_tokens);
+      it->second.spec->feature_stream()->observe(
+          e.position, features_ + std::size_t(batch_.qo_indptr[i]) * dim, e.num_tokens);
     }
   }
 

@@ -24,10 +24,10 @@
 #include "fastinfer/sched/request.hpp"
 #include "fastinfer/speculative/drafter.hpp"
 #include "fastinfer/speculative/eagle_head.hpp"
-#include "fastinfer/speculative/feature_draft_stream.hpp"
 #include "fastinfer/speculative/eagle_tree.hpp"
-#include "fastinfer/speculative/mtp_heads.hpp"
 #include "fastinfer/speculative/early_exit_drafter.hpp"
+#include "fastinfer/speculative/feature_draft_stream.hpp"
+#include "fastinfer/speculative/mtp_heads.hpp"
 #include "fastinfer/speculative/prompt_lookup.hpp"
 #include "fastinfer/speculative/speculative_verifier.hpp"
 
@@ -183,7 +183,8 @@ class RequestSpeculation {
   // The tree form: rows[0] the root's row (the last unfed token), then one
   // per node. The acceptance history is kept by node count (a request's k
   // is its node budget): E(k) reads as tokens per step with k nodes.
-  speculative::VerifyOutcome verify_tree(const float* rows, const speculative::TokenTree& tree, std::uint64_t index) {
+  speculative::VerifyOutcome verify_tree(const float* rows, const speculative::TokenTree& tree,
+                                         std::uint64_t index) {
     speculative::VerifyOutcome v = verifier_->verify_tree(rows, tree, nullptr, index);
     acceptance_.update(tree.size(), v.accepted);
     ++rows_;

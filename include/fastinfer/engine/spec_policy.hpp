@@ -54,7 +54,8 @@ enum class SpecDrafter {
   None,          // plain decoding
   PromptLookup,  // n-gram match in the prompt and output (speculative/prompt_lookup.hpp)
   DraftModel,    // EngineConfig::spec.draft_weights, one DraftModel per request
-  EarlyExit,     // the target's first exit_layer layers (speculative/early_exit_drafter.hpp), sharing the request's KV
+  EarlyExit,     // the target's first exit_layer layers (speculative/early_exit_drafter.hpp), sharing the
+                 // request's KV
   Eagle,         // EngineConfig::spec.eagle_head: a token tree of at most k nodes from the target's features
   Mtp,           // EngineConfig::spec.mtp_heads: as Eagle, tree level d from MTP module d
 };

@@ -232,7 +232,8 @@ class ContinuousBatcher {
   void set_draft_tokens(RequestId id, std::int32_t k, std::int32_t max_unfed = 1) {
     Entry* e = find(id);
     FASTINFER_CHECK(e != nullptr, UsageError, "ContinuousBatcher::set_draft_tokens: unknown request ", id);
-    FASTINFER_CHECK(k >= 0 && max_unfed >= 1, InvalidArgument, "ContinuousBatcher::set_draft_tokens: request ", id,
+    FASTINFER_CHECK(k >= 0 && max_unfed >= 1, InvalidArgument,
+                    "ContinuousBatcher::set_draft_tokens: request ", id,
                     ": draft count must be >= 0 and max_unfed >= 1, got ", k, " and ", max_unfed);
     e->draft_want = k;
     e->draft_max_unfed = max_unfed;

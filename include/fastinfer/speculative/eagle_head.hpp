@@ -341,8 +341,9 @@ class EagleHead {
                              shape_only.rows(t), shape_only.cols(t), expected, dtype);
     check_file_size(path, file->size(), expected);
     EagleHead head(s);
-    head.read_weights(path, file->at(kHeaderBytes, head.values() * (dtype == kDTypeF32 ? 4 : 2), "EAGLE head weights"),
-                      dtype);
+    head.read_weights(
+        path, file->at(kHeaderBytes, head.values() * (dtype == kDTypeF32 ? 4 : 2), "EAGLE head weights"),
+        dtype);
     return head;
   }
 
@@ -472,7 +473,9 @@ class EagleHead {
     return off + std::uint64_t(rows * cols) * (f16 ? 2 : 4);
   }
   // The tensors in table order, appended to out.
-  void append_weights(std::vector<char>& out, bool f16) const { append_values(out, w_->f32.data(), values(), f16); }
+  void append_weights(std::vector<char>& out, bool f16) const {
+    append_values(out, w_->f32.data(), values(), f16);
+  }
   static void append_values(std::vector<char>& out, const float* x, std::size_t n, bool f16) {
     std::size_t at = out.size();
     out.resize(at + n * (f16 ? 2 : 4));
@@ -721,8 +724,10 @@ class EagleHead {
     std::vector<float> input_norms;  // [2][dim] enorm, hnorm, or empty (no input norms)
   };
   Weights& own_weights_() {
-    if (!w_) w_ = std::make_shared<Weights>();
-    else if (w_.use_count() > 1) w_ = std::make_shared<Weights>(*w_);
+    if (!w_)
+      w_ = std::make_shared<Weights>();
+    else if (w_.use_count() > 1)
+      w_ = std::make_shared<Weights>(*w_);
     return *w_;
   }
   std::shared_ptr<Weights> w_ = std::make_shared<Weights>();

@@ -57,8 +57,8 @@ class FeatureStream {
   // the root; ready(len) must hold), valid until the next draft(): the
   // buffered rows up to position len - 2 are committed first, the features
   // past them kept for later.
-  virtual const TokenTree& draft(const LlamaWeights& w, const std::int32_t* context, std::int64_t len, int nodes,
-                                 int threads) = 0;
+  virtual const TokenTree& draft(const LlamaWeights& w, const std::int32_t* context, std::int64_t len,
+                                 int nodes, int threads) = 0;
 };
 
 // A head type provides what feature_draft_generate asks of it (reset(),
@@ -79,8 +79,8 @@ class FeatureDraftStream final : public FeatureStream {
   }
 
   void observe(std::int64_t first, const float* features, std::int64_t n) override {
-    FASTINFER_CHECK(first >= 0 && n >= 0, InvalidArgument, "feature drafting: features of positions ", first, " + ",
-                    n);
+    FASTINFER_CHECK(first >= 0 && n >= 0, InvalidArgument, "feature drafting: features of positions ", first,
+                    " + ", n);
     if (n == 0) return;
     if (!started_ || first > end()) {
       head_.reset();
@@ -121,11 +121,11 @@ class FeatureDraftStream final : public FeatureStream {
       buffered_.erase(buffered_.begin(), buffered_.begin() + std::ptrdiff_t(std::size_t(n) * d));
       root_position_ = len - 1;
     }
-    FASTINFER_CHECK(root_position_ == len - 1, InvalidArgument, "feature drafting: the root feature is of position ",
-                    root_position_, ", the context ends at ", len - 1,
-                    " (a context must not shrink between drafts)");
-    tree_out_ = draft_feature_tree(head_, w, root_.data(), std::min(tree_.depth, nodes), tree_.top_k, nodes, ws_,
-                                   threads);
+    FASTINFER_CHECK(root_position_ == len - 1, InvalidArgument,
+                    "feature drafting: the root feature is of position ", root_position_,
+                    ", the context ends at ", len - 1, " (a context must not shrink between drafts)");
+    tree_out_ = draft_feature_tree(head_, w, root_.data(), std::min(tree_.depth, nodes), tree_.top_k, nodes,
+                                   ws_, threads);
     return tree_out_;
   }
 

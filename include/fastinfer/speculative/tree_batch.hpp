@@ -104,15 +104,18 @@ inline int kept_in_place(const std::vector<int>& path) {
 // caller), that every row sees the pending tokens up to its own and a node
 // its ancestors and itself. Later rows (extras) get only the pending
 // columns. An empty tree is a causal entry. depth: tree_depths(tree).
-inline void tree_entry_layout(std::int64_t start, int n_pending, const TokenTree& tree, const std::vector<int>& depth,
-                              std::int64_t* positions, std::uint8_t* mask, int side) {
+inline void tree_entry_layout(std::int64_t start, int n_pending, const TokenTree& tree,
+                              const std::vector<int>& depth, std::int64_t* positions, std::uint8_t* mask,
+                              int side) {
   const int t = tree.size();
   FASTINFER_CHECK(n_pending >= 1 && side >= n_pending + t && int(depth.size()) == t, InvalidArgument,
                   "tree layout: ", n_pending, " pending tokens and ", t, " nodes in a block of side ", side);
   const std::int64_t root = start + n_pending - 1;
   for (int i = 0; i < n_pending; ++i) positions[i] = start + i;
   for (int i = 0; i < t; ++i) positions[n_pending + i] = root + depth[std::size_t(i)];
-  auto m = [&](int r, int c) -> std::uint8_t& { return mask[std::size_t(r) * std::size_t(side) + std::size_t(c)]; };
+  auto m = [&](int r, int c) -> std::uint8_t& {
+    return mask[std::size_t(r) * std::size_t(side) + std::size_t(c)];
+  };
   for (int r = 0; r < side; ++r)
     for (int c = 0; c < std::min(r + 1, n_pending); ++c) m(r, c) = 1;
   for (int i = 0; i < t; ++i)
@@ -147,7 +150,9 @@ inline void build_tree_batch(ForwardBatch& batch, SeqId seq, const std::int32_t*
                     " (must be >= 1: it comes after the root)");
     batch.positions[std::size_t(n_pending + t + e)] = root + extra_depth[e];
   }
-  auto m = [&](int r, int c) -> std::uint8_t& { return batch.mask[std::size_t(r) * std::size_t(n) + std::size_t(c)]; };
+  auto m = [&](int r, int c) -> std::uint8_t& {
+    return batch.mask[std::size_t(r) * std::size_t(n) + std::size_t(c)];
+  };
   const int x0 = n_pending + t;
   for (int e = 0; e < n_extra; ++e)
     for (int f = 0; f < n_extra; ++f)

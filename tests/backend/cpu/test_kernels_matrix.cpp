@@ -126,7 +126,9 @@ TEST_CASE("matmul of up to 32 tokens gives each token matvec's bits, and larger 
         }
 }
 
-TEST_CASE("with batch invariance on, matmul of any number of tokens gives each token matvec's bits, at every level") {
+TEST_CASE(
+    "with batch invariance on, matmul of any number of tokens gives each token matvec's bits, at every "
+    "level") {
   // Past 32 tokens the packed GEMM sums in another order; the mode keeps the
   // small-row tiles (32 tokens at a time), so a row's bits never depend on
   // the pass (batch_invariance.hpp).
@@ -140,7 +142,8 @@ TEST_CASE("with batch invariance on, matmul of any number of tokens gives each t
             auto w = random_matrix(dt, rows, cols, seed++);
             const auto x = random_floats(static_cast<std::size_t>(n * cols), seed++);
             std::vector<float> y(static_cast<std::size_t>(n * rows)), v(y.size());
-            for (std::int64_t t = 0; t < n; ++t) cpu::matvec(w.view, x.data() + t * cols, v.data() + t * rows, 1);
+            for (std::int64_t t = 0; t < n; ++t)
+              cpu::matvec(w.view, x.data() + t * cols, v.data() + t * rows, 1);
             for (int threads : {1, 2}) {
               cpu::matmul(w.view, x.data(), n, y.data(), threads);
               INFO(dtype_name(dt) << " " << rows << "x" << cols << " n " << n << " threads " << threads);

@@ -39,7 +39,9 @@ inline std::atomic<int>& current() {
 }
 }  // namespace batch_invariance_detail
 
-inline bool batch_invariant() { return batch_invariance_detail::current().load(std::memory_order_relaxed) != 0; }
+inline bool batch_invariant() {
+  return batch_invariance_detail::current().load(std::memory_order_relaxed) != 0;
+}
 
 // For every thread's later kernel calls.
 inline void set_batch_invariant(bool on) {

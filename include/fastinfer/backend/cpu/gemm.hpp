@@ -135,7 +135,8 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
       const std::uint16_t* xb = bf16_dot_detail::rounded_activations(x, n, w.cols);
       parallel_ranges(w.rows, dot_block_rows(level), nt, [&](std::int64_t r0, std::int64_t r1) {
         for (std::int64_t t = 0; t < n; t += kDotMaxTokens)
-          avx512_bf16::matmul_rows(w, xb + t * w.cols, std::min(kDotMaxTokens, n - t), y + t * w.rows, r0, r1);
+          avx512_bf16::matmul_rows(w, xb + t * w.cols, std::min(kDotMaxTokens, n - t), y + t * w.rows, r0,
+                                   r1);
       });
       return;
     }
