@@ -239,8 +239,8 @@ def check_queue_overflow():
 
 
 def check_speculation():
-    # Prompt-lookup speculation inside the batch: greedy tokens unchanged,
-    # drafts counted in /metrics.
+    # Prompt-lookup speculation and EAGLE trees inside the batch: greedy
+    # tokens unchanged, drafts counted in /metrics.
     s = Server("--spec", "prompt-lookup", "--spec-k", "4")
     c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
     for case in CASES:
@@ -250,6 +250,16 @@ def check_speculation():
     m = s.metrics()
     assert m["fastinfer_spec_drafted_tokens_total"] > 0 and m["fastinfer_spec_accepted_tokens_total"] > 0, m
     assert 0 < m["fastinfer_spec_acceptance_rate"] <= 1
+    s.assert_pool_whole()
+    s.stop()
+    # EAGLE trees (a random head: a poor drafter, still verified exactly).
+    s = Server("--spec", "eagle", "--eagle-head", "random:1", "--spec-k", "4")
+    c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+    for case in CASES:
+        r = c.completions.create(model=MODEL, prompt=case["prompt"], max_tokens=case["max_new_tokens"], temperature=0,
+                                 extra_body={"return_token_ids": True})
+        assert r.choices[0].model_extra["token_ids"] == case["continuation"], case["name"]
+    assert s.metrics()["fastinfer_spec_drafted_tokens_total"] > 0
     s.assert_pool_whole()
     s.stop()
 
