@@ -22,11 +22,11 @@
 // (data/heads/tinystories-656k.mtp, pad:) side by side on the same prompts,
 // alternated as above: per drafter and tree, x_<drafter>_D,K,B (decode tok/s
 // over plain's) and tpp_<drafter>_D,K,B (tokens per target pass).
-// BM_EngineEagle110M/<weights>/<requests>: the same stand-in and prompts
+// BM_EngineEagle110M/<weights>/<requests>/<nodes>: the same stand-in and prompts
 // served by the Engine (continuous batching, paged KV, 2 threads), B requests
 // at once (the eight prompts cycled), 128 greedy tokens each: no
 // speculation, EAGLE trees with SpecAlways and with SpecAdaptive (the
-// engine's tree: depth 3, top_k 2, 4 nodes), the three runs alternating
+// engine's tree: depth 3, top_k 2, at most `nodes` nodes), the three runs alternating
 // their order from iteration to iteration, outputs checked equal. Counters:
 // none_tok_s (output tokens per wall second), x_always, x_adaptive (over
 // none), tpr_always (tokens per tree row), refed_always (accepted nodes fed
@@ -302,7 +302,7 @@ void BM_EngineEagle110M(benchmark::State& state, const std::string& weights) {
   adaptive.spec.policy = engine::SpecAdaptive{};
   engine::RequestSpec eagle;
   eagle.drafter = engine::SpecDrafter::Eagle;
-  eagle.k = always.spec.eagle_tree.budget;
+  eagle.k = int(state.range(1));
   const engine::EngineConfig* cfgs[3] = {&base, &always, &adaptive};
   const engine::RequestSpec specs[3] = {engine::RequestSpec{}, eagle, eagle};
   double seconds[3] = {0, 0, 0};
@@ -376,8 +376,9 @@ int main(int argc, char** argv) {
   }
   for (const std::string w : {"bf16", "f32"}) {
     auto* b = benchmark::RegisterBenchmark(("BM_EngineEagle110M/" + w).c_str(), BM_EngineEagle110M, w);
-    for (int n : {1, 2, 4, 16}) b->Arg(n);
-    b->ArgNames({"requests"})->Iterations(2)->UseRealTime()->Unit(benchmark::kSecond);
+    for (const auto& [requests, nodes] : std::vector<std::pair<int, int>>{{1, 4}, {2, 4}, {2, 2}, {4, 4}, {4, 2}, {16, 4}})
+      b->Args({requests, nodes});
+    b->ArgNames({"requests", "nodes"})->Iterations(2)->UseRealTime()->Unit(benchmark::kSecond);
   }
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
