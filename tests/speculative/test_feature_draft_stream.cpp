@@ -135,3 +135,18 @@ TEST_CASE("EagleHead: copies share the weights until one is written", "[speculat
   CHECK(a.weight_dtype() == fastinfer::DType::F32);
   CHECK(c.weight_dtype() == fastinfer::DType::F16);
 }
+
+TEST_CASE("EagleHead: a copy that commits and expands rows still shares the weights", "[speculative][eagle]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
+  const sp::EagleHead proto = fastinfer::examples::eagle_head_from_flag("random:2", w.config);
+  sp::EagleHead head = proto;
+  const std::size_t d = std::size_t(w.config.dim);
+  std::vector<float> feats(3 * d, 0.25f), root(d), out(2 * d);
+  const std::int32_t next[3] = {5, 6, 7};
+  head.commit(w, feats.data(), next, 3, root.data());
+  const int parents[2] = {-1, -1};
+  head.expand(w, root.data(), next, parents, 2, out.data());
+  CHECK(head.committed() == 3);
+  CHECK(head.shares_weights_with(proto));
+}

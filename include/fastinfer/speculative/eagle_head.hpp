@@ -579,6 +579,9 @@ class EagleHead {
   }
 
   std::size_t kvd_() const { return std::size_t(s_.kv_dim()); }
+  // Tensor t for reading inside the forward: the const tensor(), never the
+  // writing one (which would give this copy weights of its own).
+  const float* param_(int t) const { return tensor(t); }
   int check_tensor_(int t) const {
     FASTINFER_CHECK(t >= 0 && t < kTensorCount, InvalidArgument, "EAGLE head tensor ", t, " is outside [0, ",
                     int(kTensorCount), ")");
@@ -620,11 +623,11 @@ class EagleHead {
     x_.resize(std::size_t(n) * d);
     xn_.resize(std::size_t(n) * d);
     linear_(matrix(kFc), in2_.data(), n, x_.data(), threads);
-    const float* b = tensor(kFcBias);
+    const float* b = param_(kFcBias);
     for (int i = 0; i < n; ++i) {
       float* x = x_.data() + std::size_t(i) * d;
       for (std::size_t j = 0; j < d; ++j) x[j] += b[j];
-      cpu::rmsnorm(xn_.data() + std::size_t(i) * d, x, tensor(kAttnNorm), std::int64_t(d), s_.norm_eps);
+      cpu::rmsnorm(xn_.data() + std::size_t(i) * d, x, param_(kAttnNorm), std::int64_t(d), s_.norm_eps);
     }
   }
 
@@ -665,7 +668,7 @@ class EagleHead {
       float* x = out + std::size_t(i) * d;
       const float* xi = x_.data() + std::size_t(first + i) * d;
       for (std::size_t j = 0; j < d; ++j) x[j] = xi[j] + o_[std::size_t(i) * d + j];
-      cpu::rmsnorm(xn_.data() + std::size_t(first + i) * d, x, tensor(kFfnNorm), std::int64_t(d), s_.norm_eps);
+      cpu::rmsnorm(xn_.data() + std::size_t(first + i) * d, x, param_(kFfnNorm), std::int64_t(d), s_.norm_eps);
     }
     linear_(matrix(kWGate), xn_.data() + std::size_t(first) * d, n, h1_.data(), threads);
     linear_(matrix(kWUp), xn_.data() + std::size_t(first) * d, n, h3_.data(), threads);
