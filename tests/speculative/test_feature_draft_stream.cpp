@@ -118,6 +118,20 @@ TEST_CASE(
   CHECK(gap.end() == 12);
   CHECK_FALSE(gap.ready(len));
   CHECK(gap.ready(13));
+
+  // A stream that is never asked for a tree holds at most kMaxBuffered rows:
+  // past them it keeps the newest half and starts after the dropped ones.
+  sp::EagleStream plain(head, cfg);
+  const std::int64_t cap = sp::EagleStream::kMaxBuffered;
+  std::vector<float> many(std::size_t(cap + 1) * d, 0.5f);
+  plain.observe(0, many.data(), cap);
+  CHECK(plain.base() == 0);
+  plain.observe(cap, many.data(), 1);
+  CHECK(plain.base() == cap + 1 - cap / 2);
+  CHECK(plain.end() == cap + 1);
+  CHECK(plain.committed() == 0);
+  CHECK(plain.ready(cap + 2));
+  CHECK_FALSE(plain.ready(cap / 2));
 }
 
 TEST_CASE("EagleHead: copies share the weights until one is written", "[speculative][eagle]") {

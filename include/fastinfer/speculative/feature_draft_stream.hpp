@@ -23,7 +23,11 @@
 // commit_accepted, as the batch-1 loop calls it), which gives the root
 // feature (the predicted feature of the context's last position, the tree's
 // root). A sequence that decodes plainly for a while pays one copy of dim
-// floats a token, no head work.
+// floats a token, no head work; the copies it holds are bounded: past
+// kMaxBuffered rows the oldest half is dropped and the head starts afresh
+// after them (a request the switch keeps plain for a long context holds at
+// most kMaxBuffered x dim floats, and its next tree reads that recent
+// context only).
 #pragma once
 
 #include <algorithm>
@@ -68,6 +72,8 @@ class FeatureStream {
 template <typename Head>
 class FeatureDraftStream final : public FeatureStream {
  public:
+  static constexpr std::int64_t kMaxBuffered = 1024;
+
   // `head` is copied (its weights are shared, its rows are this stream's);
   // `tree` gives the depth and top_k of every tree (MTP: the depth capped at
   // its modules); its budget is each draft()'s `nodes`.
@@ -93,6 +99,14 @@ class FeatureDraftStream final : public FeatureStream {
     if (skip >= n) return;
     const std::size_t d = std::size_t(head_.dim());
     buffered_.insert(buffered_.end(), features + std::size_t(skip) * d, features + std::size_t(n) * d);
+    const std::int64_t rows = std::int64_t(buffered_.size() / d);
+    if (rows > kMaxBuffered) {  // keep the newest half; the head restarts after the dropped rows
+      const std::int64_t drop = rows - kMaxBuffered / 2;
+      base_ = end() - rows + drop;
+      head_.reset();
+      buffered_.erase(buffered_.begin(), buffered_.begin() + std::ptrdiff_t(std::size_t(drop) * d));
+      root_position_ = -1;
+    }
   }
 
   // First position of the head's rows, and one past the last feature held.
