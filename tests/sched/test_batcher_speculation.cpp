@@ -269,3 +269,64 @@ TEST_CASE("ContinuousBatcher speculation: slots respect max_new_tokens, the cont
   b.check_invariants();
   alloc.check_invariants();
 }
+
+TEST_CASE("ContinuousBatcher speculation: a tree's re-fed tokens still get slots up to max_unfed", "[sched][spec]") {
+  // A token tree keeps only the accepted nodes on its first chain: the rest
+  // of the accepted path is unfed in the next step, in front of the next
+  // tree. Each batcher below reaches that state, then asks with a max_unfed.
+  SchedulerConfig cfg;
+  cfg.max_context = 64;
+  cfg.max_tokens_per_step = 16;
+  auto after_tree = [&](PagedAllocator& alloc, ContinuousBatcher& b) {
+    Request a;
+    a.id = 1;
+    a.prompt = {1, 2, 3};
+    a.max_new_tokens = 30;
+    b.submit(a);
+    CHECK_THROWS_AS(b.set_draft_tokens(1, 2, 0), InvalidArgument);
+    b.set_draft_tokens(1, 4);
+    StepResult first;
+    first.add(b.schedule().entries[0].id, 10);
+    b.commit(first);
+    const StepPlan& p = b.schedule();  // a decode with 4 slots
+    REQUIRE(p.entries.size() == 1);
+    CHECK(p.entries[0].num_drafts == 4);
+    // Three nodes accepted, one of them kept in place, and the target's token.
+    StepResult r;
+    const TokenId row[4] = {11, 12, 13, 14};
+    r.add(1, row, 4, 1);
+    b.commit(r);
+    CHECK(b.computed_tokens(1) == 3 + 1 + 1);
+    CHECK(alloc.length(1) == 5);
+  };
+  // Three unfed tokens (12, 13, 14): no slots at max_unfed 1 or 2 ...
+  for (std::int32_t max_unfed : {1, 2}) {
+    PagedAllocator alloc(64, 4);
+    ContinuousBatcher b(alloc, cfg);
+    after_tree(alloc, b);
+    b.set_draft_tokens(1, 4, max_unfed);
+    const StepPlan& p = b.schedule();
+    REQUIRE(p.entries.size() == 1);
+    CHECK(p.entries[0].num_tokens == 3);
+    CHECK(p.entries[0].num_drafts == 0);
+    CHECK(p.entries[0].samples);
+  }
+  // ... 4 at max_unfed 3: the entry feeds 3 + 4 positions.
+  PagedAllocator alloc(64, 4);
+  ContinuousBatcher b(alloc, cfg);
+  after_tree(alloc, b);
+  b.set_draft_tokens(1, 4, 3);
+  const StepPlan& p = b.schedule();
+  REQUIRE(p.entries.size() == 1);
+  CHECK(p.entries[0].num_tokens == 3);
+  CHECK(p.entries[0].num_drafts == 4);
+  CHECK(alloc.length(1) == 5 + 3 + 4);
+  StepResult r;
+  r.add(1, 20);  // every node rejected: the target's token alone
+  b.commit(r);
+  CHECK(b.computed_tokens(1) == 8);
+  CHECK(alloc.length(1) == 8);
+  CHECK(b.output(1) == std::vector<TokenId>{10, 11, 12, 13, 14, 20});
+  b.check_invariants();
+  alloc.check_invariants();
+}
