@@ -291,6 +291,15 @@ TEST_CASE("engine EAGLE: bad settings are refused by name", "[engine][spec][eagl
     mtp.drafter = fe::SpecDrafter::Mtp;
     CHECK_THROWS_WITH(engine.submit(make_request({1, 5, 6}, 4, {}), mtp),
                       Catch::Contains("EngineConfig::spec.mtp_heads is empty"));
+  }
+  {
+    // Typical acceptance is lossy and tree-blind: refused for trees.
+    fe::EngineConfig cfg;
+    cfg.spec.eagle_head = fastinfer::examples::eagle_head_from_flag("random:1", w.config);
+    cfg.spec.sampled_rule = sp::AcceptanceRule::TypicalLossy;
+    fe::Engine<> engine(model, cfg);
+    CHECK_THROWS_WITH(engine.submit(make_request({1, 5, 6}, 4, {}), rs), Catch::Contains("typical acceptance"));
+    CHECK(engine.batcher().num_running() == 0);
     CHECK(engine.batcher().num_running() == 0);
   }
   {

@@ -81,8 +81,8 @@ inline void require_mtp_heads(const SpecConfig& cfg) {
 // Refuses a RequestSpec the engine cannot serve, naming the bad value: k
 // outside [1, max_tokens_per_step - 1] (one step feeds 1 + k tokens), a draft
 // model without SpecConfig::draft_weights, EAGLE without
-// SpecConfig::eagle_head, MTP without SpecConfig::mtp_heads, an exit layer
-// outside the model, bad n-gram sizes.
+// SpecConfig::eagle_head, MTP without SpecConfig::mtp_heads, a tree with
+// typical acceptance, an exit layer outside the model, bad n-gram sizes.
 // A plain (SpecDrafter::None) spec is always fine.
 inline void validate_request_spec(const RequestSpec& s, const SpecConfig& cfg, int max_tokens_per_step,
                                   int n_layers) {
@@ -92,6 +92,10 @@ inline void validate_request_spec(const RequestSpec& s, const SpecConfig& cfg, i
   if (s.drafter == SpecDrafter::DraftModel) detail::require_draft_weights(cfg);
   if (s.drafter == SpecDrafter::Eagle) detail::require_eagle_head(cfg);
   if (s.drafter == SpecDrafter::Mtp) detail::require_mtp_heads(cfg);
+  if (s.drafter == SpecDrafter::Eagle || s.drafter == SpecDrafter::Mtp)
+    FASTINFER_CHECK(cfg.sampled_rule != speculative::AcceptanceRule::TypicalLossy, InvalidArgument,
+                    "EAGLE and MTP trees verify with the exact or coupled rule; typical acceptance (lossy) is "
+                    "refused (SpecConfig::sampled_rule)");
   if (s.drafter == SpecDrafter::EarlyExit)
     FASTINFER_CHECK(s.exit_layer >= 0 && s.exit_layer <= n_layers, InvalidArgument, "early-exit layer ",
                     s.exit_layer, " is outside [0, ", n_layers, "] (0: half the layers)");
