@@ -160,7 +160,7 @@ TEST_CASE("EagleHead: a copy that commits and expands rows still shares the weig
   const std::int32_t next[3] = {5, 6, 7};
   head.commit(w, feats.data(), next, 3, root.data());
   const int parents[2] = {-1, -1};
-  head.expand(w, root.data(), next, parents, 2, out.data());
+  head.expand(w, feats.data(), next, parents, 2, out.data());  // features [2][dim]
   CHECK(head.committed() == 3);
   CHECK(head.shares_weights_with(proto));
 }
