@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "common/eagle_flags.hpp"
@@ -44,7 +43,7 @@ sp::TokenTree reference_tree(const Head& proto, const fastinfer::LlamaWeights& w
   const int n = int(tokens.size()) - 1 - first;
   const std::vector<std::int32_t> text(tokens.begin() + first, tokens.end());
   commit_accepted(head, w, feats.data() + std::size_t(first) * d, n, text, root.data(), 1);
-  if constexpr (std::is_same_v<Head, sp::MtpHeads>) tree.depth = std::min(tree.depth, head.max_depth());
+  tree.depth = std::min(tree.depth, max_tree_depth(head));
   sp::EagleDraftWorkspace ws;
   return sp::draft_feature_tree(head, w, root.data(), std::min(tree.depth, nodes), tree.top_k, nodes, ws);
 }

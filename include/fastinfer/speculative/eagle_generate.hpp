@@ -25,14 +25,15 @@
 //
 // The tree builder and the loop are templates on the drafting head, so that
 // MTP modules (mtp_heads.hpp, mtp_generate.hpp) reuse them: a head type
-// provides reset(), clear_tree(), check_compatible(config) and the two free
-// functions expand_level (level d >= 2 of the tree: EAGLE's one head every
+// provides reset(), clear_tree(), check_compatible(config) and the free
+// functions max_tree_depth (the deepest tree it drafts), expand_level (level d >= 2 of the tree: EAGLE's one head every
 // level, MTP's module d) and commit_accepted (the target's features of the
 // accepted text into the head; the root feature out), found by ADL.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -98,8 +99,10 @@ class Lap {
 };
 }  // namespace detail
 
-// The EagleHead's side of the template: the same head at every level, and
+// The EagleHead's side of the template: the same head at every level (any
+// depth), and
 // its committed row p reads (f_p, token p + 1).
+inline int max_tree_depth(const EagleHead&) { return std::numeric_limits<int>::max(); }
 inline void expand_level(EagleHead& head, int /*level*/, const LlamaWeights& w, const float* features,
                          const std::int32_t* tokens, const int* parent_rows, int n, float* out, int threads) {
   head.expand(w, features, tokens, parent_rows, n, out, threads);
@@ -245,7 +248,8 @@ SpeculativeResult feature_draft_generate(Model& model, Head& head, const std::ve
   while (going && out_tokens.room_left()) {
     const int len = int(seq.size());
     const int remaining = std::min(params.max_new_tokens - int(r.tokens.size()), c.max_seq_len - len);
-    const int depth_cap = std::max(0, std::min({options.tree.depth, remaining - 1, c.max_seq_len - len}));
+    const int depth_cap =
+        std::max(0, std::min({options.tree.depth, max_tree_depth(head), remaining - 1, c.max_seq_len - len}));
     const int n_pending = len - valid;
     const int depth = options.adaptive ? options.adaptive->choose(std::max(n_pending, 1), depth_cap) : depth_cap;
     // A pass holds at most max_batch rows and node i takes KV slot len + i.

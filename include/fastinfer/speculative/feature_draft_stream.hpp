@@ -32,7 +32,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "fastinfer/core/error.hpp"
@@ -80,7 +79,7 @@ class FeatureDraftStream final : public FeatureStream {
   FeatureDraftStream(const Head& head, const EagleTreeConfig& tree) : head_(head), tree_(tree) {
     FASTINFER_CHECK(!head_.empty(), InvalidArgument, "feature drafting: the head is empty");
     tree_.validate();
-    if constexpr (std::is_same_v<Head, MtpHeads>) tree_.depth = std::min(tree_.depth, head_.max_depth());
+    tree_.depth = std::min(tree_.depth, max_tree_depth(head_));
     head_.reset();
   }
 

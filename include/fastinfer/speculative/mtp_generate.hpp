@@ -17,16 +17,15 @@
 namespace fastinfer::speculative {
 
 // The tree (depth, top_k, budget), the rule, dynamic speculation and the
-// profile, as EAGLE's; the depth is capped at the modules' count.
+// profile, as EAGLE's; the loop caps the depth at the modules' count
+// (max_tree_depth).
 using MtpOptions = EagleOptions;
 
 template <typename Model, typename OnToken>
 SpeculativeResult mtp_generate(Model& model, MtpHeads& heads, const std::vector<std::int32_t>& prompt,
                                const GenerationParams& params, const MtpOptions& options, OnToken&& on_token) {
   heads.check_compatible(model.config());
-  MtpOptions capped = options;
-  capped.tree.depth = std::min(options.tree.depth, heads.max_depth());
-  return feature_draft_generate(model, heads, prompt, params, capped, std::forward<OnToken>(on_token));
+  return feature_draft_generate(model, heads, prompt, params, options, std::forward<OnToken>(on_token));
 }
 
 template <typename Model>

@@ -286,6 +286,7 @@ inline void expand_level(MtpHeads& heads, int level, const LlamaWeights& w, cons
                          const std::int32_t* tokens, const int* /*parent_rows*/, int n, float* out, int threads) {
   heads.expand(level, w, features, tokens, n, out, threads);
 }
+inline int max_tree_depth(const MtpHeads& heads) { return heads.max_depth(); }
 inline void commit_accepted(MtpHeads& heads, const LlamaWeights& w, const float* features, int n,
                             const std::vector<std::int32_t>& seq, float* root, int threads) {
   heads.commit(w, features, n, seq, root, threads);
