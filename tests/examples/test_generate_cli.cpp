@@ -126,7 +126,9 @@ TEST_CASE("fastinfer-generate: --version names the CPU level, FASTINFER_CPU_LEVE
   CHECK(scalar.code == 0);
   CHECK(scalar.out.rfind("fastinfer-generate " + std::string(fastinfer::kVersionString) + "; cpu level scalar (detected ", 0) == 0);
   CHECK(bad.code == 2);
-  CHECK(bad.err == "fastinfer-generate: error: FASTINFER_CPU_LEVEL=avx9: unknown CPU level (choose scalar, avx2 or avx512)\n");
+  CHECK(bad.err ==
+        "fastinfer-generate: error: FASTINFER_CPU_LEVEL=avx9: unknown CPU level (choose scalar, avx2, avx512 "
+        "or amx)\n");
 }
 
 TEST_CASE(

@@ -4,7 +4,8 @@
 //   1..32 rows in a pass and through matvec (batch invariance), and within
 //   the rounding bound of an exact sum over the rounded activations;
 // * cpu::matvec / cpu::matmul run those tiles only when asked, for bf16
-//   weights, at avx512 and above; the mode's switch and its errors;
+//   weights, at avx512 (level amx has AMX tiles: test_gemm_amx); the mode's
+//   switch and its errors;
 // * a bf16 model in the mode: a token's logits alike decoded alone and in a
 //   pass (what exact speculative decoding needs), and how far they move from
 //   the widening kernels (KL, top-1 agreement: the numerics the mode costs).
@@ -171,6 +172,9 @@ TEST_CASE("cpu::matvec and cpu::matmul take the bf16 tiles only when asked, for 
         CHECK(cpu::bf16_dot_active(level) == (level >= cpu::CpuLevel::avx512));
         if (!takes_pairs) {
           REQUIRE(std::memcmp(pairs.data(), widen.data(), pairs.size() * sizeof(float)) == 0);
+        } else if (level >= cpu::CpuLevel::amx) {
+          // AMX tiles (test_gemm_amx holds them to their bound): not the vdpbf16ps order.
+          CHECK(std::memcmp(pairs.data(), widen.data(), pairs.size() * sizeof(float)) != 0);
         } else {
           const auto xb = rounded(x.data(), nmax * cols);
           for (std::int64_t t = 0; t < nmax; ++t)
@@ -200,48 +204,55 @@ TEST_CASE(
   o.weight_dtype = DType::BF16;
   LlamaModel<> model(load_model(model_dir.string(), o), ModelOptions{2, 64});
   const int V = model.config().vocab_size;
-  LogitsAgreement agreement;
-  std::int64_t rows = 0;
-  for (const auto& c : testing::read_golden_cases(cases_dir)) {
-    const std::vector<std::int32_t> seq = c.sequence();
-    const int p = int(c.prompt.size());
-    const int n = std::min<int>(24, int(seq.size()) - p);
-    if (n < 2) continue;
-    // Logits of positions p .. p + n - 1: decoded one token at a time (each
-    // mode), then in passes of 5 (bf16 mode).
-    auto decoded = [&](cpu::Bf16Dot m) {
-      cpu::Bf16DotScope mode(m);
-      std::vector<float> out(std::size_t(n) * std::size_t(V));
+  // At avx512 the vdpbf16ps tiles (and the widening GEMM past 32 rows), at amx the AMX tiles.
+  for (cpu::CpuLevel level : cpu::supported_cpu_levels()) {
+    if (level < cpu::CpuLevel::avx512) continue;
+    cpu::CpuLevelScope level_scope(level);
+    INFO("cpu level " << cpu::cpu_level_name(level));
+    LogitsAgreement agreement;
+    std::int64_t rows = 0;
+    for (const auto& c : testing::read_golden_cases(cases_dir)) {
+      const std::vector<std::int32_t> seq = c.sequence();
+      const int p = int(c.prompt.size());
+      const int n = std::min<int>(24, int(seq.size()) - p);
+      if (n < 2) continue;
+      // Logits of positions p .. p + n - 1: decoded one token at a time (each
+      // mode), then in passes of 5 (bf16 mode).
+      auto decoded = [&](cpu::Bf16Dot m) {
+        cpu::Bf16DotScope mode(m);
+        std::vector<float> out(std::size_t(n) * std::size_t(V));
+        model.reset();
+        model.forward_prefill(seq.data(), p, 0);
+        for (int i = 0; i < n; ++i) {
+          const float* l = model.forward_decode(seq[std::size_t(p + i)], p + i);
+          std::copy(l, l + V, out.begin() + std::ptrdiff_t(i) * V);
+        }
+        return out;
+      };
+      const auto widen = decoded(cpu::Bf16Dot::widen), pairs = decoded(cpu::Bf16Dot::bf16);
+      cpu::Bf16DotScope mode(cpu::Bf16Dot::bf16);
+      std::vector<float> passes(pairs.size());
       model.reset();
       model.forward_prefill(seq.data(), p, 0);
-      for (int i = 0; i < n; ++i) {
-        const float* l = model.forward_decode(seq[std::size_t(p + i)], p + i);
-        std::copy(l, l + V, out.begin() + std::ptrdiff_t(i) * V);
+      for (int i = 0; i < n; i += 5) {
+        const int m = std::min(5, n - i);
+        model.forward_prefill_all(seq.data() + p + i, m, p + i, passes.data() + std::ptrdiff_t(i) * V);
       }
-      return out;
-    };
-    const auto widen = decoded(cpu::Bf16Dot::widen), pairs = decoded(cpu::Bf16Dot::bf16);
-    cpu::Bf16DotScope mode(cpu::Bf16Dot::bf16);
-    std::vector<float> passes(pairs.size());
-    model.reset();
-    model.forward_prefill(seq.data(), p, 0);
-    for (int i = 0; i < n; i += 5) {
-      const int m = std::min(5, n - i);
-      model.forward_prefill_all(seq.data() + p + i, m, p + i, passes.data() + std::ptrdiff_t(i) * V);
+      INFO("case " << c.name);
+      REQUIRE(std::memcmp(passes.data(), pairs.data(), pairs.size() * sizeof(float)) == 0);
+      CHECK(widen != pairs);  // the mode ran: rounding the activations moves some logit
+      for (int i = 0; i < n; ++i)
+        agreement.add(widen.data() + std::ptrdiff_t(i) * V, pairs.data() + std::ptrdiff_t(i) * V, V);
+      rows += n;
     }
-    INFO("case " << c.name);
-    REQUIRE(std::memcmp(passes.data(), pairs.data(), pairs.size() * sizeof(float)) == 0);
-    CHECK(widen != pairs);  // the mode ran: rounding the activations moves some logit
-    for (int i = 0; i < n; ++i)
-      agreement.add(widen.data() + std::ptrdiff_t(i) * V, pairs.data() + std::ptrdiff_t(i) * V, V);
-    rows += n;
+    REQUIRE(rows > 0);
+    // Measured on Zen 4 (the golden prompts' first 24 continuation positions):
+    // see docs/backend_cpu.md. The bounds hold the measured numbers with room.
+    WARN("bf16 activations against widening at "
+         << cpu::cpu_level_name(level) << ", tinystories-656k bf16 weights, " << rows
+         << " positions: mean KL " << agreement.mean_kl() << ", top-1 agreement "
+         << agreement.top1_agreement());
+    CHECK(agreement.top1_agreement() >= 0.95);
+    CHECK(agreement.mean_kl() < 1e-3);
   }
-  REQUIRE(rows > 0);
-  // Measured on Zen 4 (the golden prompts' first 24 continuation positions):
-  // see docs/backend_cpu.md. The bounds hold the measured numbers with room.
-  WARN("bf16 activations against widening, tinystories-656k bf16 weights, "
-       << rows << " positions: mean KL " << agreement.mean_kl() << ", top-1 agreement "
-       << agreement.top1_agreement());
-  CHECK(agreement.top1_agreement() >= 0.95);
-  CHECK(agreement.mean_kl() < 1e-3);
 }

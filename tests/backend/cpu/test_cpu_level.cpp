@@ -56,27 +56,39 @@ TEST_CASE("a CPU level needs every feature of its set and the OS's register stat
   f.avx512bw = false;  // Knights Landing: F and CD only
   CHECK(cpu::cpu_level_of(f) == CpuLevel::avx2);
   f = avx512_machine();
-  f.amx_tile = f.amx_bf16 = f.amx_int8 = f.os_amx = true;
-  CHECK(cpu::cpu_level_of(f) == CpuLevel::avx512);  // amx is reserved: no kernels yet
+  f.amx_tile = f.amx_bf16 = f.amx_int8 = f.os_amx = f.avx512bf16 = true;
+  CHECK(cpu::cpu_level_of(f) == CpuLevel::amx);
+  f.os_amx = false;  // the OS keeps the tile state off (or refused the process's permission)
+  CHECK(cpu::cpu_level_of(f) == CpuLevel::avx512);
+  f.os_amx = true;
+  f.amx_bf16 = false;  // int8 tiles only: the amx level's kernels are bf16
+  CHECK(cpu::cpu_level_of(f) == CpuLevel::avx512);
+  f.amx_bf16 = true;
+  f.avx512bf16 = false;  // the activations round with vcvtneps2bf16
+  CHECK(cpu::cpu_level_of(f) == CpuLevel::avx512);
+  f.avx512bf16 = true;
+  f.os_avx512 = false;  // amx sits on avx512
+  CHECK(cpu::cpu_level_of(f) == CpuLevel::avx2);
 }
 
 TEST_CASE("parse_cpu_level reads every level name and names a bad value with the choices") {
-  for (CpuLevel l : {CpuLevel::scalar, CpuLevel::avx2, CpuLevel::avx512})
+  for (CpuLevel l : {CpuLevel::scalar, CpuLevel::avx2, CpuLevel::avx512, CpuLevel::amx})
     CHECK(cpu::parse_cpu_level(cpu::cpu_level_name(l), "test") == l);
-  CHECK_THROWS_MATCHES(cpu::parse_cpu_level("avx3", "FASTINFER_CPU_LEVEL"), InvalidArgument,
-                       Catch::Matchers::Message("FASTINFER_CPU_LEVEL=avx3: unknown CPU level (choose scalar, avx2 or avx512)"));
+  CHECK_THROWS_MATCHES(
+      cpu::parse_cpu_level("avx3", "FASTINFER_CPU_LEVEL"), InvalidArgument,
+      Catch::Matchers::Message(
+          "FASTINFER_CPU_LEVEL=avx3: unknown CPU level (choose scalar, avx2, avx512 or amx)"));
   CHECK_THROWS_AS(cpu::parse_cpu_level("AVX2", "FASTINFER_CPU_LEVEL"), InvalidArgument);
-  CHECK_THROWS_AS(cpu::parse_cpu_level("amx", "FASTINFER_CPU_LEVEL"), InvalidArgument);
 }
 
-TEST_CASE("set_cpu_level refuses amx, a level above the CPU's and a non-level, leaving the level as it was") {
+TEST_CASE("set_cpu_level refuses a level above the CPU's and a non-level, leaving the level as it was") {
   const CpuLevel before = cpu::cpu_level();
-  CHECK_THROWS_WITH(cpu::set_cpu_level(CpuLevel::amx), Contains("amx is reserved"));
   CHECK_THROWS_WITH(cpu::set_cpu_level(CpuLevel(7)), Contains("7 is not a CPU level"));
-  if (cpu::detected_cpu_level() < CpuLevel::avx512) {
-    CHECK_THROWS_WITH(cpu::set_cpu_level(CpuLevel::avx512),
-                      Contains(std::string("this CPU supports up to ") + cpu::cpu_level_name(cpu::detected_cpu_level())));
-  }
+  for (CpuLevel l : {CpuLevel::avx2, CpuLevel::avx512, CpuLevel::amx})
+    if (cpu::detected_cpu_level() < l) {
+      CHECK_THROWS_WITH(cpu::set_cpu_level(l), Contains(std::string("this CPU supports up to ") +
+                                                        cpu::cpu_level_name(cpu::detected_cpu_level())));
+    }
   CHECK(cpu::cpu_level() == before);
   {
     cpu::CpuLevelScope scope(CpuLevel::scalar);
@@ -92,7 +104,8 @@ TEST_CASE("the current CPU level is the detected one lowered by FASTINFER_CPU_LE
   const bool known = value == "scalar" || value == "avx2" || value == "avx512";
   if (!value.empty() && !known) {
     // Every read throws, so no kernel runs at a level nobody chose.
-    const std::string want = "FASTINFER_CPU_LEVEL=" + value + ": unknown CPU level (choose scalar, avx2 or avx512)";
+    const std::string want =
+        "FASTINFER_CPU_LEVEL=" + value + ": unknown CPU level (choose scalar, avx2, avx512 or amx)";
     CHECK_THROWS_MATCHES(cpu::cpu_level(), InvalidArgument, Catch::Matchers::Message(want));
     CHECK_THROWS_MATCHES(cpu::cpu_level(), InvalidArgument, Catch::Matchers::Message(want));
     WARN("FASTINFER_CPU_LEVEL=" << value << " refused");
@@ -133,4 +146,15 @@ TEST_CASE("a build without AVX-512 flags runs the AVX-512 tiles on a CPU that ha
   CHECK(differs_from_8_lanes);  // else this matrix could not tell the levels apart
   WARN("built " << (cpu::kLanes == 16 ? "with" : "without") << " AVX-512 flags (xsimd " << cpu::isa_name()
                 << "): float kernels " << cpu::float_kernel_isa() << ", Q8_0 kernels " << cpu::q8_0::kernel_isa());
+}
+
+TEST_CASE("level amx names its kernels: AVX-512 float tiles, AMX-INT8 for Q8_0") {
+  if (cpu::detected_cpu_level() < CpuLevel::amx) {
+    WARN("no amx level on this CPU (" << cpu::cpu_features_summary() << "): nothing to prove here");
+    return;
+  }
+  cpu::CpuLevelScope scope(CpuLevel::amx);
+  CHECK(cpu::float_kernel_isa() ==
+        std::string("avx512"));  // widen mode: avx512's tiles (bf16 mode: gemm_amx.hpp)
+  if (cpu::cpu_features().amx_int8) CHECK(cpu::q8_0::kernel_isa() == std::string("amx-int8"));
 }

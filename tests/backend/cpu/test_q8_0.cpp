@@ -224,7 +224,8 @@ TEST_CASE("q8_0 matmul tiles are batch invariant over token counts and row tails
 
 #if FASTINFER_CPU_Q8_0_AVX512
 TEST_CASE("AVX-512 VNNI tiles equal the AVX2 kernel bit for bit, -128 quants included") {
-  if (q8::kernel_set(cpu::detected_cpu_level()) != q8::KernelSet::avx512_vnni) {
+  if (cpu::detected_cpu_level() < cpu::CpuLevel::avx512 ||
+      q8::kernel_set(cpu::CpuLevel::avx512) != q8::KernelSet::avx512_vnni) {
     WARN("Q8_0 AVX-512 VNNI tiles: this CPU lacks AVX-512 or VNNI (" << cpu::cpu_features_summary() << "), not run");
     return;
   }
@@ -250,6 +251,46 @@ TEST_CASE("AVX-512 VNNI tiles equal the AVX2 kernel bit for bit, -128 quants inc
         CHECK(q8::avx512::dot(view.row_ptr(r), xq.data(), nb) == q8::dot_avx2(view.row_ptr(r), xq.data(), nb));
       }
     }
+  }
+}
+#endif
+
+#if FASTINFER_CPU_AVX512_TILES
+TEST_CASE(
+    "AMX-INT8 tiles equal the block-order fma reference bit for bit at any pass size, -128 quants and row "
+    "tails included") {
+  if (q8::kernel_set(cpu::detected_cpu_level()) != q8::KernelSet::amx) {
+    WARN("Q8_0 AMX-INT8 tiles: this CPU (or OS) lacks AMX (" << cpu::cpu_features_summary() << "), not run");
+    return;
+  }
+  WARN("Q8_0 AMX-INT8 tiles: ran");
+  cpu::CpuLevelScope at_amx(cpu::CpuLevel::amx);
+  // Rows cross the 16-row tiles (padded copies), blocks the 2-block steps,
+  // tokens the 16-token panels and the 1-4-token accumulators.
+  for (auto [rows, nb] :
+       {std::pair<std::int64_t, std::int64_t>{7, 1}, {16, 2}, {17, 3}, {40, 24}, {33, 33}}) {
+    const std::int64_t cols = nb * 32, nmax = 37;
+    const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(rows * 100 + nb), 0.05f);
+    const auto x = random_vector(std::size_t(nmax * cols), std::uint32_t(nb + 500), 1.5f);
+    auto wq = quantize_matrix(w, rows, cols);
+    for (std::size_t i = 5; i < wq.size(); i += 97) wq[i] = 0x80;  // -128 quants (a foreign quantizer's)
+    const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
+    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nmax * nb));
+    for (std::int64_t t = 0; t < nmax; ++t)
+      q8::quantize_activation(x.data() + t * cols, xq.data() + t * nb, cols);
+    for (std::int64_t n : {1, 2, 3, 4, 5, 15, 16, 17, 37})
+      for (int threads : {1, 2}) {
+        std::vector<float> y(static_cast<std::size_t>(n * rows), NAN);
+        q8::matmul(view, x.data(), n, y.data(), threads);
+        for (std::int64_t t = 0; t < n; ++t)
+          for (std::int64_t r = 0; r < rows; ++r) {
+            const float want = q8::dot_blocks_fma_reference(view.row_ptr(r), xq.data() + t * nb, nb);
+            const float got = y[std::size_t(t * rows + r)];
+            INFO("rows " << rows << " blocks " << nb << " n " << n << " threads " << threads << " token " << t
+                         << " row " << r);
+            REQUIRE(std::memcmp(&got, &want, sizeof(float)) == 0);
+          }
+      }
   }
 }
 #endif

@@ -107,37 +107,6 @@ inline void store_first(float* p, __m512 v, int count) {
   _mm512_mask_storeu_ps(p, __mmask16((1u << count) - 1u), v);
 }
 
-// r[j][i] <- r[i][j]: 16 registers of 16 floats transposed (4 rounds of
-// 16 shuffles: 32-bit and 64-bit interleaves within 128-bit lanes, then two
-// rounds of 128-bit lane shuffles).
-inline void transpose_lanes(__m512 (&r)[16]) {
-  __m512 t[16];
-  for (int k = 0; k < 16; k += 2) {
-    t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
-    t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
-  }
-  // u[4k + m], 128-bit lane L: column 4L + m of rows 4k .. 4k + 3.
-  __m512 u[16];
-  for (int k = 0; k < 16; k += 4) {
-    const __m512d a = _mm512_castps_pd(t[k]), b = _mm512_castps_pd(t[k + 1]);
-    const __m512d c = _mm512_castps_pd(t[k + 2]), d = _mm512_castps_pd(t[k + 3]);
-    u[k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    u[k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    u[k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    u[k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  for (int m = 0; m < 4; ++m) {
-    const __m512 lo01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44),
-                 hi01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xee);
-    const __m512 lo23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);
-    const __m512 hi23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xee);
-    r[m] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);
-    r[4 + m] = _mm512_shuffle_f32x4(lo01, lo23, 0xdd);
-    r[8 + m] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
-    r[12 + m] = _mm512_shuffle_f32x4(hi01, hi23, 0xdd);
-  }
-}
-
 // Lane j of the result: reduce<1>'s sum of the 16 values a[0..16)[j], in its
 // tree (lane i + lane i + 8, then xsimd::hadd's 8-lane tree: i + i + 4,
 // adjacent pairs, the two pair sums), so a score computed with its keys

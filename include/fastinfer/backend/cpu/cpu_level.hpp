@@ -1,6 +1,6 @@
 // The CPU level the matmul kernels run at, chosen at run time: what the CPU
 // and the OS allow (CPUID, and XGETBV for the register state the OS saves),
-// lowered by FASTINFER_CPU_LEVEL=scalar|avx2|avx512 or cpu::set_cpu_level.
+// lowered by FASTINFER_CPU_LEVEL=scalar|avx2|avx512|amx or cpu::set_cpu_level.
 // A program built for x86-64-v3 thus uses the AVX-512 tiles on a CPU that has
 // them, and the tests run every level the host supports in one process.
 //
@@ -11,7 +11,12 @@
 //   avx512  x86-64-v4's AVX-512 (F, CD, BW, DQ, VL) tiles (gemv_avx512.hpp);
 //           Q8_0 uses the VNNI tiles where the CPU has AVX512-VNNI, else the
 //           AVX2 kernel (the same bits)
-//   amx     reserved: detected and reported, no kernels yet
+//   amx     avx512's kernels, plus AMX tiles (gemm_amx.hpp) for bf16 weights
+//           in the bf16-activation mode (bf16_dot.hpp): every pass size,
+//           decode included. Needs AMX-TILE, AMX-BF16 and AVX512-BF16, the
+//           OS's tile state and, on Linux, the process's permission to use
+//           it (arch_prctl(ARCH_REQ_XCOMP_PERM), asked once at detection).
+//           In the default widen mode it computes avx512's bits.
 // At a given level a result has the same bits whichever flags built the
 // program (avx2/avx512), so forcing a level reproduces another machine.
 // Attention dispatches on the level too (attention.hpp: AVX-512 for head sizes
@@ -31,6 +36,10 @@
 #include <string>
 #include <string_view>
 #include <vector>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "fastinfer/backend/cpu/cpu_target.hpp"
 #include "fastinfer/backend/cpu/kernel_mode.hpp"
@@ -73,6 +82,17 @@ inline CpuidRegs cpuid(unsigned leaf, unsigned sub_leaf = 0) {
   __asm__ volatile("cpuid" : "=a"(r.a), "=b"(r.b), "=c"(r.c), "=d"(r.d) : "a"(leaf), "c"(sub_leaf));
   return r;
 }
+// Linux hands a process the 8 KiB AMX tile state only once it asks
+// (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)); a tile instruction
+// before that faults. Asked once, at detection; false where refused.
+inline bool request_amx_permission() {
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
 // XCR0 without the xsave target: the instruction's bytes (0f 01 d0).
 inline std::uint64_t xgetbv0() {
   unsigned lo = 0, hi = 0;
@@ -109,6 +129,7 @@ inline CpuFeatures detect() {
     f.avx_vnni = bit(l71.a, 4);
     f.avx512bf16 = bit(l71.a, 5);
   }
+  f.os_amx = f.os_amx && f.amx_tile && request_amx_permission();
   return f;
 }
 #else
@@ -122,13 +143,15 @@ inline const CpuFeatures& cpu_features() {
   return features;
 }
 
-// The highest level with kernels that `f` allows (never amx: reserved).
+// The highest level that `f` allows.
 inline CpuLevel cpu_level_of(const CpuFeatures& f) {
   if (!FASTINFER_CPU_DISPATCH) return CpuLevel::scalar;
   const bool avx2 = f.avx && f.avx2 && f.fma && f.f16c && f.os_avx;
   if (!avx2) return CpuLevel::scalar;
   const bool avx512 = f.avx512f && f.avx512cd && f.avx512bw && f.avx512dq && f.avx512vl && f.os_avx512;
-  return avx512 ? CpuLevel::avx512 : CpuLevel::avx2;
+  if (!avx512) return CpuLevel::avx2;
+  const bool amx = f.amx_tile && f.amx_bf16 && f.avx512bf16 && f.os_amx;
+  return amx ? CpuLevel::amx : CpuLevel::avx512;
 }
 
 inline CpuLevel detected_cpu_level() {
@@ -145,9 +168,9 @@ inline std::vector<CpuLevel> supported_cpu_levels() {
 
 // The level named `text`; `source` names where the text came from, for the error.
 inline CpuLevel parse_cpu_level(std::string_view text, std::string_view source) {
-  for (CpuLevel l : {CpuLevel::scalar, CpuLevel::avx2, CpuLevel::avx512})
+  for (CpuLevel l : {CpuLevel::scalar, CpuLevel::avx2, CpuLevel::avx512, CpuLevel::amx})
     if (text == cpu_level_name(l)) return l;
-  throw_error<InvalidArgument>(source, "=", text, ": unknown CPU level (choose scalar, avx2 or avx512)");
+  throw_error<InvalidArgument>(source, "=", text, ": unknown CPU level (choose scalar, avx2, avx512 or amx)");
 }
 
 namespace level_detail {
@@ -171,12 +194,10 @@ inline CpuLevel cpu_level() {
 }
 
 // Sets the level for every thread's later kernel calls. Refuses a level this
-// CPU (or OS) lacks, and amx (no kernels yet), leaving the level unchanged.
+// CPU (or OS) lacks, leaving the level unchanged.
 inline void set_cpu_level(CpuLevel level) {
   FASTINFER_CHECK(level >= CpuLevel::scalar && level <= CpuLevel::amx, InvalidArgument,
                   "set_cpu_level: ", int(level), " is not a CPU level");
-  FASTINFER_CHECK(level != CpuLevel::amx, InvalidArgument,
-                  "set_cpu_level(amx): amx is reserved, no kernels run at it yet (use avx512)");
   FASTINFER_CHECK(level <= detected_cpu_level(), InvalidArgument, "set_cpu_level(", cpu_level_name(level),
                   "): this CPU supports up to ", cpu_level_name(detected_cpu_level()));
   level_detail::current().store(int(level), std::memory_order_relaxed);

@@ -38,12 +38,15 @@
 
 // The instruction sets of each level (cpu_level.hpp detects the same set).
 // avx512 is x86-64-v4's AVX-512 (F, CD, BW, DQ, VL); VNNI is a separate
-// region, used by the Q8_0 tiles where the CPU has it.
+// region, used by the Q8_0 tiles where the CPU has it; the AMX regions add
+// the tile instructions to it (gemm_amx.hpp, q8_0_amx.hpp).
 #define FASTINFER_CPU_ISA_AVX "avx"
 #define FASTINFER_CPU_ISA_AVX2 "avx,avx2,fma,f16c"
 #define FASTINFER_CPU_ISA_AVX512 "avx,avx2,fma,f16c,avx512f,avx512cd,avx512bw,avx512dq,avx512vl"
 #define FASTINFER_CPU_ISA_AVX512_VNNI FASTINFER_CPU_ISA_AVX512 ",avx512vnni"
 #define FASTINFER_CPU_ISA_AVX512_BF16 FASTINFER_CPU_ISA_AVX512 ",avx512bf16"
+#define FASTINFER_CPU_ISA_AMX_BF16 FASTINFER_CPU_ISA_AVX512_BF16 ",amx-tile,amx-bf16"
+#define FASTINFER_CPU_ISA_AMX_INT8 FASTINFER_CPU_ISA_AVX512 ",amx-tile,amx-int8"
 
 // Unrolls the loop that follows (a tile's R x T loops: at -O2 g++ 12 leaves
 // them rolled, every accumulator in memory). nvcc's front end does not know

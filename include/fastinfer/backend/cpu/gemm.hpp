@@ -17,6 +17,8 @@
 // bits). With batch invariance on (batch_invariance.hpp) every n takes the
 // small-row tiles, 32 tokens at a time over each thread's block of weight
 // rows: every token then has matvec's bits whatever n (prefill pays for it).
+// At level amx in the bf16-activation mode, bf16 weights take AMX tiles at
+// every n instead (gemm_amx.hpp): batch invariant as they are, at no cost.
 //
 // The prefill path replaced Eigen's internal general_matrix_matrix_product
 // (an internal API that changes with Eigen 5): on Zen 5, one thread, it is
@@ -27,6 +29,7 @@
 #include <cstdint>
 
 #include "fastinfer/backend/cpu/batch_invariance.hpp"
+#include "fastinfer/backend/cpu/gemm_amx.hpp"
 #include "fastinfer/backend/cpu/gemm_packed.hpp"
 #include "fastinfer/backend/cpu/gemv.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
@@ -122,14 +125,20 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
   if (w.dtype == DType::Q8_0) return q8_0::matmul(w, x, n, y, threads);
   using namespace gemm_detail;
   const std::int64_t macs = w.rows * w.cols * n;
+  const CpuLevel level = cpu_level();  // once, before the threads start
+  // Split when either the bytes or the arithmetic pay for a second thread.
+  const int streaming_threads =
+      std::max(threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads),
+               threads_for(macs, ParallelThresholds::kMatmulMacsPerThread, threads));
+#if FASTINFER_CPU_AVX512_TILES
+  // AMX tiles serve every pass size (batch invariant as they are: gemm_amx.hpp).
+  if (w.dtype == DType::BF16 && level >= CpuLevel::amx && bf16_dot_active(level))
+    return amx_bf16_matmul(w, x, n, y, streaming_threads);
+#endif
   if (n <= kDotMaxTokens || batch_invariant()) {
-    // Weight-streaming regime: split when either the bytes or the arithmetic
-    // pay for a second thread. Past kDotMaxTokens (batch invariance on) a
+    // Weight-streaming regime. Past kDotMaxTokens (batch invariance on) a
     // thread's rows meet the tokens 32 at a time.
-    const int nt =
-        std::max(threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads),
-                 threads_for(macs, ParallelThresholds::kMatmulMacsPerThread, threads));
-    const CpuLevel level = cpu_level();  // once, before the threads start
+    const int nt = streaming_threads;
 #if FASTINFER_CPU_AVX512_TILES
     if (w.dtype == DType::BF16 && bf16_dot_active(level)) {  // bf16 activations (bf16_dot.hpp)
       const std::uint16_t* xb = bf16_dot_detail::rounded_activations(x, n, w.cols);
@@ -147,7 +156,6 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
     });
     return;
   }
-  const CpuLevel level = cpu_level();
   const std::int64_t tiles = (w.rows + packed_gemm_detail::tile_rows(level) - 1) / packed_gemm_detail::tile_rows(level);
   const int nt = threads_for(macs, ParallelThresholds::kMatmulMacsPerThread,
                              int(std::min<std::int64_t>(threads, tiles)));

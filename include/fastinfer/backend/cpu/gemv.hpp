@@ -30,6 +30,7 @@
 #include "fastinfer/backend/cpu/arch.hpp"
 #include "fastinfer/backend/cpu/bf16_dot.hpp"
 #include "fastinfer/backend/cpu/cpu_level.hpp"
+#include "fastinfer/backend/cpu/gemm_amx.hpp"
 #include "fastinfer/backend/cpu/gemv_avx2.hpp"
 #include "fastinfer/backend/cpu/gemv_avx512.hpp"
 #include "fastinfer/backend/cpu/gemv_avx512_bf16.hpp"
@@ -166,6 +167,9 @@ inline void matvec(const MatrixView& w, const float* x, float* y, int threads = 
     case DType::BF16:
 #if FASTINFER_CPU_AVX512_TILES
       if (bf16_dot_active(level)) {  // bf16 activations (bf16_dot.hpp)
+        // At level amx the tiles of every pass size, so decode and a verify
+        // pass give a token the same bits (gemm_amx.hpp).
+        if (level >= CpuLevel::amx) return amx_bf16_matmul(w, x, 1, y, nt);
         const std::uint16_t* xb = bf16_dot_detail::rounded_activations(x, 1, w.cols);
         parallel_ranges(w.rows, kRowsPerStep, nt,
                         [&](std::int64_t b, std::int64_t e) { avx512_bf16::matvec_rows(w, xb, y, b, e); });

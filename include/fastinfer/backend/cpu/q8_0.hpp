@@ -4,12 +4,14 @@
 //   q8_0_reference.hpp  block layouts and the scalar oracle
 //   q8_0_avx2.hpp       AVX2 + FMA: maddubs with the sign trick, 4-row groups
 //   q8_0_avx512.hpp     AVX-512 + VNNI: vpdpbusd, 4-row x 4-token register tiles
+//   q8_0_amx.hpp        AMX-INT8: a TDPBSSD per block of 16 rows x 16 tokens
 //
 // Results never depend on the thread count: threads split whole rows, and a
 // row's sum has one fixed order (per level: the AVX-512 tiles equal
 // dot_avx2, not dot_rows_avx2, which the avx2 level runs; q8_0_avx512.hpp).
-// The avx512 level on a CPU without AVX512-VNNI runs the AVX2 kernels; level
-// scalar runs the reference.
+// The avx512 level on a CPU without AVX512-VNNI runs the AVX2 kernels; the
+// amx level runs the AMX-INT8 tiles where the CPU has them (else avx512's);
+// level scalar runs the reference.
 #pragma once
 
 #include <algorithm>
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "fastinfer/backend/cpu/cpu_level.hpp"
+#include "fastinfer/backend/cpu/q8_0_amx.hpp"
 #include "fastinfer/backend/cpu/q8_0_avx2.hpp"
 #include "fastinfer/backend/cpu/q8_0_avx512.hpp"
 #include "fastinfer/backend/cpu/q8_0_reference.hpp"
@@ -25,9 +28,10 @@
 namespace fastinfer::cpu::q8_0 {
 
 // The Q8_0 kernel set a level runs.
-enum class KernelSet { reference, avx2, avx512_vnni };
+enum class KernelSet { reference, avx2, avx512_vnni, amx };
 inline KernelSet kernel_set(CpuLevel level) {
 #if FASTINFER_CPU_DISPATCH
+  if (level >= CpuLevel::amx && cpu_features().amx_int8) return KernelSet::amx;
   if (level >= CpuLevel::avx512 && cpu_features().avx512vnni) return KernelSet::avx512_vnni;
   if (level >= CpuLevel::avx2) return KernelSet::avx2;
 #endif
@@ -37,6 +41,8 @@ inline KernelSet kernel_set(CpuLevel level) {
 // The Q8_0 kernels of a level (the current one by default), for logs and benchmarks.
 inline const char* kernel_isa(CpuLevel level = cpu_level()) {
   switch (kernel_set(level)) {
+    case KernelSet::amx:
+      return "amx-int8";
     case KernelSet::avx512_vnni: return "avx512-vnni";
     case KernelSet::avx2: return "avx2";
     case KernelSet::reference: break;
@@ -48,6 +54,8 @@ inline const char* kernel_isa(CpuLevel level = cpu_level()) {
 inline float dot(KernelSet set, const void* w_row, const ActivationBlock* x, std::int64_t n_blocks) {
   switch (set) {
 #if FASTINFER_CPU_DISPATCH
+    case KernelSet::amx:
+      return dot_blocks_fma_reference(w_row, x, n_blocks);  // the tiles' order, one row
     case KernelSet::avx512_vnni: return avx512::dot(w_row, x, n_blocks);
     case KernelSet::avx2: return dot_avx2(w_row, x, n_blocks);
 #endif
@@ -109,6 +117,9 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
   for (std::int64_t t = 0; t < n; ++t) quantize_activation(x + t * w.cols, xq + t * nb, w.cols);
   const int nt = threads_for(std::int64_t(w.bytes()) * n, detail::kMinBytesPerThread, threads);
   const KernelSet set = kernel_set(cpu_level());  // once, before the threads start
+#if FASTINFER_CPU_AVX512_TILES
+  if (set == KernelSet::amx) return amx_matmul(w, xq, n, y, nt);
+#endif
   parallel_ranges(w.rows, 4, nt, [&](std::int64_t begin, std::int64_t end) {
     detail::matmul_rows(set, w, xq, n, y, begin, end);
   });

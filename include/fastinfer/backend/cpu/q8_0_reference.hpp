@@ -111,6 +111,21 @@ inline float dot_reference(const void* w_row, const ActivationBlock* x, std::int
   return acc;
 }
 
+// The amx level's order (q8_0_amx.hpp): one fused multiply-add a block,
+// acc = fma(float(block dot), d_w * d_x, acc), in block order.
+inline float dot_blocks_fma_reference(const void* w_row, const ActivationBlock* x, std::int64_t n_blocks) {
+  auto* w = static_cast<const std::uint8_t*>(w_row);
+  float acc = 0.0f;
+  for (std::int64_t b = 0; b < n_blocks; ++b, w += sizeof(Block)) {
+    std::uint16_t dh;
+    std::memcpy(&dh, w, 2);
+    const std::int32_t s =
+        dot_int8_reference(reinterpret_cast<const std::int8_t*>(w + 2), x[b].qs, kBlockSize);
+    acc = std::fma(float(s), f16_to_f32(dh) * x[b].d, acc);
+  }
+  return acc;
+}
+
 namespace detail {
 inline void check_matrix(const MatrixView& w) {
   FASTINFER_CHECK(w.dtype == DType::Q8_0, InvalidArgument, "q8_0::matvec needs a Q8_0 matrix, got ",
