@@ -40,9 +40,29 @@
 #include "fastinfer/backend/cpu/threading.hpp"
 #include "fastinfer/core/tensor.hpp"
 
+namespace fastinfer::cpu::amx_detail {
+// Shared by the AMX kernel sets (this file's bf16, q8_0_amx.hpp's int8);
+// outside their target regions, so that either region can inline them.
+
+// The 64-byte tile configuration (palette 1).
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+// g++'s tile intrinsics are asm statements that name only a pointer (no
+// memory operand): without a barrier the compiler may leave a configuration
+// or a padded copy unwritten when the tile instruction reads it, or read a
+// stored tile before the store.
+inline void memory_barrier() { __asm__ volatile("" ::: "memory"); }
+}  // namespace fastinfer::cpu::amx_detail
+
 #if FASTINFER_CPU_AVX512_TILES
 FASTINFER_CPU_TARGET_BEGIN(FASTINFER_CPU_ISA_AMX_BF16)
 namespace fastinfer::cpu::amx_bf16 {
+using amx_detail::memory_barrier;
 
 inline constexpr std::int64_t kTileRows = 16;   // weight rows of a weight tile, tokens of a token tile
 inline constexpr std::int64_t kTileDepth = 32;  // bf16 columns per step: one 64-byte tile row
@@ -84,22 +104,8 @@ inline void pack_panel(const float* x, std::int64_t n, std::int64_t cols, std::i
   }
 }
 
-// The 64-byte tile configuration (palette 1): every tile 16 rows of 64 bytes.
-struct alignas(64) TileConfig {
-  std::uint8_t palette = 1, start_row = 0;
-  std::uint8_t reserved[14] = {};
-  std::uint16_t colsb[16] = {};
-  std::uint8_t rows[16] = {};
-};
-
-// g++'s tile intrinsics are asm statements that name only a pointer (no
-// memory operand): without a barrier the compiler may leave a configuration
-// or a padded copy unwritten when the tile instruction reads it, or read a
-// stored tile before the store.
-inline void memory_barrier() { __asm__ volatile("" ::: "memory"); }
-
 inline void configure_tiles() {
-  TileConfig config;
+  amx_detail::TileConfig config;
   for (int i = 0; i < 8; ++i) {
     config.rows[i] = std::uint8_t(kTileRows);
     config.colsb[i] = std::uint16_t(kTileDepth * 2);

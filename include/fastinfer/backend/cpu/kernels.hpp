@@ -34,7 +34,8 @@ inline const char* bf16_dot_running(CpuLevel level = cpu_level()) {
 
 // "cpu level avx512 (detected avx512; float kernels avx512, q8_0 avx512-vnni,
 // attention avx512, elementwise avx512bw, bf16 dot widen)": which kernels
-// run, for logs and --version. Attention is named for head sizes that are
+// run ("bf16 dot bf16 on amx tiles" at level amx in that mode), for logs
+// and --version. Attention is named for head sizes that are
 // multiples of 16 (at the avx512 level the others take the avx2 kernel); the
 // elementwise kernels are xsimd's, chosen when the program was compiled, not
 // at run time.
@@ -42,7 +43,8 @@ inline std::string kernel_isa_summary() {
   return std::string("cpu level ") + cpu_level_name(cpu_level()) + " (detected " +
          cpu_level_name(detected_cpu_level()) + "; float kernels " + float_kernel_isa() + ", q8_0 " +
          q8_0::kernel_isa() + ", attention " + attention_kernel_isa(cpu_level(), 16) + ", elementwise " +
-         isa_name() + ", bf16 dot " + bf16_dot_running() + ")";
+         isa_name() + ", bf16 dot " + bf16_dot_running() +
+         (bf16_dot_active(cpu_level()) && cpu_level() >= CpuLevel::amx ? " on amx tiles" : "") + ")";
 }
 
 }  // namespace fastinfer::cpu

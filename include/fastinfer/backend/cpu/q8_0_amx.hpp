@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "fastinfer/backend/cpu/cpu_target.hpp"
-#include "fastinfer/backend/cpu/gemm_amx.hpp"   // TileConfig, memory_barrier, store_tokens
+#include "fastinfer/backend/cpu/gemm_amx.hpp"  // amx_detail, store_tokens
 #include "fastinfer/backend/cpu/gemv_avx2.hpp"  // FASTINFER_CPU_NOINLINE
 #include "fastinfer/backend/cpu/q8_0_reference.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
@@ -63,7 +63,7 @@ inline void pack_panel(const ActivationBlock* xq, std::int64_t n, std::int64_t b
 
 // Tiles: accumulators 0, 1 (blocks b, b + 1); weights 2, 3; activations 4, 5.
 inline void configure_tiles() {
-  cpu::amx_bf16::TileConfig config;
+  amx_detail::TileConfig config;
   for (int i : {0, 1}) {  // 16 rows x 16 int32
     config.rows[i] = kTileRows;
     config.colsb[i] = kTileRows * 4;
@@ -76,7 +76,7 @@ inline void configure_tiles() {
     config.rows[i] = kBlockSize / 4;
     config.colsb[i] = kTileRows * 4;
   }
-  cpu::amx_bf16::memory_barrier();
+  amx_detail::memory_barrier();
   _tile_loadconfig(&config);
 }
 
@@ -96,7 +96,7 @@ inline TileSource quants(const std::uint8_t* w, std::size_t stride, std::int64_t
     else
       std::memset(padded[r], 0, kBlockSize);
   }
-  cpu::amx_bf16::memory_barrier();
+  amx_detail::memory_barrier();
   return {padded, long(kBlockSize)};
 }
 
@@ -164,13 +164,15 @@ struct Accumulators {
   }
 };
 
-// 16 rows (`rows` of them real; w on, stride apart) x one panel into `acc`.
-// scale_w[b * 16 + r]: d_w of row r, block b (zero past `rows`). With fewer
-// than 16 rows the quants go through a zero-padded copy.
+// 16 rows (`rows` of them real; w on, stride apart) x one panel of `tokens`
+// tokens into y (ldy apart). scale_w[b * 16 + r]: d_w of row r, block b
+// (zero past `rows`). With fewer than 16 rows the quants go through a
+// zero-padded copy. The accumulators are this function's own (registers).
 template <int Tokens>
 FASTINFER_CPU_NOINLINE inline void tile(const std::uint8_t* w, std::size_t stride, std::int64_t rows,
                                         std::int64_t blocks, const float* scale_w, const PanelBlock* xp,
-                                        Accumulators<Tokens>& acc) {
+                                        std::int64_t tokens, float* y, std::int64_t ldy) {
+  Accumulators<Tokens> acc;
   alignas(64) std::int32_t dots[2][kTileRows * kTileRows];
   alignas(64) std::int8_t padded[2][kTileRows][kBlockSize];
   acc.zero();
@@ -189,7 +191,7 @@ FASTINFER_CPU_NOINLINE inline void tile(const std::uint8_t* w, std::size_t strid
     _tile_dpbssd(1, 3, 5);
     _tile_stored(0, dots[0], kTileRows * 4);
     _tile_stored(1, dots[1], kTileRows * 4);
-    cpu::amx_bf16::memory_barrier();
+    amx_detail::memory_barrier();
     acc.add(dots[0], scale_w + b * kTileRows, xp[b].scales);
     acc.add(dots[1], scale_w + (b + 1) * kTileRows, xp[b + 1].scales);
   }
@@ -200,17 +202,9 @@ FASTINFER_CPU_NOINLINE inline void tile(const std::uint8_t* w, std::size_t strid
     _tile_zero(0);
     _tile_dpbssd(0, 2, 4);
     _tile_stored(0, dots[0], kTileRows * 4);
-    cpu::amx_bf16::memory_barrier();
+    amx_detail::memory_barrier();
     acc.add(dots[0], scale_w + b * kTileRows, xp[b].scales);
   }
-}
-
-template <int Tokens>
-inline void panel_tile(const std::uint8_t* w, std::size_t stride, std::int64_t rows, std::int64_t blocks,
-                       const float* scale_w, const PanelBlock* xp, std::int64_t tokens, float* y,
-                       std::int64_t ldy) {
-  Accumulators<Tokens> acc;
-  tile<Tokens>(w, stride, rows, blocks, scale_w, xp, acc);
   acc.store(tokens, rows, y, ldy);
 }
 
@@ -227,27 +221,37 @@ inline void matmul_rows(const MatrixView& w, const PanelBlock* xp, std::int64_t 
   for (std::int64_t row0 = r0; row0 < r1; row0 += kTileRows) {
     const std::int64_t rows = std::min(kTileRows, r1 - row0);
     const std::uint8_t* w0 = w.row_ptr(row0);
-    for (std::int64_t b = 0; b < blocks; ++b)
+    // The next tile's rows (contiguous) into L2 while this one's scales are
+    // gathered: the gathers touch 16 rows' lines at once, which the hardware
+    // prefetchers do not follow.
+    const std::int64_t next_rows = std::min(kTileRows, r1 - row0 - rows);
+    const std::int64_t lines = (next_rows * std::int64_t(stride) + 63) / 64,
+                       per_block = (blocks > 0 ? (lines + blocks - 1) / blocks : 0);
+    const char* next = reinterpret_cast<const char*>(w0 + std::size_t(rows) * stride);
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      for (std::int64_t l = b * per_block; l < std::min(lines, (b + 1) * per_block); ++l)
+        _mm_prefetch(next + l * 64, _MM_HINT_T1);
       _mm512_store_ps(scale_w + b * kTileRows, row_scales(w0, stride, rows, b));
+    }
     for (std::int64_t p = 0; p < panels; ++p) {
       const std::int64_t t0 = p * kTileRows, tokens = std::min(kTileRows, n - t0);
       float* yp = y + t0 * w.rows + row0;
       const PanelBlock* xpp = xp + p * blocks;
       switch (tokens) {
         case 1:
-          panel_tile<1>(w0, stride, rows, blocks, scale_w, xpp, tokens, yp, w.rows);
+          tile<1>(w0, stride, rows, blocks, scale_w, xpp, tokens, yp, w.rows);
           break;
         case 2:
-          panel_tile<2>(w0, stride, rows, blocks, scale_w, xpp, tokens, yp, w.rows);
+          tile<2>(w0, stride, rows, blocks, scale_w, xpp, tokens, yp, w.rows);
           break;
         case 3:
-          panel_tile<3>(w0, stride, rows, blocks, scale_w, xpp, tokens, yp, w.rows);
+          tile<3>(w0, stride, rows, blocks, scale_w, xpp, tokens, yp, w.rows);
           break;
         case 4:
-          panel_tile<4>(w0, stride, rows, blocks, scale_w, xpp, tokens, yp, w.rows);
+          tile<4>(w0, stride, rows, blocks, scale_w, xpp, tokens, yp, w.rows);
           break;
         default:
-          panel_tile<kTileRows>(w0, stride, rows, blocks, scale_w, xpp, tokens, yp, w.rows);
+          tile<kTileRows>(w0, stride, rows, blocks, scale_w, xpp, tokens, yp, w.rows);
           break;
       }
     }
