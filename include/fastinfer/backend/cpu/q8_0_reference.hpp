@@ -98,32 +98,31 @@ inline std::int32_t dot_int8_reference(const std::int8_t* a, const std::int8_t* 
   return s;
 }
 
-// sum over blocks of (sum_j qw_j * qx_j) * d_w * d_x, block sums exact in int32.
-inline float dot_reference(const void* w_row, const ActivationBlock* x, std::int64_t n_blocks) {
+// acc = add(acc, float(block dot), d_w * d_x) over the blocks in order,
+// block dots exact in int32: the references below differ only in `add`.
+template <class Add>
+inline float fold_block_dots(const void* w_row, const ActivationBlock* x, std::int64_t n_blocks, Add add) {
   auto* w = static_cast<const std::uint8_t*>(w_row);
   float acc = 0.0f;
   for (std::int64_t b = 0; b < n_blocks; ++b, w += sizeof(Block)) {
     std::uint16_t dh;
     std::memcpy(&dh, w, 2);
     const std::int32_t s = dot_int8_reference(reinterpret_cast<const std::int8_t*>(w + 2), x[b].qs, kBlockSize);
-    acc += float(s) * (f16_to_f32(dh) * x[b].d);
+    acc = add(acc, float(s), f16_to_f32(dh) * x[b].d);
   }
   return acc;
+}
+
+// sum over blocks of (sum_j qw_j * qx_j) * d_w * d_x, block sums exact in int32.
+inline float dot_reference(const void* w_row, const ActivationBlock* x, std::int64_t n_blocks) {
+  return fold_block_dots(w_row, x, n_blocks, [](float acc, float s, float scale) { return acc + s * scale; });
 }
 
 // The amx level's order (q8_0_amx.hpp): one fused multiply-add a block,
 // acc = fma(float(block dot), d_w * d_x, acc), in block order.
 inline float dot_blocks_fma_reference(const void* w_row, const ActivationBlock* x, std::int64_t n_blocks) {
-  auto* w = static_cast<const std::uint8_t*>(w_row);
-  float acc = 0.0f;
-  for (std::int64_t b = 0; b < n_blocks; ++b, w += sizeof(Block)) {
-    std::uint16_t dh;
-    std::memcpy(&dh, w, 2);
-    const std::int32_t s =
-        dot_int8_reference(reinterpret_cast<const std::int8_t*>(w + 2), x[b].qs, kBlockSize);
-    acc = std::fma(float(s), f16_to_f32(dh) * x[b].d, acc);
-  }
-  return acc;
+  return fold_block_dots(w_row, x, n_blocks,
+                         [](float acc, float s, float scale) { return std::fma(s, scale, acc); });
 }
 
 namespace detail {
