@@ -122,6 +122,21 @@ TEST_CASE(
 #endif
 }
 
+TEST_CASE("AMX tiles: a matrix with no columns gives zeros, bf16 and Q8_0, decode and a pass") {
+  FASTINFER_REQUIRE_AMX();
+  cpu::CpuLevelScope level(cpu::CpuLevel::amx);
+  cpu::Bf16DotScope mode(cpu::Bf16Dot::bf16);
+  const std::vector<std::uint8_t> none(64);
+  std::vector<float> x(1, 1.0f);
+  for (DType dt : {DType::BF16, DType::Q8_0})
+    for (std::int64_t n : {1, 3, 40}) {
+      std::vector<float> y(std::size_t(n * 37), -1.0f);
+      cpu::matmul(MatrixView{dt, none.data(), 37, 0}, x.data(), n, y.data(), 2);
+      INFO(dtype_name(dt) << " n " << n);
+      for (float v : y) REQUIRE(v == 0.0f);
+    }
+}
+
 TEST_CASE("AMX bf16 tiles: a NaN or infinite activation reaches only its own token's outputs") {
   FASTINFER_REQUIRE_AMX();
 #if FASTINFER_CPU_AVX512_TILES

@@ -130,7 +130,7 @@ FASTINFER_CPU_NOINLINE inline void block(const std::uint8_t* w, std::size_t stri
   const std::int64_t depth = padded_depth(cols), steps = depth / kTileDepth, panel = panel_elements(cols);
   const bool rows_full = rows >= A * kTileRows;
   const std::int64_t lines = ahead == nullptr ? 0 : (ahead_bytes + 63) / 64;
-  const std::int64_t lines_per_step = (lines + steps - 1) / steps;
+  const std::int64_t lines_per_step = steps > 0 ? (lines + steps - 1) / steps : 0;  // no columns: no steps
   _tile_zero(0);
   if constexpr (B == 2) _tile_zero(1);
   if constexpr (A == 2) _tile_zero(2);
