@@ -35,11 +35,13 @@
 // draft_ms_always (the heads' share), outputs_differ (requests whose output
 // differs from plain greedy's: possible only past the small-row matmul's
 // rows, see the code).
-// Needs ../shared/models/tinystories-656k (else skipped).
+// FASTINFER_EAGLE_HEAD_DTYPE=f32|f16|bf16 sets the head's weight dtype
+// (default: the file's). Needs ../shared/models/tinystories-656k (else skipped).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -65,6 +67,16 @@ std::string shared(const std::string& rel) { return std::string(FASTINFER_SHARED
 std::string head_file(const std::string& kind = "eagle") {
   return (std::filesystem::path(__FILE__).parent_path().parent_path() / "data" / "heads" / ("tinystories-656k." + kind))
       .string();
+}
+
+// The committed EAGLE head padded to the stand-in, in the dtype that
+// FASTINFER_EAGLE_HEAD_DTYPE names (f32, f16, bf16), else the file's: bf16
+// lets the head's products take the AMX tiles with FASTINFER_BF16_DOT=bf16.
+speculative::EagleHead stand_in_head(const LlamaConfig& config) {
+  speculative::EagleHead head = examples::eagle_head_from_flag("pad:" + head_file(), config);
+  if (const char* dtype = std::getenv("FASTINFER_EAGLE_HEAD_DTYPE"); dtype != nullptr && *dtype != '\0')
+    head.set_weight_dtype(parse_weight_dtype(dtype));
+  return head;
 }
 
 // One speculative mode of a rotated run: a drafter ("eagle" or "mtp") and its tree.
@@ -128,7 +140,7 @@ std::vector<ModeTotals> rotated_runs(benchmark::State& state, const std::string&
     }
   Model& target = stand_in(weights);
   const auto tok = HfBpeTokenizer::from_file(model_dir + "/tokenizer.json");
-  speculative::EagleHead head = examples::eagle_head_from_flag("pad:" + head_file(), target.config());
+  speculative::EagleHead head = stand_in_head(target.config());
   speculative::MtpHeads modules =
       mtp ? examples::mtp_heads_from_flag("pad:" + head_file("mtp"), target.config()) : speculative::MtpHeads();
   const std::size_t modes = drafts.size() + 1;
@@ -297,7 +309,7 @@ void BM_EngineEagle110M(benchmark::State& state, const std::string& weights) {
   base.scheduler.max_context = kContext;
   engine::EngineConfig always = base, adaptive = base;
   always.spec.policy = engine::SpecAlways{};
-  always.spec.eagle_head = examples::eagle_head_from_flag("pad:" + head_file(), model.config());
+  always.spec.eagle_head = stand_in_head(model.config());
   adaptive.spec = always.spec;
   adaptive.spec.policy = engine::SpecAdaptive{};
   engine::RequestSpec eagle;

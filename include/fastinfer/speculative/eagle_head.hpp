@@ -196,26 +196,32 @@ class EagleHead {
     return own_weights_().f32.data() + at;
   }
   const float* tensor(int t) const { return w_->f32.data() + offset_[std::size_t(check_tensor_(t))]; }
-  // Tensor t as the products read it: the f32 master, or its f16 copy.
+  // Tensor t as the products read it: the f32 master, or its f16 / bf16 copy.
   MatrixView matrix(int t) const {
-    if (w_->f16.empty()) return MatrixView{DType::F32, tensor(t), rows(t), cols(t)};
-    return MatrixView{DType::F16, w_->f16.data() + offset_[std::size_t(check_tensor_(t))], rows(t), cols(t)};
+    if (w_->half.empty()) return MatrixView{DType::F32, tensor(t), rows(t), cols(t)};
+    return MatrixView{w_->half_dtype, w_->half.data() + offset_[std::size_t(check_tensor_(t))], rows(t),
+                      cols(t)};
   }
 
-  // The dtype the head's matrices are read in: F32, or F16. A head loaded
-  // from an f16 file computes in f16 (load() sets it): its f16 values are
-  // exactly the file's, and every draft level streams the layer's weights,
-  // so half the bytes is a cheaper draft at no loss against the file.
-  // Products still accumulate in f32.
-  DType weight_dtype() const { return w_->f16.empty() ? DType::F32 : DType::F16; }
+  // The dtype the head's matrices are read in: F32, F16 or BF16. A head
+  // loaded from an f16 file computes in f16 (load() sets it): its f16 values
+  // are exactly the file's, and every draft level streams the layer's
+  // weights, so half the bytes is a cheaper draft at no loss against the
+  // file. BF16 (rounded to nearest even from the f32 master) is for a target
+  // with bf16 weights on AMX (backend_cpu.md): in the bf16-activation mode
+  // the head's products then take the AMX tiles too. Products accumulate in
+  // f32; the dtype moves drafts, never the target's outputs.
+  DType weight_dtype() const { return w_->half.empty() ? DType::F32 : w_->half_dtype; }
   void set_weight_dtype(DType dtype) {
-    FASTINFER_CHECK(dtype == DType::F32 || dtype == DType::F16, InvalidArgument,
-                    "an EAGLE head computes in f32 or f16, not ", dtype_name(dtype));
+    FASTINFER_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16, InvalidArgument,
+                    "an EAGLE head computes in f32, f16 or bf16, not ", dtype_name(dtype));
     Weights& w = own_weights_();
-    w.f16.clear();
+    w.half.clear();
+    w.half_dtype = dtype;
     if (dtype == DType::F32) return;
-    w.f16.resize(w.f32.size());
-    for (std::size_t i = 0; i < w.f32.size(); ++i) w.f16[i] = f32_to_f16(w.f32[i]);
+    w.half.resize(w.f32.size());
+    for (std::size_t i = 0; i < w.f32.size(); ++i)
+      w.half[i] = dtype == DType::F16 ? f32_to_f16(w.f32[i]) : f32_to_bf16(w.f32[i]);
   }
 
   // The input norms (see the file comment): enorm for the embedding half,
@@ -723,7 +729,8 @@ class EagleHead {
   // through own_weights_(), which first clones them if another head reads them.
   struct Weights {
     std::vector<float> f32;
-    std::vector<std::uint16_t> f16;  // f32 in f16 when the head computes in f16 (same offsets)
+    std::vector<std::uint16_t> half;  // f32 in half_dtype when the head computes in f16/bf16 (same offsets)
+    DType half_dtype = DType::F32;
     std::vector<float> input_norms;  // [2][dim] enorm, hnorm, or empty (no input norms)
   };
   Weights& own_weights_() {
