@@ -6,7 +6,9 @@
 //   (1 = decode .. 300 = prefill), thread count and row range;
 // * the activation panels' layout, written out by hand;
 // * cpu::matvec / cpu::matmul take the tiles exactly at level amx in the bf16
-//   mode; in the widen mode level amx computes avx512's bits.
+//   mode; in the widen mode level amx computes avx512's bits;
+// * edges: a NaN or infinity stays in its token; a matrix with no columns
+//   gives zeros (bf16 and Q8_0 tiles).
 // Each case skips with a message on a CPU (or OS) without AMX.
 #include <catch2/catch.hpp>
 
