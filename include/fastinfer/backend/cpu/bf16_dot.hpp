@@ -73,6 +73,10 @@ inline bool bf16_dot_active(CpuLevel level) {
   return bf16_dot() == Bf16Dot::bf16 && level >= CpuLevel::avx512;
 }
 
+// The bf16 mode runs on AMX tiles at `level` (gemm_amx.hpp): every pass
+// size, decode included, takes them.
+inline bool bf16_dot_on_amx(CpuLevel level) { return bf16_dot_active(level) && level >= CpuLevel::amx; }
+
 // Sets the mode for every thread's later kernel calls; refuses bf16 on a CPU
 // without AVX512-BF16, leaving the mode unchanged.
 inline void set_bf16_dot(Bf16Dot mode) {

@@ -132,8 +132,7 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
                threads_for(macs, ParallelThresholds::kMatmulMacsPerThread, threads));
 #if FASTINFER_CPU_AVX512_TILES
   // AMX tiles serve every pass size (batch invariant as they are: gemm_amx.hpp).
-  if (w.dtype == DType::BF16 && level >= CpuLevel::amx && bf16_dot_active(level))
-    return amx_bf16_matmul(w, x, n, y, streaming_threads);
+  if (w.dtype == DType::BF16 && bf16_dot_on_amx(level)) return amx_bf16_matmul(w, x, n, y, streaming_threads);
 #endif
   if (n <= kDotMaxTokens || batch_invariant()) {
     // Weight-streaming regime. Past kDotMaxTokens (batch invariance on) a

@@ -169,7 +169,7 @@ inline void matvec(const MatrixView& w, const float* x, float* y, int threads = 
       if (bf16_dot_active(level)) {  // bf16 activations (bf16_dot.hpp)
         // At level amx the tiles of every pass size, so decode and a verify
         // pass give a token the same bits (gemm_amx.hpp).
-        if (level >= CpuLevel::amx) return amx_bf16_matmul(w, x, 1, y, nt);
+        if (bf16_dot_on_amx(level)) return amx_bf16_matmul(w, x, 1, y, nt);
         const std::uint16_t* xb = bf16_dot_detail::rounded_activations(x, 1, w.cols);
         parallel_ranges(w.rows, kRowsPerStep, nt,
                         [&](std::int64_t b, std::int64_t e) { avx512_bf16::matvec_rows(w, xb, y, b, e); });

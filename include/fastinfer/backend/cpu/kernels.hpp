@@ -44,7 +44,7 @@ inline std::string kernel_isa_summary() {
          cpu_level_name(detected_cpu_level()) + "; float kernels " + float_kernel_isa() + ", q8_0 " +
          q8_0::kernel_isa() + ", attention " + attention_kernel_isa(cpu_level(), 16) + ", elementwise " +
          isa_name() + ", bf16 dot " + bf16_dot_running() +
-         (bf16_dot_active(cpu_level()) && cpu_level() >= CpuLevel::amx ? " on amx tiles" : "") + ")";
+         (bf16_dot_on_amx(cpu_level()) ? " on amx tiles" : "") + ")";
 }
 
 }  // namespace fastinfer::cpu
