@@ -2,6 +2,7 @@
 // that owns what they point into (a memory map or a heap buffer).
 #pragma once
 
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -22,6 +23,17 @@ constexpr std::size_t row_bytes(DType dtype, std::int64_t cols) {
   return 0;
 }
 
+// How a matrix's bytes are laid out.
+//   rows             row after row, each in its dtype's row format: every file
+//                    format, and what every kernel reads
+//   q8_0_row_groups  Q8_0 regrouped by the CPU backend for its AMX-INT8 tiles
+//                    (backend/cpu/q8_0_grouped.hpp): 16 rows' blocks side by
+//                    side, the last group zero-padded. Only the CPU backend's
+//                    kernels and cpu::load_matrix_row read it; row_ptr does not
+//                    apply.
+enum class MatrixLayout : std::uint8_t { rows, q8_0_row_groups };
+inline constexpr std::int64_t kQ8_0GroupRows = 16;
+
 // A row-major matrix [rows][cols] of `dtype` elements. For a linear layer the
 // rows are output features: y[r] = sum_c W[r][c] * x[c] (llama2.c, GGUF and
 // Hugging Face all store weights this way).
@@ -30,9 +42,17 @@ struct MatrixView {
   const void* data = nullptr;
   std::int64_t rows = 0;
   std::int64_t cols = 0;
+  MatrixLayout layout = MatrixLayout::rows;
 
-  std::size_t bytes() const { return row_bytes(dtype, cols) * std::size_t(rows); }
+  // The bytes at `data` (a grouped matrix's padding rows included).
+  std::size_t bytes() const {
+    const std::int64_t stored =
+        layout == MatrixLayout::rows ? rows : (rows + kQ8_0GroupRows - 1) / kQ8_0GroupRows * kQ8_0GroupRows;
+    return row_bytes(dtype, cols) * std::size_t(stored);
+  }
+  // Row r of a matrix in the `rows` layout.
   const std::uint8_t* row_ptr(std::int64_t r) const {
+    assert(layout == MatrixLayout::rows && "row_ptr of a regrouped matrix: read it with cpu::load_matrix_row");
     return static_cast<const std::uint8_t*>(data) + row_bytes(dtype, cols) * std::size_t(r);
   }
 };

@@ -87,9 +87,9 @@ class LlamaModel {
     FASTINFER_CHECK(int(w_.layers.size()) == c_.n_layers, InvalidArgument, "weights hold ", w_.layers.size(),
                     " layers, config says ", c_.n_layers);
     check_weights_();
-    upload_weights_();
     threads_ = options.threads;
-    backend_.set_threads(threads_);
+    backend_.set_threads(threads_);  // before the upload, which may repack on these threads
+    upload_weights_();
     max_batch_ = options.max_batch > 0 ? std::min(options.max_batch, c_.max_seq_len)
                                        : std::min(c_.max_seq_len, 512);
     hdp_ = (c_.head_dim + 7) / 8 * 8;

@@ -619,7 +619,7 @@ class EagleHead {
       FASTINFER_CHECK(tokens[i] >= 0 && tokens[i] < emb.rows, InvalidArgument, "EAGLE head: token ", tokens[i],
                       " is outside the vocabulary [0, ", emb.rows, ")");
       float* row = in2_.data() + std::size_t(i) * 2 * d;
-      cpu::load_row(emb.dtype, emb.row_ptr(tokens[i]), row, std::int64_t(d));
+      cpu::load_matrix_row(emb, tokens[i], row);
       std::copy(features + std::size_t(i) * d, features + std::size_t(i + 1) * d, row + d);
       if (has_input_norms()) {  // in place: rmsnorm reads its row before it writes
         cpu::rmsnorm(row, row, input_norm(0), std::int64_t(d), s_.norm_eps);

@@ -41,12 +41,7 @@ using fastinfer::testing::random_matrix;
 
 namespace {
 
-#define FASTINFER_REQUIRE_BF16_DOT()                                                                       \
-  if (!cpu::bf16_dot_supported()) {                                                                        \
-    std::printf("FASTINFER_SKIP: this CPU lacks AVX512-BF16 (%s)\n", cpu::cpu_features_summary().c_str()); \
-    WARN("FASTINFER_SKIP: this CPU lacks AVX512-BF16");                                                    \
-    return;                                                                                                \
-  }
+#define FASTINFER_REQUIRE_BF16_DOT() FASTINFER_REQUIRE_CPU(cpu::bf16_dot_supported(), "AVX512-BF16")
 
 std::vector<std::uint16_t> rounded(const float* x, std::int64_t count) {
   std::vector<std::uint16_t> out(static_cast<std::size_t>(count));

@@ -33,12 +33,7 @@ using fastinfer::testing::random_matrix;
 
 namespace {
 
-#define FASTINFER_REQUIRE_AMX()                                                                          \
-  if (cpu::detected_cpu_level() < cpu::CpuLevel::amx) {                                                  \
-    std::printf("FASTINFER_SKIP: no AMX level on this CPU (%s)\n", cpu::cpu_features_summary().c_str()); \
-    WARN("FASTINFER_SKIP: no AMX level on this CPU");                                                    \
-    return;                                                                                              \
-  }
+#define FASTINFER_REQUIRE_AMX() FASTINFER_REQUIRE_CPU(cpu::detected_cpu_level() >= cpu::CpuLevel::amx, "the AMX level")
 
 // The activations as the kernels see them: rounded to bf16, back to f32.
 std::vector<float> rounded_floats(const std::vector<float>& x) {

@@ -9,6 +9,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -19,6 +20,16 @@
 
 #include "fastinfer/core/dtype.hpp"
 #include "fastinfer/core/tensor.hpp"
+
+// Returns from the test case unless `available`, visibly: a FASTINFER_SKIP
+// line (ctest's skip) and a Catch warning naming what the CPU lacks.
+#define FASTINFER_REQUIRE_CPU(available, missing)                                                        \
+  if (!(available)) {                                                                                     \
+    std::printf("FASTINFER_SKIP: this CPU lacks %s (%s)\n", missing,                                     \
+                fastinfer::cpu::cpu_features_summary().c_str());                                          \
+    WARN("FASTINFER_SKIP: this CPU lacks " << missing);                                                   \
+    return;                                                                                               \
+  }
 
 namespace fastinfer::testing {
 

@@ -8,10 +8,12 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "fastinfer/backend/cpu/cpu_backend.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
@@ -255,6 +257,38 @@ TEST_CASE("AVX-512 VNNI tiles equal the AVX2 kernel bit for bit, -128 quants inc
 }
 #endif
 
+#if FASTINFER_CPU_Q8_0_AVX512
+TEST_CASE("AVX-512 activation quantization equals the scalar one bit for bit, ties, zeros, NaN and inf included") {
+  if (q8::kernel_set(cpu::detected_cpu_level()) < q8::KernelSet::avx512_vnni) {
+    WARN("AVX-512 Q8_0 quantization: this CPU lacks AVX512-VNNI (" << cpu::cpu_features_summary() << "), not run");
+    return;
+  }
+  WARN("AVX-512 Q8_0 quantization: ran");
+  const std::int64_t blocks = 64, n = blocks * 32;
+  std::vector<float> x = random_vector(std::size_t(n), 4242u, 3.0f);
+  // Block 1: exact halves of its step (x * (127 / amax) = k + 0.5, lround's
+  // ties); 2: all zero; 3: denormals; 4: a NaN; 5: an infinity; 6: huge; 7:
+  // one value just below a half step.
+  for (int j = 0; j < 32; ++j) x[32 + j] = float(j - 16) + 0.5f;
+  x[32 + 31] = 127.0f;
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);
+  for (int j = 0; j < 32; ++j) x[96 + j] = float(j - 15) * 1e-40f;
+  x[128 + 7] = NAN;
+  x[160 + 3] = -INFINITY;
+  for (int j = 0; j < 32; ++j) x[192 + j] = float(j - 16) * 3e37f;
+  for (int j = 0; j < 32; ++j) x[224 + j] = std::nextafter(float(j) + 0.5f, 0.0f);
+  x[224 + 31] = 127.0f;
+  std::vector<q8::ActivationBlock> want(static_cast<std::size_t>(blocks)), got(static_cast<std::size_t>(blocks));
+  q8::quantize_activation(x.data(), want.data(), n);
+  q8::avx512::quantize_activation(x.data(), got.data(), n);
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    INFO("block " << b);
+    REQUIRE(std::memcmp(&want[std::size_t(b)].d, &got[std::size_t(b)].d, sizeof(float)) == 0);
+    REQUIRE(std::memcmp(want[std::size_t(b)].qs, got[std::size_t(b)].qs, 32) == 0);
+  }
+}
+#endif
+
 #if FASTINFER_CPU_AVX512_TILES
 TEST_CASE(
     "AMX-INT8 tiles equal the block-order fma reference bit for bit at any pass size, -128 quants and row "
@@ -294,3 +328,84 @@ TEST_CASE(
   }
 }
 #endif
+
+TEST_CASE("regrouped Q8_0 rows round-trip, and every level computes them in the amx level's order, bit for bit") {
+  // Rows cross the 16-row groups (zero-padded last group), blocks the 2-block
+  // tile steps, tokens the 1-4-token vpdpbusd panels and the 16-token tiles.
+  for (auto [rows, nb] :
+       {std::pair<std::int64_t, std::int64_t>{1, 1}, {7, 2}, {16, 3}, {17, 24}, {40, 5}, {33, 33}}) {
+    const std::int64_t cols = nb * 32, nmax = 37;
+    const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(rows * 31 + nb), 0.05f);
+    const auto x = random_vector(std::size_t(nmax * cols), std::uint32_t(nb + 900), 1.5f);
+    auto wq = quantize_matrix(w, rows, cols);
+    for (std::size_t i = 5; i < wq.size(); i += 97) wq[i] = 0x80;  // -128 quants (a foreign quantizer's)
+    const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
+    std::shared_ptr<std::uint8_t> storage;
+    const MatrixView grouped = q8::regroup_matrix(view, storage, 2);
+    REQUIRE(grouped.layout == MatrixLayout::q8_0_row_groups);
+    REQUIRE(grouped.bytes() == std::size_t(q8::groups_of(rows) * nb) * sizeof(q8::GroupBlock));
+    std::vector<std::uint8_t> row(row_bytes(DType::Q8_0, cols));
+    std::vector<float> want_row(static_cast<std::size_t>(cols)), got_row(static_cast<std::size_t>(cols));
+    for (std::int64_t r = 0; r < rows; ++r) {
+      q8::ungroup_row(grouped, r, row.data());
+      REQUIRE(std::memcmp(row.data(), view.row_ptr(r), row.size()) == 0);
+      cpu::reference::load_row(DType::Q8_0, view.row_ptr(r), want_row.data(), cols);
+      cpu::load_matrix_row(grouped, r, got_row.data());
+      REQUIRE(got_row == want_row);
+    }
+    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nmax * nb));
+    for (std::int64_t t = 0; t < nmax; ++t) q8::quantize_activation(x.data() + t * cols, xq.data() + t * nb, cols);
+    const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel) {
+      for (std::int64_t n : {1, 2, 3, 4, 5, 15, 16, 17, 37})
+        for (int threads : {1, 2}) {
+          std::vector<float> y(static_cast<std::size_t>(n * rows), NAN);
+          q8::matmul(grouped, x.data(), n, y.data(), threads);
+          for (std::int64_t t = 0; t < n; ++t)
+            for (std::int64_t r = 0; r < rows; ++r) {
+              const float want = q8::dot_blocks_fma_reference(view.row_ptr(r), xq.data() + t * nb, nb);
+              const float got = y[std::size_t(t * rows + r)];
+              INFO("rows " << rows << " blocks " << nb << " n " << n << " threads " << threads << " token " << t
+                           << " row " << r);
+              REQUIRE(std::memcmp(&got, &want, sizeof(float)) == 0);
+            }
+        }
+    });
+    WARN("regrouped Q8_0 kernels ran at levels: " << ran << " (grouped tiles at amx: "
+                                                  << (q8::regroups_weights(cpu::detected_cpu_level()) ? "yes" : "no")
+                                                  << ")");
+  }
+}
+
+TEST_CASE("regroup_matrix rejects a matrix already regrouped and non-Q8_0 matrices") {
+  std::vector<std::uint8_t> wq(row_bytes(DType::Q8_0, 64) * 3);
+  const MatrixView view{DType::Q8_0, wq.data(), 3, 64};
+  std::shared_ptr<std::uint8_t> storage, again;
+  const MatrixView grouped = q8::regroup_matrix(view, storage);
+  REQUIRE_THROWS_WITH(q8::regroup_matrix(grouped, again), Catch::Contains("regrouped already"));
+  std::vector<float> f(64 * 3);
+  REQUIRE_THROWS_WITH(q8::regroup_matrix(MatrixView{DType::F32, f.data(), 3, 64}, again), Catch::Contains("Q8_0"));
+  REQUIRE(again == nullptr);
+}
+
+TEST_CASE("CpuBackend regroups Q8_0 weights exactly where the level runs the AMX-INT8 kernels") {
+  const std::int64_t rows = 21, cols = 96;
+  const auto w = random_vector(std::size_t(rows * cols), 77u, 0.05f);
+  const auto wq = quantize_matrix(w, rows, cols);
+  const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
+  const std::int32_t tokens[] = {0, 20, 16, 15, 3};
+  std::vector<float> want(std::size_t(5 * cols));
+  for (int i = 0; i < 5; ++i) cpu::reference::load_row(DType::Q8_0, view.row_ptr(tokens[i]), want.data() + i * cols, cols);
+  const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel level) {
+    CpuBackend backend;
+    std::vector<KeepAlive> storage;
+    const MatrixView up = backend.upload(view, storage);
+    REQUIRE((up.layout == MatrixLayout::q8_0_row_groups) == q8::regroups_weights(level));
+    REQUIRE(storage.size() == (q8::regroups_weights(level) ? 1u : 0u));
+    std::vector<float> got(want.size());
+    backend.embed(up, tokens, 5, got.data());  // an embedding table read back through its layout
+    REQUIRE(got == want);
+    const std::vector<float> f32(std::size_t(rows * cols), 1.0f);
+    REQUIRE(backend.upload(MatrixView{DType::F32, f32.data(), rows, cols}, storage).data == f32.data());
+  });
+  WARN("CpuBackend upload checked at levels: " << ran);
+}

@@ -48,8 +48,17 @@ class CpuBackend {
     if (src != host) std::memcpy(host, src, sizeof(float) * n);
   }
 
-  // Weights are read in place (a memory map or the loader's heap buffers).
-  MatrixView upload(const MatrixView& w, std::vector<KeepAlive>&) { return w; }
+  // Weights are read in place (a memory map or the loader's heap buffers),
+  // except Q8_0 matrices where the current level runs the AMX-INT8 kernels:
+  // those are regrouped into the backend's own buffer (q8_0_grouped.hpp; the
+  // rows they came from are no longer read). Set the CPU level before loading.
+  MatrixView upload(const MatrixView& w, std::vector<KeepAlive>& storage) {
+    if (w.dtype != DType::Q8_0 || w.layout != MatrixLayout::rows || !cpu::q8_0::regroups_weights()) return w;
+    std::shared_ptr<std::uint8_t> grouped;
+    const MatrixView view = cpu::q8_0::regroup_matrix(w, grouped, threads_);
+    storage.push_back(std::move(grouped));
+    return view;
+  }
 
   void set_threads(int threads) {
     FASTINFER_CHECK(threads >= 1, InvalidArgument, "threads must be at least 1, got ", threads);
@@ -58,8 +67,7 @@ class CpuBackend {
   int threads() const { return threads_; }
 
   void embed(const MatrixView& table, const std::int32_t* tokens, std::int64_t n, float* out) {
-    for (std::int64_t t = 0; t < n; ++t)
-      cpu::load_row(table.dtype, table.row_ptr(tokens[t]), out + t * table.cols, table.cols);
+    for (std::int64_t t = 0; t < n; ++t) cpu::load_matrix_row(table, tokens[t], out + t * table.cols);
   }
 
   // One matrix-vector product for a single row, a matrix product for more.

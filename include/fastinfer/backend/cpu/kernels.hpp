@@ -2,6 +2,7 @@
 // scalar twin in reference.hpp that the tests compare it with.
 //
 //   load_row(dtype, src, dst, n)           widen a stored row to f32
+//   load_matrix_row(W, r, dst)             row r of W in f32, any layout
 //   matvec(W, x, y, threads)               y = W x          (decode)   gemv.hpp
 //   matmul(W, X, n, Y, threads)            Y = X W^T, n rows (prefill) gemm.hpp
 //   rmsnorm, rope, swiglu, softmax, argmax, add                        elementwise.hpp
@@ -25,6 +26,13 @@
 #include "fastinfer/backend/cpu/threading.hpp"
 
 namespace fastinfer::cpu {
+
+// dst = row r of W widened to f32, whatever W's layout (an embedding lookup
+// in a matrix the backend may have regrouped).
+inline void load_matrix_row(const MatrixView& w, std::int64_t r, float* dst) {
+  if (w.layout == MatrixLayout::q8_0_row_groups) return q8_0::load_grouped_row(w, r, dst);
+  load_row(w.dtype, w.row_ptr(r), dst, w.cols);
+}
 
 // The bf16 dot mode that runs at `level` (bf16_dot.hpp): "bf16" where asked
 // and the level has the kernels, else "widen".

@@ -5,6 +5,8 @@
 //   q8_0_avx2.hpp       AVX2 + FMA: maddubs with the sign trick, 4-row groups
 //   q8_0_avx512.hpp     AVX-512 + VNNI: vpdpbusd, 4-row x 4-token register tiles
 //   q8_0_amx.hpp        AMX-INT8: a TDPBSSD per block of 16 rows x 16 tokens
+//   q8_0_grouped.hpp    the CPU backend's regrouped layout (level amx): 16
+//                       rows' blocks side by side, for the tiles and vpdpbusd
 //
 // Results never depend on the thread count: threads split whole rows, and a
 // row's sum has one fixed order (per level: the AVX-512 tiles equal
@@ -16,14 +18,17 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "fastinfer/backend/cpu/cpu_level.hpp"
 #include "fastinfer/backend/cpu/q8_0_amx.hpp"
 #include "fastinfer/backend/cpu/q8_0_avx2.hpp"
 #include "fastinfer/backend/cpu/q8_0_avx512.hpp"
+#include "fastinfer/backend/cpu/q8_0_grouped.hpp"
 #include "fastinfer/backend/cpu/q8_0_reference.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
+#include "fastinfer/core/aligned_buffer.hpp"
 
 namespace fastinfer::cpu::q8_0 {
 
@@ -48,6 +53,26 @@ inline const char* kernel_isa(CpuLevel level = cpu_level()) {
     case KernelSet::reference: break;
   }
   return "scalar";
+}
+
+// Whether CpuBackend::upload regroups Q8_0 weights at `level`
+// (q8_0_grouped.hpp): where the AMX-INT8 kernels run. A regrouped matrix
+// keeps its layout, so it computes the amx level's bits at any later level
+// (below amx with the scalar reference: set the level before loading).
+inline bool regroups_weights(CpuLevel level = cpu_level()) { return kernel_set(level) == KernelSet::amx; }
+
+// A copy of the Q8_0 rows `w` in the regrouped layout, in `storage` (64-byte
+// aligned, huge pages where the kernel grants them), regrouped on up to
+// `threads` threads.
+inline MatrixView regroup_matrix(const MatrixView& w, std::shared_ptr<std::uint8_t>& storage, int threads = 1) {
+  detail::check_matrix(w);
+  FASTINFER_CHECK(w.layout == MatrixLayout::rows, InvalidArgument, "q8_0::regroup_matrix: the matrix is regrouped already");
+  const std::int64_t groups = groups_of(w.rows);
+  storage = fastinfer::detail::aligned_buffer(std::size_t(groups * (w.cols / kBlockSize)) * sizeof(GroupBlock));
+  auto* out = reinterpret_cast<GroupBlock*>(storage.get());
+  parallel_ranges(groups, 1, threads_for(std::int64_t(w.bytes()), 1 << 20, threads),
+                  [&](std::int64_t g0, std::int64_t g1) { regroup(w, out, g0, g1); });
+  return regrouped_view(w, storage.get());
 }
 
 // The dot product of one row with the kernels of `set`.
@@ -77,6 +102,21 @@ inline ActivationBlock* activation_scratch(std::size_t blocks) {
 }
 // Below this many weight bytes an OpenMP hand-off costs more than it saves.
 inline constexpr std::int64_t kMinBytesPerThread = 64 * 1024;
+
+// quantize_activation of n tokens of `cols` values, with the level's kernel
+// (the same bits at every level).
+inline void quantize_activations(KernelSet set, const float* x, std::int64_t n, std::int64_t cols,
+                                 ActivationBlock* xq) {
+  for (std::int64_t t = 0; t < n; ++t) {
+#if FASTINFER_CPU_DISPATCH
+    if (set == KernelSet::amx || set == KernelSet::avx512_vnni) {
+      avx512::quantize_activation(x + t * cols, xq + t * (cols / kBlockSize), cols);
+      continue;
+    }
+#endif
+    quantize_activation(x + t * cols, xq + t * (cols / kBlockSize), cols);
+  }
+}
 
 // Rows [begin, end) of Y for n tokens whose activations are already
 // quantized, with the kernels of `set`.
@@ -114,9 +154,18 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
   detail::check_matrix(w);
   const std::int64_t nb = w.cols / kBlockSize;
   ActivationBlock* xq = detail::activation_scratch(std::size_t(nb * n));
-  for (std::int64_t t = 0; t < n; ++t) quantize_activation(x + t * w.cols, xq + t * nb, w.cols);
-  const int nt = threads_for(std::int64_t(w.bytes()) * n, detail::kMinBytesPerThread, threads);
   const KernelSet set = kernel_set(cpu_level());  // once, before the threads start
+  detail::quantize_activations(set, x, n, w.cols, xq);
+  const int nt = threads_for(std::int64_t(w.bytes()) * n, detail::kMinBytesPerThread, threads);
+  if (w.layout == MatrixLayout::q8_0_row_groups) {
+#if FASTINFER_CPU_AVX512_TILES
+    if (set == KernelSet::amx) return amx_grouped_matmul(w, xq, n, y, nt);
+#endif
+    return parallel_ranges(w.rows, 1, nt, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t t = 0; t < n; ++t)
+        for (std::int64_t r = begin; r < end; ++r) y[t * w.rows + r] = dot_grouped_reference(w, r, xq + t * nb);
+    });
+  }
 #if FASTINFER_CPU_AVX512_TILES
   if (set == KernelSet::amx) return amx_matmul(w, xq, n, y, nt);
 #endif

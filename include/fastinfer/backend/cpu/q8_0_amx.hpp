@@ -26,6 +26,8 @@
 #include "fastinfer/backend/cpu/cpu_target.hpp"
 #include "fastinfer/backend/cpu/gemm_amx.hpp"  // amx_detail, store_tokens
 #include "fastinfer/backend/cpu/gemv_avx2.hpp"  // FASTINFER_CPU_NOINLINE
+#include "fastinfer/backend/cpu/q8_0_avx512.hpp"  // grouped_rows
+#include "fastinfer/backend/cpu/q8_0_grouped.hpp"
 #include "fastinfer/backend/cpu/q8_0_reference.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
 #include "fastinfer/core/tensor.hpp"
@@ -259,6 +261,121 @@ inline void matmul_rows(const MatrixView& w, const PanelBlock* xp, std::int64_t 
   _tile_release();
 }
 
+// ---- regrouped weights (q8_0_grouped.hpp) ----------------------------------
+// The weights are TDPBSSD's second operand, a GroupBlock's quants as they lie;
+// the activations its first, tokens x 32 quants read straight from the
+// ActivationBlocks (no panel packing). A tile's int32 dots are [token][row],
+// so a token's 16 rows meet the 16 scales (one vector) in one fused
+// multiply-add per block: the order of dot_blocks_fma_reference again, so a
+// regrouped matrix gives the bits of the rows it came from.
+
+// Block b of 16 tokens as the tiles' first operand: their quants row by row,
+// then their scales (zero past the pass's tokens).
+struct alignas(64) TokenPanelBlock {
+  std::int8_t quants[kTileRows][kBlockSize];
+  float scales[kTileRows];
+};
+static_assert(sizeof(TokenPanelBlock) == 576, "a Q8_0 token panel block is 512 quant bytes and 16 scales");
+
+// Panel p of xq ([n][blocks]) into out[blocks].
+inline void pack_token_panel(const ActivationBlock* xq, std::int64_t n, std::int64_t blocks, std::int64_t p,
+                             TokenPanelBlock* out) {
+  const std::int64_t t0 = p * kTileRows, tokens = std::min(kTileRows, n - t0);
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    TokenPanelBlock& o = out[b];
+    if (tokens < kTileRows) std::memset(&o, 0, sizeof o);
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      const ActivationBlock& x = xq[(t0 + t) * blocks + b];
+      std::memcpy(o.quants[t], x.qs, kBlockSize);
+      o.scales[t] = x.d;
+    }
+  }
+}
+
+// Tiles: block dots 0, 1 (16 tokens x 16 rows); weights 2, 3 (8 groups x 16
+// rows x 4 quants); activations 4, 5 (16 tokens x 32 quants).
+inline void configure_grouped_tiles() {
+  amx_detail::TileConfig config;
+  for (int i : {0, 1, 4, 5}) config.rows[i] = kTileRows;
+  for (int i : {0, 1}) config.colsb[i] = kGroupRows * 4;
+  for (int i : {2, 3}) {
+    config.rows[i] = kBlockSize / 4;
+    config.colsb[i] = kGroupRows * 4;
+  }
+  for (int i : {4, 5}) config.colsb[i] = kBlockSize;
+  amx_detail::memory_barrier();
+  _tile_loadconfig(&config);
+}
+
+// One group of 16 rows (`rows` of them real) x one panel of `tokens` tokens
+// (xp: its `blocks` blocks) into y (ldy apart); tiles configured for 16.
+FASTINFER_CPU_NOINLINE inline void grouped_tile(const GroupBlock* wg, std::int64_t blocks, const TokenPanelBlock* xp,
+                                                std::int64_t tokens, std::int64_t rows, float* y, std::int64_t ldy) {
+  __m512 acc[kTileRows];
+  for (__m512& a : acc) a = _mm512_setzero_ps();
+  alignas(64) std::int32_t dots[2][kTileRows][kGroupRows];
+  const auto add = [&](const std::int32_t (&d)[kTileRows][kGroupRows], std::int64_t b) {
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg[b].scales)));
+    for (int t = 0; t < kTileRows; ++t) {
+      const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(d[t]));
+      acc[t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(xp[b].scales[t])), acc[t]);
+    }
+  };
+  std::int64_t b = 0;
+  for (; b + 1 < blocks; b += 2) {
+    prefetch_ahead(wg + b, 2);
+    _tile_loadd(2, wg[b].quants, kGroupRows * 4);
+    _tile_loadd(3, wg[b + 1].quants, kGroupRows * 4);
+    _tile_loadd(4, xp[b].quants, kBlockSize);
+    _tile_loadd(5, xp[b + 1].quants, kBlockSize);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_dpbssd(0, 4, 2);
+    _tile_dpbssd(1, 5, 3);
+    _tile_stored(0, dots[0], kGroupRows * 4);
+    _tile_stored(1, dots[1], kGroupRows * 4);
+    amx_detail::memory_barrier();
+    add(dots[0], b);
+    add(dots[1], b + 1);
+  }
+  if (b < blocks) {
+    _tile_loadd(2, wg[b].quants, kGroupRows * 4);
+    _tile_loadd(4, xp[b].quants, kBlockSize);
+    _tile_zero(0);
+    _tile_dpbssd(0, 4, 2);
+    _tile_stored(0, dots[0], kGroupRows * 4);
+    amx_detail::memory_barrier();
+    add(dots[0], b);
+  }
+  const __mmask16 real = __mmask16((1u << rows) - 1u);
+  for (int t = 0; t < kTileRows; ++t)
+    if (t < tokens) _mm512_mask_storeu_ps(y + t * ldy, real, acc[t]);
+}
+
+// Rows [r0, r1) (r0 a multiple of 16) of Y = X W^T for a regrouped W and n
+// quantized tokens xq ([n][blocks]; xp: the same packed in panels of 16, or
+// null when n <= kGroupedTokens): the panels on the tiles, a pass of up to 4
+// tokens on vpdpbusd (the same bits; a 1-token tile waits on its own store
+// every block).
+inline void grouped_matmul_rows(const MatrixView& w, const ActivationBlock* xq, const TokenPanelBlock* xp,
+                                std::int64_t n, float* y, std::int64_t r0, std::int64_t r1) {
+  const std::int64_t blocks = w.cols / kBlockSize;
+  if (xp != nullptr) configure_grouped_tiles();
+  for (std::int64_t row0 = r0; row0 < r1; row0 += kGroupRows) {
+    const GroupBlock* wg = group_blocks(w, row0 / kGroupRows);
+    const std::int64_t rows = std::min(kGroupRows, r1 - row0);
+    if (xp == nullptr) {
+      avx512::grouped_rows(wg, blocks, xq, n, rows, y + row0, w.rows);
+      continue;
+    }
+    for (std::int64_t p = 0; p < panels_of(n); ++p) {
+      const std::int64_t t0 = p * kTileRows;
+      grouped_tile(wg, blocks, xp + p * blocks, std::min(kTileRows, n - t0), rows, y + t0 * w.rows + row0, w.rows);
+    }
+  }
+  if (xp != nullptr) _tile_release();
+}
+
 }  // namespace fastinfer::cpu::q8_0::amx
 FASTINFER_CPU_TARGET_END
 
@@ -279,6 +396,22 @@ inline void amx_matmul(const MatrixView& w, const ActivationBlock* xq, std::int6
                   });
   parallel_ranges(w.rows, amx::kTileRows, threads,
                   [&](std::int64_t r0, std::int64_t r1) { amx::matmul_rows(w, xp, n, y, r0, r1); });
+}
+
+// Y = X W^T for a regrouped W (q8_0_grouped.hpp) on AMX-INT8, on `threads`
+// threads over groups of 16 rows.
+inline void amx_grouped_matmul(const MatrixView& w, const ActivationBlock* xq, std::int64_t n, float* y,
+                               int threads) {
+  amx::TokenPanelBlock* xp = nullptr;
+  if (n > avx512::kGroupedTokens) {
+    thread_local std::vector<amx::TokenPanelBlock> packed;  // the calling thread's, reused
+    const std::int64_t blocks = w.cols / kBlockSize, panels = amx::panels_of(n);
+    packed.resize(std::size_t(panels * blocks));
+    xp = packed.data();
+    for (std::int64_t p = 0; p < panels; ++p) amx::pack_token_panel(xq, n, blocks, p, xp + p * blocks);
+  }
+  parallel_ranges(w.rows, kGroupRows, threads,
+                  [&](std::int64_t r0, std::int64_t r1) { amx::grouped_matmul_rows(w, xq, xp, n, y, r0, r1); });
 }
 
 }  // namespace fastinfer::cpu::q8_0

@@ -20,10 +20,13 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "fastinfer/backend/cpu/q8_0_avx2.hpp"
+#include "fastinfer/backend/cpu/q8_0_grouped.hpp"
 #include "fastinfer/backend/cpu/q8_0_reference.hpp"
 
 // 1: this build carries the tiles, compiled in an AVX-512 + VNNI target
@@ -176,6 +179,100 @@ inline void matmul_rows(const MatrixView& w, const ActivationBlock* xq, std::int
     for (; r < row_end; ++r)
       rows_by_tokens<1>(static_cast<const std::uint8_t*>(w.row_ptr(r)), stride, tokens, tn, nb, y + t0 * w.rows + r, w.rows);
   }
+}
+
+// quantize_activation's blocks bit for bit, 32 floats at a time: the same
+// max, scale and reciprocal, then lround (half away from zero) as truncate,
+// compare the exact remainder with 0.5, add 1, put the sign back. The scalar
+// loop (lround is a libm call a value) cost ~6 % of a Q8_0 decode step and
+// more of a prefill. A block holding a NaN or an infinity, or so small that
+// 1 / d overflows, takes the reference: vmaxps and the conversions treat
+// those differently from std::max and lround.
+inline void quantize_activation(const float* x, ActivationBlock* out, std::int64_t n) {
+  const __m512 infinity = _mm512_set1_ps(INFINITY), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+  const __m512i sign_bit = _mm512_set1_epi32(std::int32_t(0x80000000u));
+  for (std::int64_t b = 0; b < n / kBlockSize; ++b, x += kBlockSize) {
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    const __m512 a0 = _mm512_abs_ps(v0), a1 = _mm512_abs_ps(v1);
+    if (_mm512_cmp_ps_mask(a0, infinity, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(a1, infinity, _CMP_NLT_UQ)) {
+      q8_0::quantize_activation(x, out + b, kBlockSize);
+      continue;
+    }
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+    const float d = amax / 127.0f, inverse = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!(inverse < INFINITY)) {
+      q8_0::quantize_activation(x, out + b, kBlockSize);
+      continue;
+    }
+    const __m512 id = _mm512_set1_ps(inverse);
+    out[b].d = d;
+    const auto round = [&](__m512 v) {
+      const __m512 p = _mm512_mul_ps(v, id), a = _mm512_abs_ps(p);
+      const __m512 t = _mm512_roundscale_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m512 r = _mm512_mask_add_ps(t, _mm512_cmp_ps_mask(_mm512_sub_ps(a, t), half, _CMP_GE_OQ), t, one);
+      const __m512i signed_r =
+          _mm512_or_si512(_mm512_castps_si512(r), _mm512_and_si512(_mm512_castps_si512(p), sign_bit));
+      return _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(_mm512_castsi512_ps(signed_r)));
+    };
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs), round(v0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16), round(v1));
+  }
+}
+
+// ---- regrouped weights (q8_0_grouped.hpp), a few tokens -----------------------
+// A GroupBlock's 8 quant vectors hold 4 quants of each of 16 rows; vpdpbusd
+// of a token's 4 quants, broadcast and offset by 128 (its unsigned operand),
+// with a quant vector adds them into the 16 rows' block dots at once, plus
+// 128 * (the row's sum of the 4 quants), which a vpdpbusd of 128s with the
+// same vector (once for every token) takes off again: exact block dots. Then
+// one fused multiply-add per block in block order: dot_blocks_fma_reference's
+// order, the AMX tiles' bits (q8_0_amx.hpp runs this for panels of up to
+// kGroupedTokens tokens: decode and short passes).
+inline constexpr std::int64_t kGroupedTokens = 4;
+
+template <int Tokens>
+inline void grouped_rows_for(const GroupBlock* wg, std::int64_t blocks, const ActivationBlock* x,
+                             std::int64_t tokens, std::int64_t rows, float* y, std::int64_t ldy) {
+  const __m512i offset = _mm512_set1_epi8(std::int8_t(0x80));
+  __m512 acc[Tokens];
+  for (__m512& a : acc) a = _mm512_setzero_ps();
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    prefetch_ahead(wg + b, 1);
+    const GroupBlock& g = wg[b];
+    __m512i w[kBlockSize / 4];
+    __m512i excess = _mm512_setzero_si512();  // 128 * sum(w) per row
+    for (int q = 0; q < kBlockSize / 4; ++q) {
+      w[q] = _mm512_loadu_si512(g.quants[q]);
+      excess = _mm512_dpbusd_epi32(excess, offset, w[q]);
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.scales)));
+    for (int t = 0; t < Tokens; ++t) {
+      if (t >= tokens) break;
+      const ActivationBlock& xb = x[t * blocks + b];
+      std::int32_t quads[kBlockSize / 4];
+      std::memcpy(quads, xb.qs, sizeof quads);
+      __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
+      for (int q = 0; q < kBlockSize / 4; q += 2) {
+        even = _mm512_dpbusd_epi32(even, _mm512_xor_si512(_mm512_set1_epi32(quads[q]), offset), w[q]);
+        odd = _mm512_dpbusd_epi32(odd, _mm512_xor_si512(_mm512_set1_epi32(quads[q + 1]), offset), w[q + 1]);
+      }
+      const __m512i exact = _mm512_sub_epi32(_mm512_add_epi32(even, odd), excess);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(dw, _mm512_set1_ps(xb.d)), acc[t]);
+    }
+  }
+  const __mmask16 real = __mmask16((1u << rows) - 1u);
+  for (int t = 0; t < Tokens; ++t)
+    if (t < tokens) _mm512_mask_storeu_ps(y + t * ldy, real, acc[t]);
+}
+
+// One group of 16 rows (`rows` of them real) x `tokens` (1 to kGroupedTokens)
+// tokens (x: the first token's block 0, tokens `blocks` blocks apart) into y
+// (ldy apart).
+inline void grouped_rows(const GroupBlock* wg, std::int64_t blocks, const ActivationBlock* x, std::int64_t tokens,
+                         std::int64_t rows, float* y, std::int64_t ldy) {
+  if (tokens == 1) return grouped_rows_for<1>(wg, blocks, x, tokens, rows, y, ldy);
+  if (tokens == 2) return grouped_rows_for<2>(wg, blocks, x, tokens, rows, y, ldy);
+  grouped_rows_for<kGroupedTokens>(wg, blocks, x, tokens, rows, y, ldy);
 }
 
 }  // namespace fastinfer::cpu::q8_0::avx512
