@@ -39,6 +39,29 @@ std::vector<std::uint8_t> quantize_matrix(const std::vector<float>& w, std::int6
   return q;
 }
 
+// q8_0::matmul of `computed` (rows or regrouped) against
+// dot_blocks_fma_reference of the same rows in `rows_view`, bit for bit, at
+// pass sizes across the 1-4-token kernels and the 16-token panels, on 1 and 2
+// threads. x: 37 tokens of rows_view.cols values.
+void require_block_fma_order(const MatrixView& computed, const MatrixView& rows_view, const std::vector<float>& x) {
+  const std::int64_t rows = rows_view.rows, cols = rows_view.cols, nb = cols / 32, nmax = 37;
+  std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nmax * nb));
+  for (std::int64_t t = 0; t < nmax; ++t) q8::quantize_activation(x.data() + t * cols, xq.data() + t * nb, cols);
+  for (std::int64_t n : {1, 2, 3, 4, 5, 15, 16, 17, 37})
+    for (int threads : {1, 2}) {
+      std::vector<float> y(static_cast<std::size_t>(n * rows), NAN);
+      q8::matmul(computed, x.data(), n, y.data(), threads);
+      for (std::int64_t t = 0; t < n; ++t)
+        for (std::int64_t r = 0; r < rows; ++r) {
+          const float want = q8::dot_blocks_fma_reference(rows_view.row_ptr(r), xq.data() + t * nb, nb);
+          const float got = y[std::size_t(t * rows + r)];
+          INFO("rows " << rows << " blocks " << nb << " n " << n << " threads " << threads << " token " << t
+                       << " row " << r);
+          REQUIRE(std::memcmp(&got, &want, sizeof(float)) == 0);
+        }
+    }
+}
+
 }  // namespace
 
 TEST_CASE("quantize_row_reference follows ggml's Q8_0 definition") {
@@ -257,13 +280,9 @@ TEST_CASE("AVX-512 VNNI tiles equal the AVX2 kernel bit for bit, -128 quants inc
 }
 #endif
 
-#if FASTINFER_CPU_Q8_0_AVX512
-TEST_CASE("AVX-512 activation quantization equals the scalar one bit for bit, ties, zeros, NaN and inf included") {
-  if (q8::kernel_set(cpu::detected_cpu_level()) < q8::KernelSet::avx512_vnni) {
-    WARN("AVX-512 Q8_0 quantization: this CPU lacks AVX512-VNNI (" << cpu::cpu_features_summary() << "), not run");
-    return;
-  }
-  WARN("AVX-512 Q8_0 quantization: ran");
+#if FASTINFER_CPU_DISPATCH
+TEST_CASE("AVX2 activation quantization equals the scalar one bit for bit, ties, zeros, NaN and inf included") {
+  FASTINFER_REQUIRE_CPU(cpu::detected_cpu_level() >= cpu::CpuLevel::avx2, "the AVX2 level");
   const std::int64_t blocks = 64, n = blocks * 32;
   std::vector<float> x = random_vector(std::size_t(n), 4242u, 3.0f);
   // Block 1: exact halves of its step (x * (127 / amax) = k + 0.5, lround's
@@ -280,7 +299,7 @@ TEST_CASE("AVX-512 activation quantization equals the scalar one bit for bit, ti
   x[224 + 31] = 127.0f;
   std::vector<q8::ActivationBlock> want(static_cast<std::size_t>(blocks)), got(static_cast<std::size_t>(blocks));
   q8::quantize_activation(x.data(), want.data(), n);
-  q8::avx512::quantize_activation(x.data(), got.data(), n);
+  q8::quantize_activation_avx2(x.data(), got.data(), n);
   for (std::int64_t b = 0; b < blocks; ++b) {
     INFO("block " << b);
     REQUIRE(std::memcmp(&want[std::size_t(b)].d, &got[std::size_t(b)].d, sizeof(float)) == 0);
@@ -309,22 +328,7 @@ TEST_CASE(
     auto wq = quantize_matrix(w, rows, cols);
     for (std::size_t i = 5; i < wq.size(); i += 97) wq[i] = 0x80;  // -128 quants (a foreign quantizer's)
     const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
-    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nmax * nb));
-    for (std::int64_t t = 0; t < nmax; ++t)
-      q8::quantize_activation(x.data() + t * cols, xq.data() + t * nb, cols);
-    for (std::int64_t n : {1, 2, 3, 4, 5, 15, 16, 17, 37})
-      for (int threads : {1, 2}) {
-        std::vector<float> y(static_cast<std::size_t>(n * rows), NAN);
-        q8::matmul(view, x.data(), n, y.data(), threads);
-        for (std::int64_t t = 0; t < n; ++t)
-          for (std::int64_t r = 0; r < rows; ++r) {
-            const float want = q8::dot_blocks_fma_reference(view.row_ptr(r), xq.data() + t * nb, nb);
-            const float got = y[std::size_t(t * rows + r)];
-            INFO("rows " << rows << " blocks " << nb << " n " << n << " threads " << threads << " token " << t
-                         << " row " << r);
-            REQUIRE(std::memcmp(&got, &want, sizeof(float)) == 0);
-          }
-      }
+    require_block_fma_order(view, view, x);
   }
 }
 #endif
@@ -353,23 +357,8 @@ TEST_CASE("regrouped Q8_0 rows round-trip, and every level computes them in the 
       cpu::load_matrix_row(grouped, r, got_row.data());
       REQUIRE(got_row == want_row);
     }
-    std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nmax * nb));
-    for (std::int64_t t = 0; t < nmax; ++t) q8::quantize_activation(x.data() + t * cols, xq.data() + t * nb, cols);
-    const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel) {
-      for (std::int64_t n : {1, 2, 3, 4, 5, 15, 16, 17, 37})
-        for (int threads : {1, 2}) {
-          std::vector<float> y(static_cast<std::size_t>(n * rows), NAN);
-          q8::matmul(grouped, x.data(), n, y.data(), threads);
-          for (std::int64_t t = 0; t < n; ++t)
-            for (std::int64_t r = 0; r < rows; ++r) {
-              const float want = q8::dot_blocks_fma_reference(view.row_ptr(r), xq.data() + t * nb, nb);
-              const float got = y[std::size_t(t * rows + r)];
-              INFO("rows " << rows << " blocks " << nb << " n " << n << " threads " << threads << " token " << t
-                           << " row " << r);
-              REQUIRE(std::memcmp(&got, &want, sizeof(float)) == 0);
-            }
-        }
-    });
+    const std::string ran =
+        testing::at_every_cpu_level([&](cpu::CpuLevel) { require_block_fma_order(grouped, view, x); });
     WARN("regrouped Q8_0 kernels ran at levels: " << ran << " (grouped tiles at amx: "
                                                   << (q8::regroups_weights(cpu::detected_cpu_level()) ? "yes" : "no")
                                                   << ")");

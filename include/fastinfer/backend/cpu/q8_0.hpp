@@ -109,8 +109,8 @@ inline void quantize_activations(KernelSet set, const float* x, std::int64_t n, 
                                  ActivationBlock* xq) {
   for (std::int64_t t = 0; t < n; ++t) {
 #if FASTINFER_CPU_DISPATCH
-    if (set == KernelSet::amx || set == KernelSet::avx512_vnni) {
-      avx512::quantize_activation(x + t * cols, xq + t * (cols / kBlockSize), cols);
+    if (set != KernelSet::reference) {
+      quantize_activation_avx2(x + t * cols, xq + t * (cols / kBlockSize), cols);
       continue;
     }
 #endif

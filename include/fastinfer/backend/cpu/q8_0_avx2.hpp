@@ -4,6 +4,7 @@
 // runs them at the avx2 level.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -93,6 +94,54 @@ inline void dot_rows_avx2(const std::uint8_t* w, std::size_t row_stride, const A
   }
   for (int r = 0; r < R; ++r) out[r] = detail::hsum(acc[r]);
 }
+// quantize_activation's blocks bit for bit, 32 floats at a time (every level
+// from avx2 runs it): the same max, scale and reciprocal, then lround (half
+// away from zero) as truncate, compare the exact remainder with 0.5, add 1,
+// put the sign back. The scalar loop calls libm's lround a value: 0.27 ms a
+// 110M decode step, ~6 %, and more of a prefill. A block holding a NaN or an
+// infinity, or so small that 1 / d overflows, takes the scalar code: maxps
+// and the conversions treat those differently from std::max and lround.
+inline void quantize_activation_avx2(const float* x, ActivationBlock* out, std::int64_t n) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), infinity = _mm256_set1_ps(INFINITY), half = _mm256_set1_ps(0.5f),
+               one = _mm256_set1_ps(1.0f);
+  for (std::int64_t b = 0; b < n / kBlockSize; ++b, x += kBlockSize) {
+    __m256 v[4], a[4];
+    int special = 0;
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(x + 8 * i);
+      a[i] = _mm256_andnot_ps(sign, v[i]);
+      special |= _mm256_movemask_ps(_mm256_cmp_ps(a[i], infinity, _CMP_NLT_UQ));
+    }
+    if (special != 0) {
+      quantize_activation(x, out + b, kBlockSize);
+      continue;
+    }
+    const __m256 m8 = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float d = _mm_cvtss_f32(m) / 127.0f, inverse = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!(inverse < INFINITY)) {
+      quantize_activation(x, out + b, kBlockSize);
+      continue;
+    }
+    out[b].d = d;
+    const __m256 id = _mm256_set1_ps(inverse);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) {
+      const __m256 p = _mm256_mul_ps(v[i], id), abs_p = _mm256_andnot_ps(sign, p);
+      const __m256 t = _mm256_round_ps(abs_p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(abs_p, t), half, _CMP_GE_OQ), one);
+      q[i] = _mm256_cvttps_epi32(_mm256_or_ps(_mm256_add_ps(t, up), _mm256_and_ps(p, sign)));
+    }
+    // packs work per 128-bit lane: dwords come out as q0[0..3] q1[0..3] q2[0..3]
+    // q3[0..3] | q0[4..7] ...; the permutation puts each register's 8 back together.
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].qs),
+                        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+}
+
 }  // namespace fastinfer::cpu::q8_0
 FASTINFER_CPU_TARGET_END
 #endif  // FASTINFER_CPU_DISPATCH

@@ -20,7 +20,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -178,44 +177,6 @@ inline void matmul_rows(const MatrixView& w, const ActivationBlock* xq, std::int
       rows_by_tokens<4>(static_cast<const std::uint8_t*>(w.row_ptr(r)), stride, tokens, tn, nb, y + t0 * w.rows + r, w.rows);
     for (; r < row_end; ++r)
       rows_by_tokens<1>(static_cast<const std::uint8_t*>(w.row_ptr(r)), stride, tokens, tn, nb, y + t0 * w.rows + r, w.rows);
-  }
-}
-
-// quantize_activation's blocks bit for bit, 32 floats at a time: the same
-// max, scale and reciprocal, then lround (half away from zero) as truncate,
-// compare the exact remainder with 0.5, add 1, put the sign back. The scalar
-// loop (lround is a libm call a value) cost ~6 % of a Q8_0 decode step and
-// more of a prefill. A block holding a NaN or an infinity, or so small that
-// 1 / d overflows, takes the reference: vmaxps and the conversions treat
-// those differently from std::max and lround.
-inline void quantize_activation(const float* x, ActivationBlock* out, std::int64_t n) {
-  const __m512 infinity = _mm512_set1_ps(INFINITY), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
-  const __m512i sign_bit = _mm512_set1_epi32(std::int32_t(0x80000000u));
-  for (std::int64_t b = 0; b < n / kBlockSize; ++b, x += kBlockSize) {
-    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
-    const __m512 a0 = _mm512_abs_ps(v0), a1 = _mm512_abs_ps(v1);
-    if (_mm512_cmp_ps_mask(a0, infinity, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(a1, infinity, _CMP_NLT_UQ)) {
-      q8_0::quantize_activation(x, out + b, kBlockSize);
-      continue;
-    }
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
-    const float d = amax / 127.0f, inverse = d != 0.0f ? 1.0f / d : 0.0f;
-    if (!(inverse < INFINITY)) {
-      q8_0::quantize_activation(x, out + b, kBlockSize);
-      continue;
-    }
-    const __m512 id = _mm512_set1_ps(inverse);
-    out[b].d = d;
-    const auto round = [&](__m512 v) {
-      const __m512 p = _mm512_mul_ps(v, id), a = _mm512_abs_ps(p);
-      const __m512 t = _mm512_roundscale_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-      const __m512 r = _mm512_mask_add_ps(t, _mm512_cmp_ps_mask(_mm512_sub_ps(a, t), half, _CMP_GE_OQ), t, one);
-      const __m512i signed_r =
-          _mm512_or_si512(_mm512_castps_si512(r), _mm512_and_si512(_mm512_castps_si512(p), sign_bit));
-      return _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(_mm512_castsi512_ps(signed_r)));
-    };
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs), round(v0));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16), round(v1));
   }
 }
 
