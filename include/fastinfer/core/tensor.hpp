@@ -52,7 +52,8 @@ struct MatrixView {
   }
   // Row r of a matrix in the `rows` layout.
   const std::uint8_t* row_ptr(std::int64_t r) const {
-    assert(layout == MatrixLayout::rows && "row_ptr of a regrouped matrix: read it with cpu::load_matrix_row");
+    assert(layout == MatrixLayout::rows &&
+           "row_ptr of a regrouped matrix: read it with cpu::load_matrix_row");
     return static_cast<const std::uint8_t*>(data) + row_bytes(dtype, cols) * std::size_t(r);
   }
 };

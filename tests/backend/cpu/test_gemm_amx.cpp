@@ -33,7 +33,8 @@ using fastinfer::testing::random_matrix;
 
 namespace {
 
-#define FASTINFER_REQUIRE_AMX() FASTINFER_REQUIRE_CPU(cpu::detected_cpu_level() >= cpu::CpuLevel::amx, "the AMX level")
+#define FASTINFER_REQUIRE_AMX() \
+  FASTINFER_REQUIRE_CPU(cpu::detected_cpu_level() >= cpu::CpuLevel::amx, "the AMX level")
 
 // The activations as the kernels see them: rounded to bf16, back to f32.
 std::vector<float> rounded_floats(const std::vector<float>& x) {

@@ -23,12 +23,12 @@
 
 // Returns from the test case unless `available`, visibly: a FASTINFER_SKIP
 // line (ctest's skip) and a Catch warning naming what the CPU lacks.
-#define FASTINFER_REQUIRE_CPU(available, missing)                                                        \
-  if (!(available)) {                                                                                     \
-    std::printf("FASTINFER_SKIP: this CPU lacks %s (%s)\n", missing,                                     \
-                fastinfer::cpu::cpu_features_summary().c_str());                                          \
-    WARN("FASTINFER_SKIP: this CPU lacks " << missing);                                                   \
-    return;                                                                                               \
+#define FASTINFER_REQUIRE_CPU(available, missing)                    \
+  if (!(available)) {                                                \
+    std::printf("FASTINFER_SKIP: this CPU lacks %s (%s)\n", missing, \
+                fastinfer::cpu::cpu_features_summary().c_str());     \
+    WARN("FASTINFER_SKIP: this CPU lacks " << missing);              \
+    return;                                                          \
   }
 
 namespace fastinfer::testing {

@@ -43,10 +43,12 @@ std::vector<std::uint8_t> quantize_matrix(const std::vector<float>& w, std::int6
 // dot_blocks_fma_reference of the same rows in `rows_view`, bit for bit, at
 // pass sizes across the 1-4-token kernels and the 16-token panels, on 1 and 2
 // threads. x: 37 tokens of rows_view.cols values.
-void require_block_fma_order(const MatrixView& computed, const MatrixView& rows_view, const std::vector<float>& x) {
+void require_block_fma_order(const MatrixView& computed, const MatrixView& rows_view,
+                             const std::vector<float>& x) {
   const std::int64_t rows = rows_view.rows, cols = rows_view.cols, nb = cols / 32, nmax = 37;
   std::vector<q8::ActivationBlock> xq(static_cast<std::size_t>(nmax * nb));
-  for (std::int64_t t = 0; t < nmax; ++t) q8::quantize_activation(x.data() + t * cols, xq.data() + t * nb, cols);
+  for (std::int64_t t = 0; t < nmax; ++t)
+    q8::quantize_activation(x.data() + t * cols, xq.data() + t * nb, cols);
   for (std::int64_t n : {1, 2, 3, 4, 5, 15, 16, 17, 37})
     for (int threads : {1, 2}) {
       std::vector<float> y(static_cast<std::size_t>(n * rows), NAN);
@@ -281,7 +283,8 @@ TEST_CASE("AVX-512 VNNI tiles equal the AVX2 kernel bit for bit, -128 quants inc
 #endif
 
 #if FASTINFER_CPU_DISPATCH
-TEST_CASE("AVX2 activation quantization equals the scalar one bit for bit, ties, zeros, NaN and inf included") {
+TEST_CASE(
+    "AVX2 activation quantization equals the scalar one bit for bit, ties, zeros, NaN and inf included") {
   FASTINFER_REQUIRE_CPU(cpu::detected_cpu_level() >= cpu::CpuLevel::avx2, "the AVX2 level");
   const std::int64_t blocks = 64, n = blocks * 32;
   std::vector<float> x = random_vector(std::size_t(n), 4242u, 3.0f);
@@ -297,7 +300,8 @@ TEST_CASE("AVX2 activation quantization equals the scalar one bit for bit, ties,
   for (int j = 0; j < 32; ++j) x[192 + j] = float(j - 16) * 3e37f;
   for (int j = 0; j < 32; ++j) x[224 + j] = std::nextafter(float(j) + 0.5f, 0.0f);
   x[224 + 31] = 127.0f;
-  std::vector<q8::ActivationBlock> want(static_cast<std::size_t>(blocks)), got(static_cast<std::size_t>(blocks));
+  std::vector<q8::ActivationBlock> want(static_cast<std::size_t>(blocks)),
+      got(static_cast<std::size_t>(blocks));
   q8::quantize_activation(x.data(), want.data(), n);
   q8::quantize_activation_avx2(x.data(), got.data(), n);
   for (std::int64_t b = 0; b < blocks; ++b) {
@@ -333,7 +337,8 @@ TEST_CASE(
 }
 #endif
 
-TEST_CASE("regrouped Q8_0 rows round-trip, and every level computes them in the amx level's order, bit for bit") {
+TEST_CASE(
+    "regrouped Q8_0 rows round-trip, and every level computes them in the amx level's order, bit for bit") {
   // Rows cross the 16-row groups (zero-padded last group), blocks the 2-block
   // tile steps, tokens the 1-4-token vpdpbusd panels and the 16-token tiles.
   for (auto [rows, nb] :
@@ -359,9 +364,9 @@ TEST_CASE("regrouped Q8_0 rows round-trip, and every level computes them in the 
     }
     const std::string ran =
         testing::at_every_cpu_level([&](cpu::CpuLevel) { require_block_fma_order(grouped, view, x); });
-    WARN("regrouped Q8_0 kernels ran at levels: " << ran << " (grouped tiles at amx: "
-                                                  << (q8::regroups_weights(cpu::detected_cpu_level()) ? "yes" : "no")
-                                                  << ")");
+    WARN("regrouped Q8_0 kernels ran at levels: "
+         << ran << " (grouped tiles at amx: "
+         << (q8::regroups_weights(cpu::detected_cpu_level()) ? "yes" : "no") << ")");
   }
 }
 
@@ -372,7 +377,8 @@ TEST_CASE("regroup_matrix rejects a matrix already regrouped and non-Q8_0 matric
   const MatrixView grouped = q8::regroup_matrix(view, storage);
   REQUIRE_THROWS_WITH(q8::regroup_matrix(grouped, again), Catch::Contains("regrouped already"));
   std::vector<float> f(64 * 3);
-  REQUIRE_THROWS_WITH(q8::regroup_matrix(MatrixView{DType::F32, f.data(), 3, 64}, again), Catch::Contains("Q8_0"));
+  REQUIRE_THROWS_WITH(q8::regroup_matrix(MatrixView{DType::F32, f.data(), 3, 64}, again),
+                      Catch::Contains("Q8_0"));
   REQUIRE(again == nullptr);
 }
 
@@ -383,7 +389,8 @@ TEST_CASE("CpuBackend regroups Q8_0 weights exactly where the level runs the AMX
   const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
   const std::int32_t tokens[] = {0, 20, 16, 15, 3};
   std::vector<float> want(std::size_t(5 * cols));
-  for (int i = 0; i < 5; ++i) cpu::reference::load_row(DType::Q8_0, view.row_ptr(tokens[i]), want.data() + i * cols, cols);
+  for (int i = 0; i < 5; ++i)
+    cpu::reference::load_row(DType::Q8_0, view.row_ptr(tokens[i]), want.data() + i * cols, cols);
   const std::string ran = testing::at_every_cpu_level([&](cpu::CpuLevel level) {
     CpuBackend backend;
     std::vector<KeepAlive> storage;

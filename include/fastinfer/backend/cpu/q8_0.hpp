@@ -64,11 +64,14 @@ inline bool regroups_weights(CpuLevel level = cpu_level()) { return kernel_set(l
 // A copy of the Q8_0 rows `w` in the regrouped layout, in `storage` (64-byte
 // aligned, huge pages where the kernel grants them), regrouped on up to
 // `threads` threads.
-inline MatrixView regroup_matrix(const MatrixView& w, std::shared_ptr<std::uint8_t>& storage, int threads = 1) {
+inline MatrixView regroup_matrix(const MatrixView& w, std::shared_ptr<std::uint8_t>& storage,
+                                 int threads = 1) {
   detail::check_matrix(w);
-  FASTINFER_CHECK(w.layout == MatrixLayout::rows, InvalidArgument, "q8_0::regroup_matrix: the matrix is regrouped already");
+  FASTINFER_CHECK(w.layout == MatrixLayout::rows, InvalidArgument,
+                  "q8_0::regroup_matrix: the matrix is regrouped already");
   const std::int64_t groups = groups_of(w.rows);
-  storage = fastinfer::detail::aligned_buffer(std::size_t(groups * (w.cols / kBlockSize)) * sizeof(GroupBlock));
+  storage =
+      fastinfer::detail::aligned_buffer(std::size_t(groups * (w.cols / kBlockSize)) * sizeof(GroupBlock));
   auto* out = reinterpret_cast<GroupBlock*>(storage.get());
   parallel_ranges(groups, 1, threads_for(std::int64_t(w.bytes()), 1 << 20, threads),
                   [&](std::int64_t g0, std::int64_t g1) { regroup(w, out, g0, g1); });
@@ -163,7 +166,8 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
 #endif
     return parallel_ranges(w.rows, 1, nt, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t t = 0; t < n; ++t)
-        for (std::int64_t r = begin; r < end; ++r) y[t * w.rows + r] = dot_grouped_reference(w, r, xq + t * nb);
+        for (std::int64_t r = begin; r < end; ++r)
+          y[t * w.rows + r] = dot_grouped_reference(w, r, xq + t * nb);
     });
   }
 #if FASTINFER_CPU_AVX512_TILES

@@ -1,4 +1,7 @@
-// Q8_0 on AMX-INT8 tiles (level amx): every pass size, decode included.
+// Q8_0 on AMX-INT8 tiles (level amx): every pass size, decode included, for
+// Q8_0 rows as GGUF stores them (a caller's own matrices) and, below, for the
+// regrouped layout CpuBackend::upload gives a model's weights (faster: one
+// contiguous stream, no gathers; q8_0_grouped.hpp).
 //
 // A weight tile is 16 rows x one block's 32 quants, loaded straight from the
 // Q8_0 rows (the quants of block b sit at 34 b + 2 in every row, a row
@@ -263,11 +266,12 @@ inline void matmul_rows(const MatrixView& w, const PanelBlock* xp, std::int64_t 
 
 // ---- regrouped weights (q8_0_grouped.hpp) ----------------------------------
 // The weights are TDPBSSD's second operand, a GroupBlock's quants as they lie;
-// the activations its first, tokens x 32 quants read straight from the
-// ActivationBlocks (no panel packing). A tile's int32 dots are [token][row],
-// so a token's 16 rows meet the 16 scales (one vector) in one fused
-// multiply-add per block: the order of dot_blocks_fma_reference again, so a
-// regrouped matrix gives the bits of the rows it came from.
+// the activations its first, packed per call into panels of 16 tokens x 32
+// quants (TokenPanelBlock: one contiguous 512-byte tile a block). A tile's
+// int32 dots are [token][row], so a token's 16 rows meet the 16 scales (one
+// vector) in one fused multiply-add per block: the order of
+// dot_blocks_fma_reference again, so a regrouped matrix gives the bits of the
+// rows it came from.
 
 // Block b of 16 tokens as the tiles' first operand: their quants row by row,
 // then their scales (zero past the pass's tokens).
@@ -309,12 +313,13 @@ inline void configure_grouped_tiles() {
 
 // One group of 16 rows (`rows` of them real) x one panel of `tokens` tokens
 // (xp: its `blocks` blocks) into y (ldy apart); tiles configured for 16.
-FASTINFER_CPU_NOINLINE inline void grouped_tile(const GroupBlock* wg, std::int64_t blocks, const TokenPanelBlock* xp,
-                                                std::int64_t tokens, std::int64_t rows, float* y, std::int64_t ldy) {
+FASTINFER_CPU_NOINLINE inline void grouped_tile(const GroupBlock* wg, std::int64_t blocks,
+                                                const TokenPanelBlock* xp, std::int64_t tokens,
+                                                std::int64_t rows, float* y, std::int64_t ldy) {
   __m512 acc[kTileRows];
   for (__m512& a : acc) a = _mm512_setzero_ps();
   alignas(64) std::int32_t dots[2][kTileRows][kGroupRows];
-  const auto add = [&](const std::int32_t (&d)[kTileRows][kGroupRows], std::int64_t b) {
+  const auto add = [&](const std::int32_t(&d)[kTileRows][kGroupRows], std::int64_t b) {
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg[b].scales)));
     for (int t = 0; t < kTileRows; ++t) {
       const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(d[t]));
@@ -323,7 +328,7 @@ FASTINFER_CPU_NOINLINE inline void grouped_tile(const GroupBlock* wg, std::int64
   };
   std::int64_t b = 0;
   for (; b + 1 < blocks; b += 2) {
-    prefetch_ahead(wg + b, 2);
+    prefetch_ahead(wg + b, 2, kPrefetchBlocksTiles);
     _tile_loadd(2, wg[b].quants, kGroupRows * 4);
     _tile_loadd(3, wg[b + 1].quants, kGroupRows * 4);
     _tile_loadd(4, xp[b].quants, kBlockSize);
@@ -370,7 +375,8 @@ inline void grouped_matmul_rows(const MatrixView& w, const ActivationBlock* xq, 
     }
     for (std::int64_t p = 0; p < panels_of(n); ++p) {
       const std::int64_t t0 = p * kTileRows;
-      grouped_tile(wg, blocks, xp + p * blocks, std::min(kTileRows, n - t0), rows, y + t0 * w.rows + row0, w.rows);
+      grouped_tile(wg, blocks, xp + p * blocks, std::min(kTileRows, n - t0), rows, y + t0 * w.rows + row0,
+                   w.rows);
     }
   }
   if (xp != nullptr) _tile_release();
@@ -410,8 +416,9 @@ inline void amx_grouped_matmul(const MatrixView& w, const ActivationBlock* xq, s
     xp = packed.data();
     for (std::int64_t p = 0; p < panels; ++p) amx::pack_token_panel(xq, n, blocks, p, xp + p * blocks);
   }
-  parallel_ranges(w.rows, kGroupRows, threads,
-                  [&](std::int64_t r0, std::int64_t r1) { amx::grouped_matmul_rows(w, xq, xp, n, y, r0, r1); });
+  parallel_ranges(w.rows, kGroupRows, threads, [&](std::int64_t r0, std::int64_t r1) {
+    amx::grouped_matmul_rows(w, xq, xp, n, y, r0, r1);
+  });
 }
 
 }  // namespace fastinfer::cpu::q8_0

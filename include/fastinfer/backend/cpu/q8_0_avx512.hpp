@@ -198,7 +198,7 @@ inline void grouped_rows_for(const GroupBlock* wg, std::int64_t blocks, const Ac
   __m512 acc[Tokens];
   for (__m512& a : acc) a = _mm512_setzero_ps();
   for (std::int64_t b = 0; b < blocks; ++b) {
-    prefetch_ahead(wg + b, 1);
+    prefetch_ahead(wg + b, 1, kPrefetchBlocksVnni);
     const GroupBlock& g = wg[b];
     __m512i w[kBlockSize / 4];
     __m512i excess = _mm512_setzero_si512();  // 128 * sum(w) per row
@@ -229,8 +229,8 @@ inline void grouped_rows_for(const GroupBlock* wg, std::int64_t blocks, const Ac
 // One group of 16 rows (`rows` of them real) x `tokens` (1 to kGroupedTokens)
 // tokens (x: the first token's block 0, tokens `blocks` blocks apart) into y
 // (ldy apart).
-inline void grouped_rows(const GroupBlock* wg, std::int64_t blocks, const ActivationBlock* x, std::int64_t tokens,
-                         std::int64_t rows, float* y, std::int64_t ldy) {
+inline void grouped_rows(const GroupBlock* wg, std::int64_t blocks, const ActivationBlock* x,
+                         std::int64_t tokens, std::int64_t rows, float* y, std::int64_t ldy) {
   if (tokens == 1) return grouped_rows_for<1>(wg, blocks, x, tokens, rows, y, ldy);
   if (tokens == 2) return grouped_rows_for<2>(wg, blocks, x, tokens, rows, y, ldy);
   grouped_rows_for<kGroupedTokens>(wg, blocks, x, tokens, rows, y, ldy);

@@ -31,7 +31,7 @@ namespace fastinfer::cpu::q8_0 {
 inline constexpr std::int64_t kGroupRows = kQ8_0GroupRows;
 
 struct GroupBlock {
-  std::uint16_t scales[kGroupRows];                     // f16 d_w of each row
+  std::uint16_t scales[kGroupRows];                   // f16 d_w of each row
   std::int8_t quants[kBlockSize / 4][kGroupRows][4];  // [4-quant group][row][quant]
 };
 static_assert(sizeof(GroupBlock) == kGroupRows * sizeof(Block),
@@ -78,13 +78,15 @@ inline void ungroup_row(const MatrixView& w, std::int64_t r, void* dst) {
 }
 
 // The kernels stream a group's blocks; the hardware prefetchers follow the
-// stream too late at decode (tiles and vpdpbusd consume 544 bytes in a few
-// dozen cycles): prefetch 8 blocks (4.3 KB) ahead, the best of 2, 4 and 8 on
-// the Xeon that measured it (1-token AMX tiles: 20 -> 24 GB/s).
-inline constexpr std::int64_t kPrefetchBlocks = 8;
-inline void prefetch_ahead(const GroupBlock* at, int blocks) {
-  const char* p = reinterpret_cast<const char*>(at + kPrefetchBlocks);
-  for (std::size_t off = 0; off < std::size_t(blocks) * sizeof(GroupBlock); off += 64) __builtin_prefetch(p + off, 0, 3);
+// stream too late at decode (544 bytes go through vpdpbusd or a tile in a few
+// dozen cycles): the blocks `distance` ahead of `at` are prefetched, 4 for
+// vpdpbusd and 8 for the tiles, the best of 0, 2, 4, 8 and 16 on the Xeon that
+// measured them (1-token tiles 20 -> 24 GB/s; 1-token vpdpbusd 19 -> 24 GB/s).
+inline constexpr std::int64_t kPrefetchBlocksVnni = 4, kPrefetchBlocksTiles = 8;
+inline void prefetch_ahead(const GroupBlock* at, int blocks, std::int64_t distance) {
+  const char* p = reinterpret_cast<const char*>(at + distance);
+  for (std::size_t off = 0; off < std::size_t(blocks) * sizeof(GroupBlock); off += 64)
+    __builtin_prefetch(p + off, 0, 3);
 }
 
 // dst = row r of a regrouped matrix, dequantized (an embedding lookup).
