@@ -12,7 +12,8 @@
 //                    quants[q][r][0..3] = quants 4q .. 4q + 3 of row r's block b }
 //
 // the same 34 bytes per row and block as GGUF (plus zero rows padding the last
-// group to 16). The layout replaces the rows (no second copy is kept).
+// group to 16). The model's view then points at the copy: the rows it came
+// from are no longer read.
 #pragma once
 
 #include <algorithm>
