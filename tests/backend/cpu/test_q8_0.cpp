@@ -39,6 +39,15 @@ std::vector<std::uint8_t> quantize_matrix(const std::vector<float>& w, std::int6
   return q;
 }
 
+// A rows x cols Q8_0 matrix of random weights (seeded) with -128 quants
+// sprinkled in, as a foreign quantizer may write them.
+std::vector<std::uint8_t> random_q8_matrix_with_min_quants(std::int64_t rows, std::int64_t cols,
+                                                           std::uint32_t seed) {
+  auto wq = quantize_matrix(random_vector(std::size_t(rows * cols), seed, 0.05f), rows, cols);
+  for (std::size_t i = 5; i < wq.size(); i += 97) wq[i] = 0x80;
+  return wq;
+}
+
 // q8_0::matmul of `computed` (rows or regrouped) against
 // dot_blocks_fma_reference of the same rows in `rows_view`, bit for bit, at
 // pass sizes across the 1-4-token kernels and the 16-token panels, on 1 and 2
@@ -327,10 +336,8 @@ TEST_CASE(
   for (auto [rows, nb] :
        {std::pair<std::int64_t, std::int64_t>{7, 1}, {16, 2}, {17, 3}, {40, 24}, {33, 33}}) {
     const std::int64_t cols = nb * 32, nmax = 37;
-    const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(rows * 100 + nb), 0.05f);
+    const auto wq = random_q8_matrix_with_min_quants(rows, cols, std::uint32_t(rows * 100 + nb));
     const auto x = random_vector(std::size_t(nmax * cols), std::uint32_t(nb + 500), 1.5f);
-    auto wq = quantize_matrix(w, rows, cols);
-    for (std::size_t i = 5; i < wq.size(); i += 97) wq[i] = 0x80;  // -128 quants (a foreign quantizer's)
     const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
     require_block_fma_order(view, view, x);
   }
@@ -344,10 +351,8 @@ TEST_CASE(
   for (auto [rows, nb] :
        {std::pair<std::int64_t, std::int64_t>{1, 1}, {7, 2}, {16, 3}, {17, 24}, {40, 5}, {33, 33}}) {
     const std::int64_t cols = nb * 32, nmax = 37;
-    const auto w = random_vector(std::size_t(rows * cols), std::uint32_t(rows * 31 + nb), 0.05f);
+    const auto wq = random_q8_matrix_with_min_quants(rows, cols, std::uint32_t(rows * 31 + nb));
     const auto x = random_vector(std::size_t(nmax * cols), std::uint32_t(nb + 900), 1.5f);
-    auto wq = quantize_matrix(w, rows, cols);
-    for (std::size_t i = 5; i < wq.size(); i += 97) wq[i] = 0x80;  // -128 quants (a foreign quantizer's)
     const MatrixView view{DType::Q8_0, wq.data(), rows, cols};
     std::shared_ptr<std::uint8_t> storage;
     const MatrixView grouped = q8::regroup_matrix(view, storage, 2);

@@ -165,9 +165,7 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
     if (set == KernelSet::amx) return amx_grouped_matmul(w, xq, n, y, nt);
 #endif
     return parallel_ranges(w.rows, 1, nt, [&](std::int64_t begin, std::int64_t end) {
-      for (std::int64_t t = 0; t < n; ++t)
-        for (std::int64_t r = begin; r < end; ++r)
-          y[t * w.rows + r] = dot_grouped_reference(w, r, xq + t * nb);
+      grouped_rows_reference(w, xq, n, y, begin, end);
     });
   }
 #if FASTINFER_CPU_AVX512_TILES

@@ -98,14 +98,20 @@ inline void load_grouped_row(const MatrixView& w, std::int64_t r, float* dst) {
   reference::load_row(DType::Q8_0, row.data(), dst, w.cols);
 }
 
-// Row r of a regrouped matrix dotted with quantized activations in the amx
-// level's order (dot_blocks_fma_reference): the grouped tiles' oracle, and
-// what a regrouped matrix computes below level amx.
-inline float dot_grouped_reference(const MatrixView& w, std::int64_t r, const ActivationBlock* x) {
+// Rows [begin, end) of Y = X W^T for a regrouped W and n quantized tokens xq
+// ([n][blocks]) in the amx level's order (dot_blocks_fma_reference, each row
+// ungrouped once for all tokens): the grouped kernels' oracle, and what a
+// regrouped matrix computes below level amx.
+inline void grouped_rows_reference(const MatrixView& w, const ActivationBlock* xq, std::int64_t n, float* y,
+                                   std::int64_t begin, std::int64_t end) {
+  const std::int64_t blocks = w.cols / kBlockSize;
   thread_local std::vector<Block> row;
-  row.resize(std::size_t(w.cols / kBlockSize));
-  ungroup_row(w, r, row.data());
-  return dot_blocks_fma_reference(row.data(), x, w.cols / kBlockSize);
+  row.resize(std::size_t(blocks));
+  for (std::int64_t r = begin; r < end; ++r) {
+    ungroup_row(w, r, row.data());
+    for (std::int64_t t = 0; t < n; ++t)
+      y[t * w.rows + r] = dot_blocks_fma_reference(row.data(), xq + t * blocks, blocks);
+  }
 }
 
 }  // namespace fastinfer::cpu::q8_0
