@@ -3,11 +3,13 @@
 // features at once drafts (the batch-1 loop's commit and draft_feature_tree),
 // bit for bit, for an EAGLE head and for MTP modules, also from a late first
 // position; a gap restarts the stream; drafting before the features are held
-// is refused; head copies share their weights until one is written.
+// is refused; head copies share their weights until one is written; streams
+// (and head parts) drafting together get the trees (rows) each gets alone.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "common/eagle_flags.hpp"
@@ -162,4 +164,164 @@ TEST_CASE("EagleHead: a copy that commits and expands rows still shares the weig
   head.expand(w, feats.data(), next, parents, 2, out.data());  // features [2][dim]
   CHECK(head.committed() == 3);
   CHECK(head.shares_weights_with(proto));
+}
+
+TEST_CASE(
+    "FeatureTreeBatch: streams drafting together get, bit for bit, the trees each drafts alone, step after "
+    "step",
+    "[speculative][eagle]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
+  fastinfer::LlamaModel<> model(w);
+  const sp::EagleHead eagle = fastinfer::examples::eagle_head_from_flag("random:7", w.config);
+  const sp::MtpHeads mtp = fastinfer::examples::mtp_heads_from_flag("random:5", w.config);
+  const sp::EagleTreeConfig cfg{3, 3, 8};
+  // Five requests of different lengths (so different committed rows, and
+  // trees of different shapes): three EAGLE, two MTP, node budgets 0..8.
+  struct Req {
+    bool is_eagle;
+    int nodes;
+    std::vector<std::int32_t> tokens;
+    std::vector<float> feats;
+  };
+  std::vector<Req> reqs;
+  for (int r = 0; r < 5; ++r) {
+    Req q{r != 1 && r != 3, std::vector<int>{8, 4, 1, 8, 0}[std::size_t(r)], {1}, {}};
+    for (int i = 0; i < 14 + 5 * r; ++i) q.tokens.push_back(3 + (i * (31 + 6 * r) + r) % 500);
+    q.feats = features_of(model, q.tokens);
+    reqs.push_back(std::move(q));
+  }
+  auto make_stream = [&](const Req& q) -> std::unique_ptr<sp::FeatureStream> {
+    if (q.is_eagle) return std::make_unique<sp::EagleStream>(eagle, cfg);
+    return std::make_unique<sp::MtpStream>(mtp, cfg);
+  };
+  std::vector<std::unique_ptr<sp::FeatureStream>> together, alone;
+  for (const Req& q : reqs) {
+    together.push_back(make_stream(q));
+    alone.push_back(make_stream(q));
+  }
+  sp::FeatureTreeBatch batch;
+  // Step s drafts after the first len - 4 + 2s tokens (the contexts grow, as
+  // accepted tokens make them, and the heads commit the new rows first).
+  for (int step = 0; step < 3; ++step) {
+    INFO("step " << step);
+    batch.clear();
+    std::vector<const sp::TokenTree*> got;
+    std::vector<std::int64_t> lens;
+    for (std::size_t r = 0; r < reqs.size(); ++r) {
+      const std::int64_t len = std::int64_t(reqs[r].tokens.size()) - 4 + 2 * step;
+      lens.push_back(len);
+      for (auto* s : {together[r].get(), alone[r].get()}) s->observe(0, reqs[r].feats.data(), len - 1);
+      got.push_back(batch.add(*together[r], w, reqs[r].tokens.data(), len, reqs[r].nodes, 1));
+    }
+    batch.draft(w, 1);
+    int nonempty = 0;
+    for (std::size_t r = 0; r < reqs.size(); ++r) {
+      INFO("request " << r);
+      const sp::TokenTree& want = alone[r]->draft(w, reqs[r].tokens.data(), lens[r], reqs[r].nodes, 1);
+      CHECK(got[r]->tokens == want.tokens);
+      CHECK(got[r]->parent == want.parent);
+      CHECK(int(got[r]->tokens.size()) <= reqs[r].nodes);
+      nonempty += want.tokens.empty() ? 0 : 1;
+    }
+    CHECK(nonempty == 4);  // every request but the one with no node budget
+  }
+}
+
+TEST_CASE(
+    "EagleHead::commit_together / expand_together: each part's rows as its own commit() / expand() "
+    "gives them, and bad parts change nothing",
+    "[speculative][eagle]") {
+  using Rows = sp::EagleHead::Rows;
+  using TreeRows = sp::EagleHead::TreeRows;
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
+  const sp::EagleHead proto = fastinfer::examples::eagle_head_from_flag("random:4", w.config);
+  const std::size_t d = std::size_t(w.config.dim);
+  std::vector<float> feats(12 * d);
+  for (std::size_t i = 0; i < feats.size(); ++i) feats[i] = float(int(i * 7919 % 199) - 99) / 50.0f;
+  std::vector<std::int32_t> next(12);
+  for (int i = 0; i < 12; ++i) next[std::size_t(i)] = 5 + 17 * i;
+  // Three heads commit 3, 7 and 5 rows (a, together; b, each alone), then 2,
+  // 0 and 1 more (the empty part: no row, no feature written).
+  std::vector<sp::EagleHead> a(3, proto), b(3, proto);
+  const int first[3] = {3, 7, 5}, second[3] = {2, 0, 1};
+  for (const int* counts : {first, second}) {
+    std::vector<float> root_a(3 * d, -1.0f), root_b(3 * d, -1.0f);
+    std::vector<Rows> parts;
+    for (int h = 0; h < 3; ++h) {
+      const int at = b[std::size_t(h)].committed();
+      b[std::size_t(h)].commit(w, feats.data() + std::size_t(at) * d, next.data() + at + 1, counts[h],
+                               root_b.data() + std::size_t(h) * d);
+      parts.push_back(Rows{&a[std::size_t(h)], feats.data() + std::size_t(at) * d, next.data() + at + 1,
+                           counts[h], root_a.data() + std::size_t(h) * d});
+    }
+    sp::EagleHead::commit_together(w, parts.data(), 3, 1);
+    CHECK(root_a == root_b);
+    for (int h = 0; h < 3; ++h) CHECK(a[std::size_t(h)].committed() == b[std::size_t(h)].committed());
+  }
+  // Each head already holds a tree row; then a level of 2, 1 and 3 rows,
+  // children of that row or of the root.
+  std::vector<float> scratch(2 * d);
+  const int root_parent = -1;
+  for (int h = 0; h < 3; ++h)
+    for (auto* head : {&a[std::size_t(h)], &b[std::size_t(h)]})
+      head->expand(w, feats.data() + 3 * d, next.data() + 2, &root_parent, 1, scratch.data());
+  const int parents[3][3] = {{0, -1, 0}, {0, 0, 0}, {-1, 0, 0}};
+  const int n[3] = {2, 1, 3};
+  std::vector<float> out_alone(6 * d), out_together(6 * d);
+  std::vector<TreeRows> level;
+  for (int h = 0, at = 0; h < 3; at += n[h], ++h) {
+    b[std::size_t(h)].expand(w, feats.data() + std::size_t(at) * d, next.data() + at, parents[h], n[h],
+                             out_alone.data() + std::size_t(at) * d);
+    level.push_back(TreeRows{{&a[std::size_t(h)], feats.data() + std::size_t(at) * d, next.data() + at, n[h],
+                              out_together.data() + std::size_t(at) * d},
+                             parents[h],
+                             0});
+  }
+  sp::EagleHead::expand_together(w, level.data(), 3, 1);
+  CHECK(out_together == out_alone);
+  for (int h = 0; h < 3; ++h) CHECK(a[std::size_t(h)].tree_rows() == b[std::size_t(h)].tree_rows());
+
+  // A head with weights of its own is run alone, to the same bits.
+  sp::EagleHead own = proto;
+  own.tensor(sp::EagleHead::kFc)[0] += 0.0f;  // a write: the copy now owns its weights
+  REQUIRE_FALSE(own.shares_weights_with(proto));
+  sp::EagleHead same = proto, c0 = proto;
+  std::vector<float> r_own(d), r_same(d), r_c0(d);
+  std::vector<Rows> commits{{&c0, feats.data(), next.data() + 1, 2, r_c0.data()},
+                            {&own, feats.data(), next.data() + 1, 4, r_own.data()}};
+  sp::EagleHead::commit_together(w, commits.data(), 2, 1);
+  same.commit(w, feats.data(), next.data() + 1, 4, r_same.data());
+  CHECK(r_own == r_same);
+  std::vector<float> o1(d), o2(d), want(d);
+  const int roots[1] = {-1};
+  std::vector<TreeRows> mixed{{{&c0, feats.data(), next.data(), 1, o1.data()}, roots, 0},
+                              {{&own, feats.data() + d, next.data() + 1, 1, o2.data()}, roots, 0}};
+  sp::EagleHead::expand_together(w, mixed.data(), 2, 1);
+  same.expand(w, feats.data() + d, next.data() + 1, roots, 1, want.data());
+  CHECK(o2 == want);
+
+  // A bad part (a parent of a row of this very call, a token outside the
+  // vocabulary, the same head twice) is refused before any head changes.
+  const int rows_before[3] = {a[0].tree_rows(), a[1].tree_rows(), a[2].tree_rows()};
+  const int committed_before[3] = {a[0].committed(), a[1].committed(), a[2].committed()};
+  const int bad_parent = rows_before[1];
+  const std::int32_t bad_token = w.config.vocab_size;
+  std::vector<TreeRows> bad{{{&a[0], feats.data(), next.data(), 1, o1.data()}, roots, 0},
+                            {{&a[1], feats.data(), next.data(), 1, o2.data()}, &bad_parent, 0}};
+  CHECK_THROWS_WITH(sp::EagleHead::expand_together(w, bad.data(), 2, 1), Catch::Contains("has parent"));
+  bad[1] = {{&a[1], feats.data(), &bad_token, 1, o2.data()}, roots, 0};
+  CHECK_THROWS_WITH(sp::EagleHead::expand_together(w, bad.data(), 2, 1),
+                    Catch::Contains("outside the vocabulary"));
+  bad[1] = {{&a[0], feats.data(), next.data(), 1, o2.data()}, roots, 0};
+  CHECK_THROWS_WITH(sp::EagleHead::expand_together(w, bad.data(), 2, 1), Catch::Contains("the same head"));
+  std::vector<Rows> bad_commit{{&a[0], feats.data(), next.data(), 1, o1.data()},
+                               {&a[2], feats.data(), &bad_token, 1, o2.data()}};
+  CHECK_THROWS_WITH(sp::EagleHead::commit_together(w, bad_commit.data(), 2, 1),
+                    Catch::Contains("outside the vocabulary"));
+  for (int h = 0; h < 3; ++h) {
+    CHECK(a[std::size_t(h)].tree_rows() == rows_before[h]);
+    CHECK(a[std::size_t(h)].committed() == committed_before[h]);
+  }
 }

@@ -64,7 +64,11 @@
 // others are fed again, before the next tree, as unfed tokens of the next
 // entry (ContinuousBatcher::set_draft_tokens' max_unfed). The request's
 // FeatureStream gets the target's feature of every row the engine computes
-// for it (prefill chunks, decodes, accepted nodes) and drafts from them.
+// for it (prefill chunks, decodes, accepted nodes) and drafts from them; the
+// step's trees grow together (speculative::FeatureTreeBatch: each level of
+// every EAGLE request's tree is one head forward and one LM-head product,
+// likewise MTP's), so the head's weights stream once a level, not once per
+// request.
 //
 // Logits: the forward pass returns only the rows someone reads
 // (LogitsRows::PerEntry): 1 + drafts for a speculating row, 1 for a row that
@@ -101,6 +105,7 @@
 #include "fastinfer/prefix/radix_prefix_cache.hpp"
 #include "fastinfer/sched/continuous_batcher.hpp"
 #include "fastinfer/sched/radix_prefix_provider.hpp"
+#include "fastinfer/speculative/feature_draft_stream.hpp"
 #include "fastinfer/speculative/tree_batch.hpp"
 #include "fastinfer/transfer/kv_descriptor.hpp"
 
@@ -552,6 +557,7 @@ class Engine {
     trees_.assign(plan.entries.size(), nullptr);
     contexts_.resize(plan.entries.size());
     draft_jobs_.clear();
+    tree_batch_.clear();
     step_model_drafts_ = 0;
     any_tree_ = false;
     any_stream_ = false;
@@ -571,17 +577,19 @@ class Engine {
       context.assign(r.prompt.begin(), r.prompt.end());
       context.insert(context.end(), out.begin(), out.end());
       if (speculative::FeatureStream* stream = sp.feature_stream()) {
-        const speculative::TokenTree& tree = stream->draft(
-            model_.weights(), context.data(), std::int64_t(context.size()), e.num_drafts, model_.threads());
-        if (!tree.tokens.empty()) {
-          trees_[i] = &tree;
-          any_tree_ = true;
-        }
+        trees_[i] = tree_batch_.add(*stream, model_.weights(), context.data(), std::int64_t(context.size()),
+                                    e.num_drafts, model_.threads());
       } else if (sp.uses_draft_model())
         draft_jobs_.push_back(
             {e.id, &context, e.num_drafts, std::uint64_t(out.size()), r.sampling, &drafts_[i]});
       else
         sp.propose(context, e.num_drafts, std::uint64_t(out.size()), drafts_[i], e.id);
+    }
+    // The feature drafters' trees, level by level for all requests at once.
+    tree_batch_.draft(model_.weights(), model_.threads());
+    for (const speculative::TokenTree*& tree : trees_) {
+      if (tree && tree->tokens.empty()) tree = nullptr;
+      any_tree_ = any_tree_ || tree != nullptr;
     }
     step_draft_passes_ = 0;
     step_draft_rows_ = 0;
@@ -817,6 +825,7 @@ class Engine {
   // Token trees: per plan entry the EAGLE or MTP tree it feeds (null: none; owned
   // by the request's FeatureStream until its next draft).
   std::vector<const speculative::TokenTree*> trees_;
+  speculative::FeatureTreeBatch tree_batch_;  // this step's feature-drafted trees
   bool any_tree_ = false, any_stream_ = false;
   const float* features_ = nullptr;  // the last pass's features (when a feature-drafting request rode in it)
   speculative::TokenTree no_tree_;

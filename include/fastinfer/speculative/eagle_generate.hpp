@@ -26,9 +26,11 @@
 // The tree builder and the loop are templates on the drafting head, so that
 // MTP modules (mtp_heads.hpp, mtp_generate.hpp) reuse them: a head type
 // provides reset(), clear_tree(), check_compatible(config) and the free
-// functions max_tree_depth (the deepest tree it drafts), expand_level (level d >= 2 of the tree: EAGLE's one head every
-// level, MTP's module d) and commit_accepted (the target's features of the
-// accepted text into the head; the root feature out), found by ADL.
+// functions max_tree_depth (the deepest tree it drafts), level_rows (level
+// d >= 2 of the tree as a part of EagleHead::expand_together: EAGLE's one
+// head every level, MTP's module d) and commit_accepted (the target's
+// features of the accepted text into the head; the root feature out), found
+// by ADL.
 #pragma once
 
 #include <algorithm>
@@ -100,12 +102,11 @@ class Lap {
 }  // namespace detail
 
 // The EagleHead's side of the template: the same head at every level (any
-// depth), and
-// its committed row p reads (f_p, token p + 1).
+// depth), and its committed row p reads (f_p, token p + 1).
 inline int max_tree_depth(const EagleHead&) { return std::numeric_limits<int>::max(); }
-inline void expand_level(EagleHead& head, int /*level*/, const LlamaWeights& w, const float* features,
-                         const std::int32_t* tokens, const int* parent_rows, int n, float* out, int threads) {
-  head.expand(w, features, tokens, parent_rows, n, out, threads);
+inline EagleHead::TreeRows level_rows(EagleHead& head, int /*level*/, const float* features,
+                                      const std::int32_t* tokens, const int* parent_rows, int n, float* out) {
+  return EagleHead::TreeRows{{&head, features, tokens, n, out}, parent_rows, 0};
 }
 // features [n][dim]: the target's features of positions head.committed()..;
 // seq: the whole text so far (it holds the token after each of them).
@@ -116,71 +117,147 @@ inline void commit_accepted(EagleHead& head, const LlamaWeights& w, const float*
   head.commit(w, features, seq.data() + head.committed() + 1, n, root, threads);
 }
 
-// Scratch of eagle_draft_tree, kept across steps so that drafting allocates
-// nothing once warm.
+// Scratch of the tree builder, kept across steps so that drafting allocates
+// nothing once warm. A tree's bookkeeping (builder .. row_feats) is its
+// job's; the rest holds a level's rows of every job drafting together.
 struct EagleDraftWorkspace {
   DraftTreeBuilder builder;
-  std::vector<int> picked, parent_rows, cand_row;
+  std::vector<int> picked, cand_row, front;
+  std::vector<float> row_feats;  // the features drafted so far, one row per expanded node
+  std::vector<int> parent_rows, first_row;
   std::vector<std::int32_t> tokens, top;
-  std::vector<float> feats_in, feats_out, row_feats, logits, norm, probs;
+  std::vector<float> feats_in, feats_out, logits, norm, probs;
+  std::vector<EagleHead::TreeRows> parts;
 };
 
-// One EAGLE-2 draft tree: depth-1 candidates from the root feature, then for
-// depth 2..depth the top_k candidates of the level above are expanded by one
-// batched head forward each level (expand_level), and the `budget` best are
-// kept.
+// One tree of draft_feature_trees: draft_feature_tree's arguments.
 template <typename Head>
-TokenTree draft_feature_tree(Head& head, const LlamaWeights& w, const float* root_feature, int depth, int top_k,
-                             int budget, EagleDraftWorkspace& ws, int threads = 1, EagleTimings* timings = nullptr) {
+struct FeatureTreeJob {
+  Head* head = nullptr;
+  const float* root_feature = nullptr;  // [dim]
+  int depth = 0, top_k = 1, budget = 0;
+  EagleDraftWorkspace* ws = nullptr;  // the tree's bookkeeping
+  TokenTree* out = nullptr;           // the tree
+};
+
+// EAGLE-2 draft trees of several heads at once (an Engine step's requests):
+// depth-1 candidates from each root feature, then for depth 2.. the top_k
+// candidates of the level above are expanded, and the `budget` best of each
+// tree are kept. Level by level, every job's rows share ONE head forward
+// (EagleHead::expand_together, through the head type's level_rows) and one
+// LM-head product, so the head's layer and the target's classifier are
+// streamed once a level for all jobs. Each job's tree is the one it drafts
+// alone wherever the products are batch invariant (EagleHead::expand_together);
+// `shared` holds the level's rows (it may be a job's own ws).
+template <typename Head>
+void draft_feature_trees(FeatureTreeJob<Head>* jobs, int count, const LlamaWeights& w,
+                         EagleDraftWorkspace& shared, int threads = 1, EagleTimings* timings = nullptr) {
   detail::Lap lap(timings);
-  head.clear_tree();
-  ws.builder.clear();
-  if (depth <= 0 || budget <= 0) return {};
-  const int dim = w.config.dim, vocab = w.config.vocab_size;
-  const std::size_t d = std::size_t(dim), v = std::size_t(vocab);
-  ws.top.resize(std::size_t(top_k));
-  ws.probs.resize(std::size_t(top_k));
-  ws.logits.resize(v);
-  EagleHead::lm_logits(w, root_feature, 1, ws.logits.data(), ws.norm, threads);
-  lap.to(&EagleTimings::lm_head, 1);
-  top_tokens(ws.logits.data(), vocab, top_k, ws.top.data(), ws.probs.data());
-  ws.builder.add_children(-1, ws.top.data(), ws.probs.data(), std::min(top_k, vocab));
-  ws.cand_row.assign(std::size_t(ws.builder.size()), -1);
-  ws.row_feats.clear();
-  for (int level = 2; level <= depth; ++level) {
-    const std::vector<int> front = ws.builder.frontier(level - 1, top_k);
-    const int n = int(front.size());
-    if (n == 0) break;
-    ws.feats_in.resize(std::size_t(n) * d);
-    ws.tokens.resize(std::size_t(n));
-    ws.parent_rows.resize(std::size_t(n));
-    for (int i = 0; i < n; ++i) {
-      const DraftCandidate& cand = ws.builder.candidates()[std::size_t(front[std::size_t(i)])];
-      const int prow = cand.parent < 0 ? -1 : ws.cand_row[std::size_t(cand.parent)];
-      const float* f = prow < 0 ? root_feature : ws.row_feats.data() + std::size_t(prow) * d;
-      std::copy(f, f + d, ws.feats_in.begin() + long(std::size_t(i) * d));
-      ws.tokens[std::size_t(i)] = cand.token;
-      ws.parent_rows[std::size_t(i)] = prow;
-    }
-    const int r0 = int(ws.row_feats.size() / d);  // rows drafted so far (the head's tree rows, for EAGLE)
-    ws.feats_out.resize(std::size_t(n) * d);
-    lap.to(&EagleTimings::tree);
-    expand_level(head, level, w, ws.feats_in.data(), ws.tokens.data(), ws.parent_rows.data(), n, ws.feats_out.data(),
-                 threads);
-    lap.to(&EagleTimings::head, n);
-    ws.row_feats.insert(ws.row_feats.end(), ws.feats_out.begin(), ws.feats_out.end());
-    ws.logits.resize(std::size_t(n) * v);
-    EagleHead::lm_logits(w, ws.feats_out.data(), n, ws.logits.data(), ws.norm, threads);
-    lap.to(&EagleTimings::lm_head, n);
-    for (int i = 0; i < n; ++i) {
-      ws.cand_row[std::size_t(front[std::size_t(i)])] = r0 + i;
-      top_tokens(ws.logits.data() + std::size_t(i) * v, vocab, top_k, ws.top.data(), ws.probs.data());
-      ws.builder.add_children(front[std::size_t(i)], ws.top.data(), ws.probs.data(), std::min(top_k, vocab));
-    }
-    ws.cand_row.resize(std::size_t(ws.builder.size()), -1);
+  const int vocab = w.config.vocab_size;
+  const std::size_t d = std::size_t(w.config.dim), v = std::size_t(vocab);
+  int max_depth = 0, max_top_k = 0, roots = 0;
+  for (int j = 0; j < count; ++j) {
+    FeatureTreeJob<Head>& job = jobs[j];
+    job.head->clear_tree();
+    job.ws->builder.clear();
+    job.ws->row_feats.clear();
+    *job.out = TokenTree{};
+    if (job.depth <= 0 || job.budget <= 0) continue;
+    max_depth = std::max(max_depth, job.depth);
+    max_top_k = std::max(max_top_k, job.top_k);
+    ++roots;
   }
-  TokenTree tree = ws.builder.rerank(budget, ws.picked);
+  if (roots == 0) return;
+  shared.top.resize(std::size_t(max_top_k));
+  shared.probs.resize(std::size_t(max_top_k));
+  const auto add_children = [&](FeatureTreeJob<Head>& job, int parent, const float* logits) {
+    top_tokens(logits, vocab, job.top_k, shared.top.data(), shared.probs.data());
+    job.ws->builder.add_children(parent, shared.top.data(), shared.probs.data(), std::min(job.top_k, vocab));
+  };
+  // Depth 1: every root's LM head in one product.
+  shared.feats_in.resize(std::size_t(roots) * d);
+  for (int j = 0, r = 0; j < count; ++j)
+    if (jobs[j].depth > 0 && jobs[j].budget > 0)
+      std::copy(jobs[j].root_feature, jobs[j].root_feature + d,
+                shared.feats_in.begin() + long(std::size_t(r++) * d));
+  shared.logits.resize(std::size_t(roots) * v);
+  EagleHead::lm_logits(w, shared.feats_in.data(), roots, shared.logits.data(), shared.norm, threads);
+  lap.to(&EagleTimings::lm_head, roots);
+  for (int j = 0, r = 0; j < count; ++j) {
+    if (jobs[j].depth <= 0 || jobs[j].budget <= 0) continue;
+    add_children(jobs[j], -1, shared.logits.data() + std::size_t(r++) * v);
+    jobs[j].ws->cand_row.assign(std::size_t(jobs[j].ws->builder.size()), -1);
+  }
+  for (int level = 2; level <= max_depth; ++level) {
+    // Each job's frontier: the rows of this level, job after job.
+    shared.first_row.assign(std::size_t(count), -1);
+    int total = 0;
+    for (int j = 0; j < count; ++j) {
+      EagleDraftWorkspace& ws = *jobs[j].ws;
+      if (level > jobs[j].depth || jobs[j].budget <= 0) continue;
+      ws.front = ws.builder.frontier(level - 1, jobs[j].top_k);
+      if (ws.front.empty()) continue;
+      shared.first_row[std::size_t(j)] = total;
+      total += int(ws.front.size());
+    }
+    if (total == 0) break;
+    shared.feats_in.resize(std::size_t(total) * d);
+    shared.feats_out.resize(std::size_t(total) * d);
+    shared.tokens.resize(std::size_t(total));
+    shared.parent_rows.resize(std::size_t(total));
+    shared.parts.clear();
+    for (int j = 0; j < count; ++j) {
+      const int at = shared.first_row[std::size_t(j)];
+      if (at < 0) continue;
+      EagleDraftWorkspace& ws = *jobs[j].ws;
+      const int n = int(ws.front.size());
+      for (int i = 0; i < n; ++i) {
+        const DraftCandidate& cand = ws.builder.candidates()[std::size_t(ws.front[std::size_t(i)])];
+        const int prow = cand.parent < 0 ? -1 : ws.cand_row[std::size_t(cand.parent)];
+        const float* f = prow < 0 ? jobs[j].root_feature : ws.row_feats.data() + std::size_t(prow) * d;
+        std::copy(f, f + d, shared.feats_in.begin() + long(std::size_t(at + i) * d));
+        shared.tokens[std::size_t(at + i)] = cand.token;
+        shared.parent_rows[std::size_t(at + i)] = prow;
+      }
+      shared.parts.push_back(level_rows(*jobs[j].head, level, shared.feats_in.data() + std::size_t(at) * d,
+                                        shared.tokens.data() + at, shared.parent_rows.data() + at, n,
+                                        shared.feats_out.data() + std::size_t(at) * d));
+    }
+    lap.to(&EagleTimings::tree);
+    EagleHead::expand_together(w, shared.parts.data(), int(shared.parts.size()), threads);
+    lap.to(&EagleTimings::head, total);
+    shared.logits.resize(std::size_t(total) * v);
+    EagleHead::lm_logits(w, shared.feats_out.data(), total, shared.logits.data(), shared.norm, threads);
+    lap.to(&EagleTimings::lm_head, total);
+    for (int j = 0; j < count; ++j) {
+      const int at = shared.first_row[std::size_t(j)];
+      if (at < 0) continue;
+      EagleDraftWorkspace& ws = *jobs[j].ws;
+      const int n = int(ws.front.size());
+      const int r0 = int(ws.row_feats.size() / d);  // rows drafted so far (the head's tree rows, for EAGLE)
+      ws.row_feats.insert(ws.row_feats.end(), shared.feats_out.begin() + long(std::size_t(at) * d),
+                          shared.feats_out.begin() + long(std::size_t(at + n) * d));
+      for (int i = 0; i < n; ++i) {
+        ws.cand_row[std::size_t(ws.front[std::size_t(i)])] = r0 + i;
+        add_children(jobs[j], ws.front[std::size_t(i)], shared.logits.data() + std::size_t(at + i) * v);
+      }
+      ws.cand_row.resize(std::size_t(ws.builder.size()), -1);
+    }
+  }
+  for (int j = 0; j < count; ++j)
+    if (jobs[j].depth > 0 && jobs[j].budget > 0)
+      *jobs[j].out = jobs[j].ws->builder.rerank(jobs[j].budget, jobs[j].ws->picked);
   lap.to(&EagleTimings::tree);
+}
+
+// One EAGLE-2 draft tree (draft_feature_trees with one job).
+template <typename Head>
+TokenTree draft_feature_tree(Head& head, const LlamaWeights& w, const float* root_feature, int depth,
+                             int top_k, int budget, EagleDraftWorkspace& ws, int threads = 1,
+                             EagleTimings* timings = nullptr) {
+  TokenTree tree;
+  FeatureTreeJob<Head> job{&head, root_feature, depth, top_k, budget, &ws, &tree};
+  draft_feature_trees(&job, 1, w, ws, threads, timings);
   return tree;
 }
 

@@ -276,15 +276,17 @@ class EagleHead {
   // only their keys and values).
   void commit(const LlamaWeights& target, const float* features, const std::int32_t* next_tokens, int n,
               float* out_last, int threads = 1) {
-    commit_(target, features, next_tokens, n, out_last, false, threads);
+    Rows part{this, features, next_tokens, n, out_last};
+    commit_together_(target, &part, 1, /*all=*/false, threads);
   }
   // As commit(), with every row's predicted feature in out [n][dim] (an MTP
   // module's outputs are the next module's inputs).
   void commit_all(const LlamaWeights& target, const float* features, const std::int32_t* next_tokens, int n,
                   float* out, int threads = 1) {
-    commit_(target, features, next_tokens, n, out, true, threads);
+    Rows part{this, features, next_tokens, n, out};
+    commit_together_(target, &part, 1, /*all=*/true, threads);
   }
-  
+
   // Adds n tree rows and returns their predicted features (out [n][dim]).
   // Row i reads features[i] and the embedding of tokens[i]; parent_rows[i] is
   // -1 (a child of the last committed row: position committed()) or an
@@ -294,22 +296,87 @@ class EagleHead {
   // drafts at the target's last position, past the rows it could commit).
   void expand(const LlamaWeights& target, const float* features, const std::int32_t* tokens, const int* parent_rows,
               int n, float* out, int threads = 1, int root_offset = 0) {
-    FASTINFER_CHECK(root_offset >= 0, InvalidArgument, "EAGLE head: negative root offset ", root_offset);
-    const int r0 = tree_rows();
-    pos_.resize(std::size_t(n));
-    for (int i = 0; i < n; ++i) {
-      const int p = parent_rows[i];
-      FASTINFER_CHECK(p >= -1 && p < r0, InvalidArgument, "EAGLE head: tree row ", r0 + i, " has parent ", p,
-                      " (must be -1 or an earlier row of a previous expand)");
-      tree_parent_.push_back(p);
-      tree_depth_.push_back(p < 0 ? 0 : tree_depth_[std::size_t(p)] + 1);
-      pos_[std::size_t(i)] = std::int64_t(committed_) + root_offset + tree_depth_.back();
+    TreeRows part{{this, features, tokens, n, out}, parent_rows, root_offset};
+    expand_together(target, &part, 1, threads);
+  }
+
+  // ---- several heads in one forward (an Engine's requests) ------------------
+  //
+  // commit_together and expand_together run the rows of several heads (an
+  // Engine's requests, each committing its accepted rows or drafting its
+  // tree level) in ONE forward: each matrix is streamed once for every
+  // part's rows, and each row attends to its own head's rows. Parts must name
+  // distinct heads that share their weights (copies of one head, as the
+  // Engine gives its requests); parts that do not are run one by one. A
+  // row's bits are what its head's commit() / expand() alone gives it
+  // wherever the products are batch invariant (the CPU kernels up to 32
+  // rows, docs/benchmarks.md). Every part is checked before any head changes.
+
+  // One head's rows: commit()'s arguments (tokens: the next tokens).
+  struct Rows {
+    EagleHead* head = nullptr;
+    const float* features = nullptr;       // [n][dim]
+    const std::int32_t* tokens = nullptr;  // [n]
+    int n = 0;
+    float* out = nullptr;  // commit: the last row's feature [dim] or null; expand: [n][dim]
+  };
+  // expand()'s arguments.
+  struct TreeRows {
+    Rows rows;
+    const int* parent_rows = nullptr;  // [rows.n]
+    int root_offset = 0;
+  };
+
+  static void commit_together(const LlamaWeights& target, Rows* parts, int count, int threads = 1) {
+    commit_together_(target, parts, count, /*all=*/false, threads);
+  }
+
+  static void expand_together(const LlamaWeights& target, TreeRows* parts, int count, int threads = 1) {
+    if (count <= 0) return;
+    const auto rows_of = [&](int q) -> const Rows& { return parts[q].rows; };
+    for (int p = 0; p < count; ++p) {
+      const TreeRows& part = parts[p];
+      check_part_(target, p, rows_of);
+      FASTINFER_CHECK(part.root_offset >= 0, InvalidArgument, "EAGLE head: tree part ", p,
+                      " has root offset ", part.root_offset);
+      const int r0 = part.rows.head->tree_rows();
+      for (int i = 0; i < part.rows.n; ++i)
+        FASTINFER_CHECK(part.parent_rows[i] >= -1 && part.parent_rows[i] < r0, InvalidArgument,
+                        "EAGLE head: tree row ", r0 + i, " has parent ", part.parent_rows[i],
+                        " (must be -1 or an earlier row of a previous expand)");
     }
-    grow_(tree_, std::size_t(r0 + n));
-    input_rows_(target, features, tokens, n, threads);
-    store_kv_(n, tree_k_.data() + std::size_t(r0) * kvd_(), tree_v_.data() + std::size_t(r0) * kvd_(), threads);
-    tree_first_ = r0;
-    finish_rows_(0, n, /*tree=*/true, out, threads);
+    if (!shares_weights_(count, rows_of)) {
+      for (int p = 0; p < count; ++p) expand_together(target, parts + p, 1, threads);
+      return;
+    }
+    EagleHead& lead = *parts[0].rows.head;  // its scratch serves the whole forward
+    int total = 0;
+    for (int p = 0; p < count; ++p) {
+      const TreeRows& part = parts[p];
+      EagleHead& h = *part.rows.head;
+      const int r0 = h.tree_rows();
+      lead.pos_.resize(std::size_t(total + part.rows.n));
+      lead.owners_.resize(std::size_t(total + part.rows.n));
+      for (int i = 0; i < part.rows.n; ++i) {
+        const int parent = part.parent_rows[i];
+        h.tree_parent_.push_back(parent);
+        h.tree_depth_.push_back(parent < 0 ? 0 : h.tree_depth_[std::size_t(parent)] + 1);
+        lead.pos_[std::size_t(total + i)] =
+            std::int64_t(h.committed_) + part.root_offset + h.tree_depth_.back();
+        lead.owners_[std::size_t(total + i)] = RowOwner{&h, r0 + i};
+      }
+      h.grow_(tree_, std::size_t(r0 + part.rows.n));
+      total += part.rows.n;
+    }
+    lead.inputs_and_kv_(target, count, total, rows_of, /*tree=*/true, threads);
+    if (count == 1) return lead.finish_rows_(0, total, parts[0].rows.out, threads);
+    const std::size_t d = std::size_t(lead.s_.dim);
+    lead.cat_out_.resize(std::size_t(total) * d);
+    lead.finish_rows_(0, total, lead.cat_out_.data(), threads);
+    for (int p = 0, at = 0; p < count; at += parts[p].rows.n, ++p)
+      std::copy(lead.cat_out_.begin() + std::ptrdiff_t(std::size_t(at) * d),
+                lead.cat_out_.begin() + std::ptrdiff_t(std::size_t(at + parts[p].rows.n) * d),
+                parts[p].rows.out);
   }
 
   // The target's own LM head over predicted features: final RMSNorm and
@@ -563,25 +630,124 @@ class EagleHead {
  private:
   static constexpr int kv_ = 0, tree_ = 1;
 
-  void commit_(const LlamaWeights& target, const float* features, const std::int32_t* next_tokens, int n,
-               float* out_last, bool all, int threads) {
-    FASTINFER_CHECK(n >= 0, InvalidArgument, "EAGLE head: cannot commit ", n, " rows");
-    clear_tree();
-    if (n == 0) return;
-    const int p0 = committed_;
-    grow_(kv_, std::size_t(p0 + n));
-    std::vector<std::int64_t>& pos = pos_;
-    pos.resize(std::size_t(n));
-    for (int i = 0; i < n; ++i) pos[std::size_t(i)] = p0 + i;
-    input_rows_(target, features, next_tokens, n, threads);
-    store_kv_(n, kv_k_.data() + std::size_t(p0) * kvd_(), kv_v_.data() + std::size_t(p0) * kvd_(), threads);
-    committed_ = p0 + n;
-    if (out_last == nullptr) return;
-    chain_.clear();
-    if (all)
-      finish_rows_(0, n, /*tree=*/false, out_last, threads);
-    else
-      finish_rows_(n - 1, 1, /*tree=*/false, out_last, threads);
+  // commit_together; `all`: every row's predicted feature into out (one
+  // part: commit_all), else each part's last row's.
+  static void commit_together_(const LlamaWeights& target, Rows* parts, int count, bool all, int threads) {
+    if (count <= 0) return;
+    const auto rows_of = [&](int q) -> const Rows& { return parts[q]; };
+    for (int p = 0; p < count; ++p) check_part_(target, p, rows_of);
+    FASTINFER_CHECK(!all || count == 1, InvalidArgument, "EAGLE head: every row's feature out of ", count,
+                    " commits at once");
+    if (!shares_weights_(count, rows_of)) {
+      for (int p = 0; p < count; ++p) commit_together_(target, parts + p, 1, all, threads);
+      return;
+    }
+    EagleHead& lead = *parts[0].head;
+    int total = 0;
+    for (int p = 0; p < count; ++p) {
+      EagleHead& h = *parts[p].head;
+      h.clear_tree();
+      const int p0 = h.committed_, n = parts[p].n;
+      lead.pos_.resize(std::size_t(total + n));
+      lead.owners_.resize(std::size_t(total + n));
+      for (int i = 0; i < n; ++i) {
+        lead.pos_[std::size_t(total + i)] = p0 + i;
+        lead.owners_[std::size_t(total + i)] = RowOwner{&h, -1};
+      }
+      h.grow_(kv_, std::size_t(p0 + n));
+      total += n;
+    }
+    if (total == 0) return;
+    lead.inputs_and_kv_(target, count, total, rows_of, /*tree=*/false, threads);
+    if (all) {
+      if (parts[0].out != nullptr) lead.finish_rows_(0, total, parts[0].out, threads);
+      return;
+    }
+    // Only each part's last row runs the whole layer: moved to the front
+    // (rows only move down, so in order nothing is overwritten unread).
+    const std::size_t d = std::size_t(lead.s_.dim);
+    int finishing = 0;
+    for (int p = 0, at = 0; p < count; at += parts[p].n, ++p) {
+      if (parts[p].n == 0 || parts[p].out == nullptr) continue;
+      const std::size_t from = std::size_t(at + parts[p].n - 1), to = std::size_t(finishing++);
+      std::copy(lead.x_.begin() + std::ptrdiff_t(from * d), lead.x_.begin() + std::ptrdiff_t((from + 1) * d),
+                lead.x_.begin() + std::ptrdiff_t(to * d));
+      std::copy(lead.xn_.begin() + std::ptrdiff_t(from * d),
+                lead.xn_.begin() + std::ptrdiff_t((from + 1) * d), lead.xn_.begin() + std::ptrdiff_t(to * d));
+      lead.pos_[to] = lead.pos_[from];
+      lead.owners_[to] = lead.owners_[from];
+    }
+    if (finishing == 0) return;
+    lead.cat_out_.resize(std::size_t(finishing) * d);
+    lead.finish_rows_(0, finishing, lead.cat_out_.data(), threads);
+    for (int p = 0, k = 0; p < count; ++p) {
+      if (parts[p].n == 0 || parts[p].out == nullptr) continue;
+      std::copy(lead.cat_out_.begin() + std::ptrdiff_t(std::size_t(k) * d),
+                lead.cat_out_.begin() + std::ptrdiff_t(std::size_t(k + 1) * d), parts[p].out);
+      ++k;
+    }
+  }
+
+  // Part p of a batched forward: a head, n >= 0, tokens in the vocabulary,
+  // a head no earlier part names.
+  template <typename RowsOf>
+  static void check_part_(const LlamaWeights& target, int p, RowsOf rows_of) {
+    const Rows& r = rows_of(p);
+    FASTINFER_CHECK(r.head != nullptr, InvalidArgument, "EAGLE head: part ", p, " names no head");
+    FASTINFER_CHECK(r.n >= 0, InvalidArgument, "EAGLE head: cannot run ", r.n, " rows (part ", p, ")");
+    for (int i = 0; i < r.n; ++i) check_token_(target, r.tokens[i]);
+    for (int q = 0; q < p; ++q)
+      FASTINFER_CHECK(rows_of(q).head != r.head, InvalidArgument, "EAGLE head: parts ", q, " and ", p,
+                      " name the same head");
+  }
+  // Whether every part's head reads the first one's weights.
+  template <typename RowsOf>
+  static bool shares_weights_(int count, RowsOf rows_of) {
+    for (int p = 1; p < count; ++p)
+      if (!rows_of(p).head->shares_weights_with(*rows_of(0).head)) return false;
+    return true;
+  }
+
+  // The shared half of a batched forward, led by this head (pos_ and owners_
+  // set for `total` rows): every part's features and tokens through fc and
+  // the norm (x_, xn_), then keys and values into each owner's committed
+  // rows (at its committed() before the call) or tree rows (`tree`: its last
+  // rows).
+  template <typename RowsOf>
+  void inputs_and_kv_(const LlamaWeights& target, int count, int total, RowsOf rows_of, bool tree,
+                      int threads) {
+    const std::size_t d = std::size_t(s_.dim), kvd = kvd_();
+    const float* features = rows_of(0).features;
+    const std::int32_t* tokens = rows_of(0).tokens;
+    if (count > 1) {
+      cat_features_.resize(std::size_t(total) * d);
+      cat_tokens_.resize(std::size_t(total));
+      for (int p = 0, at = 0; p < count; at += rows_of(p).n, ++p) {
+        const Rows& r = rows_of(p);
+        std::copy(r.features, r.features + std::size_t(r.n) * d,
+                  cat_features_.begin() + std::ptrdiff_t(std::size_t(at) * d));
+        std::copy(r.tokens, r.tokens + r.n, cat_tokens_.begin() + at);
+      }
+      features = cat_features_.data();
+      tokens = cat_tokens_.data();
+    }
+    input_rows_(target, features, tokens, total, threads);
+    kv_rows_.resize(std::size_t(total) * kvd * 2);
+    float* k = kv_rows_.data();
+    float* v = k + std::size_t(total) * kvd;
+    store_kv_(total, k, v, threads);
+    for (int p = 0, at = 0; p < count; at += rows_of(p).n, ++p) {
+      EagleHead& h = *rows_of(p).head;
+      const int n = rows_of(p).n;
+      const std::size_t r0 = std::size_t(tree ? h.tree_rows() - n : h.committed_);
+      std::vector<float>& hk = tree ? h.tree_k_ : h.kv_k_;
+      std::vector<float>& hv = tree ? h.tree_v_ : h.kv_v_;
+      std::copy(k + std::size_t(at) * kvd, k + std::size_t(at + n) * kvd,
+                hk.begin() + std::ptrdiff_t(r0 * kvd));
+      std::copy(v + std::size_t(at) * kvd, v + std::size_t(at + n) * kvd,
+                hv.begin() + std::ptrdiff_t(r0 * kvd));
+      if (!tree) h.committed_ += n;
+    }
   }
 
   std::size_t kvd_() const { return std::size_t(s_.kv_dim()); }
@@ -592,6 +758,10 @@ class EagleHead {
     FASTINFER_CHECK(t >= 0 && t < kTensorCount, InvalidArgument, "EAGLE head tensor ", t, " is outside [0, ",
                     int(kTensorCount), ")");
     return t;
+  }
+  static void check_token_(const LlamaWeights& target, std::int32_t token) {
+    FASTINFER_CHECK(token >= 0 && token < target.token_embedding.rows, InvalidArgument, "EAGLE head: token ",
+                    token, " is outside the vocabulary [0, ", target.token_embedding.rows, ")");
   }
   static void linear_(const MatrixView& w, const float* x, int n, float* y, int threads) {
     if (n == 1)
@@ -616,8 +786,7 @@ class EagleHead {
     const MatrixView& emb = target.token_embedding;
     in2_.resize(std::size_t(n) * 2 * d);
     for (int i = 0; i < n; ++i) {
-      FASTINFER_CHECK(tokens[i] >= 0 && tokens[i] < emb.rows, InvalidArgument, "EAGLE head: token ", tokens[i],
-                      " is outside the vocabulary [0, ", emb.rows, ")");
+      check_token_(target, tokens[i]);
       float* row = in2_.data() + std::size_t(i) * 2 * d;
       cpu::load_matrix_row(emb, tokens[i], row);
       std::copy(features + std::size_t(i) * d, features + std::size_t(i + 1) * d, row + d);
@@ -647,9 +816,10 @@ class EagleHead {
   }
 
   // Rows [first, first + n) of x_ / xn_: attention, MLP, out [n][dim].
-  // Committed rows attend to committed keys up to their own position; tree
-  // rows (row index tree_first_ + i) to every committed key and their chain.
-  void finish_rows_(int first, int n, bool tree, float* out, int threads) {
+  // Each row attends to its owner's keys (owners_): a committed row to
+  // committed keys up to its own position, a tree row to every committed key
+  // and its chain of tree rows.
+  void finish_rows_(int first, int n, float* out, int threads) {
     const std::size_t d = std::size_t(s_.dim), qd = std::size_t(s_.q_dim());
     q_.resize(std::size_t(n) * qd);
     att_.resize(std::size_t(n) * qd);
@@ -657,14 +827,16 @@ class EagleHead {
     for (int i = 0; i < n; ++i) {
       float* q = q_.data() + std::size_t(i) * qd;
       cpu::rope(q, s_.n_heads, s_.head_dim, int(pos_[std::size_t(first + i)]), s_.rope_theta, RopeStyle::Interleaved);
+      const RowOwner& owner = owners_[std::size_t(first + i)];
       chain_.clear();
-      int visible = committed_;
-      if (tree) {
-        for (int a = tree_first_ + first + i; a >= 0; a = tree_parent_[std::size_t(a)]) chain_.push_back(a);
+      int visible = owner.head->committed_;
+      if (owner.tree_row >= 0) {
+        for (int a = owner.tree_row; a >= 0; a = owner.head->tree_parent_[std::size_t(a)])
+          chain_.push_back(a);
       } else {
         visible = int(pos_[std::size_t(first + i)]) + 1;
       }
-      attend_(q, visible, att_.data() + std::size_t(i) * qd);
+      owner.head->attend_(q, visible, chain_, scores_, att_.data() + std::size_t(i) * qd);
     }
     o_.resize(std::size_t(n) * d);
     linear_(matrix(kWo), att_.data(), n, o_.data(), threads);
@@ -683,39 +855,40 @@ class EagleHead {
     cpu::add(out, o_.data(), std::int64_t(n) * std::int64_t(d));
   }
 
-  // One query row over committed keys [0, visible) and the tree rows in
-  // chain_ (grouped-query: query head h reads KV head h / group).
-  void attend_(const float* q, int visible, float* out) {
+  // One query row over this head's committed keys [0, visible) and the tree
+  // rows in `chain` (grouped-query: query head h reads KV head h / group).
+  void attend_(const float* q, int visible, const std::vector<int>& chain, std::vector<float>& scores,
+               float* out) const {
     const int hd = s_.head_dim, group = s_.n_heads / s_.n_kv_heads;
     const std::size_t kvd = kvd_();
-    const int total = visible + int(chain_.size());
-    scores_.resize(std::size_t(total));
+    const int total = visible + int(chain.size());
+    scores.resize(std::size_t(total));
     const float scale = 1.0f / std::sqrt(float(hd));
     for (int h = 0; h < s_.n_heads; ++h) {
       const float* qh = q + std::size_t(h) * std::size_t(hd);
       const std::size_t kvo = std::size_t(h / group) * std::size_t(hd);
       auto key = [&](int j) {
         return j < visible ? kv_k_.data() + std::size_t(j) * kvd + kvo
-                           : tree_k_.data() + std::size_t(chain_[std::size_t(j - visible)]) * kvd + kvo;
+                           : tree_k_.data() + std::size_t(chain[std::size_t(j - visible)]) * kvd + kvo;
       };
       auto value = [&](int j) {
         return j < visible ? kv_v_.data() + std::size_t(j) * kvd + kvo
-                           : tree_v_.data() + std::size_t(chain_[std::size_t(j - visible)]) * kvd + kvo;
+                           : tree_v_.data() + std::size_t(chain[std::size_t(j - visible)]) * kvd + kvo;
       };
       float mx = -INFINITY;
       for (int j = 0; j < total; ++j) {
         const float* k = key(j);
         float s = 0.0f;
         for (int e = 0; e < hd; ++e) s += qh[e] * k[e];
-        scores_[std::size_t(j)] = s * scale;
-        mx = std::max(mx, scores_[std::size_t(j)]);
+        scores[std::size_t(j)] = s * scale;
+        mx = std::max(mx, scores[std::size_t(j)]);
       }
       float sum = 0.0f;
-      for (int j = 0; j < total; ++j) sum += (scores_[std::size_t(j)] = std::exp(scores_[std::size_t(j)] - mx));
+      for (int j = 0; j < total; ++j) sum += (scores[std::size_t(j)] = std::exp(scores[std::size_t(j)] - mx));
       float* o = out + std::size_t(h) * std::size_t(hd);
       std::fill(o, o + hd, 0.0f);
       for (int j = 0; j < total; ++j) {
-        const float w = scores_[std::size_t(j)] / sum;
+        const float w = scores[std::size_t(j)] / sum;
         const float* v = value(j);
         for (int e = 0; e < hd; ++e) o[e] += w * v[e];
       }
@@ -745,10 +918,18 @@ class EagleHead {
   int committed_ = 0;
   std::vector<float> kv_k_, kv_v_, tree_k_, tree_v_;
   std::vector<int> tree_parent_, tree_depth_;
-  int tree_first_ = 0;  // the first row of the expand in progress
-  // Scratch of the forward (one caller at a time).
+  // Scratch of a forward this head leads (one caller at a time): per row its
+  // position and owner (the head whose rows it attends to: this one, or
+  // another part's in expand_together; tree_row -1: a committed row).
+  struct RowOwner {
+    const EagleHead* head = nullptr;
+    int tree_row = -1;
+  };
   std::vector<std::int64_t> pos_;
+  std::vector<RowOwner> owners_;
   std::vector<int> chain_;
+  std::vector<std::int32_t> cat_tokens_;
+  std::vector<float> cat_features_, cat_out_, kv_rows_;
   std::vector<float> in2_, x_, xn_, q_, att_, o_, h1_, h3_, scores_;
 };
 

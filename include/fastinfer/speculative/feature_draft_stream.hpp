@@ -28,10 +28,17 @@
 // after them (a request the switch keeps plain for a long context holds at
 // most kMaxBuffered x dim floats, and its next tree reads that recent
 // context only).
+//
+// Several streams at once. An Engine step drafts for many requests:
+// FeatureTreeBatch stages each one (draft()'s checks), commits every EAGLE
+// stream's buffered rows in one head forward (EagleHead::commit_together),
+// then grows all trees level by level with one head forward and one LM-head
+// product a level (draft_feature_trees). draft() is the one-stream case.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "fastinfer/core/error.hpp"
@@ -65,7 +72,7 @@ class FeatureStream {
 };
 
 // A head type provides what feature_draft_generate asks of it (reset(),
-// committed(), commit_accepted, expand_level), and a copy that shares its
+// committed(), commit_accepted, level_rows), and a copy that shares its
 // weights: EagleHead (its weights are shared by copies), MtpHeads (a vector
 // of them).
 template <typename Head>
@@ -119,28 +126,73 @@ class FeatureDraftStream final : public FeatureStream {
 
   const TokenTree& draft(const LlamaWeights& w, const std::int32_t* context, std::int64_t len, int nodes,
                          int threads = 1) override {
+    stage(context, len, nodes);
+    FeatureDraftStream* self = this;
+    commit_staged(&self, 1, w, threads);
+    FeatureTreeJob<Head> job = tree_job();
+    draft_feature_trees(&job, 1, w, ws_, threads);
+    return tree_out_;
+  }
+
+  // draft() in three steps, so that several streams can take each together
+  // (FeatureTreeBatch): stage() makes draft()'s checks and notes the rows to
+  // commit; commit_staged() commits them, giving each stream its root
+  // feature; tree_job() is the tree for draft_feature_trees, which lands it
+  // in tree().
+  void stage(const std::int32_t* context, std::int64_t len, int nodes) {
     FASTINFER_CHECK(ready(len), InvalidArgument, "feature drafting: no tree after ", len,
                     " tokens: features held for [", base_, ", ", end(), ")");
     FASTINFER_CHECK(nodes >= 0, InvalidArgument, "feature drafting: a tree of ", nodes, " nodes");
-    const std::size_t d = std::size_t(head_.dim());
     const std::int64_t first = base_ + head_.committed();  // first uncommitted position
-    const int n = int(std::max<std::int64_t>(0, len - 1 - first));
-    if (n > 0) {
-      // The text from base() on, as the head type's commit reads it (its row
-      // j's tokens follow position base() + j).
-      text_.assign(context + base_, context + len);
-      root_.resize(d);
-      commit_accepted(head_, w, buffered_.data(), n, text_, root_.data(), threads);
-      buffered_.erase(buffered_.begin(), buffered_.begin() + std::ptrdiff_t(std::size_t(n) * d));
-      root_position_ = len - 1;
-    }
-    FASTINFER_CHECK(root_position_ == len - 1, InvalidArgument,
+    staged_rows_ = int(std::max<std::int64_t>(0, len - 1 - first));
+    FASTINFER_CHECK(staged_rows_ > 0 || root_position_ == len - 1, InvalidArgument,
                     "feature drafting: the root feature is of position ", root_position_,
                     ", the context ends at ", len - 1, " (a context must not shrink between drafts)");
-    tree_out_ = draft_feature_tree(head_, w, root_.data(), std::min(tree_.depth, nodes), tree_.top_k, nodes,
-                                   ws_, threads);
-    return tree_out_;
+    // The text from base() on, as the head type's commit reads it (its row
+    // j's tokens follow position base() + j).
+    if (staged_rows_ > 0) text_.assign(context + base_, context + len);
+    root_.resize(std::size_t(head_.dim()));
+    nodes_ = nodes;
   }
+  // Every stream's staged rows: EAGLE heads in one forward
+  // (EagleHead::commit_together); MTP modules stream by stream (their commit
+  // cascades module by module, each request with its own row counts).
+  static void commit_staged(FeatureDraftStream* const* streams, int count, const LlamaWeights& w,
+                            int threads) {
+    if constexpr (std::is_same_v<Head, EagleHead>) {
+      std::vector<EagleHead::Rows>& parts = streams[0]->commit_parts_;
+      parts.clear();
+      for (int i = 0; i < count; ++i) {
+        FeatureDraftStream& s = *streams[i];
+        if (s.staged_rows_ > 0)
+          parts.push_back({&s.head_, s.buffered_.data(), s.text_.data() + s.head_.committed() + 1,
+                           s.staged_rows_, s.root_.data()});
+      }
+      EagleHead::commit_together(w, parts.data(), int(parts.size()), threads);
+    } else {
+      for (int i = 0; i < count; ++i) {
+        FeatureDraftStream& s = *streams[i];
+        if (s.staged_rows_ > 0)
+          commit_accepted(s.head_, w, s.buffered_.data(), s.staged_rows_, s.text_, s.root_.data(), threads);
+      }
+    }
+    for (int i = 0; i < count; ++i) {
+      FeatureDraftStream& s = *streams[i];
+      if (s.staged_rows_ == 0) continue;
+      s.buffered_.erase(
+          s.buffered_.begin(),
+          s.buffered_.begin() + std::ptrdiff_t(std::size_t(s.staged_rows_) * std::size_t(s.head_.dim())));
+      s.root_position_ = std::int64_t(s.text_.size()) + s.base_ - 1;
+      s.staged_rows_ = 0;
+    }
+  }
+  // The staged tree's job (head, root feature, depth, top_k and budget).
+  FeatureTreeJob<Head> tree_job() {
+    const int depth = std::min(tree_.depth, nodes_);
+    return FeatureTreeJob<Head>{&head_, root_.data(), depth, tree_.top_k, nodes_, &ws_, &tree_out_};
+  }
+  // The last tree drafted.
+  const TokenTree& tree() const { return tree_out_; }
 
  private:
   Head head_;
@@ -151,11 +203,67 @@ class FeatureDraftStream final : public FeatureStream {
   std::vector<float> buffered_;  // features of positions base_ + committed() .. end()
   std::vector<float> root_;      // the head's predicted feature of position root_position_
   std::int64_t root_position_ = -1;
+  int nodes_ = 0;        // the staged tree's budget
+  int staged_rows_ = 0;  // buffered rows the staged tree commits first
   std::vector<std::int32_t> text_;
+  std::vector<EagleHead::Rows> commit_parts_;  // commit_staged's scratch (the first stream's)
   TokenTree tree_out_;
 };
 
 using EagleStream = FeatureDraftStream<EagleHead>;
 using MtpStream = FeatureDraftStream<MtpHeads>;
+
+// The trees of an Engine step's feature-drafting requests, drafted
+// together: the EAGLE streams' levels share one head forward and one LM-head
+// product each (draft_feature_trees), and so do the MTP streams'. Per step:
+// clear(), add() each request, draft(). A tree is the one its stream drafts
+// alone wherever the products are batch invariant (<= 32 rows a level on
+// the CPU). A FeatureStream of another type drafts alone inside add().
+class FeatureTreeBatch {
+ public:
+  void clear() {
+    eagle_.clear();
+    mtp_.clear();
+  }
+  // Stages `stream`'s tree after context[0 .. len) (draft()'s arguments and
+  // checks); returns where the tree is after draft() (valid until the
+  // stream's next one).
+  const TokenTree* add(FeatureStream& stream, const LlamaWeights& w, const std::int32_t* context,
+                       std::int64_t len, int nodes, int threads) {
+    if (auto* eagle = dynamic_cast<EagleStream*>(&stream)) return stage_(*eagle, eagle_, context, len, nodes);
+    if (auto* mtp = dynamic_cast<MtpStream*>(&stream)) return stage_(*mtp, mtp_, context, len, nodes);
+    return &stream.draft(w, context, len, nodes, threads);
+  }
+  // Every staged tree: the commits, then the trees, level by level.
+  void draft(const LlamaWeights& w, int threads) {
+    draft_(eagle_, eagle_jobs_, w, threads);
+    draft_(mtp_, mtp_jobs_, w, threads);
+  }
+
+ private:
+  template <typename Head>
+  static const TokenTree* stage_(FeatureDraftStream<Head>& stream,
+                                 std::vector<FeatureDraftStream<Head>*>& staged, const std::int32_t* context,
+                                 std::int64_t len, int nodes) {
+    stream.stage(context, len, nodes);
+    staged.push_back(&stream);
+    return &stream.tree();
+  }
+  template <typename Head>
+  void draft_(std::vector<FeatureDraftStream<Head>*>& staged, std::vector<FeatureTreeJob<Head>>& jobs,
+              const LlamaWeights& w, int threads) {
+    if (staged.empty()) return;
+    FeatureDraftStream<Head>::commit_staged(staged.data(), int(staged.size()), w, threads);
+    jobs.clear();
+    for (FeatureDraftStream<Head>* s : staged) jobs.push_back(s->tree_job());
+    draft_feature_trees(jobs.data(), int(jobs.size()), w, shared_, threads);
+  }
+
+  std::vector<EagleStream*> eagle_;
+  std::vector<MtpStream*> mtp_;
+  std::vector<FeatureTreeJob<EagleHead>> eagle_jobs_;
+  std::vector<FeatureTreeJob<MtpHeads>> mtp_jobs_;
+  EagleDraftWorkspace shared_;
+};
 
 }  // namespace fastinfer::speculative

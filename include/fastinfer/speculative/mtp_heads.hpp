@@ -152,11 +152,19 @@ class MtpHeads {
   // features, tokens: the nodes' tokens); out [n][dim].
   void expand(int level, const LlamaWeights& w, const float* features, const std::int32_t* tokens, int n, float* out,
               int threads = 1) {
+    EagleHead::TreeRows part = level_rows(level, features, tokens, n, out);
+    EagleHead::expand_together(w, &part, 1, threads);
+  }
+  // expand()'s rows as a part of EagleHead::expand_together (level by level,
+  // several requests' heads drafting at once); valid until the next call.
+  EagleHead::TreeRows level_rows(int level, const float* features, const std::int32_t* tokens, int n,
+                                 float* out) {
     FASTINFER_CHECK(level >= 2 && level <= max_depth(), InvalidArgument, "MTP: tree level ", level, " needs module ",
                     level, ", the heads have ", module_count());
     EagleHead& mod = modules_[std::size_t(level - 1)];
     parentless_.assign(std::size_t(n), -1);  // a module serves one level: its rows' parents are other modules'
-    mod.expand(w, features, tokens, parentless_.data(), n, out, threads, committed(1) - 1 - mod.committed());
+    return EagleHead::TreeRows{
+        {&mod, features, tokens, n, out}, parentless_.data(), committed(1) - 1 - mod.committed()};
   }
 
   // ---- files ------------------------------------------------------------------
@@ -282,9 +290,10 @@ class MtpHeads {
 };
 
 // The template side of eagle_generate.hpp's tree builder and loop.
-inline void expand_level(MtpHeads& heads, int level, const LlamaWeights& w, const float* features,
-                         const std::int32_t* tokens, const int* /*parent_rows*/, int n, float* out, int threads) {
-  heads.expand(level, w, features, tokens, n, out, threads);
+inline EagleHead::TreeRows level_rows(MtpHeads& heads, int level, const float* features,
+                                      const std::int32_t* tokens, const int* /*parent_rows*/, int n,
+                                      float* out) {
+  return heads.level_rows(level, features, tokens, n, out);
 }
 inline int max_tree_depth(const MtpHeads& heads) { return heads.max_depth(); }
 inline void commit_accepted(MtpHeads& heads, const LlamaWeights& w, const float* features, int n,
