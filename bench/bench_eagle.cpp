@@ -31,8 +31,9 @@
 // none_tok_s (output tokens per wall second), x_always, x_adaptive (over
 // none), tpr_always (tokens per tree row), refed_always (accepted nodes fed
 // again), rows_adaptive (share of candidate rows the switch let draft),
-// step_ms_none / step_ms_always (forward, drafting and sampling per step),
-// draft_ms_always (the heads' share), outputs_differ (requests whose output
+// nodes_adaptive / tpr_adaptive (nodes and tokens per row it let draft),
+// step_ms_none / _always / _adaptive (forward, drafting and sampling per
+// step), draft_ms_always / _adaptive (the heads' share), outputs_differ (requests whose output
 // differs from plain greedy's: possible only past the small-row matmul's
 // rows, see the code).
 // FASTINFER_EAGLE_HEAD_DTYPE=f32|f16|bf16 sets the head's weight dtype
@@ -356,6 +357,12 @@ void BM_EngineEagle110M(benchmark::State& state, const std::string& weights) {
   const engine::EngineMetrics& d = last[2];
   state.counters["rows_adaptive"] =
       d.spec_candidates ? double(d.spec_candidates - d.spec_switched_off) / double(d.spec_candidates) : 0.0;
+  // What the switch chose: nodes per speculating row, tokens per such row.
+  state.counters["nodes_adaptive"] = d.spec_rows ? double(d.spec_drafted) / double(d.spec_rows) : 0.0;
+  state.counters["tpr_adaptive"] = d.spec_rows ? double(d.spec_emitted) / double(d.spec_rows) : 0.0;
+  state.counters["step_ms_adaptive"] =
+      d.steps ? 1e3 * (d.execute_seconds + d.sample_seconds) / double(d.steps) : 0.0;
+  state.counters["draft_ms_adaptive"] = d.steps ? 1e3 * d.draft_seconds / double(d.steps) : 0.0;
 }
 
 }  // namespace
