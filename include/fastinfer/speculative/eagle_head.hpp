@@ -670,6 +670,7 @@ class EagleHead {
     for (int p = 0, at = 0; p < count; at += parts[p].n, ++p) {
       if (parts[p].n == 0 || parts[p].out == nullptr) continue;
       const std::size_t from = std::size_t(at + parts[p].n - 1), to = std::size_t(finishing++);
+      if (from == to) continue;  // already in place (std::copy must not copy a range onto itself)
       std::copy(lead.x_.begin() + std::ptrdiff_t(from * d), lead.x_.begin() + std::ptrdiff_t((from + 1) * d),
                 lead.x_.begin() + std::ptrdiff_t(to * d));
       std::copy(lead.xn_.begin() + std::ptrdiff_t(from * d),
