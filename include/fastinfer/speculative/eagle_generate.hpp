@@ -155,6 +155,8 @@ void draft_feature_trees(FeatureTreeJob<Head>* jobs, int count, const LlamaWeigh
   detail::Lap lap(timings);
   const int vocab = w.config.vocab_size;
   const std::size_t d = std::size_t(w.config.dim), v = std::size_t(vocab);
+  // Whether a job drafts at all (a tree of no level or no node is empty).
+  const auto drafts = [&](int j) { return jobs[j].depth > 0 && jobs[j].budget > 0; };
   int max_depth = 0, max_top_k = 0, roots = 0;
   for (int j = 0; j < count; ++j) {
     FeatureTreeJob<Head>& job = jobs[j];
@@ -162,7 +164,7 @@ void draft_feature_trees(FeatureTreeJob<Head>* jobs, int count, const LlamaWeigh
     job.ws->builder.clear();
     job.ws->row_feats.clear();
     *job.out = TokenTree{};
-    if (job.depth <= 0 || job.budget <= 0) continue;
+    if (!drafts(j)) continue;
     max_depth = std::max(max_depth, job.depth);
     max_top_k = std::max(max_top_k, job.top_k);
     ++roots;
@@ -177,14 +179,14 @@ void draft_feature_trees(FeatureTreeJob<Head>* jobs, int count, const LlamaWeigh
   // Depth 1: every root's LM head in one product.
   shared.feats_in.resize(std::size_t(roots) * d);
   for (int j = 0, r = 0; j < count; ++j)
-    if (jobs[j].depth > 0 && jobs[j].budget > 0)
+    if (drafts(j))
       std::copy(jobs[j].root_feature, jobs[j].root_feature + d,
                 shared.feats_in.begin() + long(std::size_t(r++) * d));
   shared.logits.resize(std::size_t(roots) * v);
   EagleHead::lm_logits(w, shared.feats_in.data(), roots, shared.logits.data(), shared.norm, threads);
   lap.to(&EagleTimings::lm_head, roots);
   for (int j = 0, r = 0; j < count; ++j) {
-    if (jobs[j].depth <= 0 || jobs[j].budget <= 0) continue;
+    if (!drafts(j)) continue;
     add_children(jobs[j], -1, shared.logits.data() + std::size_t(r++) * v);
     jobs[j].ws->cand_row.assign(std::size_t(jobs[j].ws->builder.size()), -1);
   }
@@ -194,7 +196,7 @@ void draft_feature_trees(FeatureTreeJob<Head>* jobs, int count, const LlamaWeigh
     int total = 0;
     for (int j = 0; j < count; ++j) {
       EagleDraftWorkspace& ws = *jobs[j].ws;
-      if (level > jobs[j].depth || jobs[j].budget <= 0) continue;
+      if (!drafts(j) || level > jobs[j].depth) continue;
       ws.front = ws.builder.frontier(level - 1, jobs[j].top_k);
       if (ws.front.empty()) continue;
       shared.first_row[std::size_t(j)] = total;
@@ -245,8 +247,7 @@ void draft_feature_trees(FeatureTreeJob<Head>* jobs, int count, const LlamaWeigh
     }
   }
   for (int j = 0; j < count; ++j)
-    if (jobs[j].depth > 0 && jobs[j].budget > 0)
-      *jobs[j].out = jobs[j].ws->builder.rerank(jobs[j].budget, jobs[j].ws->picked);
+    if (drafts(j)) *jobs[j].out = jobs[j].ws->builder.rerank(jobs[j].budget, jobs[j].ws->picked);
   lap.to(&EagleTimings::tree);
 }
 
