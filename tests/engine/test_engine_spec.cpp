@@ -499,6 +499,97 @@ TEST_CASE("spec policy: the step-cost fit and the acceptance estimate", "[engine
   CHECK(est.depths().expected_tokens(4) == Approx(fe::expected_emitted(0.7, 4)).epsilon(0.03));
 }
 
+TEST_CASE("spec policy: the fit's attention column keeps a draft's price as contexts grow",
+          "[engine][spec]") {
+  // Every step's attention grows with the contexts; one step in ten drafts 4
+  // tokens at 0.5 ms each. Without the keys column the growth lands in the
+  // base and in whichever column happens to move with it.
+  fe::StepCostFit fit(0.95, 8);
+  double keys = 16 * 40;
+  for (int i = 0; i < 200; ++i, keys += 16 + 8) {
+    const int drafts = i % 10 == 0 ? 4 : 0, tokens = 16 + i % 3 + drafts;
+    fit.add(tokens, drafts, 0, 0, keys, 5e-3 + 1e-4 * tokens + 5e-4 * drafts + 2e-6 * keys);
+  }
+  const fe::StepCostModel m = fit.model();
+  REQUIRE(m.valid);
+  CHECK(m.per_key == Approx(2e-6).epsilon(0.02));
+  CHECK(m.per_model_draft == Approx(5e-4).epsilon(0.02));
+  CHECK(m.per_token == Approx(1e-4).epsilon(0.02));
+  // The five-column add is the keys-free case.
+  fe::StepCostFit a(0.95, 4), b(0.95, 4);
+  for (int i = 0; i < 12; ++i) {
+    a.add(1 + i % 3, i % 2, 0, 0, 1e-3 * (1 + i % 3));
+    b.add(1 + i % 3, i % 2, 0, 0, 0.0, 1e-3 * (1 + i % 3));
+  }
+  CHECK(a.model().per_token == b.model().per_token);
+  CHECK(a.model().base == b.model().base);
+  // A draft row attends its request's context: where keys are dear, the
+  // request with the long context is the one that stops drafting.
+  fe::StepCostModel cost;
+  cost.base = 5e-3;
+  cost.per_token = 1e-4;
+  cost.per_key = 1e-6;
+  cost.valid = true;
+  fe::SpecCandidate near{0.7, 4}, far{0.7, 4};
+  near.context = 100;
+  far.context = 20000;
+  const auto k = fe::choose_drafts(cost, 2, 2, {near, far}, 20100);
+  CHECK(k[0] == 4);
+  CHECK(k[1] == 0);
+}
+
+TEST_CASE("spec policy: a tree drafter's expected tokens by node budget", "[engine][spec]") {
+  // Nested trees of 4 nodes (ranks 0-3). The target follows the path of
+  // ranks {0} half the time, {0, 1} a fifth, {3} a tenth (the second child
+  // of the root, the width a chain cannot have), nothing otherwise. What a
+  // tree of k best nodes keeps: k 1: 0.7, k 2: 0.9, k 3: 0.9, k 4: 1.0.
+  fe::BudgetAcceptance est(64, 0.5, 2.0, 0.999);
+  std::mt19937_64 rng(9);
+  std::uniform_real_distribution<double> u(0, 1);
+  const std::vector<int> r0{0}, r01{0, 1}, r3{3}, none;
+  for (int i = 0; i < 6000; ++i) {
+    const double x = u(rng);
+    const std::vector<int>& path = x < 0.5 ? r0 : x < 0.7 ? r01 : x < 0.8 ? r3 : none;
+    est.update(4, std::int32_t(path.size()), &path);
+  }
+  const double kept[] = {0.0, 0.7, 0.9, 0.9, 1.0};
+  for (int k = 1; k <= 4; ++k) CHECK(est.expected_tokens(k) == Approx(1.0 + kept[k]).epsilon(0.03));
+  // The per-depth history of the same trees credits depth 1 with what the
+  // width won: one node looks worth 0.8, not 0.7 (why trees use budgets).
+  fe::AcceptanceEstimate depth(0.5, 2.0, 0.999);
+  for (int i = 0; i < 6000; ++i) {
+    const double x = u(rng);
+    depth.update(4, x < 0.5 ? 1 : x < 0.7 ? 2 : x < 0.8 ? 1 : 0);
+  }
+  CHECK(depth.depths().expected_tokens(1) == Approx(1.8).epsilon(0.03));
+  // Drafting one node from now on: budget 1 follows its own history, and
+  // the budgets no longer drafted drift back toward the prior (tried again
+  // later) but never below what budget 1 keeps.
+  for (int i = 0; i < 3000; ++i) {
+    const std::vector<int>& path = u(rng) < 0.6 ? r0 : none;
+    est.update(1, std::int32_t(path.size()), &path);
+  }
+  CHECK(est.expected_tokens(1) == Approx(1.6).epsilon(0.03));
+  CHECK(est.expected_tokens(4) >= est.expected_tokens(1));
+  // Without ranks only the drafted budget learns.
+  fe::BudgetAcceptance blind(8, 0.5, 2.0, 1.0);
+  for (int i = 0; i < 100; ++i) blind.update(4, 2);
+  CHECK(blind.expected_tokens(4) == Approx(1.0 + (200 + 2 * (fe::expected_emitted(0.5, 4) - 1)) / 102));
+  CHECK(blind.expected_tokens(2) == Approx(fe::expected_emitted(0.5, 2)));
+  // Bad input names the problem and changes nothing.
+  const double before = est.expected_tokens(4);
+  const std::vector<int> bad_rank{5}, two{0, 1};
+  CHECK_THROWS_AS(est.update(4, 1, &bad_rank), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(est.update(4, 1, &two), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(est.update(2, 3), fastinfer::InvalidArgument);
+  CHECK_THROWS_AS(fe::BudgetAcceptance(-1), fastinfer::InvalidArgument);
+  CHECK(est.expected_tokens(4) == before);
+  // A candidate with budgets is priced by them.
+  fe::SpecCandidate c{0.5, 4};
+  c.budgets = &est;
+  CHECK(c.expected(3) == est.expected_tokens(3));
+}
+
 TEST_CASE("spec policy: a per-depth history decides with its own expected tokens", "[engine][spec]") {
   // A prompt-lookup-like request: no match 70 % of the time (nothing kept),
   // else the whole 4-token match kept. Expected tokens of k drafts: 1 + 0.3 k,

@@ -88,6 +88,27 @@ TEST_CASE("EAGLE tree property: within budget, a tree, the best-scored candidate
       at = k;
     }
     if (tree.size() > 0) CHECK(tree.parent[0] == -1);
+    // Ranks: a permutation rising along every path, and the tree of any
+    // smaller budget k is exactly the nodes of rank < k (what the Engine's
+    // switch reads from one verified tree: BudgetAcceptance).
+    std::vector<int> ranks, small_picked;
+    b.rerank(budget, picked, &ranks);
+    REQUIRE(int(ranks.size()) == tree.size());
+    std::vector<int> sorted_ranks = ranks;
+    std::sort(sorted_ranks.begin(), sorted_ranks.end());
+    for (int k = 0; k < tree.size(); ++k) {
+      CHECK(sorted_ranks[std::size_t(k)] == k);
+      const int p = tree.parent[std::size_t(k)];
+      if (p >= 0) CHECK(ranks[std::size_t(p)] < ranks[std::size_t(k)]);
+    }
+    const int k = int(u() * float(tree.size() + 1));
+    b.rerank(k, small_picked);
+    std::vector<int> want;
+    for (int n = 0; n < tree.size(); ++n)
+      if (ranks[std::size_t(n)] < k) want.push_back(picked[std::size_t(n)]);
+    std::sort(want.begin(), want.end());
+    std::sort(small_picked.begin(), small_picked.end());
+    CHECK(small_picked == want);
   }
 }
 

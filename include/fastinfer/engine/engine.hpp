@@ -353,8 +353,9 @@ class Engine {
     if (!plan.entries.empty()) {
       // The step's cost as the adaptive switch models it: drafting, forward, verification.
       fit_.add(double(batch_.rows()), double(step_model_drafts_), double(step_draft_passes_),
-               double(step_draft_rows_), t3 - t1);
+               double(step_draft_rows_), double(step_keys_), t3 - t1);
       last_plain_tokens_ = plan.num_tokens();
+      last_plain_keys_ = step_plain_keys_;
     }
     if (cache_ && cfg_.cache_at_prefill_end) cache_prefills_(plan);
     const std::vector<RequestId>& done = batcher_->commit(result_);
@@ -473,6 +474,7 @@ class Engine {
       const Request& r = batcher_->request(id);
       const std::vector<TokenId>& out = batcher_->output(id);
       cands_.back().remaining_tokens = double(r.max_new_tokens) - double(out.size());
+      cands_.back().context = double(len);
       if (cands_.back().batched_drafter && draft_) {
         // Beyond the one row a drafting step always feeds (the last token).
         catch_up_context_.assign(r.prompt.begin(), r.prompt.end());
@@ -487,9 +489,9 @@ class Engine {
     std::sort(order_.begin(), order_.end(), [&](std::size_t a, std::size_t b) { return cand_ids_[a] < cand_ids_[b]; });
     sorted_.clear();
     for (std::size_t i : order_) sorted_.push_back(cands_[i]);
-    const std::vector<std::int32_t> k =
-        drafts_under_policy(cfg_.spec.policy, fit_.model(), double(last_plain_tokens_),
-                            std::int64_t(batcher_->num_running()), sorted_, fit_.steps());
+    const std::vector<std::int32_t> k = drafts_under_policy(
+        cfg_.spec.policy, fit_.model(), double(last_plain_tokens_), std::int64_t(batcher_->num_running()),
+        sorted_, fit_.steps(), double(last_plain_keys_));
     for (std::size_t j = 0; j < order_.size(); ++j) {
       batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j], cand_unfed_[order_[j]]);
       ++stats_.spec_candidates;
@@ -517,6 +519,9 @@ class Engine {
     capacity_.clear();
     propose_(plan);
     bool speculating = false;
+    // Keys n rows from position p attend: (p + 1) + ... + (p + n).
+    const auto keys = [](std::int64_t p, std::int64_t n) { return n * p + n * (n + 1) / 2; };
+    step_keys_ = step_plain_keys_ = 0;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
       auto it = live_.find(e.id);
@@ -529,6 +534,8 @@ class Engine {
       capacity_.push_back(alloc.capacity(e.id));
       if (it != live_.end() && it->second.first_position < 0) it->second.first_position = e.position;
       stats_.forward_tokens += std::int64_t(feed_.size());
+      step_keys_ += keys(e.position, std::int64_t(feed_.size()));
+      step_plain_keys_ += keys(e.position, e.num_tokens);
     }
     // Only the rows that are read: a sampling entry's last real token and
     // its drafts; nothing for a prefill chunk that does not end its prompt.
@@ -810,6 +817,9 @@ class Engine {
   StepCostFit fit_;
   bool any_spec_ = false;
   std::int64_t last_plain_tokens_ = 0;
+  // Keys this step's rows attend, all and without the drafts (the step-cost
+  // fit's attention column), and the last step's plain ones.
+  std::int64_t step_keys_ = 0, step_plain_keys_ = 0, last_plain_keys_ = 0;
   std::int64_t step_model_drafts_ = 0;
   std::vector<TokenId> catch_up_context_;  // plan_drafts_' scratch
   std::int64_t step_draft_passes_ = 0;  // the batched draft model's passes this step

@@ -152,8 +152,10 @@ class RequestSpeculation {
 
   // What the policy weighs for it this step: at most max_k drafts.
   SpecCandidate candidate() const {
-    return SpecCandidate{acceptance_.value(), spec_.k, drafts_cost_passes(), &acceptance_.depths(),
-                         uses_draft_model()};
+    SpecCandidate c{acceptance_.value(), spec_.k, drafts_cost_passes(), &acceptance_.depths(),
+                    uses_draft_model()};
+    if (stream_) c.budgets = &acceptance_.budgets();  // trees: priced by node budget
+    return c;
   }
 
   // At most max_drafts drafts after `context` (prompt and output so far),
@@ -190,7 +192,12 @@ class RequestSpeculation {
   speculative::VerifyOutcome verify_tree(const float* rows, const speculative::TokenTree& tree,
                                          std::uint64_t index) {
     speculative::VerifyOutcome v = verifier_->verify_tree(rows, tree, nullptr, index);
-    acceptance_.update(tree.size(), v.accepted);
+    // The ranks of the accepted path's nodes, where the stream knows them for this tree.
+    path_ranks_.clear();
+    const bool ranked = stream_ && int(stream_->tree_ranks().size()) == tree.size();
+    if (ranked)
+      for (int node : v.path) path_ranks_.push_back(stream_->tree_ranks()[std::size_t(node)]);
+    acceptance_.update_tree(tree.size(), v.accepted, ranked ? &path_ranks_ : nullptr);
     ++rows_;
     drafted_ += tree.size();
     accepted_ += v.accepted;
@@ -211,6 +218,7 @@ class RequestSpeculation {
   std::unique_ptr<speculative::FeatureStream> stream_;
   std::unique_ptr<speculative::SpeculativeVerifier> verifier_;
   AcceptanceEstimate acceptance_;
+  std::vector<int> path_ranks_;
   std::int64_t rows_ = 0, drafted_ = 0, accepted_ = 0;
 };
 

@@ -15,7 +15,10 @@
 //    + per_model_draft * tokens drafted by a draft model of the request's own
 //    + per_draft_pass * passes of the engine's batched draft model
 //    + per_draft_row * rows those passes fed (a draft model's passes are part
-//    of the step's cost; prompt lookup costs nothing). Passes and rows are
+//    of the step's cost; prompt lookup costs nothing) + per_key * keys its
+//    rows attended (the sum of their positions: without it the base drifts
+//    up as every context grows, and a draft price fitted from a few early
+//    steps sinks to nothing as the base outgrows them). Passes and rows are
 //    separate columns because a request that starts drafting first feeds the
 //    draft model what it has not seen (its prompt, at first): many rows in
 //    few passes, cheap per row, which priced per pass made drafting look
@@ -125,28 +128,32 @@ inline double expected_emitted(double a, std::int32_t k) {
 }
 
 // seconds(step) = base + per_token * tokens + per_model_draft * model_drafts
-//               + per_draft_pass * draft_passes + per_draft_row * draft_rows.
+//               + per_draft_pass * draft_passes + per_draft_row * draft_rows
+//               + per_key * keys.
 // model_drafts: tokens drafted by a model this step (each costs rows of a
 // draft pass); draft_passes: forward passes of the engine's batched draft
 // model (batched_draft.hpp), which every request drafting with it shares: a
 // pass streams the draft's weights once whatever its rows; draft_rows: the
-// rows those passes fed (catch-up and draft levels).
+// rows those passes fed (catch-up and draft levels); keys: the keys the
+// step's rows attend (a row at position p attends p + 1).
 struct StepCostModel {
   double base = 0;
   double per_token = 0;
   double per_model_draft = 0;
   double per_draft_pass = 0;
   double per_draft_row = 0;
+  double per_key = 0;
   bool valid = false;  // false: not enough evidence yet
 
-  double seconds(double tokens, double model_drafts, double draft_passes = 0, double draft_rows = 0) const {
+  double seconds(double tokens, double model_drafts, double draft_passes = 0, double draft_rows = 0,
+                 double keys = 0) const {
     return base + per_token * tokens + per_model_draft * model_drafts + per_draft_pass * draft_passes +
-           per_draft_row * draft_rows;
+           per_draft_row * draft_rows + per_key * keys;
   }
 };
 
 // Weighted least squares over (1, tokens, model_drafts, draft_passes,
-// draft_rows) -> seconds, every older step's weight multiplied by `forget`
+// draft_rows, keys) -> seconds, every older step's weight multiplied by `forget`
 // per new step, so the fit follows a machine whose load changes. A tiny ridge keeps it
 // solvable when a column never varies (no draft model), or two move together
 // (one drafting request: as many passes as drafts); the coefficients are
@@ -160,7 +167,11 @@ class StepCostFit {
   }
 
   void add(double tokens, double model_drafts, double draft_passes, double draft_rows, double seconds) {
-    const double x[kTerms] = {1.0, tokens, model_drafts, draft_passes, draft_rows};
+    add(tokens, model_drafts, draft_passes, draft_rows, 0.0, seconds);
+  }
+  void add(double tokens, double model_drafts, double draft_passes, double draft_rows, double keys,
+           double seconds) {
+    const double x[kTerms] = {1.0, tokens, model_drafts, draft_passes, draft_rows, keys};
     for (int i = 0; i < kTerms; ++i) {
       for (int j = 0; j < kTerms; ++j) a_[i][j] = forget_ * a_[i][j] + x[i] * x[j];
       b_[i] = forget_ * b_[i] + x[i] * seconds;
@@ -175,12 +186,10 @@ class StepCostFit {
     if (steps_ < min_steps_) return m;
     double a[kTerms][kTerms];
     double b[kTerms];
-    double trace = 0.0;
-    for (int i = 0; i < kTerms; ++i) trace += a_[i][i];
-    const double ridge = 1e-9 * trace + 1e-12;
+    // Each column's ridge in its own scale (keys run to thousands a step, drafts to a few).
     for (int i = 0; i < kTerms; ++i) {
       b[i] = b_[i];
-      for (int j = 0; j < kTerms; ++j) a[i][j] = a_[i][j] + (i == j && i > 0 ? ridge : 0.0);
+      for (int j = 0; j < kTerms; ++j) a[i][j] = a_[i][j] + (i == j && i > 0 ? 1e-9 * a_[i][i] + 1e-12 : 0.0);
     }
     // Tokens never varied: no slope to read; wait for evidence.
     const double mean = a_[0][1] / a_[0][0];
@@ -192,12 +201,13 @@ class StepCostFit {
     m.per_model_draft = std::max(c[2], 0.0);
     m.per_draft_pass = std::max(c[3], 0.0);
     m.per_draft_row = std::max(c[4], 0.0);
+    m.per_key = std::max(c[5], 0.0);
     m.valid = m.per_token > 0.0 || m.base > 0.0;
     return m;
   }
 
  private:
-  static constexpr int kTerms = 5;
+  static constexpr int kTerms = 6;
 
   // Gaussian elimination with partial pivoting.
   static bool solve(double a[kTerms][kTerms], double b[kTerms], double x[kTerms]) {
@@ -231,6 +241,80 @@ class StepCostFit {
   std::int64_t steps_ = 0;
 };
 
+// Expected tokens per step of a tree drafter, by node budget. Its trees are
+// nested in the budget (EAGLE-2's rerank: the tree of budget k is the k best
+// candidates, each after its parent), so one verified tree of K nodes tells
+// what every budget k <= K would have kept: the accepted path's nodes of
+// rank < k (ranks rise along a path; greedy verification stops where the
+// path leaves the smaller tree, and sampled verification nearly so). Why
+// not the per-depth history: it reads a tree of K nodes as a chain of K and
+// credits depth 1 with what the tree's width won, so one node looks nearly
+// as good as four, and once the switch drafts one, four look no better.
+// Each update forgets every budget's history a step (with the prior at
+// geometric acceptance `prior`), so a budget the switch stopped drafting
+// drifts back to the prior and is tried again.
+class BudgetAcceptance {
+ public:
+  explicit BudgetAcceptance(std::int32_t max_budget = 64, double prior = 0.5, double prior_weight = 2.0,
+                            double forget = 0.95)
+      : prior_(prior), prior_weight_(prior_weight), forget_(forget) {
+    FASTINFER_CHECK(max_budget >= 0 && max_budget <= 4096, InvalidArgument,
+                    "budget acceptance: max_budget must be in [0, 4096], got ", max_budget);
+    FASTINFER_CHECK(prior >= 0.0 && prior <= 1.0 && prior_weight > 0.0 && forget > 0.0 && forget <= 1.0,
+                    InvalidArgument, "budget acceptance: prior ", prior, " must be in [0, 1], prior_weight ",
+                    prior_weight, " > 0 and forget ", forget, " in (0, 1]");
+    kept_.assign(std::size_t(max_budget) + 1, 0.0);
+    trials_.assign(std::size_t(max_budget) + 1, 0.0);
+  }
+
+  std::int32_t max_budget() const { return std::int32_t(kept_.size()) - 1; }
+
+  // One verified tree of `nodes` nodes that kept `accepted`; path_ranks:
+  // the ranks of the accepted path's nodes (rerank's), or null where the
+  // drafter does not rank its nodes: then only budget `nodes` is observed.
+  void update(std::int32_t nodes, std::int32_t accepted, const std::vector<int>* path_ranks = nullptr) {
+    FASTINFER_CHECK(nodes >= 0 && accepted >= 0 && accepted <= nodes &&
+                        (!path_ranks || std::int32_t(path_ranks->size()) == accepted),
+                    InvalidArgument, "budget acceptance: ", accepted, " kept of ", nodes, " nodes with ",
+                    path_ranks ? path_ranks->size() : 0, " ranks");
+    if (path_ranks)
+      for (int r : *path_ranks)
+        FASTINFER_CHECK(r >= 0 && r < nodes, InvalidArgument, "budget acceptance: rank ", r, " in a tree of ",
+                        nodes, " nodes");
+    if (nodes == 0) return;
+    const std::int32_t top = std::min(nodes, max_budget());
+    for (std::int32_t k = 1; k <= max_budget(); ++k) {
+      kept_[std::size_t(k)] *= forget_;
+      trials_[std::size_t(k)] *= forget_;
+      if (k > top || (!path_ranks && k != nodes)) continue;
+      std::int32_t kept = accepted;
+      if (path_ranks) {
+        kept = 0;
+        for (int r : *path_ranks) kept += r < k;
+      }
+      kept_[std::size_t(k)] += kept;
+      trials_[std::size_t(k)] += 1.0;
+    }
+  }
+
+  // Expected tokens of a step drafting a tree of k nodes: 1 + the drafts a
+  // budget of at most k keeps (a larger budget keeps at least what a
+  // smaller one does).
+  double expected_tokens(std::int32_t k) const {
+    double best = 0.0;
+    for (std::int32_t j = 1; j <= std::min(k, max_budget()); ++j) {
+      const double prior_kept = expected_emitted(prior_, j) - 1.0;
+      best = std::max(best, (kept_[std::size_t(j)] + prior_kept * prior_weight_) /
+                                (trials_[std::size_t(j)] + prior_weight_));
+    }
+    return 1.0 + best;
+  }
+
+ private:
+  double prior_, prior_weight_, forget_;
+  std::vector<double> kept_, trials_;  // index 1..max_budget
+};
+
 // Per-draft acceptance probability of one request: successes (accepted
 // drafts) over trials (accepted drafts + rejections), with forgetting and a
 // prior of `prior_trials` trials at `prior` (so a new request starts at the
@@ -248,13 +332,20 @@ class AcceptanceEstimate {
     depths_.update(std::min(drafted, depths_.max_depth()), std::min(drafted, depths_.max_depth()),
                    std::min(accepted, depths_.max_depth()));
   }
+  // A verified tree: update() and the budget history (BudgetAcceptance::update).
+  void update_tree(std::int32_t nodes, std::int32_t accepted, const std::vector<int>* path_ranks) {
+    budgets_.update(nodes, accepted, path_ranks);
+    update(nodes, accepted);
+  }
   double value() const { return (successes_ + prior_ * prior_trials_) / (trials_ + prior_trials_); }
   const speculative::DraftAcceptance& depths() const { return depths_; }
+  const BudgetAcceptance& budgets() const { return budgets_; }
 
  private:
   double prior_, prior_trials_, forget_;
   double successes_ = 0, trials_ = 0;
   speculative::DraftAcceptance depths_{64, prior_, prior_trials_, forget_};
+  BudgetAcceptance budgets_{64, prior_, prior_trials_, forget_};
 };
 
 // One request that could speculate in the coming step.
@@ -277,8 +368,16 @@ struct SpecCandidate {
   // controller charges it (adaptive_draft_length.hpp).
   double catch_up_rows = 0;
   double remaining_tokens = 0;
+  // Keys each of its draft rows attends (its context length).
+  double context = 0;
+  // A tree drafter's history by node budget (AcceptanceEstimate::budgets());
+  // when set, it prices k rather than `depths`.
+  const BudgetAcceptance* budgets = nullptr;
 
-  double expected(std::int32_t k) const { return depths ? depths->expected_tokens(k) : expected_emitted(acceptance, k); }
+  double expected(std::int32_t k) const {
+    if (budgets) return budgets->expected_tokens(k);
+    return depths ? depths->expected_tokens(k) : expected_emitted(acceptance, k);
+  }
 };
 
 // Drafts per candidate (0 = plain decode this step) that maximise expected
@@ -295,8 +394,9 @@ struct SpecCandidate {
 // max_k (at batch 1 drafting is what usually pays); among others it drafts
 // one token, the cheapest step that still shows the draft's columns (with a
 // same-size draft model, exploring at k 4 cost 16 requests 10 %).
-inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double plain_tokens, double plain_rows,
-                                               const std::vector<SpecCandidate>& cands) {
+inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double plain_tokens,
+                                               double plain_rows, const std::vector<SpecCandidate>& cands,
+                                               double plain_keys = 0) {
   std::vector<std::int32_t> k(cands.size(), 0);
   if (!cost.valid) {
     if (!cands.empty()) {
@@ -322,16 +422,16 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
   double best_rate = -1.0;
   for (std::int32_t passes = 0; passes <= max_passes; ++passes) {
     double emitted = std::max(plain_rows, 1.0), tokens = std::max(plain_tokens, 1.0);
-    double drafts = 0.0, rows = 0.0;
+    double drafts = 0.0, rows = 0.0, keys = std::max(plain_keys, 0.0);
     std::fill(trial.begin(), trial.end(), 0);
     for (std::size_t i : order) {
       const SpecCandidate& c = cands[i];
       const std::int32_t cap = c.batched_drafter ? std::min(c.max_k, passes) : c.max_k;
-      double best = emitted / cost.seconds(tokens, drafts, passes, rows);
+      double best = emitted / cost.seconds(tokens, drafts, passes, rows, keys);
       for (std::int32_t kk = 1; kk <= cap; ++kk) {
         const double e = emitted + c.expected(kk) - 1.0;
         const double r = e / cost.seconds(tokens + kk, drafts + (c.model_drafter ? kk : 0), passes,
-                                          rows + draft_rows(c, kk));
+                                          rows + draft_rows(c, kk), keys + kk * c.context);
         if (r > best * (1.0 + 1e-9)) {
           best = r;
           trial[i] = kk;
@@ -340,9 +440,10 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
       emitted += c.expected(trial[i]) - 1.0;
       tokens += trial[i];
       rows += draft_rows(c, trial[i]);
+      keys += trial[i] * c.context;
       if (c.model_drafter) drafts += trial[i];
     }
-    const double rate = emitted / cost.seconds(tokens, drafts, passes, rows);
+    const double rate = emitted / cost.seconds(tokens, drafts, passes, rows, keys);
     if (rate > best_rate * (1.0 + 1e-9)) {
       best_rate = rate;
       k = trial;
@@ -356,11 +457,11 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
 // requests run, SpecAdaptive choose_drafts over the fitted cost (the plain
 // step's tokens: the last step's, at least one per running request; `step`:
 // steps measured so far, which paces the exploration before the fit is
-// valid).
+// valid; the plain step's keys: the last step's).
 inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, const StepCostModel& cost,
                                                      double last_plain_tokens, std::int64_t running,
                                                      const std::vector<SpecCandidate>& cands,
-                                                     std::int64_t step = 0) {
+                                                     std::int64_t step = 0, double last_plain_keys = 0) {
   return std::visit(
       [&](const auto& pol) -> std::vector<std::int32_t> {
         using P = std::decay_t<decltype(pol)>;
@@ -373,7 +474,8 @@ inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, c
         } else if constexpr (std::is_same_v<P, SpecAdaptive>) {
           const bool rest = !cost.valid && cands.size() > 1 && step % std::max(pol.explore_every, 1) != 0;
           if (!rest)
-            out = choose_drafts(cost, std::max(last_plain_tokens, double(running)), double(running), cands);
+            out = choose_drafts(cost, std::max(last_plain_tokens, double(running)), double(running), cands,
+                                last_plain_keys);
         }
         return out;
       },

@@ -122,7 +122,7 @@ inline void commit_accepted(EagleHead& head, const LlamaWeights& w, const float*
 // job's; the rest holds a level's rows of every job drafting together.
 struct EagleDraftWorkspace {
   DraftTreeBuilder builder;
-  std::vector<int> picked, cand_row, front;
+  std::vector<int> picked, ranks, cand_row, front;  // ranks: the tree's (DraftTreeBuilder::rerank)
   std::vector<float> row_feats;  // the features drafted so far, one row per expanded node
   std::vector<int> parent_rows, first_row;
   std::vector<std::int32_t> tokens, top;
@@ -164,6 +164,7 @@ void draft_feature_trees(FeatureTreeJob<Head>* jobs, int count, const LlamaWeigh
     job.ws->builder.clear();
     job.ws->row_feats.clear();
     *job.out = TokenTree{};
+    job.ws->ranks.clear();
     if (!drafts(j)) continue;
     max_depth = std::max(max_depth, job.depth);
     max_top_k = std::max(max_top_k, job.top_k);
@@ -247,7 +248,8 @@ void draft_feature_trees(FeatureTreeJob<Head>* jobs, int count, const LlamaWeigh
     }
   }
   for (int j = 0; j < count; ++j)
-    if (drafts(j)) *jobs[j].out = jobs[j].ws->builder.rerank(jobs[j].budget, jobs[j].ws->picked);
+    if (drafts(j))
+      *jobs[j].out = jobs[j].ws->builder.rerank(jobs[j].budget, jobs[j].ws->picked, &jobs[j].ws->ranks);
   lap.to(&EagleTimings::tree);
 }
 

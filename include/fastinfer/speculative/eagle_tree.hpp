@@ -92,19 +92,22 @@ class DraftTreeBuilder {
   }
 
   // The `budget` best candidates as a tree (see the file comment for the
-  // order); picked[i] is the candidate behind tree node i.
-  TokenTree rerank(int budget, std::vector<int>& picked) const {
+  // order); picked[i] is the candidate behind tree node i, ranks[i] its
+  // place among the chosen, best first (the tree of budget k is the nodes of
+  // rank < k: trees are nested in the budget, and ranks rise along a path).
+  TokenTree rerank(int budget, std::vector<int>& picked, std::vector<int>* ranks = nullptr) const {
     std::vector<int> order(c_.size());
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](int a, int b) { return before_(a, b); });
     std::vector<char> chosen(c_.size(), 0);
+    std::vector<int> rank_of(c_.size(), -1);
     int n = 0;
     for (int i : order) {
       if (n >= budget) break;
       const int p = c_[std::size_t(i)].parent;
       if (p >= 0 && !chosen[std::size_t(p)]) continue;  // an orphan: cannot happen with scores <= parent's
       chosen[std::size_t(i)] = 1;
-      ++n;
+      rank_of[std::size_t(i)] = n++;
     }
     // Top-1 chain from the root: the best chosen child at each level.
     picked.clear();
@@ -124,6 +127,10 @@ class DraftTreeBuilder {
     std::stable_sort(rest.begin(), rest.end(),
                      [&](int a, int b) { return c_[std::size_t(a)].depth < c_[std::size_t(b)].depth; });
     picked.insert(picked.end(), rest.begin(), rest.end());
+    if (ranks) {
+      ranks->clear();
+      for (int i : picked) ranks->push_back(rank_of[std::size_t(i)]);
+    }
     std::vector<int> node_of(c_.size(), -1);
     TokenTree tree;
     for (std::size_t k = 0; k < picked.size(); ++k) {

@@ -69,6 +69,10 @@ class FeatureStream {
   // past them kept for later.
   virtual const TokenTree& draft(const LlamaWeights& w, const std::int32_t* context, std::int64_t len,
                                  int nodes, int threads) = 0;
+  // The last tree's node ranks (DraftTreeBuilder::rerank): node i is the
+  // ranks[i]-th best, and a budget of k would have drafted the nodes of rank
+  // < k. Empty: unknown.
+  virtual const std::vector<int>& tree_ranks() const = 0;
 };
 
 // A head type provides what feature_draft_generate asks of it (reset(),
@@ -193,6 +197,7 @@ class FeatureDraftStream final : public FeatureStream {
   }
   // The last tree drafted.
   const TokenTree& tree() const { return tree_out_; }
+  const std::vector<int>& tree_ranks() const override { return ws_.ranks; }
 
  private:
   Head head_;
