@@ -483,6 +483,15 @@ TEST_CASE("spec policy: the step-cost fit and the acceptance estimate", "[engine
   fe::StepCostFit flat(0.95, 4);
   for (int i = 0; i < 20; ++i) flat.add(64, 0, 0, 0, 5e-3);
   CHECK_FALSE(flat.model().valid);
+  // A fit that has told its model keeps it when the steps stop varying
+  // (here until the varied steps weigh 1e-14: no slope left to read).
+  fe::StepCostFit steady(0.9, 8);
+  for (int i = 0; i < 100; ++i) steady.add(1 + i % 7, i % 2, 0, 0, 2e-3 + 1e-4 * (1 + i % 7) + 5e-4 * (i % 2));
+  for (int i = 0; i < 300; ++i) steady.add(40, 4, 0, 0, 2e-3 + 1e-4 * 40 + 5e-4 * 4);
+  const fe::StepCostModel kept = steady.model();
+  REQUIRE(kept.valid);
+  CHECK(kept.per_token == Approx(1e-4).epsilon(0.05));
+  CHECK(kept.per_model_draft == Approx(5e-4).epsilon(0.05));
   CHECK_THROWS_AS(fe::StepCostFit(0.0, 8), fastinfer::InvalidArgument);
 
   // Acceptance: each draft accepted with probability 0.7 in order.

@@ -157,7 +157,11 @@ struct StepCostModel {
 // per new step, so the fit follows a machine whose load changes. A tiny ridge keeps it
 // solvable when a column never varies (no draft model), or two move together
 // (one drafting request: as many passes as drafts); the coefficients are
-// kept >= 0.
+// kept >= 0. Once the data stop telling the slope (every step the same
+// tokens: a steady batch whose rows all draft the same k), the last model
+// they told stays: forgetting the evidence is no reason to forget the model
+// (before, the switch fell back to exploring, plain decoding three steps in
+// four, whenever two requests' trees kept the same size for a while).
 class StepCostFit {
  public:
   explicit StepCostFit(double forget = 0.95, std::int32_t min_steps = 8) : forget_(forget), min_steps_(min_steps) {
@@ -177,11 +181,19 @@ class StepCostFit {
       b_[i] = forget_ * b_[i] + x[i] * seconds;
     }
     ++steps_;
+    const StepCostModel m = fit_();
+    if (m.valid) model_ = m;
   }
 
   std::int64_t steps() const { return steps_; }
 
-  StepCostModel model() const {
+  // The last model the steps could tell (valid false: none yet).
+  StepCostModel model() const { return model_; }
+
+ private:
+  static constexpr int kTerms = 6;
+
+  StepCostModel fit_() const {
     StepCostModel m;
     if (steps_ < min_steps_) return m;
     double a[kTerms][kTerms];
@@ -205,9 +217,6 @@ class StepCostFit {
     m.valid = m.per_token > 0.0 || m.base > 0.0;
     return m;
   }
-
- private:
-  static constexpr int kTerms = 6;
 
   // Gaussian elimination with partial pivoting.
   static bool solve(double a[kTerms][kTerms], double b[kTerms], double x[kTerms]) {
@@ -239,6 +248,7 @@ class StepCostFit {
   double a_[kTerms][kTerms] = {};
   double b_[kTerms] = {};
   std::int64_t steps_ = 0;
+  StepCostModel model_;
 };
 
 // Expected tokens per step of a tree drafter, by node budget. Its trees are
