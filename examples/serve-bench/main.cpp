@@ -3,11 +3,12 @@
 // same model. Prints a table, or with --json one object
 // {"continuous": {...}, "static": {...}}.
 //
-// --spec prompt-lookup|draft|eagle|mtp makes every request speculate inside
-// the continuous batch (--spec-k drafts, or tree nodes for eagle and mtp;
-// --draft-model, default the target itself, loaded with --draft-weights;
-// --eagle-head or --mtp-heads FILE|pad:FILE|random:SEED, with --eagle-depth
-// and --eagle-top-k for both trees), switched per step by --spec-policy
+// --spec prompt-lookup|draft|eagle|mtp|medusa makes every request speculate
+// inside the continuous batch (--spec-k drafts, or tree nodes for eagle, mtp
+// and medusa; --draft-model, default the target itself, loaded with
+// --draft-weights; --eagle-head, --mtp-heads or --medusa-heads
+// FILE|pad:FILE|random:SEED, with --eagle-depth and --eagle-top-k for the
+// EAGLE and MTP trees; Medusa's tree is DynamicTree's, top_k 3), switched per step by --spec-policy
 // (adaptive: the engine's cost model; always; never; max-batch:N). The
 // static baseline never speculates.
 //
@@ -31,6 +32,7 @@
 
 #include "common/cli.hpp"
 #include "common/eagle_flags.hpp"
+#include "common/medusa_flags.hpp"
 #include "common/scheduler_flags.hpp"
 #include "common/workload_flags.hpp"
 
@@ -80,7 +82,7 @@ int main(int argc, char** argv) {
   std::string preemption = "recompute";
   std::string spec_kind = "none", spec_policy = "adaptive", draft_model, draft_weights = "bf16";
   int spec_k = 4;
-  std::string eagle_head, mtp_heads;
+  std::string eagle_head, mtp_heads, medusa_heads;
   fastinfer::speculative::EagleTreeConfig eagle_tree;
   bool json = false, prefix_cache = false, no_static = false, samples = false;
   std::string kv_quant = "f32";
@@ -121,15 +123,17 @@ int main(int argc, char** argv) {
   app.add_option("--static-batch", static_batch, "static baseline: batch size")->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_flag("--no-static", no_static, "skip the static baseline");
   app.add_option("--spec", spec_kind, "continuous: speculation per request")
-      ->check(CLI::IsMember({"none", "prompt-lookup", "draft", "eagle", "mtp"}))
+      ->check(CLI::IsMember({"none", "prompt-lookup", "draft", "eagle", "mtp", "medusa"}))
       ->capture_default_str();
-  app.add_option("--spec-k", spec_k, "drafts per speculating decode (eagle, mtp: tree nodes)")
+  app.add_option("--spec-k", spec_k, "drafts per speculating decode (eagle, mtp, medusa: tree nodes)")
       ->check(CLI::Range(1, 62))
       ->capture_default_str();
   auto* eagle_head_option =
       app.add_option("--eagle-head", eagle_head, "--spec eagle: the head, FILE, pad:FILE or random:SEED");
   auto* mtp_heads_option =
       app.add_option("--mtp-heads", mtp_heads, "--spec mtp: the modules, FILE, pad:FILE or random:SEED");
+  auto* medusa_heads_option = app.add_option("--medusa-heads", medusa_heads,
+                                             "--spec medusa: the heads, FILE, pad:FILE or random:SEED");
   auto* eagle_depth_option =
       app.add_option("--eagle-depth", eagle_tree.depth, "--spec eagle|mtp: tree levels")
           ->check(CLI::Range(1, 64))
@@ -160,11 +164,14 @@ int main(int argc, char** argv) {
     const bool tree = spec_kind == "eagle" || spec_kind == "mtp";
     fx::refuse_unused(spec_kind != "eagle", {eagle_head_option}, "without --spec eagle");
     fx::refuse_unused(spec_kind != "mtp", {mtp_heads_option}, "without --spec mtp");
+    fx::refuse_unused(spec_kind != "medusa", {medusa_heads_option}, "without --spec medusa");
     fx::refuse_unused(!tree, {eagle_depth_option, eagle_top_k_option}, "without --spec eagle or mtp");
     FASTINFER_CHECK(spec_kind != "eagle" || !eagle_head.empty(), fastinfer::InvalidArgument,
                     "--spec eagle needs --eagle-head FILE|pad:FILE|random:SEED");
     FASTINFER_CHECK(spec_kind != "mtp" || !mtp_heads.empty(), fastinfer::InvalidArgument,
                     "--spec mtp needs --mtp-heads FILE|pad:FILE|random:SEED");
+    FASTINFER_CHECK(spec_kind != "medusa" || !medusa_heads.empty(), fastinfer::InvalidArgument,
+                    "--spec medusa needs --medusa-heads FILE|pad:FILE|random:SEED");
     w.prompt = fx::parse_length_range(prompt_len);
     w.output = fx::parse_length_range(output_len);
     // 64-bit: each length may be up to 2^24, their sum times the requests more.
@@ -212,14 +219,18 @@ int main(int argc, char** argv) {
     ec.scheduler.preemption = fx::parse_preemption(preemption);
     ec.prefix_cache = prefix_cache;
     if (spec_kind != "none") {
-      ec.spec.defaults.drafter = spec_kind == "draft"   ? fe::SpecDrafter::DraftModel
-                                 : spec_kind == "eagle" ? fe::SpecDrafter::Eagle
-                                 : spec_kind == "mtp"   ? fe::SpecDrafter::Mtp
-                                                        : fe::SpecDrafter::PromptLookup;
+      ec.spec.defaults.drafter = spec_kind == "draft"    ? fe::SpecDrafter::DraftModel
+                                 : spec_kind == "eagle"  ? fe::SpecDrafter::Eagle
+                                 : spec_kind == "mtp"    ? fe::SpecDrafter::Mtp
+                                 : spec_kind == "medusa" ? fe::SpecDrafter::Medusa
+                                                         : fe::SpecDrafter::PromptLookup;
       if (spec_kind == "eagle")
         ec.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(eagle_head, model.config());
       if (spec_kind == "mtp")
         ec.spec.mtp_heads = fastinfer::examples::mtp_heads_from_flag(mtp_heads, model.config());
+      if (spec_kind == "medusa")
+        ec.spec.medusa_heads = std::make_shared<fastinfer::speculative::MedusaHeads>(
+            fastinfer::examples::medusa_heads_from_flag(medusa_heads, model.config()));
       ec.spec.eagle_tree = eagle_tree;
       ec.spec.defaults.k = spec_k;
       if (spec_kind == "draft") {

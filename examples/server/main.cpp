@@ -42,6 +42,7 @@
 
 #include "common/cli.hpp"
 #include "common/eagle_flags.hpp"
+#include "common/medusa_flags.hpp"
 #include "engine_loop.hpp"
 #include "openai_protocol.hpp"
 
@@ -231,7 +232,7 @@ void stream_job(httplib::Response& res, std::shared_ptr<Job> job, std::string id
 int main(int argc, char** argv) {
   CLI::App app{"An OpenAI-compatible HTTP server on fastinfer's Engine"};
   std::string model_spec, tokenizer_path, host = "127.0.0.1", served_name, chat_template = "auto", weights,
-                          spec_kind = "none", eagle_head, mtp_heads;
+                                          spec_kind = "none", eagle_head, mtp_heads, medusa_heads;
   int port = 8080, threads = 1, http_threads = 128, max_seqs = 64, budget = 256, block_size = 16, kv_blocks = 0,
       max_queue = 256, spec_k = 4;
   double grace = 10.0;
@@ -258,13 +259,17 @@ int main(int argc, char** argv) {
   app.add_option("--kv-blocks", kv_blocks, "KV pool in blocks (0: --max-seqs full contexts)")->capture_default_str();
   app.add_flag("--no-prefix-cache", no_prefix_cache, "do not reuse the KV of shared prefixes");
   app.add_option("--spec", spec_kind, "speculation of every request")
-      ->check(CLI::IsMember({"none", "prompt-lookup", "eagle", "mtp"}))->capture_default_str();
-  app.add_option("--spec-k", spec_k, "drafts per speculating step (eagle, mtp: tree nodes)")
-      ->check(CLI::Range(1, 62))->capture_default_str();
+      ->check(CLI::IsMember({"none", "prompt-lookup", "eagle", "mtp", "medusa"}))
+      ->capture_default_str();
+  app.add_option("--spec-k", spec_k, "drafts per speculating step (eagle, mtp, medusa: tree nodes)")
+      ->check(CLI::Range(1, 62))
+      ->capture_default_str();
   auto* eagle_head_option =
       app.add_option("--eagle-head", eagle_head, "--spec eagle: the head, FILE, pad:FILE or random:SEED");
   auto* mtp_heads_option =
       app.add_option("--mtp-heads", mtp_heads, "--spec mtp: the modules, FILE, pad:FILE or random:SEED");
+  auto* medusa_heads_option = app.add_option("--medusa-heads", medusa_heads,
+                                             "--spec medusa: the heads, FILE, pad:FILE or random:SEED");
   app.add_option("--max-body-bytes", lim.max_body_bytes, "largest request body")->capture_default_str();
   app.add_option("--max-prompt-tokens", lim.max_prompt_tokens, "longest prompt (0: the context - 1)")->capture_default_str();
   app.add_option("--max-tokens-limit", lim.max_tokens, "largest max_tokens (0: the context)")->capture_default_str();
@@ -323,6 +328,7 @@ int main(int argc, char** argv) {
     ec.prefix_cache = !no_prefix_cache;
     fastinfer::examples::refuse_unused(spec_kind != "eagle", {eagle_head_option}, "without --spec eagle");
     fastinfer::examples::refuse_unused(spec_kind != "mtp", {mtp_heads_option}, "without --spec mtp");
+    fastinfer::examples::refuse_unused(spec_kind != "medusa", {medusa_heads_option}, "without --spec medusa");
     if (spec_kind == "prompt-lookup") ec.spec.defaults.drafter = fastinfer::engine::SpecDrafter::PromptLookup;
     if (spec_kind == "eagle") {
       FASTINFER_CHECK(!eagle_head.empty(), fastinfer::InvalidArgument,
@@ -335,6 +341,13 @@ int main(int argc, char** argv) {
                       "--spec mtp needs --mtp-heads FILE|pad:FILE|random:SEED");
       ec.spec.defaults.drafter = fastinfer::engine::SpecDrafter::Mtp;
       ec.spec.mtp_heads = fastinfer::examples::mtp_heads_from_flag(mtp_heads, cfg);
+    }
+    if (spec_kind == "medusa") {
+      FASTINFER_CHECK(!medusa_heads.empty(), fastinfer::InvalidArgument,
+                      "--spec medusa needs --medusa-heads FILE|pad:FILE|random:SEED");
+      ec.spec.defaults.drafter = fastinfer::engine::SpecDrafter::Medusa;
+      ec.spec.medusa_heads = std::make_shared<fastinfer::speculative::MedusaHeads>(
+          fastinfer::examples::medusa_heads_from_flag(medusa_heads, cfg));
     }
     ec.spec.defaults.k = spec_k;
     fastinfer::engine::Engine<> engine(model, ec);

@@ -55,8 +55,8 @@
 // blocks go back at commit(). A row with no drafts samples exactly as a plain row. Stop ids, max_new_tokens
 // and the context limit cut an accepted run token by token in commit(), where plain decoding would stop.
 //
-// Token trees (SpecDrafter::Eagle, Mtp; docs/speculative.md "EAGLE and MTP
-// trees in the Engine"): such a request's entry feeds [its unfed tokens | the tree's
+// Token trees (SpecDrafter::Eagle, Mtp, Medusa; docs/speculative.md "EAGLE,
+// MTP and Medusa trees in the Engine"): such a request's entry feeds [its unfed tokens | the tree's
 // nodes] in the same pass, its mask and positions those of tree_batch.hpp
 // (every other entry of that pass gets its causal block spelled out); the
 // request's SpeculativeVerifier walks the tree, and only the accepted nodes
@@ -68,7 +68,7 @@
 // step's trees grow together (speculative::FeatureTreeBatch: each level of
 // every EAGLE request's tree is one head forward and one LM-head product,
 // likewise MTP's), so the head's weights stream once a level, not once per
-// request.
+// request; Medusa's heads run request by request (speculative/medusa_stream.hpp).
 //
 // Logits: the forward pass returns only the rows someone reads
 // (LogitsRows::PerEntry): 1 + drafts for a speculating row, 1 for a row that
@@ -207,6 +207,13 @@ class Engine {
     if (cfg_.spec.eagle_head) cfg_.spec.eagle_head->check_compatible(model.config());
     if (cfg_.spec.mtp_heads) cfg_.spec.mtp_heads->check_compatible(model.config());
     if (cfg_.spec.eagle_head || cfg_.spec.mtp_heads) cfg_.spec.eagle_tree.validate();
+    if (cfg_.spec.medusa_heads) {
+      cfg_.spec.medusa_heads->check_compatible(model.config());
+      const speculative::DynamicTree& t = cfg_.spec.medusa_tree;
+      FASTINFER_CHECK(t.top_k >= 1 && t.max_depth >= 0, InvalidArgument,
+                      "EngineConfig::spec.medusa_tree needs top_k >= 1 and max_depth >= 0, got ", t.top_k,
+                      " and ", t.max_depth);
+    }
     validate_spec_(cfg_.spec.defaults);  // after max_tokens_per_step is capped
     // The draft model is set up with the engine, as the target was: its
     // weights' conversion and KV pool (0.13 s for the 15M stand-in in bf16)

@@ -27,6 +27,7 @@
 #include "fastinfer/speculative/eagle_tree.hpp"
 #include "fastinfer/speculative/early_exit_drafter.hpp"
 #include "fastinfer/speculative/feature_draft_stream.hpp"
+#include "fastinfer/speculative/medusa_stream.hpp"
 #include "fastinfer/speculative/mtp_heads.hpp"
 #include "fastinfer/speculative/prompt_lookup.hpp"
 #include "fastinfer/speculative/speculative_verifier.hpp"
@@ -55,6 +56,12 @@ struct SpecConfig {
   std::optional<speculative::EagleHead> eagle_head;
   std::optional<speculative::MtpHeads> mtp_heads;
   speculative::EagleTreeConfig eagle_tree{};
+  // Medusa (SpecDrafter::Medusa): the heads every such request drafts with,
+  // shared (their scratch too: the engine drafts one request at a time on
+  // its thread; do not run them elsewhere meanwhile), and the trees' top_k
+  // and max_depth (0: every head); a request's k is its tree's node budget.
+  std::shared_ptr<speculative::MedusaHeads> medusa_heads;
+  speculative::DynamicTree medusa_tree{};
   // How a sampled (temperature > 0) speculating row verifies its drafts.
   // Coupled: the tokens are plain sampling's, whatever the drafts (a
   // request's tokens do not depend on its batch). Exact: Leviathan rejection
@@ -76,13 +83,21 @@ inline void require_mtp_heads(const SpecConfig& cfg) {
   FASTINFER_CHECK(cfg.mtp_heads.has_value() && !cfg.mtp_heads->empty(), InvalidArgument,
                   "a request asks for MTP but EngineConfig::spec.mtp_heads is empty");
 }
+inline void require_medusa_heads(const SpecConfig& cfg) {
+  FASTINFER_CHECK(cfg.medusa_heads != nullptr, InvalidArgument,
+                  "a request asks for Medusa but EngineConfig::spec.medusa_heads is empty");
+}
+inline bool is_tree_drafter(SpecDrafter d) {
+  return d == SpecDrafter::Eagle || d == SpecDrafter::Mtp || d == SpecDrafter::Medusa;
+}
 }  // namespace detail
 
 // Refuses a RequestSpec the engine cannot serve, naming the bad value: k
 // outside [1, max_tokens_per_step - 1] (one step feeds 1 + k tokens), a draft
 // model without SpecConfig::draft_weights, EAGLE without
-// SpecConfig::eagle_head, MTP without SpecConfig::mtp_heads, a tree with
-// typical acceptance, an exit layer outside the model, bad n-gram sizes.
+// SpecConfig::eagle_head, MTP without SpecConfig::mtp_heads, Medusa without
+// SpecConfig::medusa_heads, a tree with typical acceptance, an exit layer
+// outside the model, bad n-gram sizes.
 // A plain (SpecDrafter::None) spec is always fine.
 inline void validate_request_spec(const RequestSpec& s, const SpecConfig& cfg, int max_tokens_per_step,
                                   int n_layers) {
@@ -92,10 +107,12 @@ inline void validate_request_spec(const RequestSpec& s, const SpecConfig& cfg, i
   if (s.drafter == SpecDrafter::DraftModel) detail::require_draft_weights(cfg);
   if (s.drafter == SpecDrafter::Eagle) detail::require_eagle_head(cfg);
   if (s.drafter == SpecDrafter::Mtp) detail::require_mtp_heads(cfg);
-  if (s.drafter == SpecDrafter::Eagle || s.drafter == SpecDrafter::Mtp)
-    FASTINFER_CHECK(cfg.sampled_rule != speculative::AcceptanceRule::TypicalLossy, InvalidArgument,
-                    "EAGLE and MTP trees verify with the exact or coupled rule; typical acceptance (lossy) is "
-                    "refused (SpecConfig::sampled_rule)");
+  if (s.drafter == SpecDrafter::Medusa) detail::require_medusa_heads(cfg);
+  if (detail::is_tree_drafter(s.drafter))
+    FASTINFER_CHECK(
+        cfg.sampled_rule != speculative::AcceptanceRule::TypicalLossy, InvalidArgument,
+        "EAGLE, MTP and Medusa trees in the engine verify with the exact or coupled rule; typical "
+        "acceptance (lossy) is refused (SpecConfig::sampled_rule)");
   if (s.drafter == SpecDrafter::EarlyExit)
     FASTINFER_CHECK(s.exit_layer >= 0 && s.exit_layer <= n_layers, InvalidArgument, "early-exit layer ",
                     s.exit_layer, " is outside [0, ", n_layers, "] (0: half the layers)");
@@ -129,6 +146,9 @@ class RequestSpeculation {
     } else if (spec.drafter == SpecDrafter::Mtp) {
       detail::require_mtp_heads(cfg);
       stream_ = std::make_unique<speculative::MtpStream>(*cfg.mtp_heads, cfg.eagle_tree);
+    } else if (spec.drafter == SpecDrafter::Medusa) {
+      detail::require_medusa_heads(cfg);
+      stream_ = std::make_unique<speculative::MedusaStream>(cfg.medusa_heads, cfg.medusa_tree);
     } else {
       // The draft model is the engine's, shared by every request
       // (batched_draft.hpp): no drafter of its own.

@@ -61,11 +61,12 @@ enum class SpecDrafter {
                  // request's KV
   Eagle,         // EngineConfig::spec.eagle_head: a token tree of at most k nodes from the target's features
   Mtp,           // EngineConfig::spec.mtp_heads: as Eagle, tree level d from MTP module d
+  Medusa,        // EngineConfig::spec.medusa_heads: a tree of at most k nodes from the heads' guesses
 };
 
 struct RequestSpec {
   SpecDrafter drafter = SpecDrafter::None;
-  std::int32_t k = 4;                        // most drafts per step (Eagle, Mtp: tree nodes)
+  std::int32_t k = 4;                        // most drafts per step (Eagle, Mtp, Medusa: tree nodes)
   std::int32_t lookup_max_ngram = 3;         // PromptLookup
   std::int32_t lookup_min_ngram = 1;
   std::int32_t exit_layer = 0;               // EarlyExit: draft layers; 0: half the model's
