@@ -397,6 +397,24 @@ TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a larg
   CHECK(fe::drafts_under_policy(adaptive, fe::StepCostModel{}, 3, 3, {good, good, good}, 5) == K{0, 0, 0});
   CHECK(fe::drafts_under_policy(adaptive, fe::StepCostModel{}, 1, 1, {good}, 5) == K{4});
   CHECK(fe::drafts_under_policy(adaptive, cost, 1, 1, {good}, 5) == K{4});
+  {
+    // A valid fit that says no: after revisit_every idle steps the first
+    // candidate drafts its max_k once, to look at the price again.
+    fe::StepCostModel dear;
+    dear.base = 1e-3;
+    dear.per_token = 1e-4;
+    dear.per_model_draft = 1.0;
+    dear.valid = true;
+    fe::SpecCandidate priced = good;
+    priced.model_drafter = true;
+    const fe::SpecAdaptive pol;
+    CHECK(fe::drafts_under_policy(pol, dear, 3, 3, {priced, priced}, 100, 0, pol.revisit_every - 1) ==
+          K{0, 0});
+    CHECK(fe::drafts_under_policy(pol, dear, 3, 3, {priced, priced}, 100, 0, pol.revisit_every) == K{4, 0});
+    fe::SpecAdaptive never = pol;
+    never.revisit_every = 0;
+    CHECK(fe::drafts_under_policy(never, dear, 3, 3, {priced, priced}, 100, 0, 1000) == K{0, 0});
+  }
 }
 
 TEST_CASE("spec policy: a batched drafter's catch-up is charged over the steps it can still draft",

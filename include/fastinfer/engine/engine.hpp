@@ -363,6 +363,7 @@ class Engine {
                double(step_draft_rows_), double(step_keys_), t3 - t1);
       last_plain_tokens_ = plan.num_tokens();
       last_plain_keys_ = step_plain_keys_;
+      steps_without_drafts_ = step_model_drafts_ > 0 ? 0 : steps_without_drafts_ + 1;
     }
     if (cache_ && cfg_.cache_at_prefill_end) cache_prefills_(plan);
     const std::vector<RequestId>& done = batcher_->commit(result_);
@@ -498,7 +499,7 @@ class Engine {
     for (std::size_t i : order_) sorted_.push_back(cands_[i]);
     const std::vector<std::int32_t> k = drafts_under_policy(
         cfg_.spec.policy, fit_.model(), double(last_plain_tokens_), std::int64_t(batcher_->num_running()),
-        sorted_, fit_.steps(), double(last_plain_keys_));
+        sorted_, fit_.steps(), double(last_plain_keys_), steps_without_drafts_);
     for (std::size_t j = 0; j < order_.size(); ++j) {
       batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j], cand_unfed_[order_[j]]);
       ++stats_.spec_candidates;
@@ -827,6 +828,8 @@ class Engine {
   // Keys this step's rows attend, all and without the drafts (the step-cost
   // fit's attention column), and the last step's plain ones.
   std::int64_t step_keys_ = 0, step_plain_keys_ = 0, last_plain_keys_ = 0;
+  std::int64_t steps_without_drafts_ =
+      0;  // steps in a row that drafted nothing (SpecAdaptive::revisit_every)
   std::int64_t step_model_drafts_ = 0;
   std::vector<TokenId> catch_up_context_;  // plan_drafts_' scratch
   std::int64_t step_draft_passes_ = 0;  // the batched draft model's passes this step

@@ -81,6 +81,11 @@ struct SpecAdaptive {
   // Before that, among several candidates one drafts one token every
   // explore_every-th step (choose_drafts); a lone candidate every step.
   std::int32_t explore_every = 4;
+  // With a valid fit, after this many steps in which nothing was drafted,
+  // the first candidate drafts its max_k once: a price learnt from one cold
+  // step (a first tree commits the whole prompt to its head) would
+  // otherwise never be looked at again. 0: never.
+  std::int32_t revisit_every = 32;
 };
 struct SpecAlways {};  // every speculating request drafts its k each decode (as room allows)
 struct SpecNever {};   // drafters are kept but never asked
@@ -468,11 +473,13 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
 // requests run, SpecAdaptive choose_drafts over the fitted cost (the plain
 // step's tokens: the last step's, at least one per running request; `step`:
 // steps measured so far, which paces the exploration before the fit is
-// valid; the plain step's keys: the last step's).
+// valid; the plain step's keys: the last step's; `idle`: steps in a row
+// that drafted nothing, which paces SpecAdaptive::revisit_every).
 inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, const StepCostModel& cost,
                                                      double last_plain_tokens, std::int64_t running,
                                                      const std::vector<SpecCandidate>& cands,
-                                                     std::int64_t step = 0, double last_plain_keys = 0) {
+                                                     std::int64_t step = 0, double last_plain_keys = 0,
+                                                     std::int64_t idle = 0) {
   return std::visit(
       [&](const auto& pol) -> std::vector<std::int32_t> {
         using P = std::decay_t<decltype(pol)>;
@@ -487,6 +494,9 @@ inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, c
           if (!rest)
             out = choose_drafts(cost, std::max(last_plain_tokens, double(running)), double(running), cands,
                                 last_plain_keys);
+          const bool none = std::all_of(out.begin(), out.end(), [](std::int32_t k) { return k == 0; });
+          if (cost.valid && none && !cands.empty() && pol.revisit_every > 0 && idle >= pol.revisit_every)
+            out[0] = cands[0].max_k;
         }
         return out;
       },
