@@ -828,8 +828,8 @@ class Engine {
   // Keys this step's rows attend, all and without the drafts (the step-cost
   // fit's attention column), and the last step's plain ones.
   std::int64_t step_keys_ = 0, step_plain_keys_ = 0, last_plain_keys_ = 0;
-  std::int64_t steps_without_drafts_ =
-      0;  // steps in a row that drafted nothing (SpecAdaptive::revisit_every)
+  // Steps in a row that drafted nothing (SpecAdaptive::revisit_every).
+  std::int64_t steps_without_drafts_ = 0;
   std::int64_t step_model_drafts_ = 0;
   std::vector<TokenId> catch_up_context_;  // plan_drafts_' scratch
   std::int64_t step_draft_passes_ = 0;  // the batched draft model's passes this step

@@ -28,13 +28,15 @@
 //    successes, a rejection is a failure), with forgetting and a prior; and
 //    the same history per depth (speculative::DraftAcceptance, the one batch-1
 //    dynamic speculation uses), whose expected tokens for k drafts need not
-//    be geometric (a prompt-lookup match is mostly all right or all wrong).
+//    be geometric (a prompt-lookup match is mostly all right or all wrong);
+//    for a tree drafter, the history per node budget (BudgetAcceptance).
 //  - choose_drafts: given the plain step (tokens, rows), it adds speculating
 //    rows, best acceptance first, each with the k that maximises expected
 //    emitted tokens per second, only while that beats the step without it.
 //    With acceptance a, a row drafting k emits E(a, k) = 1 + a + ... + a^k
 //    tokens in expectation (drafts accepted in order until the first miss);
-//    with a per-depth history, 1 + sum_d prod_{j<=d} p_j.
+//    with a per-depth history, 1 + sum_d prod_{j<=d} p_j; with a budget
+//    history, 1 + what trees of at most k nodes kept.
 // Backend-free: standard library only.
 #pragma once
 
