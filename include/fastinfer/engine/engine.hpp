@@ -447,6 +447,14 @@ class Engine {
 
   void validate_spec_(const RequestSpec& s) const {
     validate_request_spec(s, cfg_.spec, cfg_.scheduler.max_tokens_per_step, model_.config().n_layers);
+    // The heads read the target's classifier and final norm where the host
+    // can (EagleHead::lm_logits, MedusaStream): a device backend's weights
+    // are not there.
+    if constexpr (!Backend::kHostVisible)
+      FASTINFER_CHECK(!detail::is_tree_drafter(s.drafter), InvalidArgument,
+                      "EAGLE, MTP and Medusa trees run on host-visible backends only (the heads read the "
+                      "target's weights on the host); this engine's backend is ",
+                      Backend::kName);
   }
 
   // Asks the batcher for each speculating request's draft slots in the

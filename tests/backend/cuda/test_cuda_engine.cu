@@ -98,4 +98,19 @@ TEST_CASE("cuda engine: every golden case in one batch, through chunking, preemp
     engine.clear_prefix_cache();
     CHECK(model.kv().allocator().num_free_blocks() == model.kv().allocator().num_blocks());
   }
+  {
+    // Tree drafters read the target's weights on the host: refused by name
+    // on the device, nothing admitted.
+    LlamaModel<CudaBackend> model(fastinfer::load_model(model_path.string()), paged_options(0));
+    fe::EngineConfig cfg;
+    cfg.spec.medusa_heads = std::make_shared<fastinfer::speculative::MedusaHeads>(
+        2, model.config().dim, model.config().vocab_size, true);
+    fe::Engine<CudaBackend> engine(model, cfg);
+    fe::RequestSpec medusa;
+    medusa.drafter = fe::SpecDrafter::Medusa;
+    CHECK_THROWS_WITH(engine.submit(make_request(cases[0].prompt, 4, {1}), medusa),
+                      Catch::Contains("host-visible backends only"));
+    CHECK(engine.batcher().num_running() == 0);
+    CHECK_FALSE(engine.has_work());
+  }
 }
