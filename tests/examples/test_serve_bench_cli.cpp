@@ -1,8 +1,8 @@
 // fastinfer-serve-bench's JSON as scripts/report.sh reads it: --samples gives
 // every request's TTFT and every inter-token gap, consistent with the counts
-// and percentiles of the same run; --kv selects the KV format; --spec eagle
-// and mtp draft trees in the engine (greedy, so the output equals --spec
-// none's), and their flags are refused without them. Runs the built binary;
+// and percentiles of the same run; --kv selects the KV format; --spec eagle,
+// mtp and medusa draft trees in the engine (greedy, so the output equals
+// --spec none's), and their flags are refused without them. Runs the built binary;
 // skips visibly when it has not been built.
 #include <catch2/catch.hpp>
 
@@ -74,7 +74,7 @@ TEST_CASE("fastinfer-serve-bench: --samples lists every TTFT and inter-token gap
   CHECK(status != 0);
 }
 
-TEST_CASE("fastinfer-serve-bench: --spec eagle and mtp draft token trees, their flags need them",
+TEST_CASE("fastinfer-serve-bench: --spec eagle, mtp and medusa draft token trees, their flags need them",
           "[examples][cli][spec]") {
   const fs::path serve = fs::path(FASTINFER_BINARY_DIR) / "examples" / "fastinfer-serve-bench";
   if (!fs::exists(serve)) {
@@ -88,7 +88,8 @@ TEST_CASE("fastinfer-serve-bench: --spec eagle and mtp draft token trees, their 
       "--no-static --json --spec-policy always ";
   int status = -1;
   const std::pair<std::string, std::string> trees[] = {{"eagle", "--eagle-head random:3"},
-                                                       {"mtp", "--mtp-heads random:3 --eagle-depth 2"}};
+                                                       {"mtp", "--mtp-heads random:3 --eagle-depth 2"},
+                                                       {"medusa", "--medusa-heads random:3"}};
   for (const auto& [kind, flags] : trees) {
     INFO(kind << " " << flags);
     const auto j =
@@ -105,5 +106,9 @@ TEST_CASE("fastinfer-serve-bench: --spec eagle and mtp draft token trees, their 
   stdout_of(base + "--spec draft --eagle-head random:1", &status);
   CHECK(status != 0);
   stdout_of(base + "--spec eagle --mtp-heads random:1 --eagle-head random:1", &status);
+  CHECK(status != 0);
+  stdout_of(base + "--spec medusa", &status);  // no heads
+  CHECK(status != 0);
+  stdout_of(base + "--spec eagle --eagle-head random:1 --medusa-heads random:1", &status);
   CHECK(status != 0);
 }
