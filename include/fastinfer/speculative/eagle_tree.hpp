@@ -99,14 +99,14 @@ class DraftTreeBuilder {
     std::vector<int> order(c_.size());
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](int a, int b) { return before_(a, b); });
-    std::vector<char> chosen(c_.size(), 0);
+    // A candidate's place among the chosen, best first; -1: not chosen.
     std::vector<int> rank_of(c_.size(), -1);
+    const auto chosen = [&](int i) { return rank_of[std::size_t(i)] >= 0; };
     int n = 0;
     for (int i : order) {
       if (n >= budget) break;
       const int p = c_[std::size_t(i)].parent;
-      if (p >= 0 && !chosen[std::size_t(p)]) continue;  // an orphan: cannot happen with scores <= parent's
-      chosen[std::size_t(i)] = 1;
+      if (p >= 0 && !chosen(p)) continue;  // an orphan: cannot happen with scores <= parent's
       rank_of[std::size_t(i)] = n++;
     }
     // Top-1 chain from the root: the best chosen child at each level.
@@ -115,7 +115,7 @@ class DraftTreeBuilder {
     for (int at = -1;;) {
       int best = -1;
       for (int i = 0; i < size(); ++i)
-        if (chosen[std::size_t(i)] && c_[std::size_t(i)].parent == at && (best < 0 || before_(i, best))) best = i;
+        if (chosen(i) && c_[std::size_t(i)].parent == at && (best < 0 || before_(i, best))) best = i;
       if (best < 0) break;
       picked.push_back(best);
       in_chain[std::size_t(best)] = 1;
@@ -123,7 +123,7 @@ class DraftTreeBuilder {
     }
     std::vector<int> rest;
     for (int i : order)
-      if (chosen[std::size_t(i)] && !in_chain[std::size_t(i)]) rest.push_back(i);
+      if (chosen(i) && !in_chain[std::size_t(i)]) rest.push_back(i);
     std::stable_sort(rest.begin(), rest.end(),
                      [&](int a, int b) { return c_[std::size_t(a)].depth < c_[std::size_t(b)].depth; });
     picked.insert(picked.end(), rest.begin(), rest.end());
