@@ -3,12 +3,13 @@
 // same model. Prints a table, or with --json one object
 // {"continuous": {...}, "static": {...}}.
 //
-// --spec prompt-lookup|draft|eagle|mtp|medusa makes every request speculate
-// inside the continuous batch (--spec-k drafts, or tree nodes for eagle, mtp
-// and medusa; --draft-model, default the target itself, loaded with
-// --draft-weights; --eagle-head, --mtp-heads or --medusa-heads
+// --spec prompt-lookup|draft|eagle|mtp|medusa|lookahead makes every request
+// speculate inside the continuous batch (--spec-k drafts, or tree nodes for
+// eagle, mtp, medusa and lookahead; --draft-model, default the target itself,
+// loaded with --draft-weights; --eagle-head, --mtp-heads or --medusa-heads
 // FILE|pad:FILE|random:SEED, with --eagle-depth and --eagle-top-k for the
-// EAGLE and MTP trees; Medusa's tree is DynamicTree's, top_k 3), switched per step by --spec-policy
+// EAGLE and MTP trees; Medusa's tree is DynamicTree's, top_k 3; lookahead's
+// window and pool --lookahead W,N,G, default 3,3,4), switched per step by --spec-policy
 // (adaptive: the engine's cost model; always; never; max-batch:N). The
 // static baseline never speculates.
 //
@@ -31,6 +32,7 @@
 #include "fastinfer/model/load_model.hpp"
 
 #include "common/cli.hpp"
+#include "common/drafter_flags.hpp"
 #include "common/eagle_flags.hpp"
 #include "common/medusa_flags.hpp"
 #include "common/scheduler_flags.hpp"
@@ -82,7 +84,7 @@ int main(int argc, char** argv) {
   std::string preemption = "recompute";
   std::string spec_kind = "none", spec_policy = "adaptive", draft_model, draft_weights = "bf16";
   int spec_k = 4;
-  std::string eagle_head, mtp_heads, medusa_heads;
+  std::string eagle_head, mtp_heads, medusa_heads, lookahead = "3,3,4";
   fastinfer::speculative::EagleTreeConfig eagle_tree;
   bool json = false, prefix_cache = false, no_static = false, samples = false;
   std::string kv_quant = "f32";
@@ -123,9 +125,10 @@ int main(int argc, char** argv) {
   app.add_option("--static-batch", static_batch, "static baseline: batch size")->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_flag("--no-static", no_static, "skip the static baseline");
   app.add_option("--spec", spec_kind, "continuous: speculation per request")
-      ->check(CLI::IsMember({"none", "prompt-lookup", "draft", "eagle", "mtp", "medusa"}))
+      ->check(CLI::IsMember({"none", "prompt-lookup", "draft", "eagle", "mtp", "medusa", "lookahead"}))
       ->capture_default_str();
-  app.add_option("--spec-k", spec_k, "drafts per speculating decode (eagle, mtp, medusa: tree nodes)")
+  app.add_option("--spec-k", spec_k,
+                 "drafts per speculating decode (eagle, mtp, medusa, lookahead: tree nodes)")
       ->check(CLI::Range(1, 62))
       ->capture_default_str();
   auto* eagle_head_option =
@@ -134,6 +137,9 @@ int main(int argc, char** argv) {
       app.add_option("--mtp-heads", mtp_heads, "--spec mtp: the modules, FILE, pad:FILE or random:SEED");
   auto* medusa_heads_option = app.add_option("--medusa-heads", medusa_heads,
                                              "--spec medusa: the heads, FILE, pad:FILE or random:SEED");
+  auto* lookahead_option =
+      app.add_option("--lookahead", lookahead, "--spec lookahead: Jacobi window W, n-gram size N, guesses G")
+          ->capture_default_str();
   auto* eagle_depth_option =
       app.add_option("--eagle-depth", eagle_tree.depth, "--spec eagle|mtp: tree levels")
           ->check(CLI::Range(1, 64))
@@ -165,6 +171,9 @@ int main(int argc, char** argv) {
     fx::refuse_unused(spec_kind != "eagle", {eagle_head_option}, "without --spec eagle");
     fx::refuse_unused(spec_kind != "mtp", {mtp_heads_option}, "without --spec mtp");
     fx::refuse_unused(spec_kind != "medusa", {medusa_heads_option}, "without --spec medusa");
+    fx::refuse_unused(spec_kind != "lookahead", {lookahead_option}, "without --spec lookahead");
+    const fastinfer::speculative::LookaheadConfig lookahead_cfg = fx::parse_lookahead(lookahead);
+    lookahead_cfg.validate();
     fx::refuse_unused(!tree, {eagle_depth_option, eagle_top_k_option}, "without --spec eagle or mtp");
     FASTINFER_CHECK(spec_kind != "eagle" || !eagle_head.empty(), fastinfer::InvalidArgument,
                     "--spec eagle needs --eagle-head FILE|pad:FILE|random:SEED");
@@ -202,8 +211,10 @@ int main(int argc, char** argv) {
     mo.kv.max_sequences = std::max(max_seqs, static_batch);
     const std::int64_t per_seq = (seq_max + block_size - 1) / block_size + 1;
     // The pool is sized from the workload, never from a file's huge context:
-    // room for one sequence of the workload's longest, drafts included.
-    const std::int64_t longest = std::min<std::int64_t>(cfg.max_seq_len, seq_max + spec_k + 1);
+    // room for one sequence of the workload's longest, drafts (and
+    // lookahead's window) included.
+    const std::int64_t window = spec_kind == "lookahead" ? lookahead_cfg.window_rows() : 0;
+    const std::int64_t longest = std::min<std::int64_t>(cfg.max_seq_len, seq_max + spec_k + window + 1);
     const std::int64_t ctx_blocks = (longest + block_size - 1) / block_size + 1;
     mo.kv.num_blocks = kv_blocks > 0 ? kv_blocks
                                      : fastinfer::checked_int32(std::max(std::int64_t(std::max(max_seqs, static_batch)) * per_seq,
@@ -219,11 +230,13 @@ int main(int argc, char** argv) {
     ec.scheduler.preemption = fx::parse_preemption(preemption);
     ec.prefix_cache = prefix_cache;
     if (spec_kind != "none") {
-      ec.spec.defaults.drafter = spec_kind == "draft"    ? fe::SpecDrafter::DraftModel
-                                 : spec_kind == "eagle"  ? fe::SpecDrafter::Eagle
-                                 : spec_kind == "mtp"    ? fe::SpecDrafter::Mtp
-                                 : spec_kind == "medusa" ? fe::SpecDrafter::Medusa
-                                                         : fe::SpecDrafter::PromptLookup;
+      ec.spec.defaults.drafter = spec_kind == "draft"       ? fe::SpecDrafter::DraftModel
+                                 : spec_kind == "eagle"     ? fe::SpecDrafter::Eagle
+                                 : spec_kind == "mtp"       ? fe::SpecDrafter::Mtp
+                                 : spec_kind == "medusa"    ? fe::SpecDrafter::Medusa
+                                 : spec_kind == "lookahead" ? fe::SpecDrafter::Lookahead
+                                                            : fe::SpecDrafter::PromptLookup;
+      ec.spec.lookahead = lookahead_cfg;
       if (spec_kind == "eagle")
         ec.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(eagle_head, model.config());
       if (spec_kind == "mtp")
@@ -276,6 +289,7 @@ int main(int argc, char** argv) {
       sj["acceptance"] = mc.acceptance_rate();
       sj["mean_accepted_per_spec_row"] = mc.mean_accepted_per_spec_row();
       sj["refed"] = mc.spec_refed;
+      sj["window_rows"] = mc.spec_window_rows;
       sj["spec_steps"] = mc.spec_steps;
       sj["draft_s"] = mc.draft_seconds;
       sj["cost_model"] = {{"valid", mc.cost_model.valid},

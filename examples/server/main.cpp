@@ -41,6 +41,7 @@
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 
 #include "common/cli.hpp"
+#include "common/drafter_flags.hpp"
 #include "common/eagle_flags.hpp"
 #include "common/medusa_flags.hpp"
 #include "engine_loop.hpp"
@@ -232,7 +233,8 @@ void stream_job(httplib::Response& res, std::shared_ptr<Job> job, std::string id
 int main(int argc, char** argv) {
   CLI::App app{"An OpenAI-compatible HTTP server on fastinfer's Engine"};
   std::string model_spec, tokenizer_path, host = "127.0.0.1", served_name, chat_template = "auto", weights,
-                                          spec_kind = "none", eagle_head, mtp_heads, medusa_heads;
+                                          spec_kind = "none", eagle_head, mtp_heads, medusa_heads,
+                                          lookahead = "3,3,4";
   int port = 8080, threads = 1, http_threads = 128, max_seqs = 64, budget = 256, block_size = 16, kv_blocks = 0,
       max_queue = 256, spec_k = 4;
   double grace = 10.0;
@@ -259,9 +261,10 @@ int main(int argc, char** argv) {
   app.add_option("--kv-blocks", kv_blocks, "KV pool in blocks (0: --max-seqs full contexts)")->capture_default_str();
   app.add_flag("--no-prefix-cache", no_prefix_cache, "do not reuse the KV of shared prefixes");
   app.add_option("--spec", spec_kind, "speculation of every request")
-      ->check(CLI::IsMember({"none", "prompt-lookup", "eagle", "mtp", "medusa"}))
+      ->check(CLI::IsMember({"none", "prompt-lookup", "eagle", "mtp", "medusa", "lookahead"}))
       ->capture_default_str();
-  app.add_option("--spec-k", spec_k, "drafts per speculating step (eagle, mtp, medusa: tree nodes)")
+  app.add_option("--spec-k", spec_k,
+                 "drafts per speculating step (eagle, mtp, medusa, lookahead: tree nodes)")
       ->check(CLI::Range(1, 62))
       ->capture_default_str();
   auto* eagle_head_option =
@@ -270,6 +273,9 @@ int main(int argc, char** argv) {
       app.add_option("--mtp-heads", mtp_heads, "--spec mtp: the modules, FILE, pad:FILE or random:SEED");
   auto* medusa_heads_option = app.add_option("--medusa-heads", medusa_heads,
                                              "--spec medusa: the heads, FILE, pad:FILE or random:SEED");
+  auto* lookahead_option =
+      app.add_option("--lookahead", lookahead, "--spec lookahead: Jacobi window W, n-gram size N, guesses G")
+          ->capture_default_str();
   app.add_option("--max-body-bytes", lim.max_body_bytes, "largest request body")->capture_default_str();
   app.add_option("--max-prompt-tokens", lim.max_prompt_tokens, "longest prompt (0: the context - 1)")->capture_default_str();
   app.add_option("--max-tokens-limit", lim.max_tokens, "largest max_tokens (0: the context)")->capture_default_str();
@@ -329,6 +335,12 @@ int main(int argc, char** argv) {
     fastinfer::examples::refuse_unused(spec_kind != "eagle", {eagle_head_option}, "without --spec eagle");
     fastinfer::examples::refuse_unused(spec_kind != "mtp", {mtp_heads_option}, "without --spec mtp");
     fastinfer::examples::refuse_unused(spec_kind != "medusa", {medusa_heads_option}, "without --spec medusa");
+    fastinfer::examples::refuse_unused(spec_kind != "lookahead", {lookahead_option},
+                                       "without --spec lookahead");
+    if (spec_kind == "lookahead") {
+      ec.spec.defaults.drafter = fastinfer::engine::SpecDrafter::Lookahead;
+      ec.spec.lookahead = fastinfer::examples::parse_lookahead(lookahead);
+    }
     if (spec_kind == "prompt-lookup") ec.spec.defaults.drafter = fastinfer::engine::SpecDrafter::PromptLookup;
     if (spec_kind == "eagle") {
       FASTINFER_CHECK(!eagle_head.empty(), fastinfer::InvalidArgument,

@@ -1,6 +1,6 @@
-// EAGLE, MTP and Medusa token trees inside continuous batching (engine.hpp,
-// request_speculation.hpp, speculative/feature_draft_stream.hpp,
-// speculative/medusa_stream.hpp).
+// EAGLE, MTP, Medusa and lookahead token trees inside continuous batching
+// (engine.hpp, request_speculation.hpp, speculative/feature_draft_stream.hpp,
+// speculative/medusa_stream.hpp, speculative/lookahead_pool.hpp).
 //
 // Greedy: every request's output, in mixed workloads beside plain rows
 // (golden prompts, repetitive and random prompts sharing prefixes; chunked
@@ -8,10 +8,13 @@
 // with the prefix cache, and by swap), equals its greedy output through the
 // model's single-sequence verbs, token for token, at node budgets 1, 4 and
 // 8; accepted nodes off the tree's first chain are fed again (spec_refed),
-// and the pool ends whole; the same with MTP modules and Medusa heads. With the committed
-// trained head and modules on tinystories-656k, the engine's tokens per tree
-// row match the batch-1 loop's (eagle_generate, mtp_generate) on the same
-// prompts: the drafters read the right features.
+// and the pool ends whole; the same with MTP modules, Medusa heads and
+// lookahead's n-gram pool with its Jacobi window beside the tree. With the
+// committed trained head and modules on tinystories-656k, the engine's tokens
+// per tree row match the batch-1 loop's (eagle_generate, mtp_generate,
+// medusa_generate, speculative_generate with a LookaheadPool) on the same
+// prompts: the drafters read the right features, and lookahead's window
+// makes its Jacobi steps in the engine as at batch 1.
 // Sampled (coupled rule): a request's tokens equal its plain sampled tokens.
 // Bad settings are refused by name.
 #include <catch2/catch.hpp>
@@ -30,8 +33,10 @@
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/speculative/eagle_generate.hpp"
+#include "fastinfer/speculative/lookahead_pool.hpp"
 #include "fastinfer/speculative/medusa_tree.hpp"
 #include "fastinfer/speculative/mtp_generate.hpp"
+#include "fastinfer/speculative/speculative_generate.hpp"
 #include "golden.hpp"
 #include "shared_dir.hpp"
 #include "spec_harness.hpp"
@@ -79,20 +84,24 @@ using RunOut = fastinfer::testing::SpecRun;
 
 // The engine's settings for a tree drafter: the head (Eagle), modules
 // (Mtp) or heads (Medusa) its flag names (eagle_flags.hpp's and
-// medusa_flags.hpp's grammar).
+// medusa_flags.hpp's grammar); lookahead needs none (SpecConfig::lookahead's
+// defaults: W 3, N 3, G 4).
 void set_tree_drafter(fe::EngineConfig& cfg, fe::SpecDrafter kind, const std::string& head_spec,
                       const fastinfer::LlamaConfig& c) {
   if (kind == fe::SpecDrafter::Eagle)
     cfg.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(head_spec, c);
   else if (kind == fe::SpecDrafter::Mtp)
     cfg.spec.mtp_heads = fastinfer::examples::mtp_heads_from_flag(head_spec, c);
-  else
+  else if (kind == fe::SpecDrafter::Medusa)
     cfg.spec.medusa_heads = std::make_shared<fastinfer::speculative::MedusaHeads>(
         fastinfer::examples::medusa_heads_from_flag(head_spec, c));
 }
 
 const char* drafter_name(fe::SpecDrafter kind) {
-  return kind == fe::SpecDrafter::Eagle ? "EAGLE " : kind == fe::SpecDrafter::Mtp ? "MTP " : "Medusa ";
+  return kind == fe::SpecDrafter::Eagle    ? "EAGLE "
+         : kind == fe::SpecDrafter::Mtp    ? "MTP "
+         : kind == fe::SpecDrafter::Medusa ? "Medusa "
+                                           : "lookahead ";
 }
 
 // Greedy trees at node budgets 1, 4, 8 over the four variants (budget 4 in
@@ -105,7 +114,12 @@ std::int64_t check_greedy(const std::filesystem::path& model_path, const std::fi
   for (const auto& r : reqs) expected.push_back(solo_greedy(solo, r.prompt, r.max_new_tokens, r.stop_ids));
   fe::EngineConfig drafter;
   set_tree_drafter(drafter, kind, head_spec, solo.config());
-  std::int64_t refed = 0, preempted = 0;
+  // Lookahead: a window of 3 x 2 rows (the default), which leaves a step's
+  // budget room to admit enough requests to preempt in the small pool (the
+  // paper's 5,4,5 feeds 15 rows, runs fewer requests at once and never ran
+  // out of blocks here).
+  drafter.spec.lookahead = sp::LookaheadConfig{3, 3, 4};
+  std::int64_t refed = 0, preempted = 0, window_rows = 0;
   const std::vector<fastinfer::testing::SpecVariant> vs = fastinfer::testing::spec_variants();
   for (int k : {1, 4, 8}) {
     for (std::size_t vi = 0; vi < vs.size(); ++vi) {
@@ -116,6 +130,7 @@ std::int64_t check_greedy(const std::filesystem::path& model_path, const std::fi
       v.cfg.spec.eagle_head = drafter.spec.eagle_head;
       v.cfg.spec.mtp_heads = drafter.spec.mtp_heads;
       v.cfg.spec.medusa_heads = drafter.spec.medusa_heads;
+      v.cfg.spec.lookahead = drafter.spec.lookahead;
       fe::RequestSpec rs;
       rs.drafter = kind;
       rs.k = k;
@@ -141,9 +156,13 @@ std::int64_t check_greedy(const std::filesystem::path& model_path, const std::fi
       if (k == 1) CHECK(m.spec_refed == 0);  // a one-node tree is a chain
       if (v.pool == 40) preempted += m.preemptions;
       refed += m.spec_refed;
+      window_rows += m.spec_window_rows;
     }
   }
   CHECK(preempted > 0);
+  // Lookahead fed its window beside the trees (the budget of 24 tokens a
+  // step drops it often, the others rarely); no other drafter has one.
+  CHECK((window_rows > 0) == (kind == fe::SpecDrafter::Lookahead));
   return refed;
 }
 
@@ -171,6 +190,26 @@ TEST_CASE(
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
   check_greedy(model_path, cases_dir, fe::SpecDrafter::Medusa, "random:3", 12);
+}
+
+TEST_CASE(
+    "engine lookahead: greedy outputs with trees of 1, 4 and 8 nodes and the window equal plain greedy "
+    "decoding "
+    "(stories260K)",
+    "[engine][spec][lookahead][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/cases");
+  check_greedy(model_path, cases_dir, fe::SpecDrafter::Lookahead, "", 12);
+}
+
+TEST_CASE(
+    "engine lookahead: greedy outputs equal plain greedy decoding, accepted nodes off the first chain "
+    "included "
+    "(tinystories-656k)",
+    "[engine][spec][lookahead][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
+  CHECK(check_greedy(model_path, cases_dir, fe::SpecDrafter::Lookahead, "", 9) > 0);
 }
 
 TEST_CASE(
@@ -224,30 +263,50 @@ void check_rate_against_batch1(const std::filesystem::path& model_path,
   sp::MedusaOptions mo;
   mo.tree = sp::DynamicTree{4, 3, 0};
   cfg.spec.medusa_tree = sp::DynamicTree{0, 3, 0};  // the budget is each request's k
+  // Lookahead at batch 1: every pool continuation (G of N - 1 tokens) in
+  // the tree; in the engine a budget that holds them all.
+  sp::SpeculativeOptions lo;
+  lo.k = cfg.spec.lookahead.ngram - 1;
+  sp::ModelTarget<LlamaModel<>> solo_target(solo);
   std::int64_t solo_tokens = 0, solo_passes = 0;
   for (const auto& r : reqs) {
     fastinfer::GenerationParams p;
     p.max_new_tokens = r.max_new_tokens;
     p.temperature = 0.0f;
+    sp::LookaheadPool pool(cfg.spec.lookahead, w.config.vocab_size);
     const sp::SpeculativeResult res =
-        kind == fe::SpecDrafter::Eagle ? sp::eagle_generate(solo, *cfg.spec.eagle_head, r.prompt, p, o)
-        : kind == fe::SpecDrafter::Mtp ? sp::mtp_generate(solo, *cfg.spec.mtp_heads, r.prompt, p, o)
-                                       : sp::medusa_generate(solo, *cfg.spec.medusa_heads, r.prompt, p, mo);
+        kind == fe::SpecDrafter::Eagle    ? sp::eagle_generate(solo, *cfg.spec.eagle_head, r.prompt, p, o)
+        : kind == fe::SpecDrafter::Mtp    ? sp::mtp_generate(solo, *cfg.spec.mtp_heads, r.prompt, p, o)
+        : kind == fe::SpecDrafter::Medusa ? sp::medusa_generate(solo, *cfg.spec.medusa_heads, r.prompt, p, mo)
+                                          : sp::speculative_generate(solo_target, pool, r.prompt, p, lo);
     solo_tokens += res.stats.step_tokens;
     solo_passes += res.stats.target_forwards;
   }
   fe::RequestSpec rs;
   rs.drafter = kind;
-  rs.k = 4;
+  rs.k = kind == fe::SpecDrafter::Lookahead ? cfg.spec.lookahead.guesses * lo.k : 4;
   LlamaModel<> model(w, paged_options(0));
   const RunOut got = run_spec_engine(model, cfg, reqs, {rs});
   const double solo_rate = double(solo_tokens) / double(solo_passes);
-  const double engine_rate = double(got.metrics.spec_emitted) / double(got.metrics.spec_rows);
-  INFO("tokens per verification: batch 1 " << solo_rate << ", engine " << engine_rate);
+  // Per tree row; lookahead's pool often has no n-gram for the root, and its
+  // rows then decode plainly (the window fed beside them): per decode row,
+  // as the batch-1 loop counts (SpecAlways asks about every decode row).
+  std::int64_t decoded = 0;
+  for (const auto& out : got.outputs) decoded += std::int64_t(out.size()) - 1;
+  const double engine_rate = kind == fe::SpecDrafter::Lookahead
+                                 ? double(decoded) / double(got.metrics.spec_candidates)
+                                 : double(got.metrics.spec_emitted) / double(got.metrics.spec_rows);
+  INFO("tokens per verification: batch 1 " << solo_rate << ", engine " << engine_rate << " (" << solo_passes
+                                           << " and " << got.metrics.spec_rows << " rows, "
+                                           << got.metrics.spec_window_rows << " window rows)");
   // A drafter reading misplaced features (off by a position, or stale)
   // drafts near chance: its rate falls towards 1 (Medusa's heads, which
   // guess without the root token, reach 1.28 here).
-  CHECK(solo_rate > (kind == fe::SpecDrafter::Medusa ? 1.2 : 1.5));
+  // Lookahead's n-grams, from its window and the text, keep 1.13 a pass on
+  // these three prompts.
+  CHECK(solo_rate > (kind == fe::SpecDrafter::Lookahead ? 1.05
+                     : kind == fe::SpecDrafter::Medusa  ? 1.2
+                                                        : 1.5));
   CHECK(engine_rate > 0.9 * solo_rate);
   CHECK(engine_rate < 1.1 * solo_rate);
 }
@@ -281,8 +340,20 @@ TEST_CASE(
   check_rate_against_batch1(model_path, cases_dir, fe::SpecDrafter::Medusa, heads.string());
 }
 
-TEST_CASE("engine EAGLE, MTP and Medusa: a sampled request emits its plain sampled tokens (coupled rule)",
-          "[engine][spec][eagle][golden]") {
+TEST_CASE(
+    "engine lookahead: tokens per tree row match the batch-1 loop's: the window's Jacobi steps run in the "
+    "engine "
+    "(tinystories-656k)",
+    "[engine][spec][lookahead][golden]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
+  FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
+  check_rate_against_batch1(model_path, cases_dir, fe::SpecDrafter::Lookahead, "");
+}
+
+TEST_CASE(
+    "engine EAGLE, MTP, Medusa and lookahead: a sampled request emits its plain sampled tokens (coupled "
+    "rule)",
+    "[engine][spec][eagle][golden]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/tinystories-656k");
   FASTINFER_REQUIRE_SHARED(cases_dir, "golden/tinystories-656k/cases");
   const fastinfer::LlamaWeights w = fastinfer::load_model(model_path.string());
@@ -309,15 +380,17 @@ TEST_CASE("engine EAGLE, MTP and Medusa: a sampled request emits its plain sampl
     cfg.spec.medusa_heads =
         std::make_shared<sp::MedusaHeads>(fastinfer::examples::medusa_heads_from_flag("random:7", w.config));
     cfg.scheduler.max_tokens_per_step = 40;  // the budget cuts some trees short
-    fe::RequestSpec eagle, mtp, medusa;
+    fe::RequestSpec eagle, mtp, medusa, lookahead;
     eagle.drafter = fe::SpecDrafter::Eagle;
     eagle.k = 6;
     mtp.drafter = fe::SpecDrafter::Mtp;
     mtp.k = 5;
     medusa.drafter = fe::SpecDrafter::Medusa;
     medusa.k = 7;
+    lookahead.drafter = fe::SpecDrafter::Lookahead;
+    lookahead.k = 6;
     LlamaModel<> model(w, paged_options(0));
-    const RunOut got = run_spec_engine(model, cfg, reqs, {eagle, fe::RequestSpec{}, mtp, medusa});
+    const RunOut got = run_spec_engine(model, cfg, reqs, {eagle, fe::RequestSpec{}, mtp, medusa, lookahead});
     INFO("policy " << policy.index());
     CHECK(got.outputs == plain.outputs);
     CHECK(got.metrics.spec_rows > 0);
@@ -359,8 +432,43 @@ TEST_CASE("engine EAGLE: bad settings are refused by name", "[engine][spec][eagl
     cfg.spec.sampled_rule = sp::AcceptanceRule::TypicalLossy;
     fe::Engine<> engine(model, cfg);
     CHECK_THROWS_WITH(engine.submit(make_request({1, 5, 6}, 4, {}), rs), Catch::Contains("typical acceptance"));
+    fe::RequestSpec lookahead;
+    lookahead.drafter = fe::SpecDrafter::Lookahead;
+    CHECK_THROWS_WITH(engine.submit(make_request({1, 5, 6}, 4, {}), lookahead),
+                      Catch::Contains("typical acceptance"));
     CHECK(engine.batcher().num_running() == 0);
-    CHECK(engine.batcher().num_running() == 0);
+    CHECK(engine.batcher().num_waiting() == 0);
+  }
+  {
+    // Lookahead: a bad window, and one a step's budget cannot hold beside
+    // the root and a draft, are refused by name; nothing is queued.
+    fe::EngineConfig cfg;
+    cfg.scheduler.max_tokens_per_step = 16;
+    fe::RequestSpec lookahead;
+    lookahead.drafter = fe::SpecDrafter::Lookahead;
+    lookahead.k = 4;
+    cfg.spec.lookahead = sp::LookaheadConfig{0, 4, 5};
+    {
+      fe::Engine<> bad(model, cfg);
+      CHECK_THROWS_WITH(bad.submit(make_request({1, 5, 6}, 4, {}), lookahead),
+                        Catch::Contains("lookahead window W must be >= 1"));
+    }
+    cfg.spec.lookahead = sp::LookaheadConfig{5, 4, 5};  // 15 window rows + root + a draft > 16
+    {
+      fe::Engine<> tight(model, cfg);
+      CHECK_THROWS_WITH(tight.submit(make_request({1, 5, 6}, 4, {}), lookahead),
+                        Catch::Contains("do not fit a step of max_tokens_per_step = 16"));
+      CHECK(tight.batcher().num_waiting() == 0);
+    }
+    cfg.spec.lookahead = sp::LookaheadConfig{7, 3, 5};  // 14 + 2 fit
+    {
+      fe::Engine<> fits(model, cfg);
+      CHECK_NOTHROW(fits.submit(make_request({1, 5, 6}, 4, {}), lookahead));
+    }
+    // And as the engine's default spec: refused at construction.
+    cfg.spec.lookahead = sp::LookaheadConfig{5, 4, 5};
+    cfg.spec.defaults = lookahead;
+    CHECK_THROWS_WITH(fe::Engine<>(model, cfg), Catch::Contains("do not fit a step"));
   }
   {
     // A head of another model's width.

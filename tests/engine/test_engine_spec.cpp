@@ -417,6 +417,40 @@ TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a larg
   }
 }
 
+TEST_CASE("spec policy: lookahead's window rows are paid whenever it drafts, never when it does not",
+          "[engine][spec]") {
+  const fe::StepCostModel cost = memory_bound_cost();
+  fe::SpecCandidate bare{0.8, 4, false};
+  fe::SpecCandidate windowed = bare;
+  windowed.window_rows = 40;
+  // An independent brute force: k >= 1 feeds k + 40 rows, k = 0 none.
+  int bare_drafts = 0, windowed_drafts = 0;
+  for (int batch : {1, 8, 32, 64, 128, 256, 512}) {
+    int best_k = 0;
+    double best = double(batch) / cost.seconds(batch, 0);
+    for (int k = 1; k <= 4; ++k) {
+      const double emitted = batch - 1 + (1 - std::pow(0.8, k + 1)) / (1 - 0.8);
+      const double r = emitted / cost.seconds(batch + k + 40, 0);
+      if (r > best * (1 + 1e-9)) best = r, best_k = k;
+    }
+    INFO("batch " << batch);
+    const std::int32_t got = fe::choose_drafts(cost, batch, batch, {windowed})[0];
+    CHECK(got == best_k);
+    windowed_drafts += got > 0;
+    bare_drafts += fe::choose_drafts(cost, batch, batch, {bare})[0] > 0;
+  }
+  // The window makes drafting stop at a smaller batch; at batch 1 it still pays.
+  CHECK(windowed_drafts < bare_drafts);
+  CHECK(fe::choose_drafts(cost, 1, 1, {windowed})[0] > 0);
+  // Its rows attend the request's context too (the keys column).
+  fe::StepCostModel keyed = cost;
+  keyed.per_key = 1e-6;
+  windowed.context = 4000;  // 40 rows x 4000 keys x 1 us = 0.16 s a step: never worth it
+  CHECK(fe::choose_drafts(keyed, 1, 1, {windowed})[0] == 0);
+  bare.context = 4000;
+  CHECK(fe::choose_drafts(keyed, 1, 1, {bare})[0] > 0);
+}
+
 TEST_CASE("spec policy: a batched drafter's catch-up is charged over the steps it can still draft",
           "[engine][spec]") {
   // Memory-bound target (10 ms a pass), a draft model at 1 ms a pass and

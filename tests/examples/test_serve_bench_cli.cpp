@@ -1,8 +1,8 @@
 // fastinfer-serve-bench's JSON as scripts/report.sh reads it: --samples gives
 // every request's TTFT and every inter-token gap, consistent with the counts
 // and percentiles of the same run; --kv selects the KV format; --spec eagle,
-// mtp and medusa draft trees in the engine (greedy, so the output equals
-// --spec none's), and their flags are refused without them. Runs the built binary;
+// mtp, medusa and lookahead draft trees in the engine (lookahead with its
+// window beside them), and their flags are refused without them. Runs the built binary;
 // skips visibly when it has not been built.
 #include <catch2/catch.hpp>
 
@@ -74,8 +74,9 @@ TEST_CASE("fastinfer-serve-bench: --samples lists every TTFT and inter-token gap
   CHECK(status != 0);
 }
 
-TEST_CASE("fastinfer-serve-bench: --spec eagle, mtp and medusa draft token trees, their flags need them",
-          "[examples][cli][spec]") {
+TEST_CASE(
+    "fastinfer-serve-bench: --spec eagle, mtp, medusa and lookahead draft token trees, their flags need them",
+    "[examples][cli][spec]") {
   const fs::path serve = fs::path(FASTINFER_BINARY_DIR) / "examples" / "fastinfer-serve-bench";
   if (!fs::exists(serve)) {
     std::printf("FASTINFER_SKIP: %s not built\n", serve.c_str());
@@ -89,7 +90,8 @@ TEST_CASE("fastinfer-serve-bench: --spec eagle, mtp and medusa draft token trees
   int status = -1;
   const std::pair<std::string, std::string> trees[] = {{"eagle", "--eagle-head random:3"},
                                                        {"mtp", "--mtp-heads random:3 --eagle-depth 2"},
-                                                       {"medusa", "--medusa-heads random:3"}};
+                                                       {"medusa", "--medusa-heads random:3"},
+                                                       {"lookahead", "--lookahead 3,3,4"}};
   for (const auto& [kind, flags] : trees) {
     INFO(kind << " " << flags);
     const auto j =
@@ -100,6 +102,7 @@ TEST_CASE("fastinfer-serve-bench: --spec eagle, mtp and medusa draft token trees
     CHECK(s.at("rows").get<std::int64_t>() > 0);
     CHECK(s.at("drafted").get<std::int64_t>() >= s.at("accepted").get<std::int64_t>());
     CHECK(s.at("accepted").get<std::int64_t>() >= s.at("refed").get<std::int64_t>());
+    CHECK((s.at("window_rows").get<std::int64_t>() > 0) == (kind == "lookahead"));
   }
   stdout_of(base + "--spec eagle", &status);  // no head
   CHECK(status != 0);
@@ -110,5 +113,13 @@ TEST_CASE("fastinfer-serve-bench: --spec eagle, mtp and medusa draft token trees
   stdout_of(base + "--spec medusa", &status);  // no heads
   CHECK(status != 0);
   stdout_of(base + "--spec eagle --eagle-head random:1 --medusa-heads random:1", &status);
+  CHECK(status != 0);
+  stdout_of(base + "--spec prompt-lookup --lookahead 3,3,4", &status);
+  CHECK(status != 0);
+  stdout_of(base + "--spec lookahead --lookahead 0,3,4", &status);
+  CHECK(status != 0);
+  stdout_of(base + "--spec lookahead --lookahead 5,4", &status);
+  CHECK(status != 0);
+  stdout_of(base + "--spec lookahead --lookahead 5,4,5 --max-tokens-per-step 12", &status);  // 15 window rows
   CHECK(status != 0);
 }

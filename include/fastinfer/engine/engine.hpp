@@ -69,6 +69,13 @@
 // every EAGLE request's tree is one head forward and one LM-head product,
 // likewise MTP's), so the head's weights stream once a level, not once per
 // request; Medusa's heads run request by request (speculative/medusa_stream.hpp).
+// Lookahead (SpecDrafter::Lookahead) drafts its tree from the request's
+// n-gram pool and feeds its Jacobi window after the nodes: [unfed tokens |
+// nodes | window], the window's rows seeing the unfed tokens and each other
+// as lookahead_pool.hpp says, never a node (so verification stays blind to
+// it); their logits come back with the nodes' and make the window's Jacobi
+// step. The window's slots are asked of the batcher with the drafts' and
+// given back at commit, as rejected drafts' are.
 //
 // Logits: the forward pass returns only the rows someone reads
 // (LogitsRows::PerEntry): 1 + drafts for a speculating row, 1 for a row that
@@ -162,6 +169,7 @@ struct EngineMetrics : sched::MetricsSummary {
   std::int64_t spec_accepted = 0;    // drafts kept
   std::int64_t spec_emitted = 0;     // tokens emitted by speculating rows
   std::int64_t spec_refed = 0;       // accepted tree nodes off the tree's first chain, fed again next step
+  std::int64_t spec_window_rows = 0;  // lookahead's Jacobi window rows fed beside the drafts
   StepCostModel cost_model{};        // the adaptive switch's last fit
   double mean_accepted_per_spec_row() const { return spec_rows > 0 ? double(spec_accepted) / double(spec_rows) : 0; }
   double acceptance_rate() const { return spec_drafted > 0 ? double(spec_accepted) / double(spec_drafted) : 0; }
@@ -478,8 +486,10 @@ class Engine {
       // its last pass could not keep, once its stream holds every feature
       // its head must read.
       const speculative::FeatureStream* stream = kv.second.spec->feature_stream();
-      const bool can = stream ? unfed >= 1 && unfed < cfg_.scheduler.max_tokens_per_step && stream->ready(len)
-                              : unfed == 1;
+      const bool tree = stream || kv.second.spec->is_lookahead();
+      const bool can =
+          tree ? unfed >= 1 && unfed < cfg_.scheduler.max_tokens_per_step && (!stream || stream->ready(len))
+               : unfed == 1;
       if (!can) {
         batcher_->set_draft_tokens(id, 0);
         continue;
@@ -509,7 +519,9 @@ class Engine {
         cfg_.spec.policy, fit_.model(), double(last_plain_tokens_), std::int64_t(batcher_->num_running()),
         sorted_, fit_.steps(), double(last_plain_keys_), steps_without_drafts_);
     for (std::size_t j = 0; j < order_.size(); ++j) {
-      batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j], cand_unfed_[order_[j]]);
+      // Slots for the drafts and for the window a drafting lookahead step feeds beside them.
+      const std::int32_t window = k[j] > 0 ? std::int32_t(sorted_[j].window_rows) : 0;
+      batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j] + window, cand_unfed_[order_[j]]);
       ++stats_.spec_candidates;
       if (k[j] == 0) ++stats_.spec_switched_off;
     }
@@ -542,11 +554,14 @@ class Engine {
       const sched::PlanEntry& e = plan.entries[i];
       auto it = live_.find(e.id);
       const std::vector<TokenId>& drafts = trees_[i] ? trees_[i]->tokens : drafts_[i].tokens;
+      const std::vector<TokenId>& window = drafts_[i].extra;  // lookahead's, after the drafts
       feed_.assign(plan.tokens.begin() + plan.token_indptr[i], plan.tokens.begin() + plan.token_indptr[i + 1]);
       feed_.insert(feed_.end(), drafts.begin(), drafts.end());
+      feed_.insert(feed_.end(), window.begin(), window.end());
       speculating = speculating || !drafts.empty();
+      stats_.spec_window_rows += std::int64_t(window.size());
       batch_.add(e.id, feed_.data(), std::int32_t(feed_.size()), e.position);
-      batch_.logits_tail.push_back(e.samples ? 1 + std::int32_t(drafts.size()) : 0);
+      batch_.logits_tail.push_back(e.samples ? 1 + std::int32_t(drafts.size() + window.size()) : 0);
       capacity_.push_back(alloc.capacity(e.id));
       if (it != live_.end() && it->second.first_position < 0) it->second.first_position = e.position;
       stats_.forward_tokens += std::int64_t(feed_.size());
@@ -556,7 +571,7 @@ class Engine {
     // Only the rows that are read: a sampling entry's last real token and
     // its drafts; nothing for a prefill chunk that does not end its prompt.
     batch_.logits = LogitsRows::PerEntry;
-    if (any_tree_) tree_layout_(plan);
+    if (any_masked_) tree_layout_(plan);
     if (speculating) ++stats_.spec_steps;
     logits_ = model_.forward(batch_);
     features_ = any_stream_ ? model_.last_features() : nullptr;
@@ -578,11 +593,12 @@ class Engine {
   void propose_(const sched::StepPlan& plan) {
     drafts_.resize(plan.entries.size());
     trees_.assign(plan.entries.size(), nullptr);
+    lookahead_trees_.resize(plan.entries.size());  // before any pointer into it is taken
     contexts_.resize(plan.entries.size());
     draft_jobs_.clear();
     tree_batch_.clear();
     step_model_drafts_ = 0;
-    any_tree_ = false;
+    any_masked_ = false;
     any_stream_ = false;
     const double d0 = now_();
     bool drafted = false;
@@ -602,6 +618,17 @@ class Engine {
       if (speculative::FeatureStream* stream = sp.feature_stream()) {
         trees_[i] = tree_batch_.add(*stream, model_.weights(), context.data(), std::int64_t(context.size()),
                                     e.num_drafts, model_.threads());
+      } else if (sp.is_lookahead()) {
+        // The window goes in whole or not at all (its Jacobi step reads its
+        // last level); the slots beyond it are the tree's, at most the nodes
+        // the policy chose (plan_drafts_ asked for them plus the window).
+        const int window = sp.window_rows();
+        const int chosen = batcher_->draft_tokens(e.id) - window;
+        const bool with_window = window > 0 && e.num_drafts > window;
+        const int nodes = std::min(chosen, with_window ? e.num_drafts - window : e.num_drafts);
+        sp.propose_lookahead(context, std::uint64_t(out.size()), nodes, with_window, lookahead_trees_[i],
+                             drafts_[i], e.id);
+        trees_[i] = &lookahead_trees_[i];
       } else if (sp.uses_draft_model())
         draft_jobs_.push_back(
             {e.id, &context, e.num_drafts, std::uint64_t(out.size()), r.sampling, &drafts_[i]});
@@ -610,9 +637,9 @@ class Engine {
     }
     // The feature drafters' trees, level by level for all requests at once.
     tree_batch_.draft(model_.weights(), model_.threads());
-    for (const speculative::TokenTree*& tree : trees_) {
-      if (tree && tree->tokens.empty()) tree = nullptr;
-      any_tree_ = any_tree_ || tree != nullptr;
+    for (std::size_t i = 0; i < trees_.size(); ++i) {
+      if (trees_[i] && trees_[i]->tokens.empty()) trees_[i] = nullptr;
+      any_masked_ = any_masked_ || trees_[i] != nullptr || !drafts_[i].extra.empty();
     }
     step_draft_passes_ = 0;
     step_draft_rows_ = 0;
@@ -660,7 +687,8 @@ class Engine {
       const std::size_t row0 = first_row_[i];
       if (!e.samples) continue;
       result_index_.push_back(e.sample_index);
-      // The logits row of the entry's last real token; its drafts' rows follow.
+      // The logits row of the entry's last real token; its drafts' rows follow
+      // (then lookahead's window's).
       const float* row = logits_ + row0 * std::size_t(vocab_);
       if (trees_[i]) {
         verify_tree_row_(plan, i, row);
@@ -678,8 +706,24 @@ class Engine {
         stats_.spec_emitted += std::int64_t(v.tokens.size());
         continue;
       }
-      result_.add(e.id, plain_.tokens[next_plain++]);
+      const TokenId token = plain_.tokens[next_plain++];
+      result_.add(e.id, token);
+      if (!drafts_[i].extra.empty()) observe_lookahead_(e, i, row, &token, 1, 0);
     }
+  }
+
+  // A lookahead entry that fed its tree or window: the pool learns the
+  // step's tokens (`n` emitted, `accepted` of them drafts) and the window's
+  // rows, which follow the root's and the nodes'.
+  void observe_lookahead_(const sched::PlanEntry& e, std::size_t i, const float* row, const TokenId* emitted,
+                          std::size_t n, int accepted) {
+    RequestSpeculation& sp = *live_.at(e.id).spec;
+    const std::size_t nodes = trees_[i] ? trees_[i]->tokens.size() : 0;
+    const int n_window = int(drafts_[i].extra.size());
+    std::vector<TokenId>& context = contexts_[i];  // prompt and output before the step (propose_)
+    context.insert(context.end(), emitted, emitted + n);
+    sp.observe_lookahead(context, accepted, n_window > 0 ? row + (1 + nodes) * std::size_t(vocab_) : nullptr,
+                         n_window);
   }
 
   // The rows that sample without speculation, picked in one call on the
@@ -700,10 +744,10 @@ class Engine {
                          plain_.indices.data(), plain_.tokens.data());
   }
 
-  // A pass with a token tree spells out every entry's positions and mask:
-  // a tree entry's as tree_batch.hpp lays them out (its unfed tokens
-  // causal, then the nodes), every other entry's causal block (its chain
-  // drafts, if any, are causal rows too).
+  // A pass with a token tree or a lookahead window spells out every entry's
+  // positions and mask: a tree entry's as tree_batch.hpp lays them out (its
+  // unfed tokens causal, then the nodes, then the window), every other
+  // entry's causal block (its chain drafts, if any, are causal rows too).
   void tree_layout_(const sched::StepPlan& plan) {
     batch_.positions.resize(std::size_t(batch_.rows()));
     std::size_t mask_bytes = 0;
@@ -713,12 +757,20 @@ class Engine {
     std::size_t at = 0;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const std::int32_t n = batch_.count(std::int32_t(i));
+      const sched::PlanEntry& e = plan.entries[i];
+      const speculative::DraftProposal& window = drafts_[i];
+      const int n_window = int(window.extra.size());
       const bool tree = trees_[i] != nullptr;
       const speculative::TokenTree& t = tree ? *trees_[i] : no_tree_;
       tree_depth_ = speculative::tree_depths(t);
-      speculative::tree_entry_layout(plan.entries[i].position, tree ? plan.entries[i].num_tokens : n, t,
-                                     tree_depth_, batch_.positions.data() + batch_.qo_indptr[i],
-                                     batch_.mask.data() + at, n);
+      std::int64_t* positions = batch_.positions.data() + batch_.qo_indptr[i];
+      std::uint8_t* mask = batch_.mask.data() + at;
+      speculative::tree_entry_layout(e.position, tree || n_window > 0 ? e.num_tokens : n, t, tree_depth_,
+                                     positions, mask, n);
+      if (n_window > 0)
+        speculative::extra_entry_layout(e.position + e.num_tokens - 1, e.num_tokens + t.size(),
+                                        window.extra_depth.data(), window.extra_mask.data(), n_window,
+                                        n_window, positions, mask, n);
       at += std::size_t(n) * std::size_t(n);
     }
   }
@@ -741,7 +793,8 @@ class Engine {
   // Verifies entry i's tree against its rows (row: the root's, the last
   // unfed token's), emits the accepted path and the target's token, keeps
   // the KV of the nodes already at their final slots and hands the accepted
-  // nodes' features to the request's stream.
+  // nodes' features to the request's stream (lookahead: the step's tokens
+  // and window rows to its pool).
   void verify_tree_row_(const sched::StepPlan& plan, std::size_t i, const float* row) {
     const sched::PlanEntry& e = plan.entries[i];
     RequestSpeculation& sp = *live_.at(e.id).spec;
@@ -749,12 +802,14 @@ class Engine {
     const speculative::VerifyOutcome v = sp.verify_tree(row, tree, std::uint64_t(e.sample_index));
     const int kept = speculative::kept_in_place(v.path);
     result_.add(e.id, v.tokens.data(), v.tokens.size(), kept);
+    if (sp.is_lookahead()) observe_lookahead_(e, i, row, v.tokens.data(), v.tokens.size(), v.accepted);
     const std::size_t dim = std::size_t(model_.config().dim);
     const std::int64_t first_node_row = std::int64_t(batch_.qo_indptr[i]) + e.num_tokens;
-    for (std::size_t j = 0; j < v.path.size(); ++j) {
-      const float* f = features_ + std::size_t(first_node_row + v.path[j]) * dim;
-      sp.feature_stream()->observe(e.position + e.num_tokens + std::int64_t(j), f, 1);
-    }
+    if (speculative::FeatureStream* stream = sp.feature_stream())
+      for (std::size_t j = 0; j < v.path.size(); ++j) {
+        const float* f = features_ + std::size_t(first_node_row + v.path[j]) * dim;
+        stream->observe(e.position + e.num_tokens + std::int64_t(j), f, 1);
+      }
     ++stats_.spec_rows;
     stats_.spec_drafted += tree.size();
     stats_.spec_accepted += v.accepted;
@@ -854,7 +909,8 @@ class Engine {
   // by the request's FeatureStream until its next draft).
   std::vector<const speculative::TokenTree*> trees_;
   speculative::FeatureTreeBatch tree_batch_;  // this step's feature-drafted trees
-  bool any_tree_ = false, any_stream_ = false;
+  std::vector<speculative::TokenTree> lookahead_trees_;  // per plan entry: a lookahead request's tree
+  bool any_masked_ = false, any_stream_ = false;  // a tree or a window this step; an EAGLE/MTP/Medusa request
   const float* features_ = nullptr;  // the last pass's features (when a feature-drafting request rode in it)
   speculative::TokenTree no_tree_;
   std::vector<int> tree_depth_;

@@ -11,11 +11,14 @@
 // beyond "propose" and "verify".
 #pragma once
 
+#include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <vector>
 
+#include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/engine/spec_policy.hpp"
@@ -27,10 +30,12 @@
 #include "fastinfer/speculative/eagle_tree.hpp"
 #include "fastinfer/speculative/early_exit_drafter.hpp"
 #include "fastinfer/speculative/feature_draft_stream.hpp"
+#include "fastinfer/speculative/lookahead_pool.hpp"
 #include "fastinfer/speculative/medusa_stream.hpp"
 #include "fastinfer/speculative/mtp_heads.hpp"
 #include "fastinfer/speculative/prompt_lookup.hpp"
 #include "fastinfer/speculative/speculative_verifier.hpp"
+#include "fastinfer/speculative/tree_batch.hpp"
 
 namespace fastinfer::engine {
 
@@ -62,6 +67,16 @@ struct SpecConfig {
   // and max_depth (0: every head); a request's k is its tree's node budget.
   std::shared_ptr<speculative::MedusaHeads> medusa_heads;
   speculative::DynamicTree medusa_tree{};
+  // Lookahead (SpecDrafter::Lookahead): the Jacobi window (W columns, N - 1
+  // levels) and the n-gram pool (G continuations per token) of every such
+  // request; a request's k is its tree's node budget. A drafting step feeds
+  // the window's W x (levels) rows beside the tree, so a step's budget
+  // (max_tokens_per_step) must hold them, the root and one node. Smaller
+  // than the paper's (and the batch-1 loop's) 5,4,5: in a batch the
+  // window's rows are paid by every request each step, and on the 110M
+  // stand-in (2 requests, Xeon, bf16) 5,4,5 ran at 0.84x of plain decoding
+  // with every row drafting, 3,3,4 at 1.0-1.1x (docs/speculative.md).
+  speculative::LookaheadConfig lookahead{3, 3, 4};
   // How a sampled (temperature > 0) speculating row verifies its drafts.
   // Coupled: the tokens are plain sampling's, whatever the drafts (a
   // request's tokens do not depend on its batch). Exact: Leviathan rejection
@@ -108,11 +123,18 @@ inline void validate_request_spec(const RequestSpec& s, const SpecConfig& cfg, i
   if (s.drafter == SpecDrafter::Eagle) detail::require_eagle_head(cfg);
   if (s.drafter == SpecDrafter::Mtp) detail::require_mtp_heads(cfg);
   if (s.drafter == SpecDrafter::Medusa) detail::require_medusa_heads(cfg);
-  if (detail::is_tree_drafter(s.drafter))
+  if (detail::is_tree_drafter(s.drafter) || s.drafter == SpecDrafter::Lookahead)
     FASTINFER_CHECK(
         cfg.sampled_rule != speculative::AcceptanceRule::TypicalLossy, InvalidArgument,
-        "EAGLE, MTP and Medusa trees in the engine verify with the exact or coupled rule; typical "
+        "EAGLE, MTP, Medusa and lookahead trees in the engine verify with the exact or coupled rule; typical "
         "acceptance (lossy) is refused (SpecConfig::sampled_rule)");
+  if (s.drafter == SpecDrafter::Lookahead) {
+    cfg.lookahead.validate();
+    FASTINFER_CHECK(
+        cfg.lookahead.window_rows() + 2 <= max_tokens_per_step, InvalidArgument,
+        "lookahead's window of W x (N - 1) = ", cfg.lookahead.window_rows(),
+        " rows, the root and one draft do not fit a step of max_tokens_per_step = ", max_tokens_per_step);
+  }
   if (s.drafter == SpecDrafter::EarlyExit)
     FASTINFER_CHECK(s.exit_layer >= 0 && s.exit_layer <= n_layers, InvalidArgument, "early-exit layer ",
                     s.exit_layer, " is outside [0, ", n_layers, "] (0: half the layers)");
@@ -149,6 +171,10 @@ class RequestSpeculation {
     } else if (spec.drafter == SpecDrafter::Medusa) {
       detail::require_medusa_heads(cfg);
       stream_ = std::make_unique<speculative::MedusaStream>(cfg.medusa_heads, cfg.medusa_tree);
+    } else if (spec.drafter == SpecDrafter::Lookahead) {
+      auto pool = std::make_unique<speculative::LookaheadPool>(cfg.lookahead, vocab_, &cpu::argmax_token<>);
+      lookahead_ = pool.get();
+      drafter_ = std::move(pool);
     } else {
       // The draft model is the engine's, shared by every request
       // (batched_draft.hpp): no drafter of its own.
@@ -164,7 +190,9 @@ class RequestSpeculation {
   // price: an early-exit draft costs exit_layer / n_layers of a token, a
   // draft model's its own share, a tree node its share of the head's
   // levels; the fit learns one price for whichever runs).
-  bool drafts_cost_passes() const { return spec_.drafter != SpecDrafter::PromptLookup; }
+  bool drafts_cost_passes() const {
+    return spec_.drafter != SpecDrafter::PromptLookup && spec_.drafter != SpecDrafter::Lookahead;
+  }
   // EAGLE and MTP: the request's feature stream (the engine feeds it every
   // computed row's feature and asks it for trees); null for chain drafters.
   speculative::FeatureStream* feature_stream() { return stream_.get(); }
@@ -174,8 +202,70 @@ class RequestSpeculation {
   SpecCandidate candidate() const {
     SpecCandidate c{acceptance_.value(), spec_.k, drafts_cost_passes(), &acceptance_.depths(),
                     uses_draft_model()};
-    if (stream_) c.budgets = &acceptance_.budgets();  // trees: priced by node budget
+    if (stream_ || lookahead_) c.budgets = &acceptance_.budgets();  // trees: priced by node budget
+    c.window_rows = double(window_rows());
     return c;
+  }
+
+  // Lookahead: whether the request drafts trees of its n-gram pool, and the
+  // rows of the Jacobi window a drafting step feeds beside them (W x the
+  // levels grown so far; 0 for other drafters).
+  bool is_lookahead() const { return lookahead_ != nullptr; }
+  int window_rows() const { return lookahead_ ? lookahead_->window_rows_now() : 0; }
+
+  // Lookahead's tree of at most `nodes` nodes after `context` (prompt and
+  // output so far; the next token is the request's token `index`) into
+  // `tree` and, with `with_window`, its Jacobi window into out.extra with
+  // its layout (out.tokens stays empty: the tree is the draft). Trimming a
+  // prefix in node order keeps the trees nested in the budget, so the node
+  // index is its rank (verify_tree). The pool first catches up with the
+  // tokens committed in steps it was not told about (plain decodes, steps
+  // without a tree or window): their n-grams, and the window moved to the
+  // new root.
+  void propose_lookahead(const std::vector<sched::TokenId>& context, std::uint64_t index, int nodes,
+                         bool with_window, speculative::TokenTree& tree, speculative::DraftProposal& out,
+                         sched::RequestId id) {
+    FASTINFER_CHECK(lookahead_ != nullptr, Error, "Engine: request ", id,
+                    " does not draft with lookahead (bug)");
+    const std::int64_t len = std::int64_t(context.size());
+    if (synced_ < 0) {
+      // As speculative_generate: begin() with the prompt, whose first output
+      // token is emitted before the first step moves the window.
+      const std::int64_t prompt = len - std::int64_t(index);
+      lookahead_->begin(std::vector<std::int32_t>(context.begin(), context.begin() + prompt));
+      synced_ = prompt + 1;
+    }
+    if (len > synced_) {
+      // As a step without the window that kept len - synced_ - 1 drafts.
+      lookahead_->observe(context, int(len - synced_ - 1), nullptr, 0);
+      synced_ = len;
+    }
+    lookahead_->propose(context, nodes > 0 ? lookahead_->config().ngram - 1 : 0, index, out);
+    tree.tokens.assign(out.tokens.begin(), out.tokens.end());
+    tree.parent.assign(out.parent.begin(), out.parent.end());
+    speculative::trim_tree(tree, INT_MAX, std::max(nodes, 0));
+    for (std::int32_t t : tree.tokens)
+      FASTINFER_CHECK(t >= 0 && t < vocab_, Error, "Engine: the lookahead pool of request ", id,
+                      " proposed token ", t, " outside the vocabulary");
+    out.tokens.clear();
+    out.parent.clear();
+    if (!with_window) {
+      out.extra.clear();
+      out.extra_depth.clear();
+      out.extra_mask.clear();
+    }
+  }
+
+  // Lookahead, after a step that fed its tree or window: `context` (prompt
+  // and output, the step's emitted tokens included), the accepted path's
+  // length, and the window's rows [n_window][vocab] (null, 0: not fed). The
+  // pool takes the text's n-grams, makes the window's Jacobi step and moves
+  // it to the new root, as the batch-1 loop's observe().
+  void observe_lookahead(const std::vector<sched::TokenId>& context, int accepted, const float* window_rows,
+                         int n_window) {
+    if (!lookahead_) return;
+    lookahead_->observe(context, accepted, window_rows, n_window);
+    synced_ = std::int64_t(context.size());
   }
 
   // At most max_drafts drafts after `context` (prompt and output so far),
@@ -214,9 +304,9 @@ class RequestSpeculation {
     speculative::VerifyOutcome v = verifier_->verify_tree(rows, tree, nullptr, index);
     // The ranks of the accepted path's nodes, where the stream knows them for this tree.
     path_ranks_.clear();
-    const bool ranked = stream_ && int(stream_->tree_ranks().size()) == tree.size();
-    if (ranked)
-      for (int node : v.path) path_ranks_.push_back(stream_->tree_ranks()[std::size_t(node)]);
+    const bool ranked = lookahead_ || (stream_ && int(stream_->tree_ranks().size()) == tree.size());
+    for (int node : v.path)
+      if (ranked) path_ranks_.push_back(lookahead_ ? node : stream_->tree_ranks()[std::size_t(node)]);
     acceptance_.update_tree(tree.size(), v.accepted, ranked ? &path_ranks_ : nullptr);
     ++rows_;
     drafted_ += tree.size();
@@ -235,6 +325,8 @@ class RequestSpeculation {
   RequestSpec spec_;
   int vocab_;
   std::unique_ptr<speculative::Drafter> drafter_;
+  speculative::LookaheadPool* lookahead_ = nullptr;  // drafter_, when it is lookahead's
+  std::int64_t synced_ = -1;  // lookahead: context length its window is anchored to (-1: not begun)
   std::unique_ptr<speculative::FeatureStream> stream_;
   std::unique_ptr<speculative::SpeculativeVerifier> verifier_;
   AcceptanceEstimate acceptance_;

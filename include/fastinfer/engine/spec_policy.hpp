@@ -64,11 +64,13 @@ enum class SpecDrafter {
   Eagle,         // EngineConfig::spec.eagle_head: a token tree of at most k nodes from the target's features
   Mtp,           // EngineConfig::spec.mtp_heads: as Eagle, tree level d from MTP module d
   Medusa,        // EngineConfig::spec.medusa_heads: a tree of at most k nodes from the heads' guesses
+  Lookahead,     // EngineConfig::spec.lookahead: a tree of at most k nodes from the request's n-gram pool,
+                 // and the Jacobi window fed beside it (speculative/lookahead_pool.hpp)
 };
 
 struct RequestSpec {
   SpecDrafter drafter = SpecDrafter::None;
-  std::int32_t k = 4;                        // most drafts per step (Eagle, Mtp, Medusa: tree nodes)
+  std::int32_t k = 4;  // most drafts per step (Eagle, Mtp, Medusa, Lookahead: tree nodes)
   std::int32_t lookup_max_ngram = 3;         // PromptLookup
   std::int32_t lookup_min_ngram = 1;
   std::int32_t exit_layer = 0;               // EarlyExit: draft layers; 0: half the model's
@@ -391,6 +393,9 @@ struct SpecCandidate {
   // A tree drafter's history by node budget (AcceptanceEstimate::budgets());
   // when set, it prices k rather than `depths`.
   const BudgetAcceptance* budgets = nullptr;
+  // Target rows a drafting step feeds beside its drafts, whatever their
+  // number (lookahead's Jacobi window): paid at k >= 1, nothing at k = 0.
+  double window_rows = 0;
 
   double expected(std::int32_t k) const {
     if (budgets) return budgets->expected_tokens(k);
@@ -446,19 +451,21 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
       const SpecCandidate& c = cands[i];
       const std::int32_t cap = c.batched_drafter ? std::min(c.max_k, passes) : c.max_k;
       double best = emitted / cost.seconds(tokens, drafts, passes, rows, keys);
+      const double window = std::max(c.window_rows, 0.0);
       for (std::int32_t kk = 1; kk <= cap; ++kk) {
         const double e = emitted + c.expected(kk) - 1.0;
-        const double r = e / cost.seconds(tokens + kk, drafts + (c.model_drafter ? kk : 0), passes,
-                                          rows + draft_rows(c, kk), keys + kk * c.context);
+        const double r = e / cost.seconds(tokens + kk + window, drafts + (c.model_drafter ? kk : 0), passes,
+                                          rows + draft_rows(c, kk), keys + (kk + window) * c.context);
         if (r > best * (1.0 + 1e-9)) {
           best = r;
           trial[i] = kk;
         }
       }
+      const double fed = trial[i] > 0 ? trial[i] + window : 0.0;
       emitted += c.expected(trial[i]) - 1.0;
-      tokens += trial[i];
+      tokens += fed;
       rows += draft_rows(c, trial[i]);
-      keys += trial[i] * c.context;
+      keys += fed * c.context;
       if (c.model_drafter) drafts += trial[i];
     }
     const double rate = emitted / cost.seconds(tokens, drafts, passes, rows, keys);

@@ -64,14 +64,33 @@
 namespace fastinfer::speculative {
 
 struct LookaheadConfig {
+  static constexpr int kMaxWindow = 256, kMaxNgram = 32, kMaxGuesses = 256;
+
   int window = 5;  // W: Jacobi window (guessed tokens fed per step)
   int ngram = 4;   // N: n-gram size (drafts are N - 1 tokens)
   int guesses = 5; // G: continuations kept per first token
+
+  // Rows of the full window: W columns x (N - 1) levels.
+  int window_rows() const { return window * (ngram - 1); }
+
+  // Throws InvalidArgument naming the bad value. One step feeds W x (N - 1)
+  // window tokens plus up to G x (N - 1) draft tokens; the pool keeps G
+  // n-grams per token. Bounds far past the paper's settings (W, G <= 15,
+  // N <= 8) keep a typo from sizing gigabytes.
+  void validate() const {
+    FASTINFER_CHECK(window >= 1, InvalidArgument, "lookahead window W must be >= 1, got ", window);
+    FASTINFER_CHECK(ngram >= 2, InvalidArgument, "lookahead n-gram size N must be >= 2, got ", ngram);
+    FASTINFER_CHECK(guesses >= 1, InvalidArgument, "lookahead guess set G must be >= 1, got ", guesses);
+    FASTINFER_CHECK(window <= kMaxWindow && ngram <= kMaxNgram && guesses <= kMaxGuesses, InvalidArgument,
+                    "lookahead W,N,G = ", window, ",", ngram, ",", guesses, " exceeds the limits ",
+                    kMaxWindow, ",", kMaxNgram, ",", kMaxGuesses);
+  }
 };
 
 class LookaheadPool final : public Drafter {
  public:
-  static constexpr int kMaxWindow = 256, kMaxNgram = 32, kMaxGuesses = 256;
+  static constexpr int kMaxWindow = LookaheadConfig::kMaxWindow, kMaxNgram = LookaheadConfig::kMaxNgram,
+                       kMaxGuesses = LookaheadConfig::kMaxGuesses;
 
   // The greedy choice of a window row: first_argmax (std-only) unless the
   // caller passes its backend's (the programs pass cpu::argmax_token: the
@@ -80,16 +99,8 @@ class LookaheadPool final : public Drafter {
 
   LookaheadPool(LookaheadConfig config, int vocab, Argmax argmax = &first_argmax)
       : c_(config), vocab_(vocab), argmax_(argmax) {
-    FASTINFER_CHECK(c_.window >= 1, InvalidArgument, "lookahead window W must be >= 1, got ", c_.window);
-    FASTINFER_CHECK(c_.ngram >= 2, InvalidArgument, "lookahead n-gram size N must be >= 2, got ", c_.ngram);
-    FASTINFER_CHECK(c_.guesses >= 1, InvalidArgument, "lookahead guess set G must be >= 1, got ", c_.guesses);
+    c_.validate();
     FASTINFER_CHECK(vocab >= 1, InvalidArgument, "vocabulary size must be positive, got ", vocab);
-    // One step feeds W x (N - 1) window tokens plus up to G x (N - 1) draft
-    // tokens; the pool keeps G n-grams per token. Bounds far past the
-    // paper's settings (W, G <= 15, N <= 8) keep a typo from sizing gigabytes.
-    FASTINFER_CHECK(c_.window <= kMaxWindow && c_.ngram <= kMaxNgram && c_.guesses <= kMaxGuesses, InvalidArgument,
-                    "lookahead W,N,G = ", c_.window, ",", c_.ngram, ",", c_.guesses, " exceeds the limits ", kMaxWindow,
-                    ",", kMaxNgram, ",", kMaxGuesses);
   }
 
   const LookaheadConfig& config() const { return c_; }
@@ -200,7 +211,7 @@ class LookaheadPool final : public Drafter {
     for (int s = std::max(0, fed_text_ - c_.ngram + 1); s + c_.ngram <= len; ++s)
       add_ngram(context.data() + s, c_.ngram);
     fed_text_ = len;
-    const int fed = c_.window * int(levels_.size());
+    const int fed = window_rows_now();
     if (!extra_logits || n_extra < fed) {
       // The window did not fit this pass (or the step was a plain decode):
       // no Jacobi step, but the root still moved accepted + 1 positions.
@@ -214,6 +225,9 @@ class LookaheadPool final : public Drafter {
     jacobi_step(outputs);
     shift_window(accepted, context);
   }
+
+  // Rows of the window propose() feeds now: W x the levels it has grown to.
+  int window_rows_now() const { return c_.window * int(levels_.size()); }
 
  private:
   // A stand-in guess for window column `i`: a context token picked by a

@@ -122,6 +122,29 @@ inline void tree_entry_layout(std::int64_t start, int n_pending, const TokenTree
     for (int a = i; a >= 0; a = tree.parent[std::size_t(a)]) m(n_pending + i, n_pending + a) = 1;
 }
 
+// The extras' part of an entry laid out by tree_entry_layout: extra e is
+// row x0 + e of the entry's mask block (side `side`), at RoPE position
+// root + extra_depth[e], and sees the earlier extras its row of extra_mask
+// ([extra_stride]^2 row-major; only the top-left n_extra block is read)
+// names, besides the pending columns tree_entry_layout gave it.
+inline void extra_entry_layout(std::int64_t root, int x0, const int* extra_depth,
+                               const std::uint8_t* extra_mask, int n_extra, int extra_stride,
+                               std::int64_t* positions, std::uint8_t* mask, int side) {
+  FASTINFER_CHECK(n_extra >= 0 && n_extra <= extra_stride && x0 >= 1 && x0 + n_extra <= side, InvalidArgument,
+                  "extra layout: ", n_extra, " extra tokens (mask stride ", extra_stride, ") from row ", x0,
+                  " in a block of side ", side);
+  for (int e = 0; e < n_extra; ++e) {
+    FASTINFER_CHECK(extra_depth[e] >= 1, InvalidArgument, "extra token ", e, " has depth ", extra_depth[e],
+                    " (must be >= 1: it comes after the root)");
+    positions[x0 + e] = root + extra_depth[e];
+    for (int f = 0; f < n_extra; ++f)
+      if (extra_mask[std::size_t(e) * std::size_t(extra_stride) + std::size_t(f)]) {
+        FASTINFER_CHECK(f <= e, InvalidArgument, "extra token ", e, " may not see the later extra ", f);
+        mask[std::size_t(x0 + e) * std::size_t(side) + std::size_t(x0 + f)] = 1;
+      }
+  }
+}
+
 // Fills `batch` for one sequence. extra_mask is [n_extra_full][n_extra_full]
 // row-major with n_extra_full = extra_stride; only its top-left
 // n_extra x n_extra block is used, so a prefix of the extras may be fed
@@ -145,21 +168,8 @@ inline void build_tree_batch(ForwardBatch& batch, SeqId seq, const std::int32_t*
   batch.positions.resize(std::size_t(n));
   batch.mask.assign(std::size_t(n) * std::size_t(n), 0);
   tree_entry_layout(start, n_pending, tree, depth, batch.positions.data(), batch.mask.data(), n);
-  for (int e = 0; e < n_extra; ++e) {
-    FASTINFER_CHECK(extra_depth[e] >= 1, InvalidArgument, "extra token ", e, " has depth ", extra_depth[e],
-                    " (must be >= 1: it comes after the root)");
-    batch.positions[std::size_t(n_pending + t + e)] = root + extra_depth[e];
-  }
-  auto m = [&](int r, int c) -> std::uint8_t& {
-    return batch.mask[std::size_t(r) * std::size_t(n) + std::size_t(c)];
-  };
-  const int x0 = n_pending + t;
-  for (int e = 0; e < n_extra; ++e)
-    for (int f = 0; f < n_extra; ++f)
-      if (extra_mask[std::size_t(e) * std::size_t(extra_stride) + std::size_t(f)]) {
-        FASTINFER_CHECK(f <= e, InvalidArgument, "extra token ", e, " may not see the later extra ", f);
-        m(x0 + e, x0 + f) = 1;
-      }
+  extra_entry_layout(root, n_pending + t, extra_depth, extra_mask, n_extra, extra_stride,
+                     batch.positions.data(), batch.mask.data(), n);
 }
 
 }  // namespace fastinfer::speculative
