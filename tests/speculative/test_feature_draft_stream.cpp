@@ -13,10 +13,13 @@
 #include <vector>
 
 #include "common/eagle_flags.hpp"
+#include "common/medusa_flags.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/speculative/eagle_generate.hpp"
 #include "fastinfer/speculative/feature_draft_stream.hpp"
+#include "fastinfer/speculative/feature_tree_batch.hpp"
+#include "fastinfer/speculative/medusa_stream.hpp"
 #include "shared_dir.hpp"
 
 namespace sp = fastinfer::speculative;
@@ -175,25 +178,35 @@ TEST_CASE(
   fastinfer::LlamaModel<> model(w);
   const sp::EagleHead eagle = fastinfer::examples::eagle_head_from_flag("random:7", w.config);
   const sp::MtpHeads mtp = fastinfer::examples::mtp_heads_from_flag("random:5", w.config);
+  const auto medusa =
+      std::make_shared<sp::MedusaHeads>(fastinfer::examples::medusa_heads_from_flag("random:3", w.config));
+  const auto other_medusa =
+      std::make_shared<sp::MedusaHeads>(fastinfer::examples::medusa_heads_from_flag("random:9", w.config));
   const sp::EagleTreeConfig cfg{3, 3, 8};
-  // Five requests of different lengths (so different committed rows, and
-  // trees of different shapes): three EAGLE, two MTP, node budgets 0..8.
+  const sp::DynamicTree medusa_tree{0, 3, 0};
+  // Eight requests of different lengths (so different committed rows, and
+  // trees of different shapes): three EAGLE, two MTP, two Medusa sharing
+  // heads and one with heads of its own; node budgets 0..8.
+  enum Kind { kEagle, kMtp, kMedusa, kOtherMedusa };
   struct Req {
-    bool is_eagle;
+    Kind kind;
     int nodes;
     std::vector<std::int32_t> tokens;
     std::vector<float> feats;
   };
+  const Kind kinds[] = {kEagle, kMtp, kEagle, kMtp, kEagle, kMedusa, kOtherMedusa, kMedusa};
+  const int budgets[] = {8, 4, 1, 8, 0, 6, 5, 2};
   std::vector<Req> reqs;
-  for (int r = 0; r < 5; ++r) {
-    Req q{r != 1 && r != 3, std::vector<int>{8, 4, 1, 8, 0}[std::size_t(r)], {1}, {}};
+  for (int r = 0; r < 8; ++r) {
+    Req q{kinds[r], budgets[r], {1}, {}};
     for (int i = 0; i < 14 + 5 * r; ++i) q.tokens.push_back(3 + (i * (31 + 6 * r) + r) % 500);
     q.feats = features_of(model, q.tokens);
     reqs.push_back(std::move(q));
   }
   auto make_stream = [&](const Req& q) -> std::unique_ptr<sp::FeatureStream> {
-    if (q.is_eagle) return std::make_unique<sp::EagleStream>(eagle, cfg);
-    return std::make_unique<sp::MtpStream>(mtp, cfg);
+    if (q.kind == kEagle) return std::make_unique<sp::EagleStream>(eagle, cfg);
+    if (q.kind == kMtp) return std::make_unique<sp::MtpStream>(mtp, cfg);
+    return std::make_unique<sp::MedusaStream>(q.kind == kMedusa ? medusa : other_medusa, medusa_tree);
   };
   std::vector<std::unique_ptr<sp::FeatureStream>> together, alone;
   for (const Req& q : reqs) {
@@ -221,10 +234,11 @@ TEST_CASE(
       const sp::TokenTree& want = alone[r]->draft(w, reqs[r].tokens.data(), lens[r], reqs[r].nodes, 1);
       CHECK(got[r]->tokens == want.tokens);
       CHECK(got[r]->parent == want.parent);
+      CHECK(together[r]->tree_ranks() == alone[r]->tree_ranks());
       CHECK(int(got[r]->tokens.size()) <= reqs[r].nodes);
       nonempty += want.tokens.empty() ? 0 : 1;
     }
-    CHECK(nonempty == 4);  // every request but the one with no node budget
+    CHECK(nonempty == 7);  // every request but the one with no node budget
   }
 }
 

@@ -68,7 +68,8 @@
 // step's trees grow together (speculative::FeatureTreeBatch: each level of
 // every EAGLE request's tree is one head forward and one LM-head product,
 // likewise MTP's), so the head's weights stream once a level, not once per
-// request; Medusa's heads run request by request (speculative/medusa_stream.hpp).
+// request; Medusa's heads run once a step for every Medusa request's row
+// (MedusaStream::draft_staged; speculative/feature_tree_batch.hpp).
 // Lookahead (SpecDrafter::Lookahead) drafts its tree from the request's
 // n-gram pool and feeds its Jacobi window after the nodes: [unfed tokens |
 // nodes | window], the window's rows seeing the unfed tokens and each other
@@ -113,6 +114,7 @@
 #include "fastinfer/sched/continuous_batcher.hpp"
 #include "fastinfer/sched/radix_prefix_provider.hpp"
 #include "fastinfer/speculative/feature_draft_stream.hpp"
+#include "fastinfer/speculative/feature_tree_batch.hpp"
 #include "fastinfer/speculative/tree_batch.hpp"
 #include "fastinfer/transfer/kv_descriptor.hpp"
 

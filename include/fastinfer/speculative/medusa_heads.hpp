@@ -102,38 +102,53 @@ class MedusaHeads {
                     ", the model's is ", c.vocab_size);
   }
 
-  // Logits of head k for one hidden row: out[vocab]. `shared` is the model's
+  // Logits of head k for `rows` hidden rows [rows][dim]: out[rows][vocab]
+  // (several rows: the Engine's Medusa requests of a step, whose products
+  // then stream the head's weights once). `shared` is the model's
   // classifier (weights().classifier), read only when the heads share it.
   // The two products run as `backend`'s linear (the model's backend: the
   // same kernels and threads as the model); the bias and SiLU are a few
   // host floats. Uses member scratch: one caller at a time.
   template <class Backend>
-  void head_logits(Backend& backend, int k, const float* hidden, const MatrixView& shared, float* out) {
+  void head_logits(Backend& backend, int k, const float* hidden, const MatrixView& shared, float* out,
+                   int rows = 1) {
     // The heads' weights and scratch are host vectors and the hidden row is
     // last_hidden()'s host copy: a device backend needs them uploaded first.
     static_assert(Backend::kHostVisible,
                   "MedusaHeads::head_logits: heads run on host-visible backends only (a device backend would need "
                   "the heads and the hidden row in its memory)");
     check_head_(k);
+    FASTINFER_CHECK(rows >= 1, InvalidArgument, "Medusa head logits of ", rows, " rows");
+    const std::size_t d = std::size_t(dim_);
+    r_.resize(std::size_t(rows) * d);
     if (!compact_.empty()) {
       // Padded heads: the zero rows and columns contribute nothing, whatever
       // the input (r_i = h_i + SiLU(0) = h_i beyond the original width, and
       // an own classifier's extra columns are zero), so compute at the
       // original width: on a 110M stand-in that reads 4 MB per step, not 34.
       MedusaHeads& c = compact_.front();
-      if (!shared_) return c.head_logits(backend, k, hidden, shared, out);
-      c.residual_(backend, k, hidden, r_.data());
-      std::copy(hidden + c.dim_, hidden + dim_, r_.begin() + c.dim_);
+      const std::size_t cd = std::size_t(c.dim_);
+      narrow_.resize(std::size_t(rows) * cd);
+      for (std::size_t r = 0; r < std::size_t(rows); ++r)
+        std::copy(hidden + r * d, hidden + r * d + cd, narrow_.begin() + std::ptrdiff_t(r * cd));
+      if (!shared_) return c.head_logits(backend, k, narrow_.data(), shared, out, rows);
+      c.r_.resize(std::size_t(rows) * cd);
+      c.residual_(backend, k, narrow_.data(), c.r_.data(), rows);
+      for (std::size_t r = 0; r < std::size_t(rows); ++r) {
+        std::copy(c.r_.begin() + std::ptrdiff_t(r * cd), c.r_.begin() + std::ptrdiff_t((r + 1) * cd),
+                  r_.begin() + std::ptrdiff_t(r * d));
+        std::copy(hidden + r * d + cd, hidden + (r + 1) * d, r_.begin() + std::ptrdiff_t(r * d + cd));
+      }
     } else {
-      residual_(backend, k, hidden, r_.data());
+      residual_(backend, k, hidden, r_.data(), rows);
     }
     if (shared_) {
       FASTINFER_CHECK(shared.data != nullptr && shared.rows == vocab_ && shared.cols == dim_, InvalidArgument,
                       "Medusa heads share the model's classifier: expected [", vocab_, "][", dim_, "], got [",
                       shared.rows, "][", shared.cols, "]");
-      backend.linear(shared, r_.data(), 1, out);
+      backend.linear(shared, r_.data(), rows, out);
     } else {
-      backend.linear(MatrixView{DType::F32, classifier(k), vocab_, dim_}, r_.data(), 1, out);
+      backend.linear(MatrixView{DType::F32, classifier(k), vocab_, dim_}, r_.data(), rows, out);
     }
   }
 
@@ -242,15 +257,17 @@ class MedusaHeads {
   }
 
  private:
-  // r = h + SiLU(W_k h + b_k) into r[0, dim).
+  // r = h + SiLU(W_k h + b_k) for each of `rows` rows [rows][dim].
   template <class Backend>
-  void residual_(Backend& backend, int k, const float* hidden, float* r) {
+  void residual_(Backend& backend, int k, const float* hidden, float* r, int rows) {
     const MatrixView w{DType::F32, residual_weight(k), dim_, dim_};
-    backend.linear(w, hidden, 1, h1_.data());
+    const std::size_t n = std::size_t(rows) * std::size_t(dim_);
+    h1_.resize(n);
+    backend.linear(w, hidden, rows, h1_.data());
     const float* b = residual_bias(k);
-    for (int i = 0; i < dim_; ++i) {
-      const float a = h1_[std::size_t(i)] + b[i];
-      r[i] = hidden[i] + a / (1.0f + std::exp(-a));
+    for (std::size_t e = 0; e < n; ++e) {
+      const float a = h1_[e] + b[e % std::size_t(dim_)];
+      r[e] = hidden[e] + a / (1.0f + std::exp(-a));
     }
   }
 
@@ -267,7 +284,7 @@ class MedusaHeads {
   int k_ = 0, dim_ = 0, vocab_ = 0;
   bool shared_ = true;
   std::vector<float> w_, b_, c_;
-  std::vector<float> h1_, r_;  // scratch of head_logits
+  std::vector<float> h1_, r_, narrow_;  // scratch of head_logits
   // Padded heads (padded_to) keep the unpadded ones to compute with; the
   // padded weights above stay the documented layout (files, accessors).
   // (0 or 1 element: a vector so that copies are deep and own their scratch).

@@ -248,30 +248,54 @@ inline void tree_verify_batch(const std::int32_t* pending, int n_pending, std::i
   }
 }
 
+// Top-n guesses of the first depth[r] heads for each of `rows` hidden rows
+// [rows][dim] (g[r]: row r's; n[r] guesses per head). Each head's products
+// run once for all the rows (the Engine's Medusa requests of a step: the
+// head's weights and the classifier stream once, not once per request);
+// rows needing fewer heads ride along in the deeper heads' products.
+template <class Backend>
+void medusa_guesses_rows(Backend& backend, MedusaHeads& heads, const float* hidden, const MatrixView& shared,
+                         int rows, const int* n, const int* depth, HeadGuesses* g,
+                         std::vector<float>& scratch) {
+  const int vocab = heads.vocab();
+  int max_depth = 0;
+  for (int r = 0; r < rows; ++r) {
+    FASTINFER_CHECK(depth[r] >= 0 && depth[r] <= heads.num_heads() && n[r] >= 1, InvalidArgument,
+                    "Medusa guesses: row ", r, " asks for ", n[r], " guesses of ", depth[r], " heads (",
+                    heads.num_heads(), " heads)");
+    max_depth = std::max(max_depth, depth[r]);
+    g[r].tokens.resize(std::size_t(depth[r]));
+    g[r].probs.resize(std::size_t(depth[r]));
+  }
+  if (rows <= 0 || max_depth == 0) return;
+  scratch.resize(std::size_t(rows) * std::size_t(vocab));
+  std::vector<std::int32_t> idx(static_cast<std::size_t>(vocab));
+  for (int k = 0; k < max_depth; ++k) {
+    heads.head_logits(backend, k, hidden, shared, scratch.data(), rows);
+    for (int r = 0; r < rows; ++r) {
+      if (k >= depth[r]) continue;
+      float* logits = scratch.data() + std::size_t(r) * std::size_t(vocab);
+      const int m = std::min(n[r], vocab);
+      const float mx = *std::max_element(logits, logits + vocab);
+      double total = 0;
+      for (int t = 0; t < vocab; ++t) total += double(logits[t] = std::exp(logits[t] - mx));
+      std::iota(idx.begin(), idx.end(), 0);
+      std::partial_sort(idx.begin(), idx.begin() + m, idx.end(), [&](std::int32_t a, std::int32_t b) {
+        return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+      });
+      g[r].tokens[std::size_t(k)].assign(idx.begin(), idx.begin() + m);
+      g[r].probs[std::size_t(k)].resize(std::size_t(m));
+      for (int j = 0; j < m; ++j)
+        g[r].probs[std::size_t(k)][std::size_t(j)] = float(logits[idx[std::size_t(j)]] / total);
+    }
+  }
+}
+
 // Top-n guesses of every head for one hidden row.
 template <class Backend>
-void medusa_guesses(Backend& backend, MedusaHeads& heads, const float* hidden, const MatrixView& shared, int n,
-                    int depth, HeadGuesses& g, std::vector<float>& scratch) {
-  const int vocab = heads.vocab();
-  n = std::min(n, vocab);
-  g.tokens.resize(std::size_t(depth));
-  g.probs.resize(std::size_t(depth));
-  scratch.resize(std::size_t(vocab));
-  std::vector<std::int32_t> idx(static_cast<std::size_t>(vocab));
-  for (int k = 0; k < depth; ++k) {
-    heads.head_logits(backend, k, hidden, shared, scratch.data());
-    const float mx = *std::max_element(scratch.begin(), scratch.end());
-    double total = 0;
-    for (float& x : scratch) total += double(x = std::exp(x - mx));
-    std::iota(idx.begin(), idx.end(), 0);
-    std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](std::int32_t a, std::int32_t b) {
-      return scratch[std::size_t(a)] != scratch[std::size_t(b)] ? scratch[std::size_t(a)] > scratch[std::size_t(b)]
-                                                                : a < b;
-    });
-    g.tokens[std::size_t(k)].assign(idx.begin(), idx.begin() + n);
-    g.probs[std::size_t(k)].resize(std::size_t(n));
-    for (int r = 0; r < n; ++r) g.probs[std::size_t(k)][std::size_t(r)] = float(scratch[std::size_t(idx[std::size_t(r)])] / total);
-  }
+void medusa_guesses(Backend& backend, MedusaHeads& heads, const float* hidden, const MatrixView& shared,
+                    int n, int depth, HeadGuesses& g, std::vector<float>& scratch) {
+  medusa_guesses_rows(backend, heads, hidden, shared, 1, &n, &depth, &g, scratch);
 }
 
 struct MedusaOptions {
