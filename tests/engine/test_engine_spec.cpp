@@ -411,6 +411,11 @@ TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a larg
     CHECK(fe::drafts_under_policy(pol, dear, 3, 3, {priced, priced}, 100, 0, pol.revisit_every - 1) ==
           K{0, 0});
     CHECK(fe::drafts_under_policy(pol, dear, 3, 3, {priced, priced}, 100, 0, pol.revisit_every) == K{4, 0});
+    // A candidate that expects nothing of its drafts (a lookahead request
+    // with no n-gram for its root) is passed over.
+    const fe::SpecCandidate nothing{0.0, 4, false};
+    CHECK(fe::drafts_under_policy(pol, dear, 3, 3, {nothing, priced}, 100, 0, pol.revisit_every) == K{0, 4});
+    CHECK(fe::drafts_under_policy(pol, dear, 3, 3, {nothing, nothing}, 100, 0, pol.revisit_every) == K{0, 0});
     fe::SpecAdaptive never = pol;
     never.revisit_every = 0;
     CHECK(fe::drafts_under_policy(never, dear, 3, 3, {priced, priced}, 100, 0, 1000) == K{0, 0});

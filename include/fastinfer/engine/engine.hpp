@@ -373,7 +373,10 @@ class Engine {
                double(step_draft_rows_), double(step_keys_), t3 - t1);
       last_plain_tokens_ = plan.num_tokens();
       last_plain_keys_ = step_plain_keys_;
-      steps_without_drafts_ = step_model_drafts_ > 0 ? 0 : steps_without_drafts_ + 1;
+      // Any row beyond the plan's tokens is a draft or a lookahead window's
+      // (step_model_drafts_ misses drafts that cost no draft pass: prompt
+      // lookup's and lookahead's, which kept the revisit firing every step).
+      steps_without_drafts_ = batch_.rows() > plan.num_tokens() ? 0 : steps_without_drafts_ + 1;
     }
     if (cache_ && cfg_.cache_at_prefill_end) cache_prefills_(plan);
     const std::vector<RequestId>& done = batcher_->commit(result_);
@@ -498,9 +501,15 @@ class Engine {
       }
       cand_ids_.push_back(id);
       cand_unfed_.push_back(std::int32_t(unfed));
-      cands_.push_back(kv.second.spec->candidate());
       const Request& r = batcher_->request(id);
       const std::vector<TokenId>& out = batcher_->output(id);
+      if (kv.second.spec->is_lookahead()) {
+        // Its candidacy reads its pool: bring the pool up to the text first.
+        catch_up_context_.assign(r.prompt.begin(), r.prompt.end());
+        catch_up_context_.insert(catch_up_context_.end(), out.begin(), out.end());
+        kv.second.spec->sync_lookahead(catch_up_context_, std::uint64_t(out.size()));
+      }
+      cands_.push_back(kv.second.spec->candidate(out.empty() ? r.prompt.back() : out.back()));
       cands_.back().remaining_tokens = double(r.max_new_tokens) - double(out.size());
       cands_.back().context = double(len);
       if (cands_.back().batched_drafter && draft_) {

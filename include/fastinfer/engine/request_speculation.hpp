@@ -198,8 +198,18 @@ class RequestSpeculation {
   speculative::FeatureStream* feature_stream() { return stream_.get(); }
   const speculative::FeatureStream* feature_stream() const { return stream_.get(); }
 
-  // What the policy weighs for it this step: at most max_k drafts.
-  SpecCandidate candidate() const {
+  // What the policy weighs for it this step, `last` being its last token
+  // (the root of a tree): at most max_k drafts. A lookahead request whose
+  // pool holds no n-gram after `last` drafts no tree this step whatever its
+  // k: it expects one token (the adaptive switch keeps it plain; its
+  // window's n-grams for later steps are not priced), while SpecAlways
+  // still feeds its window.
+  SpecCandidate candidate(sched::TokenId last) const {
+    if (lookahead_ && lookahead_->continuations(last).empty()) {
+      SpecCandidate none{0.0, spec_.k, false, nullptr, false};
+      none.window_rows = double(window_rows());
+      return none;
+    }
     SpecCandidate c{acceptance_.value(), spec_.k, drafts_cost_passes(), &acceptance_.depths(),
                     uses_draft_model()};
     if (stream_ || lookahead_) c.budgets = &acceptance_.budgets();  // trees: priced by node budget
@@ -218,28 +228,13 @@ class RequestSpeculation {
   // `tree` and, with `with_window`, its Jacobi window into out.extra with
   // its layout (out.tokens stays empty: the tree is the draft). Trimming a
   // prefix in node order keeps the trees nested in the budget, so the node
-  // index is its rank (verify_tree). The pool first catches up with the
-  // tokens committed in steps it was not told about (plain decodes, steps
-  // without a tree or window): their n-grams, and the window moved to the
-  // new root.
+  // index is its rank (verify_tree).
   void propose_lookahead(const std::vector<sched::TokenId>& context, std::uint64_t index, int nodes,
                          bool with_window, speculative::TokenTree& tree, speculative::DraftProposal& out,
                          sched::RequestId id) {
     FASTINFER_CHECK(lookahead_ != nullptr, Error, "Engine: request ", id,
                     " does not draft with lookahead (bug)");
-    const std::int64_t len = std::int64_t(context.size());
-    if (synced_ < 0) {
-      // As speculative_generate: begin() with the prompt, whose first output
-      // token is emitted before the first step moves the window.
-      const std::int64_t prompt = len - std::int64_t(index);
-      lookahead_->begin(std::vector<std::int32_t>(context.begin(), context.begin() + prompt));
-      synced_ = prompt + 1;
-    }
-    if (len > synced_) {
-      // As a step without the window that kept len - synced_ - 1 drafts.
-      lookahead_->observe(context, int(len - synced_ - 1), nullptr, 0);
-      synced_ = len;
-    }
+    sync_lookahead(context, index);
     lookahead_->propose(context, nodes > 0 ? lookahead_->config().ngram - 1 : 0, index, out);
     tree.tokens.assign(out.tokens.begin(), out.tokens.end());
     tree.parent.assign(out.parent.begin(), out.parent.end());
@@ -253,6 +248,28 @@ class RequestSpeculation {
       out.extra.clear();
       out.extra_depth.clear();
       out.extra_mask.clear();
+    }
+  }
+
+  // Lookahead: the pool catches up with the tokens committed in steps it was
+  // not told about (prefill, plain decodes, steps without a tree or
+  // window): their n-grams, and the window moved to the new root.
+  // `context`: prompt and output, the next token being the request's token
+  // `index`. Nothing for other drafters.
+  void sync_lookahead(const std::vector<sched::TokenId>& context, std::uint64_t index) {
+    if (!lookahead_) return;
+    const std::int64_t len = std::int64_t(context.size());
+    if (synced_ < 0) {
+      // As speculative_generate: begin() with the prompt, whose first output
+      // token is emitted before the first step moves the window.
+      const std::int64_t prompt = len - std::int64_t(index);
+      lookahead_->begin(std::vector<std::int32_t>(context.begin(), context.begin() + prompt));
+      synced_ = prompt + 1;
+    }
+    if (len > synced_) {
+      // As a step without the window that kept len - synced_ - 1 drafts.
+      lookahead_->observe(context, int(len - synced_ - 1), nullptr, 0);
+      synced_ = len;
     }
   }
 

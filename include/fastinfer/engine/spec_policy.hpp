@@ -86,7 +86,8 @@ struct SpecAdaptive {
   // explore_every-th step (choose_drafts); a lone candidate every step.
   std::int32_t explore_every = 4;
   // With a valid fit, after this many steps in which nothing was drafted,
-  // the first candidate drafts its max_k once: a price learnt from one cold
+  // the first candidate that expects anything of its drafts drafts its
+  // max_k once: a price learnt from one cold
   // step (a first tree commits the whole prompt to its head) would
   // otherwise never be looked at again. 0: never.
   std::int32_t revisit_every = 32;
@@ -504,8 +505,15 @@ inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, c
             out = choose_drafts(cost, std::max(last_plain_tokens, double(running)), double(running), cands,
                                 last_plain_keys);
           const bool none = std::all_of(out.begin(), out.end(), [](std::int32_t k) { return k == 0; });
-          if (cost.valid && none && !cands.empty() && pol.revisit_every > 0 && idle >= pol.revisit_every)
-            out[0] = cands[0].max_k;
+          if (cost.valid && none && pol.revisit_every > 0 && idle >= pol.revisit_every) {
+            // The first candidate that expects anything of its drafts (a
+            // lookahead request with no n-gram for its root expects nothing).
+            for (std::size_t i = 0; i < cands.size(); ++i)
+              if (cands[i].max_k > 0 && cands[i].expected(cands[i].max_k) > 1.0 + 1e-9) {
+                out[i] = cands[i].max_k;
+                break;
+              }
+          }
         }
         return out;
       },
