@@ -219,10 +219,7 @@ class Engine {
     if (cfg_.spec.eagle_head || cfg_.spec.mtp_heads) cfg_.spec.eagle_tree.validate();
     if (cfg_.spec.medusa_heads) {
       cfg_.spec.medusa_heads->check_compatible(model.config());
-      const speculative::DynamicTree& t = cfg_.spec.medusa_tree;
-      FASTINFER_CHECK(t.top_k >= 1 && t.max_depth >= 0, InvalidArgument,
-                      "EngineConfig::spec.medusa_tree needs top_k >= 1 and max_depth >= 0, got ", t.top_k,
-                      " and ", t.max_depth);
+      cfg_.spec.medusa_tree.validate_shape("EngineConfig::spec.medusa_tree");
     }
     validate_spec_(cfg_.spec.defaults);  // after max_tokens_per_step is capped
     // The draft model is set up with the engine, as the target was: its

@@ -41,9 +41,7 @@ class MedusaStream final : public FeatureStream {
   // every head) shape every tree.
   MedusaStream(std::shared_ptr<MedusaHeads> heads, const DynamicTree& tree) : heads_(std::move(heads)), tree_(tree) {
     FASTINFER_CHECK(heads_ != nullptr, InvalidArgument, "Medusa drafting: no heads");
-    FASTINFER_CHECK(tree_.top_k >= 1 && tree_.max_depth >= 0, InvalidArgument,
-                    "Medusa drafting: a tree needs top_k >= 1 and max_depth >= 0, got ", tree_.top_k, " and ",
-                    tree_.max_depth);
+    tree_.validate_shape("Medusa drafting: a tree");
     depth_ = tree_.max_depth > 0 ? std::min(tree_.max_depth, heads_->num_heads()) : heads_->num_heads();
   }
 

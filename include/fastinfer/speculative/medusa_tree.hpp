@@ -98,6 +98,14 @@ struct DynamicTree {
   int budget = 10;    // nodes in the tree
   int top_k = 3;      // children considered per node
   int max_depth = 0;  // 0: as many as there are heads
+
+  // The tree's shape (top_k, max_depth); InvalidArgument naming `what` and
+  // the values otherwise. The budget is checked where it is used (the
+  // Engine's is each request's k).
+  void validate_shape(const char* what) const {
+    FASTINFER_CHECK(top_k >= 1 && max_depth >= 0, InvalidArgument, what,
+                    " needs top_k >= 1 and max_depth >= 0, got ", top_k, " and ", max_depth);
+  }
 };
 
 template <typename Policy>
@@ -143,9 +151,8 @@ inline std::vector<TreePath> select_paths<FixedChoicesTree>(const FixedChoicesTr
 
 template <>
 inline std::vector<TreePath> select_paths<DynamicTree>(const DynamicTree& t, const HeadGuesses& g) {
-  FASTINFER_CHECK(t.budget >= 0 && t.top_k >= 1 && t.max_depth >= 0, InvalidArgument,
-                  "dynamic Medusa tree needs budget >= 0, top_k >= 1, max_depth >= 0; got ", t.budget, ", ", t.top_k,
-                  ", ", t.max_depth);
+  t.validate_shape("a dynamic Medusa tree");
+  FASTINFER_CHECK(t.budget >= 0, InvalidArgument, "a dynamic Medusa tree needs budget >= 0, got ", t.budget);
   const int depth = t.max_depth > 0 ? std::min(t.max_depth, g.depth()) : g.depth();
   struct Cand {
     double score;
