@@ -302,12 +302,14 @@ void check_rate_against_batch1(const std::filesystem::path& model_path,
   // A drafter reading misplaced features (off by a position, or stale)
   // drafts near chance: its rate falls towards 1 (Medusa's heads, which
   // guess without the root token, reach 1.28 here).
-  // Lookahead's n-grams, from its window and the text, keep 1.13 a pass on
+  // Lookahead's n-grams, from its window and the text, keep 1.12 a pass on
   // these three prompts.
   CHECK(solo_rate > (kind == fe::SpecDrafter::Lookahead ? 1.05
                      : kind == fe::SpecDrafter::Medusa  ? 1.2
                                                         : 1.5));
-  CHECK(engine_rate > 0.9 * solo_rate);
+  // Lookahead within 5 %: with the window's rows never reaching its pool
+  // (no Jacobi steps), the engine drops to 1.02 against the loop's 1.12.
+  CHECK(engine_rate > (kind == fe::SpecDrafter::Lookahead ? 0.95 : 0.9) * solo_rate);
   CHECK(engine_rate < 1.1 * solo_rate);
 }
 
