@@ -141,7 +141,7 @@ TEST_CASE("the tree-masked verification forward gives each node the logits of a 
   model.reset();
   model.forward_prefill(prompt.data(), 3, 0);
   fastinfer::ForwardBatch batch;
-  speculative::tree_verify_batch(prompt.data() + 3, 2, 3, ct, Model::kSoloSequence, batch);
+  speculative::build_tree_batch(batch, Model::kSoloSequence, prompt.data() + 3, 2, 3, ct.tree);
   const float* rows = model.forward(batch);
   const std::vector<float> got(rows, rows + std::size_t(batch.rows()) * std::size_t(vocab));
   for (int i = 0; i < ct.tree.size(); ++i) {

@@ -86,7 +86,7 @@ TEST_CASE("tree verification batch: causal pending tokens, ancestor mask, positi
   REQUIRE(ct.tree.parent == std::vector<int>{-1, 0, -1, -1, 0, 2});
   const std::int32_t pending[3] = {5, 6, 7};
   fastinfer::ForwardBatch b;
-  speculative::tree_verify_batch(pending, 3, 40, ct, 0, b);
+  speculative::build_tree_batch(b, 0, pending, 3, 40, ct.tree);
   CHECK(b.rows() == 9);
   CHECK(b.start_pos == std::vector<std::int64_t>{40});
   CHECK(b.positions == std::vector<std::int64_t>{40, 41, 42, 43, 44, 43, 43, 44, 44});

@@ -339,7 +339,7 @@ SpeculativeResult feature_draft_generate(Model& model, Head& head, const std::ve
         draft_feature_tree(head, w, root.data(), depth, options.tree.top_k, budget, ws, threads, options.timings);
     const auto d1 = Clock::now();
     detail::Lap lap(options.timings);
-    build_tree_batch(batch, seq_id, seq.data() + valid, n_pending, valid, tree, nullptr, nullptr, nullptr, 0, 0);
+    build_tree_batch(batch, seq_id, seq.data() + valid, n_pending, valid, tree);
     const float* rows = model.forward(batch) + std::size_t(n_pending - 1) * std::size_t(vocab);
     lap.to(&EagleTimings::pass);
     const std::uint64_t first_index = std::uint64_t(r.tokens.size());

@@ -229,32 +229,6 @@ inline CandidateTree build_candidate_tree(std::vector<TreePath> paths, const Hea
   return out;
 }
 
-// The verification batch of one step: `pending` tokens at positions
-// start..start+pending-1 (causal), then the tree. Fills tokens, positions and
-// the (pending + nodes)^2 mask of one sequence.
-inline void tree_verify_batch(const std::int32_t* pending, int n_pending, std::int64_t start, const CandidateTree& ct,
-                              SeqId seq, ForwardBatch& batch) {
-  FASTINFER_CHECK(n_pending >= 1, InvalidArgument, "a Medusa step needs at least the root token pending");
-  const int t = ct.tree.size(), n = n_pending + t;
-  batch.clear();
-  batch.add(seq, pending, n_pending, start);
-  batch.tokens.insert(batch.tokens.end(), ct.tree.tokens.begin(), ct.tree.tokens.end());
-  batch.qo_indptr.back() = std::int32_t(batch.tokens.size());
-  batch.logits = LogitsRows::All;
-  const std::int64_t root_pos = start + n_pending - 1;
-  for (int i = 0; i < n_pending; ++i) batch.positions.push_back(start + i);
-  for (int i = 0; i < t; ++i) batch.positions.push_back(root_pos + ct.depth[std::size_t(i)]);
-  batch.mask.assign(std::size_t(n) * std::size_t(n), 0);
-  auto m = [&](int r, int c) -> std::uint8_t& { return batch.mask[std::size_t(r) * std::size_t(n) + std::size_t(c)]; };
-  for (int r = 0; r < n_pending; ++r)
-    for (int c = 0; c <= r; ++c) m(r, c) = 1;
-  for (int i = 0; i < t; ++i) {
-    const int r = n_pending + i;
-    for (int c = 0; c < n_pending; ++c) m(r, c) = 1;
-    for (int a = i; a >= 0; a = ct.tree.parent[std::size_t(a)]) m(r, n_pending + a) = 1;
-  }
-}
-
 // Top-n guesses of the first depth[r] heads for each of `rows` hidden rows
 // [rows][dim] (g[r]: row r's; n[r] guesses per head). Each head's products
 // run once for all the rows (the Engine's Medusa requests of a step: the
@@ -409,7 +383,7 @@ SpeculativeResult medusa_generate(Model& model, MedusaHeads& heads, const std::v
       ct.tree.parent.resize(std::size_t(std::max(0, room)));
       ct.depth.resize(std::size_t(std::max(0, room)));
     }
-    tree_verify_batch(seq.data() + valid, n_pending, valid, ct, seq_id, batch);
+    build_tree_batch(batch, seq_id, seq.data() + valid, n_pending, valid, ct.tree);
     const float* rows = model.forward(batch) + std::size_t(n_pending - 1) * std::size_t(vocab);
     const std::uint64_t first_index = std::uint64_t(r.tokens.size());
     VerifyOutcome v;

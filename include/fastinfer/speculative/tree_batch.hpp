@@ -149,9 +149,11 @@ inline void extra_entry_layout(std::int64_t root, int x0, const int* extra_depth
 // row-major with n_extra_full = extra_stride; only its top-left
 // n_extra x n_extra block is used, so a prefix of the extras may be fed
 // (their masks must only name earlier extras for that to stay consistent).
+// Without extras it is [pending | tree] (Medusa's, EAGLE's and MTP's step).
 inline void build_tree_batch(ForwardBatch& batch, SeqId seq, const std::int32_t* pending, int n_pending,
-                             std::int64_t start, const TokenTree& tree, const std::int32_t* extra,
-                             const int* extra_depth, const std::uint8_t* extra_mask, int n_extra, int extra_stride) {
+                             std::int64_t start, const TokenTree& tree, const std::int32_t* extra = nullptr,
+                             const int* extra_depth = nullptr, const std::uint8_t* extra_mask = nullptr,
+                             int n_extra = 0, int extra_stride = 0) {
   FASTINFER_CHECK(n_pending >= 1, InvalidArgument, "a tree verification needs the root token pending, got ",
                   n_pending, " pending tokens");
   FASTINFER_CHECK(n_extra >= 0 && n_extra <= extra_stride, InvalidArgument, "tree batch: ", n_extra,
