@@ -243,8 +243,8 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "EagleHead::commit_together / expand_together: each part's rows as its own commit() / expand() "
-    "gives them, and bad parts change nothing",
+    "EagleHead::commit_together / commit_all_together / expand_together: each part's rows as its own "
+    "commit() / commit_all() / expand() gives them, and bad parts change nothing",
     "[speculative][eagle]") {
   using Rows = sp::EagleHead::Rows;
   using TreeRows = sp::EagleHead::TreeRows;
@@ -273,6 +273,23 @@ TEST_CASE(
     sp::EagleHead::commit_together(w, parts.data(), 3, 1);
     CHECK(root_a == root_b);
     for (int h = 0; h < 3; ++h) CHECK(a[std::size_t(h)].committed() == b[std::size_t(h)].committed());
+  }
+  // commit_all_together: every row's feature into its part's out (MTP
+  // modules of several requests), as each head's commit_all() writes them.
+  {
+    std::vector<sp::EagleHead> x(3, proto), y(3, proto);
+    const int counts[3] = {4, 0, 3};
+    std::vector<float> all_x(7 * d, -1.0f), all_y(7 * d, -2.0f);
+    std::vector<Rows> parts;
+    for (int h = 0, at = 0; h < 3; at += counts[h], ++h) {
+      y[std::size_t(h)].commit_all(w, feats.data() + std::size_t(at) * d, next.data() + at + 1, counts[h],
+                                   all_y.data() + std::size_t(at) * d);
+      parts.push_back(Rows{&x[std::size_t(h)], feats.data() + std::size_t(at) * d, next.data() + at + 1,
+                           counts[h], all_x.data() + std::size_t(at) * d});
+    }
+    sp::EagleHead::commit_all_together(w, parts.data(), 3, 1);
+    CHECK(all_x == all_y);
+    for (int h = 0; h < 3; ++h) CHECK(x[std::size_t(h)].committed() == counts[h]);
   }
   // Each head already holds a tree row; then a level of 2, 1 and 3 rows,
   // children of that row or of the root.

@@ -134,6 +134,57 @@ TEST_CASE("MTP modules cascade as the scalar reference: committed rows, the root
   CHECK(heads.committed(3) == 0);
 }
 
+TEST_CASE(
+    "MtpHeads::commit_together: each request's copy commits, module by module, what its own commit() "
+    "does; a bad part changes nothing") {
+  const EagleHeadShape s = small_shape();
+  const std::size_t d = std::size_t(s.dim);
+  Target t(s.dim, s.vocab, 4);
+  const MtpHeads proto = random_heads(3, 11);
+  const std::vector<std::int32_t> text = {1, 5, 9, 30, 2, 17, 8, 33, 4, 12, 6};
+  const auto f = random_features(int(text.size()) - 1, s.dim, 3);
+  // Three requests of 4, 0 and 7 new rows; then 3, 2 and 1 more (their
+  // texts of different lengths: the cascade's rows per module differ).
+  std::vector<MtpHeads> together(3, proto), alone(3, proto);
+  const int first[3] = {4, 0, 7}, second[3] = {3, 2, 1};
+  for (const int* counts : {first, second}) {
+    std::vector<float> root_t(3 * d, -1.0f), root_a(3 * d, -1.0f);
+    std::vector<MtpHeads::Commit> parts;
+    std::vector<std::vector<std::int32_t>> texts;
+    for (int r = 0; r < 3; ++r) {
+      const int at = alone[std::size_t(r)].committed();
+      texts.emplace_back(text.begin(), text.begin() + at + counts[r] + 1);
+    }
+    for (int r = 0; r < 3; ++r) {
+      const int at = alone[std::size_t(r)].committed();
+      alone[std::size_t(r)].commit(t.w, f.data() + std::size_t(at) * d, counts[r], texts[std::size_t(r)],
+                                   root_a.data() + std::size_t(r) * d);
+      parts.push_back({&together[std::size_t(r)], f.data() + std::size_t(at) * d, counts[r],
+                       texts[std::size_t(r)].data(), int(texts[std::size_t(r)].size()),
+                       root_t.data() + std::size_t(r) * d});
+    }
+    MtpHeads::commit_together(t.w, parts.data(), 3);
+    CHECK(root_t == root_a);
+    for (int r = 0; r < 3; ++r)
+      for (int k = 1; k <= 3; ++k)
+        CHECK(together[std::size_t(r)].committed(k) == alone[std::size_t(r)].committed(k));
+  }
+  // Draft levels read the committed rows: equal too.
+  const std::vector<std::int32_t> drafts = {11};
+  std::vector<float> in(d, 0.25f), out_t(d), out_a(d);
+  together[2].expand(2, t.w, in.data(), drafts.data(), 1, out_t.data());
+  alone[2].expand(2, t.w, in.data(), drafts.data(), 1, out_a.data());
+  CHECK(out_t == out_a);
+  // A part asking past its text is refused before any module of any part changes.
+  const int before = together[0].committed(1), before2 = together[0].committed(2);
+  std::vector<MtpHeads::Commit> bad{{&together[0], f.data(), 1, text.data(), int(text.size()), nullptr},
+                                    {&together[1], f.data(), 50, text.data(), int(text.size()), nullptr}};
+  CHECK_THROWS_WITH(MtpHeads::commit_together(t.w, bad.data(), 2),
+                    Catch::Contains("need more than 11 tokens"));
+  CHECK(together[0].committed(1) == before);
+  CHECK(together[0].committed(2) == before2);
+}
+
 TEST_CASE("MTP heads are built from compatible modules only") {
   CHECK_THROWS_WITH(MtpHeads(std::vector<EagleHead>{}), Catch::Contains("0 modules"));
   CHECK_THROWS_WITH(MtpHeads::random(1, 17, small_shape()), Catch::Contains("17 modules"));

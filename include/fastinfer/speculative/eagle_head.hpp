@@ -330,6 +330,12 @@ class EagleHead {
   static void commit_together(const LlamaWeights& target, Rows* parts, int count, int threads = 1) {
     commit_together_(target, parts, count, /*all=*/false, threads);
   }
+  // commit_all() of several heads: each part's out, when not null, receives
+  // every one of its rows' features [n][dim] (MTP modules of several
+  // requests, MtpHeads::commit_together).
+  static void commit_all_together(const LlamaWeights& target, Rows* parts, int count, int threads = 1) {
+    commit_together_(target, parts, count, /*all=*/true, threads);
+  }
 
   static void expand_together(const LlamaWeights& target, TreeRows* parts, int count, int threads = 1) {
     if (count <= 0) return;
@@ -369,14 +375,7 @@ class EagleHead {
       total += part.rows.n;
     }
     lead.inputs_and_kv_(target, count, total, rows_of, /*tree=*/true, threads);
-    if (count == 1) return lead.finish_rows_(0, total, parts[0].rows.out, threads);
-    const std::size_t d = std::size_t(lead.s_.dim);
-    lead.cat_out_.resize(std::size_t(total) * d);
-    lead.finish_rows_(0, total, lead.cat_out_.data(), threads);
-    for (int p = 0, at = 0; p < count; at += parts[p].rows.n, ++p)
-      std::copy(lead.cat_out_.begin() + std::ptrdiff_t(std::size_t(at) * d),
-                lead.cat_out_.begin() + std::ptrdiff_t(std::size_t(at + parts[p].rows.n) * d),
-                parts[p].rows.out);
+    lead.finish_every_row_(count, total, rows_of, threads);
   }
 
   // The target's own LM head over predicted features: final RMSNorm and
@@ -630,14 +629,12 @@ class EagleHead {
  private:
   static constexpr int kv_ = 0, tree_ = 1;
 
-  // commit_together; `all`: every row's predicted feature into out (one
-  // part: commit_all), else each part's last row's.
+  // commit_together; `all`: every row's predicted feature into its part's
+  // out (commit_all, commit_all_together), else each part's last row's.
   static void commit_together_(const LlamaWeights& target, Rows* parts, int count, bool all, int threads) {
     if (count <= 0) return;
     const auto rows_of = [&](int q) -> const Rows& { return parts[q]; };
     for (int p = 0; p < count; ++p) check_part_(target, p, rows_of);
-    FASTINFER_CHECK(!all || count == 1, InvalidArgument, "EAGLE head: every row's feature out of ", count,
-                    " commits at once");
     if (!shares_weights_(count, rows_of)) {
       for (int p = 0; p < count; ++p) commit_together_(target, parts + p, 1, all, threads);
       return;
@@ -659,13 +656,10 @@ class EagleHead {
     }
     if (total == 0) return;
     lead.inputs_and_kv_(target, count, total, rows_of, /*tree=*/false, threads);
-    if (all) {
-      if (parts[0].out != nullptr) lead.finish_rows_(0, total, parts[0].out, threads);
-      return;
-    }
+    if (all) return lead.finish_every_row_(count, total, rows_of, threads);
+    const std::size_t d = std::size_t(lead.s_.dim);
     // Only each part's last row runs the whole layer: moved to the front
     // (rows only move down, so in order nothing is overwritten unread).
-    const std::size_t d = std::size_t(lead.s_.dim);
     int finishing = 0;
     for (int p = 0, at = 0; p < count; at += parts[p].n, ++p) {
       if (parts[p].n == 0 || parts[p].out == nullptr) continue;
@@ -687,6 +681,24 @@ class EagleHead {
                 lead.cat_out_.begin() + std::ptrdiff_t(std::size_t(k + 1) * d), parts[p].out);
       ++k;
     }
+  }
+
+  // The rest of the layer for all `total` rows of a batched forward (led by
+  // this head), each part's features into its out [n][dim] (none where out
+  // is null, as commit_all leaves them).
+  template <typename RowsOf>
+  void finish_every_row_(int count, int total, RowsOf rows_of, int threads) {
+    if (count == 1) {
+      if (rows_of(0).out != nullptr) finish_rows_(0, total, rows_of(0).out, threads);
+      return;
+    }
+    const std::size_t d = std::size_t(s_.dim);
+    cat_out_.resize(std::size_t(total) * d);
+    finish_rows_(0, total, cat_out_.data(), threads);
+    for (int p = 0, at = 0; p < count; at += rows_of(p).n, ++p)
+      if (rows_of(p).out != nullptr)
+        std::copy(cat_out_.begin() + std::ptrdiff_t(std::size_t(at) * d),
+                  cat_out_.begin() + std::ptrdiff_t(std::size_t(at + rows_of(p).n) * d), rows_of(p).out);
   }
 
   // Part p of a batched forward: a head, n >= 0, tokens in the vocabulary,

@@ -159,8 +159,8 @@ class FeatureDraftStream final : public FeatureStream {
     nodes_ = nodes;
   }
   // Every stream's staged rows: EAGLE heads in one forward
-  // (EagleHead::commit_together); MTP modules stream by stream (their commit
-  // cascades module by module, each request with its own row counts).
+  // (EagleHead::commit_together), MTP modules in one forward a module
+  // (MtpHeads::commit_together).
   static void commit_staged(FeatureDraftStream* const* streams, int count, const LlamaWeights& w,
                             int threads) {
     if constexpr (std::is_same_v<Head, EagleHead>) {
@@ -174,11 +174,15 @@ class FeatureDraftStream final : public FeatureStream {
       }
       EagleHead::commit_together(w, parts.data(), int(parts.size()), threads);
     } else {
+      std::vector<MtpHeads::Commit>& parts = streams[0]->commit_parts_;
+      parts.clear();
       for (int i = 0; i < count; ++i) {
         FeatureDraftStream& s = *streams[i];
         if (s.staged_rows_ > 0)
-          commit_accepted(s.head_, w, s.buffered_.data(), s.staged_rows_, s.text_, s.root_.data(), threads);
+          parts.push_back({&s.head_, s.buffered_.data(), s.staged_rows_, s.text_.data(), int(s.text_.size()),
+                           s.root_.data()});
       }
+      MtpHeads::commit_together(w, parts.data(), int(parts.size()), threads);
     }
     for (int i = 0; i < count; ++i) {
       FeatureDraftStream& s = *streams[i];
@@ -211,7 +215,9 @@ class FeatureDraftStream final : public FeatureStream {
   int nodes_ = 0;        // the staged tree's budget
   int staged_rows_ = 0;  // buffered rows the staged tree commits first
   std::vector<std::int32_t> text_;
-  std::vector<EagleHead::Rows> commit_parts_;  // commit_staged's scratch (the first stream's)
+  // commit_staged's scratch (the first stream's): its head type's parts.
+  std::vector<std::conditional_t<std::is_same_v<Head, EagleHead>, EagleHead::Rows, MtpHeads::Commit>>
+      commit_parts_;
   TokenTree tree_out_;
 };
 

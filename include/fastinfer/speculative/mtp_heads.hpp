@@ -120,31 +120,71 @@ class MtpHeads {
   // output (the predicted feature of position committed(1)).
   void commit(const LlamaWeights& w, const float* features, int n, const std::vector<std::int32_t>& seq, float* root,
               int threads = 1) {
-    FASTINFER_CHECK(!empty(), InvalidArgument, "MTP: commit on empty heads");
-    const std::size_t d = std::size_t(dim());
-    const int n_tokens = int(seq.size());
-    FASTINFER_CHECK(n >= 0 && committed(1) + n < n_tokens, InvalidArgument, "MTP: ", n, " rows past position ",
-                    committed(1), " need more than ", n_tokens, " tokens");
-    const int last = module_count() - 1;
-    for (int m = 0; m <= last; ++m) {
-      EagleHead& mod = modules_[std::size_t(m)];
-      const int p0 = mod.committed();
-      // Row i of module m (0-based) reads token i + m + 1 and input row i.
-      const int avail = m == 0 ? p0 + n : modules_[std::size_t(m - 1)].committed();
-      const int p1 = std::min(avail, n_tokens - 1 - m);
-      if (p1 <= p0) continue;
-      const float* in = m == 0 ? features : outputs_[std::size_t(m - 1)].data() + std::size_t(p0) * d;
-      if (m == last && m > 0) {  // nobody reads the last module's committed outputs
-        mod.commit(w, in, seq.data() + p0 + m + 1, p1 - p0, nullptr, threads);
-        continue;
-      }
-      std::vector<float>& out = outputs_[std::size_t(m)];
-      out.resize(std::size_t(p1) * d);
-      mod.commit_all(w, in, seq.data() + p0 + m + 1, p1 - p0, out.data() + std::size_t(p0) * d, threads);
+    Commit part{this, features, n, seq.data(), int(seq.size()), root};
+    commit_together(w, &part, 1, threads);
+  }
+
+  // One request's commit() (seq: tokens[0 .. n_tokens)).
+  struct Commit {
+    MtpHeads* heads = nullptr;
+    const float* features = nullptr;
+    int n = 0;
+    const std::int32_t* tokens = nullptr;
+    int n_tokens = 0;
+    float* root = nullptr;
+  };
+  // commit() of several requests' copies of the same modules (an Engine
+  // step's MTP requests): module by module, each module's rows of every
+  // request in one forward (EagleHead::commit_all_together), so each
+  // module's weights stream once a step, not once per request. A request's
+  // rows and root are what its own commit() gives wherever the products are
+  // batch invariant. Every part is checked before any module changes.
+  static void commit_together(const LlamaWeights& w, Commit* parts, int count, int threads = 1) {
+    if (count <= 0) return;
+    for (int p = 0; p < count; ++p) {
+      const Commit& c = parts[p];
+      FASTINFER_CHECK(c.heads != nullptr && !c.heads->empty(), InvalidArgument, "MTP: commit part ", p,
+                      " names no heads");
+      FASTINFER_CHECK(c.heads->module_count() == parts[0].heads->module_count(), InvalidArgument,
+                      "MTP: commit parts with ", parts[0].heads->module_count(), " and ",
+                      c.heads->module_count(), " modules");
+      FASTINFER_CHECK(c.n >= 0 && c.heads->committed(1) + c.n < c.n_tokens, InvalidArgument, "MTP: ", c.n,
+                      " rows past position ", c.heads->committed(1), " need more than ", c.n_tokens,
+                      " tokens");
     }
-    const std::vector<float>& o1 = outputs_[0];
-    if (root == nullptr || o1.empty()) return;
-    std::copy(o1.end() - long(d), o1.end(), root);
+    const std::size_t d = std::size_t(parts[0].heads->dim());
+    const int last = parts[0].heads->module_count() - 1;
+    std::vector<EagleHead::Rows>& rows = parts[0].heads->commit_rows_;
+    for (int m = 0; m <= last; ++m) {
+      // Nobody reads the last module's committed outputs (unless it is module 1).
+      const bool outputs = m < last || m == 0;
+      rows.clear();
+      for (int p = 0; p < count; ++p) {
+        MtpHeads& h = *parts[p].heads;
+        EagleHead& mod = h.modules_[std::size_t(m)];
+        const int p0 = mod.committed();
+        // Row i of module m (0-based) reads token i + m + 1 and input row i.
+        const int avail = m == 0 ? p0 + parts[p].n : h.modules_[std::size_t(m - 1)].committed();
+        const int p1 = std::min(avail, parts[p].n_tokens - 1 - m);
+        if (p1 <= p0) continue;
+        const float* in =
+            m == 0 ? parts[p].features : h.outputs_[std::size_t(m - 1)].data() + std::size_t(p0) * d;
+        float* out = nullptr;
+        if (outputs) {
+          h.outputs_[std::size_t(m)].resize(std::size_t(p1) * d);
+          out = h.outputs_[std::size_t(m)].data() + std::size_t(p0) * d;
+        }
+        rows.push_back(EagleHead::Rows{&mod, in, parts[p].tokens + p0 + m + 1, p1 - p0, out});
+      }
+      if (outputs)
+        EagleHead::commit_all_together(w, rows.data(), int(rows.size()), threads);
+      else
+        EagleHead::commit_together(w, rows.data(), int(rows.size()), threads);
+    }
+    for (int p = 0; p < count; ++p) {
+      const std::vector<float>& o1 = parts[p].heads->outputs_[0];
+      if (parts[p].root != nullptr && !o1.empty()) std::copy(o1.end() - long(d), o1.end(), parts[p].root);
+    }
   }
 
   // Tree level `level` (2 .. max_depth()): module `level` at the target's
@@ -287,6 +327,7 @@ class MtpHeads {
   // module's stay empty (unless it is module 0).
   std::vector<std::vector<float>> outputs_;
   std::vector<int> parentless_;
+  std::vector<EagleHead::Rows> commit_rows_;  // commit_together's scratch (the first part's)
 };
 
 // The template side of eagle_generate.hpp's tree builder and loop.
