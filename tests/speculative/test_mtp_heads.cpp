@@ -136,7 +136,7 @@ TEST_CASE("MTP modules cascade as the scalar reference: committed rows, the root
 
 TEST_CASE(
     "MtpHeads::commit_together: each request's copy commits, module by module, what its own commit() "
-    "does; a bad part changes nothing") {
+    "does, and a bad part changes nothing") {
   const EagleHeadShape s = small_shape();
   const std::size_t d = std::size_t(s.dim);
   Target t(s.dim, s.vocab, 4);
