@@ -26,7 +26,7 @@ CPU only; needs Debian's python3-torch and python3-numpy. What it does:
    greedy positions.
 6. Writes the head in fastinfer's FIEAGLEH v1 format (f16 unless --f32).
 
-The committed head data/heads/tinystories-656k.eagle was made with the defaults above.
+The committed head data/heads/tinystories-656k.eagle was made with --sequences 7680 --epochs 8 (tools/README.md).
 """
 import argparse
 import math
