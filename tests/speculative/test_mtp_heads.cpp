@@ -183,6 +183,18 @@ TEST_CASE(
                     Catch::Contains("need more than 11 tokens"));
   CHECK(together[0].committed(1) == before);
   CHECK(together[0].committed(2) == before2);
+  // A token outside the vocabulary that only a later module would read is
+  // refused before module 1 commits: 3 rows from position 0, module 1 reads
+  // tokens 1..3, module 2 tokens 2..4, module 3 tokens 3..5.
+  MtpHeads fresh = proto;
+  std::vector<std::int32_t> poisoned = text;
+  poisoned[5] = s.vocab;
+  MtpHeads::Commit one{&fresh, f.data(), 3, poisoned.data(), int(poisoned.size()), nullptr};
+  CHECK_THROWS_WITH(MtpHeads::commit_together(t.w, &one, 1), Catch::Contains("outside the vocabulary"));
+  CHECK(fresh.committed(1) == 0);
+  poisoned[5] = text[5];  // the same call with the token put right commits all three modules
+  MtpHeads::commit_together(t.w, &one, 1);
+  CHECK(fresh.committed(3) == 3);
 }
 
 TEST_CASE("MTP heads are built from compatible modules only") {

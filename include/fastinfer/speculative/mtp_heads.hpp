@@ -151,6 +151,15 @@ class MtpHeads {
       FASTINFER_CHECK(c.n >= 0 && c.heads->committed(1) + c.n < c.n_tokens, InvalidArgument, "MTP: ", c.n,
                       " rows past position ", c.heads->committed(1), " need more than ", c.n_tokens,
                       " tokens");
+      // Every token a module may read this call (module m reads up to m
+      // positions past module 1's last), so that a bad one stops the call
+      // before module 1 commits, not halfway down the cascade.
+      const int first = c.heads->committed(1) + 1;
+      const int end = std::min(c.n_tokens, first + c.n + c.heads->module_count() - 1);
+      for (int i = first; i < end; ++i)
+        FASTINFER_CHECK(c.tokens[i] >= 0 && c.tokens[i] < w.token_embedding.rows, InvalidArgument,
+                        "MTP: token ", c.tokens[i], " at position ", i, " is outside the vocabulary [0, ",
+                        w.token_embedding.rows, ")");
     }
     const std::size_t d = std::size_t(parts[0].heads->dim());
     const int last = parts[0].heads->module_count() - 1;
