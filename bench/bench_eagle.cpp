@@ -396,7 +396,7 @@ int main(int argc, char** argv) {
   for (const std::string w : {"bf16", "f32"}) {
     auto* b = benchmark::RegisterBenchmark(("BM_EngineEagle110M/" + w).c_str(), BM_EngineEagle110M, w);
     for (const auto& [requests, nodes] : std::vector<std::pair<int, int>>{
-             {1, 4}, {1, 8}, {2, 4}, {2, 2}, {2, 6}, {2, 8}, {4, 4}, {4, 2}, {16, 4}})
+             {1, 4}, {1, 8}, {2, 4}, {2, 2}, {2, 6}, {2, 8}, {4, 4}, {4, 2}, {16, 4}, {16, 1}, {16, 2}})
       b->Args({requests, nodes});
     b->ArgNames({"requests", "nodes"})->Iterations(2)->UseRealTime()->Unit(benchmark::kSecond);
   }

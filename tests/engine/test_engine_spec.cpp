@@ -422,6 +422,54 @@ TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a larg
   }
 }
 
+TEST_CASE("spec policy: a tree drafter settled on small trees probes its max_k now and then",
+          "[engine][spec]") {
+  // Trees of 2 that keep both nodes: a third and fourth node are priced at
+  // the prior's 0.125 and 0.0625 more, not worth their rows at this price,
+  // so the fit drafts 2. Every probe_every-th step one such request drafts
+  // its max_k, so the budgets it does not draft are measured, not guessed.
+  fe::BudgetAcceptance twos(8, 0.5, 2.0, 0.95);
+  const std::vector<int> r01{0, 1};
+  for (int i = 0; i < 60; ++i) twos.update(2, 2, &r01);
+  fe::StepCostModel cost;
+  cost.base = 10e-3;
+  cost.per_token = 2e-3;
+  cost.valid = true;
+  fe::SpecCandidate tree{0.9, 4, false};
+  tree.budgets = &twos;
+  using K = std::vector<std::int32_t>;
+  const fe::SpecAdaptive pol;
+  REQUIRE(pol.probe_every == 16);
+  CHECK(fe::choose_drafts(cost, 1, 1, {tree}) == K{2});
+  CHECK(fe::drafts_under_policy(pol, cost, 1, 1, {tree}, 31) == K{2});
+  CHECK(fe::drafts_under_policy(pol, cost, 1, 1, {tree}, 32) == K{4});
+  // One probe a step, taking turns.
+  CHECK(fe::drafts_under_policy(pol, cost, 2, 2, {tree, tree}, 32) == K{4, 2});
+  CHECK(fe::drafts_under_policy(pol, cost, 2, 2, {tree, tree}, 48) == K{2, 4});
+  // A chain drafter (no budget history), and a switched-off request, are not probed.
+  fe::SpecCandidate chain = tree;
+  chain.budgets = nullptr;
+  const K chosen = fe::choose_drafts(cost, 1, 1, {chain});
+  CHECK(fe::drafts_under_policy(pol, cost, 1, 1, {chain}, 32) == chosen);
+  fe::StepCostModel dear = cost;
+  dear.per_token = 1.0;
+  CHECK(fe::drafts_under_policy(pol, dear, 1, 1, {tree}, 32) == K{0});
+  // Once trees of max_k have been seen (two, the second still worth 0.95
+  // of one), the probe waits until they are forgotten.
+  twos.update(4, 2, &r01);
+  twos.update(4, 2, &r01);
+  CHECK(twos.observed(4) == Approx(1.95));
+  CHECK(fe::drafts_under_policy(pol, cost, 1, 1, {tree}, 32) == K{2});
+  for (int i = 0; i < 14; ++i) twos.update(2, 2, &r01);
+  CHECK(twos.observed(4) < 1.0);
+  CHECK(fe::drafts_under_policy(pol, cost, 1, 1, {tree}, 32) == K{4});
+  // Without a valid fit, or with probe_every 0, nothing is probed.
+  fe::SpecAdaptive never = pol;
+  never.probe_every = 0;
+  CHECK(fe::drafts_under_policy(never, cost, 1, 1, {tree}, 32) == K{2});
+  CHECK(fe::drafts_under_policy(pol, fe::StepCostModel{}, 2, 2, {tree, tree}, 33) == K{0, 0});
+}
+
 TEST_CASE("spec policy: lookahead's window rows are paid whenever it drafts, never when it does not",
           "[engine][spec]") {
   const fe::StepCostModel cost = memory_bound_cost();
@@ -479,6 +527,42 @@ TEST_CASE("spec policy: a batched drafter's catch-up is charged over the steps i
   const double e4 = c.expected(4);
   const double charged = cost.seconds(1 + 4, 0, 4, 4 + 2000 / std::max(1.0, 3 / e4));
   CHECK((1 + e4 - 1) / charged < 1 / cost.seconds(1, 0));
+}
+
+TEST_CASE("spec policy: a head's tree passes are shared by the requests drafting", "[engine][spec]") {
+  // A head commits in one pass and grows a tree a level a pass, at most 3
+  // deep: a tree of k nodes needs 1 + min(k, 3) passes, whoever else drafts.
+  fe::SpecCandidate head{0.6, 4, false};
+  head.batched_drafter = true;
+  head.commit_passes = 1;
+  head.tree_levels = 3;
+  CHECK(head.passes(0) == 0);
+  CHECK(head.passes(1) == 2);
+  CHECK(head.passes(3) == 4);
+  CHECK(head.passes(8) == 4);
+  fe::SpecCandidate chain{0.6, 4, false};
+  chain.batched_drafter = true;
+  CHECK(chain.passes(3) == 3);
+  // Sixteen requests, 0.2 ms a token, a pass 1 ms: one node (0.6 kept)
+  // does not pay one request 2.2 ms, but sixteen share their 2 ms.
+  fe::StepCostModel cost;
+  cost.base = 8e-3;
+  cost.per_token = 0.2e-3;
+  cost.per_draft_pass = 1e-3;
+  cost.valid = true;
+  fe::SpecCandidate node = head;
+  node.max_k = 1;
+  REQUIRE(16.6 / cost.seconds(17, 0, 2) < 16 / cost.seconds(16, 0));
+  const auto k = fe::choose_drafts(cost, 16, 16, std::vector<fe::SpecCandidate>(16, node));
+  CHECK(std::count(k.begin(), k.end(), 1) == 16);
+  // Priced per drafted node instead (each request's two passes its own),
+  // nobody drafts.
+  fe::StepCostModel per_node = cost;
+  per_node.per_draft_pass = 0;
+  per_node.per_model_draft = 2 * cost.per_draft_pass;
+  fe::SpecCandidate own{0.6, 1, true};
+  const auto none = fe::choose_drafts(per_node, 16, 16, std::vector<fe::SpecCandidate>(16, own));
+  CHECK(std::count(none.begin(), none.end(), 0) == 16);
 }
 
 TEST_CASE("spec policy: requests drafting with the batched draft model share its passes", "[engine][spec]") {
@@ -550,6 +634,27 @@ TEST_CASE("spec policy: the step-cost fit and the acceptance estimate", "[engine
   CHECK(kept.per_token == Approx(1e-4).epsilon(0.05));
   CHECK(kept.per_model_draft == Approx(5e-4).epsilon(0.05));
   CHECK_THROWS_AS(fe::StepCostFit(0.0, 8), fastinfer::InvalidArgument);
+  // Two requests' prompts, then decoding, every fourth step exploring one
+  // draft: a token and two head passes (a commit and a level) together,
+  // with 1 ms more that no column of this fit names. From the step times
+  // alone the passes take the blame; the drafting's own time keeps their
+  // price where it is.
+  fe::StepCostFit blind(0.95, 8), timed(0.95, 8);
+  for (int i = 0; i < 200; ++i) {
+    const bool explore = i >= 4 && i % 4 == 0;
+    const double tokens = i < 4 ? 16 + 8 * i : 2 + (explore ? 1 : 0), p = explore ? 2 : 0,
+                 rows = explore ? 2 : 0;
+    const double drafting = 2e-4 * p + 1e-5 * rows;
+    const double step = 5e-3 + 2e-4 * tokens + drafting + (explore ? 1e-3 : 0.0) + noise(rng);
+    blind.add(tokens, 0, p, rows, 0, step);
+    timed.add(tokens, 0, p, rows, 0, step, drafting);
+  }
+  const fe::StepCostModel t = timed.model(), b = blind.model();
+  REQUIRE(t.valid);
+  REQUIRE(b.valid);
+  const double draft_price = 2e-4 * 2 + 1e-5 * 2;
+  CHECK(t.per_draft_pass * 2 + t.per_draft_row * 2 == Approx(draft_price).epsilon(0.05));
+  CHECK(b.per_draft_pass * 2 + b.per_draft_row * 2 > 2 * draft_price);
 
   // Acceptance: each draft accepted with probability 0.7 in order.
   fe::AcceptanceEstimate est(0.5, 2.0, 0.999);
@@ -637,6 +742,22 @@ TEST_CASE("spec policy: a tree drafter's expected tokens by node budget", "[engi
   }
   CHECK(est.expected_tokens(1) == Approx(1.6).epsilon(0.03));
   CHECK(est.expected_tokens(4) >= est.expected_tokens(1));
+  // A budget not drafted is priced from the ones below it: trees of 2 that
+  // keep their second-ranked node every time (and never the first) leave
+  // budget 3 at what budget 2 keeps plus the prior's third node (0.5^3),
+  // budget 4 that plus 0.5^4, rather than at the prior alone (0.875 and
+  // 0.94 kept, below budget 2's 0.98: no larger tree would ever look better).
+  fe::BudgetAcceptance second(8, 0.5, 2.0, 1.0);
+  const std::vector<int> r1{1};
+  for (int i = 0; i < 100; ++i) second.update(2, 1, &r1);
+  const double kept1 = (0.0 + 2 * 0.5) / 102, kept2 = (100 + 2 * (kept1 + 0.25)) / 102;
+  CHECK(second.expected_tokens(1) == Approx(1.0 + kept1));
+  CHECK(second.expected_tokens(2) == Approx(1.0 + kept2));
+  CHECK(second.expected_tokens(3) == Approx(1.0 + kept2 + 0.125));
+  CHECK(second.expected_tokens(4) == Approx(1.0 + kept2 + 0.125 + 0.0625));
+  CHECK(second.observed(2) == Approx(100));
+  CHECK(second.observed(3) == 0.0);
+  CHECK(second.observed(99) == 0.0);
   // Without ranks only the drafted budget learns.
   fe::BudgetAcceptance blind(8, 0.5, 2.0, 1.0);
   for (int i = 0; i < 100; ++i) blind.update(4, 2);

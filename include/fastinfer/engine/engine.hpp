@@ -367,7 +367,7 @@ class Engine {
     if (!plan.entries.empty()) {
       // The step's cost as the adaptive switch models it: drafting, forward, verification.
       fit_.add(double(batch_.rows()), double(step_model_drafts_), double(step_draft_passes_),
-               double(step_draft_rows_), double(step_keys_), t3 - t1);
+               double(step_draft_rows_), double(step_keys_), t3 - t1, step_draft_seconds_);
       last_plain_tokens_ = plan.num_tokens();
       last_plain_keys_ = step_plain_keys_;
       // Any row beyond the plan's tokens is a draft or a lookahead window's
@@ -509,7 +509,7 @@ class Engine {
       cands_.push_back(kv.second.spec->candidate(out.empty() ? r.prompt.back() : out.back()));
       cands_.back().remaining_tokens = double(r.max_new_tokens) - double(out.size());
       cands_.back().context = double(len);
-      if (cands_.back().batched_drafter && draft_) {
+      if (kv.second.spec->uses_draft_model() && draft_) {
         // Beyond the one row a drafting step always feeds (the last token).
         catch_up_context_.assign(r.prompt.begin(), r.prompt.end());
         catch_up_context_.insert(catch_up_context_.end(), out.begin(), out.end());
@@ -643,27 +643,31 @@ class Engine {
       else
         sp.propose(context, e.num_drafts, std::uint64_t(out.size()), drafts_[i], e.id);
     }
-    // The feature drafters' trees, level by level for all requests at once.
+    // The feature drafters' trees, level by level for all requests at once:
+    // their heads' passes are shared as the draft model's are, and priced
+    // in the same columns (per_draft_pass, per_draft_row).
+    const std::int64_t head_passes = tree_batch_.forwards(), head_rows = tree_batch_.rows_fed();
     tree_batch_.draft(model_.weights(), model_.threads());
+    step_draft_passes_ = tree_batch_.forwards() - head_passes;
+    step_draft_rows_ = tree_batch_.rows_fed() - head_rows;
     for (std::size_t i = 0; i < trees_.size(); ++i) {
       if (trees_[i] && trees_[i]->tokens.empty()) trees_[i] = nullptr;
       any_masked_ = any_masked_ || trees_[i] != nullptr || !drafts_[i].extra.empty();
     }
-    step_draft_passes_ = 0;
-    step_draft_rows_ = 0;
     if (!draft_jobs_.empty()) {
       BatchedDraftModel<Backend>& dm = draft_model_();
       const std::int64_t passes = dm.forwards(), rows = dm.rows_fed();
       dm.propose(draft_jobs_);
-      step_draft_passes_ = dm.forwards() - passes;
-      step_draft_rows_ = dm.rows_fed() - rows;
+      step_draft_passes_ += dm.forwards() - passes;
+      step_draft_rows_ += dm.rows_fed() - rows;
     }
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       auto it = live_.find(plan.entries[i].id);
       if (it != live_.end() && it->second.spec && it->second.spec->drafts_cost_passes())
-        step_model_drafts_ += std::int64_t(trees_[i] ? trees_[i]->tokens.size() : drafts_[i].tokens.size());
+        step_model_drafts_ += std::int64_t(drafts_[i].tokens.size());
     }
-    if (drafted) stats_.draft_seconds += now_() - d0;
+    step_draft_seconds_ = drafted ? now_() - d0 : 0.0;
+    stats_.draft_seconds += step_draft_seconds_;
   }
 
   // The engine's draft model (built by the constructor when
@@ -903,8 +907,9 @@ class Engine {
   std::int64_t steps_without_drafts_ = 0;
   std::int64_t step_model_drafts_ = 0;
   std::vector<TokenId> catch_up_context_;  // plan_drafts_' scratch
-  std::int64_t step_draft_passes_ = 0;  // the batched draft model's passes this step
+  std::int64_t step_draft_passes_ = 0;     // the batched draft model's and the heads' passes this step
   std::int64_t step_draft_rows_ = 0;    // and the rows they fed
+  double step_draft_seconds_ = 0;       // the step's drafting, timed (propose_)
   std::vector<speculative::DraftProposal> drafts_;  // per plan entry
   speculative::DraftProposal empty_proposal_;
   std::vector<TokenId> feed_;

@@ -186,12 +186,17 @@ class RequestSpeculation {
   const RequestSpec& spec() const { return spec_; }
   // Whether the engine's batched draft model drafts for it (propose() does not).
   bool uses_draft_model() const { return spec_.drafter == SpecDrafter::DraftModel; }
-  // Whether its drafts cost forward passes (the step-cost fit's per-draft
-  // price: an early-exit draft costs exit_layer / n_layers of a token, a
-  // draft model's its own share, a tree node its share of the head's
-  // levels; the fit learns one price for whichever runs).
+  // Whether its drafts cost forward passes priced per draft (the step-cost
+  // fit's per_model_draft: an early-exit draft costs exit_layer / n_layers
+  // of a token, a draft model's its own share; the fit learns one price for
+  // whichever runs). A head's trees (EAGLE, MTP, Medusa) are priced by the
+  // passes they share with other requests' trees instead (per_draft_pass and
+  // per_draft_row, FeatureStream::passes): priced per node, the commit and
+  // first level a tree of one node pays made a node look three times dearer
+  // than it is, and the switch kept trees small. Prompt lookup and
+  // lookahead cost no pass.
   bool drafts_cost_passes() const {
-    return spec_.drafter != SpecDrafter::PromptLookup && spec_.drafter != SpecDrafter::Lookahead;
+    return spec_.drafter == SpecDrafter::DraftModel || spec_.drafter == SpecDrafter::EarlyExit;
   }
   // EAGLE and MTP: the request's feature stream (the engine feeds it every
   // computed row's feature and asks it for trees); null for chain drafters.
@@ -211,7 +216,12 @@ class RequestSpeculation {
       return none;
     }
     SpecCandidate c{acceptance_.value(), spec_.k, drafts_cost_passes(), &acceptance_.depths(),
-                    uses_draft_model()};
+                    uses_draft_model() || stream_};
+    if (stream_) {
+      const speculative::FeatureStream::Passes p = stream_->passes();
+      c.commit_passes = p.commit;
+      c.tree_levels = p.levels;
+    }
     if (stream_ || lookahead_) c.budgets = &acceptance_.budgets();  // trees: priced by node budget
     c.window_rows = double(window_rows());
     return c;

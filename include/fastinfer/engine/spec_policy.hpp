@@ -91,6 +91,13 @@ struct SpecAdaptive {
   // step (a first tree commits the whole prompt to its head) would
   // otherwise never be looked at again. 0: never.
   std::int32_t revisit_every = 32;
+  // With a valid fit, every probe_every-th step one tree drafter that drafts
+  // fewer nodes than its max_k, and whose history holds less than one
+  // (forgotten) tree of max_k, drafts its max_k instead: one such tree tells
+  // what every smaller budget keeps (BudgetAcceptance), while a budget never
+  // drafted is known only by its prior, so a switch that settled on small
+  // trees early would never learn that larger ones pay. 0: never.
+  std::int32_t probe_every = 16;
 };
 struct SpecAlways {};  // every speculating request drafts its k each decode (as room allows)
 struct SpecNever {};   // drafters are kept but never asked
@@ -184,12 +191,23 @@ class StepCostFit {
   void add(double tokens, double model_drafts, double draft_passes, double draft_rows, double seconds) {
     add(tokens, model_drafts, draft_passes, draft_rows, 0.0, seconds);
   }
+  // `draft_seconds`, where the caller times it, is the part of `seconds`
+  // spent drafting: a second equation, draft_seconds = the draft columns'
+  // price, that ties those prices to their own clock. Without it, a switch
+  // exploring one draft at a time adds a token and a fixed number of head
+  // passes together, and the fit cannot tell a token's price from a pass's
+  // (an Engine trace of two EAGLE requests read 1.2 ms a head pass where
+  // the drafting's clock says 0.2). draft_seconds < 0: not timed.
   void add(double tokens, double model_drafts, double draft_passes, double draft_rows, double keys,
-           double seconds) {
+           double seconds, double draft_seconds = -1.0) {
     const double x[kTerms] = {1.0, tokens, model_drafts, draft_passes, draft_rows, keys};
+    const double d[kTerms] = {0.0, 0.0, model_drafts, draft_passes, draft_rows, 0.0};
+    // Weighted far above a step's equation: the drafting's own clock says
+    // what it cost, the step's total only what is left over for it.
+    const double w = draft_seconds >= 0.0 ? kDraftWeight : 0.0;
     for (int i = 0; i < kTerms; ++i) {
-      for (int j = 0; j < kTerms; ++j) a_[i][j] = forget_ * a_[i][j] + x[i] * x[j];
-      b_[i] = forget_ * b_[i] + x[i] * seconds;
+      for (int j = 0; j < kTerms; ++j) a_[i][j] = forget_ * a_[i][j] + x[i] * x[j] + w * d[i] * d[j];
+      b_[i] = forget_ * b_[i] + x[i] * seconds + w * d[i] * draft_seconds;
     }
     ++steps_;
     const StepCostModel m = fit_();
@@ -203,6 +221,7 @@ class StepCostFit {
 
  private:
   static constexpr int kTerms = 6;
+  static constexpr double kDraftWeight = 100.0;
 
   StepCostModel fit_() const {
     StepCostModel m;
@@ -320,15 +339,26 @@ class BudgetAcceptance {
 
   // Expected tokens of a step drafting a tree of k nodes: 1 + the drafts a
   // budget of at most k keeps (a larger budget keeps at least what a
-  // smaller one does).
+  // smaller one does). Budget j's prior is what the budgets below it keep
+  // plus the prior's worth of a j-th node (prior^j), so a budget not drafted
+  // lately is priced from the measured ones rather than from the prior
+  // alone (with nothing measured the two agree: the geometric prior). With
+  // an absolute prior, a head whose trees of 2 kept 0.96 drafts saw budgets
+  // 3 and 4 at 0.875 and 0.94: E(4) = E(2), the tie went to the smaller
+  // tree, and trees of 4 (1.1-1.45 kept) were never drafted again.
   double expected_tokens(std::int32_t k) const {
-    double best = 0.0;
+    double best = 0.0, node = 1.0;
     for (std::int32_t j = 1; j <= std::min(k, max_budget()); ++j) {
-      const double prior_kept = expected_emitted(prior_, j) - 1.0;
+      const double prior_kept = best + (node *= prior_);
       best = std::max(best, (kept_[std::size_t(j)] + prior_kept * prior_weight_) /
                                 (trials_[std::size_t(j)] + prior_weight_));
     }
     return 1.0 + best;
+  }
+
+  // Verified trees (forgotten as the history is) that told budget k.
+  double observed(std::int32_t k) const {
+    return k >= 1 && k <= max_budget() ? trials_[std::size_t(k)] : 0.0;
   }
 
  private:
@@ -376,10 +406,15 @@ struct SpecCandidate {
   bool model_drafter = false;  // its drafts cost draft-model rows (per_model_draft)
   // Its per-depth history (AcceptanceEstimate::depths()); null: geometric in `acceptance`.
   const speculative::DraftAcceptance* depths = nullptr;
-  // Its drafts come from the engine's batched draft model: the step runs as
-  // many draft passes as the largest such k (per_draft_pass), and k rows of
-  // it are this request's (per_draft_row).
+  // Its drafts come from a drafter whose passes every request shares: the
+  // engine's batched draft model (one pass a draft) or a head's trees
+  // (tree_levels > 0: commit_passes, then one a level, at most tree_levels;
+  // FeatureStream::passes). The step runs as many passes as the candidate
+  // needing most (per_draft_pass), and k rows of them are this request's
+  // (per_draft_row).
   bool batched_drafter = false;
+  std::int32_t commit_passes = 0;
+  std::int32_t tree_levels = 0;
   // Batched drafter: rows the draft model must feed before this request's
   // first draft beyond the one a drafting step always feeds (the tokens it
   // has not seen: its prompt when it first drafts, its output since it last
@@ -402,22 +437,31 @@ struct SpecCandidate {
     if (budgets) return budgets->expected_tokens(k);
     return depths ? depths->expected_tokens(k) : expected_emitted(acceptance, k);
   }
+  // Shared passes its k drafts need (batched_drafter).
+  std::int32_t passes(std::int32_t k) const {
+    if (k <= 0) return 0;
+    return tree_levels > 0 ? commit_passes + std::min(k, tree_levels) : k;
+  }
 };
 
 // Drafts per candidate (0 = plain decode this step) that maximise expected
 // emitted tokens per second of the step, given the plain step's tokens and
 // emitted rows. Greedy over candidates, best acceptance first (ties: input
 // order): each takes the k that raises the step's ratio most, or 0. The
-// batched draft model's passes are shared, so no single request would pay
-// for them alone: the greedy runs once per pass count P (0 to the largest
-// such max_k), P passes paid up front and each batched drafter taking k <= P
-// at its rows' price (k rows and its catch-up's share), and the best P wins.
+// batched drafters' passes are shared, so no single request would pay for
+// them alone: the greedy runs once per pass count P (0 to the most any
+// candidate's max_k needs), P passes paid up front and each batched drafter
+// taking a k that needs at most P (SpecCandidate::passes) at its rows'
+// price (k rows and its catch-up's share), and the best P wins.
 // With an invalid cost model one candidate explores and the others decode
 // plainly: the fit learns what drafting costs from one request's steps, not
 // from a batch that all pays its catch-up at once. Alone it drafts its
 // max_k (at batch 1 drafting is what usually pays); among others it drafts
 // one token, the cheapest step that still shows the draft's columns (with a
-// same-size draft model, exploring at k 4 cost 16 requests 10 %).
+// same-size draft model, exploring at k 4 cost 16 requests 10 %), but a
+// head's tree its max_k: one tree tells every budget (BudgetAcceptance),
+// and trees of one node only would show the fit a token and a commit pass
+// that always come together.
 inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double plain_tokens,
                                                double plain_rows, const std::vector<SpecCandidate>& cands,
                                                double plain_keys = 0) {
@@ -425,7 +469,7 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
   if (!cost.valid) {
     if (!cands.empty()) {
       const std::int32_t most = std::max(cands[0].max_k, 0);
-      k[0] = cands.size() == 1 ? most : std::min(most, 1);
+      k[0] = cands.size() == 1 || cands[0].tree_levels > 0 ? most : std::min(most, 1);
     }
     return k;
   }
@@ -435,7 +479,7 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
                    [&](std::size_t a, std::size_t b) { return cands[a].acceptance > cands[b].acceptance; });
   std::int32_t max_passes = 0;
   for (const SpecCandidate& c : cands)
-    if (c.batched_drafter) max_passes = std::max(max_passes, c.max_k);
+    if (c.batched_drafter) max_passes = std::max(max_passes, c.passes(c.max_k));
   // Rows of the batched draft model a candidate adds at k drafts.
   auto draft_rows = [](const SpecCandidate& c, std::int32_t kk) {
     if (!c.batched_drafter || kk <= 0) return 0.0;
@@ -450,10 +494,9 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
     std::fill(trial.begin(), trial.end(), 0);
     for (std::size_t i : order) {
       const SpecCandidate& c = cands[i];
-      const std::int32_t cap = c.batched_drafter ? std::min(c.max_k, passes) : c.max_k;
       double best = emitted / cost.seconds(tokens, drafts, passes, rows, keys);
       const double window = std::max(c.window_rows, 0.0);
-      for (std::int32_t kk = 1; kk <= cap; ++kk) {
+      for (std::int32_t kk = 1; kk <= c.max_k && (!c.batched_drafter || c.passes(kk) <= passes); ++kk) {
         const double e = emitted + c.expected(kk) - 1.0;
         const double r = e / cost.seconds(tokens + kk + window, drafts + (c.model_drafter ? kk : 0), passes,
                                           rows + draft_rows(c, kk), keys + (kk + window) * c.context);
@@ -483,7 +526,7 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
 // requests run, SpecAdaptive choose_drafts over the fitted cost (the plain
 // step's tokens: the last step's, at least one per running request; `step`:
 // steps measured so far, which paces the exploration before the fit is
-// valid; the plain step's keys: the last step's; `idle`: steps in a row
+// valid and SpecAdaptive::probe_every; the plain step's keys: the last step's; `idle`: steps in a row
 // that drafted nothing, which paces SpecAdaptive::revisit_every).
 inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, const StepCostModel& cost,
                                                      double last_plain_tokens, std::int64_t running,
@@ -513,6 +556,18 @@ inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, c
                 out[i] = cands[i].max_k;
                 break;
               }
+          }
+          if (cost.valid && pol.probe_every > 0 && step % pol.probe_every == 0 && !cands.empty()) {
+            // One probe a step, taking turns from probe to probe.
+            const std::size_t first = std::size_t(step / pol.probe_every) % cands.size();
+            for (std::size_t n = 0; n < cands.size(); ++n) {
+              const std::size_t i = (first + n) % cands.size();
+              const SpecCandidate& c = cands[i];
+              if (c.budgets && out[i] > 0 && out[i] < c.max_k && c.budgets->observed(c.max_k) < 1.0) {
+                out[i] = c.max_k;
+                break;
+              }
+            }
           }
         }
         return out;

@@ -73,6 +73,16 @@ class FeatureStream {
   // ranks[i]-th best, and a budget of k would have drafted the nodes of rank
   // < k. Empty: unknown.
   virtual const std::vector<int>& tree_ranks() const = 0;
+  // The head's forward passes a tree drafted beside other streams' costs
+  // (FeatureTreeBatch runs each pass once for all of them): commit passes
+  // for the new rows, then one a tree level, at most `levels` (a tree of k
+  // nodes is at most k deep). What the Engine's cost fit prices drafting by.
+  struct Passes {
+    int commit = 0;
+    int levels = 0;
+    int at(int nodes) const { return nodes > 0 ? commit + std::min(levels, nodes) : 0; }
+  };
+  virtual Passes passes() const = 0;
 };
 
 // A head type provides what feature_draft_generate asks of it (reset(),
@@ -202,6 +212,16 @@ class FeatureDraftStream final : public FeatureStream {
   // The last tree drafted.
   const TokenTree& tree() const { return tree_out_; }
   const std::vector<int>& tree_ranks() const override { return ws_.ranks; }
+  // EAGLE commits in one head forward, MTP in one a module; a level is one
+  // forward (MTP: module d's).
+  Passes passes() const override {
+    if constexpr (std::is_same_v<Head, EagleHead>)
+      return {1, tree_.depth};
+    else
+      return {head_.module_count(), tree_.depth};
+  }
+  // Rows the staged tree commits first.
+  int staged_rows() const { return staged_rows_; }
 
  private:
   Head head_;
