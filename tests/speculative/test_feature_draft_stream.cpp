@@ -214,6 +214,13 @@ TEST_CASE(
     alone.push_back(make_stream(q));
   }
   sp::FeatureTreeBatch batch;
+  // What the drafting costs, as the Engine's switch prices it: each head
+  // type's passes once for all its streams (EAGLE: a commit, then a level
+  // each, 3 deep at most; MTP: a commit a module, then a level each, at
+  // most a module each; Medusa: one), and the rows committed and drafted.
+  const int modules = mtp.module_count(), mtp_depth = std::min(3, modules);
+  REQUIRE(batch.forwards() == 0);
+  REQUIRE(batch.rows_fed() == 0);
   // Step s drafts after the first len - 4 + 2s tokens (the contexts grow, as
   // accepted tokens make them, and the heads commit the new rows first).
   for (int step = 0; step < 3; ++step) {
@@ -221,13 +228,29 @@ TEST_CASE(
     batch.clear();
     std::vector<const sp::TokenTree*> got;
     std::vector<std::int64_t> lens;
+    int eagle_passes = 0, mtp_passes = 0, medusa_passes = 0;
+    std::int64_t rows = 0;
+    const std::int64_t forwards_before = batch.forwards(), rows_before = batch.rows_fed();
     for (std::size_t r = 0; r < reqs.size(); ++r) {
       const std::int64_t len = std::int64_t(reqs[r].tokens.size()) - 4 + 2 * step;
       lens.push_back(len);
       for (auto* s : {together[r].get(), alone[r].get()}) s->observe(0, reqs[r].feats.data(), len - 1);
       got.push_back(batch.add(*together[r], w, reqs[r].tokens.data(), len, reqs[r].nodes, 1));
+      const int n = reqs[r].nodes;
+      rows += n;
+      if (reqs[r].kind == kEagle) {
+        if (n > 0) eagle_passes = std::max(eagle_passes, 1 + std::min(3, n));
+        rows += step == 0 ? len - 1 : 2;  // the rows it commits first
+      } else if (reqs[r].kind == kMtp) {
+        if (n > 0) mtp_passes = std::max(mtp_passes, modules + std::min(mtp_depth, n));
+        rows += step == 0 ? len - 1 : 2;
+      } else if (n > 0) {
+        medusa_passes = 1;
+      }
     }
     batch.draft(w, 1);
+    CHECK(batch.forwards() - forwards_before == eagle_passes + mtp_passes + medusa_passes);
+    CHECK(batch.rows_fed() - rows_before == rows);
     int nonempty = 0;
     for (std::size_t r = 0; r < reqs.size(); ++r) {
       INFO("request " << r);
