@@ -534,15 +534,14 @@ TEST_CASE("spec policy: a head's tree passes are shared by the requests drafting
   // deep: a tree of k nodes needs 1 + min(k, 3) passes, whoever else drafts.
   fe::SpecCandidate head{0.6, 4, false};
   head.batched_drafter = true;
-  head.commit_passes = 1;
-  head.tree_levels = 3;
-  CHECK(head.passes(0) == 0);
-  CHECK(head.passes(1) == 2);
-  CHECK(head.passes(3) == 4);
-  CHECK(head.passes(8) == 4);
+  head.draft_passes = {1, 3};
+  CHECK(head.draft_passes.at(0) == 0);
+  CHECK(head.draft_passes.at(1) == 2);
+  CHECK(head.draft_passes.at(3) == 4);
+  CHECK(head.draft_passes.at(8) == 4);
   fe::SpecCandidate chain{0.6, 4, false};
   chain.batched_drafter = true;
-  CHECK(chain.passes(3) == 3);
+  CHECK(chain.draft_passes.at(3) == 3);
   // Sixteen requests, 0.2 ms a token, a pass 1 ms: one node (0.6 kept)
   // does not pay one request 2.2 ms, but sixteen share their 2 ms.
   fe::StepCostModel cost;

@@ -217,11 +217,7 @@ class RequestSpeculation {
     }
     SpecCandidate c{acceptance_.value(), spec_.k, drafts_cost_passes(), &acceptance_.depths(),
                     uses_draft_model() || stream_};
-    if (stream_) {
-      const speculative::FeatureStream::Passes p = stream_->passes();
-      c.commit_passes = p.commit;
-      c.tree_levels = p.levels;
-    }
+    if (stream_) c.draft_passes = stream_->passes();
     if (stream_ || lookahead_) c.budgets = &acceptance_.budgets();  // trees: priced by node budget
     c.window_rows = double(window_rows());
     return c;

@@ -50,6 +50,7 @@
 
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/speculative/adaptive_draft_length.hpp"
+#include "fastinfer/speculative/draft_passes.hpp"
 
 namespace fastinfer::engine {
 
@@ -407,14 +408,12 @@ struct SpecCandidate {
   // Its per-depth history (AcceptanceEstimate::depths()); null: geometric in `acceptance`.
   const speculative::DraftAcceptance* depths = nullptr;
   // Its drafts come from a drafter whose passes every request shares: the
-  // engine's batched draft model (one pass a draft) or a head's trees
-  // (tree_levels > 0: commit_passes, then one a level, at most tree_levels;
-  // FeatureStream::passes). The step runs as many passes as the candidate
-  // needing most (per_draft_pass), and k rows of them are this request's
-  // (per_draft_row).
+  // engine's batched draft model (one pass a draft: draft_passes as it is)
+  // or a head's trees (FeatureStream::passes). The step runs as many passes
+  // as the candidate needing most (per_draft_pass), and k rows of them are
+  // this request's (per_draft_row).
   bool batched_drafter = false;
-  std::int32_t commit_passes = 0;
-  std::int32_t tree_levels = 0;
+  speculative::DraftPasses draft_passes;
   // Batched drafter: rows the draft model must feed before this request's
   // first draft beyond the one a drafting step always feeds (the tokens it
   // has not seen: its prompt when it first drafts, its output since it last
@@ -437,11 +436,6 @@ struct SpecCandidate {
     if (budgets) return budgets->expected_tokens(k);
     return depths ? depths->expected_tokens(k) : expected_emitted(acceptance, k);
   }
-  // Shared passes its k drafts need (batched_drafter).
-  std::int32_t passes(std::int32_t k) const {
-    if (k <= 0) return 0;
-    return tree_levels > 0 ? commit_passes + std::min(k, tree_levels) : k;
-  }
 };
 
 // Drafts per candidate (0 = plain decode this step) that maximise expected
@@ -451,7 +445,7 @@ struct SpecCandidate {
 // batched drafters' passes are shared, so no single request would pay for
 // them alone: the greedy runs once per pass count P (0 to the most any
 // candidate's max_k needs), P passes paid up front and each batched drafter
-// taking a k that needs at most P (SpecCandidate::passes) at its rows'
+// taking a k that needs at most P (SpecCandidate::draft_passes) at its rows'
 // price (k rows and its catch-up's share), and the best P wins.
 // With an invalid cost model one candidate explores and the others decode
 // plainly: the fit learns what drafting costs from one request's steps, not
@@ -469,7 +463,7 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
   if (!cost.valid) {
     if (!cands.empty()) {
       const std::int32_t most = std::max(cands[0].max_k, 0);
-      k[0] = cands.size() == 1 || cands[0].tree_levels > 0 ? most : std::min(most, 1);
+      k[0] = cands.size() == 1 || cands[0].draft_passes.levels > 0 ? most : std::min(most, 1);
     }
     return k;
   }
@@ -479,7 +473,7 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
                    [&](std::size_t a, std::size_t b) { return cands[a].acceptance > cands[b].acceptance; });
   std::int32_t max_passes = 0;
   for (const SpecCandidate& c : cands)
-    if (c.batched_drafter) max_passes = std::max(max_passes, c.passes(c.max_k));
+    if (c.batched_drafter) max_passes = std::max(max_passes, c.draft_passes.at(c.max_k));
   // Rows of the batched draft model a candidate adds at k drafts.
   auto draft_rows = [](const SpecCandidate& c, std::int32_t kk) {
     if (!c.batched_drafter || kk <= 0) return 0.0;
@@ -496,7 +490,8 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
       const SpecCandidate& c = cands[i];
       double best = emitted / cost.seconds(tokens, drafts, passes, rows, keys);
       const double window = std::max(c.window_rows, 0.0);
-      for (std::int32_t kk = 1; kk <= c.max_k && (!c.batched_drafter || c.passes(kk) <= passes); ++kk) {
+      for (std::int32_t kk = 1; kk <= c.max_k && (!c.batched_drafter || c.draft_passes.at(kk) <= passes);
+           ++kk) {
         const double e = emitted + c.expected(kk) - 1.0;
         const double r = e / cost.seconds(tokens + kk + window, drafts + (c.model_drafter ? kk : 0), passes,
                                           rows + draft_rows(c, kk), keys + (kk + window) * c.context);

@@ -43,6 +43,7 @@
 
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/model/weights.hpp"
+#include "fastinfer/speculative/draft_passes.hpp"
 #include "fastinfer/speculative/eagle_generate.hpp"
 #include "fastinfer/speculative/eagle_head.hpp"
 #include "fastinfer/speculative/eagle_tree.hpp"
@@ -75,14 +76,9 @@ class FeatureStream {
   virtual const std::vector<int>& tree_ranks() const = 0;
   // The head's forward passes a tree drafted beside other streams' costs
   // (FeatureTreeBatch runs each pass once for all of them): commit passes
-  // for the new rows, then one a tree level, at most `levels` (a tree of k
-  // nodes is at most k deep). What the Engine's cost fit prices drafting by.
-  struct Passes {
-    int commit = 0;
-    int levels = 0;
-    int at(int nodes) const { return nodes > 0 ? commit + std::min(levels, nodes) : 0; }
-  };
-  virtual Passes passes() const = 0;
+  // for the new rows, then one a tree level. What the Engine's cost fit
+  // prices drafting by.
+  virtual DraftPasses passes() const = 0;
 };
 
 // A head type provides what feature_draft_generate asks of it (reset(),
@@ -214,7 +210,7 @@ class FeatureDraftStream final : public FeatureStream {
   const std::vector<int>& tree_ranks() const override { return ws_.ranks; }
   // EAGLE commits in one head forward, MTP in one a module; a level is one
   // forward (MTP: module d's).
-  Passes passes() const override {
+  DraftPasses passes() const override {
     if constexpr (std::is_same_v<Head, EagleHead>)
       return {1, tree_.depth};
     else

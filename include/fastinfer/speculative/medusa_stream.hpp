@@ -99,7 +99,7 @@ class MedusaStream final : public FeatureStream {
 
   const std::vector<int>& tree_ranks() const override { return ranks_; }
   // Every head reads the root's feature once, whatever the tree: one pass.
-  Passes passes() const override { return {0, 1}; }
+  DraftPasses passes() const override { return {0, 1}; }
 
  private:
   // Streams sharing one set of heads.
