@@ -849,7 +849,9 @@ TEST_CASE("engine speculation: sampled requests emit their plain tokens when the
     // A small step budget: drafts compete with prefill chunks and each other.
     cfg.scheduler.max_tokens_per_step = 20;
     cfg.scheduler.max_prefill_chunk = 6;
-    cfg.scheduler.max_context = 96;  // at most 6 blocks a request: a 16-block pool preempts
+    // At most 6 blocks a request: a 12-block pool preempts (one of 16 did not
+    // with FASTINFER_BF16_DOT=bf16, whose draft keeps other tokens).
+    cfg.scheduler.max_context = 96;
     int pool = 0;
     if (variant == 0) {
       cfg.spec.policy = fe::SpecAdaptive{};
@@ -857,7 +859,7 @@ TEST_CASE("engine speculation: sampled requests emit their plain tokens when the
       // A small pool: preemption by recompute in the middle of runs (every
       // slot asked for, so that the run does not depend on timing).
       cfg.spec.policy = fe::SpecAlways{};
-      pool = 16;
+      pool = 12;
     } else {
       // Speculation only while at most 4 requests run: rows switch on and off.
       cfg.spec.policy = fe::SpecMaxBatch{4};
