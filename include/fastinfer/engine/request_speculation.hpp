@@ -210,16 +210,19 @@ class RequestSpeculation {
   // window's n-grams for later steps are not priced), while SpecAlways
   // still feeds its window.
   SpecCandidate candidate(sched::TokenId last) const {
+    SpecCandidate c;
+    c.max_k = spec_.k;
+    c.window_rows = double(window_rows());
     if (lookahead_ && lookahead_->continuations(last).empty()) {
-      SpecCandidate none{0.0, spec_.k, false, nullptr, false};
-      none.window_rows = double(window_rows());
-      return none;
+      c.acceptance = 0.0;
+      return c;
     }
-    SpecCandidate c{acceptance_.value(), spec_.k, drafts_cost_passes(), &acceptance_.depths(),
-                    uses_draft_model() || stream_};
+    c.acceptance = acceptance_.value();
+    c.model_drafter = drafts_cost_passes();
+    c.depths = &acceptance_.depths();
+    c.batched_drafter = uses_draft_model() || stream_;
     if (stream_) c.draft_passes = stream_->passes();
     if (stream_ || lookahead_) c.budgets = &acceptance_.budgets();  // trees: priced by node budget
-    c.window_rows = double(window_rows());
     return c;
   }
 
