@@ -6,7 +6,9 @@
 // (every pass stays within 32 rows: batch invariance);
 // a step costs the same number of draft passes whatever the number of
 // requests; a pool too small drops only sequences of requests not drafting;
-// bad jobs are refused by name before anything changes.
+// bad jobs are refused by name before anything changes; a draft model that
+// costs at least the target a pass (draft_costs_at_least) is told from one
+// that may cost less.
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -166,4 +168,33 @@ TEST_CASE("batched draft model: a full pool drops only requests not drafting, ba
   for (int id : {5, 6}) batched.release(id);
   CHECK(batched.sequences() == 0);
   CHECK(batched.model().kv().allocator().num_free_blocks() == batched.model().kv().allocator().num_blocks());
+}
+
+TEST_CASE("batched draft model: a draft that costs the target's pass or more is told apart",
+          "[engine][spec]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  const fastinfer::LlamaWeights f32 = fastinfer::load_model(model_path.string());
+  fastinfer::LoadOptions lo;
+  lo.weight_dtype = fastinfer::DType::F32;
+  const fastinfer::LlamaWeights big = fastinfer::load_model("synthetic:15M", lo);
+  REQUIRE(f32.layers.front().wq.dtype == fastinfer::DType::F32);
+  fastinfer::ModelOptions mo{1, 16};
+  mo.kv.layout = fastinfer::KVLayoutKind::Paged;
+  fastinfer::ModelOptions int8 = mo;
+  int8.kv.quant = fastinfer::kv::QuantKind::Int8;
+  LlamaModel<> target(f32, mo), same(f32, mo), cheaper(draft_weights(model_path), mo), larger(big, mo),
+      int8_kv(f32, int8);
+  CHECK(fe::draft_costs_at_least(same, target));
+  CHECK(fe::draft_costs_at_least(larger, target));
+  CHECK_FALSE(fe::draft_costs_at_least(target, larger));
+  // bf16 weights stream half the bytes; and other types are not compared
+  // (a bf16 pass may beat an f32 one of more bytes, or not).
+  CHECK_FALSE(fe::draft_costs_at_least(cheaper, target));
+  CHECK_FALSE(fe::draft_costs_at_least(target, cheaper));
+  // An int8 KV cache reads fewer bytes a key.
+  CHECK_FALSE(fe::draft_costs_at_least(int8_kv, target));
+  CHECK(fe::draft_costs_at_least(target, int8_kv));
+  // The Engine's draft model of the target's own weights.
+  fe::BatchedDraftModel<> batched(f32, 1, 16, 2, fastinfer::CpuBackend{}, spec::AcceptanceRule::Coupled);
+  CHECK(fe::draft_costs_at_least(batched.model(), target));
 }

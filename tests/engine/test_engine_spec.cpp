@@ -308,6 +308,48 @@ TEST_CASE("engine speculation: policies never and max-batch, bad speculation set
   CHECK(e.output(id) == solo_greedy(solo, reqs[0].prompt, reqs[0].max_new_tokens, reqs[0].stop_ids));
 }
 
+TEST_CASE("engine speculation: the switch never drafts with a draft model that costs the target's pass",
+          "[engine][spec]") {
+  FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
+  LlamaModel<> solo(fastinfer::load_model(model_path.string()), paged_options(0, 1));
+  std::vector<fs::Request> reqs;
+  std::mt19937 rng(5);
+  for (int i = 0; i < 6; ++i) {
+    std::vector<std::int32_t> prompt{1};
+    for (int k = 0; k < 5; ++k) prompt.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
+    prompt.insert(prompt.end(), prompt.begin() + 1, prompt.end());
+    reqs.push_back(make_request(prompt, 12 + 3 * i, {1}));
+  }
+  fe::RequestSpec rs;
+  rs.drafter = fe::SpecDrafter::DraftModel;
+  rs.k = 3;
+  fastinfer::LoadOptions bf16;
+  bf16.weight_dtype = fastinfer::DType::BF16;
+  // The target's own weights as the draft: adaptive never drafts (nor
+  // explores), always still does; a bf16 draft of the f32 target is
+  // cheaper and the switch explores it.
+  for (int variant = 0; variant < 3; ++variant) {
+    LlamaModel<> model(fastinfer::load_model(model_path.string()), paged_options(0, 8));
+    fe::EngineConfig cfg;
+    cfg.spec.draft_weights =
+        fastinfer::load_model(model_path.string(), variant == 2 ? bf16 : fastinfer::LoadOptions{});
+    if (variant == 1) cfg.spec.policy = fe::SpecAlways{};
+    INFO("variant " << variant);
+    const fastinfer::testing::SpecRun got = fastinfer::testing::run_spec_engine(model, cfg, reqs, {rs});
+    for (std::size_t i = 0; i < reqs.size(); ++i)
+      CHECK(got.outputs[i] == solo_greedy(solo, reqs[i].prompt, reqs[i].max_new_tokens, reqs[i].stop_ids));
+    const fe::EngineMetrics& m = got.metrics;
+    CHECK(m.spec_candidates > 0);
+    if (variant == 0) {
+      CHECK(m.spec_rows == 0);
+      CHECK(m.spec_switched_off == m.spec_candidates);
+      CHECK(m.draft_seconds == 0.0);
+    } else {
+      CHECK(m.spec_rows > 0);
+    }
+  }
+}
+
 // ---- the adaptive switch, without a model -------------------------------------
 
 TEST_CASE("spec policy: expected emitted tokens", "[engine][spec]") {
@@ -420,6 +462,34 @@ TEST_CASE("spec policy: the switch speculates at batch 1 and turns off at a larg
     never.revisit_every = 0;
     CHECK(fe::drafts_under_policy(never, dear, 3, 3, {priced, priced}, 100, 0, 1000) == K{0, 0});
   }
+}
+
+TEST_CASE("spec policy: a candidate that never pays is neither drafted nor explored", "[engine][spec]") {
+  using K = std::vector<std::int32_t>;
+  const fe::StepCostModel cost = memory_bound_cost();
+  fe::SpecCandidate good{0.8, 4, true};
+  good.batched_drafter = true;
+  fe::SpecCandidate never = good;
+  never.never_pays = true;
+  CHECK(never.adaptive_max_k() == 0);
+  CHECK(good.adaptive_max_k() == 4);
+  // Drafting pays at batch 1 and with four requests: not for it.
+  CHECK(fe::choose_drafts(cost, 1, 1, {good}) == K{4});
+  CHECK(fe::choose_drafts(cost, 1, 1, {never}) == K{0});
+  CHECK(fe::choose_drafts(cost, 3, 3, {never, good, never}) == K{0, 4, 0});
+  // No fit yet: the first candidate that may draft explores.
+  CHECK(fe::choose_drafts(fe::StepCostModel{}, 1, 1, {never}) == K{0});
+  CHECK(fe::choose_drafts(fe::StepCostModel{}, 3, 3, {never, good, good}) == K{0, 1, 0});
+  const fe::SpecAdaptive pol;
+  CHECK(fe::drafts_under_policy(pol, fe::StepCostModel{}, 3, 3, {never, never, good}, 4) == K{0, 0, 1});
+  // The revisit passes it over.
+  fe::StepCostModel dear = cost;
+  dear.per_model_draft = 1.0;
+  CHECK(fe::drafts_under_policy(pol, dear, 3, 3, {never, good}, 100, 0, pol.revisit_every) == K{0, 4});
+  CHECK(fe::drafts_under_policy(pol, dear, 3, 3, {never, never}, 100, 0, pol.revisit_every) == K{0, 0});
+  // Other policies draft it as they would any candidate.
+  CHECK(fe::drafts_under_policy(fe::SpecAlways{}, cost, 2, 2, {never, good}) == K{4, 4});
+  CHECK(fe::drafts_under_policy(fe::SpecMaxBatch{4}, cost, 2, 2, {never, good}) == K{4, 4});
 }
 
 TEST_CASE("spec policy: a tree drafter settled on small trees probes its max_k now and then",

@@ -40,6 +40,37 @@
 
 namespace fastinfer::engine {
 
+// Whether a pass of `draft` over n rows costs at least the same pass of
+// `target` on the same backend: it streams at least the target's weight
+// bytes, in the same types, does at least its multiply-adds per row and per
+// attended key, and reads at least its KV bytes per key. Such a draft (the
+// target's own weights, the usual "self-draft" stand-in) never makes a step
+// faster. A plain step feeds B rows at price P(B); D of them drafting k
+// tokens each cost k draft passes of at least P(D) and a verify pass of at
+// least P(B), for at most B + kD tokens: (B + kD) / (P(B) + k P(D)) <=
+// B / P(B) exactly when P(B) / B <= P(D) / D, which holds for D <= B (a pass
+// reads the weights once for all its rows). The Engine's adaptive switch
+// never drafts with it (SpecCandidate::never_pays).
+template <typename Backend>
+bool draft_costs_at_least(const LlamaModel<Backend>& draft, const LlamaModel<Backend>& target) {
+  const auto row_macs = [](const LlamaConfig& c) {
+    const double layer = 2.0 * double(c.dim) * c.q_dim() + 2.0 * double(c.dim) * c.kv_dim() +
+                         3.0 * double(c.dim) * c.hidden_dim;
+    return double(c.n_layers) * layer + double(c.vocab_size) * c.dim;
+  };
+  const auto key_macs = [](const LlamaConfig& c) { return double(c.n_layers) * c.q_dim(); };
+  const auto same_types = [](const LlamaWeights& a, const LlamaWeights& b) {
+    const LlamaLayerWeights &x = a.layers.front(), &y = b.layers.front();
+    return a.classifier.dtype == b.classifier.dtype && x.wq.dtype == y.wq.dtype && x.wk.dtype == y.wk.dtype &&
+           x.wv.dtype == y.wv.dtype && x.wo.dtype == y.wo.dtype && x.w_gate.dtype == y.w_gate.dtype &&
+           x.w_down.dtype == y.w_down.dtype && x.w_up.dtype == y.w_up.dtype;
+  };
+  return same_types(draft.weights(), target.weights()) && draft.weights_bytes() >= target.weights_bytes() &&
+         row_macs(draft.config()) >= row_macs(target.config()) &&
+         key_macs(draft.config()) >= key_macs(target.config()) &&
+         draft.kv().bytes_per_token() >= target.kv().bytes_per_token();
+}
+
 template <typename Backend = CpuBackend>
 class BatchedDraftModel {
  public:

@@ -225,7 +225,7 @@ class Engine {
     // The draft model is set up with the engine, as the target was: its
     // weights' conversion and KV pool (0.13 s for the 15M stand-in in bf16)
     // are not the first drafting request's stall, nor a step the switch times.
-    if (cfg_.spec.draft_weights) draft_model_();
+    if (cfg_.spec.draft_weights) draft_never_pays_ = draft_costs_at_least(draft_model_().model(), model_);
     if (sc.swap_blocks > 0) host_pool_.assign(std::size_t(sc.swap_blocks) * model_.kv().host_block_bytes(), 0);
   }
 
@@ -515,6 +515,7 @@ class Engine {
         catch_up_context_.insert(catch_up_context_.end(), out.begin(), out.end());
         cands_.back().catch_up_rows =
             double(std::max<std::int64_t>(0, draft_->catch_up_tokens(id, catch_up_context_) - 1));
+        cands_.back().never_pays = draft_never_pays_;
       }
     }
     // Deterministic order (the map's is not).
@@ -907,6 +908,7 @@ class Engine {
   std::int64_t steps_without_drafts_ = 0;
   std::int64_t step_model_drafts_ = 0;
   std::vector<TokenId> catch_up_context_;  // plan_drafts_' scratch
+  bool draft_never_pays_ = false;  // the draft model costs at least the target a pass (draft_costs_at_least)
   std::int64_t step_draft_passes_ = 0;     // the batched draft model's and the heads' passes this step
   std::int64_t step_draft_rows_ = 0;    // and the rows they fed
   double step_draft_seconds_ = 0;       // the step's drafting, timed (propose_)

@@ -431,7 +431,13 @@ struct SpecCandidate {
   // Target rows a drafting step feeds beside its drafts, whatever their
   // number (lookahead's Jacobi window): paid at k >= 1, nothing at k = 0.
   double window_rows = 0;
+  // Its drafting can never make a step faster (a draft model that costs at
+  // least the target a pass: draft_costs_at_least): SpecAdaptive neither
+  // drafts with it nor explores it; SpecAlways and SpecMaxBatch still do.
+  bool never_pays = false;
 
+  // The most drafts SpecAdaptive may give it.
+  std::int32_t adaptive_max_k() const { return never_pays ? 0 : std::max(max_k, 0); }
   double expected(std::int32_t k) const {
     if (budgets) return budgets->expected_tokens(k);
     return depths ? depths->expected_tokens(k) : expected_emitted(acceptance, k);
@@ -447,8 +453,9 @@ struct SpecCandidate {
 // candidate's max_k needs), P passes paid up front and each batched drafter
 // taking a k that needs at most P (SpecCandidate::draft_passes) at its rows'
 // price (k rows and its catch-up's share), and the best P wins.
-// With an invalid cost model one candidate explores and the others decode
-// plainly: the fit learns what drafting costs from one request's steps, not
+// A candidate that never pays (SpecCandidate::never_pays) gets 0 throughout.
+// With an invalid cost model one candidate (the first that may draft)
+// explores and the others decode plainly: the fit learns what drafting costs from one request's steps, not
 // from a batch that all pays its catch-up at once. Alone it drafts its
 // max_k (at batch 1 drafting is what usually pays); among others it drafts
 // one token, the cheapest step that still shows the draft's columns (with a
@@ -461,9 +468,12 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
                                                double plain_keys = 0) {
   std::vector<std::int32_t> k(cands.size(), 0);
   if (!cost.valid) {
-    if (!cands.empty()) {
-      const std::int32_t most = std::max(cands[0].max_k, 0);
-      k[0] = cands.size() == 1 || cands[0].draft_passes.levels > 0 ? most : std::min(most, 1);
+    // The first candidate that may draft at all explores.
+    for (std::size_t i = 0; i < cands.size(); ++i) {
+      const std::int32_t most = cands[i].adaptive_max_k();
+      if (most == 0) continue;
+      k[i] = cands.size() == 1 || cands[i].draft_passes.levels > 0 ? most : std::min(most, 1);
+      break;
     }
     return k;
   }
@@ -473,7 +483,7 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
                    [&](std::size_t a, std::size_t b) { return cands[a].acceptance > cands[b].acceptance; });
   std::int32_t max_passes = 0;
   for (const SpecCandidate& c : cands)
-    if (c.batched_drafter) max_passes = std::max(max_passes, c.draft_passes.at(c.max_k));
+    if (c.batched_drafter) max_passes = std::max(max_passes, c.draft_passes.at(c.adaptive_max_k()));
   // Rows of the batched draft model a candidate adds at k drafts.
   auto draft_rows = [](const SpecCandidate& c, std::int32_t kk) {
     if (!c.batched_drafter || kk <= 0) return 0.0;
@@ -490,8 +500,8 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
       const SpecCandidate& c = cands[i];
       double best = emitted / cost.seconds(tokens, drafts, passes, rows, keys);
       const double window = std::max(c.window_rows, 0.0);
-      for (std::int32_t kk = 1; kk <= c.max_k && (!c.batched_drafter || c.draft_passes.at(kk) <= passes);
-           ++kk) {
+      for (std::int32_t kk = 1;
+           kk <= c.adaptive_max_k() && (!c.batched_drafter || c.draft_passes.at(kk) <= passes); ++kk) {
         const double e = emitted + c.expected(kk) - 1.0;
         const double r = e / cost.seconds(tokens + kk + window, drafts + (c.model_drafter ? kk : 0), passes,
                                           rows + draft_rows(c, kk), keys + (kk + window) * c.context);
@@ -547,7 +557,7 @@ inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, c
             // The first candidate that expects anything of its drafts (a
             // lookahead request with no n-gram for its root expects nothing).
             for (std::size_t i = 0; i < cands.size(); ++i)
-              if (cands[i].max_k > 0 && cands[i].expected(cands[i].max_k) > 1.0 + 1e-9) {
+              if (cands[i].adaptive_max_k() > 0 && cands[i].expected(cands[i].max_k) > 1.0 + 1e-9) {
                 out[i] = cands[i].max_k;
                 break;
               }
@@ -558,7 +568,8 @@ inline std::vector<std::int32_t> drafts_under_policy(const SpecPolicy& policy, c
             for (std::size_t n = 0; n < cands.size(); ++n) {
               const std::size_t i = (first + n) % cands.size();
               const SpecCandidate& c = cands[i];
-              if (c.budgets && out[i] > 0 && out[i] < c.max_k && c.budgets->observed(c.max_k) < 1.0) {
+              if (c.budgets && out[i] > 0 && out[i] < c.adaptive_max_k() &&
+                  c.budgets->observed(c.max_k) < 1.0) {
                 out[i] = c.max_k;
                 break;
               }
