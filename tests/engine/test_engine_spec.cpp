@@ -565,13 +565,17 @@ TEST_CASE("spec policy: lookahead's window rows are paid whenever it drafts, nev
   // The window makes drafting stop at a smaller batch; at batch 1 it still pays.
   CHECK(windowed_drafts < bare_drafts);
   CHECK(fe::choose_drafts(cost, 1, 1, {windowed})[0] > 0);
-  // Its rows attend the request's context too (the keys column).
+  // Its rows read the request's context too (the keys column): a decode
+  // row, 4 drafts and 40 window rows read 4000 keys in three blocks of 16
+  // rows (attention_key_reads), twice more than plain decoding, where a bare
+  // chain of 4 reads them with its decode row. At 10 us a key and half its
+  // drafts kept, the window never pays; the chain does.
   fe::StepCostModel keyed = cost;
-  keyed.per_key = 1e-6;
-  windowed.context = 4000;  // 40 rows x 4000 keys x 1 us = 0.16 s a step: never worth it
+  keyed.per_key = 1e-5;
+  windowed.acceptance = bare.acceptance = 0.5;
+  windowed.context = bare.context = 4000;
   CHECK(fe::choose_drafts(keyed, 1, 1, {windowed})[0] == 0);
-  bare.context = 4000;
-  CHECK(fe::choose_drafts(keyed, 1, 1, {bare})[0] > 0);
+  CHECK(fe::choose_drafts(keyed, 1, 1, {bare})[0] == 4);
 }
 
 TEST_CASE("spec policy: a batched drafter's catch-up is charged over the steps it can still draft",
@@ -763,8 +767,10 @@ TEST_CASE("spec policy: the fit's attention column keeps a draft's price as cont
   }
   CHECK(a.model().per_token == b.model().per_token);
   CHECK(a.model().base == b.model().base);
-  // A draft row attends its request's context: where keys are dear, the
-  // request with the long context is the one that stops drafting.
+  // Drafts beside a decode row share its read of the context (a block of
+  // 16 rows): however long the context, 4 drafts add 4 keys. A draft longer
+  // than the block reads it again: where keys are dear, the request with
+  // the long context is the one that stops short of a second read.
   fe::StepCostModel cost;
   cost.base = 5e-3;
   cost.per_token = 1e-4;
@@ -773,9 +779,19 @@ TEST_CASE("spec policy: the fit's attention column keeps a draft's price as cont
   fe::SpecCandidate near{0.7, 4}, far{0.7, 4};
   near.context = 100;
   far.context = 20000;
+  CHECK(fe::choose_drafts(cost, 2, 2, {near, far}, 20100) == std::vector<std::int32_t>{4, 4});
+  near.max_k = far.max_k = 24;
+  near.acceptance = far.acceptance = 0.97;
   const auto k = fe::choose_drafts(cost, 2, 2, {near, far}, 20100);
-  CHECK(k[0] == 4);
-  CHECK(k[1] == 0);
+  CHECK(k[0] > 15);
+  CHECK(k[1] == 15);
+  // The keys a kernel reads: a block of up to 16 rows reads what its last row sees.
+  CHECK(fe::attention_key_reads(100, 0) == 0.0);
+  CHECK(fe::attention_key_reads(100, 1) == 101.0);
+  CHECK(fe::attention_key_reads(100, 5) == 105.0);
+  CHECK(fe::attention_key_reads(100, 16) == 116.0);
+  CHECK(fe::attention_key_reads(100, 17) == 116.0 + 117.0);
+  CHECK(fe::attention_key_reads(0, 64) == 16.0 + 32.0 + 48.0 + 64.0);
 }
 
 TEST_CASE("spec policy: a tree drafter's expected tokens by node budget", "[engine][spec]") {

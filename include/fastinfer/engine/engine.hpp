@@ -556,8 +556,6 @@ class Engine {
     capacity_.clear();
     propose_(plan);
     bool speculating = false;
-    // Keys n rows from position p attend: (p + 1) + ... + (p + n).
-    const auto keys = [](std::int64_t p, std::int64_t n) { return n * p + n * (n + 1) / 2; };
     step_keys_ = step_plain_keys_ = 0;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
@@ -574,8 +572,8 @@ class Engine {
       capacity_.push_back(alloc.capacity(e.id));
       if (it != live_.end() && it->second.first_position < 0) it->second.first_position = e.position;
       stats_.forward_tokens += std::int64_t(feed_.size());
-      step_keys_ += keys(e.position, std::int64_t(feed_.size()));
-      step_plain_keys_ += keys(e.position, e.num_tokens);
+      step_keys_ += attention_key_reads(double(e.position), double(feed_.size()));
+      step_plain_keys_ += attention_key_reads(double(e.position), double(e.num_tokens));
     }
     // Only the rows that are read: a sampling entry's last real token and
     // its drafts; nothing for a prefill chunk that does not end its prompt.
@@ -903,7 +901,7 @@ class Engine {
   std::int64_t last_plain_tokens_ = 0;
   // Keys this step's rows attend, all and without the drafts (the step-cost
   // fit's attention column), and the last step's plain ones.
-  std::int64_t step_keys_ = 0, step_plain_keys_ = 0, last_plain_keys_ = 0;
+  double step_keys_ = 0, step_plain_keys_ = 0, last_plain_keys_ = 0;  // attention_key_reads
   // Steps in a row that drafted nothing (SpecAdaptive::revisit_every).
   std::int64_t steps_without_drafts_ = 0;
   std::int64_t step_model_drafts_ = 0;

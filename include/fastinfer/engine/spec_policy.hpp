@@ -16,9 +16,10 @@
 //    + per_draft_pass * passes of the engine's batched draft model
 //    + per_draft_row * rows those passes fed (a draft model's passes are part
 //    of the step's cost; prompt lookup costs nothing) + per_key * keys its
-//    rows attended (the sum of their positions: without it the base drifts
-//    up as every context grows, and a draft price fitted from a few early
-//    steps sinks to nothing as the base outgrows them). Passes and rows are
+//    attention read (each sequence's context once per block of its new rows,
+//    attention_key_reads: without it the base drifts up as every context
+//    grows, and a draft price fitted from a few early steps sinks to nothing
+//    as the base outgrows them). Passes and rows are
 //    separate columns because a request that starts drafting first feeds the
 //    draft model what it has not seen (its prompt, at first): many rows in
 //    few passes, cheap per row, which priced per pass made drafting look
@@ -154,7 +155,7 @@ inline double expected_emitted(double a, std::int32_t k) {
 // model (batched_draft.hpp), which every request drafting with it shares: a
 // pass streams the draft's weights once whatever its rows; draft_rows: the
 // rows those passes fed (catch-up and draft levels); keys: the keys the
-// step's rows attend (a row at position p attends p + 1).
+// step's attention reads (attention_key_reads).
 struct StepCostModel {
   double base = 0;
   double per_token = 0;
@@ -170,6 +171,26 @@ struct StepCostModel {
            per_draft_row * draft_rows + per_key * keys;
   }
 };
+
+// Keys the attention reads for n new rows of one sequence, the first at
+// position p: an attention kernel reads a sequence's keys once for a block
+// of its new rows (backend/cpu/attention.hpp widens each K/V tile once for
+// up to kAttentionRowBlock queries; GPU kernels tile queries as well), so a
+// block costs the keys its last row sees. A decode row reads p + 1; four
+// drafts beside it add four, not four contexts. Counted per row, the fit
+// read a step of 16 decoding requests at context 100 as mostly attention
+// (1.9 us a key) and priced 4 drafts each at 2.7 ms more for a 2.4 ms step,
+// where always drafting them ran 1.4x faster than plain decoding
+// (bench_engine BM_EngineSpeculation/16/1 and /16/2, 15M stand-in). What the
+// extra rows' dot products cost is per row, in the tokens' price.
+inline constexpr std::int64_t kAttentionRowBlock = 16;
+inline double attention_key_reads(double p, double n) {
+  if (n <= 0) return 0.0;
+  const double blocks = std::ceil(n / double(kAttentionRowBlock));
+  // Block j's last row sits at p + min((j + 1) B, n) - 1.
+  const double full = blocks - 1.0;
+  return blocks * p + double(kAttentionRowBlock) * full * (full + 1.0) / 2.0 + n;
+}
 
 // Weighted least squares over (1, tokens, model_drafts, draft_passes,
 // draft_rows, keys) -> seconds, every older step's weight multiplied by `forget`
@@ -423,7 +444,8 @@ struct SpecCandidate {
   // controller charges it (adaptive_draft_length.hpp).
   double catch_up_rows = 0;
   double remaining_tokens = 0;
-  // Keys each of its draft rows attends (its context length).
+  // Its context length: its decode row sits at context - 1 (the keys its
+  // drafts' rows add: attention_key_reads).
   double context = 0;
   // A tree drafter's history by node budget (AcceptanceEstimate::budgets());
   // when set, it prices k rather than `depths`.
@@ -455,8 +477,9 @@ struct SpecCandidate {
 // price (k rows and its catch-up's share), and the best P wins.
 // A candidate that never pays (SpecCandidate::never_pays) gets 0 throughout.
 // With an invalid cost model one candidate (the first that may draft)
-// explores and the others decode plainly: the fit learns what drafting costs from one request's steps, not
-// from a batch that all pays its catch-up at once. Alone it drafts its
+// explores and the others decode plainly: the fit learns what drafting
+// costs from one request's steps, not from a batch that all pays its
+// catch-up at once. Alone it drafts its
 // max_k (at batch 1 drafting is what usually pays); among others it drafts
 // one token, the cheapest step that still shows the draft's columns (with a
 // same-size draft model, exploring at k 4 cost 16 requests 10 %), but a
@@ -490,6 +513,11 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
     const double steps = c.remaining_tokens > 0 ? std::max(1.0, c.remaining_tokens / c.expected(kk)) : 1.0;
     return double(kk) + std::max(c.catch_up_rows, 0.0) / steps;
   };
+  // Keys a candidate's decode row reads more with `fed` rows beside it.
+  auto draft_keys = [](const SpecCandidate& c, double fed) {
+    const double p = std::max(c.context - 1.0, 0.0);
+    return fed > 0 ? attention_key_reads(p, 1.0 + fed) - attention_key_reads(p, 1.0) : 0.0;
+  };
   std::vector<std::int32_t> trial(cands.size(), 0);
   double best_rate = -1.0;
   for (std::int32_t passes = 0; passes <= max_passes; ++passes) {
@@ -504,7 +532,7 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
            kk <= c.adaptive_max_k() && (!c.batched_drafter || c.draft_passes.at(kk) <= passes); ++kk) {
         const double e = emitted + c.expected(kk) - 1.0;
         const double r = e / cost.seconds(tokens + kk + window, drafts + (c.model_drafter ? kk : 0), passes,
-                                          rows + draft_rows(c, kk), keys + (kk + window) * c.context);
+                                          rows + draft_rows(c, kk), keys + draft_keys(c, kk + window));
         if (r > best * (1.0 + 1e-9)) {
           best = r;
           trial[i] = kk;
@@ -514,7 +542,7 @@ inline std::vector<std::int32_t> choose_drafts(const StepCostModel& cost, double
       emitted += c.expected(trial[i]) - 1.0;
       tokens += fed;
       rows += draft_rows(c, trial[i]);
-      keys += fed * c.context;
+      keys += draft_keys(c, fed);
       if (c.model_drafter) drafts += trial[i];
     }
     const double rate = emitted / cost.seconds(tokens, drafts, passes, rows, keys);
