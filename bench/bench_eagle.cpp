@@ -22,6 +22,11 @@
 // (data/heads/tinystories-656k.mtp, pad:) side by side on the same prompts,
 // alternated as above: per drafter and tree, x_<drafter>_D,K,B (decode tok/s
 // over plain's) and tpp_<drafter>_D,K,B (tokens per target pass).
+// BM_Drafters110M/<weights>: every drafter (prompt lookup, lookahead, the
+// q8_0 self-draft, early exit, Medusa, EAGLE, MTP) side by side with plain
+// decoding on the same prompts in one run, each fixed and with dynamic
+// speculation (DraftMode and BM_Drafters110M below for the settings and
+// counters): docs/speculative.md's side-by-side table.
 // BM_EngineEagle110M/<weights>/<requests>/<nodes>: the same stand-in and prompts
 // served by the Engine (continuous batching, paged KV, 2 threads), B requests
 // at once (the eight prompts cycled), 128 greedy tokens each: no
@@ -51,12 +56,21 @@
 #include <vector>
 
 #include "common/eagle_flags.hpp"
+#include "common/medusa_flags.hpp"
+#include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
+#include "fastinfer/speculative/adaptive_draft_length.hpp"
+#include "fastinfer/speculative/draft_model.hpp"
 #include "fastinfer/speculative/eagle_generate.hpp"
+#include "fastinfer/speculative/early_exit_drafter.hpp"
+#include "fastinfer/speculative/lookahead_pool.hpp"
+#include "fastinfer/speculative/medusa_tree.hpp"
 #include "fastinfer/speculative/mtp_generate.hpp"
+#include "fastinfer/speculative/prompt_lookup.hpp"
+#include "fastinfer/speculative/speculative_generate.hpp"
 #include "fastinfer/tokenizer/hf_bpe_tokenizer.hpp"
 
 using namespace fastinfer;
@@ -80,12 +94,30 @@ speculative::EagleHead stand_in_head(const LlamaConfig& config) {
   return head;
 }
 
-// One speculative mode of a rotated run: a drafter ("eagle" or "mtp") and its tree.
+// One speculative mode of a rotated run: a drafter and its setting, fixed
+// or with dynamic speculation (adaptive_draft_length.hpp, a controller of
+// its own kept across the prompts). Kinds: "eagle" and "mtp" (their tree),
+// "medusa" (the committed heads padded, the trainer's tree file beside
+// them), "lookup" (prompt lookup, a chain of k), "lookahead" (W,N,G
+// 3,3,2, the best row of bench_speculative's sweep), "self-q8" (the
+// stand-in in q8_0 weights with an int8 KV cache as the draft model, k),
+// "early-exit" (the stand-in's first `exit_layer` layers, k).
 struct DraftMode {
   std::string kind = "eagle";
   speculative::EagleTreeConfig tree{};
+  int k = 4;
+  int exit_layer = 1;
+  bool adaptive = false;
   std::string name() const {
-    return kind + "_" + std::to_string(tree.depth) + "," + std::to_string(tree.top_k) + "," + std::to_string(tree.budget);
+    std::string n = kind;
+    if (kind == "eagle" || kind == "mtp")
+      n += "_" + std::to_string(tree.depth) + "," + std::to_string(tree.top_k) + "," +
+           std::to_string(tree.budget);
+    else if (kind == "early-exit")
+      n += "_" + std::to_string(exit_layer) + "_k" + std::to_string(k);
+    else if (kind == "lookup" || kind == "self-q8")
+      n += "_k" + std::to_string(k);
+    return adaptive ? n + "_auto" : n;
   }
 };
 
@@ -118,12 +150,27 @@ Model& stand_in(const std::string& weights) {
 }
 
 // Per mode of a rotated run: decode seconds and tokens (the first token
-// excluded, as --stats-json's decode_tok_s), and for EAGLE its passes.
+// excluded, as --stats-json's decode_tok_s), and for a drafter its passes
+// (plain decoding: one a token).
 struct ModeTotals {
   double seconds = 0;
   std::int64_t tokens = 0, passes = 0, step_tokens = 0, drafted = 0;
   double tok_s() const { return seconds > 0 ? double(tokens) / seconds : 0.0; }
   double tokens_per_pass() const { return passes ? double(step_tokens) / double(passes) : 0.0; }
+  double rows_per_pass() const { return passes ? 1.0 + double(drafted) / double(passes) : 0.0; }
+  double ms_per_pass() const { return passes ? 1e3 * seconds / double(passes) : 0.0; }
+};
+
+// The drafters a rotated run needs, built once for all its prompts.
+struct Drafters {
+  speculative::EagleHead eagle;
+  speculative::MtpHeads mtp;
+  std::unique_ptr<speculative::MedusaHeads> medusa;
+  speculative::MedusaOptions medusa_options;
+  // Per mode (null where the mode is not a Drafter's: plain, eagle, mtp, medusa).
+  std::vector<std::unique_ptr<speculative::Drafter>> chain;
+  std::vector<std::unique_ptr<speculative::AdaptiveDraftLength>> adaptive;
+  std::vector<int> k;  // per mode: drafts (chains) or depth (trees) at most
 };
 
 // Plain decoding (mode 0) and each drafter mode of `drafts` (mode 1 + i)
@@ -133,17 +180,59 @@ struct ModeTotals {
 std::vector<ModeTotals> rotated_runs(benchmark::State& state, const std::string& weights,
                                      const std::vector<DraftMode>& drafts, speculative::EagleTimings* timings) {
   const std::string model_dir = shared("models/tinystories-656k");
-  const bool mtp = std::any_of(drafts.begin(), drafts.end(), [](const DraftMode& m) { return m.kind == "mtp"; });
-  for (const std::string& f : {model_dir, head_file(), mtp ? head_file("mtp") : model_dir})
+  const auto uses = [&](const char* kind) {
+    return std::any_of(drafts.begin(), drafts.end(), [&](const DraftMode& m) { return m.kind == kind; });
+  };
+  const bool mtp = uses("mtp"), medusa = uses("medusa");
+  for (const std::string& f : {model_dir, head_file(), mtp ? head_file("mtp") : model_dir,
+                               medusa ? head_file("medusa") + ".choices" : model_dir})
     if (!std::filesystem::exists(f)) {
       state.SkipWithError(("missing " + f).c_str());
       return {};
     }
   Model& target = stand_in(weights);
   const auto tok = HfBpeTokenizer::from_file(model_dir + "/tokenizer.json");
-  speculative::EagleHead head = stand_in_head(target.config());
-  speculative::MtpHeads modules =
-      mtp ? examples::mtp_heads_from_flag("pad:" + head_file("mtp"), target.config()) : speculative::MtpHeads();
+  Drafters d{stand_in_head(target.config()),
+             mtp ? examples::mtp_heads_from_flag("pad:" + head_file("mtp"), target.config())
+                 : speculative::MtpHeads(),
+             nullptr,
+             {},
+             {},
+             {},
+             {}};
+  if (medusa) {
+    d.medusa = std::make_unique<speculative::MedusaHeads>(
+        examples::medusa_heads_from_flag("pad:" + head_file("medusa"), target.config()));
+    d.medusa_options.tree = speculative::read_choices_file(head_file("medusa") + ".choices");
+  }
+  for (const DraftMode& m : drafts) {
+    std::unique_ptr<speculative::Drafter> chain;
+    int most = m.k;
+    if (m.kind == "lookup") chain = std::make_unique<speculative::PromptLookup>();
+    if (m.kind == "lookahead") {
+      const speculative::LookaheadConfig la{3, 3, 2};
+      chain =
+          std::make_unique<speculative::LookaheadPool>(la, target.config().vocab_size, &cpu::argmax_token<>);
+      most = la.ngram - 1;
+    }
+    if (m.kind == "self-q8") {
+      LoadOptions o;
+      o.weight_dtype = DType::Q8_0;
+      o.threads = 2;
+      KVOptions kv;
+      kv.quant = kv::QuantKind::Int8;
+      chain = std::make_unique<speculative::DraftModel<Model>>(
+          Model(load_model("inflate:" + model_dir + ":110M", o), ModelOptions{2, 64, kv}), SamplingParams{});
+    }
+    if (m.kind == "early-exit")
+      chain = std::make_unique<speculative::EarlyExitDrafter<Model>>(target, m.exit_layer, SamplingParams{});
+    if (m.kind == "eagle" || m.kind == "mtp") most = m.tree.depth;
+    if (m.kind == "medusa") most = d.medusa->num_heads();
+    d.chain.push_back(std::move(chain));
+    d.k.push_back(most);
+    d.adaptive.push_back(m.adaptive ? std::make_unique<speculative::AdaptiveDraftLength>(most) : nullptr);
+  }
+  speculative::ModelTarget<Model> adapter(target);
   const std::size_t modes = drafts.size() + 1;
   std::vector<ModeTotals> totals(modes);
   std::size_t turn = 0;
@@ -159,12 +248,29 @@ std::vector<ModeTotals> rotated_runs(benchmark::State& state, const std::string&
         GenerationResult r;
         if (mode == 0) {
           r = generate(target, prompt, g);
+          m.passes += std::int64_t(r.tokens.size()) - 1;
+          m.step_tokens += std::int64_t(r.tokens.size()) - 1;
         } else {
-          speculative::EagleOptions o;
-          o.tree = drafts[mode - 1].tree;
-          o.timings = timings;
-          const auto e = drafts[mode - 1].kind == "mtp" ? speculative::mtp_generate(target, modules, prompt, g, o)
-                                                        : speculative::eagle_generate(target, head, prompt, g, o);
+          const DraftMode& dm = drafts[mode - 1];
+          speculative::AdaptiveDraftLength* adaptive = d.adaptive[mode - 1].get();
+          speculative::SpeculativeResult e;
+          if (dm.kind == "eagle" || dm.kind == "mtp") {
+            speculative::EagleOptions o;
+            o.tree = dm.tree;
+            o.timings = timings;
+            o.adaptive = adaptive;
+            e = dm.kind == "mtp" ? speculative::mtp_generate(target, d.mtp, prompt, g, o)
+                                 : speculative::eagle_generate(target, d.eagle, prompt, g, o);
+          } else if (dm.kind == "medusa") {
+            speculative::MedusaOptions o = d.medusa_options;
+            o.adaptive = adaptive;
+            e = speculative::medusa_generate(target, *d.medusa, prompt, g, o);
+          } else {
+            speculative::SpeculativeOptions o;
+            o.k = d.k[mode - 1];
+            o.adaptive = adaptive;
+            e = speculative::speculative_generate(adapter, *d.chain[mode - 1], prompt, g, o);
+          }
           m.passes += e.stats.target_forwards;
           m.step_tokens += e.stats.step_tokens;
           m.drafted += e.stats.drafted;
@@ -220,6 +326,41 @@ void BM_DraftModes110M(benchmark::State& state, const std::string& weights, cons
     const std::string name = drafts[m - 1].name();
     state.counters["x_" + name] = plain > 0 ? totals[m].tok_s() / plain : 0.0;
     state.counters["tpp_" + name] = totals[m].tokens_per_pass();
+  }
+}
+
+// Every drafter side by side with plain decoding on the same prompts, in
+// one run (rotated_runs), each fixed and with dynamic speculation. Counters
+// per mode (DraftMode::name, "_auto" for dynamic): x_<mode> (decode tok/s
+// over plain's), tpp_<mode> (tokens per target pass), rpp_<mode> (rows per
+// pass: the pending token + the drafts or tree nodes fed), ms_<mode> (decode
+// milliseconds per pass, drafting included); plain_tok_s, ms_plain.
+void BM_Drafters110M(benchmark::State& state, const std::string& weights) {
+  std::vector<DraftMode> drafts;
+  for (bool adaptive : {false, true}) {
+    DraftMode m;
+    m.adaptive = adaptive;
+    for (const char* kind : {"lookup", "lookahead", "self-q8", "early-exit", "medusa"}) {
+      m.kind = kind;
+      drafts.push_back(m);
+    }
+    m.kind = "eagle";
+    m.tree = {3, 2, 4};
+    drafts.push_back(m);
+    m.kind = "mtp";
+    drafts.push_back(m);
+  }
+  const auto totals = rotated_runs(state, weights, drafts, nullptr);
+  if (totals.empty()) return;
+  const double plain = totals[0].tok_s();
+  state.counters["plain_tok_s"] = plain;
+  state.counters["ms_plain"] = totals[0].ms_per_pass();
+  for (std::size_t m = 1; m < totals.size(); ++m) {
+    const std::string name = drafts[m - 1].name();
+    state.counters["x_" + name] = plain > 0 ? totals[m].tok_s() / plain : 0.0;
+    state.counters["tpp_" + name] = totals[m].tokens_per_pass();
+    state.counters["rpp_" + name] = totals[m].rows_per_pass();
+    state.counters["ms_" + name] = totals[m].ms_per_pass();
   }
 }
 
@@ -388,6 +529,11 @@ int main(int argc, char** argv) {
           ->Iterations(1)
           ->UseRealTime()
           ->Unit(benchmark::kSecond);
+  for (const std::string w : {"bf16", "f32"})
+    benchmark::RegisterBenchmark(("BM_Drafters110M/" + w).c_str(), BM_Drafters110M, w)
+        ->Iterations(1)
+        ->UseRealTime()
+        ->Unit(benchmark::kSecond);
   for (const std::string w : {"bf16", "f32"}) {
     auto* b = benchmark::RegisterBenchmark(("BM_TreePass110M/" + w).c_str(), BM_TreePass110M, w);
     for (int n : {1, 2, 4, 6, 8, 10, 12, 16, 24}) b->Arg(n);
