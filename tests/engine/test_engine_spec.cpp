@@ -42,6 +42,21 @@ using fastinfer::testing::make_request;
 using fastinfer::testing::paged_options;
 using fastinfer::testing::solo_greedy;
 
+// n greedy requests, each BOS and a random phrase of `words` tokens said
+// twice (prompt lookup finds the second half), stopping at BOS, request i
+// asking for first + step * i tokens.
+std::vector<fs::Request> phrases_said_twice(int n, int words, std::uint32_t seed, int first, int step) {
+  std::mt19937 rng(seed);
+  std::vector<fs::Request> reqs;
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::int32_t> prompt{1};
+    for (int k = 0; k < words; ++k) prompt.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
+    prompt.insert(prompt.end(), prompt.begin() + 1, prompt.end());
+    reqs.push_back(make_request(prompt, first + step * i, {1}));
+  }
+  return reqs;
+}
+
 // Golden prompts, repetitive prompts (prompt lookup finds matches, accepted
 // runs get cut by stops and max_new_tokens) and random ones sharing prefixes.
 std::vector<fs::Request> mixed_workload(const std::filesystem::path& cases_dir, int n_random, std::uint32_t seed) {
@@ -248,15 +263,8 @@ TEST_CASE("engine speculation: a sampled request's tokens do not depend on its b
 TEST_CASE("engine speculation: policies never and max-batch, bad speculation settings", "[engine][spec]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   LlamaModel<> solo(fastinfer::load_model(model_path.string()), paged_options(0, 1));
-  std::vector<fs::Request> reqs;
-  std::mt19937 rng(3);
-  for (int i = 0; i < 12; ++i) {
-    std::vector<std::int32_t> prompt{1};
-    for (int k = 0; k < 6; ++k) prompt.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
-    prompt.insert(prompt.end(), prompt.begin() + 1, prompt.end());
-    // Different lengths: the batch shrinks as requests finish.
-    reqs.push_back(make_request(prompt, 4 + 4 * i, {1}));
-  }
+  // Different lengths: the batch shrinks as requests finish.
+  const std::vector<fs::Request> reqs = phrases_said_twice(12, 6, 3, 4, 4);
   fe::RequestSpec rs;
   rs.drafter = fe::SpecDrafter::PromptLookup;
   rs.k = 3;
@@ -312,14 +320,7 @@ TEST_CASE("engine speculation: the switch never drafts with a draft model that c
           "[engine][spec]") {
   FASTINFER_REQUIRE_SHARED(model_path, "models/stories260K.bin");
   LlamaModel<> solo(fastinfer::load_model(model_path.string()), paged_options(0, 1));
-  std::vector<fs::Request> reqs;
-  std::mt19937 rng(5);
-  for (int i = 0; i < 6; ++i) {
-    std::vector<std::int32_t> prompt{1};
-    for (int k = 0; k < 5; ++k) prompt.push_back(std::uniform_int_distribution<int>(3, 511)(rng));
-    prompt.insert(prompt.end(), prompt.begin() + 1, prompt.end());
-    reqs.push_back(make_request(prompt, 12 + 3 * i, {1}));
-  }
+  const std::vector<fs::Request> reqs = phrases_said_twice(6, 5, 5, 12, 3);
   fe::RequestSpec rs;
   rs.drafter = fe::SpecDrafter::DraftModel;
   rs.k = 3;

@@ -434,7 +434,7 @@ struct SpecCandidate {
   // as the candidate needing most (per_draft_pass), and k rows of them are
   // this request's (per_draft_row).
   bool batched_drafter = false;
-  speculative::DraftPasses draft_passes;
+  speculative::DraftPasses draft_passes{};
   // Batched drafter: rows the draft model must feed before this request's
   // first draft beyond the one a drafting step always feeds (the tokens it
   // has not seen: its prompt when it first drafts, its output since it last
