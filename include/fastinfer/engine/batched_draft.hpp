@@ -42,8 +42,9 @@ namespace fastinfer::engine {
 
 // Whether a pass of `draft` over n rows costs at least the same pass of
 // `target` on the same backend: it streams at least the target's weight
-// bytes, in the same types, does at least its multiply-adds per row and per
-// attended key, and reads at least its KV bytes per key. Such a draft (the
+// bytes (an embedding table apart from the classifier is not streamed: one
+// row a token), in the same types, does at least its multiply-adds per row
+// and per attended key, and reads at least its KV bytes per key. Such a draft (the
 // target's own weights, the usual "self-draft" stand-in) never makes a step
 // faster. A plain step feeds B rows at price P(B); D of them drafting k
 // tokens each cost k draft passes of at least P(D) and a verify pass of at
@@ -65,7 +66,12 @@ bool draft_costs_at_least(const LlamaModel<Backend>& draft, const LlamaModel<Bac
            x.wv.dtype == y.wv.dtype && x.wo.dtype == y.wo.dtype && x.w_gate.dtype == y.w_gate.dtype &&
            x.w_down.dtype == y.w_down.dtype && x.w_up.dtype == y.w_up.dtype;
   };
-  return same_types(draft.weights(), target.weights()) && draft.weights_bytes() >= target.weights_bytes() &&
+  const auto streamed = [](const LlamaModel<Backend>& m) {
+    const LlamaWeights& w = m.weights();
+    const bool apart = w.classifier.data != w.token_embedding.data;
+    return m.weights_bytes() - (apart ? w.token_embedding.bytes() : 0);
+  };
+  return same_types(draft.weights(), target.weights()) && streamed(draft) >= streamed(target) &&
          row_macs(draft.config()) >= row_macs(target.config()) &&
          key_macs(draft.config()) >= key_macs(target.config()) &&
          draft.kv().bytes_per_token() >= target.kv().bytes_per_token();

@@ -899,9 +899,10 @@ class Engine {
   StepCostFit fit_;
   bool any_spec_ = false;
   std::int64_t last_plain_tokens_ = 0;
-  // Keys this step's rows attend, all and without the drafts (the step-cost
-  // fit's attention column), and the last step's plain ones.
-  double step_keys_ = 0, step_plain_keys_ = 0, last_plain_keys_ = 0;  // attention_key_reads
+  // Keys this step's attention reads (attention_key_reads), all and without
+  // the drafts (the step-cost fit's attention column), and the last step's
+  // plain ones.
+  double step_keys_ = 0, step_plain_keys_ = 0, last_plain_keys_ = 0;
   // Steps in a row that drafted nothing (SpecAdaptive::revisit_every).
   std::int64_t steps_without_drafts_ = 0;
   std::int64_t step_model_drafts_ = 0;
