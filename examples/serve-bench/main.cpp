@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -270,6 +271,11 @@ int main(int argc, char** argv) {
     fe::EngineMetrics mc;
     {
       fe::Engine<> engine(model, ec);
+      if (engine.draft_never_pays() && std::holds_alternative<fe::SpecAdaptive>(ec.spec.policy))
+        std::fprintf(
+            stderr,
+            "note: the draft model costs the target's pass or more (same weight types, as many bytes and "
+            "multiply-adds): the adaptive switch never drafts with it (--spec-policy always does)\n");
       const double t0 = engine.now();
       const std::vector<fastinfer::sched::RequestId> ids = fe::drive(engine, requests);
       wall_c = engine.now() - t0;
@@ -283,6 +289,7 @@ int main(int argc, char** argv) {
       sj["policy"] = fe::spec_policy_name(ec.spec.policy);
       sj["candidates"] = mc.spec_candidates;
       sj["switched_off"] = mc.spec_switched_off;
+      sj["draft_never_pays"] = engine.draft_never_pays();
       sj["rows"] = mc.spec_rows;
       sj["drafted"] = mc.spec_drafted;
       sj["accepted"] = mc.spec_accepted;

@@ -440,6 +440,10 @@ class Engine {
   prefix::RadixPrefixCache* prefix_cache() { return cache_.get(); }
   LlamaModel<Backend>& model() { return model_; }
   const EngineConfig& config() const { return cfg_; }
+  // Whether the draft model (EngineConfig::spec.draft_weights) costs the
+  // target a pass or more (draft_costs_at_least), so that SpecAdaptive never
+  // drafts with it; false without one.
+  bool draft_never_pays() const { return draft_never_pays_; }
 
   // Drops every cached prefix block (e.g. to check that the pool is whole).
   void clear_prefix_cache() {
