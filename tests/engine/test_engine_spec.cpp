@@ -336,6 +336,7 @@ TEST_CASE("engine speculation: the switch never drafts with a draft model that c
         fastinfer::load_model(model_path.string(), variant == 2 ? bf16 : fastinfer::LoadOptions{});
     if (variant == 1) cfg.spec.policy = fe::SpecAlways{};
     INFO("variant " << variant);
+    CHECK(fe::Engine<>(model, cfg).draft_never_pays() == (variant != 2));
     const fastinfer::testing::SpecRun got = fastinfer::testing::run_spec_engine(model, cfg, reqs, {rs});
     for (std::size_t i = 0; i < reqs.size(); ++i)
       CHECK(got.outputs[i] == solo_greedy(solo, reqs[i].prompt, reqs[i].max_new_tokens, reqs[i].stop_ids));
