@@ -192,14 +192,9 @@ std::vector<ModeTotals> rotated_runs(benchmark::State& state, const std::string&
     }
   Model& target = stand_in(weights);
   const auto tok = HfBpeTokenizer::from_file(model_dir + "/tokenizer.json");
-  Drafters d{stand_in_head(target.config()),
-             mtp ? examples::mtp_heads_from_flag("pad:" + head_file("mtp"), target.config())
-                 : speculative::MtpHeads(),
-             nullptr,
-             {},
-             {},
-             {},
-             {}};
+  Drafters d;
+  d.eagle = stand_in_head(target.config());
+  if (mtp) d.mtp = examples::mtp_heads_from_flag("pad:" + head_file("mtp"), target.config());
   if (medusa) {
     d.medusa = std::make_unique<speculative::MedusaHeads>(
         examples::medusa_heads_from_flag("pad:" + head_file("medusa"), target.config()));
