@@ -51,6 +51,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "fastinfer/engine/engine.hpp"
 #include "fastinfer/engine/static_batcher.hpp"
 #include "fastinfer/engine/workload.hpp"
@@ -60,15 +61,8 @@
 namespace {
 
 namespace fe = fastinfer::engine;
-
-std::string env_str(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::string(v) : fallback;
-}
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : fallback;
-}
+using fastinfer::bench::env_int;
+using fastinfer::bench::env_str;
 
 fastinfer::LlamaWeights load(const std::string& spec) {
   fastinfer::LoadOptions o;
