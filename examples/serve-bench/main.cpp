@@ -299,6 +299,8 @@ int main(int argc, char** argv) {
       sj["window_rows"] = mc.spec_window_rows;
       sj["spec_steps"] = mc.spec_steps;
       sj["draft_s"] = mc.draft_seconds;
+      sj["draft_passes"] = mc.draft_passes;
+      sj["draft_rows"] = mc.draft_rows;
       sj["cost_model"] = {{"valid", mc.cost_model.valid},
                           {"base_ms", mc.cost_model.base * 1e3},
                           {"per_token_ms", mc.cost_model.per_token * 1e3},

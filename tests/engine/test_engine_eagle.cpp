@@ -154,6 +154,17 @@ std::int64_t check_greedy(const std::filesystem::path& model_path, const std::fi
       CHECK(m.spec_emitted == m.spec_rows + m.spec_accepted);
       CHECK(m.spec_refed <= m.spec_accepted);
       if (k == 1) CHECK(m.spec_refed == 0);  // a one-node tree is a chain
+      // The heads' passes and rows (what the switch's fit prices drafting
+      // by): a pass a drafting step at least, a row a node at least, and
+      // EAGLE and MTP commit every fed row too.
+      if (kind == fe::SpecDrafter::Lookahead) {
+        CHECK(m.draft_passes == 0);
+        CHECK(m.draft_rows == 0);
+      } else {
+        CHECK(m.draft_passes >= m.spec_steps);
+        CHECK(m.draft_rows >= m.spec_drafted);
+        if (kind != fe::SpecDrafter::Medusa) CHECK(m.draft_rows > m.spec_drafted + m.spec_rows);
+      }
       if (v.pool == 40) preempted += m.preemptions;
       refed += m.spec_refed;
       window_rows += m.spec_window_rows;

@@ -14,6 +14,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -743,6 +744,91 @@ TEST_CASE("spec policy: the step-cost fit and the acceptance estimate", "[engine
   CHECK(est.value() == Approx(0.7).epsilon(0.05));
   // Per depth the same history gives the same expected tokens (geometric here).
   CHECK(est.depths().expected_tokens(4) == Approx(fe::expected_emitted(0.7, 4)).epsilon(0.03));
+}
+
+namespace {
+
+// Least squares over the columns in `use` (the others held at 0), by the
+// normal equations and Gaussian elimination; false if singular.
+bool least_squares(const std::vector<std::array<double, 6>>& x, const std::vector<double>& y,
+                   const std::array<bool, 6>& use, std::array<double, 6>& c) {
+  double a[6][7] = {};
+  for (std::size_t r = 0; r < x.size(); ++r)
+    for (int i = 0; i < 6; ++i) {
+      for (int j = 0; j < 6; ++j) a[i][j] += use[i] && use[j] ? x[r][i] * x[r][j] : 0.0;
+      a[i][6] += use[i] ? x[r][i] * y[r] : 0.0;
+    }
+  for (int i = 0; i < 6; ++i)
+    if (!use[i]) a[i][i] = 1.0;
+  for (int col = 0; col < 6; ++col) {
+    int piv = col;
+    for (int r = col + 1; r < 6; ++r)
+      if (std::fabs(a[r][col]) > std::fabs(a[piv][col])) piv = r;
+    if (std::fabs(a[piv][col]) < 1e-300) return false;
+    for (int k = 0; k < 7; ++k) std::swap(a[piv][k], a[col][k]);
+    for (int r = 0; r < 6; ++r) {
+      if (r == col) continue;
+      const double f = a[r][col] / a[col][col];
+      for (int k = col; k < 7; ++k) a[r][k] -= f * a[col][k];
+    }
+  }
+  for (int i = 0; i < 6; ++i) c[std::size_t(i)] = a[i][6] / a[i][i];
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("spec policy: the fit holds a negative price at zero and solves the others again",
+          "[engine][spec]") {
+  // Steps whose time falls as the draft rows rise (a cold first draft, say,
+  // that fed few rows): the unconstrained solve reads a negative row price
+  // and makes up for it in the pass price, which moves with the rows.
+  // Clamping the row price alone would keep that inflated pass price; the
+  // fit must give the best prices that are all >= 0, here found by trying
+  // every set of columns held at zero.
+  std::vector<std::array<double, 6>> x;
+  std::vector<double> y;
+  fe::StepCostFit fit(1.0, 8);
+  for (int i = 0; i < 40; ++i) {
+    const double tokens = 16 + i % 5, passes = i % 4 == 0 ? 2 : (i % 4 == 2 ? 4 : 0);
+    const double rows = passes * (8 + i % 3), keys = 1500 + 20 * i;
+    const double sec =
+        3e-3 + 2e-4 * tokens + 4e-4 * passes - 2e-5 * rows + 1e-6 * keys + 1e-5 * ((i * 7) % 3);
+    x.push_back({1.0, tokens, 0.0, passes, rows, keys});
+    y.push_back(sec);
+    fit.add(tokens, 0, passes, rows, keys, sec);
+  }
+  double best_rss = INFINITY;
+  std::array<double, 6> best{};
+  for (int held = 0; held < 64; ++held) {
+    std::array<bool, 6> use{};
+    for (int i = 0; i < 6; ++i) use[std::size_t(i)] = !(held >> i & 1) && i != 2;  // no model drafts here
+    std::array<double, 6> c{};
+    if (!least_squares(x, y, use, c)) continue;
+    if (std::any_of(c.begin(), c.end(), [](double v) { return v < 0.0; })) continue;
+    double rss = 0.0;
+    for (std::size_t r = 0; r < x.size(); ++r) {
+      double e = -y[r];
+      for (int i = 0; i < 6; ++i) e += c[std::size_t(i)] * x[r][std::size_t(i)];
+      rss += e * e;
+    }
+    if (rss < best_rss) {
+      best_rss = rss;
+      best = c;
+    }
+  }
+  std::array<double, 6> free_fit{};
+  REQUIRE(least_squares(x, y, {true, true, false, true, true, true}, free_fit));
+  REQUIRE(free_fit[4] < 0.0);  // the row price the unconstrained solve reads
+  const fe::StepCostModel m = fit.model();
+  REQUIRE(m.valid);
+  CHECK(m.per_draft_row == 0.0);
+  CHECK(m.base == Approx(best[0]).epsilon(1e-4));
+  CHECK(m.per_token == Approx(best[1]).epsilon(1e-4));
+  CHECK(m.per_draft_pass == Approx(best[3]).epsilon(1e-4));
+  CHECK(m.per_key == Approx(best[5]).epsilon(1e-4));
+  // The pass price the clamp alone would have kept is far from it.
+  CHECK(std::fabs(free_fit[3] - best[3]) > 0.2 * best[3]);
 }
 
 TEST_CASE("spec policy: the fit's attention column keeps a draft's price as contexts grow",

@@ -172,6 +172,10 @@ struct EngineMetrics : sched::MetricsSummary {
   std::int64_t spec_emitted = 0;     // tokens emitted by speculating rows
   std::int64_t spec_refed = 0;       // accepted tree nodes off the tree's first chain, fed again next step
   std::int64_t spec_window_rows = 0;  // lookahead's Jacobi window rows fed beside the drafts
+  // Forward passes of the engine's draft model and of the heads (EAGLE,
+  // MTP, Medusa), and the rows they fed: catch-ups, commits, tree levels.
+  std::int64_t draft_passes = 0;
+  std::int64_t draft_rows = 0;
   StepCostModel cost_model{};        // the adaptive switch's last fit
   double mean_accepted_per_spec_row() const { return spec_rows > 0 ? double(spec_accepted) / double(spec_rows) : 0; }
   double acceptance_rate() const { return spec_drafted > 0 ? double(spec_accepted) / double(spec_drafted) : 0; }
@@ -613,6 +617,8 @@ class Engine {
     any_stream_ = false;
     const double d0 = now_();
     bool drafted = false;
+    // Before add(): it counts the rows each tree commits.
+    const std::int64_t head_passes = tree_batch_.forwards(), head_rows = tree_batch_.rows_fed();
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
       drafts_[i].clear();
@@ -649,7 +655,6 @@ class Engine {
     // The feature drafters' trees, level by level for all requests at once:
     // their heads' passes are shared as the draft model's are, and priced
     // in the same columns (per_draft_pass, per_draft_row).
-    const std::int64_t head_passes = tree_batch_.forwards(), head_rows = tree_batch_.rows_fed();
     tree_batch_.draft(model_.weights(), model_.threads());
     step_draft_passes_ = tree_batch_.forwards() - head_passes;
     step_draft_rows_ = tree_batch_.rows_fed() - head_rows;
@@ -671,6 +676,8 @@ class Engine {
     }
     step_draft_seconds_ = drafted ? now_() - d0 : 0.0;
     stats_.draft_seconds += step_draft_seconds_;
+    stats_.draft_passes += step_draft_passes_;
+    stats_.draft_rows += step_draft_rows_;
   }
 
   // The engine's draft model (built by the constructor when

@@ -258,8 +258,26 @@ class StepCostFit {
     // Tokens never varied: no slope to read; wait for evidence.
     const double mean = a_[0][1] / a_[0][0];
     if (a_[1][1] / a_[0][0] - mean * mean < 0.25) return m;
+    // Non-negative: a column whose price comes out below zero is held at
+    // zero and the rest solved again without it, the most negative first.
+    // Clamping it alone kept the other prices of the solve that needed the
+    // negative one (a pass price inflated by as much as a negative row
+    // price took off: the fit tests show it).
     double c[kTerms];
-    if (!solve(a, b, c)) return m;
+    bool held[kTerms] = {};
+    for (int round = 0; round < kTerms; ++round) {
+      double ar[kTerms][kTerms], br[kTerms];
+      for (int i = 0; i < kTerms; ++i) {
+        br[i] = held[i] ? 0.0 : b[i];
+        for (int j = 0; j < kTerms; ++j) ar[i][j] = held[i] || held[j] ? double(i == j) : a[i][j];
+      }
+      if (!solve(ar, br, c)) return m;
+      int worst = -1;
+      for (int i = 0; i < kTerms; ++i)
+        if (!held[i] && c[i] < 0.0 && (worst < 0 || c[i] < c[worst])) worst = i;
+      if (worst < 0) break;
+      held[worst] = true;
+    }
     m.base = std::max(c[0], 0.0);
     m.per_token = std::max(c[1], 0.0);
     m.per_model_draft = std::max(c[2], 0.0);
