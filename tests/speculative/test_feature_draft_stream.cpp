@@ -62,6 +62,7 @@ void check_pieces(const Head& head, const fastinfer::LlamaWeights& w, const std:
   const std::int64_t len = std::int64_t(tokens.size());
   sp::FeatureDraftStream<Head> stream(head, cfg);
   CHECK_FALSE(stream.ready(len));
+  CHECK(stream.rows_to_commit(len) == 0);
   CHECK_THROWS_WITH(stream.draft(w, tokens.data(), len, 4), Catch::Contains("no tree after"));
   stream.observe(0, feats.data(), 10);
   CHECK_FALSE(stream.ready(len));
@@ -69,8 +70,11 @@ void check_pieces(const Head& head, const fastinfer::LlamaWeights& w, const std:
   stream.observe(20, feats.data() + 20 * d, len - 1 - 20);
   REQUIRE(stream.ready(len));
   CHECK(stream.end() == len - 1);
+  // What the first tree commits (the Engine's switch prices it): every row but the root's.
+  CHECK(stream.rows_to_commit(len) == len - 1);
   for (int nodes : {1, 4, 8}) {
     const sp::TokenTree& got = stream.draft(w, tokens.data(), len, nodes);
+    CHECK(stream.rows_to_commit(len) == 0);
     const sp::TokenTree want = reference_tree(head, w, feats, tokens, 0, cfg, nodes);
     INFO("nodes " << nodes);
     CHECK(got.tokens == want.tokens);
@@ -82,6 +86,9 @@ void check_pieces(const Head& head, const fastinfer::LlamaWeights& w, const std:
   sp::FeatureDraftStream<Head> late(head, cfg);
   late.observe(12, feats.data() + 12 * d, len - 1 - 12);
   CHECK(late.base() == 12);
+  CHECK(late.rows_to_commit(len) == len - 1 - 12);
+  late.stage(tokens.data(), len, 8);
+  CHECK(late.staged_rows() == len - 1 - 12);
   const sp::TokenTree& got = late.draft(w, tokens.data(), len, 8);
   const sp::TokenTree want = reference_tree(head, w, feats, tokens, 12, cfg, 8);
   CHECK(got.tokens == want.tokens);

@@ -524,6 +524,9 @@ class Engine {
         cands_.back().catch_up_rows =
             double(std::max<std::int64_t>(0, draft_->catch_up_tokens(id, catch_up_context_) - 1));
         cands_.back().never_pays = draft_never_pays_;
+      } else if (stream) {
+        // The head's rows since it last drafted, beyond the one a drafting step commits anyway.
+        cands_.back().catch_up_rows = double(std::max<std::int64_t>(0, stream->rows_to_commit(len) - 1));
       }
     }
     // Deterministic order (the map's is not).

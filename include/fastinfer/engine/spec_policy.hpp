@@ -453,10 +453,11 @@ struct SpecCandidate {
   // this request's (per_draft_row).
   bool batched_drafter = false;
   speculative::DraftPasses draft_passes{};
-  // Batched drafter: rows the draft model must feed before this request's
-  // first draft beyond the one a drafting step always feeds (the tokens it
-  // has not seen: its prompt when it first drafts, its output since it last
-  // drafted), and tokens the request may still generate (<= 0: unknown).
+  // Batched drafter: rows the draft model (or the head) must feed before
+  // this request's first draft beyond the one a drafting step always feeds
+  // (the tokens it has not seen: its prompt when it first drafts, its output
+  // since it last drafted), and tokens the request may still generate (<= 0:
+  // unknown).
   // Drafting now pays that catch-up once; it is charged spread over the
   // steps the request can still draft in, remaining / E(k), as the batch-1
   // controller charges it (adaptive_draft_length.hpp).

@@ -79,6 +79,12 @@ class FeatureStream {
   // for the new rows, then one a tree level. What the Engine's cost fit
   // prices drafting by.
   virtual DraftPasses passes() const = 0;
+  // Rows a tree after a context of len tokens would commit first: the
+  // features held but not yet through the head (every row since the last
+  // tree, or the whole prompt before the first). The Engine's switch prices
+  // them as catch-up (SpecCandidate::catch_up_rows); 0 for a drafter that
+  // commits nothing.
+  virtual std::int64_t rows_to_commit(std::int64_t len) const = 0;
 };
 
 // A head type provides what feature_draft_generate asks of it (reset(),
@@ -218,6 +224,9 @@ class FeatureDraftStream final : public FeatureStream {
   }
   // Rows the staged tree commits first.
   int staged_rows() const { return staged_rows_; }
+  std::int64_t rows_to_commit(std::int64_t len) const override {
+    return started_ ? std::max<std::int64_t>(0, len - 1 - (base_ + head_.committed())) : 0;
+  }
 
  private:
   Head head_;

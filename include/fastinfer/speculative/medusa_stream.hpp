@@ -100,6 +100,8 @@ class MedusaStream final : public FeatureStream {
   const std::vector<int>& tree_ranks() const override { return ranks_; }
   // Every head reads the root's feature once, whatever the tree: one pass.
   DraftPasses passes() const override { return {0, 1}; }
+  // The heads read the newest feature alone: nothing to commit.
+  std::int64_t rows_to_commit(std::int64_t) const override { return 0; }
 
  private:
   // Streams sharing one set of heads.
