@@ -831,6 +831,41 @@ TEST_CASE("spec policy: the fit holds a negative price at zero and solves the ot
   CHECK(std::fabs(free_fit[3] - best[3]) > 0.2 * best[3]);
 }
 
+TEST_CASE("spec policy: a request the switch stopped drafting drifts back to its prior", "[engine][spec]") {
+  // Two rejected trees of one node put a request below what pays; steps in
+  // which it is not drafted forget them (AcceptanceEstimate::idle), so the
+  // switch tries it again rather than holding the early verdict for good.
+  fe::AcceptanceEstimate est(0.5, 2.0, 0.95);
+  const std::vector<int> none;
+  est.update_tree(1, 0, &none);
+  est.update_tree(1, 0, &none);
+  const double low = est.budgets().expected_tokens(1);
+  CHECK(low == Approx(1.0 + 0.5 * 2.0 / 3.95).epsilon(1e-9));
+  CHECK(est.value() < 0.3);
+  fe::StepCostModel cost;
+  cost.base = 5e-3;
+  cost.per_token = 0.8e-3;
+  cost.valid = true;
+  fe::SpecCandidate c;
+  c.max_k = 1;
+  c.budgets = &est.budgets();
+  c.acceptance = est.value();
+  // A step of 4 plain rows at 8.2 ms: a draft pays where it keeps more than 0.39 nodes.
+  CHECK(fe::choose_drafts(cost, 4, 4, {c}) == std::vector<std::int32_t>{0});
+  int steps = 0;
+  for (; steps < 200; ++steps) {
+    c.acceptance = est.value();
+    if (fe::choose_drafts(cost, 4, 4, {c})[0] == 1) break;
+    est.idle();
+  }
+  CHECK(steps > 5);  // not at once: the rejections still count for a while
+  CHECK(steps < 40);
+  for (int i = 0; i < 300; ++i) est.idle();
+  CHECK(est.value() == Approx(0.5).epsilon(1e-6));
+  CHECK(est.budgets().expected_tokens(1) == Approx(1.5).epsilon(1e-6));
+  CHECK(est.depths().expected_tokens(1) == Approx(1.5).epsilon(1e-6));
+}
+
 TEST_CASE("spec policy: the fit's attention column keeps a draft's price as contexts grow",
           "[engine][spec]") {
   // Every step's attention grows with the contexts; one step in ten drafts 4

@@ -543,7 +543,10 @@ class Engine {
       const std::int32_t window = k[j] > 0 ? std::int32_t(sorted_[j].window_rows) : 0;
       batcher_->set_draft_tokens(cand_ids_[order_[j]], k[j] + window, cand_unfed_[order_[j]]);
       ++stats_.spec_candidates;
-      if (k[j] == 0) ++stats_.spec_switched_off;
+      if (k[j] == 0) {
+        ++stats_.spec_switched_off;
+        live_.at(cand_ids_[order_[j]]).spec->idle();
+      }
     }
   }
 

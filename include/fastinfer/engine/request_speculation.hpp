@@ -346,6 +346,8 @@ class RequestSpeculation {
   std::int64_t drafted() const { return drafted_; }
   std::int64_t accepted() const { return accepted_; }
   double acceptance_estimate() const { return acceptance_.value(); }
+  // The switch gave it no drafts this step (AcceptanceEstimate::idle).
+  void idle() { acceptance_.idle(); }
 
  private:
   RequestSpec spec_;

@@ -377,6 +377,15 @@ class BudgetAcceptance {
     }
   }
 
+  // A step without a tree (the switch drafted nothing): every budget's
+  // history forgets a step, as update() does.
+  void forget_step() {
+    for (std::size_t k = 1; k < kept_.size(); ++k) {
+      kept_[k] *= forget_;
+      trials_[k] *= forget_;
+    }
+  }
+
   // Expected tokens of a step drafting a tree of k nodes: 1 + the drafts a
   // budget of at most k keeps (a larger budget keeps at least what a
   // smaller one does). Budget j's prior is what the budgets below it keep
@@ -427,6 +436,20 @@ class AcceptanceEstimate {
   void update_tree(std::int32_t nodes, std::int32_t accepted, const std::vector<int>* path_ranks) {
     budgets_.update(nodes, accepted, path_ranks);
     update(nodes, accepted);
+  }
+  // A step in which the request could have drafted and did not: its
+  // histories forget a step, drifting back to the prior, so that a request
+  // turned away by its first few rejections is drafted again once they are
+  // old. Without it the verdict stood for the request's whole life: 16
+  // EAGLE requests at nodes 1 (bench_eagle BM_EngineEagle110M, the eight
+  // prompts cycled) split after the first drafts into the requests of
+  // prompts 1, 2, 4, 5, which drafted every step, and the others, which
+  // never drafted again until the first had finished.
+  void idle() {
+    successes_ *= forget_;
+    trials_ *= forget_;
+    depths_.forget_step();
+    budgets_.forget_step();
   }
   double value() const { return (successes_ + prior_ * prior_trials_) / (trials_ + prior_trials_); }
   const speculative::DraftAcceptance& depths() const { return depths_; }

@@ -147,6 +147,15 @@ class DraftAcceptance {
       trials_[std::size_t(d)] = forget_ * trials_[std::size_t(d)] + 1.0;
     }
   }
+  // A step without a verification (the caller chose not to draft): the
+  // counts forget a step as an observation would, so an estimate no longer
+  // fed drifts back towards its prior rather than holding its last verdict.
+  void forget_step() {
+    for (std::size_t d = 1; d < succ_.size(); ++d) {
+      succ_[d] *= forget_;
+      trials_[d] *= forget_;
+    }
+  }
   double acceptance(std::int32_t d) const {
     double p = prior_;
     for (std::int32_t i = 1; i <= std::min(d, max_depth()); ++i) p = estimate(i, p);
