@@ -958,7 +958,7 @@ TEST_CASE("spec policy: a tree drafter's expected tokens by node budget", "[engi
   fe::BudgetAcceptance second(8, 0.5, 2.0, 1.0);
   const std::vector<int> r1{1};
   for (int i = 0; i < 100; ++i) second.update(2, 1, &r1);
-  const double kept1 = (0.0 + 2 * 0.5) / 102, kept2 = (100 + 2 * (kept1 + 0.25)) / 102;
+  const double kept1 = (0.0 + 2 * 0.5) / 102, kept2 = kept1 + (100 + 2 * 0.25) / 102;
   CHECK(second.expected_tokens(1) == Approx(1.0 + kept1));
   CHECK(second.expected_tokens(2) == Approx(1.0 + kept2));
   CHECK(second.expected_tokens(3) == Approx(1.0 + kept2 + 0.125));
@@ -966,11 +966,19 @@ TEST_CASE("spec policy: a tree drafter's expected tokens by node budget", "[engi
   CHECK(second.observed(2) == Approx(100));
   CHECK(second.observed(3) == 0.0);
   CHECK(second.observed(99) == 0.0);
-  // Without ranks only the drafted budget learns.
+  // Without ranks the kept nodes are taken as the best ranked.
   fe::BudgetAcceptance blind(8, 0.5, 2.0, 1.0);
   for (int i = 0; i < 100; ++i) blind.update(4, 2);
   CHECK(blind.expected_tokens(4) == Approx(1.0 + (200 + 2 * (fe::expected_emitted(0.5, 4) - 1)) / 102));
-  CHECK(blind.expected_tokens(2) == Approx(fe::expected_emitted(0.5, 2)));
+  CHECK(blind.expected_tokens(2) == Approx(1.0 + (100 + 2 * 0.5) / 102 + (100 + 2 * 0.25) / 102));
+  // One probe of two nodes whose first node was rejected, after a long
+  // history of one node kept 60 % of the time: the second node keeps its
+  // prior weighed against that probe alone, the first its long history.
+  fe::BudgetAcceptance one(8, 0.5, 2.0, 0.999);
+  for (int i = 0; i < 2000; ++i) one.update(1, i % 5 < 3 ? 1 : 0, i % 5 < 3 ? &r0 : &none);
+  one.update(2, 0, &none);
+  CHECK(one.expected_tokens(1) == Approx(1.6).epsilon(0.01));
+  CHECK(one.expected_tokens(2) - one.expected_tokens(1) == Approx(2 * 0.25 / 3.0).epsilon(0.01));
   // Bad input names the problem and changes nothing.
   const double before = est.expected_tokens(4);
   const std::vector<int> bad_rank{5}, two{0, 1};

@@ -330,9 +330,13 @@ class StepCostFit {
 // not the per-depth history: it reads a tree of K nodes as a chain of K and
 // credits depth 1 with what the tree's width won, so one node looks nearly
 // as good as four, and once the switch drafts one, four look no better.
-// Each update forgets every budget's history a step (with the prior at
-// geometric acceptance `prior`), so a budget the switch stopped drafting
-// drifts back to the prior and is tried again.
+// What budget k keeps is a sum over ranks, sum_{j <= k} [rank j - 1 is on
+// the path], so the history is kept per rank: how often the node of rank
+// j - 1 was kept, over the trees that had one (those of at least j nodes).
+// Each update forgets every rank's history a step (with the prior at
+// geometric acceptance `prior`: rank j - 1 kept with probability prior^j),
+// so a budget the switch stopped drafting drifts back to the prior and is
+// tried again.
 class BudgetAcceptance {
  public:
   explicit BudgetAcceptance(std::int32_t max_budget = 64, double prior = 0.5, double prior_weight = 2.0,
@@ -362,22 +366,17 @@ class BudgetAcceptance {
         FASTINFER_CHECK(r >= 0 && r < nodes, InvalidArgument, "budget acceptance: rank ", r, " in a tree of ",
                         nodes, " nodes");
     if (nodes == 0) return;
+    forget_step();
     const std::int32_t top = std::min(nodes, max_budget());
-    for (std::int32_t k = 1; k <= max_budget(); ++k) {
-      kept_[std::size_t(k)] *= forget_;
-      trials_[std::size_t(k)] *= forget_;
-      if (k > top || (!path_ranks && k != nodes)) continue;
-      std::int32_t kept = accepted;
-      if (path_ranks) {
-        kept = 0;
-        for (int r : *path_ranks) kept += r < k;
-      }
-      kept_[std::size_t(k)] += kept;
-      trials_[std::size_t(k)] += 1.0;
+    for (std::int32_t j = 1; j <= top; ++j) trials_[std::size_t(j)] += 1.0;
+    // Without ranks the kept nodes are taken as the best ranked (a chain's are).
+    for (std::int32_t i = 0; i < accepted; ++i) {
+      const int rank = path_ranks ? (*path_ranks)[std::size_t(i)] : i;
+      if (rank < top) kept_[std::size_t(rank) + 1] += 1.0;
     }
   }
 
-  // A step without a tree (the switch drafted nothing): every budget's
+  // A step without a tree (the switch drafted nothing): every rank's
   // history forgets a step, as update() does.
   void forget_step() {
     for (std::size_t k = 1; k < kept_.size(); ++k) {
@@ -386,23 +385,26 @@ class BudgetAcceptance {
     }
   }
 
-  // Expected tokens of a step drafting a tree of k nodes: 1 + the drafts a
-  // budget of at most k keeps (a larger budget keeps at least what a
-  // smaller one does). Budget j's prior is what the budgets below it keep
-  // plus the prior's worth of a j-th node (prior^j), so a budget not drafted
-  // lately is priced from the measured ones rather than from the prior
-  // alone (with nothing measured the two agree: the geometric prior). With
-  // an absolute prior, a head whose trees of 2 kept 0.96 drafts saw budgets
-  // 3 and 4 at 0.875 and 0.94: E(4) = E(2), the tie went to the smaller
-  // tree, and trees of 4 (1.1-1.45 kept) were never drafted again.
+  // Expected tokens of a step drafting a tree of k nodes: 1 + the chance
+  // that each of the ranks 0 .. k - 1 is kept (a larger budget keeps at
+  // least what a smaller one does), each from the trees that had that rank,
+  // prior^j over prior_weight trees where none did. So a budget not drafted
+  // lately is what the budgets below it keep plus the prior's worth of
+  // the nodes beyond them. Kept per budget instead (what a tree of at most
+  // k nodes kept, over the trees of at least k), a budget's history mixed
+  // its first node's luck into the price of its last: a request drafting
+  // one node that probed two saw the second node at nothing whenever the
+  // probe's first node was rejected (budget 2 then kept less than budget
+  // 1's long history, and the larger budget is never worth less), and
+  // with an absolute prior a head whose trees of 2 kept 0.96 drafts saw
+  // budgets 3 and 4 at 0.875 and 0.94, so trees of 4 were never drafted
+  // again.
   double expected_tokens(std::int32_t k) const {
-    double best = 0.0, node = 1.0;
-    for (std::int32_t j = 1; j <= std::min(k, max_budget()); ++j) {
-      const double prior_kept = best + (node *= prior_);
-      best = std::max(best, (kept_[std::size_t(j)] + prior_kept * prior_weight_) /
-                                (trials_[std::size_t(j)] + prior_weight_));
-    }
-    return 1.0 + best;
+    double kept = 0.0, node = 1.0;
+    for (std::int32_t j = 1; j <= std::min(k, max_budget()); ++j)
+      kept += (kept_[std::size_t(j)] + (node *= prior_) * prior_weight_) /
+              (trials_[std::size_t(j)] + prior_weight_);
+    return 1.0 + kept;
   }
 
   // Verified trees (forgotten as the history is) that told budget k.
@@ -412,7 +414,8 @@ class BudgetAcceptance {
 
  private:
   double prior_, prior_weight_, forget_;
-  std::vector<double> kept_, trials_;  // index 1..max_budget
+  // Index j in 1..max_budget: trees that kept their node of rank j - 1, trees that had one.
+  std::vector<double> kept_, trials_;
 };
 
 // Per-draft acceptance probability of one request: successes (accepted
