@@ -159,8 +159,7 @@ class FeatureDraftStream final : public FeatureStream {
     FASTINFER_CHECK(ready(len), InvalidArgument, "feature drafting: no tree after ", len,
                     " tokens: features held for [", base_, ", ", end(), ")");
     FASTINFER_CHECK(nodes >= 0, InvalidArgument, "feature drafting: a tree of ", nodes, " nodes");
-    const std::int64_t first = base_ + head_.committed();  // first uncommitted position
-    staged_rows_ = int(std::max<std::int64_t>(0, len - 1 - first));
+    staged_rows_ = int(rows_to_commit(len));
     FASTINFER_CHECK(staged_rows_ > 0 || root_position_ == len - 1, InvalidArgument,
                     "feature drafting: the root feature is of position ", root_position_,
                     ", the context ends at ", len - 1, " (a context must not shrink between drafts)");
