@@ -24,6 +24,7 @@
 #endif
 
 #include "fastinfer/backend/cpu/attention.hpp"
+#include "fastinfer/core/aligned_buffer.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "fastinfer/kv/kv_layout.hpp"
@@ -40,7 +41,7 @@ class CpuKVStore final : public KVStore {
 
   // cfg.layout names the layout.
   CpuKVStore(const kv::KVCacheConfig& cfg, int share_layers = 1,
-             std::pmr::memory_resource* arena = std::pmr::new_delete_resource())
+             std::pmr::memory_resource* arena = fastinfer::detail::huge_page_resource())
       : cache_(cfg, arena), group_(share_layers) {
     FASTINFER_CHECK(share_layers >= 1, InvalidArgument, "KVOptions: share_layers must be at least 1, got ",
                     share_layers);
@@ -365,9 +366,11 @@ FASTINFER_KV_STORE_INSTANCES(extern)
 
 // The CPU store for options.quant over the cache `config` (whose layout
 // field names the layout: kv_cache_config sets it from options.layout), its
-// bytes from `arena` (which must outlive the store).
-inline std::unique_ptr<KVStore> make_kv_store(const KVOptions& options, const kv::KVCacheConfig& config,
-                                              std::pmr::memory_resource* arena = std::pmr::new_delete_resource()) {
+// bytes from `arena` (which must outlive the store; by default huge pages,
+// core/aligned_buffer.hpp).
+inline std::unique_ptr<KVStore> make_kv_store(
+    const KVOptions& options, const kv::KVCacheConfig& config,
+    std::pmr::memory_resource* arena = fastinfer::detail::huge_page_resource()) {
   FASTINFER_CHECK(config.layout == options.layout, InvalidArgument, "make_kv_store: the cache config's layout '",
                   kv_layout_name(config.layout), "' differs from the options' '", kv_layout_name(options.layout),
                   "'");
