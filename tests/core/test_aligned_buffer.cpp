@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -122,6 +123,17 @@ TEST_CASE(
   auto next = arena.allocate(4096);
   CHECK(arena.chunks_made() == 2);
   CHECK(address(next) / kHugePageBytes == address(small) / kHugePageBytes);
+}
+
+TEST_CASE("WeightArena refuses a size that would wrap when rounded up, and stays usable",
+          "[aligned_buffer]") {
+  WeightArena arena(kHugePageBytes);
+  auto a = arena.allocate(100);
+  CHECK_THROWS_AS(arena.allocate(std::numeric_limits<std::size_t>::max() - 10), std::bad_alloc);
+  CHECK_THROWS_AS(arena.allocate(std::numeric_limits<std::size_t>::max() / 2 + 1), std::bad_alloc);
+  auto b = arena.allocate(100);
+  CHECK(arena.chunks_made() == 1);
+  CHECK(address(b) / kHugePageBytes == address(a) / kHugePageBytes);
 }
 
 TEST_CASE("WeightArena frees a chunk with its last buffer and then maps a new one", "[aligned_buffer]") {

@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <memory_resource>
 #include <mutex>
@@ -62,8 +63,10 @@ class WeightArena {
   WeightArena& operator=(const WeightArena&) = delete;
 
   // `bytes` (at least 1) of writable memory, 64-byte aligned, owned by the
-  // returned pointer. Throws std::bad_alloc when the memory is not there.
+  // returned pointer. Throws std::bad_alloc when the memory is not there (or
+  // `bytes` is so large that rounding it up would wrap).
   std::shared_ptr<std::uint8_t> allocate(std::size_t bytes) {
+    if (bytes > std::numeric_limits<std::size_t>::max() / 2) throw std::bad_alloc();
     const std::size_t need = round_up(std::max<std::size_t>(bytes, 1), kAlignment) + kRedzone;
     std::lock_guard<std::mutex> lock(mutex_);
     std::shared_ptr<std::uint8_t> chunk = current_.lock();
