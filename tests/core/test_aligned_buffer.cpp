@@ -69,6 +69,16 @@ constexpr bool kSanitized = false;
 constexpr bool kSanitized = false;
 #endif
 
+// Whether this process can see huge pages under its buffers; warns (a
+// visible skip) where it cannot.
+bool huge_pages_observable() {
+  const std::string mode = thp_mode();
+  if (!kSanitized && (mode == "always" || mode == "madvise")) return true;
+  WARN("skipped: transparent huge pages are '"
+       << mode << "' here" << (kSanitized ? " (and the sanitizer's allocator owns the heap)" : ""));
+  return false;
+}
+
 }  // namespace
 
 TEST_CASE("aligned_buffer: 64-byte aligned, every byte writable", "[aligned_buffer]") {
@@ -156,12 +166,7 @@ TEST_CASE("WeightArena frees a chunk with its last buffer and then maps a new on
 
 TEST_CASE("aligned_buffer: a written 8 MiB buffer sits in huge pages where the kernel grants them on request",
           "[aligned_buffer]") {
-  const std::string mode = thp_mode();
-  if (kSanitized || (mode != "always" && mode != "madvise")) {
-    WARN("skipped: transparent huge pages are '"
-         << mode << "' here" << (kSanitized ? " (and the sanitizer's allocator owns the heap)" : ""));
-    return;
-  }
+  if (!huge_pages_observable()) return;
   const std::size_t bytes = 4 * kHugePageBytes;
   auto p = aligned_buffer(bytes);
   std::memset(p.get(), 1, bytes);
@@ -172,12 +177,7 @@ TEST_CASE("aligned_buffer: a written 8 MiB buffer sits in huge pages where the k
 
 TEST_CASE("WeightArena: many buffers smaller than a huge page sit in huge pages once written",
           "[aligned_buffer]") {
-  const std::string mode = thp_mode();
-  if (kSanitized || (mode != "always" && mode != "madvise")) {
-    WARN("skipped: transparent huge pages are '"
-         << mode << "' here" << (kSanitized ? " (and the sanitizer's allocator owns the heap)" : ""));
-    return;
-  }
+  if (!huge_pages_observable()) return;
   // Sixteen 627 KB buffers (a 110M Q8_0 model's 768x768 projection): each in
   // an allocation of its own, none could be in a huge page.
   WeightArena arena;
