@@ -11,6 +11,7 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <memory_resource>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -57,14 +58,9 @@ long huge_kb_in(std::uintptr_t begin, std::uintptr_t end) {
   return kb;
 }
 
-#if defined(__SANITIZE_ADDRESS__)
+// Under AddressSanitizer (the header's own test of it).
+#if defined(FASTINFER_ASAN)
 constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
 #else
 constexpr bool kSanitized = false;
 #endif
@@ -188,4 +184,23 @@ TEST_CASE("WeightArena: many buffers smaller than a huge page sit in huge pages 
     std::memset(buffers.back().get(), 1, bytes);
   }
   CHECK(huge_kb_in(address(buffers.front()), address(buffers.back()) + bytes) >= 2048);
+}
+
+TEST_CASE(
+    "huge_page_resource: 2 MiB aligned from 2 MiB up, the caller's alignment below, every byte writable",
+    "[aligned_buffer]") {
+  std::pmr::memory_resource* r = fastinfer::detail::huge_page_resource();
+  for (std::size_t bytes :
+       {std::size_t(1), std::size_t(100), kHugePageBytes - 1, kHugePageBytes, 3 * kHugePageBytes + 17}) {
+    INFO("bytes " << bytes);
+    void* p = r->allocate(bytes, 64);
+    const auto at = reinterpret_cast<std::uintptr_t>(p);
+    CHECK(at % 64 == 0);
+    if (bytes >= kHugePageBytes) CHECK(at % kHugePageBytes == 0);
+    std::memset(p, 0x5a, bytes);
+    CHECK(static_cast<unsigned char*>(p)[bytes - 1] == 0x5a);
+    r->deallocate(p, bytes, 64);
+  }
+  CHECK(r->is_equal(*fastinfer::detail::huge_page_resource()));
+  CHECK_FALSE(r->is_equal(*std::pmr::new_delete_resource()));
 }

@@ -47,6 +47,22 @@ namespace fastinfer::detail {
 
 inline constexpr std::size_t kHugePageBytes = std::size_t(2) << 20;
 
+// `bytes` rounded up to whole huge pages.
+inline std::size_t whole_huge_pages(std::size_t bytes) {
+  return (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+}
+
+// `bytes` (whole huge pages) at a 2 MiB boundary, advised to be huge; free it
+// with std::free. Throws std::bad_alloc when the memory is not there.
+inline void* huge_page_allocation(std::size_t bytes) {
+  void* p = nullptr;
+  if (::posix_memalign(&p, kHugePageBytes, bytes) != 0 || p == nullptr) throw std::bad_alloc();
+#if defined(MADV_HUGEPAGE)
+  (void)::madvise(p, bytes, MADV_HUGEPAGE);  // advice: refused, the pages stay small
+#endif
+  return p;
+}
+
 // Carves buffers out of 2 MiB-aligned, huge-page advised chunks of at least
 // `chunk_bytes` (a buffer larger than that gets a chunk of its own, whose
 // tail later buffers use). Thread-safe. Under AddressSanitizer the bytes
@@ -58,7 +74,7 @@ class WeightArena {
   static constexpr std::size_t kDefaultChunkBytes = 16 * kHugePageBytes;
 
   explicit WeightArena(std::size_t chunk_bytes = kDefaultChunkBytes)
-      : chunk_bytes_(round_up(std::max(chunk_bytes, kHugePageBytes), kHugePageBytes)) {}
+      : chunk_bytes_(whole_huge_pages(std::max(chunk_bytes, kHugePageBytes))) {}
   WeightArena(const WeightArena&) = delete;
   WeightArena& operator=(const WeightArena&) = delete;
 
@@ -72,7 +88,7 @@ class WeightArena {
     std::shared_ptr<std::uint8_t> chunk = current_.lock();
     std::size_t offset = used_;
     if (!chunk || size_ - used_ < need) {
-      const std::size_t size = std::max(chunk_bytes_, round_up(need, kHugePageBytes));
+      const std::size_t size = std::max(chunk_bytes_, whole_huge_pages(need));
       std::shared_ptr<std::uint8_t> fresh = make_chunk(size);
       ++chunks_made_;
       offset = 0;
@@ -109,11 +125,7 @@ class WeightArena {
   static std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
 
   static std::shared_ptr<std::uint8_t> make_chunk(std::size_t size) {
-    void* p = nullptr;
-    if (::posix_memalign(&p, kHugePageBytes, size) != 0 || p == nullptr) throw std::bad_alloc();
-#if defined(MADV_HUGEPAGE)
-    (void)::madvise(p, size, MADV_HUGEPAGE);  // advice: refused, the pages stay small
-#endif
+    void* p = huge_page_allocation(size);
 #if defined(FASTINFER_ASAN)
     ASAN_POISON_MEMORY_REGION(p, size);
 #endif
@@ -151,17 +163,11 @@ inline std::shared_ptr<std::uint8_t> aligned_buffer(std::size_t bytes) {
 class HugePageResource final : public std::pmr::memory_resource {
  private:
   void* do_allocate(std::size_t bytes, std::size_t alignment) override {
-    const bool huge = bytes >= kHugePageBytes;
-    const std::size_t align =
-        huge ? kHugePageBytes : std::max<std::size_t>(alignment, alignof(std::max_align_t));
-    const std::size_t size = huge ? (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes
-                                  : std::max<std::size_t>(bytes, 1);
+    if (bytes >= kHugePageBytes) return huge_page_allocation(whole_huge_pages(bytes));
+    const std::size_t align = std::max({alignment, alignof(std::max_align_t), sizeof(void*)});
     void* p = nullptr;
-    if (::posix_memalign(&p, std::max(align, sizeof(void*)), size) != 0 || p == nullptr)
+    if (::posix_memalign(&p, align, std::max<std::size_t>(bytes, 1)) != 0 || p == nullptr)
       throw std::bad_alloc();
-#if defined(MADV_HUGEPAGE)
-    if (huge) (void)::madvise(p, size, MADV_HUGEPAGE);  // advice: refused, the pages stay small
-#endif
     return p;
   }
   void do_deallocate(void* p, std::size_t, std::size_t) override { std::free(p); }
