@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "fastinfer/backend/cpu/cpu_target.hpp"
 #include "fastinfer/backend/cpu/xsimd_compat.hpp"
 
 #if defined(__AVX2__) || defined(__AVX512F__) || defined(__F16C__)
@@ -24,6 +25,8 @@
 #include "fastinfer/core/dtype.hpp"
 #include "fastinfer/core/error.hpp"
 
+// xsimd at the build's -march: g++ 12's false intrinsic warnings (cpu_target.hpp).
+FASTINFER_CPU_INTRINSIC_WARNINGS_OFF
 namespace fastinfer::cpu {
 
 namespace detail {
@@ -395,3 +398,4 @@ void convert_array(const Src* src, Dst* dst, std::int64_t n, Op op) {
 }  // namespace reference
 
 }  // namespace fastinfer::cpu
+FASTINFER_CPU_INTRINSIC_WARNINGS_ON

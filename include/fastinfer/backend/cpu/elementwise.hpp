@@ -15,11 +15,14 @@
 #include <vector>
 
 #include "fastinfer/backend/cpu/arch.hpp"
+#include "fastinfer/backend/cpu/cpu_target.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
 #include "fastinfer/core/error.hpp"
-#include "fastinfer/core/tensor.hpp"
 #include "fastinfer/core/rope_style.hpp"
+#include "fastinfer/core/tensor.hpp"
 
+// xsimd at the build's -march: g++ 12's false intrinsic warnings (cpu_target.hpp).
+FASTINFER_CPU_INTRINSIC_WARNINGS_OFF
 namespace fastinfer::cpu {
 namespace elementwise_detail {
 
@@ -295,3 +298,4 @@ inline void add(float* y, const float* x, std::int64_t n) {
 }
 
 }  // namespace fastinfer::cpu
+FASTINFER_CPU_INTRINSIC_WARNINGS_ON

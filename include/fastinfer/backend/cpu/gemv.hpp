@@ -30,6 +30,7 @@
 #include "fastinfer/backend/cpu/arch.hpp"
 #include "fastinfer/backend/cpu/bf16_dot.hpp"
 #include "fastinfer/backend/cpu/cpu_level.hpp"
+#include "fastinfer/backend/cpu/cpu_target.hpp"
 #include "fastinfer/backend/cpu/gemm_amx.hpp"
 #include "fastinfer/backend/cpu/gemv_avx2.hpp"
 #include "fastinfer/backend/cpu/gemv_avx512.hpp"
@@ -41,6 +42,8 @@
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/tensor.hpp"
 
+// xsimd at the build's -march: g++ 12's false intrinsic warnings (cpu_target.hpp).
+FASTINFER_CPU_INTRINSIC_WARNINGS_OFF
 namespace fastinfer::cpu {
 namespace gemv_detail {
 
@@ -190,3 +193,4 @@ inline void matvec(const MatrixView& w, const float* x, float* y, int threads = 
 }
 
 }  // namespace fastinfer::cpu
+FASTINFER_CPU_INTRINSIC_WARNINGS_ON

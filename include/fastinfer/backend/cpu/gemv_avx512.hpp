@@ -53,15 +53,17 @@ inline __m256 fold(__m512 v) {
 
 // out[i] = the documented lane sum of v[i], for i < N: 8 at a time through
 // one transposing tree (arch_detail::reduce8), then 4, then one by one.
+// (Constant bounds for each stage: with one running index g++ 12 warned
+// "iteration 3 invokes undefined behavior" on the last loop of reduce<20>.)
 template <int N>
 inline void reduce(const __m512* v, float* out) {
-  int i = 0;
-  for (; i + 8 <= N; i += 8)
+  constexpr int kEights = N / 8 * 8, kFours = kEights + (N - kEights) / 4 * 4;
+  for (int i = 0; i < kEights; i += 8)
     _mm256_storeu_ps(out + i, arch_detail::reduce8(fold(v[i]), fold(v[i + 4]), fold(v[i + 1]), fold(v[i + 5]),
                                                    fold(v[i + 2]), fold(v[i + 6]), fold(v[i + 3]), fold(v[i + 7])));
-  for (; i + 4 <= N; i += 4)
+  for (int i = kEights; i < kFours; i += 4)
     _mm_storeu_ps(out + i, arch_detail::reduce4(fold(v[i]), fold(v[i + 1]), fold(v[i + 2]), fold(v[i + 3])));
-  for (; i < N; ++i) {
+  for (int i = kFours; i < N; ++i) {
     const __m256 f = fold(v[i]);
     out[i] = _mm_cvtss_f32(arch_detail::reduce4(f, f, f, f));
   }

@@ -27,6 +27,7 @@
 #include <numeric>
 #include <vector>
 
+#include "fastinfer/backend/cpu/cpu_target.hpp"
 #include "fastinfer/backend/cpu/xsimd_compat.hpp"
 
 #include "fastinfer/core/argmax.hpp"
@@ -34,6 +35,8 @@
 #include "fastinfer/core/philox.hpp"
 #include "fastinfer/core/sampling_params.hpp"
 
+// xsimd at the build's -march: g++ 12's false intrinsic warnings (cpu_target.hpp).
+FASTINFER_CPU_INTRINSIC_WARNINGS_OFF
 namespace fastinfer::cpu {
 
 // The name this header used before the library had one sampling struct;
@@ -491,3 +494,4 @@ inline std::vector<double> sampling_distribution(const float* logits, std::int64
 }  // namespace reference
 
 }  // namespace fastinfer::cpu
+FASTINFER_CPU_INTRINSIC_WARNINGS_ON
