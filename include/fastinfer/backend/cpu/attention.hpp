@@ -248,7 +248,7 @@ void decode_attention(const kv::PagedKVView<Quant>& kv, const float* q, float* o
     return;
   }
   std::vector<float> part(std::size_t(n_items * stride));
-  const std::int64_t macs = keys * 2 * G * d;
+  [[maybe_unused]] const std::int64_t macs = keys * 2 * G * d;  // read only by the omp pragma
 #pragma omp parallel num_threads(ad::team_size(n_items, threads, macs))
   {
     ad::State st;

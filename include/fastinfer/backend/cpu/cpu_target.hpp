@@ -33,7 +33,7 @@
 // 37,000 warnings in our build, and an error in a user's -Werror build on
 // Debian 12. The regions silence those two warnings there; clang and g++ 13
 // do not need it. (g++ 12 forgets these pragmas in a precompiled header.)
-#if !defined(__clang__) && defined(__GNUC__) && __GNUC__ < 13 && !defined(__CUDACC__)
+#if !defined(__clang__) && defined(__GNUC__) && __GNUC__ < 13
 #define FASTINFER_CPU_INTRINSIC_WARNINGS_OFF                                           \
   _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
       _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
