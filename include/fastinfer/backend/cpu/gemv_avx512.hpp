@@ -125,8 +125,9 @@ inline void keep_in_register(__m512& v) {
 // The tile set (gemv_blocking.hpp walks the matrix with it). Weight rows per
 // tile for T activation rows: R x T accumulators + T activation vectors + 1
 // weight vector within the 32 registers, and R dividing kBlockRows. At most
-// kMaxTileTokens activation rows per tile: more rows go in groups of 6 over
-// each block, the first from memory, the rest from L1/L2. Measured on Zen 5
+// kMaxTileTokens activation rows per tile: more rows go in groups of up to 6
+// over each block (gemv_blocking.hpp), the first from memory, the rest from
+// L1/L2. Measured on Zen 5
 // (one thread, the 110M bf16 matrices, cost against one row): groups of 6
 // gave 1.33x at 8 rows and 2.23x at 16; groups of 4, 1.52x / 2.64x; one group
 // of 8 (2-row tiles, 10 loads per 16 FMAs) 1.98x at 8 rows. Rows per block,

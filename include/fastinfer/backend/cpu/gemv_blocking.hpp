@@ -20,8 +20,11 @@
 //                                              with Prefetch, `ahead`'s lines
 //                                              pulled into L2 on the way
 //
-// The walk: blocks of kBlockRows weight rows; over each block, groups of
-// kMaxTileTokens activation rows, then one group of the rows left. The first
+// The walk: blocks of kBlockRows weight rows; over each block, the activation
+// rows in as few groups of at most kMaxTileTokens as there can be, their
+// sizes within one of each other (8 rows: 4 + 4, not 6 + 2, whose 2-row
+// tiles load a weight vector for every 2 FMAs; Intel Xeon, AVX-512, 2
+// threads, the 1B stand-in's bf16 matrices: 129-131 -> 120-122 ms). The first
 // group streams the block from memory, the later ones find it in L1/L2: the
 // pass reads each weight from memory once, and each weight vector is loaded
 // (and bf16/f16 widened) once per group instead of once per activation row.
@@ -34,11 +37,15 @@
 // (one row each, 1.5-4 KiB) side by side, which they do not (Zen 4, one
 // thread, the 110M bf16 matrices: a one-row pass 19.4 ms in 4-row tiles,
 // 10.5-12.8 ms a row at a time).
-// With more activation rows the tiles of the first group over a block also
-// prefetch the NEXT block into L2 (the block's rows are contiguous: one
-// sequential stream of kBlockRows rows), its lines spread evenly over their
-// column chunks, so the next block's reads overlap this block's FMAs, and
-// every tile finds its weights in L2. Before, each tile prefetched the next
+// With more activation rows the tiles over a block also prefetch the NEXT
+// block into L2 (the block's rows are contiguous: one sequential stream of
+// kBlockRows rows), its lines spread evenly over their column chunks, so the
+// next block's reads overlap this block's FMAs, and every tile finds its
+// weights in L2. Every group over the block takes a share of those lines in
+// proportion to its activation rows: when only the first group prefetched,
+// memory stood idle while the later ones computed (Intel Xeon with AVX-512,
+// 2 threads, every bf16 matrix of the 1B stand-in: 16 rows 211 -> 182 ms, 8
+// rows 142 -> 130, one row 86). Before, each tile prefetched the next
 // tile's R rows into L1 and the reads did not overlap the FMAs: a pass cost
 // the stream plus the FMAs (110M bf16, 2 threads, 8 rows: 13 ms against
 // 5.2 ms for one row and 7.4 ms of FMAs at this kernel's in-cache rate).
@@ -97,15 +104,16 @@ class PrefetchPacer {
 };
 
 // Rows [0, m) of one block (weight rows from `base`) for T activation rows;
-// FromMemory: the first group over the block, whose tiles prefetch `next`
-// (the next block's bytes, empty after the last), a share each.
+// FromMemory: the first group over the block. The tiles prefetch `next` (this
+// group's share of the next block's bytes, empty after the last block), a
+// share each.
 template <class Tiles, DType D, int T, bool FromMemory>
 inline void block_rows(const std::uint8_t* base, std::size_t stride, std::int64_t m,
                        const typename Tiles::Activation* x, std::int64_t k, float* y, std::int64_t ldy,
-                       PrefetchSpan next = {}) {
+                       PrefetchSpan next) {
   constexpr bool kRowByRow = FromMemory && T <= kStreamRowByRow;
   constexpr int R = kRowByRow ? 1 : Tiles::template kTileRows<T>;
-  constexpr bool kPrefetch = FromMemory && !kRowByRow;
+  constexpr bool kPrefetch = !kRowByRow;
   const std::int64_t tiles = m / R;
   const std::int64_t share = tiles > 0 ? (next.lines + tiles - 1) / tiles : 0;
   std::int64_t r = 0;
@@ -117,15 +125,15 @@ inline void block_rows(const std::uint8_t* base, std::size_t stride, std::int64_
   for (; r < m; ++r) Tiles::template tile<D, 1, T, false>(base + r * stride, stride, x, k, k, y + r, ldy, {});
 }
 
-// The rows of one block for the n < kMaxTileTokens activation rows left
+// The rows of one block for a group of n (1..kMaxTileTokens) activation rows
 // (T counts down to the n that is there).
-template <class Tiles, DType D, bool FromMemory, int T = Tiles::kMaxTileTokens - 1>
-inline void block_rows_left(std::int64_t n, const std::uint8_t* base, std::size_t stride, std::int64_t m,
-                            const typename Tiles::Activation* x, std::int64_t k, float* y, std::int64_t ldy,
-                            PrefetchSpan next) {
+template <class Tiles, DType D, bool FromMemory, int T = Tiles::kMaxTileTokens>
+inline void block_rows_group(std::int64_t n, const std::uint8_t* base, std::size_t stride, std::int64_t m,
+                             const typename Tiles::Activation* x, std::int64_t k, float* y, std::int64_t ldy,
+                             PrefetchSpan next) {
   if constexpr (T >= 1) {
     if (n == T) return block_rows<Tiles, D, T, FromMemory>(base, stride, m, x, k, y, ldy, next);
-    return block_rows_left<Tiles, D, FromMemory, T - 1>(n, base, stride, m, x, k, y, ldy, next);
+    return block_rows_group<Tiles, D, FromMemory, T - 1>(n, base, stride, m, x, k, y, ldy, next);
   }
 }
 
@@ -140,19 +148,26 @@ inline void blocked_matmul_rows(const MatrixView& w, const typename Tiles::Activ
   for (std::int64_t b0 = r0; b0 < r1; b0 += Tiles::kBlockRows) {
     const std::int64_t m = std::min(Tiles::kBlockRows, r1 - b0);
     const std::uint8_t* base = w.row_ptr(b0);
-    // The next block of this range (rows are contiguous), for the first
-    // group's tiles to prefetch.
+    // The next block of this range (rows are contiguous), for the tiles to
+    // prefetch.
     const std::int64_t next_rows = std::min(Tiles::kBlockRows, r1 - b0 - m);
     const PrefetchSpan next{reinterpret_cast<std::uintptr_t>(base) + std::uintptr_t(m) * stride,
                             std::int64_t((std::size_t(next_rows) * stride + 63) / 64)};
-    std::int64_t t = 0;
-    if (n >= G) {
-      block_rows<Tiles, D, G, true>(base, stride, m, x, k, y + b0, ldy, next);
-      for (t = G; t + G <= n; t += G)
-        block_rows<Tiles, D, G, false>(base, stride, m, x + t * k, k, y + t * ldy + b0, ldy);
-      block_rows_left<Tiles, D, false>(n - t, base, stride, m, x + t * k, k, y + t * ldy + b0, ldy, {});
-    } else {
-      block_rows_left<Tiles, D, true>(n, base, stride, m, x, k, y + b0, ldy, next);
+    // The lines of `next` that the group of activation rows [t0, t1)
+    // prefetches.
+    auto group_share = [&](std::int64_t t0, std::int64_t t1) {
+      const std::int64_t l0 = next.lines * t0 / n, l1 = next.lines * t1 / n;
+      return PrefetchSpan{next.begin + std::uintptr_t(l0) * 64, l1 - l0};
+    };
+    const std::int64_t groups = (n + G - 1) / G;
+    for (std::int64_t g = 0, t = 0; g < groups; ++g) {
+      const std::int64_t size = n / groups + (g < n % groups ? 1 : 0);
+      const PrefetchSpan share = group_share(t, t + size);
+      if (g == 0)
+        block_rows_group<Tiles, D, true>(size, base, stride, m, x, k, y + b0, ldy, share);
+      else
+        block_rows_group<Tiles, D, false>(size, base, stride, m, x + t * k, k, y + t * ldy + b0, ldy, share);
+      t += size;
     }
   }
 }
