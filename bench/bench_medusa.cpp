@@ -11,8 +11,9 @@
 // inflate:NAME:SIZE inflates either (model/inflate.hpp; issue 10's
 // memory-bound stand-in), and trained heads are then zero-padded (pad:FILE).
 // FASTINFER_MEDUSA_WEIGHTS (f32, bf16, f16) and FASTINFER_MEDUSA_THREADS set
-// the weight type and threads (default f32, 1). Issue 10's measurement:
-//   FASTINFER_MEDUSA_MODEL=inflate:tinystories-656k:110M FASTINFER_MEDUSA_THREADS=2 \
+// the weight type and threads (default f32, 1). Issue 10's measurement (one
+// command, two lines here):
+//   FASTINFER_MEDUSA_MODEL=inflate:tinystories-656k:110M FASTINFER_MEDUSA_THREADS=2
 //   FASTINFER_MEDUSA_HEADS=build-medusa/ts656k.medusa bench_medusa --benchmark_filter="plain|trained"
 // The trained heads come from tools/train_medusa.py (a build artefact): the
 // path is taken from FASTINFER_MEDUSA_HEADS or --medusa-heads=PATH; without

@@ -9,7 +9,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "fastinfer/backend/cpu/cpu_target.hpp"  // FASTINFER_CPU_INTRINSIC_WARNINGS_OFF
+
+// Eigen's AVX-512 packet code at the build's -march: g++ 12's false
+// '__Y' warnings from the intrinsics it inlines (cpu_target.hpp).
+FASTINFER_CPU_INTRINSIC_WARNINGS_OFF
 #include <Eigen/Core>
+FASTINFER_CPU_INTRINSIC_WARNINGS_ON
 
 #include "fastinfer/backend/cpu/elementwise.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "fastinfer/backend/cpu/cpu_target.hpp"  // FASTINFER_CPU_INTRINSIC_WARNINGS_OFF
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FASTINFER_BENCH_X86 1
 #include <immintrin.h>
@@ -31,11 +33,9 @@ namespace fastinfer::bench {
 
 #if defined(FASTINFER_BENCH_X86)
 // GCC 12's own AVX-512 intrinsics (set1, reductions) start from
-// _mm512_undefined_ps and trip -Wmaybe-uninitialized inside target regions.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+// _mm512_undefined_ps and trip -W(maybe-)uninitialized inside target regions
+// (cpu_target.hpp).
+FASTINFER_CPU_INTRINSIC_WARNINGS_OFF
 namespace detail {
 
 // Each kernel: `iters` rounds of 12 chains; returns a value that depends on
@@ -76,9 +76,7 @@ __attribute__((target("avx512f"))) inline float fma_chains_avx512(std::int64_t i
 }
 
 }  // namespace detail
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+FASTINFER_CPU_INTRINSIC_WARNINGS_ON
 #endif
 
 // The levels this CPU runs, lowest first ("sse2", "avx2", "avx512").
