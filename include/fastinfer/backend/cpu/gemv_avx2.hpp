@@ -86,14 +86,14 @@ inline void keep_in_register(__m256& v) {
 // The tile set of the small-row matmul (gemv_blocking.hpp walks the matrix
 // with it). A tile holds R weight rows x T activation rows of accumulators,
 // with T activation vectors and one weight vector, in the 16 registers:
-// 4 x 1, 4 x 2 and 3 x 3 (13 registers). Activation rows go in groups of 3
-// over each block of weight rows: the first group streams the block from
-// memory, the others find it in L1/L2. Measured on Zen 5 at the avx2 level,
-// 2 threads, quiet, the 110M stand-in's pass cost against one row (the old
-// walk: 4 x 2 tiles, each token pair re-reading a 32-row block): bf16 8 rows
-// 2.57 -> 1.98, 16 rows 4.27 -> 3.37; f32 8 rows 2.57 -> 1.73 (the 8-row pass
-// 1.39x faster; docs/benchmarks.md). Groups of 2 or 4 (2 x 4 tiles) were
-// within 5 % of it either way.
+// 4 x 1, 4 x 2 and 3 x 3 (13 registers). Activation rows go in balanced
+// groups of up to 3 over each block of weight rows: the first group streams
+// the block from memory, the others find it in L1/L2. Measured on Zen 5 at
+// the avx2 level, 2 threads, quiet, the 110M stand-in's pass cost against
+// one row (the old walk: 4 x 2 tiles, each token pair re-reading a 32-row
+// block): bf16 8 rows 2.57 -> 1.98, 16 rows 4.27 -> 3.37; f32 8 rows 2.57 ->
+// 1.73 (the 8-row pass 1.39x faster; docs/benchmarks.md). Groups of 2 or 4
+// (2 x 4 tiles) were within 5 % of it either way.
 struct Tiles {
   using Activation = float;
   template <int T>
@@ -103,6 +103,10 @@ struct Tiles {
   // every tile height): 24 rows of a 2048-wide f32 matrix are 192 KiB, under
   // half of a Zen 3 core's 512 KiB L2; of a 768-wide bf16 one, 36 KiB.
   static constexpr std::int64_t kBlockRows = 24;
+  // One activation row: f32 a weight row at a time (memory-bound); bf16 and
+  // f16 in 4-row tiles, four FMA chains instead of one (gemv_blocking.hpp).
+  template <DType D>
+  static constexpr bool kStreamOneRow = D == DType::F32;
 
   template <DType D, int R, int T, bool Prefetch>
   static void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,
@@ -127,10 +131,10 @@ inline void matmul_rows(const MatrixView& w, const float* x, std::int64_t n, flo
 }
 
 // Rows [begin, end) of y = W x: the one-row pass (gemv_blocking.hpp's
-// streamed_matvec_rows), the same sums as matmul_rows gives a token.
+// one_row_matvec_rows), the same sums as matmul_rows gives a token.
 template <DType D>
 inline void matvec_rows(const MatrixView& w, const float* x, float* y, std::int64_t begin, std::int64_t end) {
-  gemv_detail::streamed_matvec_rows<Tiles, D>(w, x, y, begin, end);
+  gemv_detail::one_row_matvec_rows<Tiles, D>(w, x, y, begin, end);
 }
 
 }  // namespace fastinfer::cpu::avx2

@@ -98,6 +98,8 @@ struct Tiles {
   static constexpr int kTileRows = avx512::Tiles::kTileRows<T>;
   static constexpr int kMaxTileTokens = avx512::Tiles::kMaxTileTokens;
   static constexpr std::int64_t kBlockRows = avx512::Tiles::kBlockRows;
+  template <DType D>
+  static constexpr bool kStreamOneRow = avx512::Tiles::kStreamOneRow<D>;
 
   template <DType D, int R, int T, bool Prefetch>
   static void tile(const std::uint8_t* w, std::size_t stride, const std::uint16_t* x, std::int64_t ldx,
@@ -117,7 +119,7 @@ inline void matmul_rows(const MatrixView& w, const std::uint16_t* xb, std::int64
 // at a time (gemv_blocking.hpp), the same sums as matmul_rows gives a row.
 inline void matvec_rows(const MatrixView& w, const std::uint16_t* xb, float* y, std::int64_t begin,
                         std::int64_t end) {
-  gemv_detail::streamed_matvec_rows<Tiles, DType::BF16>(w, xb, y, begin, end);
+  gemv_detail::one_row_matvec_rows<Tiles, DType::BF16>(w, xb, y, begin, end);
 }
 
 }  // namespace fastinfer::cpu::avx512_bf16

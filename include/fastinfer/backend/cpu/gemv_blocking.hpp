@@ -12,6 +12,11 @@
 //                                              weight rows per tile of T
 //                                              activation rows (divides
 //                                              kBlockRows)
+//   template <DType D> static constexpr bool kStreamOneRow
+//                                              true: a pass of one activation
+//                                              row reads a weight row at a
+//                                              time; false: in tiles of
+//                                              kTileRows<1> rows (below)
 //   template <DType D, int R, int T, bool Prefetch>
 //   static void tile(w, stride, x, ldx, cols, y, ldy, ahead)
 //                                              R weight rows x T activation
@@ -32,11 +37,19 @@
 // depend on the pass.
 //
 // How memory is read. With one activation row, one weight row at a time
-// (kStreamRowByRow): memory sees one sequential stream, which the hardware
+// (kStreamOneRow): memory sees one sequential stream, which the hardware
 // prefetchers follow at full speed; a tile of R rows reads R short streams
-// (one row each, 1.5-4 KiB) side by side, which they do not (Zen 4, one
+// (one row each, 1.5-4 KiB) side by side, which they did not (Zen 4, one
 // thread, the 110M bf16 matrices: a one-row pass 19.4 ms in 4-row tiles,
-// 10.5-12.8 ms a row at a time).
+// 10.5-12.8 ms a row at a time, when each tile prefetched only its own next
+// rows). But a row at a time is one FMA chain: every chunk's FMA waits for
+// the one before (4 cycles), and an 8-lane chain widening bf16/f16 cannot
+// keep up with memory. A tile set whose one-row pass is bound by that
+// chain walks it in tiles of kTileRows<1> rows (independent chains) with
+// the next-block prefetch below (Intel Xeon, avx2 level, 2 threads, one
+// row: 110M bf16 16.2 -> 11.2-11.6 ms, 1B bf16 134-142 -> 75-78, 1B f16
+// 110-125 -> 74-75; f32 there is bound by memory, and in tiles 8-18 %
+// slower).
 // With more activation rows the tiles over a block also prefetch the NEXT
 // block into L2 (the block's rows are contiguous: one sequential stream of
 // kBlockRows rows), its lines spread evenly over their column chunks, so the
@@ -65,10 +78,6 @@
 #include "fastinfer/core/tensor.hpp"
 
 namespace fastinfer::cpu::gemv_detail {
-
-// Activation rows up to which a block is streamed from memory one weight row
-// at a time (see above).
-inline constexpr int kStreamRowByRow = 1;
 
 // Cache lines [begin, begin + 64 lines) for a tile to prefetch while it
 // computes. An integer, not a pointer: the span may run past the matrix.
@@ -111,7 +120,7 @@ template <class Tiles, DType D, int T, bool FromMemory>
 inline void block_rows(const std::uint8_t* base, std::size_t stride, std::int64_t m,
                        const typename Tiles::Activation* x, std::int64_t k, float* y, std::int64_t ldy,
                        PrefetchSpan next) {
-  constexpr bool kRowByRow = FromMemory && T <= kStreamRowByRow;
+  constexpr bool kRowByRow = FromMemory && T == 1 && Tiles::template kStreamOneRow<D>;
   constexpr int R = kRowByRow ? 1 : Tiles::template kTileRows<T>;
   constexpr bool kPrefetch = !kRowByRow;
   const std::int64_t tiles = m / R;
@@ -173,14 +182,18 @@ inline void blocked_matmul_rows(const MatrixView& w, const typename Tiles::Activ
 }
 
 // Rows [begin, end) of y = W x, the one-row pass: a weight row at a time,
-// one sequential stream (see above), the same sums as blocked_matmul_rows
-// gives a row.
+// one sequential stream, or in tiles (kStreamOneRow, above); the same sums
+// as blocked_matmul_rows gives a row.
 template <class Tiles, DType D>
-inline void streamed_matvec_rows(const MatrixView& w, const typename Tiles::Activation* x, float* y,
-                                 std::int64_t begin, std::int64_t end) {
-  const std::size_t stride = row_bytes(w.dtype, w.cols);
-  for (std::int64_t r = begin; r < end; ++r)
-    Tiles::template tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0, {});
+inline void one_row_matvec_rows(const MatrixView& w, const typename Tiles::Activation* x, float* y,
+                                std::int64_t begin, std::int64_t end) {
+  if constexpr (Tiles::template kStreamOneRow<D>) {
+    const std::size_t stride = row_bytes(w.dtype, w.cols);
+    for (std::int64_t r = begin; r < end; ++r)
+      Tiles::template tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0, {});
+  } else {
+    blocked_matmul_rows<Tiles, D>(w, x, 1, y, begin, end);
+  }
 }
 
 }  // namespace fastinfer::cpu::gemv_detail
