@@ -127,10 +127,10 @@ inline void keep_in_register(__m512& v) {
 // weight vector within the 32 registers, and R dividing kBlockRows. At most
 // kMaxTileTokens activation rows per tile: more rows go in groups of up to 6
 // over each block (gemv_blocking.hpp), the first from memory, the rest from
-// L1/L2. Measured on Zen 5
-// (one thread, the 110M bf16 matrices, cost against one row): groups of 6
-// gave 1.33x at 8 rows and 2.23x at 16; groups of 4, 1.52x / 2.64x; one group
-// of 8 (2-row tiles, 10 loads per 16 FMAs) 1.98x at 8 rows. Rows per block,
+// L1/L2. Measured on Zen 5 (one thread, the 110M bf16 matrices, cost against
+// one row, before the groups were balanced): groups of 6 gave 1.33x at 8
+// rows and 2.23x at 16; groups of 4, 1.52x / 2.64x; one group of 8 (2-row
+// tiles, 10 loads per 16 FMAs) 1.98x at 8 rows. Rows per block,
 // re-read for every group (a multiple of every tile height): 24 rows of a
 // 768-wide bf16 matrix are 36 KiB (L1 holds them), of a 2048-wide f32 one
 // 192 KiB (a fifth of a Zen 5 L2).

@@ -46,10 +46,10 @@
 // the one before (4 cycles), and an 8-lane chain widening bf16/f16 cannot
 // keep up with memory. A tile set whose one-row pass is bound by that
 // chain walks it in tiles of kTileRows<1> rows (independent chains) with
-// the next-block prefetch below (Intel Xeon, avx2 level, 2 threads, one
-// row: 110M bf16 16.2 -> 11.2-11.6 ms, 1B bf16 134-142 -> 75-78, 1B f16
-// 110-125 -> 74-75; f32 there is bound by memory, and in tiles 8-18 %
-// slower).
+// the next-block prefetch below (Intel Xeon, avx2 level, 2 threads, a
+// scratch one-row pass over every matrix: 110M bf16 16.2 -> 11.2-11.6 ms,
+// 1B bf16 134-142 -> 75-78, 1B f16 110-125 -> 74-75; f32 there is bound by
+// memory, and in tiles 8-18 % slower).
 // With more activation rows the tiles over a block also prefetch the NEXT
 // block into L2 (the block's rows are contiguous: one sequential stream of
 // kBlockRows rows), its lines spread evenly over their column chunks, so the
