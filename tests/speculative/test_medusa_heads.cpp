@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,9 @@ void spit(const std::string& path, const std::vector<char>& bytes) {
   f.write(bytes.data(), std::streamsize(bytes.size()));
 }
 void put_u32(std::vector<char>& b, std::size_t off, std::uint32_t v) {
+  // The bound also tells g++ 12 the vector is not empty (it warned
+  // -Wstringop-overflow on a "region of size 0" otherwise).
+  if (off + 4 > b.size()) throw std::out_of_range("put_u32 past the end of the file bytes");
   for (int i = 0; i < 4; ++i) b[off + std::size_t(i)] = char((v >> (8 * i)) & 0xffu);
 }
 
