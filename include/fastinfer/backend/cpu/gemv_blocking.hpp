@@ -49,7 +49,7 @@
 // the next-block prefetch below (Intel Xeon, avx2 level, 2 threads, a
 // scratch one-row pass over every matrix: 110M bf16 16.2 -> 11.2-11.6 ms,
 // 1B bf16 134-142 -> 75-78, 1B f16 110-125 -> 74-75; f32 there is bound by
-// memory, and in tiles 8-18 % slower).
+// memory, and in tiles 9-19 % slower).
 // With more activation rows the tiles over a block also prefetch the NEXT
 // block into L2 (the block's rows are contiguous: one sequential stream of
 // kBlockRows rows), its lines spread evenly over their column chunks, so the
