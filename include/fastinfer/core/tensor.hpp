@@ -26,11 +26,11 @@ constexpr std::size_t row_bytes(DType dtype, std::int64_t cols) {
 // How a matrix's bytes are laid out.
 //   rows             row after row, each in its dtype's row format: every file
 //                    format, and what every kernel reads
-//   q8_0_row_groups  Q8_0 regrouped by the CPU backend for its AMX-INT8 tiles
-//                    (backend/cpu/q8_0_grouped.hpp): 16 rows' blocks side by
-//                    side, the last group zero-padded. Only the CPU backend's
-//                    kernels and cpu::load_matrix_row read it; row_ptr does not
-//                    apply.
+//   q8_0_row_groups  Q8_0 regrouped by the CPU backend for its AVX512-VNNI
+//                    and AMX-INT8 kernels (backend/cpu/q8_0_grouped.hpp):
+//                    16 rows' blocks side by side, the last group
+//                    zero-padded. Only the CPU backend's kernels and
+//                    cpu::load_matrix_row read it; row_ptr does not apply.
 enum class MatrixLayout : std::uint8_t { rows, q8_0_row_groups };
 inline constexpr std::int64_t kQ8_0GroupRows = 16;
 

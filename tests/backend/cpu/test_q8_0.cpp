@@ -347,9 +347,16 @@ TEST_CASE(
 TEST_CASE(
     "regrouped Q8_0 rows round-trip, and every level computes them in the amx level's order, bit for bit") {
   // Rows cross the 16-row groups (zero-padded last group), blocks the 2-block
-  // tile steps, tokens the 1-4-token vpdpbusd panels and the 16-token tiles.
-  for (auto [rows, nb] :
-       {std::pair<std::int64_t, std::int64_t>{1, 1}, {7, 2}, {16, 3}, {17, 24}, {40, 5}, {33, 33}}) {
+  // tile steps, tokens the 1-8-token vpdpbusd panels and the 16-token tiles;
+  // at 128 blocks a token's activations are 4.5 KiB, so the vpdpbusd kernel
+  // takes 37 tokens in two chunks of its 128 KiB.
+  for (auto [rows, nb] : {std::pair<std::int64_t, std::int64_t>{1, 1},
+                          {7, 2},
+                          {16, 3},
+                          {17, 24},
+                          {40, 5},
+                          {33, 33},
+                          {20, 128}}) {
     const std::int64_t cols = nb * 32, nmax = 37;
     const auto wq = random_q8_matrix_with_min_quants(rows, cols, std::uint32_t(rows * 31 + nb));
     const auto x = random_vector(std::size_t(nmax * cols), std::uint32_t(nb + 900), 1.5f);
@@ -370,7 +377,7 @@ TEST_CASE(
     const std::string ran =
         testing::at_every_cpu_level([&](cpu::CpuLevel) { require_block_fma_order(grouped, view, x); });
     WARN("regrouped Q8_0 kernels ran at levels: "
-         << ran << " (grouped tiles at amx: "
+         << ran << " (grouped kernels on this CPU: "
          << (q8::regroups_weights(cpu::detected_cpu_level()) ? "yes" : "no") << ")");
   }
 }
@@ -387,7 +394,9 @@ TEST_CASE("regroup_matrix rejects a matrix already regrouped and non-Q8_0 matric
   REQUIRE(again == nullptr);
 }
 
-TEST_CASE("CpuBackend regroups Q8_0 weights exactly where the level runs the AMX-INT8 kernels") {
+TEST_CASE(
+    "CpuBackend regroups Q8_0 weights exactly where the level runs the grouped AVX512-VNNI or AMX-INT8 "
+    "kernels") {
   const std::int64_t rows = 21, cols = 96;
   const auto w = random_vector(std::size_t(rows * cols), 77u, 0.05f);
   const auto wq = quantize_matrix(w, rows, cols);

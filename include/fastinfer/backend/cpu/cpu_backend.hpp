@@ -49,9 +49,10 @@ class CpuBackend {
   }
 
   // Weights are read in place (a memory map or the loader's heap buffers),
-  // except Q8_0 matrices where the current level runs the AMX-INT8 kernels:
-  // those are regrouped into the backend's own buffer (q8_0_grouped.hpp; the
-  // rows they came from are no longer read). Set the CPU level before loading.
+  // except Q8_0 matrices where the current level runs the grouped AVX512-VNNI
+  // or AMX-INT8 kernels: those are regrouped into the backend's own buffer
+  // (q8_0_grouped.hpp; the rows they came from are no longer read). Set the
+  // CPU level before loading.
   MatrixView upload(const MatrixView& w, std::vector<KeepAlive>& storage) {
     if (w.dtype != DType::Q8_0 || w.layout != MatrixLayout::rows || !cpu::q8_0::regroups_weights()) return w;
     std::shared_ptr<std::uint8_t> grouped;

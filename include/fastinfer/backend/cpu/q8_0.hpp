@@ -3,14 +3,19 @@
 //
 //   q8_0_reference.hpp  block layouts and the scalar oracle
 //   q8_0_avx2.hpp       AVX2 + FMA: maddubs with the sign trick, 4-row groups
-//   q8_0_avx512.hpp     AVX-512 + VNNI: vpdpbusd, 4-row x 4-token register tiles
+//   q8_0_avx512.hpp     AVX-512 + VNNI: vpdpbusd, 4-row x 4-token register
+//                       tiles over GGUF rows; 16-row x 8-token panels over
+//                       regrouped rows
 //   q8_0_amx.hpp        AMX-INT8: a TDPBSSD per block of 16 rows x 16 tokens
-//   q8_0_grouped.hpp    the CPU backend's regrouped layout (level amx): 16
-//                       rows' blocks side by side, for the tiles and vpdpbusd
+//   q8_0_grouped.hpp    the CPU backend's regrouped layout (levels avx512
+//                       with VNNI, and amx): 16 rows' blocks side by side,
+//                       for the tiles and vpdpbusd
 //
 // Results never depend on the thread count: threads split whole rows, and a
-// row's sum has one fixed order (per level: the AVX-512 tiles equal
-// dot_avx2, not dot_rows_avx2, which the avx2 level runs; q8_0_avx512.hpp).
+// row's sum has one fixed order: for GGUF rows one per level (the AVX-512
+// tiles equal dot_avx2, not dot_rows_avx2, which the avx2 level runs;
+// q8_0_avx512.hpp); for regrouped rows dot_blocks_fma_reference's at every
+// level.
 // The avx512 level on a CPU without AVX512-VNNI runs the AVX2 kernels; the
 // amx level runs the AMX-INT8 tiles where the CPU has them (else avx512's);
 // level scalar runs the reference.
@@ -56,10 +61,14 @@ inline const char* kernel_isa(CpuLevel level = cpu_level()) {
 }
 
 // Whether CpuBackend::upload regroups Q8_0 weights at `level`
-// (q8_0_grouped.hpp): where the AMX-INT8 kernels run. A regrouped matrix
-// keeps its layout, so it computes the amx level's bits at any later level
-// (below amx with the scalar reference: set the level before loading).
-inline bool regroups_weights(CpuLevel level = cpu_level()) { return kernel_set(level) == KernelSet::amx; }
+// (q8_0_grouped.hpp): where the AMX-INT8 or AVX512-VNNI kernels run. A
+// regrouped matrix keeps its layout, so it computes the same bits at any
+// later level (below those with the scalar reference: set the level before
+// loading).
+inline bool regroups_weights(CpuLevel level = cpu_level()) {
+  const KernelSet set = kernel_set(level);
+  return set == KernelSet::amx || set == KernelSet::avx512_vnni;
+}
 
 // A copy of the Q8_0 rows `w` in the regrouped layout, in `storage` (64-byte
 // aligned, huge pages where the kernel grants them), regrouped on up to
@@ -100,6 +109,13 @@ namespace detail {
 // that a decode step allocates nothing.
 inline ActivationBlock* activation_scratch(std::size_t blocks) {
   thread_local std::vector<ActivationBlock> scratch;
+  if (scratch.size() < blocks) scratch.resize(blocks);
+  return scratch.data();
+}
+// ... and for their offset copy (q8_0_grouped.hpp), where the grouped
+// vpdpbusd kernels run.
+inline OffsetActivationBlock* offset_activation_scratch(std::size_t blocks) {
+  thread_local std::vector<OffsetActivationBlock> scratch;
   if (scratch.size() < blocks) scratch.resize(blocks);
   return scratch.data();
 }
@@ -162,7 +178,16 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
   const int nt = threads_for(std::int64_t(w.bytes()) * n, detail::kMinBytesPerThread, threads);
   if (w.layout == MatrixLayout::q8_0_row_groups) {
 #if FASTINFER_CPU_AVX512_TILES
-    if (set == KernelSet::amx) return amx_grouped_matmul(w, xq, n, y, nt);
+    if (set == KernelSet::amx && n > avx512::kGroupedTokens) return amx_grouped_matmul(w, xq, n, y, nt);
+#endif
+#if FASTINFER_CPU_Q8_0_AVX512
+    if (set == KernelSet::amx || set == KernelSet::avx512_vnni) {
+      OffsetActivationBlock* xo = detail::offset_activation_scratch(std::size_t(nb * n));
+      offset_activations(xq, nb * n, xo);
+      return parallel_ranges(w.rows, kGroupRows, nt, [&](std::int64_t begin, std::int64_t end) {
+        avx512::grouped_matmul_rows(w, xo, n, y, begin, end);
+      });
+    }
 #endif
     return parallel_ranges(w.rows, 1, nt, [&](std::int64_t begin, std::int64_t end) {
       grouped_rows_reference(w, xq, n, y, begin, end);

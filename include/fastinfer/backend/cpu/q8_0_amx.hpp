@@ -358,28 +358,23 @@ FASTINFER_CPU_NOINLINE inline void grouped_tile(const GroupBlock* wg, std::int64
 }
 
 // Rows [r0, r1) (r0 a multiple of 16) of Y = X W^T for a regrouped W and n
-// quantized tokens xq ([n][blocks]; xp: the same packed in panels of 16, or
-// null when n <= kGroupedTokens): the panels on the tiles, a pass of up to 4
-// tokens on vpdpbusd (the same bits; a 1-token tile waits on its own store
-// every block).
-inline void grouped_matmul_rows(const MatrixView& w, const ActivationBlock* xq, const TokenPanelBlock* xp,
-                                std::int64_t n, float* y, std::int64_t r0, std::int64_t r1) {
+// tokens packed in panels of 16 (xp), on the tiles. Passes of up to
+// avx512::kGroupedTokens tokens go through vpdpbusd instead (the same bits):
+// a 1-token tile waits on its own store every block.
+inline void grouped_matmul_rows(const MatrixView& w, const TokenPanelBlock* xp, std::int64_t n, float* y,
+                                std::int64_t r0, std::int64_t r1) {
   const std::int64_t blocks = w.cols / kBlockSize;
-  if (xp != nullptr) configure_grouped_tiles();
+  configure_grouped_tiles();
   for (std::int64_t row0 = r0; row0 < r1; row0 += kGroupRows) {
     const GroupBlock* wg = group_blocks(w, row0 / kGroupRows);
     const std::int64_t rows = std::min(kGroupRows, r1 - row0);
-    if (xp == nullptr) {
-      avx512::grouped_rows(wg, blocks, xq, n, rows, y + row0, w.rows);
-      continue;
-    }
     for (std::int64_t p = 0; p < panels_of(n); ++p) {
       const std::int64_t t0 = p * kTileRows;
       grouped_tile(wg, blocks, xp + p * blocks, std::min(kTileRows, n - t0), rows, y + t0 * w.rows + row0,
                    w.rows);
     }
   }
-  if (xp != nullptr) _tile_release();
+  _tile_release();
 }
 
 }  // namespace fastinfer::cpu::q8_0::amx
@@ -404,21 +399,18 @@ inline void amx_matmul(const MatrixView& w, const ActivationBlock* xq, std::int6
                   [&](std::int64_t r0, std::int64_t r1) { amx::matmul_rows(w, xp, n, y, r0, r1); });
 }
 
-// Y = X W^T for a regrouped W (q8_0_grouped.hpp) on AMX-INT8, on `threads`
-// threads over groups of 16 rows.
+// Y = X W^T for a regrouped W (q8_0_grouped.hpp) and more than
+// avx512::kGroupedTokens tokens on AMX-INT8, on `threads` threads over
+// groups of 16 rows.
 inline void amx_grouped_matmul(const MatrixView& w, const ActivationBlock* xq, std::int64_t n, float* y,
                                int threads) {
-  amx::TokenPanelBlock* xp = nullptr;
-  if (n > avx512::kGroupedTokens) {
-    thread_local std::vector<amx::TokenPanelBlock> packed;  // the calling thread's, reused
-    const std::int64_t blocks = w.cols / kBlockSize, panels = amx::panels_of(n);
-    packed.resize(std::size_t(panels * blocks));
-    xp = packed.data();
-    for (std::int64_t p = 0; p < panels; ++p) amx::pack_token_panel(xq, n, blocks, p, xp + p * blocks);
-  }
-  parallel_ranges(w.rows, kGroupRows, threads, [&](std::int64_t r0, std::int64_t r1) {
-    amx::grouped_matmul_rows(w, xq, xp, n, y, r0, r1);
-  });
+  thread_local std::vector<amx::TokenPanelBlock> packed;  // the calling thread's, reused
+  const std::int64_t blocks = w.cols / kBlockSize, panels = amx::panels_of(n);
+  packed.resize(std::size_t(panels * blocks));
+  amx::TokenPanelBlock* xp = packed.data();
+  for (std::int64_t p = 0; p < panels; ++p) amx::pack_token_panel(xq, n, blocks, p, xp + p * blocks);
+  parallel_ranges(w.rows, kGroupRows, threads,
+                  [&](std::int64_t r0, std::int64_t r1) { amx::grouped_matmul_rows(w, xp, n, y, r0, r1); });
 }
 
 }  // namespace fastinfer::cpu::q8_0

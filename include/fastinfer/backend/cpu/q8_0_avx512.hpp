@@ -1,5 +1,7 @@
 // Q8_0 kernels for AVX-512 (F, BW, VL) with VNNI: register tiles of up to
-// 4 weight rows x 4 tokens. Tested against q8_0_reference.hpp.
+// 4 weight rows x 4 tokens over GGUF rows, and (at the end) 16-row x 8-token
+// panels over the backend's regrouped rows. Tested against
+// q8_0_reference.hpp and q8_0_grouped.hpp's references.
 //
 // One zmm holds two consecutive blocks (block b in the low 256 bits, b + 1 in
 // the high), and vpdpbusd adds four byte products per int32 lane in one
@@ -180,20 +182,29 @@ inline void matmul_rows(const MatrixView& w, const ActivationBlock* xq, std::int
   }
 }
 
-// ---- regrouped weights (q8_0_grouped.hpp), a few tokens -----------------------
-// A GroupBlock's 8 quant vectors hold 4 quants of each of 16 rows; vpdpbusd
-// of a token's 4 quants, broadcast and offset by 128 (its unsigned operand),
-// with a quant vector adds them into the 16 rows' block dots at once, plus
-// 128 * (the row's sum of the 4 quants), which a vpdpbusd of 128s with the
-// same vector (once for every token) takes off again: exact block dots. Then
-// one fused multiply-add per block in block order: dot_blocks_fma_reference's
-// order, the AMX tiles' bits (q8_0_amx.hpp runs this for panels of up to
-// kGroupedTokens tokens: decode and short passes).
+// ---- regrouped weights (q8_0_grouped.hpp), any pass ---------------------------
+// A GroupBlock's 8 quant vectors hold 4 quants of each of 16 rows; one
+// vpdpbusd of a token's 4 quants (offset by 128, vpdpbusd's unsigned operand:
+// OffsetActivationBlock, made once per call) broadcast from memory with a
+// quant vector adds them into the 16 rows' block dots at once, plus 128 *
+// (the row's sum of the 4 quants), which a vpdpbusd of 128s with the same
+// vector (once per block for every token) takes off again: exact block dots.
+// Then one fused multiply-add per block in block order:
+// dot_blocks_fma_reference's order, the AMX tiles' bits. A token's outputs
+// depend on its own activations only, so the panel sizes below never change
+// a bit (batch invariance). The avx512 level runs every pass here; the amx
+// level the passes of up to kGroupedTokens tokens (a 1-token tile waits on
+// its own store every block; q8_0_amx.hpp).
 inline constexpr std::int64_t kGroupedTokens = 4;
+// Tokens of one panel: 8 weight vectors, 8 accumulators and the temporaries
+// fit the 32 zmm registers; each weight vector then feeds 8 vpdpbusd.
+inline constexpr int kPanelTokens = 8;
 
+// One group of 16 rows (`rows` of them real) x Tokens tokens (x: the first
+// token's block 0, tokens `x_stride` blocks apart) into y (ldy apart).
 template <int Tokens>
-inline void grouped_rows_for(const GroupBlock* wg, std::int64_t blocks, const ActivationBlock* x,
-                             std::int64_t tokens, std::int64_t rows, float* y, std::int64_t ldy) {
+inline void grouped_panel(const GroupBlock* wg, std::int64_t blocks, const OffsetActivationBlock* x,
+                          std::int64_t x_stride, std::int64_t rows, float* y, std::int64_t ldy) {
   const __m512i offset = _mm512_set1_epi8(std::int8_t(0x80));
   __m512 acc[Tokens];
   for (__m512& a : acc) a = _mm512_setzero_ps();
@@ -208,32 +219,54 @@ inline void grouped_rows_for(const GroupBlock* wg, std::int64_t blocks, const Ac
     }
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.scales)));
     for (int t = 0; t < Tokens; ++t) {
-      if (t >= tokens) break;
-      const ActivationBlock& xb = x[t * blocks + b];
-      std::int32_t quads[kBlockSize / 4];
-      std::memcpy(quads, xb.qs, sizeof quads);
+      const OffsetActivationBlock& xb = x[t * x_stride + b];
       __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
       for (int q = 0; q < kBlockSize / 4; q += 2) {
-        even = _mm512_dpbusd_epi32(even, _mm512_xor_si512(_mm512_set1_epi32(quads[q]), offset), w[q]);
-        odd = _mm512_dpbusd_epi32(odd, _mm512_xor_si512(_mm512_set1_epi32(quads[q + 1]), offset), w[q + 1]);
+        even = _mm512_dpbusd_epi32(even, _mm512_set1_epi32(std::int32_t(xb.quads[q])), w[q]);
+        odd = _mm512_dpbusd_epi32(odd, _mm512_set1_epi32(std::int32_t(xb.quads[q + 1])), w[q + 1]);
       }
       const __m512i exact = _mm512_sub_epi32(_mm512_add_epi32(even, odd), excess);
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(dw, _mm512_set1_ps(xb.d)), acc[t]);
     }
   }
   const __mmask16 real = __mmask16((1u << rows) - 1u);
-  for (int t = 0; t < Tokens; ++t)
-    if (t < tokens) _mm512_mask_storeu_ps(y + t * ldy, real, acc[t]);
+  for (int t = 0; t < Tokens; ++t) _mm512_mask_storeu_ps(y + t * ldy, real, acc[t]);
 }
 
-// One group of 16 rows (`rows` of them real) x `tokens` (1 to kGroupedTokens)
-// tokens (x: the first token's block 0, tokens `blocks` blocks apart) into y
-// (ldy apart).
-inline void grouped_rows(const GroupBlock* wg, std::int64_t blocks, const ActivationBlock* x,
+// One group of 16 rows x `tokens` tokens: panels of 8, then 4, 2 and 1.
+inline void grouped_rows(const GroupBlock* wg, std::int64_t blocks, const OffsetActivationBlock* x,
                          std::int64_t tokens, std::int64_t rows, float* y, std::int64_t ldy) {
-  if (tokens == 1) return grouped_rows_for<1>(wg, blocks, x, tokens, rows, y, ldy);
-  if (tokens == 2) return grouped_rows_for<2>(wg, blocks, x, tokens, rows, y, ldy);
-  grouped_rows_for<kGroupedTokens>(wg, blocks, x, tokens, rows, y, ldy);
+  std::int64_t t = 0;
+  for (; t + kPanelTokens <= tokens; t += kPanelTokens)
+    grouped_panel<kPanelTokens>(wg, blocks, x + t * blocks, blocks, rows, y + t * ldy, ldy);
+  if (t + 4 <= tokens) {
+    grouped_panel<4>(wg, blocks, x + t * blocks, blocks, rows, y + t * ldy, ldy);
+    t += 4;
+  }
+  if (t + 2 <= tokens) {
+    grouped_panel<2>(wg, blocks, x + t * blocks, blocks, rows, y + t * ldy, ldy);
+    t += 2;
+  }
+  if (t < tokens) grouped_panel<1>(wg, blocks, x + t * blocks, blocks, rows, y + t * ldy, ldy);
+}
+
+// Rows [r0, r1) (r0 a multiple of 16) of Y = X W^T for a regrouped W and n
+// tokens x ([n][blocks]). Tokens go in chunks whose activations stay in L2
+// (128 KiB) while every group of rows passes over them; a group's blocks
+// (544 bytes each) stay in L1 over the chunk's panels.
+inline void grouped_matmul_rows(const MatrixView& w, const OffsetActivationBlock* x, std::int64_t n, float* y,
+                                std::int64_t r0, std::int64_t r1) {
+  const std::int64_t blocks = w.cols / kBlockSize;
+  const std::int64_t token_bytes =
+      std::max<std::int64_t>(blocks, 1) * std::int64_t(sizeof(OffsetActivationBlock));
+  const std::int64_t chunk =
+      std::max<std::int64_t>((128 * 1024) / token_bytes / kPanelTokens, 1) * kPanelTokens;
+  for (std::int64_t t0 = 0; t0 < n; t0 += chunk) {
+    const std::int64_t tokens = std::min(chunk, n - t0);
+    for (std::int64_t row0 = r0; row0 < r1; row0 += kGroupRows)
+      grouped_rows(group_blocks(w, row0 / kGroupRows), blocks, x + t0 * blocks, tokens,
+                   std::min(kGroupRows, r1 - row0), y + t0 * w.rows + row0, w.rows);
+  }
 }
 
 }  // namespace fastinfer::cpu::q8_0::avx512

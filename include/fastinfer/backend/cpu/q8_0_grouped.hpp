@@ -1,12 +1,16 @@
-// Q8_0 weights regrouped for the AMX-INT8 tiles: the CPU backend's own layout
-// (MatrixLayout::q8_0_row_groups), made once when a model's weights are
-// uploaded at level amx (CpuBackend::upload), and its scalar references.
+// Q8_0 weights regrouped for the AMX-INT8 tiles and vpdpbusd: the CPU
+// backend's own layout (MatrixLayout::q8_0_row_groups), made once when a
+// model's weights are uploaded at level amx, or avx512 on a CPU with
+// AVX512-VNNI (CpuBackend::upload), and its scalar references.
 //
 // Why regroup: a tile multiply wants block b of 16 rows as one 512-byte tile
-// in the 4-byte groups TDPBSSD reads, and their 16 scales as one vector. Read
-// in place from GGUF rows, block b of 16 rows is 16 loads a row stride apart
-// and its scales a gather; decode then streamed ~19 GB/s of a ~30 GB/s
-// ceiling. Regrouped, a group of 16 rows is one contiguous stream of
+// in the 4-byte groups TDPBSSD reads, and their 16 scales as one vector; a
+// vpdpbusd wants 4 quants of each of 16 rows in one register. Read in place
+// from GGUF rows, block b of 16 rows is 16 loads a row stride apart and its
+// scales a gather; decode then streamed ~19 GB/s of a ~30 GB/s ceiling (and
+// the avx512 level's row-at-a-time vpdpbusd, 34-byte blocks at odd offsets,
+// 0.4x the regrouped kernel's speed on the same Xeon). Regrouped, a group of 16 rows is one contiguous stream
+// of
 //
 //   GroupBlock b = { the 16 rows' f16 scales of block b,
 //                    quants[q][r][0..3] = quants 4q .. 4q + 3 of row r's block b }
@@ -37,6 +41,25 @@ struct GroupBlock {
 };
 static_assert(sizeof(GroupBlock) == kGroupRows * sizeof(Block),
               "a regrouped Q8_0 block of 16 rows holds exactly their 16 GGUF blocks' bytes");
+
+// A quantized activation block as vpdpbusd's unsigned operand: each quant
+// plus 128 (x ^ 0x80 as a byte is x + 128 for every int8 x), four to a
+// 32-bit group, which the grouped kernels broadcast from memory. Made once
+// per pass (offset_activations); the kernels take 128 * sum(w) off again.
+struct OffsetActivationBlock {
+  float d;
+  std::uint32_t quads[kBlockSize / 4];
+};
+static_assert(sizeof(OffsetActivationBlock) == sizeof(ActivationBlock),
+              "an offset activation block holds its block's scale and 32 quants, nothing more");
+
+inline void offset_activations(const ActivationBlock* x, std::int64_t count, OffsetActivationBlock* out) {
+  for (std::int64_t i = 0; i < count; ++i) {
+    out[i].d = x[i].d;
+    std::memcpy(out[i].quads, x[i].qs, sizeof out[i].quads);
+    for (std::uint32_t& quad : out[i].quads) quad ^= 0x80808080u;
+  }
+}
 
 inline std::int64_t groups_of(std::int64_t rows) { return (rows + kGroupRows - 1) / kGroupRows; }
 
@@ -99,9 +122,9 @@ inline void load_grouped_row(const MatrixView& w, std::int64_t r, float* dst) {
 }
 
 // Rows [begin, end) of Y = X W^T for a regrouped W and n quantized tokens xq
-// ([n][blocks]) in the amx level's order (dot_blocks_fma_reference, each row
-// ungrouped once for all tokens): the grouped kernels' oracle, and what a
-// regrouped matrix computes below level amx.
+// ([n][blocks]) in the grouped kernels' order (dot_blocks_fma_reference, each
+// row ungrouped once for all tokens): their oracle, and what a regrouped
+// matrix computes at a level without them.
 inline void grouped_rows_reference(const MatrixView& w, const ActivationBlock* xq, std::int64_t n, float* y,
                                    std::int64_t begin, std::int64_t end) {
   const std::int64_t blocks = w.cols / kBlockSize;
