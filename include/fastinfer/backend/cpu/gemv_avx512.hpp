@@ -137,16 +137,24 @@ inline void keep_in_register(__m512& v) {
 struct Tiles {
   using Activation = float;
   template <int T>
-  static constexpr int kTileRows = T == 1 ? 8 : T == 2 ? 12 : T == 3 ? 8 : T == 4 ? 6 : 4;
+  static constexpr int kTileRows = T == 1   ? 4
+                                   : T == 2 ? 12
+                                   : T == 3 ? 8
+                                   : T == 4 ? 6
+                                            : 4;
   static constexpr int kMaxTileTokens = 6;
   static constexpr std::int64_t kBlockRows = 24;
-  // One activation row: a weight row at a time, every dtype. One 16-lane
-  // FMA chain keeps up with memory better than an 8-lane one; in 8-row tiles
-  // (Intel Xeon, 2 threads) the 110M bf16/f16 pass was 7-13 % faster, the
-  // 1B one no faster and 1B f32 5 % slower, and AMD (row by row measured
-  // best on Zen 4, gemv_blocking.hpp) has not run them.
+  // One activation row: f32 a weight row at a time (memory-bound; in tiles
+  // the 1B f32 pass was 5 % slower); bf16 and f16 in 4-row tiles, four FMA
+  // chains widening side by side (Intel Xeon, 2 threads, levels avx512 and
+  // amx: the 110M bf16 forward pass 7.7-8.3 -> 5.3-5.4 ms, where its weights
+  // come mostly from the 480 MB L3; 1B bf16 no slower, 79-81 -> 79-80, f16
+  // 81 -> 77 in a scratch pass; 8-row tiles 4-8 % slower than 4-row ones;
+  // the same tiles on pairs of 8-lane registers no faster, so not the
+  // AVX-512 clock). AMD has not run them (row by row measured best on Zen 4
+  // before the next-block prefetch, gemv_blocking.hpp).
   template <DType D>
-  static constexpr bool kStreamOneRow = true;
+  static constexpr bool kStreamOneRow = D == DType::F32;
 
   template <DType D, int R, int T, bool Prefetch>
   static void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,
