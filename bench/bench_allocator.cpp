@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "fastinfer/memory/paged_allocator.hpp"
 
 using namespace fastinfer;
@@ -89,4 +90,4 @@ BENCHMARK(BM_MemoryWaste)->Arg(1)->Arg(16)->Arg(32)->Arg(128)->Iterations(1);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "fastinfer/backend/cpu/attention.hpp"
 #include "fastinfer/backend/cpu/cpu_level.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
@@ -296,4 +297,4 @@ BENCHMARK(BM_VerifyLevel)
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

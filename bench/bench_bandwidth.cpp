@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "bench_env.hpp"
 #include "read_bandwidth.hpp"
 
 namespace {
@@ -40,4 +41,4 @@ BENCHMARK(BM_ReadSum)
     ->UseRealTime()
     ->MinTime(1.0);
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

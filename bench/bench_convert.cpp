@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "fastinfer/backend/cpu/convert.hpp"
 #include "fastinfer/backend/cpu/sampling.hpp"
 
@@ -115,4 +116,4 @@ BENCHMARK(BM_sample)
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

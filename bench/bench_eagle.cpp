@@ -553,6 +553,7 @@ int main(int argc, char** argv) {
     b->UseRealTime()->Unit(benchmark::kSecond);
   }
   benchmark::Initialize(&argc, argv);
+  fastinfer::bench::record_run_settings();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

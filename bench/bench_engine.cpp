@@ -260,4 +260,4 @@ BENCHMARK(BM_EngineSpeculation)
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string>
 
+#include "bench_env.hpp"
 #include "fma_peak.hpp"
 
 namespace {
@@ -49,4 +50,4 @@ BENCHMARK(BM_FmaPeak)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

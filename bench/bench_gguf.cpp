@@ -19,6 +19,7 @@
 
 #include <unistd.h>
 
+#include "bench_env.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/model/gguf.hpp"
 #include "fastinfer/model/gguf_loader.hpp"
@@ -151,4 +152,4 @@ BENCHMARK(BM_Prefill110M)->DenseRange(0, 2)->UseRealTime()->Unit(benchmark::kMil
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

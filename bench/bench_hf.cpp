@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/model/hf_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
@@ -99,4 +100,4 @@ BENCHMARK(BM_HfEncode)->Arg(1 << 10)->Arg(1 << 16)->Unit(benchmark::kMicrosecond
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

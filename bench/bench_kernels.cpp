@@ -46,6 +46,7 @@
 #if FASTINFER_BENCH_WITH_EIGEN
 #include "eigen_gemm.hpp"
 #endif
+#include "bench_env.hpp"
 #include "fma_peak.hpp"
 #include "read_bandwidth.hpp"
 
@@ -333,4 +334,4 @@ BENCHMARK(BM_SmallDecode)->Arg(1)->Arg(2)->ArgName("threads")->Unit(benchmark::k
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

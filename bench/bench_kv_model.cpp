@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/synthetic.hpp"
 
@@ -111,4 +112,4 @@ BENCHMARK_CAPTURE(BM_DecodeLayout, paged16, KVLayoutKind::Paged, 16)->Arg(1)->Ar
 BENCHMARK_CAPTURE(BM_DecodeLayout, paged1, KVLayoutKind::Paged, 1)->Arg(1)->UseRealTime();
 BENCHMARK(BM_DecodeBatch)->Args({1, 1})->Args({4, 1})->Args({16, 1})->Args({1, 2})->Args({4, 2})->Args({16, 2})->UseRealTime();
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

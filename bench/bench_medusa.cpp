@@ -40,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "common/medusa_flags.hpp"
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
@@ -201,6 +202,7 @@ int main(int argc, char** argv) {
     b->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
   }
   benchmark::Initialize(&n, args.data());
+  fastinfer::bench::record_run_settings();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "fastinfer/model/llama2c_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/synthetic.hpp"
@@ -165,4 +166,4 @@ BENCHMARK(BM_ReadSum)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(b
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 
@@ -100,4 +101,4 @@ BENCHMARK(BM_PassCost)
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

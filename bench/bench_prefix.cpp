@@ -31,6 +31,7 @@
 #include <random>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "fastinfer/prefix/radix_prefix_cache.hpp"
 
 using namespace fastinfer;
@@ -233,4 +234,4 @@ BENCHMARK(BM_InsertEvict);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

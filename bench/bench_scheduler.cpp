@@ -21,6 +21,7 @@
 #include <memory>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "fastinfer/memory/paged_allocator.hpp"
 #include "fastinfer/sched/continuous_batcher.hpp"
 
@@ -130,4 +131,4 @@ BENCHMARK(BM_SchedulerPressure)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark
 
 }  // namespace
 
-BENCHMARK_MAIN();
+FASTINFER_BENCHMARK_MAIN()

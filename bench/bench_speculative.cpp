@@ -53,6 +53,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_env.hpp"
 #include "common/drafter_flags.hpp"
 #include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/model/generate.hpp"
@@ -480,6 +481,7 @@ int main(int argc, char** argv) {
     b->Unit(benchmark::kMicrosecond);
   }
   benchmark::Initialize(&argc, argv);
+  fastinfer::bench::record_run_settings();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
