@@ -253,7 +253,8 @@ inline void grouped_rows(const GroupBlock* wg, std::int64_t blocks, const Offset
 // Rows [r0, r1) (r0 a multiple of 16) of Y = X W^T for a regrouped W and n
 // tokens x ([n][blocks]). Tokens go in chunks whose activations stay in L2
 // (128 KiB) while every group of rows passes over them; a group's blocks
-// (544 bytes each) stay in L1 over the chunk's panels.
+// (544 bytes each: 35 KiB for 2048 columns) stay in L1, or L2 for wider
+// rows, over the chunk's panels.
 inline void grouped_matmul_rows(const MatrixView& w, const OffsetActivationBlock* x, std::int64_t n, float* y,
                                 std::int64_t r0, std::int64_t r1) {
   const std::int64_t blocks = w.cols / kBlockSize;
