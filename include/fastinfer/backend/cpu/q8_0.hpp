@@ -60,15 +60,17 @@ inline const char* kernel_isa(CpuLevel level = cpu_level()) {
   return "scalar";
 }
 
+// Whether `set` has kernels for the regrouped layout (q8_0_grouped.hpp).
+inline bool runs_grouped_kernels(KernelSet set) {
+  return set == KernelSet::amx || set == KernelSet::avx512_vnni;
+}
+
 // Whether CpuBackend::upload regroups Q8_0 weights at `level`
 // (q8_0_grouped.hpp): where the AMX-INT8 or AVX512-VNNI kernels run. A
 // regrouped matrix keeps its layout, so it computes the same bits at any
 // later level (below those with the scalar reference: set the level before
 // loading).
-inline bool regroups_weights(CpuLevel level = cpu_level()) {
-  const KernelSet set = kernel_set(level);
-  return set == KernelSet::amx || set == KernelSet::avx512_vnni;
-}
+inline bool regroups_weights(CpuLevel level = cpu_level()) { return runs_grouped_kernels(kernel_set(level)); }
 
 // A copy of the Q8_0 rows `w` in the regrouped layout, in `storage` (64-byte
 // aligned, huge pages where the kernel grants them), regrouped on up to
@@ -105,17 +107,12 @@ inline float dot(const void* w_row, const ActivationBlock* x, std::int64_t n_blo
 }
 
 namespace detail {
-// Per-thread scratch for the quantized activations, grown once and reused so
-// that a decode step allocates nothing.
-inline ActivationBlock* activation_scratch(std::size_t blocks) {
-  thread_local std::vector<ActivationBlock> scratch;
-  if (scratch.size() < blocks) scratch.resize(blocks);
-  return scratch.data();
-}
-// ... and for their offset copy (q8_0_grouped.hpp), where the grouped
-// vpdpbusd kernels run.
-inline OffsetActivationBlock* offset_activation_scratch(std::size_t blocks) {
-  thread_local std::vector<OffsetActivationBlock> scratch;
+// Per-thread scratch for the quantized activations (Block: ActivationBlock,
+// or OffsetActivationBlock for the grouped vpdpbusd kernels), grown once and
+// reused so that a decode step allocates nothing.
+template <class Block>
+inline Block* activation_scratch(std::size_t blocks) {
+  thread_local std::vector<Block> scratch;
   if (scratch.size() < blocks) scratch.resize(blocks);
   return scratch.data();
 }
@@ -172,7 +169,7 @@ inline void matmul_rows(KernelSet set, const MatrixView& w, const ActivationBloc
 inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y, int threads = 1) {
   detail::check_matrix(w);
   const std::int64_t nb = w.cols / kBlockSize;
-  ActivationBlock* xq = detail::activation_scratch(std::size_t(nb * n));
+  ActivationBlock* xq = detail::activation_scratch<ActivationBlock>(std::size_t(nb * n));
   const KernelSet set = kernel_set(cpu_level());  // once, before the threads start
   detail::quantize_activations(set, x, n, w.cols, xq);
   const int nt = threads_for(std::int64_t(w.bytes()) * n, detail::kMinBytesPerThread, threads);
@@ -181,8 +178,8 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
     if (set == KernelSet::amx && n > avx512::kGroupedTokens) return amx_grouped_matmul(w, xq, n, y, nt);
 #endif
 #if FASTINFER_CPU_Q8_0_AVX512
-    if (set == KernelSet::amx || set == KernelSet::avx512_vnni) {
-      OffsetActivationBlock* xo = detail::offset_activation_scratch(std::size_t(nb * n));
+    if (runs_grouped_kernels(set)) {
+      OffsetActivationBlock* xo = detail::activation_scratch<OffsetActivationBlock>(std::size_t(nb * n));
       offset_activations(xq, nb * n, xo);
       return parallel_ranges(w.rows, kGroupRows, nt, [&](std::int64_t begin, std::int64_t end) {
         avx512::grouped_matmul_rows(w, xo, n, y, begin, end);
