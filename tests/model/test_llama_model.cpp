@@ -19,7 +19,9 @@
 #include <cstring>
 #include <vector>
 
+#include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/gguf_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/load_model.hpp"
 #include "fastinfer/model/synthetic.hpp"
@@ -147,12 +149,7 @@ LlamaWeights scaled_synthetic(const LlamaConfig& c, DType dtype, std::uint64_t s
     m.data = buf->data();
     w.storage.push_back(buf);
   };
-  const bool shared = w.classifier.data == w.token_embedding.data;
-  scale(w.token_embedding);
-  if (shared) w.classifier = w.token_embedding;
-  else scale(w.classifier);
-  for (auto& l : w.layers)
-    for (MatrixView* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_down, &l.w_up}) scale(*m);
+  for_each_matrix(w, scale);
   return dtype == DType::F32 ? w : convert_weights(w, dtype);
 }
 
@@ -493,5 +490,58 @@ TEST_CASE("decoding allocates nothing per token", "[model][generate]") {
       CHECK(count(3, 0.8f) == count(20, 0.8f));
       CHECK(count(20, 0.8f) == count(20, 0.0f));  // sampling itself allocates nothing per request
     }
+  }
+}
+
+namespace {
+
+// Whether `after` holds any of `before`'s storage entries. (Pointers, not
+// owners: the weight arena's buffers share their chunk's owner.)
+bool shares_storage(const LlamaWeights& before, const LlamaWeights& after) {
+  for (const KeepAlive& a : after.storage)
+    for (const KeepAlive& b : before.storage)
+      if (a.get() == b.get()) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("weights converted or regrouped at load let their source go", "[model]") {
+  LlamaConfig c = small_config();
+  c.dim = 64, c.hidden_dim = 96, c.head_dim = 16;  // rows of whole Q8_0 blocks (32 values)
+  const LlamaWeights f32 = make_synthetic(c, DType::F32, 11);
+  REQUIRE_FALSE(f32.storage.empty());
+  // The last logits of a 5-token prompt, from a model on `w` after `w`
+  // itself is gone (the model's copy is then the only owner left).
+  auto logits_of = [&](LlamaWeights w) {
+    LlamaModel<> model(std::move(w));
+    const float* l = model.forward_prefill(kTokens.data(), 5, 0);
+    return std::vector<float>(l, l + c.vocab_size);
+  };
+
+  // Every matrix converted: the result holds none of the f32 buffers (the
+  // norms copied), and computes what the same conversion of a copy does.
+  for (DType target : {DType::BF16, DType::F16}) {
+    INFO(dtype_name(target));
+    LlamaWeights source = make_synthetic(c, DType::F32, 11);
+    LlamaWeights converted = convert_weights(source, target);
+    CHECK_FALSE(shares_storage(source, converted));
+    CHECK(std::equal(source.final_norm, source.final_norm + c.dim, converted.final_norm));
+    source = LlamaWeights{};
+    CHECK(logits_of(std::move(converted)) == logits_of(convert_weights(f32, target)));
+  }
+  // A conversion to the type the weights have copies nothing and keeps them.
+  CHECK(shares_storage(f32, convert_weights(f32, DType::F32)));
+
+  // Quantized to Q8_0: the f32 source is let go. The model then regroups the
+  // Q8_0 matrices at the levels whose kernels read them regrouped and lets
+  // the quantized rows go too; elsewhere it reads them in place and keeps them.
+  const LlamaWeights q8 = quantize_weights_q8_0(f32);
+  CHECK_FALSE(shares_storage(f32, q8));
+  for (cpu::CpuLevel level : cpu::supported_cpu_levels()) {
+    cpu::CpuLevelScope scope(level);
+    INFO("cpu level " << cpu::cpu_level_name(level));
+    CHECK(shares_storage(q8, LlamaModel<>(q8).weights()) == !cpu::q8_0::regroups_weights());
+    CHECK(logits_of(quantize_weights_q8_0(make_synthetic(c, DType::F32, 11))) == logits_of(q8));
   }
 }

@@ -105,23 +105,24 @@ inline std::pair<MatrixView, KeepAlive> convert_matrix(const MatrixView& m, DTyp
 }
 
 // Every matrix of `w` converted to `target` (norms stay f32). A shared
-// classifier stays shared. Matrices already of type `target` are not copied.
+// classifier stays shared. Matrices already of type `target` are not copied
+// (and then `w`'s storage stays alive with the result; else it is let go).
 // (model/weight_convert.hpp does this for f32/f16/bf16; this one also
 // quantizes to Q8_0 through the reference quantizer.)
 inline LlamaWeights convert_weights(const LlamaWeights& w, DType target) {
   LlamaWeights out = w;
-  auto conv = [&](MatrixView& m) {
-    if (m.dtype == target) return;
+  std::vector<KeepAlive> fresh;
+  bool reads_source = false;
+  for_each_matrix(out, [&](MatrixView& m) {
+    if (m.dtype == target) {
+      reads_source = true;
+      return;
+    }
     auto [view, keep] = convert_matrix(m, target);
     m = view;
-    out.storage.push_back(std::move(keep));
-  };
-  const bool shared = w.classifier.data == w.token_embedding.data;
-  conv(out.token_embedding);
-  for (auto& l : out.layers)
-    for (MatrixView* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_down, &l.w_up}) conv(*m);
-  if (shared) out.classifier = out.token_embedding;
-  else conv(out.classifier);
+    fresh.push_back(std::move(keep));
+  });
+  replace_storage(out, std::move(fresh), reads_source);
   return out;
 }
 

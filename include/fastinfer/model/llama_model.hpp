@@ -451,26 +451,27 @@ class LlamaModel {
   }
 
   // Every weight tensor where the backend's kernels read it (in place on the
-  // CPU); a classifier shared with the embedding stays shared.
+  // CPU); a classifier shared with the embedding stays shared. When the
+  // backend copied every matrix (a device; Q8_0 regrouped on the CPU), the
+  // buffers they came from are let go (replace_storage).
   void upload_weights_() {
-    std::vector<KeepAlive> owners;
-    auto matrix = [&](MatrixView& m) { m = backend_.upload(m, owners); };
+    std::vector<KeepAlive> matrix_owners, norm_owners;
+    bool reads_source = false;
+    for_each_matrix(w_, [&](MatrixView& m) {
+      const void* before = m.data;
+      m = backend_.upload(m, matrix_owners);
+      reads_source |= m.data == before;
+    });
+    replace_storage(w_, std::move(matrix_owners), reads_source);
     auto vector = [&](const float*& v) {
-      v = static_cast<const float*>(backend_.upload(MatrixView{DType::F32, v, 1, c_.dim}, owners).data);
+      v = static_cast<const float*>(backend_.upload(MatrixView{DType::F32, v, 1, c_.dim}, norm_owners).data);
     };
-    const bool shared = w_.classifier.data == w_.token_embedding.data;
-    matrix(w_.token_embedding);
-    if (shared)
-      w_.classifier = w_.token_embedding;
-    else
-      matrix(w_.classifier);
     vector(w_.final_norm);
     for (LlamaLayerWeights& l : w_.layers) {
-      for (MatrixView* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_down, &l.w_up}) matrix(*m);
       vector(l.attn_norm);
       vector(l.ffn_norm);
     }
-    w_.storage.insert(w_.storage.end(), owners.begin(), owners.end());
+    w_.storage.insert(w_.storage.end(), norm_owners.begin(), norm_owners.end());
   }
 
   // All checks before any state changes: a rejected call leaves the model as it was.

@@ -97,18 +97,18 @@ inline MatrixView convert_matrix(const MatrixView& src, DType target, std::vecto
 
 // Returns `weights` with every matrix (embedding, projections, classifier)
 // stored as `target`. A shared classifier stays shared. `weights` itself is
-// left untouched, so a failure leaves nothing half converted.
+// left untouched, so a failure leaves nothing half converted; the result
+// keeps `weights`' storage alive only if a matrix was already `target`.
 inline LlamaWeights convert_weights(const LlamaWeights& weights, DType target, int threads = 1) {
   LlamaWeights out = weights;
-  const bool shared = weights.classifier.data == weights.token_embedding.data;
-  out.token_embedding = detail::convert_matrix(weights.token_embedding, target, out.storage, threads);
-  out.classifier = shared ? out.token_embedding
-                          : detail::convert_matrix(weights.classifier, target, out.storage, threads);
-  for (std::size_t l = 0; l < out.layers.size(); ++l) {
-    LlamaLayerWeights& dst = out.layers[l];
-    for (MatrixView* m : {&dst.wq, &dst.wk, &dst.wv, &dst.wo, &dst.w_gate, &dst.w_down, &dst.w_up})
-      *m = detail::convert_matrix(*m, target, out.storage, threads);
-  }
+  std::vector<KeepAlive> fresh;
+  bool reads_source = false;
+  for_each_matrix(out, [&](MatrixView& m) {
+    const void* before = m.data;
+    m = detail::convert_matrix(m, target, fresh, threads);
+    reads_source |= m.data == before;
+  });
+  replace_storage(out, std::move(fresh), reads_source);
   return out;
 }
 
