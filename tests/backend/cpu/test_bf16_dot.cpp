@@ -185,6 +185,19 @@ TEST_CASE("cpu::matvec and cpu::matmul take the bf16 tiles only when asked, for 
           INFO("n " << n);
           REQUIRE(std::memcmp(y.data(), pairs.data(), y.size() * sizeof(float)) == 0);
         }
+        if (takes_pairs) {  // past 32 rows too: the mode's tiles serve every pass size
+          const std::int64_t n = 3 * nmax + 5;
+          std::vector<float> xs(std::size_t(n * cols)), y(std::size_t(n * rows), NAN);
+          for (std::int64_t t = 0; t < n; ++t)
+            std::copy(x.begin() + (t % nmax) * cols, x.begin() + (t % nmax + 1) * cols,
+                      xs.begin() + t * cols);
+          cpu::matmul(w.view, xs.data(), n, y.data(), 2);
+          for (std::int64_t t = 0; t < n; ++t) {
+            INFO("n " << n << " token " << t);
+            REQUIRE(std::memcmp(y.data() + t * rows, pairs.data() + (t % nmax) * rows,
+                                sizeof(float) * rows) == 0);
+          }
+        }
       }
   });
   WARN("bf16 dot mode ran at cpu levels: " << ran);
@@ -199,7 +212,7 @@ TEST_CASE(
   o.weight_dtype = DType::BF16;
   LlamaModel<> model(load_model(model_dir.string(), o), ModelOptions{2, 64});
   const int V = model.config().vocab_size;
-  // At avx512 the vdpbf16ps tiles (and the widening GEMM past 32 rows), at amx the AMX tiles.
+  // At avx512 the vdpbf16ps tiles, at amx the AMX tiles (every pass size).
   for (cpu::CpuLevel level : cpu::supported_cpu_levels()) {
     if (level < cpu::CpuLevel::avx512) continue;
     cpu::CpuLevelScope level_scope(level);

@@ -136,7 +136,7 @@ TEST_CASE(
   std::uint32_t seed = 7000;
   const std::string ran = fastinfer::testing::at_every_cpu_level([&](cpu::CpuLevel) {
     for (DType dt : kFloatTypes)
-      for (std::int64_t rows : {7, 130})
+      for (std::int64_t rows : {7, 130, 1100})  // 1100 x 300: a thread's rows in 2-3 sweeps (gemm.hpp)
         for (std::int64_t cols : {77, 300})
           for (std::int64_t n : {33, 64, 100}) {
             auto w = random_matrix(dt, rows, cols, seed++);

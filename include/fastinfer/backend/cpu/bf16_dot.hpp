@@ -16,11 +16,12 @@
 //
 // bf16 runs where the CPU has AVX512-BF16 (Zen 4 and later, Intel Cooper
 // Lake / Sapphire Rapids and later) and the CPU level is avx512 or higher
-// (cpu_level.hpp); elsewhere the widening kernels run. Prefill's GEMM (over
-// 32 rows) always widens, unless batch invariance is on (batch_invariance.hpp:
-// then every pass takes the small-row tiles of the mode). Within one (level,
-// mode) a row's bits do not depend on the pass up to 32 rows (batch
-// invariance holds in both modes), at any size with batch invariance on.
+// (cpu_level.hpp); elsewhere the widening kernels run. In the bf16 mode bf16
+// weights take the mode's tiles at every pass size, prefill included (AMX at
+// level amx, the vdpbf16ps tiles at avx512: gemm.hpp), so a row's bits never
+// depend on the pass. In the widen mode that holds up to 32 rows; past them
+// prefill's packed GEMM sums in its own order, unless batch invariance is on
+// (batch_invariance.hpp).
 //
 // FASTINFER_BF16_DOT=widen|bf16 sets the starting mode (bf16 on a CPU
 // without it falls back to widen, as FASTINFER_CPU_LEVEL never raises a
