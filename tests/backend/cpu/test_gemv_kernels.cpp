@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -25,6 +26,7 @@
 #include "fastinfer/backend/cpu/gemv_avx2.hpp"
 #include "fastinfer/backend/cpu/gemv_avx512.hpp"
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
+#include "fastinfer/backend/cpu/one_row_walk.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
 #include "test_kernels_support.hpp"
 
@@ -145,7 +147,23 @@ TEST_CASE("AVX-512 tiles follow the documented 16-lane order, a pass of up to 32
     return;
   }
   WARN("float kernel set avx512: ran");
-  check_set<16>(for_dtype<Avx512>, "avx512 (matvec for 1 row)", 1);
+  // Both one-row walks (one_row_walk.hpp): the same bits, every row length.
+  for (cpu::OneRowWalk walk : {cpu::OneRowWalk::tiles, cpu::OneRowWalk::by_length}) {
+    cpu::OneRowWalkScope scope(walk);
+    INFO("one-row walk " << cpu::one_row_walk_name(walk));
+    check_set<16>(for_dtype<Avx512>, "avx512 (matvec for 1 row)", 1);
+    // Rows either side of kLongRowBytes (by-length takes the longer in tiles).
+    std::uint32_t seed = 11500;
+    for (DType dt : {DType::BF16, DType::F16})
+      for (std::int64_t cols :
+           {std::int64_t(cpu::kLongRowBytes / 2 - 8), std::int64_t(cpu::kLongRowBytes / 2 + 8)}) {
+        auto w = random_matrix(dt, 53, cols, seed++);
+        const auto x = random_floats(std::size_t(cols), seed++);
+        std::vector<float> y(53, NAN);
+        for_dtype<Avx512>(dt)(w.view, x.data(), 1, y.data(), 0, 53);
+        require_documented_order<16>(w.view, x.data(), 1, y, "avx512 matvec, long rows");
+      }
+  }
   check_set<16>(for_dtype<Avx512Matmul>, "avx512 matmul", 1);
 #else
   WARN("float kernel set avx512: not compiled in this build (no x86 target regions), not run");
@@ -160,6 +178,28 @@ FASTINFER_TEST_KERNEL_SET(Avx2, n == 1 ? cpu::avx2::matvec_rows<D>(w, x, y, r0, 
 FASTINFER_TEST_KERNEL_SET(Avx2Matmul, cpu::avx2::matmul_rows<D>(w, x, n, y, r0, r1))
 }  // namespace
 #endif
+
+TEST_CASE("the one-row walk is by-length on AMD and tiles elsewhere and a bad name is refused") {
+  const char* env = std::getenv("FASTINFER_ONE_ROW_WALK");
+  if (env == nullptr || *env == '\0')
+    CHECK(cpu::one_row_walk() ==
+          (cpu::cpu_features().amd ? cpu::OneRowWalk::by_length : cpu::OneRowWalk::tiles));
+  CHECK(cpu::parse_one_row_walk("tiles", "test") == cpu::OneRowWalk::tiles);
+  CHECK(cpu::parse_one_row_walk("by-length", "test") == cpu::OneRowWalk::by_length);
+  CHECK_THROWS_WITH(cpu::parse_one_row_walk("rows", "FASTINFER_ONE_ROW_WALK"),
+                    Catch::Contains("FASTINFER_ONE_ROW_WALK=rows") && Catch::Contains("tiles or by-length"));
+  const cpu::OneRowWalk before = cpu::one_row_walk();
+  {
+    cpu::OneRowWalkScope scope(cpu::OneRowWalk::by_length);
+    CHECK_FALSE(cpu::one_row_in_tiles(cpu::kLongRowBytes - 1));
+    CHECK(cpu::one_row_in_tiles(cpu::kLongRowBytes));
+    cpu::OneRowWalkScope inner(cpu::OneRowWalk::tiles);
+    CHECK(cpu::one_row_in_tiles(64));
+  }
+  CHECK(cpu::one_row_walk() == before);
+  WARN("one-row walk here: " << cpu::one_row_walk_name(before)
+                             << " (CPU vendor AMD: " << cpu::cpu_features().amd << ")");
+}
 
 TEST_CASE("AVX2 tiles follow the documented 8-lane order, a pass of up to 32 rows gives each its 1-row bits") {
 #if FASTINFER_CPU_AVX2_TILES

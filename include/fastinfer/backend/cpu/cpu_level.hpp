@@ -67,6 +67,7 @@ struct CpuFeatures {
   bool avx512vnni = false, avx512bf16 = false, avx_vnni = false;
   bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
   bool os_avx = false, os_avx512 = false, os_amx = false;
+  bool amd = false;  // vendor "AuthenticAMD": a tuning hint (one_row_walk.hpp), never a feature
 };
 
 namespace level_detail {
@@ -101,7 +102,10 @@ inline std::uint64_t xgetbv0() {
 }
 inline CpuFeatures detect() {
   CpuFeatures f;
-  const unsigned max_leaf = cpuid(0).a;
+  const CpuidRegs l0 = cpuid(0);
+  const unsigned max_leaf = l0.a;
+  // The vendor string is ebx, edx, ecx: "Auth" "enti" "cAMD".
+  f.amd = l0.b == 0x68747541u && l0.d == 0x69746e65u && l0.c == 0x444d4163u;
   if (max_leaf < 1) return f;
   const CpuidRegs l1 = cpuid(1);
   const bool osxsave = bit(l1.c, 27);

@@ -36,6 +36,7 @@
 #include "fastinfer/backend/cpu/gemv_avx512.hpp"
 #include "fastinfer/backend/cpu/gemv_avx512_bf16.hpp"
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
+#include "fastinfer/backend/cpu/one_row_walk.hpp"
 #include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/reference.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
@@ -162,6 +163,9 @@ inline void matvec(const MatrixView& w, const float* x, float* y, int threads = 
   using namespace gemv_detail;
   const int nt = threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads);
   const CpuLevel level = cpu_level();  // once, before the threads start
+  // The tile sets read the one-row walk in the threads: its first read (which
+  // parses FASTINFER_ONE_ROW_WALK, and may throw) happens here instead.
+  (void)one_row_walk();
   switch (w.dtype) {
     case DType::F32:
       parallel_ranges(w.rows, kRowsPerStep, nt,

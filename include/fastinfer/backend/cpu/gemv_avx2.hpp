@@ -106,7 +106,9 @@ struct Tiles {
   // One activation row: f32 a weight row at a time (memory-bound); bf16 and
   // f16 in 4-row tiles, four FMA chains instead of one (gemv_blocking.hpp).
   template <DType D>
-  static constexpr bool kStreamOneRow = D == DType::F32;
+  static bool stream_one_row(std::size_t /*row_bytes*/) {
+    return D == DType::F32;
+  }
 
   template <DType D, int R, int T, bool Prefetch>
   static void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,

@@ -28,6 +28,7 @@
 #include "fastinfer/backend/cpu/gemv_avx2.hpp"  // FASTINFER_CPU_NOINLINE
 #include "fastinfer/backend/cpu/gemv_blocking.hpp"
 #include "fastinfer/backend/cpu/gemv_reference.hpp"
+#include "fastinfer/backend/cpu/one_row_walk.hpp"
 #include "fastinfer/core/tensor.hpp"
 
 // 1: this build carries the AVX-512 tiles, compiled in an AVX-512 target
@@ -151,10 +152,14 @@ struct Tiles {
   // come mostly from the 480 MB L3; 1B bf16 no slower, 79-81 -> 79-80, f16
   // 81 -> 77 in a scratch pass; 8-row tiles 4-8 % slower than 4-row ones;
   // the same tiles on pairs of 8-lane registers no faster, so not the
-  // AVX-512 clock). AMD has not run them (row by row measured best on Zen 4
-  // before the next-block prefetch, gemv_blocking.hpp).
+  // AVX-512 clock). On AMD the walk takes only rows of 8 KiB and more in
+  // tiles (one_row_walk.hpp: on Zen 4 the next-block prefetch costs short
+  // rows what it gains long ones; a row at a time WITH it: 1B down 16-17.5
+  // ms as in tiles, gate/up 32-35 against 29-31 without).
   template <DType D>
-  static constexpr bool kStreamOneRow = D == DType::F32;
+  static bool stream_one_row(std::size_t row_bytes) {
+    return D == DType::F32 || !one_row_in_tiles(row_bytes);
+  }
 
   template <DType D, int R, int T, bool Prefetch>
   static void tile(const std::uint8_t* w, std::size_t stride, const float* x, std::int64_t ldx,

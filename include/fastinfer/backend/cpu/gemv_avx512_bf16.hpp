@@ -103,7 +103,9 @@ struct Tiles {
   // Xeon, avx512 level, 2 threads, scratch pass) the 110M pass was 5-10 %
   // faster but the 1B one 5-10 % slower (69-71 -> 74-77 ms).
   template <DType D>
-  static constexpr bool kStreamOneRow = true;
+  static bool stream_one_row(std::size_t /*row_bytes*/) {
+    return true;
+  }
 
   template <DType D, int R, int T, bool Prefetch>
   static void tile(const std::uint8_t* w, std::size_t stride, const std::uint16_t* x, std::int64_t ldx,

@@ -12,7 +12,8 @@
 //                                              weight rows per tile of T
 //                                              activation rows (divides
 //                                              kBlockRows)
-//   template <DType D> static constexpr bool kStreamOneRow
+//   template <DType D>
+//   static bool stream_one_row(std::size_t row_bytes)
 //                                              true: a pass of one activation
 //                                              row reads a weight row at a
 //                                              time; false: in tiles of
@@ -37,7 +38,7 @@
 // depend on the pass.
 //
 // How memory is read. With one activation row, one weight row at a time
-// (kStreamOneRow): memory sees one sequential stream, which the hardware
+// (stream_one_row): memory sees one sequential stream, which the hardware
 // prefetchers follow at full speed; a tile of R rows reads R short streams
 // (one row each, 1.5-4 KiB) side by side, which they did not (Zen 4, one
 // thread, the 110M bf16 matrices: a one-row pass 19.4 ms in 4-row tiles,
@@ -65,6 +66,10 @@
 // Measured on Zen 4 (a 215 MB bf16 matrix, 8 rows, 2 threads): 12.8-13.9 ms
 // with the next tile prefetched, 9.4 with the next block (T1 and T2 hints
 // alike; into L1 (T0), 11-13.5).
+//
+// On AMD Zen 4, whose weights stream from memory, the tiles' prefetch costs
+// short rows more than the extra chains give them: there rows under 8 KiB
+// go a row at a time (one_row_walk.hpp has the figures).
 //
 // Std-only and free of intrinsics (a prefetch is GCC's builtin): the tiles
 // are compiled in their ISA's target region (cpu_target.hpp) and called out
@@ -112,37 +117,34 @@ class PrefetchPacer {
   std::int64_t chunks_, issued_ = 0, owed_ = 0;
 };
 
-// Rows [0, m) of one block (weight rows from `base`) for T activation rows;
-// FromMemory: the first group over the block. The tiles prefetch `next` (this
-// group's share of the next block's bytes, empty after the last block), a
-// share each.
-template <class Tiles, DType D, int T, bool FromMemory>
+// Rows [0, m) of one block (weight rows from `base`) for T activation rows.
+// The tiles prefetch `next` (this group's share of the next block's bytes,
+// empty after the last block), a share each.
+template <class Tiles, DType D, int T>
 inline void block_rows(const std::uint8_t* base, std::size_t stride, std::int64_t m,
                        const typename Tiles::Activation* x, std::int64_t k, float* y, std::int64_t ldy,
                        PrefetchSpan next) {
-  constexpr bool kRowByRow = FromMemory && T == 1 && Tiles::template kStreamOneRow<D>;
-  constexpr int R = kRowByRow ? 1 : Tiles::template kTileRows<T>;
-  constexpr bool kPrefetch = !kRowByRow;
+  constexpr int R = Tiles::template kTileRows<T>;
   const std::int64_t tiles = m / R;
   const std::int64_t share = tiles > 0 ? (next.lines + tiles - 1) / tiles : 0;
   std::int64_t r = 0;
   for (std::int64_t i = 0; r + R <= m; r += R, ++i) {
     const std::int64_t from = std::min(next.lines, i * share);
     const PrefetchSpan mine{next.begin + std::uintptr_t(from) * 64, std::min(share, next.lines - from)};
-    Tiles::template tile<D, R, T, kPrefetch>(base + r * stride, stride, x, k, k, y + r, ldy, mine);
+    Tiles::template tile<D, R, T, true>(base + r * stride, stride, x, k, k, y + r, ldy, mine);
   }
   for (; r < m; ++r) Tiles::template tile<D, 1, T, false>(base + r * stride, stride, x, k, k, y + r, ldy, {});
 }
 
 // The rows of one block for a group of n (1..kMaxTileTokens) activation rows
 // (T counts down to the n that is there).
-template <class Tiles, DType D, bool FromMemory, int T = Tiles::kMaxTileTokens>
+template <class Tiles, DType D, int T = Tiles::kMaxTileTokens>
 inline void block_rows_group(std::int64_t n, const std::uint8_t* base, std::size_t stride, std::int64_t m,
                              const typename Tiles::Activation* x, std::int64_t k, float* y, std::int64_t ldy,
                              PrefetchSpan next) {
   if constexpr (T >= 1) {
-    if (n == T) return block_rows<Tiles, D, T, FromMemory>(base, stride, m, x, k, y, ldy, next);
-    return block_rows_group<Tiles, D, FromMemory, T - 1>(n, base, stride, m, x, k, y, ldy, next);
+    if (n == T) return block_rows<Tiles, D, T>(base, stride, m, x, k, y, ldy, next);
+    return block_rows_group<Tiles, D, T - 1>(n, base, stride, m, x, k, y, ldy, next);
   }
 }
 
@@ -171,29 +173,24 @@ inline void blocked_matmul_rows(const MatrixView& w, const typename Tiles::Activ
     const std::int64_t groups = (n + G - 1) / G;
     for (std::int64_t g = 0, t = 0; g < groups; ++g) {
       const std::int64_t size = n / groups + (g < n % groups ? 1 : 0);
-      const PrefetchSpan share = group_share(t, t + size);
-      if (g == 0)
-        block_rows_group<Tiles, D, true>(size, base, stride, m, x, k, y + b0, ldy, share);
-      else
-        block_rows_group<Tiles, D, false>(size, base, stride, m, x + t * k, k, y + t * ldy + b0, ldy, share);
+      block_rows_group<Tiles, D>(size, base, stride, m, x + t * k, k, y + t * ldy + b0, ldy,
+                                 group_share(t, t + size));
       t += size;
     }
   }
 }
 
 // Rows [begin, end) of y = W x, the one-row pass: a weight row at a time,
-// one sequential stream, or in tiles (kStreamOneRow, above); the same sums
-// as blocked_matmul_rows gives a row.
+// one sequential stream, or in tiles (the tile set's stream_one_row, above);
+// the same sums as blocked_matmul_rows gives a row.
 template <class Tiles, DType D>
 inline void one_row_matvec_rows(const MatrixView& w, const typename Tiles::Activation* x, float* y,
                                 std::int64_t begin, std::int64_t end) {
-  if constexpr (Tiles::template kStreamOneRow<D>) {
-    const std::size_t stride = row_bytes(w.dtype, w.cols);
-    for (std::int64_t r = begin; r < end; ++r)
-      Tiles::template tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0, {});
-  } else {
-    blocked_matmul_rows<Tiles, D>(w, x, 1, y, begin, end);
-  }
+  const std::size_t stride = row_bytes(w.dtype, w.cols);
+  if (!Tiles::template stream_one_row<D>(stride))
+    return blocked_matmul_rows<Tiles, D>(w, x, 1, y, begin, end);
+  for (std::int64_t r = begin; r < end; ++r)
+    Tiles::template tile<D, 1, 1, false>(w.row_ptr(r), stride, x, 0, w.cols, y + r, 0, {});
 }
 
 }  // namespace fastinfer::cpu::gemv_detail
