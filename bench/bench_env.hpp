@@ -11,7 +11,9 @@
 #include <cstdlib>
 #include <string>
 
+#include "fastinfer/backend/cpu/bf16_dot.hpp"
 #include "fastinfer/backend/cpu/cpu_level.hpp"
+#include "fastinfer/backend/cpu/one_row_walk.hpp"
 
 namespace fastinfer::bench {
 
@@ -25,7 +27,8 @@ inline int env_int(const char* name, int fallback) {
   return v && *v ? std::atoi(v) : fallback;
 }
 
-// Puts the CPU level the kernels run at and OpenMP's settings into the run's
+// Puts the CPU level the kernels run at, the kernel modes (bf16 dot, one-row
+// walk) and OpenMP's settings into the run's
 // context (the console header; "context" in --benchmark_format=json), and
 // warns on OMP_WAIT_POLICY=passive: a sleeping OpenMP team wakes for each of
 // a forward pass's ~85 matrix products (Intel Xeon, 2 threads: the 110M bf16
@@ -34,6 +37,8 @@ inline int env_int(const char* name, int fallback) {
 // cores; a benchmark should not.
 inline void record_run_settings() {
   benchmark::AddCustomContext("fastinfer_cpu_level", cpu::cpu_level_name(cpu::cpu_level()));
+  benchmark::AddCustomContext("fastinfer_bf16_dot", cpu::bf16_dot_name(cpu::bf16_dot()));
+  benchmark::AddCustomContext("fastinfer_one_row_walk", cpu::one_row_walk_name(cpu::one_row_walk()));
   std::string policy = env_str("OMP_WAIT_POLICY", "unset");
   benchmark::AddCustomContext("omp_wait_policy", policy);
   benchmark::AddCustomContext("omp_num_threads", env_str("OMP_NUM_THREADS", "unset"));

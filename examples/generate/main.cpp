@@ -392,6 +392,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
 
     if (stats_json) {
+      const char* one_row_walk = fastinfer::cpu::one_row_walk_name(fastinfer::cpu::one_row_walk());
       nlohmann::json stats = {{"prompt_tokens", result.prompt_tokens},
                               {"new_tokens", result.tokens.size()},
                               {"prefill_tok_s", result.prefill_tok_s()},
@@ -409,7 +410,8 @@ int main(int argc, char** argv) {
                               {"float_kernels", fastinfer::cpu::float_kernel_isa()},
                               {"q8_0_kernels", fastinfer::cpu::q8_0::kernel_isa()},
                               {"elementwise_isa", fastinfer::cpu::isa_name()},
-                              {"bf16_dot", fastinfer::cpu::bf16_dot_running()}};
+                              {"bf16_dot", fastinfer::cpu::bf16_dot_running()},
+                              {"one_row_walk", one_row_walk}};
       if (drafter) stats["spec_k"] = spec_auto ? "auto:" + std::to_string(spec_k) : std::to_string(spec_k);
       if (calm.enabled()) stats["mean_layers"] = calm_model.mean_layers();
       std::fprintf(stderr, "%s\n", stats.dump().c_str());

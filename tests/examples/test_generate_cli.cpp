@@ -99,6 +99,7 @@ TEST_CASE("fastinfer-generate: --print-ids reproduces the golden, --stats-json i
   CHECK(stats.at("float_kernels") == fastinfer::cpu::float_kernel_isa());
   CHECK(stats.at("q8_0_kernels") == fastinfer::cpu::q8_0::kernel_isa());
   CHECK(stats.at("bf16_dot") == fastinfer::cpu::bf16_dot_running());
+  CHECK(stats.at("one_row_walk") == fastinfer::cpu::one_row_walk_name(fastinfer::cpu::one_row_walk()));
 }
 
 TEST_CASE("fastinfer-generate: --version names the CPU level, FASTINFER_CPU_LEVEL lowers it, a bad one is a usage error",
@@ -122,7 +123,8 @@ TEST_CASE("fastinfer-generate: --version names the CPU level, FASTINFER_CPU_LEVE
             fastinfer::cpu::float_kernel_isa(fastinfer::cpu::detected_cpu_level()) + ", q8_0 " +
             fastinfer::cpu::q8_0::kernel_isa(fastinfer::cpu::detected_cpu_level()) + ", attention " +
             fastinfer::cpu::attention_kernel_isa(fastinfer::cpu::detected_cpu_level(), 16) +
-            ", elementwise " + fastinfer::cpu::isa_name() + ", bf16 dot widen)\n");
+            ", elementwise " + fastinfer::cpu::isa_name() + ", bf16 dot widen, one-row walk " +
+            fastinfer::cpu::one_row_walk_name(fastinfer::cpu::one_row_walk()) + ")\n");
   CHECK(scalar.code == 0);
   CHECK(scalar.out.rfind("fastinfer-generate " + std::string(fastinfer::kVersionString) + "; cpu level scalar (detected ", 0) == 0);
   CHECK(bad.code == 2);
@@ -156,12 +158,40 @@ TEST_CASE(
   const std::string summary =
       running == "bf16" && fastinfer::cpu::cpu_level() >= fastinfer::cpu::CpuLevel::amx ? "bf16 on amx tiles"
                                                                                         : running;
-  CHECK(pairs.out.find(", bf16 dot " + summary + ")\n") != std::string::npos);
+  CHECK(pairs.out.find(", bf16 dot " + summary + ", one-row walk ") != std::string::npos);
   REQUIRE(stats.code == 0);
   CHECK(nlohmann::json::parse(stats.err).at("bf16_dot") == running);
   CHECK(bad.code == 2);
   CHECK(bad.err ==
         "fastinfer-generate: error: FASTINFER_BF16_DOT=fast: unknown bf16 dot mode (choose widen or bf16)\n");
+}
+
+TEST_CASE(
+    "fastinfer-generate: FASTINFER_ONE_ROW_WALK sets the walk it reports and a bad one is a usage error",
+    "[examples][cli]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  const char* saved = std::getenv("FASTINFER_ONE_ROW_WALK");
+  const std::string restore = saved != nullptr ? saved : "";
+  setenv("FASTINFER_ONE_ROW_WALK", "by-length", 1);
+  const Run by_length = run(gen, "--version");
+  const Run stats = run(gen, "--weights bf16 --max-new-tokens 3 --stats-json");
+  setenv("FASTINFER_ONE_ROW_WALK", "tiles", 1);
+  const Run tiles = run(gen, "--version");
+  setenv("FASTINFER_ONE_ROW_WALK", "rows", 1);
+  const Run bad = run(gen, "--max-new-tokens 3");
+  if (saved != nullptr)
+    setenv("FASTINFER_ONE_ROW_WALK", restore.c_str(), 1);
+  else
+    unsetenv("FASTINFER_ONE_ROW_WALK");
+  CHECK(by_length.code == 0);
+  CHECK(by_length.out.find(", one-row walk by-length)\n") != std::string::npos);
+  CHECK(tiles.out.find(", one-row walk tiles)\n") != std::string::npos);
+  REQUIRE(stats.code == 0);
+  CHECK(nlohmann::json::parse(stats.err).at("one_row_walk") == "by-length");
+  CHECK(bad.code == 2);
+  CHECK(bad.err ==
+        "fastinfer-generate: error: FASTINFER_ONE_ROW_WALK=rows: unknown one-row walk (choose tiles or "
+        "by-length)\n");
 }
 
 TEST_CASE("fastinfer-generate: synthetic default model with converted weights runs", "[examples][cli]") {

@@ -22,6 +22,7 @@
 #include "fastinfer/backend/cpu/elementwise.hpp"
 #include "fastinfer/backend/cpu/gemm.hpp"
 #include "fastinfer/backend/cpu/gemv.hpp"
+#include "fastinfer/backend/cpu/one_row_walk.hpp"
 #include "fastinfer/backend/cpu/q8_0.hpp"
 #include "fastinfer/backend/cpu/threading.hpp"
 
@@ -41,8 +42,9 @@ inline const char* bf16_dot_running(CpuLevel level = cpu_level()) {
 }
 
 // "cpu level avx512 (detected avx512; float kernels avx512, q8_0 avx512-vnni,
-// attention avx512, elementwise avx512bw, bf16 dot widen)": which kernels
-// run ("bf16 dot bf16 on amx tiles" at level amx in that mode), for logs
+// attention avx512, elementwise avx512bw, bf16 dot widen, one-row walk
+// tiles)": which kernels run ("bf16 dot bf16 on amx tiles" at level amx in
+// that mode; the one-row walk is one_row_walk.hpp's mode), for logs
 // and --version. Attention is named for head sizes that are
 // multiples of 16 (at the avx512 level the others take the avx2 kernel); the
 // elementwise kernels are xsimd's, chosen when the program was compiled, not
@@ -52,7 +54,8 @@ inline std::string kernel_isa_summary() {
          cpu_level_name(detected_cpu_level()) + "; float kernels " + float_kernel_isa() + ", q8_0 " +
          q8_0::kernel_isa() + ", attention " + attention_kernel_isa(cpu_level(), 16) + ", elementwise " +
          isa_name() + ", bf16 dot " + bf16_dot_running() +
-         (bf16_dot_on_amx(cpu_level()) ? " on amx tiles" : "") + ")";
+         (bf16_dot_on_amx(cpu_level()) ? " on amx tiles" : "") + ", one-row walk " +
+         one_row_walk_name(one_row_walk()) + ")";
 }
 
 }  // namespace fastinfer::cpu
