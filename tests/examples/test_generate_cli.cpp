@@ -28,6 +28,32 @@ using Scratch = fastinfer::testing::ScratchDir;
 Run run(const fs::path& binary, const std::string& args) { return fastinfer::testing::run_program(binary, args); }
 std::size_t lines(const std::string& s) { return fastinfer::testing::count_lines(s); }
 
+// Sets (or, with nullptr, unsets) an environment variable for the child
+// programs a test runs, and puts back what was there. (This process read
+// its own kernel settings long ago; the children read theirs at start.)
+class EnvScope {
+ public:
+  EnvScope(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    if (old != nullptr) saved_ = old;
+    had_ = old != nullptr;
+    set(value);
+  }
+  void set(const char* value) {
+    if (value != nullptr)
+      setenv(name_.c_str(), value, 1);
+    else
+      unsetenv(name_.c_str());
+  }
+  ~EnvScope() { set(had_ ? saved_.c_str() : nullptr); }
+  EnvScope(const EnvScope&) = delete;
+  EnvScope& operator=(const EnvScope&) = delete;
+
+ private:
+  std::string name_, saved_;
+  bool had_ = false;
+};
+
 // The "continuation: " ids of a golden case file, as --print-ids prints them.
 std::string golden_continuation(const fs::path& golden) {
   std::ifstream in(golden);
@@ -105,16 +131,12 @@ TEST_CASE("fastinfer-generate: --print-ids reproduces the golden, --stats-json i
 TEST_CASE("fastinfer-generate: --version names the CPU level, FASTINFER_CPU_LEVEL lowers it, a bad one is a usage error",
           "[examples][cli]") {
   FASTINFER_REQUIRE_GENERATE(gen);
-  // The child reads the variable at its first kernel call; this process read its own long ago.
-  const char* saved = std::getenv("FASTINFER_CPU_LEVEL");
-  const std::string restore = saved != nullptr ? saved : "";
-  unsetenv("FASTINFER_CPU_LEVEL");
+  EnvScope level("FASTINFER_CPU_LEVEL", nullptr);
   const Run plain = run(gen, "--version");
-  setenv("FASTINFER_CPU_LEVEL", "scalar", 1);
+  level.set("scalar");
   const Run scalar = run(gen, "--version");
-  setenv("FASTINFER_CPU_LEVEL", "avx9", 1);
+  level.set("avx9");
   const Run bad = run(gen, "--version");
-  if (saved != nullptr) setenv("FASTINFER_CPU_LEVEL", restore.c_str(), 1); else unsetenv("FASTINFER_CPU_LEVEL");
   CHECK(plain.code == 0);
   CHECK(plain.out ==
         std::string("fastinfer-generate ") + fastinfer::kVersionString + "; cpu level " +
@@ -138,17 +160,11 @@ TEST_CASE(
     "usage error",
     "[examples][cli]") {
   FASTINFER_REQUIRE_GENERATE(gen);
-  const char* saved = std::getenv("FASTINFER_BF16_DOT");
-  const std::string restore = saved != nullptr ? saved : "";
-  setenv("FASTINFER_BF16_DOT", "bf16", 1);
+  EnvScope mode("FASTINFER_BF16_DOT", "bf16");
   const Run pairs = run(gen, "--version");
   const Run stats = run(gen, "--weights bf16 --max-new-tokens 3 --stats-json");
-  setenv("FASTINFER_BF16_DOT", "fast", 1);
+  mode.set("fast");
   const Run bad = run(gen, "--version");
-  if (saved != nullptr)
-    setenv("FASTINFER_BF16_DOT", restore.c_str(), 1);
-  else
-    unsetenv("FASTINFER_BF16_DOT");
   // Where the CPU lacks AVX512-BF16 (or the level is forced below avx512) the widening kernels run.
   const std::string running =
       fastinfer::cpu::bf16_dot_supported() && fastinfer::cpu::cpu_level() >= fastinfer::cpu::CpuLevel::avx512
@@ -170,19 +186,13 @@ TEST_CASE(
     "fastinfer-generate: FASTINFER_ONE_ROW_WALK sets the walk it reports and a bad one is a usage error",
     "[examples][cli]") {
   FASTINFER_REQUIRE_GENERATE(gen);
-  const char* saved = std::getenv("FASTINFER_ONE_ROW_WALK");
-  const std::string restore = saved != nullptr ? saved : "";
-  setenv("FASTINFER_ONE_ROW_WALK", "by-length", 1);
+  EnvScope walk("FASTINFER_ONE_ROW_WALK", "by-length");
   const Run by_length = run(gen, "--version");
   const Run stats = run(gen, "--weights bf16 --max-new-tokens 3 --stats-json");
-  setenv("FASTINFER_ONE_ROW_WALK", "tiles", 1);
+  walk.set("tiles");
   const Run tiles = run(gen, "--version");
-  setenv("FASTINFER_ONE_ROW_WALK", "rows", 1);
+  walk.set("rows");
   const Run bad = run(gen, "--max-new-tokens 3");
-  if (saved != nullptr)
-    setenv("FASTINFER_ONE_ROW_WALK", restore.c_str(), 1);
-  else
-    unsetenv("FASTINFER_ONE_ROW_WALK");
   CHECK(by_length.code == 0);
   CHECK(by_length.out.find(", one-row walk by-length)\n") != std::string::npos);
   CHECK(tiles.out.find(", one-row walk tiles)\n") != std::string::npos);
