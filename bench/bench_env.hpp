@@ -11,8 +11,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "fastinfer/backend/cpu/bf16_dot.hpp"
 #include "fastinfer/backend/cpu/cpu_level.hpp"
+#include "fastinfer/backend/cpu/kernels.hpp"
 #include "fastinfer/backend/cpu/one_row_walk.hpp"
 
 namespace fastinfer::bench {
@@ -37,7 +37,7 @@ inline int env_int(const char* name, int fallback) {
 // cores; a benchmark should not.
 inline void record_run_settings() {
   benchmark::AddCustomContext("fastinfer_cpu_level", cpu::cpu_level_name(cpu::cpu_level()));
-  benchmark::AddCustomContext("fastinfer_bf16_dot", cpu::bf16_dot_name(cpu::bf16_dot()));
+  benchmark::AddCustomContext("fastinfer_bf16_dot", cpu::bf16_dot_running());
   benchmark::AddCustomContext("fastinfer_one_row_walk", cpu::one_row_walk_name(cpu::one_row_walk()));
   std::string policy = env_str("OMP_WAIT_POLICY", "unset");
   benchmark::AddCustomContext("omp_wait_policy", policy);
