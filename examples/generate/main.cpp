@@ -411,7 +411,8 @@ int main(int argc, char** argv) {
                               {"q8_0_kernels", fastinfer::cpu::q8_0::kernel_isa()},
                               {"elementwise_isa", fastinfer::cpu::isa_name()},
                               {"bf16_dot", fastinfer::cpu::bf16_dot_running()},
-                              {"one_row_walk", one_row_walk}};
+                              {"one_row_walk", one_row_walk},
+                              {"batch_invariant", fastinfer::cpu::batch_invariant()}};
       if (drafter) stats["spec_k"] = spec_auto ? "auto:" + std::to_string(spec_k) : std::to_string(spec_k);
       if (calm.enabled()) stats["mean_layers"] = calm_model.mean_layers();
       std::fprintf(stderr, "%s\n", stats.dump().c_str());

@@ -126,6 +126,7 @@ TEST_CASE("fastinfer-generate: --print-ids reproduces the golden, --stats-json i
   CHECK(stats.at("q8_0_kernels") == fastinfer::cpu::q8_0::kernel_isa());
   CHECK(stats.at("bf16_dot") == fastinfer::cpu::bf16_dot_running());
   CHECK(stats.at("one_row_walk") == fastinfer::cpu::one_row_walk_name(fastinfer::cpu::one_row_walk()));
+  CHECK(stats.at("batch_invariant") == fastinfer::cpu::batch_invariant());
 }
 
 TEST_CASE("fastinfer-generate: --version names the CPU level, FASTINFER_CPU_LEVEL lowers it, a bad one is a usage error",
@@ -290,4 +291,24 @@ TEST_CASE("fastinfer-generate: early exit and Medusa under --spec-rule coupled p
   CHECK(run(gen, "--early-exit-threshold 1.5").code == 2);
   CHECK(run(gen, "--early-exit-threshold 0.5 --spec prompt-lookup").code == 2);
   CHECK(run(gen, "--spec early-exit --exit-layer 99").code == 2);
+}
+
+TEST_CASE("fastinfer-generate: FASTINFER_BATCH_INVARIANT=1 is reported and a bad value is a usage error",
+          "[examples][cli]") {
+  FASTINFER_REQUIRE_GENERATE(gen);
+  EnvScope invariant("FASTINFER_BATCH_INVARIANT", "1");
+  const Run on = run(gen, "--version");
+  const Run stats = run(gen, "--max-new-tokens 3 --stats-json");
+  invariant.set("yes");
+  // A one-token prompt and one new token: no pass of more than one row.
+  const Run bad = run(gen, "--prompt-ids 1 --max-new-tokens 1");
+  CHECK(on.code == 0);
+  CHECK(on.out.find(", batch invariant)\n") != std::string::npos);
+  REQUIRE(stats.code == 0);
+  CHECK(nlohmann::json::parse(stats.err).at("batch_invariant") == true);
+  CHECK(bad.code == 2);
+  CHECK(bad.err ==
+        "fastinfer-generate: error: FASTINFER_BATCH_INVARIANT=yes: unknown batch invariance setting (choose "
+        "0 or "
+        "1)\n");
 }

@@ -160,6 +160,21 @@ TEST_CASE(
   CHECK(cpu::batch_invariant());
 }
 
+TEST_CASE("a kernel mode's bad value is refused naming the source, the mode and every choice") {
+  enum class Four { a, b, c, d };
+  static const cpu::ModeName<Four> four[] = {{Four::a, "a"}, {Four::b, "b"}, {Four::c, "c"}, {Four::d, "d"}};
+  CHECK(cpu::parse_mode("c", "test", "letter", four) == Four::c);
+  CHECK_THROWS_AS(cpu::parse_mode("C", "test", "letter", four), InvalidArgument);
+  CHECK_THROWS_WITH(cpu::parse_mode("e", "LETTER", "letter", four),
+                    Catch::Contains("LETTER=e: unknown letter (choose a, b, c or d)"));
+  static const cpu::ModeName<bool> two[] = {{false, "0"}, {true, "1"}};
+  CHECK(cpu::parse_mode("1", "test", "switch", two));
+  CHECK_THROWS_WITH(
+      cpu::parse_mode("yes", "FASTINFER_BATCH_INVARIANT", "batch invariance setting", two),
+      Catch::Contains("FASTINFER_BATCH_INVARIANT=yes: unknown batch invariance setting (choose 0 or 1)"));
+  CHECK_THROWS_AS(cpu::parse_mode("", "test", "switch", two), InvalidArgument);
+}
+
 TEST_CASE("matvec and matmul reject negative shapes, naming them, and write nothing") {
   std::vector<float> w(16, 1.0f), x(16, 1.0f), y(16, -7.0f);
   const MatrixView bad{DType::F32, w.data(), -3, 4};

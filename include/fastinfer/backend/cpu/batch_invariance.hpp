@@ -15,10 +15,6 @@
 // price is prefill speed (docs/backend_cpu.md gives it per level).
 #pragma once
 
-#include <atomic>
-#include <cstdlib>
-#include <string_view>
-
 #include "fastinfer/backend/cpu/kernel_mode.hpp"
 #include "fastinfer/core/error.hpp"
 
@@ -26,32 +22,21 @@ namespace fastinfer::cpu {
 
 namespace batch_invariance_detail {
 inline bool initial_mode() {
-  const char* env = std::getenv("FASTINFER_BATCH_INVARIANT");
-  if (env == nullptr || *env == '\0') return false;
-  const std::string_view v(env);
-  if (v == "1") return true;
-  if (v == "0") return false;
-  throw_error<InvalidArgument>("FASTINFER_BATCH_INVARIANT=", v, ": expected 0 or 1");
+  static constexpr ModeName<bool> kNames[] = {{false, "0"}, {true, "1"}};
+  const char* env = mode_variable("FASTINFER_BATCH_INVARIANT");
+  return env != nullptr && parse_mode(env, "FASTINFER_BATCH_INVARIANT", "batch invariance setting", kNames);
 }
-inline std::atomic<int>& current() {
-  static std::atomic<int> mode{int(initial_mode())};
-  return mode;
-}
+using Mode = KernelMode<bool, initial_mode>;
 }  // namespace batch_invariance_detail
 
-inline bool batch_invariant() {
-  return batch_invariance_detail::current().load(std::memory_order_relaxed) != 0;
-}
+inline bool batch_invariant() { return batch_invariance_detail::Mode::get(); }
 
 // For every thread's later kernel calls.
-inline void set_batch_invariant(bool on) {
-  batch_invariance_detail::current().store(int(on), std::memory_order_relaxed);
-}
+inline void set_batch_invariant(bool on) { batch_invariance_detail::Mode::store(on); }
 
-class BatchInvariantScope : public KernelModeScope<bool> {
+class BatchInvariantScope : public batch_invariance_detail::Mode::Scope {
  public:
-  explicit BatchInvariantScope(bool on)
-      : KernelModeScope(batch_invariance_detail::current(), on, set_batch_invariant) {}
+  explicit BatchInvariantScope(bool on) : Scope(on, set_batch_invariant) {}
 };
 
 }  // namespace fastinfer::cpu

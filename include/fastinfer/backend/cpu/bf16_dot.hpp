@@ -28,8 +28,6 @@
 // level); set_bf16_dot / Bf16DotScope change it for later calls.
 #pragma once
 
-#include <atomic>
-#include <cstdlib>
 #include <string_view>
 
 #include "fastinfer/backend/cpu/cpu_level.hpp"
@@ -48,26 +46,23 @@ inline bool bf16_dot_supported() {
 }
 
 inline Bf16Dot parse_bf16_dot(std::string_view text, std::string_view source) {
-  if (text == "widen") return Bf16Dot::widen;
-  if (text == "bf16") return Bf16Dot::bf16;
-  throw_error<InvalidArgument>(source, "=", text, ": unknown bf16 dot mode (choose widen or bf16)");
+  static const ModeName<Bf16Dot> kNames[] = {{Bf16Dot::widen, bf16_dot_name(Bf16Dot::widen)},
+                                             {Bf16Dot::bf16, bf16_dot_name(Bf16Dot::bf16)}};
+  return parse_mode(text, source, "bf16 dot mode", kNames);
 }
 
 namespace bf16_dot_detail {
 inline Bf16Dot initial_mode() {
-  const char* env = std::getenv("FASTINFER_BF16_DOT");
-  if (env == nullptr || *env == '\0') return Bf16Dot::widen;
+  const char* env = mode_variable("FASTINFER_BF16_DOT");
+  if (env == nullptr) return Bf16Dot::widen;
   const Bf16Dot mode = parse_bf16_dot(env, "FASTINFER_BF16_DOT");
   return bf16_dot_supported() ? mode : Bf16Dot::widen;
 }
-inline std::atomic<int>& current() {
-  static std::atomic<int> mode{int(initial_mode())};
-  return mode;
-}
+using Mode = KernelMode<Bf16Dot, initial_mode>;
 }  // namespace bf16_dot_detail
 
 // The mode set (whether it runs also depends on the level: bf16_dot_active).
-inline Bf16Dot bf16_dot() { return Bf16Dot(bf16_dot_detail::current().load(std::memory_order_relaxed)); }
+inline Bf16Dot bf16_dot() { return bf16_dot_detail::Mode::get(); }
 
 // The bf16 kernels run at `level` now.
 inline bool bf16_dot_active(CpuLevel level) {
@@ -85,13 +80,13 @@ inline void set_bf16_dot(Bf16Dot mode) {
                   "set_bf16_dot: ", int(mode), " is not a bf16 dot mode");
   FASTINFER_CHECK(mode == Bf16Dot::widen || bf16_dot_supported(), InvalidArgument,
                   "set_bf16_dot(bf16): this CPU lacks AVX512-BF16 (", cpu_features_summary(), ")");
-  bf16_dot_detail::current().store(int(mode), std::memory_order_relaxed);
+  bf16_dot_detail::Mode::store(mode);
 }
 
 // Sets a mode for a scope (a test, a benchmark), then restores the previous one.
-class Bf16DotScope : public KernelModeScope<Bf16Dot> {
+class Bf16DotScope : public bf16_dot_detail::Mode::Scope {
  public:
-  explicit Bf16DotScope(Bf16Dot mode) : KernelModeScope(bf16_dot_detail::current(), mode, set_bf16_dot) {}
+  explicit Bf16DotScope(Bf16Dot mode) : Scope(mode, set_bf16_dot) {}
 };
 
 }  // namespace fastinfer::cpu

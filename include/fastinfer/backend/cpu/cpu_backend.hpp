@@ -26,6 +26,9 @@ class CpuBackend {
   static constexpr std::string_view kName = "cpu";
   static constexpr bool kHostVisible = true;
 
+  // A bad kernel-mode variable (FASTINFER_CPU_LEVEL, ...) is refused here.
+  CpuBackend() { cpu::check_kernel_modes(); }
+
   // n elements of host memory, zero-filled.
   template <typename T>
   class Buffer {

@@ -29,12 +29,11 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
-#include <utility>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 #if defined(__linux__)
 #include <sys/syscall.h>
@@ -172,30 +171,25 @@ inline std::vector<CpuLevel> supported_cpu_levels() {
 
 // The level named `text`; `source` names where the text came from, for the error.
 inline CpuLevel parse_cpu_level(std::string_view text, std::string_view source) {
-  for (CpuLevel l : {CpuLevel::scalar, CpuLevel::avx2, CpuLevel::avx512, CpuLevel::amx})
-    if (text == cpu_level_name(l)) return l;
-  throw_error<InvalidArgument>(source, "=", text, ": unknown CPU level (choose scalar, avx2, avx512 or amx)");
+  static const ModeName<CpuLevel> kNames[] = {{CpuLevel::scalar, cpu_level_name(CpuLevel::scalar)},
+                                              {CpuLevel::avx2, cpu_level_name(CpuLevel::avx2)},
+                                              {CpuLevel::avx512, cpu_level_name(CpuLevel::avx512)},
+                                              {CpuLevel::amx, cpu_level_name(CpuLevel::amx)}};
+  return parse_mode(text, source, "CPU level", kNames);
 }
 
 namespace level_detail {
 // The detected level, lowered (never raised) by FASTINFER_CPU_LEVEL.
 inline CpuLevel initial_level() {
-  const char* env = std::getenv("FASTINFER_CPU_LEVEL");
-  if (env == nullptr || *env == '\0') return detected_cpu_level();
+  const char* env = mode_variable("FASTINFER_CPU_LEVEL");
+  if (env == nullptr) return detected_cpu_level();
   return std::min(detected_cpu_level(), parse_cpu_level(env, "FASTINFER_CPU_LEVEL"));
 }
-// Process-wide; a bad FASTINFER_CPU_LEVEL throws from here at every read,
-// so no kernel ever runs at a level nobody chose.
-inline std::atomic<int>& current() {
-  static std::atomic<int> level{int(initial_level())};
-  return level;
-}
+using Mode = KernelMode<CpuLevel, initial_level>;
 }  // namespace level_detail
 
 // The level the matmul kernels dispatch on now.
-inline CpuLevel cpu_level() {
-  return CpuLevel(level_detail::current().load(std::memory_order_relaxed));
-}
+inline CpuLevel cpu_level() { return level_detail::Mode::get(); }
 
 // Sets the level for every thread's later kernel calls. Refuses a level this
 // CPU (or OS) lacks, leaving the level unchanged.
@@ -204,13 +198,13 @@ inline void set_cpu_level(CpuLevel level) {
                   "set_cpu_level: ", int(level), " is not a CPU level");
   FASTINFER_CHECK(level <= detected_cpu_level(), InvalidArgument, "set_cpu_level(", cpu_level_name(level),
                   "): this CPU supports up to ", cpu_level_name(detected_cpu_level()));
-  level_detail::current().store(int(level), std::memory_order_relaxed);
+  level_detail::Mode::store(level);
 }
 
 // Sets a level for a scope (a test, a benchmark), then restores the previous one.
-class CpuLevelScope : public KernelModeScope<CpuLevel> {
+class CpuLevelScope : public level_detail::Mode::Scope {
  public:
-  explicit CpuLevelScope(CpuLevel level) : KernelModeScope(level_detail::current(), level, set_cpu_level) {}
+  explicit CpuLevelScope(CpuLevel level) : Scope(level, set_cpu_level) {}
 };
 
 // "avx2 fma f16c avx512f ...": the detected features, for logs.

@@ -149,6 +149,9 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
   using namespace gemm_detail;
   const std::int64_t macs = w.rows * w.cols * n;
   const CpuLevel level = cpu_level();  // once, before the threads start
+  // Read at every pass (not only past kDotMaxTokens rows), so a bad
+  // FASTINFER_BATCH_INVARIANT is refused at the first one.
+  const bool invariant = batch_invariant();
   // Split when either the bytes or the arithmetic pay for a second thread.
   const int streaming_threads =
       std::max(threads_for(std::int64_t(w.bytes()), ParallelThresholds::kMatvecBytesPerThread, threads),
@@ -172,7 +175,7 @@ inline void matmul(const MatrixView& w, const float* x, std::int64_t n, float* y
     return;
   }
 #endif
-  if (n <= kDotMaxTokens || batch_invariant()) {
+  if (n <= kDotMaxTokens || invariant) {
     // Weight-streaming regime. Past kDotMaxTokens (batch invariance on) a
     // thread's rows meet the tokens 32 at a time.
     parallel_ranges(w.rows, dot_block_rows(level), streaming_threads, [&](std::int64_t r0, std::int64_t r1) {

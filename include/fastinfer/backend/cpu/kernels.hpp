@@ -18,6 +18,7 @@
 
 #include "fastinfer/backend/cpu/arch.hpp"
 #include "fastinfer/backend/cpu/attention.hpp"
+#include "fastinfer/backend/cpu/batch_invariance.hpp"
 #include "fastinfer/backend/cpu/bf16_dot.hpp"
 #include "fastinfer/backend/cpu/elementwise.hpp"
 #include "fastinfer/backend/cpu/gemm.hpp"
@@ -41,11 +42,24 @@ inline const char* bf16_dot_running(CpuLevel level = cpu_level()) {
   return bf16_dot_name(bf16_dot_active(level) ? Bf16Dot::bf16 : Bf16Dot::widen);
 }
 
+// Reads every kernel mode once, so that a bad FASTINFER_CPU_LEVEL,
+// FASTINFER_BF16_DOT, FASTINFER_BATCH_INVARIANT or FASTINFER_ONE_ROW_WALK
+// throws InvalidArgument here (a CpuBackend does this when it is made), not
+// in the first pass that happens to read it.
+inline void check_kernel_modes() {
+  (void)cpu_level();
+  (void)bf16_dot();
+  (void)batch_invariant();
+  (void)one_row_walk();
+}
+
 // "cpu level avx512 (detected avx512; float kernels avx512, q8_0 avx512-vnni,
 // attention avx512, elementwise avx512bw, bf16 dot widen, one-row walk
 // tiles)": which kernels run ("bf16 dot bf16 on amx tiles" at level amx in
-// that mode; the one-row walk is one_row_walk.hpp's mode), for logs
-// and --version. Attention is named for head sizes that are
+// that mode; the one-row walk is one_row_walk.hpp's mode; ", batch
+// invariant" at the end when batch_invariance.hpp's mode is on), for logs
+// and --version. Reads every kernel mode, so a bad environment variable for
+// one throws here. Attention is named for head sizes that are
 // multiples of 16 (at the avx512 level the others take the avx2 kernel); the
 // elementwise kernels are xsimd's, chosen when the program was compiled, not
 // at run time.
@@ -55,7 +69,7 @@ inline std::string kernel_isa_summary() {
          q8_0::kernel_isa() + ", attention " + attention_kernel_isa(cpu_level(), 16) + ", elementwise " +
          isa_name() + ", bf16 dot " + bf16_dot_running() +
          (bf16_dot_on_amx(cpu_level()) ? " on amx tiles" : "") + ", one-row walk " +
-         one_row_walk_name(one_row_walk()) + ")";
+         one_row_walk_name(one_row_walk()) + (batch_invariant() ? ", batch invariant" : "") + ")";
 }
 
 }  // namespace fastinfer::cpu

@@ -24,9 +24,7 @@
 // set_one_row_walk / OneRowWalkScope change it for later calls.
 #pragma once
 
-#include <atomic>
 #include <cstddef>
-#include <cstdlib>
 #include <string_view>
 
 #include "fastinfer/backend/cpu/cpu_level.hpp"
@@ -46,26 +44,22 @@ inline const char* one_row_walk_name(OneRowWalk walk) {
 }
 
 inline OneRowWalk parse_one_row_walk(std::string_view text, std::string_view source) {
-  if (text == "tiles") return OneRowWalk::tiles;
-  if (text == "by-length") return OneRowWalk::by_length;
-  throw_error<InvalidArgument>(source, "=", text, ": unknown one-row walk (choose tiles or by-length)");
+  static const ModeName<OneRowWalk> kNames[] = {
+      {OneRowWalk::tiles, one_row_walk_name(OneRowWalk::tiles)},
+      {OneRowWalk::by_length, one_row_walk_name(OneRowWalk::by_length)}};
+  return parse_mode(text, source, "one-row walk", kNames);
 }
 
 namespace one_row_walk_detail {
 inline OneRowWalk initial_walk() {
-  const char* env = std::getenv("FASTINFER_ONE_ROW_WALK");
-  if (env != nullptr && *env != '\0') return parse_one_row_walk(env, "FASTINFER_ONE_ROW_WALK");
+  if (const char* env = mode_variable("FASTINFER_ONE_ROW_WALK"))
+    return parse_one_row_walk(env, "FASTINFER_ONE_ROW_WALK");
   return cpu_features().amd ? OneRowWalk::by_length : OneRowWalk::tiles;
 }
-inline std::atomic<int>& current() {
-  static std::atomic<int> walk{int(initial_walk())};
-  return walk;
-}
+using Mode = KernelMode<OneRowWalk, initial_walk>;
 }  // namespace one_row_walk_detail
 
-inline OneRowWalk one_row_walk() {
-  return OneRowWalk(one_row_walk_detail::current().load(std::memory_order_relaxed));
-}
+inline OneRowWalk one_row_walk() { return one_row_walk_detail::Mode::get(); }
 
 // Whether a one-row pass over rows of `row_bytes` goes in tiles (where the
 // tile set allows it).
@@ -76,14 +70,13 @@ inline bool one_row_in_tiles(std::size_t row_bytes) {
 inline void set_one_row_walk(OneRowWalk walk) {
   FASTINFER_CHECK(walk == OneRowWalk::tiles || walk == OneRowWalk::by_length, InvalidArgument,
                   "set_one_row_walk: ", int(walk), " is not a one-row walk");
-  one_row_walk_detail::current().store(int(walk), std::memory_order_relaxed);
+  one_row_walk_detail::Mode::store(walk);
 }
 
 // Sets a walk for a scope (a test, a benchmark), then restores the previous one.
-class OneRowWalkScope : public KernelModeScope<OneRowWalk> {
+class OneRowWalkScope : public one_row_walk_detail::Mode::Scope {
  public:
-  explicit OneRowWalkScope(OneRowWalk walk)
-      : KernelModeScope(one_row_walk_detail::current(), walk, set_one_row_walk) {}
+  explicit OneRowWalkScope(OneRowWalk walk) : Scope(walk, set_one_row_walk) {}
 };
 
 }  // namespace fastinfer::cpu
