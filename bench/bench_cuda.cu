@@ -2,6 +2,8 @@
 // (scripts/gpu-check.sh runs it; issue 16's bars):
 //   BM_CudaDecode1B              decode tok/s of the 1B bf16 stand-in; weights
 //                                GB/s and the fraction of HBM peak (bar: 0.70)
+//   BM_CudaDecode1BQ8_0          the same with the weights quantized to Q8_0
+//                                (the GEMV's dequant in registers): weights GB/s
 //   BM_CudaPrefill1B             a 512-token prefill, TFLOP/s (2 x params x tokens)
 //   BM_CudaGemv                  the decode GEMV alone on the 1B's shapes, 20
 //                                launches back to back: GB/s
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "fastinfer/backend/cuda/cuda_backend.cuh"
+#include "fastinfer/model/gguf_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/synthetic.hpp"
 
@@ -73,15 +76,23 @@ const Ceilings& ceilings() {
   return c;
 }
 
+// The 1B bf16 stand-in on the device (`q8_0`: its weights quantized first).
+std::unique_ptr<LlamaModel<CudaBackend>> make_model_1b(bool q8_0) {
+  ModelOptions o;
+  o.kv.layout = KVLayoutKind::Paged;
+  o.kv.quant = kv::QuantKind::F16;
+  o.max_batch = 512;
+  const int threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  LlamaWeights w = make_synthetic("1B", DType::BF16, 1, threads);
+  if (q8_0) w = quantize_weights_q8_0(w);
+  return std::make_unique<LlamaModel<CudaBackend>>(w, o);
+}
 LlamaModel<CudaBackend>& model_1b() {
-  static std::unique_ptr<LlamaModel<CudaBackend>> m = [] {
-    ModelOptions o;
-    o.kv.layout = KVLayoutKind::Paged;
-    o.kv.quant = kv::QuantKind::F16;
-    o.max_batch = 512;
-    const int threads = int(std::max(1u, std::thread::hardware_concurrency()));
-    return std::make_unique<LlamaModel<CudaBackend>>(make_synthetic("1B", DType::BF16, 1, threads), o);
-  }();
+  static const std::unique_ptr<LlamaModel<CudaBackend>> m = make_model_1b(false);
+  return *m;
+}
+LlamaModel<CudaBackend>& model_1b_q8_0() {
+  static const std::unique_ptr<LlamaModel<CudaBackend>> m = make_model_1b(true);
   return *m;
 }
 
@@ -95,10 +106,9 @@ double timed(CudaBackend& b, F&& f) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Arg: 1 = f16 KV attention on tensor cores (attention_mma.cuh), 0 = the f32 kernel.
-void BM_CudaDecode1B(benchmark::State& state) {
-  auto& m = model_1b();
-  m.backend().context().set_tensor_core_attention(state.range(0) != 0);
+// Decode steps after a 16-token prompt, one per iteration: tok/s and the
+// weights' GB/s.
+void decode_steps(benchmark::State& state, LlamaModel<CudaBackend>& m) {
   std::vector<std::int32_t> prompt(16, 5);
   m.forward_prefill(prompt, 0);
   int pos = 16;
@@ -114,7 +124,17 @@ void BM_CudaDecode1B(benchmark::State& state) {
   state.counters["hbm_peak_GB/s"] = ceilings().peak;
   state.counters["copy_GB/s"] = ceilings().copy;
 }
+
+// Arg: 1 = f16 KV attention on tensor cores (attention_mma.cuh), 0 = the f32 kernel.
+void BM_CudaDecode1B(benchmark::State& state) {
+  auto& m = model_1b();
+  m.backend().context().set_tensor_core_attention(state.range(0) != 0);
+  decode_steps(state, m);
+}
 BENCHMARK(BM_CudaDecode1B)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(256)->Arg(0)->Arg(1);
+
+void BM_CudaDecode1BQ8_0(benchmark::State& state) { decode_steps(state, model_1b_q8_0()); }
+BENCHMARK(BM_CudaDecode1BQ8_0)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(256);
 
 void BM_CudaPrefill1B(benchmark::State& state) {
   auto& m = model_1b();

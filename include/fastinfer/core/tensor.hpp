@@ -31,7 +31,10 @@ constexpr std::size_t row_bytes(DType dtype, std::int64_t cols) {
 //                    16 rows' blocks side by side, the last group
 //                    zero-padded. Only the CPU backend's kernels and
 //                    cpu::load_matrix_row read it; row_ptr does not apply.
-enum class MatrixLayout : std::uint8_t { rows, q8_0_row_groups };
+//   q8_0_split_rows  Q8_0 on the CUDA backend's device (backend/cuda/
+//                    dtype.cuh): each row its quants, then its scales, in
+//                    the row's row_bytes. Only the CUDA kernels read it.
+enum class MatrixLayout : std::uint8_t { rows, q8_0_row_groups, q8_0_split_rows };
 inline constexpr std::int64_t kQ8_0GroupRows = 16;
 
 // A row-major matrix [rows][cols] of `dtype` elements. For a linear layer the

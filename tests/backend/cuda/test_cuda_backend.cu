@@ -10,10 +10,13 @@
 //   rope                       1e-5 abs (same angle table; the CPU build may fuse a product)
 //   rmsnorm, swiglu            2e-6 relative to the largest output (summation order, expf)
 //   linear, gemv (n <= 32) and f32 cuBLAS         1e-5 x sum_k |w_k x_k| (f32 accumulation)
+//   linear, Q8_0 (any n)       1e-5 x sum_k |w_k x_k| against the f32 product of the dequantized
+//                              weights (the gemv sums a block's 16 products, then scales)
 //   linear, f16 / bf16 cuBLAS (n > 32)            1e-3 / 8e-3 x sum_k |w_k x_k|: x is rounded to
 //                                                 the weights' type first (2^-11 / 2^-8 per value)
 //   attention, f32 and f16 KV  2e-5 abs (identical stored values; f32 vs f32 summation order)
 //   model logits, f32 weights  2e-4 abs; golden tokens exact
+//   model logits, Q8_0 weights 2e-4 abs against the CPU's f32 model of the dequantized weights
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -25,13 +28,15 @@
 #include <string>
 #include <vector>
 
+#include "cuda_store_pair.cuh"
 #include "fastinfer/backend/cpu/cpu_backend.hpp"
+#include "fastinfer/backend/cpu/q8_0_reference.hpp"
 #include "fastinfer/backend/cuda/cuda_backend.cuh"
 #include "fastinfer/model/generate.hpp"
+#include "fastinfer/model/gguf_loader.hpp"
 #include "fastinfer/model/llama2c_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/synthetic.hpp"
-#include "cuda_store_pair.cuh"
 #include "golden.hpp"
 #include "model_scenarios.hpp"
 #include "shared_dir.hpp"
@@ -58,16 +63,33 @@ double max_abs(const std::vector<float>& a) {
   return m;
 }
 
-// Weights of `dtype` from f32 values (row-major), kept alive by `keep`.
+// Weights of `dtype` from f32 values (row-major), kept alive by `keep`
+// (Q8_0 through the reference quantizer: cols a multiple of 32).
 MatrixView host_matrix(DType dtype, const std::vector<float>& v, std::int64_t rows, std::int64_t cols,
                        std::vector<std::vector<std::uint16_t>>& keep) {
   if (dtype == DType::F32) return MatrixView{DType::F32, v.data(), rows, cols};
+  if (dtype == DType::Q8_0) {
+    const std::size_t stride = row_bytes(DType::Q8_0, cols);
+    keep.emplace_back(stride * std::size_t(rows) / 2);
+    auto* bytes = reinterpret_cast<std::uint8_t*>(keep.back().data());
+    for (std::int64_t r = 0; r < rows; ++r)
+      cpu::q8_0::quantize_row_reference(v.data() + r * cols, bytes + stride * std::size_t(r), cols);
+    return MatrixView{DType::Q8_0, bytes, rows, cols};
+  }
   keep.emplace_back(v.size());
   for (std::size_t i = 0; i < v.size(); ++i) keep.back()[i] = dtype == DType::F16 ? f32_to_f16(v[i]) : f32_to_bf16(v[i]);
   return MatrixView{dtype, keep.back().data(), rows, cols};
 }
 
-const char* dtype_label(DType d) { return d == DType::F32 ? "f32" : d == DType::F16 ? "f16" : "bf16"; }
+std::string_view dtype_label(DType d) { return dtype_name(d); }
+
+// The f32 values a host matrix of any dtype stores, row-major.
+std::vector<float> stored_values(const MatrixView& h) {
+  std::vector<float> out(std::size_t(h.rows * h.cols));
+  for (std::int64_t r = 0; r < h.rows; ++r)
+    cpu::load_row(h.dtype, h.row_ptr(r), out.data() + r * h.cols, h.cols);
+  return out;
+}
 
 }  // namespace
 
@@ -78,8 +100,13 @@ TEST_CASE("cuda: CudaBackend satisfies the backend concept and refuses what it l
   CudaBackend gpu;
   std::vector<KeepAlive> keep;
   std::vector<std::uint8_t> q8(34 * 2);
-  CHECK_THROWS_WITH(gpu.upload(MatrixView{DType::Q8_0, q8.data(), 2, 32}, keep),
-                    Catch::Contains("Q8_0 weights are not yet supported on cuda"));
+  CHECK_THROWS_WITH(gpu.upload(MatrixView{DType::Q8_0, q8.data(), 2, 40}, keep),
+                    Catch::Contains("cuda: a Q8_0 matrix of 40 columns"));
+  CHECK(keep.empty());
+  // Q8_0 blocks as the host stores them: the kernels cannot read them.
+  auto x = gpu.allocate<float>(32), y = gpu.allocate<float>(2);
+  CHECK_THROWS_WITH(gpu.linear(MatrixView{DType::Q8_0, q8.data(), 2, 32}, x.data(), 1, y.data()),
+                    Catch::Contains("not uploaded by CudaBackend::upload"));
   kv::KVCacheConfig cfg;
   cfg.n_layers = 1, cfg.n_kv_heads = 1, cfg.head_dim = 8, cfg.num_blocks = 4, cfg.block_size = 16;
   KVOptions o;
@@ -222,6 +249,59 @@ TEST_CASE("cuda: linear matches the CPU backend for f32 f16 bf16 weights, gemv a
   }
 }
 
+// Q8_0 runs the gemv at every pass size (32 rows of x at a time past 32):
+// against the f32 product of the dequantized weights in double, and a row's
+// bits are the same alone or in a pass of any size. 256 columns: 16-byte
+// rows, the vector path; 96 and 2080: one value a lane.
+TEST_CASE("cuda: Q8_0 weights: linear at every pass size and embed match the dequantized weights", "[cuda]") {
+  FASTINFER_REQUIRE_CUDA();
+  CudaBackend gpu;
+  std::vector<KeepAlive> owners;
+  struct Shape {
+    std::int64_t rows, cols;
+  };
+  for (const Shape s : {Shape{37, 256}, Shape{64, 96}, Shape{19, 2048}, Shape{9, 2080}, Shape{130, 4096}}) {
+    std::vector<std::vector<std::uint16_t>> keep;
+    const MatrixView h =
+        host_matrix(DType::Q8_0, randoms(std::size_t(s.rows * s.cols), 31), s.rows, s.cols, keep);
+    const std::vector<float> wf = stored_values(h);
+    const MatrixView d = gpu.upload(h, owners);
+    CHECK(d.layout == MatrixLayout::q8_0_split_rows);
+    CHECK(d.bytes() == h.bytes());
+    {
+      INFO("embed [" << s.rows << "][" << s.cols << "]: exact");
+      const std::vector<std::int32_t> tokens = {3, 0, std::int32_t(s.rows - 1), 3};
+      std::vector<float> ref;
+      for (std::int32_t t : tokens)
+        ref.insert(ref.end(), wf.begin() + t * s.cols, wf.begin() + (t + 1) * s.cols);
+      auto out = gpu.allocate<float>(ref.size());
+      gpu.embed(d, tokens.data(), std::int64_t(tokens.size()), out.data());
+      CHECK(to_host(gpu, out, ref.size()) == ref);
+    }
+    auto y1 = gpu.allocate<float>(std::size_t(s.rows));
+    for (std::int64_t n : {1, 2, 5, 32, 33, 70}) {
+      INFO("q8_0 [" << s.rows << "][" << s.cols << "], " << n << " rows");
+      const auto x = randoms(std::size_t(n * s.cols), 32, -2.0f, 2.0f);
+      auto dx = to_device(gpu, x);
+      auto dy = gpu.allocate<float>(std::size_t(n * s.rows));
+      gpu.linear(d, dx.data(), n, dy.data());
+      const auto got = to_host(gpu, dy, std::size_t(n * s.rows));
+      for (std::int64_t i = 0; i < n; ++i) {
+        gpu.linear(d, dx.data() + i * s.cols, 1, y1.data());
+        REQUIRE(to_host(gpu, y1, std::size_t(s.rows)) ==
+                std::vector<float>(got.begin() + i * s.rows, got.begin() + (i + 1) * s.rows));
+        for (std::int64_t r = 0; r < s.rows; ++r) {
+          double sum = 0.0, scale = 0.0;
+          for (std::int64_t k = 0; k < s.cols; ++k) {
+            const double p = double(wf[std::size_t(r * s.cols + k)]) * double(x[std::size_t(i * s.cols + k)]);
+            sum += p, scale += std::fabs(p);
+          }
+          REQUIRE(std::fabs(double(got[std::size_t(i * s.rows + r)]) - sum) <= 1e-5 * scale + 1e-7);
+        }
+      }
+    }
+  }
+}
 
 // The fused verbs (backend.hpp's optional linear_group, rope_pair,
 // add_rmsnorm, linear_swiglu) against the calls they replace on the same
@@ -231,8 +311,9 @@ TEST_CASE("cuda: the fused verbs give the bits of the calls they replace", "[cud
   FASTINFER_REQUIRE_CUDA();
   CudaBackend gpu;
   std::vector<KeepAlive> owners;
-  for (DType dt : {DType::F32, DType::BF16}) {
+  for (DType dt : {DType::F32, DType::BF16, DType::Q8_0}) {
     for (const std::int64_t cols : {64, 172, 2048, 2600}) {
+      if (dt == DType::Q8_0 && cols % 32 != 0) continue;
       const std::int64_t rows = 96;
       std::vector<std::vector<std::uint16_t>> keep;
       const MatrixView gate = gpu.upload(host_matrix(dt, randoms(std::size_t(rows * cols), 21), rows, cols, keep), owners);
@@ -424,6 +505,48 @@ TEST_CASE("cuda: LlamaModel on CudaBackend reproduces the stories260K goldens wi
   }
 }
 
+namespace {
+
+// A prefill of n random tokens (every row's logits), then 6 decode steps,
+// each fed the CPU model's argmax, on both models: logits within 2e-4 at
+// every step. Returns the prompt.
+std::vector<std::int32_t> compare_prefill_and_decode(LlamaModel<>& ref, LlamaModel<CudaBackend>& dev, int n,
+                                                     std::uint32_t seed) {
+  const std::int64_t V = ref.config().vocab_size;
+  std::mt19937 rng(seed);
+  std::vector<std::int32_t> prompt(static_cast<std::size_t>(n));
+  for (auto& t : prompt) t = std::int32_t(rng() % std::uint32_t(V));
+  std::vector<float> a(prompt.size() * std::size_t(V)), b(a.size());
+  ref.forward_prefill_all(prompt.data(), n, 0, a.data());
+  dev.forward_prefill_all(prompt.data(), n, 0, b.data());
+  CHECK(max_abs_diff(a, b) <= 2e-4);
+  std::int32_t t = first_argmax(a.data() + (n - 1) * V, V);
+  for (int pos = n; pos < n + 6; ++pos) {
+    const float* la = ref.forward_decode(t, pos);
+    const float* lb = dev.forward_decode(t, pos);
+    CHECK(max_abs_diff(std::vector<float>(la, la + V), std::vector<float>(lb, lb + V)) <= 2e-4);
+    t = first_argmax(la, V);
+  }
+  return prompt;
+}
+
+}  // namespace
+
+// Q8_0 weights on the device against the CPU's f32 model of the same
+// weights dequantized (the CPU's own Q8_0 path rounds the activations to
+// int8 too, so it is not the oracle): a prefill past 32 rows (the gemv in
+// chunks), then decode steps.
+TEST_CASE("cuda: LlamaModel with Q8_0 weights matches the CPU's f32 model of the dequantized weights",
+          "[cuda]") {
+  FASTINFER_REQUIRE_CUDA();
+  LlamaConfig c = synthetic_config("tiny");
+  c.dim = 64, c.hidden_dim = 256, c.n_heads = 8, c.n_kv_heads = 4, c.head_dim = 8, c.n_layers = 3;
+  const LlamaWeights q8 = quantize_weights_q8_0(make_synthetic(c, DType::F32, 5));
+  LlamaModel<> ref(gguf_detail::convert_weights(q8, DType::F32), paged_options());
+  LlamaModel<CudaBackend> dev(q8, paged_options());
+  compare_prefill_and_decode(ref, dev, 45, 11);
+}
+
 TEST_CASE("cuda: LlamaModel logits match the CPU's on a padded head, a ragged batch, a tree and a fork",
           "[cuda]") {
   FASTINFER_REQUIRE_CUDA();
@@ -432,21 +555,7 @@ TEST_CASE("cuda: LlamaModel logits match the CPU's on a padded head, a ragged ba
   const LlamaWeights w = make_synthetic(c, DType::F32, 3);
   LlamaModel<> ref(w, paged_options());
   LlamaModel<CudaBackend> dev(w, paged_options());
-  const std::size_t V = std::size_t(c.vocab_size);
-  std::mt19937 rng(9);
-  std::vector<std::int32_t> prompt(40);
-  for (auto& t : prompt) t = std::int32_t(rng() % std::uint32_t(c.vocab_size));
-  std::vector<float> a(prompt.size() * V), b(a.size());
-  ref.forward_prefill_all(prompt.data(), std::int64_t(prompt.size()), 0, a.data());
-  dev.forward_prefill_all(prompt.data(), std::int64_t(prompt.size()), 0, b.data());
-  CHECK(max_abs_diff(a, b) <= 2e-4);
-  int pos = int(prompt.size());
-  std::int32_t t = 5;
-  for (int i = 0; i < 6; ++i, ++pos) {
-    const float* la = ref.forward_decode(t, pos);
-    const float* lb = dev.forward_decode(t, pos);
-    CHECK(max_abs_diff(std::vector<float>(la, la + V), std::vector<float>(lb, lb + V)) <= 2e-4);
-  }
+  const std::vector<std::int32_t> prompt = compare_prefill_and_decode(ref, dev, 40, 9);
   auto require = [](bool ok) { REQUIRE(ok); };
   CHECK(max_abs_diff(testing::ragged_tree_fork_logits(ref, prompt, require),
                      testing::ragged_tree_fork_logits(dev, prompt, require)) <= 2e-4);

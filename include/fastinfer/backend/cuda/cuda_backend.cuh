@@ -21,11 +21,12 @@
 #include <cuda_runtime.h>
 
 #include "fastinfer/backend/backend.hpp"
-#include "fastinfer/backend/cuda/argmax.cuh"
 #include "fastinfer/backend/cpu/sampling.hpp"
+#include "fastinfer/backend/cuda/argmax.cuh"
 #include "fastinfer/backend/cuda/cuda_check.cuh"
 #include "fastinfer/backend/cuda/cuda_context.cuh"
 #include "fastinfer/backend/cuda/device_buffer.cuh"
+#include "fastinfer/backend/cuda/dtype.cuh"
 #include "fastinfer/backend/cuda/elementwise.cuh"
 #include "fastinfer/backend/cuda/kv_store.cuh"
 #include "fastinfer/backend/cuda/linear.cuh"
@@ -70,18 +71,22 @@ class CudaBackend {
   // Waits for the stream: the host sees every kernel queued before.
   void to_host(const float* src, std::size_t n, float* host) { cuda::copy_to_host(host, src, n, stream()); }
 
-  // f32 / f16 / bf16 tensors are copied to the device once; the device copy's
-  // owner joins `storage` (freed with the weights).
+  // Tensors are copied to the device once (Q8_0 into its device rows,
+  // cuda/dtype.cuh); the device copy's owner joins `storage` (freed with
+  // the weights).
   MatrixView upload(const MatrixView& w, std::vector<KeepAlive>& storage) {
-    FASTINFER_CHECK(w.dtype != DType::Q8_0, InvalidArgument,
-                    "cuda: Q8_0 weights are not yet supported on cuda (convert to f32, f16 or bf16)");
+    MatrixView d = w;
+    std::vector<std::uint8_t> split;
+    if (w.dtype == DType::Q8_0) {
+      split = cuda::q8_0_split_rows(w);
+      d.layout = MatrixLayout::q8_0_split_rows;
+    }
     const std::size_t bytes = w.bytes();
     void* p = nullptr;
     FASTINFER_CUDA_CHECK(cudaMalloc(&p, bytes));
     KeepAlive owner(p, [](const void* q) { (void)cudaFree(const_cast<void*>(q)); });
-    FASTINFER_CUDA_CHECK(cudaMemcpy(p, w.data, bytes, cudaMemcpyHostToDevice));
+    FASTINFER_CUDA_CHECK(cudaMemcpy(p, split.empty() ? w.data : split.data(), bytes, cudaMemcpyHostToDevice));
     storage.push_back(owner);
-    MatrixView d = w;
     d.data = p;
     return d;
   }
@@ -92,6 +97,7 @@ class CudaBackend {
   }
 
   void embed(const MatrixView& table, const std::int32_t* tokens, std::int64_t n, float* out) {
+    cuda::check_device_weight(table);
     const std::int32_t* d = cuda::stage(s_->tokens, tokens, std::size_t(n), stream());
     cuda::embed(table.dtype, table.data, table.cols, d, n, out, stream());
   }

@@ -45,7 +45,7 @@ __global__ void embed_kernel(const typename DeviceDType<D>::Storage* table, std:
   const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * cols) return;
   const std::int64_t t = i / cols, c = i % cols;
-  out[i] = DeviceDType<D>::load(table, std::int64_t(tokens[t]) * cols + c);
+  out[i] = load_weight<D>(table + std::int64_t(tokens[t]) * row_stride<D>(cols), cols, c);
 }
 
 // A row of up to kThreads * kRmsPerThread values is read once, into

@@ -1,5 +1,5 @@
 // y[n][rows] = x[n][cols] W^T on the device, W row-major [rows][cols] in f32,
-// f16 or bf16, x and y f32.
+// f16, bf16 or Q8_0 (dtype.cuh's device rows), x and y f32.
 //
 //   n <= kGemvRows   gemv: a few warps per output row (gemv_shape below),
 //                    f32 activations times widened weights, f32
@@ -10,13 +10,19 @@
 //                    pass size (batch invariance, as cpu::matmul keeps up
 //                    to 32 rows).
 //                    cpu: cpu::matvec / cpu::matmul (same products, another
-//                    summation order).
-//   n >  kGemvRows   cuBLAS GemmEx, f32 accumulation (CUBLAS_COMPUTE_32F:
-//                    no TF32). f16/bf16 weights need activations of their
-//                    own type, so x is first rounded to it: an error of the
-//                    16-bit format on the activations that the CPU's matmul
-//                    (f32 activations) does not make; the tests state the
-//                    tolerance.
+//                    summation order). Q8_0: a lane's 16 quants of one block
+//                    times 16 activations summed, then times the block's
+//                    scale, in registers (the f32 product of the
+//                    dequantized weights up to rounding; the CPU's Q8_0
+//                    matmul also rounds the activations to int8).
+//   n >  kGemvRows   Q8_0: the gemv, 32 rows of x at a time (each weight
+//                    read once per 32 rows; a row's bits never depend on
+//                    the pass). Others: cuBLAS GemmEx, f32 accumulation
+//                    (CUBLAS_COMPUTE_32F: no TF32). f16/bf16 weights need
+//                    activations of their own type, so x is first rounded
+//                    to it: an error of the 16-bit format on the
+//                    activations that the CPU's matmul (f32 activations)
+//                    does not make; the tests state the tolerance.
 #pragma once
 
 #include <algorithm>
@@ -64,6 +70,16 @@ template <>
 struct Vec16<DType::F16> : Vec16Half<DType::F16> {};
 template <>
 struct Vec16<DType::BF16> : Vec16Half<DType::BF16> {};
+// Q8_0: 16 quants of one block (the scale is applied to their sum).
+template <>
+struct Vec16<DType::Q8_0> {
+  static constexpr int kValues = 16;
+  __device__ static void widen(const uint4& v, float* out) {
+    const auto* q = reinterpret_cast<const std::int8_t*>(&v);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) out[i] = float(q[i]);
+  }
+};
 
 // A lane's kLoads 16-byte weight loads of the slice starting at column
 // `base` (those inside the row), issued together: the read-only path, and
@@ -159,19 +175,33 @@ __device__ inline void slices_dot(const typename DeviceDType<D>::Storage* wr, co
         if (c >= cols) break;
         float wv[V];
         Vec16<D>::widen(raw[k], wv);
+        if constexpr (D == DType::Q8_0) {
+          const float scale = DeviceDType<D>::scale(wr, cols, c);
 #pragma unroll
-        for (int i = 0; i < N; ++i)
-          if (i < n) {
-            float xv[V];
-            load_x<V>(x + i * cols + c, xv);
+          for (int i = 0; i < N; ++i)
+            if (i < n) {
+              float xv[V];
+              load_x<V>(x + i * cols + c, xv);
+              float block = 0.0f;
 #pragma unroll
-            for (int e = 0; e < V; ++e) acc[i] = fmaf(wv[e], xv[e], acc[i]);
-          }
+              for (int e = 0; e < V; ++e) block = fmaf(wv[e], xv[e], block);
+              acc[i] = fmaf(block, scale, acc[i]);
+            }
+        } else {
+#pragma unroll
+          for (int i = 0; i < N; ++i)
+            if (i < n) {
+              float xv[V];
+              load_x<V>(x + i * cols + c, xv);
+#pragma unroll
+              for (int e = 0; e < V; ++e) acc[i] = fmaf(wv[e], xv[e], acc[i]);
+            }
+        }
       }
     } else {
       const std::int64_t end = base + kSlice < cols ? base + kSlice : cols;
       for (std::int64_t c = base + lane; c < end; c += 32) {
-        const float wv = DeviceDType<D>::load(wr, c);
+        const float wv = load_weight<D>(wr, cols, c);
 #pragma unroll
         for (int i = 0; i < N; ++i)
           if (i < n) acc[i] = fmaf(wv, x[i * cols + c], acc[i]);
@@ -209,7 +239,7 @@ __global__ void __launch_bounds__(kMaxBlockWarps * 32)
   const std::int64_t row0 = std::int64_t(std::int32_t(blockIdx.x) - first) * shape.block_rows;
   const std::int64_t r = row0 + warp / per_row;
   const bool live = r < rows;
-  const S* wr = static_cast<const S*>(part == 0 ? w : g.w[1]) + (live ? r : 0) * cols;
+  const S* wr = static_cast<const S*>(part == 0 ? w : g.w[1]) + (live ? r : 0) * row_stride<D>(cols);
   // The first slice's weights stream in while the kernel before finishes.
   uint4 raw[kLoads];
   if (live && vec) load_slice<D>(wr, cols, slice * slice_cols<D>(), lane, raw);
@@ -252,7 +282,9 @@ void launch_gemv(const MatrixView* ws, float* const* ys, int count, const float*
   const GemvShape shape = gemv_shape<D>(ws[0].cols, swiglu);
   GemvGroup g;
   g.count = count;
-  int vec = ws[0].cols % V == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 ? 1 : 0;
+  using S = typename DeviceDType<D>::Storage;
+  const bool rows_aligned = row_stride<D>(ws[0].cols) * std::int64_t(sizeof(S)) % 16 == 0;
+  int vec = rows_aligned && ws[0].cols % V == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 ? 1 : 0;
   std::int64_t blocks = 0;
   for (int m = 0; m < count; ++m) {
     g.w[m] = ws[m].data, g.y[m] = ys[m], g.rows[m] = ws[m].rows;
@@ -278,9 +310,30 @@ void gemv_rows(const MatrixView* ws, float* const* ys, int count, const float* x
 
 template <DType D>
 constexpr cudaDataType_t cuda_data_type() {
+  static_assert(D != DType::Q8_0, "cuBLAS has no Q8_0 type: Q8_0 takes the gemv at every pass size");
   if constexpr (D == DType::F32) return CUDA_R_32F;
   if constexpr (D == DType::F16) return CUDA_R_16F;
   return CUDA_R_16BF;
+}
+
+// y = x W^T through cuBLAS (n > kGemvRows): `scratch` holds x rounded to a
+// 16-bit weight type (grown on demand).
+template <DType D>
+void gemm_cublas(const MatrixView& w, const float* x, std::int64_t n, float* y, cublasHandle_t blas,
+                 DeviceBuffer<std::uint16_t>& scratch, cudaStream_t stream) {
+  const void* b = x;
+  if constexpr (D != DType::F32) {
+    scratch.reserve_discard(std::size_t(n * w.cols));
+    round_to<D>(reinterpret_cast<typename DeviceDType<D>::Storage*>(scratch.data()), x, n * w.cols, stream);
+    b = scratch.data();
+  }
+  // Column-major view: Y[rows x n] = op(W)[rows x cols] X[cols x n], W
+  // seen as its transpose [cols x rows] with leading dimension cols.
+  const float alpha = 1.0f, beta = 0.0f;
+  constexpr cudaDataType_t T = cuda_data_type<D>();
+  FASTINFER_CUBLAS_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(n), int(w.cols),
+                                      &alpha, w.data, T, int(w.cols), b, T, int(w.cols), &beta, y, CUDA_R_32F,
+                                      int(w.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace linear_detail
@@ -289,27 +342,19 @@ constexpr cudaDataType_t cuda_data_type() {
 inline void linear(const MatrixView& w, const float* x, std::int64_t n, float* y, cublasHandle_t blas,
                    DeviceBuffer<std::uint16_t>& scratch, cudaStream_t stream) {
   namespace ld = linear_detail;
+  check_device_weight(w);
   if (n <= 0) return;
   visit_device_dtype(w.dtype, [&](auto d) {
     constexpr DType D = decltype(d)::value;
-    if (n <= kGemvRows) {
-      float* const ys[1] = {y};
-      ld::gemv_rows<D>(&w, ys, 1, x, n, false, stream);
+    if (n <= kGemvRows || D == DType::Q8_0) {
+      // Q8_0 past 32 rows: the gemv, 32 rows at a time.
+      for (std::int64_t t = 0; t < n; t += kGemvRows) {
+        float* const ys[1] = {y + t * w.rows};
+        ld::gemv_rows<D>(&w, ys, 1, x + t * w.cols, std::min<std::int64_t>(kGemvRows, n - t), false, stream);
+      }
       return;
     }
-    const void* b = x;
-    if constexpr (D != DType::F32) {
-      scratch.reserve_discard(std::size_t(n * w.cols));
-      round_to<D>(reinterpret_cast<typename DeviceDType<D>::Storage*>(scratch.data()), x, n * w.cols, stream);
-      b = scratch.data();
-    }
-    // Column-major view: Y[rows x n] = op(W)[rows x cols] X[cols x n], W
-    // seen as its transpose [cols x rows] with leading dimension cols.
-    const float alpha = 1.0f, beta = 0.0f;
-    constexpr cudaDataType_t T = ld::cuda_data_type<D>();
-    FASTINFER_CUBLAS_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(n), int(w.cols), &alpha,
-                                        w.data, T, int(w.cols), b, T, int(w.cols), &beta, y, CUDA_R_32F,
-                                        int(w.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if constexpr (D != DType::Q8_0) ld::gemm_cublas<D>(w, x, n, y, blas, scratch, stream);
   });
 }
 
@@ -320,6 +365,7 @@ inline void linear(const MatrixView& w, const float* x, std::int64_t n, float* y
 inline void linear_group(const MatrixView* ws, float* const* ys, int count, const float* x, std::int64_t n,
                          cublasHandle_t blas, DeviceBuffer<std::uint16_t>& scratch, cudaStream_t stream) {
   namespace ld = linear_detail;
+  for (int m = 0; m < count; ++m) check_device_weight(ws[m]);
   bool one_launch = n > 0 && n <= kGemvRows && count >= 1 && count <= ld::kMaxGroup;
   for (int m = 1; one_launch && m < count; ++m)
     one_launch = ws[m].dtype == ws[0].dtype && ws[m].cols == ws[0].cols;
@@ -344,6 +390,8 @@ inline void linear_swiglu(const MatrixView& gate, const MatrixView& up, const fl
   FASTINFER_CHECK(gate.rows == up.rows && gate.cols == up.cols && gate.dtype == up.dtype, InvalidArgument,
                   "linear_swiglu: gate [", gate.rows, " x ", gate.cols, "] and up [", up.rows, " x ", up.cols,
                   "] differ in shape or type");
+  check_device_weight(gate);
+  check_device_weight(up);
   if (n <= 0) return;
   if (n > kGemvRows) {
     up_scratch.reserve_discard(std::size_t(n * up.rows));
