@@ -176,7 +176,7 @@ void BM_PassMatmul(benchmark::State& state) {
   state.SetLabel(std::string(dtype_name(dt)) + " " + cpu::float_kernel_isa());
 }
 BENCHMARK(BM_PassMatmul)
-    ->ArgsProduct({{0, 1}, {1, 2, 4, 8, 16, 32}, {1}})
+    ->ArgsProduct({{0, 1}, {1, 2, 4, 8, 16, 32}, {1, 2}})
     ->ArgNames({"dtype", "n", "threads"})
     ->Unit(benchmark::kMillisecond);
 
