@@ -308,7 +308,6 @@ TEST_CASE("fastinfer-generate: FASTINFER_BATCH_INVARIANT=1 is reported and a bad
   CHECK(nlohmann::json::parse(stats.err).at("batch_invariant") == true);
   CHECK(bad.code == 2);
   CHECK(bad.err ==
-        "fastinfer-generate: error: FASTINFER_BATCH_INVARIANT=yes: unknown batch invariance setting (choose "
-        "0 or "
-        "1)\n");
+        "fastinfer-generate: error: FASTINFER_BATCH_INVARIANT=yes: unknown batch invariance setting "
+        "(choose 0 or 1)\n");
 }

@@ -81,8 +81,6 @@ MatrixView host_matrix(DType dtype, const std::vector<float>& v, std::int64_t ro
   return MatrixView{dtype, keep.back().data(), rows, cols};
 }
 
-std::string_view dtype_label(DType d) { return dtype_name(d); }
-
 // The f32 values a host matrix of any dtype stores, row-major.
 std::vector<float> stored_values(const MatrixView& h) {
   std::vector<float> out(std::size_t(h.rows * h.cols));
@@ -131,7 +129,7 @@ TEST_CASE("cuda: embed rmsnorm rope swiglu add copy_rows match the CPU backend",
     const auto table = randoms(std::size_t(V * C), 1);
     const std::vector<std::int32_t> tokens = {3, 0, 49, 7, 3};
     for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
-      INFO(dtype_label(dt));
+      INFO(dtype_name(dt));
       std::vector<std::vector<std::uint16_t>> keep;
       const MatrixView h = host_matrix(dt, table, V, C, keep);
       const MatrixView d = gpu.upload(h, owners);
@@ -217,7 +215,7 @@ TEST_CASE("cuda: linear matches the CPU backend for f32 f16 bf16 weights, gemv a
       const MatrixView h = host_matrix(dt, wv, s.rows, s.cols, keep);
       const MatrixView d = gpu.upload(h, owners);
       for (std::int64_t n : {1, 2, 3, 9, 17, 32, 33}) {
-        INFO(dtype_label(dt) << " [" << s.rows << "][" << s.cols << "], " << n << " rows");
+        INFO(dtype_name(dt) << " [" << s.rows << "][" << s.cols << "], " << n << " rows");
         const auto x = randoms(std::size_t(n * s.cols), 8);
         std::vector<float> ref(std::size_t(n * s.rows));
         cpu.linear(h, x.data(), n, ref.data());
@@ -232,8 +230,7 @@ TEST_CASE("cuda: linear matches the CPU backend for f32 f16 bf16 weights, gemv a
           CHECK(to_host(gpu, y1, std::size_t(s.rows)) == std::vector<float>(got.begin(), got.begin() + s.rows));
         }
         // The scale of each output: sum_k |w_k x_k|, with the weights as stored.
-        std::vector<float> wf(wv.size());
-        for (std::int64_t r = 0; r < s.rows; ++r) cpu::load_row(dt, h.row_ptr(r), wf.data() + r * s.cols, s.cols);
+        const std::vector<float> wf = stored_values(h);
         const bool rounded = n > cuda::kGemvRows && dt != DType::F32;
         const double rel = !rounded ? 1e-5 : dt == DType::F16 ? 1e-3 : 8e-3;
         for (std::int64_t i = 0; i < n; ++i)
@@ -321,7 +318,7 @@ TEST_CASE("cuda: the fused verbs give the bits of the calls they replace", "[cud
       const MatrixView third =
           gpu.upload(host_matrix(dt, randoms(std::size_t(40 * cols), 23), 40, cols, keep), owners);
       for (std::int64_t n : {1, 3, 17, 32, 33}) {
-        INFO(dtype_label(dt) << ", cols " << cols << ", " << n << " rows");
+        INFO(dtype_name(dt) << ", cols " << cols << ", " << n << " rows");
         auto x = to_device(gpu, randoms(std::size_t(n * cols), 24, -2.0f, 2.0f));
         const std::size_t out = std::size_t(n * rows);
         auto g1 = gpu.allocate<float>(out), u1 = gpu.allocate<float>(out), t1 = gpu.allocate<float>(std::size_t(n * 40));
