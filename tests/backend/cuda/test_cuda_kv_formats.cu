@@ -13,8 +13,9 @@
 //                                         values are identical; f32 sums in another order),
 //     f16 also on tensor cores (attention_mma.cuh)            the same 2e-5: q and the softmax
 //                                         weights enter the MMAs as two f16 parts each
-// Shapes: head_dim 8, 24 (int4: one group per head), 64, 128 (int4: groups
-// of 32), block sizes 1 and 16, GQA 6:2, 2 layers; the byte case adds rows
+// Shapes: head_dim 8, 24, 40 and (attention) 80 (int4: one group per head,
+// also above 32), 64, 128 (int4: groups of 32), block sizes 1 and 16, GQA
+// 6:2, 2 layers; the byte case adds rows
 // that reach the encoders' corners (all zero, constant, ties, signed zeros,
 // an outlier, tiny values).
 #include <catch2/catch.hpp>
@@ -190,11 +191,6 @@ TEST_CASE("cuda kv formats: make_kv_store takes every format, with the CPU store
       INFO(kv::quant_name(quant) << ", head_dim " << d);
       const kv::KVCacheConfig cfg = store_config(d, 16, 8);
       const KVOptions o = store_options(quant, 16);
-      if (quant == kv::QuantKind::Int4 && d == 40) {  // one group of 40: the kernel's loads lack head_dim
-        CHECK_THROWS_WITH(gpu.make_kv_store(o, cfg),
-                          Catch::Contains("'int4' with head_dim 40 is not yet supported"));
-        continue;
-      }
       const auto c = cpu::make_kv_store(o, cfg);
       const auto g = gpu.make_kv_store(o, cfg);
       CHECK(g->quant_name() == c->quant_name());
@@ -209,7 +205,7 @@ TEST_CASE("cuda kv formats: appends store the CPU's codes and parameters byte fo
   FASTINFER_REQUIRE_CUDA();
   CudaBackend gpu;
   for (kv::QuantKind quant : kFormats)
-    for (int d : {8, 24, 64, 128})
+    for (int d : {8, 24, 40, 64, 128})
       for (int bs : {1, 16}) {
         INFO(kv::quant_name(quant) << ", head_dim " << d << ", block size " << bs);
         const int num_blocks = 160 / bs + 8;
@@ -241,7 +237,7 @@ TEST_CASE("cuda kv formats: attention, copy-on-write, rollback and swaps match t
   FASTINFER_REQUIRE_CUDA();
   CudaBackend gpu;
   for (kv::QuantKind quant : kFormats)
-    for (int d : {8, 24, 64, 128})
+    for (int d : {8, 24, 40, 64, 80, 128})
       for (int bs : {1, 16})
         for (const AttentionKernel kernel : attention_kernels(quant, d)) {
           INFO(kv::quant_name(quant) << ", head_dim " << d << ", block size " << bs << ", "

@@ -106,10 +106,11 @@ template <typename Quant>
 __device__ inline void load_row8(const std::uint8_t* codes, const float* params, int j0, int d, bool vec,
                                  float* out) {
   if (vec) {
-    DeviceKVFormat<Quant>::load8(codes, params, j0, out);
+    DeviceKVFormat<Quant>::load8(codes, params, j0, d, out);
   } else {
 #pragma unroll
-    for (int e = 0; e < kLaneDims; ++e) out[e] = j0 + e < d ? DeviceKVFormat<Quant>::load(codes, params, j0 + e) : 0.0f;
+    for (int e = 0; e < kLaneDims; ++e)
+      out[e] = j0 + e < d ? DeviceKVFormat<Quant>::load(codes, params, j0 + e, d) : 0.0f;
   }
 }
 

@@ -10,9 +10,10 @@
 
 #include <cuda_runtime.h>
 
+#include "fastinfer/backend/cuda/block_reduce.cuh"
 #include "fastinfer/backend/cuda/cuda_check.cuh"
-#include "fastinfer/backend/cuda/launch.cuh"
 #include "fastinfer/backend/cuda/dtype.cuh"
+#include "fastinfer/backend/cuda/launch.cuh"
 #include "fastinfer/core/rope_style.hpp"
 
 namespace fastinfer::cuda {
@@ -23,19 +24,6 @@ constexpr int kThreads = 256;
 
 inline unsigned blocks_for(std::int64_t n, int threads = kThreads) {
   return unsigned((n + threads - 1) / threads);
-}
-
-// Sum over the block; every thread gets the total. `red` holds 32 floats.
-__device__ inline float block_sum(float v, float* red) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  __syncthreads();  // red may still be read by a previous call
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  const int warps = int(blockDim.x + 31) / 32;
-  v = lane < warps ? red[lane] : 0.0f;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 template <DType D>
@@ -83,7 +71,7 @@ __global__ void rmsnorm_kernel(float* out, float* x, const float* delta, const s
     float ss = 0.0f;
 #pragma unroll
     for (int k = 0; k < kRmsPerThread; ++k) ss += xv[k] * xv[k];
-    ss = block_sum(ss, red);
+    ss = block_reduce(ss, SumOp{}, 0.0f, red);
     const float scale = 1.0f / sqrtf(ss / float(dim) + eps);
 #pragma unroll
     for (int k = 0; k < kRmsPerThread; ++k) {
@@ -97,7 +85,7 @@ __global__ void rmsnorm_kernel(float* out, float* x, const float* delta, const s
     if (dr) xr[i] += dr[i];  // this thread reads xr[i] again below
     ss += xr[i] * xr[i];
   }
-  ss = block_sum(ss, red);
+  ss = block_reduce(ss, SumOp{}, 0.0f, red);
   const float scale = 1.0f / sqrtf(ss / float(dim) + eps);
   for (int i = threadIdx.x; i < dim; i += step) o[i] = weight[i] * (scale * xr[i]);
 }

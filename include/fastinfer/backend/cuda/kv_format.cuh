@@ -3,10 +3,12 @@
 // `codes` its head_dim codes, `params` its params_per_row floats in the
 // parallel parameter arena (none for the float formats).
 //
-//   load(codes, params, j)         value j of the row, as QuantTraits::decode
+//   load(codes, params, j, head_dim)
+//                                  value j of the row, as QuantTraits::decode
 //                                  computes it (same float, bit for bit; for
 //                                  Int4 see below)
-//   load8(codes, params, j0, out)  values j0..j0+7 (j0 a multiple of 8): one
+//   load8(codes, params, j0, head_dim, out)
+//                                  values j0..j0+7 (j0 a multiple of 8): one
 //                                  vector load of codes; the attention
 //                                  kernels read K and V this way when
 //                                  head_dim is a multiple of 8
@@ -31,41 +33,25 @@
 // which --use_fast_math implies): flushed, tiny rows would encode apart.
 //
 // Int4 groups: QuantTraits<Int4> groups 32 values when 32 divides head_dim,
-// else the whole head. load / load8 do not get head_dim, so they take a
-// value's group as j / 32: right for every head_dim that is a multiple of 32
-// or at most 32. CudaKVStore<Int4> refuses the other head sizes (40, 72, 80,
-// ...) until the attention kernel passes head_dim (then group_of below takes
-// it). Int4's value scale * q + min is one fused multiply-add here: what the
-// CPU's AVX2 / AVX-512 kernels compute (_mm512_fmadd_ps), and what g++
-// makes of QuantTraits<Int4>::decode when the target has FMA (it contracts
-// the expression, -march=native and -std=c++17 alike). A host build without
-// FMA rounds the product first: then the two differ by at most an ulp.
+// else the whole head (40, 72, 80: one group), so load / load8 take the
+// row's head_dim (the other formats ignore it). Int4's value scale * q + min
+// is one fused multiply-add here: what the CPU's AVX2 / AVX-512 kernels
+// compute (_mm512_fmadd_ps), and what g++ makes of QuantTraits<Int4>::decode
+// when the target has FMA (it contracts the expression, -march=native and
+// -std=c++17 alike). A host build without FMA rounds the product first: then
+// the two differ by at most an ulp.
 #pragma once
 
 #include <cstdint>
 
 #include <cuda_fp16.h>
 
+#include "fastinfer/backend/cuda/block_reduce.cuh"
 #include "fastinfer/kv/kv_quant.hpp"
 
 namespace fastinfer::cuda {
 
 namespace kv_format_detail {
-
-constexpr unsigned kFullMask = 0xffffffffu;
-
-__device__ inline float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
-}
-__device__ inline float warp_min(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
-}
-__device__ inline int warp_min(int v) {
-  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
-}
 
 // cpu: f32_to_bf16 (core/dtype.hpp).
 __device__ inline std::uint16_t f32_to_bf16(float f) {
@@ -147,7 +133,7 @@ __device__ inline void encode_scaled_row(const float* x, int d, std::uint8_t* co
   const int lane = int(threadIdx.x) % 32;
   float amax = 0.0f;
   for (int j = lane; j < d; j += 32) amax = fmaxf(amax, fabsf(x[j]));
-  amax = warp_max(amax);
+  amax = warp_reduce(amax, MaxOp{});
   const float scale = __fdiv_rn(amax, code_max);
   const float inv = scale > 0.0f ? __fdiv_rn(1.0f, scale) : 0.0f;
   for (int j = lane; j < d; j += 32) codes[j] = Enc(__fmul_rn(x[j], inv));
@@ -171,10 +157,10 @@ struct DeviceKVFormat {
 
 template <>
 struct DeviceKVFormat<kv::F32> {
-  __device__ static float load(const std::uint8_t* codes, const float*, int j) {
+  __device__ static float load(const std::uint8_t* codes, const float*, int j, int) {
     return reinterpret_cast<const float*>(codes)[j];
   }
-  __device__ static void load8(const std::uint8_t* codes, const float*, int j0, float* out) {
+  __device__ static void load8(const std::uint8_t* codes, const float*, int j0, int, float* out) {
     const float4* p = reinterpret_cast<const float4*>(codes + 4 * j0);
     const float4 a = p[0], b = p[1];
     out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
@@ -187,10 +173,10 @@ struct DeviceKVFormat<kv::F32> {
 
 template <>
 struct DeviceKVFormat<kv::F16> {
-  __device__ static float load(const std::uint8_t* codes, const float*, int j) {
+  __device__ static float load(const std::uint8_t* codes, const float*, int j, int) {
     return __half2float(reinterpret_cast<const __half*>(codes)[j]);
   }
-  __device__ static void load8(const std::uint8_t* codes, const float*, int j0, float* out) {
+  __device__ static void load8(const std::uint8_t* codes, const float*, int j0, int, float* out) {
     const uint4 v = *reinterpret_cast<const uint4*>(codes + 2 * j0);
     const __half2* h = reinterpret_cast<const __half2*>(&v);
 #pragma unroll
@@ -207,10 +193,10 @@ struct DeviceKVFormat<kv::F16> {
 
 template <>
 struct DeviceKVFormat<kv::BF16> {
-  __device__ static float load(const std::uint8_t* codes, const float*, int j) {
+  __device__ static float load(const std::uint8_t* codes, const float*, int j, int) {
     return kv_format_detail::bf16_to_f32(reinterpret_cast<const std::uint16_t*>(codes)[j]);
   }
-  __device__ static void load8(const std::uint8_t* codes, const float*, int j0, float* out) {
+  __device__ static void load8(const std::uint8_t* codes, const float*, int j0, int, float* out) {
     const uint4 v = *reinterpret_cast<const uint4*>(codes + 2 * j0);
     const std::uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -225,10 +211,10 @@ struct DeviceKVFormat<kv::BF16> {
 // Int8, FP8E4M3, FP8E5M2: scale * code, the scale per row.
 template <float (*Dec)(std::uint32_t), std::uint8_t (*Enc)(float), typename Quant>
 struct DeviceScaledByteFormat {
-  __device__ static float load(const std::uint8_t* codes, const float* params, int j) {
+  __device__ static float load(const std::uint8_t* codes, const float* params, int j, int) {
     return __fmul_rn(params[0], Dec(codes[j]));
   }
-  __device__ static void load8(const std::uint8_t* codes, const float* params, int j0, float* out) {
+  __device__ static void load8(const std::uint8_t* codes, const float* params, int j0, int, float* out) {
     std::uint32_t b[8];
     kv_format_detail::load8_bytes(codes, j0, b);
     const float s = params[0];
@@ -261,19 +247,17 @@ struct DeviceKVFormat<kv::Int4> {
   __device__ static int byte_of(int j) { return (j / 8) * 4 + (j % 4); }
   // A value's group given head_dim.
   __device__ static int group_of(int j, int head_dim) { return j / group_size(head_dim); }
-  // A value's group when head_dim is a multiple of 32 or at most 32 (see the
-  // top of this file).
-  __device__ static int group_of(int j) { return j / 32; }
 
-  __device__ static float load(const std::uint8_t* codes, const float* params, int j) {
+  __device__ static float load(const std::uint8_t* codes, const float* params, int j, int head_dim) {
     const std::uint32_t b = codes[byte_of(j)];
     const std::uint32_t q = (j % 8) >= 4 ? b >> 4 : b & 0xfu;
-    const float* p = params + 2 * group_of(j);
+    const float* p = params + 2 * group_of(j, head_dim);
     return __fmaf_rn(p[0], float(q), p[1]);
   }
-  __device__ static void load8(const std::uint8_t* codes, const float* params, int j0, float* out) {
+  __device__ static void load8(const std::uint8_t* codes, const float* params, int j0, int head_dim,
+                               float* out) {
     const std::uint32_t w = *reinterpret_cast<const std::uint32_t*>(codes + j0 / 2);
-    const float* p = params + 2 * group_of(j0);  // a run of 8 never straddles a group
+    const float* p = params + 2 * group_of(j0, head_dim);  // a run of 8 never straddles a group
     const float s = p[0], mn = p[1];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -295,14 +279,14 @@ struct DeviceKVFormat<kv::Int4> {
     for (int g0 = 0; g0 < d; g0 += g) {
       float mn = INFINITY, mx = -INFINITY;
       for (int j = g0 + lane; j < g0 + g; j += 32) mn = fminf(mn, x[j]), mx = fmaxf(mx, x[j]);
-      mn = kd::warp_min(mn);
-      mx = kd::warp_max(mx);
+      mn = warp_reduce(mn, MinOp{});
+      mx = warp_reduce(mx, MaxOp{});
       int first_lo = kNone, first_hi = kNone;
       for (int j = g0 + lane; j < g0 + g; j += 32) {
         if (first_lo == kNone && x[j] == mn) first_lo = j;
         if (first_hi == kNone && x[j] == mx) first_hi = j;
       }
-      const float lo = x[kd::warp_min(first_lo)], hi = x[kd::warp_min(first_hi)];
+      const float lo = x[warp_reduce(first_lo, MinOp{})], hi = x[warp_reduce(first_hi, MinOp{})];
       const float scale = __fdiv_rn(__fsub_rn(hi, lo), 15.0f);
       const float inv = scale > 0.0f ? __fdiv_rn(1.0f, scale) : 0.0f;
       // g0 and each j0 are multiples of 32, so j % 8 == lane % 8 and value
@@ -311,7 +295,7 @@ struct DeviceKVFormat<kv::Int4> {
         const int j = j0 + lane;
         int q = 0;
         if (j < g0 + g) q = int(rintf(fminf(fmaxf(__fmul_rn(__fsub_rn(x[j], lo), inv), 0.0f), 15.0f)));
-        const int q_high = __shfl_down_sync(kd::kFullMask, q, 4);
+        const int q_high = __shfl_down_sync(kFullWarp, q, 4);
         if (j < g0 + g && lane % 8 < 4) codes[byte_of(j)] = std::uint8_t(q | (q_high << 4));
       }
       if (lane == 0) params[2 * (g0 / g)] = scale, params[2 * (g0 / g) + 1] = lo;

@@ -14,9 +14,7 @@
 //
 // Not yet supported on cuda (each refused with a one-line error at
 // construction or at the verb): the window layout (the kernel has no
-// window/sink masking yet), int4 at a head size above 32 that 32 does not
-// divide (the attention kernel's loads do not get head_dim; kv_format.cuh),
-// KV presses (observe_queries/compress).
+// window/sink masking yet), KV presses (observe_queries/compress).
 // Cross-layer sharing works as on the CPU (KV layer = layer / group).
 #pragma once
 
@@ -92,9 +90,6 @@ class CudaKVStore final : public KVStore {
                     "KV layout 'window' is not yet supported on cuda (use paged or contiguous)");
     FASTINFER_CHECK(share_layers >= 1, InvalidArgument, "KVOptions: share_layers must be at least 1, got ",
                     share_layers);
-    FASTINFER_CHECK((!std::is_same_v<Quant, kv::Int4> || cfg_.head_dim <= 32 || cfg_.head_dim % 32 == 0),
-                    InvalidArgument, "KV format 'int4' with head_dim ", cfg_.head_dim,
-                    " is not yet supported on cuda (int4 needs head_dim <= 32 or a multiple of 32 there)");
     row_bytes_ = std::int64_t(QT::code_bytes(cfg_.head_dim));
     head_stride_ = std::int64_t(cfg_.block_size) * row_bytes_;
     layer_stride_ = 2 * std::int64_t(cfg_.n_kv_heads) * head_stride_;
