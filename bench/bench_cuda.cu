@@ -10,6 +10,8 @@
 //   BM_CudaPagedDecodeAttention  64 sequences x 4096 tokens, f16 KV, 32 query /
 //                                8 KV heads of 128: KV GB/s and fraction of HBM
 //                                peak (bar: 0.80)
+//   BM_CudaSampleRows            1 and 64 rows of 32000 logits sampled on the
+//                                device against copied back and sampled on the host
 // Decode and attention run twice: /0 the f32 attention kernel, /1 f16 KV on
 // tensor cores (attention_mma.cuh).
 // HBM peak is the device's memory clock x bus width x 2; the measured
@@ -26,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/backend/cuda/cuda_backend.cuh"
 #include "fastinfer/model/gguf_loader.hpp"
 #include "fastinfer/model/llama_model.hpp"
@@ -227,6 +230,61 @@ BENCHMARK(BM_CudaGemv)
     ->Args({32000, 2048, 1})
     ->Args({5632, 2048, 8})
     ->Args({5632, 2048, 32});
+
+// Sampling a batch of rows (vocab 32000, temperature 0.8, top-k 40 and
+// top-p 0.9; arg 1: temperature 1 and no filter): on the device
+// (CudaBackend::sample_rows, a token per row comes back) against what the
+// backend did before, every row copied to the host and drawn by the CPU
+// sampler. Arg 0: rows; arg 1: filter off; arg 2: 1 = host path.
+void BM_CudaSampleRows(benchmark::State& state) {
+  const std::int64_t n = state.range(0), vocab = 32000;
+  const bool plain = state.range(1) != 0, on_host = state.range(2) != 0;
+  CudaBackend b;
+  std::vector<float> host(std::size_t(n * vocab));
+  std::mt19937 rng(4);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (float& x : host) x = normal(rng);
+  auto logits = b.allocate<float>(host.size());
+  cuda::copy_to_device(logits.data(), host.data(), host.size(), b.stream());
+  std::vector<std::int32_t> rows(std::size_t(n)), tokens(std::size_t(n));
+  std::vector<SamplingParams> params(
+      std::size_t(n), plain ? SamplingParams{1.0f, 0, 1.0f, 1} : SamplingParams{0.8f, 40, 0.9f, 1});
+  std::vector<std::uint64_t> indices(std::size_t(n));
+  for (std::int64_t i = 0; i < n; ++i)
+    rows[std::size_t(i)] = std::int32_t(i), params[std::size_t(i)].seed = 7 + i;
+  std::vector<float> row_host(std::size_t(vocab));
+  cpu::SamplerWorkspace ws(vocab);
+  std::uint64_t step = 0;
+  for (auto _ : state) {
+    for (auto& index : indices) index = step;
+    ++step;
+    state.SetIterationTime(timed(b, [&] {
+      if (!on_host) {
+        b.sample_rows(logits.data(), vocab, rows.data(), n, params.data(), indices.data(), tokens.data());
+        return;
+      }
+      for (std::int64_t i = 0; i < n; ++i) {
+        cuda::copy_to_host(row_host.data(), logits.data() + i * vocab, std::size_t(vocab), b.stream());
+        tokens[std::size_t(i)] =
+            cpu::sample_at_index(row_host.data(), vocab, params[std::size_t(i)], indices[std::size_t(i)], ws);
+      }
+    }));
+    benchmark::DoNotOptimize(tokens.data());
+  }
+  state.counters["rows/s"] =
+      benchmark::Counter(double(n) * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_CudaSampleRows)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->Iterations(50)
+    ->ArgNames({"rows", "plain", "host"})
+    ->Args({1, 0, 0})
+    ->Args({1, 0, 1})
+    ->Args({64, 0, 0})
+    ->Args({64, 0, 1})
+    ->Args({64, 1, 0})
+    ->Args({64, 1, 1});
 
 }  // namespace
 

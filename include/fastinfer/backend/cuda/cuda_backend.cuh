@@ -21,7 +21,6 @@
 #include <cuda_runtime.h>
 
 #include "fastinfer/backend/backend.hpp"
-#include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/backend/cuda/argmax.cuh"
 #include "fastinfer/backend/cuda/cuda_check.cuh"
 #include "fastinfer/backend/cuda/cuda_context.cuh"
@@ -30,8 +29,10 @@
 #include "fastinfer/backend/cuda/elementwise.cuh"
 #include "fastinfer/backend/cuda/kv_store.cuh"
 #include "fastinfer/backend/cuda/linear.cuh"
+#include "fastinfer/backend/cuda/sampling.cuh"
 #include "fastinfer/core/argmax.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/philox.hpp"
 #include "fastinfer/core/rope_style.hpp"
 #include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/core/tensor.hpp"
@@ -182,37 +183,40 @@ class CudaBackend {
       detail::check_max(r.has_nan ? std::numeric_limits<float>::quiet_NaN() : r.value);
     for (std::int64_t i = 0; i < n; ++i) tokens[i] = s_->argmax_host[std::size_t(i)].index;
   }
-  // Greedy rows (temperature 0) go to argmax_rows in one launch; a sampled
-  // row still comes back whole (vocab floats) and the host sampler picks
-  // from it, so its token is the CPU backend's for the same logits (top-k /
-  // top-p with the Philox coin on the device is on the CUDA issue's list).
+  // Every row in one launch (cuda/sampling.cuh): greedy rows take the first
+  // maximum, sampled ones are drawn on the device with the Philox coin the
+  // CPU draws with, so only a token per row comes back. The token equals the
+  // CPU backend's except within float rounding of a boundary between two
+  // tokens (sampling.cuh says where). Every row is checked before any token
+  // is written.
   void sample_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
                    const SamplingParams* params, const std::uint64_t* token_indices, std::int32_t* tokens) {
-    for (std::int64_t i = 0; i < n; ++i) validate(params[i]);
-    s_->greedy_rows.clear(), s_->greedy_at.clear();
-    for (std::int64_t i = 0; i < n; ++i)
-      if (params[i].temperature == 0.0f) s_->greedy_rows.push_back(rows[i]), s_->greedy_at.push_back(i);
-    s_->greedy_tokens.resize(s_->greedy_rows.size());
-    argmax_rows(logits, vocab, s_->greedy_rows.data(), std::int64_t(s_->greedy_rows.size()),
-                s_->greedy_tokens.data());
-    std::size_t g = 0;
+    if (n <= 0) return;
+    detail::check_logits_size(vocab);
+    std::vector<cuda::SampleRequest>& requests = s_->sample_requests;
+    requests.resize(std::size_t(n));
     for (std::int64_t i = 0; i < n; ++i) {
-      if (g < s_->greedy_at.size() && s_->greedy_at[g] == i) {
-        tokens[i] = s_->greedy_tokens[g++];
-        continue;
-      }
-      tokens[i] = cpu::sample_at_index(host_row_(logits, vocab, rows[i]), vocab, params[i], token_indices[i],
-                                       s_->sampler_ws);
+      const SamplingParams& p = params[i];
+      validate(p);
+      // 1 / T overflows only for a subnormal T: its limit, greedy.
+      const float inv_t = p.temperature == 0.0f ? 0.0f : 1.0f / p.temperature;
+      requests[std::size_t(i)] = {rows[i], std::isfinite(inv_t) ? inv_t : 0.0f, p.top_k, p.top_p,
+                                  uniform_float(p.seed, RandomStream::Sampling, token_indices[i])};
     }
+    const cuda::SampleRequest* d = cuda::stage(s_->requests, requests.data(), requests.size(), stream());
+    s_->samples.reserve_discard(std::size_t(n));
+    cuda::sample_rows(logits, vocab, d, n, s_->samples.data(), stream());
+    s_->samples_host.resize(std::size_t(n));
+    cuda::copy_to_host(s_->samples_host.data(), s_->samples.data(), std::size_t(n), stream());
+    for (const cuda::RowSample& r : s_->samples_host) {
+      detail::check_max(r.has_nan ? std::numeric_limits<float>::quiet_NaN() : r.max);
+      FASTINFER_CHECK(r.token >= 0 && r.token < vocab, Error, "cuda sample_rows: no token drawn (got ",
+                      r.token, ")");
+    }
+    for (std::int64_t i = 0; i < n; ++i) tokens[i] = s_->samples_host[std::size_t(i)].token;
   }
 
  private:
-  const float* host_row_(const float* logits, std::int64_t vocab, std::int32_t row) {
-    s_->row_host.resize(std::size_t(vocab));
-    cuda::copy_to_host(s_->row_host.data(), logits + std::int64_t(row) * vocab, std::size_t(vocab), stream());
-    return s_->row_host.data();
-  }
-
   // RoPE angles for positions 0..highest, computed on the host as cpu::rope's
   // table is (core's rope_angle, then f32 std::cos and std::sin) so both
   // backends rotate by the same bits; rebuilt when the shape changes, doubled when
@@ -252,10 +256,10 @@ class CudaBackend {
     std::vector<std::int32_t> pos_staged;  // what `positions` holds
     Buffer<cuda::RowArgmax> argmax;     // argmax_rows: one result per row
     std::vector<cuda::RowArgmax> argmax_host;
-    std::vector<std::int32_t> greedy_rows, greedy_tokens;  // sample_rows' greedy rows
-    std::vector<std::int64_t> greedy_at;                   // ... and where they sit in its call
-    std::vector<float> row_host;        // sample_rows: one sampled logits row
-    cpu::SamplerWorkspace sampler_ws;
+    Buffer<cuda::SampleRequest> requests;  // sample_rows: one request and one result per row
+    Buffer<cuda::RowSample> samples;
+    std::vector<cuda::SampleRequest> sample_requests;
+    std::vector<cuda::RowSample> samples_host;
   };
 
   std::shared_ptr<cuda::CudaContext> ctx_;
