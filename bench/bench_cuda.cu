@@ -240,19 +240,20 @@ void BM_CudaSampleRows(benchmark::State& state) {
   const std::int64_t n = state.range(0), vocab = 32000;
   const bool plain = state.range(1) != 0, on_host = state.range(2) != 0;
   CudaBackend b;
-  std::vector<float> host(std::size_t(n * vocab));
+  const std::size_t rows_n = std::size_t(n), vocab_n = std::size_t(vocab);
+  std::vector<float> host(rows_n * vocab_n);
   std::mt19937 rng(4);
   std::normal_distribution<float> normal(0.0f, 2.0f);
   for (float& x : host) x = normal(rng);
   auto logits = b.allocate<float>(host.size());
   cuda::copy_to_device(logits.data(), host.data(), host.size(), b.stream());
-  std::vector<std::int32_t> rows(std::size_t(n)), tokens(std::size_t(n));
+  std::vector<std::int32_t> rows(rows_n), tokens(rows_n);
   std::vector<SamplingParams> params(
-      std::size_t(n), plain ? SamplingParams{1.0f, 0, 1.0f, 1} : SamplingParams{0.8f, 40, 0.9f, 1});
-  std::vector<std::uint64_t> indices(std::size_t(n));
+      rows_n, plain ? SamplingParams{1.0f, 0, 1.0f, 1} : SamplingParams{0.8f, 40, 0.9f, 1});
+  std::vector<std::uint64_t> indices(rows_n);
   for (std::int64_t i = 0; i < n; ++i)
     rows[std::size_t(i)] = std::int32_t(i), params[std::size_t(i)].seed = 7 + i;
-  std::vector<float> row_host(std::size_t(vocab));
+  std::vector<float> row_host(vocab_n);
   cpu::SamplerWorkspace ws(vocab);
   std::uint64_t step = 0;
   for (auto _ : state) {

@@ -454,13 +454,78 @@ TEST_CASE("guarded backend: an engine's swaps and copy-on-write go through the K
   LlamaModel<> ref(w, o);
   LlamaModel<GuardedBackend> guarded(w, o, GuardedBackend(guard));
   const auto expected = run(ref);
+  const long copies = guard->calls["to_host"];
   const auto got = run(guarded);
   CHECK(got == expected);
+  // Without speculation no step reads a logits row on the host: the engine
+  // leaves them on the backend (forward_to_sample) and gets a token per row.
+  CHECK(guard->calls["to_host"] == copies);
   CHECK(guard->calls["kv.swap_out"] > 0);
   CHECK(guard->calls["kv.swap_in"] > 0);
   CHECK(guard->calls["kv.copy_blocks"] > 0);
   CHECK(guard->calls["sample_rows"] > 0);
   REQUIRE_FALSE(guard->is_open());
+}
+
+TEST_CASE(
+    "guarded backend: greedy and coupled speculation verify from the backend's picks and copy no row out",
+    "[backend][engine][spec]") {
+  LlamaConfig c = synthetic_config("tiny");
+  c.n_layers = 2;
+  c.max_seq_len = 96;
+  const LlamaWeights w = make_synthetic(c, DType::F32, 5);
+  const ModelOptions o = one_thread_paged(16);
+  // Prompts that say a phrase twice: prompt lookup drafts its continuation.
+  std::vector<sched::Request> reqs;
+  for (int i = 0; i < 6; ++i) {
+    sched::Request r;
+    r.prompt = {1};
+    for (int rep = 0; rep < 2; ++rep)
+      for (int k = 0; k < 5; ++k) r.prompt.push_back(std::int32_t(30 + 7 * i + k));
+    r.max_new_tokens = 20;
+    r.sampling.seed = 60 + std::uint64_t(i);
+    reqs.push_back(r);
+  }
+  engine::RequestSpec lookup;
+  lookup.drafter = engine::SpecDrafter::PromptLookup;
+  lookup.k = 3;
+  // rule 0: greedy; 1: sampled, coupled (the default); 2: sampled, Exact.
+  // A cold temperature: this random model's drafts are then often kept.
+  for (int rule = 0; rule < 3; ++rule) {
+    INFO("rule " << rule);
+    engine::EngineConfig cfg;
+    cfg.spec.policy = engine::SpecAlways{};
+    if (rule == 2) cfg.spec.sampled_rule = speculative::AcceptanceRule::Exact;
+    for (auto& r : reqs) r.sampling.temperature = rule == 0 ? 0.0f : 0.05f;
+    auto run = [&](auto& model, const engine::RequestSpec& spec) {
+      engine::Engine<std::remove_reference_t<decltype(model.backend())>> e(model, cfg);
+      std::vector<sched::RequestId> ids;
+      for (const auto& r : reqs) ids.push_back(e.submit(r, spec));
+      while (e.step()) {
+      }
+      std::vector<std::vector<std::int32_t>> out;
+      for (auto id : ids) out.push_back(e.output(id));
+      return std::make_pair(out, e.metrics());
+    };
+    LlamaModel<> ref(w, o);
+    auto guard = std::make_shared<Guard>();
+    LlamaModel<GuardedBackend> guarded(w, o, GuardedBackend(guard));
+    const auto expected = run(ref, lookup);
+    const long copies = guard->calls["to_host"];
+    const auto got = run(guarded, lookup);
+    CHECK(got.first == expected.first);
+    CHECK(got.second.spec_rows > 0);
+    CHECK(got.second.spec_accepted > 0);
+    if (rule < 2) {
+      // The m + 1 rows of a chain are picked where they are and matched.
+      CHECK(guard->calls["to_host"] == copies);
+      // Greedy and coupled speculation emit plain decoding's tokens.
+      CHECK(got.first == run(ref, engine::RequestSpec{}).first);
+    } else {
+      CHECK(guard->calls["to_host"] > copies);  // rejection sampling reads distributions
+    }
+    REQUIRE_FALSE(guard->is_open());
+  }
 }
 
 TEST_CASE("sampling on the backend: generate, the engine and argmax_rows pick the host sampler's tokens",
@@ -529,6 +594,18 @@ TEST_CASE("sampling on the backend: generate, the engine and argmax_rows pick th
   for (std::size_t i = 0; i < rows.size(); ++i)
     CHECK(got[i] == cpu::argmax_token(rows_host + std::size_t(rows[i]) * std::size_t(c.vocab_size), c.vocab_size));
   CHECK(guard->calls["argmax_rows"] == 1);
+
+  // forward_to_sample: the same rows left on the backend, none copied out
+  // (what a step that only samples needs); sample_logits reads them there.
+  guarded.kv().truncate(3, 0);
+  const long copies = guard->calls["to_host"];
+  guarded.forward_to_sample(fb);
+  CHECK(guard->calls["to_host"] == copies);
+  std::vector<std::int32_t> kept(rows.size());
+  guarded.sample_logits(rows.data(), std::int64_t(rows.size()), params.data(), index.data(), kept.data());
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    CHECK(kept[i] == cpu::sample_at_index(rows_host + std::size_t(rows[i]) * std::size_t(c.vocab_size),
+                                          c.vocab_size, params[i], index[i], ws));
 
   // A row outside the pass is refused by name, before the backend is asked.
   const long calls = guard->calls["sample_rows"];

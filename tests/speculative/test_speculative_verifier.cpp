@@ -381,6 +381,14 @@ TEST_CASE("coupled chain: the emitted tokens are plain sampling's, whatever the 
         const speculative::VerifyOutcome w = ver.verify(logits.data(), drafts.data(), m, nullptr, first);
         CHECK(w.accepted == v.accepted);
         CHECK(w.tokens == v.tokens);
+        // From the picks alone (what a backend's sample_rows returns for the
+        // m + 1 rows): the same outcome, picks past the mismatch unread.
+        std::vector<std::int32_t> picks = plain;
+        for (int i = agree + 1; i <= m; ++i) picks[std::size_t(i)] = -5;
+        REQUIRE(ver.verifies_from_samples());
+        const speculative::VerifyOutcome x = ver.verify_from_samples(picks.data(), drafts.data(), m);
+        CHECK(x.accepted == v.accepted);
+        CHECK(x.tokens == v.tokens);
       }
     }
   }
@@ -394,6 +402,26 @@ TEST_CASE("coupled chain: the emitted tokens are plain sampling's, whatever the 
   CHECK(v.tokens == std::vector<std::int32_t>{1, 0, 2});
   CHECK_THROWS_AS(speculative::verify_coupled(logits.data(), 4, std::vector<std::int32_t>{7}.data(), 1, g, 0, sampler),
                   fastinfer::InvalidArgument);
+  // The greedy chain from the row's first maxima (1, 0, 2), as verify_greedy.
+  const std::vector<std::int32_t> argmaxes{1, 0, 2};
+  const speculative::VerifyOutcome a = speculative::verify_from_samples(argmaxes.data(), d.data(), 2, 4);
+  const speculative::VerifyOutcome b = speculative::verify_greedy(logits.data(), 4, d.data(), 2, sampler);
+  CHECK((a.accepted == b.accepted && a.tokens == b.tokens));
+  CHECK_THROWS_AS(
+      speculative::verify_from_samples(argmaxes.data(), std::vector<std::int32_t>{7}.data(), 1, 4),
+      fastinfer::InvalidArgument);
+  // Which rules verify from picks: greedy (Exact or Coupled) and Coupled;
+  // Exact sampling and typical acceptance need the distributions.
+  fastinfer::SamplingParams hot;
+  hot.temperature = 0.9f;
+  using speculative::AcceptanceRule;
+  CHECK(speculative::SpeculativeVerifier(4, g, AcceptanceRule::Exact).verifies_from_samples());
+  CHECK(speculative::SpeculativeVerifier(4, hot, AcceptanceRule::Coupled).verifies_from_samples());
+  CHECK_FALSE(speculative::SpeculativeVerifier(4, g, AcceptanceRule::TypicalLossy).verifies_from_samples());
+  const speculative::SpeculativeVerifier exact(4, hot, AcceptanceRule::Exact);
+  CHECK_FALSE(exact.verifies_from_samples());
+  CHECK_THROWS_WITH(exact.verify_from_samples(argmaxes.data(), d.data(), 2),
+                    Catch::Contains("the exact rule at temperature 0.9 needs the target's distributions"));
 }
 
 TEST_CASE("coupled acceptance: p(d) for a fixed draft, common coins keep a drafter's close guesses") {

@@ -50,9 +50,13 @@
 //                                                 params[i] with the coin Philox(seed,
 //                                                 token_indices[i]) (core/sampling_params.hpp
 //                                                 and backend/cpu/sampling.hpp give the
-//                                                 contract, bit for bit); temperature 0
+//                                                 contract; the CPU backend's tokens are
+//                                                 its sampler's, bit for bit); temperature 0
 //                                                 is argmax. A device backend samples
-//                                                 where the logits are and returns ids.
+//                                                 where the logits are and returns ids
+//                                                 (CudaBackend: the same tokens but
+//                                                 within float rounding of a boundary
+//                                                 between two tokens, cuda/sampling.cuh).
 //
 // Optional (the model uses each where present and no profiler runs, else the
 // calls it replaces):

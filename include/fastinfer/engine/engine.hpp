@@ -51,9 +51,12 @@
 // switch or the budget gave it in each step, which keeps its tokens independent of its batch-mates;
 // SpecConfig::sampled_rule = Exact selects Leviathan rejection sampling with coins Philox(seed, Speculative,
 // token index), exact in distribution but with tokens that depend on the draft counts), and the row
-// emits 1..m+1 tokens. The accepted drafts' KV is kept (StepResult::kv_kept), the rejected slots and their
-// blocks go back at commit(). A row with no drafts samples exactly as a plain row. Stop ids, max_new_tokens
-// and the context limit cut an accepted run token by token in commit(), where plain decoding would stop.
+// emits 1..m+1 tokens. Greedy and coupled chains need only the target's picks: on a device backend their
+// rows are picked there with the plain rows (LlamaModel::sample_logits) and matched on the host, so it sends
+// back ids, not rows (speculative::verify_from_samples); Exact and tree rows are read on the host. The
+// accepted drafts' KV is kept (StepResult::kv_kept), the rejected slots and their blocks go back at commit().
+// A row with no drafts samples exactly as a plain row. Stop ids, max_new_tokens and the context limit cut an
+// accepted run token by token in commit(), where plain decoding would stop.
 //
 // Token trees (SpecDrafter::Eagle, Mtp, Medusa; docs/speculative.md "EAGLE,
 // MTP and Medusa trees in the Engine"): such a request's entry feeds [its unfed tokens | the tree's
@@ -569,7 +572,7 @@ class Engine {
     batch_.clear();
     capacity_.clear();
     propose_(plan);
-    bool speculating = false;
+    bool speculating = false, host_rows = false;
     step_keys_ = step_plain_keys_ = 0;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
@@ -580,6 +583,8 @@ class Engine {
       feed_.insert(feed_.end(), drafts.begin(), drafts.end());
       feed_.insert(feed_.end(), window.begin(), window.end());
       speculating = speculating || !drafts.empty();
+      host_rows = host_rows || (e.samples && (trees_[i] || !drafts.empty() || !window.empty()) &&
+                                !verifies_on_backend_(e, i));
       stats_.spec_window_rows += std::int64_t(window.size());
       batch_.add(e.id, feed_.data(), std::int32_t(feed_.size()), e.position);
       batch_.logits_tail.push_back(e.samples ? 1 + std::int32_t(drafts.size() + window.size()) : 0);
@@ -594,7 +599,16 @@ class Engine {
     batch_.logits = LogitsRows::PerEntry;
     if (any_masked_) tree_layout_(plan);
     if (speculating) ++stats_.spec_steps;
-    logits_ = model_.forward(batch_);
+    // Rows are read on the host only to verify drafts against distributions
+    // or feed a lookahead window; a step that only picks (plain rows, greedy
+    // and coupled chains) leaves them on the backend (a device backend then
+    // returns a token per row).
+    if (host_rows) {
+      logits_ = model_.forward(batch_);
+    } else {
+      model_.forward_to_sample(batch_);
+      logits_ = nullptr;
+    }
     features_ = any_stream_ ? model_.last_features() : nullptr;
     observe_fed_rows_(plan);
     // Take back reservations beyond the step (NoEviction reserves a
@@ -709,24 +723,26 @@ class Engine {
       next += std::size_t(batch_.logits_tail[i]);
     }
     pick_plain_rows_(plan);
-    std::size_t next_plain = 0;
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
       const std::size_t row0 = first_row_[i];
       if (!e.samples) continue;
       result_index_.push_back(e.sample_index);
       // The logits row of the entry's last real token; its drafts' rows follow
-      // (then lookahead's window's).
-      const float* row = logits_ + row0 * std::size_t(vocab_);
+      // (then lookahead's window's). On the host only when a draft or window
+      // reads it (execute_).
+      const auto row = [&] { return logits_ + row0 * std::size_t(vocab_); };
       if (trees_[i]) {
-        verify_tree_row_(plan, i, row);
+        verify_tree_row_(plan, i, row());
         continue;
       }
       const speculative::DraftProposal& prop = i < drafts_.size() ? drafts_[i] : empty_proposal_;
       if (!prop.tokens.empty()) {
         const int m = int(prop.tokens.size());
+        RequestSpeculation& sp = *live_.at(e.id).spec;
         const speculative::VerifyOutcome v =
-            live_.at(e.id).spec->verify(row, prop, std::uint64_t(e.sample_index));
+            verifies_on_backend_(e, i) ? sp.verify_samples(plain_.tokens.data() + plain_.at[i], prop)
+                                       : sp.verify(row(), prop, std::uint64_t(e.sample_index));
         result_.add(e.id, v.tokens.data(), v.tokens.size(), v.accepted);
         ++stats_.spec_rows;
         stats_.spec_drafted += m;
@@ -734,9 +750,9 @@ class Engine {
         stats_.spec_emitted += std::int64_t(v.tokens.size());
         continue;
       }
-      const TokenId token = plain_.tokens[next_plain++];
+      const TokenId token = plain_.tokens[plain_.at[i]];
       result_.add(e.id, token);
-      if (!drafts_[i].extra.empty()) observe_lookahead_(e, i, row, &token, 1, 0);
+      if (!drafts_[i].extra.empty()) observe_lookahead_(e, i, row(), &token, 1, 0);
     }
   }
 
@@ -754,18 +770,40 @@ class Engine {
                          n_window);
   }
 
-  // The rows that sample without speculation, picked in one call on the
-  // backend (a device backend sends back ids, not rows); the speculating rows
-  // are verified on the host against their drafts' distributions. Reads
-  // first_row_, which sample_ fills.
+  // Whether entry i's chain drafts are verified from the target's picks
+  // (RequestSpeculation::verifies_from_samples, and no lookahead window to
+  // feed): its m + 1 rows are picked on the backend with the plain rows and
+  // never come to the host. Only where the rows would have to be copied out:
+  // over host rows the verifier stops picking at the first mismatch.
+  bool verifies_on_backend_(const sched::PlanEntry& e, std::size_t i) const {
+    if constexpr (Backend::kHostVisible) return false;
+    if (!e.samples || i >= drafts_.size() || trees_[i] || drafts_[i].tokens.empty() ||
+        !drafts_[i].extra.empty())
+      return false;
+    const auto it = live_.find(e.id);
+    return it != live_.end() && it->second.spec && it->second.spec->verifies_from_samples();
+  }
+
+  // The rows picked in one call on the backend (a device backend sends back
+  // ids, not rows): every row that samples without speculation, and the
+  // m + 1 rows of a chain verified from picks (row j at request index
+  // sample_index + j); the other speculating rows are verified on the host
+  // against their drafts' distributions. plain_.at[i]: entry i's first pick.
+  // Reads first_row_, which sample_ fills.
   void pick_plain_rows_(const sched::StepPlan& plan) {
     plain_.rows.clear(), plain_.params.clear(), plain_.indices.clear();
+    plain_.at.assign(plan.entries.size(), 0);
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
-      if (!e.samples || (i < drafts_.size() && (!drafts_[i].tokens.empty() || trees_[i]))) continue;
-      plain_.rows.push_back(std::int32_t(first_row_[i]));
-      plain_.params.push_back(batcher_->request(e.id).sampling);
-      plain_.indices.push_back(std::uint64_t(e.sample_index));
+      const bool chain = verifies_on_backend_(e, i);
+      if (!e.samples || (!chain && i < drafts_.size() && (!drafts_[i].tokens.empty() || trees_[i]))) continue;
+      plain_.at[i] = plain_.rows.size();
+      const std::size_t picks = chain ? 1 + drafts_[i].tokens.size() : 1;
+      for (std::size_t j = 0; j < picks; ++j) {
+        plain_.rows.push_back(std::int32_t(first_row_[i] + j));
+        plain_.params.push_back(batcher_->request(e.id).sampling);
+        plain_.indices.push_back(std::uint64_t(e.sample_index) + j);
+      }
     }
     plain_.tokens.resize(plain_.rows.size());
     model_.sample_logits(plain_.rows.data(), std::int64_t(plain_.rows.size()), plain_.params.data(),
@@ -895,6 +933,7 @@ class Engine {
     std::vector<SamplingParams> params;
     std::vector<std::uint64_t> indices;
     std::vector<TokenId> tokens;
+    std::vector<std::size_t> at;  // per plan entry: its first pick in tokens
   } plain_;
   std::vector<std::size_t> first_row_;  // sample_: entry i's first logits row
   std::unique_ptr<prefix::RadixPrefixCache> cache_;

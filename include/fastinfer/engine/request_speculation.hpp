@@ -314,12 +314,19 @@ class RequestSpeculation {
                                     std::uint64_t index) {
     const int m = int(drafts.tokens.size());
     const float* q = drafts.probs.empty() ? nullptr : drafts.probs.data();
-    speculative::VerifyOutcome v = verifier_->verify(rows, drafts.tokens.data(), m, q, index);
-    acceptance_.update(m, v.accepted);
-    ++rows_;
-    drafted_ += m;
-    accepted_ += v.accepted;
-    return v;
+    return record_(m, verifier_->verify(rows, drafts.tokens.data(), m, q, index));
+  }
+
+  // Whether verify_samples() may stand for verify(): the rule keeps drafts
+  // by matching the target's own picks (greedy, or the Coupled rule), so the
+  // engine has the backend pick the m + 1 rows where they are.
+  bool verifies_from_samples() const { return verifier_->verifies_from_samples(); }
+  // verify() from the target's picks: samples[i] plain decoding's token of
+  // row i at request index index + i (LlamaModel::sample_logits).
+  speculative::VerifyOutcome verify_samples(const std::int32_t* samples,
+                                            const speculative::DraftProposal& drafts) {
+    const int m = int(drafts.tokens.size());
+    return record_(m, verifier_->verify_from_samples(samples, drafts.tokens.data(), m));
   }
 
   // The tree form: rows[0] the root's row (the last unfed token), then one
@@ -350,6 +357,14 @@ class RequestSpeculation {
   void idle() { acceptance_.idle(); }
 
  private:
+  speculative::VerifyOutcome record_(int m, speculative::VerifyOutcome v) {
+    acceptance_.update(m, v.accepted);
+    ++rows_;
+    drafted_ += m;
+    accepted_ += v.accepted;
+    return v;
+  }
+
   RequestSpec spec_;
   int vocab_;
   std::unique_ptr<speculative::Drafter> drafter_;

@@ -131,7 +131,7 @@ class StaticBatcher {
       }
       if (fed.empty()) break;
       forward_tokens_ += fb_.rows();
-      model_.forward(fb_);
+      model_.forward_to_sample(fb_);  // rows stay on the backend: sample_row picks there
       const double now = clock_();
       for (std::size_t b = 0; b < fed.size(); ++b)
         if (fed[b]->fed == std::int64_t(requests[fed[b]->req].prompt.size())) sample_row(*fed[b], b, now);
@@ -149,7 +149,7 @@ class StaticBatcher {
         fed.push_back(&row);
       }
       forward_tokens_ += fb_.rows();
-      model_.forward(fb_);
+      model_.forward_to_sample(fb_);  // rows stay on the backend: sample_row picks there
       const double now = clock_();
       for (std::size_t b = 0; b < fed.size(); ++b) sample_row(*fed[b], b, now);
     }

@@ -158,7 +158,8 @@ GenerationResult generate(Model& model, const std::vector<std::int32_t>& prompt,
       break;
     }
     const std::int32_t next = profile_sampling(model, [&] {
-      // The same token either way (sample_logits is the host sampler's bits).
+      // The same token either way on the CPU backend (sample_logits is the
+      // host sampler's bits; a device backend's: within rounding of a boundary).
       if constexpr (detail::samples_on_backend<Model>::value)
         return model.sample_logits(0, sampling, std::uint64_t(r.tokens.size()));
       else

@@ -210,7 +210,19 @@ class LlamaModel {
     return n > 0 ? batch_logits_.data() : nullptr;
   }
 
-  // As above, writing the logits rows to out[logits_rows][vocab].
+  // As forward(batch), but the logits rows stay where the backend computed
+  // them, for sample_logits alone: a device backend copies nothing back, so
+  // a step that only samples returns a token per row, not its rows.
+  void forward_to_sample(const ForwardBatch& batch) {
+    if constexpr (Backend::kHostVisible) {
+      (void)forward(batch);
+    } else {
+      forward(batch, nullptr);
+    }
+  }
+
+  // As above, writing the logits rows to out[logits_rows][vocab] (a device
+  // backend also takes out == nullptr: forward_to_sample).
   void forward(const ForwardBatch& batch, float* out) {
     begin_layers(batch);
     run_layers(0, c_.n_layers);
@@ -378,11 +390,13 @@ class LlamaModel {
 
   // Picks a token from each of the last pass's logits rows `rows[0..n)` on
   // the backend: tokens[i] from row rows[i] under params[i] with the coin of
-  // token_indices[i] (temperature 0: the first maximum). The tokens are bit
-  // for bit what the host sampler (backend/cpu/sampling.hpp) picks from the
-  // rows forward() returned; a device backend picks where the logits are and
-  // sends back ids only. After forward(batch, out) the rows are read from
-  // `out`: the caller must not have changed it.
+  // token_indices[i] (temperature 0: the first maximum). On the CPU backend
+  // the tokens are bit for bit what the host sampler (backend/cpu/sampling.hpp)
+  // picks from the rows forward() returned; a device backend picks where the
+  // logits are and sends back ids only (CudaBackend: the same tokens but
+  // within float rounding of a boundary, cuda/sampling.cuh). After
+  // forward(batch, out) the rows are read from `out`: the caller must not
+  // have changed it.
   void sample_logits(const std::int32_t* rows, std::int64_t n, const SamplingParams* params,
                      const std::uint64_t* token_indices, std::int32_t* tokens) {
     for (std::int64_t i = 0; i < n; ++i)
@@ -717,7 +731,8 @@ class LlamaModel {
       linear_(w_.classifier, xb_.data(), m, out);
     } else {
       linear_(w_.classifier, xb_.data(), m, logits_dev_.data());
-      backend_.to_host(logits_dev_.data(), std::size_t(m) * std::size_t(c_.vocab_size), out);
+      if (out != nullptr)
+        backend_.to_host(logits_dev_.data(), std::size_t(m) * std::size_t(c_.vocab_size), out);
     }
     last_logits_ = Backend::kHostVisible ? out : logits_dev_.data();
     last_logits_rows_ = m;

@@ -142,6 +142,21 @@ inline void check_drafts(const std::int32_t* drafts, int m, int vocab) {
                     i, " is outside the vocabulary [0, ", vocab, ")");
 }
 
+// Keeps drafts d_0..d_{m-1} while the target's pick x_i = pick(i) equals
+// d_i; emits the picks up to and including the first that differs (or
+// x_m, the bonus). The picks after the first mismatch are never asked for.
+template <class Pick>
+VerifyOutcome match_chain(const std::int32_t* drafts, int m, Pick pick) {
+  VerifyOutcome out;
+  for (int i = 0; i <= m; ++i) {
+    const std::int32_t x = pick(i);
+    out.tokens.push_back(x);
+    if (i == m || x != drafts[i]) break;
+    ++out.accepted;
+  }
+  return out;
+}
+
 // Acceptance of token d drawn from q (nullptr: one-hot at d) under p.
 inline bool accept_test(const float* p, const float* q, std::int32_t d, float coin) {
   const double pd = p[d];
@@ -213,14 +228,9 @@ template <class Sampler = cpu::HostSampler>
 VerifyOutcome verify_greedy(const float* target_logits, int vocab, const std::int32_t* drafts, int m,
                             Sampler&& sampler = Sampler()) {
   detail::check_drafts(drafts, m, vocab);
-  VerifyOutcome out;
-  for (int i = 0; i <= m; ++i) {
-    const std::int32_t best = sampler.argmax(target_logits + std::size_t(i) * std::size_t(vocab), vocab);
-    out.tokens.push_back(best);
-    if (i == m || best != drafts[i]) break;
-    ++out.accepted;
-  }
-  return out;
+  return detail::match_chain(drafts, m, [&](int i) {
+    return sampler.argmax(target_logits + std::size_t(i) * std::size_t(vocab), vocab);
+  });
 }
 
 // Rejection-sampling chain on distributions: p [m + 1][vocab] (modified in
@@ -259,15 +269,21 @@ template <class Sampler>
 VerifyOutcome verify_coupled(const float* target_logits, int vocab, const std::int32_t* drafts, int m,
                              const SamplingParams& params, std::uint64_t first_index, Sampler& sampler) {
   detail::check_drafts(drafts, m, vocab);
-  VerifyOutcome out;
-  for (int i = 0; i <= m; ++i) {
-    const std::int32_t x = sampler.sample_at_index(target_logits + std::size_t(i) * std::size_t(vocab), vocab,
-                                                   params, first_index + std::uint64_t(i));
-    out.tokens.push_back(x);
-    if (i == m || x != drafts[i]) break;
-    ++out.accepted;
-  }
-  return out;
+  return detail::match_chain(drafts, m, [&](int i) {
+    return sampler.sample_at_index(target_logits + std::size_t(i) * std::size_t(vocab), vocab, params,
+                                   first_index + std::uint64_t(i));
+  });
+}
+
+// The greedy and coupled chains from the target's picks already made:
+// samples[i] = the token plain decoding picks from row i at request index
+// first_index + i (the first maximum at temperature 0), i = 0..m, as a
+// backend's sample_rows gives them, so the rows never leave the backend.
+// The outcome of verify_greedy / verify_coupled over those rows.
+inline VerifyOutcome verify_from_samples(const std::int32_t* samples, const std::int32_t* drafts, int m,
+                                         int vocab) {
+  detail::check_drafts(drafts, m, vocab);
+  return detail::match_chain(drafts, m, [&](int i) { return samples[i]; });
 }
 
 // Typical acceptance (lossy) on distributions p [m + 1][vocab]; the token
@@ -458,6 +474,19 @@ class BasicSpeculativeVerifier {
       return verify_typical_lossy(probs_.data(), drafts, m, vocab_, typical_, greedy(), params_.seed, first_index,
                                   sampler_);
     return verify_rejection(probs_.data(), draft_probs, drafts, m, vocab_, params_.seed, first_index, sampler_);
+  }
+
+  // Whether verify() keeps drafts by matching the target's own picks
+  // (greedy, or the Coupled rule): then verify_from_samples() over the
+  // backend's picks of the same rows gives its outcome.
+  bool verifies_from_samples() const {
+    return rule_ == AcceptanceRule::Coupled || (greedy() && rule_ != AcceptanceRule::TypicalLossy);
+  }
+  VerifyOutcome verify_from_samples(const std::int32_t* samples, const std::int32_t* drafts, int m) const {
+    FASTINFER_CHECK(verifies_from_samples(), UsageError, "verify_from_samples: the ",
+                    acceptance_rule_name(rule_), " rule at temperature ", params_.temperature,
+                    " needs the target's distributions");
+    return speculative::verify_from_samples(samples, drafts, m, vocab_);
   }
 
   // The tree form: target_logits [tree.size() + 1][vocab].

@@ -6,8 +6,10 @@
 // host arrays that describe a step (token ids, positions, row indices) are
 // staged into device scratch buffers, grown on demand and kept.
 //
-// Status: the cuda tests pass on an H200 (sm_90, 2026-12-04); CI compiles
-// sm_80 and sm_90 without a GPU (docs/backend-cuda.md).
+// Status: the cuda tests pass on an H200 (sm_90, 2026-12-04); what came
+// after (Q8_0 weights, sampling on the device, int4 KV at head sizes 40 / 72
+// / 80) is compiled, not run. CI compiles sm_80 and sm_90 without a GPU
+// (docs/backend-cuda.md).
 #pragma once
 
 #include <cmath>
