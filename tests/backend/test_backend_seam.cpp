@@ -302,6 +302,15 @@ struct NoLinear {
                    const std::uint64_t*, std::int32_t*) {}
 };
 
+// The "tiny" synthetic shape cut to two layers and `positions` positions:
+// the model of the engine and sampling cases.
+LlamaConfig two_layer_tiny(int positions) {
+  LlamaConfig c = synthetic_config("tiny");
+  c.n_layers = 2;
+  c.max_seq_len = positions;
+  return c;
+}
+
 // One thread, a paged KV cache of 16-token blocks for `sequences` sequences.
 ModelOptions one_thread_paged(int sequences) {
   ModelOptions o;
@@ -412,9 +421,7 @@ TEST_CASE("guarded backend: the model touches no activation or KV byte outside t
 }
 
 TEST_CASE("guarded backend: an engine's swaps and copy-on-write go through the KV store verbs", "[backend][engine]") {
-  LlamaConfig c = synthetic_config("tiny");
-  c.n_layers = 2;
-  c.max_seq_len = 80;
+  const LlamaConfig c = two_layer_tiny(80);
   const LlamaWeights w = make_synthetic(c, DType::BF16, 3);
   ModelOptions o = one_thread_paged(16);
   o.kv.num_blocks = 14;  // small: forces preemption
@@ -470,9 +477,7 @@ TEST_CASE("guarded backend: an engine's swaps and copy-on-write go through the K
 TEST_CASE(
     "guarded backend: greedy and coupled speculation verify from the backend's picks and copy no row out",
     "[backend][engine][spec]") {
-  LlamaConfig c = synthetic_config("tiny");
-  c.n_layers = 2;
-  c.max_seq_len = 96;
+  const LlamaConfig c = two_layer_tiny(96);
   const LlamaWeights w = make_synthetic(c, DType::F32, 5);
   const ModelOptions o = one_thread_paged(16);
   // Prompts that say a phrase twice: prompt lookup drafts its continuation.
@@ -530,9 +535,7 @@ TEST_CASE(
 
 TEST_CASE("sampling on the backend: generate, the engine and argmax_rows pick the host sampler's tokens",
           "[backend][sampling]") {
-  LlamaConfig c = synthetic_config("tiny");
-  c.n_layers = 2;
-  c.max_seq_len = 96;
+  const LlamaConfig c = two_layer_tiny(96);
   const LlamaWeights w = make_synthetic(c, DType::F32, 21);
   const ModelOptions o = one_thread_paged(8);
   auto guard = std::make_shared<Guard>();
