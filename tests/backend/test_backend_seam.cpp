@@ -146,6 +146,10 @@ class GuardedKVStore final : public KVStore {
     Call c(*g_, "kv.swap_in");
     in_->swap_in(host, b);
   }
+  HostSwapSlots allocate_swap_slots(std::int32_t slots) override {
+    Call c(*g_, "kv.allocate_swap_slots");
+    return in_->allocate_swap_slots(slots);
+  }
   KVBlockStorage block_storage() override { return in_->block_storage(); }
   std::int64_t position_offset(SeqId s) const override { return in_->position_offset(s); }
   void observe_queries(SeqId s) override { in_->observe_queries(s); }
@@ -467,6 +471,7 @@ TEST_CASE("guarded backend: an engine's swaps and copy-on-write go through the K
   // Without speculation no step reads a logits row on the host: the engine
   // leaves them on the backend (forward_to_sample) and gets a token per row.
   CHECK(guard->calls["to_host"] == copies);
+  CHECK(guard->calls["kv.allocate_swap_slots"] == 1);  // the engine's swap pool is the store's
   CHECK(guard->calls["kv.swap_out"] > 0);
   CHECK(guard->calls["kv.swap_in"] > 0);
   CHECK(guard->calls["kv.copy_blocks"] > 0);
@@ -474,8 +479,28 @@ TEST_CASE("guarded backend: an engine's swaps and copy-on-write go through the K
   REQUIRE_FALSE(guard->is_open());
 }
 
+TEST_CASE("KV store: host swap slots are zeroed, sized to a block and bounds-checked", "[backend][kv]") {
+  const LlamaConfig c = two_layer_tiny(64);
+  KVOptions o;
+  o.layout = KVLayoutKind::Paged;
+  o.quant = kv::QuantKind::Int8;
+  o.block_size = 16;
+  std::unique_ptr<KVStore> store = cpu::make_kv_store(o, kv_cache_config(o, c, 16));
+  const HostSwapSlots slots = store->allocate_swap_slots(3);
+  REQUIRE(slots.size() == 3);
+  REQUIRE(slots.slot_bytes() == store->host_block_bytes());
+  CHECK(slots.slot(1) == slots.slot(0) + store->host_block_bytes());
+  CHECK(
+      std::all_of(slots.slot(0), slots.slot(2) + slots.slot_bytes(), [](std::uint8_t b) { return b == 0; }));
+  CHECK_THROWS_WITH(slots.slot(3), "host swap slot 3 out of range [0, 3)");
+  CHECK_THROWS_WITH(slots.slot(-1), "host swap slot -1 out of range [0, 3)");
+  CHECK_THROWS_WITH(store->allocate_swap_slots(-2), "swap slots must be non-negative, got -2");
+  CHECK(store->allocate_swap_slots(0).size() == 0);
+}
+
 TEST_CASE(
-    "guarded backend: greedy and coupled speculation verify from the backend's picks and copy no row out",
+    "guarded backend: greedy and coupled and exact chains verify from the backend's picks and copy no row "
+    "out",
     "[backend][engine][spec]") {
   const LlamaConfig c = two_layer_tiny(96);
   const LlamaWeights w = make_synthetic(c, DType::F32, 5);

@@ -233,7 +233,8 @@ class Engine {
     // weights' conversion and KV pool (0.13 s for the 15M stand-in in bf16)
     // are not the first drafting request's stall, nor a step the switch times.
     if (cfg_.spec.draft_weights) draft_never_pays_ = draft_costs_at_least(draft_model_().model(), model_);
-    if (sc.swap_blocks > 0) host_pool_.assign(std::size_t(sc.swap_blocks) * model_.kv().host_block_bytes(), 0);
+    // The KV store's own slots: page-locked on a device, so swaps are queued copies.
+    if (sc.swap_blocks > 0) host_pool_ = model_.kv().allocate_swap_slots(sc.swap_blocks);
   }
 
   ~Engine() {
@@ -555,14 +556,10 @@ class Engine {
 
   double now_() const { return clock_(); }
 
-  std::uint8_t* host_slot_(std::int32_t h) {
-    return host_pool_.data() + std::size_t(h) * model_.kv().host_block_bytes();
-  }
-
   void execute_(const sched::StepPlan& plan) {
     KVStore& kv = model_.kv();
-    for (const sched::BlockSwap& s : plan.swap_out) kv.swap_out(s.device, host_slot_(s.host));
-    for (const sched::BlockSwap& s : plan.swap_in) kv.swap_in(host_slot_(s.host), s.device);
+    for (const sched::BlockSwap& s : plan.swap_out) kv.swap_out(s.device, host_pool_.slot(s.host));
+    for (const sched::BlockSwap& s : plan.swap_in) kv.swap_in(host_pool_.slot(s.host), s.device);
     if (!plan.copies.empty()) kv.copy_blocks(plan.copies);
     if (plan.entries.empty()) {
       logits_ = nullptr;
@@ -938,7 +935,7 @@ class Engine {
   std::vector<std::size_t> first_row_;  // sample_: entry i's first logits row
   std::unique_ptr<prefix::RadixPrefixCache> cache_;
   std::unique_ptr<sched::ContinuousBatcher> batcher_;
-  std::vector<std::uint8_t> host_pool_;  // swap_blocks slots of kv().host_block_bytes()
+  HostSwapSlots host_pool_;  // swap_blocks slots of kv().host_block_bytes()
   std::unordered_map<RequestId, Live> live_;
   RequestId next_id_ = 1;  // 0 is the model's solo sequence
 

@@ -26,10 +26,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <typeinfo>
 #include <vector>
 
+#include "fastinfer/core/checked_math.hpp"
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/kv/kv_cache.hpp"
 #include "fastinfer/kv/kv_press.hpp"
@@ -69,6 +71,30 @@ struct KVBlockStorage {
   std::int64_t block_bytes = 0;
   float* params = nullptr;
   std::int64_t block_params = 0;
+};
+
+// Host memory for swapped-out blocks: `slots` slots of `slot_bytes` bytes
+// each, zeroed, freed by the deleter of whoever allocated them
+// (KVStore::allocate_swap_slots: plain memory for the CPU, page-locked for
+// a device so that its swaps are asynchronous copies).
+class HostSwapSlots {
+ public:
+  HostSwapSlots() = default;
+  HostSwapSlots(std::shared_ptr<std::uint8_t> bytes, std::size_t slot_bytes, std::int32_t slots)
+      : bytes_(std::move(bytes)), slot_bytes_(slot_bytes), slots_(slots) {}
+
+  std::int32_t size() const { return slots_; }
+  std::size_t slot_bytes() const { return slot_bytes_; }
+  std::uint8_t* slot(std::int32_t h) const {
+    FASTINFER_CHECK(h >= 0 && h < slots_, UsageError, "host swap slot ", h, " out of range [0, ", slots_,
+                    ")");
+    return bytes_.get() + std::size_t(h) * slot_bytes_;
+  }
+
+ private:
+  std::shared_ptr<std::uint8_t> bytes_;
+  std::size_t slot_bytes_ = 0;
+  std::int32_t slots_ = 0;
 };
 
 class KVStore {
@@ -117,6 +143,16 @@ class KVStore {
   virtual std::size_t host_block_bytes() const = 0;
   virtual void swap_out(BlockId block, std::uint8_t* host) = 0;
   virtual void swap_in(const std::uint8_t* host, BlockId block) = 0;
+  // Host slots for swap_out / swap_in. Any host memory works as a slot; this
+  // store's own are the fastest it can use (a device store's are
+  // page-locked: its swaps through them are queued, not waited for, and run
+  // at the bus's full bandwidth). Here: plain zeroed host memory.
+  virtual HostSwapSlots allocate_swap_slots(std::int32_t slots) {
+    const std::size_t bytes = swap_slots_bytes_(slots);
+    return HostSwapSlots(
+        std::shared_ptr<std::uint8_t>(new std::uint8_t[bytes](), std::default_delete<std::uint8_t[]>()),
+        host_block_bytes(), slots);
+  }
   virtual KVBlockStorage block_storage() = 0;
 
   // Compression verbs (see the top of this file).
@@ -141,6 +177,12 @@ class KVStore {
 
  protected:
   virtual void* typed_cache(const std::type_info&) { return nullptr; }
+  // Bytes of `slots` swap slots, checked (a count from a config, not trusted).
+  std::size_t swap_slots_bytes_(std::int32_t slots) const {
+    FASTINFER_CHECK(slots >= 0, InvalidArgument, "swap slots must be non-negative, got ", slots);
+    return std::size_t(
+        checked_mul(std::int64_t(slots), std::int64_t(host_block_bytes()), "host swap slots' bytes"));
+  }
 };
 
 }  // namespace fastinfer

@@ -20,6 +20,7 @@
 // an outlier, tiny values).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -133,6 +134,18 @@ void check_swaps(StorePair& p, SeqId seq) {
   p.gpu->copy_blocks({BlockCopy{spares[0], spares[1], 0}});
   p.gpu->swap_out(spares[1], back.data());
   CHECK(back == hc);
+  // Through the store's own page-locked slots the swaps are queued, not
+  // waited for: the stream orders them, and a blocking swap into pageable
+  // memory after them sees their bytes.
+  const HostSwapSlots slots = p.gpu->allocate_swap_slots(2);
+  REQUIRE(slots.size() == 2);
+  REQUIRE(slots.slot_bytes() == hb);
+  p.gpu->swap_out(spares[0], slots.slot(1));
+  p.gpu->swap_in(slots.slot(1), spares[1]);
+  std::fill(back.begin(), back.end(), std::uint8_t(0));
+  p.gpu->swap_out(spares[1], back.data());
+  CHECK(back == hc);
+  CHECK(std::equal(hc.begin(), hc.end(), slots.slot(1)));
   for (BlockId b : spares) {
     p.cpu->allocator().decref(b);
     p.gpu->allocator().decref(b);

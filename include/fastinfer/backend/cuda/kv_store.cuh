@@ -10,7 +10,8 @@
 // rules the CPU's KVCache follows (block tables, copy-on-write copies,
 // length limits, batch tables): this store only moves bytes. The host never
 // reads or writes the arenas except in read() and swap_out()/swap_in(),
-// which are the host's way in and out.
+// which are the host's way in and out (through page-locked slots from
+// allocate_swap_slots(), queued without waiting).
 //
 // Not yet supported on cuda (each refused with a one-line error at
 // construction or at the verb): the window layout (the kernel has no
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string_view>
@@ -218,25 +220,47 @@ class CudaKVStore final : public KVStore {
     for (const BlockCopy& c : copies) {
       book_.checked_block(c.src);
       book_.checked_block(c.dst);
-      FASTINFER_CUDA_CHECK(cudaMemcpyAsync(block_(c.dst), block_(c.src), std::size_t(block_stride_),
-                                           cudaMemcpyDeviceToDevice, ctx_->stream()));
-      copy_device_(block_params_(c.dst), block_params_(c.src), param_bytes_());
+      copy_bytes_(block_(c.dst), block_(c.src), std::size_t(block_stride_), cudaMemcpyDeviceToDevice);
+      copy_bytes_(block_params_(c.dst), block_params_(c.src), param_bytes_(), cudaMemcpyDeviceToDevice);
     }
   }
   // A slot is the CPU store's: the block's codes, then its parameters.
   std::size_t host_block_bytes() const override { return std::size_t(block_stride_) + param_bytes_(); }
+  // Swaps through page-locked slots (allocate_swap_slots') are queued on the
+  // stream and return at once: the stream orders them after the kernels
+  // that wrote the block and before any that reuse it, and the host touches
+  // a slot only through these calls, which the stream also orders. Through
+  // any other host memory they finish before returning (the slot is the
+  // caller's to read or reuse then).
   void swap_out(BlockId block, std::uint8_t* host) override {
     book_.checked_block(block);
-    copy_to_host(host, block_(block), std::size_t(block_stride_), ctx_->stream());
-    copy_to_host(host + block_stride_, reinterpret_cast<const std::uint8_t*>(block_params_(block)), param_bytes_(),
-                 ctx_->stream());
+    const bool queued = page_locked_(host);
+    copy_bytes_(host, block_(block), std::size_t(block_stride_), cudaMemcpyDeviceToHost);
+    copy_bytes_(host + block_stride_, block_params_(block), param_bytes_(), cudaMemcpyDeviceToHost);
+    if (!queued) ctx_->synchronize();
   }
   void swap_in(const std::uint8_t* host, BlockId block) override {
     book_.checked_block(block);
-    copy_to_device(block_(block), host, std::size_t(block_stride_), ctx_->stream());
-    copy_to_device(reinterpret_cast<std::uint8_t*>(block_params_(block)), host + block_stride_, param_bytes_(),
-                   ctx_->stream());
-    ctx_->synchronize();  // the host slot may be reused when this returns
+    const bool queued = page_locked_(host);
+    copy_bytes_(block_(block), host, std::size_t(block_stride_), cudaMemcpyHostToDevice);
+    copy_bytes_(block_params_(block), host + block_stride_, param_bytes_(), cudaMemcpyHostToDevice);
+    if (!queued) ctx_->synchronize();
+  }
+  // cudaHostAlloc'ed slots; freeing them waits for the swaps queued on them.
+  HostSwapSlots allocate_swap_slots(std::int32_t slots) override {
+    const std::size_t bytes = swap_slots_bytes_(slots);
+    void* p = nullptr;
+    if (bytes > 0) {
+      FASTINFER_CUDA_CHECK(cudaHostAlloc(&p, bytes, cudaHostAllocDefault));
+      std::memset(p, 0, bytes);
+    }
+    std::shared_ptr<CudaContext> ctx = ctx_;
+    std::shared_ptr<std::uint8_t> owner(static_cast<std::uint8_t*>(p), [ctx](std::uint8_t* q) {
+      if (!q) return;
+      (void)cudaStreamSynchronize(ctx->stream());
+      (void)cudaFreeHost(q);
+    });
+    return HostSwapSlots(std::move(owner), host_block_bytes(), slots);
   }
   KVBlockStorage block_storage() override {
     KVBlockStorage s;
@@ -301,8 +325,8 @@ class CudaKVStore final : public KVStore {
     qr.qo_indptr = dev_qo_.data();
     qr.mask = mask ? dev_mask_.data() : nullptr;
     qr.mask_offset = dev_mask_off_.data();
-paged_attention<Quant>(kv, qr, q, out, partial_, rows, n_q_heads, longest_, ctx_->sm_count(), ctx_->stream(),
-                           ctx_->tensor_core_attention());
+    paged_attention<Quant>(kv, qr, q, out, partial_, rows, n_q_heads, longest_, ctx_->sm_count(),
+                           ctx_->stream(), ctx_->tensor_core_attention());
   }
 
  private:
@@ -310,9 +334,17 @@ paged_attention<Quant>(kv, qr, q, out, partial_, rows, n_q_heads, longest_, ctx_
   float* block_params_(BlockId b) { return params_.data() + std::int64_t(b) * param_block_stride_; }
   std::size_t param_bytes_() const { return sizeof(float) * std::size_t(param_block_stride_); }
   // A format without parameters has no parameter arena (null): nothing to copy.
-  void copy_device_(void* dst, const void* src, std::size_t bytes) {
-    if (bytes > 0)
-      FASTINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx_->stream()));
+  // Whether the runtime knows `host` as page-locked host memory.
+  static bool page_locked_(const void* host) {
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, host) != cudaSuccess) {
+      (void)cudaGetLastError();  // an unknown pointer is pageable memory, not an error to keep
+      return false;
+    }
+    return a.type == cudaMemoryTypeHost;
+  }
+  void copy_bytes_(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
+    if (bytes > 0) FASTINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, ctx_->stream()));
   }
 
   // Copy-on-write: the first c.tokens rows of every (layer, K|V, head) run,
