@@ -20,6 +20,7 @@
 #include <memory_resource>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "fastinfer/backend/backend.hpp"
@@ -29,6 +30,7 @@
 #include "fastinfer/model/generate.hpp"
 #include "fastinfer/model/llama_model.hpp"
 #include "fastinfer/model/synthetic.hpp"
+#include "fastinfer/speculative/speculative_verifier.hpp"
 #include "model_scenarios.hpp"
 
 using namespace fastinfer;
@@ -275,6 +277,12 @@ class GuardedBackend {
     Call c(*g_, "sample_rows");
     cpu_.sample_rows(logits, vocab, rows, n, params, token_indices, tokens);
   }
+  void accept_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
+                   const SamplingParams* params, const std::int32_t* drafts, const float* accept_coins,
+                   const float* residual_coins, std::int32_t* tokens) {
+    Call c(*g_, "accept_rows");
+    cpu_.accept_rows(logits, vocab, rows, n, params, drafts, accept_coins, residual_coins, tokens);
+  }
 
  private:
   std::shared_ptr<Guard> g_;
@@ -519,13 +527,15 @@ TEST_CASE(
   engine::RequestSpec lookup;
   lookup.drafter = engine::SpecDrafter::PromptLookup;
   lookup.k = 3;
-  // rule 0: greedy; 1: sampled, coupled (the default); 2: sampled, Exact.
+  // rule 0: greedy; 1: sampled, coupled (the default); 2: sampled, Exact;
+  // 3: sampled, typical acceptance (reads distributions on the host).
   // A cold temperature: this random model's drafts are then often kept.
-  for (int rule = 0; rule < 3; ++rule) {
+  for (int rule = 0; rule < 4; ++rule) {
     INFO("rule " << rule);
     engine::EngineConfig cfg;
     cfg.spec.policy = engine::SpecAlways{};
     if (rule == 2) cfg.spec.sampled_rule = speculative::AcceptanceRule::Exact;
+    if (rule == 3) cfg.spec.sampled_rule = speculative::AcceptanceRule::TypicalLossy;
     for (auto& r : reqs) r.sampling.temperature = rule == 0 ? 0.0f : 0.05f;
     auto run = [&](auto& model, const engine::RequestSpec& spec) {
       engine::Engine<std::remove_reference_t<decltype(model.backend())>> e(model, cfg);
@@ -546,14 +556,71 @@ TEST_CASE(
     CHECK(got.first == expected.first);
     CHECK(got.second.spec_rows > 0);
     CHECK(got.second.spec_accepted > 0);
-    if (rule < 2) {
-      // The m + 1 rows of a chain are picked where they are and matched.
+    if (rule < 3) {
+      // The m + 1 rows of a chain are picked where they are and matched:
+      // the host verifier's tokens (the CPU engine's, above), bit for bit.
       CHECK(guard->calls["to_host"] == copies);
-      // Greedy and coupled speculation emit plain decoding's tokens.
-      CHECK(got.first == run(ref, engine::RequestSpec{}).first);
+      CHECK(guard->calls[rule == 2 ? "accept_rows" : "sample_rows"] > 0);
     } else {
-      CHECK(guard->calls["to_host"] > copies);  // rejection sampling reads distributions
+      CHECK(guard->calls["to_host"] > copies);  // typical acceptance reads distributions
     }
+    // Greedy and coupled speculation emit plain decoding's tokens.
+    if (rule < 2) CHECK(got.first == run(ref, engine::RequestSpec{}).first);
+    REQUIRE_FALSE(guard->is_open());
+  }
+}
+
+TEST_CASE("guarded backend: greedy and coupled token trees verify from the backend's picks",
+          "[backend][engine][spec]") {
+  const LlamaConfig c = two_layer_tiny(96);
+  const LlamaWeights w = make_synthetic(c, DType::F32, 5);
+  const ModelOptions o = one_thread_paged(16);
+  std::vector<sched::Request> reqs;
+  for (int i = 0; i < 6; ++i) {
+    sched::Request r;
+    r.prompt = {1, std::int32_t(30 + 7 * i), std::int32_t(31 + 7 * i), std::int32_t(32 + 7 * i)};
+    r.max_new_tokens = 24;
+    r.sampling.seed = 90 + std::uint64_t(i);
+    reqs.push_back(r);
+  }
+  // Lookahead's trees (the only tree drafter a backend whose memory the host
+  // cannot read runs: the heads read the target's weights on the host). A
+  // 16-token step budget for six requests often leaves no room for the
+  // 6-row Jacobi window: such a tree's rows are picked on the backend.
+  engine::RequestSpec lookahead;
+  lookahead.drafter = engine::SpecDrafter::Lookahead;
+  lookahead.k = 4;  // nodes a tree
+  for (const float temperature : {0.0f, 0.05f}) {
+    INFO("temperature " << temperature);
+    engine::EngineConfig cfg;
+    cfg.scheduler.max_tokens_per_step = 16;
+    cfg.spec.policy = engine::SpecAlways{};
+    cfg.spec.lookahead = speculative::LookaheadConfig{3, 3, 4};
+    for (auto& r : reqs) r.sampling.temperature = temperature;
+    auto run = [&](auto& model) {
+      engine::Engine<std::remove_reference_t<decltype(model.backend())>> e(model, cfg);
+      std::vector<sched::RequestId> ids;
+      for (const auto& r : reqs) ids.push_back(e.submit(r, lookahead));
+      while (e.step()) {
+      }
+      std::vector<std::vector<std::int32_t>> out;
+      for (auto id : ids) out.push_back(e.output(id));
+      return std::make_pair(out, e.metrics());
+    };
+    LlamaModel<> ref(w, o);
+    auto guard = std::make_shared<Guard>();
+    LlamaModel<GuardedBackend> guarded(w, o, GuardedBackend(guard));
+    const auto expected = run(ref);
+    const long copies = guard->calls["to_host"];
+    const auto got = run(guarded);
+    // The host verifier's tokens over host rows, bit for bit.
+    CHECK(got.first == expected.first);
+    const engine::EngineMetrics& m = got.second;
+    CHECK(m.spec_rows > 0);
+    CHECK(m.spec_accepted > 0);
+    // A step copies its rows out only when a window reads them: some
+    // speculating steps had none and copied nothing.
+    CHECK(guard->calls["to_host"] - copies < m.spec_steps);
     REQUIRE_FALSE(guard->is_open());
   }
 }
@@ -644,4 +711,70 @@ TEST_CASE("sampling on the backend: generate, the engine and argmax_rows pick th
   CHECK(guard->calls["sample_rows"] == calls);
   CHECK(tok == -1);
   REQUIRE_FALSE(guard->is_open());
+}
+
+TEST_CASE("accept_rows: the exact rule's picks of a chain give the host verifier's outcome",
+          "[backend][spec]") {
+  constexpr int vocab = 50, m = 4;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> logit(0.0f, 2.0f);
+  CpuBackend backend;
+  long kept = 0, rejected = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    SamplingParams params;
+    params.temperature = 0.3f + 0.004f * float(trial % 300);
+    params.top_k = trial % 3 == 0 ? 5 : 0;
+    params.top_p = trial % 4 == 0 ? 0.8f : 1.0f;
+    params.seed = std::uint64_t(trial);
+    std::vector<float> logits(std::size_t(m + 1) * vocab);
+    for (float& x : logits) x = logit(rng);
+    // Drafts: the row's argmax (often kept) or any token.
+    std::vector<std::int32_t> drafts(m);
+    for (int i = 0; i < m; ++i)
+      drafts[std::size_t(i)] = rng() % 2 ? cpu::argmax_token(logits.data() + std::size_t(i) * vocab, vocab)
+                                         : std::int32_t(rng() % vocab);
+    const std::uint64_t first_index = 3 + std::uint64_t(trial);
+    speculative::SpeculativeVerifier verifier(vocab, params, speculative::AcceptanceRule::Exact);
+    const speculative::VerifyOutcome host =
+        verifier.verify(logits.data(), drafts.data(), m, nullptr, first_index);
+
+    std::vector<std::int32_t> rows(m + 1), picks(m + 1), with_bonus(drafts);
+    with_bonus.push_back(-1);
+    std::vector<float> accept(m + 1), residual(m + 1);
+    std::vector<SamplingParams> each(m + 1, params);
+    for (int i = 0; i <= m; ++i) {
+      rows[std::size_t(i)] = i;
+      std::tie(accept[std::size_t(i)], residual[std::size_t(i)]) =
+          verifier.exact_coins(first_index + std::uint64_t(i));
+    }
+    backend.accept_rows(logits.data(), vocab, rows.data(), m + 1, each.data(), with_bonus.data(),
+                        accept.data(), residual.data(), picks.data());
+    const speculative::VerifyOutcome picked =
+        verifier.verify_from_exact_picks(picks.data(), drafts.data(), m);
+    INFO("trial " << trial);
+    REQUIRE(picked.tokens == host.tokens);
+    REQUIRE(picked.accepted == host.accepted);
+    kept += host.accepted;
+    rejected += host.accepted < m ? 1 : 0;
+  }
+  CHECK(kept > 50);  // both paths were taken
+  CHECK(rejected > 100);
+
+  // Refusals, by name.
+  std::vector<float> logits(vocab, 0.0f);
+  const std::int32_t row = 0, outside = vocab;
+  const SamplingParams warm{0.8f};
+  const float coin = 0.5f, bad_coin = 1.0f;
+  std::int32_t token = -7;
+  CHECK_THROWS_WITH(backend.accept_rows(logits.data(), vocab, &row, 1, &warm, &outside, &coin, &coin, &token),
+                    "accept_rows: draft token 50 is outside the vocabulary [0, 50)");
+  const std::int32_t draft = 3;
+  CHECK_THROWS_WITH(
+      backend.accept_rows(logits.data(), vocab, &row, 1, &warm, &draft, &bad_coin, &coin, &token),
+      "sampling coin must be in [0, 1), got 1");
+  CHECK(token == -7);
+  speculative::SpeculativeVerifier coupled(vocab, warm, speculative::AcceptanceRule::Coupled);
+  CHECK_FALSE(coupled.verifies_from_exact_picks());
+  CHECK_THROWS_WITH(coupled.verify_from_exact_picks(&draft, &draft, 0),
+                    Catch::Contains("the coupled rule at temperature 0.8 does not verify from exact picks"));
 }

@@ -508,3 +508,79 @@ TEST_CASE("coupled tree: follows the child equal to plain sampling's token") {
     CHECK(ver.verify_tree(logits.data(), tree, nullptr, 4).tokens == v.tokens);
   }
 }
+
+TEST_CASE(
+    "exact pick: a kept draft, the residual's draw after a rejection, an empty residual keeps the draft") {
+  cpu::HostSampler sampler;
+  std::vector<float> scratch;
+  namespace rejection = fastinfer::rejection;
+  // One-hot q at d: kept when the coin is below p(d).
+  std::vector<float> p{0.25f, 0.5f, 0.25f};
+  CHECK(rejection::exact_pick(p.data(), nullptr, 1, 3, 0.49f, 0.9f, sampler, scratch) == 1);
+  // Rejected: the residual is p without d, {0.25, 0, 0.25}; coin 0.6 falls in token 2's half.
+  CHECK(rejection::exact_pick(p.data(), nullptr, 1, 3, 0.51f, 0.6f, sampler, scratch) == 2);
+  CHECK(p == std::vector<float>{0.25f, 0.0f, 0.25f});
+  // The bonus row (no draft): a draw from p.
+  p = {0.25f, 0.5f, 0.25f};
+  CHECK(rejection::exact_pick(p.data(), nullptr, -1, 3, 0.0f, 0.6f, sampler, scratch) == 1);
+  // p one-hot at d but below 1 by rounding: a coin above p(d) rejects, the
+  // residual is empty, and d is kept (its acceptance probability is 1).
+  const float below_one = std::nextafter(1.0f, 0.0f);
+  p = {0.0f, below_one, 0.0f};
+  CHECK(rejection::exact_pick(p.data(), nullptr, 1, 3, std::nextafter(below_one, 1.0f), 0.3f, sampler,
+                              scratch) == 1);
+  // q == p: every coin keeps the draft.
+  p = {0.25f, 0.5f, 0.25f};
+  const std::vector<float> q = p;
+  CHECK(rejection::exact_pick(p.data(), q.data(), 0, 3, std::nextafter(1.0f, 0.0f), 0.1f, sampler, scratch) ==
+        0);
+  // A draft q gave more weight than p: rejected with probability 1 - p/q,
+  // then drawn from max(0, p - q) = {0, 0, 0.25} here.
+  p = {0.25f, 0.5f, 0.25f};
+  const std::vector<float> q2{0.5f, 0.5f, 0.0f};
+  CHECK(rejection::exact_pick(p.data(), q2.data(), 0, 3, 0.6f, 0.1f, sampler, scratch) == 2);
+  p = {0.25f, 0.5f, 0.25f};
+  CHECK(rejection::exact_pick(p.data(), q2.data(), 0, 3, 0.4f, 0.1f, sampler, scratch) == 0);
+}
+
+TEST_CASE("trees from samples: picks at each row's depth give the greedy and coupled trees' outcomes") {
+  const speculative::TokenTree shape{{1, 2, 3, 4, 5}, {-1, 0, 0, -1, 1}};  // tokens, parents
+  CHECK(shape.row_depths() == std::vector<int>{0, 1, 2, 2, 1, 3});
+
+  std::mt19937 rng(3);
+  std::normal_distribution<float> logit(0.0f, 2.0f);
+  cpu::HostSampler sampler(V);
+  constexpr int nodes = 6;
+  long accepted = 0;
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<float> logits(std::size_t(nodes + 1) * V);
+    for (float& x : logits) x = logit(rng);
+    speculative::TokenTree tree;
+    for (int i = 0; i < nodes; ++i) tree.parent.push_back(int(rng() % std::uint32_t(i + 1)) - 1);
+    tree.tokens.assign(nodes, 0);
+    const std::vector<int> depth = tree.row_depths();
+    for (const float temperature : {0.0f, 0.9f}) {
+      INFO("trial " << trial << ", temperature " << temperature);
+      const fastinfer::SamplingParams params{temperature, 0, 1.0f, std::uint64_t(trial)};
+      const std::uint64_t first_index = 5;
+      std::vector<std::int32_t> samples(nodes + 1);
+      for (int r = 0; r <= nodes; ++r)
+        samples[std::size_t(r)] = sampler.sample_at_index(logits.data() + std::size_t(r) * V, V, params,
+                                                          first_index + std::uint64_t(depth[std::size_t(r)]));
+      // Half the nodes hold their parent row's pick: paths get accepted.
+      for (int i = 0; i < nodes; ++i)
+        tree.tokens[std::size_t(i)] =
+            rng() % 2 ? samples[std::size_t(tree.parent[std::size_t(i)] + 1)] : std::int32_t(rng() % V);
+      const speculative::VerifyOutcome want =
+          temperature == 0.0f
+              ? speculative::verify_tree_greedy(logits.data(), V, tree, sampler)
+              : speculative::verify_tree_coupled(logits.data(), V, tree, params, first_index, sampler);
+      const speculative::VerifyOutcome got = speculative::verify_tree_from_samples(samples.data(), tree, V);
+      REQUIRE(got.tokens == want.tokens);
+      REQUIRE(got.path == want.path);
+      REQUIRE(got.accepted == want.accepted);
+      accepted += got.accepted;
+    }
+  }
+  CHECK(accepted > 100);
+}

@@ -84,6 +84,24 @@
 //                                                 it, bit for bit (the fusions that
 //                                                 save a device backend launches).
 //
+//   void accept_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows,
+//                    std::int64_t n, const SamplingParams* params,
+//                    const std::int32_t* drafts, const float* accept_coins,
+//                    const float* residual_coins, std::int32_t* tokens)
+//                                                 the exact rule's pick at a one-hot
+//                                                 draft (core/rejection_sampling.hpp's
+//                                                 exact_pick): tokens[i] = drafts[i] when
+//                                                 accept_coins[i] < p(drafts[i]), p row
+//                                                 rows[i]'s distribution under params[i],
+//                                                 else a draw from p without drafts[i]
+//                                                 with residual_coins[i]; drafts[i] < 0:
+//                                                 a draw from p. The Engine verifies a
+//                                                 deterministic drafter's chain under the
+//                                                 exact rule with it where the rows are
+//                                                 not host memory (without it they are
+//                                                 copied out); CpuBackend: the host
+//                                                 verifier's tokens, bit for bit
+//
 // check_backend<B>() names the first missing member in a static_assert;
 // is_backend_v<B> says whether all are there. Adding a backend: implement
 // these (backend/cpu/cpu_backend.hpp is the model), make a KVStore over
@@ -176,6 +194,13 @@ FASTINFER_BACKEND_MEMBER_(add_rmsnorm, std::declval<B&>().add_rmsnorm(std::declv
 FASTINFER_BACKEND_MEMBER_(linear_swiglu, std::declval<B&>().linear_swiglu(
                                              std::declval<const MatrixView&>(), std::declval<const MatrixView&>(),
                                              std::declval<const float*>(), std::int64_t{}, std::declval<float*>()))
+
+FASTINFER_BACKEND_MEMBER_(accept_rows, std::declval<B&>().accept_rows(
+                                           std::declval<const float*>(), std::int64_t{},
+                                           std::declval<const std::int32_t*>(), std::int64_t{},
+                                           std::declval<const SamplingParams*>(),
+                                           std::declval<const std::int32_t*>(), std::declval<const float*>(),
+                                           std::declval<const float*>(), std::declval<std::int32_t*>()))
 
 #undef FASTINFER_BACKEND_MEMBER_
 

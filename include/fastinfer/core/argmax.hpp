@@ -20,6 +20,12 @@ inline void check_logits_size(std::int64_t n) {
                   "sampling needs 1 to 2^31-1 logits, got ", n);
 }
 
+// A sampler's uniform coin.
+inline void check_coin(float coin) {
+  FASTINFER_CHECK(coin >= 0.0f && coin < 1.0f, InvalidArgument, "sampling coin must be in [0, 1), got ",
+                  coin);
+}
+
 // `mx` is a row's largest logit, NaN when any logit is NaN.
 inline void check_max(float mx) {
   // NumericError, not InvalidArgument: broken weights produce these, not a

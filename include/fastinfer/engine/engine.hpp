@@ -581,7 +581,7 @@ class Engine {
       feed_.insert(feed_.end(), window.begin(), window.end());
       speculating = speculating || !drafts.empty();
       host_rows = host_rows || (e.samples && (trees_[i] || !drafts.empty() || !window.empty()) &&
-                                !verifies_on_backend_(e, i));
+                                verifies_on_backend_(e, i) == BackendVerify::No);
       stats_.spec_window_rows += std::int64_t(window.size());
       batch_.add(e.id, feed_.data(), std::int32_t(feed_.size()), e.position);
       batch_.logits_tail.push_back(e.samples ? 1 + std::int32_t(drafts.size() + window.size()) : 0);
@@ -598,8 +598,8 @@ class Engine {
     if (speculating) ++stats_.spec_steps;
     // Rows are read on the host only to verify drafts against distributions
     // or feed a lookahead window; a step that only picks (plain rows, greedy
-    // and coupled chains) leaves them on the backend (a device backend then
-    // returns a token per row).
+    // and coupled chains, exact chains of deterministic drafts) leaves them
+    // on the backend (a device backend then returns a token per row).
     if (host_rows) {
       logits_ = model_.forward(batch_);
     } else {
@@ -719,7 +719,7 @@ class Engine {
       first_row_[i] = next;
       next += std::size_t(batch_.logits_tail[i]);
     }
-    pick_plain_rows_(plan);
+    pick_rows_(plan);
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
       const std::size_t row0 = first_row_[i];
@@ -730,16 +730,20 @@ class Engine {
       // reads it (execute_).
       const auto row = [&] { return logits_ + row0 * std::size_t(vocab_); };
       if (trees_[i]) {
-        verify_tree_row_(plan, i, row());
+        verify_tree_row_(plan, i, logits_ ? row() : nullptr);
         continue;
       }
       const speculative::DraftProposal& prop = i < drafts_.size() ? drafts_[i] : empty_proposal_;
       if (!prop.tokens.empty()) {
         const int m = int(prop.tokens.size());
         RequestSpeculation& sp = *live_.at(e.id).spec;
+        const BackendVerify on_backend = verifies_on_backend_(e, i);
         const speculative::VerifyOutcome v =
-            verifies_on_backend_(e, i) ? sp.verify_samples(plain_.tokens.data() + plain_.at[i], prop)
-                                       : sp.verify(row(), prop, std::uint64_t(e.sample_index));
+            on_backend == BackendVerify::FromSamples
+                ? sp.verify_samples(plain_.tokens.data() + plain_.at[i], prop)
+            : on_backend == BackendVerify::FromExactPicks
+                ? sp.verify_exact_picks(exact_.tokens.data() + exact_.at[i], prop)
+                : sp.verify(row(), prop, std::uint64_t(e.sample_index));
         result_.add(e.id, v.tokens.data(), v.tokens.size(), v.accepted);
         ++stats_.spec_rows;
         stats_.spec_drafted += m;
@@ -767,44 +771,85 @@ class Engine {
                          n_window);
   }
 
-  // Whether entry i's chain drafts are verified from the target's picks
-  // (RequestSpeculation::verifies_from_samples, and no lookahead window to
-  // feed): its m + 1 rows are picked on the backend with the plain rows and
-  // never come to the host. Only where the rows would have to be copied out:
-  // over host rows the verifier stops picking at the first mismatch.
-  bool verifies_on_backend_(const sched::PlanEntry& e, std::size_t i) const {
-    if constexpr (Backend::kHostVisible) return false;
-    if (!e.samples || i >= drafts_.size() || trees_[i] || drafts_[i].tokens.empty() ||
-        !drafts_[i].extra.empty())
-      return false;
+  // How entry i's drafts are verified where the rows are (then its rows, a
+  // chain's m + 1 or a tree's size + 1, are picked on the backend with the
+  // plain rows and never come to the host): FromSamples when the rule
+  // matches the target's own picks (RequestSpeculation::verifies_from_samples),
+  // chains and trees; FromExactPicks for the exact rule over a deterministic
+  // drafter's chain on a backend with accept_rows; No with a lookahead window
+  // to feed, or over host rows, where the verifier stops picking at the first
+  // mismatch.
+  enum class BackendVerify { No, FromSamples, FromExactPicks };
+  BackendVerify verifies_on_backend_(const sched::PlanEntry& e, std::size_t i) const {
+    if constexpr (Backend::kHostVisible) return BackendVerify::No;
+    if (!e.samples || i >= drafts_.size() || !drafts_[i].extra.empty()) return BackendVerify::No;
+    const bool tree = trees_[i] != nullptr;
+    if (!tree && drafts_[i].tokens.empty()) return BackendVerify::No;
     const auto it = live_.find(e.id);
-    return it != live_.end() && it->second.spec && it->second.spec->verifies_from_samples();
+    if (it == live_.end() || !it->second.spec) return BackendVerify::No;
+    if (it->second.spec->verifies_from_samples()) return BackendVerify::FromSamples;
+    if constexpr (backend_detail::has_accept_rows<Backend>::value)
+      if (!tree && it->second.spec->verifies_from_exact_picks(drafts_[i]))
+        return BackendVerify::FromExactPicks;
+    return BackendVerify::No;
   }
 
-  // The rows picked in one call on the backend (a device backend sends back
-  // ids, not rows): every row that samples without speculation, and the
-  // m + 1 rows of a chain verified from picks (row j at request index
-  // sample_index + j); the other speculating rows are verified on the host
-  // against their drafts' distributions. plain_.at[i]: entry i's first pick.
-  // Reads first_row_, which sample_ fills.
-  void pick_plain_rows_(const sched::StepPlan& plan) {
+  // The rows picked on the backend (a device backend sends back ids, not
+  // rows), in one call per kind: every row that samples without
+  // speculation and the rows of a chain or tree verified from samples
+  // (chain row j at request index sample_index + j, tree row r at
+  // sample_index + its depth) into plain_; the m + 1 rows of an
+  // exact chain with its drafts (-1 for the bonus row) and coins into
+  // exact_. The other speculating rows are verified on the host against
+  // their drafts' distributions. plain_.at[i] / exact_.at[i]: entry i's
+  // first pick. Reads first_row_, which sample_ fills.
+  void pick_rows_(const sched::StepPlan& plan) {
     plain_.rows.clear(), plain_.params.clear(), plain_.indices.clear();
     plain_.at.assign(plan.entries.size(), 0);
+    exact_.rows.clear(), exact_.params.clear(), exact_.drafts.clear();
+    exact_.accept_coins.clear(), exact_.residual_coins.clear();
+    exact_.at.assign(plan.entries.size(), 0);
     for (std::size_t i = 0; i < plan.entries.size(); ++i) {
       const sched::PlanEntry& e = plan.entries[i];
-      const bool chain = verifies_on_backend_(e, i);
-      if (!e.samples || (!chain && i < drafts_.size() && (!drafts_[i].tokens.empty() || trees_[i]))) continue;
+      const BackendVerify on_backend = verifies_on_backend_(e, i);
+      if (!e.samples) continue;
+      const SamplingParams& params = batcher_->request(e.id).sampling;
+      if (on_backend == BackendVerify::FromExactPicks) {
+        const RequestSpeculation& sp = *live_.at(e.id).spec;
+        const std::vector<TokenId>& drafts = drafts_[i].tokens;
+        exact_.at[i] = exact_.rows.size();
+        for (std::size_t j = 0; j <= drafts.size(); ++j) {
+          const auto [accept, residual] = sp.exact_coins(std::uint64_t(e.sample_index) + j);
+          exact_.rows.push_back(std::int32_t(first_row_[i] + j));
+          exact_.params.push_back(params);
+          exact_.drafts.push_back(j < drafts.size() ? drafts[j] : -1);
+          exact_.accept_coins.push_back(accept);
+          exact_.residual_coins.push_back(residual);
+        }
+        continue;
+      }
+      const bool drafted = on_backend == BackendVerify::FromSamples;
+      if (!drafted && i < drafts_.size() && (!drafts_[i].tokens.empty() || trees_[i])) continue;
       plain_.at[i] = plain_.rows.size();
-      const std::size_t picks = chain ? 1 + drafts_[i].tokens.size() : 1;
+      // A tree's row r decides the token at depth row_depths()[r]; a chain's row j, at j.
+      if (drafted && trees_[i]) row_depths_ = trees_[i]->row_depths();
+      const std::size_t picks = !drafted ? 1 : trees_[i] ? row_depths_.size() : 1 + drafts_[i].tokens.size();
       for (std::size_t j = 0; j < picks; ++j) {
         plain_.rows.push_back(std::int32_t(first_row_[i] + j));
-        plain_.params.push_back(batcher_->request(e.id).sampling);
-        plain_.indices.push_back(std::uint64_t(e.sample_index) + j);
+        plain_.params.push_back(params);
+        plain_.indices.push_back(std::uint64_t(e.sample_index) +
+                                 (drafted && trees_[i] ? std::uint64_t(row_depths_[j]) : j));
       }
     }
     plain_.tokens.resize(plain_.rows.size());
     model_.sample_logits(plain_.rows.data(), std::int64_t(plain_.rows.size()), plain_.params.data(),
                          plain_.indices.data(), plain_.tokens.data());
+    exact_.tokens.resize(exact_.rows.size());
+    if constexpr (backend_detail::has_accept_rows<Backend>::value)
+      if (!exact_.rows.empty())
+        model_.accept_logits(exact_.rows.data(), std::int64_t(exact_.rows.size()), exact_.params.data(),
+                             exact_.drafts.data(), exact_.accept_coins.data(), exact_.residual_coins.data(),
+                             exact_.tokens.data());
   }
 
   // A pass with a token tree or a lookahead window spells out every entry's
@@ -854,7 +899,8 @@ class Engine {
   }
 
   // Verifies entry i's tree against its rows (row: the root's, the last
-  // unfed token's), emits the accepted path and the target's token, keeps
+  // unfed token's; nullptr when the rows stayed on the backend and its
+  // picks decide), emits the accepted path and the target's token, keeps
   // the KV of the nodes already at their final slots and hands the accepted
   // nodes' features to the request's stream (lookahead: the step's tokens
   // and window rows to its pool).
@@ -862,7 +908,10 @@ class Engine {
     const sched::PlanEntry& e = plan.entries[i];
     RequestSpeculation& sp = *live_.at(e.id).spec;
     const speculative::TokenTree& tree = *trees_[i];
-    const speculative::VerifyOutcome v = sp.verify_tree(row, tree, std::uint64_t(e.sample_index));
+    const speculative::VerifyOutcome v =
+        verifies_on_backend_(e, i) == BackendVerify::FromSamples
+            ? sp.verify_tree_samples(plain_.tokens.data() + plain_.at[i], tree)
+            : sp.verify_tree(row, tree, std::uint64_t(e.sample_index));
     const int kept = speculative::kept_in_place(v.path);
     result_.add(e.id, v.tokens.data(), v.tokens.size(), kept);
     if (sp.is_lookahead()) observe_lookahead_(e, i, row, v.tokens.data(), v.tokens.size(), v.accepted);
@@ -925,14 +974,23 @@ class Engine {
   EngineConfig cfg_;
   sched::SchedulerClock clock_;
   std::int32_t vocab_;
-  struct PlainRows {  // pick_plain_rows_'s arrays, kept to avoid per-step allocation
+  struct PlainRows {  // pick_rows_'s arrays, kept to avoid per-step allocation
     std::vector<std::int32_t> rows;
     std::vector<SamplingParams> params;
     std::vector<std::uint64_t> indices;
     std::vector<TokenId> tokens;
     std::vector<std::size_t> at;  // per plan entry: its first pick in tokens
   } plain_;
+  struct ExactRows {  // pick_rows_'s exact chains, kept likewise
+    std::vector<std::int32_t> rows;
+    std::vector<SamplingParams> params;
+    std::vector<TokenId> drafts;
+    std::vector<float> accept_coins, residual_coins;
+    std::vector<TokenId> tokens;
+    std::vector<std::size_t> at;  // per plan entry: its first pick in tokens
+  } exact_;
   std::vector<std::size_t> first_row_;  // sample_: entry i's first logits row
+  std::vector<int> row_depths_;         // pick_rows_: a tree's TokenTree::row_depths()
   std::unique_ptr<prefix::RadixPrefixCache> cache_;
   std::unique_ptr<sched::ContinuousBatcher> batcher_;
   HostSwapSlots host_pool_;  // swap_blocks slots of kv().host_block_bytes()

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "fastinfer/backend/cpu/sampling.hpp"
@@ -329,22 +330,36 @@ class RequestSpeculation {
     return record_(m, verifier_->verify_from_samples(samples, drafts.tokens.data(), m));
   }
 
+  // Whether verify_exact_picks() may stand for verify() for these drafts:
+  // the exact rule at temperature > 0 over a deterministic drafter's chain
+  // (no distributions), so the backend picks the m + 1 rows where they are
+  // (LlamaModel::accept_logits with exact_coins).
+  bool verifies_from_exact_picks(const speculative::DraftProposal& drafts) const {
+    return drafts.probs.empty() && verifier_->verifies_from_exact_picks();
+  }
+  // The exact rule's coins (acceptance, residual) of request index `index`.
+  std::pair<float, float> exact_coins(std::uint64_t index) const { return verifier_->exact_coins(index); }
+  // verify() from picks[i] = the exact rule's pick of row i with drafts[i]
+  // (-1 for the bonus row i = m) and exact_coins(index + i).
+  speculative::VerifyOutcome verify_exact_picks(const std::int32_t* picks,
+                                                const speculative::DraftProposal& drafts) {
+    const int m = int(drafts.tokens.size());
+    return record_(m, verifier_->verify_from_exact_picks(picks, drafts.tokens.data(), m));
+  }
+
   // The tree form: rows[0] the root's row (the last unfed token), then one
   // per node. The acceptance history is kept by node count (a request's k
   // is its node budget): E(k) reads as tokens per step with k nodes.
   speculative::VerifyOutcome verify_tree(const float* rows, const speculative::TokenTree& tree,
                                          std::uint64_t index) {
-    speculative::VerifyOutcome v = verifier_->verify_tree(rows, tree, nullptr, index);
-    // The ranks of the accepted path's nodes, where the stream knows them for this tree.
-    path_ranks_.clear();
-    const bool ranked = lookahead_ || (stream_ && int(stream_->tree_ranks().size()) == tree.size());
-    for (int node : v.path)
-      if (ranked) path_ranks_.push_back(lookahead_ ? node : stream_->tree_ranks()[std::size_t(node)]);
-    acceptance_.update_tree(tree.size(), v.accepted, ranked ? &path_ranks_ : nullptr);
-    ++rows_;
-    drafted_ += tree.size();
-    accepted_ += v.accepted;
-    return v;
+    return record_tree_(tree, verifier_->verify_tree(rows, tree, nullptr, index));
+  }
+  // verify_tree() from the target's picks (when verifies_from_samples()):
+  // samples[r] is plain decoding's token of row r at request index index +
+  // tree.row_depths()[r].
+  speculative::VerifyOutcome verify_tree_samples(const std::int32_t* samples,
+                                                 const speculative::TokenTree& tree) {
+    return record_tree_(tree, verifier_->verify_tree_from_samples(samples, tree));
   }
 
   // Decode rows that fed drafts, drafts fed, drafts kept; the policy's
@@ -357,6 +372,18 @@ class RequestSpeculation {
   void idle() { acceptance_.idle(); }
 
  private:
+  speculative::VerifyOutcome record_tree_(const speculative::TokenTree& tree, speculative::VerifyOutcome v) {
+    // The ranks of the accepted path's nodes, where the stream knows them for this tree.
+    path_ranks_.clear();
+    const bool ranked = lookahead_ || (stream_ && int(stream_->tree_ranks().size()) == tree.size());
+    for (int node : v.path)
+      if (ranked) path_ranks_.push_back(lookahead_ ? node : stream_->tree_ranks()[std::size_t(node)]);
+    acceptance_.update_tree(tree.size(), v.accepted, ranked ? &path_ranks_ : nullptr);
+    ++rows_;
+    drafted_ += tree.size();
+    accepted_ += v.accepted;
+    return v;
+  }
   speculative::VerifyOutcome record_(int m, speculative::VerifyOutcome v) {
     acceptance_.update(m, v.accepted);
     ++rows_;

@@ -399,10 +399,22 @@ class LlamaModel {
   // have changed it.
   void sample_logits(const std::int32_t* rows, std::int64_t n, const SamplingParams* params,
                      const std::uint64_t* token_indices, std::int32_t* tokens) {
-    for (std::int64_t i = 0; i < n; ++i)
-      FASTINFER_CHECK(rows[i] >= 0 && rows[i] < last_logits_rows_, InvalidArgument, "sample_logits: row ", rows[i],
-                      " is outside the last pass's ", last_logits_rows_, " logits rows");
+    check_logits_rows_(rows, n, "sample_logits");
     if (n > 0) backend_.sample_rows(last_logits_, c_.vocab_size, rows, n, params, token_indices, tokens);
+  }
+  // The exact rule's picks at one-hot drafts from rows of the last pass
+  // (the backend's optional accept_rows, backend.hpp): tokens[i] =
+  // drafts[i] when it is kept, else the residual's draw (drafts[i] < 0: a
+  // draw from the row), where the rows are.
+  void accept_logits(const std::int32_t* rows, std::int64_t n, const SamplingParams* params,
+                     const std::int32_t* drafts, const float* accept_coins, const float* residual_coins,
+                     std::int32_t* tokens) {
+    static_assert(backend_detail::has_accept_rows<Backend>::value,
+                  "accept_logits: this backend has no accept_rows (backend.hpp's optional verbs)");
+    check_logits_rows_(rows, n, "accept_logits");
+    if (n > 0)
+      backend_.accept_rows(last_logits_, c_.vocab_size, rows, n, params, drafts, accept_coins, residual_coins,
+                           tokens);
   }
   std::int32_t sample_logits(std::int32_t row, const SamplingParams& params, std::uint64_t token_index) {
     std::int32_t token = 0;
@@ -441,6 +453,11 @@ class LlamaModel {
   }
 
  private:
+  void check_logits_rows_(const std::int32_t* rows, std::int64_t n, const char* verb) const {
+    for (std::int64_t i = 0; i < n; ++i)
+      FASTINFER_CHECK(rows[i] >= 0 && rows[i] < last_logits_rows_, InvalidArgument, verb, ": row ", rows[i],
+                      " is outside the last pass's ", last_logits_rows_, " logits rows");
+  }
   void check_weights_() const {
     auto shape = [&](const MatrixView& m, std::int64_t rows, std::int64_t cols, const char* name, int layer) {
       FASTINFER_CHECK(m.data != nullptr && m.rows == rows && m.cols == cols, InvalidArgument, "weight ", name,

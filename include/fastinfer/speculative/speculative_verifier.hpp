@@ -17,7 +17,9 @@
 //     top-p applied to both), so the output is distributed exactly as plain
 //     sampling with the same parameters. A drafter without a distribution
 //     (prompt lookup, lookahead) passes q = nullptr: q is then one-hot at the
-//     drafted token, acceptance is p(d) and the residual is p without d.
+//     drafted token, acceptance is p(d) and the residual is p without d. A
+//     draft whose residual is empty (p == q up to rounding) is kept (its
+//     acceptance probability is 1): core/rejection_sampling.hpp.
 //   token trees: the same over a tree of candidates (parent links); greedy
 //     follows the longest path the target agrees with; sampling uses
 //     SpecInfer's multi-round ("recursive") rejection sampling: at a node, try
@@ -66,10 +68,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "fastinfer/core/error.hpp"
 #include "fastinfer/core/philox.hpp"
+#include "fastinfer/core/rejection_sampling.hpp"
 #include "fastinfer/core/sampling_params.hpp"
 
 namespace fastinfer::cpu {
@@ -123,6 +127,15 @@ struct TokenTree {
                       i, " holds token ", tokens[std::size_t(i)], " outside the vocabulary [0, ", vocab, ")");
     }
   }
+  // Per logits row (row 0 after the root, row 1 + i after node i): the
+  // tokens accepted before the token it decides, i.e. 0 for the root and
+  // node i's depth (1 for a child of the root). Needs a valid tree.
+  std::vector<int> row_depths() const {
+    std::vector<int> depth(std::size_t(size()) + 1, 0);
+    for (int i = 0; i < size(); ++i)
+      depth[std::size_t(i) + 1] = depth[std::size_t(parent[std::size_t(i)] + 1)] + 1;
+    return depth;
+  }
   // Children of `node` (-1: the root) in node order.
   std::vector<int> children(int node) const {
     std::vector<int> out;
@@ -157,56 +170,22 @@ VerifyOutcome match_chain(const std::int32_t* drafts, int m, Pick pick) {
   return out;
 }
 
-// Acceptance of token d drawn from q (nullptr: one-hot at d) under p.
-inline bool accept_test(const float* p, const float* q, std::int32_t d, float coin) {
-  const double pd = p[d];
-  const double qd = q ? double(q[d]) : 1.0;
-  if (qd <= 0.0) return pd > 0.0;  // q could not have drawn it; keep it only if p allows it
-  return double(coin) * qd < pd;
-}
-
-// p <- max(0, p - q) (unnormalised; sample_from_weights normalises). Returns
-// false when nothing is left (p == q up to rounding): then p is kept as it was.
-inline bool subtract_residual(float* p, const float* q, std::int32_t d, int vocab, std::vector<float>& scratch) {
-  scratch.assign(p, p + vocab);
-  double total = 0;
-  if (q) {
-    for (int x = 0; x < vocab; ++x) {
-      scratch[std::size_t(x)] = std::max(0.0f, p[x] - q[x]);
-      total += scratch[std::size_t(x)];
-    }
-  } else {
-    scratch[std::size_t(d)] = 0.0f;
-    for (int x = 0; x < vocab; ++x) total += scratch[std::size_t(x)];
-  }
-  if (!(total > 0.0)) return false;
-  std::copy(scratch.begin(), scratch.end(), p);
-  return true;
-}
-
-// p <- p / sum(p) (no-op on an all-zero row).
-inline void normalise(float* p, int vocab) {
-  double total = 0;
-  for (int x = 0; x < vocab; ++x) total += double(p[x]);
-  if (!(total > 0.0)) return;
-  for (int x = 0; x < vocab; ++x) p[x] = float(double(p[x]) / total);
-}
-
 }  // namespace detail
 
 // --- The math on given distributions (tests drive these directly) ---------
 
 namespace detail {
 // Walks a token tree from the root: at each node `pick(row, depth)` chooses
-// the target's token from the node's logits row (row node + 1); the walk
-// follows the child holding that token and stops where none does. Greedy
-// and coupled tree verification differ only in `pick`.
+// the target's token from the node's row (row node + 1; depth: the tokens
+// accepted before it); the walk follows the child holding that token and
+// stops where none does. Greedy, coupled and from-samples tree verification
+// differ only in `pick`.
 template <typename Pick>
-VerifyOutcome follow_tree(const float* target_logits, int vocab, const TokenTree& tree, Pick pick) {
+VerifyOutcome follow_tree(const TokenTree& tree, Pick pick) {
   VerifyOutcome out;
   int node = -1;
   while (true) {
-    const std::int32_t x = pick(target_logits + std::size_t(node + 1) * std::size_t(vocab), out.accepted);
+    const std::int32_t x = pick(node + 1, out.accepted);
     out.tokens.push_back(x);
     int next = -1;
     for (int c : tree.children(node))
@@ -241,24 +220,15 @@ template <class Sampler = cpu::HostSampler>
 VerifyOutcome verify_rejection(float* p, const float* q, const std::int32_t* drafts, int m, int vocab,
                                std::uint64_t seed, std::uint64_t first_index, Sampler&& sampler = Sampler()) {
   detail::check_drafts(drafts, m, vocab);
-  VerifyOutcome out;
   std::vector<float> scratch;
-  for (int i = 0; i <= m; ++i) {
-    float* pi = p + std::size_t(i) * std::size_t(vocab);
+  // The pick of row i equals d_i exactly when d_i is kept (exact_pick).
+  return detail::match_chain(drafts, m, [&](int i) {
     const std::uint64_t index = first_index + std::uint64_t(i);
-    if (i < m) {
-      const float* qi = q ? q + std::size_t(i) * std::size_t(vocab) : nullptr;
-      if (detail::accept_test(pi, qi, drafts[i], accept_coin(seed, index))) {
-        out.tokens.push_back(drafts[i]);
-        ++out.accepted;
-        continue;
-      }
-      detail::subtract_residual(pi, qi, drafts[i], vocab, scratch);
-    }
-    out.tokens.push_back(sampler.sample_from_weights(pi, vocab, spec_coin(seed, index, kResidualSlot)));
-    break;
-  }
-  return out;
+    const float* qi = q && i < m ? q + std::size_t(i) * std::size_t(vocab) : nullptr;
+    return rejection::exact_pick(p + std::size_t(i) * std::size_t(vocab), qi, i < m ? drafts[i] : -1, vocab,
+                                 i < m ? accept_coin(seed, index) : 0.0f,
+                                 spec_coin(seed, index, kResidualSlot), sampler, scratch);
+  });
 }
 
 // Coupled chain ("sample-and-match") on logits rows [m + 1][vocab]: row i is
@@ -275,11 +245,16 @@ VerifyOutcome verify_coupled(const float* target_logits, int vocab, const std::i
   });
 }
 
-// The greedy and coupled chains from the target's picks already made:
-// samples[i] = the token plain decoding picks from row i at request index
-// first_index + i (the first maximum at temperature 0), i = 0..m, as a
-// backend's sample_rows gives them, so the rows never leave the backend.
-// The outcome of verify_greedy / verify_coupled over those rows.
+// A chain from the target's picks already made, so the rows never leave
+// the backend: the drafts up to the first pick that differs, then that pick.
+//   greedy / coupled: samples[i] = the token plain decoding picks from row i
+//     at request index first_index + i (the first maximum at temperature 0),
+//     i = 0..m, as a backend's sample_rows gives them: the outcome of
+//     verify_greedy / verify_coupled over those rows;
+//   exact, deterministic drafts: samples[i] = rejection::exact_pick of row i
+//     with d_i (d_m = -1) and the coins verify_rejection uses, as a
+//     backend's accept_rows gives them: the outcome of verify_rejection with
+//     q = nullptr.
 inline VerifyOutcome verify_from_samples(const std::int32_t* samples, const std::int32_t* drafts, int m,
                                          int vocab) {
   detail::check_drafts(drafts, m, vocab);
@@ -323,8 +298,9 @@ template <class Sampler = cpu::HostSampler>
 VerifyOutcome verify_tree_greedy(const float* target_logits, int vocab, const TokenTree& tree,
                                  Sampler&& sampler = Sampler()) {
   tree.validate(vocab);
-  return detail::follow_tree(target_logits, vocab, tree,
-                             [&](const float* row, int) { return sampler.argmax(row, vocab); });
+  return detail::follow_tree(tree, [&](int row, int) {
+    return sampler.argmax(target_logits + std::size_t(row) * std::size_t(vocab), vocab);
+  });
 }
 
 // Coupled tree: logits rows laid out as for verify_tree_greedy; at each node
@@ -333,9 +309,20 @@ template <class Sampler>
 VerifyOutcome verify_tree_coupled(const float* target_logits, int vocab, const TokenTree& tree,
                                   const SamplingParams& params, std::uint64_t first_index, Sampler& sampler) {
   tree.validate(vocab);
-  return detail::follow_tree(target_logits, vocab, tree, [&](const float* row, int depth) {
-    return sampler.sample_at_index(row, vocab, params, first_index + std::uint64_t(depth));
+  return detail::follow_tree(tree, [&](int row, int depth) {
+    return sampler.sample_at_index(target_logits + std::size_t(row) * std::size_t(vocab), vocab, params,
+                                   first_index + std::uint64_t(depth));
   });
+}
+
+// The greedy and coupled trees from the target's picks already made:
+// samples[r] = the token plain decoding picks from row r (laid out as for
+// verify_tree_greedy) at request index first_index + tree.row_depths()[r],
+// as a backend's sample_rows gives them. The outcome of verify_tree_greedy /
+// verify_tree_coupled over those rows.
+inline VerifyOutcome verify_tree_from_samples(const std::int32_t* samples, const TokenTree& tree, int vocab) {
+  tree.validate(vocab);
+  return detail::follow_tree(tree, [&](int row, int) { return samples[row]; });
 }
 
 // Sampling tree (SpecInfer's multi-round rejection sampling): p rows
@@ -361,14 +348,14 @@ VerifyOutcome verify_tree_rejection(float* p, const float* q, int vocab, const T
       const int c = kids[j];
       const float* qc = q ? q + std::size_t(c) * std::size_t(vocab) : nullptr;
       const std::int32_t d = tree.tokens[std::size_t(c)];
-      if (detail::accept_test(pn, qc, d, accept_coin(seed, index, int(j)))) {
+      if (rejection::accept_test(pn, qc, d, accept_coin(seed, index, int(j)))) {
         next = c;
         break;
       }
       // The next sibling is tested against the NORMALISED residual: the
       // acceptance ratio of the next round is p'(x) / q(x) with p' a
       // distribution, not max(0, p - q) whose mass is below 1.
-      if (detail::subtract_residual(pn, qc, d, vocab, scratch)) detail::normalise(pn, vocab);
+      if (rejection::subtract_residual(pn, qc, d, vocab, scratch)) rejection::normalise(pn, vocab);
     }
     if (next < 0) {
       out.tokens.push_back(sampler.sample_from_weights(pn, vocab, spec_coin(seed, index, kResidualSlot)));
@@ -487,6 +474,33 @@ class BasicSpeculativeVerifier {
                     acceptance_rule_name(rule_), " rule at temperature ", params_.temperature,
                     " needs the target's distributions");
     return speculative::verify_from_samples(samples, drafts, m, vocab_);
+  }
+
+  // Whether verify() over a deterministic drafter's chain (draft_probs
+  // nullptr) is the exact rule's sampled walk: then verify_from_exact_picks()
+  // over the backend's accept_rows of the same rows gives its outcome.
+  bool verifies_from_exact_picks() const { return rule_ == AcceptanceRule::Exact && !greedy(); }
+  // picks[i] = rejection::exact_pick of row i with drafts[i] (-1 for i = m)
+  // and the coins exact_coins(first_index + i).
+  VerifyOutcome verify_from_exact_picks(const std::int32_t* picks, const std::int32_t* drafts, int m) const {
+    FASTINFER_CHECK(verifies_from_exact_picks(), UsageError, "verify_from_exact_picks: the ",
+                    acceptance_rule_name(rule_), " rule at temperature ", params_.temperature,
+                    " does not verify from exact picks");
+    return speculative::verify_from_samples(picks, drafts, m, vocab_);
+  }
+  // The exact rule's coins for the token at request index `index`: the
+  // acceptance test of its draft and the residual (or bonus) draw.
+  std::pair<float, float> exact_coins(std::uint64_t index) const {
+    return {accept_coin(params_.seed, index), spec_coin(params_.seed, index, kResidualSlot)};
+  }
+
+  // verify_tree() from the target's picks of every row of the tree
+  // (samples[r] at request index first_index + tree.row_depths()[r]).
+  VerifyOutcome verify_tree_from_samples(const std::int32_t* samples, const TokenTree& tree) const {
+    FASTINFER_CHECK(verifies_from_samples(), UsageError, "verify_tree_from_samples: the ",
+                    acceptance_rule_name(rule_), " rule at temperature ", params_.temperature,
+                    " needs the target's distributions");
+    return speculative::verify_tree_from_samples(samples, tree, vocab_);
   }
 
   // The tree form: target_logits [tree.size() + 1][vocab].

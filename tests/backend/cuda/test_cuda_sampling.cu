@@ -13,6 +13,10 @@
 //   in 32.32 fixed point, the CPU its own vector exp in double: a few float
 //   ulps of one weight apart at most), and at least 95 % of the draws are
 //   that far
+//   CudaBackend::accept_rows (the exact rule's pick at a one-hot draft)
+//   against CpuBackend::accept_rows on the same coins: the same token
+//   wherever the acceptance coin is more than 5e-7 from p(draft) and the
+//   draws are that far from a boundary, as above
 //   the refusals (NaN, +inf, every logit -inf)                            the CPU's messages,
 //                                                                         no token written
 #include <catch2/catch.hpp>
@@ -26,6 +30,7 @@
 #include <vector>
 
 #include "cuda_store_pair.cuh"
+#include "fastinfer/backend/cpu/cpu_backend.hpp"
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/backend/cuda/cuda_backend.cuh"
 #include "fastinfer/backend/cuda/sampling.cuh"
@@ -57,23 +62,22 @@ cuda::SampleRequest request(std::int32_t row, float temperature, int top_k, floa
 // weight of the kept set (id order), and top-p's target top_p * total from
 // every prefix sum of the top-k set (best first). Double precision, from the
 // scalar reference's weights.
-double boundary_margin(const float* logits, std::int64_t vocab, const SamplingParams& p, float coin) {
-  if (p.temperature == 0.0f) return 1.0;
-  double margin = 1.0;
-  if (p.top_p < 1.0f) {
-    SamplingParams top_k_only = p;
-    top_k_only.top_p = 1.0f;
-    std::vector<double> w = cpu::reference::sampling_weights(logits, vocab, top_k_only);
-    std::sort(w.begin(), w.end(), std::greater<double>());
-    double total = 0, cum = 0;
-    for (double x : w) total += x;
-    for (double x : w) {
-      cum += x;
-      margin = std::min(margin, std::fabs(cum - double(p.top_p) * total) / total);
-    }
+double top_p_margin(const float* logits, std::int64_t vocab, const SamplingParams& p) {
+  if (p.temperature == 0.0f || p.top_p == 1.0f) return 1.0;
+  SamplingParams top_k_only = p;
+  top_k_only.top_p = 1.0f;
+  std::vector<double> w = cpu::reference::sampling_weights(logits, vocab, top_k_only);
+  std::sort(w.begin(), w.end(), std::greater<double>());
+  double total = 0, cum = 0, margin = 1.0;
+  for (double x : w) total += x;
+  for (double x : w) {
+    cum += x;
+    margin = std::min(margin, std::fabs(cum - double(p.top_p) * total) / total);
   }
-  const std::vector<double> w = cpu::reference::sampling_weights(logits, vocab, p);
-  double total = 0, cum = 0;
+  return margin;
+}
+double draw_margin(const std::vector<double>& w, float coin) {
+  double total = 0, cum = 0, margin = 1.0;
   for (double x : w) total += x;
   for (double x : w) {
     if (x == 0.0) continue;
@@ -81,6 +85,31 @@ double boundary_margin(const float* logits, std::int64_t vocab, const SamplingPa
     margin = std::min(margin, std::fabs(cum - double(coin) * total) / total);
   }
   return margin;
+}
+double boundary_margin(const float* logits, std::int64_t vocab, const SamplingParams& p, float coin) {
+  if (p.temperature == 0.0f) return 1.0;
+  return std::min(top_p_margin(logits, vocab, p),
+                  draw_margin(cpu::reference::sampling_weights(logits, vocab, p), coin));
+}
+// The same for the exact rule's pick at a draft: top-p's target, the
+// acceptance test (accept_coin against p(draft)) and, when the draft is
+// rejected, the residual's draw.
+double exact_pick_margin(const float* logits, std::int64_t vocab, const SamplingParams& p, std::int32_t draft,
+                         float accept_coin, float residual_coin) {
+  if (p.temperature == 0.0f) return 1.0;
+  double margin = top_p_margin(logits, vocab, p);
+  std::vector<double> w = cpu::reference::sampling_weights(logits, vocab, p);
+  if (draft >= 0) {
+    double total = 0;
+    for (double x : w) total += x;
+    const double pd = w[std::size_t(draft)] / total;
+    margin = std::min(margin, std::fabs(double(accept_coin) - pd));
+    if (double(accept_coin) < pd) return margin;  // kept
+    w[std::size_t(draft)] = 0.0;
+    if (std::all_of(w.begin(), w.end(), [](double x) { return x == 0.0; }))
+      return margin;  // kept: empty residual
+  }
+  return std::min(margin, draw_margin(w, residual_coin));
 }
 
 }  // namespace
@@ -205,4 +234,62 @@ TEST_CASE("cuda: sample_rows refuses the CPU's bad rows and writes no token", "[
   const SamplingParams bad_top_p{0.8f, 0, 1.5f, 1};
   CHECK_THROWS_WITH(gpu.sample_rows(d.data(), vocab, rows, 1, &bad_top_p, indices, &token),
                     Catch::Contains("top_p must be in (0, 1]"));
+}
+
+TEST_CASE("cuda: accept_rows keeps and rejects drafts as the CPU backend does away from boundaries",
+          "[cuda]") {
+  FASTINFER_REQUIRE_CUDA();
+  CudaBackend gpu;
+  CpuBackend cpu_backend;
+  std::mt19937 rng(77);
+  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+  for (const std::int64_t vocab : {7, 513, 32000}) {
+    CAPTURE(vocab);
+    const std::int64_t n_rows = 3;
+    std::vector<float> logits(std::size_t(n_rows * vocab));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (std::int64_t r = 0; r < n_rows; ++r)
+      for (std::int64_t i = 0; i < vocab; ++i) {
+        float& x = logits[std::size_t(r * vocab + i)];
+        x = normal(rng) * (r == 1 ? 6.0f : 1.0f);  // row 1 peaked: its argmax is often kept
+        if (r == 2 && i % 3 == 1) x = -std::numeric_limits<float>::infinity();
+      }
+    auto d = to_device(gpu, logits);
+    std::vector<std::int32_t> rows, drafts;
+    std::vector<SamplingParams> params;
+    std::vector<float> accept, residual;
+    for (std::int64_t r = 0; r < n_rows; ++r) {
+      const std::int32_t best = cpu::argmax_token(logits.data() + r * vocab, vocab);
+      for (float t : {0.0f, 0.7f, 1.5f})
+        for (int k : {0, 5})
+          for (float p : {1.0f, 0.9f})
+            // The row's argmax, any token, a masked one (row 2: id 1), none (the bonus row).
+            for (std::int32_t draft :
+                 {best, std::int32_t(rng() % vocab), std::int32_t(vocab > 1 ? 1 : 0), -1})
+              for (int coins = 0; coins < 4; ++coins) {
+                rows.push_back(std::int32_t(r));
+                params.push_back(SamplingParams{t, k, p, 0});
+                drafts.push_back(draft);
+                accept.push_back(std::min(uniform(rng), std::nextafter(1.0f, 0.0f)));
+                residual.push_back(std::min(uniform(rng), std::nextafter(1.0f, 0.0f)));
+              }
+    }
+    const std::int64_t n = std::int64_t(rows.size());
+    std::vector<std::int32_t> got(rows.size(), -1), want(rows.size(), -1);
+    gpu.accept_rows(d.data(), vocab, rows.data(), n, params.data(), drafts.data(), accept.data(),
+                    residual.data(), got.data());
+    cpu_backend.accept_rows(logits.data(), vocab, rows.data(), n, params.data(), drafts.data(), accept.data(),
+                            residual.data(), want.data());
+    std::size_t compared = 0, kept = 0;
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const float* row = logits.data() + std::int64_t(rows[i]) * vocab;
+      if (exact_pick_margin(row, vocab, params[i], drafts[i], accept[i], residual[i]) <= 5e-7) continue;
+      ++compared;
+      kept += drafts[i] >= 0 && want[i] == drafts[i] ? 1 : 0;
+      CAPTURE(i, rows[i], params[i].temperature, params[i].top_k, params[i].top_p, drafts[i], accept[i]);
+      CHECK(got[i] == want[i]);
+    }
+    CHECK(double(compared) >= 0.95 * double(rows.size()));
+    CHECK(kept > 0);
+  }
 }

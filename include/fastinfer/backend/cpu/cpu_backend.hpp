@@ -16,6 +16,7 @@
 #include "fastinfer/backend/cpu/kv_store.hpp"
 #include "fastinfer/backend/cpu/sampling.hpp"
 #include "fastinfer/core/error.hpp"
+#include "fastinfer/core/rejection_sampling.hpp"
 #include "fastinfer/core/sampling_params.hpp"
 #include "fastinfer/core/tensor.hpp"
 
@@ -116,13 +117,31 @@ class CpuBackend {
   void sample_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
                    const SamplingParams* params, const std::uint64_t* token_indices, std::int32_t* tokens) {
     for (std::int64_t i = 0; i < n; ++i)
-      tokens[i] = cpu::sample_at_index(logits + std::int64_t(rows[i]) * vocab, vocab, params[i], token_indices[i],
-                                       sampler_ws_);
+      tokens[i] = sampler_.sample_at_index(logits + std::int64_t(rows[i]) * vocab, vocab, params[i],
+                                           token_indices[i]);
+  }
+  // The exact rule's pick per row (backend.hpp's optional verb) with the
+  // host verifier's arithmetic: its distribution, then
+  // rejection::exact_pick, so the tokens are verify_rejection's.
+  void accept_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
+                   const SamplingParams* params, const std::int32_t* drafts, const float* accept_coins,
+                   const float* residual_coins, std::int32_t* tokens) {
+    detail::check_logits_size(vocab);
+    probs_.resize(std::size_t(vocab));
+    for (std::int64_t i = 0; i < n; ++i) {
+      FASTINFER_CHECK(drafts[i] < vocab, InvalidArgument, "accept_rows: draft token ", drafts[i],
+                      " is outside the vocabulary [0, ", vocab, ")");
+      detail::check_coin(accept_coins[i]);
+      sampler_.distribution(logits + std::int64_t(rows[i]) * vocab, vocab, params[i], probs_.data());
+      tokens[i] = rejection::exact_pick(probs_.data(), nullptr, drafts[i], int(vocab), accept_coins[i],
+                                        residual_coins[i], sampler_, residual_);
+    }
   }
 
  private:
   int threads_ = 1;
-  cpu::SamplerWorkspace sampler_ws_;  // grows once to the vocabulary
+  cpu::HostSampler sampler_;             // its workspace grows once to the vocabulary
+  std::vector<float> probs_, residual_;  // accept_rows' row and its residual
 };
 
 static_assert(check_backend<CpuBackend>());

@@ -73,12 +73,9 @@ class SamplerWorkspace {
 namespace detail {
 
 // The refusals every argmax and sampler shares (core/argmax.hpp).
+using fastinfer::detail::check_coin;
 using fastinfer::detail::check_logits_size;
 using fastinfer::detail::check_max;
-inline void check_coin(float coin) {
-  FASTINFER_CHECK(coin >= 0.0f && coin < 1.0f, InvalidArgument, "sampling coin must be in [0, 1), got ",
-                  coin);
-}
 
 // Largest logit, or NaN when any logit is NaN.
 template <class Arch = xsimd::default_arch>

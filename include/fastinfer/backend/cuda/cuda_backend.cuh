@@ -194,31 +194,65 @@ class CudaBackend {
   void sample_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
                    const SamplingParams* params, const std::uint64_t* token_indices, std::int32_t* tokens) {
     if (n <= 0) return;
-    detail::check_logits_size(vocab);
+    std::vector<cuda::SampleRequest>& requests = s_->sample_requests;
+    requests.resize(std::size_t(n));
+    for (std::int64_t i = 0; i < n; ++i)
+      requests[std::size_t(i)] = sample_request_(
+          rows[i], params[i], uniform_float(params[i].seed, RandomStream::Sampling, token_indices[i]));
+    pick_rows_(logits, vocab, tokens);
+  }
+  // The exact rule's pick at a one-hot draft per row (backend.hpp's optional
+  // verb) in the same launch as sample_rows: the CPU backend's tokens but
+  // where a coin falls within float rounding of p(draft) or of a boundary.
+  void accept_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
+                   const SamplingParams* params, const std::int32_t* drafts, const float* accept_coins,
+                   const float* residual_coins, std::int32_t* tokens) {
+    if (n <= 0) return;
     std::vector<cuda::SampleRequest>& requests = s_->sample_requests;
     requests.resize(std::size_t(n));
     for (std::int64_t i = 0; i < n; ++i) {
-      const SamplingParams& p = params[i];
-      validate(p);
-      // 1 / T overflows only for a subnormal T: its limit, greedy.
-      const float inv_t = p.temperature == 0.0f ? 0.0f : 1.0f / p.temperature;
-      requests[std::size_t(i)] = {rows[i], std::isfinite(inv_t) ? inv_t : 0.0f, p.top_k, p.top_p,
-                                  uniform_float(p.seed, RandomStream::Sampling, token_indices[i])};
+      FASTINFER_CHECK(drafts[i] < vocab, InvalidArgument, "accept_rows: draft token ", drafts[i],
+                      " is outside the vocabulary [0, ", vocab, ")");
+      detail::check_coin(accept_coins[i]);
+      cuda::SampleRequest& r = requests[std::size_t(i)];
+      r = sample_request_(rows[i], params[i], residual_coins[i]);
+      r.draft = drafts[i] < 0 ? -1 : drafts[i];
+      r.accept_coin = accept_coins[i];
     }
-    const cuda::SampleRequest* d = cuda::stage(s_->requests, requests.data(), requests.size(), stream());
-    s_->samples.reserve_discard(std::size_t(n));
-    cuda::sample_rows(logits, vocab, d, n, s_->samples.data(), stream());
-    s_->samples_host.resize(std::size_t(n));
-    cuda::copy_to_host(s_->samples_host.data(), s_->samples.data(), std::size_t(n), stream());
+    pick_rows_(logits, vocab, tokens);
+  }
+
+ private:
+  static cuda::SampleRequest sample_request_(std::int32_t row, const SamplingParams& p, float coin) {
+    validate(p);
+    detail::check_coin(coin);
+    // 1 / T overflows only for a subnormal T: its limit, greedy.
+    const float inv_t = p.temperature == 0.0f ? 0.0f : 1.0f / p.temperature;
+    cuda::SampleRequest r;
+    r.row = row, r.inv_temperature = std::isfinite(inv_t) ? inv_t : 0.0f, r.top_k = p.top_k,
+    r.top_p = p.top_p;
+    r.coin = coin;
+    return r;
+  }
+  // s_->sample_requests (n of them) in one launch; tokens written once every
+  // row has passed the host's checks.
+  void pick_rows_(const float* logits, std::int64_t vocab, std::int32_t* tokens) {
+    detail::check_logits_size(vocab);
+    const std::vector<cuda::SampleRequest>& requests = s_->sample_requests;
+    const std::size_t n = requests.size();
+    const cuda::SampleRequest* d = cuda::stage(s_->requests, requests.data(), n, stream());
+    s_->samples.reserve_discard(n);
+    cuda::sample_rows(logits, vocab, d, std::int64_t(n), s_->samples.data(), stream());
+    s_->samples_host.resize(n);
+    cuda::copy_to_host(s_->samples_host.data(), s_->samples.data(), n, stream());
     for (const cuda::RowSample& r : s_->samples_host) {
       detail::check_max(r.has_nan ? std::numeric_limits<float>::quiet_NaN() : r.max);
       FASTINFER_CHECK(r.token >= 0 && r.token < vocab, Error, "cuda sample_rows: no token drawn (got ",
                       r.token, ")");
     }
-    for (std::int64_t i = 0; i < n; ++i) tokens[i] = s_->samples_host[std::size_t(i)].token;
+    for (std::size_t i = 0; i < n; ++i) tokens[i] = s_->samples_host[i].token;
   }
 
- private:
   // RoPE angles for positions 0..highest, computed on the host as cpu::rope's
   // table is (core's rope_angle, then f32 std::cos and std::sin) so both
   // backends rotate by the same bits; rebuilt when the shape changes, doubled when

@@ -19,7 +19,12 @@
 //          running weight exceeds floor(coin * kept total) (a block scan
 //          per tile of ids).
 // Greedy rows (temperature 0) take the draw with weight 1 at the row's
-// maximum and 0 elsewhere: the first maximum, as argmax gives it.
+// maximum and 0 elsewhere: the first maximum, as argmax gives it (with a
+// draft too: the exact rule keeps a draft at the maximum and otherwise
+// draws the maximum).
+// A row with a draft d (the exact rule of speculative decoding at a
+// deterministic drafter's token) keeps d when accept_coin * total < w(d),
+// else draws as above from the kept set without d.
 //
 // Where the math allows the CPU's token and where it cannot: the CPU sums
 // float weights in double and uses its own vector exp; the device uses
@@ -40,13 +45,17 @@
 
 namespace fastinfer::cuda {
 
-// One row to sample: which logits row, its filter and its coin.
+// One row to sample: which logits row, its filter and its coin; with a
+// draft, the exact rule's pick (core/rejection_sampling.hpp's exact_pick
+// with q one-hot at the draft).
 struct SampleRequest {
   std::int32_t row;
   float inv_temperature;  // 1 / T as the host computes it; 0 = greedy
   std::int32_t top_k;     // 0, or >= vocab: off
   float top_p;            // 1: off; in (0, 1]
-  float coin;             // [0, 1)
+  float coin;             // [0, 1): the draw (with a draft: the residual's)
+  std::int32_t draft = -1;  // < 0: none; else kept when accept_coin < p(draft)
+  float accept_coin = 0.0f;
 };
 
 // What the device returns per row: the token, and the row's maximum (of
@@ -219,7 +228,18 @@ __global__ void __launch_bounds__(kThreads)
       kept = select_prefix(x, vocab, kept, weight, need > 0 ? need : 1, s);
     }
     const Weight total = block_sum(x, vocab, kept_weight, s);
-    token = first_exceeding(x, vocab, kept_weight, scaled_floor(r.coin, total), s);
+    // The exact rule at a one-hot draft d: keep d when accept_coin * total <
+    // w(d) (the same test as accept_coin < p(d), exactly: w(d) is an integer),
+    // else draw from the kept set without d; an empty residual keeps d.
+    const Weight draft_weight = r.draft >= 0 ? kept_weight(r.draft, x[r.draft]) : 0;
+    if (r.draft >= 0 && (scaled_floor(r.accept_coin, total) < draft_weight || total == draft_weight)) {
+      token = r.draft;
+    } else {
+      const auto residual_weight = [&](std::int64_t id, float v) -> Weight {
+        return id == r.draft ? 0 : kept_weight(id, v);
+      };
+      token = first_exceeding(x, vocab, residual_weight, scaled_floor(r.coin, total - draft_weight), s);
+    }
   }
   if (threadIdx.x == 0) out[blockIdx.x] = RowSample{std::int32_t(token), max, 0};
 }
