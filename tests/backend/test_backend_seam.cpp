@@ -32,6 +32,7 @@
 #include "fastinfer/model/synthetic.hpp"
 #include "fastinfer/speculative/speculative_verifier.hpp"
 #include "model_scenarios.hpp"
+#include "spec_harness.hpp"
 
 using namespace fastinfer;
 
@@ -538,14 +539,7 @@ TEST_CASE(
     if (rule == 3) cfg.spec.sampled_rule = speculative::AcceptanceRule::TypicalLossy;
     for (auto& r : reqs) r.sampling.temperature = rule == 0 ? 0.0f : 0.05f;
     auto run = [&](auto& model, const engine::RequestSpec& spec) {
-      engine::Engine<std::remove_reference_t<decltype(model.backend())>> e(model, cfg);
-      std::vector<sched::RequestId> ids;
-      for (const auto& r : reqs) ids.push_back(e.submit(r, spec));
-      while (e.step()) {
-      }
-      std::vector<std::vector<std::int32_t>> out;
-      for (auto id : ids) out.push_back(e.output(id));
-      return std::make_pair(out, e.metrics());
+      return fastinfer::testing::run_spec_engine(model, cfg, reqs, {spec});
     };
     LlamaModel<> ref(w, o);
     auto guard = std::make_shared<Guard>();
@@ -553,9 +547,9 @@ TEST_CASE(
     const auto expected = run(ref, lookup);
     const long copies = guard->calls["to_host"];
     const auto got = run(guarded, lookup);
-    CHECK(got.first == expected.first);
-    CHECK(got.second.spec_rows > 0);
-    CHECK(got.second.spec_accepted > 0);
+    CHECK(got.outputs == expected.outputs);
+    CHECK(got.metrics.spec_rows > 0);
+    CHECK(got.metrics.spec_accepted > 0);
     if (rule < 3) {
       // The m + 1 rows of a chain are picked where they are and matched:
       // the host verifier's tokens (the CPU engine's, above), bit for bit.
@@ -565,7 +559,7 @@ TEST_CASE(
       CHECK(guard->calls["to_host"] > copies);  // typical acceptance reads distributions
     }
     // Greedy and coupled speculation emit plain decoding's tokens.
-    if (rule < 2) CHECK(got.first == run(ref, engine::RequestSpec{}).first);
+    if (rule < 2) CHECK(got.outputs == run(ref, engine::RequestSpec{}).outputs);
     REQUIRE_FALSE(guard->is_open());
   }
 }
@@ -598,14 +592,7 @@ TEST_CASE("guarded backend: greedy and coupled token trees verify from the backe
     cfg.spec.lookahead = speculative::LookaheadConfig{3, 3, 4};
     for (auto& r : reqs) r.sampling.temperature = temperature;
     auto run = [&](auto& model) {
-      engine::Engine<std::remove_reference_t<decltype(model.backend())>> e(model, cfg);
-      std::vector<sched::RequestId> ids;
-      for (const auto& r : reqs) ids.push_back(e.submit(r, lookahead));
-      while (e.step()) {
-      }
-      std::vector<std::vector<std::int32_t>> out;
-      for (auto id : ids) out.push_back(e.output(id));
-      return std::make_pair(out, e.metrics());
+      return fastinfer::testing::run_spec_engine(model, cfg, reqs, {lookahead});
     };
     LlamaModel<> ref(w, o);
     auto guard = std::make_shared<Guard>();
@@ -614,8 +601,8 @@ TEST_CASE("guarded backend: greedy and coupled token trees verify from the backe
     const long copies = guard->calls["to_host"];
     const auto got = run(guarded);
     // The host verifier's tokens over host rows, bit for bit.
-    CHECK(got.first == expected.first);
-    const engine::EngineMetrics& m = got.second;
+    CHECK(got.outputs == expected.outputs);
+    const engine::EngineMetrics& m = got.metrics;
     CHECK(m.spec_rows > 0);
     CHECK(m.spec_accepted > 0);
     // A step copies its rows out only when a window reads them: some

@@ -1,5 +1,5 @@
 // Helpers shared by the Engine's speculation tests (test_engine_spec.cpp,
-// test_engine_eagle.cpp): one engine run over a workload with per-request
+// test_engine_eagle.cpp, the seam's guarded runs): one engine run over a workload with per-request
 // speculation settings, the books checked every step, and the four engine
 // configurations every drafter is tried in.
 #pragma once
@@ -24,10 +24,11 @@ struct SpecRun {
 // ends (the batcher's, the pool's and the prefix cache's invariants checked
 // after each step), and checks that each request streamed its output and
 // that the pool is whole afterwards.
-inline SpecRun run_spec_engine(LlamaModel<>& model, const engine::EngineConfig& cfg,
-                               const std::vector<sched::Request>& reqs,
-                               const std::vector<engine::RequestSpec>& specs) {
-  engine::Engine<> eng(model, cfg);
+template <class Backend>
+SpecRun run_spec_engine(LlamaModel<Backend>& model, const engine::EngineConfig& cfg,
+                        const std::vector<sched::Request>& reqs,
+                        const std::vector<engine::RequestSpec>& specs) {
+  engine::Engine<Backend> eng(model, cfg);
   std::vector<sched::RequestId> ids;
   std::map<sched::RequestId, std::vector<std::int32_t>> streamed;
   for (std::size_t i = 0; i < reqs.size(); ++i)
