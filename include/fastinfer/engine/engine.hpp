@@ -53,10 +53,13 @@
 // token index), exact in distribution but with tokens that depend on the draft counts), and the row
 // emits 1..m+1 tokens. Greedy and coupled chains need only the target's picks: on a device backend their
 // rows are picked there with the plain rows (LlamaModel::sample_logits) and matched on the host, so it sends
-// back ids, not rows (speculative::verify_from_samples); Exact and tree rows are read on the host. The
-// accepted drafts' KV is kept (StepResult::kv_kept), the rejected slots and their blocks go back at commit().
-// A row with no drafts samples exactly as a plain row. Stop ids, max_new_tokens and the context limit cut an
-// accepted run token by token in commit(), where plain decoding would stop.
+// back ids, not rows (speculative::verify_from_samples; greedy and coupled trees without a lookahead window
+// likewise, each row at the index of its depth; the exact rule over a deterministic drafter's chain through
+// the backend's accept_rows); draft-model distributions, exact trees, typical acceptance and lookahead
+// windows are read on the host. The accepted drafts' KV is kept (StepResult::kv_kept), the rejected slots and
+// their blocks go back at commit(). A row with no drafts samples exactly as a plain row. Stop ids,
+// max_new_tokens and the context limit cut an accepted run token by token in commit(), where plain decoding
+// would stop.
 //
 // Token trees (SpecDrafter::Eagle, Mtp, Medusa; docs/speculative.md "EAGLE,
 // MTP and Medusa trees in the Engine"): such a request's entry feeds [its unfed tokens | the tree's
@@ -828,17 +831,19 @@ class Engine {
         }
         continue;
       }
-      const bool drafted = on_backend == BackendVerify::FromSamples;
-      if (!drafted && i < drafts_.size() && (!drafts_[i].tokens.empty() || trees_[i])) continue;
+      const bool from_samples = on_backend == BackendVerify::FromSamples;
+      if (!from_samples && i < drafts_.size() && (!drafts_[i].tokens.empty() || trees_[i])) continue;
       plain_.at[i] = plain_.rows.size();
       // A tree's row r decides the token at depth row_depths()[r]; a chain's row j, at j.
-      if (drafted && trees_[i]) row_depths_ = trees_[i]->row_depths();
-      const std::size_t picks = !drafted ? 1 : trees_[i] ? row_depths_.size() : 1 + drafts_[i].tokens.size();
+      if (from_samples && trees_[i]) row_depths_ = trees_[i]->row_depths();
+      const std::size_t picks = !from_samples ? 1
+                                : trees_[i]   ? row_depths_.size()
+                                              : 1 + drafts_[i].tokens.size();
       for (std::size_t j = 0; j < picks; ++j) {
         plain_.rows.push_back(std::int32_t(first_row_[i] + j));
         plain_.params.push_back(params);
         plain_.indices.push_back(std::uint64_t(e.sample_index) +
-                                 (drafted && trees_[i] ? std::uint64_t(row_depths_[j]) : j));
+                                 (from_samples && trees_[i] ? std::uint64_t(row_depths_[j]) : j));
       }
     }
     plain_.tokens.resize(plain_.rows.size());

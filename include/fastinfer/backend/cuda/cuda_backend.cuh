@@ -228,11 +228,7 @@ class CudaBackend {
     detail::check_coin(coin);
     // 1 / T overflows only for a subnormal T: its limit, greedy.
     const float inv_t = p.temperature == 0.0f ? 0.0f : 1.0f / p.temperature;
-    cuda::SampleRequest r;
-    r.row = row, r.inv_temperature = std::isfinite(inv_t) ? inv_t : 0.0f, r.top_k = p.top_k,
-    r.top_p = p.top_p;
-    r.coin = coin;
-    return r;
+    return cuda::SampleRequest{row, std::isfinite(inv_t) ? inv_t : 0.0f, p.top_k, p.top_p, coin};
   }
   // s_->sample_requests (n of them) in one launch; tokens written once every
   // row has passed the host's checks.

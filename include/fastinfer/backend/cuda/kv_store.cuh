@@ -333,7 +333,6 @@ class CudaKVStore final : public KVStore {
   std::uint8_t* block_(BlockId b) { return arena_.data() + std::int64_t(b) * block_stride_; }
   float* block_params_(BlockId b) { return params_.data() + std::int64_t(b) * param_block_stride_; }
   std::size_t param_bytes_() const { return sizeof(float) * std::size_t(param_block_stride_); }
-  // A format without parameters has no parameter arena (null): nothing to copy.
   // Whether the runtime knows `host` as page-locked host memory.
   static bool page_locked_(const void* host) {
     cudaPointerAttributes a{};
@@ -343,6 +342,7 @@ class CudaKVStore final : public KVStore {
     }
     return a.type == cudaMemoryTypeHost;
   }
+  // A format without parameters has no parameter arena (null): nothing to copy.
   void copy_bytes_(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
     if (bytes > 0) FASTINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, ctx_->stream()));
   }
