@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <memory_resource>
@@ -760,6 +761,21 @@ TEST_CASE("accept_rows: the exact rule's picks of a chain give the host verifier
       backend.accept_rows(logits.data(), vocab, &row, 1, &warm, &draft, &bad_coin, &coin, &token),
       "sampling coin must be in [0, 1), got 1");
   CHECK(token == -7);
+  // A bad later row throws before any token is written, in each row verb:
+  // row 0 is fine, row 1 holds +inf (accept_rows: its draft is outside).
+  std::vector<float> two(2 * vocab, 0.0f);
+  two[vocab + 1] = std::numeric_limits<float>::infinity();
+  const std::int32_t both[2] = {0, 1}, two_drafts[2] = {3, outside};
+  const SamplingParams pair[2] = {warm, warm};
+  const std::uint64_t at[2] = {0, 1};
+  const float coins[2] = {0.5f, 0.5f};
+  std::int32_t out[2] = {-7, -7};
+  CHECK_THROWS_WITH(backend.argmax_rows(two.data(), vocab, both, 2, out), "logits contain +inf");
+  CHECK_THROWS_WITH(backend.sample_rows(two.data(), vocab, both, 2, pair, at, out), "logits contain +inf");
+  CHECK_THROWS_WITH(backend.accept_rows(two.data(), vocab, both, 2, pair, two_drafts, coins, coins, out),
+                    Catch::Contains("draft token 50 is outside"));
+  CHECK(out[0] == -7);
+  CHECK(out[1] == -7);
   speculative::SpeculativeVerifier coupled(vocab, warm, speculative::AcceptanceRule::Coupled);
   CHECK_FALSE(coupled.verifies_from_exact_picks());
   CHECK_THROWS_WITH(coupled.verify_from_exact_picks(&draft, &draft, 0),

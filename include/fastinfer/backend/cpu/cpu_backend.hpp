@@ -4,6 +4,7 @@
 // are bit-for-bit those of the kernels' own tests.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -110,15 +111,22 @@ class CpuBackend {
 
   // The host sampler's functions (backend/cpu/sampling.hpp) row by row: the
   // tokens are those a caller picking from the same host rows would get.
+  // Like the CUDA backend, a bad row (NaN logits, bad parameters) throws
+  // before any token is written: the picks go to scratch first.
   void argmax_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
                    std::int32_t* tokens) {
-    for (std::int64_t i = 0; i < n; ++i) tokens[i] = cpu::argmax_token(logits + std::int64_t(rows[i]) * vocab, vocab);
+    picks_.resize(std::size_t(std::max<std::int64_t>(n, 0)));
+    for (std::int64_t i = 0; i < n; ++i)
+      picks_[std::size_t(i)] = cpu::argmax_token(logits + std::int64_t(rows[i]) * vocab, vocab);
+    std::copy(picks_.begin(), picks_.end(), tokens);
   }
   void sample_rows(const float* logits, std::int64_t vocab, const std::int32_t* rows, std::int64_t n,
                    const SamplingParams* params, const std::uint64_t* token_indices, std::int32_t* tokens) {
+    picks_.resize(std::size_t(std::max<std::int64_t>(n, 0)));
     for (std::int64_t i = 0; i < n; ++i)
-      tokens[i] = sampler_.sample_at_index(logits + std::int64_t(rows[i]) * vocab, vocab, params[i],
-                                           token_indices[i]);
+      picks_[std::size_t(i)] = sampler_.sample_at_index(logits + std::int64_t(rows[i]) * vocab, vocab,
+                                                        params[i], token_indices[i]);
+    std::copy(picks_.begin(), picks_.end(), tokens);
   }
   // The exact rule's pick per row (backend.hpp's optional verb) with the
   // host verifier's arithmetic: its distribution, then
@@ -128,20 +136,23 @@ class CpuBackend {
                    const float* residual_coins, std::int32_t* tokens) {
     detail::check_logits_size(vocab);
     probs_.resize(std::size_t(vocab));
+    picks_.resize(std::size_t(std::max<std::int64_t>(n, 0)));
     for (std::int64_t i = 0; i < n; ++i) {
       FASTINFER_CHECK(drafts[i] < vocab, InvalidArgument, "accept_rows: draft token ", drafts[i],
                       " is outside the vocabulary [0, ", vocab, ")");
       detail::check_coin(accept_coins[i]);
       sampler_.distribution(logits + std::int64_t(rows[i]) * vocab, vocab, params[i], probs_.data());
-      tokens[i] = rejection::exact_pick(probs_.data(), nullptr, drafts[i], int(vocab), accept_coins[i],
-                                        residual_coins[i], sampler_, residual_);
+      picks_[std::size_t(i)] = rejection::exact_pick(probs_.data(), nullptr, drafts[i], int(vocab),
+                                                     accept_coins[i], residual_coins[i], sampler_, residual_);
     }
+    std::copy(picks_.begin(), picks_.end(), tokens);
   }
 
  private:
   int threads_ = 1;
   cpu::HostSampler sampler_;             // its workspace grows once to the vocabulary
   std::vector<float> probs_, residual_;  // accept_rows' row and its residual
+  std::vector<std::int32_t> picks_;      // the row verbs' tokens until every row passed
 };
 
 static_assert(check_backend<CpuBackend>());
