@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "fastinfer/core/dtype.hpp"
+#include "fastinfer/core/tensor.hpp"
 
 #if defined(__F16C__)
 #include <immintrin.h>
@@ -253,3 +254,20 @@ TEST_CASE("f16 encoding agrees with the F16C instruction", "[dtype]") {
   }
 }
 #endif
+
+TEST_CASE("MatrixView::bytes counts what each layout stores", "[dtype]") {
+  // rows and the CUDA backend's split rows hold exactly `rows` rows (the
+  // split row keeps row_bytes: its quants, then its scales); the CPU's
+  // regrouped Q8_0 pads the last group of 16 rows.
+  for (const std::int64_t rows : {1, 9, 16, 19, 37, 64, 130}) {
+    INFO("rows " << rows);
+    const std::int64_t cols = 256;
+    const std::size_t row = fastinfer::row_bytes(fastinfer::DType::Q8_0, cols);
+    fastinfer::MatrixView m{fastinfer::DType::Q8_0, nullptr, rows, cols};
+    CHECK(m.bytes() == row * std::size_t(rows));
+    m.layout = fastinfer::MatrixLayout::q8_0_split_rows;
+    CHECK(m.bytes() == row * std::size_t(rows));
+    m.layout = fastinfer::MatrixLayout::q8_0_row_groups;
+    CHECK(m.bytes() == row * std::size_t((rows + 15) / 16 * 16));
+  }
+}

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -54,4 +55,16 @@ TEST_CASE("validate(SamplingParams) names the field and the value it refuses", "
     p.top_p = bad;
     CHECK_THROWS_WITH(fastinfer::validate(p), Catch::Contains("top_p"));
   }
+  // A subnormal T, whose inverse overflows, is refused (the CPU sampler
+  // returned token 0 for it: a NaN weight at the maximum); the smallest
+  // normal T samples the maximum.
+  p.top_p = 1.0f;
+  p.temperature = 1e-40f;
+  CHECK_THROWS_WITH(fastinfer::validate(p), Catch::Contains("temperature") && Catch::Contains("FLT_MAX"));
+  p.temperature = std::numeric_limits<float>::min();
+  CHECK_NOTHROW(fastinfer::validate(p));
+  const float logits[4] = {0.5f, 2.0f, 1.999f, -1.0f};
+  fastinfer::cpu::SamplerWorkspace ws(4);
+  for (std::uint64_t index = 0; index < 8; ++index)
+    CHECK(fastinfer::cpu::sample_at_index(logits, 4, p, index, ws) == 1);
 }

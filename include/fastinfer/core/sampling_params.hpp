@@ -23,6 +23,11 @@ struct SamplingParams {
 inline void validate(const SamplingParams& p) {
   FASTINFER_CHECK(p.temperature >= 0.0f && std::isfinite(p.temperature), InvalidArgument,
                   "sampling temperature must be finite and >= 0, got ", p.temperature);
+  // Samplers scale logits by 1 / T: below 1 / FLT_MAX (a subnormal T) that
+  // overflows, and inf * 0 at the maximum would be NaN.
+  FASTINFER_CHECK(p.temperature == 0.0f || std::isfinite(1.0f / p.temperature), InvalidArgument,
+                  "sampling temperature must be 0 (greedy) or at least 1/FLT_MAX (2.9e-39), got ",
+                  p.temperature);
   FASTINFER_CHECK(p.top_k >= 0, InvalidArgument, "sampling top_k must be >= 0 (0 = off), got ", p.top_k);
   FASTINFER_CHECK(p.top_p > 0.0f && p.top_p <= 1.0f, InvalidArgument,
                   "sampling top_p must be in (0, 1], got ", p.top_p);

@@ -47,10 +47,12 @@ struct MatrixView {
   std::int64_t cols = 0;
   MatrixLayout layout = MatrixLayout::rows;
 
-  // The bytes at `data` (a grouped matrix's padding rows included).
+  // The bytes at `data` (a grouped matrix's padding rows included; split
+  // rows keep their row_bytes, so that layout pads nothing).
   std::size_t bytes() const {
-    const std::int64_t stored =
-        layout == MatrixLayout::rows ? rows : (rows + kQ8_0GroupRows - 1) / kQ8_0GroupRows * kQ8_0GroupRows;
+    const std::int64_t stored = layout == MatrixLayout::q8_0_row_groups
+                                    ? (rows + kQ8_0GroupRows - 1) / kQ8_0GroupRows * kQ8_0GroupRows
+                                    : rows;
     return row_bytes(dtype, cols) * std::size_t(stored);
   }
   // Row r of a matrix in the `rows` layout.
