@@ -21,9 +21,12 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "cuda_store_pair.cuh"
@@ -146,6 +149,19 @@ void check_swaps(StorePair& p, SeqId seq) {
   p.gpu->swap_out(spares[1], back.data());
   CHECK(back == hc);
   CHECK(std::equal(hc.begin(), hc.end(), slots.slot(1)));
+  // A caller's own page-locked buffer is not the store's: the swap has
+  // landed when swap_out returns, with no sync in between. The stream
+  // sleeps first, so a queued copy could not have landed by the check.
+  void* pinned = nullptr;
+  REQUIRE(cudaHostAlloc(&pinned, hb, cudaHostAllocDefault) == cudaSuccess);
+  const std::unique_ptr<void, cudaError_t (*)(void*)> free_pinned(pinned, cudaFreeHost);
+  auto* mine = static_cast<std::uint8_t*>(pinned);
+  std::fill(mine, mine + hb, std::uint8_t(0));
+  REQUIRE(cudaLaunchHostFunc(
+              p.backend->stream(), [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(50)); },
+              nullptr) == cudaSuccess);
+  p.gpu->swap_out(spares[0], mine);
+  CHECK(std::equal(hc.begin(), hc.end(), mine));
   for (BlockId b : spares) {
     p.cpu->allocator().decref(b);
     p.gpu->allocator().decref(b);

@@ -10,7 +10,7 @@
 //   coins), random rows and every filter: the same token wherever the
 //   coin, and the top-p target, are more than 5e-7 of the kept total from a
 //   boundary between two tokens' cumulative weights (the device sums expf
-//   in 32.32 fixed point, the CPU its own vector exp in double: a few float
+//   in fixed point, the CPU its own vector exp in double: a few float
 //   ulps of one weight apart at most), and at least 95 % of the draws are
 //   that far
 //   CudaBackend::accept_rows (the exact rule's pick at a one-hot draft)

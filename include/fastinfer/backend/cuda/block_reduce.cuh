@@ -35,6 +35,28 @@ __device__ T warp_reduce(T v, Op op) {
   return v;
 }
 
+// The sum of v over `peers` (the lanes that share a key, as
+// __match_any_sync gives them; the caller's lane among them), returned in
+// the lowest lane of each group (other lanes: partial sums). Every lane of
+// the warp calls it together. At most log2(group size) rounds of one
+// shuffle, where a loop over the lanes would take 32 (after E. Westphal's
+// warp-aggregated atomics).
+template <typename T>
+__device__ T reduce_peers(unsigned peers, T v) {
+  const int lane = int(threadIdx.x) % 32;
+  int below = __popc(peers & ((1u << lane) - 1u));  // this lane's rank in its group
+  peers &= 0xfffffffeu << lane;                     // the group's lanes above this one
+  while (__any_sync(kFullWarp, peers != 0)) {
+    const int next = __ffs(int(peers));  // the nearest lane above still holding a partial sum
+    const T t = __shfl_sync(kFullWarp, v, next > 0 ? next - 1 : lane);
+    if (next > 0) v += t;
+    // Lanes of odd rank have been read: their partial sums are taken.
+    peers &= ~__ballot_sync(kFullWarp, below & 1);
+    below >>= 1;
+  }
+  return v;
+}
+
 // op over the block, in every thread. `scratch`: 32 T of shared memory;
 // `identity` fills the lanes past the last warp. blockDim.x a multiple of 32.
 template <typename T, class Op>

@@ -226,9 +226,9 @@ class CudaBackend {
   static cuda::SampleRequest sample_request_(std::int32_t row, const SamplingParams& p, float coin) {
     validate(p);
     detail::check_coin(coin);
-    // 1 / T overflows only for a subnormal T: its limit, greedy.
+    // validate refuses a T whose inverse overflows: inv_t is finite.
     const float inv_t = p.temperature == 0.0f ? 0.0f : 1.0f / p.temperature;
-    return cuda::SampleRequest{row, std::isfinite(inv_t) ? inv_t : 0.0f, p.top_k, p.top_p, coin};
+    return cuda::SampleRequest{row, inv_t, p.top_k, p.top_p, coin};
   }
   // s_->sample_requests (n of them) in one launch; tokens written once every
   // row has passed the host's checks.

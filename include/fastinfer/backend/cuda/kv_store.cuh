@@ -226,22 +226,23 @@ class CudaKVStore final : public KVStore {
   }
   // A slot is the CPU store's: the block's codes, then its parameters.
   std::size_t host_block_bytes() const override { return std::size_t(block_stride_) + param_bytes_(); }
-  // Swaps through page-locked slots (allocate_swap_slots') are queued on the
-  // stream and return at once: the stream orders them after the kernels
-  // that wrote the block and before any that reuse it, and the host touches
-  // a slot only through these calls, which the stream also orders. Through
-  // any other host memory they finish before returning (the slot is the
-  // caller's to read or reuse then).
+  // Swaps through this store's own slots (allocate_swap_slots': page-
+  // locked) are queued on the stream and return at once: the stream orders
+  // them after the kernels that wrote the block and before any that reuse
+  // it, and the host touches those slots only through these calls, which
+  // the stream also orders. Through any other host memory, page-locked by
+  // the caller or not, they finish before returning: the caller may read
+  // or reuse it then, as on the CPU.
   void swap_out(BlockId block, std::uint8_t* host) override {
     book_.checked_block(block);
-    const bool queued = page_locked_(host);
+    const bool queued = own_slot_(host);
     copy_bytes_(host, block_(block), std::size_t(block_stride_), cudaMemcpyDeviceToHost);
     copy_bytes_(host + block_stride_, block_params_(block), param_bytes_(), cudaMemcpyDeviceToHost);
     if (!queued) ctx_->synchronize();
   }
   void swap_in(const std::uint8_t* host, BlockId block) override {
     book_.checked_block(block);
-    const bool queued = page_locked_(host);
+    const bool queued = own_slot_(host);
     copy_bytes_(block_(block), host, std::size_t(block_stride_), cudaMemcpyHostToDevice);
     copy_bytes_(block_params_(block), host + block_stride_, param_bytes_(), cudaMemcpyHostToDevice);
     if (!queued) ctx_->synchronize();
@@ -260,6 +261,10 @@ class CudaKVStore final : public KVStore {
       (void)cudaStreamSynchronize(ctx->stream());
       (void)cudaFreeHost(q);
     });
+    slot_ranges_.erase(std::remove_if(slot_ranges_.begin(), slot_ranges_.end(),
+                                      [](const SlotRange& r) { return r.owner.expired(); }),
+                       slot_ranges_.end());
+    if (bytes > 0) slot_ranges_.push_back(SlotRange{owner, bytes});
     return HostSwapSlots(std::move(owner), host_block_bytes(), slots);
   }
   KVBlockStorage block_storage() override {
@@ -334,13 +339,16 @@ class CudaKVStore final : public KVStore {
   float* block_params_(BlockId b) { return params_.data() + std::int64_t(b) * param_block_stride_; }
   std::size_t param_bytes_() const { return sizeof(float) * std::size_t(param_block_stride_); }
   // Whether the runtime knows `host` as page-locked host memory.
-  static bool page_locked_(const void* host) {
-    cudaPointerAttributes a{};
-    if (cudaPointerGetAttributes(&a, host) != cudaSuccess) {
-      (void)cudaGetLastError();  // an unknown pointer is pageable memory, not an error to keep
-      return false;
+  // Whether `host` lies in one of this store's live swap slot allocations.
+  // (Addresses as integers: < between unrelated objects is unspecified.)
+  bool own_slot_(const void* host) const {
+    const auto p = reinterpret_cast<std::uintptr_t>(host);
+    for (const SlotRange& r : slot_ranges_) {
+      const std::shared_ptr<std::uint8_t> base = r.owner.lock();
+      const auto first = reinterpret_cast<std::uintptr_t>(base.get());
+      if (base && p >= first && p - first < r.bytes) return true;
     }
-    return a.type == cudaMemoryTypeHost;
+    return false;
   }
   // A format without parameters has no parameter arena (null): nothing to copy.
   void copy_bytes_(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
@@ -395,6 +403,13 @@ class CudaKVStore final : public KVStore {
   DeviceBuffer<std::uint8_t> arena_;  // codes
   DeviceBuffer<float> params_;        // scales and minima (empty for f32, f16, bf16)
   std::vector<BlockCopy> copies_;
+  // allocate_swap_slots' allocations, alive while their HostSwapSlots are:
+  // the swaps that may be queued (own_slot_).
+  struct SlotRange {
+    std::weak_ptr<std::uint8_t> owner;
+    std::size_t bytes = 0;
+  };
+  std::vector<SlotRange> slot_ranges_;
   // This step's tables (host, then device) and query rows.
   std::vector<std::int32_t> indptr_, lens_, row_seq_;
   // append_rows' slots (n blocks, then n offsets) and the copy on the device.

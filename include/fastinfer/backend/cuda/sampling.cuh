@@ -4,10 +4,15 @@
 // vocabulary row and a host pass over it.
 //
 // One block per row. A token's weight is exp((l - max) * (1 / T)) as the CPU
-// computes it, held as an unsigned 32.32 fixed-point number (w * 2^32,
-// truncated): every sum below is an integer sum, exact and independent of
-// the order threads add in, so a row's token is the same on every run and
-// every GPU. Selection never sorts:
+// computes it, held as an unsigned fixed-point number w * 2^s, truncated,
+// with as many fraction bits as a row's sum leaves room for: s = 63 -
+// bits(vocab) (48 for a vocabulary of 32000, 45 for 151936). Every sum below
+// is an integer sum, exact and independent of the order threads add in, so
+// a row's token is the same on every run and every GPU; truncation loses
+// less than 2^-s of the maximum's weight per token, all in one direction,
+// so less than vocab * 2^-s < 2^(2 bits(vocab) - 63) of the total (1e-10 at
+// 32000 tokens, 4e-9 at 151936), far below the float rounding below.
+// Selection never sorts:
 //   top-k  the k-th best (logit descending, lower id first among equals) by
 //          a radix select over the logit's order-preserving 32-bit key,
 //          counting (four 8-bit digits), then a scan in id order among the
@@ -31,8 +36,9 @@
 // expf and the fixed-point sums. The two agree except when the coin (or the
 // top-p target) falls within a few float ulps of a boundary between two
 // tokens' cumulative weights (about 1e-7 of the total), and a token whose
-// weight is below 2^-32 of the maximum's (a logit more than 22 T below the
-// largest) is never drawn on the device (on the CPU: with that probability).
+// weight is below 2^-s of the maximum's (a logit more than 31 T below the
+// largest at 151936 tokens, 33 T at 32000) is never drawn on the device (on
+// the CPU: with that probability).
 #pragma once
 
 #include <cstdint>
@@ -69,7 +75,7 @@ struct RowSample {
 namespace sampling_detail {
 
 constexpr int kThreads = 512;
-using Weight = unsigned long long;  // 32.32 fixed point; a row's sum < 2^63 (vocab < 2^31)
+using Weight = unsigned long long;  // fixed point, weight_scale's bits; a row's sum < 2^63 (vocab < 2^31)
 
 // Larger float, larger key; -0 and +0 share a key (they compare equal).
 __device__ inline std::uint32_t order_key(float v) {
@@ -77,8 +83,14 @@ __device__ inline std::uint32_t order_key(float v) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__device__ inline Weight fixed_weight(float logit, float max, float inv_t) {
-  return __float2ull_rz(expf((logit - max) * inv_t) * 4294967296.0f);
+// 2^s, s = 63 - bits(vocab): vocab weights of at most 2^s each sum below 2^63.
+__device__ inline float weight_scale(std::int64_t vocab) {
+  const int bits = 64 - __clzll(static_cast<long long>(vocab));
+  return __ull2float_rn(1ull << (63 - bits));  // a power of two: exact
+}
+
+__device__ inline Weight fixed_weight(float logit, float max, float inv_t, float scale) {
+  return __float2ull_rz(expf((logit - max) * inv_t) * scale);
 }
 
 // floor(f * total) exactly, f a float in [0, 1) (f * 2^64 is an integer for
@@ -154,12 +166,27 @@ __device__ Cut select_prefix(const float* x, std::int64_t vocab, Cut within, Mea
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += kThreads) s.bins[b] = 0;
     __syncthreads();
-    for (std::int64_t id = threadIdx.x; id < vocab; id += kThreads) {
-      const float v = x[id];
-      const std::uint32_t key = order_key(v);
-      if ((key & mask) != prefix || !within.keeps(key, id)) continue;
-      const Weight m = measure(id, v);
-      if (m != 0) atomicAdd(&s.bins[(key >> shift) & 255u], m);
+    // Tiles of the block's width, so a warp's 32 lanes stay together for
+    // the shuffles: the lanes of one digit add their measures first
+    // (reduce_peers) and the lowest of them adds the sum to the bin. A
+    // 64-bit shared atomicAdd is a compare-and-swap loop, and logits crowd
+    // into a few top-byte digits, so adding lane by lane would serialise
+    // most of a warp on one bin. A warp with nothing to add (most of them
+    // after the first pass) skips the tile.
+    for (std::int64_t base = 0; base < vocab; base += kThreads) {
+      const std::int64_t id = base + threadIdx.x;
+      Weight m = 0;
+      std::uint32_t digit = 256u;  // none
+      if (id < vocab) {
+        const float v = x[id];
+        const std::uint32_t key = order_key(v);
+        if ((key & mask) == prefix && within.keeps(key, id)) m = measure(id, v);
+        if (m != 0) digit = (key >> shift) & 255u;
+      }
+      if (__ballot_sync(kFullWarp, m != 0) == 0u) continue;
+      const unsigned peers = __match_any_sync(kFullWarp, digit);
+      const Weight group = reduce_peers(peers, m);
+      if (digit < 256u && int(threadIdx.x % 32) == __ffs(int(peers)) - 1) atomicAdd(&s.bins[digit], group);
     }
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -213,14 +240,14 @@ __global__ void __launch_bounds__(kThreads)
     token = first_exceeding(
         x, vocab, [&](std::int64_t, float v) -> Weight { return v == max ? 1 : 0; }, 0, s);
   } else {
-    const float inv_t = r.inv_temperature;
-    const auto weight = [&](std::int64_t, float v) -> Weight { return fixed_weight(v, max, inv_t); };
+    const float inv_t = r.inv_temperature, scale = weight_scale(vocab);
+    const auto weight = [&](std::int64_t, float v) -> Weight { return fixed_weight(v, max, inv_t, scale); };
     Cut kept{0u, -1};
     if (r.top_k > 0 && r.top_k < vocab)
       kept = select_prefix(
           x, vocab, kept, [](std::int64_t, float) -> Weight { return 1; }, Weight(r.top_k), s);
     const auto kept_weight = [&](std::int64_t id, float v) -> Weight {
-      return kept.keeps(order_key(v), id) ? fixed_weight(v, max, inv_t) : 0;
+      return kept.keeps(order_key(v), id) ? fixed_weight(v, max, inv_t, scale) : 0;
     };
     if (r.top_p < 1.0f) {
       const Weight total = block_sum(x, vocab, kept_weight, s);
