@@ -93,11 +93,9 @@ class StaticBatcher {
       FASTINFER_CHECK(kv.add_sequence(row.seq), UsageError, "StaticBatcher: the KV pool has no room for a sequence");
       rows.push_back(row);
     }
-    // Row `logits_row` of the step's logits, picked on the backend.
-    auto sample_row = [&](Row& row, std::size_t logits_row, double now) {
+    auto take_token = [&](Row& row, sched::TokenId t, double now) {
       const sched::Request& r = requests[row.req];
       auto& out = outputs[row.req];
-      const sched::TokenId t = model_.sample_logits(std::int32_t(logits_row), r.sampling, std::uint64_t(out.size()));
       row.last = t;
       if (row.done) return;
       if (std::find(r.stop_ids.begin(), r.stop_ids.end(), t) != r.stop_ids.end()) {
@@ -113,6 +111,22 @@ class StaticBatcher {
         row.timing.finish = now;
         metrics_.on_finish(row.timing, std::int64_t(r.prompt.size()), std::int64_t(out.size()));
       }
+    };
+    // The step's tokens for sampled_ (logits row logits_rows_[i] for
+    // sampled_[i]), picked on the backend in one call: one launch and one
+    // copy back on a device, not one per row.
+    auto sample_step = [&](double now) {
+      if (sampled_.empty()) return;
+      params_.clear();
+      indices_.clear();
+      for (const Row* row : sampled_) {
+        params_.push_back(requests[row->req].sampling);
+        indices_.push_back(std::uint64_t(outputs[row->req].size()));
+      }
+      tokens_.resize(sampled_.size());
+      model_.sample_logits(logits_rows_.data(), std::int64_t(sampled_.size()), params_.data(),
+                           indices_.data(), tokens_.data());
+      for (std::size_t i = 0; i < sampled_.size(); ++i) take_token(*sampled_[i], tokens_[i], now);
     };
     // Prefill: every prompt, in forwards of at most max_batch rows.
     for (;;) {
@@ -131,10 +145,14 @@ class StaticBatcher {
       }
       if (fed.empty()) break;
       forward_tokens_ += fb_.rows();
-      model_.forward_to_sample(fb_);  // rows stay on the backend: sample_row picks there
+      model_.forward_to_sample(fb_);  // rows stay on the backend: sample_step picks there
       const double now = clock_();
+      sampled_.clear();
+      logits_rows_.clear();
       for (std::size_t b = 0; b < fed.size(); ++b)
-        if (fed[b]->fed == std::int64_t(requests[fed[b]->req].prompt.size())) sample_row(*fed[b], b, now);
+        if (fed[b]->fed == std::int64_t(requests[fed[b]->req].prompt.size()))
+          sampled_.push_back(fed[b]), logits_rows_.push_back(std::int32_t(b));
+      sample_step(now);
     }
     // Decode, padded: every row steps until the last one is done.
     for (;;) {
@@ -149,9 +167,12 @@ class StaticBatcher {
         fed.push_back(&row);
       }
       forward_tokens_ += fb_.rows();
-      model_.forward_to_sample(fb_);  // rows stay on the backend: sample_row picks there
+      model_.forward_to_sample(fb_);  // rows stay on the backend: sample_step picks there
       const double now = clock_();
-      for (std::size_t b = 0; b < fed.size(); ++b) sample_row(*fed[b], b, now);
+      sampled_ = fed;
+      logits_rows_.resize(fed.size());
+      for (std::size_t b = 0; b < fed.size(); ++b) logits_rows_[b] = std::int32_t(b);
+      sample_step(now);
     }
     for (Row& row : rows) kv.free_sequence(row.seq);
   }
@@ -160,6 +181,12 @@ class StaticBatcher {
   StaticBatchConfig cfg_;
   sched::SchedulerClock clock_;
   ForwardBatch fb_;
+  // A step's sampled rows, their logits rows, parameters, token indices and tokens.
+  std::vector<Row*> sampled_;
+  std::vector<std::int32_t> logits_rows_;
+  std::vector<SamplingParams> params_;
+  std::vector<std::uint64_t> indices_;
+  std::vector<std::int32_t> tokens_;
   sched::SchedulerMetrics metrics_;
   std::int64_t forward_tokens_ = 0;
 };
