@@ -1048,4 +1048,17 @@ class Engine {
   std::vector<std::size_t> order_;
 };
 
+// Opt-in (build time only), like model/llama_model.hpp's
+// FASTINFER_LLAMA_MODEL_INSTANCES: with FASTINFER_EXTERN_TEMPLATES,
+// translation units call one compiled Engine<CpuBackend> (and its draft
+// model) instead of each compiling the step again (a fifth of an engine
+// test's object code); exactly one of them must instantiate it:
+//   namespace fastinfer::engine { FASTINFER_ENGINE_INSTANCES() }
+#define FASTINFER_ENGINE_INSTANCES(EXTERN)             \
+  EXTERN template class BatchedDraftModel<CpuBackend>; \
+  EXTERN template class Engine<CpuBackend>;
+#if defined(FASTINFER_EXTERN_TEMPLATES)
+FASTINFER_ENGINE_INSTANCES(extern)
+#endif
+
 }  // namespace fastinfer::engine
