@@ -33,9 +33,7 @@
 #include "fastinfer/model/load_model.hpp"
 
 #include "common/cli.hpp"
-#include "common/drafter_flags.hpp"
-#include "common/eagle_flags.hpp"
-#include "common/medusa_flags.hpp"
+#include "common/engine_spec_flags.hpp"
 #include "common/scheduler_flags.hpp"
 #include "common/workload_flags.hpp"
 
@@ -83,10 +81,8 @@ int main(int argc, char** argv) {
   int threads = 2, max_seqs = 64, budget = 512, chunk = 0, static_batch = 16, block_size = 16, kv_blocks = 0,
       swap_blocks = 0;
   std::string preemption = "recompute";
-  std::string spec_kind = "none", spec_policy = "adaptive", draft_model, draft_weights = "bf16";
-  int spec_k = 4;
-  std::string eagle_head, mtp_heads, medusa_heads, lookahead = "3,3,4";
-  fastinfer::speculative::EagleTreeConfig eagle_tree;
+  std::string spec_policy = "adaptive", draft_model, draft_weights = "bf16";
+  fx::EngineSpecFlags spec;
   bool json = false, prefix_cache = false, no_static = false, samples = false;
   std::string kv_quant = "f32";
   fe::WorkloadConfig w;
@@ -125,30 +121,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 1 << 24))->capture_default_str();
   app.add_option("--static-batch", static_batch, "static baseline: batch size")->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_flag("--no-static", no_static, "skip the static baseline");
-  app.add_option("--spec", spec_kind, "continuous: speculation per request")
-      ->check(CLI::IsMember({"none", "prompt-lookup", "draft", "eagle", "mtp", "medusa", "lookahead"}))
-      ->capture_default_str();
-  app.add_option("--spec-k", spec_k,
-                 "drafts per speculating decode (eagle, mtp, medusa, lookahead: tree nodes)")
-      ->check(CLI::Range(1, 62))
-      ->capture_default_str();
-  auto* eagle_head_option =
-      app.add_option("--eagle-head", eagle_head, "--spec eagle: the head, FILE, pad:FILE or random:SEED");
-  auto* mtp_heads_option =
-      app.add_option("--mtp-heads", mtp_heads, "--spec mtp: the modules, FILE, pad:FILE or random:SEED");
-  auto* medusa_heads_option = app.add_option("--medusa-heads", medusa_heads,
-                                             "--spec medusa: the heads, FILE, pad:FILE or random:SEED");
-  auto* lookahead_option =
-      app.add_option("--lookahead", lookahead, "--spec lookahead: Jacobi window W, n-gram size N, guesses G")
-          ->capture_default_str();
-  auto* eagle_depth_option =
-      app.add_option("--eagle-depth", eagle_tree.depth, "--spec eagle|mtp: tree levels")
-          ->check(CLI::Range(1, 64))
-          ->capture_default_str();
-  auto* eagle_top_k_option =
-      app.add_option("--eagle-top-k", eagle_tree.top_k, "--spec eagle|mtp: children per expanded node")
-          ->check(CLI::Range(1, fastinfer::speculative::kMaxTreeChildren))
-          ->capture_default_str();
+  spec.add_to(app, {"none", "prompt-lookup", "draft", "eagle", "mtp", "medusa", "lookahead"},
+              "continuous: speculation per request");
   auto* draft_model_option = app.add_option("--draft-model", draft_model, "draft model spec (default: the target's)");
   auto* draft_weights_option = app.add_option("--draft-weights", draft_weights, "draft model weight type")
       ->check(CLI::IsMember(fx::weight_choices()))->capture_default_str();
@@ -167,21 +141,9 @@ int main(int argc, char** argv) {
     FASTINFER_CHECK(fastinfer::kv::is_power_of_two(block_size), fastinfer::InvalidArgument, "--block-size ",
                     block_size, " is not a power of two");
     fx::refuse_unused(preemption != "swap", {swap_option}, "without --preemption swap");
-    fx::refuse_unused(spec_kind != "draft", {draft_model_option, draft_weights_option}, "without --spec draft");
-    const bool tree = spec_kind == "eagle" || spec_kind == "mtp";
-    fx::refuse_unused(spec_kind != "eagle", {eagle_head_option}, "without --spec eagle");
-    fx::refuse_unused(spec_kind != "mtp", {mtp_heads_option}, "without --spec mtp");
-    fx::refuse_unused(spec_kind != "medusa", {medusa_heads_option}, "without --spec medusa");
-    fx::refuse_unused(spec_kind != "lookahead", {lookahead_option}, "without --spec lookahead");
-    const fastinfer::speculative::LookaheadConfig lookahead_cfg = fx::parse_lookahead(lookahead);
-    lookahead_cfg.validate();
-    fx::refuse_unused(!tree, {eagle_depth_option, eagle_top_k_option}, "without --spec eagle or mtp");
-    FASTINFER_CHECK(spec_kind != "eagle" || !eagle_head.empty(), fastinfer::InvalidArgument,
-                    "--spec eagle needs --eagle-head FILE|pad:FILE|random:SEED");
-    FASTINFER_CHECK(spec_kind != "mtp" || !mtp_heads.empty(), fastinfer::InvalidArgument,
-                    "--spec mtp needs --mtp-heads FILE|pad:FILE|random:SEED");
-    FASTINFER_CHECK(spec_kind != "medusa" || !medusa_heads.empty(), fastinfer::InvalidArgument,
-                    "--spec medusa needs --medusa-heads FILE|pad:FILE|random:SEED");
+    fx::refuse_unused(spec.kind != "draft", {draft_model_option, draft_weights_option},
+                      "without --spec draft");
+    const fastinfer::speculative::LookaheadConfig lookahead_cfg = spec.check();
     w.prompt = fx::parse_length_range(prompt_len);
     w.output = fx::parse_length_range(output_len);
     // 64-bit: each length may be up to 2^24, their sum times the requests more.
@@ -214,8 +176,8 @@ int main(int argc, char** argv) {
     // The pool is sized from the workload, never from a file's huge context:
     // room for one sequence of the workload's longest, drafts (and
     // lookahead's window) included.
-    const std::int64_t window = spec_kind == "lookahead" ? lookahead_cfg.window_rows() : 0;
-    const std::int64_t longest = std::min<std::int64_t>(cfg.max_seq_len, seq_max + spec_k + window + 1);
+    const std::int64_t window = spec.kind == "lookahead" ? lookahead_cfg.window_rows() : 0;
+    const std::int64_t longest = std::min<std::int64_t>(cfg.max_seq_len, seq_max + spec.k + window + 1);
     const std::int64_t ctx_blocks = (longest + block_size - 1) / block_size + 1;
     mo.kv.num_blocks = kv_blocks > 0 ? kv_blocks
                                      : fastinfer::checked_int32(std::max(std::int64_t(std::max(max_seqs, static_batch)) * per_seq,
@@ -230,31 +192,14 @@ int main(int argc, char** argv) {
     ec.scheduler.swap_blocks = swap_blocks;
     ec.scheduler.preemption = fx::parse_preemption(preemption);
     ec.prefix_cache = prefix_cache;
-    if (spec_kind != "none") {
-      ec.spec.defaults.drafter = spec_kind == "draft"       ? fe::SpecDrafter::DraftModel
-                                 : spec_kind == "eagle"     ? fe::SpecDrafter::Eagle
-                                 : spec_kind == "mtp"       ? fe::SpecDrafter::Mtp
-                                 : spec_kind == "medusa"    ? fe::SpecDrafter::Medusa
-                                 : spec_kind == "lookahead" ? fe::SpecDrafter::Lookahead
-                                                            : fe::SpecDrafter::PromptLookup;
-      ec.spec.lookahead = lookahead_cfg;
-      if (spec_kind == "eagle")
-        ec.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(eagle_head, model.config());
-      if (spec_kind == "mtp")
-        ec.spec.mtp_heads = fastinfer::examples::mtp_heads_from_flag(mtp_heads, model.config());
-      if (spec_kind == "medusa")
-        ec.spec.medusa_heads = std::make_shared<fastinfer::speculative::MedusaHeads>(
-            fastinfer::examples::medusa_heads_from_flag(medusa_heads, model.config()));
-      ec.spec.eagle_tree = eagle_tree;
-      ec.spec.defaults.k = spec_k;
-      if (spec_kind == "draft") {
-        fastinfer::LoadOptions dl;
-        dl.weight_dtype = fastinfer::parse_weight_dtype(draft_weights);
-        dl.threads = threads;
-        dl.max_context = load.max_context;  // --ctx-size sizes the draft's KV pool too
-        ec.spec.draft_weights = fastinfer::load_model(draft_model.empty() ? model_spec : draft_model, dl);
-        ec.spec.draft_threads = threads;
-      }
+    spec.apply(ec, model.config());
+    if (spec.kind == "draft") {
+      fastinfer::LoadOptions dl;
+      dl.weight_dtype = fastinfer::parse_weight_dtype(draft_weights);
+      dl.threads = threads;
+      dl.max_context = load.max_context;  // --ctx-size sizes the draft's KV pool too
+      ec.spec.draft_weights = fastinfer::load_model(draft_model.empty() ? model_spec : draft_model, dl);
+      ec.spec.draft_threads = threads;
     }
     if (spec_policy == "adaptive") ec.spec.policy = fe::SpecAdaptive{};
     else if (spec_policy == "always") ec.spec.policy = fe::SpecAlways{};
@@ -284,8 +229,8 @@ int main(int argc, char** argv) {
       out["continuous"]["schedule_share"] =
           wall_c > 0 ? mc.schedule_seconds / (mc.schedule_seconds + mc.execute_seconds + mc.sample_seconds) : 0.0;
       nlohmann::json sj;
-      sj["drafter"] = spec_kind;
-      sj["k"] = spec_k;
+      sj["drafter"] = spec.kind;
+      sj["k"] = spec.k;
       sj["policy"] = fe::spec_policy_name(ec.spec.policy);
       sj["candidates"] = mc.spec_candidates;
       sj["switched_off"] = mc.spec_switched_off;
@@ -329,15 +274,23 @@ int main(int argc, char** argv) {
       out["static"] = to_json(ms, wall, sb.forward_tokens());
       out["speedup"] = ms.throughput_tok_s > 0 ? mc.throughput_tok_s / ms.throughput_tok_s : 0.0;
     }
-    out["config"] = {{"model", model_spec},          {"weights", weights},
-                     {"threads", threads},           {"requests", w.num_requests},
-                     {"rate", w.rate},               {"prompt_len", prompt_len},
-                     {"output_len", output_len},     {"shared_prefix_fraction", w.shared_prefix_fraction},
-                     {"max_seqs", max_seqs},         {"max_tokens_per_step", budget},
-                     {"static_batch", static_batch}, {"kv_blocks", mo.kv.num_blocks},
+    out["config"] = {{"model", model_spec},
+                     {"weights", weights},
+                     {"threads", threads},
+                     {"requests", w.num_requests},
+                     {"rate", w.rate},
+                     {"prompt_len", prompt_len},
+                     {"output_len", output_len},
+                     {"shared_prefix_fraction", w.shared_prefix_fraction},
+                     {"max_seqs", max_seqs},
+                     {"max_tokens_per_step", budget},
+                     {"static_batch", static_batch},
+                     {"kv_blocks", mo.kv.num_blocks},
                      {"kv", kv_quant},
-                     {"preemption", preemption},     {"prefix_cache", prefix_cache},
-                     {"spec", spec_kind},            {"spec_k", spec_k},
+                     {"preemption", preemption},
+                     {"prefix_cache", prefix_cache},
+                     {"spec", spec.kind},
+                     {"spec_k", spec.k},
                      {"spec_policy", spec_policy}};
     if (json) {
       std::cout << out.dump(2) << "\n";
@@ -367,12 +320,14 @@ int main(int argc, char** argv) {
     row("prefix hit rate", "prefix_hit_rate", "%14.3f ");
     row("wall (s)", "wall_s", "%14.2f ");
     if (!no_static) std::printf("continuous / static throughput: %.2fx\n", out["speedup"].get<double>());
-    if (spec_kind != "none")
-      std::printf("speculation (%s, k %d, policy %s): %lld of %lld decode rows speculated, %lld drafted, %lld accepted "
-                  "(%.1f %%), %.2f accepted per speculating row\n",
-                  spec_kind.c_str(), spec_k, fe::spec_policy_name(ec.spec.policy), (long long)mc.spec_rows,
-                  (long long)mc.spec_candidates, (long long)mc.spec_drafted, (long long)mc.spec_accepted,
-                  100.0 * mc.acceptance_rate(), mc.mean_accepted_per_spec_row());
+    if (spec.kind != "none")
+      std::printf(
+          "speculation (%s, k %d, policy %s): %lld of %lld decode rows speculated, %lld drafted, %lld "
+          "accepted "
+          "(%.1f %%), %.2f accepted per speculating row\n",
+          spec.kind.c_str(), spec.k, fe::spec_policy_name(ec.spec.policy), (long long)mc.spec_rows,
+          (long long)mc.spec_candidates, (long long)mc.spec_drafted, (long long)mc.spec_accepted,
+          100.0 * mc.acceptance_rate(), mc.mean_accepted_per_spec_row());
     return 0;
   });
 }

@@ -41,9 +41,7 @@
 #include "fastinfer/tokenizer/sentencepiece_tokenizer.hpp"
 
 #include "common/cli.hpp"
-#include "common/drafter_flags.hpp"
-#include "common/eagle_flags.hpp"
-#include "common/medusa_flags.hpp"
+#include "common/engine_spec_flags.hpp"
 #include "engine_loop.hpp"
 #include "openai_protocol.hpp"
 
@@ -232,11 +230,10 @@ void stream_job(httplib::Response& res, std::shared_ptr<Job> job, std::string id
 
 int main(int argc, char** argv) {
   CLI::App app{"An OpenAI-compatible HTTP server on fastinfer's Engine"};
-  std::string model_spec, tokenizer_path, host = "127.0.0.1", served_name, chat_template = "auto", weights,
-                                          spec_kind = "none", eagle_head, mtp_heads, medusa_heads,
-                                          lookahead = "3,3,4";
-  int port = 8080, threads = 1, http_threads = 128, max_seqs = 64, budget = 256, block_size = 16, kv_blocks = 0,
-      max_queue = 256, spec_k = 4;
+  std::string model_spec, tokenizer_path, host = "127.0.0.1", served_name, chat_template = "auto", weights;
+  int port = 8080, threads = 1, http_threads = 128, max_seqs = 64, budget = 256, block_size = 16,
+      kv_blocks = 0, max_queue = 256;
+  fastinfer::examples::EngineSpecFlags spec;
   double grace = 10.0;
   bool no_prefix_cache = false, debug_endpoints = false;
   Limits lim;
@@ -260,22 +257,8 @@ int main(int argc, char** argv) {
   app.add_option("--block-size", block_size, "KV block size in tokens")->check(CLI::Range(1, 1 << 16))->capture_default_str();
   app.add_option("--kv-blocks", kv_blocks, "KV pool in blocks (0: --max-seqs full contexts)")->capture_default_str();
   app.add_flag("--no-prefix-cache", no_prefix_cache, "do not reuse the KV of shared prefixes");
-  app.add_option("--spec", spec_kind, "speculation of every request")
-      ->check(CLI::IsMember({"none", "prompt-lookup", "eagle", "mtp", "medusa", "lookahead"}))
-      ->capture_default_str();
-  app.add_option("--spec-k", spec_k,
-                 "drafts per speculating step (eagle, mtp, medusa, lookahead: tree nodes)")
-      ->check(CLI::Range(1, 62))
-      ->capture_default_str();
-  auto* eagle_head_option =
-      app.add_option("--eagle-head", eagle_head, "--spec eagle: the head, FILE, pad:FILE or random:SEED");
-  auto* mtp_heads_option =
-      app.add_option("--mtp-heads", mtp_heads, "--spec mtp: the modules, FILE, pad:FILE or random:SEED");
-  auto* medusa_heads_option = app.add_option("--medusa-heads", medusa_heads,
-                                             "--spec medusa: the heads, FILE, pad:FILE or random:SEED");
-  auto* lookahead_option =
-      app.add_option("--lookahead", lookahead, "--spec lookahead: Jacobi window W, n-gram size N, guesses G")
-          ->capture_default_str();
+  spec.add_to(app, {"none", "prompt-lookup", "eagle", "mtp", "medusa", "lookahead"},
+              "speculation of every request");
   app.add_option("--max-body-bytes", lim.max_body_bytes, "largest request body")->capture_default_str();
   app.add_option("--max-prompt-tokens", lim.max_prompt_tokens, "longest prompt (0: the context - 1)")->capture_default_str();
   app.add_option("--max-tokens-limit", lim.max_tokens, "largest max_tokens (0: the context)")->capture_default_str();
@@ -308,6 +291,7 @@ int main(int argc, char** argv) {
   }
 
   try {
+    spec.check();  // before the model loads: a bad flag costs no load
     fastinfer::LoadOptions load;
     if (!weights.empty()) load.weight_dtype = fastinfer::parse_weight_dtype(weights);
     load.threads = threads;
@@ -332,36 +316,7 @@ int main(int argc, char** argv) {
     ec.scheduler.max_seqs = max_seqs;
     ec.scheduler.max_tokens_per_step = budget;
     ec.prefix_cache = !no_prefix_cache;
-    fastinfer::examples::refuse_unused(spec_kind != "eagle", {eagle_head_option}, "without --spec eagle");
-    fastinfer::examples::refuse_unused(spec_kind != "mtp", {mtp_heads_option}, "without --spec mtp");
-    fastinfer::examples::refuse_unused(spec_kind != "medusa", {medusa_heads_option}, "without --spec medusa");
-    fastinfer::examples::refuse_unused(spec_kind != "lookahead", {lookahead_option},
-                                       "without --spec lookahead");
-    if (spec_kind == "lookahead") {
-      ec.spec.defaults.drafter = fastinfer::engine::SpecDrafter::Lookahead;
-      ec.spec.lookahead = fastinfer::examples::parse_lookahead(lookahead);
-    }
-    if (spec_kind == "prompt-lookup") ec.spec.defaults.drafter = fastinfer::engine::SpecDrafter::PromptLookup;
-    if (spec_kind == "eagle") {
-      FASTINFER_CHECK(!eagle_head.empty(), fastinfer::InvalidArgument,
-                      "--spec eagle needs --eagle-head FILE|pad:FILE|random:SEED");
-      ec.spec.defaults.drafter = fastinfer::engine::SpecDrafter::Eagle;
-      ec.spec.eagle_head = fastinfer::examples::eagle_head_from_flag(eagle_head, cfg);
-    }
-    if (spec_kind == "mtp") {
-      FASTINFER_CHECK(!mtp_heads.empty(), fastinfer::InvalidArgument,
-                      "--spec mtp needs --mtp-heads FILE|pad:FILE|random:SEED");
-      ec.spec.defaults.drafter = fastinfer::engine::SpecDrafter::Mtp;
-      ec.spec.mtp_heads = fastinfer::examples::mtp_heads_from_flag(mtp_heads, cfg);
-    }
-    if (spec_kind == "medusa") {
-      FASTINFER_CHECK(!medusa_heads.empty(), fastinfer::InvalidArgument,
-                      "--spec medusa needs --medusa-heads FILE|pad:FILE|random:SEED");
-      ec.spec.defaults.drafter = fastinfer::engine::SpecDrafter::Medusa;
-      ec.spec.medusa_heads = std::make_shared<fastinfer::speculative::MedusaHeads>(
-          fastinfer::examples::medusa_heads_from_flag(medusa_heads, cfg));
-    }
-    ec.spec.defaults.k = spec_k;
+    spec.apply(ec, cfg);
     fastinfer::engine::Engine<> engine(model, ec);
     lim.context = cfg.max_seq_len;
     lim.vocab_size = cfg.vocab_size;

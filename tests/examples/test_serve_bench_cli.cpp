@@ -110,8 +110,9 @@ TEST_CASE(
        {"--spec eagle", "--spec draft --eagle-head random:1",
         "--spec eagle --mtp-heads random:1 --eagle-head random:1", "--spec medusa",
         "--spec eagle --eagle-head random:1 --medusa-heads random:1",
-        "--spec prompt-lookup --lookahead 3,3,4", "--spec lookahead --lookahead 0,3,4",
-        "--spec lookahead --lookahead 5,4", "--spec lookahead --lookahead 5,4,5 --max-tokens-per-step 12"}) {
+        "--spec prompt-lookup --lookahead 3,3,4", "--spec medusa --medusa-heads random:1 --eagle-depth 2",
+        "--spec lookahead --lookahead 0,3,4", "--spec lookahead --lookahead 5,4",
+        "--spec lookahead --lookahead 5,4,5 --max-tokens-per-step 12"}) {
     INFO(bad);
     stdout_of(base + bad, &status);
     CHECK(status != 0);

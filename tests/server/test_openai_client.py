@@ -252,8 +252,10 @@ def check_speculation():
     assert 0 < m["fastinfer_spec_acceptance_rate"] <= 1
     s.assert_pool_whole()
     s.stop()
-    # EAGLE trees (a random head: a poor drafter, still verified exactly).
-    s = Server("--spec", "eagle", "--eagle-head", "random:1", "--spec-k", "4")
+    # EAGLE trees (a random head: a poor drafter, still verified exactly),
+    # three levels of two children.
+    s = Server("--spec", "eagle", "--eagle-head", "random:1", "--spec-k", "4", "--eagle-depth", "3", "--eagle-top-k",
+               "2")
     c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
     for case in CASES:
         r = c.completions.create(model=MODEL, prompt=case["prompt"], max_tokens=case["max_new_tokens"], temperature=0,
