@@ -338,7 +338,6 @@ class CudaKVStore final : public KVStore {
   std::uint8_t* block_(BlockId b) { return arena_.data() + std::int64_t(b) * block_stride_; }
   float* block_params_(BlockId b) { return params_.data() + std::int64_t(b) * param_block_stride_; }
   std::size_t param_bytes_() const { return sizeof(float) * std::size_t(param_block_stride_); }
-  // Whether the runtime knows `host` as page-locked host memory.
   // Whether `host` lies in one of this store's live swap slot allocations.
   // (Addresses as integers: < between unrelated objects is unspecified.)
   bool own_slot_(const void* host) const {
