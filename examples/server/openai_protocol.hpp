@@ -268,6 +268,13 @@ inline CompletionRequest parse_completion_request(const std::string& text, Endpo
   if (r.sampling.top_p <= 0.0f) throw ApiError(400, "'top_p' must be in (0, 1]", "top_p");
   r.sampling.top_k = int(detail::integer(body, "top_k", 0, -1, std::numeric_limits<std::int32_t>::max()));
   if (r.sampling.top_k < 0) r.sampling.top_k = 0;  // vLLM: -1 means off
+  // The library's rule on what is left: a temperature whose inverse
+  // overflows a float (below 2.9e-39) is refused.
+  try {
+    fastinfer::validate(r.sampling);
+  } catch (const fastinfer::InvalidArgument& e) {
+    throw ApiError(400, e.what(), "temperature");
+  }
   if (const Json* s = detail::field(body, "seed")) {
     if (!s->is_number_integer()) throw ApiError(400, "'seed' must be an integer", "seed");
     r.sampling.seed = s->is_number_unsigned() ? s->get<std::uint64_t>() : std::uint64_t(s->get<std::int64_t>());

@@ -166,6 +166,8 @@ TEST_CASE("ContinuousBatcher: bad requests are rejected alone, and the others fi
     r.sampling.top_p = 1.0f;
     r.sampling.temperature = -1.0f;
     CHECK_THROWS_WITH(b.submit(r), Catch::Contains("temperature"));
+    r.sampling.temperature = 1e-40f;  // the samplers' rule: refused at submit, not thrown by a step
+    CHECK_THROWS_WITH(b.submit(r), Catch::Contains("request") && Catch::Contains("FLT_MAX"));
     r.sampling.temperature = 0.0f;
     r.id = d.submit_step.begin()->first;  // already submitted
     CHECK_THROWS_AS(b.submit(r), UsageError);

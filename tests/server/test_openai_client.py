@@ -166,6 +166,7 @@ def check_errors():
     expect_400("max_tokens", prompt="Hi", max_tokens="many")
     expect_400("temperature", prompt="Hi", temperature="hot")
     expect_400("temperature", prompt="Hi", temperature=5)
+    expect_400("temperature", prompt="Hi", temperature=1e-40)
     expect_400("top_p", prompt="Hi", top_p=[1])
     expect_400("n", prompt="Hi", n=1000)
     expect_400("stop", prompt="Hi", stop=7)

@@ -5,7 +5,6 @@
 // SamplingParams (core/sampling_params.hpp), carried to the engine as is.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 #include <string_view>
 #include <vector>
@@ -80,12 +79,13 @@ inline void validate_request(const Request& r, std::int64_t max_context, std::in
   for (TokenId t : r.prompt)
     FASTINFER_CHECK(t >= 0 && (vocab_size == 0 || t < vocab_size), InvalidArgument, "request ", r.id,
                     ": prompt token ", t, " is outside the vocabulary [0, ", vocab_size, ")");
-  const SamplingParams& s = r.sampling;
-  FASTINFER_CHECK(s.temperature >= 0.0f && std::isfinite(s.temperature), InvalidArgument, "request ", r.id,
-                  ": temperature must be finite and >= 0, got ", s.temperature);
-  FASTINFER_CHECK(s.top_k >= 0, InvalidArgument, "request ", r.id, ": top_k must be >= 0, got ", s.top_k);
-  FASTINFER_CHECK(s.top_p > 0.0f && s.top_p <= 1.0f, InvalidArgument, "request ", r.id,
-                  ": top_p must be in (0, 1], got ", s.top_p);
+  // The samplers' own rule (core/sampling_params.hpp), checked here so that
+  // a bad request is refused at submit, never thrown by a step.
+  try {
+    validate(r.sampling);
+  } catch (const InvalidArgument& e) {
+    throw_error<InvalidArgument>("request ", r.id, ": ", e.what());
+  }
 }
 
 }  // namespace fastinfer::sched
